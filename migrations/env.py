@@ -1,0 +1,71 @@
+"""Alembic environment: migrate over the direct endpoint, never through the pooler.
+
+DDL needs a session (locks, `CREATE INDEX CONCURRENTLY`, advisory locks); Neon's pooled endpoint is
+PgBouncer in transaction mode, so a `-pooler` host is refused with an explanation.
+"""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from shared.db_url import parse_database_url
+from shared.models import Base
+
+
+class MigrationUrlError(RuntimeError):
+    """No usable direct database URL; the message says what to set."""
+
+
+def migration_url() -> str:
+    """DIRECT_DATABASE_URL, else DATABASE_URL when it is not a pooler host."""
+    override = context.config.attributes.get("url")
+    direct = override or os.environ.get("DIRECT_DATABASE_URL")
+    variable = "DIRECT_DATABASE_URL"
+    if not direct:
+        direct, variable = os.environ.get("DATABASE_URL"), "DATABASE_URL"
+    if not direct:
+        raise MigrationUrlError(
+            "Set DIRECT_DATABASE_URL to the direct (non-pooler) connection string, e.g. "
+            "postgresql://user:password@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
+        )
+    target = parse_database_url(direct, variable=variable)
+    if target.is_pooler:
+        raise MigrationUrlError(
+            f"{variable} points at a transaction pooler ({target.host}). Migrations need a "
+            "session-holding connection: use the direct host (without -pooler) in "
+            "DIRECT_DATABASE_URL."
+        )
+    return target.sqlalchemy_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=migration_url(),
+        target_metadata=Base.metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(migration_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            compare_server_default=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

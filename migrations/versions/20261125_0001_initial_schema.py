@@ -1,0 +1,281 @@
+"""Initial schema: the seven tables of the original Prisma schema, plus documented additions.
+
+Everything Prisma generates (reference/prisma-schema.sql) is reproduced as is. Additions, all
+nullable or constraint-only so the original TypeScript app keeps working on the same database:
+- users."trialStartedAt"; saved_searches.description, results, "lastRunAt", "resultCount"
+  (fields the legacy Redis records carry);
+- users_email_lower_key: a case-insensitive unique email;
+- users_tier_trialEndsAt_idx: serves the expired-trial lookup;
+- feature_flags_rolloutPercent_check: rolloutPercent between 0 and 100.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-25 12:49:05.047116+00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Prisma's DateTime: millisecond precision, no time zone (the app stores UTC).
+TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "api_usage",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("userId", sa.Text(), nullable=True),
+        sa.Column("endpoint", sa.Text(), nullable=False),
+        sa.Column("method", sa.Text(), nullable=False),
+        sa.Column("statusCode", sa.Integer(), nullable=False),
+        sa.Column("duration", sa.Integer(), nullable=False),
+        sa.Column("ipAddress", sa.Text(), nullable=True),
+        sa.Column("userAgent", sa.Text(), nullable=True),
+        sa.Column(
+            "timestamp", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "api_usage_endpoint_timestamp_idx", "api_usage", ["endpoint", "timestamp"], unique=False
+    )
+    op.create_index(
+        "api_usage_ipAddress_timestamp_idx", "api_usage", ["ipAddress", "timestamp"], unique=False
+    )
+    op.create_index(
+        "api_usage_userId_timestamp_idx", "api_usage", ["userId", "timestamp"], unique=False
+    )
+    op.create_table(
+        "feature_flags",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("key", sa.Text(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("rolloutPercent", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("allowedUsers", postgresql.ARRAY(sa.Text()), nullable=True),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column(
+            "createdAt", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.Column("updatedAt", TIMESTAMP3, nullable=False),
+        sa.Column("createdBy", sa.Text(), nullable=True),
+        # Addition: the 0-100 range the Prisma comment promised.
+        sa.CheckConstraint(
+            '"rolloutPercent" >= 0 AND "rolloutPercent" <= 100',
+            name="feature_flags_rolloutPercent_check",
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("feature_flags_key_key", "feature_flags", ["key"], unique=True)
+    op.create_table(
+        "system_metrics",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("metric", sa.Text(), nullable=False),
+        sa.Column("value", sa.Double(), nullable=False),
+        sa.Column("tags", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column(
+            "timestamp", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "system_metrics_metric_timestamp_idx",
+        "system_metrics",
+        ["metric", "timestamp"],
+        unique=False,
+    )
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("email", sa.Text(), nullable=False),
+        sa.Column(
+            "tier",
+            sa.Enum("FREE", "PRO", "ENTERPRISE", name="UserTier"),
+            server_default=sa.text("'FREE'"),
+            nullable=False,
+        ),
+        sa.Column(
+            "keywordSearchesThisMonth", sa.Integer(), server_default=sa.text("0"), nullable=False
+        ),
+        sa.Column(
+            "keywordSearchesTotal", sa.Integer(), server_default=sa.text("0"), nullable=False
+        ),
+        sa.Column(
+            "monthlyResetAt",
+            TIMESTAMP3,
+            server_default=sa.text("CURRENT_TIMESTAMP"),
+            nullable=False,
+        ),
+        sa.Column("stripeCustomerId", sa.Text(), nullable=True),
+        sa.Column("stripeSubscriptionId", sa.Text(), nullable=True),
+        sa.Column("subscriptionStatus", sa.Text(), nullable=True),
+        sa.Column("subscriptionPlan", sa.Text(), nullable=True),
+        sa.Column("subscriptionEndsAt", TIMESTAMP3, nullable=True),
+        sa.Column("trialEndsAt", TIMESTAMP3, nullable=True),
+        sa.Column(
+            "createdAt", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.Column("updatedAt", TIMESTAMP3, nullable=False),
+        sa.Column("trialStartedAt", TIMESTAMP3, nullable=True),  # addition
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("users_createdAt_idx", "users", ["createdAt"], unique=False)
+    op.create_index("users_email_idx", "users", ["email"], unique=False)
+    op.create_index("users_email_key", "users", ["email"], unique=True)
+    # Additions: case-insensitive email uniqueness; the expired-trial lookup.
+    op.create_index(
+        "users_email_lower_key", "users", [sa.literal_column('lower("email")')], unique=True
+    )
+    op.create_index("users_stripeCustomerId_idx", "users", ["stripeCustomerId"], unique=False)
+    op.create_index("users_stripeCustomerId_key", "users", ["stripeCustomerId"], unique=True)
+    op.create_index(
+        "users_stripeSubscriptionId_key", "users", ["stripeSubscriptionId"], unique=True
+    )
+    op.create_index("users_tier_trialEndsAt_idx", "users", ["tier", "trialEndsAt"], unique=False)
+    op.create_table(
+        "webhook_events",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("type", sa.Text(), nullable=False),
+        sa.Column("provider", sa.Text(), server_default=sa.text("'stripe'"), nullable=False),
+        sa.Column("processed", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("processedAt", TIMESTAMP3, nullable=True),
+        sa.Column("attempts", sa.Integer(), server_default=sa.text("1"), nullable=False),
+        sa.Column(
+            "lastAttemptAt", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column(
+            "createdAt", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "webhook_events_processed_createdAt_idx",
+        "webhook_events",
+        ["processed", "createdAt"],
+        unique=False,
+    )
+    op.create_index(
+        "webhook_events_type_createdAt_idx", "webhook_events", ["type", "createdAt"], unique=False
+    )
+    op.create_table(
+        "saved_searches",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("userId", sa.Text(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("keywords", postgresql.ARRAY(sa.Text()), nullable=True),
+        sa.Column("location", sa.Text(), server_default=sa.text("'US'"), nullable=False),
+        sa.Column("language", sa.Text(), server_default=sa.text("'en'"), nullable=False),
+        sa.Column("matchType", sa.Text(), server_default=sa.text("'broad'"), nullable=False),
+        sa.Column("keywordCount", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column(
+            "createdAt", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.Column("updatedAt", TIMESTAMP3, nullable=False),
+        sa.Column(
+            "lastAccessedAt",
+            TIMESTAMP3,
+            server_default=sa.text("CURRENT_TIMESTAMP"),
+            nullable=False,
+        ),
+        # Additions: the legacy Redis saved-search record's fields.
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("results", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("lastRunAt", TIMESTAMP3, nullable=True),
+        sa.Column("resultCount", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["userId"],
+            ["users.id"],
+            name="saved_searches_userId_fkey",
+            onupdate="CASCADE",
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "saved_searches_userId_createdAt_idx",
+        "saved_searches",
+        ["userId", "createdAt"],
+        unique=False,
+    )
+    op.create_index(
+        "saved_searches_userId_lastAccessedAt_idx",
+        "saved_searches",
+        ["userId", "lastAccessedAt"],
+        unique=False,
+    )
+    op.create_table(
+        "search_history",
+        sa.Column("id", sa.Text(), nullable=False),
+        sa.Column("userId", sa.Text(), nullable=True),
+        sa.Column("keywords", postgresql.ARRAY(sa.Text()), nullable=True),
+        sa.Column("location", sa.Text(), nullable=False),
+        sa.Column("language", sa.Text(), nullable=False),
+        sa.Column("matchType", sa.Text(), nullable=False),
+        sa.Column("provider", sa.Text(), nullable=False),
+        sa.Column("cacheHit", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("responseTime", sa.Integer(), nullable=False),
+        sa.Column("keywordCount", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("avgVolume", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("totalVolume", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column(
+            "searchedAt", TIMESTAMP3, server_default=sa.text("CURRENT_TIMESTAMP"), nullable=False
+        ),
+        sa.Column("userAgent", sa.Text(), nullable=True),
+        sa.Column("ipAddress", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["userId"],
+            ["users.id"],
+            name="search_history_userId_fkey",
+            onupdate="CASCADE",
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("search_history_provider_idx", "search_history", ["provider"], unique=False)
+    op.create_index("search_history_searchedAt_idx", "search_history", ["searchedAt"], unique=False)
+    op.create_index(
+        "search_history_userId_searchedAt_idx",
+        "search_history",
+        ["userId", "searchedAt"],
+        unique=False,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("search_history_userId_searchedAt_idx", table_name="search_history")
+    op.drop_index("search_history_searchedAt_idx", table_name="search_history")
+    op.drop_index("search_history_provider_idx", table_name="search_history")
+    op.drop_table("search_history")
+    op.drop_index("saved_searches_userId_lastAccessedAt_idx", table_name="saved_searches")
+    op.drop_index("saved_searches_userId_createdAt_idx", table_name="saved_searches")
+    op.drop_table("saved_searches")
+    op.drop_index("webhook_events_type_createdAt_idx", table_name="webhook_events")
+    op.drop_index("webhook_events_processed_createdAt_idx", table_name="webhook_events")
+    op.drop_table("webhook_events")
+    op.drop_index("users_tier_trialEndsAt_idx", table_name="users")
+    op.drop_index("users_stripeSubscriptionId_key", table_name="users")
+    op.drop_index("users_stripeCustomerId_key", table_name="users")
+    op.drop_index("users_stripeCustomerId_idx", table_name="users")
+    op.drop_index("users_email_lower_key", table_name="users")
+    op.drop_index("users_email_key", table_name="users")
+    op.drop_index("users_email_idx", table_name="users")
+    op.drop_index("users_createdAt_idx", table_name="users")
+    op.drop_table("users")
+    op.drop_index("system_metrics_metric_timestamp_idx", table_name="system_metrics")
+    op.drop_table("system_metrics")
+    op.drop_index("feature_flags_key_key", table_name="feature_flags")
+    op.drop_table("feature_flags")
+    op.drop_index("api_usage_userId_timestamp_idx", table_name="api_usage")
+    op.drop_index("api_usage_ipAddress_timestamp_idx", table_name="api_usage")
+    op.drop_index("api_usage_endpoint_timestamp_idx", table_name="api_usage")
+    op.drop_table("api_usage")
+    op.execute('DROP TYPE "UserTier"')

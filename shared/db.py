@@ -1,0 +1,293 @@
+"""The database engine: one cached connection per warm container, Neon-aware, retrying safely.
+
+Shape of a call: `run(work)` for single statements (autocommit: one round trip each) and
+`transaction(work)` for multi-step writes (`BEGIN` … `COMMIT`, all or nothing). `work` receives a
+SQLAlchemy `Session` and holds the SQL (see `shared.repositories`).
+
+Why it looks like this:
+- The engine is built on first use and kept at module level; never in a FastAPI lifespan, which
+  Mangum runs on every invocation. `DB_POOL_SIZE` (default 1, no overflow) bounds what a container
+  holds; the pooler multiplexes containers onto few server connections.
+- Autocommit at the driver: psycopg would otherwise send `BEGIN` as its own round trip before
+  every statement. Transactions send `BEGIN` (and `SET LOCAL statement_timeout`) as one message.
+- No ping on a hot connection. One idle for longer than `DB_IDLE_CHECK_S` (a frozen container, a
+  Neon compute that may have suspended) is pinged on checkout and replaced if dead.
+- Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
+  retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
+  transaction (the server rolls back a transaction whose connection dies); statements declared
+  idempotent; and errors where the server says it ended the session before running the statement.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from shared.config import PreparedStatements, Settings, get_settings
+from shared.db_url import DatabaseTarget, parse_database_url, redact_url
+from shared.telemetry import log_event
+
+T = TypeVar("T")
+
+# SQLSTATEs meaning the server ended or refused the session before running our statement.
+_SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
+# Connection failures that arrive without a useful SQLSTATE (libpq, Neon's proxy, PgBouncer).
+_CONNECTION_FAILURE_TEXT = (
+    "couldn't connect to compute node",
+    "server closed the connection unexpectedly",
+    "ssl connection has been closed unexpectedly",
+    "connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "query_wait_timeout",
+    "no more connections allowed",
+    "server conn crashed",
+    "server login has been failing",
+    "consuming input failed",
+    "connection is lost",
+    "connection is closed",
+)
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database could not be reached (or a write's outcome is unknown) within the budget.
+
+    HTTP functions answer 503 with `Retry-After`; the message is safe to log (no secrets).
+    """
+
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> Engine:
+    """The container's engine, created on first use and reused by every later invocation."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = build_engine(get_settings())
+    return _engine
+
+
+def dispose_engine() -> None:
+    """Close the cached engine's connections and forget it (tests, settings changes)."""
+    global _engine
+    with _engine_lock:
+        if _engine is not None:
+            _engine.dispose()
+            _engine = None
+
+
+def prepared_statements_enabled(target: DatabaseTarget, mode: PreparedStatements) -> bool:
+    """Auto: on everywhere but a non-Neon transaction pooler (Debian's PgBouncer 1.18 cannot)."""
+    if mode is PreparedStatements.AUTO:
+        return not (target.is_pooler and not target.is_neon)
+    return mode is PreparedStatements.ON
+
+
+def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
+    """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules."""
+    target = parse_database_url(url or settings.database_url)
+    connect_args: dict[str, Any] = {
+        "connect_timeout": settings.db_connect_timeout_s,
+        "application_name": settings.db_application_name,
+    }
+    if not prepared_statements_enabled(target, settings.prepared_statements):
+        connect_args["prepare_threshold"] = None
+    if not target.is_pooler and settings.db_statement_timeout_ms:
+        # A direct connection takes session settings as startup options; a pooler would refuse.
+        connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    engine = create_engine(
+        target.sqlalchemy_url,
+        connect_args=connect_args,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.db_retry_budget_s,
+        pool_pre_ping=False,
+        pool_use_lifo=True,
+    )
+    _install_idle_check(engine, settings.db_idle_check_s)
+    _install_slow_query_log(engine, settings.slow_query_ms)
+    return engine
+
+
+def _install_idle_check(engine: Engine, idle_seconds: float) -> None:
+    @event.listens_for(engine, "checkin")
+    def _mark_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check_if_idle(
+        dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
+        if conn.closed or conn.broken:
+            raise DisconnectionError("connection closed while idle")
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since <= idle_seconds:
+            return
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error as error:
+            log_event(
+                "db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__
+            )
+            raise DisconnectionError("idle connection is dead") from error
+
+
+def _install_slow_query_log(engine: Engine, threshold_ms: int) -> None:
+    if threshold_ms <= 0:
+        return
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
+        conn.info["query_started"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _finish(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
+        elapsed_ms = (time.perf_counter() - conn.info.pop("query_started")) * 1000
+        if elapsed_ms > threshold_ms:
+            # Neon's pg_stat_statements resets whenever the compute suspends: log it here.
+            log_event(
+                "slow_query",
+                level=logging.WARNING,
+                durationMs=round(elapsed_ms, 1),
+                thresholdMs=threshold_ms,
+                sql=" ".join(statement.split())[:200],
+            )
+
+
+def is_connection_failure(error: DBAPIError) -> bool:
+    """True when `error` is about the connection, not about the statement or the data."""
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    if not isinstance(original, psycopg.OperationalError):
+        return False
+    sqlstate = original.sqlstate
+    if sqlstate in _SERVER_ENDED_SESSION or (sqlstate or "").startswith("08"):
+        return True
+    message = str(original).lower()
+    return sqlstate is None and any(fragment in message for fragment in _CONNECTION_FAILURE_TEXT)
+
+
+def _server_ended_session(error: DBAPIError) -> bool:
+    original = error.orig
+    return isinstance(original, psycopg.Error) and original.sqlstate in _SERVER_ENDED_SESSION
+
+
+def run(work: Callable[[Session], T], *, idempotent: bool = False) -> T:
+    """Run `work` with each statement committing on its own (one round trip per statement).
+
+    Set `idempotent=True` for reads and for writes that are safe to repeat (e.g. `ON CONFLICT DO
+    NOTHING`): they are retried even when the connection dies mid-statement.
+    """
+    return _execute(work, atomic=False, idempotent=idempotent)
+
+
+def transaction(work: Callable[[Session], T]) -> T:
+    """Run `work` inside BEGIN … COMMIT: every statement applies, or none does.
+
+    A connection failure before COMMIT rolls the transaction back on the server, so the whole
+    unit is retried; a failure during COMMIT leaves the outcome unknown and is reported instead.
+    """
+    return _execute(work, atomic=True, idempotent=False)
+
+
+def _begin_sql(settings: Settings) -> str:
+    timeout = settings.db_statement_timeout_ms
+    # One simple-protocol message: BEGIN and the per-transaction timeout in a single round trip.
+    return f"BEGIN; SET LOCAL statement_timeout = {int(timeout)}" if timeout else "BEGIN"
+
+
+def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) -> T:
+    engine = get_engine()
+    settings = get_settings()
+    deadline = time.monotonic() + settings.db_retry_budget_s
+    delay = 0.05
+    attempt = 0
+    while True:
+        attempt += 1
+        stage = "connect"
+        try:
+            with Session(engine, expire_on_commit=False, autoflush=False) as session:
+                session.connection()  # checkout (and connect) before anything is sent
+                stage = "work"
+                if not atomic:
+                    return work(session)
+                session.execute(text(_begin_sql(settings)))
+                try:
+                    result = work(session)
+                except BaseException:
+                    _rollback_quietly(session)
+                    raise
+                stage = "commit"
+                session.execute(text("COMMIT"))
+                return result
+        except DBAPIError as error:
+            if not is_connection_failure(error):
+                raise
+            safe = (
+                stage == "connect"
+                or (atomic and stage == "work")
+                or (idempotent and stage == "work")
+                or (stage == "work" and _server_ended_session(error))
+            )
+            message = redact_url(str(error.orig)).strip().splitlines()[0] if error.orig else ""
+            now = time.monotonic()
+            if not safe or now + delay > deadline:
+                log_event(
+                    "db_unavailable",
+                    level=logging.ERROR,
+                    stage=stage,
+                    attempts=attempt,
+                    retried=safe,
+                    reason=message,
+                )
+                outcome = "outcome unknown" if stage == "commit" or not safe else "unreachable"
+                raise DatabaseUnavailableError(
+                    f"database {outcome} after {attempt} attempt(s) at {stage}: {message}"
+                ) from None
+            log_event(
+                "db_retry", level=logging.WARNING, stage=stage, attempt=attempt, reason=message
+            )
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+
+def _rollback_quietly(session: Session) -> None:
+    """End a failed transaction so the pooled connection goes back clean."""
+    try:
+        session.execute(text("ROLLBACK"))
+    except DBAPIError:
+        session.invalidate()  # the connection is unusable; the pool opens a new one
+
+
+def get_database_health() -> dict[str, Any]:
+    """`{connected, responseTime}` (+ `error`), the original app's health shape."""
+    started = time.perf_counter()
+    try:
+        run(lambda session: session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+    except (DatabaseUnavailableError, DBAPIError) as error:
+        elapsed = round((time.perf_counter() - started) * 1000)
+        reason = "unreachable" if isinstance(error, DatabaseUnavailableError) else "query failed"
+        return {"connected": False, "responseTime": elapsed, "error": f"Database {reason}"}
+    return {"connected": True, "responseTime": round((time.perf_counter() - started) * 1000)}
+
+
+def is_database_connected() -> bool:
+    """True when `SELECT 1` succeeds within the retry budget."""
+    return bool(get_database_health()["connected"])

@@ -1,0 +1,250 @@
+"""ORM models over the physical schema that the original Prisma schema generates.
+
+Table and column names, types, defaults, constraints, indexes and FK actions match
+`reference/prisma-schema.sql` so the original TypeScript app can share the database. Python
+attributes are snake_case; columns keep Prisma's quoted camelCase names.
+
+Like the Prisma client, our code (not the database) sets `id` and `updatedAt`.
+
+Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps working):
+- `users."trialStartedAt"`: the legacy Redis user record carries it (spec §3.1).
+- `saved_searches.description`, `results` (JSONB), `"lastRunAt"`, `"resultCount"`: the legacy
+  saved-search record carries them (spec §4.2).
+- `users_email_lower_key`: emails are unique case-insensitively (spec §10.10).
+- `users_tier_trialEndsAt_idx`: serves the expired-trial lookup.
+- `feature_flags_rolloutPercent_check`: `rolloutPercent` BETWEEN 0 AND 100.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Dialect,
+    Double,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NOW = text("CURRENT_TIMESTAMP")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Prisma's `TIMESTAMP(3)` (no time zone) holding UTC; Python sees aware UTC datetimes."""
+
+    impl = TIMESTAMP(precision=3)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class UserTier(enum.StrEnum):
+    FREE = "FREE"
+    PRO = "PRO"
+    ENTERPRISE = "ENTERPRISE"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        Index("users_email_key", "email", unique=True),
+        Index("users_stripeCustomerId_key", "stripeCustomerId", unique=True),
+        Index("users_stripeSubscriptionId_key", "stripeSubscriptionId", unique=True),
+        Index("users_email_idx", "email"),
+        Index("users_stripeCustomerId_idx", "stripeCustomerId"),
+        Index("users_createdAt_idx", "createdAt"),
+        Index("users_email_lower_key", func.lower(text('"email"')), unique=True),
+        Index("users_tier_trialEndsAt_idx", "tier", "trialEndsAt"),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    email: Mapped[str] = mapped_column("email", Text)
+    tier: Mapped[UserTier] = mapped_column(
+        "tier",
+        Enum(UserTier, name="UserTier", values_callable=lambda e: [m.value for m in e]),
+        server_default=text("'FREE'"),
+    )
+    keyword_searches_this_month: Mapped[int] = mapped_column(
+        "keywordSearchesThisMonth", Integer, server_default=text("0")
+    )
+    keyword_searches_total: Mapped[int] = mapped_column(
+        "keywordSearchesTotal", Integer, server_default=text("0")
+    )
+    monthly_reset_at: Mapped[datetime] = mapped_column(
+        "monthlyResetAt", UTCDateTime(), server_default=NOW
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column("stripeCustomerId", Text)
+    stripe_subscription_id: Mapped[str | None] = mapped_column("stripeSubscriptionId", Text)
+    subscription_status: Mapped[str | None] = mapped_column("subscriptionStatus", Text)
+    subscription_plan: Mapped[str | None] = mapped_column("subscriptionPlan", Text)
+    subscription_ends_at: Mapped[datetime | None] = mapped_column(
+        "subscriptionEndsAt", UTCDateTime()
+    )
+    trial_ends_at: Mapped[datetime | None] = mapped_column("trialEndsAt", UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+    # Addition: the legacy Redis record's trial start (nullable; Prisma ignores it).
+    trial_started_at: Mapped[datetime | None] = mapped_column("trialStartedAt", UTCDateTime())
+
+
+class SavedSearch(Base):
+    __tablename__ = "saved_searches"
+    __table_args__ = (
+        Index("saved_searches_userId_createdAt_idx", "userId", "createdAt"),
+        Index("saved_searches_userId_lastAccessedAt_idx", "userId", "lastAccessedAt"),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey(
+            "users.id", ondelete="CASCADE", onupdate="CASCADE", name="saved_searches_userId_fkey"
+        ),
+    )
+    name: Mapped[str] = mapped_column("name", Text)
+    keywords: Mapped[list[str] | None] = mapped_column("keywords", ARRAY(Text))
+    location: Mapped[str] = mapped_column("location", Text, server_default=text("'US'"))
+    language: Mapped[str] = mapped_column("language", Text, server_default=text("'en'"))
+    match_type: Mapped[str] = mapped_column("matchType", Text, server_default=text("'broad'"))
+    keyword_count: Mapped[int] = mapped_column("keywordCount", Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+    last_accessed_at: Mapped[datetime] = mapped_column(
+        "lastAccessedAt", UTCDateTime(), server_default=NOW
+    )
+    # Additions: fields of the legacy Redis saved-search record (nullable; Prisma ignores them).
+    description: Mapped[str | None] = mapped_column("description", Text)
+    results: Mapped[list[dict[str, Any]] | None] = mapped_column("results", JSONB)
+    last_run_at: Mapped[datetime | None] = mapped_column("lastRunAt", UTCDateTime())
+    result_count: Mapped[int | None] = mapped_column("resultCount", Integer)
+
+
+class SearchHistory(Base):
+    __tablename__ = "search_history"
+    __table_args__ = (
+        Index("search_history_userId_searchedAt_idx", "userId", "searchedAt"),
+        Index("search_history_searchedAt_idx", "searchedAt"),
+        Index("search_history_provider_idx", "provider"),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey(
+            "users.id", ondelete="SET NULL", onupdate="CASCADE", name="search_history_userId_fkey"
+        ),
+    )
+    keywords: Mapped[list[str] | None] = mapped_column("keywords", ARRAY(Text))
+    location: Mapped[str] = mapped_column("location", Text)
+    language: Mapped[str] = mapped_column("language", Text)
+    match_type: Mapped[str] = mapped_column("matchType", Text)
+    provider: Mapped[str] = mapped_column("provider", Text)
+    cache_hit: Mapped[bool] = mapped_column("cacheHit", Boolean, server_default=text("false"))
+    response_time: Mapped[int] = mapped_column("responseTime", Integer)
+    keyword_count: Mapped[int] = mapped_column("keywordCount", Integer, server_default=text("0"))
+    avg_volume: Mapped[int] = mapped_column("avgVolume", Integer, server_default=text("0"))
+    total_volume: Mapped[int] = mapped_column("totalVolume", Integer, server_default=text("0"))
+    searched_at: Mapped[datetime] = mapped_column("searchedAt", UTCDateTime(), server_default=NOW)
+    user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
+    ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
+
+
+class ApiUsage(Base):
+    __tablename__ = "api_usage"
+    __table_args__ = (
+        Index("api_usage_userId_timestamp_idx", "userId", "timestamp"),
+        Index("api_usage_endpoint_timestamp_idx", "endpoint", "timestamp"),
+        Index("api_usage_ipAddress_timestamp_idx", "ipAddress", "timestamp"),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    user_id: Mapped[str | None] = mapped_column("userId", Text)
+    endpoint: Mapped[str] = mapped_column("endpoint", Text)
+    method: Mapped[str] = mapped_column("method", Text)
+    status_code: Mapped[int] = mapped_column("statusCode", Integer)
+    duration: Mapped[int] = mapped_column("duration", Integer)
+    ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
+    user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
+    timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)
+
+
+class WebhookEvent(Base):
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("webhook_events_type_createdAt_idx", "type", "createdAt"),
+        Index("webhook_events_processed_createdAt_idx", "processed", "createdAt"),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    type: Mapped[str] = mapped_column("type", Text)
+    provider: Mapped[str] = mapped_column("provider", Text, server_default=text("'stripe'"))
+    processed: Mapped[bool] = mapped_column("processed", Boolean, server_default=text("false"))
+    processed_at: Mapped[datetime | None] = mapped_column("processedAt", UTCDateTime())
+    attempts: Mapped[int] = mapped_column("attempts", Integer, server_default=text("1"))
+    last_attempt_at: Mapped[datetime] = mapped_column(
+        "lastAttemptAt", UTCDateTime(), server_default=NOW
+    )
+    error: Mapped[str | None] = mapped_column("error", Text)
+    payload: Mapped[dict[str, Any] | None] = mapped_column("payload", JSONB)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+
+
+class FeatureFlag(Base):
+    __tablename__ = "feature_flags"
+    __table_args__ = (
+        Index("feature_flags_key_key", "key", unique=True),
+        CheckConstraint(
+            '"rolloutPercent" >= 0 AND "rolloutPercent" <= 100',
+            name="feature_flags_rolloutPercent_check",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    key: Mapped[str] = mapped_column("key", Text)
+    enabled: Mapped[bool] = mapped_column("enabled", Boolean, server_default=text("false"))
+    rollout_percent: Mapped[int] = mapped_column(
+        "rolloutPercent", Integer, server_default=text("0")
+    )
+    allowed_users: Mapped[list[str] | None] = mapped_column("allowedUsers", ARRAY(Text))
+    description: Mapped[str | None] = mapped_column("description", Text)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column("createdBy", Text)
+
+
+class SystemMetric(Base):
+    __tablename__ = "system_metrics"
+    __table_args__ = (Index("system_metrics_metric_timestamp_idx", "metric", "timestamp"),)
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    metric: Mapped[str] = mapped_column("metric", Text)
+    value: Mapped[float] = mapped_column("value", Double)
+    tags: Mapped[dict[str, Any] | None] = mapped_column("tags", JSONB)
+    timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)

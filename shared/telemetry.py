@@ -1,0 +1,61 @@
+"""Structured JSON logs: one line per event, so log platforms can index the fields.
+
+Values are logged as given: callers pass ids and durations, never raw SQL parameters, emails or
+connection strings (see `shared.db_url.redact_url`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+logger = logging.getLogger("keyflash")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """Emit one JSON log line `{"event": ..., "ts": ..., **fields}`."""
+    if not logger.isEnabledFor(level):
+        return
+    record = {"event": event, "ts": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
+    logger.log(level, json.dumps(record, default=str, separators=(",", ":")))
+
+
+def log_database_operation(name: str, duration_ms: float, success: bool, **context: Any) -> None:
+    """The original app's per-operation database log, as structured JSON."""
+    log_event(
+        "database_operation",
+        level=logging.INFO if success else logging.WARNING,
+        operation=name,
+        durationMs=round(duration_ms, 2),
+        success=success,
+        **context,
+    )
+
+
+def database_operation(name: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorate a repository function so each call logs its name, duration and outcome."""
+
+    def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        @wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            started = time.perf_counter()
+            try:
+                result = func(*args, **kwargs)
+            except Exception as error:
+                elapsed = (time.perf_counter() - started) * 1000
+                log_database_operation(name, elapsed, False, error=type(error).__name__)
+                raise
+            log_database_operation(name, (time.perf_counter() - started) * 1000, True)
+            return result
+
+        return wrapper
+
+    return decorate
