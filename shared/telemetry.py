@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
+from shared.errors import DomainError
+
 logger = logging.getLogger("keyflash")
 
 P = ParamSpec("P")
@@ -49,6 +51,10 @@ def database_operation(name: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
             started = time.perf_counter()
             try:
                 result = func(*args, **kwargs)
+            except DomainError as outcome:
+                elapsed = (time.perf_counter() - started) * 1000
+                log_database_operation(name, elapsed, True, outcome=type(outcome).__name__)
+                raise
             except Exception as error:
                 elapsed = (time.perf_counter() - started) * 1000
                 log_database_operation(name, elapsed, False, error=type(error).__name__)

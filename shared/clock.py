@@ -1,0 +1,27 @@
+"""UTC time, injectable: business rules take `now` so tests move the clock instead of sleeping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime truncated to milliseconds (what TIMESTAMP(3) stores)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def month_start(moment: datetime) -> datetime:
+    """Start of `moment`'s UTC calendar month."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(moment: datetime) -> datetime:
+    """Start of the UTC calendar month after `moment`'s: when a monthly counter resets."""
+    start = month_start(moment)
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )

@@ -1,0 +1,42 @@
+"""Domain errors raised by the core; the HTTP layer maps each to a status and message."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """An expected business outcome (not a fault): logged as a successful database operation."""
+
+
+class NotFoundError(DomainError, LookupError):
+    """The row does not exist, or belongs to another user (both look the same to callers)."""
+
+
+class UserNotFoundError(NotFoundError):
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id} not found")
+        self.user_id = user_id
+
+
+class EmailInUseError(DomainError, ValueError):
+    """Another user already has this email (compared case-insensitively)."""
+
+    def __init__(self) -> None:
+        super().__init__("email address already belongs to another user")
+
+
+class QuotaExceededError(DomainError):
+    """Adding `requested` would take `used` past `limit`; nothing was changed."""
+
+    def __init__(self, used: int, limit: int, requested: int) -> None:
+        super().__init__(f"quota exceeded: {used} used + {requested} requested > {limit}")
+        self.used = used
+        self.limit = limit
+        self.requested = requested
+
+
+class SavedSearchLimitError(DomainError):
+    """The user already has the maximum number of saved searches."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"saved search limit of {limit} reached")
+        self.limit = limit

@@ -1,0 +1,145 @@
+"""Search history: one row per keyword search, listed per user and summarised for analytics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, insert, or_, select, tuple_
+from sqlalchemy.orm import Session
+
+from shared.clock import utcnow
+from shared.ids import new_cuid
+from shared.models import SearchHistory
+from shared.telemetry import database_operation
+
+
+@dataclass(frozen=True, slots=True)
+class NewSearch:
+    user_id: str | None
+    keywords: list[str]
+    location: str
+    language: str
+    match_type: str
+    provider: str
+    cache_hit: bool
+    response_time: int
+    avg_volume: int = 0
+    total_volume: int = 0
+    user_agent: str | None = None
+    ip_address: str | None = None  # already reduced (see the PII rule)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[SearchHistory]
+    next_cursor: tuple[datetime, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    searches: int
+    avg_response_time: float | None
+    cache_hit_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    searches: int
+    avg_response_time: float | None
+    cache_hit_rate: float | None
+    providers: dict[str, ProviderStats] = field(default_factory=dict)
+
+
+@database_operation("recordSearch")
+def record(session: Session, search: NewSearch, *, now: datetime | None = None) -> str:
+    """Insert one history row and return its id."""
+    row_id = new_cuid()
+    session.execute(
+        insert(SearchHistory).values(
+            id=row_id,
+            user_id=search.user_id,
+            keywords=search.keywords,
+            location=search.location,
+            language=search.language,
+            match_type=search.match_type,
+            provider=search.provider,
+            cache_hit=search.cache_hit,
+            response_time=search.response_time,
+            keyword_count=len(search.keywords),
+            avg_volume=search.avg_volume,
+            total_volume=search.total_volume,
+            searched_at=now or utcnow(),
+            user_agent=search.user_agent,
+            ip_address=search.ip_address,
+        )
+    )
+    return row_id
+
+
+@database_operation("listSearchHistory")
+def list_for_user(
+    session: Session,
+    user_id: str,
+    *,
+    limit: int = 20,
+    cursor: tuple[datetime, str] | None = None,
+) -> Page:
+    """Newest first, keyset-paginated on (searchedAt, id) using the (userId, searchedAt) index."""
+    statement = (
+        select(SearchHistory)
+        .where(SearchHistory.user_id == user_id)
+        .order_by(SearchHistory.searched_at.desc(), SearchHistory.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        after_time, after_id = cursor
+        statement = statement.where(
+            or_(
+                SearchHistory.searched_at < after_time,
+                and_(SearchHistory.searched_at == after_time, SearchHistory.id < after_id),
+            )
+        )
+    rows = list(session.scalars(statement))
+    if len(rows) <= limit:
+        return Page(items=rows, next_cursor=None)
+    last = rows[limit - 1]
+    return Page(items=rows[:limit], next_cursor=(last.searched_at, last.id))
+
+
+@database_operation("searchHistoryStats")
+def stats(
+    session: Session,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    user_id: str | None = None,
+) -> Stats:
+    """Totals and per-provider figures over [since, until) in one query (GROUPING SETS)."""
+    hit_rate = func.avg(case((SearchHistory.cache_hit, 1.0), else_=0.0))
+    statement = (
+        select(
+            SearchHistory.provider,
+            func.grouping(SearchHistory.provider),
+            func.count(),
+            func.avg(SearchHistory.response_time),
+            hit_rate,
+        )
+        .where(SearchHistory.searched_at >= since, SearchHistory.searched_at < (until or utcnow()))
+        .group_by(func.grouping_sets(tuple_(), tuple_(SearchHistory.provider)))
+    )
+    if user_id is not None:
+        statement = statement.where(SearchHistory.user_id == user_id)
+    total = Stats(searches=0, avg_response_time=None, cache_hit_rate=None)
+    providers: dict[str, ProviderStats] = {}
+    for provider, is_total, count, avg_time, rate in session.execute(statement):
+        figures = (count, _float(avg_time), _float(rate))
+        if is_total:
+            total = Stats(*figures)
+        else:
+            providers[provider] = ProviderStats(*figures)
+    return Stats(total.searches, total.avg_response_time, total.cache_hit_rate, providers)
+
+
+def _float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]

@@ -1,0 +1,273 @@
+"""Users: Clerk accounts extended with a tier, a trial and monthly keyword usage.
+
+Every write is a single statement where one can do it, so concurrent Lambdas never lose updates:
+get-or-create is an `INSERT … ON CONFLICT`, usage is a conditional `UPDATE … RETURNING`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypedDict, Unpack
+
+from sqlalchemy import case, delete, func, insert, literal, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.clock import month_start, utcnow
+from shared.errors import EmailInUseError, QuotaExceededError, UserNotFoundError
+from shared.models import User, UserTier
+from shared.telemetry import database_operation
+
+TRIAL_LENGTH = timedelta(days=7)
+_EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
+
+
+class UserChanges(TypedDict, total=False):
+    """Columns a partial update may set (the original repository's list, plus the trial start)."""
+
+    email: str
+    tier: UserTier
+    keyword_searches_this_month: int
+    monthly_reset_at: datetime
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    subscription_status: str | None
+    subscription_plan: str | None
+    subscription_ends_at: datetime | None
+    trial_started_at: datetime | None
+    trial_ends_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Counters after an increment."""
+
+    this_month: int
+    total: int
+    monthly_reset_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionMetrics:
+    total_users: int
+    free_users: int
+    pro_users: int
+    enterprise_users: int
+    active_subscriptions: int
+
+
+def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
+    trial = tier is UserTier.FREE
+    return {
+        "id": user_id,
+        "email": email,
+        "tier": tier,
+        "monthly_reset_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "trial_started_at": now if trial else None,
+        "trial_ends_at": now + TRIAL_LENGTH if trial else None,
+    }
+
+
+def _raise_if_email_taken(error: IntegrityError) -> None:
+    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    if constraint in _EMAIL_CONSTRAINTS:
+        raise EmailInUseError() from None
+
+
+@database_operation("createUser")
+def create(
+    session: Session,
+    user_id: str,
+    email: str,
+    *,
+    tier: UserTier = UserTier.FREE,
+    now: datetime | None = None,
+) -> User:
+    """Insert a user; FREE users start a 7-day trial. A taken email raises `EmailInUseError`."""
+    values = _new_user_values(user_id, email, tier, now or utcnow())
+    try:
+        return session.scalars(insert(User).values(values).returning(User)).one()
+    except IntegrityError as error:
+        _raise_if_email_taken(error)
+        raise
+
+
+@database_operation("findUserById")
+def get(session: Session, user_id: str) -> User | None:
+    return session.get(User, user_id)
+
+
+@database_operation("findUserByEmail")
+def get_by_email(session: Session, email: str) -> User | None:
+    """Case-insensitive, served by the `lower(email)` unique index."""
+    statement = select(User).where(func.lower(User.email) == func.lower(literal(email)))
+    return session.scalars(statement).one_or_none()
+
+
+# Read the row if it exists, else insert it; one statement, one round trip. When another
+# transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
+# this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
+_GET_OR_CREATE = text(
+    """
+    WITH existing AS (SELECT * FROM users WHERE id = :id),
+    inserted AS (
+        INSERT INTO users (id, email, tier, "monthlyResetAt", "createdAt", "updatedAt",
+                           "trialStartedAt", "trialEndsAt")
+        SELECT :id, :email, CAST(:tier AS "UserTier"), :monthly_reset_at, :created_at,
+               :updated_at, :trial_started_at, :trial_ends_at
+        WHERE NOT EXISTS (SELECT 1 FROM existing)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING *
+    )
+    SELECT * FROM existing UNION ALL SELECT * FROM inserted
+    """
+)
+
+
+@database_operation("findOrCreateUser")
+def get_or_create(
+    session: Session, user_id: str, email: str, *, now: datetime | None = None
+) -> User:
+    """The user with `user_id`, created (as a FREE trial) when missing. Race-safe."""
+    values = _new_user_values(user_id, email, UserTier.FREE, now or utcnow())
+    values["tier"] = UserTier.FREE.value
+    statement = select(User).from_statement(_GET_OR_CREATE)
+    for _ in range(3):
+        try:
+            user: User | None = session.scalars(statement, values).one_or_none()
+        except IntegrityError as error:
+            _raise_if_email_taken(error)
+            raise
+        if user is not None:
+            return user
+    raise RuntimeError(f"user {user_id} neither found nor created after 3 attempts")
+
+
+@database_operation("updateUser")
+def update_user(
+    session: Session, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
+) -> User:
+    """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`."""
+    statement = (
+        update(User)
+        .where(User.id == user_id)
+        .values(**changes, updated_at=now or utcnow())
+        .returning(User)
+    )
+    try:
+        user = session.scalars(
+            statement, execution_options={"synchronize_session": False}
+        ).one_or_none()
+    except IntegrityError as error:
+        _raise_if_email_taken(error)
+        raise
+    if user is None:
+        raise UserNotFoundError(user_id)
+    return user
+
+
+@database_operation("incrementKeywordSearches")
+def increment_usage(
+    session: Session,
+    user_id: str,
+    count: int,
+    *,
+    limit: int | None = None,
+    now: datetime | None = None,
+) -> Usage:
+    """Add `count` to both counters in one statement, resetting the monthly one lazily.
+
+    The monthly counter restarts at `count` when `monthlyResetAt` is before the current UTC
+    month. With `limit`, the statement changes nothing and `QuotaExceededError` is raised when
+    `used + count > limit`; Postgres re-checks the condition on the locked row, so concurrent
+    increments can never pass the limit together.
+    """
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    now = now or utcnow()
+    stale = User.monthly_reset_at < month_start(now)
+    used = case((stale, 0), else_=User.keyword_searches_this_month)
+    statement = (
+        update(User)
+        .where(User.id == user_id)
+        .values(
+            keyword_searches_this_month=used + count,
+            keyword_searches_total=User.keyword_searches_total + count,
+            monthly_reset_at=case((stale, now), else_=User.monthly_reset_at),
+            updated_at=now,
+        )
+        .returning(
+            User.keyword_searches_this_month, User.keyword_searches_total, User.monthly_reset_at
+        )
+    )
+    if limit is not None:
+        statement = statement.where(used + count <= limit)
+    row = session.execute(statement, execution_options={"synchronize_session": False}).one_or_none()
+    if row is not None:
+        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2])
+    # Failure path only: one more read to tell a missing user from a full quota.
+    current = session.execute(
+        select(case((stale, 0), else_=User.keyword_searches_this_month)).where(User.id == user_id)
+    ).scalar_one_or_none()
+    if current is None:
+        raise UserNotFoundError(user_id)
+    raise QuotaExceededError(used=current, limit=limit or 0, requested=count)
+
+
+@database_operation("resetMonthlyUsage")
+def reset_monthly_usage(session: Session, user_id: str, *, now: datetime | None = None) -> None:
+    """Zero the monthly counter and stamp the reset (one statement, so it cannot race)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(keyword_searches_this_month=0, monthly_reset_at=now, updated_at=now)
+        .returning(User.id),
+        execution_options={"synchronize_session": False},
+    )
+    if result.first() is None:
+        raise UserNotFoundError(user_id)
+
+
+@database_operation("deleteUser")
+def delete_user(session: Session, user_id: str) -> bool:
+    """Delete the user: saved searches cascade, history rows keep userId NULL. False if absent."""
+    result = session.execute(
+        delete(User).where(User.id == user_id).returning(User.id),
+        execution_options={"synchronize_session": False},
+    )
+    return result.first() is not None
+
+
+@database_operation("findExpiredTrials")
+def find_expired_trials(
+    session: Session, *, now: datetime | None = None, after_id: str | None = None, limit: int = 500
+) -> list[User]:
+    """FREE users whose trial has ended, in id order (keyset batches for the cron)."""
+    statement = (
+        select(User)
+        .where(User.tier == UserTier.FREE, User.trial_ends_at < (now or utcnow()))
+        .order_by(User.id)
+        .limit(limit)
+    )
+    if after_id is not None:
+        statement = statement.where(User.id > after_id)
+    return list(session.scalars(statement))
+
+
+@database_operation("getSubscriptionMetrics")
+def subscription_metrics(session: Session) -> SubscriptionMetrics:
+    """All five counts in one scan (the original ran five COUNT queries)."""
+    row = session.execute(
+        select(
+            func.count(),
+            func.count().filter(User.tier == UserTier.FREE),
+            func.count().filter(User.tier == UserTier.PRO),
+            func.count().filter(User.tier == UserTier.ENTERPRISE),
+            func.count().filter(User.subscription_status == "active"),
+        )
+    ).one()
+    return SubscriptionMetrics(*row)

@@ -1,0 +1,131 @@
+"""Webhook events: an idempotency ledger in Postgres, claimed atomically by event id.
+
+`claim` runs in the same transaction as the event's effects: a concurrent delivery of the same
+event waits on the row until that transaction ends, then sees it processed. When processing
+fails the transaction (claim included) rolls back and `mark_failed` records the attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.clock import utcnow
+from shared.models import WebhookEvent
+from shared.telemetry import database_operation
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    event_id: str
+    attempts: int
+    first_delivery: bool
+
+
+@database_operation("claimWebhookEvent")
+def claim(
+    session: Session,
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any] | None,
+    *,
+    provider: str = "stripe",
+    now: datetime | None = None,
+) -> Claim | None:
+    """Claim an unprocessed event (new or retried); None when it was already processed."""
+    now = now or utcnow()
+    statement = insert(WebhookEvent).values(
+        id=event_id,
+        type=event_type,
+        provider=provider,
+        payload=payload,
+        attempts=1,
+        last_attempt_at=now,
+        created_at=now,
+    )
+    upsert: Any = statement.on_conflict_do_update(
+        index_elements=[WebhookEvent.id],
+        set_={WebhookEvent.attempts: WebhookEvent.attempts + 1, WebhookEvent.last_attempt_at: now},
+        where=WebhookEvent.processed.is_(False),
+    ).returning(WebhookEvent.attempts, literal_column("xmax = 0"))
+    row = session.execute(upsert).one_or_none()
+    if row is None:
+        return None
+    return Claim(event_id=event_id, attempts=row[0], first_delivery=bool(row[1]))
+
+
+@database_operation("markWebhookProcessed")
+def mark_processed(session: Session, event_id: str, *, now: datetime | None = None) -> None:
+    session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_id)
+        .values(processed=True, processed_at=now or utcnow(), error=None),
+        execution_options={"synchronize_session": False},
+    )
+
+
+@database_operation("markWebhookFailed")
+def mark_failed(
+    session: Session,
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any] | None,
+    error: str,
+    *,
+    provider: str = "stripe",
+    now: datetime | None = None,
+) -> None:
+    """Record a failed attempt (the claim rolled back with the work, so this upserts)."""
+    now = now or utcnow()
+    statement = insert(WebhookEvent).values(
+        id=event_id,
+        type=event_type,
+        provider=provider,
+        payload=payload,
+        attempts=1,
+        last_attempt_at=now,
+        created_at=now,
+        error=error[:1000],
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[WebhookEvent.id],
+            set_={
+                WebhookEvent.attempts: WebhookEvent.attempts + 1,
+                WebhookEvent.last_attempt_at: now,
+                WebhookEvent.error: statement.excluded.error,
+            },
+            where=WebhookEvent.processed.is_(False),
+        )
+    )
+
+
+@database_operation("listRetryableWebhooks")
+def list_retryable(
+    session: Session,
+    *,
+    max_attempts: int,
+    base_delay: timedelta,
+    now: datetime | None = None,
+    limit: int = 100,
+) -> list[WebhookEvent]:
+    """Unprocessed events under `max_attempts` whose backoff (base * 2^(attempts-1)) has passed."""
+    backoff = func.make_interval(
+        0, 0, 0, 0, 0, 0, base_delay.total_seconds() * func.power(2, WebhookEvent.attempts - 1)
+    )
+    statement = (
+        select(WebhookEvent)
+        .where(
+            WebhookEvent.processed.is_(False),
+            WebhookEvent.attempts < max_attempts,
+            WebhookEvent.last_attempt_at + backoff <= (now or utcnow()),
+        )
+        .order_by(WebhookEvent.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
