@@ -269,11 +269,15 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
 
 
 def _rollback_quietly(session: Session) -> None:
-    """End a failed transaction so the pooled connection goes back clean."""
+    """End a failed transaction so the pooled connection goes back clean.
+
+    psycopg sends ROLLBACK only when the server reports an open transaction; a connection that
+    died is already invalidated and goes nowhere near the pool again.
+    """
     try:
-        session.execute(text("ROLLBACK"))
+        session.rollback()
     except DBAPIError:
-        session.invalidate()  # the connection is unusable; the pool opens a new one
+        session.invalidate()
 
 
 def get_database_health() -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""Counters, quotas, get-or-create and the saved-search cap raced over real connections."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from threading import Barrier
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared import config, db
+from shared.errors import QuotaExceededError, SavedSearchLimitError
+from shared.repositories import saved_searches, users
+
+WORKERS = 20
+
+
+@pytest.fixture
+def wide_pool(db_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One engine with a connection per thread, so the races happen in Postgres."""
+    monkeypatch.setenv("DB_POOL_SIZE", str(WORKERS))
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    yield
+    db.dispose_engine()
+
+
+def race(task: Callable[[int], Any], count: int, workers: int = WORKERS) -> list[Any]:
+    """Run `task(i)` for i in range(count) on `workers` threads released together."""
+    start = Barrier(min(workers, count))
+
+    def run(index: int) -> Any:
+        if index < workers:
+            start.wait()
+        try:
+            return task(index)
+        except Exception as error:  # collected and asserted by the caller
+            return error
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run, range(count)))
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_thousand_increments_from_twenty_threads_are_exact(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    db.run(lambda s: users.create(s, "counter", "counter@example.com"))
+    outcomes = race(lambda _: db.run(lambda s: users.increment_usage(s, "counter", 1)), 1000)
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    row = admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        ("counter",),
+    ).fetchone()
+    assert row == (1000, 1000)
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_fifty_concurrent_get_or_create_make_one_row(admin_conn: psycopg.Connection[Any]) -> None:
+    outcomes = race(
+        lambda _: db.run(lambda s: users.get_or_create(s, "racer", "racer@example.com")), 50
+    )
+    assert [o.id for o in outcomes] == ["racer"] * 50  # every caller gets the row, no error
+    assert admin_conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_sixty_concurrent_creates_stop_at_fifty(admin_conn: psycopg.Connection[Any]) -> None:
+    db.run(lambda s: users.create(s, "saver", "saver@example.com"))
+    new = saved_searches.NewSavedSearch("s", ["k"], "US", "en", "exact")
+    outcomes = race(lambda _: db.transaction(lambda s: saved_searches.create(s, "saver", new)), 60)
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == {"SavedSearch": 50, SavedSearchLimitError.__name__: 10}
+    assert admin_conn.execute("SELECT count(*) FROM saved_searches").fetchone() == (50,)
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_quota_guard_never_passes_the_limit(admin_conn: psycopg.Connection[Any]) -> None:
+    db.run(lambda s: users.create(s, "quota", "quota@example.com"))
+    db.run(lambda s: users.increment_usage(s, "quota", 300))
+    outcomes = race(
+        lambda _: db.run(lambda s: users.increment_usage(s, "quota", 50, limit=1000)), 40
+    )
+    granted = [o for o in outcomes if isinstance(o, users.Usage)]
+    refused = [o for o in outcomes if isinstance(o, QuotaExceededError)]
+    assert (len(granted), len(refused)) == (14, 26)  # 700 left / 50 each
+    assert max(o.this_month for o in granted) == 1000
+    assert all(o.used + o.requested > 1000 for o in refused)
+    assert admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth" FROM users WHERE id = %s', ("quota",)
+    ).fetchone() == (1000,)

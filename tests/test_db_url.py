@@ -1,0 +1,97 @@
+"""Connection-string rules: pooler detection, TLS, startup parameters, redaction (no database)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import PreparedStatements
+from shared.db import prepared_statements_enabled
+from shared.db_url import DatabaseUrlError, parse_database_url, redact_url
+
+NEON_POOLED = "postgresql://app:s3cret@ep-cool-name-123-pooler.eu-central-1.aws.neon.tech/keyflash"
+NEON_DIRECT = "postgresql://app:s3cret@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
+LOCAL_BOUNCER = "postgresql://postgres@127.0.0.1:6432/keyflash?pgbouncer=true"
+
+
+def test_neon_pooler_host_is_detected_and_gets_tls() -> None:
+    target = parse_database_url(NEON_POOLED)
+    assert target.is_pooler and target.is_neon and not target.is_loopback
+    assert target.sqlalchemy_url.startswith("postgresql+psycopg://")
+    assert "sslmode=require" in target.sqlalchemy_url
+
+
+def test_neon_direct_host_is_not_a_pooler() -> None:
+    target = parse_database_url(NEON_DIRECT)
+    assert not target.is_pooler and target.is_neon
+
+
+def test_pgbouncer_flag_marks_a_pooler_and_is_stripped_before_libpq_sees_it() -> None:
+    target = parse_database_url(LOCAL_BOUNCER)
+    assert target.is_pooler and not target.is_neon and target.is_loopback
+    assert "pgbouncer" not in target.sqlalchemy_url
+    assert "sslmode" not in target.sqlalchemy_url  # loopback keeps whatever the server offers
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer"])
+def test_weak_tls_to_a_remote_host_is_refused(mode: str) -> None:
+    with pytest.raises(DatabaseUrlError, match="require TLS") as caught:
+        parse_database_url(f"{NEON_DIRECT}?sslmode={mode}")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_explicit_strong_tls_is_kept() -> None:
+    target = parse_database_url(f"{NEON_DIRECT}?sslmode=verify-full&channel_binding=require")
+    assert "sslmode=verify-full" in target.sqlalchemy_url
+    assert "channel_binding=require" in target.sqlalchemy_url
+
+
+def test_pooler_refuses_startup_parameters_pgbouncer_does_not_track() -> None:
+    with pytest.raises(DatabaseUrlError, match="options") as caught:
+        parse_database_url(f"{NEON_POOLED}?options=-c%20statement_timeout%3D5000")
+    assert "application_name" in str(caught.value)  # names what is allowed
+    assert "s3cret" not in str(caught.value)
+
+
+def test_pooler_accepts_the_five_tracked_startup_parameters() -> None:
+    url = f"{NEON_POOLED}?application_name=kf&timezone=UTC&client_encoding=UTF8"
+    assert parse_database_url(url).is_pooler
+
+
+def test_direct_connection_may_use_options() -> None:
+    assert not parse_database_url(f"{NEON_DIRECT}?options=-c%20work_mem%3D64MB").is_pooler
+
+
+def test_non_postgres_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(DatabaseUrlError, match="postgresql://") as caught:
+        parse_database_url("mysql://root:hunter2@db/x")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (NEON_POOLED, NEON_POOLED.replace("s3cret", "***")),
+        (
+            "could not connect: host=db password=hunter2 user=x",
+            "could not connect: host=db password=*** user=x",
+        ),
+        ("password='with space' dbname=x", "password=*** dbname=x"),
+        ("postgresql://nopassword@host/db", "postgresql://nopassword@host/db"),
+    ],
+)
+def test_redaction_masks_passwords(text: str, expected: str) -> None:
+    assert redact_url(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "mode", "enabled"),
+    [
+        (NEON_POOLED, PreparedStatements.AUTO, True),  # Neon runs PgBouncer >= 1.22
+        (LOCAL_BOUNCER, PreparedStatements.AUTO, False),  # Debian's 1.18 cannot
+        (NEON_DIRECT, PreparedStatements.AUTO, True),
+        (LOCAL_BOUNCER, PreparedStatements.ON, True),
+        (NEON_POOLED, PreparedStatements.OFF, False),
+    ],
+)
+def test_prepared_statement_mode(url: str, mode: PreparedStatements, enabled: bool) -> None:
+    assert prepared_statements_enabled(parse_database_url(url), mode) is enabled

@@ -1,0 +1,206 @@
+"""The engine's promises on a real server: warm reuse, dead connections, retries, timeouts, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
+
+from shared import config, db
+from shared.repositories import users
+
+pytestmark = pytest.mark.usefixtures("db_env")
+
+
+@pytest.fixture
+def app_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A unique application_name, so pg_stat_activity shows exactly this engine's connections."""
+    name = f"kf-test-{secrets.token_hex(4)}"
+    monkeypatch.setenv("DB_APPLICATION_NAME", name)
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    yield name
+
+
+def reconfigure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+
+
+def connects(counter: list[int]) -> None:
+    event.listen(db.get_engine(), "connect", lambda *args: counter.append(1))
+
+
+def server_pids(admin: psycopg.Connection[Any], app_name: str) -> list[int]:
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def terminate(admin: psycopg.Connection[Any], app_name: str) -> None:
+    """Kill this engine's server connections and wait (bounded) until the server lets them go."""
+    for pid in server_pids(admin, app_name):
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + 10
+    while server_pids(admin, app_name):
+        assert time.monotonic() < deadline, "terminated backends did not exit"
+        time.sleep(0.01)
+
+
+def json_events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
+    return [e for e in events if e["event"] == name]
+
+
+def test_two_hundred_operations_reuse_one_connection_without_pings(
+    app_name: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    opened: list[int] = []
+    sent: list[str] = []
+    connects(opened)
+    event.listen(db.get_engine(), "before_cursor_execute", lambda *a: sent.append(a[2]))
+    db.run(lambda s: users.create(s, "warm", "warm@example.com"))
+    for _ in range(199):
+        db.run(lambda s: users.get(s, "warm"), idempotent=True)
+    assert len(opened) == 1
+    assert len(sent) == 200  # one statement per operation: no BEGIN, no ping on a hot connection
+    assert len(server_pids(admin_conn, app_name)) == 1
+
+
+def test_read_after_the_server_killed_the_connection_succeeds(
+    app_name: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    opened: list[int] = []
+    connects(opened)
+    db.run(lambda s: users.create(s, "survivor", "survivor@example.com"))
+    terminate(admin_conn, app_name)
+    user = db.run(lambda s: users.get(s, "survivor"), idempotent=True)
+    assert user is not None and user.id == "survivor"
+
+
+# Direct lane only: behind PgBouncer a killed server connection is PgBouncer's to replace.
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_idle_connection_is_checked_and_replaced_before_a_write(
+    app_name: str,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reconfigure(monkeypatch, DB_IDLE_CHECK_S="0")
+    db.run(lambda s: users.create(s, "idle", "idle@example.com"))
+    terminate(admin_conn, app_name)
+    caplog.set_level(logging.INFO, logger="keyflash")
+    usage = db.run(lambda s: users.increment_usage(s, "idle", 1))  # not idempotent: no retry
+    assert usage.this_month == 1
+    assert json_events(caplog, "db_idle_connection_replaced")
+    assert not json_events(caplog, "db_retry")
+
+
+def test_transaction_is_retried_whole_when_its_connection_dies_before_commit(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    db.run(lambda s: users.create(s, "tx", "tx@example.com"))
+    attempts: list[int] = []
+
+    def work(session: Any) -> None:
+        attempts.append(1)
+        users.increment_usage(session, "tx", 5)
+        if len(attempts) == 1:
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            admin_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            session.execute(text("SELECT 1"))  # fails: the server ended this session
+
+    db.transaction(work)
+    assert len(attempts) == 2
+    row = admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth" FROM users WHERE id = %s', ("tx",)
+    ).fetchone()
+    assert row == (5,)  # the first attempt rolled back, the second applied once
+
+
+def test_statement_timeout_is_not_mistaken_for_a_connection_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reconfigure(monkeypatch, DB_STATEMENT_TIMEOUT_MS="100")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    with pytest.raises(OperationalError, match="statement timeout"):
+        db.transaction(lambda s: s.execute(text("SELECT pg_sleep(5)")))
+    assert not json_events(caplog, "db_retry")
+    assert db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True) == 1
+
+
+# Direct lane only: through a pooler, single statements get the role's statement_timeout.
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_statement_timeout_applies_to_single_statements_on_direct_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reconfigure(monkeypatch, DB_STATEMENT_TIMEOUT_MS="100")
+    with pytest.raises(OperationalError, match="statement timeout"):
+        db.run(lambda s: s.execute(text("SELECT pg_sleep(5)")))
+
+
+def test_unreachable_database_fails_within_budget_without_leaking_the_password(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe closes
+    reconfigure(
+        monkeypatch,
+        DATABASE_URL=f"postgresql://app:hunter2-secret@127.0.0.1:{port}/keyflash",
+        DB_RETRY_BUDGET_S="0.5",
+        DB_CONNECT_TIMEOUT_S="2",
+    )
+    caplog.set_level(logging.INFO, logger="keyflash")
+    started = time.monotonic()
+    with pytest.raises(db.DatabaseUnavailableError) as caught:
+        db.run(lambda s: s.execute(text("SELECT 1")), idempotent=True)
+    assert time.monotonic() - started < 5  # the budget bounds it; generous for slow machines
+    assert len(json_events(caplog, "db_retry")) >= 1
+    assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
+    health = db.get_database_health()
+    assert health["connected"] is False and health["error"] == "Database unreachable"
+    assert isinstance(health["responseTime"], int)
+    assert db.is_database_connected() is False
+
+
+def test_health_reports_connected_and_response_time() -> None:
+    health = db.get_database_health()
+    assert health["connected"] is True and "error" not in health
+    assert isinstance(health["responseTime"], int) and health["responseTime"] >= 0
+    assert db.is_database_connected() is True
+
+
+def test_slow_queries_are_logged_with_truncated_sql_and_no_parameters(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reconfigure(monkeypatch, SLOW_QUERY_MS="20")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    padding = ", ".join(f"'{i}' AS c{i}" for i in range(60))
+    statement = text(f"SELECT pg_sleep(0.05), CAST(:secret AS text), {padding}")
+    db.run(lambda s: s.execute(statement, {"secret": "p4ssw0rd-value"}), idempotent=True)
+    db.run(lambda s: s.execute(text("SELECT 1")), idempotent=True)
+    slow = json_events(caplog, "slow_query")
+    assert len(slow) == 1
+    assert slow[0]["sql"].startswith("SELECT pg_sleep(0.05)") and len(slow[0]["sql"]) == 200
+    assert slow[0]["durationMs"] >= 20 and slow[0]["thresholdMs"] == 20
+    assert "p4ssw0rd-value" not in caplog.text
+
+
+def test_repeated_statements_work_through_the_pooler_lane() -> None:
+    """psycopg prepares a statement on its 5th run; through PgBouncer 1.18 that must be off."""
+    db.run(lambda s: users.create(s, "prep", "prep@example.com"))
+    for _ in range(20):
+        assert db.run(lambda s: users.get(s, "prep"), idempotent=True) is not None
