@@ -1,0 +1,404 @@
+"""Our migrated schema is Prisma's schema plus only the documented additions (DESIGN.md §3).
+
+The original TypeScript app keeps using the same database through Prisma, so every table, column
+type, nullability, default, constraint, index, FK action and enum label it relies on must be
+exactly what Prisma generates. We compare the live catalogs of two scratch databases on the same
+server: one loaded from `reference/prisma-schema.sql`, one built by `alembic upgrade head`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from psycopg import errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from tests.support.catalog import SchemaDiff, Snapshot, diff, snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+ScratchDatabase = Callable[[], str]
+
+NULLABLE_COLUMN = {"nullable": True, "default": None, "identity": None, "generated": None}
+TIMESTAMP3 = "timestamp(3) without time zone"
+
+# Everything we may have beyond Prisma, with the properties that keep Prisma working: new columns
+# are nullable without defaults (Prisma's INSERTs never mention them), the rest are indexes and a
+# check. Values are matched field by field against the catalog entry.
+DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
+    "column users.trialStartedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column saved_searches.description": {"type": "text", **NULLABLE_COLUMN},
+    "column saved_searches.results": {"type": "jsonb", **NULLABLE_COLUMN},
+    "column saved_searches.lastRunAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column saved_searches.resultCount": {"type": "integer", **NULLABLE_COLUMN},
+    "index users_email_lower_key": {
+        "table": "users",
+        "definition": "CREATE UNIQUE INDEX users_email_lower_key ON users "
+        "USING btree (lower(email))",
+    },
+    "index users_tier_trialEndsAt_idx": {
+        "table": "users",
+        "definition": 'CREATE INDEX "users_tier_trialEndsAt_idx" ON users USING btree '
+        '(tier, "trialEndsAt")',
+    },
+    "constraint feature_flags_rolloutPercent_check": {
+        "table": "feature_flags",
+        "type": "CHECK",
+        "definition": 'CHECK ((("rolloutPercent" >= 0) AND ("rolloutPercent" <= 100)))',
+    },
+}
+
+
+def prisma_reference_sql() -> str:
+    """The DDL Prisma generates; `shared/` sits beside the repository (locally and in CI)."""
+    candidates = [
+        REPO.parent / "shared" / "reference" / "prisma-schema.sql",
+        REPO / "reference" / "prisma-schema.sql",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    tried = ", ".join(str(path) for path in candidates)
+    pytest.fail(
+        f"prisma-schema.sql not found (tried {tried}); check out the shared/ folder beside the "
+        "repository so the schema can be compared with what Prisma generates"
+    )
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(REPO / "alembic.ini"))
+    config.attributes["url"] = url
+    return config
+
+
+@pytest.fixture
+def prisma_db(scratch_database: ScratchDatabase) -> str:
+    url = scratch_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(prisma_reference_sql().encode())
+    return url
+
+
+@pytest.fixture
+def alembic_db(scratch_database: ScratchDatabase) -> str:
+    url = scratch_database()
+    command.upgrade(alembic_config(url), "head")
+    return url
+
+
+def unexpected_differences(prisma: Snapshot, ours: Snapshot) -> str:
+    """Everything in the diff that is not a documented addition, plus additions gone wrong."""
+    found = diff(prisma, ours)
+    unexpected = SchemaDiff(
+        only_in_reference=found.only_in_reference,
+        only_in_candidate={
+            key: value
+            for key, value in found.only_in_candidate.items()
+            if key not in DOCUMENTED_ADDITIONS
+        },
+        changed=found.changed,
+    )
+    problems: list[str] = []
+    if unexpected.only_in_reference or unexpected.only_in_candidate or unexpected.changed:
+        problems.append(unexpected.describe("prisma", "alembic"))
+    for key, expected in DOCUMENTED_ADDITIONS.items():
+        actual = found.only_in_candidate.get(key)
+        if actual is None:
+            problems.append(f"  documented addition missing: {key}")
+            continue
+        for name, want in expected.items():
+            if actual.get(name) != want:
+                problems.append(
+                    f"  documented addition {key}: {name} is {actual.get(name)!r}, "
+                    f"expected {want!r}"
+                )
+    return "\n".join(problems)
+
+
+def test_migrated_schema_is_prisma_schema_plus_documented_additions(
+    prisma_db: str, alembic_db: str
+) -> None:
+    prisma, ours = snapshot(prisma_db), snapshot(alembic_db)
+    assert prisma["tables"], "the Prisma reference loaded no tables"
+    problems = unexpected_differences(prisma, ours)
+    assert not problems, (
+        "schema differs from Prisma's beyond the documented additions:\n" + problems
+    )
+
+
+def test_the_comparison_notices_an_undocumented_change(prisma_db: str, alembic_db: str) -> None:
+    """Guards the guard: each kind of undocumented change must show up in the failure message."""
+    with psycopg.connect(alembic_db, autocommit=True) as conn:
+        conn.execute('ALTER TABLE search_history DROP CONSTRAINT "search_history_userId_fkey"')
+        conn.execute(
+            'ALTER TABLE search_history ADD CONSTRAINT "search_history_userId_fkey" '
+            'FOREIGN KEY ("userId") REFERENCES users(id) ON DELETE CASCADE ON UPDATE CASCADE'
+        )
+        conn.execute('ALTER TABLE api_usage ALTER COLUMN "duration" TYPE bigint')
+        conn.execute('ALTER TABLE webhook_events ALTER COLUMN "attempts" SET DEFAULT 0')
+        conn.execute('CREATE INDEX "webhook_events_error_idx" ON webhook_events ("error")')
+        conn.execute('DROP INDEX "users_email_idx"')
+        conn.execute("""ALTER TYPE "UserTier" ADD VALUE 'TEAM' BEFORE 'ENTERPRISE'""")
+    problems = unexpected_differences(snapshot(prisma_db), snapshot(alembic_db))
+    assert "changed constraint search_history_userId_fkey" in problems
+    assert "on_delete: prisma='SET NULL' alembic='CASCADE'" in problems
+    assert "changed column api_usage.duration" in problems
+    assert "type: prisma='integer' alembic='bigint'" in problems
+    assert "default: prisma='1' alembic='0'" in problems
+    assert "only in alembic: index webhook_events_error_idx" in problems
+    assert "only in prisma: index users_email_idx" in problems
+    assert "'FREE', 'PRO', 'TEAM', 'ENTERPRISE'" in problems
+
+
+# --- data written the way the original app's Prisma client writes it -------------------------
+
+T0 = datetime(2026, 11, 1, 9, 30, 15, 123000)  # Prisma sends UTC, millisecond precision
+T1 = datetime(2026, 12, 1, 0, 0, 0)
+USER_ID = "cluserfull00000000000000"
+
+
+def prisma_insert(table: str, values: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """An INSERT as Prisma's query engine writes it: quoted schema-qualified names, the enum cast
+    from text, and `id` (cuid) and `updatedAt` supplied by the client, never by the database."""
+    columns = ",".join(f'"{column}"' for column in values)
+    placeholders = ",".join(
+        'CAST(%s::text AS "public"."UserTier")' if column == "tier" else "%s" for column in values
+    )
+    sql = f'INSERT INTO "public"."{table}" ({columns}) VALUES ({placeholders})'
+    return sql, tuple(values.values())
+
+
+FULL_USER = {
+    "id": USER_ID,
+    "email": "full@example.com",
+    "tier": "PRO",
+    "keywordSearchesThisMonth": 3,
+    "keywordSearchesTotal": 10,
+    "monthlyResetAt": T0,
+    "stripeCustomerId": "cus_123",
+    "stripeSubscriptionId": "sub_123",
+    "subscriptionStatus": "active",
+    "subscriptionPlan": "pro_monthly",
+    "subscriptionEndsAt": T1,
+    "trialEndsAt": T1,
+    "createdAt": T0,
+    "updatedAt": T0,
+}
+
+# For each table, the fewest fields Prisma sends (the database fills its defaults) and all of them.
+PRISMA_WRITES: list[tuple[str, tuple[Any, ...]]] = [
+    prisma_insert("users", {"id": "clusermin", "email": "min@example.com", "updatedAt": T0}),
+    prisma_insert("users", FULL_USER),
+    prisma_insert(
+        "saved_searches", {"id": "clsavedmin", "userId": USER_ID, "name": "Min", "updatedAt": T0}
+    ),
+    prisma_insert(
+        "saved_searches",
+        {
+            "id": "clsavedfull",
+            "userId": USER_ID,
+            "name": "Full",
+            "keywords": ["seo", "keyword tool"],
+            "location": "GB",
+            "language": "de",
+            "matchType": "exact",
+            "keywordCount": 2,
+            "createdAt": T0,
+            "updatedAt": T0,
+            "lastAccessedAt": T0,
+        },
+    ),
+    prisma_insert(
+        "search_history",
+        {
+            "id": "clhistanon",
+            "keywords": ["seo"],
+            "location": "US",
+            "language": "en",
+            "matchType": "broad",
+            "provider": "mock",
+            "responseTime": 42,
+        },
+    ),
+    prisma_insert(
+        "search_history",
+        {
+            "id": "clhistfull",
+            "userId": USER_ID,
+            "keywords": ["seo", "sem"],
+            "location": "US",
+            "language": "en",
+            "matchType": "phrase",
+            "provider": "google-ads",
+            "cacheHit": True,
+            "responseTime": 120,
+            "keywordCount": 2,
+            "avgVolume": 1500,
+            "totalVolume": 3000,
+            "searchedAt": T0,
+            "userAgent": "Mozilla/5.0",
+            "ipAddress": "203.0.113.7",
+        },
+    ),
+    prisma_insert(
+        "api_usage",
+        {
+            "id": "clapi",
+            "userId": None,
+            "endpoint": "/api/keywords",
+            "method": "POST",
+            "statusCode": 200,
+            "duration": 87,
+            "ipAddress": "203.0.113.7",
+            "userAgent": "curl/8",
+        },
+    ),
+    prisma_insert("webhook_events", {"id": "evt_min", "type": "customer.created"}),
+    prisma_insert(
+        "webhook_events",
+        {
+            "id": "evt_full",
+            "type": "invoice.paid",
+            "provider": "stripe",
+            "processed": True,
+            "processedAt": T0,
+            "attempts": 2,
+            "lastAttemptAt": T0,
+            "error": None,
+            "payload": Jsonb({"id": "evt_full", "data": {"object": {"amount_paid": 2900}}}),
+            "createdAt": T0,
+        },
+    ),
+    prisma_insert("feature_flags", {"id": "clflagmin", "key": "new-ui", "updatedAt": T0}),
+    prisma_insert(
+        "feature_flags",
+        {
+            "id": "clflagfull",
+            "key": "bulk-export",
+            "enabled": True,
+            "rolloutPercent": 100,
+            "allowedUsers": [USER_ID],
+            "description": "Bulk CSV export",
+            "createdAt": T0,
+            "updatedAt": T0,
+            "createdBy": "admin@example.com",
+        },
+    ),
+    prisma_insert(
+        "system_metrics",
+        {"id": "clmetric", "metric": "cache.hit_rate", "value": 0.875, "tags": Jsonb({"r": "eu"})},
+    ),
+    # prisma.user.update({data: {keywordSearchesThisMonth: {increment: 1}}})
+    (
+        'UPDATE "public"."users" SET "keywordSearchesThisMonth" = '
+        '("keywordSearchesThisMonth" + %s), "updatedAt" = %s '
+        'WHERE ("public"."users"."id" = %s AND 1=1)',
+        (1, T1, USER_ID),
+    ),
+]
+
+
+@pytest.fixture(params=["prisma_db", "alembic_db"])
+def either_db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """The same writes must succeed, and read back the same, on Prisma's schema and on ours."""
+    url: str = request.getfixturevalue(request.param)
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+def test_prisma_shaped_writes_are_accepted_with_prisma_defaults(
+    either_db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    conn = either_db
+    for sql, params in PRISMA_WRITES:
+        conn.execute(sql, params)
+
+    def row(table: str, id_: str) -> dict[str, Any]:
+        found = conn.execute(f'SELECT * FROM "{table}" WHERE id = %s', (id_,)).fetchone()
+        assert found is not None, f"{table} {id_} missing"
+        return found
+
+    minimal_user = row("users", "clusermin")
+    assert minimal_user["tier"] == "FREE"
+    assert minimal_user["keywordSearchesThisMonth"] == minimal_user["keywordSearchesTotal"] == 0
+    assert minimal_user["monthlyResetAt"] is not None and minimal_user["createdAt"] is not None
+    assert minimal_user["updatedAt"] == T0
+    full_user = row("users", USER_ID)
+    assert (full_user["tier"], full_user["keywordSearchesThisMonth"]) == ("PRO", 4)
+    assert full_user["updatedAt"] == T1
+
+    saved = row("saved_searches", "clsavedmin")
+    assert (saved["location"], saved["language"], saved["matchType"]) == ("US", "en", "broad")
+    assert saved["keywordCount"] == 0 and saved["keywords"] is None
+    assert row("saved_searches", "clsavedfull")["keywords"] == ["seo", "keyword tool"]
+
+    history = row("search_history", "clhistanon")
+    assert history["userId"] is None and history["cacheHit"] is False
+    assert (history["keywordCount"], history["avgVolume"], history["totalVolume"]) == (0, 0, 0)
+    assert row("api_usage", "clapi")["timestamp"] is not None
+
+    event = row("webhook_events", "evt_min")
+    assert (event["provider"], event["processed"], event["attempts"]) == ("stripe", False, 1)
+    assert event["payload"] is None
+    assert row("webhook_events", "evt_full")["payload"]["data"]["object"]["amount_paid"] == 2900
+
+    flag = row("feature_flags", "clflagmin")
+    assert (flag["enabled"], flag["rolloutPercent"], flag["allowedUsers"]) == (False, 0, None)
+    assert row("system_metrics", "clmetric")["value"] == 0.875
+
+    # TIMESTAMP(3): Prisma's millisecond values round-trip exactly.
+    assert row("search_history", "clhistfull")["searchedAt"] == T0
+
+
+def test_prisma_relations_cascade_and_set_null(
+    either_db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    conn = either_db
+    for sql, params in PRISMA_WRITES:
+        conn.execute(sql, params)
+
+    conn.execute("UPDATE users SET id = %s WHERE id = %s", ("clrenamed", USER_ID))
+    owners = conn.execute('SELECT DISTINCT "userId" FROM saved_searches').fetchall()
+    assert owners == [{"userId": "clrenamed"}]  # ON UPDATE CASCADE
+
+    conn.execute("DELETE FROM users WHERE id = %s", ("clrenamed",))
+    assert conn.execute("SELECT count(*) AS n FROM saved_searches").fetchone() == {"n": 0}
+    orphan = conn.execute(
+        'SELECT "userId" FROM search_history WHERE id = %s', ("clhistfull",)
+    ).fetchone()
+    assert orphan == {"userId": None}  # ON DELETE SET NULL keeps the history row
+
+    orphan_search = {"id": "clorphan", "userId": "clnobody", "name": "Orphan", "updatedAt": T0}
+    with pytest.raises(errors.ForeignKeyViolation):
+        conn.execute(*prisma_insert("saved_searches", orphan_search))
+    gold_user = FULL_USER | {"id": "clgold", "email": "gold@example.com", "tier": "GOLD"}
+    with pytest.raises(errors.InvalidTextRepresentation):
+        conn.execute(*prisma_insert("users", gold_user))  # the enum keeps its three labels
+
+
+def test_documented_additions_behave_and_stay_out_of_prismas_way(alembic_db: str) -> None:
+    """Prisma's writes leave the new columns NULL; the new index and check do their job."""
+    with psycopg.connect(alembic_db, autocommit=True, row_factory=dict_row) as conn:
+        for sql, params in PRISMA_WRITES:
+            conn.execute(sql, params)
+        users = conn.execute('SELECT "trialStartedAt" FROM users').fetchall()
+        assert users == [{"trialStartedAt": None}] * 2
+        saved = conn.execute(
+            'SELECT description, results, "lastRunAt", "resultCount" FROM saved_searches'
+        ).fetchall()
+        assert saved == [dict.fromkeys(("description", "results", "lastRunAt", "resultCount"))] * 2
+
+        shouting = {"id": "clshouty", "email": "MIN@Example.COM", "updatedAt": T0}
+        with pytest.raises(errors.UniqueViolation, match="users_email_lower_key"):
+            conn.execute(*prisma_insert("users", shouting))
+        for percent in (-1, 101):
+            flag = {"id": f"cl{percent}", "key": f"k{percent}", "rolloutPercent": percent}
+            with pytest.raises(errors.CheckViolation, match="feature_flags_rolloutPercent_check"):
+                conn.execute(*prisma_insert("feature_flags", flag | {"updatedAt": T0}))
