@@ -71,9 +71,13 @@ def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) ->
     }
 
 
-def _raise_if_email_taken(error: IntegrityError) -> None:
+def _is_email_conflict(error: IntegrityError) -> bool:
     constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-    if constraint in _EMAIL_CONSTRAINTS:
+    return constraint in _EMAIL_CONSTRAINTS
+
+
+def _raise_if_email_taken(error: IntegrityError) -> None:
+    if _is_email_conflict(error):
         raise EmailInUseError() from None
 
 
@@ -131,18 +135,29 @@ _GET_OR_CREATE = text(
 def get_or_create(
     session: Session, user_id: str, email: str, *, now: datetime | None = None
 ) -> User:
-    """The user with `user_id`, created (as a FREE trial) when missing. Race-safe."""
+    """The user with `user_id`, created (as a FREE trial) when missing. Race-safe.
+
+    Runs outside a transaction (`db.run`): a lost race is resolved by re-running the statement.
+    """
     values = _new_user_values(user_id, email, UserTier.FREE, now or utcnow())
     values["tier"] = UserTier.FREE.value
     statement = select(User).from_statement(_GET_OR_CREATE)
+    email_conflict = False
     for _ in range(3):
         try:
             user: User | None = session.scalars(statement, values).one_or_none()
         except IntegrityError as error:
-            _raise_if_email_taken(error)
-            raise
+            # ON CONFLICT covers only the id index: a racing insert of the same user can also
+            # trip the email indexes. Re-run: the row is visible now if it is ours.
+            if not _is_email_conflict(error):
+                raise
+            session.rollback()
+            email_conflict = True
+            continue
         if user is not None:
             return user
+    if email_conflict:
+        raise EmailInUseError()
     raise RuntimeError(f"user {user_id} neither found nor created after 3 attempts")
 
 

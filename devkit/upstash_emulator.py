@@ -1,0 +1,457 @@
+"""An Upstash-REST-compatible HTTP server in front of Redis, for local runs and tests (dev only).
+
+Production talks to Upstash over HTTP through the `upstash-redis` SDK; this speaks the same
+protocol, as that SDK uses it, so code and tests run unchanged without an Upstash account:
+
+- `POST /` takes one command as a JSON array (`["SET", "k", "v", "EX", 60]`);
+  `POST /pipeline` an array of commands, run in order, not atomically;
+  `POST /multi-exec` the same, run atomically (MULTI/EXEC on one connection, no rollback).
+- `Authorization: Bearer <token>`; a missing or wrong token gets 401 `{"error": "Unauthorized"}`.
+- Replies are `{"result": …}`, or `{"error": "ERR …"}` with status 400 (pipelines: one such object
+  per command, status 200). With `Upstash-Encoding: base64` every string in a result is base64
+  encoded except the bare "OK" reply, which the SDK's decoder passes through; numbers, nulls and
+  errors are never encoded.
+
+The Redis behind it is a real server (`redis://…`, the faithful choice) or an in-process fakeredis
+with Lua (nothing to install). Known gaps against Upstash are listed in the README of the devkit
+and in `UpstashEmulator`'s docstring.
+
+Run it alone with `python -m devkit.upstash_emulator --port 8079 [--redis-url URL] [--token T]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+import uvicorn
+from redis.exceptions import ResponseError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["RedisBackend", "UpstashEmulator", "create_app"]
+
+logger = logging.getLogger("devkit.upstash_emulator")
+
+Command = list[bytes]
+
+# Commands that would leave state on a pooled connection (or take it over): Upstash has no
+# connection to keep them on either. MULTI/EXEC belong to /multi-exec.
+_CONNECTION_COMMANDS = frozenset(
+    {
+        "AUTH", "HELLO", "SELECT", "RESET", "QUIT", "MONITOR", "SYNC", "PSYNC",
+        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH",
+        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE",
+    }
+)  # fmt: skip
+
+# Script flags Upstash accepts and Redis rejects ("Unexpected flag in script shebang"):
+# upstash-ratelimit's scripts start with `#!lua flags=allow-key-locking`.
+_UPSTASH_ONLY_FLAGS = frozenset({b"allow-key-locking"})
+_VERSION = re.compile(rb"^redis_version:(\d+)", re.MULTILINE)
+
+
+class RedisBackend:
+    """The Redis the emulator forwards to, returning raw RESP replies (bytes, ints, lists).
+
+    redis-py's reply parsing is switched off (SET must come back "OK", not True), and Lua scripts
+    are adapted to what the server accepts, keeping the SHA1 of the script the client sent.
+    """
+
+    def __init__(self, client: redis.Redis, *, shebang: bool | None = None) -> None:
+        """`shebang`: whether the server runs `#!lua` scripts (None: ask it, Redis >= 7)."""
+        client.response_callbacks.clear()
+        self._client = client
+        self._shebang = shebang
+        self._sha_aliases: dict[bytes, bytes] = {}  # SHA1 as sent -> SHA1 as loaded
+
+    @classmethod
+    def connect(cls, url: str, *, max_connections: int = 8) -> Self:
+        """A real Redis at `url` (redis://, rediss://, unix://) through a small blocking pool."""
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=30, socket_connect_timeout=5
+        )
+        return cls(redis.Redis(connection_pool=pool))
+
+    @classmethod
+    def in_process(cls) -> Self:
+        """A private fakeredis server with Lua scripting (needs `fakeredis[lua]`)."""
+        import fakeredis  # dev extra, and only this backend needs it
+
+        return cls(fakeredis.FakeRedis(server=fakeredis.FakeServer()), shebang=False)
+
+    def execute(self, command: Command) -> Any:
+        """Run one command; a Redis error reply raises `redis.ResponseError`."""
+        command = self._adapt(command)
+        return self._finish(command, self._client.execute_command(*command))
+
+    def pipeline(self, commands: Sequence[Command], *, atomic: bool) -> list[Any]:
+        """Run commands in one round trip; failed ones come back as `ResponseError` values.
+
+        Atomic: MULTI/EXEC, where a command Redis refuses to queue aborts the whole transaction
+        (raised as a `ResponseError` starting with EXECABORT).
+        """
+        adapted = [self._adapt(command) for command in commands]
+        with self._client.pipeline(transaction=atomic) as pipe:
+            for command in adapted:
+                pipe.execute_command(*command)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except ResponseError as error:
+                if not atomic:
+                    raise
+                raise ResponseError(
+                    "EXECABORT Transaction discarded because of previous errors: "
+                    + error_message(error)
+                ) from None
+        return [self._finish(c, r) for c, r in zip(commands, replies, strict=True)]
+
+    def close(self) -> None:
+        """Close the pool's connections."""
+        self._client.close()
+
+    def _adapt(self, command: Command) -> Command:
+        name = command[0].upper()
+        if name in (b"EVAL", b"EVAL_RO") and len(command) > 1:
+            return [command[0], self._script(command[1]), *command[2:]]
+        if name == b"SCRIPT" and len(command) > 2 and command[1].upper() == b"LOAD":
+            return [*command[:2], self._script(command[2]), *command[3:]]
+        if name in (b"EVALSHA", b"EVALSHA_RO") and len(command) > 1:
+            return [command[0], self._sha_aliases.get(command[1].lower(), command[1]), *command[2:]]
+        if name == b"SCRIPT" and len(command) > 2 and command[1].upper() == b"EXISTS":
+            return [*command[:2], *(self._sha_aliases.get(s.lower(), s) for s in command[2:])]
+        return command
+
+    def _finish(self, command: Command, reply: Any) -> Any:
+        """SCRIPT LOAD answers the SHA1 of the script as sent, as Upstash would."""
+        is_load = command[0].upper() == b"SCRIPT" and command[1:2] == [b"LOAD"]
+        if is_load and len(command) > 2 and isinstance(reply, bytes):
+            return hashlib.sha1(command[2]).hexdigest().encode()
+        return reply
+
+    def _script(self, script: bytes) -> bytes:
+        """Drop what the server would refuse from a `#!lua` line, and remember both SHA1s."""
+        if not script.startswith(b"#!"):
+            return script
+        first, newline, body = script.partition(b"\n")
+        if self._supports_shebang():
+            words = []
+            for word in first.split(b" "):
+                if word.startswith(b"flags="):
+                    flags = [f for f in word[6:].split(b",") if f not in _UPSTASH_ONLY_FLAGS]
+                    word = b"flags=" + b",".join(flags) if flags else b""
+                if word:
+                    words.append(word)
+            adapted = b" ".join(words) + newline + body
+        else:
+            adapted = newline + body  # keep the line numbers of error messages
+        if adapted != script:
+            sent, loaded = hashlib.sha1(script).hexdigest(), hashlib.sha1(adapted).hexdigest()
+            self._sha_aliases[sent.encode()] = loaded.encode()
+        return adapted
+
+    def _supports_shebang(self) -> bool:
+        if self._shebang is None:
+            info = self._client.execute_command("INFO", "server")
+            found = _VERSION.search(info if isinstance(info, bytes) else b"")
+            self._shebang = found is not None and int(found.group(1)) >= 7
+        return self._shebang
+
+
+def error_message(error: ResponseError) -> str:
+    """The error as Redis sent it: redis-py strips a mapped code ("ERR", "NOSCRIPT") off."""
+    text = str(error)
+    code = getattr(error, "status_code", None)  # redis-py >= 7.1; older ones lose the code
+    return f"{code} {text}" if code and not text.startswith(f"{code} ") else text
+
+
+def _jsonable(reply: Any, encode: bool) -> Any:
+    """A raw reply as Upstash sends it: strings UTF-8 (or base64 when `encode`), recursively."""
+    if isinstance(reply, ResponseError):
+        reply = error_message(reply)
+    if isinstance(reply, str):
+        reply = reply.encode()
+    if isinstance(reply, bytes):
+        if encode and reply != b"OK":
+            return base64.b64encode(reply).decode("ascii")
+        return reply.decode("utf-8", errors="replace")
+    if isinstance(reply, list | tuple):
+        return [_jsonable(item, encode) for item in reply]
+    if reply is None or isinstance(reply, int | float):
+        return reply
+    return _jsonable(str(reply), encode)
+
+
+class _RequestError(Exception):
+    """A request we answer with `{"error": message}` and `status`, never a traceback."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _command(value: Any) -> Command:
+    if not isinstance(value, list) or not value:
+        raise _RequestError(400, "ERR a command is a non-empty JSON array, e.g. [\"GET\", \"k\"]")
+    args: Command = []
+    for item in value:
+        if isinstance(item, str):
+            args.append(item.encode())
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            args.append(str(item).encode())
+        else:
+            raise _RequestError(
+                400, f"ERR command arguments must be strings or numbers, got {json.dumps(item)}"
+            )
+    name = args[0].decode(errors="replace").upper()
+    if name in _CONNECTION_COMMANDS:
+        hint = " (use /multi-exec)" if name in {"MULTI", "EXEC", "DISCARD", "WATCH"} else ""
+        raise _RequestError(400, f"ERR Command is not available over REST: '{name}'{hint}")
+    return args
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _RequestError(400, "ERR the request body is not valid JSON") from None
+
+
+def create_app(backend: RedisBackend, token: str) -> Starlette:
+    """The ASGI app: Upstash's three POST endpoints over `backend`, guarded by `token`."""
+    expected = f"Bearer {token}".encode()
+
+    def authorize(request: Request) -> bool:
+        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
+
+    def wants_base64(request: Request) -> bool:
+        return request.headers.get("upstash-encoding", "").lower() == "base64"
+
+    async def single(request: Request) -> Response:
+        if not authorize(request):
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        command = _command(await _body(request))
+        try:
+            reply = await run_in_threadpool(backend.execute, command)
+        except ResponseError as error:
+            return JSONResponse({"error": error_message(error)}, status_code=400)
+        return JSONResponse({"result": _jsonable(reply, wants_base64(request))})
+
+    async def batch(request: Request) -> Response:
+        if not authorize(request):
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        body = await _body(request)
+        if not isinstance(body, list) or not body:
+            raise _RequestError(400, "ERR a pipeline is a non-empty JSON array of commands")
+        commands = [_command(item) for item in body]
+        atomic = request.url.path == "/multi-exec"
+        try:
+            replies = await run_in_threadpool(lambda: backend.pipeline(commands, atomic=atomic))
+        except ResponseError as error:
+            return JSONResponse({"error": error_message(error)}, status_code=400)
+        encode = wants_base64(request)
+        return JSONResponse(
+            [
+                {"error": error_message(reply)}
+                if isinstance(reply, ResponseError)
+                else {"result": _jsonable(reply, encode)}
+                for reply in replies
+            ]
+        )
+
+    async def request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _RequestError)
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        status = exc.status_code
+        message = "Endpoint not found" if status == 404 else str(exc.detail)
+        return JSONResponse({"error": f"ERR {message}: {request.method} {request.url.path}"}, status)
+
+    async def redis_down(request: Request, exc: Exception) -> Response:
+        logger.warning("Redis backend unreachable: %s", exc)
+        return JSONResponse({"error": f"ERR the emulator cannot reach Redis: {exc}"}, 500)
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        logger.error("unexpected error on %s", request.url.path, exc_info=exc)
+        return JSONResponse({"error": "ERR internal error in the emulator (see its log)"}, 500)
+
+    return Starlette(
+        routes=[
+            Route("/", single, methods=["POST"]),
+            Route("/pipeline", batch, methods=["POST"]),
+            Route("/multi-exec", batch, methods=["POST"]),
+        ],
+        exception_handlers={
+            _RequestError: request_error,
+            HTTPException: http_error,
+            redis.ConnectionError: redis_down,
+            redis.TimeoutError: redis_down,
+            Exception: crash,
+        },
+    )
+
+
+class UpstashEmulator:
+    """The emulator served by uvicorn on a background thread: `with UpstashEmulator() as up:`.
+
+    `backend_url` names a real Redis (keys are shared with whoever else uses it; nothing is
+    flushed); without it each emulator gets its own in-process fakeredis. `token` defaults to a
+    random one. Point the SDK at it with `upstash_redis.Redis(url=up.url, token=up.token)`.
+
+    Known differences from Upstash: no path-style commands (`/set/k/v`), `_token` query parameter,
+    `/subscribe`, `/monitor`, or `Upstash-Sync-Token`; connection-scoped commands (SELECT, WATCH,
+    SUBSCRIBE…) are refused; Upstash's own command dialect (e.g. UNLINK with no keys, ZRANGE LIMIT
+    without BYSCORE) follows Redis; error texts of refused requests are ours; bytes that are not
+    UTF-8 come back with U+FFFD in them unless base64 encoding is on.
+    """
+
+    def __init__(
+        self,
+        backend_url: str | None = None,
+        token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.backend_url = backend_url
+        self._token = token or secrets.token_urlsafe(24)
+        self._host = host
+        self._port = port
+        self._startup_timeout = startup_timeout
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._backend: RedisBackend | None = None
+
+    @property
+    def url(self) -> str:
+        """The REST URL (UPSTASH_REDIS_REST_URL), e.g. http://127.0.0.1:41234."""
+        if self._server is None:
+            raise RuntimeError("the Upstash emulator is not running: call start() first")
+        return f"http://{self._host}:{self._port}"
+
+    @property
+    def token(self) -> str:
+        """The bearer token (UPSTASH_REDIS_REST_TOKEN)."""
+        return self._token
+
+    def start(self) -> None:
+        """Bind the port, serve in a daemon thread, and return once requests are accepted."""
+        if self._server is not None:
+            return
+        if self.backend_url:
+            backend = RedisBackend.connect(self.backend_url)
+        else:
+            backend = RedisBackend.in_process()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError:
+            sock.close()
+            backend.close()
+            raise
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(backend, self._token),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="upstash-emulator", daemon=True
+        )
+        self._server, self._thread, self._backend = server, thread, backend
+        thread.start()
+        deadline = time.monotonic() + self._startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                sock.close()
+                raise RuntimeError(
+                    f"the Upstash emulator did not start on {self._host}:{self._port} within "
+                    f"{self._startup_timeout:g}s (see the log above)"
+                )
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop serving, wait for the thread, close the Redis connections."""
+        server, thread, backend = self._server, self._thread, self._backend
+        self._server = self._thread = self._backend = None
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=5)
+            if thread.is_alive() and server is not None:
+                server.force_exit = True
+                thread.join(timeout=5)
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m devkit.upstash_emulator`: serve in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devkit.upstash_emulator", description=main.__doc__
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8079)
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="a real Redis to forward to (default: $REDIS_URL, else an in-process fakeredis)",
+    )
+    parser.add_argument("--token", help="the bearer token to require (default: a random one)")
+    args = parser.parse_args(argv)
+    token = args.token or secrets.token_urlsafe(24)
+    backend = RedisBackend.connect(args.redis_url) if args.redis_url else RedisBackend.in_process()
+    print(
+        f"UPSTASH_REDIS_REST_URL=http://{args.host}:{args.port}\n"
+        f"UPSTASH_REDIS_REST_TOKEN={token}\n"
+        f"backend: {'Redis at --redis-url' if args.redis_url else 'in-process fakeredis'}",
+        flush=True,
+    )
+    try:
+        uvicorn.run(create_app(backend, token), host=args.host, port=args.port, log_level="info")
+    finally:
+        backend.close()
+
+
+if __name__ == "__main__":
+    main()
