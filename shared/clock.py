@@ -25,3 +25,9 @@ def next_month_start(moment: datetime) -> datetime:
         if start.month == 12
         else start.replace(month=start.month + 1)
     )
+
+
+def iso_ms(moment: datetime) -> str:
+    """The original app's JSON timestamp form (JS `toISOString`): `2026-03-14T09:26:53.589Z`."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -25,7 +25,34 @@ EXAMPLES = {
     "DB_POOL_SIZE": "1",
     "DB_IDLE_CHECK_S": "30",
     "DB_APPLICATION_NAME": "keyflash",
+    "APP_ENV": "production (or development, test)",
+    "APP_URL": "https://keyflash.example.com",
+    "ALLOWED_ORIGINS": "https://a.example.com,https://b.example.com",
+    "IP_STORAGE": "reduced (or full, none)",
+    "CLERK_JWT_KEY": "-----BEGIN PUBLIC KEY-----\\n…\\n-----END PUBLIC KEY-----",
+    "CLERK_JWKS_URL": "https://clerk.example.com/.well-known/jwks.json",
+    "CLERK_ISSUER": "https://clerk.example.com",
+    "CLERK_AUTHORIZED_PARTIES": "https://keyflash.example.com",
+    "ADMIN_USER_IDS": "user_2abc,user_2def",
+    "ADMIN_ROLE_CLAIM": "metadata.role",
+    "UPSTASH_REDIS_REST_URL": "https://eu1-cool-cat-12345.upstash.io",
+    "REDIS_TIMEOUT_S": "1.0",
+    "HEALTH_DB_MAX_AGE_S": "600",
 }
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class IpStorage(StrEnum):
+    """How client IPs are stored: reduced to /24 (IPv4) or /48 (IPv6) by default (PII rule)."""
+
+    REDUCED = "reduced"
+    FULL = "full"
+    NONE = "none"
 
 
 class PreparedStatements(StrEnum):
@@ -58,6 +85,59 @@ class Settings(BaseSettings):
     db_pool_size: Annotated[int, Field(ge=1, le=100)] = 1
     db_idle_check_s: Annotated[float, Field(ge=0)] = 30.0
     db_application_name: Annotated[str, Field(min_length=1, max_length=63)] = "keyflash"
+
+    # HTTP functions
+    app_env: Environment = Environment.DEVELOPMENT
+    app_url: str = "http://localhost:3000"
+    allowed_origins: str = ""
+    ip_storage: IpStorage = IpStorage.REDUCED
+    trust_proxy: bool | None = None  # unset: trust the platform's proxy headers in production
+
+    # Upstash Redis (REST): cache and rate limits. The SDK has no request timeout; we set one.
+    upstash_redis_rest_url: str | None = None
+    upstash_redis_rest_token: str | None = None
+    redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    upstash_telemetry: bool = False
+    privacy_mode: bool = False
+
+    # Health: how long a container reuses its last database check, so monitors that probe
+    # every minute do not keep a suspended Neon compute awake (?deep=true always checks).
+    health_db_max_age_s: Annotated[float, Field(ge=0)] = 600.0
+    app_version: str = "1.0.0"
+    keyword_api_provider: str = "mock"
+
+    # Clerk session tokens (RS256): a PEM key verifies without network; else JWKS, cached.
+    clerk_jwt_key: str | None = None
+    clerk_jwks_url: str | None = None
+    clerk_issuer: str | None = None
+    clerk_authorized_parties: str = ""
+    clerk_leeway_s: Annotated[int, Field(ge=0, le=60)] = 5
+    admin_user_ids: str = ""
+    admin_role_claim: str = "metadata.role"
+    admin_role_value: str = "admin"
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env is Environment.PRODUCTION
+
+    @property
+    def trusts_proxy(self) -> bool:
+        return self.is_production if self.trust_proxy is None else self.trust_proxy
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        """The original allow-list (app URL, the product domain, ALLOWED_ORIGINS), trimmed."""
+        extra = (origin.strip().rstrip("/") for origin in self.allowed_origins.split(","))
+        base = {self.app_url.rstrip("/"), "https://keyflash.buildproven.ai"}
+        return frozenset(base | {origin for origin in extra if origin})
+
+    @property
+    def authorized_parties(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.clerk_authorized_parties.split(",") if p.strip())
+
+    @property
+    def admin_ids(self) -> frozenset[str]:
+        return frozenset(i.strip() for i in self.admin_user_ids.split(",") if i.strip())
 
     @field_validator("database_url", "direct_database_url")
     @classmethod

@@ -34,6 +34,8 @@ from devkit.postgres import (
     with_database,
 )
 
+pytest_plugins = ["tests.support.http"]
+
 # Read once, before any test's monkeypatching: the server the developer asked us to use.
 EXTERNAL_DATABASE_URL = os.environ.get("DATABASE_URL")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")

@@ -1,0 +1,1 @@
+"""Deployable functions: one module per endpoint (`app` for Vercel, `handler` for Lambda)."""

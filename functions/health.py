@@ -1,0 +1,95 @@
+"""GET /api/health: database, Redis and provider checks (spec §7.1, plus the database).
+
+`healthy` (200) when every check passes, `unhealthy` (503) when none does, else `degraded` (207).
+The database is checked at most once per HEALTH_DB_MAX_AGE_S per container (the answer says
+`cached: true` in between), so a monitor probing every minute does not keep a suspended Neon
+compute awake; `?deep=true` always checks. No usage row is written for health probes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from starlette.responses import Response
+
+from shared import db
+from shared.clock import iso_ms, utcnow
+from shared.config import get_settings
+from shared.http.app import create_app, lambda_handler
+from shared.http.responses import ok
+from shared.redis import redis_health
+
+app = create_app(
+    title="Health", summary="Liveness of the database, cache and provider.", record_usage=False
+)
+
+PROVIDER_NAMES = {"mock": "Mock", "dataforseo": "DataForSEO", "google-ads": "Google Ads"}
+_last_database_check: tuple[float, dict[str, Any]] | None = None
+_check_lock = threading.Lock()
+
+
+def database_check(*, deep: bool) -> dict[str, Any]:
+    """The last check when it is fresh enough, else a new `SELECT 1`."""
+    global _last_database_check
+    max_age = get_settings().health_db_max_age_s
+    with _check_lock:
+        cached = _last_database_check
+        if not deep and cached is not None and time.monotonic() - cached[0] < max_age:
+            return {**cached[1], "cached": True}
+        health = db.get_database_health()
+        check: dict[str, Any] = {
+            "healthy": health["connected"],
+            "responseTime": health["responseTime"],
+            "checkedAt": iso_ms(utcnow()),
+        }
+        if "error" in health:
+            check["error"] = health["error"]
+        _last_database_check = (time.monotonic(), check)
+        return check
+
+
+def provider_check() -> dict[str, Any]:
+    provider = get_settings().keyword_api_provider.lower()
+    name = PROVIDER_NAMES.get(provider)
+    if name is None:
+        return {
+            "healthy": False,
+            "error": "Provider not properly configured - missing required environment variables",
+            "details": {"provider": provider, "configError": f"Unknown provider: {provider}"},
+        }
+    details: dict[str, Any] = {"provider": provider, "name": name}
+    if provider == "mock":
+        details["note"] = "Mock provider active - for development/testing only"
+    return {"healthy": True, "details": details}
+
+
+@app.get("/api/health", response_model=None)
+def health(deep: bool = False) -> Response:
+    started = time.perf_counter()
+    settings = get_settings()
+    checks = {
+        "database": database_check(deep=deep),
+        "redis": redis_health(),
+        "provider": provider_check(),
+    }
+    passing = sum(1 for check in checks.values() if check["healthy"])
+    if passing == len(checks):
+        status, code = "healthy", 200
+    elif passing == 0:
+        status, code = "unhealthy", 503
+    else:
+        status, code = "degraded", 207
+    body = {
+        "status": status,
+        "timestamp": iso_ms(utcnow()),
+        "version": settings.app_version,
+        "environment": settings.app_env.value,
+        "checks": checks,
+        "responseTime": round((time.perf_counter() - started) * 1000),
+    }
+    return ok(body, status=code, cache_control="no-store, no-cache")
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,48 @@
+"""GET, POST /api/searches: list and create the caller's saved searches (spec §2.4)."""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from shared import db
+from shared.auth import CurrentUser
+from shared.contracts import saved_searches as contract
+from shared.errors import SavedSearchLimitError
+from shared.http.app import create_app, lambda_handler
+from shared.http.errors import ApiError
+from shared.http.responses import ok
+from shared.repositories import saved_searches
+
+app = create_app(title="Saved searches", summary="List and create the caller's saved searches.")
+
+
+@app.get("/api/searches", response_model=None)
+def list_searches(user: CurrentUser) -> Response:
+    """The caller's saved searches (at most 50), most recently updated first."""
+    page = db.run(lambda s: saved_searches.list_for_user(s, user.user_id), idempotent=True)
+    return ok({"searches": [contract.summary(search) for search in page.items]})
+
+
+@app.post("/api/searches", status_code=201, response_model=None)
+def create_search(body: contract.CreateSavedSearch, user: CurrentUser) -> Response:
+    """Save a search; a user may keep 50."""
+    params = body.searchParams
+    new = saved_searches.NewSavedSearch(
+        name=body.name,
+        description=body.description,
+        keywords=params.keywords,
+        location=params.location,
+        language=params.language or "en",
+        match_type=params.matchType,
+        results=None
+        if body.results is None
+        else [r.model_dump(exclude_none=True) for r in body.results],
+    )
+    try:
+        created = db.transaction(lambda s: saved_searches.create(s, user.user_id, new))
+    except SavedSearchLimitError:
+        raise ApiError(400, contract.LIMIT_REACHED) from None
+    return ok({"search": contract.record(created)}, status=201)
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,170 @@
+"""`/api/searches` contract (spec §2.4): bodies, id rule, and the record's JSON shape.
+
+Fix (spec §10.9): saved results are not re-validated on read, so a stored record can never turn
+into a 503 on GET; the write rules are the original's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, field_validator
+
+from shared.clock import iso_ms
+from shared.contracts.validation import bounded_text, fail
+from shared.http.responses import compact
+from shared.models import SavedSearch
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_LEGACY_ID = re.compile(r"^\d{13}-[a-z0-9]{7}$")
+INVALID_ID = "Invalid search ID format"
+LIMIT_REACHED = "Failed to save search. You may have reached the limit of 50 saved searches."
+NOT_FOUND = "Saved search not found"
+
+
+def valid_search_id(raw: str) -> str | None:
+    """The trimmed id when it is a UUID or the legacy `<13 digits>-<7 base36>` form."""
+    search_id = raw.strip()
+    if not 1 <= len(search_id) <= 50:
+        return None
+    return search_id if _UUID.match(search_id) or _LEGACY_ID.match(search_id) else None
+
+
+def _name(value: str) -> str:
+    return bounded_text(
+        value, minimum=1, maximum=100, empty="Name is required",
+        too_long="Name too long (max 100 chars)", code="name",
+    )  # fmt: skip
+
+
+def _short_name(value: str) -> str:
+    return bounded_text(
+        value, minimum=1, maximum=100, empty="Name is required", too_long="Name too long",
+        code="name",
+    )  # fmt: skip
+
+
+def _description(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return bounded_text(
+        value, minimum=0, maximum=500, empty="", too_long="Description too long", code="description"
+    )
+
+
+def _keyword(value: str) -> str:
+    return bounded_text(
+        value, minimum=1, maximum=100, empty="Keyword cannot be empty",
+        too_long="Keyword too long (max 100 chars)", code="keyword",
+    )  # fmt: skip
+
+
+class Trend(BaseModel):
+    month: Annotated[int, Field(ge=1, le=12, strict=True)]
+    year: Annotated[int, Field(ge=2000, le=2100, strict=True)]
+    volume: Annotated[float, Field(ge=0)]
+
+
+class KeywordResult(BaseModel):
+    keyword: Annotated[str, Field(max_length=500)]
+    searchVolume: Annotated[float, Field(ge=0)]
+    difficulty: Annotated[float, Field(ge=0, le=100)]
+    cpc: Annotated[float, Field(ge=0)]
+    competition: Literal["low", "medium", "high"]
+    intent: Literal["informational", "commercial", "transactional", "navigational"]
+    trends: list[Trend] | None = None
+
+    @field_validator("keyword")
+    @classmethod
+    def _keyword_length(cls, value: str) -> str:
+        return bounded_text(
+            value, minimum=1, maximum=200, empty="Keyword cannot be empty",
+            too_long="Keyword too long (max 200 chars)", code="result_keyword",
+        )  # fmt: skip
+
+
+class SearchParams(BaseModel):
+    keywords: list[Annotated[str, Field(max_length=1000), AfterValidator(_keyword)]]
+    matchType: Literal["phrase", "exact"]
+    location: Annotated[str, Field(min_length=2, max_length=5)]
+    language: Annotated[str, Field(max_length=35)] | None = None
+
+    @field_validator("keywords")
+    @classmethod
+    def _keyword_count(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise fail("keywords_min", "At least one keyword required")
+        if len(value) > 200:
+            raise fail("keywords_max", "Maximum 200 keywords")
+        return value
+
+
+class CreateSavedSearch(BaseModel):
+    """POST /api/searches body; unknown keys are ignored, as the original strips them."""
+
+    name: Annotated[str, Field(max_length=10_000), AfterValidator(_name)]
+    description: Annotated[str | None, Field(max_length=10_000), AfterValidator(_description)] = (
+        None
+    )
+    searchParams: SearchParams
+    results: list[KeywordResult] | None = None
+
+
+class UpdateSavedSearch(BaseModel):
+    """PUT /api/searches/{id} body: either field may be left out; neither can be cleared."""
+
+    name: Annotated[str | None, Field(max_length=10_000)] = None
+    description: Annotated[str | None, Field(max_length=10_000), AfterValidator(_description)] = (
+        None
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_rules(cls, value: str | None) -> str | None:
+        return None if value is None else _short_name(value)
+
+
+def _metadata(search: SavedSearch) -> dict[str, Any]:
+    return compact(
+        {
+            "createdAt": iso_ms(search.created_at),
+            "updatedAt": iso_ms(search.updated_at),
+            "lastRunAt": iso_ms(search.last_run_at) if search.last_run_at else None,
+            "resultCount": search.result_count,
+        }
+    )
+
+
+def record(search: SavedSearch) -> dict[str, Any]:
+    """The saved-search record in the original JSON shape (absent keys omitted)."""
+    return compact(
+        {
+            "id": search.id,
+            "clerkUserId": search.user_id,
+            "name": search.name,
+            "description": search.description,
+            "searchParams": {
+                "keywords": list(search.keywords or []),
+                "matchType": search.match_type,
+                "location": search.location,
+                "language": search.language,
+            },
+            "results": search.results,
+            "metadata": _metadata(search),
+        }
+    )
+
+
+def summary(search: SavedSearch) -> dict[str, Any]:
+    """The list item: `{id, name, description?, keywordCount, location, metadata}`."""
+    return compact(
+        {
+            "id": search.id,
+            "name": search.name,
+            "description": search.description,
+            "keywordCount": len(search.keywords or []),
+            "location": search.location,
+            "metadata": _metadata(search),
+        }
+    )

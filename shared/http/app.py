@@ -1,0 +1,199 @@
+"""The app factory every HTTP function uses, and its Lambda handler.
+
+A function module does `app = create_app(...)`, adds its routes, and ends with
+`handler = lambda_handler(app)`: Vercel and the emulator serve `app`, Lambda calls `handler`.
+Nothing here opens a connection: the engine is created on first use and cached per container
+(Mangum runs lifespan on every invocation, so it is off).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from mangum import Mangum
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import db
+from shared.config import ConfigurationError, get_settings
+from shared.db import DatabaseUnavailableError
+from shared.http.client_ip import client_ip, stored_ip
+from shared.http.errors import ApiError, api_error_response, error_response
+from shared.http.guards import BodyLimit, CorsCsrf
+from shared.repositories import api_usage
+from shared.telemetry import log_event
+
+API_VERSION = "v1"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+
+
+def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAPI:
+    """A FastAPI app with the shared envelope, guards and per-request usage record.
+
+    The OpenAPI document is built on demand (`app.openapi()`), never served by the function.
+    """
+    app = FastAPI(
+        title=title,
+        summary=summary,
+        version=API_VERSION,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
+    # Added last = outermost: RequestContext sees every response, including guard refusals.
+    app.add_middleware(BodyLimit)
+    app.add_middleware(CorsCsrf, settings=get_settings)
+    app.add_middleware(RequestContext, record_usage=record_usage)
+    return app
+
+
+def lambda_handler(app: FastAPI) -> Mangum:
+    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`."""
+    return Mangum(app, lifespan="off")
+
+
+async def _api_error(request: Request, error: ApiError) -> Response:
+    return api_error_response(error)
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> Response:
+    issues = error.errors()
+    if any(issue.get("type") == "json_invalid" for issue in issues):
+        return error_response(400, "Invalid JSON payload")
+    return error_response(400, validation_message(issues), label="Validation Error")
+
+
+def validation_message(issues: Any) -> str:
+    """Every issue's message joined with ", " (the original's format). Our validators raise
+    `PydanticCustomError` with the original wording; pydantic's own messages get the field path."""
+    messages = []
+    for issue in issues:
+        if issue.get("type", "").startswith("kf_"):
+            messages.append(issue["msg"])
+            continue
+        path = ".".join(str(part) for part in issue.get("loc", ()) if part not in ("body", "query"))
+        messages.append(f"{path}: {issue['msg']}" if path else issue["msg"])
+    return ", ".join(dict.fromkeys(messages))
+
+
+async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
+    if error.status_code == 405:
+        methods = _methods_for(request)
+        allowed = ", ".join(methods)
+        return error_response(
+            405,
+            f"Use {' or '.join(methods)} for this endpoint" if methods else "Method not allowed",
+            label="Method Not Allowed",
+            headers={"Allow": allowed},
+            extra={"supportedMethods": methods},
+        )
+    if error.status_code == 404:
+        return error_response(404, "Not found", label="Not Found")
+    if error.status_code == 400:
+        return error_response(400, "Invalid JSON payload")
+    return error_response(error.status_code, str(error.detail))
+
+
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route accepts on this path (Starlette reports only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+            methods |= route.methods - {"HEAD"}
+    return sorted(methods)
+
+
+async def _database_unavailable(request: Request, error: Exception) -> Response:
+    log_event(
+        "request_failed",
+        level=logging.ERROR,
+        requestId=request.scope.get("state", {}).get("request_id"),
+        reason="database_unavailable",
+    )
+    return error_response(503, "unavailable")
+
+
+class RequestContext:
+    """Request id, platform headers, the last-resort 500, and one `api_usage` row per request."""
+
+    def __init__(self, app: ASGIApp, *, record_usage: bool) -> None:
+        self.app = app
+        self.record_usage = record_usage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = f"req_{secrets.token_hex(8)}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["API-Version"] = API_VERSION
+                headers["X-Request-ID"] = request_id
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as error:
+            log_event(
+                "request_failed",
+                level=logging.ERROR,
+                requestId=request_id,
+                path=scope["path"],
+                error=type(error).__name__,
+                configuration=isinstance(error, ConfigurationError),
+            )
+            if response_started:
+                raise
+            await error_response(500, "internal")(scope, receive, send_with_headers)
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        if self.record_usage and not state.get("usage_recorded"):
+            _record_usage(scope, state, status, duration_ms)
+
+
+def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms: int) -> None:
+    """Write the request's `api_usage` row; analytics must never fail a request."""
+    try:
+        settings = get_settings()
+        headers = Headers(scope=scope)
+        peer = scope.get("client")
+        ip = client_ip(headers, peer[0] if peer else None, trust_proxy=settings.trusts_proxy)
+        row = api_usage.Request(
+            endpoint=str(getattr(scope.get("route"), "path", scope["path"])),  # template, no ids
+            method=scope["method"],
+            status_code=status,
+            duration_ms=duration_ms,
+            user_id=state.get("user_id"),
+            ip_address=stored_ip(ip, settings.ip_storage),
+            user_agent=(headers.get("user-agent") or "")[:512] or None,
+        )
+        db.run(lambda session: api_usage.record(session, row))
+    except Exception as error:
+        log_event("usage_record_failed", level=logging.WARNING, error=type(error).__name__)

@@ -1,0 +1,41 @@
+"""Client IP from trusted proxy headers, and the reduced form we store (PII minimisation)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.datastructures import Headers
+
+from shared.config import IpStorage
+
+_CANDIDATE_HEADERS = ("cf-connecting-ip", "x-real-ip", "x-forwarded-for")
+
+
+def client_ip(headers: Headers, peer: str | None, *, trust_proxy: bool) -> str | None:
+    """The first valid IP from CF-Connecting-IP, X-Real-IP, X-Forwarded-For (when the platform's
+    proxy is trusted), else the socket peer; None when nothing valid is known."""
+    candidates: list[str] = []
+    if trust_proxy:
+        for name in _CANDIDATE_HEADERS:
+            value = headers.get(name)
+            if value:
+                candidates.append(value.split(",")[0].strip())
+    if peer:
+        candidates.append(peer)
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return None
+
+
+def stored_ip(ip: str | None, mode: IpStorage) -> str | None:
+    """What we may store: the /24 (IPv4) or /48 (IPv6) network address by default."""
+    if ip is None or mode is IpStorage.NONE:
+        return None
+    if mode is IpStorage.FULL:
+        return ip
+    address = ipaddress.ip_address(ip)
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)

@@ -1,0 +1,84 @@
+"""The original API's error envelope `{error, message, statusCode, timestamp}` and its mapping.
+
+Fixes over the original (spec §10.15): the label comes from the status or is set explicitly,
+never sniffed from message text, so provider errors cannot surface as 429 with upstream text;
+5xx messages are always generic, details go to the log under the request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.responses import JSONResponse
+
+from shared.clock import iso_ms, utcnow
+
+GENERIC_500 = "An unexpected error occurred"
+GENERIC_503 = "Service temporarily unavailable. Please try again later."
+ERROR_CACHE_CONTROL = "no-store, no-cache, must-revalidate"
+
+
+class ApiError(Exception):
+    """An expected failure with a status the client should see.
+
+    `label` overrides the envelope's `error` field (e.g. "Validation Error"); by default it
+    follows the status. `extra` adds keys to the body (e.g. `supportedMethods` for 405).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        label: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.label = label
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def default_label(status: int) -> str:
+    if status == 503:
+        return "Service Unavailable"
+    if status >= 500:
+        return "Internal Server Error"
+    if status >= 400:
+        return "Client Error"
+    return "Error"
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    label: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> JSONResponse:
+    """Render the envelope; 5xx messages are replaced by the generic text."""
+    if status == 503:
+        message = GENERIC_503
+        headers = {"Retry-After": "60", **(headers or {})}
+    elif status >= 500:
+        message = GENERIC_500
+    body: dict[str, object] = {
+        "error": label or default_label(status),
+        "message": message,
+        "statusCode": status,
+        "timestamp": iso_ms(utcnow()),
+        **(extra or {}),
+    }
+    response = JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    response.headers["Cache-Control"] = ERROR_CACHE_CONTROL
+    return response
+
+
+def api_error_response(error: ApiError) -> JSONResponse:
+    return error_response(
+        error.status, error.message, label=error.label, headers=error.headers, extra=error.extra
+    )

@@ -1,0 +1,161 @@
+"""ASGI guards in front of every route: body size, CORS, CSRF.
+
+Pure ASGI (no per-request framework objects) because they run on every invocation.
+Fixes over the original (spec §10.15, §10.17): the 413 response does not echo the request's
+Content-Length; the CSRF cookie is readable by the frontend (the double-submit pattern needs
+that) and compared in constant time; CSRF 403s use the error envelope; requests authenticated by
+an `Authorization` header are exempt, since browsers never attach that header on their own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from http.cookies import SimpleCookie
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.config import Settings
+from shared.http.errors import error_response
+
+BODY_LIMIT = 1_000_000
+BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
+CSRF_COOKIE = "csrf-token"
+CSRF_HEADER = "x-csrf-token"
+CORS_HEADERS = {
+    "Access-Control-Allow-Credentials": "true",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, X-CSRF-Token, X-Requested-With",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def _own_origin(scope: Scope, headers: Headers) -> str:
+    scheme = headers.get("x-forwarded-proto", scope.get("scheme", "https")).split(",")[0].strip()
+    return f"{scheme}://{headers.get('host', '')}"
+
+
+def _origin_of(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else ""
+
+
+class BodyLimit:
+    """Read the body up to BODY_LIMIT (by Content-Length and by counting the stream), then replay
+    it to the app; over the limit → 413 in the envelope without reading further."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in STATE_CHANGING:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > BODY_LIMIT:
+            await error_response(413, BODY_TOO_LARGE)(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > BODY_LIMIT:
+                await error_response(413, BODY_TOO_LARGE)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class CorsCsrf:
+    """CORS for the allow-listed origins; CSRF origin + double-submit token on state changes."""
+
+    def __init__(self, app: ASGIApp, settings: Callable[[], Settings]) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = self.settings()
+        headers = Headers(scope=scope)
+        own = _own_origin(scope, headers)
+        origin = headers.get("origin")
+        allowed = bool(origin) and (origin == own or origin in settings.cors_origins)
+        method = scope["method"]
+
+        if method == "OPTIONS":
+            cors = (
+                {"Access-Control-Allow-Origin": origin, **CORS_HEADERS}
+                if origin and allowed
+                else {}
+            )
+            await JSONResponse({}, headers=cors)(scope, receive, send)
+            return
+
+        if method in STATE_CHANGING and self._csrf_applies(scope, headers):
+            refusal = self._csrf_refusal(headers, own, settings)
+            if refusal is not None:
+                await error_response(403, refusal)(scope, receive, send)
+                return
+
+        cookies = SimpleCookie(headers.get("cookie", ""))
+        issue_token = method == "GET" and CSRF_COOKIE not in cookies
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                if allowed and origin:
+                    response_headers["Access-Control-Allow-Origin"] = origin
+                    response_headers["Vary"] = "Origin"
+                    for name, value in CORS_HEADERS.items():
+                        response_headers[name] = value
+                if issue_token:
+                    secure = "; Secure" if settings.is_production else ""
+                    token = secrets.token_urlsafe(32)
+                    response_headers.append(
+                        "Set-Cookie",
+                        f"{CSRF_COOKIE}={token}; Path=/; Max-Age=86400; SameSite=Strict{secure}",
+                    )
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    def _csrf_applies(scope: Scope, headers: Headers) -> bool:
+        path: str = scope["path"]
+        if path.startswith(CSRF_EXEMPT_PREFIXES):
+            return False
+        return "authorization" not in headers  # a header-authenticated call cannot be forged
+
+    @staticmethod
+    def _csrf_refusal(headers: Headers, own: str, settings: Settings) -> str | None:
+        origin = headers.get("origin") or _origin_of(headers.get("referer", ""))
+        if not origin or (origin != own and origin not in settings.cors_origins):
+            return "Invalid request origin"
+        cookie = SimpleCookie(headers.get("cookie", "")).get(CSRF_COOKIE)
+        token = headers.get(CSRF_HEADER, "")
+        if cookie is None or not token or not hmac.compare_digest(cookie.value, token):
+            return "CSRF token validation failed"
+        return None

@@ -1,0 +1,260 @@
+"""/api/searches contract (spec §2.4) through Lambda v2, Lambda v1 and HTTP, on both lanes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.http import Caller
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+BODY = {
+    "name": "  Running shoes  ",
+    "description": "Q3 ideas",
+    "searchParams": {
+        "keywords": [" trail shoes ", "running shoes"],
+        "matchType": "phrase",
+        "location": "US",
+    },
+    "results": [
+        {
+            "keyword": "trail shoes",
+            "searchVolume": 1200.5,
+            "difficulty": 40,
+            "cpc": 1.2,
+            "competition": "medium",
+            "intent": "commercial",
+            "trends": [{"month": 1, "year": 2026, "volume": 1100}],
+        }
+    ],
+    "unknownKey": "ignored",
+}
+
+
+def create(
+    call: Caller, user: str = "user_a", body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    result = call("searches", "POST", "/api/searches", user=user, json_body=body or BODY)
+    assert result.status == 201, result.text
+    search: dict[str, Any] = result.json["search"]
+    return search
+
+
+def test_create_returns_the_record_in_the_original_shape(call: Caller) -> None:
+    result = call("searches", "POST", "/api/searches", user="user_a", json_body=BODY)
+    assert result.status == 201
+    assert result.headers["api-version"] == "v1"
+    assert result.headers["cache-control"] == "private, no-cache, no-store, must-revalidate"
+    assert result.headers["x-request-id"].startswith("req_")
+    search = result.json["search"]
+    assert set(search) == {
+        "id",
+        "clerkUserId",
+        "name",
+        "description",
+        "searchParams",
+        "results",
+        "metadata",
+    }
+    assert search["name"] == "Running shoes" and search["clerkUserId"] == "user_a"
+    assert search["searchParams"] == {
+        "keywords": ["trail shoes", "running shoes"],
+        "matchType": "phrase",
+        "location": "US",
+        "language": "en",
+    }
+    assert search["results"][0]["searchVolume"] == 1200.5
+    assert set(search["metadata"]) == {"createdAt", "updatedAt", "resultCount"}  # no lastRunAt
+    assert TIMESTAMP.match(search["metadata"]["createdAt"])
+    assert search["metadata"]["resultCount"] == 1
+    assert re.match(r"^[0-9a-f-]{36}$", search["id"])
+
+
+def test_absent_optional_keys_are_omitted_not_null(call: Caller) -> None:
+    body = {
+        "name": "n",
+        "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "GB"},
+    }
+    search = create(call, body=body)
+    assert "description" not in search and "results" not in search
+    assert set(search["metadata"]) == {"createdAt", "updatedAt"}
+
+
+def test_list_get_update_delete_roundtrip(call: Caller) -> None:
+    first = create(call)
+    second = create(call, body={**BODY, "name": "Second"})
+    listed = call("searches", "GET", "/api/searches", user="user_a")
+    assert listed.status == 200
+    summaries = listed.json["searches"]
+    assert [s["id"] for s in summaries] == [second["id"], first["id"]]
+    assert set(summaries[0]) == {
+        "id",
+        "name",
+        "description",
+        "keywordCount",
+        "location",
+        "metadata",
+    }
+    assert summaries[0]["keywordCount"] == 2 and summaries[0]["location"] == "US"
+
+    got = call("search_item", "GET", f"/api/searches/{first['id']}", user="user_a")
+    assert got.status == 200 and got.json["search"]["id"] == first["id"]
+
+    updated = call(
+        "search_item", "PUT", f"/api/searches/{first['id']}", user="user_a",
+        json_body={"name": " Renamed ", "description": ""},
+    )  # fmt: skip
+    assert updated.status == 200
+    assert updated.json["search"]["name"] == "Renamed"
+    assert updated.json["search"]["description"] == ""
+
+    deleted = call("search_item", "DELETE", f"/api/searches/{first['id']}", user="user_a")
+    assert (deleted.status, deleted.json) == (200, {"success": True})
+    again = call("search_item", "DELETE", f"/api/searches/{first['id']}", user="user_a")
+    assert again.status == 404 and again.json["message"] == "Saved search not found"
+
+
+def test_other_users_searches_look_missing(call: Caller) -> None:
+    mine = create(call, user="user_a")
+    path = f"/api/searches/{mine['id']}"
+    for method, body in (("GET", None), ("PUT", {"name": "stolen"}), ("DELETE", None)):
+        result = call("search_item", method, path, user="user_b", json_body=body)
+        assert result.status == 404, method
+        assert result.json["message"] == "Saved search not found"
+    assert call("searches", "GET", "/api/searches", user="user_b").json == {"searches": []}
+    still = call("search_item", "GET", path, user="user_a")
+    assert still.json["search"]["name"] == "Running shoes"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({**BODY, "name": "   "}, "Name is required"),
+        ({**BODY, "name": "x" * 101}, "Name too long (max 100 chars)"),
+        ({**BODY, "description": "d" * 501}, "Description too long"),
+        (
+            {**BODY, "searchParams": {**BODY["searchParams"], "keywords": []}},
+            "At least one keyword required",
+        ),
+        (
+            {**BODY, "searchParams": {**BODY["searchParams"], "keywords": ["k"] * 201}},
+            "Maximum 200 keywords",
+        ),
+        (
+            {**BODY, "searchParams": {**BODY["searchParams"], "keywords": ["  "]}},
+            "Keyword cannot be empty",
+        ),
+        ({**BODY, "name": "", "description": "d" * 501}, "Name is required, Description too long"),
+    ],
+)
+def test_create_validation_messages(call: Caller, body: dict[str, Any], message: str) -> None:
+    result = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
+    assert result.status == 400
+    assert result.json["error"] == "Validation Error"
+    assert result.json["message"] == message
+    assert result.json["statusCode"] == 400 and TIMESTAMP.match(result.json["timestamp"])
+    assert result.headers["cache-control"] == "no-store, no-cache, must-revalidate"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [({"name": ""}, "Name is required"), ({"name": "n" * 101}, "Name too long")],
+)
+def test_update_validation_messages(call: Caller, body: dict[str, Any], message: str) -> None:
+    search = create(call)
+    result = call(
+        "search_item", "PUT", f"/api/searches/{search['id']}", user="user_a", json_body=body
+    )
+    assert (result.status, result.json["message"]) == (400, message)
+
+
+@pytest.mark.parametrize("bad_id", ["not-an-id", "1700000000000-ABCDEFG", "x" * 51, "123", "%20"])
+def test_malformed_ids_are_refused(call: Caller, bad_id: str) -> None:
+    result = call("search_item", "GET", f"/api/searches/{bad_id}", user="user_a")
+    assert result.status == 400
+    assert result.json["message"] == "Invalid search ID format"
+
+
+def test_legacy_and_uppercase_uuid_ids_are_accepted(call: Caller) -> None:
+    for search_id in ("1700000000000-abc1234", "6F9619FF-8B86-4011-B42D-00CF4FC964FF"):
+        result = call("search_item", "GET", f"/api/searches/{search_id}", user="user_a")
+        assert (result.status, result.json["message"]) == (404, "Saved search not found")
+
+
+def test_the_fifty_first_search_is_refused_with_the_original_message(api_env: Keys) -> None:
+    call = Caller("lambda_v2", api_env)  # one style is enough for a 50-row setup
+    body = {
+        "name": "n",
+        "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"},
+    }
+    for _ in range(50):
+        create(call, body=body)
+    result = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
+    assert result.status == 400
+    assert result.json["error"] == "Client Error"
+    assert result.json["message"].startswith(
+        "Failed to save search. You may have reached the limit"
+    )
+
+
+BROWSER = {
+    "origin": "https://api.keyflash.test",
+    "cookie": "csrf-token=tok123",
+    "x-csrf-token": "tok123",
+}
+
+
+def test_auth_is_required_before_anything_else(call: Caller) -> None:
+    for module, method, path in (
+        ("searches", "GET", "/api/searches"),
+        ("searches", "POST", "/api/searches"),
+        ("search_item", "GET", "/api/searches/not-an-id"),
+        ("search_item", "DELETE", "/api/searches/not-an-id"),
+    ):
+        result = call(
+            module,
+            method,
+            path,
+            json_body={"garbage": True} if method == "POST" else None,
+            headers=BROWSER,  # passes the CSRF guard, which (as in the original) runs first
+        )
+        assert result.status == 401, path
+        assert result.json["error"] == "Client Error"
+        assert result.json["message"] == "Authentication required"
+
+
+def test_invalid_json_too_large_and_wrong_method(call: Caller) -> None:
+    bad = call("searches", "POST", "/api/searches", user="user_a", body="{nope",
+               headers={"content-type": "application/json"})  # fmt: skip
+    assert (bad.status, bad.json["message"]) == (400, "Invalid JSON payload")
+    big = call("searches", "POST", "/api/searches", user="user_a", body="x" * 1_000_001,
+               headers={"content-type": "application/json"})  # fmt: skip
+    assert big.status == 413
+    assert big.json["message"] == "Request body too large. Limit is 976 KB."
+    assert "1000001" not in str(big.headers.values())
+    wrong = call("searches", "PATCH", "/api/searches", user="user_a")
+    assert wrong.status == 405
+    assert wrong.json["supportedMethods"] == ["GET", "POST"]
+    assert wrong.json["error"] == "Method Not Allowed"
+
+
+def test_a_usage_row_is_written_per_request_with_reduced_ip(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    call("searches", "GET", "/api/searches", user="user_a")
+    rows = admin_conn.execute(
+        'SELECT endpoint, method, "statusCode", "userId", "ipAddress", "userAgent" FROM api_usage'
+    ).fetchall()
+    assert len(rows) == 1
+    endpoint, method, status, user_id, ip, agent = rows[0]
+    assert (endpoint, method, status, user_id, agent) == (
+        "/api/searches",
+        "GET",
+        200,
+        "user_a",
+        "pytest-agent/1.0",
+    )
+    assert ip in {"203.0.113.0", "127.0.0.0", None}  # /24 of the event's or test client's peer
