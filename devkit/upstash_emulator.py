@@ -13,8 +13,8 @@ protocol, as that SDK uses it, so code and tests run unchanged without an Upstas
   errors are never encoded.
 
 The Redis behind it is a real server (`redis://…`, the faithful choice) or an in-process fakeredis
-with Lua (nothing to install). Known gaps against Upstash are listed in the README of the devkit
-and in `UpstashEmulator`'s docstring.
+with Lua (nothing to install). Known gaps against Upstash are listed in `UpstashEmulator`'s
+docstring.
 
 Run it alone with `python -m devkit.upstash_emulator --port 8079 [--redis-url URL] [--token T]`.
 """
@@ -33,12 +33,13 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import redis
 import uvicorn
+from redis.client import Pipeline
 from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -66,6 +67,8 @@ _CONNECTION_COMMANDS = frozenset(
 # Script flags Upstash accepts and Redis rejects ("Unexpected flag in script shebang"):
 # upstash-ratelimit's scripts start with `#!lua flags=allow-key-locking`.
 _UPSTASH_ONLY_FLAGS = frozenset({b"allow-key-locking"})
+# redis-py's prefix on the queueing error behind an EXECABORT.
+_PIPELINE_NOTE = re.compile(r"Command # (\d+) \(.*?\) of pipeline caused error: ")
 _VERSION = re.compile(rb"^redis_version:(\d+)", re.MULTILINE)
 
 
@@ -87,7 +90,7 @@ class RedisBackend:
     def connect(cls, url: str, *, max_connections: int = 8) -> Self:
         """A real Redis at `url` (redis://, rediss://, unix://) through a small blocking pool."""
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=30, socket_connect_timeout=5
+            url, max_connections=max_connections, timeout=30, socket_connect_timeout=5, protocol=2
         )
         return cls(redis.Redis(connection_pool=pool))
 
@@ -96,12 +99,14 @@ class RedisBackend:
         """A private fakeredis server with Lua scripting (needs `fakeredis[lua]`)."""
         import fakeredis  # dev extra, and only this backend needs it
 
-        return cls(fakeredis.FakeRedis(server=fakeredis.FakeServer()), shebang=False)
+        # RESP2, as a real server speaks to redis-py by default: fakeredis otherwise answers in
+        # RESP3 shapes (HGETALL as a dict, scores as floats) that Upstash never sends.
+        server = fakeredis.FakeServer()
+        return cls(fakeredis.FakeRedis(server=server, protocol=2), shebang=False)
 
     def execute(self, command: Command) -> Any:
         """Run one command; a Redis error reply raises `redis.ResponseError`."""
-        command = self._adapt(command)
-        return self._finish(command, self._client.execute_command(*command))
+        return self._finish(command, _send(self._client, self._adapt(command)))
 
     def pipeline(self, commands: Sequence[Command], *, atomic: bool) -> list[Any]:
         """Run commands in one round trip; failed ones come back as `ResponseError` values.
@@ -112,15 +117,15 @@ class RedisBackend:
         adapted = [self._adapt(command) for command in commands]
         with self._client.pipeline(transaction=atomic) as pipe:
             for command in adapted:
-                pipe.execute_command(*command)
+                _send(pipe, command)
             try:
                 replies = pipe.execute(raise_on_error=False)
             except ResponseError as error:
                 if not atomic:
                     raise
                 raise ResponseError(
-                    "EXECABORT Transaction discarded because of previous errors: "
-                    + error_message(error)
+                    "EXECABORT Transaction discarded because of previous errors "
+                    f"({error_message(error)})"
                 ) from None
         return [self._finish(c, r) for c, r in zip(commands, replies, strict=True)]
 
@@ -142,8 +147,8 @@ class RedisBackend:
 
     def _finish(self, command: Command, reply: Any) -> Any:
         """SCRIPT LOAD answers the SHA1 of the script as sent, as Upstash would."""
-        is_load = command[0].upper() == b"SCRIPT" and command[1:2] == [b"LOAD"]
-        if is_load and len(command) > 2 and isinstance(reply, bytes):
+        is_load = command[0].upper() == b"SCRIPT" and len(command) > 2
+        if is_load and command[1].upper() == b"LOAD" and isinstance(reply, bytes):
             return hashlib.sha1(command[2]).hexdigest().encode()
         return reply
 
@@ -170,17 +175,27 @@ class RedisBackend:
 
     def _supports_shebang(self) -> bool:
         if self._shebang is None:
-            info = self._client.execute_command("INFO", "server")
+            info = _send(self._client, [b"INFO", b"server"])
             found = _VERSION.search(info if isinstance(info, bytes) else b"")
             self._shebang = found is not None and int(found.group(1)) >= 7
         return self._shebang
 
 
+def _send(target: redis.Redis | Pipeline, command: Command) -> Any:
+    run: Callable[..., Any] = target.execute_command  # untyped in redis-py
+    return run(*command)
+
+
 def error_message(error: ResponseError) -> str:
     """The error as Redis sent it: redis-py strips a mapped code ("ERR", "NOSCRIPT") off."""
     text = str(error)
+    note = _PIPELINE_NOTE.match(text)
+    if note:
+        text = text[note.end() :]
     code = getattr(error, "status_code", None)  # redis-py >= 7.1; older ones lose the code
-    return f"{code} {text}" if code and not text.startswith(f"{code} ") else text
+    if code and not text.startswith(f"{code} "):
+        text = f"{code} {text}"
+    return f"command {note.group(1)}: {text}" if note else text
 
 
 def _jsonable(reply: Any, encode: bool) -> Any:
@@ -211,7 +226,7 @@ class _RequestError(Exception):
 
 def _command(value: Any) -> Command:
     if not isinstance(value, list) or not value:
-        raise _RequestError(400, "ERR a command is a non-empty JSON array, e.g. [\"GET\", \"k\"]")
+        raise _RequestError(400, 'ERR a command is a non-empty JSON array, e.g. ["GET", "k"]')
     args: Command = []
     for item in value:
         if isinstance(item, str):
@@ -266,7 +281,7 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
         commands = [_command(item) for item in body]
         atomic = request.url.path == "/multi-exec"
         try:
-            replies = await run_in_threadpool(lambda: backend.pipeline(commands, atomic=atomic))
+            replies = await run_in_threadpool(backend.pipeline, commands, atomic=atomic)
         except ResponseError as error:
             return JSONResponse({"error": error_message(error)}, status_code=400)
         encode = wants_base64(request)
@@ -287,7 +302,9 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
         assert isinstance(exc, HTTPException)
         status = exc.status_code
         message = "Endpoint not found" if status == 404 else str(exc.detail)
-        return JSONResponse({"error": f"ERR {message}: {request.method} {request.url.path}"}, status)
+        return JSONResponse(
+            {"error": f"ERR {message}: {request.method} {request.url.path}"}, status
+        )
 
     async def redis_down(request: Request, exc: Exception) -> Response:
         logger.warning("Redis backend unreachable: %s", exc)
@@ -374,6 +391,12 @@ class UpstashEmulator:
             backend.close()
             raise
         self._port = sock.getsockname()[1]
+        try:
+            backend.execute([b"PING"])
+        except redis.RedisError as error:
+            sock.close()
+            backend.close()
+            raise RuntimeError(f"the Upstash emulator cannot reach its Redis: {error}") from error
         config = uvicorn.Config(
             create_app(backend, self._token),
             log_level="warning",

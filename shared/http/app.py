@@ -115,7 +115,7 @@ def _methods_for(request: Request) -> list[str]:
     methods: set[str] = set()
     for route in request.app.router.routes:
         if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
-            methods |= route.methods - {"HEAD"}
+            methods |= (route.methods or set()) - {"HEAD"}
     return sorted(methods)
 
 
