@@ -87,10 +87,21 @@ class RedisBackend:
         self._sha_aliases: dict[bytes, bytes] = {}  # SHA1 as sent -> SHA1 as loaded
 
     @classmethod
-    def connect(cls, url: str, *, max_connections: int = 8) -> Self:
-        """A real Redis at `url` (redis://, rediss://, unix://) through a small blocking pool."""
+    def connect(
+        cls, url: str, *, max_connections: int = 8, client_name: str = "upstash-emulator"
+    ) -> Self:
+        """A real Redis at `url` (redis://, rediss://, unix://) through a small blocking pool.
+
+        Requests beyond `max_connections` wait for a free connection rather than open more;
+        `client_name` marks ours in CLIENT LIST.
+        """
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=30, socket_connect_timeout=5, protocol=2
+            url,
+            max_connections=max_connections,
+            timeout=30,
+            socket_connect_timeout=5,
+            client_name=client_name,
+            protocol=2,
         )
         return cls(redis.Redis(connection_pool=pool))
 
@@ -130,8 +141,9 @@ class RedisBackend:
         return [self._finish(c, r) for c, r in zip(commands, replies, strict=True)]
 
     def close(self) -> None:
-        """Close the pool's connections."""
+        """Close every connection (redis-py leaves a pool it did not create open)."""
         self._client.close()
+        self._client.connection_pool.disconnect()
 
     def _adapt(self, command: Command) -> Command:
         name = command[0].upper()
@@ -192,7 +204,7 @@ def error_message(error: ResponseError) -> str:
     note = _PIPELINE_NOTE.match(text)
     if note:
         text = text[note.end() :]
-    code = getattr(error, "status_code", None)  # redis-py >= 7.1; older ones lose the code
+    code = getattr(error, "status_code", None)  # recent redis-py keeps it; older ones don't
     if code and not text.startswith(f"{code} "):
         text = f"{code} {text}"
     return f"command {note.group(1)}: {text}" if note else text
@@ -382,7 +394,10 @@ class UpstashEmulator:
             backend = RedisBackend.connect(self.backend_url)
         else:
             backend = RedisBackend.in_process()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Binding here, not in uvicorn, tells us the port before serving. IPPROTO_TCP must be
+        # explicit: asyncio sets TCP_NODELAY only on sockets that say so, and without it every
+        # request waits ~40 ms on delayed ACKs.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self._host, self._port))
