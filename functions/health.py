@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import db
@@ -19,6 +20,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.http.app import create_app, lambda_handler
 from shared.http.responses import ok
+from shared.ratelimit import limit_request
 from shared.redis import redis_health
 
 app = create_app(
@@ -65,9 +67,14 @@ def provider_check() -> dict[str, Any]:
     return {"healthy": True, "details": details}
 
 
+HEALTH_LIMIT_PER_HOUR = 60
+RATE_LIMITED = "Rate limit exceeded. Try again in {retry_after} seconds."
+
+
 @app.get("/api/health", response_model=None)
-def health(deep: bool = False) -> Response:
+def health(request: Request, deep: bool = False) -> Response:
     started = time.perf_counter()
+    decision = limit_request(request, "health", HEALTH_LIMIT_PER_HOUR, RATE_LIMITED)
     settings = get_settings()
     checks = {
         "database": database_check(deep=deep),
@@ -89,7 +96,7 @@ def health(deep: bool = False) -> Response:
         "checks": checks,
         "responseTime": round((time.perf_counter() - started) * 1000),
     }
-    return ok(body, status=code, cache_control="no-store, no-cache")
+    return ok(body, status=code, cache_control="no-store, no-cache", headers=decision.headers())
 
 
 handler = lambda_handler(app)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLES = {
@@ -38,6 +38,8 @@ EXAMPLES = {
     "UPSTASH_REDIS_REST_URL": "https://eu1-cool-cat-12345.upstash.io",
     "REDIS_TIMEOUT_S": "1.0",
     "HEALTH_DB_MAX_AGE_S": "600",
+    "RATE_LIMIT_FAIL_SAFE": "closed (or open)",
+    "RATE_LIMIT_HMAC_SECRET": "a random string of at least 32 characters",
 }
 
 
@@ -100,6 +102,13 @@ class Settings(BaseSettings):
     upstash_telemetry: bool = False
     privacy_mode: bool = False
 
+    # Rate limiting (fixed one-hour windows in Redis), per endpoint and per identity.
+    rate_limit_enabled: bool = True
+    rate_limit_fail_safe: Literal["open", "closed"] = "closed"
+    rate_limit_hmac_secret: str | None = None
+    rate_limit_requests_per_hour: int = 10
+    related_keywords_rate_limit_per_hour: int = 30
+
     # Health: how long a container reuses its last database check, so monitors that probe
     # every minute do not keep a suspended Neon compute awake (?deep=true always checks).
     health_db_max_age_s: Annotated[float, Field(ge=0)] = 600.0
@@ -119,6 +128,16 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.is_production and self.rate_limit_enabled:
+            secret = self.rate_limit_hmac_secret or ""
+            if len(secret) < 32:
+                raise ValueError(
+                    "RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters in production"
+                )
+        return self
 
     @property
     def trusts_proxy(self) -> bool:
@@ -154,7 +173,10 @@ def _explain(error: ValidationError) -> str:
     """One line per bad variable, naming it and showing an example, never the value."""
     lines = []
     for issue in error.errors():
-        name = str(issue["loc"][0]).upper() if issue["loc"] else "settings"
+        if not issue["loc"]:  # a rule across variables: its message names them
+            lines.append(str(issue["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(issue["loc"][0]).upper()
         reason = "is required" if issue["type"] == "missing" else f"is invalid ({issue['msg']})"
         example = EXAMPLES.get(name)
         hint = f"; example: {name}={example}" if example else ""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
 from devkit import events
+from devkit.upstash_emulator import UpstashEmulator
 
 ISSUER = "https://clerk.keyflash.test"
 STYLES = ["lambda_v2", "lambda_v1", "asgi"]
@@ -56,16 +57,28 @@ def make_token(keys: Keys, sub: str, *, ttl: int = 300, **claims: Any) -> str:
     return jwt.encode(payload, keys.private_pem, algorithm="RS256")
 
 
+@pytest.fixture(scope="session")
+def upstash() -> Iterator[UpstashEmulator]:
+    """One in-process Upstash emulator for the app tests (keys are isolated by test data)."""
+    with UpstashEmulator() as emulator:
+        yield emulator
+
+
 @pytest.fixture
-def api_env(db_env: str, rsa_keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Keys]:
-    """The app on this lane, trusting `rsa_keys`, with per-container caches emptied."""
+def api_env(
+    db_env: str, rsa_keys: Keys, upstash: UpstashEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Keys]:
+    """The app on this lane, trusting `rsa_keys`, with Redis behind the emulator and
+    per-container caches emptied. Rate limiting is off here; its own tests turn it on."""
     from shared import auth, config, redis
 
     monkeypatch.setenv("CLERK_JWT_KEY", rsa_keys.public_pem)
     monkeypatch.setenv("CLERK_ISSUER", ISSUER)
     monkeypatch.setenv("APP_ENV", "test")
-    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "ADMIN_USER_IDS"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", upstash.url)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", upstash.token)
+    monkeypatch.setenv("RATE_LIMIT_ENABLED", "false")
+    monkeypatch.delenv("ADMIN_USER_IDS", raising=False)
     config.get_settings.cache_clear()
     auth._provisioned.clear()
     redis.reset_redis()

@@ -1,0 +1,131 @@
+"""Rate limiting: fixed one-hour windows in Upstash Redis, one round trip per check.
+
+Fixes over the original (spec §10.1, §10.16): counters are namespaced per endpoint and per
+identity (the user id when signed in, else client IP + an HMAC of the user agent), so ten health
+checks no longer spend the keyword budget; a missing HMAC secret is a startup error in production
+and a generated one (with a warning) elsewhere; when Redis is down or slower than
+`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default) instead of a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+
+from starlette.requests import Request
+
+from shared.clock import iso_ms, utcnow
+from shared.config import Settings, get_settings
+from shared.http.client_ip import client_ip
+from shared.http.errors import ApiError
+from shared.redis import get_redis
+from shared.telemetry import log_event
+
+WINDOW_SECONDS = 3600
+
+# The original's fixed-window script: start a window on the first hit, count the rest.
+_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if (not current) or ttl <= 0 then
+  redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+  return {1, tonumber(ARGV[1])}
+end
+return {redis.call('INCR', KEYS[1]), ttl}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: datetime
+    retry_after: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """`X-RateLimit-*` (and `Retry-After` when refused)."""
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": iso_ms(self.reset_at),
+        }
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+@cache
+def _generated_secret() -> str:
+    log_event(
+        "rate_limit_secret_generated",
+        level=logging.WARNING,
+        note="RATE_LIMIT_HMAC_SECRET is unset; using a per-container secret (not for production)",
+    )
+    return secrets.token_hex(32)
+
+
+def identity(user_id: str | None, ip: str | None, user_agent: str, settings: Settings) -> str:
+    """`u:{user id}` when signed in, else `ip:{ip}:{hmac8(user agent)}` (spec §4.3)."""
+    if user_id:
+        return f"u:{user_id}"
+    secret = settings.rate_limit_hmac_secret or _generated_secret()
+    digest = hmac.new(secret.encode(), user_agent.encode(), hashlib.sha256).hexdigest()[:8]
+    return f"ip:{ip or 'unknown'}:{digest}"
+
+
+def check(endpoint: str, who: str, limit: int, *, now: datetime | None = None) -> Decision:
+    """Count this request against `endpoint`'s hourly `limit` for `who`."""
+    settings = get_settings()
+    now = now or utcnow()
+    if not settings.rate_limit_enabled:
+        return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
+    client = get_redis()
+    try:
+        if client is None:
+            raise ConnectionError("Redis is not configured")
+        count, ttl = client.eval(
+            _SCRIPT, keys=[f"rate:{endpoint}:{who}"], args=[str(WINDOW_SECONDS)]
+        )
+    except Exception as error:
+        log_event(
+            "rate_limit_unavailable",
+            level=logging.WARNING,
+            endpoint=endpoint,
+            failSafe=settings.rate_limit_fail_safe,
+            error=type(error).__name__,
+        )
+        if settings.rate_limit_fail_safe == "open":
+            return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
+        return Decision(False, limit, 0, now + timedelta(seconds=60), retry_after=60)
+    reset_at = now + timedelta(seconds=int(ttl))
+    if int(count) > limit:
+        return Decision(False, limit, 0, reset_at, retry_after=int(ttl))
+    return Decision(True, limit, max(0, limit - int(count)), reset_at)
+
+
+def limit_request(
+    request: Request, endpoint: str, limit: int, message: str, *, user_id: str | None = None
+) -> Decision:
+    """Check `request` against `endpoint`'s limit; refused → the 429 envelope with headers.
+
+    `message` may use `{retry_after}` and `{limit}`.
+    """
+    settings = get_settings()
+    peer = request.client.host if request.client else None
+    ip = client_ip(request.headers, peer, trust_proxy=settings.trusts_proxy)
+    who = identity(user_id, ip, request.headers.get("user-agent", ""), settings)
+    decision = check(endpoint, who, limit)
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            message.format(retry_after=decision.retry_after, limit=limit),
+            label="Rate Limit Exceeded",
+            headers=decision.headers(),
+        )
+    return decision

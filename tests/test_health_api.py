@@ -1,0 +1,114 @@
+"""GET /api/health (spec §7.1 plus the database check), rate limited at 60/h per client."""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from typing import Any
+
+import pytest
+
+from functions import health
+from shared import config, db, redis
+from tests.support.http import Caller
+
+
+@pytest.fixture(autouse=True)
+def fresh_health_cache() -> None:
+    health._last_database_check = None
+
+
+def test_everything_up_is_healthy(call: Caller) -> None:
+    result = call("health", "GET", "/api/health")
+    assert result.status == 200, result.text
+    body = result.json
+    assert body["status"] == "healthy"
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", body["timestamp"])
+    assert (body["version"], body["environment"]) == ("1.0.0", "test")
+    checks = body["checks"]
+    assert checks["database"]["healthy"] is True and isinstance(
+        checks["database"]["responseTime"], int
+    )
+    assert checks["redis"] == {
+        "healthy": True,
+        "responseTime": checks["redis"]["responseTime"],
+        "details": {"configured": True, "responsive": True},
+    }
+    assert checks["provider"]["details"]["name"] == "Mock"
+    assert result.headers["cache-control"] == "no-store, no-cache"
+    assert result.headers["api-version"] == "v1"
+
+
+def test_database_check_is_reused_within_max_age_unless_deep(call: Caller) -> None:
+    first = call("health", "GET", "/api/health").json["checks"]["database"]
+    second = call("health", "GET", "/api/health").json["checks"]["database"]
+    assert "cached" not in first and second["cached"] is True
+    assert second["checkedAt"] == first["checkedAt"]
+    deep = call("health", "GET", "/api/health", query={"deep": "true"}).json["checks"]["database"]
+    assert "cached" not in deep
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_one_failing_check_is_degraded_207(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{_closed_port()}")
+    config.get_settings.cache_clear()
+    redis.reset_redis()
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (207, "degraded")
+    assert result.json["checks"]["redis"]["error"] == "Redis ping failed - no PONG response"
+
+
+def test_privacy_mode_reports_redis_healthy_without_pinging(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRIVACY_MODE", "true")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{_closed_port()}")
+    config.get_settings.cache_clear()
+    redis.reset_redis()
+    check: dict[str, Any] = call("health", "GET", "/api/health").json["checks"]["redis"]
+    assert check["healthy"] is True and check["details"]["privacyMode"] is True
+
+
+def test_nothing_reachable_is_unhealthy_503(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _closed_port()
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{port}/x")
+    monkeypatch.setenv("DB_RETRY_BUDGET_S", "0.2")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("KEYWORD_API_PROVIDER", "nonsense")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    redis.reset_redis()
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (503, "unhealthy")
+    assert result.json["checks"]["database"]["error"] == "Database unreachable"
+    assert "pw@" not in result.text
+
+
+def test_rate_limit_60_per_hour_then_429_with_headers(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RATE_LIMIT_ENABLED", "true")
+    config.get_settings.cache_clear()
+    agent = {"user-agent": f"monitor-{uuid.uuid4()}"}
+    for expected_remaining in (59, 58):
+        ok = call("health", "GET", "/api/health", headers=agent)
+        assert ok.status == 200
+        assert ok.headers["x-ratelimit-limit"] == "60"
+        assert ok.headers["x-ratelimit-remaining"] == str(expected_remaining)
+    for _ in range(58):
+        call("health", "GET", "/api/health", headers=agent)
+    refused = call("health", "GET", "/api/health", headers=agent)
+    assert refused.status == 429
+    assert refused.json["error"] == "Rate Limit Exceeded"
+    assert refused.json["message"].startswith("Rate limit exceeded. Try again in ")
+    assert int(refused.headers["retry-after"]) > 3500
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    other_agent = call("health", "GET", "/api/health", headers={"user-agent": str(uuid.uuid4())})
+    assert other_agent.status == 200  # another client has its own budget
