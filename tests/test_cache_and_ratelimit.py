@@ -1,0 +1,223 @@
+"""The fail-soft cache and the rate limiter against the Upstash emulator (real SDK)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from devkit.upstash_emulator import UpstashEmulator
+from shared import cache, config, ratelimit, redis
+
+
+@pytest.fixture
+def redis_env(upstash: UpstashEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@localhost/unused")
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", upstash.url)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", upstash.token)
+    monkeypatch.delenv("PRIVACY_MODE", raising=False)
+    monkeypatch.delenv("RATE_LIMIT_ENABLED", raising=False)
+    reload_settings()
+    yield
+    reload_settings()
+
+
+def reload_settings() -> None:
+    config.get_settings.cache_clear()
+    redis.reset_redis()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """A port that accepts connections and never answers: a Redis slower than any timeout."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def point_redis_at(url: str, monkeypatch: pytest.MonkeyPatch, timeout: str = "0.3") -> None:
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", url)
+    monkeypatch.setenv("REDIS_TIMEOUT_S", timeout)
+    reload_settings()
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keywords", "expected"),
+    [
+        (["seo", "tools"], "kw:United States:en:phrase:2bbb2bb4a7032e9d"),
+        (["tools", " seo "], "kw:United States:en:phrase:2bbb2bb4a7032e9d"),
+        (["seo tools", "keyword research"], "kw:United States:en:phrase:c49615d4c2f21ba2"),
+    ],
+)
+def test_keyword_key_keeps_the_original_test_vectors(keywords: list[str], expected: str) -> None:
+    assert cache.keyword_key(keywords, "United States", "en", "phrase") == expected
+    assert cache.keyword_key(keywords, "United States", None, "phrase") == expected
+
+
+def test_provider_is_part_of_the_key() -> None:
+    mock = cache.provider_keyword_key(["seo"], "Worldwide", "en", "exact", "mock")
+    real = cache.provider_keyword_key(["seo"], "Worldwide", "en", "exact", "dataforseo")
+    assert mock != real and mock.startswith(cache.keyword_key(["seo"], "Worldwide", "en", "exact"))
+
+
+def test_cached_rows_come_back_in_the_requests_order() -> None:
+    rows = [{"keyword": "a", "v": 1}, {"keyword": "b", "v": 2}, {"keyword": "c", "v": 3}]
+    assert [r["keyword"] for r in cache.in_request_order(rows, ["c", " a", "b"])] == ["c", "a", "b"]
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_json_roundtrip_with_ttl(upstash: UpstashEmulator) -> None:
+    key = f"kw:test:{uuid.uuid4()}"
+    value = {"data": [{"keyword": "seo", "searchVolume": 100}], "metadata": {"provider": "Mock"}}
+    assert cache.set_json(key, value, ttl_seconds=120) is True
+    assert cache.get_json(key) == value
+    client = redis.get_redis()
+    assert client is not None and 0 < client.ttl(key) <= 120
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_privacy_mode_neither_reads_nor_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = f"kw:test:{uuid.uuid4()}"
+    assert cache.set_json(key, {"x": 1})
+    monkeypatch.setenv("PRIVACY_MODE", "true")
+    reload_settings()
+    assert cache.get_json(key) is None
+    assert cache.set_json(f"{key}:2", {"x": 2}) is False
+    monkeypatch.delenv("PRIVACY_MODE")
+    reload_settings()
+    assert cache.get_json(f"{key}:2") is None
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_cache_is_a_miss_when_redis_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    with UpstashEmulator() as doomed:
+        point_redis_at(doomed.url, monkeypatch)
+        monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", doomed.token)
+        reload_settings()
+        assert cache.set_json("kw:stopped", {"x": 1})
+    # The emulator is gone now: reads miss, writes report failure, nothing raises.
+    assert cache.get_json("kw:stopped") is None
+    assert cache.set_json("kw:stopped", {"x": 2}) is False
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_cache_is_a_miss_within_the_timeout_when_redis_hangs(
+    black_hole: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    point_redis_at(black_hole, monkeypatch, timeout="0.3")
+    started = time.monotonic()
+    assert cache.get_json("kw:slow") is None
+    assert cache.set_json("kw:slow", {"x": 1}) is False
+    assert time.monotonic() - started < 3  # two calls bounded by 0.3 s each, generous slack
+
+
+# --- rate limiting -------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_n_allowed_then_refused_with_a_reset_time() -> None:
+    who = f"u:{uuid.uuid4()}"
+    decisions = [ratelimit.check("keywords", who, 3) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    refused = decisions[-1]
+    assert refused.retry_after is not None and 3500 < refused.retry_after <= 3600
+    headers = refused.headers()
+    assert headers["X-RateLimit-Limit"] == "3" and headers["Retry-After"] == str(
+        refused.retry_after
+    )
+    assert headers["X-RateLimit-Reset"].endswith("Z")
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_endpoints_and_identities_have_separate_budgets() -> None:
+    who = f"u:{uuid.uuid4()}"
+    for _ in range(10):
+        ratelimit.check("health", who, 60)
+    assert ratelimit.check("keywords", who, 1).allowed  # health traffic spent nothing here
+    assert not ratelimit.check("keywords", who, 1).allowed
+    assert ratelimit.check("keywords", f"u:{uuid.uuid4()}", 1).allowed
+
+
+def test_identity_is_the_user_or_ip_plus_hmac_of_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@localhost/unused")
+    monkeypatch.setenv("RATE_LIMIT_HMAC_SECRET", "s" * 32)
+    reload_settings()
+    settings = config.get_settings()
+    assert ratelimit.identity("user_1", "203.0.113.9", "ua", settings) == "u:user_1"
+    anonymous = ratelimit.identity(None, "203.0.113.9", "Mozilla/5.0", settings)
+    assert anonymous.startswith("ip:203.0.113.9:") and len(anonymous.rsplit(":", 1)[1]) == 8
+    assert "Mozilla" not in anonymous
+    assert anonymous != ratelimit.identity(None, "203.0.113.9", "curl/8", settings)
+    assert ratelimit.identity(None, None, "x", settings).startswith("ip:unknown:")
+    reload_settings()
+
+
+@pytest.mark.usefixtures("redis_env")
+@pytest.mark.parametrize(("fail_safe", "allowed"), [("open", True), ("closed", False)])
+def test_fail_safe_decides_within_the_timeout_when_redis_hangs(
+    black_hole: str, monkeypatch: pytest.MonkeyPatch, fail_safe: str, allowed: bool
+) -> None:
+    monkeypatch.setenv("RATE_LIMIT_FAIL_SAFE", fail_safe)
+    point_redis_at(black_hole, monkeypatch, timeout="0.3")
+    started = time.monotonic()
+    decision = ratelimit.check("keywords", "u:slow", 10)
+    assert time.monotonic() - started < 2  # bounded by REDIS_TIMEOUT_S, generous slack
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.retry_after == 60
+
+
+@pytest.mark.usefixtures("redis_env")
+@pytest.mark.parametrize(("fail_safe", "allowed"), [("open", True), ("closed", False)])
+def test_fail_safe_when_redis_is_down(
+    monkeypatch: pytest.MonkeyPatch, fail_safe: str, allowed: bool
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RATE_LIMIT_FAIL_SAFE", fail_safe)
+    point_redis_at(f"http://127.0.0.1:{port}", monkeypatch)
+    assert ratelimit.check("keywords", "u:down", 10).allowed is allowed
+
+
+def test_disabled_limiter_allows_without_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@localhost/unused")
+    monkeypatch.setenv("RATE_LIMIT_ENABLED", "false")
+    monkeypatch.delenv("UPSTASH_REDIS_REST_URL", raising=False)
+    reload_settings()
+    decision = ratelimit.check("keywords", "u:any", 10)
+    assert (decision.allowed, decision.remaining) == (True, 10)
+    reload_settings()
+
+
+def test_production_requires_a_strong_hmac_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@localhost/unused")
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("RATE_LIMIT_HMAC_SECRET", "too-short")
+    reload_settings()
+    with pytest.raises(config.ConfigurationError, match="RATE_LIMIT_HMAC_SECRET") as caught:
+        config.get_settings()
+    assert "too-short" not in str(caught.value)
+    monkeypatch.setenv("RATE_LIMIT_HMAC_SECRET", "x" * 32)
+    reload_settings()
+    assert config.get_settings().is_production
+    reload_settings()
+
+
+def test_redis_client_has_a_timeout_and_no_telemetry(
+    redis_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_TIMEOUT_S", "0.7")
+    reload_settings()
+    client = redis.get_redis()
+    assert client is not None
+    assert client._http._client.timeout.read == 0.7
+    assert not any(h.lower().startswith("upstash-telemetry") for h in client._headers)
