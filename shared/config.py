@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     rate_limit_requests_per_hour: int = 10
     related_keywords_rate_limit_per_hour: int = 30
 
+    # Billing and quotas (spec §3): FREE is the 7-day trial, PRO and ENTERPRISE are monthly.
+    billing_enabled: bool = False
+    trial_keyword_limit: Annotated[int, Field(ge=0)] = 300
+    pro_monthly_limit: Annotated[int, Field(ge=0)] = 1000
+    enterprise_monthly_limit: Annotated[int, Field(ge=0)] = 10_000
+
     # Health: how long a container reuses its last database check, so monitors that probe
     # every minute do not keep a suspended Neon compute awake (?deep=true always checks).
     health_db_max_age_s: Annotated[float, Field(ge=0)] = 600.0
