@@ -101,17 +101,26 @@ def _token_from(request: Request) -> str | None:
     return request.cookies.get("__session") or None
 
 
-def authenticate(request: Request) -> Identity:
-    """The caller's identity, provisioned in the database; 401 when there is no valid token."""
-    settings = get_settings()
+def identify(request: Request) -> Identity | None:
+    """The caller's verified identity, or None; no database work (cheap enough to run before
+    a rate limit, so signed-in users get their own budget)."""
     token = _token_from(request)
     if token is None:
-        raise ApiError(401, AUTH_REQUIRED)
+        return None
+    settings = get_settings()
     try:
         identity = identity_from_claims(verify_session_token(token, settings), settings)
     except InvalidToken:
-        raise ApiError(401, AUTH_REQUIRED) from None
+        return None
     request.state.user_id = identity.user_id
+    return identity
+
+
+def authenticate(request: Request) -> Identity:
+    """The caller's identity, provisioned in the database; 401 when there is no valid token."""
+    identity = identify(request)
+    if identity is None:
+        raise ApiError(401, AUTH_REQUIRED)
     provision(identity)
     return identity
 

@@ -131,6 +131,15 @@ class Settings(BaseSettings):
     admin_role_claim: str = "metadata.role"
     admin_role_value: str = "admin"
 
+    # Account webhooks (Clerk, signed by Svix).
+    clerk_webhook_secret: str | None = None  # whsec_… from the Clerk dashboard (Svix)
+
+    # Keyword providers (shared/providers): Mock determinism and pacing, DataForSEO credentials.
+    mock_provider_seed: int | None = None  # set: the same keyword always gets the same data
+    mock_provider_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
+    dataforseo_api_login: str | None = None
+    dataforseo_api_password: str | None = None
+
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION

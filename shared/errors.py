@@ -25,13 +25,23 @@ class EmailInUseError(DomainError, ValueError):
 
 
 class QuotaExceededError(DomainError):
-    """Adding `requested` would take `used` past `limit`; nothing was changed."""
+    """Adding `requested` would take `used` past `limit`; nothing was changed.
 
-    def __init__(self, used: int, limit: int, requested: int) -> None:
+    `trial` says the limit is the trial's (it ends rather than resets)."""
+
+    def __init__(self, used: int, limit: int, requested: int, *, trial: bool = False) -> None:
         super().__init__(f"quota exceeded: {used} used + {requested} requested > {limit}")
         self.used = used
         self.limit = limit
         self.requested = requested
+        self.trial = trial
+
+
+class TrialExpiredError(DomainError):
+    """A FREE user's 7-day trial is over; nothing was counted."""
+
+    def __init__(self) -> None:
+        super().__init__("trial expired")
 
 
 class SavedSearchLimitError(DomainError):

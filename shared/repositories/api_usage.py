@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
@@ -45,10 +46,14 @@ def record(session: Session, request: Request) -> None:
     record_many(session, [request])
 
 
+def insert_statement(requests: list[Request]) -> Any:
+    """One multi-row INSERT for `requests` (also embedded by other writes, see search_history)."""
+    now = utcnow()
+    return insert(ApiUsage).values([_values(r, now) for r in requests])
+
+
 @database_operation("recordApiUsageMany")
 def record_many(session: Session, requests: list[Request]) -> None:
     """All rows in one multi-row INSERT: one round trip however many requests."""
-    if not requests:
-        return
-    now = utcnow()
-    session.execute(insert(ApiUsage).values([_values(r, now) for r in requests]))
+    if requests:
+        session.execute(insert_statement(requests))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, case, func, insert, or_, select, tuple_
 from sqlalchemy.orm import Session
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from shared.clock import utcnow
 from shared.ids import new_cuid
 from shared.models import SearchHistory
+from shared.repositories import api_usage
 from shared.telemetry import database_operation
 
 
@@ -51,29 +53,43 @@ class Stats:
     providers: dict[str, ProviderStats] = field(default_factory=dict)
 
 
+def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
+    return insert(SearchHistory).values(
+        id=row_id,
+        user_id=search.user_id,
+        keywords=search.keywords,
+        location=search.location,
+        language=search.language,
+        match_type=search.match_type,
+        provider=search.provider,
+        cache_hit=search.cache_hit,
+        response_time=search.response_time,
+        keyword_count=len(search.keywords),
+        avg_volume=search.avg_volume,
+        total_volume=search.total_volume,
+        searched_at=now or utcnow(),
+        user_agent=search.user_agent,
+        ip_address=search.ip_address,
+    )
+
+
 @database_operation("recordSearch")
 def record(session: Session, search: NewSearch, *, now: datetime | None = None) -> str:
     """Insert one history row and return its id."""
     row_id = new_cuid()
-    session.execute(
-        insert(SearchHistory).values(
-            id=row_id,
-            user_id=search.user_id,
-            keywords=search.keywords,
-            location=search.location,
-            language=search.language,
-            match_type=search.match_type,
-            provider=search.provider,
-            cache_hit=search.cache_hit,
-            response_time=search.response_time,
-            keyword_count=len(search.keywords),
-            avg_volume=search.avg_volume,
-            total_volume=search.total_volume,
-            searched_at=now or utcnow(),
-            user_agent=search.user_agent,
-            ip_address=search.ip_address,
-        )
-    )
+    session.execute(_insert(search, row_id, now))
+    return row_id
+
+
+@database_operation("recordSearchWithUsage")
+def record_with_usage(
+    session: Session, search: NewSearch, request: api_usage.Request, *, now: datetime | None = None
+) -> str:
+    """The history row and the request's `api_usage` row in ONE statement (a data-modifying
+    CTE): a keyword search's second and last round trip."""
+    row_id = new_cuid()
+    history = _insert(search, row_id, now).cte("history")
+    session.execute(api_usage.insert_statement([request]).add_cte(history))
     return row_id
 
 

@@ -10,13 +10,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import case, delete, func, insert, literal, select, text, update
+from sqlalchemy import and_, case, delete, func, literal, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.clock import month_start, utcnow
-from shared.errors import EmailInUseError, QuotaExceededError, UserNotFoundError
+from shared.clock import month_start, next_month_start, utcnow
+from shared.errors import (
+    EmailInUseError,
+    QuotaExceededError,
+    TrialExpiredError,
+    UserNotFoundError,
+)
 from shared.models import User, UserTier
+from shared.quotas import Limits, usage_view
 from shared.telemetry import database_operation
 
 TRIAL_LENGTH = timedelta(days=7)
@@ -46,6 +53,7 @@ class Usage:
     this_month: int
     total: int
     monthly_reset_at: datetime
+    tier: UserTier
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,14 +223,17 @@ def increment_usage(
             updated_at=now,
         )
         .returning(
-            User.keyword_searches_this_month, User.keyword_searches_total, User.monthly_reset_at
+            User.keyword_searches_this_month,
+            User.keyword_searches_total,
+            User.monthly_reset_at,
+            User.tier,
         )
     )
     if limit is not None:
         statement = statement.where(used + count <= limit)
     row = session.execute(statement, execution_options={"synchronize_session": False}).one_or_none()
     if row is not None:
-        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2])
+        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
     # Failure path only: one more read to tell a missing user from a full quota.
     current = session.execute(
         select(case((stale, 0), else_=User.keyword_searches_this_month)).where(User.id == user_id)
@@ -230,6 +241,113 @@ def increment_usage(
     if current is None:
         raise UserNotFoundError(user_id)
     raise QuotaExceededError(used=current, limit=limit or 0, requested=count)
+
+
+@database_operation("reserveKeywords")
+def reserve_keywords(
+    session: Session,
+    user_id: str,
+    email: str,
+    count: int,
+    *,
+    limits: Limits,
+    enforce: bool,
+    now: datetime | None = None,
+) -> Usage:
+    """Get-or-create the user and count `count` keywords against their quota: ONE statement.
+
+    `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <quota allows it> RETURNING`: a new user is
+    created (a FREE trial) with the keywords counted; an existing one is counted only when the
+    tier's rule holds on the locked row (trial not over and `total + n <= trial limit`; else
+    `this month (lazily reset) + n <= monthly limit`), so parallel requests never overshoot.
+    With `enforce=False` (billing off) nothing is limited and usage is still counted.
+    Refusals raise `TrialExpiredError` or `QuotaExceededError` and change nothing.
+    """
+    now = now or utcnow()
+    stale = User.monthly_reset_at < month_start(now)
+    monthly_used = case((stale, 0), else_=User.keyword_searches_this_month)
+    allowed = case(
+        (
+            User.tier == UserTier.FREE,
+            and_(
+                User.trial_ends_at >= now,
+                User.keyword_searches_total + count <= limits.trial,
+            ),
+        ),
+        (User.tier == UserTier.PRO, monthly_used + count <= limits.pro),
+        else_=monthly_used + count <= limits.enterprise,
+    )
+    fits_new_trial = not enforce or count <= limits.trial
+    first = count if fits_new_trial else 0
+    values = _new_user_values(user_id, email, UserTier.FREE, now)
+    statement = insert(User).values(
+        **values, keyword_searches_this_month=first, keyword_searches_total=first
+    )
+    upsert: Any = statement.on_conflict_do_update(
+        index_elements=[User.id],
+        set_={
+            User.keyword_searches_this_month: monthly_used + count,
+            User.keyword_searches_total: User.keyword_searches_total + count,
+            User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
+            User.updated_at: now,
+        },
+        where=allowed if enforce else None,
+    ).returning(
+        User.keyword_searches_this_month,
+        User.keyword_searches_total,
+        User.monthly_reset_at,
+        User.tier,
+        literal_column("xmax = 0"),
+    )
+    for attempt in range(2):
+        try:
+            row = session.execute(upsert).one_or_none()
+            break
+        except IntegrityError as error:
+            # A racing first request for the same new user can trip the email index (ON
+            # CONFLICT covers the id only); the re-run finds the row it created.
+            if attempt or not _is_email_conflict(error):
+                _raise_if_email_taken(error)
+                raise
+            session.rollback()
+    if row is not None and not (row[4] and not fits_new_trial):
+        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
+    # Refused (failure path only): one read to say why, with the numbers for the message.
+    user = session.get(User, user_id)
+    if user is None:
+        raise UserNotFoundError(user_id)
+    view = usage_view(user, limits, now)
+    if view.trial_expired:
+        raise TrialExpiredError()
+    trial = user.tier is UserTier.FREE
+    raise QuotaExceededError(used=view.used, limit=view.limit, requested=count, trial=trial)
+
+
+@database_operation("releaseKeywords")
+def release_keywords(
+    session: Session,
+    user_id: str,
+    count: int,
+    *,
+    reserved_at: datetime,
+    now: datetime | None = None,
+) -> None:
+    """Give back a reservation (the provider failed after it). The monthly counter is only
+    decremented while it still counts the reservation's month."""
+    same_month = User.monthly_reset_at < next_month_start(reserved_at)
+    session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(
+            keyword_searches_total=func.greatest(User.keyword_searches_total - count, 0),
+            keyword_searches_this_month=case(
+                (same_month, func.greatest(User.keyword_searches_this_month - count, 0)),
+                else_=User.keyword_searches_this_month,
+            ),
+            updated_at=now or utcnow(),
+        ),
+        execution_options={"synchronize_session": False},
+    )
 
 
 @database_operation("resetMonthlyUsage")

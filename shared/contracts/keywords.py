@@ -1,0 +1,70 @@
+"""`POST /api/keywords` body (spec §2.1, KeywordSearchSchema) with the original messages."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
+
+from shared.contracts.validation import bounded_text, fail
+
+LOCATION_CODES = ("US", "GB", "CA", "AU", "DE", "FR", "IN", "GL")
+_KEYWORD_CHARS = re.compile(r"^[a-zA-Z0-9\s\-_]+$")  # \s is Unicode-aware, like JS's
+_LANGUAGE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
+
+
+def _keyword(value: str) -> str:
+    keyword = bounded_text(
+        value, minimum=1, maximum=100, empty="Keyword cannot be empty",
+        too_long="Keyword too long (max 100 chars)", code="keyword",
+    )  # fmt: skip
+    if not _KEYWORD_CHARS.match(keyword):
+        raise fail(
+            "keyword_chars",
+            "Keywords must contain only letters, numbers, spaces, hyphens, and underscores",
+        )
+    return keyword
+
+
+def _blank_to_none(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+def _location(value: str | None) -> str | None:
+    if value is not None and value not in LOCATION_CODES:
+        raise fail(
+            "location", "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
+        )
+    return value
+
+
+def _language(value: str | None) -> str | None:
+    if value is not None and not _LANGUAGE.match(value):
+        raise fail("language", "Language must be valid language code (e.g., en, en-US)")
+    return value
+
+
+class KeywordSearch(BaseModel):
+    """Unknown keys are ignored; keywords keep their case and duplicates, as the original."""
+
+    keywords: list[Annotated[str, Field(max_length=10_000), AfterValidator(_keyword)]]
+    matchType: Literal["phrase", "exact"]
+    location: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_location)] = (
+        None
+    )
+    language: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_language)] = (
+        None
+    )
+
+    @field_validator("keywords")
+    @classmethod
+    def _count(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise fail("keywords_min", "At least one keyword is required")
+        if len(value) > 200:
+            raise fail("keywords_max", "Maximum 200 keywords allowed")
+        return value
