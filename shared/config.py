@@ -40,6 +40,9 @@ EXAMPLES = {
     "HEALTH_DB_MAX_AGE_S": "600",
     "RATE_LIMIT_FAIL_SAFE": "closed (or open)",
     "RATE_LIMIT_HMAC_SECRET": "a random string of at least 32 characters",
+    "STORAGE_MODE": "postgres (or dual, fallback)",
+    "STRIPE_WEBHOOK_SECRET": "whsec_… (the endpoint's signing secret from the Stripe dashboard)",
+    "FLAGS_CACHE_SECONDS": "30",
 }
 
 
@@ -101,6 +104,9 @@ class Settings(BaseSettings):
     redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
     upstash_telemetry: bool = False
     privacy_mode: bool = False
+    # Redis → Postgres migration phase (shared.storage): where users, usage and saved searches
+    # are read and written. dual/fallback also keep the original Redis layout up to date.
+    storage_mode: Literal["dual", "fallback", "postgres"] = "postgres"
 
     # Rate limiting (fixed one-hour windows in Redis), per endpoint and per identity.
     rate_limit_enabled: bool = True
@@ -140,6 +146,14 @@ class Settings(BaseSettings):
     dataforseo_api_login: str | None = None
     dataforseo_api_password: str | None = None
 
+    # Stripe (spec §2.5, §5): webhook signing secret (whsec_…), API key and the PRO price id.
+    stripe_webhook_secret: str | None = None
+    stripe_secret_key: str | None = None
+    stripe_price_pro: str | None = None
+
+    # Feature flags: how long a warm container reuses the flags it loaded (0: every request).
+    flags_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION
@@ -152,6 +166,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters in production"
                 )
+        if self.storage_mode != "postgres" and not (
+            self.upstash_redis_rest_url and self.upstash_redis_rest_token
+        ):
+            raise ValueError(
+                f"STORAGE_MODE={self.storage_mode} keeps the original Redis layout up to date: "
+                "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or STORAGE_MODE=postgres)"
+            )
         return self
 
     @property

@@ -4,7 +4,8 @@ Pure ASGI (no per-request framework objects) because they run on every invocatio
 Fixes over the original (spec §10.15, §10.17): the 413 response does not echo the request's
 Content-Length; the CSRF cookie is readable by the frontend (the double-submit pattern needs
 that) and compared in constant time; CSRF 403s use the error envelope; requests authenticated by
-an `Authorization` header are exempt, since browsers never attach that header on their own.
+an `Authorization` header are exempt, since browsers never attach that header on their own, and
+so are requests without the session cookie (no ambient credentials, nothing to forge).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
-from http.cookies import SimpleCookie
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
+SESSION_COOKIE = "__session"  # Clerk's session cookie
 CSRF_HEADER = "x-csrf-token"
 CORS_HEADERS = {
     "Access-Control-Allow-Credentials": "true",
@@ -38,6 +40,13 @@ CORS_HEADERS = {
 def _own_origin(scope: Scope, headers: Headers) -> str:
     scheme = headers.get("x-forwarded-proto", scope.get("scheme", "https")).split(",")[0].strip()
     return f"{scheme}://{headers.get('host', '')}"
+
+
+def _bearer_token(headers: Headers) -> bool:
+    """Whether the request carries the header credential `shared.auth` uses before the cookie:
+    `Bearer <token>`. Any other Authorization value leaves the session cookie in charge."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(value.strip())
 
 
 def _origin_of(url: str) -> str:
@@ -120,7 +129,7 @@ class CorsCsrf:
                 await error_response(403, refusal)(scope, receive, send)
                 return
 
-        cookies = SimpleCookie(headers.get("cookie", ""))
+        cookies = cookie_parser(headers.get("cookie", ""))
         issue_token = method == "GET" and CSRF_COOKIE not in cookies
 
         async def send_with_headers(message: Message) -> None:
@@ -144,18 +153,23 @@ class CorsCsrf:
 
     @staticmethod
     def _csrf_applies(scope: Scope, headers: Headers) -> bool:
+        """Only requests a browser could send with ambient credentials: the session cookie.
+
+        A request authenticated by an `Authorization` header cannot be forged cross-site, and
+        one with no credentials at all gains nothing from forgery (it gets 401 anyway).
+        """
         path: str = scope["path"]
-        if path.startswith(CSRF_EXEMPT_PREFIXES):
+        if path.startswith(CSRF_EXEMPT_PREFIXES) or _bearer_token(headers):
             return False
-        return "authorization" not in headers  # a header-authenticated call cannot be forged
+        return SESSION_COOKIE in cookie_parser(headers.get("cookie", ""))
 
     @staticmethod
     def _csrf_refusal(headers: Headers, own: str, settings: Settings) -> str | None:
         origin = headers.get("origin") or _origin_of(headers.get("referer", ""))
         if not origin or (origin != own and origin not in settings.cors_origins):
             return "Invalid request origin"
-        cookie = SimpleCookie(headers.get("cookie", "")).get(CSRF_COOKIE)
+        cookie = cookie_parser(headers.get("cookie", "")).get(CSRF_COOKIE)
         token = headers.get(CSRF_HEADER, "")
-        if cookie is None or not token or not hmac.compare_digest(cookie.value, token):
+        if not cookie or not token or not hmac.compare_digest(cookie, token):
             return "CSRF token validation failed"
         return None

@@ -7,9 +7,11 @@ styles). Tokens are signed here with the generated key, like Clerk signs session
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,6 +135,12 @@ class Caller:
                     method, path, content=body, headers=all_headers, params=query
                 )
             return Result(response.status_code, dict(response.headers), response.text)
+        if threading.current_thread() is not threading.main_thread():
+            # Mangum uses the thread's event loop; Lambda runs one invocation per process.
+            try:
+                asyncio.get_event_loop()
+            except RuntimeError:
+                asyncio.set_event_loop(asyncio.new_event_loop())
         build = events.http_api_v2 if self.style == "lambda_v2" else events.rest_api_v1
         event = build(method, path, headers=all_headers, query=query, body=body)
         raw = loaded.handler(event, events.lambda_context(module))

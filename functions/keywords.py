@@ -1,0 +1,227 @@
+"""POST /api/keywords: keyword metrics, metered per keyword (spec §2.1, §3).
+
+Order: rate limit → body → auth → ONE statement that gets-or-creates the user and reserves the
+keywords against the quota → cache → provider → ONE statement writing the history row and the
+request's usage row. Two database round trips on the success path. If the provider fails after
+the reservation, the keywords are given back.
+
+Fixes over the original (spec §10.2, §10.3, §10.13): the quota check and increment are one
+atomic statement (`used + n <= limit`, no overshoot); the cache key includes the provider;
+cached rows come back in the request's order; `cacheHealthy` reports whether the write really
+succeeded; an open circuit answers 503 with `Retry-After`, provider failures 502, and upstream
+text never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Annotated, Any, NoReturn
+
+from fastapi import Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared import cache, db, providers
+from shared.auth import Identity, identify
+from shared.clock import iso_ms, utcnow
+from shared.config import get_settings
+from shared.contracts.keywords import KeywordSearch
+from shared.errors import EmailInUseError, QuotaExceededError, TrialExpiredError
+from shared.http.app import create_app, lambda_handler
+from shared.http.client_ip import client_ip, stored_ip
+from shared.http.errors import ApiError
+from shared.http.responses import ok
+from shared.models import UserTier
+from shared.quotas import Limits
+from shared.ratelimit import Decision, limit_request
+from shared.repositories import api_usage, search_history, users
+from shared.telemetry import log_event
+
+app = create_app(title="Keyword search", summary="Search volume, CPC, competition and intent.")
+
+RATE_LIMITED = (
+    "Rate limit exceeded. Try again in {retry_after} seconds. Limit: {limit} requests/hour."
+)
+SIGN_IN = "Authentication required. Please sign in to use KeyFlash."
+TRIAL_EXPIRED = "Your 7-day free trial has expired. Upgrade to Pro to continue using KeyFlash."
+UPGRADE_HINT = "Upgrade to Pro for 1,000 keywords/month."
+RESET_HINT = "Your limit resets at the start of next month."
+
+
+def rate_limit(request: Request) -> Decision:
+    """Runs before the body is read: anonymous and invalid requests spend the budget too."""
+    identity = identify(request)
+    request.state.identity = identity
+    limit = get_settings().rate_limit_requests_per_hour
+    return limit_request(
+        request, "keywords", limit, RATE_LIMITED, user_id=identity.user_id if identity else None
+    )
+
+
+@app.get("/api/keywords", response_model=None, include_in_schema=False)
+def wrong_method() -> Response:
+    raise ApiError(
+        405,
+        "Use POST to search for keywords",
+        label="Method Not Allowed",
+        extra={"supportedMethods": ["POST"]},
+    )
+
+
+@app.post("/api/keywords", response_model=None)
+def search(
+    body: KeywordSearch, request: Request, decision: Annotated[Decision, Depends(rate_limit)]
+) -> Response:
+    started = time.perf_counter()
+    identity: Identity | None = request.state.identity
+    if identity is None:
+        raise ApiError(401, SIGN_IN)
+    settings = get_settings()
+    keywords = body.keywords
+    reserved_at = utcnow()
+    usage = _reserve(identity, len(keywords), reserved_at, settings.billing_enabled)
+
+    mock_forced = settings.billing_enabled and usage.tier is UserTier.FREE
+    try:
+        provider = providers.mock_provider() if mock_forced else providers.get_provider()
+    except providers.ProviderError as error:
+        _give_back(error, "unknown", identity.user_id, len(keywords), reserved_at)
+    options = providers.SearchOptions(
+        match_type=body.matchType,
+        location=providers.normalize_location(body.location),
+        language=body.language or "en",
+    )
+    key = cache.provider_keyword_key(
+        keywords, options.location, options.language, options.match_type, provider.key
+    )
+    cached = None if mock_forced else cache.get_json(key)
+    result: dict[str, Any]
+    if isinstance(cached, dict) and isinstance(cached.get("data"), list):
+        data = cache.in_request_order(cached["data"], keywords)
+        provider_name = str(cached.get("metadata", {}).get("provider", "Unknown"))
+        result = {"data": data, "cached": True}
+    else:
+        data = _fetch(provider, keywords, options, identity.user_id, reserved_at)
+        provider_name = provider.name
+        result = {"data": data, "cached": False}
+        if not mock_forced:
+            metadata = {
+                "cachedAt": iso_ms(utcnow()),
+                "ttl": cache.KEYWORD_TTL_SECONDS,
+                "provider": provider.name,
+            }
+            result["cacheHealthy"] = cache.set_json(key, {"data": data, "metadata": metadata})
+
+    _record(request, identity, body, options, provider.key, data, bool(result["cached"]), started)
+    result.update(
+        timestamp=iso_ms(utcnow()),
+        mockData=provider_name == "Mock" or mock_forced,
+        provider=provider_name,
+    )
+    return ok(result, headers=decision.headers())
+
+
+def _reserve(identity: Identity, count: int, now: datetime, enforce: bool) -> users.Usage:
+    limits = Limits.from_settings(get_settings())
+    try:
+        return db.run(
+            lambda s: users.reserve_keywords(
+                s, identity.user_id, identity.email, count, limits=limits, enforce=enforce, now=now
+            )
+        )
+    except TrialExpiredError:
+        raise ApiError(403, TRIAL_EXPIRED) from None
+    except QuotaExceededError as refused:
+        hint = UPGRADE_HINT if refused.trial else RESET_HINT
+        raise ApiError(
+            429,
+            f"Monthly keyword limit reached ({refused.used}/{refused.limit}). {hint}",
+            headers={"X-Quota-Remaining": str(max(0, refused.limit - refused.used))},
+        ) from None
+    except EmailInUseError:
+        raise ApiError(409, "This email address already belongs to another account") from None
+
+
+def _fetch(
+    provider: providers.Provider,
+    keywords: list[str],
+    options: providers.SearchOptions,
+    user_id: str,
+    reserved_at: datetime,
+) -> list[dict[str, Any]]:
+    """Call the provider; on failure give the reservation back."""
+    try:
+        return [dict(row) for row in provider.keyword_data(keywords, options)]
+    except providers.ProviderError as error:
+        _give_back(error, provider.key, user_id, len(keywords), reserved_at)
+
+
+def _give_back(
+    error: providers.ProviderError,
+    provider_key: str,
+    user_id: str,
+    count: int,
+    reserved_at: datetime,
+) -> NoReturn:
+    """Release the reservation, then answer 503 (circuit open), 500 (configuration) or 502."""
+    db.run(lambda s: users.release_keywords(s, user_id, count, reserved_at=reserved_at))
+    log_event(
+        "provider_failed", level=logging.ERROR, provider=provider_key, error=type(error).__name__
+    )
+    if isinstance(error, providers.ProviderUnavailableError):
+        retry = {"Retry-After": str(error.retry_after)}
+        raise ApiError(503, "unavailable", headers=retry) from None
+    if isinstance(error, providers.ProviderConfigurationError):
+        raise ApiError(500, "provider configuration") from None
+    raise ApiError(502, "provider failed", label="Bad Gateway") from None
+
+
+def _record(
+    request: Request,
+    identity: Identity,
+    body: KeywordSearch,
+    options: providers.SearchOptions,
+    provider_key: str,
+    data: list[dict[str, Any]],
+    cache_hit: bool,
+    started: float,
+) -> None:
+    """The history row and this request's usage row, in one statement."""
+    settings = get_settings()
+    peer = request.client.host if request.client else None
+    ip = stored_ip(
+        client_ip(request.headers, peer, trust_proxy=settings.trusts_proxy), settings.ip_storage
+    )
+    agent = (request.headers.get("user-agent") or "")[:512] or None
+    volumes = [int(row.get("searchVolume") or 0) for row in data]
+    elapsed = round((time.perf_counter() - started) * 1000)
+    search_row = search_history.NewSearch(
+        user_id=identity.user_id,
+        keywords=body.keywords,
+        location=options.location,
+        language=options.language,
+        match_type=options.match_type,
+        provider=provider_key,
+        cache_hit=cache_hit,
+        response_time=elapsed,
+        avg_volume=round(sum(volumes) / len(volumes)) if volumes else 0,
+        total_volume=sum(volumes),
+        user_agent=agent,
+        ip_address=ip,
+    )
+    usage_row = api_usage.Request(
+        endpoint="/api/keywords",
+        method="POST",
+        status_code=200,
+        duration_ms=elapsed,
+        user_id=identity.user_id,
+        ip_address=ip,
+        user_agent=agent,
+    )
+    db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
+    request.state.usage_recorded = True
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,23 @@
+"""The request's ISO location codes and the names providers take (spec §2.0)."""
+
+from __future__ import annotations
+
+DEFAULT_LOCATION = "United States"
+
+LOCATIONS: dict[str, str] = {
+    "US": "United States",
+    "GB": "United Kingdom",
+    "CA": "Canada",
+    "AU": "Australia",
+    "DE": "Germany",
+    "FR": "France",
+    "IN": "India",
+    "GL": "Worldwide",
+}
+
+
+def normalize_location(code: str | None) -> str:
+    """The provider-facing name for an ISO code; missing or unknown → "United States"."""
+    if code is None:
+        return DEFAULT_LOCATION
+    return LOCATIONS.get(code.strip(), DEFAULT_LOCATION)

@@ -1,0 +1,115 @@
+"""Which provider serves a request, one instance per warm container (spec §6, §10.2).
+
+The original built a new provider, and with it a new circuit breaker, on every request, so the
+breaker never saw more than one failure. Here each provider is built once per container and
+kept at module level (never in a FastAPI lifespan, which Mangum runs per invocation), so its
+breaker counts failures across invocations. DataForSEO's module, and httpx with it, is imported
+only when DataForSEO is the configured provider.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shared.config import get_settings
+from shared.providers.base import Provider, ProviderConfigurationError, ProviderError
+from shared.providers.mock import MockProvider
+from shared.telemetry import log_event
+
+if TYPE_CHECKING:
+    from shared.providers.dataforseo import DataForSEOProvider
+
+SUPPORTED = ("mock", "dataforseo")
+DATAFORSEO_MODULE = "shared.providers.dataforseo"
+
+_lock = threading.Lock()
+_mock: MockProvider | None = None
+_dataforseo: DataForSEOProvider | None = None
+_warned: set[str] = set()
+
+
+def configured_key() -> str:
+    """KEYWORD_API_PROVIDER, trimmed and lower-cased; empty means mock."""
+    return get_settings().keyword_api_provider.strip().lower() or "mock"
+
+
+def get_provider() -> Provider:
+    """The configured provider (KEYWORD_API_PROVIDER, default mock), cached for the container.
+
+    An unknown name (google-ads included: this port has no Google Ads provider) raises
+    `ProviderConfigurationError` in production; elsewhere it logs a warning once and uses Mock.
+    Missing DataForSEO credentials surface from `keyword_data` as `ProviderConfigurationError`
+    (and from `configuration_error()` for the health check), not from here.
+    """
+    key = configured_key()
+    if key == "dataforseo":
+        return _dataforseo_provider()
+    if key != "mock":
+        message = (
+            f"KEYWORD_API_PROVIDER={key!r} is not supported; use one of {', '.join(SUPPORTED)}"
+        )
+        if get_settings().is_production:
+            raise ProviderConfigurationError(message)
+        if key not in _warned:
+            _warned.add(key)
+            log_event("provider_unknown", level=logging.WARNING, detail=message, fallback="mock")
+    return mock_provider()
+
+
+def mock_provider() -> Provider:
+    """Always Mock (trial users), with MOCK_PROVIDER_SEED and MOCK_PROVIDER_DELAY_MS."""
+    global _mock
+    if _mock is None:
+        with _lock:
+            if _mock is None:
+                settings = get_settings()
+                _mock = MockProvider(
+                    seed=settings.mock_provider_seed, delay_ms=settings.mock_provider_delay_ms
+                )
+    return _mock
+
+
+def _dataforseo_provider() -> DataForSEOProvider:
+    global _dataforseo
+    if _dataforseo is None:
+        with _lock:
+            if _dataforseo is None:
+                from shared.providers.dataforseo import DataForSEOProvider
+
+                _dataforseo = DataForSEOProvider.from_settings(get_settings())
+    return _dataforseo
+
+
+def configuration_error() -> str | None:
+    """Why the configured provider cannot serve requests (for the health check), or None."""
+    try:
+        provider = get_provider()
+    except ProviderError as error:
+        return str(error)
+    check = getattr(provider, "configuration_error", None)
+    return check() if callable(check) else None
+
+
+def breaker_stats() -> dict[str, Any] | None:
+    """The configured provider's circuit breaker stats, or None (Mock has no breaker)."""
+    try:
+        provider = get_provider()
+    except ProviderError:
+        return None
+    breaker = getattr(provider, "breaker", None)
+    return None if breaker is None else dict(breaker.stats())
+
+
+def reset_providers() -> None:
+    """Forget the cached providers, their breakers and the HTTP client (tests)."""
+    global _mock, _dataforseo
+    with _lock:
+        _mock = None
+        _dataforseo = None
+        _warned.clear()
+    module = sys.modules.get(DATAFORSEO_MODULE)
+    if module is not None:
+        module.close_client()

@@ -1,0 +1,736 @@
+"""Keyword providers: Mock, DataForSEO (against recorded-shape responses), the circuit breaker
+and the per-container registry. No network: respx answers every DataForSEO request."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from shared import config
+from shared.providers import (
+    LOCATIONS,
+    KeywordData,
+    ProviderConfigurationError,
+    ProviderError,
+    ProviderUnavailableError,
+    SearchOptions,
+    breaker_stats,
+    configuration_error,
+    get_provider,
+    infer_intent,
+    mock_provider,
+    normalize_location,
+    reset_providers,
+)
+from shared.providers.breaker import CircuitBreaker, State
+from shared.providers.dataforseo import (
+    API_URL,
+    DataForSEOProvider,
+    competition_level,
+    language_code,
+    location_code,
+)
+from shared.providers.mock import RELATED_TEMPLATES, MockProvider, seasonal_factor
+
+FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+LOGIN, PASSWORD = "ops@example.com", "s3cret-Pa55word"
+US = SearchOptions(match_type="phrase", location="United States", language="en")
+WORLDWIDE = SearchOptions(match_type="exact", location="Worldwide", language="en-US")
+PROVIDER_ENV = (
+    "KEYWORD_API_PROVIDER",
+    "MOCK_PROVIDER_SEED",
+    "MOCK_PROVIDER_DELAY_MS",
+    "DATAFORSEO_API_LOGIN",
+    "DATAFORSEO_API_PASSWORD",
+    "APP_ENV",
+)
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+class Clock:
+    """Injected wall clock: tests move it instead of sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture(autouse=True)
+def provider_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings with no provider variables, and no cached provider, before and after."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://unused@localhost/unused")
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    config.get_settings.cache_clear()
+    reset_providers()
+    yield
+    reset_providers()
+    config.get_settings.cache_clear()
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    reset_providers()
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def dataforseo(clock: Clock) -> DataForSEOProvider:
+    return DataForSEOProvider(LOGIN, PASSWORD, breaker=CircuitBreaker("DataForSEO", now=clock))
+
+
+def sent_body(route: respx.Route) -> Any:
+    return json.loads(route.calls.last.request.content)
+
+
+# --- locations -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        *LOCATIONS.items(),
+        (None, "United States"),
+        ("", "United States"),
+        ("XX", "United States"),
+        (" GB ", "United Kingdom"),
+    ],
+)
+def test_normalize_location(code: str | None, name: str) -> None:
+    assert normalize_location(code) == name
+
+
+def test_locations_cover_the_original_eight() -> None:
+    assert LOCATIONS == {
+        "US": "United States",
+        "GB": "United Kingdom",
+        "CA": "Canada",
+        "AU": "Australia",
+        "DE": "Germany",
+        "FR": "France",
+        "IN": "India",
+        "GL": "Worldwide",
+    }
+
+
+# --- Mock ------------------------------------------------------------------------------------
+
+
+def test_mock_with_a_seed_is_deterministic_per_keyword() -> None:
+    first = MockProvider(seed=42).keyword_data(["seo", "tools", "seo"], US)
+    again = MockProvider(seed=42).keyword_data(["seo", "tools", "seo"], US)
+    assert first == again
+    assert first[0] == first[2]  # the same keyword, the same data
+    assert MockProvider(seed=42).keyword_data(["tools"], US) == [first[1]]  # position-free
+    assert MockProvider(seed=43).keyword_data(["seo"], US)[0] != first[0]
+
+
+def test_mock_without_a_seed_is_random() -> None:
+    provider = MockProvider()
+    assert provider.keyword_data(["seo"], US) != provider.keyword_data(["seo"], US)
+
+
+def test_mock_seed_and_delay_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("shared.providers.mock.time.sleep", slept.append)
+    configure(monkeypatch, MOCK_PROVIDER_SEED="7", MOCK_PROVIDER_DELAY_MS="250")
+    provider = mock_provider()
+    assert provider.keyword_data(["seo"], US) == provider.keyword_data(["seo"], US)
+    assert slept == [0.25, 0.25]
+
+
+def test_mock_does_not_sleep_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("shared.providers.mock.time.sleep", slept.append)
+    mock_provider().keyword_data(["seo"] * 200, US)
+    assert slept == []
+
+
+def test_mock_rows_keep_order_length_duplicates_and_the_original_shape() -> None:
+    rows = MockProvider(seed=1).keyword_data([" seo ", "tools", "seo", "Seo"], US)
+    assert [row["keyword"] for row in rows] == ["seo", "tools", "seo", "Seo"]
+    for row in rows:
+        assert set(row) == {
+            "keyword",
+            "searchVolume",
+            "difficulty",
+            "cpc",
+            "competition",
+            "intent",
+            "trends",
+        }
+        assert isinstance(row["searchVolume"], int) and 0 <= row["searchVolume"] < 100_000
+        assert isinstance(row["difficulty"], int) and 0 <= row["difficulty"] < 100
+        assert isinstance(row["cpc"], float) and 0 <= row["cpc"] < 10
+        assert row["competition"] in {"low", "medium", "high"}
+        assert row["intent"] in {"informational", "commercial", "transactional", "navigational"}
+        assert len(row["trends"]) == 12
+    json.dumps(rows)  # cacheable as it is
+
+
+def test_mock_trends_end_with_the_current_month_and_follow_the_formula() -> None:
+    provider = MockProvider(seed=3, today=lambda: date(2024, 2, 29))
+    for row in provider.keyword_data([f"keyword {i}" for i in range(50)], US):
+        trends = row["trends"]
+        assert [(t["year"], t["month"]) for t in trends] == [
+            *((2023, m) for m in range(3, 13)),
+            (2024, 1),
+            (2024, 2),
+        ]
+        base = row["searchVolume"]
+        for point in trends:
+            factor = seasonal_factor(point["month"])
+            assert math.floor(base * factor * 0.9) <= point["volume"] <= base * factor * 1.1
+            assert point["volume"] >= 0
+
+
+def test_mock_seasonality_is_the_original_sine() -> None:
+    # 1 + 0.3·sin(month₀/12·2π): January is the baseline, April the peak, October the trough.
+    assert seasonal_factor(1) == pytest.approx(1.0)
+    assert seasonal_factor(4) == pytest.approx(1.3)
+    assert seasonal_factor(10) == pytest.approx(0.7)
+    assert all(0.7 - 1e-9 <= seasonal_factor(m) <= 1.3 + 1e-9 for m in range(1, 13))
+
+
+def test_mock_trends_cross_the_year_boundary() -> None:
+    rows = MockProvider(seed=1, today=lambda: date(2025, 1, 1)).keyword_data(["x"], US)
+    months = [(t["year"], t["month"]) for t in rows[0]["trends"]]
+    assert months[0] == (2024, 2) and months[-1] == (2025, 1)
+
+
+def test_mock_related_keywords_use_the_twenty_templates() -> None:
+    related = MockProvider(seed=5).related_keywords(" seo ", US)
+    assert [r["keyword"] for r in related] == [t.format(kw="seo") for t in RELATED_TEMPLATES]
+    assert related[0]["keyword"] == "seo guide" and related[4]["keyword"] == "how to seo"
+    assert [r["relevance"] for r in related] == [100 - 5 * i for i in range(20)]
+    assert all(0 <= r["searchVolume"] < 50_000 and 0 <= r["cpc"] < 5 for r in related)
+    assert related == MockProvider(seed=5).related_keywords("seo", US)
+
+
+# --- intent heuristic ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("volume", "cpc", "competition", "intent"),
+    [
+        (50_000, 5.01, "high", "transactional"),
+        (50_000, 5.0, "high", "commercial"),
+        (50_000, 2.01, "medium", "commercial"),
+        (50_000, 2.01, "low", "informational"),
+        (10_001, 0.99, "low", "informational"),
+        (999, 0.5, "low", "navigational"),
+        (999, 1.5, "medium", "navigational"),
+        (5_000, 1.5, "medium", "informational"),
+    ],
+)
+def test_intent_heuristic(volume: int, cpc: float, competition: Any, intent: str) -> None:
+    assert infer_intent(volume, cpc, competition) == intent
+
+
+# --- DataForSEO: request and mapping ---------------------------------------------------------
+
+
+def test_dataforseo_maps_a_recorded_response(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    keywords = [
+        "seo tools",
+        "Keyword Research",
+        " best  running shoes ",
+        "iphone 12",
+        "obscure term",
+        "never returned",
+        "SEO tools",
+    ]
+    rows = dataforseo.keyword_data(keywords, WORLDWIDE)
+
+    request = route.calls.last.request
+    assert (
+        request.headers["Authorization"]
+        == "Basic " + base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode()
+    )
+    assert sent_body(route) == [
+        {
+            "keywords": [
+                "seo tools",
+                "Keyword Research",
+                "best running shoes",
+                "iphone 12",
+                "obscure term",
+                "never returned",
+            ],
+            "location_code": 0,  # Worldwide stays 0 (the original sent the US, 2840)
+            "language_code": "en",
+            "search_partners": False,
+        }
+    ]
+    assert route.call_count == 1
+    assert [row["keyword"] for row in rows] == [k.strip() for k in keywords]
+
+    seo, research, shoes, iphone, obscure, missing, seo_again = rows
+    assert seo == seo_again | {"keyword": "seo tools"}
+    assert {k: v for k, v in seo.items() if k != "trends"} == {
+        "keyword": "seo tools",
+        "searchVolume": 74000,
+        "cpc": 12.42,
+        "competition": "high",  # the level string
+        "intent": "transactional",
+    }
+    assert {k: v for k, v in research.items() if k != "trends"} == {
+        "keyword": "Keyword Research",
+        "searchVolume": 33100,
+        "cpc": 4.1,
+        "competition": "medium",  # competition_index 45 on its 0-100 scale
+        "intent": "commercial",
+    }
+    assert shoes["competition"] == "low" and shoes["intent"] == "informational"  # index 12
+    assert iphone["competition"] == "medium"  # "MEDIUM" wins over competition_index 91
+    assert iphone["intent"] == "navigational"
+    assert obscure == {
+        "keyword": "obscure term",
+        "searchVolume": 0,
+        "cpc": 0.0,
+        "competition": "medium",
+        "intent": "navigational",
+    }
+    assert missing == {
+        "keyword": "never returned",
+        "searchVolume": 0,
+        "cpc": 0.0,
+        "competition": "low",
+        "intent": "informational",
+    }
+    assert all("difficulty" not in row for row in rows)  # the endpoint has none: none invented
+
+
+def test_dataforseo_trends_are_the_last_twelve_months_oldest_first(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    seo, research, _, iphone = dataforseo.keyword_data(
+        ["seo tools", "keyword research", "x", "iphone 12"], US
+    )
+    months = [(t["year"], t["month"]) for t in seo["trends"]]
+    assert months == [*((2023, m) for m in range(11, 13)), *((2024, m) for m in range(1, 11))]
+    assert seo["trends"][-1] == {"year": 2024, "month": 10, "volume": 90500}
+    assert len(research["trends"]) == 12 and all(t["month"] for t in research["trends"])
+    assert [t["volume"] for t in iphone["trends"]][-3:] == [0, 590, 720]  # null → 0
+
+
+def test_dataforseo_keeps_a_given_difficulty_including_zero(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    body = fixture("search_volume_ok")
+    results = body["tasks"][0]["result"]
+    results[0]["keyword_properties"] = {"keyword_difficulty": 0}
+    results[1]["keyword_properties"] = {"keyword_difficulty": 57}
+    upstream.post(API_URL).mock(httpx.Response(200, json=body))
+    rows = dataforseo.keyword_data(["seo tools", "keyword research", "iphone 12"], US)
+    assert rows[0]["difficulty"] == 0
+    assert rows[1]["difficulty"] == 57
+    assert "difficulty" not in rows[2]
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"competition_index": 0}, "low"),
+        ({"competition_index": 32}, "low"),
+        ({"competition_index": 33}, "medium"),
+        ({"competition_index": 66}, "medium"),
+        ({"competition_index": 67}, "high"),
+        ({"competition_index": 100}, "high"),
+        ({"competition_index": 0.9}, "low"),  # not a 0-1 scale
+        ({"competition": "low", "competition_index": 100}, "low"),
+        ({"competition": "HIGH", "competition_index": 0}, "high"),
+        ({"competition": None, "competition_index": None}, "medium"),
+        ({"search_volume_info": {"competition_level": "HIGH"}}, "high"),
+        ({}, "medium"),
+    ],
+)
+def test_competition_from_level_or_index(item: dict[str, Any], expected: str) -> None:
+    assert competition_level(item) == expected
+
+
+@pytest.mark.parametrize(
+    ("location", "code"),
+    [
+        ("United States", 2840),
+        ("United Kingdom", 2826),
+        ("Canada", 2124),
+        ("Australia", 2036),
+        ("Germany", 2276),
+        ("France", 2250),
+        ("India", 2356),
+        ("Worldwide", 0),
+        ("GL", 0),
+        ("Atlantis", 2840),
+    ],
+)
+def test_location_codes(location: str, code: int) -> None:
+    assert location_code(location) == code
+
+
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [("en", "en"), ("en-GB", "en"), ("es", "es"), ("pt-BR", "pt"), ("ja", "en"), ("", "en")],
+)
+def test_language_codes(language: str, code: str) -> None:
+    assert language_code(language) == code
+
+
+def test_dataforseo_does_not_send_keywords_beyond_the_endpoint_limits(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    too_long, too_many_words = "k" * 81, " ".join(["w"] * 11)
+    rows = dataforseo.keyword_data([too_long, "seo tools", too_many_words], US)
+    assert sent_body(route)[0]["keywords"] == ["seo tools"]
+    assert rows[0] == rows[0] | {"keyword": too_long, "searchVolume": 0}
+    assert rows[1]["searchVolume"] == 74000
+    assert rows[2]["keyword"] == too_many_words
+
+    route.reset()
+    assert dataforseo.keyword_data([too_long], US)[0]["searchVolume"] == 0
+    assert route.call_count == 0  # nothing worth paying for
+
+
+# --- DataForSEO: failures --------------------------------------------------------------------
+
+
+def envelope_with(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = fixture("search_volume_ok")
+    body.update(changes)
+    return body
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(httpx.Response(200, json=fixture("search_volume_task_error")), id="task"),
+        pytest.param(httpx.Response(200, json=fixture("search_volume_internal_error")), id="api"),
+        pytest.param(httpx.Response(500, text="upstream exploded"), id="http-500"),
+        pytest.param(httpx.Response(401, json={"status_code": 40100}), id="http-401"),
+        pytest.param(httpx.Response(200, text="<html>gateway</html>"), id="non-json"),
+        pytest.param(httpx.Response(200, json=[1, 2]), id="json-array"),
+        pytest.param(
+            httpx.Response(200, json=envelope_with(status_code=None)), id="no-status-code"
+        ),
+        pytest.param(httpx.Response(200, json=envelope_with(tasks=[])), id="no-task"),
+    ],
+)
+def test_dataforseo_failures_raise_provider_error(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, response: httpx.Response
+) -> None:
+    upstream.post(API_URL).mock(response)
+    with pytest.raises(ProviderError) as raised:
+        dataforseo.keyword_data(["seo tools"], US)
+    assert type(raised.value) is ProviderError
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout("slow"), httpx.ConnectTimeout("slow"), httpx.ConnectError("no")]
+)
+def test_dataforseo_transport_failures_raise_provider_error(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, error: Exception
+) -> None:
+    upstream.post(API_URL).mock(side_effect=error)
+    with pytest.raises(ProviderError):
+        dataforseo.keyword_data(["seo tools"], US)
+
+
+def test_dataforseo_task_error_names_the_code_for_the_logs(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_task_error")))
+    with pytest.raises(ProviderError, match="40501"):
+        dataforseo.keyword_data(["seo tools"], US)
+
+
+def test_dataforseo_logs_never_carry_credentials(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    echo = f"bad credentials for {LOGIN}:{PASSWORD}"
+    upstream.post(API_URL).mock(httpx.Response(403, text=echo))
+    with caplog.at_level(logging.DEBUG, logger="keyflash"), pytest.raises(ProviderError) as raised:
+        dataforseo.keyword_data(["seo tools"], US)
+    assert "provider_request" in caplog.text and "403" in caplog.text
+    assert PASSWORD not in caplog.text and LOGIN not in caplog.text
+    assert PASSWORD not in str(raised.value)
+
+
+def test_dataforseo_uses_a_30_second_timeout() -> None:
+    from shared.providers import dataforseo as module
+
+    client = module.http_client()
+    assert client is module.http_client()  # one per container
+    assert client.timeout == httpx.Timeout(30.0)
+
+
+@pytest.mark.parametrize(
+    ("login", "password", "missing"),
+    [
+        (None, None, "DATAFORSEO_API_LOGIN, DATAFORSEO_API_PASSWORD"),
+        (LOGIN, "", "DATAFORSEO_API_PASSWORD"),
+        ("  ", PASSWORD, "DATAFORSEO_API_LOGIN"),
+    ],
+)
+def test_dataforseo_without_credentials_is_a_configuration_error(
+    upstream: respx.MockRouter, login: str | None, password: str | None, missing: str
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    provider = DataForSEOProvider(login, password)
+    with pytest.raises(ProviderConfigurationError, match=f"missing configuration: {missing}\\."):
+        provider.keyword_data(["seo tools"], US)
+    assert route.call_count == 0
+    assert provider.breaker.stats()["failures"] == 0  # not an upstream failure
+
+
+def test_configured_dataforseo_without_credentials(
+    monkeypatch: pytest.MonkeyPatch, upstream: respx.MockRouter
+) -> None:
+    configure(monkeypatch, KEYWORD_API_PROVIDER="DataForSEO")
+    provider = get_provider()
+    assert (provider.key, provider.name) == ("dataforseo", "DataForSEO")
+    assert configuration_error() == (
+        "DataForSEO provider missing configuration: DATAFORSEO_API_LOGIN, "
+        "DATAFORSEO_API_PASSWORD. Please set these environment variables."
+    )
+    with pytest.raises(ProviderConfigurationError):
+        provider.keyword_data(["seo"], US)
+
+
+# --- circuit breaker -------------------------------------------------------------------------
+
+
+def fail_times(provider: DataForSEOProvider, clock: Clock, count: int, every: float) -> None:
+    """`count` upstream failures, `every` seconds apart (the clock ends at the last one)."""
+    for i in range(count):
+        if i:
+            clock.advance(every)
+        with pytest.raises(ProviderError) as raised:
+            provider.keyword_data(["seo tools"], US)
+        assert not isinstance(raised.value, ProviderUnavailableError)
+
+
+def test_breaker_opens_after_five_failures_within_the_window(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, clock: Clock
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(500))
+    fail_times(dataforseo, clock, 4, every=10)
+    assert dataforseo.breaker.state is State.CLOSED
+    clock.advance(10)
+    fail_times(dataforseo, clock, 1, every=0)  # the fifth, 40 s after the first
+    assert dataforseo.breaker.stats() == {
+        "state": "OPEN",
+        "failures": 5,
+        "successes": 0,
+        "nextAttemptTime": round((clock.t + 60) * 1000),
+    }
+
+    clock.advance(20)
+    for _ in range(3):
+        with pytest.raises(ProviderUnavailableError) as raised:
+            dataforseo.keyword_data(["seo tools"], US)
+        assert raised.value.retry_after == 40
+    assert route.call_count == 5  # the open circuit did not call upstream
+
+
+def test_breaker_ignores_five_failures_spread_over_more_than_a_minute(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, clock: Clock
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(500))
+    fail_times(dataforseo, clock, 5, every=15.01)  # the first has left the window by the fifth
+    assert dataforseo.breaker.state is State.CLOSED
+    assert dataforseo.breaker.stats()["failures"] == 4
+    fail_times(dataforseo, clock, 1, every=0)
+    assert route.call_count == 6
+
+
+def test_breaker_success_while_closed_clears_failures(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, clock: Clock
+) -> None:
+    route = upstream.post(API_URL)
+    route.mock(httpx.Response(500))
+    fail_times(dataforseo, clock, 4, every=1)
+    route.mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    dataforseo.keyword_data(["seo tools"], US)
+    route.mock(httpx.Response(500))
+    fail_times(dataforseo, clock, 4, every=1)
+    assert dataforseo.breaker.state is State.CLOSED
+
+
+def test_breaker_half_opens_after_a_minute_and_closes_after_two_successes(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, clock: Clock
+) -> None:
+    route = upstream.post(API_URL)
+    route.mock(httpx.Response(500))
+    fail_times(dataforseo, clock, 5, every=0)
+    clock.advance(59.5)
+    with pytest.raises(ProviderUnavailableError) as raised:
+        dataforseo.keyword_data(["seo tools"], US)
+    assert raised.value.retry_after == 1
+
+    route.mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    clock.advance(0.5)  # exactly 60 s after opening
+    assert dataforseo.keyword_data(["seo tools"], US)[0]["searchVolume"] == 74000
+    # The failures have left the 60 s window by now; one success is not yet enough to close.
+    assert dataforseo.breaker.stats() == {"state": "HALF_OPEN", "failures": 0, "successes": 1}
+    dataforseo.keyword_data(["seo tools"], US)
+    assert dataforseo.breaker.stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
+    assert route.call_count == 7
+
+
+def test_breaker_reopens_at_once_on_a_half_open_failure(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, clock: Clock
+) -> None:
+    route = upstream.post(API_URL)
+    route.mock(httpx.Response(500))
+    fail_times(dataforseo, clock, 5, every=0)
+    clock.advance(61)  # the window has emptied too: one failure must be enough
+    route.mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    dataforseo.keyword_data(["seo tools"], US)
+    assert dataforseo.breaker.state is State.HALF_OPEN
+    route.mock(side_effect=httpx.ReadTimeout("slow"))
+    fail_times(dataforseo, clock, 1, every=0)
+    assert dataforseo.breaker.stats()["state"] == "OPEN"
+    with pytest.raises(ProviderUnavailableError) as raised:
+        dataforseo.keyword_data(["seo tools"], US)
+    assert raised.value.retry_after == 60
+    assert route.call_count == 7
+
+
+def test_breaker_unit_contract(clock: Clock) -> None:
+    breaker = CircuitBreaker("unit", now=clock)
+
+    def boom() -> None:
+        raise RuntimeError("down")
+
+    for _ in range(5):
+        with pytest.raises(RuntimeError):
+            breaker.call(boom)
+    assert not breaker.is_healthy
+    calls: list[int] = []
+    with pytest.raises(ProviderUnavailableError):
+        breaker.call(lambda: calls.append(1))
+    assert calls == []
+    breaker.reset()
+    assert breaker.call(lambda: 42) == 42
+    assert breaker.stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+def test_default_provider_is_mock_and_cached() -> None:
+    provider = get_provider()
+    assert (provider.key, provider.name) == ("mock", "Mock")
+    assert get_provider() is provider is mock_provider()
+    assert breaker_stats() is None
+    assert configuration_error() is None
+
+
+def test_mock_provider_stays_mock_whatever_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, KEYWORD_API_PROVIDER="dataforseo")
+    assert mock_provider().key == "mock"
+    assert get_provider().key == "dataforseo"
+
+
+def test_unknown_provider_falls_back_to_mock_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(monkeypatch, KEYWORD_API_PROVIDER="google-ads")
+    with caplog.at_level(logging.WARNING, logger="keyflash"):
+        assert get_provider().key == "mock"
+        assert get_provider().key == "mock"
+    assert caplog.text.count("provider_unknown") == 1
+
+
+def test_unknown_provider_is_an_error_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(
+        monkeypatch,
+        APP_ENV="production",
+        RATE_LIMIT_HMAC_SECRET="x" * 32,
+        KEYWORD_API_PROVIDER="bing",
+    )
+    with pytest.raises(ProviderConfigurationError, match="'bing' is not supported"):
+        get_provider()
+    assert "not supported" in (configuration_error() or "")
+    assert breaker_stats() is None
+
+
+def test_the_breaker_persists_across_get_provider_calls(
+    monkeypatch: pytest.MonkeyPatch, upstream: respx.MockRouter
+) -> None:
+    configure(
+        monkeypatch,
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN=LOGIN,
+        DATAFORSEO_API_PASSWORD=PASSWORD,
+    )
+    route = upstream.post(API_URL).mock(httpx.Response(502))
+    first = get_provider()
+    assert breaker_stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
+    for _ in range(5):  # one "invocation" each
+        with pytest.raises(ProviderError):
+            get_provider().keyword_data(["seo tools"], US)
+    assert get_provider() is first
+    with pytest.raises(ProviderUnavailableError):
+        get_provider().keyword_data(["seo tools"], US)
+    assert route.call_count == 5
+    stats = breaker_stats()
+    assert stats is not None and stats["state"] == "OPEN" and stats["failures"] == 5
+
+    reset_providers()
+    assert get_provider() is not first
+    assert breaker_stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
+
+
+def test_importing_providers_does_not_import_httpx() -> None:
+    code = (
+        "import sys, shared.providers as p; "
+        "assert 'httpx' not in sys.modules, 'httpx'; "
+        "assert 'shared.providers.dataforseo' not in sys.modules"
+    )
+    root = Path(__file__).parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_rows_are_typed_dicts_the_endpoint_can_cache() -> None:
+    row: KeywordData = mock_provider().keyword_data(["seo"], US)[0]
+    assert json.loads(json.dumps(row)) == copy.deepcopy(row)
