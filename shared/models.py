@@ -13,17 +13,25 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
 - `users_email_lower_key`: emails are unique case-insensitively (spec §10.10).
 - `users_tier_trialEndsAt_idx`: serves the expired-trial lookup.
 - `feature_flags_rolloutPercent_check`: `rolloutPercent` BETWEEN 0 AND 100.
+- table `legacy_repairs`: the dual-write outbox of the Redis → Postgres migration.
+- `users."subscriptionEventAt"`: creation time of the last Stripe event applied to the user's
+  subscription, so an older event delivered late never rolls it back (`shared.billing`).
+- tables `cron_leases` (one lease and resume state per cron job) and `search_daily_rollups`
+  (daily search aggregates per provider), and `api_usage_timestamp_idx`,
+  `system_metrics_timestamp_idx`, which the retention cron deletes by (`shared.cron`).
 """
 
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     Dialect,
     Double,
     Enum,
@@ -110,6 +118,10 @@ class User(Base):
     updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
     # Addition: the legacy Redis record's trial start (nullable; Prisma ignores it).
     trial_started_at: Mapped[datetime | None] = mapped_column("trialStartedAt", UTCDateTime())
+    # Addition: when the last applied Stripe subscription event was created (ordering guard).
+    subscription_event_at: Mapped[datetime | None] = mapped_column(
+        "subscriptionEventAt", UTCDateTime()
+    )
 
 
 class SavedSearch(Base):
@@ -140,7 +152,9 @@ class SavedSearch(Base):
     )
     # Additions: fields of the legacy Redis saved-search record (nullable; Prisma ignores them).
     description: Mapped[str | None] = mapped_column("description", Text)
-    results: Mapped[list[dict[str, Any]] | None] = mapped_column("results", JSONB)
+    results: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        "results", JSONB(none_as_null=True)
+    )
     last_run_at: Mapped[datetime | None] = mapped_column("lastRunAt", UTCDateTime())
     result_count: Mapped[int | None] = mapped_column("resultCount", Integer)
 
@@ -182,6 +196,7 @@ class ApiUsage(Base):
         Index("api_usage_userId_timestamp_idx", "userId", "timestamp"),
         Index("api_usage_endpoint_timestamp_idx", "endpoint", "timestamp"),
         Index("api_usage_ipAddress_timestamp_idx", "ipAddress", "timestamp"),
+        Index("api_usage_timestamp_idx", "timestamp"),  # addition: retention deletes
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
@@ -212,7 +227,7 @@ class WebhookEvent(Base):
         "lastAttemptAt", UTCDateTime(), server_default=NOW
     )
     error: Mapped[str | None] = mapped_column("error", Text)
-    payload: Mapped[dict[str, Any] | None] = mapped_column("payload", JSONB)
+    payload: Mapped[dict[str, Any] | None] = mapped_column("payload", JSONB(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
 
 
@@ -241,10 +256,70 @@ class FeatureFlag(Base):
 
 class SystemMetric(Base):
     __tablename__ = "system_metrics"
-    __table_args__ = (Index("system_metrics_metric_timestamp_idx", "metric", "timestamp"),)
+    __table_args__ = (
+        Index("system_metrics_metric_timestamp_idx", "metric", "timestamp"),
+        Index("system_metrics_timestamp_idx", "timestamp"),  # addition: retention deletes
+    )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
     metric: Mapped[str] = mapped_column("metric", Text)
     value: Mapped[float] = mapped_column("value", Double)
-    tags: Mapped[dict[str, Any] | None] = mapped_column("tags", JSONB)
+    tags: Mapped[dict[str, Any] | None] = mapped_column("tags", JSONB(none_as_null=True))
     timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)
+
+
+class LegacyRepair(Base):
+    """Addition: the dual-write outbox (`shared.storage`), one row per legacy Redis key that
+    must still be made to match Postgres. Our own table: Prisma never reads or writes it."""
+
+    __tablename__ = "legacy_repairs"
+    __table_args__ = (
+        Index("legacy_repairs_userId_idx", "userId"),
+        CheckConstraint(
+            "kind IN ('user', 'saved_search', 'usage')", name="legacy_repairs_kind_check"
+        ),
+    )
+
+    key: Mapped[str] = mapped_column("key", Text, primary_key=True)
+    kind: Mapped[str] = mapped_column("kind", Text)
+    user_id: Mapped[str] = mapped_column("userId", Text)
+    attempts: Mapped[int] = mapped_column("attempts", Integer, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column("error", Text)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class CronLease(Base):
+    """Addition: one row per cron job, its lease (who runs it, until when) and resume state.
+
+    A row, not an advisory lock: through the transaction pooler a session lock cannot outlive
+    a batch. `expiresAt` bounds a crashed holder's claim to its invocation's time limit.
+    """
+
+    __tablename__ = "cron_leases"
+
+    job: Mapped[str] = mapped_column("job", Text, primary_key=True)
+    holder: Mapped[str | None] = mapped_column("holder", Text)
+    acquired_at: Mapped[datetime | None] = mapped_column("acquiredAt", UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column("expiresAt", UTCDateTime())
+    last_completed_at: Mapped[datetime | None] = mapped_column("lastCompletedAt", UTCDateTime())
+    state: Mapped[dict[str, Any] | None] = mapped_column("state", JSONB)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class SearchDailyRollup(Base):
+    """Addition: `search_history` aggregated per UTC day and provider (the rollup cron).
+
+    The response-time total is kept beside the average so longer periods average exactly.
+    """
+
+    __tablename__ = "search_daily_rollups"
+
+    day: Mapped[date] = mapped_column("day", Date, primary_key=True)
+    provider: Mapped[str] = mapped_column("provider", Text, primary_key=True)
+    searches: Mapped[int] = mapped_column("searches", Integer)
+    keywords: Mapped[int] = mapped_column("keywords", BigInteger)
+    cache_hits: Mapped[int] = mapped_column("cacheHits", Integer)
+    response_time_total: Mapped[int] = mapped_column("responseTimeTotal", BigInteger)
+    avg_response_time: Mapped[float] = mapped_column("avgResponseTime", Double)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())

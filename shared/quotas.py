@@ -49,11 +49,17 @@ class UsageView:
         return max(0, self.limit - self.used)
 
 
+def this_month(user: User, now: datetime) -> int:
+    """The monthly counter as the next increment sees it: 0 once a new UTC month has begun
+    (the Python mirror of the lazy reset in `shared.repositories.users`)."""
+    return 0 if user.monthly_reset_at < month_start(now) else user.keyword_searches_this_month
+
+
 def usage_view(user: User, limits: Limits, now: datetime) -> UsageView:
     """The counter that applies to the user's tier, with the lazy monthly reset applied."""
     if user.tier is UserTier.FREE:
         expired = user.trial_ends_at is None or user.trial_ends_at < now
         return UsageView(user.keyword_searches_total, limits.trial, None, expired)
-    stale = user.monthly_reset_at < month_start(now)
-    used = 0 if stale else user.keyword_searches_this_month
-    return UsageView(used, limits.for_tier(user.tier), next_month_start(now), False)
+    return UsageView(
+        this_month(user, now), limits.for_tier(user.tier), next_month_start(now), False
+    )

@@ -1,0 +1,46 @@
+"""GET /api/history/stats: the caller's search totals over the last `days` (1..365, default 30).
+
+Totals and per-provider figures come from one aggregate query over `[now - days, now)`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Query
+from starlette.responses import Response
+
+from shared import db
+from shared.auth import CurrentUser
+from shared.clock import utcnow
+from shared.contracts import history as contract
+from shared.http.app import create_app, lambda_handler
+from shared.http.responses import ok
+from shared.repositories import search_history
+
+app = create_app(title="Search stats", summary="The caller's search totals per provider.")
+
+
+@app.get("/api/history/stats", response_model=None)
+def history_stats(
+    user: CurrentUser,
+    days: Annotated[str | None, Query(description="Window in days, 1..365 (default 30)")] = None,
+) -> Response:
+    window = contract.bounded_int(
+        days,
+        name="days",
+        default=contract.DEFAULT_DAYS,
+        minimum=1,
+        maximum=contract.MAX_DAYS,
+    )
+    until = utcnow()
+    since = until - timedelta(days=window)
+    stats = db.run(
+        lambda s: search_history.stats(s, since=since, until=until, user_id=user.user_id),
+        idempotent=True,
+    )
+    return ok(contract.stats_body(stats, since=since, until=until))
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,53 @@
+"""GET, DELETE /api/me: the caller's profile and usage, and erasure of everything about them.
+
+Erasure (GDPR) removes or anonymises the caller's rows in every table in one transaction (see
+`shared.repositories.personal_data`); the Clerk `user.deleted` webhook runs the same code.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.responses import Response
+
+from shared import accounts, db
+from shared.auth import CurrentUser
+from shared.clock import utcnow
+from shared.config import get_settings
+from shared.contracts import account
+from shared.errors import EmailInUseError
+from shared.http.app import create_app, lambda_handler
+from shared.http.errors import ApiError
+from shared.http.responses import ok
+from shared.repositories import personal_data, users
+
+app = create_app(title="Me", summary="The caller's profile and usage; erase their data.")
+
+
+@app.get("/api/me", response_model=None)
+def get_me(user: CurrentUser) -> Response:
+    """Profile, subscription and keyword usage (the lazy monthly reset applied on read).
+
+    Get-or-create rather than get: another container may have erased the row since this one
+    provisioned the caller, and the answer is then a fresh account, never a 500.
+    """
+    try:
+        row = db.run(lambda s: users.get_or_create(s, user.user_id, user.email), idempotent=True)
+    except EmailInUseError:
+        raise ApiError(409, accounts.EMAIL_IN_USE) from None
+    return ok(account.profile(row, get_settings(), utcnow()))
+
+
+@app.delete("/api/me", response_model=None)
+def delete_me(request: Request, user: CurrentUser) -> Response:
+    """Erase the caller: user row (saved searches cascade), API usage, history links, flags.
+
+    Redis keys for the user (usage counters, cache) are not erased here yet: the cache work
+    adds them to this path.
+    """
+    erasure = db.transaction(lambda s: personal_data.erase(s, user.user_id))
+    accounts.finish_erasure(user.user_id, erasure, source="api")
+    request.state.user_id = None  # this request's own usage row must not re-link the erased user
+    return ok({"deleted": True})
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,161 @@
+"""POST /api/webhooks/clerk: Clerk's user events (delivered and signed by Svix).
+
+- Authenticity: the Svix signature over the raw body, with Svix's 5-minute timestamp tolerance,
+  against `CLERK_WEBHOOK_SECRET`. No secret → 500 (generic); anything unsigned, mis-signed or
+  stale → 400 `Invalid signature`. CSRF does not apply here: the signature is the check.
+- Exactly once: each delivery's `svix-id` is claimed in the webhook ledger in the same
+  transaction as its effects, so a replayed valid delivery is answered `duplicate` and changes
+  nothing; a failed one rolls back and Svix's retry runs it again. The effects are idempotent
+  on their own too (upserts, erasure of what is left).
+- `user.created` / `user.updated` keep the user's email in step with Clerk's primary address
+  (`shared.accounts.sync_email`); a collision with another account is a 409 and changes
+  nothing. `user.deleted` erases the user exactly as DELETE /api/me does. Other types: 200.
+- Logs carry the event type and outcome, never ids or emails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import Request
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from shared import accounts, db
+from shared.config import get_settings
+from shared.errors import EmailInUseError
+from shared.http.app import create_app, lambda_handler
+from shared.http.errors import ApiError
+from shared.http.responses import ok
+from shared.repositories import personal_data, webhook_events
+from shared.repositories.personal_data import Erasure
+from shared.telemetry import log_event
+
+INVALID_SIGNATURE = "Invalid signature"
+INVALID_PAYLOAD = "Invalid webhook payload"
+PROVIDER = "clerk"
+USER_EVENTS = frozenset({"user.created", "user.updated", "user.deleted"})
+
+app = create_app(title="Clerk webhook", summary="Keep users in step with Clerk (Svix-signed).")
+
+Text = Annotated[str, Field(min_length=1, max_length=320)]
+
+
+class ClerkEmail(BaseModel):
+    id: Text
+    email_address: Text
+
+
+class ClerkUser(BaseModel):
+    """The parts of Clerk's User object we keep; everything else is ignored, never stored."""
+
+    id: Annotated[str, Field(min_length=1, max_length=255)]
+    email_addresses: list[ClerkEmail] = []
+    primary_email_address_id: str | None = None
+
+    def primary_email(self) -> str:
+        for address in self.email_addresses:
+            if address.id == self.primary_email_address_id and address.email_address.strip():
+                return address.email_address.strip()
+        return accounts.placeholder_email(self.id)
+
+
+class ClerkEvent(BaseModel):
+    type: Annotated[str, Field(min_length=1, max_length=100)]
+    data: dict[str, Any]
+
+
+def _verify(secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+    """400 unless Svix's signature over `body` is valid and fresh.
+
+    svix is imported on first use: its package loads the whole API client (~0.3 s), which the
+    emulator and tests, importing every function, should not pay at startup."""
+    from svix.webhooks import Webhook, WebhookVerificationError
+
+    try:
+        verifier = Webhook(secret)
+    except Exception as error:  # a malformed secret is our configuration, not the sender's fault
+        log_event("clerk_webhook_misconfigured", level=logging.ERROR, error=type(error).__name__)
+        raise ApiError(500, "webhook secret invalid") from None
+    try:
+        verifier.verify(body, dict(headers))
+    except (WebhookVerificationError, ValueError) as error:
+        # Svix's messages ("Message timestamp too old", …) carry no payload data.
+        reason = str(error) if isinstance(error, WebhookVerificationError) else "malformed"
+        log_event("clerk_webhook_rejected", level=logging.WARNING, reason=reason)
+        raise ApiError(400, INVALID_SIGNATURE) from None
+
+
+def _parse(body: bytes) -> tuple[ClerkEvent, ClerkUser | None]:
+    try:
+        event = ClerkEvent.model_validate_json(body)
+        user = ClerkUser.model_validate(event.data) if event.type in USER_EVENTS else None
+    except ValidationError:
+        raise ApiError(400, INVALID_PAYLOAD) from None
+    return event, user
+
+
+def _apply(session: Session, delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
+    """Claim the delivery and apply its effect in the caller's transaction; None = duplicate."""
+    if webhook_events.claim(session, delivery, kind, None, provider=PROVIDER) is None:
+        return None
+    outcome: str | Erasure
+    if kind == "user.deleted":
+        outcome = personal_data.erase(session, user.id)
+    else:
+        outcome = accounts.sync_email(
+            session, user.id, user.primary_email(), replace_real_email=kind == "user.updated"
+        )
+    webhook_events.mark_processed(session, delivery)
+    return outcome
+
+
+def _run(delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
+    try:
+        return db.transaction(lambda s: _apply(s, delivery, kind, user))
+    except IntegrityError as error:
+        if not accounts.is_duplicate_user(error):
+            raise
+    # The user's first API call created the row while we were creating it; it is there now.
+    return db.transaction(lambda s: _apply(s, delivery, kind, user))
+
+
+def _process(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
+    try:
+        outcome = _run(delivery, kind, user)
+    except EmailInUseError:
+        log_event("clerk_webhook", type=kind, outcome="email_in_use")
+        raise ApiError(409, accounts.EMAIL_IN_USE) from None
+    if outcome is None:
+        log_event("clerk_webhook", type=kind, outcome="duplicate")
+        return {"received": True, "duplicate": True}
+    if isinstance(outcome, Erasure):
+        accounts.finish_erasure(user.id, outcome, source="clerk_webhook")
+        outcome = "erased"
+    log_event("clerk_webhook", type=kind, outcome=outcome)
+    return {"received": True}
+
+
+@app.post("/api/webhooks/clerk", response_model=None)
+async def clerk_webhook(request: Request) -> Response:
+    secret = get_settings().clerk_webhook_secret
+    if not secret:
+        log_event("clerk_webhook_not_configured", level=logging.ERROR)
+        raise ApiError(500, "CLERK_WEBHOOK_SECRET is not set")
+    body = await request.body()
+    _verify(secret, body, request.headers)
+    event, user = _parse(body)
+    if user is None:
+        log_event("clerk_webhook", type=event.type, outcome="ignored")
+        return ok({"received": True})
+    # Verified above, so one of them is present (Svix accepts either spelling).
+    delivery = request.headers.get("svix-id") or request.headers["webhook-id"]
+    return ok(await run_in_threadpool(_process, delivery, event.type, user))
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,93 @@
+"""`/api/me` and `/api/me/export` JSON shapes: the caller's profile, usage and stored rows."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import inspect
+
+from shared.clock import iso_ms
+from shared.config import Settings
+from shared.http.responses import compact
+from shared.models import Base, User, UserTier
+from shared.quotas import Limits, this_month, usage_view
+from shared.repositories.personal_data import PersonalData
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else iso_ms(moment)
+
+
+def usage(user: User, settings: Settings, now: datetime) -> dict[str, Any]:
+    """`{thisMonth, total, limit?, remaining?, resetsAt? | trialEndsAt?}`.
+
+    `limit`/`remaining` only when quotas are enforced (BILLING_ENABLED); paid tiers show when the
+    monthly counter resets, the FREE trial when its allowance ends instead.
+    """
+    view = usage_view(user, Limits.from_settings(settings), now)
+    trial = user.tier is UserTier.FREE
+    enforced = settings.billing_enabled
+    return compact(
+        {
+            "thisMonth": this_month(user, now),
+            "total": user.keyword_searches_total,
+            "limit": view.limit if enforced else None,
+            "remaining": (0 if view.trial_expired else view.remaining) if enforced else None,
+            "resetsAt": _iso(view.resets_at),
+            "trialEndsAt": _iso(user.trial_ends_at) if trial else None,
+        }
+    )
+
+
+def profile(user: User, settings: Settings, now: datetime) -> dict[str, Any]:
+    """`{id, email, tier, trialEndsAt?, subscription?, usage}`; absent keys are omitted."""
+    subscription = compact(
+        {
+            "status": user.subscription_status,
+            "plan": user.subscription_plan,
+            "endsAt": _iso(user.subscription_ends_at),
+        }
+    )
+    return compact(
+        {
+            "id": user.id,
+            "email": user.email,
+            "tier": user.tier.value,
+            "trialEndsAt": _iso(user.trial_ends_at) if user.tier is UserTier.FREE else None,
+            "subscription": subscription or None,
+            "usage": usage(user, settings, now),
+        }
+    )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_ms(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def row(record: Base) -> dict[str, Any]:
+    """Every stored column under its database name (camelCase), NULLs omitted.
+
+    Driven by the mapper, so a column added to a model is exported without touching this code.
+    """
+    values = {}
+    for attribute in inspect(type(record)).column_attrs:
+        values[attribute.columns[0].name] = _json_value(getattr(record, attribute.key))
+    return compact(values)
+
+
+def export(data: PersonalData) -> dict[str, Any]:
+    """`{user?, savedSearches, searchHistory, apiUsage}`: everything stored about the caller."""
+    return compact(
+        {
+            "user": None if data.user is None else row(data.user),
+            "savedSearches": [row(r) for r in data.saved_searches],
+            "searchHistory": [row(r) for r in data.search_history],
+            "apiUsage": [row(r) for r in data.api_usage],
+        }
+    )

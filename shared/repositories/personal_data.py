@@ -1,0 +1,186 @@
+"""Personal data: everything stored about one user, exported or erased in one place (GDPR).
+
+Both operations walk the same seven tables, so a table added later is handled here or visibly
+nowhere. Erasure (`erase`, in one transaction) per table:
+- users: deleted (the row is locked first, so a concurrent saved-search create waits and then
+  finds no owner); saved_searches go with it (FK ON DELETE CASCADE).
+- search_history: kept for aggregate stats but anonymised: userId, ipAddress and userAgent are
+  cleared. The FK alone would null userId and keep the IP and user agent (spec §10.21).
+- api_usage: deleted (no FK, so nothing cascades).
+- feature_flags: the id is removed from every `allowedUsers` list.
+- webhook_events, system_metrics: a payload, error or tags that mention one of the user's
+  identifiers (id, email, Stripe customer and subscription ids) is cleared. Ledger rows stay, so
+  a replayed webhook is still recognised as processed. These two are scans: erasure is rare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.pq import TransactionStatus
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+
+from shared.clock import utcnow
+from shared.models import (
+    ApiUsage,
+    FeatureFlag,
+    SavedSearch,
+    SearchHistory,
+    SystemMetric,
+    User,
+    WebhookEvent,
+)
+from shared.telemetry import database_operation
+
+# Any string anywhere in the document equal to one of `$ids` (lax mode: `.**` walks every level).
+_MENTIONS_PATH: ColumnElement[Any] = literal_column("'$.** ? (@ == $ids[*])'::jsonpath")
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalData:
+    user: User | None
+    saved_searches: list[SavedSearch]
+    search_history: list[SearchHistory]
+    api_usage: list[ApiUsage]
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """Rows touched per table (counts only: safe to log)."""
+
+    user_deleted: bool
+    history_anonymised: int
+    api_usage_deleted: int
+    flags_updated: int
+    webhook_events_scrubbed: int
+    metrics_scrubbed: int
+
+
+def _require_transaction(session: Session, operation: str) -> None:
+    driver = session.connection().connection.driver_connection
+    if driver is None or driver.info.transaction_status == TransactionStatus.IDLE:
+        raise RuntimeError(f"personal_data.{operation} must run inside shared.db.transaction()")
+
+
+@database_operation("exportPersonalData")
+def export(session: Session, user_id: str) -> PersonalData:
+    """Every row about the user, oldest first: one query per table, one snapshot.
+
+    Must run in `transaction()`: it switches the transaction to REPEATABLE READ, READ ONLY, so
+    the four reads see the same moment even while the user keeps searching.
+    """
+    _require_transaction(session, "export")
+    session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    return PersonalData(
+        user=session.scalars(select(User).where(User.id == user_id)).one_or_none(),
+        saved_searches=list(
+            session.scalars(
+                select(SavedSearch)
+                .where(SavedSearch.user_id == user_id)
+                .order_by(SavedSearch.created_at, SavedSearch.id)
+            )
+        ),
+        search_history=list(
+            session.scalars(
+                select(SearchHistory)
+                .where(SearchHistory.user_id == user_id)
+                .order_by(SearchHistory.searched_at, SearchHistory.id)
+            )
+        ),
+        api_usage=list(
+            session.scalars(
+                select(ApiUsage)
+                .where(ApiUsage.user_id == user_id)
+                .order_by(ApiUsage.timestamp, ApiUsage.id)
+            )
+        ),
+    )
+
+
+def _mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
+    variables = bindparam(None, {"ids": identifiers}, type_=JSONB)
+    return func.jsonb_path_exists(column, _MENTIONS_PATH, variables)
+
+
+def _text_mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
+    return or_(*(func.strpos(column, identifier) > 0 for identifier in identifiers))
+
+
+@database_operation("erasePersonalData")
+def erase(session: Session, user_id: str, *, now: datetime | None = None) -> Erasure:
+    """Remove or anonymise every row about the user (see the module docstring). Idempotent.
+
+    Must run in `transaction()`: all tables change together or none does.
+    """
+    _require_transaction(session, "erase")
+    now = now or utcnow()
+    owner = session.execute(
+        select(User.email, User.stripe_customer_id, User.stripe_subscription_id)
+        .where(User.id == user_id)
+        .with_for_update()
+    ).first()
+    identifiers = [user_id, *(value for value in owner or () if value)]
+    options = {"synchronize_session": False}
+
+    history = session.execute(
+        update(SearchHistory)
+        .where(SearchHistory.user_id == user_id)
+        .values(user_id=None, ip_address=None, user_agent=None),
+        execution_options=options,
+    )
+    usage = session.execute(
+        delete(ApiUsage).where(ApiUsage.user_id == user_id), execution_options=options
+    )
+    flags = session.execute(
+        update(FeatureFlag)
+        .where(FeatureFlag.allowed_users.any_() == user_id)
+        .values(
+            allowed_users=func.array_remove(FeatureFlag.allowed_users, user_id), updated_at=now
+        ),
+        execution_options=options,
+    )
+    events = session.execute(
+        update(WebhookEvent)
+        .where(
+            or_(
+                _mentions(WebhookEvent.payload, identifiers),
+                _text_mentions(WebhookEvent.error, identifiers),
+            )
+        )
+        .values(payload=null(), error=None),  # SQL NULL: None would store JSON null
+        execution_options=options,
+    )
+    metrics = session.execute(
+        update(SystemMetric).where(_mentions(SystemMetric.tags, identifiers)).values(tags=null()),
+        execution_options=options,
+    )
+    deleted = session.execute(
+        delete(User).where(User.id == user_id).returning(User.id), execution_options=options
+    ).first()
+    return Erasure(
+        user_deleted=deleted is not None,
+        history_anonymised=_count(history),
+        api_usage_deleted=_count(usage),
+        flags_updated=_count(flags),
+        webhook_events_scrubbed=_count(events),
+        metrics_scrubbed=_count(metrics),
+    )
+
+
+def _count(result: Any) -> int:
+    return int(result.rowcount or 0)

@@ -1,0 +1,344 @@
+"""POST /api/webhooks/clerk: Svix signatures, exactly-once effects, email sync and erasure.
+
+Deliveries are signed with svix's own code, as Clerk's Svix endpoint signs them, and arrive
+without Origin, CSRF token or Authorization: the route is CSRF-exempt and the signature is the
+only check.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import psycopg
+import pytest
+from svix.webhooks import Webhook
+
+from shared import config, db
+from shared.repositories import api_usage, saved_searches, users
+from tests.support.http import Caller, Result
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+PATH = "/api/webhooks/clerk"
+
+
+@pytest.fixture(autouse=True)
+def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", SECRET)
+    config.get_settings.cache_clear()
+
+
+def user_data(user_id: str, *emails: str, primary: int | None = 0) -> dict[str, Any]:
+    """Clerk's User object, trimmed to what matters plus a few fields we must ignore."""
+    addresses = [
+        {"id": f"idn_{i}", "email_address": email, "object": "email_address"}
+        for i, email in enumerate(emails)
+    ]
+    return {
+        "id": user_id,
+        "object": "user",
+        "first_name": "Ada",
+        "email_addresses": addresses,
+        "primary_email_address_id": None if primary is None else f"idn_{primary}",
+    }
+
+
+def signed_headers(
+    payload: str,
+    *,
+    msg_id: str | None = None,
+    at: datetime | None = None,
+    secret: str = SECRET,
+) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{secrets.token_hex(8)}"
+    at = at or datetime.now(UTC)
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(at.timestamp())),
+        "svix-signature": Webhook(secret).sign(msg_id, at, payload),
+        "content-type": "application/json",
+    }
+
+
+def deliver(
+    call: Caller, kind: str, data: dict[str, Any], *, msg_id: str | None = None
+) -> tuple[Result, dict[str, str], str]:
+    """Sign and POST one event; returns the result and what was sent (for replays)."""
+    payload = json.dumps({"type": kind, "object": "event", "data": data})
+    headers = signed_headers(payload, msg_id=msg_id)
+    return call("webhooks_clerk", "POST", PATH, body=payload, headers=headers), headers, payload
+
+
+def email_of(user_id: str) -> str | None:
+    user = db.run(lambda s: users.get(s, user_id))
+    return None if user is None else user.email
+
+
+def ledger(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(type, provider, processed, has no payload) per ledger row. `claim(payload=None)` stores
+    JSON null today, not SQL NULL: either means nothing of the event was kept."""
+    return conn.execute(
+        "SELECT type, provider, processed, coalesce(payload, 'null') = 'null'"
+        " FROM webhook_events ORDER BY type"
+    ).fetchall()
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+
+def test_a_valid_user_created_creates_the_user_with_the_primary_email(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    data = user_data("user_a", "old@example.com", "Ada@Example.com", primary=1)
+    result, _, _ = deliver(call, "user.created", data)
+    assert (result.status, result.json) == (200, {"received": True})
+    user = db.run(lambda s: users.get(s, "user_a"))
+    assert user is not None and user.email == "Ada@Example.com"
+    assert user.tier.value == "FREE" and user.trial_ends_at is not None
+    # The delivery is in the ledger, processed, with no payload (no PII kept there).
+    assert ledger(admin_conn) == [("user.created", "clerk", True, True)]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "other_secret",
+        "body_changed",
+        "no_svix_id",
+        "no_svix_timestamp",
+        "no_svix_signature",
+        "garbage_signature",
+        "stale",
+        "future",
+        "timestamp_not_a_number",
+    ],
+)
+def test_unsigned_mis_signed_or_stale_deliveries_are_refused(
+    call: Caller, admin_conn: psycopg.Connection[Any], tamper: str
+) -> None:
+    payload = json.dumps({"type": "user.created", "data": user_data("user_a", "a@example.com")})
+    body = payload
+    other = "whsec_" + base64.b64encode(b"z" * 32).decode()
+    if tamper == "other_secret":
+        headers = signed_headers(payload, secret=other)
+    elif tamper in ("stale", "future"):
+        shift = timedelta(minutes=6) * (-1 if tamper == "stale" else 1)
+        headers = signed_headers(payload, at=datetime.now(UTC) + shift)
+    else:
+        headers = signed_headers(payload)
+    if tamper == "body_changed":
+        body = payload.replace("a@example.com", "b@example.com")
+    if tamper.startswith("no_"):
+        del headers[tamper.removeprefix("no_").replace("_", "-")]
+    if tamper == "garbage_signature":
+        headers["svix-signature"] = "not-a-signature"
+    if tamper == "timestamp_not_a_number":
+        headers["svix-timestamp"] = "yesterday"
+    result = call("webhooks_clerk", "POST", PATH, body=body, headers=headers)
+    assert result.status == 400, result.text
+    assert result.json["message"] == "Invalid signature"
+    assert result.json["error"] == "Client Error"
+    assert admin_conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    assert ledger(admin_conn) == []
+
+
+def test_a_replayed_delivery_changes_nothing(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    created, headers, payload = deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    assert created.status == 200
+    deleted, _, _ = deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
+    assert deleted.status == 200 and email_of("user_a") is None
+    # The same signed user.created again, within Svix's tolerance: it must not resurrect.
+    replay = call("webhooks_clerk", "POST", PATH, body=payload, headers=headers)
+    assert (replay.status, replay.json) == (200, {"received": True, "duplicate": True})
+    assert email_of("user_a") is None
+    assert admin_conn.execute("SELECT count(*) FROM webhook_events").fetchone() == (2,)
+
+
+def test_missing_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLERK_WEBHOOK_SECRET")
+    config.get_settings.cache_clear()
+    result, _, _ = deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    assert result.status == 500
+    assert result.json["message"] == "An unexpected error occurred"
+    assert "CLERK" not in result.text
+
+
+def test_an_unusable_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", "whsec_")
+    config.get_settings.cache_clear()
+    result, _, _ = deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    assert (result.status, result.json["message"]) == (500, "An unexpected error occurred")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not json",
+        json.dumps({"data": {"id": "user_a"}}),  # no type
+        json.dumps({"type": "user.created"}),  # no data
+        json.dumps({"type": "user.created", "data": {"email_addresses": []}}),  # no id
+        json.dumps({"type": "user.deleted", "data": {"id": ""}}),
+        json.dumps({"type": "user.updated", "data": {"id": "u", "email_addresses": "x"}}),
+    ],
+)
+def test_signed_but_malformed_payloads_are_400(
+    call: Caller, admin_conn: psycopg.Connection[Any], payload: str
+) -> None:
+    result = call("webhooks_clerk", "POST", PATH, body=payload, headers=signed_headers(payload))
+    assert (result.status, result.json["message"]) == (400, "Invalid webhook payload")
+    assert ledger(admin_conn) == []
+
+
+def test_unknown_event_types_are_acknowledged_and_ignored(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    result, _, _ = deliver(call, "session.created", {"id": "sess_1", "user_id": "user_a"})
+    assert (result.status, result.json) == (200, {"received": True})
+    assert ledger(admin_conn) == []
+    assert admin_conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+# --- user.created / user.updated --------------------------------------------------------------
+
+
+def test_created_without_a_primary_email_falls_back_to_the_placeholder(call: Caller) -> None:
+    deliver(call, "user.created", user_data("user_a", "a@example.com", primary=None))
+    assert email_of("user_a") == "user_a@keyflash.local"
+
+
+def test_created_upgrades_a_placeholder_but_never_overwrites_a_real_email(call: Caller) -> None:
+    # Provisioned by an API call whose session token had no email claim.
+    assert call("me", "GET", "/api/me", user="user_a").json["email"] == "user_a@keyflash.local"
+    deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    assert email_of("user_a") == "a@example.com"
+    # A late user.created carries the oldest email: it must not undo a newer one.
+    deliver(call, "user.updated", user_data("user_a", "new@example.com"))
+    deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    assert email_of("user_a") == "new@example.com"
+
+
+def test_updated_changes_the_email_and_is_idempotent(call: Caller) -> None:
+    deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    first, _, _ = deliver(
+        call, "user.updated", user_data("user_a", "x@example.com", "b@example.com", primary=1)
+    )
+    assert first.status == 200 and email_of("user_a") == "b@example.com"
+    again, _, _ = deliver(call, "user.updated", user_data("user_a", "b@example.com"))  # new msg id
+    assert again.status == 200 and email_of("user_a") == "b@example.com"
+    case_only, _, _ = deliver(call, "user.updated", user_data("user_a", "B@Example.com"))
+    assert case_only.status == 200 and email_of("user_a") == "B@Example.com"
+    # Losing every email never replaces a real address with the placeholder.
+    deliver(call, "user.updated", user_data("user_a", primary=None))
+    assert email_of("user_a") == "B@Example.com"
+
+
+def test_updated_for_an_unknown_user_creates_it(call: Caller) -> None:
+    result, _, _ = deliver(call, "user.updated", user_data("user_a", "a@example.com"))
+    assert result.status == 200 and email_of("user_a") == "a@example.com"
+
+
+def test_email_collision_is_a_409_and_changes_nothing_until_resolved(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    deliver(call, "user.created", user_data("user_b", "taken@example.com"))
+    payload = json.dumps({"type": "user.updated", "data": user_data("user_a", "TAKEN@example.com")})
+    headers = signed_headers(payload, msg_id="msg_collision")
+    result = call("webhooks_clerk", "POST", PATH, body=payload, headers=headers)
+    assert result.status == 409
+    assert result.json["message"] == "This email address already belongs to another account"
+    assert email_of("user_a") == "a@example.com"
+    assert ledger(admin_conn) == [("user.created", "clerk", True, True)] * 2  # not claimed
+    # Once user_b moves on, Svix's retry of the same delivery goes through.
+    deliver(call, "user.updated", user_data("user_b", "elsewhere@example.com"))
+    retry = call("webhooks_clerk", "POST", PATH, body=payload, headers=headers)
+    assert (retry.status, retry.json) == (200, {"received": True})
+    assert email_of("user_a") == "TAKEN@example.com"
+
+
+def test_created_colliding_with_another_account_is_a_409(call: Caller) -> None:
+    deliver(call, "user.created", user_data("user_b", "taken@example.com"))
+    result, _, _ = deliver(call, "user.created", user_data("user_a", "Taken@Example.com"))
+    assert result.status == 409
+    assert email_of("user_a") is None
+
+
+def test_a_lost_insert_race_is_rerun_as_an_update(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The user's first API call inserts the row between our read and our insert."""
+    real_get = users.get
+    raced: list[bool] = []
+
+    def get_then_lose_the_race(session: Any, user_id: str) -> Any:
+        if not raced:
+            raced.append(True)
+            admin_conn.execute(  # another connection, as the other request would be
+                'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+                [user_id, f"{user_id}@keyflash.local"],
+            )
+            return None  # what our read saw, just before the other insert committed
+        return real_get(session, user_id)
+
+    monkeypatch.setattr(users, "get", get_then_lose_the_race)  # what accounts calls
+    result, _, _ = deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    assert (result.status, result.json) == (200, {"received": True})
+    assert raced == [True]
+    assert email_of("user_a") == "a@example.com"
+
+
+# --- user.deleted -----------------------------------------------------------------------------
+
+
+def test_deleted_erases_the_user_like_delete_me_and_leaves_others(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    for user_id in ("user_a", "user_b"):
+        deliver(call, "user.created", user_data(user_id, f"{user_id}@example.com"))
+        new = saved_searches.NewSavedSearch("n", ["k"], "US", "en", "exact")
+        db.transaction(partial(saved_searches.create, user_id=user_id, search=new))
+        usage = api_usage.Request("/api/keywords", "POST", 200, 5, user_id)
+        db.run(partial(api_usage.record, request=usage))
+    result, _, _ = deliver(
+        call, "user.deleted", {"id": "user_a", "deleted": True, "object": "user"}
+    )
+    assert (result.status, result.json) == (200, {"received": True})
+    for table in ("users", "saved_searches", "api_usage"):
+        column = "id" if table == "users" else '"userId"'
+        counts = admin_conn.execute(
+            f"SELECT count(*) FILTER (WHERE {column} = 'user_a'),"
+            f" count(*) FILTER (WHERE {column} = 'user_b') FROM {table}"
+        ).fetchone()
+        assert counts == (0, 1), table
+    # A second deletion (another delivery) finds nothing left and still succeeds.
+    again, _, _ = deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
+    assert (again.status, again.json) == (200, {"received": True})
+
+
+def test_deleted_makes_this_container_forget_the_user(call: Caller) -> None:
+    assert call("me", "GET", "/api/me", user="user_a").status == 200  # provisioned, remembered
+    deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
+    body = {
+        "name": "n",
+        "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"},
+    }
+    created = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
+    assert created.status == 201, created.text
+
+
+def test_no_personal_data_reaches_the_logs(call: Caller, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="keyflash")
+    deliver(call, "user.created", user_data("user_secret_id", "private.person@example.com"))
+    deliver(call, "user.updated", user_data("user_secret_id", "another.secret@example.com"))
+    deliver(call, "user.deleted", {"id": "user_secret_id", "deleted": True})
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert '"event":"clerk_webhook"' in logged and '"outcome":"erased"' in logged
+    for secret in ("user_secret_id", "private.person", "another.secret"):
+        assert secret not in logged
