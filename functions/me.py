@@ -22,6 +22,9 @@ from shared.repositories import personal_data, users
 
 app = create_app(title="Me", summary="The caller's profile and usage; erase their data.")
 
+LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
+SUBSCRIPTION_LIVE = "Cancel your subscription before deleting your account."
+
 
 @app.get("/api/me", response_model=None)
 def get_me(user: CurrentUser) -> Response:
@@ -41,9 +44,12 @@ def get_me(user: CurrentUser) -> Response:
 def delete_me(request: Request, user: CurrentUser) -> Response:
     """Erase the caller: user row (saved searches cascade), API usage, history links, flags.
 
-    Redis keys for the user (usage counters, cache) are not erased here yet: the cache work
-    adds them to this path.
+    A paying user is refused (409) while the Stripe subscription is live, so erasure never
+    leaves a subscription billing an account that no longer exists.
     """
+    row = db.run(lambda s: users.get(s, user.user_id), idempotent=True)
+    if row is not None and row.subscription_status in LIVE_SUBSCRIPTION:
+        raise ApiError(409, SUBSCRIPTION_LIVE)
     erasure = db.transaction(lambda s: personal_data.erase(s, user.user_id))
     accounts.finish_erasure(user.user_id, erasure, source="api")
     request.state.user_id = None  # this request's own usage row must not re-link the erased user

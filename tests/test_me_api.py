@@ -345,6 +345,22 @@ def test_after_erasure_the_next_call_starts_a_fresh_account(
     assert fresh["usage"]["remaining"] == 300
 
 
+@pytest.mark.parametrize("status", ["active", "trialing", "past_due"])
+def test_erasure_is_refused_while_a_subscription_is_live(
+    call: Caller, admin_conn: psycopg.Connection[Any], status: str
+) -> None:
+    assert call("me", "GET", "/api/me", user="payer").status == 200
+    admin_conn.execute(
+        'UPDATE users SET "subscriptionStatus" = %s WHERE id = %s', (status, "payer")
+    )
+    result = call("me", "DELETE", "/api/me", user="payer")
+    assert result.status == 409
+    assert result.json["message"] == "Cancel your subscription before deleting your account."
+    assert admin_conn.execute("SELECT count(*) FROM users WHERE id = 'payer'").fetchone() == (1,)
+    admin_conn.execute("""UPDATE users SET "subscriptionStatus" = 'canceled' WHERE id = 'payer'""")
+    assert call("me", "DELETE", "/api/me", user="payer").status == 200
+
+
 def test_me_recreates_a_row_erased_by_another_container(call: Caller) -> None:
     me(call)  # provisioned and remembered by this container
     db.transaction(lambda s: users.delete_user(s, "user_a"))  # elsewhere
