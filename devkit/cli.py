@@ -1,74 +1,542 @@
-"""`keyflash`: developer commands (dev-only; deployable code never imports this)."""
+"""`keyflash`: developer commands (dev-only; deployable code never imports this).
+
+Every command fails with ONE line on stderr (`keyflash: …`) and a non-zero exit status: 2 for
+usage mistakes (argparse's convention), 1 for everything else; `--debug` adds the traceback.
+State (the embedded database, the dev signing key, the stack lock) lives in `.keyflash/` in the
+repository, or wherever --state-dir / $KEYFLASH_STATE_DIR says.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
+import gc
+import importlib
+import importlib.util
+import json
 import sys
-from collections.abc import Sequence
-from contextlib import ExitStack
+import time
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
+from typing import Any, NoReturn
 
-from devkit.migrate import upgrade_head
-from devkit.postgres import LocalPostgres, LocalPostgresError, database_exists
+from devkit.console import CliError, error_line, info, paint
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEV_DATA_DIR = REPO_ROOT / ".keyflash" / "pgdata"
-DEV_DATABASE = "keyflash"
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line too (argparse prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, error_line(f"{message} (see {self.prog} --help)") + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `keyflash` console script."""
-    parser = argparse.ArgumentParser(prog="keyflash", description="KeyFlash developer tools.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "dev",
-        help="run a local database, migrated to head, until Ctrl-C",
-        description=(
-            "Start PostgreSQL with its data in .keyflash/pgdata (or use DATABASE_URL when set), "
-            "create the 'keyflash' database if missing, run migrations and keep running until "
-            "Ctrl-C or SIGTERM, then stop PostgreSQL cleanly."
-        ),
-    )
-    parser.parse_args(argv)
+    """Entry point of the `keyflash` console script (which passes no `argv`)."""
+    code = _main(argv)
+    if argv is None:
+        # Everything is stopped and flushed by now; only the interpreter's final garbage
+        # collection of SQLAlchemy/FastAPI/pydantic objects is left, and it took seconds
+        # on a loaded machine. Frozen objects are skipped; atexit handlers still run.
+        gc.freeze()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    started = time.perf_counter()
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra[1:] if extra[:1] == ["--"] else extra
+    args.started = started
+    handler: Handler = args.handler
     try:
-        return dev()
-    except LocalPostgresError as error:
-        print(f"keyflash: {error}", file=sys.stderr)
+        return handler(args)
+    except CliError as error:
+        if args.debug and error.__cause__ is not None:
+            traceback.print_exception(error.__cause__)
+        print(error_line(error.message), file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print(error_line("interrupted"), file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            traceback.print_exc()
+        print(error_line(_explain(error, args.debug)), file=sys.stderr)
         return 1
 
 
-def dev() -> int:
-    """Bring the local stack up, wait for Ctrl-C/SIGTERM, and tear it down without leftovers."""
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C, through the cleanup
-    with ExitStack() as cleanup:
-        url = os.environ.get("DATABASE_URL")
-        direct_url = os.environ.get("DIRECT_DATABASE_URL") or url
-        if url is None or direct_url is None:
-            server = LocalPostgres(DEV_DATA_DIR)
-            cleanup.callback(server.stop)  # registered first: an interrupted start is cleaned too
-            server.start()
-            if not database_exists(server.url(), DEV_DATABASE):
-                server.create_database(DEV_DATABASE)
-            url = direct_url = server.url(DEV_DATABASE)
-        upgrade_head(direct_url)
-        # SEED: call the dev seed (devkit/seed.py, written separately) here, with direct_url.
-        print(
-            "\nKeyFlash dev is up.\n"
-            f"  DATABASE_URL={url}\n"
-            f"  DIRECT_DATABASE_URL={direct_url}\n"
-            "Press Ctrl-C to stop.",
-            flush=True,
+def _explain(error: Exception, debug: bool) -> str:
+    """One line for an error we did not anticipate, naming its type; no secrets in URLs."""
+    from shared.db_url import redact_url
+
+    first = (str(error).strip().splitlines() or [""])[0]
+    hint = "" if debug else " (run with --debug for the traceback)"
+    return redact_url(f"{type(error).__name__}: {first}{hint}")
+
+
+# --------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="where the local database, dev key and lock live "
+        "(default: $KEYFLASH_STATE_DIR, else .keyflash/ in the repository)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+
+    parser = _Parser(
+        prog="keyflash",
+        description="KeyFlash developer tools: the local stack, invocations, database, tokens.",
+        parents=[common],
+    )
+    parser.set_defaults(state_dir=None, debug=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help: str, description: str, handler: Handler
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    dev = command(
+        "dev",
+        "run the local stack (database, Redis, every function, crons) until Ctrl-C",
+        "Start PostgreSQL (data in <state dir>/pgdata; DATABASE_URL overrides), the Upstash "
+        "REST emulator (over REDIS_URL's Redis when set, else in-memory), migrate, seed demo "
+        "data on first run, and serve every function in functions/ at http://HOST:PORT under "
+        "its deployed paths, with the merged OpenAPI at /openapi.json and /docs. Crons in "
+        "functions/cron/ run on vercel.json's schedules. Ctrl-C or SIGTERM stops everything.",
+        _dev,
+    )
+    dev.add_argument("--port", type=_port, default=3000, help="port to serve on (default: 3000)")
+    dev.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    dev.add_argument("--no-crons", action="store_true", help="do not run crons on schedule")
+    dev.add_argument(
+        "-v", "--verbose", action="store_true", help="also show the core's JSON telemetry logs"
+    )
+
+    invoke = command(
+        "invoke",
+        "call one function's Lambda handler in-process with a real event",
+        "Build an API Gateway HTTP API (v2) event (or load one with --event; a cron gets an "
+        "EventBridge schedule event), call the function's `handler` in this process and print "
+        "the status, headers and body. --repeat shows cold versus warm timings. Uses the "
+        "running `keyflash dev`'s database and Redis when there is one.",
+        _invoke,
+    )
+    invoke.add_argument("function", metavar="FUNCTION", help="e.g. health, searches, cron.JOB")
+    invoke.add_argument("--event", metavar="FILE", help="a Lambda event as JSON ('-': stdin)")
+    invoke.add_argument("--method", "-X", help="HTTP method (default: GET when offered)")
+    invoke.add_argument("--path", help="request path, with ?query (default: the first route)")
+    invoke.add_argument("--body", "-d", help="request body, or @FILE")
+    invoke.add_argument(
+        "--header", "-H", action="append", default=[], metavar="NAME:VALUE", help="repeatable"
+    )
+    invoke.add_argument("--user", help="send a dev token for this user id")
+    invoke.add_argument("--repeat", type=int, default=1, metavar="N", help="call N times")
+
+    cron = command(
+        "cron",
+        "list or run the scheduled jobs in functions/cron/",
+        "Scheduled jobs are functions/cron/<job>.py; their schedules come from vercel.json's "
+        "crons (5-field, UTC).",
+        _no_subcommand,
+    )
+    cron_commands = cron.add_subparsers(dest="cron_command", required=True, metavar="ACTION")
+    cron_list = cron_commands.add_parser(
+        "list", help="jobs, schedules and next runs", parents=[common]
+    )
+    cron_list.set_defaults(handler=_cron_list)
+    cron_run = cron_commands.add_parser(
+        "run", help="run one job now (its Lambda handler, in-process)", parents=[common]
+    )
+    cron_run.add_argument("job", metavar="JOB")
+    cron_run.set_defaults(handler=_cron_run)
+
+    db = command(
+        "db",
+        "migrate, check, seed, reset, back up or restore the database",
+        "Works on DATABASE_URL (DIRECT_DATABASE_URL for schema changes) when set, else on the "
+        "embedded database (borrowed from a running `keyflash dev`, or started for the "
+        "command). reset and restore only touch a database on this machine.",
+        _no_subcommand,
+    )
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+
+    def db_action(name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+        sub = db_commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler)
+        return sub
+
+    db_action("migrate", "upgrade the schema to the newest migration", _db_migrate)
+    downgrade = db_action("downgrade", "downgrade the schema to REV", _db_downgrade)
+    downgrade.add_argument("revision", metavar="REV", help="a revision id, -1, or base")
+    db_action("check", "fail unless the schema is at head and matches the models", _db_check)
+    db_action("seed", "add the demo users, searches, history and flag (once)", _db_seed)
+    reset = db_action("reset", "drop and recreate the local database, migrate, seed", _db_reset)
+    reset.add_argument("--no-seed", action="store_true", help="leave it empty after migrating")
+    reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    backup = db_action("backup", "pg_dump the database to FILE (custom format)", _db_backup)
+    backup.add_argument("file", type=Path, metavar="FILE")
+    restore = db_action("restore", "replace the local database with a backup", _db_restore)
+    restore.add_argument("file", type=Path, metavar="FILE")
+    restore.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    psql = db_action("psql", "open psql on the database; other arguments go to psql", _db_psql)
+    psql.set_defaults(passthrough=True)
+
+    token = command(
+        "token",
+        "print a dev session token (RS256) the local stack trusts",
+        "Sign a Clerk-shaped session token with the state dir's dev key. `keyflash dev` and "
+        "`keyflash invoke` trust it; nothing else does. Refused when APP_ENV=production.",
+        _token,
+    )
+    token.add_argument("--user", required=True, metavar="ID", help="the user id (sub claim)")
+    token.add_argument("--email", help="email claim (default: ID@keyflash.local)")
+    token.add_argument("--admin", action="store_true", help="include the admin role claim")
+    token.add_argument(
+        "--ttl", type=int, default=24 * 3600, metavar="S", help="lifetime (default: 86400)"
+    )
+
+    legacy = commands.add_parser(
+        "legacy",
+        help="copy the original Redis data into Postgres (backfill) and check it (verify)",
+        description="Delegates to devkit.legacy: `keyflash legacy backfill|verify [options]` "
+        "(`keyflash legacy backfill --help` shows its options). Runs against DATABASE_URL, "
+        "else the embedded database.",
+        usage="keyflash legacy [-h] ACTION [ARGS ...]",
+        add_help=False,  # -h after the action is the delegate's
+    )
+    legacy.set_defaults(handler=_legacy, passthrough=True, legacy_parser=legacy)
+
+    command(
+        "env",
+        "print the running stack's environment as shell exports",
+        "For running the functions under other tools (osls invoke local, serverless-offline) "
+        'against the running `keyflash dev`: eval "$(keyflash env)".',
+        _env,
+    )
+
+    openapi = command(
+        "openapi",
+        "write the merged OpenAPI document of every function",
+        "Merge every function's app.openapi() (one tag per function) and write it as JSON.",
+        _openapi,
+    )
+    openapi.add_argument("--output", "-o", type=Path, metavar="FILE", help="default: stdout")
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not between 0 and 65535")
+    return port
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from devkit.stack import resolve_state_dir
+
+    return resolve_state_dir(args.state_dir)
+
+
+def _no_subcommand(args: argparse.Namespace) -> int:  # argparse requires one; kept for safety
+    raise CliError("missing action; see --help", code=2)
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from devkit.dev import DevOptions, run_dev
+
+    options = DevOptions(
+        state_dir=_state_dir(args),
+        host=args.host,
+        port=args.port,
+        verbose=args.verbose,
+        crons=not args.no_crons,
+    )
+    return run_dev(options, started=args.started)
+
+
+def _prepared_session(args: argparse.Namespace, command: str) -> Any:
+    """A session with the database (migrated when we started it) and Redis, and the env the
+    functions expect exported, so handlers run in this process as they do under `dev`."""
+    from devkit.console import Progress
+    from devkit.stack import Session, apply_env, function_env, migrate_and_seed, refuse_production
+    from devkit.tokens import dev_key
+
+    refuse_production()
+    state_dir = _state_dir(args)
+    session = Session(state_dir, command)
+    try:
+        with Progress(3, f"keyflash {command}") as progress:
+            database = session.database(progress.step)
+            if database.origin == "embedded":  # borrowed and external ones are not ours to change
+                migrate_and_seed(database, progress.step)
+            redis = session.redis()
+            progress.close(f"keyflash {command}: database {database.origin}, Redis {redis.origin}")
+        apply_env(function_env(database, redis, dev_key(state_dir)))
+    except BaseException:
+        session.cleanup.close()
+        raise
+    return session
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    from devkit import invoke
+    from devkit.tokens import dev_key, issue_token
+
+    if not 1 <= args.repeat <= invoke.MAX_REPEAT:
+        raise CliError(f"--repeat must be between 1 and {invoke.MAX_REPEAT}", code=2)
+    target = invoke.resolve_target(args.function)
+    event = invoke.load_event(args.event) if args.event else None
+    if event is not None and (args.method or args.path or args.body or args.header or args.user):
+        raise CliError("--event replaces --method/--path/--body/--header/--user", code=2)
+    if target.kind == "cron" and (args.method or args.path or args.body or args.header):
+        raise CliError(f"{target.name} is a cron: it takes no HTTP request options", code=2)
+    request = invoke.Request(
+        method=args.method,
+        path=args.path,
+        body=invoke.read_body(args.body),
+        headers=invoke.parse_headers(args.header),
+        user=args.user,
+    )
+    with _prepared_session(args, "invoke"):
+        key = dev_key(_state_dir(args))
+        result = invoke.invoke(
+            target,
+            event_file=event,
+            request=request,
+            repeat=args.repeat,
+            token_for=lambda user: issue_token(key, user),
         )
-        try:
-            while True:
-                signal.pause()
-        except KeyboardInterrupt:
-            print("\nkeyflash: stopping…", flush=True)
+        print(invoke.render(result), flush=True)
     return 0
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _cron_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from devkit.crons import discover_jobs
+    from devkit.layout import CRON_DIR
+
+    jobs = discover_jobs()
+    if not jobs:
+        print(f"no cron jobs: {CRON_DIR} does not exist yet (or holds no jobs)")
+        return 0
+    now = datetime.now(UTC)
+    rows = [("JOB", "SCHEDULE (UTC)", "NEXT RUN", "PATH", "SCHEDULE FROM")]
+    for job in jobs:
+        if job.schedule is None:
+            rows.append((job.name, "-", "-", job.path, job.source))
+        else:
+            upcoming = job.schedule.next_after(now).strftime("%Y-%m-%d %H:%M")
+            rows.append((job.name, job.schedule.expression, upcoming, job.path, job.source))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for n, row in enumerate(rows):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        line += "  " + row[-1]
+        print(paint(line, "bold") if n == 0 else line)
+    return 0
+
+
+def _cron_run(args: argparse.Namespace) -> int:
+    from devkit.crons import discover_jobs, find_job, run_job
+
+    job = find_job(args.job, discover_jobs())
+    with _prepared_session(args, "cron run"):
+        result = run_job(job)
+    if not result.ok:
+        raise CliError(result.summary())
+    print(result.summary(limit=10_000))
+    return 0
+
+
+def _database_session(args: argparse.Namespace, command: str) -> Any:
+    from devkit.console import Progress
+    from devkit.stack import Session
+
+    session = Session(_state_dir(args), command)
+    try:
+        with Progress(1, f"keyflash {command}") as progress:
+            database = session.database(progress.step)
+            progress.close(f"keyflash {command}: {database.redacted} ({database.origin})")
+    except BaseException:
+        session.cleanup.close()
+        raise
+    return session, database
+
+
+def _db_migrate(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    session, database = _database_session(args, "db migrate")
+    with session:
+        print(dbtools.migrate(database.direct_url))
+    return 0
+
+
+def _db_downgrade(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    session, database = _database_session(args, "db downgrade")
+    with session:
+        print(dbtools.downgrade(database.direct_url, args.revision))
+    return 0
+
+
+def _db_check(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    session, database = _database_session(args, "db check")
+    with session:
+        print(dbtools.check(database.direct_url))
+    return 0
+
+
+def _seed(database: Any) -> str:
+    from devkit import seed
+    from devkit.stack import shared_database
+
+    if not database.is_local:
+        raise CliError(f"refusing to seed demo data into {database.redacted}: it is not local")
+    with shared_database(database):
+        summary = seed.seed()
+    return "already seeded (the demo user exists)" if summary is None else f"seeded {summary}"
+
+
+def _db_seed(args: argparse.Namespace) -> int:
+    session, database = _database_session(args, "db seed")
+    with session:
+        print(_seed(database))
+    return 0
+
+
+def _db_reset(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    dbtools.require_consent("db reset deletes every row", args.yes)
+    session, database = _database_session(args, "db reset")
+    with session:
+        dbtools.require_local(database, "reset")
+        dbtools.confirm(f"Delete every row of {database.redacted} and start again?", args.yes)
+        dbtools.recreate(database)
+        print(dbtools.migrate(database.direct_url))
+        if not args.no_seed:
+            print(_seed(database))
+    return 0
+
+
+def _db_backup(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    session, database = _database_session(args, "db backup")
+    with session:
+        dbtools.backup(database, args.file)
+    return 0
+
+
+def _db_restore(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    dbtools.check_archive(args.file)  # before starting anything
+    dbtools.require_consent("db restore replaces the whole database", args.yes)
+    session, database = _database_session(args, "db restore")
+    with session:
+        dbtools.require_local(database, "restore into")
+        dbtools.confirm(f"Replace {database.redacted} with {args.file}?", args.yes)
+        dbtools.restore(database, args.file)
+    return 0
+
+
+def _db_psql(args: argparse.Namespace) -> int:
+    from devkit import dbtools
+
+    extra = list(args.extra)
+    session, database = _database_session(args, "db psql")
+    with session:
+        return dbtools.psql(database, extra)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from devkit.tokens import dev_key, issue_token, require_dev_mode
+
+    require_dev_mode()  # before a key is generated for nothing
+    key = dev_key(_state_dir(args))
+    print(issue_token(key, args.user, email=args.email, admin=args.admin, ttl_s=args.ttl))
+    return 0
+
+
+def _legacy(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("devkit.legacy") is None:
+        raise CliError("keyflash legacy is not available: devkit/legacy.py does not exist yet")
+    module = importlib.import_module("devkit.legacy")
+    entry: Callable[[list[str]], Any] | None = getattr(module, "main", None)
+    if not callable(entry):
+        raise CliError("keyflash legacy is not available: devkit.legacy has no main()")
+    rest = list(args.extra)
+    if not rest or rest[0] in ("-h", "--help"):
+        args.legacy_parser.print_help()
+        return 0 if rest else 2
+    if "-h" in rest or "--help" in rest:
+        return int(entry(rest) or 0)  # the delegate's help needs no database
+    from devkit.stack import shared_database
+
+    session, database = _database_session(args, "legacy")
+    with session, shared_database(database):
+        return int(entry(rest) or 0)
+
+
+def _env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from devkit.stack import Database, Redis, function_env, lock_holder
+    from devkit.tokens import dev_key
+
+    state_dir = _state_dir(args)
+    holder = lock_holder(state_dir)
+    if not holder or holder.get("command") != "dev" or not holder.get("ready"):
+        raise CliError(f"no running keyflash dev in {state_dir}: start one with keyflash dev")
+    database = Database(holder["database_url"], holder["direct_database_url"], "keyflash dev")
+    redis = Redis(holder["upstash_url"], holder["upstash_token"], "keyflash dev")
+    env = function_env(database, redis, dev_key(state_dir), app_url=holder.get("url"))
+    for name, value in env.items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from devkit import gateway
+
+    functions = gateway.load_all()
+    document = json.dumps(gateway.merged_openapi(functions), indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(document)
+        return 0
+    try:
+        args.output.write_text(document)
+    except OSError as error:
+        raise CliError(f"cannot write {args.output}: {error.strerror}") from None
+    paths = sum(1 for route in gateway.route_table(functions))
+    info(f"keyflash openapi: {len(functions)} functions, {paths} operations -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

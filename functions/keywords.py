@@ -23,7 +23,7 @@ from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import cache, db, providers
+from shared import cache, db, providers, storage
 from shared.auth import Identity, identify
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
@@ -82,6 +82,7 @@ def search(
     keywords = body.keywords
     reserved_at = utcnow()
     usage = _reserve(identity, len(keywords), reserved_at, settings.billing_enabled)
+    storage.mirror_usage(identity.user_id)  # the legacy counter follows (dual/fallback only)
 
     mock_forced = settings.billing_enabled and usage.tier is UserTier.FREE
     try:
@@ -167,6 +168,7 @@ def _give_back(
 ) -> NoReturn:
     """Release the reservation, then answer 503 (circuit open), 500 (configuration) or 502."""
     db.run(lambda s: users.release_keywords(s, user_id, count, reserved_at=reserved_at))
+    storage.mirror_usage(user_id)
     log_event(
         "provider_failed", level=logging.ERROR, provider=provider_key, error=type(error).__name__
     )

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from shared import db
+from shared import storage
 from shared.auth import CurrentUser
 from shared.contracts import saved_searches as contract
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
-from shared.repositories import saved_searches
 
 app = create_app(title="Saved search", summary="Read, rename or delete one saved search.")
 
@@ -28,7 +27,7 @@ def _search_id(raw: str) -> str:
 @app.get("/api/searches/{search_id}", response_model=None)
 def get_search(search_id: str, user: CurrentUser) -> Response:
     sid = _search_id(search_id)
-    found = db.run(lambda s: saved_searches.get(s, user.user_id, sid))
+    found = storage.get_search(user.user_id, sid)
     if found is None:
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"search": contract.record(found)})
@@ -37,11 +36,7 @@ def get_search(search_id: str, user: CurrentUser) -> Response:
 @app.put("/api/searches/{search_id}", response_model=None)
 def update_search(search_id: str, body: contract.UpdateSavedSearch, user: CurrentUser) -> Response:
     sid = _search_id(search_id)
-    updated = db.run(
-        lambda s: saved_searches.update_search(
-            s, user.user_id, sid, name=body.name, description=body.description
-        )
-    )
+    updated = storage.update_search(user.user_id, sid, name=body.name, description=body.description)
     if updated is None:
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"search": contract.record(updated)})
@@ -50,7 +45,7 @@ def update_search(search_id: str, body: contract.UpdateSavedSearch, user: Curren
 @app.delete("/api/searches/{search_id}", response_model=None)
 def delete_search(search_id: str, user: CurrentUser) -> Response:
     sid = _search_id(search_id)
-    if not db.run(lambda s: saved_searches.delete_search(s, user.user_id, sid)):
+    if not storage.delete_search(user.user_id, sid):
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"success": True})
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from shared import db
-from shared.auth import CurrentUser
+from shared import storage
+from shared.auth import CurrentUser, Identity, forget, provision
 from shared.contracts import saved_searches as contract
-from shared.errors import SavedSearchLimitError
+from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
+from shared.models import SavedSearch
 from shared.repositories import saved_searches
 
 app = create_app(title="Saved searches", summary="List and create the caller's saved searches.")
@@ -19,8 +20,8 @@ app = create_app(title="Saved searches", summary="List and create the caller's s
 @app.get("/api/searches", response_model=None)
 def list_searches(user: CurrentUser) -> Response:
     """The caller's saved searches (at most 50), most recently updated first."""
-    page = db.run(lambda s: saved_searches.list_for_user(s, user.user_id), idempotent=True)
-    return ok({"searches": [contract.summary(search) for search in page.items]})
+    found = storage.list_searches(user.user_id)
+    return ok({"searches": [contract.summary(search) for search in found]})
 
 
 @app.post("/api/searches", status_code=201, response_model=None)
@@ -39,10 +40,21 @@ def create_search(body: contract.CreateSavedSearch, user: CurrentUser) -> Respon
         else [r.model_dump(exclude_none=True) for r in body.results],
     )
     try:
-        created = db.transaction(lambda s: saved_searches.create(s, user.user_id, new))
+        created = _create(user, new)
     except SavedSearchLimitError:
         raise ApiError(400, contract.LIMIT_REACHED) from None
     return ok({"search": contract.record(created)}, status=201)
+
+
+def _create(user: Identity, new: saved_searches.NewSavedSearch) -> SavedSearch:
+    """Insert; if another container erased the user since this one provisioned them, provision
+    again (a fresh account, as a first call would) and insert once more."""
+    try:
+        return storage.create_search(user.user_id, new)
+    except UserNotFoundError:
+        forget(user.user_id)
+        provision(user)
+        return storage.create_search(user.user_id, new)
 
 
 handler = lambda_handler(app)

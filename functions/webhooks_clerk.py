@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from shared import accounts, db
+from shared import accounts, db, storage
 from shared.config import get_settings
 from shared.errors import EmailInUseError
 from shared.http.app import create_app, lambda_handler
@@ -137,6 +137,8 @@ def _process(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
     if isinstance(outcome, Erasure):
         accounts.finish_erasure(user.id, outcome, source="clerk_webhook")
         outcome = "erased"
+    else:
+        storage.mirror_user(user.id)  # the legacy copy follows the email change (dual/fallback)
     log_event("clerk_webhook", type=kind, outcome=outcome)
     return {"received": True}
 

@@ -14,7 +14,7 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import auth
+from shared import auth, storage
 from shared.repositories import users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
@@ -66,8 +66,10 @@ def is_duplicate_user(error: IntegrityError) -> bool:
 
 
 def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
-    """After the erasure committed: this container stops treating the user as provisioned (their
+    """After the erasure committed: the user's legacy Redis keys go too (or are queued for the
+    repair job when Redis fails), this container stops treating the user as provisioned (their
     next call starts a fresh account) and the erasure is logged, with counts only."""
+    storage.erase_legacy_user(user_id, None, None)
     auth.forget(user_id)
     log_event(
         "account_erased",

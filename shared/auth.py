@@ -16,11 +16,10 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
-from shared import db
+from shared import storage
 from shared.config import Settings, get_settings
 from shared.errors import EmailInUseError
 from shared.http.errors import ApiError
-from shared.repositories import users
 
 AUTH_REQUIRED = "Authentication required"
 _PROVISIONED_MAX = 10_000
@@ -67,6 +66,9 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
         )
     except jwt.PyJWTError as error:
         raise InvalidToken(type(error).__name__) from None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub.strip():
+        raise InvalidToken("empty subject")  # would provision a user with an empty id
     azp = claims.get("azp")
     if azp and settings.authorized_parties and azp not in settings.authorized_parties:
         raise InvalidToken("unauthorised party")
@@ -130,7 +132,7 @@ def provision(identity: Identity) -> None:
     if identity.user_id in _provisioned:
         return
     try:
-        db.run(lambda s: users.get_or_create(s, identity.user_id, identity.email), idempotent=True)
+        storage.provision_user(identity.user_id, identity.email)
     except EmailInUseError:
         raise ApiError(409, "This email address already belongs to another account") from None
     if len(_provisioned) >= _PROVISIONED_MAX:

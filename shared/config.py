@@ -43,6 +43,19 @@ EXAMPLES = {
     "STORAGE_MODE": "postgres (or dual, fallback)",
     "STRIPE_WEBHOOK_SECRET": "whsec_… (the endpoint's signing secret from the Stripe dashboard)",
     "FLAGS_CACHE_SECONDS": "30",
+    "CRON_SECRET": "a random string of at least 16 characters (Vercel sends it as a bearer token)",
+    "CRON_BATCH_SIZE": "1000",
+    "CRON_TIME_MARGIN_MS": "10000",
+    "CRON_MAX_DURATION_S": "300 (the function's time limit where the platform does not say)",
+    "WEBHOOK_RETRY_MAX_ATTEMPTS": "10",
+    "WEBHOOK_RETRY_BASE_DELAY_S": "300",
+    "BACKUP_BUCKET": "keyflash-backups",
+    "BACKUP_PREFIX": "keyflash/",
+    "BACKUP_KEEP": "7",
+    "RETENTION_SEARCH_HISTORY_DAYS": "400 (0 keeps rows forever)",
+    "RETENTION_API_USAGE_DAYS": "90 (0 keeps rows forever)",
+    "RETENTION_WEBHOOK_EVENTS_DAYS": "30 (0 keeps rows forever)",
+    "RETENTION_SYSTEM_METRICS_DAYS": "90 (0 keeps rows forever)",
 }
 
 
@@ -153,6 +166,28 @@ class Settings(BaseSettings):
 
     # Feature flags: how long a warm container reuses the flags it loaded (0: every request).
     flags_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    # Crons (functions/cron, shared/cron). Vercel calls them with `Bearer $CRON_SECRET`; each run
+    # works in batches of CRON_BATCH_SIZE rows and stops CRON_TIME_MARGIN_MS before its time
+    # limit (Lambda's context says it; elsewhere CRON_MAX_DURATION_S is assumed).
+    cron_secret: str | None = None
+    cron_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    cron_time_margin_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
+    cron_max_duration_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # Stripe events the webhook could not apply are retried by the cron with exponential backoff
+    # (base * 2^(attempts-1)) until they have been attempted this many times.
+    webhook_retry_max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    webhook_retry_base_delay_s: Annotated[float, Field(gt=0)] = 300.0
+    # Logical backups (the backup cron) go to s3://BACKUP_BUCKET/BACKUP_PREFIX…; the newest
+    # BACKUP_KEEP are kept.
+    backup_bucket: str | None = None
+    backup_prefix: str = "keyflash/"
+    backup_keep: Annotated[int, Field(ge=1, le=1000)] = 7
+    # Retention (the prune cron), in days; 0 keeps rows forever. Webhook events: processed only.
+    retention_search_history_days: Annotated[int, Field(ge=0)] = 400
+    retention_api_usage_days: Annotated[int, Field(ge=0)] = 90
+    retention_webhook_events_days: Annotated[int, Field(ge=0)] = 30
+    retention_system_metrics_days: Annotated[int, Field(ge=0)] = 90
 
     @property
     def is_production(self) -> bool:

@@ -276,7 +276,7 @@ class LegacyRepair(Base):
     __table_args__ = (
         Index("legacy_repairs_userId_idx", "userId"),
         CheckConstraint(
-            "kind IN ('user', 'saved_search', 'usage')", name="legacy_repairs_kind_check"
+            "kind IN ('user', 'saved_search', 'usage', 'erasure')", name="legacy_repairs_kind_check"
         ),
     )
 

@@ -13,6 +13,7 @@ Isolation: after each test that used the database, every table but `alembic_vers
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import tempfile
@@ -47,6 +48,17 @@ def _in_ci() -> bool:
 
 def _database_name(url: str) -> str:
     return str(conninfo_to_dict(url)["dbname"])
+
+
+@pytest.fixture(autouse=True)
+def current_event_loop() -> Iterator[None]:
+    """Mangum runs each request on `asyncio.get_event_loop()`; an `asyncio.run()` earlier in the
+    process (some tests use it) leaves the main thread without one. Each test gets its own."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    loop.close()
+    asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture(scope="session")

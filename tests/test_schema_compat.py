@@ -34,6 +34,7 @@ TIMESTAMP3 = "timestamp(3) without time zone"
 # check. Values are matched field by field against the catalog entry.
 DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
     "column users.trialStartedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column users.subscriptionEventAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
     "column saved_searches.description": {"type": "text", **NULLABLE_COLUMN},
     "column saved_searches.results": {"type": "jsonb", **NULLABLE_COLUMN},
     "column saved_searches.lastRunAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
@@ -54,6 +55,78 @@ DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
         "definition": 'CHECK ((("rolloutPercent" >= 0) AND ("rolloutPercent" <= 100)))',
     },
 }
+# Our own table (Prisma never reads or writes it): the dual-write outbox of the Redis →
+# Postgres migration (shared.storage). Its columns may be NOT NULL: no Prisma INSERT names it.
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table legacy_repairs": {"kind": "table"},
+        **{
+            f"column legacy_repairs.{name}": {"type": type_, "nullable": nullable}
+            for name, type_, nullable in (
+                ("key", "text", False),
+                ("kind", "text", False),
+                ("userId", "text", False),
+                ("attempts", "integer", False),
+                ("error", "text", True),
+                ("createdAt", TIMESTAMP3, False),
+                ("updatedAt", TIMESTAMP3, False),
+            )
+        },
+        "constraint legacy_repairs_pkey": {"table": "legacy_repairs", "type": "PRIMARY KEY"},
+        "constraint legacy_repairs_kind_check": {"table": "legacy_repairs", "type": "CHECK"},
+        "index legacy_repairs_pkey": {"table": "legacy_repairs"},
+        "index legacy_repairs_userId_idx": {"table": "legacy_repairs"},
+    }
+)
+# The crons' tables (shared.cron), also our own, and the time indexes retention deletes by.
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table cron_leases": {"kind": "table"},
+        **{
+            f"column cron_leases.{name}": {"type": type_, "nullable": nullable}
+            for name, type_, nullable in (
+                ("job", "text", False),
+                ("holder", "text", True),
+                ("acquiredAt", TIMESTAMP3, True),
+                ("expiresAt", TIMESTAMP3, False),
+                ("lastCompletedAt", TIMESTAMP3, True),
+                ("state", "jsonb", True),
+                ("updatedAt", TIMESTAMP3, False),
+            )
+        },
+        "constraint cron_leases_pkey": {"table": "cron_leases", "type": "PRIMARY KEY"},
+        "index cron_leases_pkey": {"table": "cron_leases"},
+        "table search_daily_rollups": {"kind": "table"},
+        **{
+            f"column search_daily_rollups.{name}": {"type": type_, "nullable": False}
+            for name, type_ in (
+                ("day", "date"),
+                ("provider", "text"),
+                ("searches", "integer"),
+                ("keywords", "bigint"),
+                ("cacheHits", "integer"),
+                ("responseTimeTotal", "bigint"),
+                ("avgResponseTime", "double precision"),
+                ("updatedAt", TIMESTAMP3),
+            )
+        },
+        "constraint search_daily_rollups_pkey": {
+            "table": "search_daily_rollups",
+            "type": "PRIMARY KEY",
+        },
+        "index search_daily_rollups_pkey": {"table": "search_daily_rollups"},
+        "index api_usage_timestamp_idx": {
+            "table": "api_usage",
+            "definition": "CREATE INDEX api_usage_timestamp_idx ON api_usage "
+            'USING btree ("timestamp")',
+        },
+        "index system_metrics_timestamp_idx": {
+            "table": "system_metrics",
+            "definition": "CREATE INDEX system_metrics_timestamp_idx ON system_metrics "
+            'USING btree ("timestamp")',
+        },
+    }
+)
 
 
 def prisma_reference_sql() -> str:
@@ -388,8 +461,8 @@ def test_documented_additions_behave_and_stay_out_of_prismas_way(alembic_db: str
     with psycopg.connect(alembic_db, autocommit=True, row_factory=dict_row) as conn:
         for sql, params in PRISMA_WRITES:
             conn.execute(sql, params)
-        users = conn.execute('SELECT "trialStartedAt" FROM users').fetchall()
-        assert users == [{"trialStartedAt": None}] * 2
+        users = conn.execute('SELECT "trialStartedAt", "subscriptionEventAt" FROM users').fetchall()
+        assert users == [{"trialStartedAt": None, "subscriptionEventAt": None}] * 2
         saved = conn.execute(
             'SELECT description, results, "lastRunAt", "resultCount" FROM saved_searches'
         ).fetchall()

@@ -258,3 +258,32 @@ def test_a_usage_row_is_written_per_request_with_reduced_ip(
         "pytest-agent/1.0",
     )
     assert ip in {"203.0.113.0", "127.0.0.0", None}  # /24 of the event's or test client's peer
+
+
+def test_security_headers_and_hsts_only_in_production(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import config
+
+    result = call("searches", "GET", "/api/searches", user="user_a")
+    assert result.headers["x-content-type-options"] == "nosniff"
+    assert result.headers["x-frame-options"] == "DENY"
+    assert "camera=()" in result.headers["permissions-policy"]
+    assert "strict-transport-security" not in result.headers
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("RATE_LIMIT_HMAC_SECRET", "h" * 32)
+    config.get_settings.cache_clear()
+    result = call("searches", "GET", "/api/searches", user="user_a")
+    assert result.headers["strict-transport-security"].startswith("max-age=31536000")
+
+
+def test_create_after_another_container_erased_the_user_provisions_again(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    create(call, user="user_gone")  # this container now remembers user_gone as provisioned
+    admin_conn.execute("DELETE FROM users WHERE id = %s", ("user_gone",))  # erased elsewhere
+    again = create(call, user="user_gone")
+    assert again["clerkUserId"] == "user_gone"
+    assert admin_conn.execute("SELECT count(*) FROM users WHERE id = 'user_gone'").fetchone() == (
+        1,
+    )

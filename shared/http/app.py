@@ -36,7 +36,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
 }
+HSTS = "max-age=31536000; includeSubDomains; preload"
 
 
 def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAPI:
@@ -146,6 +148,7 @@ class RequestContext:
         state["request_id"] = request_id
         status = 500
         response_started = False
+        production = _production()
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, response_started
@@ -157,6 +160,8 @@ class RequestContext:
                 headers["X-Request-ID"] = request_id
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
+                if production:
+                    headers.setdefault("Strict-Transport-Security", HSTS)
             await send(message)
 
         try:
@@ -176,6 +181,14 @@ class RequestContext:
         duration_ms = round((time.perf_counter() - started) * 1000)
         if self.record_usage and not state.get("usage_recorded"):
             _record_usage(scope, state, status, duration_ms)
+
+
+def _production() -> bool:
+    """For HSTS; a broken configuration is reported by the request itself (500), not here."""
+    try:
+        return get_settings().is_production
+    except ConfigurationError:
+        return False
 
 
 def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms: int) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,15 @@ class FlagValues:
     rollout_percent: int = 0
     allowed_users: tuple[str, ...] = ()
     description: str | None = None
+
+
+class FlagChanges(TypedDict, total=False):
+    """Columns a partial update may set."""
+
+    enabled: bool
+    rollout_percent: int
+    allowed_users: list[str]
+    description: str | None
 
 
 @database_operation("listFeatureFlags")
@@ -71,3 +80,51 @@ def delete_flag(session: Session, key: str) -> bool:
         execution_options={"synchronize_session": False},
     )
     return result.first() is not None
+
+
+@database_operation("createFeatureFlag")
+def create(
+    session: Session,
+    key: str,
+    values: FlagValues,
+    *,
+    created_by: str | None = None,
+    now: datetime | None = None,
+) -> FeatureFlag | None:
+    """Insert the flag `key`; None when the key is taken (one `ON CONFLICT DO NOTHING`)."""
+    now = now or utcnow()
+    statement = (
+        insert(FeatureFlag)
+        .values(
+            id=new_cuid(),
+            key=key,
+            enabled=values.enabled,
+            rollout_percent=values.rollout_percent,
+            allowed_users=list(values.allowed_users),
+            description=values.description,
+            created_at=now,
+            updated_at=now,
+            created_by=created_by,
+        )
+        .on_conflict_do_nothing(index_elements=[FeatureFlag.key])
+        .returning(FeatureFlag)
+    )
+    flag: FeatureFlag | None = session.scalars(statement).one_or_none()
+    return flag
+
+
+@database_operation("updateFeatureFlag")
+def update_flag(
+    session: Session, key: str, *, now: datetime | None = None, **changes: Unpack[FlagChanges]
+) -> FeatureFlag | None:
+    """Set only the given columns (and updatedAt); None when there is no flag `key`."""
+    statement = (
+        update(FeatureFlag)
+        .where(FeatureFlag.key == key)
+        .values(**changes, updated_at=now or utcnow())
+        .returning(FeatureFlag)
+    )
+    flag: FeatureFlag | None = session.scalars(
+        statement, execution_options={"synchronize_session": False}
+    ).one_or_none()
+    return flag

@@ -11,13 +11,14 @@ from datetime import datetime
 from typing import Any
 
 from psycopg.pq import TransactionStatus
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.models import SavedSearch, User
+from shared.repositories.pagination import Cursor, Page, keyset_page
 from shared.telemetry import database_operation
 
 MAX_PER_USER = 50
@@ -32,14 +33,6 @@ class NewSavedSearch:
     match_type: str
     description: str | None = None
     results: list[dict[str, Any]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a keyset-paginated list; `next_cursor` is None on the last page."""
-
-    items: list[SavedSearch]
-    next_cursor: tuple[datetime, str] | None
 
 
 def _require_transaction(session: Session) -> None:
@@ -122,28 +115,18 @@ def list_for_user(
     user_id: str,
     *,
     limit: int = MAX_PER_USER,
-    cursor: tuple[datetime, str] | None = None,
-) -> Page:
+    cursor: Cursor | None = None,
+) -> Page[SavedSearch]:
     """Most recently updated first (the original API's order), keyset on (updatedAt, id)."""
-    statement = (
-        select(SavedSearch)
-        .where(SavedSearch.user_id == user_id)
-        .order_by(SavedSearch.updated_at.desc(), SavedSearch.id.desc())
-        .limit(limit + 1)
+    return keyset_page(
+        session,
+        select(SavedSearch).where(SavedSearch.user_id == user_id),
+        time_column=SavedSearch.updated_at,
+        id_column=SavedSearch.id,
+        cursor_of=lambda row: (row.updated_at, row.id),
+        limit=limit,
+        cursor=cursor,
     )
-    if cursor is not None:
-        after_time, after_id = cursor
-        statement = statement.where(
-            or_(
-                SavedSearch.updated_at < after_time,
-                and_(SavedSearch.updated_at == after_time, SavedSearch.id < after_id),
-            )
-        )
-    rows = list(session.scalars(statement))
-    if len(rows) <= limit:
-        return Page(items=rows, next_cursor=None)
-    last = rows[limit - 1]
-    return Page(items=rows[:limit], next_cursor=(last.updated_at, last.id))
 
 
 @database_operation("updateSavedSearch")

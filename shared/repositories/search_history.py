@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, tuple_
+from sqlalchemy import case, func, insert, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.ids import new_cuid
-from shared.models import SearchHistory
+from shared.models import SearchHistory, UTCDateTime
 from shared.repositories import api_usage
+from shared.repositories.pagination import Cursor, Page, keyset_page
 from shared.telemetry import database_operation
 
 
@@ -30,12 +31,6 @@ class NewSearch:
     total_volume: int = 0
     user_agent: str | None = None
     ip_address: str | None = None  # already reduced (see the PII rule)
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[SearchHistory]
-    next_cursor: tuple[datetime, str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +94,18 @@ def list_for_user(
     user_id: str,
     *,
     limit: int = 20,
-    cursor: tuple[datetime, str] | None = None,
-) -> Page:
+    cursor: Cursor | None = None,
+) -> Page[SearchHistory]:
     """Newest first, keyset-paginated on (searchedAt, id) using the (userId, searchedAt) index."""
-    statement = (
-        select(SearchHistory)
-        .where(SearchHistory.user_id == user_id)
-        .order_by(SearchHistory.searched_at.desc(), SearchHistory.id.desc())
-        .limit(limit + 1)
+    return keyset_page(
+        session,
+        select(SearchHistory).where(SearchHistory.user_id == user_id),
+        time_column=SearchHistory.searched_at,
+        id_column=SearchHistory.id,
+        cursor_of=lambda row: (row.searched_at, row.id),
+        limit=limit,
+        cursor=cursor,
     )
-    if cursor is not None:
-        after_time, after_id = cursor
-        statement = statement.where(
-            or_(
-                SearchHistory.searched_at < after_time,
-                and_(SearchHistory.searched_at == after_time, SearchHistory.id < after_id),
-            )
-        )
-    rows = list(session.scalars(statement))
-    if len(rows) <= limit:
-        return Page(items=rows, next_cursor=None)
-    last = rows[limit - 1]
-    return Page(items=rows[:limit], next_cursor=(last.searched_at, last.id))
 
 
 @database_operation("searchHistoryStats")
@@ -159,3 +144,44 @@ def stats(
 
 def _float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordCount:
+    keyword: str
+    searches: int
+
+
+@database_operation("searchesPerDay")
+def searches_per_day(session: Session, *, since: datetime, until: datetime) -> dict[datetime, int]:
+    """Searches per UTC day (keyed by the day's midnight) over [since, until), in one query;
+    days without a search are absent (the caller zero-fills)."""
+    day = func.date_trunc("day", SearchHistory.searched_at, type_=UTCDateTime()).label("day")
+    statement = (
+        select(day, func.count())
+        .where(SearchHistory.searched_at >= since, SearchHistory.searched_at < until)
+        .group_by(day)
+    )
+    return {row[0]: row[1] for row in session.execute(statement)}
+
+
+@database_operation("topKeywords")
+def top_keywords(
+    session: Session, *, since: datetime, until: datetime, limit: int = 10
+) -> list[KeywordCount]:
+    """The most searched keywords over [since, until) in one query: `unnest(keywords)`, folded
+    to lower case and trimmed; ties in alphabetical order."""
+    unnested = func.unnest(SearchHistory.keywords).table_valued("keyword").render_derived()
+    keyword = func.lower(func.btrim(unnested.c.keyword)).label("keyword")
+    searches = func.count().label("searches")
+    statement = (
+        select(keyword, searches)
+        .select_from(SearchHistory)
+        .join(unnested, true())
+        .where(SearchHistory.searched_at >= since, SearchHistory.searched_at < until)
+        .where(func.btrim(unnested.c.keyword) != "")
+        .group_by(keyword)
+        .order_by(searches.desc(), keyword)
+        .limit(limit)
+    )
+    return [KeywordCount(row[0], row[1]) for row in session.execute(statement)]

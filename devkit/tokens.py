@@ -1,0 +1,139 @@
+"""Dev session tokens: a local RS256 key standing in for Clerk's, so auth is real offline.
+
+The key is generated once per state dir (`.keyflash/dev-signing-key.pem`, mode 0600) and kept,
+so tokens minted by `keyflash token` stay valid across `keyflash dev` restarts. The local stack
+sets CLERK_JWT_KEY to its public half and CLERK_ISSUER to `DEV_ISSUER`: the functions verify
+dev tokens with exactly the code path that verifies Clerk's in production. Nothing here is
+trusted anywhere else, and minting is refused when APP_ENV=production.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devkit.console import CliError
+
+KEY_FILE = "dev-signing-key.pem"
+PUBLIC_KEY_FILE = "dev-signing-key.pub.pem"
+DEV_ISSUER = "https://clerk.keyflash.localhost"
+DEFAULT_TTL_S = 24 * 3600
+MAX_TTL_S = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class DevKey:
+    """The private key signs, the public PEM goes into CLERK_JWT_KEY."""
+
+    private_pem: str
+    public_pem: str
+    path: Path
+
+
+def dev_key(state_dir: Path) -> DevKey:
+    """The state dir's signing key, generated on first use.
+
+    Written to a temporary file and hard-linked into place, so two commands racing on a fresh
+    state dir end up with the same key rather than one overwriting the other's.
+    """
+    path = state_dir / KEY_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        temporary = state_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another command won the race: use its key
+        finally:
+            temporary.unlink()
+    private_pem = path.read_text()
+    try:
+        private = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    except ValueError as error:
+        raise CliError(
+            f"{path} is not a PEM private key ({error}); delete it to get a new one"
+        ) from None
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    public_path = state_dir / PUBLIC_KEY_FILE
+    if not public_path.exists() or public_path.read_text() != public_pem:
+        public_path.write_text(public_pem)  # for tools that want a file (osls, curl scripts)
+    return DevKey(private_pem, public_pem, path)
+
+
+def require_dev_mode() -> None:
+    """Dev tokens are for local stacks: refuse when this shell is configured for production."""
+    if os.environ.get("APP_ENV", "").strip().lower() == "production":
+        raise CliError(
+            "refusing to mint a dev token with APP_ENV=production: dev tokens are only for the "
+            "local stack (unset APP_ENV or set APP_ENV=development)"
+        )
+
+
+def _role_claim(admin: bool) -> dict[str, Any]:
+    """The claim `shared.auth` reads for admins (ADMIN_ROLE_CLAIM, default `metadata.role`)."""
+    if not admin:
+        return {}
+    path = os.environ.get("ADMIN_ROLE_CLAIM", "metadata.role").split(".")
+    value: Any = os.environ.get("ADMIN_ROLE_VALUE", "admin")
+    for part in reversed(path):
+        value = {part: value}
+    claims: dict[str, Any] = value
+    return claims
+
+
+def issue_token(
+    key: DevKey,
+    user_id: str,
+    *,
+    email: str | None = None,
+    admin: bool = False,
+    ttl_s: int = DEFAULT_TTL_S,
+    now: float | None = None,
+) -> str:
+    """A Clerk-shaped session token (RS256) for `user_id`, valid for `ttl_s` seconds."""
+    require_dev_mode()
+    if not user_id.strip():
+        raise CliError("--user must not be empty", code=2)
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise CliError(f"--ttl must be between 1 and {MAX_TTL_S} seconds", code=2)
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "iss": DEV_ISSUER,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_s,
+        "sid": f"sess_dev_{secrets.token_hex(8)}",
+        "email": email or f"{user_id}@keyflash.local",
+        **_role_claim(admin),
+    }
+    return jwt.encode(claims, key.private_pem, algorithm="RS256", headers={"kid": "keyflash-dev"})
+
+
+def verify_token(key: DevKey, token: str) -> dict[str, Any]:
+    """Decode a dev token with the public key (what the stack does; used by tests and `token`)."""
+    claims: dict[str, Any] = jwt.decode(
+        token, key.public_pem, algorithms=["RS256"], issuer=DEV_ISSUER
+    )
+    return claims

@@ -1,0 +1,56 @@
+"""GET /api/admin/analytics?days=N: the admin dashboard's figures (admins only).
+
+`days` is 1..90 (default 7) UTC calendar days ending today. Each figure is one query, all on
+one connection: searches per day (zero-filled), totals with cache-hit rate and providers over
+the window, searches and average response time over the last 24 h, the top 10 keywords
+(`unnest(keywords)`, case-folded) and the subscription counts.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Query
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from shared import db
+from shared.auth import AdminUser
+from shared.clock import utcnow
+from shared.contracts import admin as contract
+from shared.http.app import create_app, lambda_handler
+from shared.http.responses import ok
+from shared.repositories import search_history, users
+
+app = create_app(title="Analytics (admin)", summary="Searches, keywords and subscriptions.")
+TOP_KEYWORDS = 10
+
+
+@app.get("/api/admin/analytics", response_model=None)
+def analytics(
+    admin: AdminUser,
+    days: Annotated[str | None, Query(description="Window in days, 1..90 (default 7)")] = None,
+) -> Response:
+    window = contract.days_param(days)
+    now = utcnow()
+    since = contract.window_start(now, window)
+
+    def gather(session: Session) -> contract.Analytics:
+        return contract.Analytics(
+            days=window,
+            since=since,
+            until=now,
+            per_day=search_history.searches_per_day(session, since=since, until=now),
+            window=search_history.stats(session, since=since, until=now),
+            last_day=search_history.stats(session, since=now - timedelta(hours=24), until=now),
+            top_keywords=search_history.top_keywords(
+                session, since=since, until=now, limit=TOP_KEYWORDS
+            ),
+            subscriptions=users.subscription_metrics(session),
+        )
+
+    return ok(contract.analytics_body(db.run(gather, idempotent=True)))
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,57 @@
+"""GET, PUT, DELETE /api/admin/flags/{key}: one feature flag (admins only).
+
+PUT changes only the fields it is given. A malformed key is a 400, an unknown one a 404.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+
+from shared import db, flags
+from shared.auth import AdminUser
+from shared.contracts import flags as contract
+from shared.http.app import create_app, lambda_handler
+from shared.http.errors import ApiError
+from shared.http.responses import ok
+from shared.repositories import feature_flags
+
+app = create_app(title="Feature flag (admin)", summary="Read, change or delete one flag.")
+
+
+def _key(raw: str) -> str:
+    key = contract.valid_key(raw)
+    if key is None:
+        raise ApiError(400, contract.INVALID_KEY)
+    return key
+
+
+@app.get("/api/admin/flags/{key}", response_model=None)
+def get_flag(key: str, admin: AdminUser) -> Response:
+    flag_key = _key(key)
+    found = db.run(lambda s: feature_flags.get_by_key(s, flag_key), idempotent=True)
+    if found is None:
+        raise ApiError(404, contract.NOT_FOUND)
+    return ok({"flag": contract.record(found)})
+
+
+@app.put("/api/admin/flags/{key}", response_model=None)
+def update_flag(key: str, body: contract.UpdateFlag, admin: AdminUser) -> Response:
+    flag_key = _key(key)
+    changes = body.changes()
+    updated = db.run(lambda s: feature_flags.update_flag(s, flag_key, **changes))
+    if updated is None:
+        raise ApiError(404, contract.NOT_FOUND)
+    flags.invalidate_cache()
+    return ok({"flag": contract.record(updated)})
+
+
+@app.delete("/api/admin/flags/{key}", response_model=None)
+def delete_flag(key: str, admin: AdminUser) -> Response:
+    flag_key = _key(key)
+    if not db.run(lambda s: feature_flags.delete_flag(s, flag_key)):
+        raise ApiError(404, contract.NOT_FOUND)
+    flags.invalidate_cache()
+    return ok({"success": True})
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,45 @@
+"""GET /api/admin/metrics: one system metric as a time series (admins only).
+
+`?metric=<name>&from=<ISO>&to=<ISO>&bucket=minute|hour|day` → `{metric, bucket, from, to,
+points: [{bucket, avg, min, max, count}]}`, UTC buckets, oldest first, empty buckets absent.
+Defaults: the last 24 h in hour buckets. The range is capped per bucket size (31 days of
+minutes, 366 of hours, 1,096 of days) so one call cannot ask for an unbounded series.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query
+from starlette.responses import Response
+
+from shared import db
+from shared.auth import AdminUser
+from shared.clock import utcnow
+from shared.contracts import admin as contract
+from shared.http.app import create_app, lambda_handler
+from shared.http.responses import ok
+from shared.repositories import system_metrics
+
+app = create_app(title="System metrics (admin)", summary="One metric as a bucketed series.")
+
+
+@app.get("/api/admin/metrics", response_model=None)
+def metric_series(
+    admin: AdminUser,
+    metric: Annotated[str | None, Query(description="Metric name")] = None,
+    start: Annotated[str | None, Query(alias="from", description="ISO 8601 start")] = None,
+    end: Annotated[str | None, Query(alias="to", description="ISO 8601 end (exclusive)")] = None,
+    bucket: Annotated[str | None, Query(description="minute, hour (default) or day")] = None,
+) -> Response:
+    query = contract.series_query(metric, start, end, bucket, now=utcnow())
+    points = db.run(
+        lambda s: system_metrics.series(
+            s, query.metric, start=query.start, end=query.end, bucket=query.bucket
+        ),
+        idempotent=True,
+    )
+    return ok(contract.series_body(query, points))
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,1 @@
+"""Scheduled functions: one module per job (`handler`: Lambda schedules, `app`: Vercel Cron)."""

@@ -1,0 +1,490 @@
+"""Stripe billing: what each webhook event does to a user, applied exactly once.
+
+Two entry points share one code path: the webhook (`handle_event`, with the verified event) and
+the retry cron (`process_event`, with an event id from the ledger). Either way ONE transaction
+claims the event in `webhook_events`, applies its effect and marks it processed; a concurrent
+delivery of the same event waits on the claimed row and then sees it processed. On any failure
+the transaction rolls back (no partial change) and the attempt and error are recorded in a
+statement of their own, so Stripe's retry, or the cron, runs the event again (spec §10.4).
+
+Tier mapping (README "Billing"; spec §10.11 asked for exactly one):
+- `active`, `trialing` → PRO; `past_due` → PRO (grace while Stripe retries the payment);
+- `unpaid`, `canceled`, `incomplete_expired`, `paused` → FREE with the trial over
+  (`trialEndsAt = least(existing, now)`: a downgrade never starts a fresh trial);
+- `incomplete` and statuses Stripe may add later → no change (recorded, logged).
+- checkout.session.completed → PRO, active, with the customer and subscription linked;
+  invoice.paid → PRO, active; invoice.payment_failed → past_due, only while the user's current
+  subscription is active, trialing or past_due.
+Plan (price nickname, else lookup_key, else id) → `subscriptionPlan`; the period end (or
+`ended_at` once ended) → `subscriptionEndsAt`. Ordering rules live in
+`shared.repositories.subscriptions.apply_change`.
+
+A user who cannot be found is a failure, not a success: subscription and invoice events can
+arrive before checkout.session.completed links the customer (spec §10.5), so the event is
+retried until the link exists. Stored payloads keep only the fields read here (ids, statuses,
+times, the plan, and checkout's email for the fallback lookup), never whole Stripe objects.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared import db
+from shared.clock import utcnow
+from shared.db import DatabaseUnavailableError
+from shared.models import UserTier
+from shared.repositories import subscriptions, webhook_events
+from shared.repositories.subscriptions import LookupKey, SubscriptionChange
+from shared.telemetry import log_event
+
+PROVIDER = "stripe"
+CHECKOUT_COMPLETED = "checkout.session.completed"
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+    }
+)
+INVOICE_PAID = "invoice.paid"
+INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
+
+PRO_STATUSES = frozenset({"active", "trialing", "past_due"})
+FREE_STATUSES = frozenset({"unpaid", "canceled", "incomplete_expired", "paused"})
+# A failed payment moves a live subscription into grace; it never revives an unpaid one.
+PAYMENT_FAILURE_APPLIES_TO = frozenset({"active", "trialing", "past_due"})
+
+
+class Outcome(enum.StrEnum):
+    """What processing one event did."""
+
+    APPLIED = "applied"  # the user's subscription columns changed
+    STALE = "stale"  # older than, or superseded by, what is already applied: nothing changed
+    IGNORED = "ignored"  # nothing to do for this type or shape (recorded as processed)
+    DUPLICATE = "duplicate"  # processed before: nothing done
+
+
+class InvalidEventError(ValueError):
+    """The event lacks what its type needs (a retry will not help; the ledger says why)."""
+
+
+class BillingUserNotFoundError(LookupError):
+    """No user matches the event yet; the event is retried (its checkout may still come)."""
+
+
+# --- the stored (and processed) form of an event --------------------------------------------
+
+Spec: TypeAlias = "bool | dict[str, Spec]"
+_REF: Spec = {"id": True}  # a Stripe id, or an expanded object of which only the id is kept
+_USER_METADATA: Spec = {"clerkUserId": True}
+_SUBSCRIPTION: Spec = {
+    "id": True,
+    "customer": _REF,
+    "status": True,
+    "metadata": _USER_METADATA,
+    "current_period_end": True,  # API versions before 2025-03-31
+    "ended_at": True,
+    "items": {
+        "data": {
+            "price": {"id": True, "nickname": True, "lookup_key": True},
+            "current_period_end": True,  # 2025-03-31 (basil) and later
+        }
+    },
+}
+_INVOICE: Spec = {
+    "id": True,
+    "customer": _REF,
+    "subscription": _REF,  # before basil
+    "subscription_details": {"metadata": _USER_METADATA},
+    "parent": {"subscription_details": {"subscription": _REF, "metadata": _USER_METADATA}},
+    "lines": {"data": {"period": {"end": True}}},
+}
+_KEEP: dict[str, Spec] = {
+    CHECKOUT_COMPLETED: {
+        "id": True,
+        "mode": True,
+        "customer": _REF,
+        "subscription": _REF,
+        "metadata": _USER_METADATA,
+        "customer_email": True,
+        "customer_details": {"email": True},
+        "payment_status": True,
+    },
+    **{kind: _SUBSCRIPTION for kind in SUBSCRIPTION_EVENTS},
+    INVOICE_PAID: _INVOICE,
+    INVOICE_PAYMENT_FAILED: _INVOICE,
+}
+
+
+def _pick(value: Any, spec: Spec) -> Any:
+    """The parts of `value` that `spec` names (lists: each element); never fails."""
+    if spec is True or not isinstance(value, dict | list) or not isinstance(spec, dict):
+        return value
+    if isinstance(value, list):
+        return [_pick(item, spec) for item in value]
+    return {key: _pick(value[key], sub) for key, sub in spec.items() if key in value}
+
+
+@dataclass(frozen=True, slots=True)
+class StripeEvent:
+    """A Stripe event reduced to what billing reads (`object` is the slimmed data.object)."""
+
+    id: str
+    type: str
+    created: datetime
+    object: dict[str, Any]
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> StripeEvent:
+        event_id, kind, created = payload.get("id"), payload.get("type"), payload.get("created")
+        if not (isinstance(event_id, str) and 0 < len(event_id) <= 255):
+            raise InvalidEventError("event id missing")
+        if not (isinstance(kind, str) and 0 < len(kind) <= 255):
+            raise InvalidEventError("event type missing")
+        if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+            raise InvalidEventError("event created time missing")
+        data = payload.get("data")
+        obj = data.get("object") if isinstance(data, Mapping) else None
+        spec = _KEEP.get(kind)
+        slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
+        return cls(event_id, kind, datetime.fromtimestamp(created, UTC), slim)
+
+    def payload(self) -> dict[str, Any]:
+        """What the ledger stores: enough to process the event again, nothing more."""
+        record: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "created": int(self.created.timestamp()),
+        }
+        if self.type in _KEEP:
+            record["data"] = {"object": self.object}
+        return record
+
+
+# --- Stripe objects, as far as billing reads them -------------------------------------------
+
+
+def _ref(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+Ref = Annotated[str | None, BeforeValidator(_ref)]
+Metadata = Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})]
+
+
+class _StripeModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Price(_StripeModel):
+    id: str | None = None
+    nickname: str | None = None
+    lookup_key: str | None = None
+
+
+class _Item(_StripeModel):
+    price: _Price | None = None
+    current_period_end: int | None = None
+
+
+class _Items(_StripeModel):
+    data: list[_Item] = []
+
+
+class _Subscription(_StripeModel):
+    id: str
+    customer: Ref = None
+    status: str
+    metadata: Metadata = {}
+    current_period_end: int | None = None
+    ended_at: int | None = None
+    items: _Items = _Items()
+
+    def plan(self) -> str | None:
+        for item in self.items.data:
+            if item.price is not None:
+                name = item.price.nickname or item.price.lookup_key or item.price.id
+                if name:
+                    return name
+        return None
+
+    def ends_at(self) -> datetime | None:
+        ends = [item.current_period_end for item in self.items.data if item.current_period_end]
+        moment = self.ended_at or self.current_period_end or (max(ends) if ends else None)
+        return _time(moment)
+
+
+class _CustomerDetails(_StripeModel):
+    email: str | None = None
+
+
+class _CheckoutSession(_StripeModel):
+    id: str
+    mode: str | None = None
+    customer: Ref = None
+    subscription: Ref = None
+    metadata: Metadata = {}
+    customer_email: str | None = None
+    customer_details: _CustomerDetails | None = None
+    payment_status: str | None = None
+
+
+class _SubscriptionDetails(_StripeModel):
+    subscription: Ref = None
+    metadata: Metadata = {}
+
+
+class _Parent(_StripeModel):
+    subscription_details: _SubscriptionDetails | None = None
+
+
+class _Period(_StripeModel):
+    end: int | None = None
+
+
+class _Line(_StripeModel):
+    period: _Period | None = None
+
+
+class _Lines(_StripeModel):
+    data: list[_Line] = []
+
+
+class _Invoice(_StripeModel):
+    id: str
+    customer: Ref = None
+    subscription: Ref = None
+    subscription_details: _SubscriptionDetails | None = None
+    parent: _Parent | None = None
+    lines: _Lines = _Lines()
+
+    def details(self) -> _SubscriptionDetails:
+        if self.parent is not None and self.parent.subscription_details is not None:
+            return self.parent.subscription_details
+        return self.subscription_details or _SubscriptionDetails()
+
+    def subscription_id(self) -> str | None:
+        return self.subscription or self.details().subscription
+
+    def period_end(self) -> datetime | None:
+        ends = [line.period.end for line in self.lines.data if line.period and line.period.end]
+        return _time(max(ends)) if ends else None
+
+
+def _time(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def _user_id(metadata: Mapping[str, Any]) -> str | None:
+    value = metadata.get("clerkUserId")
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def tier_for_status(status: str) -> UserTier | None:
+    """The README's mapping; None: this status changes nothing."""
+    if status in PRO_STATUSES:
+        return UserTier.PRO
+    if status in FREE_STATUSES:
+        return UserTier.FREE
+    return None
+
+
+# --- what an event asks for -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Who the event is about (lookup candidates, in order) and what it changes."""
+
+    candidates: tuple[tuple[LookupKey, str], ...]
+    change: SubscriptionChange
+
+
+def _candidates(*pairs: tuple[LookupKey, str | None]) -> tuple[tuple[LookupKey, str], ...]:
+    return tuple((key, value) for key, value in pairs if value)
+
+
+def plan_for(event: StripeEvent) -> Plan | None:
+    """The event's effect, or None when it has none (unknown type, nothing to change)."""
+    try:
+        if event.type == CHECKOUT_COMPLETED:
+            return _checkout_plan(_CheckoutSession.model_validate(event.object))
+        if event.type in SUBSCRIPTION_EVENTS:
+            subscription = _Subscription.model_validate(event.object)
+            return _subscription_plan(subscription, deleted=event.type.endswith(".deleted"))
+        if event.type in (INVOICE_PAID, INVOICE_PAYMENT_FAILED):
+            return _invoice_plan(
+                _Invoice.model_validate(event.object), paid=event.type == INVOICE_PAID
+            )
+    except ValidationError as error:
+        fields = sorted({".".join(str(p) for p in issue["loc"]) for issue in error.errors()})
+        raise InvalidEventError(f"{event.type} lacks or mistypes: {', '.join(fields)}") from None
+    return None
+
+
+def _checkout_plan(session: _CheckoutSession) -> Plan | None:
+    if session.mode not in (None, "subscription") or not session.customer:
+        return None
+    if not session.subscription or session.payment_status == "unpaid":
+        return None  # no subscription, or payment still pending: subscription events decide
+    email = session.customer_email or (
+        session.customer_details.email if session.customer_details else None
+    )
+    return Plan(
+        _candidates(("id", _user_id(session.metadata)), ("email", email),
+                    ("customer", session.customer)),
+        SubscriptionChange(
+            subscription_id=session.subscription,
+            customer_id=session.customer,
+            status="active",
+            tier=UserTier.PRO,
+        ),
+    )  # fmt: skip
+
+
+def _subscription_plan(subscription: _Subscription, *, deleted: bool) -> Plan | None:
+    status = "canceled" if deleted else subscription.status
+    tier = tier_for_status(status)
+    if tier is None:
+        log_event("stripe_subscription_status_ignored", level=logging.WARNING, status=status)
+        return None
+    return Plan(
+        _candidates(("customer", subscription.customer), ("id", _user_id(subscription.metadata))),
+        SubscriptionChange(
+            subscription_id=subscription.id,
+            customer_id=subscription.customer,
+            status=status,
+            tier=tier,
+            plan=subscription.plan(),
+            ends_at=subscription.ends_at(),
+        ),
+    )
+
+
+def _invoice_plan(invoice: _Invoice, *, paid: bool) -> Plan | None:
+    subscription_id = invoice.subscription_id()
+    if not subscription_id:
+        return None  # a one-off invoice: nothing to do with the subscription
+    candidates = _candidates(
+        ("customer", invoice.customer), ("id", _user_id(invoice.details().metadata))
+    )
+    if paid:
+        change = SubscriptionChange(
+            subscription_id=subscription_id,
+            customer_id=invoice.customer,
+            status="active",
+            tier=UserTier.PRO,
+            ends_at=invoice.period_end(),
+        )
+    else:
+        change = SubscriptionChange(
+            subscription_id=subscription_id,
+            status="past_due",
+            tier=UserTier.PRO,
+            only_from=PAYMENT_FAILURE_APPLIES_TO,
+        )
+    return Plan(candidates, change)
+
+
+# --- applying it ----------------------------------------------------------------------------
+
+
+def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = None) -> Outcome:
+    """Apply the event's effect in the caller's transaction (no claim: see `handle_event`).
+
+    Raises `BillingUserNotFoundError` when no user matches and `InvalidEventError` when the
+    event lacks what its type needs; the caller's transaction must then roll back.
+    """
+    plan = plan_for(event)
+    if plan is None:
+        return Outcome.IGNORED
+    user_id = subscriptions.find_user_id(session, plan.candidates)
+    if user_id is None:
+        tried = ", ".join(f"{key}={value}" for key, value in plan.candidates if key != "email")
+        has_email = any(key == "email" for key, _ in plan.candidates)
+        raise BillingUserNotFoundError(
+            f"no user for {event.type} ({tried or 'no ids'}{', email' if has_email else ''})"
+        )
+    changed = subscriptions.apply_change(
+        session, user_id, plan.change, event_at=event.created, now=now or utcnow()
+    )
+    return Outcome.APPLIED if changed else Outcome.STALE
+
+
+def _claim_and_apply(session: Session, event: StripeEvent, now: datetime) -> Outcome:
+    if webhook_events.claim(session, event.id, event.type, event.payload(), now=now) is None:
+        return Outcome.DUPLICATE
+    outcome = apply_event(session, event, now=now)
+    webhook_events.mark_processed(session, event.id, now=now)
+    return outcome
+
+
+def handle(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
+    """Process a verified event exactly once; see the module docstring.
+
+    Raises on failure, after recording it: `DatabaseUnavailableError` (answer 503) or anything
+    else (answer 500), so the sender retries.
+    """
+    moment = now or utcnow()
+    try:
+        outcome = db.transaction(lambda session: _claim_and_apply(session, event, moment))
+    except Exception as error:
+        _record_failure(event, error, moment)
+        raise
+    log_event("stripe_event", type=event.type, outcome=outcome.value)
+    return outcome
+
+
+def handle_event(payload: Mapping[str, Any], *, now: datetime | None = None) -> Outcome:
+    """`handle` for an event as JSON (`InvalidEventError` when it is not an event at all)."""
+    return handle(StripeEvent.from_payload(payload), now=now)
+
+
+def process_event(event_id: str, *, now: datetime | None = None) -> Outcome:
+    """Run a recorded event again from its stored payload (the retry cron's entry point)."""
+    record = db.run(lambda session: webhook_events.get(session, event_id), idempotent=True)
+    if record is None:
+        raise LookupError(f"webhook event {event_id} is not recorded")
+    if record.processed:
+        return Outcome.DUPLICATE
+    if record.provider != PROVIDER or not record.payload:
+        raise InvalidEventError(f"webhook event {event_id} has no stored Stripe payload")
+    return handle_event(record.payload, now=now)
+
+
+def describe_failure(error: BaseException) -> str:
+    """The error as the ledger stores it: our own messages carry ids only; database errors
+    are reduced to their class, SQLSTATE and constraint (their text may quote row values)."""
+    if isinstance(error, InvalidEventError | BillingUserNotFoundError | DatabaseUnavailableError):
+        return f"{type(error).__name__}: {error}"
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        original = error.orig
+        sqlstate = getattr(original, "sqlstate", None)
+        constraint = getattr(getattr(original, "diag", None), "constraint_name", None)
+        detail = f" on {constraint}" if constraint else ""
+        return f"{type(original).__name__} (SQLSTATE {sqlstate}){detail}"
+    return type(error).__name__
+
+
+def _record_failure(event: StripeEvent, error: BaseException, now: datetime) -> None:
+    reason = describe_failure(error)
+    log_event("stripe_event_failed", level=logging.ERROR, type=event.type, reason=reason)
+    try:
+        db.run(
+            lambda session: webhook_events.mark_failed(
+                session, event.id, event.type, event.payload(), reason, now=now
+            )
+        )
+    except Exception as failure:  # the database may be what failed; the sender retries anyway
+        log_event(
+            "stripe_event_failure_not_recorded", level=logging.ERROR, error=type(failure).__name__
+        )

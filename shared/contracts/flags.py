@@ -1,0 +1,159 @@
+"""Feature-flag admin contract: bodies, the key rule and the flag's JSON shape.
+
+Types are strict (`"50"` is not a percentage, `"true"` is not a boolean): an admin typo should
+be refused with a message that says what to send, not coerced into a rollout.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+
+from shared.clock import iso_ms
+from shared.contracts.validation import fail
+from shared.http.responses import compact
+from shared.models import FeatureFlag
+from shared.repositories.feature_flags import FlagChanges, FlagValues
+
+KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
+INVALID_KEY = (
+    "Flag key must be 2-64 characters of a-z, 0-9, '_', '.' or '-', starting with a letter or digit"
+)
+NOT_FOUND = "Feature flag not found"
+ALREADY_EXISTS = "A feature flag with this key already exists"
+NOTHING_TO_UPDATE = "Provide at least one of enabled, rolloutPercent, allowedUsers, description"
+MAX_ALLOWED_USERS = 1000
+MAX_USER_ID = 255
+MAX_DESCRIPTION = 500
+
+
+def valid_key(raw: str) -> str | None:
+    return raw if KEY_PATTERN.match(raw) else None
+
+
+def _key(value: Any) -> str:
+    if value is None:
+        raise fail("flag_key_required", "key is required")
+    if not isinstance(value, str) or valid_key(value) is None:
+        raise fail("flag_key", INVALID_KEY)
+    return value
+
+
+def _enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise fail("flag_enabled", "enabled must be true or false")
+    return value
+
+
+def _percent(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise fail("flag_percent", "rolloutPercent must be an integer from 0 to 100")
+    return value
+
+
+def _users(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise fail("flag_users", "allowedUsers must be a list of user ids")
+    if len(value) > MAX_ALLOWED_USERS:
+        raise fail("flag_users_max", f"allowedUsers may list at most {MAX_ALLOWED_USERS} user ids")
+    ids: dict[str, None] = {}
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item.strip()) > MAX_USER_ID:
+            raise fail(
+                "flag_user_id",
+                f"allowedUsers entries must be user ids of 1-{MAX_USER_ID} characters",
+            )
+        ids[item.strip()] = None
+    return tuple(ids)  # trimmed, duplicates dropped, order kept
+
+
+def _description(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise fail("flag_description", "description must be a string")
+    if len(value.strip()) > MAX_DESCRIPTION:
+        raise fail("flag_description_max", f"Description too long (max {MAX_DESCRIPTION} chars)")
+    return value.strip() or None
+
+
+Key = Annotated[str, BeforeValidator(_key)]
+Enabled = Annotated[bool, BeforeValidator(_enabled)]
+Percent = Annotated[int, BeforeValidator(_percent)]
+Users = Annotated[tuple[str, ...], BeforeValidator(_users)]
+Description = Annotated[str | None, BeforeValidator(_description)]
+
+
+class CreateFlag(BaseModel):
+    """POST /api/admin/flags body; unknown keys are ignored."""
+
+    key: Key = Field(default=None, validate_default=True)  # missing: "key is required"
+    enabled: Enabled = False
+    rolloutPercent: Percent = 0
+    allowedUsers: Users = ()
+    description: Description = None
+
+    def values(self) -> FlagValues:
+        return FlagValues(
+            enabled=self.enabled,
+            rollout_percent=self.rolloutPercent,
+            allowed_users=self.allowedUsers,
+            description=self.description,
+        )
+
+
+class UpdateFlag(BaseModel):
+    """PUT /api/admin/flags/{key} body: only the given fields change (`description: null`
+    clears it); the key itself cannot be changed."""
+
+    enabled: Enabled | None = None
+    rolloutPercent: Percent | None = None
+    allowedUsers: Users | None = None
+    description: Description = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> UpdateFlag:
+        required = ("enabled", "rolloutPercent", "allowedUsers")
+        nulled = [
+            name
+            for name in required
+            if name in self.model_fields_set and getattr(self, name) is None
+        ]
+        if nulled:
+            raise fail("flag_null", f"{', '.join(nulled)} cannot be null")
+        if not self.model_fields_set & {*required, "description"}:
+            raise fail("flag_empty", NOTHING_TO_UPDATE)
+        return self
+
+    def changes(self) -> FlagChanges:
+        given = self.model_fields_set
+        changes: FlagChanges = {}
+        if self.enabled is not None:
+            changes["enabled"] = self.enabled
+        if self.rolloutPercent is not None:
+            changes["rollout_percent"] = self.rolloutPercent
+        if self.allowedUsers is not None:
+            changes["allowed_users"] = list(self.allowedUsers)
+        if "description" in given:
+            changes["description"] = self.description
+        return changes
+
+
+def record(flag: FeatureFlag) -> dict[str, Any]:
+    """`{id, key, enabled, rolloutPercent, allowedUsers, description?, createdBy?, createdAt,
+    updatedAt}` (absent keys omitted)."""
+    return compact(
+        {
+            "id": flag.id,
+            "key": flag.key,
+            "enabled": flag.enabled,
+            "rolloutPercent": flag.rollout_percent,
+            "allowedUsers": list(flag.allowed_users or []),
+            "description": flag.description,
+            "createdBy": flag.created_by,
+            "createdAt": iso_ms(flag.created_at),
+            "updatedAt": iso_ms(flag.updated_at),
+        }
+    )

@@ -1,0 +1,561 @@
+"""Logical backups to S3 with no PostgreSQL client binaries: `COPY … TO STDOUT` via psycopg.
+
+Where crons run (Lambda, Vercel) there is no `pg_dump`, so a backup is the data of every table
+in the public schema, read in ONE `REPEATABLE READ READ ONLY` transaction over the direct URL
+(one snapshot: the tables agree with each other, as with pg_dump), each table streamed as
+gzip-compressed COPY text to its own S3 object (multipart, 8 MiB parts, never whole in memory):
+
+    s3://BACKUP_BUCKET/BACKUP_PREFIX<20261128T020000123Z>/<table>.tsv.gz  … one per table
+    s3://BACKUP_BUCKET/BACKUP_PREFIX<20261128T020000123Z>/manifest.json   written last
+
+The manifest is the commit marker: it records the Alembic revision (the schema the data fits),
+the tables in foreign-key order with their columns, row counts and SHA-256 of the data. A
+folder without one is an interrupted backup and is deleted; of the complete ones the newest
+BACKUP_KEEP are kept. The schema itself is not in the backup: Alembic rebuilds it.
+
+Restore (`restore_backup`, or `python -m functions.cron.backup restore s3://…`) loads a backup
+into an EMPTY database migrated to the same revision, in one transaction, checking each table's
+row count and checksum. The schema has no sequences (ids are client-side cuids/UUIDs); a table
+with one would also need `setval` after loading.
+
+boto3 is imported on first use, so the cron's cold start does not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import graphlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shared.clock import iso_ms
+from shared.config import ConfigurationError, get_settings
+from shared.cron.runner import Job, Run, run_job
+from shared.db_url import parse_database_url, redact_url
+from shared.telemetry import log_event
+
+FORMAT = "keyflash-backup/1"
+MANIFEST = "manifest.json"
+PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts: at least 5 MiB except the last
+_COMPRESS_EVERY = 256 * 1024  # raw bytes gathered before each zlib call
+_CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the budget
+
+S3Client = Any  # botocore's client is generated at run time; there are no static types
+
+
+class BackupError(RuntimeError):
+    """The backup cannot be made; the message says what to fix."""
+
+
+class RestoreError(RuntimeError):
+    """The backup cannot be restored here; the message says why and what to do."""
+
+
+class OutOfTimeError(Exception):
+    """The invocation's budget ran out mid-backup; what was uploaded has been removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: list[str]
+
+
+@dataclass
+class _Written:
+    rows: int = 0
+    raw_bytes: int = 0
+    gzip_bytes: int = 0
+    sha256: str = ""
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def libpq_url(url: str) -> str:
+    """The direct URL for psycopg (TLS rules applied); a pooler URL is refused."""
+    target = parse_database_url(url, variable="DIRECT_DATABASE_URL")
+    if target.is_pooler:
+        raise BackupError(
+            f"DIRECT_DATABASE_URL points at a transaction pooler ({target.host}); backups hold "
+            "one snapshot for the whole dump: use the direct host (without -pooler)"
+        )
+    return "postgresql" + target.sqlalchemy_url.removeprefix("postgresql+psycopg")
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    settings = get_settings()
+    return psycopg.connect(
+        libpq_url(url),
+        connect_timeout=settings.db_connect_timeout_s,
+        application_name=f"{settings.db_application_name}-backup",
+        prepare_threshold=None,
+    )
+
+
+def s3_client() -> S3Client:
+    """A boto3 S3 client (credentials, region and AWS_ENDPOINT_URL_S3 from the environment)."""
+    import boto3  # type: ignore[import-untyped]  # lazily: only when a backup runs
+
+    return boto3.client("s3")
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+_TABLES = """
+    SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum)
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                         AND a.attgenerated = ''
+     WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'alembic_version'
+     GROUP BY c.relname
+"""
+_FOREIGN_KEYS = """
+    SELECT child.relname, parent.relname
+      FROM pg_constraint c
+      JOIN pg_class child ON child.oid = c.conrelid
+      JOIN pg_class parent ON parent.oid = c.confrelid
+     WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace
+"""
+
+
+def tables_in_load_order(cursor: psycopg.Cursor[Any]) -> list[Table]:
+    """Every public table (but alembic_version), referenced tables before referencing ones."""
+    columns = {name: list(cols) for name, cols in cursor.execute(_TABLES).fetchall()}
+    graph: dict[str, set[str]] = {name: set() for name in sorted(columns)}
+    for child, parent in cursor.execute(_FOREIGN_KEYS).fetchall():
+        if child in graph and parent in graph and child != parent:
+            graph[child].add(parent)
+    order = graphlib.TopologicalSorter(graph).static_order()
+    return [Table(name, columns[name]) for name in order]
+
+
+def _revision(cursor: psycopg.Cursor[Any]) -> str | None:
+    exists = cursor.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = cursor.execute("SELECT version_num FROM public.alembic_version").fetchone()
+    return None if row is None else str(row[0])
+
+
+# --------------------------------------------------------------------------- upload
+
+
+class _GzipUpload:
+    """A gzip stream into one S3 object: a single PUT when small, else a multipart upload."""
+
+    def __init__(self, s3: S3Client, bucket: str, key: str, check_time: Callable[[], None]) -> None:
+        self._s3, self._bucket, self._key = s3, bucket, key
+        self._check_time = check_time
+        self._zlib = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip container
+        self._sha = hashlib.sha256()
+        self._raw = bytearray()
+        self._out = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._since_check = 0
+        self.written = _Written()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        chunk = bytes(data)
+        self.written.rows += chunk.count(b"\n")  # COPY text escapes newlines inside values
+        self.written.raw_bytes += len(chunk)
+        self._sha.update(chunk)
+        self._raw += chunk
+        if len(self._raw) >= _COMPRESS_EVERY:
+            self._compress()
+        self._since_check += len(chunk)
+        if self._since_check >= _CHECK_TIME_EVERY:
+            self._since_check = 0
+            self._check_time()
+
+    def _compress(self) -> None:
+        self._out += self._zlib.compress(bytes(self._raw))
+        self._raw.clear()
+        while len(self._out) >= PART_SIZE:
+            self._send_part(bytes(self._out[:PART_SIZE]))
+            del self._out[:PART_SIZE]
+
+    def _send_part(self, body: bytes) -> None:
+        if self._upload_id is None:
+            started = self._s3.create_multipart_upload(
+                Bucket=self._bucket, Key=self._key, ContentType="application/gzip"
+            )
+            self._upload_id = started["UploadId"]
+        number = len(self._parts) + 1
+        answer = self._s3.upload_part(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        self.written.gzip_bytes += len(body)
+
+    def close(self) -> _Written:
+        self._compress()
+        self._out += self._zlib.flush()
+        if self._upload_id is None:
+            self._s3.put_object(
+                Bucket=self._bucket, Key=self._key, Body=bytes(self._out),
+                ContentType="application/gzip",
+            )  # fmt: skip
+            self.written.gzip_bytes += len(self._out)
+        else:
+            if self._out:
+                self._send_part(bytes(self._out))
+            self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._out.clear()
+        self.written.sha256 = self._sha.hexdigest()
+        return self.written
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self._s3.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+            )
+            self._upload_id = None
+
+
+# --------------------------------------------------------------------------- backup
+
+
+def backup_name(moment: datetime) -> str:
+    """A folder name that sorts by time: `20261128T020000123Z`."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y%m%dT%H%M%S") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class BackupResult:
+    key: str  # the manifest's key
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def create_backup(
+    direct_url: str,
+    *,
+    s3: S3Client,
+    bucket: str,
+    prefix: str,
+    now: datetime,
+    has_time: Callable[[], bool] = lambda: True,
+) -> BackupResult:
+    """Dump every table in one snapshot to `s3://bucket/prefix<name>/`; manifest last.
+
+    `has_time` is asked between tables and every few MiB; when it says no, the partial upload
+    is removed and `OutOfTimeError` raised. Any failure removes what was uploaded.
+    """
+    base = f"{prefix}{backup_name(now)}/"
+    uploaded: list[str] = []
+    upload: _GzipUpload | None = None
+
+    def check_time() -> None:
+        if not has_time():
+            raise OutOfTimeError(base)
+
+    try:
+        with _connect(direct_url) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.cursor() as cursor:
+                revision = _revision(cursor)  # the first statement takes the snapshot
+                cursor.execute("SET LOCAL statement_timeout = 0")  # the time budget bounds it
+                cursor.execute("SET LOCAL lock_timeout = '30s'")  # do not queue behind DDL
+                entries = []
+                for table in tables_in_load_order(cursor):
+                    check_time()
+                    key = f"{base}{table.name}.tsv.gz"
+                    upload = _GzipUpload(s3, bucket, key, check_time)
+                    copy_sql = sql.SQL("COPY {} ({}) TO STDOUT").format(
+                        sql.Identifier("public", table.name),
+                        sql.SQL(", ").join(sql.Identifier(c) for c in table.columns),
+                    )
+                    with cursor.copy(copy_sql) as copy:
+                        for data in copy:
+                            upload.write(data)
+                    written = upload.close()
+                    uploaded.append(key)
+                    upload = None
+                    entries.append(
+                        {
+                            "table": table.name,
+                            "file": key.removeprefix(base),
+                            "columns": table.columns,
+                            "rows": written.rows,
+                            "bytes": written.raw_bytes,
+                            "gzipBytes": written.gzip_bytes,
+                            "sha256": written.sha256,
+                        }
+                    )
+            conn.rollback()  # read only: nothing to commit
+            server_version = conn.info.server_version
+        manifest = {
+            "format": FORMAT,
+            "createdAt": iso_ms(now),
+            "alembicRevision": revision,
+            "serverVersion": server_version,
+            "snapshot": "REPEATABLE READ READ ONLY",
+            "tables": entries,
+        }
+        s3.put_object(
+            Bucket=bucket, Key=base + MANIFEST, ContentType="application/json",
+            Body=json.dumps(manifest, indent=2).encode(),
+        )  # fmt: skip
+    except BaseException:
+        if upload is not None:
+            _quietly(upload.abort)
+        _quietly(lambda: _delete_keys(s3, bucket, uploaded))
+        raise
+    return BackupResult(key=base + MANIFEST, manifest=manifest)
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as error:  # cleanup after a failure must not hide the failure
+        log_event("backup_cleanup_failed", level=logging.WARNING, error=type(error).__name__)
+
+
+def _delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        if chunk:
+            s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+            )
+
+
+def _objects(s3: S3Client, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def list_backups(s3: S3Client, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
+    """(complete, interrupted) backup folders under `prefix`, oldest first."""
+    folders: dict[str, bool] = {}
+    for key in _objects(s3, bucket, prefix):
+        folder, _, name = key.removeprefix(prefix).partition("/")
+        if not name:
+            continue  # not ours: a file directly under the prefix
+        folders[folder] = folders.get(folder, False) or name == MANIFEST
+    complete = sorted(name for name, done in folders.items() if done)
+    interrupted = sorted(name for name, done in folders.items() if not done)
+    return complete, interrupted
+
+
+def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` complete backups, and every interrupted one."""
+    complete, interrupted = list_backups(s3, bucket, prefix)
+    doomed = complete[: max(0, len(complete) - keep)] + interrupted
+    for folder in doomed:
+        _delete_keys(s3, bucket, _objects(s3, bucket, f"{prefix}{folder}/"))
+    return doomed
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def parse_location(location: str, default_bucket: str | None) -> tuple[str, str]:
+    """`s3://bucket/key`, or a key in `default_bucket`, → (bucket, the manifest's key)."""
+    if location.startswith("s3://"):
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+    elif default_bucket:
+        bucket, key = default_bucket, location
+    else:
+        raise RestoreError(f"{location!r}: give s3://bucket/… or set BACKUP_BUCKET")
+    if not bucket or not key:
+        raise RestoreError(f"{location!r} names no backup: s3://bucket/<prefix><name>/")
+    if not key.endswith("/" + MANIFEST) and key != MANIFEST:
+        key = key.rstrip("/") + "/" + MANIFEST
+    return bucket, key
+
+
+def restore_backup(
+    key: str, direct_url: str, *, s3: S3Client | None = None, bucket: str | None = None
+) -> dict[str, Any]:
+    """Load the backup at `key` (`s3://bucket/…/<name>/` or its manifest) into the empty
+    database at `direct_url`, migrated to the backup's Alembic revision. All or nothing."""
+    s3 = s3 if s3 is not None else s3_client()
+    if bucket is None:
+        try:
+            bucket = get_settings().backup_bucket
+        except ConfigurationError:
+            bucket = os.environ.get("BACKUP_BUCKET")
+    bucket, manifest_key = parse_location(key, bucket)
+    try:
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        raise RestoreError(
+            f"s3://{bucket}/{manifest_key} does not exist (an interrupted backup has no "
+            "manifest); `python -m functions.cron.backup list` shows the complete ones"
+        ) from None
+    if manifest.get("format") != FORMAT:
+        raise RestoreError(f"s3://{bucket}/{manifest_key} is not a {FORMAT} manifest")
+    base = manifest_key.removesuffix(MANIFEST)
+    rows = 0
+    with psycopg.connect(libpq_url(direct_url), prepare_threshold=None) as conn:
+        cursor = conn.cursor()
+        wanted = manifest.get("alembicRevision")
+        found = _revision(cursor)
+        if found != wanted:
+            raise RestoreError(
+                f"the target database is at Alembic revision {found or 'none'}, the backup at "
+                f"{wanted}: run `DIRECT_DATABASE_URL=… alembic upgrade {wanted}` on an empty "
+                "database first"
+            )
+        for entry in manifest["tables"]:
+            present = cursor.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+                    sql.Identifier("public", entry["table"])
+                )
+            ).fetchone()
+            if present and present[0]:
+                raise RestoreError(
+                    f"table {entry['table']} is not empty: restore into an empty database"
+                )
+        cursor.execute("SET LOCAL statement_timeout = 0")
+        for entry in manifest["tables"]:
+            rows += _load_table(cursor, s3, bucket, base + entry["file"], entry)
+    log_event("backup_restored", key=f"s3://{bucket}/{manifest_key}", rows=rows)
+    return {"restored": f"s3://{bucket}/{manifest_key}", "tables": len(manifest["tables"]),
+            "rows": rows}  # fmt: skip
+
+
+def _load_table(
+    cursor: psycopg.Cursor[Any], s3: S3Client, bucket: str, key: str, entry: dict[str, Any]
+) -> int:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    inflate = zlib.decompressobj(31)
+    sha = hashlib.sha256()
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier("public", entry["table"]),
+        sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"]),
+    )
+    with cursor.copy(copy_sql) as copy:
+        for chunk in body.iter_chunks(1024 * 1024):
+            data = inflate.decompress(chunk)
+            sha.update(data)
+            copy.write(data)
+        tail = inflate.flush()
+        sha.update(tail)
+        copy.write(tail)
+    if cursor.rowcount != entry["rows"] or sha.hexdigest() != entry["sha256"]:
+        raise RestoreError(
+            f"{key}: {cursor.rowcount} rows (checksum {sha.hexdigest()[:12]}), the manifest "
+            f"says {entry['rows']} ({entry['sha256'][:12]}): the backup is damaged"
+        )
+    return int(cursor.rowcount)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def backup(run: Run) -> None:
+    settings = run.settings
+    if not settings.backup_bucket:
+        raise BackupError("BACKUP_BUCKET is not set: name the S3 bucket backups go to")
+    if not settings.direct_database_url:
+        raise BackupError("DIRECT_DATABASE_URL is not set: backups read over the direct host")
+    day = run.now.date().isoformat()
+    if run.state.get("lastBackupDay") == day and not run.flag("force"):
+        run.extra["skipped"] = f"already backed up today ({run.state.get('lastBackup')})"
+        return
+    if not run.has_time():
+        return
+    s3 = s3_client()
+    try:
+        with run.batch():
+            result = create_backup(
+                settings.direct_database_url,
+                s3=s3,
+                bucket=settings.backup_bucket,
+                prefix=settings.backup_prefix,
+                now=run.now,
+                has_time=run.budget.allows_batch,
+            )
+    except OutOfTimeError:
+        run.complete = False
+        run.extra["stopped"] = "out of time; the partial backup was removed"
+        return
+    tables = result.manifest["tables"]
+    run.processed = sum(entry["rows"] for entry in tables)
+    run.state.update(lastBackupDay=day, lastBackup=result.key)
+    run.extra.update(
+        key=f"s3://{settings.backup_bucket}/{result.key}",
+        tables=len(tables),
+        bytes=sum(entry["bytes"] for entry in tables),
+        gzipBytes=sum(entry["gzipBytes"] for entry in tables),
+        deletedBackups=prune_backups(
+            s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep
+        ),
+    )
+
+
+JOB = Job("backup", backup)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m functions.cron.backup {run,list,restore}`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m functions.cron.backup", description="Logical backups on S3."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="make a backup now (under the cron's lease)")
+    commands.add_parser("list", help="list complete and interrupted backups")
+    restore = commands.add_parser("restore", help="load a backup into an empty database")
+    restore.add_argument("location", help="s3://bucket/<prefix><name>/ (or its manifest.json)")
+    restore.add_argument(
+        "--database-url",
+        default=os.environ.get("DIRECT_DATABASE_URL"),
+        help="direct URL of the empty, migrated target (default: DIRECT_DATABASE_URL)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            print(json.dumps(run_job(JOB, options={"force": True}), default=str))
+        elif args.command == "list":
+            settings = get_settings()
+            if not settings.backup_bucket:
+                raise BackupError("BACKUP_BUCKET is not set")
+            complete, interrupted = list_backups(
+                s3_client(), settings.backup_bucket, settings.backup_prefix
+            )
+            location = f"s3://{settings.backup_bucket}/{settings.backup_prefix}"
+            listing = {
+                "complete": [f"{location}{name}/" for name in complete],
+                "interrupted": [f"{location}{name}/" for name in interrupted],
+            }
+            print(json.dumps(listing))
+        else:
+            if not args.database_url:
+                raise RestoreError("give --database-url or set DIRECT_DATABASE_URL")
+            print(json.dumps(restore_backup(args.location, args.database_url)))
+    except (BackupError, RestoreError, ConfigurationError) as error:
+        print(f"error: {redact_url(str(error))}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,167 @@
+"""A cron job's two platform entries, with no web framework: Lambda `handler` and Vercel `app`.
+
+- Lambda: `handler(event, context)` for EventBridge `schedule` events (Mangum cannot take
+  them). Options come from a manual invoke's payload (`{"full": true}`); a scheduled event's
+  `detail` is empty. Failures raise, so the invocation is recorded as failed.
+- Vercel: when a module exports both `app` and `handler`, Vercel serves `app`. Vercel Cron
+  sends `GET <path>` with `Authorization: Bearer $CRON_SECRET`; anything else answers 401 in
+  the API's error envelope, and an unset CRON_SECRET answers 500 (refusing is safer than
+  letting anyone start a job). Query parameters become options (`?full=true`).
+
+The ASGI callable is a few lines on purpose: importing Starlette or FastAPI would add their
+import time to every cron cold start for one route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from shared.clock import iso_ms, utcnow
+from shared.config import get_settings
+from shared.cron.runner import Job, run_job
+from shared.db import DatabaseUnavailableError
+from shared.telemetry import log_event
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+LambdaHandler = Callable[[Any, Any], dict[str, Any]]
+
+UNAUTHORIZED = "Missing or invalid cron secret"
+NOT_CONFIGURED = "CRON_SECRET is not set: set it in the project's environment variables"
+GENERIC_500 = "An unexpected error occurred"
+GENERIC_503 = "Service temporarily unavailable. Please try again later."
+
+
+def event_options(event: Any) -> dict[str, Any]:
+    """Options from a Lambda payload: a manual invoke's own keys; nothing from a schedule."""
+    if not isinstance(event, Mapping) or event.get("source") == "aws.events":
+        return {}
+    return {str(key): value for key, value in event.items()}
+
+
+def lambda_handler(job: Job) -> LambdaHandler:
+    """`handler(event, context)` running `job` within the invocation's remaining time."""
+
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        return run_job(job, context=context, options=event_options(event))
+
+    handler.__name__ = f"{job.name}_handler"
+    handler.__doc__ = f"Lambda entry of the {job.name} cron (EventBridge schedule events)."
+    return handler
+
+
+def _label(status: int) -> str:
+    if status == 503:
+        return "Service Unavailable"
+    if status >= 500:
+        return "Internal Server Error"
+    if status == 405:
+        return "Method Not Allowed"
+    return "Client Error"
+
+
+def _envelope(status: int, message: str) -> dict[str, Any]:
+    """The API's error body `{error, message, statusCode, timestamp}`."""
+    return {
+        "error": _label(status),
+        "message": message,
+        "statusCode": status,
+        "timestamp": iso_ms(utcnow()),
+    }
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers") or []:
+        if key.lower() == name:
+            return bytes(value)
+    return b""
+
+
+def authorized(scope: Scope, secret: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <secret>` (constant-time compare)."""
+    return hmac.compare_digest(_header(scope, b"authorization"), f"Bearer {secret}".encode())
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _send_json(
+    send: Send, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> None:
+    raw = json.dumps(body, default=str, separators=(",", ":")).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"cache-control", b"no-store"),
+                (b"content-length", str(len(raw)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+def asgi_app(job: Job) -> ASGIApp:
+    """A bare ASGI app answering Vercel Cron's authenticated GET by running `job`."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            secret = get_settings().cron_secret
+        except Exception as error:  # ConfigurationError: the message names the variable
+            log_event(
+                "cron_http_misconfigured", level=logging.ERROR, job=job.name, reason=str(error)
+            )
+            await _send_json(send, 500, _envelope(500, GENERIC_500))
+            return
+        if not secret:
+            log_event("cron_secret_not_set", level=logging.ERROR, job=job.name)
+            await _send_json(send, 500, _envelope(500, NOT_CONFIGURED))
+            return
+        if not authorized(scope, secret):
+            log_event("cron_http_unauthorized", level=logging.WARNING, job=job.name)
+            await _send_json(send, 401, _envelope(401, UNAUTHORIZED))
+            return
+        if scope.get("method") != "GET":
+            await _send_json(
+                send, 405, _envelope(405, "Use GET (as Vercel Cron does)"), {"Allow": "GET"}
+            )
+            return
+        query = scope.get("query_string") or b""
+        options = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        try:
+            summary = await asyncio.to_thread(run_job, job, options=options)
+        except DatabaseUnavailableError:
+            await _send_json(send, 503, _envelope(503, GENERIC_503), {"Retry-After": "60"})
+            return
+        except Exception:  # logged by the runner (cron_job_failed) with the error's type
+            await _send_json(send, 500, _envelope(500, GENERIC_500))
+            return
+        await _send_json(send, 200, summary)
+
+    app.__doc__ = f"Vercel entry of the {job.name} cron (GET with Bearer $CRON_SECRET)."
+    return app

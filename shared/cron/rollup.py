@@ -1,0 +1,63 @@
+"""Search rollup (hourly): keep `search_daily_rollups` equal to `search_history` per day.
+
+Only days that may have changed are recomputed: from the day of the previous complete run's
+start minus LOOKBACK (rows from requests still in flight then), through today. One day is one
+batch (one statement). A first run, or `{"full": true}` (`?full=true` on Vercel), recomputes
+every day that still has history; days before the history retention cutoff are never
+touched, so their aggregates outlive the rows the prune cron deletes.
+
+State (in the lease row): `watermark`, the start of the last complete run, and `nextDay`, where
+a run that ran out of time stopped. Rows inserted later with an older `searchedAt` (a legacy
+import) are only picked up by a full run: run one after such an import.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from functools import partial
+
+from shared import db
+from shared.cron.runner import Job, Run
+from shared.repositories import search_rollups
+
+LOOKBACK = timedelta(hours=1)
+
+
+def first_day_to_recompute(run: Run, today: date) -> date | None:
+    """Where this run starts; None when there is no history at all."""
+    oldest = db.run(search_rollups.first_day, idempotent=True)
+    if oldest is None:
+        return None
+    days = run.settings.retention_search_history_days
+    floor = today - timedelta(days=days) if days > 0 else oldest
+    if run.flag("full"):
+        start = oldest
+    elif "nextDay" in run.state:
+        start = date.fromisoformat(run.state["nextDay"])
+    elif "watermark" in run.state:
+        start = (datetime.fromisoformat(run.state["watermark"]) - LOOKBACK).date()
+    else:
+        start = oldest
+    return max(start, floor, oldest)
+
+
+def rollup(run: Run) -> None:
+    today = run.now.date()
+    day = first_day_to_recompute(run, today)
+    days = 0
+    while day is not None and day <= today:
+        if not run.has_time():
+            run.state["nextDay"] = day.isoformat()
+            run.extra["daysRecomputed"] = days
+            return
+        with run.batch():
+            result = db.run(partial(search_rollups.rollup_day, day=day, now=run.now))
+        run.processed += result.changed + result.removed
+        days += 1
+        day += timedelta(days=1)
+    run.state.pop("nextDay", None)
+    run.state["watermark"] = run.now.isoformat()
+    run.extra["daysRecomputed"] = days
+
+
+JOB = Job("rollup", rollup)

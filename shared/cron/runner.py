@@ -1,0 +1,210 @@
+"""Running one cron job: lease, time budget, batches, resume state and the JSON summary.
+
+A job is a function of a `Run`. It works in batches (`with run.batch(): …`), asks
+`run.has_time()` before each one, and keeps whatever it needs to resume in `run.state`. The
+runner takes the job's lease first (a run that finds it held does nothing and says so), gives
+it back afterwards with the state, and logs and returns the summary.
+
+The budget is the platform's: Lambda's `context.get_remaining_time_in_millis()`, else
+`CRON_MAX_DURATION_S` from the start of the run (Vercel, the CLI). A batch starts only while
+more than `CRON_TIME_MARGIN_MS` is left, so the margin must exceed the longest batch. The lease
+lasts until the invocation's own limit: a run killed mid-way blocks the next one no longer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from shared import db
+from shared.clock import utcnow
+from shared.config import Settings, get_settings
+from shared.repositories import cron_leases
+from shared.telemetry import log_event
+
+LEASE_HELD = "lease held by another run"
+
+
+class InvocationContext(Protocol):
+    """What the runner reads from a Lambda context object."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+class LeaseLostError(RuntimeError):
+    """The run's lease expired and another run took it; this run must stop writing."""
+
+
+class Budget:
+    """Time left in this invocation, as the platform counts it, minus a safety margin."""
+
+    def __init__(self, remaining_ms: Callable[[], float], margin_ms: float) -> None:
+        self._remaining_ms = remaining_ms
+        self.margin_ms = margin_ms
+
+    @classmethod
+    def for_invocation(cls, context: object | None, settings: Settings) -> Budget:
+        """Lambda's remaining time when the context has it, else CRON_MAX_DURATION_S from now."""
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if callable(remaining):
+            return cls(lambda: float(remaining()), settings.cron_time_margin_ms)
+        deadline = time.monotonic() + settings.cron_max_duration_s
+        return cls(
+            lambda: max(0.0, (deadline - time.monotonic()) * 1000), settings.cron_time_margin_ms
+        )
+
+    def remaining_ms(self) -> float:
+        return self._remaining_ms()
+
+    def allows_batch(self) -> bool:
+        return self._remaining_ms() > self.margin_ms
+
+
+@dataclass
+class Run:
+    """One run of a job: what the job reads (settings, time, options, state) and reports."""
+
+    job: str
+    holder: str
+    settings: Settings
+    budget: Budget
+    now: datetime  # the run's reference time: jobs compare against it, never a fresh clock
+    options: Mapping[str, Any]
+    state: dict[str, Any]
+    last_completed_at: datetime | None = None
+    processed: int = 0
+    batches: int = 0
+    longest_batch_ms: float = 0.0
+    complete: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def has_time(self) -> bool:
+        """Whether another batch may start; once it may not, the run is marked incomplete."""
+        if self.budget.allows_batch():
+            return True
+        self.complete = False
+        return False
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Count and time one batch (the summary reports the longest)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.batches += 1
+            self.longest_batch_ms = max(
+                self.longest_batch_ms, (time.perf_counter() - started) * 1000
+            )
+
+    def flag(self, name: str) -> bool:
+        """A boolean option from the invocation (`{"full": true}` or `?full=true`)."""
+        value = self.options.get(name)
+        return value is True or str(value).strip().lower() in {"1", "true", "yes"}
+
+    def save_state(self) -> None:
+        """Persist `state` now (for progress that must survive a crash); fenced by the lease."""
+        saved = db.run(
+            lambda session: cron_leases.save_state(session, self.job, self.holder, self.state)
+        )
+        if not saved:
+            raise LeaseLostError(f"cron job {self.job} lost its lease")
+
+    def summary(self, started: float) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "processed": self.processed,
+            "batches": self.batches,
+            "durationMs": round((time.perf_counter() - started) * 1000, 1),
+            "complete": self.complete,
+            "longestBatchMs": round(self.longest_batch_ms, 1),
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class Job:
+    """A named unit of scheduled work; `work` does the batches (see `Run`)."""
+
+    name: str
+    work: Callable[[Run], None]
+
+
+def run_job(
+    job: Job,
+    *,
+    context: object | None = None,
+    options: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Run `job` once under its lease and return the summary (also logged as `cron_job`).
+
+    A run that finds the lease held returns `{…, "complete": false, "skipped": "lease held by
+    another run"}`. Exceptions propagate after the lease is given back (without saving state),
+    so the platform records a failed invocation and the next run starts from the last state.
+    """
+    started = time.perf_counter()
+    settings = get_settings()
+    budget = Budget.for_invocation(context, settings)
+    holder = uuid.uuid4().hex
+    # The lease outlives this invocation's hard limit by a second at most.
+    ttl = math.ceil(budget.remaining_ms() / 1000) + 1
+    lease = db.run(lambda s: cron_leases.acquire(s, job.name, holder, ttl_seconds=ttl))
+    if lease is None:
+        run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
+        run.complete = False
+        run.extra["skipped"] = LEASE_HELD
+        summary = run.summary(started)
+        log_event("cron_job", **summary)
+        return summary
+
+    run = Run(
+        job=job.name,
+        holder=holder,
+        settings=settings,
+        budget=budget,
+        now=now or utcnow(),
+        options=options or {},
+        state=dict(lease.state),
+        last_completed_at=lease.last_completed_at,
+    )
+    try:
+        job.work(run)
+    except BaseException as error:
+        _release(run, state=None, completed=False)
+        log_event(
+            "cron_job_failed",
+            level=logging.ERROR,
+            job=job.name,
+            error=type(error).__name__,
+            processed=run.processed,
+            batches=run.batches,
+            durationMs=round((time.perf_counter() - started) * 1000, 1),
+        )
+        raise
+    _release(run, state=run.state, completed=run.complete)
+    summary = run.summary(started)
+    log_event("cron_job", level=logging.INFO if run.complete else logging.WARNING, **summary)
+    return summary
+
+
+def _release(run: Run, *, state: dict[str, Any] | None, completed: bool) -> None:
+    """Give the lease back; a failure here only delays the next run until the lease expires."""
+    try:
+        released = db.run(
+            lambda s: cron_leases.release(s, run.job, run.holder, state=state, completed=completed)
+        )
+    except Exception as error:
+        log_event(
+            "cron_lease_not_released", level=logging.ERROR, job=run.job, error=type(error).__name__
+        )
+        return
+    if not released:
+        log_event("cron_lease_lost", level=logging.WARNING, job=run.job)

@@ -1,0 +1,111 @@
+"""The original app's Redis keys (spec §4.1), built in one place.
+
+Readers, the dual-write mirror, the backfill and erasure all use these builders, so they can
+never disagree on a key. Months and dates are UTC (spec §10.12: the original used server-local
+time for the month, which is UTC on Vercel).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from shared.clock import next_month_start
+
+ONE_YEAR_S = 31_536_000  # user:, email:, stripe: and saved-search: records
+MIN_COUNTER_TTL_S = 3600  # the original's floor for usage counters
+
+USER_PATTERN = "user:*"
+SAVED_SEARCH_PATTERN = "saved-search:*"  # does not match saved-searches:
+INDEX_PATTERN = "saved-searches:*"
+
+_USER_PREFIX = "user:"
+_SAVED_SEARCH_PREFIX = "saved-search:"
+_INDEX_PREFIX = "saved-searches:"
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def user(user_id: str) -> str:
+    return f"{_USER_PREFIX}{user_id}"
+
+
+def email(address: str) -> str:
+    """The email index: the original lower-cases the address (JS `toLowerCase`)."""
+    return f"email:{address.lower()}"
+
+
+def stripe(customer_id: str) -> str:
+    return f"stripe:{customer_id}"
+
+
+def lock(user_id: str) -> str:
+    """The original's get-or-create lock (10 s TTL); only erasure touches it."""
+    return f"lock:user:{user_id}"
+
+
+def usage(user_id: str, moment: datetime) -> str:
+    """The pro tier's monthly counter, for `moment`'s UTC month."""
+    return f"usage:{user_id}:{moment.astimezone(UTC):%Y-%m}"
+
+
+def trial_usage(user_id: str, trial_started_at: datetime) -> str:
+    """The trial's single counter, dated by the trial start (UTC, as the original)."""
+    return f"trial-usage:{user_id}:{trial_started_at.astimezone(UTC):%Y-%m-%d}"
+
+
+def usage_family(user_id: str) -> str:
+    """Names all of a user's usage counters at once (`usage:{id}:*`, `trial-usage:{id}:*`) in
+    the dual-write outbox; not a key that exists in Redis."""
+    return f"usage:{user_id}"
+
+
+def erasure(user_id: str) -> str:
+    """Names a pending erasure of all of a user's keys in the dual-write outbox; not a key
+    that exists in Redis."""
+    return f"erase:{user_id}"
+
+
+def saved_searches(user_id: str) -> str:
+    """The set of a user's saved-search ids (no TTL in the original)."""
+    return f"{_INDEX_PREFIX}{user_id}"
+
+
+def saved_search(user_id: str, search_id: str) -> str:
+    return f"{_SAVED_SEARCH_PREFIX}{user_id}:{search_id}"
+
+
+def user_id_of(key: str) -> str | None:
+    """`user:{id}` → id; None for anything else (e.g. `user:` alone)."""
+    if not key.startswith(_USER_PREFIX) or len(key) == len(_USER_PREFIX):
+        return None
+    return key[len(_USER_PREFIX) :]
+
+
+def saved_search_ids_of(key: str) -> tuple[str, str] | None:
+    """`saved-search:{uid}:{sid}` → (uid, sid); search ids never contain a colon."""
+    if not key.startswith(_SAVED_SEARCH_PREFIX):
+        return None
+    user_id, colon, search_id = key[len(_SAVED_SEARCH_PREFIX) :].rpartition(":")
+    return (user_id, search_id) if colon and user_id and search_id else None
+
+
+def index_owner_of(key: str) -> str | None:
+    """`saved-searches:{uid}` → uid."""
+    if not key.startswith(_INDEX_PREFIX) or len(key) == len(_INDEX_PREFIX):
+        return None
+    return key[len(_INDEX_PREFIX) :]
+
+
+def glob_escape(value: str) -> str:
+    """`value` as a literal inside a SCAN MATCH pattern."""
+    return _GLOB_SPECIAL.sub(r"\\\1", value)
+
+
+def monthly_counter_ttl(now: datetime) -> int:
+    """Seconds until the next UTC month, at least an hour (the original's rule)."""
+    return max(int((next_month_start(now) - now).total_seconds()), MIN_COUNTER_TTL_S)
+
+
+def trial_counter_ttl(trial_expires_at: datetime, now: datetime) -> int:
+    """Seconds until the trial ends, at least an hour (the original's rule)."""
+    return max(int((trial_expires_at - now).total_seconds()), MIN_COUNTER_TTL_S)

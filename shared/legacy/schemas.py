@@ -1,0 +1,220 @@
+"""The original app's Redis records, validated as the original validated them on every read.
+
+`UserData` is the user service's `UserDataSchema` (spec §3.1) and `SavedSearchRecord` the
+saved-search service's domain schema (spec §4.2). The original answered 503 for any record that
+failed them, so the backfill quarantines such records instead of guessing (spec §4.5), and the
+dual-mode read path reports them as a store failure.
+
+One deliberate difference, chosen per call: the original's read schema wants integer
+`searchVolume` and trend `volume`, while its create endpoint accepted any number (spec §10.9).
+`original_rules=True` (the backfill, verify) applies the integer rule; the dual-mode read path
+leaves it off, so a search this API saved can always be read back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from shared.contracts.saved_searches import valid_search_id
+
+# zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.
+_ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z$")
+# zod v4 `z.string().email()`.
+_EMAIL = re.compile(
+    r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
+)
+
+
+class LegacyRecordError(Exception):
+    """A legacy key holds something the original app could not read; `reason` says what."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def to_millis(moment: datetime) -> datetime:
+    """Round to milliseconds the way Postgres stores `TIMESTAMP(3)` (half up)."""
+    whole = moment.replace(microsecond=0)
+    return whole + timedelta(milliseconds=(moment.microsecond + 500) // 1000)
+
+
+def _timestamp(value: object) -> datetime:
+    if not isinstance(value, str) or not _ISO_Z.match(value):
+        raise ValueError("must be an ISO 8601 timestamp in UTC ending in Z")
+    return to_millis(datetime.fromisoformat(value))
+
+
+def _js_number(value: object) -> object:
+    """A JSON number (JS has one number type): not a string, not a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+def _js_int(value: object) -> int:
+    """`z.number().int()`: 3 and 3.0 pass (JS cannot tell them apart), 3.5 and "3" do not."""
+    _js_number(value)
+    assert isinstance(value, int | float)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+def _email(value: object) -> str:
+    if not isinstance(value, str) or not _EMAIL.match(value):
+        raise ValueError("must be a valid email address")
+    return value
+
+
+def _search_id(value: object) -> str:
+    if not isinstance(value, str) or valid_search_id(value) != value:
+        raise ValueError("must be a UUID or a legacy id like 1700000000000-abc1234")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+JsInt = Annotated[int, BeforeValidator(_js_int)]
+JsNumber = Annotated[int | float, BeforeValidator(_js_number)]  # keeps 1200 vs 1200.5 as stored
+
+
+class _Record(BaseModel):
+    """Unknown keys are dropped (zod strips them); `null` is refused where zod's `.optional()`
+    only allows the key to be absent."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = [name for name in cls.model_fields if name in data and data[name] is None]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)}: null is not allowed (leave the key out)")
+        return data
+
+
+class UserData(_Record):
+    """`user:{clerkUserId}` (spec §3.1). `keywordsUsedThisMonth` and `monthlyResetAt` are
+    vestigial: validated, never used as the usage source."""
+
+    clerkUserId: Annotated[str, Field(min_length=1, strict=True)]
+    email: Annotated[str, BeforeValidator(_email)]
+    tier: Literal["trial", "pro"]
+    trialStartedAt: Timestamp
+    trialExpiresAt: Timestamp
+    stripeCustomerId: Annotated[str, Field(strict=True)] | None = None
+    subscriptionId: Annotated[str, Field(strict=True)] | None = None
+    subscriptionStatus: Literal["active", "canceled", "past_due", "unpaid"] | None = None
+    keywordsUsedThisMonth: Annotated[JsInt, Field(ge=0)]
+    monthlyResetAt: Timestamp
+    createdAt: Timestamp
+    updatedAt: Timestamp
+
+
+def _integer_under_original_rules(value: float, info: ValidationInfo) -> float:
+    """The integer rule of the original read schema, on when the caller asks for it."""
+    if (info.context or {}).get("original_rules") and not float(value).is_integer():
+        raise ValueError("must be an integer (the original read schema; it answered 503)")
+    return value
+
+
+class Trend(_Record):
+    month: Annotated[JsInt, Field(ge=1, le=12)]
+    year: JsInt
+    volume: Annotated[JsNumber, Field(ge=0)]
+
+    check_volume = field_validator("volume")(_integer_under_original_rules)
+
+
+class KeywordData(_Record):
+    keyword: Annotated[str, Field(strict=True)]
+    searchVolume: Annotated[JsNumber, Field(ge=0)]
+    difficulty: Annotated[JsNumber, Field(ge=0, le=100)]
+    cpc: Annotated[JsNumber, Field(ge=0)]
+    competition: Literal["low", "medium", "high"]
+    intent: Literal["informational", "commercial", "transactional", "navigational"]
+    trends: list[Trend] | None = None
+
+    check_search_volume = field_validator("searchVolume")(_integer_under_original_rules)
+
+
+class SearchParams(_Record):
+    keywords: list[Annotated[str, Field(strict=True)]]
+    location: Annotated[str, Field(strict=True)] | None = None
+    language: Annotated[str, Field(strict=True)] | None = None
+    matchType: Literal["phrase", "exact"] | None = None
+
+
+class Metadata(_Record):
+    createdAt: Timestamp
+    updatedAt: Timestamp
+    lastRunAt: Timestamp | None = None
+    resultCount: Annotated[JsInt, Field(ge=0)] | None = None
+
+
+class SavedSearchRecord(_Record):
+    """`saved-search:{uid}:{sid}` (spec §4.2)."""
+
+    id: Annotated[str, BeforeValidator(_search_id)]
+    clerkUserId: Annotated[str, Field(min_length=1, strict=True)]
+    name: Annotated[str, Field(min_length=1, max_length=100, strict=True)]
+    description: Annotated[str, Field(max_length=500, strict=True)] | None = None
+    searchParams: SearchParams
+    results: list[KeywordData] | None = None
+    metadata: Metadata
+
+
+def describe(error: ValidationError) -> str:
+    """Every issue as `path: message`, joined; the value itself is never echoed (PII)."""
+    parts = []
+    for issue in error.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in issue["loc"]) or "record"
+        parts.append(f"{path}: {issue['msg']}")
+    return "; ".join(parts)
+
+
+def load_json(key: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise LegacyRecordError(key, f"malformed JSON ({error.msg})") from None
+
+
+def parse_user(key: str, raw: str) -> UserData:
+    """The record at `user:{id}`, or `LegacyRecordError` (also when it names another user)."""
+    try:
+        record = UserData.model_validate(load_json(key, raw))
+    except ValidationError as error:
+        raise LegacyRecordError(key, describe(error)) from None
+    if key != f"user:{record.clerkUserId}":
+        raise LegacyRecordError(key, "clerkUserId does not match the key")
+    return record
+
+
+def parse_saved_search(key: str, raw: str, *, original_rules: bool) -> SavedSearchRecord:
+    """The record at `saved-search:{uid}:{sid}`, or `LegacyRecordError`."""
+    try:
+        record = SavedSearchRecord.model_validate(
+            load_json(key, raw), context={"original_rules": original_rules}
+        )
+    except ValidationError as error:
+        raise LegacyRecordError(key, describe(error)) from None
+    if key != f"saved-search:{record.clerkUserId}:{record.id}":
+        raise LegacyRecordError(key, "clerkUserId or id does not match the key")
+    return record

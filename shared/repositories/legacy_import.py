@@ -1,0 +1,216 @@
+"""Legacy Redis records into Postgres: multi-row upserts, one statement per batch.
+
+Used by the backfill (`overwrite=True`: Redis is the source being copied) and by the on-demand
+import of records the TypeScript app wrote (`overwrite=False`: a row Postgres has wins).
+Re-running changes nothing: a conflicting row is updated only when some value differs, so rows
+already equal keep their `xmin` and `updatedAt`. Original saved-search ids are kept.
+
+A batch travels as ONE jsonb parameter expanded by `jsonb_to_recordset`: the statement text
+is the same for every batch (parsed and planned once), where a VALUES list of 15,000 bind
+parameters would cost more to build and bind than to run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Table, TextClause, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from shared.models import SavedSearch, User
+from shared.telemetry import database_operation
+
+_USERS: Table = User.__table__  # type: ignore[assignment]
+_SEARCHES: Table = SavedSearch.__table__  # type: ignore[assignment]
+
+TS = "timestamp(3)"
+# The columns a legacy record fills, with their SQL types (for jsonb_to_recordset).
+USER_COLUMNS: dict[str, str] = {
+    "id": "text",
+    "email": "text",
+    "tier": '"UserTier"',
+    "keywordSearchesThisMonth": "integer",
+    "keywordSearchesTotal": "integer",
+    "monthlyResetAt": TS,
+    "stripeCustomerId": "text",
+    "stripeSubscriptionId": "text",
+    "subscriptionStatus": "text",
+    "trialStartedAt": TS,
+    "trialEndsAt": TS,
+    "createdAt": TS,
+    "updatedAt": TS,
+}
+SEARCH_COLUMNS: dict[str, str] = {
+    "id": "text",
+    "userId": "text",
+    "name": "text",
+    "description": "text",
+    "keywords": "text[]",
+    "keywordCount": "integer",
+    "location": "text",
+    "language": "text",
+    "matchType": "text",
+    "results": "jsonb",
+    "resultCount": "integer",
+    "lastRunAt": TS,
+    "createdAt": TS,
+    "updatedAt": TS,
+    "lastAccessedAt": TS,
+}
+# Merged rather than copied: the legacy total is a lower bound, and Redis calls ENTERPRISE pro.
+_USER_MERGES = {
+    "keywordSearchesTotal": 'GREATEST(t."keywordSearchesTotal", EXCLUDED."keywordSearchesTotal")',
+    "tier": (
+        "CASE WHEN t.tier = 'ENTERPRISE' AND EXCLUDED.tier = 'PRO' THEN t.tier "
+        "ELSE EXCLUDED.tier END"
+    ),
+}
+# Set on insert only: Postgres owns it afterwards (it moves on every GET).
+_INSERT_ONLY = frozenset({"id", "lastAccessedAt"})
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """Rows written by one statement; the rest of the batch already matched."""
+
+    inserted: int = 0
+    updated: int = 0
+
+
+@cache
+def _statement(
+    table: str,
+    columns: tuple[tuple[str, str], ...],
+    merges: tuple[tuple[str, str], ...],
+    overwrite: bool,
+) -> TextClause:
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    shape = ", ".join(f'"{name}" {type_}' for name, type_ in columns)
+    sql = (
+        f"INSERT INTO {table} AS t ({names}) SELECT {names} "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({shape}) ON CONFLICT (id) "
+    )
+    if overwrite:
+        merged = dict(merges)
+        values = {
+            name: merged.get(name, f'EXCLUDED."{name}"')
+            for name, _ in columns
+            if name not in _INSERT_ONLY
+        }
+        assignments = ", ".join(f'"{name}" = {value}' for name, value in values.items())
+        current = ", ".join(f't."{name}"' for name in values)
+        sql += (
+            f"DO UPDATE SET {assignments} "
+            f"WHERE ({current}) IS DISTINCT FROM ({', '.join(values.values())}) "
+        )
+    else:
+        sql += "DO NOTHING "
+    return text(sql + "RETURNING (xmax = 0)")
+
+
+def _json_value(value: Any) -> Any:
+    """Timestamps as naive UTC (the columns are TIMESTAMP(3) holding UTC), enums by value."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+def _upsert(
+    session: Session,
+    table: str,
+    columns: dict[str, str],
+    rows: Sequence[dict[str, Any]],
+    *,
+    overwrite: bool,
+    merges: dict[str, str] | None = None,
+) -> Upserted:
+    if not rows:
+        return Upserted()
+    statement = _statement(table, tuple(columns.items()), tuple((merges or {}).items()), overwrite)
+    payload = json.dumps(
+        [{name: row[name] for name in columns} for row in rows], default=_json_value
+    )
+    flags: Sequence[bool] = session.execute(statement, {"rows": payload}).scalars().all()
+    inserted = sum(1 for flag in flags if flag)
+    return Upserted(inserted=inserted, updated=len(flags) - inserted)
+
+
+@database_operation("upsertLegacyUsers")
+def upsert_users(session: Session, rows: Sequence[dict[str, Any]], *, overwrite: bool) -> Upserted:
+    """Insert users (rows keyed by column name); with `overwrite`, update differing ones.
+
+    Two columns are merged rather than copied: `keywordSearchesTotal` only grows (the legacy
+    value is a lower bound), and an ENTERPRISE row stays ENTERPRISE (Redis calls it `pro`).
+    A taken email or Stripe id raises `IntegrityError` for the whole statement (see
+    `taken_identifiers` to leave such rows out beforehand).
+    """
+    return _upsert(session, "users", USER_COLUMNS, rows, overwrite=overwrite, merges=_USER_MERGES)
+
+
+@database_operation("upsertLegacySavedSearches")
+def upsert_saved_searches(
+    session: Session, rows: Sequence[dict[str, Any]], *, overwrite: bool
+) -> Upserted:
+    """Insert saved searches with their original ids; with `overwrite`, update differing ones.
+    The owners must exist (the FK raises `IntegrityError` otherwise)."""
+    return _upsert(session, "saved_searches", SEARCH_COLUMNS, rows, overwrite=overwrite)
+
+
+@database_operation("findExistingUserIds")
+def existing_user_ids(session: Session, user_ids: Sequence[str]) -> set[str]:
+    """Which of `user_ids` have a row (one query per batch, for the orphan check)."""
+    if not user_ids:
+        return set()
+    return set(session.scalars(select(_USERS.c.id).where(_USERS.c.id.in_(list(user_ids)))))
+
+
+@database_operation("findUsersById")
+def users_by_id(session: Session, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Rows keyed by id, columns by name (what `shared.legacy.mapping` produces)."""
+    statement = select(_USERS).where(_USERS.c.id.in_(list(user_ids)))
+    return {row["id"]: dict(row) for row in session.execute(statement).mappings()}
+
+
+@database_operation("findSavedSearchesById")
+def saved_searches_by_id(session: Session, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    statement = select(_SEARCHES).where(_SEARCHES.c.id.in_(list(ids)))
+    return {row["id"]: dict(row) for row in session.execute(statement).mappings()}
+
+
+@database_operation("findTakenUserIdentifiers")
+def taken_identifiers(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Rows (by id) whose email, compared case-insensitively, or Stripe ids belong to another
+    user, with the reason: the unique constraints would refuse them. One query."""
+    if not rows:
+        return {}
+    emails = {row["email"].lower(): row["id"] for row in rows}
+    customers = {row["stripeCustomerId"]: row["id"] for row in rows if row["stripeCustomerId"]}
+    subscriptions = {
+        row["stripeSubscriptionId"]: row["id"] for row in rows if row["stripeSubscriptionId"]
+    }
+    c = _USERS.c
+    statement = select(func.lower(c.email), c.stripeCustomerId, c.stripeSubscriptionId, c.id).where(
+        or_(
+            func.lower(c.email).in_(list(emails)),
+            c.stripeCustomerId.in_(list(customers)),
+            c.stripeSubscriptionId.in_(list(subscriptions)),
+        )
+    )
+    taken: dict[str, str] = {}
+    for email, customer, subscription, owner in session.execute(statement):
+        for claimed, what in (
+            (emails.get(email), "email"),
+            (customers.get(customer), "Stripe customer id"),
+            (subscriptions.get(subscription), "Stripe subscription id"),
+        ):
+            if claimed is not None and claimed != owner:
+                taken.setdefault(claimed, f"another user has this {what}")
+    return taken

@@ -1,0 +1,100 @@
+"""Daily search aggregates: `search_history` per UTC day and provider, in `search_daily_rollups`.
+
+A day is recomputed from its history rows in ONE statement (aggregate, upsert, delete providers
+that no longer have rows), so a day's rollup is always exactly its rows at some instant. The
+upsert only rewrites a row whose numbers changed: recomputing an unchanged day writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from shared.models import SearchDailyRollup, SearchHistory, UTCDateTime
+from shared.telemetry import database_operation
+
+_ROLLUP_DAY = text(
+    """
+    WITH agg AS (
+        SELECT provider,
+               count(*)::int AS searches,
+               coalesce(sum("keywordCount"), 0)::bigint AS keywords,
+               (count(*) FILTER (WHERE "cacheHit"))::int AS cache_hits,
+               coalesce(sum("responseTime"), 0)::bigint AS response_total
+          FROM search_history
+         WHERE "searchedAt" >= :start AND "searchedAt" < :end
+         GROUP BY provider
+    ), upserted AS (
+        INSERT INTO search_daily_rollups AS r
+               (day, provider, searches, keywords, "cacheHits", "responseTimeTotal",
+                "avgResponseTime", "updatedAt")
+        SELECT :day, provider, searches, keywords, cache_hits, response_total,
+               response_total::float8 / searches, :now
+          FROM agg
+        ON CONFLICT (day, provider) DO UPDATE
+           SET searches = EXCLUDED.searches,
+               keywords = EXCLUDED.keywords,
+               "cacheHits" = EXCLUDED."cacheHits",
+               "responseTimeTotal" = EXCLUDED."responseTimeTotal",
+               "avgResponseTime" = EXCLUDED."avgResponseTime",
+               "updatedAt" = EXCLUDED."updatedAt"
+         WHERE (r.searches, r.keywords, r."cacheHits", r."responseTimeTotal")
+               IS DISTINCT FROM (EXCLUDED.searches, EXCLUDED.keywords, EXCLUDED."cacheHits",
+                                 EXCLUDED."responseTimeTotal")
+        RETURNING 1
+    ), removed AS (
+        DELETE FROM search_daily_rollups r
+         WHERE r.day = :day AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.provider = r.provider)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM upserted),
+           (SELECT count(*) FROM removed),
+           (SELECT coalesce(sum(searches), 0) FROM agg)
+    """
+).bindparams(
+    bindparam("start", type_=UTCDateTime()),
+    bindparam("end", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DayResult:
+    changed: int  # rollup rows inserted or updated
+    removed: int  # rollup rows of providers without searches that day any more
+    searches: int  # history rows the day has
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[midnight, next midnight) of a UTC day, as aware datetimes."""
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+@database_operation("rollupSearchDay")
+def rollup_day(session: Session, day: date, *, now: datetime) -> DayResult:
+    """Recompute `day`'s rows of `search_daily_rollups` from `search_history`."""
+    start, end = day_bounds(day)
+    row = session.execute(_ROLLUP_DAY, {"day": day, "start": start, "end": end, "now": now}).one()
+    return DayResult(changed=int(row[0]), removed=int(row[1]), searches=int(row[2]))
+
+
+@database_operation("firstSearchDay")
+def first_day(session: Session) -> date | None:
+    """The UTC day of the oldest history row (served by the `searchedAt` index)."""
+    oldest = session.execute(select(func.min(SearchHistory.searched_at))).scalar_one_or_none()
+    return None if oldest is None else oldest.date()
+
+
+@database_operation("listSearchRollups")
+def between(session: Session, first: date, last: date) -> list[SearchDailyRollup]:
+    """Rollup rows for days in [first, last], by day then provider."""
+    statement = (
+        select(SearchDailyRollup)
+        .where(SearchDailyRollup.day >= first, SearchDailyRollup.day <= last)
+        .order_by(SearchDailyRollup.day, SearchDailyRollup.provider)
+    )
+    return list(session.scalars(statement))

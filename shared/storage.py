@@ -1,0 +1,402 @@
+"""Where users, usage and saved searches live during the Redis → Postgres migration.
+
+`STORAGE_MODE` picks the phase (spec §1, the original's docs/DATABASE.md plan):
+- `postgres` (default, phase 3): Postgres only, through `shared.repositories`; Redis keeps only
+  caches and rate limits. Behaviour is exactly that of the repositories called directly.
+- `dual` (phase 1): writes go to both stores and reads come from Redis, in the original layout
+  (`shared.legacy`), so the TypeScript app, still reading and writing Redis, keeps working.
+- `fallback` (phase 2): writes as in dual; reads try Redis and use Postgres when the key is
+  missing or unreadable, or Redis fails. Redis keeps being written so that it never serves a
+  stale copy and the TypeScript app still works.
+
+Write policy in dual and fallback: **Postgres is the commit point.**
+1. The data change and a `legacy_repairs` row naming the Redis key commit in ONE transaction. If
+   Postgres fails, the request fails with 503 and nothing was written anywhere.
+2. Then, holding that row's lock, Postgres's current state is copied to Redis and the row is
+   deleted. If Redis fails (down, slower than `REDIS_TIMEOUT_S`, or holding a record the
+   original could not read, which is never overwritten), the row stays with the error and the
+   request still succeeds: the write is committed, and `repair_pending()` (`python -m
+   devkit.legacy repair`) copies it once Redis is back. A crash between 1 and 2 leaves the row
+   too. No write is ever lost silently; Redis may lag until the repair runs.
+Copies are by state, never by delta, so replaying one is harmless, and the row lock serialises
+the writers of a key, so an older state never lands after a newer one.
+
+Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
+behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
+demand: the user at sign-in, a saved search when it is updated or deleted. Known limits: in dual
+mode a read can miss a write whose copy is still pending; the 50-search cap counts Postgres rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from upstash_redis import Redis
+
+from shared import db
+from shared.clock import next_month_start, utcnow
+from shared.config import ConfigurationError, get_settings
+from shared.db import DatabaseUnavailableError
+from shared.errors import EmailInUseError, UserNotFoundError
+from shared.ids import new_uuid
+from shared.legacy import keys, mapping, store
+from shared.legacy.mapping import Counters
+from shared.legacy.schemas import LegacyRecordError, UserData
+from shared.models import SavedSearch
+from shared.quotas import Limits, UsageView, usage_view
+from shared.redis import get_redis
+from shared.repositories import legacy_import, legacy_repairs, saved_searches, users
+from shared.repositories.legacy_repairs import Kind
+from shared.telemetry import log_event
+
+Mode = Literal["dual", "fallback", "postgres"]
+T = TypeVar("T")
+_EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
+
+
+class LegacyStoreUnavailableError(DatabaseUnavailableError):
+    """Redis, the read source in dual mode, failed or holds a record the original could not
+    read. HTTP functions answer it like any store outage: 503 with `Retry-After`."""
+
+
+def mode() -> Mode:
+    return get_settings().storage_mode
+
+
+def _client() -> Redis:
+    client = get_redis()
+    if client is None:  # Settings refuses this combination; kept for a clear message anyway
+        raise ConfigurationError(
+            f"STORAGE_MODE={mode()} needs UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN"
+        )
+    return client
+
+
+def _from_redis(read: Callable[[], T], what: str) -> T | None:
+    """A read from the legacy layout. Dual: a failure is a 503. Fallback: None (logged), and
+    the caller reads Postgres instead."""
+    try:
+        return read()
+    except LegacyRecordError as error:
+        reason = f"unreadable record: {error.reason}"
+    except store.REDIS_ERRORS as error:
+        reason = f"redis: {type(error).__name__}"
+    log_event("legacy_read_failed", level=logging.WARNING, what=what, mode=mode(), reason=reason)
+    if mode() == "dual":
+        raise LegacyStoreUnavailableError(f"legacy store failed reading {what}") from None
+    return None
+
+
+# --- the outbox: mark in the data transaction, then copy and clear ---------------------------
+
+
+def _copy(session: Session, entry_key: str, kind: str, user_id: str, client: Redis) -> None:
+    """Make the Redis side of `entry_key` match what Postgres has committed."""
+    if kind == "saved_search":
+        ids = keys.saved_search_ids_of(entry_key)
+        if ids is None:  # never written by this module; refused, not fatal to the repair loop
+            raise LegacyRecordError(entry_key, "not a saved-search:{userId}:{searchId} key")
+        search = legacy_repairs.saved_search_state(session, *ids)
+        store.write_saved_search(client, ids[0], ids[1], search)
+        return
+    user = users.get(session, user_id)
+    if kind == "erasure":
+        if user is None:  # Clerk never reuses an id: a row here would be a mistake to keep
+            store.erase_user_keys(client, user_id, None, None)
+        else:
+            log_event("legacy_erasure_skipped", level=logging.WARNING, reason="user exists")
+    elif user is None:
+        return  # nothing in Postgres to copy; a Redis-only record is left as it is
+    elif kind == "user":
+        store.write_user(client, user)
+    else:
+        store.write_counter(client, mapping.usage_counter(user, utcnow()))
+
+
+def _sync_locked(session: Session, key: str, client: Redis, *, skip_locked: bool) -> bool | None:
+    """True: Redis matches and the mark is gone. False: Redis failed, the mark stays with the
+    reason. None: no mark (already synced) or, with `skip_locked`, another writer holds it."""
+    entry = legacy_repairs.lock(session, key, skip_locked=skip_locked)
+    if entry is None:
+        return None
+    try:
+        _copy(session, entry.key, entry.kind, entry.user_id, client)
+    except LegacyRecordError as error:
+        reason = f"legacy key left untouched: {error.reason}"
+    except store.REDIS_ERRORS as error:
+        reason = f"redis: {type(error).__name__}"
+    else:
+        legacy_repairs.clear(session, key)
+        return True
+    legacy_repairs.record_failure(session, key, reason)
+    log_event("legacy_mirror_failed", level=logging.WARNING, key=key, reason=reason)
+    return False
+
+
+def _sync(key: str) -> bool:
+    """After the data committed: copy it to Redis now. Never fails the request: when Redis or
+    Postgres fails here, the committed mark stays for the repair job."""
+    try:
+        client = _client()
+        outcome = db.transaction(lambda s: _sync_locked(s, key, client, skip_locked=False))
+        return outcome is not False
+    except DatabaseUnavailableError:
+        log_event("legacy_mirror_deferred", level=logging.WARNING, key=key)
+        return False
+
+
+def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Session], None]:
+    return lambda session: legacy_repairs.mark(session, key, kind, user_id)
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+def _import_user(record: UserData, counters: Counters, now: datetime) -> None:
+    """Give a user only the TypeScript app knows a Postgres row; an existing row wins."""
+    row = mapping.user_row(record, counters, now)
+    try:
+        db.run(lambda s: legacy_import.upsert_users(s, [row], overwrite=False), idempotent=True)
+    except IntegrityError as error:
+        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+        if constraint in _EMAIL_CONSTRAINTS:
+            raise EmailInUseError() from None
+        raise
+
+
+def provision_user(user_id: str, email: str) -> None:
+    """Make sure the signed-in user has a Postgres row (and, in dual/fallback, a Redis record).
+
+    Raises `EmailInUseError` when another account has the email.
+    """
+    if mode() == "postgres":
+        db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+        return
+    now = utcnow()
+    loaded = _from_redis(lambda: store.load_user(_client(), user_id, now), "user")
+    record, counters = loaded or (None, Counters())
+    if record is not None:
+        _import_user(record, counters, now)
+        return
+    db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+    # Marked after the get-or-create commits: if we crash in between, the next sign-in (Redis
+    # still missing the user) runs this again.
+    key = keys.user(user_id)
+    db.run(_mark(key, "user", user_id), idempotent=True)
+    _sync(key)
+
+
+def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:
+    """After an erasure committed in Postgres: delete the user's legacy Redis keys, in any mode.
+
+    Returns False when Redis failed; the deletion is then recorded in `legacy_repairs` and the
+    repair job erases the keys (the user row being gone). Without Redis configured there is
+    nothing to delete. Never raises for Redis; a Postgres outage while recording raises
+    `DatabaseUnavailableError`.
+    """
+    client = get_redis()
+    if client is None:
+        return True
+    try:
+        store.erase_user_keys(client, user_id, email, stripe_customer_id)
+        return True
+    except store.REDIS_ERRORS as error:
+        log_event("legacy_erase_deferred", level=logging.WARNING, reason=type(error).__name__)
+    db.run(_mark(keys.erasure(user_id), "erasure", user_id), idempotent=True)
+    return False
+
+
+# --- usage --------------------------------------------------------------------------------------
+
+
+def _legacy_usage_view(
+    record: UserData, counters: Counters, limits: Limits, now: datetime
+) -> UsageView:
+    """The original's rule: the trial has one counter for its whole window, pro a monthly one."""
+    if record.tier == "trial":
+        expired = now > record.trialExpiresAt
+        return UsageView(counters.trial or 0, limits.trial, None, expired)
+    return UsageView(counters.monthly or 0, limits.pro, next_month_start(now), False)
+
+
+def usage(user_id: str, limits: Limits, *, now: datetime | None = None) -> UsageView:
+    """What the user has used against their tier's quota. Raises `UserNotFoundError`."""
+    now = now or utcnow()
+    if mode() != "postgres":
+        loaded = _from_redis(lambda: store.load_user(_client(), user_id, now), "user")
+        if loaded is not None and loaded[0] is not None:
+            return _legacy_usage_view(loaded[0], loaded[1], limits, now)
+        if mode() == "dual":
+            raise UserNotFoundError(user_id)
+    user = db.run(lambda s: users.get(s, user_id), idempotent=True)
+    if user is None:
+        raise UserNotFoundError(user_id)
+    return usage_view(user, limits, now)
+
+
+def mirror_usage(user_id: str) -> None:
+    """After the usage counters changed in Postgres (a reservation or a release): copy them to
+    the legacy counter key. A no-op in postgres mode."""
+    _mirror(keys.usage_family(user_id), "usage", user_id)
+
+
+def mirror_user(user_id: str) -> None:
+    """After a user row changed in Postgres outside this module (email sync, tier or Stripe
+    ids from billing): copy it to `user:{id}` and its index keys. A no-op in postgres mode."""
+    _mirror(keys.user(user_id), "user", user_id)
+
+
+def _mirror(key: str, kind: Kind, user_id: str) -> None:
+    """Mark, then copy. The mark commits on its own, after the caller's change: a crash in
+    between loses only this copy, and the next change to the same user repeats it."""
+    if mode() == "postgres":
+        return
+    db.run(_mark(key, kind, user_id), idempotent=True)
+    _sync(key)
+
+
+# --- saved searches ---------------------------------------------------------------------------
+
+
+def list_searches(user_id: str) -> list[SavedSearch]:
+    """The user's searches, most recently updated first (at most 50)."""
+    if mode() != "postgres":
+        client = _client()
+        records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
+        if records or mode() == "dual":
+            return [mapping.saved_search_from_record(record) for record in records or []]
+    page = db.run(lambda s: saved_searches.list_for_user(s, user_id), idempotent=True)
+    return page.items
+
+
+def get_search(user_id: str, search_id: str) -> SavedSearch | None:
+    if mode() != "postgres":
+        client = _client()
+        record = _from_redis(
+            lambda: store.read_saved_search(client, user_id, search_id), "saved search"
+        )
+        if record is not None:
+            return mapping.saved_search_from_record(record)
+        if mode() == "dual":
+            return None
+    return db.run(lambda s: saved_searches.get(s, user_id, search_id))
+
+
+def create_search(user_id: str, search: saved_searches.NewSavedSearch) -> SavedSearch:
+    """Save a search; raises `SavedSearchLimitError` at the cap."""
+    if mode() == "postgres":
+        return db.transaction(lambda s: saved_searches.create(s, user_id, search))
+    search_id = new_uuid()
+    key = keys.saved_search(user_id, search_id)
+
+    def work(session: Session) -> SavedSearch:
+        created = saved_searches.create(session, user_id, search, search_id=search_id)
+        legacy_repairs.mark(session, key, "saved_search", user_id)
+        return created
+
+    created = db.transaction(work)
+    _sync(key)
+    return created
+
+
+def update_search(
+    user_id: str, search_id: str, *, name: str | None, description: str | None
+) -> SavedSearch | None:
+    """Rename or describe a search; None when the user has no such search."""
+    if mode() == "postgres":
+        return db.run(
+            lambda s: saved_searches.update_search(
+                s, user_id, search_id, name=name, description=description
+            )
+        )
+    key = keys.saved_search(user_id, search_id)
+
+    def work(session: Session, imported: dict[str, Any] | None) -> SavedSearch | None:
+        if imported is not None:
+            legacy_import.upsert_saved_searches(session, [imported], overwrite=False)
+        updated = saved_searches.update_search(
+            session, user_id, search_id, name=name, description=description
+        )
+        if updated is not None:
+            legacy_repairs.mark(session, key, "saved_search", user_id)
+        return updated
+
+    updated = db.transaction(lambda s: work(s, None))
+    if updated is None:  # maybe only the TypeScript app has it: import it, then update
+        client = _client()
+        record = _from_redis(
+            lambda: store.read_saved_search(client, user_id, search_id), "saved search"
+        )
+        if record is None:
+            return None
+        row = mapping.saved_search_row(record)
+        updated = db.transaction(lambda s: work(s, row))
+    if updated is not None:
+        _sync(key)
+    return updated
+
+
+def delete_search(user_id: str, search_id: str) -> bool:
+    """True when the user's search existed (in either store) and is now gone."""
+    if mode() == "postgres":
+        return db.run(lambda s: saved_searches.delete_search(s, user_id, search_id))
+    key = keys.saved_search(user_id, search_id)
+
+    def work(session: Session) -> bool:
+        deleted = saved_searches.delete_search(session, user_id, search_id)
+        if deleted:
+            legacy_repairs.mark(session, key, "saved_search", user_id)
+        return deleted
+
+    if not db.transaction(work):
+        # Maybe only the TypeScript app has it; the original's test is index membership.
+        client = _client()
+        if not _from_redis(lambda: store.is_indexed(client, user_id, search_id), "saved search"):
+            return False
+        db.run(_mark(key, "saved_search", user_id), idempotent=True)
+    _sync(key)
+    return True
+
+
+# --- repair -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RepairSummary:
+    repaired: int
+    failed: int
+    skipped: int  # held by an in-flight request, which syncs it itself
+    remaining: int
+
+
+def pending_repairs() -> int:
+    """How many legacy keys still have to be made to match Postgres."""
+    return db.run(legacy_repairs.count, idempotent=True)
+
+
+def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSummary:
+    """Copy Postgres's state to Redis for up to `limit` marked keys, oldest first.
+
+    Safe to run at any time and concurrently with requests (rows in use are skipped).
+    """
+    client = client or _client()
+    repaired = failed = skipped = 0
+    for key in db.run(lambda s: legacy_repairs.pending(s, limit=limit), idempotent=True):
+
+        def repair(session: Session, key: str = key) -> bool | None:
+            return _sync_locked(session, key, client, skip_locked=True)
+
+        outcome = db.transaction(repair)
+        if outcome is True:
+            repaired += 1
+        elif outcome is False:
+            failed += 1
+        else:
+            skipped += 1
+    return RepairSummary(repaired, failed, skipped, pending_repairs())

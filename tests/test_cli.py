@@ -1,0 +1,968 @@
+"""The `keyflash` CLI, driven as a developer drives it: subprocesses of `.venv/bin/keyflash`.
+
+Every test gets its own state dir (KEYFLASH_STATE_DIR) so the developer's `.keyflash/` is never
+touched. One `keyflash dev` serves the tests that only need a running stack; the lifecycle
+tests (signals, kill -9, backup/restore) share a second state dir, so its PostgreSQL cluster is
+initialised once. Readiness is polled with deadlines; teardown checks that no process (dev,
+PostgreSQL, the watchdog) and no lock file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from devkit import cli, layout
+from devkit._host import free_port
+from devkit.crons import CronSyntaxError, Schedule
+from devkit.postgres import LocalPostgres
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYFLASH = str(Path(sys.executable).with_name("keyflash"))
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+# Variables that would point the CLI somewhere else than its own embedded stack.
+FOREIGN = (
+    "DATABASE_URL", "DIRECT_DATABASE_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN",
+    "REDIS_URL", "APP_ENV", "KEYWORD_API_PROVIDER", "CLERK_JWT_KEY", "CLERK_ISSUER",
+    "ADMIN_USER_IDS", "RATE_LIMIT_ENABLED",
+)  # fmt: skip
+
+
+def cli_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    env.update({"KEYFLASH_STATE_DIR": str(state_dir), "NO_COLOR": "1"})
+    env.update(extra)
+    return env
+
+
+def keyflash(
+    *args: str, state_dir: Path, timeout: float = 180, stdin: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KEYFLASH, *args],
+        env=cli_env(state_dir, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        cwd=ROOT,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Non-zero exit, no traceback, exactly one `keyflash: …` error line naming the problem."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("keyflash: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def make_state_dir() -> Path:
+    # Not pytest's tmp_path: its root is 0700 and PostgreSQL runs as another user when we are root.
+    return Path(tempfile.mkdtemp(prefix="keyflash-cli-"))
+
+
+def remove_state_dir(state_dir: Path) -> None:
+    LocalPostgres(state_dir / "pgdata").stop()  # a no-op unless a test failed half-way
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid → (parent pid, state, command line) for every process we can see."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), fields[0], cmdline)
+    return table
+
+
+def stack_processes(state_dir: Path, root: int | None = None) -> set[int]:
+    """The live processes of a stack: `root` and its descendants, plus whatever names the
+    state dir on its command line (PostgreSQL and the watchdog run detached) and theirs."""
+    table = _proc_table()
+    found = {
+        pid for pid, (_, state, cmd) in table.items() if str(state_dir) in cmd and state != "Z"
+    }
+    if root is not None and root in table:
+        found.add(root)
+    while True:
+        children = {
+            pid for pid, (ppid, state, _) in table.items() if ppid in found and state != "Z"
+        }
+        if children <= found:
+            return found
+        found |= children
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting until {what}")
+        time.sleep(0.05)
+
+
+def assert_nothing_left(state_dir: Path, pids: set[int]) -> None:
+    wait_until(
+        lambda: not any(alive(pid) for pid in pids) and not stack_processes(state_dir),
+        STOP_TIMEOUT_S,
+        f"the stack's processes {sorted(pids)} are gone",
+    )
+    assert not (state_dir / "stack.lock").exists(), "stale lock file left behind"
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    url: str
+    log: Path
+    ready_s: float
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def processes(self) -> set[int]:
+        return stack_processes(self.state_dir, self.process.pid)
+
+    def stop(self, signum: int = signal.SIGINT) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def start_dev(state_dir: Path, port: int | None = None) -> Stack:
+    """`keyflash dev` on a free port, returned once /api/health answers."""
+    port = port or free_port()
+    log = state_dir.with_name(state_dir.name + f"-dev-{port}.log")
+    started = time.monotonic()
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [KEYFLASH, "dev", "--port", str(port)],
+            env=cli_env(state_dir),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    stack = Stack(process, state_dir, f"http://127.0.0.1:{port}", log, 0.0)
+    deadline = started + READY_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"keyflash dev exited with {process.returncode}:\n{stack.output()}")
+        try:
+            if httpx.get(f"{stack.url}/api/health", timeout=2).status_code < 500:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stack.stop(signal.SIGKILL)
+            pytest.fail(f"keyflash dev not ready in {READY_TIMEOUT_S:.0f} s:\n{stack.output()}")
+        time.sleep(0.1)
+    stack.ready_s = time.monotonic() - started
+    return stack
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """One running `keyflash dev` (fresh state dir) for every test that only needs one."""
+    state_dir = make_state_dir()
+    running = start_dev(state_dir)
+    try:
+        yield running
+        pids = running.processes()
+        assert running.stop(signal.SIGINT) == 0, running.output()
+        assert_nothing_left(state_dir, pids)
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+        remove_state_dir(state_dir)
+
+
+@pytest.fixture(scope="module")
+def spare_state_dir() -> Iterator[Path]:
+    """A second state dir for lifecycle tests (its cluster is initialised by the first one)."""
+    state_dir = make_state_dir()
+    yield state_dir
+    remove_state_dir(state_dir)
+
+
+@pytest.fixture
+def empty_state_dir() -> Iterator[Path]:
+    state_dir = make_state_dir()
+    yield state_dir
+    remove_state_dir(state_dir)
+
+
+def token_for(stack: Stack, user: str, *extra: str) -> str:
+    result = keyflash("token", "--user", user, *extra, state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+# --------------------------------------------------------------------------- the running stack
+
+
+def test_dev_serves_health_with_every_check_passing(stack: Stack) -> None:
+    response = httpx.get(f"{stack.url}/api/health", timeout=10)
+    # 200 exactly: the stack configures the database, the emulator and the mock provider, so
+    # none of the three checks may fail (207 would mean one did, 503 all).
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert body["environment"] == "development"
+    assert {name: check["healthy"] for name, check in body["checks"].items()} == {
+        "database": True,
+        "redis": True,
+        "provider": True,
+    }
+    output = stack.output()
+    assert "KeyFlash dev is ready at " + stack.url in output
+    assert "export TOKEN=" in output and "CLERK_ISSUER=" in output
+
+
+def test_dev_seeded_demo_data_on_first_run(stack: Stack) -> None:
+    response = httpx.get(
+        f"{stack.url}/api/searches",
+        headers={"Authorization": f"Bearer {token_for(stack, 'demo')}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    names = {search["name"] for search in response.json()["searches"]}
+    assert {"Trail running shoes", "Home espresso"} <= names
+
+
+def test_dev_token_creates_lists_and_deletes_saved_searches(stack: Stack) -> None:
+    user = f"cli_{os.getpid()}"
+    auth = {"Authorization": f"Bearer {token_for(stack, user)}"}
+    body = {
+        "name": "CLI test",
+        "searchParams": {
+            "keywords": ["espresso", "latte art"],
+            "matchType": "phrase",
+            "location": "US",
+        },
+    }
+    with httpx.Client(base_url=stack.url, headers=auth, timeout=10) as client:
+        created = client.post("/api/searches", json=body)
+        assert created.status_code == 201, created.text
+        search_id = created.json()["search"]["id"]
+        listed = client.get("/api/searches").json()["searches"]
+        assert [s["id"] for s in listed] == [search_id]
+        assert client.delete(f"/api/searches/{search_id}").json() == {"success": True}
+        assert client.get("/api/searches").json()["searches"] == []
+        assert client.get(f"/api/searches/{search_id}").status_code == 404
+    anonymous = httpx.get(f"{stack.url}/api/searches", timeout=10)
+    assert anonymous.status_code == 401
+
+
+def test_dev_runs_a_keyword_search(stack: Stack) -> None:
+    response = httpx.post(
+        f"{stack.url}/api/keywords",
+        json={"keywords": ["espresso machine", "latte art"], "matchType": "phrase"},
+        headers={"Authorization": f"Bearer {token_for(stack, 'demo')}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [row["keyword"] for row in body["data"]] == ["espresso machine", "latte art"]
+    assert body["mockData"] is True
+
+
+def test_dev_token_with_admin_claim_reaches_admin_routes(stack: Stack) -> None:
+    url = f"{stack.url}/api/admin/flags"
+    if "/api/admin/flags" not in httpx.get(f"{stack.url}/openapi.json", timeout=10).json()["paths"]:
+        pytest.skip("no admin flags function yet")
+    plain = httpx.get(url, headers={"Authorization": f"Bearer {token_for(stack, 'demo')}"})
+    admin = httpx.get(
+        url, headers={"Authorization": f"Bearer {token_for(stack, 'boss', '--admin')}"}
+    )
+    assert (plain.status_code, admin.status_code) == (403, 200), admin.text
+
+
+def test_gateway_answers_unknown_paths_and_methods_with_the_envelope(stack: Stack) -> None:
+    missing = httpx.get(f"{stack.url}/api/nope", timeout=10)
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"error", "message", "statusCode", "timestamp"}
+    wrong = httpx.request("PATCH", f"{stack.url}/api/health", timeout=10)
+    assert wrong.status_code == 405  # answered by the health function itself
+    assert wrong.json()["supportedMethods"] == ["GET"]
+
+
+def test_openapi_json_lists_every_functions_paths(stack: Stack) -> None:
+    import importlib
+
+    document = httpx.get(f"{stack.url}/openapi.json", timeout=10).json()
+    assert document["servers"] == [{"url": stack.url}]
+    for name in layout.http_functions():
+        app = importlib.import_module(f"functions.{name}").app
+        for path, operations in app.openapi()["paths"].items():
+            assert path in document["paths"], f"{name}: {path} missing"
+            for method in operations:
+                assert document["paths"][path][method]["tags"] == [name]
+    assert httpx.get(f"{stack.url}/docs", timeout=10).text.count("swagger") > 0
+
+
+def test_invoke_health_borrows_the_running_stack(stack: Stack) -> None:
+    result = keyflash("invoke", "health", "--repeat", "3", state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "status 200" in result.stdout
+    assert '"status": "healthy"' in result.stdout
+    assert "run 1 (cold)" in result.stdout and "run 3 (warm)" in result.stdout
+    assert "borrowed from keyflash dev" in result.stderr  # no second PostgreSQL was started
+
+
+def test_invoke_sends_a_request_with_a_dev_token(stack: Stack) -> None:
+    body = json.dumps(
+        {
+            "name": "Invoked",
+            "searchParams": {"keywords": ["x"], "matchType": "exact", "location": "US"},
+        }
+    )
+    result = keyflash(
+        "invoke", "searches", "-X", "POST", "--body", body, "--user", "invoker",
+        state_dir=stack.state_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "status 201" in result.stdout
+    assert '"clerkUserId": "invoker"' in result.stdout
+
+
+def test_invoke_loads_an_event_file(stack: Stack, tmp_path: Path) -> None:
+    from devkit import events
+
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(events.http_api_v2("GET", "/api/health")))
+    result = keyflash("invoke", "health", "--event", str(event_file), state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "status 200" in result.stdout
+
+
+def test_second_dev_on_the_same_state_dir_fails_clearly(stack: Stack) -> None:
+    started = time.monotonic()
+    result = keyflash("dev", "--port", str(free_port()), state_dir=stack.state_dir, timeout=30)
+    assert_one_line_failure(result, "already running", str(stack.process.pid))
+    assert time.monotonic() - started < 15  # refused before starting anything
+    assert stack.process.poll() is None  # and the first one is unharmed
+    assert httpx.get(f"{stack.url}/api/health", timeout=10).status_code == 200
+
+
+def test_cron_list_and_run(stack: Stack) -> None:
+    jobs = layout.cron_modules()
+    listed = keyflash("cron", "list", state_dir=stack.state_dir)
+    assert listed.returncode == 0, listed.stderr
+    if not jobs:
+        assert "no cron jobs" in listed.stdout
+        result = keyflash("cron", "run", "anything", state_dir=stack.state_dir)
+        assert_one_line_failure(result, "no cron jobs")
+        return
+    for job in jobs:
+        assert re.search(rf"^{job}\s", listed.stdout, re.MULTILINE), listed.stdout
+    job = "collect_metrics" if "collect_metrics" in jobs else jobs[0]
+    result = keyflash("cron", "run", job, state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"cron {job}: ok in ")
+    invoked = keyflash("invoke", f"cron.{job}", state_dir=stack.state_dir)
+    assert invoked.returncode == 0, invoked.stderr
+    assert "EventBridge schedule event" in invoked.stdout
+
+
+def test_cron_run_unknown_job_fails_clearly(stack: Stack) -> None:
+    result = keyflash("cron", "run", "no_such_job", state_dir=stack.state_dir)
+    assert_one_line_failure(result, "no_such_job")
+
+
+def test_invoke_refuses_an_event_mangum_cannot_route(stack: Stack, tmp_path: Path) -> None:
+    event_file = tmp_path / "event.json"
+    event_file.write_text('{"detail-type": "Scheduled Event"}')
+    result = keyflash("invoke", "health", "--event", str(event_file), state_dir=stack.state_dir)
+    assert_one_line_failure(result, "not one Mangum can route")
+
+
+def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir: Path) -> None:
+    result = keyflash("env", state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    exported = dict(
+        re.findall(r"^export (\w+)=(.*)$", result.stdout, re.MULTILINE)  # values may be quoted
+    )
+    holder = json.loads((stack.state_dir / "stack.lock").read_text())
+    assert exported["DATABASE_URL"] == holder["database_url"]
+    assert exported["UPSTASH_REDIS_REST_URL"] == holder["upstash_url"]
+    assert exported["APP_URL"] == stack.url
+    assert_one_line_failure(keyflash("env", state_dir=empty_state_dir), "no running keyflash dev")
+
+
+def test_commands_wait_for_no_one_but_say_who_holds_the_lock(empty_state_dir: Path) -> None:
+    from devkit.stack import StackLock
+
+    lock = StackLock(empty_state_dir)
+    lock.acquire("db backup")
+    try:
+        result = keyflash("db", "psql", "-c", "select 1", state_dir=empty_state_dir, timeout=60)
+    finally:
+        lock.release()
+    assert_one_line_failure(result, "keyflash db backup", f"pid {os.getpid()}", "wait for it")
+    assert not (empty_state_dir / "pgdata").exists()
+
+
+# --------------------------------------------------------------------------- bad usage
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["invoke", "no_such_function"], "no function 'no_such_function'"),
+        (["invoke", "health", "--repeat", "0"], "--repeat"),
+        (["invoke", "health", "--header", "no-colon"], "NAME:VALUE"),
+        (["invoke", "health", "--event", "/nonexistent/event.json"], "does not exist"),
+        (["dev", "--port", "70000"], "between 0 and 65535"),
+        (["token"], "--user"),
+        (["db", "frobnicate"], "invalid choice"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(
+    args: list[str], fragment: str, empty_state_dir: Path
+) -> None:
+    result = keyflash(*args, state_dir=empty_state_dir, timeout=60)
+    assert result.returncode == 2
+    assert_one_line_failure(result, fragment)
+    assert not (empty_state_dir / "pgdata").exists()  # nothing was started for it
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [('{"version": "2.0",', "not valid JSON (line 1"), ("[1, 2]", "JSON list")],
+)
+def test_invoke_rejects_a_malformed_event_file(
+    content: str, fragment: str, empty_state_dir: Path
+) -> None:
+    event_file = empty_state_dir / "event.json"
+    event_file.write_text(content)
+    result = keyflash("invoke", "health", "--event", str(event_file), state_dir=empty_state_dir)
+    assert result.returncode == 2
+    assert_one_line_failure(result, fragment)
+
+
+def test_dev_reports_a_port_in_use_before_starting_anything(empty_state_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = keyflash("dev", "--port", str(port), state_dir=empty_state_dir, timeout=60)
+    assert_one_line_failure(result, f"port {port}", "already in use")
+    assert result.returncode == 1
+    assert not (empty_state_dir / "pgdata").exists()
+    assert not (empty_state_dir / "stack.lock").exists()
+
+
+def test_token_is_refused_in_production(empty_state_dir: Path) -> None:
+    result = keyflash("token", "--user", "x", state_dir=empty_state_dir, APP_ENV="production")
+    assert_one_line_failure(result, "APP_ENV=production")
+    assert not (empty_state_dir / "dev-signing-key.pem").exists()
+
+
+def test_dev_is_refused_in_production(empty_state_dir: Path) -> None:
+    result = keyflash("dev", state_dir=empty_state_dir, APP_ENV="production")
+    assert_one_line_failure(result, "APP_ENV=production")
+
+
+def test_token_claims_and_key_reuse(empty_state_dir: Path) -> None:
+    first = keyflash(
+        "token", "--user", "u1", "--email", "u1@example.com", "--admin", "--ttl", "600",
+        state_dir=empty_state_dir,
+    )  # fmt: skip
+    second = keyflash("token", "--user", "u2", state_dir=empty_state_dir)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    public = (empty_state_dir / "dev-signing-key.pub.pem").read_text()
+    claims = jwt.decode(
+        first.stdout.strip(), public, algorithms=["RS256"], options={"verify_iss": False}
+    )
+    assert (claims["sub"], claims["email"], claims["metadata"]) == (
+        "u1", "u1@example.com", {"role": "admin"},
+    )  # fmt: skip
+    assert claims["exp"] - claims["iat"] == 600
+    other = jwt.decode(
+        second.stdout.strip(), public, algorithms=["RS256"], options={"verify_iss": False}
+    )
+    assert "metadata" not in other and other["exp"] - other["iat"] == 24 * 3600
+    assert oct((empty_state_dir / "dev-signing-key.pem").stat().st_mode & 0o777) == "0o600"
+    bad_ttl = keyflash("token", "--user", "u", "--ttl", "0", state_dir=empty_state_dir)
+    assert_one_line_failure(bad_ttl, "--ttl")
+
+
+def test_db_reset_and_restore_refuse_a_remote_database(empty_state_dir: Path) -> None:
+    remote = "postgresql://user:secret@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
+    for args in (["db", "reset", "--yes"], ["db", "seed"]):
+        result = keyflash(*args, state_dir=empty_state_dir, DATABASE_URL=remote)
+        line = assert_one_line_failure(result, "refusing", "neon.tech")
+        assert "secret" not in line  # the password is masked
+    archive = empty_state_dir / "x.dump"
+    archive.write_bytes(b"PGDMP" + b"\0" * 16)
+    result = keyflash(
+        "db", "restore", str(archive), "--yes", state_dir=empty_state_dir, DATABASE_URL=remote
+    )
+    assert_one_line_failure(result, "refusing")
+
+
+def test_db_restore_rejects_a_file_that_is_not_a_backup(empty_state_dir: Path) -> None:
+    bogus = empty_state_dir / "bogus.dump"
+    bogus.write_text("not a dump")
+    result = keyflash("db", "restore", str(bogus), "--yes", state_dir=empty_state_dir)
+    assert_one_line_failure(result, "not a pg_dump custom-format archive")
+    missing = keyflash("db", "restore", str(empty_state_dir / "missing"), state_dir=empty_state_dir)
+    assert_one_line_failure(missing, "does not exist")
+    assert not (empty_state_dir / "pgdata").exists()  # checked before starting anything
+
+
+def test_openapi_command_writes_the_merged_document(empty_state_dir: Path) -> None:
+    target = empty_state_dir / "openapi.json"
+    result = keyflash("openapi", "--output", str(target), state_dir=empty_state_dir)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(target.read_text())
+    tags = {tag["name"] for tag in document["tags"]}
+    assert tags == set(layout.http_functions())
+    unwritable = keyflash("openapi", "-o", "/nonexistent/dir/x.json", state_dir=empty_state_dir)
+    assert_one_line_failure(unwritable, "cannot write")
+
+
+def test_colour_only_on_a_terminal_without_no_color(empty_state_dir: Path) -> None:
+    def run_on_tty(**extra: str) -> bytes:
+        env = cli_env(empty_state_dir, **extra)
+        if "NO_COLOR" not in extra:
+            env.pop("NO_COLOR")
+        leader, follower = pty.openpty()
+        try:
+            code = subprocess.run(
+                [KEYFLASH, "cron", "list"], env=env, stdout=follower, stderr=follower, timeout=60
+            ).returncode
+            os.close(follower)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # EIO: the terminal has no writer left
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(leader)
+        assert code == 0
+        return b"".join(chunks)
+
+    if not layout.cron_modules():
+        pytest.skip("cron list prints a plain message while functions/cron/ is absent")
+    assert b"\x1b[" in run_on_tty()
+    assert b"\x1b[" not in run_on_tty(NO_COLOR="1")
+    piped = keyflash("cron", "list", state_dir=empty_state_dir)
+    assert "\x1b[" not in piped.stdout
+
+
+def test_every_command_has_help() -> None:
+    for args in (
+        [], ["dev"], ["invoke"], ["cron"], ["cron", "list"], ["cron", "run"], ["db"],
+        ["db", "migrate"], ["db", "downgrade"], ["db", "reset"], ["db", "backup"],
+        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"],
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            cli.main([*args, "--help"])
+        assert exited.value.code == 0, args
+
+
+def test_legacy_delegates_or_says_it_is_not_available(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "devkit.legacy" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert cli.main(["legacy", "backfill"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "keyflash: keyflash legacy is not available: devkit/legacy.py does not exist yet"
+    )
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    if real_find_spec("devkit.legacy") is None:
+        return
+    with pytest.raises(SystemExit) as exited:  # the delegate's own help, no database needed
+        cli.main(["legacy", "verify", "--help"])
+    assert exited.value.code == 0
+    assert "verify" in capsys.readouterr().out
+
+
+def test_unexpected_errors_are_one_line_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def explode(args: argparse.Namespace) -> int:
+        raise RuntimeError("cannot reach postgresql://u:hunter2@db.example.com/x\nmore detail")
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["openapi"])
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_known_args", lambda argv: (args, []))
+    args.handler = explode
+    assert cli.main(["openapi"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hunter2" not in err and "RuntimeError" in err
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_everything_and_leaves_nothing(spare_state_dir: Path, signum: int) -> None:
+    running = start_dev(spare_state_dir)
+    pids = running.processes()
+    postmaster = int((spare_state_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+    assert postmaster in pids and len(pids) >= 3  # dev, its watchdog, PostgreSQL and children
+    assert running.stop(signum) == 0, running.output()
+    assert_nothing_left(spare_state_dir, pids)
+    assert "stopped" in running.output()
+
+
+def test_sigterm_during_startup_unwinds_cleanly(spare_state_dir: Path) -> None:
+    port = free_port()
+    log = spare_state_dir.with_name(spare_state_dir.name + "-interrupted.log")
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [KEYFLASH, "dev", "--port", str(port)],
+            env=cli_env(spare_state_dir),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        wait_until(
+            lambda: "PostgreSQL" in log.read_text() or process.poll() is not None,
+            READY_TIMEOUT_S,
+            "keyflash dev starts PostgreSQL",
+        )
+        pids = stack_processes(spare_state_dir, process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_TIMEOUT_S) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert_nothing_left(spare_state_dir, pids)
+    assert "Traceback" not in log.read_text()
+
+
+def test_kill_9_is_cleaned_up_by_the_watchdog(spare_state_dir: Path) -> None:
+    running = start_dev(spare_state_dir)
+    pids = running.processes()
+    assert running.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert_nothing_left(spare_state_dir, pids)
+    log = (spare_state_dir / "watchdog.log").read_text()
+    assert "exited without cleaning up" in log and "stopped PostgreSQL" in log
+
+
+def test_a_stale_lock_is_detected_and_cleared(spare_state_dir: Path) -> None:
+    ghost = subprocess.Popen(["true"])
+    ghost.wait()  # a pid that no longer runs
+    lock = spare_state_dir / "stack.lock"
+    lock.write_text(json.dumps({"pid": ghost.pid, "command": "dev", "url": "http://x"}))
+    result = keyflash("db", "psql", "-tAc", "select 1", state_dir=spare_state_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+    assert f"cleared a stale lock left by pid {ghost.pid}" in result.stderr
+    assert not lock.exists()
+
+
+def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
+    archive = spare_state_dir / "backup.dump"
+
+    def psql(sql: str) -> str:
+        result = keyflash("db", "psql", "-tAc", sql, state_dir=spare_state_dir)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    marker = f"roundtrip_{os.getpid()}"
+    psql(
+        'INSERT INTO users (id, email, "updatedAt") '
+        f"VALUES ('{marker}', '{marker}@example.com', now())"
+    )
+    backup = keyflash("db", "backup", str(archive), state_dir=spare_state_dir)
+    assert backup.returncode == 0, backup.stderr
+    assert archive.read_bytes().startswith(b"PGDMP")
+
+    refused = keyflash("db", "reset", state_dir=spare_state_dir)  # no terminal, no --yes
+    assert_one_line_failure(refused, "--yes")
+    assert psql(f"SELECT count(*) FROM users WHERE id = '{marker}'") == "1"
+
+    reset = keyflash("db", "reset", "--yes", state_dir=spare_state_dir)
+    assert reset.returncode == 0, reset.stderr
+    assert "seeded" in reset.stdout
+    assert psql(f"SELECT count(*) FROM users WHERE id = '{marker}'") == "0"
+
+    restore = keyflash("db", "restore", str(archive), "--yes", state_dir=spare_state_dir)
+    assert restore.returncode == 0, restore.stderr
+    assert psql(f"SELECT count(*) FROM users WHERE id = '{marker}'") == "1"
+    check = keyflash("db", "check", state_dir=spare_state_dir)
+    assert check.returncode == 0, check.stderr
+    assert "at head" in check.stdout
+    assert not stack_processes(spare_state_dir)  # each command stopped what it started
+
+
+def test_db_downgrade_and_migrate(spare_state_dir: Path) -> None:
+    down = keyflash("db", "downgrade", "-1", state_dir=spare_state_dir)
+    assert down.returncode == 0, down.stderr
+    behind = keyflash("db", "check", state_dir=spare_state_dir)
+    assert_one_line_failure(behind, "keyflash db migrate")
+    up = keyflash("db", "migrate", state_dir=spare_state_dir)
+    assert up.returncode == 0 and up.stdout.startswith("migrated "), up.stderr
+    bad = keyflash("db", "downgrade", "not_a_revision", state_dir=spare_state_dir)
+    assert_one_line_failure(bad, "not_a_revision")
+
+
+# --------------------------------------------------------------------------- cron schedules
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        ("*/5 * * * *", "2026-11-25T13:37:10", "2026-11-25T13:40:00"),
+        ("0 3 * * *", "2026-11-25T03:00:00", "2026-11-26T03:00:00"),
+        ("5 0 1 * *", "2026-12-31T23:59:00", "2027-01-01T00:05:00"),
+        ("30 9 * * MON-FRI", "2026-11-28T10:00:00", "2026-11-30T09:30:00"),  # Sat → Mon
+        ("0 0 29 2 *", "2026-03-01T00:00:00", "2028-02-29T00:00:00"),
+        ("0 12 13 * 5", "2026-11-01T00:00:00", "2026-11-06T12:00:00"),  # day OR Friday
+        ("0 0 * * 7", "2026-11-25T00:00:00", "2026-11-29T00:00:00"),  # 7 is Sunday
+    ],
+)
+def test_schedule_next_run(expression: str, after: str, expected: str) -> None:
+    moment = datetime.fromisoformat(after).replace(tzinfo=UTC)
+    assert Schedule.parse(expression).next_after(moment) == datetime.fromisoformat(
+        expected
+    ).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [
+        ("* * * *", "has 4 fields"),
+        ("60 * * * *", "minute: 60 is outside 0-59"),
+        ("*/0 * * * *", "step"),
+        ("5-1 * * * *", "runs backwards"),
+        ("x * * * *", "not a number"),
+        ("0 0 31 2 *", "never fires"),
+    ],
+)
+def test_schedule_rejects_bad_expressions(expression: str, fragment: str) -> None:
+    with pytest.raises(CronSyntaxError, match=re.escape(fragment)):
+        Schedule.parse(expression).next_after(datetime(2026, 1, 1, tzinfo=UTC))
+
+
+# --------------------------------------------------------------------------- in-process units
+
+
+def test_lock_waits_for_a_cleanup_then_gives_up_with_a_pointer(empty_state_dir: Path) -> None:
+    import fcntl
+
+    from devkit.console import CliError
+    from devkit.stack import StackLock
+
+    ghost = subprocess.Popen(["true"])
+    ghost.wait()
+    path = empty_state_dir / "stack.lock"
+    path.write_text(json.dumps({"pid": ghost.pid, "command": "dev"}))
+    held = os.open(path, os.O_RDWR)  # as a watchdog still cleaning up holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(CliError, match="has not finished within"):
+            StackLock(empty_state_dir).acquire("dev", wait_for_cleanup=0.3)
+    finally:
+        os.close(held)
+    lock = StackLock(empty_state_dir)
+    lock.acquire("dev")  # the holder is gone: taken over, reported as stale
+    assert lock.stale_pid == ghost.pid
+    lock.release()
+    assert not path.exists()
+
+
+def test_scheduler_fires_due_jobs_and_skips_overlapping_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    from datetime import timedelta
+
+    from devkit import crons
+
+    job = crons.CronJob("tick", "none", "/api/cron/tick", Schedule.parse("* * * * *"), "test")
+    release = threading.Event()
+    started = threading.Event()
+    calls: list[str] = []
+
+    def slow_run(job: crons.CronJob) -> crons.RunResult:
+        calls.append(job.name)
+        started.set()
+        release.wait(10)
+        return crons.RunResult(job.name, True, 1.0, result={"ok": True})
+
+    monkeypatch.setattr(crons, "run_job", slow_run)
+    now = [datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)]
+    lines: list[str] = []
+    reported = threading.Condition()
+
+    def report(line: str) -> None:
+        with reported:
+            lines.append(line)
+            reported.notify_all()
+
+    scheduler = crons.Scheduler([job], report=report, clock=lambda: now[0])
+    assert scheduler.next_runs() == {"tick": datetime(2026, 1, 1, 12, 1, tzinfo=UTC)}
+    scheduler.start()
+    try:
+        assert not started.is_set()
+        now[0] += timedelta(minutes=1)  # 12:01:30: due
+        assert started.wait(10)
+        now[0] += timedelta(minutes=1)  # due again while the first run is still going
+        with reported:
+            assert reported.wait_for(lambda: any("skipped" in line for line in lines), 10)
+        release.set()
+        with reported:
+            assert reported.wait_for(lambda: any(": ok in " in line for line in lines), 10)
+    finally:
+        release.set()
+        scheduler.stop()
+    assert calls == ["tick"]
+
+
+def test_run_job_reports_a_failing_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from devkit import crons
+
+    module = types.ModuleType("kf_failing_cron")
+
+    def handler(event: dict[str, Any], context: Any) -> None:
+        assert event["detail-type"] == "Scheduled Event"
+        raise ValueError("disk full")
+
+    module.handler = handler  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kf_failing_cron", module)
+    job = crons.CronJob("failing", "kf_failing_cron", "/api/cron/failing", None, "test")
+    result = crons.run_job(job)
+    assert not result.ok
+    assert result.summary().startswith("cron failing: FAILED in ")
+    assert result.summary().endswith("ValueError: disk full")
+
+
+def test_invoke_reports_a_handler_that_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from devkit import invoke
+    from devkit.console import CliError
+
+    module = types.ModuleType("kf_raising_function")
+
+    def handler(event: dict[str, Any], context: Any) -> None:
+        raise KeyError("boom")
+
+    module.handler = handler  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kf_raising_function", module)
+    target = invoke.Target("cron", "cron.raising", "kf_raising_function")
+    with pytest.raises(CliError, match=re.escape("kf_raising_function.handler raised KeyError")):
+        invoke.invoke(target, event_file=None, request=invoke.Request(), repeat=1, token_for=str)
+
+
+def test_gateway_routing_and_openapi_merge() -> None:
+    import types
+
+    from fastapi import FastAPI
+    from fastapi.routing import APIRoute
+    from pydantic import create_model
+    from starlette.testclient import TestClient
+
+    from devkit import gateway
+
+    def function(name: str, field: type) -> gateway.Function:
+        body_model = create_model("Body", value=(field, ...))
+        app = FastAPI(title=name)
+
+        def create(body: Any) -> dict[str, str]:
+            return {"served_by": name}
+
+        create.__annotations__ = {"body": body_model, "return": dict[str, str]}
+        app.post(f"/api/{name}")(create)
+
+        @app.get("/api/shared/{item}")
+        def shared(item: str) -> dict[str, str]:
+            return {"served_by": name}
+
+        module = types.ModuleType(name)
+        module.app = app  # type: ignore[attr-defined]
+        routes = tuple(
+            gateway.Route(r.path, frozenset(r.methods or ()), r.path_regex)
+            for r in app.routes
+            if isinstance(r, APIRoute)
+        )
+        return gateway.Function(name, module, routes)
+
+    first, second = function("first", int), function("second", str)
+    gate = gateway.Gateway([first, second])
+    assert gateway.conflicts([first, second]) == ["GET /api/shared/{item}: first and second"]
+    with TestClient(gate) as client:
+        assert client.post("/api/second", json={"value": "x"}).json() == {"served_by": "second"}
+        assert client.get("/api/shared/1").json() == {"served_by": "first"}  # first one wins
+        assert client.get("/api/second").status_code == 405  # the owner answers
+        missing = client.get("/api/third")
+        assert missing.status_code == 404 and missing.json()["statusCode"] == 404
+    merged = gateway.merged_openapi([first, second])
+    schemas = merged["components"]["schemas"]
+    assert {"Body", "Body__second"} <= set(schemas)  # same name, different shapes: both kept
+    second_ref = merged["paths"]["/api/second"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]["$ref"]
+    assert second_ref == "#/components/schemas/Body__second"
+    assert merged["paths"]["/api/first"]["post"]["tags"] == ["first"]

@@ -1,0 +1,448 @@
+"""The backup cron against S3 (moto) and real Postgres: dump → restore round-trips every table
+byte for byte, retention keeps the newest N, an interrupted backup leaves nothing behind, and a
+restore refuses (changing nothing) whatever it cannot load faithfully."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from devkit.migrate import upgrade_head
+from shared.cron import backup
+from shared.cron.runner import LEASE_HELD, run_job
+from tests.support.cron import BudgetContext, configure, count
+from tests.test_cron_jobs import overlapping_runs
+
+BUCKET = "keyflash-backups-test"
+PREFIX = "kf/"
+NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+ScratchDatabase = Callable[[], str]
+
+
+def mock_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A moto S3 with the backup bucket; the app configured to back up into it."""
+    from moto import mock_aws
+
+    configure(
+        monkeypatch,
+        BACKUP_BUCKET=BUCKET,
+        BACKUP_PREFIX=PREFIX,
+        BACKUP_KEEP=2,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SESSION_TOKEN="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=None,
+    )
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture
+def s3(db_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """S3 for tests of the job, which takes its lease through the lane's URL."""
+    yield from mock_s3(monkeypatch)
+
+
+@pytest.fixture
+def direct_s3(
+    direct_database_url: str, clean_tables: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """S3 for tests of backup and restore themselves: they only ever use the direct URL, so
+    one lane is enough."""
+    from shared.config import get_settings
+    from shared.db import dispose_engine
+
+    configure(
+        monkeypatch, DATABASE_URL=direct_database_url, DIRECT_DATABASE_URL=direct_database_url
+    )
+    dispose_engine()
+    yield from mock_s3(monkeypatch)
+    dispose_engine()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def empty_target(scratch_database: ScratchDatabase) -> str:
+    """An empty database migrated to head: what a restore loads into."""
+    url = scratch_database()
+    upgrade_head(url)
+    return url
+
+
+def keys(s3: Any, prefix: str = PREFIX) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+# --------------------------------------------------------------------------- seed data
+
+AWKWARD = "tab\there, newline\nhere, back\\slash, \\N, quote ' \", ünïcødé ☃, \\."
+
+
+def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000) -> None:
+    """Rows in every table, with the values COPY text must escape: tabs, newlines,
+    backslashes, a literal `\\N` and `\\.`, NULLs, arrays, JSONB, enums, doubles, dates."""
+    t0 = datetime(2026, 11, 1, 9, 30, 15, 123000)
+    conn.execute(
+        """INSERT INTO users (id, email, tier, "keywordSearchesThisMonth", "keywordSearchesTotal",
+               "monthlyResetAt", "stripeCustomerId", "subscriptionStatus", "trialEndsAt",
+               "createdAt", "updatedAt", "trialStartedAt")
+           SELECT 'user' || g, 'u' || g || '@example.com',
+                  (ARRAY['FREE','PRO','ENTERPRISE'])[1 + g %% 3]::"UserTier", g, g * 10,
+                  %(t)s, CASE WHEN g %% 2 = 0 THEN 'cus_' || g END,
+                  CASE WHEN g %% 3 = 1 THEN 'active' END, %(t)s, %(t)s, %(t)s, NULL
+           FROM generate_series(1, 50) g""",
+        {"t": t0},
+    )
+    conn.execute(
+        """INSERT INTO saved_searches (id, "userId", name, keywords, "updatedAt", description,
+               results, "resultCount")
+           VALUES ('s1', 'user1', %s, %s, %s, %s, %s, 2),
+                  ('s2', 'user2', 'plain', NULL, %s, NULL, NULL, NULL)""",
+        (AWKWARD, ["a\tb", "c\nd", "e\\f", "", None], t0, AWKWARD,
+         Jsonb([{"keyword": AWKWARD, "volume": 1.5e300}, {"n": None}]), t0),
+    )  # fmt: skip
+    conn.execute(
+        """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
+               provider, "cacheHit", "responseTime", "keywordCount", "searchedAt", "userAgent",
+               "ipAddress")
+           SELECT 'h' || g, CASE WHEN g %% 5 <> 0 THEN 'user' || (1 + g %% 50) END,
+                  ARRAY[md5(g::text), md5((g * 7)::text), md5((g * 11)::text),
+                        md5((g * 13)::text)], 'US', 'en', 'broad',
+                  (ARRAY['mock','dataforseo'])[1 + g %% 2], g %% 3 = 0, g %% 997, 2,
+                  %(t)s + g * interval '1 second',
+                  md5((g * 3)::text) || md5((g * 5)::text) || %(a)s, '203.0.113.0'
+           FROM generate_series(1, %(n)s) g""",
+        {"t": t0, "n": history_rows, "a": AWKWARD},
+    )
+    conn.execute(
+        """INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration,
+               "ipAddress", "userAgent", timestamp)
+           VALUES ('a1', NULL, '/api/keywords', 'POST', 200, 87, NULL, %s, %s)""",
+        (AWKWARD, t0),
+    )
+    conn.execute(
+        """INSERT INTO webhook_events (id, type, processed, "processedAt", attempts, error,
+               payload, "createdAt")
+           VALUES ('evt_1', 'invoice.paid', true, %s, 2, %s, %s, %s),
+                  ('evt_2', 'x', false, NULL, 1, NULL, NULL, %s)""",
+        (t0, AWKWARD, Jsonb({"id": "evt_1", "nested": {"s": AWKWARD, "n": [1, 2.5, None]}}),
+         t0, t0),
+    )  # fmt: skip
+    conn.execute(
+        """INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers",
+               description, "updatedAt")
+           VALUES ('f1', 'new-ui', true, 37, ARRAY['user1', 'us"er2'], %s, %s)""",
+        (AWKWARD, t0),
+    )
+    conn.execute(
+        """INSERT INTO system_metrics (id, metric, value, tags, timestamp)
+           VALUES ('m1', 'a', 0.1 + 0.2, '{"k": "v"}', %s), ('m2', 'b', 1e-300, NULL, %s),
+                  ('m3', 'c', -0.0, NULL, %s), ('m4', 'd', 'NaN', NULL, %s)""",
+        (t0, t0, t0, t0),
+    )
+    conn.execute(
+        """INSERT INTO legacy_repairs (key, kind, "userId", attempts, error, "updatedAt")
+           VALUES ('user:user1', 'user', 'user1', 3, %s, %s)""",
+        (AWKWARD, t0),
+    )
+    conn.execute(
+        """INSERT INTO cron_leases (job, holder, "expiresAt", state, "updatedAt")
+           VALUES ('rollup', NULL, %s, %s, %s)""",
+        (t0, Jsonb({"watermark": "2026-11-01T00:00:00+00:00"}), t0),
+    )
+    conn.execute(
+        """INSERT INTO search_daily_rollups (day, provider, searches, keywords, "cacheHits",
+               "responseTimeTotal", "avgResponseTime", "updatedAt")
+           VALUES ('2026-11-01', 'mock', 3, 6, 1, 10, 3.3333333333333335, %s)""",
+        (t0,),
+    )
+
+
+def dump(url: str) -> dict[str, bytes]:
+    """Every public table's full content as COPY text, in a stable order."""
+    out: dict[str, bytes] = {}
+    with psycopg.connect(url) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            )
+        ]
+        for table in tables:
+            buffer = io.BytesIO()
+            query = sql.SQL("COPY (SELECT * FROM {t} ORDER BY {t}::text) TO STDOUT").format(
+                t=sql.Identifier(table)
+            )
+            with conn.cursor().copy(query) as copy:
+                for data in copy:
+                    buffer.write(data)
+            out[table] = buffer.getvalue()
+    return out
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_backup_then_restore_round_trips_every_table_exactly(
+    direct_s3: Any,
+    direct_database_url: str,
+    admin_conn: psycopg.Connection[Any],
+    empty_target: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Big enough for a multipart upload with 5 MiB parts (random md5 text barely compresses).
+    monkeypatch.setattr(backup, "PART_SIZE", 5 * 1024 * 1024)
+    seed_everything(admin_conn, history_rows=60_000)
+    source = dump(direct_database_url)
+    assert all(source[table] for table in source if table != "alembic_version"), (
+        "every table must have rows for the round trip to mean something"
+    )
+
+    result = backup.create_backup(
+        direct_database_url, s3=direct_s3, bucket=BUCKET, prefix=PREFIX, now=NOW
+    )
+    manifest = result.manifest
+    assert result.key == f"{PREFIX}20261128T020000000Z/manifest.json"
+    revision = admin_conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision is not None and manifest["alembicRevision"] == revision[0]
+    order = [entry["table"] for entry in manifest["tables"]]
+    assert set(order) == set(source) - {"alembic_version"}
+    assert order.index("users") < order.index("saved_searches")  # FK order for loading
+    assert order.index("users") < order.index("search_history")
+    history = next(e for e in manifest["tables"] if e["table"] == "search_history")
+    assert history["rows"] == 60_000
+    etag = direct_s3.head_object(
+        Bucket=BUCKET, Key=f"{PREFIX}20261128T020000000Z/search_history.tsv.gz"
+    )
+    assert etag["ETag"].endswith('-2"'), "the large table should have gone up in two parts"
+    users_file = direct_s3.get_object(
+        Bucket=BUCKET, Key=f"{PREFIX}20261128T020000000Z/users.tsv.gz"
+    )
+    assert gzip.decompress(users_file["Body"].read()).count(b"\n") == 50
+
+    summary = backup.restore_backup(f"s3://{BUCKET}/{result.key}", empty_target, s3=direct_s3)
+    assert summary["rows"] == sum(entry["rows"] for entry in manifest["tables"])
+    assert dump(empty_target) == source
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
+    s3: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    seed_everything(admin_conn, history_rows=10)
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}20200101T000000000Z/users.tsv.gz", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="elsewhere/keep.txt", Body=b"not ours")
+
+    first = run_job(backup.JOB, now=NOW)
+    assert first["complete"] is True and first["tables"] >= 10
+    assert first["key"] == f"s3://{BUCKET}/{PREFIX}20261128T020000000Z/manifest.json"
+    assert first["processed"] == sum(
+        count(admin_conn, f'SELECT count(*) FROM "{t}"')
+        for t in ("users", "saved_searches", "search_history", "api_usage", "webhook_events",
+                  "feature_flags", "system_metrics", "legacy_repairs", "search_daily_rollups")
+    ) + 2  # and cron_leases in the snapshot: rollup's row and this run's own lease  # fmt: skip
+    assert first["deletedBackups"] == ["20200101T000000000Z"]  # interrupted: no manifest
+    stored = keys(s3)
+
+    again = run_job(backup.JOB, now=NOW + timedelta(hours=3))
+    assert again["skipped"].startswith("already backed up today") and again["processed"] == 0
+    assert keys(s3) == stored
+
+    for day in (1, 2):
+        run_job(backup.JOB, now=NOW + timedelta(days=day))
+    complete, interrupted = backup.list_backups(s3, BUCKET, PREFIX)
+    assert complete == ["20261129T020000000Z", "20261130T020000000Z"] and interrupted == []
+    assert keys(s3, "elsewhere/") == ["elsewhere/keep.txt"]
+
+    forced = run_job(backup.JOB, now=NOW + timedelta(days=2, hours=1), options={"force": True})
+    assert forced["complete"] is True
+    assert backup.list_backups(s3, BUCKET, PREFIX)[0] == [
+        "20261130T020000000Z",
+        "20261130T030000000Z",
+    ]
+
+
+def test_a_backup_out_of_time_leaves_nothing_and_the_next_run_finishes(
+    s3: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    seed_everything(admin_conn, history_rows=10)
+    # One check for the run's batch, two tables, then the time is up.
+    partial = run_job(backup.JOB, now=NOW, context=BudgetContext(checks=3))
+    assert partial["complete"] is False and "out of time" in partial["stopped"]
+    assert keys(s3) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    done = run_job(backup.JOB, now=NOW + timedelta(minutes=1))
+    assert done["complete"] is True and len(backup.list_backups(s3, BUCKET, PREFIX)[0]) == 1
+
+
+def test_a_large_table_out_of_time_aborts_its_multipart_upload(
+    direct_s3: Any, direct_database_url: str, admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(backup, "PART_SIZE", 5 * 1024 * 1024)
+    monkeypatch.setattr(backup, "_CHECK_TIME_EVERY", 1024 * 1024)
+    seed_everything(admin_conn, history_rows=60_000)
+
+    class Spy:
+        """The real client; notes when a multipart upload has begun."""
+
+        started = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(direct_s3, name)
+
+        def create_multipart_upload(self, **kwargs: Any) -> Any:
+            self.started = True
+            return direct_s3.create_multipart_upload(**kwargs)
+
+    spy = Spy()
+    with pytest.raises(backup.OutOfTimeError):  # time runs out right after the first part
+        backup.create_backup(
+            direct_database_url, s3=spy, bucket=BUCKET, prefix=PREFIX, now=NOW,
+            has_time=lambda: not spy.started,
+        )  # fmt: skip
+    assert spy.started
+    assert keys(direct_s3) == []
+    assert direct_s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_overlapping_backups_make_one(s3: Any, admin_conn: psycopg.Connection[Any]) -> None:
+    first, second = overlapping_runs(backup.JOB, now=NOW)
+    assert second["skipped"] == LEASE_HELD and first["complete"] is True
+    assert len(backup.list_backups(s3, BUCKET, PREFIX)[0]) == 1
+
+
+def test_an_s3_failure_mid_backup_removes_what_was_uploaded(
+    direct_s3: Any, direct_database_url: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    seed_everything(admin_conn, history_rows=10)
+
+    class FailingS3:
+        """The real client, but the fourth PUT fails (as a network error would)."""
+
+        def __init__(self) -> None:
+            self.puts = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(direct_s3, name)
+
+        def put_object(self, **kwargs: Any) -> Any:
+            self.puts += 1
+            if self.puts == 4:
+                raise ConnectionError("connection reset by peer")
+            return direct_s3.put_object(**kwargs)
+
+    with pytest.raises(ConnectionError):
+        backup.create_backup(
+            direct_database_url, s3=FailingS3(), bucket=BUCKET, prefix=PREFIX, now=NOW
+        )
+    assert keys(direct_s3) == []
+
+
+def test_the_backup_job_needs_a_bucket_and_a_direct_url(
+    db_env: str, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    configure(monkeypatch, BACKUP_BUCKET=None)
+    with pytest.raises(backup.BackupError, match="BACKUP_BUCKET"):
+        run_job(backup.JOB, now=NOW)
+    configure(monkeypatch, BACKUP_BUCKET=BUCKET, DIRECT_DATABASE_URL=None)
+    with pytest.raises(backup.BackupError, match="DIRECT_DATABASE_URL"):
+        run_job(backup.JOB, now=NOW)
+    holder = admin_conn.execute("SELECT holder FROM cron_leases WHERE job = 'backup'").fetchone()
+    assert holder == (None,)  # the failed runs gave the lease back
+    with pytest.raises(backup.BackupError, match="pooler"):
+        backup.libpq_url("postgresql://u:p@127.0.0.1:6432/db?pgbouncer=true")
+    with pytest.raises(backup.BackupError, match="pooler"):
+        backup.libpq_url("postgresql://u:p@ep-x-123-pooler.eu-central-1.aws.neon.tech/db")
+
+
+# --------------------------------------------------------------------------- restore refusals
+
+
+@pytest.fixture
+def made_backup(
+    direct_s3: Any, direct_database_url: str, admin_conn: psycopg.Connection[Any]
+) -> str:
+    seed_everything(admin_conn, history_rows=10)
+    result = backup.create_backup(
+        direct_database_url, s3=direct_s3, bucket=BUCKET, prefix=PREFIX, now=NOW
+    )
+    return f"s3://{BUCKET}/{result.key.removesuffix('manifest.json')}"
+
+
+def test_restore_refuses_a_database_that_is_not_empty(
+    made_backup: str, direct_s3: Any, empty_target: str
+) -> None:
+    with psycopg.connect(empty_target, autocommit=True) as conn:
+        conn.execute("INSERT INTO feature_flags (id, key, \"updatedAt\") VALUES ('x', 'x', now())")
+    with pytest.raises(backup.RestoreError, match="feature_flags is not empty"):
+        backup.restore_backup(made_backup, empty_target, s3=direct_s3)
+    with psycopg.connect(empty_target) as conn:
+        assert count(conn, "SELECT count(*) FROM users") == 0
+
+
+def test_restore_refuses_a_database_at_another_revision(
+    made_backup: str, direct_s3: Any, scratch_database: ScratchDatabase
+) -> None:
+    unmigrated = scratch_database()
+    with pytest.raises(backup.RestoreError, match="alembic upgrade"):
+        backup.restore_backup(made_backup, unmigrated, s3=direct_s3)
+
+
+def test_restore_of_a_damaged_backup_changes_nothing(
+    made_backup: str, direct_s3: Any, empty_target: str
+) -> None:
+    key = made_backup.removeprefix(f"s3://{BUCKET}/") + "system_metrics.tsv.gz"
+    good = gzip.decompress(direct_s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    direct_s3.put_object(
+        Bucket=BUCKET, Key=key, Body=gzip.compress(good.replace(b"\t0.3", b"\t0.4"))
+    )
+    with pytest.raises(backup.RestoreError, match="damaged"):
+        backup.restore_backup(made_backup, empty_target, s3=direct_s3)
+    with psycopg.connect(empty_target) as conn:
+        assert count(conn, "SELECT count(*) FROM users") == 0  # all or nothing
+
+
+def test_restore_names_what_is_missing(direct_s3: Any, empty_target: str) -> None:
+    with pytest.raises(backup.RestoreError, match="does not exist"):
+        backup.restore_backup(
+            f"s3://{BUCKET}/{PREFIX}20990101T000000000Z/", empty_target, s3=direct_s3
+        )
+    direct_s3.put_object(
+        Bucket=BUCKET, Key="other/manifest.json", Body=json.dumps({"format": "zip"})
+    )
+    with pytest.raises(backup.RestoreError, match="not a keyflash-backup"):
+        backup.restore_backup(f"s3://{BUCKET}/other/", empty_target, s3=direct_s3)
+    with pytest.raises(backup.RestoreError, match="names no backup"):
+        backup.parse_location("s3://bucket-only", None)
+    assert backup.parse_location("kf/x/", "b") == ("b", "kf/x/manifest.json")
+    assert backup.parse_location("s3://b/kf/x/manifest.json", None) == ("b", "kf/x/manifest.json")
+
+
+def test_the_cli_lists_and_restores(
+    made_backup: str, direct_s3: Any, empty_target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert backup.main(["list"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing == {"complete": [made_backup], "interrupted": []}
+    assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 0
+    assert json.loads(capsys.readouterr().out)["tables"] >= 10
+    assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 1
+    assert "is not empty" in capsys.readouterr().err

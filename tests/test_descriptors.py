@@ -1,0 +1,829 @@
+"""functions/, serverless.yml and vercel.json in step (DESIGN §5).
+
+The source of truth is the code: every module in functions/ is a deployable unit, and its
+FastAPI app's routes are what both platforms must route to it. From them this test derives
+what each descriptor has to declare and reports every difference in one message:
+
+- HTTP function `functions/<module>.py`: in serverless.yml a function with handler
+  `functions/<module>.handler`, one `httpApi` event per (method, path) of the app plus
+  `OPTIONS` per path (CORS preflights are answered by the function, not API Gateway), and
+  package patterns that ship its module; in vercel.json a `builds` entry
+  `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per path,
+  `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, with the same methods plus OPTIONS.
+- Cron `functions/cron/<job>.py` (exports `SCHEDULE`, a 5-field UTC cron; `handler` for Lambda;
+  `app`, a small ASGI GET endpoint guarded by CRON_SECRET, for Vercel): in serverless.yml a
+  function with handler `functions/cron/<job>.handler` and one `schedule: cron(...)` event with
+  the same schedule in AWS's 6-field form; in vercel.json a build, a GET route for its path
+  (`CRON_PATH`, default `/api/cron/<job>`) and a `crons` entry with the same schedule.
+- Nothing declared that does not exist.
+
+Then every declared HTTP handler is invoked with a synthetic API Gateway v2 event per route and
+method and must answer with the JSON envelope (or a success), never a 500, and must reach the
+route (one of the app's routes matches the method and path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import pkgutil
+import re
+import secrets
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+
+from devkit import events
+from tests.support.http import Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTIONS_DIR = ROOT / "functions"
+CRON_PACKAGE = "cron"
+PREFLIGHT = "OPTIONS"
+SAMPLE_PARAM = "3f2a9c1e-8b7d-4e6f-a5c4-2d1b0e9f8a7c"  # a valid saved-search id, fine elsewhere
+ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains; preload",
+}
+_PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
+
+
+# --------------------------------------------------------------------------- the functions
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One deployable module and what the descriptors must say about it."""
+
+    module: str  # dotted: functions.searches, functions.cron.cleanup
+    kind: str  # "http" or "cron"
+    routes: dict[str, frozenset[str]] = field(default_factory=dict)  # FastAPI path → methods
+    schedule: str | None = None  # crons: 5-field UTC cron
+    cron_path: str | None = None  # crons: the path Vercel GETs
+
+    @property
+    def file(self) -> str:
+        return self.module.replace(".", "/") + ".py"
+
+    @property
+    def handler(self) -> str:
+        return self.module.replace(".", "/") + ".handler"
+
+    @property
+    def vercel_dest(self) -> str:
+        return "/" + self.file
+
+
+def discover_modules(directory: Path = FUNCTIONS_DIR) -> tuple[list[str], list[str]]:
+    """Dotted names of the endpoint modules and of the cron modules (private `_x` skipped)."""
+    http: list[str] = []
+    crons: list[str] = []
+    for info in pkgutil.iter_modules([str(directory)]):
+        if info.name.startswith("_"):
+            continue
+        if not info.ispkg:
+            http.append(f"functions.{info.name}")
+        elif info.name == CRON_PACKAGE:
+            for job in pkgutil.iter_modules([str(directory / CRON_PACKAGE)]):
+                if not job.ispkg and not job.name.startswith("_"):
+                    crons.append(f"functions.{CRON_PACKAGE}.{job.name}")
+        else:
+            raise AssertionError(
+                f"functions/{info.name}/ is a package, but only functions/{CRON_PACKAGE}/ may be "
+                "one: put an endpoint in functions/<name>.py and shared code in shared/"
+            )
+    return sorted(http), sorted(crons)
+
+
+def app_routes(module: ModuleType) -> dict[str, frozenset[str]]:
+    """FastAPI path → methods (HEAD left out: FastAPI adds it to nothing, platforms ignore it)."""
+    routes: dict[str, set[str]] = {}
+    for route in module.app.routes:
+        if isinstance(route, APIRoute):
+            routes.setdefault(route.path, set()).update((route.methods or set()) - {"HEAD"})
+    return {path: frozenset(methods) for path, methods in routes.items()}
+
+
+def load_spec(dotted: str) -> FunctionSpec:
+    module = importlib.import_module(dotted)
+    if f".{CRON_PACKAGE}." in dotted:
+        job = dotted.rsplit(".", 1)[1]
+        return FunctionSpec(
+            dotted,
+            "cron",
+            schedule=getattr(module, "SCHEDULE", None),
+            cron_path=getattr(module, "CRON_PATH", f"/api/cron/{job}"),
+        )
+    return FunctionSpec(dotted, "http", routes=app_routes(module))
+
+
+@pytest.fixture(scope="module")
+def specs() -> list[FunctionSpec]:
+    http, crons = discover_modules()
+    return [load_spec(name) for name in [*http, *crons]]
+
+
+@pytest.fixture(scope="module")
+def serverless() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((ROOT / "serverless.yml").read_text())
+    return config
+
+
+@pytest.fixture(scope="module")
+def vercel() -> dict[str, Any]:
+    config: dict[str, Any] = json.loads((ROOT / "vercel.json").read_text())
+    return config
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def http_api_path(path: str) -> str:
+    """FastAPI `/a/{id}` → API Gateway `/a/{id}`; a `{rest:path}` becomes greedy `{rest+}`."""
+    return _PARAM.sub(lambda m: f"{{{m[1]}+}}" if m[2] == "path" else f"{{{m[1]}}}", path)
+
+
+def vercel_src(path: str) -> str:
+    """FastAPI `/a/{id}` → Vercel `^/a/(?<id>[^/]+)$` (named groups, PCRE)."""
+    out, last = [], 0
+    for match in _PARAM.finditer(path):
+        out.append(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", path[last : match.start()]))
+        out.append(f"(?<{match[1]}>.+)" if match[2] == "path" else f"(?<{match[1]}>[^/]+)")
+        last = match.end()
+    out.append(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", path[last:]))
+    return "^" + "".join(out) + "$"
+
+
+def concrete_path(path: str) -> str:
+    return _PARAM.sub(SAMPLE_PARAM, path)
+
+
+def aws_cron(schedule: str) -> str:
+    """A 5-field UTC cron (Vercel) → EventBridge `cron(min hour dom month dow year)`.
+
+    EventBridge wants `?` in one of day-of-month/day-of-week and numbers weekdays 1-7 from
+    Sunday (cron: 0-7, 0 and 7 = Sunday); names (MON-FRI) mean the same in both.
+    """
+    fields = schedule.split()
+    if len(fields) != 5:
+        raise ValueError(f"SCHEDULE {schedule!r} is not a 5-field cron expression")
+    minute, hour, dom, month, dow = fields
+    if dom != "*" and dow != "*":
+        raise ValueError(f"SCHEDULE {schedule!r}: EventBridge cannot combine a day and a weekday")
+    if dow == "*":
+        dow = "?"
+    else:
+        dom = "?"
+        dow = re.sub(r"(?<![/\w])\d+", lambda m: str(int(m[0]) % 7 + 1), dow)
+    return f"cron({minute} {hour} {dom} {month} {dow} *)"
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def _fmt(pairs: set[tuple[str, str]]) -> str:
+    return ", ".join(f"{method} {path}" for path, method in sorted(pairs))
+
+
+def serverless_functions(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: fn or {} for name, fn in (config.get("functions") or {}).items()}
+
+
+def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    functions = serverless_functions(config)
+    by_handler: dict[str, str] = {}
+    for name, fn in functions.items():
+        handler = str(fn.get("handler", ""))
+        if handler in by_handler:
+            problems.append(
+                f"serverless.yml: functions `{by_handler[handler]}` and `{name}` both use "
+                f"handler {handler}"
+            )
+        by_handler[handler] = name
+    known = {spec.handler: spec for spec in specs}
+    for handler, name in sorted(by_handler.items()):
+        if handler not in known:
+            problems.append(
+                f"serverless.yml: function `{name}` has handler `{handler}`, but there is no "
+                f"{handler.rsplit('.', 1)[0]}.py in functions/ (remove it or fix the handler)"
+            )
+
+    service_patterns = list((config.get("package") or {}).get("patterns") or [])
+    if not (config.get("package") or {}).get("individually"):
+        problems.append("serverless.yml: package.individually must be true")
+    if not service_patterns or service_patterns[0] != "!**" or "shared/**" not in service_patterns:
+        problems.append(
+            "serverless.yml: package.patterns must start with '!**' and include 'shared/**' "
+            "(each function then adds only its own module)"
+        )
+    owners: dict[tuple[str, str], str] = {}
+    for spec in specs:
+        name = by_handler.get(spec.handler)
+        if name is None:
+            problems.append(
+                f"{spec.file}: serverless.yml declares no function with handler "
+                f"`{spec.handler}`; add one with {_expected_events_text(spec)}"
+            )
+            continue
+        fn = functions[name]
+        problems += _check_package_patterns(spec, name, fn, specs)
+        declared_http: set[tuple[str, str]] = set()
+        declared_cron: list[str] = []
+        for event in fn.get("events") or []:
+            if "httpApi" in event:
+                http = event["httpApi"]
+                if isinstance(http, str):  # the short form: "GET /path"
+                    method, _, path = http.partition(" ")
+                else:
+                    method, path = str(http.get("method", "")), str(http.get("path", ""))
+                declared_http.add((path, method.upper()))
+            elif "schedule" in event:
+                schedule = event["schedule"]
+                rates = schedule.get("rate") if isinstance(schedule, dict) else schedule
+                declared_cron += rates if isinstance(rates, list) else [str(rates)]
+            else:
+                problems.append(
+                    f"serverless.yml: function `{name}` has an event of kind "
+                    f"{sorted(event)}; only httpApi and schedule are used"
+                )
+        for key in declared_http:
+            if key in owners:
+                problems.append(
+                    f"serverless.yml: {key[1]} {key[0]} is routed to both `{owners[key]}` "
+                    f"and `{name}`"
+                )
+            owners[key] = name
+        if spec.kind == "http":
+            expected = {
+                (http_api_path(path), method)
+                for path, methods in spec.routes.items()
+                for method in {*methods, PREFLIGHT}
+            }
+            if missing := expected - declared_http:
+                problems.append(
+                    f"{spec.file}: serverless.yml function `{name}` lacks httpApi events: "
+                    f"{_fmt(missing)}"
+                )
+            if extra := declared_http - expected:
+                problems.append(
+                    f"{spec.file}: serverless.yml function `{name}` routes what its app does "
+                    f"not serve: {_fmt(extra)} (the app routes: "
+                    f"{_fmt(expected) or 'nothing'})"
+                )
+            if declared_cron:
+                problems.append(
+                    f"{spec.file}: serverless.yml function `{name}` is an HTTP function but "
+                    f"has schedule events {declared_cron}; crons live in functions/cron/"
+                )
+        else:
+            problems += _check_cron_events(spec, name, declared_http, declared_cron)
+    return problems
+
+
+def _expected_events_text(spec: FunctionSpec) -> str:
+    if spec.kind == "cron":
+        return f"a schedule event {_aws_or_error(spec)}"
+    pairs = {
+        (http_api_path(path), method)
+        for path, methods in spec.routes.items()
+        for method in {*methods, PREFLIGHT}
+    }
+    return f"httpApi events {_fmt(pairs)} and package.patterns [functions/__init__.py, {spec.file}]"
+
+
+def _aws_or_error(spec: FunctionSpec) -> str:
+    try:
+        return aws_cron(spec.schedule or "")
+    except ValueError as error:
+        return f"(cannot convert: {error})"
+
+
+def _check_cron_events(
+    spec: FunctionSpec, name: str, declared_http: set[tuple[str, str]], rates: list[str]
+) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(spec.schedule, str):
+        return [f"{spec.file}: a cron module must export SCHEDULE, e.g. SCHEDULE = '0 3 * * *'"]
+    if declared_http:
+        problems.append(
+            f"{spec.file}: serverless.yml function `{name}` is a cron but has httpApi events "
+            f"{_fmt(declared_http)}"
+        )
+    try:
+        expected = aws_cron(spec.schedule)
+    except ValueError as error:
+        return [*problems, f"{spec.file}: {error}"]
+    if rates != [expected]:
+        problems.append(
+            f"{spec.file}: serverless.yml function `{name}` must have exactly one schedule "
+            f"event `{expected}` (SCHEDULE = {spec.schedule!r}); it has {rates or 'none'}"
+        )
+    return problems
+
+
+def _check_package_patterns(
+    spec: FunctionSpec, name: str, fn: dict[str, Any], specs: list[FunctionSpec]
+) -> list[str]:
+    patterns = set((fn.get("package") or {}).get("patterns") or [])
+    needed = {"functions/__init__.py", spec.file}
+    if spec.kind == "cron":
+        needed.add(f"functions/{CRON_PACKAGE}/__init__.py")
+    problems = []
+    if missing := needed - patterns:
+        problems.append(
+            f"{spec.file}: serverless.yml function `{name}` package.patterns lacks "
+            f"{sorted(missing)} (its zip would not contain its own module)"
+        )
+    others = {other.file for other in specs if other.module != spec.module} & patterns
+    wildcard = {p for p in patterns if not p.startswith("!") and ("*" in p) and "functions" in p}
+    if others or wildcard:
+        problems.append(
+            f"{spec.file}: serverless.yml function `{name}` ships other functions' code: "
+            f"{sorted(others | wildcard)}"
+        )
+    return problems
+
+
+def check_vercel(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    if "functions" in config:
+        problems.append(
+            "vercel.json: `functions` cannot be combined with `builds` (and only matches api/); "
+            "configure each function in its `builds` entry"
+        )
+    for key in ("headers", "rewrites", "redirects", "cleanUrls", "trailingSlash"):
+        if key in config:
+            problems.append(f"vercel.json: `{key}` cannot be combined with `routes`")
+    builds: dict[str, dict[str, Any]] = {}
+    for build in config.get("builds") or []:
+        src = str(build.get("src", ""))
+        if src in builds:
+            problems.append(f"vercel.json: two builds for {src}")
+        builds[src] = build
+    known = {spec.file: spec for spec in specs}
+    for src, build in sorted(builds.items()):
+        if src not in known:
+            problems.append(
+                f"vercel.json: builds has {src}, which is not a module in functions/ (remove it)"
+            )
+        if build.get("use") != "@vercel/python":
+            problems.append(f"vercel.json: build {src} must use @vercel/python")
+
+    routes_by_dest: dict[str, dict[str, set[str]]] = {}
+    seen_src: dict[str, str] = {}
+    for index, route in enumerate(config.get("routes") or []):
+        dest, src = route.get("dest"), route.get("src")
+        if dest is None:
+            continue  # header-only (`continue: true`) routes
+        if src in seen_src:
+            problems.append(
+                f"vercel.json: route {src} is declared twice (→ {seen_src[src]}, {dest})"
+            )
+        seen_src[str(src)] = str(dest)
+        if str(dest).lstrip("/") not in known:
+            problems.append(
+                f"vercel.json: route #{index} {src} → {dest}: no such module in functions/ "
+                "(remove the route or fix dest)"
+            )
+        methods = {str(m).upper() for m in route.get("methods") or []}
+        if not methods:
+            problems.append(f"vercel.json: route {src} → {dest} must list its methods")
+        routes_by_dest.setdefault(str(dest), {})[str(src)] = methods
+
+    crons = {str(c.get("path")): str(c.get("schedule")) for c in config.get("crons") or []}
+    cron_paths = {spec.cron_path for spec in specs if spec.kind == "cron"}
+    for path in sorted(set(crons) - cron_paths):
+        problems.append(
+            f"vercel.json: crons has {path}, which is no module's cron path in functions/cron/"
+        )
+
+    for spec in specs:
+        if spec.file not in builds:
+            problems.append(
+                f'{spec.file}: vercel.json builds lacks {{"src": "{spec.file}", '
+                f'"use": "@vercel/python"}}'
+            )
+        declared = routes_by_dest.get(spec.vercel_dest, {})
+        if spec.kind == "http":
+            expected = {
+                vercel_src(path): {*methods, PREFLIGHT} for path, methods in spec.routes.items()
+            }
+        else:
+            expected = {vercel_src(spec.cron_path or ""): {"GET"}}
+            if spec.cron_path not in crons:
+                problems.append(
+                    f'{spec.file}: vercel.json crons lacks {{"path": "{spec.cron_path}", '
+                    f'"schedule": "{spec.schedule}"}}'
+                )
+            elif crons[spec.cron_path] != spec.schedule:
+                problems.append(
+                    f"{spec.file}: vercel.json cron {spec.cron_path} runs on "
+                    f"{crons[spec.cron_path]!r} but SCHEDULE is {spec.schedule!r}"
+                )
+        for src, methods in sorted(expected.items()):
+            if src not in declared:
+                problems.append(
+                    f'{spec.file}: vercel.json routes lacks {{"src": "{src}", "dest": '
+                    f'"{spec.vercel_dest}", "methods": {json.dumps(sorted(methods))}}}'
+                )
+            elif declared[src] != methods:
+                problems.append(
+                    f"{spec.file}: vercel.json route {src} has methods {sorted(declared[src])}, "
+                    f"the app serves {sorted(methods)}"
+                )
+        for src in sorted(set(declared) - set(expected)):
+            problems.append(
+                f"{spec.file}: vercel.json routes {src} → {spec.vercel_dest}, which its app "
+                f"does not serve (it serves {sorted(expected)})"
+            )
+    return problems
+
+
+def _report(problems: list[str]) -> str:
+    return "functions/, serverless.yml and vercel.json are out of step:\n  - " + "\n  - ".join(
+        problems
+    )
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_every_function_is_declared_in_both_descriptors_with_its_routes(
+    specs: list[FunctionSpec], serverless: dict[str, Any], vercel: dict[str, Any]
+) -> None:
+    assert specs, "no function modules found in functions/"
+    problems = check_serverless(specs, serverless) + check_vercel(specs, vercel)
+    assert not problems, _report(problems)
+
+
+def test_every_http_function_serves_at_least_one_route(specs: list[FunctionSpec]) -> None:
+    empty = [spec.file for spec in specs if spec.kind == "http" and not spec.routes]
+    assert not empty, f"these function modules have an app without routes: {empty}"
+
+
+def test_platform_settings(serverless: dict[str, Any], vercel: dict[str, Any]) -> None:
+    provider = serverless["provider"]
+    assert serverless["service"] == "keyflash-functions"
+    assert str(serverless.get("frameworkVersion", ">=3")) != "3", "osls rejects a '3' pin"
+    assert (provider["name"], provider["runtime"], provider["architecture"]) == (
+        "aws",
+        "python3.12",
+        "arm64",
+    )
+    assert "serverless-python-requirements" in serverless["plugins"]
+    requirements = serverless["custom"]["pythonRequirements"]
+    assert requirements["slim"] is True and requirements["dockerizePip"] == "non-linux"
+    health = next(
+        fn for fn in serverless["functions"].values() if fn["handler"] == "functions/health.handler"
+    )
+    assert health["timeout"] <= 10
+    for name in (
+        "DATABASE_URL",
+        "CLERK_JWT_KEY",
+        "CLERK_ISSUER",
+        "UPSTASH_REDIS_REST_URL",
+        "UPSTASH_REDIS_REST_TOKEN",
+        "RATE_LIMIT_HMAC_SECRET",
+    ):
+        value = provider["environment"][name]
+        assert value.startswith(f"${{ssm:/keyflash/${{sls:stage}}/{name}"), (name, value)
+
+    first = vercel["routes"][0]
+    assert first["src"] == "^/api/(.*)$" and first.get("continue") is True, (
+        "vercel.json's first route must add the security headers to every /api response and "
+        "continue (top-level `headers` cannot be combined with `routes`)"
+    )
+    assert first["headers"] == SECURITY_HEADERS
+
+
+def test_requirements_txt_is_pyprojects_runtime_dependencies() -> None:
+    """serverless-python-requirements reads requirements.txt; pyproject.toml is the truth."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines == project, (
+        "requirements.txt must list exactly pyproject.toml's [project].dependencies, in order"
+    )
+
+
+# --------------------------------------------------------------------------- invoking handlers
+
+
+@pytest.fixture
+def database_url(direct_database_url: str, clean_tables: None) -> str:
+    """Routing does not depend on the lane: the direct one is enough here."""
+    return direct_database_url
+
+
+def _resolve(handler: str) -> Any:
+    module_path, _, attribute = handler.rpartition(".")
+    module = importlib.import_module(module_path.replace("/", "."))
+    return getattr(module, attribute)
+
+
+def _asgi_get(app: Any, path: str) -> tuple[int, Any]:
+    """One unauthenticated GET straight into a bare ASGI app: (status, decoded JSON body)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"keyflash.test"), (b"user-agent", b"vercel-cron/1.0")],
+        "client": ("203.0.113.7", 443),
+        "server": ("keyflash.test", 443),
+    }
+    # A private loop: asyncio.run() would leave the main thread without a current loop, and
+    # Mangum (asyncio.get_event_loop) fails in every later test of this process.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+    finally:
+        loop.close()
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body) if body else None
+
+
+def _routed(app: Any, method: str, path: str) -> bool:
+    """Whether one of the app's routes fully matches (method and path), as Starlette decides."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+    return any(
+        isinstance(route, APIRoute) and route.matches(scope)[0] is Match.FULL
+        for route in app.routes
+    )
+
+
+def _declared_requests(
+    spec: FunctionSpec, serverless: dict[str, Any]
+) -> Iterator[tuple[Any, str, str]]:
+    """(handler object, method, path template) for every httpApi event of the spec's function."""
+    for fn in serverless_functions(serverless).values():
+        if fn.get("handler") != spec.handler:
+            continue
+        handler = _resolve(spec.handler)
+        for event in fn.get("events") or []:
+            if "httpApi" in event:
+                http = event["httpApi"]
+                if isinstance(http, str):  # the short form: "GET /path"
+                    method, _, path = http.partition(" ")
+                else:
+                    method, path = str(http.get("method", "")), str(http.get("path", ""))
+                yield handler, method.upper(), path
+
+
+def test_every_declared_handler_answers_an_api_gateway_v2_event(
+    specs: list[FunctionSpec],
+    serverless: dict[str, Any],
+    vercel: dict[str, Any],
+    api_env: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each (method, path) reaches its route and answers the envelope, never a 500.
+
+    The request carries an invalid bearer token: unauthenticated, but exempt from CSRF (as a
+    header-authenticated call is), so state-changing methods reach their route too.
+    Preflights from APP_URL get the CORS headers from the function itself.
+    """
+    from shared import config
+
+    monkeypatch.setenv("APP_URL", "https://app.keyflash.test")
+    # Configured as deployed, so "not configured" 500s do not hide routing problems.
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"k" * 24).decode())
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_descriptor_test")
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    monkeypatch.setenv("CRON_SECRET", secrets.token_urlsafe(24))
+    config.get_settings.cache_clear()
+    problems: list[str] = []
+    for spec in specs:
+        if spec.kind == "cron":
+            module = importlib.import_module(spec.module)
+            for name in ("handler", "app"):
+                if not callable(getattr(module, name, None)):
+                    problems.append(f"{spec.file}: a cron module must export a callable `{name}`")
+            if callable(getattr(module, "app", None)):
+                # Vercel Cron's GET without `Bearer $CRON_SECRET`: refused, the job never runs.
+                status, answer = _asgi_get(module.app, spec.cron_path or "/")
+                if status != 401 or not isinstance(answer, dict) or answer.get("statusCode") != 401:
+                    problems.append(
+                        f"{spec.file}: GET {spec.cron_path} without the cron secret answered "
+                        f"{status} {answer}, not the 401 envelope"
+                    )
+            continue
+        module = importlib.import_module(spec.module)
+        if not callable(getattr(module, "app", None)):
+            problems.append(f"{spec.file}: Vercel serves the module's `app`, and it has none")
+        for handler, method, template in _declared_requests(spec, serverless):
+            path = template.replace("+}", "}")
+            path = re.sub(r"\{\w+\}", SAMPLE_PARAM, path)
+            label = f"{spec.handler} {method} {path}"
+            headers = {"authorization": "Bearer not-a-session-token"}
+            body = None
+            if method == PREFLIGHT:
+                headers = {
+                    "origin": "https://app.keyflash.test",
+                    "access-control-request-method": "POST",
+                }
+            elif method in {"POST", "PUT", "PATCH"}:
+                headers["content-type"] = "application/json"
+                body = "{}"
+            try:
+                raw = handler(
+                    events.http_api_v2(method, path, headers=headers, body=body),
+                    events.lambda_context(spec.module),
+                )
+            except Exception as error:  # the handler itself must never raise
+                problems.append(f"{label}: raised {type(error).__name__}: {error}")
+                continue
+            status = raw["statusCode"]
+            try:
+                answer = events.response_json(raw)
+            except ValueError:
+                problems.append(f"{label}: {status} with a body that is not JSON: {raw!r:.200}")
+                continue
+            if method == PREFLIGHT:
+                allow = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
+                if status != 200 or allow.get("access-control-allow-origin") != (
+                    "https://app.keyflash.test"
+                ):
+                    problems.append(f"{label}: preflight answered {status} without CORS headers")
+                continue
+            if status >= 500:
+                problems.append(f"{label}: answered {status} {answer}")
+            elif status >= 400:
+                if not isinstance(answer, dict) or not set(answer) >= ENVELOPE_KEYS:
+                    problems.append(f"{label}: {status} without the error envelope: {answer}")
+                elif answer["statusCode"] != status:
+                    problems.append(
+                        f"{label}: envelope statusCode {answer['statusCode']} ≠ {status}"
+                    )
+            if not _routed(module.app, method, path):
+                problems.append(
+                    f"{label}: answered {status}, but no route of the app serves it "
+                    "(the descriptor routes a path or method the app does not serve)"
+                )
+    assert not problems, "declared handlers misbehave:\n  - " + "\n  - ".join(problems)
+
+
+# --------------------------------------------------------------------------- the checker itself
+
+
+def _synthetic() -> tuple[list[FunctionSpec], dict[str, Any], dict[str, Any]]:
+    specs = [
+        FunctionSpec(
+            "functions.items",
+            "http",
+            routes={"/api/items/{item_id}": frozenset({"GET", "DELETE"})},
+        ),
+        FunctionSpec(
+            "functions.cron.cleanup", "cron", schedule="30 3 * * 1", cron_path="/api/cron/cleanup"
+        ),
+    ]
+    serverless = {
+        "package": {"individually": True, "patterns": ["!**", "shared/**"]},
+        "functions": {
+            "items": {
+                "handler": "functions/items.handler",
+                "package": {"patterns": ["functions/__init__.py", "functions/items.py"]},
+                "events": [
+                    {"httpApi": {"method": "GET", "path": "/api/items/{item_id}"}},
+                    {"httpApi": {"method": "DELETE", "path": "/api/items/{item_id}"}},
+                    {"httpApi": {"method": "OPTIONS", "path": "/api/items/{item_id}"}},
+                ],
+            },
+            "cron_cleanup": {
+                "handler": "functions/cron/cleanup.handler",
+                "package": {
+                    "patterns": [
+                        "functions/__init__.py",
+                        "functions/cron/__init__.py",
+                        "functions/cron/cleanup.py",
+                    ]
+                },
+                "events": [{"schedule": "cron(30 3 ? * 2 *)"}],
+            },
+        },
+    }
+    vercel = {
+        "builds": [
+            {"src": "functions/items.py", "use": "@vercel/python"},
+            {"src": "functions/cron/cleanup.py", "use": "@vercel/python"},
+        ],
+        "routes": [
+            {"src": "^/api/(.*)$", "headers": {"X-Frame-Options": "DENY"}, "continue": True},
+            {
+                "src": "^/api/items/(?<item_id>[^/]+)$",
+                "dest": "/functions/items.py",
+                "methods": ["DELETE", "GET", "OPTIONS"],
+            },
+            {
+                "src": "^/api/cron/cleanup$",
+                "dest": "/functions/cron/cleanup.py",
+                "methods": ["GET"],
+            },
+        ],
+        "crons": [{"path": "/api/cron/cleanup", "schedule": "30 3 * * 1"}],
+    }
+    return specs, serverless, vercel
+
+
+def test_checker_accepts_descriptors_in_step_including_a_cron() -> None:
+    specs, serverless, vercel = _synthetic()
+    assert check_serverless(specs, serverless) == []
+    assert check_vercel(specs, vercel) == []
+
+
+def test_checker_says_exactly_what_is_out_of_step() -> None:
+    specs, serverless, vercel = _synthetic()
+    specs[0] = FunctionSpec(
+        "functions.items",
+        "http",
+        routes={"/api/items/{item_id}": frozenset({"GET", "PUT"})},  # DELETE → PUT
+    )
+    specs.append(FunctionSpec("functions.me", "http", routes={"/api/me": frozenset({"GET"})}))
+    serverless["functions"]["gone"] = {"handler": "functions/gone.handler"}
+    serverless["functions"]["cron_cleanup"]["events"] = [{"schedule": "cron(0 3 * * ? *)"}]
+    vercel["crons"][0]["schedule"] = "0 3 * * *"
+    vercel["routes"].append({"src": "^/api/old$", "dest": "/functions/old.py", "methods": ["GET"]})
+
+    sls = check_serverless(specs, serverless)
+    assert (
+        "functions/items.py: serverless.yml function `items` lacks httpApi events: "
+        "PUT /api/items/{item_id}"
+    ) in sls
+    assert any(
+        p.startswith(
+            "functions/items.py: serverless.yml function `items` routes what its app "
+            "does not serve: DELETE /api/items/{item_id}"
+        )
+        for p in sls
+    )
+    assert any(p.startswith("functions/me.py: serverless.yml declares no function") for p in sls)
+    assert any("function `gone` has handler `functions/gone.handler`" in p for p in sls)
+    assert any(
+        "exactly one schedule event `cron(30 3 ? * 2 *)`" in p and "cron(0 3 * * ? *)" in p
+        for p in sls
+    )
+
+    ver = check_vercel(specs, vercel)
+    assert (
+        "functions/items.py: vercel.json route ^/api/items/(?<item_id>[^/]+)$ has methods "
+        "['DELETE', 'GET', 'OPTIONS'], the app serves ['GET', 'OPTIONS', 'PUT']"
+    ) in ver
+    assert (
+        'functions/me.py: vercel.json builds lacks {"src": "functions/me.py", '
+        '"use": "@vercel/python"}'
+    ) in ver
+    assert (
+        'functions/me.py: vercel.json routes lacks {"src": "^/api/me$", "dest": '
+        '"/functions/me.py", "methods": ["GET", "OPTIONS"]}'
+    ) in ver
+    assert any(p.startswith("vercel.json: route #3 ^/api/old$ → /functions/old.py") for p in ver)
+    assert (
+        "functions/cron/cleanup.py: vercel.json cron /api/cron/cleanup runs on '0 3 * * *' "
+        "but SCHEDULE is '30 3 * * 1'"
+    ) in ver
+
+
+def test_conversions() -> None:
+    assert http_api_path("/api/searches/{search_id}") == "/api/searches/{search_id}"
+    assert http_api_path("/api/files/{rest:path}") == "/api/files/{rest+}"
+    assert vercel_src("/api/searches/{search_id}") == "^/api/searches/(?<search_id>[^/]+)$"
+    assert vercel_src("/api/v1.0/{rest:path}") == r"^/api/v1\.0/(?<rest>.+)$"
+    assert aws_cron("0 8 * * *") == "cron(0 8 * * ? *)"
+    assert aws_cron("15 2 1 * *") == "cron(15 2 1 * ? *)"
+    assert aws_cron("0 9 * * 1-5") == "cron(0 9 ? * 2-6 *)"
+    assert aws_cron("0 9 * * 0,6") == "cron(0 9 ? * 1,7 *)"
+    assert aws_cron("*/10 * * * MON-FRI") == "cron(*/10 * ? * MON-FRI *)"
+    with pytest.raises(ValueError):
+        aws_cron("0 9 1 * 1")

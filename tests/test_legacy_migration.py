@@ -1,0 +1,632 @@
+"""Backfill and verify: the original Redis layout (spec §4) copied into Postgres (devkit.legacy).
+
+The legacy data is written in the original layout through the real upstash-redis SDK into the
+Upstash emulator, and read back the same way. The large dataset (2,000 users, 20,000 saved
+searches, counters, invalid records and orphans) is generated once per module and backfilled on
+the direct lane; the targeted tests use small data and run on both lanes.
+`pytest -s` prints the measured backfill throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from upstash_redis import Redis
+
+from devkit import legacy
+from devkit.legacy import BackfillReport, Difference, Tally, backfill, default_checkpoint, verify
+from devkit.upstash_emulator import UpstashEmulator
+from shared.clock import iso_ms, month_start
+from shared.contracts import saved_searches as contract
+from shared.legacy import erase_user_keys, keys
+from shared.legacy.schemas import LegacyRecordError, parse_saved_search, parse_user
+from shared.repositories.legacy_import import saved_searches_by_id
+from tests.support.legacy import (
+    LegacyDataset,
+    Writer,
+    keyword_result,
+    scan_all,
+    search_record,
+    snapshot_values,
+    user_record,
+    write_search,
+    write_user,
+)
+from tests.support.redis import LocalRedis
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def legacy_backend() -> Iterator[str | None]:
+    """A private redis-server behind the emulators when installed (faster and the real thing),
+    else None: each emulator then has its own in-process fakeredis."""
+    if not LocalRedis.binary():
+        yield None
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="keyflash-legacy-") as tmp,
+        LocalRedis(Path(tmp)) as server,
+    ):
+        yield server.url
+
+
+def _emulated(backend: str | None, db: int) -> Iterator[Redis]:
+    url = None if backend is None else backend.rsplit("/", 1)[0] + f"/{db}"
+    with UpstashEmulator(url) as emulator:
+        yield Redis(url=emulator.url, token=emulator.token)
+
+
+@pytest.fixture(scope="module")
+def big_redis(legacy_backend: str | None) -> Iterator[Redis]:
+    """The large dataset's Redis (database 1 of the private server: nothing else in it)."""
+    yield from _emulated(legacy_backend, 1)
+
+
+@pytest.fixture(scope="module")
+def dataset(big_redis: Redis) -> LegacyDataset:
+    started = time.perf_counter()
+    data = LegacyDataset().write(big_redis)
+    print(
+        f"\nlegacy dataset: {data.expected.users} users, {data.expected.searches} saved searches, "
+        f"{data.commands} commands in {time.perf_counter() - started:.1f}s"
+    )
+    return data
+
+
+@pytest.fixture(scope="module")
+def small_redis(legacy_backend: str | None) -> Iterator[Redis]:
+    yield from _emulated(legacy_backend, 2)
+
+
+@pytest.fixture(scope="module")
+def small(small_redis: Redis) -> LegacyDataset:
+    """Every kind of record of the large dataset, at 1/16 the size: for interruption tests."""
+    return LegacyDataset(users=125, searches_per_user=8).write(small_redis)
+
+
+@pytest.fixture
+def redis_client() -> Iterator[Redis]:
+    """A fresh, empty legacy Redis for one test (nothing is ever flushed)."""
+    with UpstashEmulator() as emulator:
+        yield Redis(url=emulator.url, token=emulator.token)
+
+
+@pytest.fixture
+def direct_env(
+    direct_database_url: str, clean_tables: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The app on the direct lane only: for the large dataset, one lane is enough."""
+    from shared.config import get_settings
+    from shared.db import dispose_engine
+
+    monkeypatch.setenv("DATABASE_URL", direct_database_url)
+    monkeypatch.setenv("DIRECT_DATABASE_URL", direct_database_url)
+    get_settings.cache_clear()
+    dispose_engine()
+    yield direct_database_url
+    dispose_engine()
+    get_settings.cache_clear()
+
+
+def row_versions(url: str) -> dict[str, tuple[str, datetime]]:
+    """Every row's xmin and updatedAt: equal before and after means nothing was rewritten."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT 'u:' || id, xmin::text, \"updatedAt\" FROM users "
+            "UNION ALL SELECT 's:' || id, xmin::text, \"updatedAt\" FROM saved_searches"
+        ).fetchall()
+    return {key: (xmin, updated) for key, xmin, updated in rows}
+
+
+def count_rows(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def quarantined(report: BackfillReport, kind: str) -> set[str]:
+    return {q.key for q in report.quarantined if q.kind == kind}
+
+
+# --- the large dataset ------------------------------------------------------------------------
+
+
+def test_large_backfill_verifies_clean_and_a_second_run_changes_nothing(
+    dataset: LegacyDataset, big_redis: Redis, direct_env: str, tmp_path: Path
+) -> None:
+    expected = dataset.expected
+    lines: list[str] = []
+    report_path = tmp_path / "report.json"
+    report = backfill(
+        big_redis,
+        batch_size=1000,
+        report_path=report_path,
+        progress=lambda p: lines.append(p.line()),
+        now=dataset.now,
+    )
+    print(
+        f"\nbackfill: {report.records_read} records in {report.elapsed_s:.2f}s = "
+        f"{report.records_per_s:,.0f} records/s ({report.batches} batches)"
+    )
+
+    assert report.complete and not default_checkpoint(report_path).exists()
+    assert report.users == Tally(inserted=expected.users)
+    assert report.saved_searches == Tally(inserted=expected.searches)
+    assert report.unindexed_searches == expected.unindexed
+    assert quarantined(report, "invalid") == expected.invalid
+    assert quarantined(report, "wrong_type") == expected.wrong_type
+    assert quarantined(report, "orphan") == expected.orphans
+    conflicts = quarantined(report, "conflict")
+    assert len(conflicts) == expected.conflicts
+    for k in range(expected.conflicts):  # exactly one of each pair, whichever came second
+        assert len(conflicts & {f"user:pair_a_{k}", f"user:pair_b_{k}"}) == 1
+    assert count_rows(direct_env, "users") == expected.users
+    assert count_rows(direct_env, "saved_searches") == expected.searches
+    assert lines and lines[-1].startswith("[indexes]") and "records/s" in lines[-1]
+    written = json.loads(report_path.read_text())
+    assert written["complete"] is True and written["records_per_s"] > 0
+    assert written["quarantined_by_kind"]["orphan"] == len(expected.orphans)
+
+    assert verify(big_redis, now=dataset.now) == []
+
+    before = row_versions(direct_env)
+    again = backfill(
+        big_redis, batch_size=1000, report_path=tmp_path / "again.json", now=dataset.now
+    )
+    assert again.users == Tally(unchanged=expected.users)
+    assert again.saved_searches == Tally(unchanged=expected.searches)
+    assert row_versions(direct_env) == before  # same xmin and updatedAt: no row was rewritten
+
+
+def test_an_interrupted_backfill_resumes_from_its_checkpoint(
+    small: LegacyDataset, small_redis: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    checkpoint = default_checkpoint(report_path)
+    seen: list[legacy.Progress] = []
+
+    def interrupt_midway(progress: legacy.Progress) -> None:
+        seen.append(progress)
+        searches_batches = [p for p in seen if p.phase == "saved_searches"]
+        if len(searches_batches) == 3:
+            raise KeyboardInterrupt  # Ctrl-C, after the batch committed and was checkpointed
+
+    with pytest.raises(KeyboardInterrupt):
+        backfill(
+            small_redis,
+            batch_size=100,
+            scan_count=100,
+            report_path=report_path,
+            progress=interrupt_midway,
+            now=small.now,
+        )
+    state = json.loads(checkpoint.read_text())
+    assert state["phase"] == "saved_searches" and state["cursor"] != 0
+    partial = json.loads(report_path.read_text())
+    assert partial["complete"] is False
+    copied = count_rows(direct_database_url, "saved_searches")
+    assert 0 < copied < small.expected.searches
+    assert count_rows(direct_database_url, "users") == small.expected.users
+
+    resumed: list[legacy.Progress] = []
+    report = backfill(
+        small_redis,
+        batch_size=100,
+        scan_count=100,
+        report_path=report_path,
+        progress=resumed.append,
+        now=small.now,
+    )
+    assert resumed[0].phase == "saved_searches"  # the users were not read again
+    assert resumed[0].batches == seen[-1].batches + 1
+    assert report.complete and not checkpoint.exists()
+    # One report across both runs: every record counted once, quarantines kept.
+    assert report.users == Tally(inserted=small.expected.users)
+    assert report.saved_searches == Tally(inserted=small.expected.searches)
+    assert quarantined(report, "invalid") == small.expected.invalid
+    assert quarantined(report, "orphan") == small.expected.orphans
+    assert verify(small_redis, now=small.now) == []
+
+
+def test_resuming_replays_a_batch_that_committed_before_its_checkpoint(
+    small: LegacyDataset, small_redis: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """A crash between a batch's COMMIT and its checkpoint: the batch is read again and its
+    upsert changes nothing."""
+    report_path = tmp_path / "report.json"
+    checkpoint = default_checkpoint(report_path)
+    saved: list[str] = []
+
+    def keep_first_checkpoint(progress: legacy.Progress) -> None:
+        if progress.phase == "saved_searches" and not saved:
+            saved.append(checkpoint.read_text())  # the state after the first item batch
+        elif (
+            progress.phase == "saved_searches"
+            and progress.batches == int(json.loads(saved[0])["report"]["batches"]) + 2
+        ):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backfill(
+            small_redis,
+            batch_size=100,
+            scan_count=100,
+            report_path=report_path,
+            progress=keep_first_checkpoint,
+            now=small.now,
+        )
+    checkpoint.write_text(saved[0])  # as if the last two checkpoints were never written
+    report = backfill(
+        small_redis, batch_size=100, scan_count=100, report_path=report_path, now=small.now
+    )
+    replayed = report.saved_searches.unchanged  # read again, found equal, not rewritten
+    assert replayed > 0 and report.saved_searches.updated == 0
+    assert report.saved_searches.inserted + replayed == small.expected.searches
+    assert count_rows(direct_database_url, "saved_searches") == small.expected.searches
+    assert verify(small_redis, now=small.now) == []
+
+
+# --- targeted: mapping, quarantine, verify, CLI ---------------------------------------------
+
+
+def test_users_are_mapped_with_their_real_usage_counters(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    created = datetime(2026, 11, 15, 23, 30, 0, 123_000, tzinfo=UTC)
+    w = Writer(redis_client)
+    pro = user_record(
+        "user_pro", "Pro@Example.com", created=created, tier="pro", customer="cus_1",
+        subscription="sub_1", status="active", stale_usage=999,
+    )  # fmt: skip
+    trial = user_record("user_trial", "trial@example.com", created=created, stale_usage=77)
+    idle = user_record("user_idle", "idle@example.com", created=created, tier="pro")
+    for record in (pro, trial, idle):
+        write_user(w, record)
+    w.set(keys.usage("user_pro", NOW), "412")
+    w.set(keys.usage("user_pro", NOW - timedelta(days=40)), "999")  # an older month: not ours
+    w.set(keys.trial_usage("user_trial", created), "120")
+    w.flush()
+
+    backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    with psycopg.connect(direct_database_url) as conn:
+        rows = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                'SELECT id, email, tier::text, "keywordSearchesThisMonth", "keywordSearchesTotal",'
+                ' "monthlyResetAt", "stripeCustomerId", "stripeSubscriptionId",'
+                ' "subscriptionStatus", "trialStartedAt", "trialEndsAt", "createdAt", "updatedAt"'
+                " FROM users"
+            )
+        }
+    naive = created.replace(tzinfo=None)
+    start = month_start(NOW).replace(tzinfo=None)
+    assert rows["user_pro"] == (
+        "Pro@Example.com", "PRO", 412, 412, start, "cus_1", "sub_1", "active", naive,
+        naive + timedelta(days=7), naive, naive + timedelta(minutes=5),
+    )  # fmt: skip
+    assert rows["user_trial"][:5] == ("trial@example.com", "FREE", 120, 120, start)
+    assert rows["user_trial"][5:8] == (None, None, None)
+    assert rows["user_idle"][2:4] == (0, 0)
+    assert verify(redis_client, now=NOW) == []
+
+
+def test_saved_searches_keep_their_ids_and_read_back_as_the_original_record(
+    redis_client: Redis, db_env: str, tmp_path: Path
+) -> None:
+    created = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+    legacy_id, modern_id = "1700000000000-abc1234", str(uuid.uuid4())
+    full = search_record(
+        "user_a", legacy_id, created=created, description="Q3", language="de",
+        results=[keyword_result("trail shoes", 1200)], last_run=created + timedelta(days=2),
+    )  # fmt: skip
+    bare = search_record("user_a", modern_id, created=created, language=None)
+    w = Writer(redis_client)
+    write_user(w, user_record("user_a", "a@example.com", created=created))
+    write_search(w, full)
+    write_search(w, bare)
+    w.flush()
+
+    backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    from shared import db
+
+    rows = db.run(lambda s: saved_searches_by_id(s, [legacy_id, modern_id]))
+    assert rows[legacy_id]["resultCount"] == 1 and rows[legacy_id]["keywordCount"] == 2
+    assert rows[legacy_id]["lastAccessedAt"] == rows[legacy_id]["lastRunAt"]
+    assert rows[modern_id]["language"] == "en"  # absent in Redis (spec §4.5)
+    assert rows[modern_id]["results"] is None and rows[modern_id]["resultCount"] is None
+
+    from shared.legacy.mapping import orm, saved_search_row
+    from shared.models import SavedSearch
+
+    # What the API now answers for the migrated row is the record the original stored.
+    assert contract.record(orm(SavedSearch, rows[legacy_id])) == full
+    assert contract.record(orm(SavedSearch, rows[modern_id])) == {
+        **bare,
+        "searchParams": {**bare["searchParams"], "language": "en"},
+    }
+    assert orm(SavedSearch, saved_search_row(parse_saved_search(
+        keys.saved_search("user_a", legacy_id), json.dumps(full), original_rules=True
+    ))).id == legacy_id  # fmt: skip
+
+
+def test_each_kind_of_bad_record_is_quarantined_with_a_reason_and_no_value(
+    redis_client: Redis, db_env: str, tmp_path: Path
+) -> None:
+    created = NOW - timedelta(days=1)
+    w = Writer(redis_client)
+    write_user(w, user_record("ok", "secret.person@example.com", created=created))
+    write_user(w, {**user_record("bad_mail", "x@y.z", created=created), "email": "secret@@x"})
+    write_user(w, user_record("bad_tier", "t@example.com", created=created, tier="gold"))
+    w.set(keys.user("bad_json"), "{nope")
+    w.set(keys.user("mismatch"), json.dumps(user_record("someone_else", "m@x.io", created=created)))
+    w.sadd(keys.user("a_set"), "x")
+    sid = str(uuid.uuid4())
+    write_search(w, search_record("ok", sid, created=created, results=[keyword_result("k", 1.5)]))
+    w.sadd(keys.saved_searches("ok"), "not-an-id")
+    w.set("saved-search:broken", "{}")
+    w.set(keys.saved_searches("ok") + "x", "a string where a set belongs")
+    w.flush()
+
+    report = backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    reasons = {q.key: (q.kind, q.reason) for q in report.quarantined}
+    assert reasons["user:bad_mail"] == (
+        "invalid",
+        "email: Value error, must be a valid email address",
+    )
+    assert reasons["user:bad_tier"][0] == "invalid" and "tier" in reasons["user:bad_tier"][1]
+    assert reasons["user:bad_json"][1].startswith("malformed JSON")
+    assert reasons["user:mismatch"][1] == "clerkUserId does not match the key"
+    assert reasons["user:a_set"] == ("wrong_type", "expected a string holding JSON, found set")
+    assert "must be an integer" in reasons[keys.saved_search("ok", sid)][1]
+    assert reasons["saved-search:ok:not-an-id"] == (
+        "orphan",
+        "listed in its index set but has no item",
+    )
+    assert reasons["saved-search:broken"][0] == "invalid"
+    assert reasons["saved-searches:okx"][0] == "wrong_type"
+    assert "secret" not in json.dumps([q.reason for q in report.quarantined])  # no values
+    assert report.users == Tally(inserted=1)
+    assert report.saved_searches == Tally()
+
+
+def test_backfill_only_reads_redis(redis_client: Redis, db_env: str, tmp_path: Path) -> None:
+    small = LegacyDataset(users=30, searches_per_user=3).write(redis_client)
+    before = snapshot_values(redis_client, scan_all(redis_client))
+    report = backfill(redis_client, batch_size=7, scan_count=10, report_path=tmp_path / "r.json")
+    assert report.users.inserted == small.expected.users
+    assert snapshot_values(redis_client, scan_all(redis_client)) == before
+
+
+def test_verify_prints_every_difference(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    created = NOW - timedelta(days=2)
+    sid, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    w = Writer(redis_client)
+    write_user(w, user_record("u1", "u1@example.com", created=created, tier="pro"))
+    write_user(w, user_record("u2", "u2@example.com", created=created))
+    write_search(w, search_record("u1", sid, created=created, name="Original"))
+    write_search(w, search_record("u1", gone, created=created))
+    w.flush()
+    backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    with psycopg.connect(direct_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE saved_searches SET name = 'Renamed' WHERE id = %s", (sid,))
+        conn.execute("DELETE FROM saved_searches WHERE id = %s", (gone,))
+        conn.execute("UPDATE users SET tier = 'FREE' WHERE id = 'u1'")
+        conn.execute("UPDATE users SET tier = 'ENTERPRISE' WHERE id = 'u2'")  # trial ≠ enterprise
+    lines: list[str] = []
+    differences = verify(redis_client, echo=lines.append, now=NOW)
+    assert sorted(differences, key=str) == sorted(
+        [
+            Difference("user:u1", "tier", legacy.UserTier.PRO, legacy.UserTier.FREE),
+            Difference("user:u2", "tier", legacy.UserTier.FREE, legacy.UserTier.ENTERPRISE),
+            Difference(keys.saved_search("u1", sid), "name", "Original", "Renamed"),
+            Difference(keys.saved_search("u1", gone), "row", "present", "missing"),
+        ],
+        key=str,
+    )
+    assert f'{keys.saved_search("u1", sid)} name: redis="Original" postgres="Renamed"' in lines
+    assert "user:u1 tier: redis=PRO postgres=FREE" in lines
+
+
+def test_backfill_merges_what_postgres_knows_better(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """ENTERPRISE stays (Redis calls it pro), the lifetime total only grows."""
+    created = NOW - timedelta(days=2)
+    w = Writer(redis_client)
+    write_user(w, user_record("big", "big@example.com", created=created, tier="pro"))
+    w.set(keys.usage("big", NOW), "10")
+    w.flush()
+    backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    with psycopg.connect(direct_database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE users SET tier = 'ENTERPRISE', \"keywordSearchesTotal\" = 5000 WHERE id = 'big'"
+        )
+    again = backfill(redis_client, report_path=tmp_path / "r2.json", now=NOW)
+    assert again.users == Tally(unchanged=1)
+    with psycopg.connect(direct_database_url) as conn:
+        row = conn.execute(
+            "SELECT tier::text, \"keywordSearchesTotal\" FROM users WHERE id = 'big'"
+        ).fetchone()
+    assert row == ("ENTERPRISE", 5000)
+    assert verify(redis_client, now=NOW) == []
+
+
+def test_cli_backfill_verify_and_exit_codes(
+    redis_client: Redis,
+    db_env: str,
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w = Writer(redis_client)
+    write_user(w, user_record("cli", "cli@example.com", created=NOW - timedelta(days=1)))
+    w.flush()
+    url = redis_client._url
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", url)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", redis_client._headers["Authorization"][7:])
+    report = tmp_path / "cli.json"
+    assert legacy.main(["backfill", "--report", str(report), "--batch-size", "10"]) == 0
+    out = capsys.readouterr()
+    assert "backfill complete" in out.out and "[indexes]" in out.err
+    assert json.loads(report.read_text())["users"]["inserted"] == 1
+    assert legacy.main(["verify"]) == 0
+    assert "0 difference(s)" in capsys.readouterr().out
+    with psycopg.connect(direct_database_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET email = 'other@example.com'")
+    assert legacy.main(["verify"]) == 1
+    assert 'user:cli email: redis="cli@example.com"' in capsys.readouterr().out
+    assert legacy.main(["repair"]) == 0
+    with psycopg.connect(direct_database_url, autocommit=True) as conn:
+        conn.execute(
+            'INSERT INTO legacy_repairs (key, kind, "userId", "updatedAt") '
+            "VALUES ('saved-search:bad', 'saved_search', 'cli', now())"
+        )
+    assert legacy.main(["repair"]) == 1  # a mark it cannot copy stays, and says so
+    assert "failed 1" in capsys.readouterr().out
+    monkeypatch.delenv("UPSTASH_REDIS_REST_TOKEN")
+    with pytest.raises(SystemExit, match="UPSTASH_REDIS_REST_TOKEN"):
+        legacy.main(["verify"])
+
+
+def test_a_row_refused_inside_a_batch_is_left_out_and_the_rest_written(db_env: str) -> None:
+    """The pre-checks catch known conflicts; a race (an owner deleted meanwhile) still only
+    costs the offending rows: the batch is retried row by row, a savepoint each."""
+    from shared import db
+    from shared.legacy.mapping import user_row
+    from shared.legacy.schemas import UserData
+    from shared.repositories import legacy_import
+
+    record = UserData.model_validate(user_record("owner", "o@example.com", created=NOW))
+    db.run(lambda s: legacy_import.upsert_users(s, [user_row(record, legacy.Counters(), NOW)],
+                                                overwrite=True))  # fmt: skip
+    rows = [
+        legacy.saved_search_row(
+            parse_saved_search(
+                keys.saved_search(owner, sid),
+                json.dumps(search_record(owner, sid, created=NOW)),
+                original_rules=True,
+            )
+        )
+        for owner, sid in (("owner", str(uuid.uuid4())), ("nobody", str(uuid.uuid4())))
+    ]
+    written, refused = legacy._write(legacy_import.upsert_saved_searches, rows)
+    assert written == legacy.Upserted(inserted=1)
+    assert refused == [(rows[1]["id"], "saved_searches_userId_fkey")]
+
+
+def test_a_checkpoint_from_another_version_is_refused(redis_client: Redis, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    default_checkpoint(report).write_text(json.dumps({"version": 0, "phase": "users"}))
+    with pytest.raises(ValueError, match="not a checkpoint this version can resume"):
+        backfill(redis_client, report_path=report)
+
+
+# --- erasure ------------------------------------------------------------------------------------
+
+
+def test_erase_user_keys_deletes_every_legacy_key_of_the_user_and_only_those(
+    redis_client: Redis,
+) -> None:
+    created = NOW - timedelta(days=3)
+    w = Writer(redis_client)
+    gone = user_record("gone", "Gone@Example.com", created=created, tier="pro", customer="cus_g")
+    stays = user_record("stays", "stays@example.com", created=created, customer="cus_s")
+    write_user(w, gone)
+    write_user(w, stays)
+    sid, unindexed, theirs = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    write_search(w, search_record("gone", sid, created=created))
+    write_search(w, search_record("gone", unindexed, created=created), indexed=False)
+    write_search(w, search_record("stays", theirs, created=created))
+    w.set(keys.usage("gone", NOW), "5")
+    w.set(keys.usage("gone", NOW - timedelta(days=35)), "9")
+    w.set(keys.trial_usage("gone", created), "3")
+    w.set(keys.usage("stays", NOW), "7")
+    w.set(keys.lock("gone"), "1")
+    w.set(keys.email("old-address@example.com"), "stays")  # not ours to delete
+    w.flush()
+    before = set(scan_all(redis_client))
+
+    deleted = erase_user_keys(redis_client, "gone", "old-address@example.com", "cus_g")
+
+    remaining = set(scan_all(redis_client))
+    assert {k for k in remaining if "gone" in k.lower()} == set()
+    assert before - remaining == {
+        keys.user("gone"), keys.email("gone@example.com"), keys.stripe("cus_g"),
+        keys.saved_searches("gone"), keys.saved_search("gone", sid),
+        keys.saved_search("gone", unindexed), keys.usage("gone", NOW),
+        keys.usage("gone", NOW - timedelta(days=35)), keys.trial_usage("gone", created),
+        keys.lock("gone"),
+    }  # fmt: skip
+    assert deleted == len(before - remaining)
+    assert erase_user_keys(redis_client, "gone", "gone@example.com", "cus_g") == 0
+
+
+# --- schemas and keys (no stores) -----------------------------------------------------------------
+
+
+def test_key_builders_use_utc_and_the_original_shapes() -> None:
+    from datetime import timezone
+
+    late = datetime(2026, 11, 30, 23, 30, tzinfo=timezone(timedelta(hours=-2)))  # Dec 1 UTC
+    assert keys.usage("u", late) == "usage:u:2026-12"
+    assert keys.trial_usage("u", late) == "trial-usage:u:2026-12-01"
+    assert keys.email("MiXed@Example.COM") == "email:mixed@example.com"
+    assert keys.saved_search_ids_of("saved-search:user_1:abc") == ("user_1", "abc")
+    assert keys.saved_search_ids_of("saved-searches:user_1") is None
+    assert keys.glob_escape("a*b?[c]") == r"a\*b\?\[c\]"
+    assert keys.monthly_counter_ttl(datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == 3600
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"keywordsUsedThisMonth": "3"}, "keywordsUsedThisMonth: Value error, must be a number"),
+        ({"keywordsUsedThisMonth": 2.5}, "must be an integer"),
+        ({"keywordsUsedThisMonth": -1}, "greater than or equal to 0"),
+        ({"createdAt": "2026-11-20T12:00:00+00:00"}, "createdAt: Value error, must be an ISO"),
+        ({"subscriptionId": None}, "subscriptionId: null is not allowed"),
+        ({"subscriptionStatus": "trialing"}, "subscriptionStatus"),
+        ({"clerkUserId": ""}, "clerkUserId"),
+    ],
+)
+def test_user_schema_is_the_originals(change: dict[str, Any], fragment: str) -> None:
+    record = {**user_record("u", "u@example.com", created=NOW), **change}
+    with pytest.raises(LegacyRecordError) as error:
+        parse_user("user:u", json.dumps(record))
+    assert fragment in error.value.reason
+
+
+def test_user_schema_accepts_what_js_wrote() -> None:
+    record = {
+        **user_record("u", "u@example.com", created=NOW),
+        "keywordsUsedThisMonth": 3.0,  # a JS number
+        "createdAt": "2026-11-20T12:00:00Z",  # no fraction
+        "updatedAt": "2026-11-20T12:00:00.1234567Z",  # more than milliseconds
+        "unknown": "dropped",
+    }
+    parsed = parse_user("user:u", json.dumps(record))
+    assert parsed.keywordsUsedThisMonth == 3
+    assert parsed.updatedAt == datetime(2026, 11, 20, 12, 0, 0, 123_000, tzinfo=UTC)
+    assert iso_ms(parsed.createdAt) == "2026-11-20T12:00:00.000Z"
+
+
+def test_saved_search_integer_rule_applies_only_under_the_original_rules() -> None:
+    record = search_record("u", str(uuid.uuid4()), created=NOW, results=[keyword_result("k", 1.5)])
+    key = keys.saved_search("u", record["id"])
+    assert parse_saved_search(key, json.dumps(record), original_rules=False).results
+    with pytest.raises(LegacyRecordError, match=r"results\.0\.searchVolume"):
+        parse_saved_search(key, json.dumps(record), original_rules=True)

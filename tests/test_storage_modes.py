@@ -1,0 +1,643 @@
+"""STORAGE_MODE (shared.storage): each phase's read and write paths through the real functions.
+
+Redis is the Upstash emulator, driven by the real SDK on both sides (the functions and these
+assertions); Postgres is the lane's real database. Failures are real: Redis is pointed at a
+closed port, Postgres at a closed port, never mocked. User ids are unique per test because the
+emulator's Redis is shared by the session and never flushed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from upstash_redis import Redis
+
+from devkit._host import free_port
+from devkit.upstash_emulator import UpstashEmulator
+from shared.clock import utcnow
+from shared.legacy import keys
+from shared.legacy.schemas import parse_saved_search, parse_user
+from tests.support.http import Caller, Keys
+from tests.support.legacy import (
+    Writer,
+    keyword_result,
+    search_record,
+    user_record,
+    write_search,
+    write_user,
+)
+
+BODY = {
+    "name": "Trail running",
+    "description": "Q3",
+    "searchParams": {"keywords": ["trail shoes"], "matchType": "exact", "location": "US"},
+    "results": [keyword_result("trail shoes", 1200)],
+}
+
+
+class Stores:
+    """Switch the mode, break and restore the stores, and look inside them."""
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        upstash: UpstashEmulator,
+        lane_url: str,
+        direct_url: str,
+    ) -> None:
+        self.monkeypatch = monkeypatch
+        self.upstash = upstash
+        self.lane_url = lane_url
+        self.direct_url = direct_url
+        self.redis = Redis(url=upstash.url, token=upstash.token)
+
+    def _reload(self) -> None:
+        from shared import db, redis
+        from shared.config import get_settings
+
+        get_settings.cache_clear()
+        db.dispose_engine()
+        redis.reset_redis()
+
+    def mode(self, mode: str) -> None:
+        self.monkeypatch.setenv("STORAGE_MODE", mode)
+        self._reload()
+
+    def break_redis(self) -> None:
+        self.monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
+        self._reload()
+
+    def restore_redis(self) -> None:
+        self.monkeypatch.setenv("UPSTASH_REDIS_REST_URL", self.upstash.url)
+        self._reload()
+
+    def break_postgres(self) -> None:
+        self.monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+        self.monkeypatch.setenv("DB_RETRY_BUDGET_S", "0.3")
+        self._reload()
+
+    def restore_postgres(self) -> None:
+        self.monkeypatch.setenv("DATABASE_URL", self.lane_url)
+        self._reload()
+
+    def item(self, uid: str, sid: str) -> dict[str, Any] | None:
+        raw = self.redis.get(keys.saved_search(uid, sid))
+        return None if raw is None else dict(json.loads(raw))
+
+    def index(self, uid: str) -> set[str]:
+        return set(self.redis.smembers(keys.saved_searches(uid)))
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.direct_url, autocommit=True) as conn:
+            cursor = conn.execute(query.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def repairs(self) -> list[tuple[Any, ...]]:
+        return self.sql("SELECT key, kind, attempts, error FROM legacy_repairs ORDER BY key")
+
+
+@pytest.fixture
+def stores(
+    api_env: Keys,
+    db_env: str,
+    direct_database_url: str,
+    upstash: UpstashEmulator,
+    admin_conn: psycopg.Connection[Any],  # empties the tables after the test
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Stores]:
+    yield Stores(monkeypatch, upstash, db_env, direct_database_url)
+
+
+@pytest.fixture
+def one(api_env: Keys) -> Caller:
+    """One invocation style for the failure tests (the paths below the handler are the same)."""
+    return Caller("lambda_v2", api_env)
+
+
+def new_user() -> str:
+    return f"user_{uuid.uuid4().hex[:12]}"
+
+
+def create(call: Caller, uid: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    result = call("searches", "POST", "/api/searches", user=uid, json_body=body or BODY)
+    assert result.status == 201, result.text
+    search: dict[str, Any] = result.json["search"]
+    return search
+
+
+def seed_legacy_user(stores: Stores, uid: str, *, searches: int = 0, **options: Any) -> list[str]:
+    """A user (and searches) only the TypeScript app knows: in Redis, not in Postgres."""
+    created = utcnow() - timedelta(days=2)
+    w = Writer(stores.redis)
+    write_user(w, user_record(uid, f"{uid}@example.com", created=created, **options))
+    ids = [str(uuid.uuid4()) for _ in range(searches)]
+    for n, sid in enumerate(ids):
+        write_search(w, search_record(uid, sid, created=created, name=f"Legacy {n}"))
+    w.flush()
+    return ids
+
+
+# --- the read and write paths of each mode ------------------------------------------------------
+
+
+def test_dual_writes_both_stores_and_reads_redis(call: Caller, stores: Stores) -> None:
+    stores.mode("dual")
+    uid = new_user()
+    search = create(call, uid)
+    sid = search["id"]
+
+    # Written in the original layout, readable by the original's schemas (the TS app's view).
+    stored = stores.item(uid, sid)
+    assert stored == search
+    parse_saved_search(keys.saved_search(uid, sid), json.dumps(stored), original_rules=True)
+    assert stores.index(uid) == {sid}
+    user_raw = stores.redis.get(keys.user(uid))
+    assert user_raw is not None
+    assert parse_user(keys.user(uid), user_raw).tier == "trial"
+    assert stores.redis.get(keys.email(f"{uid}@keyflash.local")) == uid
+    assert stores.sql("SELECT name FROM saved_searches WHERE id = %s", sid) == [("Trail running",)]
+    assert stores.repairs() == []
+
+    # Reads come from Redis: a change made there (by the TypeScript app) is what we serve.
+    stores.redis.set(keys.saved_search(uid, sid), json.dumps({**search, "name": "Renamed in TS"}))
+    got = call("search_item", "GET", f"/api/searches/{sid}", user=uid)
+    assert (got.status, got.json["search"]["name"]) == (200, "Renamed in TS")
+    listed = call("searches", "GET", "/api/searches", user=uid)
+    assert [s["name"] for s in listed.json["searches"]] == ["Renamed in TS"]
+
+    updated = call(
+        "search_item", "PUT", f"/api/searches/{sid}", user=uid, json_body={"name": "New"}
+    )
+    assert updated.status == 200
+    assert updated.json["search"]["name"] == "New"
+    assert stores.item(uid, sid) == updated.json["search"]
+    assert stores.sql("SELECT name FROM saved_searches WHERE id = %s", sid) == [("New",)]
+
+    deleted = call("search_item", "DELETE", f"/api/searches/{sid}", user=uid)
+    assert (deleted.status, deleted.json) == (200, {"success": True})
+    assert stores.item(uid, sid) is None and stores.index(uid) == set()
+    assert stores.sql("SELECT id FROM saved_searches") == []
+    assert stores.repairs() == []
+
+
+def test_postgres_mode_leaves_the_legacy_layout_alone(one: Caller, stores: Stores) -> None:
+    uid = new_user()
+    sid = create(one, uid)["id"]
+    assert stores.redis.get(keys.user(uid)) is None
+    assert stores.item(uid, sid) is None and stores.index(uid) == set()
+    assert stores.sql("SELECT id FROM saved_searches") == [(sid,)]
+
+
+def test_dual_serves_and_imports_what_only_the_typescript_app_wrote(
+    one: Caller, stores: Stores
+) -> None:
+    stores.mode("dual")
+    uid = new_user()
+    kept, dropped = seed_legacy_user(stores, uid, searches=2, tier="pro", customer="cus_" + uid)
+    stores.redis.set(keys.usage(uid, utcnow()), "412")
+
+    listed = one("searches", "GET", "/api/searches", user=uid)
+    assert listed.status == 200
+    assert {s["id"] for s in listed.json["searches"]} == {kept, dropped}
+    # Signing in imported the user with the real counter; reading imported no searches.
+    assert stores.sql(
+        'SELECT tier::text, "keywordSearchesThisMonth", "stripeCustomerId" FROM users'
+    ) == [("PRO", 412, "cus_" + uid)]
+    assert stores.sql("SELECT id FROM saved_searches") == []
+
+    renamed = one("search_item", "PUT", f"/api/searches/{kept}", user=uid, json_body={"name": "R"})
+    assert (renamed.status, renamed.json["search"]["name"]) == (200, "R")
+    assert stores.sql("SELECT id, name FROM saved_searches") == [(kept, "R")]
+    assert stores.item(uid, kept) == renamed.json["search"]
+
+    gone = one("search_item", "DELETE", f"/api/searches/{dropped}", user=uid)
+    assert gone.status == 200
+    assert stores.item(uid, dropped) is None and stores.index(uid) == {kept}
+    again = one("search_item", "DELETE", f"/api/searches/{dropped}", user=uid)
+    assert again.status == 404
+    assert stores.repairs() == []
+
+
+def test_fallback_reads_postgres_when_redis_misses_fails_or_cannot_read(
+    one: Caller, stores: Stores
+) -> None:
+    stores.mode("fallback")
+    uid = new_user()
+    sid = create(one, uid)["id"]
+    path = f"/api/searches/{sid}"
+    assert stores.item(uid, sid) is not None  # fallback keeps writing Redis
+
+    stores.redis.delete(keys.saved_search(uid, sid))  # expired, say
+    assert one("search_item", "GET", path, user=uid).json["search"]["name"] == "Trail running"
+
+    stores.redis.set(keys.saved_search(uid, sid), "{not json")
+    assert one("search_item", "GET", path, user=uid).json["search"]["name"] == "Trail running"
+
+    stores.redis.delete(keys.saved_searches(uid))
+    listed = one("searches", "GET", "/api/searches", user=uid)
+    assert [s["id"] for s in listed.json["searches"]] == [sid]
+
+    stores.break_redis()
+    assert one("search_item", "GET", path, user=uid).status == 200
+    assert [
+        s["id"] for s in one("searches", "GET", "/api/searches", user=uid).json["searches"]
+    ] == [sid]
+
+
+def test_dual_answers_503_when_redis_fails_or_holds_an_unreadable_record(
+    one: Caller, stores: Stores
+) -> None:
+    stores.mode("dual")
+    uid = new_user()
+    sid = create(one, uid)["id"]
+    stores.redis.set(keys.saved_search(uid, sid), '{"id": "truncated')
+    got = one("search_item", "GET", f"/api/searches/{sid}", user=uid)
+    assert got.status == 503  # what the original answered for such a record
+    assert got.json["error"] == "Service Unavailable" and got.headers["retry-after"] == "60"
+
+    stores.break_redis()
+    listed = one("searches", "GET", "/api/searches", user=uid)
+    assert listed.status == 503
+    other = one("searches", "GET", "/api/searches", user=new_user())  # provisioning reads Redis
+    assert other.status == 503
+
+
+# --- dual-write failure policy: Postgres commits, Redis is repaired ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["dual", "fallback"])
+def test_a_write_while_redis_is_down_commits_and_is_repaired_later(
+    one: Caller, stores: Stores, mode: str
+) -> None:
+    from shared import storage
+
+    stores.mode(mode)
+    uid = new_user()
+    assert one("searches", "GET", "/api/searches", user=uid).status == 200  # signed in
+
+    stores.break_redis()
+    created = one("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert created.status == 201  # committed in Postgres: the write is not lost
+    sid = created.json["search"]["id"]
+    renamed = one("search_item", "PUT", f"/api/searches/{sid}", user=uid, json_body={"name": "R2"})
+    assert renamed.status == 200
+    key = keys.saved_search(uid, sid)
+    assert stores.repairs() == [(key, "saved_search", 2, "redis: ConnectError")]
+    assert stores.sql("SELECT name FROM saved_searches") == [("R2",)]
+
+    stores.restore_redis()
+    assert stores.item(uid, sid) is None  # Redis lags until the repair
+    summary = storage.repair_pending()
+    assert (summary.repaired, summary.failed, summary.remaining) == (1, 0, 0)
+    assert stores.item(uid, sid) == {**created.json["search"], **renamed.json["search"]}
+    assert stores.index(uid) == {sid}
+    got = one("search_item", "GET", f"/api/searches/{sid}", user=uid)
+    assert (got.status, got.json["search"]["name"]) == (200, "R2")
+    assert stores.repairs() == []
+
+
+def test_a_write_while_postgres_is_down_fails_cleanly_and_touches_no_store(
+    one: Caller, stores: Stores
+) -> None:
+    stores.mode("dual")
+    uid = new_user()
+    sid = create(one, uid)["id"]
+    before = stores.item(uid, sid)
+
+    stores.break_postgres()
+    created = one("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert created.status == 503 and created.json["error"] == "Service Unavailable"
+    renamed = one("search_item", "PUT", f"/api/searches/{sid}", user=uid, json_body={"name": "X"})
+    deleted = one("search_item", "DELETE", f"/api/searches/{sid}", user=uid)
+    assert (renamed.status, deleted.status) == (503, 503)
+    assert stores.index(uid) == {sid} and stores.item(uid, sid) == before
+
+    stores.restore_postgres()
+    assert stores.sql("SELECT id, name FROM saved_searches") == [(sid, "Trail running")]
+    assert stores.repairs() == []
+
+
+def test_a_crash_between_commit_and_copy_leaves_a_mark_the_repair_finishes(
+    one: Caller, stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import storage
+
+    stores.mode("dual")
+    uid = new_user()
+    one("searches", "GET", "/api/searches", user=uid)
+    with monkeypatch.context() as crash:
+        crash.setattr(storage, "_sync", lambda key: False)  # the process dies after COMMIT
+        sid = create(one, uid)["id"]
+    assert stores.item(uid, sid) is None
+    assert stores.repairs() == [(keys.saved_search(uid, sid), "saved_search", 0, None)]
+    assert storage.repair_pending().repaired == 1
+    assert stores.item(uid, sid) is not None and stores.repairs() == []
+
+
+def test_an_unreadable_user_record_is_never_overwritten(one: Caller, stores: Stores) -> None:
+    from shared import storage
+
+    stores.mode("fallback")
+    uid = new_user()
+    stores.redis.set(keys.user(uid), '{"clerkUserId": "' + uid + '", "tier": "gold"}')
+    assert one("searches", "GET", "/api/searches", user=uid).status == 200  # served by Postgres
+    assert stores.redis.get(keys.user(uid)) == '{"clerkUserId": "' + uid + '", "tier": "gold"}'
+    [(key, kind, attempts, error)] = stores.repairs()
+    assert (key, kind, attempts) == (keys.user(uid), "user", 1)
+    assert error.startswith("legacy key left untouched: email: Field required")
+    assert storage.repair_pending().failed == 1  # still refused: an operator must look
+
+
+def test_concurrent_writers_of_one_key_leave_redis_at_the_latest_state(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import storage
+    from shared.repositories.saved_searches import NewSavedSearch
+
+    monkeypatch.setenv("DB_POOL_SIZE", "6")
+    stores.mode("dual")
+    uid = new_user()
+    storage.provision_user(uid, f"{uid}@example.com")
+    sid = storage.create_search(uid, NewSavedSearch("n", ["k"], "US", "en", "exact")).id
+    errors: list[BaseException] = []
+
+    def rename(worker: int) -> None:
+        try:
+            for n in range(5):
+                storage.update_search(uid, sid, name=f"w{worker}-{n}", description=None)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=rename, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    [(final,)] = stores.sql("SELECT name FROM saved_searches WHERE id = %s", sid)
+    stored = stores.item(uid, sid)
+    assert stored is not None and stored["name"] == final
+    assert stores.repairs() == []
+
+
+def test_postgres_failing_after_the_commit_leaves_the_mark_for_the_repair(
+    one: Caller, stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import storage
+
+    stores.mode("dual")
+    uid = new_user()
+    one("searches", "GET", "/api/searches", user=uid)
+    client = storage._client()
+
+    def postgres_dies_now() -> Redis:
+        stores.break_postgres()  # between the data COMMIT and the copy's transaction
+        return client
+
+    with monkeypatch.context() as timing:
+        timing.setattr(storage, "_client", postgres_dies_now)
+        created = one("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert created.status == 201  # committed before Postgres went away
+    stores.restore_postgres()
+    sid = created.json["search"]["id"]
+    assert stores.repairs() == [(keys.saved_search(uid, sid), "saved_search", 0, None)]
+    assert storage.repair_pending().repaired == 1
+    assert stores.item(uid, sid) == created.json["search"]
+
+
+def test_the_repair_skips_marks_in_use_and_records_what_it_cannot_copy(stores: Stores) -> None:
+    from shared import storage
+
+    stores.mode("dual")
+    uid = new_user()
+    storage.provision_user(uid, f"{uid}@example.com")
+    stores.sql(
+        "INSERT INTO legacy_repairs (key, kind, \"userId\", \"updatedAt\") VALUES "
+        "(%s, 'saved_search', %s, now()), (%s, 'user', %s, now())",
+        "saved-search:broken", uid, keys.user(uid), uid,
+    )  # fmt: skip
+    with psycopg.connect(stores.direct_url) as holder:  # a request mid-write holds the user's
+        holder.execute("SELECT 1 FROM legacy_repairs WHERE key = %s FOR UPDATE", (keys.user(uid),))
+        summary = storage.repair_pending()
+    assert (summary.repaired, summary.failed, summary.skipped, summary.remaining) == (0, 1, 1, 2)
+    assert stores.sql("SELECT error FROM legacy_repairs WHERE key = 'saved-search:broken'") == [
+        ("legacy key left untouched: not a saved-search:{userId}:{searchId} key",)
+    ]
+    assert storage.repair_pending().repaired == 1  # the lock is gone
+    assert storage.pending_repairs() == 1
+
+
+def test_dual_mode_refusals_write_nothing_anywhere(one: Caller, stores: Stores) -> None:
+    stores.mode("dual")
+    uid = new_user()
+    one("searches", "GET", "/api/searches", user=uid)
+    stores.sql(
+        'INSERT INTO saved_searches (id, "userId", name, keywords, "updatedAt") '
+        "SELECT gen_random_uuid()::text, %s, 'n', '{k}', now() FROM generate_series(1, 50)",
+        uid,
+    )
+    full = one("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert (full.status, full.json["message"]) == (400, contract_limit())
+    unknown = str(uuid.uuid4())
+    put = one("search_item", "PUT", f"/api/searches/{unknown}", user=uid, json_body={"name": "n"})
+    gone = one("search_item", "DELETE", f"/api/searches/{unknown}", user=uid)
+    assert (put.status, gone.status) == (404, 404)
+    assert stores.index(uid) == set() and stores.repairs() == []
+
+    stores.mode("fallback")
+    stores.break_redis()
+    gone = one("search_item", "DELETE", f"/api/searches/{unknown}", user=uid)
+    assert gone.status == 404  # Redis cannot say, Postgres has none
+
+
+def contract_limit() -> str:
+    from shared.contracts.saved_searches import LIMIT_REACHED
+
+    return LIMIT_REACHED
+
+
+def test_importing_a_user_whose_email_postgres_gives_another_is_a_409(
+    one: Caller, stores: Stores
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from shared import storage
+
+    stores.mode("dual")
+    holder, twin = new_user(), new_user()
+    storage.provision_user(holder, f"{twin}@EXAMPLE.com")  # created in Postgres and Redis
+    seed_legacy_user(stores, twin)  # the TS app's user, same email in another case
+    refused = one("searches", "GET", "/api/searches", user=twin)
+    assert refused.status == 409
+    assert refused.json["message"] == "This email address already belongs to another account"
+
+    other = new_user()
+    stores.sql("UPDATE users SET \"stripeCustomerId\" = 'cus_shared' WHERE id = %s", holder)
+    seed_legacy_user(stores, other, tier="pro", customer="cus_shared")
+    with pytest.raises(IntegrityError):
+        storage.provision_user(other, f"{other}@example.com")
+
+
+# --- users, usage, erasure ----------------------------------------------------------------------
+
+
+def test_usage_is_read_from_the_mode_s_store_and_mirrored_by_value(stores: Stores) -> None:
+    from shared import storage
+    from shared.quotas import Limits
+
+    limits = Limits(trial=300, pro=1000, enterprise=10_000)
+    uid = new_user()
+    seed_legacy_user(stores, uid, tier="pro")
+    now = utcnow()
+    stores.redis.set(keys.usage(uid, now), "412")
+
+    stores.mode("dual")
+    storage.provision_user(uid, f"{uid}@example.com")  # imports the row with the real counter
+    assert storage.usage(uid, limits).used == 412
+    stores.redis.set(keys.usage(uid, now), "415")  # the TypeScript app counted three more
+    assert storage.usage(uid, limits).used == 415  # dual reads Redis
+
+    stores.mode("postgres")
+    assert storage.usage(uid, limits).used == 412  # Postgres's own count
+
+    stores.sql('UPDATE users SET "keywordSearchesThisMonth" = 430 WHERE id = %s', uid)
+    stores.mode("fallback")
+    storage.mirror_usage(uid)
+    assert stores.redis.get(keys.usage(uid, now)) == "430"
+    assert 0 < stores.redis.ttl(keys.usage(uid, now)) <= 31 * 86_400
+    stores.break_redis()
+    assert storage.usage(uid, limits).used == 430  # fallback: Postgres when Redis fails
+    with pytest.raises(Exception, match="not found"):
+        storage.usage(new_user(), limits)
+
+
+def test_a_trial_user_created_in_dual_mode_is_readable_by_the_original(
+    one: Caller, stores: Stores
+) -> None:
+    from shared import storage
+    from shared.quotas import Limits
+
+    stores.mode("dual")
+    uid = new_user()
+    assert one("searches", "GET", "/api/searches", user=uid).status == 200
+    raw = stores.redis.get(keys.user(uid))
+    assert raw is not None
+    record = parse_user(keys.user(uid), raw)
+    assert record.trialExpiresAt - record.trialStartedAt == timedelta(days=7)
+    stores.sql('UPDATE users SET "keywordSearchesTotal" = 25 WHERE id = %s', uid)
+    storage.mirror_usage(uid)
+    assert stores.redis.get(keys.trial_usage(uid, record.trialStartedAt)) == "25"
+    assert storage.usage(uid, Limits(300, 1000, 10_000)).used == 25
+
+
+def test_erasure_deletes_the_legacy_keys_or_leaves_a_mark_to_finish_it(stores: Stores) -> None:
+    from shared import storage
+
+    uid = new_user()
+    seed_legacy_user(stores, uid, searches=2, customer="cus_" + uid)
+    stores.break_redis()
+    assert storage.erase_legacy_user(uid, f"{uid}@example.com", "cus_" + uid) is False
+    assert stores.repairs() == [(keys.erasure(uid), "erasure", 0, None)]
+
+    stores.restore_redis()
+    assert storage.repair_pending().repaired == 1  # the user row is gone: erase the keys
+    assert [k for k in stores.redis.scan(0, match=f"*{uid}*", count=10_000)[1]] == []
+    assert stores.redis.get(keys.stripe("cus_" + uid)) is None
+    assert storage.erase_legacy_user(uid, None, None) is True  # repeatable
+
+    alive = new_user()  # a pending erasure never deletes the keys of a user Postgres has
+    stores.mode("dual")
+    storage.provision_user(alive, f"{alive}@example.com")
+    stores.sql(
+        "INSERT INTO legacy_repairs (key, kind, \"userId\", \"updatedAt\") "
+        "VALUES (%s, 'erasure', %s, now())",
+        keys.erasure(alive), alive,
+    )  # fmt: skip
+    assert storage.repair_pending().repaired == 1
+    assert stores.redis.get(keys.user(alive)) is not None
+
+
+def test_mirror_user_moves_the_index_keys_with_the_row(stores: Stores) -> None:
+    from shared import storage
+
+    stores.mode("dual")
+    uid, neighbour = new_user(), new_user()
+    storage.provision_user(uid, f"{uid}@old.example")
+    stores.redis.set(keys.email(f"{uid}@shared.example"), neighbour)  # another user's index key
+    stores.sql(
+        "UPDATE users SET email = %s, \"stripeCustomerId\" = %s, tier = 'PRO', "
+        "\"subscriptionStatus\" = 'trialing' WHERE id = %s",
+        f"{uid}@New.example", "cus_" + uid, uid,
+    )  # fmt: skip
+    storage.mirror_user(uid)
+    raw = stores.redis.get(keys.user(uid))
+    assert raw is not None
+    record = parse_user(keys.user(uid), raw)
+    assert (record.email, record.tier, record.stripeCustomerId) == (
+        f"{uid}@New.example", "pro", "cus_" + uid,
+    )  # fmt: skip
+    assert record.subscriptionStatus is None  # not a status the original knew: left out
+    assert stores.redis.get(keys.email(f"{uid}@old.example")) is None
+    assert stores.redis.get(keys.email(f"{uid}@new.example")) == uid
+    assert stores.redis.get(keys.stripe("cus_" + uid)) == uid
+    assert stores.redis.get(keys.email(f"{uid}@shared.example")) == neighbour
+    assert stores.repairs() == []
+    stores.mode("postgres")
+    storage.mirror_user(uid)  # a no-op
+    storage.mirror_usage(uid)
+
+    stores.mode("dual")
+    stranger = new_user()  # only the TypeScript app knows them
+    seed_legacy_user(stores, stranger, searches=1)
+    storage.mirror_user(stranger)
+    storage.mirror_usage(stranger)
+    assert stores.redis.get(keys.user(stranger)) is not None  # nothing copied, nothing erased
+    assert len(stores.index(stranger)) == 1 and stores.repairs() == []
+
+
+def test_erasure_without_redis_configured_has_nothing_to_delete(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import storage
+
+    monkeypatch.delenv("UPSTASH_REDIS_REST_URL")
+    stores.mode("postgres")
+    assert storage.erase_legacy_user(new_user(), None, None) is True
+    assert stores.repairs() == []
+
+
+def test_dual_mode_requires_the_upstash_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import ConfigurationError, get_settings
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@localhost/db")
+    monkeypatch.setenv("STORAGE_MODE", "dual")
+    monkeypatch.delenv("UPSTASH_REDIS_REST_URL", raising=False)
+    monkeypatch.delenv("UPSTASH_REDIS_REST_TOKEN", raising=False)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(
+            ConfigurationError, match=r"STORAGE_MODE=dual .* UPSTASH_REDIS_REST_URL"
+        ):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_old_counter_dates_are_utc() -> None:
+    from shared.legacy.mapping import usage_counter
+    from shared.models import User, UserTier
+
+    user = User(
+        id="u", email="u@x.io", tier=UserTier.PRO, keyword_searches_this_month=3,
+        keyword_searches_total=3, monthly_reset_at=datetime(2026, 12, 1, tzinfo=UTC),
+        created_at=datetime(2026, 11, 1, tzinfo=UTC), updated_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )  # fmt: skip
+    counter = usage_counter(user, datetime(2026, 12, 1, 0, 30, tzinfo=UTC))
+    assert (counter.key, counter.value, counter.ttl_s) == ("usage:u:2026-12", 3, 2_676_600)

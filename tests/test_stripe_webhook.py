@@ -1,0 +1,833 @@
+"""POST /api/webhooks/stripe (spec §2.6, §5, §10.4, §10.5, §10.11) on a real Postgres, both lanes.
+
+Deliveries are signed with stripe-python's own helper (`WebhookSignature.
+generate_signature_header`), so the function verifies exactly what Stripe would send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import stripe
+
+from devkit import events
+from shared import billing, config, db
+from shared.clock import utcnow
+from shared.db import DatabaseUnavailableError
+from shared.models import User, UserTier, WebhookEvent
+from shared.repositories import subscriptions, users, webhook_events
+from tests.support.http import STYLES, Caller, Keys, Result
+
+SECRET = "whsec_test_secret_for_keyflash"
+PATH = "/api/webhooks/stripe"
+T0 = 1_790_000_000  # an event's `created` (2026-09-21T13:33:20Z)
+GENERIC_500 = "An unexpected error occurred"
+GENERIC_503 = "Service temporarily unavailable. Please try again later."
+
+
+@pytest.fixture
+def stripe_env(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
+    config.get_settings.cache_clear()
+    return api_env
+
+
+@pytest.fixture(params=STYLES)
+def call(request: pytest.FixtureRequest, stripe_env: Keys) -> Caller:
+    """Overrides the shared fixture: all three invocation styles, configured for billing."""
+    return Caller(request.param, stripe_env)
+
+
+@pytest.fixture
+def lambda_call(stripe_env: Keys) -> Caller:
+    """One style is enough where the effect, not the transport, is under test."""
+    return Caller("lambda_v2", stripe_env)
+
+
+# --- building and delivering events ---------------------------------------------------------
+
+_counter = iter(range(1, 1_000_000))
+
+
+def stripe_event(
+    kind: str, obj: dict[str, Any], *, created: int = T0, event_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": event_id or f"evt_test_{next(_counter)}",
+        "object": "event",
+        "api_version": "2026-01-28.clover",
+        "created": created,
+        "livemode": False,
+        "pending_webhooks": 1,
+        "type": kind,
+        "data": {"object": obj},
+    }
+
+
+def sign(body: str, *, secret: str = SECRET, timestamp: int | None = None) -> str:
+    header: str = stripe.WebhookSignature.generate_signature_header(
+        body, secret, timestamp=timestamp
+    )
+    return header
+
+
+def deliver(
+    call: Caller,
+    event: dict[str, Any],
+    *,
+    secret: str = SECRET,
+    timestamp: int | None = None,
+    signature: str | None = None,
+) -> Result:
+    body = json.dumps(event)
+    header = signature if signature is not None else sign(body, secret=secret, timestamp=timestamp)
+    headers = {"content-type": "application/json", "stripe-signature": header}
+    return call("webhooks_stripe", "POST", PATH, body=body, headers=headers)
+
+
+def subscription(
+    status: str,
+    *,
+    sub_id: str = "sub_1",
+    customer: str | dict[str, Any] = "cus_1",
+    clerk_user_id: str | None = None,
+    period_end: int = T0 + 30 * 86400,
+    price: dict[str, Any] | None = None,
+    basil: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A subscription object; `basil`: the period end lives on the items (API ≥ 2025-03-31)."""
+    item: dict[str, Any] = {
+        "id": "si_1",
+        "object": "subscription_item",
+        "price": price or {"id": "price_pro", "nickname": "Pro monthly", "lookup_key": "pro"},
+    }
+    obj: dict[str, Any] = {
+        "id": sub_id,
+        "object": "subscription",
+        "customer": customer,
+        "status": status,
+        "metadata": {
+            "product": "keyflash-pro",
+            **({"clerkUserId": clerk_user_id} if clerk_user_id else {}),
+        },
+        "items": {"object": "list", "data": [item]},
+        "cancel_at_period_end": False,
+        **extra,
+    }
+    if basil:
+        item["current_period_end"] = period_end
+    else:
+        obj["current_period_end"] = period_end
+    return obj
+
+
+def checkout(
+    *,
+    clerk_user_id: str | None = "user_a",
+    email: str | None = None,
+    customer: str | None = "cus_1",
+    sub_id: str | None = "sub_1",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "id": "cs_test_1",
+        "object": "checkout.session",
+        "mode": "subscription",
+        "customer": customer,
+        "subscription": sub_id,
+        "metadata": {"clerkUserId": clerk_user_id} if clerk_user_id else {},
+        "customer_email": email,
+        "customer_details": {"email": email, "name": "Ada Lovelace", "address": {"city": "London"}},
+        "payment_status": "paid",
+        "status": "complete",
+        **extra,
+    }
+
+
+def invoice(
+    *, sub_id: str = "sub_1", customer: str = "cus_1", period_end: int = T0 + 60 * 86400,
+    basil: bool = True, clerk_user_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    obj: dict[str, Any] = {
+        "id": "in_1",
+        "object": "invoice",
+        "customer": customer,
+        "customer_email": "someone@example.com",
+        "lines": {"object": "list", "data": [{"period": {"start": T0, "end": period_end}}]},
+    }
+    details = {
+        "subscription": sub_id,
+        "metadata": {"clerkUserId": clerk_user_id} if clerk_user_id else {},
+    }
+    if basil:
+        obj["parent"] = {"type": "subscription_details", "subscription_details": details}
+    else:
+        obj["subscription"] = sub_id
+    return obj
+
+
+# --- database helpers -----------------------------------------------------------------------
+
+
+def make_user(user_id: str = "user_a", email: str = "a@example.com", **changes: Any) -> None:
+    db.run(lambda s: users.create(s, user_id, email))
+    if changes:
+        db.run(lambda s: users.update_user(s, user_id, **changes))
+
+
+def make_pro(user_id: str = "user_a", **changes: Any) -> None:
+    values = {
+        "tier": UserTier.PRO,
+        "stripe_customer_id": "cus_1",
+        "stripe_subscription_id": "sub_1",
+        "subscription_status": "active",
+        **changes,
+    }
+    make_user(user_id, f"{user_id}@example.com", **values)
+
+
+def user(user_id: str = "user_a") -> User:
+    found = db.run(lambda s: users.get(s, user_id))
+    assert found is not None
+    return found
+
+
+def ledger(event_id: str) -> WebhookEvent | None:
+    return db.run(lambda s: webhook_events.get(s, event_id))
+
+
+def moment(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# --- the contract: order of checks, status codes, bodies, headers ---------------------------
+
+
+def test_billing_off_is_503_and_nothing_is_recorded(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BILLING_ENABLED", "false")
+    config.get_settings.cache_clear()
+    event = stripe_event("checkout.session.completed", checkout())
+    result = deliver(call, event)
+    assert result.status == 503
+    assert result.json["message"] == GENERIC_503 and result.headers["retry-after"] == "60"
+    assert ledger(event["id"]) is None
+
+
+def test_missing_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "")
+    config.get_settings.cache_clear()
+    result = deliver(call, stripe_event("checkout.session.completed", checkout()))
+    assert (result.status, result.json["message"]) == (500, GENERIC_500)
+    assert result.json["error"] == "Internal Server Error"
+
+
+def test_missing_signature_is_400(call: Caller) -> None:
+    body = json.dumps(stripe_event("checkout.session.completed", checkout()))
+    result = call("webhooks_stripe", "POST", PATH, body=body,
+                  headers={"content-type": "application/json"})  # fmt: skip
+    assert (result.status, result.json["message"]) == (400, "Missing signature")
+    assert result.json["error"] == "Client Error"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["wrong-secret", "altered-body", "reserialised-body", "garbage-header", "no-v1", "not-json"],
+)
+def test_a_signature_that_does_not_match_the_raw_body_is_400(
+    lambda_call: Caller, tamper: str
+) -> None:
+    make_user()
+    event = stripe_event("checkout.session.completed", checkout())
+    body = json.dumps(event)
+    header = sign(body)
+    if tamper == "wrong-secret":
+        header = sign(body, secret="whsec_someone_else")
+    elif tamper == "altered-body":
+        body = body.replace("cus_1", "cus_2")
+    elif tamper == "reserialised-body":  # same JSON, other bytes: Stripe signs the bytes
+        body = json.dumps(event, indent=2)
+    elif tamper == "garbage-header":
+        header = "definitely not a signature"
+    elif tamper == "no-v1":
+        header = header.split(",")[0]
+    elif tamper == "not-json":
+        body = "not json at all"
+        header = sign(body)
+    headers = {"content-type": "application/json", "stripe-signature": header}
+    result = lambda_call("webhooks_stripe", "POST", PATH, body=body, headers=headers)
+    assert (result.status, result.json["message"]) == (400, "Invalid signature")
+    assert ledger(event["id"]) is None and user().tier is UserTier.FREE
+
+
+def test_signature_tolerance_is_300_seconds(lambda_call: Caller) -> None:
+    make_user()
+    stale = stripe_event("checkout.session.completed", checkout())
+    result = deliver(lambda_call, stale, timestamp=int(time.time()) - 301)
+    assert (result.status, result.json["message"]) == (400, "Invalid signature")
+    assert ledger(stale["id"]) is None
+    fresh = stripe_event("checkout.session.completed", checkout())
+    assert deliver(lambda_call, fresh, timestamp=int(time.time()) - 290).status == 200
+
+
+def test_a_signed_body_that_is_not_an_event_is_400(lambda_call: Caller) -> None:
+    result = deliver(lambda_call, {"object": "event", "type": "x", "data": {}})  # no id
+    assert (result.status, result.json["message"]) == (400, "Invalid webhook payload")
+
+
+def test_processed_event_answers_received_with_only_platform_headers(call: Caller) -> None:
+    make_user()
+    result = deliver(call, stripe_event("checkout.session.completed", checkout()))
+    assert (result.status, result.json) == (200, {"received": True})
+    assert result.headers["api-version"] == "v1"
+    assert "cache-control" not in result.headers  # the original's webhook 200 sets none
+
+
+def test_replayed_event_is_a_duplicate_and_changes_nothing(call: Caller) -> None:
+    make_user()
+    event = stripe_event("checkout.session.completed", checkout())
+    assert deliver(call, event).json == {"received": True}
+    db.run(lambda s: users.update_user(s, "user_a", subscription_status="tampered"))
+    again = deliver(call, event)
+    assert (again.status, again.json) == (200, {"received": True, "duplicate": True})
+    assert user().subscription_status == "tampered"  # not applied a second time
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (True, 1)
+
+
+def test_unknown_type_is_acknowledged_and_recorded_without_its_data(call: Caller) -> None:
+    event = stripe_event("customer.created", {"id": "cus_9", "email": "pii@example.com"})
+    result = deliver(call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    row = ledger(event["id"])
+    assert row is not None and row.processed and row.type == "customer.created"
+    assert row.payload == {"id": event["id"], "type": "customer.created", "created": T0}
+    assert deliver(call, event).json == {"received": True, "duplicate": True}
+
+
+# --- checkout.session.completed -------------------------------------------------------------
+
+
+def test_checkout_upgrades_the_user_named_in_metadata(lambda_call: Caller) -> None:
+    make_user(trial_ends_at=utcnow() + timedelta(days=3))
+    db.run(lambda s: users.increment_usage(s, "user_a", 120))
+    event = stripe_event("checkout.session.completed", checkout(email="other@example.com"))
+    assert deliver(lambda_call, event).status == 200
+    upgraded = user()
+    assert upgraded.tier is UserTier.PRO
+    assert (upgraded.stripe_customer_id, upgraded.stripe_subscription_id) == ("cus_1", "sub_1")
+    assert upgraded.subscription_status == "active"
+    assert upgraded.subscription_event_at == moment(T0)
+    assert upgraded.keyword_searches_this_month == 0  # a fresh monthly counter, as originally
+    assert upgraded.keyword_searches_total == 120
+    row = ledger(event["id"])
+    assert row is not None and row.processed and row.error is None
+    stored = row.payload or {}
+    # Only what billing reads is kept: no name, no address.
+    assert stored["data"]["object"] == {
+        "id": "cs_test_1",
+        "mode": "subscription",
+        "customer": "cus_1",
+        "subscription": "sub_1",
+        "metadata": {"clerkUserId": "user_a"},
+        "customer_email": "other@example.com",
+        "customer_details": {"email": "other@example.com"},
+        "payment_status": "paid",
+    }
+
+
+def test_checkout_falls_back_to_the_email_case_insensitively(lambda_call: Caller) -> None:
+    make_user("user_b", "Buyer@Example.com")
+    event = stripe_event(
+        "checkout.session.completed",
+        checkout(clerk_user_id=None, email="buyer@EXAMPLE.com", customer="cus_b", sub_id="sub_b"),
+    )
+    assert deliver(lambda_call, event).status == 200
+    assert (user("user_b").tier, user("user_b").stripe_customer_id) == (UserTier.PRO, "cus_b")
+
+
+def test_checkout_with_expanded_customer_and_subscription_objects(lambda_call: Caller) -> None:
+    make_user()
+    obj = checkout(customer=None, sub_id=None)
+    obj["customer"] = {"id": "cus_x", "object": "customer", "email": "a@example.com"}
+    obj["subscription"] = {"id": "sub_x", "object": "subscription", "status": "active"}
+    assert deliver(lambda_call, stripe_event("checkout.session.completed", obj)).status == 200
+    assert (user().stripe_customer_id, user().stripe_subscription_id) == ("cus_x", "sub_x")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        checkout(sub_id=None, mode="payment"),
+        checkout(customer=None),
+        checkout(payment_status="unpaid"),
+    ],
+    ids=["one-off-payment", "no-customer", "payment-pending"],
+)
+def test_checkout_without_a_live_subscription_changes_nothing(
+    lambda_call: Caller, obj: dict[str, Any]
+) -> None:
+    make_user()
+    event = stripe_event("checkout.session.completed", obj)
+    assert deliver(lambda_call, event).json == {"received": True}
+    assert user().tier is UserTier.FREE and user().stripe_customer_id is None
+    row = ledger(event["id"])
+    assert row is not None and row.processed
+
+
+# --- customer.subscription.* ----------------------------------------------------------------
+
+NOW_PLUS_3D = timedelta(days=3)
+
+
+@pytest.mark.parametrize(
+    ("status", "tier"),
+    [
+        ("active", UserTier.PRO),
+        ("trialing", UserTier.PRO),
+        ("past_due", UserTier.PRO),
+        ("unpaid", UserTier.FREE),
+        ("canceled", UserTier.FREE),
+        ("incomplete_expired", UserTier.FREE),
+        ("paused", UserTier.FREE),
+    ],
+)
+def test_subscription_updated_maps_every_status_to_one_tier(
+    lambda_call: Caller, status: str, tier: UserTier
+) -> None:
+    trial_end = utcnow() + NOW_PLUS_3D  # a trial still running (e.g. upgraded during it)
+    make_pro(trial_ends_at=trial_end, subscription_status="past_due")
+    before = utcnow()
+    event = stripe_event("customer.subscription.updated", subscription(status))
+    assert deliver(lambda_call, event).json == {"received": True}
+    after = utcnow()
+    changed = user()
+    assert (changed.tier, changed.subscription_status) == (tier, status)  # unpaid stays unpaid
+    assert changed.subscription_plan == "Pro monthly"
+    assert changed.subscription_ends_at == moment(T0 + 30 * 86400)
+    assert changed.subscription_event_at == moment(T0)
+    assert changed.trial_ends_at is not None
+    if tier is UserTier.FREE:  # the trial is over now: no fresh trial after a downgrade
+        assert before <= changed.trial_ends_at <= after
+    else:
+        assert changed.trial_ends_at == trial_end
+
+
+def test_downgrade_keeps_a_trial_that_already_ended(lambda_call: Caller) -> None:
+    ended = utcnow() - timedelta(days=40)
+    make_pro(trial_ends_at=ended)
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", subscription("canceled")))
+    assert (user().tier, user().trial_ends_at) == (UserTier.FREE, ended)
+
+
+def test_incomplete_and_unknown_statuses_change_nothing(lambda_call: Caller) -> None:
+    make_pro()
+    for status in ("incomplete", "some_future_status"):
+        event = stripe_event("customer.subscription.updated", subscription(status))
+        assert deliver(lambda_call, event).json == {"received": True}
+        row = ledger(event["id"])
+        assert row is not None and row.processed
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
+    assert user().subscription_event_at is None
+
+
+def test_subscription_deleted_downgrades_with_the_end_time(lambda_call: Caller) -> None:
+    make_pro()
+    obj = subscription("canceled", ended_at=T0 + 5, canceled_at=T0)
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", obj, created=T0 + 5))
+    gone = user()
+    assert (gone.tier, gone.subscription_status) == (UserTier.FREE, "canceled")
+    assert gone.subscription_ends_at == moment(T0 + 5)  # ended_at wins over the period end
+    assert gone.stripe_subscription_id == "sub_1" and gone.stripe_customer_id == "cus_1"
+
+
+def test_subscription_created_finds_the_user_by_metadata_and_links_the_customer(
+    lambda_call: Caller,
+) -> None:
+    make_user()  # checkout has not arrived yet: no customer id stored
+    price = {"id": "price_9", "nickname": None, "lookup_key": "pro_yearly"}
+    obj = subscription(
+        "active", customer="cus_new", clerk_user_id="user_a", basil=False, price=price
+    )
+    assert deliver(lambda_call, stripe_event("customer.subscription.created", obj)).status == 200
+    linked = user()
+    assert (linked.tier, linked.stripe_customer_id) == (UserTier.PRO, "cus_new")
+    assert linked.subscription_plan == "pro_yearly"  # nickname, else lookup_key, else id
+    assert linked.subscription_ends_at == moment(T0 + 30 * 86400)  # pre-basil top-level field
+
+
+def test_plan_falls_back_to_the_price_id(lambda_call: Caller) -> None:
+    make_pro()
+    obj = subscription("active", price={"id": "price_only", "nickname": None, "lookup_key": None})
+    deliver(lambda_call, stripe_event("customer.subscription.updated", obj))
+    assert user().subscription_plan == "price_only"
+
+
+def test_enterprise_users_keep_their_tier(lambda_call: Caller) -> None:
+    make_pro(tier=UserTier.ENTERPRISE)
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", subscription("canceled")))
+    assert (user().tier, user().subscription_status) == (UserTier.ENTERPRISE, "canceled")
+
+
+def test_pro_to_pro_keeps_the_monthly_counter(lambda_call: Caller) -> None:
+    make_pro()
+    db.run(lambda s: users.increment_usage(s, "user_a", 40))
+    deliver(lambda_call, stripe_event("customer.subscription.updated", subscription("past_due")))
+    deliver(
+        lambda_call,
+        stripe_event("customer.subscription.updated", subscription("active"), created=T0 + 1),
+    )
+    assert user().keyword_searches_this_month == 40
+
+
+# --- invoices -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("basil", [True, False], ids=["parent-subscription", "legacy-field"])
+def test_invoice_paid_restores_an_unpaid_subscription(lambda_call: Caller, basil: bool) -> None:
+    make_pro(tier=UserTier.FREE, subscription_status="unpaid")
+    event = stripe_event("invoice.paid", invoice(basil=basil))
+    assert deliver(lambda_call, event).status == 200
+    paid = user()
+    assert (paid.tier, paid.subscription_status) == (UserTier.PRO, "active")
+    assert paid.subscription_ends_at == moment(T0 + 60 * 86400)
+
+
+def test_invoice_paid_finds_an_unlinked_user_by_subscription_metadata(lambda_call: Caller) -> None:
+    make_user()
+    event = stripe_event("invoice.paid", invoice(customer="cus_z", clerk_user_id="user_a"))
+    assert deliver(lambda_call, event).status == 200
+    assert (user().tier, user().stripe_customer_id) == (UserTier.PRO, "cus_z")
+
+
+def test_invoice_payment_failed_starts_the_grace_period(lambda_call: Caller) -> None:
+    make_pro()
+    deliver(lambda_call, stripe_event("invoice.payment_failed", invoice()))
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "past_due")
+
+
+@pytest.mark.parametrize(
+    ("stored", "invoice_sub"),
+    [("unpaid", "sub_1"), ("canceled", "sub_1"), ("active", "sub_other")],
+    ids=["unpaid-stays-unpaid", "canceled-stays-canceled", "another-subscription"],
+)
+def test_invoice_payment_failed_never_revives_or_crosses_subscriptions(
+    lambda_call: Caller, stored: str, invoice_sub: str
+) -> None:
+    tier = UserTier.PRO if stored == "active" else UserTier.FREE
+    make_pro(tier=tier, subscription_status=stored)
+    event = stripe_event("invoice.payment_failed", invoice(sub_id=invoice_sub))
+    assert deliver(lambda_call, event).json == {"received": True}
+    assert (user().tier, user().subscription_status) == (tier, stored)
+    row = ledger(event["id"])
+    assert row is not None and row.processed  # stale, not failed
+
+
+def test_an_invoice_without_a_subscription_is_ignored(lambda_call: Caller) -> None:
+    make_pro()
+    obj = invoice()
+    del obj["parent"]
+    deliver(lambda_call, stripe_event("invoice.paid", obj))
+    assert user().subscription_event_at is None
+
+
+# --- ordering -------------------------------------------------------------------------------
+
+
+def test_an_older_event_never_rolls_the_subscription_back(lambda_call: Caller) -> None:
+    make_pro()
+    canceled = stripe_event("customer.subscription.updated", subscription("canceled"),
+                            created=T0 + 10)  # fmt: skip
+    late_active = stripe_event("customer.subscription.updated", subscription("active"),
+                               created=T0 + 5)  # fmt: skip
+    assert deliver(lambda_call, canceled).status == 200
+    assert deliver(lambda_call, late_active).json == {"received": True}
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "canceled")
+    assert user().subscription_event_at == moment(T0 + 10)
+    row = ledger(late_active["id"])
+    assert row is not None and row.processed  # consumed as stale, not retried
+
+
+def test_out_of_order_status_updates_settle_on_the_newest(lambda_call: Caller) -> None:
+    make_pro()
+    sequence = [(T0 + 20, "active"), (T0 + 10, "past_due"), (T0 + 30, "past_due"),
+                (T0 + 25, "unpaid")]  # fmt: skip
+    for created, status in sequence:
+        deliver(lambda_call, stripe_event("customer.subscription.updated",
+                                          subscription(status), created=created))  # fmt: skip
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "past_due")
+    assert user().subscription_event_at == moment(T0 + 30)
+
+
+def test_events_in_the_same_second_apply_in_arrival_order(lambda_call: Caller) -> None:
+    make_pro()
+    for status in ("past_due", "active"):
+        deliver(lambda_call, stripe_event("customer.subscription.updated", subscription(status)))
+    assert user().subscription_status == "active"
+
+
+def test_a_canceled_subscription_is_never_revived(lambda_call: Caller) -> None:
+    make_pro()
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", subscription("canceled")))
+    deliver(lambda_call, stripe_event("invoice.paid", invoice(), created=T0 + 60))
+    deliver(
+        lambda_call,
+        stripe_event("customer.subscription.updated", subscription("active"), created=T0 + 61),
+    )
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "canceled")
+
+
+def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
+    lambda_call: Caller,
+) -> None:
+    make_pro()
+    new = stripe_event("checkout.session.completed", checkout(sub_id="sub_2"), created=T0 + 100)
+    deliver(lambda_call, new)
+    old_end = stripe_event("customer.subscription.deleted", subscription("canceled"),
+                           created=T0 + 200)  # fmt: skip
+    deliver(lambda_call, old_end)
+    kept = user()
+    assert (kept.tier, kept.stripe_subscription_id, kept.subscription_status) == (
+        UserTier.PRO,
+        "sub_2",
+        "active",
+    )
+
+
+# --- failures: rolled back, recorded, retried -----------------------------------------------
+
+
+def test_an_event_for_an_unknown_user_fails_and_succeeds_once_the_user_exists(
+    lambda_call: Caller,
+) -> None:
+    event = stripe_event("customer.subscription.created",
+                         subscription("active", customer="cus_later"))  # fmt: skip
+    first = deliver(lambda_call, event)
+    assert (first.status, first.json["message"]) == (500, GENERIC_500)
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (False, 1)
+    assert row.error == (
+        "BillingUserNotFoundError: no user for customer.subscription.created (customer=cus_later)"
+    )
+    assert row.payload is not None and row.payload["data"]["object"]["customer"] == "cus_later"
+
+    make_pro(stripe_customer_id="cus_later", stripe_subscription_id=None,
+             subscription_status=None, tier=UserTier.FREE)  # fmt: skip
+    second = deliver(lambda_call, event)
+    assert (second.status, second.json) == (200, {"received": True})
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts, row.error) == (True, 2, None)
+    assert user().tier is UserTier.PRO
+
+
+def test_a_failure_after_the_update_rolls_everything_back(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_user()
+    original = subscriptions.apply_change
+
+    def apply_then_fail(*args: Any, **kwargs: Any) -> bool:
+        assert original(*args, **kwargs)  # the user row IS updated inside the transaction…
+        raise RuntimeError("injected failure with a secret value cus_1")
+
+    monkeypatch.setattr(subscriptions, "apply_change", apply_then_fail)
+    event = stripe_event("checkout.session.completed", checkout())
+    failed = deliver(lambda_call, event)
+    assert (failed.status, failed.json["message"]) == (500, GENERIC_500)
+    untouched = user()  # …and rolled back with it
+    assert (untouched.tier, untouched.stripe_customer_id) == (UserTier.FREE, None)
+    assert untouched.subscription_event_at is None
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts, row.error) == (
+        False,
+        1,
+        "RuntimeError",  # unexpected errors are stored by class only
+    )
+    assert deliver(lambda_call, event).status == 500  # still failing: attempt 2
+    assert (ledger(event["id"]) or row).attempts == 2
+
+    monkeypatch.setattr(subscriptions, "apply_change", original)
+    fixed = deliver(lambda_call, event)
+    assert (fixed.status, fixed.json) == (200, {"received": True})
+    assert user().tier is UserTier.PRO
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts, row.error) == (True, 3, None)
+    assert deliver(lambda_call, event).json == {"received": True, "duplicate": True}
+
+
+def test_a_database_outage_answers_503_so_stripe_retries(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_user()
+
+    def unavailable(*args: Any, **kwargs: Any) -> bool:
+        raise DatabaseUnavailableError("database unreachable after 3 attempt(s) at connect: x")
+
+    monkeypatch.setattr(subscriptions, "apply_change", unavailable)
+    event = stripe_event("checkout.session.completed", checkout())
+    result = deliver(lambda_call, event)
+    assert (result.status, result.json["message"]) == (503, GENERIC_503)
+    assert result.headers["retry-after"] == "60"
+    row = ledger(event["id"])
+    assert row is not None and not row.processed
+    assert (row.error or "").startswith("DatabaseUnavailableError: ")
+
+
+def test_a_constraint_failure_is_recorded_without_row_values(lambda_call: Caller) -> None:
+    make_pro("user_owner")  # owns cus_1 already
+    make_user("user_b", "b@example.com")
+    event = stripe_event("checkout.session.completed", checkout(clerk_user_id="user_b"))
+    assert deliver(lambda_call, event).status == 500
+    row = ledger(event["id"])
+    assert row is not None and row.error is not None
+    assert row.error.startswith("UniqueViolation (SQLSTATE 23505) on users_stripe")
+    assert "cus_1" not in row.error
+    assert user("user_b").tier is UserTier.FREE
+
+
+def test_a_malformed_subscription_is_recorded_as_invalid(lambda_call: Caller) -> None:
+    make_pro()
+    obj = subscription("active")
+    del obj["status"]
+    event = stripe_event("customer.subscription.updated", obj)
+    assert deliver(lambda_call, event).status == 500
+    row = ledger(event["id"])
+    assert row is not None and row.error == (
+        "InvalidEventError: customer.subscription.updated lacks or mistypes: status"
+    )
+
+
+# --- the cron's entry point -----------------------------------------------------------------
+
+
+def test_process_event_reruns_a_recorded_failure_from_its_stored_payload(
+    lambda_call: Caller,
+) -> None:
+    event = stripe_event("invoice.paid", invoice(customer="cus_cron"))
+    assert deliver(lambda_call, event).status == 500  # no such customer yet
+    make_pro(stripe_customer_id="cus_cron", tier=UserTier.FREE, subscription_status="unpaid")
+    assert billing.process_event(event["id"]) is billing.Outcome.APPLIED
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
+    assert billing.process_event(event["id"]) is billing.Outcome.DUPLICATE
+    assert deliver(lambda_call, event).json == {"received": True, "duplicate": True}
+    with pytest.raises(LookupError):
+        billing.process_event("evt_never_seen")
+
+
+def test_process_event_refuses_a_record_without_a_stripe_payload(stripe_env: Keys) -> None:
+    db.run(lambda s: webhook_events.mark_failed(s, "msg_1", "user.created", None, "x",
+                                                provider="clerk"))  # fmt: skip
+    with pytest.raises(billing.InvalidEventError):
+        billing.process_event("msg_1")
+
+
+def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
+    make_pro()
+    stale = billing.StripeEvent.from_payload(
+        stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 1)
+    )
+    newer = billing.StripeEvent.from_payload(
+        stripe_event("customer.subscription.updated", subscription("past_due"))
+    )
+    unknown = billing.StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
+    assert db.transaction(lambda s: billing.apply_event(s, newer)) is billing.Outcome.APPLIED
+    assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.STALE
+    assert db.transaction(lambda s: billing.apply_event(s, unknown)) is billing.Outcome.IGNORED
+
+
+# --- concurrency and speed ------------------------------------------------------------------
+
+DELIVERIES = 20
+
+
+@pytest.fixture
+def wide_pool(stripe_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("DB_POOL_SIZE", str(DELIVERIES))
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    yield
+    db.dispose_engine()
+
+
+def lambda_delivery(event: dict[str, Any]) -> dict[str, Any]:
+    """A signed delivery as API Gateway hands it to the function."""
+    body = json.dumps(event)
+    headers = {"content-type": "application/json", "stripe-signature": sign(body)}
+    return events.http_api_v2("POST", PATH, headers=headers, body=body)
+
+
+def invoke(lambda_event: dict[str, Any]) -> dict[str, Any]:
+    from functions import webhooks_stripe
+
+    response: dict[str, Any] = webhooks_stripe.handler(lambda_event, events.lambda_context())
+    return response
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_twenty_concurrent_deliveries_apply_the_event_exactly_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_user()
+    original = subscriptions.apply_change
+    applied: list[int] = []
+    lock = threading.Lock()
+
+    def slow_apply(*args: Any, **kwargs: Any) -> bool:
+        with lock:
+            applied.append(1)
+        time.sleep(0.2)  # hold the claimed row while the other deliveries arrive
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(subscriptions, "apply_change", slow_apply)
+    event = stripe_event("checkout.session.completed", checkout())
+    start = threading.Barrier(DELIVERIES)
+
+    def one(_: int) -> tuple[int, Any]:
+        asyncio.set_event_loop(asyncio.new_event_loop())  # Mangum wants a loop per thread
+        start.wait()
+        response = invoke(lambda_delivery(event))
+        return response["statusCode"], events.response_json(response)
+
+    with ThreadPoolExecutor(max_workers=DELIVERIES) as pool:
+        answers = list(pool.map(one, range(DELIVERIES)))
+    assert {status for status, _ in answers} == {200}
+    bodies = [body for _, body in answers]
+    assert bodies.count({"received": True}) == 1
+    assert bodies.count({"received": True, "duplicate": True}) == DELIVERIES - 1
+    assert len(applied) == 1
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (True, 1)
+    assert user().tier is UserTier.PRO
+
+
+def test_duplicate_delivery_latency_is_measured(stripe_env: Keys) -> None:
+    """Median time of a duplicate delivery through the Lambda handler (printed, not asserted)."""
+    make_user()
+    delivery = lambda_delivery(stripe_event("checkout.session.completed", checkout()))
+    assert events.response_json(invoke(delivery)) == {"received": True}
+    for _ in range(10):  # warm: imports, the connection, prepared statements
+        invoke(delivery)
+    timings = []
+    for _ in range(200):
+        started = time.perf_counter()
+        response = invoke(delivery)
+        timings.append((time.perf_counter() - started) * 1000)
+        assert response["statusCode"] == 200
+    lane = "pooled" if "pgbouncer=true" in config.get_settings().database_url else "direct"
+    print(
+        f"\nduplicate Stripe delivery via Lambda handler [{lane}]: median "
+        f"{statistics.median(timings):.2f} ms, p90 "
+        f"{statistics.quantiles(timings, n=10)[-1]:.2f} ms over {len(timings)} deliveries"
+    )
