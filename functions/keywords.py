@@ -14,12 +14,14 @@ text never reaches the client.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,8 +30,8 @@ from shared.auth import Identity, identify
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
-from shared.errors import EmailInUseError, QuotaExceededError, TrialExpiredError
-from shared.http.app import create_app, lambda_handler
+from shared.errors import EMAIL_IN_USE, EmailInUseError, QuotaExceededError, TrialExpiredError
+from shared.http.app import create_app, lambda_handler, validation_message
 from shared.http.client_ip import client_ip, stored_ip
 from shared.http.errors import ApiError
 from shared.http.responses import ok
@@ -66,13 +68,39 @@ def wrong_method() -> Response:
         405,
         "Use POST to search for keywords",
         label="Method Not Allowed",
+        headers={"Allow": "POST"},
         extra={"supportedMethods": ["POST"]},
     )
 
 
-@app.post("/api/keywords", response_model=None)
+async def search_body(
+    request: Request, decision: Annotated[Decision, Depends(rate_limit)]
+) -> KeywordSearch:
+    """The body, read only after the rate limit (which the `decision` parameter orders first),
+    and parsed as JSON whatever the Content-Type, an empty body being `{}` (the original's rule).
+    """
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:  # JSON syntax and invalid UTF-8 alike
+        raise ApiError(400, "Invalid JSON payload") from None
+    try:
+        return KeywordSearch.model_validate(data)
+    except ValidationError as error:
+        raise ApiError(400, validation_message(error.errors()), label="Validation Error") from None
+
+
+BODY_SCHEMA = {
+    "required": True,
+    "content": {"application/json": {"schema": KeywordSearch.model_json_schema()}},
+}
+
+
+@app.post("/api/keywords", response_model=None, openapi_extra={"requestBody": BODY_SCHEMA})
 def search(
-    body: KeywordSearch, request: Request, decision: Annotated[Decision, Depends(rate_limit)]
+    request: Request,
+    body: Annotated[KeywordSearch, Depends(search_body)],
+    decision: Annotated[Decision, Depends(rate_limit)],
 ) -> Response:
     started = time.perf_counter()
     identity: Identity | None = request.state.identity
@@ -101,7 +129,10 @@ def search(
     result: dict[str, Any]
     if isinstance(cached, dict) and isinstance(cached.get("data"), list):
         data = cache.in_request_order(cached["data"], keywords)
-        provider_name = str(cached.get("metadata", {}).get("provider", "Unknown"))
+        metadata = cached.get("metadata")
+        provider_name = (
+            str(metadata.get("provider", "Unknown")) if isinstance(metadata, dict) else "Unknown"
+        )
         result = {"data": data, "cached": True}
     else:
         data = _fetch(provider, keywords, options, identity.user_id, reserved_at)
@@ -142,7 +173,7 @@ def _reserve(identity: Identity, count: int, now: datetime, enforce: bool) -> us
             headers={"X-Quota-Remaining": str(max(0, refused.limit - refused.used))},
         ) from None
     except EmailInUseError:
-        raise ApiError(409, "This email address already belongs to another account") from None
+        raise ApiError(409, EMAIL_IN_USE) from None
 
 
 def _fetch(

@@ -14,7 +14,7 @@ from shared.auth import CurrentUser
 from shared.clock import utcnow
 from shared.config import get_settings
 from shared.contracts import account
-from shared.errors import EmailInUseError
+from shared.errors import EmailInUseError, SubscriptionLiveError
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
@@ -22,7 +22,6 @@ from shared.repositories import personal_data, users
 
 app = create_app(title="Me", summary="The caller's profile and usage; erase their data.")
 
-LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
 SUBSCRIPTION_LIVE = "Cancel your subscription before deleting your account."
 
 
@@ -47,10 +46,12 @@ def delete_me(request: Request, user: CurrentUser) -> Response:
     A paying user is refused (409) while the Stripe subscription is live, so erasure never
     leaves a subscription billing an account that no longer exists.
     """
-    row = db.run(lambda s: users.get(s, user.user_id), idempotent=True)
-    if row is not None and row.subscription_status in LIVE_SUBSCRIPTION:
-        raise ApiError(409, SUBSCRIPTION_LIVE)
-    erasure = db.transaction(lambda s: personal_data.erase(s, user.user_id))
+    try:
+        erasure = db.transaction(
+            lambda s: personal_data.erase(s, user.user_id, refuse_live_subscription=True)
+        )
+    except SubscriptionLiveError:
+        raise ApiError(409, SUBSCRIPTION_LIVE) from None
     accounts.finish_erasure(user.user_id, erasure, source="api")
     request.state.user_id = None  # this request's own usage row must not re-link the erased user
     return ok({"deleted": True})

@@ -14,13 +14,13 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import auth, storage
+from shared import auth, errors, storage
 from shared.repositories import users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
 PLACEHOLDER_DOMAIN = "keyflash.local"
-EMAIL_IN_USE = "This email address already belongs to another account"
+EMAIL_IN_USE = errors.EMAIL_IN_USE
 SyncOutcome = Literal["created", "updated", "unchanged"]
 
 

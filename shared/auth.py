@@ -16,9 +16,8 @@ from typing import Annotated, Any
 import jwt
 from fastapi import Depends, Request
 
-from shared import storage
 from shared.config import Settings, get_settings
-from shared.errors import EmailInUseError
+from shared.errors import EMAIL_IN_USE, EmailInUseError
 from shared.http.errors import ApiError
 
 AUTH_REQUIRED = "Authentication required"
@@ -132,9 +131,11 @@ def provision(identity: Identity) -> None:
     if identity.user_id in _provisioned:
         return
     try:
+        from shared import storage  # only callers that provision load the storage layer
+
         storage.provision_user(identity.user_id, identity.email)
     except EmailInUseError:
-        raise ApiError(409, "This email address already belongs to another account") from None
+        raise ApiError(409, EMAIL_IN_USE) from None
     if len(_provisioned) >= _PROVISIONED_MAX:
         _provisioned.clear()
     _provisioned.add(identity.user_id)

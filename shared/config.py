@@ -109,7 +109,8 @@ class Settings(BaseSettings):
     app_url: str = "http://localhost:3000"
     allowed_origins: str = ""
     ip_storage: IpStorage = IpStorage.REDUCED
-    trust_proxy: bool | None = None  # unset: trust the platform's proxy headers in production
+    trust_proxy: bool | None = None  # unset: see `trusts_proxy`
+    vercel: bool = False  # VERCEL=1 is set by Vercel's runtime
 
     # Upstash Redis (REST): cache and rate limits. The SDK has no request timeout; we set one.
     upstash_redis_rest_url: str | None = None
@@ -212,7 +213,9 @@ class Settings(BaseSettings):
 
     @property
     def trusts_proxy(self) -> bool:
-        return self.is_production if self.trust_proxy is None else self.trust_proxy
+        """Unset: trust forwarding headers only on Vercel, whose edge sets them; on Lambda the
+        socket peer is API Gateway's `sourceIp`, while client-sent headers can be forged."""
+        return self.vercel if self.trust_proxy is None else self.trust_proxy
 
     @property
     def cors_origins(self) -> frozenset[str]:

@@ -44,6 +44,16 @@ class TrialExpiredError(DomainError):
         super().__init__("trial expired")
 
 
+class SubscriptionLiveError(DomainError):
+    """Erasure refused: the user's Stripe subscription is still live (it would keep billing)."""
+
+    def __init__(self) -> None:
+        super().__init__("subscription is live")
+
+
+EMAIL_IN_USE = "This email address already belongs to another account"
+
+
 class SavedSearchLimitError(DomainError):
     """The user already has the maximum number of saved searches."""
 

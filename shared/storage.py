@@ -285,7 +285,7 @@ def get_search(user_id: str, search_id: str) -> SavedSearch | None:
             return mapping.saved_search_from_record(record)
         if mode() == "dual":
             return None
-    return db.run(lambda s: saved_searches.get(s, user_id, search_id))
+    return db.run(lambda s: saved_searches.get(s, user_id, search_id), idempotent=True)
 
 
 def create_search(user_id: str, search: saved_searches.NewSavedSearch) -> SavedSearch:

@@ -501,7 +501,8 @@ def test_platform_settings(serverless: dict[str, Any], vercel: dict[str, Any]) -
         "RATE_LIMIT_HMAC_SECRET",
     ):
         value = provider["environment"][name]
-        assert value.startswith(f"${{ssm:/keyflash/${{sls:stage}}/{name}"), (name, value)
+        assert value == f"${{param:{name}, ssm:/keyflash/${{sls:stage}}/{name}}}", (name, value)
+    _check_settings_sources(serverless)
 
     first = vercel["routes"][0]
     assert first["src"] == "^/api/(.*)$" and first.get("continue") is True, (
@@ -509,6 +510,40 @@ def test_platform_settings(serverless: dict[str, Any], vercel: dict[str, Any]) -
         "continue (top-level `headers` cannot be combined with `routes`)"
     )
     assert first["headers"] == SECURITY_HEADERS
+
+
+_SSM_SETTING = re.compile(r"\$\{param:(\w+), ssm:/keyflash/\$\{sls:stage\}/(\w+)[,}]")
+
+
+def _check_settings_sources(serverless: dict[str, Any]) -> None:
+    """Deployed stages read SSM; only the `local` stage (never deployed) reads the shell.
+
+    Each setting is `${param:NAME, ssm:/keyflash/${sls:stage}/NAME}`: osls resolves only the
+    current stage's and the default params, and a fallback only when needed, so `--stage local`
+    (params.local, from `${env:…}`) never calls SSM, and every other stage defines no such param
+    and gets SSM. An env-backed param in `default` or a deployed stage would ship the deployer's
+    shell, so none may exist; devkit/serverless/local_stage_guard.js refuses to deploy `local`.
+    """
+    lines = (ROOT / "serverless.yml").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    settings = set()
+    for match in _SSM_SETTING.finditer(text):
+        assert match[1] == match[2], f"param {match[1]} falls back to SSM {match[2]}"
+        settings.add(match[1])
+    assert "${ssm:" not in text, "wrap every SSM read as ${param:NAME, ssm:…} (see the header)"
+    params = serverless["params"]
+    local = params["local"]
+    assert set(local) - {"appEnv"} == settings, "params.local must define every SSM setting"
+    for stage, values in params.items():
+        if stage == "local":
+            continue
+        assert not settings & set(values or {}), f"params.{stage} overrides SSM settings"
+        assert "${env:" not in json.dumps(values), f"params.{stage} reads the environment"
+    # Elsewhere only the build host's interpreter (never shipped) may come from the shell.
+    env_uses = [line.strip() for line in text.splitlines() if "${env:" in line]
+    outside = [line for line in env_uses if line.split(":", 1)[0] not in local]
+    assert outside == ["pythonBin: ${env:PYTHON_BIN, 'python3'}"], outside
+    assert "./devkit/serverless/local_stage_guard.js" in serverless["plugins"]
 
 
 def test_requirements_txt_is_pyprojects_runtime_dependencies() -> None:

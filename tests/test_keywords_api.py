@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -404,3 +405,27 @@ def test_provider_misconfiguration_is_500_and_refunded(
     assert (result.status, result.json["message"]) == (500, "An unexpected error occurred")
     assert "DATAFORSEO" not in result.text
     assert counters(admin_conn, who) == (0, 0)
+
+
+def test_invalid_json_and_any_content_type_after_the_rate_limit(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings(monkeypatch, RATE_LIMIT_ENABLED="true", RATE_LIMIT_REQUESTS_PER_HOUR="2")
+    agent = {"user-agent": str(uuid.uuid4()), "content-type": "application/json"}
+    bad = call("keywords", "POST", "/api/keywords", body="{nope", headers=agent)
+    assert (bad.status, bad.json["message"]) == (400, "Invalid JSON payload")
+    empty = call("keywords", "POST", "/api/keywords", body="", headers=agent)
+    assert empty.status == 400 and empty.json["error"] == "Validation Error"  # `{}`: fields missing
+    refused = call("keywords", "POST", "/api/keywords", body="{nope", headers=agent)
+    assert refused.status == 429  # malformed bodies spent the budget too
+    plain = {"user-agent": str(uuid.uuid4()), "content-type": "text/plain"}
+    ok = call("keywords", "POST", "/api/keywords", user=user_id(),
+              body=json.dumps({**BODY, "keywords": fresh_keywords()}), headers=plain)  # fmt: skip
+    assert ok.status == 200
+
+
+def test_other_methods_are_405_naming_post_only(call: Caller) -> None:
+    result = call("keywords", "PUT", "/api/keywords", user=user_id())
+    assert result.status == 405
+    assert result.json["supportedMethods"] == ["POST"]
+    assert call("keywords", "GET", "/api/keywords").headers["allow"] == "POST"

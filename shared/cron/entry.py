@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.cron.runner import Job, run_job
 from shared.db import DatabaseUnavailableError
+from shared.envelope import GENERIC_500, GENERIC_503, envelope
 from shared.telemetry import log_event
 
 Scope = MutableMapping[str, Any]
@@ -36,9 +36,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LambdaHandler = Callable[[Any, Any], dict[str, Any]]
 
 UNAUTHORIZED = "Missing or invalid cron secret"
-NOT_CONFIGURED = "CRON_SECRET is not set: set it in the project's environment variables"
-GENERIC_500 = "An unexpected error occurred"
-GENERIC_503 = "Service temporarily unavailable. Please try again later."
 
 
 def event_options(event: Any) -> dict[str, Any]:
@@ -57,26 +54,6 @@ def lambda_handler(job: Job) -> LambdaHandler:
     handler.__name__ = f"{job.name}_handler"
     handler.__doc__ = f"Lambda entry of the {job.name} cron (EventBridge schedule events)."
     return handler
-
-
-def _label(status: int) -> str:
-    if status == 503:
-        return "Service Unavailable"
-    if status >= 500:
-        return "Internal Server Error"
-    if status == 405:
-        return "Method Not Allowed"
-    return "Client Error"
-
-
-def _envelope(status: int, message: str) -> dict[str, Any]:
-    """The API's error body `{error, message, statusCode, timestamp}`."""
-    return {
-        "error": _label(status),
-        "message": message,
-        "statusCode": status,
-        "timestamp": iso_ms(utcnow()),
-    }
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -136,19 +113,24 @@ def asgi_app(job: Job) -> ASGIApp:
             log_event(
                 "cron_http_misconfigured", level=logging.ERROR, job=job.name, reason=str(error)
             )
-            await _send_json(send, 500, _envelope(500, GENERIC_500))
+            await _send_json(send, 500, envelope(500, GENERIC_500))
             return
         if not secret:
-            log_event("cron_secret_not_set", level=logging.ERROR, job=job.name)
-            await _send_json(send, 500, _envelope(500, NOT_CONFIGURED))
+            log_event(
+                "cron_secret_not_set",
+                level=logging.ERROR,
+                job=job.name,
+                fix="set CRON_SECRET in the project's environment variables",
+            )
+            await _send_json(send, 500, envelope(500, GENERIC_500))
             return
         if not authorized(scope, secret):
             log_event("cron_http_unauthorized", level=logging.WARNING, job=job.name)
-            await _send_json(send, 401, _envelope(401, UNAUTHORIZED))
+            await _send_json(send, 401, envelope(401, UNAUTHORIZED))
             return
         if scope.get("method") != "GET":
             await _send_json(
-                send, 405, _envelope(405, "Use GET (as Vercel Cron does)"), {"Allow": "GET"}
+                send, 405, envelope(405, "Use GET (as Vercel Cron does)"), {"Allow": "GET"}
             )
             return
         query = scope.get("query_string") or b""
@@ -156,10 +138,10 @@ def asgi_app(job: Job) -> ASGIApp:
         try:
             summary = await asyncio.to_thread(run_job, job, options=options)
         except DatabaseUnavailableError:
-            await _send_json(send, 503, _envelope(503, GENERIC_503), {"Retry-After": "60"})
+            await _send_json(send, 503, envelope(503, GENERIC_503), {"Retry-After": "60"})
             return
         except Exception:  # logged by the runner (cron_job_failed) with the error's type
-            await _send_json(send, 500, _envelope(500, GENERIC_500))
+            await _send_json(send, 500, envelope(500, GENERIC_500))
             return
         await _send_json(send, 200, summary)
 

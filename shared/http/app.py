@@ -116,7 +116,11 @@ def _methods_for(request: Request) -> list[str]:
     """Every method some route accepts on this path (Starlette reports only the first route's)."""
     methods: set[str] = set()
     for route in request.app.router.routes:
-        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+        if (
+            isinstance(route, APIRoute)
+            and route.include_in_schema  # a hidden route exists only to answer 405 itself
+            and route.path_regex.match(request.url.path)
+        ):
             methods |= (route.methods or set()) - {"HEAD"}
     return sorted(methods)
 

@@ -8,12 +8,14 @@ from starlette.datastructures import Headers
 
 from shared.config import IpStorage
 
-_CANDIDATE_HEADERS = ("cf-connecting-ip", "x-real-ip", "x-forwarded-for")
+# Vercel's edge overwrites both with the client's address. (CF-Connecting-IP, which the original
+# also read, is client-controlled unless Cloudflare really is in front, so it is not used.)
+_CANDIDATE_HEADERS = ("x-real-ip", "x-forwarded-for")
 
 
 def client_ip(headers: Headers, peer: str | None, *, trust_proxy: bool) -> str | None:
-    """The first valid IP from CF-Connecting-IP, X-Real-IP, X-Forwarded-For (when the platform's
-    proxy is trusted), else the socket peer; None when nothing valid is known."""
+    """The first valid IP from X-Real-IP, X-Forwarded-For (when the platform's proxy is
+    trusted), else the socket peer; None when nothing valid is known."""
     candidates: list[str] = []
     if trust_proxy:
         for name in _CANDIDATE_HEADERS:

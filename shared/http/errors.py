@@ -11,10 +11,8 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 
-from shared.clock import iso_ms, utcnow
+from shared.envelope import envelope
 
-GENERIC_500 = "An unexpected error occurred"
-GENERIC_503 = "Service temporarily unavailable. Please try again later."
 ERROR_CACHE_CONTROL = "no-store, no-cache, must-revalidate"
 
 
@@ -42,16 +40,6 @@ class ApiError(Exception):
         self.extra = dict(extra or {})
 
 
-def default_label(status: int) -> str:
-    if status == 503:
-        return "Service Unavailable"
-    if status >= 500:
-        return "Internal Server Error"
-    if status >= 400:
-        return "Client Error"
-    return "Error"
-
-
 def error_response(
     status: int,
     message: str,
@@ -62,17 +50,8 @@ def error_response(
 ) -> JSONResponse:
     """Render the envelope; 5xx messages are replaced by the generic text."""
     if status == 503:
-        message = GENERIC_503
         headers = {"Retry-After": "60", **(headers or {})}
-    elif status >= 500:
-        message = GENERIC_500
-    body: dict[str, object] = {
-        "error": label or default_label(status),
-        "message": message,
-        "statusCode": status,
-        "timestamp": iso_ms(utcnow()),
-        **(extra or {}),
-    }
+    body = {**envelope(status, message, label=label), **(extra or {})}
     response = JSONResponse(body, status_code=status, headers=dict(headers or {}))
     response.headers["Cache-Control"] = ERROR_CACHE_CONTROL
     return response

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.errors import SubscriptionLiveError
 from shared.models import (
     ApiUsage,
     FeatureFlag,
@@ -121,20 +122,39 @@ def _text_mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
     return or_(*(func.strpos(column, identifier) > 0 for identifier in identifiers))
 
 
+LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
+
+
 @database_operation("erasePersonalData")
-def erase(session: Session, user_id: str, *, now: datetime | None = None) -> Erasure:
+def erase(
+    session: Session,
+    user_id: str,
+    *,
+    refuse_live_subscription: bool = False,
+    now: datetime | None = None,
+) -> Erasure:
     """Remove or anonymise every row about the user (see the module docstring). Idempotent.
 
-    Must run in `transaction()`: all tables change together or none does.
+    Must run in `transaction()`: all tables change together or none does. With
+    `refuse_live_subscription`, a user whose Stripe subscription is live is refused
+    (`SubscriptionLiveError`) under the same row lock a billing webhook would need, so no
+    checkout can slip in between the check and the erasure.
     """
     _require_transaction(session, "erase")
     now = now or utcnow()
     owner = session.execute(
-        select(User.email, User.stripe_customer_id, User.stripe_subscription_id)
+        select(
+            User.email,
+            User.stripe_customer_id,
+            User.stripe_subscription_id,
+            User.subscription_status,
+        )
         .where(User.id == user_id)
         .with_for_update()
     ).first()
-    identifiers = [user_id, *(value for value in owner or () if value)]
+    if refuse_live_subscription and owner is not None and owner[3] in LIVE_SUBSCRIPTION:
+        raise SubscriptionLiveError()
+    identifiers = [user_id, *(value for value in (owner or ())[:3] if value)]
     options = {"synchronize_session": False}
 
     history = session.execute(
