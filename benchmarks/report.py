@@ -1,0 +1,390 @@
+"""The run's report: a console table, `results/<UTC timestamp>.json` and a Markdown twin."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.stats import fmt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTION_TITLES = {
+    "cold_start": "1. Cold start",
+    "warm": "2. Warm invocation overhead",
+    "roundtrips": "3. Database round trips per request",
+    "connections": "4. Connections through PgBouncer",
+    "throughput": "5. Throughput (keyword search over HTTP)",
+    "scale": "6. Scale",
+    "memory": "7. Memory",
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on (the machine is shared: load is recorded too)."""
+    free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_line = next((line for line in free.splitlines() if line.startswith("Mem:")), "")
+    return {
+        "nproc": nproc,
+        "cpu": model or platform.processor(),
+        "free_h": free.strip(),
+        "memory_total": mem_line.split()[1] if mem_line else "",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def all_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for name, data in sections.items():
+        for verdict in data.get("targets", []) if isinstance(data, dict) else []:
+            found.append({"section": name, **verdict})
+    return found
+
+
+def write(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS / f"{stamp}.json", RESULTS / f"{stamp}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    rows = []
+    for verdict in targets:
+        status = {"pass": "PASS", "fail": "**FAIL**", "not_run": "not run"}[verdict["status"]]
+        note = verdict.get("detail") or verdict.get("reason") or ""
+        rows.append([status, verdict["target"], verdict["measured"], note])
+    return table(["", "target", "measured", "notes"], rows)
+
+
+def section_tables(name: str, data: dict[str, Any]) -> str:
+    if "error" in data and len(data) <= 2:
+        return f"Section failed: `{data['error'][:500]}`"
+    render = RENDERERS.get(name)
+    return render(data) if render else ""
+
+
+def _cold(data: dict[str, Any]) -> str:
+    rows = []
+    for name, row in data["functions"].items():
+        top = ", ".join(
+            f"{t['package']} {t['cumulative_ms']:.0f}" for t in row.get("top_imports", [])[:5]
+        )
+        rows.append(
+            [
+                name,
+                fmt(row.get("startup_ms")),
+                fmt(row.get("import_ms")),
+                f"{row.get('import_vs_hello')}x" if row.get("import_vs_hello") is not None else "",
+                fmt(row.get("first_response_ms")),
+                fmt(row.get("total_ms")),
+                top or "",
+            ]
+        )
+    out = table(
+        [
+            "function",
+            "interpreter start",
+            "import",
+            "vs hello",
+            "first response",
+            "spawn → response",
+            "top imports (cumulative ms)",
+        ],
+        rows,
+    )
+    if data.get("no_bytecode_cache"):
+        extra = [
+            [name, fmt(row["import_ms"]), fmt(row["total_ms"])]
+            for name, row in data["no_bytecode_cache"].items()
+        ]
+        out += (
+            "\n\nWithout a bytecode cache (no `.pyc`, as a `slim` package on Lambda's read-only "
+            "/var/task):\n\n"
+        )
+        out += table(["function", "import", "spawn → response"], extra)
+    if data.get("crons"):
+        out += "\n\nCron modules: " + ", ".join(
+            f"`{c}` imports in {row.get('import_ms')} ms, web framework modules: "
+            f"{row.get('web_framework') or 'none'}"
+            for c, row in data["crons"].items()
+        )
+    return out
+
+
+def _warm(data: dict[str, Any]) -> str:
+    rows, layer_rows = [], []
+    for name, row in data["scenarios"].items():
+        if "error" in row:
+            rows.append([name, "error", row["error"][:120], "", "", ""])
+            continue
+        work = ", ".join(row["statements"] + row["redis_calls"]) or "—"
+        rows.append(
+            [
+                name,
+                fmt(row["handler_ms"]),
+                fmt(row["bare_ms"]),
+                fmt(row["bare_sql_only_ms"]),
+                f"{row['ratio_median']}x",
+                work,
+            ]
+        )
+        layers = row.get("overhead_layers_ms", {})
+        layer_rows.append(
+            [
+                name,
+                f"{row['overhead_median_ms']:.2f}",
+                *(f"{value:.2f}" for value in layers.values()),
+            ]
+        )
+    out = table(
+        [
+            "call",
+            "handler",
+            "bare (SQL + Upstash by hand)",
+            "of which SQL",
+            "ratio (medians)",
+            "work per call",
+        ],
+        rows,
+    )
+    if layer_rows:
+        first = next(r for r in data["scenarios"].values() if "overhead_layers_ms" in r)
+        out += (
+            "\n\nWhat the overhead (handler minus bare, medians in ms) is made of, measured in "
+            "the same loop:\n\n"
+        )
+        out += table(["call", "overhead", *first["overhead_layers_ms"].keys()], layer_rows)
+    return out
+
+
+def _roundtrips(data: dict[str, Any]) -> str:
+    rows = []
+    for row in data["endpoints"]:
+        if "error" in row:
+            rows.append([row["name"], "error", "", "", "", row["error"][:100]])
+            continue
+        cold, warm = row.get("cold", {}), row.get("warm", {})
+        rows.append(
+            [
+                row["name"],
+                warm.get("status"),
+                f"{warm.get('statements')} ({cold.get('statements')})",
+                f"{warm.get('transactions')}",
+                f"{warm.get('redis_calls')} ({cold.get('redis_calls')})",
+                ", ".join(warm.get("sql", [])),
+            ]
+        )
+    out = table(
+        [
+            "endpoint",
+            "status",
+            "statements warm (fresh container)",
+            "transactions",
+            "Upstash calls warm (fresh)",
+            "statements (warm)",
+        ],
+        rows,
+    )
+    if data.get("generic_routes"):
+        out += "\n\nRoutes without a written scenario (called generically): " + ", ".join(
+            str(r.get("route") or r) for r in data["generic_routes"]
+        )
+    return out
+
+
+def _connections(data: dict[str, Any]) -> str:
+    if "peaks" not in data:
+        return "Not run: " + "; ".join(t.get("reason", "") for t in data.get("targets", []))
+    peaks = data["peaks"]
+    rows = [
+        [
+            data["containers"],
+            f"{data['duration_s']:g} s",
+            data["operations"],
+            data["operations_per_s"],
+            fmt(data["operation_ms"]),
+            sum(data["errors"].values()) + len(data["startup_failures"]),
+            peaks["server_connections"],
+            peaks["cl_waiting"],
+            peaks["maxwait_ms"],
+        ]
+    ]
+    return table(
+        [
+            "containers",
+            "duration",
+            "operations",
+            "ops/s",
+            "operation latency",
+            "errors",
+            "peak server connections",
+            "peak clients waiting",
+            "max wait (ms)",
+        ],
+        rows,
+    )
+
+
+def _throughput(data: dict[str, Any]) -> str:
+    rows = []
+    for name, run in data["runs"].items():
+        if "error" in run:
+            rows.append([name, "error", run["error"][:100], "", ""])
+            continue
+        others = {k: v for k, v in run["statuses"].items() if k != "200"}
+        rows.append(
+            [
+                f"DB_POOL_SIZE={run['db_pool_size']}",
+                run["searches_per_s"],
+                fmt(run["latency_ms"]),
+                run["requests"],
+                others or "none",
+            ]
+        )
+    return table(["server", "searches/s", "latency", "requests", "non-200"], rows)
+
+
+def _scale(data: dict[str, Any]) -> str:
+    rows = []
+    for job in ("reset_monthly_usage", "prune", "legacy_backfill"):
+        row = data.get(job, {})
+        if "error" in row:
+            rows.append([job, "", "", "", "", "", "", row["error"][:100]])
+            continue
+        if "seconds" not in row:
+            rows.append(
+                [
+                    job,
+                    f"{row.get('records', 0):,}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{row.get('ran')}: {row.get('reason', '')}",
+                ]
+            )
+            continue
+        incomplete = "" if row.get("complete", True) else " (incomplete: budget ran out)"
+        rows.append(
+            [
+                job,
+                f"{row.get('rows', 0):,}",
+                f"{row.get('rows_changed') or 0:,}",
+                f"{row.get('seconds')} s{incomplete}",
+                f"{row.get('rows_per_s') or 0:,}",
+                f"{row.get('batches')} x {row.get('batch_size')}",
+                f"{row.get('longest_batch_ms')} ms",
+                row.get("ran", ""),
+            ]
+        )
+    out = table(
+        ["job", "rows", "rows changed", "time", "rows/s", "batches", "longest batch", "what ran"],
+        rows,
+    )
+    legacy = data.get("legacy_backfill", {})
+    out += (
+        f"\n\nData generation (not part of the jobs): users {data.get('generate_users_s')} s, "
+        f"history {data.get('generate_history_s')} s, legacy records "
+        f"{legacy.get('generate_s', '—')} s."
+    )
+    return out
+
+
+def _memory(data: dict[str, Any]) -> str:
+    rows = []
+    for name, row in data["functions"].items():
+        if "error" in row:
+            rows.append([name, "error", "", "", "", "", row["error"][:100]])
+            continue
+        rows.append(
+            [
+                name,
+                f"{row['rss_at_early_kb'] / 1024:.1f} MiB",
+                f"{row['rss_end_kb'] / 1024:.1f} MiB",
+                f"{row['growth_pct']}%",
+                f"{row['peak_rss_kb'] / 1024:.1f} MiB",
+                f"{row.get('response_bytes_early') or 0:,} → "
+                f"{row.get('response_bytes_end') or 0:,}",
+                ", ".join(f"{k} x{v}" for k, v in row["statuses"].items()),
+            ]
+        )
+    early, n = data["early"], data["invocations"]
+    header = [
+        "function",
+        f"RSS after {early}",
+        f"RSS after {n}",
+        "growth",
+        "peak RSS",
+        f"response bytes at {early} → {n}",
+        "statuses",
+    ]
+    return table(header, rows)
+
+
+RENDERERS = {
+    "cold_start": _cold,
+    "warm": _warm,
+    "roundtrips": _roundtrips,
+    "connections": _connections,
+    "throughput": _throughput,
+    "scale": _scale,
+    "memory": _memory,
+}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    m = meta["machine"]
+    parts = [
+        f"# KeyFlash benchmarks — {meta['timestamp']}",
+        "",
+        f"Command: `{meta['command']}`{' (quick: smoke-sized)' if meta['quick'] else ''}; "
+        f"took {meta['seconds']} s"
+        + ("." if meta.get("complete", True) else " so far (partial: the run did not finish)."),
+        "",
+        f"Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, memory {m['memory_total']} "
+        f"(`free -h`), load average at start {m['load_average_at_start']}, Python {m['python']}, "
+        f"{m['platform']}. Stack: {', '.join(f'{k} {v}' for k, v in meta['stack'].items())}.",
+        "",
+        "Timings are medians with p95 in brackets; ratios compare figures measured side by side "
+        "in this run. Targets are reported, never enforced.",
+        "",
+        "## Targets",
+        "",
+        targets_table(report["targets"]),
+    ]
+    for name, data in report["sections"].items():
+        parts += ["", f"## {SECTION_TITLES.get(name, name)}", "", section_tables(name, data)]
+    return "\n".join(parts) + "\n"
+
+
+def console(report: dict[str, Any]) -> str:
+    """The Markdown's targets and section tables, for the terminal."""
+    return markdown(report)

@@ -1,0 +1,295 @@
+"""6. Scale: the monthly usage reset over 1,000,000 users, history pruning over 5,000,000 rows,
+and the legacy backfill of 100,000 records.
+
+Data is generated in the database (`INSERT … SELECT generate_series`), not timed as part of the
+jobs (its time is reported apart). Each job runs the cron module when it exists
+(`functions/cron/reset_monthly_usage.py`, `functions/cron/prune.py`, run through its Lambda
+handler in a worker, every statement and transaction timed); otherwise this file's batched SQL
+below — keyset batches, one autocommit statement each — and the report says which ran.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from benchmarks.core import ROOT, Context, WorkerError, run_worker
+
+BATCH = 10_000
+RETENTION_DAYS = 365  # fallback prune: history older than a year
+
+GENERATE_USERS = """
+INSERT INTO users (id, email, tier, "keywordSearchesThisMonth", "keywordSearchesTotal",
+                   "monthlyResetAt", "createdAt", "updatedAt", "trialEndsAt")
+SELECT 'cscale' || lpad(g::text, 19, '0'),
+       'scale' || g || '@bench.test',
+       (CASE WHEN g %% 10 = 0 THEN 'PRO' WHEN g %% 97 = 0 THEN 'ENTERPRISE'
+             ELSE 'FREE' END)::"UserTier",
+       g %% 700, g %% 5000,
+       date_trunc('month', now() AT TIME ZONE 'UTC') - interval '12 days',
+       now() - interval '200 days', now() - interval '40 days', now() - interval '190 days'
+FROM generate_series(1, %(n)s) AS g
+"""
+
+GENERATE_HISTORY = """
+INSERT INTO search_history (id, "userId", keywords, location, language, "matchType", provider,
+                            "cacheHit", "responseTime", "keywordCount", "avgVolume",
+                            "totalVolume", "searchedAt")
+SELECT 'hscale' || lpad(g::text, 19, '0'),
+       CASE WHEN g %% 5 = 0 THEN NULL
+            ELSE 'cscale' || lpad((1 + g %% %(users)s)::text, 19, '0') END,
+       ARRAY['keyword ' || (g %% 5000), 'keyword ' || (g %% 777)],
+       'US', 'en', 'phrase', CASE WHEN g %% 3 = 0 THEN 'dataforseo' ELSE 'mock' END,
+       g %% 2 = 0, 50 + g %% 400, 2, g %% 9000, (g %% 9000) * 2,
+       now() AT TIME ZONE 'UTC' - (g %% 730) * interval '1 day' - (g %% 86400) * interval '1 second'
+FROM generate_series(1, %(n)s) AS g
+"""
+
+RESET_BATCH = """
+WITH batch AS (
+    SELECT id FROM users WHERE id > %(after)s ORDER BY id LIMIT %(size)s
+), reset AS (
+    UPDATE users u
+    SET "keywordSearchesThisMonth" = 0, "monthlyResetAt" = %(now)s, "updatedAt" = %(now)s
+    FROM batch
+    WHERE u.id = batch.id AND u."monthlyResetAt" < %(month_start)s
+    RETURNING 1
+)
+SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM reset)
+"""
+
+PRUNE_BATCH = """
+WITH doomed AS (
+    SELECT id FROM search_history WHERE "searchedAt" < %(cutoff)s LIMIT %(size)s
+)
+DELETE FROM search_history h USING doomed WHERE h.id = doomed.id
+"""
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    users = ctx.pick(1_000_000, 2_000)
+    history = ctx.pick(5_000_000, 10_000)
+    legacy = ctx.pick(100_000, 1_000)
+    crons = set(ctx.crons)
+    result: dict[str, Any] = {"sizes": {"users": users, "history": history, "legacy": legacy}}
+    with ctx.stack.connect() as conn:
+        ctx.log(f"  scale: generating {users:,} users")
+        result["generate_users_s"] = _timed(conn, GENERATE_USERS, {"n": users})
+        conn.execute("ANALYZE users")
+        result["reset_monthly_usage"] = _job(ctx, conn, "reset_monthly_usage", crons, users)
+        ctx.log(f"  scale: generating {history:,} history rows")
+        # Every userId refers to a generated user: skip the per-row foreign-key checks while
+        # generating (superuser only; the embedded server's user is one).
+        replica = _try(conn, "SET session_replication_role = replica")
+        params = {"n": history, "users": users}
+        result["generate_history_s"] = _timed(conn, GENERATE_HISTORY, params)
+        if replica:
+            conn.execute("SET session_replication_role = DEFAULT")
+        conn.execute("ANALYZE search_history")
+        result["prune"] = _job(ctx, conn, "prune", crons, history)
+    result["legacy_backfill"] = _legacy(ctx, legacy)
+    result["targets"] = []
+    return result
+
+
+def _try(conn: psycopg.Connection[Any], sql: str) -> bool:
+    try:
+        conn.execute(sql)
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _timed(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    conn.execute(sql, params)
+    return round(time.perf_counter() - started, 2)
+
+
+def _job(
+    ctx: Context, conn: psycopg.Connection[Any], job: str, crons: set[str], rows: int
+) -> dict[str, Any]:
+    ctx.log(f"  scale: {job}")
+    if job in crons:
+        try:
+            outcome = run_worker("cron", {"job": job}, ctx.stack.app_env(), timeout=3600)
+        except WorkerError as error:
+            return {"ran": f"functions/cron/{job}.py", "error": str(error)[-1500:]}
+        summary = outcome["result"] if isinstance(outcome["result"], dict) else {}
+        seconds = outcome["seconds"]
+        return {
+            "ran": f"functions/cron/{job}.py (Lambda handler, 300 s timeout as in serverless.yml)",
+            "rows": rows,
+            "rows_changed": summary.get("processed"),
+            "complete": summary.get("complete"),
+            "seconds": seconds,
+            "rows_per_s": round(rows / seconds) if seconds else None,
+            "changed_per_s": round(summary.get("processed", 0) / seconds) if seconds else None,
+            "batches": summary.get("batches"),
+            "batch_size": _batch_size(),
+            "longest_batch_ms": summary.get("longestBatchMs"),
+            "longest_statement_ms": outcome["longest_statement_ms"],
+            "statements": outcome["statements"],
+            "transactions": outcome["transactions"],
+            "result": summary,
+        }
+    batches: list[float] = []
+    affected = 0
+    started = time.perf_counter()
+    if job == "reset_monthly_usage":
+        now = datetime.now(UTC).replace(tzinfo=None)
+        month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        after = ""
+        while True:
+            batch_started = time.perf_counter()
+            row = conn.execute(
+                RESET_BATCH,
+                {"after": after, "size": BATCH, "now": now, "month_start": month_start},
+            ).fetchone()
+            batches.append((time.perf_counter() - batch_started) * 1000)
+            if row is None or row[0] is None:
+                break
+            after, affected = row[0], affected + int(row[1])
+        sql, note = (
+            RESET_BATCH,
+            "keyset batches of users by id; reset where monthlyResetAt < month start",
+        )
+    else:
+        cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=RETENTION_DAYS)
+        while True:
+            batch_started = time.perf_counter()
+            cursor = conn.execute(PRUNE_BATCH, {"cutoff": cutoff, "size": BATCH})
+            batches.append((time.perf_counter() - batch_started) * 1000)
+            if cursor.rowcount <= 0:
+                break
+            affected += cursor.rowcount
+        sql, note = (
+            PRUNE_BATCH,
+            f"delete history older than {RETENTION_DAYS} days, {BATCH:,} rows per statement",
+        )
+    seconds = time.perf_counter() - started
+    return {
+        "ran": f"fallback SQL in benchmarks/scale.py (no functions/cron/{job}.py yet)",
+        "note": note,
+        "sql": " ".join(sql.split()),
+        "rows": rows,
+        "rows_changed": affected,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds) if seconds else None,
+        "changed_per_s": round(affected / seconds) if seconds else None,
+        "batches": len(batches),
+        "batch_size": BATCH,
+        "longest_batch_ms": round(max(batches, default=0.0), 1),
+        "median_batch_ms": round(sorted(batches)[len(batches) // 2], 1) if batches else None,
+    }
+
+
+def _batch_size() -> int | str:
+    """The cron's batch size (CRON_BATCH_SIZE), read from the settings' default."""
+    import os
+
+    value = os.environ.get("CRON_BATCH_SIZE")
+    if value:
+        return int(value)
+    try:
+        from shared.config import Settings
+
+        return int(Settings.model_fields["cron_batch_size"].default)
+    except (ImportError, KeyError, TypeError, ValueError):
+        return "default"
+
+
+def _legacy(ctx: Context, records: int) -> dict[str, Any]:
+    """Write `records` legacy records (60 % users, 40 % saved searches with their index sets)
+    through the Upstash emulator, then run the backfill as `python -m devkit.legacy` does."""
+    if not (ROOT / "devkit" / "legacy.py").exists():
+        return {
+            "ran": "not available",
+            "reason": "devkit/legacy.py does not exist yet",
+            "records": records,
+        }
+    ctx.log(f"  scale: writing {records:,} legacy records")
+    started = time.perf_counter()
+    users, searches = _write_legacy(ctx, records)
+    generated = round(time.perf_counter() - started, 2)
+    ctx.log("  scale: legacy backfill")
+    report_path = ctx.stack.workdir / "legacy-backfill-report.json"
+    try:
+        outcome = run_worker(
+            "legacy", {"report_path": str(report_path)}, ctx.stack.app_env(), timeout=3600
+        )
+    except WorkerError as error:
+        return {"ran": "devkit.legacy.backfill", "records": records, "error": str(error)[-1500:]}
+    seconds = outcome["seconds"]
+    return {
+        "ran": "devkit.legacy.backfill (batch size 500, as its CLI)",
+        "records": records,
+        "rows": records,
+        "legacy_users": users,
+        "legacy_saved_searches": searches,
+        "generate_s": generated,
+        "seconds": seconds,
+        "rows_per_s": round(outcome["records_read"] / seconds) if seconds else None,
+        "rows_changed": outcome["users"]["inserted"] + outcome["saved_searches"]["inserted"],
+        "batches": outcome["batches"],
+        "batch_size": 500,
+        "longest_batch_ms": outcome["longest_batch_ms"],
+        "median_batch_ms": outcome["median_batch_ms"],
+        "records_read": outcome["records_read"],
+        "quarantined": outcome["quarantined"],
+        "complete": outcome["complete"],
+    }
+
+
+def _write_legacy(ctx: Context, records: int) -> tuple[int, int]:
+    import httpx
+
+    users = records * 6 // 10
+    searches = records - users
+    created = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    stamp = created.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    later = (created + timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    year = 31_536_000
+    commands: list[list[Any]] = []
+    for i in range(users):
+        uid = f"user_legacy_{i:07d}"
+        record = {
+            "clerkUserId": uid,
+            "email": f"legacy{i}@bench.test",
+            "tier": "pro" if i % 10 == 0 else "trial",
+            "trialStartedAt": stamp,
+            "trialExpiresAt": later,
+            "keywordsUsedThisMonth": 0,
+            "monthlyResetAt": stamp,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+        }
+        commands.append(["SET", f"user:{uid}", json.dumps(record), "EX", year])
+    for j in range(searches):
+        owner = f"user_legacy_{j % users:07d}"
+        sid = str(uuid.UUID(int=j + 1, version=4))
+        search: dict[str, Any] = {
+            "id": sid,
+            "clerkUserId": owner,
+            "name": f"Legacy search {j}",
+            "searchParams": {
+                "keywords": ["running shoes", f"kw {j}"],
+                "matchType": "phrase",
+                "location": "US",
+                "language": "en",
+            },
+            "metadata": {"createdAt": stamp, "updatedAt": stamp},
+        }
+        commands.append(["SET", f"saved-search:{owner}:{sid}", json.dumps(search), "EX", year])
+        commands.append(["SADD", f"saved-searches:{owner}", sid])
+    headers = {"authorization": f"Bearer {ctx.stack.upstash_token}"}
+    with httpx.Client(base_url=ctx.stack.upstash_url, headers=headers, timeout=120) as http:
+        for offset in range(0, len(commands), 2000):
+            reply = http.post("/pipeline", json=commands[offset : offset + 2000])
+            reply.raise_for_status()
+    return users, searches
