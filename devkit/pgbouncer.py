@@ -11,8 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -20,7 +19,7 @@ from psycopg import sql
 from psycopg.abc import Query
 from psycopg.rows import dict_row
 
-from devkit._host import LOOPBACK, free_port, log_tail, service_account, wait_for
+from devkit._host import LOOPBACK, Service, free_port, log_tail, service_account, wait_for
 
 CONFIG_FILE = "pgbouncer.ini"
 AUTH_FILE = "userlist.txt"
@@ -31,7 +30,7 @@ class LocalPgBouncerError(RuntimeError):
     """PgBouncer is missing or failed to start; the message ends with its log's tail."""
 
 
-class LocalPgBouncer:
+class LocalPgBouncer(Service):
     """PgBouncer on 127.0.0.1 (free port) in front of `upstream_host:upstream_port`, every database.
 
     Clients are trusted (no password); PgBouncer logs in upstream as `user` with `password`. As
@@ -154,18 +153,6 @@ class LocalPgBouncer:
         ) as conn:
             cursor = conn.execute(command)
             return cursor.fetchall() if cursor.description else []
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _write_config(self) -> Path:
         auth_file = self.workdir / AUTH_FILE

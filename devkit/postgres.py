@@ -16,8 +16,6 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
@@ -25,6 +23,7 @@ from psycopg import sql
 
 from devkit._host import (
     LOOPBACK,
+    Service,
     allow_traversal,
     free_port,
     log_tail,
@@ -46,7 +45,7 @@ class LocalPostgresError(RuntimeError):
     """The local server failed to start or stop; the message ends with the server log's tail."""
 
 
-class LocalPostgres:
+class LocalPostgres(Service):
     """A PostgreSQL server on 127.0.0.1 with trust auth, superuser `postgres`, UTF8 and UTC.
 
     `data_dir` is the cluster directory: created and initialised on first `start()`, reused after.
@@ -124,18 +123,6 @@ class LocalPostgres:
     def drop_database(self, name: str) -> None:
         """DROP DATABASE `name` if it exists, disconnecting its sessions."""
         drop_database(self.url(), name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _init_cluster(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():

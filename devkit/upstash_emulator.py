@@ -34,7 +34,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 import redis
@@ -47,6 +46,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from devkit._host import Service
 
 __all__ = ["RedisBackend", "UpstashEmulator", "create_app"]
 
@@ -342,7 +343,7 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
     )
 
 
-class UpstashEmulator:
+class UpstashEmulator(Service):
     """The emulator served by uvicorn on a background thread: `with UpstashEmulator() as up:`.
 
     `backend_url` names a real Redis (keys are shared with whoever else uses it; nothing is
@@ -449,18 +450,6 @@ class UpstashEmulator:
                 thread.join(timeout=5)
         if backend is not None:
             backend.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

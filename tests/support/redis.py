@@ -9,12 +9,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import redis
 
-from devkit._host import LOOPBACK, free_port, log_tail, wait_for
+from devkit._host import LOOPBACK, Service, free_port, log_tail, wait_for
 
 LOG_FILE = "redis.log"
 
@@ -23,7 +21,7 @@ class LocalRedisError(RuntimeError):
     """redis-server is missing or did not start; the message ends with its log's tail."""
 
 
-class LocalRedis:
+class LocalRedis(Service):
     """redis-server on 127.0.0.1 (free port), data and log in `workdir`, stopped on exit."""
 
     def __init__(self, workdir: Path, *, timeout: float = 20.0) -> None:
@@ -91,15 +89,3 @@ class LocalRedis:
                 return bool(client.ping())
         except redis.RedisError:
             return False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
