@@ -1,4 +1,4 @@
-"""`.venv/bin/python -m benchmarks [--quick] [--only NAME …]`: run the benchmarks, write the report.
+"""`.venv/bin/python -m benchmarks [--quick] [--only NAME …] [--output DIR]`: run, and report.
 
 Starts the stack (embedded PostgreSQL or DATABASE_URL, PgBouncer, the Upstash emulator or
 REDIS_URL behind it), seeds the rows the requests refer to, runs the sections in order, prints
@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from benchmarks import (
@@ -41,6 +42,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke-sized: tiny data, few samples (about a minute)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=report.RESULTS,
+        metavar="DIR",
+        help="where to write <UTC timestamp>.json and .md (default: benchmarks/results)",
     )
     parser.add_argument(
         "--only",
@@ -104,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             report.write(
                 _result(stamp, command, args.quick, chosen, started, machine, stack_info, sections),
                 stamp,
+                args.output,
             )
         if broken and "cold_start" in sections:
             sections["cold_start"]["import_failures"] = broken
     result = _result(stamp, command, args.quick, chosen, started, machine, stack_info, sections)
-    json_path, md_path = report.write(result, stamp)
+    json_path, md_path = report.write(result, stamp, args.output)
     print(report.console(result))
     log(f"wrote {json_path} and {md_path}")
     return 0

@@ -56,9 +56,9 @@ def all_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def write(report: dict[str, Any], stamp: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = RESULTS / f"{stamp}.json", RESULTS / f"{stamp}.md"
+def write(report: dict[str, Any], stamp: str, folder: Path = RESULTS) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{stamp}.json", folder / f"{stamp}.md"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     md_path.write_text(markdown(report))
     return json_path, md_path

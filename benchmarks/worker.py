@@ -70,7 +70,8 @@ def routes_of(function: str) -> list[tuple[str, str]]:
 
 
 def http_functions() -> list[str]:
-    """Every deployable HTTP function: modules in functions/ with a `handler` (crons aside)."""
+    """Every deployable HTTP function: the modules directly in functions/ (crons live in
+    functions/cron/)."""
     folder = os.path.join(os.path.dirname(__file__), "..", "functions")
     names = sorted(
         name[:-3]
