@@ -11,23 +11,16 @@ from shared import db, flags
 from shared.auth import AdminUser
 from shared.contracts import flags as contract
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
+from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import ok
 from shared.repositories import feature_flags
 
 app = create_app(title="Feature flag (admin)", summary="Read, change or delete one flag.")
 
 
-def _key(raw: str) -> str:
-    key = contract.valid_key(raw)
-    if key is None:
-        raise ApiError(400, contract.INVALID_KEY)
-    return key
-
-
 @app.get("/api/admin/flags/{key}", response_model=None)
 def get_flag(key: str, admin: AdminUser) -> Response:
-    flag_key = _key(key)
+    flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
     found = db.run(lambda s: feature_flags.get_by_key(s, flag_key), idempotent=True)
     if found is None:
         raise ApiError(404, contract.NOT_FOUND)
@@ -36,7 +29,7 @@ def get_flag(key: str, admin: AdminUser) -> Response:
 
 @app.put("/api/admin/flags/{key}", response_model=None)
 def update_flag(key: str, body: contract.UpdateFlag, admin: AdminUser) -> Response:
-    flag_key = _key(key)
+    flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
     changes = body.changes()
     updated = db.run(lambda s: feature_flags.update_flag(s, flag_key, **changes))
     if updated is None:
@@ -47,7 +40,7 @@ def update_flag(key: str, body: contract.UpdateFlag, admin: AdminUser) -> Respon
 
 @app.delete("/api/admin/flags/{key}", response_model=None)
 def delete_flag(key: str, admin: AdminUser) -> Response:
-    flag_key = _key(key)
+    flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
     if not db.run(lambda s: feature_flags.delete_flag(s, flag_key)):
         raise ApiError(404, contract.NOT_FOUND)
     flags.invalidate_cache()

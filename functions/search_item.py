@@ -11,22 +11,15 @@ from shared import storage
 from shared.auth import CurrentUser
 from shared.contracts import saved_searches as contract
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
+from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import ok
 
 app = create_app(title="Saved search", summary="Read, rename or delete one saved search.")
 
 
-def _search_id(raw: str) -> str:
-    search_id = contract.valid_search_id(raw)
-    if search_id is None:
-        raise ApiError(400, contract.INVALID_ID)
-    return search_id
-
-
 @app.get("/api/searches/{search_id}", response_model=None)
 def get_search(search_id: str, user: CurrentUser) -> Response:
-    sid = _search_id(search_id)
+    sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
     found = storage.get_search(user.user_id, sid)
     if found is None:
         raise ApiError(404, contract.NOT_FOUND)
@@ -35,7 +28,7 @@ def get_search(search_id: str, user: CurrentUser) -> Response:
 
 @app.put("/api/searches/{search_id}", response_model=None)
 def update_search(search_id: str, body: contract.UpdateSavedSearch, user: CurrentUser) -> Response:
-    sid = _search_id(search_id)
+    sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
     updated = storage.update_search(user.user_id, sid, name=body.name, description=body.description)
     if updated is None:
         raise ApiError(404, contract.NOT_FOUND)
@@ -44,7 +37,7 @@ def update_search(search_id: str, body: contract.UpdateSavedSearch, user: Curren
 
 @app.delete("/api/searches/{search_id}", response_model=None)
 def delete_search(search_id: str, user: CurrentUser) -> Response:
-    sid = _search_id(search_id)
+    sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
     if not storage.delete_search(user.user_id, sid):
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"success": True})

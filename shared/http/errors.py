@@ -8,11 +8,13 @@ never sniffed from message text, so provider errors cannot surface as 429 with u
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from starlette.responses import JSONResponse
 
 from shared.envelope import envelope
 
+T = TypeVar("T")
 ERROR_CACHE_CONTROL = "no-store, no-cache, must-revalidate"
 
 
@@ -55,6 +57,13 @@ def error_response(
     response = JSONResponse(body, status_code=status, headers=dict(headers or {}))
     response.headers["Cache-Control"] = ERROR_CACHE_CONTROL
     return response
+
+
+def valid_or_400(value: T | None, message: str) -> T:
+    """A validated path value, or the 400 envelope with `message` (None means invalid)."""
+    if value is None:
+        raise ApiError(400, message)
+    return value
 
 
 def api_error_response(error: ApiError) -> JSONResponse:

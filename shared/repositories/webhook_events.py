@@ -27,6 +27,31 @@ class Claim:
     first_delivery: bool
 
 
+def _first_attempt(
+    event_id: str,
+    event_type: str,
+    provider: str,
+    payload: dict[str, Any] | None,
+    now: datetime,
+    error: str | None = None,
+) -> Any:
+    """The row a first delivery inserts; both upserts below start from it."""
+    return insert(WebhookEvent).values(
+        id=event_id,
+        type=event_type,
+        provider=provider,
+        payload=payload,
+        attempts=1,
+        last_attempt_at=now,
+        created_at=now,
+        error=error,
+    )
+
+
+def _another_attempt(now: datetime) -> dict[Any, Any]:
+    return {WebhookEvent.attempts: WebhookEvent.attempts + 1, WebhookEvent.last_attempt_at: now}
+
+
 @database_operation("claimWebhookEvent")
 def claim(
     session: Session,
@@ -39,20 +64,15 @@ def claim(
 ) -> Claim | None:
     """Claim an unprocessed event (new or retried); None when it was already processed."""
     now = now or utcnow()
-    statement = insert(WebhookEvent).values(
-        id=event_id,
-        type=event_type,
-        provider=provider,
-        payload=payload,
-        attempts=1,
-        last_attempt_at=now,
-        created_at=now,
+    upsert: Any = (
+        _first_attempt(event_id, event_type, provider, payload, now)
+        .on_conflict_do_update(
+            index_elements=[WebhookEvent.id],
+            set_=_another_attempt(now),
+            where=WebhookEvent.processed.is_(False),
+        )
+        .returning(WebhookEvent.attempts, literal_column("xmax = 0"))
     )
-    upsert: Any = statement.on_conflict_do_update(
-        index_elements=[WebhookEvent.id],
-        set_={WebhookEvent.attempts: WebhookEvent.attempts + 1, WebhookEvent.last_attempt_at: now},
-        where=WebhookEvent.processed.is_(False),
-    ).returning(WebhookEvent.attempts, literal_column("xmax = 0"))
     row = session.execute(upsert).one_or_none()
     if row is None:
         return None
@@ -88,24 +108,11 @@ def mark_failed(
 ) -> None:
     """Record a failed attempt (the claim rolled back with the work, so this upserts)."""
     now = now or utcnow()
-    statement = insert(WebhookEvent).values(
-        id=event_id,
-        type=event_type,
-        provider=provider,
-        payload=payload,
-        attempts=1,
-        last_attempt_at=now,
-        created_at=now,
-        error=error[:1000],
-    )
+    statement = _first_attempt(event_id, event_type, provider, payload, now, error[:1000])
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[WebhookEvent.id],
-            set_={
-                WebhookEvent.attempts: WebhookEvent.attempts + 1,
-                WebhookEvent.last_attempt_at: now,
-                WebhookEvent.error: statement.excluded.error,
-            },
+            set_={**_another_attempt(now), WebhookEvent.error: statement.excluded.error},
             where=WebhookEvent.processed.is_(False),
         )
     )
