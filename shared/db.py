@@ -31,6 +31,7 @@ import psycopg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
@@ -237,6 +238,13 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
                 stage = "commit"
                 session.execute(text("COMMIT"))
                 return result
+        except PoolTimeoutError:
+            # Every pooled connection stayed checked out for the whole budget (more threads than
+            # DB_POOL_SIZE, e.g. a threaded dev server): unavailable to us, so a 503, not a 500.
+            log_event("db_unavailable", level=logging.ERROR, stage="checkout", attempts=attempt)
+            raise DatabaseUnavailableError(
+                f"no pooled connection free within {settings.db_retry_budget_s} s"
+            ) from None
         except DBAPIError as error:
             if not is_connection_failure(error):
                 raise

@@ -204,3 +204,14 @@ def test_repeated_statements_work_through_the_pooler_lane() -> None:
     db.run(lambda s: users.create(s, "prep", "prep@example.com"))
     for _ in range(20):
         assert db.run(lambda s: users.get(s, "prep"), idempotent=True) is not None
+
+
+def test_a_pool_with_no_free_connection_is_unavailable_not_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More callers than DB_POOL_SIZE (a threaded dev server): the wait ends as a 503's error."""
+    reconfigure(monkeypatch, DB_POOL_SIZE="1", DB_RETRY_BUDGET_S="0.2")
+    held = db.get_engine().connect()  # the only connection, checked out elsewhere
+    with held, pytest.raises(db.DatabaseUnavailableError, match="no pooled connection free"):
+        db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+    assert db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True) == 1
