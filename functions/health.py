@@ -70,8 +70,26 @@ def provider_check() -> dict[str, Any]:
 HEALTH_LIMIT_PER_HOUR = 60
 RATE_LIMITED = "Rate limit exceeded. Try again in {retry_after} seconds."
 
+_REPORT = {
+    "type": "object",
+    "required": ["status", "timestamp", "version", "environment", "checks", "responseTime"],
+    "properties": {
+        "status": {"enum": ["healthy", "degraded", "unhealthy"]},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "checks": {"type": "object", "required": ["database", "redis", "provider"]},
+        "responseTime": {"type": "integer", "minimum": 0},
+    },
+}
+_REPORTED = {"content": {"application/json": {"schema": _REPORT}}}
+RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "Every check passes", **_REPORTED},
+    207: {"description": "Some checks fail (degraded)", **_REPORTED},
+    429: {"description": "Rate limit exceeded (60 per hour)"},
+    503: {"description": "No check passes (unhealthy)", **_REPORTED},
+}
 
-@app.get("/api/health", response_model=None)
+
+@app.get("/api/health", response_model=None, responses=RESPONSES)
 def health(request: Request, deep: bool = False) -> Response:
     started = time.perf_counter()
     decision = limit_request(request, "health", HEALTH_LIMIT_PER_HOUR, RATE_LIMITED)

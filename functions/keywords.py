@@ -32,7 +32,7 @@ from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
 from shared.errors import EMAIL_IN_USE, EmailInUseError, QuotaExceededError, TrialExpiredError
 from shared.http.app import create_app, lambda_handler, validation_message
-from shared.http.client_ip import client_ip, stored_ip
+from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.models import UserTier
@@ -82,7 +82,7 @@ async def search_body(
     raw = await request.body()
     try:
         data = json.loads(raw) if raw.strip() else {}
-    except ValueError:  # JSON syntax and invalid UTF-8 alike
+    except (ValueError, RecursionError):  # syntax, invalid UTF-8, nesting beyond the parser
         raise ApiError(400, "Invalid JSON payload") from None
     try:
         return KeywordSearch.model_validate(data)
@@ -90,13 +90,30 @@ async def search_body(
         raise ApiError(400, validation_message(error.errors()), label="Validation Error") from None
 
 
+EXAMPLE = {"keywords": ["espresso machine", "latte art"], "matchType": "phrase", "location": "US"}
 BODY_SCHEMA = {
     "required": True,
-    "content": {"application/json": {"schema": KeywordSearch.model_json_schema()}},
+    "content": {
+        "application/json": {"schema": KeywordSearch.model_json_schema(), "example": EXAMPLE}
+    },
 }
 
 
-@app.post("/api/keywords", response_model=None, openapi_extra={"requestBody": BODY_SCHEMA})
+RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"description": "No valid session token"},
+    403: {"description": "The free trial has expired (billing on)"},
+    409: {"description": "The token's email belongs to another account"},
+    429: {"description": "Rate limit or monthly keyword quota exceeded"},
+    502: {"description": "The keyword provider failed (its text is never shown)"},
+}
+
+
+@app.post(
+    "/api/keywords",
+    response_model=None,
+    responses=RESPONSES,
+    openapi_extra={"requestBody": BODY_SCHEMA},
+)
 def search(
     request: Request,
     body: Annotated[KeywordSearch, Depends(search_body)],
@@ -227,7 +244,7 @@ def _record(
     ip = stored_ip(
         client_ip(request.headers, peer, trust_proxy=settings.trusts_proxy), settings.ip_storage
     )
-    agent = (request.headers.get("user-agent") or "")[:512] or None
+    agent = stored_user_agent(request.headers.get("user-agent"))
     volumes = [int(row.get("searchVolume") or 0) for row in data]
     elapsed = round((time.perf_counter() - started) * 1000)
     search_row = search_history.NewSearch(

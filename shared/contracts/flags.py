@@ -9,15 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from shared.clock import iso_ms
-from shared.contracts.validation import fail
+from shared.contracts.validation import StoredText, fail
 from shared.http.responses import compact
 from shared.models import FeatureFlag
 from shared.repositories.feature_flags import FlagChanges, FlagValues
 
-KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,63}$")
+# Matched with `fullmatch`: a `^…$` pattern with `match` also takes a trailing newline ("key\n").
+KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{1,63}")
 INVALID_KEY = (
     "Flag key must be 2-64 characters of a-z, 0-9, '_', '.' or '-', starting with a letter or digit"
 )
@@ -30,7 +31,7 @@ MAX_DESCRIPTION = 500
 
 
 def valid_key(raw: str) -> str | None:
-    return raw if KEY_PATTERN.match(raw) else None
+    return raw if KEY_PATTERN.fullmatch(raw) else None
 
 
 def _key(value: Any) -> str:
@@ -86,7 +87,7 @@ Users = Annotated[tuple[str, ...], BeforeValidator(_users)]
 Description = Annotated[str | None, BeforeValidator(_description)]
 
 
-class CreateFlag(BaseModel):
+class CreateFlag(StoredText):
     """POST /api/admin/flags body; unknown keys are ignored."""
 
     key: Key = Field(default=None, validate_default=True)  # missing: "key is required"
@@ -104,7 +105,7 @@ class CreateFlag(BaseModel):
         )
 
 
-class UpdateFlag(BaseModel):
+class UpdateFlag(StoredText):
     """PUT /api/admin/flags/{key} body: only the given fields change (`description: null`
     clears it); the key itself cannot be changed."""
 

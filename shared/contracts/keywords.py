@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
-from shared.contracts.validation import bounded_text, fail
+from shared.contracts.validation import JS_WHITESPACE, bounded_text, fail, js_trim
 
 LOCATION_CODES = ("US", "GB", "CA", "AU", "DE", "FR", "IN", "GL")
-_KEYWORD_CHARS = re.compile(r"^[a-zA-Z0-9\s\-_]+$")  # \s is Unicode-aware, like JS's
+# The original's `^[a-zA-Z0-9\s\-_]+$` with JS's `\s` (Unicode spaces, no control characters).
+_KEYWORD_CHARS = re.compile(f"[a-zA-Z0-9\\-_{JS_WHITESPACE}]+")
 _LANGUAGE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
 
 
@@ -19,7 +20,7 @@ def _keyword(value: str) -> str:
         value, minimum=1, maximum=100, empty="Keyword cannot be empty",
         too_long="Keyword too long (max 100 chars)", code="keyword",
     )  # fmt: skip
-    if not _KEYWORD_CHARS.match(keyword):
+    if not _KEYWORD_CHARS.fullmatch(keyword):
         raise fail(
             "keyword_chars",
             "Keywords must contain only letters, numbers, spaces, hyphens, and underscores",
@@ -29,8 +30,7 @@ def _keyword(value: str) -> str:
 
 def _blank_to_none(value: object) -> object:
     if isinstance(value, str):
-        value = value.strip()
-        return value or None
+        return js_trim(value) or None
     return value
 
 

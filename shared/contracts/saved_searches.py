@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from shared.clock import iso_ms
-from shared.contracts.validation import bounded_text, fail
+from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
 from shared.http.responses import compact
 from shared.models import SavedSearch
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-_LEGACY_ID = re.compile(r"^\d{13}-[a-z0-9]{7}$")
+# ASCII digits only, as JS `\d`: Python's also takes fullwidth and other scripts' digits.
+_LEGACY_ID = re.compile(r"^\d{13}-[a-z0-9]{7}$", re.ASCII)
 INVALID_ID = "Invalid search ID format"
 LIMIT_REACHED = "Failed to save search. You may have reached the limit of 50 saved searches."
 NOT_FOUND = "Saved search not found"
@@ -25,7 +26,7 @@ NOT_FOUND = "Saved search not found"
 
 def valid_search_id(raw: str) -> str | None:
     """The trimmed id when it is a UUID or the legacy `<13 digits>-<7 base36>` form."""
-    search_id = raw.strip()
+    search_id = js_trim(raw)
     if not 1 <= len(search_id) <= 50:
         return None
     return search_id if _UUID.match(search_id) or _LEGACY_ID.match(search_id) else None
@@ -100,7 +101,7 @@ class SearchParams(BaseModel):
         return value
 
 
-class CreateSavedSearch(BaseModel):
+class CreateSavedSearch(StoredText):
     """POST /api/searches body; unknown keys are ignored, as the original strips them."""
 
     name: Annotated[str, Field(max_length=10_000), AfterValidator(_name)]
@@ -111,7 +112,7 @@ class CreateSavedSearch(BaseModel):
     results: list[KeywordResult] | None = None
 
 
-class UpdateSavedSearch(BaseModel):
+class UpdateSavedSearch(StoredText):
     """PUT /api/searches/{id} body: either field may be left out; neither can be cleared."""
 
     name: Annotated[str | None, Field(max_length=10_000)] = None

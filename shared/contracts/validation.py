@@ -6,7 +6,23 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel, model_validator
 from pydantic_core import PydanticCustomError
+
+# What JS `String.prototype.trim()` and the regex class `\s` treat as whitespace (ECMAScript
+# WhiteSpace + LineTerminator). Python's `str.strip()`/`\s` differ: they also take the ASCII
+# separators U+001C..U+001F and U+0085, and miss U+FEFF, so the original's rules are spelled out.
+JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
+def js_trim(value: str) -> str:
+    """`value.trim()` as zod (JS) does it."""
+    return value.strip(JS_WHITESPACE)
 
 
 def fail(code: str, message: str) -> PydanticCustomError:
@@ -16,10 +32,43 @@ def fail(code: str, message: str) -> PydanticCustomError:
 def bounded_text(
     value: str, *, minimum: int, maximum: int, empty: str, too_long: str, code: str
 ) -> str:
-    """Trim, then enforce length with the original's messages."""
-    trimmed = value.strip()
+    """Trim (as JS does), then enforce length with the original's messages."""
+    trimmed = js_trim(value)
     if len(trimmed) < minimum:
         raise fail(f"{code}_empty", empty)
     if len(trimmed) > maximum:
         raise fail(f"{code}_too_long", too_long)
     return trimmed
+
+
+NUL = "\x00"
+
+
+def nul_message(field: str) -> str:
+    return f"{field} cannot contain NUL (\\u0000) characters"
+
+
+class StoredText(BaseModel):
+    """A request body whose strings are stored in PostgreSQL, whose text cannot hold NUL (U+0000):
+    any string in the body that contains it is refused with a 400 naming the field, instead of
+    failing the insert later (a 500). The walk is iterative: the body may be nested as deeply as
+    the JSON parser allows."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        pending: list[tuple[str, Any]] = [("", data)]
+        while pending:
+            path, value = pending.pop()
+            if isinstance(value, str):
+                if NUL in value:
+                    raise fail("nul", nul_message(path or "text"))
+            elif isinstance(value, dict):
+                pending.extend((_join(path, key), item) for key, item in value.items())
+            elif isinstance(value, list):
+                pending.extend((_join(path, index), item) for index, item in enumerate(value))
+        return data
+
+
+def _join(path: str, part: object) -> str:
+    return f"{path}.{part}" if path else str(part)

@@ -1,4 +1,4 @@
-"""Client IP from trusted proxy headers, and the reduced form we store (PII minimisation)."""
+"""Client IP from trusted proxy headers, and the reduced forms of IP and user agent we store."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import ipaddress
 from starlette.datastructures import Headers
 
 from shared.config import IpStorage
+
+USER_AGENT_MAX = 512
 
 # Vercel's edge overwrites both with the client's address. (CF-Connecting-IP, which the original
 # also read, is client-controlled unless Cloudflare really is in front, so it is not used.)
@@ -41,3 +43,9 @@ def stored_ip(ip: str | None, mode: IpStorage) -> str | None:
     address = ipaddress.ip_address(ip)
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+
+def stored_user_agent(value: str | None) -> str | None:
+    """The User-Agent as stored: at most USER_AGENT_MAX characters, without NUL (a header a
+    Lambda event can carry, which PostgreSQL text cannot hold); None when nothing is left."""
+    return (value or "").replace("\x00", "")[:USER_AGENT_MAX] or None

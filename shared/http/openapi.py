@@ -1,0 +1,133 @@
+"""The error responses every function's OpenAPI document declares: the envelope, by status.
+
+FastAPI documents a `422` with its own validation body, which we never send (validation failures
+are 400s in the original's envelope), and nothing for what the shared layer answers on its own:
+guards (403 CSRF, 413 body limit), the session check (401, and 409 when provisioning meets an
+email already in use), path ids (404), the last-resort 500 and the database's 503. This module
+rewrites each operation's responses to say what really comes back, so clients (and schemathesis)
+can rely on the document. Routes declare their own extra statuses with FastAPI's `responses=`;
+any 4xx/5xx declared without a body schema gets the envelope.
+
+Only the documentation changes here: nothing runs per request.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+
+from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING
+
+ENVELOPE = "ErrorEnvelope"
+ENVELOPE_REF = {"$ref": f"#/components/schemas/{ENVELOPE}"}
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "title": ENVELOPE,
+    "type": "object",
+    "description": "Every error: the original API's envelope (405 adds `supportedMethods`).",
+    "required": ["error", "message", "statusCode", "timestamp"],
+    "properties": {
+        "error": {"type": "string", "description": "e.g. Validation Error, Client Error"},
+        "message": {"type": "string", "description": "What went wrong; generic for 5xx"},
+        "statusCode": {"type": "integer", "minimum": 400, "maximum": 599},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "supportedMethods": {"type": "array", "items": {"type": "string"}},
+    },
+}
+DESCRIPTIONS = {
+    400: "Invalid JSON, a failed validation, or a malformed path or query value",
+    401: "No valid session token (Authorization: Bearer, or the __session cookie)",
+    403: "Not allowed: admins only, or a cookie-authenticated write failed the CSRF check",
+    404: "No such resource (for the caller)",
+    409: "Conflicts with stored data (e.g. the token's email belongs to another account)",
+    413: "Body over 1,000,000 bytes",
+    429: "Rate limit or quota exceeded (see Retry-After)",
+    500: "Unexpected failure; the message is generic, the log has the request id",
+    503: "A dependency is unavailable; retry after Retry-After seconds",
+}
+ALWAYS = (400, 500, 503)  # the envelope's JSON/validation refusals and the last resorts
+AUTHENTICATED = (401, 409)  # `shared.auth.authenticate`: no session; provisioning conflict
+ADMIN = (403,)
+WITH_PATH_ID = (404,)
+WRITE = (413,)  # BodyLimit
+CSRF = (403,)  # cookie-authenticated writes outside the exempt paths
+FASTAPI_422 = "422"
+FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def install(app: FastAPI) -> None:
+    """Make `app.openapi()` return the document with the real error responses (built once)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build(), _statuses_by_operation(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
+    """(path, method) → the error statuses the shared layer can answer for that route."""
+    from shared.auth import authenticate, require_admin
+
+    found: dict[tuple[str, str], set[int]] = {}
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        calls = set(dependency_calls(route.dependant))
+        for method in route.methods or ():
+            statuses = set(ALWAYS)
+            if authenticate in calls:
+                statuses.update(AUTHENTICATED)
+            if require_admin in calls:
+                statuses.update(ADMIN)
+            if route.dependant.path_params:
+                statuses.update(WITH_PATH_ID)
+            if method in STATE_CHANGING:
+                statuses.update(WRITE)
+                if not route.path_format.startswith(CSRF_EXEMPT_PREFIXES):
+                    statuses.update(CSRF)
+            found[(route.path_format, method.lower())] = statuses
+    return found
+
+
+def dependency_calls(dependant: Dependant) -> Iterable[Callable[..., Any]]:
+    """Every dependency a route (or dependency) runs, however deeply nested."""
+    for dependency in dependant.dependencies:
+        if dependency.call is not None:
+            yield dependency.call
+        yield from dependency_calls(dependency)
+
+
+def document_errors(
+    spec: dict[str, Any], statuses: dict[tuple[str, str], set[int]]
+) -> dict[str, Any]:
+    """Drop FastAPI's unused 422, add the envelope for each status an operation can answer."""
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            responses.pop(FASTAPI_422, None)
+            for status in sorted(statuses.get((path, method), set(ALWAYS))):
+                responses.setdefault(str(status), {"description": DESCRIPTIONS[status]})
+            for code, response in responses.items():
+                if code[:1] in ("4", "5"):
+                    _envelope_body(response)
+            operation["responses"] = dict(sorted(responses.items()))
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in FASTAPI_VALIDATION_SCHEMAS:
+        schemas.pop(name, None)
+    schemas[ENVELOPE] = copy.deepcopy(ENVELOPE_SCHEMA)
+    return spec
+
+
+def _envelope_body(response: dict[str, Any]) -> None:
+    """The envelope as the JSON body, unless the route documented a body of its own."""
+    content = response.setdefault("content", {})
+    media = content.setdefault("application/json", {})
+    if not media.get("schema"):
+        media["schema"] = dict(ENVELOPE_REF)
