@@ -1,7 +1,8 @@
 """GET /api/me/export: everything stored about the caller, as one JSON document (GDPR access).
 
-Four reads (user, saved searches, search history, API usage) in one read-only transaction, so
-the document is one consistent snapshot; each row carries every stored column.
+Seven reads (user, saved searches, search history, API usage, the webhook-ledger and metric rows
+that mention the user, the flags that name them) in one read-only transaction, so the document
+is one consistent snapshot; each row carries every stored column (flags: their keys only).
 """
 
 from __future__ import annotations

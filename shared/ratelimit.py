@@ -23,6 +23,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import Settings, get_settings
 from shared.http.client_ip import client_ip
 from shared.http.errors import ApiError
+from shared.legacy import keys
 from shared.redis import get_redis
 from shared.telemetry import log_event
 
@@ -73,7 +74,7 @@ def _generated_secret() -> str:
 def identity(user_id: str | None, ip: str | None, user_agent: str, settings: Settings) -> str:
     """`u:{user id}` when signed in, else `ip:{ip}:{hmac8(user agent)}` (spec §4.3)."""
     if user_id:
-        return f"u:{user_id}"
+        return keys.signed_in(user_id)
     secret = settings.rate_limit_hmac_secret or _generated_secret()
     digest = hmac.new(secret.encode(), user_agent.encode(), hashlib.sha256).hexdigest()[:8]
     return f"ip:{ip or 'unknown'}:{digest}"
@@ -90,7 +91,7 @@ def check(endpoint: str, who: str, limit: int, *, now: datetime | None = None) -
         if client is None:
             raise ConnectionError("Redis is not configured")
         count, ttl = client.eval(
-            _SCRIPT, keys=[f"rate:{endpoint}:{who}"], args=[str(WINDOW_SECONDS)]
+            _SCRIPT, keys=[keys.rate_limit(endpoint, who)], args=[str(WINDOW_SECONDS)]
         )
     except Exception as error:
         log_event(

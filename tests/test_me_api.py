@@ -388,7 +388,15 @@ def test_export_contains_everything_stored_about_the_caller_only(call: Caller) -
     assert result.headers["content-disposition"] == 'attachment; filename="keyflash-export.json"'
     assert result.headers["cache-control"] == "private, no-cache, no-store, must-revalidate"
     body = result.json
-    assert set(body) == {"user", "savedSearches", "searchHistory", "apiUsage"}
+    assert set(body) == {
+        "user", "savedSearches", "searchHistory", "apiUsage", "webhookEvents", "systemMetrics",
+        "featureFlags",
+    }  # fmt: skip
+    # The ledger and metric rows that mention the caller (test_personal_data checks them whole).
+    assert {e["id"] for e in body["webhookEvents"]} == {
+        "evt_meta_user_a", "evt_email_user_a", "evt_cus_user_a", "evt_err_user_a",
+    }  # fmt: skip
+    assert [m["tags"] for m in body["systemMetrics"]] == [{"userId": "user_a", "tier": "FREE"}]
     user = body["user"]
     assert user["id"] == "user_a" and user["email"] == "user_a@example.com"
     assert user["tier"] == "FREE" and user["stripeCustomerId"] == "cus_user_a"

@@ -82,12 +82,16 @@ def row(record: Base) -> dict[str, Any]:
 
 
 def export(data: PersonalData) -> dict[str, Any]:
-    """`{user?, savedSearches, searchHistory, apiUsage}`: everything stored about the caller."""
+    """`{user?, savedSearches, searchHistory, apiUsage, webhookEvents, systemMetrics,
+    featureFlags}`: everything stored about the caller (`featureFlags`: flag keys only)."""
     return compact(
         {
             "user": None if data.user is None else row(data.user),
             "savedSearches": [row(r) for r in data.saved_searches],
             "searchHistory": [row(r) for r in data.search_history],
             "apiUsage": [row(r) for r in data.api_usage],
+            "webhookEvents": [row(r) for r in data.webhook_events],
+            "systemMetrics": [row(r) for r in data.system_metrics],
+            "featureFlags": list(data.feature_flags),
         }
     )

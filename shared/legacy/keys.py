@@ -1,8 +1,9 @@
 """The original app's Redis keys (spec §4.1), built in one place.
 
 Readers, the dual-write mirror, the backfill and erasure all use these builders, so they can
-never disagree on a key. Months and dates are UTC (spec §10.12: the original used server-local
-time for the month, which is UTC on Vercel).
+never disagree on a key. This port's rate-limit counters are built here too: a signed-in
+user's counters name them, so erasure has to find them. Months and dates are UTC (spec §10.12:
+the original used server-local time for the month, which is UTC on Vercel).
 """
 
 from __future__ import annotations
@@ -63,6 +64,24 @@ def erasure(user_id: str) -> str:
     """Names a pending erasure of all of a user's keys in the dual-write outbox; not a key
     that exists in Redis."""
     return f"erase:{user_id}"
+
+
+def rate_limit(endpoint: str, identity: str) -> str:
+    """This port's rate-limit counter (`shared.ratelimit`): one per endpoint and identity (the
+    original's `rate:{ip}:{ua}` had no endpoint). Endpoint names contain no colon."""
+    return f"rate:{endpoint}:{identity}"
+
+
+def signed_in(user_id: str) -> str:
+    """The rate limiter's identity for a signed-in user: their counters name them, so erasure
+    deletes them (`rate:{endpoint}:u:{id}`)."""
+    return f"u:{user_id}"
+
+
+def is_users_rate_limit(key: str, user_id: str) -> bool:
+    """Whether `key` is one of `user_id`'s rate-limit counters, at any endpoint."""
+    parts = key.split(":", 2)
+    return len(parts) == 3 and key == rate_limit(parts[1], signed_in(user_id))
 
 
 def saved_searches(user_id: str) -> str:

@@ -202,12 +202,13 @@ def _scan(client: Redis, pattern: str, count: int = _SCAN_COUNT) -> Iterable[str
 def erase_user_keys(
     client: Redis, user_id: str, email: str | None, stripe_customer_id: str | None
 ) -> int:
-    """Delete every legacy key of a user (erasure, spec §10.21); the number of keys deleted.
+    """Delete every Redis key of a user (erasure, spec §10.21); the number of keys deleted.
 
     Covers `user:`, `lock:user:`, `saved-searches:`, every `saved-search:{uid}:*`, `usage:{uid}:*`
-    and `trial-usage:{uid}:*` (found with one SCAN, since dates and unindexed items cannot be
-    derived), and the `email:`/`stripe:` index keys for the given identifiers and for those in
-    the stored record, but only where they point at this user. Safe to repeat.
+    and `trial-usage:{uid}:*`, and this port's per-user rate-limit counters
+    `rate:{endpoint}:u:{uid}` (all found with one SCAN, since dates, unindexed items and endpoints
+    cannot be derived), and the `email:`/`stripe:` index keys for the given identifiers and for
+    those in the stored record, but only where they point at this user. Safe to repeat.
     """
     stored_email, stored_customer = _stored_identifiers(client, user_id)
     index_keys = sorted(
@@ -219,7 +220,9 @@ def erase_user_keys(
     )
     doomed = {keys.user(user_id), keys.lock(user_id), keys.saved_searches(user_id)}
     doomed.update(
-        k for k in _scan(client, f"*:{keys.glob_escape(user_id)}:*") if k.startswith(owned_prefixes)
+        k
+        for k in _scan(client, f"*:{keys.glob_escape(user_id)}*")
+        if k.startswith(owned_prefixes) or keys.is_users_rate_limit(k, user_id)
     )
     doomed.update(_pointing_at(client, index_keys, user_id))
     # The user record goes last: if a chunk fails, a retry still finds the stored identifiers.

@@ -1,7 +1,11 @@
 """Personal data: everything stored about one user, exported or erased in one place (GDPR).
 
 Both operations walk the same seven tables, so a table added later is handled here or visibly
-nowhere. Erasure (`erase`, in one transaction) per table:
+nowhere. The export (`export`, one read-only snapshot) returns the user's rows whole from users,
+saved_searches, search_history and api_usage, the ledger and metric rows that mention one of the
+user's identifiers (the rows erasure scrubs), and the keys of the flags that name the user (the
+rest of a flag row is configuration and names other users). Erasure (`erase`, in one
+transaction) per table:
 - users: deleted (the row is locked first, so a concurrent saved-search create waits and then
   finds no owner); saved_searches go with it (FK ON DELETE CASCADE).
 - search_history: kept for aggregate stats but anonymised: userId, ipAddress and userAgent are
@@ -10,7 +14,8 @@ nowhere. Erasure (`erase`, in one transaction) per table:
 - feature_flags: the id is removed from every `allowedUsers` list.
 - webhook_events, system_metrics: a payload, error or tags that mention one of the user's
   identifiers (id, email, Stripe customer and subscription ids) is cleared. Ledger rows stay, so
-  a replayed webhook is still recognised as processed. These two are scans: erasure is rare.
+  a replayed webhook is still recognised as processed. These two are scans (in the export too):
+  erasure and export are rare.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ class PersonalData:
     saved_searches: list[SavedSearch]
     search_history: list[SearchHistory]
     api_usage: list[ApiUsage]
+    webhook_events: list[WebhookEvent]
+    system_metrics: list[SystemMetric]
+    feature_flags: list[str]  # keys of the flags whose allowedUsers names the user
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +86,29 @@ def _require_transaction(session: Session, operation: str) -> None:
         raise RuntimeError(f"personal_data.{operation} must run inside shared.db.transaction()")
 
 
+def identifiers(user_id: str, owner: Any) -> list[str]:
+    """The strings that identify the user in ledger payloads and metric tags: the id, and the
+    email and Stripe customer and subscription ids when known (`owner`: a row with those three
+    first, or None)."""
+    return [user_id, *(value for value in (owner or ())[:3] if value)]
+
+
 @database_operation("exportPersonalData")
 def export(session: Session, user_id: str) -> PersonalData:
     """Every row about the user, oldest first: one query per table, one snapshot.
 
     Must run in `transaction()`: it switches the transaction to REPEATABLE READ, READ ONLY, so
-    the four reads see the same moment even while the user keeps searching.
+    the reads see the same moment even while the user keeps searching.
     """
     _require_transaction(session, "export")
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    user = session.scalars(select(User).where(User.id == user_id)).one_or_none()
+    owner = (
+        None if user is None else (user.email, user.stripe_customer_id, user.stripe_subscription_id)
+    )
+    ids = identifiers(user_id, owner)
     return PersonalData(
-        user=session.scalars(select(User).where(User.id == user_id)).one_or_none(),
+        user=user,
         saved_searches=list(
             session.scalars(
                 select(SavedSearch)
@@ -110,6 +130,27 @@ def export(session: Session, user_id: str) -> PersonalData:
                 .order_by(ApiUsage.timestamp, ApiUsage.id)
             )
         ),
+        webhook_events=list(
+            session.scalars(
+                select(WebhookEvent)
+                .where(_event_mentions(ids))
+                .order_by(WebhookEvent.created_at, WebhookEvent.id)
+            )
+        ),
+        system_metrics=list(
+            session.scalars(
+                select(SystemMetric)
+                .where(_mentions(SystemMetric.tags, ids))
+                .order_by(SystemMetric.timestamp, SystemMetric.id)
+            )
+        ),
+        feature_flags=list(
+            session.scalars(
+                select(FeatureFlag.key)
+                .where(FeatureFlag.allowed_users.any_() == user_id)
+                .order_by(FeatureFlag.key)
+            )
+        ),
     )
 
 
@@ -120,6 +161,13 @@ def _mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
 
 def _text_mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
     return or_(*(func.strpos(column, identifier) > 0 for identifier in identifiers))
+
+
+def _event_mentions(identifiers: list[str]) -> ColumnElement[bool]:
+    return or_(
+        _mentions(WebhookEvent.payload, identifiers),
+        _text_mentions(WebhookEvent.error, identifiers),
+    )
 
 
 LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
@@ -154,7 +202,7 @@ def erase(
     ).first()
     if refuse_live_subscription and owner is not None and owner[3] in LIVE_SUBSCRIPTION:
         raise SubscriptionLiveError()
-    identifiers = [user_id, *(value for value in (owner or ())[:3] if value)]
+    ids = identifiers(user_id, owner)
     options = {"synchronize_session": False}
 
     history = session.execute(
@@ -176,17 +224,12 @@ def erase(
     )
     events = session.execute(
         update(WebhookEvent)
-        .where(
-            or_(
-                _mentions(WebhookEvent.payload, identifiers),
-                _text_mentions(WebhookEvent.error, identifiers),
-            )
-        )
+        .where(_event_mentions(ids))
         .values(payload=null(), error=None),  # SQL NULL: None would store JSON null
         execution_options=options,
     )
     metrics = session.execute(
-        update(SystemMetric).where(_mentions(SystemMetric.tags, identifiers)).values(tags=null()),
+        update(SystemMetric).where(_mentions(SystemMetric.tags, ids)).values(tags=null()),
         execution_options=options,
     )
     deleted = session.execute(

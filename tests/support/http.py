@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import importlib
 import json
 import threading
@@ -21,6 +22,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from starlette.testclient import TestClient
 
 from devkit import events
@@ -56,7 +58,13 @@ def make_token(keys: Keys, sub: str, *, ttl: int = 300, **claims: Any) -> str:
     """A Clerk-style session token (RS256) for `sub`."""
     now = int(time.time())
     payload = {"sub": sub, "iss": ISSUER, "iat": now, "nbf": now, "exp": now + ttl, **claims}
-    return jwt.encode(payload, keys.private_pem, algorithm="RS256")
+    return jwt.encode(payload, _signing_key(keys.private_pem), algorithm="RS256")
+
+
+@functools.cache
+def _signing_key(private_pem: str) -> PrivateKeyTypes:
+    """The parsed key: parsing the PEM costs ~50 ms, and tests sign thousands of tokens."""
+    return serialization.load_pem_private_key(private_pem.encode(), password=None)
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +129,10 @@ class Caller:
         body: bytes | str | None = None,
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
+        source_ip: str | None = None,
     ) -> Result:
+        """`source_ip`: the client address the platform reports (API Gateway's `sourceIp`, the
+        ASGI peer); the builders' documentation address when None."""
         loaded = importlib.import_module(f"functions.{module}")
         all_headers = {"user-agent": "pytest-agent/1.0", **(headers or {})}
         if user is not None:
@@ -130,7 +141,10 @@ class Caller:
             body = json.dumps(json_body)
             all_headers.setdefault("content-type", "application/json")
         if self.style == "asgi":
-            with TestClient(loaded.app, base_url="https://api.keyflash.test") as client:
+            peer = (source_ip, 50000) if source_ip else ("testclient", 50000)
+            with TestClient(
+                loaded.app, base_url="https://api.keyflash.test", client=peer
+            ) as client:
                 response = client.request(
                     method, path, content=body, headers=all_headers, params=query
                 )
@@ -142,7 +156,8 @@ class Caller:
             except RuntimeError:
                 asyncio.set_event_loop(asyncio.new_event_loop())
         build = events.http_api_v2 if self.style == "lambda_v2" else events.rest_api_v1
-        event = build(method, path, headers=all_headers, query=query, body=body)
+        peer_ip = {"source_ip": source_ip} if source_ip else {}
+        event = build(method, path, headers=all_headers, query=query, body=body, **peer_ip)
         raw = loaded.handler(event, events.lambda_context(module))
         text = raw.get("body") or ""
         if raw.get("isBase64Encoded"):

@@ -1,0 +1,459 @@
+"""Log hygiene: a whole day of traffic, failures included, writes no secret and no PII to logs.
+
+Everything a function or cron can log is captured: every logger at DEBUG through the root
+logger (`caplog`; the structured telemetry of `shared.telemetry` is the `keyflash` logger,
+JSON in the message), the same records rendered with their tracebacks by a plain handler, and
+whatever reaches the process's stdout/stderr file descriptors (`capfd`). The run covers:
+
+- sign-up and profile changes through Clerk's webhook, and a forged delivery;
+- every route of every HTTP function (derived from the apps, so a new route is included),
+  from an IPv4 and an IPv6 client and from behind Vercel's edge, with a signed-in caller;
+- failures: garbage, expired and foreign tokens, a non-admin on admin routes, validation errors
+  whose input carries an email and an IP, 404s, an email conflict, a CSRF refusal, a database
+  outage (a password-bearing DATABASE_URL to a closed port) and a Redis outage (a
+  token-bearing Upstash URL to a closed port);
+- Stripe deliveries (an upgrade carrying the customer's email, a forged one);
+- every cron, through its Lambda handler and its Vercel entry (right and wrong CRON_SECRET).
+
+Then the captured text must not contain any configured secret, any session token (`eyJ…`), the
+users' email addresses, or a full client IP. Values are distinctive so a match is unambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+import pytest
+import stripe
+from svix.webhooks import Webhook
+
+from devkit import events, gateway
+from devkit.layout import cron_modules
+from devkit.upstash_emulator import UpstashEmulator
+from shared import auth, config, db, flags, redis
+from tests.support.cron import asgi_call
+from tests.support.http import ISSUER, Caller, Keys, Result
+
+DB_PASSWORD = "dbpw-K7q2Zx9LmN4vR8tW"
+UPSTASH_TOKEN = "upstash-tok-Q3vB8nM2xZ7kP4rT"
+UPSTASH_DOWN_TOKEN = "upstash-down-H6jD9sF2wQ5eY1"
+CLERK_WEBHOOK_KEY = b"clerk-signing-key-0123456789ABCD"
+CLERK_WEBHOOK_SECRET = "whsec_" + base64.b64encode(CLERK_WEBHOOK_KEY).decode()
+CLERK_SECRET_KEY = "sk_test_clerkSecretK3yZ9x8c7v6b"
+STRIPE_SECRET_KEY = "sk_test_stripeSecret4Ka9Zq2Wx7"
+STRIPE_WEBHOOK_SECRET = "whsec_stripeHookSecretP5n8Lm3Q"
+CRON_SECRET = "cron-secret-T9vX2bN6mQ4zK8wR"
+RATE_LIMIT_HMAC_SECRET = "ratelimit-hmac-J5hG8dS3aF7kL2pZx4cV"
+AWS_SECRET = "aws-secret-Y4uI7oP1lK9jH3gF"
+ADA = "ada.lovelace.5521@example.org"
+GRACE = "grace.hopper.7734@example.org"
+IPV4 = "203.0.113.77"
+IPV6 = "2001:db8:85a3::8a2e:370:7334"
+FORWARDED_IP = "198.51.100.23"
+
+SECRETS = {
+    "database password": DB_PASSWORD,
+    "Upstash token": UPSTASH_TOKEN,
+    "Upstash token (in the URL)": UPSTASH_DOWN_TOKEN,
+    "Clerk webhook secret": CLERK_WEBHOOK_SECRET.removeprefix("whsec_"),
+    "Clerk webhook key": CLERK_WEBHOOK_KEY.decode(),
+    "Clerk secret key": CLERK_SECRET_KEY,
+    "Stripe secret key": STRIPE_SECRET_KEY,
+    "Stripe webhook secret": STRIPE_WEBHOOK_SECRET,
+    "CRON_SECRET": CRON_SECRET,
+    "rate-limit HMAC secret": RATE_LIMIT_HMAC_SECRET,
+    "AWS secret key": AWS_SECRET,
+    "a session token (JWT)": "eyJ",
+    "a user's email": ADA,
+    "another user's email": GRACE,
+    "an IPv4 client address": IPV4,
+    "an IPv6 client address": IPV6,
+    "an IPv6 client address (exploded)": "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+    "a forwarded client address": FORWARDED_IP,
+}
+ROUTES = gateway.route_table(gateway.load_all())
+BUCKET = "keyflash-log-hygiene"
+EXTERNAL_DATABASE = bool(os.environ.get("DATABASE_URL"))  # read before any test changes it
+
+
+@pytest.fixture
+def database_url(direct_database_url: str, clean_tables: None) -> str:
+    """One lane is enough: the logs are the same through the pooler."""
+    return direct_database_url
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    user = parts.username or "postgres"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Calls the functions as their platforms do and remembers which routes were hit."""
+
+    keys: Keys
+    monkeypatch: pytest.MonkeyPatch
+    hit: set[tuple[str, str]] = field(default_factory=set)  # (function, method)
+
+    def token(self, sub: str, email: str | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"sub": sub, "iss": ISSUER, "iat": now, "nbf": now, "exp": now + 300, **claims}
+        if email:
+            payload["email"] = email
+        return jwt.encode(payload, self.keys.private_pem, algorithm="RS256")
+
+    def call(
+        self,
+        module: str,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        ip: str = IPV4,
+        style: str = "lambda_v2",
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> Result:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["authorization"] = f"Bearer {token}"
+        self.hit.add((module, method))
+        caller = Caller(style, self.keys)
+        return caller(module, method, path, headers=all_headers, source_ip=ip, **kwargs)
+
+    def env(self, **values: str | None) -> None:
+        for name, value in values.items():
+            if value is None:
+                self.monkeypatch.delenv(name, raising=False)
+            else:
+                self.monkeypatch.setenv(name, value)
+        config.get_settings.cache_clear()
+        db.dispose_engine()
+        redis.reset_redis()
+        auth._provisioned.clear()
+        flags.invalidate_cache()
+
+
+def clerk(run: Run, kind: str, user_id: str, email: str, *, forged: bool = False) -> Result:
+    payload = json.dumps(
+        {
+            "type": kind,
+            "object": "event",
+            "data": {
+                "id": user_id,
+                "email_addresses": [{"id": "idn_1", "email_address": email}],
+                "primary_email_address_id": "idn_1",
+                "last_sign_in_ip": IPV4,  # Clerk sends such fields; we must not echo them
+            },
+        }
+    )
+    msg_id = f"msg_{uuid.uuid4().hex[:12]}"
+    secret = "whsec_" + base64.b64encode(b"x" * 32).decode() if forged else CLERK_WEBHOOK_SECRET
+    now = datetime.now(UTC)
+    headers = {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(now.timestamp())),
+        "svix-signature": Webhook(secret).sign(msg_id, now, payload),
+        "content-type": "application/json",
+    }
+    return run.call("webhooks_clerk", "POST", "/api/webhooks/clerk", body=payload, headers=headers)
+
+
+def stripe_delivery(run: Run, kind: str, obj: dict[str, Any], *, forged: bool = False) -> Result:
+    event = {
+        "id": f"evt_{uuid.uuid4().hex[:12]}", "object": "event", "type": kind,
+        "created": int(time.time()), "data": {"object": obj},
+    }  # fmt: skip
+    body = json.dumps(event)
+    secret = "whsec_forged" if forged else STRIPE_WEBHOOK_SECRET
+    header = stripe.WebhookSignature.generate_signature_header(body, secret)
+    return run.call(
+        "webhooks_stripe", "POST", "/api/webhooks/stripe", body=body,
+        headers={"stripe-signature": header, "content-type": "application/json"},
+    )  # fmt: skip
+
+
+def sign_up_and_use_everything(run: Run) -> None:
+    """Sign-up by webhook, then every route, signed in, from three kinds of client address."""
+    assert clerk(run, "user.created", "user_ada", ADA).status == 200
+    assert clerk(run, "user.created", "user_grace", GRACE).status == 200
+    assert clerk(run, "user.updated", "user_ada", ADA).status == 200
+    assert clerk(run, "user.created", "user_eve", "eve@example.org", forged=True).status == 400
+    ada, grace = run.token("user_ada", ADA), run.token("user_grace", GRACE)
+    admin = run.token("user_admin", "admin@example.org")
+
+    assert run.call("health", "GET", "/api/health", ip=IPV6, style="lambda_v1").status == 200
+    assert run.call("health", "GET", "/api/health", query={"deep": "true"}).status == 200
+    body = {"name": f"for {ADA} at {IPV4}", "searchParams": {
+        "keywords": ["espresso"], "matchType": "exact", "location": "US"}}  # fmt: skip
+    created = run.call("searches", "POST", "/api/searches", token=ada, json_body=body)
+    assert created.status == 201, created.text
+    search_id = created.json["search"]["id"]
+    assert run.call("searches", "GET", "/api/searches", token=ada, ip=IPV6).status == 200
+    item = f"/api/searches/{search_id}"
+    assert run.call("search_item", "GET", item, token=ada, style="asgi", ip=IPV6).status == 200
+    assert run.call("search_item", "PUT", item, token=ada, json_body={"name": "n"}).status == 200
+    search = {"keywords": ["espresso", "latte art"], "matchType": "phrase", "location": "US"}
+    for style, ip in (("lambda_v2", IPV4), ("lambda_v1", IPV6)):
+        result = run.call("keywords", "POST", "/api/keywords", token=ada, json_body=search,
+                          style=style, ip=ip)  # fmt: skip
+        assert result.status == 200, result.text
+    run.env(VERCEL="1")  # behind Vercel's edge, the forwarding headers are trusted
+    forwarded = {"x-forwarded-for": f"{FORWARDED_IP}, 10.0.0.1", "x-real-ip": FORWARDED_IP}
+    assert run.call("keywords", "POST", "/api/keywords", token=grace, json_body=search,
+                    style="asgi", headers=forwarded).status == 200  # fmt: skip
+    assert run.call("history", "GET", "/api/history", token=grace, style="asgi",
+                    headers=forwarded).status == 200  # fmt: skip
+    run.env(VERCEL=None)
+    assert run.call("keywords", "GET", "/api/keywords", token=ada).status == 405
+    assert run.call("history", "GET", "/api/history", token=ada, query={"limit": "1"}).status == 200
+    assert run.call("history_stats", "GET", "/api/history/stats", token=ada).status == 200
+    assert run.call("flags", "GET", "/api/flags", token=ada).status == 200
+    assert run.call("me", "GET", "/api/me", token=ada).status == 200
+    assert run.call("me_export", "GET", "/api/me/export", token=ada).status == 200
+    flag = {"key": "beta", "enabled": True, "allowedUsers": ["user_ada"], "description": ADA}
+    assert (
+        run.call("admin_flags", "POST", "/api/admin/flags", token=admin, json_body=flag).status
+        == 201
+    )
+    assert run.call("admin_flags", "GET", "/api/admin/flags", token=admin).status == 200
+    for method, body_ in (("GET", None), ("PUT", {"rolloutPercent": 10}), ("DELETE", None)):
+        result = run.call("admin_flag_item", method, "/api/admin/flags/beta", token=admin,
+                          json_body=body_)  # fmt: skip
+        assert result.status == 200, result.text
+    assert run.call("admin_metrics", "GET", "/api/admin/metrics", token=admin,
+                    query={"metric": "searches.count"}).status == 200  # fmt: skip
+    assert run.call("admin_analytics", "GET", "/api/admin/analytics", token=admin).status == 200
+    assert run.call("search_item", "DELETE", item, token=ada).status == 200
+
+
+def fail_in_every_way(run: Run, other_key: str) -> None:
+    """What goes wrong for clients: each failure is logged (or not) without their data."""
+    ada = run.token("user_ada", ADA)
+    expired = run.token("user_ada", ADA, exp=int(time.time()) - 60, iat=int(time.time()) - 400,
+                        nbf=int(time.time()) - 400)  # fmt: skip
+    foreign = jwt.encode({"sub": "user_ada", "iss": ISSUER, "exp": int(time.time()) + 60,
+                          "email": ADA}, other_key, algorithm="RS256")  # fmt: skip
+    for bad in ("not-a-jwt", expired, foreign):
+        assert run.call("me", "GET", "/api/me", token=bad).status == 401
+    assert run.call("admin_flags", "GET", "/api/admin/flags", token=ada).status == 403
+    invalid = {"keywords": [ADA, IPV4, IPV6], "matchType": "phrase"}
+    assert run.call("keywords", "POST", "/api/keywords", token=ada, json_body=invalid).status == 400
+    bad_search = {"name": "", "description": ADA * 30, "searchParams": {"keywords": [IPV4]}}
+    assert (
+        run.call("searches", "POST", "/api/searches", token=ada, json_body=bad_search).status == 400
+    )
+    assert (
+        run.call("keywords", "POST", "/api/keywords", token=ada, body=f'{{"x": "{ADA}"').status
+        == 400
+    )
+    assert run.call("search_item", "GET", f"/api/searches/{uuid.uuid4()}", token=ada).status == 404
+    assert run.call("search_item", "GET", "/api/searches/not-an-id", token=ada).status == 400
+    assert (
+        run.call("history", "GET", "/api/history", token=ada, query={"cursor": ADA}).status == 400
+    )
+    grace_as_ada = run.token("user_mallory", ADA.upper())
+    assert run.call("me", "GET", "/api/me", token=grace_as_ada).status == 409
+    cookie = {"cookie": f"__session={ada}; csrf-token=abc", "origin": "https://evil.example"}
+    assert run.call("searches", "POST", "/api/searches", headers=cookie, json_body={}).status == 403
+    assert stripe_delivery(run, "checkout.session.completed", {"customer_email": ADA},
+                           forged=True).status == 400  # fmt: skip
+
+
+def bill(run: Run) -> None:
+    """Stripe: Ada upgrades (the session carries her email), then cancels."""
+    session = {
+        "id": "cs_1", "object": "checkout.session", "mode": "subscription",
+        "customer": "cus_ada", "subscription": "sub_ada", "payment_status": "paid",
+        "metadata": {"clerkUserId": "user_ada"}, "customer_email": ADA,
+        "customer_details": {"email": ADA, "address": {"city": "London"}},
+    }  # fmt: skip
+    assert stripe_delivery(run, "checkout.session.completed", session).status == 200
+    subscription = {"id": "sub_ada", "object": "subscription", "customer": "cus_ada",
+                    "status": "canceled", "metadata": {"clerkUserId": "user_ada"},
+                    "items": {"data": [{"price": {"id": "price_pro"}}]}}  # fmt: skip
+    assert stripe_delivery(run, "customer.subscription.deleted", subscription).status == 200
+
+
+def vercel_cron(app: Any, secret: str, query: str = "") -> Any:
+    """Vercel Cron's GET; `asyncio.run` leaves no event loop behind, and Mangum needs one."""
+    try:
+        return asgi_call(app, headers={"authorization": f"Bearer {secret}"}, query=query)
+    finally:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def run_every_cron(run: Run) -> None:
+    """Each job through its Lambda handler, and its Vercel entry with the right and a wrong
+    CRON_SECRET (moto stands in for S3 for the backup)."""
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        for name in cron_modules():
+            module = __import__(f"functions.cron.{name}", fromlist=["handler", "app"])
+            summary = module.handler(events.schedule(), events.lambda_context(name))
+            assert summary.get("complete") is not False or summary.get("skipped"), summary
+            ok = vercel_cron(module.app, CRON_SECRET, query="force=true")
+            assert ok.status == 200, ok.body
+            assert vercel_cron(module.app, "wrong").status == 401
+
+
+def outages(run: Run, direct_url: str) -> None:
+    """The database at a closed port (password in the URL), then Redis (token in the URL)."""
+    down = f"postgresql://keyflash:{DB_PASSWORD}@127.0.0.1:{closed_port()}/keyflash"
+    run.env(DATABASE_URL=down, DIRECT_DATABASE_URL=down, DB_RETRY_BUDGET_S="0.3",
+            DB_CONNECT_TIMEOUT_S="1")  # fmt: skip
+    ada = run.token("user_ada", ADA)
+    assert run.call("me", "GET", "/api/me", token=ada).status == 503
+    search = {"keywords": ["espresso"], "matchType": "phrase"}
+    assert run.call("keywords", "POST", "/api/keywords", token=ada, json_body=search).status == 503
+    assert run.call("health", "GET", "/api/health", query={"deep": "true"}).status == 207
+    assert clerk(run, "user.updated", "user_ada", ADA).status == 503
+    session = {"id": "cs_2", "object": "checkout.session", "customer_email": ADA,
+               "metadata": {"clerkUserId": "user_ada"}}  # fmt: skip
+    assert stripe_delivery(run, "checkout.session.completed", session).status == 503
+    module = __import__("functions.cron.prune", fromlist=["handler", "app"])
+    with pytest.raises(Exception, match="database"):
+        module.handler(events.schedule(), events.lambda_context("prune"))
+    assert vercel_cron(module.app, CRON_SECRET).status == 503
+    run.env(DATABASE_URL=with_password(direct_url, DB_PASSWORD),
+            DIRECT_DATABASE_URL=with_password(direct_url, DB_PASSWORD),
+            DB_RETRY_BUDGET_S=None, DB_CONNECT_TIMEOUT_S=None)  # fmt: skip
+
+    port = closed_port()
+    run.env(UPSTASH_REDIS_REST_URL=f"http://default:{UPSTASH_DOWN_TOKEN}@127.0.0.1:{port}",
+            UPSTASH_REDIS_REST_TOKEN=UPSTASH_DOWN_TOKEN)  # fmt: skip
+    assert run.call("health", "GET", "/api/health").status == 429  # fail-closed limiter
+    assert run.call("keywords", "POST", "/api/keywords", token=ada, json_body=search).status == 429
+    assert run.call("searches", "GET", "/api/searches", token=ada).status == 200
+    metrics = __import__("functions.cron.collect_metrics", fromlist=["handler"])
+    metrics.handler(events.schedule(), events.lambda_context("collect_metrics"))
+    run.env(RATE_LIMIT_FAIL_SAFE="open")
+    health = run.call("health", "GET", "/api/health", query={"deep": "true"})
+    assert (health.status, health.json["checks"]["redis"]["healthy"]) == (207, False)
+
+
+# --- the test ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def everything_at_debug(caplog: pytest.LogCaptureFixture) -> logging.Formatter:
+    """Every logger at DEBUG into caplog; records are rendered with their tracebacks, as a
+    platform's log handler would write them."""
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("keyflash").setLevel(logging.DEBUG)
+    return logging.Formatter("%(levelname)s %(name)s %(message)s")
+
+
+@pytest.fixture
+def own_upstash() -> Iterator[UpstashEmulator]:
+    """An emulator whose token is the distinctive one searched for."""
+    with UpstashEmulator(token=UPSTASH_TOKEN) as emulator:
+        yield emulator
+
+
+def test_a_full_run_logs_no_secret_and_no_personal_data(
+    api_env: Keys,
+    direct_database_url: str,
+    own_upstash: UpstashEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    everything_at_debug: logging.Formatter,
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other_key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    run = Run(api_env, monkeypatch)
+    database = direct_database_url
+    if not EXTERNAL_DATABASE:  # the embedded server trusts local connections: any password works
+        database = with_password(direct_database_url, DB_PASSWORD)
+    run.env(
+        DATABASE_URL=database,
+        DIRECT_DATABASE_URL=database,
+        UPSTASH_REDIS_REST_URL=own_upstash.url,
+        UPSTASH_REDIS_REST_TOKEN=UPSTASH_TOKEN,
+        CLERK_WEBHOOK_SECRET=CLERK_WEBHOOK_SECRET,
+        CLERK_SECRET_KEY=CLERK_SECRET_KEY,
+        STRIPE_SECRET_KEY=STRIPE_SECRET_KEY,
+        STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        STRIPE_PRICE_PRO="price_pro",
+        BILLING_ENABLED="true",
+        CRON_SECRET=CRON_SECRET,
+        RATE_LIMIT_ENABLED="true",
+        RATE_LIMIT_HMAC_SECRET=RATE_LIMIT_HMAC_SECRET,
+        RATE_LIMIT_REQUESTS_PER_HOUR="1000",
+        ADMIN_USER_IDS="user_admin",
+        SLOW_QUERY_MS="1",  # every statement is "slow": its (truncated) SQL is logged too
+        FLAGS_CACHE_SECONDS="0",
+        BACKUP_BUCKET=BUCKET,
+        AWS_ACCESS_KEY_ID="AKIALOGHYGIENE",
+        AWS_SECRET_ACCESS_KEY=AWS_SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=None,
+    )
+
+    sign_up_and_use_everything(run)
+    fail_in_every_way(run, other_key)
+    bill(run)
+    run_every_cron(run)
+    outages(run, direct_database_url)
+    assert run.call("me", "DELETE", "/api/me", token=run.token("user_grace", GRACE)).status == 200
+
+    served = {(function, method) for method, _, function in ROUTES}
+    assert served <= run.hit, f"routes the run did not call: {served - run.hit}"
+
+    records = "\n".join(everything_at_debug.format(record) for record in caplog.records)
+    out, err = capfd.readouterr()
+    captured = "\n".join([records, out, err])
+    (tmp_path / "captured.log").write_text(captured)
+    # The run really logged: structured events from each part of it.
+    for marker in ('"event":"clerk_webhook"', '"event":"stripe_event"', '"event":"cron_job"',
+                   '"event":"db_unavailable"', '"event":"rate_limit_unavailable"',
+                   '"event":"slow_query"', '"event":"account_erased"'):  # fmt: skip
+        assert marker in captured, marker
+    found = {what: value for what, value in SECRETS.items() if value.lower() in captured.lower()}
+    assert not found, f"leaked into the logs: {sorted(found)} (see {tmp_path / 'captured.log'})"
+    print(
+        f"log hygiene: {len(caplog.records)} records, {captured.count(chr(10)) + 1} lines, "
+        f"{len(captured.encode())} bytes captured; {len(SECRETS)} secrets searched"
+    )
