@@ -27,7 +27,15 @@ def list_flags(admin: AdminUser) -> Response:
     return ok({"flags": [contract.record(flag) for flag in rows]})
 
 
-@app.post("/api/admin/flags", status_code=201, response_model=None)
+EXAMPLE = {"key": "new-dashboard", "enabled": True, "rolloutPercent": 25, "allowedUsers": []}
+
+
+@app.post(
+    "/api/admin/flags",
+    status_code=201,
+    response_model=None,
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLE}}}},
+)
 def create_flag(body: contract.CreateFlag, admin: AdminUser) -> Response:
     created = db.run(
         lambda s: feature_flags.create(s, body.key, body.values(), created_by=admin.user_id)

@@ -24,7 +24,19 @@ def list_searches(user: CurrentUser) -> Response:
     return ok({"searches": [contract.summary(search) for search in found]})
 
 
-@app.post("/api/searches", status_code=201, response_model=None)
+EXAMPLE = {
+    "name": "Coffee gear",
+    "description": "Espresso at home",
+    "searchParams": {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"},
+}
+
+
+@app.post(
+    "/api/searches",
+    status_code=201,
+    response_model=None,
+    openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLE}}}},
+)
 def create_search(body: contract.CreateSavedSearch, user: CurrentUser) -> Response:
     """Save a search; a user may keep 50."""
     params = body.searchParams
