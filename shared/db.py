@@ -43,22 +43,6 @@ T = TypeVar("T")
 
 # SQLSTATEs meaning the server ended or refused the session before running our statement.
 _SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
-# Connection failures that arrive without a useful SQLSTATE (libpq, Neon's proxy, PgBouncer).
-_CONNECTION_FAILURE_TEXT = (
-    "couldn't connect to compute node",
-    "server closed the connection unexpectedly",
-    "ssl connection has been closed unexpectedly",
-    "connection refused",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "query_wait_timeout",
-    "no more connections allowed",
-    "server conn crashed",
-    "server login has been failing",
-    "consuming input failed",
-    "connection is lost",
-    "connection is closed",
-)
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -179,10 +163,9 @@ def is_connection_failure(error: DBAPIError) -> bool:
     if not isinstance(original, psycopg.OperationalError):
         return False
     sqlstate = original.sqlstate
-    if sqlstate in _SERVER_ENDED_SESSION or (sqlstate or "").startswith("08"):
-        return True
-    message = str(original).lower()
-    return sqlstate is None and any(fragment in message for fragment in _CONNECTION_FAILURE_TEXT)
+    # No SQLSTATE: libpq's own failure (connect, send, receive), which carries the server's text
+    # at most; a statement's error always comes with the server's SQLSTATE.
+    return sqlstate is None or sqlstate in _SERVER_ENDED_SESSION or sqlstate.startswith("08")
 
 
 def _server_ended_session(error: DBAPIError) -> bool:

@@ -215,3 +215,21 @@ def test_a_pool_with_no_free_connection_is_unavailable_not_an_error(
     with held, pytest.raises(db.DatabaseUnavailableError, match="no pooled connection free"):
         db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True)
     assert db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True) == 1
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "connection failed: connection to server at 127.0.0.1 failed: FATAL:  terminating "
+        "connection due to administrator command",
+        "consuming input failed: could not receive data from server: Connection reset by peer",
+        "SSL SYSCALL error: EOF detected",
+    ],
+)
+def test_a_driver_error_without_sqlstate_is_a_connection_failure(message: str) -> None:
+    """libpq's own failures carry no SQLSTATE (whatever their wording); statements' errors do."""
+    error = OperationalError("SELECT 1", {}, psycopg.OperationalError(message))
+    assert db.is_connection_failure(error)
+    assert not db.is_connection_failure(
+        OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement"))
+    )

@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -25,7 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import db
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
-from shared.http.client_ip import client_ip, stored_ip
+from shared.http import openapi
+from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, CorsCsrf
 from shared.repositories import api_usage
@@ -44,7 +46,11 @@ HSTS = "max-age=31536000; includeSubDomains; preload"
 def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAPI:
     """A FastAPI app with the shared envelope, guards and per-request usage record.
 
-    The OpenAPI document is built on demand (`app.openapi()`), never served by the function.
+    The OpenAPI document is built on demand (`app.openapi()`), never served by the function;
+    it declares the envelope for every error status the shared layer can answer
+    (`shared.http.openapi`). A path with a trailing slash is not a route: it gets the 404
+    envelope, not a redirect (every refusal is an envelope; a redirect would also point a
+    client at a path another function may own).
     """
     app = FastAPI(
         title=title,
@@ -53,7 +59,9 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,
     )
+    openapi.install(app)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -132,6 +140,9 @@ async def _database_unavailable(request: Request, error: Exception) -> Response:
         requestId=request.scope.get("state", {}).get("request_id"),
         reason="database_unavailable",
     )
+    # No usage row for this request: the write would most likely wait out a second retry
+    # budget before failing too, doubling the time to this 503 (found by tests/faults).
+    request.state.database_unavailable = True
     return error_response(503, "unavailable")
 
 
@@ -171,19 +182,30 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as error:
+            driver_error = getattr(error, "orig", None)  # SQLAlchemy's wrapped driver error
             log_event(
                 "request_failed",
                 level=logging.ERROR,
                 requestId=request_id,
                 path=scope["path"],
                 error=type(error).__name__,
+                # The driver's class and SQLSTATE, never its message (which may quote data).
+                **(
+                    {"cause": type(driver_error).__name__, "sqlstate": driver_error.sqlstate}
+                    if isinstance(driver_error, psycopg.Error)
+                    else {}
+                ),
                 configuration=isinstance(error, ConfigurationError),
             )
             if response_started:
                 raise
             await error_response(500, "internal")(scope, receive, send_with_headers)
         duration_ms = round((time.perf_counter() - started) * 1000)
-        if self.record_usage and not state.get("usage_recorded"):
+        if (
+            self.record_usage
+            and not state.get("usage_recorded")
+            and not state.get("database_unavailable")
+        ):
             _record_usage(scope, state, status, duration_ms)
 
 
@@ -209,7 +231,7 @@ def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms:
             duration_ms=duration_ms,
             user_id=state.get("user_id"),
             ip_address=stored_ip(ip, settings.ip_storage),
-            user_agent=(headers.get("user-agent") or "")[:512] or None,
+            user_agent=stored_user_agent(headers.get("user-agent")),
         )
         db.run(lambda session: api_usage.record(session, row))
     except Exception as error:
