@@ -18,7 +18,7 @@ from shared.errors import EmailInUseError, SubscriptionLiveError
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
-from shared.repositories import personal_data, users
+from shared.repositories import users
 
 app = create_app(title="Me", summary="The caller's profile and usage; erase their data.")
 
@@ -48,7 +48,7 @@ def delete_me(request: Request, user: CurrentUser) -> Response:
     """
     try:
         erasure = db.transaction(
-            lambda s: personal_data.erase(s, user.user_id, refuse_live_subscription=True)
+            lambda s: accounts.erase(s, user.user_id, refuse_live_subscription=True)
         )
     except SubscriptionLiveError:
         raise ApiError(409, SUBSCRIPTION_LIVE) from None

@@ -32,7 +32,7 @@ from shared.errors import EmailInUseError
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
-from shared.repositories import personal_data, webhook_events
+from shared.repositories import webhook_events
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
@@ -106,7 +106,7 @@ def _apply(session: Session, delivery: str, kind: str, user: ClerkUser) -> str |
         return None
     outcome: str | Erasure
     if kind == "user.deleted":
-        outcome = personal_data.erase(session, user.id)
+        outcome = accounts.erase(session, user.id)
     else:
         outcome = accounts.sync_email(
             session, user.id, user.primary_email(), replace_real_email=kind == "user.updated"
@@ -143,7 +143,44 @@ def _process(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
     return {"received": True}
 
 
-@app.post("/api/webhooks/clerk", response_model=None)
+def _svix_header(name: str, description: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": f"{description} (Svix also accepts the `webhook-` spelling)",
+    }
+
+
+_OPENAPI = {
+    "parameters": [
+        _svix_header("svix-id", "The delivery's id, claimed once in the webhook ledger"),
+        _svix_header("svix-timestamp", "Unix seconds; older than 5 minutes is refused"),
+        _svix_header("svix-signature", "v1,<base64 HMAC-SHA256 of '<id>.<timestamp>.<body>'>"),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "title": "Clerk event",
+                    "required": ["type", "data"],
+                    "properties": {"type": {"type": "string"}, "data": {"type": "object"}},
+                }
+            }
+        },
+    },
+}
+
+
+@app.post(
+    "/api/webhooks/clerk",
+    response_model=None,
+    responses={409: {"description": "The new email belongs to another account"}},
+    openapi_extra=_OPENAPI,
+)
 async def clerk_webhook(request: Request) -> Response:
     secret = get_settings().clerk_webhook_secret
     if not secret:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import auth, errors, storage
-from shared.repositories import users
+from shared.repositories import personal_data, users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
@@ -65,8 +65,19 @@ def is_duplicate_user(error: IntegrityError) -> bool:
     return constraint == "users_pkey"
 
 
+def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:
+    """Erase the user (`personal_data.erase`, in the caller's transaction) and, in the same
+    transaction, owe the deletion of their legacy Redis keys, so that a crash between the
+    commit and `finish_erasure` cannot lose it (the repair job finishes it)."""
+    erasure = personal_data.erase(
+        session, user_id, refuse_live_subscription=refuse_live_subscription
+    )
+    storage.mark_legacy_erasure(session, user_id)
+    return erasure
+
+
 def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
-    """After the erasure committed: the user's legacy Redis keys go too (or are queued for the
+    """After the erasure committed: the user's legacy Redis keys go too (or stay owed to the
     repair job when Redis fails), this container stops treating the user as provisioned (their
     next call starts a fresh account) and the erasure is logged, with counts only."""
     storage.erase_legacy_user(user_id, None, None)

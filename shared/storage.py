@@ -192,23 +192,41 @@ def provision_user(user_id: str, email: str) -> None:
     _sync(key)
 
 
+def mark_legacy_erasure(session: Session, user_id: str) -> None:
+    """In the erasure's own transaction: record that the user's legacy Redis keys must go.
+
+    Committed with the erasure, so a crash before `erase_legacy_user` has deleted the keys
+    leaves the mark for the repair job (a redelivered Clerk event is a duplicate and would not
+    finish it). Without Redis configured there is nothing to delete, and nothing is marked.
+    """
+    if get_redis() is not None:
+        legacy_repairs.mark(session, keys.erasure(user_id), "erasure", user_id)
+
+
 def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:
-    """After an erasure committed in Postgres: delete the user's legacy Redis keys, in any mode.
+    """After an erasure committed in Postgres: delete the user's legacy Redis keys, in any mode,
+    then clear the erasure's mark (see `mark_legacy_erasure`).
 
     Returns False when Redis failed; the deletion is then recorded in `legacy_repairs` and the
     repair job erases the keys (the user row being gone). Without Redis configured there is
     nothing to delete. Never raises for Redis; a Postgres outage while recording raises
-    `DatabaseUnavailableError`.
+    `DatabaseUnavailableError` (one while clearing only leaves a mark the repair job clears).
     """
     client = get_redis()
     if client is None:
         return True
+    key = keys.erasure(user_id)
     try:
         store.erase_user_keys(client, user_id, email, stripe_customer_id)
-        return True
     except store.REDIS_ERRORS as error:
         log_event("legacy_erase_deferred", level=logging.WARNING, reason=type(error).__name__)
-    db.run(_mark(keys.erasure(user_id), "erasure", user_id), idempotent=True)
+    else:
+        try:
+            db.run(lambda s: legacy_repairs.clear(s, key), idempotent=True)
+        except DatabaseUnavailableError:
+            log_event("legacy_erase_mark_kept", level=logging.WARNING, key=key)
+        return True
+    db.run(_mark(key, "erasure", user_id), idempotent=True)
     return False
 
 
