@@ -38,6 +38,8 @@ LOG_FILE = "server.log"
 # Concurrency tests open many connections at once; PostgreSQL's default of 100 is too few.
 MAX_CONNECTIONS = 300
 # Durability traded for speed: only for data nobody needs after a crash (test runs).
+# How long an interrupted start may take to write postmaster.pid before we call it failed.
+PIDFILE_WAIT_S = 10.0
 EPHEMERAL_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
@@ -62,6 +64,7 @@ class LocalPostgres(Service):
         self.bin_dir = postgres_bin_dir()
         self._account = service_account()
         self._port: int | None = None
+        self._launched = False  # we ran `pg_ctl start` and have not stopped the server since
 
     @property
     def port(self) -> int:
@@ -84,6 +87,7 @@ class LocalPostgres(Service):
             self._port = self._running_port()
         else:
             self._port = self._choose_port()
+            self._launched = True
             try:
                 self._pg_ctl(
                     "start", "-w", "-t", str(round(self.timeout)),
@@ -97,9 +101,17 @@ class LocalPostgres(Service):
             raise LocalPostgresError(self._explain(f"is not accepting connections at {self.url()}"))
 
     def stop(self) -> None:
-        """Fast shutdown (open transactions roll back) and wait for it; no-op if already gone."""
-        if not self.is_running():
+        """Fast shutdown (open transactions roll back) and wait for it; no-op if already gone.
+
+        A start of ours that was interrupted (a signal while pg_ctl waited) leaves a postmaster
+        that writes its pid file moments later: that one is waited for, then stopped too.
+        """
+        if not self.is_running() and not (
+            self._launched and wait_for(self.is_running, timeout=PIDFILE_WAIT_S)
+        ):
+            self._launched = False
             return
+        self._launched = False
         try:
             self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(round(self.timeout)))
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:

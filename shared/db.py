@@ -43,6 +43,16 @@ T = TypeVar("T")
 
 # SQLSTATEs meaning the server ended or refused the session before running our statement.
 _SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
+# libpq reports every failed connect without a SQLSTATE; these ones are configuration, which no
+# retry mends (a wrong password, a missing database or role, a refused host, a TLS mismatch).
+_MISCONFIGURED = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "server does not support ssl",
+    "sslmode value",
+    "invalid connection option",
+)
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -163,9 +173,12 @@ def is_connection_failure(error: DBAPIError) -> bool:
     if not isinstance(original, psycopg.OperationalError):
         return False
     sqlstate = original.sqlstate
-    # No SQLSTATE: libpq's own failure (connect, send, receive), which carries the server's text
-    # at most; a statement's error always comes with the server's SQLSTATE.
-    return sqlstate is None or sqlstate in _SERVER_ENDED_SESSION or sqlstate.startswith("08")
+    if sqlstate is None:
+        # libpq's own failure (connect, send, receive), with the server's text at most; a
+        # statement's error always comes with the server's SQLSTATE.
+        message = str(original).lower()
+        return not any(fragment in message for fragment in _MISCONFIGURED)
+    return sqlstate in _SERVER_ENDED_SESSION or sqlstate.startswith("08")
 
 
 def _server_ended_session(error: DBAPIError) -> bool:

@@ -233,3 +233,14 @@ def test_a_driver_error_without_sqlstate_is_a_connection_failure(message: str) -
     assert not db.is_connection_failure(
         OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement"))
     )
+
+
+def test_a_missing_database_fails_at_once_without_retrying(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, direct_database_url: str
+) -> None:
+    """Configuration (here a database that does not exist) is no outage: no retry, no 503."""
+    reconfigure(monkeypatch, DATABASE_URL=direct_database_url.rsplit("/", 1)[0] + "/kf_missing")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    with pytest.raises(OperationalError, match="does not exist"):
+        db.run(lambda s: s.execute(text("SELECT 1")), idempotent=True)
+    assert json_events(caplog, "db_retry") == []

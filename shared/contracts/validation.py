@@ -50,25 +50,23 @@ def nul_message(field: str) -> str:
 
 class StoredText(BaseModel):
     """A request body whose strings are stored in PostgreSQL, whose text cannot hold NUL (U+0000):
-    any string in the body that contains it is refused with a 400 naming the field, instead of
-    failing the insert later (a 500). The walk is iterative: the body may be nested as deeply as
-    the JSON parser allows."""
+    a declared field holding it anywhere inside is refused with a 400 naming that field, instead
+    of failing the insert later (a 500). Undeclared keys are ignored, as elsewhere, and never
+    echoed. The walk is iterative: a field may be nested as deeply as the JSON parser allows."""
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_nul(cls, data: Any) -> Any:
-        pending: list[tuple[str, Any]] = [("", data)]
-        while pending:
-            path, value = pending.pop()
-            if isinstance(value, str):
-                if NUL in value:
-                    raise fail("nul", nul_message(path or "text"))
-            elif isinstance(value, dict):
-                pending.extend((_join(path, key), item) for key, item in value.items())
-            elif isinstance(value, list):
-                pending.extend((_join(path, index), item) for index, item in enumerate(value))
+        if not isinstance(data, dict):
+            return data
+        for field in cls.model_fields:
+            pending = [data.get(field)]
+            while pending:
+                value = pending.pop()
+                if isinstance(value, str) and NUL in value:
+                    raise fail("nul", nul_message(field))
+                if isinstance(value, dict):
+                    pending.extend(value.values())
+                elif isinstance(value, list):
+                    pending.extend(value)
         return data
-
-
-def _join(path: str, part: object) -> str:
-    return f"{path}.{part}" if path else str(part)
