@@ -52,9 +52,11 @@ def recording_job(name: str = "test_job", batches: int = 3) -> tuple[Job, list[s
 
 
 def lease_row(admin_conn: psycopg.Connection[Any], job: str) -> tuple[Any, ...] | None:
+    """(holder, live, state, lastCompletedAt). A released lease (no holder) is never live, even
+    in the half millisecond its `expiresAt`, rounded to TIMESTAMP(3), may lie ahead of now()."""
     return admin_conn.execute(
-        'SELECT holder, "expiresAt" > timezone(\'UTC\', now()), state, "lastCompletedAt" '
-        "FROM cron_leases WHERE job = %s",
+        "SELECT holder, holder IS NOT NULL AND \"expiresAt\" > timezone('UTC', now()), state, "
+        '"lastCompletedAt" FROM cron_leases WHERE job = %s',
         (job,),
     ).fetchone()
 

@@ -33,7 +33,9 @@ _ACQUIRE = text(
             "acquiredAt" = EXCLUDED."acquiredAt",
             "expiresAt" = EXCLUDED."expiresAt",
             "updatedAt" = EXCLUDED."updatedAt"
-        WHERE lease."expiresAt" <= EXCLUDED."acquiredAt"
+        -- Released (no holder), or expired. A release's expiresAt, rounded to TIMESTAMP(3), can
+        -- lie half a millisecond ahead: the holder, not the time, says it was given back.
+        WHERE lease.holder IS NULL OR lease."expiresAt" <= EXCLUDED."acquiredAt"
     RETURNING "expiresAt", "lastCompletedAt", state
     """
 ).columns(expiresAt=UTCDateTime(), lastCompletedAt=UTCDateTime(), state=JSONB)
