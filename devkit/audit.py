@@ -79,8 +79,7 @@ def shipped_closure(requirements: Path = REQUIREMENTS) -> dict[str, str]:
         for line in distribution.requires or []:
             dependency = Requirement(line)
             if dependency.marker is None or any(
-                dependency.marker.evaluate({"extra": extra})
-                for extra in ["", *requirement.extras]
+                dependency.marker.evaluate({"extra": extra}) for extra in ["", *requirement.extras]
             ):
                 pending.append(dependency)
     return dict(sorted(closure.items()))

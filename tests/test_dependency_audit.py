@@ -28,7 +28,8 @@ def test_what_ships_has_no_known_vulnerability(capsys: pytest.CaptureFixture[str
         print("\n" + audit.render(report))
     accounted = [*report.by_pip_audit, *report.by_project_json, *report.not_audited]
     assert sorted(accounted) == sorted(closure)
-    assert report.by_pip_audit or report.by_project_json, "nothing could be audited at all"
+    audited = len(report.by_pip_audit) + len(report.by_project_json)
+    assert audited >= 0.8 * len(closure), f"only {audited} of {len(closure)} packages audited"
     assert report.blocking == []
 
 
