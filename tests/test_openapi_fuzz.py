@@ -47,7 +47,7 @@ from devkit.postgres import truncate_tables
 from devkit.upstash_emulator import UpstashEmulator
 from shared.auth import require_admin
 from shared.http.openapi import dependency_calls
-from tests.support.http import ISSUER, Keys, make_token
+from tests.support.http import Keys, app_environment, make_token
 
 # Fuzzing examples per operation, on top of the examples and coverage cases. Parameterless
 # operations (GET /api/me) run out of distinct inputs long before this.
@@ -109,12 +109,7 @@ def sessions(
     env = {
         "DATABASE_URL": direct_database_url,
         "DIRECT_DATABASE_URL": direct_database_url,
-        "CLERK_JWT_KEY": rsa_keys.public_pem,
-        "CLERK_ISSUER": ISSUER,
-        "APP_ENV": "test",
-        "UPSTASH_REDIS_REST_URL": upstash.url,
-        "UPSTASH_REDIS_REST_TOKEN": upstash.token,
-        "RATE_LIMIT_ENABLED": "false",
+        **app_environment(rsa_keys, upstash.url, upstash.token),
         "ADMIN_USER_IDS": ADMIN,
         "BILLING_ENABLED": "true",
         "TRIAL_KEYWORD_LIMIT": "1000000000",
@@ -128,7 +123,7 @@ def sessions(
         db.dispose_engine()
         auth._provisioned.clear()
         redis.reset_redis()
-        # Signing is slow (the PEM is parsed per call): one token per identity, for the module.
+        # One token per identity, for the whole module.
         yield Sessions(
             user={"Authorization": f"Bearer {make_token(rsa_keys, USER, ttl=3600)}"},
             admin={"Authorization": f"Bearer {make_token(rsa_keys, ADMIN, ttl=3600)}"},

@@ -27,7 +27,7 @@ from devkit.migrate import upgrade_head
 from devkit.pgbouncer import LocalPgBouncer
 from devkit.postgres import LocalPostgres, truncate_tables
 from devkit.upstash_emulator import UpstashEmulator
-from tests.support.http import ISSUER, Keys
+from tests.support.http import Keys, app_environment
 
 DATABASE = "keyflash_faults"
 # The app's password: trust auth ignores it, so it only serves to prove no answer or log leaks it.
@@ -161,12 +161,7 @@ def fault_app(
         "DB_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S),
         "DB_POOL_SIZE": str(CLIENT_THREADS),
         "DB_APPLICATION_NAME": app.application_name,
-        "CLERK_JWT_KEY": rsa_keys.public_pem,
-        "CLERK_ISSUER": ISSUER,
-        "APP_ENV": "test",
-        "UPSTASH_REDIS_REST_URL": upstash.url,
-        "UPSTASH_REDIS_REST_TOKEN": upstash.token,
-        "RATE_LIMIT_ENABLED": "false",
+        **app_environment(rsa_keys, upstash.url, upstash.token),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

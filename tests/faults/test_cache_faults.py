@@ -39,8 +39,7 @@ from devkit._host import wait_for
 from shared import config, providers, redis
 from tests.support.cron import count
 from tests.support.http import Caller, Keys, Result
-from tests.support.processes import UpstashProcess
-from tests.support.redis import LocalRedis
+from tests.support.processes import UpstashProcess, private_upstash
 
 pytestmark = pytest.mark.faults
 
@@ -68,15 +67,8 @@ def database_url(direct_database_url: str, clean_tables: None) -> str:
 def upstash_process(tmp_path: Path) -> Iterator[UpstashProcess]:
     """This test's own emulator process, over a private redis-server when installed (so its
     data outlives a restart, as Upstash's does)."""
-    backing = LocalRedis(tmp_path / "redis") if LocalRedis.binary() else None
-    if backing is not None:
-        backing.start()
-    try:
-        with UpstashProcess(tmp_path, redis_url=backing.url if backing else None) as upstash:
-            yield upstash
-    finally:
-        if backing is not None:
-            backing.stop()
+    with private_upstash(tmp_path) as upstash:
+        yield upstash
 
 
 @pytest.fixture

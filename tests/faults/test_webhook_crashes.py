@@ -40,10 +40,10 @@ from tests.support.processes import (
     RowLock,
     UpstashProcess,
     child_env,
+    private_upstash,
     wait_for_backend,
     wait_until_settled,
 )
-from tests.support.redis import LocalRedis
 from tests.test_clerk_webhook import SECRET as CLERK_SECRET
 from tests.test_clerk_webhook import signed_headers
 from tests.test_stripe_webhook import SECRET as STRIPE_SECRET
@@ -335,15 +335,8 @@ def test_clerk_user_updated_killed_mid_transaction_applies_once_on_redelivery(
 @pytest.fixture
 def frozen_redis(tmp_path: Path) -> Iterator[UpstashProcess]:
     """An Upstash emulator process (over a private redis-server when installed)."""
-    backing = LocalRedis(tmp_path / "redis") if LocalRedis.binary() else None
-    if backing is not None:
-        backing.start()
-    try:
-        with UpstashProcess(tmp_path, redis_url=backing.url if backing else None) as upstash:
-            yield upstash
-    finally:
-        if backing is not None:
-            backing.stop()
+    with private_upstash(tmp_path) as upstash:
+        yield upstash
 
 
 def legacy_keys_of(client: Redis, user_id: str) -> list[str]:

@@ -74,6 +74,18 @@ def upstash() -> Iterator[UpstashEmulator]:
         yield emulator
 
 
+def app_environment(keys: Keys, redis_url: str, redis_token: str) -> dict[str, str]:
+    """What every app fixture sets: trust `keys`, Upstash at `redis_url`, no rate limiting."""
+    return {
+        "CLERK_JWT_KEY": keys.public_pem,
+        "CLERK_ISSUER": ISSUER,
+        "APP_ENV": "test",
+        "UPSTASH_REDIS_REST_URL": redis_url,
+        "UPSTASH_REDIS_REST_TOKEN": redis_token,
+        "RATE_LIMIT_ENABLED": "false",
+    }
+
+
 @pytest.fixture
 def api_env(
     db_env: str, rsa_keys: Keys, upstash: UpstashEmulator, monkeypatch: pytest.MonkeyPatch
@@ -82,12 +94,8 @@ def api_env(
     per-container caches emptied. Rate limiting is off here; its own tests turn it on."""
     from shared import auth, config, redis
 
-    monkeypatch.setenv("CLERK_JWT_KEY", rsa_keys.public_pem)
-    monkeypatch.setenv("CLERK_ISSUER", ISSUER)
-    monkeypatch.setenv("APP_ENV", "test")
-    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", upstash.url)
-    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", upstash.token)
-    monkeypatch.setenv("RATE_LIMIT_ENABLED", "false")
+    for name, value in app_environment(rsa_keys, upstash.url, upstash.token).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("ADMIN_USER_IDS", raising=False)
     config.get_settings.cache_clear()
     auth._provisioned.clear()

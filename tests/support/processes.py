@@ -21,10 +21,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import httpx
@@ -32,6 +32,7 @@ import psycopg
 import pytest
 
 from devkit._host import LOOPBACK, Service, free_port, log_tail, wait_for
+from tests.support.redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 30.0  # a child interpreter importing a function, on a busy 2-core machine
@@ -129,6 +130,21 @@ class UpstashProcess(Service):
         self.kill()
 
 
+@contextmanager
+def private_upstash(workdir: Path) -> Iterator[UpstashProcess]:
+    """An emulator process over its own redis-server when one is installed (so its data
+    outlives a restart of the emulator, as Upstash's does), else over its in-memory store."""
+    backing = LocalRedis(Path(workdir) / "redis") if LocalRedis.binary() else None
+    if backing is not None:
+        backing.start()
+    try:
+        with UpstashProcess(workdir, redis_url=backing.url if backing else None) as upstash:
+            yield upstash
+    finally:
+        if backing is not None:
+            backing.stop()
+
+
 # --- a Lambda handler in a child process ----------------------------------------------------------
 
 _CHILD = """
@@ -209,12 +225,7 @@ class HandlerProcess:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -243,12 +254,7 @@ class RowLock:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
