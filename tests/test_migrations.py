@@ -1,4 +1,4 @@
-"""Alembic owns the schema (DESIGN.md §3): round trips, no drift, and only direct connections.
+"""Alembic owns the schema: round trips, no drift, and only direct connections.
 
 - upgrade → downgrade → upgrade leaves nothing behind and rebuilds the identical schema, so a bad
   deploy can be rolled back;

@@ -1,9 +1,10 @@
-"""Our migrated schema is Prisma's schema plus only the documented additions (DESIGN.md §3).
+"""Our migrated schema is Prisma's schema plus only the documented additions.
 
 The original TypeScript app keeps using the same database through Prisma, so every table, column
 type, nullability, default, constraint, index, FK action and enum label it relies on must be
 exactly what Prisma generates. We compare the live catalogs of two scratch databases on the same
-server: one loaded from `reference/prisma-schema.sql`, one built by `alembic upgrade head`.
+server: one loaded from the DDL Prisma generates for the original schema
+(`tests/fixtures/prisma/original-ddl.sql`), one built by `alembic upgrade head`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from psycopg.types.json import Jsonb
 from tests.support.catalog import SchemaDiff, Snapshot, diff, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
+PRISMA_DDL = REPO / "tests" / "fixtures" / "prisma" / "original-ddl.sql"
 ScratchDatabase = Callable[[], str]
 
 NULLABLE_COLUMN = {"nullable": True, "default": None, "identity": None, "generated": None}
@@ -130,19 +132,8 @@ DOCUMENTED_ADDITIONS.update(
 
 
 def prisma_reference_sql() -> str:
-    """The DDL Prisma generates; `shared/` sits beside the repository (locally and in CI)."""
-    candidates = [
-        REPO.parent / "shared" / "reference" / "prisma-schema.sql",
-        REPO / "reference" / "prisma-schema.sql",
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    tried = ", ".join(str(path) for path in candidates)
-    pytest.fail(
-        f"prisma-schema.sql not found (tried {tried}); check out the shared/ folder beside the "
-        "repository so the schema can be compared with what Prisma generates"
-    )
+    """The DDL Prisma's schema engine generates for the original schema (`devkit/prisma_ddl.py`)."""
+    return PRISMA_DDL.read_text(encoding="utf-8")
 
 
 def alembic_config(url: str) -> Config:

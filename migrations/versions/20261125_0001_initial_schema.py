@@ -1,6 +1,6 @@
 """Initial schema: the seven tables of the original Prisma schema, plus documented additions.
 
-Everything Prisma generates (reference/prisma-schema.sql) is reproduced as is. Additions, all
+Everything Prisma generates (tests/fixtures/prisma/original-ddl.sql) is reproduced as is. Additions, all
 nullable or constraint-only so the original TypeScript app keeps working on the same database:
 - users."trialStartedAt"; saved_searches.description, results, "lastRunAt", "resultCount"
   (fields the legacy Redis records carry);
