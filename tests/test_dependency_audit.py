@@ -1,4 +1,7 @@
-"""The dependency audit of what ships (`python -m devkit.audit`), run for real against PyPI."""
+"""The dependency audit of what ships (`python -m devkit.audit`): its closure and its verdicts.
+
+The audit itself asks PyPI, so `.ci/run` runs it as a step of its own; the suite stays offline.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +23,12 @@ def test_the_closure_holds_every_requirement_and_what_they_pull_in() -> None:
     assert not {"pytest", "alembic", "uvicorn", "moto"} & closure.keys(), "dev tools do not ship"
 
 
-def test_what_ships_has_no_known_vulnerability(capsys: pytest.CaptureFixture[str]) -> None:
-    """Every shipped package is audited or named as not audited; nothing known blocks."""
-    closure = audit.shipped_closure()
-    report = audit.audit(closure)
-    with capsys.disabled():
-        print("\n" + audit.render(report))
-    accounted = [*report.by_pip_audit, *report.by_project_json, *report.not_audited]
-    assert sorted(accounted) == sorted(closure)
-    audited = len(report.by_pip_audit) + len(report.by_project_json)
-    assert audited >= 0.8 * len(closure), f"only {audited} of {len(closure)} packages audited"
-    assert report.blocking == []
+def test_an_audit_that_covered_too_little_fails() -> None:
+    closure = {f"package{i}": "1.0" for i in range(10)}
+    thin = AuditReport(closure, by_pip_audit=[f"package{i}" for i in range(7)])
+    assert not thin.audited_enough and "FAILED" in audit.render(thin)
+    enough = AuditReport(closure, by_pip_audit=[f"package{i}" for i in range(8)])
+    assert enough.audited_enough and "FAILED" not in audit.render(enough)
 
 
 def test_a_finding_blocks_unless_accepted_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
