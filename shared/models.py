@@ -1,8 +1,8 @@
 """ORM models over the physical schema that the original Prisma schema generates.
 
 Table and column names, types, defaults, constraints, indexes and FK actions match
-`tests/fixtures/prisma/original-ddl.sql` so the original TypeScript app can share the database. Python
-attributes are snake_case; columns keep Prisma's quoted camelCase names.
+`tests/fixtures/prisma/original-ddl.sql` so the original TypeScript app can share the database.
+Python attributes are snake_case; columns keep Prisma's quoted camelCase names.
 
 Like the Prisma client, our code (not the database) sets `id` and `updatedAt`.
 

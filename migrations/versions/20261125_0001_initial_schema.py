@@ -1,7 +1,8 @@
 """Initial schema: the seven tables of the original Prisma schema, plus documented additions.
 
-Everything Prisma generates (tests/fixtures/prisma/original-ddl.sql) is reproduced as is. Additions, all
-nullable or constraint-only so the original TypeScript app keeps working on the same database:
+Everything Prisma generates (tests/fixtures/prisma/original-ddl.sql) is reproduced as is.
+Additions, all nullable or constraint-only so the original TypeScript app keeps working on the
+same database:
 - users."trialStartedAt"; saved_searches.description, results, "lastRunAt", "resultCount"
   (fields the legacy Redis records carry);
 - users_email_lower_key: a case-insensitive unique email;
