@@ -4,7 +4,9 @@ Order matters for failing fast and cleanly: the state dir's lock and the port ar
 anything slow starts (a second stack or a busy port is reported in milliseconds); PostgreSQL,
 migrations, seed data, the Upstash emulator, the functions, the HTTP server and the cron
 scheduler follow, each registered for shutdown as soon as it exists. A signal at any point
-unwinds the same way, and the watchdog covers the case where we are killed outright.
+unwinds the same way, and the watchdog covers the case where we are killed outright. While
+serving, an embedded PostgreSQL that dies is restarted on the same port a bounded number of
+times; after that the stack stops with one line, as for any other failure.
 """
 
 from __future__ import annotations
