@@ -3,7 +3,8 @@
 Every command fails with ONE line on stderr (`keyflash: …`) and a non-zero exit status: 2 for
 usage mistakes (argparse's convention), 1 for everything else; `--debug` adds the traceback.
 State (the embedded database, the dev signing key, the stack lock) lives in `.keyflash/` in the
-repository, or wherever --state-dir / $KEYFLASH_STATE_DIR says.
+repository, or wherever --state-dir / $KEYFLASH_STATE_DIR says. The global options (--state-dir,
+--debug) go before or after any command word; the last one given wins.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gc
 import importlib
 import importlib.util
 import json
+import os
 import sys
 import time
 import traceback
@@ -23,6 +25,8 @@ from typing import Any, NoReturn
 from devkit.console import CliError, error_line, info, paint
 
 Handler = Callable[[argparse.Namespace], int]
+# What a shell reports for a program killed by SIGPIPE (128 + 13), as `yes | head` does.
+BROKEN_PIPE_EXIT = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +57,14 @@ def _main(argv: Sequence[str] | None) -> int:
     args.started = started
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
+    except BrokenPipeError:
+        # The reader went away (`keyflash token | head -c 20`): nothing left to say to anyone.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
     except CliError as error:
         if args.debug and error.__cause__ is not None:
             traceback.print_exception(error.__cause__)
@@ -81,31 +92,39 @@ def _explain(error: Exception, debug: bool) -> str:
 # --------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """--state-dir and --debug, accepted before and after every (sub)command.
+
+    Each parser gets its own copies: argparse loses a top-level value when the subcommand's
+    parser shares the same option object (what `parents=` does). SUPPRESS keeps a parser that
+    did not see the option from overwriting the value another level parsed.
+    """
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=argparse.SUPPRESS,
         help="where the local database, dev key and lock live "
         "(default: $KEYFLASH_STATE_DIR, else .keyflash/ in the repository)",
     )
-    common.add_argument(
+    parser.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
     )
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="keyflash",
         description="KeyFlash developer tools: the local stack, invocations, database, tokens.",
-        parents=[common],
     )
+    _add_global_options(parser)
     parser.set_defaults(state_dir=None, debug=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
         name: str, help: str, description: str, handler: Handler
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=description, parents=[common])
+        sub = commands.add_parser(name, help=help, description=description)
+        _add_global_options(sub)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -154,13 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         _no_subcommand,
     )
     cron_commands = cron.add_subparsers(dest="cron_command", required=True, metavar="ACTION")
-    cron_list = cron_commands.add_parser(
-        "list", help="jobs, schedules and next runs", parents=[common]
-    )
+    cron_list = cron_commands.add_parser("list", help="jobs, schedules and next runs")
+    _add_global_options(cron_list)
     cron_list.set_defaults(handler=_cron_list)
     cron_run = cron_commands.add_parser(
-        "run", help="run one job now (its Lambda handler, in-process)", parents=[common]
+        "run", help="run one job now (its Lambda handler, in-process)"
     )
+    _add_global_options(cron_run)
     cron_run.add_argument("job", metavar="JOB")
     cron_run.set_defaults(handler=_cron_run)
 
@@ -175,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
 
     def db_action(name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
-        sub = db_commands.add_parser(name, help=help, description=help, parents=[common])
+        sub = db_commands.add_parser(name, help=help, description=help)
+        _add_global_options(sub)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -197,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = command(
         "token",
-        "print a dev session token (RS256) the local stack trusts",
-        "Sign a Clerk-shaped session token with the state dir's dev key. `keyflash dev` and "
-        "`keyflash invoke` trust it; nothing else does. Refused when APP_ENV=production.",
+        "print a dev session token (RS256) the running local stack trusts",
+        "Sign a Clerk-shaped session token with the state dir's dev key, for the `keyflash dev` "
+        "running on that state dir (refused when none runs there, unless --offline). "
+        "`keyflash dev` and `keyflash invoke` on that state dir trust it; nothing else does. "
+        "Refused when APP_ENV=production.",
         _token,
     )
     token.add_argument("--user", required=True, metavar="ID", help="the user id (sub claim)")
@@ -208,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=int, default=24 * 3600, metavar="S", help="lifetime (default: 86400)"
     )
+    token.add_argument(
+        "--offline",
+        action="store_true",
+        help="sign even though no keyflash dev runs on the state dir (for one started later)",
+    )
 
     legacy = commands.add_parser(
         "legacy",
@@ -215,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delegates to devkit.legacy: `keyflash legacy backfill|verify [options]` "
         "(`keyflash legacy backfill --help` shows its options). Runs against DATABASE_URL, "
         "else the embedded database.",
-        usage="keyflash legacy [-h] ACTION [ARGS ...]",
+        usage="keyflash legacy [-h] [--state-dir DIR] [--debug] ACTION [ARGS ...]",
         add_help=False,  # -h after the action is the delegate's
     )
+    _add_global_options(legacy)
     legacy.set_defaults(handler=_legacy, passthrough=True, legacy_parser=legacy)
 
     command(
@@ -475,10 +503,28 @@ def _db_psql(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from devkit.tokens import dev_key, issue_token, require_dev_mode
+    from devkit.stack import lock_holder, pid_alive
+    from devkit.tokens import KEY_FILE, dev_key, issue_token, require_dev_mode
 
     require_dev_mode()  # before a key is generated for nothing
-    key = dev_key(_state_dir(args))
+    state_dir = _state_dir(args)
+    holder = lock_holder(state_dir) or {}
+    pid = holder.get("pid")
+    running = holder.get("command") == "dev" and isinstance(pid, int) and pid_alive(pid)
+    if not running and not args.offline:
+        raise CliError(
+            f"no keyflash dev is running with state in {state_dir}, and only that stack would "
+            f"accept a token signed with {state_dir / KEY_FILE}: start it, point --state-dir "
+            "(or KEYFLASH_STATE_DIR) at the running stack's state dir, or add --offline to "
+            "sign for a stack you start there later"
+        )
+    key = dev_key(state_dir)
+    trusted = holder.get("key_fingerprint") if running else None
+    if trusted is not None and trusted != key.fingerprint:
+        raise CliError(
+            f"keyflash dev (pid {pid}) trusts another key than {key.path}, which "
+            "changed after it started: restart it to trust the new key"
+        )
     print(issue_token(key, args.user, email=args.email, admin=args.admin, ttl_s=args.ttl))
     return 0
 

@@ -4,7 +4,9 @@ Order matters for failing fast and cleanly: the state dir's lock and the port ar
 anything slow starts (a second stack or a busy port is reported in milliseconds); PostgreSQL,
 migrations, seed data, the Upstash emulator, the functions, the HTTP server and the cron
 scheduler follow, each registered for shutdown as soon as it exists. A signal at any point
-unwinds the same way, and the watchdog covers the case where we are killed outright.
+unwinds the same way, and the watchdog covers the case where we are killed outright. While
+serving, an embedded PostgreSQL that dies is restarted on the same port a bounded number of
+times; after that the stack stops with one line, as for any other failure.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from devkit.console import CliError, Progress, info, paint
 from devkit.stack import (
@@ -34,6 +37,9 @@ from devkit.stack import (
 
 DEMO_TOKEN_USER = "demo"
 STARTUP_TIMEOUT_S = 30.0
+UPSTASH_PROBE_TIMEOUT_S = 3.0
+# Restarts of a dead embedded PostgreSQL per stack; one more death stops the stack.
+MAX_POSTGRES_RESTARTS = 3
 logger = logging.getLogger("keyflash.dev")
 
 
@@ -94,6 +100,7 @@ def _serve(
     from devkit.tokens import dev_key, issue_token
 
     key = dev_key(options.state_dir)
+    session.lock.update(key_fingerprint=key.fingerprint)
     # Importing every function (FastAPI, SQLAlchemy, pydantic models) costs seconds; do it
     # while PostgreSQL starts in its own process. Nothing reads settings at import time.
     preload = _Background(_load_functions)
@@ -102,6 +109,8 @@ def _serve(
         session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
         progress.step("starting the Upstash emulator")
         redis = session.redis()
+        if redis.origin == "UPSTASH_REDIS_REST_URL":
+            _warn_unless_upstash_answers(redis)
         env = function_env(database, redis, key, app_url=base_url)
         apply_env(env)
         session.cleanup.callback(_dispose_engine)
@@ -178,6 +187,9 @@ def _start_http(session: Session, app: Any, sock: Any) -> threading.Thread:
         app,
         log_config=None,
         log_level="warning",
+        # uvicorn would take X-Forwarded-For from 127.0.0.1 as the client's address; the
+        # functions apply TRUST_PROXY themselves, exactly as deployed, to the real peer.
+        proxy_headers=False,
         access_log=False,  # the gateway logs each request with the function that served it
         lifespan="off",
         timeout_graceful_shutdown=3,
@@ -206,19 +218,84 @@ def _start_http(session: Session, app: Any, sock: Any) -> threading.Thread:
     return thread
 
 
+def _warn_unless_upstash_answers(redis: Redis) -> None:
+    """A developer's UPSTASH_REDIS_REST_URL that does not answer PING is reported now, not
+    discovered later as failing caches and refused requests (the stack still starts)."""
+    import httpx
+
+    try:
+        response = httpx.post(
+            redis.url,
+            json=["PING"],
+            headers={"Authorization": f"Bearer {redis.token}"},
+            timeout=UPSTASH_PROBE_TIMEOUT_S,
+        )
+        answer = response.json() if response.status_code == 200 else None
+    except httpx.HTTPError as error:
+        problem = f"does not answer ({type(error).__name__}: {error})"
+    except ValueError:
+        problem = "answers PING with something that is not Upstash's JSON"
+    else:
+        if isinstance(answer, dict) and answer.get("result") == "PONG":
+            return
+        problem = f"answers PING with HTTP {response.status_code}, not PONG"
+    info(
+        f"keyflash: warning: UPSTASH_REDIS_REST_URL {redis.url} {problem}; the cache, rate "
+        "limits and health's Redis check will fail until it does (unset UPSTASH_REDIS_REST_URL "
+        "to use the emulator)"
+    )
+
+
 def _wait(thread: threading.Thread, database: Database, stopping: threading.Event) -> None:
     """Until a signal: watch that the server thread and PostgreSQL stay up."""
+    restarts = 0
     while not stopping.wait(0.5):
         if not thread.is_alive():
             raise CliError("the HTTP server stopped unexpectedly (see the log above)")
         if database.data_dir is not None and not _postgres_running(database.data_dir):
-            raise CliError(f"PostgreSQL in {database.data_dir} stopped unexpectedly")
+            restarts += 1
+            _restart_postgres(database, database.data_dir, restarts)
 
 
 def _postgres_running(data_dir: Path) -> bool:
     from devkit.postgres import LocalPostgres
 
     return LocalPostgres(data_dir).is_running()
+
+
+def _restart_postgres(database: Database, data_dir: Path, attempt: int) -> None:
+    """Bring the embedded PostgreSQL back on the same URL, at most MAX_POSTGRES_RESTARTS
+    times per stack; otherwise stop the stack with one line saying what happened."""
+    from devkit.postgres import LOG_FILE, LocalPostgres, LocalPostgresError
+    from devkit.stack import DATABASE_NAME
+
+    log = data_dir / LOG_FILE
+    if attempt > MAX_POSTGRES_RESTARTS:
+        raise CliError(
+            f"PostgreSQL in {data_dir} stopped unexpectedly again after {MAX_POSTGRES_RESTARTS} "
+            f"restarts; stopping the stack (see {log})"
+        )
+    info(
+        f"keyflash: PostgreSQL in {data_dir} stopped unexpectedly; restarting it "
+        f"(attempt {attempt} of {MAX_POSTGRES_RESTARTS})"
+    )
+    server = LocalPostgres(data_dir)
+    try:
+        server.start()
+    except LocalPostgresError:
+        raise CliError(
+            f"PostgreSQL in {data_dir} stopped unexpectedly and did not restart; stopping the "
+            f"stack (see {log})"
+        ) from None
+    if server.url(DATABASE_NAME) != database.url:
+        # The functions, the lock and printed URLs all name the old port: no half-working stack.
+        server.stop()
+        raise CliError(
+            f"PostgreSQL in {data_dir} could only restart on port {server.port}, not on "
+            f"{urlsplit(database.url).port} which the stack uses; stopping the stack"
+        )
+    _dispose_engine()  # its pooled connections died with the old server
+    info("keyflash: PostgreSQL is back; requests in flight during the outage may have failed")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -290,7 +367,7 @@ def _banner(
     for name, value in env.items():
         if name == "CLERK_JWT_KEY":
             shown = f"<public key of {options.state_dir / KEY_FILE}, also in {PUBLIC_KEY_FILE}>"
-        elif name == "RATE_LIMIT_HMAC_SECRET":
+        elif name in ("RATE_LIMIT_HMAC_SECRET", "UPSTASH_REDIS_REST_TOKEN"):  # whole: keyflash env
             shown = value[:8] + "…"
         elif "DATABASE_URL" in name:
             from shared.db_url import redact_url

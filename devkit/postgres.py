@@ -86,6 +86,7 @@ class LocalPostgres(Service):
         if self.is_running():
             self._port = self._running_port()
         else:
+            self._await_dead_postmaster()
             self._port = self._choose_port()
             self._launched = True
             try:
@@ -127,6 +128,13 @@ class LocalPostgres(Service):
         """Whether the postmaster recorded in `postmaster.pid` is alive."""
         pid = self._postmaster_pid()
         return pid is not None and _is_postmaster(pid)
+
+    def _await_dead_postmaster(self) -> None:
+        """A postmaster that died (killed) leaves its pid file; PostgreSQL refuses to start
+        while that pid exists at all, even as a zombie its new parent has not reaped yet."""
+        pid = self._postmaster_pid()
+        if pid is not None:
+            wait_for(lambda: not _pid_exists(pid), timeout=self.timeout)
 
     def create_database(self, name: str) -> None:
         """CREATE DATABASE `name` (fails if it exists)."""
@@ -260,6 +268,17 @@ def _is_postmaster(pid: int) -> bool:
         return False
     command, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
     return command == "postgres" and state != "Z"
+
+
+def _pid_exists(pid: int) -> bool:
+    """Whether any process, zombies included, has `pid` (what PostgreSQL's lock file checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return True
 
 
 def with_database(url: str, database: str) -> str:

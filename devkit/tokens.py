@@ -9,6 +9,7 @@ trusted anywhere else, and minting is refused when APP_ENV=production.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import time
@@ -36,6 +37,12 @@ class DevKey:
     private_pem: str
     public_pem: str
     path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the public PEM: what a running stack records, so `keyflash token` can
+        tell whether that stack trusts the key it is about to sign with."""
+        return hashlib.sha256(self.public_pem.encode()).hexdigest()
 
 
 def dev_key(state_dir: Path) -> DevKey:

@@ -242,7 +242,7 @@ def _record(
     settings = get_settings()
     peer = request.client.host if request.client else None
     ip = stored_ip(
-        client_ip(request.headers, peer, trust_proxy=settings.trusts_proxy), settings.ip_storage
+        client_ip(request.headers, peer, trust_proxy=settings.proxy_trust), settings.ip_storage
     )
     agent = stored_user_agent(request.headers.get("user-agent"))
     volumes = [int(row.get("searchVolume") or 0) for row in data]

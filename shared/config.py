@@ -29,6 +29,7 @@ EXAMPLES = {
     "APP_URL": "https://keyflash.example.com",
     "ALLOWED_ORIGINS": "https://a.example.com,https://b.example.com",
     "IP_STORAGE": "reduced (or full, none)",
+    "TRUST_PROXY": "true, false or cloudflare (unset: true on Vercel only)",
     "CLERK_JWT_KEY": "-----BEGIN PUBLIC KEY-----\\n…\\n-----END PUBLIC KEY-----",
     "CLERK_JWKS_URL": "https://clerk.example.com/.well-known/jwks.json",
     "CLERK_ISSUER": "https://clerk.example.com",
@@ -73,6 +74,15 @@ class IpStorage(StrEnum):
     NONE = "none"
 
 
+class ProxyTrust(StrEnum):
+    """Which request headers may name the client (TRUST_PROXY); the socket peer is the last
+    resort in every case."""
+
+    NONE = "none"  # the socket peer only (on Lambda: API Gateway's sourceIp)
+    PLATFORM = "platform"  # X-Real-IP, then X-Forwarded-For (Vercel's edge overwrites both)
+    CLOUDFLARE = "cloudflare"  # CF-Connecting-IP first, then as PLATFORM
+
+
 class PreparedStatements(StrEnum):
     """Whether psycopg may prepare statements server-side (see `shared.db`)."""
 
@@ -109,7 +119,7 @@ class Settings(BaseSettings):
     app_url: str = "http://localhost:3000"
     allowed_origins: str = ""
     ip_storage: IpStorage = IpStorage.REDUCED
-    trust_proxy: bool | None = None  # unset: see `trusts_proxy`
+    trust_proxy: bool | Literal["cloudflare"] | None = None  # unset: see `proxy_trust`
     vercel: bool = False  # VERCEL=1 is set by Vercel's runtime
 
     # Upstash Redis (REST): cache and rate limits. The SDK has no request timeout; we set one.
@@ -212,10 +222,15 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def trusts_proxy(self) -> bool:
+    def proxy_trust(self) -> ProxyTrust:
         """Unset: trust forwarding headers only on Vercel, whose edge sets them; on Lambda the
-        socket peer is API Gateway's `sourceIp`, while client-sent headers can be forged."""
-        return self.vercel if self.trust_proxy is None else self.trust_proxy
+        socket peer is API Gateway's `sourceIp`, while client-sent headers can be forged.
+        `cloudflare` is only for an origin that Cloudflare alone can reach: anyone else can
+        send CF-Connecting-IP too."""
+        if self.trust_proxy == "cloudflare":
+            return ProxyTrust.CLOUDFLARE
+        trusted = self.vercel if self.trust_proxy is None else self.trust_proxy
+        return ProxyTrust.PLATFORM if trusted else ProxyTrust.NONE
 
     @property
     def cors_origins(self) -> frozenset[str]:

@@ -119,7 +119,7 @@ def limit_request(
     """
     settings = get_settings()
     peer = request.client.host if request.client else None
-    ip = client_ip(request.headers, peer, trust_proxy=settings.trusts_proxy)
+    ip = client_ip(request.headers, peer, trust_proxy=settings.proxy_trust)
     who = identity(user_id, ip, request.headers.get("user-agent", ""), settings)
     decision = check(endpoint, who, limit)
     if not decision.allowed:

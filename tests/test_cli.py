@@ -177,15 +177,15 @@ class Stack:
         return self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def start_dev(state_dir: Path, port: int | None = None) -> Stack:
-    """`keyflash dev` on a free port, returned once /api/health answers."""
+def start_dev(state_dir: Path, port: int | None = None, **extra: str) -> Stack:
+    """`keyflash dev` on a free port (`extra`: environment), returned once /api/health answers."""
     port = port or free_port()
     log = state_dir.with_name(state_dir.name + f"-dev-{port}.log")
     started = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [KEYFLASH, "dev", "--port", str(port)],
-            env=cli_env(state_dir),
+            env=cli_env(state_dir, **extra),
             stdout=sink,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -438,6 +438,98 @@ def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir
     assert_one_line_failure(keyflash("env", state_dir=empty_state_dir), "no running keyflash dev")
 
 
+def bearer(token: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.strip()}", **headers}
+
+
+def test_global_options_before_the_command_choose_the_stack(
+    stack: Stack, empty_state_dir: Path
+) -> None:
+    """KEYFLASH_STATE_DIR names an empty dir; `--state-dir` before the command wins over it."""
+    where = ("--state-dir", str(stack.state_dir))
+    token = keyflash(*where, "token", "--user", "global_opts", state_dir=empty_state_dir)
+    assert token.returncode == 0, token.stderr
+    searches = httpx.get(f"{stack.url}/api/searches", headers=bearer(token.stdout), timeout=10)
+    assert searches.status_code == 200, searches.text
+    psql = keyflash(*where, "db", "psql", "-tAc", "select 1", state_dir=empty_state_dir)
+    assert psql.returncode == 0, psql.stderr
+    assert "borrowed from keyflash dev" in psql.stderr  # not a new, empty database
+    assert list(empty_state_dir.iterdir()) == []  # no key, no cluster, no lock made there
+
+
+def test_token_refuses_a_state_dir_no_stack_runs_on(stack: Stack, empty_state_dir: Path) -> None:
+    result = keyflash("token", "--user", "elsewhere", state_dir=empty_state_dir)
+    assert_one_line_failure(
+        result, "no keyflash dev is running", str(empty_state_dir / "dev-signing-key.pem"),
+        "--offline",
+    )  # fmt: skip
+    assert result.stdout == ""
+    assert not (empty_state_dir / "dev-signing-key.pem").exists()
+    # What the refusal prevents: a token the running stack answers with 401.
+    offline = keyflash("token", "--user", "elsewhere", "--offline", state_dir=empty_state_dir)
+    assert offline.returncode == 0, offline.stderr
+    rejected = httpx.get(f"{stack.url}/api/searches", headers=bearer(offline.stdout), timeout=10)
+    assert rejected.status_code == 401
+
+
+def test_token_refuses_a_key_the_running_stack_does_not_trust(stack: Stack) -> None:
+    private, public = (stack.state_dir / name for name in ("dev-signing-key.pem",
+                                                            "dev-signing-key.pub.pem"))  # fmt: skip
+    saved = private.read_bytes(), public.read_bytes()
+    other = make_state_dir()
+    try:
+        assert keyflash("token", "--user", "x", "--offline", state_dir=other).returncode == 0
+        private.write_bytes((other / "dev-signing-key.pem").read_bytes())  # replaced meanwhile
+        result = keyflash("token", "--user", "x", state_dir=stack.state_dir)
+    finally:
+        private.write_bytes(saved[0])
+        public.write_bytes(saved[1])
+        remove_state_dir(other)
+    assert_one_line_failure(result, f"pid {stack.process.pid}", "trusts another key", "restart")
+    assert result.stdout == ""
+
+
+def test_forwarding_headers_do_not_choose_the_client_locally(stack: Stack) -> None:
+    """TRUST_PROXY unset and not on Vercel: the socket peer, as on Lambda, whatever a client
+    writes into X-Forwarded-For / X-Real-IP (uvicorn would have believed them from 127.0.0.1)."""
+    agent = f"forged-forwarding/{os.getpid()}-{time.monotonic_ns()}"  # a fresh rate-limit bucket
+    remaining = []
+    for forged in ("198.51.100.7", "203.0.113.9"):
+        response = httpx.get(
+            f"{stack.url}/api/health",
+            headers={"X-Forwarded-For": forged, "X-Real-IP": forged, "User-Agent": agent},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        remaining.append(int(response.headers["x-ratelimit-remaining"]))
+    assert remaining[1] == remaining[0] - 1  # one bucket: the forged addresses changed nothing
+    assert stored_client_ips(stack, "forged_forwarding", "198.51.100.7") == ["127.0.0.0"]
+
+
+def stored_client_ips(stack: Stack, user: str, forged: str) -> list[str]:
+    """The address recorded in api_usage for one signed-in request that forges `forged`."""
+    import psycopg
+
+    user = f"{user}_{time.monotonic_ns()}"
+    response = httpx.get(
+        f"{stack.url}/api/searches",
+        headers=bearer(token_for(stack, user), **{"X-Forwarded-For": forged}),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    holder = json.loads((stack.state_dir / "stack.lock").read_text())
+    rows: list[str] = []
+    with psycopg.connect(holder["direct_database_url"], autocommit=True) as conn:
+
+        def recorded() -> bool:  # written after the response is sent
+            query = 'SELECT "ipAddress" FROM api_usage WHERE "userId" = %s'
+            rows[:] = [ip for (ip,) in conn.execute(query, (user,))]
+            return bool(rows)
+
+        wait_until(recorded, 30, "the request is recorded in api_usage")
+    return rows
+
+
 def test_commands_wait_for_no_one_but_say_who_holds_the_lock(empty_state_dir: Path) -> None:
     from devkit.stack import StackLock
 
@@ -516,9 +608,9 @@ def test_dev_is_refused_in_production(empty_state_dir: Path) -> None:
 def test_token_claims_and_key_reuse(empty_state_dir: Path) -> None:
     first = keyflash(
         "token", "--user", "u1", "--email", "u1@example.com", "--admin", "--ttl", "600",
-        state_dir=empty_state_dir,
+        "--offline", state_dir=empty_state_dir,
     )  # fmt: skip
-    second = keyflash("token", "--user", "u2", state_dir=empty_state_dir)
+    second = keyflash("token", "--user", "u2", "--offline", state_dir=empty_state_dir)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     public = (empty_state_dir / "dev-signing-key.pub.pem").read_text()
     claims = jwt.decode(
@@ -533,7 +625,7 @@ def test_token_claims_and_key_reuse(empty_state_dir: Path) -> None:
     )
     assert "metadata" not in other and other["exp"] - other["iat"] == 24 * 3600
     assert oct((empty_state_dir / "dev-signing-key.pem").stat().st_mode & 0o777) == "0o600"
-    bad_ttl = keyflash("token", "--user", "u", "--ttl", "0", state_dir=empty_state_dir)
+    bad_ttl = keyflash("token", "--user", "u", "--ttl", "0", "--offline", state_dir=empty_state_dir)
     assert_one_line_failure(bad_ttl, "--ttl")
 
 
@@ -603,6 +695,58 @@ def test_colour_only_on_a_terminal_without_no_color(empty_state_dir: Path) -> No
     assert b"\x1b[" not in run_on_tty(NO_COLOR="1")
     piped = keyflash("cron", "list", state_dir=empty_state_dir)
     assert "\x1b[" not in piped.stdout
+
+
+# Each command with the arguments it requires; the test below checks the list is complete.
+COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
+    ("dev",): [], ("invoke",): ["health"], ("cron", "list"): [], ("cron", "run"): ["job"],
+    ("db", "migrate"): [], ("db", "downgrade"): ["-1"], ("db", "check"): [], ("db", "seed"): [],
+    ("db", "reset"): [], ("db", "backup"): ["x.dump"], ("db", "restore"): ["x.dump"],
+    ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
+    ("openapi",): [],
+}  # fmt: skip
+
+
+def command_paths(parser: argparse.ArgumentParser) -> set[tuple[str, ...]]:
+    found: set[tuple[str, ...]] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= {(name, *rest) for rest in command_paths(sub)} or {(name,)}
+    return found
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_ARGS), ids=" ".join)
+def test_global_options_work_before_and_after_every_command(command: tuple[str, ...]) -> None:
+    assert command_paths(cli.build_parser()) == set(COMMAND_ARGS)
+    words, rest = list(command), COMMAND_ARGS[command]
+    options = ["--state-dir", "/elsewhere", "--debug"]
+    for at in range(len(words) + 1):  # before the command, between its words, after them
+        argv = [*words[:at], *options, *words[at:], *rest]
+        args, _ = cli.build_parser().parse_known_args(argv)
+        assert (args.state_dir, args.debug) == (Path("/elsewhere"), True), argv
+    args, _ = cli.build_parser().parse_known_args([*words, *rest])
+    assert (args.state_dir, args.debug) == (None, False)
+
+
+def test_token_into_a_closed_pipe_exits_without_an_error(empty_state_dir: Path) -> None:
+    """`keyflash token --user u | head -c 0`: the reader is gone before the token is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [KEYFLASH, "token", "--user", "u", "--offline"],
+            env=cli_env(empty_state_dir),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == cli.BROKEN_PIPE_EXIT
 
 
 def test_every_command_has_help() -> None:
@@ -717,6 +861,140 @@ def test_a_stale_lock_is_detected_and_cleared(spare_state_dir: Path) -> None:
     assert result.stdout.strip() == "1"
     assert f"cleared a stale lock left by pid {ghost.pid}" in result.stderr
     assert not lock.exists()
+
+
+def test_trust_proxy_true_takes_the_forwarded_client_as_deployed(spare_state_dir: Path) -> None:
+    running = start_dev(spare_state_dir, TRUST_PROXY="true")
+    try:
+        agent = f"trusted-forwarding/{os.getpid()}-{time.monotonic_ns()}"
+        remaining = {
+            forged: httpx.get(
+                f"{running.url}/api/health",
+                headers={"X-Forwarded-For": f"{forged}, 10.0.0.1", "User-Agent": agent},
+                timeout=10,
+            ).headers["x-ratelimit-remaining"]
+            for forged in ("198.51.100.7", "203.0.113.9")
+        }
+        assert len(set(remaining.values())) == 1  # two clients, two fresh buckets
+        assert stored_client_ips(running, "trusted", "198.51.100.7") == ["198.51.100.0"]
+    finally:
+        assert running.stop() == 0, running.output()
+
+
+def test_dev_warns_when_upstash_redis_rest_url_answers_nothing(spare_state_dir: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    running = start_dev(
+        spare_state_dir, UPSTASH_REDIS_REST_URL=nowhere, UPSTASH_REDIS_REST_TOKEN="t" * 40
+    )
+    try:
+        output = running.output()
+    finally:
+        assert running.stop() == 0, running.output()
+    warnings = [line for line in output.splitlines() if line.startswith("keyflash: warning:")]
+    assert len(warnings) == 1, output
+    assert nowhere in warnings[0] and "does not answer" in warnings[0]
+    assert "t" * 40 not in output
+    assert output.index(warnings[0]) < output.index("ready in")
+
+
+def postmaster_pid(state_dir: Path) -> int:
+    return int((state_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+
+def kill_postgres(state_dir: Path) -> int:
+    pid = postmaster_pid(state_dir)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def restarted(running: Stack, times: int) -> Callable[[], bool]:
+    return lambda: running.output().count("PostgreSQL is back") == times
+
+
+def test_dev_restarts_a_dead_postgres_then_stops_after_the_last_attempt(
+    spare_state_dir: Path,
+) -> None:
+    from devkit.dev import MAX_POSTGRES_RESTARTS
+
+    running = start_dev(spare_state_dir)
+    try:
+        token = token_for(running, "survivor")
+        for attempt in range(1, MAX_POSTGRES_RESTARTS + 1):
+            dead = kill_postgres(spare_state_dir)
+            wait_until(
+                restarted(running, attempt),
+                READY_TIMEOUT_S,
+                f"keyflash dev restarts PostgreSQL ({attempt})",
+            )
+            assert f"restarting it (attempt {attempt} of {MAX_POSTGRES_RESTARTS})" in (
+                running.output()
+            )
+            assert postmaster_pid(spare_state_dir) != dead
+            # Served from the new server through the same URL (the pool was renewed).
+            searches = httpx.get(f"{running.url}/api/searches", headers=bearer(token), timeout=30)
+            assert searches.status_code == 200, searches.text
+        pids = running.processes()
+        kill_postgres(spare_state_dir)
+        assert running.process.wait(timeout=STOP_TIMEOUT_S) == 1, running.output()
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+    assert_nothing_left(spare_state_dir, pids)
+    errors = [line for line in running.output().splitlines() if "stopping the stack" in line]
+    assert errors == [
+        f"keyflash: PostgreSQL in {spare_state_dir / 'pgdata'} stopped unexpectedly again after "
+        f"{MAX_POSTGRES_RESTARTS} restarts; stopping the stack "
+        f"(see {spare_state_dir / 'pgdata' / 'server.log'})"
+    ]
+    assert "Traceback" not in running.output()
+
+
+@pytest.mark.parametrize("spoiler", ["port taken", "bad setting"])
+def test_dev_stops_with_one_line_when_postgres_cannot_come_back(
+    spare_state_dir: Path, spoiler: str
+) -> None:
+    """The stack is frozen (SIGSTOP) while PostgreSQL is killed and its restart spoiled, so
+    the restart it attempts once thawed fails for a known reason."""
+    running = start_dev(spare_state_dir)
+    auto_conf = spare_state_dir / "pgdata" / "postgresql.auto.conf"
+    saved_conf = auto_conf.read_bytes()
+    port = int((spare_state_dir / "pgdata" / "keyflash.port").read_text())
+    squatter = socket.socket()
+    try:
+        pids = running.processes()
+        running.process.send_signal(signal.SIGSTOP)
+        dead = kill_postgres(spare_state_dir)
+        wait_until(lambda: not alive(dead), STOP_TIMEOUT_S, "the postmaster is gone")
+        if spoiler == "port taken":
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            wait_until(lambda: port_bound(squatter, port), STOP_TIMEOUT_S, "the port is ours")
+            squatter.listen()
+            expected = "could only restart on port"
+        else:
+            auto_conf.write_bytes(saved_conf + b"shared_buffers = 'plenty'\n")
+            expected = "stopped unexpectedly and did not restart"
+        running.process.send_signal(signal.SIGCONT)
+        assert running.process.wait(timeout=READY_TIMEOUT_S) == 1, running.output()
+    finally:
+        squatter.close()
+        auto_conf.write_bytes(saved_conf)
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+    assert_nothing_left(spare_state_dir, pids)
+    errors = [line for line in running.output().splitlines() if "stopping the stack" in line]
+    assert len(errors) == 1 and errors[0].startswith("keyflash: PostgreSQL in "), errors
+    assert expected in errors[0]
+    assert "Traceback" not in running.output()
+
+
+def port_bound(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
@@ -966,3 +1244,48 @@ def test_gateway_routing_and_openapi_merge() -> None:
     ]["schema"]["$ref"]
     assert second_ref == "#/components/schemas/Body__second"
     assert merged["paths"]["/api/first"]["post"]["tags"] == ["first"]
+
+
+def test_upstash_probe_warns_unless_the_url_answers_ping_with_pong(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The check `keyflash dev` makes of a developer's UPSTASH_REDIS_REST_URL, against the
+    emulator (right and wrong token) and a server that is not Upstash at all."""
+    import http.server
+    import threading
+
+    from devkit.dev import _warn_unless_upstash_answers
+    from devkit.stack import Redis
+    from devkit.upstash_emulator import UpstashEmulator
+
+    class NotUpstash(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>welcome</html>")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    emulator = UpstashEmulator()
+    emulator.start()
+    other = http.server.HTTPServer(("127.0.0.1", 0), NotUpstash)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        warnings = {}
+        for case, url, token in (
+            ("right token", emulator.url, emulator.token),
+            ("wrong token", emulator.url, "wrong-token-0123456789"),
+            ("not Upstash", f"http://127.0.0.1:{other.server_address[1]}", "x"),
+        ):
+            _warn_unless_upstash_answers(Redis(url, token, "UPSTASH_REDIS_REST_URL"))
+            warnings[case] = capsys.readouterr().err
+    finally:
+        other.shutdown()
+        other.server_close()
+        emulator.stop()
+    assert warnings["right token"] == ""
+    assert "answers PING with HTTP 401, not PONG" in warnings["wrong token"]
+    assert "not Upstash's JSON" in warnings["not Upstash"]
+    assert all(text.count("\n") <= 1 for text in warnings.values())
+    assert "wrong-token" not in warnings["wrong token"]

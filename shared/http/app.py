@@ -223,7 +223,7 @@ def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms:
         settings = get_settings()
         headers = Headers(scope=scope)
         peer = scope.get("client")
-        ip = client_ip(headers, peer[0] if peer else None, trust_proxy=settings.trusts_proxy)
+        ip = client_ip(headers, peer[0] if peer else None, trust_proxy=settings.proxy_trust)
         row = api_usage.Request(
             endpoint=str(getattr(scope.get("route"), "path", scope["path"])),  # template, no ids
             method=scope["method"],

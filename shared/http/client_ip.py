@@ -6,24 +6,28 @@ import ipaddress
 
 from starlette.datastructures import Headers
 
-from shared.config import IpStorage
+from shared.config import IpStorage, ProxyTrust
 
 USER_AGENT_MAX = 512
 
-# Vercel's edge overwrites both with the client's address. (CF-Connecting-IP, which the original
-# also read, is client-controlled unless Cloudflare really is in front, so it is not used.)
-_CANDIDATE_HEADERS = ("x-real-ip", "x-forwarded-for")
+# Vercel's edge overwrites X-Real-IP and X-Forwarded-For with the client's address; Cloudflare
+# sets CF-Connecting-IP. Each is client-controlled wherever that proxy is not really in front.
+_PLATFORM_HEADERS = ("x-real-ip", "x-forwarded-for")
+_CANDIDATE_HEADERS = {
+    ProxyTrust.NONE: (),
+    ProxyTrust.PLATFORM: _PLATFORM_HEADERS,
+    ProxyTrust.CLOUDFLARE: ("cf-connecting-ip", *_PLATFORM_HEADERS),
+}
 
 
-def client_ip(headers: Headers, peer: str | None, *, trust_proxy: bool) -> str | None:
-    """The first valid IP from X-Real-IP, X-Forwarded-For (when the platform's proxy is
-    trusted), else the socket peer; None when nothing valid is known."""
+def client_ip(headers: Headers, peer: str | None, *, trust_proxy: ProxyTrust) -> str | None:
+    """The first valid IP from the headers `trust_proxy` allows (the first entry of each), in
+    order, else the socket peer; None when nothing valid is known."""
     candidates: list[str] = []
-    if trust_proxy:
-        for name in _CANDIDATE_HEADERS:
-            value = headers.get(name)
-            if value:
-                candidates.append(value.split(",")[0].strip())
+    for name in _CANDIDATE_HEADERS[trust_proxy]:
+        value = headers.get(name)
+        if value:
+            candidates.append(value.split(",")[0].strip())
     if peer:
         candidates.append(peer)
     for candidate in candidates:

@@ -1,0 +1,87 @@
+"""Whose address a request is: the socket peer, or what a trusted proxy in front says
+(TRUST_PROXY), seen where it ends up — the api_usage row — on a Lambda event and over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared import config
+from shared.config import ConfigurationError, get_settings
+from tests.support.http import Caller, Keys
+
+CLIENT = "192.0.2.10"  # what Cloudflare saw connecting to it
+EDGE = "198.51.100.23"  # what the platform's edge reports
+PEER = "203.0.113.77"  # the socket peer, on Lambda API Gateway's sourceIp
+FORWARDED = {"cf-connecting-ip": CLIENT, "x-real-ip": EDGE, "x-forwarded-for": f"{EDGE}, 10.0.0.1"}
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name in ("TRUST_PROXY", "VERCEL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"IP_STORAGE": "full", **env}.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+
+
+def recorded_ip(
+    style: str, api_env: Keys, conn: psycopg.Connection[Any], headers: dict[str, str]
+) -> str:
+    result = Caller(style, api_env)(
+        "searches", "GET", "/api/searches", user="ip_rule", headers=headers, source_ip=PEER
+    )
+    assert result.status == 200, result.body
+    (ip,) = [ip for (ip,) in conn.execute('SELECT "ipAddress" FROM api_usage')]
+    return str(ip)
+
+
+@pytest.mark.parametrize("style", ["lambda_v2", "asgi"])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, PEER),  # Lambda: forwarding headers are whatever the client wrote
+        ({"VERCEL": "1"}, EDGE),  # Vercel's edge overwrites X-Real-IP; CF-Connecting-IP is not its
+        ({"TRUST_PROXY": "true"}, EDGE),
+        ({"TRUST_PROXY": "false", "VERCEL": "1"}, PEER),
+        ({"TRUST_PROXY": "cloudflare"}, CLIENT),  # the original's order, for Cloudflare in front
+    ],
+    ids=["lambda", "vercel", "true", "false-on-vercel", "cloudflare"],
+)
+def test_the_client_address_follows_trust_proxy(
+    style: str,
+    env: dict[str, str],
+    expected: str,
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(monkeypatch, **env)
+    assert recorded_ip(style, api_env, admin_conn, FORWARDED) == expected
+
+
+@pytest.mark.parametrize(
+    "forged", ["", "not-an-ip", "999.1.1.1", "192.0.2.10\x00", "\u0661\u0662\u0663.1.1.1"]
+)
+def test_an_unusable_cf_connecting_ip_falls_back_to_the_next_header(
+    forged: str,
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(monkeypatch, TRUST_PROXY="cloudflare")
+    headers = {**FORWARDED, "cf-connecting-ip": forged}
+    assert recorded_ip("lambda_v2", api_env, admin_conn, headers) == EDGE
+
+
+@pytest.mark.parametrize("value", ["Cloudflare", "cf", "edge"])
+def test_an_unknown_trust_proxy_is_a_configuration_error(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@localhost/db")
+    configure(monkeypatch, TRUST_PROXY=value)
+    with pytest.raises(ConfigurationError) as caught:
+        get_settings()
+    assert "TRUST_PROXY is invalid" in str(caught.value)
+    assert "cloudflare" in str(caught.value)  # the example names the accepted values
