@@ -14,7 +14,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +378,71 @@ def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
     assert stored is not None and rewritten == [keys.user(uid)]
     assert parse_user(keys.user(uid), stored.decode()).keywordsUsedThisMonth == 7
     assert storage.pending_repairs() == 0
+
+
+# --- Redis killed mid-write ---------------------------------------------------------------------
+
+
+@pytest.mark.faults
+def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real redis-server is SIGKILLed after Postgres committed a create and before its copy
+    reached Redis. Every request still succeeds (the SDK's pipeline raises AttributeError on
+    the emulator's error page: a Redis failure like any other); once Redis is back (empty, as
+    after a crash without persistence), the repair job makes it whole again."""
+    from shared import storage
+    from shared.legacy import store
+
+    with LocalRedis(tmp_path / "redis") as local, UpstashEmulator(local.url) as up:
+        monkeypatch.setenv("UPSTASH_REDIS_REST_URL", up.url)
+        monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", up.token)
+        mode(monkeypatch, "dual")
+        call = Caller("lambda_v2", api_env)
+        uid = new_user()
+        assert call("searches", "GET", "/api/searches", user=uid).status == 200
+        real_write = store.write_saved_search
+        writes: list[str] = []
+
+        def killed_on_the_third(client: Redis, user_id: str, search_id: str, search: Any) -> None:
+            writes.append(search_id)
+            if len(writes) == 3:
+                local.kill()  # Postgres has committed this create; Redis dies now
+            real_write(client, user_id, search_id, search)
+
+        monkeypatch.setattr(store, "write_saved_search", killed_on_the_third)
+        statuses, created = [], []
+        for n in range(6):
+            made = call("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+            statuses.append(made.status)
+            if made.status == 201:
+                created.append(made.json["search"]["id"])
+            body = {"keywords": [f"espresso {n}", f"grinder {n}"], "matchType": "phrase"}
+            statuses.append(
+                call("keywords", "POST", "/api/keywords", user=uid, json_body=body).status
+            )
+        assert statuses == [201, 200] * 6 and len(created) == 6
+
+        pending = sql(direct_database_url, "SELECT key, error FROM legacy_repairs ORDER BY key")
+        assert {key for key, _ in pending} == {keys.saved_search(uid, s) for s in created[2:]}
+        assert {error for _, error in pending} == {"redis: AttributeError"}
+        owed = sql(direct_database_url, "SELECT sum(delta) FROM legacy_counter_deltas")
+        assert owed == [(2 * 4,)]  # the four searches after the kill (the third's came after)
+
+        local.start()  # same port, empty: the emulator reconnects
+        summary = storage.repair_pending()
+        assert (summary.failed, summary.remaining) == (0, 0)
+        index = storage._client().smembers(keys.saved_searches(uid))
+        assert set(created[2:]) <= set(index)
+        [(total, started)] = sql(
+            direct_database_url,
+            'SELECT "keywordSearchesTotal", "trialStartedAt" FROM users WHERE id = %s',
+            uid,
+        )
+        assert total == 2 * 6  # Postgres counted every reservation, and learned no less
+        trial_counter = keys.trial_usage(uid, started.replace(tzinfo=UTC))
+        assert storage._client().get(trial_counter) == "8"  # what was owed, added once
