@@ -25,9 +25,10 @@ from upstash_redis import Redis
 from devkit import legacy
 from devkit.legacy import BackfillReport, Difference, Tally, backfill, default_checkpoint, verify
 from devkit.upstash_emulator import UpstashEmulator
-from shared.clock import iso_ms, month_start
+from shared.clock import iso_ms, month_start, next_month_start
 from shared.contracts import saved_searches as contract
 from shared.legacy import erase_user_keys, keys
+from shared.legacy.mapping import counter_ttl
 from shared.legacy.schemas import LegacyRecordError, parse_saved_search, parse_user
 from shared.repositories.legacy_import import saved_searches_by_id
 from tests.support.legacy import (
@@ -590,7 +591,8 @@ def test_key_builders_use_utc_and_the_original_shapes() -> None:
     assert keys.saved_search_ids_of("saved-search:user_1:abc") == ("user_1", "abc")
     assert keys.saved_search_ids_of("saved-searches:user_1") is None
     assert keys.glob_escape("a*b?[c]") == r"a\*b\?\[c\]"
-    assert keys.monthly_counter_ttl(datetime(2026, 11, 30, 23, 59, tzinfo=UTC)) == 3600
+    late_utc = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
+    assert counter_ttl(next_month_start(late_utc), late_utc) == 3600
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,9 @@ from upstash_redis import Redis
 
 from devkit.legacy import Tally, backfill, verify
 from devkit.upstash_emulator import UpstashEmulator
-from shared.clock import utcnow
+from shared.clock import next_month_start, utcnow
 from shared.legacy import keys
+from shared.legacy.mapping import counter_ttl
 from shared.legacy.schemas import parse_saved_search, parse_user
 from tests.support.http import Caller, Keys
 from tests.support.legacy import (
@@ -315,7 +316,7 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
                     if n % (ORIGINAL_INCREMENTS // OUR_SEARCHES + 1) == 0:
                         turn.acquire()
                     r.incrby(counter, 1)
-                    r.expire(counter, keys.monthly_counter_ttl(utcnow()))
+                    r.expire(counter, counter_ttl(next_month_start(utcnow()), utcnow()))
                     if n % 4 == 0:
                         sid = ts_ids[n // 4]
                         record = search_record(uid, sid, created=utcnow(), name=f"TS {n}")

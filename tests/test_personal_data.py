@@ -357,14 +357,11 @@ def test_erasure_leaves_no_row_anywhere_that_mentions_the_user(
 
 # The builders in `shared.legacy.keys` that are not a user's Redis key, each with the reason.
 NOT_USER_KEYS = {
-    "usage_family": "names a user's counters in the outbox; not a Redis key",
     "erasure": "names a pending erasure in the outbox; not a Redis key",
     "user_id_of": "parser",
     "saved_search_ids_of": "parser",
     "index_owner_of": "parser",
     "glob_escape": "SCAN pattern helper",
-    "monthly_counter_ttl": "TTL rule",
-    "trial_counter_ttl": "TTL rule",
     "signed_in": "the rate limiter's identity of a user: part of their `rate_limit` keys",
     "is_users_rate_limit": "matcher (erasure)",
 }
