@@ -22,6 +22,7 @@ repair: copies Postgres's state to Redis for the keys the dual-write outbox stil
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import json
 import os
@@ -38,6 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 from upstash_redis import Redis
+from upstash_redis.errors import UpstashError
 
 from shared import db
 from shared.clock import iso_ms, month_start, utcnow
@@ -186,12 +188,25 @@ def default_checkpoint(report_path: Path) -> Path:
 
 
 def _scan_batches(
-    client: Redis, pattern: str, cursor: int, *, batch_size: int, scan_count: int
+    client: Redis,
+    pattern: str,
+    cursor: int,
+    *,
+    batch_size: int,
+    scan_count: int,
+    report: BackfillReport | None = None,
 ) -> Iterator[tuple[list[str], int]]:
-    """(keys, cursor to resume after them) in batches of about `batch_size` keys."""
+    """(keys, cursor to resume after them) in batches of about `batch_size` keys. A key name
+    that is not UTF-8 is quarantined (shown with backslash escapes), never returned."""
     buffer: list[str] = []
     while True:
-        cursor, found = client.scan(cursor, match=pattern, count=scan_count)
+        try:
+            cursor, found = client.scan(cursor, match=pattern, count=scan_count)
+        except UnicodeDecodeError:
+            cursor, found, unreadable = _scan_bytes(client, cursor, pattern, scan_count)
+            if report is not None:
+                for name in unreadable:
+                    report.quarantine(name, "invalid", "its key name is not valid UTF-8")
         buffer.extend(found)
         if len(buffer) >= batch_size or cursor == 0:
             if buffer or cursor == 0:
@@ -199,6 +214,27 @@ def _scan_batches(
             buffer = []
         if cursor == 0:
             return
+
+
+def _scan_bytes(
+    client: Redis, cursor: int, pattern: str, count: int
+) -> tuple[int, list[str], list[str]]:
+    """The same SCAN page, decoded here: the SDK decodes a whole reply at once, so one key name
+    that is not UTF-8 spoils the page. (next cursor, readable names, unreadable names escaped).
+    Its client sends `Upstash-Encoding: base64`, so every string comes back base64."""
+    command = ["SCAN", str(cursor), "MATCH", pattern, "COUNT", str(count)]
+    body = client._http._client.post(client._url, headers=client._headers, json=command).json()
+    if not isinstance(body, dict) or "result" not in body:
+        raise UpstashError(str(body.get("error") if isinstance(body, dict) else body))
+    raw_cursor, raw_names = body["result"]
+    readable, unreadable = [], []
+    for raw in raw_names:
+        name = base64.b64decode(raw)
+        try:
+            readable.append(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            unreadable.append(name.decode("utf-8", "backslashreplace"))
+    return int(base64.b64decode(raw_cursor)), readable, unreadable
 
 
 def _types(client: Redis, names: Sequence[str]) -> list[str]:
@@ -541,7 +577,12 @@ def backfill(
             phase, pattern = PHASES[index]
             start = state.cursor if index == first else 0
             for names, cursor in _scan_batches(
-                redis_client, pattern, start, batch_size=batch_size, scan_count=scan_count
+                redis_client,
+                pattern,
+                start,
+                batch_size=batch_size,
+                scan_count=scan_count,
+                report=report,
             ):
                 report.records_read += handlers[phase](names)
                 report.batches += 1

@@ -368,6 +368,8 @@ def write_mess(data: LegacyDataset, raw: redis.Redis) -> None:
     exp.invalid.add(keys.user("mess_bytes"))
     raw.set(keys.user("mess_deep"), "[" * 100_000 + "]" * 100_000)
     exp.invalid.add(keys.user("mess_deep"))
+    raw.set(b"user:\xff\xfe", b"{}")  # a key name that is not UTF-8 (a botched script)
+    exp.invalid.add("user:\\xff\\xfe")
     far = {**user("mess_far_future"), "createdAt": "9999-12-31T23:59:59.9999Z"}
     put_user(far)
     exp.invalid.add(keys.user("mess_far_future"))
