@@ -238,12 +238,7 @@ def _scan_bytes(
 
 
 def _types(client: Redis, names: Sequence[str]) -> list[str]:
-    if not names:
-        return []
-    pipe = client.pipeline()
-    for name in names:
-        pipe.type(name)
-    return [str(kind) for kind in pipe.exec()]
+    return [str(kind) for kind in store.pipe_types(client, names)] if names else []
 
 
 def _strings(

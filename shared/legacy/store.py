@@ -107,16 +107,30 @@ def read_values(client: Redis, names: Sequence[str]) -> list[str | LegacyRecordE
     return found
 
 
+def pipe_types(client: Redis, names: Sequence[str]) -> list[Any]:
+    """TYPE of each name, in one pipeline."""
+    pipe = client.pipeline()
+    for name in names:
+        pipe.type(name)
+    return list(pipe.exec())
+
+
 def read_counters(client: Redis, names: Sequence[str]) -> list[int | LegacyRecordError | None]:
     """Usage counters (None: missing). A counter of another type, or whose value is not a
-    whole number, is a `LegacyRecordError` in its place, never a silent 0. One round trip."""
+    whole number, is a `LegacyRecordError` in its place, never a silent 0. One round trip
+    (more only when a value is not UTF-8)."""
     if not names:
         return []
     pipe = client.pipeline()
     for name in names:
         pipe.type(name)
-    kinds = [str(kind) for kind in pipe.exec()]
-    values = read_values(client, names)
+    pipe.mget(*names)
+    try:
+        *types, mget = pipe.exec()
+        values: list[str | LegacyRecordError | None] = list(mget) if isinstance(mget, list) else []
+    except UnicodeDecodeError:  # one value spoils the reply: read them again, one by one
+        types, values = pipe_types(client, names), read_values(client, names)
+    kinds = [str(kind) for kind in types]
     found: list[int | LegacyRecordError | None] = []
     for name, kind, value in zip(names, kinds, values, strict=True):
         try:
