@@ -199,10 +199,12 @@ def mark_legacy_erasure(session: Session, user_id: str) -> None:
 
     Committed with the erasure, so a crash before `erase_legacy_user` has deleted the keys
     leaves the mark for the repair job (a redelivered Clerk event is a duplicate and would not
-    finish it). Without Redis configured there is nothing to delete, and nothing is marked.
+    finish it); increments still owed to the user's counters are dropped, the counters going
+    too. Without Redis configured there is nothing to delete, and nothing is marked.
     """
     if get_redis() is not None:
         legacy_repairs.mark(session, keys.erasure(user_id), "erasure", user_id)
+        legacy_repairs.drop_deltas(session, user_id)  # the erasure deletes the counters
 
 
 def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:

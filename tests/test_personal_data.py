@@ -192,6 +192,8 @@ KEPT_WITH_REASON = {
     "saved_searches": "the user's own content: lives with the account (cascade on erasure)",
     "feature_flags": "operator configuration; user ids leave allowedUsers on erasure",
     "legacy_repairs": "outbox: a row lives only until Redis matches Postgres (repair job)",
+    "legacy_counter_deltas": "outbox: a delta lives only until Redis has added it (repair "
+    "job); an erasure drops the user's",
     "cron_leases": "no personal data: one lease and resume state per job",
     "search_daily_rollups": "no personal data: counts per day and provider",
 }
@@ -490,6 +492,8 @@ EXPORTED_OTHERWISE = {
     "feature_flags": "only the keys of the flags naming the caller (`featureFlags`): the rest "
     "of the row is operator configuration and names other users",
     "legacy_repairs": "transient outbox of Redis key names to copy; nothing beyond the user id",
+    "legacy_counter_deltas": "transient usage increments owed to the legacy Redis counters: "
+    "the counts themselves are in the exported user row",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?")
 

@@ -230,7 +230,8 @@ def trimmed_length_verdict(raw: str, maximum: int, empty: str | None, too_long: 
     text = js_trim(raw)
     if empty is not None and not text:
         return empty
-    return too_long if len(text) > maximum else None
+    units = len(text.encode("utf-16-le")) // 2  # JS `length`: an emoji counts 2
+    return too_long if units > maximum else None
 
 
 NUL_REFUSAL = "cannot contain NUL (\\u0000) characters"

@@ -150,6 +150,12 @@ def clear_deltas(session: Session, ids: Sequence[str]) -> None:
         session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.id.in_(list(ids))))
 
 
+@database_operation("dropLegacyCounterDeltas")
+def drop_deltas(session: Session, user_id: str) -> None:
+    """Forget what the user's counters are owed (their erasure deletes the counters)."""
+    session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.user_id == user_id))
+
+
 @database_operation("failLegacyCounterDeltas")
 def fail_deltas(
     session: Session, ids: Sequence[str], error: str, *, now: datetime | None = None
