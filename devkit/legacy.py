@@ -22,6 +22,8 @@ repair: copies Postgres's state to Redis for the keys the dual-write outbox stil
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import json
 import os
 import sys
@@ -30,21 +32,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 from upstash_redis import Redis
+from upstash_redis.errors import UpstashError
 
 from shared import db
 from shared.clock import iso_ms, month_start, utcnow
-from shared.legacy import keys
+from shared.legacy import keys, store
 from shared.legacy.mapping import (
     Counters,
     counter_keys,
-    parse_counter,
     saved_search_row,
     user_row,
 )
@@ -186,12 +188,25 @@ def default_checkpoint(report_path: Path) -> Path:
 
 
 def _scan_batches(
-    client: Redis, pattern: str, cursor: int, *, batch_size: int, scan_count: int
+    client: Redis,
+    pattern: str,
+    cursor: int,
+    *,
+    batch_size: int,
+    scan_count: int,
+    report: BackfillReport | None = None,
 ) -> Iterator[tuple[list[str], int]]:
-    """(keys, cursor to resume after them) in batches of about `batch_size` keys."""
+    """(keys, cursor to resume after them) in batches of about `batch_size` keys. A key name
+    that is not UTF-8 is quarantined (shown with backslash escapes), never returned."""
     buffer: list[str] = []
     while True:
-        cursor, found = client.scan(cursor, match=pattern, count=scan_count)
+        try:
+            cursor, found = client.scan(cursor, match=pattern, count=scan_count)
+        except UnicodeDecodeError:
+            cursor, found, unreadable = _scan_bytes(client, cursor, pattern, scan_count)
+            if report is not None:
+                for name in unreadable:
+                    report.quarantine(name, "invalid", "its key name is not valid UTF-8")
         buffer.extend(found)
         if len(buffer) >= batch_size or cursor == 0:
             if buffer or cursor == 0:
@@ -201,27 +216,50 @@ def _scan_batches(
             return
 
 
+def _scan_bytes(
+    client: Redis, cursor: int, pattern: str, count: int
+) -> tuple[int, list[str], list[str]]:
+    """The same SCAN page, decoded here: the SDK decodes a whole reply at once, so one key name
+    that is not UTF-8 spoils the page. (next cursor, readable names, unreadable names escaped).
+    Its client sends `Upstash-Encoding: base64`, so every string comes back base64."""
+    command = ["SCAN", str(cursor), "MATCH", pattern, "COUNT", str(count)]
+    body = client._http._client.post(client._url, headers=client._headers, json=command).json()
+    if not isinstance(body, dict) or "result" not in body:
+        raise UpstashError(str(body.get("error") if isinstance(body, dict) else body))
+    raw_cursor, raw_names = body["result"]
+    readable, unreadable = [], []
+    for raw in raw_names:
+        name = base64.b64decode(raw)
+        try:
+            readable.append(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            unreadable.append(name.decode("utf-8", "backslashreplace"))
+    return int(base64.b64decode(raw_cursor)), readable, unreadable
+
+
 def _types(client: Redis, names: Sequence[str]) -> list[str]:
-    if not names:
-        return []
-    pipe = client.pipeline()
-    for name in names:
-        pipe.type(name)
-    return [str(kind) for kind in pipe.exec()]
+    return [str(kind) for kind in store.pipe_types(client, names)] if names else []
 
 
 def _strings(
     client: Redis, names: Sequence[str], report: BackfillReport | None
 ) -> list[tuple[str, str]]:
-    """(key, value) of the keys holding strings; other types are quarantined, vanished skipped."""
+    """(key, value) of the keys holding readable strings; other types and values that are not
+    UTF-8 are quarantined, vanished keys skipped."""
     keep = []
     for name, kind in zip(names, _types(client, names), strict=True):
         if kind == "string":
             keep.append(name)
         elif kind != "none" and report is not None:
             report.quarantine(name, "wrong_type", f"expected a string holding JSON, found {kind}")
-    values = client.mget(*keep) if keep else []
-    return [(k, v) for k, v in zip(keep, values, strict=True) if v is not None]
+    found = []
+    for name, value in zip(keep, store.read_values(client, keep), strict=True):
+        if isinstance(value, LegacyRecordError):
+            if report is not None:
+                report.quarantine(name, "invalid", value.reason)
+        elif value is not None:
+            found.append((name, value))
+    return found
 
 
 @dataclass(frozen=True)
@@ -234,29 +272,29 @@ class _User:
 def _read_users(
     client: Redis, names: Sequence[str], now: datetime, report: BackfillReport | None
 ) -> list[_User]:
-    """Valid user records with their real usage counters (two MGETs per batch)."""
+    """Valid user records with their real usage counters (three round trips per batch). A
+    counter that cannot be read is quarantined on its own: the user is copied without it."""
     parsed: list[tuple[str, UserData]] = []
     for key, raw in _strings(client, names, report):
         try:
-            parsed.append((key, parse_user(key, raw)))
+            parsed.append((key, _storable(key, parse_user(key, raw))))
         except LegacyRecordError as error:
             if report is not None:
                 report.quarantine(key, "invalid", error.reason)
     counter_names = [name for _, record in parsed for name in counter_keys(record, now)]
-    values = client.mget(*counter_names) if counter_names else []
+    values = store.read_counters(client, counter_names)
     found: list[_User] = []
     for index, (key, record) in enumerate(parsed):
-        monthly_key, trial_key = counter_names[2 * index : 2 * index + 2]
-        try:
-            counters = Counters(
-                monthly=parse_counter(monthly_key, values[2 * index]),
-                trial=parse_counter(trial_key, values[2 * index + 1]),
-            )
-        except LegacyRecordError as error:
-            if report is not None:
-                report.quarantine(key, "invalid", f"{error.key}: {error.reason}")
-            continue
-        found.append(_User(key, record, counters))
+        pair: list[int | None] = []
+        for value in values[2 * index : 2 * index + 2]:
+            if isinstance(value, LegacyRecordError):
+                if report is not None:
+                    kind: QuarantineKind = "wrong_type" if "holds a" in value.reason else "invalid"
+                    report.quarantine(value.key, kind, f"{value.reason}; {key} copied without it")
+                pair.append(None)
+            else:
+                pair.append(value)
+        found.append(_User(key, record, Counters(monthly=pair[0], trial=pair[1])))
     return found
 
 
@@ -270,11 +308,32 @@ def _read_searches(
             report.quarantine(name, "invalid", "not a saved-search:{userId}:{searchId} key")
     for key, raw in _strings(client, [n for n in names if keys.saved_search_ids_of(n)], report):
         try:
-            valid.append((key, parse_saved_search(key, raw, original_rules=True)))
+            valid.append((key, _storable(key, parse_saved_search(key, raw, original_rules=True))))
         except LegacyRecordError as error:
             if report is not None:
                 report.quarantine(key, "invalid", error.reason)
     return valid
+
+
+Record = TypeVar("Record", UserData, SavedSearchRecord)
+
+
+def _storable(key: str, record: Record) -> Record:
+    """The record, unless it holds a NUL character: JS strings may, Postgres text and jsonb
+    cannot (checked here, so verify skips it too; a refused batch is the backstop)."""
+
+    def holds_nul(value: Any) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(holds_nul(item) for item in value)
+        return False
+
+    if holds_nul(record.model_dump()):
+        raise LegacyRecordError(key, "holds a NUL character, which Postgres cannot store")
+    return record
 
 
 # --- writing Postgres ---------------------------------------------------------------------------
@@ -282,27 +341,30 @@ def _read_searches(
 Writer = Callable[..., Upserted]
 
 
-def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[tuple[str, str]]]:
-    """One multi-row upsert; when a row breaks a constraint, the batch again row by row (a
-    savepoint each) so only the offending rows are left out: (written, [(id, constraint)])."""
+Refusal = tuple[str, QuarantineKind, str]  # (row id, kind, reason)
+
+
+def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[Refusal]]:
+    """One multi-row upsert; when a row breaks a constraint or holds a value Postgres cannot
+    store (a NUL character, say), the batch again row by row (a savepoint each) so only the
+    offending rows are left out: (written, [(id, kind, reason)])."""
     if not rows:
         return Upserted(), []
     try:
         return db.transaction(lambda s: writer(s, rows, overwrite=True)), []
-    except IntegrityError:
+    except (IntegrityError, DataError):
         pass
 
-    def one_by_one(session: Session) -> tuple[Upserted, list[tuple[str, str]]]:
+    def one_by_one(session: Session) -> tuple[Upserted, list[Refusal]]:
         inserted = updated = 0
-        refused: list[tuple[str, str]] = []
+        refused: list[Refusal] = []
         for row in rows:
             session.execute(text("SAVEPOINT legacy_row"))
             try:
                 written = writer(session, [row], overwrite=True)
-            except IntegrityError as error:
+            except (IntegrityError, DataError) as error:
                 session.execute(text("ROLLBACK TO SAVEPOINT legacy_row"))
-                diag = getattr(error.orig, "diag", None)
-                refused.append((row["id"], str(getattr(diag, "constraint_name", None))))
+                refused.append((row["id"], *_refusal(error)))
                 continue
             session.execute(text("RELEASE SAVEPOINT legacy_row"))
             inserted += written.inserted
@@ -310,6 +372,16 @@ def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[t
         return Upserted(inserted, updated), refused
 
     return db.transaction(one_by_one)
+
+
+def _refusal(error: DataError | IntegrityError) -> tuple[QuarantineKind, str]:
+    """A constraint another row holds is a conflict; a value Postgres cannot store is invalid
+    (said by SQLSTATE, never the value)."""
+    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+    if isinstance(error, IntegrityError) and constraint:
+        return "conflict", _CONFLICTS.get(constraint, f"violates {constraint}")
+    state = getattr(error.orig, "sqlstate", None)
+    return "invalid", f"Postgres cannot store a value of it (SQLSTATE {state})"
 
 
 _CONFLICTS = {
@@ -321,12 +393,33 @@ _CONFLICTS = {
 }
 
 
-def _unclaimed(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _unclaimed(
+    client: Redis, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Rows whose email (case-insensitively) and Stripe ids no other row of the batch or of
-    Postgres holds; the rest by id with the reason. The first of a batch wins, as SCAN met it."""
+    Postgres holds; the rest by id with the reason.
+
+    Emails that differ only in case are decided by the original's own truth, the `email:`
+    index: a user whose address the index gives to another existing user is refused wherever
+    SCAN meets it. Without such an index key, the first of a batch wins, as SCAN met it.
+    """
+    owners = store.read_values(client, [keys.email(row["email"]) for row in rows])
+    others = sorted(
+        {o for row, o in zip(rows, owners, strict=True) if isinstance(o, str) and o != row["id"]}
+    )
+    pipe = client.pipeline()
+    for other in others:
+        pipe.exists(keys.user(other))
+    alive = {o for o, n in zip(others, pipe.exec() if others else [], strict=True) if n}
+    refused: dict[str, str] = {
+        row["id"]: f"the email: index key of its address names {keys.user(str(owner))}"
+        for row, owner in zip(rows, owners, strict=True)
+        if owner in alive and owner != row["id"]
+    }
     claimed: dict[tuple[str, str], str] = {}
-    refused: dict[str, str] = {}
     for row in rows:
+        if row["id"] in refused:
+            continue
         for what, value in (
             ("email", row["email"].lower()),
             ("Stripe customer id", row["stripeCustomerId"]),
@@ -347,11 +440,12 @@ def _backfill_users(
     client: Redis, names: Sequence[str], report: BackfillReport, now: datetime
 ) -> int:
     found = _read_users(client, names, now, report)
-    rows, refused = _unclaimed([user_row(u.record, u.counters, now) for u in found])
+    rows, refused = _unclaimed(client, [user_row(u.record, u.counters, now) for u in found])
     written, raced = _write(legacy_import.upsert_users, rows)
-    refused.update((user_id, _CONFLICTS.get(name, f"violates {name}")) for user_id, name in raced)
     for user_id, reason in refused.items():
         report.quarantine(keys.user(user_id), "conflict", reason)
+    for user_id, kind, reason in raced:
+        report.quarantine(keys.user(user_id), kind, reason)
     report.users.add(written, len(rows) - len(raced))
     return len(names)
 
@@ -370,21 +464,52 @@ def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillRepo
             report.quarantine(key, "orphan", f"its owner {owner} was quarantined")
         else:
             report.quarantine(key, "orphan", f"its owner {owner} does not exist")
-    if owned:
-        pipe = client.pipeline()
-        for _, record in owned:
-            pipe.sismember(keys.saved_searches(record.clerkUserId), record.id)
-        report.unindexed_searches += sum(1 for member in pipe.exec() if not member)
+    report.unindexed_searches += _unindexed(client, [record for _, record in owned])
     written, refused = _write(
         legacy_import.upsert_saved_searches, [saved_search_row(r) for _, r in owned]
     )
     by_id = {record.id: key for key, record in owned}
-    for search_id, constraint in refused:
-        report.quarantine(
-            by_id[search_id], "conflict", _CONFLICTS.get(constraint, f"violates {constraint}")
-        )
+    for search_id, kind, reason in refused:
+        report.quarantine(by_id[search_id], kind, reason)
     report.saved_searches.add(written, len(owned) - len(refused))
     return len(names)
+
+
+def _unindexed(client: Redis, records: Sequence[SavedSearchRecord]) -> int:
+    """How many of `records` their owner's index set does not list. An index that is not a set
+    lists nothing (the index phase quarantines it): checked with TYPE, never SISMEMBER on it."""
+    indexes = sorted({keys.saved_searches(record.clerkUserId) for record in records})
+    sets = {
+        name for name, kind in zip(indexes, _types(client, indexes), strict=True) if kind == "set"
+    }
+    listed = [r for r in records if keys.saved_searches(r.clerkUserId) in sets]
+    if not listed:
+        return len(records)
+    pipe = client.pipeline()
+    for record in listed:
+        pipe.sismember(keys.saved_searches(record.clerkUserId), record.id)
+    return len(records) - sum(1 for member in pipe.exec() if member)
+
+
+def _set_members(client: Redis, sets: Sequence[str], report: BackfillReport) -> list[list[str]]:
+    """SMEMBERS of each set in one pipeline; a set with a member that is not UTF-8 is read
+    alone and, if that fails, quarantined (its members count as none)."""
+    pipe = client.pipeline()
+    for name in sets:
+        pipe.smembers(name)
+    try:
+        replies = pipe.exec()
+        return [sorted(map(str, m)) if isinstance(m, list) else [] for m in replies]
+    except UnicodeDecodeError:
+        pass
+    found = []
+    for name in sets:
+        try:
+            found.append(sorted(client.smembers(name)))
+        except UnicodeDecodeError:
+            report.quarantine(name, "invalid", store.NOT_UTF8)
+            found.append([])
+    return found
 
 
 def _check_indexes(client: Redis, names: Sequence[str], report: BackfillReport) -> int:
@@ -398,13 +523,10 @@ def _check_indexes(client: Redis, names: Sequence[str], report: BackfillReport) 
     report.index_sets += len(sets)
     if not sets:
         return len(names)
-    pipe = client.pipeline()
-    for name in sets:
-        pipe.smembers(name)
     items = [
-        keys.saved_search(str(keys.index_owner_of(name)), str(member))
-        for name, members in zip(sets, pipe.exec(), strict=True)
-        for member in sorted(members if isinstance(members, list) else [])
+        keys.saved_search(str(keys.index_owner_of(name)), member)
+        for name, members in zip(sets, _set_members(client, sets, report), strict=True)
+        for member in members
     ]
     if items:
         pipe = client.pipeline()
@@ -450,7 +572,12 @@ def backfill(
             phase, pattern = PHASES[index]
             start = state.cursor if index == first else 0
             for names, cursor in _scan_batches(
-                redis_client, pattern, start, batch_size=batch_size, scan_count=scan_count
+                redis_client,
+                pattern,
+                start,
+                batch_size=batch_size,
+                scan_count=scan_count,
+                report=report,
             ):
                 report.records_read += handlers[phase](names)
                 report.batches += 1
@@ -576,9 +703,10 @@ def verify(
     echo: Callable[[str], None] | None = None,
     now: datetime | None = None,
 ) -> list[Difference]:
-    """Every difference between a valid legacy record and its Postgres row, each also passed to
-    `echo` as a line. What the backfill quarantines (invalid records, orphans, users whose email
-    or Stripe id another user holds) is not compared."""
+    """Every difference between a valid legacy record and its Postgres row, then every Postgres
+    row that has no Redis key, each also passed to `echo` as a line. What the backfill
+    quarantines (invalid records, orphans, users whose email or Stripe id another user holds)
+    is not compared."""
     now = now or utcnow()
     found: list[Difference] = []
 
@@ -614,7 +742,33 @@ def verify(
         for key, record in searches:
             if record.clerkUserId in existing:  # else an orphan: quarantined, not compared
                 note(_search_differences(key, saved_search_row(record), rows.get(record.id)))
+    note(_only_in_postgres(redis_client, batch_size))
     return found
+
+
+def _only_in_postgres(client: Redis, batch_size: int) -> Iterator[Difference]:
+    """Postgres rows with no Redis key at all (`row: redis=missing postgres=present`): what
+    the TypeScript app would not see, so the switch to postgres mode is decided on both
+    directions. One EXISTS per row, pipelined per batch."""
+
+    def users(after: str, session: Session) -> list[tuple[str, str]]:
+        page = legacy_import.user_ids_after(session, after, batch_size)
+        return [(user_id, keys.user(user_id)) for user_id in page]
+
+    def searches(after: str, session: Session) -> list[tuple[str, str]]:
+        page = legacy_import.saved_searches_after(session, after, batch_size)
+        return [(search_id, keys.saved_search(owner, search_id)) for search_id, owner in page]
+
+    for read in (users, searches):
+        after = ""
+        while batch := db.run(functools.partial(read, after), idempotent=True):
+            pipe = client.pipeline()
+            for _, key in batch:
+                pipe.exists(key)
+            for (_, key), exists in zip(batch, pipe.exec(), strict=True):
+                if not exists:
+                    yield Difference(key, "row", "missing", "present")
+            after = batch[-1][0]
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -175,11 +176,16 @@ def search(
 def _reserve(identity: Identity, count: int, now: datetime, enforce: bool) -> users.Usage:
     limits = Limits.from_settings(get_settings())
     try:
-        return db.run(
-            lambda s: users.reserve_keywords(
-                s, identity.user_id, identity.email, count, limits=limits, enforce=enforce, now=now
-            )
-        )
+
+        def reserve(session: Session) -> users.Usage:
+            usage = users.reserve_keywords(
+                session, identity.user_id, identity.email, count, limits=limits, enforce=enforce,
+                now=now,
+            )  # fmt: skip
+            storage.count_legacy_usage(session, identity.user_id, count, now)  # dual/fallback
+            return usage
+
+        return db.run(reserve)
     except TrialExpiredError:
         raise ApiError(403, TRIAL_EXPIRED) from None
     except QuotaExceededError as refused:
@@ -215,7 +221,12 @@ def _give_back(
     reserved_at: datetime,
 ) -> NoReturn:
     """Release the reservation, then answer 503 (circuit open), 500 (configuration) or 502."""
-    db.run(lambda s: users.release_keywords(s, user_id, count, reserved_at=reserved_at))
+
+    def release(session: Session) -> None:
+        users.release_keywords(session, user_id, count, reserved_at=reserved_at)
+        storage.count_legacy_usage(session, user_id, -count, reserved_at)
+
+    db.run(release)
     storage.mirror_usage(user_id)
     log_event(
         "provider_failed", level=logging.ERROR, provider=provider_key, error=type(error).__name__

@@ -14,6 +14,7 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
 - `users_tier_trialEndsAt_idx`: serves the expired-trial lookup.
 - `feature_flags_rolloutPercent_check`: `rolloutPercent` BETWEEN 0 AND 100.
 - table `legacy_repairs`: the dual-write outbox of the Redis → Postgres migration.
+- table `legacy_counter_deltas`: usage increments still owed to the legacy Redis counters.
 - `users."subscriptionEventAt"`: creation time of the last Stripe event applied to the user's
   subscription, so an older event delivered late never rolls it back (`shared.billing`).
 - tables `cron_leases` (one lease and resume state per cron job) and `search_daily_rollups`
@@ -283,6 +284,25 @@ class LegacyRepair(Base):
     key: Mapped[str] = mapped_column("key", Text, primary_key=True)
     kind: Mapped[str] = mapped_column("kind", Text)
     user_id: Mapped[str] = mapped_column("userId", Text)
+    attempts: Mapped[int] = mapped_column("attempts", Integer, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column("error", Text)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class LegacyCounterDelta(Base):
+    """Addition: a usage increment (or a release, negative) still owed to the original app's
+    Redis counter `key` (`shared.storage`); applied once with INCRBY, then deleted. Our own
+    table: Prisma never reads or writes it."""
+
+    __tablename__ = "legacy_counter_deltas"
+    __table_args__ = (Index("legacy_counter_deltas_userId_idx", "userId"),)
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    key: Mapped[str] = mapped_column("key", Text)
+    user_id: Mapped[str] = mapped_column("userId", Text)
+    delta: Mapped[int] = mapped_column("delta", Integer)
+    expires_at: Mapped[datetime] = mapped_column("expiresAt", UTCDateTime())
     attempts: Mapped[int] = mapped_column("attempts", Integer, server_default=text("0"))
     error: Mapped[str | None] = mapped_column("error", Text)
     created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)

@@ -18,8 +18,14 @@ Write policy in dual and fallback: **Postgres is the commit point.**
    request still succeeds: the write is committed, and `repair_pending()` (`python -m
    devkit.legacy repair`) copies it once Redis is back. A crash between 1 and 2 leaves the row
    too. No write is ever lost silently; Redis may lag until the repair runs.
-Copies are by state, never by delta, so replaying one is harmless, and the row lock serialises
-the writers of a key, so an older state never lands after a newer one.
+Records are copied by state, so replaying one is harmless, and the row lock serialises the
+writers of a key, so an older state never lands after a newer one; a user record the original
+app rewrote between our read and our write is merged again (compare-and-set), not overwritten.
+Usage counters are the exception: the TypeScript app increments them too, so copying our count
+over them would erase its increments. Each reservation or release of ours records its delta
+(`legacy_counter_deltas`) in the transaction that changes the Postgres counter; `mirror_usage`
+then applies it with INCRBY under a once-only marker (a replay changes nothing), and Postgres
+learns the counter's value afterwards (GREATEST), so it counts what the original added too.
 
 Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
 behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
@@ -48,7 +54,7 @@ from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
 from shared.legacy.mapping import Counters
 from shared.legacy.schemas import LegacyRecordError, UserData
-from shared.models import SavedSearch
+from shared.models import SavedSearch, UserTier
 from shared.quotas import Limits, UsageView, usage_view
 from shared.redis import get_redis
 from shared.repositories import legacy_import, legacy_repairs, saved_searches, users
@@ -86,7 +92,7 @@ def _from_redis(read: Callable[[], T], what: str) -> T | None:
     except LegacyRecordError as error:
         reason = f"unreadable record: {error.reason}"
     except store.REDIS_ERRORS as error:
-        reason = f"redis: {type(error).__name__}"
+        reason = f"redis: {error}"
     log_event("legacy_read_failed", level=logging.WARNING, what=what, mode=mode(), reason=reason)
     if mode() == "dual":
         raise LegacyStoreUnavailableError(f"legacy store failed reading {what}") from None
@@ -111,12 +117,8 @@ def _copy(session: Session, entry_key: str, kind: str, user_id: str, client: Red
             store.erase_user_keys(client, user_id, None, None)
         else:
             log_event("legacy_erasure_skipped", level=logging.WARNING, reason="user exists")
-    elif user is None:
-        return  # nothing in Postgres to copy; a Redis-only record is left as it is
-    elif kind == "user":
+    elif user is not None:  # else nothing to copy; a Redis-only record is left as it is
         store.write_user(client, user)
-    else:
-        store.write_counter(client, mapping.usage_counter(user, utcnow()))
 
 
 def _sync_locked(session: Session, key: str, client: Redis, *, skip_locked: bool) -> bool | None:
@@ -130,7 +132,7 @@ def _sync_locked(session: Session, key: str, client: Redis, *, skip_locked: bool
     except LegacyRecordError as error:
         reason = f"legacy key left untouched: {error.reason}"
     except store.REDIS_ERRORS as error:
-        reason = f"redis: {type(error).__name__}"
+        reason = f"redis: {error}"
     else:
         legacy_repairs.clear(session, key)
         return True
@@ -197,10 +199,12 @@ def mark_legacy_erasure(session: Session, user_id: str) -> None:
 
     Committed with the erasure, so a crash before `erase_legacy_user` has deleted the keys
     leaves the mark for the repair job (a redelivered Clerk event is a duplicate and would not
-    finish it). Without Redis configured there is nothing to delete, and nothing is marked.
+    finish it); increments still owed to the user's counters are dropped, the counters going
+    too. Without Redis configured there is nothing to delete, and nothing is marked.
     """
     if get_redis() is not None:
         legacy_repairs.mark(session, keys.erasure(user_id), "erasure", user_id)
+        legacy_repairs.drop_deltas(session, user_id)  # the erasure deletes the counters
 
 
 def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:
@@ -219,7 +223,7 @@ def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str |
     try:
         store.erase_user_keys(client, user_id, email, stripe_customer_id)
     except store.REDIS_ERRORS as error:
-        log_event("legacy_erase_deferred", level=logging.WARNING, reason=type(error).__name__)
+        log_event("legacy_erase_deferred", level=logging.WARNING, reason=str(error))
     else:
         try:
             db.run(lambda s: legacy_repairs.clear(s, key), idempotent=True)
@@ -258,10 +262,67 @@ def usage(user_id: str, limits: Limits, *, now: datetime | None = None) -> Usage
     return usage_view(user, limits, now)
 
 
+def count_legacy_usage(session: Session, user_id: str, delta: int, at: datetime) -> None:
+    """In the transaction that moved the user's Postgres counter by `delta` (a reservation, or
+    a release when negative): record that the legacy counter owes it. A no-op in postgres mode.
+    `mirror_usage` applies it after the commit."""
+    if mode() == "postgres" or delta == 0:
+        return
+    user = users.get(session, user_id)
+    if user is not None:
+        key, expires_at = mapping.counter_target(user, at)
+        legacy_repairs.add_delta(session, key, user_id, delta, expires_at)
+
+
 def mirror_usage(user_id: str) -> None:
-    """After the usage counters changed in Postgres (a reservation or a release): copy them to
-    the legacy counter key. A no-op in postgres mode."""
-    _mirror(keys.usage_family(user_id), "usage", user_id)
+    """After a usage change committed: apply the user's owed deltas to the legacy counters and
+    let Postgres learn what the TypeScript app added. Never fails the request: what Redis (or
+    Postgres, here) refuses stays owed for the repair job. A no-op in postgres mode."""
+    if mode() == "postgres":
+        return
+    try:
+        client = _client()
+        db.transaction(lambda s: _apply_owed(s, user_id, client))
+    except DatabaseUnavailableError:
+        log_event("legacy_usage_deferred", level=logging.WARNING)
+
+
+def _apply_owed(session: Session, user_id: str, client: Redis) -> bool | None:
+    """True: every owed delta of the user was applied. False: Redis failed or a counter was
+    unreadable; those stay owed with the reason. None: nothing owed (or in use elsewhere)."""
+    owed = legacy_repairs.lock_deltas(session, user_id)
+    if not owed:
+        return None
+    user = users.get(session, user_id)
+    if user is None:  # erased meanwhile: the erasure deletes the counters, nothing to add
+        legacy_repairs.clear_deltas(session, [d.id for d in owed])
+        return True
+    now = utcnow()
+    try:
+        values = store.apply_deltas(
+            client,
+            [(d.id, d.key, d.delta, mapping.counter_ttl(d.expires_at, now)) for d in owed],
+        )
+    except store.REDIS_ERRORS as error:
+        reason = f"redis: {error}"
+        legacy_repairs.fail_deltas(session, [d.id for d in owed], reason)
+        log_event("legacy_usage_failed", level=logging.WARNING, reason=reason)
+        return False
+    applied = [d for d, value in zip(owed, values, strict=True) if value is not None]
+    unreadable = [d for d, value in zip(owed, values, strict=True) if value is None]
+    legacy_repairs.clear_deltas(session, [d.id for d in applied])
+    if unreadable:
+        reason = "legacy key left untouched: usage counter is not a whole number"
+        legacy_repairs.fail_deltas(session, [d.id for d in unreadable], reason)
+        for delta in unreadable:
+            log_event("legacy_usage_failed", level=logging.WARNING, key=delta.key, reason=reason)
+    current, _ = mapping.counter_target(user, now)
+    learned = [value for d, value in zip(owed, values, strict=True) if d.key == current]
+    if learned and learned[-1] is not None:
+        legacy_import.learn_counter(
+            session, user_id, learned[-1], trial=user.tier is UserTier.FREE, now=now
+        )
+    return not unreadable
 
 
 def mirror_user(user_id: str) -> None:
@@ -394,12 +455,16 @@ class RepairSummary:
 
 
 def pending_repairs() -> int:
-    """How many legacy keys still have to be made to match Postgres."""
-    return db.run(legacy_repairs.count, idempotent=True)
+    """How many legacy keys still have to be made to match Postgres, and counter deltas
+    Redis still owes."""
+    return db.run(
+        lambda s: legacy_repairs.count(s) + legacy_repairs.count_deltas(s), idempotent=True
+    )
 
 
 def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSummary:
-    """Copy Postgres's state to Redis for up to `limit` marked keys, oldest first.
+    """Copy Postgres's state to Redis for up to `limit` marked keys, oldest first, then apply
+    the owed counter deltas of up to `limit` users (each user counts as one repair).
 
     Safe to run at any time and concurrently with requests (rows in use are skipped).
     """
@@ -411,6 +476,20 @@ def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSu
             return _sync_locked(session, key, client, skip_locked=True)
 
         outcome = db.transaction(repair)
+        if outcome is True:
+            repaired += 1
+        elif outcome is False:
+            failed += 1
+        else:
+            skipped += 1
+    for user_id in db.run(
+        lambda s: legacy_repairs.users_owing_deltas(s, limit=limit), idempotent=True
+    ):
+
+        def apply(session: Session, user_id: str = user_id) -> bool | None:
+            return _apply_owed(session, user_id, client)
+
+        outcome = db.transaction(apply)
         if outcome is True:
             repaired += 1
         elif outcome is False:

@@ -42,6 +42,9 @@ OUTSIDE_ERASURE = {
     # the repair job bring Redis in line (delete the keys) once the rows are gone. The storage
     # work owns it and clears its marks when Redis matches.
     "legacy_repairs": "cleared by the storage work once Redis is erased",
+    # Usage increments owed to the legacy counters: the erasure's transaction drops the user's
+    # (`storage.mark_legacy_erasure`), the counters being deleted with the keys.
+    "legacy_counter_deltas": "dropped in the erasure's transaction by the storage work",
     "cron_leases": "job leases and resume state, nothing per user",
     "search_daily_rollups": "per day and provider aggregates, nothing per user",
 }

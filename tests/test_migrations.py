@@ -35,8 +35,9 @@ PRISMA_TABLES = {
     "feature_flags",
     "system_metrics",
 }
-# the dual-write outbox (shared.storage); cron leases and daily search rollups (shared.cron)
-OUR_TABLES = {"legacy_repairs", "cron_leases", "search_daily_rollups"}
+# the dual-write outbox and owed counter deltas (shared.storage); cron leases and daily search
+# rollups (shared.cron)
+OUR_TABLES = {"legacy_repairs", "legacy_counter_deltas", "cron_leases", "search_daily_rollups"}
 POOLED_URL = "postgresql://u:secretpw@ep-x-123-pooler.eu-central-1.aws.neon.tech/db"
 FLAGGED_POOLER_URL = "postgresql://u:secretpw@127.0.0.1:6432/db?pgbouncer=true"
 

@@ -192,6 +192,8 @@ KEPT_WITH_REASON = {
     "saved_searches": "the user's own content: lives with the account (cascade on erasure)",
     "feature_flags": "operator configuration; user ids leave allowedUsers on erasure",
     "legacy_repairs": "outbox: a row lives only until Redis matches Postgres (repair job)",
+    "legacy_counter_deltas": "outbox: a delta lives only until Redis has added it (repair "
+    "job); an erasure drops the user's",
     "cron_leases": "no personal data: one lease and resume state per job",
     "search_daily_rollups": "no personal data: counts per day and provider",
 }
@@ -357,14 +359,11 @@ def test_erasure_leaves_no_row_anywhere_that_mentions_the_user(
 
 # The builders in `shared.legacy.keys` that are not a user's Redis key, each with the reason.
 NOT_USER_KEYS = {
-    "usage_family": "names a user's counters in the outbox; not a Redis key",
     "erasure": "names a pending erasure in the outbox; not a Redis key",
     "user_id_of": "parser",
     "saved_search_ids_of": "parser",
     "index_owner_of": "parser",
     "glob_escape": "SCAN pattern helper",
-    "monthly_counter_ttl": "TTL rule",
-    "trial_counter_ttl": "TTL rule",
     "signed_in": "the rate limiter's identity of a user: part of their `rate_limit` keys",
     "is_users_rate_limit": "matcher (erasure)",
 }
@@ -493,6 +492,8 @@ EXPORTED_OTHERWISE = {
     "feature_flags": "only the keys of the flags naming the caller (`featureFlags`): the rest "
     "of the row is operator configuration and names other users",
     "legacy_repairs": "transient outbox of Redis key names to copy; nothing beyond the user id",
+    "legacy_counter_deltas": "transient usage increments owed to the legacy Redis counters: "
+    "the counts themselves are in the exported user row",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?")
 

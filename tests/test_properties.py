@@ -47,6 +47,7 @@ from shared.contracts.saved_searches import (
 from shared.errors import QuotaExceededError, TrialExpiredError
 from shared.http.errors import ApiError
 from shared.legacy import keys
+from shared.legacy.mapping import counter_ttl
 from shared.models import User, UserTier
 from shared.quotas import Limits, UsageView, this_month, usage_view
 from shared.repositories import users
@@ -229,7 +230,8 @@ def trimmed_length_verdict(raw: str, maximum: int, empty: str | None, too_long: 
     text = js_trim(raw)
     if empty is not None and not text:
         return empty
-    return too_long if len(text) > maximum else None
+    units = len(text.encode("utf-16-le")) // 2  # JS `length`: an emoji counts 2
+    return too_long if units > maximum else None
 
 
 NUL_REFUSAL = "cannot contain NUL (\\u0000) characters"
@@ -486,7 +488,7 @@ def test_month_boundaries_are_utc_calendar_months(moment: datetime) -> None:
 @given(moment=moments)
 def test_legacy_counter_ttls_end_at_the_boundary_with_an_hour_floor(moment: datetime) -> None:
     """The legacy monthly counter lives until the next UTC month, never less than an hour."""
-    ttl = keys.monthly_counter_ttl(moment)
+    ttl = counter_ttl(next_month_start(moment), moment)
     left = (next_month_start(moment) - moment).total_seconds()
     assert ttl >= keys.MIN_COUNTER_TTL_S
     assert ttl == max(int(left), keys.MIN_COUNTER_TTL_S)

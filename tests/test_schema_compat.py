@@ -80,6 +80,32 @@ DOCUMENTED_ADDITIONS.update(
         "index legacy_repairs_userId_idx": {"table": "legacy_repairs"},
     }
 )
+# Usage increments still owed to the original app's Redis counters (shared.storage), our own.
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table legacy_counter_deltas": {"kind": "table"},
+        **{
+            f"column legacy_counter_deltas.{name}": {"type": type_, "nullable": nullable}
+            for name, type_, nullable in (
+                ("id", "text", False),
+                ("key", "text", False),
+                ("userId", "text", False),
+                ("delta", "integer", False),
+                ("expiresAt", TIMESTAMP3, False),
+                ("attempts", "integer", False),
+                ("error", "text", True),
+                ("createdAt", TIMESTAMP3, False),
+                ("updatedAt", TIMESTAMP3, False),
+            )
+        },
+        "constraint legacy_counter_deltas_pkey": {
+            "table": "legacy_counter_deltas",
+            "type": "PRIMARY KEY",
+        },
+        "index legacy_counter_deltas_pkey": {"table": "legacy_counter_deltas"},
+        "index legacy_counter_deltas_userId_idx": {"table": "legacy_counter_deltas"},
+    }
+)
 # The crons' tables (shared.cron), also our own, and the time indexes retention deletes by.
 DOCUMENTED_ADDITIONS.update(
     {

@@ -488,7 +488,7 @@ def test_importing_a_user_whose_email_postgres_gives_another_is_a_409(
 # --- users, usage, erasure ----------------------------------------------------------------------
 
 
-def test_usage_is_read_from_the_mode_s_store_and_mirrored_by_value(stores: Stores) -> None:
+def test_usage_is_read_from_the_mode_s_store_and_mirrored_by_increments(stores: Stores) -> None:
     from shared import storage
     from shared.quotas import Limits
 
@@ -507,15 +507,33 @@ def test_usage_is_read_from_the_mode_s_store_and_mirrored_by_value(stores: Store
     stores.mode("postgres")
     assert storage.usage(uid, limits).used == 412  # Postgres's own count
 
-    stores.sql('UPDATE users SET "keywordSearchesThisMonth" = 430 WHERE id = %s', uid)
     stores.mode("fallback")
+    count_usage(stores, uid, 15)  # a reservation of ours: Postgres 412 -> 427, owed to Redis
     storage.mirror_usage(uid)
-    assert stores.redis.get(keys.usage(uid, now)) == "430"
+    assert stores.redis.get(keys.usage(uid, now)) == "430"  # 415 + 15: an increment, no copy
     assert 0 < stores.redis.ttl(keys.usage(uid, now)) <= 31 * 86_400
+    storage.mirror_usage(uid)  # nothing owed any more: applying again adds nothing
+    assert stores.redis.get(keys.usage(uid, now)) == "430"
     stores.break_redis()
-    assert storage.usage(uid, limits).used == 430  # fallback: Postgres when Redis fails
+    assert storage.usage(uid, limits).used == 430  # Postgres learned the original's 3
     with pytest.raises(Exception, match="not found"):
         storage.usage(new_user(), limits)
+
+
+def count_usage(stores: Stores, uid: str, n: int) -> None:
+    """What a keyword reservation does in dual/fallback: the Postgres counters move and the
+    legacy counter's delta is recorded, in one transaction."""
+    from shared import db, storage
+
+    def reserve(session: Any) -> None:
+        stores.sql(
+            'UPDATE users SET "keywordSearchesThisMonth" = "keywordSearchesThisMonth" + %s, '
+            '"keywordSearchesTotal" = "keywordSearchesTotal" + %s WHERE id = %s',
+            n, n, uid,
+        )  # fmt: skip
+        storage.count_legacy_usage(session, uid, n, utcnow())
+
+    db.transaction(reserve)
 
 
 def test_a_trial_user_created_in_dual_mode_is_readable_by_the_original(
@@ -531,7 +549,7 @@ def test_a_trial_user_created_in_dual_mode_is_readable_by_the_original(
     assert raw is not None
     record = parse_user(keys.user(uid), raw)
     assert record.trialExpiresAt - record.trialStartedAt == timedelta(days=7)
-    stores.sql('UPDATE users SET "keywordSearchesTotal" = 25 WHERE id = %s', uid)
+    count_usage(stores, uid, 25)
     storage.mirror_usage(uid)
     assert stores.redis.get(keys.trial_usage(uid, record.trialStartedAt)) == "25"
     assert storage.usage(uid, Limits(300, 1000, 10_000)).used == 25
@@ -631,7 +649,7 @@ def test_dual_mode_requires_the_upstash_settings(monkeypatch: pytest.MonkeyPatch
 
 
 def test_old_counter_dates_are_utc() -> None:
-    from shared.legacy.mapping import usage_counter
+    from shared.legacy.mapping import counter_target, counter_ttl
     from shared.models import User, UserTier
 
     user = User(
@@ -639,5 +657,8 @@ def test_old_counter_dates_are_utc() -> None:
         keyword_searches_total=3, monthly_reset_at=datetime(2026, 12, 1, tzinfo=UTC),
         created_at=datetime(2026, 11, 1, tzinfo=UTC), updated_at=datetime(2026, 11, 1, tzinfo=UTC),
     )  # fmt: skip
-    counter = usage_counter(user, datetime(2026, 12, 1, 0, 30, tzinfo=UTC))
-    assert (counter.key, counter.value, counter.ttl_s) == ("usage:u:2026-12", 3, 2_676_600)
+    at = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    key, expires_at = counter_target(user, at)
+    assert (key, expires_at) == ("usage:u:2026-12", datetime(2027, 1, 1, tzinfo=UTC))
+    assert counter_ttl(expires_at, at) == 2_676_600
+    assert counter_ttl(expires_at, expires_at) == 3600  # the original's floor

@@ -25,6 +25,12 @@ def js_trim(value: str) -> str:
     return value.strip(JS_WHITESPACE)
 
 
+def js_length(value: str) -> int:
+    """`value.length` in JS: UTF-16 code units, so a character beyond the BMP (most emoji)
+    counts 2. The original's length rules, and the records it reads back, use this unit."""
+    return len(value.encode("utf-16-le")) // 2
+
+
 def fail(code: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(f"kf_{code}", message)
 
@@ -32,11 +38,11 @@ def fail(code: str, message: str) -> PydanticCustomError:
 def bounded_text(
     value: str, *, minimum: int, maximum: int, empty: str, too_long: str, code: str
 ) -> str:
-    """Trim (as JS does), then enforce length with the original's messages."""
+    """Trim (as JS does), then enforce length in JS units with the original's messages."""
     trimmed = js_trim(value)
-    if len(trimmed) < minimum:
+    if js_length(trimmed) < minimum:
         raise fail(f"{code}_empty", empty)
-    if len(trimmed) > maximum:
+    if js_length(trimmed) > maximum:
         raise fail(f"{code}_too_long", too_long)
     return trimmed
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from shared.clock import next_month_start
-
 ONE_YEAR_S = 31_536_000  # user:, email:, stripe: and saved-search: records
 MIN_COUNTER_TTL_S = 3600  # the original's floor for usage counters
 
@@ -52,12 +50,6 @@ def usage(user_id: str, moment: datetime) -> str:
 def trial_usage(user_id: str, trial_started_at: datetime) -> str:
     """The trial's single counter, dated by the trial start (UTC, as the original)."""
     return f"trial-usage:{user_id}:{trial_started_at.astimezone(UTC):%Y-%m-%d}"
-
-
-def usage_family(user_id: str) -> str:
-    """Names all of a user's usage counters at once (`usage:{id}:*`, `trial-usage:{id}:*`) in
-    the dual-write outbox; not a key that exists in Redis."""
-    return f"usage:{user_id}"
 
 
 def erasure(user_id: str) -> str:
@@ -118,13 +110,3 @@ def index_owner_of(key: str) -> str | None:
 def glob_escape(value: str) -> str:
     """`value` as a literal inside a SCAN MATCH pattern."""
     return _GLOB_SPECIAL.sub(r"\\\1", value)
-
-
-def monthly_counter_ttl(now: datetime) -> int:
-    """Seconds until the next UTC month, at least an hour (the original's rule)."""
-    return max(int((next_month_start(now) - now).total_seconds()), MIN_COUNTER_TTL_S)
-
-
-def trial_counter_ttl(trial_expires_at: datetime, now: datetime) -> int:
-    """Seconds until the trial ends, at least an hour (the original's rule)."""
-    return max(int((trial_expires_at - now).total_seconds()), MIN_COUNTER_TTL_S)

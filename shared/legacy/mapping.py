@@ -50,14 +50,19 @@ def counter_keys(record: UserData, now: datetime) -> tuple[str, str]:
     )
 
 
-def parse_counter(key: str, raw: object) -> int | None:
-    """A counter value as stored by INCRBY; anything but a non-negative integer is refused."""
+COUNTER_MAX = 2**31 - 1  # the Postgres integer columns the counters land in
+
+
+def parse_counter(key: str, raw: str | None) -> int | None:
+    """A counter value as stored by INCRBY; anything but a non-negative integer that fits the
+    Postgres column is refused (never read as 0)."""
     if raw is None:
         return None
-    text = str(raw)
-    if not text.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise LegacyRecordError(key, "usage counter is not a non-negative integer")
-    return int(text)
+    if int(raw) > COUNTER_MAX:
+        raise LegacyRecordError(key, f"usage counter is larger than {COUNTER_MAX}")
+    return int(raw)
 
 
 def user_row(record: UserData, counters: Counters, now: datetime) -> dict[str, Any]:
@@ -163,25 +168,16 @@ def saved_search_record(search: SavedSearch) -> dict[str, Any]:
     return contract.record(search)
 
 
-@dataclass(frozen=True, slots=True)
-class CounterValue:
-    key: str
-    value: int
-    ttl_s: int
-
-
-def usage_counter(user: User, now: datetime) -> CounterValue:
-    """The legacy counter that mirrors the user's quota counter, with the original's TTL."""
+def counter_target(user: User, at: datetime) -> tuple[str, datetime]:
+    """The legacy counter a usage change of `user` at `at` belongs to, and when it expires
+    (the original's TTL rule then applies from that moment): the trial's single counter for
+    FREE, else the UTC month's."""
     if user.tier is UserTier.FREE:
         started, expires = trial_window(user)
-        return CounterValue(
-            keys.trial_usage(user.id, started),
-            user.keyword_searches_total,
-            keys.trial_counter_ttl(expires, now),
-        )
-    stale = user.monthly_reset_at < month_start(now)
-    return CounterValue(
-        keys.usage(user.id, now),
-        0 if stale else user.keyword_searches_this_month,
-        keys.monthly_counter_ttl(now),
-    )
+        return keys.trial_usage(user.id, started), expires
+    return keys.usage(user.id, at), next_month_start(at)
+
+
+def counter_ttl(expires_at: datetime, now: datetime) -> int:
+    """Seconds until `expires_at`, at least an hour (the original's floor)."""
+    return max(int((expires_at - now).total_seconds()), keys.MIN_COUNTER_TTL_S)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +31,7 @@ from pydantic import (
 )
 
 from shared.contracts.saved_searches import valid_search_id
+from shared.contracts.validation import js_length
 
 # zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.
 _ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z$")
@@ -37,6 +39,9 @@ _ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z$")
 _EMAIL = re.compile(
     r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
 )
+
+
+M = TypeVar("M", bound="_Record")
 
 
 class LegacyRecordError(Exception):
@@ -80,6 +85,19 @@ def _email(value: object) -> str:
     if not isinstance(value, str) or not _EMAIL.match(value):
         raise ValueError("must be a valid email address")
     return value
+
+
+def _js_length(minimum: int, maximum: int) -> AfterValidator:
+    """zod's `.min()`/`.max()` on a string: JS `length`, in UTF-16 code units (an emoji is 2)."""
+
+    def check(value: str) -> str:
+        if not minimum <= js_length(value) <= maximum:
+            raise ValueError(
+                f"must be {minimum} to {maximum} UTF-16 code units long (JS string length)"
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 def _search_id(value: object) -> str:
@@ -173,8 +191,8 @@ class SavedSearchRecord(_Record):
 
     id: Annotated[str, BeforeValidator(_search_id)]
     clerkUserId: Annotated[str, Field(min_length=1, strict=True)]
-    name: Annotated[str, Field(min_length=1, max_length=100, strict=True)]
-    description: Annotated[str, Field(max_length=500, strict=True)] | None = None
+    name: Annotated[str, Field(strict=True), _js_length(1, 100)]
+    description: Annotated[str, Field(strict=True), _js_length(0, 500)] | None = None
     searchParams: SearchParams
     results: list[KeywordData] | None = None
     metadata: Metadata
@@ -194,14 +212,25 @@ def load_json(key: str, raw: str) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as error:
         raise LegacyRecordError(key, f"malformed JSON ({error.msg})") from None
+    except RecursionError:
+        raise LegacyRecordError(key, "JSON nested too deeply to read") from None
+
+
+def _validate(key: str, model: type[M], data: Any, context: dict[str, Any] | None = None) -> M:
+    """Validate, turning every failure into `LegacyRecordError`: a record is untrusted input,
+    and no single one may stop a backfill (an out-of-range date raises OverflowError, for
+    one, which pydantic lets through)."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as error:
+        raise LegacyRecordError(key, describe(error)) from None
+    except (ArithmeticError, RecursionError, ValueError) as error:
+        raise LegacyRecordError(key, f"unreadable ({type(error).__name__})") from None
 
 
 def parse_user(key: str, raw: str) -> UserData:
     """The record at `user:{id}`, or `LegacyRecordError` (also when it names another user)."""
-    try:
-        record = UserData.model_validate(load_json(key, raw))
-    except ValidationError as error:
-        raise LegacyRecordError(key, describe(error)) from None
+    record = _validate(key, UserData, load_json(key, raw))
     if key != f"user:{record.clerkUserId}":
         raise LegacyRecordError(key, "clerkUserId does not match the key")
     return record
@@ -209,12 +238,9 @@ def parse_user(key: str, raw: str) -> UserData:
 
 def parse_saved_search(key: str, raw: str, *, original_rules: bool) -> SavedSearchRecord:
     """The record at `saved-search:{uid}:{sid}`, or `LegacyRecordError`."""
-    try:
-        record = SavedSearchRecord.model_validate(
-            load_json(key, raw), context={"original_rules": original_rules}
-        )
-    except ValidationError as error:
-        raise LegacyRecordError(key, describe(error)) from None
+    record = _validate(
+        key, SavedSearchRecord, load_json(key, raw), {"original_rules": original_rules}
+    )
     if key != f"saved-search:{record.clerkUserId}:{record.id}":
         raise LegacyRecordError(key, "clerkUserId or id does not match the key")
     return record

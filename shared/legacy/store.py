@@ -1,33 +1,30 @@
 """Reads and writes in the original Redis layout, through the Upstash REST client.
 
 Every function takes the client, so the functions (the container's bounded client), the
-backfill CLI and tests share one implementation. Redis failures propagate as the SDK raises
-them (see `REDIS_ERRORS`); a key holding something the original could not read raises
+backfill CLI and tests share one implementation. Whatever the client raises (an error reply, a
+transport failure or timeout, a body that is not JSON, an `AttributeError` out of its pipeline
+code on an error page) leaves here as `RedisFailure`; a key holding something the original
+could not read (bad JSON, a value that is not UTF-8, a key of another Redis type) raises
 `LegacyRecordError`. Writes follow the original's TTLs and, as a fix (spec §10.6), refresh the
-`email:`/`stripe:` index keys together with the user record.
+`email:`/`stripe:` index keys together with the user record. Usage counters are only ever
+moved by INCRBY (`apply_deltas`): the original app increments them too.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-import httpx
 from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
 from shared.legacy import keys
-from shared.legacy.mapping import (
-    Counters,
-    CounterValue,
-    counter_keys,
-    parse_counter,
-    saved_search_record,
-    user_record,
-)
+from shared.legacy.mapping import Counters, counter_keys, parse_counter, saved_search_record
+from shared.legacy.mapping import user_record as user_record_of
 from shared.legacy.schemas import (
     LegacyRecordError,
     SavedSearchRecord,
@@ -38,12 +35,42 @@ from shared.legacy.schemas import (
 from shared.models import SavedSearch, User
 from shared.telemetry import log_event
 
-# What a failed or unreachable Redis raises through the SDK: an error reply (UpstashError), a
-# transport failure or timeout (httpx), or a body that is not JSON (a proxy's error page).
-REDIS_ERRORS: tuple[type[Exception], ...] = (UpstashError, httpx.HTTPError, json.JSONDecodeError)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _SCAN_COUNT = 1000
 _DELETE_CHUNK = 500
+_WRITE_ATTEMPTS = 3
+NOT_UTF8 = "holds bytes that are not valid UTF-8"
+# How long a delta's once-only marker outlives its INCRBY: a replay (a crash between the INCRBY
+# and the Postgres commit that clears the delta) must come within this time.
+DELTA_MARKER_TTL_S = 7 * 86_400
+
+
+class RedisFailure(Exception):
+    """The Upstash client failed, whatever it raised; the message is the exception's class
+    (never its text, which may hold values)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisFailure,)
+
+
+def redis_call(function: Callable[P, R]) -> Callable[P, R]:
+    """Let `LegacyRecordError` through and turn anything else raised into `RedisFailure`."""
+
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (LegacyRecordError, RedisFailure):
+            raise
+        except Exception as error:
+            raise RedisFailure(error) from error
+
+    return call
 
 
 def dumps(value: Any) -> str:
@@ -52,41 +79,112 @@ def dumps(value: Any) -> str:
 
 
 def _get(client: Redis, key: str) -> str | None:
-    """GET, with a key of another type reported as an unreadable record, not a Redis outage."""
+    """GET; a key of another type or bytes that are not UTF-8 are an unreadable record, not a
+    Redis outage."""
     try:
         return client.get(key)
+    except UnicodeDecodeError:
+        raise LegacyRecordError(key, NOT_UTF8) from None
     except UpstashError as error:
-        if "WRONGTYPE" in str(error):
-            raise LegacyRecordError(key, "holds a non-string value (WRONGTYPE)") from None
-        raise
+        raise _wrong_type(error, key, "string") or error from None
 
 
+def read_values(client: Redis, names: Sequence[str]) -> list[str | LegacyRecordError | None]:
+    """MGET of `names` (None: missing or not a string), where one value that is not UTF-8
+    spoils only itself: the batch is then read key by key."""
+    if not names:
+        return []
+    try:
+        return list(client.mget(*names))
+    except UnicodeDecodeError:
+        pass
+    found: list[str | LegacyRecordError | None] = []
+    for name in names:
+        try:
+            found.append(_get(client, name))
+        except LegacyRecordError as error:
+            found.append(error)
+    return found
+
+
+def pipe_types(client: Redis, names: Sequence[str]) -> list[Any]:
+    """TYPE of each name, in one pipeline."""
+    pipe = client.pipeline()
+    for name in names:
+        pipe.type(name)
+    return list(pipe.exec())
+
+
+def read_counters(client: Redis, names: Sequence[str]) -> list[int | LegacyRecordError | None]:
+    """Usage counters (None: missing). A counter of another type, or whose value is not a
+    whole number, is a `LegacyRecordError` in its place, never a silent 0. One round trip
+    (more only when a value is not UTF-8)."""
+    if not names:
+        return []
+    pipe = client.pipeline()
+    for name in names:
+        pipe.type(name)
+    pipe.mget(*names)
+    try:
+        *types, mget = pipe.exec()
+        values: list[str | LegacyRecordError | None] = list(mget) if isinstance(mget, list) else []
+    except UnicodeDecodeError:  # one value spoils the reply: read them again, one by one
+        types, values = pipe_types(client, names), read_values(client, names)
+    kinds = [str(kind) for kind in types]
+    found: list[int | LegacyRecordError | None] = []
+    for name, kind, value in zip(names, kinds, values, strict=True):
+        try:
+            if kind not in ("string", "none"):
+                raise LegacyRecordError(name, f"usage counter holds a {kind}, not a number")
+            if isinstance(value, LegacyRecordError):
+                raise value
+            found.append(parse_counter(name, value))
+        except LegacyRecordError as error:
+            found.append(error)
+    return found
+
+
+def _counters(key: str, read: list[int | LegacyRecordError | None]) -> Counters:
+    """The user's counters; an unreadable one is logged (a report line) and left out."""
+    values: list[int | None] = []
+    for value in read:
+        if isinstance(value, LegacyRecordError):
+            log_event(
+                "legacy_counter_unreadable",
+                level=logging.WARNING,
+                key=value.key,
+                user=key,
+                reason=value.reason,
+            )
+            values.append(None)
+        else:
+            values.append(value)
+    return Counters(monthly=values[0], trial=values[1])
+
+
+@redis_call
 def load_user(client: Redis, user_id: str, now: datetime) -> tuple[UserData | None, Counters]:
-    """The user record and its real usage counters (two round trips when the user exists).
+    """The user record and its real usage counters (three round trips when the user exists).
 
     Like the original's `getUser`, a read slides the record's one-year TTL; the index keys
-    slide with it (the original let them expire under active users).
+    slide with it (the original let them expire under active users). An unreadable counter
+    does not make the user unreadable: it is logged and counted as missing.
     """
     key = keys.user(user_id)
     raw = _get(client, key)
     if raw is None:
         return None, Counters()
     record = parse_user(key, raw)
-    monthly_key, trial_key = counter_keys(record, now)
     pipe = client.pipeline()
     pipe.expire(key, keys.ONE_YEAR_S)
     pipe.expire(keys.email(record.email), keys.ONE_YEAR_S)
     if record.stripeCustomerId:
         pipe.expire(keys.stripe(record.stripeCustomerId), keys.ONE_YEAR_S)
-    pipe.get(monthly_key)
-    pipe.get(trial_key)
-    replies = pipe.exec()
-    return record, Counters(
-        monthly=parse_counter(monthly_key, replies[-2]),
-        trial=parse_counter(trial_key, replies[-1]),
-    )
+    pipe.exec()
+    return record, _counters(key, read_counters(client, counter_keys(record, now)))
 
 
+@redis_call
 def read_saved_search(client: Redis, user_id: str, search_id: str) -> SavedSearchRecord | None:
     """The search, None when missing; lenient on numbers in results (see `schemas`)."""
     key = keys.saved_search(user_id, search_id)
@@ -94,26 +192,50 @@ def read_saved_search(client: Redis, user_id: str, search_id: str) -> SavedSearc
     return None if raw is None else parse_saved_search(key, raw, original_rules=False)
 
 
+def _members(client: Redis, index: str) -> list[str]:
+    """SMEMBERS; an index of another type or with a member that is not UTF-8 is unreadable."""
+    try:
+        return sorted(client.smembers(index))
+    except UnicodeDecodeError:
+        raise LegacyRecordError(index, NOT_UTF8) from None
+    except UpstashError as error:
+        raise _wrong_type(error, index, "set") or error from None
+
+
+def _wrong_type(error: UpstashError, key: str, what: str) -> LegacyRecordError | None:
+    if "WRONGTYPE" in str(error):
+        return LegacyRecordError(key, f"holds a non-{what} value (WRONGTYPE)")
+    return None
+
+
+@redis_call
 def is_indexed(client: Redis, user_id: str, search_id: str) -> bool:
     """Whether the original would find the search to delete (it SREMs the index first)."""
-    return bool(client.sismember(keys.saved_searches(user_id), search_id))
+    index = keys.saved_searches(user_id)
+    try:
+        return bool(client.sismember(index, search_id))
+    except UpstashError as error:
+        raise _wrong_type(error, index, "set") or error from None
 
 
+@redis_call
 def list_saved_searches(client: Redis, user_id: str) -> list[SavedSearchRecord] | None:
     """The user's searches, most recently updated first; None when the index is empty.
 
     As the original's list: SMEMBERS then one MGET; ids without an item (orphans) are skipped.
     A record that cannot be read is skipped and logged rather than failing the whole list.
     """
-    members = sorted(client.smembers(keys.saved_searches(user_id)))
+    members = _members(client, keys.saved_searches(user_id))
     if not members:
         return None
     item_keys = [keys.saved_search(user_id, member) for member in members]
     found: list[SavedSearchRecord] = []
-    for key, raw in zip(item_keys, client.mget(*item_keys), strict=True):
+    for key, raw in zip(item_keys, read_values(client, item_keys), strict=True):
         if raw is None:
             continue
         try:
+            if isinstance(raw, LegacyRecordError):
+                raise raw
             found.append(parse_saved_search(key, raw, original_rules=False))
         except LegacyRecordError as error:
             log_event("legacy_record_skipped", level=logging.WARNING, key=key, reason=error.reason)
@@ -121,6 +243,7 @@ def list_saved_searches(client: Redis, user_id: str) -> list[SavedSearchRecord] 
     return found
 
 
+@redis_call
 def write_saved_search(
     client: Redis, user_id: str, search_id: str, search: SavedSearch | None
 ) -> None:
@@ -133,38 +256,110 @@ def write_saved_search(
     else:
         tx.set(item, dumps(saved_search_record(search)), ex=keys.ONE_YEAR_S)
         tx.sadd(index, search_id)
-    tx.exec()
+    try:
+        tx.exec()
+    except UpstashError as error:
+        raise _wrong_type(error, index, "set") or error from None
 
 
+# Compare-and-set of a user record and its index keys: written only if `user:{id}` still holds
+# what was read (ARGV[1] "1" + ARGV[2], or "0": missing), so a record the original app rewrote
+# meanwhile is merged again instead of overwritten. KEYS[2..n+1] are set to the user id;
+# KEYS[n+2..] are deleted only while they still point at the user.
+_WRITE_USER = """
+local current = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and current) or (ARGV[1] == '1' and current ~= ARGV[2]) then
+  return 0
+end
+local ttl = tonumber(ARGV[5])
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ttl)
+local n = tonumber(ARGV[6])
+for i = 2, n + 1 do redis.call('SET', KEYS[i], ARGV[4], 'EX', ttl) end
+for i = n + 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[4] then redis.call('DEL', KEYS[i]) end
+end
+return 1
+"""
+
+
+@redis_call
 def write_user(client: Redis, user: User) -> None:
     """Make `user:{id}` and its index keys match the Postgres row.
 
-    The stored record is merged like the original's `updateUser`. A stored record the original
-    could not read is never overwritten: it raises `LegacyRecordError`, so the data stays for
-    an operator (the backfill report lists it).
+    The stored record is merged like the original's `updateUser` and written only if nobody
+    changed it since it was read (else read and merged again, a few times). A stored record
+    the original could not read is never overwritten: it raises `LegacyRecordError`, so the
+    data stays for an operator (the backfill report lists it).
     """
     key = keys.user(user.id)
-    raw = _get(client, key)
-    existing = None if raw is None else parse_user(key, raw)
-    stale_index_keys = []
-    if existing is not None:
-        if existing.email.lower() != user.email.lower():
-            stale_index_keys.append(keys.email(existing.email))
-        if existing.stripeCustomerId and existing.stripeCustomerId != user.stripe_customer_id:
-            stale_index_keys.append(keys.stripe(existing.stripeCustomerId))
-    tx = client.multi()
-    tx.set(key, dumps(user_record(user, existing)), ex=keys.ONE_YEAR_S)
-    tx.set(keys.email(user.email), user.id, ex=keys.ONE_YEAR_S)
-    if user.stripe_customer_id:
-        tx.set(keys.stripe(user.stripe_customer_id), user.id, ex=keys.ONE_YEAR_S)
-    for stale in _pointing_at(client, stale_index_keys, user.id):
-        tx.delete(stale)
-    tx.exec()
+    for _ in range(_WRITE_ATTEMPTS):
+        raw = _get(client, key)
+        existing = None if raw is None else parse_user(key, raw)
+        stale = []
+        if existing is not None:
+            if existing.email.lower() != user.email.lower():
+                stale.append(keys.email(existing.email))
+            if existing.stripeCustomerId and existing.stripeCustomerId != user.stripe_customer_id:
+                stale.append(keys.stripe(existing.stripeCustomerId))
+        fresh = [keys.email(user.email)]
+        if user.stripe_customer_id:
+            fresh.append(keys.stripe(user.stripe_customer_id))
+        written = client.eval(
+            _WRITE_USER,
+            keys=[key, *fresh, *stale],
+            args=[
+                "0" if raw is None else "1",
+                raw or "",
+                dumps(user_record_of(user, existing)),
+                user.id,
+                str(keys.ONE_YEAR_S),
+                str(len(fresh)),
+            ],
+        )
+        if written == 1:
+            return
+    raise LegacyRecordError(key, "the original app kept rewriting it while it was merged")
 
 
-def write_counter(client: Redis, counter: CounterValue) -> None:
-    """Set the legacy usage counter to Postgres's count (by value: replaying it is harmless)."""
-    client.set(counter.key, str(counter.value), ex=counter.ttl_s)
+# Apply owed deltas once each: KEYS come in pairs (counter, once-only marker), ARGV in pairs
+# (delta, ttl). A counter that is not a whole number (or not a string) is left alone and -1
+# stands in its place; for the others the counter's value after the delta is returned, also
+# when the marker says it was applied before (a replay).
+_APPLY_DELTAS = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  local counter, marker = KEYS[2 * i - 1], KEYS[2 * i]
+  local kind = redis.call('TYPE', counter).ok
+  local value = redis.call('GET', counter)
+  if kind ~= 'none' and (kind ~= 'string' or not string.match(value, '^%d+$')) then
+    out[i] = -1
+  else
+    if redis.call('SET', marker, '1', 'NX', 'EX', tonumber(ARGV[#ARGV])) then
+      local now = redis.call('INCRBY', counter, tonumber(ARGV[2 * i - 1]))
+      if now < 0 then redis.call('SET', counter, '0') end
+      redis.call('EXPIRE', counter, tonumber(ARGV[2 * i]))
+    end
+    out[i] = tonumber(redis.call('GET', counter) or '0')
+  end
+end
+return out
+"""
+
+
+@redis_call
+def apply_deltas(client: Redis, deltas: Sequence[tuple[str, str, int, int]]) -> list[int | None]:
+    """INCRBY each (delta id, counter key, delta, ttl) once, in one script: replaying an
+    applied delta changes nothing. The counters' values afterwards; None for a counter that
+    holds something other than a whole number (left untouched, the delta stays owed)."""
+    if not deltas:
+        return []
+    names: list[str] = []
+    args: list[str] = []
+    for delta_id, key, delta, ttl in deltas:
+        names += [key, f"legacy-delta:{delta_id}"]
+        args += [str(delta), str(ttl)]
+    values = client.eval(_APPLY_DELTAS, keys=names, args=[*args, str(DELTA_MARKER_TTL_S)])
+    return [None if value == -1 else int(value) for value in values]
 
 
 def _pointing_at(client: Redis, index_keys: list[str], user_id: str) -> list[str]:
@@ -176,10 +371,10 @@ def _pointing_at(client: Redis, index_keys: list[str], user_id: str) -> list[str
 
 def _stored_identifiers(client: Redis, user_id: str) -> tuple[str | None, str | None]:
     """Email and Stripe customer in the stored record, read leniently (it may be invalid)."""
-    raw = _get(client, keys.user(user_id))
     try:
+        raw = _get(client, keys.user(user_id))
         data = json.loads(raw) if raw is not None else None
-    except ValueError:
+    except (LegacyRecordError, ValueError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None
@@ -199,6 +394,7 @@ def _scan(client: Redis, pattern: str, count: int = _SCAN_COUNT) -> Iterable[str
             return
 
 
+@redis_call
 def erase_user_keys(
     client: Redis, user_id: str, email: str | None, stripe_customer_id: str | None
 ) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Table, TextClause, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from shared.clock import month_start
 from shared.models import SavedSearch, User
 from shared.telemetry import database_operation
 
@@ -63,9 +64,16 @@ SEARCH_COLUMNS: dict[str, str] = {
     "updatedAt": TS,
     "lastAccessedAt": TS,
 }
-# Merged rather than copied: the legacy total is a lower bound, and Redis calls ENTERPRISE pro.
+# Merged rather than copied: the legacy total is a lower bound, Redis calls ENTERPRISE pro, and
+# a backfill re-run while the API counts in dual mode must not lower this month's count (a
+# delta Redis still owes is in Postgres only).
 _USER_MERGES = {
     "keywordSearchesTotal": 'GREATEST(t."keywordSearchesTotal", EXCLUDED."keywordSearchesTotal")',
+    "keywordSearchesThisMonth": (
+        'CASE WHEN t."monthlyResetAt" >= EXCLUDED."monthlyResetAt" AND t.tier = EXCLUDED.tier '
+        'THEN GREATEST(t."keywordSearchesThisMonth", EXCLUDED."keywordSearchesThisMonth") '
+        'ELSE EXCLUDED."keywordSearchesThisMonth" END'
+    ),
     "tier": (
         "CASE WHEN t.tier = 'ENTERPRISE' AND EXCLUDED.tier = 'PRO' THEN t.tier "
         "ELSE EXCLUDED.tier END"
@@ -147,8 +155,9 @@ def _upsert(
 def upsert_users(session: Session, rows: Sequence[dict[str, Any]], *, overwrite: bool) -> Upserted:
     """Insert users (rows keyed by column name); with `overwrite`, update differing ones.
 
-    Two columns are merged rather than copied: `keywordSearchesTotal` only grows (the legacy
-    value is a lower bound), and an ENTERPRISE row stays ENTERPRISE (Redis calls it `pro`).
+    Three columns are merged rather than copied: `keywordSearchesTotal` only grows (the legacy
+    value is a lower bound), this month's count only grows within the same month and tier,
+    and an ENTERPRISE row stays ENTERPRISE (Redis calls it `pro`).
     A taken email or Stripe id raises `IntegrityError` for the whole statement (see
     `taken_identifiers` to leave such rows out beforehand).
     """
@@ -214,3 +223,46 @@ def taken_identifiers(session: Session, rows: Sequence[dict[str, Any]]) -> dict[
             if claimed is not None and claimed != owner:
                 taken.setdefault(claimed, f"another user has this {what}")
     return taken
+
+
+@database_operation("learnLegacyCounter")
+def learn_counter(
+    session: Session, user_id: str, value: int, *, trial: bool, now: datetime
+) -> None:
+    """Raise the user's quota counter to the legacy counter's `value` (which holds the original
+    app's increments as well as ours), never lower it; the total grows by the same amount.
+    One statement. The trial's counter is the total; the monthly one counts only while it is
+    this month's (a stale row is reset lazily by the next reservation)."""
+    c = _USERS.c
+    if trial:
+        gained = func.greatest(value - c.keywordSearchesTotal, 0)
+        values = {
+            "keywordSearchesTotal": func.greatest(c.keywordSearchesTotal, value),
+            "keywordSearchesThisMonth": c.keywordSearchesThisMonth + gained,
+        }
+        statement = _USERS.update().where(c.id == user_id, c.tier == "FREE")
+    else:
+        gained = func.greatest(value - c.keywordSearchesThisMonth, 0)
+        values = {
+            "keywordSearchesThisMonth": func.greatest(c.keywordSearchesThisMonth, value),
+            "keywordSearchesTotal": c.keywordSearchesTotal + gained,
+        }
+        statement = _USERS.update().where(
+            c.id == user_id, c.tier != "FREE", c.monthlyResetAt >= month_start(now)
+        )
+    session.execute(statement.values(values))
+
+
+@database_operation("pageUserIds")
+def user_ids_after(session: Session, after: str, limit: int) -> list[str]:
+    """The next `limit` user ids after `after` (keyset order): verify's Postgres → Redis pass."""
+    statement = select(_USERS.c.id).where(_USERS.c.id > after).order_by(_USERS.c.id).limit(limit)
+    return list(session.scalars(statement))
+
+
+@database_operation("pageSavedSearchIds")
+def saved_searches_after(session: Session, after: str, limit: int) -> list[tuple[str, str]]:
+    """The next `limit` (id, owner) pairs after id `after` (keyset order)."""
+    c = _SEARCHES.c
+    statement = select(c.id, c.userId).where(c.id > after).order_by(c.id).limit(limit)
+    return [(row[0], row[1]) for row in session.execute(statement)]

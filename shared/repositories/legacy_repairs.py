@@ -3,11 +3,14 @@
 A writer marks the key in the same transaction as its data change, then makes Redis match and
 clears the mark (`shared.storage`). The mark survives whatever goes wrong in between (Redis
 down, a crash), so no write is ever lost silently; the repair job replays what is left.
-Replays are idempotent because they copy Postgres's *current* state, never a delta.
+Records are replayed by copying Postgres's *current* state. Usage counters, which the original
+app increments too, are never copied: each change is a delta row (`legacy_counter_deltas`)
+applied once with INCRBY.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -16,10 +19,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
-from shared.models import LegacyRepair, SavedSearch
+from shared.ids import new_uuid
+from shared.models import LegacyCounterDelta, LegacyRepair, SavedSearch
 from shared.telemetry import database_operation
 
-Kind = Literal["user", "saved_search", "usage", "erasure"]
+Kind = Literal["user", "saved_search", "erasure"]
 _ERROR_MAX = 500
 
 
@@ -96,3 +100,93 @@ def saved_search_state(session: Session, user_id: str, search_id: str) -> SavedS
         SavedSearch.id == search_id, SavedSearch.user_id == user_id
     )
     return session.scalars(statement).one_or_none()
+
+
+# --- usage increments owed to the legacy counters ---------------------------------------------
+
+
+@database_operation("addLegacyCounterDelta")
+def add_delta(
+    session: Session,
+    key: str,
+    user_id: str,
+    delta: int,
+    expires_at: datetime,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """Record that the Redis counter `key` owes `delta` (in the transaction that changed the
+    Postgres counter). Each delta is its own row: its id makes the INCRBY happen once."""
+    now = now or utcnow()
+    session.execute(
+        insert(LegacyCounterDelta).values(
+            id=new_uuid(),
+            key=key,
+            user_id=user_id,
+            delta=delta,
+            expires_at=expires_at,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+@database_operation("lockLegacyCounterDeltas")
+def lock_deltas(session: Session, user_id: str) -> list[LegacyCounterDelta]:
+    """The user's owed deltas, oldest first, row-locked; rows another transaction is applying
+    are skipped (it applies them itself)."""
+    statement = (
+        select(LegacyCounterDelta)
+        .where(LegacyCounterDelta.user_id == user_id)
+        .order_by(LegacyCounterDelta.created_at, LegacyCounterDelta.id)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(statement))
+
+
+@database_operation("clearLegacyCounterDeltas")
+def clear_deltas(session: Session, ids: Sequence[str]) -> None:
+    if ids:
+        session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.id.in_(list(ids))))
+
+
+@database_operation("dropLegacyCounterDeltas")
+def drop_deltas(session: Session, user_id: str) -> None:
+    """Forget what the user's counters are owed (their erasure deletes the counters)."""
+    session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.user_id == user_id))
+
+
+@database_operation("failLegacyCounterDeltas")
+def fail_deltas(
+    session: Session, ids: Sequence[str], error: str, *, now: datetime | None = None
+) -> None:
+    """Keep the deltas, counting the attempt and saying why (no values, no secrets)."""
+    if ids:
+        session.execute(
+            update(LegacyCounterDelta)
+            .where(LegacyCounterDelta.id.in_(list(ids)))
+            .values(
+                attempts=LegacyCounterDelta.attempts + 1,
+                error=error[:_ERROR_MAX],
+                updated_at=now or utcnow(),
+            )
+        )
+
+
+@database_operation("listLegacyCounterDebtors")
+def users_owing_deltas(session: Session, *, limit: int = 100) -> list[str]:
+    """Users with owed deltas, least recently attempted first."""
+    oldest = func.min(LegacyCounterDelta.updated_at)
+    statement = (
+        select(LegacyCounterDelta.user_id)
+        .group_by(LegacyCounterDelta.user_id)
+        .order_by(oldest, LegacyCounterDelta.user_id)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+@database_operation("countLegacyCounterDeltas")
+def count_deltas(session: Session) -> int:
+    statement = select(func.count()).select_from(LegacyCounterDelta)
+    return int(session.execute(statement).scalar_one())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from upstash_redis import Redis
 
 from shared.clock import iso_ms, next_month_start
@@ -169,7 +170,7 @@ class Expected:
     invalid: set[str] = field(default_factory=set)
     wrong_type: set[str] = field(default_factory=set)
     orphans: set[str] = field(default_factory=set)
-    conflicts: int = 0  # which key of a colliding pair loses depends on SCAN order
+    conflicts: set[str] = field(default_factory=set)
 
     @property
     def records(self) -> int:
@@ -282,18 +283,19 @@ class LegacyDataset:
             uid = f"wrong_type_{k}"
             w.sadd(keys.user(uid), "not", "json")
             exp.wrong_type.add(keys.user(uid))
-        for k in range(2):
+        for k in range(2):  # the counter is quarantined, the user copied without it
             uid = f"bad_counter_{k}"
             write_user(w, user_record(uid, f"{uid}@example.com", created=created, tier="pro"))
             w.set(keys.usage(uid, self.now), "lots", ex=3600)
-            exp.invalid.add(keys.user(uid))
-        for k in range(3):  # same email, two ids: exactly one of each pair is refused
-            for side in ("a", "b"):
+            exp.invalid.add(keys.usage(uid, self.now))
+            exp.users += 1
+        for k in range(3):  # same email in another case, two ids: the email: index decides
+            for side in ("a", "b"):  # b is written last, so the index names b
                 uid = f"pair_{side}_{k}"
                 email = f"Twin{k}@Example.com" if side == "a" else f"twin{k}@example.COM"
                 write_user(w, user_record(uid, email, created=created))
             exp.users += 1
-            exp.conflicts += 1
+            exp.conflicts.add(keys.user(f"pair_a_{k}"))
 
     def _bad_searches(self, w: Writer, rng: random.Random) -> None:
         created = self.now - timedelta(days=2)
@@ -340,6 +342,89 @@ class LegacyDataset:
         w.set("rate:203.0.113.9:deadbeef", "3", ex=600)
         w.set(keys.lock("user_00002"), "1", ex=600)
         w.set("stripe-webhook:evt_123", "1", ex=600)
+
+
+def write_mess(data: LegacyDataset, raw: redis.Redis) -> None:
+    """What a production keyspace holds beyond the bad records `LegacyDataset` writes through
+    the SDK: bytes that are not UTF-8, emoji counted in UTF-16 units, counters of the wrong
+    type or not whole numbers, JSON nested too deeply, a date past year 9999, a NUL character,
+    index keys of the wrong type or with unreadable members. Written with redis-py straight
+    into the Redis behind the emulator (the SDK cannot send invalid UTF-8), as the original app
+    or a botched script would have left them; `data.expected` learns every outcome. Needs
+    `data.users >= 6` (users 3 to 5 are borrowed)."""
+    now, exp = data.now, data.expected
+    created = now - timedelta(days=3)
+
+    def user(uid: str, **options: Any) -> dict[str, Any]:
+        return user_record(uid, f"{uid}@example.com", created=created, **options)
+
+    def put_user(record: dict[str, Any]) -> None:
+        uid = record["clerkUserId"]
+        raw.set(keys.user(uid), dumps(record), ex=ONE_YEAR)
+        raw.set(keys.email(record["email"]), uid, ex=ONE_YEAR)
+
+    valid = dumps(user("mess_bytes")).encode()
+    raw.set(keys.user("mess_bytes"), valid.replace(b"mess_bytes@", b"mess_\xff\xfe@"))
+    exp.invalid.add(keys.user("mess_bytes"))
+    raw.set(keys.user("mess_deep"), "[" * 100_000 + "]" * 100_000)
+    exp.invalid.add(keys.user("mess_deep"))
+    raw.set(b"user:\xff\xfe", b"{}")  # a key name that is not UTF-8 (a botched script)
+    exp.invalid.add("user:\\xff\\xfe")
+    far = {**user("mess_far_future"), "createdAt": "9999-12-31T23:59:59.9999Z"}
+    put_user(far)
+    exp.invalid.add(keys.user("mess_far_future"))
+    # Counters the original could not have written: each is quarantined, its user copied.
+    counters: list[tuple[str, str, Any]] = [
+        ("mess_hash_counter", "pro", None),
+        ("mess_float_trial", "trial", "12.5"),
+        ("mess_huge_counter", "pro", "99999999999"),
+        ("mess_bytes_counter", "pro", b"\xff\xfe"),
+    ]
+    for uid, tier, value in counters:
+        put_user(user(uid, tier=tier))
+        counter = keys.usage(uid, now) if tier == "pro" else keys.trial_usage(uid, created)
+        if value is None:
+            raw.hset(counter, "count", "3")
+            exp.wrong_type.add(counter)
+        else:
+            raw.set(counter, value, ex=3600)
+            exp.invalid.add(counter)
+        exp.users += 1
+
+    owner = "user_00003"
+    ids = [str(uuid.UUID(int=0xE1100 + n, version=4)) for n in range(5)]
+
+    def put_search(sid: str, payload: bytes) -> None:
+        raw.set(keys.saved_search(owner, sid), payload, ex=ONE_YEAR)
+        raw.sadd(keys.saved_searches(owner), sid)
+
+    def utf8(record: dict[str, Any]) -> bytes:
+        return json.dumps(record, ensure_ascii=False).encode()  # as JSON.stringify writes
+
+    def search(sid: str, **fields: Any) -> dict[str, Any]:
+        return {**search_record(owner, sid, created=created), **fields}
+
+    latin1 = dumps(search(ids[0], name="caf_latin1")).encode().replace(b"caf_latin1", b"caf\xe9")
+    put_search(ids[0], latin1)  # Latin-1, not UTF-8
+    exp.invalid.add(keys.saved_search(owner, ids[0]))
+    emoji = search_record(
+        owner, ids[1], created=created, name="🔥" * 50, keywords=["☕ café", "😀 smile"]
+    )
+    put_search(ids[1], utf8(emoji))  # 100 UTF-16 units: what zod allowed
+    exp.searches += 1
+    put_search(ids[2], utf8(search(ids[2], name="🔥" * 60)))  # 120 units
+    exp.invalid.add(keys.saved_search(owner, ids[2]))
+    put_search(ids[3], utf8(search(ids[3], description="tab\u0000nul")))
+    exp.invalid.add(keys.saved_search(owner, ids[3]))  # Postgres text cannot hold NUL
+
+    wrong_index = keys.saved_searches("user_00004")  # its items stay, no longer listed
+    raw.delete(wrong_index)
+    raw.set(wrong_index, "not a set")
+    exp.wrong_type.add(wrong_index)
+    exp.unindexed += data.searches_per_user
+    unreadable_index = keys.saved_searches("user_00005")
+    raw.sadd(unreadable_index, b"\xff\xfe")
+    exp.invalid.add(unreadable_index)
 
 
 def scan_all(client: Redis, pattern: str = "*") -> Iterator[str]:

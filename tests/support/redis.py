@@ -47,7 +47,7 @@ class LocalRedis(Service):
         if binary is None:
             raise LocalRedisError("redis-server is not installed: apt-get install redis-server")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart after `kill` keeps the port
         args = [
             binary,
             "--bind", LOOPBACK,
@@ -80,6 +80,14 @@ class LocalRedis(Service):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: the port refuses connections and the data is gone (no
+        persistence). `start()` brings up an empty server on the same port."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=10)
 
     def _answers(self) -> bool:
         if self._process is None or self._process.poll() is not None:

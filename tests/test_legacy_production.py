@@ -1,0 +1,450 @@
+"""The Redis → Postgres migration on a production-shaped keyspace, with the original app alive.
+
+Redis is a real redis-server behind the Upstash REST emulator. What the TypeScript app does is
+done with redis-py straight into that server, as a separate writer would: bytes that are not
+UTF-8 (which the SDK cannot even send), counters incremented with INCRBY + EXPIRE as its
+`incrementKeywordUsage` does, records written with SET/SADD. Our side is the real SDK, the real
+functions and the lane's real Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from upstash_redis import Redis
+
+from devkit.legacy import Tally, backfill, verify
+from devkit.upstash_emulator import UpstashEmulator
+from shared.clock import next_month_start, utcnow
+from shared.legacy import keys
+from shared.legacy.mapping import counter_ttl
+from shared.legacy.schemas import parse_saved_search, parse_user
+from tests.support.http import Caller, Keys
+from tests.support.legacy import (
+    LegacyDataset,
+    dumps,
+    search_record,
+    user_record,
+    write_mess,
+)
+from tests.support.redis import LocalRedis
+
+BODY = {
+    "name": "Trail running",
+    "searchParams": {"keywords": ["trail shoes"], "location": "US", "matchType": "phrase"},
+}
+ORIGINAL_INCREMENTS = 40  # keywords the TypeScript app counts while our API runs
+OUR_SEARCHES = 12  # keyword searches through our API meanwhile, 2 keywords each
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalRedis]:
+    with (
+        tempfile.TemporaryDirectory(prefix="keyflash-legacy-prod-") as tmp,
+        LocalRedis(Path(tmp)) as local,
+    ):
+        yield local
+
+
+@pytest.fixture(scope="module")
+def emulator(server: LocalRedis) -> Iterator[UpstashEmulator]:
+    with UpstashEmulator(server.url) as up:
+        yield up
+
+
+@pytest.fixture
+def original(server: LocalRedis) -> Iterator[redis.Redis]:
+    """The TypeScript app's connection: straight to Redis, bytes in and out."""
+    with redis.Redis.from_url(server.url) as client:
+        yield client
+
+
+@pytest.fixture
+def sdk(emulator: UpstashEmulator) -> Redis:
+    return Redis(url=emulator.url, token=emulator.token)
+
+
+_databases = iter(range(1, 16))
+
+
+@pytest.fixture
+def keyspace(server: LocalRedis) -> Iterator[tuple[Redis, redis.Redis]]:
+    """An empty keyspace of its own (another database of the private server), through the SDK
+    and straight, for a whole-keyspace backfill."""
+    url = f"{server.url.rsplit('/', 1)[0]}/{next(_databases)}"
+    with UpstashEmulator(url) as up, redis.Redis.from_url(url) as straight:
+        yield Redis(url=up.url, token=up.token), straight
+
+
+@pytest.fixture
+def app(
+    api_env: Keys,
+    emulator: UpstashEmulator,
+    admin_conn: psycopg.Connection[Any],  # empties the tables after the test
+    monkeypatch: pytest.MonkeyPatch,
+) -> Caller:
+    """The functions on that Redis (not the suite's in-process one)."""
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", emulator.token)
+    monkeypatch.setenv("DB_POOL_SIZE", "4")
+    reload()
+    return Caller("lambda_v2", api_env)
+
+
+def reload() -> None:
+    from shared import db
+    from shared import redis as shared_redis
+    from shared.config import get_settings
+
+    get_settings.cache_clear()
+    db.dispose_engine()
+    shared_redis.reset_redis()
+
+
+def mode(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("STORAGE_MODE", name)
+    reload()
+
+
+def sql(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(query.encode(), params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def new_user() -> str:
+    return f"user_{uuid.uuid4().hex[:12]}"
+
+
+def seed_pro(original: redis.Redis, uid: str, used: int) -> str:
+    """A pro user only the TypeScript app knows, with this month's counter at `used`."""
+    record = user_record(
+        uid, f"{uid}@example.com", created=utcnow() - timedelta(days=3), tier="pro"
+    )
+    original.set(keys.user(uid), dumps(record), ex=keys.ONE_YEAR_S)
+    original.set(keys.email(record["email"]), uid, ex=keys.ONE_YEAR_S)
+    counter = keys.usage(uid, utcnow())
+    original.set(counter, str(used), ex=3600)
+    return counter
+
+
+def keyword_search(call: Caller, uid: str, n: int) -> None:
+    body = {"keywords": [f"espresso {n}", f"grinder {n}"], "matchType": "phrase"}
+    result = call("keywords", "POST", "/api/keywords", user=uid, json_body=body)
+    assert result.status == 200, result.text
+
+
+def quarantined(report: Any, kind: str) -> set[str]:
+    return {q.key for q in report.quarantined if q.kind == kind}
+
+
+# --- the backfill ---------------------------------------------------------------------------------
+
+
+def test_a_messy_production_keyspace_backfills_with_exact_counts_per_outcome(
+    keyspace: tuple[Redis, redis.Redis], db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    sdk, original = keyspace
+    data = LegacyDataset(users=40, searches_per_user=3, seed=24).write(sdk)
+    write_mess(data, original)
+    expected = data.expected
+
+    report = backfill(sdk, batch_size=25, scan_count=20, report_path=tmp_path / "r.json")
+
+    assert report.complete
+    assert report.users == Tally(inserted=expected.users)
+    assert report.saved_searches == Tally(inserted=expected.searches)
+    assert report.unindexed_searches == expected.unindexed
+    assert quarantined(report, "invalid") == expected.invalid
+    assert quarantined(report, "wrong_type") == expected.wrong_type
+    assert quarantined(report, "orphan") == expected.orphans
+    assert quarantined(report, "conflict") == expected.conflicts
+    reasons = {q.key: q.reason for q in report.quarantined}
+    assert reasons[keys.user("mess_bytes")] == "holds bytes that are not valid UTF-8"
+    assert reasons[keys.user("mess_deep")] == "JSON nested too deeply to read"
+    assert reasons[keys.user("mess_far_future")] == "unreadable (OverflowError)"
+    said = json.dumps(list(reasons.values()), ensure_ascii=False)
+    assert "🔥" not in said and "caf" not in said and "\\x" not in said  # never a value
+    huge = keys.usage("mess_huge_counter", data.now)
+    assert reasons[huge].startswith("usage counter is larger than 2147483647")
+    # The case-only twins: the user the email: index names is the one copied.
+    assert reasons["user:pair_a_0"] == "the email: index key of its address names user:pair_b_0"
+    # The emoji name is 50 code points and 100 UTF-16 units: copied, and read back unchanged.
+    [(name, keywords)] = sql(
+        direct_database_url, "SELECT name, keywords FROM saved_searches WHERE name = %s", "🔥" * 50
+    )
+    assert (name, keywords) == ("🔥" * 50, ["☕ café", "😀 smile"])
+    # A user whose counter was quarantined is copied with that counter missing (0).
+    assert sql(
+        direct_database_url,
+        'SELECT "keywordSearchesThisMonth" FROM users WHERE id = %s',
+        "mess_hash_counter",
+    ) == [(0,)]
+
+    again = backfill(sdk, batch_size=25, scan_count=20, report_path=tmp_path / "again.json")
+    assert again.users == Tally(unchanged=expected.users)
+    assert again.saved_searches == Tally(unchanged=expected.searches)
+    assert len(again.quarantined) == len(report.quarantined)
+    assert verify(sdk) == []
+
+
+def test_verify_also_reports_postgres_rows_redis_lacks(
+    keyspace: tuple[Redis, redis.Redis], db_env: str, direct_database_url: str
+) -> None:
+    sdk, _ = keyspace
+    uid, sid = new_user(), str(uuid.uuid4())
+    sql(
+        direct_database_url,
+        'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        uid,
+        f"{uid}@example.com",
+    )
+    sql(
+        direct_database_url,
+        'INSERT INTO saved_searches (id, "userId", name, keywords, "updatedAt") '
+        "VALUES (%s, %s, 'n', '{k}', now())",
+        sid,
+        uid,
+    )
+    lines: list[str] = []
+    differences = verify(sdk, echo=lines.append)
+    assert {(d.key, d.field, d.redis, d.postgres) for d in differences} == {
+        (keys.user(uid), "row", "missing", "present"),
+        (keys.saved_search(uid, sid), "row", "missing", "present"),
+    }
+    assert f'{keys.user(uid)} row: redis="missing" postgres="present"' in lines
+
+
+# --- the API on the same records -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_invalid_bytes_and_wrong_types_through_the_api_are_503_or_postgres_never_500(
+    app: Caller, original: redis.Redis, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    mode(monkeypatch, name)
+    uid = new_user()
+    created = app("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert created.status == 201
+    sid = created.json["search"]["id"]
+    item = keys.saved_search(uid, sid)
+    original.set(item, original.get(item).replace(b"Trail", b"Tr\xe4il"))  # type: ignore[union-attr]
+    got = app("search_item", "GET", f"/api/searches/{sid}", user=uid)
+    listed = app("searches", "GET", "/api/searches", user=uid)
+    if name == "dual":
+        assert (got.status, got.json["error"]) == (503, "Service Unavailable")
+        assert listed.status == 200 and listed.json["searches"] == []  # skipped, as the original
+    else:
+        assert (got.status, got.json["search"]["name"]) == (200, "Trail running")
+        assert [s["id"] for s in listed.json["searches"]] == [sid]
+
+    original.delete(keys.saved_searches(uid))
+    original.hset(keys.saved_searches(uid), "not", "a set")  # the wrong Redis type
+    listed = app("searches", "GET", "/api/searches", user=uid)
+    deleted = app("search_item", "DELETE", f"/api/searches/{sid}", user=uid)
+    if name == "dual":
+        assert listed.status == 503
+    else:
+        assert [s["id"] for s in listed.json["searches"]] == [sid]
+    assert deleted.status == 200  # committed in Postgres; the index stays for an operator
+
+    other = new_user()
+    original.set(keys.user(other), b'{"clerkUserId": "' + other.encode() + b'", "email": "\xff"}')
+    signed_in = app("searches", "GET", "/api/searches", user=other)
+    assert signed_in.status == (503 if name == "dual" else 200)
+
+
+def test_emoji_lengths_are_counted_in_utf16_units_as_the_original_did(
+    app: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mode(monkeypatch, "dual")
+    uid = new_user()
+    too_long = app(
+        "searches", "POST", "/api/searches", user=uid, json_body={**BODY, "name": "🔥" * 60}
+    )
+    assert (too_long.status, too_long.json["message"]) == (400, "Name too long (max 100 chars)")
+    fits = app("searches", "POST", "/api/searches", user=uid, json_body={**BODY, "name": "🔥" * 50})
+    assert fits.status == 201
+    sid = fits.json["search"]["id"]
+    from shared.redis import get_redis
+
+    client = get_redis()
+    assert client is not None
+    stored = client.get(keys.saved_search(uid, sid))
+    assert stored is not None
+    record = parse_saved_search(keys.saved_search(uid, sid), stored, original_rules=True)
+    assert record.name == "🔥" * 50  # readable by the original's schema
+
+
+# --- the original app writing while our API runs ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
+    app: Caller,
+    original: redis.Redis,
+    server: LocalRedis,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    from shared import storage
+
+    mode(monkeypatch, name)
+    uid = new_user()
+    counter = seed_pro(original, uid, 125)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported at 125
+    ts_ids = [str(uuid.uuid4()) for _ in range(10)]
+    turn = threading.Semaphore(0)  # one round of the TypeScript app per request of ours
+    failures: list[BaseException] = []
+
+    def typescript_app() -> None:
+        """`incrementKeywordUsage` (INCRBY, then EXPIRE) and `createSavedSearch`, straight to
+        Redis, a round after each of our keyword searches (it races the mirror that follows)."""
+        try:
+            with redis.Redis.from_url(server.url) as r:
+                for n in range(ORIGINAL_INCREMENTS):
+                    if n % (ORIGINAL_INCREMENTS // OUR_SEARCHES + 1) == 0:
+                        turn.acquire()
+                    r.incrby(counter, 1)
+                    r.expire(counter, counter_ttl(next_month_start(utcnow()), utcnow()))
+                    if n % 4 == 0:
+                        sid = ts_ids[n // 4]
+                        record = search_record(uid, sid, created=utcnow(), name=f"TS {n}")
+                        r.set(keys.saved_search(uid, sid), dumps(record), ex=keys.ONE_YEAR_S)
+                        r.sadd(keys.saved_searches(uid), sid)
+        except BaseException as error:  # surfaced below
+            failures.append(error)
+
+    writer = threading.Thread(target=typescript_app)
+    writer.start()
+    ours = []
+    for n in range(OUR_SEARCHES):
+        keyword_search(app, uid, n)
+        turn.release()
+        if n % 3 == 0:
+            made = app("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+            assert made.status == 201
+            ours.append(made.json["search"]["id"])
+    writer.join()
+    assert failures == []
+    keyword_search(app, uid, OUR_SEARCHES)  # after the writer: Postgres learns its last counts
+
+    total = 125 + ORIGINAL_INCREMENTS + 2 * (OUR_SEARCHES + 1)
+    assert int(original.get(counter) or 0) == total  # nothing of either app overwritten
+    assert sql(
+        direct_database_url,
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        uid,
+    ) == [(total, total)]
+    assert 0 < original.ttl(counter) <= 31 * 86_400
+    members = {m.decode() for m in original.smembers(keys.saved_searches(uid))}
+    assert members == set(ts_ids) | set(ours)
+    assert storage.pending_repairs() == 0
+
+
+def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
+    app: Caller, original: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compare-and-set: a record changed between our read and our write is read again."""
+    from shared import storage
+    from shared.legacy import store
+
+    mode(monkeypatch, "dual")
+    uid = new_user()
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200
+    real_get = store._get
+    rewritten: list[str] = []
+
+    def original_writes_in_between(client: Redis, key: str) -> str | None:
+        value = real_get(client, key)
+        if key == keys.user(uid) and not rewritten and value is not None:
+            record = {**json.loads(value), "keywordsUsedThisMonth": 7}
+            original.set(key, dumps(record))  # the TS app's updateUser lands now
+            rewritten.append(key)
+        return value
+
+    monkeypatch.setattr(store, "_get", original_writes_in_between)
+    storage.mirror_user(uid)
+    stored = original.get(keys.user(uid))
+    assert stored is not None and rewritten == [keys.user(uid)]
+    assert parse_user(keys.user(uid), stored.decode()).keywordsUsedThisMonth == 7
+    assert storage.pending_repairs() == 0
+
+
+# --- Redis killed mid-write ---------------------------------------------------------------------
+
+
+@pytest.mark.faults
+def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real redis-server is SIGKILLed after Postgres committed a create and before its copy
+    reached Redis. Every request still succeeds (the SDK's pipeline raises AttributeError on
+    the emulator's error page: a Redis failure like any other); once Redis is back (empty, as
+    after a crash without persistence), the repair job makes it whole again."""
+    from shared import storage
+    from shared.legacy import store
+
+    with LocalRedis(tmp_path / "redis") as local, UpstashEmulator(local.url) as up:
+        monkeypatch.setenv("UPSTASH_REDIS_REST_URL", up.url)
+        monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", up.token)
+        mode(monkeypatch, "dual")
+        call = Caller("lambda_v2", api_env)
+        uid = new_user()
+        assert call("searches", "GET", "/api/searches", user=uid).status == 200
+        real_write = store.write_saved_search
+        writes: list[str] = []
+
+        def killed_on_the_third(client: Redis, user_id: str, search_id: str, search: Any) -> None:
+            writes.append(search_id)
+            if len(writes) == 3:
+                local.kill()  # Postgres has committed this create; Redis dies now
+            real_write(client, user_id, search_id, search)
+
+        monkeypatch.setattr(store, "write_saved_search", killed_on_the_third)
+        statuses, created = [], []
+        for n in range(6):
+            made = call("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+            statuses.append(made.status)
+            if made.status == 201:
+                created.append(made.json["search"]["id"])
+            body = {"keywords": [f"espresso {n}", f"grinder {n}"], "matchType": "phrase"}
+            statuses.append(
+                call("keywords", "POST", "/api/keywords", user=uid, json_body=body).status
+            )
+        assert statuses == [201, 200] * 6 and len(created) == 6
+
+        pending = sql(direct_database_url, "SELECT key, error FROM legacy_repairs ORDER BY key")
+        assert {key for key, _ in pending} == {keys.saved_search(uid, s) for s in created[2:]}
+        assert {error for _, error in pending} == {"redis: AttributeError"}
+        owed = sql(direct_database_url, "SELECT sum(delta) FROM legacy_counter_deltas")
+        assert owed == [(2 * 4,)]  # the four searches after the kill (the third's came after)
+
+        local.start()  # same port, empty: the emulator reconnects
+        summary = storage.repair_pending()
+        assert (summary.failed, summary.remaining) == (0, 0)
+        index = storage._client().smembers(keys.saved_searches(uid))
+        assert set(created[2:]) <= set(index)
+        [(total, started)] = sql(
+            direct_database_url,
+            'SELECT "keywordSearchesTotal", "trialStartedAt" FROM users WHERE id = %s',
+            uid,
+        )
+        assert total == 2 * 6  # Postgres counted every reservation, and learned no less
+        trial_counter = keys.trial_usage(uid, started.replace(tzinfo=UTC))
+        assert storage._client().get(trial_counter) == "8"  # what was owed, added once
