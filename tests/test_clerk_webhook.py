@@ -277,7 +277,7 @@ def test_a_lost_insert_race_is_rerun_as_an_update(
     real_get = users.get
     raced: list[bool] = []
 
-    def get_then_lose_the_race(session: Any, user_id: str) -> Any:
+    def get_then_lose_the_race(session: Any, user_id: str, **options: Any) -> Any:
         if not raced:
             raced.append(True)
             admin_conn.execute(  # another connection, as the other request would be
@@ -285,7 +285,7 @@ def test_a_lost_insert_race_is_rerun_as_an_update(
                 [user_id, f"{user_id}@keyflash.local"],
             )
             return None  # what our read saw, just before the other insert committed
-        return real_get(session, user_id)
+        return real_get(session, user_id, **options)
 
     monkeypatch.setattr(users, "get", get_then_lose_the_race)  # what accounts calls
     result, _, _ = deliver(call, "user.created", user_data("user_a", "a@example.com"))

@@ -35,6 +35,8 @@ TIMESTAMP3 = "timestamp(3) without time zone"
 DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
     "column users.trialStartedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
     "column users.subscriptionEventAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column users.subscriptionCreatedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column users.clerkUpdatedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
     "column saved_searches.description": {"type": "text", **NULLABLE_COLUMN},
     "column saved_searches.results": {"type": "jsonb", **NULLABLE_COLUMN},
     "column saved_searches.lastRunAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
@@ -76,6 +78,19 @@ DOCUMENTED_ADDITIONS.update(
         "constraint legacy_repairs_kind_check": {"table": "legacy_repairs", "type": "CHECK"},
         "index legacy_repairs_pkey": {"table": "legacy_repairs"},
         "index legacy_repairs_userId_idx": {"table": "legacy_repairs"},
+    }
+)
+# Billing's record of erased Stripe customers (a hash of the customer id; shared.billing).
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table erased_billing_customers": {"kind": "table"},
+        "column erased_billing_customers.customerHash": {"type": "text", "nullable": False},
+        "column erased_billing_customers.erasedAt": {"type": TIMESTAMP3, "nullable": False},
+        "constraint erased_billing_customers_pkey": {
+            "table": "erased_billing_customers",
+            "type": "PRIMARY KEY",
+        },
+        "index erased_billing_customers_pkey": {"table": "erased_billing_customers"},
     }
 )
 # The crons' tables (shared.cron), also our own, and the time indexes retention deletes by.

@@ -329,7 +329,7 @@ def test_checkout_upgrades_the_user_named_in_metadata(lambda_call: Caller) -> No
     assert upgraded.tier is UserTier.PRO
     assert (upgraded.stripe_customer_id, upgraded.stripe_subscription_id) == ("cus_1", "sub_1")
     assert upgraded.subscription_status == "active"
-    assert upgraded.subscription_event_at == moment(T0)
+    assert upgraded.subscription_event_at is None  # checkout is no state of the subscription
     assert upgraded.keyword_searches_this_month == 0  # a fresh monthly counter, as originally
     assert upgraded.keyword_searches_total == 120
     row = ledger(event["id"])
@@ -369,12 +369,8 @@ def test_checkout_with_expanded_customer_and_subscription_objects(lambda_call: C
 
 @pytest.mark.parametrize(
     "obj",
-    [
-        checkout(sub_id=None, mode="payment"),
-        checkout(customer=None),
-        checkout(payment_status="unpaid"),
-    ],
-    ids=["one-off-payment", "no-customer", "payment-pending"],
+    [checkout(sub_id=None, mode="payment"), checkout(customer=None)],
+    ids=["one-off-payment", "no-customer"],
 )
 def test_checkout_without_a_live_subscription_changes_nothing(
     lambda_call: Caller, obj: dict[str, Any]
@@ -385,6 +381,47 @@ def test_checkout_without_a_live_subscription_changes_nothing(
     assert user().tier is UserTier.FREE and user().stripe_customer_id is None
     row = ledger(event["id"])
     assert row is not None and row.processed
+
+
+@pytest.mark.parametrize(
+    ("kind", "payment_status"),
+    [
+        ("checkout.session.completed", "unpaid"),
+        ("checkout.session.async_payment_failed", "unpaid"),
+    ],
+    ids=["payment-pending", "payment-failed"],
+)
+def test_a_checkout_not_paid_links_the_customer_only(
+    lambda_call: Caller, kind: str, payment_status: str
+) -> None:
+    make_user()
+    obj = checkout(clerk_user_id=None, client_reference_id="user_a", payment_status=payment_status)
+    assert deliver(lambda_call, stripe_event(kind, obj)).json == {"received": True}
+    linked = user()
+    assert (linked.tier, linked.stripe_customer_id) == (UserTier.FREE, "cus_1")
+    assert (linked.stripe_subscription_id, linked.subscription_status) == (None, None)
+
+
+def test_a_delayed_payment_that_succeeds_upgrades_like_a_paid_checkout(
+    lambda_call: Caller,
+) -> None:
+    make_user()
+    obj = checkout(clerk_user_id=None, client_reference_id="user_a")
+    event = stripe_event("checkout.session.async_payment_succeeded", obj)
+    assert deliver(lambda_call, event).json == {"received": True}
+    paid = user()
+    assert (paid.tier, paid.subscription_status, paid.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_1",
+    )
+
+
+def test_a_free_checkout_is_provisionally_trialing(lambda_call: Caller) -> None:
+    make_user()
+    obj = checkout(payment_status="no_payment_required")
+    deliver(lambda_call, stripe_event("checkout.session.completed", obj))
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "trialing")
 
 
 # --- customer.subscription.* ----------------------------------------------------------------
@@ -432,15 +469,22 @@ def test_downgrade_keeps_a_trial_that_already_ended(lambda_call: Caller) -> None
     assert (user().tier, user().trial_ends_at) == (UserTier.FREE, ended)
 
 
-def test_incomplete_and_unknown_statuses_change_nothing(lambda_call: Caller) -> None:
+def test_unknown_statuses_change_nothing(lambda_call: Caller) -> None:
     make_pro()
-    for status in ("incomplete", "some_future_status"):
-        event = stripe_event("customer.subscription.updated", subscription(status))
-        assert deliver(lambda_call, event).json == {"received": True}
-        row = ledger(event["id"])
-        assert row is not None and row.processed
+    event = stripe_event("customer.subscription.updated", subscription("some_future_status"))
+    assert deliver(lambda_call, event).json == {"received": True}
+    row = ledger(event["id"])
+    assert row is not None and row.processed
     assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
     assert user().subscription_event_at is None
+
+
+def test_incomplete_is_stored_without_changing_the_tier(lambda_call: Caller) -> None:
+    make_user(stripe_customer_id="cus_1")
+    event = stripe_event("customer.subscription.created", subscription("incomplete"))
+    assert deliver(lambda_call, event).json == {"received": True}
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "incomplete")
+    assert user().stripe_subscription_id == "sub_1"
 
 
 def test_subscription_deleted_downgrades_with_the_end_time(lambda_call: Caller) -> None:
@@ -593,7 +637,8 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
     lambda_call: Caller,
 ) -> None:
     make_pro()
-    new = stripe_event("checkout.session.completed", checkout(sub_id="sub_2"), created=T0 + 100)
+    new = stripe_event("checkout.session.completed", checkout(sub_id="sub_2", created=T0 + 100),
+                       created=T0 + 100)  # fmt: skip
     deliver(lambda_call, new)
     old_end = stripe_event("customer.subscription.deleted", subscription("canceled"),
                            created=T0 + 200)  # fmt: skip
@@ -639,7 +684,8 @@ def test_a_failure_after_the_update_rolls_everything_back(
     original = subscriptions.apply_change
 
     def apply_then_fail(*args: Any, **kwargs: Any) -> bool:
-        assert original(*args, **kwargs)  # the user row IS updated inside the transaction…
+        # the user row IS updated inside the transaction…
+        assert original(*args, **kwargs) is subscriptions.Decision.TAKE_OVER
         raise RuntimeError("injected failure with a secret value cus_1")
 
     monkeypatch.setattr(subscriptions, "apply_change", apply_then_fail)
@@ -741,9 +787,13 @@ def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
     newer = billing.StripeEvent.from_payload(
         stripe_event("customer.subscription.updated", subscription("past_due"))
     )
+    other = billing.StripeEvent.from_payload(
+        stripe_event("invoice.paid", invoice(sub_id="sub_replaced"), created=T0 + 1)
+    )
     unknown = billing.StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
     assert db.transaction(lambda s: billing.apply_event(s, newer)) is billing.Outcome.APPLIED
-    assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.STALE
+    assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.FILLED
+    assert db.transaction(lambda s: billing.apply_event(s, other)) is billing.Outcome.STALE
     assert db.transaction(lambda s: billing.apply_event(s, unknown)) is billing.Outcome.IGNORED
 
 
