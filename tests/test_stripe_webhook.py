@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import statistics
 import threading
 import time
@@ -18,12 +19,13 @@ from typing import Any
 
 import pytest
 import stripe
+from sqlalchemy import select
 
 from devkit import events
-from shared import billing, config, db
+from shared import accounts, billing, config, db
 from shared.clock import utcnow
 from shared.db import DatabaseUnavailableError
-from shared.models import User, UserTier, WebhookEvent
+from shared.models import ErasedBillingCustomer, User, UserTier, WebhookEvent
 from shared.repositories import subscriptions, users, webhook_events
 from tests.support.http import STYLES, Caller, Keys, Result
 
@@ -649,6 +651,51 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
         "sub_2",
         "active",
     )
+
+
+# --- erased customers -----------------------------------------------------------------------
+
+
+def erased_hashes() -> list[str]:
+    rows = db.run(lambda s: s.execute(select(ErasedBillingCustomer.customer_hash)).all())
+    return [row[0] for row in rows]
+
+
+def test_an_erased_customers_events_are_processed_and_recorded_without_payload(
+    lambda_call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_pro()
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        db.transaction(lambda s: accounts.erase(s, "user_a"))  # as Clerk's user.deleted does
+    assert erased_hashes() == [subscriptions.customer_hash("cus_1")]
+    erased_log = [r.getMessage() for r in caplog.records if "erased_with_live" in r.getMessage()]
+    assert len(erased_log) == 1 and '"status":"active"' in erased_log[0]
+    assert "cus_1" not in erased_log[0] and "user_a" not in erased_log[0]
+
+    caplog.clear()
+    event = stripe_event("invoice.paid", invoice(clerk_user_id="user_a"), created=T0 + 30 * 86400)
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(lambda_call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.payload, row.error) == (True, None, None)
+    warned = [r.getMessage() for r in caplog.records if "erased_customer" in r.getMessage()]
+    assert len(warned) == 1 and event["id"] in warned[0] and "cus_1" not in warned[0]
+    assert deliver(lambda_call, event).json == {"received": True, "duplicate": True}
+    # Another unknown customer still waits for its checkout (retried).
+    other = stripe_event("invoice.paid", invoice(customer="cus_unknown"))
+    assert deliver(lambda_call, other).status == 500
+
+
+def test_refused_erasure_and_erasure_without_a_customer_remember_nothing(
+    lambda_call: Caller,
+) -> None:
+    make_pro()
+    refused = lambda_call("me", "DELETE", "/api/me", user="user_a")
+    assert refused.status == 409  # a live subscription: DELETE /api/me refuses, nothing kept
+    make_user("user_b", "b@example.com")
+    assert lambda_call("me", "DELETE", "/api/me", user="user_b").status == 200
+    assert erased_hashes() == []
 
 
 # --- failures: rolled back, recorded, retried -----------------------------------------------
