@@ -698,6 +698,60 @@ def test_refused_erasure_and_erasure_without_a_customer_remember_nothing(
     assert erased_hashes() == []
 
 
+# --- the decision table (pure: no database) --------------------------------------------------
+
+A, B = "sub_a", "sub_b"
+D = subscriptions.Decision
+
+
+def change(sub: str, created: int | None = None, **fields: Any) -> subscriptions.SubscriptionChange:
+    values: dict[str, Any] = {"status": "active", "tier": UserTier.PRO} | fields
+    created_at = None if created is None else moment(created)
+    return subscriptions.SubscriptionChange(subscription_id=sub, created_at=created_at, **values)
+
+
+@pytest.mark.parametrize(
+    ("stored", "incoming", "event_at", "decision"),
+    [
+        # the first subscription: anything but a payment failure takes the user
+        ((None, None, None, None), change(A), 5, D.TAKE_OVER),
+        ((None, None, None, None), change(A, status="canceled", tier=UserTier.FREE), 5,
+         D.TAKE_OVER),
+        ((None, None, None, None), change(A, may_take_over=False), 5, D.TAKE_OVER),
+        ((None, None, None, None),
+         change(A, status="past_due", status_from=frozenset({"active"})), 5, D.STALE),
+        # another subscription: only a newer one granting PRO, and not from an invoice
+        ((A, "active", 5, 100), change(B, created=200), 1, D.TAKE_OVER),
+        ((A, "active", 5, 100), change(B, created=50), 9, D.STALE),
+        ((A, "active", 5, 100), change(B, created=None), 9, D.STALE),
+        ((A, "active", 5, 100), change(B, created=200, may_take_over=False), 9, D.STALE),
+        ((A, "active", 5, 100),
+         change(B, status="canceled", tier=UserTier.FREE, created=200), 9, D.STALE),
+        ((A, "active", 5, None), change(B, created=200), 1, D.TAKE_OVER),
+        # the current subscription: in order; older only fills; final states stay final
+        ((A, "active", 5, 100), change(A), 5, D.APPLY),
+        ((A, "active", 5, 100), change(A), 4, D.FILL),
+        ((A, "active", 5, 100), change(A, ordered=False), 4, D.APPLY),
+        ((A, "trialing", 5, 100), change(A, ordered=False, status_from=frozenset({None})), 9,
+         D.FILL),
+        ((A, "canceled", 5, 100), change(A), 9, D.STALE),
+        ((A, "incomplete_expired", 5, 100), change(A), 9, D.STALE),
+    ],
+)  # fmt: skip
+def test_decide(
+    stored: tuple[Any, ...],
+    incoming: subscriptions.SubscriptionChange,
+    event_at: int,
+    decision: subscriptions.Decision,
+) -> None:
+    sub, status, stamp, created = stored
+    row = subscriptions.Stored(
+        sub, status, None if stamp is None else moment(stamp),
+        None if created is None else moment(created),
+    )  # fmt: skip
+    assert subscriptions.decide(row, incoming, moment(event_at)) is decision
+
+
 # --- failures: rolled back, recorded, retried -----------------------------------------------
 
 
