@@ -885,8 +885,10 @@ def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
     stale = billing.StripeEvent.from_payload(
         stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 1)
     )
-    newer = billing.StripeEvent.from_payload(
-        stripe_event("customer.subscription.updated", subscription("past_due"))
+    bare = {**subscription("past_due"), "items": {"object": "list", "data": []}}  # no plan, end
+    newer = billing.StripeEvent.from_payload(stripe_event("customer.subscription.updated", bare))
+    older_still = billing.StripeEvent.from_payload(
+        stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 2)
     )
     other = billing.StripeEvent.from_payload(
         stripe_event("invoice.paid", invoice(sub_id="sub_replaced"), created=T0 + 1)
@@ -894,6 +896,8 @@ def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
     unknown = billing.StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
     assert db.transaction(lambda s: billing.apply_event(s, newer)) is billing.Outcome.APPLIED
     assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.FILLED
+    assert (user().subscription_status, user().subscription_plan) == ("past_due", "Pro monthly")
+    assert db.transaction(lambda s: billing.apply_event(s, older_still)) is billing.Outcome.STALE
     assert db.transaction(lambda s: billing.apply_event(s, other)) is billing.Outcome.STALE
     assert db.transaction(lambda s: billing.apply_event(s, unknown)) is billing.Outcome.IGNORED
 

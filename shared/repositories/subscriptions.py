@@ -159,6 +159,8 @@ def apply_change(
     if decision is Decision.STALE:
         return decision
     values = _values(user, change, decision, event_at=event_at, now=now)
+    if values.keys() == {User.updated_at}:
+        return Decision.STALE  # an older event with nothing the row lacks
     session.execute(
         update(User).where(User.id == user_id).values(values),
         execution_options={"synchronize_session": False},
