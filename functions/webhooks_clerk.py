@@ -8,7 +8,8 @@
   nothing; a failed one rolls back and Svix's retry runs it again. The effects are idempotent
   on their own too (upserts, erasure of what is left).
 - `user.created` / `user.updated` keep the user's email in step with Clerk's primary address
-  (`shared.accounts.sync_email`); a collision with another account is a 409 and changes
+  (`shared.accounts.sync_email`), in the order of Clerk's own `updated_at` (an older event
+  delivered late changes nothing); a collision with another account is a 409 and changes
   nothing. `user.deleted` erases the user exactly as DELETE /api/me does. Other types: 200.
 - Logs carry the event type and outcome, never ids or emails.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Request
@@ -44,6 +46,7 @@ USER_EVENTS = frozenset({"user.created", "user.updated", "user.deleted"})
 app = create_app(title="Clerk webhook", summary="Keep users in step with Clerk (Svix-signed).")
 
 Text = Annotated[str, Field(min_length=1, max_length=320)]
+MAX_MILLISECONDS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 class ClerkEmail(BaseModel):
@@ -57,6 +60,14 @@ class ClerkUser(BaseModel):
     id: Annotated[str, Field(min_length=1, max_length=255)]
     email_addresses: list[ClerkEmail] = []
     primary_email_address_id: str | None = None
+    # Unix milliseconds of the user's last change (user.deleted carries none).
+    updated_at: Annotated[int, Field(ge=0, le=MAX_MILLISECONDS, strict=True)] | None = None
+
+    def changed_at(self) -> datetime | None:
+        """When Clerk last changed the user: the order in which its events apply."""
+        if self.updated_at is None:
+            return None
+        return datetime.fromtimestamp(self.updated_at / 1000, UTC)
 
     def primary_email(self) -> str:
         for address in self.email_addresses:
@@ -109,7 +120,11 @@ def _apply(session: Session, delivery: str, kind: str, user: ClerkUser) -> str |
         outcome = accounts.erase(session, user.id)
     else:
         outcome = accounts.sync_email(
-            session, user.id, user.primary_email(), replace_real_email=kind == "user.updated"
+            session,
+            user.id,
+            user.primary_email(),
+            replace_real_email=kind == "user.updated",
+            changed_at=user.changed_at(),
         )
     webhook_events.mark_processed(session, delivery)
     return outcome

@@ -15,13 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import auth, errors, storage
-from shared.repositories import personal_data, users
+from shared.clock import utcnow
+from shared.repositories import personal_data, subscriptions, users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
 PLACEHOLDER_DOMAIN = "keyflash.local"
 EMAIL_IN_USE = errors.EMAIL_IN_USE
-SyncOutcome = Literal["created", "updated", "unchanged"]
+SyncOutcome = Literal["created", "updated", "unchanged", "stale"]
 
 
 def placeholder_email(user_id: str) -> str:
@@ -39,23 +40,38 @@ def sync_email(
     email: str,
     *,
     replace_real_email: bool,
+    changed_at: datetime | None = None,
     now: datetime | None = None,
 ) -> SyncOutcome:
     """Create the user with `email`, or set it on the existing row when the rules allow.
 
+    `changed_at`: Clerk's `updated_at` of the event. An event older than the last one applied
+    (`clerkUpdatedAt`) is stale and changes nothing: Svix does not deliver in order.
     `replace_real_email=False` (user.created) only upgrades a placeholder. Raises
     `EmailInUseError` when another account has the email (case-insensitively); a racing insert
     of the same id surfaces as `IntegrityError` (see `is_duplicate_user`) and the caller re-runs.
     """
-    existing = users.get(session, user_id)
+    existing = users.get(session, user_id, lock=True)
     if existing is None:
-        users.create(session, user_id, email, now=now)
+        users.create(session, user_id, email, clerk_updated_at=changed_at, now=now)
         return "created"
-    if existing.email == email or is_placeholder(email):
+    stamp = existing.clerk_updated_at
+    if changed_at is not None and stamp is not None and changed_at < stamp:
+        return "stale"
+    newer = changed_at is not None and (stamp is None or changed_at > stamp)
+    keep = (
+        existing.email == email
+        or is_placeholder(email)
+        or (not replace_real_email and not is_placeholder(existing.email))
+    )
+    if keep:
+        if newer:  # later events must still compare against this one
+            users.update_user(session, user_id, clerk_updated_at=changed_at, now=now)
         return "unchanged"
-    if not replace_real_email and not is_placeholder(existing.email):
-        return "unchanged"
-    users.update_user(session, user_id, email=email, now=now)
+    if newer:
+        users.update_user(session, user_id, email=email, clerk_updated_at=changed_at, now=now)
+    else:
+        users.update_user(session, user_id, email=email, now=now)
     return "updated"
 
 
@@ -69,11 +85,22 @@ def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = Fa
     """Erase the user (`personal_data.erase`, in the caller's transaction) and, in the same
     transaction, owe the deletion of their legacy Redis keys, so that a crash between the
     commit and `finish_erasure` cannot lose it (the repair job finishes it)."""
+    _remember_billing_customer(session, user_id, refusing=refuse_live_subscription)
     erasure = personal_data.erase(
         session, user_id, refuse_live_subscription=refuse_live_subscription
     )
     storage.mark_legacy_erasure(session, user_id)
     return erasure
+
+
+def _remember_billing_customer(session: Session, user_id: str, *, refusing: bool) -> None:
+    """Billing's step of an erasure: remember the Stripe customer (as a hash), so its later
+    events are recorded as processed instead of failing for days. A subscription still live is
+    NOT cancelled here (Stripe holds the billing relationship; docs/billing.md, "Erasure"): it
+    is logged, without ids, for support, who find it through the next event's id."""
+    status = subscriptions.remember_erased_customer(session, user_id, now=utcnow())
+    if status in subscriptions.LIVE_STATUSES and not refusing:
+        log_event("erased_with_live_subscription", level=logging.WARNING, status=status)
 
 
 def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:

@@ -7,22 +7,24 @@ delivery of the same event waits on the claimed row and then sees it processed. 
 the transaction rolls back (no partial change) and the attempt and error are recorded in a
 statement of their own, so Stripe's retry, or the cron, runs the event again (spec §10.4).
 
-Tier mapping (README "Billing"; spec §10.11 asked for exactly one):
-- `active`, `trialing` → PRO; `past_due` → PRO (grace while Stripe retries the payment);
-- `unpaid`, `canceled`, `incomplete_expired`, `paused` → FREE with the trial over
-  (`trialEndsAt = least(existing, now)`: a downgrade never starts a fresh trial);
-- `incomplete` and statuses Stripe may add later → no change (recorded, logged).
-- checkout.session.completed → PRO, active, with the customer and subscription linked;
-  invoice.paid → PRO, active; invoice.payment_failed → past_due, only while the user's current
-  subscription is active, trialing or past_due.
-Plan (price nickname, else lookup_key, else id) → `subscriptionPlan`; the period end (or
-`ended_at` once ended) → `subscriptionEndsAt`. Ordering rules live in
-`shared.repositories.subscriptions.apply_change`.
+The rules are docs/billing.md's; in short:
+- `subscriptionStatus` is Stripe's status. `active`, `trialing`, `past_due` → PRO; `unpaid`,
+  `canceled`, `incomplete_expired`, `paused` → FREE with the trial over; `incomplete` is stored
+  without a tier change; statuses Stripe may add later change nothing (recorded, logged).
+- Checkout (completed and paid or free, or `async_payment_succeeded`) → PRO with a provisional
+  status (`trialing` when nothing was paid, else `active`) until the subscription's own events
+  say; a checkout whose payment is still pending (`unpaid`) or failed only links the customer.
+- invoice.paid → `active` (a $0 invoice, e.g. a trial's, keeps the status);
+  invoice.payment_failed → `past_due` while the subscription is live. Invoices apply only to
+  the user's current subscription.
+Which event applies to which subscription, and in which order, is decided in
+`shared.repositories.subscriptions`.
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
-arrive before checkout.session.completed links the customer (spec §10.5), so the event is
-retried until the link exists. Stored payloads keep only the fields read here (ids, statuses,
-times, the plan, and checkout's email for the fallback lookup), never whole Stripe objects.
+arrive before checkout links the customer (spec §10.5), so the event is retried until the link
+exists, unless the customer was erased: then it is recorded as processed, without its payload.
+Stored payloads keep only the fields read here (ids, statuses, times, the plan, and checkout's
+email for the fallback lookup), never whole Stripe objects.
 """
 
 from __future__ import annotations
@@ -43,11 +45,14 @@ from shared.clock import utcnow
 from shared.db import DatabaseUnavailableError
 from shared.models import UserTier
 from shared.repositories import subscriptions, webhook_events
-from shared.repositories.subscriptions import LookupKey, SubscriptionChange
+from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
 from shared.telemetry import log_event
 
 PROVIDER = "stripe"
 CHECKOUT_COMPLETED = "checkout.session.completed"
+CHECKOUT_PAID_LATER = "checkout.session.async_payment_succeeded"
+CHECKOUT_PAYMENT_FAILED = "checkout.session.async_payment_failed"
+CHECKOUT_EVENTS = frozenset({CHECKOUT_COMPLETED, CHECKOUT_PAID_LATER, CHECKOUT_PAYMENT_FAILED})
 SUBSCRIPTION_EVENTS = frozenset(
     {
         "customer.subscription.created",
@@ -60,15 +65,21 @@ INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 
 PRO_STATUSES = frozenset({"active", "trialing", "past_due"})
 FREE_STATUSES = frozenset({"unpaid", "canceled", "incomplete_expired", "paused"})
+NO_TIER_STATUSES = frozenset({"incomplete"})  # stored, the tier unchanged
 # A failed payment moves a live subscription into grace; it never revives an unpaid one.
-PAYMENT_FAILURE_APPLIES_TO = frozenset({"active", "trialing", "past_due"})
+PAYMENT_FAILURE_APPLIES_TO: frozenset[str | None] = frozenset(subscriptions.LIVE_STATUSES)
+# Checkout's provisional status replaces only no status or `incomplete` (a delayed payment).
+CHECKOUT_APPLIES_TO: frozenset[str | None] = frozenset({None, "incomplete"})
 
 
 class Outcome(enum.StrEnum):
     """What processing one event did."""
 
     APPLIED = "applied"  # the user's subscription columns changed
+    FILLED = "filled"  # older than what is applied: only fields the row lacked were filled
+    LINKED = "linked"  # a pending or failed checkout: only the customer was linked
     STALE = "stale"  # older than, or superseded by, what is already applied: nothing changed
+    ERASED = "erased"  # about an erased customer: recorded without its payload, nothing done
     IGNORED = "ignored"  # nothing to do for this type or shape (recorded as processed)
     DUPLICATE = "duplicate"  # processed before: nothing done
 
@@ -90,6 +101,7 @@ _SUBSCRIPTION: Spec = {
     "id": True,
     "customer": _REF,
     "status": True,
+    "created": True,
     "metadata": _USER_METADATA,
     "current_period_end": True,  # API versions before 2025-03-31
     "ended_at": True,
@@ -106,19 +118,23 @@ _INVOICE: Spec = {
     "subscription": _REF,  # before basil
     "subscription_details": {"metadata": _USER_METADATA},
     "parent": {"subscription_details": {"subscription": _REF, "metadata": _USER_METADATA}},
+    "amount_paid": True,
     "lines": {"data": {"period": {"end": True}}},
 }
+_CHECKOUT: Spec = {
+    "id": True,
+    "created": True,
+    "mode": True,
+    "customer": _REF,
+    "subscription": _REF,
+    "metadata": _USER_METADATA,
+    "client_reference_id": True,
+    "customer_email": True,
+    "customer_details": {"email": True},
+    "payment_status": True,
+}
 _KEEP: dict[str, Spec] = {
-    CHECKOUT_COMPLETED: {
-        "id": True,
-        "mode": True,
-        "customer": _REF,
-        "subscription": _REF,
-        "metadata": _USER_METADATA,
-        "customer_email": True,
-        "customer_details": {"email": True},
-        "payment_status": True,
-    },
+    **{kind: _CHECKOUT for kind in CHECKOUT_EVENTS},
     **{kind: _SUBSCRIPTION for kind in SUBSCRIPTION_EVENTS},
     INVOICE_PAID: _INVOICE,
     INVOICE_PAYMENT_FAILED: _INVOICE,
@@ -204,6 +220,7 @@ class _Subscription(_StripeModel):
     id: str
     customer: Ref = None
     status: str
+    created: int | None = None
     metadata: Metadata = {}
     current_period_end: int | None = None
     ended_at: int | None = None
@@ -229,10 +246,12 @@ class _CustomerDetails(_StripeModel):
 
 class _CheckoutSession(_StripeModel):
     id: str
+    created: int | None = None
     mode: str | None = None
     customer: Ref = None
     subscription: Ref = None
     metadata: Metadata = {}
+    client_reference_id: str | None = None
     customer_email: str | None = None
     customer_details: _CustomerDetails | None = None
     payment_status: str | None = None
@@ -266,6 +285,7 @@ class _Invoice(_StripeModel):
     subscription_details: _SubscriptionDetails | None = None
     parent: _Parent | None = None
     lines: _Lines = _Lines()
+    amount_paid: int | None = None
 
     def details(self) -> _SubscriptionDetails:
         if self.parent is not None and self.parent.subscription_details is not None:
@@ -289,8 +309,12 @@ def _user_id(metadata: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+def _clean(value: str | None) -> str | None:
+    return value if value and value.strip() else None
+
+
 def tier_for_status(status: str) -> UserTier | None:
-    """The README's mapping; None: this status changes nothing."""
+    """docs/billing.md's mapping; None: this status does not change the tier."""
     if status in PRO_STATUSES:
         return UserTier.PRO
     if status in FREE_STATUSES:
@@ -303,10 +327,12 @@ def tier_for_status(status: str) -> UserTier | None:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Who the event is about (lookup candidates, in order) and what it changes."""
+    """Who the event is about (lookup candidates, in order) and what it changes: the
+    subscription columns (`change`), or, for a checkout not paid (yet), only the customer link."""
 
     candidates: tuple[tuple[LookupKey, str], ...]
-    change: SubscriptionChange
+    change: SubscriptionChange | None
+    link_customer: str | None = None
 
 
 def _candidates(*pairs: tuple[LookupKey, str | None]) -> tuple[tuple[LookupKey, str], ...]:
@@ -316,8 +342,9 @@ def _candidates(*pairs: tuple[LookupKey, str | None]) -> tuple[tuple[LookupKey, 
 def plan_for(event: StripeEvent) -> Plan | None:
     """The event's effect, or None when it has none (unknown type, nothing to change)."""
     try:
-        if event.type == CHECKOUT_COMPLETED:
-            return _checkout_plan(_CheckoutSession.model_validate(event.object))
+        if event.type in CHECKOUT_EVENTS:
+            session = _CheckoutSession.model_validate(event.object)
+            return _checkout_plan(session, paid=event.type != CHECKOUT_PAYMENT_FAILED)
         if event.type in SUBSCRIPTION_EVENTS:
             subscription = _Subscription.model_validate(event.object)
             return _subscription_plan(subscription, deleted=event.type.endswith(".deleted"))
@@ -331,30 +358,45 @@ def plan_for(event: StripeEvent) -> Plan | None:
     return None
 
 
-def _checkout_plan(session: _CheckoutSession) -> Plan | None:
+def _checkout_plan(session: _CheckoutSession, *, paid: bool) -> Plan | None:
+    """`paid` False: async_payment_failed. A completed session whose payment is still pending
+    (`unpaid`: a bank debit) or failed links the customer only, so the subscription's own events
+    find the user; its status comes from those events."""
     if session.mode not in (None, "subscription") or not session.customer:
         return None
-    if not session.subscription or session.payment_status == "unpaid":
-        return None  # no subscription, or payment still pending: subscription events decide
+    if not session.subscription:
+        return None
     email = session.customer_email or (
         session.customer_details.email if session.customer_details else None
     )
+    candidates = _candidates(
+        ("id", _user_id(session.metadata)),
+        ("id", _clean(session.client_reference_id)),
+        ("email", email),
+        ("customer", session.customer),
+    )
+    if not paid or session.payment_status == "unpaid":
+        return Plan(candidates, None, link_customer=session.customer)
+    provisional = "trialing" if session.payment_status == "no_payment_required" else "active"
     return Plan(
-        _candidates(("id", _user_id(session.metadata)), ("email", email),
-                    ("customer", session.customer)),
+        candidates,
         SubscriptionChange(
             subscription_id=session.subscription,
             customer_id=session.customer,
-            status="active",
+            status=provisional,
             tier=UserTier.PRO,
+            created_at=_time(session.created),
+            created_exact=False,  # the session's time: the subscription's own events correct it
+            ordered=False,  # it says nothing about the subscription's state at a moment
+            status_from=CHECKOUT_APPLIES_TO,
         ),
-    )  # fmt: skip
+    )
 
 
 def _subscription_plan(subscription: _Subscription, *, deleted: bool) -> Plan | None:
     status = "canceled" if deleted else subscription.status
     tier = tier_for_status(status)
-    if tier is None:
+    if tier is None and status not in NO_TIER_STATUSES:
         log_event("stripe_subscription_status_ignored", level=logging.WARNING, status=status)
         return None
     return Plan(
@@ -366,6 +408,7 @@ def _subscription_plan(subscription: _Subscription, *, deleted: bool) -> Plan | 
             tier=tier,
             plan=subscription.plan(),
             ends_at=subscription.ends_at(),
+            created_at=_time(subscription.created),
         ),
     )
 
@@ -378,19 +421,22 @@ def _invoice_plan(invoice: _Invoice, *, paid: bool) -> Plan | None:
         ("customer", invoice.customer), ("id", _user_id(invoice.details().metadata))
     )
     if paid:
+        charged = invoice.amount_paid is None or invoice.amount_paid > 0
         change = SubscriptionChange(
             subscription_id=subscription_id,
             customer_id=invoice.customer,
-            status="active",
-            tier=UserTier.PRO,
+            status="active" if charged else None,  # a $0 (trial) invoice keeps `trialing`
+            tier=UserTier.PRO if charged else None,
             ends_at=invoice.period_end(),
+            may_take_over=False,
         )
     else:
         change = SubscriptionChange(
             subscription_id=subscription_id,
             status="past_due",
             tier=UserTier.PRO,
-            only_from=PAYMENT_FAILURE_APPLIES_TO,
+            may_take_over=False,
+            status_from=PAYMENT_FAILURE_APPLIES_TO,
         )
     return Plan(candidates, change)
 
@@ -409,22 +455,40 @@ def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = 
         return Outcome.IGNORED
     user_id = subscriptions.find_user_id(session, plan.candidates)
     if user_id is None:
+        customers = [value for key, value in plan.candidates if key == "customer"]
+        if any(subscriptions.is_erased_customer(session, c) for c in customers):
+            return Outcome.ERASED
         tried = ", ".join(f"{key}={value}" for key, value in plan.candidates if key != "email")
         has_email = any(key == "email" for key, _ in plan.candidates)
         raise BillingUserNotFoundError(
             f"no user for {event.type} ({tried or 'no ids'}{', email' if has_email else ''})"
         )
-    changed = subscriptions.apply_change(
-        session, user_id, plan.change, event_at=event.created, now=now or utcnow()
+    moment = now or utcnow()
+    if plan.change is None:
+        linked = plan.link_customer is not None and subscriptions.link_customer(
+            session, user_id, plan.link_customer, now=moment
+        )
+        return Outcome.LINKED if linked else Outcome.STALE
+    decision = subscriptions.apply_change(
+        session, user_id, plan.change, event_at=event.created, now=moment
     )
-    return Outcome.APPLIED if changed else Outcome.STALE
+    return _OUTCOMES[decision]
+
+
+_OUTCOMES = {
+    Decision.TAKE_OVER: Outcome.APPLIED,
+    Decision.APPLY: Outcome.APPLIED,
+    Decision.FILL: Outcome.FILLED,
+    Decision.STALE: Outcome.STALE,
+}
 
 
 def _claim_and_apply(session: Session, event: StripeEvent, now: datetime) -> Outcome:
     if webhook_events.claim(session, event.id, event.type, event.payload(), now=now) is None:
         return Outcome.DUPLICATE
     outcome = apply_event(session, event, now=now)
-    webhook_events.mark_processed(session, event.id, now=now)
+    erased = outcome is Outcome.ERASED
+    webhook_events.mark_processed(session, event.id, now=now, forget_payload=erased)
     return outcome
 
 
@@ -440,7 +504,17 @@ def handle(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     except Exception as error:
         _record_failure(event, error, moment)
         raise
-    log_event("stripe_event", type=event.type, outcome=outcome.value)
+    if outcome is Outcome.ERASED:
+        # The event id (not personal data) lets support open it in Stripe's dashboard and
+        # cancel a subscription that outlived its account (docs/billing.md, "Erasure").
+        log_event(
+            "stripe_event_for_erased_customer",
+            level=logging.WARNING,
+            eventId=event.id,
+            type=event.type,
+        )
+    else:
+        log_event("stripe_event", type=event.type, outcome=outcome.value)
     return outcome
 
 

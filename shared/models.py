@@ -123,6 +123,12 @@ class User(Base):
     subscription_event_at: Mapped[datetime | None] = mapped_column(
         "subscriptionEventAt", UTCDateTime()
     )
+    # Addition: Stripe's `created` of the current subscription (which of two is newer).
+    subscription_created_at: Mapped[datetime | None] = mapped_column(
+        "subscriptionCreatedAt", UTCDateTime()
+    )
+    # Addition: Clerk's `updated_at` of the last user event applied (ordering guard).
+    clerk_updated_at: Mapped[datetime | None] = mapped_column("clerkUpdatedAt", UTCDateTime())
 
 
 class SavedSearch(Base):
@@ -307,6 +313,14 @@ class LegacyCounterDelta(Base):
     error: Mapped[str | None] = mapped_column("error", Text)
     created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
     updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+class ErasedBillingCustomer(Base):
+    """Addition: the SHA-256 of an erased user's Stripe customer id, so that customer's later
+    Stripe events are recognised (and recorded without payload) rather than retried for days."""
+
+    __tablename__ = "erased_billing_customers"
+
+    customer_hash: Mapped[str] = mapped_column("customerHash", Text, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column("erasedAt", UTCDateTime())
 
 
 class CronLease(Base):

@@ -7,10 +7,14 @@ only check.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -21,7 +25,7 @@ from svix.webhooks import Webhook
 
 from shared import config, db
 from shared.repositories import api_usage, saved_searches, users
-from tests.support.http import Caller, Result
+from tests.support.http import Caller, Keys, Result
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 PATH = "/api/webhooks/clerk"
@@ -31,6 +35,16 @@ PATH = "/api/webhooks/clerk"
 def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLERK_WEBHOOK_SECRET", SECRET)
     config.get_settings.cache_clear()
+
+
+@pytest.fixture
+def lambda_only(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Caller]:
+    """The Lambda handler, with a connection per concurrent delivery."""
+    monkeypatch.setenv("DB_POOL_SIZE", "4")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    yield Caller("lambda_v2", api_env)
+    db.dispose_engine()
 
 
 def user_data(user_id: str, *emails: str, primary: int | None = 0) -> dict[str, Any]:
@@ -186,6 +200,12 @@ def test_an_unusable_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.M
         json.dumps({"type": "user.created", "data": {"email_addresses": []}}),  # no id
         json.dumps({"type": "user.deleted", "data": {"id": ""}}),
         json.dumps({"type": "user.updated", "data": {"id": "u", "email_addresses": "x"}}),
+        # updated_at orders the events: Unix milliseconds, nothing else
+        json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": "1654012824306"}}),
+        json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": 1.5}}),
+        json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": True}}),
+        json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": -1}}),
+        json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": 10**20}}),
     ],
 )
 def test_signed_but_malformed_payloads_are_400(
@@ -239,6 +259,55 @@ def test_updated_changes_the_email_and_is_idempotent(call: Caller) -> None:
     assert email_of("user_a") == "B@Example.com"
 
 
+def stamped(user_id: str, email: str, updated_at: int) -> dict[str, Any]:
+    return {**user_data(user_id, email), "updated_at": updated_at}
+
+
+def test_an_older_update_delivered_late_changes_nothing(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    deliver(call, "user.created", stamped("user_a", "a@example.com", 1654012591835))
+    newer, _, _ = deliver(call, "user.updated", stamped("user_a", "new@example.com", 1654012900000))
+    late, _, _ = deliver(call, "user.updated", stamped("user_a", "old@example.com", 1654012824306))
+    assert (newer.status, late.status) == (200, 200)
+    assert email_of("user_a") == "new@example.com"
+    row = admin_conn.execute(
+        'SELECT "clerkUpdatedAt" FROM users WHERE id = %s', ["user_a"]
+    ).fetchone()
+    assert row == (datetime(2022, 5, 31, 16, 1, 40),)  # 1654012900000 ms, stored as UTC
+    # Processed (not retried): the late delivery is consumed.
+    assert (
+        ledger(admin_conn)
+        == [("user.created", "clerk", True, True)] + [("user.updated", "clerk", True, True)] * 2
+    )
+
+
+def test_an_unchanged_email_still_moves_the_clock(call: Caller) -> None:
+    """A newer update that keeps the email must still outrank an older one that changed it."""
+    deliver(call, "user.created", stamped("user_a", "a@example.com", 1000))
+    deliver(call, "user.updated", stamped("user_a", "a@example.com", 3000))
+    deliver(call, "user.updated", stamped("user_a", "b@example.com", 2000))
+    assert email_of("user_a") == "a@example.com"
+
+
+def test_concurrent_updates_settle_on_the_newest(lambda_only: Caller) -> None:
+    """Two updates racing on their own connections: the row lock orders the decisions."""
+    deliver(lambda_only, "user.created", stamped("user_a", "a@example.com", 1000))
+    for round_ in range(5):
+        base = 10_000 * (round_ + 1)
+        updates = [stamped("user_a", f"u{round_}-{i}@example.com", base + i) for i in range(4)]
+        start = threading.Barrier(len(updates))
+
+        def one(data: dict[str, Any], barrier: threading.Barrier = start) -> int:
+            asyncio.set_event_loop(asyncio.new_event_loop())  # Mangum wants a loop per thread
+            barrier.wait()
+            return deliver(lambda_only, "user.updated", data)[0].status
+
+        with ThreadPoolExecutor(max_workers=len(updates)) as pool:
+            assert set(pool.map(one, reversed(updates))) == {200}
+        assert email_of("user_a") == f"u{round_}-3@example.com"
+
+
 def test_updated_for_an_unknown_user_creates_it(call: Caller) -> None:
     result, _, _ = deliver(call, "user.updated", user_data("user_a", "a@example.com"))
     assert result.status == 200 and email_of("user_a") == "a@example.com"
@@ -277,7 +346,7 @@ def test_a_lost_insert_race_is_rerun_as_an_update(
     real_get = users.get
     raced: list[bool] = []
 
-    def get_then_lose_the_race(session: Any, user_id: str) -> Any:
+    def get_then_lose_the_race(session: Any, user_id: str, **options: Any) -> Any:
         if not raced:
             raced.append(True)
             admin_conn.execute(  # another connection, as the other request would be
@@ -285,7 +354,7 @@ def test_a_lost_insert_race_is_rerun_as_an_update(
                 [user_id, f"{user_id}@keyflash.local"],
             )
             return None  # what our read saw, just before the other insert committed
-        return real_get(session, user_id)
+        return real_get(session, user_id, **options)
 
     monkeypatch.setattr(users, "get", get_then_lose_the_race)  # what accounts calls
     result, _, _ = deliver(call, "user.created", user_data("user_a", "a@example.com"))

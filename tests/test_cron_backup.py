@@ -5,6 +5,7 @@ restore refuses (changing nothing) whatever it cannot load faithfully."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -170,6 +171,10 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
                "responseTimeTotal", "avgResponseTime", "updatedAt")
            VALUES ('2026-11-01', 'mock', 3, 6, 1, 10, 3.3333333333333335, %s)""",
         (t0,),
+    )
+    conn.execute(
+        """INSERT INTO erased_billing_customers ("customerHash", "erasedAt") VALUES (%s, %s)""",
+        (hashlib.sha256(b"cus_erased").hexdigest(), t0),
     )
 
 

@@ -47,6 +47,9 @@ OUTSIDE_ERASURE = {
     "legacy_counter_deltas": "dropped in the erasure's transaction by the storage work",
     "cron_leases": "job leases and resume state, nothing per user",
     "search_daily_rollups": "per day and provider aggregates, nothing per user",
+    # Written BY the erasure: the hash of the erased Stripe customer id, so that customer's later
+    # events are recorded as processed (docs/billing.md, "Erasure").
+    "erased_billing_customers": "the erasure's own record of the hashed Stripe customer id",
 }
 
 

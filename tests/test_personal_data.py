@@ -196,6 +196,8 @@ KEPT_WITH_REASON = {
     "job); an erasure drops the user's",
     "cron_leases": "no personal data: one lease and resume state per job",
     "search_daily_rollups": "no personal data: counts per day and provider",
+    "erased_billing_customers": "a SHA-256 of an erased customer's Stripe id, nothing else: "
+    "recognises that customer's events for as long as Stripe may send them",
 }
 
 

@@ -37,6 +37,8 @@ TIMESTAMP3 = "timestamp(3) without time zone"
 DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
     "column users.trialStartedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
     "column users.subscriptionEventAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column users.subscriptionCreatedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
+    "column users.clerkUpdatedAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
     "column saved_searches.description": {"type": "text", **NULLABLE_COLUMN},
     "column saved_searches.results": {"type": "jsonb", **NULLABLE_COLUMN},
     "column saved_searches.lastRunAt": {"type": TIMESTAMP3, **NULLABLE_COLUMN},
@@ -104,6 +106,19 @@ DOCUMENTED_ADDITIONS.update(
         },
         "index legacy_counter_deltas_pkey": {"table": "legacy_counter_deltas"},
         "index legacy_counter_deltas_userId_idx": {"table": "legacy_counter_deltas"},
+    }
+)
+# Billing's record of erased Stripe customers (a hash of the customer id; shared.billing).
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table erased_billing_customers": {"kind": "table"},
+        "column erased_billing_customers.customerHash": {"type": "text", "nullable": False},
+        "column erased_billing_customers.erasedAt": {"type": TIMESTAMP3, "nullable": False},
+        "constraint erased_billing_customers_pkey": {
+            "table": "erased_billing_customers",
+            "type": "PRIMARY KEY",
+        },
+        "index erased_billing_customers_pkey": {"table": "erased_billing_customers"},
     }
 )
 # The crons' tables (shared.cron), also our own, and the time indexes retention deletes by.

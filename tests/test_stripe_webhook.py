@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import statistics
 import threading
 import time
@@ -18,12 +19,13 @@ from typing import Any
 
 import pytest
 import stripe
+from sqlalchemy import select
 
 from devkit import events
-from shared import billing, config, db
+from shared import accounts, billing, config, db
 from shared.clock import utcnow
 from shared.db import DatabaseUnavailableError
-from shared.models import User, UserTier, WebhookEvent
+from shared.models import ErasedBillingCustomer, User, UserTier, WebhookEvent
 from shared.repositories import subscriptions, users, webhook_events
 from tests.support.http import STYLES, Caller, Keys, Result
 
@@ -329,7 +331,7 @@ def test_checkout_upgrades_the_user_named_in_metadata(lambda_call: Caller) -> No
     assert upgraded.tier is UserTier.PRO
     assert (upgraded.stripe_customer_id, upgraded.stripe_subscription_id) == ("cus_1", "sub_1")
     assert upgraded.subscription_status == "active"
-    assert upgraded.subscription_event_at == moment(T0)
+    assert upgraded.subscription_event_at is None  # checkout is no state of the subscription
     assert upgraded.keyword_searches_this_month == 0  # a fresh monthly counter, as originally
     assert upgraded.keyword_searches_total == 120
     row = ledger(event["id"])
@@ -369,12 +371,8 @@ def test_checkout_with_expanded_customer_and_subscription_objects(lambda_call: C
 
 @pytest.mark.parametrize(
     "obj",
-    [
-        checkout(sub_id=None, mode="payment"),
-        checkout(customer=None),
-        checkout(payment_status="unpaid"),
-    ],
-    ids=["one-off-payment", "no-customer", "payment-pending"],
+    [checkout(sub_id=None, mode="payment"), checkout(customer=None)],
+    ids=["one-off-payment", "no-customer"],
 )
 def test_checkout_without_a_live_subscription_changes_nothing(
     lambda_call: Caller, obj: dict[str, Any]
@@ -385,6 +383,47 @@ def test_checkout_without_a_live_subscription_changes_nothing(
     assert user().tier is UserTier.FREE and user().stripe_customer_id is None
     row = ledger(event["id"])
     assert row is not None and row.processed
+
+
+@pytest.mark.parametrize(
+    ("kind", "payment_status"),
+    [
+        ("checkout.session.completed", "unpaid"),
+        ("checkout.session.async_payment_failed", "unpaid"),
+    ],
+    ids=["payment-pending", "payment-failed"],
+)
+def test_a_checkout_not_paid_links_the_customer_only(
+    lambda_call: Caller, kind: str, payment_status: str
+) -> None:
+    make_user()
+    obj = checkout(clerk_user_id=None, client_reference_id="user_a", payment_status=payment_status)
+    assert deliver(lambda_call, stripe_event(kind, obj)).json == {"received": True}
+    linked = user()
+    assert (linked.tier, linked.stripe_customer_id) == (UserTier.FREE, "cus_1")
+    assert (linked.stripe_subscription_id, linked.subscription_status) == (None, None)
+
+
+def test_a_delayed_payment_that_succeeds_upgrades_like_a_paid_checkout(
+    lambda_call: Caller,
+) -> None:
+    make_user()
+    obj = checkout(clerk_user_id=None, client_reference_id="user_a")
+    event = stripe_event("checkout.session.async_payment_succeeded", obj)
+    assert deliver(lambda_call, event).json == {"received": True}
+    paid = user()
+    assert (paid.tier, paid.subscription_status, paid.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_1",
+    )
+
+
+def test_a_free_checkout_is_provisionally_trialing(lambda_call: Caller) -> None:
+    make_user()
+    obj = checkout(payment_status="no_payment_required")
+    deliver(lambda_call, stripe_event("checkout.session.completed", obj))
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "trialing")
 
 
 # --- customer.subscription.* ----------------------------------------------------------------
@@ -432,15 +471,22 @@ def test_downgrade_keeps_a_trial_that_already_ended(lambda_call: Caller) -> None
     assert (user().tier, user().trial_ends_at) == (UserTier.FREE, ended)
 
 
-def test_incomplete_and_unknown_statuses_change_nothing(lambda_call: Caller) -> None:
+def test_unknown_statuses_change_nothing(lambda_call: Caller) -> None:
     make_pro()
-    for status in ("incomplete", "some_future_status"):
-        event = stripe_event("customer.subscription.updated", subscription(status))
-        assert deliver(lambda_call, event).json == {"received": True}
-        row = ledger(event["id"])
-        assert row is not None and row.processed
+    event = stripe_event("customer.subscription.updated", subscription("some_future_status"))
+    assert deliver(lambda_call, event).json == {"received": True}
+    row = ledger(event["id"])
+    assert row is not None and row.processed
     assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
     assert user().subscription_event_at is None
+
+
+def test_incomplete_is_stored_without_changing_the_tier(lambda_call: Caller) -> None:
+    make_user(stripe_customer_id="cus_1")
+    event = stripe_event("customer.subscription.created", subscription("incomplete"))
+    assert deliver(lambda_call, event).json == {"received": True}
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "incomplete")
+    assert user().stripe_subscription_id == "sub_1"
 
 
 def test_subscription_deleted_downgrades_with_the_end_time(lambda_call: Caller) -> None:
@@ -593,7 +639,8 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
     lambda_call: Caller,
 ) -> None:
     make_pro()
-    new = stripe_event("checkout.session.completed", checkout(sub_id="sub_2"), created=T0 + 100)
+    new = stripe_event("checkout.session.completed", checkout(sub_id="sub_2", created=T0 + 100),
+                       created=T0 + 100)  # fmt: skip
     deliver(lambda_call, new)
     old_end = stripe_event("customer.subscription.deleted", subscription("canceled"),
                            created=T0 + 200)  # fmt: skip
@@ -604,6 +651,105 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
         "sub_2",
         "active",
     )
+
+
+# --- erased customers -----------------------------------------------------------------------
+
+
+def erased_hashes() -> list[str]:
+    rows = db.run(lambda s: s.execute(select(ErasedBillingCustomer.customer_hash)).all())
+    return [row[0] for row in rows]
+
+
+def test_an_erased_customers_events_are_processed_and_recorded_without_payload(
+    lambda_call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_pro()
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        db.transaction(lambda s: accounts.erase(s, "user_a"))  # as Clerk's user.deleted does
+    assert erased_hashes() == [subscriptions.customer_hash("cus_1")]
+    erased_log = [r.getMessage() for r in caplog.records if "erased_with_live" in r.getMessage()]
+    assert len(erased_log) == 1 and '"status":"active"' in erased_log[0]
+    assert "cus_1" not in erased_log[0] and "user_a" not in erased_log[0]
+
+    caplog.clear()
+    event = stripe_event("invoice.paid", invoice(clerk_user_id="user_a"), created=T0 + 30 * 86400)
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(lambda_call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.payload, row.error) == (True, None, None)
+    warned = [r.getMessage() for r in caplog.records if "erased_customer" in r.getMessage()]
+    assert len(warned) == 1 and event["id"] in warned[0] and "cus_1" not in warned[0]
+    assert deliver(lambda_call, event).json == {"received": True, "duplicate": True}
+    # Another unknown customer still waits for its checkout (retried).
+    other = stripe_event("invoice.paid", invoice(customer="cus_unknown"))
+    assert deliver(lambda_call, other).status == 500
+
+
+def test_refused_erasure_and_erasure_without_a_customer_remember_nothing(
+    lambda_call: Caller,
+) -> None:
+    make_pro()
+    refused = lambda_call("me", "DELETE", "/api/me", user="user_a")
+    assert refused.status == 409  # a live subscription: DELETE /api/me refuses, nothing kept
+    make_user("user_b", "b@example.com")
+    assert lambda_call("me", "DELETE", "/api/me", user="user_b").status == 200
+    assert erased_hashes() == []
+
+
+# --- the decision table (pure: no database) --------------------------------------------------
+
+A, B = "sub_a", "sub_b"
+D = subscriptions.Decision
+
+
+def change(sub: str, created: int | None = None, **fields: Any) -> subscriptions.SubscriptionChange:
+    values: dict[str, Any] = {"status": "active", "tier": UserTier.PRO} | fields
+    created_at = None if created is None else moment(created)
+    return subscriptions.SubscriptionChange(subscription_id=sub, created_at=created_at, **values)
+
+
+@pytest.mark.parametrize(
+    ("stored", "incoming", "event_at", "decision"),
+    [
+        # the first subscription: anything but a payment failure takes the user
+        ((None, None, None, None), change(A), 5, D.TAKE_OVER),
+        ((None, None, None, None), change(A, status="canceled", tier=UserTier.FREE), 5,
+         D.TAKE_OVER),
+        ((None, None, None, None), change(A, may_take_over=False), 5, D.TAKE_OVER),
+        ((None, None, None, None),
+         change(A, status="past_due", status_from=frozenset({"active"})), 5, D.STALE),
+        # another subscription: only a newer one granting PRO, and not from an invoice
+        ((A, "active", 5, 100), change(B, created=200), 1, D.TAKE_OVER),
+        ((A, "active", 5, 100), change(B, created=50), 9, D.STALE),
+        ((A, "active", 5, 100), change(B, created=None), 9, D.STALE),
+        ((A, "active", 5, 100), change(B, created=200, may_take_over=False), 9, D.STALE),
+        ((A, "active", 5, 100),
+         change(B, status="canceled", tier=UserTier.FREE, created=200), 9, D.STALE),
+        ((A, "active", 5, None), change(B, created=200), 1, D.TAKE_OVER),
+        # the current subscription: in order; older only fills; final states stay final
+        ((A, "active", 5, 100), change(A), 5, D.APPLY),
+        ((A, "active", 5, 100), change(A), 4, D.FILL),
+        ((A, "active", 5, 100), change(A, ordered=False), 4, D.APPLY),
+        ((A, "trialing", 5, 100), change(A, ordered=False, status_from=frozenset({None})), 9,
+         D.FILL),
+        ((A, "canceled", 5, 100), change(A), 9, D.STALE),
+        ((A, "incomplete_expired", 5, 100), change(A), 9, D.STALE),
+    ],
+)  # fmt: skip
+def test_decide(
+    stored: tuple[Any, ...],
+    incoming: subscriptions.SubscriptionChange,
+    event_at: int,
+    decision: subscriptions.Decision,
+) -> None:
+    sub, status, stamp, created = stored
+    row = subscriptions.Stored(
+        sub, status, None if stamp is None else moment(stamp),
+        None if created is None else moment(created),
+    )  # fmt: skip
+    assert subscriptions.decide(row, incoming, moment(event_at)) is decision
 
 
 # --- failures: rolled back, recorded, retried -----------------------------------------------
@@ -639,7 +785,8 @@ def test_a_failure_after_the_update_rolls_everything_back(
     original = subscriptions.apply_change
 
     def apply_then_fail(*args: Any, **kwargs: Any) -> bool:
-        assert original(*args, **kwargs)  # the user row IS updated inside the transaction…
+        # the user row IS updated inside the transaction…
+        assert original(*args, **kwargs) is subscriptions.Decision.TAKE_OVER
         raise RuntimeError("injected failure with a secret value cus_1")
 
     monkeypatch.setattr(subscriptions, "apply_change", apply_then_fail)
@@ -738,12 +885,20 @@ def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
     stale = billing.StripeEvent.from_payload(
         stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 1)
     )
-    newer = billing.StripeEvent.from_payload(
-        stripe_event("customer.subscription.updated", subscription("past_due"))
+    bare = {**subscription("past_due"), "items": {"object": "list", "data": []}}  # no plan, end
+    newer = billing.StripeEvent.from_payload(stripe_event("customer.subscription.updated", bare))
+    older_still = billing.StripeEvent.from_payload(
+        stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 2)
+    )
+    other = billing.StripeEvent.from_payload(
+        stripe_event("invoice.paid", invoice(sub_id="sub_replaced"), created=T0 + 1)
     )
     unknown = billing.StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
     assert db.transaction(lambda s: billing.apply_event(s, newer)) is billing.Outcome.APPLIED
-    assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.STALE
+    assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.FILLED
+    assert (user().subscription_status, user().subscription_plan) == ("past_due", "Pro monthly")
+    assert db.transaction(lambda s: billing.apply_event(s, older_still)) is billing.Outcome.STALE
+    assert db.transaction(lambda s: billing.apply_event(s, other)) is billing.Outcome.STALE
     assert db.transaction(lambda s: billing.apply_event(s, unknown)) is billing.Outcome.IGNORED
 
 

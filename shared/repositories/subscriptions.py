@@ -1,37 +1,41 @@
-"""Users' Stripe subscription columns: found by Stripe's ids, changed by one guarded UPDATE.
+"""Users' Stripe subscription columns: found by Stripe's ids, changed under the user's row lock.
 
-The billing core (`shared.billing`) decides what an event means; this module finds the user and
-applies the change in a single statement whose WHERE carries every ordering rule, so concurrent
-deliveries of different events for one user serialise on the row lock and each re-checks the
-rules against the row as the other left it (READ COMMITTED re-evaluates an UPDATE's WHERE).
+The billing core (`shared.billing`) decides what an event means; this module decides whether it
+still applies to the user's row (`decide`, a pure function of the stored state) and writes it.
+`apply_change` reads the row `FOR UPDATE`, so concurrent deliveries of different events for one
+user serialise on the lock and each decides against the row as the other left it.
+
+The rules (docs/billing.md):
+- A user has ONE current subscription; a user without one takes the first event's (except a
+  payment failure). An event about another subscription takes the user over only when it may
+  (subscription events and checkout, not invoices), grants PRO, and that subscription was
+  created after the current one: a replaced subscription's late events, its final invoice
+  included, never take the user back.
+- Events for the current subscription apply in Stripe's `created` order
+  (`subscriptionEventAt`). An older one only fills the fields the row still lacks (plan, period
+  end, customer): it never brings back an old status.
+- `canceled` and `incomplete_expired` are final: nothing applies to that subscription again.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import (
-    ColumnElement,
-    and_,
-    case,
-    func,
-    literal,
-    not_,
-    or_,
-    select,
-    union_all,
-    update,
-)
+from sqlalchemy import ColumnElement, func, literal, select, union_all, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared.models import User, UserTier, UTCDateTime
+from shared.models import ErasedBillingCustomer, User, UserTier
 from shared.telemetry import database_operation
 
 # Stripe statuses a subscription never leaves: once stored, no event for it applies again.
 TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
+LIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
 
 LookupKey = Literal["id", "customer", "email"]
 
@@ -40,26 +44,72 @@ LookupKey = Literal["id", "customer", "email"]
 class SubscriptionChange:
     """What one Stripe event asks of the user's subscription columns.
 
-    `tier` None leaves the tier alone; `plan`, `ends_at` and `customer_id` None keep the stored
-    values. `only_from`: apply only while the user's current subscription is this one and its
-    status is one of these (a payment failure must not revive an unpaid subscription).
+    `status` None keeps the stored status; `tier` None the tier; `plan`, `ends_at`,
+    `customer_id` None keep the stored values (except on a take-over, where they belong to the
+    old subscription and are cleared). `created_at`: Stripe's `created` of the subscription
+    (`created_exact` False: a checkout session's, an upper bound kept only until the
+    subscription's own events say). `ordered`: the event carries the subscription's state as of
+    its `created` (stamped in `subscriptionEventAt`); checkout does not. `status_from`: the
+    status applies only while the stored one is in this set (None: any).
     """
 
     subscription_id: str
-    status: str
+    status: str | None
     tier: UserTier | None
     customer_id: str | None = None
     plan: str | None = None
     ends_at: datetime | None = None
-    only_from: frozenset[str] | None = None
+    created_at: datetime | None = None
+    created_exact: bool = True
+    may_take_over: bool = True
+    ordered: bool = True
+    status_from: frozenset[str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The user's stored subscription state, as `decide` reads it."""
+
+    subscription_id: str | None
+    status: str | None
+    event_at: datetime | None
+    created_at: datetime | None
+
+
+class Decision(enum.StrEnum):
+    TAKE_OVER = "take_over"  # this subscription becomes the user's current one
+    APPLY = "apply"  # the current subscription's newer state
+    FILL = "fill"  # older: only the fields the row lacks
+    STALE = "stale"  # nothing to do
+
+
+def decide(stored: Stored, change: SubscriptionChange, event_at: datetime) -> Decision:
+    """Whether and how an event applies to the stored state (see the module docstring)."""
+    if stored.subscription_id is None:  # the user's first subscription
+        vacant_ok = change.status_from is None or None in change.status_from
+        return Decision.TAKE_OVER if vacant_ok else Decision.STALE
+    if stored.subscription_id != change.subscription_id:
+        if not change.may_take_over:
+            return Decision.STALE
+        newer = change.created_at is not None and (
+            stored.created_at is None or change.created_at > stored.created_at
+        )
+        return Decision.TAKE_OVER if change.tier is UserTier.PRO and newer else Decision.STALE
+    if stored.status in TERMINAL_STATUSES:
+        return Decision.STALE
+    if change.ordered and stored.event_at is not None and event_at < stored.event_at:
+        return Decision.FILL
+    if change.status_from is not None and stored.status not in change.status_from:
+        return Decision.FILL
+    return Decision.APPLY
 
 
 @database_operation("findBillingUser")
 def find_user_id(session: Session, candidates: Sequence[tuple[LookupKey, str]]) -> str | None:
     """The first user matching the candidates, in their order, in ONE query.
 
-    Keys: `id` (Clerk user id from Stripe metadata), `customer` (stripeCustomerId) and `email`
-    (case-insensitive, served by the `lower(email)` unique index).
+    Keys: `id` (Clerk user id from Stripe metadata or client_reference_id), `customer`
+    (stripeCustomerId) and `email` (case-insensitive, served by the `lower(email)` unique index).
     """
     selects = []
     for rank, (key, value) in enumerate(candidates):
@@ -87,66 +137,123 @@ def apply_change(
     *,
     event_at: datetime,
     now: datetime,
-) -> bool:
-    """Apply `change` unless a rule says the event is stale; True when the row changed.
-
-    Rules, all in the UPDATE's WHERE: the event is not older than the last one applied
-    (`subscriptionEventAt`; equal times apply, Stripe's `created` has one-second resolution);
-    a subscription stored as canceled or incomplete_expired stays so; an event for a
-    subscription other than the user's current one applies only when it grants PRO (a new
-    subscription takes over, a late cancellation of an old one changes nothing).
+) -> Decision:
+    """Lock the user's row, decide (`decide`) and write; returns what was done.
 
     Tier effects: ENTERPRISE (managed outside Stripe) is never changed. FREE → PRO starts a
     fresh monthly counter (as the original's new usage key did). → FREE ends any running trial
     (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial.
     """
-    sub = change.subscription_id
-    now_value = literal(now, UTCDateTime())
-    same_subscription = User.stripe_subscription_id == sub
-    stored_terminal = and_(
-        User.stripe_subscription_id.is_not_distinct_from(sub),
-        func.coalesce(User.subscription_status, "").in_(TERMINAL_STATUSES),
+    user = session.execute(
+        select(User).where(User.id == user_id).with_for_update()
+    ).scalar_one_or_none()
+    if user is None:
+        return Decision.STALE
+    stored = Stored(
+        user.stripe_subscription_id,
+        user.subscription_status,
+        user.subscription_event_at,
+        user.subscription_created_at,
     )
-    conditions: list[ColumnElement[bool]] = [
-        User.id == user_id,
-        or_(User.subscription_event_at.is_(None), User.subscription_event_at <= event_at),
-        not_(stored_terminal),
-    ]
-    if change.tier is not UserTier.PRO:
-        conditions.append(or_(User.stripe_subscription_id.is_(None), same_subscription))
-    if change.only_from is not None:
-        conditions += [same_subscription, User.subscription_status.in_(change.only_from)]
+    decision = decide(stored, change, event_at)
+    if decision is Decision.STALE:
+        return decision
+    values = _values(user, change, decision, event_at=event_at, now=now)
+    if values.keys() == {User.updated_at}:
+        return Decision.STALE  # an older event with nothing the row lacks
+    session.execute(
+        update(User).where(User.id == user_id).values(values),
+        execution_options={"synchronize_session": False},
+    )
+    return decision
 
-    values: dict[Any, Any] = {
-        User.subscription_status: change.status,
-        User.stripe_subscription_id: sub,
-        User.subscription_event_at: event_at,
-        User.updated_at: now,
-    }
+
+def _values(
+    user: User, change: SubscriptionChange, decision: Decision, *, event_at: datetime, now: datetime
+) -> dict[Any, Any]:
+    values: dict[Any, Any] = {User.updated_at: now}
+    if decision is Decision.FILL:
+        fills = {
+            User.subscription_plan: (user.subscription_plan, change.plan),
+            User.subscription_ends_at: (user.subscription_ends_at, change.ends_at),
+            User.stripe_customer_id: (user.stripe_customer_id, change.customer_id),
+            User.subscription_created_at: (user.subscription_created_at, change.created_at),
+        }
+        values.update({column: new for column, (old, new) in fills.items() if old is None and new})
+        return values
+
+    taking_over = decision is Decision.TAKE_OVER
+    values[User.stripe_subscription_id] = change.subscription_id
     if change.customer_id is not None:
         values[User.stripe_customer_id] = change.customer_id
-    if change.plan is not None:
+    if taking_over or change.plan is not None:
         values[User.subscription_plan] = change.plan
-    if change.ends_at is not None:
+    if taking_over or change.ends_at is not None:
         values[User.subscription_ends_at] = change.ends_at
-    if change.tier is not None:
-        enterprise = User.tier == UserTier.ENTERPRISE
-        values[User.tier] = case(
-            (enterprise, User.tier), else_=literal(change.tier, User.tier.type)
-        )
-        if change.tier is UserTier.PRO:
-            upgrading = User.tier == UserTier.FREE
-            values[User.keyword_searches_this_month] = case(
-                (upgrading, 0), else_=User.keyword_searches_this_month
-            )
-            values[User.monthly_reset_at] = case(
-                (upgrading, now_value), else_=User.monthly_reset_at
-            )
+    if taking_over or (
+        change.created_at is not None
+        and (change.created_exact or user.subscription_created_at is None)
+    ):
+        values[User.subscription_created_at] = change.created_at
+    if change.ordered:
+        values[User.subscription_event_at] = event_at
+    elif taking_over:
+        values[User.subscription_event_at] = None  # no event of this subscription applied yet
+    if change.status is not None:
+        values[User.subscription_status] = change.status
+    if change.tier is not None and user.tier is not UserTier.ENTERPRISE:
+        values[User.tier] = change.tier
+        if change.tier is UserTier.PRO and user.tier is UserTier.FREE:
+            values[User.keyword_searches_this_month] = 0
+            values[User.monthly_reset_at] = now
         elif change.tier is UserTier.FREE:
-            values[User.trial_ends_at] = case(
-                (enterprise, User.trial_ends_at),
-                else_=func.least(User.trial_ends_at, now_value, type_=UTCDateTime()),
-            )
-    statement = update(User).where(*conditions).values(values).returning(User.id)
+            trial_end = user.trial_ends_at
+            values[User.trial_ends_at] = now if trial_end is None else min(trial_end, now)
+    return values
+
+
+@database_operation("linkStripeCustomer")
+def link_customer(session: Session, user_id: str, customer_id: str, *, now: datetime) -> bool:
+    """Link the customer to a user who has none yet (a checkout not paid yet, or failed), so
+    the subscription's events find the user; True when the row changed."""
+    statement = (
+        update(User)
+        .where(User.id == user_id, User.stripe_customer_id.is_(None))
+        .values({User.stripe_customer_id: customer_id, User.updated_at: now})
+        .returning(User.id)
+    )
     result = session.execute(statement, execution_options={"synchronize_session": False})
     return result.first() is not None
+
+
+def customer_hash(customer_id: str) -> str:
+    """How an erased customer is remembered: SHA-256 of the Stripe customer id, never the id."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()
+
+
+@database_operation("rememberErasedCustomer")
+def remember_erased_customer(session: Session, user_id: str, *, now: datetime) -> str | None:
+    """Before the user is erased: remember (hashed) their Stripe customer, under the row lock
+    the erasure takes anyway. Returns the subscription status they had (None: no customer)."""
+    row = session.execute(
+        select(User.stripe_customer_id, User.subscription_status)
+        .where(User.id == user_id)
+        .with_for_update()
+    ).first()
+    if row is None or not row[0]:
+        return None
+    session.execute(
+        insert(ErasedBillingCustomer)
+        .values(customer_hash=customer_hash(row[0]), erased_at=now)
+        .on_conflict_do_nothing()
+    )
+    status: str | None = row[1]
+    return status
+
+
+@database_operation("isErasedCustomer")
+def is_erased_customer(session: Session, customer_id: str) -> bool:
+    statement = select(ErasedBillingCustomer.customer_hash).where(
+        ErasedBillingCustomer.customer_hash == customer_hash(customer_id)
+    )
+    return session.execute(statement).first() is not None

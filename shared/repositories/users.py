@@ -44,6 +44,7 @@ class UserChanges(TypedDict, total=False):
     subscription_ends_at: datetime | None
     trial_started_at: datetime | None
     trial_ends_at: datetime | None
+    clerk_updated_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +97,13 @@ def create(
     email: str,
     *,
     tier: UserTier = UserTier.FREE,
+    clerk_updated_at: datetime | None = None,
     now: datetime | None = None,
 ) -> User:
-    """Insert a user; FREE users start a 7-day trial. A taken email raises `EmailInUseError`."""
+    """Insert a user; FREE users start a 7-day trial. A taken email raises `EmailInUseError`.
+    `clerk_updated_at`: the Clerk event's time, when a Clerk event creates the user."""
     values = _new_user_values(user_id, email, tier, now or utcnow())
+    values["clerk_updated_at"] = clerk_updated_at
     try:
         return session.scalars(insert(User).values(values).returning(User)).one()
     except IntegrityError as error:
@@ -108,8 +112,9 @@ def create(
 
 
 @database_operation("findUserById")
-def get(session: Session, user_id: str) -> User | None:
-    return session.get(User, user_id)
+def get(session: Session, user_id: str, *, lock: bool = False) -> User | None:
+    """`lock`: `FOR UPDATE`, so concurrent changes to the row are decided one after another."""
+    return session.get(User, user_id, with_for_update=lock)
 
 
 @database_operation("findUserByEmail")

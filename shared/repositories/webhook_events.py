@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, update
+from sqlalchemy import func, literal_column, null, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -86,11 +86,19 @@ def get(session: Session, event_id: str) -> WebhookEvent | None:
 
 
 @database_operation("markWebhookProcessed")
-def mark_processed(session: Session, event_id: str, *, now: datetime | None = None) -> None:
+def mark_processed(
+    session: Session, event_id: str, *, now: datetime | None = None, forget_payload: bool = False
+) -> None:
+    """`forget_payload`: the event is about an erased person; keep only id, type and times."""
+    values: dict[Any, Any] = {
+        WebhookEvent.processed: True,
+        WebhookEvent.processed_at: now or utcnow(),
+        WebhookEvent.error: None,
+    }
+    if forget_payload:
+        values[WebhookEvent.payload] = null()  # SQL NULL: None would store JSON null
     session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event_id)
-        .values(processed=True, processed_at=now or utcnow(), error=None),
+        update(WebhookEvent).where(WebhookEvent.id == event_id).values(values),
         execution_options={"synchronize_session": False},
     )
 
