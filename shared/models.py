@@ -313,6 +313,8 @@ class LegacyCounterDelta(Base):
     error: Mapped[str | None] = mapped_column("error", Text)
     created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
     updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
 class ErasedBillingCustomer(Base):
     """Addition: the SHA-256 of an erased user's Stripe customer id, so that customer's later
     Stripe events are recognised (and recorded without payload) rather than retried for days."""
