@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     mock_provider_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
     dataforseo_api_login: str | None = None
     dataforseo_api_password: str | None = None
+    # DataForSEO's sandbox (https://sandbox.dataforseo.com) answers the same paths with dummy data.
+    dataforseo_api_base_url: str = "https://api.dataforseo.com"
     # The account's budget, shared by every container (Google Ads Live: 12/min; 0: unmetered).
     dataforseo_requests_per_minute: Annotated[int, Field(ge=0, le=10_000)] = 12
     # POST /api/keywords: the provider call ends by the invocation's end (Lambda's context,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from threading import Barrier
 from typing import Any
 
@@ -22,11 +25,38 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 BODY = {"keywords": ["seo tools", "keyword research"], "matchType": "phrase", "location": "US"}
 
 
+DATAFORSEO_URL = re.compile(r"https://api\.dataforseo\.com/.*")
+FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
 @pytest.fixture(autouse=True)
 def fresh_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOCK_PROVIDER_SEED", "7")
+    monkeypatch.setenv("DATAFORSEO_REQUESTS_PER_MINUTE", "0")  # its own tests turn it on
     config.get_settings.cache_clear()
     providers.reset_providers()
+
+
+@contextmanager
+def dataforseo_upstream() -> Iterator[respx.MockRouter]:
+    """respx for DataForSEO only: our Upstash emulator (on loopback) is reached for real."""
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        yield mock
+
+
+def use_dataforseo(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    settings(
+        monkeypatch,
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN="login",
+        DATAFORSEO_API_PASSWORD="secret-password",
+        **env,
+    )
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
@@ -159,6 +189,14 @@ def test_rate_limit_counts_before_validation_and_auth(
 # --- quotas --------------------------------------------------------------------------------
 
 
+def reservation_rows(admin: psycopg.Connection[Any], user: str) -> int:
+    row = admin.execute(
+        'SELECT count(*) FROM keyword_reservations WHERE "userId" = %s', (user,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def set_user(admin: psycopg.Connection[Any], user: str, sql: str, *params: Any) -> None:
     admin.execute(f"UPDATE users SET {sql} WHERE id = %s", (*params, user))
 
@@ -277,8 +315,8 @@ def test_provider_failure_gives_the_reservation_back(
         DATAFORSEO_API_PASSWORD="secret-password",
     )
     who = user_id()
-    with respx.mock(assert_all_called=False) as mock:
-        mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(
             return_value=HttpxResponse(500, text="upstream exploded: rate limit of account 42")
         )
         result = search(call, who)
@@ -304,8 +342,8 @@ def test_provider_is_part_of_the_cache_key(call: Caller, monkeypatch: pytest.Mon
     )
     rows = [{"keyword": k, "search_volume": 10} for k in body["keywords"]]
     task = {"status_code": 20000, "result": rows}
-    with respx.mock() as mock:
-        mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(
             return_value=HttpxResponse(200, json={"status_code": 20000, "tasks": [task]})
         )
         switched = search(call, who, body).json
@@ -378,8 +416,8 @@ def test_open_circuit_is_503_with_retry_after_and_refund(
         DATAFORSEO_API_PASSWORD="pw",
     )
     who = user_id()
-    with respx.mock() as mock:
-        route = mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(
             return_value=HttpxResponse(500, text="down")
         )
         statuses = [
@@ -390,21 +428,30 @@ def test_open_circuit_is_503_with_retry_after_and_refund(
     assert statuses == [502] * 5
     assert opened.status == 503
     assert opened.json["error"] == "Service Unavailable"
+    assert opened.json["reason"] == "provider_circuit_open"
     assert 1 <= int(opened.headers["retry-after"]) <= 60
     assert counters(admin_conn, who) == (0, 0)
 
 
-def test_provider_misconfiguration_is_500_and_refunded(
-    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+@pytest.mark.parametrize("provider", ["dataforseo", "google-ads", "bing"])
+def test_an_unconfigured_or_unknown_provider_is_503_never_mock_data(
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    provider: str,
 ) -> None:
-    settings(monkeypatch, KEYWORD_API_PROVIDER="dataforseo")
+    settings(monkeypatch, KEYWORD_API_PROVIDER=provider)
     monkeypatch.delenv("DATAFORSEO_API_LOGIN", raising=False)
     monkeypatch.delenv("DATAFORSEO_API_PASSWORD", raising=False)
     who = user_id()
     result = search(call, who, {**BODY, "keywords": fresh_keywords()})
-    assert (result.status, result.json["message"]) == (500, "An unexpected error occurred")
-    assert "DATAFORSEO" not in result.text
+    assert result.status == 503, result.text
+    assert (result.json["error"], result.json["reason"]) == (
+        "Service Unavailable", "provider_not_configured",
+    )  # fmt: skip
+    assert "DATAFORSEO" not in result.text and "Mock" not in result.text
     assert counters(admin_conn, who) == (0, 0)
+    assert reservation_rows(admin_conn, who) == 0
 
 
 def test_invalid_json_and_any_content_type_after_the_rate_limit(

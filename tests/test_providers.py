@@ -10,6 +10,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -26,6 +27,7 @@ from shared.providers import (
     ProviderConfigurationError,
     ProviderError,
     ProviderInputError,
+    ProviderRateLimitedError,
     ProviderUnavailableError,
     SearchOptions,
     breaker_stats,
@@ -46,6 +48,7 @@ from shared.providers.dataforseo import (
     location_code,
 )
 from shared.providers.mock import RELATED_TEMPLATES, MockProvider, seasonal_factor
+from tests.support.fake_dataforseo import FakeDataForSEO
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
 LOGIN, PASSWORD = "ops@example.com", "s3cret-Pa55word"
@@ -416,7 +419,7 @@ def test_language_codes(language: str, code: str) -> None:
     assert language_code(language) == code
 
 
-@pytest.mark.parametrize("language", ["zh", "xx", "en-XX-x"])
+@pytest.mark.parametrize("language", ["zh", "xx", "xx-US"])
 def test_unlisted_languages_are_never_sent(language: str) -> None:
     with pytest.raises(ProviderInputError):
         language_code(language)
@@ -452,6 +455,100 @@ def test_dataforseo_does_not_send_keywords_beyond_the_endpoint_limits(
     route.reset()
     assert dataforseo.keyword_data([too_long], US)[0]["searchVolume"] is None
     assert route.call_count == 0  # nothing worth paying for
+
+
+# --- DataForSEO: whose failure is it ---------------------------------------------------------
+
+
+def task_status(code: int, message: str) -> dict[str, Any]:
+    body: dict[str, Any] = fixture("search_volume_task_error")
+    body["tasks"][0].update(status_code=code, status_message=message)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("response", "kind"),
+    [
+        pytest.param(
+            httpx.Response(200, json=fixture("search_volume_task_error")),
+            ProviderInputError,
+            id="40501-invalid-field",
+        ),
+        pytest.param(
+            httpx.Response(401, json=fixture("unauthorized")),
+            ProviderConfigurationError,
+            id="http-401",
+        ),
+        pytest.param(
+            httpx.Response(402, json=fixture("payment_required")),
+            ProviderConfigurationError,
+            id="http-402",
+        ),
+        pytest.param(
+            httpx.Response(200, json=fixture("payment_required")),
+            ProviderConfigurationError,
+            id="40200-envelope",
+        ),
+        pytest.param(
+            httpx.Response(200, json=task_status(40203, "The cost limit has been exceeded.")),
+            ProviderConfigurationError,
+            id="40203-cost-limit",
+        ),
+        pytest.param(
+            httpx.Response(429, text="Too Many Requests"), ProviderRateLimitedError, id="http-429"
+        ),
+        pytest.param(
+            httpx.Response(200, json=fixture("search_volume_rate_limited")),
+            ProviderRateLimitedError,
+            id="40202-rate-limit",
+        ),
+    ],
+)
+def test_failures_that_are_not_outages_never_open_the_breaker(
+    upstream: respx.MockRouter,
+    dataforseo: DataForSEOProvider,
+    response: httpx.Response,
+    kind: type[ProviderError],
+) -> None:
+    route = upstream.post(API_URL).mock(response)
+    for _ in range(8):  # beyond the breaker's threshold of 5
+        with pytest.raises(kind) as raised:
+            dataforseo.keyword_data(["seo tools"], US)
+        assert raised.value.outage is False
+    assert route.call_count == 8  # every call reached the upstream: the circuit stayed closed
+    assert dataforseo.breaker.stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
+    if kind is ProviderRateLimitedError:
+        assert isinstance(raised.value, ProviderRateLimitedError)
+        assert raised.value.retry_after == 60
+
+
+def test_the_deadline_is_total_so_a_trickled_body_cannot_outlast_it(clock: Clock) -> None:
+    """Each byte arrives well within any per-step timeout; only a total deadline stops it."""
+    with FakeDataForSEO() as fake:
+        provider = DataForSEOProvider(
+            LOGIN, PASSWORD, base_url=fake.url, breaker=CircuitBreaker("DataForSEO", now=clock)
+        )
+        fake.answer(200, fixture("search_volume_ok"))
+        quick = SearchOptions("phrase", "Worldwide", "en", deadline=time.monotonic() + 30)
+        assert provider.keyword_data(["seo tools"], quick)[0]["searchVolume"] == 74000
+
+        fake.trickle(200, fixture("search_volume_ok"), every_s=0.2)  # ~20 minutes in all
+        options = SearchOptions("phrase", "Worldwide", "en", deadline=time.monotonic() + 1.0)
+        with pytest.raises(ProviderError, match="did not answer within") as raised:
+            provider.keyword_data(["seo tools"], options)
+        assert raised.value.outage  # a provider too slow to answer is the provider's failure
+        assert fake.finished_answers == 1  # the trickled answer never completed
+        assert provider.breaker.stats()["failures"] == 1
+
+
+def test_a_passed_deadline_calls_nothing(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    late = SearchOptions("phrase", "United States", "en", deadline=time.monotonic() - 1)
+    with pytest.raises(ProviderError, match="no time left"):
+        dataforseo.keyword_data(["seo tools"], late)
+    assert route.call_count == 0
 
 
 # --- DataForSEO: failures --------------------------------------------------------------------

@@ -65,7 +65,9 @@ from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
 from shared.telemetry import log_event
 
-API_URL = "https://api.dataforseo.com/v3/keywords_data/google_ads/search_volume/live"
+BASE_URL = "https://api.dataforseo.com"
+PATH = "/v3/keywords_data/google_ads/search_volume/live"
+API_URL = BASE_URL + PATH
 TIMEOUT_S = 30.0  # without a deadline (direct use); requests get theirs from SearchOptions
 OK = 20000
 MAX_KEYWORD_CHARS = 80
@@ -158,11 +160,13 @@ class DataForSEOProvider:
         password: str | None,
         *,
         requests_per_minute: int = 0,
+        base_url: str = BASE_URL,
         breaker: CircuitBreaker | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self._login = login or ""
         self._password = password or ""
+        self.url = base_url.rstrip("/") + PATH
         self.requests_per_minute = requests_per_minute
         self.breaker = breaker or CircuitBreaker(self.name)
         self._client = client
@@ -173,6 +177,7 @@ class DataForSEOProvider:
             settings.dataforseo_api_login,
             settings.dataforseo_api_password,
             requests_per_minute=settings.dataforseo_requests_per_minute,
+            base_url=settings.dataforseo_api_base_url,
         )
 
     def configuration_error(self) -> str | None:
@@ -285,7 +290,7 @@ class DataForSEOProvider:
         client = self._client or http_client()
         try:
             response = client.post(
-                API_URL, json=body, auth=(self._login, self._password), timeout=timeout_s
+                self.url, json=body, auth=(self._login, self._password), timeout=timeout_s
             )
         except httpx.TimeoutException as error:
             raise ProviderError(
