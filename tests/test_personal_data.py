@@ -194,6 +194,8 @@ KEPT_WITH_REASON = {
     "legacy_repairs": "outbox: a row lives only until Redis matches Postgres (repair job)",
     "cron_leases": "no personal data: one lease and resume state per job",
     "search_daily_rollups": "no personal data: counts per day and provider",
+    "keyword_reservations": "transient: a row lives only until its search is recorded, fails "
+    "or the reconcile_reservations cron gives it back (minutes); cascade on erasure",
 }
 
 
@@ -493,6 +495,8 @@ EXPORTED_OTHERWISE = {
     "feature_flags": "only the keys of the flags naming the caller (`featureFlags`): the rest "
     "of the row is operator configuration and names other users",
     "legacy_repairs": "transient outbox of Redis key names to copy; nothing beyond the user id",
+    "keyword_reservations": "transient quota holds of searches in flight (minutes); the "
+    "counters they hold are in `user`",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?")
 

@@ -48,6 +48,8 @@ from shared.errors import QuotaExceededError, TrialExpiredError
 from shared.http.errors import ApiError
 from shared.legacy import keys
 from shared.models import User, UserTier
+from shared.providers import dataforseo
+from shared.providers.languages import provider_language
 from shared.quotas import Limits, UsageView, this_month, usage_view
 from shared.repositories import users
 
@@ -85,9 +87,14 @@ def js_trim(value: str) -> str:
     return value[start:end]
 
 
+def search_keyword(raw: str) -> str:
+    """What `/api/keywords` keeps of an accepted keyword: every U+FEFF removed, JS-trimmed."""
+    return js_trim(raw.replace("\ufeff", ""))
+
+
 def search_keyword_verdict(raw: str) -> str | None:
     """None when `/api/keywords` must accept the keyword, else the documented message."""
-    keyword = js_trim(raw)
+    keyword = search_keyword(raw)
     if not keyword:
         return KEYWORD_EMPTY
     if len(keyword) > 100:
@@ -149,6 +156,8 @@ any_keyword = st.one_of(
 @given(keyword=any_keyword)
 @example(keyword="seo\u00a0tools")  # NBSP is JS whitespace: allowed
 @example(keyword="\ufeffseo\ufeff")  # BOM: JS trims it (Python's strip() does not)
+@example(keyword="seo\ufefftools")  # inside too: invisible, so removed (DataForSEO refuses it)
+@example(keyword="\ufeff\ufeff")  # nothing but BOMs: empty
 @example(keyword="seo\x1ctools")  # ASCII separator: Python calls it a space, JS does not
 @example(keyword="seo\x85")  # NEL: likewise
 @example(keyword=" " * 3 + "k" * 100 + "\t")  # exactly 100 after trimming
@@ -161,10 +170,27 @@ def test_a_keyword_is_accepted_exactly_when_the_documented_rule_says(keyword: st
     if verdict is None:
         assert found is None
         model = KeywordSearch.model_validate({"keywords": [keyword], "matchType": "exact"})
-        assert model.keywords == [js_trim(keyword)]
+        assert model.keywords == [search_keyword(keyword)]
         assert revalidates_to_itself(model)
     else:
         assert found == [verdict]
+
+
+@CHEAP
+@given(keyword=any_keyword)
+@example(keyword="seo\ufefftools")
+@example(keyword="rocket \U0001f680")
+@example(keyword="a\u2015b")
+def test_every_accepted_keyword_holds_only_what_dataforseo_accepts(keyword: str) -> None:
+    """The contract never lets through a character DataForSEO refuses (a refused one fails the
+    whole batch upstream): accepted ⇒ no refused symbol, no U+FEFF, nothing beyond U+FFFF."""
+    if search_keyword_verdict(keyword) is not None:
+        return
+    model = KeywordSearch.model_validate({"keywords": [keyword], "matchType": "exact"})
+    sent = " ".join(model.keywords[0].split())
+    assert sent.isascii() and sent.isprintable()
+    if len(sent) <= dataforseo.MAX_KEYWORD_CHARS and len(sent.split()) <= 10:
+        assert dataforseo.sendable(model.keywords[0])
 
 
 @CHEAP
@@ -198,7 +224,8 @@ def test_location_and_language_follow_the_documented_sets(
     language_pad: str,
 ) -> None:
     """Location: one of the 8 codes (case-sensitive) after trimming, blank means absent.
-    Language: `xx` or `xx-XX` after trimming, blank means absent. Order and duplicates of the
+    Language: `xx` or `xx-XX` after trimming, blank means absent, and one the keyword data
+    exists in (the tag or its primary subtag is listed). Order and duplicates of the
     keywords are kept; a valid body re-validates to itself."""
     body: dict[str, Any] = {"keywords": keywords, "matchType": match_type}
     if location is not None:
@@ -212,13 +239,15 @@ def test_location_and_language_follow_the_documented_sets(
         expected.append(LOCATION_MESSAGE)
     if expected_language is not None and not LANGUAGE.fullmatch(expected_language):
         expected.append(LANGUAGE_MESSAGE)
+    elif expected_language is not None and provider_language(expected_language) is None:
+        expected.append(f"Language {expected_language} is not available for keyword data")
     found = messages(KeywordSearch, body)
     if expected:
         assert found == expected
         return
     model = KeywordSearch.model_validate(body)
     assert (model.location, model.language) == (expected_location, expected_language)
-    assert model.keywords == [js_trim(k) for k in keywords]
+    assert model.keywords == [search_keyword(k) for k in keywords]
     assert revalidates_to_itself(model)
 
 
