@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 
 from shared import db
 from shared.clock import month_start, next_month_start
@@ -47,11 +48,11 @@ from shared.contracts.saved_searches import (
 from shared.errors import QuotaExceededError, TrialExpiredError
 from shared.http.errors import ApiError
 from shared.legacy import keys
-from shared.models import User, UserTier
+from shared.models import KeywordReservation, User, UserTier
 from shared.providers import dataforseo
 from shared.providers.languages import provider_language
 from shared.quotas import Limits, UsageView, this_month, usage_view
-from shared.repositories import users
+from shared.repositories import reservations, users
 
 PURE = settings(max_examples=150, derandomize=True, deadline=None, database=None)
 CHEAP = settings(max_examples=60, derandomize=True, deadline=None, database=None)
@@ -647,6 +648,7 @@ def model_release(state: Counters, count: int, reserved_at: datetime) -> Counter
     )
 
 
+RESERVATION_TTL = timedelta(minutes=5)
 # Starts a minute before a month ends, so small steps cross the boundary and big ones months.
 START = datetime(2026, 1, 31, 23, 59, 0, tzinfo=UTC)
 steps = st.one_of(
@@ -655,29 +657,31 @@ steps = st.one_of(
 
 
 class QuotaMachine(RuleBasedStateMachine):
-    """Random sequences of reservations, releases, tier changes, the monthly reset cron and the
-    passing of time on one real `users` row; after every step the row equals the model."""
+    """Random sequences of reservations, releases, expiry reconciliation, tier changes, the
+    monthly reset cron and the passing of time on one real `users` row; after every step the
+    row equals the model and the reservation rows are exactly the outstanding reservations."""
 
     def __init__(self) -> None:
         super().__init__()
         self.user_id = f"prop_{uuid.uuid4().hex[:16]}"
         self.now = START
         self.state: Counters | None = None
-        self.reservations: list[tuple[int, datetime]] = []
+        self.reservations: list[tuple[str, int, datetime]] = []  # (id, keywords, reserved at)
 
-    def _reserve(self, count: int, enforce: bool) -> tuple[str, users.Usage | None]:
+    def _reserve(self, count: int, enforce: bool) -> tuple[str, users.Usage | None, str]:
+        hold = reservations.Hold(uuid.uuid4().hex, self.now + RESERVATION_TTL)
         try:
             usage = db.run(
                 lambda s: users.reserve_keywords(
                     s, self.user_id, f"{self.user_id}@example.com", count,
-                    limits=TIGHT, enforce=enforce, now=self.now,
+                    limits=TIGHT, enforce=enforce, now=self.now, hold=hold,
                 )
             )  # fmt: skip
         except TrialExpiredError:
-            return "trial_expired", None
+            return "trial_expired", None, hold.id
         except QuotaExceededError:
-            return "quota", None
-        return "ok", usage
+            return "quota", None, hold.id
+        return "ok", usage, hold.id
 
     @rule(count=st.integers(0, 8), enforce=st.booleans())
     def reserve(self, count: int, enforce: bool) -> None:
@@ -692,7 +696,7 @@ class QuotaMachine(RuleBasedStateMachine):
 
     def _check_reserve(self, count: int, enforce: bool) -> None:
         expected, outcome = model_reserve(self.state, count, enforce, self.now)
-        found, usage = self._reserve(count, enforce)
+        found, usage, reservation_id = self._reserve(count, enforce)
         assert found == outcome
         self.state = expected
         if usage is not None:
@@ -701,7 +705,7 @@ class QuotaMachine(RuleBasedStateMachine):
                 expected.total,
                 expected.tier,
             )
-            self.reservations.append((count, self.now))
+            self.reservations.append((reservation_id, count, self.now))
             if enforce:  # an enforced reservation never takes the user past the limit
                 view = usage_view(self._row(), TIGHT, self.now)
                 assert view.used <= view.limit
@@ -711,12 +715,10 @@ class QuotaMachine(RuleBasedStateMachine):
     def reserve_then_release_changes_nothing(self, count: int) -> None:
         """A reservation given straight back leaves the usage as the user sees it unchanged."""
         before = usage_view(self._row(), TIGHT, self.now)
-        assert self._reserve(count, enforce=False)[0] == "ok"
-        db.run(
-            lambda s: users.release_keywords(
-                s, self.user_id, count, reserved_at=self.now, now=self.now
-            )
-        )
+        found, _, reservation_id = self._reserve(count, enforce=False)
+        assert found == "ok"
+        given = db.run(lambda s: reservations.release(s, reservation_id, now=self.now))
+        assert given == count
         after = usage_view(self._row(), TIGHT, self.now)
         assert (after.used, after.remaining) == (before.used, before.remaining)
         reserved, _ = model_reserve(self.state, count, False, self.now)
@@ -726,14 +728,22 @@ class QuotaMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         index = data.draw(st.integers(0, len(self.reservations) - 1), label="reservation")
-        count, reserved_at = self.reservations.pop(index)
-        db.run(
-            lambda s: users.release_keywords(
-                s, self.user_id, count, reserved_at=reserved_at, now=self.now
-            )
-        )
+        reservation_id, count, reserved_at = self.reservations.pop(index)
+        assert db.run(lambda s: reservations.release(s, reservation_id, now=self.now)) == count
+        assert db.run(lambda s: reservations.release(s, reservation_id, now=self.now)) == 0
         assert self.state is not None
         self.state = model_release(self.state, count, reserved_at)
+
+    @precondition(lambda self: bool(self.reservations))
+    @rule()
+    def reconcile_expired(self) -> None:
+        """The cron's statement gives back exactly the reservations past their expiry."""
+        db.run(lambda s: reservations.release_expired(s, now=self.now, limit=1_000))
+        for held in list(self.reservations):
+            if held[2] + RESERVATION_TTL < self.now:
+                self.reservations.remove(held)
+                assert self.state is not None
+                self.state = model_release(self.state, held[1], held[2])
 
     @rule(step=steps)
     def time_passes(self, step: timedelta) -> None:
@@ -781,11 +791,20 @@ class QuotaMachine(RuleBasedStateMachine):
         assert stored == self.state
         assert row.keyword_searches_this_month >= 0 and row.keyword_searches_total >= 0
         assert usage_view(row, TIGHT, self.now).remaining >= 0
+        held = db.run(
+            lambda s: s.execute(
+                select(KeywordReservation.id, KeywordReservation.keywords).where(
+                    KeywordReservation.user_id == self.user_id
+                )
+            ).all()
+        )
+        assert sorted(map(tuple, held)) == sorted((i, n) for i, n, _ in self.reservations)
 
 
 def test_quota_statements_match_the_model_on_the_real_database(db_env: str) -> None:
-    """Reserve (enforced or not), release, tier changes, the reset cron and time crossing UTC
-    month boundaries, in random order on a real row: counters always equal the model's."""
+    """Reserve (enforced or not), release, expiry reconciliation, tier changes, the reset cron
+    and time crossing UTC month boundaries, in random order on a real row: counters always
+    equal the model's, and a reservation row exists exactly while its keywords are held."""
     run_state_machine_as_test(
         QuotaMachine,
         settings=settings(

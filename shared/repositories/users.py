@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.clock import month_start, next_month_start, utcnow
+from shared.clock import month_start, utcnow
 from shared.errors import (
     EmailInUseError,
     QuotaExceededError,
@@ -359,33 +359,6 @@ def _with_hold(
         .cte("reservation")
     )
     return select(*reserved.c).add_cte(reservation)
-
-
-@database_operation("releaseKeywords")
-def release_keywords(
-    session: Session,
-    user_id: str,
-    count: int,
-    *,
-    reserved_at: datetime,
-    now: datetime | None = None,
-) -> None:
-    """Give back a reservation (the provider failed after it). The monthly counter is only
-    decremented while it still counts the reservation's month."""
-    same_month = User.monthly_reset_at < next_month_start(reserved_at)
-    session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(
-            keyword_searches_total=func.greatest(User.keyword_searches_total - count, 0),
-            keyword_searches_this_month=case(
-                (same_month, func.greatest(User.keyword_searches_this_month - count, 0)),
-                else_=User.keyword_searches_this_month,
-            ),
-            updated_at=now or utcnow(),
-        ),
-        execution_options={"synchronize_session": False},
-    )
 
 
 @database_operation("resetMonthlyUsage")
