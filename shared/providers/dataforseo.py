@@ -223,10 +223,12 @@ class DataForSEOProvider:
         code = location_code(options.location)
         if code is not None:
             task["location_code"] = code
+        if options.deadline is not None and options.deadline <= time.monotonic():
+            # Our own time ran out (not DataForSEO's failure): nothing spent, nothing counted.
+            raise ProviderError("DataForSEO was not called: no time left before the deadline")
         started = time.perf_counter()
         try:
-            account.spend(self.key, self.requests_per_minute)
-            envelope = self.breaker.call(lambda: self._post_within([task], options.deadline))
+            envelope = self.breaker.call(lambda: self._spend_and_post([task], options.deadline))
         except ProviderError as error:
             log_event(
                 "provider_request",
@@ -254,6 +256,11 @@ class DataForSEOProvider:
             item = results.get(match_key(keyword))
             rows.append(without_data(keyword) if item is None else to_keyword_data(keyword, item))
         return rows
+
+    def _spend_and_post(self, body: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+        """Inside the breaker, so an open circuit spends none of the account's budget."""
+        account.spend(self.key, self.requests_per_minute)
+        return self._post_within(body, deadline)
 
     def _post_within(self, body: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
         """`_post`, but the caller waits no longer than `deadline` (a `time.monotonic()` value).
