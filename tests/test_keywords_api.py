@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from starlette.requests import Request
 
 from functions import keywords as keywords_function
 from shared import config, db, providers
+from shared import redis as redis_module
 from shared.clock import utcnow
 from shared.cron import reservations as reservations_cron
 from shared.cron.runner import run_job
@@ -771,3 +773,38 @@ def test_recorded_searches_leave_no_reservation_for_the_reconciliation(
     assert reservation_rows(admin_conn, who) == 0
     run_job(reservations_cron.JOB, now=utcnow() + timedelta(days=1))
     assert counters(admin_conn, who) == (2, 2)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(("fail_safe", "status"), [("closed", 503), ("open", 200)])
+def test_without_redis_the_budget_fails_safe_like_the_rate_limiter(
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    fail_safe: str,
+    status: int,
+) -> None:
+    use_dataforseo(
+        monkeypatch,
+        DATAFORSEO_REQUESTS_PER_MINUTE="12",
+        RATE_LIMIT_FAIL_SAFE=fail_safe,
+        UPSTASH_REDIS_REST_URL=f"http://127.0.0.1:{_closed_port()}",
+    )
+    redis_module.reset_redis()
+    who = user_id()
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answer_for)
+        result = search(call, who, {**BODY, "keywords": fresh_keywords()})
+    redis_module.reset_redis()
+    assert result.status == status, result.text
+    if fail_safe == "closed":  # the account's limit cannot be checked: DataForSEO is spared
+        assert (result.json["reason"], result.headers["retry-after"]) == ("provider_busy", "60")
+        assert (route.call_count, counters(admin_conn, who)) == (0, (0, 0))
+    else:
+        assert (route.call_count, counters(admin_conn, who)) == (1, (2, 2))
