@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import db
+from shared import db, providers
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.http.app import create_app, lambda_handler
@@ -28,6 +28,7 @@ app = create_app(
 )
 
 PROVIDER_NAMES = {"mock": "Mock", "dataforseo": "DataForSEO", "google-ads": "Google Ads"}
+NOT_CONFIGURED = "Provider not properly configured - missing required environment variables"
 _last_database_check: tuple[float, dict[str, Any]] | None = None
 _check_lock = threading.Lock()
 
@@ -53,17 +54,26 @@ def database_check(*, deep: bool) -> dict[str, Any]:
 
 
 def provider_check() -> dict[str, Any]:
-    provider = get_settings().keyword_api_provider.lower()
-    name = PROVIDER_NAMES.get(provider)
-    if name is None:
-        return {
-            "healthy": False,
-            "error": "Provider not properly configured - missing required environment variables",
-            "details": {"provider": provider, "configError": f"Unknown provider: {provider}"},
-        }
-    details: dict[str, Any] = {"provider": provider, "name": name}
-    if provider == "mock":
+    """The provider's own configuration check (credentials, a recent rejection by the upstream,
+    an unknown or unbuilt provider), and its circuit breaker when it has one."""
+    key = providers.configured_key()
+    details: dict[str, Any] = {"provider": key}
+    if key in PROVIDER_NAMES:
+        details["name"] = PROVIDER_NAMES[key]
+    problem = providers.configuration_error()
+    if problem is not None:
+        details["configError"] = problem
+        return {"healthy": False, "error": NOT_CONFIGURED, "details": details}
+    if key == "mock":
         details["note"] = "Mock provider active - for development/testing only"
+    breaker = providers.breaker_stats()
+    if breaker is not None:
+        details["circuitBreaker"] = {"healthy": breaker["state"] != "OPEN", **breaker}
+        if breaker["state"] == "OPEN":
+            details["circuitBreakerError"] = (
+                "Circuit breaker is OPEN - service temporarily unavailable"
+            )
+            return {"healthy": False, "error": "Provider unavailable", "details": details}
     return {"healthy": True, "details": details}
 
 

@@ -1,9 +1,12 @@
 """POST /api/keywords: keyword metrics, metered per keyword (spec §2.1, §3).
 
-Order: rate limit → body → auth → ONE statement that gets-or-creates the user and reserves the
-keywords against the quota → cache → provider → ONE statement writing the history row and the
-request's usage row. Two database round trips on the success path. If the provider fails after
-the reservation, the keywords are given back.
+Order: rate limit → body → auth → ONE statement that gets-or-creates the user, reserves the
+keywords against the quota and writes the reservation row → cache → provider → ONE statement
+writing the history row and the request's usage row and confirming the reservation. Two database
+round trips on the success path. If the provider fails, the keywords are given back; if the
+function is killed first, the reservation expires and the reconcile_reservations cron gives them
+back. The provider must answer by the invocation's end minus a margin (see `provider_deadline`).
+docs/keyword-search.md describes each answer.
 
 Fixes over the original (spec §10.2, §10.3, §10.13): the quota check and increment are one
 atomic statement (`used + n <= limit`, no overshoot); the cache key includes the provider;
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends
@@ -36,10 +39,11 @@ from shared.http.app import create_app, lambda_handler, validation_message
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError
 from shared.http.responses import ok
+from shared.ids import new_cuid
 from shared.models import UserTier
 from shared.quotas import Limits
 from shared.ratelimit import Decision, limit_request
-from shared.repositories import api_usage, search_history, users
+from shared.repositories import api_usage, reservations, search_history, users
 from shared.telemetry import log_event
 
 app = create_app(title="Keyword search", summary="Search volume, CPC, competition and intent.")
@@ -106,6 +110,10 @@ RESPONSES: dict[int | str, dict[str, object]] = {
     409: {"description": "The token's email belongs to another account"},
     429: {"description": "Rate limit or monthly keyword quota exceeded"},
     502: {"description": "The keyword provider failed (its text is never shown)"},
+    503: {
+        "description": "The keyword provider cannot be called now (`reason`: provider_busy, "
+        "provider_circuit_open, provider_not_configured); `Retry-After` when retrying helps"
+    },
 }
 
 
@@ -121,24 +129,29 @@ def search(
     decision: Annotated[Decision, Depends(rate_limit)],
 ) -> Response:
     started = time.perf_counter()
+    deadline = provider_deadline(request)
     identity: Identity | None = request.state.identity
     if identity is None:
         raise ApiError(401, SIGN_IN)
     settings = get_settings()
     keywords = body.keywords
     reserved_at = utcnow()
-    usage = _reserve(identity, len(keywords), reserved_at, settings.billing_enabled)
+    hold = reservations.Hold(
+        new_cuid(), reserved_at + timedelta(seconds=settings.keyword_reservation_ttl_s)
+    )
+    usage = _reserve(identity, len(keywords), reserved_at, settings.billing_enabled, hold)
     storage.mirror_usage(identity.user_id)  # the legacy counter follows (dual/fallback only)
 
     mock_forced = settings.billing_enabled and usage.tier is UserTier.FREE
     try:
         provider = providers.mock_provider() if mock_forced else providers.get_provider()
     except providers.ProviderError as error:
-        _give_back(error, "unknown", identity.user_id, len(keywords), reserved_at)
+        _give_back(error, "unknown", identity.user_id, hold.id, reserved_at)
     options = providers.SearchOptions(
         match_type=body.matchType,
         location=providers.normalize_location(body.location),
         language=body.language or "en",
+        deadline=deadline,
     )
     key = cache.provider_keyword_key(
         keywords, options.location, options.language, options.match_type, provider.key
@@ -153,7 +166,7 @@ def search(
         )
         result = {"data": data, "cached": True}
     else:
-        data = _fetch(provider, keywords, options, identity.user_id, reserved_at)
+        data = _fetch(provider, keywords, options, identity.user_id, hold.id, reserved_at)
         provider_name = provider.name
         result = {"data": data, "cached": False}
         if not mock_forced:
@@ -164,7 +177,9 @@ def search(
             }
             result["cacheHealthy"] = cache.set_json(key, {"data": data, "metadata": metadata})
 
-    _record(request, identity, body, options, provider.key, data, bool(result["cached"]), started)
+    _record(
+        request, identity, body, options, provider.key, data, bool(result["cached"]), started, hold
+    )
     result.update(
         timestamp=iso_ms(utcnow()),
         mockData=provider_name == "Mock" or mock_forced,
@@ -173,14 +188,29 @@ def search(
     return ok(result, headers=decision.headers())
 
 
-def _reserve(identity: Identity, count: int, now: datetime, enforce: bool) -> users.Usage:
+def provider_deadline(request: Request) -> float:
+    """When (`time.monotonic()`) the provider must have answered: the invocation's end (Lambda's
+    context, else KEYWORDS_MAX_DURATION_S from now) minus PROVIDER_DEADLINE_MARGIN_S, which
+    the rest of the request (the recording statement, the response) needs."""
+    settings = get_settings()
+    context = request.scope.get("aws.context")
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    remaining = settings.keywords_max_duration_s
+    if callable(remaining_ms):
+        remaining = remaining_ms() / 1000
+    return time.monotonic() + remaining - settings.provider_deadline_margin_s
+
+
+def _reserve(
+    identity: Identity, count: int, now: datetime, enforce: bool, hold: reservations.Hold
+) -> users.Usage:
     limits = Limits.from_settings(get_settings())
     try:
 
         def reserve(session: Session) -> users.Usage:
             usage = users.reserve_keywords(
                 session, identity.user_id, identity.email, count, limits=limits, enforce=enforce,
-                now=now,
+                now=now, hold=hold,
             )  # fmt: skip
             storage.count_legacy_usage(session, identity.user_id, count, now)  # dual/fallback
             return usage
@@ -204,38 +234,48 @@ def _fetch(
     keywords: list[str],
     options: providers.SearchOptions,
     user_id: str,
+    reservation_id: str,
     reserved_at: datetime,
 ) -> list[dict[str, Any]]:
     """Call the provider; on failure give the reservation back."""
     try:
         return [dict(row) for row in provider.keyword_data(keywords, options)]
     except providers.ProviderError as error:
-        _give_back(error, provider.key, user_id, len(keywords), reserved_at)
+        _give_back(error, provider.key, user_id, reservation_id, reserved_at)
 
 
 def _give_back(
     error: providers.ProviderError,
     provider_key: str,
     user_id: str,
-    count: int,
+    reservation_id: str,
     reserved_at: datetime,
 ) -> NoReturn:
-    """Release the reservation, then answer 503 (circuit open), 500 (configuration) or 502."""
+    """Release the reservation, then answer: 503 with `Retry-After` when retrying later helps
+    (budget spent, upstream rate limit, circuit open), 503 for configuration, else 502."""
 
     def release(session: Session) -> None:
-        users.release_keywords(session, user_id, count, reserved_at=reserved_at)
-        storage.count_legacy_usage(session, user_id, -count, reserved_at)
+        given_back = reservations.release(session, reservation_id)
+        storage.count_legacy_usage(session, user_id, -given_back, reserved_at)  # dual/fallback
 
     db.run(release)
     storage.mirror_usage(user_id)
     log_event(
-        "provider_failed", level=logging.ERROR, provider=provider_key, error=type(error).__name__
+        "provider_failed",
+        level=logging.ERROR if error.outage else logging.WARNING,
+        provider=provider_key,
+        error=type(error).__name__,
     )
     if isinstance(error, providers.ProviderUnavailableError):
+        reason = (
+            "provider_busy"
+            if isinstance(error, providers.ProviderRateLimitedError)
+            else "provider_circuit_open"
+        )
         retry = {"Retry-After": str(error.retry_after)}
-        raise ApiError(503, "unavailable", headers=retry) from None
+        raise ApiError(503, "unavailable", headers=retry, extra={"reason": reason}) from None
     if isinstance(error, providers.ProviderConfigurationError):
-        raise ApiError(500, "provider configuration") from None
+        raise ApiError(503, "configuration", extra={"reason": "provider_not_configured"}) from None
     raise ApiError(502, "provider failed", label="Bad Gateway") from None
 
 
@@ -248,15 +288,17 @@ def _record(
     data: list[dict[str, Any]],
     cache_hit: bool,
     started: float,
+    hold: reservations.Hold,
 ) -> None:
-    """The history row and this request's usage row, in one statement."""
+    """The history row and this request's usage row, in one statement that also confirms the
+    reservation. Volumes average over the keywords that have one (missing data is not 0)."""
     settings = get_settings()
     peer = request.client.host if request.client else None
     ip = stored_ip(
         client_ip(request.headers, peer, trust_proxy=settings.proxy_trust), settings.ip_storage
     )
     agent = stored_user_agent(request.headers.get("user-agent"))
-    volumes = [int(row.get("searchVolume") or 0) for row in data]
+    volumes = [row["searchVolume"] for row in data if isinstance(row.get("searchVolume"), int)]
     elapsed = round((time.perf_counter() - started) * 1000)
     search_row = search_history.NewSearch(
         user_id=identity.user_id,
@@ -281,7 +323,9 @@ def _record(
         ip_address=ip,
         user_agent=agent,
     )
-    db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
+    db.run(
+        lambda s: search_history.record_with_usage(s, search_row, usage_row, reservation_id=hold.id)
+    )
     request.state.usage_recorded = True
 
 

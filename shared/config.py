@@ -169,6 +169,17 @@ class Settings(BaseSettings):
     mock_provider_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
     dataforseo_api_login: str | None = None
     dataforseo_api_password: str | None = None
+    # DataForSEO's sandbox (https://sandbox.dataforseo.com) answers the same paths with dummy data.
+    dataforseo_api_base_url: str = "https://api.dataforseo.com"
+    # The account's budget, shared by every container (Google Ads Live: 12/min; 0: unmetered).
+    dataforseo_requests_per_minute: Annotated[int, Field(ge=0, le=10_000)] = 12
+    # POST /api/keywords: the provider call ends by the invocation's end (Lambda's context,
+    # else KEYWORDS_MAX_DURATION_S from the request's start) minus PROVIDER_DEADLINE_MARGIN_S
+    # for the rest of the request. A reservation not confirmed within KEYWORD_RESERVATION_TTL_S
+    # (longer than any invocation) is given back by the reconcile_reservations cron.
+    keywords_max_duration_s: Annotated[float, Field(gt=0, le=900)] = 20.0
+    provider_deadline_margin_s: Annotated[float, Field(ge=0, le=60)] = 3.0
+    keyword_reservation_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 300
 
     # Stripe (spec §2.5, §5): webhook signing secret (whsec_…), API key and the PRO price id.
     stripe_webhook_secret: str | None = None

@@ -20,6 +20,8 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
 - tables `cron_leases` (one lease and resume state per cron job) and `search_daily_rollups`
   (daily search aggregates per provider), and `api_usage_timestamp_idx`,
   `system_metrics_timestamp_idx`, which the retention cron deletes by (`shared.cron`).
+- table `keyword_reservations`: a keyword search's quota reservation until it is recorded, so
+  one killed mid-call is given back (`shared.repositories.reservations`).
 """
 
 from __future__ import annotations
@@ -341,6 +343,35 @@ class CronLease(Base):
     last_completed_at: Mapped[datetime | None] = mapped_column("lastCompletedAt", UTCDateTime())
     state: Mapped[dict[str, Any] | None] = mapped_column("state", JSONB)
     updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class KeywordReservation(Base):
+    """Addition: keywords counted against a user's quota whose search is not recorded yet.
+
+    Written with the reservation, deleted when the search is recorded or fails; one left past
+    `expiresAt` (its function was killed) is given back by the reconcile_reservations cron.
+    """
+
+    __tablename__ = "keyword_reservations"
+    __table_args__ = (
+        Index("keyword_reservations_expiresAt_idx", "expiresAt"),
+        Index("keyword_reservations_userId_idx", "userId"),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey(
+            "users.id",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+            name="keyword_reservations_userId_fkey",
+        ),
+    )
+    keywords: Mapped[int] = mapped_column("keywords", Integer)
+    reserved_at: Mapped[datetime] = mapped_column("reservedAt", UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column("expiresAt", UTCDateTime())
 
 
 class SearchDailyRollup(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from threading import Barrier
 from typing import Any
 
@@ -12,8 +13,10 @@ import psycopg
 import pytest
 
 from shared import config, db
+from shared.clock import utcnow
 from shared.errors import QuotaExceededError, SavedSearchLimitError
-from shared.repositories import saved_searches, users
+from shared.quotas import Limits
+from shared.repositories import reservations, saved_searches, users
 
 WORKERS = 20
 
@@ -92,3 +95,43 @@ def test_quota_guard_never_passes_the_limit(admin_conn: psycopg.Connection[Any])
     assert admin_conn.execute(
         'SELECT "keywordSearchesThisMonth" FROM users WHERE id = %s', ("quota",)
     ).fetchone() == (1000,)
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_expired_reservations_are_given_back_once_whoever_races(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """Twenty expired reservations of one user, each released by its search and by ten cron
+    runs at once: every reservation is given back exactly once (a double give-back would take
+    the counters below what stays counted), and none is left."""
+    now = utcnow()
+    limits = Limits(trial=10_000, pro=10_000, enterprise=10_000)
+
+    def reserve(count: int, hold: reservations.Hold | None) -> None:
+        db.run(
+            lambda s: users.reserve_keywords(
+                s, "racer", "racer@example.com", count,
+                limits=limits, enforce=True, now=now, hold=hold,
+            )
+        )  # fmt: skip
+
+    reserve(7, None)  # kept: what must stay counted
+    held = [reservations.Hold(f"hold-{i}", now - timedelta(seconds=1)) for i in range(20)]
+    for hold in held:
+        reserve(3, hold)
+
+    def give_back(index: int) -> int:
+        if index < len(held):
+            return db.run(lambda s: reservations.release(s, held[index].id, now=now))
+        return db.run(lambda s: reservations.release_expired(s, now=now, limit=5))[1]
+
+    outcomes = race(give_back, len(held) + 10)
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert sum(outcomes) == 60  # 20 reservations of 3, each once
+    row = admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        ("racer",),
+    ).fetchone()
+    assert row == (7, 7)
+    left = admin_conn.execute("SELECT count(*) FROM keyword_reservations").fetchone()
+    assert left == (0,)

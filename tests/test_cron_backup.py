@@ -167,6 +167,11 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
         (t0, Jsonb({"watermark": "2026-11-01T00:00:00+00:00"}), t0),
     )
     conn.execute(
+        """INSERT INTO keyword_reservations (id, "userId", keywords, "reservedAt", "expiresAt")
+           VALUES ('hold1', 'user1', 3, %s, %s)""",
+        (t0, t0),
+    )
+    conn.execute(
         """INSERT INTO search_daily_rollups (day, provider, searches, keywords, "cacheHits",
                "responseTimeTotal", "avgResponseTime", "updatedAt")
            VALUES ('2026-11-01', 'mock', 3, 6, 1, 10, 3.3333333333333335, %s)""",
@@ -261,7 +266,8 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
     assert first["processed"] == sum(
         count(admin_conn, f'SELECT count(*) FROM "{t}"')
         for t in ("users", "saved_searches", "search_history", "api_usage", "webhook_events",
-                  "feature_flags", "system_metrics", "legacy_repairs", "search_daily_rollups")
+                  "feature_flags", "system_metrics", "legacy_repairs", "search_daily_rollups",
+                  "keyword_reservations")
     ) + 2  # and cron_leases in the snapshot: rollup's row and this run's own lease  # fmt: skip
     assert first["deletedBackups"] == ["20200101T000000000Z"]  # interrupted: no manifest
     stored = keys(s3)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from functions import health
-from shared import config, db, redis
+from shared import config, db, providers, redis
 from tests.support.http import Caller
 
 
@@ -112,3 +113,74 @@ def test_rate_limit_60_per_hour_then_429_with_headers(
     assert refused.headers["x-ratelimit-remaining"] == "0"
     other_agent = call("health", "GET", "/api/health", headers={"user-agent": str(uuid.uuid4())})
     assert other_agent.status == 200  # another client has its own budget
+
+
+# --- the provider check runs the provider's own configuration check -------------------------
+
+
+def configure_provider(monkeypatch: pytest.MonkeyPatch, name: str, **env: str) -> None:
+    monkeypatch.setenv("KEYWORD_API_PROVIDER", name)
+    for variable in ("DATAFORSEO_API_LOGIN", "DATAFORSEO_API_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+@pytest.fixture(autouse=True)
+def fresh_providers() -> Iterator[None]:
+    providers.reset_providers()
+    yield
+    providers.reset_providers()
+
+
+def test_dataforseo_without_credentials_is_unhealthy_with_the_configuration_error(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_provider(monkeypatch, "dataforseo", DATAFORSEO_API_LOGIN="login")
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (207, "degraded")
+    assert result.json["checks"]["provider"] == {
+        "healthy": False,
+        "error": "Provider not properly configured - missing required environment variables",
+        "details": {
+            "provider": "dataforseo",
+            "name": "DataForSEO",
+            "configError": "DataForSEO provider missing configuration: DATAFORSEO_API_PASSWORD. "
+            "Please set these environment variables.",
+        },
+    }
+
+
+@pytest.mark.parametrize(("name", "shown"), [("google-ads", "Google Ads"), ("bing", None)])
+def test_an_unknown_or_unbuilt_provider_is_unhealthy_never_mock(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, name: str, shown: str | None
+) -> None:
+    configure_provider(monkeypatch, name)
+    provider = call("health", "GET", "/api/health").json["checks"]["provider"]
+    assert provider["healthy"] is False
+    assert provider["details"].get("name") == shown
+    assert provider["details"]["configError"] == (
+        f"KEYWORD_API_PROVIDER={name!r} is not supported; use one of mock, dataforseo"
+    )
+
+
+def test_configured_dataforseo_is_healthy_and_shows_its_breaker(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_provider(
+        monkeypatch, "dataforseo", DATAFORSEO_API_LOGIN="login", DATAFORSEO_API_PASSWORD="pw"
+    )
+    client = redis.get_redis()
+    assert client is not None
+    client.delete("provider-rejected:dataforseo")  # another test's rejected account
+    provider = call("health", "GET", "/api/health").json["checks"]["provider"]
+    assert provider == {
+        "healthy": True,
+        "details": {
+            "provider": "dataforseo",
+            "name": "DataForSEO",
+            "circuitBreaker": {"healthy": True, "state": "CLOSED", "failures": 0, "successes": 0},
+        },
+    }

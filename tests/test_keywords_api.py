@@ -3,30 +3,76 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, timedelta
+from pathlib import Path
 from threading import Barrier
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import respx
 from httpx import Response as HttpxResponse
 from sqlalchemy import event
+from starlette.requests import Request
 
+from functions import keywords as keywords_function
 from shared import config, db, providers
-from tests.support.http import Caller, Keys
+from shared import redis as redis_module
+from shared.clock import utcnow
+from shared.cron import reservations as reservations_cron
+from shared.cron.runner import run_job
+from shared.redis import get_redis
+from tests.support.fake_dataforseo import FakeDataForSEO
+from tests.support.http import Caller, Keys, make_token
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 BODY = {"keywords": ["seo tools", "keyword research"], "matchType": "phrase", "location": "US"}
 
 
+DATAFORSEO_URL = re.compile(r"https://api\.dataforseo\.com/.*")
+FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
 @pytest.fixture(autouse=True)
 def fresh_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOCK_PROVIDER_SEED", "7")
+    monkeypatch.setenv("DATAFORSEO_REQUESTS_PER_MINUTE", "0")  # its own tests turn it on
     config.get_settings.cache_clear()
     providers.reset_providers()
+
+
+@contextmanager
+def dataforseo_upstream() -> Iterator[respx.MockRouter]:
+    """respx for DataForSEO only: our Upstash emulator (on loopback) is reached for real."""
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        yield mock
+
+
+def use_dataforseo(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    settings(
+        monkeypatch,
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN="login",
+        DATAFORSEO_API_PASSWORD="secret-password",
+        **env,
+    )
 
 
 def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
@@ -159,6 +205,14 @@ def test_rate_limit_counts_before_validation_and_auth(
 # --- quotas --------------------------------------------------------------------------------
 
 
+def reservation_rows(admin: psycopg.Connection[Any], user: str) -> int:
+    row = admin.execute(
+        'SELECT count(*) FROM keyword_reservations WHERE "userId" = %s', (user,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def set_user(admin: psycopg.Connection[Any], user: str, sql: str, *params: Any) -> None:
     admin.execute(f"UPDATE users SET {sql} WHERE id = %s", (*params, user))
 
@@ -277,8 +331,8 @@ def test_provider_failure_gives_the_reservation_back(
         DATAFORSEO_API_PASSWORD="secret-password",
     )
     who = user_id()
-    with respx.mock(assert_all_called=False) as mock:
-        mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(
             return_value=HttpxResponse(500, text="upstream exploded: rate limit of account 42")
         )
         result = search(call, who)
@@ -304,8 +358,8 @@ def test_provider_is_part_of_the_cache_key(call: Caller, monkeypatch: pytest.Mon
     )
     rows = [{"keyword": k, "search_volume": 10} for k in body["keywords"]]
     task = {"status_code": 20000, "result": rows}
-    with respx.mock() as mock:
-        mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(
             return_value=HttpxResponse(200, json={"status_code": 20000, "tasks": [task]})
         )
         switched = search(call, who, body).json
@@ -378,8 +432,8 @@ def test_open_circuit_is_503_with_retry_after_and_refund(
         DATAFORSEO_API_PASSWORD="pw",
     )
     who = user_id()
-    with respx.mock() as mock:
-        route = mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(
             return_value=HttpxResponse(500, text="down")
         )
         statuses = [
@@ -390,21 +444,30 @@ def test_open_circuit_is_503_with_retry_after_and_refund(
     assert statuses == [502] * 5
     assert opened.status == 503
     assert opened.json["error"] == "Service Unavailable"
+    assert opened.json["reason"] == "provider_circuit_open"
     assert 1 <= int(opened.headers["retry-after"]) <= 60
     assert counters(admin_conn, who) == (0, 0)
 
 
-def test_provider_misconfiguration_is_500_and_refunded(
-    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+@pytest.mark.parametrize("provider", ["dataforseo", "google-ads", "bing"])
+def test_an_unconfigured_or_unknown_provider_is_503_never_mock_data(
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    provider: str,
 ) -> None:
-    settings(monkeypatch, KEYWORD_API_PROVIDER="dataforseo")
+    settings(monkeypatch, KEYWORD_API_PROVIDER=provider)
     monkeypatch.delenv("DATAFORSEO_API_LOGIN", raising=False)
     monkeypatch.delenv("DATAFORSEO_API_PASSWORD", raising=False)
     who = user_id()
     result = search(call, who, {**BODY, "keywords": fresh_keywords()})
-    assert (result.status, result.json["message"]) == (500, "An unexpected error occurred")
-    assert "DATAFORSEO" not in result.text
+    assert result.status == 503, result.text
+    assert (result.json["error"], result.json["reason"]) == (
+        "Service Unavailable", "provider_not_configured",
+    )  # fmt: skip
+    assert "DATAFORSEO" not in result.text and "Mock" not in result.text
     assert counters(admin_conn, who) == (0, 0)
+    assert reservation_rows(admin_conn, who) == 0
 
 
 def test_invalid_json_and_any_content_type_after_the_rate_limit(
@@ -429,3 +492,319 @@ def test_other_methods_are_405_naming_post_only(call: Caller) -> None:
     assert result.status == 405
     assert result.json["supportedMethods"] == ["POST"]
     assert call("keywords", "GET", "/api/keywords").headers["allow"] == "POST"
+
+
+# --- the provider for a real DataForSEO account (issue 23) ----------------------------------
+
+
+def answer_for(request: httpx.Request) -> HttpxResponse:
+    """A documented-shape answer for whatever keywords were sent: the recorded "seo tools" item
+    under each keyword's name (DataForSEO echoes keywords lower-cased)."""
+    body = fixture("search_volume_ok")
+    task = body["tasks"][0]
+    sent = json.loads(request.content)[0]
+    template = task["result"][0]
+    task["data"] = {**task["data"], **sent}
+    task["result"] = [{**template, "keyword": k.lower()} for k in sent["keywords"]]
+    task["result_count"] = len(task["result"])
+    return HttpxResponse(200, json=body)
+
+
+def forget_account_state() -> None:
+    """The budget and any rejection live in the session's shared emulator: start clean."""
+    client = get_redis()
+    assert client is not None
+    client.delete("provider-budget:dataforseo", "provider-rejected:dataforseo")
+
+
+def test_account_budget_is_shared_by_every_container_and_a_cached_search_still_answers(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    use_dataforseo(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="2")
+    forget_account_state()
+    who = user_id()
+    bodies = [{**BODY, "keywords": fresh_keywords()} for _ in range(3)]
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answer_for)
+        first = search(call, who, bodies[0])
+        providers.reset_providers()  # the next request lands on a new container
+        second = search(call, who, bodies[1])
+        providers.reset_providers()
+        spent = search(call, who, bodies[2])
+        cached = search(call, who, bodies[0])
+    forget_account_state()
+    assert (first.status, second.status) == (200, 200), first.text
+    assert route.call_count == 2  # the third never reached DataForSEO
+    assert (spent.status, spent.json["reason"]) == (503, "provider_busy")
+    assert 1 <= int(spent.headers["retry-after"]) <= 60  # until the oldest request leaves
+    assert (cached.status, cached.json["cached"]) == (200, True)  # the cache needs no budget
+    assert counters(admin_conn, who) == (6, 6)  # the refused search's keywords came back
+    assert reservation_rows(admin_conn, who) == 0
+
+
+def test_upstream_rate_limits_and_refused_input_never_open_the_breaker(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    use_dataforseo(monkeypatch)
+    who = user_id()
+    answers = [
+        *[HttpxResponse(429, text="Too Many Requests")] * 3,
+        *[HttpxResponse(200, json=fixture("search_volume_rate_limited"))] * 3,
+        *[HttpxResponse(200, json=fixture("search_volume_task_error"))] * 3,
+    ]
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answers)
+        results = [search(call, who, {**BODY, "keywords": fresh_keywords()}) for _ in answers]
+        route.mock(side_effect=answer_for)
+        served = search(call, who, {**BODY, "keywords": fresh_keywords()})
+    assert [r.status for r in results] == [503] * 6 + [502] * 3
+    assert {r.json.get("reason") for r in results[:6]} == {"provider_busy"}
+    assert {r.headers["retry-after"] for r in results[:6]} == {"60"}
+    assert served.status == 200 and route.call_count == 10  # never short-circuited
+    assert (providers.breaker_stats() or {})["state"] == "CLOSED"
+    assert counters(admin_conn, who) == (2, 2)  # only the served search counts
+
+
+def test_rejected_credentials_are_configuration_shown_by_health(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    use_dataforseo(monkeypatch)
+    forget_account_state()
+    who = user_id()
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(
+            return_value=HttpxResponse(401, json=fixture("unauthorized"))
+        )
+        results = [search(call, who, {**BODY, "keywords": fresh_keywords()}) for _ in range(6)]
+        health = call("health", "GET", "/api/health").json["checks"]["provider"]
+    forget_account_state()
+    assert {(r.status, r.json["reason"]) for r in results} == {(503, "provider_not_configured")}
+    assert route.call_count == 6 and (providers.breaker_stats() or {})["state"] == "CLOSED"
+    assert health["healthy"] is False
+    assert "HTTP 401" in health["details"]["configError"]
+    assert "secret-password" not in json.dumps(health)
+    assert counters(admin_conn, who) == (0, 0)
+
+
+def test_missing_data_stays_missing_through_the_cache_and_the_history(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    use_dataforseo(monkeypatch)
+    tag = uuid.uuid4().hex[:8]
+    recorded = fixture("search_volume_ok")
+    items = recorded["tasks"][0]["result"]
+    keywords = [f"seo tools {tag}", f"obscure term {tag}", f"never returned {tag}"]
+    items[0]["keyword"], items[4]["keyword"] = keywords[0], keywords[1]
+    recorded["tasks"][0]["result"] = [items[0], items[4]]  # one measured, one all-null
+    who = user_id()
+    body = {**BODY, "keywords": keywords, "location": "GL"}
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(
+            return_value=HttpxResponse(200, json=recorded)
+        )
+        first = search(call, who, body)
+        again = search(call, who, body)
+    assert "location_code" not in json.loads(route.calls.last.request.content)[0]
+    measured, null_item, absent = first.json["data"]
+    assert measured["searchVolume"] == 74000 and "noData" not in measured
+    for row in (null_item, absent):
+        assert row == row | {"searchVolume": None, "cpc": None, "competition": None}
+        assert (row["intent"], row["noData"]) == (None, True)
+    assert again.json["cached"] is True and again.json["data"] == first.json["data"]
+    history = admin_conn.execute(
+        'SELECT "avgVolume", "totalVolume", location FROM search_history WHERE "userId" = %s',
+        (who,),
+    ).fetchall()
+    assert set(history) == {(74000, 74000, "Worldwide")}  # not averaged with invented zeros
+
+
+def test_languages_are_sent_as_requested_or_refused_before_anything_is_counted(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    use_dataforseo(monkeypatch)
+    who = user_id()
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answer_for)
+        japanese = search(call, who, {**BODY, "keywords": fresh_keywords(), "language": "ja"})
+        taiwan = search(call, who, {**BODY, "keywords": fresh_keywords(), "language": "zh-TW"})
+        sent = [json.loads(c.request.content)[0]["language_code"] for c in route.calls]
+    assert (japanese.status, taiwan.status) == (200, 200)
+    assert sent == ["ja", "zh-TW"]  # the original sent both as "en"
+    stranger = user_id()
+    refused = search(call, stranger, {**BODY, "language": "zh"})
+    assert (refused.status, refused.json["message"]) == (
+        400, "Language zh is not available for keyword data",
+    )  # fmt: skip
+    row = admin_conn.execute("SELECT count(*) FROM users WHERE id = %s", (stranger,)).fetchone()
+    assert row == (0,)
+
+
+def test_an_invisible_bom_inside_a_keyword_is_removed_before_anything_else(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    who = user_id()
+    tag = uuid.uuid4().hex[:8]
+    result = search(call, who, {**BODY, "keywords": [f"seo\ufefftools {tag}", "\ufeffkw\ufeff"]})
+    assert result.status == 200
+    assert [row["keyword"] for row in result.json["data"]] == [f"seotools {tag}", "kw"]
+    stored = admin_conn.execute(
+        'SELECT keywords FROM search_history WHERE "userId" = %s', (who,)
+    ).fetchone()
+    assert stored == ([f"seotools {tag}", "kw"],)
+    empty = search(call, who, {**BODY, "keywords": ["\ufeff\ufeff"]})
+    assert (empty.status, empty.json["message"]) == (400, "Keyword cannot be empty")
+
+
+def test_the_provider_deadline_is_lambdas_remaining_time_minus_the_margin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings(
+        monkeypatch,
+        DATABASE_URL="postgresql://unused@localhost/unused",
+        KEYWORDS_MAX_DURATION_S="20",
+        PROVIDER_DEADLINE_MARGIN_S="3",
+    )
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 8000
+
+    before = time.monotonic()
+    on_lambda = keywords_function.provider_deadline(
+        Request({"type": "http", "aws.context": Context()})
+    )
+    elsewhere = keywords_function.provider_deadline(Request({"type": "http"}))
+    after = time.monotonic()
+    assert before + 5 <= on_lambda <= after + 5
+    assert before + 17 <= elsewhere <= after + 17
+
+
+def test_a_slow_provider_is_cut_at_the_deadline_and_the_reservation_given_back(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    with FakeDataForSEO() as fake:
+        use_dataforseo(
+            monkeypatch,
+            DATAFORSEO_API_BASE_URL=fake.url,
+            KEYWORDS_MAX_DURATION_S="4",
+            PROVIDER_DEADLINE_MARGIN_S="3",  # 1 s for the provider
+        )
+        fake.trickle(200, fixture("search_volume_ok"), every_s=0.2)
+        who = user_id()
+        result = search(Caller("asgi", api_env), who, {**BODY, "keywords": fresh_keywords()})
+        assert fake.finished_answers == 0
+    assert (result.status, result.json["error"]) == (502, "Bad Gateway")
+    assert counters(admin_conn, who) == (0, 0)
+    assert reservation_rows(admin_conn, who) == 0
+
+
+KILLED_SEARCH = """
+import sys
+from devkit import events
+from functions import keywords
+
+token, body = sys.argv[1], sys.argv[2]
+headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+event = events.http_api_v2("POST", "/api/keywords", headers=headers, body=body)
+keywords.handler(event, events.lambda_context("keywords"))
+"""
+
+
+def test_a_search_killed_mid_call_has_its_keywords_given_back_by_the_reconciliation(
+    api_env: Keys, admin_conn: psycopg.Connection[Any]
+) -> None:
+    who = user_id()
+    keywords_sent = fresh_keywords()
+    with FakeDataForSEO() as fake:
+        fake.hang()
+        env = {
+            **os.environ,
+            "KEYWORD_API_PROVIDER": "dataforseo",
+            "DATAFORSEO_API_LOGIN": "login",
+            "DATAFORSEO_API_PASSWORD": "secret-password",
+            "DATAFORSEO_API_BASE_URL": fake.url,
+            "DATAFORSEO_REQUESTS_PER_MINUTE": "0",
+        }
+        token = make_token(api_env, who)
+        body = json.dumps({**BODY, "keywords": keywords_sent})
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_SEARCH, token, body],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            arrived = fake.received.wait(60)
+            child.kill()  # SIGKILL: no handler, no finally, nothing gives the keywords back
+            _, stderr = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert arrived, stderr.decode(errors="replace")[-2000:]
+    assert child.returncode == -signal.SIGKILL
+    assert fake.requests[0][0]["keywords"] == keywords_sent
+    assert counters(admin_conn, who) == (2, 2)  # counted, never recorded, never released
+    assert reservation_rows(admin_conn, who) == 1
+    history = admin_conn.execute(
+        'SELECT count(*) FROM search_history WHERE "userId" = %s', (who,)
+    ).fetchone()
+    assert history == (0,)
+
+    expires = admin_conn.execute(
+        'SELECT "expiresAt" FROM keyword_reservations WHERE "userId" = %s', (who,)
+    ).fetchone()
+    assert expires is not None
+    expiry = expires[0].replace(tzinfo=UTC)
+    run_job(reservations_cron.JOB, now=expiry - timedelta(seconds=1))  # not expired yet
+    assert (counters(admin_conn, who), reservation_rows(admin_conn, who)) == ((2, 2), 1)
+    summary = run_job(reservations_cron.JOB, now=expiry + timedelta(seconds=1))
+    assert summary["processed"] >= 1 and summary["keywordsGivenBack"] >= 2
+    assert (counters(admin_conn, who), reservation_rows(admin_conn, who)) == ((0, 0), 0)
+    run_job(reservations_cron.JOB, now=expiry + timedelta(minutes=10))  # never twice
+    assert counters(admin_conn, who) == (0, 0)
+
+
+def test_recorded_searches_leave_no_reservation_for_the_reconciliation(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    who = user_id()
+    assert search(call, who, {**BODY, "keywords": fresh_keywords()}).status == 200
+    assert reservation_rows(admin_conn, who) == 0
+    run_job(reservations_cron.JOB, now=utcnow() + timedelta(days=1))
+    assert counters(admin_conn, who) == (2, 2)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(("fail_safe", "status"), [("closed", 503), ("open", 200)])
+def test_without_redis_the_budget_fails_safe_like_the_rate_limiter(
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    fail_safe: str,
+    status: int,
+) -> None:
+    use_dataforseo(
+        monkeypatch,
+        DATAFORSEO_REQUESTS_PER_MINUTE="12",
+        RATE_LIMIT_FAIL_SAFE=fail_safe,
+        UPSTASH_REDIS_REST_URL=f"http://127.0.0.1:{_closed_port()}",
+    )
+    redis_module.reset_redis()
+    who = user_id()
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answer_for)
+        result = search(call, who, {**BODY, "keywords": fresh_keywords()})
+    redis_module.reset_redis()
+    assert result.status == status, result.text
+    if fail_safe == "closed":  # the account's limit cannot be checked: DataForSEO is spared
+        assert (result.json["reason"], result.headers["retry-after"]) == ("provider_busy", "60")
+        assert (route.call_count, counters(admin_conn, who)) == (0, (0, 0))
+    else:
+        assert (route.call_count, counters(admin_conn, who)) == (1, (2, 2))

@@ -14,9 +14,11 @@ from sqlalchemy import event
 from shared import config, db
 from shared.clock import iso_ms, month_start, next_month_start, utcnow
 from shared.models import UserTier
+from shared.quotas import Limits
 from shared.repositories import (
     api_usage,
     feature_flags,
+    reservations,
     saved_searches,
     search_history,
     system_metrics,
@@ -35,6 +37,7 @@ ALL_TABLES = {
     "webhook_events",
     "feature_flags",
     "system_metrics",
+    "keyword_reservations",
 }
 # Tables the erasure leaves alone, each with the reason; a new table must be added to one set.
 OUTSIDE_ERASURE = {
@@ -198,6 +201,13 @@ def seed_everything(user_id: str) -> None:
         name="n", keywords=["k"], location="US", language="en", match_type="exact"
     )
     db.transaction(lambda s: saved_searches.create(s, user_id, search))
+    hold = reservations.Hold(f"hold_{user_id}", utcnow() + timedelta(minutes=5))
+    limits = Limits(trial=300, pro=1000, enterprise=10_000)
+    db.run(
+        lambda s: users.reserve_keywords(
+            s, user_id, email, 2, limits=limits, enforce=False, hold=hold
+        )
+    )  # a search in flight
     for provider in ("mock", "dataforseo"):
         row = search_history.NewSearch(
             user_id=user_id, keywords=["k"], location="US", language="en", match_type="exact",
@@ -264,6 +274,10 @@ def rows_about(conn: psycopg.Connection[Any], user_id: str) -> dict[str, int]:
         ),
         "system_metrics": (
             "SELECT count(*) FROM system_metrics WHERE strpos(coalesce(tags::text, ''), %s) > 0",
+            [user_id],
+        ),
+        "keyword_reservations": (
+            'SELECT count(*) FROM keyword_reservations WHERE "userId" = %s',
             [user_id],
         ),
     }

@@ -198,6 +198,8 @@ KEPT_WITH_REASON = {
     "search_daily_rollups": "no personal data: counts per day and provider",
     "erased_billing_customers": "a SHA-256 of an erased customer's Stripe id, nothing else: "
     "recognises that customer's events for as long as Stripe may send them",
+    "keyword_reservations": "transient: a row lives only until its search is recorded, fails "
+    "or the reconcile_reservations cron gives it back (minutes); cascade on erasure",
 }
 
 
@@ -496,6 +498,8 @@ EXPORTED_OTHERWISE = {
     "legacy_repairs": "transient outbox of Redis key names to copy; nothing beyond the user id",
     "legacy_counter_deltas": "transient usage increments owed to the legacy Redis counters: "
     "the counts themselves are in the exported user row",
+    "keyword_reservations": "transient quota holds of searches in flight (minutes); the "
+    "counters they hold are in `user`",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?")
 

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 
 from shared import db
 from shared.clock import month_start, next_month_start
@@ -48,9 +49,11 @@ from shared.errors import QuotaExceededError, TrialExpiredError
 from shared.http.errors import ApiError
 from shared.legacy import keys
 from shared.legacy.mapping import counter_ttl
-from shared.models import User, UserTier
+from shared.models import KeywordReservation, User, UserTier
+from shared.providers import dataforseo
+from shared.providers.languages import provider_language
 from shared.quotas import Limits, UsageView, this_month, usage_view
-from shared.repositories import users
+from shared.repositories import reservations, users
 
 PURE = settings(max_examples=150, derandomize=True, deadline=None, database=None)
 CHEAP = settings(max_examples=60, derandomize=True, deadline=None, database=None)
@@ -86,9 +89,14 @@ def js_trim(value: str) -> str:
     return value[start:end]
 
 
+def search_keyword(raw: str) -> str:
+    """What `/api/keywords` keeps of an accepted keyword: every U+FEFF removed, JS-trimmed."""
+    return js_trim(raw.replace("\ufeff", ""))
+
+
 def search_keyword_verdict(raw: str) -> str | None:
     """None when `/api/keywords` must accept the keyword, else the documented message."""
-    keyword = js_trim(raw)
+    keyword = search_keyword(raw)
     if not keyword:
         return KEYWORD_EMPTY
     if len(keyword) > 100:
@@ -150,6 +158,8 @@ any_keyword = st.one_of(
 @given(keyword=any_keyword)
 @example(keyword="seo\u00a0tools")  # NBSP is JS whitespace: allowed
 @example(keyword="\ufeffseo\ufeff")  # BOM: JS trims it (Python's strip() does not)
+@example(keyword="seo\ufefftools")  # inside too: invisible, so removed (DataForSEO refuses it)
+@example(keyword="\ufeff\ufeff")  # nothing but BOMs: empty
 @example(keyword="seo\x1ctools")  # ASCII separator: Python calls it a space, JS does not
 @example(keyword="seo\x85")  # NEL: likewise
 @example(keyword=" " * 3 + "k" * 100 + "\t")  # exactly 100 after trimming
@@ -162,10 +172,27 @@ def test_a_keyword_is_accepted_exactly_when_the_documented_rule_says(keyword: st
     if verdict is None:
         assert found is None
         model = KeywordSearch.model_validate({"keywords": [keyword], "matchType": "exact"})
-        assert model.keywords == [js_trim(keyword)]
+        assert model.keywords == [search_keyword(keyword)]
         assert revalidates_to_itself(model)
     else:
         assert found == [verdict]
+
+
+@CHEAP
+@given(keyword=any_keyword)
+@example(keyword="seo\ufefftools")
+@example(keyword="rocket \U0001f680")
+@example(keyword="a\u2015b")
+def test_every_accepted_keyword_holds_only_what_dataforseo_accepts(keyword: str) -> None:
+    """The contract never lets through a character DataForSEO refuses (a refused one fails the
+    whole batch upstream): accepted ⇒ no refused symbol, no U+FEFF, nothing beyond U+FFFF."""
+    if search_keyword_verdict(keyword) is not None:
+        return
+    model = KeywordSearch.model_validate({"keywords": [keyword], "matchType": "exact"})
+    sent = " ".join(model.keywords[0].split())
+    assert sent.isascii() and sent.isprintable()
+    if len(sent) <= dataforseo.MAX_KEYWORD_CHARS and len(sent.split()) <= 10:
+        assert dataforseo.sendable(model.keywords[0])
 
 
 @CHEAP
@@ -199,7 +226,8 @@ def test_location_and_language_follow_the_documented_sets(
     language_pad: str,
 ) -> None:
     """Location: one of the 8 codes (case-sensitive) after trimming, blank means absent.
-    Language: `xx` or `xx-XX` after trimming, blank means absent. Order and duplicates of the
+    Language: `xx` or `xx-XX` after trimming, blank means absent, and one the keyword data
+    exists in (the tag or its primary subtag is listed). Order and duplicates of the
     keywords are kept; a valid body re-validates to itself."""
     body: dict[str, Any] = {"keywords": keywords, "matchType": match_type}
     if location is not None:
@@ -213,13 +241,15 @@ def test_location_and_language_follow_the_documented_sets(
         expected.append(LOCATION_MESSAGE)
     if expected_language is not None and not LANGUAGE.fullmatch(expected_language):
         expected.append(LANGUAGE_MESSAGE)
+    elif expected_language is not None and provider_language(expected_language) is None:
+        expected.append(f"Language {expected_language} is not available for keyword data")
     found = messages(KeywordSearch, body)
     if expected:
         assert found == expected
         return
     model = KeywordSearch.model_validate(body)
     assert (model.location, model.language) == (expected_location, expected_language)
-    assert model.keywords == [js_trim(k) for k in keywords]
+    assert model.keywords == [search_keyword(k) for k in keywords]
     assert revalidates_to_itself(model)
 
 
@@ -620,6 +650,7 @@ def model_release(state: Counters, count: int, reserved_at: datetime) -> Counter
     )
 
 
+RESERVATION_TTL = timedelta(minutes=5)
 # Starts a minute before a month ends, so small steps cross the boundary and big ones months.
 START = datetime(2026, 1, 31, 23, 59, 0, tzinfo=UTC)
 steps = st.one_of(
@@ -628,29 +659,31 @@ steps = st.one_of(
 
 
 class QuotaMachine(RuleBasedStateMachine):
-    """Random sequences of reservations, releases, tier changes, the monthly reset cron and the
-    passing of time on one real `users` row; after every step the row equals the model."""
+    """Random sequences of reservations, releases, expiry reconciliation, tier changes, the
+    monthly reset cron and the passing of time on one real `users` row; after every step the
+    row equals the model and the reservation rows are exactly the outstanding reservations."""
 
     def __init__(self) -> None:
         super().__init__()
         self.user_id = f"prop_{uuid.uuid4().hex[:16]}"
         self.now = START
         self.state: Counters | None = None
-        self.reservations: list[tuple[int, datetime]] = []
+        self.reservations: list[tuple[str, int, datetime]] = []  # (id, keywords, reserved at)
 
-    def _reserve(self, count: int, enforce: bool) -> tuple[str, users.Usage | None]:
+    def _reserve(self, count: int, enforce: bool) -> tuple[str, users.Usage | None, str]:
+        hold = reservations.Hold(uuid.uuid4().hex, self.now + RESERVATION_TTL)
         try:
             usage = db.run(
                 lambda s: users.reserve_keywords(
                     s, self.user_id, f"{self.user_id}@example.com", count,
-                    limits=TIGHT, enforce=enforce, now=self.now,
+                    limits=TIGHT, enforce=enforce, now=self.now, hold=hold,
                 )
             )  # fmt: skip
         except TrialExpiredError:
-            return "trial_expired", None
+            return "trial_expired", None, hold.id
         except QuotaExceededError:
-            return "quota", None
-        return "ok", usage
+            return "quota", None, hold.id
+        return "ok", usage, hold.id
 
     @rule(count=st.integers(0, 8), enforce=st.booleans())
     def reserve(self, count: int, enforce: bool) -> None:
@@ -665,7 +698,7 @@ class QuotaMachine(RuleBasedStateMachine):
 
     def _check_reserve(self, count: int, enforce: bool) -> None:
         expected, outcome = model_reserve(self.state, count, enforce, self.now)
-        found, usage = self._reserve(count, enforce)
+        found, usage, reservation_id = self._reserve(count, enforce)
         assert found == outcome
         self.state = expected
         if usage is not None:
@@ -674,7 +707,7 @@ class QuotaMachine(RuleBasedStateMachine):
                 expected.total,
                 expected.tier,
             )
-            self.reservations.append((count, self.now))
+            self.reservations.append((reservation_id, count, self.now))
             if enforce:  # an enforced reservation never takes the user past the limit
                 view = usage_view(self._row(), TIGHT, self.now)
                 assert view.used <= view.limit
@@ -684,12 +717,10 @@ class QuotaMachine(RuleBasedStateMachine):
     def reserve_then_release_changes_nothing(self, count: int) -> None:
         """A reservation given straight back leaves the usage as the user sees it unchanged."""
         before = usage_view(self._row(), TIGHT, self.now)
-        assert self._reserve(count, enforce=False)[0] == "ok"
-        db.run(
-            lambda s: users.release_keywords(
-                s, self.user_id, count, reserved_at=self.now, now=self.now
-            )
-        )
+        found, _, reservation_id = self._reserve(count, enforce=False)
+        assert found == "ok"
+        given = db.run(lambda s: reservations.release(s, reservation_id, now=self.now))
+        assert given == count
         after = usage_view(self._row(), TIGHT, self.now)
         assert (after.used, after.remaining) == (before.used, before.remaining)
         reserved, _ = model_reserve(self.state, count, False, self.now)
@@ -699,14 +730,22 @@ class QuotaMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         index = data.draw(st.integers(0, len(self.reservations) - 1), label="reservation")
-        count, reserved_at = self.reservations.pop(index)
-        db.run(
-            lambda s: users.release_keywords(
-                s, self.user_id, count, reserved_at=reserved_at, now=self.now
-            )
-        )
+        reservation_id, count, reserved_at = self.reservations.pop(index)
+        assert db.run(lambda s: reservations.release(s, reservation_id, now=self.now)) == count
+        assert db.run(lambda s: reservations.release(s, reservation_id, now=self.now)) == 0
         assert self.state is not None
         self.state = model_release(self.state, count, reserved_at)
+
+    @precondition(lambda self: bool(self.reservations))
+    @rule()
+    def reconcile_expired(self) -> None:
+        """The cron's statement gives back exactly the reservations past their expiry."""
+        db.run(lambda s: reservations.release_expired(s, now=self.now, limit=1_000))
+        for held in list(self.reservations):
+            if held[2] + RESERVATION_TTL < self.now:
+                self.reservations.remove(held)
+                assert self.state is not None
+                self.state = model_release(self.state, held[1], held[2])
 
     @rule(step=steps)
     def time_passes(self, step: timedelta) -> None:
@@ -754,11 +793,20 @@ class QuotaMachine(RuleBasedStateMachine):
         assert stored == self.state
         assert row.keyword_searches_this_month >= 0 and row.keyword_searches_total >= 0
         assert usage_view(row, TIGHT, self.now).remaining >= 0
+        held = db.run(
+            lambda s: s.execute(
+                select(KeywordReservation.id, KeywordReservation.keywords).where(
+                    KeywordReservation.user_id == self.user_id
+                )
+            ).all()
+        )
+        assert sorted(map(tuple, held)) == sorted((i, n) for i, n, _ in self.reservations)
 
 
 def test_quota_statements_match_the_model_on_the_real_database(db_env: str) -> None:
-    """Reserve (enforced or not), release, tier changes, the reset cron and time crossing UTC
-    month boundaries, in random order on a real row: counters always equal the model's."""
+    """Reserve (enforced or not), release, expiry reconciliation, tier changes, the reset cron
+    and time crossing UTC month boundaries, in random order on a real row: counters always
+    equal the model's, and a reservation row exists exactly while its keywords are held."""
     run_state_machine_as_test(
         QuotaMachine,
         settings=settings(

@@ -10,6 +10,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -25,6 +26,8 @@ from shared.providers import (
     KeywordData,
     ProviderConfigurationError,
     ProviderError,
+    ProviderInputError,
+    ProviderRateLimitedError,
     ProviderUnavailableError,
     SearchOptions,
     breaker_stats,
@@ -34,6 +37,7 @@ from shared.providers import (
     mock_provider,
     normalize_location,
     reset_providers,
+    without_data,
 )
 from shared.providers.breaker import CircuitBreaker, State
 from shared.providers.dataforseo import (
@@ -44,6 +48,7 @@ from shared.providers.dataforseo import (
     location_code,
 )
 from shared.providers.mock import RELATED_TEMPLATES, MockProvider, seasonal_factor
+from tests.support.fake_dataforseo import FakeDataForSEO
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
 LOGIN, PASSWORD = "ops@example.com", "s3cret-Pa55word"
@@ -293,8 +298,7 @@ def test_dataforseo_maps_a_recorded_response(
                 "obscure term",
                 "never returned",
             ],
-            "location_code": 0,  # Worldwide stays 0 (the original sent the US, 2840)
-            "language_code": "en",
+            "language_code": "en",  # no location_code: Worldwide (the original sent the US)
             "search_partners": False,
         }
     ]
@@ -314,33 +318,26 @@ def test_dataforseo_maps_a_recorded_response(
         "keyword": "Keyword Research",
         "searchVolume": 33100,
         "cpc": 4.1,
-        "competition": "medium",  # competition_index 45 on its 0-100 scale
+        "competition": "medium",
         "intent": "commercial",
     }
-    assert shoes["competition"] == "low" and shoes["intent"] == "informational"  # index 12
-    assert iphone["competition"] == "medium"  # "MEDIUM" wins over competition_index 91
-    assert iphone["intent"] == "navigational"
-    assert obscure == {
-        "keyword": "obscure term",
-        "searchVolume": 0,
-        "cpc": 0.0,
-        "competition": "medium",
-        "intent": "navigational",
-    }
-    assert missing == {
-        "keyword": "never returned",
-        "searchVolume": 0,
-        "cpc": 0.0,
-        "competition": "low",
-        "intent": "informational",
-    }
+    assert shoes["competition"] == "low" and shoes["intent"] == "informational"
+    assert iphone["competition"] == "high" and iphone["intent"] == "navigational"
+    no_data = {"searchVolume": None, "cpc": None, "competition": None, "intent": None}
+    # returned with every metric null, and not returned at all: the same, and said so
+    assert obscure == {"keyword": "obscure term", **no_data, "noData": True}
+    assert missing == {"keyword": "never returned", **no_data, "noData": True}
+    assert all("noData" not in row for row in (seo, research, shoes, iphone))
     assert all("difficulty" not in row for row in rows)  # the endpoint has none: none invented
 
 
 def test_dataforseo_trends_are_the_last_twelve_months_oldest_first(
     upstream: respx.MockRouter, dataforseo: DataForSEOProvider
 ) -> None:
-    upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    body = fixture("search_volume_ok")
+    months = body["tasks"][0]["result"][1]["monthly_searches"]
+    months.insert(3, {"year": 2024, "month": None, "search_volume": 1})  # dropped: no month
+    upstream.post(API_URL).mock(httpx.Response(200, json=body))
     seo, research, _, iphone = dataforseo.keyword_data(
         ["seo tools", "keyword research", "x", "iphone 12"], US
     )
@@ -348,7 +345,7 @@ def test_dataforseo_trends_are_the_last_twelve_months_oldest_first(
     assert months == [*((2023, m) for m in range(11, 13)), *((2024, m) for m in range(1, 11))]
     assert seo["trends"][-1] == {"year": 2024, "month": 10, "volume": 90500}
     assert len(research["trends"]) == 12 and all(t["month"] for t in research["trends"])
-    assert [t["volume"] for t in iphone["trends"]][-3:] == [0, 590, 720]  # null → 0
+    assert [t["volume"] for t in iphone["trends"]][-3:] == [None, 590, 720]  # null stays null
 
 
 def test_dataforseo_keeps_a_given_difficulty_including_zero(
@@ -369,20 +366,21 @@ def test_dataforseo_keeps_a_given_difficulty_including_zero(
     ("item", "expected"),
     [
         ({"competition_index": 0}, "low"),
-        ({"competition_index": 32}, "low"),
-        ({"competition_index": 33}, "medium"),
+        ({"competition_index": 33}, "low"),  # Google's bands: LOW 0-33
+        ({"competition_index": 34}, "medium"),
         ({"competition_index": 66}, "medium"),
         ({"competition_index": 67}, "high"),
         ({"competition_index": 100}, "high"),
         ({"competition_index": 0.9}, "low"),  # not a 0-1 scale
         ({"competition": "low", "competition_index": 100}, "low"),
         ({"competition": "HIGH", "competition_index": 0}, "high"),
-        ({"competition": None, "competition_index": None}, "medium"),
+        ({"competition": None, "competition_index": None}, None),
+        ({"competition": None, "competition_index": 91}, "high"),
         ({"search_volume_info": {"competition_level": "HIGH"}}, "high"),
-        ({}, "medium"),
+        ({}, None),
     ],
 )
-def test_competition_from_level_or_index(item: dict[str, Any], expected: str) -> None:
+def test_competition_from_level_or_index(item: dict[str, Any], expected: str | None) -> None:
     assert competition_level(item) == expected
 
 
@@ -396,21 +394,48 @@ def test_competition_from_level_or_index(item: dict[str, Any], expected: str) ->
         ("Germany", 2276),
         ("France", 2250),
         ("India", 2356),
-        ("Worldwide", 0),
-        ("GL", 0),
+        ("Worldwide", None),  # omitted: DataForSEO documents no code for it
+        ("GL", None),
         ("Atlantis", 2840),
     ],
 )
-def test_location_codes(location: str, code: int) -> None:
+def test_location_codes(location: str, code: int | None) -> None:
     assert location_code(location) == code
 
 
 @pytest.mark.parametrize(
     ("language", "code"),
-    [("en", "en"), ("en-GB", "en"), ("es", "es"), ("pt-BR", "pt"), ("ja", "en"), ("", "en")],
+    [
+        ("en", "en"),
+        ("en-GB", "en"),
+        ("es", "es"),
+        ("pt-BR", "pt"),
+        ("ja", "ja"),  # the original sent every unmapped language as "en"
+        ("zh-TW", "zh-TW"),
+        ("", "en"),
+    ],
 )
 def test_language_codes(language: str, code: str) -> None:
     assert language_code(language) == code
+
+
+@pytest.mark.parametrize("language", ["zh", "xx", "xx-US"])
+def test_unlisted_languages_are_never_sent(language: str) -> None:
+    with pytest.raises(ProviderInputError):
+        language_code(language)
+
+
+def test_worldwide_request_omits_the_location_and_reads_null_codes(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    rows = dataforseo.keyword_data(["seo tools"], SearchOptions("phrase", "Worldwide", "de"))
+    assert sent_body(route) == [
+        {"keywords": ["seo tools"], "language_code": "de", "search_partners": False}
+    ]
+    assert rows[0]["searchVolume"] == 74000
+    germany = dataforseo.keyword_data(["seo tools"], SearchOptions("phrase", "Germany", "de"))
+    assert sent_body(route)[0]["location_code"] == 2276 and germany[0]["searchVolume"] == 74000
 
 
 def test_dataforseo_does_not_send_keywords_beyond_the_endpoint_limits(
@@ -418,15 +443,112 @@ def test_dataforseo_does_not_send_keywords_beyond_the_endpoint_limits(
 ) -> None:
     route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
     too_long, too_many_words = "k" * 81, " ".join(["w"] * 11)
-    rows = dataforseo.keyword_data([too_long, "seo tools", too_many_words], US)
+    refused = ["seo, tools", "caf\u00e9 (paris)", "rocket \U0001f680", "a\u2015b", "x\ufeffy"]
+    rows = dataforseo.keyword_data([too_long, "seo tools", too_many_words, *refused], US)
     assert sent_body(route)[0]["keywords"] == ["seo tools"]
-    assert rows[0] == rows[0] | {"keyword": too_long, "searchVolume": 0}
+    assert rows[0] == {"keyword": too_long, **without_data(too_long)}
     assert rows[1]["searchVolume"] == 74000
-    assert rows[2]["keyword"] == too_many_words
+    assert rows[2]["keyword"] == too_many_words and rows[2]["noData"] is True
+    assert [row["keyword"] for row in rows[3:]] == refused
+    assert all(row.get("noData") for row in rows[3:])
 
     route.reset()
-    assert dataforseo.keyword_data([too_long], US)[0]["searchVolume"] == 0
+    assert dataforseo.keyword_data([too_long], US)[0]["searchVolume"] is None
     assert route.call_count == 0  # nothing worth paying for
+
+
+# --- DataForSEO: whose failure is it ---------------------------------------------------------
+
+
+def task_status(code: int, message: str) -> dict[str, Any]:
+    body: dict[str, Any] = fixture("search_volume_task_error")
+    body["tasks"][0].update(status_code=code, status_message=message)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("response", "kind"),
+    [
+        pytest.param(
+            httpx.Response(200, json=fixture("search_volume_task_error")),
+            ProviderInputError,
+            id="40501-invalid-field",
+        ),
+        pytest.param(
+            httpx.Response(401, json=fixture("unauthorized")),
+            ProviderConfigurationError,
+            id="http-401",
+        ),
+        pytest.param(
+            httpx.Response(402, json=fixture("payment_required")),
+            ProviderConfigurationError,
+            id="http-402",
+        ),
+        pytest.param(
+            httpx.Response(200, json=fixture("payment_required")),
+            ProviderConfigurationError,
+            id="40200-envelope",
+        ),
+        pytest.param(
+            httpx.Response(200, json=task_status(40203, "The cost limit has been exceeded.")),
+            ProviderConfigurationError,
+            id="40203-cost-limit",
+        ),
+        pytest.param(
+            httpx.Response(429, text="Too Many Requests"), ProviderRateLimitedError, id="http-429"
+        ),
+        pytest.param(
+            httpx.Response(200, json=fixture("search_volume_rate_limited")),
+            ProviderRateLimitedError,
+            id="40202-rate-limit",
+        ),
+    ],
+)
+def test_failures_that_are_not_outages_never_open_the_breaker(
+    upstream: respx.MockRouter,
+    dataforseo: DataForSEOProvider,
+    response: httpx.Response,
+    kind: type[ProviderError],
+) -> None:
+    route = upstream.post(API_URL).mock(response)
+    for _ in range(8):  # beyond the breaker's threshold of 5
+        with pytest.raises(kind) as raised:
+            dataforseo.keyword_data(["seo tools"], US)
+        assert raised.value.outage is False
+    assert route.call_count == 8  # every call reached the upstream: the circuit stayed closed
+    assert dataforseo.breaker.stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
+    if kind is ProviderRateLimitedError:
+        assert isinstance(raised.value, ProviderRateLimitedError)
+        assert raised.value.retry_after == 60
+
+
+def test_the_deadline_is_total_so_a_trickled_body_cannot_outlast_it(clock: Clock) -> None:
+    """Each byte arrives well within any per-step timeout; only a total deadline stops it."""
+    with FakeDataForSEO() as fake:
+        provider = DataForSEOProvider(
+            LOGIN, PASSWORD, base_url=fake.url, breaker=CircuitBreaker("DataForSEO", now=clock)
+        )
+        fake.answer(200, fixture("search_volume_ok"))
+        quick = SearchOptions("phrase", "Worldwide", "en", deadline=time.monotonic() + 30)
+        assert provider.keyword_data(["seo tools"], quick)[0]["searchVolume"] == 74000
+
+        fake.trickle(200, fixture("search_volume_ok"), every_s=0.2)  # ~20 minutes in all
+        options = SearchOptions("phrase", "Worldwide", "en", deadline=time.monotonic() + 1.0)
+        with pytest.raises(ProviderError, match="did not answer within") as raised:
+            provider.keyword_data(["seo tools"], options)
+        assert raised.value.outage  # a provider too slow to answer is the provider's failure
+        assert fake.finished_answers == 1  # the trickled answer never completed
+        assert provider.breaker.stats()["failures"] == 1
+
+
+def test_a_passed_deadline_calls_nothing(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    route = upstream.post(API_URL).mock(httpx.Response(200, json=fixture("search_volume_ok")))
+    late = SearchOptions("phrase", "United States", "en", deadline=time.monotonic() - 1)
+    with pytest.raises(ProviderError, match="no time left"):
+        dataforseo.keyword_data(["seo tools"], late)
+    assert route.call_count == 0
 
 
 # --- DataForSEO: failures --------------------------------------------------------------------
@@ -441,10 +563,8 @@ def envelope_with(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "response",
     [
-        pytest.param(httpx.Response(200, json=fixture("search_volume_task_error")), id="task"),
         pytest.param(httpx.Response(200, json=fixture("search_volume_internal_error")), id="api"),
         pytest.param(httpx.Response(500, text="upstream exploded"), id="http-500"),
-        pytest.param(httpx.Response(401, json={"status_code": 40100}), id="http-401"),
         pytest.param(httpx.Response(200, text="<html>gateway</html>"), id="non-json"),
         pytest.param(httpx.Response(200, json=[1, 2]), id="json-array"),
         pytest.param(
@@ -459,7 +579,7 @@ def test_dataforseo_failures_raise_provider_error(
     upstream.post(API_URL).mock(response)
     with pytest.raises(ProviderError) as raised:
         dataforseo.keyword_data(["seo tools"], US)
-    assert type(raised.value) is ProviderError
+    assert type(raised.value) is ProviderError and raised.value.outage
 
 
 @pytest.mark.parametrize(
@@ -670,14 +790,15 @@ def test_mock_provider_stays_mock_whatever_is_configured(monkeypatch: pytest.Mon
     assert get_provider().key == "dataforseo"
 
 
-def test_unknown_provider_falls_back_to_mock_with_one_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("name", ["google-ads", "bing", "Mock2"])
+def test_unknown_provider_never_falls_back_to_mock(
+    monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    configure(monkeypatch, KEYWORD_API_PROVIDER="google-ads")
-    with caplog.at_level(logging.WARNING, logger="keyflash"):
-        assert get_provider().key == "mock"
-        assert get_provider().key == "mock"
-    assert caplog.text.count("provider_unknown") == 1
+    configure(monkeypatch, KEYWORD_API_PROVIDER=name)
+    with pytest.raises(ProviderConfigurationError, match="is not supported; use one of mock"):
+        get_provider()
+    assert "is not supported" in (configuration_error() or "")
+    assert mock_provider().key == "mock"  # trial users keep their Mock
 
 
 def test_unknown_provider_is_an_error_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -701,6 +822,7 @@ def test_the_breaker_persists_across_get_provider_calls(
         KEYWORD_API_PROVIDER="dataforseo",
         DATAFORSEO_API_LOGIN=LOGIN,
         DATAFORSEO_API_PASSWORD=PASSWORD,
+        DATAFORSEO_REQUESTS_PER_MINUTE="0",  # no shared budget here (no Redis)
     )
     route = upstream.post(API_URL).mock(httpx.Response(502))
     first = get_provider()

@@ -168,6 +168,29 @@ DOCUMENTED_ADDITIONS.update(
             "definition": "CREATE INDEX system_metrics_timestamp_idx ON system_metrics "
             'USING btree ("timestamp")',
         },
+        "table keyword_reservations": {"kind": "table"},
+        **{
+            f"column keyword_reservations.{name}": {"type": type_, "nullable": False}
+            for name, type_ in (
+                ("id", "text"),
+                ("userId", "text"),
+                ("keywords", "integer"),
+                ("reservedAt", TIMESTAMP3),
+                ("expiresAt", TIMESTAMP3),
+            )
+        },
+        "constraint keyword_reservations_pkey": {
+            "table": "keyword_reservations",
+            "type": "PRIMARY KEY",
+        },
+        "constraint keyword_reservations_userId_fkey": {
+            "table": "keyword_reservations",
+            "definition": 'FOREIGN KEY ("userId") REFERENCES users(id) '
+            "ON UPDATE CASCADE ON DELETE CASCADE",
+        },
+        "index keyword_reservations_pkey": {"table": "keyword_reservations"},
+        "index keyword_reservations_expiresAt_idx": {"table": "keyword_reservations"},
+        "index keyword_reservations_userId_idx": {"table": "keyword_reservations"},
     }
 )
 

@@ -1,4 +1,12 @@
-"""`POST /api/keywords` body (spec §2.1, KeywordSearchSchema) with the original messages."""
+"""`POST /api/keywords` body (spec §2.1, KeywordSearchSchema) with the original messages.
+
+Beyond the original: a keyword loses every U+FEFF (a zero-width character that the original's
+`\\s` accepts but that is invisible, so the keyword a user sees is the one without it; DataForSEO
+refuses it), and a language must be one the keyword data exists in
+(`shared.providers.languages`), where the original sent every unmapped language as English.
+Everything else the original's character rule admits (ASCII letters, digits, `-`, `_`, Unicode
+spaces) is what DataForSEO accepts once spaces are collapsed to one ASCII space.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
 from shared.contracts.validation import JS_WHITESPACE, bounded_text, fail, js_trim
+from shared.providers.languages import provider_language
 
 LOCATION_CODES = ("US", "GB", "CA", "AU", "DE", "FR", "IN", "GL")
 # The original's `^[a-zA-Z0-9\s\-_]+$` with JS's `\s` (Unicode spaces, no control characters).
@@ -17,7 +26,7 @@ _LANGUAGE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
 
 def _keyword(value: str) -> str:
     keyword = bounded_text(
-        value, minimum=1, maximum=100, empty="Keyword cannot be empty",
+        value.replace("\ufeff", ""), minimum=1, maximum=100, empty="Keyword cannot be empty",
         too_long="Keyword too long (max 100 chars)", code="keyword",
     )  # fmt: skip
     if not _KEYWORD_CHARS.fullmatch(keyword):
@@ -43,8 +52,12 @@ def _location(value: str | None) -> str | None:
 
 
 def _language(value: str | None) -> str | None:
-    if value is not None and not _LANGUAGE.match(value):
+    if value is None:
+        return None
+    if not _LANGUAGE.match(value):
         raise fail("language", "Language must be valid language code (e.g., en, en-US)")
+    if provider_language(value) is None:
+        raise fail("language_supported", f"Language {value} is not available for keyword data")
     return value
 
 

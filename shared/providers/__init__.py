@@ -4,8 +4,10 @@
     rows = provider.keyword_data(["seo tools"], SearchOptions("phrase", "United States", "en"))
 
 `rows` has the input's length and order. Failures raise `ProviderError` (whose text is for logs
-only), `ProviderUnavailableError` (circuit open: answer 503 with `retry_after`) or
-`ProviderConfigurationError`. Importing this package does not import httpx: DataForSEO's module
+only) or one of its kinds: `ProviderUnavailableError` (circuit open: answer 503 with
+`retry_after`), `ProviderRateLimitedError` (the account's budget is spent or the upstream said
+"too many requests": 503 with `retry_after`), `ProviderConfigurationError` and
+`ProviderInputError`. Importing this package does not import httpx: DataForSEO's module
 loads on first use.
 """
 
@@ -18,15 +20,19 @@ from shared.providers.base import (
     Provider,
     ProviderConfigurationError,
     ProviderError,
+    ProviderInputError,
+    ProviderRateLimitedError,
     ProviderUnavailableError,
     RelatedKeywordData,
     SearchOptions,
     infer_intent,
+    without_data,
 )
 from shared.providers.locations import LOCATIONS, normalize_location
 from shared.providers.registry import (
     breaker_stats,
     configuration_error,
+    configured_key,
     get_provider,
     mock_provider,
     reset_providers,
@@ -42,14 +48,18 @@ __all__ = [
     "Provider",
     "ProviderConfigurationError",
     "ProviderError",
+    "ProviderInputError",
+    "ProviderRateLimitedError",
     "ProviderUnavailableError",
     "RelatedKeywordData",
     "SearchOptions",
     "breaker_stats",
     "configuration_error",
+    "configured_key",
     "get_provider",
     "infer_intent",
     "mock_provider",
     "normalize_location",
     "reset_providers",
+    "without_data",
 ]

@@ -1,8 +1,10 @@
 """What every keyword provider shares: the data shapes, the errors and the intent heuristic.
 
 Shapes follow the original API's JSON (camelCase keys), because rows go to clients and into
-the cache as they are. Absent values are omitted, never null: DataForSEO's search-volume endpoint
-has no difficulty, so its rows have no `difficulty` key (the original invented 50).
+the cache as they are. A metric the provider did not measure is null, never invented: a keyword
+without data has `searchVolume`, `cpc`, `competition` and `intent` null and `noData: true`
+(the original filled in 0, "low" and "informational"). A metric the endpoint never has is
+omitted: DataForSEO's search-volume endpoint has no difficulty, so its rows have no `difficulty`.
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ INTENTS: tuple[Intent, ...] = ("informational", "commercial", "transactional", "
 class MonthlyTrend(TypedDict):
     month: int  # 1-12
     year: int
-    volume: int
+    volume: int | None  # None: the month has no figure
 
 
 class KeywordData(TypedDict, total=False):
     """One keyword's metrics. `difficulty` (0-100) and `trends` (oldest first, at most 12) are
-    present only when the provider has them."""
+    present only when the provider has them; `noData` only when it is true."""
 
     keyword: Required[str]
-    searchVolume: Required[int]
+    searchVolume: Required[int | None]
     difficulty: int
-    cpc: Required[float]
-    competition: Required[Competition]
-    intent: Required[Intent]
+    cpc: Required[float | None]
+    competition: Required[Competition | None]
+    intent: Required[Intent | None]
     trends: list[MonthlyTrend]
+    noData: bool
 
 
 class RelatedKeywordData(KeywordData, total=False):
@@ -46,6 +49,7 @@ class SearchOptions:
     match_type: MatchType
     location: str  # a normalised name: "United States", "Worldwide" (see `normalize_location`)
     language: str  # e.g. "en", "en-US"
+    deadline: float | None = None  # `time.monotonic()` by which the provider must have answered
 
 
 class Provider(Protocol):
@@ -59,25 +63,62 @@ class Provider(Protocol):
         ...
 
 
+def without_data(keyword: str) -> KeywordData:
+    """A keyword the provider has no figures for."""
+    return {
+        "keyword": keyword,
+        "searchVolume": None,
+        "cpc": None,
+        "competition": None,
+        "intent": None,
+        "noData": True,
+    }
+
+
 class ProviderError(Exception):
     """The provider failed. The message is for logs only: it may quote upstream text, so it
-    must never reach a client."""
+    must never reach a client.
+
+    `outage` says whether the failure is the provider's (an error answer, a timeout, garbage),
+    which the circuit breaker counts. Subclasses that are not outages never open it.
+    """
+
+    outage = True
 
 
 class ProviderConfigurationError(ProviderError):
-    """The provider cannot run as configured (unknown name, missing credentials)."""
+    """The provider cannot run as configured (unknown name, missing or rejected credentials,
+    no balance): an operator must act; retrying does not help and the upstream is not down."""
+
+    outage = False
+
+
+class ProviderInputError(ProviderError):
+    """The upstream refused what this request sent (a field or keyword it does not accept)."""
+
+    outage = False
 
 
 class ProviderUnavailableError(ProviderError):
-    """The circuit breaker is open: the upstream was not called. Retry after `retry_after` s."""
+    """The upstream was not called, or refused for now: retry after `retry_after` s.
+
+    Raised while the circuit breaker is open (counted already, so not again)."""
+
+    outage = False
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
+class ProviderRateLimitedError(ProviderUnavailableError):
+    """The account's request budget is spent (ours, shared by every container) or the upstream
+    answered "too many requests": capacity, not an outage."""
+
+
 def infer_intent(search_volume: int, cpc: float, competition: Competition) -> Intent:
-    """The original heuristic for providers that report no intent (spec §6); first match wins."""
+    """The original heuristic for providers that report no intent (spec §6); first match wins.
+    Only for measured figures: a keyword missing any of them has no intent (null)."""
     if cpc > 5 and competition == "high":
         return "transactional"
     if cpc > 2 and competition in ("medium", "high"):

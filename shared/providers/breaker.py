@@ -12,6 +12,11 @@ Fixes over the original (spec §10.2):
   that the upstream has not recovered, and letting traffic through until 5 more fail would
   spend exactly the calls the breaker exists to save.
 
+Only outages count (fix over issue 23): an exception whose `outage` attribute is false (the
+request's own input refused, rate limits, rejected credentials: see `shared.providers.base`)
+is neither a failure nor a success, so no user's input and no burst of traffic can open the
+circuit for everyone.
+
 As in the original, a success while CLOSED clears the failure list, so "5 failures within 60 s"
 means 5 without a success in between. HALF_OPEN lets every call through (a Lambda container
 serves one request at a time, so that is one probe per container).
@@ -81,12 +86,14 @@ class CircuitBreaker:
         return self._state is not State.OPEN
 
     def call(self, operation: Callable[[], T]) -> T:
-        """Run `operation` unless the circuit is open; any exception it raises is a failure."""
+        """Run `operation` unless the circuit is open; an exception it raises is a failure
+        unless its `outage` attribute is false."""
         self._admit()
         try:
             result = operation()
-        except Exception:
-            self.record_failure()
+        except Exception as error:
+            if getattr(error, "outage", True):
+                self.record_failure()
             raise
         self.record_success()
         return result

@@ -1,60 +1,85 @@
 """DataForSEO's Google Ads search volume (`keywords_data/google_ads/search_volume/live`, §6.2).
 
 Imported only when DataForSEO is the configured provider, so the Mock path never loads httpx.
-One `httpx.Client` per container (30 s timeout, spec §6.6) is reused by every invocation; the
-credentials go as HTTP Basic auth on each request and never into logs or error messages.
+One `httpx.Client` per container is reused by every invocation; the credentials go as HTTP Basic
+auth on each request and never into logs or error messages. docs/keyword-search.md describes
+what the provider does in each case; in short:
 
-Fixes over the original (spec §10.14):
-- Worldwide is sent as location_code 0 (the original's `|| 2840` turned it into the US);
-- `competition_index` is read on its real 0-100 scale (<33 low, <67 medium, else high) when
-  there is no level string (the original compared it with 0.33/0.67);
-- no invented difficulty: this endpoint has none, so rows carry no `difficulty` key (a real
-  `keyword_properties.keyword_difficulty` is kept, 0 included; the original's `|| 50` hid 0);
-- a task-level error (`tasks[0].status_code != 20000`) is a `ProviderError`, like HTTP errors,
-  timeouts, non-JSON bodies and an envelope whose `status_code` is not 20000 (a missing code
-  included); the original returned every keyword with default values instead.
+- Worldwide omits `location_code` (DataForSEO documents no code for it, and answers a worldwide
+  request with `location_code: null`); the seven countries send their codes.
+- The language is the listed code the request names (`shared.providers.languages`); the request
+  contract refuses the others with a 400, so none is silently sent as `en`.
+- Before each request one unit of the account's budget is spent (`shared.providers.account`,
+  DATAFORSEO_REQUESTS_PER_MINUTE, shared by every container); a spent budget and an upstream
+  "too many requests" (HTTP 429, status 40202) raise `ProviderRateLimitedError`.
+- The call has a total deadline (`SearchOptions.deadline`): it runs in a worker thread that the
+  caller waits for until then, because httpx's timeouts apply to each network step (connect,
+  each read), so a trickled body would outlast any of them.
+- 401/402 and DataForSEO's 40100/40200/40203 are the account's configuration
+  (`ProviderConfigurationError`, remembered for /api/health); 405xx refuse the request's own
+  fields (`ProviderInputError`). Neither counts toward the circuit breaker; every other error
+  answer, a timeout, a non-JSON body or an envelope without status 20000 does.
+- Missing data stays missing: a keyword absent from the results, or returned without a
+  volume, gets nulls and `noData: true`; an absent cpc or competition is null; a month without
+  volume is null; the competition level falls back to the index in Google's bands (LOW 0-33,
+  MEDIUM 34-66, HIGH 67-100). The original filled in 0, "low" and "informational".
 
 Other choices: keywords are sent once each (DataForSEO lower-cases them, and results are matched
-case-insensitively with whitespace collapsed), and keywords beyond the endpoint's limits (80
-characters, 10 words) are not sent, so one cannot fail the whole task: like keywords the
-endpoint has no data for, they get the defaults. `matchType` is not sent: this endpoint has no
-match type (it stays part of the cache key). Language: the primary subtag when DataForSEO
-supports it (en, es, fr, de, pt, it; "pt-BR" → "pt"), else "en". `date_from`/`date_to` are left
-out rather than sent as null (the same meaning: the endpoint's default period).
+case-insensitively with whitespace collapsed); keywords it would refuse (beyond 80 characters or
+10 words, or holding a symbol it rejects or a character outside the Basic Multilingual Plane) are
+not sent, so one cannot fail the whole task, and get no data. `matchType` is not sent: this
+endpoint has none (it stays part of the cache key). `date_from`/`date_to` are left out (the
+endpoint's default period). No difficulty is invented: a real
+`keyword_properties.keyword_difficulty` is kept, 0 included.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
 from shared.config import Settings
+from shared.providers import account
 from shared.providers.base import (
     Competition,
+    Intent,
     KeywordData,
     MonthlyTrend,
     ProviderConfigurationError,
     ProviderError,
+    ProviderInputError,
+    ProviderRateLimitedError,
     SearchOptions,
     infer_intent,
+    without_data,
 )
 from shared.providers.breaker import CircuitBreaker
+from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
 from shared.telemetry import log_event
 
-API_URL = "https://api.dataforseo.com/v3/keywords_data/google_ads/search_volume/live"
-TIMEOUT_S = 30.0
+BASE_URL = "https://api.dataforseo.com"
+PATH = "/v3/keywords_data/google_ads/search_volume/live"
+API_URL = BASE_URL + PATH
+TIMEOUT_S = 30.0  # without a deadline (direct use); requests get theirs from SearchOptions
 OK = 20000
 MAX_KEYWORD_CHARS = 80
 MAX_KEYWORD_WORDS = 10
 MAX_KEYWORDS_PER_TASK = 1000
 SNIPPET_CHARS = 300
+RATE_LIMITED_RETRY_S = 60  # "too many requests" names no time; the limit is per minute
+
+# Symbols DataForSEO refuses in a keyword, and every character beyond U+FFFF (4 bytes in UTF-8).
+_REFUSED = re.compile("[,!@%^()={};~`<>?\\|\u2015\U00010000-\U0010ffff]")
+CONFIGURATION_CODES = frozenset({40100, 40200, 40203})  # unauthorised, payment, cost limit
+RATE_LIMIT_CODES = frozenset({40202})
 
 LOCATION_CODES: dict[str, int] = {
     "United States": 2840,
@@ -64,9 +89,8 @@ LOCATION_CODES: dict[str, int] = {
     "Germany": 2276,
     "France": 2250,
     "India": 2356,
-    "Worldwide": 0,
 }
-LANGUAGES = frozenset({"en", "es", "fr", "de", "pt", "it"})
+WORLDWIDE = "Worldwide"
 
 _client: httpx.Client | None = None
 _client_lock = threading.Lock()
@@ -94,17 +118,20 @@ def close_client() -> None:
         _client = None
 
 
-def location_code(location: str) -> int:
-    """DataForSEO's code for a normalised name (an ISO code is accepted too); else the US."""
-    code = LOCATION_CODES.get(location)
-    if code is None:
-        code = LOCATION_CODES.get(LOCATIONS.get(location, DEFAULT_LOCATION), 2840)
-    return code
+def location_code(location: str) -> int | None:
+    """DataForSEO's code for a normalised name (an ISO code is accepted too), None for
+    Worldwide (the location is omitted); anything else is the US."""
+    name = location if location in LOCATION_CODES or location == WORLDWIDE else None
+    name = name or LOCATIONS.get(location, DEFAULT_LOCATION)
+    return None if name == WORLDWIDE else LOCATION_CODES.get(name, LOCATION_CODES[DEFAULT_LOCATION])
 
 
 def language_code(language: str | None) -> str:
-    primary = (language or "").split("-", 1)[0].strip().lower()
-    return primary if primary in LANGUAGES else "en"
+    """The listed code for a request's language (the contract refused unlisted ones)."""
+    code = provider_language(language or "en")
+    if code is None:
+        raise ProviderInputError(f"DataForSEO lists no language for {language!r}")
+    return code
 
 
 def match_key(keyword: str) -> str:
@@ -113,19 +140,14 @@ def match_key(keyword: str) -> str:
 
 
 def sendable(keyword: str) -> bool:
+    """Whether DataForSEO accepts the keyword (one it refuses fails the whole task)."""
     words = keyword.split()
-    return 0 < len(words) <= MAX_KEYWORD_WORDS and len(" ".join(words)) <= MAX_KEYWORD_CHARS
-
-
-def default_row(keyword: str) -> KeywordData:
-    """A keyword the endpoint returned nothing for (the original's defaults, minus difficulty)."""
-    return {
-        "keyword": keyword,
-        "searchVolume": 0,
-        "cpc": 0.0,
-        "competition": "low",
-        "intent": "informational",
-    }
+    return (
+        0 < len(words) <= MAX_KEYWORD_WORDS
+        and len(" ".join(words)) <= MAX_KEYWORD_CHARS
+        and not _REFUSED.search(keyword)
+        and "\ufeff" not in keyword
+    )
 
 
 class DataForSEOProvider:
@@ -137,20 +159,33 @@ class DataForSEOProvider:
         login: str | None,
         password: str | None,
         *,
+        requests_per_minute: int = 0,
+        base_url: str = BASE_URL,
         breaker: CircuitBreaker | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self._login = login or ""
         self._password = password or ""
+        self.url = base_url.rstrip("/") + PATH
+        self.requests_per_minute = requests_per_minute
         self.breaker = breaker or CircuitBreaker(self.name)
         self._client = client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DataForSEOProvider:
-        return cls(settings.dataforseo_api_login, settings.dataforseo_api_password)
+        return cls(
+            settings.dataforseo_api_login,
+            settings.dataforseo_api_password,
+            requests_per_minute=settings.dataforseo_requests_per_minute,
+            base_url=settings.dataforseo_api_base_url,
+        )
 
     def configuration_error(self) -> str | None:
-        """What is missing, naming the variables; None when the provider can run."""
+        """What is missing (naming the variables), or the account's rejection that some
+        container saw recently; None when the provider can run."""
+        return self._missing_credentials() or account.rejection(self.key)
+
+    def _missing_credentials(self) -> str | None:
         missing = [
             variable
             for variable, value in (
@@ -167,9 +202,9 @@ class DataForSEOProvider:
         )
 
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
-        problem = self.configuration_error()
-        if problem:
-            raise ProviderConfigurationError(problem)
+        missing = self._missing_credentials()
+        if missing:
+            raise ProviderConfigurationError(missing)
         requested = [keyword.strip() for keyword in keywords]
         unique: dict[str, str] = {}
         for keyword in requested:
@@ -177,22 +212,27 @@ class DataForSEOProvider:
                 unique.setdefault(match_key(keyword), " ".join(keyword.split()))
         to_send = list(unique.values())
         if len(to_send) > MAX_KEYWORDS_PER_TASK:
-            raise ProviderError(f"DataForSEO accepts at most {MAX_KEYWORDS_PER_TASK} keywords")
+            raise ProviderInputError(f"DataForSEO accepts at most {MAX_KEYWORDS_PER_TASK} keywords")
         if not to_send:
-            return [default_row(keyword) for keyword in requested]
+            return [without_data(keyword) for keyword in requested]
         task: dict[str, Any] = {
             "keywords": to_send,
-            "location_code": location_code(options.location),
             "language_code": language_code(options.language),
             "search_partners": False,
         }
+        code = location_code(options.location)
+        if code is not None:
+            task["location_code"] = code
+        if options.deadline is not None and options.deadline <= time.monotonic():
+            # Our own time ran out (not DataForSEO's failure): nothing spent, nothing counted.
+            raise ProviderError("DataForSEO was not called: no time left before the deadline")
         started = time.perf_counter()
         try:
-            envelope = self.breaker.call(lambda: self._post([task]))
+            envelope = self.breaker.call(lambda: self._spend_and_post([task], options.deadline))
         except ProviderError as error:
             log_event(
                 "provider_request",
-                level=logging.WARNING,
+                level=logging.ERROR if error.outage else logging.WARNING,
                 provider=self.key,
                 success=False,
                 error=type(error).__name__,
@@ -214,20 +254,66 @@ class DataForSEOProvider:
         rows: list[KeywordData] = []
         for keyword in requested:
             item = results.get(match_key(keyword))
-            rows.append(default_row(keyword) if item is None else to_keyword_data(keyword, item))
+            rows.append(without_data(keyword) if item is None else to_keyword_data(keyword, item))
         return rows
 
-    def _post(self, body: list[dict[str, Any]]) -> dict[str, Any]:
+    def _spend_and_post(self, body: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+        """Inside the breaker, so an open circuit spends none of the account's budget."""
+        account.spend(self.key, self.requests_per_minute)
+        return self._post_within(body, deadline)
+
+    def _post_within(self, body: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+        """`_post`, but the caller waits no longer than `deadline` (a `time.monotonic()` value).
+
+        The request runs in a daemon thread with each network step's timeout set to the time
+        left; if the deadline passes first the caller gets a timeout `ProviderError` and the
+        thread ends on its own at the latest one step timeout later (its answer is dropped).
+        """
+        if deadline is None:
+            return self._post(body, TIMEOUT_S)
+        budget = deadline - time.monotonic()
+        if budget <= 0:
+            raise ProviderError("DataForSEO was not called: no time left before the deadline")
+        outcome: list[dict[str, Any] | BaseException] = []
+
+        def work() -> None:
+            try:
+                outcome.append(self._post(body, budget))
+            except BaseException as error:  # handed to the caller below
+                outcome.append(error)
+
+        worker = threading.Thread(target=work, name="dataforseo-request", daemon=True)
+        worker.start()
+        worker.join(budget)
+        if not outcome:
+            raise ProviderError(f"DataForSEO did not answer within the {budget:.1f} s deadline")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _post(self, body: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
         """One request; returns an envelope whose first task succeeded, else raises."""
         client = self._client or http_client()
         try:
-            response = client.post(API_URL, json=body, auth=(self._login, self._password))
+            response = client.post(
+                self.url, json=body, auth=(self._login, self._password), timeout=timeout_s
+            )
         except httpx.TimeoutException as error:
             raise ProviderError(
-                f"DataForSEO request timed out after {TIMEOUT_S:g} s ({type(error).__name__})"
+                f"DataForSEO request timed out after {timeout_s:.1f} s ({type(error).__name__})"
             ) from None
         except httpx.HTTPError as error:
             raise ProviderError(f"DataForSEO request failed ({type(error).__name__})") from None
+        if response.status_code in (401, 402):
+            self._rejected(
+                f"DataForSEO rejected the account (HTTP {response.status_code}): check "
+                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance"
+            )
+        if response.status_code == 429:
+            raise ProviderRateLimitedError(
+                "DataForSEO answered 429 Too Many Requests", retry_after=RATE_LIMITED_RETRY_S
+            )
         if not response.is_success:
             raise ProviderError(
                 f"DataForSEO API request failed ({response.status_code}): "
@@ -241,21 +327,34 @@ class DataForSEOProvider:
             ) from None
         if not isinstance(envelope, dict):
             raise ProviderError("DataForSEO returned JSON that is not an object")
-        if envelope.get("status_code") != OK:
-            raise ProviderError(
-                f"DataForSEO API error ({envelope.get('status_code')}): "
-                f"{self._snippet(str(envelope.get('status_message')))}"
-            )
+        self._check_status(envelope, "API")
         tasks = envelope.get("tasks")
         if not isinstance(tasks, list) or not tasks or not isinstance(tasks[0], dict):
             raise ProviderError("DataForSEO response has no task")
-        task = tasks[0]
-        if task.get("status_code") != OK:
-            raise ProviderError(
-                f"DataForSEO task error ({task.get('status_code')}): "
-                f"{self._snippet(str(task.get('status_message')))}"
-            )
+        self._check_status(tasks[0], "task")
         return envelope
+
+    def _check_status(self, part: Mapping[str, Any], level: str) -> None:
+        """Raise for a `status_code` other than 20000, classified by who must act."""
+        code = part.get("status_code")
+        if code == OK:
+            return
+        detail = (
+            f"DataForSEO {level} error ({code}): {self._snippet(str(part.get('status_message')))}"
+        )
+        if code in CONFIGURATION_CODES:
+            self._rejected(detail)
+        if code in RATE_LIMIT_CODES:
+            raise ProviderRateLimitedError(detail, retry_after=RATE_LIMITED_RETRY_S)
+        if isinstance(code, int) and 40500 <= code < 40600:
+            raise ProviderInputError(detail)
+        raise ProviderError(detail)
+
+    def _rejected(self, detail: str) -> NoReturn:
+        """The account cannot be used: log it as configuration, tell health, raise."""
+        log_event("provider_configuration", level=logging.ERROR, provider=self.key, detail=detail)
+        account.report_rejection(self.key, detail)
+        raise ProviderConfigurationError(detail)
 
     def _snippet(self, text: str) -> str:
         text = self._scrub(" ".join(text.split()))
@@ -322,8 +421,9 @@ def _index_results(results: Any) -> dict[str, Mapping[str, Any]]:
 _LEVELS: dict[str, Competition] = {"LOW": "low", "MEDIUM": "medium", "HIGH": "high"}
 
 
-def competition_level(item: Mapping[str, Any]) -> Competition:
-    """The level string when there is one, else the 0-100 index, else medium."""
+def competition_level(item: Mapping[str, Any]) -> Competition | None:
+    """The level string when there is one, else the 0-100 index in Google's bands
+    (LOW 0-33, MEDIUM 34-66, HIGH 67-100), else None."""
     for value in (item.get("competition"), _get(item, "search_volume_info", "competition_level")):
         level = _LEVELS.get(value.strip().upper()) if isinstance(value, str) else None
         if level is not None:
@@ -332,8 +432,8 @@ def competition_level(item: Mapping[str, Any]) -> Competition:
         item.get("competition_index"), _get(item, "search_volume_info", "competition")
     )
     if index is None:
-        return "medium"
-    if index < 33:
+        return None
+    if index < 34:
         return "low"
     if index < 67:
         return "medium"
@@ -341,7 +441,8 @@ def competition_level(item: Mapping[str, Any]) -> Competition:
 
 
 def trends(item: Mapping[str, Any]) -> list[MonthlyTrend]:
-    """Monthly volumes, oldest first, the last 12 (DataForSEO sends newest first)."""
+    """Monthly volumes, oldest first, the last 12 (DataForSEO sends newest first); a month
+    without a figure has volume None."""
     monthly = item.get("monthly_searches")
     if not isinstance(monthly, list):
         monthly = _get(item, "keyword_info", "monthly_searches")
@@ -350,28 +451,41 @@ def trends(item: Mapping[str, Any]) -> list[MonthlyTrend]:
         month, year = _number(_get(entry, "month")), _number(_get(entry, "year"))
         if month is None or year is None or not 1 <= month <= 12:
             continue
-        volume = _number(_get(entry, "search_volume")) or 0.0
-        points.append({"month": int(month), "year": int(year), "volume": max(0, int(volume))})
+        volume = _number(_get(entry, "search_volume"))
+        points.append(
+            {
+                "month": int(month),
+                "year": int(year),
+                "volume": None if volume is None else max(0, int(volume)),
+            }
+        )
     points.sort(key=lambda point: (point["year"], point["month"]))
     return points[-12:]
 
 
 def to_keyword_data(keyword: str, item: Mapping[str, Any]) -> KeywordData:
-    """One result item in our shape; `keyword` echoes the request, not DataForSEO's lower case."""
+    """One result item in our shape; `keyword` echoes the request, not DataForSEO's lower case.
+    Without a search volume the keyword has no data, whatever else the item carries."""
     volume = _first_number(
         item.get("search_volume"),
         _get(item, "search_volume_info", "search_volume"),
         _get(_first(_get(item, "keyword_info", "monthly_searches")), "search_volume"),
     )
-    search_volume = max(0, int(volume or 0))
-    cpc = max(0.0, _first_number(item.get("cpc"), _get(item, "search_volume_info", "cpc")) or 0.0)
+    if volume is None:
+        return without_data(keyword)
+    search_volume = max(0, int(volume))
+    cpc = _first_number(item.get("cpc"), _get(item, "search_volume_info", "cpc"))
+    cpc = None if cpc is None else max(0.0, cpc)
     competition = competition_level(item)
+    intent: Intent | None = None
+    if cpc is not None and competition is not None:
+        intent = infer_intent(search_volume, cpc, competition)
     row: KeywordData = {
         "keyword": keyword,
         "searchVolume": search_volume,
         "cpc": cpc,
         "competition": competition,
-        "intent": infer_intent(search_volume, cpc, competition),
+        "intent": intent,
     }
     difficulty = _number(_get(item, "keyword_properties", "keyword_difficulty"))
     if difficulty is not None:

@@ -5,11 +5,15 @@ breaker never saw more than one failure. Here each provider is built once per co
 kept at module level (never in a FastAPI lifespan, which Mangum runs per invocation), so its
 breaker counts failures across invocations. DataForSEO's module, and httpx with it, is imported
 only when DataForSEO is the configured provider.
+
+An unknown or unbuilt provider (`google-ads` included: this port has no Google Ads provider yet)
+is a configuration error everywhere, never a silent fallback to Mock: the original fell back
+outside production, so a deployment configured for Google Ads served invented data while its
+health check said "Google Ads".
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -17,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from shared.config import get_settings
 from shared.providers.base import Provider, ProviderConfigurationError, ProviderError
 from shared.providers.mock import MockProvider
-from shared.telemetry import log_event
 
 if TYPE_CHECKING:
     from shared.providers.dataforseo import DataForSEOProvider
@@ -28,7 +31,6 @@ DATAFORSEO_MODULE = "shared.providers.dataforseo"
 _lock = threading.Lock()
 _mock: MockProvider | None = None
 _dataforseo: DataForSEOProvider | None = None
-_warned: set[str] = set()
 
 
 def configured_key() -> str:
@@ -39,23 +41,17 @@ def configured_key() -> str:
 def get_provider() -> Provider:
     """The configured provider (KEYWORD_API_PROVIDER, default mock), cached for the container.
 
-    An unknown name (google-ads included: this port has no Google Ads provider) raises
-    `ProviderConfigurationError` in production; elsewhere it logs a warning once and uses Mock.
-    Missing DataForSEO credentials surface from `keyword_data` as `ProviderConfigurationError`
-    (and from `configuration_error()` for the health check), not from here.
+    Any other name raises `ProviderConfigurationError`, in every environment. Missing
+    DataForSEO credentials surface from `keyword_data` as `ProviderConfigurationError` (and
+    from `configuration_error()` for the health check), not from here.
     """
     key = configured_key()
     if key == "dataforseo":
         return _dataforseo_provider()
     if key != "mock":
-        message = (
+        raise ProviderConfigurationError(
             f"KEYWORD_API_PROVIDER={key!r} is not supported; use one of {', '.join(SUPPORTED)}"
         )
-        if get_settings().is_production:
-            raise ProviderConfigurationError(message)
-        if key not in _warned:
-            _warned.add(key)
-            log_event("provider_unknown", level=logging.WARNING, detail=message, fallback="mock")
     return mock_provider()
 
 
@@ -109,7 +105,6 @@ def reset_providers() -> None:
     with _lock:
         _mock = None
         _dataforseo = None
-        _warned.clear()
     module = sys.modules.get(DATAFORSEO_MODULE)
     if module is not None:
         module.close_client()

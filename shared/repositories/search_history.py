@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from shared.clock import utcnow
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
-from shared.repositories import api_usage
+from shared.repositories import api_usage, reservations
 from shared.repositories.pagination import Cursor, Page, keyset_page
 from shared.telemetry import database_operation
 
@@ -78,13 +78,22 @@ def record(session: Session, search: NewSearch, *, now: datetime | None = None) 
 
 @database_operation("recordSearchWithUsage")
 def record_with_usage(
-    session: Session, search: NewSearch, request: api_usage.Request, *, now: datetime | None = None
+    session: Session,
+    search: NewSearch,
+    request: api_usage.Request,
+    *,
+    reservation_id: str | None = None,
+    now: datetime | None = None,
 ) -> str:
     """The history row and the request's `api_usage` row in ONE statement (a data-modifying
-    CTE): a keyword search's second and last round trip."""
+    CTE): a keyword search's second and last round trip. It also confirms the search's quota
+    reservation (deletes it), so the search is recorded exactly when its keywords stay counted."""
     row_id = new_cuid()
     history = _insert(search, row_id, now).cte("history")
-    session.execute(api_usage.insert_statement([request]).add_cte(history))
+    statement = api_usage.insert_statement([request]).add_cte(history)
+    if reservation_id is not None:
+        statement = statement.add_cte(reservations.confirm_statement(reservation_id).cte("kept"))
+    session.execute(statement)
     return row_id
 
 

@@ -15,15 +15,16 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.clock import month_start, next_month_start, utcnow
+from shared.clock import month_start, utcnow
 from shared.errors import (
     EmailInUseError,
     QuotaExceededError,
     TrialExpiredError,
     UserNotFoundError,
 )
-from shared.models import User, UserTier
+from shared.models import KeywordReservation, User, UserTier, UTCDateTime
 from shared.quotas import Limits, usage_view
+from shared.repositories.reservations import Hold
 from shared.telemetry import database_operation
 
 TRIAL_LENGTH = timedelta(days=7)
@@ -258,6 +259,7 @@ def reserve_keywords(
     limits: Limits,
     enforce: bool,
     now: datetime | None = None,
+    hold: Hold | None = None,
 ) -> Usage:
     """Get-or-create the user and count `count` keywords against their quota: ONE statement.
 
@@ -267,6 +269,8 @@ def reserve_keywords(
     `this month (lazily reset) + n <= monthly limit`), so parallel requests never overshoot.
     With `enforce=False` (billing off) nothing is limited and usage is still counted.
     Refusals raise `TrialExpiredError` or `QuotaExceededError` and change nothing.
+    With `hold`, the same statement writes the `keyword_reservations` row for what it counted
+    (`shared.repositories.reservations`), so a function killed later cannot keep it.
     """
     now = now or utcnow()
     stale = User.monthly_reset_at < month_start(now)
@@ -302,8 +306,10 @@ def reserve_keywords(
         User.keyword_searches_total,
         User.monthly_reset_at,
         User.tier,
-        literal_column("xmax = 0"),
+        literal_column("xmax = 0").label("inserted"),
     )
+    if hold is not None:
+        upsert = _with_hold(upsert, hold, user_id, count, now, counted_if_new=fits_new_trial)
     for attempt in range(2):
         try:
             row = session.execute(upsert).one_or_none()
@@ -328,31 +334,36 @@ def reserve_keywords(
     raise QuotaExceededError(used=view.used, limit=view.limit, requested=count, trial=trial)
 
 
-@database_operation("releaseKeywords")
-def release_keywords(
-    session: Session,
-    user_id: str,
-    count: int,
-    *,
-    reserved_at: datetime,
-    now: datetime | None = None,
-) -> None:
-    """Give back a reservation (the provider failed after it). The monthly counter is only
-    decremented while it still counts the reservation's month."""
-    same_month = User.monthly_reset_at < next_month_start(reserved_at)
-    session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(
-            keyword_searches_total=func.greatest(User.keyword_searches_total - count, 0),
-            keyword_searches_this_month=case(
-                (same_month, func.greatest(User.keyword_searches_this_month - count, 0)),
-                else_=User.keyword_searches_this_month,
-            ),
-            updated_at=now or utcnow(),
-        ),
-        execution_options={"synchronize_session": False},
+def _with_hold(
+    upsert: Any, hold: Hold, user_id: str, count: int, now: datetime, *, counted_if_new: bool
+) -> Any:
+    """The upsert as a CTE, plus the reservation row for the row it counted (none if refused,
+    nor for a new user whose first request did not fit the trial), selecting the same columns."""
+    reserved = upsert.cte("reserved")
+    source = select(
+        literal(hold.id),
+        literal(user_id),
+        literal(count),
+        literal(now, UTCDateTime()),
+        literal(hold.expires_at, UTCDateTime()),
+    ).select_from(reserved)
+    if not counted_if_new:
+        source = source.where(~reserved.c.inserted)
+    reservation = (
+        insert(KeywordReservation)
+        .from_select(
+            [
+                KeywordReservation.id,
+                KeywordReservation.user_id,
+                KeywordReservation.keywords,
+                KeywordReservation.reserved_at,
+                KeywordReservation.expires_at,
+            ],
+            source,
+        )
+        .cte("reservation")
     )
+    return select(*reserved.c).add_cte(reservation)
 
 
 @database_operation("resetMonthlyUsage")

@@ -1,0 +1,85 @@
+"""Keyword reservations: the quota a keyword search holds until it is recorded.
+
+The lifecycle, each step one statement:
+- `users.reserve_keywords(..., hold=Hold(...))` counts the keywords and writes the row;
+- `confirm_statement` (part of the statement recording the search) deletes it: kept;
+- `release` deletes it and gives the keywords back (the provider failed);
+- `release_expired` (the reconcile_reservations cron) does the same for every reservation past
+  its `expiresAt`: the function holding it was killed before it could confirm or release.
+
+Giving back is always "delete the reservation, and subtract what the delete returned", so a
+reservation is given back at most once whoever races (a release and the cron, two crons). The
+monthly counter is only decremented while it still counts the reservation's month.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, text
+from sqlalchemy.orm import Session
+
+from shared.clock import utcnow
+from shared.models import KeywordReservation, UTCDateTime
+from shared.telemetry import database_operation
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation to write with the quota increment."""
+
+    id: str
+    expires_at: datetime
+
+
+_GIVE_BACK = """
+WITH released AS (
+  DELETE FROM keyword_reservations WHERE id IN ({selected})
+  RETURNING "userId", keywords, "reservedAt"
+), per_user AS (
+  SELECT r."userId" AS user_id,
+         count(*) AS reservations,
+         sum(r.keywords) AS total,
+         coalesce(sum(r.keywords) FILTER (
+           WHERE u."monthlyResetAt" < date_trunc('month', r."reservedAt") + interval '1 month'
+         ), 0) AS this_month
+  FROM released r JOIN users u ON u.id = r."userId"
+  GROUP BY r."userId"
+)
+UPDATE users SET
+  "keywordSearchesTotal" = greatest(users."keywordSearchesTotal" - p.total, 0),
+  "keywordSearchesThisMonth" = greatest(users."keywordSearchesThisMonth" - p.this_month, 0),
+  "updatedAt" = :now
+FROM per_user p
+WHERE users.id = p.user_id
+RETURNING p.total, p.reservations
+"""
+
+_RELEASE = text(_GIVE_BACK.format(selected=":id")).bindparams(bindparam("now", type_=UTCDateTime()))
+_RELEASE_EXPIRED = text(
+    _GIVE_BACK.format(
+        selected='SELECT id FROM keyword_reservations WHERE "expiresAt" < :now '
+        'ORDER BY "expiresAt" LIMIT :limit FOR UPDATE SKIP LOCKED'
+    )
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def confirm_statement(reservation_id: str) -> Any:
+    """The DELETE that confirms a reservation, for a caller's data-modifying CTE."""
+    return delete(KeywordReservation).where(KeywordReservation.id == reservation_id)
+
+
+@database_operation("releaseReservation")
+def release(session: Session, reservation_id: str, *, now: datetime | None = None) -> int:
+    """Give a reservation back; returns the keywords given back (0 if it was already gone)."""
+    rows = session.execute(_RELEASE, {"id": reservation_id, "now": now or utcnow()}).all()
+    return sum(int(row[0]) for row in rows)
+
+
+@database_operation("releaseExpiredReservations")
+def release_expired(session: Session, *, now: datetime, limit: int) -> tuple[int, int]:
+    """Give back up to `limit` reservations past their expiry: (reservations, keywords)."""
+    rows = session.execute(_RELEASE_EXPIRED, {"now": now, "limit": limit}).all()
+    return sum(int(row[1]) for row in rows), sum(int(row[0]) for row in rows)
