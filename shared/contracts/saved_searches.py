@@ -16,20 +16,20 @@ from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
 from shared.http.responses import compact
 from shared.models import SavedSearch
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-# ASCII digits only, as JS `\d`: Python's also takes fullwidth and other scripts' digits.
-_LEGACY_ID = re.compile(r"^\d{13}-[a-z0-9]{7}$", re.ASCII)
+# Every id a writer of the shared table produces: ours (UUID v4), the original Redis app's
+# legacy `1700000000000-abc1234`, and Prisma's defaults (cuid `c…` 25 chars, cuid2 24, uuid).
+# One rule for all of them: URL-safe ASCII letters, digits, `-` and `_`, 1-64 characters.
+# Anything else is malformed (400); a well-formed id that matches no search of the caller, 404.
+_SEARCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 INVALID_ID = "Invalid search ID format"
 LIMIT_REACHED = "Failed to save search. You may have reached the limit of 50 saved searches."
 NOT_FOUND = "Saved search not found"
 
 
 def valid_search_id(raw: str) -> str | None:
-    """The trimmed id when it is a UUID or the legacy `<13 digits>-<7 base36>` form."""
+    """The trimmed id when it has the shape of a saved-search id (see `_SEARCH_ID`)."""
     search_id = js_trim(raw)
-    if not 1 <= len(search_id) <= 50:
-        return None
-    return search_id if _UUID.match(search_id) or _LEGACY_ID.match(search_id) else None
+    return search_id if _SEARCH_ID.fullmatch(search_id) else None
 
 
 def _name(value: str) -> str:
