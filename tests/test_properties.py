@@ -510,7 +510,11 @@ def stored_users(draw: st.DrawFn) -> User:
         keyword_searches_this_month=draw(st.integers(0, 100)),
         keyword_searches_total=draw(st.integers(0, 200)),
         monthly_reset_at=created + draw(st.timedeltas(timedelta(0), timedelta(days=90))),
-        trial_ends_at=draw(st.one_of(st.none(), st.just(created + users.TRIAL_LENGTH))),
+        created_at=created,
+        trial_started_at=draw(st.one_of(st.none(), st.just(created))),
+        trial_ends_at=draw(
+            st.one_of(st.none(), st.just(created + users.TRIAL_LENGTH), st.just(created))
+        ),
     )
 
 
@@ -521,6 +525,7 @@ def test_usage_view_applies_the_tier_rule(user: User, later: timedelta) -> None:
     count the UTC month (0 once a new month began) against their monthly limit and reset at the
     next month. Remaining is never negative and never more than the limit."""
     now = user.monthly_reset_at + later
+    created = user.created_at
     view = usage_view(user, LIMITS, now)
     assert 0 <= view.remaining <= view.limit
     assert view.remaining == max(0, view.limit - view.used)
@@ -532,7 +537,9 @@ def test_usage_view_applies_the_tier_rule(user: User, later: timedelta) -> None:
             LIMITS.trial,
             None,
         )
-        assert view.trial_expired == (user.trial_ends_at is None or user.trial_ends_at < now)
+        # A row without trialEndsAt (Prisma's defaults) gets the trial length from its start.
+        ends = user.trial_ends_at or (user.trial_started_at or created) + users.TRIAL_LENGTH
+        assert view.trial_expired == (ends < now)
     else:
         expected_limit = LIMITS.pro if user.tier is UserTier.PRO else LIMITS.enterprise
         assert (view.used, view.limit) == (this_month(user, now), expected_limit)

@@ -12,7 +12,7 @@ from shared.clock import iso_ms
 from shared.config import Settings
 from shared.http.responses import compact
 from shared.models import Base, User, UserTier
-from shared.quotas import Limits, this_month, usage_view
+from shared.quotas import Limits, this_month, trial_end, usage_view
 from shared.repositories.personal_data import PersonalData
 
 
@@ -36,7 +36,7 @@ def usage(user: User, settings: Settings, now: datetime) -> dict[str, Any]:
             "limit": view.limit if enforced else None,
             "remaining": (0 if view.trial_expired else view.remaining) if enforced else None,
             "resetsAt": _iso(view.resets_at),
-            "trialEndsAt": _iso(user.trial_ends_at) if trial else None,
+            "trialEndsAt": _iso(trial_end(user)) if trial else None,
         }
     )
 
@@ -55,7 +55,7 @@ def profile(user: User, settings: Settings, now: datetime) -> dict[str, Any]:
             "id": user.id,
             "email": user.email,
             "tier": user.tier.value,
-            "trialEndsAt": _iso(user.trial_ends_at) if user.tier is UserTier.FREE else None,
+            "trialEndsAt": _iso(trial_end(user)) if user.tier is UserTier.FREE else None,
             "subscription": subscription or None,
             "usage": usage(user, settings, now),
         }
