@@ -24,11 +24,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import cache, db, providers, storage
-from shared.auth import Identity, identify
+from shared.auth import Identity, forget, identify, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
-from shared.errors import EMAIL_IN_USE, EmailInUseError, QuotaExceededError, TrialExpiredError
+from shared.errors import (
+    EMAIL_IN_USE,
+    EmailInUseError,
+    QuotaExceededError,
+    TrialExpiredError,
+    UserNotFoundError,
+)
 from shared.http.app import create_app, lambda_handler
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
@@ -261,7 +267,15 @@ def _record(
         ip_address=ip,
         user_agent=agent,
     )
-    db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
+    try:
+        db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
+    except UserNotFoundError:
+        # Erased (DELETE /api/me, Clerk's user.deleted) since the reservation, which went with
+        # the account into its tombstone. As the saved-search route does: provision again (the
+        # new account continues the tombstoned trial) and write the rows once more.
+        forget(identity.user_id)
+        provision(identity)
+        db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
     request.state.usage_recorded = True
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import auth, errors, storage
-from shared.repositories import personal_data, users
+from shared.repositories import personal_data, tombstones, users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
@@ -68,7 +68,10 @@ def is_duplicate_user(error: IntegrityError) -> bool:
 def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:
     """Erase the user (`personal_data.erase`, in the caller's transaction) and, in the same
     transaction, owe the deletion of their legacy Redis keys, so that a crash between the
-    commit and `finish_erasure` cannot lose it (the repair job finishes it)."""
+    commit and `finish_erasure` cannot lose it (the repair job finishes it). The erasure's one
+    retention exception is written first, in the same transaction: the tombstone that keeps
+    the trial from starting over (`shared.repositories.tombstones`)."""
+    tombstones.record(session, user_id)
     erasure = personal_data.erase(
         session, user_id, refuse_live_subscription=refuse_live_subscription
     )

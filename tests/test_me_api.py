@@ -44,6 +44,9 @@ OUTSIDE_ERASURE = {
     "legacy_repairs": "cleared by the storage work once Redis is erased",
     "cron_leases": "job leases and resume state, nothing per user",
     "search_daily_rollups": "per day and provider aggregates, nothing per user",
+    # The erasure's retention exception (fraud prevention): keyed HMACs of the id and email,
+    # the trial's end and the keywords used, so that erasing never grants a new trial.
+    "account_tombstones": "written by the erasure: no id, email or other personal data in clear",
 }
 
 
@@ -323,7 +326,7 @@ def test_erasure_removes_the_caller_from_every_table_and_leaves_others_intact(
     assert own == [(None,)]
 
 
-def test_after_erasure_the_next_call_starts_a_fresh_account(
+def test_after_erasure_the_next_call_starts_a_fresh_account_without_a_new_trial(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     billing(monkeypatch)
@@ -340,9 +343,10 @@ def test_after_erasure_the_next_call_starts_a_fresh_account(
     }
     created = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
     assert created.status == 201, created.text
-    fresh = me(call)
-    assert fresh["tier"] == "FREE" and fresh["usage"]["total"] == 0
-    assert fresh["usage"]["remaining"] == 300
+    fresh = me(call)  # a new account, but the trial it had (ended 23 days ago) is not reset
+    assert fresh["tier"] == "FREE" and fresh["usage"]["total"] == 50
+    assert fresh["usage"]["remaining"] == 0
+    assert fresh["trialEndsAt"] < iso_ms(utcnow() - timedelta(days=22))
 
 
 @pytest.mark.parametrize("status", ["active", "trialing", "past_due"])

@@ -194,6 +194,7 @@ KEPT_WITH_REASON = {
     "legacy_repairs": "outbox: a row lives only until Redis matches Postgres (repair job)",
     "cron_leases": "no personal data: one lease and resume state per job",
     "search_daily_rollups": "no personal data: counts per day and provider",
+    "account_tombstones": "erasure's retention exception: keyed HMACs, a trial end, a count",
 }
 
 

@@ -7,14 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, insert, select, true, tuple_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
 from shared.repositories import api_usage
 from shared.repositories.pagination import Cursor, Page, keyset_page
 from shared.telemetry import database_operation
+
+_USER_FOREIGN_KEY = "search_history_userId_fkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,17 @@ def record_with_usage(
     session: Session, search: NewSearch, request: api_usage.Request, *, now: datetime | None = None
 ) -> str:
     """The history row and the request's `api_usage` row in ONE statement (a data-modifying
-    CTE): a keyword search's second and last round trip."""
+    CTE): a keyword search's second and last round trip. A user erased since the search began
+    (the foreign key finds no row) raises `UserNotFoundError`; neither row is written."""
     row_id = new_cuid()
     history = _insert(search, row_id, now).cte("history")
-    session.execute(api_usage.insert_statement([request]).add_cte(history))
+    try:
+        session.execute(api_usage.insert_statement([request]).add_cte(history))
+    except IntegrityError as error:
+        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+        if constraint == _USER_FOREIGN_KEY and search.user_id is not None:
+            raise UserNotFoundError(search.user_id) from None
+        raise
     return row_id
 
 
