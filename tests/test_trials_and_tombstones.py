@@ -21,8 +21,9 @@ import psycopg
 import pytest
 import respx
 from httpx import Response as HttpxResponse
+from sqlalchemy.orm import Session
 
-from shared import config, db, providers
+from shared import accounts, config, db, providers
 from shared.clock import utcnow
 from shared.repositories import users
 from tests.support.http import Caller, Keys
@@ -170,6 +171,53 @@ def test_erasure_by_clerk_user_deleted_keeps_the_tombstone_too(
     assert created.status == 200, created.text
     refused = search(call, "user_clerk_2", 1, email="Clerk@example.com")
     assert refused.status == 429, refused.text
+
+
+def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The search's get-or-create-and-reserve waits on the row the erasure has locked, and
+    inserts a new row once the erasure commits, with values computed before it: the tombstone
+    written by that erasure must still apply (no second trial through the race)."""
+    configure(
+        monkeypatch, BILLING_ENABLED="true", TRIAL_KEYWORD_LIMIT=str(TRIAL_LIMIT), DB_POOL_SIZE="4"
+    )
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    assert search(call, "user_blocked", TRIAL_LIMIT).status == 200  # the whole trial quota
+    erasing, release = threading.Event(), threading.Event()
+
+    def erase_slowly(session: Session) -> None:
+        accounts.erase(session, "user_blocked", refuse_live_subscription=True)
+        erasing.set()
+        assert release.wait(30)  # the row lock is held until this transaction commits
+
+    with ThreadPoolExecutor(2) as pool:
+        erasure = pool.submit(db.transaction, erase_slowly)
+        assert erasing.wait(30)
+        searching = pool.submit(search, call, "user_blocked", 2)
+        waits_for_lock(admin_conn, "INSERT INTO users")
+        release.set()
+        erasure.result()
+        answered = searching.result()
+    assert answered.status == 429, answered.text
+    assert admin_conn.execute(
+        'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_blocked",)
+    ).fetchone() == (TRIAL_LIMIT,)
+
+
+def waits_for_lock(conn: psycopg.Connection[Any], statement: str) -> None:
+    """Return once a backend running `statement` waits on a lock (observed, not timed)."""
+    for _ in range(3000):
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND strpos(query, %s) > 0",
+            (statement,),
+        ).fetchone()
+        if row and row[0]:
+            return
+        threading.Event().wait(0.01)  # between observations of the server's lock table
+    raise AssertionError(f"no backend ever waited on a lock running {statement!r}")
 
 
 # --- POST /api/keywords racing DELETE /api/me --------------------------------------------------

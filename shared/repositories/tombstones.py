@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Integer, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.config import get_settings
-from shared.models import AccountTombstone, User
+from shared.models import AccountTombstone, User, UTCDateTime
 from shared.quotas import trial_end
 from shared.telemetry import database_operation
 
@@ -65,6 +67,39 @@ def keywords_used_by(identity: list[str]) -> ColumnElement[Any]:
         .where(AccountTombstone.key.in_(identity))
         .scalar_subquery()
     )
+
+
+# The user row was just created, by a statement whose snapshot may predate an erasure of the
+# same identity (an INSERT … ON CONFLICT that waited on the erased row's lock inserts after the
+# erasure commits, with the values it computed before): apply what that statement could not see.
+_SETTLE = text(
+    """
+    UPDATE users SET
+        "trialEndsAt" = LEAST(users."trialEndsAt", t.ends),
+        "keywordSearchesTotal" = GREATEST(users."keywordSearchesTotal",
+                                          t.used + users."keywordSearchesThisMonth")
+    FROM (SELECT min("trialEndsAt") AS ends, max("keywordsUsed") AS used
+          FROM account_tombstones WHERE key = ANY(:keys)) AS t
+    WHERE users.id = :id AND t.ends IS NOT NULL
+      AND (users."trialEndsAt" > t.ends
+           OR users."keywordSearchesTotal" < t.used + users."keywordSearchesThisMonth")
+    RETURNING users."keywordSearchesTotal", users."trialEndsAt"
+    """
+).columns(keywordSearchesTotal=Integer(), trialEndsAt=UTCDateTime())
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    total: int
+    trial_ends_at: datetime
+
+
+@database_operation("settleTombstone")
+def settle(session: Session, user_id: str, email: str) -> Settled | None:
+    """For a user row its caller has just created: continue a tombstoned trial the creating
+    statement could not see. None when there was nothing to apply (the usual case)."""
+    row = session.execute(_SETTLE, {"id": user_id, "keys": keys(user_id, email)}).first()
+    return None if row is None else Settled(total=row[0], trial_ends_at=row[1])
 
 
 @database_operation("recordTombstone")

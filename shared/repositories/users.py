@@ -338,6 +338,12 @@ def reserve_keywords(
                 _raise_if_email_taken(error)
                 raise
             session.rollback()
+    if row is not None and row[4]:  # created: an erasure may have committed meanwhile
+        settled = tombstones.settle(session, user_id, email)
+        over = settled is not None and (settled.total > limits.trial or settled.trial_ends_at < now)
+        if enforce and over and row[0]:  # counted on a trial that had already been used
+            release_keywords(session, user_id, row[0], reserved_at=now, now=now)
+            row = None
     if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
         return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
     # Refused (failure path only): one read to say why, with the numbers for the message.
