@@ -394,8 +394,9 @@ def test_export_contains_everything_stored_about_the_caller_only(call: Caller) -
     body = result.json
     assert set(body) == {
         "user", "savedSearches", "searchHistory", "apiUsage", "webhookEvents", "systemMetrics",
-        "featureFlags",
+        "featureFlags", "onErasure",
     }  # fmt: skip
+    assert "keyed hash" in body["onErasure"]  # the erasure's retention exception, stated
     # The ledger and metric rows that mention the caller (test_personal_data checks them whole).
     assert {e["id"] for e in body["webhookEvents"]} == {
         "evt_meta_user_a", "evt_email_user_a", "evt_cus_user_a", "evt_err_user_a",

@@ -563,4 +563,4 @@ def test_export_sections_are_exactly_the_listed_ones(
 ) -> None:
     a, _ = two_people
     body = call("me_export", "GET", "/api/me/export", headers=a.token_headers(call)).json
-    assert set(body) == set(EXPORTED_ROWS.values()) | {"featureFlags"}
+    assert set(body) == set(EXPORTED_ROWS.values()) | {"featureFlags", "onErasure"}

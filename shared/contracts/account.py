@@ -81,9 +81,20 @@ def row(record: Base) -> dict[str, Any]:
     return compact(values)
 
 
+# What erasure keeps (docs/accounts-and-privacy.md), told to the person in their export.
+ERASURE_RETENTION = (
+    "Deleting your account erases everything in this export. One record is kept, to prevent "
+    "abuse of the free trial: a keyed hash (HMAC-SHA256) of your user id and one of your email "
+    "address, each with the end of your trial and the number of keywords you used, so that "
+    "signing up again continues that trial instead of starting a new one. The hashes cannot "
+    "be turned back into your id or email."
+)
+
+
 def export(data: PersonalData) -> dict[str, Any]:
     """`{user?, savedSearches, searchHistory, apiUsage, webhookEvents, systemMetrics,
-    featureFlags}`: everything stored about the caller (`featureFlags`: flag keys only)."""
+    featureFlags, onErasure}`: everything stored about the caller (`featureFlags`: flag keys
+    only), and what an erasure would keep (`onErasure`)."""
     return compact(
         {
             "user": None if data.user is None else row(data.user),
@@ -93,5 +104,6 @@ def export(data: PersonalData) -> dict[str, Any]:
             "webhookEvents": [row(r) for r in data.webhook_events],
             "systemMetrics": [row(r) for r in data.system_metrics],
             "featureFlags": list(data.feature_flags),
+            "onErasure": ERASURE_RETENTION,
         }
     )
