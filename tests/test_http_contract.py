@@ -175,3 +175,25 @@ def test_a_valid_surrogate_pair_is_one_character_and_is_stored(call: Caller) -> 
         b' "matchType": "exact", "location": "US"}}'  # fmt: skip
     created = raw(call, "searches", "POST", "/api/searches", body, "application/json")
     assert (created.status, created.json["search"]["name"]) == (201, "hot \U0001f525")
+
+
+def test_huge_strings_get_the_original_too_long_messages_not_pydantic_defaults(
+    call: Caller,
+) -> None:
+    """The original says "Name too long (max 100 chars)" for a name of any length over 100;
+    a pre-check on length must not answer a 20,000-character name with pydantic's wording."""
+    huge = "a" * 20_000
+    cases: list[tuple[str, str, dict[str, Any], str]] = [
+        ("searches", "/api/searches", {**SEARCH, "name": huge}, "Name too long (max 100 chars)"),
+        ("searches", "/api/searches", {**SEARCH, "description": huge}, "Description too long"),
+        ("searches", "/api/searches",
+         {**SEARCH, "searchParams": {**SEARCH["searchParams"], "keywords": [huge]}},  # type: ignore[dict-item]
+         "Keyword too long (max 100 chars)"),
+        ("keywords", "/api/keywords", {**KEYWORDS, "keywords": [huge]},
+         "Keyword too long (max 100 chars)"),
+    ]  # fmt: skip
+    for module, path, body, message in cases:
+        result = call(module, "POST", path, user="user_a", json_body=body)
+        assert (result.status, result.json["message"]) == (400, message), path
+    renamed = call("search_item", "PUT", search_path(call), user="user_a", json_body={"name": huge})
+    assert (renamed.status, renamed.json["message"]) == (400, "Name too long")

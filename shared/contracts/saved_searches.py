@@ -68,7 +68,7 @@ class Trend(BaseModel):
 
 
 class KeywordResult(BaseModel):
-    keyword: Annotated[str, Field(max_length=500)]
+    keyword: str
     searchVolume: Annotated[float, Field(ge=0)]
     difficulty: Annotated[float, Field(ge=0, le=100)]
     cpc: Annotated[float, Field(ge=0)]
@@ -86,7 +86,7 @@ class KeywordResult(BaseModel):
 
 
 class SearchParams(BaseModel):
-    keywords: list[Annotated[str, Field(max_length=1000), AfterValidator(_keyword)]]
+    keywords: list[Annotated[str, AfterValidator(_keyword)]]
     matchType: Literal["phrase", "exact"]
     location: Annotated[str, Field(min_length=2, max_length=5)]
     language: Annotated[str, Field(max_length=35)] | None = None
@@ -104,10 +104,8 @@ class SearchParams(BaseModel):
 class CreateSavedSearch(StoredText):
     """POST /api/searches body; unknown keys are ignored, as the original strips them."""
 
-    name: Annotated[str, Field(max_length=10_000), AfterValidator(_name)]
-    description: Annotated[str | None, Field(max_length=10_000), AfterValidator(_description)] = (
-        None
-    )
+    name: Annotated[str, AfterValidator(_name)]
+    description: Annotated[str | None, AfterValidator(_description)] = None
     searchParams: SearchParams
     results: list[KeywordResult] | None = None
 
@@ -115,10 +113,8 @@ class CreateSavedSearch(StoredText):
 class UpdateSavedSearch(StoredText):
     """PUT /api/searches/{id} body: either field may be left out; neither can be cleared."""
 
-    name: Annotated[str | None, Field(max_length=10_000)] = None
-    description: Annotated[str | None, Field(max_length=10_000), AfterValidator(_description)] = (
-        None
-    )
+    name: str | None = None
+    description: Annotated[str | None, AfterValidator(_description)] = None
 
     @field_validator("name")
     @classmethod
