@@ -370,7 +370,7 @@ MALFORMED_IDS = [
     "%00",
     "abc%00",
     "abc\nd",
-    "abc%0A",
+    "abc%0Ad",
     "\r\n",
     " ",
     "\u202eabc",  # right-to-left override
