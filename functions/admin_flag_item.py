@@ -5,12 +5,16 @@ PUT changes only the fields it is given. A malformed key is a 400, an unknown on
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Depends
 from starlette.responses import Response
 
 from shared import db, flags
 from shared.auth import AdminUser
 from shared.contracts import flags as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import ok
 from shared.repositories import feature_flags
@@ -27,8 +31,19 @@ def get_flag(key: str, admin: AdminUser) -> Response:
     return ok({"flag": contract.record(found)})
 
 
-@app.put("/api/admin/flags/{key}", response_model=None)
-def update_flag(key: str, body: contract.UpdateFlag, admin: AdminUser) -> Response:
+UPDATE_EXAMPLE = {"enabled": True, "rolloutPercent": 50}
+
+
+@app.put(
+    "/api/admin/flags/{key}",
+    response_model=None,
+    openapi_extra=body_schema(contract.UpdateFlag, UPDATE_EXAMPLE),
+)
+def update_flag(
+    key: str,
+    admin: AdminUser,
+    body: Annotated[contract.UpdateFlag, Depends(json_body(contract.UpdateFlag))],
+) -> Response:
     flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
     changes = body.changes()
     updated = db.run(lambda s: feature_flags.update_flag(s, flag_key, **changes))

@@ -8,12 +8,16 @@ FLAGS_CACHE_SECONDS.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Depends
 from starlette.responses import Response
 
 from shared import db, flags
 from shared.auth import AdminUser
 from shared.contracts import flags as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.repositories import feature_flags
@@ -34,9 +38,12 @@ EXAMPLE = {"key": "new-dashboard", "enabled": True, "rolloutPercent": 25, "allow
     "/api/admin/flags",
     status_code=201,
     response_model=None,
-    openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLE}}}},
+    openapi_extra=body_schema(contract.CreateFlag, EXAMPLE),
 )
-def create_flag(body: contract.CreateFlag, admin: AdminUser) -> Response:
+def create_flag(
+    admin: AdminUser,
+    body: Annotated[contract.CreateFlag, Depends(json_body(contract.CreateFlag))],
+) -> Response:
     created = db.run(
         lambda s: feature_flags.create(s, body.key, body.values(), created_by=admin.user_id)
     )

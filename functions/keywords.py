@@ -17,25 +17,30 @@ text never reaches the client.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends
-from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import cache, db, providers, storage
-from shared.auth import Identity, identify
+from shared.auth import Identity, forget, identify, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
-from shared.errors import EMAIL_IN_USE, EmailInUseError, QuotaExceededError, TrialExpiredError
-from shared.http.app import create_app, lambda_handler, validation_message
+from shared.errors import (
+    EMAIL_IN_USE,
+    EmailInUseError,
+    QuotaExceededError,
+    TrialExpiredError,
+    UserNotFoundError,
+)
+from shared.http.app import create_app, lambda_handler
+from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError
 from shared.http.responses import ok
@@ -84,15 +89,7 @@ async def search_body(
     """The body, read only after the rate limit (which the `decision` parameter orders first),
     and parsed as JSON whatever the Content-Type, an empty body being `{}` (the original's rule).
     """
-    raw = await request.body()
-    try:
-        data = json.loads(raw) if raw.strip() else {}
-    except (ValueError, RecursionError):  # syntax, invalid UTF-8, nesting beyond the parser
-        raise ApiError(400, "Invalid JSON payload") from None
-    try:
-        return KeywordSearch.model_validate(data)
-    except ValidationError as error:
-        raise ApiError(400, validation_message(error.errors()), label="Validation Error") from None
+    return validated(KeywordSearch, parse_json(await request.body()))
 
 
 EXAMPLE = {"keywords": ["espresso machine", "latte art"], "matchType": "phrase", "location": "US"}
@@ -323,9 +320,20 @@ def _record(
         ip_address=ip,
         user_agent=agent,
     )
-    db.run(
-        lambda s: search_history.record_with_usage(s, search_row, usage_row, reservation_id=hold.id)
-    )
+    try:
+        db.run(
+            lambda s: search_history.record_with_usage(
+                s, search_row, usage_row, reservation_id=hold.id
+            )
+        )
+    except UserNotFoundError:
+        # Erased (DELETE /api/me, Clerk's user.deleted) since the reservation, which went with
+        # the account (its keywords into the tombstone, its row by cascade). As the saved-search
+        # route does: provision again (the new account continues the tombstoned trial) and
+        # write the rows once more, with no reservation left to confirm.
+        forget(identity.user_id)
+        provision(identity)
+        db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
     request.state.usage_recorded = True
 
 

@@ -5,12 +5,16 @@ Another user's search answers 404 exactly like a missing one, so existence never
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Depends
 from starlette.responses import Response
 
 from shared import storage
 from shared.auth import CurrentUser
 from shared.contracts import saved_searches as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import ok
 
@@ -26,8 +30,19 @@ def get_search(search_id: str, user: CurrentUser) -> Response:
     return ok({"search": contract.record(found)})
 
 
-@app.put("/api/searches/{search_id}", response_model=None)
-def update_search(search_id: str, body: contract.UpdateSavedSearch, user: CurrentUser) -> Response:
+UPDATE_EXAMPLE = {"name": "Coffee gear 2026", "description": "Espresso at home"}
+
+
+@app.put(
+    "/api/searches/{search_id}",
+    response_model=None,
+    openapi_extra=body_schema(contract.UpdateSavedSearch, UPDATE_EXAMPLE),
+)
+def update_search(
+    search_id: str,
+    user: CurrentUser,
+    body: Annotated[contract.UpdateSavedSearch, Depends(json_body(contract.UpdateSavedSearch))],
+) -> Response:
     sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
     updated = storage.update_search(user.user_id, sid, name=body.name, description=body.description)
     if updated is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Depends
 from starlette.responses import Response
 
 from shared import storage
@@ -9,6 +12,7 @@ from shared.auth import CurrentUser, Identity, forget, provision
 from shared.contracts import saved_searches as contract
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.http.app import create_app, lambda_handler
+from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.models import SavedSearch
@@ -35,9 +39,12 @@ EXAMPLE = {
     "/api/searches",
     status_code=201,
     response_model=None,
-    openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLE}}}},
+    openapi_extra=body_schema(contract.CreateSavedSearch, EXAMPLE),
 )
-def create_search(body: contract.CreateSavedSearch, user: CurrentUser) -> Response:
+def create_search(
+    user: CurrentUser,
+    body: Annotated[contract.CreateSavedSearch, Depends(json_body(contract.CreateSavedSearch))],
+) -> Response:
     """Save a search; a user may keep 50."""
     params = body.searchParams
     new = saved_searches.NewSavedSearch(

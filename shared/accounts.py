@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared import auth, errors, storage
 from shared.clock import utcnow
-from shared.repositories import personal_data, subscriptions, users
+from shared.repositories import personal_data, subscriptions, tombstones, users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
@@ -84,7 +84,11 @@ def is_duplicate_user(error: IntegrityError) -> bool:
 def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:
     """Erase the user (`personal_data.erase`, in the caller's transaction) and, in the same
     transaction, owe the deletion of their legacy Redis keys, so that a crash between the
-    commit and `finish_erasure` cannot lose it (the repair job finishes it)."""
+    commit and `finish_erasure` cannot lose it (the repair job finishes it). The erasure's two
+    retention exceptions are written first, in the same transaction: the tombstone that keeps
+    the trial from starting over (`shared.repositories.tombstones`) and billing's hash of the
+    Stripe customer (`_remember_billing_customer`)."""
+    tombstones.record(session, user_id)
     _remember_billing_customer(session, user_id, refusing=refuse_live_subscription)
     erasure = personal_data.erase(
         session, user_id, refuse_live_subscription=refuse_live_subscription

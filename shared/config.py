@@ -41,6 +41,7 @@ EXAMPLES = {
     "HEALTH_DB_MAX_AGE_S": "600",
     "RATE_LIMIT_FAIL_SAFE": "closed (or open)",
     "RATE_LIMIT_HMAC_SECRET": "a random string of at least 32 characters",
+    "ACCOUNT_HMAC_SECRET": "a random string of at least 32 characters, never rotated",
     "STORAGE_MODE": "postgres (or dual, fallback)",
     "STRIPE_WEBHOOK_SECRET": "whsec_… (the endpoint's signing secret from the Stripe dashboard)",
     "FLAGS_CACHE_SECONDS": "30",
@@ -139,6 +140,10 @@ class Settings(BaseSettings):
     rate_limit_requests_per_hour: int = 10
     related_keywords_rate_limit_per_hour: int = 30
 
+    # Keys the erasure's tombstones (HMACs of a Clerk id or an email, shared.tombstones).
+    # Unset: RATE_LIMIT_HMAC_SECRET is used; one of the two is required in production.
+    account_hmac_secret: str | None = None
+
     # Billing and quotas (spec §3): FREE is the 7-day trial, PRO and ENTERPRISE are monthly.
     billing_enabled: bool = False
     trial_keyword_limit: Annotated[int, Field(ge=0)] = 300
@@ -223,6 +228,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters in production"
                 )
+        if self.is_production and len(self.account_hmac_key or "") < 32:
+            raise ValueError(
+                "ACCOUNT_HMAC_SECRET (or RATE_LIMIT_HMAC_SECRET) must be set to at least 32 "
+                "characters in production: it keys the tombstones erasure keeps"
+            )
         if self.storage_mode != "postgres" and not (
             self.upstash_redis_rest_url and self.upstash_redis_rest_token
         ):
@@ -231,6 +241,11 @@ class Settings(BaseSettings):
                 "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or STORAGE_MODE=postgres)"
             )
         return self
+
+    @property
+    def account_hmac_key(self) -> str | None:
+        """The tombstones' HMAC key: ACCOUNT_HMAC_SECRET, else RATE_LIMIT_HMAC_SECRET."""
+        return self.account_hmac_secret or self.rate_limit_hmac_secret
 
     @property
     def proxy_trust(self) -> ProxyTrust:

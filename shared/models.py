@@ -22,6 +22,8 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
   `system_metrics_timestamp_idx`, which the retention cron deletes by (`shared.cron`).
 - table `keyword_reservations`: a keyword search's quota reservation until it is recorded, so
   one killed mid-call is given back (`shared.repositories.reservations`).
+- table `account_tombstones`: what an erasure keeps so that it never resets a trial
+  (`shared.repositories.tombstones`).
 """
 
 from __future__ import annotations
@@ -390,3 +392,15 @@ class SearchDailyRollup(Base):
     response_time_total: Mapped[int] = mapped_column("responseTimeTotal", BigInteger)
     avg_response_time: Mapped[float] = mapped_column("avgResponseTime", Double)
     updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class AccountTombstone(Base):
+    """Addition: an erased account's trial, under a keyed HMAC of its Clerk id or its email
+    (never the values), so that erasing and signing in again continues the trial instead of
+    starting a new one (`shared.repositories.tombstones`). The erasure's one retention exception."""
+
+    __tablename__ = "account_tombstones"
+
+    key: Mapped[str] = mapped_column("key", Text, primary_key=True)
+    trial_ends_at: Mapped[datetime] = mapped_column("trialEndsAt", UTCDateTime())
+    keywords_used: Mapped[int] = mapped_column("keywordsUsed", Integer)

@@ -5,16 +5,52 @@ FREE is the 7-day trial: `TRIAL_KEYWORD_LIMIT` (300) keywords for the whole tria
 and `ENTERPRISE_MONTHLY_LIMIT` (10,000) keywords per UTC calendar month, counted by
 `keywordSearchesThisMonth` with the lazy monthly reset. With `BILLING_ENABLED=false` nothing is
 limited, and usage is still counted.
+
+The trial ends at `trialEndsAt`; a row without one (another writer of the shared database
+creating a FREE user with Prisma's defaults) gets a trial of `TRIAL_LENGTH` from
+`trialStartedAt`, else from `createdAt`. `trial_end` and `trial_over` are that rule, in Python
+and in SQL; nothing else decides when a trial ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Interval, and_, func, literal, or_
 
 from shared.clock import month_start, next_month_start
 from shared.config import Settings
 from shared.models import User, UserTier
+
+TRIAL_LENGTH = timedelta(days=7)
+
+
+def trial_end(user: User) -> datetime:
+    """When the user's trial ends (or ended), by the rule in the module docstring."""
+    if user.trial_ends_at is not None:
+        return user.trial_ends_at
+    return (user.trial_started_at or user.created_at) + TRIAL_LENGTH
+
+
+def trial_end_sql() -> ColumnElement[Any]:
+    """`trial_end` as a SQL expression over the `users` row."""
+    started = func.coalesce(User.trial_started_at, User.created_at)
+    return func.coalesce(User.trial_ends_at, started + _trial_length())
+
+
+def trial_over(now: datetime) -> ColumnElement[bool]:
+    """`trial_end < now`, spelled so the `(tier, "trialEndsAt")` index serves both branches."""
+    started = func.coalesce(User.trial_started_at, User.created_at)
+    return or_(
+        User.trial_ends_at < now,
+        and_(User.trial_ends_at.is_(None), started + _trial_length() < now),
+    )
+
+
+def _trial_length() -> ColumnElement[Any]:
+    return literal(TRIAL_LENGTH, Interval())
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +94,7 @@ def this_month(user: User, now: datetime) -> int:
 def usage_view(user: User, limits: Limits, now: datetime) -> UsageView:
     """The counter that applies to the user's tier, with the lazy monthly reset applied."""
     if user.tier is UserTier.FREE:
-        expired = user.trial_ends_at is None or user.trial_ends_at < now
+        expired = trial_end(user) < now
         return UsageView(user.keyword_searches_total, limits.trial, None, expired)
     return UsageView(
         this_month(user, now), limits.for_tier(user.tier), next_month_start(now), False

@@ -91,12 +91,6 @@ class Route:
     def json_body(self) -> bool:
         return "requestBody" in self.operation
 
-    @property
-    def parses_any_content_type(self) -> bool:
-        """Reads the raw body itself (`json.loads` whatever the Content-Type, as the original's
-        keyword route) instead of FastAPI's body parameter, which wants JSON."""
-        return self.json_body and self.api_route.body_field is None
-
     def body_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = self.operation["requestBody"]["content"]["application/json"][
             "schema"
@@ -248,7 +242,9 @@ def _nested_fields(route: Route, *, depth: int) -> Any:
 
 def invalid_utf8(route: Route) -> list[Probe]:
     """Bytes that are not UTF-8 (and a JSON escape that is not a Unicode scalar) are not JSON
-    text: 400, not a decoding error surfacing as 500."""
+    text: 400, not a decoding error surfacing as 500. JSON between systems is UTF-8 (RFC 8259
+    §8.1): the route's own valid body in UTF-16 or UTF-32, with or without a byte order mark,
+    is refused too (Python's `json.loads(bytes)` would guess the encoding and accept it)."""
     if not route.json_body:
         return []
     bodies: dict[str, bytes] = {
@@ -258,6 +254,10 @@ def invalid_utf8(route: Route) -> list[Probe]:
         "UTF-16": '{"name": "x"}'.encode("utf-16"),
         "lone surrogate escape": b'{"name": "\\ud800", "keywords": ["\\udfff"], "key": "\\ud800"}',
     }
+    valid = valid_body(route)
+    if valid is not None and not route.signed:
+        for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"):
+            bodies[f"valid body in {encoding}"] = json.dumps(valid).encode(encoding)
     return [Probe(name, body=body, expect=refused(400)) for name, body in bodies.items()]
 
 
@@ -272,12 +272,12 @@ WRONG_CONTENT_TYPES = {
 
 
 def content_type_valid_json(route: Route) -> list[Probe]:
-    """A valid JSON body under a type that is not JSON: the JSON routes refuse it with 400;
-    routes documented to parse JSON whatever the type (POST /api/keywords, like the original)
-    may serve it. No Content-Type at all is parsed as JSON everywhere (FastAPI's rule)."""
+    """A valid JSON body under a type that is not JSON (a browser's `fetch` with a string body
+    sends text/plain): every JSON route parses it whatever the type, as the original does, and
+    serves it; with no Content-Type at all too. Webhooks verify a signature first: 400."""
     if not route.json_body:
         return []
-    expect = None if route.parses_any_content_type and not route.signed else refused(400)
+    expect = refused(400) if route.signed else SERVED
     probes = [
         Probe(name, headers={"content-type": value}, expect=expect)
         for name, value in WRONG_CONTENT_TYPES.items()
@@ -292,9 +292,7 @@ def content_type_valid_json(route: Route) -> list[Probe]:
             expect=refused(400),
         )
     )
-    probes.append(
-        Probe("no content type", json_type=False, expect=refused(400) if route.signed else None)
-    )
+    probes.append(Probe("no content type", json_type=False, expect=expect))
     return probes
 
 
@@ -371,8 +369,8 @@ MALFORMED_IDS = [
     "\x00",
     "%00",
     "abc%00",
-    "abc\n",
-    "abc%0A",
+    "abc\nd",
+    "abc%0Ad",
     "\r\n",
     " ",
     "\u202eabc",  # right-to-left override
@@ -671,6 +669,9 @@ PAYLOADS = [
     "a\r\nSet-Cookie: pwned=1",
     "\u202egnp.exe",
     "\U0001f525\ufeffnull\u200b",  # emoji, BOM and zero-width space inside the text
+    "\ud800",  # lone UTF-16 surrogates (JSON `\\ud800` escapes): not storable as UTF-8
+    "a\udfffb",
+    "\U0001f525\ud83d",
     "null",
 ]
 

@@ -131,6 +131,11 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
         {"t": t0, "n": history_rows, "a": AWKWARD},
     )
     conn.execute(
+        """INSERT INTO account_tombstones (key, "trialEndsAt", "keywordsUsed")
+           VALUES (md5('a') || md5('b'), %s, 300), (md5('c') || md5('d'), %s, 0)""",
+        (t0, t0),
+    )
+    conn.execute(
         """INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration,
                "ipAddress", "userAgent", timestamp)
            VALUES ('a1', NULL, '/api/keywords', 'POST', 200, 87, NULL, %s, %s)""",
@@ -267,7 +272,8 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
         count(admin_conn, f'SELECT count(*) FROM "{t}"')
         for t in ("users", "saved_searches", "search_history", "api_usage", "webhook_events",
                   "feature_flags", "system_metrics", "legacy_repairs", "search_daily_rollups",
-                  "keyword_reservations", "erased_billing_customers", "legacy_counter_deltas")
+                  "keyword_reservations", "erased_billing_customers", "legacy_counter_deltas",
+                  "account_tombstones")
     ) + 2  # and cron_leases in the snapshot: rollup's row and this run's own lease  # fmt: skip
     assert first["deletedBackups"] == ["20200101T000000000Z"]  # interrupted: no manifest
     stored = keys(s3)

@@ -274,7 +274,7 @@ def fail_in_every_way(run: Run, other_key: str) -> None:
         == 400
     )
     assert run.call("search_item", "GET", f"/api/searches/{uuid.uuid4()}", token=ada).status == 404
-    assert run.call("search_item", "GET", "/api/searches/not-an-id", token=ada).status == 400
+    assert run.call("search_item", "GET", "/api/searches/not.an.id", token=ada).status == 400
     assert (
         run.call("history", "GET", "/api/history", token=ada, query={"cursor": ADA}).status == 400
     )

@@ -53,6 +53,9 @@ OUTSIDE_ERASURE = {
     # Written BY the erasure: the hash of the erased Stripe customer id, so that customer's later
     # events are recorded as processed (docs/billing.md, "Erasure").
     "erased_billing_customers": "the erasure's own record of the hashed Stripe customer id",
+    # The erasure's retention exception (fraud prevention): keyed HMACs of the id and email,
+    # the trial's end and the keywords used, so that erasing never grants a new trial.
+    "account_tombstones": "written by the erasure: no id, email or other personal data in clear",
 }
 
 
@@ -343,7 +346,7 @@ def test_erasure_removes_the_caller_from_every_table_and_leaves_others_intact(
     assert own == [(None,)]
 
 
-def test_after_erasure_the_next_call_starts_a_fresh_account(
+def test_after_erasure_the_next_call_starts_a_fresh_account_without_a_new_trial(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     billing(monkeypatch)
@@ -360,9 +363,10 @@ def test_after_erasure_the_next_call_starts_a_fresh_account(
     }
     created = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
     assert created.status == 201, created.text
-    fresh = me(call)
-    assert fresh["tier"] == "FREE" and fresh["usage"]["total"] == 0
-    assert fresh["usage"]["remaining"] == 300
+    fresh = me(call)  # a new account, but the trial it had (ended 23 days ago) is not reset
+    assert fresh["tier"] == "FREE" and fresh["usage"]["total"] == 50
+    assert fresh["usage"]["remaining"] == 0
+    assert fresh["trialEndsAt"] < iso_ms(utcnow() - timedelta(days=22))
 
 
 @pytest.mark.parametrize("status", ["active", "trialing", "past_due"])
@@ -410,8 +414,9 @@ def test_export_contains_everything_stored_about_the_caller_only(call: Caller) -
     body = result.json
     assert set(body) == {
         "user", "savedSearches", "searchHistory", "apiUsage", "webhookEvents", "systemMetrics",
-        "featureFlags",
+        "featureFlags", "onErasure",
     }  # fmt: skip
+    assert "keyed hash" in body["onErasure"]  # the erasure's retention exception, stated
     # The ledger and metric rows that mention the caller (test_personal_data checks them whole).
     assert {e["id"] for e in body["webhookEvents"]} == {
         "evt_meta_user_a", "evt_email_user_a", "evt_cus_user_a", "evt_err_user_a",

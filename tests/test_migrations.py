@@ -36,7 +36,8 @@ PRISMA_TABLES = {
     "system_metrics",
 }
 # the dual-write outbox and owed counter deltas (shared.storage); cron leases and daily search
-# rollups (shared.cron); erased Stripe customers (shared.billing); keyword reservations
+# rollups (shared.cron); erased Stripe customers (shared.billing); keyword reservations; the
+# erasure's tombstones
 OUR_TABLES = {
     "legacy_repairs",
     "legacy_counter_deltas",
@@ -44,6 +45,7 @@ OUR_TABLES = {
     "search_daily_rollups",
     "erased_billing_customers",
     "keyword_reservations",
+    "account_tombstones",
 }
 POOLED_URL = "postgresql://u:secretpw@ep-x-123-pooler.eu-central-1.aws.neon.tech/db"
 FLAGGED_POOLER_URL = "postgresql://u:secretpw@127.0.0.1:6432/db?pgbouncer=true"

@@ -200,6 +200,7 @@ KEPT_WITH_REASON = {
     "recognises that customer's events for as long as Stripe may send them",
     "keyword_reservations": "transient: a row lives only until its search is recorded, fails "
     "or the reconcile_reservations cron gives it back (minutes); cascade on erasure",
+    "account_tombstones": "erasure's retention exception: keyed HMACs, a trial end, a count",
 }
 
 
@@ -569,4 +570,4 @@ def test_export_sections_are_exactly_the_listed_ones(
 ) -> None:
     a, _ = two_people
     body = call("me_export", "GET", "/api/me/export", headers=a.token_headers(call)).json
-    assert set(body) == set(EXPORTED_ROWS.values()) | {"featureFlags"}
+    assert set(body) == set(EXPORTED_ROWS.values()) | {"featureFlags", "onErasure"}

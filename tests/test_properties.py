@@ -405,24 +405,31 @@ def test_saved_results_numbers_follow_the_write_rules(
         assert revalidates_to_itself(CreateSavedSearch.model_validate(body))
 
 
+SEARCH_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # ASCII only: no other script's letters
+
+
 @PURE
 @given(
     raw=st.one_of(
         st.uuids().map(str),
         st.uuids().map(lambda u: str(u).upper()),
         st.from_regex(LEGACY_ID_RE, fullmatch=True),
-        st.text(max_size=60),
+        st.from_regex(r"c[a-z0-9]{24}", fullmatch=True),  # Prisma cuid()
+        st.from_regex(r"[a-z][a-z0-9]{23}", fullmatch=True),  # cuid2
+        st.text(max_size=70),
     ),
     pad=padding,
 )
-def test_search_ids_are_uuids_or_the_legacy_form_and_normalise_once(raw: str, pad: str) -> None:
-    """An id is accepted ⇔ trimmed it is a UUID (any case) or `<13 digits>-<7 [a-z0-9]>`;
-    the accepted value is the trimmed id, and normalising it again changes nothing."""
+def test_search_ids_have_a_safe_shape_and_normalise_once(raw: str, pad: str) -> None:
+    """An id is accepted ⇔ trimmed it is 1-64 ASCII letters, digits, `-` or `_` (so every
+    writer's form: UUID, legacy, cuid, cuid2); the accepted value is the trimmed id, and
+    normalising it again changes nothing."""
     candidate = pad + raw + pad
     accepted = valid_search_id(candidate)
     trimmed = js_trim(candidate)
-    expected = UUID_RE.fullmatch(trimmed) or LEGACY_ID_RE.fullmatch(trimmed)
-    assert (accepted is not None) == bool(expected)
+    assert (accepted is not None) == bool(SEARCH_ID_RE.fullmatch(trimmed))
+    if UUID_RE.fullmatch(trimmed) or LEGACY_ID_RE.fullmatch(trimmed):
+        assert accepted == trimmed
     if accepted is not None:
         assert accepted == trimmed and valid_search_id(accepted) == accepted
 
@@ -535,7 +542,11 @@ def stored_users(draw: st.DrawFn) -> User:
         keyword_searches_this_month=draw(st.integers(0, 100)),
         keyword_searches_total=draw(st.integers(0, 200)),
         monthly_reset_at=created + draw(st.timedeltas(timedelta(0), timedelta(days=90))),
-        trial_ends_at=draw(st.one_of(st.none(), st.just(created + users.TRIAL_LENGTH))),
+        created_at=created,
+        trial_started_at=draw(st.one_of(st.none(), st.just(created))),
+        trial_ends_at=draw(
+            st.one_of(st.none(), st.just(created + users.TRIAL_LENGTH), st.just(created))
+        ),
     )
 
 
@@ -546,6 +557,7 @@ def test_usage_view_applies_the_tier_rule(user: User, later: timedelta) -> None:
     count the UTC month (0 once a new month began) against their monthly limit and reset at the
     next month. Remaining is never negative and never more than the limit."""
     now = user.monthly_reset_at + later
+    created = user.created_at
     view = usage_view(user, LIMITS, now)
     assert 0 <= view.remaining <= view.limit
     assert view.remaining == max(0, view.limit - view.used)
@@ -557,7 +569,9 @@ def test_usage_view_applies_the_tier_rule(user: User, later: timedelta) -> None:
             LIMITS.trial,
             None,
         )
-        assert view.trial_expired == (user.trial_ends_at is None or user.trial_ends_at < now)
+        # A row without trialEndsAt (Prisma's defaults) gets the trial length from its start.
+        ends = user.trial_ends_at or (user.trial_started_at or created) + users.TRIAL_LENGTH
+        assert view.trial_expired == (ends < now)
     else:
         expected_limit = LIMITS.pro if user.tier is UserTier.PRO else LIMITS.enterprise
         assert (view.used, view.limit) == (this_month(user, now), expected_limit)

@@ -193,6 +193,25 @@ DOCUMENTED_ADDITIONS.update(
         "index keyword_reservations_userId_idx": {"table": "keyword_reservations"},
     }
 )
+# The erasure's tombstones (shared.repositories.tombstones), our own table.
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table account_tombstones": {"kind": "table"},
+        **{
+            f"column account_tombstones.{name}": {"type": type_, "nullable": False}
+            for name, type_ in (
+                ("key", "text"),
+                ("trialEndsAt", TIMESTAMP3),
+                ("keywordsUsed", "integer"),
+            )
+        },
+        "constraint account_tombstones_pkey": {
+            "table": "account_tombstones",
+            "type": "PRIMARY KEY",
+        },
+        "index account_tombstones_pkey": {"table": "account_tombstones"},
+    }
+)
 
 
 def prisma_reference_sql() -> str:

@@ -171,11 +171,48 @@ def test_update_validation_messages(call: Caller, body: dict[str, Any], message:
     assert (result.status, result.json["message"]) == (400, message)
 
 
-@pytest.mark.parametrize("bad_id", ["not-an-id", "1700000000000-ABCDEFG", "x" * 51, "123", "%20"])
+@pytest.mark.parametrize(
+    "bad_id", ["not an id", "x" * 65, "%20", "id%00", "%C3%A9t%C3%A9", "a.b", "id;drop"]
+)
 def test_malformed_ids_are_refused(call: Caller, bad_id: str) -> None:
     result = call("search_item", "GET", f"/api/searches/{bad_id}", user="user_a")
     assert result.status == 400
     assert result.json["message"] == "Invalid search ID format"
+
+
+# Ids as the shared table's other writers make them: Prisma's `@default(cuid())` (the schema's
+# default), cuid2 (`@default(cuid(2))`), `@default(uuid())`, and the original Redis app's form.
+PRISMA_IDS = (
+    "clx9f3k2a0000qz8l4h6w2m1b",
+    "tz4a98xxat96iws9zmbrgj3a",
+    "0b5e7f8e-6c1d-4f0a-9d3b-2a8c7e1f4b6d",
+    "1700000000000-abc1234",
+)
+
+
+def test_searches_written_by_the_prisma_client_are_read_changed_and_deleted(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    assert call("me", "GET", "/api/me", user="user_a").status == 200
+    for search_id in PRISMA_IDS:  # the columns Prisma writes, with its defaults for the rest
+        admin_conn.execute(
+            'INSERT INTO saved_searches (id, "userId", name, keywords, "updatedAt")'
+            " VALUES (%s, 'user_a', %s, ARRAY['espresso'], now())",
+            (search_id, f"prisma {search_id}"),
+        )
+    listed = call("searches", "GET", "/api/searches", user="user_a").json["searches"]
+    assert {row["id"] for row in listed} == set(PRISMA_IDS)
+    for search_id in PRISMA_IDS:
+        path = f"/api/searches/{search_id}"
+        got = call("search_item", "GET", path, user="user_a")
+        assert (got.status, got.json["search"]["name"]) == (200, f"prisma {search_id}"), got.text
+        assert call("search_item", "GET", path, user="user_b").status == 404  # not theirs
+        renamed = call("search_item", "PUT", path, user="user_a", json_body={"name": "renamed"})
+        assert (renamed.status, renamed.json["search"]["name"]) == (200, "renamed")
+        assert call("search_item", "DELETE", path, user="user_a").status == 200
+        gone = call("search_item", "GET", path, user="user_a")
+        assert (gone.status, gone.json["message"]) == (404, "Saved search not found")
+    assert admin_conn.execute("SELECT count(*) FROM saved_searches").fetchone() == (0,)
 
 
 def test_legacy_and_uppercase_uuid_ids_are_accepted(call: Caller) -> None:

@@ -12,7 +12,7 @@ from shared.clock import iso_ms
 from shared.config import Settings
 from shared.http.responses import compact
 from shared.models import Base, User, UserTier
-from shared.quotas import Limits, this_month, usage_view
+from shared.quotas import Limits, this_month, trial_end, usage_view
 from shared.repositories.personal_data import PersonalData
 
 
@@ -36,7 +36,7 @@ def usage(user: User, settings: Settings, now: datetime) -> dict[str, Any]:
             "limit": view.limit if enforced else None,
             "remaining": (0 if view.trial_expired else view.remaining) if enforced else None,
             "resetsAt": _iso(view.resets_at),
-            "trialEndsAt": _iso(user.trial_ends_at) if trial else None,
+            "trialEndsAt": _iso(trial_end(user)) if trial else None,
         }
     )
 
@@ -55,7 +55,7 @@ def profile(user: User, settings: Settings, now: datetime) -> dict[str, Any]:
             "id": user.id,
             "email": user.email,
             "tier": user.tier.value,
-            "trialEndsAt": _iso(user.trial_ends_at) if user.tier is UserTier.FREE else None,
+            "trialEndsAt": _iso(trial_end(user)) if user.tier is UserTier.FREE else None,
             "subscription": subscription or None,
             "usage": usage(user, settings, now),
         }
@@ -81,9 +81,20 @@ def row(record: Base) -> dict[str, Any]:
     return compact(values)
 
 
+# What erasure keeps (docs/accounts-and-privacy.md), told to the person in their export.
+ERASURE_RETENTION = (
+    "Deleting your account erases everything in this export. One record is kept, to prevent "
+    "abuse of the free trial: a keyed hash (HMAC-SHA256) of your user id and one of your email "
+    "address, each with the end of your trial and the number of keywords you used, so that "
+    "signing up again continues that trial instead of starting a new one. The hashes cannot "
+    "be turned back into your id or email."
+)
+
+
 def export(data: PersonalData) -> dict[str, Any]:
     """`{user?, savedSearches, searchHistory, apiUsage, webhookEvents, systemMetrics,
-    featureFlags}`: everything stored about the caller (`featureFlags`: flag keys only)."""
+    featureFlags, onErasure}`: everything stored about the caller (`featureFlags`: flag keys
+    only), and what an erasure would keep (`onErasure`)."""
     return compact(
         {
             "user": None if data.user is None else row(data.user),
@@ -93,5 +104,6 @@ def export(data: PersonalData) -> dict[str, Any]:
             "webhookEvents": [row(r) for r in data.webhook_events],
             "systemMetrics": [row(r) for r in data.system_metrics],
             "featureFlags": list(data.feature_flags),
+            "onErasure": ERASURE_RETENTION,
         }
     )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from shared.clock import iso_ms
-from shared.contracts.validation import NUL, nul_message
+from shared.contracts.validation import unstorable
 from shared.http.errors import ApiError
 from shared.http.responses import compact
 from shared.repositories.search_history import KeywordCount, Stats
@@ -66,8 +66,8 @@ def series_query(
         raise invalid("metric is required")
     if len(name) > MAX_METRIC_NAME:
         raise invalid(f"metric must be at most {MAX_METRIC_NAME} characters")
-    if NUL in name:  # PostgreSQL text cannot hold it: the query would fail (500)
-        raise invalid(nul_message("metric"))
+    if problem := unstorable("metric", name):  # PostgreSQL text cannot hold it: a 500
+        raise invalid(problem.message())
     size = BUCKETS.get((bucket or DEFAULT_BUCKET).strip())
     if size is None:
         raise invalid(f"bucket must be one of {', '.join(BUCKETS)}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, field_validator
 
 from shared.contracts.validation import JS_WHITESPACE, bounded_text, fail, js_trim
 from shared.providers.languages import provider_language
@@ -64,7 +64,7 @@ def _language(value: str | None) -> str | None:
 class KeywordSearch(BaseModel):
     """Unknown keys are ignored; keywords keep their case and duplicates, as the original."""
 
-    keywords: list[Annotated[str, Field(max_length=10_000), AfterValidator(_keyword)]]
+    keywords: list[Annotated[str, AfterValidator(_keyword)]]
     matchType: Literal["phrase", "exact"]
     location: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_location)] = (
         None

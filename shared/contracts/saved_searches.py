@@ -16,20 +16,20 @@ from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
 from shared.http.responses import compact
 from shared.models import SavedSearch
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-# ASCII digits only, as JS `\d`: Python's also takes fullwidth and other scripts' digits.
-_LEGACY_ID = re.compile(r"^\d{13}-[a-z0-9]{7}$", re.ASCII)
+# Every id a writer of the shared table produces: ours (UUID v4), the original Redis app's
+# legacy `1700000000000-abc1234`, and Prisma's defaults (cuid `c…` 25 chars, cuid2 24, uuid).
+# One rule for all of them: URL-safe ASCII letters, digits, `-` and `_`, 1-64 characters.
+# Anything else is malformed (400); a well-formed id that matches no search of the caller, 404.
+_SEARCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 INVALID_ID = "Invalid search ID format"
 LIMIT_REACHED = "Failed to save search. You may have reached the limit of 50 saved searches."
 NOT_FOUND = "Saved search not found"
 
 
 def valid_search_id(raw: str) -> str | None:
-    """The trimmed id when it is a UUID or the legacy `<13 digits>-<7 base36>` form."""
+    """The trimmed id when it has the shape of a saved-search id (see `_SEARCH_ID`)."""
     search_id = js_trim(raw)
-    if not 1 <= len(search_id) <= 50:
-        return None
-    return search_id if _UUID.match(search_id) or _LEGACY_ID.match(search_id) else None
+    return search_id if _SEARCH_ID.fullmatch(search_id) else None
 
 
 def _name(value: str) -> str:
@@ -68,7 +68,7 @@ class Trend(BaseModel):
 
 
 class KeywordResult(BaseModel):
-    keyword: Annotated[str, Field(max_length=500)]
+    keyword: str
     searchVolume: Annotated[float, Field(ge=0)]
     difficulty: Annotated[float, Field(ge=0, le=100)]
     cpc: Annotated[float, Field(ge=0)]
@@ -86,7 +86,7 @@ class KeywordResult(BaseModel):
 
 
 class SearchParams(BaseModel):
-    keywords: list[Annotated[str, Field(max_length=1000), AfterValidator(_keyword)]]
+    keywords: list[Annotated[str, AfterValidator(_keyword)]]
     matchType: Literal["phrase", "exact"]
     location: Annotated[str, Field(min_length=2, max_length=5)]
     language: Annotated[str, Field(max_length=35)] | None = None
@@ -104,10 +104,8 @@ class SearchParams(BaseModel):
 class CreateSavedSearch(StoredText):
     """POST /api/searches body; unknown keys are ignored, as the original strips them."""
 
-    name: Annotated[str, Field(max_length=10_000), AfterValidator(_name)]
-    description: Annotated[str | None, Field(max_length=10_000), AfterValidator(_description)] = (
-        None
-    )
+    name: Annotated[str, AfterValidator(_name)]
+    description: Annotated[str | None, AfterValidator(_description)] = None
     searchParams: SearchParams
     results: list[KeywordResult] | None = None
 
@@ -115,10 +113,8 @@ class CreateSavedSearch(StoredText):
 class UpdateSavedSearch(StoredText):
     """PUT /api/searches/{id} body: either field may be left out; neither can be cleared."""
 
-    name: Annotated[str | None, Field(max_length=10_000)] = None
-    description: Annotated[str | None, Field(max_length=10_000), AfterValidator(_description)] = (
-        None
-    )
+    name: str | None = None
+    description: Annotated[str | None, AfterValidator(_description)] = None
 
     @field_validator("name")
     @classmethod

@@ -6,6 +6,7 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, model_validator
@@ -48,29 +49,46 @@ def bounded_text(
 
 
 NUL = "\x00"
+# A UTF-16 surrogate code point on its own: JSON's `"\\ud800"` escape parses to one, and no
+# UTF-8 encoder (PostgreSQL's included) can store it. A valid pair parses to one code point.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def nul_message(field: str) -> str:
     return f"{field} cannot contain NUL (\\u0000) characters"
 
 
+def surrogate_message(field: str) -> str:
+    return f"{field} cannot contain unpaired UTF-16 surrogates (\\ud800-\\udfff)"
+
+
+def unstorable(field: str, value: str) -> PydanticCustomError | None:
+    """Why PostgreSQL text cannot store `value` (NUL, or a lone surrogate), or None."""
+    if NUL in value:
+        return fail("nul", nul_message(field))
+    if _LONE_SURROGATE.search(value):
+        return fail("surrogate", surrogate_message(field))
+    return None
+
+
 class StoredText(BaseModel):
-    """A request body whose strings are stored in PostgreSQL, whose text cannot hold NUL (U+0000):
-    a declared field holding it anywhere inside is refused with a 400 naming that field, instead
-    of failing the insert later (a 500). Undeclared keys are ignored, as elsewhere, and never
-    echoed. The walk is iterative: a field may be nested as deeply as the JSON parser allows."""
+    """A request body whose strings are stored in PostgreSQL, whose text holds only Unicode
+    scalar values other than NUL: a declared field holding NUL or a lone UTF-16 surrogate
+    anywhere inside is refused with a 400 naming that field, instead of failing the insert
+    later (a 500). Undeclared keys are ignored, as elsewhere, and never echoed. The walk is
+    iterative: a field may be nested as deeply as the JSON parser allows."""
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_nul(cls, data: Any) -> Any:
+    def _refuse_unstorable(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
         for field in cls.model_fields:
             pending = [data.get(field)]
             while pending:
                 value = pending.pop()
-                if isinstance(value, str) and NUL in value:
-                    raise fail("nul", nul_message(field))
+                if isinstance(value, str) and (problem := unstorable(field, value)):
+                    raise problem
                 if isinstance(value, dict):
                     pending.extend(value.values())
                 elif isinstance(value, list):

@@ -24,7 +24,7 @@ from shared.contracts import saved_searches as contract
 from shared.legacy import keys
 from shared.legacy.schemas import LegacyRecordError, SavedSearchRecord, UserData
 from shared.models import Base, SavedSearch, User, UserTier
-from shared.repositories.users import TRIAL_LENGTH
+from shared.quotas import TRIAL_LENGTH
 
 LEGACY_STATUSES = frozenset({"active", "canceled", "past_due", "unpaid"})
 DEFAULT_LOCATION = "US"  # the Prisma column default

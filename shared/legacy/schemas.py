@@ -30,11 +30,15 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contracts.saved_searches import valid_search_id
 from shared.contracts.validation import js_length
 
 # zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.
 _ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z$")
+# The original's `SearchIdSchema` (a UUID, or `<13 ASCII digits>-<7 base36>`); this API
+# accepts more forms (shared.contracts.saved_searches), but original records are held to it.
+_ORIGINAL_SEARCH_ID = re.compile(
+    r"(?i:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})|[0-9]{13}-[a-z0-9]{7}"
+)
 # zod v4 `z.string().email()`.
 _EMAIL = re.compile(
     r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
@@ -101,7 +105,7 @@ def _js_length(minimum: int, maximum: int) -> AfterValidator:
 
 
 def _search_id(value: object) -> str:
-    if not isinstance(value, str) or valid_search_id(value) != value:
+    if not isinstance(value, str) or not _ORIGINAL_SEARCH_ID.fullmatch(value):
         raise ValueError("must be a UUID or a legacy id like 1700000000000-abc1234")
     return value
 

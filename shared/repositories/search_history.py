@@ -7,14 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, insert, select, true, tuple_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
 from shared.repositories import api_usage, reservations
 from shared.repositories.pagination import Cursor, Page, keyset_page
 from shared.telemetry import database_operation
+
+_USER_FOREIGN_KEY = "search_history_userId_fkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +91,21 @@ def record_with_usage(
 ) -> str:
     """The history row and the request's `api_usage` row in ONE statement (a data-modifying
     CTE): a keyword search's second and last round trip. It also confirms the search's quota
-    reservation (deletes it), so the search is recorded exactly when its keywords stay counted."""
+    reservation (deletes it), so the search is recorded exactly when its keywords stay counted.
+    A user erased since the search began (the foreign key finds no row) raises
+    `UserNotFoundError`; nothing is written."""
     row_id = new_cuid()
     history = _insert(search, row_id, now).cte("history")
     statement = api_usage.insert_statement([request]).add_cte(history)
     if reservation_id is not None:
         statement = statement.add_cte(reservations.confirm_statement(reservation_id).cte("kept"))
-    session.execute(statement)
+    try:
+        session.execute(statement)
+    except IntegrityError as error:
+        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+        if constraint == _USER_FOREIGN_KEY and search.user_id is not None:
+            raise UserNotFoundError(search.user_id) from None
+        raise
     return row_id
 
 

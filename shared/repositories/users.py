@@ -7,10 +7,23 @@ get-or-create is an `INSERT … ON CONFLICT`, usage is a conditional `UPDATE …
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import and_, case, delete, func, literal, literal_column, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    delete,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -23,11 +36,11 @@ from shared.errors import (
     UserNotFoundError,
 )
 from shared.models import KeywordReservation, User, UserTier, UTCDateTime
-from shared.quotas import Limits, usage_view
+from shared.quotas import TRIAL_LENGTH, Limits, trial_end_sql, trial_over, usage_view
+from shared.repositories import reservations, tombstones
 from shared.repositories.reservations import Hold
 from shared.telemetry import database_operation
 
-TRIAL_LENGTH = timedelta(days=7)
 _EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
 
 
@@ -81,6 +94,23 @@ def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) ->
     }
 
 
+def _continuing_trial(values: dict[str, Any]) -> dict[str, Any]:
+    """A new FREE user's values, with the trial continuing a tombstoned one of the same
+    identity (id or email): its end and its usage, looked up by the creating statement."""
+    if values["tier"] is not UserTier.FREE:
+        return values
+    identity = tombstones.keys(values["id"], values["email"])
+    return {
+        **values,
+        "trial_ends_at": func.least(
+            literal(values["trial_ends_at"], UTCDateTime()),
+            tombstones.trial_end_for(identity),
+            type_=UTCDateTime(),
+        ),
+        "keyword_searches_total": tombstones.keywords_used_by(identity),
+    }
+
+
 def _is_email_conflict(error: IntegrityError) -> bool:
     constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
     return constraint in _EMAIL_CONSTRAINTS
@@ -101,9 +131,10 @@ def create(
     clerk_updated_at: datetime | None = None,
     now: datetime | None = None,
 ) -> User:
-    """Insert a user; FREE users start a 7-day trial. A taken email raises `EmailInUseError`.
-    `clerk_updated_at`: the Clerk event's time, when a Clerk event creates the user."""
-    values = _new_user_values(user_id, email, tier, now or utcnow())
+    """Insert a user; FREE users start a 7-day trial (or continue their tombstoned one). A
+    taken email raises `EmailInUseError`. `clerk_updated_at`: the Clerk event's time, when a
+    Clerk event creates the user."""
+    values = _continuing_trial(_new_user_values(user_id, email, tier, now or utcnow()))
     values["clerk_updated_at"] = clerk_updated_at
     try:
         return session.scalars(insert(User).values(values).returning(User)).one()
@@ -128,14 +159,21 @@ def get_by_email(session: Session, email: str) -> User | None:
 # Read the row if it exists, else insert it; one statement, one round trip. When another
 # transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
 # this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
+# A new user continues the trial tombstoned under its keys, if any (`_continuing_trial`).
 _GET_OR_CREATE = text(
     """
     WITH existing AS (SELECT * FROM users WHERE id = :id),
+    tombstone AS (
+        SELECT min("trialEndsAt") AS ends, coalesce(max("keywordsUsed"), 0) AS used
+        FROM account_tombstones WHERE key = ANY(:tombstone_keys)
+    ),
     inserted AS (
         INSERT INTO users (id, email, tier, "monthlyResetAt", "createdAt", "updatedAt",
-                           "trialStartedAt", "trialEndsAt")
+                           "trialStartedAt", "trialEndsAt", "keywordSearchesTotal")
         SELECT :id, :email, CAST(:tier AS "UserTier"), :monthly_reset_at, :created_at,
-               :updated_at, :trial_started_at, :trial_ends_at
+               :updated_at, :trial_started_at, LEAST(:trial_ends_at, tombstone.ends),
+               tombstone.used
+        FROM tombstone
         WHERE NOT EXISTS (SELECT 1 FROM existing)
         ON CONFLICT (id) DO NOTHING
         RETURNING *
@@ -155,6 +193,7 @@ def get_or_create(
     """
     values = _new_user_values(user_id, email, UserTier.FREE, now or utcnow())
     values["tier"] = UserTier.FREE.value
+    values["tombstone_keys"] = tombstones.keys(user_id, email)
     statement = select(User).from_statement(_GET_OR_CREATE)
     email_conflict = False
     for _ in range(3):
@@ -264,7 +303,8 @@ def reserve_keywords(
     """Get-or-create the user and count `count` keywords against their quota: ONE statement.
 
     `INSERT … ON CONFLICT (id) DO UPDATE … WHERE <quota allows it> RETURNING`: a new user is
-    created (a FREE trial) with the keywords counted; an existing one is counted only when the
+    created (a FREE trial, continuing a tombstoned one of the same identity) with the keywords
+    counted when they fit; an existing one is counted only when the
     tier's rule holds on the locked row (trial not over and `total + n <= trial limit`; else
     `this month (lazily reset) + n <= monthly limit`), so parallel requests never overshoot.
     With `enforce=False` (billing off) nothing is limited and usage is still counted.
@@ -279,18 +319,19 @@ def reserve_keywords(
         (
             User.tier == UserTier.FREE,
             and_(
-                User.trial_ends_at >= now,
+                trial_end_sql() >= now,
                 User.keyword_searches_total + count <= limits.trial,
             ),
         ),
         (User.tier == UserTier.PRO, monthly_used + count <= limits.pro),
         else_=monthly_used + count <= limits.enterprise,
     )
-    fits_new_trial = not enforce or count <= limits.trial
-    first = count if fits_new_trial else 0
-    values = _new_user_values(user_id, email, UserTier.FREE, now)
+    values = _continuing_trial(_new_user_values(user_id, email, UserTier.FREE, now))
+    used_before = values.pop("keyword_searches_total")  # a tombstoned trial's usage, else 0
+    fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= limits.trial)
+    first = case((fits_new_trial, count), else_=0) if enforce else literal(count)
     statement = insert(User).values(
-        **values, keyword_searches_this_month=first, keyword_searches_total=first
+        **values, keyword_searches_this_month=first, keyword_searches_total=used_before + first
     )
     upsert: Any = statement.on_conflict_do_update(
         index_elements=[User.id],
@@ -309,7 +350,8 @@ def reserve_keywords(
         literal_column("xmax = 0").label("inserted"),
     )
     if hold is not None:
-        upsert = _with_hold(upsert, hold, user_id, count, now, counted_if_new=fits_new_trial)
+        counted_if_new = fits_new_trial if enforce else true()
+        upsert = _with_hold(upsert, hold, user_id, count, now, counted_if_new=counted_if_new)
     for attempt in range(2):
         try:
             row = session.execute(upsert).one_or_none()
@@ -321,7 +363,15 @@ def reserve_keywords(
                 _raise_if_email_taken(error)
                 raise
             session.rollback()
-    if row is not None and not (row[4] and not fits_new_trial):
+    if row is not None and row[4]:  # created: an erasure may have committed meanwhile
+        settled = tombstones.settle(session, user_id, email)
+        over = settled is not None and (settled.total > limits.trial or settled.trial_ends_at < now)
+        if enforce and over and row[0]:  # counted on a trial that had already been used
+            _uncount(session, user_id, row[0], now)
+            if hold is not None:  # its reservation goes too, without giving back twice
+                session.execute(reservations.confirm_statement(hold.id))
+            row = None
+    if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
         return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
     # Refused (failure path only): one read to say why, with the numbers for the message.
     user = session.get(User, user_id)
@@ -334,8 +384,28 @@ def reserve_keywords(
     raise QuotaExceededError(used=view.used, limit=view.limit, requested=count, trial=trial)
 
 
+def _uncount(session: Session, user_id: str, count: int, now: datetime) -> None:
+    """Take back what a user's creating statement just counted (same month, same transaction)."""
+    session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(
+            keyword_searches_total=func.greatest(User.keyword_searches_total - count, 0),
+            keyword_searches_this_month=func.greatest(User.keyword_searches_this_month - count, 0),
+            updated_at=now,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
 def _with_hold(
-    upsert: Any, hold: Hold, user_id: str, count: int, now: datetime, *, counted_if_new: bool
+    upsert: Any,
+    hold: Hold,
+    user_id: str,
+    count: int,
+    now: datetime,
+    *,
+    counted_if_new: ColumnElement[bool],
 ) -> Any:
     """The upsert as a CTE, plus the reservation row for the row it counted (none if refused,
     nor for a new user whose first request did not fit the trial), selecting the same columns."""
@@ -347,8 +417,7 @@ def _with_hold(
         literal(now, UTCDateTime()),
         literal(hold.expires_at, UTCDateTime()),
     ).select_from(reserved)
-    if not counted_if_new:
-        source = source.where(~reserved.c.inserted)
+    source = source.where(or_(~reserved.c.inserted, counted_if_new))
     reservation = (
         insert(KeywordReservation)
         .from_select(
@@ -398,7 +467,7 @@ def find_expired_trials(
     """FREE users whose trial has ended, in id order (keyset batches for the cron)."""
     statement = (
         select(User)
-        .where(User.tier == UserTier.FREE, User.trial_ends_at < (now or utcnow()))
+        .where(User.tier == UserTier.FREE, trial_over(now or utcnow()))
         .order_by(User.id)
         .limit(limit)
     )
@@ -473,8 +542,8 @@ class ExpiredTrials:
 @database_operation("countExpiredTrials")
 def count_expired_trials(session: Session, *, now: datetime, since: datetime) -> ExpiredTrials:
     """Both counts in one scan of the `(tier, trialEndsAt)` index."""
-    ended = and_(User.tier == UserTier.FREE, User.trial_ends_at < now)
+    ended = and_(User.tier == UserTier.FREE, trial_over(now))
     row = session.execute(
-        select(func.count(), func.count().filter(User.trial_ends_at >= since)).where(ended)
+        select(func.count(), func.count().filter(trial_end_sql() >= since)).where(ended)
     ).one()
     return ExpiredTrials(total=int(row[0]), since=int(row[1]))

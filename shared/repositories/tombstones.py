@@ -1,0 +1,132 @@
+"""Account tombstones: erasure must not reset a trial.
+
+Erasing an account deletes everything about the person, but a trial user who erased and signed
+in again (same Clerk identity, or a new one with the same email) would otherwise get a fresh
+trial and a full quota each time. So the erasure keeps, in the same transaction, one row per
+keyed identity: `HMAC-SHA256(ACCOUNT_HMAC_SECRET, "id:" + Clerk user id)` and, for a real
+email, `HMAC-SHA256(…, "email:" + normalised email)`, each with the trial's end and the keywords
+used. Nothing else: not the id, not the email, no dates but the trial's end. Without the key
+the rows cannot be linked to a person; with it, only someone who already knows an id or email
+can test it. Provisioning looks the identity up in the statement that creates the user, and
+the new row continues that trial (its end, its usage) instead of starting a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.config import get_settings
+from shared.models import AccountTombstone, User, UTCDateTime
+from shared.quotas import trial_end
+from shared.telemetry import database_operation
+
+# Only where neither ACCOUNT_HMAC_SECRET nor RATE_LIMIT_HMAC_SECRET is set, which production
+# refuses (shared.config): stable across processes, so local tombstones keep working.
+_DEVELOPMENT_KEY = "keyflash-development-only-account-hmac-key"
+_PLACEHOLDER_SUFFIX = "@keyflash.local"  # `{id}@keyflash.local`: the id key covers it
+
+
+def normalised_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _digest(key: bytes, kind: str, value: str) -> str:
+    return hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def keys(user_id: str, email: str | None) -> list[str]:
+    """The identity's tombstone keys: its Clerk id's, and its email's unless a placeholder."""
+    key = (get_settings().account_hmac_key or _DEVELOPMENT_KEY).encode()
+    found = [_digest(key, "id", user_id)]
+    if email and not normalised_email(email).endswith(_PLACEHOLDER_SUFFIX):
+        found.append(_digest(key, "email", normalised_email(email)))
+    return found
+
+
+def trial_end_for(identity: list[str]) -> ColumnElement[Any]:
+    """Scalar subquery: the earliest trial end tombstoned under these keys (NULL: none)."""
+    return (
+        select(func.min(AccountTombstone.trial_ends_at))
+        .where(AccountTombstone.key.in_(identity))
+        .scalar_subquery()
+    )
+
+
+def keywords_used_by(identity: list[str]) -> ColumnElement[Any]:
+    """Scalar subquery: the most keywords tombstoned under these keys (0: none)."""
+    return (
+        select(func.coalesce(func.max(AccountTombstone.keywords_used), 0))
+        .where(AccountTombstone.key.in_(identity))
+        .scalar_subquery()
+    )
+
+
+# The user row was just created, by a statement whose snapshot may predate an erasure of the
+# same identity (an INSERT … ON CONFLICT that waited on the erased row's lock inserts after the
+# erasure commits, with the values it computed before): apply what that statement could not see.
+_SETTLE = text(
+    """
+    UPDATE users SET
+        "trialEndsAt" = LEAST(users."trialEndsAt", t.ends),
+        "keywordSearchesTotal" = GREATEST(users."keywordSearchesTotal",
+                                          t.used + users."keywordSearchesThisMonth")
+    FROM (SELECT min("trialEndsAt") AS ends, max("keywordsUsed") AS used
+          FROM account_tombstones WHERE key = ANY(:keys)) AS t
+    WHERE users.id = :id AND t.ends IS NOT NULL
+      AND (users."trialEndsAt" > t.ends
+           OR users."keywordSearchesTotal" < t.used + users."keywordSearchesThisMonth")
+    RETURNING users."keywordSearchesTotal", users."trialEndsAt"
+    """
+).columns(keywordSearchesTotal=Integer(), trialEndsAt=UTCDateTime())
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    total: int
+    trial_ends_at: datetime
+
+
+@database_operation("settleTombstone")
+def settle(session: Session, user_id: str, email: str) -> Settled | None:
+    """For a user row its caller has just created: continue a tombstoned trial the creating
+    statement could not see. None when there was nothing to apply (the usual case)."""
+    row = session.execute(_SETTLE, {"id": user_id, "keys": keys(user_id, email)}).first()
+    return None if row is None else Settled(total=row[0], trial_ends_at=row[1])
+
+
+@database_operation("recordTombstone")
+def record(session: Session, user_id: str) -> bool:
+    """In the erasure's transaction, before the user row goes: keep the trial's end and the
+    keywords used under the user's keys (an earlier tombstone of the same identity only ever
+    gets stricter). The row is locked, so no request can count usage the tombstone misses.
+    False when there is no such user (nothing to keep)."""
+    user = session.scalars(select(User).where(User.id == user_id).with_for_update()).one_or_none()
+    if user is None:
+        return False
+    rows = [
+        {"key": key, "trial_ends_at": trial_end(user), "keywords_used": user.keyword_searches_total}
+        for key in keys(user.id, user.email)
+    ]
+    statement = insert(AccountTombstone).values(rows)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[AccountTombstone.key],
+            set_={
+                AccountTombstone.trial_ends_at: func.least(
+                    AccountTombstone.trial_ends_at, statement.excluded.trialEndsAt
+                ),
+                AccountTombstone.keywords_used: func.greatest(
+                    AccountTombstone.keywords_used, statement.excluded.keywordsUsed
+                ),
+            },
+        )
+    )
+    return True

@@ -1,0 +1,199 @@
+"""The input rules every JSON route shares (docs/http-contract.md), in three invocation styles,
+both lanes: any Content-Type, UTF-8 only, and stored strings that PostgreSQL can hold."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.http import Caller
+
+ADMIN = "user_contract_admin"
+SEARCH = {
+    "name": "Coffee gear",
+    "searchParams": {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"},
+}
+KEYWORDS = {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"}
+FLAG = {"key": "contract-flag", "enabled": True, "description": "A flag"}
+
+
+@pytest.fixture
+def admin(call: Caller, monkeypatch: pytest.MonkeyPatch) -> str:
+    from shared import config
+
+    monkeypatch.setenv("ADMIN_USER_IDS", ADMIN)
+    config.get_settings.cache_clear()
+    return ADMIN
+
+
+def raw(call: Caller, module: str, method: str, path: str, body: bytes, content_type: str | None,
+        user: str = "user_a") -> Any:  # fmt: skip
+    headers = {} if content_type is None else {"content-type": content_type}
+    return call(module, method, path, user=user, body=body, headers=headers)
+
+
+def search_path(call: Caller) -> str:
+    created = call("searches", "POST", "/api/searches", user="user_a", json_body=SEARCH)
+    assert created.status == 201, created.text
+    return f"/api/searches/{created.json['search']['id']}"
+
+
+# --- Content-Type ------------------------------------------------------------------------------
+
+BROWSER_TYPES = ["text/plain;charset=UTF-8", "text/plain", "application/x-www-form-urlencoded",
+                 "application/octet-stream", None]  # fmt: skip
+
+
+@pytest.mark.parametrize("content_type", BROWSER_TYPES)
+def test_valid_json_is_parsed_whatever_the_content_type_on_every_json_route(
+    call: Caller, admin: str, content_type: str | None
+) -> None:
+    body = json.dumps(SEARCH).encode()
+    created = raw(call, "searches", "POST", "/api/searches", body, content_type)
+    assert (created.status, created.json["search"]["name"]) == (201, "Coffee gear"), created.text
+    path = f"/api/searches/{created.json['search']['id']}"
+    renamed = raw(call, "search_item", "PUT", path, b'{"name": "Renamed"}', content_type)
+    assert (renamed.status, renamed.json["search"]["name"]) == (200, "Renamed"), renamed.text
+    found = raw(call, "keywords", "POST", "/api/keywords", json.dumps(KEYWORDS).encode(),
+                content_type)  # fmt: skip
+    assert found.status == 200, found.text
+    flag = raw(call, "admin_flags", "POST", "/api/admin/flags", json.dumps(FLAG).encode(),
+               content_type, user=admin)  # fmt: skip
+    assert (flag.status, flag.json["flag"]["enabled"]) == (201, True), flag.text
+    changed = raw(call, "admin_flag_item", "PUT", "/api/admin/flags/contract-flag",
+                  b'{"rolloutPercent": 40}', content_type, user=admin)  # fmt: skip
+    assert (changed.status, changed.json["flag"]["rolloutPercent"]) == (200, 40), changed.text
+
+
+@pytest.mark.parametrize("body", [b'{"name": ', b"{'name': 'x'}", b"NaN-ish", b"\xff"])
+def test_invalid_json_is_the_original_400_whatever_the_content_type(
+    call: Caller, admin: str, body: bytes
+) -> None:
+    path = search_path(call)
+    for (module, method, route, user), content_type in itertools.product(
+        (
+            ("searches", "POST", "/api/searches", "user_a"),
+            ("search_item", "PUT", path, "user_a"),
+            ("keywords", "POST", "/api/keywords", "user_a"),
+            ("admin_flags", "POST", "/api/admin/flags", admin),
+            ("admin_flag_item", "PUT", "/api/admin/flags/any-flag", admin),
+        ),
+        [*BROWSER_TYPES, "application/json"],
+    ):
+        result = raw(call, module, method, route, body, content_type, user=user)
+        assert result.status == 400, (route, result.text)
+        assert (result.json["error"], result.json["message"]) == (
+            "Client Error",
+            "Invalid JSON payload",
+        ), route
+
+
+def test_a_body_that_is_not_an_object_gets_no_pydantic_default_message(call: Caller) -> None:
+    """A JSON array or string under text/plain used to reach pydantic as raw bytes ("Input
+    should be a valid dictionary…"); now it is JSON, refused by the route's own rules."""
+    for body in (b"[]", b'"just text"', b"42"):
+        result = raw(call, "searches", "POST", "/api/searches", body, "text/plain")
+        assert result.status == 400
+        assert result.json["error"] == "Validation Error"
+        assert result.json["message"] == "Request body must be a JSON object"
+
+
+# --- UTF-8 only --------------------------------------------------------------------------------
+
+ENCODINGS = ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+
+
+def test_json_that_is_not_utf8_is_refused_as_invalid_json(call: Caller, admin: str) -> None:
+    for (module, path, body, user), encoding in itertools.product(
+        (
+            ("keywords", "/api/keywords", KEYWORDS, "user_a"),
+            ("searches", "/api/searches", SEARCH, "user_a"),
+            ("admin_flags", "/api/admin/flags", FLAG, admin),
+        ),
+        ENCODINGS,
+    ):
+        encoded = json.dumps(body).encode(encoding)
+        result = raw(call, module, "POST", path, encoded, "application/json", user=user)
+        assert (result.status, result.json["message"]) == (400, "Invalid JSON payload"), (
+            path,
+            encoding,
+        )
+    listed = call("searches", "GET", "/api/searches", user="user_a").json["searches"]
+    assert listed == []
+
+
+def test_a_utf8_byte_order_mark_is_ignored_as_fetch_does(call: Caller) -> None:
+    body = b"\xef\xbb\xbf" + json.dumps(SEARCH).encode()
+    result = raw(call, "searches", "POST", "/api/searches", body, "application/json")
+    assert result.status == 201, result.text
+
+
+# --- stored strings ----------------------------------------------------------------------------
+
+SURROGATES = ["\ud800", "x\udfff", "\U0001f525\ud83d"]  # lone high, lone low, a broken pair
+
+
+def test_lone_surrogates_are_refused_naming_the_field_on_every_route(
+    call: Caller, admin: str
+) -> None:
+    path = search_path(call)
+    assert call("admin_flags", "POST", "/api/admin/flags", user=admin, json_body=FLAG).status == 201
+    for surrogate in SURROGATES:
+        refuse_everywhere(call, admin, path, surrogate)
+    flag = call("admin_flag_item", "GET", "/api/admin/flags/contract-flag", user=admin).json
+    assert flag["flag"]["description"] == "A flag"  # nothing was changed
+
+
+def refuse_everywhere(call: Caller, admin: str, path: str, surrogate: str) -> None:
+    cases: list[tuple[str, str, str, dict[str, Any], str, str]] = [
+        ("admin_flags", "POST", "/api/admin/flags", {**FLAG, "description": surrogate},
+         admin, "description"),
+        ("admin_flags", "POST", "/api/admin/flags", {**FLAG, "allowedUsers": ["u1", surrogate]},
+         admin, "allowedUsers"),
+        ("admin_flag_item", "PUT", "/api/admin/flags/contract-flag", {"description": surrogate},
+         admin, "description"),
+        ("admin_flag_item", "PUT", "/api/admin/flags/contract-flag",
+         {"allowedUsers": [surrogate]}, admin, "allowedUsers"),
+        ("searches", "POST", "/api/searches", {**SEARCH, "name": surrogate}, "user_a", "name"),
+        ("searches", "POST", "/api/searches", {**SEARCH, "description": surrogate}, "user_a",
+         "description"),
+        ("search_item", "PUT", path, {"name": surrogate}, "user_a", "name"),
+    ]  # fmt: skip
+    for module, method, route, body, user, field in cases:
+        result = call(module, method, route, user=user, json_body=body)
+        assert result.status == 400, (route, field, result.text)
+        assert result.json["message"] == (
+            f"{field} cannot contain unpaired UTF-16 surrogates (\\ud800-\\udfff)"
+        ), (route, field)
+
+
+def test_a_valid_surrogate_pair_is_one_character_and_is_stored(call: Caller) -> None:
+    body = b'{"name": "hot \\ud83d\\udd25", "searchParams": {"keywords": ["espresso"],' \
+        b' "matchType": "exact", "location": "US"}}'  # fmt: skip
+    created = raw(call, "searches", "POST", "/api/searches", body, "application/json")
+    assert (created.status, created.json["search"]["name"]) == (201, "hot \U0001f525")
+
+
+def test_huge_strings_get_the_original_too_long_messages_not_pydantic_defaults(
+    call: Caller,
+) -> None:
+    """The original says "Name too long (max 100 chars)" for a name of any length over 100;
+    a pre-check on length must not answer a 20,000-character name with pydantic's wording."""
+    huge = "a" * 20_000
+    cases: list[tuple[str, str, dict[str, Any], str]] = [
+        ("searches", "/api/searches", {**SEARCH, "name": huge}, "Name too long (max 100 chars)"),
+        ("searches", "/api/searches", {**SEARCH, "description": huge}, "Description too long"),
+        ("searches", "/api/searches",
+         {**SEARCH, "searchParams": {**SEARCH["searchParams"], "keywords": [huge]}},  # type: ignore[dict-item]
+         "Keyword too long (max 100 chars)"),
+        ("keywords", "/api/keywords", {**KEYWORDS, "keywords": [huge]},
+         "Keyword too long (max 100 chars)"),
+    ]  # fmt: skip
+    for module, path, body, message in cases:
+        result = call(module, "POST", path, user="user_a", json_body=body)
+        assert (result.status, result.json["message"]) == (400, message), path
+    renamed = call("search_item", "PUT", search_path(call), user="user_a", json_body={"name": huge})
+    assert (renamed.status, renamed.json["message"]) == (400, "Name too long")

@@ -1,0 +1,300 @@
+"""Trials on the shared database and across erasure (docs/accounts-and-privacy.md), both lanes:
+
+- a FREE user another writer created with Prisma's defaults (no `trialEndsAt`) has a trial;
+- erasing an account (DELETE /api/me, Clerk's user.deleted) never grants a second trial to the
+  same Clerk identity or the same email;
+- a keyword search racing the erasure of its own user never answers 500 nor leaves orphans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import respx
+from httpx import Response as HttpxResponse
+from sqlalchemy.orm import Session
+
+from shared import accounts, config, db, providers
+from shared.clock import utcnow
+from shared.repositories import users
+from tests.support.http import Caller, Keys
+from tests.test_clerk_webhook import deliver
+
+TRIAL_LIMIT = 6
+FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+@pytest.fixture
+def billing(monkeypatch: pytest.MonkeyPatch, api_env: Keys) -> None:
+    configure(monkeypatch, BILLING_ENABLED="true", TRIAL_KEYWORD_LIMIT=str(TRIAL_LIMIT))
+
+
+def search(call: Caller, who: str, count: int, **claims: Any) -> Any:
+    tag = uuid.uuid4().hex[:10]  # never cached: the emulator outlives the test
+    body = {"keywords": [f"kw {tag} {i}" for i in range(count)], "matchType": "exact"}
+    token = call.token(who, **claims)
+    return call(
+        "keywords",
+        "POST",
+        "/api/keywords",
+        json_body=body,
+        headers={"authorization": f"Bearer {token}"},
+    )
+
+
+def with_token(call: Caller, module: str, method: str, path: str, who: str, **claims: Any) -> Any:
+    token = call.token(who, **claims)
+    return call(module, method, path, headers={"authorization": f"Bearer {token}"})
+
+
+# --- the trial rule for rows other writers created ---------------------------------------------
+
+
+def prisma_user(conn: psycopg.Connection[Any], user_id: str, created_ago: timedelta,
+                started_ago: timedelta | None = None) -> None:  # fmt: skip
+    """A FREE user as the original's Prisma client writes one: its defaults, no trial end."""
+    conn.execute(
+        'INSERT INTO users (id, email, "createdAt", "updatedAt", "trialStartedAt")'
+        " VALUES (%s, %s, now() AT TIME ZONE 'UTC' - %s::interval, now(),"
+        " now() AT TIME ZONE 'UTC' - %s::interval)",
+        (user_id, f"{user_id}@example.com", created_ago, started_ago),
+    )
+
+
+def test_a_prisma_default_free_user_has_a_trial_measured_from_its_start(
+    call: Caller, billing: None, admin_conn: psycopg.Connection[Any]
+) -> None:
+    prisma_user(admin_conn, "prisma_new", timedelta(days=2))
+    prisma_user(admin_conn, "prisma_old", timedelta(days=8))
+    prisma_user(admin_conn, "prisma_restarted", timedelta(days=30), started_ago=timedelta(days=1))
+    for who in ("prisma_new", "prisma_restarted"):
+        result = search(call, who, 2)
+        assert result.status == 200, result.text
+        me = with_token(call, "me", "GET", "/api/me", who).json
+        created, started = admin_conn.execute(
+            'SELECT "createdAt", "trialStartedAt" FROM users WHERE id = %s', (who,)
+        ).fetchone() or (None, None)
+        ends = (started or created) + timedelta(days=7)
+        assert me["trialEndsAt"] == ends.isoformat(timespec="milliseconds") + "Z"
+        assert me["usage"]["remaining"] == TRIAL_LIMIT - 2
+    expired = search(call, "prisma_old", 1)
+    assert (expired.status, expired.json["message"]) == (
+        403,
+        "Your 7-day free trial has expired. Upgrade to Pro to continue using KeyFlash.",
+    )
+    counts = db.run(lambda s: users.count_expired_trials(s, now=utcnow(), since=utcnow()))
+    assert counts.total == 1  # the cron counts it too
+    ended = db.run(lambda s: users.find_expired_trials(s))
+    assert [user.id for user in ended] == ["prisma_old"]
+
+
+# --- erasure never resets a trial --------------------------------------------------------------
+
+
+def granted(result: Any) -> bool:
+    assert result.status in (200, 403, 429), result.text
+    return bool(result.status == 200)
+
+
+def test_erase_and_sign_in_again_never_grants_a_second_trial(
+    call: Caller, billing: None, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Three erase/re-provision cycles of one Clerk identity, then new identities with the
+    same email (in other cases): the whole sequence gets one trial quota, never more."""
+    total = 0
+    for _ in range(3):
+        for _ in range(4):  # more than the quota, 2 at a time
+            total += 2 * granted(search(call, "user_cycle", 2, email="Cycle@Example.com"))
+        erased = with_token(
+            call, "me", "DELETE", "/api/me", "user_cycle", email="Cycle@Example.com"
+        )
+        assert erased.status == 200
+        me = with_token(call, "me", "GET", "/api/me", "user_cycle", email="Cycle@Example.com")
+        assert (me.json["usage"]["total"], me.json["usage"]["remaining"]) == (TRIAL_LIMIT, 0)
+        with_token(call, "me", "DELETE", "/api/me", "user_cycle", email="Cycle@Example.com")
+    for who, email in (("user_new_id", " cycle@example.COM"), ("user_other", "CYCLE@example.com")):
+        total += 2 * granted(search(call, who, 2, email=email))  # a new Clerk user, same email
+        with_token(call, "me", "DELETE", "/api/me", who, email=email)
+    assert total == TRIAL_LIMIT
+    # What is kept is keyed, never in the clear: no id, no email, in any column.
+    kept = admin_conn.execute("SELECT * FROM account_tombstones").fetchall()
+    assert kept and all(
+        len(row[0]) == 64 and set(row[0]) <= set("0123456789abcdef") for row in kept
+    )
+    dump = json.dumps([list(map(str, row)) for row in kept]).lower()
+    assert "cycle" not in dump and "user_" not in dump and "example" not in dump
+
+
+def test_an_expired_trial_stays_expired_after_erasure(
+    call: Caller, billing: None, admin_conn: psycopg.Connection[Any]
+) -> None:
+    assert search(call, "user_late", 1).status == 200
+    admin_conn.execute(
+        """UPDATE users SET "trialEndsAt" = now() - interval '1 day' WHERE id = 'user_late'"""
+    )
+    assert search(call, "user_late", 1).status == 403
+    assert with_token(call, "me", "DELETE", "/api/me", "user_late").status == 200
+    again = search(call, "user_late", 1)  # the first call after erasure creates the user
+    assert again.status == 403, again.text
+
+
+def test_erasure_by_clerk_user_deleted_keeps_the_tombstone_too(
+    call: Caller, billing: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_clerk_webhook import SECRET
+
+    configure(monkeypatch, CLERK_WEBHOOK_SECRET=SECRET)
+    assert search(call, "user_clerk", TRIAL_LIMIT, email="clerk@example.com").status == 200
+    result, _, _ = deliver(call, "user.deleted", {"id": "user_clerk", "deleted": True})
+    assert result.status == 200, result.text
+    assert db.run(lambda s: users.get(s, "user_clerk")) is None
+    # Signing up again in Clerk (user.created, a new id, the same email) starts no new trial.
+    data = {"id": "user_clerk_2", "object": "user", "primary_email_address_id": "idn_0",
+            "email_addresses": [{"id": "idn_0", "email_address": "Clerk@example.com"}]}  # fmt: skip
+    created, _, _ = deliver(call, "user.created", data)
+    assert created.status == 200, created.text
+    refused = search(call, "user_clerk_2", 1, email="Clerk@example.com")
+    assert refused.status == 429, refused.text
+
+
+def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The search's get-or-create-and-reserve waits on the row the erasure has locked, and
+    inserts a new row once the erasure commits, with values computed before it: the tombstone
+    written by that erasure must still apply (no second trial through the race)."""
+    configure(
+        monkeypatch, BILLING_ENABLED="true", TRIAL_KEYWORD_LIMIT=str(TRIAL_LIMIT), DB_POOL_SIZE="4"
+    )
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    assert search(call, "user_blocked", TRIAL_LIMIT).status == 200  # the whole trial quota
+    erasing, release = threading.Event(), threading.Event()
+
+    def erase_slowly(session: Session) -> None:
+        accounts.erase(session, "user_blocked", refuse_live_subscription=True)
+        erasing.set()
+        assert release.wait(30)  # the row lock is held until this transaction commits
+
+    with ThreadPoolExecutor(2) as pool:
+        erasure = pool.submit(db.transaction, erase_slowly)
+        assert erasing.wait(30)
+        searching = pool.submit(search, call, "user_blocked", 2)
+        waits_for_lock(admin_conn, "INSERT INTO users")
+        release.set()
+        erasure.result()
+        answered = searching.result()
+    assert answered.status == 429, answered.text
+    assert admin_conn.execute(
+        'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_blocked",)
+    ).fetchone() == (TRIAL_LIMIT,)
+
+
+def waits_for_lock(conn: psycopg.Connection[Any], statement: str) -> None:
+    """Return once a backend running `statement` waits on a lock (observed, not timed)."""
+    for _ in range(3000):
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND strpos(query, %s) > 0",
+            (statement,),
+        ).fetchone()
+        if row and row[0]:
+            return
+        threading.Event().wait(0.01)  # between observations of the server's lock table
+    raise AssertionError(f"no backend ever waited on a lock running {statement!r}")
+
+
+# --- POST /api/keywords racing DELETE /api/me --------------------------------------------------
+
+
+def test_a_search_whose_user_is_erased_midway_is_answered_and_leaves_no_orphans(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The erasure commits between the reservation and the history insert (the provider call
+    waits for it): the search is answered as the saved-search route answers a vanished user
+    (a new account, continuing the tombstoned trial), never with a 500."""
+    configure(
+        monkeypatch,
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN="login",
+        DATAFORSEO_API_PASSWORD="pw",
+        DB_POOL_SIZE="4",
+    )
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    assert with_token(call, "me", "GET", "/api/me", "user_race").status == 200
+    in_provider, erased = threading.Event(), threading.Event()
+    payload = (FIXTURES / "search_volume_ok.json").read_text()
+
+    def upstream(request: Any) -> HttpxResponse:
+        in_provider.set()
+        assert erased.wait(30)
+        return HttpxResponse(200, text=payload)
+
+    with respx.mock(assert_all_called=False) as mock, ThreadPoolExecutor(2) as pool:
+        mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(side_effect=upstream)
+        mock.route(url__startswith=os.environ["UPSTASH_REDIS_REST_URL"]).pass_through()
+        searching = pool.submit(search, call, "user_race", 3)
+        assert in_provider.wait(30)
+        deleted = pool.submit(with_token, call, "me", "DELETE", "/api/me", "user_race").result()
+        erased.set()
+        answered = searching.result()
+    assert deleted.status == 200
+    assert answered.status == 200, answered.text
+    assert admin_conn.execute(
+        'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_race",)
+    ).fetchone() == (3,)  # the reservation went with the account into its tombstone
+    orphans = admin_conn.execute(
+        'SELECT count(*) FROM search_history h WHERE "userId" IS NOT NULL'
+        ' AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = h."userId")'
+    ).fetchone()
+    assert orphans == (0,)
+    history = admin_conn.execute('SELECT "userId" FROM search_history').fetchall()
+    assert history == [("user_race",)]
+
+
+def test_searches_racing_erasures_never_answer_500(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Free-running: each round, 6 searches and an erasure of the same user start together on
+    their own connections. Whatever interleaving the server picks, nothing answers 500 and no
+    history row points at a missing user."""
+    configure(monkeypatch, DB_POOL_SIZE="8", MOCK_PROVIDER_SEED="3")
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    statuses: list[int] = []
+    for round_ in range(5):
+        who = f"user_storm_{round_}"
+        assert with_token(call, "me", "GET", "/api/me", who).status == 200
+        start = threading.Barrier(7)
+
+        def one(index: int, who: str = who, start: threading.Barrier = start) -> int:
+            start.wait()
+            if index == 0:
+                return int(with_token(call, "me", "DELETE", "/api/me", who).status)
+            return int(search(call, who, 2).status)
+
+        with ThreadPoolExecutor(7) as pool:
+            statuses += list(pool.map(one, range(7)))
+    assert set(statuses) == {200}, statuses
+    orphans = admin_conn.execute(
+        'SELECT count(*) FROM search_history h WHERE "userId" IS NOT NULL'
+        ' AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = h."userId")'
+    ).fetchone()
+    assert orphans == (0,)
