@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, text
+from sqlalchemy import bindparam, delete, exists, select, text
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
-from shared.models import KeywordReservation, UTCDateTime
+from shared.models import KeywordReservation, User, UTCDateTime
 from shared.telemetry import database_operation
 
 
@@ -66,9 +66,17 @@ _RELEASE_EXPIRED = text(
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
-def confirm_statement(reservation_id: str) -> Any:
-    """The DELETE that confirms a reservation, for a caller's data-modifying CTE."""
-    return delete(KeywordReservation).where(KeywordReservation.id == reservation_id)
+def confirm_statement(reservation_id: str, user_id: str) -> Any:
+    """The DELETE that confirms a reservation, for a caller's data-modifying CTE.
+
+    It share-locks the user's row before the reservation's (a one-time filter runs before the
+    scan): an erasure locks the user row first and then deletes the reservations by cascade, so
+    taking the two in the same order is what keeps a search recorded during an erasure from
+    deadlocking with it. An erased user leaves nothing to confirm."""
+    user_row = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+    return delete(KeywordReservation).where(
+        KeywordReservation.id == reservation_id, exists(user_row)
+    )
 
 
 @database_operation("releaseReservation")

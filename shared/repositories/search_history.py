@@ -97,8 +97,9 @@ def record_with_usage(
     row_id = new_cuid()
     history = _insert(search, row_id, now).cte("history")
     statement = api_usage.insert_statement([request]).add_cte(history)
-    if reservation_id is not None:
-        statement = statement.add_cte(reservations.confirm_statement(reservation_id).cte("kept"))
+    if reservation_id is not None and search.user_id is not None:
+        kept = reservations.confirm_statement(reservation_id, search.user_id).cte("kept")
+        statement = statement.add_cte(kept)
     try:
         session.execute(statement)
     except IntegrityError as error:

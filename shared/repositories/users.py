@@ -369,7 +369,7 @@ def reserve_keywords(
         if enforce and over and row[0]:  # counted on a trial that had already been used
             _uncount(session, user_id, row[0], now)
             if hold is not None:  # its reservation goes too, without giving back twice
-                session.execute(reservations.confirm_statement(hold.id))
+                session.execute(reservations.confirm_statement(hold.id, user_id))
             row = None
     if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
         return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
