@@ -186,6 +186,12 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
         """INSERT INTO erased_billing_customers ("customerHash", "erasedAt") VALUES (%s, %s)""",
         (hashlib.sha256(b"cus_erased").hexdigest(), t0),
     )
+    conn.execute(
+        """INSERT INTO legacy_counter_deltas (id, key, "userId", delta, "expiresAt", attempts,
+               error, "updatedAt")
+           VALUES ('d1', 'usage:user1:2026-11', 'user1', -3, %s, 2, %s, %s)""",
+        (t0, AWKWARD, t0),
+    )
 
 
 def dump(url: str) -> dict[str, bytes]:
