@@ -14,7 +14,8 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import auth, errors, storage
+from shared import auth, errors, exports, storage
+from shared.config import get_settings
 from shared.repositories import personal_data, users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
@@ -81,6 +82,11 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
     repair job when Redis fails), this container stops treating the user as provisioned (their
     next call starts a fresh account) and the erasure is logged, with counts only."""
     storage.erase_legacy_user(user_id, None, None)
+    # --- Stored data exports -------------------------------------------------------------
+    # Their rows went with the user (ON DELETE CASCADE); the objects in storage go now, or,
+    # when storage fails, at the exports cron's next sweep (no ready row names them any more).
+    exports_deleted = exports.delete_stored(get_settings(), user_id)
+    # --- end of stored data exports ------------------------------------------------------
     auth.forget(user_id)
     log_event(
         "account_erased",
@@ -92,4 +98,5 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
         flagsUpdated=erasure.flags_updated,
         webhookEventsScrubbed=erasure.webhook_events_scrubbed,
         metricsScrubbed=erasure.metrics_scrubbed,
+        exportsDeleted=exports_deleted,
     )

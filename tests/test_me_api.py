@@ -16,6 +16,7 @@ from shared.clock import iso_ms, month_start, next_month_start, utcnow
 from shared.models import UserTier
 from shared.repositories import (
     api_usage,
+    data_exports,
     feature_flags,
     saved_searches,
     search_history,
@@ -35,6 +36,7 @@ ALL_TABLES = {
     "webhook_events",
     "feature_flags",
     "system_metrics",
+    "data_exports",
 }
 # Tables the erasure leaves alone, each with the reason; a new table must be added to one set.
 OUTSIDE_ERASURE = {
@@ -236,6 +238,7 @@ def seed_everything(user_id: str) -> None:
             s, [system_metrics.Sample("searches", 1.0, {"userId": user_id, "tier": "FREE"})]
         )
     )
+    db.run(lambda s: data_exports.request(s, user_id, now=utcnow()))
 
 
 def rows_about(conn: psycopg.Connection[Any], user_id: str) -> dict[str, int]:
@@ -260,6 +263,7 @@ def rows_about(conn: psycopg.Connection[Any], user_id: str) -> dict[str, int]:
             "SELECT count(*) FROM system_metrics WHERE strpos(coalesce(tags::text, ''), %s) > 0",
             [user_id],
         ),
+        "data_exports": ('SELECT count(*) FROM data_exports WHERE "userId" = %s', [user_id]),
     }
     assert set(queries) == ALL_TABLES
     counts = {}

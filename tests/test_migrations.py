@@ -36,7 +36,7 @@ PRISMA_TABLES = {
     "system_metrics",
 }
 # the dual-write outbox (shared.storage); cron leases and daily search rollups (shared.cron)
-OUR_TABLES = {"legacy_repairs", "cron_leases", "search_daily_rollups"}
+OUR_TABLES = {"legacy_repairs", "cron_leases", "search_daily_rollups", "data_exports"}
 POOLED_URL = "postgresql://u:secretpw@ep-x-123-pooler.eu-central-1.aws.neon.tech/db"
 FLAGGED_POOLER_URL = "postgresql://u:secretpw@127.0.0.1:6432/db?pgbouncer=true"
 

@@ -194,6 +194,7 @@ KEPT_WITH_REASON = {
     "legacy_repairs": "outbox: a row lives only until Redis matches Postgres (repair job)",
     "cron_leases": "no personal data: one lease and resume state per job",
     "search_daily_rollups": "no personal data: counts per day and provider",
+    "data_exports": "deleted by the exports cron once expiresAt passes; with the user on erasure",
 }
 
 
