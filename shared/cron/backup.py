@@ -53,7 +53,6 @@ _COMPRESS_EVERY = 256 * 1024  # raw bytes gathered before each zlib call
 _CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the budget
 
 
-
 class BackupError(RuntimeError):
     """The backup cannot be made; the message says what to fix."""
 

@@ -20,8 +20,6 @@ from shared.ids import new_cuid
 from shared.models import DataExport
 from shared.telemetry import database_operation
 
-OPEN = ("pending", "running")
-
 
 @dataclass(frozen=True, slots=True)
 class Requested:
@@ -45,7 +43,9 @@ def request(session: Session, user_id: str, *, now: datetime) -> Requested:
         )
         .on_conflict_do_update(
             index_elements=[table.c.userId],
-            index_where=table.c.status.in_(OPEN),
+            # A literal: a bound parameter could not match the index's predicate once the
+            # statement is prepared (a generic plan knows no values).
+            index_where=text("status IN ('pending', 'running')"),
             set_={"userId": table.c.userId},  # no change: only to return the open row
         )
         .returning(DataExport, text("(xmax = 0) AS created"))
