@@ -26,9 +26,9 @@ from functions import me_export
 from shared import config, db, exports
 from shared.clock import utcnow
 from shared.contracts import account
-from shared.envelope import GENERIC_503
 from shared.cron import exports as exports_job
 from shared.cron.runner import run_job
+from shared.envelope import GENERIC_503
 from shared.repositories import (
     data_exports,
     feature_flags,
@@ -66,7 +66,8 @@ def generate_heavy_account(conn: psycopg.Connection[Any], user_id: str = HEAVY) 
                   ARRAY[md5(i::text), 'café ☕ ' || left(md5((i + 1)::text), 12), '"q" 検索 🚀'],
                   'US', 'en', 'phrase', 'dataforseo', i %% 3 = 0, 100 + i %% 900, 3,
                   i %% 10000, (i %% 10000) * 3,
-                  now() - make_interval(mins => i), 'Mozilla/5.0 (X11; Linux x86_64) ' || md5(i::text),
+                  now() - make_interval(mins => i),
+                  'Mozilla/5.0 (X11; Linux x86_64) ' || md5(i::text),
                   '198.51.100.' || (i %% 250)
              FROM generate_series(1, %s) AS i""",
         [user_id, HISTORY_ROWS],
