@@ -25,13 +25,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
-from devkit import platform_limits
+from devkit import events, platform_limits
 from devkit.console import CliError
 from devkit.layout import FUNCTIONS_PACKAGE, http_functions
 
@@ -275,7 +276,14 @@ async def _call_within_limits(
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    refusal = platform_limits.request_refusal(bytes(body))
+    event = events.http_api_v2(
+        scope["method"],
+        scope["path"],
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+        body=bytes(body),
+    )  # the event Lambda would be handed: its size is what Lambda limits
+    refusal = platform_limits.request_refusal(bytes(body), event_bytes=len(json.dumps(event)))
     if refusal is None:
         replayed = False
 
