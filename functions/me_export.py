@@ -15,6 +15,7 @@ result document, whose body is base64 (4/3 larger) when gzip-compressed.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts import compact
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
+from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import PRIVATE_NO_STORE, ok
 from shared.models import DataExport
 from shared.ratelimit import limit_request
@@ -40,6 +41,8 @@ GZIP_FLOOR_BYTES = 1024  # below this, gzip's header costs more than it saves
 EXPORT_PATH = "/api/me/export"
 RATE_LIMITED = "Too many export requests. Try again in {retry_after} seconds."
 NOT_FOUND = "Export not found"
+INVALID_ID = "Invalid export ID"
+_EXPORT_ID = re.compile(r"c[0-9a-z]{24}")  # a cuid (shared.ids.new_cuid)
 NOT_CONFIGURED = "Exports are not available: storage is not configured"
 
 
@@ -117,8 +120,9 @@ def request_export(request: Request, user: CurrentUser) -> Response:
 
 @app.get(EXPORT_PATH + "/{export_id}", response_model=None)
 def export_status(export_id: str, user: CurrentUser) -> Response:
+    valid = valid_or_400(export_id if _EXPORT_ID.fullmatch(export_id) else None, INVALID_ID)
     now = utcnow()
-    found = db.run(lambda s: data_exports.get(s, user.user_id, export_id, now=now))
+    found = db.run(lambda s: data_exports.get(s, user.user_id, valid, now=now))
     if found is None:
         raise ApiError(404, NOT_FOUND)
     return ok({"export": _view(found, now)})

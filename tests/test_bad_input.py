@@ -465,10 +465,12 @@ def database_url(direct_database_url: str, clean_tables: None) -> str:
 @pytest.fixture
 def keys(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
     """`api_env` plus an admin, billing on and both webhook secrets (so webhooks refuse
-    unsigned input with 400 rather than 503/500 for a missing configuration), and an unlimited
-    trial (so valid keyword searches are served, not refused by the quota)."""
+    unsigned input with 400 rather than 503/500 for a missing configuration), an unlimited
+    trial (so valid keyword searches are served, not refused by the quota) and an export bucket
+    (asking for an export writes only a row; nothing here reaches storage)."""
     configure(
         monkeypatch,
+        BACKUP_BUCKET="keyflash-bad-input",
         ADMIN_USER_IDS=ADMIN,
         BILLING_ENABLED="true",
         TRIAL_KEYWORD_LIMIT=1_000_000_000,
@@ -527,6 +529,10 @@ def prepare(route: Route, call: Caller) -> Target:
         created = call("admin_flags", "POST", "/api/admin/flags", user=ADMIN, json_body=body)
         assert created.status == 201, created.text
         path = path.replace("{key}", body["key"])
+    if "{export_id}" in path:
+        created = call("me_export", "POST", "/api/me/export", user=user)
+        assert created.status == 202, created.text
+        path = path.replace("{export_id}", created.json["export"]["id"])
     assert "{" not in path, f"teach prepare() to create what {route} names"
     return Target(path, user, valid_body(route), dict(VALID_QUERIES.get(str(route), {})))
 

@@ -161,6 +161,13 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
         (AWKWARD, t0),
     )
     conn.execute(
+        """INSERT INTO data_exports (id, "userId", status, "objectKey", bytes, "gzipBytes",
+               attempts, error, "createdAt", "startedAt", "finishedAt", "expiresAt", "updatedAt")
+           VALUES ('exp1', 'user1', 'ready', 'keyflash-exports/user1/exp1.json.gz', 12345678,
+                   275000, 1, NULL, %s, %s, %s, %s, %s)""",
+        (t0, t0, t0, t0, t0),
+    )
+    conn.execute(
         """INSERT INTO cron_leases (job, holder, "expiresAt", state, "updatedAt")
            VALUES ('rollup', NULL, %s, %s, %s)""",
         (t0, Jsonb({"watermark": "2026-11-01T00:00:00+00:00"}), t0),

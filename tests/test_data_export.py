@@ -321,6 +321,15 @@ def test_export_routes_require_auth(call: Caller) -> None:
         assert call("me_export", method, path).status == 401
 
 
+def test_a_malformed_export_id_is_a_400_and_an_unknown_one_a_404(call: Caller) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    for bad in ("abc", "c" + "0" * 23 + "%00", "C" + "a" * 24, "c" + "a" * 25):
+        result = call("me_export", "GET", f"/api/me/export/{bad}", user="user_a")
+        assert result.status == 400 and result.json["message"] == me_export.INVALID_ID, bad
+    unknown = call("me_export", "GET", "/api/me/export/c" + "a" * 24, user="user_a")
+    assert unknown.status == 404
+
+
 def test_expired_exports_disappear_from_the_api_the_table_and_storage(
     call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
 ) -> None:
