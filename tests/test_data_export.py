@@ -445,3 +445,67 @@ def test_an_export_finished_after_its_user_was_erased_is_discarded(
     summary = run_exports()
     assert summary["discarded"] == 1
     assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+# --------------------------------------------------------------------------- other bounded answers
+
+
+def utf8_json(value: Any) -> bytes:
+    """JSON as browsers send it: UTF-8, not \\u-escaped."""
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def test_a_saved_search_at_the_request_cap_fits_either_platforms_response(call: Caller) -> None:
+    """Results are stored as sent, and a request body is capped (under 1 MB): a saved search as
+    large as a request can make comes back whole, well within both limits."""
+    result = {
+        "keyword": "検索🚀" * 40, "searchVolume": 1e15, "difficulty": 99.99999, "cpc": 1.5,
+        "competition": "medium", "intent": "transactional",
+        "trends": [{"month": 1 + m % 12, "year": 2000 + m, "volume": 1e12 + m} for m in range(24)],
+    }  # fmt: skip
+    body: dict[str, Any] = {
+        "name": "biggest",
+        "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"},
+        "results": [result] * (950_000 // (len(utf8_json(result)) + 1)),
+    }
+    created = call("searches", "POST", "/api/searches", user="user_a", body=utf8_json(body),
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert created.status == 201, created.text[:300]
+    search_id = created.json["search"]["id"]
+    got = call("search_item", "GET", f"/api/searches/{search_id}", user="user_a",
+               headers={"accept-encoding": "identity"})  # fmt: skip
+    assert got.status == 200 and got.json["search"]["results"] == body["results"]
+    assert len(got.raw) < 1_100_000
+    listed = call("searches", "GET", "/api/searches", user="user_a")
+    assert listed.status == 200 and "results" not in listed.json["searches"][0]
+
+
+def test_a_history_page_of_the_largest_rows_is_cut_by_bytes_and_loses_nothing(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """100 rows of 200 keywords of 100 CJK characters (60 KB each) would be 6 MB in one page:
+    the page stops at its byte budget and the cursor carries on, every row once."""
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    admin_conn.execute(
+        """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
+               provider, "responseTime", "searchedAt")
+           SELECT 'big' || i, 'user_a',
+                  (SELECT array_agg(repeat('検', 99) || k) FROM generate_series(1, 200) AS k),
+                  'US', 'en', 'exact', 'mock', 5, now() - make_interval(secs => i)
+             FROM generate_series(1, 100) AS i"""
+    )
+    seen: list[str] = []
+    query = {"limit": "100"}
+    pages = 0
+    while True:
+        page = call("history", "GET", "/api/history", user="user_a", query=query,
+                    headers={"accept-encoding": "identity"})  # fmt: skip
+        assert page.status == 200, page.text[:200]
+        assert len(page.raw) < platform_limits.VERCEL_BODY_MAX
+        seen += [item["id"] for item in page.json["history"]]
+        pages += 1
+        if "nextCursor" not in page.json:
+            break
+        query = {"limit": "100", "cursor": page.json["nextCursor"]}
+    assert pages > 1
+    assert seen == [f"big{i}" for i in range(1, 101)]
