@@ -76,7 +76,8 @@ def generate_heavy_account(conn: psycopg.Connection[Any], user_id: str = HEAVY) 
         """INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration,
                "ipAddress", "userAgent", timestamp)
            SELECT 'u' || i, %s, '/api/keywords', 'POST', 200, i %% 700, '2001:db8::' || (i %% 999),
-                  'KeyFlash/1.0 ' || md5(i::text), now() - make_interval(mins => i)
+                  'KeyFlash/1.0 ' || md5(i::text) || md5((i * 7)::text),
+                  now() - make_interval(mins => i)
              FROM generate_series(1, %s) AS i""",
         [user_id, USAGE_ROWS],
     )
@@ -234,6 +235,32 @@ def test_a_small_export_is_answered_directly_and_gzipped_when_accepted(call: Cal
     assert zipped.headers["content-encoding"] == "gzip"
     assert zipped.raw[:2] == b"\x1f\x8b" and len(zipped.raw) < len(zipped.text.encode())
     assert json.loads(zipped.text)["user"] == plain.json["user"]
+
+
+def test_an_answer_over_the_direct_limit_becomes_an_asynchronous_export(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    monkeypatch.setattr(me_export, "DIRECT_MAX_BYTES", 100)  # this small user's document: ~600
+    result = call("me_export", "GET", "/api/me/export", user="user_a")
+    assert result.status == 202 and result.json["export"]["status"] == "pending"
+
+
+def test_an_account_estimated_too_large_is_never_built_in_the_request(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    search = search_history.NewSearch("user_a", ["k" * 90], "US", "en", "exact", "mock", False, 5)
+    db.run(lambda s: search_history.record(s, search=search))
+    assert 90 < db.run(lambda s: personal_data.estimated_bytes(s, "user_a")) < 1000
+    monkeypatch.setattr(me_export, "DIRECT_BUILD_MAX_ESTIMATE", 90)
+
+    def never(user_id: str) -> bytes:
+        raise AssertionError("the document must not be built in the request")
+
+    monkeypatch.setattr(exports, "build", never)
+    result = call("me_export", "GET", "/api/me/export", user="user_a")
+    assert result.status == 202, result.text
 
 
 @pytest.mark.parametrize(
