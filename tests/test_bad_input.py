@@ -24,7 +24,7 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +39,7 @@ from shared.http.openapi import dependency_calls
 from tests.support import catalog
 from tests.support.cron import asgi_call, configure
 from tests.support.http import Caller, Keys, Result
+from tests.test_cron_backup import mock_s3
 
 USER = "user_bad_input"
 ADMIN = "user_bad_input_admin"
@@ -463,21 +464,23 @@ def database_url(direct_database_url: str, clean_tables: None) -> str:
 
 
 @pytest.fixture
-def keys(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
+def keys(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Keys]:
     """`api_env` plus an admin, billing on and both webhook secrets (so webhooks refuse
     unsigned input with 400 rather than 503/500 for a missing configuration), an unlimited
-    trial (so valid keyword searches are served, not refused by the quota) and an export bucket
-    (asking for an export writes only a row; nothing here reaches storage)."""
+    trial (so valid keyword searches are served, not refused by the quota) and moto's S3 for
+    exports (an erasure deletes the user's stored exports)."""
+    storage = mock_s3(monkeypatch)
+    next(storage)
     configure(
         monkeypatch,
-        BACKUP_BUCKET="keyflash-bad-input",
         ADMIN_USER_IDS=ADMIN,
         BILLING_ENABLED="true",
         TRIAL_KEYWORD_LIMIT=1_000_000_000,
         STRIPE_WEBHOOK_SECRET="whsec_bad_input",
         CLERK_WEBHOOK_SECRET="whsec_YmFkLWlucHV0LWtleWZsYXNoLWNsZXJrLXNlY3JldA==",
     )
-    return api_env
+    yield api_env
+    storage.close()
 
 
 # ----------------------------------------------------------------------------------- calling
