@@ -494,6 +494,8 @@ EXPORTED_OTHERWISE = {
     "feature_flags": "only the keys of the flags naming the caller (`featureFlags`): the rest "
     "of the row is operator configuration and names other users",
     "legacy_repairs": "transient outbox of Redis key names to copy; nothing beyond the user id",
+    "data_exports": "the export requests themselves (status, sizes, storage key of the export "
+    "being delivered); nothing about the person beyond the user id",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?")
 
