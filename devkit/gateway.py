@@ -7,6 +7,9 @@ function sees what it would see deployed (its own 404/405 envelopes, its own COR
 Modules are discovered from the directory, so a new `functions/<name>.py` is served without
 registering it anywhere; `functions/cron/` holds scheduled jobs and is not served.
 
+Like the platforms, the gateway buffers each request and response whole and refuses what they
+would refuse (`devkit.platform_limits`: Lambda's 6 MB payloads, Vercel's 4.5 MB bodies).
+
 The merged OpenAPI document is every app's `app.openapi()` combined, tagged per function.
 """
 
@@ -22,12 +25,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
+from devkit import events, platform_limits
 from devkit.console import CliError
 from devkit.layout import FUNCTIONS_PACKAGE, http_functions
 
@@ -145,15 +150,8 @@ class Gateway:
             return
         started = time.perf_counter()
         status = 500
-
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await function.app(scope, receive, send_and_watch)
+            status = await _call_within_limits(function, scope, receive, send)
         finally:
             elapsed = (time.perf_counter() - started) * 1000
             logger.info("%s %s -> %s %d (%.0f ms)", method, path, function.name, status, elapsed)
@@ -263,6 +261,68 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> N
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _call_within_limits(
+    function: Function, scope: Scope, receive: Receive, send: Send
+) -> int:
+    """Run `function.app` with the request and response held whole, as the platforms hold
+    them; a message over the imitated limit gets the platform's refusal instead. The status."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return 499
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    event = events.http_api_v2(
+        scope["method"],
+        scope["path"],
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+        body=bytes(body),
+    )  # the event Lambda would be handed: its size is what Lambda limits
+    refusal = platform_limits.request_refusal(bytes(body), event_bytes=len(json.dumps(event)))
+    if refusal is None:
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def hold(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await function.app(scope, replay, hold)
+        status: int = start.get("status", 500)
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        sent = b"".join(chunks)
+        named = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+        refusal = platform_limits.response_refusal(status, named, sent)
+        if refusal is None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": sent})
+            return status
+    logger.warning("%s refuses: %s", refusal.platform, refusal.reason)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": refusal.status,
+            "headers": [(k.encode(), v.encode()) for k, v in refusal.headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": refusal.body})
+    return refusal.status
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

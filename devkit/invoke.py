@@ -2,7 +2,9 @@
 
 HTTP functions get an API Gateway HTTP API (v2) event built from --method/--path/--body/
 --header (or any event loaded from a file), crons an EventBridge schedule event. The handler
-is the deployed entry point (Mangum for HTTP), so this exercises what Lambda runs.
+is the deployed entry point (Mangum for HTTP), so this exercises what Lambda runs. An HTTP
+event or result over the imitated platform's payload limit (`devkit.platform_limits`,
+`KEYFLASH_PLATFORM`) is answered with the platform's refusal, and the reason is printed.
 
 Timing: run 1 is "cold" for the function — its module is imported then (after the CLI set up
 the database and Redis) and its first call opens the database connection. Libraries the CLI
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from devkit import events
+from devkit import events, platform_limits
 from devkit.console import CliError, paint
 from devkit.layout import CRON_PACKAGE, FUNCTIONS_PACKAGE, cron_modules, http_functions
 
@@ -118,6 +120,7 @@ class Run:
     status: int | None
     elapsed_ms: float
     response: Any
+    refused: str | None = None  # the platform limit that replaced the response, if any
 
 
 @dataclass
@@ -169,6 +172,10 @@ def invoke(
     for _ in range(repeat):
         event = make_event()
         context = events.lambda_context(context_name)
+        refusal = _request_refusal(target, event)
+        if refusal is not None:
+            runs.append(Run(refusal.status, 0.0, _as_result(refusal), refusal.reason))
+            continue
         began = time.perf_counter()
         try:
             response = handler(event, context)
@@ -184,9 +191,44 @@ def invoke(
                 f"{target.module}.handler raised {type(error).__name__}: {error}"
             ) from error
         elapsed = (time.perf_counter() - began) * 1000
+        refusal = _response_refusal(target, response)
+        if refusal is not None:
+            runs.append(Run(refusal.status, elapsed, _as_result(refusal), refusal.reason))
+            continue
         status = response.get("statusCode") if isinstance(response, dict) else None
         runs.append(Run(status if isinstance(status, int) else None, elapsed, response))
     return Invocation(target, description, import_ms, runs)
+
+
+def _request_refusal(target: Target, event: dict[str, Any]) -> platform_limits.Refusal | None:
+    if target.kind != "http":
+        return None
+    body = event.get("body") or ""
+    raw = base64.b64decode(body) if event.get("isBase64Encoded") else str(body).encode()
+    return platform_limits.request_refusal(raw, event_bytes=len(json.dumps(event)))
+
+
+def _response_refusal(target: Target, response: Any) -> platform_limits.Refusal | None:
+    if target.kind != "http" or not isinstance(response, dict):
+        return None
+    body = response.get("body") or ""
+    raw = base64.b64decode(body) if response.get("isBase64Encoded") else str(body).encode()
+    return platform_limits.response_refusal(
+        int(response.get("statusCode") or 500),
+        {str(k): str(v) for k, v in (response.get("headers") or {}).items()},
+        raw,
+        result_bytes=len(json.dumps(response)),
+    )
+
+
+def _as_result(refusal: platform_limits.Refusal) -> dict[str, Any]:
+    """The refusal in a Lambda result's shape, as the client would receive it."""
+    return {
+        "statusCode": refusal.status,
+        "headers": refusal.headers,
+        "body": refusal.body.decode(),
+        "isBase64Encoded": False,
+    }
 
 
 def _http_request(
@@ -234,6 +276,8 @@ def render(invocation: Invocation) -> str:
     """Status, headers and body of the last run, then the timings."""
     last = invocation.runs[-1]
     lines = [paint(f"{invocation.target.module}.handler  ({invocation.description})", "dim")]
+    if last.refused:
+        lines.append(paint(f"refused by the platform: {last.refused}", "red"))
     response = last.response
     if invocation.target.kind == "http" and isinstance(response, dict):
         status = response.get("statusCode")

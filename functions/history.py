@@ -3,11 +3,16 @@
 `limit` (1..100, default 20) sets the page size; `nextCursor`, present while more rows exist,
 is passed back as `cursor` for the next page. Keyset paging stays fast at any depth and never
 skips or repeats a row when new searches arrive between pages.
+
+A page also stops at PAGE_BUDGET_BYTES of items (its cursor then points after the last item
+sent): a row may hold 200 keywords of 100 characters, so 100 such rows would be more JSON than
+Vercel (4.5 MB) or Lambda (6 MB) can answer.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import Query
 from starlette.responses import Response
@@ -18,6 +23,8 @@ from shared.contracts import history as contract
 from shared.http.app import create_app, lambda_handler
 from shared.http.responses import ok
 from shared.repositories import search_history
+
+PAGE_BUDGET_BYTES = 3_000_000
 
 app = create_app(title="Search history", summary="The caller's keyword searches, newest first.")
 
@@ -40,9 +47,20 @@ def list_history(
         lambda s: search_history.list_for_user(s, user.user_id, limit=size, cursor=after),
         idempotent=True,
     )
-    body: dict[str, object] = {"history": [contract.history_item(row) for row in page.items]}
-    if page.next_cursor is not None:
-        body["nextCursor"] = contract.encode_cursor(page.next_cursor)
+    items: list[dict[str, Any]] = []
+    spent = 0
+    next_cursor = page.next_cursor
+    for row in page.items:
+        item = contract.history_item(row)
+        spent += len(json.dumps(item, ensure_ascii=False, default=str).encode())
+        if items and spent > PAGE_BUDGET_BYTES:  # the rest comes with the next page
+            last = page.items[len(items) - 1]
+            next_cursor = (last.searched_at, last.id)
+            break
+        items.append(item)
+    body: dict[str, object] = {"history": items}
+    if next_cursor is not None:
+        body["nextCursor"] = contract.encode_cursor(next_cursor)
     return ok(body)
 
 

@@ -1,31 +1,139 @@
-"""GET /api/me/export: everything stored about the caller, as one JSON document (GDPR access).
+"""The caller's data export (GDPR access and portability): everything stored about them.
 
-Seven reads (user, saved searches, search history, API usage, the webhook-ledger and metric rows
-that mention the user, the flags that name them) in one read-only transaction, so the document
-is one consistent snapshot; each row carries every stored column (flags: their keys only).
+- `GET /api/me/export`: the document itself when it fits in one response (gzip-compressed when
+  the client accepts gzip); otherwise the same as POST: 202 and an asynchronous export. A user
+  whose rows are estimated (in the database) above DIRECT_BUILD_MAX_ESTIMATE goes straight to
+  the asynchronous export, without the document being built here.
+- `POST /api/me/export`: 202 with an export id; the exports cron builds the document in one
+  snapshot and stores it gzip-compressed (an open export is returned instead of a second one;
+  rate limited per user).
+- `GET /api/me/export/{export_id}`: that export's status; once ready, a short-lived presigned
+  URL to download it. Only the owner sees an export (anyone else gets 404).
+
+The document is the same in both ways (`shared.exports.build`). Direct answers stay under
+DIRECT_MAX_BYTES, which fits both platforms: Vercel's 4.5 MB response body and Lambda's 6 MB
+result document, whose body is base64 (4/3 larger) when gzip-compressed.
 """
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import Request
 from starlette.responses import Response
 
-from shared import db
+from shared import db, exports
 from shared.auth import CurrentUser
-from shared.contracts import account
+from shared.clock import iso_ms, utcnow
+from shared.config import get_settings
+from shared.contracts import compact
 from shared.http.app import create_app, lambda_handler
-from shared.http.responses import ok
-from shared.repositories import personal_data
+from shared.http.errors import ApiError, valid_or_400
+from shared.http.responses import PRIVATE_NO_STORE, ok
+from shared.models import DataExport
+from shared.ratelimit import limit_request
+from shared.repositories import data_exports, personal_data
 
 app = create_app(title="Data export", summary="Everything stored about the caller.")
 
+DIRECT_MAX_BYTES = 4_000_000  # a body this size fits Vercel (4.5 MB) and, base64, Lambda (6 MB)
+# Above this estimate the document is not even built here: building holds ~15x its size in
+# memory (30 MB of JSON peaked at 470 MB), more than this function's 512 MB can spare.
+DIRECT_BUILD_MAX_ESTIMATE = 16_000_000
+GZIP_FLOOR_BYTES = 1024  # below this, gzip's header costs more than it saves
+EXPORT_PATH = "/api/me/export"
+RATE_LIMITED = "Too many export requests. Try again in {retry_after} seconds."
+NOT_FOUND = "Export not found"
+INVALID_ID = "Invalid export ID"
+_EXPORT_ID = re.compile(r"c[0-9a-z]{24}")  # a cuid (shared.ids.new_cuid)
+NOT_CONFIGURED = "Exports are not available: storage is not configured"
 
-@app.get("/api/me/export", response_model=None)
-def export_me(user: CurrentUser) -> Response:
-    data = db.transaction(lambda s: personal_data.export(s, user.user_id))
-    return ok(
-        account.export(data),
-        headers={"Content-Disposition": 'attachment; filename="keyflash-export.json"'},
+
+def accepts_gzip(request: Request) -> bool:
+    """Whether Accept-Encoding lists gzip (or *) with a non-zero quality."""
+    for part in request.headers.get("accept-encoding", "").split(","):
+        coding, _, params = part.strip().partition(";")
+        quality = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        if coding.strip().lower() in ("gzip", "*"):
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _view(export: DataExport, now: datetime) -> dict[str, Any]:
+    settings = get_settings()
+    key = export.object_key if export.status == "ready" and settings.backup_bucket else None
+    url = exports.download_url(settings, key) if key else None
+    url_expires = now + timedelta(seconds=settings.export_url_ttl_s)
+    return compact(
+        {
+            "id": export.id,
+            "status": export.status,
+            "createdAt": iso_ms(export.created_at),
+            "finishedAt": iso_ms(export.finished_at) if export.finished_at else None,
+            "expiresAt": iso_ms(export.expires_at) if export.expires_at else None,
+            "bytes": export.bytes,
+            "gzipBytes": export.gzip_bytes,
+            "url": url,
+            "urlExpiresAt": iso_ms(url_expires) if url else None,
+        }
     )
+
+
+def _request_export(request: Request, user_id: str) -> Response:
+    settings = get_settings()
+    if not settings.backup_bucket:
+        raise ApiError(503, NOT_CONFIGURED)
+    limit_request(
+        request, "me_export", settings.export_requests_per_hour, RATE_LIMITED, user_id=user_id
+    )
+    now = utcnow()
+    requested = db.run(lambda s: data_exports.request(s, user_id, now=now))
+    location = f"{EXPORT_PATH}/{requested.export.id}"
+    return ok(
+        {"export": _view(requested.export, now)},
+        status=202,
+        headers={"Location": location, "Retry-After": "60"},
+    )
+
+
+@app.get(EXPORT_PATH, response_model=None)
+def export_me(request: Request, user: CurrentUser) -> Response:
+    estimate = db.run(lambda s: personal_data.estimated_bytes(s, user.user_id))
+    if estimate > DIRECT_BUILD_MAX_ESTIMATE:
+        return _request_export(request, user.user_id)
+    document = exports.build(user.user_id)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{exports.FILENAME}"',
+        "Cache-Control": PRIVATE_NO_STORE,
+        "Vary": "Accept-Encoding",
+    }
+    body = document
+    if accepts_gzip(request) and len(document) >= GZIP_FLOOR_BYTES:
+        body = exports.compress(document)
+        headers["Content-Encoding"] = "gzip"
+    if len(body) > DIRECT_MAX_BYTES:
+        return _request_export(request, user.user_id)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@app.post(EXPORT_PATH, response_model=None, status_code=202)
+def request_export(request: Request, user: CurrentUser) -> Response:
+    return _request_export(request, user.user_id)
+
+
+@app.get(EXPORT_PATH + "/{export_id}", response_model=None)
+def export_status(export_id: str, user: CurrentUser) -> Response:
+    valid = valid_or_400(export_id if _EXPORT_ID.fullmatch(export_id) else None, INVALID_ID)
+    now = utcnow()
+    found = db.run(lambda s: data_exports.get(s, user.user_id, valid, now=now))
+    if found is None:
+        raise ApiError(404, NOT_FOUND)
+    return ok({"export": _view(found, now)})
 
 
 handler = lambda_handler(app)

@@ -14,8 +14,9 @@ from typing import Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import auth, errors, storage
+from shared import auth, errors, exports, storage
 from shared.clock import utcnow
+from shared.config import get_settings
 from shared.repositories import personal_data, subscriptions, tombstones, users
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
@@ -112,6 +113,9 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
     repair job when Redis fails), this container stops treating the user as provisioned (their
     next call starts a fresh account) and the erasure is logged, with counts only."""
     storage.erase_legacy_user(user_id, None, None)
+    # Stored data exports: their rows went with the user (ON DELETE CASCADE); the objects go
+    # now or, when storage fails, at the exports cron's next sweep (no ready row names them).
+    exports_deleted = exports.delete_stored(get_settings(), user_id)
     auth.forget(user_id)
     log_event(
         "account_erased",
@@ -123,4 +127,5 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
         flagsUpdated=erasure.flags_updated,
         webhookEventsScrubbed=erasure.webhook_events_scrubbed,
         metricsScrubbed=erasure.metrics_scrubbed,
+        exportsDeleted=exports_deleted,
     )

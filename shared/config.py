@@ -54,6 +54,10 @@ EXAMPLES = {
     "BACKUP_BUCKET": "keyflash-backups",
     "BACKUP_PREFIX": "keyflash/",
     "BACKUP_KEEP": "7",
+    "EXPORT_PREFIX": "keyflash-exports/",
+    "EXPORT_TTL_DAYS": "7",
+    "EXPORT_URL_TTL_S": "300",
+    "EXPORT_REQUESTS_PER_HOUR": "5",
     "RETENTION_SEARCH_HISTORY_DAYS": "400 (0 keeps rows forever)",
     "RETENTION_API_USAGE_DAYS": "90 (0 keeps rows forever)",
     "RETENTION_WEBHOOK_EVENTS_DAYS": "30 (0 keeps rows forever)",
@@ -210,6 +214,14 @@ class Settings(BaseSettings):
     backup_bucket: str | None = None
     backup_prefix: str = "keyflash/"
     backup_keep: Annotated[int, Field(ge=1, le=1000)] = 7
+    # Data exports (POST /api/me/export, built by the exports cron) go to the same bucket under
+    # EXPORT_PREFIX (beside, never inside, BACKUP_PREFIX); each is kept EXPORT_TTL_DAYS and
+    # downloaded through a presigned URL valid EXPORT_URL_TTL_S. A user may ask for
+    # EXPORT_REQUESTS_PER_HOUR exports an hour (one open at a time).
+    export_prefix: str = "keyflash-exports/"
+    export_ttl_days: Annotated[int, Field(ge=1, le=90)] = 7
+    export_url_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 300
+    export_requests_per_hour: Annotated[int, Field(ge=1, le=1000)] = 5
     # Retention (the prune cron), in days; 0 keeps rows forever. Webhook events: processed only.
     retention_search_history_days: Annotated[int, Field(ge=0)] = 400
     retention_api_usage_days: Annotated[int, Field(ge=0)] = 90
@@ -219,6 +231,18 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION
+
+    @model_validator(mode="after")
+    def _separate_prefixes(self) -> Settings:
+        """Backup pruning deletes every folder under BACKUP_PREFIX it did not write, so exports
+        must live elsewhere in the bucket."""
+        backup, export = self.backup_prefix, self.export_prefix
+        if not export or export.startswith(backup) or backup.startswith(export):
+            raise ValueError(
+                "EXPORT_PREFIX must be a non-empty prefix outside BACKUP_PREFIX (and not "
+                "containing it), e.g. EXPORT_PREFIX=keyflash-exports/ with BACKUP_PREFIX=keyflash/"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:

@@ -397,10 +397,50 @@ class SearchDailyRollup(Base):
 class AccountTombstone(Base):
     """Addition: an erased account's trial, under a keyed HMAC of its Clerk id or its email
     (never the values), so that erasing and signing in again continues the trial instead of
-    starting a new one (`shared.repositories.tombstones`). The erasure's one retention exception."""
+    starting a new one (`shared.repositories.tombstones`). A retention exception of the erasure."""
 
     __tablename__ = "account_tombstones"
 
     key: Mapped[str] = mapped_column("key", Text, primary_key=True)
     trial_ends_at: Mapped[datetime] = mapped_column("trialEndsAt", UTCDateTime())
     keywords_used: Mapped[int] = mapped_column("keywordsUsed", Integer)
+
+
+class DataExport(Base):
+    """Addition: one asynchronous export of a user's personal data (the exports cron builds it).
+
+    `pending` → `running` → `ready` (the gzip document at `objectKey` until `expiresAt`) or
+    `failed`. At most one open (pending or running) export per user; rows go with the user.
+    """
+
+    __tablename__ = "data_exports"
+    __table_args__ = (
+        Index(
+            "data_exports_one_open_per_user",
+            "userId",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+        Index("data_exports_status_createdAt_idx", "status", "createdAt"),
+        CheckConstraint(
+            "status IN ('pending', 'running', 'ready', 'failed')", name="data_exports_status_check"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        "userId",
+        Text,
+        ForeignKey("users.id", name="data_exports_userId_fkey", ondelete="CASCADE"),
+    )
+    status: Mapped[str] = mapped_column("status", Text)
+    object_key: Mapped[str | None] = mapped_column("objectKey", Text)
+    bytes: Mapped[int | None] = mapped_column("bytes", BigInteger)
+    gzip_bytes: Mapped[int | None] = mapped_column("gzipBytes", BigInteger)
+    attempts: Mapped[int] = mapped_column("attempts", Integer, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column("error", Text)
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column("startedAt", UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column("finishedAt", UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column("expiresAt", UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())

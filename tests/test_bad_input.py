@@ -24,7 +24,7 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +39,7 @@ from shared.http.openapi import dependency_calls
 from tests.support import catalog
 from tests.support.cron import asgi_call, configure
 from tests.support.http import Caller, Keys, Result
+from tests.support.s3 import mock_s3
 
 USER = "user_bad_input"
 ADMIN = "user_bad_input_admin"
@@ -461,19 +462,21 @@ def database_url(direct_database_url: str, clean_tables: None) -> str:
 
 
 @pytest.fixture
-def keys(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
+def keys(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Keys]:
     """`api_env` plus an admin, billing on and both webhook secrets (so webhooks refuse
-    unsigned input with 400 rather than 503/500 for a missing configuration), and an unlimited
-    trial (so valid keyword searches are served, not refused by the quota)."""
-    configure(
-        monkeypatch,
-        ADMIN_USER_IDS=ADMIN,
-        BILLING_ENABLED="true",
-        TRIAL_KEYWORD_LIMIT=1_000_000_000,
-        STRIPE_WEBHOOK_SECRET="whsec_bad_input",
-        CLERK_WEBHOOK_SECRET="whsec_YmFkLWlucHV0LWtleWZsYXNoLWNsZXJrLXNlY3JldA==",
-    )
-    return api_env
+    unsigned input with 400 rather than 503/500 for a missing configuration), an unlimited
+    trial (so valid keyword searches are served, not refused by the quota) and moto's S3 for
+    exports (an erasure deletes the user's stored exports)."""
+    with mock_s3(monkeypatch):
+        configure(
+            monkeypatch,
+            ADMIN_USER_IDS=ADMIN,
+            BILLING_ENABLED="true",
+            TRIAL_KEYWORD_LIMIT=1_000_000_000,
+            STRIPE_WEBHOOK_SECRET="whsec_bad_input",
+            CLERK_WEBHOOK_SECRET="whsec_YmFkLWlucHV0LWtleWZsYXNoLWNsZXJrLXNlY3JldA==",
+        )
+        yield api_env
 
 
 # ----------------------------------------------------------------------------------- calling
@@ -525,6 +528,10 @@ def prepare(route: Route, call: Caller) -> Target:
         created = call("admin_flags", "POST", "/api/admin/flags", user=ADMIN, json_body=body)
         assert created.status == 201, created.text
         path = path.replace("{key}", body["key"])
+    if "{export_id}" in path:
+        created = call("me_export", "POST", "/api/me/export", user=user)
+        assert created.status == 202, created.text
+        path = path.replace("{export_id}", created.json["export"]["id"])
     assert "{" not in path, f"teach prepare() to create what {route} names"
     return Target(path, user, valid_body(route), dict(VALID_QUERIES.get(str(route), {})))
 

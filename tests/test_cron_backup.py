@@ -21,41 +21,18 @@ from devkit.migrate import upgrade_head
 from shared.cron import backup
 from shared.cron.runner import LEASE_HELD, run_job
 from tests.support.cron import BudgetContext, configure, count
+from tests.support.s3 import BUCKET, PREFIX, mock_s3
 from tests.test_cron_jobs import overlapping_runs
 
-BUCKET = "keyflash-backups-test"
-PREFIX = "kf/"
 NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 ScratchDatabase = Callable[[], str]
-
-
-def mock_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A moto S3 with the backup bucket; the app configured to back up into it."""
-    from moto import mock_aws
-
-    configure(
-        monkeypatch,
-        BACKUP_BUCKET=BUCKET,
-        BACKUP_PREFIX=PREFIX,
-        BACKUP_KEEP=2,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_SESSION_TOKEN="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL_S3=None,
-    )
-    with mock_aws():
-        import boto3
-
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 @pytest.fixture
 def s3(db_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """S3 for tests of the job, which takes its lease through the lane's URL."""
-    yield from mock_s3(monkeypatch)
+    with mock_s3(monkeypatch) as client:
+        yield client
 
 
 @pytest.fixture
@@ -71,7 +48,8 @@ def direct_s3(
         monkeypatch, DATABASE_URL=direct_database_url, DIRECT_DATABASE_URL=direct_database_url
     )
     dispose_engine()
-    yield from mock_s3(monkeypatch)
+    with mock_s3(monkeypatch) as client:
+        yield client
     dispose_engine()
     get_settings.cache_clear()
 
@@ -165,6 +143,13 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
         """INSERT INTO legacy_repairs (key, kind, "userId", attempts, error, "updatedAt")
            VALUES ('user:user1', 'user', 'user1', 3, %s, %s)""",
         (AWKWARD, t0),
+    )
+    conn.execute(
+        """INSERT INTO data_exports (id, "userId", status, "objectKey", bytes, "gzipBytes",
+               attempts, error, "createdAt", "startedAt", "finishedAt", "expiresAt", "updatedAt")
+           VALUES ('exp1', 'user1', 'ready', 'keyflash-exports/user1/exp1.json.gz', 12345678,
+                   275000, 1, NULL, %s, %s, %s, %s, %s)""",
+        (t0, t0, t0, t0, t0),
     )
     conn.execute(
         """INSERT INTO cron_leases (job, holder, "expiresAt", state, "updatedAt")
@@ -279,7 +264,7 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
         for t in ("users", "saved_searches", "search_history", "api_usage", "webhook_events",
                   "feature_flags", "system_metrics", "legacy_repairs", "search_daily_rollups",
                   "keyword_reservations", "erased_billing_customers", "legacy_counter_deltas",
-                  "account_tombstones")
+                  "account_tombstones", "data_exports")
     ) + 2  # and cron_leases in the snapshot: rollup's row and this run's own lease  # fmt: skip
     assert first["deletedBackups"] == ["20200101T000000000Z"]  # interrupted: no manifest
     stored = keys(s3)

@@ -37,7 +37,7 @@ PRISMA_TABLES = {
 }
 # the dual-write outbox and owed counter deltas (shared.storage); cron leases and daily search
 # rollups (shared.cron); erased Stripe customers (shared.billing); keyword reservations; the
-# erasure's tombstones
+# erasure's tombstones; asynchronous data exports (shared.exports)
 OUR_TABLES = {
     "legacy_repairs",
     "legacy_counter_deltas",
@@ -46,6 +46,7 @@ OUR_TABLES = {
     "erased_billing_customers",
     "keyword_reservations",
     "account_tombstones",
+    "data_exports",
 }
 POOLED_URL = "postgresql://u:secretpw@ep-x-123-pooler.eu-central-1.aws.neon.tech/db"
 FLAGGED_POOLER_URL = "postgresql://u:secretpw@127.0.0.1:6432/db?pgbouncer=true"

@@ -48,6 +48,7 @@ from devkit.upstash_emulator import UpstashEmulator
 from shared.auth import require_admin
 from shared.http.openapi import dependency_calls
 from tests.support.http import Keys, app_environment, make_token
+from tests.support.s3 import mock_s3
 
 # Fuzzing examples per operation, on top of the examples and coverage cases. Parameterless
 # operations (GET /api/me) run out of distinct inputs long before this.
@@ -116,7 +117,7 @@ def sessions(
         "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
         "CLERK_WEBHOOK_SECRET": CLERK_SECRET,
     }
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, mock_s3(patch):  # exports are stored in S3
         for name, value in env.items():
             patch.setenv(name, value)
         config.get_settings.cache_clear()

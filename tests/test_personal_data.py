@@ -201,6 +201,7 @@ KEPT_WITH_REASON = {
     "keyword_reservations": "transient: a row lives only until its search is recorded, fails "
     "or the reconcile_reservations cron gives it back (minutes); cascade on erasure",
     "account_tombstones": "erasure's retention exception: keyed HMACs, a trial end, a count",
+    "data_exports": "deleted by the exports cron once expiresAt passes; with the user on erasure",
 }
 
 
@@ -501,6 +502,8 @@ EXPORTED_OTHERWISE = {
     "the counts themselves are in the exported user row",
     "keyword_reservations": "transient quota holds of searches in flight (minutes); the "
     "counters they hold are in `user`",
+    "data_exports": "the export requests themselves (status, sizes, storage key of the export "
+    "being delivered); nothing about the person beyond the user id",
 }
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?")
 

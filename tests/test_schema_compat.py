@@ -213,6 +213,37 @@ DOCUMENTED_ADDITIONS.update(
     }
 )
 
+# Data exports (shared.exports, the exports cron): our own table; rows go with their user.
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table data_exports": {"kind": "table"},
+        **{
+            f"column data_exports.{name}": {"type": type_, "nullable": nullable}
+            for name, type_, nullable in (
+                ("id", "text", False),
+                ("userId", "text", False),
+                ("status", "text", False),
+                ("objectKey", "text", True),
+                ("bytes", "bigint", True),
+                ("gzipBytes", "bigint", True),
+                ("attempts", "integer", False),
+                ("error", "text", True),
+                ("createdAt", TIMESTAMP3, False),
+                ("startedAt", TIMESTAMP3, True),
+                ("finishedAt", TIMESTAMP3, True),
+                ("expiresAt", TIMESTAMP3, True),
+                ("updatedAt", TIMESTAMP3, False),
+            )
+        },
+        "constraint data_exports_pkey": {"table": "data_exports", "type": "PRIMARY KEY"},
+        "constraint data_exports_status_check": {"table": "data_exports", "type": "CHECK"},
+        "constraint data_exports_userId_fkey": {"table": "data_exports", "type": "FOREIGN KEY"},
+        "index data_exports_pkey": {"table": "data_exports"},
+        "index data_exports_one_open_per_user": {"table": "data_exports"},
+        "index data_exports_status_createdAt_idx": {"table": "data_exports"},
+    }
+)
+
 
 def prisma_reference_sql() -> str:
     """The DDL Prisma's schema engine generates for the original schema (`devkit/prisma_ddl.py`)."""

@@ -13,7 +13,7 @@ the queries, which the other lanes and styles share.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from devkit import gateway
 from shared import db, flags
 from shared.repositories import feature_flags
 from tests.support.http import Caller, Keys, Result
+from tests.support.s3 import mock_s3
 
 Route = tuple[str, str]  # (method, FastAPI path template)
 ROUTES: list[tuple[str, str, str]] = gateway.route_table(gateway.load_all())
@@ -75,12 +76,13 @@ class World:
     b_search: str
     a_history: list[str]  # A's search_history ids
     a_cursor: str  # a `nextCursor` from A's history
+    a_export: str  # A's open data export
     conn: psycopg.Connection[Any]
 
     def a_markers(self) -> list[str]:
         """Strings that would only appear in an answer that leaked something of A's."""
         return [
-            self.a.user_id, self.a.email, *self.a_searches, *self.a_history,
+            self.a.user_id, self.a.email, *self.a_searches, *self.a_history, self.a_export,
             "alpha secret list", "alphakeyword",
         ]  # fmt: skip
 
@@ -104,9 +106,17 @@ def search(tenant: Tenant, keyword: str) -> None:
 
 
 @pytest.fixture
-def world(api_env: Keys, admin_conn: psycopg.Connection[Any]) -> World:
-    """A with two saved searches, two keyword searches and a flag naming them; B with one saved
-    search and one keyword search. Made through the API, as the tenants themselves would."""
+def storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto's S3: B's erasure deletes B's stored exports."""
+    with mock_s3(monkeypatch) as client:
+        yield client
+
+
+@pytest.fixture
+def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> World:
+    """A with two saved searches, two keyword searches, a flag naming them and an open data
+    export; B with one saved search and one keyword search. Made through the API, as the
+    tenants themselves would."""
     call = Caller("lambda_v2", api_env)
     suffix = uuid.uuid4().hex[:8]
     a = Tenant(f"tenant_a_{suffix}", f"alice.{suffix}@example.com", call)
@@ -133,7 +143,10 @@ def world(api_env: Keys, admin_conn: psycopg.Connection[Any]) -> World:
             'SELECT id FROM search_history WHERE "userId" = %s', (a.user_id,)
         )
     ]
-    return World(a, b, a_searches, b_search, a_history, history["nextCursor"], admin_conn)
+    export = a("me_export", "POST", "/api/me/export")
+    assert export.status == 202, export.text
+    a_export = export.json["export"]["id"]
+    return World(a, b, a_searches, b_search, a_history, history["nextCursor"], a_export, admin_conn)
 
 
 def user_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -278,6 +291,23 @@ def probe_export(w: World) -> None:
     assert_nothing_of_a(w, result)
 
 
+def probe_request_export(w: World) -> None:
+    """B's export request opens B's own export, not A's open one."""
+    result = w.b("me_export", "POST", "/api/me/export")
+    assert result.status == 202, result.text
+    assert result.json["export"]["id"] != w.a_export
+    assert_nothing_of_a(w, result)
+
+
+def probe_export_status(w: World) -> None:
+    """A's export id answers B the same 404 as an id that does not exist."""
+    missing = w.b("me_export", "GET", "/api/me/export/c" + "0" * 24)
+    assert missing.status == 404
+    attempt = w.b("me_export", "GET", f"/api/me/export/{w.a_export}")
+    assert_same_answer(attempt, missing)
+    assert_nothing_of_a(w, attempt)
+
+
 def probe_flags(w: World) -> None:
     """A flag that names A (on for A: see `world`) is off for B, and B's answer does not name A."""
     result = w.b("flags", "GET", "/api/flags")
@@ -311,6 +341,8 @@ PROBES: dict[Route, Callable[[World], None]] = {
     ("GET", "/api/me"): probe_me,
     ("DELETE", "/api/me"): probe_erase,
     ("GET", "/api/me/export"): probe_export,
+    ("POST", "/api/me/export"): probe_request_export,
+    ("GET", "/api/me/export/{export_id}"): probe_export_status,
     ("GET", "/api/flags"): probe_flags,
     **{
         (method, path): _admin_probe(method, path)

@@ -18,7 +18,7 @@ into an EMPTY database migrated to the same revision, in one transaction, checki
 row count and checksum. The schema has no sequences (ids are client-side cuids/UUIDs); a table
 with one would also need `setval` after loading.
 
-boto3 is imported on first use, so the cron's cold start does not pay for it.
+boto3 is imported on first use (`shared.s3`), so the cron's cold start does not pay for it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from shared.clock import iso_ms
 from shared.config import ConfigurationError, get_settings
 from shared.cron.runner import Job, Run, run_job
 from shared.db_url import parse_database_url, redact_url
+from shared.s3 import S3Client, s3_client
 from shared.telemetry import log_event
 
 FORMAT = "keyflash-backup/1"
@@ -50,8 +51,6 @@ MANIFEST = "manifest.json"
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts: at least 5 MiB except the last
 _COMPRESS_EVERY = 256 * 1024  # raw bytes gathered before each zlib call
 _CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the budget
-
-S3Client = Any  # botocore's client is generated at run time; there are no static types
 
 
 class BackupError(RuntimeError):
@@ -102,13 +101,6 @@ def _connect(url: str) -> psycopg.Connection[Any]:
         application_name=f"{settings.db_application_name}-backup",
         prepare_threshold=None,
     )
-
-
-def s3_client() -> S3Client:
-    """A boto3 S3 client (credentials, region and AWS_ENDPOINT_URL_S3 from the environment)."""
-    import boto3  # type: ignore[import-untyped]  # lazily: only when a backup runs
-
-    return boto3.client("s3")
 
 
 # --------------------------------------------------------------------------- the schema

@@ -7,12 +7,11 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from shared.contracts import compact
+
+__all__ = ["PRIVATE_NO_STORE", "compact", "ok"]
+
 PRIVATE_NO_STORE = "private, no-cache, no-store, must-revalidate"
-
-
-def compact(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop keys whose value is None: the original omits absent keys rather than sending null."""
-    return {key: value for key, value in fields.items() if value is not None}
 
 
 def ok(

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg.pq import TransactionStatus
 from sqlalchemy import delete, func, insert, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from shared.clock import utcnow
 from shared.errors import SavedSearchLimitError, UserNotFoundError
@@ -117,10 +117,15 @@ def list_for_user(
     limit: int = MAX_PER_USER,
     cursor: Cursor | None = None,
 ) -> Page[SavedSearch]:
-    """Most recently updated first (the original API's order), keyset on (updatedAt, id)."""
+    """Most recently updated first (the original API's order), keyset on (updatedAt, id).
+
+    `results` is not loaded (raising if touched): the list answers summaries, and 50 searches'
+    results could be tens of megabytes in memory."""
     return keyset_page(
         session,
-        select(SavedSearch).where(SavedSearch.user_id == user_id),
+        select(SavedSearch)
+        .where(SavedSearch.user_id == user_id)
+        .options(defer(SavedSearch.results, raiseload=True)),
         time_column=SavedSearch.updated_at,
         id_column=SavedSearch.id,
         cursor_of=lambda row: (row.updated_at, row.id),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import gzip
 import importlib
 import json
 import threading
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from starlette.testclient import TestClient
 
-from devkit import events
+from devkit import events, platform_limits
 from devkit.upstash_emulator import UpstashEmulator
 
 ISSUER = "https://clerk.keyflash.test"
@@ -109,15 +110,29 @@ def api_env(
 class Result:
     status: int
     headers: dict[str, str]
-    text: str
+    text: str  # the body, decompressed when it came gzip-encoded
+    raw: bytes = b""  # the body as sent
 
     @property
     def json(self) -> Any:
         return json.loads(self.text) if self.text else None
 
 
+def _decoded(headers: dict[str, str], raw: bytes) -> str:
+    if headers.get("content-encoding") == "gzip":
+        raw = gzip.decompress(raw)
+    return raw.decode()
+
+
+def _refused(refusal: platform_limits.Refusal) -> Result:
+    return Result(refusal.status, dict(refusal.headers), refusal.body.decode(), refusal.body)
+
+
 class Caller:
-    """Invoke a function module's `handler` (with a real Lambda event) or its `app` (over HTTP)."""
+    """Invoke a function module's `handler` (with a real Lambda event) or its `app` (over HTTP).
+
+    Requests and responses pass through the platforms' payload limits (`KEYFLASH_PLATFORM`,
+    default both): over a limit the caller gets the platform's refusal, as deployed."""
 
     def __init__(self, style: str, keys: Keys) -> None:
         self.style = style
@@ -148,15 +163,24 @@ class Caller:
         if json_body is not None:
             body = json.dumps(json_body)
             all_headers.setdefault("content-type", "application/json")
+        raw_body = body.encode() if isinstance(body, str) else (body or b"")
         if self.style == "asgi":
+            refusal = platform_limits.request_refusal(raw_body)
+            if refusal is not None:
+                return _refused(refusal)
             peer = (source_ip, 50000) if source_ip else ("testclient", 50000)
-            with TestClient(
-                loaded.app, base_url="https://api.keyflash.test", client=peer
-            ) as client:
-                response = client.request(
+            with (
+                TestClient(loaded.app, base_url="https://api.keyflash.test", client=peer) as client,
+                client.stream(
                     method, path, content=body, headers=all_headers, params=query
-                )
-            return Result(response.status_code, dict(response.headers), response.text)
+                ) as response,
+            ):
+                sent = b"".join(response.iter_raw())
+                out = dict(response.headers)
+            refusal = platform_limits.response_refusal(response.status_code, out, sent)
+            if refusal is not None:
+                return _refused(refusal)
+            return Result(response.status_code, out, _decoded(out, sent), sent)
         if threading.current_thread() is not threading.main_thread():
             # Mangum uses the thread's event loop; Lambda runs one invocation per process.
             try:
@@ -166,16 +190,23 @@ class Caller:
         build = events.http_api_v2 if self.style == "lambda_v2" else events.rest_api_v1
         peer_ip = {"source_ip": source_ip} if source_ip else {}
         event = build(method, path, headers=all_headers, query=query, body=body, **peer_ip)
+        refusal = platform_limits.request_refusal(raw_body, event_bytes=len(json.dumps(event)))
+        if refusal is not None:
+            return _refused(refusal)
         raw = loaded.handler(event, events.lambda_context(module))
         text = raw.get("body") or ""
-        if raw.get("isBase64Encoded"):
-            text = base64.b64decode(text).decode()
+        sent = base64.b64decode(text) if raw.get("isBase64Encoded") else text.encode()
         headers_out = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
         for name, values in (raw.get("multiValueHeaders") or {}).items():
             headers_out[name.lower()] = ", ".join(values)
         if raw.get("cookies"):
             headers_out["set-cookie"] = ", ".join(raw["cookies"])
-        return Result(raw["statusCode"], headers_out, text)
+        refusal = platform_limits.response_refusal(
+            raw["statusCode"], headers_out, sent, result_bytes=len(json.dumps(raw))
+        )
+        if refusal is not None:
+            return _refused(refusal)
+        return Result(raw["statusCode"], headers_out, _decoded(headers_out, sent), sent)
 
 
 @pytest.fixture(params=STYLES)

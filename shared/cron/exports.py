@@ -1,0 +1,109 @@
+"""Data exports (every 5 minutes): build what users asked for, expire the old, sweep the rest.
+
+Each run, while the budget allows:
+1. claims the oldest pending export (or one whose runner died: running for longer than a cron
+   invocation can live), builds the user's document in one snapshot (`shared.exports.build`),
+   gzips it and stores it in BACKUP_BUCKET under EXPORT_PREFIX, then marks it ready for
+   EXPORT_TTL_DAYS. An export that failed MAX_ATTEMPTS times is marked failed;
+2. deletes expired export rows, then every object under EXPORT_PREFIX that no ready export
+   names and that is older than an hour (expired exports, exports of erased users whose
+   immediate deletion failed, leftovers of a crashed run).
+
+An erasure during a build deletes the row (ON DELETE CASCADE); `finish` then finds nothing to
+mark and the job deletes the object it just stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from shared import db, exports
+from shared.clock import utcnow
+from shared.cron.runner import Job, Run
+from shared.repositories import data_exports
+from shared.s3 import S3Client, s3_client
+from shared.telemetry import log_event
+
+MAX_ATTEMPTS = 3
+STALE_AFTER = timedelta(minutes=20)  # longer than a cron invocation may run (15 min)
+SWEEP_GRACE = timedelta(hours=1)  # an object younger than this may belong to a running build
+
+
+class ExportError(RuntimeError):
+    """The exports cron cannot run; the message says what to configure."""
+
+
+def export_one(run: Run, s3: S3Client) -> bool:
+    """Claim and build one export; False when none is waiting."""
+    settings = run.settings
+    bucket = str(settings.backup_bucket)
+    claimed = db.run(lambda s: data_exports.claim(s, now=utcnow(), stale_after=STALE_AFTER))
+    if claimed is None:
+        return False
+    ttl = timedelta(days=settings.export_ttl_days)
+    if claimed.attempts > MAX_ATTEMPTS:
+        db.run(lambda s: data_exports.fail(s, claimed.id, error="attempts", now=utcnow(), ttl=ttl))
+        run.extra["failed"] = run.extra.get("failed", 0) + 1
+        return True
+    key = exports.object_key(settings, claimed.user_id, claimed.id)
+    document = exports.build(claimed.user_id)
+    compressed = exports.compress(document)
+    exports.store(s3, bucket, key, compressed)
+    started_at = claimed.started_at
+    assert started_at is not None  # claim sets it
+    finished = db.run(
+        lambda s: data_exports.finish(
+            s, claimed.id, started_at=started_at, object_key=key, raw_bytes=len(document),
+            gzip_bytes=len(compressed), now=utcnow(), ttl=ttl,
+        )
+    )  # fmt: skip
+    if not finished:  # erased (or taken for dead) meanwhile: keep nothing of it
+        exports.delete_keys(s3, bucket, [key])
+        run.extra["discarded"] = run.extra.get("discarded", 0) + 1
+    run.processed += 1
+    run.extra["bytes"] = run.extra.get("bytes", 0) + len(document)
+    run.extra["gzipBytes"] = run.extra.get("gzipBytes", 0) + len(compressed)
+    return True
+
+
+def sweep(run: Run, s3: S3Client) -> int:
+    """Delete expired exports and every unnamed object older than SWEEP_GRACE; objects deleted."""
+    settings = run.settings
+    bucket = str(settings.backup_bucket)
+    run.extra["expired"] = db.run(lambda s: data_exports.expire(s, now=run.now))
+    live = db.run(data_exports.live_keys)
+    cutoff = run.now - SWEEP_GRACE
+    doomed = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=settings.export_prefix
+        )
+        for item in page.get("Contents", [])
+        if item["Key"] not in live and item["LastModified"] < cutoff
+    ]
+    exports.delete_keys(s3, bucket, doomed)
+    return len(doomed)
+
+
+def export_data(run: Run) -> None:
+    if not run.settings.backup_bucket:
+        raise ExportError("BACKUP_BUCKET is not set: name the S3 bucket exports are stored in")
+    s3 = s3_client()
+    while run.has_time():
+        try:
+            with run.batch():
+                if not export_one(run, s3):
+                    break
+        except db.DatabaseUnavailableError:
+            raise
+        except Exception as error:  # one user's export failing must not stop the others
+            log_event("data_export_failed", level=logging.ERROR, error=type(error).__name__)
+            run.extra["errors"] = run.extra.get("errors", 0) + 1
+            break  # the claim stays running; it is retried once stale, up to MAX_ATTEMPTS
+    if run.has_time():
+        with run.batch():
+            run.extra["swept"] = sweep(run, s3)
+
+
+JOB = Job("exports", export_data)

@@ -1,0 +1,159 @@
+"""Data exports: asking for one, the cron claiming and finishing it, expiry.
+
+Every change is one statement. Asking is an `INSERT … ON CONFLICT` on the partial unique index
+(one open export per user), so a double click or two racing requests get the same export. The
+cron claims with `FOR UPDATE SKIP LOCKED` and finishes only a row still `running` under its own
+claim: an erasure that removed the row meanwhile (ON DELETE CASCADE) is noticed, and the job
+deletes the object it just stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.ids import new_cuid
+from shared.models import DataExport
+from shared.telemetry import database_operation
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    export: DataExport
+    created: bool  # False: the user's open export was returned instead
+
+
+@database_operation("requestDataExport")
+def request(session: Session, user_id: str, *, now: datetime) -> Requested:
+    """A new pending export for the user, or their open one (one statement)."""
+    table = DataExport.__table__
+    statement = (
+        insert(DataExport)
+        .values(
+            id=new_cuid(),
+            user_id=user_id,
+            status="pending",
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_update(
+            index_elements=[table.c.userId],
+            # A literal: a bound parameter could not match the index's predicate once the
+            # statement is prepared (a generic plan knows no values).
+            index_where=text("status IN ('pending', 'running')"),
+            set_={"userId": table.c.userId},  # no change: only to return the open row
+        )
+        .returning(DataExport, text("(xmax = 0) AS created"))
+    )
+    row = session.execute(statement).one()
+    return Requested(row[0], bool(row[1]))
+
+
+@database_operation("getDataExport")
+def get(session: Session, user_id: str, export_id: str, *, now: datetime) -> DataExport | None:
+    """The user's export `export_id` unless it has expired; another user's is None too."""
+    return session.scalars(
+        select(DataExport).where(
+            DataExport.id == export_id,
+            DataExport.user_id == user_id,
+            or_(DataExport.expires_at.is_(None), DataExport.expires_at > now),
+        )
+    ).one_or_none()
+
+
+@database_operation("claimDataExport")
+def claim(session: Session, *, now: datetime, stale_after: timedelta) -> DataExport | None:
+    """The oldest pending export (or one whose runner died: running since before
+    `now - stale_after`), marked running by this caller; None when there is none."""
+    oldest = (
+        select(DataExport.id)
+        .where(
+            or_(
+                DataExport.status == "pending",
+                (DataExport.status == "running") & (DataExport.started_at < now - stale_after),
+            )
+        )
+        .order_by(DataExport.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return session.scalars(
+        update(DataExport)
+        .where(DataExport.id == oldest)
+        .values(status="running", started_at=now, attempts=DataExport.attempts + 1, updated_at=now)
+        .returning(DataExport),
+        execution_options={"synchronize_session": False},
+    ).one_or_none()
+
+
+@database_operation("finishDataExport")
+def finish(
+    session: Session,
+    export_id: str,
+    *,
+    started_at: datetime,
+    object_key: str,
+    raw_bytes: int,
+    gzip_bytes: int,
+    now: datetime,
+    ttl: timedelta,
+) -> bool:
+    """Mark the claimed export ready; False when it is no longer this claim's (erased, or
+    claimed again after being taken for dead): the caller then deletes what it stored."""
+    done = session.execute(
+        update(DataExport)
+        .where(
+            DataExport.id == export_id,
+            DataExport.status == "running",
+            DataExport.started_at == started_at,
+        )
+        .values(
+            status="ready",
+            object_key=object_key,
+            bytes=raw_bytes,
+            gzip_bytes=gzip_bytes,
+            finished_at=now,
+            expires_at=now + ttl,
+            error=None,
+            updated_at=now,
+        )
+        .returning(DataExport.id),
+        execution_options={"synchronize_session": False},
+    ).first()
+    return done is not None
+
+
+@database_operation("failDataExport")
+def fail(session: Session, export_id: str, *, error: str, now: datetime, ttl: timedelta) -> None:
+    """Mark the export failed (kept, like a ready one, until it expires)."""
+    session.execute(
+        update(DataExport)
+        .where(DataExport.id == export_id, DataExport.status == "running")
+        .values(
+            status="failed", error=error, finished_at=now, expires_at=now + ttl, updated_at=now
+        ),
+        execution_options={"synchronize_session": False},
+    )
+
+
+@database_operation("expireDataExports")
+def expire(session: Session, *, now: datetime) -> int:
+    """Delete every export past its `expiresAt`; the number deleted."""
+    result = session.execute(
+        delete(DataExport).where(DataExport.expires_at <= now),
+        execution_options={"synchronize_session": False},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+@database_operation("liveDataExportKeys")
+def live_keys(session: Session) -> set[str]:
+    """The object keys of every ready export: any other object under the prefix is garbage."""
+    keys = session.scalars(select(DataExport.object_key).where(DataExport.status == "ready"))
+    return {key for key in keys if key is not None}

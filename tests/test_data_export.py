@@ -1,0 +1,539 @@
+"""The data export for accounts of any size, under the platforms' payload limits.
+
+A heavy account is generated in the database (tens of thousands of history and API-usage rows,
+50 saved searches with large `results`, text with emoji, CJK, quotes and control characters).
+Calls go through the test client, which refuses what Lambda or Vercel would refuse
+(`devkit.platform_limits`), so an answer over a limit fails these tests as it fails deployed.
+S3 is moto; Postgres and Redis are real.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from starlette.responses import JSONResponse
+
+from devkit import gateway, platform_limits
+from functions import me_export
+from shared import config, db, exports
+from shared.clock import utcnow
+from shared.contracts import account
+from shared.cron import exports as exports_job
+from shared.cron.runner import run_job
+from shared.envelope import GENERIC_503
+from shared.repositories import (
+    data_exports,
+    feature_flags,
+    personal_data,
+    search_history,
+    users,
+)
+from tests.support.cron import configure
+from tests.support.http import Caller, Keys, Result
+from tests.support.s3 import BUCKET, mock_s3
+
+HEAVY = "user_heavy"
+HISTORY_ROWS = 30_000
+USAGE_ROWS = 30_000
+SAVED_SEARCHES = 50
+RESULTS_PER_SEARCH = 400
+# Style of the test client → the platform it imitates.
+PLATFORM_OF = {"lambda_v2": "lambda", "asgi": "vercel"}
+
+
+def generate_heavy_account(conn: psycopg.Connection[Any], user_id: str = HEAVY) -> None:
+    """Rows shaped like production's: what a PRO user at 1,000 searches a month stores in
+    2.5 years. Text is md5-derived (so gzip cannot shrink it to nothing) with unicode mixed in."""
+    conn.execute(
+        """INSERT INTO users (id, email, tier, "keywordSearchesThisMonth", "keywordSearchesTotal",
+                              "monthlyResetAt", "createdAt", "updatedAt")
+           VALUES (%s, %s, 'PRO', 900, 30000, now(), now() - interval '900 days', now())""",
+        [user_id, f"{user_id}+ünï@example.com"],
+    )
+    conn.execute(
+        """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
+               provider, "cacheHit", "responseTime", "keywordCount", "avgVolume", "totalVolume",
+               "searchedAt", "userAgent", "ipAddress")
+           SELECT 'h' || i, %s,
+                  ARRAY[md5(i::text), 'café ☕ ' || left(md5((i + 1)::text), 12), '"q" 検索 🚀'],
+                  'US', 'en', 'phrase', 'dataforseo', i %% 3 = 0, 100 + i %% 900, 3,
+                  i %% 10000, (i %% 10000) * 3,
+                  now() - make_interval(mins => i),
+                  'Mozilla/5.0 (X11; Linux x86_64) ' || md5(i::text),
+                  '198.51.100.' || (i %% 250)
+             FROM generate_series(1, %s) AS i""",
+        [user_id, HISTORY_ROWS],
+    )
+    conn.execute(
+        """INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration,
+               "ipAddress", "userAgent", timestamp)
+           SELECT 'u' || i, %s, '/api/keywords', 'POST', 200, i %% 700, '2001:db8::' || (i %% 999),
+                  'KeyFlash/1.0 ' || md5(i::text) || md5((i * 7)::text),
+                  now() - make_interval(mins => i)
+             FROM generate_series(1, %s) AS i""",
+        [user_id, USAGE_ROWS],
+    )
+    conn.execute(
+        """INSERT INTO saved_searches (id, "userId", name, keywords, location, language,
+               "matchType", "keywordCount", "createdAt", "updatedAt", "lastAccessedAt",
+               description, results, "resultCount")
+           SELECT gen_random_uuid()::text, %s, 'Search ' || s || ' 🧪', ARRAY[md5(s::text)], 'US',
+                  'en', 'exact', 1, now() - make_interval(days => s), now(), now(),
+                  E'line\\nbreak \\u0007 ' || md5(s::text),
+                  (SELECT jsonb_agg(jsonb_build_object(
+                      'keyword', md5((s * 1000 + r)::text) || ' ünï',
+                      'searchVolume', r * 10, 'difficulty', r %% 100, 'cpc', r / 7.0,
+                      'competition', 'medium', 'intent', 'commercial',
+                      'trends', (SELECT jsonb_agg(jsonb_build_object(
+                                    'month', m, 'year', 2026, 'volume', r * m))
+                                   FROM generate_series(1, 12) AS m)))
+                     FROM generate_series(1, %s) AS r),
+                  %s
+             FROM generate_series(1, %s) AS s""",
+        [user_id, RESULTS_PER_SEARCH, RESULTS_PER_SEARCH, SAVED_SEARCHES],
+    )
+
+
+def todays_document(user_id: str) -> Any:
+    """The document `GET /api/me/export` answered before exports existed: the snapshot's
+    rows through the export contract, rendered by the JSON response the API has always used."""
+    data = db.transaction(lambda s: personal_data.export(s, user_id))
+    return json.loads(JSONResponse(account.export(data)).body)
+
+
+@pytest.fixture
+def storage(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto S3 with the bucket exports share with backups; the app configured for it."""
+    with mock_s3(monkeypatch) as client:
+        yield client
+
+
+@pytest.fixture(params=sorted(PLATFORM_OF))
+def platform_call(
+    request: pytest.FixtureRequest, api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> Caller:
+    """A caller in the given style, imitating that style's platform only."""
+    monkeypatch.setenv(platform_limits.VARIABLE, PLATFORM_OF[request.param])
+    return Caller(request.param, api_env)
+
+
+def stored_document(s3: Any, url: str) -> tuple[bytes, dict[str, Any]]:
+    """The object a presigned URL names, fetched with the client (moto serves no HTTP)."""
+    parts = urlsplit(url)
+    key = parts.path.removeprefix(f"/{BUCKET}/")
+    if parts.netloc.startswith(f"{BUCKET}."):
+        key = parts.path.removeprefix("/")
+    found = s3.get_object(Bucket=BUCKET, Key=key)
+    return gzip.decompress(found["Body"].read()), found
+
+
+def run_exports(**options: Any) -> dict[str, Any]:
+    return run_job(exports_job.JOB, options=options)
+
+
+def assert_within_limits(result: Result) -> None:
+    assert "x-vercel-error" not in result.headers, result.text
+    assert result.text != '{"message":"Internal Server Error"}'
+
+
+# --------------------------------------------------------------------------- the heavy account
+
+
+def test_the_heavy_account_exports_whole_within_each_platforms_limits(
+    platform_call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    call = platform_call
+    generate_heavy_account(admin_conn)
+    direct = call(
+        "me_export", "GET", "/api/me/export", user=HEAVY, headers={"accept-encoding": "gzip"}
+    )
+    assert_within_limits(direct)
+    assert direct.status == 202, direct.text  # too large even compressed: exported instead
+    export = direct.json["export"]
+    assert export["status"] == "pending"
+    assert direct.headers["location"] == f"/api/me/export/{export['id']}"
+
+    summary = run_exports()
+    assert summary["processed"] == 1 and summary["complete"], summary
+    expected = todays_document(HEAVY)
+
+    status = call("me_export", "GET", f"/api/me/export/{export['id']}", user=HEAVY)
+    assert_within_limits(status)
+    assert status.status == 200, status.text
+    ready = status.json["export"]
+    assert ready["status"] == "ready"
+    document, stored = stored_document(storage, ready["url"])
+    assert json.loads(document) == expected  # the same contents as the direct answer had
+    assert stored["ContentLength"] == ready["gzipBytes"]
+    # Today's failure: the document is larger than either platform carries in one answer.
+    assert len(document) == ready["bytes"] > platform_limits.LAMBDA_PAYLOAD_MAX
+    assert len(expected["searchHistory"]) == HISTORY_ROWS
+    assert len(expected["apiUsage"]) >= USAGE_ROWS
+    assert len(expected["savedSearches"]) == SAVED_SEARCHES
+
+
+def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
+    platform_call: Caller,
+    storage: Any,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every GET route of every function, called for (and as the admin who is) the heaviest
+    account: none may answer more than the imitated platform carries."""
+    call = platform_call
+    configure(monkeypatch, ADMIN_USER_IDS=HEAVY)
+    generate_heavy_account(admin_conn)
+    db.run(
+        lambda s: feature_flags.create(
+            s, "beta", feature_flags.FlagValues(enabled=True, allowed_users=(HEAVY,))
+        )
+    )
+    requested = db.run(lambda s: data_exports.request(s, HEAVY, now=utcnow()))
+    search_id = admin_conn.execute(
+        'SELECT id FROM saved_searches WHERE "userId" = %s LIMIT 1', [HEAVY]
+    ).fetchone()
+    assert search_id is not None
+    values = {"search_id": search_id[0], "key": "beta", "export_id": requested.export.id}
+    called = []
+    for method, path, function in gateway.route_table(gateway.load_all()):
+        if method != "GET":
+            continue
+        concrete = path.format(**values)
+        result = call(function, "GET", concrete, user=HEAVY, headers={"accept-encoding": "gzip"})
+        assert_within_limits(result)
+        assert result.status < 500, (concrete, result.status, result.text[:300])
+        called.append(concrete)
+    assert "/api/me/export" in called and "/api/searches" in called
+    assert f"/api/searches/{search_id[0]}" in called
+
+
+# --------------------------------------------------------------------------- direct answers
+
+
+def test_a_small_export_is_answered_directly_and_gzipped_when_accepted(call: Caller) -> None:
+    db.run(lambda s: users.create(s, "user_small", "small@example.com"))
+    search = search_history.NewSearch("user_small", ["k"], "US", "en", "exact", "mock", False, 5)
+    for _ in range(10):  # past the gzip floor, far below any limit
+        db.run(lambda s: search_history.record(s, search=search))
+    plain = call("me_export", "GET", "/api/me/export", user="user_small",
+                 headers={"accept-encoding": "identity"})  # fmt: skip
+    assert plain.status == 200, plain.text
+    assert "content-encoding" not in plain.headers
+    assert plain.json["user"]["id"] == "user_small"
+    assert plain.headers["content-disposition"] == 'attachment; filename="keyflash-export.json"'
+    assert plain.headers["vary"] == "Accept-Encoding"
+    zipped = call("me_export", "GET", "/api/me/export", user="user_small",
+                  headers={"accept-encoding": "br;q=1.0, gzip;q=0.5"})  # fmt: skip
+    assert zipped.status == 200
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.raw[:2] == b"\x1f\x8b" and len(zipped.raw) < len(zipped.text.encode())
+    assert json.loads(zipped.text)["user"] == plain.json["user"]
+
+
+def test_an_answer_over_the_direct_limit_becomes_an_asynchronous_export(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    monkeypatch.setattr(me_export, "DIRECT_MAX_BYTES", 100)  # this small user's document: ~600
+    result = call("me_export", "GET", "/api/me/export", user="user_a")
+    assert result.status == 202 and result.json["export"]["status"] == "pending"
+
+
+def test_an_account_estimated_too_large_is_never_built_in_the_request(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    search = search_history.NewSearch("user_a", ["k" * 90], "US", "en", "exact", "mock", False, 5)
+    db.run(lambda s: search_history.record(s, search=search))
+    assert 90 < db.run(lambda s: personal_data.estimated_bytes(s, "user_a")) < 1000
+    monkeypatch.setattr(me_export, "DIRECT_BUILD_MAX_ESTIMATE", 90)
+
+    def never(user_id: str) -> bytes:
+        raise AssertionError("the document must not be built in the request")
+
+    monkeypatch.setattr(exports, "build", never)
+    result = call("me_export", "GET", "/api/me/export", user="user_a")
+    assert result.status == 202, result.text
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [("gzip", True), ("GZIP ; q=0.1", True), ("*", True), ("gzip;q=0", False),
+     ("deflate, br", False), ("gzip;q=abc", False), ("", False)],
+)  # fmt: skip
+def test_accept_encoding_is_read_with_its_quality(header: str, accepted: bool) -> None:
+    from starlette.requests import Request
+
+    scope = {"type": "http", "headers": [(b"accept-encoding", header.encode())]}
+    assert me_export.accepts_gzip(Request(scope)) is accepted
+
+
+# --------------------------------------------------------------------------- asynchronous exports
+
+
+def test_an_export_is_built_stored_and_downloaded_by_its_owner_only(
+    call: Caller, storage: Any
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    asked = call("me_export", "POST", "/api/me/export", user="user_a")
+    assert asked.status == 202, asked.text
+    export_id = asked.json["export"]["id"]
+    again = call("me_export", "POST", "/api/me/export", user="user_a")
+    assert again.json["export"]["id"] == export_id  # one open export at a time
+    pending = call("me_export", "GET", f"/api/me/export/{export_id}", user="user_a")
+    assert pending.json["export"]["status"] == "pending" and "url" not in pending.json["export"]
+    other = call("me_export", "GET", f"/api/me/export/{export_id}", user="user_b")
+    assert other.status == 404 and other.json["message"] == me_export.NOT_FOUND
+
+    assert run_exports()["processed"] == 1
+    expected = todays_document("user_a")
+    ready = call("me_export", "GET", f"/api/me/export/{export_id}", user="user_a").json["export"]
+    assert ready["status"] == "ready" and ready["expiresAt"] > ready["finishedAt"]
+    document, stored = stored_document(storage, ready["url"])
+    assert json.loads(document) == expected
+    assert stored["ContentType"] == "application/gzip"
+    assert "X-Amz-Expires=300" in ready["url"] or "Expires=" in ready["url"]
+    assert call("me_export", "GET", f"/api/me/export/{export_id}", user="user_b").status == 404
+    # Finished: the next request starts a new export.
+    fresh = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]
+    assert fresh["id"] != export_id
+
+
+def test_racing_requests_get_one_open_export(db_env: str) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(_: int) -> tuple[str, bool]:
+        done = db.run(lambda s: data_exports.request(s, "user_a", now=utcnow()))
+        return done.export.id, done.created
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(ask, range(12)))
+    assert len({export_id for export_id, _ in answers}) == 1
+    assert sum(created for _, created in answers) == 1
+
+
+def test_exports_are_rate_limited_per_user(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, RATE_LIMIT_ENABLED="true", EXPORT_REQUESTS_PER_HOUR="2")
+    user = f"user_rl_{uuid.uuid4().hex[:12]}"  # the Redis emulator outlives the test
+    db.run(lambda s: users.create(s, user, f"{user}@example.com"))
+    statuses = [call("me_export", "POST", "/api/me/export", user=user).status for _ in range(3)]
+    assert statuses == [202, 202, 429]
+    refused = call("me_export", "POST", "/api/me/export", user=user)
+    assert refused.json["error"] == "Rate Limit Exceeded" and "retry-after" in refused.headers
+
+
+def test_without_storage_an_export_is_a_clear_503(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, BACKUP_BUCKET=None)
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    result = call("me_export", "POST", "/api/me/export", user="user_a")
+    assert result.status == 503
+    assert set(result.json) == {"error", "message", "statusCode", "timestamp"}
+    assert result.json["message"] == GENERIC_503  # 5xx never explain the server's setup
+
+
+def test_export_routes_require_auth(call: Caller) -> None:
+    for method, path in (("POST", "/api/me/export"), ("GET", "/api/me/export/abc")):
+        assert call("me_export", method, path).status == 401
+
+
+def test_a_malformed_export_id_is_a_400_and_an_unknown_one_a_404(call: Caller) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    for bad in ("abc", "c" + "0" * 23 + "%00", "C" + "a" * 24, "c" + "a" * 25):
+        result = call("me_export", "GET", f"/api/me/export/{bad}", user="user_a")
+        assert result.status == 400 and result.json["message"] == me_export.INVALID_ID, bad
+    unknown = call("me_export", "GET", "/api/me/export/c" + "a" * 24, user="user_a")
+    assert unknown.status == 404
+
+
+def test_expired_exports_disappear_from_the_api_the_table_and_storage(
+    call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    run_exports()
+    assert len(storage.list_objects_v2(Bucket=BUCKET).get("Contents", [])) == 1
+    later = utcnow() + timedelta(days=config.get_settings().export_ttl_days, hours=2)
+    admin_conn.execute("UPDATE data_exports SET \"expiresAt\" = now() - interval '1 second'")
+    assert call("me_export", "GET", f"/api/me/export/{export_id}", user="user_a").status == 404
+    summary = run_job(exports_job.JOB, now=later)
+    assert summary["expired"] == 1 and summary["swept"] == 1
+    assert storage.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    assert admin_conn.execute("SELECT count(*) FROM data_exports").fetchone() == (0,)
+
+
+def test_an_export_failing_again_and_again_is_marked_failed(
+    storage: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    requested = db.run(lambda s: data_exports.request(s, "user_a", now=utcnow()))
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(exports, "store", broken)
+    for attempt in range(exports_job.MAX_ATTEMPTS):
+        summary = run_exports()
+        assert summary["errors"] == 1, (attempt, summary)
+        admin_conn.execute(  # the run died long ago: its claim is stale
+            """UPDATE data_exports SET "startedAt" = now() - interval '1 hour'"""
+        )
+    summary = run_exports()
+    assert summary["failed"] == 1
+    row = admin_conn.execute(
+        "SELECT status, attempts, error FROM data_exports WHERE id = %s", [requested.export.id]
+    ).fetchone()
+    assert row == ("failed", exports_job.MAX_ATTEMPTS + 1, "attempts")
+
+
+def test_the_job_needs_a_bucket(db_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, BACKUP_BUCKET=None)
+    with pytest.raises(exports_job.ExportError, match="BACKUP_BUCKET"):
+        run_exports()
+
+
+@pytest.mark.parametrize(("backup", "export"), [("keyflash/", "keyflash/exports/"),
+                                               ("", "exports/"), ("keyflash/", "")])  # fmt: skip
+def test_an_export_prefix_overlapping_the_backup_prefix_is_refused(
+    db_env: str, monkeypatch: pytest.MonkeyPatch, backup: str, export: str
+) -> None:
+    """Backup pruning deletes folders it did not write under its prefix: exports stay out."""
+    configure(monkeypatch, BACKUP_PREFIX=backup, EXPORT_PREFIX=export)
+    with pytest.raises(config.ConfigurationError, match="EXPORT_PREFIX must be"):
+        config.get_settings()
+    configure(monkeypatch, BACKUP_PREFIX=None, EXPORT_PREFIX=None)
+
+
+# --------------------------------------------------------------------------- erasure
+
+
+def test_erasure_deletes_the_users_stored_and_pending_exports_only(
+    call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    for user in ("user_a", "user_b"):
+        db.run(lambda s, u=user: users.create(s, u, f"{u}@example.com"))
+        call("me_export", "POST", "/api/me/export", user=user)
+    run_exports()
+    call("me_export", "POST", "/api/me/export", user="user_a")  # and one still pending
+    assert admin_conn.execute("SELECT count(*) FROM data_exports").fetchone() == (3,)
+
+    assert call("me", "DELETE", "/api/me", user="user_a",
+                headers={"origin": "http://localhost:3000"}).status == 200  # fmt: skip
+    left = [item["Key"] for item in storage.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert len(left) == 1 and "/user_b/" in left[0]
+    owners = admin_conn.execute('SELECT "userId" FROM data_exports').fetchall()
+    assert owners == [("user_b",)]
+
+
+def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    call("me_export", "POST", "/api/me/export", user="user_a")
+    run_exports()
+
+    def unreachable() -> Any:
+        raise OSError("storage unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(exports, "s3_client", unreachable)
+        erased = call("me", "DELETE", "/api/me", user="user_a",
+                      headers={"origin": "http://localhost:3000"})  # fmt: skip
+    assert erased.status == 200  # the erasure itself never waits on storage
+    assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 1
+    summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
+    assert summary["swept"] == 1
+    assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+def test_an_export_finished_after_its_user_was_erased_is_discarded(
+    storage: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda s: data_exports.request(s, "user_a", now=utcnow()))
+    real_store = exports.store
+
+    def store_then_erase(*args: Any) -> None:
+        real_store(*args)  # the document is in storage; now the user is erased
+        admin_conn.execute("DELETE FROM users WHERE id = 'user_a'")
+
+    monkeypatch.setattr(exports, "store", store_then_erase)
+    summary = run_exports()
+    assert summary["discarded"] == 1
+    assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+# --------------------------------------------------------------------------- other bounded answers
+
+
+def utf8_json(value: Any) -> bytes:
+    """JSON as browsers send it: UTF-8, not \\u-escaped."""
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def test_a_saved_search_at_the_request_cap_fits_either_platforms_response(call: Caller) -> None:
+    """Results are stored as sent, and a request body is capped (under 1 MB): a saved search as
+    large as a request can make comes back whole, well within both limits."""
+    result = {
+        "keyword": "検索🚀" * 40, "searchVolume": 1e15, "difficulty": 99.99999, "cpc": 1.5,
+        "competition": "medium", "intent": "transactional",
+        "trends": [{"month": 1 + m % 12, "year": 2000 + m, "volume": 1e12 + m} for m in range(24)],
+    }  # fmt: skip
+    body: dict[str, Any] = {
+        "name": "biggest",
+        "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"},
+        "results": [result] * (950_000 // (len(utf8_json(result)) + 1)),
+    }
+    created = call("searches", "POST", "/api/searches", user="user_a", body=utf8_json(body),
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert created.status == 201, created.text[:300]
+    search_id = created.json["search"]["id"]
+    got = call("search_item", "GET", f"/api/searches/{search_id}", user="user_a",
+               headers={"accept-encoding": "identity"})  # fmt: skip
+    assert got.status == 200 and got.json["search"]["results"] == body["results"]
+    assert len(got.raw) < 1_100_000
+    listed = call("searches", "GET", "/api/searches", user="user_a")
+    assert listed.status == 200 and "results" not in listed.json["searches"][0]
+
+
+def test_a_history_page_of_the_largest_rows_is_cut_by_bytes_and_loses_nothing(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """100 rows of 200 keywords of 100 CJK characters (60 KB each) would be 6 MB in one page:
+    the page stops at its byte budget and the cursor carries on, every row once."""
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    admin_conn.execute(
+        """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
+               provider, "responseTime", "searchedAt")
+           SELECT 'big' || i, 'user_a',
+                  (SELECT array_agg(repeat('検', 99) || k) FROM generate_series(1, 200) AS k),
+                  'US', 'en', 'exact', 'mock', 5, now() - make_interval(secs => i)
+             FROM generate_series(1, 100) AS i"""
+    )
+    seen: list[str] = []
+    query = {"limit": "100"}
+    pages = 0
+    while True:
+        page = call("history", "GET", "/api/history", user="user_a", query=query,
+                    headers={"accept-encoding": "identity"})  # fmt: skip
+        assert page.status == 200, page.text[:200]
+        assert len(page.raw) < platform_limits.VERCEL_BODY_MAX
+        seen += [item["id"] for item in page.json["history"]]
+        pages += 1
+        if "nextCursor" not in page.json:
+            break
+        query = {"limit": "100", "cursor": page.json["nextCursor"]}
+    assert pages > 1
+    assert seen == [f"big{i}" for i in range(1, 101)]
