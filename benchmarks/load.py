@@ -1,4 +1,4 @@
-"""`python -m benchmarks.load`: N concurrent HTTP clients, for a fixed time (throughput, §5).
+"""`python -m benchmarks.load`: N concurrent HTTP clients, for a fixed time (throughput).
 
 Reads `{url, tokens, body, seconds, warmup}` as JSON on stdin; each client (an asyncio task
 with its own keep-alive connection and its own user's token) posts the same keyword search back

@@ -7,13 +7,14 @@ DATABASE_URL).
 backfill: SCAN (MATCH + COUNT) each legacy key family, checking TYPE before reading: users first
 (`user:*`, with their real usage counters), then saved searches (`saved-search:*`, owners must
 exist), then the index sets (`saved-searches:*`, only to report members without an item). Each
-record is validated with the original's read schema and mapped (spec §4.5); batches are written
-with one multi-row upsert each, keeping original ids, and a second run changes nothing. Records
-that cannot be copied (invalid, orphaned, or conflicting with another row's unique email or
-Stripe id) are quarantined into the JSON report with the reason; nothing aborts the run and
-nothing in Redis is modified. After every committed batch a checkpoint (phase, SCAN cursor,
-report so far) is written, so an interrupted run continues where it stopped; SCAN guarantees
-every key present throughout is returned, possibly twice, which the upserts absorb.
+record is validated with the original's read schema and mapped
+(docs/original-app.md#redis-to-postgres-field-mapping); batches are written with one multi-row
+upsert each, keeping original ids, and a second run changes nothing. Records that cannot be copied
+(invalid, orphaned, or conflicting with another row's unique email or Stripe id) are quarantined
+into the JSON report with the reason; nothing aborts the run and nothing in Redis is modified. After
+every committed batch a checkpoint (phase, SCAN cursor, report so far) is written, so an interrupted
+run continues where it stopped; SCAN guarantees every key present throughout is returned, possibly
+twice, which the upserts absorb.
 
 verify: compares every valid legacy record with its Postgres row and reports each difference.
 repair: copies Postgres's state to Redis for the keys the dual-write outbox still lists.
@@ -513,7 +514,8 @@ def _set_members(client: Redis, sets: Sequence[str], report: BackfillReport) -> 
 
 
 def _check_indexes(client: Redis, names: Sequence[str], report: BackfillReport) -> int:
-    """Index members without an item are orphans (spec §4.5): reported, nothing to copy."""
+    """Index members without an item are orphans
+    (docs/original-app.md#redis-to-postgres-field-mapping): reported, nothing to copy."""
     sets = []
     for name, kind in zip(names, _types(client, names), strict=True):
         if kind == "set" and keys.index_owner_of(name):

@@ -1,4 +1,5 @@
-"""GET /api/health: database, Redis and provider checks (spec §7.1, plus the database).
+"""GET /api/health: database, Redis and provider checks (docs/original-app.md#health-report, plus
+the database).
 
 `healthy` (200) when every check passes, `unhealthy` (503) when none does, else `degraded` (207).
 The database is checked at most once per HEALTH_DB_MAX_AGE_S per container (the answer says

@@ -1,4 +1,5 @@
-"""POST /api/keywords: keyword metrics, metered per keyword (spec §2.1, §3).
+"""POST /api/keywords: keyword metrics, metered per keyword (docs/original-app.md#post-apikeywords,
+#tiers-trials-and-quotas).
 
 Order: rate limit → body → auth → ONE statement that gets-or-creates the user, reserves the
 keywords against the quota and writes the reservation row → cache → provider → ONE statement
@@ -8,7 +9,7 @@ function is killed first, the reservation expires and the reconcile_reservations
 back. The provider must answer by the invocation's end minus a margin (see `provider_deadline`).
 docs/keyword-search.md describes each answer.
 
-Fixes over the original (spec §10.2, §10.3, §10.13): the quota check and increment are one
+Fixes over the original (docs/original-app.md#d2, #d3, #d13): the quota check and increment are one
 atomic statement (`used + n <= limit`, no overshoot); the cache key includes the provider;
 cached rows come back in the request's order; `cacheHealthy` reports whether the write really
 succeeded; an open circuit answers 503 with `Retry-After`, provider failures 502, and upstream

@@ -1,4 +1,5 @@
-"""GET, PUT, DELETE /api/searches/{id}: one of the caller's saved searches (spec §2.4).
+"""GET, PUT, DELETE /api/searches/{id}: one of the caller's saved searches
+(docs/original-app.md#saved-searches-apisearches).
 
 Another user's search answers 404 exactly like a missing one, so existence never leaks.
 """

@@ -1,4 +1,5 @@
-"""GET, POST /api/searches: list and create the caller's saved searches (spec §2.4)."""
+"""GET, POST /api/searches: list and create the caller's saved searches
+(docs/original-app.md#saved-searches-apisearches)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""POST /api/webhooks/stripe: Stripe's billing events (spec §2.6, §5), each applied exactly once.
+"""POST /api/webhooks/stripe: Stripe's billing events (docs/original-app.md#post-apiwebhooksstripe,
+#stripe-webhook-handling), each applied exactly once.
 
 - Order of checks (the original's): billing off → 503; STRIPE_WEBHOOK_SECRET unset → 500
   (generic); no `stripe-signature` → 400 `Missing signature`; a signature that does not match
@@ -8,7 +9,7 @@
 - Processing is `shared.billing.handle`: claim, effect and "processed" in one
   transaction. A replay answers `{received: true, duplicate: true}`; any failure rolls back,
   is recorded in the ledger and answers 503 (database unavailable) or 500, so Stripe retries
-  (fixes spec §10.4: the original kept its mark on failure and lost the event).
+  (fixes docs/original-app.md#d4: the original kept its mark on failure and lost the event).
 - 200s carry only the platform headers (`API-Version`, request id), like the original's.
 - No `api_usage` row: deliveries are not API calls; the webhook ledger records each one.
 """

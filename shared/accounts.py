@@ -27,7 +27,8 @@ SyncOutcome = Literal["created", "updated", "unchanged", "stale"]
 
 
 def placeholder_email(user_id: str) -> str:
-    """What we store when Clerk gives no email (the original's fallback, spec §10.19)."""
+    """What we store when Clerk gives no email (the original's fallback,
+    docs/original-app.md#d19)."""
     return f"{user_id}@{PLACEHOLDER_DOMAIN}"
 
 

@@ -5,7 +5,8 @@ the retry cron (`process_event`, with an event id from the ledger). Either way O
 claims the event in `webhook_events`, applies its effect and marks it processed; a concurrent
 delivery of the same event waits on the claimed row and then sees it processed. On any failure
 the transaction rolls back (no partial change) and the attempt and error are recorded in a
-statement of their own, so Stripe's retry, or the cron, runs the event again (spec §10.4).
+statement of their own, so Stripe's retry, or the cron, runs the event again
+(docs/original-app.md#d4).
 
 The rules are docs/billing.md's; in short:
 - `subscriptionStatus` is Stripe's status. `active`, `trialing`, `past_due` → PRO; `unpaid`,
@@ -21,10 +22,10 @@ Which event applies to which subscription, and in which order, is decided in
 `shared.repositories.subscriptions`.
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
-arrive before checkout links the customer (spec §10.5), so the event is retried until the link
-exists, unless the customer was erased: then it is recorded as processed, without its payload.
-Stored payloads keep only the fields read here (ids, statuses, times, the plan, and checkout's
-email for the fallback lookup), never whole Stripe objects.
+arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until
+the link exists, unless the customer was erased: then it is recorded as processed, without its
+payload. Stored payloads keep only the fields read here (ids, statuses, times, the plan, and
+checkout's email for the fallback lookup), never whole Stripe objects.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Any Redis failure (down, slower than `REDIS_TIMEOUT_S`, bad data) is logged and behaves as a
 miss, so the cache can only make a request faster, never fail it. `PRIVACY_MODE=true` turns the
-keyword caches off entirely (spec §4.4). There is no flush: the Redis database is shared with
-users, usage and rate limits (spec §10.13).
+keyword caches off entirely (docs/original-app.md#caching-and-privacy-mode). There is no flush: the
+Redis database is shared with users, usage and rate limits (docs/original-app.md#d13).
 """
 
 from __future__ import annotations

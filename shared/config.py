@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     # Unset: RATE_LIMIT_HMAC_SECRET is used; one of the two is required in production.
     account_hmac_secret: str | None = None
 
-    # Billing and quotas (spec §3): FREE is the 7-day trial, PRO and ENTERPRISE are monthly.
+    # Billing and quotas (docs/original-app.md#tiers-trials-and-quotas): FREE is the 7-day trial,
+    # PRO and ENTERPRISE are monthly.
     billing_enabled: bool = False
     trial_keyword_limit: Annotated[int, Field(ge=0)] = 300
     pro_monthly_limit: Annotated[int, Field(ge=0)] = 1000
@@ -190,7 +191,8 @@ class Settings(BaseSettings):
     provider_deadline_margin_s: Annotated[float, Field(ge=0, le=60)] = 3.0
     keyword_reservation_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 300
 
-    # Stripe (spec §2.5, §5): webhook signing secret (whsec_…), API key and the PRO price id.
+    # Stripe (docs/original-app.md#post-apicheckout, #stripe-webhook-handling): webhook signing
+    # secret (whsec_…), API key and the PRO price id.
     stripe_webhook_secret: str | None = None
     stripe_secret_key: str | None = None
     stripe_price_pro: str | None = None

@@ -7,10 +7,11 @@ Python attributes are snake_case; columns keep Prisma's quoted camelCase names.
 Like the Prisma client, our code (not the database) sets `id` and `updatedAt`.
 
 Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps working):
-- `users."trialStartedAt"`: the legacy Redis user record carries it (spec §3.1).
+- `users."trialStartedAt"`: the legacy Redis user record carries it
+(docs/original-app.md#user-service-operations).
 - `saved_searches.description`, `results` (JSONB), `"lastRunAt"`, `"resultCount"`: the legacy
-  saved-search record carries them (spec §4.2).
-- `users_email_lower_key`: emails are unique case-insensitively (spec §10.10).
+  saved-search record carries them (docs/original-app.md#saved-search-record).
+- `users_email_lower_key`: emails are unique case-insensitively (docs/original-app.md#d10).
 - `users_tier_trialEndsAt_idx`: serves the expired-trial lookup.
 - `feature_flags_rolloutPercent_check`: `rolloutPercent` BETWEEN 0 AND 100.
 - table `legacy_repairs`: the dual-write outbox of the Redis → Postgres migration.

@@ -1,4 +1,5 @@
-"""Keyword quotas per tier (spec §3, §10.3, §10.11): one place that says what a tier may use.
+"""Keyword quotas per tier (docs/original-app.md#tiers-trials-and-quotas, #d3, #d11): one place that
+says what a tier may use.
 
 FREE is the 7-day trial: `TRIAL_KEYWORD_LIMIT` (300) keywords for the whole trial, counted by
 `keywordSearchesTotal`, which never resets. PRO and ENTERPRISE get `PRO_MONTHLY_LIMIT` (1,000)

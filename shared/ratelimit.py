@@ -1,7 +1,7 @@
 """Rate limiting: fixed one-hour windows in Upstash Redis, one round trip per check.
 
-Fixes over the original (spec §10.1, §10.16): counters are namespaced per endpoint and per
-identity (the user id when signed in, else client IP + an HMAC of the user agent), so ten health
+Fixes over the original (docs/original-app.md#d1, #d16): counters are namespaced per endpoint and
+per identity (the user id when signed in, else client IP + an HMAC of the user agent), so ten health
 checks no longer spend the keyword budget; a missing HMAC secret is a startup error in production
 and a generated one (with a warning) elsewhere; when Redis is down or slower than
 `REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default) instead of a 500.
@@ -72,7 +72,8 @@ def _generated_secret() -> str:
 
 
 def identity(user_id: str | None, ip: str | None, user_agent: str, settings: Settings) -> str:
-    """`u:{user id}` when signed in, else `ip:{ip}:{hmac8(user agent)}` (spec §4.3)."""
+    """`u:{user id}` when signed in, else `ip:{ip}:{hmac8(user agent)}`
+    (docs/original-app.md#rate-limiting)."""
     if user_id:
         return keys.signed_in(user_id)
     secret = settings.rate_limit_hmac_secret or _generated_secret()

@@ -1,6 +1,7 @@
 """Where users, usage and saved searches live during the Redis → Postgres migration.
 
-`STORAGE_MODE` picks the phase (spec §1, the original's docs/DATABASE.md plan):
+`STORAGE_MODE` picks the phase (docs/original-app.md#original-prisma-schema, the original's
+docs/DATABASE.md plan):
 - `postgres` (default, phase 3): Postgres only, through `shared.repositories`; Redis keeps only
   caches and rate limits. Behaviour is exactly that of the repositories called directly.
 - `dual` (phase 1): writes go to both stores and reads come from Redis, in the original layout

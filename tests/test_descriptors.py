@@ -1,4 +1,4 @@
-"""functions/, serverless.yml and vercel.json in step (DESIGN §5).
+"""functions/, serverless.yml and vercel.json in step.
 
 The source of truth is the code: every module in functions/ is a deployable unit, and its
 FastAPI app's routes are what both platforms must route to it. From them this test derives

@@ -1,4 +1,5 @@
-"""GET /api/health (spec §7.1 plus the database check), rate limited at 60/h per client."""
+"""GET /api/health (docs/original-app.md#health-report plus the database check), rate limited at
+60/h per client."""
 
 from __future__ import annotations
 

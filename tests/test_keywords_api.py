@@ -1,4 +1,5 @@
-"""POST /api/keywords (spec §2.1, §3) through the Lambda handler and HTTP, on both lanes."""
+"""POST /api/keywords (docs/original-app.md#post-apikeywords, #tiers-trials-and-quotas) through the
+Lambda handler and HTTP, on both lanes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Backfill and verify: the original Redis layout (spec §4) copied into Postgres (devkit.legacy).
+"""Backfill and verify: the original Redis layout (docs/original-app.md#redis-layout) copied into
+Postgres (devkit.legacy).
 
 The legacy data is written in the original layout through the real upstash-redis SDK into the
 Upstash emulator, and read back the same way. The large dataset (2,000 users, 20,000 saved
@@ -341,7 +342,8 @@ def test_saved_searches_keep_their_ids_and_read_back_as_the_original_record(
     rows = db.run(lambda s: saved_searches_by_id(s, [legacy_id, modern_id]))
     assert rows[legacy_id]["resultCount"] == 1 and rows[legacy_id]["keywordCount"] == 2
     assert rows[legacy_id]["lastAccessedAt"] == rows[legacy_id]["lastRunAt"]
-    assert rows[modern_id]["language"] == "en"  # absent in Redis (spec §4.5)
+    # Absent in Redis (docs/original-app.md#redis-to-postgres-field-mapping).
+    assert rows[modern_id]["language"] == "en"
     assert rows[modern_id]["results"] is None and rows[modern_id]["resultCount"] is None
 
     from shared.legacy.mapping import orm, saved_search_row

@@ -169,7 +169,8 @@ def test_ip_storage_none_stores_no_address_at_all(
 def test_a_full_ip_reaches_redis_only_in_hour_long_rate_limit_counters(
     api_env: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Anonymous callers are rate limited by address (spec §8: IPs only in a 1 h store)."""
+    """Anonymous callers are rate limited by address (docs/original-app.md#security-rules: IPs only
+    in a 1 h store)."""
     configure(monkeypatch, RATE_LIMIT_ENABLED="true", RATE_LIMIT_HMAC_SECRET="h" * 32)
     ip = f"203.0.113.{uuid.uuid4().int % 200 + 20}"  # the emulator is shared: a fresh address
     caller = Caller("lambda_v2", api_env)
@@ -373,7 +374,8 @@ NOT_USER_KEYS = {
     "signed_in": "the rate limiter's identity of a user: part of their `rate_limit` keys",
     "is_users_rate_limit": "matcher (erasure)",
 }
-# Spec §4.1 key families that are never about one user (shared caches, event ids).
+# docs/original-app.md#key-table key families that are never about one user (shared caches, event
+# ids).
 SHARED_KEY_FAMILIES = {
     "kw:": "keyword cache: keyed by keywords and provider, shared by all users",
     "related:": "related-keyword cache (not served by this port)",

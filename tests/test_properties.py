@@ -1,9 +1,10 @@
 """Property tests (hypothesis) for the input contracts and the quota arithmetic.
 
 Each validator is checked against an *oracle*: the documented rule written out independently
-(spec §2.1, §2.4), so "accepted" and "refused with this message" are both predicted for any
-input, not only for hand-picked ones. The oracle's whitespace is ECMAScript's (the original ran
-on zod/JS), derived from the Unicode database here rather than copied from the code under test.
+(docs/original-app.md#post-apikeywords, #saved-searches-apisearches), so "accepted" and "refused
+with this message" are both predicted for any input, not only for hand-picked ones. The oracle's
+whitespace is ECMAScript's (the original ran on zod/JS), derived from the Unicode database here
+rather than copied from the code under test.
 
 The quota rules are pure Python (clock, `shared.quotas`) plus one SQL statement per operation
 (`shared.repositories.users`): the pure parts get plain properties, the SQL gets a small
@@ -151,7 +152,8 @@ any_keyword = st.one_of(
 )
 
 
-# --- POST /api/keywords body (spec §2.1) --------------------------------------------------------
+# --- POST /api/keywords body (docs/original-app.md#post-apikeywords)
+# --------------------------------------------------------
 
 
 @PURE
@@ -253,7 +255,8 @@ def test_location_and_language_follow_the_documented_sets(
     assert revalidates_to_itself(model)
 
 
-# --- POST/PUT /api/searches bodies (spec §2.4) ---------------------------------------------------
+# --- POST/PUT /api/searches bodies (docs/original-app.md#saved-searches-apisearches)
+# ---------------------------------------------------
 
 
 def trimmed_length_verdict(raw: str, maximum: int, empty: str | None, too_long: str) -> str | None:

@@ -1,4 +1,5 @@
-"""/api/searches contract (spec §2.4) through Lambda v2, Lambda v1 and HTTP, on both lanes."""
+"""/api/searches contract (docs/original-app.md#saved-searches-apisearches) through Lambda v2,
+Lambda v1 and HTTP, on both lanes."""
 
 from __future__ import annotations
 

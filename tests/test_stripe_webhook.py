@@ -1,4 +1,5 @@
-"""POST /api/webhooks/stripe (spec §2.6, §5, §10.4, §10.5, §10.11) on a real Postgres, both lanes.
+"""POST /api/webhooks/stripe (docs/original-app.md#post-apiwebhooksstripe, #stripe-webhook-handling,
+#d4, #d5, #d11) on a real Postgres, both lanes.
 
 Deliveries are signed with stripe-python's own helper (`WebhookSignature.
 generate_signature_header`), so the function verifies exactly what Stripe would send.

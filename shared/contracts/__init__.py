@@ -1,4 +1,5 @@
-"""Request and response shapes of the original KeyFlash API (spec §2), with its messages."""
+"""Request and response shapes of the original KeyFlash API (docs/original-app.md#http-contract),
+with its messages."""
 
 from collections.abc import Mapping
 from typing import Any

@@ -1,4 +1,5 @@
-"""`POST /api/keywords` body (spec §2.1, KeywordSearchSchema) with the original messages.
+"""`POST /api/keywords` body (docs/original-app.md#post-apikeywords, KeywordSearchSchema) with the
+original messages.
 
 Beyond the original: a keyword loses every U+FEFF (a zero-width character that the original's
 `\\s` accepts but that is invisible, so the keyword a user sees is the one without it; DataForSEO

@@ -1,7 +1,8 @@
-"""`/api/searches` contract (spec §2.4): bodies, id rule, and the record's JSON shape.
+"""`/api/searches` contract (docs/original-app.md#saved-searches-apisearches): bodies, id rule, and
+the record's JSON shape.
 
-Fix (spec §10.9): saved results are not re-validated on read, so a stored record can never turn
-into a 503 on GET; the write rules are the original's.
+Fix (docs/original-app.md#d9): saved results are not re-validated on read, so a stored record can
+never turn into a 503 on GET; the write rules are the original's.
 """
 
 from __future__ import annotations

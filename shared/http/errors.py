@@ -1,8 +1,8 @@
 """The original API's error envelope `{error, message, statusCode, timestamp}` and its mapping.
 
-Fixes over the original (spec §10.15): the label comes from the status or is set explicitly,
-never sniffed from message text, so provider errors cannot surface as 429 with upstream text;
-5xx messages are always generic, details go to the log under the request id.
+Fixes over the original (docs/original-app.md#d15): the label comes from the status or is set
+explicitly, never sniffed from message text, so provider errors cannot surface as 429 with upstream
+text; 5xx messages are always generic, details go to the log under the request id.
 """
 
 from __future__ import annotations

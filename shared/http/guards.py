@@ -1,10 +1,10 @@
 """ASGI guards in front of every route: body size, CORS, CSRF.
 
 Pure ASGI (no per-request framework objects) because they run on every invocation.
-Fixes over the original (spec §10.15, §10.17): the 413 response does not echo the request's
-Content-Length; the CSRF cookie is readable by the frontend (the double-submit pattern needs
-that) and compared in constant time; CSRF 403s use the error envelope; requests authenticated by
-an `Authorization` header are exempt, since browsers never attach that header on their own, and
+Fixes over the original (docs/original-app.md#d15, #d17): the 413 response does not echo the
+request's Content-Length; the CSRF cookie is readable by the frontend (the double-submit pattern
+needs that) and compared in constant time; CSRF 403s use the error envelope; requests authenticated
+by an `Authorization` header are exempt, since browsers never attach that header on their own, and
 so are requests without the session cookie (no ambient credentials, nothing to forge).
 """
 

@@ -1,9 +1,10 @@
-"""The original app's Redis keys (spec §4.1), built in one place.
+"""The original app's Redis keys (docs/original-app.md#key-table), built in one place.
 
 Readers, the dual-write mirror, the backfill and erasure all use these builders, so they can
 never disagree on a key. This port's rate-limit counters are built here too: a signed-in
-user's counters name them, so erasure has to find them. Months and dates are UTC (spec §10.12:
-the original used server-local time for the month, which is UTC on Vercel).
+user's counters name them, so erasure has to find them. Months and dates are UTC
+(docs/original-app.md#d12: the original used server-local time for the month, which is UTC on
+Vercel).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Records of the original Redis layout ↔ Postgres rows (spec §4.5), in both directions.
+"""Records of the original Redis layout ↔ Postgres rows
+(docs/original-app.md#redis-to-postgres-field-mapping), in both directions.
 
 Redis → Postgres (backfill, on-demand import): rows are dicts keyed by *column* name, ready for
 a multi-row `INSERT`. Usage comes from the real counter keys, never the stale
@@ -28,8 +29,9 @@ from shared.quotas import TRIAL_LENGTH
 
 LEGACY_STATUSES = frozenset({"active", "canceled", "past_due", "unpaid"})
 DEFAULT_LOCATION = "US"  # the Prisma column default
-DEFAULT_LANGUAGE = "en"  # spec §4.5
-DEFAULT_MATCH_TYPE = "phrase"  # the column default "broad" is refused by the API (spec §10.10)
+DEFAULT_LANGUAGE = "en"  # docs/original-app.md#redis-to-postgres-field-mapping
+# The column default "broad" is refused by the API (docs/original-app.md#d10).
+DEFAULT_MATCH_TYPE = "phrase"
 
 M = TypeVar("M", bound=Base)
 
@@ -164,7 +166,8 @@ def user_record(user: User, existing: UserData | None) -> dict[str, Any]:
 
 
 def saved_search_record(search: SavedSearch) -> dict[str, Any]:
-    """The `saved-search:{uid}:{sid}` JSON: the API's record is the stored record (§4.2)."""
+    """The `saved-search:{uid}:{sid}` JSON: the API's record is the stored record
+    (docs/original-app.md#saved-search-record)."""
     return contract.record(search)
 
 

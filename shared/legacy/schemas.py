@@ -1,14 +1,16 @@
 """The original app's Redis records, validated as the original validated them on every read.
 
-`UserData` is the user service's `UserDataSchema` (spec §3.1) and `SavedSearchRecord` the
-saved-search service's domain schema (spec §4.2). The original answered 503 for any record that
-failed them, so the backfill quarantines such records instead of guessing (spec §4.5), and the
-dual-mode read path reports them as a store failure.
+`UserData` is the user service's `UserDataSchema` (docs/original-app.md#user-service-operations) and
+`SavedSearchRecord` the saved-search service's domain schema
+(docs/original-app.md#saved-search-record). The original answered 503 for any record that failed
+them, so the backfill quarantines such records instead of guessing
+(docs/original-app.md#redis-to-postgres-field-mapping), and the dual-mode read path reports them as
+a store failure.
 
 One deliberate difference, chosen per call: the original's read schema wants integer
-`searchVolume` and trend `volume`, while its create endpoint accepted any number (spec §10.9).
-`original_rules=True` (the backfill, verify) applies the integer rule; the dual-mode read path
-leaves it off, so a search this API saved can always be read back.
+`searchVolume` and trend `volume`, while its create endpoint accepted any number
+(docs/original-app.md#d9). `original_rules=True` (the backfill, verify) applies the integer rule;
+the dual-mode read path leaves it off, so a search this API saved can always be read back.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ class _Record(BaseModel):
 
 
 class UserData(_Record):
-    """`user:{clerkUserId}` (spec §3.1). `keywordsUsedThisMonth` and `monthlyResetAt` are
-    vestigial: validated, never used as the usage source."""
+    """`user:{clerkUserId}` (docs/original-app.md#user-service-operations). `keywordsUsedThisMonth`
+    and `monthlyResetAt` are vestigial: validated, never used as the usage source."""
 
     clerkUserId: Annotated[str, Field(min_length=1, strict=True)]
     email: Annotated[str, BeforeValidator(_email)]
@@ -191,7 +193,7 @@ class Metadata(_Record):
 
 
 class SavedSearchRecord(_Record):
-    """`saved-search:{uid}:{sid}` (spec §4.2)."""
+    """`saved-search:{uid}:{sid}` (docs/original-app.md#saved-search-record)."""
 
     id: Annotated[str, BeforeValidator(_search_id)]
     clerkUserId: Annotated[str, Field(min_length=1, strict=True)]

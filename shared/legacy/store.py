@@ -5,9 +5,9 @@ backfill CLI and tests share one implementation. Whatever the client raises (an 
 transport failure or timeout, a body that is not JSON, an `AttributeError` out of its pipeline
 code on an error page) leaves here as `RedisFailure`; a key holding something the original
 could not read (bad JSON, a value that is not UTF-8, a key of another Redis type) raises
-`LegacyRecordError`. Writes follow the original's TTLs and, as a fix (spec §10.6), refresh the
-`email:`/`stripe:` index keys together with the user record. Usage counters are only ever
-moved by INCRBY (`apply_deltas`): the original app increments them too.
+`LegacyRecordError`. Writes follow the original's TTLs and, as a fix (docs/original-app.md#d6),
+refresh the `email:`/`stripe:` index keys together with the user record. Usage counters are only
+ever moved by INCRBY (`apply_deltas`): the original app increments them too.
 """
 
 from __future__ import annotations
@@ -398,7 +398,8 @@ def _scan(client: Redis, pattern: str, count: int = _SCAN_COUNT) -> Iterable[str
 def erase_user_keys(
     client: Redis, user_id: str, email: str | None, stripe_customer_id: str | None
 ) -> int:
-    """Delete every Redis key of a user (erasure, spec §10.21); the number of keys deleted.
+    """Delete every Redis key of a user (erasure, docs/original-app.md#d21); the number of keys
+    deleted.
 
     Covers `user:`, `lock:user:`, `saved-searches:`, every `saved-search:{uid}:*`, `usage:{uid}:*`
     and `trial-usage:{uid}:*`, and this port's per-user rate-limit counters

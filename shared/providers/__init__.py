@@ -1,4 +1,5 @@
-"""Keyword data providers: Mock and DataForSEO behind one interface (spec §6).
+"""Keyword data providers: Mock and DataForSEO behind one interface
+(docs/original-app.md#keyword-providers).
 
     provider = get_provider()  # KEYWORD_API_PROVIDER; one instance per warm container
     rows = provider.keyword_data(["seo tools"], SearchOptions("phrase", "United States", "en"))

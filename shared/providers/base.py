@@ -117,8 +117,9 @@ class ProviderRateLimitedError(ProviderUnavailableError):
 
 
 def infer_intent(search_volume: int, cpc: float, competition: Competition) -> Intent:
-    """The original heuristic for providers that report no intent (spec §6); first match wins.
-    Only for measured figures: a keyword missing any of them has no intent (null)."""
+    """The original heuristic for providers that report no intent
+    (docs/original-app.md#keyword-providers); first match wins. Only for measured figures: a keyword
+    missing any of them has no intent (null)."""
     if cpc > 5 and competition == "high":
         return "transactional"
     if cpc > 2 and competition in ("medium", "high"):

@@ -1,10 +1,11 @@
-"""A circuit breaker per provider instance, so a failing upstream is not hammered (spec §6.4).
+"""A circuit breaker per provider instance, so a failing upstream is not hammered
+(docs/original-app.md#circuit-breaker).
 
 The original's thresholds: 5 failures within a sliding 60 s window open the circuit for 60 s;
 while OPEN, calls fail at once with `ProviderUnavailableError` (the upstream is not called);
 the first call after that goes through as HALF_OPEN, and 2 successes in HALF_OPEN close it.
 
-Fixes over the original (spec §10.2):
+Fixes over the original (docs/original-app.md#d2):
 - the breaker lives as long as its provider, which `get_provider()` keeps for the container's
   lifetime, so failures accumulate across invocations (the original built one per request);
 - a failure in HALF_OPEN re-opens the circuit at once. The original's documentation promised

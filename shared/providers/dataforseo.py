@@ -1,4 +1,5 @@
-"""DataForSEO's Google Ads search volume (`keywords_data/google_ads/search_volume/live`, §6.2).
+"""DataForSEO's Google Ads search volume (`keywords_data/google_ads/search_volume/live`,
+docs/original-app.md#dataforseo-provider).
 
 Imported only when DataForSEO is the configured provider, so the Mock path never loads httpx.
 One `httpx.Client` per container is reused by every invocation; the credentials go as HTTP Basic

@@ -1,4 +1,5 @@
-"""The request's ISO location codes and the names providers take (spec §2.0)."""
+"""The request's ISO location codes and the names providers take
+(docs/original-app.md#cross-cutting-rules)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Random keyword data with the original's shapes (spec §6.1), for development and trial users.
+"""Random keyword data with the original's shapes (docs/original-app.md#mock-provider), for
+development and trial users.
 
 Changes from the original: no artificial sleep unless MOCK_PROVIDER_DELAY_MS is set (the
 original slept 800 ms, which a serverless function pays for), and MOCK_PROVIDER_SEED makes the

@@ -1,4 +1,5 @@
-"""Which provider serves a request, one instance per warm container (spec §6, §10.2).
+"""Which provider serves a request, one instance per warm container
+(docs/original-app.md#keyword-providers, #d2).
 
 The original built a new provider, and with it a new circuit breaker, on every request, so the
 breaker never saw more than one failure. Here each provider is built once per container and

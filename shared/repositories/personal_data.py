@@ -9,7 +9,7 @@ transaction) per table:
 - users: deleted (the row is locked first, so a concurrent saved-search create waits and then
   finds no owner); saved_searches go with it (FK ON DELETE CASCADE).
 - search_history: kept for aggregate stats but anonymised: userId, ipAddress and userAgent are
-  cleared. The FK alone would null userId and keep the IP and user agent (spec §10.21).
+  cleared. The FK alone would null userId and keep the IP and user agent (docs/original-app.md#d21).
 - api_usage: deleted (no FK, so nothing cascades).
 - feature_flags: the id is removed from every `allowedUsers` list.
 - webhook_events, system_metrics: a payload, error or tags that mention one of the user's

@@ -20,7 +20,8 @@ promises, and what these tests hold:
   calls' timeouts plus a generous margin (a functional bound: without the timeout, a frozen
   Redis would hold the request until the function's own limit);
 - health reports Redis down as `degraded` (207) when its own rate limit may fail open; with the
-  default `closed`, that limit refuses first (429), as the original did (spec §2.7).
+  default `closed`, that limit refuses first (429), as the original did
+  (docs/original-app.md#get-apihealth).
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def test_fail_closed_outage_refuses_with_429_within_the_timeout_then_recovers(
     fault: str,
 ) -> None:
     """RATE_LIMIT_FAIL_SAFE=closed (the default): refused before anything is counted. Health's
-    own limit refuses too (spec §2.7: the original's contract), so it cannot say `degraded`."""
+    own limit refuses too (docs/original-app.md#get-apihealth: the original's contract), so it
+    cannot say `degraded`."""
     fail_safe(monkeypatch, "closed")
     user, words = f"user_{uuid.uuid4().hex[:8]}", keywords()
     assert search(warm, user, words).status == 200

@@ -1,8 +1,9 @@
 """Legacy Redis data in the original app's layout, written through the real upstash-redis SDK.
 
 `user_record` / `search_record` build records exactly as the TypeScript services stored them
-(spec §3.1, §4.2); `LegacyDataset` writes thousands of them with pipelines, plus the invalid
-records and orphans the backfill must quarantine, and remembers what it wrote.
+(docs/original-app.md#user-service-operations, #saved-search-record); `LegacyDataset` writes
+thousands of them with pipelines, plus the invalid records and orphans the backfill must quarantine,
+and remembers what it wrote.
 """
 
 from __future__ import annotations
@@ -305,7 +306,8 @@ class LegacyDataset:
         def new_id() -> str:
             return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
-        for _ in range(10):  # accepted at create, refused on read by the original (spec §10.9)
+        # Accepted at create, refused on read by the original (docs/original-app.md#d9).
+        for _ in range(10):
             sid = new_id()
             results = [keyword_result("shoes", 1200.5)]
             write_search(w, search_record(owner, sid, created=created, results=results))
