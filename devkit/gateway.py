@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 from devkit import events, platform_limits
 from devkit.console import CliError
 from devkit.layout import FUNCTIONS_PACKAGE, http_functions
+from shared.http.guards import replaying
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
@@ -285,15 +286,6 @@ async def _call_within_limits(
     )  # the event Lambda would be handed: its size is what Lambda limits
     refusal = platform_limits.request_refusal(bytes(body), event_bytes=len(json.dumps(event)))
     if refusal is None:
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
         start: Message = {}
         chunks: list[bytes] = []
 
@@ -303,7 +295,7 @@ async def _call_within_limits(
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        await function.app(scope, replay, hold)
+        await function.app(scope, replaying(bytes(body), receive), hold)
         status: int = start.get("status", 500)
         headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
         sent = b"".join(chunks)

@@ -255,13 +255,7 @@ def _is_postmaster(pid: int) -> bool:
     pg_ctl would otherwise signal that other program. Elsewhere, existence is all we can check.
     """
     if not Path("/proc/self").exists():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # it exists, under another user
-        return True
+        return _pid_exists(pid)
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()  # "pid (comm) state …"
     except FileNotFoundError:

@@ -470,19 +470,13 @@ def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSu
     Safe to run at any time and concurrently with requests (rows in use are skipped).
     """
     client = client or _client()
-    repaired = failed = skipped = 0
+    outcomes: list[bool | None] = []
     for key in db.run(lambda s: legacy_repairs.pending(s, limit=limit), idempotent=True):
 
         def repair(session: Session, key: str = key) -> bool | None:
             return _sync_locked(session, key, client, skip_locked=True)
 
-        outcome = db.transaction(repair)
-        if outcome is True:
-            repaired += 1
-        elif outcome is False:
-            failed += 1
-        else:
-            skipped += 1
+        outcomes.append(db.transaction(repair))
     for user_id in db.run(
         lambda s: legacy_repairs.users_owing_deltas(s, limit=limit), idempotent=True
     ):
@@ -490,11 +484,7 @@ def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSu
         def apply(session: Session, user_id: str = user_id) -> bool | None:
             return _apply_owed(session, user_id, client)
 
-        outcome = db.transaction(apply)
-        if outcome is True:
-            repaired += 1
-        elif outcome is False:
-            failed += 1
-        else:
-            skipped += 1
+        outcomes.append(db.transaction(apply))
+    repaired, failed = outcomes.count(True), outcomes.count(False)
+    skipped = len(outcomes) - repaired - failed
     return RepairSummary(repaired, failed, skipped, pending_repairs())

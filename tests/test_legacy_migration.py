@@ -24,7 +24,7 @@ import pytest
 from upstash_redis import Redis
 
 from devkit import legacy
-from devkit.legacy import BackfillReport, Difference, Tally, backfill, default_checkpoint, verify
+from devkit.legacy import Difference, Tally, backfill, default_checkpoint, verify
 from devkit.upstash_emulator import UpstashEmulator
 from shared.clock import iso_ms, month_start, next_month_start
 from shared.contracts import saved_searches as contract
@@ -35,7 +35,9 @@ from shared.repositories.legacy_import import saved_searches_by_id
 from tests.support.legacy import (
     LegacyDataset,
     Writer,
+    assert_outcomes,
     keyword_result,
+    quarantined,
     scan_all,
     search_record,
     snapshot_values,
@@ -137,10 +139,6 @@ def count_rows(url: str, table: str) -> int:
     return int(row[0])
 
 
-def quarantined(report: BackfillReport, kind: str) -> set[str]:
-    return {q.key for q in report.quarantined if q.kind == kind}
-
-
 # --- the large dataset ------------------------------------------------------------------------
 
 
@@ -163,13 +161,7 @@ def test_large_backfill_verifies_clean_and_a_second_run_changes_nothing(
     )
 
     assert report.complete and not default_checkpoint(report_path).exists()
-    assert report.users == Tally(inserted=expected.users)
-    assert report.saved_searches == Tally(inserted=expected.searches)
-    assert report.unindexed_searches == expected.unindexed
-    assert quarantined(report, "invalid") == expected.invalid
-    assert quarantined(report, "wrong_type") == expected.wrong_type
-    assert quarantined(report, "orphan") == expected.orphans
-    assert quarantined(report, "conflict") == expected.conflicts  # whatever the SCAN order
+    assert_outcomes(report, expected)
     assert count_rows(direct_env, "users") == expected.users
     assert count_rows(direct_env, "saved_searches") == expected.searches
     assert lines and lines[-1].startswith("[indexes]") and "records/s" in lines[-1]

@@ -32,6 +32,7 @@ from shared.legacy.schemas import parse_saved_search, parse_user
 from tests.support.http import Caller, Keys
 from tests.support.legacy import (
     LegacyDataset,
+    assert_outcomes,
     dumps,
     search_record,
     user_record,
@@ -144,10 +145,6 @@ def keyword_search(call: Caller, uid: str, n: int) -> None:
     assert result.status == 200, result.text
 
 
-def quarantined(report: Any, kind: str) -> set[str]:
-    return {q.key for q in report.quarantined if q.kind == kind}
-
-
 # --- the backfill ---------------------------------------------------------------------------------
 
 
@@ -162,13 +159,7 @@ def test_a_messy_production_keyspace_backfills_with_exact_counts_per_outcome(
     report = backfill(sdk, batch_size=25, scan_count=20, report_path=tmp_path / "r.json")
 
     assert report.complete
-    assert report.users == Tally(inserted=expected.users)
-    assert report.saved_searches == Tally(inserted=expected.searches)
-    assert report.unindexed_searches == expected.unindexed
-    assert quarantined(report, "invalid") == expected.invalid
-    assert quarantined(report, "wrong_type") == expected.wrong_type
-    assert quarantined(report, "orphan") == expected.orphans
-    assert quarantined(report, "conflict") == expected.conflicts
+    assert_outcomes(report, expected)
     reasons = {q.key: q.reason for q in report.quarantined}
     assert reasons[keys.user("mess_bytes")] == "holds bytes that are not valid UTF-8"
     assert reasons[keys.user("mess_deep")] == "JSON nested too deeply to read"

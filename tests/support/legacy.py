@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from upstash_redis import Redis
 
+from devkit.legacy import BackfillReport, Tally
 from shared.clock import iso_ms, next_month_start
 from shared.legacy import keys
 
@@ -456,3 +457,19 @@ def snapshot_values(client: Redis, names: Iterable[str]) -> dict[str, Any]:
         name: (kind, sorted(value) if kind == "set" else value)
         for name, kind, value in zip(names, types, values, strict=True)
     }
+
+
+def quarantined(report: BackfillReport, kind: str) -> set[str]:
+    """The keys the backfill quarantined for one reason."""
+    return {q.key for q in report.quarantined if q.kind == kind}
+
+
+def assert_outcomes(report: BackfillReport, expected: Expected) -> None:
+    """The backfill counted exactly what the generated keyspace holds, outcome by outcome."""
+    assert report.users == Tally(inserted=expected.users)
+    assert report.saved_searches == Tally(inserted=expected.searches)
+    assert report.unindexed_searches == expected.unindexed
+    assert quarantined(report, "invalid") == expected.invalid
+    assert quarantined(report, "wrong_type") == expected.wrong_type
+    assert quarantined(report, "orphan") == expected.orphans
+    assert quarantined(report, "conflict") == expected.conflicts  # whatever the SCAN order
