@@ -70,6 +70,14 @@ def call(webhook_env: Keys) -> Caller:
     return Caller("lambda_v2", webhook_env)
 
 
+def takes_the_user_row(query: str) -> bool:
+    """The statement that locks or writes the user's row: the step after the ledger claim."""
+    statement = query.strip()
+    return statement.startswith("UPDATE users") or (
+        statement.startswith("SELECT users.") and statement.endswith("FOR UPDATE")
+    )
+
+
 def application_name() -> str:
     return f"kf-webhook-crash-{uuid.uuid4().hex[:8]}"
 
@@ -142,7 +150,7 @@ def test_stripe_checkout_killed_mid_transaction_applies_once_on_redelivery(
         request = events.http_api_v2("POST", STRIPE_PATH, headers=headers, body=body)
         with webhook_child("webhooks_stripe", request, database_url, app) as child:
             blocked = wait_for_backend(admin_conn, child, app, lock)
-            assert blocked.query.lstrip().startswith("UPDATE users")
+            assert takes_the_user_row(blocked.query)
             assert "webhook_events" in blocked.wrote  # the claim is in, uncommitted
             assert child.sigkill() == -9 and not child.answered()
         lock.release()
@@ -309,7 +317,7 @@ def test_clerk_user_updated_killed_mid_transaction_applies_once_on_redelivery(
         request = events.http_api_v2("POST", CLERK_PATH, headers=headers, body=body)
         with webhook_child("webhooks_clerk", request, database_url, app) as child:
             blocked = wait_for_backend(admin_conn, child, app, lock)
-            assert blocked.query.lstrip().startswith("UPDATE users")
+            assert takes_the_user_row(blocked.query)
             assert "webhook_events" in blocked.wrote
             assert child.sigkill() == -9 and not child.answered()
         lock.release()
