@@ -1,5 +1,5 @@
 """Performance benchmarks: `.venv/bin/python -m benchmarks [--quick] [--only NAME …]`.
 
 Dev-only, like `devkit/`: deployable code never imports this package and deploy packages
-exclude it. See the README's "Performance" section for what is measured and the latest figures.
+exclude it. See docs/performance.md for what is measured and the latest figures.
 """

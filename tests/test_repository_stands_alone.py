@@ -52,3 +52,58 @@ def test_the_pattern_catches_what_it_must() -> None:
         assert OUTSIDE.search(line), line
     assert not OUTSIDE.search("tests/fixtures/prisma/original-ddl.sql")
     assert not OUTSIDE.search("UTF-8 (RFC 8259 §8.1)")
+
+
+# A Markdown link `[text](target)` or a citation `docs/<page>.md#anchor` in code.
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+DOC_CITATION = re.compile(r"\bdocs/[a-z0-9-]+\.md(?:#[A-Za-z0-9_-]+)?")
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings, plus its explicit `<a id=…>` ones."""
+    text = page.read_text(encoding="utf-8")
+    anchors = set(re.findall(r'<a id="([^"]+)"', text))
+    for heading in re.findall(r"^#+ (.+)$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def broken(target: str, base: Path) -> str | None:
+    """Why a repository-relative link is broken, or None when page and anchor exist."""
+    path, _, anchor = target.partition("#")
+    page = (base / path).resolve() if path else base
+    if not page.exists():
+        return "no such file"
+    if anchor and page.suffix == ".md" and anchor not in heading_anchors(page):
+        return "no such heading"
+    return None
+
+
+def test_every_link_in_the_docs_and_every_doc_cited_in_code_resolves() -> None:
+    # The manual is split into pages that link to one another and that code comments cite: a
+    # renamed heading or page must fail here rather than leave a reader at a dead link.
+    problems = []
+    for path in tracked_text_files():
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if path.suffix == ".md":
+            for target in MARKDOWN_LINK.findall(text):
+                if re.match(r"[a-z]+:", target):
+                    continue  # http:, https:, mailto:
+                why = broken(target, path.parent if target.split("#")[0] else path)
+                if why:
+                    problems.append(f"{path.relative_to(ROOT)}: {target}: {why}")
+        for citation in DOC_CITATION.findall(text):
+            why = broken(citation, ROOT)
+            if why:
+                problems.append(f"{path.relative_to(ROOT)}: {citation}: {why}")
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_link_check_sees_a_broken_link(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text('# A heading\n<a id="d1"></a>\n', encoding="utf-8")
+    assert broken("page.md#a-heading", tmp_path) is None
+    assert broken("page.md#d1", tmp_path) is None
+    assert broken("page.md#another-heading", tmp_path) == "no such heading"
+    assert broken("gone.md", tmp_path) == "no such file"

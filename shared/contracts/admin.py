@@ -136,7 +136,7 @@ class Analytics:
 
 
 def analytics_body(figures: Analytics) -> dict[str, Any]:
-    """The admin dashboard's figures; see README "Admin API"."""
+    """The admin dashboard's figures; see docs/flags-and-admin.md."""
     days = [figures.since + timedelta(days=offset) for offset in range(figures.days)]
     window, last_day, subs = figures.window, figures.last_day, figures.subscriptions
     return {

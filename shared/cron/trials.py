@@ -2,7 +2,7 @@
 
 Why no write: expiry is already enforced and shown from `trialEndsAt` at read time
 (`reserve_keywords` refuses, `usage_view` reports `trialExpired`), and billing's tier mapping
-(`shared.billing`, README "Billing") has no "trial expired" state: `subscriptionStatus` holds
+(`shared.billing`, docs/billing.md) has no "trial expired" state: `subscriptionStatus` holds
 the Stripe subscription's status (`active`, `canceled`, …), which `GET /api/me` returns as
 `subscription.status`, billing's ordering rules compare against, and the legacy Redis mirror
 accepts only as active/canceled/past_due/unpaid. Writing `trial_expired` there would invent a

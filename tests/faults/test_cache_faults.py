@@ -9,7 +9,7 @@ installed), started per test so it can fail in two real ways:
 
 Requests go through the functions' Lambda handlers in this process, a warm container whose
 cached Upstash client is never reset: after the fault is repaired (restart on the same port, or
-SIGCONT), the same client must be working again. What README "Redis: cache and rate limits"
+SIGCONT), the same client must be working again. What docs/cache-and-rate-limits.md
 promises, and what these tests hold:
 
 - the cache never fails a request: a keyword search during the outage is answered from the
