@@ -8,18 +8,9 @@ the transaction rolls back (no partial change) and the attempt and error are rec
 statement of their own, so Stripe's retry, or the cron, runs the event again
 (docs/original-app.md#d4).
 
-The rules are docs/billing.md's; in short:
-- `subscriptionStatus` is Stripe's status. `active`, `trialing`, `past_due` → PRO; `unpaid`,
-  `canceled`, `incomplete_expired`, `paused` → FREE with the trial over; `incomplete` is stored
-  without a tier change; statuses Stripe may add later change nothing (recorded, logged).
-- Checkout (completed and paid or free, or `async_payment_succeeded`) → PRO with a provisional
-  status (`trialing` when nothing was paid, else `active`) until the subscription's own events
-  say; a checkout whose payment is still pending (`unpaid`) or failed only links the customer.
-- invoice.paid → `active` (a $0 invoice, e.g. a trial's, keeps the status);
-  invoice.payment_failed → `past_due` while the subscription is live. Invoices apply only to
-  the user's current subscription.
-Which event applies to which subscription, and in which order, is decided in
-`shared.repositories.subscriptions`.
+What each event does to the tier and status is docs/billing.md#tier-and-status; which event
+applies to which subscription, and in which order, is decided in
+`shared.repositories.subscriptions` (docs/billing.md#which-subscription-in-which-order).
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
 arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until
