@@ -256,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         _env,
     )
 
+    command(
+        "check",
+        "check that serverless.yml and vercel.json declare every function as its code says",
+        "Derive from functions/ what each descriptor must declare (routes, methods, preflights, "
+        "schedules, package patterns) and list every difference; exit 1 when there is one.",
+        _check,
+    )
+
     openapi = command(
         "openapi",
         "write the merged OpenAPI document of every function",
@@ -565,6 +573,12 @@ def _env(args: argparse.Namespace) -> int:
     for name, value in env.items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from devkit import descriptors
+
+    return descriptors.main()
 
 
 def _openapi(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Regenerate or check the reference DDL: what Prisma's schema engine makes of the original schema.
 
-`tests/test_schema_compat.py` compares our Alembic head with this DDL, so the fixture must be
+`tests/core/test_schema_compat.py` compares our Alembic head with this DDL, so the fixture must be
 Prisma's own output, not a hand copy. This runs Prisma's WebAssembly schema engine under Node
 (`devkit/prisma/generate-ddl.mjs`) on `devkit/prisma/original-schema.prisma`. The engine opens one
 connection through its driver adapter, so it gets an embedded PostgreSQL (or `DATABASE_URL`);

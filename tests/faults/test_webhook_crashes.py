@@ -14,7 +14,7 @@ A crash after COMMIT but before the answer is reached for the Clerk erasure, who
 on a post-commit Redis step (the legacy keys): a frozen Upstash emulator holds the child there.
 Stripe's handler has no post-commit step that touches anything (it logs and answers), so that
 window cannot be held open without a hook in production code; its effect is the same as a lost
-answer, which `tests/test_stripe_webhook.py` covers as a replayed delivery.
+answer, which `tests/functions/test_stripe_webhook.py` covers as a replayed delivery.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from devkit import events
 from devkit._host import wait_for
 from shared import config, redis, storage
 from shared.legacy import keys
+from tests.support.clerk_events import SECRET as CLERK_SECRET
+from tests.support.clerk_events import signed_headers
 from tests.support.cron import count, rows
 from tests.support.http import Caller, Keys, Result
 from tests.support.processes import (
@@ -44,10 +46,8 @@ from tests.support.processes import (
     wait_for_backend,
     wait_until_settled,
 )
-from tests.test_clerk_webhook import SECRET as CLERK_SECRET
-from tests.test_clerk_webhook import signed_headers
-from tests.test_stripe_webhook import SECRET as STRIPE_SECRET
-from tests.test_stripe_webhook import checkout, sign, stripe_event
+from tests.support.stripe_events import SECRET as STRIPE_SECRET
+from tests.support.stripe_events import checkout, sign, stripe_event
 
 pytestmark = pytest.mark.faults
 

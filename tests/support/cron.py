@@ -1,14 +1,18 @@
-"""Helpers for the cron tests: settings, scripted time budgets, ASGI calls, table snapshots."""
+"""Helpers for the cron tests: settings, scripted time budgets, overlapping runs, ASGI calls,
+table snapshots."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pytest
+
+from shared.cron.runner import Job, Run, run_job
 
 CHECK_OK_MS = 60_000
 
@@ -100,3 +104,24 @@ def count(conn: psycopg.Connection[Any], sql: str, *params: Any) -> int:
     row = conn.execute(sql, params or None).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def overlapping_runs(job: Job, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(first, second): the second run starts while the first is inside its work."""
+    inside, release = threading.Event(), threading.Event()
+    results: list[dict[str, Any]] = []
+
+    def held(run: Run) -> None:
+        inside.set()
+        assert release.wait(30)
+        job.work(run)
+
+    thread = threading.Thread(target=lambda: results.append(run_job(Job(job.name, held), **kwargs)))
+    thread.start()
+    try:
+        assert inside.wait(30)
+        second = run_job(job, **kwargs)
+    finally:
+        release.set()
+        thread.join(60)
+    return results[0], second

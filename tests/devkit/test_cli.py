@@ -38,7 +38,7 @@ from devkit.postgres import LocalPostgres
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEYFLASH = str(Path(sys.executable).with_name("keyflash"))
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -664,6 +664,22 @@ def test_openapi_command_writes_the_merged_document(empty_state_dir: Path) -> No
     assert_one_line_failure(unwritable, "cannot write")
 
 
+def test_check_command_says_whether_the_descriptors_are_in_step(
+    empty_state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = keyflash("check", state_dir=empty_state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "in step" in result.stdout
+
+    from devkit import descriptors
+
+    config = descriptors.load_vercel()
+    config["builds"] = [b for b in config["builds"] if b["src"] != "functions/health.py"]
+    monkeypatch.setattr(descriptors, "load_vercel", lambda: config)
+    assert cli.main(["check"]) == 1
+    assert "functions/health.py" in capsys.readouterr().err
+
+
 def test_colour_only_on_a_terminal_without_no_color(empty_state_dir: Path) -> None:
     def run_on_tty(**extra: str) -> bytes:
         env = cli_env(empty_state_dir, **extra)
@@ -703,7 +719,7 @@ COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
     ("db", "migrate"): [], ("db", "downgrade"): ["-1"], ("db", "check"): [], ("db", "seed"): [],
     ("db", "reset"): [], ("db", "backup"): ["x.dump"], ("db", "restore"): ["x.dump"],
     ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
-    ("openapi",): [],
+    ("openapi",): [], ("check",): [],
 }  # fmt: skip
 
 
@@ -753,7 +769,7 @@ def test_every_command_has_help() -> None:
     for args in (
         [], ["dev"], ["invoke"], ["cron"], ["cron", "list"], ["cron", "run"], ["db"],
         ["db", "migrate"], ["db", "downgrade"], ["db", "reset"], ["db", "backup"],
-        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"],
+        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"], ["check"],
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exited:
             cli.main([*args, "--help"])

@@ -43,7 +43,7 @@ BODY = {"keywords": ["seo tools", "keyword research"], "matchType": "phrase", "l
 
 
 DATAFORSEO_URL = re.compile(r"https://api\.dataforseo\.com/.*")
-FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
 
 
 def fixture(name: str) -> Any:
@@ -730,7 +730,7 @@ def test_a_search_killed_mid_call_has_its_keywords_given_back_by_the_reconciliat
         body = json.dumps({**BODY, "keywords": keywords_sent})
         child = subprocess.Popen(
             [sys.executable, "-c", KILLED_SEARCH, token, body],
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

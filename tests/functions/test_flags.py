@@ -23,7 +23,7 @@ from shared.flags import FlagCache, FlagRule
 from shared.repositories import feature_flags
 from tests.support.http import Caller, Keys
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 USERS = [f"user_{i}" for i in range(10_000)]
 
 

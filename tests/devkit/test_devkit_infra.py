@@ -17,7 +17,7 @@ from devkit._host import wait_for
 from devkit.pgbouncer import LocalPgBouncer
 from devkit.postgres import PORT_FILE, LocalPostgres, LocalPostgresError, truncate_tables
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

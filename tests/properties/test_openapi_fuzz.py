@@ -13,7 +13,7 @@ that matches the documented schema (the error envelope for every error status), 
 headers, invalid data refused, and 405 with `Allow` for methods a path does not offer.
 
 The Vercel cron entry (`shared.cron.entry.asgi_app`) is a bare ASGI callable without an OpenAPI
-document, so it is not fuzzed here; tests/test_bad_input.py covers it.
+document, so it is not fuzzed here; tests/http/test_bad_input.py covers it.
 
 Generation is deterministic (Hypothesis' `derandomize`, no example database), so CI runs the
 same cases every time; no Hypothesis health check is suppressed. The number of cases per

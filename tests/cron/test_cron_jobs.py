@@ -20,9 +20,9 @@ from sqlalchemy import event
 from shared import db
 from shared.clock import month_start, utcnow
 from shared.cron import metrics, prune, reset_usage, rollup, trials, webhook_retry
-from shared.cron.runner import LEASE_HELD, Job, LeaseLostError, Run, run_job
+from shared.cron.runner import LEASE_HELD, LeaseLostError, run_job
 from shared.repositories import users
-from tests.support.cron import BudgetContext, configure, count, rows
+from tests.support.cron import BudgetContext, configure, count, overlapping_runs, rows
 
 NOW = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
 NAIVE = NOW.replace(tzinfo=None)
@@ -30,27 +30,6 @@ NAIVE = NOW.replace(tzinfo=None)
 
 def naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def overlapping_runs(job: Job, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(first, second): the second run starts while the first is inside its work."""
-    inside, release = threading.Event(), threading.Event()
-    results: list[dict[str, Any]] = []
-
-    def held(run: Run) -> None:
-        inside.set()
-        assert release.wait(30)
-        job.work(run)
-
-    thread = threading.Thread(target=lambda: results.append(run_job(Job(job.name, held), **kwargs)))
-    thread.start()
-    try:
-        assert inside.wait(30)
-        second = run_job(job, **kwargs)
-    finally:
-        release.set()
-        thread.join(60)
-    return results[0], second
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session
 from shared import accounts, config, db, providers
 from shared.clock import utcnow
 from shared.repositories import users
+from tests.support.clerk_events import deliver
 from tests.support.http import Caller, Keys
-from tests.test_clerk_webhook import deliver
 
 TRIAL_LIMIT = 6
-FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
 
 
 def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
@@ -157,7 +157,7 @@ def test_an_expired_trial_stays_expired_after_erasure(
 def test_erasure_by_clerk_user_deleted_keeps_the_tombstone_too(
     call: Caller, billing: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_clerk_webhook import SECRET
+    from tests.support.clerk_events import SECRET
 
     configure(monkeypatch, CLERK_WEBHOOK_SECRET=SECRET)
     assert search(call, "user_clerk", TRIAL_LIMIT, email="clerk@example.com").status == 200

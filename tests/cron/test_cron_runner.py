@@ -26,7 +26,7 @@ from shared.db import DatabaseUnavailableError
 from shared.repositories import cron_leases
 from tests.support.cron import BudgetContext, asgi_call, configure, count
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CRON_MODULES = sorted(
     f"functions.cron.{path.stem}"
     for path in (ROOT / "functions" / "cron").glob("*.py")

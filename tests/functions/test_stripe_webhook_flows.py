@@ -40,7 +40,7 @@ from shared.models import User, UserTier
 from shared.repositories import subscriptions, users
 from tests.support.http import Keys
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 STRIPE_SECRET = "whsec_flow_tests_secret"
 CLERK_SECRET = "whsec_" + "Zmxvdy10ZXN0cy1zdml4LXNlY3JldC0zMi1ieXRlcyE="
 SHAPES = {"2025-02": "2024-06-20", "2026-08": "2025-03-31.basil"}  # fixture → api_version

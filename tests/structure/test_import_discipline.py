@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_descriptors import discover_modules
+from devkit.descriptors import discover_modules
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FORBIDDEN_EVERYWHERE = frozenset(
     {

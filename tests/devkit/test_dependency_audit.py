@@ -12,7 +12,7 @@ import pytest
 from devkit import audit
 from devkit.audit import AuditReport, Finding
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_closure_holds_every_requirement_and_what_they_pull_in() -> None:

@@ -35,11 +35,11 @@ from svix.webhooks import Webhook
 from shared import config, db
 from shared.models import UserTier
 from shared.repositories import users
+from tests.support.clerk_events import SECRET as CLERK_SECRET
+from tests.support.clerk_events import email_of, signed_headers, user_data
 from tests.support.http import Caller, Keys, Result
-from tests.test_clerk_webhook import SECRET as CLERK_SECRET
-from tests.test_clerk_webhook import email_of, signed_headers, user_data
-from tests.test_stripe_webhook import SECRET as STRIPE_SECRET
-from tests.test_stripe_webhook import checkout, make_user, sign, stripe_event, user
+from tests.support.stripe_events import SECRET as STRIPE_SECRET
+from tests.support.stripe_events import checkout, make_user, sign, stripe_event, user
 
 CLERK_PATH = "/api/webhooks/clerk"
 STRIPE_PATH = "/api/webhooks/stripe"

@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A path that climbs out of the repository, or names the team's notes that live outside it.
 OUTSIDE = re.compile(

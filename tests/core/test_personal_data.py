@@ -4,8 +4,8 @@ removes (every row and every Redis key) and what the export returns (everything)
 Each completeness check enumerates what exists rather than what we remember: tables and columns
 come from `information_schema`, Redis keys from a SCAN, key builders from `shared.legacy.keys`.
 So a table, column or key added later fails here until it is handled or listed with a reason.
-`tests/test_me_api.py` keeps the per-table erasure and export contract; this module adds the
-catalog- and keyspace-wide checks. Direct lane only: none of this depends on the pooler.
+`tests/functions/test_me_api.py` keeps the per-table erasure and export contract; this module
+adds the catalog- and keyspace-wide checks. Direct lane only: none of this depends on the pooler.
 """
 
 from __future__ import annotations

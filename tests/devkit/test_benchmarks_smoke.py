@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {"cold_start", "warm", "roundtrips", "connections", "throughput", "scale", "memory"}
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600

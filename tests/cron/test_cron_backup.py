@@ -20,9 +20,8 @@ from psycopg.types.json import Jsonb
 from devkit.migrate import upgrade_head
 from shared.cron import backup
 from shared.cron.runner import LEASE_HELD, run_job
-from tests.support.cron import BudgetContext, configure, count
+from tests.support.cron import BudgetContext, configure, count, overlapping_runs
 from tests.support.s3 import BUCKET, PREFIX, mock_s3
-from tests.test_cron_jobs import overlapping_runs
 
 NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 ScratchDatabase = Callable[[], str]

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from tests.support.catalog import SchemaDiff, Snapshot, diff, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRISMA_DDL = REPO / "tests" / "fixtures" / "prisma" / "original-ddl.sql"
 ScratchDatabase = Callable[[], str]
 

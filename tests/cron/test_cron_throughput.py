@@ -4,7 +4,7 @@
 generated in the database with `generate_series`; default batch size (CRON_BATCH_SIZE=1000).
 Run with `-s` to see the numbers, in both lanes:
 
-    .venv/bin/python -m pytest tests/test_cron_throughput.py -s -p no:cacheprovider
+    .venv/bin/python -m pytest tests/cron/test_cron_throughput.py -s -p no:cacheprovider
 """
 
 from __future__ import annotations

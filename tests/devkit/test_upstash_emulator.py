@@ -33,7 +33,7 @@ from devkit._host import free_port, wait_for
 from devkit.upstash_emulator import Command, RedisBackend, UpstashEmulator, create_app
 from tests.support.redis import LocalRedis
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Read once, before any test's monkeypatching: a Redis the developer asked us to use.
 EXTERNAL_REDIS_URL = os.environ.get("REDIS_URL")
 UNICODE = "héllo wörld ✓ 日本語 🚀"

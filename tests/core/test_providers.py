@@ -50,7 +50,7 @@ from shared.providers.dataforseo import (
 from shared.providers.mock import RELATED_TEMPLATES, MockProvider, seasonal_factor
 from tests.support.fake_dataforseo import FakeDataForSEO
 
-FIXTURES = Path(__file__).parent / "fixtures" / "dataforseo"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
 LOGIN, PASSWORD = "ops@example.com", "s3cret-Pa55word"
 US = SearchOptions(match_type="phrase", location="United States", language="en")
 WORLDWIDE = SearchOptions(match_type="exact", location="Worldwide", language="en-US")
@@ -848,7 +848,7 @@ def test_importing_providers_does_not_import_httpx() -> None:
         "assert 'httpx' not in sys.modules, 'httpx'; "
         "assert 'shared.providers.dataforseo' not in sys.modules"
     )
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import logging
-import secrets
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,14 +20,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from svix.webhooks import Webhook
 
 from shared import config, db
 from shared.repositories import api_usage, saved_searches, users
-from tests.support.http import Caller, Keys, Result
-
-SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
-PATH = "/api/webhooks/clerk"
+from tests.support.clerk_events import PATH, SECRET, deliver, email_of, signed_headers, user_data
+from tests.support.http import Caller, Keys
 
 
 @pytest.fixture(autouse=True)
@@ -45,52 +41,6 @@ def lambda_only(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
     db.dispose_engine()
     yield Caller("lambda_v2", api_env)
     db.dispose_engine()
-
-
-def user_data(user_id: str, *emails: str, primary: int | None = 0) -> dict[str, Any]:
-    """Clerk's User object, trimmed to what matters plus a few fields we must ignore."""
-    addresses = [
-        {"id": f"idn_{i}", "email_address": email, "object": "email_address"}
-        for i, email in enumerate(emails)
-    ]
-    return {
-        "id": user_id,
-        "object": "user",
-        "first_name": "Ada",
-        "email_addresses": addresses,
-        "primary_email_address_id": None if primary is None else f"idn_{primary}",
-    }
-
-
-def signed_headers(
-    payload: str,
-    *,
-    msg_id: str | None = None,
-    at: datetime | None = None,
-    secret: str = SECRET,
-) -> dict[str, str]:
-    msg_id = msg_id or f"msg_{secrets.token_hex(8)}"
-    at = at or datetime.now(UTC)
-    return {
-        "svix-id": msg_id,
-        "svix-timestamp": str(int(at.timestamp())),
-        "svix-signature": Webhook(secret).sign(msg_id, at, payload),
-        "content-type": "application/json",
-    }
-
-
-def deliver(
-    call: Caller, kind: str, data: dict[str, Any], *, msg_id: str | None = None
-) -> tuple[Result, dict[str, str], str]:
-    """Sign and POST one event; returns the result and what was sent (for replays)."""
-    payload = json.dumps({"type": kind, "object": "event", "data": data})
-    headers = signed_headers(payload, msg_id=msg_id)
-    return call("webhooks_clerk", "POST", PATH, body=payload, headers=headers), headers, payload
-
-
-def email_of(user_id: str) -> str | None:
-    user = db.run(lambda s: users.get(s, user_id))
-    return None if user is None else user.email
 
 
 def ledger(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
