@@ -1049,8 +1049,10 @@ def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
 
 
 def test_db_downgrade_and_migrate(spare_state_dir: Path) -> None:
+    first = keyflash("db", "migrate", state_dir=spare_state_dir)  # a new cluster starts empty
+    assert first.returncode == 0, first.stderr
     down = keyflash("db", "downgrade", "-1", state_dir=spare_state_dir)
-    assert down.returncode == 0, down.stderr
+    assert down.returncode == 0 and down.stdout.startswith("downgraded "), down.stderr
     behind = keyflash("db", "check", state_dir=spare_state_dir)
     assert_one_line_failure(behind, "keyflash db migrate")
     up = keyflash("db", "migrate", state_dir=spare_state_dir)
