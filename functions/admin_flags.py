@@ -14,9 +14,9 @@ from fastapi import Depends
 from starlette.responses import Response
 
 from shared import db, flags
-from shared.auth import AdminUser
 from shared.contracts import flags as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import AdminUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
 from shared.http.responses import ok

@@ -14,10 +14,10 @@ from fastapi import Query
 from starlette.responses import Response
 
 from shared import db
-from shared.auth import AdminUser
 from shared.clock import utcnow
 from shared.contracts import admin as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import AdminUser
 from shared.http.responses import ok
 from shared.repositories import system_metrics
 

@@ -12,8 +12,8 @@ from fastapi import Request
 from starlette.responses import Response
 
 from shared import flags
-from shared.auth import identify
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import identify
 from shared.http.responses import ok
 
 app = create_app(title="Feature flags", summary="The caller's feature flags.")

@@ -18,9 +18,9 @@ from fastapi import Query
 from starlette.responses import Response
 
 from shared import db
-from shared.auth import CurrentUser
 from shared.contracts import history as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import CurrentUser
 from shared.http.responses import ok
 from shared.repositories import search_history
 

@@ -29,18 +29,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import cache, db, providers, storage
-from shared.auth import Identity, forget, identify, provision
+from shared.auth import Identity, forget, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
-from shared.errors import (
-    EMAIL_IN_USE,
-    EmailInUseError,
-    QuotaExceededError,
-    TrialExpiredError,
-    UserNotFoundError,
-)
+from shared.errors import QuotaExceededError, TrialExpiredError, UserNotFoundError
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError
@@ -223,8 +218,6 @@ def _reserve(
             f"Monthly keyword limit reached ({refused.used}/{refused.limit}). {hint}",
             headers={"X-Quota-Remaining": str(max(0, refused.limit - refused.used))},
         ) from None
-    except EmailInUseError:
-        raise ApiError(409, EMAIL_IN_USE) from None
 
 
 def _fetch(

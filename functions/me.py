@@ -10,12 +10,12 @@ from fastapi import Request
 from starlette.responses import Response
 
 from shared import accounts, db
-from shared.auth import CurrentUser
 from shared.clock import utcnow
 from shared.config import get_settings
 from shared.contracts import account
-from shared.errors import EmailInUseError, SubscriptionLiveError
+from shared.errors import SubscriptionLiveError
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.repositories import users
@@ -32,10 +32,7 @@ def get_me(user: CurrentUser) -> Response:
     Get-or-create rather than get: another container may have erased the row since this one
     provisioned the caller, and the answer is then a fresh account, never a 500.
     """
-    try:
-        row = db.run(lambda s: users.get_or_create(s, user.user_id, user.email), idempotent=True)
-    except EmailInUseError:
-        raise ApiError(409, accounts.EMAIL_IN_USE) from None
+    row = db.run(lambda s: users.get_or_create(s, user.user_id, user.email), idempotent=True)
     return ok(account.profile(row, get_settings(), utcnow()))
 
 

@@ -25,11 +25,11 @@ from fastapi import Request
 from starlette.responses import Response
 
 from shared import db, exports
-from shared.auth import CurrentUser
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts import compact
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import PRIVATE_NO_STORE, ok
 from shared.models import DataExport

@@ -12,9 +12,9 @@ from fastapi import Depends
 from starlette.responses import Response
 
 from shared import storage
-from shared.auth import CurrentUser
 from shared.contracts import saved_searches as contract
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import ok

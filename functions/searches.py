@@ -9,10 +9,11 @@ from fastapi import Depends
 from starlette.responses import Response
 
 from shared import storage
-from shared.auth import CurrentUser, Identity, forget, provision
+from shared.auth import Identity, forget, provision
 from shared.contracts import saved_searches as contract
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
 from shared.http.responses import ok

@@ -155,7 +155,7 @@ def _process(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
         outcome = _run(delivery, kind, user)
     except EmailInUseError:
         log_event("clerk_webhook", type=kind, outcome="email_in_use")
-        raise ApiError(409, accounts.EMAIL_IN_USE) from None
+        raise  # the shared handler answers 409
     if outcome is None:
         log_event("clerk_webhook", type=kind, outcome="duplicate")
         return {"received": True, "duplicate": True}

@@ -1,26 +1,23 @@
-"""Clerk session tokens: verified without a network call when a PEM key is configured.
+"""Clerk session tokens and who they name, with no HTTP in sight (`shared.http.auth` reads them
+from requests).
 
-A token comes from `Authorization: Bearer …` or Clerk's `__session` cookie and must be RS256
-(`alg: none` and HS256 tricks are refused by pinning the algorithm), unexpired (small leeway),
-from `CLERK_ISSUER` when set, and for an authorised party when the token names one (Clerk's own
-rule). The first authenticated call provisions the user with the core's get-or-create; a warm
-container remembers whom it has provisioned, so later calls cost no extra query.
+A token must be RS256 (`alg: none` and HS256 tricks are refused by pinning the algorithm),
+unexpired (small leeway), from `CLERK_ISSUER` when set, and for an authorised party when the
+token names one (Clerk's own rule); it is verified without a network call when a PEM key is
+configured. The first authenticated call provisions the user with the core's get-or-create; a
+warm container remembers whom it has provisioned, so later calls cost no extra query.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any
+from typing import Any
 
 import jwt
-from fastapi import Depends, Request
 
-from shared.config import Settings, get_settings
-from shared.errors import EMAIL_IN_USE, EmailInUseError
-from shared.http.errors import ApiError
+from shared.config import Settings
 
-AUTH_REQUIRED = "Authentication required"
 _PROVISIONED_MAX = 10_000
 _provisioned: set[str] = set()
 
@@ -94,48 +91,14 @@ def identity_from_claims(claims: dict[str, Any], settings: Settings) -> Identity
     )
 
 
-def _token_from(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get("__session") or None
-
-
-def identify(request: Request) -> Identity | None:
-    """The caller's verified identity, or None; no database work (cheap enough to run before
-    a rate limit, so signed-in users get their own budget)."""
-    token = _token_from(request)
-    if token is None:
-        return None
-    settings = get_settings()
-    try:
-        identity = identity_from_claims(verify_session_token(token, settings), settings)
-    except InvalidToken:
-        return None
-    request.state.user_id = identity.user_id
-    return identity
-
-
-def authenticate(request: Request) -> Identity:
-    """The caller's identity, provisioned in the database; 401 when there is no valid token."""
-    identity = identify(request)
-    if identity is None:
-        raise ApiError(401, AUTH_REQUIRED)
-    provision(identity)
-    return identity
-
-
 def provision(identity: Identity) -> None:
-    """Get-or-create the user once per warm container."""
+    """Get-or-create the user once per warm container; `EmailInUseError` when another account
+    has the email (the HTTP layer answers 409)."""
     if identity.user_id in _provisioned:
         return
-    try:
-        from shared import storage  # only callers that provision load the storage layer
+    from shared import storage  # only callers that provision load the storage layer
 
-        storage.provision_user(identity.user_id, identity.email)
-    except EmailInUseError:
-        raise ApiError(409, EMAIL_IN_USE) from None
+    storage.provision_user(identity.user_id, identity.email)
     if len(_provisioned) >= _PROVISIONED_MAX:
         _provisioned.clear()
     _provisioned.add(identity.user_id)
@@ -144,13 +107,3 @@ def provision(identity: Identity) -> None:
 def forget(user_id: str) -> None:
     """After erasure: the next call by this user provisions a fresh row."""
     _provisioned.discard(user_id)
-
-
-def require_admin(identity: Annotated[Identity, Depends(authenticate)]) -> Identity:
-    if not identity.is_admin:
-        raise ApiError(403, "Admin access required")
-    return identity
-
-
-CurrentUser = Annotated[Identity, Depends(authenticate)]
-AdminUser = Annotated[Identity, Depends(require_admin)]

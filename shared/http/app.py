@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import db
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
+from shared.errors import EMAIL_IN_USE, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
@@ -66,6 +67,7 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
+    app.add_exception_handler(EmailInUseError, _email_in_use)  # type: ignore[arg-type]
     # Added last = outermost: RequestContext sees every response, including guard refusals.
     app.add_middleware(BodyLimit)
     app.add_middleware(CorsCsrf, settings=get_settings)
@@ -80,6 +82,11 @@ def lambda_handler(app: FastAPI) -> Mangum:
 
 async def _api_error(request: Request, error: ApiError) -> Response:
     return api_error_response(error)
+
+
+async def _email_in_use(request: Request, error: EmailInUseError) -> Response:
+    """Provisioning or an email change met another account's address, wherever it happened."""
+    return api_error_response(ApiError(409, EMAIL_IN_USE))
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:

@@ -43,7 +43,7 @@ def _own_origin(scope: Scope, headers: Headers) -> str:
 
 
 def _bearer_token(headers: Headers) -> bool:
-    """Whether the request carries the header credential `shared.auth` uses before the cookie:
+    """Whether the request carries the header credential `shared.http.auth` uses before the cookie:
     `Bearer <token>`. Any other Authorization value leaves the session cookie in charge."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and bool(value.strip())

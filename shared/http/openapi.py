@@ -50,7 +50,7 @@ DESCRIPTIONS = {
     503: "A dependency is unavailable; retry after Retry-After seconds",
 }
 ALWAYS = (400, 500, 503)  # the envelope's JSON/validation refusals and the last resorts
-AUTHENTICATED = (401, 409)  # `shared.auth.authenticate`: no session; provisioning conflict
+AUTHENTICATED = (401, 409)  # `shared.http.auth.authenticate`: no session; provisioning conflict
 ADMIN = (403,)
 WITH_PATH_ID = (404,)
 WRITE = (413,)  # BodyLimit
@@ -73,7 +73,7 @@ def install(app: FastAPI) -> None:
 
 def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
     """(path, method) → the error statuses the shared layer can answer for that route."""
-    from shared.auth import authenticate, require_admin
+    from shared.http.auth import authenticate, require_admin
 
     found: dict[tuple[str, str], set[int]] = {}
     for route in app.routes:

@@ -29,8 +29,8 @@ from starlette.responses import Response
 from devkit import events
 from devkit.pgbouncer import LocalPgBouncer
 from shared import config, db
-from shared.auth import AdminUser, CurrentUser
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import AdminUser, CurrentUser
 from shared.http.responses import ok
 from tests.support.http import ISSUER, Caller, Keys, Result, make_token
 
@@ -411,7 +411,7 @@ MESSY_COOKIES = 'theme=dark mode; prefs={"a":1}'  # http.cookies.SimpleCookie st
 
 def test_cookies_are_read_as_the_auth_layer_reads_them(browser: Callable[..., Result]) -> None:
     """Browsers send whatever the site's other scripts set. The guard must see the same session
-    and CSRF cookies as `shared.auth` does: else a session it cannot see skips the check."""
+    and CSRF cookies as `shared.http.auth` does: else a session it cannot see skips the check."""
     assert browser(extra_cookies=MESSY_COOKIES).status == 201
     refused = browser(extra_cookies=MESSY_COOKIES, origin=None, header_token=None)
     assert_envelope(refused, 403, BAD_ORIGIN)

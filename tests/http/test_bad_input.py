@@ -33,7 +33,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from devkit import gateway, layout
-from shared.auth import require_admin
+from shared.http.auth import require_admin
 from shared.http.guards import STATE_CHANGING
 from shared.http.openapi import dependency_calls
 from tests.support import catalog

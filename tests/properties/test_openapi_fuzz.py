@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import (
 from devkit import layout
 from devkit.postgres import truncate_tables
 from devkit.upstash_emulator import UpstashEmulator
-from shared.auth import require_admin
+from shared.http.auth import require_admin
 from shared.http.openapi import dependency_calls
 from tests.support.http import Keys, app_environment, make_token
 from tests.support.s3 import mock_s3

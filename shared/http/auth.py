@@ -1,0 +1,66 @@
+"""Who is calling: the session token read from the request, as FastAPI dependencies.
+
+The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
+verifies it. `CurrentUser` routes need a valid token (401 otherwise) and provision the caller;
+`AdminUser` routes also need the admin role (403).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from shared.auth import (
+    Identity,
+    InvalidToken,
+    identity_from_claims,
+    provision,
+    verify_session_token,
+)
+from shared.config import get_settings
+from shared.http.errors import ApiError
+
+AUTH_REQUIRED = "Authentication required"
+
+
+def _token_from(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get("__session") or None
+
+
+def identify(request: Request) -> Identity | None:
+    """The caller's verified identity, or None; no database work (cheap enough to run before
+    a rate limit, so signed-in users get their own budget)."""
+    token = _token_from(request)
+    if token is None:
+        return None
+    settings = get_settings()
+    try:
+        identity = identity_from_claims(verify_session_token(token, settings), settings)
+    except InvalidToken:
+        return None
+    request.state.user_id = identity.user_id
+    return identity
+
+
+def authenticate(request: Request) -> Identity:
+    """The caller's identity, provisioned in the database; 401 when there is no valid token."""
+    identity = identify(request)
+    if identity is None:
+        raise ApiError(401, AUTH_REQUIRED)
+    provision(identity)
+    return identity
+
+
+def require_admin(identity: Annotated[Identity, Depends(authenticate)]) -> Identity:
+    if not identity.is_admin:
+        raise ApiError(403, "Admin access required")
+    return identity
+
+
+CurrentUser = Annotated[Identity, Depends(authenticate)]
+AdminUser = Annotated[Identity, Depends(require_admin)]
