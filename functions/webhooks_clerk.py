@@ -18,62 +18,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from shared import accounts, db, storage
+from shared import accounts
 from shared.config import get_settings
-from shared.errors import EmailInUseError
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
-from shared.repositories import webhook_events
-from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
 INVALID_SIGNATURE = "Invalid signature"
 INVALID_PAYLOAD = "Invalid webhook payload"
-PROVIDER = "clerk"
-USER_EVENTS = frozenset({"user.created", "user.updated", "user.deleted"})
+USER_EVENTS = accounts.CLERK_USER_EVENTS
 
 app = create_app(title="Clerk webhook", summary="Keep users in step with Clerk (Svix-signed).")
-
-Text = Annotated[str, Field(min_length=1, max_length=320)]
-MAX_MILLISECONDS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-
-
-class ClerkEmail(BaseModel):
-    id: Text
-    email_address: Text
-
-
-class ClerkUser(BaseModel):
-    """The parts of Clerk's User object we keep; everything else is ignored, never stored."""
-
-    id: Annotated[str, Field(min_length=1, max_length=255)]
-    email_addresses: list[ClerkEmail] = []
-    primary_email_address_id: str | None = None
-    # Unix milliseconds of the user's last change (user.deleted carries none).
-    updated_at: Annotated[int, Field(ge=0, le=MAX_MILLISECONDS, strict=True)] | None = None
-
-    def changed_at(self) -> datetime | None:
-        """When Clerk last changed the user: the order in which its events apply."""
-        if self.updated_at is None:
-            return None
-        return datetime.fromtimestamp(self.updated_at / 1000, UTC)
-
-    def primary_email(self) -> str:
-        for address in self.email_addresses:
-            if address.id == self.primary_email_address_id and address.email_address.strip():
-                return address.email_address.strip()
-        return accounts.placeholder_email(self.id)
 
 
 class ClerkEvent(BaseModel):
@@ -112,60 +75,13 @@ def _well_formed(signatures: str) -> bool:
     return all(len(parts) == 2 and all(parts) for parts in entries)
 
 
-def _parse(body: bytes) -> tuple[ClerkEvent, ClerkUser | None]:
+def _parse(body: bytes) -> tuple[ClerkEvent, accounts.ClerkUser | None]:
     try:
         event = ClerkEvent.model_validate_json(body)
-        user = ClerkUser.model_validate(event.data) if event.type in USER_EVENTS else None
+        user = accounts.ClerkUser.model_validate(event.data) if event.type in USER_EVENTS else None
     except ValidationError:
         raise ApiError(400, INVALID_PAYLOAD) from None
     return event, user
-
-
-def _apply(session: Session, delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
-    """Claim the delivery and apply its effect in the caller's transaction; None = duplicate."""
-    if webhook_events.claim(session, delivery, kind, None, provider=PROVIDER) is None:
-        return None
-    outcome: str | Erasure
-    if kind == "user.deleted":
-        outcome = accounts.erase(session, user.id)
-    else:
-        outcome = accounts.sync_email(
-            session,
-            user.id,
-            user.primary_email(),
-            replace_real_email=kind == "user.updated",
-            changed_at=user.changed_at(),
-        )
-    webhook_events.mark_processed(session, delivery)
-    return outcome
-
-
-def _run(delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
-    try:
-        return db.transaction(lambda s: _apply(s, delivery, kind, user))
-    except IntegrityError as error:
-        if not accounts.is_duplicate_user(error):
-            raise
-    # The user's first API call created the row while we were creating it; it is there now.
-    return db.transaction(lambda s: _apply(s, delivery, kind, user))
-
-
-def _process(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
-    try:
-        outcome = _run(delivery, kind, user)
-    except EmailInUseError:
-        log_event("clerk_webhook", type=kind, outcome="email_in_use")
-        raise  # the shared handler answers 409
-    if outcome is None:
-        log_event("clerk_webhook", type=kind, outcome="duplicate")
-        return {"received": True, "duplicate": True}
-    if isinstance(outcome, Erasure):
-        accounts.finish_erasure(user.id, outcome, source="clerk_webhook")
-        outcome = "erased"
-    else:
-        storage.mirror_user(user.id)  # the legacy copy follows the email change (dual/fallback)
-    log_event("clerk_webhook", type=kind, outcome=outcome)
-    return {"received": True}
 
 
 def _svix_header(name: str, description: str) -> dict[str, object]:
@@ -219,7 +135,7 @@ async def clerk_webhook(request: Request) -> Response:
         return ok({"received": True})
     # Verified above, so one of them is present (Svix accepts either spelling).
     delivery = request.headers.get("svix-id") or request.headers["webhook-id"]
-    return ok(await run_in_threadpool(_process, delivery, event.type, user))
+    return ok(await run_in_threadpool(accounts.apply_clerk_event, delivery, event.type, user))
 
 
 handler = lambda_handler(app)

@@ -1,4 +1,5 @@
-"""Account lifecycle rules: keeping a user's email in step with Clerk, and finishing an erasure.
+"""Account lifecycle rules: keeping a user's email in step with Clerk (its user events applied
+exactly once), and finishing an erasure.
 
 Clerk's events can arrive late, be retried or be replayed, so the email rules are written to be
 safe in any order: a real email is never replaced by the `{id}@keyflash.local` placeholder, and
@@ -8,21 +9,22 @@ safe in any order: a real email is never replaced by the `{id}@keyflash.local` p
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import auth, errors, exports, storage
+from shared import auth, db, exports, storage
 from shared.clock import utcnow
 from shared.config import get_settings
-from shared.repositories import personal_data, subscriptions, tombstones, users
+from shared.errors import EmailInUseError
+from shared.repositories import personal_data, subscriptions, tombstones, users, webhook_events
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
 PLACEHOLDER_DOMAIN = "keyflash.local"
-EMAIL_IN_USE = errors.EMAIL_IN_USE
 SyncOutcome = Literal["created", "updated", "unchanged", "stale"]
 
 
@@ -130,3 +132,89 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
         metricsScrubbed=erasure.metrics_scrubbed,
         exportsDeleted=exports_deleted,
     )
+
+
+# --------------------------------------------------------------------------- Clerk user events
+
+CLERK = "clerk"  # the webhook ledger's provider
+CLERK_USER_EVENTS = frozenset({"user.created", "user.updated", "user.deleted"})
+
+Text = Annotated[str, Field(min_length=1, max_length=320)]
+MAX_MILLISECONDS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+class ClerkEmail(BaseModel):
+    id: Text
+    email_address: Text
+
+
+class ClerkUser(BaseModel):
+    """The parts of Clerk's User object we keep; everything else is ignored, never stored."""
+
+    id: Annotated[str, Field(min_length=1, max_length=255)]
+    email_addresses: list[ClerkEmail] = []
+    primary_email_address_id: str | None = None
+    # Unix milliseconds of the user's last change (user.deleted carries none).
+    updated_at: Annotated[int, Field(ge=0, le=MAX_MILLISECONDS, strict=True)] | None = None
+
+    def changed_at(self) -> datetime | None:
+        """When Clerk last changed the user: the order in which its events apply."""
+        if self.updated_at is None:
+            return None
+        return datetime.fromtimestamp(self.updated_at / 1000, UTC)
+
+    def primary_email(self) -> str:
+        for address in self.email_addresses:
+            if address.id == self.primary_email_address_id and address.email_address.strip():
+                return address.email_address.strip()
+        return placeholder_email(self.id)
+
+
+def _apply(session: Session, delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
+    """Claim the delivery and apply its effect in the caller's transaction; None = duplicate."""
+    if webhook_events.claim(session, delivery, kind, None, provider=CLERK) is None:
+        return None
+    outcome: str | Erasure
+    if kind == "user.deleted":
+        outcome = erase(session, user.id)
+    else:
+        outcome = sync_email(
+            session,
+            user.id,
+            user.primary_email(),
+            replace_real_email=kind == "user.updated",
+            changed_at=user.changed_at(),
+        )
+    webhook_events.mark_processed(session, delivery)
+    return outcome
+
+
+def _run(delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
+    try:
+        return db.transaction(lambda s: _apply(s, delivery, kind, user))
+    except IntegrityError as error:
+        if not is_duplicate_user(error):
+            raise
+    # The user's first API call created the row while we were creating it; it is there now.
+    return db.transaction(lambda s: _apply(s, delivery, kind, user))
+
+
+def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
+    """Apply one verified Clerk user event exactly once: the delivery's `svix-id` is claimed in
+    the webhook ledger in the transaction of its effect; None from the claim is a replay.
+    `EmailInUseError` when the new email belongs to another account (nothing changed)."""
+    try:
+        outcome = _run(delivery, kind, user)
+    except EmailInUseError:
+        log_event("clerk_webhook", type=kind, outcome="email_in_use")
+        raise
+    if outcome is None:
+        log_event("clerk_webhook", type=kind, outcome="duplicate")
+        return {"received": True, "duplicate": True}
+    if isinstance(outcome, Erasure):
+        finish_erasure(user.id, outcome, source="clerk_webhook")
+        outcome = "erased"
+    else:
+        storage.mirror_user(user.id)  # the legacy copy follows the email change (dual/fallback)
+    log_event("clerk_webhook", type=kind, outcome=outcome)
+    return {"received": True}
