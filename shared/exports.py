@@ -22,7 +22,7 @@ from shared import db
 from shared.config import Settings
 from shared.contracts import account
 from shared.repositories import personal_data
-from shared.s3 import S3Client, s3_client
+from shared.s3 import S3Client, delete_keys, s3_client
 from shared.telemetry import log_event
 
 FILENAME = "keyflash-export.json"
@@ -68,14 +68,6 @@ def download_url(settings: Settings, key: str) -> str:
             ExpiresIn=settings.export_url_ttl_s,
         )
     )
-
-
-def delete_keys(s3: S3Client, bucket: str, keys: list[str]) -> None:
-    for start in range(0, len(keys), 1000):
-        chunk = keys[start : start + 1000]
-        s3.delete_objects(
-            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
-        )
 
 
 def delete_stored(settings: Settings, user_id: str) -> int:

@@ -1,4 +1,5 @@
-"""The S3 client backups and data exports share (S3, R2 or MinIO: any S3 API endpoint).
+"""The S3 transport backups and data exports share (S3, R2 or MinIO: any S3 API endpoint): the
+client, a gzip stream into one object, listing and deleting keys.
 
 boto3 is imported on first use, so a function that may never touch storage does not pay for it
 at cold start.
@@ -6,9 +7,16 @@ at cold start.
 
 from __future__ import annotations
 
+import hashlib
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 S3Client = Any  # botocore's client is generated at run time; there are no static types
+PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts: at least 5 MiB except the last
+COMPRESS_EVERY = 256 * 1024  # raw bytes gathered before each zlib call
+CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the caller's budget
 
 
 def s3_client() -> S3Client:
@@ -16,3 +24,114 @@ def s3_client() -> S3Client:
     import boto3  # type: ignore[import-untyped]  # lazily: only when storage is used
 
     return boto3.client("s3")
+
+
+def delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
+    """Delete `keys`, 1,000 per request (DeleteObjects' limit)."""
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        s3.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+        )
+
+
+def list_keys(s3: S3Client, bucket: str, prefix: str) -> list[str]:
+    """Every key under `prefix`, across ListObjectsV2's pages."""
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+@dataclass
+class Written:
+    """What a `GzipUpload` wrote: lines, bytes before and after gzip, SHA-256 of the raw data."""
+
+    rows: int = 0
+    raw_bytes: int = 0
+    gzip_bytes: int = 0
+    sha256: str = ""
+
+
+class GzipUpload:
+    """A gzip stream into one S3 object: a single PUT when small, else a multipart upload of
+    PART_SIZE parts, so what is written is never whole in memory. `check_time` is called every
+    CHECK_TIME_EVERY raw bytes: it raises to stop a writer that is out of time."""
+
+    def __init__(self, s3: S3Client, bucket: str, key: str, check_time: Callable[[], None]) -> None:
+        self._s3, self._bucket, self._key = s3, bucket, key
+        self._check_time = check_time
+        self._zlib = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip container
+        self._sha = hashlib.sha256()
+        self._raw = bytearray()
+        self._out = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._since_check = 0
+        self.written = Written()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        chunk = bytes(data)
+        self.written.rows += chunk.count(b"\n")  # COPY text escapes newlines inside values
+        self.written.raw_bytes += len(chunk)
+        self._sha.update(chunk)
+        self._raw += chunk
+        if len(self._raw) >= COMPRESS_EVERY:
+            self._compress()
+        self._since_check += len(chunk)
+        if self._since_check >= CHECK_TIME_EVERY:
+            self._since_check = 0
+            self._check_time()
+
+    def _compress(self) -> None:
+        self._out += self._zlib.compress(bytes(self._raw))
+        self._raw.clear()
+        while len(self._out) >= PART_SIZE:
+            self._send_part(bytes(self._out[:PART_SIZE]))
+            del self._out[:PART_SIZE]
+
+    def _send_part(self, body: bytes) -> None:
+        if self._upload_id is None:
+            started = self._s3.create_multipart_upload(
+                Bucket=self._bucket, Key=self._key, ContentType="application/gzip"
+            )
+            self._upload_id = started["UploadId"]
+        number = len(self._parts) + 1
+        answer = self._s3.upload_part(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        self.written.gzip_bytes += len(body)
+
+    def close(self) -> Written:
+        self._compress()
+        self._out += self._zlib.flush()
+        if self._upload_id is None:
+            self._s3.put_object(
+                Bucket=self._bucket, Key=self._key, Body=bytes(self._out),
+                ContentType="application/gzip",
+            )  # fmt: skip
+            self.written.gzip_bytes += len(self._out)
+        else:
+            if self._out:
+                self._send_part(bytes(self._out))
+            self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._out.clear()
+        self.written.sha256 = self._sha.hexdigest()
+        return self.written
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            self._s3.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+            )
+            self._upload_id = None

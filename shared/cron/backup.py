@@ -18,7 +18,8 @@ into an EMPTY database migrated to the same revision, in one transaction, checki
 row count and checksum. The schema has no sequences (ids are client-side cuids/UUIDs); a table
 with one would also need `setval` after loading.
 
-boto3 is imported on first use (`shared.s3`), so the cron's cold start does not pay for it.
+The S3 transport (the gzip multipart stream, listing, deleting) is `shared.s3`'s; boto3 is
+imported on first use there, so the cron's cold start does not pay for it.
 """
 
 from __future__ import annotations
@@ -43,14 +44,11 @@ from shared.clock import iso_ms
 from shared.config import ConfigurationError, get_settings
 from shared.cron.runner import Job, Run, run_job
 from shared.db_url import parse_database_url, redact_url
-from shared.s3 import S3Client, s3_client
+from shared.s3 import GzipUpload, S3Client, delete_keys, list_keys, s3_client
 from shared.telemetry import log_event
 
 FORMAT = "keyflash-backup/1"
 MANIFEST = "manifest.json"
-PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts: at least 5 MiB except the last
-_COMPRESS_EVERY = 256 * 1024  # raw bytes gathered before each zlib call
-_CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the budget
 
 
 class BackupError(RuntimeError):
@@ -69,14 +67,6 @@ class OutOfTimeError(Exception):
 class Table:
     name: str
     columns: list[str]
-
-
-@dataclass
-class _Written:
-    rows: int = 0
-    raw_bytes: int = 0
-    gzip_bytes: int = 0
-    sha256: str = ""
 
 
 # --------------------------------------------------------------------------- connections
@@ -143,91 +133,6 @@ def _revision(cursor: psycopg.Cursor[Any]) -> str | None:
     return None if row is None else str(row[0])
 
 
-# --------------------------------------------------------------------------- upload
-
-
-class _GzipUpload:
-    """A gzip stream into one S3 object: a single PUT when small, else a multipart upload."""
-
-    def __init__(self, s3: S3Client, bucket: str, key: str, check_time: Callable[[], None]) -> None:
-        self._s3, self._bucket, self._key = s3, bucket, key
-        self._check_time = check_time
-        self._zlib = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: a gzip container
-        self._sha = hashlib.sha256()
-        self._raw = bytearray()
-        self._out = bytearray()
-        self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
-        self._since_check = 0
-        self.written = _Written()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        chunk = bytes(data)
-        self.written.rows += chunk.count(b"\n")  # COPY text escapes newlines inside values
-        self.written.raw_bytes += len(chunk)
-        self._sha.update(chunk)
-        self._raw += chunk
-        if len(self._raw) >= _COMPRESS_EVERY:
-            self._compress()
-        self._since_check += len(chunk)
-        if self._since_check >= _CHECK_TIME_EVERY:
-            self._since_check = 0
-            self._check_time()
-
-    def _compress(self) -> None:
-        self._out += self._zlib.compress(bytes(self._raw))
-        self._raw.clear()
-        while len(self._out) >= PART_SIZE:
-            self._send_part(bytes(self._out[:PART_SIZE]))
-            del self._out[:PART_SIZE]
-
-    def _send_part(self, body: bytes) -> None:
-        if self._upload_id is None:
-            started = self._s3.create_multipart_upload(
-                Bucket=self._bucket, Key=self._key, ContentType="application/gzip"
-            )
-            self._upload_id = started["UploadId"]
-        number = len(self._parts) + 1
-        answer = self._s3.upload_part(
-            Bucket=self._bucket,
-            Key=self._key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=body,
-        )
-        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
-        self.written.gzip_bytes += len(body)
-
-    def close(self) -> _Written:
-        self._compress()
-        self._out += self._zlib.flush()
-        if self._upload_id is None:
-            self._s3.put_object(
-                Bucket=self._bucket, Key=self._key, Body=bytes(self._out),
-                ContentType="application/gzip",
-            )  # fmt: skip
-            self.written.gzip_bytes += len(self._out)
-        else:
-            if self._out:
-                self._send_part(bytes(self._out))
-            self._s3.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
-        self._out.clear()
-        self.written.sha256 = self._sha.hexdigest()
-        return self.written
-
-    def abort(self) -> None:
-        if self._upload_id is not None:
-            self._s3.abort_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
-            )
-            self._upload_id = None
-
-
 # --------------------------------------------------------------------------- backup
 
 
@@ -259,7 +164,7 @@ def create_backup(
     """
     base = f"{prefix}{backup_name(now)}/"
     uploaded: list[str] = []
-    upload: _GzipUpload | None = None
+    upload: GzipUpload | None = None
 
     def check_time() -> None:
         if not has_time():
@@ -277,7 +182,7 @@ def create_backup(
                 for table in tables_in_load_order(cursor):
                     check_time()
                     key = f"{base}{table.name}.tsv.gz"
-                    upload = _GzipUpload(s3, bucket, key, check_time)
+                    upload = GzipUpload(s3, bucket, key, check_time)
                     copy_sql = sql.SQL("COPY {} ({}) TO STDOUT").format(
                         sql.Identifier("public", table.name),
                         sql.SQL(", ").join(sql.Identifier(c) for c in table.columns),
@@ -316,7 +221,7 @@ def create_backup(
     except BaseException:
         if upload is not None:
             _quietly(upload.abort)
-        _quietly(lambda: _delete_keys(s3, bucket, uploaded))
+        _quietly(lambda: delete_keys(s3, bucket, uploaded))
         raise
     return BackupResult(key=base + MANIFEST, manifest=manifest)
 
@@ -328,26 +233,10 @@ def _quietly(action: Callable[[], None]) -> None:
         log_event("backup_cleanup_failed", level=logging.WARNING, error=type(error).__name__)
 
 
-def _delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
-    for start in range(0, len(keys), 1000):
-        chunk = keys[start : start + 1000]
-        if chunk:
-            s3.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
-            )
-
-
-def _objects(s3: S3Client, bucket: str, prefix: str) -> list[str]:
-    keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    return keys
-
-
 def list_backups(s3: S3Client, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
     """(complete, interrupted) backup folders under `prefix`, oldest first."""
     folders: dict[str, bool] = {}
-    for key in _objects(s3, bucket, prefix):
+    for key in list_keys(s3, bucket, prefix):
         folder, _, name = key.removeprefix(prefix).partition("/")
         if not name:
             continue  # not ours: a file directly under the prefix
@@ -362,7 +251,7 @@ def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int) -> list[str
     complete, interrupted = list_backups(s3, bucket, prefix)
     doomed = complete[: max(0, len(complete) - keep)] + interrupted
     for folder in doomed:
-        _delete_keys(s3, bucket, _objects(s3, bucket, f"{prefix}{folder}/"))
+        delete_keys(s3, bucket, list_keys(s3, bucket, f"{prefix}{folder}/"))
     return doomed
 
 

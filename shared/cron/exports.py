@@ -22,7 +22,7 @@ from shared import db, exports
 from shared.clock import utcnow
 from shared.cron.runner import Job, Run
 from shared.repositories import data_exports
-from shared.s3 import S3Client, s3_client
+from shared.s3 import S3Client, delete_keys, s3_client
 from shared.telemetry import log_event
 
 MAX_ATTEMPTS = 3
@@ -59,7 +59,7 @@ def export_one(run: Run, s3: S3Client) -> bool:
         )
     )  # fmt: skip
     if not finished:  # erased (or taken for dead) meanwhile: keep nothing of it
-        exports.delete_keys(s3, bucket, [key])
+        delete_keys(s3, bucket, [key])
         run.extra["discarded"] = run.extra.get("discarded", 0) + 1
     run.processed += 1
     run.extra["bytes"] = run.extra.get("bytes", 0) + len(document)
@@ -82,7 +82,7 @@ def sweep(run: Run, s3: S3Client) -> int:
         for item in page.get("Contents", [])
         if item["Key"] not in live and item["LastModified"] < cutoff
     ]
-    exports.delete_keys(s3, bucket, doomed)
+    delete_keys(s3, bucket, doomed)
     return len(doomed)
 
 

@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from devkit.migrate import upgrade_head
+from shared import s3 as s3_transport
 from shared.cron import backup
 from shared.cron.runner import LEASE_HELD, run_job
 from tests.support.cron import BudgetContext, configure, count, overlapping_runs
@@ -211,7 +212,7 @@ def test_backup_then_restore_round_trips_every_table_exactly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Big enough for a multipart upload with 5 MiB parts (random md5 text barely compresses).
-    monkeypatch.setattr(backup, "PART_SIZE", 5 * 1024 * 1024)
+    monkeypatch.setattr(s3_transport, "PART_SIZE", 5 * 1024 * 1024)
     seed_everything(admin_conn, history_rows=60_000)
     source = dump(direct_database_url)
     assert all(source[table] for table in source if table != "alembic_version"), (
@@ -303,8 +304,8 @@ def test_a_large_table_out_of_time_aborts_its_multipart_upload(
     direct_s3: Any, direct_database_url: str, admin_conn: psycopg.Connection[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr(backup, "PART_SIZE", 5 * 1024 * 1024)
-    monkeypatch.setattr(backup, "_CHECK_TIME_EVERY", 1024 * 1024)
+    monkeypatch.setattr(s3_transport, "PART_SIZE", 5 * 1024 * 1024)
+    monkeypatch.setattr(s3_transport, "CHECK_TIME_EVERY", 1024 * 1024)
     seed_everything(admin_conn, history_rows=60_000)
 
     class Spy:
