@@ -23,9 +23,9 @@ import pytest
 import redis
 from upstash_redis import Redis
 
-from devkit.legacy import Tally, backfill, verify
+from devkit.legacy import Tally, backfill, reattach, verify
 from devkit.upstash_emulator import UpstashEmulator
-from shared.clock import next_month_start, utcnow
+from shared.clock import iso_ms, next_month_start, utcnow
 from shared.legacy import keys
 from shared.legacy.mapping import counter_ttl
 from shared.legacy.schemas import parse_saved_search, parse_user
@@ -187,6 +187,108 @@ def test_a_messy_production_keyspace_backfills_with_exact_counts_per_outcome(
     assert again.saved_searches == Tally(unchanged=expected.searches)
     assert len(again.quarantined) == len(report.quarantined)
     assert verify(sdk) == []
+
+
+@pytest.mark.parametrize("name", ["postgres", "dual"])
+def test_the_quarantined_case_only_twin_signs_in_and_gets_their_own_data(
+    app: Caller,
+    sdk: Redis,
+    original: redis.Redis,
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """The email: index names A, so the backfill copies A and quarantines B with B's searches.
+    B signs in (their Clerk email is the same address): B gets their own account under their
+    Clerk id, with the placeholder email, their trial dates, their usage and their searches;
+    A is untouched, and the TypeScript app still sees B's real address."""
+    from shared import storage
+
+    winner, twin = new_user(), new_user()
+    address = f"{twin}@Example.com"
+    created = utcnow() - timedelta(days=3)
+    for uid, email in ((winner, address.lower()), (twin, address)):
+        original.set(keys.user(uid), dumps(user_record(uid, email, created=created)))
+    original.set(keys.email(address), winner, ex=keys.ONE_YEAR_S)
+    original.set(keys.trial_usage(twin, created), "30", ex=3600)
+    theirs = [str(uuid.uuid4()) for _ in range(2)]
+    for n, sid in enumerate(theirs):
+        record = search_record(twin, sid, created=created + timedelta(minutes=n), name=f"B {n}")
+        original.set(keys.saved_search(twin, sid), dumps(record), ex=keys.ONE_YEAR_S)
+        original.sadd(keys.saved_searches(twin), sid)
+
+    report = backfill(sdk, report_path=tmp_path / "r.json")
+    reasons = {q.key: (q.kind, q.reason) for q in report.quarantined}
+    assert reasons[keys.user(twin)] == (
+        "conflict",
+        f"the email: index key of its address names {keys.user(winner)}",
+    )
+    for sid in theirs:
+        owner_gone = f"its owner {keys.user(twin)} was quarantined"
+        assert reasons[keys.saved_search(twin, sid)] == ("orphan", owner_gone)
+
+    mode(monkeypatch, name)
+    signed_in = {"authorization": f"Bearer {app.token(twin, email=address)}"}
+    listed = app("searches", "GET", "/api/searches", headers=signed_in)
+    assert listed.status == 200, listed.text
+    assert [s["id"] for s in listed.json["searches"]] == theirs[::-1]
+    row = 'SELECT email, "trialStartedAt", "keywordSearchesTotal" FROM users WHERE id = %s'
+    [(email, started, used)] = sql(direct_database_url, row, twin)
+    assert (email, started.replace(tzinfo=UTC), used) == (f"{twin}@keyflash.local", created, 30)
+    assert sql(direct_database_url, "SELECT email FROM users WHERE id = %s", winner) == [
+        (address.lower(),)
+    ]
+    mine = 'SELECT id FROM saved_searches WHERE "userId" = %s ORDER BY "createdAt"'
+    assert [sid for (sid,) in sql(direct_database_url, mine, twin)] == theirs
+    me = app("me", "GET", "/api/me", headers=signed_in)
+    assert me.status == 200, me.text
+    assert me.json["usage"]["total"] == 30  # no second trial: its usage and dates came along
+    assert me.json["trialEndsAt"] == iso_ms(created + timedelta(days=7))
+
+    storage.mirror_user(twin)  # a no-op in postgres mode; in dual the real address stays
+    stored = original.get(keys.user(twin))
+    assert stored is not None and parse_user(keys.user(twin), stored.decode()).email == address
+    assert original.get(keys.email(address)) == winner.encode()
+    assert original.get(keys.email(f"{twin}@keyflash.local")) is None
+
+    again = backfill(sdk, report_path=tmp_path / "again.json")
+    still = {q.key for q in again.quarantined}
+    assert keys.user(twin) in still  # A keeps the address; B's row stays as reattached
+    assert not {keys.saved_search(twin, sid) for sid in theirs} & still  # no longer orphans
+    assert app("searches", "GET", "/api/searches", headers=signed_in).status == 200
+    assert [sid for (sid,) in sql(direct_database_url, mine, twin)] == theirs
+
+
+def test_the_reattach_command_imports_a_quarantined_user_once(
+    sdk: Redis, original: redis.Redis, db_env: str, direct_database_url: str, capsys: Any
+) -> None:
+    """The operator's way, ahead of a sign-in: `python -m devkit.legacy reattach USER_ID`."""
+    winner, twin = new_user(), new_user()
+    created = utcnow() - timedelta(days=1)
+    address = f"{twin}@example.com"
+    sql(direct_database_url, 'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        winner, address.upper())  # fmt: skip
+    original.set(keys.user(twin), dumps(user_record(twin, address, created=created, tier="pro")))
+    sid = str(uuid.uuid4())
+    original.set(keys.saved_search(twin, sid), dumps(search_record(twin, sid, created=created)))
+    original.sadd(keys.saved_searches(twin), sid)
+
+    assert reattach(sdk, [twin]) == 0
+    assert reattach(sdk, [twin]) == 0  # a repeat imports nothing
+    assert reattach(sdk, [new_user()]) == 1  # Redis has no such user
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        f"user:{twin}: reattached, 1 saved search(es) imported",
+        f"user:{twin}: reattached, 0 saved search(es) imported",
+    ]
+    assert lines[2].endswith(": no such record in Redis")
+    assert sql(direct_database_url, "SELECT email, tier FROM users WHERE id = %s", twin) == [
+        (f"{twin}@keyflash.local", "PRO")
+    ]
+    assert sql(direct_database_url, 'SELECT id FROM saved_searches WHERE "userId" = %s', twin) == [
+        (sid,)
+    ]
 
 
 def test_verify_also_reports_postgres_rows_redis_lacks(
