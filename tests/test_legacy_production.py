@@ -446,6 +446,88 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
     assert storage.pending_repairs() == 0
 
 
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_the_reconcile_cron_gives_back_to_both_stores_while_the_original_app_counts(
+    app: Caller,
+    original: redis.Redis,
+    server: LocalRedis,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """Six searches of ours were killed after reserving 5 keywords each; the cron gives them
+    back in three batches, and after each batch's commit (before our INCRBY) the TypeScript
+    app counts a round of its own. Neither store loses a count of either app."""
+    from shared import db, storage
+    from shared.config import get_settings
+    from shared.cron import reservations as reconcile
+    from shared.cron.runner import run_job
+    from shared.quotas import Limits
+    from shared.repositories import reservations, users
+
+    monkeypatch.setenv("CRON_BATCH_SIZE", "2")
+    mode(monkeypatch, name)
+    uid = new_user()
+    counter = seed_pro(original, uid, 125)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported at 125
+    limits, now = Limits.from_settings(get_settings()), utcnow()
+    for _ in range(6):
+
+        def killed_search(session: Any) -> None:
+            hold = reservations.Hold(str(uuid.uuid4()), now + timedelta(minutes=5))
+            users.reserve_keywords(
+                session, uid, f"{uid}@example.com", 5, limits=limits, enforce=False, now=now,
+                hold=hold,
+            )  # fmt: skip
+            storage.count_legacy_usage(session, uid, 5, now)
+
+        db.run(killed_search)
+        storage.mirror_usage(uid)
+    assert int(original.get(counter) or 0) == 125 + 30
+
+    turn, done = threading.Semaphore(0), threading.Semaphore(0)
+    failures: list[BaseException] = []
+
+    def typescript_app() -> None:
+        try:
+            with redis.Redis.from_url(server.url) as r:
+                for _ in range(3):
+                    assert turn.acquire(timeout=60)
+                    for _ in range(ORIGINAL_INCREMENTS // 4):
+                        r.incrby(counter, 1)
+                        r.expire(counter, counter_ttl(next_month_start(utcnow()), utcnow()))
+                    done.release()
+        except BaseException as error:  # surfaced below
+            failures.append(error)
+
+    real_mirror = storage.mirror_usage
+
+    def after_the_original_counted(user_id: str) -> None:
+        turn.release()
+        assert done.acquire(timeout=60)
+        real_mirror(user_id)
+
+    monkeypatch.setattr(storage, "mirror_usage", after_the_original_counted)
+    writer = threading.Thread(target=typescript_app)
+    writer.start()
+    summary = run_job(reconcile.JOB, now=now + timedelta(minutes=10))
+    writer.join()
+    assert failures == []
+    assert summary["processed"] == 6 and summary["keywordsGivenBack"] == 30
+
+    total = 125 + 3 * (ORIGINAL_INCREMENTS // 4)
+    assert int(original.get(counter) or 0) == total  # our give-backs landed as increments
+    assert sql(
+        direct_database_url,
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        uid,
+    ) == [(total, total)]  # Postgres gave back ours and learned the original's
+    assert sql(direct_database_url, "SELECT count(*) FROM keyword_reservations") == [(0,)]
+    assert storage.pending_repairs() == 0
+    again = run_job(reconcile.JOB, now=now + timedelta(minutes=15))
+    assert again["processed"] == 0 and int(original.get(counter) or 0) == total
+
+
 def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
     app: Caller, original: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
