@@ -400,9 +400,24 @@ def _apply_owed(session: Session, user_id: str, client: Redis) -> bool | None:
 
 
 def mirror_user(user_id: str) -> None:
-    """After a user row changed in Postgres outside this module (email sync, tier or Stripe
-    ids from billing): copy it to `user:{id}` and its index keys. A no-op in postgres mode."""
+    """After a user row changed in Postgres outside this module (the email sync): copy it to
+    `user:{id}` and its index keys. A no-op in postgres mode."""
     _mirror(keys.user(user_id), "user", user_id)
+
+
+def mark_user(session: Session, user_id: str) -> None:
+    """In the transaction that changes a user row outside this module (billing's tier and
+    Stripe ids): owe `user:{id}` a copy, committed with the change, so a crash before
+    `sync_user` leaves it to the repair job. A no-op in postgres mode."""
+    if mode() != "postgres":
+        legacy_repairs.mark(session, keys.user(user_id), "user", user_id)
+
+
+def sync_user(user_id: str) -> None:
+    """After that change committed: copy the row to `user:{id}` now (compare-and-set, merged
+    over what the TypeScript app stored). Never fails the caller. A no-op in postgres mode."""
+    if mode() != "postgres":
+        _sync(keys.user(user_id))
 
 
 def _mirror(key: str, kind: Kind, user_id: str) -> None:

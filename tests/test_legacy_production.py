@@ -557,6 +557,110 @@ def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
     assert storage.pending_repairs() == 0
 
 
+def _subscription_event(name: str, uid: str, status: str, created: int) -> str:
+    subscription = {
+        "id": f"sub_{uid}",
+        "object": "subscription",
+        "customer": f"cus_{uid}",
+        "status": status,
+        "created": created,
+        "metadata": {"clerkUserId": uid},
+    }
+    return json.dumps(
+        {
+            "id": f"evt_{name}_{uid}",
+            "object": "event",
+            "created": created,
+            "type": "customer.subscription.updated",
+            "data": {"object": subscription},
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_a_stripe_tier_change_reaches_the_original_record_keeping_what_it_wrote(
+    app: Caller,
+    original: redis.Redis,
+    emulator: UpstashEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """Our Stripe webhook writes the tier and Stripe ids into `user:{id}` (the original's shape)
+    by the outbox discipline: the copy is owed in the event's transaction, written after the
+    commit by compare-and-set, so what the TypeScript app wrote meanwhile is merged, not
+    overwritten; with Redis down the event still succeeds and the repair job copies it."""
+    import stripe
+    from starlette.testclient import TestClient
+
+    from functions import webhooks_stripe
+    from shared import storage
+    from shared.legacy import store
+
+    secret = "whsec_legacy_billing"
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", secret)
+    mode(monkeypatch, name)
+    uid = new_user()
+    created = utcnow() - timedelta(days=2)
+    record = user_record(uid, f"{uid}@example.com", created=created, stale_usage=3)
+    original.set(keys.user(uid), dumps(record), ex=keys.ONE_YEAR_S)
+    original.set(keys.email(record["email"]), uid, ex=keys.ONE_YEAR_S)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported
+
+    real_get = store._get
+    rewritten: list[str] = []
+
+    def original_writes_in_between(client: Redis, key: str) -> str | None:
+        value = real_get(client, key)
+        if key == keys.user(uid) and not rewritten and value is not None:
+            changed = {**json.loads(value), "keywordsUsedThisMonth": 9}
+            original.set(key, dumps(changed))  # the TS app's updateUser lands now
+            rewritten.append(key)
+        return value
+
+    def deliver(body: str) -> int:
+        signature = stripe.WebhookSignature.generate_signature_header(body, secret)
+        with TestClient(webhooks_stripe.app, base_url="https://api.keyflash.test") as client:
+            headers = {"content-type": "application/json", "stripe-signature": signature}
+            return client.post("/api/webhooks/stripe", content=body, headers=headers).status_code
+
+    def stored() -> Any:
+        raw = original.get(keys.user(uid))
+        assert raw is not None
+        return parse_user(keys.user(uid), raw.decode())
+
+    monkeypatch.setattr(store, "_get", original_writes_in_between)
+    now = int(utcnow().timestamp())
+    assert deliver(_subscription_event("active", uid, "active", now)) == 200
+    monkeypatch.setattr(store, "_get", real_get)
+    pro = stored()
+    assert rewritten == [keys.user(uid)]
+    assert (pro.tier, pro.stripeCustomerId, pro.subscriptionId, pro.subscriptionStatus) == (
+        "pro",
+        f"cus_{uid}",
+        f"sub_{uid}",
+        "active",
+    )
+    assert pro.keywordsUsedThisMonth == 9  # the original's write is kept
+    assert (pro.email, iso_ms(pro.trialStartedAt)) == (record["email"], record["trialStartedAt"])
+    assert original.get(keys.stripe(f"cus_{uid}")) == uid.encode()
+    assert storage.pending_repairs() == 0
+
+    # Redis down: the event still succeeds (Postgres committed), the copy stays owed.
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")
+    reload()
+    assert deliver(_subscription_event("canceled", uid, "canceled", now + 60)) == 200
+    assert storage.pending_repairs() == 1
+    assert stored().tier == "pro"
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)
+    reload()
+    summary = storage.repair_pending()
+    assert (summary.repaired, summary.remaining) == (1, 0)
+    canceled = stored()
+    assert (canceled.tier, canceled.subscriptionStatus) == ("trial", "canceled")
+    assert canceled.keywordsUsedThisMonth == 9
+
+
 # --- Redis killed mid-write ---------------------------------------------------------------------
 
 
