@@ -30,8 +30,10 @@ learns the counter's value afterwards (GREATEST), so it counts what the original
 
 Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
 behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
-demand: the user at sign-in, a saved search when it is updated or deleted. Known limits: in dual
-mode a read can miss a write whose copy is still pending; the 50-search cap counts Postgres rows.
+demand: the user at sign-in, a saved search when it is updated or deleted. A legacy user whose
+address another account holds is imported under the placeholder email (`reattach_user`).
+Known limits: in dual mode a read can miss a write whose copy is still pending; the 50-search
+cap counts Postgres rows.
 """
 
 from __future__ import annotations

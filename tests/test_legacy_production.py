@@ -260,6 +260,51 @@ def test_the_quarantined_case_only_twin_signs_in_and_gets_their_own_data(
     assert [sid for (sid,) in sql(direct_database_url, mine, twin)] == theirs
 
 
+def test_a_twin_whose_legacy_record_cannot_be_read_still_gets_409_and_nothing_else(
+    app: Caller,
+    original: redis.Redis,
+    emulator: UpstashEmulator,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Postgres mode: reattaching needs a readable `user:` record; an unreadable one (or Redis
+    down) leaves the sign-in a 409, as before, with no row created. A readable record whose
+    index set is of the wrong type is reattached without searches (the backfill copies them
+    once its owner exists)."""
+    mode(monkeypatch, "postgres")
+    holder, broken, listless = new_user(), new_user(), new_user()
+    sql(direct_database_url, 'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        holder, f"{broken}@example.com")  # fmt: skip
+    sql(direct_database_url, 'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        holder + "_2", f"{listless}@example.com")  # fmt: skip
+    original.set(keys.user(broken), b'{"clerkUserId": "' + broken.encode() + b'", "email": ')
+    created = utcnow() - timedelta(days=1)
+    record = user_record(listless, f"{listless}@Example.com", created=created)
+    original.set(keys.user(listless), dumps(record))
+    original.set(keys.saved_searches(listless), "not a set")
+
+    def sign_in(uid: str) -> Any:
+        token = app.token(uid, email=f"{uid}@EXAMPLE.com")
+        return app("me", "GET", "/api/me", headers={"authorization": f"Bearer {token}"})
+
+    refused = sign_in(broken)
+    assert refused.status == 409
+    assert refused.json["message"] == "This email address already belongs to another account"
+    assert sql(direct_database_url, "SELECT id FROM users WHERE id = %s", broken) == []
+
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")  # Redis down
+    reload()
+    assert sign_in(listless).status == 409
+    assert sql(direct_database_url, "SELECT id FROM users WHERE id = %s", listless) == []
+
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)  # Redis back
+    reload()
+    assert sign_in(listless).status == 200
+    assert sql(
+        direct_database_url, 'SELECT count(*) FROM saved_searches WHERE "userId" = %s', listless
+    ) == [(0,)]
+
+
 def test_the_reattach_command_imports_a_quarantined_user_once(
     sdk: Redis, original: redis.Redis, db_env: str, direct_database_url: str, capsys: Any
 ) -> None:
