@@ -23,6 +23,7 @@ from benchmarks import (
     cold_start,
     connections,
     memory,
+    migration,
     report,
     roundtrips,
     scale,
@@ -32,7 +33,16 @@ from benchmarks import (
 from benchmarks.core import Context, run_worker
 from benchmarks.stack import Stack
 
-SECTIONS = ["cold_start", "warm", "roundtrips", "connections", "throughput", "memory", "scale"]
+SECTIONS = [
+    "cold_start",
+    "warm",
+    "roundtrips",
+    "connections",
+    "throughput",
+    "memory",
+    "scale",
+    "migration",
+]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": lambda: throughput.run(ctx),
             "memory": lambda: memory.run(ctx, list(functions)),
             "scale": lambda: scale.run(ctx),
+            "migration": lambda: migration.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

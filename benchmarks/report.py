@@ -21,6 +21,7 @@ SECTION_TITLES = {
     "throughput": "5. Throughput (keyword search over HTTP)",
     "scale": "6. Scale",
     "memory": "7. Memory",
+    "migration": "8. Redis → Postgres backfill of a messy keyspace",
 }
 
 
@@ -348,6 +349,28 @@ def _memory(data: dict[str, Any]) -> str:
     return table(header, rows)
 
 
+def _migration(data: dict[str, Any]) -> str:
+    if "outcomes" not in data:
+        return f"Not run: {data.get('reason') or str(data.get('error', ''))[:500]}"
+    rerun = data["rerun"]
+    changed = ("inserted", "updated")
+    rewritten = sum(rerun[t][c] for t in ("users", "saved_searches") for c in changed)
+    run = table(
+        ["records written", "read", "backfill s", "records/s", "batches", "longest batch ms",
+         "peak RSS MB (at start)", "re-run s", "re-run rows written"],
+        [[
+            f"{data['records_written']:,}", f"{data['records_read']:,}", data["seconds"],
+            f"{data['records_per_s']:,}", data["batches"], data["longest_batch_ms"],
+            f"{data['peak_rss_mb']} ({data['baseline_rss_mb']})", rerun["seconds"], rewritten,
+        ]],
+    )  # fmt: skip
+    outcomes = table(
+        ["outcome", "counted", "generated"],
+        [[name, f"{o['got']:,}", f"{o['expected']:,}"] for name, o in data["outcomes"].items()],
+    )
+    return f"{run}\n\n{outcomes}"
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -356,6 +379,7 @@ RENDERERS = {
     "throughput": _throughput,
     "scale": _scale,
     "memory": _memory,
+    "migration": _migration,
 }
 
 

@@ -66,6 +66,7 @@ class Stack:
     _upstash: subprocess.Popen[bytes] | None = None
     _redis: subprocess.Popen[bytes] | None = None
     redis_backend: str = ""
+    redis_url: str = ""  # the real Redis behind the emulator; empty for fakeredis
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class Stack:
             self.redis_backend = "a private redis-server"
         else:
             self.redis_backend = "an in-process fakeredis"
+        self.redis_url = redis_url
         log = (self.workdir / "upstash.log").open("wb")
         self._upstash = subprocess.Popen(
             [

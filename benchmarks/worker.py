@@ -713,6 +713,93 @@ def task_legacy(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def task_legacy_mess_write(params: dict[str, Any]) -> dict[str, Any]:
+    """Write the messy legacy keyspace (`devkit.legacy_dataset`) into an empty Redis database:
+    the records through the Upstash emulator, the bytes the SDK cannot send straight."""
+    import redis
+
+    from devkit import legacy
+    from devkit.legacy_dataset import LegacyDataset, write_mess
+
+    client = legacy._redis_from_env()
+    with redis.Redis.from_url(params["redis_url"]) as raw:
+        if raw.dbsize():
+            raise RuntimeError(
+                "the migration benchmark's Redis database is not empty; "
+                "set BENCH_LEGACY_REDIS_DB to an empty one"
+            )
+        started = time.perf_counter()
+        data = LegacyDataset(
+            users=int(params["users"]), searches_per_user=int(params["searches_per_user"]), seed=24
+        ).write(client)
+        write_mess(data, raw)
+        seconds = time.perf_counter() - started
+    exp = data.expected
+    quarantined = {
+        "invalid": sorted(exp.invalid),
+        "wrong_type": sorted(exp.wrong_type),
+        "orphan": sorted(exp.orphans),
+        "conflict": sorted(exp.conflicts),
+    }
+    return {
+        "seconds": round(seconds, 3),
+        "records": exp.records + sum(len(keys) for keys in quarantined.values()),
+        "expected": {
+            "users": exp.users,
+            "searches": exp.searches,
+            "unindexed": exp.unindexed,
+            **quarantined,
+        },
+    }
+
+
+def task_legacy_mess_backfill(params: dict[str, Any]) -> dict[str, Any]:
+    """The backfill as its CLI runs it, then the same run again; the process's peak RSS is
+    the first run's (the second rewrites nothing and reads the same batches)."""
+    import resource
+    from pathlib import Path
+
+    from devkit import legacy
+
+    client = legacy._redis_from_env()
+    legacy._database_from_env()
+
+    def rss_mb() -> float:
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB
+
+    def backfill(path: Path) -> dict[str, Any]:
+        marks: list[float] = []
+        started = time.perf_counter()
+        report = legacy.backfill(
+            client, batch_size=500, report_path=path, progress=lambda p: marks.append(p.elapsed_s)
+        )
+        seconds = time.perf_counter() - started
+        batches = [(b - a) * 1000 for a, b in zip([0.0, *marks], marks, strict=False)]
+        data = report.to_dict()
+        by_kind: dict[str, list[str]] = {}
+        for entry in data["quarantined"]:
+            by_kind.setdefault(entry["kind"], []).append(entry["key"])
+        return {
+            "seconds": round(seconds, 3),
+            "records_read": data["records_read"],
+            "records_per_s": round(data["records_read"] / seconds) if seconds else None,
+            "batches": data["batches"],
+            "longest_batch_ms": round(max(batches, default=0.0), 1),
+            "users": data["users"],
+            "saved_searches": data["saved_searches"],
+            "unindexed_searches": data["unindexed_searches"],
+            "quarantined_by_kind": data["quarantined_by_kind"],
+            "quarantined_keys": by_kind,
+            "complete": data["complete"],
+        }
+
+    baseline = rss_mb()
+    first = backfill(Path(params["report_path"]))
+    peak = rss_mb()
+    again = backfill(Path(params["report_path"] + ".again.json"))
+    return {"first": first, "again": again, "baseline_rss_mb": baseline, "peak_rss_mb": peak}
+
+
 def task_routes(params: dict[str, Any]) -> dict[str, Any]:
     """Every HTTP function with its routes, and the cron modules (functions/cron/*.py)."""
     functions: dict[str, Any] = {}
@@ -734,6 +821,8 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "routes": task_routes,
     "cron": task_cron,
     "legacy": task_legacy,
+    "legacy_mess_write": task_legacy_mess_write,
+    "legacy_mess_backfill": task_legacy_mess_backfill,
     "seed": task_seed,
     "roundtrips": task_roundtrips,
     "warm": task_warm,

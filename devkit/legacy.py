@@ -776,6 +776,22 @@ def _only_in_postgres(client: Redis, batch_size: int) -> Iterator[Difference]:
 # --- command line -------------------------------------------------------------------------------
 
 
+def reattach(client: Redis, user_ids: Sequence[str]) -> int:
+    """Reattach each user (`shared.storage.reattach_user`) and print what happened; 1 when
+    Redis has no record of one of them."""
+    from shared import storage
+
+    missing = 0
+    for user_id in user_ids:
+        inserted = storage.reattach_user(client, user_id)
+        if inserted is None:
+            missing += 1
+            print(f"{keys.user(user_id)}: no such record in Redis")
+        else:
+            print(f"{keys.user(user_id)}: reattached, {inserted} saved search(es) imported")
+    return 1 if missing else 0
+
+
 def _redis_from_env() -> Redis:
     url = os.environ.get("UPSTASH_REDIS_REST_URL")
     token = os.environ.get("UPSTASH_REDIS_REST_TOKEN")
@@ -801,8 +817,8 @@ def _database_from_env() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m devkit.legacy backfill|verify|repair`; the exit status says whether all is
-    well (verify: no differences; repair: nothing left)."""
+    """`python -m devkit.legacy backfill|verify|repair|reattach`; the exit status says whether
+    all is well (verify: no differences; repair: nothing left; reattach: every user found)."""
     parser = argparse.ArgumentParser(prog="python -m devkit.legacy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("backfill", help="copy legacy Redis records into Postgres")
@@ -816,6 +832,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--batch-size", type=int, default=500)
     fix = commands.add_parser("repair", help="copy pending dual-write mirrors to Redis")
     fix.add_argument("--limit", type=int, default=500)
+    attach = commands.add_parser(
+        "reattach",
+        help="import users whose address another account holds, with the placeholder email",
+    )
+    attach.add_argument("user_ids", nargs="+", metavar="USER_ID", help="Clerk user id")
     args = parser.parse_args(argv)
 
     client = _redis_from_env()
@@ -841,6 +862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if differences else 0
     from shared import storage
 
+    if args.command == "reattach":
+        return reattach(client, args.user_ids)
     while True:
         summary = storage.repair_pending(client, limit=args.limit)
         print(

@@ -24,18 +24,9 @@ from shared.repositories import personal_data, subscriptions, tombstones, users,
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
-PLACEHOLDER_DOMAIN = "keyflash.local"
 SyncOutcome = Literal["created", "updated", "unchanged", "stale"]
-
-
-def placeholder_email(user_id: str) -> str:
-    """What we store when Clerk gives no email (the original's fallback,
-    docs/original-app.md#d19)."""
-    return f"{user_id}@{PLACEHOLDER_DOMAIN}"
-
-
-def is_placeholder(email: str) -> bool:
-    return email.lower().endswith(f"@{PLACEHOLDER_DOMAIN}")
+placeholder_email = users.placeholder_email
+is_placeholder = users.is_placeholder
 
 
 def sync_email(

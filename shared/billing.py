@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from shared import db
 from shared.clock import utcnow
+from shared.config import get_settings
 from shared.db import DatabaseUnavailableError
 from shared.models import UserTier
 from shared.repositories import subscriptions, webhook_events
@@ -442,29 +443,47 @@ def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = 
     Raises `BillingUserNotFoundError` when no user matches and `InvalidEventError` when the
     event lacks what its type needs; the caller's transaction must then roll back.
     """
+    return _apply(session, event, now or utcnow())[0]
+
+
+def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outcome, str | None]:
+    """`apply_event`, with the id of the user whose row changed (None: no change). In the
+    migration's dual/fallback storage modes the change also owes the legacy `user:{id}` record
+    a copy, in this transaction (`shared.storage.mark_user`)."""
     plan = plan_for(event)
     if plan is None:
-        return Outcome.IGNORED
+        return Outcome.IGNORED, None
     user_id = subscriptions.find_user_id(session, plan.candidates)
     if user_id is None:
         customers = [value for key, value in plan.candidates if key == "customer"]
         if any(subscriptions.is_erased_customer(session, c) for c in customers):
-            return Outcome.ERASED
+            return Outcome.ERASED, None
         tried = ", ".join(f"{key}={value}" for key, value in plan.candidates if key != "email")
         has_email = any(key == "email" for key, _ in plan.candidates)
         raise BillingUserNotFoundError(
             f"no user for {event.type} ({tried or 'no ids'}{', email' if has_email else ''})"
         )
-    moment = now or utcnow()
     if plan.change is None:
         linked = plan.link_customer is not None and subscriptions.link_customer(
             session, user_id, plan.link_customer, now=moment
         )
-        return Outcome.LINKED if linked else Outcome.STALE
-    decision = subscriptions.apply_change(
-        session, user_id, plan.change, event_at=event.created, now=moment
-    )
-    return _OUTCOMES[decision]
+        outcome = Outcome.LINKED if linked else Outcome.STALE
+    else:
+        decision = subscriptions.apply_change(
+            session, user_id, plan.change, event_at=event.created, now=moment
+        )
+        outcome = _OUTCOMES[decision]
+    if outcome is Outcome.STALE:
+        return outcome, None
+    if _legacy_mode():
+        from shared import storage  # only the migration's modes load the legacy layer
+
+        storage.mark_user(session, user_id)
+    return outcome, user_id
+
+
+def _legacy_mode() -> bool:
+    return get_settings().storage_mode != "postgres"
 
 
 _OUTCOMES = {
@@ -475,27 +494,35 @@ _OUTCOMES = {
 }
 
 
-def _claim_and_apply(session: Session, event: StripeEvent, now: datetime) -> Outcome:
+def _claim_and_apply(
+    session: Session, event: StripeEvent, now: datetime
+) -> tuple[Outcome, str | None]:
     if webhook_events.claim(session, event.id, event.type, event.payload(), now=now) is None:
-        return Outcome.DUPLICATE
-    outcome = apply_event(session, event, now=now)
+        return Outcome.DUPLICATE, None
+    outcome, changed = _apply(session, event, now)
     erased = outcome is Outcome.ERASED
     webhook_events.mark_processed(session, event.id, now=now, forget_payload=erased)
-    return outcome
+    return outcome, changed
 
 
 def handle(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     """Process a verified event exactly once; see the module docstring.
 
     Raises on failure, after recording it: `DatabaseUnavailableError` (answer 503) or anything
-    else (answer 500), so the sender retries.
+    else (answer 500), so the sender retries. After the commit, in dual/fallback storage modes,
+    the changed user is copied to the legacy `user:{id}` record; a Redis failure there leaves
+    the copy owed to the repair job and the event still succeeds.
     """
     moment = now or utcnow()
     try:
-        outcome = db.transaction(lambda session: _claim_and_apply(session, event, moment))
+        outcome, changed = db.transaction(lambda s: _claim_and_apply(s, event, moment))
     except Exception as error:
         _record_failure(event, error, moment)
         raise
+    if changed is not None and _legacy_mode():
+        from shared import storage
+
+        storage.sync_user(changed)
     if outcome is Outcome.ERASED:
         # The event id (not personal data) lets support open it in Stripe's dashboard and
         # cancel a subscription that outlived its account (docs/billing.md, "Erasure").

@@ -30,8 +30,10 @@ learns the counter's value afterwards (GREATEST), so it counts what the original
 
 Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
 behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
-demand: the user at sign-in, a saved search when it is updated or deleted. Known limits: in dual
-mode a read can miss a write whose copy is still pending; the 50-search cap counts Postgres rows.
+demand: the user at sign-in, a saved search when it is updated or deleted. A legacy user whose
+address another account holds is imported under the placeholder email (`reattach_user`).
+Known limits: in dual mode a read can miss a write whose copy is still pending; the 50-search
+cap counts Postgres rows.
 """
 
 from __future__ import annotations
@@ -161,31 +163,88 @@ def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Session], None]:
 # --- users ------------------------------------------------------------------------------------
 
 
-def _import_user(record: UserData, counters: Counters, now: datetime) -> None:
-    """Give a user only the TypeScript app knows a Postgres row; an existing row wins."""
+def _import_user(client: Redis, record: UserData, counters: Counters, now: datetime) -> None:
+    """Give a user only the TypeScript app knows a Postgres row; an existing row wins. When
+    another account holds their address, they are reattached (`reattach_user`)."""
     row = mapping.user_row(record, counters, now)
     try:
         db.run(lambda s: legacy_import.upsert_users(s, [row], overwrite=False), idempotent=True)
     except IntegrityError as error:
-        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-        if constraint in _EMAIL_CONSTRAINTS:
+        if _constraint(error) not in _EMAIL_CONSTRAINTS:
+            raise
+        reattached = _from_redis(
+            lambda: reattach_user(client, record.clerkUserId, now=now, loaded=(record, counters)),
+            "saved searches",
+        )
+        if reattached is None:  # fallback, Redis failed: the sign-in is refused as before
             raise EmailInUseError() from None
-        raise
+
+
+def _constraint(error: IntegrityError) -> str | None:
+    return getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+
+
+def reattach_user(
+    client: Redis,
+    user_id: str,
+    *,
+    now: datetime | None = None,
+    loaded: tuple[UserData, Counters] | None = None,
+) -> int | None:
+    """Import a legacy user whose address another account holds (the case-only duplicate the
+    backfill quarantined as a conflict) under their own Clerk id, with the placeholder email
+    `{id}@keyflash.local` and everything else as Redis has it: trial dates, tier, Stripe ids,
+    usage counters (so no second trial, no quota given back), and the saved searches their
+    index lists. The Clerk id is the proof of ownership: nothing of the other account is read
+    or changed, and the Redis record keeps its real address (the mirror never writes the
+    placeholder over it). One transaction; rows already there are kept, so a repeat changes
+    nothing; the searches an unreadable index hides, or that it does not list, come with the
+    backfill's next run (their owner now exists). Returns the saved searches inserted, or None
+    when Redis has no record of the user; raises `LegacyRecordError` for an unreadable one and
+    `RedisFailure`."""
+    now = now or utcnow()
+    record, counters = loaded or store.load_user(client, user_id, now)
+    if record is None:
+        return None
+    row = {**mapping.user_row(record, counters, now), "email": users.placeholder_email(user_id)}
+    try:
+        listed = store.list_saved_searches(client, user_id) or []
+    except LegacyRecordError as error:  # an unreadable index: the backfill's re-run copies them
+        log_event(
+            "legacy_record_skipped", level=logging.WARNING, key=error.key, reason=error.reason
+        )
+        listed = []
+    searches = [mapping.saved_search_row(r) for r in listed]
+
+    def work(session: Session) -> int:
+        legacy_import.upsert_users(session, [row], overwrite=False)
+        return legacy_import.upsert_saved_searches(session, searches, overwrite=False).inserted
+
+    inserted = db.transaction(work)
+    log_event("legacy_user_reattached", level=logging.WARNING, savedSearches=inserted)
+    return inserted
 
 
 def provision_user(user_id: str, email: str) -> None:
     """Make sure the signed-in user has a Postgres row (and, in dual/fallback, a Redis record).
 
-    Raises `EmailInUseError` when another account has the email.
+    A legacy user whose address another account holds is reattached (`reattach_user`), in
+    every mode while Redis still has their record. Raises `EmailInUseError` when another
+    account has the email and Redis has no record of this user.
     """
     if mode() == "postgres":
-        db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+        try:
+            db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+        except EmailInUseError:
+            if not _reattach_on_sign_in(user_id):
+                raise
         return
     now = utcnow()
-    loaded = _from_redis(lambda: store.load_user(_client(), user_id, now), "user")
+    client = _client()
+    loaded = _from_redis(lambda: store.load_user(client, user_id, now), "user")
     record, counters = loaded or (None, Counters())
     if record is not None:
-        _import_user(record, counters, now)
+        _import_user(client, record, counters, now)
         return
     db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
     # Marked after the get-or-create commits: if we crash in between, the next sign-in (Redis
@@ -193,6 +252,22 @@ def provision_user(user_id: str, email: str) -> None:
     key = keys.user(user_id)
     db.run(_mark(key, "user", user_id), idempotent=True)
     _sync(key)
+
+
+def _reattach_on_sign_in(user_id: str) -> bool:
+    """Postgres mode: whether the user could be reattached from the legacy keys still in Redis
+    (a Redis failure or an unreadable record answers no: the sign-in stays a 409)."""
+    client = get_redis()
+    if client is None:
+        return False
+    try:
+        return reattach_user(client, user_id) is not None
+    except LegacyRecordError as error:
+        reason = f"unreadable record: {error.reason}"
+    except store.REDIS_ERRORS as error:
+        reason = f"redis: {error}"
+    log_event("legacy_reattach_failed", level=logging.WARNING, reason=reason)
+    return False
 
 
 def mark_legacy_erasure(session: Session, user_id: str) -> None:
@@ -327,9 +402,24 @@ def _apply_owed(session: Session, user_id: str, client: Redis) -> bool | None:
 
 
 def mirror_user(user_id: str) -> None:
-    """After a user row changed in Postgres outside this module (email sync, tier or Stripe
-    ids from billing): copy it to `user:{id}` and its index keys. A no-op in postgres mode."""
+    """After a user row changed in Postgres outside this module (the email sync): copy it to
+    `user:{id}` and its index keys. A no-op in postgres mode."""
     _mirror(keys.user(user_id), "user", user_id)
+
+
+def mark_user(session: Session, user_id: str) -> None:
+    """In the transaction that changes a user row outside this module (billing's tier and
+    Stripe ids): owe `user:{id}` a copy, committed with the change, so a crash before
+    `sync_user` leaves it to the repair job. A no-op in postgres mode."""
+    if mode() != "postgres":
+        legacy_repairs.mark(session, keys.user(user_id), "user", user_id)
+
+
+def sync_user(user_id: str) -> None:
+    """After that change committed: copy the row to `user:{id}` now (compare-and-set, merged
+    over what the TypeScript app stored). Never fails the caller. A no-op in postgres mode."""
+    if mode() != "postgres":
+        _sync(keys.user(user_id))
 
 
 def _mirror(key: str, kind: Kind, user_id: str) -> None:

@@ -5,10 +5,16 @@ after KEYWORD_RESERVATION_TTL_S (5 minutes, far beyond the function's 20 s limit
 search or a provider failure removes the row; only a function killed in between (its time limit,
 an out-of-memory kill, a crash) leaves it. Each run gives back every reservation past its
 expiry, in batches, each batch one statement (`shared.repositories.reservations`). A killed
-search's keywords are therefore back within TTL + 5 minutes.
+search's keywords are therefore back within TTL + 5 minutes. During the Redis migration
+(STORAGE_MODE dual or fallback) the original app's usage counters get the give-back too, as an
+owed delta applied by INCRBY (`shared.storage`), never by copying our count over theirs.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
 
 from shared import db
 from shared.cron.runner import Job, Run
@@ -17,17 +23,43 @@ from shared.repositories import reservations
 
 def reconcile_reservations(run: Run) -> None:
     size = run.settings.cron_batch_size
+    legacy = run.settings.storage_mode != "postgres"
     given_back = 0
     while run.has_time():
         with run.batch():
-            count, keywords = db.run(
-                lambda s: reservations.release_expired(s, now=run.now, limit=size)
-            )
-        run.processed += count
-        given_back += keywords
-        if count < size:
+            released = db.run(lambda s: _give_back(s, run.now, size, legacy=legacy))
+        if legacy:
+            _mirror({user_id for user_id, _, _ in released.given_back})
+        run.processed += released.reservations
+        given_back += released.keywords
+        if released.reservations < size:
             break
     run.extra["keywordsGivenBack"] = given_back
+
+
+def _give_back(
+    session: Session, now: datetime, size: int, *, legacy: bool
+) -> reservations.Released:
+    """One batch. In dual/fallback storage modes the legacy Redis counters, which the
+    TypeScript app increments too, owe each give-back as a negative delta, recorded in the
+    same transaction (never copied over: `shared.storage.count_legacy_usage`)."""
+    released = reservations.release_expired(session, now=now, limit=size)
+    if legacy:
+        from shared import storage  # only the migration's modes load the legacy layer
+
+        for user_id, keywords, reserved_at in released.given_back:
+            storage.count_legacy_usage(session, user_id, -keywords, reserved_at)
+    return released
+
+
+def _mirror(user_ids: set[str]) -> None:
+    """After the batch committed: apply the owed deltas (INCRBY, once each) and let Postgres
+    learn what the TypeScript app counted meanwhile. What Redis refuses stays owed for the
+    repair job; never raises for it."""
+    from shared import storage
+
+    for user_id in sorted(user_ids):
+        storage.mirror_usage(user_id)
 
 
 JOB = Job("reconcile_reservations", reconcile_reservations)

@@ -26,6 +26,7 @@ from shared.legacy import keys
 from shared.legacy.schemas import LegacyRecordError, SavedSearchRecord, UserData
 from shared.models import Base, SavedSearch, User, UserTier
 from shared.quotas import TRIAL_LENGTH
+from shared.repositories.users import is_placeholder
 
 LEGACY_STATUSES = frozenset({"active", "canceled", "past_due", "unpaid"})
 DEFAULT_LOCATION = "US"  # the Prisma column default
@@ -141,11 +142,12 @@ def trial_window(user: User) -> tuple[datetime, datetime]:
 
 def user_record(user: User, existing: UserData | None) -> dict[str, Any]:
     """The `user:{id}` JSON for a Postgres row, merged over the stored record like the
-    original's `updateUser` (its vestigial fields are kept, unknown keys are dropped)."""
+    original's `updateUser` (its vestigial fields are kept, unknown keys are dropped). A real
+    stored address is never replaced by the placeholder (`keeps_stored_email`)."""
     started, expires = trial_window(user)
     record: dict[str, Any] = {
         "clerkUserId": user.id,
-        "email": user.email,
+        "email": existing.email if existing and keeps_stored_email(user, existing) else user.email,
         "tier": "trial" if user.tier is UserTier.FREE else "pro",
         "trialStartedAt": iso_ms(started),
         "trialExpiresAt": iso_ms(expires),
@@ -163,6 +165,13 @@ def user_record(user: User, existing: UserData | None) -> dict[str, Any]:
     if user.subscription_status in LEGACY_STATUSES:
         record["subscriptionStatus"] = user.subscription_status
     return record
+
+
+def keeps_stored_email(user: User, existing: UserData) -> bool:
+    """A reattached user (`shared.storage.reattach_user`) has the placeholder in Postgres
+    because another account holds their address; Redis keeps their real one, and the `email:`
+    index keeps naming the other account."""
+    return is_placeholder(user.email) and not is_placeholder(existing.email)
 
 
 def saved_search_record(search: SavedSearch) -> dict[str, Any]:

@@ -23,7 +23,13 @@ from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
 from shared.legacy import keys
-from shared.legacy.mapping import Counters, counter_keys, parse_counter, saved_search_record
+from shared.legacy.mapping import (
+    Counters,
+    counter_keys,
+    keeps_stored_email,
+    parse_counter,
+    saved_search_record,
+)
 from shared.legacy.mapping import user_record as user_record_of
 from shared.legacy.schemas import (
     LegacyRecordError,
@@ -295,13 +301,15 @@ def write_user(client: Redis, user: User) -> None:
     for _ in range(_WRITE_ATTEMPTS):
         raw = _get(client, key)
         existing = None if raw is None else parse_user(key, raw)
-        stale = []
+        stale, fresh = [], []
+        kept = existing is not None and keeps_stored_email(user, existing)
         if existing is not None:
-            if existing.email.lower() != user.email.lower():
+            if existing.email.lower() != user.email.lower() and not kept:
                 stale.append(keys.email(existing.email))
             if existing.stripeCustomerId and existing.stripeCustomerId != user.stripe_customer_id:
                 stale.append(keys.stripe(existing.stripeCustomerId))
-        fresh = [keys.email(user.email)]
+        if not kept:
+            fresh.append(keys.email(user.email))
         if user.stripe_customer_id:
             fresh.append(keys.stripe(user.stripe_customer_id))
         written = client.eval(

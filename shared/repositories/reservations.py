@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, exists, select, text
+from sqlalchemy import Integer, String, bindparam, column, delete, exists, select, text
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
@@ -47,23 +47,47 @@ WITH released AS (
          ), 0) AS this_month
   FROM released r JOIN users u ON u.id = r."userId"
   GROUP BY r."userId"
-)
+), given AS (
 UPDATE users SET
   "keywordSearchesTotal" = greatest(users."keywordSearchesTotal" - p.total, 0),
   "keywordSearchesThisMonth" = greatest(users."keywordSearchesThisMonth" - p.this_month, 0),
   "updatedAt" = :now
 FROM per_user p
 WHERE users.id = p.user_id
-RETURNING p.total, p.reservations
+RETURNING users.id, p.total, p.reservations
+)
+{answer}
 """
 
-_RELEASE = text(_GIVE_BACK.format(selected=":id")).bindparams(bindparam("now", type_=UTCDateTime()))
-_RELEASE_EXPIRED = text(
-    _GIVE_BACK.format(
-        selected='SELECT id FROM keyword_reservations WHERE "expiresAt" < :now '
-        'ORDER BY "expiresAt" LIMIT :limit FOR UPDATE SKIP LOCKED'
-    )
+_RELEASE = text(
+    _GIVE_BACK.format(selected=":id", answer="SELECT total, reservations FROM given")
 ).bindparams(bindparam("now", type_=UTCDateTime()))
+# Each released reservation of a user who still exists: in dual/fallback storage modes the
+# caller owes the legacy Redis counters these deltas (`shared.storage.count_legacy_usage`).
+_RELEASE_EXPIRED = (
+    text(
+        _GIVE_BACK.format(
+            selected='SELECT id FROM keyword_reservations WHERE "expiresAt" < :now '
+            'ORDER BY "expiresAt" LIMIT :limit FOR UPDATE SKIP LOCKED',
+            answer='SELECT r."userId", r.keywords, r."reservedAt" '
+            'FROM released r JOIN given g ON g.id = r."userId"',
+        )
+    )
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(
+        column("userId", String()),
+        column("keywords", Integer()),
+        column("reservedAt", UTCDateTime()),
+    )
+)
+
+
+class Released(NamedTuple):
+    """What `release_expired` gave back: totals, and each reservation (user, keywords, when)."""
+
+    reservations: int
+    keywords: int
+    given_back: list[tuple[str, int, datetime]]
 
 
 def confirm_statement(reservation_id: str, user_id: str) -> Any:
@@ -87,7 +111,8 @@ def release(session: Session, reservation_id: str, *, now: datetime | None = Non
 
 
 @database_operation("releaseExpiredReservations")
-def release_expired(session: Session, *, now: datetime, limit: int) -> tuple[int, int]:
-    """Give back up to `limit` reservations past their expiry: (reservations, keywords)."""
+def release_expired(session: Session, *, now: datetime, limit: int) -> Released:
+    """Give back up to `limit` reservations past their expiry."""
     rows = session.execute(_RELEASE_EXPIRED, {"now": now, "limit": limit}).all()
-    return sum(int(row[1]) for row in rows), sum(int(row[0]) for row in rows)
+    given_back = [(str(user_id), int(n), reserved_at) for user_id, n, reserved_at in rows]
+    return Released(len(given_back), sum(n for _, n, _ in given_back), given_back)

@@ -61,6 +61,19 @@ class UserChanges(TypedDict, total=False):
     clerk_updated_at: datetime | None
 
 
+PLACEHOLDER_DOMAIN = "keyflash.local"
+
+
+def placeholder_email(user_id: str) -> str:
+    """What we store when Clerk gives no email (the original's fallback,
+    docs/original-app.md#d19), or when the user's address belongs to another account."""
+    return f"{user_id}@{PLACEHOLDER_DOMAIN}"
+
+
+def is_placeholder(email: str) -> bool:
+    return email.lower().endswith(f"@{PLACEHOLDER_DOMAIN}")
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Counters after an increment."""

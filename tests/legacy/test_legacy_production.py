@@ -23,9 +23,9 @@ import pytest
 import redis
 from upstash_redis import Redis
 
-from devkit.legacy import Tally, backfill, verify
+from devkit.legacy import Tally, backfill, reattach, verify
 from devkit.upstash_emulator import UpstashEmulator
-from shared.clock import next_month_start, utcnow
+from shared.clock import iso_ms, next_month_start, utcnow
 from shared.legacy import keys
 from shared.legacy.mapping import counter_ttl
 from shared.legacy.schemas import parse_saved_search, parse_user
@@ -189,6 +189,153 @@ def test_a_messy_production_keyspace_backfills_with_exact_counts_per_outcome(
     assert verify(sdk) == []
 
 
+@pytest.mark.parametrize("name", ["postgres", "dual"])
+def test_the_quarantined_case_only_twin_signs_in_and_gets_their_own_data(
+    app: Caller,
+    sdk: Redis,
+    original: redis.Redis,
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """The email: index names A, so the backfill copies A and quarantines B with B's searches.
+    B signs in (their Clerk email is the same address): B gets their own account under their
+    Clerk id, with the placeholder email, their trial dates, their usage and their searches;
+    A is untouched, and the TypeScript app still sees B's real address."""
+    from shared import storage
+
+    winner, twin = new_user(), new_user()
+    address = f"{twin}@Example.com"
+    created = utcnow() - timedelta(days=3)
+    for uid, email in ((winner, address.lower()), (twin, address)):
+        original.set(keys.user(uid), dumps(user_record(uid, email, created=created)))
+    original.set(keys.email(address), winner, ex=keys.ONE_YEAR_S)
+    original.set(keys.trial_usage(twin, created), "30", ex=3600)
+    theirs = [str(uuid.uuid4()) for _ in range(2)]
+    for n, sid in enumerate(theirs):
+        record = search_record(twin, sid, created=created + timedelta(minutes=n), name=f"B {n}")
+        original.set(keys.saved_search(twin, sid), dumps(record), ex=keys.ONE_YEAR_S)
+        original.sadd(keys.saved_searches(twin), sid)
+
+    report = backfill(sdk, report_path=tmp_path / "r.json")
+    reasons = {q.key: (q.kind, q.reason) for q in report.quarantined}
+    assert reasons[keys.user(twin)] == (
+        "conflict",
+        f"the email: index key of its address names {keys.user(winner)}",
+    )
+    for sid in theirs:
+        owner_gone = f"its owner {keys.user(twin)} was quarantined"
+        assert reasons[keys.saved_search(twin, sid)] == ("orphan", owner_gone)
+
+    mode(monkeypatch, name)
+    signed_in = {"authorization": f"Bearer {app.token(twin, email=address)}"}
+    listed = app("searches", "GET", "/api/searches", headers=signed_in)
+    assert listed.status == 200, listed.text
+    assert [s["id"] for s in listed.json["searches"]] == theirs[::-1]
+    row = 'SELECT email, "trialStartedAt", "keywordSearchesTotal" FROM users WHERE id = %s'
+    [(email, started, used)] = sql(direct_database_url, row, twin)
+    assert (email, started.replace(tzinfo=UTC), used) == (f"{twin}@keyflash.local", created, 30)
+    assert sql(direct_database_url, "SELECT email FROM users WHERE id = %s", winner) == [
+        (address.lower(),)
+    ]
+    mine = 'SELECT id FROM saved_searches WHERE "userId" = %s ORDER BY "createdAt"'
+    assert [sid for (sid,) in sql(direct_database_url, mine, twin)] == theirs
+    me = app("me", "GET", "/api/me", headers=signed_in)
+    assert me.status == 200, me.text
+    assert me.json["usage"]["total"] == 30  # no second trial: its usage and dates came along
+    assert me.json["trialEndsAt"] == iso_ms(created + timedelta(days=7))
+
+    storage.mirror_user(twin)  # a no-op in postgres mode; in dual the real address stays
+    stored = original.get(keys.user(twin))
+    assert stored is not None and parse_user(keys.user(twin), stored.decode()).email == address
+    assert original.get(keys.email(address)) == winner.encode()
+    assert original.get(keys.email(f"{twin}@keyflash.local")) is None
+
+    again = backfill(sdk, report_path=tmp_path / "again.json")
+    still = {q.key for q in again.quarantined}
+    assert keys.user(twin) in still  # A keeps the address; B's row stays as reattached
+    assert not {keys.saved_search(twin, sid) for sid in theirs} & still  # no longer orphans
+    assert app("searches", "GET", "/api/searches", headers=signed_in).status == 200
+    assert [sid for (sid,) in sql(direct_database_url, mine, twin)] == theirs
+
+
+def test_a_twin_whose_legacy_record_cannot_be_read_still_gets_409_and_nothing_else(
+    app: Caller,
+    original: redis.Redis,
+    emulator: UpstashEmulator,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Postgres mode: reattaching needs a readable `user:` record; an unreadable one (or Redis
+    down) leaves the sign-in a 409, as before, with no row created. A readable record whose
+    index set is of the wrong type is reattached without searches (the backfill copies them
+    once its owner exists)."""
+    mode(monkeypatch, "postgres")
+    holder, broken, listless = new_user(), new_user(), new_user()
+    sql(direct_database_url, 'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        holder, f"{broken}@example.com")  # fmt: skip
+    sql(direct_database_url, 'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        holder + "_2", f"{listless}@example.com")  # fmt: skip
+    original.set(keys.user(broken), b'{"clerkUserId": "' + broken.encode() + b'", "email": ')
+    created = utcnow() - timedelta(days=1)
+    record = user_record(listless, f"{listless}@Example.com", created=created)
+    original.set(keys.user(listless), dumps(record))
+    original.set(keys.saved_searches(listless), "not a set")
+
+    def sign_in(uid: str) -> Any:
+        token = app.token(uid, email=f"{uid}@EXAMPLE.com")
+        return app("me", "GET", "/api/me", headers={"authorization": f"Bearer {token}"})
+
+    refused = sign_in(broken)
+    assert refused.status == 409
+    assert refused.json["message"] == "This email address already belongs to another account"
+    assert sql(direct_database_url, "SELECT id FROM users WHERE id = %s", broken) == []
+
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")  # Redis down
+    reload()
+    assert sign_in(listless).status == 409
+    assert sql(direct_database_url, "SELECT id FROM users WHERE id = %s", listless) == []
+
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)  # Redis back
+    reload()
+    assert sign_in(listless).status == 200
+    assert sql(
+        direct_database_url, 'SELECT count(*) FROM saved_searches WHERE "userId" = %s', listless
+    ) == [(0,)]
+
+
+def test_the_reattach_command_imports_a_quarantined_user_once(
+    sdk: Redis, original: redis.Redis, db_env: str, direct_database_url: str, capsys: Any
+) -> None:
+    """The operator's way, ahead of a sign-in: `python -m devkit.legacy reattach USER_ID`."""
+    winner, twin = new_user(), new_user()
+    created = utcnow() - timedelta(days=1)
+    address = f"{twin}@example.com"
+    sql(direct_database_url, 'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+        winner, address.upper())  # fmt: skip
+    original.set(keys.user(twin), dumps(user_record(twin, address, created=created, tier="pro")))
+    sid = str(uuid.uuid4())
+    original.set(keys.saved_search(twin, sid), dumps(search_record(twin, sid, created=created)))
+    original.sadd(keys.saved_searches(twin), sid)
+
+    assert reattach(sdk, [twin]) == 0
+    assert reattach(sdk, [twin]) == 0  # a repeat imports nothing
+    assert reattach(sdk, [new_user()]) == 1  # Redis has no such user
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        f"user:{twin}: reattached, 1 saved search(es) imported",
+        f"user:{twin}: reattached, 0 saved search(es) imported",
+    ]
+    assert lines[2].endswith(": no such record in Redis")
+    assert sql(direct_database_url, "SELECT email, tier FROM users WHERE id = %s", twin) == [
+        (f"{twin}@keyflash.local", "PRO")
+    ]
+    assert sql(direct_database_url, 'SELECT id FROM saved_searches WHERE "userId" = %s', twin) == [
+        (sid,)
+    ]
+
+
 def test_verify_also_reports_postgres_rows_redis_lacks(
     keyspace: tuple[Redis, redis.Redis], db_env: str, direct_database_url: str
 ) -> None:
@@ -344,6 +491,88 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
     assert storage.pending_repairs() == 0
 
 
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_the_reconcile_cron_gives_back_to_both_stores_while_the_original_app_counts(
+    app: Caller,
+    original: redis.Redis,
+    server: LocalRedis,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """Six searches of ours were killed after reserving 5 keywords each; the cron gives them
+    back in three batches, and after each batch's commit (before our INCRBY) the TypeScript
+    app counts a round of its own. Neither store loses a count of either app."""
+    from shared import db, storage
+    from shared.config import get_settings
+    from shared.cron import reservations as reconcile
+    from shared.cron.runner import run_job
+    from shared.quotas import Limits
+    from shared.repositories import reservations, users
+
+    monkeypatch.setenv("CRON_BATCH_SIZE", "2")
+    mode(monkeypatch, name)
+    uid = new_user()
+    counter = seed_pro(original, uid, 125)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported at 125
+    limits, now = Limits.from_settings(get_settings()), utcnow()
+    for _ in range(6):
+
+        def killed_search(session: Any) -> None:
+            hold = reservations.Hold(str(uuid.uuid4()), now + timedelta(minutes=5))
+            users.reserve_keywords(
+                session, uid, f"{uid}@example.com", 5, limits=limits, enforce=False, now=now,
+                hold=hold,
+            )  # fmt: skip
+            storage.count_legacy_usage(session, uid, 5, now)
+
+        db.run(killed_search)
+        storage.mirror_usage(uid)
+    assert int(original.get(counter) or 0) == 125 + 30
+
+    turn, done = threading.Semaphore(0), threading.Semaphore(0)
+    failures: list[BaseException] = []
+
+    def typescript_app() -> None:
+        try:
+            with redis.Redis.from_url(server.url) as r:
+                for _ in range(3):
+                    assert turn.acquire(timeout=60)
+                    for _ in range(ORIGINAL_INCREMENTS // 4):
+                        r.incrby(counter, 1)
+                        r.expire(counter, counter_ttl(next_month_start(utcnow()), utcnow()))
+                    done.release()
+        except BaseException as error:  # surfaced below
+            failures.append(error)
+
+    real_mirror = storage.mirror_usage
+
+    def after_the_original_counted(user_id: str) -> None:
+        turn.release()
+        assert done.acquire(timeout=60)
+        real_mirror(user_id)
+
+    monkeypatch.setattr(storage, "mirror_usage", after_the_original_counted)
+    writer = threading.Thread(target=typescript_app)
+    writer.start()
+    summary = run_job(reconcile.JOB, now=now + timedelta(minutes=10))
+    writer.join()
+    assert failures == []
+    assert summary["processed"] == 6 and summary["keywordsGivenBack"] == 30
+
+    total = 125 + 3 * (ORIGINAL_INCREMENTS // 4)
+    assert int(original.get(counter) or 0) == total  # our give-backs landed as increments
+    assert sql(
+        direct_database_url,
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        uid,
+    ) == [(total, total)]  # Postgres gave back ours and learned the original's
+    assert sql(direct_database_url, "SELECT count(*) FROM keyword_reservations") == [(0,)]
+    assert storage.pending_repairs() == 0
+    again = run_job(reconcile.JOB, now=now + timedelta(minutes=15))
+    assert again["processed"] == 0 and int(original.get(counter) or 0) == total
+
+
 def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
     app: Caller, original: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,6 +600,110 @@ def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
     assert stored is not None and rewritten == [keys.user(uid)]
     assert parse_user(keys.user(uid), stored.decode()).keywordsUsedThisMonth == 7
     assert storage.pending_repairs() == 0
+
+
+def _subscription_event(name: str, uid: str, status: str, created: int) -> str:
+    subscription = {
+        "id": f"sub_{uid}",
+        "object": "subscription",
+        "customer": f"cus_{uid}",
+        "status": status,
+        "created": created,
+        "metadata": {"clerkUserId": uid},
+    }
+    return json.dumps(
+        {
+            "id": f"evt_{name}_{uid}",
+            "object": "event",
+            "created": created,
+            "type": "customer.subscription.updated",
+            "data": {"object": subscription},
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_a_stripe_tier_change_reaches_the_original_record_keeping_what_it_wrote(
+    app: Caller,
+    original: redis.Redis,
+    emulator: UpstashEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """Our Stripe webhook writes the tier and Stripe ids into `user:{id}` (the original's shape)
+    by the outbox discipline: the copy is owed in the event's transaction, written after the
+    commit by compare-and-set, so what the TypeScript app wrote meanwhile is merged, not
+    overwritten; with Redis down the event still succeeds and the repair job copies it."""
+    import stripe
+    from starlette.testclient import TestClient
+
+    from functions import webhooks_stripe
+    from shared import storage
+    from shared.legacy import store
+
+    secret = "whsec_legacy_billing"
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", secret)
+    mode(monkeypatch, name)
+    uid = new_user()
+    created = utcnow() - timedelta(days=2)
+    record = user_record(uid, f"{uid}@example.com", created=created, stale_usage=3)
+    original.set(keys.user(uid), dumps(record), ex=keys.ONE_YEAR_S)
+    original.set(keys.email(record["email"]), uid, ex=keys.ONE_YEAR_S)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported
+
+    real_get = store._get
+    rewritten: list[str] = []
+
+    def original_writes_in_between(client: Redis, key: str) -> str | None:
+        value = real_get(client, key)
+        if key == keys.user(uid) and not rewritten and value is not None:
+            changed = {**json.loads(value), "keywordsUsedThisMonth": 9}
+            original.set(key, dumps(changed))  # the TS app's updateUser lands now
+            rewritten.append(key)
+        return value
+
+    def deliver(body: str) -> int:
+        signature = stripe.WebhookSignature.generate_signature_header(body, secret)
+        with TestClient(webhooks_stripe.app, base_url="https://api.keyflash.test") as client:
+            headers = {"content-type": "application/json", "stripe-signature": signature}
+            return client.post("/api/webhooks/stripe", content=body, headers=headers).status_code
+
+    def stored() -> Any:
+        raw = original.get(keys.user(uid))
+        assert raw is not None
+        return parse_user(keys.user(uid), raw.decode())
+
+    monkeypatch.setattr(store, "_get", original_writes_in_between)
+    now = int(utcnow().timestamp())
+    assert deliver(_subscription_event("active", uid, "active", now)) == 200
+    monkeypatch.setattr(store, "_get", real_get)
+    pro = stored()
+    assert rewritten == [keys.user(uid)]
+    assert (pro.tier, pro.stripeCustomerId, pro.subscriptionId, pro.subscriptionStatus) == (
+        "pro",
+        f"cus_{uid}",
+        f"sub_{uid}",
+        "active",
+    )
+    assert pro.keywordsUsedThisMonth == 9  # the original's write is kept
+    assert (pro.email, iso_ms(pro.trialStartedAt)) == (record["email"], record["trialStartedAt"])
+    assert original.get(keys.stripe(f"cus_{uid}")) == uid.encode()
+    assert storage.pending_repairs() == 0
+
+    # Redis down: the event still succeeds (Postgres committed), the copy stays owed.
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")
+    reload()
+    assert deliver(_subscription_event("canceled", uid, "canceled", now + 60)) == 200
+    assert storage.pending_repairs() == 1
+    assert stored().tier == "pro"
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)
+    reload()
+    summary = storage.repair_pending()
+    assert (summary.repaired, summary.remaining) == (1, 0)
+    canceled = stored()
+    assert (canceled.tier, canceled.subscriptionStatus) == ("trial", "canceled")
+    assert canceled.keywordsUsedThisMonth == 9
 
 
 # --- Redis killed mid-write ---------------------------------------------------------------------
