@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import (
     cold_start,
     connections,
+    export_memory,
     memory,
     report,
     roundtrips,
@@ -32,7 +33,16 @@ from benchmarks import (
 from benchmarks.core import Context, run_worker
 from benchmarks.stack import Stack
 
-SECTIONS = ["cold_start", "warm", "roundtrips", "connections", "throughput", "memory", "scale"]
+SECTIONS = [
+    "cold_start",
+    "warm",
+    "roundtrips",
+    "connections",
+    "throughput",
+    "memory",
+    "scale",
+    "export",
+]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmarks: {'quick' if args.quick else 'full'} run of {', '.join(chosen)}")
     machine = report.machine()
     sections: dict[str, Any] = {}
-    with Stack(want_pgbouncer="connections" in chosen) as stack:
+    with Stack(want_pgbouncer=bool({"connections", "export"} & set(chosen))) as stack:
         ctx = Context(stack=stack, quick=args.quick, log=log)
         stack_info = stack.describe()
         log("  stack up: " + ", ".join(f"{k} {v}" for k, v in stack_info.items()))
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": lambda: throughput.run(ctx),
             "memory": lambda: memory.run(ctx, list(functions)),
             "scale": lambda: scale.run(ctx),
+            "export": lambda: export_memory.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

@@ -21,6 +21,7 @@ SECTION_TITLES = {
     "throughput": "5. Throughput (keyword search over HTTP)",
     "scale": "6. Scale",
     "memory": "7. Memory",
+    "export": "8. Export memory",
 }
 
 
@@ -348,6 +349,22 @@ def _memory(data: dict[str, Any]) -> str:
     return table(header, rows)
 
 
+def _export(data: dict[str, Any]) -> str:
+    return table(
+        ["lane", "JSON bytes", "gzip bytes", "RSS before", "peak RSS", "seconds"],
+        [
+            [
+                data.get("lane"),
+                f"{data.get('bytes') or 0:,}",
+                f"{data.get('gzip_bytes') or 0:,}",
+                f"{data['rss_before_kb'] / 1024:.0f} MB",
+                f"{data['peak_rss_kb'] / 1024:.0f} MB",
+                data.get("seconds"),
+            ]
+        ],
+    )
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -356,6 +373,7 @@ RENDERERS = {
     "throughput": _throughput,
     "scale": _scale,
     "memory": _memory,
+    "export": _export,
 }
 
 

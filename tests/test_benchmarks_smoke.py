@@ -16,7 +16,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {"cold_start", "warm", "roundtrips", "connections", "throughput", "scale", "memory"}
+SECTIONS = {
+    "cold_start",
+    "warm",
+    "roundtrips",
+    "connections",
+    "throughput",
+    "scale",
+    "memory",
+    "export",
+}
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600
 
