@@ -33,6 +33,7 @@ from functions import me_export
 from shared import config, db, exports
 from shared.clock import utcnow
 from shared.contracts import account, compact
+from shared.contracts import admin as admin_contract
 from shared.cron import exports as exports_job
 from shared.cron.runner import run_job
 from shared.envelope import GENERIC_503
@@ -208,6 +209,67 @@ def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
         called.append(concrete)
     assert "/api/me/export" in called and "/api/searches" in called
     assert f"/api/searches/{search_id[0]}" in called
+
+
+FLAGS = 30
+PROVIDERS = 50
+
+
+def test_the_admin_routes_at_their_widest_stay_within_the_platforms_limits(
+    platform_call: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin answers that grow with data, asked for their widest: every minute of the
+    longest metric window (values with all their digits), 90 days of analytics over 50
+    providers, and flags naming 1,000 users of 255 characters each (7.7 MB listed whole)."""
+    call = platform_call
+    configure(monkeypatch, ADMIN_USER_IDS="user_admin")
+    admin_conn.execute(
+        """INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers",
+                                      "createdAt", "updatedAt")
+           SELECT 'flag' || f, 'flag-' || lpad(f::text, 3, '0'), true, 0,
+                  (SELECT array_agg(rpad('user_' || f || '_' || u, 255, 'x'))
+                     FROM generate_series(1, 1000) AS u), now(), now()
+             FROM generate_series(1, %s) AS f""",
+        [FLAGS],
+    )
+    admin_conn.execute(
+        """INSERT INTO system_metrics (id, metric, value, timestamp)
+           SELECT 'm' || i, 'wide', -1.2345678901234567e300 * random(),
+                  date_trunc('minute', now()) - make_interval(mins => i)
+             FROM generate_series(0, 7 * 24 * 60) AS i"""
+    )
+    admin_conn.execute(
+        """INSERT INTO search_history (id, keywords, location, language, "matchType", provider,
+               "cacheHit", "responseTime", "keywordCount", "searchedAt")
+           SELECT 'p' || i, ARRAY[md5(i::text)], 'US', 'en', 'exact',
+                  'provider-' || (i %% %s) || '-' || repeat('x', 200), false, i, 1,
+                  now() - make_interval(mins => i)
+             FROM generate_series(1, 5000) AS i""",
+        [PROVIDERS],
+    )
+    now = utcnow()
+    widest = {"metric": "wide", "bucket": "minute", "to": now.isoformat(),
+              "from": (now - admin_contract.MAX_WINDOW["minute"]).isoformat()}  # fmt: skip
+    series = call("admin_metrics", "GET", "/api/admin/metrics", user="user_admin", query=widest)
+    assert_within_limits(series)
+    assert series.status == 200 and len(series.json["points"]) >= 7 * 24 * 60 - 1, series.text
+    analytics = call("admin_analytics", "GET", "/api/admin/analytics", user="user_admin",
+                     query={"days": "90"})  # fmt: skip
+    assert_within_limits(analytics)
+    assert len(analytics.json["searches"]["providers"]) == admin_contract.MAX_PROVIDERS
+    listed: list[str] = []
+    pages = 0
+    cursor: dict[str, str] = {}
+    while True:
+        page = call("admin_flags", "GET", "/api/admin/flags", user="user_admin", query=cursor)
+        assert_within_limits(page)
+        assert page.status == 200, page.text
+        listed += [flag["key"] for flag in page.json["flags"]]
+        pages += 1
+        if "nextCursor" not in page.json:
+            break
+        cursor = {"cursor": page.json["nextCursor"]}
+    assert listed == [f"flag-{n:03d}" for n in range(1, FLAGS + 1)] and pages > 1
 
 
 # --------------------------------------------------------------------------- direct answers
