@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -209,6 +210,18 @@ def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
         called.append(concrete)
     assert "/api/me/export" in called and "/api/searches" in called
     assert f"/api/searches/{search_id[0]}" in called
+
+
+def test_a_retried_build_starts_its_file_again(db_env: str) -> None:
+    """A transaction retried after a lost connection writes the document again from the start
+    of the file: whatever an earlier attempt left there is gone."""
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    with tempfile.TemporaryFile() as file:
+        file.write(b"an earlier attempt's partial output " * 1000)
+        written = exports.write_compressed("user_a", file)
+        file.seek(0)
+        document = gzip.decompress(file.read())
+    assert document == exports.build("user_a") and written == len(document)
 
 
 FLAGS = 30
