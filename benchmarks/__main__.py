@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import (
     cold_start,
     connections,
+    export_memory,
     memory,
     migration,
     report,
@@ -42,6 +43,7 @@ SECTIONS = [
     "memory",
     "scale",
     "migration",
+    "export",
 ]
 
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmarks: {'quick' if args.quick else 'full'} run of {', '.join(chosen)}")
     machine = report.machine()
     sections: dict[str, Any] = {}
-    with Stack(want_pgbouncer="connections" in chosen) as stack:
+    with Stack(want_pgbouncer=bool({"connections", "export"} & set(chosen))) as stack:
         ctx = Context(stack=stack, quick=args.quick, log=log)
         stack_info = stack.describe()
         log("  stack up: " + ", ".join(f"{k} {v}" for k, v in stack_info.items()))
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": lambda: memory.run(ctx, list(functions)),
             "scale": lambda: scale.run(ctx),
             "migration": lambda: migration.run(ctx),
+            "export": lambda: export_memory.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

@@ -22,6 +22,7 @@ SECTION_TITLES = {
     "scale": "6. Scale",
     "memory": "7. Memory",
     "migration": "8. Redis → Postgres backfill of a messy keyspace",
+    "export": "9. Export memory",
 }
 
 
@@ -371,6 +372,22 @@ def _migration(data: dict[str, Any]) -> str:
     return f"{run}\n\n{outcomes}"
 
 
+def _export(data: dict[str, Any]) -> str:
+    return table(
+        ["lane", "JSON bytes", "gzip bytes", "RSS before", "peak RSS", "seconds"],
+        [
+            [
+                data.get("lane"),
+                f"{data.get('bytes') or 0:,}",
+                f"{data.get('gzip_bytes') or 0:,}",
+                f"{data['rss_before_kb'] / 1024:.0f} MB",
+                f"{data['peak_rss_kb'] / 1024:.0f} MB",
+                data.get("seconds"),
+            ]
+        ],
+    )
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -380,6 +397,7 @@ RENDERERS = {
     "scale": _scale,
     "memory": _memory,
     "migration": _migration,
+    "export": _export,
 }
 
 

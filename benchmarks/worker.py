@@ -10,6 +10,7 @@ Tasks:
 - `warm`: a handler's time per invocation against the same statements (and Redis calls)
   replayed by hand on an already-open psycopg connection (and httpx client), side by side.
 - `memory`: RSS over many warm invocations of one function.
+- `export_memory`: one run of the exports cron for a requested export, its peak RSS.
 
 Invocations go through each module's Lambda `handler` with a real API Gateway v2 event, as
 Lambda calls it.
@@ -633,6 +634,42 @@ def rss_kb(field: str = "VmRSS") -> int:
     return 0
 
 
+def task_export_memory(params: dict[str, Any]) -> dict[str, Any]:
+    """Request an export of `user_id` and run the exports cron once, in moto's S3."""
+    from moto import mock_aws
+
+    os.environ.update(
+        BACKUP_BUCKET="keyflash-bench-exports",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    with mock_aws():
+        import boto3
+
+        from shared import db
+        from shared.clock import utcnow
+        from shared.cron import exports
+        from shared.cron.runner import run_job
+        from shared.repositories import data_exports
+
+        boto3.client("s3").create_bucket(Bucket="keyflash-bench-exports")
+        db.run(lambda s: data_exports.request(s, params["user_id"], now=utcnow()))
+        gc.collect()
+        rss_before = rss_kb()
+        started = time.perf_counter()
+        outcome = run_job(exports.JOB)
+        seconds = time.perf_counter() - started
+    return {
+        "rss_before_kb": rss_before,
+        "peak_rss_kb": rss_kb("VmHWM"),
+        "bytes": outcome.get("bytes"),
+        "gzip_bytes": outcome.get("gzipBytes"),
+        "seconds": round(seconds, 1),
+        "processed": outcome.get("processed"),
+    }
+
+
 def task_cron(params: dict[str, Any]) -> dict[str, Any]:
     """Run one cron handler with a schedule event, timing every statement and transaction."""
     from sqlalchemy import event
@@ -827,6 +864,7 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "roundtrips": task_roundtrips,
     "warm": task_warm,
     "memory": task_memory,
+    "export_memory": task_export_memory,
 }
 
 

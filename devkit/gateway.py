@@ -15,6 +15,7 @@ The merged OpenAPI document is every app's `app.openapi()` combined, tagged per 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib
 import json
@@ -41,6 +42,8 @@ OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
 
 logger = logging.getLogger("keyflash.gateway")
+# Invocations past their imitated timeout, still running: held so they finish unhindered.
+_abandoned: set[asyncio.Future[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,8 @@ async def _call_within_limits(
     function: Function, scope: Scope, receive: Receive, send: Send
 ) -> int:
     """Run `function.app` with the request and response held whole, as the platforms hold
-    them; a message over the imitated limit gets the platform's refusal instead. The status."""
+    them; a message over the imitated limit, or a function still running at its imitated
+    timeout, gets the platform's refusal instead. The status."""
     body = bytearray()
     while True:
         message = await receive()
@@ -285,9 +289,9 @@ async def _call_within_limits(
         body=bytes(body),
     )  # the event Lambda would be handed: its size is what Lambda limits
     refusal = platform_limits.request_refusal(bytes(body), event_bytes=len(json.dumps(event)))
+    start: Message = {}
+    chunks: list[bytes] = []
     if refusal is None:
-        start: Message = {}
-        chunks: list[bytes] = []
 
         async def hold(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -295,7 +299,16 @@ async def _call_within_limits(
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        await function.app(scope, replaying(bytes(body), receive), hold)
+        deadline = platform_limits.deadline(f"{FUNCTIONS_PACKAGE}.{function.name}", "http")
+        running = asyncio.ensure_future(function.app(scope, replaying(bytes(body), receive), hold))
+        done, _ = await asyncio.wait({running}, timeout=deadline.seconds)
+        if running in done:
+            running.result()  # the app's own exception, if any, as before
+        else:  # the platform stops waiting; the handler's thread cannot be stopped
+            _abandoned.add(running)
+            running.add_done_callback(_abandoned.discard)
+            refusal = deadline.refusal
+    if refusal is None:
         status: int = start.get("status", 500)
         headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
         sent = b"".join(chunks)

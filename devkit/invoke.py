@@ -14,8 +14,10 @@ cold start is slower by the interpreter's start and those imports.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+import functools
 import importlib
 import json
 import statistics
@@ -169,16 +171,24 @@ def invoke(
 
     runs = []
     context_name = f"keyflash-functions-dev-{target.name.replace('.', '-')}"
+    deadline = platform_limits.deadline(target.module, target.kind)
     for _ in range(repeat):
         event = make_event()
-        context = events.lambda_context(context_name)
+        context = events.lambda_context(context_name, timeout_ms=int(deadline.seconds * 1000))
         refusal = _request_refusal(target, event)
         if refusal is not None:
             runs.append(Run(refusal.status, 0.0, _as_result(refusal), refusal.reason))
             continue
         began = time.perf_counter()
         try:
-            response = handler(event, context)
+            response = platform_limits.call_within(
+                deadline.seconds, functools.partial(_in_own_loop, handler, event, context)
+            )
+        except platform_limits.Overrun:
+            elapsed = (time.perf_counter() - began) * 1000
+            timed_out = _timeout_result(target, deadline.refusal)
+            runs.append(Run(deadline.refusal.status, elapsed, timed_out, deadline.refusal.reason))
+            continue
         except RuntimeError as error:
             if target.kind == "http" and "unable to infer a handler" in str(error):
                 raise CliError(
@@ -219,6 +229,26 @@ def _response_refusal(target: Target, response: Any) -> platform_limits.Refusal 
         raw,
         result_bytes=len(json.dumps(response)),
     )
+
+
+def _in_own_loop(handler: Callable[..., Any], event: Any, context: Any) -> Any:
+    """Call the handler on a fresh event loop: Mangum runs on the thread's loop."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return handler(event, context)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _timeout_result(target: Target, refusal: platform_limits.Refusal) -> dict[str, Any]:
+    """What the invoker gets back from a timed-out invocation: Lambda's error document for a
+    scheduled one, else the client's answer."""
+    if target.kind == "cron" and refusal.platform == "lambda":
+        document: dict[str, Any] = json.loads(refusal.body)
+        return document
+    return _as_result(refusal)
 
 
 def _as_result(refusal: platform_limits.Refusal) -> dict[str, Any]:

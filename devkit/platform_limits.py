@@ -1,4 +1,4 @@
-"""The platforms' payload limits, refused locally the way the platforms refuse them.
+"""The platforms' payload and time limits, refused locally the way the platforms refuse them.
 
 A deployed function cannot answer more than its platform carries, and nothing in-process would
 notice: a 12 MB answer works on a laptop and fails on Lambda and Vercel. `keyflash dev`,
@@ -13,22 +13,44 @@ notice: a 12 MB answer works on a laptop and fails on Lambda and Vercel. `keyfla
   the request is refused with `413 FUNCTION_PAYLOAD_TOO_LARGE`, the response replaced by
   `500 FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE` (plain text, header `x-vercel-error`).
 
+Time (`deadline`, `call_within`): each function's configured timeout, read from the
+descriptors. Lambda: the function's `timeout` in serverless.yml, else the provider's; behind the
+HTTP API, whose integration gives up after 30 s. A function that overruns its own timeout fails
+the invocation ("Task timed out after …"), which the HTTP API answers `500 {"message":"Internal
+Server Error"}`; one still running when the HTTP API's 30 s are up is answered `503
+{"message":"Service Unavailable"}`. A scheduled (cron) invocation has no client: it fails with
+Lambda's timeout error document. Vercel: the build's `maxDuration` in vercel.json, else Vercel's
+default (300 s; vercel.json sets none), answered `504 FUNCTION_INVOCATION_TIMEOUT`.
+`KEYFLASH_TIMEOUT_S` replaces every function's timeout (tests, experiments).
+
 `KEYFLASH_PLATFORM` chooses what is imitated: `lambda`, `vercel`, or `strictest` (the default:
-both, so whichever limit a message would break first refuses it).
+both, so whichever limit a message would break first refuses it, and the shorter timeout
+applies).
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
+import functools
 import json
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 LAMBDA_PAYLOAD_MAX = 6_291_556  # bytes: what Lambda's "6 MB" check really allows
 VERCEL_BODY_MAX = 4_500_000  # bytes: Vercel's "4.5 MB", read as decimal megabytes (stricter)
 PLATFORMS = ("lambda", "vercel")
 VARIABLE = "KEYFLASH_PLATFORM"
+TIMEOUT_VARIABLE = "KEYFLASH_TIMEOUT_S"
+HTTP_API_TIMEOUT_S = 30.0  # the HTTP API's integration timeout (its maximum)
+LAMBDA_DEFAULT_TIMEOUT_S = (
+    6.0  # the Serverless Framework's, when neither function nor provider sets one
+)
+VERCEL_DEFAULT_MAX_DURATION_S = 300.0  # Vercel Functions' default maximum duration
+T = TypeVar("T")
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml")
 
 
@@ -139,3 +161,101 @@ def _lambda_body_bytes(body: bytes, textual: bool) -> int:
         except UnicodeDecodeError:
             pass
     return len(base64.b64encode(body))
+
+
+# --------------------------------------------------------------------------- time
+
+
+class Overrun(Exception):  # a platform outcome, not a bug of ours
+    """The invocation ran past its deadline; `call_within` abandoned it."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """How long an invocation may run on the imitated platform, and what answers it then."""
+
+    seconds: float
+    refusal: Refusal  # for a Lambda cron: the failed invocation's error document as the body
+
+
+@functools.cache
+def _descriptors() -> tuple[dict[str, Any], dict[str, Any]]:
+    from devkit.descriptors import load_serverless, load_vercel
+
+    return load_serverless(), load_vercel()
+
+
+def configured_timeout_s(module: str, platform: str) -> float:
+    """The timeout `module` (`functions.health`, `functions.cron.exports`) is deployed with."""
+    serverless, vercel = _descriptors()
+    source = module.replace(".", "/")
+    if platform == "lambda":
+        for spec in (serverless.get("functions") or {}).values():
+            if spec.get("handler") == f"{source}.handler" and "timeout" in spec:
+                return float(spec["timeout"])
+        return float(serverless.get("provider", {}).get("timeout", LAMBDA_DEFAULT_TIMEOUT_S))
+    for build in vercel.get("builds", []):
+        if build.get("src") == f"{source}.py" and "maxDuration" in build.get("config", {}):
+            return float(build["config"]["maxDuration"])
+    return VERCEL_DEFAULT_MAX_DURATION_S
+
+
+def _timeout_refusal(platform: str, kind: str, seconds: float, configured: float) -> Refusal:
+    reason = f"ran past {seconds:g} s on {platform}"
+    if platform == "vercel":
+        return _vercel_refusal(504, "FUNCTION_INVOCATION_TIMEOUT", "Gateway Timeout", reason)
+    if kind == "cron":
+        document = {"errorType": "Sandbox.Timedout",
+                    "errorMessage": f"Task timed out after {configured:.2f} seconds"}  # fmt: skip
+        body = json.dumps(document).encode()
+        return Refusal("lambda", 500, {"content-type": "application/json"}, body, reason)
+    if configured < HTTP_API_TIMEOUT_S:  # Lambda's own timeout fails the invocation first
+        return _lambda_refusal(reason)
+    body = b'{"message":"Service Unavailable"}'
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    return Refusal("lambda", 503, headers, body, reason)
+
+
+def deadline(
+    module: str, kind: Literal["http", "cron"], *, platforms: Sequence[str] | None = None
+) -> Deadline:
+    """The imitated deadline of one invocation of `module`: the shortest of the imitated
+    platforms' (an HTTP invocation on Lambda also ends at the HTTP API's 30 s)."""
+    override = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    chosen: Deadline | None = None
+    for platform in platforms or imitated():
+        configured = float(override) if override else configured_timeout_s(module, platform)
+        seconds = configured
+        if platform == "lambda" and kind == "http":
+            seconds = min(configured, HTTP_API_TIMEOUT_S)
+        if chosen is None or seconds < chosen.seconds:
+            chosen = Deadline(seconds, _timeout_refusal(platform, kind, seconds, configured))
+    assert chosen is not None  # imitated() is never empty
+    return chosen
+
+
+def call_within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()`, run in its own thread; `Overrun` when it has not returned after `seconds`.
+    The platform stops waiting, not the code: the thread is abandoned (a daemon) and finishes
+    or blocks on its own, as a timed-out container's work is lost to its client. The caller's
+    context variables are carried over."""
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+
+    thread = threading.Thread(
+        target=context.run, args=(run,), name="keyflash-invocation", daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise Overrun(f"still running after {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    value: T = outcome["value"]
+    return value

@@ -1,5 +1,9 @@
 """GET, POST /api/admin/flags: list and create feature flags (admins only).
 
+The list comes in pages by key: up to PAGE_FLAGS flags and PAGE_BUDGET_BYTES of them (a flag
+may name 1,000 users of 255 characters: 18 such flags would be more than Vercel answers);
+`nextCursor`, present while more flags exist, is passed back as `cursor`.
+
 Admins are the users in ADMIN_USER_IDS or with the ADMIN_ROLE_CLAIM role (`shared.auth`):
 anyone else gets 403, a caller without a session 401. A new flag records its creator. The
 writing container's flag snapshot is refreshed at once; others follow within
@@ -8,9 +12,10 @@ FLAGS_CACHE_SECONDS.
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Query
 from starlette.responses import Response
 
 from shared import db, flags
@@ -18,17 +23,39 @@ from shared.contracts import flags as contract
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.body import body_schema, json_body
-from shared.http.errors import ApiError
+from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import ok
 from shared.repositories import feature_flags
 
 app = create_app(title="Feature flags (admin)", summary="List and create feature flags.")
 
 
+PAGE_FLAGS = 100
+PAGE_BUDGET_BYTES = 3_000_000
+INVALID_CURSOR = "cursor must be the nextCursor of a previous page"
+
+
 @app.get("/api/admin/flags", response_model=None)
-def list_flags(admin: AdminUser) -> Response:
-    rows = db.run(feature_flags.list_all, idempotent=True)
-    return ok({"flags": [contract.record(flag) for flag in rows]})
+def list_flags(
+    admin: AdminUser,
+    cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
+) -> Response:
+    after = None if cursor is None else valid_or_400(contract.valid_key(cursor), INVALID_CURSOR)
+    rows = db.run(
+        lambda s: feature_flags.list_page(s, after=after, limit=PAGE_FLAGS + 1), idempotent=True
+    )
+    items: list[dict[str, Any]] = []
+    spent = 0
+    for flag in rows[:PAGE_FLAGS]:
+        item = contract.record(flag)
+        spent += len(json.dumps(item, ensure_ascii=False).encode())
+        if items and spent > PAGE_BUDGET_BYTES:  # the rest comes with the next page
+            break
+        items.append(item)
+    body: dict[str, Any] = {"flags": items}
+    if len(items) < len(rows):
+        body["nextCursor"] = items[-1]["key"]
+    return ok(body)
 
 
 EXAMPLE = {"key": "new-dashboard", "enabled": True, "rolloutPercent": 25, "allowedUsers": []}

@@ -2,7 +2,7 @@
 
 `?metric=<name>&from=<ISO>&to=<ISO>&bucket=minute|hour|day` → `{metric, bucket, from, to,
 points: [{bucket, avg, min, max, count}]}`, UTC buckets, oldest first, empty buckets absent.
-Defaults: the last 24 h in hour buckets. The range is capped per bucket size (31 days of
+Defaults: the last 24 h in hour buckets. The range is capped per bucket size (7 days of
 minutes, 366 of hours, 1,096 of days) so one call cannot ask for an unbounded series.
 """
 

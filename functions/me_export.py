@@ -39,8 +39,8 @@ from shared.repositories import data_exports, personal_data
 app = create_app(title="Data export", summary="Everything stored about the caller.")
 
 DIRECT_MAX_BYTES = 4_000_000  # a body this size fits Vercel (4.5 MB) and, base64, Lambda (6 MB)
-# Above this estimate the document is not even built here: building holds ~15x its size in
-# memory (30 MB of JSON peaked at 470 MB), more than this function's 512 MB can spare.
+# Above this estimate the document is not even built here: a direct answer holds it whole (the
+# JSON, a copy and its gzip) and takes seconds of the request's timeout; the job streams it.
 DIRECT_BUILD_MAX_ESTIMATE = 16_000_000
 GZIP_FLOOR_BYTES = 1024  # below this, gzip's header costs more than it saves
 EXPORT_PATH = "/api/me/export"

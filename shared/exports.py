@@ -1,9 +1,11 @@
 """The personal-data export document, and exports stored in object storage.
 
-One document, built one way (`build`): the user's rows read in one REPEATABLE READ snapshot
-(`personal_data.export`) and serialised exactly as the API answers JSON. Small documents are
-answered directly (functions/me_export.py); any document can be exported asynchronously: the
-exports cron builds it and stores it gzip-compressed at
+One document, written one way: the user's rows streamed from one REPEATABLE READ snapshot
+(`personal_data.export`, server-side cursors) and serialised row by row exactly as the API
+answers JSON (`account.write_export`). Small documents are answered directly (`build`, into
+memory; functions/me_export.py); any document can be exported asynchronously: the exports cron
+streams it through gzip into a temporary file (`write_compressed`: memory stays one chunk of
+rows whatever the account's size) and uploads that file (`store`, multipart when large) to
 
     s3://BACKUP_BUCKET/EXPORT_PREFIX<userId>/<exportId>.json.gz
 
@@ -15,8 +17,11 @@ export of theirs with one listing (`delete_stored`), whatever state the rows wer
 from __future__ import annotations
 
 import gzip
-import json
+import io
 import logging
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
 
 from shared import db
 from shared.config import Settings
@@ -31,10 +36,31 @@ GZIP_LEVEL = 6  # ~40x on an export, at a fraction of level 9's time
 
 def build(user_id: str) -> bytes:
     """The export document of `user_id` as UTF-8 JSON, serialised as the API serialises JSON
-    (compact separators, non-ASCII kept)."""
-    data = db.transaction(lambda s: personal_data.export(s, user_id))
-    document = account.export(data)
-    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    (compact separators, non-ASCII kept), in memory: for documents small enough to answer."""
+
+    def work(session: Session) -> bytes:
+        out = io.BytesIO()
+        account.write_export(personal_data.export(session, user_id), out.write)
+        return out.getvalue()
+
+    return db.transaction(work)
+
+
+def write_compressed(user_id: str, file: BinaryIO) -> int:
+    """Write the export document of `user_id`, gzip-compressed, into `file` (from its start);
+    the document's uncompressed size. `build`'s bytes, streamed: rows are read in chunks and
+    written as they come, so memory does not grow with the document."""
+
+    def work(session: Session) -> int:
+        file.seek(0)  # a retried transaction starts the file again
+        file.truncate()
+        with gzip.GzipFile(
+            filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=file, mtime=0
+        ) as compressed:
+            account.write_export(personal_data.export(session, user_id), compressed.write)
+            return compressed.tell()
+
+    return db.transaction(work)
 
 
 def compress(document: bytes) -> bytes:
@@ -49,13 +75,18 @@ def object_key(settings: Settings, user_id: str, export_id: str) -> str:
     return f"{user_prefix(settings, user_id)}{export_id}.json.gz"
 
 
-def store(s3: S3Client, bucket: str, key: str, compressed: bytes) -> None:
-    s3.put_object(
-        Bucket=bucket,
-        Key=key,
-        Body=compressed,
-        ContentType="application/gzip",
-        ContentDisposition=f'attachment; filename="{FILENAME}.gz"',
+def store(s3: S3Client, bucket: str, key: str, compressed: BinaryIO) -> None:
+    """Upload the gzip file from its start; boto3 switches to a multipart upload above 8 MB,
+    reading the file a part at a time."""
+    compressed.seek(0)
+    s3.upload_fileobj(
+        compressed,
+        bucket,
+        key,
+        ExtraArgs={
+            "ContentType": "application/gzip",
+            "ContentDisposition": f'attachment; filename="{FILENAME}.gz"',
+        },
     )
 
 

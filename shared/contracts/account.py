@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -91,19 +93,33 @@ ERASURE_RETENTION = (
 )
 
 
-def export(data: PersonalData) -> dict[str, Any]:
-    """`{user?, savedSearches, searchHistory, apiUsage, webhookEvents, systemMetrics,
-    featureFlags, onErasure}`: everything stored about the caller (`featureFlags`: flag keys
-    only), and what an erasure would keep (`onErasure`)."""
-    return compact(
-        {
-            "user": None if data.user is None else row(data.user),
-            "savedSearches": [row(r) for r in data.saved_searches],
-            "searchHistory": [row(r) for r in data.search_history],
-            "apiUsage": [row(r) for r in data.api_usage],
-            "webhookEvents": [row(r) for r in data.webhook_events],
-            "systemMetrics": [row(r) for r in data.system_metrics],
-            "featureFlags": list(data.feature_flags),
-            "onErasure": ERASURE_RETENTION,
-        }
+def dumps(value: Any) -> bytes:
+    """JSON as the API serialises it (Starlette's JSONResponse: compact, non-ASCII kept)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def write_export(data: PersonalData, write: Callable[[bytes], object]) -> None:
+    """Write `{user?, savedSearches, searchHistory, apiUsage, webhookEvents, systemMetrics,
+    featureFlags, onErasure}` to `write` piece by piece, a row at a time: everything stored
+    about the caller (`featureFlags`: flag keys only), and what an erasure would keep
+    (`onErasure`). The bytes are those of the whole document serialised at once (`dumps`), so
+    nothing but one row is ever held."""
+    write(b"{")
+    if data.user is not None:
+        write(b'"user":' + dumps(row(data.user)) + b",")
+    tables: tuple[tuple[str, Iterator[Any]], ...] = (
+        ("savedSearches", data.saved_searches),
+        ("searchHistory", data.search_history),
+        ("apiUsage", data.api_usage),
+        ("webhookEvents", data.webhook_events),
+        ("systemMetrics", data.system_metrics),
     )
+    for name, rows in tables:
+        write(dumps(name) + b":[")
+        separator = b""
+        for record in rows:
+            write(separator + dumps(row(record)))
+            separator = b","
+        write(b"],")
+    flags = dumps(list(data.feature_flags))
+    write(b'"featureFlags":' + flags + b',"onErasure":' + dumps(ERASURE_RETENTION) + b"}")

@@ -23,14 +23,16 @@ from shared.repositories.users import SubscriptionMetrics
 BUCKETS: dict[str, Bucket] = {name: name for name in get_args(Bucket)}
 DEFAULT_BUCKET: Bucket = "hour"
 DEFAULT_WINDOW = timedelta(hours=24)
-# The widest window per bucket: at most ~44,640 minute, ~8,784 hour or ~1,096 day points.
+# The widest window per bucket: at most 10,080 minute, 8,784 hour or 1,096 day points. A point
+# is at most ~150 bytes of JSON, so a series stays under 1.6 MB: either platform answers it.
 MAX_WINDOW: Mapping[str, timedelta] = {
-    "minute": timedelta(days=31),
+    "minute": timedelta(days=7),
     "hour": timedelta(days=366),
     "day": timedelta(days=1096),
 }
 MAX_METRIC_NAME = 200
 DEFAULT_DAYS, MAX_DAYS = 7, 90
+MAX_PROVIDERS = 20  # the providers with the most searches in the window; the rest are left out
 _DIGITS = re.compile(r"[0-9]{1,6}")
 
 
@@ -135,6 +137,12 @@ class Analytics:
     subscriptions: SubscriptionMetrics
 
 
+def _busiest(providers: Mapping[str, Any]) -> dict[str, Any]:
+    """The MAX_PROVIDERS providers with the most searches (ties: by name)."""
+    ranked = sorted(providers.items(), key=lambda item: (-item[1].searches, item[0]))
+    return dict(ranked[:MAX_PROVIDERS])
+
+
 def analytics_body(figures: Analytics) -> dict[str, Any]:
     """The admin dashboard's figures; see docs/flags-and-admin.md."""
     days = [figures.since + timedelta(days=offset) for offset in range(figures.days)]
@@ -159,7 +167,7 @@ def analytics_body(figures: Analytics) -> dict[str, Any]:
                             "cacheHitRate": _rounded(stats.cache_hit_rate, 4),
                         }
                     )
-                    for name, stats in sorted(window.providers.items())
+                    for name, stats in sorted(_busiest(window.providers).items())
                 },
             }
         ),

@@ -2,8 +2,9 @@
 
 Each run, while the budget allows:
 1. claims the oldest pending export (or one whose runner died: running for longer than a cron
-   invocation can live), builds the user's document in one snapshot (`shared.exports.build`),
-   gzips it and stores it in BACKUP_BUCKET under EXPORT_PREFIX, then marks it ready for
+   invocation can live), streams the user's document from one snapshot through gzip into a
+   temporary file (`shared.exports.write_compressed`: memory stays bounded whatever the
+   account's size), uploads it to BACKUP_BUCKET under EXPORT_PREFIX, then marks it ready for
    EXPORT_TTL_DAYS. An export that failed MAX_ATTEMPTS times is marked failed;
 2. deletes expired export rows, then every object under EXPORT_PREFIX that no ready export
    names and that is older than an hour (expired exports, exports of erased users whose
@@ -16,6 +17,7 @@ mark and the job deletes the object it just stored.
 from __future__ import annotations
 
 import logging
+import tempfile
 from datetime import timedelta
 
 from shared import db, exports
@@ -47,23 +49,24 @@ def export_one(run: Run, s3: S3Client) -> bool:
         run.extra["failed"] = run.extra.get("failed", 0) + 1
         return True
     key = exports.object_key(settings, claimed.user_id, claimed.id)
-    document = exports.build(claimed.user_id)
-    compressed = exports.compress(document)
-    exports.store(s3, bucket, key, compressed)
+    with tempfile.TemporaryFile() as compressed:
+        raw_bytes = exports.write_compressed(claimed.user_id, compressed)
+        gzip_bytes = compressed.tell()
+        exports.store(s3, bucket, key, compressed)
     started_at = claimed.started_at
     assert started_at is not None  # claim sets it
     finished = db.run(
         lambda s: data_exports.finish(
-            s, claimed.id, started_at=started_at, object_key=key, raw_bytes=len(document),
-            gzip_bytes=len(compressed), now=utcnow(), ttl=ttl,
+            s, claimed.id, started_at=started_at, object_key=key, raw_bytes=raw_bytes,
+            gzip_bytes=gzip_bytes, now=utcnow(), ttl=ttl,
         )
     )  # fmt: skip
     if not finished:  # erased (or taken for dead) meanwhile: keep nothing of it
         delete_keys(s3, bucket, [key])
         run.extra["discarded"] = run.extra.get("discarded", 0) + 1
     run.processed += 1
-    run.extra["bytes"] = run.extra.get("bytes", 0) + len(document)
-    run.extra["gzipBytes"] = run.extra.get("gzipBytes", 0) + len(compressed)
+    run.extra["bytes"] = run.extra.get("bytes", 0) + raw_bytes
+    run.extra["gzipBytes"] = run.extra.get("gzipBytes", 0) + gzip_bytes
     return True
 
 

@@ -38,6 +38,15 @@ def list_all(session: Session) -> list[FeatureFlag]:
     return list(session.scalars(select(FeatureFlag).order_by(FeatureFlag.key)))
 
 
+@database_operation("listFeatureFlagPage")
+def list_page(session: Session, *, after: str | None, limit: int) -> list[FeatureFlag]:
+    """Up to `limit` flags after the key `after` (keyset, by key)."""
+    statement = select(FeatureFlag).order_by(FeatureFlag.key).limit(limit)
+    if after is not None:
+        statement = statement.where(FeatureFlag.key > after)
+    return list(session.scalars(statement))
+
+
 @database_operation("getFeatureFlag")
 def get_by_key(session: Session, key: str) -> FeatureFlag | None:
     return session.scalars(select(FeatureFlag).where(FeatureFlag.key == key)).one_or_none()

@@ -1,7 +1,7 @@
 """Personal data: everything stored about one user, exported or erased in one place (GDPR).
 
 Both operations walk the same seven tables, so a table added later is handled here or visibly
-nowhere. The export (`export`, one read-only snapshot) returns the user's rows whole from users,
+nowhere. The export (`export`, one read-only snapshot) streams the user's rows whole from users,
 saved_searches, search_history and api_usage, the ledger and metric rows that mention one of the
 user's identifiers (the rows erasure scrubs), and the keys of the flags that name the user (the
 rest of a flag row is configuration and names other users). Erasure (`erase`, in one
@@ -20,6 +20,7 @@ transaction) per table:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,16 +57,24 @@ from shared.telemetry import database_operation
 # Any string anywhere in the document equal to one of `$ids` (lax mode: `.**` walks every level).
 _MENTIONS_PATH: ColumnElement[Any] = literal_column("'$.** ? (@ == $ids[*])'::jsonpath")
 
+# Rows fetched per round trip of a table's server-side cursor: what the export holds at once.
+# A saved search's `results` can be up to the request body cap (under 1 MB of JSON).
+SAVED_SEARCHES_PER_FETCH = 4
+ROWS_PER_FETCH = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class PersonalData:
+    """The user's rows, table by table, each table a stream to be read in this order (each
+    opens its server-side cursor when its turn comes) inside the snapshot's transaction."""
+
     user: User | None
-    saved_searches: list[SavedSearch]
-    search_history: list[SearchHistory]
-    api_usage: list[ApiUsage]
-    webhook_events: list[WebhookEvent]
-    system_metrics: list[SystemMetric]
-    feature_flags: list[str]  # keys of the flags whose allowedUsers names the user
+    saved_searches: Iterator[SavedSearch]
+    search_history: Iterator[SearchHistory]
+    api_usage: Iterator[ApiUsage]
+    webhook_events: Iterator[WebhookEvent]
+    system_metrics: Iterator[SystemMetric]
+    feature_flags: Iterator[str]  # keys of the flags whose allowedUsers names the user
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +104,10 @@ def identifiers(user_id: str, owner: Any) -> list[str]:
 
 @database_operation("exportPersonalData")
 def export(session: Session, user_id: str) -> PersonalData:
-    """Every row about the user, oldest first: one query per table, one snapshot.
+    """Every row about the user, oldest first: one query per table, one snapshot, read in
+    bounded chunks through server-side cursors (`yield_per`), so memory does not grow with
+    the account. Named cursors live inside the transaction, which the pooled (transaction
+    mode) lane keeps on one server connection.
 
     Must run in `transaction()`: it switches the transaction to REPEATABLE READ, READ ONLY, so
     the reads see the same moment even while the user keeps searching.
@@ -109,49 +121,55 @@ def export(session: Session, user_id: str) -> PersonalData:
     ids = identifiers(user_id, owner)
     return PersonalData(
         user=user,
-        saved_searches=list(
-            session.scalars(
-                select(SavedSearch)
-                .where(SavedSearch.user_id == user_id)
-                .order_by(SavedSearch.created_at, SavedSearch.id)
-            )
+        saved_searches=_stream(
+            session,
+            select(SavedSearch)
+            .where(SavedSearch.user_id == user_id)
+            .order_by(SavedSearch.created_at, SavedSearch.id),
+            SAVED_SEARCHES_PER_FETCH,
         ),
-        search_history=list(
-            session.scalars(
-                select(SearchHistory)
-                .where(SearchHistory.user_id == user_id)
-                .order_by(SearchHistory.searched_at, SearchHistory.id)
-            )
+        search_history=_stream(
+            session,
+            select(SearchHistory)
+            .where(SearchHistory.user_id == user_id)
+            .order_by(SearchHistory.searched_at, SearchHistory.id),
         ),
-        api_usage=list(
-            session.scalars(
-                select(ApiUsage)
-                .where(ApiUsage.user_id == user_id)
-                .order_by(ApiUsage.timestamp, ApiUsage.id)
-            )
+        api_usage=_stream(
+            session,
+            select(ApiUsage)
+            .where(ApiUsage.user_id == user_id)
+            .order_by(ApiUsage.timestamp, ApiUsage.id),
         ),
-        webhook_events=list(
-            session.scalars(
-                select(WebhookEvent)
-                .where(_event_mentions(ids))
-                .order_by(WebhookEvent.created_at, WebhookEvent.id)
-            )
+        webhook_events=_stream(
+            session,
+            select(WebhookEvent)
+            .where(_event_mentions(ids))
+            .order_by(WebhookEvent.created_at, WebhookEvent.id),
         ),
-        system_metrics=list(
-            session.scalars(
-                select(SystemMetric)
-                .where(_mentions(SystemMetric.tags, ids))
-                .order_by(SystemMetric.timestamp, SystemMetric.id)
-            )
+        system_metrics=_stream(
+            session,
+            select(SystemMetric)
+            .where(_mentions(SystemMetric.tags, ids))
+            .order_by(SystemMetric.timestamp, SystemMetric.id),
         ),
-        feature_flags=list(
-            session.scalars(
-                select(FeatureFlag.key)
-                .where(FeatureFlag.allowed_users.any_() == user_id)
-                .order_by(FeatureFlag.key)
-            )
+        feature_flags=_stream(
+            session,
+            select(FeatureFlag.key)
+            .where(FeatureFlag.allowed_users.any_() == user_id)
+            .order_by(FeatureFlag.key),
         ),
     )
+
+
+def _stream(session: Session, statement: Any, per_fetch: int = ROWS_PER_FETCH) -> Iterator[Any]:
+    """The statement's rows through a server-side cursor, `per_fetch` at a time. A generator:
+    the query runs when the first row is asked for. Rows read are not kept: the session's
+    identity map holds its objects weakly."""
+    result = session.scalars(statement, execution_options={"yield_per": per_fetch})
+    try:
+        yield from result
+    finally:
+        result.close()
 
 
 _ESTIMATE = text(

@@ -25,6 +25,7 @@ SECTIONS = {
     "scale",
     "memory",
     "migration",
+    "export",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600

@@ -2,13 +2,17 @@
 
 `devkit.platform_limits` holds the limits; the dev gateway (`keyflash dev`), `keyflash invoke`
 and the test client apply them. Each is driven here with messages just under and just over each
-limit, under each `KEYFLASH_PLATFORM` setting.
+limit, under each `KEYFLASH_PLATFORM` setting, and with a handler held past a tiny timeout on a
+gate the test opens (no sleeps: the handler cannot return before the deadline).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ from starlette.testclient import TestClient
 
 from devkit import gateway, invoke, platform_limits
 from devkit.platform_limits import LAMBDA_PAYLOAD_MAX, VERCEL_BODY_MAX
+from tests.support.http import Caller, Keys
 
 LAMBDA_REFUSAL = b'{"message":"Internal Server Error"}'
 
@@ -170,3 +175,143 @@ def test_keyflash_invoke_refuses_a_result_over_the_limit(monkeypatch: pytest.Mon
     assert refusal.headers["x-vercel-error"] == "FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE"
     huge["body"] = "a" * VERCEL_BODY_MAX
     assert invoke._response_refusal(target, huge) is None
+
+
+# --------------------------------------------------------------------------- time
+
+HTTP_API_UNAVAILABLE = b'{"message":"Service Unavailable"}'
+
+
+def test_each_functions_timeout_is_read_from_its_descriptor() -> None:
+    assert platform_limits.configured_timeout_s("functions.health", "lambda") == 10
+    assert platform_limits.configured_timeout_s("functions.me_export", "lambda") == 20  # provider
+    assert platform_limits.configured_timeout_s("functions.cron.exports", "lambda") == 900
+    assert platform_limits.configured_timeout_s("functions.health", "vercel") == 300  # default
+    strictest = platform_limits.deadline("functions.cron.exports", "cron")
+    assert strictest.seconds == 300 and strictest.refusal.status == 504  # Vercel's is shorter
+    on_lambda = platform_limits.deadline("functions.cron.exports", "cron", platforms=["lambda"])
+    assert on_lambda.seconds == 900
+    assert json.loads(on_lambda.refusal.body) == {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": "Task timed out after 900.00 seconds",
+    }
+
+
+def test_lambda_behind_the_http_api_is_cut_at_30_s_with_a_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A function allowed longer than the HTTP API waits is answered by the HTTP API at 30 s;
+    one whose own timeout comes first fails the invocation: a 500."""
+    serverless = {"provider": {"timeout": 20}, "functions": {
+        "slow": {"handler": "functions/slow.handler", "timeout": 60}}}  # fmt: skip
+    monkeypatch.setattr(platform_limits, "_descriptors", lambda: (serverless, {"builds": []}))
+    slow = platform_limits.deadline("functions.slow", "http", platforms=["lambda"])
+    assert (slow.seconds, slow.refusal.status, slow.refusal.body) == (30, 503, HTTP_API_UNAVAILABLE)
+    usual = platform_limits.deadline("functions.other", "http", platforms=["lambda"])
+    assert (usual.seconds, usual.refusal.status, usual.refusal.body) == (20, 500, LAMBDA_REFUSAL)
+    vercel = platform_limits.deadline("functions.other", "http", platforms=["vercel"])
+    assert (vercel.seconds, vercel.refusal.status) == (300, 504)
+    assert vercel.refusal.headers["x-vercel-error"] == "FUNCTION_INVOCATION_TIMEOUT"
+
+
+class Gate:
+    """A handler's way through: it signals `entered`, then waits until the test opens it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+    def pass_through(self) -> None:
+        self.entered.set()
+        assert self.open.wait(timeout=30), "the test never opened the gate"
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """`functions.gated` and `functions.cron.gated`: stand-in functions that block on a gate,
+    with a tiny imitated timeout. The gate opens at the end, so no abandoned thread stays."""
+    from shared.http.app import lambda_handler
+
+    opened = Gate()
+    app = FastAPI()
+
+    @app.get("/api/gated")
+    def gated() -> dict[str, bool]:
+        opened.pass_through()
+        return {"ok": True}
+
+    module = types.ModuleType("functions.gated")
+    module.app = app  # type: ignore[attr-defined]
+    module.handler = lambda_handler(app)  # type: ignore[attr-defined]
+    cron = types.ModuleType("functions.cron.gated")
+    cron.handler = lambda event, context: opened.pass_through()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "functions.gated", module)
+    monkeypatch.setitem(sys.modules, "functions.cron.gated", cron)
+    monkeypatch.setenv(platform_limits.TIMEOUT_VARIABLE, "0.2")
+    try:
+        yield opened
+    finally:
+        opened.open.set()
+
+
+@pytest.mark.parametrize(
+    ("style", "platform", "status"),
+    [("lambda_v2", "lambda", 500), ("asgi", "vercel", 504), ("asgi", "strictest", 500)],
+)
+def test_the_test_client_answers_an_overrun_as_the_platform_does(
+    gate: Gate,
+    rsa_keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    style: str,
+    platform: str,
+    status: int,
+) -> None:
+    monkeypatch.setenv(platform_limits.VARIABLE, platform)
+    result = Caller(style, rsa_keys)("gated", "GET", "/api/gated")
+    assert gate.entered.wait(timeout=30)  # it ran, and cannot return until the gate opens
+    assert result.status == status
+    if status == 504:
+        assert result.headers["x-vercel-error"] == "FUNCTION_INVOCATION_TIMEOUT"
+    else:
+        assert result.raw == LAMBDA_REFUSAL
+    gate.open.set()  # a handler that returns in time is answered as usual
+    assert Caller(style, rsa_keys)("gated", "GET", "/api/gated").json == {"ok": True}
+
+
+def test_keyflash_dev_answers_an_overrun_as_the_platform_does(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestClient(gateway.Gateway([gateway.load("gated")])) as client:
+        try:
+            monkeypatch.setenv(platform_limits.VARIABLE, "vercel")
+            refused = client.get("/api/gated")
+            assert gate.entered.wait(timeout=30)
+            assert refused.status_code == 504
+            assert refused.headers["x-vercel-error"] == "FUNCTION_INVOCATION_TIMEOUT"
+            monkeypatch.setenv(platform_limits.VARIABLE, "lambda")
+            refused = client.get("/api/gated")
+            assert (refused.status_code, refused.content) == (500, LAMBDA_REFUSAL)
+            gate.open.set()
+            assert client.get("/api/gated").json() == {"ok": True}
+        finally:
+            gate.open.set()  # the abandoned invocations finish before the loop closes
+
+
+def test_keyflash_invoke_answers_an_overrun_as_the_platform_does(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(platform_limits.VARIABLE, "lambda")
+    http = invoke.invoke(invoke.Target("http", "gated", "functions.gated"), event_file=None,
+                         request=invoke.Request(), repeat=1, token_for=str)  # fmt: skip
+    run = http.runs[0]
+    assert gate.entered.wait(timeout=30)
+    assert run.status == 500 and run.response["body"] == LAMBDA_REFUSAL.decode()
+    assert run.refused is not None and "ran past 0.2 s" in run.refused
+    assert "refused by the platform" in invoke.render(http)
+    cron = invoke.invoke(invoke.Target("cron", "cron.gated", "functions.cron.gated"),
+                         event_file=None, request=invoke.Request(), repeat=1,
+                         token_for=str)  # fmt: skip
+    assert cron.runs[0].response == {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": "Task timed out after 0.20 seconds",
+    }

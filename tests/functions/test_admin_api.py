@@ -132,7 +132,7 @@ def test_default_window_is_the_last_24_hours_in_hours(admin: Caller) -> None:
          "from must be before to"),
         ({"metric": "m", "to": "0001-01-01T00:00:00Z"}, "from must be before to"),
         ({"metric": "m", "bucket": "minute", "from": "2026-10-01T00:00:00Z",
-          "to": "2026-11-01T00:00:01Z"}, "the range may span at most 31 days for minute buckets"),
+          "to": "2026-10-08T00:00:01Z"}, "the range may span at most 7 days for minute buckets"),
         ({"metric": "m", "bucket": "hour", "from": "2025-01-01T00:00:00Z",
           "to": "2026-01-03T00:00:00Z"}, "the range may span at most 366 days for hour buckets"),
         ({"metric": "m", "bucket": "day", "from": "2020-01-01T00:00:00Z"},
@@ -147,7 +147,7 @@ def test_metric_query_validation(admin: Caller, query: dict[str, str], message: 
 
 def test_widest_allowed_ranges_are_accepted(admin: Caller) -> None:
     minute = series(admin, metric="m", bucket="minute",
-                    **{"from": "2026-10-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"})  # fmt: skip
+                    **{"from": "2026-10-01T00:00:00Z", "to": "2026-10-08T00:00:00Z"})  # fmt: skip
     assert (minute.status, minute.json["points"]) == (200, [])
     day = series(admin, metric="m", bucket="day", **{"from": "2023-11-20T15:00:00Z"})
     assert day.status == 200
@@ -296,3 +296,18 @@ def test_admin_endpoints_refuse_anonymous_and_members(
     allowed = call(module, "GET", path, user=ADMIN, query={"metric": "m"})
     assert allowed.status == 200, allowed.text
     assert allowed.headers["cache-control"] == "private, no-cache, no-store, must-revalidate"
+
+
+def test_analytics_names_the_busiest_providers_only(
+    admin: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.contracts import admin as contract
+
+    monkeypatch.setattr(contract, "MAX_PROVIDERS", 2)
+    now = NOW - timedelta(hours=1)
+    for provider, searches in (("quiet", 1), ("busy", 3), ("middle", 2), ("also-middle", 2)):
+        for _ in range(searches):
+            db.run(lambda s, p=provider: search_history.record(s, search=search_history.NewSearch(
+                None, ["k"], "US", "en", "exact", p, False, 5), now=now))  # fmt: skip
+    providers = analytics(admin, days="1").json["searches"]["providers"]
+    assert list(providers) == ["also-middle", "busy"]  # most searches; a tie goes a to z

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,11 +22,19 @@ import psycopg
 import pytest
 from starlette.responses import JSONResponse
 
+from benchmarks.export_memory import (
+    HEAVY,
+    HISTORY_ROWS,
+    SAVED_SEARCHES,
+    USAGE_ROWS,
+    generate_heavy_account,
+)
 from devkit import gateway, platform_limits
 from functions import me_export
 from shared import config, db, exports
 from shared.clock import utcnow
-from shared.contracts import account
+from shared.contracts import account, compact
+from shared.contracts import admin as admin_contract
 from shared.cron import exports as exports_job
 from shared.cron.runner import run_job
 from shared.envelope import GENERIC_503
@@ -40,73 +49,35 @@ from tests.support.cron import configure
 from tests.support.http import Caller, Keys, Result
 from tests.support.s3 import BUCKET, mock_s3
 
-HEAVY = "user_heavy"
-HISTORY_ROWS = 30_000
-USAGE_ROWS = 30_000
-SAVED_SEARCHES = 50
-RESULTS_PER_SEARCH = 400
 # Style of the test client → the platform it imitates.
 PLATFORM_OF = {"lambda_v2": "lambda", "asgi": "vercel"}
 
 
-def generate_heavy_account(conn: psycopg.Connection[Any], user_id: str = HEAVY) -> None:
-    """Rows shaped like production's: what a PRO user at 1,000 searches a month stores in
-    2.5 years. Text is md5-derived (so gzip cannot shrink it to nothing) with unicode mixed in."""
-    conn.execute(
-        """INSERT INTO users (id, email, tier, "keywordSearchesThisMonth", "keywordSearchesTotal",
-                              "monthlyResetAt", "createdAt", "updatedAt")
-           VALUES (%s, %s, 'PRO', 900, 30000, now(), now() - interval '900 days', now())""",
-        [user_id, f"{user_id}+ünï@example.com"],
-    )
-    conn.execute(
-        """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
-               provider, "cacheHit", "responseTime", "keywordCount", "avgVolume", "totalVolume",
-               "searchedAt", "userAgent", "ipAddress")
-           SELECT 'h' || i, %s,
-                  ARRAY[md5(i::text), 'café ☕ ' || left(md5((i + 1)::text), 12), '"q" 検索 🚀'],
-                  'US', 'en', 'phrase', 'dataforseo', i %% 3 = 0, 100 + i %% 900, 3,
-                  i %% 10000, (i %% 10000) * 3,
-                  now() - make_interval(mins => i),
-                  'Mozilla/5.0 (X11; Linux x86_64) ' || md5(i::text),
-                  '198.51.100.' || (i %% 250)
-             FROM generate_series(1, %s) AS i""",
-        [user_id, HISTORY_ROWS],
-    )
-    conn.execute(
-        """INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration,
-               "ipAddress", "userAgent", timestamp)
-           SELECT 'u' || i, %s, '/api/keywords', 'POST', 200, i %% 700, '2001:db8::' || (i %% 999),
-                  'KeyFlash/1.0 ' || md5(i::text) || md5((i * 7)::text),
-                  now() - make_interval(mins => i)
-             FROM generate_series(1, %s) AS i""",
-        [user_id, USAGE_ROWS],
-    )
-    conn.execute(
-        """INSERT INTO saved_searches (id, "userId", name, keywords, location, language,
-               "matchType", "keywordCount", "createdAt", "updatedAt", "lastAccessedAt",
-               description, results, "resultCount")
-           SELECT gen_random_uuid()::text, %s, 'Search ' || s || ' 🧪', ARRAY[md5(s::text)], 'US',
-                  'en', 'exact', 1, now() - make_interval(days => s), now(), now(),
-                  E'line\\nbreak \\u0007 ' || md5(s::text),
-                  (SELECT jsonb_agg(jsonb_build_object(
-                      'keyword', md5((s * 1000 + r)::text) || ' ünï',
-                      'searchVolume', r * 10, 'difficulty', r %% 100, 'cpc', r / 7.0,
-                      'competition', 'medium', 'intent', 'commercial',
-                      'trends', (SELECT jsonb_agg(jsonb_build_object(
-                                    'month', m, 'year', 2026, 'volume', r * m))
-                                   FROM generate_series(1, 12) AS m)))
-                     FROM generate_series(1, %s) AS r),
-                  %s
-             FROM generate_series(1, %s) AS s""",
-        [user_id, RESULTS_PER_SEARCH, RESULTS_PER_SEARCH, SAVED_SEARCHES],
-    )
+def todays_body(user_id: str) -> bytes:
+    """The document `GET /api/me/export` answered before exports existed: the snapshot's
+    rows whole in memory, each through the export contract's `row`, rendered at once by the
+    JSON response the API has always used."""
+
+    def document(session: Any) -> dict[str, Any]:
+        data = personal_data.export(session, user_id)
+        return compact(
+            {
+                "user": None if data.user is None else account.row(data.user),
+                "savedSearches": [account.row(r) for r in data.saved_searches],
+                "searchHistory": [account.row(r) for r in data.search_history],
+                "apiUsage": [account.row(r) for r in data.api_usage],
+                "webhookEvents": [account.row(r) for r in data.webhook_events],
+                "systemMetrics": [account.row(r) for r in data.system_metrics],
+                "featureFlags": list(data.feature_flags),
+                "onErasure": account.ERASURE_RETENTION,
+            }
+        )
+
+    return bytes(JSONResponse(db.transaction(document)).body)
 
 
 def todays_document(user_id: str) -> Any:
-    """The document `GET /api/me/export` answered before exports existed: the snapshot's
-    rows through the export contract, rendered by the JSON response the API has always used."""
-    data = db.transaction(lambda s: personal_data.export(s, user_id))
-    return json.loads(JSONResponse(account.export(data)).body)
+    return json.loads(todays_body(user_id))
 
 
 @pytest.fixture
@@ -180,6 +151,32 @@ def test_the_heavy_account_exports_whole_within_each_platforms_limits(
     assert len(expected["savedSearches"]) == SAVED_SEARCHES
 
 
+def test_the_streamed_export_is_byte_for_byte_the_in_memory_document(
+    call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A mid-size account (3,000 history and usage rows, 5 large saved searches: more rows
+    than one cursor fetch of each table) streamed by the job through gzip to storage is the
+    document rendered whole in memory, byte for byte, and the direct answer's document."""
+    generate_heavy_account(admin_conn, "user_mid", scale=0.1)
+    direct = call("me_export", "GET", "/api/me/export", user="user_mid",
+                  headers={"accept-encoding": "gzip"})  # fmt: skip
+    assert direct.status == 200 and direct.headers["content-encoding"] == "gzip", direct.text
+    assert call("me_export", "POST", "/api/me/export", user="user_mid").status == 202
+    summary = run_exports()  # no request between the job and the reads below: no usage row
+    whole = todays_body("user_mid")
+    [key] = [item["Key"] for item in storage.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    stored = gzip.decompress(storage.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert stored == whole == exports.build("user_mid")
+    assert summary["processed"] == 1 and summary["bytes"] == len(whole)
+    answered = json.loads(gzip.decompress(direct.raw))
+    document = json.loads(stored)
+    # The direct answer was read before the POST's own API-usage row was written.
+    assert answered["apiUsage"] == document["apiUsage"][: len(answered["apiUsage"])]
+    assert {**answered, "apiUsage": []} == {**document, "apiUsage": []}
+    assert len(document["searchHistory"]) > personal_data.ROWS_PER_FETCH
+    assert len(document["savedSearches"]) > personal_data.SAVED_SEARCHES_PER_FETCH
+
+
 def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
     platform_call: Caller,
     storage: Any,
@@ -213,6 +210,79 @@ def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
         called.append(concrete)
     assert "/api/me/export" in called and "/api/searches" in called
     assert f"/api/searches/{search_id[0]}" in called
+
+
+def test_a_retried_build_starts_its_file_again(db_env: str) -> None:
+    """A transaction retried after a lost connection writes the document again from the start
+    of the file: whatever an earlier attempt left there is gone."""
+    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    with tempfile.TemporaryFile() as file:
+        file.write(b"an earlier attempt's partial output " * 1000)
+        written = exports.write_compressed("user_a", file)
+        file.seek(0)
+        document = gzip.decompress(file.read())
+    assert document == exports.build("user_a") and written == len(document)
+
+
+FLAGS = 30
+PROVIDERS = 50
+
+
+def test_the_admin_routes_at_their_widest_stay_within_the_platforms_limits(
+    platform_call: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin answers that grow with data, asked for their widest: every minute of the
+    longest metric window (values with all their digits), 90 days of analytics over 50
+    providers, and flags naming 1,000 users of 255 characters each (7.7 MB listed whole)."""
+    call = platform_call
+    configure(monkeypatch, ADMIN_USER_IDS="user_admin")
+    admin_conn.execute(
+        """INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers",
+                                      "createdAt", "updatedAt")
+           SELECT 'flag' || f, 'flag-' || lpad(f::text, 3, '0'), true, 0,
+                  (SELECT array_agg(rpad('user_' || f || '_' || u, 255, 'x'))
+                     FROM generate_series(1, 1000) AS u), now(), now()
+             FROM generate_series(1, %s) AS f""",
+        [FLAGS],
+    )
+    admin_conn.execute(
+        """INSERT INTO system_metrics (id, metric, value, timestamp)
+           SELECT 'm' || i, 'wide', -1.2345678901234567e300 * random(),
+                  date_trunc('minute', now()) - make_interval(mins => i)
+             FROM generate_series(0, 7 * 24 * 60) AS i"""
+    )
+    admin_conn.execute(
+        """INSERT INTO search_history (id, keywords, location, language, "matchType", provider,
+               "cacheHit", "responseTime", "keywordCount", "searchedAt")
+           SELECT 'p' || i, ARRAY[md5(i::text)], 'US', 'en', 'exact',
+                  'provider-' || (i %% %s) || '-' || repeat('x', 200), false, i, 1,
+                  now() - make_interval(mins => i)
+             FROM generate_series(1, 5000) AS i""",
+        [PROVIDERS],
+    )
+    now = utcnow()
+    widest = {"metric": "wide", "bucket": "minute", "to": now.isoformat(),
+              "from": (now - admin_contract.MAX_WINDOW["minute"]).isoformat()}  # fmt: skip
+    series = call("admin_metrics", "GET", "/api/admin/metrics", user="user_admin", query=widest)
+    assert_within_limits(series)
+    assert series.status == 200 and len(series.json["points"]) >= 7 * 24 * 60 - 1, series.text
+    analytics = call("admin_analytics", "GET", "/api/admin/analytics", user="user_admin",
+                     query={"days": "90"})  # fmt: skip
+    assert_within_limits(analytics)
+    assert len(analytics.json["searches"]["providers"]) == admin_contract.MAX_PROVIDERS
+    listed: list[str] = []
+    pages = 0
+    cursor: dict[str, str] = {}
+    while True:
+        page = call("admin_flags", "GET", "/api/admin/flags", user="user_admin", query=cursor)
+        assert_within_limits(page)
+        assert page.status == 200, page.text
+        listed += [flag["key"] for flag in page.json["flags"]]
+        pages += 1
+        if "nextCursor" not in page.json:
+            break
+        cursor = {"cursor": page.json["nextCursor"]}
+    assert listed == [f"flag-{n:03d}" for n in range(1, FLAGS + 1)] and pages > 1
 
 
 # --------------------------------------------------------------------------- direct answers

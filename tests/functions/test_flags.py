@@ -469,3 +469,26 @@ def test_stored_flag_rows_match_the_prisma_shape(
     assert row[0].startswith("c") and len(row[0]) == 25  # a cuid, as Prisma would write
     assert row[1:4] == (5, ["u"], ADMIN)
     assert row[4] == row[5] and utcnow().replace(tzinfo=None) - row[4] < timedelta(minutes=1)
+
+
+def test_the_admin_list_comes_in_pages_by_key(
+    admin: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions import admin_flags
+
+    monkeypatch.setattr(admin_flags, "PAGE_FLAGS", 2)
+    for key in ("c-flag", "a-flag", "b-flag"):
+        assert create(admin, {"key": key}).status == 201
+    first = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN).json
+    assert [f["key"] for f in first["flags"]] == ["a-flag", "b-flag"]
+    assert first["nextCursor"] == "b-flag"
+    rest = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN,
+                 query={"cursor": first["nextCursor"]}).json  # fmt: skip
+    assert rest == {"flags": [rest["flags"][0]]} and rest["flags"][0]["key"] == "c-flag"
+
+
+@pytest.mark.parametrize("cursor", ["", "A", "x" * 65, "a b"])
+def test_a_malformed_flag_cursor_is_a_400(admin: Caller, cursor: str) -> None:
+    result = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN, query={"cursor": cursor})
+    assert result.status == 400, result.text
+    assert result.json["message"] == "cursor must be the nextCursor of a previous page"

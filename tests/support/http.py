@@ -13,7 +13,6 @@ import functools
 import gzip
 import importlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -131,8 +130,9 @@ def _refused(refusal: platform_limits.Refusal) -> Result:
 class Caller:
     """Invoke a function module's `handler` (with a real Lambda event) or its `app` (over HTTP).
 
-    Requests and responses pass through the platforms' payload limits (`KEYFLASH_PLATFORM`,
-    default both): over a limit the caller gets the platform's refusal, as deployed."""
+    Requests and responses pass through the platforms' payload and time limits
+    (`KEYFLASH_PLATFORM`, default both): over a limit, or past the function's timeout, the
+    caller gets the platform's refusal, as deployed."""
 
     def __init__(self, style: str, keys: Keys) -> None:
         self.style = style
@@ -164,36 +164,58 @@ class Caller:
             body = json.dumps(json_body)
             all_headers.setdefault("content-type", "application/json")
         raw_body = body.encode() if isinstance(body, str) else (body or b"")
+        deadline = platform_limits.deadline(f"functions.{module}", "http")
         if self.style == "asgi":
             refusal = platform_limits.request_refusal(raw_body)
             if refusal is not None:
                 return _refused(refusal)
             peer = (source_ip, 50000) if source_ip else ("testclient", 50000)
-            with (
-                TestClient(loaded.app, base_url="https://api.keyflash.test", client=peer) as client,
-                client.stream(
-                    method, path, content=body, headers=all_headers, params=query
-                ) as response,
-            ):
-                sent = b"".join(response.iter_raw())
-                out = dict(response.headers)
-            refusal = platform_limits.response_refusal(response.status_code, out, sent)
+
+            def serve() -> tuple[int, dict[str, str], bytes]:
+                with (
+                    TestClient(
+                        loaded.app, base_url="https://api.keyflash.test", client=peer
+                    ) as client,
+                    client.stream(
+                        method, path, content=body, headers=all_headers, params=query
+                    ) as response,
+                ):
+                    return (
+                        response.status_code,
+                        dict(response.headers),
+                        b"".join(response.iter_raw()),
+                    )
+
+            try:
+                status, out, sent = platform_limits.call_within(deadline.seconds, serve)
+            except platform_limits.Overrun:
+                return _refused(deadline.refusal)
+            refusal = platform_limits.response_refusal(status, out, sent)
             if refusal is not None:
                 return _refused(refusal)
-            return Result(response.status_code, out, _decoded(out, sent), sent)
-        if threading.current_thread() is not threading.main_thread():
-            # Mangum uses the thread's event loop; Lambda runs one invocation per process.
-            try:
-                asyncio.get_event_loop()
-            except RuntimeError:
-                asyncio.set_event_loop(asyncio.new_event_loop())
+            return Result(status, out, _decoded(out, sent), sent)
         build = events.http_api_v2 if self.style == "lambda_v2" else events.rest_api_v1
         peer_ip = {"source_ip": source_ip} if source_ip else {}
         event = build(method, path, headers=all_headers, query=query, body=body, **peer_ip)
         refusal = platform_limits.request_refusal(raw_body, event_bytes=len(json.dumps(event)))
         if refusal is not None:
             return _refused(refusal)
-        raw = loaded.handler(event, events.lambda_context(module))
+
+        def invoke() -> dict[str, Any]:
+            # Mangum runs on the thread's event loop; Lambda runs one invocation per process.
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                result: dict[str, Any] = loaded.handler(event, events.lambda_context(module))
+                return result
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+        try:
+            raw = platform_limits.call_within(deadline.seconds, invoke)
+        except platform_limits.Overrun:
+            return _refused(deadline.refusal)
         text = raw.get("body") or ""
         sent = base64.b64decode(text) if raw.get("isBase64Encoded") else text.encode()
         headers_out = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
