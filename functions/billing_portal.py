@@ -24,7 +24,13 @@ RATE_LIMITED = "Too many billing portal requests. Please try again later."
 NO_CUSTOMER = "No billing account found. Subscribe first."
 
 
-@app.post("/api/billing/portal", response_model=None)
+@app.post(
+    "/api/billing/portal",
+    response_model=None,
+    responses=stripe_sessions.responses(
+        "Stripe Billing Portal", {404: "The caller has never paid (no Stripe customer)"}
+    ),
+)
 def billing_portal(request: Request) -> Response:
     user = stripe_sessions.caller(request, "billing_portal", RATE_LIMITED)
     settings = get_settings()

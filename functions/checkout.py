@@ -86,7 +86,13 @@ def idempotency_key(user_id: str, params: dict[str, Any], now: float) -> str:
     return "kf-checkout-" + hashlib.sha256(material.encode()).hexdigest()
 
 
-@app.post("/api/checkout", response_model=None)
+@app.post(
+    "/api/checkout",
+    response_model=None,
+    responses=stripe_sessions.responses(
+        "Stripe Checkout", {409: "Already subscribed (PRO with a live subscription, or ENTERPRISE)"}
+    ),
+)
 def checkout(request: Request) -> Response:
     user = stripe_sessions.caller(request, "checkout", RATE_LIMITED)
     settings = get_settings()

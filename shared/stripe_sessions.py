@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 
@@ -25,6 +25,7 @@ from shared import db
 from shared.auth import AUTH_REQUIRED, Identity, identify, provision
 from shared.config import Settings, get_settings
 from shared.http.errors import ApiError
+from shared.http.openapi import DESCRIPTIONS
 from shared.models import User
 from shared.ratelimit import limit_request
 from shared.repositories import users
@@ -39,6 +40,23 @@ STRIPE_API_VERSION = "2026-01-28.clover"  # the original's pin; events are read 
 LIMIT_PER_HOUR = 10
 TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
+
+
+def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answers of a session route: `{url}`, 401, 409 (provisioning), 429, and the
+    route's own `errors` (status → description); the envelope is added for every error."""
+    url = {"type": "string", "format": "uri", "description": f"The {what} page"}
+    body = {"type": "object", "required": ["url"], "properties": {"url": url}}
+    return {
+        200: {
+            "description": f"Redirect the browser to `url` ({what})",
+            "content": {"application/json": {"schema": body}},
+        },
+        401: {"description": DESCRIPTIONS[401]},
+        409: {"description": DESCRIPTIONS[409]},
+        429: {"description": "More than 10 calls in the hour (see Retry-After)"},
+        **{status: {"description": text} for status, text in errors.items()},
+    }
 
 
 def caller(request: Request, endpoint: str, refused: str) -> User:
