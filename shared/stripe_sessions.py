@@ -1,5 +1,5 @@
 """Stripe sessions for the signed-in caller: what checkout and the billing portal share
-(docs/billing.md#checkout-and-the-billing-portal).
+(docs/billing.md#checkout, #billing-portal).
 
 The checks run in the original checkout's order (docs/original-app.md#post-apicheckout):
 billing off → 503, no valid session → 401, the route's hourly limit per user → 429 (failing
