@@ -24,6 +24,7 @@ from starlette.requests import Request
 from shared import db
 from shared.auth import AUTH_REQUIRED, Identity, identify, provision
 from shared.config import Settings, get_settings
+from shared.errors import EMAIL_IN_USE, EmailInUseError
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
 from shared.models import User
@@ -77,10 +78,14 @@ def caller(request: Request, endpoint: str, refused: str) -> User:
         label="Client Error",
     )
     provision(identity)
-    user = db.run(lambda s: users.get(s, identity.user_id), idempotent=True)
-    if user is None:  # erased by another container since this one provisioned the caller
-        raise ApiError(401, AUTH_REQUIRED)
-    return user
+    # Get-or-create, not get: another container may have erased the row since this one
+    # provisioned the caller; the answer is then a fresh account, as GET /api/me gives.
+    try:
+        return db.run(
+            lambda s: users.get_or_create(s, identity.user_id, identity.email), idempotent=True
+        )
+    except EmailInUseError:
+        raise ApiError(409, EMAIL_IN_USE) from None
 
 
 def redirect_origin(request: Request, settings: Settings) -> str:

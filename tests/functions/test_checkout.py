@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 
 from functions import checkout
-from shared import config, db
+from shared import accounts, config, db
 from shared.clock import utcnow
 from shared.models import UserTier
 from shared.repositories import users
@@ -232,6 +232,19 @@ def test_stripe_unreachable_is_503(lambda_call: Caller, monkeypatch: pytest.Monk
     result = start(lambda_call)
     assert result.status == 503
     assert "retry-after" in result.headers
+
+
+def test_a_user_erased_elsewhere_since_provisioning_checks_out_as_a_fresh_account(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    """This container remembers provisioning user_a; another one erased the row since."""
+    make_user(stripe_customer_id="cus_before")
+    assert start(lambda_call).status == 200
+    db.transaction(lambda s: accounts.erase(s, "user_a"))
+    again = start(lambda_call)
+    assert again.status == 200, again.text
+    assert "customer" not in fake_stripe.created(SESSIONS)[-1].params
+    assert user().stripe_customer_id is None
 
 
 # --- a double click makes one session -------------------------------------------------------
