@@ -109,6 +109,9 @@ def client(settings: Settings, api_key: str) -> stripe.StripeClient:
     """A Stripe client on `api_key`, pinned to the original's API version."""
     import stripe  # lazily: only the billing routes pay for the SDK
 
+    # The SDK's DEBUG lines carry whole request and response bodies (the customer's email);
+    # its INFO lines (method, path, status, request id) are enough to trace a call.
+    logging.getLogger("stripe").setLevel(logging.INFO)
     return stripe.StripeClient(
         api_key,
         stripe_version=STRIPE_API_VERSION,

@@ -151,9 +151,10 @@ def _handler(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve() -> Iterator[FakeStripe]:
-    """A fake listening on a free port of 127.0.0.1 (`.url`) until the block ends."""
-    fake = FakeStripe()
+def serve(api_key: str = API_KEY) -> Iterator[FakeStripe]:
+    """A fake accepting `api_key`, listening on a free port of 127.0.0.1 (`.url`) until the
+    block ends."""
+    fake = FakeStripe(api_key=api_key)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
