@@ -42,7 +42,7 @@ def billing_portal(request: Request) -> Response:
         "customer": customer,
         "return_url": f"{stripe_sessions.redirect_origin(request, settings)}/search",
     }
-    stripe = stripe_sessions.client(settings, config["STRIPE_SECRET_KEY"])
+    stripe = stripe_sessions.client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
     session = stripe_sessions.call(
         "billing_portal.sessions.create",
         lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]

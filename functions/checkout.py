@@ -107,7 +107,7 @@ def checkout(request: Request) -> Response:
     params = session_params(
         user, config["STRIPE_PRICE_PRO"], stripe_sessions.redirect_origin(request, settings)
     )
-    stripe = stripe_sessions.client(settings, config["STRIPE_SECRET_KEY"])
+    stripe = stripe_sessions.client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
     key = idempotency_key(user.id, params, time.time())
     session = stripe_sessions.call(
         "checkout.sessions.create",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
@@ -55,7 +56,7 @@ def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, An
         },
         401: {"description": DESCRIPTIONS[401]},
         409: {"description": DESCRIPTIONS[409]},
-        429: {"description": "More than 10 calls in the hour (see Retry-After)"},
+        429: {"description": f"More than {LIMIT_PER_HOUR} calls in the hour (see Retry-After)"},
         **{status: {"description": text} for status, text in errors.items()},
     }
 
@@ -105,8 +106,10 @@ def require(settings: Settings, **values: str | None) -> dict[str, str]:
     return {name: str(value) for name, value in values.items()}
 
 
-def client(settings: Settings, api_key: str) -> stripe.StripeClient:
-    """A Stripe client on `api_key`, pinned to the original's API version."""
+@cache
+def client(api_base: str, api_key: str) -> stripe.StripeClient:
+    """A Stripe client on `api_key`, pinned to the original's API version; one per container,
+    so a warm container reuses its connection to Stripe."""
     import stripe  # lazily: only the billing routes pay for the SDK
 
     # The SDK's DEBUG lines carry whole request and response bodies (the customer's email);
@@ -115,7 +118,7 @@ def client(settings: Settings, api_key: str) -> stripe.StripeClient:
     return stripe.StripeClient(
         api_key,
         stripe_version=STRIPE_API_VERSION,
-        base_addresses={"api": settings.stripe_api_base.rstrip("/")},
+        base_addresses={"api": api_base.rstrip("/")},
         max_network_retries=NETWORK_RETRIES,
         http_client=stripe.HTTPXClient(timeout=TIMEOUT_S, allow_sync_methods=True),
     )
