@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from functions import checkout
 from shared import accounts, config, db
 from shared.clock import utcnow
-from shared.models import UserTier
+from shared.models import ApiUsage, UserTier
 from shared.repositories import users
 from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve
 from tests.support.http import STYLES, Caller, Keys, Result
@@ -245,6 +246,18 @@ def test_a_user_erased_elsewhere_since_provisioning_checks_out_as_a_fresh_accoun
     assert again.status == 200, again.text
     assert "customer" not in fake_stripe.created(SESSIONS)[-1].params
     assert user().stripe_customer_id is None
+
+
+def test_checkout_is_rate_limited_but_not_metered_and_writes_its_usage_row(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    """docs/keyword-search.md#order-of-operations-and-quotas: only the keyword search counts."""
+    make_user()
+    assert start(lambda_call).status == 200
+    checked_out = user()
+    assert (checked_out.keyword_searches_this_month, checked_out.keyword_searches_total) == (0, 0)
+    rows = db.run(lambda s: s.scalars(select(ApiUsage).where(ApiUsage.user_id == "user_a")).all())
+    assert [(r.endpoint, r.method, r.status_code) for r in rows] == [("/api/checkout", "POST", 200)]
 
 
 # --- a double click makes one session -------------------------------------------------------
