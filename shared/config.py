@@ -44,6 +44,9 @@ EXAMPLES = {
     "ACCOUNT_HMAC_SECRET": "a random string of at least 32 characters, never rotated",
     "STORAGE_MODE": "postgres (or dual, fallback)",
     "STRIPE_WEBHOOK_SECRET": "whsec_… (the endpoint's signing secret from the Stripe dashboard)",
+    "STRIPE_SECRET_KEY": "sk_live_… or rk_live_… (a restricted key with Checkout and Portal write)",
+    "STRIPE_PRICE_PRO": "price_… (the PRO plan's recurring price)",
+    "STRIPE_API_BASE": "https://api.stripe.com",
     "FLAGS_CACHE_SECONDS": "30",
     "CRON_SECRET": "a random string of at least 16 characters (Vercel sends it as a bearer token)",
     "CRON_BATCH_SIZE": "1000",
@@ -192,10 +195,12 @@ class Settings(BaseSettings):
     keyword_reservation_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 300
 
     # Stripe (docs/original-app.md#post-apicheckout, #stripe-webhook-handling): webhook signing
-    # secret (whsec_…), API key and the PRO price id.
+    # secret (whsec_…), API key and the PRO price id. STRIPE_API_BASE points checkout and the
+    # portal at another Stripe-compatible server (tests' fake, stripe-mock).
     stripe_webhook_secret: str | None = None
     stripe_secret_key: str | None = None
     stripe_price_pro: str | None = None
+    stripe_api_base: str = "https://api.stripe.com"
 
     # Feature flags: how long a warm container reuses the flags it loaded (0: every request).
     flags_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0

@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Literal
 
 from starlette.requests import Request
 
@@ -81,8 +82,18 @@ def identity(user_id: str | None, ip: str | None, user_agent: str, settings: Set
     return f"ip:{ip or 'unknown'}:{digest}"
 
 
-def check(endpoint: str, who: str, limit: int, *, now: datetime | None = None) -> Decision:
-    """Count this request against `endpoint`'s hourly `limit` for `who`."""
+def check(
+    endpoint: str,
+    who: str,
+    limit: int,
+    *,
+    now: datetime | None = None,
+    fail_safe: Literal["open", "closed"] | None = None,
+) -> Decision:
+    """Count this request against `endpoint`'s hourly `limit` for `who`.
+
+    `fail_safe` overrides RATE_LIMIT_FAIL_SAFE for routes that must never run unlimited
+    (checkout: each call can create a Stripe session)."""
     settings = get_settings()
     now = now or utcnow()
     if not settings.rate_limit_enabled:
@@ -99,10 +110,10 @@ def check(endpoint: str, who: str, limit: int, *, now: datetime | None = None) -
             "rate_limit_unavailable",
             level=logging.WARNING,
             endpoint=endpoint,
-            failSafe=settings.rate_limit_fail_safe,
+            failSafe=fail_safe or settings.rate_limit_fail_safe,
             error=type(error).__name__,
         )
-        if settings.rate_limit_fail_safe == "open":
+        if (fail_safe or settings.rate_limit_fail_safe) == "open":
             return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
         return Decision(False, limit, 0, now + timedelta(seconds=60), retry_after=60)
     reset_at = now + timedelta(seconds=int(ttl))
@@ -112,22 +123,29 @@ def check(endpoint: str, who: str, limit: int, *, now: datetime | None = None) -
 
 
 def limit_request(
-    request: Request, endpoint: str, limit: int, message: str, *, user_id: str | None = None
+    request: Request,
+    endpoint: str,
+    limit: int,
+    message: str,
+    *,
+    user_id: str | None = None,
+    fail_safe: Literal["open", "closed"] | None = None,
+    label: str = "Rate Limit Exceeded",
 ) -> Decision:
     """Check `request` against `endpoint`'s limit; refused → the 429 envelope with headers.
 
-    `message` may use `{retry_after}` and `{limit}`.
+    `message` may use `{retry_after}` and `{limit}`; `label` is the envelope's `error`.
     """
     settings = get_settings()
     peer = request.client.host if request.client else None
     ip = client_ip(request.headers, peer, trust_proxy=settings.proxy_trust)
     who = identity(user_id, ip, request.headers.get("user-agent", ""), settings)
-    decision = check(endpoint, who, limit)
+    decision = check(endpoint, who, limit, fail_safe=fail_safe)
     if not decision.allowed:
         raise ApiError(
             429,
             message.format(retry_after=decision.retry_after, limit=limit),
-            label="Rate Limit Exceeded",
+            label=label,
             headers=decision.headers(),
         )
     return decision

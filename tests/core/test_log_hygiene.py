@@ -45,6 +45,7 @@ from devkit import events, gateway
 from devkit.layout import cron_modules
 from devkit.upstash_emulator import UpstashEmulator
 from shared import auth, config, db, flags, redis
+from tests.support import fake_stripe
 from tests.support.cron import asgi_call
 from tests.support.http import ISSUER, Caller, Keys, Result
 
@@ -289,7 +290,20 @@ def fail_in_every_way(run: Run, other_key: str) -> None:
 
 
 def bill(run: Run) -> None:
-    """Stripe: Ada upgrades (the session carries her email), then cancels."""
+    """Stripe: Grace opens checkout (her email goes to Stripe), Ada upgrades (the session
+    carries her email), opens the billing portal, then cancels; a checkout whose key Stripe
+    refuses (a 500 whose log must not show the key). Stripe is a local fake."""
+    with fake_stripe.serve(api_key=STRIPE_SECRET_KEY) as stripe_api:
+        run.env(STRIPE_API_BASE=stripe_api.url)
+        grace = run.token("user_grace", GRACE)
+        assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 200
+        upgrade_and_cancel(run)
+        stripe_api.api_key = "sk_test_rotated"  # Stripe now refuses the configured key
+        assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 500
+        run.env(STRIPE_API_BASE=None)
+
+
+def upgrade_and_cancel(run: Run) -> None:
     session = {
         "id": "cs_1", "object": "checkout.session", "mode": "subscription",
         "customer": "cus_ada", "subscription": "sub_ada", "payment_status": "paid",
@@ -297,6 +311,8 @@ def bill(run: Run) -> None:
         "customer_details": {"email": ADA, "address": {"city": "London"}},
     }  # fmt: skip
     assert stripe_delivery(run, "checkout.session.completed", session).status == 200
+    ada = run.token("user_ada", ADA)
+    assert run.call("billing_portal", "POST", "/api/billing/portal", token=ada).status == 200
     subscription = {"id": "sub_ada", "object": "subscription", "customer": "cus_ada",
                     "status": "canceled", "metadata": {"clerkUserId": "user_ada"},
                     "items": {"data": [{"price": {"id": "price_pro"}}]}}  # fmt: skip

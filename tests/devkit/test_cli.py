@@ -35,6 +35,7 @@ from devkit import cli, layout
 from devkit._host import free_port
 from devkit.crons import CronSyntaxError, Schedule
 from devkit.postgres import LocalPostgres
+from tests.support import fake_stripe, stripe_events
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
 
@@ -895,6 +896,46 @@ def test_trust_proxy_true_takes_the_forwarded_client_as_deployed(spare_state_dir
         assert stored_client_ips(running, "trusted", "198.51.100.7") == ["198.51.100.0"]
     finally:
         assert running.stop() == 0, running.output()
+
+
+def test_dev_checkout_then_the_signed_webhook_makes_the_user_pro(spare_state_dir: Path) -> None:
+    """The billing round trip through the local stack over HTTP, with a local fake of the
+    Stripe API (tests/support/fake_stripe.py) in place of Stripe."""
+    with fake_stripe.serve() as stripe_api:
+        running = start_dev(
+            spare_state_dir,
+            BILLING_ENABLED="true",
+            STRIPE_SECRET_KEY=fake_stripe.API_KEY,
+            STRIPE_PRICE_PRO=fake_stripe.PRICE,
+            STRIPE_API_BASE=stripe_api.url,
+            STRIPE_WEBHOOK_SECRET=stripe_events.SECRET,
+        )
+        try:
+            user = f"cli_billing_{os.getpid()}_{time.monotonic_ns()}"
+            auth = {"Authorization": f"Bearer {token_for(running, user)}"}
+            with httpx.Client(base_url=running.url, headers=auth, timeout=20) as client:
+                assert client.post("/api/billing/portal").status_code == 404  # never paid
+                started = client.post("/api/checkout")
+                assert started.status_code == 200, started.text
+                [session_id] = stripe_api.sessions
+                assert started.json() == {"url": stripe_api.sessions[session_id]["url"]}
+                paid = stripe_api.complete(session_id, customer="cus_cli", subscription="sub_cli")
+                body = json.dumps(stripe_events.stripe_event("checkout.session.completed", paid))
+                delivered = httpx.post(
+                    f"{running.url}{stripe_events.PATH}",
+                    content=body,
+                    headers={"stripe-signature": stripe_events.sign(body)},
+                    timeout=20,
+                )
+                assert delivered.json() == {"received": True}, delivered.text
+                assert client.get("/api/me").json()["tier"] == "PRO"
+                assert client.post("/api/checkout").status_code == 409
+                portal = client.post("/api/billing/portal")
+                assert portal.status_code == 200, portal.text
+            [sent] = stripe_api.created("/v1/billing_portal/sessions")
+            assert sent.params["customer"] == "cus_cli"
+        finally:
+            assert running.stop() == 0, running.output()
 
 
 def test_dev_warns_when_upstash_redis_rest_url_answers_nothing(spare_state_dir: Path) -> None:

@@ -33,10 +33,12 @@ import pytest
 from fastapi.routing import APIRoute
 
 from devkit import gateway, layout
+from shared import db
 from shared.http.auth import require_admin
 from shared.http.guards import STATE_CHANGING
 from shared.http.openapi import dependency_calls
-from tests.support import catalog
+from shared.repositories import users
+from tests.support import catalog, fake_stripe
 from tests.support.cron import asgi_call, configure
 from tests.support.http import Caller, Keys, Result
 from tests.support.s3 import mock_s3
@@ -464,14 +466,18 @@ def database_url(direct_database_url: str, clean_tables: None) -> str:
 @pytest.fixture
 def keys(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Keys]:
     """`api_env` plus an admin, billing on and both webhook secrets (so webhooks refuse
-    unsigned input with 400 rather than 503/500 for a missing configuration), an unlimited
-    trial (so valid keyword searches are served, not refused by the quota) and moto's S3 for
-    exports (an erasure deletes the user's stored exports)."""
-    with mock_s3(monkeypatch):
+    unsigned input with 400 rather than 503/500 for a missing configuration), checkout and the
+    billing portal on a local fake of the Stripe API, an unlimited trial (so valid keyword
+    searches are served, not refused by the quota) and moto's S3 for exports (an erasure
+    deletes the user's stored exports)."""
+    with mock_s3(monkeypatch), fake_stripe.serve() as stripe_api:
         configure(
             monkeypatch,
             ADMIN_USER_IDS=ADMIN,
             BILLING_ENABLED="true",
+            STRIPE_SECRET_KEY=fake_stripe.API_KEY,
+            STRIPE_PRICE_PRO=fake_stripe.PRICE,
+            STRIPE_API_BASE=stripe_api.url,
             TRIAL_KEYWORD_LIMIT=1_000_000_000,
             STRIPE_WEBHOOK_SECRET="whsec_bad_input",
             CLERK_WEBHOOK_SECRET="whsec_YmFkLWlucHV0LWtleWZsYXNoLWNsZXJrLXNlY3JldA==",
@@ -532,6 +538,9 @@ def prepare(route: Route, call: Caller) -> Target:
         created = call("me_export", "POST", "/api/me/export", user=user)
         assert created.status == 202, created.text
         path = path.replace("{export_id}", created.json["export"]["id"])
+    if path == "/api/billing/portal":  # only a Stripe customer gets a portal session
+        assert call("me", "GET", "/api/me", user=user).status == 200  # provisions the user
+        db.run(lambda s: users.update_user(s, user, stripe_customer_id=f"cus_{user}"))
     assert "{" not in path, f"teach prepare() to create what {route} names"
     return Target(path, user, valid_body(route), dict(VALID_QUERIES.get(str(route), {})))
 

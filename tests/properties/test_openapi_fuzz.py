@@ -47,6 +47,7 @@ from devkit.postgres import truncate_tables
 from devkit.upstash_emulator import UpstashEmulator
 from shared.http.auth import require_admin
 from shared.http.openapi import dependency_calls
+from tests.support import fake_stripe
 from tests.support.http import Keys, app_environment, make_token
 from tests.support.s3 import mock_s3
 
@@ -102,8 +103,9 @@ def sessions(
     operation share it; a per-test fixture would be rebuilt for every case).
 
     Billing is on and both webhook secrets are set, so the webhooks refuse unsigned input with
-    400 instead of answering 503/500 for a missing configuration; the trial allowance is
-    unlimited so POST /api/keywords keeps reaching the provider rather than answering 429.
+    400 instead of answering 503/500 for a missing configuration; checkout and the billing
+    portal reach a local fake of the Stripe API; the trial allowance is unlimited so
+    POST /api/keywords keeps reaching the provider rather than answering 429.
     """
     from shared import auth, config, db, redis
 
@@ -117,7 +119,16 @@ def sessions(
         "STRIPE_WEBHOOK_SECRET": STRIPE_SECRET,
         "CLERK_WEBHOOK_SECRET": CLERK_SECRET,
     }
-    with pytest.MonkeyPatch.context() as patch, mock_s3(patch):  # exports are stored in S3
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        mock_s3(patch),  # exports are stored in S3
+        fake_stripe.serve() as stripe_api,
+    ):
+        env |= {
+            "STRIPE_SECRET_KEY": fake_stripe.API_KEY,
+            "STRIPE_PRICE_PRO": fake_stripe.PRICE,
+            "STRIPE_API_BASE": stripe_api.url,
+        }
         for name, value in env.items():
             patch.setenv(name, value)
         config.get_settings.cache_clear()

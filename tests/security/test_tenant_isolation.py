@@ -12,8 +12,10 @@ the queries, which the other lanes and styles share.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,9 @@ import psycopg
 import pytest
 
 from devkit import gateway
-from shared import db, flags
-from shared.repositories import feature_flags
+from shared import config, db, flags
+from shared.repositories import feature_flags, users
+from tests.support import fake_stripe
 from tests.support.http import Caller, Keys, Result
 from tests.support.s3 import mock_s3
 
@@ -83,7 +86,7 @@ class World:
         """Strings that would only appear in an answer that leaked something of A's."""
         return [
             self.a.user_id, self.a.email, *self.a_searches, *self.a_history, self.a_export,
-            "alpha secret list", "alphakeyword",
+            "alpha secret list", "alphakeyword", "cus_alpha_",
         ]  # fmt: skip
 
 
@@ -114,9 +117,9 @@ def storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 @pytest.fixture
 def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> World:
-    """A with two saved searches, two keyword searches, a flag naming them and an open data
-    export; B with one saved search and one keyword search. Made through the API, as the
-    tenants themselves would."""
+    """A with two saved searches, two keyword searches, a flag naming them, a Stripe customer
+    and an open data export; B with one saved search and one keyword search. Made through the
+    API, as the tenants themselves would (the Stripe customer as the webhook would link it)."""
     call = Caller("lambda_v2", api_env)
     suffix = uuid.uuid4().hex[:8]
     a = Tenant(f"tenant_a_{suffix}", f"alice.{suffix}@example.com", call)
@@ -143,6 +146,7 @@ def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> W
             'SELECT id FROM search_history WHERE "userId" = %s', (a.user_id,)
         )
     ]
+    db.run(lambda s: users.update_user(s, a.user_id, stripe_customer_id=f"cus_alpha_{suffix}"))
     export = a("me_export", "POST", "/api/me/export")
     assert export.status == 202, export.text
     a_export = export.json["export"]["id"]
@@ -315,6 +319,43 @@ def probe_flags(w: World) -> None:
     assert_nothing_of_a(w, result)
 
 
+@contextmanager
+def billing() -> Iterator[fake_stripe.FakeStripe]:
+    """Billing on, Stripe a local fake, for one probe."""
+    with pytest.MonkeyPatch.context() as patch, fake_stripe.serve() as stripe_api:
+        for name, value in {
+            "BILLING_ENABLED": "true",
+            "STRIPE_SECRET_KEY": fake_stripe.API_KEY,
+            "STRIPE_PRICE_PRO": fake_stripe.PRICE,
+            "STRIPE_API_BASE": stripe_api.url,
+        }.items():
+            patch.setenv(name, value)
+        config.get_settings.cache_clear()
+        yield stripe_api
+    config.get_settings.cache_clear()
+
+
+def probe_checkout(w: World) -> None:
+    """B's checkout session names B only: never A's id, email or Stripe customer."""
+    with billing() as stripe_api:
+        result = w.b("checkout", "POST", "/api/checkout")
+    assert result.status == 200, result.text
+    assert_nothing_of_a(w, result)
+    [sent] = stripe_api.requests
+    assert sent.params["metadata[clerkUserId]"] == w.b.user_id
+    assert "customer" not in sent.params
+    assert not [m for m in w.a_markers() if m in json.dumps(sent.params)]
+
+
+def probe_billing_portal(w: World) -> None:
+    """B never paid: 404, whoever else is a Stripe customer; nothing reaches Stripe."""
+    with billing() as stripe_api:
+        result = w.b("billing_portal", "POST", "/api/billing/portal")
+    assert result.status == 404, result.text
+    assert_nothing_of_a(w, result)
+    assert stripe_api.requests == []
+
+
 def _admin_probe(method: str, path: str) -> Callable[[World], None]:
     def probe(w: World) -> None:
         concrete = path.replace("{key}", "alpha-only")
@@ -344,6 +385,8 @@ PROBES: dict[Route, Callable[[World], None]] = {
     ("POST", "/api/me/export"): probe_request_export,
     ("GET", "/api/me/export/{export_id}"): probe_export_status,
     ("GET", "/api/flags"): probe_flags,
+    ("POST", "/api/checkout"): probe_checkout,
+    ("POST", "/api/billing/portal"): probe_billing_portal,
     **{
         (method, path): _admin_probe(method, path)
         for method, path, _ in ROUTES

@@ -7,7 +7,10 @@ its import set is pinned:
   webhook SDKs (stripe; svix only in functions/webhooks_clerk.py): none of them ships in a
   function's package, so such an import would fail in production or bloat its cold start;
 - health imports no `jwt`/`cryptography`: it needs no auth, so it must not pay for it;
-- crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers.
+- crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers;
+- stripe-python is imported on first use, inside a function, and only by the modules pinned in
+  STRIPE_ON_FIRST_USE (the Stripe webhook, and checkout and the billing portal through
+  shared/http/stripe_sessions.py).
 
 Each module's import time is printed (`pytest -s` shows the table); it is never asserted on,
 since it depends on the machine.
@@ -15,11 +18,13 @@ since it depends on the machine.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +55,8 @@ FORBIDDEN_EVERYWHERE = frozenset(
 )
 ALLOWED_EXTRA = {"functions.webhooks_clerk": frozenset({"svix"})}
 NO_AUTH = frozenset({"jwt", "cryptography"})
+# Source files with `import stripe`, each inside a function body (never at module level).
+STRIPE_ON_FIRST_USE = frozenset({"functions/webhooks_stripe.py", "shared/http/stripe_sessions.py"})
 NO_WEB_FRAMEWORK = frozenset({"fastapi", "starlette", "mangum"})
 
 # Runs in the child: the top-level packages the import added, and how long it took.
@@ -150,3 +157,48 @@ def test_the_functions_package_is_import_free() -> None:
     """functions/__init__.py ships with every function: it must import nothing itself."""
     source = (ROOT / "functions" / "__init__.py").read_text()
     assert not re.search(r"^\s*(import|from)\s", source, re.MULTILINE), source
+
+
+def _nodes_under(tree: ast.Module, kind: Callable[[ast.AST], bool]) -> set[int]:
+    return {id(node) for parent in ast.walk(tree) if kind(parent) for node in ast.walk(parent)}
+
+
+def _stripe_imports(tree: ast.Module) -> tuple[int, int]:
+    """(run at import, inside a function) `import stripe` statements of a parsed file; those
+    under `if TYPE_CHECKING:` never run and are not counted."""
+    in_function = _nodes_under(
+        tree, lambda n: isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+    )
+    type_only = _nodes_under(
+        tree,
+        lambda n: (
+            isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
+        ),
+    )
+    found = [
+        node
+        for node in ast.walk(tree)
+        if id(node) not in type_only
+        and (
+            (
+                isinstance(node, ast.Import)
+                and any(a.name.split(".")[0] == "stripe" for a in node.names)
+            )
+            or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "stripe")
+        )
+    ]
+    lazy = sum(id(node) in in_function for node in found)
+    return len(found) - lazy, lazy
+
+
+def test_stripe_is_imported_on_first_use_by_the_pinned_modules_only() -> None:
+    """The cold imports above prove no function loads stripe at init; this pins where the lazy
+    imports are, so a new one is a decision (and a line here), not an accident."""
+    lazy = set()
+    for path in sorted([*ROOT.glob("functions/**/*.py"), *ROOT.glob("shared/**/*.py")]):
+        at_import, in_functions = _stripe_imports(ast.parse(path.read_text(), str(path)))
+        relative = str(path.relative_to(ROOT))
+        assert at_import == 0, f"{relative} imports stripe when it is imported"
+        if in_functions:
+            lazy.add(relative)
+    assert lazy == STRIPE_ON_FIRST_USE
