@@ -81,12 +81,12 @@ def parse_serp(result: Any) -> Serp:
                 row["wordCount"] = words
             organic.append(row)
         elif item.get("type") == "people_also_ask":
-            titles = [item.get("title")]
-            expanded = item.get("expanded_element") or item.get("items")
-            for element in expanded if isinstance(expanded, list) else []:
-                titles.append(element.get("title") if isinstance(element, Mapping) else None)
-            for title in titles:
-                if isinstance(title, str) and title.strip() and title not in questions:
+            # The questions are the elements' titles; an `expanded_element` is an answer
+            # (a page's title), which the original took for a question too.
+            elements = item.get("items")
+            for element in elements if isinstance(elements, list) else []:
+                title = element.get("title") if isinstance(element, Mapping) else None
+                if isinstance(title, str) and title.strip() and title.strip() not in questions:
                     questions.append(title.strip())
     total = result.get("se_results_count") if isinstance(result, Mapping) else None
     total = total if isinstance(total, int) and not isinstance(total, bool) else 0
