@@ -255,3 +255,10 @@ def test_headings_and_questions_follow_the_original_rules() -> None:
     }  # fmt: skip
     assert all("seo tools" not in phrase for phrase in made["relatedKeywords"])
     assert "keyword research" in made["relatedKeywords"]
+
+
+def test_the_cache_key_is_the_originals() -> None:
+    """The documented value (docs/original-app.md#key-table): trimmed and lower-cased."""
+    assert cache.brief_key(" SEO tools ", "US", "en") == (
+        "brief:US:en:fb22f5e1e11bd4688048020b342db80523c5ac0cfbdedb55f5c67627ba752727"
+    )
