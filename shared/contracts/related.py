@@ -2,8 +2,9 @@
 (docs/original-app.md#post-apikeywordsrelated, #post-apicontent-brief).
 
 Beyond the original: a related-keywords language must be one the keyword data exists in (as
-for the keyword search), and a content brief refuses Worldwide (`GL`): a results page is always
-a country's, and the original sent DataForSEO a location it does not have.
+for the keyword search); a content brief's language must have the keyword search's format (the
+original sent any 2-5 characters to DataForSEO), and a brief refuses Worldwide (`GL`): a
+results page is always a country's, and the original sent a location DataForSEO does not have.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, StrictInt
 
 from shared.contracts.keywords import (
     _KEYWORD_CHARS,
+    _LANGUAGE,
     LOCATION_CODES,
     _blank_to_none,
     _language,
@@ -81,8 +83,9 @@ def _brief_location(value: str) -> str:
 
 
 def _brief_language(value: str) -> str:
-    if not 2 <= js_length(value) <= 5:
-        raise fail("language", "Language must be 2 to 5 characters")
+    """The keyword search's format (`en`, `en-US`); the original sent any 2-5 characters."""
+    if not _LANGUAGE.match(value):
+        raise fail("language", "Language must be valid language code (e.g., en, en-US)")
     return value
 
 

@@ -24,6 +24,7 @@ from tests.support.http import Caller
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
+LANGUAGE_MESSAGE = "Language must be valid language code (e.g., en, en-US)"
 BRIEF_KEYS = {
     "keyword", "location", "generatedAt", "serpResults", "totalResults", "recommendedWordCount",
     "topics", "suggestedHeadings", "questionsToAnswer", "relatedKeywords", "mockData", "provider",
@@ -115,8 +116,9 @@ def test_mock_brief_outside_production_is_never_cached(call: Caller) -> None:
             {"keyword": "seo", "location": "GL"},
             "Content briefs need a country: GL has no results page",
         ),
-        ({"keyword": "seo", "language": "e"}, "Language must be 2 to 5 characters"),
-        ({"keyword": "seo", "language": "en-USA"}, "Language must be 2 to 5 characters"),
+        ({"keyword": "seo", "language": "e"}, LANGUAGE_MESSAGE),
+        ({"keyword": "seo", "language": "en-USA"}, LANGUAGE_MESSAGE),
+        ({"keyword": "seo", "language": "null"}, LANGUAGE_MESSAGE),
     ],
 )
 def test_body_rules_answer_the_original_messages(
@@ -227,7 +229,7 @@ def test_a_task_error_is_a_provider_failure(call: Caller, monkeypatch: pytest.Mo
     body["tasks"][0].update(status_code=40501, status_message="Invalid Field: 'language_code'.")
     with dataforseo_upstream() as upstream:
         upstream.post(SERP_API_URL).mock(httpx.Response(200, json=body))
-        result = make_brief(call, user_id(), {"keyword": keyword(), "language": "xx"})
+        result = make_brief(call, user_id(), {"keyword": keyword(), "language": "xx-XX"})
     assert result.status == 502
 
 
