@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import brief, cache, providers
-from shared.auth import identify
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.related import ContentBriefRequest
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
 from shared.http.provider_errors import provider_deadline, provider_failed

@@ -21,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared import cache, providers
-from shared.auth import AUTH_REQUIRED, Identity, identify
+from shared.auth import Identity
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.related import RelatedKeywordsRequest
 from shared.http.app import create_app, lambda_handler
+from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
 from shared.http.provider_errors import provider_deadline, provider_failed
