@@ -18,6 +18,8 @@ import respx
 
 from functions import keywords_related
 from shared import cache, config, providers
+from shared.providers import account
+from shared.providers.dataforseo import API_URL as SEARCH_VOLUME_URL
 from shared.providers.dataforseo import RELATED_API_URL
 from shared.providers.mock import RELATED_TEMPLATES
 from shared.redis import get_redis
@@ -316,3 +318,23 @@ def test_dataforseo_rejected_account_is_503_not_configured(
         upstream.post(RELATED_API_URL).mock(httpx.Response(401, json={"status_code": 40100}))
         result = related(call, user_id(), {"keyword": seed()})
     assert (result.status, result.json["reason"]) == (503, "provider_not_configured")
+
+
+def test_ideas_spend_the_account_budget_the_keyword_search_spends(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both are Google Ads Live calls: one budget per DataForSEO account, in Redis."""
+    use_dataforseo(monkeypatch)
+    settings(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="1")
+    get_redis().delete(account.key("dataforseo"))  # type: ignore[union-attr]
+    volume = json.loads((FIXTURES / "search_volume_ok.json").read_text())
+    with dataforseo_upstream() as upstream:
+        upstream.post(SEARCH_VOLUME_URL).mock(httpx.Response(200, json=volume))
+        ideas = upstream.post(RELATED_API_URL).mock(httpx.Response(200, json={}))
+        searched = call("keywords", "POST", "/api/keywords", user=user_id(),
+                        json_body={"keywords": [seed()], "matchType": "phrase"})  # fmt: skip
+        refused = related(call, user_id(), {"keyword": seed()})
+    assert searched.status == 200, searched.text
+    assert (refused.status, refused.json["reason"]) == (503, "provider_busy")
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert ideas.call_count == 0
