@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, StrictInt
+from pydantic import AfterValidator, BaseModel, StrictInt
 
 from shared.contracts.keywords import (
-    _KEYWORD_CHARS,
-    _LANGUAGE,
+    KEYWORD_CHARS,
+    LANGUAGE_FORMAT,
     LOCATION_CODES,
-    _blank_to_none,
-    _language,
-    _location,
+    OptionalLanguage,
+    OptionalLocation,
 )
 from shared.contracts.validation import bounded_text, fail, js_length, js_trim
 
@@ -31,7 +30,7 @@ def _seed(value: str) -> str:
         value.replace("\ufeff", ""), minimum=1, maximum=100, empty="Keyword cannot be empty",
         too_long="Keyword too long (max 100 chars)", code="keyword",
     )  # fmt: skip
-    if not _KEYWORD_CHARS.fullmatch(keyword):
+    if not KEYWORD_CHARS.fullmatch(keyword):
         raise fail(
             "keyword_chars",
             "Keyword must contain only letters, numbers, spaces, hyphens, and underscores",
@@ -49,12 +48,8 @@ class RelatedKeywordsRequest(BaseModel):
     """Unknown keys are ignored; the keyword is trimmed, as the original."""
 
     keyword: Annotated[str, AfterValidator(_seed)]
-    location: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_location)] = (
-        None
-    )
-    language: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_language)] = (
-        None
-    )
+    location: OptionalLocation = None
+    language: OptionalLanguage = None
     limit: Annotated[StrictInt | None, AfterValidator(_limit)] = None
 
 
@@ -66,7 +61,7 @@ def _brief_keyword(value: str) -> str:
         raise fail("keyword_required", "Keyword is required")
     if js_length(value) > 100:
         raise fail("keyword_too_long", "Keyword must be less than 100 characters")
-    if not _KEYWORD_CHARS.fullmatch(value):
+    if not KEYWORD_CHARS.fullmatch(value):
         raise fail(
             "keyword_chars",
             "Keyword can only contain letters, numbers, spaces, hyphens, and underscores",
@@ -84,7 +79,7 @@ def _brief_location(value: str) -> str:
 
 def _brief_language(value: str) -> str:
     """The keyword search's format (`en`, `en-US`); the original sent any 2-5 characters."""
-    if not _LANGUAGE.match(value):
+    if not LANGUAGE_FORMAT.match(value):
         raise fail("language", "Language must be valid language code (e.g., en, en-US)")
     return value
 
