@@ -1,5 +1,8 @@
 """DataForSEO's Google Ads search volume (`keywords_data/google_ads/search_volume/live`,
-docs/original-app.md#dataforseo-provider).
+docs/original-app.md#dataforseo-provider), its keyword ideas for related keywords
+(`…/keywords_for_keywords/live`) and Google's results pages for content briefs
+(`serp/google/organic/live/advanced`, #serp-and-content-brief; docs/related-and-briefs.md).
+Every call goes through `_request`: the deadline, the breaker, the account's budget, the log.
 
 Imported only when DataForSEO is the configured provider, so the Mock path never loads httpx.
 One `httpx.Client` per container is reused by every invocation; the credentials go as HTTP Basic
