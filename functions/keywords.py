@@ -18,7 +18,6 @@ text never reaches the client.
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn
@@ -39,13 +38,13 @@ from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError
+from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ids import new_cuid
 from shared.models import UserTier
 from shared.quotas import Limits
 from shared.ratelimit import Decision, limit_request
 from shared.repositories import api_usage, reservations, search_history, users
-from shared.telemetry import log_event
 
 app = create_app(title="Keyword search", summary="Search volume, CPC, competition and intent.")
 
@@ -181,19 +180,6 @@ def search(
     return ok(result, headers=decision.headers())
 
 
-def provider_deadline(request: Request) -> float:
-    """When (`time.monotonic()`) the provider must have answered: the invocation's end (Lambda's
-    context, else KEYWORDS_MAX_DURATION_S from now) minus PROVIDER_DEADLINE_MARGIN_S, which
-    the rest of the request (the recording statement, the response) needs."""
-    settings = get_settings()
-    context = request.scope.get("aws.context")
-    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    remaining = settings.keywords_max_duration_s
-    if callable(remaining_ms):
-        remaining = remaining_ms() / 1000
-    return time.monotonic() + remaining - settings.provider_deadline_margin_s
-
-
 def _reserve(
     identity: Identity, count: int, now: datetime, enforce: bool, hold: reservations.Hold
 ) -> users.Usage:
@@ -242,8 +228,7 @@ def _give_back(
     reservation_id: str,
     reserved_at: datetime,
 ) -> NoReturn:
-    """Release the reservation, then answer: 503 with `Retry-After` when retrying later helps
-    (budget spent, upstream rate limit, circuit open), 503 for configuration, else 502."""
+    """Release the reservation, then answer as `provider_failed` does."""
 
     def release(session: Session) -> None:
         given_back = reservations.release(session, reservation_id)
@@ -251,23 +236,7 @@ def _give_back(
 
     db.run(release)
     storage.mirror_usage(user_id)
-    log_event(
-        "provider_failed",
-        level=logging.ERROR if error.outage else logging.WARNING,
-        provider=provider_key,
-        error=type(error).__name__,
-    )
-    if isinstance(error, providers.ProviderUnavailableError):
-        reason = (
-            "provider_busy"
-            if isinstance(error, providers.ProviderRateLimitedError)
-            else "provider_circuit_open"
-        )
-        retry = {"Retry-After": str(error.retry_after)}
-        raise ApiError(503, "unavailable", headers=retry, extra={"reason": reason}) from None
-    if isinstance(error, providers.ProviderConfigurationError):
-        raise ApiError(503, "configuration", extra={"reason": "provider_not_configured"}) from None
-    raise ApiError(502, "provider failed", label="Bad Gateway") from None
+    provider_failed(error, provider_key)
 
 
 def _record(

@@ -2,8 +2,9 @@
 
 Any Redis failure (down, slower than `REDIS_TIMEOUT_S`, bad data) is logged and behaves as a
 miss, so the cache can only make a request faster, never fail it. `PRIVACY_MODE=true` turns the
-keyword caches off entirely (docs/original-app.md#caching-and-privacy-mode). There is no flush: the
-Redis database is shared with users, usage and rate limits (docs/original-app.md#d13).
+keyword, related-keyword and brief caches off entirely
+(docs/original-app.md#caching-and-privacy-mode). There is no flush: the Redis database is
+shared with users, usage and rate limits (docs/original-app.md#d13).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from shared.config import get_settings
 from shared.redis import get_redis
 from shared.telemetry import log_event
 
-KEYWORD_TTL_SECONDS = 604_800  # 7 days, as the original
+KEYWORD_TTL_SECONDS = 604_800  # 7 days, as the original (keyword data, related keywords)
+BRIEF_TTL_SECONDS = 86_400  # 1 day, as the original
 
 
 def keyword_key(
@@ -35,6 +37,19 @@ def provider_keyword_key(
 ) -> str:
     """The original key plus the provider, so switching provider never serves another's data."""
     return f"{keyword_key(keywords, location, language, match_type)}:{provider}"
+
+
+def related_key(keyword: str, location: str, language: str | None, provider: str) -> str:
+    """The original's `related:{lower-cased keyword}:{location}:{language}` plus the provider
+    (docs/original-app.md#key-table, #d13)."""
+    return f"related:{keyword.strip().lower()}:{location}:{language or 'en'}:{provider}"
+
+
+def brief_key(keyword: str, location_code: str, language: str) -> str:
+    """The original's `brief:{location code}:{language}:{sha256(trimmed, lower-cased)}`; only
+    live DataForSEO briefs are cached, so no provider is needed."""
+    digest = hashlib.sha256(keyword.strip().lower().encode()).hexdigest()
+    return f"brief:{location_code}:{language}:{digest}"
 
 
 def in_request_order(items: list[dict[str, Any]], keywords: Sequence[str]) -> list[dict[str, Any]]:

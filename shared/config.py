@@ -145,6 +145,7 @@ class Settings(BaseSettings):
     rate_limit_fail_safe: Literal["open", "closed"] = "closed"
     rate_limit_hmac_secret: str | None = None
     rate_limit_requests_per_hour: int = 10
+    # POST /api/keywords/related: above 100 is 100, 0 or less is 30 (functions/keywords_related.py).
     related_keywords_rate_limit_per_hour: int = 30
 
     # Keys the erasure's tombstones (HMACs of a Clerk id or an email, shared.tombstones).

@@ -21,8 +21,8 @@ from shared.providers.languages import provider_language
 
 LOCATION_CODES = ("US", "GB", "CA", "AU", "DE", "FR", "IN", "GL")
 # The original's `^[a-zA-Z0-9\s\-_]+$` with JS's `\s` (Unicode spaces, no control characters).
-_KEYWORD_CHARS = re.compile(f"[a-zA-Z0-9\\-_{JS_WHITESPACE}]+")
-_LANGUAGE = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
+KEYWORD_CHARS = re.compile(f"[a-zA-Z0-9\\-_{JS_WHITESPACE}]+")
+LANGUAGE_FORMAT = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
 
 
 def _keyword(value: str) -> str:
@@ -30,7 +30,7 @@ def _keyword(value: str) -> str:
         value.replace("\ufeff", ""), minimum=1, maximum=100, empty="Keyword cannot be empty",
         too_long="Keyword too long (max 100 chars)", code="keyword",
     )  # fmt: skip
-    if not _KEYWORD_CHARS.fullmatch(keyword):
+    if not KEYWORD_CHARS.fullmatch(keyword):
         raise fail(
             "keyword_chars",
             "Keywords must contain only letters, numbers, spaces, hyphens, and underscores",
@@ -38,13 +38,13 @@ def _keyword(value: str) -> str:
     return keyword
 
 
-def _blank_to_none(value: object) -> object:
+def blank_to_none(value: object) -> object:
     if isinstance(value, str):
         return js_trim(value) or None
     return value
 
 
-def _location(value: str | None) -> str | None:
+def valid_location(value: str | None) -> str | None:
     if value is not None and value not in LOCATION_CODES:
         raise fail(
             "location", "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
@@ -52,14 +52,23 @@ def _location(value: str | None) -> str | None:
     return value
 
 
-def _language(value: str | None) -> str | None:
+def valid_language(value: str | None) -> str | None:
     if value is None:
         return None
-    if not _LANGUAGE.match(value):
+    if not LANGUAGE_FORMAT.match(value):
         raise fail("language", "Language must be valid language code (e.g., en, en-US)")
     if provider_language(value) is None:
         raise fail("language_supported", f"Language {value} is not available for keyword data")
     return value
+
+
+# Optional, trimmed, `''` as absent (the original's rules; shared with related keywords).
+OptionalLocation = Annotated[
+    str | None, BeforeValidator(blank_to_none), AfterValidator(valid_location)
+]
+OptionalLanguage = Annotated[
+    str | None, BeforeValidator(blank_to_none), AfterValidator(valid_language)
+]
 
 
 class KeywordSearch(BaseModel):
@@ -67,12 +76,8 @@ class KeywordSearch(BaseModel):
 
     keywords: list[Annotated[str, AfterValidator(_keyword)]]
     matchType: Literal["phrase", "exact"]
-    location: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_location)] = (
-        None
-    )
-    language: Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(_language)] = (
-        None
-    )
+    location: OptionalLocation = None
+    language: OptionalLanguage = None
 
     @field_validator("keywords")
     @classmethod

@@ -37,6 +37,7 @@ from shared.providers.registry import (
     get_provider,
     mock_provider,
     reset_providers,
+    serp_provider,
 )
 
 __all__ = [
@@ -62,5 +63,6 @@ __all__ = [
     "mock_provider",
     "normalize_location",
     "reset_providers",
+    "serp_provider",
     "without_data",
 ]

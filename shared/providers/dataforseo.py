@@ -1,5 +1,8 @@
 """DataForSEO's Google Ads search volume (`keywords_data/google_ads/search_volume/live`,
-docs/original-app.md#dataforseo-provider).
+docs/original-app.md#dataforseo-provider), its keyword ideas for related keywords
+(`…/keywords_for_keywords/live`) and Google's results pages for content briefs
+(`serp/google/organic/live/advanced`, #serp-and-content-brief; docs/related-and-briefs.md).
+Every call goes through `_request`: the deadline, the breaker, the account's budget, the log.
 
 Imported only when DataForSEO is the configured provider, so the Mock path never loads httpx.
 One `httpx.Client` per container is reused by every invocation; the credentials go as HTTP Basic
@@ -57,6 +60,7 @@ from shared.providers.base import (
     ProviderError,
     ProviderInputError,
     ProviderRateLimitedError,
+    RelatedKeywordData,
     SearchOptions,
     infer_intent,
     without_data,
@@ -69,6 +73,12 @@ from shared.telemetry import log_event
 BASE_URL = "https://api.dataforseo.com"
 PATH = "/v3/keywords_data/google_ads/search_volume/live"
 API_URL = BASE_URL + PATH
+RELATED_PATH = "/v3/keywords_data/google_ads/keywords_for_keywords/live"
+RELATED_API_URL = BASE_URL + RELATED_PATH
+MAX_RELATED = 20  # the original kept the first 20 ideas
+SERP_PATH = "/v3/serp/google/organic/live/advanced"
+SERP_API_URL = BASE_URL + SERP_PATH
+SERP_DEPTH = 10
 TIMEOUT_S = 30.0  # without a deadline (direct use); requests get theirs from SearchOptions
 OK = 20000
 MAX_KEYWORD_CHARS = 80
@@ -167,7 +177,7 @@ class DataForSEOProvider:
     ) -> None:
         self._login = login or ""
         self._password = password or ""
-        self.url = base_url.rstrip("/") + PATH
+        self.base_url = base_url.rstrip("/")
         self.requests_per_minute = requests_per_minute
         self.breaker = breaker or CircuitBreaker(self.name)
         self._client = client
@@ -221,6 +231,74 @@ class DataForSEOProvider:
             "language_code": language_code(options.language),
             "search_partners": False,
         }
+        skipped = len({match_key(k) for k in requested if not sendable(k)})
+        envelope = self._request(PATH, task, options, keywords=len(to_send), skipped=skipped)
+        results = _index_results(envelope["tasks"][0].get("result"))
+        rows: list[KeywordData] = []
+        for keyword in requested:
+            item = results.get(match_key(keyword))
+            rows.append(without_data(keyword) if item is None else to_keyword_data(keyword, item))
+        return rows
+
+    def related_keywords(self, keyword: str, options: SearchOptions) -> list[RelatedKeywordData]:
+        """Keyword ideas for one seed (`keywords_for_keywords`, sorted by relevance), the seed
+        itself left out, the first 20; relevance is 100 - 3·(the idea's position among all
+        results, skipped ones included), as the original. Ideas keep their own missing data."""
+        missing = self._missing_credentials()
+        if missing:
+            raise ProviderConfigurationError(missing)
+        seed = " ".join(keyword.split())
+        if not sendable(seed):
+            return []
+        task: dict[str, Any] = {
+            "keywords": [seed],
+            "language_code": language_code(options.language),
+            "include_seed_keyword": False,
+            "sort_by": "relevance",
+        }
+        envelope = self._request(RELATED_PATH, task, options, keywords=1, skipped=0)
+        results = envelope["tasks"][0].get("result")
+        related: list[RelatedKeywordData] = []
+        for index, item in enumerate(results if isinstance(results, list) else []):
+            idea = _result_keyword(item) if isinstance(item, Mapping) else None
+            if idea is None or match_key(idea) == match_key(seed):
+                continue
+            row: RelatedKeywordData = {
+                **to_keyword_data(" ".join(idea.split()), item),
+                "relevance": max(0, 100 - 3 * index),
+            }
+            related.append(row)
+            if len(related) == MAX_RELATED:
+                break
+        return related
+
+    def organic_serp(self, keyword: str, options: SearchOptions) -> Any:
+        """Google's first results page for `keyword` (`serp/google/organic/live/advanced`,
+        depth 10): the task's first result, for `shared.brief.parse_serp`. The language is
+        sent as given (DataForSEO refuses one it does not list: an input error, 502)."""
+        missing = self._missing_credentials()
+        if missing:
+            raise ProviderConfigurationError(missing)
+        task: dict[str, Any] = {
+            "keyword": " ".join(keyword.split()),
+            "language_code": options.language,
+            "depth": SERP_DEPTH,
+            "calculate_rectangles": False,
+        }
+        envelope = self._request(SERP_PATH, task, options, keywords=1, skipped=0)
+        return _first(envelope["tasks"][0].get("result"))
+
+    def _request(
+        self,
+        path: str,
+        task: dict[str, Any],
+        options: SearchOptions,
+        *,
+        keywords: int,
+        skipped: int,
+    ) -> dict[str, Any]:
+        """One task to `path` through the breaker and the account's budget, logged (upstream
+        text scrubbed of the credentials); the envelope whose first task succeeded."""
         code = location_code(options.location)
         if code is not None:
             task["location_code"] = code
@@ -229,41 +307,44 @@ class DataForSEOProvider:
             raise ProviderError("DataForSEO was not called: no time left before the deadline")
         started = time.perf_counter()
         try:
-            envelope = self.breaker.call(lambda: self._spend_and_post([task], options.deadline))
+            envelope = self.breaker.call(
+                lambda: self._spend_and_post(path, [task], options.deadline)
+            )
         except ProviderError as error:
             log_event(
                 "provider_request",
                 level=logging.ERROR if error.outage else logging.WARNING,
                 provider=self.key,
+                endpoint=path,
                 success=False,
                 error=type(error).__name__,
                 detail=self._scrub(str(error)),
-                keywords=len(to_send),
+                keywords=keywords,
                 durationMs=round((time.perf_counter() - started) * 1000),
             )
             raise
         log_event(
             "provider_request",
             provider=self.key,
+            endpoint=path,
             success=True,
-            keywords=len(to_send),
-            skipped=len({match_key(k) for k in requested if not sendable(k)}),
+            keywords=keywords,
+            skipped=skipped,
             cost=envelope.get("cost"),
             durationMs=round((time.perf_counter() - started) * 1000),
         )
-        results = _index_results(envelope["tasks"][0].get("result"))
-        rows: list[KeywordData] = []
-        for keyword in requested:
-            item = results.get(match_key(keyword))
-            rows.append(without_data(keyword) if item is None else to_keyword_data(keyword, item))
-        return rows
+        return envelope
 
-    def _spend_and_post(self, body: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+    def _spend_and_post(
+        self, path: str, body: list[dict[str, Any]], deadline: float | None
+    ) -> dict[str, Any]:
         """Inside the breaker, so an open circuit spends none of the account's budget."""
         account.spend(self.key, self.requests_per_minute)
-        return self._post_within(body, deadline)
+        return self._post_within(self.base_url + path, body, deadline)
 
-    def _post_within(self, body: list[dict[str, Any]], deadline: float | None) -> dict[str, Any]:
+    def _post_within(
+        self, url: str, body: list[dict[str, Any]], deadline: float | None
+    ) -> dict[str, Any]:
         """`_post`, but the caller waits no longer than `deadline` (a `time.monotonic()` value).
 
         The request runs in a daemon thread with each network step's timeout set to the time
@@ -271,7 +352,7 @@ class DataForSEOProvider:
         thread ends on its own at the latest one step timeout later (its answer is dropped).
         """
         if deadline is None:
-            return self._post(body, TIMEOUT_S)
+            return self._post(url, body, TIMEOUT_S)
         budget = deadline - time.monotonic()
         if budget <= 0:
             raise ProviderError("DataForSEO was not called: no time left before the deadline")
@@ -279,7 +360,7 @@ class DataForSEOProvider:
 
         def work() -> None:
             try:
-                outcome.append(self._post(body, budget))
+                outcome.append(self._post(url, body, budget))
             except BaseException as error:  # handed to the caller below
                 outcome.append(error)
 
@@ -293,12 +374,12 @@ class DataForSEOProvider:
             raise result
         return result
 
-    def _post(self, body: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    def _post(self, url: str, body: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
         """One request; returns an envelope whose first task succeeded, else raises."""
         client = self._client or http_client()
         try:
             response = client.post(
-                self.url, json=body, auth=(self._login, self._password), timeout=timeout_s
+                url, json=body, auth=(self._login, self._password), timeout=timeout_s
             )
         except httpx.TimeoutException as error:
             raise ProviderError(

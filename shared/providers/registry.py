@@ -32,6 +32,7 @@ DATAFORSEO_MODULE = "shared.providers.dataforseo"
 _lock = threading.Lock()
 _mock: MockProvider | None = None
 _dataforseo: DataForSEOProvider | None = None
+_serp: DataForSEOProvider | None = None
 
 
 def configured_key() -> str:
@@ -80,6 +81,27 @@ def _dataforseo_provider() -> DataForSEOProvider:
     return _dataforseo
 
 
+def serp_provider() -> DataForSEOProvider:
+    """DataForSEO for results pages (content briefs), with its own circuit breaker: the SERP
+    API is another service than Google Ads data, so one's outage must not open the other's
+    circuit. Not metered by DATAFORSEO_REQUESTS_PER_MINUTE (the Google Ads limit)."""
+    global _serp
+    if _serp is None:
+        with _lock:
+            if _serp is None:
+                from shared.providers.breaker import CircuitBreaker
+                from shared.providers.dataforseo import DataForSEOProvider
+
+                settings = get_settings()
+                _serp = DataForSEOProvider(
+                    settings.dataforseo_api_login,
+                    settings.dataforseo_api_password,
+                    base_url=settings.dataforseo_api_base_url,
+                    breaker=CircuitBreaker("DataForSEO SERP"),
+                )
+    return _serp
+
+
 def configuration_error() -> str | None:
     """Why the configured provider cannot serve requests (for the health check), or None."""
     try:
@@ -102,10 +124,11 @@ def breaker_stats() -> dict[str, Any] | None:
 
 def reset_providers() -> None:
     """Forget the cached providers, their breakers and the HTTP client (tests)."""
-    global _mock, _dataforseo
+    global _mock, _dataforseo, _serp
     with _lock:
         _mock = None
         _dataforseo = None
+        _serp = None
     module = sys.modules.get(DATAFORSEO_MODULE)
     if module is not None:
         module.close_client()

@@ -233,6 +233,14 @@ def sign_up_and_use_everything(run: Run) -> None:
                     headers=forwarded).status == 200  # fmt: skip
     run.env(VERCEL=None)
     assert run.call("keywords", "GET", "/api/keywords", token=ada).status == 405
+    for module, path, body_ in (
+        ("keywords_related", "/api/keywords/related", {"keyword": "espresso", "limit": 3}),
+        ("content_brief", "/api/content-brief", {"keyword": "espresso"}),
+    ):
+        assert run.call(module, "POST", path, token=ada, json_body=body_).status == 200
+        assert run.call(module, "GET", path, token=ada).status == 405
+        refused = run.call(module, "POST", path, token=ada, json_body={"keyword": ADA})
+        assert refused.status == 400  # the email is not a keyword, nor logged
     assert run.call("history", "GET", "/api/history", token=ada, query={"limit": "1"}).status == 200
     assert run.call("history_stats", "GET", "/api/history/stats", token=ada).status == 200
     assert run.call("flags", "GET", "/api/flags", token=ada).status == 200

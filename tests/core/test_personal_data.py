@@ -378,8 +378,8 @@ NOT_USER_KEYS = {
 # ids).
 SHARED_KEY_FAMILIES = {
     "kw:": "keyword cache: keyed by keywords and provider, shared by all users",
-    "related:": "related-keyword cache (not served by this port)",
-    "brief:": "content-brief cache (not served by this port)",
+    "related:": "related-keyword cache: keyed by seed keyword and provider, shared by all users",
+    "brief:": "content-brief cache: keyed by a hash of the keyword, shared by all users",
     "stripe-webhook:": "the original's event marks: event ids only",
 }
 

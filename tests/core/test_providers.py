@@ -37,11 +37,13 @@ from shared.providers import (
     mock_provider,
     normalize_location,
     reset_providers,
+    serp_provider,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker, State
 from shared.providers.dataforseo import (
     API_URL,
+    RELATED_API_URL,
     DataForSEOProvider,
     competition_level,
     language_code,
@@ -856,3 +858,32 @@ def test_importing_providers_does_not_import_httpx() -> None:
 def test_rows_are_typed_dicts_the_endpoint_can_cache() -> None:
     row: KeywordData = mock_provider().keyword_data(["seo"], US)[0]
     assert json.loads(json.dumps(row)) == copy.deepcopy(row)
+
+
+# --- DataForSEO: keyword ideas and results pages -------------------------------------------
+
+
+def test_dataforseo_ideas_for_a_seed_it_would_refuse_are_empty_without_a_call(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    route = upstream.post(RELATED_API_URL).mock(httpx.Response(500))
+    assert dataforseo.related_keywords(" ".join(["word"] * 11), US) == []
+    assert dataforseo.related_keywords("x" * 81, US) == []
+    assert route.call_count == 0
+
+
+def test_dataforseo_ideas_and_results_pages_need_credentials(upstream: respx.MockRouter) -> None:
+    provider = DataForSEOProvider(None, "")
+    with pytest.raises(ProviderConfigurationError, match="DATAFORSEO_API_LOGIN"):
+        provider.related_keywords("seo", US)
+    with pytest.raises(ProviderConfigurationError, match="DATAFORSEO_API_PASSWORD"):
+        provider.organic_serp("seo", US)
+
+
+def test_the_results_page_has_its_own_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(monkeypatch, KEYWORD_API_PROVIDER="dataforseo", DATAFORSEO_API_LOGIN=LOGIN,
+              DATAFORSEO_API_PASSWORD=PASSWORD)  # fmt: skip
+    serp = serp_provider()
+    assert serp is serp_provider()  # one per container
+    assert serp.breaker is not getattr(get_provider(), "breaker", None)
+    assert serp.breaker.name == "DataForSEO SERP" and serp.requests_per_minute == 0

@@ -316,6 +316,19 @@ def test_dev_runs_a_keyword_search(stack: Stack) -> None:
     assert body["mockData"] is True
 
 
+def test_dev_serves_related_keywords_and_a_content_brief(stack: Stack) -> None:
+    auth = {"Authorization": f"Bearer {token_for(stack, 'demo')}"}
+    with httpx.Client(base_url=stack.url, headers=auth, timeout=30) as client:
+        related = client.post("/api/keywords/related", json={"keyword": "espresso", "limit": 3})
+        assert related.status_code == 200, related.text
+        assert [row["keyword"] for row in related.json()["relatedKeywords"]] == [
+            "espresso guide", "espresso tutorial", "best espresso",
+        ]  # fmt: skip
+        brief = client.post("/api/content-brief", json={"keyword": "espresso"})
+        assert brief.status_code == 200, brief.text
+        assert brief.json()["brief"]["provider"] == "Mock"
+
+
 def test_dev_token_with_admin_claim_reaches_admin_routes(stack: Stack) -> None:
     url = f"{stack.url}/api/admin/flags"
     if "/api/admin/flags" not in httpx.get(f"{stack.url}/openapi.json", timeout=10).json()["paths"]:

@@ -159,6 +159,8 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
         "location": "US",
         "language": "en",
     },
+    "POST /api/keywords/related": {"keyword": "espresso", "location": "US", "language": "en"},
+    "POST /api/content-brief": {"keyword": "espresso", "location": "US", "language": "en"},
     "POST /api/admin/flags": {
         "key": "bad-input-flag",
         "description": "A flag",
@@ -733,7 +735,12 @@ INJECTION_MATRIX = [
 
 
 def read_back(route: Route, call: Caller, target: Target, answer: Any) -> Any:
-    """What the route stored, read again with a GET, in the request body's shape."""
+    """What the route stored, read again with a GET, in the request body's shape (what it
+    echoed, for the routes that store nothing)."""
+    if route.path == "/api/keywords/related":
+        return {"keyword": answer["seedKeyword"]}
+    if route.path == "/api/content-brief":
+        return {"keyword": answer["brief"]["keyword"]}
     if route.path == "/api/keywords":
         history = call("history", "GET", "/api/history", user=target.user, query={"limit": "1"})
         return history.json["history"][0]
@@ -746,7 +753,11 @@ def read_back(route: Route, call: Caller, target: Target, answer: Any) -> Any:
 
 def forget(route: Route, call: Caller, target: Target, answer: Any) -> None:
     """Delete what a successful POST created (the 50-searches cap, unique flag keys)."""
-    if route.method != "POST" or route.path == "/api/keywords":
+    if route.method != "POST" or route.function in (
+        "keywords",
+        "keywords_related",
+        "content_brief",
+    ):
         return
     if route.function == "searches":
         gone = call(

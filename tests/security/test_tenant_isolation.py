@@ -37,6 +37,8 @@ FUNCTION_OF: dict[Route, str] = {(method, path): name for method, path, name in 
 NOT_USER_SCOPED: dict[Route, str] = {
     ("GET", "/api/health"): "liveness of the shared services; no session, no user data",
     ("GET", "/api/keywords"): "a hidden route that only answers 405 (no handler logic)",
+    ("GET", "/api/keywords/related"): "a hidden route that only answers 405 (no handler logic)",
+    ("GET", "/api/content-brief"): "a hidden route that only answers 405 (no handler logic)",
     ("POST", "/api/webhooks/clerk"): (
         "Svix-signed deliveries from Clerk, no session: test_webhook_forgery, test_clerk_webhook"
     ),
@@ -274,6 +276,25 @@ def probe_keywords(w: World) -> None:
     assert not leaked
 
 
+def probe_related_keywords(w: World) -> None:
+    """A's keyword as the seed: ideas from the cache shared by all users, nothing of A's."""
+    result = w.b("keywords_related", "POST", "/api/keywords/related",
+                 json_body={"keyword": "alphakeyword"})  # fmt: skip
+    assert result.status == 200, result.text
+    leaked = [m for m in w.a_markers() if m != "alphakeyword" and m in result.text]
+    assert not leaked
+
+
+def probe_content_brief(w: World) -> None:
+    """A's keyword: a brief built from a results page, nothing of A's."""
+    result = w.b(
+        "content_brief", "POST", "/api/content-brief", json_body={"keyword": "alphakeyword"}
+    )
+    assert result.status == 200, result.text
+    leaked = [m for m in w.a_markers() if m != "alphakeyword" and m in result.text]
+    assert not leaked
+
+
 def probe_me(w: World) -> None:
     result = w.b("me", "GET", "/api/me")
     assert result.status == 200
@@ -379,6 +400,8 @@ PROBES: dict[Route, Callable[[World], None]] = {
     ("GET", "/api/history"): probe_history,
     ("GET", "/api/history/stats"): probe_history_stats,
     ("POST", "/api/keywords"): probe_keywords,
+    ("POST", "/api/keywords/related"): probe_related_keywords,
+    ("POST", "/api/content-brief"): probe_content_brief,
     ("GET", "/api/me"): probe_me,
     ("DELETE", "/api/me"): probe_erase,
     ("GET", "/api/me/export"): probe_export,

@@ -1,0 +1,220 @@
+"""A content brief from one Google results page (docs/original-app.md#serp-and-content-brief):
+the top results, a word-count range, recurring topics, headings, questions and related phrases.
+
+Pure functions over DataForSEO's `serp/google/organic/live/advanced` result (or the mock
+page), so the rules are tested without a network. The stop-word list is ours (the original's
+was about 80 common English words; the exact list is not part of the contract).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any, Literal, TypedDict
+
+Importance = Literal["high", "medium", "low"]
+DEFAULT_WORD_COUNT = 1500
+MAX_RESULTS = 10
+MAX_TOPICS = 15
+MAX_HEADINGS = 10
+MAX_QUESTIONS = 10
+MAX_PAA = 5
+MAX_RELATED = 15
+
+STOP_WORDS = frozenset(
+    {
+        "the", "and", "for", "are", "but", "not", "you", "all", "any", "can", "had", "her", "was",
+        "one", "our", "out", "has", "him", "his", "how", "its", "may", "new", "now", "old", "see",
+        "two", "way", "who", "did", "get", "let", "put", "say", "she", "too", "use", "that", "with",
+        "have", "this", "will", "your", "from", "they", "been", "more", "when", "what", "were",
+        "than", "them", "then", "into", "some", "could", "their", "there", "which", "would",
+        "about",
+        "after", "other", "these", "those", "where", "while", "being", "both", "each", "just",
+        "most", "over", "such", "very", "also", "only", "same", "should", "because", "before",
+        "between", "does", "doing", "down", "during", "under", "until", "above", "below", "again",
+        "further", "here", "once", "off", "own", "why", "whom",
+    }
+)  # fmt: skip
+_NON_WORD = re.compile(r"[^\w\s]|_")
+_TRAILER = re.compile(r"\s+[-|]\s+.*$")
+_NUMBERING = re.compile(r"^\d+\.\s*")
+
+
+class SerpResult(TypedDict, total=False):
+    position: int
+    title: str
+    url: str
+    domain: str
+    description: str
+    wordCount: int
+
+
+class Serp(TypedDict):
+    results: list[SerpResult]
+    questions: list[str]  # "people also ask", in order, de-duplicated
+    totalResults: int
+
+
+def parse_serp(result: Any) -> Serp:
+    """DataForSEO's `tasks[0].result[0]`: organic items (the first 10) and the questions of
+    "people also ask" items; missing fields are empty, never invented."""
+    items = result.get("items") if isinstance(result, Mapping) else None
+    organic: list[SerpResult] = []
+    questions: list[str] = []
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, Mapping):
+            continue
+        if item.get("type") == "organic" and len(organic) < MAX_RESULTS:
+            rank = item.get("rank_group")
+            row: SerpResult = {
+                "position": rank if isinstance(rank, int) and rank > 0 else index + 1,
+                "title": _text(item.get("title")),
+                "url": _text(item.get("url")),
+                "domain": _text(item.get("domain")),
+                "description": _text(item.get("description")),
+            }
+            extra = item.get("extra")
+            words = extra.get("word_count") if isinstance(extra, Mapping) else None
+            if isinstance(words, int) and not isinstance(words, bool) and words >= 0:
+                row["wordCount"] = words
+            organic.append(row)
+        elif item.get("type") == "people_also_ask":
+            # The questions are the elements' titles; an `expanded_element` is an answer
+            # (a page's title), which the original took for a question too.
+            elements = item.get("items")
+            for element in elements if isinstance(elements, list) else []:
+                title = element.get("title") if isinstance(element, Mapping) else None
+                if isinstance(title, str) and title.strip() and title.strip() not in questions:
+                    questions.append(title.strip())
+    total = result.get("se_results_count") if isinstance(result, Mapping) else None
+    total = total if isinstance(total, int) and not isinstance(total, bool) else 0
+    return {"results": organic, "questions": questions, "totalResults": total}
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def mock_serp(keyword: str) -> Serp:
+    """The original's mock page: five results with fixed word counts, five questions."""
+    sites = [
+        ("example.com", "Complete Guide", 2500),
+        ("guide.com", "Ultimate Tutorial", 1800),
+        ("tips.com", "Best Practices and Tips", 2200),
+        ("compare.com", "Comparison and Reviews", 1500),
+        ("learn.com", "Beginner Basics Explained", 3000),
+    ]
+    results: list[SerpResult] = [
+        {
+            "position": index + 1,
+            "title": f"{keyword.strip()} {suffix}",
+            "url": f"https://{domain}/{'-'.join(keyword.lower().split())}",
+            "domain": domain,
+            "description": f"Learn about {keyword.strip()}: {suffix.lower()} for {domain}.",
+            "wordCount": words,
+        }
+        for index, (domain, suffix, words) in enumerate(sites)
+    ]
+    kw = keyword.strip()
+    questions = [
+        f"What is {kw}?",
+        f"How does {kw} work?",
+        f"What are the best {kw} tools?",
+        f"How much does {kw} cost?",
+        f"Is {kw} worth it?",
+    ]
+    return {"results": results, "questions": questions, "totalResults": 1_250_000}
+
+
+def word_count_range(results: list[SerpResult]) -> dict[str, int]:
+    counts = [r["wordCount"] for r in results if r.get("wordCount", 0) > 0]
+    average = sum(counts) / len(counts) if counts else DEFAULT_WORD_COUNT
+    return {"min": round(average * 0.8), "max": round(average * 1.3), "average": round(average)}
+
+
+def phrases(results: list[SerpResult]) -> Counter[str]:
+    """Consecutive pairs of meaningful words over every title and description."""
+    counts: Counter[str] = Counter()
+    for result in results:
+        for text in (result.get("title", ""), result.get("description", "")):
+            words = [
+                w
+                for w in _NON_WORD.sub(" ", text.lower()).split()
+                if len(w) > 2 and w not in STOP_WORDS
+            ]
+            counts.update(f"{a} {b}" for a, b in pairwise(words))
+    return counts
+
+
+def importance(frequency: int) -> Importance:
+    return "high" if frequency >= 5 else "medium" if frequency >= 3 else "low"
+
+
+def topics(counts: Counter[str]) -> list[dict[str, Any]]:
+    recurring = [(phrase, n) for phrase, n in counts.most_common() if n >= 2]
+    return [
+        {"topic": phrase, "frequency": n, "importance": importance(n)}
+        for phrase, n in recurring[:MAX_TOPICS]
+    ]
+
+
+def headings(keyword: str, results: list[SerpResult]) -> list[dict[str, str]]:
+    kw = keyword.strip()
+    found = [
+        {"text": text, "level": "h2", "source": "Common pattern"}
+        for text in (f"What is {kw}", f"How to {kw}", f"Why {kw}", f"Best {kw}", f"{kw} Benefits")
+    ]
+    for result in results[:5]:
+        title = result.get("title", "")
+        if not 10 < len(title) < 80:
+            continue
+        text = _NUMBERING.sub("", _TRAILER.sub("", title)).strip()
+        if len(text) > 10 and text.lower() != kw.lower():
+            found.append({"text": text, "level": "h2", "source": result.get("domain", "")})
+    return found[:MAX_HEADINGS]
+
+
+def questions(keyword: str, asked: list[str]) -> list[dict[str, str]]:
+    kw = keyword.strip()
+    found = [{"question": q, "source": "paa"} for q in asked[:MAX_PAA]]
+    seen = {q.lower() for q in asked[:MAX_PAA]}
+    for question in (
+        f"What is {kw}?",
+        f"How does {kw} work?",
+        f"Why is {kw} important?",
+        f"What are the benefits of {kw}?",
+        f"How to get started with {kw}?",
+    ):
+        if question.lower() not in seen:
+            found.append({"question": question, "source": "inferred"})
+            seen.add(question.lower())
+    return found[:MAX_QUESTIONS]
+
+
+def related_phrases(keyword: str, counts: Counter[str]) -> list[str]:
+    kw = keyword.strip().lower()
+    kept = [p for p, _ in counts.most_common() if not (p == kw or kw in p or p in kw)]
+    return kept[:MAX_RELATED]
+
+
+def build_brief(
+    keyword: str, location: str, serp: Serp, *, provider: str, mock: bool, generated_at: str
+) -> dict[str, Any]:
+    """The brief in the original's shape (docs/original-app.md#post-apicontent-brief)."""
+    counts = phrases(serp["results"])
+    return {
+        "keyword": keyword,
+        "location": location,
+        "generatedAt": generated_at,
+        "serpResults": serp["results"],
+        "totalResults": serp["totalResults"],
+        "recommendedWordCount": word_count_range(serp["results"]),
+        "topics": topics(counts),
+        "suggestedHeadings": headings(keyword, serp["results"]),
+        "questionsToAnswer": questions(keyword, serp["questions"]),
+        "relatedKeywords": related_phrases(keyword, counts),
+        "mockData": mock,
+        "provider": provider,
+    }

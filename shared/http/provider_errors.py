@@ -1,0 +1,56 @@
+"""How a function answers when a keyword provider fails, and when the provider must have
+answered: shared by keyword search, related keywords and content briefs
+(docs/keyword-search.md#answers). Upstream text never reaches the client."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import NoReturn
+
+from starlette.requests import Request
+
+from shared.config import get_settings
+from shared.http.errors import ApiError
+from shared.providers import (
+    ProviderConfigurationError,
+    ProviderError,
+    ProviderRateLimitedError,
+    ProviderUnavailableError,
+)
+from shared.telemetry import log_event
+
+
+def provider_deadline(request: Request) -> float:
+    """When (`time.monotonic()`) the provider must have answered: the invocation's end (Lambda's
+    context, else KEYWORDS_MAX_DURATION_S from now) minus PROVIDER_DEADLINE_MARGIN_S, which
+    the rest of the request (recording, the response) needs."""
+    settings = get_settings()
+    context = request.scope.get("aws.context")
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    remaining = settings.keywords_max_duration_s
+    if callable(remaining_ms):
+        remaining = remaining_ms() / 1000
+    return time.monotonic() + remaining - settings.provider_deadline_margin_s
+
+
+def provider_failed(error: ProviderError, provider_key: str) -> NoReturn:
+    """Log, then answer: 503 with `Retry-After` when retrying later helps (budget spent,
+    upstream rate limit, circuit open), 503 for configuration, else 502."""
+    log_event(
+        "provider_failed",
+        level=logging.ERROR if error.outage else logging.WARNING,
+        provider=provider_key,
+        error=type(error).__name__,
+    )
+    if isinstance(error, ProviderUnavailableError):
+        reason = (
+            "provider_busy"
+            if isinstance(error, ProviderRateLimitedError)
+            else "provider_circuit_open"
+        )
+        retry = {"Retry-After": str(error.retry_after)}
+        raise ApiError(503, "unavailable", headers=retry, extra={"reason": reason}) from None
+    if isinstance(error, ProviderConfigurationError):
+        raise ApiError(503, "configuration", extra={"reason": "provider_not_configured"}) from None
+    raise ApiError(502, "provider failed", label="Bad Gateway") from None

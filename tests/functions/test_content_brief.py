@@ -1,0 +1,266 @@
+"""POST /api/content-brief (docs/original-app.md#post-apicontent-brief,
+#serp-and-content-brief; docs/related-and-briefs.md) through the Lambda handler and HTTP,
+DataForSEO's results page over respx."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import respx
+
+from shared import brief, cache, config, providers
+from shared.providers.dataforseo import SERP_API_URL
+from shared.redis import get_redis
+from tests.support.http import Caller
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
+LANGUAGE_MESSAGE = "Language must be valid language code (e.g., en, en-US)"
+BRIEF_KEYS = {
+    "keyword", "location", "generatedAt", "serpResults", "totalResults", "recommendedWordCount",
+    "topics", "suggestedHeadings", "questionsToAnswer", "relatedKeywords", "mockData", "provider",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def fresh_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATAFORSEO_API_LOGIN", "DATAFORSEO_API_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+def live(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    settings(monkeypatch, DATAFORSEO_API_LOGIN="login", DATAFORSEO_API_PASSWORD="secret", **env)
+
+
+@contextmanager
+def dataforseo_upstream() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        yield mock
+
+
+def serp_fixture() -> Any:
+    return json.loads((FIXTURES / "serp_organic_ok.json").read_text())
+
+
+def user_id() -> str:
+    return f"user_{uuid.uuid4().hex[:12]}"
+
+
+def keyword() -> str:
+    return f"seo tools {uuid.uuid4().hex[:10]}"
+
+
+def make_brief(call: Caller, user: str | None, body: Any, **kw: Any) -> Any:
+    return call("content_brief", "POST", "/api/content-brief", user=user, json_body=body, **kw)
+
+
+# --- contract ------------------------------------------------------------------------------
+
+
+def test_mock_brief_outside_production_is_never_cached(call: Caller) -> None:
+    who, kw = user_id(), keyword()
+    first = make_brief(call, who, {"keyword": kw})
+    assert first.status == 200, first.text
+    assert set(first.json) == {"brief", "cached", "timestamp"}
+    made = first.json["brief"]
+    assert set(made) == BRIEF_KEYS
+    assert (made["keyword"], made["location"], made["mockData"], made["provider"]) == (
+        kw, "US", True, "Mock",
+    )  # fmt: skip
+    assert TIMESTAMP.match(made["generatedAt"]) and TIMESTAMP.match(first.json["timestamp"])
+    assert [r["domain"] for r in made["serpResults"]] == [
+        "example.com", "guide.com", "tips.com", "compare.com", "learn.com",
+    ]  # fmt: skip
+    assert made["totalResults"] == 1_250_000
+    assert made["recommendedWordCount"] == {"min": 1760, "max": 2860, "average": 2200}
+    assert "x-ratelimit-remaining" in first.headers and "x-ratelimit-reset" in first.headers
+    second = make_brief(call, who, {"keyword": kw})
+    assert second.json["cached"] is False
+    assert get_redis().get(cache.brief_key(kw, "US", "en")) is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"keyword": ""}, "Keyword is required"),
+        ({"keyword": "   "}, "Keyword is required"),
+        ({"keyword": "x" * 101}, "Keyword must be less than 100 characters"),
+        (
+            {"keyword": "<script>"},
+            "Keyword can only contain letters, numbers, spaces, hyphens, and underscores",
+        ),
+        (
+            {"keyword": "seo", "location": ""},
+            "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global",
+        ),
+        (
+            {"keyword": "seo", "location": "GL"},
+            "Content briefs need a country: GL has no results page",
+        ),
+        ({"keyword": "seo", "language": "e"}, LANGUAGE_MESSAGE),
+        ({"keyword": "seo", "language": "en-USA"}, LANGUAGE_MESSAGE),
+        ({"keyword": "seo", "language": "null"}, LANGUAGE_MESSAGE),
+    ],
+)
+def test_body_rules_answer_the_original_messages(
+    call: Caller, body: dict[str, Any], message: str
+) -> None:
+    result = make_brief(call, user_id(), body)
+    assert (result.status, result.json["error"], result.json["message"]) == (
+        400, "Validation Error", message,
+    )  # fmt: skip
+
+
+def test_rate_limit_then_auth_then_body(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings(monkeypatch, RATE_LIMIT_ENABLED="true")
+    agent = {"user-agent": str(uuid.uuid4())}
+    anonymous = make_brief(call, None, {"keyword": ""}, headers=agent)
+    assert anonymous.status == 401
+    assert anonymous.json["message"] == (
+        "Authentication required. Please sign in to use content brief generation."
+    )
+    for _ in range(19):
+        assert make_brief(call, None, {}, headers=agent).status == 401
+    refused = make_brief(call, None, {}, headers=agent)
+    assert refused.status == 429 and refused.json["error"] == "Rate Limit Exceeded"
+    assert re.fullmatch(
+        r"Rate limit exceeded\. Content briefs are limited to 20 per hour\. "
+        r"Try again in \d+ seconds\.",
+        refused.json["message"],
+    )
+    assert refused.headers["x-ratelimit-limit"] == "20" and "retry-after" in refused.headers
+    assert make_brief(call, user_id(), {"keyword": keyword()}, headers=agent).status == 200
+
+
+def test_get_is_405(call: Caller) -> None:
+    got = call("content_brief", "GET", "/api/content-brief")
+    assert (got.status, got.json["message"]) == (405, "Use POST to generate a content brief")
+
+
+def test_not_metered_but_a_usage_row_per_call(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    settings(monkeypatch, BILLING_ENABLED="true", TRIAL_KEYWORD_LIMIT="0")
+    who = user_id()
+    assert make_brief(call, who, {"keyword": keyword()}).status == 200
+    usage = admin_conn.execute(
+        'SELECT endpoint, method, "statusCode" FROM api_usage WHERE "userId" = %s', (who,)
+    ).fetchall()
+    assert usage == [("/api/content-brief", "POST", 200)]
+
+
+# --- production and live data --------------------------------------------------------------
+
+
+def test_production_without_credentials_refuses_mock_data(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings(monkeypatch, APP_ENV="production", RATE_LIMIT_HMAC_SECRET="x" * 40)
+    result = make_brief(call, user_id(), {"keyword": keyword()})
+    assert (result.status, result.json["reason"]) == (503, "provider_not_configured")
+
+
+def test_live_brief_from_the_results_page_is_cached_for_a_day(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live(monkeypatch)
+    kw = keyword()
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(SERP_API_URL).mock(httpx.Response(200, json=serp_fixture()))
+        first = make_brief(call, user_id(), {"keyword": kw, "location": "DE", "language": "de"})
+        again = make_brief(call, user_id(), {"keyword": kw.upper(), "location": "DE",
+                                             "language": "de"})  # fmt: skip
+    assert first.status == 200, first.text
+    assert route.call_count == 1
+    assert json.loads(route.calls[0].request.content) == [
+        {"keyword": kw, "language_code": "de", "depth": 10, "calculate_rectangles": False,
+         "location_code": 2276},
+    ]  # fmt: skip
+    made = first.json["brief"]
+    assert (made["provider"], made["mockData"], made["location"]) == ("DataForSEO", False, "DE")
+    assert [(r["position"], r["domain"]) for r in made["serpResults"]] == [
+        (1, "moz.com"), (2, "ahrefs.com"), (3, "semrush.com"), (4, "backlinko.com"),
+    ]  # fmt: skip
+    assert made["totalResults"] == 2_130_000_000
+    assert made["recommendedWordCount"] == {"min": 1200, "max": 1950, "average": 1500}
+    paa = [q["question"] for q in made["questionsToAnswer"] if q["source"] == "paa"]
+    assert paa == ["What are the best SEO tools?", "Are free SEO tools any good?"]
+    assert {"topic": "keyword research", "frequency": 5, "importance": "high"} in made["topics"]
+    assert again.json["cached"] is True and again.json["brief"] == made
+    stored = get_redis().ttl(cache.brief_key(kw, "DE", "de"))  # type: ignore[union-attr]
+    assert 86_000 < stored <= 86_400
+
+
+def test_live_failures_are_502_then_the_circuit_opens(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live(monkeypatch, APP_ENV="development")
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(SERP_API_URL).mock(httpx.Response(500, text="boom secret"))
+        answers = [make_brief(call, user_id(), {"keyword": keyword()}) for _ in range(6)]
+    assert [a.status for a in answers] == [502] * 5 + [503]  # no mock fallback, anywhere
+    assert answers[5].json["reason"] == "provider_circuit_open"
+    assert all("boom" not in a.text and "secret" not in a.text for a in answers)
+    assert route.call_count == 5
+
+
+def test_a_task_error_is_a_provider_failure(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    live(monkeypatch)
+    body = serp_fixture()
+    body["tasks"][0].update(status_code=40501, status_message="Invalid Field: 'language_code'.")
+    with dataforseo_upstream() as upstream:
+        upstream.post(SERP_API_URL).mock(httpx.Response(200, json=body))
+        result = make_brief(call, user_id(), {"keyword": keyword(), "language": "xx-XX"})
+    assert result.status == 502
+
+
+# --- the brief's rules ---------------------------------------------------------------------
+
+
+def test_headings_and_questions_follow_the_original_rules() -> None:
+    serp = brief.parse_serp(serp_fixture()["tasks"][0]["result"][0])
+    made = brief.build_brief("seo tools", "US", serp, provider="DataForSEO", mock=False,
+                             generated_at="2024-01-01T00:00:00.000Z")  # fmt: skip
+    headings = [(h["text"], h["source"]) for h in made["suggestedHeadings"]]
+    assert headings[:5] == [
+        ("What is seo tools", "Common pattern"), ("How to seo tools", "Common pattern"),
+        ("Why seo tools", "Common pattern"), ("Best seo tools", "Common pattern"),
+        ("seo tools Benefits", "Common pattern"),
+    ]  # fmt: skip
+    # Trailing " - Site" / " | Site" cut; the bare keyword ("seo tools") is not a heading.
+    assert headings[5:] == [
+        ("The 10 Best Free SEO Tools", "moz.com"), ("12 Free SEO Tools", "ahrefs.com"),
+        ("SEO Toolkit: Keyword Research, Rank Tracking", "semrush.com"),
+    ]  # fmt: skip
+    questions = made["questionsToAnswer"]
+    assert len(questions) == 7 and questions[2] == {
+        "question": "What is seo tools?", "source": "inferred",
+    }  # fmt: skip
+    assert all("seo tools" not in phrase for phrase in made["relatedKeywords"])
+    assert "keyword research" in made["relatedKeywords"]
+
+
+def test_the_cache_key_is_the_originals() -> None:
+    """The documented value (docs/original-app.md#key-table): trimmed and lower-cased."""
+    assert cache.brief_key(" SEO tools ", "US", "en") == (
+        "brief:US:en:fb22f5e1e11bd4688048020b342db80523c5ac0cfbdedb55f5c67627ba752727"
+    )

@@ -1,0 +1,340 @@
+"""POST /api/keywords/related (docs/original-app.md#post-apikeywordsrelated;
+docs/related-and-briefs.md) through the Lambda handler and HTTP, DataForSEO over respx."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import respx
+
+from functions import keywords_related
+from shared import cache, config, providers
+from shared.providers import account
+from shared.providers.dataforseo import API_URL as SEARCH_VOLUME_URL
+from shared.providers.dataforseo import RELATED_API_URL
+from shared.providers.mock import RELATED_TEMPLATES
+from shared.redis import get_redis
+from tests.support.http import Caller, Keys
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
+
+
+@pytest.fixture(autouse=True)
+def fresh_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOCK_PROVIDER_SEED", "7")
+    monkeypatch.setenv("DATAFORSEO_REQUESTS_PER_MINUTE", "0")
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+def settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+@contextmanager
+def dataforseo_upstream() -> Iterator[respx.MockRouter]:
+    """respx for DataForSEO only: the Upstash emulator (on loopback) is reached for real."""
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        yield mock
+
+
+def use_dataforseo(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings(
+        monkeypatch,
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN="login",
+        DATAFORSEO_API_PASSWORD="secret-password",
+    )
+
+
+def user_id() -> str:
+    return f"user_{uuid.uuid4().hex[:12]}"
+
+
+def seed() -> str:
+    """A keyword no earlier test cached (the emulator lives for the whole session)."""
+    return f"espresso {uuid.uuid4().hex[:10]}"
+
+
+def related(call: Caller, user: str | None, body: Any, **kw: Any) -> Any:
+    return call(
+        "keywords_related", "POST", "/api/keywords/related", user=user, json_body=body, **kw
+    )
+
+
+# --- contract ------------------------------------------------------------------------------
+
+
+def test_miss_then_hit_caches_the_full_list_and_limit_trims_the_answer(call: Caller) -> None:
+    who, keyword = user_id(), seed()
+    first = related(call, who, {"keyword": f"  {keyword} ", "limit": 5})
+    assert first.status == 200, first.text
+    body = first.json
+    assert set(body) == {
+        "seedKeyword", "relatedKeywords", "cached", "cacheHealthy", "timestamp", "provider",
+    }  # fmt: skip
+    assert (body["seedKeyword"], body["cached"], body["cacheHealthy"], body["provider"]) == (
+        keyword, False, True, "Mock",
+    )  # fmt: skip
+    assert TIMESTAMP.match(body["timestamp"])
+    assert [row["keyword"] for row in body["relatedKeywords"]] == [
+        template.format(kw=keyword) for template in RELATED_TEMPLATES[:5]
+    ]
+    assert [row["relevance"] for row in body["relatedKeywords"]] == [100, 95, 90, 85, 80]
+    assert "x-ratelimit-remaining" in first.headers and "x-ratelimit-reset" in first.headers
+
+    again = related(call, who, {"keyword": keyword.upper()})  # the key lower-cases the keyword
+    assert again.status == 200
+    assert again.json["cached"] is True and "cacheHealthy" not in again.json
+    assert again.json["provider"] == "Mock"
+    assert len(again.json["relatedKeywords"]) == 20  # the full list was cached
+    assert again.json["relatedKeywords"][:5] == body["relatedKeywords"]
+    stored = get_redis().get(cache.related_key(keyword, "United States", "en", "mock"))  # type: ignore[union-attr]
+    assert stored is not None and len(json.loads(stored)["data"]) == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"keyword": "   "}, "Keyword cannot be empty"),
+        ({"keyword": "x" * 101}, "Keyword too long (max 100 chars)"),
+        (
+            {"keyword": "seo; DROP TABLE"},
+            "Keyword must contain only letters, numbers, spaces, hyphens, and underscores",
+        ),
+        (
+            {"keyword": "seo", "location": "XX"},
+            "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global",
+        ),
+        (
+            {"keyword": "seo", "language": "EN"},
+            "Language must be valid language code (e.g., en, en-US)",
+        ),
+        ({"keyword": "seo", "language": "zh"}, "Language zh is not available for keyword data"),
+        ({"keyword": "seo", "limit": 0}, "Limit must be between 1 and 50"),
+        ({"keyword": "seo", "limit": 51}, "Limit must be between 1 and 50"),
+    ],
+)
+def test_body_rules_answer_the_original_messages(
+    call: Caller, body: dict[str, Any], message: str
+) -> None:
+    result = related(call, user_id(), body)
+    assert (result.status, result.json["error"], result.json["message"]) == (
+        400, "Validation Error", message,
+    )  # fmt: skip
+
+
+def test_a_limit_that_is_not_an_integer_is_400(call: Caller) -> None:
+    for limit in ("5", 2.5, True):
+        result = related(call, user_id(), {"keyword": "seo", "limit": limit})
+        assert result.status == 400 and result.json["error"] == "Validation Error"
+
+
+def test_auth_comes_first_then_405_for_get(call: Caller) -> None:
+    anonymous = related(call, None, {"keyword": ""})  # no body check before auth
+    assert (anonymous.status, anonymous.json["message"]) == (401, "Authentication required")
+    got = call("keywords_related", "GET", "/api/keywords/related")
+    assert got.status == 405
+    assert got.json["message"] == "Use POST to get related keywords"
+    assert got.headers["allow"] == "POST"
+
+
+def test_the_keyword_search_route_is_not_this_one(call: Caller) -> None:
+    """/api/keywords and /api/keywords/related are two functions; neither serves the other."""
+    other = call("keywords", "POST", "/api/keywords/related", user=user_id(),
+                 json_body={"keyword": "seo"})  # fmt: skip
+    assert other.status == 404
+    back = call("keywords_related", "POST", "/api/keywords", user=user_id(), json_body={})
+    assert back.status == 404
+
+
+# --- rate limit ----------------------------------------------------------------------------
+
+
+def test_its_own_hourly_limit_after_auth_and_before_the_body(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings(monkeypatch, RATE_LIMIT_ENABLED="true", RELATED_KEYWORDS_RATE_LIMIT_PER_HOUR="2",
+             RATE_LIMIT_REQUESTS_PER_HOUR="1")  # fmt: skip
+    who = user_id()
+    assert related(call, who, {"keyword": ""}).status == 400  # invalid bodies spend it too
+    ok = related(call, who, {"keyword": seed()})
+    assert ok.status == 200 and ok.headers["x-ratelimit-limit"] == "2"
+    refused = related(call, who, {"keyword": seed()})
+    assert refused.status == 429
+    assert refused.json["error"] == "Rate Limit Exceeded"
+    assert refused.json["message"].endswith("seconds. Limit: 2 requests/hour.")
+    assert refused.headers["x-ratelimit-remaining"] == "0" and "retry-after" in refused.headers
+    assert related(call, user_id(), {"keyword": seed()}).status == 200  # per user
+    keywords = call("keywords", "POST", "/api/keywords", user=who,
+                    json_body={"keywords": [seed()], "matchType": "phrase"})  # fmt: skip
+    assert keywords.status == 200  # the keyword search's own counter is untouched
+
+
+@pytest.mark.parametrize(("configured", "limit"), [("500", 100), ("0", 30), ("-4", 30), ("7", 7)])
+def test_the_limit_is_capped_at_100_and_defaults_to_30(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, configured: str, limit: int
+) -> None:
+    settings(monkeypatch, RELATED_KEYWORDS_RATE_LIMIT_PER_HOUR=configured)
+    assert keywords_related.hourly_limit() == limit
+
+
+# --- cache, privacy, metering --------------------------------------------------------------
+
+
+def test_privacy_mode_reads_and_writes_no_cache(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings(monkeypatch, PRIVACY_MODE="true")
+    who, keyword = user_id(), seed()
+    for _ in range(2):
+        result = related(call, who, {"keyword": keyword})
+        assert result.status == 200
+        assert (result.json["cached"], result.json["cacheHealthy"]) == (False, False)
+    assert get_redis().get(cache.related_key(keyword, "United States", "en", "mock")) is None  # type: ignore[union-attr]
+
+
+def test_not_metered_but_a_usage_row_per_call(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    settings(monkeypatch, BILLING_ENABLED="true", TRIAL_KEYWORD_LIMIT="0")
+    who = user_id()
+    assert related(call, who, {"keyword": seed()}).status == 200  # no quota applies
+    assert related(call, who, {"keyword": "bad;"}).status == 400
+    usage = admin_conn.execute(
+        'SELECT endpoint, method, "statusCode" FROM api_usage WHERE "userId" = %s'
+        ' ORDER BY "timestamp"',
+        (who,),
+    ).fetchall()
+    assert usage == [("/api/keywords/related", "POST", 200), ("/api/keywords/related", "POST", 400)]
+    counted = admin_conn.execute(
+        'SELECT coalesce(sum("keywordSearchesThisMonth"), 0) FROM users WHERE id = %s', (who,)
+    ).fetchone()
+    assert counted == (0,)
+
+
+# --- providers -----------------------------------------------------------------------------
+
+
+class KeywordsOnly:
+    """A provider with keyword data and no related keywords (as Google Ads)."""
+
+    key = "keywords-only"
+    name = "Keywords Only"
+
+    def keyword_data(self, keywords: list[str], options: providers.SearchOptions) -> list[Any]:
+        raise AssertionError("not called")
+
+
+def test_a_provider_without_related_keywords_is_501(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(providers, "get_provider", KeywordsOnly)
+    result = related(call, user_id(), {"keyword": seed()})
+    assert result.status == 501
+    assert result.json["reason"] == "related_keywords_not_supported"
+
+
+def test_unknown_provider_is_503_not_configured(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings(monkeypatch, KEYWORD_API_PROVIDER="google-ads")
+    result = related(call, user_id(), {"keyword": seed()})
+    assert (result.status, result.json["reason"]) == (503, "provider_not_configured")
+
+
+def test_dataforseo_keyword_ideas(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_dataforseo(monkeypatch)
+    fixture = json.loads((FIXTURES / "keywords_for_keywords_ok.json").read_text())
+    keyword = "SEO  Tools"
+    get_redis().delete(cache.related_key(keyword, "United Kingdom", "en-GB", "dataforseo"))  # type: ignore[union-attr]
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(RELATED_API_URL).mock(httpx.Response(200, json=fixture))
+        body = {"keyword": keyword, "location": "GB", "language": "en-GB"}
+        result = related(call, user_id(), body)
+        again = related(call, user_id(), body)
+    assert result.status == 200, result.text
+    assert route.call_count == 1 and again.json["cached"] is True
+    sent = json.loads(route.calls[0].request.content)
+    assert sent == [
+        {
+            "keywords": ["SEO Tools"],
+            "language_code": "en",
+            "include_seed_keyword": False,
+            "sort_by": "relevance",
+            "location_code": 2826,
+        }
+    ]
+    rows = result.json["relatedKeywords"]
+    assert result.json["provider"] == "DataForSEO" and len(rows) == 20
+    # The seed (any case) is left out; relevance counts every result's position.
+    assert [(r["keyword"], r["relevance"]) for r in rows[:4]] == [
+        ("free seo tools", 97), ("seo checker", 91), ("seo audit tool", 88),
+        ("rank tracker obscure", 85),
+    ]  # fmt: skip
+    assert rows[0] | {"trends": None} == {
+        "keyword": "free seo tools", "searchVolume": 22200, "cpc": 3.1, "competition": "medium",
+        "intent": "commercial", "relevance": 97, "trends": None,
+    }  # fmt: skip
+    assert rows[3] == {
+        "keyword": "rank tracker obscure", "searchVolume": None, "cpc": None,
+        "competition": None, "intent": None, "noData": True, "relevance": 85,
+    }  # fmt: skip
+
+
+def test_dataforseo_failures_open_the_circuit(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_dataforseo(monkeypatch)
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(RELATED_API_URL).mock(httpx.Response(500, text="boom login"))
+        answers = [related(call, user_id(), {"keyword": seed()}) for _ in range(6)]
+    assert [a.status for a in answers[:5]] == [502] * 5
+    assert all("boom" not in a.text for a in answers)
+    assert answers[5].status == 503 and answers[5].json["reason"] == "provider_circuit_open"
+    assert int(answers[5].headers["retry-after"]) > 0
+    assert route.call_count == 5
+
+
+def test_dataforseo_rejected_account_is_503_not_configured(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_dataforseo(monkeypatch)
+    with dataforseo_upstream() as upstream:
+        upstream.post(RELATED_API_URL).mock(httpx.Response(401, json={"status_code": 40100}))
+        result = related(call, user_id(), {"keyword": seed()})
+    assert (result.status, result.json["reason"]) == (503, "provider_not_configured")
+
+
+def test_ideas_spend_the_account_budget_the_keyword_search_spends(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both are Google Ads Live calls: one budget per DataForSEO account, in Redis."""
+    use_dataforseo(monkeypatch)
+    settings(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="1")
+    get_redis().delete(account.key("dataforseo"))  # type: ignore[union-attr]
+    volume = json.loads((FIXTURES / "search_volume_ok.json").read_text())
+    with dataforseo_upstream() as upstream:
+        upstream.post(SEARCH_VOLUME_URL).mock(httpx.Response(200, json=volume))
+        ideas = upstream.post(RELATED_API_URL).mock(httpx.Response(200, json={}))
+        searched = call("keywords", "POST", "/api/keywords", user=user_id(),
+                        json_body={"keywords": [seed()], "matchType": "phrase"})  # fmt: skip
+        refused = related(call, user_id(), {"keyword": seed()})
+    assert searched.status == 200, searched.text
+    assert (refused.status, refused.json["reason"]) == (503, "provider_busy")
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+    assert ideas.call_count == 0
