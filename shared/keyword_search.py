@@ -1,0 +1,203 @@
+"""The keyword search, the metered operation: reserve the keywords against the quota, answer
+from the cache or the provider, record the search; keywords are given back when the provider
+fails (docs/keyword-search.md).
+
+Two database round trips on the success path: ONE statement gets-or-creates the user, reserves
+the keywords against the quota and writes the reservation row; ONE statement writes the history
+row and the request's usage row and confirms the reservation. If the function is killed between
+the two, the reservation expires and the reconcile_reservations cron gives the keywords back.
+
+Fixes over the original (docs/original-app.md#d2, #d3, #d13): the quota check and increment are
+one atomic statement (`used + n <= limit`, no overshoot); the cache key includes the provider;
+cached rows come back in the request's order; `cache_healthy` says whether the write really
+succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared import cache, db, providers, storage
+from shared.auth import Identity, forget, provision
+from shared.clock import iso_ms, utcnow
+from shared.config import get_settings
+from shared.errors import UserNotFoundError
+from shared.ids import new_cuid
+from shared.models import UserTier
+from shared.quotas import Limits
+from shared.repositories import api_usage, reservations, search_history, users
+
+ENDPOINT = "/api/keywords"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    keywords: list[str]
+    match_type: providers.MatchType
+    location: str | None  # as the request gave it; normalised here
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the request came from, as stored (already reduced by IP_STORAGE)."""
+
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    data: list[dict[str, Any]]
+    cached: bool
+    cache_healthy: bool | None  # None: nothing was written (a hit, or forced mock data)
+    provider_name: str
+    mock: bool
+
+
+class ProviderFailed(Exception):
+    """The provider failed after the reservation; the keywords have been given back."""
+
+    def __init__(self, error: providers.ProviderError, provider_key: str) -> None:
+        super().__init__(provider_key)
+        self.error = error
+        self.provider_key = provider_key
+
+
+def search(
+    identity: Identity, query: Query, *, deadline: float, origin: Origin, started: float
+) -> Result:
+    """Run one search for `identity`. Raises `TrialExpiredError` or `QuotaExceededError`
+    (nothing counted), or `ProviderFailed` (the reservation given back)."""
+    settings = get_settings()
+    reserved_at = utcnow()
+    hold = reservations.Hold(
+        new_cuid(), reserved_at + timedelta(seconds=settings.keyword_reservation_ttl_s)
+    )
+    count = len(query.keywords)
+    usage = _reserve(identity, count, reserved_at, settings.billing_enabled, hold)
+    storage.mirror_usage(identity.user_id)  # the legacy counter follows (dual/fallback only)
+
+    mock_forced = settings.billing_enabled and usage.tier is UserTier.FREE
+    try:
+        provider = providers.mock_provider() if mock_forced else providers.get_provider()
+    except providers.ProviderError as error:
+        _give_back(identity.user_id, hold.id, reserved_at)
+        raise ProviderFailed(error, "unknown") from None
+    options = providers.SearchOptions(
+        match_type=query.match_type,
+        location=providers.normalize_location(query.location),
+        language=query.language,
+        deadline=deadline,
+    )
+    key = cache.provider_keyword_key(
+        query.keywords, options.location, options.language, options.match_type, provider.key
+    )
+    cached = None if mock_forced else cache.get_json(key)
+    healthy: bool | None = None
+    if isinstance(cached, dict) and isinstance(cached.get("data"), list):
+        data = cache.in_request_order(cached["data"], query.keywords)
+        metadata = cached.get("metadata")
+        name = str(metadata.get("provider", "Unknown")) if isinstance(metadata, dict) else "Unknown"
+        hit = True
+    else:
+        try:
+            data = [dict(row) for row in provider.keyword_data(query.keywords, options)]
+        except providers.ProviderError as error:
+            _give_back(identity.user_id, hold.id, reserved_at)
+            raise ProviderFailed(error, provider.key) from None
+        name, hit = provider.name, False
+        if not mock_forced:
+            metadata = {
+                "cachedAt": iso_ms(utcnow()),
+                "ttl": cache.KEYWORD_TTL_SECONDS,
+                "provider": provider.name,
+            }
+            healthy = cache.set_json(key, {"data": data, "metadata": metadata})
+
+    _record(identity, query, options, provider.key, data, hit, origin, started, hold)
+    return Result(data, hit, healthy, name, name == "Mock" or mock_forced)
+
+
+def _reserve(
+    identity: Identity, count: int, now: datetime, enforce: bool, hold: reservations.Hold
+) -> users.Usage:
+    limits = Limits.from_settings(get_settings())
+
+    def reserve(session: Session) -> users.Usage:
+        usage = users.reserve_keywords(
+            session, identity.user_id, identity.email, count, limits=limits, enforce=enforce,
+            now=now, hold=hold,
+        )  # fmt: skip
+        storage.count_legacy_usage(session, identity.user_id, count, now)  # dual/fallback
+        return usage
+
+    return db.run(reserve)
+
+
+def _give_back(user_id: str, reservation_id: str, reserved_at: datetime) -> None:
+    def release(session: Session) -> None:
+        given_back = reservations.release(session, reservation_id)
+        storage.count_legacy_usage(session, user_id, -given_back, reserved_at)  # dual/fallback
+
+    db.run(release)
+    storage.mirror_usage(user_id)
+
+
+def _record(
+    identity: Identity,
+    query: Query,
+    options: providers.SearchOptions,
+    provider_key: str,
+    data: list[dict[str, Any]],
+    cache_hit: bool,
+    origin: Origin,
+    started: float,
+    hold: reservations.Hold,
+) -> None:
+    """The history row and this request's usage row, in one statement that also confirms the
+    reservation. Volumes average over the keywords that have one (missing data is not 0)."""
+    volumes = [row["searchVolume"] for row in data if isinstance(row.get("searchVolume"), int)]
+    elapsed = round((time.perf_counter() - started) * 1000)
+    search_row = search_history.NewSearch(
+        user_id=identity.user_id,
+        keywords=query.keywords,
+        location=options.location,
+        language=options.language,
+        match_type=options.match_type,
+        provider=provider_key,
+        cache_hit=cache_hit,
+        response_time=elapsed,
+        avg_volume=round(sum(volumes) / len(volumes)) if volumes else 0,
+        total_volume=sum(volumes),
+        user_agent=origin.user_agent,
+        ip_address=origin.ip,
+    )
+    usage_row = api_usage.Request(
+        endpoint=ENDPOINT,
+        method="POST",
+        status_code=200,
+        duration_ms=elapsed,
+        user_id=identity.user_id,
+        ip_address=origin.ip,
+        user_agent=origin.user_agent,
+    )
+    try:
+        db.run(
+            lambda s: search_history.record_with_usage(
+                s, search_row, usage_row, reservation_id=hold.id
+            )
+        )
+    except UserNotFoundError:
+        # Erased (DELETE /api/me, Clerk's user.deleted) since the reservation, which went with
+        # the account (its keywords into the tombstone, its row by cascade). As the saved-search
+        # route does: provision again (the new account continues the tombstoned trial) and
+        # write the rows once more, with no reservation left to confirm.
+        forget(identity.user_id)
+        provision(identity)
+        db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
