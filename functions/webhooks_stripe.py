@@ -6,7 +6,7 @@
   the raw body, or is older than 300 s → 400 `Invalid signature`. CSRF does not apply: the
   signature is the check. The stripe SDK is imported on first use (~0.13 s at cold start). A
   signed body that is not an event (no id, type or created) → 400 `Invalid webhook payload`.
-- Processing is `shared.billing.handle`: claim, effect and "processed" in one
+- Processing is `shared.billing.process`: claim, effect and "processed" in one
   transaction. A replay answers `{received: true, duplicate: true}`; any failure rolls back,
   is recorded in the ledger and answers 503 (database unavailable) or 500, so Stripe retries
   (fixes docs/original-app.md#d4: the original kept its mark on failure and lost the event).
@@ -24,7 +24,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from shared import billing
+from shared import billing, stripe_objects
 from shared.config import get_settings
 from shared.db import DatabaseUnavailableError
 from shared.http.app import create_app, lambda_handler
@@ -57,9 +57,9 @@ def verify(body: bytes, signature: str, secret: str) -> dict[str, Any]:
     return payload
 
 
-def _process(event: billing.StripeEvent) -> dict[str, bool]:
+def _process(event: stripe_objects.StripeEvent) -> dict[str, bool]:
     try:
-        outcome = billing.handle(event)
+        outcome = billing.process(event)
     except DatabaseUnavailableError:
         raise  # 503 with Retry-After
     except Exception:  # already logged and recorded in the ledger; a 5xx makes Stripe retry
@@ -100,8 +100,8 @@ async def stripe_webhook(request: Request) -> Response:
     if not signature:
         raise ApiError(400, MISSING_SIGNATURE)
     try:
-        event = billing.StripeEvent.from_payload(verify(body, signature, secret))
-    except billing.InvalidEventError:  # signed, yet not an event: nothing to record
+        event = stripe_objects.StripeEvent.from_payload(verify(body, signature, secret))
+    except stripe_objects.InvalidEventError:  # signed, yet not an event: nothing to record
         raise ApiError(400, "Invalid webhook payload") from None
     return JSONResponse(await run_in_threadpool(_process, event))
 

@@ -1,7 +1,7 @@
 """Stripe billing: what each webhook event does to a user, applied exactly once.
 
-Two entry points share one code path: the webhook (`handle_event`, with the verified event) and
-the retry cron (`process_event`, with an event id from the ledger). Either way ONE transaction
+Two entry points share one code path: the webhook (`process`, with the verified event) and
+the retry cron (`process_recorded`, with an event id from the ledger). Either way ONE transaction
 claims the event in `webhook_events`, applies its effect and marks it processed; a concurrent
 delivery of the same event waits on the claimed row and then sees it processed. On any failure
 the transaction rolls back (no partial change) and the attempt and error are recorded in a
@@ -25,10 +25,10 @@ import enum
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any, TypeAlias
+from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -39,22 +39,22 @@ from shared.db import DatabaseUnavailableError
 from shared.models import UserTier
 from shared.repositories import subscriptions, webhook_events
 from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
+from shared.stripe_objects import (
+    CHECKOUT_EVENTS,
+    CHECKOUT_PAYMENT_FAILED,
+    INVOICE_PAID,
+    INVOICE_PAYMENT_FAILED,
+    SUBSCRIPTION_EVENTS,
+    CheckoutSession,
+    InvalidEventError,
+    Invoice,
+    StripeEvent,
+    Subscription,
+    timestamp,
+)
 from shared.telemetry import log_event
 
 PROVIDER = "stripe"
-CHECKOUT_COMPLETED = "checkout.session.completed"
-CHECKOUT_PAID_LATER = "checkout.session.async_payment_succeeded"
-CHECKOUT_PAYMENT_FAILED = "checkout.session.async_payment_failed"
-CHECKOUT_EVENTS = frozenset({CHECKOUT_COMPLETED, CHECKOUT_PAID_LATER, CHECKOUT_PAYMENT_FAILED})
-SUBSCRIPTION_EVENTS = frozenset(
-    {
-        "customer.subscription.created",
-        "customer.subscription.updated",
-        "customer.subscription.deleted",
-    }
-)
-INVOICE_PAID = "invoice.paid"
-INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 
 PRO_STATUSES = frozenset({"active", "trialing", "past_due"})
 FREE_STATUSES = frozenset({"unpaid", "canceled", "incomplete_expired", "paused"})
@@ -77,224 +77,8 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"  # processed before: nothing done
 
 
-class InvalidEventError(ValueError):
-    """The event lacks what its type needs (a retry will not help; the ledger says why)."""
-
-
 class BillingUserNotFoundError(LookupError):
     """No user matches the event yet; the event is retried (its checkout may still come)."""
-
-
-# --- the stored (and processed) form of an event --------------------------------------------
-
-Spec: TypeAlias = "bool | dict[str, Spec]"
-_REF: Spec = {"id": True}  # a Stripe id, or an expanded object of which only the id is kept
-_USER_METADATA: Spec = {"clerkUserId": True}
-_SUBSCRIPTION: Spec = {
-    "id": True,
-    "customer": _REF,
-    "status": True,
-    "created": True,
-    "metadata": _USER_METADATA,
-    "current_period_end": True,  # API versions before 2025-03-31
-    "ended_at": True,
-    "items": {
-        "data": {
-            "price": {"id": True, "nickname": True, "lookup_key": True},
-            "current_period_end": True,  # 2025-03-31 (basil) and later
-        }
-    },
-}
-_INVOICE: Spec = {
-    "id": True,
-    "customer": _REF,
-    "subscription": _REF,  # before basil
-    "subscription_details": {"metadata": _USER_METADATA},
-    "parent": {"subscription_details": {"subscription": _REF, "metadata": _USER_METADATA}},
-    "amount_paid": True,
-    "lines": {"data": {"period": {"end": True}}},
-}
-_CHECKOUT: Spec = {
-    "id": True,
-    "created": True,
-    "mode": True,
-    "customer": _REF,
-    "subscription": _REF,
-    "metadata": _USER_METADATA,
-    "client_reference_id": True,
-    "customer_email": True,
-    "customer_details": {"email": True},
-    "payment_status": True,
-}
-_KEEP: dict[str, Spec] = {
-    **{kind: _CHECKOUT for kind in CHECKOUT_EVENTS},
-    **{kind: _SUBSCRIPTION for kind in SUBSCRIPTION_EVENTS},
-    INVOICE_PAID: _INVOICE,
-    INVOICE_PAYMENT_FAILED: _INVOICE,
-}
-
-
-def _pick(value: Any, spec: Spec) -> Any:
-    """The parts of `value` that `spec` names (lists: each element); never fails."""
-    if spec is True or not isinstance(value, dict | list) or not isinstance(spec, dict):
-        return value
-    if isinstance(value, list):
-        return [_pick(item, spec) for item in value]
-    return {key: _pick(value[key], sub) for key, sub in spec.items() if key in value}
-
-
-@dataclass(frozen=True, slots=True)
-class StripeEvent:
-    """A Stripe event reduced to what billing reads (`object` is the slimmed data.object)."""
-
-    id: str
-    type: str
-    created: datetime
-    object: dict[str, Any]
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> StripeEvent:
-        event_id, kind, created = payload.get("id"), payload.get("type"), payload.get("created")
-        if not (isinstance(event_id, str) and 0 < len(event_id) <= 255):
-            raise InvalidEventError("event id missing")
-        if not (isinstance(kind, str) and 0 < len(kind) <= 255):
-            raise InvalidEventError("event type missing")
-        if not isinstance(created, int) or isinstance(created, bool) or created < 0:
-            raise InvalidEventError("event created time missing")
-        data = payload.get("data")
-        obj = data.get("object") if isinstance(data, Mapping) else None
-        spec = _KEEP.get(kind)
-        slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
-        return cls(event_id, kind, datetime.fromtimestamp(created, UTC), slim)
-
-    def payload(self) -> dict[str, Any]:
-        """What the ledger stores: enough to process the event again, nothing more."""
-        record: dict[str, Any] = {
-            "id": self.id,
-            "type": self.type,
-            "created": int(self.created.timestamp()),
-        }
-        if self.type in _KEEP:
-            record["data"] = {"object": self.object}
-        return record
-
-
-# --- Stripe objects, as far as billing reads them -------------------------------------------
-
-
-def _ref(value: Any) -> Any:
-    return value.get("id") if isinstance(value, dict) else value
-
-
-Ref = Annotated[str | None, BeforeValidator(_ref)]
-Metadata = Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})]
-
-
-class _StripeModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _Price(_StripeModel):
-    id: str | None = None
-    nickname: str | None = None
-    lookup_key: str | None = None
-
-
-class _Item(_StripeModel):
-    price: _Price | None = None
-    current_period_end: int | None = None
-
-
-class _Items(_StripeModel):
-    data: list[_Item] = []
-
-
-class _Subscription(_StripeModel):
-    id: str
-    customer: Ref = None
-    status: str
-    created: int | None = None
-    metadata: Metadata = {}
-    current_period_end: int | None = None
-    ended_at: int | None = None
-    items: _Items = _Items()
-
-    def plan(self) -> str | None:
-        for item in self.items.data:
-            if item.price is not None:
-                name = item.price.nickname or item.price.lookup_key or item.price.id
-                if name:
-                    return name
-        return None
-
-    def ends_at(self) -> datetime | None:
-        ends = [item.current_period_end for item in self.items.data if item.current_period_end]
-        moment = self.ended_at or self.current_period_end or (max(ends) if ends else None)
-        return _time(moment)
-
-
-class _CustomerDetails(_StripeModel):
-    email: str | None = None
-
-
-class _CheckoutSession(_StripeModel):
-    id: str
-    created: int | None = None
-    mode: str | None = None
-    customer: Ref = None
-    subscription: Ref = None
-    metadata: Metadata = {}
-    client_reference_id: str | None = None
-    customer_email: str | None = None
-    customer_details: _CustomerDetails | None = None
-    payment_status: str | None = None
-
-
-class _SubscriptionDetails(_StripeModel):
-    subscription: Ref = None
-    metadata: Metadata = {}
-
-
-class _Parent(_StripeModel):
-    subscription_details: _SubscriptionDetails | None = None
-
-
-class _Period(_StripeModel):
-    end: int | None = None
-
-
-class _Line(_StripeModel):
-    period: _Period | None = None
-
-
-class _Lines(_StripeModel):
-    data: list[_Line] = []
-
-
-class _Invoice(_StripeModel):
-    id: str
-    customer: Ref = None
-    subscription: Ref = None
-    subscription_details: _SubscriptionDetails | None = None
-    parent: _Parent | None = None
-    lines: _Lines = _Lines()
-    amount_paid: int | None = None
-
-    def details(self) -> _SubscriptionDetails:
-        if self.parent is not None and self.parent.subscription_details is not None:
-            return self.parent.subscription_details
-        return self.subscription_details or _SubscriptionDetails()
-
-    def subscription_id(self) -> str | None:
-        return self.subscription or self.details().subscription
-
-    def period_end(self) -> datetime | None:
-        ends = [line.period.end for line in self.lines.data if line.period and line.period.end]
-        return _time(max(ends)) if ends else None
-
-
-def _time(seconds: int | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
 def _user_id(metadata: Mapping[str, Any]) -> str | None:
@@ -336,14 +120,14 @@ def plan_for(event: StripeEvent) -> Plan | None:
     """The event's effect, or None when it has none (unknown type, nothing to change)."""
     try:
         if event.type in CHECKOUT_EVENTS:
-            session = _CheckoutSession.model_validate(event.object)
+            session = CheckoutSession.model_validate(event.object)
             return _checkout_plan(session, paid=event.type != CHECKOUT_PAYMENT_FAILED)
         if event.type in SUBSCRIPTION_EVENTS:
-            subscription = _Subscription.model_validate(event.object)
+            subscription = Subscription.model_validate(event.object)
             return _subscription_plan(subscription, deleted=event.type.endswith(".deleted"))
         if event.type in (INVOICE_PAID, INVOICE_PAYMENT_FAILED):
             return _invoice_plan(
-                _Invoice.model_validate(event.object), paid=event.type == INVOICE_PAID
+                Invoice.model_validate(event.object), paid=event.type == INVOICE_PAID
             )
     except ValidationError as error:
         fields = sorted({".".join(str(p) for p in issue["loc"]) for issue in error.errors()})
@@ -351,7 +135,7 @@ def plan_for(event: StripeEvent) -> Plan | None:
     return None
 
 
-def _checkout_plan(session: _CheckoutSession, *, paid: bool) -> Plan | None:
+def _checkout_plan(session: CheckoutSession, *, paid: bool) -> Plan | None:
     """`paid` False: async_payment_failed. A completed session whose payment is still pending
     (`unpaid`: a bank debit) or failed links the customer only, so the subscription's own events
     find the user; its status comes from those events."""
@@ -378,7 +162,7 @@ def _checkout_plan(session: _CheckoutSession, *, paid: bool) -> Plan | None:
             customer_id=session.customer,
             status=provisional,
             tier=UserTier.PRO,
-            created_at=_time(session.created),
+            created_at=timestamp(session.created),
             created_exact=False,  # the session's time: the subscription's own events correct it
             ordered=False,  # it says nothing about the subscription's state at a moment
             status_from=CHECKOUT_APPLIES_TO,
@@ -386,7 +170,7 @@ def _checkout_plan(session: _CheckoutSession, *, paid: bool) -> Plan | None:
     )
 
 
-def _subscription_plan(subscription: _Subscription, *, deleted: bool) -> Plan | None:
+def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | None:
     status = "canceled" if deleted else subscription.status
     tier = tier_for_status(status)
     if tier is None and status not in NO_TIER_STATUSES:
@@ -401,12 +185,12 @@ def _subscription_plan(subscription: _Subscription, *, deleted: bool) -> Plan | 
             tier=tier,
             plan=subscription.plan(),
             ends_at=subscription.ends_at(),
-            created_at=_time(subscription.created),
+            created_at=timestamp(subscription.created),
         ),
     )
 
 
-def _invoice_plan(invoice: _Invoice, *, paid: bool) -> Plan | None:
+def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
     subscription_id = invoice.subscription_id()
     if not subscription_id:
         return None  # a one-off invoice: nothing to do with the subscription
@@ -438,7 +222,7 @@ def _invoice_plan(invoice: _Invoice, *, paid: bool) -> Plan | None:
 
 
 def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = None) -> Outcome:
-    """Apply the event's effect in the caller's transaction (no claim: see `handle_event`).
+    """Apply the event's effect in the caller's transaction (no claim: see `process`).
 
     Raises `BillingUserNotFoundError` when no user matches and `InvalidEventError` when the
     event lacks what its type needs; the caller's transaction must then roll back.
@@ -505,7 +289,7 @@ def _claim_and_apply(
     return outcome, changed
 
 
-def handle(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
+def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     """Process a verified event exactly once; see the module docstring.
 
     Raises on failure, after recording it: `DatabaseUnavailableError` (answer 503) or anything
@@ -537,12 +321,7 @@ def handle(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     return outcome
 
 
-def handle_event(payload: Mapping[str, Any], *, now: datetime | None = None) -> Outcome:
-    """`handle` for an event as JSON (`InvalidEventError` when it is not an event at all)."""
-    return handle(StripeEvent.from_payload(payload), now=now)
-
-
-def process_event(event_id: str, *, now: datetime | None = None) -> Outcome:
+def process_recorded(event_id: str, *, now: datetime | None = None) -> Outcome:
     """Run a recorded event again from its stored payload (the retry cron's entry point)."""
     record = db.run(lambda session: webhook_events.get(session, event_id), idempotent=True)
     if record is None:
@@ -551,7 +330,7 @@ def process_event(event_id: str, *, now: datetime | None = None) -> Outcome:
         return Outcome.DUPLICATE
     if record.provider != PROVIDER or not record.payload:
         raise InvalidEventError(f"webhook event {event_id} has no stored Stripe payload")
-    return handle_event(record.payload, now=now)
+    return process(StripeEvent.from_payload(record.payload), now=now)
 
 
 def describe_failure(error: BaseException) -> str:

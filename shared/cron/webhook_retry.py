@@ -1,7 +1,7 @@
 """Webhook retries (every 15 min): apply Stripe events that failed, through the webhook's path.
 
 Each due event (unprocessed, attempted fewer than WEBHOOK_RETRY_MAX_ATTEMPTS times, its backoff
-WEBHOOK_RETRY_BASE_DELAY_S * 2^(attempts-1) over) goes through `shared.billing.process_event`,
+WEBHOOK_RETRY_BASE_DELAY_S * 2^(attempts-1) over) goes through `shared.billing.process_recorded`,
 the same claim-apply-mark transaction the Stripe webhook uses: a delivery of the same event
 arriving meanwhile waits on the claimed row and then sees it processed, so an event is
 applied once whoever gets there first. A failure is recorded by billing (attempts + 1, new
@@ -64,7 +64,7 @@ def _retry(event_id: str, provider: str, run: Run) -> str:
     if provider != billing.PROVIDER:
         return "skipped"  # only Stripe events are retried; others never stay unprocessed
     try:
-        return billing.process_event(event_id, now=run.now).value
+        return billing.process_recorded(event_id, now=run.now).value
     except Exception as error:
         log_event(
             "webhook_retry_failed",

@@ -22,11 +22,12 @@ import pytest
 from sqlalchemy import select
 
 from devkit import events
-from shared import accounts, billing, config, db
+from shared import accounts, billing, config, db, stripe_objects
 from shared.clock import utcnow
 from shared.db import DatabaseUnavailableError
 from shared.models import ErasedBillingCustomer, UserTier, WebhookEvent
 from shared.repositories import subscriptions, users, webhook_events
+from shared.stripe_objects import StripeEvent
 from tests.support.http import STYLES, Caller, Keys
 from tests.support.stripe_events import (
     PATH,
@@ -721,41 +722,41 @@ def test_a_malformed_subscription_is_recorded_as_invalid(lambda_call: Caller) ->
 # --- the cron's entry point -----------------------------------------------------------------
 
 
-def test_process_event_reruns_a_recorded_failure_from_its_stored_payload(
+def test_process_recorded_reruns_a_recorded_failure_from_its_stored_payload(
     lambda_call: Caller,
 ) -> None:
     event = stripe_event("invoice.paid", invoice(customer="cus_cron"))
     assert deliver(lambda_call, event).status == 500  # no such customer yet
     make_pro(stripe_customer_id="cus_cron", tier=UserTier.FREE, subscription_status="unpaid")
-    assert billing.process_event(event["id"]) is billing.Outcome.APPLIED
+    assert billing.process_recorded(event["id"]) is billing.Outcome.APPLIED
     assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
-    assert billing.process_event(event["id"]) is billing.Outcome.DUPLICATE
+    assert billing.process_recorded(event["id"]) is billing.Outcome.DUPLICATE
     assert deliver(lambda_call, event).json == {"received": True, "duplicate": True}
     with pytest.raises(LookupError):
-        billing.process_event("evt_never_seen")
+        billing.process_recorded("evt_never_seen")
 
 
-def test_process_event_refuses_a_record_without_a_stripe_payload(stripe_env: Keys) -> None:
+def test_process_recorded_refuses_a_record_without_a_stripe_payload(stripe_env: Keys) -> None:
     db.run(lambda s: webhook_events.mark_failed(s, "msg_1", "user.created", None, "x",
                                                 provider="clerk"))  # fmt: skip
-    with pytest.raises(billing.InvalidEventError):
-        billing.process_event("msg_1")
+    with pytest.raises(stripe_objects.InvalidEventError):
+        billing.process_recorded("msg_1")
 
 
 def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
     make_pro()
-    stale = billing.StripeEvent.from_payload(
+    stale = StripeEvent.from_payload(
         stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 1)
     )
     bare = {**subscription("past_due"), "items": {"object": "list", "data": []}}  # no plan, end
-    newer = billing.StripeEvent.from_payload(stripe_event("customer.subscription.updated", bare))
-    older_still = billing.StripeEvent.from_payload(
+    newer = StripeEvent.from_payload(stripe_event("customer.subscription.updated", bare))
+    older_still = StripeEvent.from_payload(
         stripe_event("customer.subscription.updated", subscription("active"), created=T0 - 2)
     )
-    other = billing.StripeEvent.from_payload(
+    other = StripeEvent.from_payload(
         stripe_event("invoice.paid", invoice(sub_id="sub_replaced"), created=T0 + 1)
     )
-    unknown = billing.StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
+    unknown = StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
     assert db.transaction(lambda s: billing.apply_event(s, newer)) is billing.Outcome.APPLIED
     assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.FILLED
     assert (user().subscription_status, user().subscription_plan) == ("past_due", "Pro monthly")

@@ -1,0 +1,243 @@
+"""Stripe's events and objects as billing reads them: the slimmed form the webhook ledger stores,
+and typed views of subscriptions, checkout sessions and invoices in both API layouts (before and
+after 2025-03-31, "basil"). No rules here: `shared.billing` decides what an event does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeAlias
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+CHECKOUT_COMPLETED = "checkout.session.completed"
+CHECKOUT_PAID_LATER = "checkout.session.async_payment_succeeded"
+CHECKOUT_PAYMENT_FAILED = "checkout.session.async_payment_failed"
+CHECKOUT_EVENTS = frozenset({CHECKOUT_COMPLETED, CHECKOUT_PAID_LATER, CHECKOUT_PAYMENT_FAILED})
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+    }
+)
+INVOICE_PAID = "invoice.paid"
+INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
+
+
+class InvalidEventError(ValueError):
+    """The event lacks what its type needs (a retry will not help; the ledger says why)."""
+
+
+# --- the stored (and processed) form of an event --------------------------------------------
+
+Spec: TypeAlias = "bool | dict[str, Spec]"
+_REF: Spec = {"id": True}  # a Stripe id, or an expanded object of which only the id is kept
+_USER_METADATA: Spec = {"clerkUserId": True}
+_SUBSCRIPTION: Spec = {
+    "id": True,
+    "customer": _REF,
+    "status": True,
+    "created": True,
+    "metadata": _USER_METADATA,
+    "current_period_end": True,  # API versions before 2025-03-31
+    "ended_at": True,
+    "items": {
+        "data": {
+            "price": {"id": True, "nickname": True, "lookup_key": True},
+            "current_period_end": True,  # 2025-03-31 (basil) and later
+        }
+    },
+}
+_INVOICE: Spec = {
+    "id": True,
+    "customer": _REF,
+    "subscription": _REF,  # before basil
+    "subscription_details": {"metadata": _USER_METADATA},
+    "parent": {"subscription_details": {"subscription": _REF, "metadata": _USER_METADATA}},
+    "amount_paid": True,
+    "lines": {"data": {"period": {"end": True}}},
+}
+_CHECKOUT: Spec = {
+    "id": True,
+    "created": True,
+    "mode": True,
+    "customer": _REF,
+    "subscription": _REF,
+    "metadata": _USER_METADATA,
+    "client_reference_id": True,
+    "customer_email": True,
+    "customer_details": {"email": True},
+    "payment_status": True,
+}
+_KEEP: dict[str, Spec] = {
+    **{kind: _CHECKOUT for kind in CHECKOUT_EVENTS},
+    **{kind: _SUBSCRIPTION for kind in SUBSCRIPTION_EVENTS},
+    INVOICE_PAID: _INVOICE,
+    INVOICE_PAYMENT_FAILED: _INVOICE,
+}
+
+
+def _pick(value: Any, spec: Spec) -> Any:
+    """The parts of `value` that `spec` names (lists: each element); never fails."""
+    if spec is True or not isinstance(value, dict | list) or not isinstance(spec, dict):
+        return value
+    if isinstance(value, list):
+        return [_pick(item, spec) for item in value]
+    return {key: _pick(value[key], sub) for key, sub in spec.items() if key in value}
+
+
+@dataclass(frozen=True, slots=True)
+class StripeEvent:
+    """A Stripe event reduced to what billing reads (`object` is the slimmed data.object)."""
+
+    id: str
+    type: str
+    created: datetime
+    object: dict[str, Any]
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> StripeEvent:
+        event_id, kind, created = payload.get("id"), payload.get("type"), payload.get("created")
+        if not (isinstance(event_id, str) and 0 < len(event_id) <= 255):
+            raise InvalidEventError("event id missing")
+        if not (isinstance(kind, str) and 0 < len(kind) <= 255):
+            raise InvalidEventError("event type missing")
+        if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+            raise InvalidEventError("event created time missing")
+        data = payload.get("data")
+        obj = data.get("object") if isinstance(data, Mapping) else None
+        spec = _KEEP.get(kind)
+        slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
+        return cls(event_id, kind, datetime.fromtimestamp(created, UTC), slim)
+
+    def payload(self) -> dict[str, Any]:
+        """What the ledger stores: enough to process the event again, nothing more."""
+        record: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "created": int(self.created.timestamp()),
+        }
+        if self.type in _KEEP:
+            record["data"] = {"object": self.object}
+        return record
+
+
+# --- Stripe objects, as far as billing reads them -------------------------------------------
+
+
+def _ref(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+Ref = Annotated[str | None, BeforeValidator(_ref)]
+Metadata = Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})]
+
+
+class StripeModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Price(StripeModel):
+    id: str | None = None
+    nickname: str | None = None
+    lookup_key: str | None = None
+
+
+class Item(StripeModel):
+    price: Price | None = None
+    current_period_end: int | None = None
+
+
+class Items(StripeModel):
+    data: list[Item] = []
+
+
+class Subscription(StripeModel):
+    id: str
+    customer: Ref = None
+    status: str
+    created: int | None = None
+    metadata: Metadata = {}
+    current_period_end: int | None = None
+    ended_at: int | None = None
+    items: Items = Items()
+
+    def plan(self) -> str | None:
+        for item in self.items.data:
+            if item.price is not None:
+                name = item.price.nickname or item.price.lookup_key or item.price.id
+                if name:
+                    return name
+        return None
+
+    def ends_at(self) -> datetime | None:
+        ends = [item.current_period_end for item in self.items.data if item.current_period_end]
+        moment = self.ended_at or self.current_period_end or (max(ends) if ends else None)
+        return timestamp(moment)
+
+
+class CustomerDetails(StripeModel):
+    email: str | None = None
+
+
+class CheckoutSession(StripeModel):
+    id: str
+    created: int | None = None
+    mode: str | None = None
+    customer: Ref = None
+    subscription: Ref = None
+    metadata: Metadata = {}
+    client_reference_id: str | None = None
+    customer_email: str | None = None
+    customer_details: CustomerDetails | None = None
+    payment_status: str | None = None
+
+
+class SubscriptionDetails(StripeModel):
+    subscription: Ref = None
+    metadata: Metadata = {}
+
+
+class Parent(StripeModel):
+    subscription_details: SubscriptionDetails | None = None
+
+
+class Period(StripeModel):
+    end: int | None = None
+
+
+class Line(StripeModel):
+    period: Period | None = None
+
+
+class Lines(StripeModel):
+    data: list[Line] = []
+
+
+class Invoice(StripeModel):
+    id: str
+    customer: Ref = None
+    subscription: Ref = None
+    subscription_details: SubscriptionDetails | None = None
+    parent: Parent | None = None
+    lines: Lines = Lines()
+    amount_paid: int | None = None
+
+    def details(self) -> SubscriptionDetails:
+        if self.parent is not None and self.parent.subscription_details is not None:
+            return self.parent.subscription_details
+        return self.subscription_details or SubscriptionDetails()
+
+    def subscription_id(self) -> str | None:
+        return self.subscription or self.details().subscription
+
+    def period_end(self) -> datetime | None:
+        ends = [line.period.end for line in self.lines.data if line.period and line.period.end]
+        return timestamp(max(ends)) if ends else None
+
+
+def timestamp(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
