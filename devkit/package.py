@@ -3,7 +3,7 @@
 What goes in follows serverless.yml: `package.patterns` then the function's own patterns (later
 patterns win, `!` excludes), then what serverless-python-requirements adds: requirements.txt and
 everything it needs, less `noDeploy` (by top-level name, as the plugin filters), less what `slim`
-strips (`.pyc`, `__pycache__`, `.dist-info`). Last, every module is compiled by the target
+strips (its default patterns and/or `slimPatterns`). Last, every module is compiled by the target
 interpreter (devkit/bytecode.py), as devkit/serverless/bytecode.js does to the deployed zips.
 
 No AWS, no Docker, no network: dependencies are copied from this interpreter's environment, so a
@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BYTECODE = ROOT / "devkit" / "bytecode.py"
 # Never walked for sources: none of them can match a pattern that ships.
 _SKIP_DIRS = frozenset({".git", "node_modules", ".serverless", ".keyflash", "build"})
-# serverless-python-requirements' default `slim` patterns (its slimPatterns append to them).
-_SLIM = re.compile(r"(^|/)__pycache__|\.py[co]$|\.dist-info(/|$)")
+# serverless-python-requirements' default `slim` patterns (`slimPatterns` append to them unless
+# `slimPatternsAppendDefaults: false`); a pattern matching a directory removes all of it.
+SLIM_DEFAULTS = ("**/*.py[c|o]", "**/__pycache__*", "**/*.dist-info*")
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,17 @@ class Descriptor:
     patterns: list[str]
     functions: dict[str, list[str]]  # name -> its own package patterns
     no_deploy: frozenset[str]
-    slim: bool
+    slim: list[str]  # the patterns slim deletes (none when slim is off)
 
 
 def read_descriptor(root: Path = ROOT) -> Descriptor:
     config: dict[str, Any] = yaml.safe_load((root / "serverless.yml").read_text())
     runtime = str(config["provider"]["runtime"]).removeprefix("python")
     requirements = config.get("custom", {}).get("pythonRequirements", {})
+    slim: list[str] = []
+    if requirements.get("slim", False):
+        defaults = str(requirements.get("slimPatternsAppendDefaults", True)).lower() != "false"
+        slim = [*(SLIM_DEFAULTS if defaults else ()), *requirements.get("slimPatterns", [])]
     return Descriptor(
         runtime=runtime,
         patterns=list(config.get("package", {}).get("patterns", [])),
@@ -60,7 +65,7 @@ def read_descriptor(root: Path = ROOT) -> Descriptor:
             for name, spec in config["functions"].items()
         },
         no_deploy=frozenset(requirements.get("noDeploy", [])),
-        slim=bool(requirements.get("slim", False)),
+        slim=slim,
     )
 
 
@@ -105,9 +110,12 @@ def _walk(root: Path) -> Iterator[str]:
             yield (Path(directory) / name).relative_to(root).as_posix()
 
 
-def dependency_files(requirements: Path, no_deploy: frozenset[str]) -> dict[str, Path]:
+def dependency_files(
+    requirements: Path, no_deploy: frozenset[str], slim: list[str]
+) -> dict[str, Path]:
     """Every file the requirements install (package-relative path -> installed file), from this
     interpreter's environment, with the plugin's noDeploy and slim filters applied."""
+    slimmed = [_glob_regex(pattern) for pattern in slim]
     wanted: dict[str, set[str]] = {}
     queue = [
         Requirement(line.split("#")[0].strip())
@@ -132,10 +140,17 @@ def dependency_files(requirements: Path, no_deploy: frozenset[str]) -> dict[str,
         for record in distribution.files or []:
             relative = record.as_posix()
             top = re.split(r"[-\\/]|\.py$|\.pyc$", relative, maxsplit=1)[0]
-            if relative.startswith("..") or top in no_deploy or _SLIM.search(relative):
+            if relative.startswith("..") or top in no_deploy or _matches(relative, slimmed):
                 continue
             files[relative] = Path(str(distribution.locate_file(record)))
     return files
+
+
+def _matches(relative: str, regexes: list[re.Pattern[str]]) -> bool:
+    """Whether a pattern matches the file or one of its directories (deleted with its files)."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    return any(regex.match(prefix) for regex in regexes for prefix in prefixes)
 
 
 def runtime_python(version: str) -> str:
@@ -166,10 +181,16 @@ def _version_of(python: str) -> str | None:
 
 
 def build(
-    out: Path, functions: list[str] | None = None, *, python: str | None = None
+    out: Path,
+    functions: list[str] | None = None,
+    *,
+    python: str | None = None,
+    runtime: str | None = None,
 ) -> dict[str, Path]:
     """Build `out/<function>/` for each function (default: all); {function: its tree}.
 
+    Compiled by `python` (default: one of the Lambda runtime's version), which must be of
+    `runtime` (default: serverless.yml's); the benchmark runs the trees on another version.
     Everything is compiled once in `out/.staging` and hard-linked into the trees.
     """
     descriptor = read_descriptor()
@@ -177,10 +198,11 @@ def build(
     unknown = sorted(set(names) - set(descriptor.functions))
     if unknown:
         raise ValueError(f"not a function in serverless.yml: {', '.join(unknown)}")
-    interpreter = python or runtime_python(descriptor.runtime)
+    version = runtime or descriptor.runtime
+    interpreter = python or runtime_python(version)
     sources = list(_walk(ROOT))
     own = {n: select(sources, descriptor.patterns + descriptor.functions[n]) for n in names}
-    deps = dependency_files(ROOT / "requirements.txt", descriptor.no_deploy)
+    deps = dependency_files(ROOT / "requirements.txt", descriptor.no_deploy, descriptor.slim)
     staging = out / ".staging"
     shutil.rmtree(out, ignore_errors=True)
     staged: set[str] = set()
@@ -191,7 +213,7 @@ def build(
             shutil.copy2(source, target)
             staged.add(relative)
     subprocess.run(
-        [interpreter, str(BYTECODE), "--runtime", descriptor.runtime, "--tree", str(staging)],
+        [interpreter, str(BYTECODE), "--runtime", version, "--tree", str(staging)],
         check=True,
     )
     trees = {}

@@ -10,6 +10,7 @@ no Docker, no network: dependencies come from the test's own environment.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import struct
 import subprocess
@@ -89,7 +90,19 @@ def test_only_code_ships(function: str, trees: dict[str, Path]) -> None:
     if function.startswith("cron_"):
         expected.add("functions/cron/__init__.py")
     assert sources == expected
-    assert not [f for f in _files(tree) if ".dist-info/" in f], "slim strips .dist-info"
+
+
+def test_the_dependencies_metadata_ships(trees: dict[str, Path]) -> None:
+    """psycopg reads its version from its .dist-info, and SQLAlchemy refuses a psycopg whose
+    version it cannot read: slim's default patterns, which delete .dist-info, broke every
+    database call of the deployed functions."""
+    shipped = {
+        dist.metadata["Name"].lower(): dist.version
+        for dist in importlib.metadata.distributions(path=[str(trees["health"])])
+    }
+    for name in ("psycopg", "sqlalchemy", "pydantic", "fastapi"):
+        assert shipped.get(name) == importlib.metadata.version(name), (name, shipped.get(name))
+    assert not {"boto3", "botocore"} & set(shipped), "noDeploy: the runtime has its own"
 
 
 def test_a_zip_gets_bytecode_that_is_loaded_without_its_source_checked(
