@@ -100,8 +100,9 @@ def _cold(data: dict[str, Any]) -> str:
                 name,
                 fmt(row.get("startup_ms")),
                 fmt(row.get("import_ms")),
-                f"{row.get('import_vs_hello')}x" if row.get("import_vs_hello") is not None else "",
                 fmt(row.get("first_response_ms")),
+                fmt(row.get("cold_ms")),
+                f"{row.get('import_vs_hello')}x" if row.get("import_vs_hello") is not None else "",
                 fmt(row.get("total_ms")),
                 top or "",
             ]
@@ -111,9 +112,10 @@ def _cold(data: dict[str, Any]) -> str:
             "function",
             "interpreter start",
             "import",
-            "vs hello",
             "first response",
-            "spawn → response",
+            "import + first response",
+            "vs hello",
+            "spawn → response (or first query)",
             "top imports (cumulative ms)",
         ],
         rows,
@@ -124,8 +126,8 @@ def _cold(data: dict[str, Any]) -> str:
             for name, row in data["no_bytecode_cache"].items()
         ]
         out += (
-            "\n\nWithout a bytecode cache (no `.pyc`, as a `slim` package on Lambda's read-only "
-            "/var/task):\n\n"
+            "\n\nWithout bytecode (no `.pyc`, as the package shipped before it was compiled for "
+            "the runtime; Lambda's read-only /var/task keeps nothing):\n\n"
         )
         out += table(["function", "import", "spawn → response"], extra)
     if data.get("crons"):

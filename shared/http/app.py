@@ -30,7 +30,6 @@ from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, CorsCsrf
-from shared.repositories import api_usage
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
@@ -219,6 +218,10 @@ def _production() -> bool:
 
 def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms: int) -> None:
     """Write the request's `api_usage` row; analytics must never fail a request."""
+    # Imported here: it loads the ORM mappers, which a function recording no usage (health)
+    # never needs; the others pay for it on their first request.
+    from shared.repositories import api_usage
+
     try:
         settings = get_settings()
         headers = Headers(scope=scope)
