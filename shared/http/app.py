@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import db
+from shared import db, snapstart
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
 from shared.http import openapi
@@ -73,7 +73,9 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
 
 
 def lambda_handler(app: FastAPI) -> Mangum:
-    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`."""
+    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`; on Lambda, the
+    SnapStart hooks (`shared.snapstart`) are registered here, during INIT."""
+    snapstart.register()
     return Mangum(app, lifespan="off")
 
 
