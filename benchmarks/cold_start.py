@@ -16,7 +16,9 @@ result, against a bare `import psycopg`, connect and one query. `-X importtime` 
 costliest top-level packages.
 
 A variant imports with no bytecode (an empty `PYTHONPYCACHEPREFIX`): what the package cost when
-serverless.yml shipped it without `.pyc` files.
+serverless.yml shipped it without `.pyc` files. SnapStart is emulated too: import and warm, the
+before-snapshot hooks, a fork; the child runs the after-restore hooks and answers the first
+event ("restore → first response").
 """
 
 from __future__ import annotations
@@ -82,6 +84,48 @@ importlib.import_module(sys.argv[1])
 elapsed = (time.perf_counter() - started) * 1000
 web = sorted(m for m in ("fastapi", "starlette", "mangum") if m in sys.modules)
 print("@@COLD " + json.dumps({"import_ms": elapsed, "web_framework": web}))
+"""
+
+# SnapStart emulated: INIT (import; the hooks warm when AWS_LAMBDA_INITIALIZATION_TYPE says
+# snap-start), the before-snapshot hooks, then a fork as the restored container: it runs the
+# after-restore hooks and answers the first event. A stand-in registers the hooks, as Lambda's
+# `snapshot_restore_py` would.
+SNAP_PROBE = r"""
+import importlib, json, os, sys, time, types
+hooks = {"before": [], "after": []}
+stand_in = types.ModuleType("snapshot_restore_py")
+stand_in.register_before_snapshot = lambda fn: hooks["before"].append(fn) or fn
+stand_in.register_after_restore = lambda fn: hooks["after"].append(fn) or fn
+sys.modules["snapshot_restore_py"] = stand_in
+module = importlib.import_module(sys.argv[1])
+event = json.loads(sys.stdin.read())
+class Context:
+    function_name = sys.argv[1]
+    aws_request_id = "restored"
+    memory_limit_in_mb = "512"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
+    def get_remaining_time_in_millis(self):
+        return 30000
+for hook in hooks["before"]:
+    hook()
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(read)
+    restored = time.perf_counter()
+    for hook in hooks["after"]:
+        hook()
+    response = module.handler(event, Context())
+    elapsed = (time.perf_counter() - restored) * 1000
+    answer = {"restore_ms": elapsed, "status": response.get("statusCode")}
+    os.write(write, json.dumps(answer).encode())
+    os._exit(0)
+os.close(write)
+with os.fdopen(read) as pipe:
+    data = json.loads(pipe.read())
+os.waitpid(child, 0)
+data["wall_end"] = time.time()
+print("@@COLD " + json.dumps(data))
 """
 
 # From process start to the first query result: the core alone, and the floor under it.
@@ -195,6 +239,21 @@ def _measure(
                 except RuntimeError as error:
                     failures[f"{name} (no .pyc)"] = str(error)[-800:]
 
+    snap: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for _ in range(ctx.pick(3, 1)):
+        for name in [HELLO, *names]:
+            module, event, extra = _call(name, scenario_of, tokens, fixtures)
+            snapstart = {
+                **env,
+                **extra,
+                "PYTHONPATH": trees[name],
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
+            }
+            try:
+                snap[name].append(_spawn(["-c", SNAP_PROBE, module], json.dumps(event), snapstart))
+            except RuntimeError as error:
+                failures[f"{name} (SnapStart)"] = str(error)[-800:]
+
     profiled = [HELLO, *names] if not ctx.quick else [HELLO, names[0]] if names else []
     importtime = {
         name: _importtime(
@@ -221,6 +280,9 @@ def _measure(
             "heavy_packages": runs[-1].get("heavy") if runs else None,
             "top_imports": importtime.get(name, []),
         }
+        if name in snap:
+            rows[name]["restore_ms"] = summary([r["restore_ms"] for r in snap[name]])
+            rows[name]["restore_statuses"] = sorted({r.get("status") for r in snap[name]})
         if name in failures:
             rows[name]["error"] = failures[name]
     hello_cold = rows[HELLO]["cold_ms"].get("median")

@@ -104,6 +104,7 @@ def _cold(data: dict[str, Any]) -> str:
                 fmt(row.get("cold_ms")),
                 f"{row.get('import_vs_hello')}x" if row.get("import_vs_hello") is not None else "",
                 fmt(row.get("total_ms")),
+                fmt(row.get("restore_ms")),
                 top or "",
             ]
         )
@@ -116,6 +117,7 @@ def _cold(data: dict[str, Any]) -> str:
             "import + first response",
             "vs hello",
             "spawn → response (or first query)",
+            "SnapStart: restore → first response",
             "top imports (cumulative ms)",
         ],
         rows,
