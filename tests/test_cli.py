@@ -703,7 +703,7 @@ COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
     ("db", "migrate"): [], ("db", "downgrade"): ["-1"], ("db", "check"): [], ("db", "seed"): [],
     ("db", "reset"): [], ("db", "backup"): ["x.dump"], ("db", "restore"): ["x.dump"],
     ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
-    ("openapi",): [],
+    ("openapi",): [], ("package",): ["health"],
 }  # fmt: skip
 
 
@@ -753,7 +753,7 @@ def test_every_command_has_help() -> None:
     for args in (
         [], ["dev"], ["invoke"], ["cron"], ["cron", "list"], ["cron", "run"], ["db"],
         ["db", "migrate"], ["db", "downgrade"], ["db", "reset"], ["db", "backup"],
-        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"],
+        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"], ["package"],
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exited:
             cli.main([*args, "--help"])
