@@ -1,32 +1,46 @@
 """1. Cold start: a fresh interpreter imports a function and answers its first real event.
 
-Per function, in a new process each time (as Lambda's init phase plus first invoke): interpreter
-start-up, `import functions.<name>` (timed inside the child with `perf_counter`), and the first
-response to a real API Gateway v2 event, which includes connecting to PostgreSQL and Upstash.
-Baselines measured in the same run, interleaved with the functions (targets shuffled each round):
-a bare interpreter (`python -c pass`) and a minimal FastAPI + Mangum hello world
-(`benchmarks/hello_app.py`). `-X importtime` gives the five costliest top-level packages.
+Measured on the deployed artifact: each function's package is built as the deploy builds it
+(`devkit.package`: serverless.yml's patterns, the requirements, bytecode compiled ahead of time,
+unchecked hash-based), made read-only, and run with `PYTHONDONTWRITEBYTECODE=1` and the base
+interpreter (no virtualenv, no editable install), as Lambda runs `/var/task`. Run the benchmark
+from `.venv-3.12` to measure the runtime's own files.
 
-A variant imports with no bytecode cache (an empty `PYTHONPYCACHEPREFIX`): what a package
-deployed without `.pyc` files pays on Lambda, whose read-only `/var/task` cannot keep the
-compiled files (serverless.yml packages with `slim: true`, which strips them).
+Per function, in a new process each time (Lambda's init phase plus the first invoke):
+interpreter start-up, `import functions.<name>` and the first response to a real API Gateway v2
+event, which includes connecting to PostgreSQL and Upstash (timed inside the child with
+`perf_counter`). Baselines in the same run, interleaved with the functions (shuffled each round):
+a bare interpreter, a FastAPI + Mangum hello world (`benchmarks/hello_app.py`, from the same
+package), and for the core: `shared.db` + one repository from process start to the first query
+result, against a bare `import psycopg`, connect and one query. `-X importtime` gives the five
+costliest top-level packages.
+
+A variant imports with no bytecode (an empty `PYTHONPYCACHEPREFIX`): what the package cost when
+serverless.yml shipped it without `.pyc` files. SnapStart is emulated too: import and warm, the
+before-snapshot hooks, a fork; the child runs the after-restore hooks and answers the first
+event ("restore → first response").
 """
 
 from __future__ import annotations
 
 import json
+import os
+import py_compile
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from benchmarks import scenarios
 from benchmarks.core import ROOT, Context, target
 from benchmarks.scenarios import Fixtures, Tokens
 from benchmarks.stats import ratio, summary
+from devkit.package import build
 
 # Runs in the child. Only builtins/frozen modules are touched before the import is timed.
 PROBE = r"""
@@ -72,62 +86,187 @@ web = sorted(m for m in ("fastapi", "starlette", "mangum") if m in sys.modules)
 print("@@COLD " + json.dumps({"import_ms": elapsed, "web_framework": web}))
 """
 
+# SnapStart emulated: INIT (import; the hooks warm when AWS_LAMBDA_INITIALIZATION_TYPE says
+# snap-start), the before-snapshot hooks, then a fork as the restored container: it runs the
+# after-restore hooks and answers the first event. A stand-in registers the hooks, as Lambda's
+# `snapshot_restore_py` would.
+SNAP_PROBE = r"""
+import importlib, json, os, sys, time, types
+hooks = {"before": [], "after": []}
+stand_in = types.ModuleType("snapshot_restore_py")
+stand_in.register_before_snapshot = lambda fn: hooks["before"].append(fn) or fn
+stand_in.register_after_restore = lambda fn: hooks["after"].append(fn) or fn
+sys.modules["snapshot_restore_py"] = stand_in
+module = importlib.import_module(sys.argv[1])
+event = json.loads(sys.stdin.read())
+class Context:
+    function_name = sys.argv[1]
+    aws_request_id = "restored"
+    memory_limit_in_mb = "512"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
+    def get_remaining_time_in_millis(self):
+        return 30000
+for hook in hooks["before"]:
+    hook()
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(read)
+    restored = time.perf_counter()
+    for hook in hooks["after"]:
+        hook()
+    response = module.handler(event, Context())
+    elapsed = (time.perf_counter() - restored) * 1000
+    answer = {"restore_ms": elapsed, "status": response.get("statusCode")}
+    os.write(write, json.dumps(answer).encode())
+    os._exit(0)
+os.close(write)
+with os.fdopen(read) as pipe:
+    data = json.loads(pipe.read())
+os.waitpid(child, 0)
+data["wall_end"] = time.time()
+print("@@COLD " + json.dumps(data))
+"""
+
+# From process start to the first query result: the core alone, and the floor under it.
+CORE_PROBE = r"""
+from shared import db
+from shared.repositories import users
+user = db.run(lambda session: users.get(session, "user_cold_probe"), idempotent=True)
+import json, time
+print("@@COLD " + json.dumps({"wall_end": time.time()}))
+"""
+PSYCOPG_PROBE = r"""
+import os
+import psycopg
+with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    conn.execute("SELECT * FROM users WHERE id = %s", ("user_cold_probe",)).fetchone()
+import json, time
+print("@@COLD " + json.dumps({"wall_end": time.time()}))
+"""
+
 HELLO = "hello world (FastAPI + Mangum)"
 BARE = "bare interpreter"
+CORE = "core to first query (shared.db + users.get)"
+PSYCOPG = "bare psycopg to first query"
+# Lambda's interpreter, not this venv's: the package must carry everything it imports.
+PYTHON = getattr(sys, "_base_executable", sys.executable)
 
 
 def run(
     ctx: Context, functions: dict[str, list[tuple[str, str]]], crons: list[str]
 ) -> dict[str, Any]:
-    tokens = Tokens(ctx.stack.private_pem)
-    fixtures = Fixtures(**ctx.fixtures)
     names = list(functions)
     if ctx.quick:
         names = [name for name in ("health", "keywords") if name in functions]
-    rounds = ctx.pick(3, 1)
-    env = ctx.stack.app_env()
+    with tempfile.TemporaryDirectory(prefix="keyflash-package-") as scratch:
+        ctx.log(f"  cold start: packaging {len(names)} functions (devkit.package)")
+        trees = _package(Path(scratch), names)
+        return _measure(ctx, functions, crons, names, trees)
+
+
+def _package(out: Path, names: list[str]) -> dict[str, str]:
+    """Each function's package, the hello world's and the core's: {target: PYTHONPATH}.
+
+    The trees are made read-only, as /var/task is."""
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the trees run on this version
+    built = build(out, names, python=sys.executable, runtime=running)
+    hello = out / "hello"
+    hello.mkdir()
+    shutil.copy2(ROOT / "benchmarks" / "hello_app.py", hello / "hello_app.py")
+    py_compile.compile(
+        str(hello / "hello_app.py"),
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    for directory, _, files in os.walk(out):
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o444)
+        os.chmod(directory, 0o555)
+    any_tree = str(built[names[0]])  # every package holds shared/ and the dependencies
+    paths = {name: str(tree) for name, tree in built.items()}
+    paths[HELLO] = f"{hello}{os.pathsep}{any_tree}"
+    paths[CORE] = paths[PSYCOPG] = paths[BARE] = any_tree
+    return paths
+
+
+def _measure(
+    ctx: Context,
+    functions: dict[str, list[tuple[str, str]]],
+    crons: list[str],
+    names: list[str],
+    trees: dict[str, str],
+) -> dict[str, Any]:
+    tokens = Tokens(ctx.stack.private_pem)
+    fixtures = Fixtures(**ctx.fixtures)
+    rounds = ctx.pick(5, 1)
+    # As deployed: /var/task keeps no bytecode, and serverless.yml's provider.environment.
+    env = {
+        **ctx.stack.app_env(),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYDANTIC_DISABLE_PLUGINS": "__all__",
+    }
     samples: dict[str, list[dict[str, Any]]] = defaultdict(list)
     failures: dict[str, str] = {}
-    targets_list = [BARE, HELLO, *names]
+    targets_list = [BARE, HELLO, CORE, PSYCOPG, *names]
     scenario_of = {name: scenarios.primary(name, functions[name]) for name in names}
     ctx.log(f"  cold start: {len(targets_list)} targets x {rounds} rounds")
-    # Every module gets its .pyc first (code edited since the last run would otherwise pay its
-    # compilation in its first sample only): one interpreter imports them all, untimed.
-    _compile_all(["benchmarks.hello_app", *(f"functions.{name}" for name in names)], env)
     for _ in range(rounds):
         order = list(targets_list)
         random.shuffle(order)
         for name in order:
-            if name == BARE:
-                samples[name].append(_bare(env))
-                continue
-            module, event, env_call = _call(name, scenario_of, tokens, fixtures, env)
+            packaged = {**env, "PYTHONPATH": trees[name]}
             try:
-                samples[name].append(_probe(module, event, env_call))
+                if name == BARE:
+                    samples[name].append(_spawn(["-c", "pass"], None, packaged))
+                elif name in (CORE, PSYCOPG):
+                    probe = CORE_PROBE if name == CORE else PSYCOPG_PROBE
+                    samples[name].append(_spawn(["-c", probe], None, packaged))
+                else:
+                    module, event, extra = _call(name, scenario_of, tokens, fixtures)
+                    samples[name].append(_probe(module, event, {**packaged, **extra}))
             except RuntimeError as error:
                 failures[name] = str(error)[-800:]
-    # No bytecode cache: a few targets, fewer rounds (every import compiles from source).
+    # No bytecode: a few targets, fewer rounds (every import compiles from source).
     no_pyc_names = [HELLO, *[n for n in ("health", "keywords") if n in names]]
     no_pyc: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for _ in range(ctx.pick(1, 0)):  # skipped in quick runs: every import compiles (seconds)
+    for _ in range(ctx.pick(2, 0)):  # skipped in quick runs: every import compiles (seconds)
         for name in no_pyc_names:
             with tempfile.TemporaryDirectory(prefix="keyflash-nopyc-") as empty:
-                extra = {"PYTHONPYCACHEPREFIX": empty, "PYTHONDONTWRITEBYTECODE": "1"}
-                module, event, base = _call(name, scenario_of, tokens, fixtures, env)
+                module, event, extra = _call(name, scenario_of, tokens, fixtures)
+                nopyc = {**env, **extra, "PYTHONPATH": trees[name], "PYTHONPYCACHEPREFIX": empty}
                 try:
-                    no_pyc[name].append(_probe(module, event, {**base, **extra}))
+                    no_pyc[name].append(_probe(module, event, nopyc))
                 except RuntimeError as error:
                     failures[f"{name} (no .pyc)"] = str(error)[-800:]
 
+    snap: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for _ in range(ctx.pick(3, 1)):
+        for name in [HELLO, *names]:
+            module, event, extra = _call(name, scenario_of, tokens, fixtures)
+            snapstart = {
+                **env,
+                **extra,
+                "PYTHONPATH": trees[name],
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
+            }
+            try:
+                snap[name].append(_spawn(["-c", SNAP_PROBE, module], json.dumps(event), snapstart))
+            except RuntimeError as error:
+                failures[f"{name} (SnapStart)"] = str(error)[-800:]
+
+    profiled = [HELLO, *names] if not ctx.quick else [HELLO, names[0]] if names else []
     importtime = {
-        name: _importtime("benchmarks.hello_app" if name == HELLO else f"functions.{name}", env)
-        for name in ([HELLO, *names] if not ctx.quick else [HELLO, names[0]] if names else [])
+        name: _importtime(
+            "hello_app" if name == HELLO else f"functions.{name}",
+            {**env, "PYTHONPATH": trees[name]},
+        )
+        for name in profiled
     }
     rows: dict[str, Any] = {}
     for name in targets_list:
         runs = samples.get(name, [])
         rows[name] = {
-            "scenario": None if name in (BARE, HELLO) else scenario_of[name].name,
+            "scenario": scenario_of[name].name if name in scenario_of else None,
             "runs": len(runs),
             "statuses": sorted({r.get("status") for r in runs if r.get("status") is not None}),
             "startup_ms": summary([r["startup_ms"] for r in runs if "startup_ms" in r]),
@@ -135,16 +274,20 @@ def run(
             "first_response_ms": summary(
                 [r["first_response_ms"] for r in runs if "first_response_ms" in r]
             ),
+            "cold_ms": summary([r["cold_ms"] for r in runs if "cold_ms" in r]),
             "total_ms": summary([r["total_ms"] for r in runs]),
             "modules": runs[-1].get("modules") if runs else None,
             "heavy_packages": runs[-1].get("heavy") if runs else None,
             "top_imports": importtime.get(name, []),
         }
+        if name in snap:
+            rows[name]["restore_ms"] = summary([r["restore_ms"] for r in snap[name]])
+            rows[name]["restore_statuses"] = sorted({r.get("status") for r in snap[name]})
         if name in failures:
             rows[name]["error"] = failures[name]
-    hello_import = rows[HELLO]["import_ms"].get("median")
+    hello_cold = rows[HELLO]["cold_ms"].get("median")
     for name in names:
-        rows[name]["import_vs_hello"] = ratio(rows[name]["import_ms"].get("median"), hello_import)
+        rows[name]["import_vs_hello"] = ratio(rows[name]["cold_ms"].get("median"), hello_cold)
     no_pyc_rows = {
         name: {
             "import_ms": summary([r["import_ms"] for r in runs]),
@@ -152,7 +295,7 @@ def run(
         }
         for name, runs in no_pyc.items()
     }
-    cron_rows = _cron_probes(crons, env, parallel=ctx.quick)
+    cron_rows = _cron_probes(crons, ctx.stack.app_env(), parallel=ctx.quick)
 
     over = [
         f"{n} {rows[n]['import_vs_hello']}x"
@@ -161,17 +304,27 @@ def run(
     ]
     ratios = sorted(r for n in names if (r := rows[n]["import_vs_hello"]) is not None)
     spread = f"{ratios[0]}x to {ratios[-1]}x" if ratios else "no measurement"
-    median_import = summary([rows[n]["import_ms"]["median"] for n in names if rows[n]["runs"]])
+    median_cold = summary([rows[n]["cold_ms"]["median"] for n in names if rows[n]["runs"]])
+    core_ms = rows[CORE]["total_ms"].get("median")
+    floor_ms = rows[PSYCOPG]["total_ms"].get("median")
+    core_ratio = ratio(core_ms, floor_ms)
     verdicts = [
         target(
-            "each HTTP function's import time within 1.3x the FastAPI + Mangum hello world",
+            "each HTTP function's import + first response within 1.3x the FastAPI + Mangum "
+            "hello world (packaged, read-only, bytecode shipped)",
             not over and bool(names),
-            f"hello world {hello_import} ms; functions {median_import.get('median')} ms "
+            f"hello world {hello_cold} ms; functions {median_cold.get('median')} ms "
             f"(median of {len(names)}), {spread}",
             detail=(f"{len(over)} of {len(names)} over: " + ", ".join(over) + ". " + _beyond(rows))
             if over
             else "",
-        )
+        ),
+        target(
+            "the core from process start to its first query result within 1.5x bare psycopg "
+            "(import, connect, one query)",
+            core_ratio is not None and core_ratio <= 1.5,
+            f"core {core_ms} ms, bare psycopg {floor_ms} ms: {core_ratio}x",
+        ),
     ]
     if crons:
         leaking = [
@@ -210,7 +363,7 @@ def _beyond(rows: dict[str, Any]) -> str:
     median cumulative time of each top-level package among the functions' five costliest."""
     costs: dict[str, list[float]] = defaultdict(list)
     for name, row in rows.items():
-        if name in (BARE, HELLO):
+        if name in (BARE, HELLO, CORE, PSYCOPG):
             continue
         for entry in row.get("top_imports", []):
             costs[entry["package"]].append(entry["cumulative_ms"])
@@ -220,7 +373,7 @@ def _beyond(rows: dict[str, Any]) -> str:
         key=lambda item: item[1],
         reverse=True,
     )
-    measured = sum(1 for n, row in rows.items() if n not in (BARE, HELLO) and row["top_imports"])
+    measured = sum(1 for row in rows.values() if row["scenario"] and row["top_imports"])
     parts = [
         f"{package} {median:.0f} ms ({count} of {measured} functions)"
         for package, median, count in ranked
@@ -236,61 +389,56 @@ def _call(
     scenario_of: dict[str, scenarios.Scenario],
     tokens: Tokens,
     fixtures: Fixtures,
-    env: dict[str, str],
 ) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """(module, event, environment) for one cold start of `name`."""
+    """(module, event, extra environment) for one cold start of `name`."""
     if name == HELLO:
-        return "benchmarks.hello_app", scenarios.request("GET", "/hello"), env
+        return "hello_app", scenarios.request("GET", "/hello"), {}
     scenario = scenario_of[name]
     if scenario.needs is not None:  # primary scenarios need none; generic ones never do
         raise ValueError(f"cold start cannot prepare {scenario.needs!r}")
-    return f"functions.{name}", scenario.build(tokens, fixtures), {**env, **scenario.env}
+    return f"functions.{name}", scenario.build(tokens, fixtures), dict(scenario.env)
 
 
-def _compile_all(modules: list[str], env: dict[str, str]) -> None:
-    """Import every module once in one interpreter, so each has its bytecode cache."""
-    source = "import importlib\n" + "".join(
-        f"try:\n    importlib.import_module({module!r})\nexcept Exception:\n    pass\n"
-        for module in modules
-    )
-    subprocess.run(
-        [sys.executable, "-c", source], env=env, cwd=ROOT, capture_output=True, timeout=300
-    )
-
-
-def _bare(env: dict[str, str]) -> dict[str, Any]:
-    spawned = time.time()
-    subprocess.run([sys.executable, "-c", "pass"], env=env, cwd=ROOT, check=True)
-    return {"total_ms": (time.time() - spawned) * 1000}
-
-
-def _probe(module: str, event: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+def _spawn(args: list[str], stdin: str | None, env: dict[str, str]) -> dict[str, Any]:
+    """Run PYTHON with `args` in a fresh process; spawn to exit, or to the child's `@@COLD`
+    line (with its own fields) when it prints one."""
     spawned = time.time()
     completed = subprocess.run(
-        [sys.executable, "-c", PROBE, module],
-        input=json.dumps(event),
+        [PYTHON, *args],
+        input=stdin,
         env=env,
-        cwd=ROOT,
+        cwd=env["PYTHONPATH"].split(os.pathsep)[0],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{args[:2]} failed: {completed.stderr[-1500:]}")
     for line in completed.stdout.splitlines():
         if line.startswith("@@COLD "):
             data: dict[str, Any] = json.loads(line[7:])
-            data["startup_ms"] = (data.pop("wall_start") - spawned) * 1000
+            if "wall_start" in data:
+                data["startup_ms"] = (data.pop("wall_start") - spawned) * 1000
             data["total_ms"] = (data.pop("wall_end") - spawned) * 1000
             return data
-    raise RuntimeError(f"cold probe of {module} failed: {completed.stderr[-1500:]}")
+    return {"total_ms": (time.time() - spawned) * 1000}
+
+
+def _probe(module: str, event: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    data = _spawn(["-c", PROBE, module], json.dumps(event), env)
+    if "import_ms" not in data:
+        raise RuntimeError(f"cold probe of {module} printed no result")
+    data["cold_ms"] = data["import_ms"] + data["first_response_ms"]
+    return data
 
 
 def _importtime(module: str, env: dict[str, str]) -> list[dict[str, Any]]:
     """The five top-level packages with the largest cumulative import time (`-X importtime`)."""
     completed = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        [PYTHON, "-X", "importtime", "-c", f"import {module}"],
         env=env,
-        cwd=ROOT,
+        cwd=env["PYTHONPATH"].split(os.pathsep)[0],
         capture_output=True,
         text=True,
         timeout=120,

@@ -102,9 +102,11 @@ def _cold(data: dict[str, Any]) -> str:
                 name,
                 fmt(row.get("startup_ms")),
                 fmt(row.get("import_ms")),
-                f"{row.get('import_vs_hello')}x" if row.get("import_vs_hello") is not None else "",
                 fmt(row.get("first_response_ms")),
+                fmt(row.get("cold_ms")),
+                f"{row.get('import_vs_hello')}x" if row.get("import_vs_hello") is not None else "",
                 fmt(row.get("total_ms")),
+                fmt(row.get("restore_ms")),
                 top or "",
             ]
         )
@@ -113,9 +115,11 @@ def _cold(data: dict[str, Any]) -> str:
             "function",
             "interpreter start",
             "import",
-            "vs hello",
             "first response",
-            "spawn → response",
+            "import + first response",
+            "vs hello",
+            "spawn → response (or first query)",
+            "SnapStart: restore → first response",
             "top imports (cumulative ms)",
         ],
         rows,
@@ -126,8 +130,8 @@ def _cold(data: dict[str, Any]) -> str:
             for name, row in data["no_bytecode_cache"].items()
         ]
         out += (
-            "\n\nWithout a bytecode cache (no `.pyc`, as a `slim` package on Lambda's read-only "
-            "/var/task):\n\n"
+            "\n\nWithout bytecode (no `.pyc`, as the package shipped before it was compiled for "
+            "the runtime; Lambda's read-only /var/task keeps nothing):\n\n"
         )
         out += table(["function", "import", "spawn → response"], extra)
     if data.get("crons"):

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -262,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
         "Derive from functions/ what each descriptor must declare (routes, methods, preflights, "
         "schedules, package patterns) and list every difference; exit 1 when there is one.",
         _check,
+    )
+
+    package = command(
+        "package",
+        "build each function's Lambda package as a directory, as the deploy does",
+        "Copy what serverless.yml packages for each function (its patterns, the requirements "
+        "less noDeploy and slim's strips, from this environment) into OUT/<function>/ and "
+        "compile every module with the Lambda runtime's Python (unchecked hash-based .pyc). "
+        "No AWS, no Docker, no network.",
+        _package,
+    )
+    package.add_argument("functions", nargs="*", metavar="FUNCTION", help="default: all")
+    package.add_argument(
+        "--out", type=Path, default=Path("build/lambda"), help="default: build/lambda"
+    )
+    package.add_argument(
+        "--python", metavar="PATH", help="the compiling interpreter (default: a Python 3.12)"
     )
 
     openapi = command(
@@ -579,6 +597,18 @@ def _check(args: argparse.Namespace) -> int:
     from devkit import descriptors
 
     return descriptors.main()
+
+
+def _package(args: argparse.Namespace) -> int:
+    from devkit.package import build
+
+    try:
+        trees = build(args.out, args.functions or None, python=args.python)
+    except (ValueError, RuntimeError, subprocess.CalledProcessError) as error:
+        raise CliError(str(error)) from None
+    for name, tree in trees.items():
+        info(f"{name}: {tree}")
+    return 0
 
 
 def _openapi(args: argparse.Namespace) -> int:

@@ -85,6 +85,14 @@ def dispose_engine() -> None:
             _engine = None
 
 
+def close_connections() -> None:
+    """Close the pooled connections but keep the engine; the next query connects anew (SnapStart:
+    no socket may be frozen into the snapshot and shared by every restored container)."""
+    with _engine_lock:
+        if _engine is not None:
+            _engine.dispose()
+
+
 def prepared_statements_enabled(target: DatabaseTarget, mode: PreparedStatements) -> bool:
     """Auto: on everywhere but a non-Neon transaction pooler (Debian's PgBouncer 1.18 cannot)."""
     if mode is PreparedStatements.AUTO:

@@ -34,6 +34,15 @@ def _fingerprint() -> str:
 _FINGERPRINT = _fingerprint()
 
 
+def reseed() -> None:
+    """Give this process its own counter start and fingerprint again. A SnapStart snapshot
+    freezes both, so every container restored from it would otherwise count from the same
+    value with the same fingerprint (only the random block would tell their ids apart)."""
+    global _counter, _FINGERPRINT
+    _counter = itertools.count(secrets.randbelow(36**4))
+    _FINGERPRINT = _fingerprint()
+
+
 def new_cuid() -> str:
     """A collision-resistant id in cuid v1 form: c + time(8) + counter(4) + host(4) + random(8)."""
     return (

@@ -42,10 +42,13 @@ def get_redis() -> Redis | None:
     return _client
 
 
-def reset_redis() -> None:
-    """Forget the cached client (tests, settings changes)."""
+def reset_redis(*, close: bool = False) -> None:
+    """Forget the cached client (tests, settings changes); `close` also closes its connections
+    (SnapStart: none may be frozen into the snapshot)."""
     global _client
     with _lock:
+        if close and _client is not None:
+            _client.close()  # type: ignore[no-untyped-call]
         _client = None
 
 

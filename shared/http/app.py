@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import db
+from shared import db, snapstart
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
 from shared.errors import EMAIL_IN_USE, EmailInUseError
@@ -31,7 +31,6 @@ from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, CorsCsrf
-from shared.repositories import api_usage
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
@@ -76,7 +75,9 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
 
 
 def lambda_handler(app: FastAPI) -> Mangum:
-    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`."""
+    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`; on Lambda, the
+    SnapStart hooks (`shared.snapstart`) are registered here, during INIT."""
+    snapstart.register()
     return Mangum(app, lifespan="off")
 
 
@@ -226,6 +227,10 @@ def _production() -> bool:
 
 def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms: int) -> None:
     """Write the request's `api_usage` row; analytics must never fail a request."""
+    # Imported here: it loads the ORM mappers, which a function recording no usage (health)
+    # never needs; the others pay for it on their first request.
+    from shared.repositories import api_usage
+
     try:
         settings = get_settings()
         headers = Headers(scope=scope)

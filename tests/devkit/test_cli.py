@@ -733,7 +733,7 @@ COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
     ("db", "migrate"): [], ("db", "downgrade"): ["-1"], ("db", "check"): [], ("db", "seed"): [],
     ("db", "reset"): [], ("db", "backup"): ["x.dump"], ("db", "restore"): ["x.dump"],
     ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
-    ("openapi",): [], ("check",): [],
+    ("openapi",): [], ("check",): [], ("package",): ["health"],
 }  # fmt: skip
 
 
@@ -783,7 +783,7 @@ def test_every_command_has_help() -> None:
     for args in (
         [], ["dev"], ["invoke"], ["cron"], ["cron", "list"], ["cron", "run"], ["db"],
         ["db", "migrate"], ["db", "downgrade"], ["db", "reset"], ["db", "backup"],
-        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"], ["check"],
+        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"], ["check"], ["package"],
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exited:
             cli.main([*args, "--help"])

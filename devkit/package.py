@@ -1,0 +1,238 @@
+"""`keyflash package`: each function's Lambda package as a directory, built as the deploy builds it.
+
+What goes in follows serverless.yml: `package.patterns` then the function's own patterns (later
+patterns win, `!` excludes), then what serverless-python-requirements adds: requirements.txt and
+everything it needs, less `noDeploy` (by top-level name, as the plugin filters), less what `slim`
+strips (its default patterns and/or `slimPatterns`). Last, every module is compiled by the target
+interpreter (devkit/bytecode.py), as devkit/serverless/bytecode.js does to the deployed zips.
+
+No AWS, no Docker, no network: dependencies are copied from this interpreter's environment, so a
+tree built from `.venv-3.12` holds the files Lambda runs (the deploy fetches aarch64 wheels of
+the same versions). From another venv the tree still shows what ships and its bytecode is still
+the runtime's, but its compiled extensions are that venv's.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+BYTECODE = ROOT / "devkit" / "bytecode.py"
+# Never walked for sources: none of them can match a pattern that ships.
+_SKIP_DIRS = frozenset({".git", "node_modules", ".serverless", ".keyflash", "build"})
+# serverless-python-requirements' default `slim` patterns (`slimPatterns` append to them unless
+# `slimPatternsAppendDefaults: false`); a pattern matching a directory removes all of it.
+SLIM_DEFAULTS = ("**/*.py[c|o]", "**/__pycache__*", "**/*.dist-info*")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What serverless.yml says about packaging."""
+
+    runtime: str  # "3.12"
+    patterns: list[str]
+    functions: dict[str, list[str]]  # name -> its own package patterns
+    no_deploy: frozenset[str]
+    slim: list[str]  # the patterns slim deletes (none when slim is off)
+
+
+def read_descriptor(root: Path = ROOT) -> Descriptor:
+    config: dict[str, Any] = yaml.safe_load((root / "serverless.yml").read_text())
+    runtime = str(config["provider"]["runtime"]).removeprefix("python")
+    requirements = config.get("custom", {}).get("pythonRequirements", {})
+    slim: list[str] = []
+    if requirements.get("slim", False):
+        defaults = str(requirements.get("slimPatternsAppendDefaults", True)).lower() != "false"
+        slim = [*(SLIM_DEFAULTS if defaults else ()), *requirements.get("slimPatterns", [])]
+    return Descriptor(
+        runtime=runtime,
+        patterns=list(config.get("package", {}).get("patterns", [])),
+        functions={
+            name: list((spec.get("package") or {}).get("patterns", []))
+            for name, spec in config["functions"].items()
+        },
+        no_deploy=frozenset(requirements.get("noDeploy", [])),
+        slim=slim,
+    )
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A Serverless (micromatch) glob as a regex, for the forms serverless.yml uses."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def select(paths: Iterable[str], patterns: list[str]) -> list[str]:
+    """The paths the patterns keep: each path's last matching pattern decides."""
+    rules = [(p.startswith("!"), _glob_regex(p.removeprefix("!"))) for p in patterns]
+    kept = []
+    for path in paths:
+        keep = False
+        for negated, regex in rules:
+            if regex.match(path):
+                keep = not negated
+        if keep:
+            kept.append(path)
+    return sorted(kept)
+
+
+def _walk(root: Path) -> Iterator[str]:
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in _SKIP_DIRS and not d.startswith(".venv")]
+        for name in files:
+            yield (Path(directory) / name).relative_to(root).as_posix()
+
+
+def dependency_files(
+    requirements: Path, no_deploy: frozenset[str], slim: list[str]
+) -> dict[str, Path]:
+    """Every file the requirements install (package-relative path -> installed file), from this
+    interpreter's environment, with the plugin's noDeploy and slim filters applied."""
+    slimmed = [_glob_regex(pattern) for pattern in slim]
+    wanted: dict[str, set[str]] = {}
+    queue = [
+        Requirement(line.split("#")[0].strip())
+        for line in requirements.read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    while queue:
+        requirement = queue.pop()
+        name = canonicalize_name(requirement.name)
+        extras = set(requirement.extras)
+        if name in wanted and extras <= wanted[name]:
+            continue
+        wanted.setdefault(name, set()).update(extras)
+        for spec in importlib.metadata.distribution(name).requires or []:
+            sub = Requirement(spec)
+            active = {"", *wanted[name]}
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in active):
+                queue.append(sub)
+    files: dict[str, Path] = {}
+    for wanted_name in wanted:
+        distribution = importlib.metadata.distribution(wanted_name)
+        for record in distribution.files or []:
+            relative = record.as_posix()
+            top = re.split(r"[-\\/]|\.py$|\.pyc$", relative, maxsplit=1)[0]
+            if relative.startswith("..") or top in no_deploy or _matches(relative, slimmed):
+                continue
+            files[relative] = Path(str(distribution.locate_file(record)))
+    return files
+
+
+def _matches(relative: str, regexes: list[re.Pattern[str]]) -> bool:
+    """Whether a pattern matches the file or one of its directories (deleted with its files)."""
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    return any(regex.match(prefix) for regex in regexes for prefix in prefixes)
+
+
+def runtime_python(version: str) -> str:
+    """An interpreter of the runtime's version: this one, `$PYTHON_BIN`, `pythonX.Y` on PATH,
+    or pyenv's. Raises RuntimeError when there is none."""
+    candidates = [sys.executable, os.environ.get("PYTHON_BIN", ""), f"python{version}"]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += [str(p) for p in sorted(pyenv.glob(f"{version}*/bin/python3"), reverse=True)]
+    for candidate in filter(None, candidates):
+        found = shutil.which(candidate)
+        if found and _version_of(found) == version:
+            return found
+    raise RuntimeError(
+        f"no Python {version} found (the Lambda runtime's); install it (pyenv install {version}) "
+        "or name one with --python"
+    )
+
+
+def _version_of(python: str) -> str | None:
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def build(
+    out: Path,
+    functions: list[str] | None = None,
+    *,
+    python: str | None = None,
+    runtime: str | None = None,
+) -> dict[str, Path]:
+    """Build `out/<function>/` for each function (default: all); {function: its tree}.
+
+    Compiled by `python` (default: one of the Lambda runtime's version), which must be of
+    `runtime` (default: serverless.yml's); the benchmark runs the trees on another version.
+    Everything is compiled once in `out/.staging` and hard-linked into the trees.
+    """
+    descriptor = read_descriptor()
+    names = functions or list(descriptor.functions)
+    unknown = sorted(set(names) - set(descriptor.functions))
+    if unknown:
+        raise ValueError(f"not a function in serverless.yml: {', '.join(unknown)}")
+    version = runtime or descriptor.runtime
+    interpreter = python or runtime_python(version)
+    sources = list(_walk(ROOT))
+    own = {n: select(sources, descriptor.patterns + descriptor.functions[n]) for n in names}
+    deps = dependency_files(ROOT / "requirements.txt", descriptor.no_deploy, descriptor.slim)
+    staging = out / ".staging"
+    shutil.rmtree(out, ignore_errors=True)
+    staged: set[str] = set()
+    for relative, source in [*deps.items(), *((p, ROOT / p) for f in own.values() for p in f)]:
+        if relative not in staged:
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            staged.add(relative)
+    subprocess.run(
+        [interpreter, str(BYTECODE), "--runtime", version, "--tree", str(staging)],
+        check=True,
+    )
+    trees = {}
+    for name in names:
+        tree = out / name
+        for relative in [*deps, *own[name]]:
+            _link(staging / relative, tree / relative)
+            if relative.endswith(".py"):
+                path = Path(relative)
+                for pyc in (staging / path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
+                    _link(pyc, tree / path.parent / "__pycache__" / pyc.name)
+        trees[name] = tree
+    shutil.rmtree(staging)
+    return trees
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -1,0 +1,120 @@
+"""SnapStart hooks (shared.snapstart), emulated as Lambda runs them, without AWS.
+
+A fresh interpreter gets a stand-in for the runtime's `snapshot_restore_py` (which only Lambda's
+managed Python has), imports a function as INIT does with `AWS_LAMBDA_INITIALIZATION_TYPE=
+snap-start`, uses the database, runs the before-snapshot hooks, then forks twice: each child is a
+container restored from the same snapshot. Checked: INIT warmed the lazily imported modules, the
+pooled connection is closed before the snapshot, every restored child reconnects on its own, and
+the ids and retry jitter drawn after restore differ between children (they do not without the
+after-restore hooks: the control pair).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import json, os, random, sys, types
+
+hooks = {"before": [], "after": []}
+stand_in = types.ModuleType("snapshot_restore_py")
+stand_in.register_before_snapshot = lambda fn: hooks["before"].append(fn) or fn
+stand_in.register_after_restore = lambda fn: hooks["after"].append(fn) or fn
+sys.modules["snapshot_restore_py"] = stand_in
+
+import functions.health  # INIT
+from sqlalchemy import text
+from shared import db, ids
+
+warmed = "shared.models" in sys.modules
+pooled = db.get_engine().raw_connection()
+driver = pooled.driver_connection
+pooled.close()  # back to the pool, still open
+open_before = not driver.closed
+for hook in hooks["before"]:
+    hook()
+closed_by_hooks = driver.closed
+# CPython re-seeds `random` in a forked child by itself; a restored snapshot is not a fork, so
+# each child puts back the state the snapshot froze before anything else runs.
+frozen_random = random.getstate()
+
+
+def restored(run_hooks):
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        random.setstate(frozen_random)
+        if run_hooks:
+            for hook in hooks["after"]:
+                hook()
+        backend = db.run(lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        out = {"cuid": ids.new_cuid(), "jitter": random.random(), "backend": backend}
+        os.write(write, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        data = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    return data
+
+
+print("@@" + json.dumps({
+    "hooks": [len(hooks["before"]), len(hooks["after"])],
+    "warmed": warmed,
+    "open_before": open_before,
+    "closed_by_hooks": closed_by_hooks,
+    "restored": [restored(True), restored(True)],
+    "control": [restored(False), restored(False)],
+}))
+"""
+
+
+def _emulate(env: dict[str, str]) -> dict[str, object]:
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(x for x in completed.stdout.splitlines() if x.startswith("@@"))
+    result: dict[str, object] = json.loads(line[2:])
+    return result
+
+
+def _counter(cuid: str) -> str:
+    return cuid[9:13]  # c + time(8) + counter(4) + fingerprint(4) + random(8)
+
+
+def test_snapshot_hooks_close_connections_and_restored_containers_differ(db_env: str) -> None:
+    env = {**os.environ, "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start", "PYTHONPATH": str(ROOT)}
+    result = _emulate(env)
+    assert result["hooks"] == [1, 1]
+    assert result["warmed"] is True, "INIT imports what requests would load on first use"
+    assert result["open_before"] is True
+    assert result["closed_by_hooks"] is True, "a pooled connection went into the snapshot"
+    first, second = result["restored"]  # type: ignore[misc]
+    assert _counter(first["cuid"]) != _counter(second["cuid"])
+    assert first["jitter"] != second["jitter"]
+    assert first["backend"] and second["backend"], "each restored container reconnects"
+    # Without the after-restore hooks, two containers from one snapshot draw the same values.
+    same_a, same_b = result["control"]  # type: ignore[misc]
+    assert _counter(same_a["cuid"]) == _counter(same_b["cuid"])
+    assert same_a["jitter"] == same_b["jitter"]
+
+
+def test_an_ordinary_cold_start_does_not_warm(db_env: str) -> None:
+    env = {**os.environ, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand", "PYTHONPATH": str(ROOT)}
+    result = _emulate(env)
+    assert result["hooks"] == [1, 1]
+    assert result["warmed"] is False, "health loads no ORM mappers unless a snapshot is taken"

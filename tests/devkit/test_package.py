@@ -1,0 +1,166 @@
+"""The deployed artifact: what each function's Lambda package holds, and that it holds bytecode.
+
+`keyflash package` builds the trees the deploy zips (devkit/package.py reads serverless.yml's
+patterns and the requirements plugin's settings), compiled by a Python of the Lambda runtime's
+version (3.12), as devkit/serverless/bytecode.js compiles the real zips. Checked here: every
+shipped `.py` has its `.pyc` for that version, hash-based and unchecked (a read-only /var/task
+would otherwise compile it at every cold start), and nothing else but the code ships. No AWS,
+no Docker, no network: dependencies come from the test's own environment.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import struct
+import subprocess
+import sys
+import zipfile
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import pytest
+
+from devkit.cli import main as keyflash
+from devkit.package import BYTECODE, ROOT, build, read_descriptor, runtime_python
+
+RUNTIME = read_descriptor().runtime
+TAG = "cpython-" + RUNTIME.replace(".", "")
+UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
+NEVER_SHIPPED = {"tests", "devkit", "benchmarks", "docs", "migrations", "boto3", "botocore"}
+SAMPLE = ["health", "searches", "cron_prune"]  # plain, authenticated, cron
+
+
+@pytest.fixture(scope="module")
+def python() -> str:
+    return runtime_python(RUNTIME)
+
+
+@pytest.fixture(scope="module")
+def magic(python: str) -> bytes:
+    done = subprocess.run(
+        [python, "-c", "import importlib.util as u; print(u.MAGIC_NUMBER.hex())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return bytes.fromhex(done.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory, python: str) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("lambda"), SAMPLE, python=python)
+
+
+def _files(tree: Path) -> set[str]:
+    return {p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("function", SAMPLE)
+def test_every_shipped_module_has_the_runtimes_unchecked_bytecode(
+    function: str, trees: dict[str, Path], magic: bytes
+) -> None:
+    tree = trees[function]
+    modules = sorted(tree.rglob("*.py"))
+    assert len(modules) > 500, "the dependencies are missing from the package"
+    missing, wrong = [], []
+    for module in modules:
+        pyc = module.parent / "__pycache__" / f"{module.stem}.{TAG}.pyc"
+        if not pyc.exists():
+            missing.append(module.relative_to(tree).as_posix())
+            continue
+        head_magic, flags = struct.unpack("<4sI", pyc.read_bytes()[:8])
+        if (head_magic, flags) != (magic, UNCHECKED_HASH):
+            wrong.append(pyc.relative_to(tree).as_posix())
+    assert not missing, f"{len(missing)} modules ship without {TAG} bytecode: {missing[:10]}"
+    assert not wrong, f"{len(wrong)} .pyc are not {RUNTIME}'s unchecked hash-based: {wrong[:10]}"
+    stray = [f for f in _files(tree) if f.endswith(".pyc") and f".{TAG}." not in f]
+    assert not stray, f"bytecode of another Python ships: {stray[:10]}"
+
+
+@pytest.mark.parametrize("function", SAMPLE)
+def test_only_code_ships(function: str, trees: dict[str, Path]) -> None:
+    tree = trees[function]
+    top = {p.name.removesuffix(".py") for p in tree.iterdir()}
+    assert not top & NEVER_SHIPPED, sorted(top & NEVER_SHIPPED)
+    assert not {p for p in top if p.endswith(".md") or p.endswith((".yml", ".json", ".toml"))}
+    ours = {f for f in _files(tree) if f.split("/")[0] in ("shared", "functions")}
+    sources = {f for f in ours if not f.endswith(".pyc")}
+    module = read_descriptor().functions[function][-1]  # the function's own module, listed last
+    expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "shared").rglob("*.py")}
+    expected |= {"functions/__init__.py", module}
+    if function.startswith("cron_"):
+        expected.add("functions/cron/__init__.py")
+    assert sources == expected
+
+
+def test_the_dependencies_metadata_ships(trees: dict[str, Path]) -> None:
+    """psycopg reads its version from its .dist-info, and SQLAlchemy refuses a psycopg whose
+    version it cannot read: slim's default patterns, which delete .dist-info, broke every
+    database call of the deployed functions."""
+    shipped = {
+        dist.metadata["Name"].lower(): dist.version
+        for dist in importlib.metadata.distributions(path=[str(trees["health"])])
+    }
+    for name in ("psycopg", "sqlalchemy", "pydantic", "fastapi"):
+        assert shipped.get(name) == importlib.metadata.version(name), (name, shipped.get(name))
+    assert not {"boto3", "botocore"} & set(shipped), "noDeploy: the runtime has its own"
+
+
+def test_a_zip_gets_bytecode_that_is_loaded_without_its_source_checked(
+    tmp_path: Path, python: str
+) -> None:
+    """What the deploy does to each function's zip: entries keep their dates and modes, a `.pyc`
+    is added per module, and the runtime loads it without comparing the source."""
+    artifact = tmp_path / "fn.zip"
+    fixed = (1980, 1, 1, 0, 0, 0)
+    with zipfile.ZipFile(artifact, "w") as zf:
+        for name, text in [("pkg/__init__.py", ""), ("pkg/mod.py", "VALUE = 'compiled'\n")]:
+            info = zipfile.ZipInfo(name, date_time=fixed)
+            info.external_attr = 0o100755 << 16
+            zf.writestr(info, text)
+    done = subprocess.run(
+        [python, str(BYTECODE), "--runtime", RUNTIME, "--zip", str(artifact)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(artifact) as zf:
+        entries = {info.filename: info for info in zf.infolist()}
+        zf.extractall(tmp_path / "task")
+    assert set(entries) == {
+        "pkg/__init__.py",
+        "pkg/mod.py",
+        f"pkg/__pycache__/__init__.{TAG}.pyc",
+        f"pkg/__pycache__/mod.{TAG}.pyc",
+    }
+    assert entries["pkg/mod.py"].date_time == fixed
+    assert entries["pkg/mod.py"].external_attr >> 16 == 0o100755
+    # The source changes after compilation: an unchecked .pyc still answers.
+    (tmp_path / "task" / "pkg" / "mod.py").write_text("VALUE = 'source'\n")
+    loaded = subprocess.run(
+        [python, "-c", "import pkg.mod; print(pkg.mod.VALUE)"],
+        cwd=tmp_path / "task", env={"PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert loaded.stdout.strip() == "compiled"
+
+
+def test_bytecode_of_another_python_is_refused(tmp_path: Path) -> None:
+    artifact = tmp_path / "fn.zip"
+    with zipfile.ZipFile(artifact, "w") as zf:
+        zf.writestr("mod.py", "X = 1\n")
+    done = subprocess.run(
+        [sys.executable, str(BYTECODE), "--runtime", "3.99", "--zip", str(artifact)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "the runtime is Python 3.99" in done.stderr
+    with zipfile.ZipFile(artifact) as zf:
+        assert zf.namelist() == ["mod.py"]
+
+
+def test_package_command_refuses_an_unknown_function(tmp_path: Path) -> None:
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        code = keyflash(["package", "--out", str(tmp_path / "out"), "no_such_function"])
+    assert code == 1
+    assert "not a function in serverless.yml: no_such_function" in stderr.getvalue()
+    assert len(stderr.getvalue().strip().splitlines()) == 1
