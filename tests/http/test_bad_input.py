@@ -414,8 +414,10 @@ def path_malformed(route: Route) -> list[Probe]:
 BAD_QUERY_VALUES = ["", "abc", "-1", "1.5", "1e3", "0x10", "99999999999999999999"]
 BAD_QUERY_VALUES += [shifted("10", FULLWIDTH), shifted("10", ARABIC_INDIC)]
 BAD_QUERY_VALUES += ["\x00", "%00", "' OR 1=1 --", "<script>", "9" * 10_000, "[]", "null"]
-# Query parameters that take any text within their length rule (so most junk is a valid name).
-FREE_TEXT = {("GET /api/admin/metrics", "metric")}
+# Query parameters that take any text within their length rule (so most junk is a valid name):
+# a metric name, and the flags page cursor, which is the last flag key of the previous page (any
+# key-shaped value is a position to page from; other values are 400, tested in test_flags).
+FREE_TEXT = {("GET /api/admin/metrics", "metric"), ("GET /api/admin/flags", "cursor")}
 
 
 def query_values(route: Route) -> list[Probe]:
