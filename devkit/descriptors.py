@@ -159,6 +159,15 @@ def serverless_functions(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: fn or {} for name, fn in (config.get("functions") or {}).items()}
 
 
+def http_api_route(http: str | dict[str, Any]) -> tuple[str, str]:
+    """(path, METHOD) of an `httpApi` event, in its short ("GET /path") or long form."""
+    if isinstance(http, str):
+        method, _, path = http.partition(" ")
+    else:
+        method, path = str(http.get("method", "")), str(http.get("path", ""))
+    return path, method.upper()
+
+
 def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     functions = serverless_functions(config)
@@ -203,12 +212,7 @@ def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[
         declared_cron: list[str] = []
         for event in fn.get("events") or []:
             if "httpApi" in event:
-                http = event["httpApi"]
-                if isinstance(http, str):  # the short form: "GET /path"
-                    method, _, path = http.partition(" ")
-                else:
-                    method, path = str(http.get("method", "")), str(http.get("path", ""))
-                declared_http.add((path, method.upper()))
+                declared_http.add(http_api_route(event["httpApi"]))
             elif "schedule" in event:
                 schedule = event["schedule"]
                 rates = schedule.get("rate") if isinstance(schedule, dict) else schedule

@@ -25,17 +25,24 @@ KEYWORD_CHARS = re.compile(f"[a-zA-Z0-9\\-_{JS_WHITESPACE}]+")
 LANGUAGE_FORMAT = re.compile(r"^[a-z]{2}(-[A-Z]{2})?$")
 
 
-def _keyword(value: str) -> str:
+def checked_keyword(value: str, *, chars_message: str) -> str:
+    """One keyword by the original's rules (1-100 characters, BOM stripped, `KEYWORD_CHARS`);
+    the routes word the character rule differently, so each passes its own message."""
     keyword = bounded_text(
         value.replace("\ufeff", ""), minimum=1, maximum=100, empty="Keyword cannot be empty",
         too_long="Keyword too long (max 100 chars)", code="keyword",
     )  # fmt: skip
     if not KEYWORD_CHARS.fullmatch(keyword):
-        raise fail(
-            "keyword_chars",
-            "Keywords must contain only letters, numbers, spaces, hyphens, and underscores",
-        )
+        raise fail("keyword_chars", chars_message)
     return keyword
+
+
+def _keyword(value: str) -> str:
+    return checked_keyword(
+        value,
+        chars_message="Keywords must contain only letters, numbers, spaces, hyphens, and "
+        "underscores",
+    )
 
 
 def blank_to_none(value: object) -> object:

@@ -19,23 +19,19 @@ from shared.contracts.keywords import (
     LOCATION_CODES,
     OptionalLanguage,
     OptionalLocation,
+    checked_keyword,
 )
-from shared.contracts.validation import bounded_text, fail, js_length, js_trim
+from shared.contracts.validation import fail, js_length, js_trim
 
 _LOCATION_MESSAGE = "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
 
 
 def _seed(value: str) -> str:
-    keyword = bounded_text(
-        value.replace("\ufeff", ""), minimum=1, maximum=100, empty="Keyword cannot be empty",
-        too_long="Keyword too long (max 100 chars)", code="keyword",
-    )  # fmt: skip
-    if not KEYWORD_CHARS.fullmatch(keyword):
-        raise fail(
-            "keyword_chars",
-            "Keyword must contain only letters, numbers, spaces, hyphens, and underscores",
-        )
-    return keyword
+    return checked_keyword(
+        value,
+        chars_message="Keyword must contain only letters, numbers, spaces, hyphens, and "
+        "underscores",
+    )
 
 
 def _limit(value: int | None) -> int | None:

@@ -31,6 +31,7 @@ from devkit.descriptors import (
     check_serverless,
     check_vercel,
     http_api_path,
+    http_api_route,
     load_serverless,
     load_specs,
     load_vercel,
@@ -235,12 +236,8 @@ def _declared_requests(
         handler = _resolve(spec.handler)
         for event in fn.get("events") or []:
             if "httpApi" in event:
-                http = event["httpApi"]
-                if isinstance(http, str):  # the short form: "GET /path"
-                    method, _, path = http.partition(" ")
-                else:
-                    method, path = str(http.get("method", "")), str(http.get("path", ""))
-                yield handler, method.upper(), path
+                path, method = http_api_route(event["httpApi"])
+                yield handler, method, path
 
 
 def test_every_declared_handler_answers_an_api_gateway_v2_event(
