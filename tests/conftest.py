@@ -34,16 +34,13 @@ from devkit.postgres import (
     truncate_tables,
     with_database,
 )
+from tests.support.ci import missing_tool
 
 pytest_plugins = ["tests.support.http"]
 
 # Read once, before any test's monkeypatching: the server the developer asked us to use.
 EXTERNAL_DATABASE_URL = os.environ.get("DATABASE_URL")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 
 
 def _database_name(url: str) -> str:
@@ -99,9 +96,7 @@ def pgbouncer(postgres_server_url: str) -> Iterator[LocalPgBouncer]:
         message = (
             "pgbouncer is not installed, so the pooled lane cannot run: apt-get install pgbouncer"
         )
-        if _in_ci():
-            pytest.fail(f"{message} (CI must not skip the pooled lane)", pytrace=False)
-        pytest.skip(message)
+        missing_tool(message)
     server = conninfo_to_dict(postgres_server_url)
     with (
         tempfile.TemporaryDirectory(prefix="keyflash-pgbouncer-") as tmp,

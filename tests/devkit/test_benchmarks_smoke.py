@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.ci import in_ci
+
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {
     "cold_start",
@@ -29,10 +31,6 @@ SECTIONS = {
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 
 
 def test_a_quick_benchmark_run_writes_a_complete_report(tmp_path: Path) -> None:
@@ -64,7 +62,7 @@ def test_a_quick_benchmark_run_writes_a_complete_report(tmp_path: Path) -> None:
     for verdict in targets:
         assert verdict["measured"], verdict
         if verdict["status"] == "not_run":  # only what this machine cannot measure
-            assert "pgbouncer" in verdict.get("reason", "").lower() and not _in_ci(), verdict
+            assert "pgbouncer" in verdict.get("reason", "").lower() and not in_ci(), verdict
         else:
             assert verdict["status"] in {"pass", "fail"}, verdict
 
