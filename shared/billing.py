@@ -222,7 +222,8 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
 
 
 def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = None) -> Outcome:
-    """Apply the event's effect in the caller's transaction (no claim: see `process`).
+    """Apply the event's effect in the caller's transaction, with no ledger claim: the rules
+    alone, for a caller that owns the transaction (the ordering tests); events go through `process`.
 
     Raises `BillingUserNotFoundError` when no user matches and `InvalidEventError` when the
     event lacks what its type needs; the caller's transaction must then roll back.

@@ -1,5 +1,6 @@
-"""The S3 transport backups and data exports share (S3, R2 or MinIO: any S3 API endpoint): the
-client, a gzip stream into one object, listing and deleting keys.
+"""S3 transport (S3, R2 or MinIO: any S3 API endpoint): the client and key deletion, which
+backups and data exports share, and the gzip stream into one object and key listing that backups
+use (an export is gzipped to a temporary file and uploaded whole).
 
 boto3 is imported on first use, so a function that may never touch storage does not pay for it
 at cold start.
