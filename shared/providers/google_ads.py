@@ -21,7 +21,9 @@ Failures go through the provider's circuit breaker, classified as DataForSEO's a
 (and a refused refresh token) are configuration (remembered for /api/health), 429 or
 `RESOURCE_EXHAUSTED` is rate limiting (`Retry-After` honoured, else 60 s), other 4xx refuse the
 request's input, and 5xx, timeouts and garbage are outages. Google's quota errors name their
-wait (`retryDelay`), which becomes the answer's `Retry-After`. Secrets never reach a log line.
+wait (`retryDelay`), which becomes the answer's `Retry-After`. The token and the call together
+end by the request's deadline (`shared.providers.deadline`), as DataForSEO's call does. Secrets
+never reach a log line.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from shared.providers.dataforseo import (
     match_key,
     sendable,
 )
+from shared.providers.deadline import call_within
 from shared.providers.languages import GOOGLE_ADS_API_LANGUAGE_IDS
 from shared.telemetry import log_event
 
@@ -279,7 +282,7 @@ class GoogleAdsProvider:
             raise ProviderError("Google Ads was not called: no time left before the deadline")
         started = time.perf_counter()
         try:
-            answer = self.breaker.call(lambda: self._post(path, body, options.deadline))
+            answer = self.breaker.call(lambda: self._post_within(path, body, options.deadline))
         except ProviderError as error:
             log_event(
                 "provider_request",
@@ -303,22 +306,33 @@ class GoogleAdsProvider:
         )
         return _index_results(answer)
 
-    def _post(self, path: str, body: dict[str, Any], deadline: float | None) -> dict[str, Any]:
-        token = self._access_token(deadline)
+    def _post_within(
+        self, path: str, body: dict[str, Any], deadline: float | None
+    ) -> dict[str, Any]:
+        """`_post`, but the caller waits no longer than `deadline` (`shared.providers.deadline`):
+        the token and the API call together."""
+        if deadline is None:
+            return self._post(path, body, None)
+        return call_within(deadline, lambda budget: self._post(path, body, budget), self.name)
+
+    def _post(self, path: str, body: dict[str, Any], budget_s: float | None) -> dict[str, Any]:
+        """The token (cached or new), then the API call; no network step waits longer than
+        `budget_s`."""
+        token = self._access_token(budget_s)
         headers = {
             "Authorization": f"Bearer {token}",
             "developer-token": self._developer_token,
             "login-customer-id": self._login_customer_id or self._customer_id,
         }
         response = self._send(
-            "POST", self.base_url + path, deadline, TIMEOUT_S, json=body, headers=headers
+            "POST", self.base_url + path, TIMEOUT_S, budget_s, json=body, headers=headers
         )
         if response.status_code == 401:
             with self._token_lock:  # a revoked token: the next call asks for a new one
                 self._token = None
         return self._checked(response, "Google Ads API")
 
-    def _access_token(self, deadline: float | None) -> str:
+    def _access_token(self, budget_s: float | None) -> str:
         """The cached access token, or a new one from the refresh-token grant."""
         with self._token_lock:
             if self._token is not None and time.monotonic() < self._token_until:
@@ -326,8 +340,8 @@ class GoogleAdsProvider:
         response = self._send(
             "POST",
             self.token_url,
-            deadline,
             TOKEN_TIMEOUT_S,
+            budget_s,
             data={
                 "grant_type": "refresh_token",
                 "client_id": self._client_id,
@@ -351,14 +365,10 @@ class GoogleAdsProvider:
         return token
 
     def _send(
-        self, method: str, url: str, deadline: float | None, limit_s: float, **kwargs: Any
+        self, method: str, url: str, limit_s: float, budget_s: float | None, **kwargs: Any
     ) -> httpx.Response:
-        """One request whose every network step waits no longer than the time left."""
-        timeout_s = limit_s
-        if deadline is not None:
-            timeout_s = min(limit_s, deadline - time.monotonic())
-            if timeout_s <= 0:
-                raise ProviderError("Google Ads was not called: no time left before the deadline")
+        """One request whose every network step waits at most `limit_s` and `budget_s`."""
+        timeout_s = limit_s if budget_s is None else min(limit_s, budget_s)
         try:
             return http_client().request(method, url, timeout=timeout_s, **kwargs)
         except httpx.TimeoutException as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -302,6 +303,19 @@ def test_a_passed_deadline_calls_nothing_and_counts_nothing(google: FakeGoogleAd
     with pytest.raises(ProviderError, match="no time left"):
         ads.keyword_data(["seo tools"], late)
     assert google.calls == [] and ads.breaker.stats()["failures"] == 0
+
+
+def test_the_deadline_is_total_so_a_trickled_body_cannot_outlast_it(
+    google: FakeGoogleAds,
+) -> None:
+    ads = provider(google)
+    quick = SearchOptions("phrase", "Worldwide", "en", deadline=time.monotonic() + 30)
+    assert ads.keyword_data(["seo tools"], quick)[0]["searchVolume"] == 49500
+    google.ads(200, fixture("historical_metrics"), every_s=0.2)  # minutes in all
+    options = SearchOptions("phrase", "Worldwide", "en", deadline=time.monotonic() + 1.0)
+    with pytest.raises(ProviderError, match="Google Ads did not answer within") as raised:
+        ads.keyword_data(["seo tools"], options)
+    assert raised.value.outage and ads.breaker.stats()["failures"] == 1
 
 
 def test_logs_never_carry_the_secrets(

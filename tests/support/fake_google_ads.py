@@ -2,7 +2,8 @@
 answers in Google's documented shapes (tests/fixtures/google_ads).
 
     with FakeGoogleAds() as fake:
-        fake.ads(200, fixture("historical_metrics"))   # or fake.token(400, …), headers=…
+        fake.ads(200, fixture("historical_metrics"))   # or fake.token(400, …), headers=…,
+                                                       # every_s=0.2 (the body byte by byte)
         ... GOOGLE_ADS_TOKEN_URL=fake.token_url, GOOGLE_ADS_API_BASE_URL=fake.url ...
         fake.calls  # [(path, headers, body)] in order; a form body is a dict of its fields
 
@@ -33,6 +34,8 @@ class FakeGoogleAds:
         self.calls: list[tuple[str, dict[str, str], Any]] = []
         self._token: Reply = (200, json.dumps(fixture("token")).encode(), {})
         self._ads: Reply = (200, json.dumps(fixture("historical_metrics")).encode(), {})
+        self._ads_every_s = 0.0
+        self._stop = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,14 +46,26 @@ class FakeGoogleAds:
                 fake.calls.append(
                     (self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 )
-                status, payload, headers = fake._token if self.path == "/token" else fake._ads
+                token = self.path == "/token"
+                status, payload, headers = fake._token if token else fake._ads
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(payload)
+                every_s = 0.0 if token else fake._ads_every_s
+                if not every_s:
+                    self.wfile.write(payload)
+                    return
+                try:
+                    for index in range(len(payload)):
+                        self.wfile.write(payload[index : index + 1])
+                        self.wfile.flush()
+                        if fake._stop.wait(every_s):
+                            return
+                except OSError:  # the client gave up and closed the connection
+                    return
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -71,8 +86,13 @@ class FakeGoogleAds:
     def token(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._token = (status, json.dumps(body).encode(), headers or {})
 
-    def ads(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def ads(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, every_s: float = 0.0
+    ) -> None:
+        """The Ads API's answer; with `every_s`, its body one byte per `every_s` (each read is
+        quick, the whole is slow: what only a total deadline stops)."""
         self._ads = (status, json.dumps(body).encode(), headers or {})
+        self._ads_every_s = every_s
 
     def paths(self) -> list[str]:
         return [path for path, _, _ in self.calls]
@@ -87,5 +107,6 @@ class FakeGoogleAds:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
