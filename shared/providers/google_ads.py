@@ -387,7 +387,7 @@ class GoogleAdsProvider:
                 f"{detail} (check GOOGLE_ADS_DEVELOPER_TOKEN, GOOGLE_ADS_CUSTOMER_ID, "
                 "GOOGLE_ADS_LOGIN_CUSTOMER_ID and the refresh token's access)"
             )
-        if status == 429 or "RESOURCE_EXHAUSTED" in response.text:
+        if status == 429 or (not response.is_success and "RESOURCE_EXHAUSTED" in response.text):
             raise ProviderRateLimitedError(detail, retry_after=retry_after(response))
         if 400 <= status < 500:
             raise ProviderInputError(detail)

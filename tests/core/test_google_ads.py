@@ -354,3 +354,10 @@ def test_a_customer_id_that_is_not_digits_is_configuration(google: FakeGoogleAds
     with pytest.raises(ProviderConfigurationError, match=r"GOOGLE_ADS_CUSTOMER_ID \(10 digits\)"):
         provider(google, customer_id="my-account").keyword_data(["seo tools"], US)
     assert google.calls == []
+
+
+def test_a_keyword_named_like_a_quota_error_is_just_a_keyword(google: FakeGoogleAds) -> None:
+    metrics = {"avgMonthlySearches": "10"}
+    google.ads(200, {"results": [{"text": "RESOURCE_EXHAUSTED", "keywordMetrics": metrics}]})
+    rows = provider(google).keyword_data(["RESOURCE_EXHAUSTED"], US)
+    assert rows[0]["searchVolume"] == 10
