@@ -43,6 +43,14 @@ EXAMPLES = {
     "RATE_LIMIT_HMAC_SECRET": "a random string of at least 32 characters",
     "ACCOUNT_HMAC_SECRET": "a random string of at least 32 characters, never rotated",
     "STORAGE_MODE": "postgres (or dual, fallback)",
+    "GOOGLE_ADS_CLIENT_ID": "1234567890-abc.apps.googleusercontent.com (an OAuth client)",
+    "GOOGLE_ADS_CLIENT_SECRET": "GOCSPX-… (the OAuth client's secret)",
+    "GOOGLE_ADS_DEVELOPER_TOKEN": "the API Center's developer token (basic access or higher)",
+    "GOOGLE_ADS_REFRESH_TOKEN": "1//0… (an OAuth refresh token with the adwords scope)",
+    "GOOGLE_ADS_CUSTOMER_ID": "123-456-7890 (dashes optional)",
+    "GOOGLE_ADS_LOGIN_CUSTOMER_ID": "123-456-7890 (the manager account, if access is through one)",
+    "GOOGLE_ADS_API_BASE_URL": "https://googleads.googleapis.com",
+    "GOOGLE_ADS_TOKEN_URL": "https://oauth2.googleapis.com/token",
     "STRIPE_WEBHOOK_SECRET": "whsec_… (the endpoint's signing secret from the Stripe dashboard)",
     "STRIPE_SECRET_KEY": "sk_live_… or rk_live_… (a restricted key with Checkout and Portal write)",
     "STRIPE_PRICE_PRO": "price_… (the PRO plan's recurring price)",
@@ -187,6 +195,16 @@ class Settings(BaseSettings):
     dataforseo_api_base_url: str = "https://api.dataforseo.com"
     # The account's budget, shared by every container (Google Ads Live: 12/min; 0: unmetered).
     dataforseo_requests_per_minute: Annotated[int, Field(ge=0, le=10_000)] = 12
+    # Google Ads API (KEYWORD_API_PROVIDER=google-ads): OAuth client, refresh token, developer
+    # token and the account to ask (login customer id: the manager account, if any).
+    google_ads_client_id: str | None = None
+    google_ads_client_secret: str | None = None
+    google_ads_developer_token: str | None = None
+    google_ads_refresh_token: str | None = None
+    google_ads_customer_id: str | None = None
+    google_ads_login_customer_id: str | None = None
+    google_ads_api_base_url: str = "https://googleads.googleapis.com"
+    google_ads_token_url: str = "https://oauth2.googleapis.com/token"
     # POST /api/keywords: the provider call ends by the invocation's end (Lambda's context,
     # else KEYWORDS_MAX_DURATION_S from the request's start) minus PROVIDER_DEADLINE_MARGIN_S
     # for the rest of the request. A reservation not confirmed within KEYWORD_RESERVATION_TTL_S

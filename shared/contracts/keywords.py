@@ -3,7 +3,7 @@ original messages.
 
 Beyond the original: a keyword loses every U+FEFF (a zero-width character that the original's
 `\\s` accepts but that is invisible, so the keyword a user sees is the one without it; DataForSEO
-refuses it), and a language must be one the keyword data exists in
+refuses it), and a language must be one the configured provider has keyword data in
 (`shared.providers.languages`), where the original sent every unmapped language as English.
 Everything else the original's character rule admits (ASCII letters, digits, `-`, `_`, Unicode
 spaces) is what DataForSEO accepts once spaces are collapsed to one ASCII space.
@@ -17,7 +17,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, field_validator
 
 from shared.contracts.validation import JS_WHITESPACE, bounded_text, fail, js_trim
-from shared.providers.languages import provider_language
+from shared.providers.languages import available
+from shared.providers.registry import configured_key
 
 LOCATION_CODES = ("US", "GB", "CA", "AU", "DE", "FR", "IN", "GL")
 # The original's `^[a-zA-Z0-9\s\-_]+$` with JS's `\s` (Unicode spaces, no control characters).
@@ -64,7 +65,7 @@ def valid_language(value: str | None) -> str | None:
         return None
     if not LANGUAGE_FORMAT.match(value):
         raise fail("language", "Language must be valid language code (e.g., en, en-US)")
-    if provider_language(value) is None:
+    if not available(value, configured_key()):
         raise fail("language_supported", f"Language {value} is not available for keyword data")
     return value
 

@@ -1,4 +1,4 @@
-"""Keyword data providers: Mock and DataForSEO behind one interface
+"""Keyword data providers: Mock, DataForSEO and Google Ads behind one interface
 (docs/original-app.md#keyword-providers).
 
     provider = get_provider()  # KEYWORD_API_PROVIDER; one instance per warm container
@@ -8,8 +8,8 @@
 only) or one of its kinds: `ProviderUnavailableError` (circuit open: answer 503 with
 `retry_after`), `ProviderRateLimitedError` (the account's budget is spent or the upstream said
 "too many requests": 503 with `retry_after`), `ProviderConfigurationError` and
-`ProviderInputError`. Importing this package does not import httpx: DataForSEO's module
-loads on first use.
+`ProviderInputError`. Importing this package does not import httpx: the DataForSEO and
+Google Ads modules load on first use.
 """
 
 from shared.providers.base import (

@@ -16,9 +16,9 @@ what the provider does in each case; in short:
 - Before each request one unit of the account's budget is spent (`shared.providers.account`,
   DATAFORSEO_REQUESTS_PER_MINUTE, shared by every container); a spent budget and an upstream
   "too many requests" (HTTP 429, status 40202) raise `ProviderRateLimitedError`.
-- The call has a total deadline (`SearchOptions.deadline`): it runs in a worker thread that the
-  caller waits for until then, because httpx's timeouts apply to each network step (connect,
-  each read), so a trickled body would outlast any of them.
+- The call has a total deadline (`SearchOptions.deadline`, `shared.providers.deadline`): it runs
+  in a worker thread that the caller waits for until then, because httpx's timeouts apply to
+  each network step (connect, each read), so a trickled body would outlast any of them.
 - 401/402 and DataForSEO's 40100/40200/40203 are the account's configuration
   (`ProviderConfigurationError`, remembered for /api/health); 405xx refuse the request's own
   fields (`ProviderInputError`). Neither counts toward the circuit breaker; every other error
@@ -66,6 +66,7 @@ from shared.providers.base import (
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
+from shared.providers.deadline import call_within
 from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
 from shared.telemetry import log_event
@@ -345,34 +346,10 @@ class DataForSEOProvider:
     def _post_within(
         self, url: str, body: list[dict[str, Any]], deadline: float | None
     ) -> dict[str, Any]:
-        """`_post`, but the caller waits no longer than `deadline` (a `time.monotonic()` value).
-
-        The request runs in a daemon thread with each network step's timeout set to the time
-        left; if the deadline passes first the caller gets a timeout `ProviderError` and the
-        thread ends on its own at the latest one step timeout later (its answer is dropped).
-        """
+        """`_post`, but the caller waits no longer than `deadline` (`shared.providers.deadline`)."""
         if deadline is None:
             return self._post(url, body, TIMEOUT_S)
-        budget = deadline - time.monotonic()
-        if budget <= 0:
-            raise ProviderError("DataForSEO was not called: no time left before the deadline")
-        outcome: list[dict[str, Any] | BaseException] = []
-
-        def work() -> None:
-            try:
-                outcome.append(self._post(url, body, budget))
-            except BaseException as error:  # handed to the caller below
-                outcome.append(error)
-
-        worker = threading.Thread(target=work, name="dataforseo-request", daemon=True)
-        worker.start()
-        worker.join(budget)
-        if not outcome:
-            raise ProviderError(f"DataForSEO did not answer within the {budget:.1f} s deadline")
-        result = outcome[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return call_within(deadline, lambda budget: self._post(url, body, budget), "DataForSEO")
 
     def _post(self, url: str, body: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
         """One request; returns an envelope whose first task succeeded, else raises."""

@@ -1,4 +1,6 @@
-"""The languages DataForSEO's Google Ads endpoints accept (`keywords_data/google_ads/languages`).
+"""The languages each provider has keyword data in. DataForSEO lists its Google Ads languages
+(`keywords_data/google_ads/languages`); the Google Ads provider knows the four language
+constants the original mapped (docs/original-app.md#google-ads-provider).
 
 A request's `language` (`en`, `en-US`, `pt-BR`, `zh-TW`) is sent as the listed code it names:
 the whole tag when it is listed (`zh-CN`, `zh-TW`), else its primary subtag (`en-US` → `en`).
@@ -16,6 +18,19 @@ GOOGLE_ADS_LANGUAGES = frozenset(
         "te", "th", "tl", "tr", "uk", "ur", "vi", "zh-CN", "zh-TW",
     }
 )  # fmt: skip
+
+
+# Google Ads language constants (`languageConstants/{id}`) by request tag; others are refused.
+GOOGLE_ADS_API_LANGUAGE_IDS: dict[str, int] = {
+    "en": 1000, "en-US": 1000, "en-GB": 1000, "es": 1003, "fr": 1002, "de": 1001,
+}  # fmt: skip
+
+
+def available(tag: str, provider: str) -> bool:
+    """Whether `provider` (a KEYWORD_API_PROVIDER key) has keyword data in language `tag`."""
+    if provider == "google-ads":
+        return tag in GOOGLE_ADS_API_LANGUAGE_IDS
+    return provider_language(tag) is not None
 
 
 def provider_language(tag: str) -> str | None:

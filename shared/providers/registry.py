@@ -4,13 +4,11 @@
 The original built a new provider, and with it a new circuit breaker, on every request, so the
 breaker never saw more than one failure. Here each provider is built once per container and
 kept at module level (never in a FastAPI lifespan, which Mangum runs per invocation), so its
-breaker counts failures across invocations. DataForSEO's module, and httpx with it, is imported
-only when DataForSEO is the configured provider.
+breaker counts failures across invocations (and Google Ads' access token is reused). The
+DataForSEO and Google Ads modules, and httpx with them, are imported only when configured.
 
-An unknown or unbuilt provider (`google-ads` included: this port has no Google Ads provider yet)
-is a configuration error everywhere, never a silent fallback to Mock: the original fell back
-outside production, so a deployment configured for Google Ads served invented data while its
-health check said "Google Ads".
+An unknown provider is a configuration error everywhere, never a silent fallback to Mock: the
+original fell back outside production, so a misconfigured deployment served invented data.
 """
 
 from __future__ import annotations
@@ -25,14 +23,16 @@ from shared.providers.mock import MockProvider
 
 if TYPE_CHECKING:
     from shared.providers.dataforseo import DataForSEOProvider
+    from shared.providers.google_ads import GoogleAdsProvider
 
-SUPPORTED = ("mock", "dataforseo")
+SUPPORTED = ("mock", "dataforseo", "google-ads")
 DATAFORSEO_MODULE = "shared.providers.dataforseo"
 
 _lock = threading.Lock()
 _mock: MockProvider | None = None
 _dataforseo: DataForSEOProvider | None = None
 _serp: DataForSEOProvider | None = None
+_google_ads: GoogleAdsProvider | None = None
 
 
 def configured_key() -> str:
@@ -44,12 +44,14 @@ def get_provider() -> Provider:
     """The configured provider (KEYWORD_API_PROVIDER, default mock), cached for the container.
 
     Any other name raises `ProviderConfigurationError`, in every environment. Missing
-    DataForSEO credentials surface from `keyword_data` as `ProviderConfigurationError` (and
-    from `configuration_error()` for the health check), not from here.
+    DataForSEO or Google Ads credentials surface from `keyword_data` as
+    `ProviderConfigurationError` (and from `configuration_error()` for health), not from here.
     """
     key = configured_key()
     if key == "dataforseo":
         return _dataforseo_provider()
+    if key == "google-ads":
+        return _google_ads_provider()
     if key != "mock":
         raise ProviderConfigurationError(
             f"KEYWORD_API_PROVIDER={key!r} is not supported; use one of {', '.join(SUPPORTED)}"
@@ -79,6 +81,17 @@ def _dataforseo_provider() -> DataForSEOProvider:
 
                 _dataforseo = DataForSEOProvider.from_settings(get_settings())
     return _dataforseo
+
+
+def _google_ads_provider() -> GoogleAdsProvider:
+    global _google_ads
+    if _google_ads is None:
+        with _lock:
+            if _google_ads is None:
+                from shared.providers.google_ads import GoogleAdsProvider
+
+                _google_ads = GoogleAdsProvider.from_settings(get_settings())
+    return _google_ads
 
 
 def serp_provider() -> DataForSEOProvider:
@@ -124,11 +137,12 @@ def breaker_stats() -> dict[str, Any] | None:
 
 def reset_providers() -> None:
     """Forget the cached providers, their breakers and the HTTP client (tests)."""
-    global _mock, _dataforseo, _serp
+    global _mock, _dataforseo, _serp, _google_ads
     with _lock:
         _mock = None
         _dataforseo = None
         _serp = None
+        _google_ads = None
     module = sys.modules.get(DATAFORSEO_MODULE)
     if module is not None:
         module.close_client()

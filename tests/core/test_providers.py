@@ -792,7 +792,7 @@ def test_mock_provider_stays_mock_whatever_is_configured(monkeypatch: pytest.Mon
     assert get_provider().key == "dataforseo"
 
 
-@pytest.mark.parametrize("name", ["google-ads", "bing", "Mock2"])
+@pytest.mark.parametrize("name", ["bing", "Mock2", "google_ads"])
 def test_unknown_provider_never_falls_back_to_mock(
     monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:

@@ -252,7 +252,7 @@ def test_a_provider_without_related_keywords_is_501(
 def test_unknown_provider_is_503_not_configured(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings(monkeypatch, KEYWORD_API_PROVIDER="google-ads")
+    settings(monkeypatch, KEYWORD_API_PROVIDER="bing")
     result = related(call, user_id(), {"keyword": seed()})
     assert (result.status, result.json["reason"]) == (503, "provider_not_configured")
 

@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from shared import db
+from shared import config, db
 from shared.clock import month_start, next_month_start
 from shared.contracts.history import bounded_int, decode_cursor, encode_cursor
 from shared.contracts.keywords import LOCATION_CODES, KeywordSearch
@@ -79,6 +79,7 @@ KEYWORD_LONG = "Keyword too long (max 100 chars)"
 KEYWORD_CHARSET = "Keywords must contain only letters, numbers, spaces, hyphens, and underscores"
 LOCATION_MESSAGE = "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
 LANGUAGE_MESSAGE = "Language must be valid language code (e.g., en, en-US)"
+GOOGLE_ADS_LANGUAGES = frozenset({"en", "en-US", "en-GB", "es", "fr", "de"})
 
 
 def js_trim(value: str) -> str:
@@ -218,6 +219,7 @@ def test_the_keyword_count_limits_have_their_messages(count: int) -> None:
     language=st.one_of(st.none(), st.from_regex(LANGUAGE, fullmatch=True), st.text(max_size=6)),
     location_pad=padding,
     language_pad=padding,
+    provider=st.sampled_from(["mock", "dataforseo", "google-ads"]),
 )
 def test_location_and_language_follow_the_documented_sets(
     keywords: list[str],
@@ -226,11 +228,34 @@ def test_location_and_language_follow_the_documented_sets(
     language: str | None,
     location_pad: str,
     language_pad: str,
+    provider: str,
 ) -> None:
     """Location: one of the 8 codes (case-sensitive) after trimming, blank means absent.
-    Language: `xx` or `xx-XX` after trimming, blank means absent, and one the keyword data
-    exists in (the tag or its primary subtag is listed). Order and duplicates of the
-    keywords are kept; a valid body re-validates to itself."""
+    Language: `xx` or `xx-XX` after trimming, blank means absent, and one the configured
+    provider has keyword data in (DataForSEO's list: the tag or its primary subtag is listed;
+    Google Ads: en, en-US, en-GB, es, fr, de). Order and duplicates of the keywords are kept; a
+    valid body re-validates to itself."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATABASE_URL", "postgresql://unused@localhost/unused")
+        patch.setenv("KEYWORD_API_PROVIDER", provider)
+        config.get_settings.cache_clear()
+        try:
+            check_location_and_language(
+                keywords, match_type, location, language, location_pad, language_pad, provider
+            )
+        finally:
+            config.get_settings.cache_clear()
+
+
+def check_location_and_language(
+    keywords: list[str],
+    match_type: str,
+    location: str | None,
+    language: str | None,
+    location_pad: str,
+    language_pad: str,
+    provider: str,
+) -> None:
     body: dict[str, Any] = {"keywords": keywords, "matchType": match_type}
     if location is not None:
         body["location"] = location_pad + location + location_pad
@@ -243,7 +268,11 @@ def test_location_and_language_follow_the_documented_sets(
         expected.append(LOCATION_MESSAGE)
     if expected_language is not None and not LANGUAGE.fullmatch(expected_language):
         expected.append(LANGUAGE_MESSAGE)
-    elif expected_language is not None and provider_language(expected_language) is None:
+    elif expected_language is not None and not (
+        expected_language in GOOGLE_ADS_LANGUAGES
+        if provider == "google-ads"
+        else provider_language(expected_language)
+    ):
         expected.append(f"Language {expected_language} is not available for keyword data")
     found = messages(KeywordSearch, body)
     if expected:

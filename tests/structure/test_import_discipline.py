@@ -169,6 +169,15 @@ def test_health_loads_no_orm_mappers(cold_imports: dict[str, ColdImport]) -> Non
     assert "shared.models" not in cold_imports["functions.health"].ours
 
 
+# The HTTP providers (and httpx with them) load when the configured provider is first used.
+PROVIDERS_ON_FIRST_USE = frozenset({"shared.providers.dataforseo", "shared.providers.google_ads"})
+
+
+@pytest.mark.parametrize("module", ["functions.keywords", "functions.health"])
+def test_http_providers_load_on_first_use(module: str, cold_imports: dict[str, ColdImport]) -> None:
+    assert not cold_imports[module].ours & PROVIDERS_ON_FIRST_USE
+
+
 LEGACY_LAYER = frozenset({"shared.legacy.schemas", "shared.legacy.mapping", "shared.legacy.store"})
 
 
