@@ -465,3 +465,13 @@ def test_conversions() -> None:
     assert aws_cron("*/10 * * * MON-FRI") == "cron(*/10 * ? * MON-FRI *)"
     with pytest.raises(ValueError):
         aws_cron("0 9 1 * 1")
+
+
+def test_health_sees_every_provider_credential_the_keyword_search_sees(
+    serverless: dict[str, Any],
+) -> None:
+    """Health runs the configured provider's configuration check: a credential only the keyword
+    search's Lambda gets would make a correct deployment report itself misconfigured."""
+    functions = serverless_functions(serverless)
+    env = {name: set(fn.get("environment") or {}) for name, fn in functions.items()}
+    assert env["keywords"] - env["health"] == set()
