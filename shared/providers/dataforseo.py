@@ -43,7 +43,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -66,7 +65,7 @@ from shared.providers.base import (
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
-from shared.providers.deadline import call_within
+from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
 from shared.telemetry import log_event
@@ -303,38 +302,18 @@ class DataForSEOProvider:
         code = location_code(options.location)
         if code is not None:
             task["location_code"] = code
-        if options.deadline is not None and options.deadline <= time.monotonic():
-            # Our own time ran out (not DataForSEO's failure): nothing spent, nothing counted.
-            raise ProviderError("DataForSEO was not called: no time left before the deadline")
-        started = time.perf_counter()
-        try:
-            envelope = self.breaker.call(
-                lambda: self._spend_and_post(path, [task], options.deadline)
-            )
-        except ProviderError as error:
-            log_event(
-                "provider_request",
-                level=logging.ERROR if error.outage else logging.WARNING,
-                provider=self.key,
-                endpoint=path,
-                success=False,
-                error=type(error).__name__,
-                detail=self._scrub(str(error)),
-                keywords=keywords,
-                durationMs=round((time.perf_counter() - started) * 1000),
-            )
-            raise
-        log_event(
-            "provider_request",
+        return logged_request(
             provider=self.key,
+            service="DataForSEO",
             endpoint=path,
-            success=True,
             keywords=keywords,
-            skipped=skipped,
-            cost=envelope.get("cost"),
-            durationMs=round((time.perf_counter() - started) * 1000),
+            deadline=options.deadline,
+            call=lambda: self.breaker.call(
+                lambda: self._spend_and_post(path, [task], options.deadline)
+            ),
+            scrub=self._scrub,
+            outcome=lambda envelope: {"skipped": skipped, "cost": envelope.get("cost")},
         )
-        return envelope
 
     def _spend_and_post(
         self, path: str, body: list[dict[str, Any]], deadline: float | None

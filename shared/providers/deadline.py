@@ -1,4 +1,5 @@
-"""A provider call that ends by the request's deadline, whatever the upstream does.
+"""A provider call that ends by the request's deadline, whatever the upstream does, and the
+one way each provider request is timed and logged.
 
 httpx's timeouts apply to each network step (connect, each read), so a body trickled byte by
 byte would outlast any of them. The call runs in a daemon thread that the caller waits for until
@@ -8,12 +9,14 @@ one step timeout later (its answer is dropped).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.providers.base import ProviderError
+from shared.telemetry import log_event
 
 T = TypeVar("T")
 
@@ -42,4 +45,49 @@ def call_within(deadline: float, work: Callable[[float], T], service: str) -> T:
     result = outcome[0]
     if isinstance(result, BaseException):
         raise result
+    return result
+
+
+def logged_request(
+    *,
+    provider: str,
+    service: str,
+    endpoint: str,
+    keywords: int,
+    deadline: float | None,
+    call: Callable[[], T],
+    scrub: Callable[[str], str],
+    outcome: Callable[[T], dict[str, Any]] = lambda _: {},
+) -> T:
+    """`call()` (the provider's breaker around its HTTP request), logged as `provider_request`
+    with its duration; upstream text is passed through `scrub` (credentials out). A deadline
+    already past is our own failure, not the upstream's: nothing is sent and the breaker counts
+    nothing. `outcome` adds fields of a success to its log line."""
+    if deadline is not None and deadline <= time.monotonic():
+        raise ProviderError(f"{service} was not called: no time left before the deadline")
+    started = time.perf_counter()
+    try:
+        result = call()
+    except ProviderError as error:
+        log_event(
+            "provider_request",
+            level=logging.ERROR if error.outage else logging.WARNING,
+            provider=provider,
+            endpoint=endpoint,
+            success=False,
+            error=type(error).__name__,
+            detail=scrub(str(error)),
+            keywords=keywords,
+            durationMs=round((time.perf_counter() - started) * 1000),
+        )
+        raise
+    log_event(
+        "provider_request",
+        provider=provider,
+        endpoint=endpoint,
+        success=True,
+        keywords=keywords,
+        **outcome(result),
+        durationMs=round((time.perf_counter() - started) * 1000),
+    )
     return result

@@ -59,7 +59,7 @@ from shared.providers.dataforseo import (
     match_key,
     sendable,
 )
-from shared.providers.deadline import call_within
+from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import GOOGLE_ADS_API_LANGUAGE_IDS
 from shared.telemetry import log_event
 
@@ -277,32 +277,14 @@ class GoogleAdsProvider:
     def _request(self, body: dict[str, Any], options: SearchOptions, count: int) -> dict[str, Any]:
         """One batch through the breaker, logged; its metrics by `match_key`."""
         path = f"/{API_VERSION}/customers/{self._customer_id}:generateKeywordHistoricalMetrics"
-        if options.deadline is not None and options.deadline <= time.monotonic():
-            # Our own time ran out (not Google's failure): nothing sent, nothing counted.
-            raise ProviderError("Google Ads was not called: no time left before the deadline")
-        started = time.perf_counter()
-        try:
-            answer = self.breaker.call(lambda: self._post_within(path, body, options.deadline))
-        except ProviderError as error:
-            log_event(
-                "provider_request",
-                level=logging.ERROR if error.outage else logging.WARNING,
-                provider=self.key,
-                endpoint=path,
-                success=False,
-                error=type(error).__name__,
-                detail=self._scrub(str(error)),
-                keywords=count,
-                durationMs=round((time.perf_counter() - started) * 1000),
-            )
-            raise
-        log_event(
-            "provider_request",
+        answer = logged_request(
             provider=self.key,
+            service="Google Ads",
             endpoint=path,
-            success=True,
             keywords=count,
-            durationMs=round((time.perf_counter() - started) * 1000),
+            deadline=options.deadline,
+            call=lambda: self.breaker.call(lambda: self._post_within(path, body, options.deadline)),
+            scrub=self._scrub,
         )
         return _index_results(answer)
 
