@@ -23,6 +23,7 @@ from benchmarks import (
     cold_start,
     connections,
     export_memory,
+    latency,
     memory,
     migration,
     report,
@@ -44,6 +45,7 @@ SECTIONS = [
     "scale",
     "migration",
     "export",
+    "latency",
 ]
 
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": lambda: scale.run(ctx),
             "migration": lambda: migration.run(ctx),
             "export": lambda: export_memory.run(ctx),
+            "latency": lambda: latency.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

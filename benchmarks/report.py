@@ -23,6 +23,7 @@ SECTION_TITLES = {
     "memory": "7. Memory",
     "migration": "8. Redis → Postgres backfill of a messy keyspace",
     "export": "9. Export memory",
+    "latency": "10. Latency like production (a delayed hop to each server)",
 }
 
 
@@ -392,6 +393,58 @@ def _export(data: dict[str, Any]) -> str:
     )
 
 
+def _latency(data: dict[str, Any]) -> str:
+    hop = f"{data.get('hop_ms', 0):g}"
+    rows = []
+    for name, by_delay in data.get("endpoints", {}).items():
+        base, far = by_delay.get("0", {}), by_delay.get(hop, {})
+        rows.append(
+            [
+                name,
+                base.get("handler_ms", base.get("error", "")[:60]),
+                base.get("bare_ms"),
+                far.get("handler_ms", far.get("error", "")[:60]),
+                far.get("bare_ms"),
+                by_delay.get("added_ms"),
+                by_delay.get("round_trips_waited"),
+            ]
+        )
+    endpoints = table(
+        [
+            "endpoint (warm, median ms)",
+            "handler, 0 ms",
+            "bare, 0 ms",
+            f"handler, {hop} ms",
+            f"bare, {hop} ms",
+            "added",
+            "round trips waited",
+        ],
+        rows,
+    )
+    fluid_rows = []
+    for pool, levels in data.get("fluid", {}).items():
+        if isinstance(levels, dict):
+            fluid_rows.append([pool, "error", levels.get("error", "")[:80], "", "", ""])
+            continue
+        for level in levels:
+            latency = level["latency_ms"]
+            fluid_rows.append(
+                [
+                    pool,
+                    level["concurrency"],
+                    latency.get("median"),
+                    latency.get("p95"),
+                    level["requests_per_s"],
+                    ", ".join(f"{k}: {v}" for k, v in sorted(level["statuses"].items())),
+                ]
+            )
+    fluid = table(
+        ["DB_POOL_SIZE", "in flight", "median ms", "p95 ms", "requests/s", "statuses"],
+        fluid_rows,
+    )
+    return f"{endpoints}\n\nOne Fluid instance, GET /api/searches, {hop} ms hop:\n\n{fluid}"
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -402,6 +455,7 @@ RENDERERS = {
     "memory": _memory,
     "migration": _migration,
     "export": _export,
+    "latency": _latency,
 }
 
 

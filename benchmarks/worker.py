@@ -11,6 +11,7 @@ Tasks:
   replayed by hand on an already-open psycopg connection (and httpx client), side by side.
 - `memory`: RSS over many warm invocations of one function.
 - `export_memory`: one run of the exports cron for a requested export, its peak RSS.
+- `fluid`: one process serving concurrent requests through a function's ASGI app.
 
 Invocations go through each module's Lambda `handler` with a real API Gateway v2 event, as
 Lambda calls it.
@@ -854,7 +855,49 @@ def task_routes(params: dict[str, Any]) -> dict[str, Any]:
     return {"functions": functions, "crons": crons}
 
 
+def task_fluid(params: dict[str, Any]) -> dict[str, Any]:
+    """One Vercel Fluid instance: `GET /api/searches` through the function's ASGI app, `c`
+    requests in flight at once (sync routes run on Starlette's thread pool and share the
+    container's engine), for each concurrency in `params["concurrency"]`."""
+    import asyncio
+
+    import httpx
+
+    tokens = Tokens(params["private_pem"])
+    headers = {"authorization": f"Bearer {tokens(USER)}"}
+    app = module("searches").app
+    rounds = int(params["rounds"])
+
+    async def one(client: httpx.AsyncClient) -> tuple[float, int]:
+        started = time.perf_counter()
+        response = await client.get("/api/searches", headers=headers)
+        return (time.perf_counter() - started) * 1000, response.status_code
+
+    async def level(concurrency: int) -> dict[str, Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://bench.local") as client:
+            await one(client)
+            latencies: list[float] = []
+            statuses: dict[int, int] = {}
+            started = time.perf_counter()
+            for _ in range(rounds):
+                for ms, status in await asyncio.gather(*(one(client) for _ in range(concurrency))):
+                    latencies.append(ms)
+                    statuses[status] = statuses.get(status, 0) + 1
+            seconds = time.perf_counter() - started
+        return {
+            "concurrency": concurrency,
+            "requests": len(latencies),
+            "latency_ms": summary(latencies),
+            "requests_per_s": round(len(latencies) / seconds, 1),
+            "statuses": statuses,
+        }
+
+    return {"levels": [asyncio.run(level(c)) for c in params["concurrency"]]}
+
+
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "fluid": task_fluid,
     "routes": task_routes,
     "cron": task_cron,
     "legacy": task_legacy,

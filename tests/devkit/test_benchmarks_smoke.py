@@ -28,6 +28,7 @@ SECTIONS = {
     "memory",
     "migration",
     "export",
+    "latency",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600
@@ -56,6 +57,14 @@ def test_a_quick_benchmark_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert set(sections) == SECTIONS
     crashed = {name: data.get("error") for name, data in sections.items() if "traceback" in data}
     assert not crashed, crashed
+    latency = sections["latency"]
+    failed = [
+        (name, delay)
+        for name, by_delay in latency["endpoints"].items()
+        for delay, row in by_delay.items()
+        if isinstance(row, dict) and "error" in row
+    ] + [pool for pool, levels in latency["fluid"].items() if isinstance(levels, dict)]
+    assert not failed, (failed, latency)
 
     targets = report["targets"]
     assert len(targets) >= 8, targets
