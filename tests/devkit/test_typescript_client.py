@@ -112,3 +112,30 @@ def test_the_cli_regenerates_exactly_the_committed_client(tmp_path: Path) -> Non
     ]
     for path in target.iterdir():
         assert path.read_text() == committed(path.name), f"{path.name}: {REGENERATE}"
+
+
+def test_a_failing_generator_is_one_line_with_its_last_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "openapi-typescript"
+    broken.write_text(
+        "#!/bin/sh\necho 'noise' >&2\necho 'Error: cannot parse openapi.json' >&2\nexit 1\n"
+    )
+    broken.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(typescript_client, "GENERATOR", broken)
+    assert cli.main(["openapi", "--typescript", str(tmp_path / "client")]) == 1
+    err = capsys.readouterr().err
+    assert err == "keyflash: openapi-typescript failed: Error: cannot parse openapi.json\n"
+
+
+def test_an_unwritable_directory_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(typescript_client, "GENERATOR", Path(__file__))  # exists; never runs
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    assert cli.main(["openapi", "--typescript", str(occupied / "client")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keyflash: cannot write into") and err.count("\n") == 1
