@@ -1,8 +1,9 @@
 /**
  * Calls every route of a running local stack (`keyflash dev`) through the typed client and
- * checks each answer's status and shape: success bodies by their keys, every error body against
- * the documented ErrorEnvelope, and every status seen against the statuses openapi.json declares
- * for that operation. Fails when openapi.json has an operation this script does not call.
+ * checks each answer's status and shape: every body against the schema openapi.json documents for
+ * that status (with Ajv), success bodies also by their keys (many routes document no model yet),
+ * every error body against the ErrorEnvelope, and every status seen against the statuses
+ * openapi.json declares for that operation. Fails when openapi.json has an operation this script does not call.
  *
  *   KEYFLASH_URL=http://127.0.0.1:3000 KEYFLASH_TOKEN=$(keyflash token --user smoke --admin) \
  *     npm run build && npm run smoke
@@ -27,7 +28,16 @@ const document = JSON.parse(
   readFileSync(new URL("../openapi.json", import.meta.url), "utf8"), // run from .build/
 ) as Document;
 const ajv = new Ajv2020({ strict: false, validateFormats: false });
+ajv.addSchema(document, "openapi.json");
 const envelope = ajv.compile(document.components.schemas.ErrorEnvelope ?? {});
+
+/** The body schema openapi.json documents for one response (`{}` where it documents none). */
+function documented(path: string, method: string, status: number) {
+  const pointer = ["paths", path, method, "responses", String(status), "content", "application/json"]
+    .map((part) => encodeURIComponent(part.replaceAll("~", "~0").replaceAll("/", "~1")))
+    .join("/");
+  return ajv.compile({ $ref: `openapi.json#/${pointer}/schema` });
+}
 const api = createClient({ baseUrl, token });
 const anonymous = createClient({ baseUrl });
 const called = new Set<string>();
@@ -62,6 +72,10 @@ function check(
   }
   if (!result.ok && !envelope(result.error)) {
     failures.push(`${where}: error body is not the envelope: ${ajv.errorsText(envelope.errors)}`);
+  }
+  const schema = documented(path, method, result.status);
+  if (!schema(result.ok ? result.data : result.error)) {
+    failures.push(`${where}: body is not the documented schema: ${ajv.errorsText(schema.errors)}`);
   }
   const body = (result.ok ? result.data : result.error) as Record<string, unknown> | undefined;
   for (const [key, kind] of Object.entries(shape)) {
