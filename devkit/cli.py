@@ -13,7 +13,6 @@ import argparse
 import gc
 import importlib
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -285,10 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = command(
         "openapi",
         "write the merged OpenAPI document of every function",
-        "Merge every function's app.openapi() (one tag per function) and write it as JSON.",
+        "Merge every function's app.openapi() (one tag per function) and write it as JSON; "
+        "--typescript also writes the frontend's typed client (clients/typescript/).",
         _openapi,
     )
-    openapi.add_argument("--output", "-o", type=Path, metavar="FILE", help="default: stdout")
+    target = openapi.add_mutually_exclusive_group()
+    target.add_argument("--output", "-o", type=Path, metavar="FILE", help="default: stdout")
+    target.add_argument(
+        "--typescript",
+        type=Path,
+        metavar="DIR",
+        help="write openapi.json, schema.d.ts (openapi-typescript) and client.ts into DIR",
+    )
     return parser
 
 
@@ -613,9 +620,17 @@ def _package(args: argparse.Namespace) -> int:
 
 def _openapi(args: argparse.Namespace) -> int:
     from devkit import gateway
+    from devkit.typescript_client import render, write_client
 
     functions = gateway.load_all()
-    document = json.dumps(gateway.merged_openapi(functions), indent=2) + "\n"
+    if args.typescript is not None:
+        try:
+            written = write_client(args.typescript, gateway.merged_openapi(functions))
+        except RuntimeError as error:
+            raise CliError(str(error)) from None
+        info(f"keyflash openapi: {', '.join(path.name for path in written)} -> {args.typescript}")
+        return 0
+    document = render(gateway.merged_openapi(functions))
     if args.output is None:
         sys.stdout.write(document)
         return 0
