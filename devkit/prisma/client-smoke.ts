@@ -1,0 +1,113 @@
+// What a TypeScript app does with prisma/schema.prisma, against a database `alembic upgrade head`
+// built: the client generated from the schema, over @prisma/adapter-pg. Every model is read (so
+// every column the client selects exists with a type it can decode), the original app's writes
+// get the defaults they expect, and the database's own rules (cascades, the case-insensitive
+// email) hold. `python -m devkit.prisma_schema` copies this file next to the generated client and
+// runs it with tsx after `tsc --strict`; it exits non-zero on the first broken expectation.
+//
+// usage: tsx client-smoke.ts POSTGRES_URL
+import { PrismaPg } from "@prisma/adapter-pg";
+import { Prisma, PrismaClient } from "./generated/client.ts";
+
+const databaseUrl = process.argv[2];
+if (!databaseUrl) {
+  console.error("usage: tsx client-smoke.ts POSTGRES_URL");
+  process.exit(2);
+}
+
+function check(condition: boolean, what: string): void {
+  if (!condition) throw new Error(`client smoke: ${what}`);
+  console.log(`ok  ${what}`);
+}
+
+const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: databaseUrl }) });
+try {
+  const reads: Record<string, () => Promise<unknown[]>> = {
+    User: () => prisma.user.findMany({ take: 1 }),
+    SavedSearch: () => prisma.savedSearch.findMany({ take: 1 }),
+    SearchHistory: () => prisma.searchHistory.findMany({ take: 1 }),
+    APIUsage: () => prisma.aPIUsage.findMany({ take: 1 }),
+    WebhookEvent: () => prisma.webhookEvent.findMany({ take: 1 }),
+    FeatureFlag: () => prisma.featureFlag.findMany({ take: 1 }),
+    SystemMetric: () => prisma.systemMetric.findMany({ take: 1 }),
+    LegacyRepair: () => prisma.legacyRepair.findMany({ take: 1 }),
+    CronLease: () => prisma.cronLease.findMany({ take: 1 }),
+    SearchDailyRollup: () => prisma.searchDailyRollup.findMany({ take: 1 }),
+    AccountTombstone: () => prisma.accountTombstone.findMany({ take: 1 }),
+    KeywordReservation: () => prisma.keywordReservation.findMany({ take: 1 }),
+    LegacyCounterDelta: () => prisma.legacyCounterDelta.findMany({ take: 1 }),
+    ErasedBillingCustomer: () => prisma.erasedBillingCustomer.findMany({ take: 1 }),
+    DataExport: () => prisma.dataExport.findMany({ take: 1 }),
+  };
+  for (const [model, read] of Object.entries(reads)) {
+    check(Array.isArray(await read()), `read ${model}`);
+  }
+
+  const user = await prisma.user.create({
+    data: { id: "user_smoke", email: "smoke@example.com" },
+  });
+  check(user.tier === "FREE" && user.keywordSearchesThisMonth === 0, "user gets the defaults");
+  check(user.trialStartedAt === null && user.subscriptionEventAt === null, "added columns NULL");
+
+  const search = await prisma.savedSearch.create({
+    data: { userId: user.id, name: "Smoke", keywords: ["seo tools"] },
+  });
+  const uuidV4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  check(uuidV4.test(search.id), "a saved search's id is a UUID v4, as our API writes");
+  check(search.location === "US" && search.matchType === "broad", "saved search defaults");
+
+  await prisma.searchHistory.create({
+    data: {
+      userId: user.id,
+      keywords: ["seo tools"],
+      location: "US",
+      language: "en",
+      matchType: "broad",
+      provider: "mock",
+      responseTime: 12,
+    },
+  });
+  await prisma.keywordReservation.create({
+    data: { userId: user.id, keywords: 1, reservedAt: new Date(), expiresAt: new Date() },
+  });
+  await prisma.searchDailyRollup.create({
+    data: {
+      day: new Date("2026-12-01T00:00:00Z"),
+      provider: "mock",
+      searches: 1,
+      keywords: 9007199254740993n,
+      cacheHits: 0,
+      responseTimeTotal: 12n,
+      avgResponseTime: 12.0,
+    },
+  });
+  const rollup = await prisma.searchDailyRollup.findFirstOrThrow();
+  check(rollup.keywords === 9007199254740993n, "BIGINT columns round-trip as bigint");
+
+  const loaded = await prisma.user.findUniqueOrThrow({
+    where: { id: user.id },
+    include: { savedSearches: true, searchHistory: true, keywordReservations: true },
+  });
+  check(
+    loaded.savedSearches.length === 1 &&
+      loaded.searchHistory.length === 1 &&
+      loaded.keywordReservations.length === 1,
+    "relations load",
+  );
+
+  let refusal = "none";
+  try {
+    await prisma.user.create({ data: { id: "user_shouty", email: "SMOKE@Example.com" } });
+  } catch (error) {
+    refusal = error instanceof Prisma.PrismaClientKnownRequestError ? error.code : String(error);
+  }
+  check(refusal === "P2002", `an email differing only in case is refused: ${refusal} (P2002)`);
+
+  await prisma.user.delete({ where: { id: user.id } });
+  check((await prisma.savedSearch.count()) === 0, "deleting a user cascades to saved searches");
+  check((await prisma.keywordReservation.count()) === 0, "and to keyword reservations");
+  const history = await prisma.searchHistory.findFirstOrThrow();
+  check(history.userId === null, "search history is kept with userId NULL");
+} finally {
+  await prisma.$disconnect();
+}
