@@ -736,6 +736,7 @@ COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
     ("dev",): [], ("invoke",): ["health"], ("cron", "list"): [], ("cron", "run"): ["job"],
     ("db", "migrate"): [], ("db", "downgrade"): ["-1"], ("db", "check"): [], ("db", "seed"): [],
     ("db", "reset"): [], ("db", "backup"): ["x.dump"], ("db", "restore"): ["x.dump"],
+    ("db", "backups"): [], ("db", "restore-from-s3"): ["k/"],
     ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
     ("openapi",): [], ("check",): [], ("package",): ["health"],
 }  # fmt: skip
@@ -787,7 +788,8 @@ def test_every_command_has_help() -> None:
     for args in (
         [], ["dev"], ["invoke"], ["cron"], ["cron", "list"], ["cron", "run"], ["db"],
         ["db", "migrate"], ["db", "downgrade"], ["db", "reset"], ["db", "backup"],
-        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"], ["check"], ["package"],
+        ["db", "restore"], ["db", "backups"], ["db", "restore-from-s3"], ["db", "psql"],
+        ["token"], ["openapi"], ["check"], ["package"], ["env"],
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exited:
             cli.main([*args, "--help"])
