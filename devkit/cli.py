@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dev",
         "run the local stack (database, Redis, every function, crons) until Ctrl-C",
         "Start PostgreSQL (data in <state dir>/pgdata; DATABASE_URL overrides), the Upstash "
-        "REST emulator (over REDIS_URL's Redis when set, else in-memory), migrate, seed demo "
+        "REST emulator (over REDIS_URL's Redis when set, else in-memory), a local S3 for the "
+        "backup and exports crons (moto, in-memory; not when BACKUP_BUCKET is set), migrate, "
+        "seed demo "
         "data on first run, and serve every function in functions/ at http://HOST:PORT under "
         "its deployed paths, with the merged OpenAPI at /openapi.json and /docs. Crons in "
         "functions/cron/ run on vercel.json's schedules. Ctrl-C or SIGTERM stops everything.",

@@ -12,6 +12,7 @@ times; after that the stack stops with one line, as for any other failure.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -113,7 +114,9 @@ def _serve(
         redis = session.redis()
         if redis.origin == "UPSTASH_REDIS_REST_URL":
             _warn_unless_upstash_answers(redis)
-        progress.step("starting the local S3")
+        progress.step(
+            "using BACKUP_BUCKET" if os.environ.get("BACKUP_BUCKET") else "starting the local S3"
+        )
         stack_env = session.local_s3() | cors_env(list(options.cors_origins))
         session.lock.update(stack_env=stack_env)
         env = function_env(database, redis, key, app_url=base_url, stack_env=stack_env)
@@ -396,8 +399,6 @@ def _banner(
 
 
 def _s3_line(env: dict[str, str]) -> str:
-    import os
-
     if "AWS_ENDPOINT_URL_S3" in env:
         return f"s3://{env['BACKUP_BUCKET']} at {env['AWS_ENDPOINT_URL_S3']}  (local, in-memory)"
     return f"s3://{os.environ.get('BACKUP_BUCKET')}  (BACKUP_BUCKET, your AWS credentials)"

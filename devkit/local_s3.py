@@ -15,6 +15,7 @@ keeps it, with their own credentials; no local S3 is started then.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ class LocalS3Server:
                 f"the local S3 needs moto's server mode ({error.name} is missing): "
                 "pip install 'moto[server]', or set BACKUP_BUCKET to use your own S3"
             ) from None
+        # werkzeug's access log would interleave with the stack's own request lines
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
         try:
             server.start()

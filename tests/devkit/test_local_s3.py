@@ -132,6 +132,12 @@ def test_backup_cron_round_trip_through_the_local_s3(stack: Stack) -> None:
 
     add_user(stack, "after_backup")
     assert fingerprints(stack) != at_backup
+    remote = "postgresql://user:secret@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
+    refused = keyflash(
+        "db", "restore-from-s3", key, "--yes", state_dir=stack.state_dir, DATABASE_URL=remote
+    )
+    assert refused.returncode == 1
+    assert "secret" not in assert_one_line_failure(refused, "refusing to restore into")
     restored = keyflash("db", "restore-from-s3", key, "--yes", state_dir=stack.state_dir)
     assert restored.returncode == 0, restored.stderr
     assert f"restored s3://{LOCAL_BUCKET}/{key}manifest.json" in restored.stdout
