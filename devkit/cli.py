@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dev",
         "run the local stack (database, Redis, every function, crons) until Ctrl-C",
         "Start PostgreSQL (data in <state dir>/pgdata; DATABASE_URL overrides), the Upstash "
-        "REST emulator (over REDIS_URL's Redis when set, else in-memory), migrate, seed demo "
+        "REST emulator (over REDIS_URL's Redis when set, else in-memory), a local S3 for the "
+        "backup and exports crons (moto, in-memory; not when BACKUP_BUCKET is set), migrate, "
+        "seed demo "
         "data on first run, and serve every function in functions/ at http://HOST:PORT under "
         "its deployed paths, with the merged OpenAPI at /openapi.json and /docs. Crons in "
         "functions/cron/ run on vercel.json's schedules. Ctrl-C or SIGTERM stops everything.",
@@ -141,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=_port, default=3000, help="port to serve on (default: 3000)")
     dev.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     dev.add_argument("--no-crons", action="store_true", help="do not run crons on schedule")
+    dev.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        type=_origin,
+        metavar="ORIGIN",
+        help="allow a frontend's dev server, e.g. http://localhost:3000 (repeatable; added to "
+        "ALLOWED_ORIGINS)",
+    )
     dev.add_argument(
         "-v", "--verbose", action="store_true", help="also show the core's JSON telemetry logs"
     )
@@ -212,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     restore = db_action("restore", "replace the local database with a backup", _db_restore)
     restore.add_argument("file", type=Path, metavar="FILE")
     restore.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    db_action(
+        "backups",
+        "list the backups in BACKUP_BUCKET (or the running keyflash dev's local S3)",
+        _db_backups,
+    )
+    from_s3 = db_action(
+        "restore-from-s3",
+        "replace the local database with a backup the backup cron made (production's restore)",
+        _db_restore_from_s3,
+    )
+    from_s3.add_argument(
+        "key", metavar="KEY", help="a backup as `keyflash db backups` lists it, or s3://bucket/…"
+    )
+    from_s3.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     psql = db_action("psql", "open psql on the database; other arguments go to psql", _db_psql)
     psql.set_defaults(passthrough=True)
 
@@ -248,12 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(legacy)
     legacy.set_defaults(handler=_legacy, passthrough=True, legacy_parser=legacy)
 
-    command(
+    env = command(
         "env",
-        "print the running stack's environment as shell exports",
+        "print the running stack's environment as shell exports or dotenv lines",
         "For running the functions under other tools (osls invoke local, serverless-offline) "
-        'against the running `keyflash dev`: eval "$(keyflash env)".',
+        'against the running `keyflash dev`: eval "$(keyflash env)"; for a Next.js app: '
+        "keyflash env --format dotenv > .env.local.",
         _env,
+    )
+    env.add_argument(
+        "--format",
+        choices=("export", "dotenv"),
+        default="export",
+        help="export: `export K='v'` for a shell (default); dotenv: `K=\"v\"` for .env files",
     )
 
     command(
@@ -309,6 +341,30 @@ def _port(text: str) -> int:
     return port
 
 
+def _origin(text: str) -> str:
+    """A browser origin: scheme://host[:port], nothing after it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text.strip().rstrip("/"))
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an origin like http://localhost:3000 (scheme, host, optional port)"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _state_dir(args: argparse.Namespace) -> Path:
     from devkit.stack import resolve_state_dir
 
@@ -331,6 +387,7 @@ def _dev(args: argparse.Namespace) -> int:
         port=args.port,
         verbose=args.verbose,
         crons=not args.no_crons,
+        cors_origins=tuple(args.cors_origin),
     )
     return run_dev(options, started=args.started)
 
@@ -352,7 +409,7 @@ def _prepared_session(args: argparse.Namespace, command: str) -> Any:
                 migrate_and_seed(database, progress.step)
             redis = session.redis()
             progress.close(f"keyflash {command}: database {database.origin}, Redis {redis.origin}")
-        apply_env(function_env(database, redis, dev_key(state_dir)))
+        apply_env(function_env(database, redis, dev_key(state_dir), stack_env=session.stack_env()))
     except BaseException:
         session.cleanup.close()
         raise
@@ -526,6 +583,89 @@ def _db_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup_store(args: argparse.Namespace, command: str) -> tuple[Any, str, str]:
+    """(an S3 client, the bucket, the prefix) where the backup cron writes: the developer's
+    BACKUP_BUCKET, else the running `keyflash dev`'s local S3."""
+    from devkit.stack import Session
+    from shared.config import Settings
+    from shared.s3 import s3_client
+
+    state_dir = _state_dir(args)
+    if not os.environ.get("BACKUP_BUCKET"):
+        stack_env = Session(state_dir, command).stack_env()
+        if not stack_env.get("BACKUP_BUCKET"):
+            raise CliError(
+                f"BACKUP_BUCKET is not set and no keyflash dev with its local S3 runs in "
+                f"{state_dir}: start keyflash dev, or set BACKUP_BUCKET (and AWS credentials)"
+            )
+        os.environ.update(stack_env)  # this process only: the local S3 and its dummy keys
+    # Not get_settings(): listing a bucket needs no DATABASE_URL.
+    prefix = os.environ.get("BACKUP_PREFIX") or Settings.model_fields["backup_prefix"].default
+    return s3_client(), os.environ["BACKUP_BUCKET"], str(prefix)
+
+
+def _db_backups(args: argparse.Namespace) -> int:
+    from shared.cron.backup import describe_backups
+
+    s3, bucket, prefix = _backup_store(args, "db backups")
+    backups = describe_backups(s3, bucket, prefix)
+    if not backups:
+        print(f"no backups in s3://{bucket}/{prefix} (keyflash cron run backup makes one)")
+        return 0
+    rows = [("KEY", "SIZE", "CREATED (UTC)", "")]
+    for item in backups:
+        when = item.created.strftime("%Y-%m-%d %H:%M:%S") if item.created else "-"
+        state = "" if item.complete else "interrupted (no manifest; pruned by the next backup)"
+        rows.append((item.key, _human_size(item.bytes), when, state))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print(f"s3://{bucket}/")
+    for n, row in enumerate(rows):
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        line = (line + "  " + row[3]).rstrip()
+        print(paint(line, "bold") if n == 0 else line)
+    return 0
+
+
+def _human_size(size: int) -> str:
+    amount = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{size} B"  # unreachable; keeps mypy sure of a return
+
+
+def _db_restore_from_s3(args: argparse.Namespace) -> int:
+    """Production's restore (shared.cron.backup.restore_backup) into a recreated local
+    database migrated to the backup's revision, then to head for the functions."""
+    from devkit import dbtools
+    from shared.cron.backup import RestoreError, load_manifest, restore_backup
+    from shared.db_url import redact_url
+
+    s3, bucket, _ = _backup_store(args, "db restore-from-s3")
+    try:
+        bucket, manifest_key, manifest = load_manifest(args.key, s3=s3, bucket=bucket)
+    except RestoreError as error:  # before anything is touched
+        raise CliError(redact_url(str(error))) from None
+    location = f"s3://{bucket}/{manifest_key.removesuffix('manifest.json')}"
+    revision = manifest.get("alembicRevision")
+    dbtools.require_consent("db restore-from-s3 replaces the whole database", args.yes)
+    session, database = _database_session(args, "db restore-from-s3")
+    with session:
+        dbtools.require_local(database, "restore into")
+        dbtools.confirm(f"Replace {database.redacted} with {location}?", args.yes)
+        dbtools.recreate(database)
+        if revision:
+            dbtools.upgrade(database.direct_url, str(revision))
+        try:
+            summary = restore_backup(location, database.direct_url, s3=s3, bucket=bucket)
+        except RestoreError as error:
+            raise CliError(redact_url(str(error))) from None
+        print(f"restored {summary['restored']}: {summary['tables']} tables, {summary['rows']} rows")
+        print(dbtools.migrate(database.direct_url))
+    return 0
+
+
 def _db_psql(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
@@ -594,10 +734,31 @@ def _env(args: argparse.Namespace) -> int:
         raise CliError(f"no running keyflash dev in {state_dir}: start one with keyflash dev")
     database = Database(holder["database_url"], holder["direct_database_url"], "keyflash dev")
     redis = Redis(holder["upstash_url"], holder["upstash_token"], "keyflash dev")
-    env = function_env(database, redis, dev_key(state_dir), app_url=holder.get("url"))
+    stack_env = holder.get("stack_env") if isinstance(holder.get("stack_env"), dict) else {}
+    env = function_env(
+        database, redis, dev_key(state_dir), app_url=holder.get("url"), stack_env=stack_env
+    )
     for name, value in env.items():
-        print(f"export {name}={shlex.quote(value)}")
+        if args.format == "dotenv":
+            print(f"{name}={dotenv_quote(value)}")
+        else:
+            print(f"export {name}={shlex.quote(value)}")
     return 0
+
+
+def dotenv_quote(value: str) -> str:
+    """A value as dotenv (and Next.js's @next/env, which expands `$VAR`) reads it back.
+
+    Double quotes, newlines as `\\n` (dotenv turns them back into newlines: the PEM key),
+    `$` escaped from expansion. dotenv does not unescape `\\"` or `\\\\`, so a value with a
+    double quote or backslash is single-quoted (taken literally), or refused when it has
+    both kinds of quote or a newline too."""
+    if '"' not in value and "\\" not in value:
+        escaped = value.replace("\r\n", "\n").replace("\n", "\\n").replace("$", "\\$")
+        return f'"{escaped}"'
+    if "'" not in value and "\n" not in value and "\r" not in value:
+        return f"'{value}'"
+    raise CliError("a value cannot be written for dotenv (it mixes quotes and newlines)")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -301,6 +301,18 @@ def migrate(direct_url: str) -> str:
     return f"migrated {before or 'an empty database'} → {head}"
 
 
+def upgrade(direct_url: str, revision: str) -> None:
+    """Alembic upgrade to `revision` (a restore needs the backup's schema, not head's)."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    with _alembic(direct_url) as config:
+        try:
+            command.upgrade(config, revision)
+        except CommandError as error:
+            raise CliError(f"upgrade to {revision!r} failed: {error}") from None
+
+
 def downgrade(direct_url: str, revision: str) -> str:
     from alembic import command
     from alembic.util import CommandError

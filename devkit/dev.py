@@ -12,6 +12,7 @@ times; after that the stack stops with one line, as for any other failure.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from devkit.stack import (
     Session,
     apply_env,
     bound_socket,
+    cors_env,
     function_env,
     migrate_and_seed,
     refuse_production,
@@ -50,6 +52,7 @@ class DevOptions:
     port: int = 3000
     verbose: bool = False
     crons: bool = True
+    cors_origins: tuple[str, ...] = ()  # added to ALLOWED_ORIGINS for a frontend's dev server
 
 
 class _Stop(BaseException):
@@ -104,14 +107,19 @@ def _serve(
     # Importing every function (FastAPI, SQLAlchemy, pydantic models) costs seconds; do it
     # while PostgreSQL starts in its own process. Nothing reads settings at import time.
     preload = _Background(_load_functions)
-    with Progress(6, "keyflash dev") as progress:
+    with Progress(7, "keyflash dev") as progress:
         database = session.database(progress.step)
         session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
         progress.step("starting the Upstash emulator")
         redis = session.redis()
         if redis.origin == "UPSTASH_REDIS_REST_URL":
             _warn_unless_upstash_answers(redis)
-        env = function_env(database, redis, key, app_url=base_url)
+        progress.step(
+            "using BACKUP_BUCKET" if os.environ.get("BACKUP_BUCKET") else "starting the local S3"
+        )
+        stack_env = session.local_s3() | cors_env(list(options.cors_origins))
+        session.lock.update(stack_env=stack_env)
+        env = function_env(database, redis, key, app_url=base_url, stack_env=stack_env)
         apply_env(env)
         session.cleanup.callback(_dispose_engine)
         seeded = migrate_and_seed(database, progress.step)
@@ -338,6 +346,8 @@ def _banner(
         f"  Docs       {base_url}{gateway.DOCS_PATH}",
         f"  Database   {database.redacted}  ({database.origin})",
         f"  Redis      {redis.url}  ({redis.origin})",
+        f"  S3         {_s3_line(env)}",
+        f"  CORS       {_cors_line(options)}",
         f"  State      {options.state_dir}",
     ]
     if seeded:
@@ -386,6 +396,19 @@ def _banner(
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _s3_line(env: dict[str, str]) -> str:
+    if "AWS_ENDPOINT_URL_S3" in env:
+        return f"s3://{env['BACKUP_BUCKET']} at {env['AWS_ENDPOINT_URL_S3']}  (local, in-memory)"
+    return f"s3://{os.environ.get('BACKUP_BUCKET')}  (BACKUP_BUCKET, your AWS credentials)"
+
+
+def _cors_line(options: DevOptions) -> str:
+    from shared.config import get_settings
+
+    origins = ", ".join(sorted(get_settings().cors_origins))
+    return f"{origins}  (add yours: --cors-origin ORIGIN or ALLOWED_ORIGINS)"
 
 
 def _cron_dir_exists() -> bool:

@@ -322,6 +322,31 @@ class Session:
         self._redis = Redis(emulator.url, emulator.token, origin)
         return self._redis
 
+    def local_s3(self) -> dict[str, str]:
+        """Start the local S3 (devkit.local_s3) for this command's life and return the env the
+        functions need for it; {} when the developer set BACKUP_BUCKET (their own S3)."""
+        if os.environ.get("BACKUP_BUCKET"):
+            return {}
+        from devkit.local_s3 import LocalS3Server
+
+        server = LocalS3Server()
+        self.cleanup.callback(server.stop)  # before start: a half-started server is stopped
+        return server.start().env()
+
+    def stack_env(self) -> dict[str, str]:
+        """What the running `keyflash dev` on this state dir added to the functions'
+        environment (its local S3, its CORS origins), for commands that borrow it."""
+        holder = self.running
+        if holder is None:
+            holder = lock_holder(self.state_dir) or {}
+            pid = holder.get("pid")
+            if holder.get("command") != "dev" or not (isinstance(pid, int) and pid_alive(pid)):
+                return {}
+        extra = holder.get("stack_env")
+        if not isinstance(extra, dict):
+            return {}
+        return {str(name): str(value) for name, value in extra.items()}
+
     def _start_watchdog(self, data_dir: Path) -> None:
         """Start the process that stops PostgreSQL if we die without doing it ourselves."""
         if self.lock is None or self.lock.fd is None:
@@ -400,10 +425,16 @@ def shared_database(database: Database) -> Iterator[None]:
 
 
 def function_env(
-    database: Database, redis: Redis, key: DevKey, *, app_url: str | None = None
+    database: Database,
+    redis: Redis,
+    key: DevKey,
+    *,
+    app_url: str | None = None,
+    stack_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment the functions run with locally: ours where the stack decides, the
-    developer's own values kept for everything else."""
+    """The environment the functions run with locally: ours where the stack decides (with
+    `stack_env`: what `keyflash dev` added, its local S3 and CORS origins), the developer's
+    own values kept for everything else."""
     from devkit.tokens import DEV_ISSUER
 
     env = {
@@ -429,7 +460,17 @@ def function_env(
         defaults["APP_URL"] = app_url
     for name, value in defaults.items():
         env[name] = os.environ.get(name) or value
+    env.update(stack_env or {})
     return env
+
+
+def cors_env(origins: list[str]) -> dict[str, str]:
+    """ALLOWED_ORIGINS with `--cors-origin`'s origins added to the developer's own, or {}."""
+    if not origins:
+        return {}
+    current = [o.strip() for o in os.environ.get("ALLOWED_ORIGINS", "").split(",") if o.strip()]
+    merged = list(dict.fromkeys(current + [o.rstrip("/") for o in origins]))
+    return {"ALLOWED_ORIGINS": ",".join(merged)}
 
 
 def apply_env(env: dict[str, str]) -> None:

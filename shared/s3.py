@@ -36,12 +36,17 @@ def delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
         )
 
 
+def list_objects(s3: S3Client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under `prefix` (ListObjectsV2's entries: Key, Size, LastModified…)."""
+    objects: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects += page.get("Contents", [])
+    return objects
+
+
 def list_keys(s3: S3Client, bucket: str, prefix: str) -> list[str]:
     """Every key under `prefix`, across ListObjectsV2's pages."""
-    keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    return keys
+    return [str(item["Key"]) for item in list_objects(s3, bucket, prefix)]
 
 
 @dataclass

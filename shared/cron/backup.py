@@ -44,7 +44,7 @@ from shared.clock import iso_ms
 from shared.config import ConfigurationError, get_settings
 from shared.cron.runner import Job, Run, run_job
 from shared.db_url import parse_database_url, redact_url
-from shared.s3 import GzipUpload, S3Client, delete_keys, list_keys, s3_client
+from shared.s3 import GzipUpload, S3Client, delete_keys, list_keys, list_objects, s3_client
 from shared.telemetry import log_event
 
 FORMAT = "keyflash-backup/1"
@@ -246,6 +246,39 @@ def list_backups(s3: S3Client, bucket: str, prefix: str) -> tuple[list[str], lis
     return complete, interrupted
 
 
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    key: str  # the folder, `<prefix><name>/`: what restore takes
+    bytes: int  # every object of the backup, as stored (gzipped)
+    created: datetime | None  # from the name; None for a folder not named by backup_name
+    complete: bool  # has its manifest
+
+
+def describe_backups(s3: S3Client, bucket: str, prefix: str) -> list[BackupInfo]:
+    """Every backup folder under `prefix` with its size and time, oldest first."""
+    sizes: dict[str, int] = {}
+    complete: set[str] = set()
+    for item in list_objects(s3, bucket, prefix):
+        folder, _, name = str(item["Key"]).removeprefix(prefix).partition("/")
+        if not name:
+            continue
+        sizes[folder] = sizes.get(folder, 0) + int(item.get("Size", 0))
+        if name == MANIFEST:
+            complete.add(folder)
+    return [
+        BackupInfo(f"{prefix}{folder}/", sizes[folder], _backup_time(folder), folder in complete)
+        for folder in sorted(sizes)
+    ]
+
+
+def _backup_time(name: str) -> datetime | None:
+    try:
+        moment = datetime.strptime(name[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return moment.replace(microsecond=int(name[15:18]) * 1000)
+    except ValueError:
+        return None
+
+
 def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int) -> list[str]:
     """Delete all but the newest `keep` complete backups, and every interrupted one."""
     complete, interrupted = list_backups(s3, bucket, prefix)
@@ -273,18 +306,19 @@ def parse_location(location: str, default_bucket: str | None) -> tuple[str, str]
     return bucket, key
 
 
-def restore_backup(
-    key: str, direct_url: str, *, s3: S3Client | None = None, bucket: str | None = None
-) -> dict[str, Any]:
-    """Load the backup at `key` (`s3://bucket/…/<name>/` or its manifest) into the empty
-    database at `direct_url`, migrated to the backup's Alembic revision. All or nothing."""
-    s3 = s3 if s3 is not None else s3_client()
+def load_manifest(
+    key: str, *, s3: S3Client, bucket: str | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """(bucket, the manifest's key, the manifest) of the backup at `key` (`s3://bucket/…`, or
+    a key in `bucket`, else in BACKUP_BUCKET); RestoreError when there is no such backup."""
     if bucket is None:
         try:
             bucket = get_settings().backup_bucket
         except ConfigurationError:
             bucket = os.environ.get("BACKUP_BUCKET")
     bucket, manifest_key = parse_location(key, bucket)
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
     try:
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     except s3.exceptions.NoSuchKey:
@@ -292,8 +326,25 @@ def restore_backup(
             f"s3://{bucket}/{manifest_key} does not exist (an interrupted backup has no "
             "manifest); `python -m functions.cron.backup list` shows the complete ones"
         ) from None
-    if manifest.get("format") != FORMAT:
+    except s3.exceptions.NoSuchBucket:
+        raise RestoreError(f"the bucket {bucket} does not exist") from None
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "an S3 error")
+        raise RestoreError(f"s3://{bucket}/{manifest_key} cannot be read: {code}") from None
+    except ValueError:
+        raise RestoreError(f"s3://{bucket}/{manifest_key} is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise RestoreError(f"s3://{bucket}/{manifest_key} is not a {FORMAT} manifest")
+    return bucket, manifest_key, manifest
+
+
+def restore_backup(
+    key: str, direct_url: str, *, s3: S3Client | None = None, bucket: str | None = None
+) -> dict[str, Any]:
+    """Load the backup at `key` (`s3://bucket/…/<name>/` or its manifest) into the empty
+    database at `direct_url`, migrated to the backup's Alembic revision. All or nothing."""
+    s3 = s3 if s3 is not None else s3_client()
+    bucket, manifest_key, manifest = load_manifest(key, s3=s3, bucket=bucket)
     base = manifest_key.removesuffix(MANIFEST)
     rows = 0
     with psycopg.connect(libpq_url(direct_url), prepare_threshold=None) as conn:

@@ -454,3 +454,31 @@ def test_the_cli_lists_and_restores(
     assert json.loads(capsys.readouterr().out)["tables"] >= 10
     assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 1
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_load_manifest_says_why_a_key_is_no_backup(direct_s3: Any) -> None:
+    with pytest.raises(backup.RestoreError, match="the bucket no-such-bucket does not exist"):
+        backup.load_manifest("s3://no-such-bucket/kf/x/", s3=direct_s3)
+    direct_s3.put_object(Bucket=BUCKET, Key="junk/manifest.json", Body=b"not json {")
+    with pytest.raises(backup.RestoreError, match="is not JSON"):
+        backup.load_manifest("junk/", s3=direct_s3, bucket=BUCKET)
+    direct_s3.put_object(Bucket=BUCKET, Key="list/manifest.json", Body=b"[1, 2]")
+    with pytest.raises(backup.RestoreError, match="not a keyflash-backup/1 manifest"):
+        backup.load_manifest("list/", s3=direct_s3, bucket=BUCKET)
+
+
+def test_describe_backups_gives_each_folder_its_size_time_and_state(
+    made_backup: str, direct_s3: Any
+) -> None:
+    direct_s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}20261129T020000000Z/users.tsv.gz", Body=b"x")
+    direct_s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}loose.txt", Body=b"not a backup")
+    direct_s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}by-hand/manifest.json", Body=b"{}")
+    complete, interrupted, by_hand = backup.describe_backups(direct_s3, BUCKET, PREFIX)
+    assert (by_hand.key, by_hand.created, by_hand.complete) == (f"{PREFIX}by-hand/", None, True)
+    assert complete.key == made_backup.removeprefix(f"s3://{BUCKET}/")
+    assert complete.complete and complete.created == NOW
+    stored = s3_transport.list_objects(direct_s3, BUCKET, complete.key)
+    assert complete.bytes == sum(item["Size"] for item in stored) > 0
+    assert interrupted == backup.BackupInfo(
+        f"{PREFIX}20261129T020000000Z/", 1, datetime(2026, 11, 29, 2, tzinfo=UTC), False
+    )

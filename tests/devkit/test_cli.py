@@ -47,7 +47,8 @@ STOP_TIMEOUT_S = 30.0
 FOREIGN = (
     "DATABASE_URL", "DIRECT_DATABASE_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN",
     "REDIS_URL", "APP_ENV", "KEYWORD_API_PROVIDER", "CLERK_JWT_KEY", "CLERK_ISSUER",
-    "ADMIN_USER_IDS", "RATE_LIMIT_ENABLED",
+    "ADMIN_USER_IDS", "RATE_LIMIT_ENABLED", "BACKUP_BUCKET", "BACKUP_PREFIX",
+    "AWS_ENDPOINT_URL_S3", "ALLOWED_ORIGINS",
 )  # fmt: skip
 
 
@@ -178,14 +179,17 @@ class Stack:
         return self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def start_dev(state_dir: Path, port: int | None = None, **extra: str) -> Stack:
-    """`keyflash dev` on a free port (`extra`: environment), returned once /api/health answers."""
+def start_dev(
+    state_dir: Path, port: int | None = None, *, args: tuple[str, ...] = (), **extra: str
+) -> Stack:
+    """`keyflash dev` on a free port (`args`: more options, `extra`: environment), returned
+    once /api/health answers."""
     port = port or free_port()
     log = state_dir.with_name(state_dir.name + f"-dev-{port}.log")
     started = time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [KEYFLASH, "dev", "--port", str(port)],
+            [KEYFLASH, "dev", "--port", str(port), *args],
             env=cli_env(state_dir, **extra),
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -732,6 +736,7 @@ COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
     ("dev",): [], ("invoke",): ["health"], ("cron", "list"): [], ("cron", "run"): ["job"],
     ("db", "migrate"): [], ("db", "downgrade"): ["-1"], ("db", "check"): [], ("db", "seed"): [],
     ("db", "reset"): [], ("db", "backup"): ["x.dump"], ("db", "restore"): ["x.dump"],
+    ("db", "backups"): [], ("db", "restore-from-s3"): ["k/"],
     ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
     ("openapi",): [], ("check",): [], ("package",): ["health"],
 }  # fmt: skip
@@ -783,7 +788,8 @@ def test_every_command_has_help() -> None:
     for args in (
         [], ["dev"], ["invoke"], ["cron"], ["cron", "list"], ["cron", "run"], ["db"],
         ["db", "migrate"], ["db", "downgrade"], ["db", "reset"], ["db", "backup"],
-        ["db", "restore"], ["db", "psql"], ["token"], ["openapi"], ["check"], ["package"],
+        ["db", "restore"], ["db", "backups"], ["db", "restore-from-s3"], ["db", "psql"],
+        ["token"], ["openapi"], ["check"], ["package"], ["env"],
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exited:
             cli.main([*args, "--help"])
