@@ -39,6 +39,7 @@ from devkit.descriptors import (
     serverless_functions,
     vercel_src,
 )
+from devkit.local_s3 import LOCAL_BUCKET
 from tests.support.http import Keys
 
 SAMPLE_PARAM = "3f2a9c1e-8b7d-4e6f-a5c4-2d1b0e9f8a7c"  # a valid saved-search id, fine elsewhere
@@ -151,6 +152,8 @@ def _check_settings_sources(serverless: dict[str, Any]) -> None:
     outside = [line for line in env_uses if line.split(":", 1)[0] not in local]
     assert outside == ["pythonBin: ${env:PYTHON_BIN, 'python3'}"], outside
     assert "./devkit/serverless/local_stage_guard.js" in serverless["plugins"]
+    # Without BACKUP_BUCKET exported, osls --stage local still writes into keyflash dev's local S3.
+    assert local["BACKUP_BUCKET"] == f"${{env:BACKUP_BUCKET, '{LOCAL_BUCKET}'}}"
 
 
 def test_requirements_txt_is_pyprojects_runtime_dependencies() -> None:
