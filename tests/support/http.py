@@ -13,6 +13,7 @@ import functools
 import gzip
 import importlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,7 +133,11 @@ class Caller:
 
     Requests and responses pass through the platforms' payload and time limits
     (`KEYFLASH_PLATFORM`, default both): over a limit, or past the function's timeout, the
-    caller gets the platform's refusal, as deployed."""
+    caller gets the platform's refusal, as deployed.
+
+    After each call the answer of the request's `api_usage` INSERT, which the function sends
+    after the response without waiting (`shared.http.usage`), is read, as the container's next
+    request would: a test may then read `api_usage` from a connection of its own."""
 
     def __init__(self, style: str, keys: Keys) -> None:
         self.style = style
@@ -141,7 +146,15 @@ class Caller:
     def token(self, sub: str, **claims: Any) -> str:
         return make_token(self.keys, sub, **claims)
 
-    def __call__(
+    def __call__(self, module: str, method: str, path: str, **options: Any) -> Result:
+        try:
+            return self._call(module, method, path, **options)
+        finally:
+            usage = sys.modules.get("shared.http.usage")
+            if usage is not None:
+                usage.settle()
+
+    def _call(
         self,
         module: str,
         method: str,
