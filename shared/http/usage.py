@@ -52,6 +52,10 @@ from shared.telemetry import log_event
 Row = tuple[bytes | None, ...]
 
 MAX_HELD_ROWS = 100
+# How long a checkout waits for an answer not back yet: normally it is the rest of one round
+# trip. Past it (a pooler queueing the INSERT, a lock, a silent network) the connection is
+# replaced and its rows re-sent, rather than holding up the request and the pool behind it.
+ANSWER_GRACE_S = 0.25
 _OUTBOX = "kf_usage_outbox"  # rows to send when the connection is checked in
 _IN_FLIGHT = "kf_usage_in_flight"  # rows sent on the connection, answer not read yet
 # SQLSTATE classes meaning the session ended, not that the row was refused.
@@ -89,6 +93,8 @@ def settle() -> None:
     try:
         for _ in range(idle):  # all at once: each checkout takes another idle connection
             connections.append(engine.raw_connection())
+    except Exception:  # a connection that cannot be had is not waiting to be confirmed
+        pass
     finally:
         for connection in connections:
             connection.close()
@@ -164,22 +170,22 @@ def _send_on_checkin(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolE
 def _confirm_on_checkout(
     dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
 ) -> None:
-    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record):
+    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, ANSWER_GRACE_S):
         raise DisconnectionError("connection lost with an api_usage row in flight")
 
 
 def _confirm_on_close(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
     if dbapi_conn is not None and _IN_FLIGHT in record.info:
-        _confirm(dbapi_conn, record)
+        _confirm(dbapi_conn, record, _budget())  # shutdown, snapshot: worth waiting for
 
 
-def _confirm(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> bool:
+def _confirm(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, timeout_s: float) -> bool:
     """Read the in-flight INSERT's answer; False when the connection is unusable."""
     rows: list[Row] = record.info.pop(_IN_FLIGHT)
     conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
     pgconn = conn.pgconn
     try:
-        results = _read_results(pgconn, _budget())
+        results = _read_results(pgconn, timeout_s)
     except (psycopg.Error, OSError, TimeoutError) as error:
         _hold(rows, reason=type(error).__name__)
         return False

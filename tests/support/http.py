@@ -14,6 +14,7 @@ import gzip
 import importlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,9 +136,9 @@ class Caller:
     (`KEYFLASH_PLATFORM`, default both): over a limit, or past the function's timeout, the
     caller gets the platform's refusal, as deployed.
 
-    After each call the answer of the request's `api_usage` INSERT, which the function sends
-    after the response without waiting (`shared.http.usage`), is read, as the container's next
-    request would: a test may then read `api_usage` from a connection of its own."""
+    After each call from the test's main thread, the answer of the request's `api_usage` INSERT
+    (sent after the response without waiting, `shared.http.usage`) is read, as the container's
+    next request would: a test may then read `api_usage` from a connection of its own."""
 
     def __init__(self, style: str, keys: Keys) -> None:
         self.style = style
@@ -151,7 +152,9 @@ class Caller:
             return self._call(module, method, path, **options)
         finally:
             usage = sys.modules.get("shared.http.usage")
-            if usage is not None:
+            # Only for the test's own thread: traffic threads read no rows, and would compete
+            # with each other for the pooled connections.
+            if usage is not None and threading.current_thread() is threading.main_thread():
                 usage.settle()
 
     def _call(
