@@ -181,3 +181,69 @@ def test_a_resent_row_is_stored_once(api_env: Keys, admin_conn: psycopg.Connecti
                 statuses.append(result.status)
             assert statuses == [pq.ExecStatus.COMMAND_OK]
     assert usage_rows(admin_conn) == 2
+
+
+def test_a_row_the_server_refuses_is_logged_not_retried(
+    api_env: Keys, admin_conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert invoke(api_env) == 200
+    usage.settle()
+    admin_conn.execute(
+        "ALTER TABLE api_usage ADD CONSTRAINT kf_refuse"
+        " CHECK (\"userAgent\" <> 'flight/1.0') NOT VALID"
+    )
+    try:
+        failed = usage.stats["failed"]
+        assert invoke(api_env) == 200  # answered; its row is refused by the server
+        usage.settle()
+    finally:
+        admin_conn.execute("ALTER TABLE api_usage DROP CONSTRAINT kf_refuse")
+    assert usage.stats["failed"] == failed + 1
+    assert '"event":"usage_record_failed"' in caplog.text and '"sqlstate":"23514"' in caplog.text
+    assert invoke(api_env) == 200  # not re-sent: only this one more row
+    usage.flush()
+    assert usage_rows(admin_conn) == 2
+
+
+def test_an_answer_slower_than_the_grace_replaces_the_connection_and_loses_nothing(
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert invoke(api_env) == 200
+    usage.settle()
+    with psycopg.connect(direct_database_url) as locker:
+        locker.execute("LOCK TABLE api_usage IN ACCESS EXCLUSIVE MODE")
+        assert invoke(api_env) == 200  # its row waits behind the lock
+        assert invoke(api_env) == 200  # gives up on that answer, reconnects, re-sends the row
+        locker.rollback()
+    assert '"reason":"TimeoutError"' in caplog.text
+    usage.flush()
+    assert wait_for(lambda: usage_rows(admin_conn) == 3, timeout=10)
+    duplicates = admin_conn.execute("SELECT count(*) - count(DISTINCT id) FROM api_usage")
+    assert duplicates.fetchone() == (0,)
+
+
+def test_rows_that_cannot_be_sent_are_held_bounded_and_reported(
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from shared.config import get_settings
+
+    monkeypatch.setattr(usage, "MAX_HELD_ROWS", 2)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    monkeypatch.setenv("DB_RETRY_BUDGET_S", "0.2")
+    get_settings.cache_clear()
+    db.dispose_engine()
+    lost = usage.stats["lost"]
+    for _ in range(3):
+        usage.record(api_usage.Request("/api/searches", "GET", 200, 1, "held"))
+    assert '"event":"usage_record_deferred"' in caplog.text
+    assert usage.stats["lost"] == lost + 1  # the third did not fit
+    usage.flush()  # the database is still unreachable: the held rows are reported lost
+    assert usage.stats["lost"] == lost + 3
+    assert caplog.text.count('"event":"usage_rows_lost"') == 2
+    assert usage_rows(admin_conn) == 0
