@@ -194,7 +194,7 @@ def _roundtrips(data: dict[str, Any]) -> str:
     rows = []
     for row in data["endpoints"]:
         if "error" in row:
-            rows.append([row["name"], "error", "", "", "", row["error"][:100]])
+            rows.append([row["name"], "error", "", "", "", "", row["error"][:100]])
             continue
         cold, warm = row.get("cold", {}), row.get("warm", {})
         rows.append(
@@ -204,6 +204,7 @@ def _roundtrips(data: dict[str, Any]) -> str:
                 f"{warm.get('statements')} ({cold.get('statements')})",
                 f"{warm.get('transactions')}",
                 f"{warm.get('redis_calls')} ({cold.get('redis_calls')})",
+                warm.get("usage_sent_after", 0),
                 ", ".join(warm.get("sql", [])),
             ]
         )
@@ -214,6 +215,7 @@ def _roundtrips(data: dict[str, Any]) -> str:
             "statements warm (fresh container)",
             "transactions",
             "Upstash calls warm (fresh)",
+            "usage rows sent after, not waited for",
             "statements (warm)",
         ],
         rows,

@@ -138,7 +138,8 @@ class Recorder:
 
     Statements are counted with SQLAlchemy's `before_cursor_execute` (one per round trip: the
     engine runs in autocommit, `BEGIN; SET LOCAL …` is one message); Upstash calls by wrapping
-    httpx's `Client.send`.
+    httpx's `Client.send`. The `api_usage` rows sent after the response and not waited for
+    (`shared.http.usage`, which bypasses SQLAlchemy) are counted apart, as `usage_sent_after`.
     """
 
     def __init__(self) -> None:
@@ -146,6 +147,7 @@ class Recorder:
         self.statements: list[tuple[str, Any]] = []
         self.redis: list[tuple[str, dict[str, str], bytes]] = []
         self.connects = 0
+        self._usage_sent = 0
         self._installed = False
 
     def install(self) -> None:
@@ -180,6 +182,7 @@ class Recorder:
 
     def start(self) -> None:
         self.statements, self.redis, self.connects, self.active = [], [], 0, True
+        self._usage_sent = _usage_sent()
 
     def stop(self) -> dict[str, Any]:
         self.active = False
@@ -189,9 +192,15 @@ class Recorder:
             "transactions": sum(1 for kind in kinds if kind.startswith("BEGIN")),
             "redis_calls": len(self.redis),
             "connects": self.connects,
+            "usage_sent_after": _usage_sent() - self._usage_sent,
             "sql": kinds,
             "redis": [describe_redis(body) for _, _, body in self.redis],
         }
+
+
+def _usage_sent() -> int:
+    usage = sys.modules.get("shared.http.usage")
+    return int(usage.stats["sent"]) if usage is not None else 0
 
 
 _VERB = re.compile(r"^\s*(WITH|SELECT|INSERT|UPDATE|DELETE|BEGIN|COMMIT|ROLLBACK|SET)\b", re.I)

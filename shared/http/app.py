@@ -8,9 +8,15 @@ Nothing here opens a connection: the engine is created on first use and cached p
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import secrets
+import signal
+import sys
+import threading
 import time
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -23,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import db, snapstart
+from shared import snapstart
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
 from shared.errors import EMAIL_IN_USE, EmailInUseError
@@ -78,7 +84,36 @@ def lambda_handler(app: FastAPI) -> Mangum:
     """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`; on Lambda, the
     SnapStart hooks (`shared.snapstart`) are registered here, during INIT."""
     snapstart.register()
+    _install_shutdown_flush()
     return Mangum(app, lifespan="off")
+
+
+def _flush_usage() -> None:
+    """Confirm or write the container's unconfirmed `api_usage` rows (`shared.http.usage`)."""
+    usage = sys.modules.get("shared.http.usage")  # not imported: no row was ever recorded
+    if usage is not None:
+        usage.flush()
+
+
+def _install_shutdown_flush() -> None:
+    """`_flush_usage` at interpreter exit and, on Lambda, at SIGTERM, which Lambda sends the
+    runtime before ending an environment only when an extension is registered (then it waits up
+    to 300 ms, 500 ms with an internal extension, before SIGKILL); without one the environment is
+    killed without notice, so the guarantee must not depend on this (docs/performance.md)."""
+    atexit.register(_flush_usage)
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # someone else owns shutdown; atexit still flushes
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        _flush_usage()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 async def _api_error(request: Request, error: ApiError) -> Response:
@@ -229,6 +264,7 @@ def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms:
     """Write the request's `api_usage` row; analytics must never fail a request."""
     # Imported here: it loads the ORM mappers, which a function recording no usage (health)
     # never needs; the others pay for it on their first request.
+    from shared.http import usage
     from shared.repositories import api_usage
 
     try:
@@ -245,6 +281,6 @@ def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms:
             ip_address=stored_ip(ip, settings.ip_storage),
             user_agent=stored_user_agent(headers.get("user-agent")),
         )
-        db.run(lambda session: api_usage.record(session, row))
+        usage.record(row)  # sent now, answer read at the next checkout: no wait
     except Exception as error:
         log_event("usage_record_failed", level=logging.WARNING, error=type(error).__name__)

@@ -1,9 +1,14 @@
-"""API usage: one row per HTTP request, written in bulk where requests are batched."""
+"""API usage: one row per HTTP request, written in bulk where requests are batched.
+
+`record`/`record_many` run through a Session; `wire_insert` is the same row as SQL text and text
+parameters for the HTTP layer's unawaited send (`shared.http.usage`), which bypasses SQLAlchemy
+so that it can go out after the response without waiting for its answer.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -57,3 +62,41 @@ def record_many(session: Session, requests: list[Request]) -> None:
     """All rows in one multi-row INSERT: one round trip however many requests."""
     if requests:
         session.execute(insert_statement(requests))
+
+
+# The wire form's columns, in the order of `_values` (tests pin them to the table's).
+WIRE_COLUMNS = (
+    ("id", "id"),
+    ("user_id", "userId"),
+    ("endpoint", "endpoint"),
+    ("method", "method"),
+    ("status_code", "statusCode"),
+    ("duration", "duration"),
+    ("ip_address", "ipAddress"),
+    ("user_agent", "userAgent"),
+    ("timestamp", "timestamp"),
+)
+
+
+def wire_row(request: Request) -> tuple[bytes | None, ...]:
+    """One row's parameters in text format, with its id and timestamp fixed now: a row re-sent
+    later keeps both (so `ON CONFLICT (id) DO NOTHING` makes a re-send harmless)."""
+    values = _values(request, utcnow())
+    moment = values["timestamp"]
+    assert isinstance(moment, datetime)
+    values["timestamp"] = moment.astimezone(UTC).replace(tzinfo=None).isoformat()
+    return tuple(
+        None if values[key] is None else str(values[key]).encode() for key, _ in WIRE_COLUMNS
+    )
+
+
+def wire_insert(rows: list[tuple[bytes | None, ...]]) -> tuple[bytes, list[bytes | None]]:
+    """(SQL, parameters) inserting `rows` in one statement, idempotent on the row ids."""
+    width = len(WIRE_COLUMNS)
+    groups = ", ".join(
+        "(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")"
+        for r in range(len(rows))
+    )
+    columns = ", ".join(f'"{name}"' for _, name in WIRE_COLUMNS)
+    sql = f"INSERT INTO api_usage ({columns}) VALUES {groups} ON CONFLICT (id) DO NOTHING"
+    return sql.encode(), [value for row in rows for value in row]

@@ -13,6 +13,8 @@ import functools
 import gzip
 import importlib
 import json
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,7 +134,11 @@ class Caller:
 
     Requests and responses pass through the platforms' payload and time limits
     (`KEYFLASH_PLATFORM`, default both): over a limit, or past the function's timeout, the
-    caller gets the platform's refusal, as deployed."""
+    caller gets the platform's refusal, as deployed.
+
+    After each call from the test's main thread, the answer of the request's `api_usage` INSERT
+    (sent after the response without waiting, `shared.http.usage`) is read, as the container's
+    next request would: a test may then read `api_usage` from a connection of its own."""
 
     def __init__(self, style: str, keys: Keys) -> None:
         self.style = style
@@ -141,7 +147,17 @@ class Caller:
     def token(self, sub: str, **claims: Any) -> str:
         return make_token(self.keys, sub, **claims)
 
-    def __call__(
+    def __call__(self, module: str, method: str, path: str, **options: Any) -> Result:
+        try:
+            return self._call(module, method, path, **options)
+        finally:
+            usage = sys.modules.get("shared.http.usage")
+            # Only for the test's own thread: traffic threads read no rows, and would compete
+            # with each other for the pooled connections.
+            if usage is not None and threading.current_thread() is threading.main_thread():
+                usage.settle()
+
+    def _call(
         self,
         module: str,
         method: str,

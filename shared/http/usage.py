@@ -1,0 +1,268 @@
+"""Each request's `api_usage` row, sent after the response and confirmed by the next checkout.
+
+Why: writing the row as a statement of its own after the response made every endpoint pay a
+second synchronous round trip (on Lambda the handler returns only once it is done, so the
+client waited for it too). Now the row is *sent* on the container's pooled connection as soon as
+the request is answered, and its answer is *read* the next time that connection is checked out.
+Nobody waits for it: by the next request the server's answer is long in the socket's buffer.
+
+How (see docs/performance.md#the-api_usage-row-one-round-trip):
+- `record(row)` checks a connection out (the checkout reads whatever that connection still had
+  in flight), marks the row for it and checks it back in; after SQLAlchemy's reset on return, the
+  pool's `checkin` hook sends the INSERT with libpq (`send_query_params`: one extended-protocol
+  flight ending in Sync, so it commits on the server on its own, like any autocommit statement)
+  and does not read the result. The connection is then idle in the pool with one answer pending.
+- the pool's `checkout` hook (first of the checkout hooks) reads that answer before anything
+  else may use the connection; `close` (dispose, SnapStart's snapshot, shutdown) does the same.
+- at most one INSERT is in flight per pooled connection (`DB_POOL_SIZE`, default 1), and it may
+  carry rows whose outcome was unknown: a row whose send or answer was lost with its connection
+  is kept (with its id and timestamp) and re-sent with the next row, `ON CONFLICT (id) DO NOTHING`
+  making a second delivery harmless. At most `MAX_HELD_ROWS` are held; more are dropped and
+  logged (`usage_rows_lost`, ERROR). A statement error (the row itself refused) is logged
+  (`usage_record_failed`) and not retried.
+- `flush()` reads every pooled connection's answer and writes any held rows synchronously;
+  `shared.http.app` runs it at interpreter exit and, on Lambda, on SIGTERM.
+
+Nothing here raises into a request: analytics never fail one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import select
+import threading
+import time
+import weakref
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg.pq.abc import PGconn, PGresult
+from sqlalchemy import Engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
+
+from shared import db
+from shared.config import get_settings
+from shared.repositories import api_usage
+from shared.telemetry import log_event
+
+Row = tuple[bytes | None, ...]
+
+MAX_HELD_ROWS = 100
+# How long a checkout waits for an answer not back yet: normally it is the rest of one round
+# trip. Past it (a pooler queueing the INSERT, a lock, a silent network) the connection is
+# replaced and its rows re-sent, rather than holding up the request and the pool behind it.
+ANSWER_GRACE_S = 0.25
+_OUTBOX = "kf_usage_outbox"  # rows to send when the connection is checked in
+_IN_FLIGHT = "kf_usage_in_flight"  # rows sent on the connection, answer not read yet
+# SQLSTATE classes meaning the session ended, not that the row was refused.
+_SESSION_ENDED = ("08", "57", "53")
+
+_lock = threading.Lock()
+_held: list[Row] = []
+_hooked: weakref.WeakSet[Engine] = weakref.WeakSet()
+stats = {"sent": 0, "confirmed": 0, "late": 0, "held": 0, "failed": 0, "lost": 0}
+
+
+def record(request: api_usage.Request) -> None:
+    """Send `request`'s row (and any held ones) on a pooled connection without waiting."""
+    row = api_usage.wire_row(request)
+    rows = [row, *_take_held()]
+    try:
+        engine = db.get_engine()
+        _install(engine)
+        connection = engine.raw_connection()  # the checkout reads what it had in flight
+    except Exception as error:  # analytics must not fail the request
+        _hold(rows, reason=type(error).__name__)
+        return
+    connection.info[_OUTBOX] = rows
+    connection.close()  # the reset runs first, then `_send_on_checkin`
+
+
+def settle() -> None:
+    """Read the answers pending on the idle pooled connections, keeping them open: what the next
+    request's checkout would do, for a caller about to read `api_usage` from elsewhere."""
+    engine = db._engine
+    if engine is None:
+        return
+    idle = engine.pool.checkedin() if isinstance(engine.pool, QueuePool) else 0
+    connections = []
+    try:
+        for _ in range(idle):  # all at once: each checkout takes another idle connection
+            connections.append(engine.raw_connection())
+    except Exception:  # a connection that cannot be had is not waiting to be confirmed
+        pass
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def flush() -> None:
+    """Read every pooled connection's pending answer, then write held rows synchronously.
+
+    Closes the pooled connections (the next query reconnects): for shutdown, SnapStart's
+    snapshot, and tests that read `api_usage` from a connection of their own.
+    """
+    if db._engine is not None:  # never build an engine to flush
+        db.close_connections()  # each close reads its connection's answer (`_confirm_on_close`)
+    rows = _take_held()
+    if not rows:
+        return
+    sql, params = api_usage.wire_insert(rows)
+    statement = re.sub(r"\$(\d+)", r"%(p\1)s", sql.decode())  # the driver's parameter style
+    values = {f"p{i + 1}": None if v is None else v.decode() for i, v in enumerate(params)}
+    try:
+        db.run(
+            lambda session: session.connection().exec_driver_sql(statement, values),
+            idempotent=True,
+        )
+    except Exception as error:  # the last chance: report, never raise
+        with _lock:
+            stats["lost"] += len(rows)
+        log_event(
+            "usage_rows_lost", level=logging.ERROR, rows=len(rows), error=type(error).__name__
+        )
+
+
+# --- the pool hooks ------------------------------------------------------------------------------
+
+
+def _install(engine: Engine) -> None:
+    if engine in _hooked:
+        return
+    with _lock:
+        if engine in _hooked:
+            return
+        # insert=True: before db's idle check, which may send a ping on the connection.
+        event.listen(engine, "checkout", _confirm_on_checkout, insert=True)
+        event.listen(engine, "checkin", _send_on_checkin)
+        event.listen(engine, "close", _confirm_on_close)
+        _hooked.add(engine)
+
+
+def _send_on_checkin(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+    rows: list[Row] | None = record.info.pop(_OUTBOX, None)
+    if not rows:
+        return
+    if dbapi_conn is None:  # invalidated on the way back
+        _hold(rows, reason="connection invalidated")
+        return
+    conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
+    pgconn = conn.pgconn
+    sql, params = api_usage.wire_insert(rows)
+    try:
+        pgconn.send_query_params(sql, params)
+        _flush_output(pgconn, _budget())
+    except (psycopg.Error, OSError, TimeoutError) as error:
+        # Maybe sent, maybe not: keep the rows (a re-send is idempotent) and let the next
+        # checkout find the connection unusable and replace it.
+        _hold(rows, reason=type(error).__name__)
+        record.info[_IN_FLIGHT] = []
+        return
+    record.info[_IN_FLIGHT] = rows
+    with _lock:
+        stats["sent"] += len(rows)
+
+
+def _confirm_on_checkout(
+    dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+) -> None:
+    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, ANSWER_GRACE_S):
+        raise DisconnectionError("connection lost with an api_usage row in flight")
+
+
+def _confirm_on_close(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+    if dbapi_conn is not None and _IN_FLIGHT in record.info:
+        _confirm(dbapi_conn, record, _budget())  # shutdown, snapshot: worth waiting for
+
+
+def _confirm(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, timeout_s: float) -> bool:
+    """Read the in-flight INSERT's answer; False when the connection is unusable."""
+    rows: list[Row] = record.info.pop(_IN_FLIGHT)
+    conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
+    pgconn = conn.pgconn
+    try:
+        results = _read_results(pgconn, timeout_s)
+    except (psycopg.Error, OSError, TimeoutError) as error:
+        _hold(rows, reason=type(error).__name__)
+        return False
+    refused = [r for r in results if r.status != pq.ExecStatus.COMMAND_OK]
+    if not refused:
+        with _lock:
+            stats["confirmed"] += len(rows)
+        return pgconn.transaction_status == pq.TransactionStatus.IDLE
+    sqlstate = (refused[0].error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+    if not sqlstate or sqlstate.startswith(_SESSION_ENDED):
+        _hold(rows, reason=f"session ended ({sqlstate or 'no sqlstate'})")
+        return False
+    with _lock:
+        stats["failed"] += len(rows)
+    log_event("usage_record_failed", level=logging.WARNING, rows=len(rows), sqlstate=sqlstate)
+    return pgconn.transaction_status == pq.TransactionStatus.IDLE
+
+
+# --- libpq without psycopg's cursor ---------------------------------------------------------------
+
+
+def _budget() -> float:
+    try:
+        return float(get_settings().db_retry_budget_s)
+    except Exception:  # settings broken: the request reports it
+        return 5.0
+
+
+def _flush_output(pgconn: PGconn, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pgconn.flush() == 1:
+        _wait(pgconn, write=True, deadline=deadline)
+
+
+def _read_results(pgconn: PGconn, timeout_s: float) -> list[PGresult]:
+    if pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection closed")
+    deadline = time.monotonic() + timeout_s
+    pgconn.consume_input()
+    if pgconn.is_busy():
+        with _lock:
+            stats["late"] += 1  # the answer was not back yet: the rest of its round trip
+    while pgconn.is_busy():
+        _wait(pgconn, write=False, deadline=deadline)
+        pgconn.consume_input()
+    results = []
+    while (result := pgconn.get_result()) is not None:
+        results.append(result)
+    return results
+
+
+def _wait(pgconn: PGconn, *, write: bool, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("no answer to the api_usage INSERT within the retry budget")
+    fds = [pgconn.socket]
+    readable, writable, _ = select.select([] if write else fds, fds if write else [], [], remaining)
+    if not readable and not writable:
+        raise TimeoutError("no answer to the api_usage INSERT within the retry budget")
+
+
+# --- rows whose outcome is unknown ---------------------------------------------------------------
+
+
+def _take_held() -> list[Row]:
+    with _lock:
+        rows, _held[:] = list(_held), []
+        return rows
+
+
+def _hold(rows: list[Row], *, reason: str) -> None:
+    with _lock:
+        room = MAX_HELD_ROWS - len(_held)
+        kept, dropped = rows[:room], rows[room:]
+        _held.extend(kept)
+        stats["held"] += len(kept)
+        stats["lost"] += len(dropped)
+    log_event("usage_record_deferred", level=logging.WARNING, rows=len(kept), reason=reason)
+    if dropped:
+        log_event("usage_rows_lost", level=logging.ERROR, rows=len(dropped), reason=reason)
