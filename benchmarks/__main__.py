@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import (
     cold_start,
     connections,
+    core_ops,
     export_memory,
     memory,
     migration,
@@ -44,6 +45,7 @@ SECTIONS = [
     "scale",
     "migration",
     "export",
+    "core_ops",
 ]
 
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": lambda: scale.run(ctx),
             "migration": lambda: migration.run(ctx),
             "export": lambda: export_memory.run(ctx),
+            "core_ops": lambda: core_ops.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

@@ -23,6 +23,7 @@ SECTION_TITLES = {
     "memory": "7. Memory",
     "migration": "8. Redis → Postgres backfill of a messy keyspace",
     "export": "9. Export memory",
+    "core_ops": "10. Warm core per operation",
 }
 
 
@@ -392,6 +393,23 @@ def _export(data: dict[str, Any]) -> str:
     )
 
 
+def _core_ops(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            fmt(row.get("core_ms")),
+            fmt(row.get("bare_ms")),
+            f"{row.get('ratio_median')}x",
+            "PASS" if (row.get("ratio_median") or 99) <= 1.5 else "**FAIL**",
+            len(row.get("statements", [])),
+        ]
+        for name, row in data.get("ops", {}).items()
+    ]
+    return table(
+        ["operation", "core", "bare psycopg (same SQL)", "ratio", "<= 1.5x", "statements"], rows
+    )
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -402,6 +420,7 @@ RENDERERS = {
     "memory": _memory,
     "migration": _migration,
     "export": _export,
+    "core_ops": _core_ops,
 }
 
 
