@@ -2,17 +2,25 @@
 
 Every write is a single statement where one can do it, so concurrent Lambdas never lose updates:
 get-or-create is an `INSERT … ON CONFLICT`, usage is a conditional `UPDATE … RETURNING`.
+
+The request paths' hot statements (read by id, update, increment, monthly reset) are Core
+statements built and compiled once (`shared.db.HotStatement`) and run on the driver connection;
+their rows become `User` objects without the ORM's loading machinery (`_user_from`). As the ORM
+ones were, those objects are never flushed: every write here is an explicit statement.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypedDict, Unpack
+from datetime import UTC, datetime
+from typing import Any, TypedDict, Unpack, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
+    Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -26,9 +34,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, configure_mappers
 
 from shared.clock import month_start, utcnow
+from shared.db import HotStatement, execute_hot
 from shared.errors import (
     EmailInUseError,
     QuotaExceededError,
@@ -91,6 +100,50 @@ class SubscriptionMetrics:
     pro_users: int
     enterprise_users: int
     active_subscriptions: int
+
+
+_USERS = cast(Table, User.__table__)
+# (attribute, column kind) of every users column, in the table's order: what `_user_from` maps.
+_USER_FIELDS = tuple(
+    (
+        User.__mapper__.get_property_by_column(column).key,
+        "time" if isinstance(column.type, UTCDateTime) else column.name,
+    )
+    for column in _USERS.columns
+)
+
+
+def _user_from(row: tuple[Any, ...]) -> User:
+    """A `users` row (all columns, table order) as a `User`, with the ORM types' conversions."""
+    if not _MAPPER.configured:
+        configure_mappers()  # what `User(...)` would do on first use
+    user: User = _MAPPER.class_manager.new_instance()
+    values = user.__dict__  # loaded state, as the ORM's loader fills it: no per-attribute events
+    for (key, kind), value in zip(_USER_FIELDS, row, strict=True):
+        if kind == "time" and value is not None:
+            value = value.replace(tzinfo=UTC)
+        elif kind == "tier":
+            value = UserTier(value)
+        values[key] = value
+    return user
+
+
+_MAPPER = User.__mapper__
+
+
+def db_time(value: datetime) -> datetime:
+    """An aware datetime as the driver takes it for a `UTCDateTime` column (naive UTC)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware UTC datetime")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _db_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return db_time(value)
+    if isinstance(value, UserTier):
+        return value.value
+    return value
 
 
 def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
@@ -159,7 +212,13 @@ def create(
 @database_operation("findUserById")
 def get(session: Session, user_id: str, *, lock: bool = False) -> User | None:
     """`lock`: `FOR UPDATE`, so concurrent changes to the row are decided one after another."""
-    return session.get(User, user_id, with_for_update=lock)
+    row = execute_hot(session, _GET_LOCKED if lock else _GET, {"id": user_id}).fetchone()
+    return None if row is None else _user_from(row)
+
+
+_BY_ID = select(_USERS).where(_USERS.c.id == bindparam("id"))
+_GET = HotStatement.of(_BY_ID)
+_GET_LOCKED = HotStatement.of(_BY_ID.with_for_update())
 
 
 @database_operation("findUserByEmail")
@@ -232,22 +291,38 @@ def update_user(
     session: Session, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
 ) -> User:
     """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`."""
-    statement = (
-        update(User)
-        .where(User.id == user_id)
-        .values(**changes, updated_at=now or utcnow())
-        .returning(User)
-    )
+    params = {key: _db_value(value) for key, value in changes.items()}
+    params["updated_at"] = db_time(now or utcnow())
+    params["user_id"] = user_id
     try:
-        user = session.scalars(
-            statement, execution_options={"synchronize_session": False}
-        ).one_or_none()
+        row = execute_hot(session, _update_statement(frozenset(changes)), params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
-    if user is None:
+    if row is None:
         raise UserNotFoundError(user_id)
-    return user
+    return _user_from(row)
+
+
+_UPDATES: dict[frozenset[str], HotStatement] = {}
+
+
+def _update_statement(keys: frozenset[str]) -> HotStatement:
+    """`UPDATE users SET <keys>, updatedAt WHERE id RETURNING *`, compiled once per key set."""
+    statement = _UPDATES.get(keys)
+    if statement is None:
+        values: dict[str, Any] = {
+            User.__mapper__.attrs[key].columns[0].name: bindparam(key)
+            for key in sorted(keys | {"updated_at"})
+        }
+        statement = HotStatement.of(
+            update(_USERS)
+            .where(_USERS.c.id == bindparam("user_id"))
+            .values(values)
+            .returning(*_USERS.columns)
+        )
+        _UPDATES[keys] = statement
+    return statement
 
 
 @database_operation("incrementKeywordSearches")
@@ -269,29 +344,21 @@ def increment_usage(
     if count < 0:
         raise ValueError("count must be >= 0")
     now = now or utcnow()
-    stale = User.monthly_reset_at < month_start(now)
-    used = case((stale, 0), else_=User.keyword_searches_this_month)
-    statement = (
-        update(User)
-        .where(User.id == user_id)
-        .values(
-            keyword_searches_this_month=used + count,
-            keyword_searches_total=User.keyword_searches_total + count,
-            monthly_reset_at=case((stale, now), else_=User.monthly_reset_at),
-            updated_at=now,
-        )
-        .returning(
-            User.keyword_searches_this_month,
-            User.keyword_searches_total,
-            User.monthly_reset_at,
-            User.tier,
-        )
-    )
-    if limit is not None:
-        statement = statement.where(used + count <= limit)
-    row = session.execute(statement, execution_options={"synchronize_session": False}).one_or_none()
+    params = {
+        "id": user_id,
+        "count": count,
+        "month_start": db_time(month_start(now)),
+        "now": db_time(now),
+        "limit": limit,
+    }
+    statement = _INCREMENT if limit is None else _INCREMENT_LIMITED
+    row = execute_hot(session, statement, params).fetchone()
     if row is not None:
-        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
+        reset_at = row[2].replace(tzinfo=UTC)
+        return Usage(
+            this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
+        )
+    stale = User.monthly_reset_at < month_start(now)
     # Failure path only: one more read to tell a missing user from a full quota.
     current = session.execute(
         select(case((stale, 0), else_=User.keyword_searches_this_month)).where(User.id == user_id)
@@ -299,6 +366,40 @@ def increment_usage(
     if current is None:
         raise UserNotFoundError(user_id)
     raise QuotaExceededError(used=current, limit=limit or 0, requested=count)
+
+
+def _increment_statement(*, limited: bool) -> HotStatement:
+    """`increment_usage`'s UPDATE (the CASE built once): binds id, count, month_start, now and,
+    `limited`, limit."""
+    count = bindparam("count", type_=Integer())
+    now = bindparam("now", type_=UTCDateTime())
+    stale = _USERS.c.monthlyResetAt < bindparam("month_start", type_=UTCDateTime())
+    used = case((stale, 0), else_=_USERS.c.keywordSearchesThisMonth)
+    statement = (
+        update(_USERS)
+        .where(_USERS.c.id == bindparam("id"))
+        .values(
+            {
+                "keywordSearchesThisMonth": used + count,
+                "keywordSearchesTotal": _USERS.c.keywordSearchesTotal + count,
+                "monthlyResetAt": case((stale, now), else_=_USERS.c.monthlyResetAt),
+                "updatedAt": now,
+            }
+        )
+        .returning(
+            _USERS.c.keywordSearchesThisMonth,
+            _USERS.c.keywordSearchesTotal,
+            _USERS.c.monthlyResetAt,
+            _USERS.c.tier,
+        )
+    )
+    if limited:
+        statement = statement.where(used + count <= bindparam("limit", type_=Integer()))
+    return HotStatement.of(statement)
+
+
+_INCREMENT = _increment_statement(limited=False)
+_INCREMENT_LIMITED = _increment_statement(limited=True)
 
 
 @database_operation("reserveKeywords")
@@ -451,16 +552,23 @@ def _with_hold(
 @database_operation("resetMonthlyUsage")
 def reset_monthly_usage(session: Session, user_id: str, *, now: datetime | None = None) -> None:
     """Zero the monthly counter and stamp the reset (one statement, so it cannot race)."""
-    now = now or utcnow()
-    result = session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(keyword_searches_this_month=0, monthly_reset_at=now, updated_at=now)
-        .returning(User.id),
-        execution_options={"synchronize_session": False},
-    )
-    if result.first() is None:
+    now = db_time(now or utcnow())
+    if execute_hot(session, _RESET, {"id": user_id, "now": now}).fetchone() is None:
         raise UserNotFoundError(user_id)
+
+
+_RESET = HotStatement.of(
+    update(_USERS)
+    .where(_USERS.c.id == bindparam("id"))
+    .values(
+        {
+            "keywordSearchesThisMonth": 0,
+            "monthlyResetAt": bindparam("now", type_=UTCDateTime()),
+            "updatedAt": bindparam("now", type_=UTCDateTime()),
+        }
+    )
+    .returning(_USERS.c.id)
+)
 
 
 @database_operation("deleteUser")
