@@ -261,9 +261,19 @@ def execute_hot(
     A driver error is raised as SQLAlchemy raises it (`DBAPIError` subclasses, e.g.
     `IntegrityError`), with the connection invalidated when psycopg says it broke, so
     `_execute`'s retry rules and the repositories' error handling apply unchanged."""
+    return _execute_on(_connection_of(session), statement.sql, statement.parameters(params))
+
+
+def driver_connection(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg connection under `session` (e.g. to check its transaction status)."""
+    driver: psycopg.Connection[Any] = _connection_of(session).connection.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+def _connection_of(session: Session) -> Connection:
+    """The connection `run`/`transaction` bound the session to, else the session's own."""
     bind = session.bind
-    connection = bind if isinstance(bind, Connection) else session.connection()
-    return _execute_on(connection, statement.sql, statement.parameters(params))
+    return bind if isinstance(bind, Connection) else session.connection()
 
 
 def _execute_on(

@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.models import ErasedBillingCustomer, User, UserTier
+from shared.repositories import users
 from shared.telemetry import database_operation
 
 # Stripe statuses a subscription never leaves: once stored, no event for it applies again.
@@ -144,9 +145,7 @@ def apply_change(
     fresh monthly counter (as the original's new usage key did). → FREE ends any running trial
     (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial.
     """
-    user = session.execute(
-        select(User).where(User.id == user_id).with_for_update()
-    ).scalar_one_or_none()
+    user = users.locked_row(session, user_id)
     if user is None:
         return Decision.STALE
     stored = Stored(
@@ -161,10 +160,7 @@ def apply_change(
     values = _values(user, change, decision, event_at=event_at, now=now)
     if values.keys() == {User.updated_at}:
         return Decision.STALE  # an older event with nothing the row lacks
-    session.execute(
-        update(User).where(User.id == user_id).values(values),
-        execution_options={"synchronize_session": False},
-    )
+    users.update_columns(session, user_id, values)
     return decision
 
 

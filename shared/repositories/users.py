@@ -3,10 +3,10 @@
 Every write is a single statement where one can do it, so concurrent Lambdas never lose updates:
 get-or-create is an `INSERT … ON CONFLICT`, usage is a conditional `UPDATE … RETURNING`.
 
-The request paths' hot statements (read by id, update, increment, monthly reset) are Core
-statements built and compiled once (`shared.db.HotStatement`) and run on the driver connection;
-their rows become `User` objects without the ORM's loading machinery (`_user_from`). As the ORM
-ones were, those objects are never flushed: every write here is an explicit statement.
+The request paths' hot statements (read by id, create, update, increment, monthly reset, the
+keyword reservation) are Core statements built and compiled once (`shared.db.HotStatement`),
+run on the driver connection; their rows become `User` objects without the ORM's loading
+machinery (`shared.repositories.rows`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Table,
+    Text,
     and_,
     bindparam,
     case,
@@ -32,9 +33,9 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, configure_mappers
+from sqlalchemy.orm import Session
 
 from shared.clock import month_start, utcnow
 from shared.db import HotStatement, execute_hot
@@ -48,6 +49,7 @@ from shared.models import KeywordReservation, User, UserTier, UTCDateTime
 from shared.quotas import TRIAL_LENGTH, Limits, trial_end_sql, trial_over, usage_view
 from shared.repositories import reservations, tombstones
 from shared.repositories.reservations import Hold
+from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
 
 _EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
@@ -103,39 +105,7 @@ class SubscriptionMetrics:
 
 
 _USERS = cast(Table, User.__table__)
-# (attribute, column kind) of every users column, in the table's order: what `_user_from` maps.
-_USER_FIELDS = tuple(
-    (
-        User.__mapper__.get_property_by_column(column).key,
-        "time" if isinstance(column.type, UTCDateTime) else column.name,
-    )
-    for column in _USERS.columns
-)
-
-
-def _user_from(row: tuple[Any, ...]) -> User:
-    """A `users` row (all columns, table order) as a `User`, with the ORM types' conversions."""
-    if not _MAPPER.configured:
-        configure_mappers()  # what `User(...)` would do on first use
-    user: User = _MAPPER.class_manager.new_instance()
-    values = user.__dict__  # loaded state, as the ORM's loader fills it: no per-attribute events
-    for (key, kind), value in zip(_USER_FIELDS, row, strict=True):
-        if kind == "time" and value is not None:
-            value = value.replace(tzinfo=UTC)
-        elif kind == "tier":
-            value = UserTier(value)
-        values[key] = value
-    return user
-
-
-_MAPPER = User.__mapper__
-
-
-def db_time(value: datetime) -> datetime:
-    """An aware datetime as the driver takes it for a `UTCDateTime` column (naive UTC)."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime: pass an aware UTC datetime")
-    return value.astimezone(UTC).replace(tzinfo=None)
+_user_from = RowMapper(User, list(_USERS.columns))
 
 
 def _db_value(value: Any) -> Any:
@@ -160,21 +130,47 @@ def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) ->
     }
 
 
-def _continuing_trial(values: dict[str, Any]) -> dict[str, Any]:
-    """A new FREE user's values, with the trial continuing a tombstoned one of the same
-    identity (id or email): its end and its usage, looked up by the creating statement."""
-    if values["tier"] is not UserTier.FREE:
-        return values
-    identity = tombstones.keys(values["id"], values["email"])
-    return {
-        **values,
-        "trial_ends_at": func.least(
-            literal(values["trial_ends_at"], UTCDateTime()),
-            tombstones.trial_end_for(identity),
-            type_=UTCDateTime(),
-        ),
-        "keyword_searches_total": tombstones.keywords_used_by(identity),
+def _new_user_columns(*, continuing: bool) -> dict[str, Any]:
+    """A new user's column values as bound parameters (`_new_user_params` fills them). With
+    `continuing`, the trial continues a tombstoned one of the same identity (id or email): its
+    end and its usage, looked up by the creating statement (`p_keys`)."""
+    now = bindparam("p_now", type_=UTCDateTime())
+    values: dict[str, Any] = {
+        "id": bindparam("p_id", type_=Text()),
+        "email": bindparam("p_email", type_=Text()),
+        "tier": bindparam("p_tier", type_=_USERS.c.tier.type),
+        "monthly_reset_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "trial_started_at": bindparam("p_trial_started_at", type_=UTCDateTime()),
+        "trial_ends_at": bindparam("p_trial_ends_at", type_=UTCDateTime()),
     }
+    if continuing:
+        keys = bindparam("p_keys", type_=ARRAY(Text()))
+        values["trial_ends_at"] = func.least(
+            values["trial_ends_at"], tombstones.trial_end_for(keys), type_=UTCDateTime()
+        )
+        values["keyword_searches_total"] = tombstones.keywords_used_by(keys)
+    return values
+
+
+def _new_user_params(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
+    """The parameters of `_new_user_columns` (the values of `_new_user_values`)."""
+    values = _new_user_values(user_id, email, tier, now)
+    return {
+        "p_id": user_id,
+        "p_email": email,
+        "p_tier": tier.value,
+        "p_now": db_time(now),
+        "p_trial_started_at": _db_value(values["trial_started_at"]),
+        "p_trial_ends_at": _db_value(values["trial_ends_at"]),
+        "p_keys": tombstones.keys(user_id, email),
+    }
+
+
+def _by_column(values: dict[str, Any]) -> dict[str, Any]:
+    """Attribute-keyed values keyed by the `users` column names instead (Core statements)."""
+    return {User.__mapper__.attrs[key].columns[0].name: value for key, value in values.items()}
 
 
 def _is_email_conflict(error: IntegrityError) -> bool:
@@ -200,13 +196,26 @@ def create(
     """Insert a user; FREE users start a 7-day trial (or continue their tombstoned one). A
     taken email raises `EmailInUseError`. `clerk_updated_at`: the Clerk event's time, when a
     Clerk event creates the user."""
-    values = _continuing_trial(_new_user_values(user_id, email, tier, now or utcnow()))
-    values["clerk_updated_at"] = clerk_updated_at
+    params = _new_user_params(user_id, email, tier, now or utcnow())
+    params["p_clerk_updated_at"] = None if clerk_updated_at is None else db_time(clerk_updated_at)
+    statement = _CREATE_TRIAL if tier is UserTier.FREE else _CREATE
     try:
-        return session.scalars(insert(User).values(values).returning(User)).one()
+        row = execute_hot(session, statement, params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
+    assert row is not None  # INSERT … RETURNING without a condition
+    return _user_from(row)
+
+
+def _create_statement(*, continuing: bool) -> HotStatement:
+    values = _new_user_columns(continuing=continuing)
+    values["clerk_updated_at"] = bindparam("p_clerk_updated_at", type_=UTCDateTime())
+    return HotStatement.of(insert(_USERS).values(_by_column(values)).returning(*_USERS.columns))
+
+
+_CREATE_TRIAL = _create_statement(continuing=True)
+_CREATE = _create_statement(continuing=False)
 
 
 @database_operation("findUserById")
@@ -214,6 +223,22 @@ def get(session: Session, user_id: str, *, lock: bool = False) -> User | None:
     """`lock`: `FOR UPDATE`, so concurrent changes to the row are decided one after another."""
     row = execute_hot(session, _GET_LOCKED if lock else _GET, {"id": user_id}).fetchone()
     return None if row is None else _user_from(row)
+
+
+def locked_row(session: Session, user_id: str) -> User | None:
+    """The user `FOR UPDATE`, for a repository deciding a change under the row lock (logged
+    as that repository's operation, not as a read of its own)."""
+    row = execute_hot(session, _GET_LOCKED, {"id": user_id}).fetchone()
+    return None if row is None else _user_from(row)
+
+
+def update_columns(session: Session, user_id: str, values: dict[Any, Any]) -> None:
+    """`UPDATE users SET <values> WHERE id = user_id`; `values` keyed by `User` attributes, the
+    statement compiled once per set of columns."""
+    keys = frozenset(attribute.key for attribute in values)
+    params = {attribute.key: _db_value(value) for attribute, value in values.items()}
+    params["user_id"] = user_id
+    execute_hot(session, _update_statement(keys, returning=False), params)
 
 
 _BY_ID = select(_USERS).where(_USERS.c.id == bindparam("id"))
@@ -295,7 +320,8 @@ def update_user(
     params["updated_at"] = db_time(now or utcnow())
     params["user_id"] = user_id
     try:
-        row = execute_hot(session, _update_statement(frozenset(changes)), params).fetchone()
+        keys = frozenset(changes) | {"updated_at"}
+        row = execute_hot(session, _update_statement(keys), params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
@@ -304,24 +330,22 @@ def update_user(
     return _user_from(row)
 
 
-_UPDATES: dict[frozenset[str], HotStatement] = {}
+_UPDATES: dict[tuple[frozenset[str], bool], HotStatement] = {}
 
 
-def _update_statement(keys: frozenset[str]) -> HotStatement:
-    """`UPDATE users SET <keys>, updatedAt WHERE id RETURNING *`, compiled once per key set."""
-    statement = _UPDATES.get(keys)
+def _update_statement(keys: frozenset[str], *, returning: bool = True) -> HotStatement:
+    """`UPDATE users SET <keys> WHERE id [RETURNING *]`, compiled once per key set (binds named
+    after the attributes, `user_id` for the id)."""
+    statement = _UPDATES.get((keys, returning))
     if statement is None:
         values: dict[str, Any] = {
-            User.__mapper__.attrs[key].columns[0].name: bindparam(key)
-            for key in sorted(keys | {"updated_at"})
+            User.__mapper__.attrs[key].columns[0].name: bindparam(key) for key in sorted(keys)
         }
-        statement = HotStatement.of(
-            update(_USERS)
-            .where(_USERS.c.id == bindparam("user_id"))
-            .values(values)
-            .returning(*_USERS.columns)
-        )
-        _UPDATES[keys] = statement
+        update_statement = update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(values)
+        if returning:
+            update_statement = update_statement.returning(*_USERS.columns)
+        statement = HotStatement.of(update_statement)
+        _UPDATES[keys, returning] = statement
     return statement
 
 
@@ -427,48 +451,20 @@ def reserve_keywords(
     (`shared.repositories.reservations`), so a function killed later cannot keep it.
     """
     now = now or utcnow()
-    stale = User.monthly_reset_at < month_start(now)
-    monthly_used = case((stale, 0), else_=User.keyword_searches_this_month)
-    allowed = case(
-        (
-            User.tier == UserTier.FREE,
-            and_(
-                trial_end_sql() >= now,
-                User.keyword_searches_total + count <= limits.trial,
-            ),
-        ),
-        (User.tier == UserTier.PRO, monthly_used + count <= limits.pro),
-        else_=monthly_used + count <= limits.enterprise,
-    )
-    values = _continuing_trial(_new_user_values(user_id, email, UserTier.FREE, now))
-    used_before = values.pop("keyword_searches_total")  # a tombstoned trial's usage, else 0
-    fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= limits.trial)
-    first = case((fits_new_trial, count), else_=0) if enforce else literal(count)
-    statement = insert(User).values(
-        **values, keyword_searches_this_month=first, keyword_searches_total=used_before + first
-    )
-    upsert: Any = statement.on_conflict_do_update(
-        index_elements=[User.id],
-        set_={
-            User.keyword_searches_this_month: monthly_used + count,
-            User.keyword_searches_total: User.keyword_searches_total + count,
-            User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
-            User.updated_at: now,
-        },
-        where=allowed if enforce else None,
-    ).returning(
-        User.keyword_searches_this_month,
-        User.keyword_searches_total,
-        User.monthly_reset_at,
-        User.tier,
-        literal_column("xmax = 0").label("inserted"),
+    params = _new_user_params(user_id, email, UserTier.FREE, now)
+    params.update(
+        p_count=count,
+        p_month_start=db_time(month_start(now)),
+        p_trial_limit=limits.trial,
+        p_pro_limit=limits.pro,
+        p_enterprise_limit=limits.enterprise,
     )
     if hold is not None:
-        counted_if_new = fits_new_trial if enforce else true()
-        upsert = _with_hold(upsert, hold, user_id, count, now, counted_if_new=counted_if_new)
+        params.update(p_hold_id=hold.id, p_hold_expires_at=db_time(hold.expires_at))
+    upsert = _RESERVE[enforce, hold is not None]
     for attempt in range(2):
         try:
-            row = session.execute(upsert).one_or_none()
+            row = execute_hot(session, upsert, params).fetchone()
             break
         except IntegrityError as error:
             # A racing first request for the same new user can trip the email index (ON
@@ -486,7 +482,10 @@ def reserve_keywords(
                 session.execute(reservations.confirm_statement(hold.id, user_id))
             row = None
     if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
-        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
+        reset_at = row[2].replace(tzinfo=UTC)
+        return Usage(
+            this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
+        )
     # Refused (failure path only): one read to say why, with the numbers for the message.
     user = session.get(User, user_id)
     if user is None:
@@ -512,24 +511,63 @@ def _uncount(session: Session, user_id: str, count: int, now: datetime) -> None:
     )
 
 
-def _with_hold(
-    upsert: Any,
-    hold: Hold,
-    user_id: str,
-    count: int,
-    now: datetime,
-    *,
-    counted_if_new: ColumnElement[bool],
-) -> Any:
+def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
+    """`reserve_keywords`' statement, built and compiled once per shape; bound parameters:
+    `_new_user_params`, p_count, p_month_start, the three limits and the hold's id and expiry."""
+    now = bindparam("p_now", type_=UTCDateTime())
+    count = bindparam("p_count", type_=Integer())
+    trial_limit = bindparam("p_trial_limit", type_=Integer())
+    stale = User.monthly_reset_at < bindparam("p_month_start", type_=UTCDateTime())
+    monthly_used = case((stale, 0), else_=User.keyword_searches_this_month)
+    allowed = case(
+        (
+            User.tier == UserTier.FREE,
+            and_(trial_end_sql() >= now, User.keyword_searches_total + count <= trial_limit),
+        ),
+        (
+            User.tier == UserTier.PRO,
+            monthly_used + count <= bindparam("p_pro_limit", type_=Integer()),
+        ),
+        else_=monthly_used + count <= bindparam("p_enterprise_limit", type_=Integer()),
+    )
+    values = _new_user_columns(continuing=True)
+    used_before = values.pop("keyword_searches_total")  # a tombstoned trial's usage, else 0
+    fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
+    first = case((fits_new_trial, count), else_=0) if enforce else count
+    statement = insert(User).values(
+        **values, keyword_searches_this_month=first, keyword_searches_total=used_before + first
+    )
+    upsert: Any = statement.on_conflict_do_update(
+        index_elements=[User.id],
+        set_={
+            User.keyword_searches_this_month: monthly_used + count,
+            User.keyword_searches_total: User.keyword_searches_total + count,
+            User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
+            User.updated_at: now,
+        },
+        where=allowed if enforce else None,
+    ).returning(
+        User.keyword_searches_this_month,
+        User.keyword_searches_total,
+        User.monthly_reset_at,
+        User.tier,
+        literal_column("xmax = 0").label("inserted"),
+    )
+    if with_hold:
+        upsert = _with_hold(upsert, counted_if_new=fits_new_trial if enforce else true())
+    return HotStatement.of(upsert)
+
+
+def _with_hold(upsert: Any, *, counted_if_new: ColumnElement[bool]) -> Any:
     """The upsert as a CTE, plus the reservation row for the row it counted (none if refused,
     nor for a new user whose first request did not fit the trial), selecting the same columns."""
     reserved = upsert.cte("reserved")
     source = select(
-        literal(hold.id),
-        literal(user_id),
-        literal(count),
-        literal(now, UTCDateTime()),
-        literal(hold.expires_at, UTCDateTime()),
+        bindparam("p_hold_id", type_=Text()),
+        bindparam("p_id", type_=Text()),
+        bindparam("p_count", type_=Integer()),
+        bindparam("p_now", type_=UTCDateTime()),
+        bindparam("p_hold_expires_at", type_=UTCDateTime()),
     ).select_from(reserved)
     source = source.where(or_(~reserved.c.inserted, counted_if_new))
     reservation = (
@@ -547,6 +585,13 @@ def _with_hold(
         .cte("reservation")
     )
     return select(*reserved.c).add_cte(reservation)
+
+
+_RESERVE = {
+    (enforce, with_hold): _reserve_statement(enforce=enforce, with_hold=with_hold)
+    for enforce in (True, False)
+    for with_hold in (True, False)
+}
 
 
 @database_operation("resetMonthlyUsage")
