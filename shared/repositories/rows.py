@@ -39,22 +39,25 @@ class RowMapper(Generic[T]):
 
     def __init__(self, model: type[T], columns: Sequence[ColumnElement[Any]]) -> None:
         self.mapper: Mapper[T] = model.__mapper__  # type: ignore[attr-defined]
-        self.fields: list[tuple[str, Callable[[Any], Any] | None]] = []
+        self.keys: list[str] = []
+        self.converters: list[tuple[str, Callable[[Any], Any]]] = []
         for column in columns:
             key = self.mapper.get_property_by_column(column).key
-            convert: Callable[[Any], Any] | None = None
+            self.keys.append(key)
             if isinstance(column.type, UTCDateTime):
-                convert = _aware
+                self.converters.append((key, _aware))
             elif isinstance(column.type, Enum) and isinstance(column.type.enum_class, type):
                 enum_class: type[enum.Enum] = column.type.enum_class
-                convert = enum_class
-            self.fields.append((key, convert))
+                self.converters.append((key, enum_class))
 
     def __call__(self, row: Sequence[Any]) -> T:
         if not self.mapper.configured:
             configure_mappers()  # what the model's constructor would do on first use
         instance: T = self.mapper.class_manager.new_instance()
         values = instance.__dict__
-        for (key, convert), value in zip(self.fields, row, strict=True):
-            values[key] = value if convert is None or value is None else convert(value)
+        values.update(zip(self.keys, row, strict=True))
+        for key, convert in self.converters:
+            value = values[key]
+            if value is not None:
+                values[key] = convert(value)
         return instance
