@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import (
     cold_start,
     connections,
+    core_ops,
     export_memory,
     latency,
     memory,
@@ -45,6 +46,7 @@ SECTIONS = [
     "scale",
     "migration",
     "export",
+    "core_ops",
     "latency",
 ]
 
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             "scale": lambda: scale.run(ctx),
             "migration": lambda: migration.run(ctx),
             "export": lambda: export_memory.run(ctx),
+            "core_ops": lambda: core_ops.run(ctx),
             "latency": lambda: latency.run(ctx),
         }
         for name in chosen:

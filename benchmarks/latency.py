@@ -1,4 +1,4 @@
-"""10. Latency like production: every endpoint with a network hop, and Vercel Fluid's concurrency.
+"""11. Latency like production: every endpoint with a network hop, and Vercel Fluid's concurrency.
 
 Part 1 runs the warm section's comparison (handler against the same statements and Upstash
 calls replayed by hand) with `DelayProxy`s between the functions and both servers, at 0 ms and

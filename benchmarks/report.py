@@ -23,7 +23,8 @@ SECTION_TITLES = {
     "memory": "7. Memory",
     "migration": "8. Redis → Postgres backfill of a messy keyspace",
     "export": "9. Export memory",
-    "latency": "10. Latency like production (a delayed hop to each server)",
+    "core_ops": "10. Warm core per operation",
+    "latency": "11. Latency like production (a delayed hop to each server)",
 }
 
 
@@ -395,6 +396,23 @@ def _export(data: dict[str, Any]) -> str:
     )
 
 
+def _core_ops(data: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            fmt(row.get("core_ms")),
+            fmt(row.get("bare_ms")),
+            f"{row.get('ratio_median')}x",
+            "PASS" if (row.get("ratio_median") or 99) <= 1.5 else "**FAIL**",
+            len(row.get("statements", [])),
+        ]
+        for name, row in data.get("ops", {}).items()
+    ]
+    return table(
+        ["operation", "core", "bare psycopg (same SQL)", "ratio", "<= 1.5x", "statements"], rows
+    )
+
+
 def _latency(data: dict[str, Any]) -> str:
     hop = f"{data.get('hop_ms', 0):g}"
     rows = []
@@ -457,6 +475,7 @@ RENDERERS = {
     "memory": _memory,
     "migration": _migration,
     "export": _export,
+    "core_ops": _core_ops,
     "latency": _latency,
 }
 

@@ -11,6 +11,8 @@ Tasks:
   replayed by hand on an already-open psycopg connection (and httpx client), side by side.
 - `memory`: RSS over many warm invocations of one function.
 - `export_memory`: one run of the exports cron for a requested export, its peak RSS.
+- `core_ops`: each hot repository operation through the core against its SQL on bare psycopg
+  (`benchmarks.core_ops_worker`).
 - `fluid`: one process serving concurrent requests through a function's ASGI app.
 
 Invocations go through each module's Lambda `handler` with a real API Gateway v2 event, as
@@ -864,6 +866,13 @@ def task_routes(params: dict[str, Any]) -> dict[str, Any]:
     return {"functions": functions, "crons": crons}
 
 
+def task_core_ops(params: dict[str, Any]) -> dict[str, Any]:
+    """Each hot repository operation through the core against its own SQL on bare psycopg."""
+    from benchmarks.core_ops_worker import task_core_ops as run
+
+    return run(params)
+
+
 def task_fluid(params: dict[str, Any]) -> dict[str, Any]:
     """One Vercel Fluid instance: `GET /api/searches` through the function's ASGI app, `c`
     requests in flight at once (sync routes run on Starlette's thread pool and share the
@@ -917,6 +926,7 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "warm": task_warm,
     "memory": task_memory,
     "export_memory": task_export_memory,
+    "core_ops": task_core_ops,
 }
 
 

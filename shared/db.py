@@ -12,6 +12,12 @@ Why it looks like this:
   every statement. Transactions send `BEGIN` (and `SET LOCAL statement_timeout`) as one message.
 - No ping on a hot connection. One idle for longer than `DB_IDLE_CHECK_S` (a frozen container, a
   Neon compute that may have suspended) is pinged on checkout and replaced if dead.
+- Hot paths skip SQLAlchemy's per-statement machinery: `HotStatement` is a Core statement
+  compiled once (at import) and run by `execute_hot` straight on the checked-out psycopg
+  connection, with SQLAlchemy's error wrapping, connection invalidation and cursor events kept
+  (so the retry rules, the slow-query log and statement counting see it like any other).
+  `BEGIN` and `COMMIT` go the same way. The pooler rule is the connection's own
+  (`prepare_threshold`), so nothing changes there.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -24,11 +30,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, text
+from psycopg.pq import TransactionStatus
+from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -212,6 +221,83 @@ def transaction(work: Callable[[Session], T]) -> T:
     return _execute(work, atomic=True, idempotent=False)
 
 
+@dataclass(frozen=True, slots=True)
+class HotStatement:
+    """A statement compiled once for psycopg: `sql` with `%(name)s` placeholders.
+
+    Parameters are passed as the driver takes them (naive UTC datetimes for `UTCDateTime`
+    columns, enum values as their strings): no bind processors run on the hot path."""
+
+    sql: str
+    constants: Mapping[str, Any] | None = None  # the statement's own literals (`param_1` …)
+
+    @classmethod
+    def of(cls, statement: ClauseElement | str) -> HotStatement:
+        if isinstance(statement, str):
+            return cls(statement)
+        compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+        processors = compiled._bind_processors  # type: ignore[attr-defined]
+        constants = {
+            name: processors[name](bind.value) if name in processors else bind.value
+            for bind, name in compiled.bind_names.items()  # type: ignore[attr-defined]
+            if not bind.required
+        }
+        return cls(str(compiled), constants or None)
+
+    def parameters(self, params: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if self.constants is None:
+            return params
+        return {**self.constants, **params} if params else self.constants
+
+
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+
+
+def execute_hot(
+    session: Session, statement: HotStatement, params: Mapping[str, Any] | None = None
+) -> psycopg.Cursor[Any]:
+    """Run `statement` on the session's connection's psycopg connection; returns its cursor.
+
+    A driver error is raised as SQLAlchemy raises it (`DBAPIError` subclasses, e.g.
+    `IntegrityError`), with the connection invalidated when psycopg says it broke, so
+    `_execute`'s retry rules and the repositories' error handling apply unchanged."""
+    return _execute_on(_connection_of(session), statement.sql, statement.parameters(params))
+
+
+def driver_connection(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg connection under `session` (e.g. to check its transaction status)."""
+    driver: psycopg.Connection[Any] = _connection_of(session).connection.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+def _connection_of(session: Session) -> Connection:
+    """The connection `run`/`transaction` bound the session to, else the session's own."""
+    bind = session.bind
+    return bind if isinstance(bind, Connection) else session.connection()
+
+
+def _execute_on(
+    connection: Connection, sql: str, params: Mapping[str, Any] | None
+) -> psycopg.Cursor[Any]:
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    cursor = driver.cursor()
+    events = connection._has_events or connection.engine._has_events
+    if events:
+        connection.dispatch.before_cursor_execute(connection, cursor, sql, params, None, False)
+    try:
+        cursor.execute(sql, params)
+    except psycopg.Error as error:
+        broken = driver.broken or driver.closed
+        if broken:
+            connection.invalidate(error)
+        raise DBAPIError.instance(
+            sql, params, error, psycopg.Error, connection_invalidated=broken
+        ) from error
+    if events:
+        connection.dispatch.after_cursor_execute(connection, cursor, sql, params, None, False)
+    return cursor
+
+
 def _begin_sql(settings: Settings) -> str:
     timeout = settings.db_statement_timeout_ms
     # One simple-protocol message: BEGIN and the per-transaction timeout in a single round trip.
@@ -228,19 +314,24 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
         attempt += 1
         stage = "connect"
         try:
-            with Session(engine, expire_on_commit=False, autoflush=False) as session:
-                session.connection()  # checkout (and connect) before anything is sent
+            # Checkout (and connect) before anything is sent. The session is bound to this
+            # connection: hot statements use it directly (`execute_hot`), without the
+            # session's own transaction bookkeeping; ORM statements join it.
+            with (
+                engine.connect() as connection,
+                Session(bind=connection, expire_on_commit=False, autoflush=False) as session,
+            ):
                 stage = "work"
                 if not atomic:
                     return work(session)
-                session.execute(text(_begin_sql(settings)))
+                _execute_on(connection, _begin_sql(settings), None)
                 try:
                     result = work(session)
                 except BaseException:
-                    _rollback_quietly(session)
+                    _rollback_quietly(connection, session)
                     raise
                 stage = "commit"
-                session.execute(text("COMMIT"))
+                _execute_on(connection, "COMMIT", None)
                 return result
         except PoolTimeoutError:
             # Every pooled connection stayed checked out for the whole budget (more threads than
@@ -280,16 +371,21 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
             delay = min(delay * 2, 1.0)
 
 
-def _rollback_quietly(session: Session) -> None:
+def _rollback_quietly(connection: Connection, session: Session) -> None:
     """End a failed transaction so the pooled connection goes back clean.
 
     psycopg sends ROLLBACK only when the server reports an open transaction; a connection that
     died is already invalidated and goes nowhere near the pool again.
     """
+    if connection.invalidated:
+        return
     try:
         session.rollback()
-    except DBAPIError:
-        session.invalidate()
+        driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+        if driver.info.transaction_status != TransactionStatus.IDLE:
+            driver.rollback()
+    except (DBAPIError, psycopg.Error):
+        connection.invalidate()
 
 
 def get_database_health() -> dict[str, Any]:

@@ -1,24 +1,40 @@
 """Saved searches: at most 50 per user, every call scoped by the owner's id.
 
 Scoping every statement by `userId` means another user's search looks exactly like a missing
-one, so existence never leaks across accounts.
+one, so existence never leaks across accounts. The request paths' list and create are statements
+built once (`shared.db.HotStatement`), their rows mapped by `shared.repositories.rows`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from psycopg.pq import TransactionStatus
-from sqlalchemy import delete, func, insert, literal, select, update
-from sqlalchemy.orm import Session, defer
+from psycopg.types.json import Jsonb
+from sqlalchemy import (
+    Integer,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import HotStatement, driver_connection, execute_hot
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
-from shared.models import SavedSearch, User
-from shared.repositories.pagination import Cursor, Page, keyset_page
+from shared.models import SavedSearch, User, UTCDateTime
+from shared.repositories.pagination import Cursor, Page
+from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
 
 MAX_PER_USER = 50
@@ -36,9 +52,35 @@ class NewSavedSearch:
 
 
 def _require_transaction(session: Session) -> None:
-    driver = session.connection().connection.driver_connection
-    if driver is None or driver.info.transaction_status == TransactionStatus.IDLE:
+    if driver_connection(session).info.transaction_status == TransactionStatus.IDLE:
         raise RuntimeError("saved_searches.create must run inside shared.db.transaction()")
+
+
+_SEARCHES = cast(Table, SavedSearch.__table__)
+_COLUMNS = list(_SEARCHES.columns)
+_SUMMARY_COLUMNS = [column for column in _COLUMNS if column.name != "results"]
+_search_from = RowMapper(SavedSearch, _COLUMNS)
+_summary_from = RowMapper(SavedSearch, _SUMMARY_COLUMNS)
+_OWNER_LOCK = HotStatement.of(
+    select(User.id).where(User.id == bindparam("p_user_id", type_=Text())).with_for_update()
+)
+
+
+def _create_statement() -> HotStatement:
+    """INSERT … SELECT <binds> WHERE (the user's count) < MAX_PER_USER RETURNING *, binds named
+    `p_<column>`."""
+    user_id = bindparam("p_userId", type_=Text())
+    count = (
+        select(func.count()).select_from(_SEARCHES).where(_SEARCHES.c.userId == user_id)
+    ).scalar_subquery()
+    names = [column.name for column in _COLUMNS if column.name != "lastRunAt"]
+    source = select(
+        *[bindparam(f"p_{name}", type_=_SEARCHES.c[name].type) for name in names]
+    ).where(count < MAX_PER_USER)
+    return HotStatement.of(insert(_SEARCHES).from_select(names, source).returning(*_COLUMNS))
+
+
+_CREATE = _create_statement()
 
 
 @database_operation("createSavedSearch")
@@ -56,41 +98,29 @@ def create(
     user queue up and each counts the rows the previous ones committed.
     """
     _require_transaction(session)
-    owner = session.execute(select(User.id).where(User.id == user_id).with_for_update()).first()
-    if owner is None:
+    if execute_hot(session, _OWNER_LOCK, {"p_user_id": user_id}).fetchone() is None:
         raise UserNotFoundError(user_id)
-    now = now or utcnow()
-    count = (
-        select(func.count()).select_from(SavedSearch).where(SavedSearch.user_id == user_id)
-    ).scalar_subquery()
-    values: dict[str, Any] = {
-        "id": search_id or new_uuid(),
-        "user_id": user_id,
-        "name": search.name,
-        "description": search.description,
-        "keywords": search.keywords,
-        "keyword_count": len(search.keywords),
-        "location": search.location,
-        "language": search.language,
-        "match_type": search.match_type,
-        "results": search.results,
-        "result_count": None if search.results is None else len(search.results),
-        "created_at": now,
-        "updated_at": now,
-        "last_accessed_at": now,
+    moment = db_time(now or utcnow())
+    params: dict[str, Any] = {
+        "p_id": search_id or new_uuid(),
+        "p_userId": user_id,
+        "p_name": search.name,
+        "p_description": search.description,
+        "p_keywords": search.keywords,
+        "p_keywordCount": len(search.keywords),
+        "p_location": search.location,
+        "p_language": search.language,
+        "p_matchType": search.match_type,
+        "p_results": None if search.results is None else Jsonb(search.results),
+        "p_resultCount": None if search.results is None else len(search.results),
+        "p_createdAt": moment,
+        "p_updatedAt": moment,
+        "p_lastAccessedAt": moment,
     }
-    columns = [getattr(SavedSearch, name) for name in values]
-    source = select(
-        *[
-            literal(value, column.type)
-            for value, column in zip(values.values(), columns, strict=True)
-        ]
-    ).where(count < MAX_PER_USER)
-    statement = insert(SavedSearch).from_select(columns, source).returning(SavedSearch)
-    created: SavedSearch | None = session.scalars(statement).one_or_none()
-    if created is None:
+    row = execute_hot(session, _CREATE, params).fetchone()
+    if row is None:
         raise SavedSearchLimitError(MAX_PER_USER)
-    return created
+    return _search_from(row)
 
 
 @database_operation("getSavedSearch")
@@ -119,19 +149,44 @@ def list_for_user(
 ) -> Page[SavedSearch]:
     """Most recently updated first (the original API's order), keyset on (updatedAt, id).
 
-    `results` is not loaded (raising if touched): the list answers summaries, and 50 searches'
+    `results` is not loaded (it reads as None): the list answers summaries, and 50 searches'
     results could be tens of megabytes in memory."""
-    return keyset_page(
-        session,
-        select(SavedSearch)
-        .where(SavedSearch.user_id == user_id)
-        .options(defer(SavedSearch.results, raiseload=True)),
-        time_column=SavedSearch.updated_at,
-        id_column=SavedSearch.id,
-        cursor_of=lambda row: (row.updated_at, row.id),
-        limit=limit,
-        cursor=cursor,
+    params: dict[str, Any] = {"p_user_id": user_id, "p_limit": limit + 1}
+    if cursor is not None:
+        params.update(p_after_time=db_time(cursor[0]), p_after_id=cursor[1])
+    statement = _LIST if cursor is None else _LIST_AFTER
+    rows = [_summary_from(row) for row in execute_hot(session, statement, params)]
+    if len(rows) <= limit:
+        return Page(items=rows, next_cursor=None)
+    last = rows[limit - 1]
+    return Page(items=rows[:limit], next_cursor=(last.updated_at, last.id))
+
+
+def _list_statement(*, after: bool) -> HotStatement:
+    """Newest first, one more row than a page; `after`: past the cursor (p_after_time/_id)."""
+    columns = _SEARCHES.c
+    statement = (
+        select(*_SUMMARY_COLUMNS)
+        .where(columns.userId == bindparam("p_user_id", type_=Text()))
+        .order_by(columns.updatedAt.desc(), columns.id.desc())
+        .limit(bindparam("p_limit", type_=Integer()))
     )
+    if after:
+        after_time = bindparam("p_after_time", type_=UTCDateTime())
+        statement = statement.where(
+            or_(
+                columns.updatedAt < after_time,
+                and_(
+                    columns.updatedAt == after_time,
+                    columns.id < bindparam("p_after_id", type_=Text()),
+                ),
+            )
+        )
+    return HotStatement.of(statement)
+
+
+_LIST = _list_statement(after=False)
+_LIST_AFTER = _list_statement(after=True)
 
 
 @database_operation("updateSavedSearch")

@@ -6,16 +6,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, true, tuple_
+from sqlalchemy import Text, bindparam, case, func, insert, select, true, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import HotStatement, execute_hot
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
 from shared.repositories import api_usage, reservations
 from shared.repositories.pagination import Cursor, Page, keyset_page
+from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
 
 _USER_FOREIGN_KEY = "search_history_userId_fkey"
@@ -139,6 +141,21 @@ def stats(
     user_id: str | None = None,
 ) -> Stats:
     """Totals and per-provider figures over [since, until) in one query (GROUPING SETS)."""
+    params = {"p_since": db_time(since), "p_until": db_time(until or utcnow()), "p_user": user_id}
+    statement = _STATS if user_id is None else _STATS_OF_USER
+    total = Stats(searches=0, avg_response_time=None, cache_hit_rate=None)
+    providers: dict[str, ProviderStats] = {}
+    for provider, is_total, count, avg_time, rate in execute_hot(session, statement, params):
+        figures = (count, _float(avg_time), _float(rate))
+        if is_total:
+            total = Stats(*figures)
+        else:
+            providers[provider] = ProviderStats(*figures)
+    return Stats(total.searches, total.avg_response_time, total.cache_hit_rate, providers)
+
+
+def _stats_statement(*, of_user: bool) -> HotStatement:
+    """`stats`' query, built once per shape (binds p_since, p_until and, `of_user`, p_user)."""
     hit_rate = func.avg(case((SearchHistory.cache_hit, 1.0), else_=0.0))
     statement = (
         select(
@@ -148,20 +165,19 @@ def stats(
             func.avg(SearchHistory.response_time),
             hit_rate,
         )
-        .where(SearchHistory.searched_at >= since, SearchHistory.searched_at < (until or utcnow()))
+        .where(
+            SearchHistory.searched_at >= bindparam("p_since", type_=UTCDateTime()),
+            SearchHistory.searched_at < bindparam("p_until", type_=UTCDateTime()),
+        )
         .group_by(func.grouping_sets(tuple_(), tuple_(SearchHistory.provider)))
     )
-    if user_id is not None:
-        statement = statement.where(SearchHistory.user_id == user_id)
-    total = Stats(searches=0, avg_response_time=None, cache_hit_rate=None)
-    providers: dict[str, ProviderStats] = {}
-    for provider, is_total, count, avg_time, rate in session.execute(statement):
-        figures = (count, _float(avg_time), _float(rate))
-        if is_total:
-            total = Stats(*figures)
-        else:
-            providers[provider] = ProviderStats(*figures)
-    return Stats(total.searches, total.avg_response_time, total.cache_hit_rate, providers)
+    if of_user:
+        statement = statement.where(SearchHistory.user_id == bindparam("p_user", type_=Text()))
+    return HotStatement.of(statement)
+
+
+_STATS = _stats_statement(of_user=False)
+_STATS_OF_USER = _stats_statement(of_user=True)
 
 
 def _float(value: object) -> float | None:

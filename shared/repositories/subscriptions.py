@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, func, literal, select, union_all, update
+from sqlalchemy import ColumnElement, Text, bindparam, func, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from shared.db import HotStatement, execute_hot
 from shared.models import ErasedBillingCustomer, User, UserTier
+from shared.repositories import users
 from shared.telemetry import database_operation
 
 # Stripe statuses a subscription never leaves: once stored, no event for it applies again.
@@ -111,22 +113,37 @@ def find_user_id(session: Session, candidates: Sequence[tuple[LookupKey, str]]) 
     Keys: `id` (Clerk user id from Stripe metadata or client_reference_id), `customer`
     (stripeCustomerId) and `email` (case-insensitive, served by the `lower(email)` unique index).
     """
+    if not candidates:
+        return None
+    statement = _find_statement(tuple(key for key, _ in candidates))
+    params = {f"p_{rank}": value for rank, (_, value) in enumerate(candidates)}
+    row = execute_hot(session, statement, params).fetchone()
+    return None if row is None else str(row[0])
+
+
+_FINDS: dict[tuple[LookupKey, ...], HotStatement] = {}
+
+
+def _find_statement(keys: tuple[LookupKey, ...]) -> HotStatement:
+    """`find_user_id`'s UNION ALL for this sequence of key kinds, compiled once (binds p_0 …)."""
+    statement = _FINDS.get(keys)
+    if statement is not None:
+        return statement
     selects = []
-    for rank, (key, value) in enumerate(candidates):
+    for rank, key in enumerate(keys):
+        value = bindparam(f"p_{rank}", type_=Text())
         condition: ColumnElement[bool]
         if key == "id":
             condition = User.id == value
         elif key == "customer":
             condition = User.stripe_customer_id == value
         else:
-            condition = func.lower(User.email) == func.lower(literal(value))
+            condition = func.lower(User.email) == func.lower(value)
         selects.append(select(User.id, literal(rank).label("rank")).where(condition))
-    if not selects:
-        return None
     matches = union_all(*selects).subquery()
-    statement = select(matches.c.id).order_by(matches.c.rank).limit(1)
-    found: str | None = session.execute(statement).scalar_one_or_none()
-    return found
+    statement = HotStatement.of(select(matches.c.id).order_by(matches.c.rank).limit(1))
+    _FINDS[keys] = statement
+    return statement
 
 
 @database_operation("applySubscriptionChange")
@@ -144,9 +161,7 @@ def apply_change(
     fresh monthly counter (as the original's new usage key did). → FREE ends any running trial
     (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial.
     """
-    user = session.execute(
-        select(User).where(User.id == user_id).with_for_update()
-    ).scalar_one_or_none()
+    user = users.locked_row(session, user_id)
     if user is None:
         return Decision.STALE
     stored = Stored(
@@ -161,10 +176,7 @@ def apply_change(
     values = _values(user, change, decision, event_at=event_at, now=now)
     if values.keys() == {User.updated_at}:
         return Decision.STALE  # an older event with nothing the row lacks
-    session.execute(
-        update(User).where(User.id == user_id).values(values),
-        execution_options={"synchronize_session": False},
-    )
+    users.update_columns(session, user_id, values)
     return decision
 
 

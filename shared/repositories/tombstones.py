@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, func, select, text
+from sqlalchemy import ColumnElement, Integer, any_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -51,20 +51,21 @@ def keys(user_id: str, email: str | None) -> list[str]:
     return found
 
 
-def trial_end_for(identity: list[str]) -> ColumnElement[Any]:
-    """Scalar subquery: the earliest trial end tombstoned under these keys (NULL: none)."""
+def trial_end_for(identity: ColumnElement[Any]) -> ColumnElement[Any]:
+    """Scalar subquery: the earliest trial end tombstoned under these keys (NULL: none).
+    `identity`: a text array (e.g. a bound parameter of `keys(...)`)."""
     return (
         select(func.min(AccountTombstone.trial_ends_at))
-        .where(AccountTombstone.key.in_(identity))
+        .where(AccountTombstone.key == any_(identity))
         .scalar_subquery()
     )
 
 
-def keywords_used_by(identity: list[str]) -> ColumnElement[Any]:
+def keywords_used_by(identity: ColumnElement[Any]) -> ColumnElement[Any]:
     """Scalar subquery: the most keywords tombstoned under these keys (0: none)."""
     return (
         select(func.coalesce(func.max(AccountTombstone.keywords_used), 0))
-        .where(AccountTombstone.key.in_(identity))
+        .where(AccountTombstone.key == any_(identity))
         .scalar_subquery()
     )
 

@@ -2,17 +2,26 @@
 
 Every write is a single statement where one can do it, so concurrent Lambdas never lose updates:
 get-or-create is an `INSERT … ON CONFLICT`, usage is a conditional `UPDATE … RETURNING`.
+
+The request paths' hot statements (read by id, create, update, increment, monthly reset, the
+keyword reservation) are Core statements built and compiled once (`shared.db.HotStatement`),
+run on the driver connection; their rows become `User` objects without the ORM's loading
+machinery (`shared.repositories.rows`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypedDict, Unpack
+from datetime import UTC, datetime
+from typing import Any, TypedDict, Unpack, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
+    Table,
+    Text,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -24,11 +33,12 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.clock import month_start, utcnow
+from shared.db import HotStatement, execute_hot
 from shared.errors import (
     EmailInUseError,
     QuotaExceededError,
@@ -39,6 +49,7 @@ from shared.models import KeywordReservation, User, UserTier, UTCDateTime
 from shared.quotas import TRIAL_LENGTH, Limits, trial_end_sql, trial_over, usage_view
 from shared.repositories import reservations, tombstones
 from shared.repositories.reservations import Hold
+from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
 
 _EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
@@ -93,6 +104,18 @@ class SubscriptionMetrics:
     active_subscriptions: int
 
 
+_USERS = cast(Table, User.__table__)
+_user_from = RowMapper(User, list(_USERS.columns))
+
+
+def _db_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return db_time(value)
+    if isinstance(value, UserTier):
+        return value.value
+    return value
+
+
 def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
     trial = tier is UserTier.FREE
     return {
@@ -107,21 +130,47 @@ def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) ->
     }
 
 
-def _continuing_trial(values: dict[str, Any]) -> dict[str, Any]:
-    """A new FREE user's values, with the trial continuing a tombstoned one of the same
-    identity (id or email): its end and its usage, looked up by the creating statement."""
-    if values["tier"] is not UserTier.FREE:
-        return values
-    identity = tombstones.keys(values["id"], values["email"])
-    return {
-        **values,
-        "trial_ends_at": func.least(
-            literal(values["trial_ends_at"], UTCDateTime()),
-            tombstones.trial_end_for(identity),
-            type_=UTCDateTime(),
-        ),
-        "keyword_searches_total": tombstones.keywords_used_by(identity),
+def _new_user_columns(*, continuing: bool) -> dict[str, Any]:
+    """A new user's column values as bound parameters (`_new_user_params` fills them). With
+    `continuing`, the trial continues a tombstoned one of the same identity (id or email): its
+    end and its usage, looked up by the creating statement (`p_keys`)."""
+    now = bindparam("p_now", type_=UTCDateTime())
+    values: dict[str, Any] = {
+        "id": bindparam("p_id", type_=Text()),
+        "email": bindparam("p_email", type_=Text()),
+        "tier": bindparam("p_tier", type_=_USERS.c.tier.type),
+        "monthly_reset_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "trial_started_at": bindparam("p_trial_started_at", type_=UTCDateTime()),
+        "trial_ends_at": bindparam("p_trial_ends_at", type_=UTCDateTime()),
     }
+    if continuing:
+        keys = bindparam("p_keys", type_=ARRAY(Text()))
+        values["trial_ends_at"] = func.least(
+            values["trial_ends_at"], tombstones.trial_end_for(keys), type_=UTCDateTime()
+        )
+        values["keyword_searches_total"] = tombstones.keywords_used_by(keys)
+    return values
+
+
+def _new_user_params(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
+    """The parameters of `_new_user_columns` (the values of `_new_user_values`)."""
+    values = _new_user_values(user_id, email, tier, now)
+    return {
+        "p_id": user_id,
+        "p_email": email,
+        "p_tier": tier.value,
+        "p_now": db_time(now),
+        "p_trial_started_at": _db_value(values["trial_started_at"]),
+        "p_trial_ends_at": _db_value(values["trial_ends_at"]),
+        "p_keys": tombstones.keys(user_id, email),
+    }
+
+
+def _by_column(values: dict[str, Any]) -> dict[str, Any]:
+    """Attribute-keyed values keyed by the `users` column names instead (Core statements)."""
+    return {User.__mapper__.attrs[key].columns[0].name: value for key, value in values.items()}
 
 
 def _is_email_conflict(error: IntegrityError) -> bool:
@@ -147,19 +196,54 @@ def create(
     """Insert a user; FREE users start a 7-day trial (or continue their tombstoned one). A
     taken email raises `EmailInUseError`. `clerk_updated_at`: the Clerk event's time, when a
     Clerk event creates the user."""
-    values = _continuing_trial(_new_user_values(user_id, email, tier, now or utcnow()))
-    values["clerk_updated_at"] = clerk_updated_at
+    params = _new_user_params(user_id, email, tier, now or utcnow())
+    params["p_clerk_updated_at"] = None if clerk_updated_at is None else db_time(clerk_updated_at)
+    statement = _CREATE_TRIAL if tier is UserTier.FREE else _CREATE
     try:
-        return session.scalars(insert(User).values(values).returning(User)).one()
+        row = execute_hot(session, statement, params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
+    assert row is not None  # INSERT … RETURNING without a condition
+    return _user_from(row)
+
+
+def _create_statement(*, continuing: bool) -> HotStatement:
+    values = _new_user_columns(continuing=continuing)
+    values["clerk_updated_at"] = bindparam("p_clerk_updated_at", type_=UTCDateTime())
+    return HotStatement.of(insert(_USERS).values(_by_column(values)).returning(*_USERS.columns))
+
+
+_CREATE_TRIAL = _create_statement(continuing=True)
+_CREATE = _create_statement(continuing=False)
 
 
 @database_operation("findUserById")
 def get(session: Session, user_id: str, *, lock: bool = False) -> User | None:
     """`lock`: `FOR UPDATE`, so concurrent changes to the row are decided one after another."""
-    return session.get(User, user_id, with_for_update=lock)
+    row = execute_hot(session, _GET_LOCKED if lock else _GET, {"id": user_id}).fetchone()
+    return None if row is None else _user_from(row)
+
+
+def locked_row(session: Session, user_id: str) -> User | None:
+    """The user `FOR UPDATE`, for a repository deciding a change under the row lock (logged
+    as that repository's operation, not as a read of its own)."""
+    row = execute_hot(session, _GET_LOCKED, {"id": user_id}).fetchone()
+    return None if row is None else _user_from(row)
+
+
+def update_columns(session: Session, user_id: str, values: dict[Any, Any]) -> None:
+    """`UPDATE users SET <values> WHERE id = user_id`; `values` keyed by `User` attributes, the
+    statement compiled once per set of columns."""
+    keys = frozenset(attribute.key for attribute in values)
+    params = {attribute.key: _db_value(value) for attribute, value in values.items()}
+    params["user_id"] = user_id
+    execute_hot(session, _update_statement(keys, returning=False), params)
+
+
+_BY_ID = select(_USERS).where(_USERS.c.id == bindparam("id"))
+_GET = HotStatement.of(_BY_ID)
+_GET_LOCKED = HotStatement.of(_BY_ID.with_for_update())
 
 
 @database_operation("findUserByEmail")
@@ -232,22 +316,37 @@ def update_user(
     session: Session, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
 ) -> User:
     """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`."""
-    statement = (
-        update(User)
-        .where(User.id == user_id)
-        .values(**changes, updated_at=now or utcnow())
-        .returning(User)
-    )
+    params = {key: _db_value(value) for key, value in changes.items()}
+    params["updated_at"] = db_time(now or utcnow())
+    params["user_id"] = user_id
     try:
-        user = session.scalars(
-            statement, execution_options={"synchronize_session": False}
-        ).one_or_none()
+        keys = frozenset(changes) | {"updated_at"}
+        row = execute_hot(session, _update_statement(keys), params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
-    if user is None:
+    if row is None:
         raise UserNotFoundError(user_id)
-    return user
+    return _user_from(row)
+
+
+_UPDATES: dict[tuple[frozenset[str], bool], HotStatement] = {}
+
+
+def _update_statement(keys: frozenset[str], *, returning: bool = True) -> HotStatement:
+    """`UPDATE users SET <keys> WHERE id [RETURNING *]`, compiled once per key set (binds named
+    after the attributes, `user_id` for the id)."""
+    statement = _UPDATES.get((keys, returning))
+    if statement is None:
+        values: dict[str, Any] = {
+            User.__mapper__.attrs[key].columns[0].name: bindparam(key) for key in sorted(keys)
+        }
+        update_statement = update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(values)
+        if returning:
+            update_statement = update_statement.returning(*_USERS.columns)
+        statement = HotStatement.of(update_statement)
+        _UPDATES[keys, returning] = statement
+    return statement
 
 
 @database_operation("incrementKeywordSearches")
@@ -269,29 +368,21 @@ def increment_usage(
     if count < 0:
         raise ValueError("count must be >= 0")
     now = now or utcnow()
-    stale = User.monthly_reset_at < month_start(now)
-    used = case((stale, 0), else_=User.keyword_searches_this_month)
-    statement = (
-        update(User)
-        .where(User.id == user_id)
-        .values(
-            keyword_searches_this_month=used + count,
-            keyword_searches_total=User.keyword_searches_total + count,
-            monthly_reset_at=case((stale, now), else_=User.monthly_reset_at),
-            updated_at=now,
-        )
-        .returning(
-            User.keyword_searches_this_month,
-            User.keyword_searches_total,
-            User.monthly_reset_at,
-            User.tier,
-        )
-    )
-    if limit is not None:
-        statement = statement.where(used + count <= limit)
-    row = session.execute(statement, execution_options={"synchronize_session": False}).one_or_none()
+    params = {
+        "id": user_id,
+        "count": count,
+        "month_start": db_time(month_start(now)),
+        "now": db_time(now),
+        "limit": limit,
+    }
+    statement = _INCREMENT if limit is None else _INCREMENT_LIMITED
+    row = execute_hot(session, statement, params).fetchone()
     if row is not None:
-        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
+        reset_at = row[2].replace(tzinfo=UTC)
+        return Usage(
+            this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
+        )
+    stale = User.monthly_reset_at < month_start(now)
     # Failure path only: one more read to tell a missing user from a full quota.
     current = session.execute(
         select(case((stale, 0), else_=User.keyword_searches_this_month)).where(User.id == user_id)
@@ -299,6 +390,40 @@ def increment_usage(
     if current is None:
         raise UserNotFoundError(user_id)
     raise QuotaExceededError(used=current, limit=limit or 0, requested=count)
+
+
+def _increment_statement(*, limited: bool) -> HotStatement:
+    """`increment_usage`'s UPDATE (the CASE built once): binds id, count, month_start, now and,
+    `limited`, limit."""
+    count = bindparam("count", type_=Integer())
+    now = bindparam("now", type_=UTCDateTime())
+    stale = _USERS.c.monthlyResetAt < bindparam("month_start", type_=UTCDateTime())
+    used = case((stale, 0), else_=_USERS.c.keywordSearchesThisMonth)
+    statement = (
+        update(_USERS)
+        .where(_USERS.c.id == bindparam("id"))
+        .values(
+            {
+                "keywordSearchesThisMonth": used + count,
+                "keywordSearchesTotal": _USERS.c.keywordSearchesTotal + count,
+                "monthlyResetAt": case((stale, now), else_=_USERS.c.monthlyResetAt),
+                "updatedAt": now,
+            }
+        )
+        .returning(
+            _USERS.c.keywordSearchesThisMonth,
+            _USERS.c.keywordSearchesTotal,
+            _USERS.c.monthlyResetAt,
+            _USERS.c.tier,
+        )
+    )
+    if limited:
+        statement = statement.where(used + count <= bindparam("limit", type_=Integer()))
+    return HotStatement.of(statement)
+
+
+_INCREMENT = _increment_statement(limited=False)
+_INCREMENT_LIMITED = _increment_statement(limited=True)
 
 
 @database_operation("reserveKeywords")
@@ -326,48 +451,20 @@ def reserve_keywords(
     (`shared.repositories.reservations`), so a function killed later cannot keep it.
     """
     now = now or utcnow()
-    stale = User.monthly_reset_at < month_start(now)
-    monthly_used = case((stale, 0), else_=User.keyword_searches_this_month)
-    allowed = case(
-        (
-            User.tier == UserTier.FREE,
-            and_(
-                trial_end_sql() >= now,
-                User.keyword_searches_total + count <= limits.trial,
-            ),
-        ),
-        (User.tier == UserTier.PRO, monthly_used + count <= limits.pro),
-        else_=monthly_used + count <= limits.enterprise,
-    )
-    values = _continuing_trial(_new_user_values(user_id, email, UserTier.FREE, now))
-    used_before = values.pop("keyword_searches_total")  # a tombstoned trial's usage, else 0
-    fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= limits.trial)
-    first = case((fits_new_trial, count), else_=0) if enforce else literal(count)
-    statement = insert(User).values(
-        **values, keyword_searches_this_month=first, keyword_searches_total=used_before + first
-    )
-    upsert: Any = statement.on_conflict_do_update(
-        index_elements=[User.id],
-        set_={
-            User.keyword_searches_this_month: monthly_used + count,
-            User.keyword_searches_total: User.keyword_searches_total + count,
-            User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
-            User.updated_at: now,
-        },
-        where=allowed if enforce else None,
-    ).returning(
-        User.keyword_searches_this_month,
-        User.keyword_searches_total,
-        User.monthly_reset_at,
-        User.tier,
-        literal_column("xmax = 0").label("inserted"),
+    params = _new_user_params(user_id, email, UserTier.FREE, now)
+    params.update(
+        p_count=count,
+        p_month_start=db_time(month_start(now)),
+        p_trial_limit=limits.trial,
+        p_pro_limit=limits.pro,
+        p_enterprise_limit=limits.enterprise,
     )
     if hold is not None:
-        counted_if_new = fits_new_trial if enforce else true()
-        upsert = _with_hold(upsert, hold, user_id, count, now, counted_if_new=counted_if_new)
+        params.update(p_hold_id=hold.id, p_hold_expires_at=db_time(hold.expires_at))
+    upsert = _RESERVE[enforce, hold is not None]
     for attempt in range(2):
         try:
-            row = session.execute(upsert).one_or_none()
+            row = execute_hot(session, upsert, params).fetchone()
             break
         except IntegrityError as error:
             # A racing first request for the same new user can trip the email index (ON
@@ -385,7 +482,10 @@ def reserve_keywords(
                 session.execute(reservations.confirm_statement(hold.id, user_id))
             row = None
     if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
-        return Usage(this_month=row[0], total=row[1], monthly_reset_at=row[2], tier=row[3])
+        reset_at = row[2].replace(tzinfo=UTC)
+        return Usage(
+            this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
+        )
     # Refused (failure path only): one read to say why, with the numbers for the message.
     user = session.get(User, user_id)
     if user is None:
@@ -411,24 +511,63 @@ def _uncount(session: Session, user_id: str, count: int, now: datetime) -> None:
     )
 
 
-def _with_hold(
-    upsert: Any,
-    hold: Hold,
-    user_id: str,
-    count: int,
-    now: datetime,
-    *,
-    counted_if_new: ColumnElement[bool],
-) -> Any:
+def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
+    """`reserve_keywords`' statement, built and compiled once per shape; bound parameters:
+    `_new_user_params`, p_count, p_month_start, the three limits and the hold's id and expiry."""
+    now = bindparam("p_now", type_=UTCDateTime())
+    count = bindparam("p_count", type_=Integer())
+    trial_limit = bindparam("p_trial_limit", type_=Integer())
+    stale = User.monthly_reset_at < bindparam("p_month_start", type_=UTCDateTime())
+    monthly_used = case((stale, 0), else_=User.keyword_searches_this_month)
+    allowed = case(
+        (
+            User.tier == UserTier.FREE,
+            and_(trial_end_sql() >= now, User.keyword_searches_total + count <= trial_limit),
+        ),
+        (
+            User.tier == UserTier.PRO,
+            monthly_used + count <= bindparam("p_pro_limit", type_=Integer()),
+        ),
+        else_=monthly_used + count <= bindparam("p_enterprise_limit", type_=Integer()),
+    )
+    values = _new_user_columns(continuing=True)
+    used_before = values.pop("keyword_searches_total")  # a tombstoned trial's usage, else 0
+    fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
+    first = case((fits_new_trial, count), else_=0) if enforce else count
+    statement = insert(User).values(
+        **values, keyword_searches_this_month=first, keyword_searches_total=used_before + first
+    )
+    upsert: Any = statement.on_conflict_do_update(
+        index_elements=[User.id],
+        set_={
+            User.keyword_searches_this_month: monthly_used + count,
+            User.keyword_searches_total: User.keyword_searches_total + count,
+            User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
+            User.updated_at: now,
+        },
+        where=allowed if enforce else None,
+    ).returning(
+        User.keyword_searches_this_month,
+        User.keyword_searches_total,
+        User.monthly_reset_at,
+        User.tier,
+        literal_column("xmax = 0").label("inserted"),
+    )
+    if with_hold:
+        upsert = _with_hold(upsert, counted_if_new=fits_new_trial if enforce else true())
+    return HotStatement.of(upsert)
+
+
+def _with_hold(upsert: Any, *, counted_if_new: ColumnElement[bool]) -> Any:
     """The upsert as a CTE, plus the reservation row for the row it counted (none if refused,
     nor for a new user whose first request did not fit the trial), selecting the same columns."""
     reserved = upsert.cte("reserved")
     source = select(
-        literal(hold.id),
-        literal(user_id),
-        literal(count),
-        literal(now, UTCDateTime()),
-        literal(hold.expires_at, UTCDateTime()),
+        bindparam("p_hold_id", type_=Text()),
+        bindparam("p_id", type_=Text()),
+        bindparam("p_count", type_=Integer()),
+        bindparam("p_now", type_=UTCDateTime()),
+        bindparam("p_hold_expires_at", type_=UTCDateTime()),
     ).select_from(reserved)
     source = source.where(or_(~reserved.c.inserted, counted_if_new))
     reservation = (
@@ -448,19 +587,33 @@ def _with_hold(
     return select(*reserved.c).add_cte(reservation)
 
 
+_RESERVE = {
+    (enforce, with_hold): _reserve_statement(enforce=enforce, with_hold=with_hold)
+    for enforce in (True, False)
+    for with_hold in (True, False)
+}
+
+
 @database_operation("resetMonthlyUsage")
 def reset_monthly_usage(session: Session, user_id: str, *, now: datetime | None = None) -> None:
     """Zero the monthly counter and stamp the reset (one statement, so it cannot race)."""
-    now = now or utcnow()
-    result = session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(keyword_searches_this_month=0, monthly_reset_at=now, updated_at=now)
-        .returning(User.id),
-        execution_options={"synchronize_session": False},
-    )
-    if result.first() is None:
+    now = db_time(now or utcnow())
+    if execute_hot(session, _RESET, {"id": user_id, "now": now}).fetchone() is None:
         raise UserNotFoundError(user_id)
+
+
+_RESET = HotStatement.of(
+    update(_USERS)
+    .where(_USERS.c.id == bindparam("id"))
+    .values(
+        {
+            "keywordSearchesThisMonth": 0,
+            "monthlyResetAt": bindparam("now", type_=UTCDateTime()),
+            "updatedAt": bindparam("now", type_=UTCDateTime()),
+        }
+    )
+    .returning(_USERS.c.id)
+)
 
 
 @database_operation("deleteUser")

@@ -3,6 +3,8 @@
 `claim` runs in the same transaction as the event's effects: a concurrent delivery of the same
 event waits on the row until that transaction ends, then sees it processed. When processing
 fails the transaction (claim included) rolls back and `mark_failed` records the attempt.
+`claim` and `mark_processed`, on every Stripe delivery, are statements built once
+(`shared.db.HotStatement`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal_column, null, select, update
-from sqlalchemy.dialects.postgresql import insert
+from psycopg.types.json import Jsonb
+from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, null, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
-from shared.models import WebhookEvent
+from shared.db import HotStatement, execute_hot
+from shared.models import UTCDateTime, WebhookEvent
+from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
 
 
@@ -48,7 +53,7 @@ def _first_attempt(
     )
 
 
-def _another_attempt(now: datetime) -> dict[Any, Any]:
+def _another_attempt(now: datetime | ColumnElement[datetime]) -> dict[Any, Any]:
     return {WebhookEvent.attempts: WebhookEvent.attempts + 1, WebhookEvent.last_attempt_at: now}
 
 
@@ -63,9 +68,33 @@ def claim(
     now: datetime | None = None,
 ) -> Claim | None:
     """Claim an unprocessed event (new or retried); None when it was already processed."""
-    now = now or utcnow()
+    params = {
+        "p_id": event_id,
+        "p_type": event_type,
+        "p_provider": provider,
+        "p_payload": None if payload is None else Jsonb(payload),
+        "p_now": db_time(now or utcnow()),
+    }
+    row = execute_hot(session, _CLAIM, params).fetchone()
+    if row is None:
+        return None
+    return Claim(event_id=event_id, attempts=row[0], first_delivery=bool(row[1]))
+
+
+def _claim_statement() -> HotStatement:
+    """`claim`'s upsert, built once (binds p_id, p_type, p_provider, p_payload, p_now)."""
+    now = bindparam("p_now", type_=UTCDateTime())
     upsert: Any = (
-        _first_attempt(event_id, event_type, provider, payload, now)
+        insert(WebhookEvent)
+        .values(
+            id=bindparam("p_id", type_=Text()),
+            type=bindparam("p_type", type_=Text()),
+            provider=bindparam("p_provider", type_=Text()),
+            payload=bindparam("p_payload", type_=JSONB()),
+            attempts=1,
+            last_attempt_at=now,
+            created_at=now,
+        )
         .on_conflict_do_update(
             index_elements=[WebhookEvent.id],
             set_=_another_attempt(now),
@@ -73,10 +102,7 @@ def claim(
         )
         .returning(WebhookEvent.attempts, literal_column("xmax = 0"))
     )
-    row = session.execute(upsert).one_or_none()
-    if row is None:
-        return None
-    return Claim(event_id=event_id, attempts=row[0], first_delivery=bool(row[1]))
+    return HotStatement.of(upsert)
 
 
 @database_operation("getWebhookEvent")
@@ -90,16 +116,22 @@ def mark_processed(
     session: Session, event_id: str, *, now: datetime | None = None, forget_payload: bool = False
 ) -> None:
     """`forget_payload`: the event is about an erased person; keep only id, type and times."""
+    params = {"p_id": event_id, "p_now": db_time(now or utcnow())}
+    execute_hot(session, _FORGET if forget_payload else _PROCESSED, params)
+
+
+def _processed_statement(*, forget_payload: bool) -> HotStatement:
     values: dict[Any, Any] = {
         WebhookEvent.processed: True,
-        WebhookEvent.processed_at: now or utcnow(),
+        WebhookEvent.processed_at: bindparam("p_now", type_=UTCDateTime()),
         WebhookEvent.error: None,
     }
     if forget_payload:
         values[WebhookEvent.payload] = null()  # SQL NULL: None would store JSON null
-    session.execute(
-        update(WebhookEvent).where(WebhookEvent.id == event_id).values(values),
-        execution_options={"synchronize_session": False},
+    return HotStatement.of(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == bindparam("p_id", type_=Text()))
+        .values(values)
     )
 
 
@@ -150,3 +182,8 @@ def list_retryable(
         .limit(limit)
     )
     return list(session.scalars(statement))
+
+
+_CLAIM = _claim_statement()
+_PROCESSED = _processed_statement(forget_payload=False)
+_FORGET = _processed_statement(forget_payload=True)

@@ -28,6 +28,7 @@ SECTIONS = {
     "memory",
     "migration",
     "export",
+    "core_ops",
     "latency",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
