@@ -106,17 +106,26 @@ def rows_mentioning(conn: psycopg.Connection[Any], needles: set[str]) -> dict[st
 
 
 def scan(client: Redis, pattern: str = "*") -> dict[str, Any]:
-    """Every key matching `pattern`, with its value (strings, sets) for comparisons."""
+    """Every key matching `pattern`, with its value (strings, sets) for comparisons.
+
+    The emulator is shared with other test processes, whose keys come and go and may be hashes,
+    lists or sorted sets: those are compared by their type, never read with GET (WRONGTYPE).
+    """
     cursor, found = 0, []
     while True:
         cursor, batch = client.scan(cursor, match=pattern, count=1000)
         found.extend(batch)
         if cursor == 0:
             break
-    values = {}
+    values: dict[str, Any] = {}
     for key in found:
         kind = client.type(key)
-        values[key] = sorted(client.smembers(key)) if kind == "set" else client.get(key)
+        if kind == "set":
+            values[key] = sorted(client.smembers(key))
+        elif kind == "string":
+            values[key] = client.get(key)
+        else:  # another type, or "none": gone since the SCAN
+            values[key] = f"<{kind}>"
     return values
 
 
