@@ -79,10 +79,11 @@ def task_core_ops(params: dict[str, Any]) -> dict[str, Any]:
     """`{n, warmup, history_rows, only?, profile?}` → per-operation timings and ratios."""
     from sqlalchemy import event
 
+    from benchmarks.worker import bare_connection
     from shared import db
 
     n, warmup = int(params["n"]), int(params["warmup"])
-    bare = _bare_connection()
+    bare = bare_connection()
     ops = _operations(bare, int(params["history_rows"]))
     wanted = params.get("only") or list(OPS)
     ops = {name: op for name, op in ops.items() if name in wanted}
@@ -168,22 +169,6 @@ def _profile(ops: dict[str, Op], run_core: Callable[[Op], float], n: int) -> dic
     stats.print_stats(40)
     stats.sort_stats("cumulative").print_stats(40)
     return {"profile": out.getvalue()}
-
-
-def _bare_connection() -> Any:
-    import psycopg
-
-    from shared.config import get_settings
-    from shared.db import prepared_statements_enabled
-    from shared.db_url import parse_database_url
-
-    settings = get_settings()
-    target = parse_database_url(settings.database_url)
-    kwargs: dict[str, Any] = {"autocommit": True}
-    if not prepared_statements_enabled(target, settings.prepared_statements):
-        kwargs["prepare_threshold"] = None
-    url = target.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://")
-    return psycopg.connect(url, **kwargs)
 
 
 def _operations(bare: Any, history_rows: int) -> dict[str, Op]:

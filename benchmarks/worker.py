@@ -518,6 +518,24 @@ def _warm_one(
     }
 
 
+def bare_connection() -> Any:
+    """An autocommit psycopg connection to the function's database, with the core's
+    prepared-statement setting (none through a transaction-mode pooler), and nothing else."""
+    import psycopg
+
+    from shared.config import get_settings
+    from shared.db import prepared_statements_enabled
+    from shared.db_url import parse_database_url
+
+    settings = get_settings()
+    target = parse_database_url(settings.database_url)
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if not prepared_statements_enabled(target, settings.prepared_statements):
+        kwargs["prepare_threshold"] = None
+    url = target.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://")
+    return psycopg.connect(url, **kwargs)
+
+
 class BareReplay:
     """The recorded statements on a bare autocommit psycopg connection, and the recorded
     Upstash calls on a bare httpx client: the same work without the function's layers.
@@ -532,20 +550,11 @@ class BareReplay:
         redis_calls: list[tuple[str, dict[str, str], bytes]],
     ) -> None:
         import httpx
-        import psycopg
 
         from shared.config import get_settings
-        from shared.db import prepared_statements_enabled
-        from shared.db_url import parse_database_url
 
-        settings = get_settings()
-        target = parse_database_url(settings.database_url)
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if not prepared_statements_enabled(target, settings.prepared_statements):
-            kwargs["prepare_threshold"] = None
-        url = target.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://")
-        self.conn = psycopg.connect(url, **kwargs)
-        self.http = httpx.Client(timeout=settings.redis_timeout_s)
+        self.conn = bare_connection()
+        self.http = httpx.Client(timeout=get_settings().redis_timeout_s)
         self.statements = statements
         self.redis_calls = redis_calls
 
