@@ -22,7 +22,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
-from tests.support.catalog import SchemaDiff, Snapshot, diff, snapshot
+from tests.support.catalog import Snapshot, diff, differences_beyond, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "prisma" / "schema.prisma"
@@ -91,28 +91,14 @@ def alembic_db(scratch_database: ScratchDatabase) -> str:
 
 def schema_differences(prisma: Snapshot, ours: Snapshot) -> str:
     """Every difference except the inexpressible items, plus inexpressible items gone wrong."""
-    found = diff(prisma, ours)
-    unexpected = SchemaDiff(
-        only_in_reference=found.only_in_reference,
-        only_in_candidate={
-            key: value for key, value in found.only_in_candidate.items() if key not in INEXPRESSIBLE
-        },
-        changed=found.changed,
+    return differences_beyond(
+        diff(prisma, ours),
+        INEXPRESSIBLE,
+        reference="prisma schema",
+        candidate="alembic head",
+        item="inexpressible item",
+        missing="not (only) in the alembic head",
     )
-    problems: list[str] = []
-    if unexpected.only_in_reference or unexpected.only_in_candidate or unexpected.changed:
-        problems.append(unexpected.describe("prisma schema", "alembic head"))
-    for key, expected in INEXPRESSIBLE.items():
-        actual = found.only_in_candidate.get(key)
-        if actual is None:
-            problems.append(f"  inexpressible item not (only) in the alembic head: {key}")
-            continue
-        for name, want in expected.items():
-            if actual.get(name) != want:
-                problems.append(
-                    f"  inexpressible item {key}: {name} is {actual.get(name)!r}, expected {want!r}"
-                )
-    return "\n".join(problems)
 
 
 def test_the_prisma_schema_is_the_alembic_head(prisma_db: str, alembic_db: str) -> None:

@@ -22,7 +22,7 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.support.catalog import SchemaDiff, Snapshot, diff, snapshot
+from tests.support.catalog import Snapshot, diff, differences_beyond, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 PRISMA_DDL = REPO / "tests" / "fixtures" / "prisma" / "original-ddl.sql"
@@ -273,31 +273,14 @@ def alembic_db(scratch_database: ScratchDatabase) -> str:
 
 def unexpected_differences(prisma: Snapshot, ours: Snapshot) -> str:
     """Everything in the diff that is not a documented addition, plus additions gone wrong."""
-    found = diff(prisma, ours)
-    unexpected = SchemaDiff(
-        only_in_reference=found.only_in_reference,
-        only_in_candidate={
-            key: value
-            for key, value in found.only_in_candidate.items()
-            if key not in DOCUMENTED_ADDITIONS
-        },
-        changed=found.changed,
+    return differences_beyond(
+        diff(prisma, ours),
+        DOCUMENTED_ADDITIONS,
+        reference="prisma",
+        candidate="alembic",
+        item="documented addition",
+        missing="missing",
     )
-    problems: list[str] = []
-    if unexpected.only_in_reference or unexpected.only_in_candidate or unexpected.changed:
-        problems.append(unexpected.describe("prisma", "alembic"))
-    for key, expected in DOCUMENTED_ADDITIONS.items():
-        actual = found.only_in_candidate.get(key)
-        if actual is None:
-            problems.append(f"  documented addition missing: {key}")
-            continue
-        for name, want in expected.items():
-            if actual.get(name) != want:
-                problems.append(
-                    f"  documented addition {key}: {name} is {actual.get(name)!r}, "
-                    f"expected {want!r}"
-                )
-    return "\n".join(problems)
 
 
 def test_migrated_schema_is_prisma_schema_plus_documented_additions(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,13 @@ from devkit.cli import dotenv_quote
 from devkit.console import CliError
 from devkit.local_s3 import LOCAL_BUCKET
 from devkit.stack import Session
-from tests.devkit.test_cli import (
+from tests.support.dev_stack import (
     Stack,
-    assert_nothing_left,
     assert_one_line_failure,
     keyflash,
     make_state_dir,
     remove_state_dir,
-    start_dev,
+    running_dev,
     token_for,
 )
 
@@ -48,18 +46,9 @@ BACKUP_KEY = re.compile(r"^(keyflash/\d{8}T\d{9}Z/)\s+(\d+(?:\.\d)? (?:B|KiB|MiB
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    state_dir = make_state_dir()
-    running = start_dev(state_dir, args=("--cors-origin", FRONTEND))
-    try:
+    """One running `keyflash dev` that lets the frontend's origin through CORS."""
+    with running_dev("--cors-origin", FRONTEND) as running:
         yield running
-        pids = running.processes()
-        assert running.stop(signal.SIGINT) == 0, running.output()
-        assert_nothing_left(state_dir, pids)
-    finally:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-        remove_state_dir(state_dir)
 
 
 def holder(stack: Stack) -> dict[str, Any]:

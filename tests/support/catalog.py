@@ -10,6 +10,7 @@ string equality. `alembic_version` is Alembic's bookkeeping, not schema, and is 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,3 +336,38 @@ def diff(reference: Snapshot, candidate: Snapshot) -> SchemaDiff:
             if ref[key] != cand[key]
         },
     )
+
+
+def differences_beyond(
+    found: SchemaDiff,
+    allowed: Mapping[str, Mapping[str, Any]],
+    *,
+    reference: str,
+    candidate: str,
+    item: str,
+    missing: str,
+) -> str:
+    """`found` less the `allowed` extras of the candidate, described with the schemas' labels,
+    plus every allowed extra that is not (only) in the candidate or differs in a field it
+    names: "  {item} {missing}: key", "  {item} key: field is …, expected …". Empty if none."""
+    unexpected = SchemaDiff(
+        only_in_reference=found.only_in_reference,
+        only_in_candidate={
+            key: value for key, value in found.only_in_candidate.items() if key not in allowed
+        },
+        changed=found.changed,
+    )
+    problems: list[str] = []
+    if unexpected.only_in_reference or unexpected.only_in_candidate or unexpected.changed:
+        problems.append(unexpected.describe(reference, candidate))
+    for key, expected in allowed.items():
+        actual = found.only_in_candidate.get(key)
+        if actual is None:
+            problems.append(f"  {item} {missing}: {key}")
+            continue
+        for name, want in expected.items():
+            if actual.get(name) != want:
+                problems.append(
+                    f"  {item} {key}: {name} is {actual.get(name)!r}, expected {want!r}"
+                )
+    return "\n".join(problems)
