@@ -31,7 +31,9 @@ def db_time(value: datetime) -> datetime:
 
 
 def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC)
+    # `value.replace(tzinfo=UTC)`, the same datetime, in a sixth of the time: `replace` parses
+    # keyword arguments (about 1.3 µs a call here), and a list row carries four timestamps.
+    return datetime.combine(value, value.time(), UTC)
 
 
 class RowMapper(Generic[T]):
