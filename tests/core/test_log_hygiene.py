@@ -15,8 +15,9 @@ whatever reaches the process's stdout/stderr file descriptors (`capfd`). The run
 - Stripe deliveries (an upgrade carrying the customer's email, a forged one);
 - every cron, through its Lambda handler and its Vercel entry (right and wrong CRON_SECRET).
 
-Then the captured text must not contain any configured secret, any session token (`eyJ…`), the
-users' email addresses, or a full client IP. Values are distinctive so a match is unambiguous.
+Then the captured text must not contain any configured secret, any session token (a JWT:
+`eyJ…` header, dot, payload), the users' email addresses, or a full client IP. Values are
+distinctive so a match is unambiguous.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import base64
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -78,7 +80,6 @@ SECRETS = {
     "CRON_SECRET": CRON_SECRET,
     "rate-limit HMAC secret": RATE_LIMIT_HMAC_SECRET,
     "AWS secret key": AWS_SECRET,
-    "a session token (JWT)": "eyJ",
     "a user's email": ADA,
     "another user's email": GRACE,
     "an IPv4 client address": IPV4,
@@ -86,6 +87,9 @@ SECRETS = {
     "an IPv6 client address (exploded)": "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
     "a forwarded client address": FORWARDED_IP,
 }
+# A JWT by its shape, case-sensitive: a base64url JSON header (`{"` is `eyJ`), a dot, a payload.
+# Not the bare `eyJ`: S3's random request ids contain "eyj" in some case now and then.
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 ROUTES = gateway.route_table(gateway.load_all())
 BUCKET = "keyflash-log-hygiene"
 EXTERNAL_DATABASE = bool(os.environ.get("DATABASE_URL"))  # read before any test changes it
@@ -482,8 +486,18 @@ def test_a_full_run_logs_no_secret_and_no_personal_data(
                    '"event":"slow_query"', '"event":"account_erased"'):  # fmt: skip
         assert marker in captured, marker
     found = {what: value for what, value in SECRETS.items() if value.lower() in captured.lower()}
+    if token := JWT.search(captured):
+        found["a session token (JWT)"] = token.group()[:12] + "…"
     assert not found, f"leaked into the logs: {sorted(found)} (see {tmp_path / 'captured.log'})"
     print(
         f"log hygiene: {len(caplog.records)} records, {captured.count(chr(10)) + 1} lines, "
         f"{len(captured.encode())} bytes captured; {len(SECRETS)} secrets searched"
     )
+
+
+def test_the_session_token_pattern_finds_tokens_and_not_random_ids() -> None:
+    token = jwt.encode({"sub": "user_ada"}, "k" * 32, algorithm="HS256")
+    assert JWT.search(f"Authorization: Bearer {token}")
+    assert JWT.search(token.rsplit(".", 1)[0])  # header and payload, signature cut off
+    request_id = "y1hlJOyeyjhXGlZ2ZVQaTVi9Fmj2LgGMfs5Z25LvWZcdaevTwe7m"  # S3's, seen in a run
+    assert not JWT.search(f"'x-amzn-requestid': '{request_id}'")
