@@ -13,7 +13,7 @@ Why it looks like this:
 - No ping on a hot connection. One idle for longer than `DB_IDLE_CHECK_S` (a frozen container, a
   Neon compute that may have suspended) is pinged on checkout and replaced if dead.
 - Hot paths skip SQLAlchemy's per-statement machinery: `HotStatement` is a Core statement
-  compiled once (at import) and run by `execute_hot` straight on the checked-out psycopg
+  compiled once (on its first run) and run by `execute_hot` straight on the checked-out psycopg
   connection, with SQLAlchemy's error wrapping, connection invalidation and cursor events kept
   (so the retry rules, the slow-query log and statement counting see it like any other).
   `BEGIN` and `COMMIT` go the same way. The pooler rule is the connection's own
@@ -31,7 +31,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -221,33 +220,37 @@ def transaction(work: Callable[[Session], T]) -> T:
     return _execute(work, atomic=True, idempotent=False)
 
 
-@dataclass(frozen=True, slots=True)
 class HotStatement:
-    """A statement compiled once for psycopg: `sql` with `%(name)s` placeholders.
+    """A statement compiled for psycopg once, on its first run: `sql` with `%(name)s` placeholders.
 
-    Parameters are passed as the driver takes them (naive UTC datetimes for `UTCDateTime`
-    columns, enum values as their strings): no bind processors run on the hot path."""
+    Not at import: a cold start then compiles only the statements its request runs. Parameters
+    are passed as the driver takes them (naive UTC datetimes for `UTCDateTime` columns, enum
+    values as their strings): no bind processors run on the hot path."""
 
-    sql: str
-    constants: Mapping[str, Any] | None = None  # the statement's own literals (`param_1` …)
+    __slots__ = ("_compiled", "_source")
 
-    @classmethod
-    def of(cls, statement: ClauseElement | str) -> HotStatement:
-        if isinstance(statement, str):
-            return cls(statement)
-        compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
-        processors = compiled._bind_processors  # type: ignore[attr-defined]
-        constants = {
-            name: processors[name](bind.value) if name in processors else bind.value
-            for bind, name in compiled.bind_names.items()  # type: ignore[attr-defined]
-            if not bind.required
-        }
-        return cls(str(compiled), constants or None)
+    def __init__(self, source: ClauseElement | str) -> None:
+        self._source = source
+        self._compiled: tuple[str, Mapping[str, Any] | None] | None = None
 
-    def parameters(self, params: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-        if self.constants is None:
-            return params
-        return {**self.constants, **params} if params else self.constants
+    def compiled(self) -> tuple[str, Mapping[str, Any] | None]:
+        """`(sql, constants)`: the statement's own literals (`param_1` …) are the constants."""
+        if self._compiled is None:
+            self._compiled = _compile(self._source)
+        return self._compiled
+
+
+def _compile(statement: ClauseElement | str) -> tuple[str, Mapping[str, Any] | None]:
+    if isinstance(statement, str):
+        return statement, None
+    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    processors = compiled._bind_processors  # type: ignore[attr-defined]
+    constants = {
+        name: processors[name](bind.value) if name in processors else bind.value
+        for bind, name in compiled.bind_names.items()  # type: ignore[attr-defined]
+        if not bind.required
+    }
+    return str(compiled), constants or None
 
 
 _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
@@ -261,12 +264,19 @@ def execute_hot(
     A driver error is raised as SQLAlchemy raises it (`DBAPIError` subclasses, e.g.
     `IntegrityError`), with the connection invalidated when psycopg says it broke, so
     `_execute`'s retry rules and the repositories' error handling apply unchanged."""
-    return _execute_on(_connection_of(session), statement.sql, statement.parameters(params))
+    sql, constants = statement.compiled()
+    if constants is not None:
+        params = {**constants, **params} if params else constants
+    return _execute_on(_connection_of(session), sql, params)
 
 
 def driver_connection(session: Session) -> psycopg.Connection[Any]:
     """The psycopg connection under `session` (e.g. to check its transaction status)."""
-    driver: psycopg.Connection[Any] = _connection_of(session).connection.driver_connection  # type: ignore[assignment]
+    return _driver_of(_connection_of(session))
+
+
+def _driver_of(connection: Connection) -> psycopg.Connection[Any]:
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
     return driver
 
 
@@ -279,7 +289,7 @@ def _connection_of(session: Session) -> Connection:
 def _execute_on(
     connection: Connection, sql: str, params: Mapping[str, Any] | None
 ) -> psycopg.Cursor[Any]:
-    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    driver = _driver_of(connection)
     cursor = driver.cursor()
     events = connection._has_events or connection.engine._has_events
     if events:
@@ -381,7 +391,7 @@ def _rollback_quietly(connection: Connection, session: Session) -> None:
         return
     try:
         session.rollback()
-        driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+        driver = _driver_of(connection)
         if driver.info.transaction_status != TransactionStatus.IDLE:
             driver.rollback()
     except (DBAPIError, psycopg.Error):

@@ -61,7 +61,7 @@ _COLUMNS = list(_SEARCHES.columns)
 _SUMMARY_COLUMNS = [column for column in _COLUMNS if column.name != "results"]
 _search_from = RowMapper(SavedSearch, _COLUMNS)
 _summary_from = RowMapper(SavedSearch, _SUMMARY_COLUMNS)
-_OWNER_LOCK = HotStatement.of(
+_OWNER_LOCK = HotStatement(
     select(User.id).where(User.id == bindparam("p_user_id", type_=Text())).with_for_update()
 )
 
@@ -77,7 +77,7 @@ def _create_statement() -> HotStatement:
     source = select(
         *[bindparam(f"p_{name}", type_=_SEARCHES.c[name].type) for name in names]
     ).where(count < MAX_PER_USER)
-    return HotStatement.of(insert(_SEARCHES).from_select(names, source).returning(*_COLUMNS))
+    return HotStatement(insert(_SEARCHES).from_select(names, source).returning(*_COLUMNS))
 
 
 _CREATE = _create_statement()
@@ -182,7 +182,7 @@ def _list_statement(*, after: bool) -> HotStatement:
                 ),
             )
         )
-    return HotStatement.of(statement)
+    return HotStatement(statement)
 
 
 _LIST = _list_statement(after=False)

@@ -173,7 +173,7 @@ def _stats_statement(*, of_user: bool) -> HotStatement:
     )
     if of_user:
         statement = statement.where(SearchHistory.user_id == bindparam("p_user", type_=Text()))
-    return HotStatement.of(statement)
+    return HotStatement(statement)
 
 
 _STATS = _stats_statement(of_user=False)

@@ -141,7 +141,7 @@ def _find_statement(keys: tuple[LookupKey, ...]) -> HotStatement:
             condition = func.lower(User.email) == func.lower(value)
         selects.append(select(User.id, literal(rank).label("rank")).where(condition))
     matches = union_all(*selects).subquery()
-    statement = HotStatement.of(select(matches.c.id).order_by(matches.c.rank).limit(1))
+    statement = HotStatement(select(matches.c.id).order_by(matches.c.rank).limit(1))
     _FINDS[keys] = statement
     return statement
 

@@ -211,7 +211,7 @@ def create(
 def _create_statement(*, continuing: bool) -> HotStatement:
     values = _new_user_columns(continuing=continuing)
     values["clerk_updated_at"] = bindparam("p_clerk_updated_at", type_=UTCDateTime())
-    return HotStatement.of(insert(_USERS).values(_by_column(values)).returning(*_USERS.columns))
+    return HotStatement(insert(_USERS).values(_by_column(values)).returning(*_USERS.columns))
 
 
 _CREATE_TRIAL = _create_statement(continuing=True)
@@ -242,8 +242,8 @@ def update_columns(session: Session, user_id: str, values: dict[Any, Any]) -> No
 
 
 _BY_ID = select(_USERS).where(_USERS.c.id == bindparam("id"))
-_GET = HotStatement.of(_BY_ID)
-_GET_LOCKED = HotStatement.of(_BY_ID.with_for_update())
+_GET = HotStatement(_BY_ID)
+_GET_LOCKED = HotStatement(_BY_ID.with_for_update())
 
 
 @database_operation("findUserByEmail")
@@ -344,7 +344,7 @@ def _update_statement(keys: frozenset[str], *, returning: bool = True) -> HotSta
         update_statement = update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(values)
         if returning:
             update_statement = update_statement.returning(*_USERS.columns)
-        statement = HotStatement.of(update_statement)
+        statement = HotStatement(update_statement)
         _UPDATES[keys, returning] = statement
     return statement
 
@@ -419,7 +419,7 @@ def _increment_statement(*, limited: bool) -> HotStatement:
     )
     if limited:
         statement = statement.where(used + count <= bindparam("limit", type_=Integer()))
-    return HotStatement.of(statement)
+    return HotStatement(statement)
 
 
 _INCREMENT = _increment_statement(limited=False)
@@ -555,7 +555,7 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
     )
     if with_hold:
         upsert = _with_hold(upsert, counted_if_new=fits_new_trial if enforce else true())
-    return HotStatement.of(upsert)
+    return HotStatement(upsert)
 
 
 def _with_hold(upsert: Any, *, counted_if_new: ColumnElement[bool]) -> Any:
@@ -602,7 +602,7 @@ def reset_monthly_usage(session: Session, user_id: str, *, now: datetime | None 
         raise UserNotFoundError(user_id)
 
 
-_RESET = HotStatement.of(
+_RESET = HotStatement(
     update(_USERS)
     .where(_USERS.c.id == bindparam("id"))
     .values(

@@ -102,7 +102,7 @@ def _claim_statement() -> HotStatement:
         )
         .returning(WebhookEvent.attempts, literal_column("xmax = 0"))
     )
-    return HotStatement.of(upsert)
+    return HotStatement(upsert)
 
 
 @database_operation("getWebhookEvent")
@@ -128,7 +128,7 @@ def _processed_statement(*, forget_payload: bool) -> HotStatement:
     }
     if forget_payload:
         values[WebhookEvent.payload] = null()  # SQL NULL: None would store JSON null
-    return HotStatement.of(
+    return HotStatement(
         update(WebhookEvent)
         .where(WebhookEvent.id == bindparam("p_id", type_=Text()))
         .values(values)
