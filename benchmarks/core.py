@@ -41,10 +41,11 @@ def run_worker(
     env: dict[str, str],
     *,
     timeout: float = 600,
+    module: str = "benchmarks.worker",
 ) -> dict[str, Any]:
-    """Run `python -m benchmarks.worker TASK` with `env`; its JSON result (or WorkerError)."""
+    """Run `python -m MODULE TASK` with `env`; its JSON result (or WorkerError)."""
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker", task],
+        [sys.executable, "-m", module, task],
         input=json.dumps(params),
         env=env,
         cwd=ROOT,

@@ -25,6 +25,7 @@ SECTION_TITLES = {
     "export": "9. Export memory",
     "core_ops": "10. Warm core per operation",
     "latency": "11. Latency like production (a delayed hop to each server)",
+    "capacity": "12. Capacity model vs measured",
 }
 
 
@@ -465,6 +466,12 @@ def _latency(data: dict[str, Any]) -> str:
     return f"{endpoints}\n\nOne Fluid instance, GET /api/searches, {hop} ms hop:\n\n{fluid}"
 
 
+def _capacity(data: dict[str, Any]) -> str:
+    from benchmarks.capacity_check import render  # it imports this module's table()
+
+    return render(data)
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -477,6 +484,7 @@ RENDERERS = {
     "export": _export,
     "core_ops": _core_ops,
     "latency": _latency,
+    "capacity": _capacity,
 }
 
 

@@ -1,0 +1,427 @@
+"""12. Capacity: the model's inputs measured, then its predictions checked at rates run here.
+
+1. Profile (`benchmarks.capacity_worker profile`): each route of `MIX`, N warm requests in one
+   container alone on PgBouncer (transaction mode, `DB_POOL_SIZE=1`). Per request: statements
+   and transactions (PgBouncer `SHOW STATS` deltas), server-held time (its `total_xact_time`),
+   Upstash commands, handler wall and CPU time, rows per table; bytes per row per table from the
+   table sizes (`pg_total_relation_size` over every partition) over the whole profile.
+2. Load: K containers (processes, one pooled connection each) replay the mix at a fixed pace
+   from a common start for a fixed time, at each rate of `RATES`. Meanwhile `SHOW POOLS` is
+   sampled every 100 ms; `SHOW STATS` and the tables are read at the window's edges.
+3. Model vs measured: `benchmarks.capacity.predict` for the mix the containers actually sent, at
+   the rate they achieved, against what the pooler, PostgreSQL and the containers counted; each
+   with its relative error and tolerance. Counts (statements, transactions, rows, Upstash
+   commands) must agree within 10 %: they do not depend on timing. Bytes within 25 % (pages are
+   8 kB; the profile's tables are small). Time-based figures (server connections busy,
+   containers busy) within 50 %: the profile ran alone, the load shares 2 cores between the
+   containers, PostgreSQL, PgBouncer and the Upstash emulator, so each request takes longer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import capacity
+from benchmarks.capacity import RouteCost, TableCost
+from benchmarks.capacity_worker import TABLES, pooler_stats, tables_now
+from benchmarks.connections import Sampler
+from benchmarks.core import ROOT, Context, WorkerError, run_worker, target
+from benchmarks.worker import RESULT_MARK
+
+# A realistic mix (share of requests per route): searches mostly answered from the cache, reads
+# of one's own data, few writes. Only routes a container can repeat without preparation.
+MIX: dict[str, int] = {
+    "POST /api/keywords (cache hit)": 6,
+    "POST /api/keywords (cache miss)": 1,
+    "GET /api/searches": 3,
+    "GET /api/searches/{search_id}": 2,
+    "PUT /api/searches/{search_id}": 1,
+    "GET /api/history": 2,
+    "GET /api/me": 2,
+    "GET /api/flags": 2,
+    "GET /api/health (database check cached)": 1,
+}
+TOLERANCE = {"count": 0.10, "bytes": 0.25, "time": 0.50}
+WORKER = "benchmarks.capacity_worker"
+# Growth below this many bytes is a few 8 kB pages per relation: not compared (quick runs).
+MIN_BYTES = 32 * 8192
+START_LEAD_S = 0.2  # from GO to the containers' common start: every GO line is read by then
+
+
+def sequence() -> list[str]:
+    """The mix as a repeating sequence of 20 requests, routes interleaved (not in runs)."""
+    left = dict(MIX)
+    out: list[str] = []
+    while any(left.values()):
+        for name in MIX:
+            if left[name]:
+                out.append(name)
+                left[name] -= 1
+    return out
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    stack = ctx.stack
+    if stack.pgbouncer is None:
+        reason = stack.pgbouncer_missing or "no PgBouncer"
+        return {
+            "targets": [target("capacity model vs measured", None, "not measured", reason=reason)]
+        }
+    env = stack.app_env(pooled=True, DB_POOL_SIZE="1", RATE_LIMIT_REQUESTS_PER_HOUR="1000000000")
+    admin = stack.pgbouncer.dsn("pgbouncer")
+    n = ctx.pick(60, 8)
+    ctx.log(f"  capacity: profiling {len(MIX)} routes, {n} warm requests each, through PgBouncer")
+    profile = run_worker(
+        "profile",
+        {
+            "private_pem": stack.private_pem,
+            "fixtures": ctx.fixtures,
+            "routes": list(MIX),
+            "n": n,
+            "warmup": 2,
+            "admin_dsn": admin,
+            "database": stack.database,
+            "direct_url": stack.direct_url,
+        },
+        env,
+        module=WORKER,
+    )
+    routes, tables = inputs(profile)
+    fixed = {"system_metrics": profile["metrics_cron_rows"] * capacity.DAY_S / 300}
+    pool_size = int(
+        next(r for r in stack.pgbouncer.admin("SHOW CONFIG") if r["key"] == "default_pool_size")[
+            "value"
+        ]
+    )
+    containers = ctx.pick(5, 2)
+    seconds = ctx.pick(20.0, 4.0)
+    runs = []
+    for rate in ctx.pick((25.0, 50.0), (16.0,)):
+        ctx.log(f"  capacity: {containers} containers, {rate:g} requests/s for {seconds:g} s")
+        runs.append(_load(ctx, env, admin, rate, containers, seconds, routes, tables, pool_size))
+    verdicts = [
+        target(
+            f"model vs measured at {r['rate_achieved']} req/s: every figure within tolerance",
+            all(row["within"] for row in r["comparison"]),
+            f"{sum(row['within'] for row in r['comparison'])}/{len(r['comparison'])} within; "
+            f"largest error {max(abs(row['error']) for row in r['comparison']):.0%}",
+            detail=", ".join(row["figure"] for row in r["comparison"] if not row["within"]),
+        )
+        for r in runs
+    ]
+    return {
+        "mix": MIX,
+        "profile": profile,
+        "inputs": {
+            "routes": {
+                name: vars(cost) | {"rows": dict(cost.rows)} for name, cost in routes.items()
+            },
+            "tables": {name: vars(cost) for name, cost in tables.items()},
+            "system_metrics_rows_per_day": fixed["system_metrics"],
+        },
+        "pgbouncer_pool_size": pool_size,
+        "tolerance": TOLERANCE,
+        "runs": runs,
+        "targets": verdicts,
+    }
+
+
+def inputs(profile: dict[str, Any]) -> tuple[dict[str, RouteCost], dict[str, TableCost]]:
+    """The model's inputs from a profile: a RouteCost per route, bytes per row per table."""
+    routes = {
+        name: RouteCost(
+            statements=row["statements"],
+            transactions=row["transactions"],
+            server_ms=row["server_ms"],
+            handler_ms=row["handler_ms"],
+            cpu_ms=row["cpu_ms"],
+            redis_commands=row["redis_commands"],
+            rows=row["rows"],
+        )
+        for name, row in profile["routes"].items()
+    }
+    tables = {}
+    for table in TABLES:
+        rows = sum(r["rows"][table] * r["n"] for r in profile["routes"].values())
+        grown = sum(r["bytes"][table] for r in profile["routes"].values())
+        if rows <= 0 or grown <= 0:  # too few rows to grow a page: the whole table's average
+            now = profile["tables"][table]
+            rows, grown = now["rows"], now["bytes"]
+        per_row = grown / rows if rows else 0.0
+        tables[table] = TableCost(per_row, capacity.RETENTION_DAYS[table])
+    return routes, tables
+
+
+def _load(
+    ctx: Context,
+    env: dict[str, str],
+    admin: str,
+    rate: float,
+    containers: int,
+    seconds: float,
+    routes: dict[str, RouteCost],
+    tables: dict[str, TableCost],
+    pool_size: int,
+) -> dict[str, Any]:
+    stack = ctx.stack
+    order = sequence()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", WORKER, "load"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(containers)
+    ]
+    sampler = Sampler(ctx)
+    edges: dict[str, Any] = {}
+    try:
+        for i, process in enumerate(processes):
+            params = {
+                "private_pem": stack.private_pem,
+                "fixtures": ctx.fixtures,
+                "sequence": order,
+                "offset": i * len(order) // containers,
+                "rate": rate / containers,
+                "seconds": seconds,
+            }
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(params) + "\n")
+            process.stdin.flush()
+        for process in processes:  # every container warm before the start edge is read
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            if line != "READY":
+                raise WorkerError(f"a load container did not start: {line or _stderr(process)}")
+        edges["start_at"] = time.time()
+        edges["start"] = (pooler_stats(admin, stack.database), tables_now(stack.direct_url))
+        start_at = time.time() + START_LEAD_S
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"GO {start_at}\n")
+            process.stdin.flush()
+        sampler.start()
+        time.sleep(max(0.0, start_at + seconds - time.time()))
+        edges["end_stats"] = pooler_stats(admin, stack.database)
+        edges["end_at"] = time.time()
+        sampler.stop()
+        outputs = [_result(process, seconds) for process in processes]
+    finally:
+        sampler.stop()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    edges["end_tables"] = tables_now(stack.direct_url)
+    edges["final_stats"] = pooler_stats(admin, stack.database)
+    return compare(outputs, edges, sampler.samples, rate, seconds, routes, tables, pool_size)
+
+
+def compare(
+    outputs: list[dict[str, Any]],
+    edges: dict[str, Any],
+    samples: list[dict[str, int]],
+    rate: float,
+    seconds: float,
+    routes: dict[str, RouteCost],
+    tables: dict[str, TableCost],
+    pool_size: int,
+) -> dict[str, Any]:
+    """Model vs measured for one load run: the mix sent, at the rate achieved."""
+    counts: dict[str, int] = {}
+    for output in outputs:
+        for name, count in output["counts"].items():
+            counts[name] = counts.get(name, 0) + count
+    requests = sum(counts.values())
+    achieved = requests / seconds
+    model = capacity.predict(counts, achieved, routes, tables)  # no cron runs in the window
+    start_stats, start_tables = edges["start"]
+    final = edges["final_stats"]
+    window = {k: edges["end_stats"][k] - start_stats[k] for k in start_stats}
+    total = {k: final[k] - start_stats[k] for k in start_stats}
+    measured_rows = {t: edges["end_tables"][t]["rows"] - start_tables[t]["rows"] for t in TABLES}
+    measured_bytes = {t: edges["end_tables"][t]["bytes"] - start_tables[t]["bytes"] for t in TABLES}
+    sv_active = [s["sv_active"] for s in samples]
+    rows: list[dict[str, Any]] = []
+    unresolved: list[str] = []
+
+    def add(figure: str, predicted: float, measured: float, kind: str) -> None:
+        error = (predicted - measured) / measured if measured else (0.0 if not predicted else 1.0)
+        rows.append(
+            {
+                "figure": figure,
+                "model": round(predicted, 2),
+                "measured": round(measured, 2),
+                "error": round(error, 3),
+                "tolerance": TOLERANCE[kind],
+                "within": abs(error) <= TOLERANCE[kind],
+            }
+        )
+
+    # Counts over the whole run (window plus the last rows flushed after it), as the model
+    # counts every request sent.
+    add("statements (total)", model.statements_per_s * seconds, total["total_query_count"], "count")
+    add(
+        "transactions (total)",
+        model.transactions_per_s * seconds,
+        total["total_xact_count"],
+        "count",
+    )
+    add(
+        "Upstash commands (total)",
+        model.redis_commands_per_s * seconds,
+        sum(o["redis_commands"] for o in outputs),
+        "count",
+    )
+    for table in TABLES:
+        growth = model.tables[table]
+        if growth.rows_per_day or measured_rows[table]:
+            add(
+                f"{table} rows",
+                growth.rows_per_day / capacity.DAY_S * seconds,
+                measured_rows[table],
+                "count",
+            )
+            predicted_bytes = growth.bytes_per_day / capacity.DAY_S * seconds
+            if max(predicted_bytes, measured_bytes[table]) >= MIN_BYTES:
+                add(f"{table} bytes", predicted_bytes, measured_bytes[table], "bytes")
+            else:
+                unresolved.append(f"{table} bytes")
+    add(
+        "server connections busy (mean, Little)",
+        model.server_connections_busy,
+        window["total_xact_time"] / 1e6 / (edges["end_at"] - edges["start_at"]),
+        "time",
+    )
+    add(
+        "containers busy (mean, Little)",
+        model.containers_busy,
+        sum(o["handler_s"] for o in outputs) / seconds,
+        "time",
+    )
+    server_s = capacity.server_seconds_per_request(counts, routes)
+    return {
+        "rate_target": rate,
+        "rate_achieved": round(achieved, 1),
+        "requests": requests,
+        "counts": counts,
+        "containers": len(outputs),
+        "statuses": _merged(o["statuses"] for o in outputs),
+        "max_behind_schedule_ms": max(o["max_behind_ms"] for o in outputs),
+        "handler_ms_p50": [o["handler_ms"]["median"] for o in outputs],
+        "pooler": {
+            "sv_active_mean": round(sum(sv_active) / len(sv_active), 2) if sv_active else None,
+            "sv_active_max": max(sv_active, default=0),
+            "cl_waiting_max": max((s["cl_waiting"] for s in samples), default=0),
+            "maxwait_ms_max": max((s["maxwait_ms"] for s in samples), default=0),
+            "samples": len(samples),
+        },
+        "predicted_knee_req_per_s": round(capacity.predicted_knee(pool_size, server_s), 0),
+        "comparison": rows,
+        "too_small_to_compare": unresolved,
+    }
+
+
+def _result(process: subprocess.Popen[str], seconds: float) -> dict[str, Any]:
+    """A load container's JSON result (after `@@RESULT `), or WorkerError with its stderr."""
+    stdout, stderr = process.communicate(timeout=seconds + 120)
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            result: dict[str, Any] = json.loads(line[len(RESULT_MARK) :])
+            if "error" in result:
+                raise WorkerError(f"load container failed: {result['error']}\n{stderr[-1500:]}")
+            return result
+    raise WorkerError(f"load container exited {process.returncode}: {stderr[-1500:]}")
+
+
+def _stderr(process: subprocess.Popen[str]) -> str:
+    process.kill()
+    return process.communicate()[1][-1500:]
+
+
+def _merged(dicts: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def render(data: dict[str, Any]) -> str:
+    """The section's Markdown: measured inputs per route, then model vs measured per run."""
+    from benchmarks.report import table
+
+    inputs = data["inputs"]
+    parts = [
+        "Measured inputs (one warm container alone on PgBouncer, per request):",
+        "",
+        table(
+            [
+                "route",
+                "share",
+                "statements",
+                "transactions",
+                "server ms",
+                "handler ms",
+                "CPU ms",
+                "Upstash cmds",
+                "api_usage rows",
+                "search_history rows",
+            ],
+            [
+                [
+                    name,
+                    data["mix"].get(name, ""),
+                    round(c["statements"], 2),
+                    round(c["transactions"], 2),
+                    round(c["server_ms"], 2),
+                    round(c["handler_ms"], 1),
+                    round(c["cpu_ms"], 1),
+                    round(c["redis_commands"], 2),
+                    round(c["rows"].get("api_usage", 0), 2),
+                    round(c["rows"].get("search_history", 0), 2),
+                ]
+                for name, c in inputs["routes"].items()
+            ],
+        ),
+        "",
+        "Bytes per row: "
+        + ", ".join(f"{t} {round(c['bytes_per_row'])}" for t, c in inputs["tables"].items())
+        + "; system_metrics rows per day (metrics cron): "
+        + f"{round(inputs['system_metrics_rows_per_day'])}.",
+    ]
+    for run in data["runs"]:
+        pooler = run["pooler"]
+        parts += [
+            "",
+            f"Load: {run['containers']} containers, target {run['rate_target']:g} req/s, achieved "
+            f"{run['rate_achieved']} req/s ({run['requests']} requests, statuses "
+            f"{run['statuses']}); pooler sv_active mean {pooler['sv_active_mean']} "
+            f"(max {pooler['sv_active_max']}), cl_waiting max {pooler['cl_waiting_max']}; "
+            f"predicted knee at pool size {data['pgbouncer_pool_size']}: "
+            f"{run['predicted_knee_req_per_s']:g} req/s.",
+            "",
+            table(
+                ["figure", "model", "measured", "error", "tolerance", ""],
+                [
+                    [
+                        row["figure"],
+                        row["model"],
+                        row["measured"],
+                        f"{row['error']:+.1%}",
+                        f"±{row['tolerance']:.0%}",
+                        "ok" if row["within"] else "**outside**",
+                    ]
+                    for row in run["comparison"]
+                ],
+            ),
+        ]
+    return "\n".join(parts)
