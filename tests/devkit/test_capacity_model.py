@@ -1,0 +1,157 @@
+"""The capacity model's arithmetic (benchmarks/capacity.py): hand-computed cases a wrong formula
+would miss. Pure: no database, no timing; the model is checked against measurements by the
+benchmark's capacity section, not here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import capacity
+from benchmarks.capacity import Platform, RouteCost, TableCost, predict, predicted_knee
+from benchmarks.capacity_check import MIX, sequence
+from benchmarks.capacity_worker import redis_commands
+
+READ = RouteCost(
+    statements=2,
+    transactions=2,
+    server_ms=4,
+    handler_ms=20,
+    cpu_ms=10,
+    redis_commands=1,
+    rows={"api_usage": 1},
+)
+WRITE = RouteCost(
+    statements=6,
+    transactions=3,
+    server_ms=12,
+    handler_ms=60,
+    cpu_ms=30,
+    redis_commands=3,
+    rows={"api_usage": 1, "search_history": 1},
+)
+ROUTES = {"read": READ, "write": WRITE}
+TABLES = {
+    "api_usage": TableCost(bytes_per_row=200, retention_days=90),
+    "search_history": TableCost(bytes_per_row=500, retention_days=400),
+}
+
+
+def test_rates_are_the_rate_times_the_mix_weighted_mean_per_request() -> None:
+    # 3:1 read:write -> 3.0 statements, 2.25 transactions, 1.5 Upstash commands per request.
+    result = predict({"read": 3, "write": 1}, 100, ROUTES, TABLES)
+
+    assert result.statements_per_s == pytest.approx(300)
+    assert result.transactions_per_s == pytest.approx(225)
+    assert result.redis_commands_per_s == pytest.approx(150)
+    assert result.redis_commands_per_month == pytest.approx(150 * 30 * 86_400)
+
+
+def test_shares_are_normalised() -> None:
+    counts = predict({"read": 300, "write": 100}, 50, ROUTES, TABLES)
+    shares = predict({"read": 0.75, "write": 0.25}, 50, ROUTES, TABLES)
+
+    assert counts == shares
+
+
+def test_connections_and_containers_follow_littles_law_with_the_stated_headroom() -> None:
+    # Mean server-held time 0.75 * 4 + 0.25 * 12 = 6 ms; handler time 30 ms.
+    result = predict({"read": 3, "write": 1}, 1000, ROUTES, TABLES)
+
+    assert result.server_connections_busy == pytest.approx(6.0)
+    assert result.server_connections_needed == math.ceil(6.0 / capacity.UTILISATION) == 9
+    assert result.containers_busy == pytest.approx(30.0)
+    assert result.containers_needed == math.ceil(30.0 / capacity.UTILISATION) == 43
+
+
+def test_table_growth_per_day_and_at_retention() -> None:
+    # 1,000 requests/s, one api_usage row each: 86.4M rows a day, 90 days kept.
+    result = predict({"read": 1}, 1000, ROUTES, TABLES)
+    usage = result.tables["api_usage"]
+
+    assert usage.rows_per_day == pytest.approx(86_400_000)
+    assert usage.bytes_per_day == pytest.approx(86_400_000 * 200)
+    assert usage.rows_at_retention == pytest.approx(86_400_000 * 90)
+    assert usage.bytes_at_retention == pytest.approx(86_400_000 * 90 * 200)
+    assert result.tables["search_history"].rows_per_day == 0
+    assert result.storage_gb == pytest.approx(86_400_000 * 90 * 200 / 1e9)
+
+
+def test_rows_not_made_by_requests_are_added_per_day() -> None:
+    tables = TABLES | {"system_metrics": TableCost(bytes_per_row=300, retention_days=90)}
+    result = predict({"read": 1}, 0, ROUTES, tables, fixed_rows_per_day={"system_metrics": 5760})
+
+    assert result.tables["system_metrics"].rows_at_retention == pytest.approx(5760 * 90)
+    assert result.tables["api_usage"].rows_per_day == 0
+
+
+def test_monthly_costs_use_the_cited_prices() -> None:
+    # 10 requests/s of `read`: 10 Upstash commands/s, containers busy 0.2, 25.92M requests/month.
+    result = predict({"read": 1}, 10, ROUTES, TABLES, platform=Platform(memory_gb=0.5))
+    month = 30 * 86_400
+    cost = result.monthly_cost
+    prices = capacity.PRICES
+
+    assert cost["upstash_commands"] == pytest.approx(
+        10 * month / 100_000 * prices["upstash_per_100k_commands"].value
+    )
+    assert result.lambda_gb_seconds_per_month == pytest.approx(0.2 * month * 0.5)
+    assert cost["lambda_duration"] == pytest.approx(
+        0.2 * month * 0.5 * prices["lambda_gb_second_arm"].value
+    )
+    assert cost["api_gateway_http"] == pytest.approx(10 * month / 1e6 * 1.00)
+    assert result.vercel_cpu_hours_per_month == pytest.approx(10 * 0.010 * month / 3600)
+    assert capacity.aws_total(result) == pytest.approx(
+        sum(cost[k] for k in ("neon_compute", "neon_storage", "upstash_commands"))
+        + sum(cost[k] for k in ("lambda_requests", "lambda_duration", "api_gateway_http"))
+    )
+
+
+def test_neon_compute_is_the_smallest_size_with_the_cpu_and_the_pool() -> None:
+    # 100 req/s x 6 ms = 0.6 busy / 0.7 = 0.86 CPU -> 1 CU; 2,000 req/s -> 17.1 CPUs: past the
+    # 16 CU autoscaling ceiling (one compute cannot, reads must move to replicas).
+    assert predict({"read": 3, "write": 1}, 100, ROUTES, TABLES).neon_cu == 1
+    assert predict({"read": 3, "write": 1}, 2000, ROUTES, TABLES).neon_cu == math.inf
+    assert capacity.neon_cu_for_connections(90) == 0.25  # 0.9 x 104 = 93.6
+    assert capacity.neon_cu_for_connections(100) == 0.5
+    assert capacity.neon_cu_for_connections(3600) == 9  # 0.9 x 4000
+    assert capacity.neon_cu_for_connections(3601) == math.inf
+
+
+def test_the_predicted_knee_is_pool_size_over_server_seconds_per_request() -> None:
+    assert predicted_knee(20, 0.002) == pytest.approx(10_000)
+    mix = {"read": 3, "write": 1}
+    server_s = capacity.server_seconds_per_request(mix, ROUTES)
+    assert server_s == pytest.approx(0.006)
+    assert predicted_knee(20, server_s) == pytest.approx(20 / 0.006)
+    with pytest.raises(ValueError):
+        predicted_knee(0, 0.002)
+    with pytest.raises(ValueError):
+        predicted_knee(20, 0)
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(KeyError, match="unmeasured"):
+        predict({"unmeasured": 1}, 10, ROUTES, TABLES)
+    with pytest.raises(ValueError):
+        predict({"read": 0}, 10, ROUTES, TABLES)
+    with pytest.raises(ValueError):
+        predict({"read": 1}, -1, ROUTES, TABLES)
+
+
+def test_every_price_and_limit_names_its_source_and_date() -> None:
+    for name, source in (capacity.PRICES | capacity.LIMITS).items():
+        assert source.url.startswith("https://"), name
+        assert source.read_on, name
+        assert source.value > 0, name
+
+
+def test_the_check_replays_the_mix_in_its_proportions() -> None:
+    order = sequence()
+
+    assert {name: order.count(name) for name in MIX} == MIX
+
+
+def test_upstash_commands_count_each_command_of_a_pipeline() -> None:
+    assert redis_commands(["EVAL", "PIPELINE GET INCR EXPIRE", "GET"]) == 5
