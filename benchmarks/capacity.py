@@ -156,6 +156,9 @@ class Platform:
     """Deployment assumptions the cost depends on (stated, not measured)."""
 
     memory_gb: float = 0.5  # Lambda / Vercel function memory
+    # Wall time a request waits in production beyond the local measurement (network round trips
+    # to Neon and Upstash; the local stack answers over loopback).
+    extra_ms_per_request: float = 0.0
     lambda_gb_second: str = "lambda_gb_second_arm"
     neon_cu_hour: str = "neon_cu_hour_scale"
     # Neon CPU per server-held second: a held connection is not all CPU (network, waits), but
@@ -241,7 +244,7 @@ def predict(
     statements = rate * _mean(mix, routes, lambda c: c.statements)
     transactions = rate * _mean(mix, routes, lambda c: c.transactions)
     server_busy = rate * server_seconds_per_request(mix, routes)
-    handler_s = _mean(mix, routes, lambda c: c.handler_ms) / 1000
+    handler_s = (_mean(mix, routes, lambda c: c.handler_ms) + platform.extra_ms_per_request) / 1000
     containers_busy = rate * handler_s
     redis_per_s = rate * _mean(mix, routes, lambda c: c.redis_commands)
     growth: dict[str, TableGrowth] = {}

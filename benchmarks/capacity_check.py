@@ -19,10 +19,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks import capacity
@@ -202,6 +205,7 @@ def _load(
             if line != "READY":
                 raise WorkerError(f"a load container did not start: {line or _stderr(process)}")
         edges["start_at"] = time.time()
+        edges["load_average"] = [os.getloadavg()[0]]
         edges["start"] = (pooler_stats(admin, stack.database), tables_now(stack.direct_url))
         start_at = time.time() + START_LEAD_S
         for process in processes:
@@ -212,6 +216,7 @@ def _load(
         time.sleep(max(0.0, start_at + seconds - time.time()))
         edges["end_stats"] = pooler_stats(admin, stack.database)
         edges["end_at"] = time.time()
+        edges["load_average"].append(os.getloadavg()[0])
         sampler.stop()
         outputs = [_result(process, seconds) for process in processes]
     finally:
@@ -308,7 +313,14 @@ def compare(
         "time",
     )
     server_s = capacity.server_seconds_per_request(counts, routes)
+    profiled_ms = sum(routes[name].handler_ms * n for name, n in counts.items()) / requests
     return {
+        # 1-minute load average at the window's edges: the machine is shared (2 cores).
+        "load_average": [round(x, 2) for x in edges["load_average"]],
+        # Handler time under this load over the profile's (alone): what slows the time figures.
+        "handler_time_vs_profile": round(
+            sum(o["handler_s"] for o in outputs) * 1000 / requests / profiled_ms, 2
+        ),
         "rate_target": rate,
         "rate_achieved": round(achieved, 1),
         "requests": requests,
@@ -404,7 +416,9 @@ def render(data: dict[str, Any]) -> str:
             "",
             f"Load: {run['containers']} containers, target {run['rate_target']:g} req/s, achieved "
             f"{run['rate_achieved']} req/s ({run['requests']} requests, statuses "
-            f"{run['statuses']}); pooler sv_active mean {pooler['sv_active_mean']} "
+            f"{run['statuses']}); load average {run['load_average']} on this shared machine, "
+            f"handler time {run['handler_time_vs_profile']}x the profile's; "
+            f"pooler sv_active mean {pooler['sv_active_mean']} "
             f"(max {pooler['sv_active_max']}), cl_waiting max {pooler['cl_waiting_max']}; "
             f"predicted knee at pool size {data['pgbouncer_pool_size']}: "
             f"{run['predicted_knee_req_per_s']:g} req/s.",
@@ -425,3 +439,66 @@ def render(data: dict[str, Any]) -> str:
             ),
         ]
     return "\n".join(parts)
+
+
+def project(result_path: str, rate: float, platform: capacity.Platform) -> str:
+    """The model at `rate` from a benchmark run's measured inputs (its JSON report), as Markdown."""
+    data = json.loads(Path(result_path).read_text())["sections"]["capacity"]
+    routes = {name: RouteCost(**cost) for name, cost in data["inputs"]["routes"].items()}
+    tables = {name: TableCost(**cost) for name, cost in data["inputs"]["tables"].items()}
+    fixed = {"system_metrics": data["inputs"]["system_metrics_rows_per_day"]}
+    c = capacity.predict(
+        data["mix"], rate, routes, tables, fixed_rows_per_day=fixed, platform=platform
+    )
+    from benchmarks.report import table
+
+    rows: list[list[Any]] = [
+        ["Postgres statements/s", f"{c.statements_per_s:,.0f}"],
+        ["Postgres transactions/s", f"{c.transactions_per_s:,.0f}"],
+        ["server connections busy (mean)", f"{c.server_connections_busy:.1f}"],
+        [f"server connections needed (at {capacity.UTILISATION:.0%})", c.server_connections_needed],
+        ["containers busy = client connections (mean)", f"{c.containers_busy:.1f}"],
+        [f"containers needed (at {capacity.UTILISATION:.0%})", c.containers_needed],
+        ["Neon compute (CPU)", f"{c.neon_cu:g} CU"],
+        ["Neon compute (pool holds the connections)", f"{c.neon_cu_for_connections:g} CU"],
+        ["Upstash commands/s", f"{c.redis_commands_per_s:,.0f}"],
+        ["Upstash commands/month", f"{c.redis_commands_per_month:,.0f}"],
+        ["Lambda GB-s/month", f"{c.lambda_gb_seconds_per_month:,.0f}"],
+        ["Vercel Active CPU h/month", f"{c.vercel_cpu_hours_per_month:,.0f}"],
+        ["Vercel provisioned GB-h/month", f"{c.vercel_memory_gb_hours_per_month:,.0f}"],
+    ]
+    for name, growth in c.tables.items():
+        rows.append(
+            [
+                f"{name}: rows/day, GB/day; at retention rows, GB",
+                f"{growth.rows_per_day:,.0f}, {growth.bytes_per_day / 1e9:,.1f}; "
+                f"{growth.rows_at_retention:,.0f}, {growth.bytes_at_retention / 1e9:,.0f}",
+            ]
+        )
+    rows += [[f"$/month {k}", f"{v:,.0f}"] for k, v in c.monthly_cost.items()]
+    rows += [
+        ["$/month on AWS (Lambda + API Gateway + Neon + Upstash)", f"{capacity.aws_total(c):,.0f}"],
+        ["$/month on Vercel (Fluid + Neon + Upstash)", f"{capacity.vercel_total(c):,.0f}"],
+    ]
+    return table(["at " + f"{rate:g} requests/s", "model"], rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.capacity_check",
+        description="Project a capacity run's measured inputs to another rate.",
+    )
+    parser.add_argument("result", help="a report's JSON (benchmarks/results/<run id>.json)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests/s (default 1000)")
+    parser.add_argument(
+        "--extra-ms", type=float, default=0.0, help="production wait per request beyond loopback"
+    )
+    parser.add_argument("--memory-gb", type=float, default=0.5, help="function memory")
+    args = parser.parse_args(argv)
+    platform = capacity.Platform(memory_gb=args.memory_gb, extra_ms_per_request=args.extra_ms)
+    print(project(args.result, args.rate, platform))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
