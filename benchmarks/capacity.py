@@ -94,7 +94,7 @@ LIMITS: dict[str, Source] = {
     "lambda_concurrency_default": Source(
         1_000,
         "concurrent executions per Region (default quota, raisable)",
-        "https://docs.aws.amazon.com/lambda/latest/dg/lambda-concurrency.html",
+        "https://serverlessland.com/content/service/lambda/guides/aws-lambda-operator-guide/scaling-concurrency",
     ),
     "lambda_scaling_per_10s": Source(
         1_000,
