@@ -300,12 +300,19 @@ def compare(
                 add(f"{table} bytes", predicted_bytes, measured_bytes[table], "bytes")
             else:
                 unresolved.append(f"{table} bytes")
-    add(
-        "server connections busy (mean, Little)",
-        model.server_connections_busy,
-        window["total_xact_time"] / 1e6 / (edges["end_at"] - edges["start_at"]),
-        "time",
-    )
+    elapsed = edges["end_at"] - edges["start_at"]
+    busy = window["total_xact_time"] / 1e6 / elapsed
+    add("server connections busy (mean, Little)", model.server_connections_busy, busy, "time")
+    if sv_active and window["total_xact_count"]:
+        # The formula alone, without the profile's times: the model's transactions/s times the
+        # window's own time per transaction, against the pool's sampled busy servers.
+        per_xact_s = window["total_xact_time"] / 1e6 / window["total_xact_count"]
+        add(
+            "server connections busy: model xact/s x window's xact time vs SHOW POOLS",
+            model.transactions_per_s * per_xact_s,
+            sum(sv_active) / len(sv_active),
+            "time",
+        )
     add(
         "containers busy (mean, Little)",
         model.containers_busy,
