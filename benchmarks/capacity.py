@@ -162,12 +162,14 @@ class Platform:
     lambda_gb_second: str = "lambda_gb_second_arm"
     neon_cu_hour: str = "neon_cu_hour_scale"
     # Neon CPU per server-held second: a held connection is not all CPU (network, waits), but
-    # sizing as if it were is the safe side; the check measures what the local server spent.
+    # sizing as if it were is the safe side (the local check does not measure server CPU).
     db_cpu_per_server_s: float = 1.0
 
 
 @dataclass(frozen=True)
 class TableGrowth:
+    """One table's growth at the model's rate, and its size once retention caps it."""
+
     rows_per_day: float
     bytes_per_day: float
     rows_at_retention: float
@@ -215,7 +217,7 @@ def predicted_knee(pool_size: int, server_s_per_request: float) -> float:
 
 
 def neon_cu_for_connections(connections: int) -> float:
-    """The smallest Neon compute whose pooled pool (0.9 x max_connections, less reserved) holds
+    """The smallest Neon compute whose pooler pool (0.9 x max_connections, less reserved) holds
     `connections` server connections; math.inf when none does."""
     fraction = LIMITS["neon_pool_fraction"].value
     for cu, max_connections in sorted(NEON_MAX_CONNECTIONS.items()):
