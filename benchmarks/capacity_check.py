@@ -286,8 +286,7 @@ def compare(
         sum(o["redis_commands"] for o in outputs),
         "count",
     )
-    for table in TABLES:
-        growth = model.tables[table]
+    for table, growth in model.tables.items():
         if growth.rows_per_day or measured_rows[table]:
             add(
                 f"{table} rows",

@@ -155,3 +155,50 @@ def test_the_check_replays_the_mix_in_its_proportions() -> None:
 
 def test_upstash_commands_count_each_command_of_a_pipeline() -> None:
     assert redis_commands(["EVAL", "PIPELINE GET INCR EXPIRE", "GET"]) == 5
+
+
+def _edges(queries: int, xact_us: int, usage_rows: int) -> dict[str, object]:
+    zero = {"total_query_count": 0, "total_xact_count": 0, "total_xact_time": 0}
+    stats = {"total_query_count": queries, "total_xact_count": queries, "total_xact_time": xact_us}
+    empty = {t: {"rows": 0, "bytes": 0} for t in ("api_usage", "search_history", "system_metrics")}
+    grown = empty | {"api_usage": {"rows": usage_rows, "bytes": 0}}
+    return {
+        "start": (zero, empty),
+        "start_at": 0.0,
+        "end_at": 10.0,
+        "end_stats": stats,
+        "final_stats": stats,
+        "end_tables": grown,
+        "load_average": [1.0, 1.0],
+    }
+
+
+def _output(reads: int) -> dict[str, object]:
+    return {
+        "counts": {"read": reads},
+        "statuses": {"200": reads},
+        "handler_s": reads * 0.020,
+        "handler_ms": {"median": 20.0},
+        "redis_commands": reads,
+        "max_behind_ms": 0.0,
+    }
+
+
+def test_the_check_reports_each_figure_with_its_error_and_flags_a_miss() -> None:
+    from benchmarks.capacity_check import compare
+
+    # 100 reads in 10 s: the model says 200 statements, 100 api_usage rows, 0.04 servers busy.
+    samples = [{"sv_active": 0, "cl_waiting": 0, "maxwait_ms": 0}]
+    right = compare([_output(100)], _edges(200, 400_000, 100), samples, 10, 10, ROUTES, TABLES, 20)
+    wrong = compare([_output(100)], _edges(300, 400_000, 50), samples, 10, 10, ROUTES, TABLES, 20)
+
+    by_figure = {row["figure"]: row for row in right["comparison"]}
+    assert by_figure["statements (total)"]["error"] == 0
+    assert by_figure["api_usage rows"]["within"]
+    assert by_figure["server connections busy (mean, Little)"]["measured"] == pytest.approx(0.04)
+    assert right["predicted_knee_req_per_s"] == pytest.approx(20 / 0.004)
+    missed = {row["figure"]: row for row in wrong["comparison"]}
+    assert missed["statements (total)"]["error"] == pytest.approx((200 - 300) / 300, abs=1e-3)
+    assert not missed["statements (total)"]["within"]
+    assert missed["api_usage rows"]["error"] == pytest.approx(1.0)
+    assert not missed["api_usage rows"]["within"]
