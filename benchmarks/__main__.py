@@ -27,6 +27,7 @@ from benchmarks import (
     latency,
     memory,
     migration,
+    ramp,
     report,
     roundtrips,
     scale,
@@ -48,6 +49,7 @@ SECTIONS = [
     "export",
     "core_ops",
     "latency",
+    "ramp",
 ]
 
 
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmarks: {'quick' if args.quick else 'full'} run of {', '.join(chosen)}")
     machine = report.machine()
     sections: dict[str, Any] = {}
-    with Stack(want_pgbouncer=bool({"connections", "export"} & set(chosen))) as stack:
+    with Stack(want_pgbouncer=bool({"connections", "export", "ramp"} & set(chosen))) as stack:
         ctx = Context(stack=stack, quick=args.quick, log=log)
         stack_info = stack.describe()
         log("  stack up: " + ", ".join(f"{k} {v}" for k, v in stack_info.items()))
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": lambda: export_memory.run(ctx),
             "core_ops": lambda: core_ops.run(ctx),
             "latency": lambda: latency.run(ctx),
+            "ramp": lambda: ramp.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

@@ -25,6 +25,7 @@ SECTION_TITLES = {
     "export": "9. Export memory",
     "core_ops": "10. Warm core per operation",
     "latency": "11. Latency like production (a delayed hop to each server)",
+    "ramp": "12. Load ramp to the knee (containers through PgBouncer)",
 }
 
 
@@ -465,6 +466,67 @@ def _latency(data: dict[str, Any]) -> str:
     return f"{endpoints}\n\nOne Fluid instance, GET /api/searches, {hop} ms hop:\n\n{fluid}"
 
 
+def _ramp(data: dict[str, Any]) -> str:
+    if "steps" not in data:
+        return "Not run: " + "; ".join(t.get("reason", "") for t in data.get("targets", []))
+    rows = []
+    for s in data["steps"]:
+        pool, cpu, lat = s["pool"], s["cpu_cores"], s["latency_ms"]
+        rows.append(
+            [
+                s["containers"],
+                s["offered_rps"],
+                s["achieved_rps"],
+                f"{lat['p50']} / {lat['p95']} / {lat['p99']}",
+                sum(s["errors"].values()),
+                s["backlog"],
+                f"{pool['cl_active']['peak']} / {pool['cl_waiting']['peak']} "
+                f"({pool['cl_waiting']['mean']})",
+                f"{pool['sv_active']['peak']} / {pool['sv_idle']['peak']}",
+                pool["maxwait_ms"]["peak"],
+                f"{s['db_busy_ms_per_request']} / {s['server_held_ms_per_request_sampled']}",
+                f"{cpu['postgres']} / {cpu['pgbouncer']} / {cpu['client']} / {cpu['machine_busy']}",
+                s["load_average"],
+            ]
+        )
+    steps = table(
+        [
+            "containers",
+            "offered req/s",
+            "achieved req/s",
+            "p50 / p95 / p99 ms",
+            "errors",
+            "backlog",
+            "cl_active / cl_waiting peak (mean)",
+            "sv_active / sv_idle peak",
+            "maxwait ms",
+            "DB-busy ms/req: stats / sampled",
+            "CPU cores: postgres / pgbouncer / client / machine",
+            "load avg",
+        ],
+        rows,
+    )
+    knee, limit = data["knee"], data["limit"]
+    pool = ", ".join(f"{k} {v}" for k, v in data["pgbouncer"].items())
+    lines = [
+        f"PgBouncer: {pool}. {data['rate_per_container']:g} requests/s per container, "
+        f"{data['steps_s']['warmup']:g} s warm-up then {data['steps_s']['measured']:g} s measured "
+        "per step.",
+        "",
+        steps,
+        "",
+        f"Knee: {knee['knee_containers']} containers ({knee['knee_rps']} req/s); "
+        f"first degraded step: {knee['first_degraded']} ({'; '.join(knee['signals'])}).",
+    ]
+    for containers, signals in knee.get("blips", {}).items():
+        reasons = "; ".join(signals)
+        lines.append(f"Blip at {containers} containers (healthy again later): {reasons}.")
+    if limit:
+        lines.append(f"Limit: {limit['resource']}.")
+    lines.append(f"Model inputs: {json.dumps(data['model_inputs'])}")
+    return "\n".join(lines)
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -477,6 +539,7 @@ RENDERERS = {
     "export": _export,
     "core_ops": _core_ops,
     "latency": _latency,
+    "ramp": _ramp,
 }
 
 
