@@ -34,6 +34,11 @@ from benchmarks.core import ROOT, Context, target
 STEPS = (10, 50, 200, 500)
 RATE = 5.0  # requests per second per container: a busy function's warm container
 SAMPLE_S = 0.25
+METHOD = (
+    "one process, one asyncio task and one psycopg AsyncConnection per container (500 "
+    "interpreters would not fit two cores); each route of the mix ran once through its real "
+    "handler with a statement recorder on, and the fleet replays exactly that SQL"
+)
 POOL_SETTINGS = (
     "pool_mode",
     "default_pool_size",
@@ -117,6 +122,7 @@ def run(ctx: Context) -> dict[str, Any]:
     )
     errors = sum(sum(s["errors"].values()) for s in results)
     return {
+        "method": METHOD,
         "rate_per_container": RATE,
         "steps_s": {"warmup": steps[0][1], "measured": steps[0][2]},
         "pgbouncer": pool,
@@ -253,7 +259,9 @@ def model_inputs(
     first = steps[0] if steps else {}
     return {
         "pool_size": pool_size,
-        "db_busy_s_per_request": first.get("db_busy_ms_per_request", 0) / 1000 or None,
+        "db_busy_s_per_request": round(first["db_busy_ms_per_request"] / 1000, 6)
+        if first
+        else None,
         "db_busy_ms_per_request_by_step": {
             s["containers"]: s["db_busy_ms_per_request"] for s in steps
         },
@@ -262,6 +270,7 @@ def model_inputs(
         ),
         "pgbouncer_queries_per_request": first.get("queries_per_request"),
         "pgbouncer_transactions_per_request": first.get("transactions_per_request"),
+        "cpu_ms_per_request": first.get("cpu_ms_per_request"),
         "upstash_calls_per_request": round(
             sum(r["weight"] * r["redis_calls"] for r in routes) / weight, 2
         ),
@@ -278,13 +287,13 @@ def _step(
     wall = after["at"] - before["at"]
     delta = {k: after["stats"][k] - before["stats"][k] for k in STATS_KEYS}
     served = fleet["served"] or 1
-
-    def cores(key: str) -> float | None:
-        if before[key] is None or after[key] is None:
-            return None
-        used = procstat.seconds(after[key] - before[key])
-        return round(used / wall, 2) if used is not None else None
-
+    pool = sampler.summary()
+    used = {
+        key: procstat.seconds(after[key] - before[key])
+        if before[key] is not None and after[key] is not None
+        else None
+        for key in ("client", "postgres", "pgbouncer")
+    }
     machine = None
     if before["machine"] and after["machine"]:
         busy = after["machine"][0] - before["machine"][0]
@@ -293,7 +302,7 @@ def _step(
     return {
         **fleet,
         "window_s": round(wall, 2),
-        "pool": sampler.summary(),
+        "pool": pool,
         # PgBouncer 1.18 starts a transaction's clock at the client's first query, before a
         # server is assigned: its xact time includes the wait, so the wait is taken off.
         "db_busy_ms_per_request": round(
@@ -301,16 +310,17 @@ def _step(
         ),
         # Little's law on the sampled pool: servers busy on average x window / requests.
         "server_held_ms_per_request_sampled": round(
-            sampler.summary()["sv_active"]["mean"] * wall * 1000 / served, 3
+            pool["sv_active"]["mean"] * wall * 1000 / served, 3
         ),
         "queries_per_request": round(delta["total_query_count"] / served, 2),
         "transactions_per_request": round(delta["total_xact_count"] / served, 2),
         "pgbouncer_wait_ms_total": round(delta["total_wait_time"] / 1000, 1),
         "cpu_cores": {
-            "client": cores("client"),
-            "postgres": cores("postgres"),
-            "pgbouncer": cores("pgbouncer"),
+            **{key: None if s is None else round(s / wall, 2) for key, s in used.items()},
             "machine_busy": machine,
+        },
+        "cpu_ms_per_request": {
+            key: None if s is None else round(s * 1000 / served, 3) for key, s in used.items()
         },
         "load_average": round(os.getloadavg()[0], 2),
     }

@@ -509,6 +509,8 @@ def _ramp(data: dict[str, Any]) -> str:
     knee, limit = data["knee"], data["limit"]
     pool = ", ".join(f"{k} {v}" for k, v in data["pgbouncer"].items())
     lines = [
+        f"Method: {data['method']}.",
+        "",
         f"PgBouncer: {pool}. {data['rate_per_container']:g} requests/s per container, "
         f"{data['steps_s']['warmup']:g} s warm-up then {data['steps_s']['measured']:g} s measured "
         "per step.",
