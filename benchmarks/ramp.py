@@ -220,6 +220,8 @@ def limiting_resource(
         "cores": cores,
         "db_busy_ms_per_request": busy,
         "baseline_db_busy_ms_per_request": base_busy,
+        "server_executing_ms_per_request": step.get("server_executing_ms_per_request"),
+        "idle_in_transaction_ms_per_request": step.get("idle_in_transaction_ms_per_request"),
         "sv_active_peak": pool["sv_active"]["peak"],
         "cl_waiting_mean": pool["cl_waiting"]["mean"],
     }
@@ -243,9 +245,15 @@ def limiting_resource(
     else:
         cause = "neither CPU nor the pool by these counters (look at locks and latency)"
     if exhausted:
+        idle = step.get("idle_in_transaction_ms_per_request") or 0.0
+        where = (
+            f", {idle} ms of it idle in transaction waiting for the client"
+            if idle >= 0.5 * busy
+            else ""
+        )
         cause = (
             f"{cause}; PgBouncer's {pool_size} server connections ran out as a consequence: "
-            f"each request held one {busy} ms instead of {base_busy} ms"
+            f"each request held one {busy} ms instead of {base_busy} ms{where}"
         )
     return {"resource": cause, "evidence": evidence}
 
@@ -270,12 +278,28 @@ def model_inputs(
         ),
         "pgbouncer_queries_per_request": first.get("queries_per_request"),
         "pgbouncer_transactions_per_request": first.get("transactions_per_request"),
-        "cpu_ms_per_request": first.get("cpu_ms_per_request"),
+        # CPU per request as the slope between the first two steps: the processes' fixed
+        # background cost (PostgreSQL's checkpointer, an idle event loop) drops out.
+        "cpu_ms_per_request": marginal_cpu(steps[0], steps[1]) if len(steps) > 1 else None,
         "upstash_calls_per_request": round(
             sum(r["weight"] * r["redis_calls"] for r in routes) / weight, 2
         ),
         "measured_at": f"{first.get('containers')} containers, {first.get('achieved_rps')} req/s",
     }
+
+
+def marginal_cpu(low: dict[str, Any], high: dict[str, Any]) -> dict[str, float | None]:
+    """CPU ms per extra request between two steps, per process (None where unknown)."""
+    rate = high["achieved_rps"] - low["achieved_rps"]
+    out: dict[str, float | None] = {}
+    for key in ("client", "postgres", "pgbouncer"):
+        a, b = low["cpu_seconds"][key], high["cpu_seconds"][key]
+        if a is None or b is None or rate <= 0:
+            out[key] = None
+            continue
+        cores = b / high["window_s"] - a / low["window_s"]
+        out[key] = round(cores / rate * 1000, 3)
+    return out
 
 
 # --- a step's figures -----------------------------------------------------------------------
@@ -308,6 +332,15 @@ def _step(
         "db_busy_ms_per_request": round(
             (delta["total_xact_time"] - delta["total_wait_time"]) / 1000 / served, 3
         ),
+        # Split: a query's clock also starts before the wait, so query time less the wait is
+        # the server executing; transaction time less query time is a server held idle in a
+        # transaction, waiting for the client's next statement.
+        "server_executing_ms_per_request": round(
+            (delta["total_query_time"] - delta["total_wait_time"]) / 1000 / served, 3
+        ),
+        "idle_in_transaction_ms_per_request": round(
+            (delta["total_xact_time"] - delta["total_query_time"]) / 1000 / served, 3
+        ),
         # Little's law on the sampled pool: servers busy on average x window / requests.
         "server_held_ms_per_request_sampled": round(
             pool["sv_active"]["mean"] * wall * 1000 / served, 3
@@ -315,6 +348,7 @@ def _step(
         "queries_per_request": round(delta["total_query_count"] / served, 2),
         "transactions_per_request": round(delta["total_xact_count"] / served, 2),
         "pgbouncer_wait_ms_total": round(delta["total_wait_time"] / 1000, 1),
+        "cpu_seconds": {key: None if s is None else round(s, 3) for key, s in used.items()},
         "cpu_cores": {
             **{key: None if s is None else round(s / wall, 2) for key, s in used.items()},
             "machine_busy": machine,

@@ -484,7 +484,9 @@ def _ramp(data: dict[str, Any]) -> str:
                 f"({pool['cl_waiting']['mean']})",
                 f"{pool['sv_active']['peak']} / {pool['sv_idle']['peak']}",
                 pool["maxwait_ms"]["peak"],
-                f"{s['db_busy_ms_per_request']} / {s['server_held_ms_per_request_sampled']}",
+                f"{s['db_busy_ms_per_request']} / {s['server_held_ms_per_request_sampled']} "
+                f"({s['server_executing_ms_per_request']} / "
+                f"{s['idle_in_transaction_ms_per_request']})",
                 f"{cpu['postgres']} / {cpu['pgbouncer']} / {cpu['client']} / {cpu['machine_busy']}",
                 s["load_average"],
             ]
@@ -500,7 +502,7 @@ def _ramp(data: dict[str, Any]) -> str:
             "cl_active / cl_waiting peak (mean)",
             "sv_active / sv_idle peak",
             "maxwait ms",
-            "DB-busy ms/req: stats / sampled",
+            "server held ms/req: stats / sampled (executing / idle in transaction)",
             "CPU cores: postgres / pgbouncer / client / machine",
             "load avg",
         ],

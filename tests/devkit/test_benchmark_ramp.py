@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from benchmarks import procstat
-from benchmarks.ramp import find_knee, limiting_resource
+from benchmarks.ramp import find_knee, limiting_resource, marginal_cpu
 
 
 def _stat_line(pid: int, comm: str, ppid: int, ticks: tuple[int, int, int, int]) -> str:
@@ -158,3 +158,13 @@ def test_unknown_cpu_figures_do_not_break_the_verdict() -> None:
     base = _step(10, 50, 4)
     step = _step(500, 900, 600, cpu=(0.3, None, None, None))
     assert "neither CPU nor the pool" in limiting_resource(step, base, 20, 2)["resource"]
+
+
+def test_cpu_per_request_is_the_slope_between_two_steps_so_fixed_costs_drop_out() -> None:
+    low = {"achieved_rps": 50.0, "window_s": 10.0, "cpu_seconds": {}}
+    high = {"achieved_rps": 250.0, "window_s": 20.0, "cpu_seconds": {}}
+    # PostgreSQL: 0.05 cores idle + 0.7 ms per request; PgBouncer unknown; the client flat.
+    low["cpu_seconds"] = {"postgres": (0.05 + 50 * 0.0007) * 10, "pgbouncer": None, "client": 2.0}
+    high["cpu_seconds"] = {"postgres": (0.05 + 250 * 0.0007) * 20, "pgbouncer": 1.0, "client": 4.0}
+    assert marginal_cpu(low, high) == {"client": 0.0, "postgres": 0.7, "pgbouncer": None}
+    assert marginal_cpu(high, low)["postgres"] is None  # no extra requests, no slope
