@@ -34,6 +34,7 @@ from benchmarks.core import ROOT, Context, target
 STEPS = (10, 50, 200, 500)
 RATE = 5.0  # requests per second per container: a busy function's warm container
 SAMPLE_S = 0.25
+DRAIN_S = 10.0  # how long a step's end waits for the requests still in flight
 METHOD = (
     "one process, one asyncio task and one psycopg AsyncConnection per container (500 "
     "interpreters would not fit two cores); each route of the mix ran once through its real "
@@ -90,13 +91,18 @@ def run(ctx: Context) -> dict[str, Any]:
             text=True,
         )
     assert worker.stdin is not None and worker.stdout is not None
+    # The whole section is bounded: a worker that hangs (a connect, a lock) is killed, and the
+    # wait for its next line ends with the error its log explains.
+    budget = 120 + sum(warmup + measure + DRAIN_S for _, warmup, measure in steps)
+    watchdog = threading.Timer(budget, worker.kill)
+    watchdog.start()
     results: list[dict[str, Any]] = []
     try:
         _send(worker.stdin, json.dumps(params))
         ready = json.loads(_expect(worker, "READY", log_path))
         for containers, warmup_s, measure_s in steps:
             ctx.log(f"  ramp: {containers} containers, {RATE:g} req/s each, {measure_s:g} s")
-            _send(worker.stdin, f"STEP {containers} {warmup_s} {measure_s}")
+            _send(worker.stdin, f"STEP {containers} {warmup_s} {measure_s} {DRAIN_S}")
             _expect(worker, "MEASURING", log_path)
             sampler = PoolSampler(bouncer.dsn("pgbouncer"), stack.database)
             before = _snapshot(bouncer, stack.database, postmaster, worker.pid)
@@ -109,6 +115,7 @@ def run(ctx: Context) -> dict[str, Any]:
         _send(worker.stdin, "STOP")
         worker.wait(timeout=60)
     finally:
+        watchdog.cancel()
         if worker.poll() is None:
             worker.kill()
             worker.wait()

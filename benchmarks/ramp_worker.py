@@ -7,9 +7,9 @@ stdout, one line each:
 
 1. it captures the mix (below) and creates the ramp's users, then prints `READY {json}` (the
    routes, their statements and Upstash calls);
-2. for every `STEP containers warmup_s measure_s` line it opens the connections the step adds,
-   prints `MEASURING` and `MEASURED` around the measured window, and `RESULT {json}` once the
-   requests still in flight are done (or `DRAIN_S` has passed);
+2. for every `STEP containers warmup_s measure_s drain_s` line it opens the connections the step
+   adds, prints `MEASURING` and `MEASURED` around the measured window, and `RESULT {json}` once
+   the requests still in flight are done (or `drain_s` has passed);
 3. `STOP` (or end of input) closes every connection.
 
 Why replay, not the functions themselves: 500 Python processes (one per container, ~60 MB each
@@ -73,7 +73,6 @@ MIX: dict[str, int] = {
 }
 USER_PREFIX = "user_ramp_"
 CONNECT_CONCURRENCY = 25  # connections opened at once while a step grows the fleet
-DRAIN_S = 10.0  # how long a step's end waits for requests still in flight
 
 
 @dataclass
@@ -102,7 +101,6 @@ class Tally:
 
 def capture(private_pem: str, fixtures: Fixtures) -> list[Route]:
     """Run each route of the mix through its real handler, warm, and record what it sends."""
-
     tokens = Tokens(private_pem)
     recorded: list[Any] = []
     original = usage.record
@@ -252,7 +250,7 @@ class Container:
 
     async def connect(self, dsn: str) -> None:
         self.conn = await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, prepare_threshold=None
+            dsn, autocommit=True, prepare_threshold=None, connect_timeout=10
         )
 
     async def close(self) -> None:
@@ -354,9 +352,11 @@ def _pick(cumulative: list[float], draw: float) -> int:
 
 
 async def step(
-    fleet: list[Container], dsn: str, rate: float, warmup_s: float, measure_s: float
+    fleet: list[Container], dsn: str, rate: float, seconds: tuple[float, float, float]
 ) -> dict[str, Any]:
-    """Run every container for warmup + measure seconds; the measured window's figures."""
+    """Run every container for warmup + measure seconds, wait at most drain seconds for what
+    is still in flight; the measured window's figures."""
+    warmup_s, measure_s, drain_s = seconds
     loop = asyncio.get_running_loop()
     tally = Tally()
     start = loop.time() + 0.05
@@ -369,7 +369,7 @@ async def step(
     await asyncio.sleep(max(0.0, window[2] - loop.time()))
     cpu_s = time.process_time() - cpu_started
     print("MEASURED", flush=True)
-    _, pending = await asyncio.wait(tasks, timeout=DRAIN_S)
+    _, pending = await asyncio.wait(tasks, timeout=drain_s)
     for task in pending:
         task.cancel()
     latencies = tally.latencies_ms
@@ -406,14 +406,14 @@ async def serve_steps(
             line = (await loop.run_in_executor(None, sys.stdin.readline)).split()
             if not line or line[0] != "STEP":
                 return
-            containers, warmup_s, measure_s = int(line[1]), float(line[2]), float(line[3])
+            containers, seconds = int(line[1]), (float(line[2]), float(line[3]), float(line[4]))
             added = [
                 Container(i, users[i % len(users)], search_id, routes, seed)
                 for i in range(len(fleet), containers)
             ]
             await asyncio.gather(*(grown(c) for c in added))
             fleet += added
-            result = await step(fleet, dsn, rate, warmup_s, measure_s)
+            result = await step(fleet, dsn, rate, seconds)
             print("RESULT " + json.dumps(result), flush=True)
     finally:
         await asyncio.gather(*(c.close() for c in fleet), return_exceptions=True)
