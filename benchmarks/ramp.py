@@ -154,22 +154,24 @@ def run(ctx: Context) -> dict[str, Any]:
 # --- what the steps mean (pure) -------------------------------------------------------------
 
 
-def degradation(step: dict[str, Any], first: dict[str, Any]) -> list[str]:
-    """Why `step` is past the knee (empty when healthy): the achieved rate under 90 % of the
-    offered one, p95 over three times the `first` step's and 20 ms more, clients waiting in
-    PgBouncer on average, or errors."""
-    signals = []
+def degradation(step: dict[str, Any], first: dict[str, Any]) -> dict[str, str]:
+    """Why `step` is past the knee, by signal (empty when healthy): `throughput` (the achieved
+    rate under 90 % of the offered one), `latency` (p95 over three times the `first` step's and
+    20 ms more), `queue` (clients waiting in PgBouncer on average), `errors`."""
+    signals = {}
     if step["achieved_rps"] < 0.9 * step["offered_rps"]:
-        signals.append(f"achieved {step['achieved_rps']} of {step['offered_rps']} req/s offered")
+        signals["throughput"] = (
+            f"achieved {step['achieved_rps']} of {step['offered_rps']} req/s offered"
+        )
     p95, base = step["latency_ms"]["p95"], first["latency_ms"]["p95"]
     if p95 is not None and base is not None and p95 > max(3 * base, base + 20):
-        signals.append(f"p95 {p95} ms against {base} ms at the first step")
+        signals["latency"] = f"p95 {p95} ms against {base} ms at the first step"
     waiting = step["pool"]["cl_waiting"]["mean"]
     if waiting >= 1:
-        signals.append(f"{waiting} clients waiting in PgBouncer on average")
+        signals["queue"] = f"{waiting} clients waiting in PgBouncer on average"
     errors = sum(step["errors"].values())
     if errors:
-        signals.append(f"{errors} errors")
+        signals["errors"] = f"{errors} errors"
     return signals
 
 
@@ -182,7 +184,13 @@ def find_knee(steps: list[dict[str, Any]]) -> dict[str, Any]:
     lasting = len(flags)
     while lasting > 0 and flags[lasting - 1]:
         lasting -= 1
-    blips = {steps[i]["containers"]: flags[i] for i in range(lasting) if flags[i]}
+    blips = {steps[i]["containers"]: list(flags[i].values()) for i in range(lasting) if flags[i]}
+    # Each signal on its own: on a shared machine the latency knee can come long before the
+    # pooler queues or the rate stops rising.
+    first_by_signal = {
+        kind: next((s["containers"] for s, f in zip(steps, flags, strict=True) if kind in f), None)
+        for kind in ("throughput", "latency", "queue", "errors")
+    }
     healthy = steps[lasting - 1] if lasting > 0 else None
     if lasting == len(steps):
         return {
@@ -191,14 +199,16 @@ def find_knee(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "first_degraded": None,
             "signals": ["no step degraded for good: the knee is past the last step"],
             "blips": blips,
+            "first_by_signal": first_by_signal,
             "best_rps": max((s["achieved_rps"] for s in steps), default=None),
         }
     return {
         "knee_containers": healthy["containers"] if healthy else None,
         "knee_rps": healthy["achieved_rps"] if healthy else None,
         "first_degraded": steps[lasting]["containers"],
-        "signals": flags[lasting],
+        "signals": list(flags[lasting].values()),
         "blips": blips,
+        "first_by_signal": first_by_signal,
     }
 
 

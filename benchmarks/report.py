@@ -522,6 +522,10 @@ def _ramp(data: dict[str, Any]) -> str:
         f"Knee: {knee['knee_containers']} containers ({knee['knee_rps']} req/s); "
         f"first degraded step: {knee['first_degraded']} ({'; '.join(knee['signals'])}).",
     ]
+    by_signal = knee.get("first_by_signal", {})
+    if by_signal:
+        firsts = ", ".join(f"{kind} at {n or '—'}" for kind, n in by_signal.items())
+        lines.append(f"First step degraded, by signal: {firsts}.")
     for containers, signals in knee.get("blips", {}).items():
         reasons = "; ".join(signals)
         lines.append(f"Blip at {containers} containers (healthy again later): {reasons}.")

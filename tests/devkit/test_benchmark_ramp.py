@@ -109,6 +109,29 @@ def test_the_knee_is_the_last_step_before_the_rate_falls_behind() -> None:
     assert (knee["knee_containers"], knee["knee_rps"], knee["first_degraded"]) == (200, 1000, 500)
     assert any("achieved 1100" in s for s in knee["signals"])
     assert any("p95 900" in s for s in knee["signals"])
+    assert knee["first_by_signal"] == {
+        "throughput": 500,
+        "latency": 500,
+        "queue": None,
+        "errors": None,
+    }
+
+
+def test_each_signal_reports_its_own_first_step() -> None:
+    steps = [
+        _step(10, 50, 4),
+        _step(50, 250, 200),
+        _step(200, 1000, 300, waiting=30),
+        _step(500, 900, 5000, waiting=300),
+    ]
+    knee = find_knee(steps)
+    assert knee["knee_containers"] == 10
+    assert knee["first_by_signal"] == {
+        "throughput": 500,
+        "latency": 50,
+        "queue": 200,
+        "errors": None,
+    }
 
 
 def test_queueing_in_the_pooler_or_errors_alone_mark_a_step_degraded() -> None:
