@@ -8,10 +8,11 @@ step's measured window this process samples PgBouncer's `SHOW POOLS` every 250 m
 before and after, `SHOW STATS` (server-side busy time), the CPU time of the PostgreSQL process
 tree, of PgBouncer and of the fleet's process from /proc, and the machine's busy CPU.
 
-The knee is the last step before the achieved rate falls behind the offered one, p95 jumps,
-clients queue in PgBouncer or errors appear; the step after it names what limited it. The
-capacity model's inputs (pool size, DB-busy seconds per request of this mix) are reported under
-`model_inputs`.
+The knee is the last healthy step before a degradation that lasts to the end of the ramp (the
+achieved rate falls behind the offered one, p95 jumps, clients queue in PgBouncer or errors
+appear; each signal's own first step is reported too), and the first degraded step names what
+limited it. The capacity model's inputs (pool size, DB-busy seconds and CPU per request of this
+mix) are reported under `model_inputs`.
 """
 
 from __future__ import annotations
