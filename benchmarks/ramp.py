@@ -72,7 +72,17 @@ def run(ctx: Context) -> dict[str, Any]:
     postmaster = None if stack.external_database else _postmaster(stack.direct_url)
     ctx.log(f"  ramp: postmaster pid {postmaster}, pgbouncer pid {bouncer.pid}")
     log_path = stack.workdir / "ramp-worker.log"
-    env = stack.app_env(pooled=True)
+    # The capture records the path of a user within their limits, whatever earlier sections
+    # spent of the benchmark user's hourly rate limit and keyword quota; with the quotas as
+    # they are, the ramp's users would also use up a trial's keywords within the run.
+    unlimited = str(10**9)
+    env = stack.app_env(
+        pooled=True,
+        RATE_LIMIT_REQUESTS_PER_HOUR=unlimited,
+        TRIAL_KEYWORD_LIMIT=unlimited,
+        PRO_MONTHLY_LIMIT=unlimited,
+        ENTERPRISE_MONTHLY_LIMIT=unlimited,
+    )
     params = {
         "private_pem": stack.private_pem,
         "fixtures": ctx.fixtures,
