@@ -232,7 +232,6 @@ class Container:
     def __init__(
         self, index: int, user: str, search_id: str, routes: list[Route], seed: int
     ) -> None:
-        self.index = index
         self.conn: Any = None
         self.rng = random.Random(seed * 100_003 + index)
         self.routes = [
@@ -243,9 +242,7 @@ class Container:
             dataclasses.replace(r.usage, user_id=user) if r.usage is not None else None
             for r in routes
         ]
-        self.weights = list(_cumulative([r.weight for r in routes]))
-        sql, _ = api_usage.wire_insert([api_usage.wire_row(routes[0].usage or _any_usage(routes))])
-        self.usage_sql = _positional(sql.decode())
+        self.weights = _cumulative([r.weight for r in routes])
         self.statements_sent = 0
 
     async def connect(self, dsn: str) -> None:
@@ -270,7 +267,7 @@ class Container:
         if request is None:
             return
         row = api_usage.wire_row(request)
-        await self.conn.execute(self.usage_sql, [None if v is None else v.decode() for v in row])
+        await self.conn.execute(USAGE_SQL, [None if v is None else v.decode() for v in row])
         self.statements_sent += 1
 
     async def recover(self, dsn: str) -> None:
@@ -324,16 +321,13 @@ class Container:
             due += self.rng.expovariate(rate)
 
 
-def _any_usage(routes: list[Route]) -> Any:
-    for route in routes:
-        if route.usage is not None:
-            return route.usage
-    raise RuntimeError("no route of the mix recorded an api_usage row")
-
-
 def _positional(sql: str) -> str:
     """`$1, $2 …` (libpq's placeholders) as psycopg's `%s`, in order."""
     return re.sub(r"\$\d+", "%s", sql)
+
+
+# The row `shared.http.usage` sends after the response, in psycopg's placeholder style.
+USAGE_SQL = _positional(api_usage.wire_insert([(None,) * len(api_usage.WIRE_COLUMNS)])[0].decode())
 
 
 def _cumulative(weights: list[int]) -> list[float]:
