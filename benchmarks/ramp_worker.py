@@ -12,9 +12,9 @@ stdout, one line each:
    the requests still in flight are done (or `drain_s` has passed);
 3. `STOP` (or end of input) closes every connection.
 
-Why replay, not the functions themselves: 500 Python processes (one per container, ~60 MB each
-with the function imported) do not fit two cores, and 500 threads through the core would
-measure the GIL. So each route is run once through its real Lambda handler with a statement
+Why replay, not the functions themselves: 500 Python processes (one per container, each with
+a function imported) do not fit two cores, and 500 threads through the core would measure the
+GIL. So each route is run once through its real Lambda handler with a statement
 recorder on (`benchmarks.worker.RECORDER`, plus the `api_usage` row that `shared.http.usage`
 sends after the response), and the fleet replays exactly those statements, with their
 parameters, on `psycopg.AsyncConnection`s: the SQL is ours, the per-container connection is
