@@ -28,6 +28,7 @@ from benchmarks import (
     latency,
     memory,
     migration,
+    ramp,
     report,
     roundtrips,
     scale,
@@ -50,6 +51,7 @@ SECTIONS = [
     "core_ops",
     "latency",
     "capacity",
+    "ramp",
 ]
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmarks: {'quick' if args.quick else 'full'} run of {', '.join(chosen)}")
     machine = report.machine()
     sections: dict[str, Any] = {}
-    with Stack(want_pgbouncer=bool({"connections", "export", "capacity"} & set(chosen))) as stack:
+    with Stack(want_pgbouncer=bool({"connections", "export", "capacity", "ramp"} & set(chosen))) as stack:
         ctx = Context(stack=stack, quick=args.quick, log=log)
         stack_info = stack.describe()
         log("  stack up: " + ", ".join(f"{k} {v}" for k, v in stack_info.items()))
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "core_ops": lambda: core_ops.run(ctx),
             "latency": lambda: latency.run(ctx),
             "capacity": lambda: capacity_check.run(ctx),
+            "ramp": lambda: ramp.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

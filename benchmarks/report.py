@@ -26,6 +26,7 @@ SECTION_TITLES = {
     "core_ops": "10. Warm core per operation",
     "latency": "11. Latency like production (a delayed hop to each server)",
     "capacity": "12. Capacity model vs measured",
+    "ramp": "13. Load ramp to the knee (containers through PgBouncer)",
 }
 
 
@@ -470,6 +471,73 @@ def _capacity(data: dict[str, Any]) -> str:
     from benchmarks.capacity_check import render  # it imports this module's table()
 
     return render(data)
+def _ramp(data: dict[str, Any]) -> str:
+    if "steps" not in data:
+        return "Not run: " + "; ".join(t.get("reason", "") for t in data.get("targets", []))
+    rows = []
+    for s in data["steps"]:
+        pool, cpu, lat = s["pool"], s["cpu_cores"], s["latency_ms"]
+        rows.append(
+            [
+                s["containers"],
+                s["offered_rps"],
+                s["achieved_rps"],
+                f"{lat['p50']} / {lat['p95']} / {lat['p99']}",
+                sum(s["errors"].values()),
+                s["backlog"],
+                f"{pool['cl_active']['peak']} / {pool['cl_waiting']['peak']} "
+                f"({pool['cl_waiting']['mean']})",
+                f"{pool['sv_active']['peak']} / {pool['sv_idle']['peak']}",
+                pool["maxwait_ms"]["peak"],
+                f"{s['db_busy_ms_per_request']} / {s['server_held_ms_per_request_sampled']} "
+                f"({s['server_executing_ms_per_request']} / "
+                f"{s['idle_in_transaction_ms_per_request']})",
+                f"{cpu['postgres']} / {cpu['pgbouncer']} / {cpu['client']} / {cpu['machine_busy']}",
+                s["load_average"],
+            ]
+        )
+    steps = table(
+        [
+            "containers",
+            "offered req/s",
+            "achieved req/s",
+            "p50 / p95 / p99 ms",
+            "errors",
+            "backlog",
+            "cl_active / cl_waiting peak (mean)",
+            "sv_active / sv_idle peak",
+            "maxwait ms",
+            "server held ms/req: stats / sampled (executing / idle in transaction)",
+            "CPU cores: postgres / pgbouncer / client / machine",
+            "load avg",
+        ],
+        rows,
+    )
+    knee, limit = data["knee"], data["limit"]
+    pool = ", ".join(f"{k} {v}" for k, v in data["pgbouncer"].items())
+    lines = [
+        f"Method: {data['method']}.",
+        "",
+        f"PgBouncer: {pool}. {data['rate_per_container']:g} requests/s per container, "
+        f"{data['steps_s']['warmup']:g} s warm-up then {data['steps_s']['measured']:g} s measured "
+        "per step.",
+        "",
+        steps,
+        "",
+        f"Knee: {knee['knee_containers']} containers ({knee['knee_rps']} req/s); "
+        f"first degraded step: {knee['first_degraded']} ({'; '.join(knee['signals'])}).",
+    ]
+    by_signal = knee.get("first_by_signal", {})
+    if by_signal:
+        firsts = ", ".join(f"{kind} at {n or '—'}" for kind, n in by_signal.items())
+        lines.append(f"First step degraded, by signal: {firsts}.")
+    for containers, signals in knee.get("blips", {}).items():
+        reasons = "; ".join(signals)
+        lines.append(f"Blip at {containers} containers (healthy again later): {reasons}.")
+    if limit:
+        lines.append(f"Limit: {limit['resource']}.")
+    lines.append(f"Model inputs: {json.dumps(data['model_inputs'])}")
+    return "\n".join(lines)
 
 
 RENDERERS = {
@@ -485,6 +553,7 @@ RENDERERS = {
     "core_ops": _core_ops,
     "latency": _latency,
     "capacity": _capacity,
+    "ramp": _ramp,
 }
 
 

@@ -76,6 +76,12 @@ class LocalPgBouncer(Service):
             raise LocalPgBouncerError("PgBouncer has not been started")
         return self._port
 
+    @property
+    def pid(self) -> int | None:
+        """The running PgBouncer's process id (its CPU time is read from /proc), else None."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def url(self, database: str) -> str:
         """The app's URL: `?pgbouncer=true` tells our db layer this is a transaction pooler.
 

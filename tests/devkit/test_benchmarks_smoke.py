@@ -31,6 +31,7 @@ SECTIONS = {
     "core_ops",
     "latency",
     "capacity",
+    "ramp",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600
