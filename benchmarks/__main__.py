@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmarks: {'quick' if args.quick else 'full'} run of {', '.join(chosen)}")
     machine = report.machine()
     sections: dict[str, Any] = {}
-    with Stack(want_pgbouncer=bool({"connections", "export", "capacity", "ramp"} & set(chosen))) as stack:
+    pooled_sections = {"connections", "export", "capacity", "ramp"}
+    with Stack(want_pgbouncer=bool(pooled_sections & set(chosen))) as stack:
         ctx = Context(stack=stack, quick=args.quick, log=log)
         stack_info = stack.describe()
         log("  stack up: " + ", ".join(f"{k} {v}" for k, v in stack_info.items()))

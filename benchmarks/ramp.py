@@ -30,6 +30,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from benchmarks import procstat
+from benchmarks.capacity import predicted_knee
 from benchmarks.core import ROOT, Context, target
 
 STEPS = (10, 50, 200, 500)
@@ -139,6 +140,7 @@ def run(ctx: Context) -> dict[str, Any]:
         else None
     )
     errors = sum(sum(s["errors"].values()) for s in results)
+    inputs = model_inputs(results, routes, pool_size)
     return {
         "method": METHOD,
         "rate_per_container": RATE,
@@ -149,7 +151,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "steps": results,
         "knee": knee,
         "limit": limit,
-        "model_inputs": model_inputs(results, routes, pool_size),
+        "model_inputs": inputs,
+        "model": model_said(inputs, knee),
         "targets": [
             target(
                 "load ramp: the knee found within 500 containers",
@@ -313,6 +316,19 @@ def model_inputs(
             sum(r["weight"] * r["redis_calls"] for r in routes) / weight, 2
         ),
         "measured_at": f"{first.get('containers')} containers, {first.get('achieved_rps')} req/s",
+    }
+
+
+def model_said(inputs: dict[str, Any], knee: dict[str, Any]) -> dict[str, Any]:
+    """The capacity model's knee for the measured pool and cost per request, beside the ramp's."""
+    busy = inputs.get("db_busy_s_per_request")
+    if not busy:
+        return {"predicted_knee_rps": None, "measured_knee_rps": knee.get("knee_rps")}
+    predicted = predicted_knee(inputs["pool_size"], busy)
+    return {
+        "predicted_knee_rps": round(predicted),
+        "measured_knee_rps": knee.get("knee_rps"),
+        "formula": f"pool {inputs['pool_size']} / {busy * 1000:.2f} ms server-held per request",
     }
 
 

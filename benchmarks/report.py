@@ -471,6 +471,8 @@ def _capacity(data: dict[str, Any]) -> str:
     from benchmarks.capacity_check import render  # it imports this module's table()
 
     return render(data)
+
+
 def _ramp(data: dict[str, Any]) -> str:
     if "steps" not in data:
         return "Not run: " + "; ".join(t.get("reason", "") for t in data.get("targets", []))
@@ -536,6 +538,12 @@ def _ramp(data: dict[str, Any]) -> str:
         lines.append(f"Blip at {containers} containers (healthy again later): {reasons}.")
     if limit:
         lines.append(f"Limit: {limit['resource']}.")
+    model = data.get("model", {})
+    if model.get("predicted_knee_rps"):
+        lines.append(
+            f"Capacity model (benchmarks/capacity.py): knee at {model['predicted_knee_rps']} "
+            f"req/s ({model['formula']}); measured {model['measured_knee_rps']} req/s."
+        )
     lines.append(f"Model inputs: {json.dumps(data['model_inputs'])}")
     return "\n".join(lines)
 
