@@ -1,4 +1,4 @@
-"""12. The load ramp: 10 → 50 → 200 → 500 containers through PgBouncer, to the knee.
+"""13. The load ramp: 10 → 50 → 200 → 500 containers through PgBouncer, to the knee.
 
 A fleet of simulated warm containers (`benchmarks.ramp_worker`: asyncio tasks in one process,
 each with its own connection, replaying the SQL each route of a realistic mix sends, captured

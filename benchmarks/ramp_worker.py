@@ -1,4 +1,4 @@
-"""The load ramp's fleet (section 12): every simulated container an asyncio task with its own
+"""The load ramp's fleet (section 13): every simulated container an asyncio task with its own
 connection, replaying the SQL the real functions send.
 
 `python -m benchmarks.ramp_worker` with the function environment (pooled `DATABASE_URL`), JSON
