@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared import db
@@ -48,6 +49,9 @@ REPLICA_RETRY_BUDGET_S = 2.0
 # long (no check, no connect attempt), then the replica is tried again. A request whose token
 # the replica has not replayed yet says nothing about it for other requests.
 PAUSE_AFTER_S = {"down": 10.0, "promoted": 10.0, "lagging": 1.0}
+
+# A write in work declared read-only is a bug to surface, not a replica to avoid.
+_READ_ONLY_VIOLATION = "25006"
 
 # One row, on the read's own connection: is it a replica, what it replayed, how far behind.
 _CHECK = text(
@@ -128,6 +132,12 @@ def read(work: Callable[[Session], T], *, analytics: bool, snapshot: bool) -> T:
         except db.DatabaseUnavailableError:
             state.lag_ms = None
             raise _Refused("down") from None
+        except DBAPIError as error:
+            # e.g. a query cancelled by a recovery conflict (40001): the primary has no such.
+            sqlstate = getattr(error.orig, "sqlstate", None)
+            if sqlstate == _READ_ONLY_VIOLATION:
+                raise
+            raise _Refused(f"failed:{sqlstate or type(error.orig).__name__}") from None
     except _Refused as refusal:
         pause = PAUSE_AFTER_S.get(refusal.reason)
         if pause is not None and now >= state.paused_until:
