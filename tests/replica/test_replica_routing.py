@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from devkit._host import wait_for
 from devkit.replica import primary_position
@@ -243,4 +245,15 @@ def test_analytics_url_is_preferred_for_admin_reads(
     assert result.status == 200, result.text
     keywords = {item["keyword"] for item in result.json["topKeywords"]}
     assert "unreplayed" in keywords  # read on the primary's analytics URL, not the replica
+    assert fallbacks(caplog) == []
+
+
+def test_a_write_declared_read_only_is_raised_not_hidden(
+    replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    replica_pair.caught_up()
+    with pytest.raises(DBAPIError) as caught:
+        db.read(lambda s: s.execute(text("CREATE TEMP TABLE kf_nope (x int)")))
+    assert getattr(caught.value.orig, "sqlstate", None) == "25006"
     assert fallbacks(caplog) == []
