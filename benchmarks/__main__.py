@@ -27,6 +27,7 @@ from benchmarks import (
     latency,
     memory,
     migration,
+    replica_reads,
     report,
     roundtrips,
     scale,
@@ -48,6 +49,7 @@ SECTIONS = [
     "export",
     "core_ops",
     "latency",
+    "replica",
 ]
 
 
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": lambda: export_memory.run(ctx),
             "core_ops": lambda: core_ops.run(ctx),
             "latency": lambda: latency.run(ctx),
+            "replica": lambda: replica_reads.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

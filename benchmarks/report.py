@@ -25,6 +25,7 @@ SECTION_TITLES = {
     "export": "9. Export memory",
     "core_ops": "10. Warm core per operation",
     "latency": "11. Latency like production (a delayed hop to each server)",
+    "replica": "12. Reads served by a replica",
 }
 
 
@@ -465,6 +466,14 @@ def _latency(data: dict[str, Any]) -> str:
     return f"{endpoints}\n\nOne Fluid instance, GET /api/searches, {hop} ms hop:\n\n{fluid}"
 
 
+def _replica(data: dict[str, Any]) -> str:
+    rows = [
+        [row["case"], fmt(row["read_ms"]), row["statements_per_read"]]
+        for row in data.get("cases", [])
+    ]
+    return table(["reads through db.read (warm, in a row)", "read", "statements per read"], rows)
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -477,6 +486,7 @@ RENDERERS = {
     "export": _export,
     "core_ops": _core_ops,
     "latency": _latency,
+    "replica": _replica,
 }
 
 
