@@ -1,8 +1,10 @@
 """The database engine: one cached connection per warm container, Neon-aware, retrying safely.
 
-Shape of a call: `run(work)` for single statements (autocommit: one round trip each) and
-`transaction(work)` for multi-step writes (`BEGIN` … `COMMIT`, all or nothing). `work` receives a
-SQLAlchemy `Session` and holds the SQL (see `shared.repositories`).
+Shape of a call: `run(work)` for single statements (autocommit: one round trip each),
+`transaction(work)` for multi-step writes (`BEGIN` … `COMMIT`, all or nothing) and `read(work)`
+for work declared read-only, which a replica may serve (`shared.replicas`, only when
+DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set). `work` receives a SQLAlchemy `Session` and
+holds the SQL (see `shared.repositories`).
 
 Why it looks like this:
 - The engine is built on first use and kept at module level; never in a FastAPI lifespan, which
