@@ -21,6 +21,7 @@ from shared import config, db, replicas
 from shared.config import ConfigurationError, get_settings
 from shared.db_url import DatabaseUrlError
 from shared.http import consistency
+from tests.support.http import Caller, Keys
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "replicas.md"
 SECRET = "s3cret-replica-pass"
@@ -157,3 +158,14 @@ def test_writes_and_transactions_never_use_a_read_url(
     assert db.run(one, idempotent=True) == 1
     assert db.transaction(one) == 1
     assert fallbacks(caplog) == []  # the read URL (down) was never tried
+
+
+def test_unset_read_url_hands_out_no_token(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_READ_URL", raising=False)
+    use(monkeypatch)
+    call = Caller("asgi", api_env)
+    wrote = call("keywords", "POST", "/api/keywords", user="user_no_token",
+                 json_body={"keywords": ["plain"], "matchType": "phrase"})  # fmt: skip
+    assert wrote.status == 200, wrote.text
+    assert consistency.HEADER.lower() not in wrote.headers
+    assert consistency.COOKIE not in wrote.headers.get("set-cookie", "")

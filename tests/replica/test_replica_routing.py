@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from devkit._host import wait_for
 from devkit.replica import primary_position
-from shared import config, db, replicas
+from shared import config, db, exports, replicas
 from shared.clock import utcnow
 from shared.http import consistency
 from shared.repositories import search_history, users
@@ -256,4 +256,19 @@ def test_a_write_declared_read_only_is_raised_not_hidden(
     with pytest.raises(DBAPIError) as caught:
         db.read(lambda s: s.execute(text("CREATE TEMP TABLE kf_nope (x int)")))
     assert getattr(caught.value.orig, "sqlstate", None) == "25006"
+    assert fallbacks(caplog) == []
+
+
+def test_the_export_snapshot_reads_on_the_replica(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """REPEATABLE READ, READ ONLY and server-side cursors work on a hot standby."""
+    max_lag(monkeypatch, MUCH)
+    record_search(replica_pair, "unreplayed")
+    document = json.loads(exports.build(USER))
+    searched = [row["keywords"][0] for row in document["searchHistory"]]
+    assert searched == ["before"]  # the replica's snapshot
     assert fallbacks(caplog) == []
