@@ -47,7 +47,9 @@ def add_token(headers: MutableHeaders, state: Consistency, *, secure: bool) -> N
     """Hand a request that wrote its token back (header and cookie)."""
     if state.written is None:
         return
-    token = encode(state.required or state.written)
+    # Positions only grow, so the new write's covers the caller's earlier ones; a token that
+    # did not parse is not carried forward.
+    token = encode(state.written)
     headers[HEADER] = token
     flags = "; Secure" if secure else ""
     headers.append(
