@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from starlette.datastructures import MutableHeaders
 
 from devkit._host import free_port
 from devkit.read_routing import markdown
@@ -90,6 +91,19 @@ def test_token_is_a_pg_lsn_and_round_trips(position: int) -> None:
 @pytest.mark.parametrize("garbage", ["", "16", "G/1", "1/2/3", "123456789/1", "1/ 2", "-1/1"])
 def test_a_token_that_does_not_parse_requires_the_primary(garbage: str) -> None:
     assert consistency.decode(garbage) == db.UNKNOWN_POSITION
+
+
+def test_a_new_token_names_the_new_write_only() -> None:
+    headers = MutableHeaders()
+    state = db.Consistency(seen=db.UNKNOWN_POSITION, written=0x2_00000010)
+    consistency.add_token(headers, state, secure=True)
+    assert headers[consistency.HEADER] == "2/10"
+    cookie = headers["set-cookie"]
+    assert cookie.startswith(f"{consistency.COOKIE}=2/10;") and "HttpOnly" in cookie
+    assert "Secure" in cookie
+    untouched = MutableHeaders()
+    consistency.add_token(untouched, db.Consistency(seen=7), secure=False)
+    assert consistency.HEADER not in untouched  # nothing written: nothing handed out
 
 
 # --- the routing table, from the code ----------------------------------------------------------
