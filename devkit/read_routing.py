@@ -112,13 +112,55 @@ def read_sites(module: str, tree: ast.Module) -> list[ReadSite]:
     return sites
 
 
+def _references(module: str, tree: ast.Module) -> set[tuple[str, str]]:
+    """`(module, name)` pairs `tree` uses: `alias.name` where the alias is an imported
+    repository module, names imported with `from module import name`, and its own module's
+    names used bare."""
+    aliases: dict[str, str] = {}
+    found: set[tuple[str, str]] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                qualified = f"{node.module}.{alias.name}"
+                if _source(qualified):
+                    aliases[alias.asname or alias.name] = qualified
+                else:
+                    found.add((node.module, alias.name))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            target = aliases.get(node.value.id)
+            if target is not None:
+                found.add((target, node.attr))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            found.add((module, node.id))
+    return found
+
+
+def _top_level(module: str, holder: str) -> str:
+    """The module-level name holding a site: its function, or for a method its class."""
+    return holder.removeprefix(f"{module}.").split(".")[0]
+
+
 def routing_table() -> dict[str, list[ReadSite]]:
-    """Deployable function module → the `db.read` sites it can reach, sorted."""
+    """Deployable function module → the `db.read` sites it can reach, sorted: those in its own
+    module (its routes or job), and those in modules it loads whose holder some loaded code
+    names (`module.holder`, an import of it, or a use inside its own module): a module imported
+    for something else does not bring its reads along."""
     http, crons = discover_modules()
     table: dict[str, list[ReadSite]] = {}
     for function in [*http, *crons]:
+        trees = _closure(function)
+        used = {pair for name, tree in trees.items() for pair in _references(name, tree)}
         sites = {
-            site for name, tree in _closure(function).items() for site in read_sites(name, tree)
+            site
+            for name, tree in trees.items()
+            for site in read_sites(name, tree)
+            # A method's reads come with its class.
+            if name == function
+            or (name, site.holder.removeprefix(f"{name}.").split(".")[0]) in used
         }
         table[function] = sorted(sites)
     return table
