@@ -29,6 +29,7 @@ from benchmarks import (
     memory,
     migration,
     ramp,
+    replica_reads,
     report,
     roundtrips,
     scale,
@@ -52,6 +53,7 @@ SECTIONS = [
     "latency",
     "capacity",
     "ramp",
+    "replica",
 ]
 
 
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency": lambda: latency.run(ctx),
             "capacity": lambda: capacity_check.run(ctx),
             "ramp": lambda: ramp.run(ctx),
+            "replica": lambda: replica_reads.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

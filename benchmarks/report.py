@@ -27,6 +27,7 @@ SECTION_TITLES = {
     "latency": "11. Latency like production (a delayed hop to each server)",
     "capacity": "12. Capacity model vs measured",
     "ramp": "13. Load ramp to the knee (containers through PgBouncer)",
+    "replica": "14. Reads served by a replica",
 }
 
 
@@ -548,6 +549,14 @@ def _ramp(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _replica(data: dict[str, Any]) -> str:
+    rows = [
+        [row["case"], fmt(row["read_ms"]), row["statements_per_read"]]
+        for row in data.get("cases", [])
+    ]
+    return table(["reads through db.read (warm, in a row)", "read", "statements per read"], rows)
+
+
 RENDERERS = {
     "cold_start": _cold,
     "warm": _warm,
@@ -562,6 +571,7 @@ RENDERERS = {
     "latency": _latency,
     "capacity": _capacity,
     "ramp": _ramp,
+    "replica": _replica,
 }
 
 

@@ -47,7 +47,9 @@ class LocalPgBouncer(Service):
         user: str = "postgres",
         password: str = "",
         timeout: float = 30.0,
+        settings: dict[str, str] | None = None,
     ) -> None:
+        self.settings = settings or {}  # more [pgbouncer] settings, e.g. query_wait_timeout
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.workdir = Path(workdir).absolute()
@@ -182,6 +184,7 @@ class LocalPgBouncer(Service):
                     "default_pool_size = 20",
                     "max_client_conn = 1000",
                     "server_reset_query =",
+                    *(f"{name} = {value}" for name, value in self.settings.items()),
                     "",
                 ]
             )

@@ -50,7 +50,7 @@ def analytics(
             subscriptions=users.subscription_metrics(session),
         )
 
-    return ok(contract.analytics_body(db.run(gather, idempotent=True)))
+    return ok(contract.analytics_body(db.read(gather, analytics=True)))
 
 
 handler = lambda_handler(app)

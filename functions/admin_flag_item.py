@@ -25,7 +25,7 @@ app = create_app(title="Feature flag (admin)", summary="Read, change or delete o
 @app.get("/api/admin/flags/{key}", response_model=None)
 def get_flag(key: str, admin: AdminUser) -> Response:
     flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
-    found = db.run(lambda s: feature_flags.get_by_key(s, flag_key), idempotent=True)
+    found = db.read(lambda s: feature_flags.get_by_key(s, flag_key))
     if found is None:
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"flag": contract.record(found)})

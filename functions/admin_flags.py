@@ -41,9 +41,7 @@ def list_flags(
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
 ) -> Response:
     after = None if cursor is None else valid_or_400(contract.valid_key(cursor), INVALID_CURSOR)
-    rows = db.run(
-        lambda s: feature_flags.list_page(s, after=after, limit=PAGE_FLAGS + 1), idempotent=True
-    )
+    rows = db.read(lambda s: feature_flags.list_page(s, after=after, limit=PAGE_FLAGS + 1))
     items: list[dict[str, Any]] = []
     spent = 0
     for flag in rows[:PAGE_FLAGS]:

@@ -33,11 +33,11 @@ def metric_series(
     bucket: Annotated[str | None, Query(description="minute, hour (default) or day")] = None,
 ) -> Response:
     query = contract.series_query(metric, start, end, bucket, now=utcnow())
-    points = db.run(
+    points = db.read(
         lambda s: system_metrics.series(
             s, query.metric, start=query.start, end=query.end, bucket=query.bucket
         ),
-        idempotent=True,
+        analytics=True,
     )
     return ok(contract.series_body(query, points))
 

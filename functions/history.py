@@ -43,9 +43,8 @@ def list_history(
         maximum=contract.MAX_LIMIT,
     )
     after = None if cursor is None else contract.decode_cursor(cursor)
-    page = db.run(
-        lambda s: search_history.list_for_user(s, user.user_id, limit=size, cursor=after),
-        idempotent=True,
+    page = db.read(
+        lambda s: search_history.list_for_user(s, user.user_id, limit=size, cursor=after)
     )
     items: list[dict[str, Any]] = []
     spent = 0

@@ -36,9 +36,8 @@ def history_stats(
     )
     until = utcnow()
     since = until - timedelta(days=window)
-    stats = db.run(
-        lambda s: search_history.stats(s, since=since, until=until, user_id=user.user_id),
-        idempotent=True,
+    stats = db.read(
+        lambda s: search_history.stats(s, since=since, until=until, user_id=user.user_id)
     )
     return ok(contract.stats_body(stats, since=since, until=until))
 

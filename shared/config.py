@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 EXAMPLES = {
     "DATABASE_URL": "postgresql://user:password@ep-cool-name-123-pooler.eu-central-1.aws.neon.tech/keyflash",
     "DIRECT_DATABASE_URL": "postgresql://user:password@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash",
+    "DATABASE_READ_URL": "postgresql://user:password@ep-replica-name-456-pooler.eu-central-1.aws.neon.tech/keyflash",
+    "ANALYTICS_DATABASE_URL": "postgresql://analytics:password@ep-replica-name-456-pooler.eu-central-1.aws.neon.tech/keyflash",
+    "REPLICA_MAX_LAG_MS": "1000",
     "PREPARED_STATEMENTS": "auto (or on, off)",
     "SLOW_QUERY_MS": "500",
     "DB_CONNECT_TIMEOUT_S": "10",
@@ -121,6 +124,12 @@ class Settings(BaseSettings):
 
     database_url: str
     direct_database_url: str | None = None
+    # Read scaling (shared.replicas): work declared read-only (`db.read`) goes to DATABASE_READ_URL
+    # while it is at most REPLICA_MAX_LAG_MS behind and has replayed the caller's own writes;
+    # the admin analytics and metrics read through ANALYTICS_DATABASE_URL when it is set.
+    database_read_url: str | None = None
+    analytics_database_url: str | None = None
+    replica_max_lag_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
     prepared_statements: PreparedStatements = PreparedStatements.AUTO
     slow_query_ms: Annotated[int, Field(ge=0)] = 500
     db_connect_timeout_s: Annotated[int, Field(ge=1, le=120)] = 10
@@ -323,7 +332,9 @@ class Settings(BaseSettings):
     def admin_ids(self) -> frozenset[str]:
         return frozenset(i.strip() for i in self.admin_user_ids.split(",") if i.strip())
 
-    @field_validator("database_url", "direct_database_url")
+    @field_validator(
+        "database_url", "direct_database_url", "database_read_url", "analytics_database_url"
+    )
     @classmethod
     def _postgres_scheme(cls, value: str | None) -> str | None:
         if value is None or value == "":

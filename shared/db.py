@@ -1,8 +1,10 @@
 """The database engine: one cached connection per warm container, Neon-aware, retrying safely.
 
-Shape of a call: `run(work)` for single statements (autocommit: one round trip each) and
-`transaction(work)` for multi-step writes (`BEGIN` … `COMMIT`, all or nothing). `work` receives a
-SQLAlchemy `Session` and holds the SQL (see `shared.repositories`).
+Shape of a call: `run(work)` for single statements (autocommit: one round trip each),
+`transaction(work)` for multi-step writes (`BEGIN` … `COMMIT`, all or nothing) and `read(work)`
+for work declared read-only, which a replica may serve (`shared.replicas`, only when
+DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set). `work` receives a SQLAlchemy `Session` and
+holds the SQL (see `shared.repositories`).
 
 Why it looks like this:
 - The engine is built on first use and kept at module level; never in a FastAPI lifespan, which
@@ -31,6 +33,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -72,6 +76,9 @@ class DatabaseUnavailableError(RuntimeError):
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
+# Engines of the read-only URLs (DATABASE_READ_URL, ANALYTICS_DATABASE_URL), by variable name:
+# created on the first read routed to them (`shared.replicas`), never when they are unset.
+_read_engines: dict[str, Engine] = {}
 
 
 def get_engine() -> Engine:
@@ -84,21 +91,37 @@ def get_engine() -> Engine:
     return _engine
 
 
+def get_read_engine(variable: str, url: str) -> Engine:
+    """The cached engine of the read-only URL in `variable`, created on first use."""
+    engine = _read_engines.get(variable)
+    if engine is None:
+        with _engine_lock:
+            engine = _read_engines.get(variable)
+            if engine is None:
+                engine = build_engine(get_settings(), url=url, variable=variable)
+                _read_engines[variable] = engine
+    return engine
+
+
 def dispose_engine() -> None:
-    """Close the cached engine's connections and forget it (tests, settings changes)."""
+    """Close the cached engines' connections and forget them (tests, settings changes)."""
     global _engine
     with _engine_lock:
-        if _engine is not None:
-            _engine.dispose()
-            _engine = None
+        for engine in (_engine, *_read_engines.values()):
+            if engine is not None:
+                engine.dispose()
+        _engine = None
+        _read_engines.clear()
 
 
 def close_connections() -> None:
-    """Close the pooled connections but keep the engine; the next query connects anew (SnapStart:
-    no socket may be frozen into the snapshot and shared by every restored container)."""
+    """Close the pooled connections but keep the engines; the next query connects anew
+    (SnapStart: no socket may be frozen into the snapshot and shared by every restored
+    container)."""
     with _engine_lock:
-        if _engine is not None:
-            _engine.dispose()
+        for engine in (_engine, *_read_engines.values()):
+            if engine is not None:
+                engine.dispose()
 
 
 def prepared_statements_enabled(target: DatabaseTarget, mode: PreparedStatements) -> bool:
@@ -108,9 +131,12 @@ def prepared_statements_enabled(target: DatabaseTarget, mode: PreparedStatements
     return mode is PreparedStatements.ON
 
 
-def build_engine(settings: Settings, *, url: str | None = None) -> Engine:
-    """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules."""
-    target = parse_database_url(url or settings.database_url)
+def build_engine(
+    settings: Settings, *, url: str | None = None, variable: str = "DATABASE_URL"
+) -> Engine:
+    """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules;
+    `variable` names the setting in errors."""
+    target = parse_database_url(url or settings.database_url, variable=variable)
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.db_connect_timeout_s,
         "application_name": settings.db_application_name,
@@ -200,6 +226,48 @@ def is_connection_failure(error: DBAPIError) -> bool:
 def _server_ended_session(error: DBAPIError) -> bool:
     original = error.orig
     return isinstance(original, psycopg.Error) and original.sqlstate in _SERVER_ENDED_SESSION
+
+
+@dataclass(slots=True)
+class Consistency:
+    """One request's read-your-writes positions (WAL LSNs as integers), kept only while
+    DATABASE_READ_URL is set: `seen`, what the caller's consistency token says it wrote up to;
+    `written`, the primary's position after this request's last write. A replica serves the
+    request's reads only once it has replayed both (`shared.replicas`)."""
+
+    seen: int | None = None
+    written: int | None = None
+
+    @property
+    def required(self) -> int | None:
+        """The position a replica must have replayed to serve this request, if any."""
+        positions = [p for p in (self.seen, self.written) if p is not None]
+        return max(positions) if positions else None
+
+
+# Set per request by the HTTP layer (a mutable holder: sync routes run in a copied context).
+consistency: ContextVar[Consistency | None] = ContextVar("keyflash_consistency", default=None)
+# A write whose position could not be read: the request's reads then need the primary.
+UNKNOWN_POSITION = 2**64 - 1
+# One simple-protocol message: the commit and the position after it, in the same round trip.
+_COMMIT_AND_POSITION = "COMMIT; SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+_POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+
+
+def read(work: Callable[[Session], T], *, analytics: bool = False, snapshot: bool = False) -> T:
+    """Run read-only `work` where reads are served: the replica (DATABASE_READ_URL) when it is
+    fresh enough for this caller, else the primary; `analytics=True` prefers
+    ANALYTICS_DATABASE_URL. `snapshot=True` runs every statement in one transaction.
+
+    Declaring work read-only is the only way onto a replica: `run` and `transaction` always use
+    the primary. With neither URL set this is `run(work, idempotent=True)` (or a transaction).
+    """
+    settings = get_settings()
+    if settings.database_read_url is None and not (analytics and settings.analytics_database_url):
+        return _execute(work, atomic=snapshot, idempotent=True)
+    from shared import replicas  # only with a read URL set: nothing more to import otherwise
+
+    return replicas.read(work, analytics=analytics, snapshot=snapshot)
 
 
 def run(work: Callable[[Session], T], *, idempotent: bool = False) -> T:
@@ -314,10 +382,22 @@ def _begin_sql(settings: Settings) -> str:
     return f"BEGIN; SET LOCAL statement_timeout = {int(timeout)}" if timeout else "BEGIN"
 
 
-def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) -> T:
-    engine = get_engine()
+def _execute(
+    work: Callable[[Session], T],
+    *,
+    atomic: bool,
+    idempotent: bool,
+    engine: Engine | None = None,
+    budget_s: float | None = None,
+) -> T:
+    """`work` on `engine` (default: the primary's), retried within `budget_s` (default
+    DB_RETRY_BUDGET_S) where safe; on the primary, a write's position is kept for the request
+    when it tracks consistency (`Consistency`)."""
     settings = get_settings()
-    deadline = time.monotonic() + settings.db_retry_budget_s
+    tracked = consistency.get() if engine is None else None
+    engine = engine or get_engine()
+    budget_s = settings.db_retry_budget_s if budget_s is None else budget_s
+    deadline = time.monotonic() + budget_s
     delay = 0.05
     attempt = 0
     while True:
@@ -333,7 +413,11 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
             ):
                 stage = "work"
                 if not atomic:
-                    return work(session)
+                    result = work(session)
+                    if tracked is not None and not idempotent:
+                        stage = "position"
+                        tracked.written = _position(connection, _POSITION)
+                    return result
                 _execute_on(connection, _begin_sql(settings), None)
                 try:
                     result = work(session)
@@ -341,7 +425,10 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
                     _rollback_quietly(connection, session)
                     raise
                 stage = "commit"
-                _execute_on(connection, "COMMIT", None)
+                if tracked is None:
+                    _execute_on(connection, "COMMIT", None)
+                else:
+                    tracked.written = _position(connection, _COMMIT_AND_POSITION)
                 return result
         except PoolTimeoutError:
             # Every pooled connection stayed checked out for the whole budget (more threads than
@@ -351,6 +438,11 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
                 f"no pooled connection free within {settings.db_retry_budget_s} s"
             ) from None
         except DBAPIError as error:
+            if stage == "position" and tracked is not None:
+                # The write is done; only its position is unknown: this request's reads and
+                # its caller's next ones go to the primary.
+                tracked.written = UNKNOWN_POSITION
+                return result
             if not is_connection_failure(error):
                 raise
             safe = (
@@ -375,10 +467,24 @@ def _execute(work: Callable[[Session], T], *, atomic: bool, idempotent: bool) ->
                     f"database {outcome} after {attempt} attempt(s) at {stage}: {message}"
                 ) from None
             log_event(
-                "db_retry", level=logging.WARNING, stage=stage, attempt=attempt, reason=message
+                "db_retry",
+                level=logging.WARNING,
+                stage=stage,
+                attempt=attempt,
+                reason=message,
+                **({} if engine is _engine else {"database": "read"}),
             )
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
+
+
+def _position(connection: Connection, sql: str) -> int:
+    """Run `sql` (ending with the primary's WAL insert position) and return that position."""
+    cursor = _execute_on(connection, sql, None)
+    while cursor.nextset():
+        pass  # the position is the last result
+    row = cursor.fetchone()
+    return int(row[0]) if row else UNKNOWN_POSITION
 
 
 def _rollback_quietly(connection: Connection, session: Session) -> None:

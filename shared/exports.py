@@ -43,7 +43,7 @@ def build(user_id: str) -> bytes:
         account.write_export(personal_data.export(session, user_id), out.write)
         return out.getvalue()
 
-    return db.transaction(work)
+    return db.read(work, snapshot=True)
 
 
 def write_compressed(user_id: str, file: BinaryIO) -> int:
@@ -60,7 +60,7 @@ def write_compressed(user_id: str, file: BinaryIO) -> int:
             account.write_export(personal_data.export(session, user_id), compressed.write)
             return compressed.tell()
 
-    return db.transaction(work)
+    return db.read(work, snapshot=True)
 
 
 def compress(document: bytes) -> bytes:

@@ -75,7 +75,7 @@ def evaluate(rules: Iterable[FlagRule], user_id: str | None) -> dict[str, bool]:
 
 def load_rules() -> tuple[FlagRule, ...]:
     """All flags in one query."""
-    rows = db.run(feature_flags.list_all, idempotent=True)
+    rows = db.read(feature_flags.list_all)
     return tuple(FlagRule.from_row(row) for row in rows)
 
 

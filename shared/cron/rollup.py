@@ -25,7 +25,7 @@ LOOKBACK = timedelta(hours=1)
 
 def first_day_to_recompute(run: Run, today: date) -> date | None:
     """Where this run starts; None when there is no history at all."""
-    oldest = db.run(search_rollups.first_day, idempotent=True)
+    oldest = db.read(search_rollups.first_day)
     if oldest is None:
         return None
     days = run.settings.retention_search_history_days

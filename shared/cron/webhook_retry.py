@@ -37,15 +37,14 @@ def retry_webhooks(run: Run) -> None:
     seen: set[str] = set()
     while run.has_time():
         with run.batch():
-            due = db.run(
+            due = db.read(
                 lambda s: webhook_events.list_retryable(
                     s,
                     max_attempts=settings.webhook_retry_max_attempts,
                     base_delay=delay,
                     now=run.now,
                     limit=size,
-                ),
-                idempotent=True,
+                )
             )
             fresh = [event for event in due if event.id not in seen]
             for event in fresh:

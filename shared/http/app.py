@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import snapstart
+from shared import db, snapstart
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
 from shared.errors import EMAIL_IN_USE, EmailInUseError
@@ -207,6 +207,8 @@ class RequestContext:
         status = 500
         response_started = False
         production = _production()
+        consistency = _consistency(scope)
+        reset = db.consistency.set(consistency) if consistency is not None else None
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, response_started
@@ -220,6 +222,10 @@ class RequestContext:
                     headers.setdefault(name, value)
                 if production:
                     headers.setdefault("Strict-Transport-Security", HSTS)
+                if consistency is not None:
+                    from shared.http import consistency as tokens
+
+                    tokens.add_token(headers, consistency, secure=production)
             await send(message)
 
         try:
@@ -243,6 +249,9 @@ class RequestContext:
             if response_started:
                 raise
             await error_response(500, "internal")(scope, receive, send_with_headers)
+        finally:
+            if reset is not None:
+                db.consistency.reset(reset)
         duration_ms = round((time.perf_counter() - started) * 1000)
         if (
             self.record_usage
@@ -250,6 +259,19 @@ class RequestContext:
             and not state.get("database_unavailable")
         ):
             _record_usage(scope, state, status, duration_ms)
+
+
+def _consistency(scope: Scope) -> db.Consistency | None:
+    """The request's read-your-writes state, only while reads may go to a replica (the token
+    module is imported only then)."""
+    try:
+        if get_settings().database_read_url is None:
+            return None
+    except ConfigurationError:
+        return None
+    from shared.http import consistency as tokens
+
+    return tokens.from_request(Headers(scope=scope))
 
 
 def _production() -> bool:

@@ -92,7 +92,7 @@ class Erasure:
 def _require_transaction(session: Session, operation: str) -> None:
     driver = session.connection().connection.driver_connection
     if driver is None or driver.info.transaction_status == TransactionStatus.IDLE:
-        raise RuntimeError(f"personal_data.{operation} must run inside shared.db.transaction()")
+        raise RuntimeError(f"personal_data.{operation} must run inside a transaction")
 
 
 def identifiers(user_id: str, owner: Any) -> list[str]:
@@ -109,7 +109,8 @@ def export(session: Session, user_id: str) -> PersonalData:
     the account. Named cursors live inside the transaction, which the pooled (transaction
     mode) lane keeps on one server connection.
 
-    Must run in `transaction()`: it switches the transaction to REPEATABLE READ, READ ONLY, so
+    Must run in a transaction (`db.read(…, snapshot=True)`, on a replica when one serves): it
+    switches the transaction to REPEATABLE READ, READ ONLY (a hot standby allows both), so
     the reads see the same moment even while the user keeps searching.
     """
     _require_transaction(session, "export")

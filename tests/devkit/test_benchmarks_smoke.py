@@ -32,6 +32,7 @@ SECTIONS = {
     "latency",
     "capacity",
     "ramp",
+    "replica",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600

@@ -1,0 +1,197 @@
+"""Read routing: work declared read-only (`db.read`) goes to a replica that is fresh enough.
+
+Imported only when DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set (`shared.db.read`).
+
+A read URL serves a read when its server, checked on the read's own connection:
+- is in recovery (a promoted replica no longer follows the primary: `promoted`);
+- has replayed the request's required position (`shared.db.Consistency`: the caller's token
+  and this request's own writes), else `behind_token`;
+- is at most REPLICA_MAX_LAG_MS behind, else `lagging`. Lag is 0 while the WAL receiver is
+  streaming and everything received is replayed (correct on an idle primary, where the last
+  replayed commit's age only grows); with WAL waiting, it is the age of the last replayed
+  commit, an upper bound.
+
+A check is skipped while the last one still proves freshness: replay never goes back, so a
+replica `lag` behind at `t` is at most `lag + (now - t)` behind now and has replayed at least
+what it had then. A server that cannot be reached within REPLICA_RETRY_BUDGET_S is `down`;
+after a refusal of its own (down, promoted, lagging) a URL rests for PAUSE_AFTER_S before it is
+tried again, and a rebuilt or restarted server's dead connections are replaced by the retry
+rules. Every refusal reads from the primary and logs `replica_fallback` with its reason; none is
+an error. ANALYTICS_DATABASE_URL may point at the primary itself (a read-only role
+there): a server not in recovery is fresh by definition for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared import db
+from shared.config import get_settings
+from shared.telemetry import log_event
+
+T = TypeVar("T")
+
+READ_URL = "DATABASE_READ_URL"
+ANALYTICS_URL = "ANALYTICS_DATABASE_URL"
+# A replica is an optimisation: waiting long for one that does not answer only delays a read
+# the primary can serve now. A Neon replica waking from suspend answers within this.
+REPLICA_RETRY_BUDGET_S = 2.0
+# After a refusal for a reason of the replica's own, reads go straight to the primary for this
+# long (no check, no connect attempt), then the replica is tried again. A request whose token
+# the replica has not replayed yet says nothing about it for other requests.
+PAUSE_AFTER_S = {"down": 10.0, "promoted": 10.0, "lagging": 1.0}
+
+# A write in work declared read-only is a bug to surface, not a replica to avoid.
+_READ_ONLY_VIOLATION = "25006"
+
+# One row, on the read's own connection: is it a replica, what it replayed, how far behind.
+_CHECK = text(
+    """
+    SELECT pg_is_in_recovery(),
+           pg_last_wal_replay_lsn() - '0/0'::pg_lsn,
+           CASE
+             WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn()
+                  AND EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming')
+               THEN 0
+             ELSE (extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())
+                   * 1000)::bigint
+           END
+    """
+)
+
+
+class _Refused(Exception):
+    """The replica may not serve this read; `reason` is logged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Freshness:
+    """What the last check of one read URL proved (monotonic clock)."""
+
+    checked_at: float = 0.0
+    lag_ms: float | None = None  # None: unknown (never checked, or not a replica)
+    replayed: int = 0
+    primary: bool = False  # the server is not in recovery (only acceptable for analytics)
+    paused_until: float = 0.0
+    paused_for: str = ""
+
+
+_freshness: dict[str, _Freshness] = {}
+_lock = threading.Lock()
+
+
+def read(work: Callable[[Session], T], *, analytics: bool, snapshot: bool) -> T:
+    """`work` on the read URL that should serve it, else on the primary (logged)."""
+    settings = get_settings()
+    variable, url = READ_URL, settings.database_read_url
+    if analytics and settings.analytics_database_url:
+        variable, url = ANALYTICS_URL, settings.analytics_database_url
+    if url is None:
+        return db._execute(work, atomic=snapshot, idempotent=True)
+    state = _state(variable)
+    tracked = db.consistency.get()
+    required = tracked.required if tracked is not None else None
+    max_lag = settings.replica_max_lag_ms
+    now = time.monotonic()
+    try:
+        if now < state.paused_until:
+            raise _Refused(state.paused_for)
+        accept_primary = variable == ANALYTICS_URL
+        proven = _proven(state, required, max_lag, now, accept_primary=accept_primary)
+        engine = db.get_read_engine(variable, url)
+        budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
+
+        def check(session: Session) -> None:
+            _check(session, state, required, max_lag, accept_primary=accept_primary)
+
+        def checked(session: Session) -> T:
+            if not proven and not snapshot:
+                check(session)  # on the read's own connection, just before it
+            return work(session)
+
+        try:
+            if not proven and snapshot:
+                # A snapshot's first statement may set its isolation: check before it begins.
+                db._execute(check, atomic=False, idempotent=True, engine=engine, budget_s=budget_s)
+            return db._execute(
+                checked, atomic=snapshot, idempotent=True, engine=engine, budget_s=budget_s
+            )
+        except db.DatabaseUnavailableError:
+            state.lag_ms = None
+            raise _Refused("down") from None
+        except DBAPIError as error:
+            # e.g. a query cancelled by a recovery conflict (40001): the primary has no such.
+            sqlstate = getattr(error.orig, "sqlstate", None)
+            if sqlstate == _READ_ONLY_VIOLATION:
+                raise
+            raise _Refused(f"failed:{sqlstate or type(error.orig).__name__}") from None
+    except _Refused as refusal:
+        pause = PAUSE_AFTER_S.get(refusal.reason)
+        if pause is not None and now >= state.paused_until:
+            state.paused_until = time.monotonic() + pause
+            state.paused_for = refusal.reason
+        log_event(
+            "replica_fallback", level=logging.WARNING, database=variable, reason=refusal.reason
+        )
+    return db._execute(work, atomic=snapshot, idempotent=True)
+
+
+def _state(variable: str) -> _Freshness:
+    state = _freshness.get(variable)
+    if state is None:
+        with _lock:
+            state = _freshness.setdefault(variable, _Freshness())
+    return state
+
+
+def _proven(
+    state: _Freshness, required: int | None, max_lag: int, now: float, *, accept_primary: bool
+) -> bool:
+    """Whether the last check still proves this read may use the replica (no query needed)."""
+    if state.primary:
+        return accept_primary
+    if state.lag_ms is None:
+        return False
+    if required is not None and state.replayed < required:
+        return False
+    return state.lag_ms + (now - state.checked_at) * 1000 <= max_lag
+
+
+def _check(
+    session: Session, state: _Freshness, required: int | None, max_lag: int, *, accept_primary: bool
+) -> None:
+    """Check the server behind `session`; raise `_Refused` unless it may serve this read."""
+    started = time.monotonic()
+    in_recovery, replayed, lag_ms = session.execute(_CHECK).one()
+    state.checked_at = started
+    state.primary = not in_recovery
+    if not in_recovery:
+        state.lag_ms = None
+        if accept_primary:
+            return
+        raise _Refused("promoted")
+    state.replayed = int(replayed or 0)
+    state.lag_ms = None if lag_ms is None else float(lag_ms)
+    if required is not None and state.replayed < required:
+        raise _Refused("behind_token")
+    if state.lag_ms is None or state.lag_ms > max_lag:
+        raise _Refused("lagging")
+
+
+def reset() -> None:
+    """Forget every read URL's freshness (tests; settings changes)."""
+    with _lock:
+        _freshness.clear()

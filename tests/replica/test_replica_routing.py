@@ -1,0 +1,274 @@
+"""Reads on a real streaming replica: routing, read-your-writes, the lag rule, outages.
+
+Lag is made real with `pg_wal_replay_pause()` on the replica: WAL keeps arriving, nothing is
+applied. A read served by the replica is told apart from one served by the primary by what it
+sees: a row the primary has and the paused replica has not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from devkit._host import wait_for
+from devkit.replica import primary_position
+from shared import config, db, exports, replicas
+from shared.clock import utcnow
+from shared.http import consistency
+from shared.repositories import search_history, users
+from tests.support.http import Caller
+from tests.support.replica import ReplicaPair
+
+pytestmark = pytest.mark.replica
+
+USER = "user_replica"
+MUCH = "600000"  # a lag bound no test reaches: only the token (or an outage) refuses
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    found = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
+    return [event for event in found if event.get("event") == name]
+
+
+def fallbacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [event["reason"] for event in events(caplog, "replica_fallback")]
+
+
+@pytest.fixture(autouse=True)
+def _logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="keyflash")
+
+
+def max_lag(monkeypatch: pytest.MonkeyPatch, ms: str) -> None:
+    monkeypatch.setenv("REPLICA_MAX_LAG_MS", ms)
+    config.get_settings.cache_clear()
+
+
+def new_container() -> None:
+    """What another warm container looks like: its own engines and its own replica state."""
+    db.dispose_engine()
+    replicas.reset()
+
+
+def record_search(pair: ReplicaPair, keyword: str) -> None:
+    """A history row written on the primary by someone else (no token for the reader)."""
+    search = search_history.NewSearch(
+        user_id=USER, keywords=[keyword], location="US", language="en", match_type="phrase",
+        provider="mock", cache_hit=False, response_time=10, avg_volume=1, total_volume=1,
+        user_agent=None, ip_address=None,
+    )  # fmt: skip
+    db.run(partial(search_history.record, search=search, now=utcnow()))
+
+
+def keywords_seen(call: Caller, **options: Any) -> list[str]:
+    result = call("history", "GET", "/api/history", user=USER, **options)
+    assert result.status == 200, result.text
+    return [item["keywords"][0] for item in result.json["history"]]
+
+
+@pytest.fixture
+def seeded(replica_pair: ReplicaPair, replica_api: Caller) -> Caller:
+    """USER exists with one search, replicated; replay is paused for the test."""
+    db.run(lambda s: users.get_or_create(s, USER, f"{USER}@example.com"))
+    record_search(replica_pair, "before")
+    replica_pair.caught_up()
+    replica_pair.replica.pause_replay()  # the lane's teardown resumes it
+    return replica_api
+
+
+def test_a_fresh_replica_serves_declared_reads(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    record_search(replica_pair, "unreplayed")
+    assert keywords_seen(seeded) == ["before"]  # the replica's state: served there
+    assert fallbacks(caplog) == []
+
+
+def test_read_your_writes_across_containers_with_replay_paused(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    wrote = seeded("keywords", "POST", "/api/keywords", user=USER,
+                   json_body={"keywords": ["mine"], "matchType": "phrase"})  # fmt: skip
+    assert wrote.status == 200, wrote.text
+    token = wrote.headers[consistency.HEADER.lower()]
+    assert f"{consistency.COOKIE}={token}" in wrote.headers["set-cookie"]
+    assert consistency.decode(token) <= primary_position(replica_pair.primary_direct)
+    new_container()
+    # The token's reader sees its write (the replica has not replayed it: the primary serves)…
+    assert keywords_seen(seeded, headers={consistency.HEADER: token})[0] == "mine"
+    assert fallbacks(caplog) == ["behind_token"]
+    # … the cookie does the same for a browser …
+    cookie = {"cookie": f"{consistency.COOKIE}={token}"}
+    assert keywords_seen(seeded, headers=cookie)[0] == "mine"
+    # … while a reader without it gets the replica's (older) state, within the lag bound.
+    assert "mine" not in keywords_seen(seeded)
+    replica_pair.replica.resume_replay()
+    replica_pair.replica.wait_until_replayed(consistency.decode(token))
+    caplog.clear()
+    assert keywords_seen(seeded, headers={consistency.HEADER: token})[0] == "mine"
+    assert fallbacks(caplog) == []  # replayed: the replica serves the token's reader now
+
+
+def test_a_token_that_does_not_parse_reads_from_the_primary(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    record_search(replica_pair, "unreplayed")
+    assert keywords_seen(seeded, headers={consistency.HEADER: "not-a-position"})[0] == (
+        "unreplayed"
+    )
+    assert fallbacks(caplog) == ["behind_token"]
+
+
+def test_reads_past_the_lag_bound_go_to_the_primary(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    max_lag(monkeypatch, "200")
+    record_search(replica_pair, "unreplayed")
+    replica = replica_pair.replica
+    replica.wait_until_received(primary_position(replica_pair.primary_direct))
+
+    def last_replayed_commit_older_than_bound() -> bool:
+        with psycopg.connect(replica.url(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT clock_timestamp() - pg_last_xact_replay_timestamp() > '200 ms'"
+            ).fetchone()
+        return bool(row and row[0])
+
+    assert wait_for(last_replayed_commit_older_than_bound, timeout=30)
+    assert keywords_seen(seeded)[0] == "unreplayed"
+    assert fallbacks(caplog) == ["lagging"]
+
+
+def test_an_idle_primary_is_no_lag(
+    replica_pair: ReplicaPair,
+    replica_api: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Caught up and streaming is 0 lag however old the last commit: the replica serves."""
+    max_lag(monkeypatch, "200")
+    db.run(lambda s: users.get_or_create(s, USER, f"{USER}@example.com"))
+    record_search(replica_pair, "old")
+    replica_pair.caught_up()
+    replica = replica_pair.replica
+
+    def idle_for_longer_than_bound() -> bool:
+        with psycopg.connect(replica.url(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT clock_timestamp() - pg_last_xact_replay_timestamp() > '200 ms'"
+            ).fetchone()
+        return bool(row and row[0])
+
+    assert wait_for(idle_for_longer_than_bound, timeout=30)
+    replica_pair.caught_up()  # nothing (autovacuum) slipped in meanwhile
+    assert keywords_seen(replica_api) == ["old"]
+    assert fallbacks(caplog) == []
+
+
+def test_a_stopped_replica_costs_a_log_line(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    record_search(replica_pair, "unreplayed")
+    replica_pair.replica.stop()
+    assert keywords_seen(seeded)[0] == "unreplayed"
+    assert keywords_seen(seeded)[0] == "unreplayed"  # paused: no new attempt
+    assert fallbacks(caplog) == ["down", "down"]
+    assert not [e for e in events(caplog, "request_failed")]
+    replica_pair.replica.start()
+
+
+def test_a_promoted_then_rebuilt_replica_is_picked_up(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    monkeypatch.setattr(replicas, "PAUSE_AFTER_S", {})  # try the replica on every read
+    assert keywords_seen(seeded) == ["before"]  # a warm connection to the replica
+    replica = replica_pair.replica
+    replica.promote()
+    record_search(replica_pair, "after promotion")
+    # Within the lag bound the last check's proof still holds (staleness grows by the time
+    # elapsed, promoted or not); the next check finds the promotion: forget the proof.
+    replicas.reset()
+    assert keywords_seen(seeded)[0] == "after promotion"
+    assert fallbacks(caplog) == ["promoted"]
+    replica.rebuild()  # new base backup, same address; the old connections are dead
+    record_search(replica_pair, "after rebuild")  # a commit replayed: its age is the lag
+    replica_pair.caught_up()
+    replica.pause_replay()
+    record_search(replica_pair, "unreplayed")
+    caplog.clear()
+    assert keywords_seen(seeded)[0] == "after rebuild"  # the rebuilt replica's state
+    assert fallbacks(caplog) == []
+
+
+def test_analytics_url_is_preferred_for_admin_reads(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ANALYTICS_DATABASE_URL may be the primary itself (a read-only role there): fresh."""
+    monkeypatch.setenv("ANALYTICS_DATABASE_URL", replica_pair.primary_url)
+    monkeypatch.setenv("ADMIN_USER_IDS", USER)
+    config.get_settings.cache_clear()
+    record_search(replica_pair, "unreplayed")
+    result = seeded("admin_analytics", "GET", "/api/admin/analytics", user=USER)
+    assert result.status == 200, result.text
+    keywords = {item["keyword"] for item in result.json["topKeywords"]}
+    assert "unreplayed" in keywords  # read on the primary's analytics URL, not the replica
+    assert fallbacks(caplog) == []
+
+
+def test_a_write_declared_read_only_is_raised_not_hidden(
+    replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    max_lag(monkeypatch, MUCH)
+    replica_pair.caught_up()
+    with pytest.raises(DBAPIError) as caught:
+        db.read(lambda s: s.execute(text("CREATE TEMP TABLE kf_nope (x int)")))
+    assert getattr(caught.value.orig, "sqlstate", None) == "25006"
+    assert fallbacks(caplog) == []
+
+
+def test_the_export_snapshot_reads_on_the_replica(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """REPEATABLE READ, READ ONLY and server-side cursors work on a hot standby."""
+    max_lag(monkeypatch, MUCH)
+    record_search(replica_pair, "unreplayed")
+    document = json.loads(exports.build(USER))
+    searched = [row["keywords"][0] for row in document["searchHistory"]]
+    assert searched == ["before"]  # the replica's snapshot
+    assert fallbacks(caplog) == []
