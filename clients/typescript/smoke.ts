@@ -226,7 +226,7 @@ check(
   "/api/admin/analytics/trends",
   await api.GET("/api/admin/analytics/trends", { params: { query: { metric: "keyword-trends" } } }),
   200,
-  { metric: "string", points: "object" },
+  { metric: "string", points: "array" },
 );
 
 check("post", "/api/checkout", await api.POST("/api/checkout"), 503);
