@@ -11,9 +11,11 @@ a run that ran out of time stopped. Rows inserted later with an older `searchedA
 import) are only picked up by a full run: run one after such an import.
 
 Once every day is recomputed, the materialized reports are refreshed CONCURRENTLY, one per
-batch (`shared/repositories/reports.py`). Each outcome is saved in `state.reports` at once:
-`refreshedAt` (this run's time) on success; `failedAt` and the error's class on failure, which
-keeps the report's last contents and does not fail the run (the next run tries again).
+batch (`shared/repositories/reports.py`), each cut off after CRON_TIME_MARGIN_MS: a batch
+starts only while more than that is left, so a refresh never outlives the invocation. Each
+outcome is saved in `state.reports` at once: `refreshedAt` (this run's time) on success;
+`failedAt` and the error's class on failure, which keeps the report's last contents and does
+not fail the run (the next run tries again).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from shared.repositories import reports, search_rollups
 from shared.telemetry import log_event
 
 LOOKBACK = timedelta(hours=1)
+REFRESH_LOCK_TIMEOUT_MS = 5_000  # a report whose lock is held longer is tried again next run
 
 
 def first_day_to_recompute(run: Run, today: date) -> date | None:
@@ -77,12 +80,17 @@ def refresh_reports(run: Run) -> None:
     for report in reports.REPORTS:
         if not run.has_time():
             break
-        # The statement may use what is left of the budget, less the margin.
-        timeout_ms = max(1, int(run.budget.remaining_ms() - run.budget.margin_ms))
         outcome = dict(outcomes.get(report, {}))
         try:
             with run.batch():
-                db.transaction(partial(reports.refresh, report=report, timeout_ms=timeout_ms))
+                db.transaction(
+                    partial(
+                        reports.refresh,
+                        report=report,
+                        timeout_ms=int(run.budget.margin_ms),
+                        lock_timeout_ms=REFRESH_LOCK_TIMEOUT_MS,
+                    )
+                )
         except DBAPIError as error:
             reason = type(error.orig).__name__
             outcome.update(failedAt=run.now.isoformat(), error=reason)

@@ -33,18 +33,19 @@ REFRESHED_BY: Final = "rollup"  # the cron job that refreshes them; its lease ro
 
 
 @database_operation("refreshReport")
-def refresh(session: Session, report: Report, *, timeout_ms: int) -> None:
-    """Refresh `report` CONCURRENTLY in one transaction, giving up after `timeout_ms`.
-
-    The view's lock is taken NOWAIT first: when another session holds it (a refresh run by
-    hand, a migration), this refresh fails at once instead of queueing behind it, and the
-    readers queued behind it in turn."""
+def refresh(session: Session, report: Report, *, timeout_ms: int, lock_timeout_ms: int) -> None:
+    """Refresh `report` CONCURRENTLY, giving up after `timeout_ms`, or `lock_timeout_ms` spent
+    waiting for one lock: another refresh of the view (one run by hand) or a migration holding
+    a table makes this one fail soon rather than spend the cron's budget queueing."""
     if report not in REPORTS:
         raise ValueError(f"not a report: {report}")
     session.execute(
-        text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": str(timeout_ms)}
+        text(
+            "SELECT set_config('statement_timeout', :total, true),"
+            " set_config('lock_timeout', :lock, true)"
+        ),
+        {"total": str(timeout_ms), "lock": str(lock_timeout_ms)},
     )
-    session.execute(text(f"LOCK TABLE {report} IN EXCLUSIVE MODE NOWAIT"))
     session.execute(text(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {report}"))
 
 
