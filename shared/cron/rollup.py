@@ -11,11 +11,12 @@ a run that ran out of time stopped. Rows inserted later with an older `searchedA
 import) are only picked up by a full run: run one after such an import.
 
 Once every day is recomputed, the materialized reports are refreshed CONCURRENTLY, one per
-batch (`shared/repositories/reports.py`), each cut off after CRON_TIME_MARGIN_MS: a batch
-starts only while more than that is left, so a refresh never outlives the invocation. Each
-outcome is saved in `state.reports` at once: `refreshedAt` (this run's time) on success;
-`failedAt` and the error's class on failure, which keeps the report's last contents and does
-not fail the run (the next run tries again).
+batch (`shared/repositories/reports.py`). A refresh recomputes its whole view, so it may take
+longer than a batch: it gets what is left of the invocation less CRON_TIME_MARGIN_MS as its
+statement timeout, so it never outlives the invocation. Each outcome is saved in
+`state.reports` at once: `refreshedAt` (this run's time) on success; `failedAt` and the error's
+class on failure, which keeps the report's last contents and does not fail the run (the next
+run tries again).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def refresh_reports(run: Run) -> None:
     outcomes: dict[str, dict[str, str]] = run.state.setdefault("reports", {})
     refreshed, failed = [], []
     for report in reports.REPORTS:
-        if not run.has_time():
+        left_ms = run.time_left_ms()
+        if left_ms <= 0:
             break
         outcome = dict(outcomes.get(report, {}))
         try:
@@ -87,7 +89,7 @@ def refresh_reports(run: Run) -> None:
                     partial(
                         reports.refresh,
                         report=report,
-                        timeout_ms=int(run.budget.margin_ms),
+                        timeout_ms=int(left_ms),
                         lock_timeout_ms=REFRESH_LOCK_TIMEOUT_MS,
                     )
                 )

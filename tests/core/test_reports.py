@@ -16,12 +16,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import event
 
 from shared import db
+from shared.config import get_settings
 from shared.cron import rollup
 from shared.cron.runner import run_job
 from shared.models import UserTier
 from shared.repositories import reports, search_history, users
+from tests.support.cron import CHECK_OK_MS, BudgetContext
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)  # a Friday
 
@@ -109,14 +112,25 @@ def test_the_cron_refreshes_every_report_to_hand_computed_figures(
 def test_a_run_out_of_time_refreshes_what_it_can(
     db_env: str, admin_conn: psycopg.Connection[Any]
 ) -> None:
-    from tests.support.cron import BudgetContext
-
+    """A refresh gets what is left of the invocation less the margin as its statement timeout."""
     seed()
     # One budget check per recomputed day, then one per report: time for the first only.
     days = (NOW.date() - at(SEARCHES[0][1]).date()).days + 1
-    summary = run_job(rollup.JOB, now=NOW, context=BudgetContext(checks=days + 1))
+    timeouts: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "set_config('statement_timeout'" in statement:
+            timeouts.append(parameters["total"])
+
+    engine = db.get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        summary = run_job(rollup.JOB, now=NOW, context=BudgetContext(checks=days + 1))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
     assert summary["complete"] is False
     assert summary["reportsRefreshed"] == [reports.REPORTS[0]]
+    assert timeouts == [str(CHECK_OK_MS - get_settings().cron_time_margin_ms)]
     assert len(view(admin_conn, reports.REPORTS[0], "1, 2")) == 4
     assert view(admin_conn, reports.REPORTS[1], "1, 2") == []
 
