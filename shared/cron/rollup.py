@@ -89,7 +89,7 @@ def refresh_reports(run: Run) -> None:
                     partial(
                         reports.refresh,
                         report=report,
-                        timeout_ms=int(left_ms),
+                        timeout_ms=max(1, int(left_ms)),  # 0 would mean no limit
                         lock_timeout_ms=REFRESH_LOCK_TIMEOUT_MS,
                     )
                 )

@@ -18,7 +18,8 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
-from sqlalchemy.types import BigInteger, Text
+from sqlalchemy.sql.selectable import TextualSelect
+from sqlalchemy.types import BigInteger, Text, TypeEngine
 
 from shared.models import UTCDateTime
 from shared.telemetry import database_operation
@@ -76,7 +77,8 @@ def freshness(session: Session, report: Report) -> Freshness:
     return Freshness(_time(row[0]), _time(row[1]))
 
 
-def _series(sql: str, **columns: Any) -> Any:
+def _series(sql: str, **columns: TypeEngine[Any]) -> TextualSelect:
+    """A read of one report over [:start, :end), its columns typed (times as aware UTC)."""
     return (
         text(sql)
         .bindparams(bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime()))
