@@ -92,6 +92,37 @@ def test_the_group_role_logs_in_nowhere_and_reads_only(admin_conn: psycopg.Conne
     assert row == (False, ["default_transaction_read_only=on"])
 
 
+PERSONAL_COLUMNS = ["email", "stripeCustomerId", "stripeSubscriptionId", "ipAddress", "userAgent"]
+
+
+def test_the_role_reads_exactly_the_granted_relations(admin_conn: psycopg.Connection[Any]) -> None:
+    """A table added later is readable through the default privileges: this list makes that a
+    decision (a table holding personal columns revokes them, as the next test checks)."""
+    readable = admin_conn.execute(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
+              AND (has_table_privilege(%(role)s, c.oid, 'SELECT')
+                   OR has_any_column_privilege(%(role)s, c.oid, 'SELECT'))
+            ORDER BY 1""",
+        {"role": ROLE},
+    ).fetchall()
+    assert [name for (name,) in readable] == sorted(
+        {*REPORTS, *WHOLE_TABLES, *NOT_GRANTED, "cron_leases"}
+    )
+
+
+def test_no_personal_column_is_readable(admin_conn: psycopg.Connection[Any]) -> None:
+    exposed = admin_conn.execute(
+        """SELECT c.relname, a.attname FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE n.nspname = 'public' AND a.attname = ANY(%s)
+              AND has_column_privilege(%s, c.oid, a.attnum, 'SELECT')""",
+        (PERSONAL_COLUMNS, ROLE),
+    ).fetchall()
+    assert exposed == []
+
+
 def test_the_role_reads_every_report_and_granted_column(analyst: str) -> None:
     with connect(analyst) as conn:
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
