@@ -375,6 +375,17 @@ ENDPOINTS: list[Scenario] = [
         ),
     ),
     _s(
+        "admin_trends",
+        "GET",
+        "/api/admin/analytics/trends",
+        lambda t, f: request(
+            "GET",
+            "/api/admin/analytics/trends",
+            token=t(ADMIN_USER),
+            query={"metric": "keyword-trends"},
+        ),
+    ),
+    _s(
         "webhooks_clerk",
         "POST",
         "/api/webhooks/clerk",
@@ -411,6 +422,7 @@ PRIMARY: dict[str, str] = {
     "admin_flag_item": "GET /api/admin/flags/{key}",
     "admin_analytics": "GET /api/admin/analytics",
     "admin_metrics": "GET /api/admin/metrics",
+    "admin_trends": "GET /api/admin/analytics/trends",
     "webhooks_clerk": "POST /api/webhooks/clerk (user.updated)",
     "webhooks_stripe": "POST /api/webhooks/stripe (checkout.session.completed)",
 }

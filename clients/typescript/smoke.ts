@@ -221,6 +221,13 @@ check(
 check("get", "/api/admin/analytics", await api.GET("/api/admin/analytics"), 200, {
   days: "number",
 });
+check(
+  "get",
+  "/api/admin/analytics/trends",
+  await api.GET("/api/admin/analytics/trends", { params: { query: { metric: "keyword-trends" } } }),
+  200,
+  { metric: "string", points: "array" },
+);
 
 check("post", "/api/checkout", await api.POST("/api/checkout"), 503);
 check("post", "/api/billing/portal", await api.POST("/api/billing/portal"), 503);

@@ -9,18 +9,31 @@ touched, so their aggregates outlive the rows the prune cron deletes.
 State (in the lease row): `watermark`, the start of the last complete run, and `nextDay`, where
 a run that ran out of time stopped. Rows inserted later with an older `searchedAt` (a legacy
 import) are only picked up by a full run: run one after such an import.
+
+Once every day is recomputed, the materialized reports are refreshed CONCURRENTLY, one per
+batch (`shared/repositories/reports.py`). A refresh recomputes its whole view, so it may take
+longer than a batch: it gets what is left of the invocation less CRON_TIME_MARGIN_MS as its
+statement timeout, so it never outlives the invocation. Each outcome is saved in
+`state.reports` at once: `refreshedAt` (this run's time) on success; `failedAt` and the error's
+class on failure, which keeps the report's last contents and does not fail the run (the next
+run tries again).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime, timedelta
 from functools import partial
 
+from sqlalchemy.exc import DBAPIError
+
 from shared import db
 from shared.cron.runner import Job, Run
-from shared.repositories import search_rollups
+from shared.repositories import reports, search_rollups
+from shared.telemetry import log_event
 
 LOOKBACK = timedelta(hours=1)
+REFRESH_LOCK_TIMEOUT_MS = 5_000  # a report whose lock is held longer is tried again next run
 
 
 def first_day_to_recompute(run: Run, today: date) -> date | None:
@@ -58,6 +71,41 @@ def rollup(run: Run) -> None:
     run.state.pop("nextDay", None)
     run.state["watermark"] = run.now.isoformat()
     run.extra["daysRecomputed"] = days
+    refresh_reports(run)
 
 
-JOB = Job("rollup", rollup)
+def refresh_reports(run: Run) -> None:
+    """Refresh each report while time allows; a failure is recorded, never raised."""
+    outcomes: dict[str, dict[str, str]] = run.state.setdefault("reports", {})
+    refreshed, failed = [], []
+    for report in reports.REPORTS:
+        left_ms = run.time_left_ms()
+        if left_ms <= 0:
+            break
+        outcome = dict(outcomes.get(report, {}))
+        try:
+            with run.batch():
+                db.transaction(
+                    partial(
+                        reports.refresh,
+                        report=report,
+                        timeout_ms=max(1, int(left_ms)),  # 0 would mean no limit
+                        lock_timeout_ms=REFRESH_LOCK_TIMEOUT_MS,
+                    )
+                )
+        except DBAPIError as error:
+            reason = type(error.orig).__name__
+            outcome.update(failedAt=run.now.isoformat(), error=reason)
+            failed.append(report)
+            log_event("report_refresh_failed", level=logging.WARNING, report=report, error=reason)
+        else:
+            outcome = {"refreshedAt": run.now.isoformat()}
+            refreshed.append(report)
+        outcomes[report] = outcome
+        run.save_state()
+    run.extra["reportsRefreshed"] = refreshed
+    if failed:
+        run.extra["reportsFailed"] = failed
+
+
+JOB = Job(reports.REFRESHED_BY, rollup)

@@ -92,6 +92,15 @@ class Run:
         self.complete = False
         return False
 
+    def time_left_ms(self) -> float:
+        """What one more batch may use, the time left less the margin, read once: a batch that
+        bounds itself (a statement timeout) takes this instead of `has_time()`. At or below
+        zero no batch may start, and the run is marked incomplete."""
+        left = self.budget.remaining_ms() - self.budget.margin_ms
+        if left <= 0:
+            self.complete = False
+        return left
+
     @contextmanager
     def batch(self) -> Iterator[None]:
         """Count and time one batch (the summary reports the longest)."""

@@ -265,6 +265,8 @@ def sign_up_and_use_everything(run: Run) -> None:
     assert run.call("admin_metrics", "GET", "/api/admin/metrics", token=admin,
                     query={"metric": "searches.count"}).status == 200  # fmt: skip
     assert run.call("admin_analytics", "GET", "/api/admin/analytics", token=admin).status == 200
+    assert run.call("admin_trends", "GET", "/api/admin/analytics/trends", token=admin,
+                    query={"metric": "keyword-trends"}).status == 200  # fmt: skip
     assert run.call("search_item", "DELETE", item, token=ada).status == 200
 
 

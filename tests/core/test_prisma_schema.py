@@ -61,6 +61,25 @@ INEXPRESSIBLE: dict[str, dict[str, Any]] = {
         "USING btree (\"userId\") WHERE (status = ANY (ARRAY['pending'::text, "
         "'running'::text]))",
     },
+    # Materialized reports (migration 0011): Prisma has no materialized views.
+    "relation report_usage_by_tier": {"kind": "materialized view"},
+    "index report_usage_by_tier_key": {
+        "table": "report_usage_by_tier",
+        "definition": "CREATE UNIQUE INDEX report_usage_by_tier_key ON report_usage_by_tier "
+        "USING btree (month, tier)",
+    },
+    "relation report_keyword_trends": {"kind": "materialized view"},
+    "index report_keyword_trends_key": {
+        "table": "report_keyword_trends",
+        "definition": "CREATE UNIQUE INDEX report_keyword_trends_key ON report_keyword_trends "
+        "USING btree (week, keyword)",
+    },
+    "relation report_provider_performance": {"kind": "materialized view"},
+    "index report_provider_performance_key": {
+        "table": "report_provider_performance",
+        "definition": "CREATE UNIQUE INDEX report_provider_performance_key "
+        "ON report_provider_performance USING btree (week, provider)",
+    },
 }
 
 

@@ -244,6 +244,24 @@ DOCUMENTED_ADDITIONS.update(
     }
 )
 
+# The admin reports (migration 0011, docs/analytics.md): materialized views, each with the
+# unique index REFRESH … CONCURRENTLY needs. Prisma never reads or writes them.
+DOCUMENTED_ADDITIONS.update(
+    {
+        **{
+            f"relation {view}": {"kind": "materialized view"}
+            for view in (
+                "report_usage_by_tier",
+                "report_keyword_trends",
+                "report_provider_performance",
+            )
+        },
+        "index report_usage_by_tier_key": {"table": "report_usage_by_tier"},
+        "index report_keyword_trends_key": {"table": "report_keyword_trends"},
+        "index report_provider_performance_key": {"table": "report_provider_performance"},
+    }
+)
+
 
 def prisma_reference_sql() -> str:
     """The DDL Prisma's schema engine generates for the original schema (`devkit/prisma_ddl.py`)."""

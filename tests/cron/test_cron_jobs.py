@@ -761,7 +761,10 @@ def test_rollup_out_of_time_resumes_where_it_stopped(
     assert second["skipped"] == LEASE_HELD
     assert actual_rollups(admin_conn) == expected_rollups(admin_conn, TODAY - timedelta(days=2))
     state = admin_conn.execute("SELECT state FROM cron_leases WHERE job = 'rollup'").fetchone()
-    assert state == ({"watermark": AT.isoformat()},)
+    assert state is not None
+    assert {key: state[0][key] for key in state[0] if key != "reports"} == {
+        "watermark": AT.isoformat()
+    }  # `reports`: tests/core/test_reports.py
 
 
 def test_rollup_with_no_history_is_complete(db_env: str) -> None:

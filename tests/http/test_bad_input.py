@@ -174,7 +174,10 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     },
 }
 # Query parameters a valid request needs (the others are optional).
-VALID_QUERIES: dict[str, dict[str, str]] = {"GET /api/admin/metrics": {"metric": "db.connections"}}
+VALID_QUERIES: dict[str, dict[str, str]] = {
+    "GET /api/admin/metrics": {"metric": "db.connections"},
+    "GET /api/admin/analytics/trends": {"metric": "keyword-trends"},
+}
 _unique = itertools.count()
 
 

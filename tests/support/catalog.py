@@ -365,6 +365,8 @@ def differences_beyond(
         if actual is None:
             problems.append(f"  {item} {missing}: {key}")
             continue
+        if isinstance(actual, str):  # a relation: its kind is its whole description
+            actual = {"kind": actual}
         for name, want in expected.items():
             if actual.get(name) != want:
                 problems.append(

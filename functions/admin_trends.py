@@ -1,0 +1,55 @@
+"""GET /api/admin/analytics/trends: one materialized report as a series (admins only).
+
+`?metric=usage-by-tier|keyword-trends|provider-performance&from=<ISO>&to=<ISO>` → the report's
+buckets (UTC months or ISO weeks) starting in [from, to), with how old the figures are: the
+rollup cron refreshes the views, and a failed refresh leaves the last contents in place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from shared import db
+from shared.clock import utcnow
+from shared.contracts import trends as contract
+from shared.http.app import create_app, lambda_handler
+from shared.http.auth import AdminUser
+from shared.http.responses import ok
+from shared.repositories import reports
+
+app = create_app(title="Trends (admin)", summary="Monthly usage, keyword and provider trends.")
+
+
+@app.get("/api/admin/analytics/trends", response_model=None)
+def trends(
+    admin: AdminUser,
+    metric: Annotated[
+        str | None,
+        Query(description="usage-by-tier, keyword-trends or provider-performance"),
+    ] = None,
+    start: Annotated[str | None, Query(alias="from", description="ISO 8601 start")] = None,
+    end: Annotated[str | None, Query(alias="to", description="ISO 8601 end (exclusive)")] = None,
+) -> Response:
+    now = utcnow()
+    query = contract.trends_query(metric, start, end, now=now)
+
+    def gather(session: Session) -> dict[str, object]:
+        window = {"start": query.start, "end": query.end}
+        rows: list[reports.UsageRow] | list[reports.KeywordRow] | list[reports.ProviderRow]
+        if query.report == "report_usage_by_tier":
+            rows = reports.usage_by_tier(session, **window)
+        elif query.report == "report_keyword_trends":
+            rows = reports.keyword_trends(session, **window, top=contract.TOP_PER_WEEK)
+        else:
+            rows = reports.provider_performance(session, **window, top=contract.TOP_PER_WEEK)
+        freshness = reports.freshness(session, query.report)
+        return contract.trends_body(query, rows, freshness, now=now)
+
+    return ok(db.run(gather, idempotent=True))
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,238 @@
+"""`keyflash_readonly`: a login role in it, made as docs/analytics.md tells an operator to, can
+read every report and what the admin analytics read, and can write nothing. Both lanes (through
+PgBouncer the login role is added to its auth file, as an operator adds it to Neon's).
+
+Every write is tried twice: as the role's sessions start (read-only transactions: refused with
+25006) and in an explicit READ WRITE transaction (refused by privileges: 42501), so neither
+guard is the only one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from devkit.pgbouncer import AUTH_FILE, LocalPgBouncer
+from shared.repositories import reports, search_history, system_metrics, users
+
+ROLE = "keyflash_readonly"
+REPORTS = reports.REPORTS
+WHOLE_TABLES = ("search_daily_rollups", "system_metrics")
+NOT_GRANTED = {  # personal columns of granted tables
+    "users": ("email", "stripeCustomerId", "stripeSubscriptionId"),
+    "search_history": ("ipAddress", "userAgent"),
+    "api_usage": ("ipAddress", "userAgent"),
+}
+
+
+@pytest.fixture
+def analyst(
+    request: pytest.FixtureRequest, database_url: str, direct_database_url: str
+) -> Iterator[str]:
+    """A LOGIN role IN ROLE keyflash_readonly; yields its URL in this lane."""
+    name = f"kf_analyst_{secrets.token_hex(4)}"
+    with psycopg.connect(direct_database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(ROLE)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(name)
+            )
+        )
+    if "pgbouncer=true" in database_url:
+        bouncer: LocalPgBouncer = request.getfixturevalue("pgbouncer")
+        with (bouncer.workdir / AUTH_FILE).open("a") as auth:
+            auth.write(f'"{name}" ""\n')
+        bouncer.admin("RELOAD")
+    params = conninfo_to_dict(database_url.replace("?pgbouncer=true", ""))
+    params["user"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(direct_database_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(url, autocommit=True, prepare_threshold=None)
+
+
+def relations(conn: psycopg.Connection[Any], kinds: str) -> list[str]:
+    rows = conn.execute(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind = ANY(%s) ORDER BY 1""",
+        (list(kinds),),
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_the_group_role_logs_in_nowhere_and_reads_only(admin_conn: psycopg.Connection[Any]) -> None:
+    row = admin_conn.execute(
+        """SELECT r.rolcanlogin, s.setconfig FROM pg_roles r
+             LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0
+            WHERE r.rolname = %s""",
+        (ROLE,),
+    ).fetchone()
+    assert row == (False, ["default_transaction_read_only=on"])
+
+
+PERSONAL_COLUMNS = ["email", "stripeCustomerId", "stripeSubscriptionId", "ipAddress", "userAgent"]
+
+
+def test_the_role_reads_exactly_the_granted_relations(admin_conn: psycopg.Connection[Any]) -> None:
+    """A table added later is readable through the default privileges: this list makes that a
+    decision (a table holding personal columns revokes them, as the next test checks)."""
+    readable = admin_conn.execute(
+        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
+              AND (has_table_privilege(%(role)s, c.oid, 'SELECT')
+                   OR has_any_column_privilege(%(role)s, c.oid, 'SELECT'))
+            ORDER BY 1""",
+        {"role": ROLE},
+    ).fetchall()
+    assert [name for (name,) in readable] == sorted(
+        {*REPORTS, *WHOLE_TABLES, *NOT_GRANTED, "cron_leases"}
+    )
+
+
+def test_no_personal_column_is_readable(admin_conn: psycopg.Connection[Any]) -> None:
+    exposed = admin_conn.execute(
+        """SELECT c.relname, a.attname FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE n.nspname = 'public' AND a.attname = ANY(%s)
+              AND has_column_privilege(%s, c.oid, a.attnum, 'SELECT')""",
+        (PERSONAL_COLUMNS, ROLE),
+    ).fetchall()
+    assert exposed == []
+
+
+def test_the_role_reads_every_report_and_granted_column(analyst: str) -> None:
+    with connect(analyst) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        for name in (*REPORTS, *WHOLE_TABLES):
+            conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(sql.Identifier(name)))
+        for table, hidden in NOT_GRANTED.items():
+            readable = conn.execute(
+                """SELECT array_agg(column_name::text ORDER BY column_name)
+                     FROM information_schema.column_privileges
+                    WHERE grantee = %s AND table_name = %s AND privilege_type = 'SELECT'""",
+                (ROLE, table),
+            ).fetchone()
+            assert readable is not None and readable[0], table
+            assert not set(hidden) & set(readable[0])
+            columns = sql.SQL(", ").join(map(sql.Identifier, readable[0]))
+            conn.execute(
+                sql.SQL("SELECT {} FROM {} LIMIT 1").format(columns, sql.Identifier(table))
+            )
+            for column in hidden:
+                with pytest.raises(errors.InsufficientPrivilege):
+                    conn.execute(
+                        sql.SQL("SELECT {} FROM {}").format(
+                            sql.Identifier(column), sql.Identifier(table)
+                        )
+                    )
+
+
+def test_the_admin_analytics_queries_run_as_the_role(analyst: str) -> None:
+    """What the admin analytics, metrics and trends functions read, through our repositories."""
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    since = now - timedelta(days=7)
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(analyst, prepare_threshold=None)
+    )
+    try:
+        with Session(engine) as session:
+            search_history.stats(session, since=since, until=now)
+            search_history.searches_per_day(session, since=since, until=now)
+            search_history.top_keywords(session, since=since, until=now, limit=10)
+            users.subscription_metrics(session)
+            system_metrics.series(session, "m", start=since, end=now, bucket="hour")
+            reports.usage_by_tier(session, start=since, end=now)
+            reports.keyword_trends(session, start=since, end=now, top=20)
+            reports.provider_performance(session, start=since, end=now, top=20)
+            reports.freshness(session, "report_keyword_trends")
+    finally:
+        engine.dispose()
+
+
+WRITES = {
+    "INSERT": "INSERT INTO {} DEFAULT VALUES",
+    "UPDATE": "UPDATE {} SET {} = {}",
+    "DELETE": "DELETE FROM {}",
+    "TRUNCATE": "TRUNCATE {}",
+    "CREATE INDEX": "CREATE INDEX ON {} ({})",
+}
+
+
+def first_column(conn: psycopg.Connection[Any], table: str) -> str:
+    row = conn.execute(
+        """SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0
+            ORDER BY attnum LIMIT 1""",
+        (sql.Identifier(table).as_string(conn),),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def write(conn: psycopg.Connection[Any], verb: str, table: str, column: str) -> sql.Composed:
+    name, col = sql.Identifier(table), sql.Identifier(column)
+    template = WRITES[verb]
+    if verb == "UPDATE":
+        return sql.SQL(template).format(name, col, col)
+    if verb == "CREATE INDEX":
+        return sql.SQL(template).format(name, col)
+    return sql.SQL(template).format(name)
+
+
+def test_the_role_cannot_write_anything(analyst: str, admin_conn: psycopg.Connection[Any]) -> None:
+    tables = relations(admin_conn, "rp")
+    views = relations(admin_conn, "m")
+    assert set(REPORTS) <= set(views) and len(tables) >= 15
+    refused: list[str] = []
+    with connect(analyst) as conn:
+        for table in (*tables, *views):
+            column = first_column(admin_conn, table)
+            for verb in WRITES:
+                statement = write(conn, verb, table, column)
+                with pytest.raises(errors.ReadOnlySqlTransaction):
+                    conn.execute(statement)
+                with pytest.raises(psycopg.Error) as caught, conn.transaction():
+                    conn.execute("SET TRANSACTION READ WRITE")
+                    conn.execute(statement)
+                # 42501 for tables; a view's rows are its query's, whoever asks (42809).
+                assert caught.value.sqlstate in {"42501", "42809"}, (verb, table, caught.value)
+                refused.append(f"{verb} {table}")
+            if table in views:
+                with pytest.raises(errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute("SET TRANSACTION READ WRITE")
+                    conn.execute(
+                        sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(table))
+                    )
+        for ddl in (
+            "CREATE TABLE public.kf_probe (id int)",
+            "CREATE VIEW public.kf_probe AS SELECT 1 AS one",
+            "CREATE SCHEMA kf_probe",
+        ):
+            with pytest.raises(errors.ReadOnlySqlTransaction):
+                conn.execute(ddl)
+            with pytest.raises(errors.InsufficientPrivilege), conn.transaction():
+                conn.execute("SET TRANSACTION READ WRITE")
+                conn.execute(ddl)
+    assert len(refused) == len(WRITES) * (len(tables) + len(views))
