@@ -49,7 +49,7 @@ def trends(
         freshness = reports.freshness(session, query.report)
         return contract.trends_body(query, rows, freshness, now=now)
 
-    return ok(db.run(gather, idempotent=True))
+    return ok(db.read(gather, analytics=True))
 
 
 handler = lambda_handler(app)
