@@ -24,6 +24,7 @@ from benchmarks import (
     connections,
     core_ops,
     export_memory,
+    indexes,
     latency,
     memory,
     migration,
@@ -48,6 +49,7 @@ SECTIONS = [
     "export",
     "core_ops",
     "latency",
+    "indexes",
 ]
 
 
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": lambda: export_memory.run(ctx),
             "core_ops": lambda: core_ops.run(ctx),
             "latency": lambda: latency.run(ctx),
+            "indexes": lambda: indexes.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")
