@@ -206,16 +206,18 @@ def _footprint(url: str, sizes: dict[str, int]) -> dict[str, dict[str, float]]:
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             """
-            SELECT c.relname, sum(pg_table_size(t.relid)), sum(pg_indexes_size(t.relid))
-            FROM pg_class c CROSS JOIN LATERAL pg_partition_tree(c.oid) t
-            WHERE c.relname = ANY(%s) GROUP BY c.relname
+            SELECT c.relname, sum(pg_table_size(p.oid)), sum(pg_indexes_size(p.oid))
+            FROM pg_class c JOIN pg_class p
+              ON p.oid = c.oid OR p.oid IN (SELECT relid FROM pg_partition_tree(c.oid))
+            WHERE c.relname = ANY(%s) AND c.relnamespace = 'public'::regnamespace
+            GROUP BY c.relname
             """,
             (list(sizes),),
         ).fetchall()
     return {
         table: {
-            "heap_bytes_per_row": round(heap / sizes[table], 1),
-            "index_bytes_per_row": round(index / sizes[table], 1),
+            "heap_bytes_per_row": round(int(heap) / sizes[table], 1),
+            "index_bytes_per_row": round(int(index) / sizes[table], 1),
         }
         for table, heap, index in rows
     }

@@ -30,6 +30,7 @@ SECTIONS = {
     "export",
     "core_ops",
     "latency",
+    "indexes",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600
