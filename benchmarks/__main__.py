@@ -25,6 +25,7 @@ from benchmarks import (
     connections,
     core_ops,
     export_memory,
+    indexes,
     latency,
     memory,
     migration,
@@ -54,6 +55,7 @@ SECTIONS = [
     "capacity",
     "ramp",
     "replica",
+    "indexes",
 ]
 
 
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "capacity": lambda: capacity_check.run(ctx),
             "ramp": lambda: ramp.run(ctx),
             "replica": lambda: replica_reads.run(ctx),
+            "indexes": lambda: indexes.run(ctx),
         }
         for name in chosen:
             log(f"{report.SECTION_TITLES[name]}")

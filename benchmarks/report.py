@@ -28,6 +28,7 @@ SECTION_TITLES = {
     "capacity": "12. Capacity model vs measured",
     "ramp": "13. Load ramp to the knee (containers through PgBouncer)",
     "replica": "14. Reads served by a replica",
+    "indexes": "15. Indexes from evidence (every endpoint's SQL explained at production size)",
 }
 
 
@@ -416,6 +417,37 @@ def _core_ops(data: dict[str, Any]) -> str:
     )
 
 
+def _indexes(data: dict[str, Any]) -> str:
+    sizes = ", ".join(f"{table} {rows:,}" for table, rows in data.get("sizes", {}).items())
+    rows = [
+        [
+            row["endpoint"],
+            row["statement"],
+            row.get("ms", "-"),
+            row.get("buffers", "-"),
+            "; ".join(row.get("scans", [])) or row.get("error", ""),
+            ", ".join(row.get("seq_scans", [])) or "-",
+        ]
+        for row in data.get("statements", [])
+    ]
+    unused = [
+        [u["table"], u["index"], f"{u['bytes'] / 1e6:.1f} MB", "yes" if u["unique"] else "no"]
+        for u in data.get("unused_indexes", [])
+    ]
+    footprint = [
+        [name, f["heap_bytes_per_row"], f["index_bytes_per_row"]]
+        for name, f in data.get("footprint", {}).items()
+    ]
+    return (
+        f"Rows: {sizes}.\n\n"
+        + table(["table", "heap bytes/row", "index bytes/row"], footprint)
+        + "\n\n"
+        + table(["first endpoint", "statement", "ms", "buffers", "scans", "large seq scan"], rows)
+        + "\n\nIndexes no statement scanned:\n\n"
+        + table(["table", "index", "size", "unique"], unused)
+    )
+
+
 def _latency(data: dict[str, Any]) -> str:
     hop = f"{data.get('hop_ms', 0):g}"
     rows = []
@@ -572,6 +604,7 @@ RENDERERS = {
     "capacity": _capacity,
     "ramp": _ramp,
     "replica": _replica,
+    "indexes": _indexes,
 }
 
 

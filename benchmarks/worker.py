@@ -882,6 +882,13 @@ def task_core_ops(params: dict[str, Any]) -> dict[str, Any]:
     return run(params)
 
 
+def task_explain(params: dict[str, Any]) -> dict[str, Any]:
+    """Every endpoint's SQL under EXPLAIN (ANALYZE, BUFFERS) on the scale database."""
+    from benchmarks.explain_worker import task_explain as run
+
+    return run(params)
+
+
 def task_fluid(params: dict[str, Any]) -> dict[str, Any]:
     """One Vercel Fluid instance: `GET /api/searches` through the function's ASGI app, `c`
     requests in flight at once (sync routes run on Starlette's thread pool and share the
@@ -936,6 +943,7 @@ TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "memory": task_memory,
     "export_memory": task_export_memory,
     "core_ops": task_core_ops,
+    "explain": task_explain,
 }
 
 

@@ -25,6 +25,11 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
   one killed mid-call is given back (`shared.repositories.reservations`).
 - table `account_tombstones`: what an erasure keeps so that it never resets a trial
   (`shared.repositories.tombstones`).
+
+Indexes changed from Prisma's by evidence (migration 0012, docs/performance.md, "Indexes from
+evidence"): `search_history_userId_searchedAt_stats_idx` (INCLUDE columns) replaces
+`search_history_userId_searchedAt_idx`; six indexes nothing reads by, or that duplicate a unique
+index, are dropped.
 """
 
 from __future__ import annotations
@@ -89,9 +94,6 @@ class User(Base):
         Index("users_email_key", "email", unique=True),
         Index("users_stripeCustomerId_key", "stripeCustomerId", unique=True),
         Index("users_stripeSubscriptionId_key", "stripeSubscriptionId", unique=True),
-        Index("users_email_idx", "email"),
-        Index("users_stripeCustomerId_idx", "stripeCustomerId"),
-        Index("users_createdAt_idx", "createdAt"),
         Index("users_email_lower_key", func.lower(text('"email"')), unique=True),
         Index("users_tier_trialEndsAt_idx", "tier", "trialEndsAt"),
     )
@@ -174,9 +176,14 @@ class SavedSearch(Base):
 class SearchHistory(Base):
     __tablename__ = "search_history"
     __table_args__ = (
-        Index("search_history_userId_searchedAt_idx", "userId", "searchedAt"),
+        # INCLUDE: a user's history stats read the index alone (migration 0012).
+        Index(
+            "search_history_userId_searchedAt_stats_idx",
+            "userId",
+            "searchedAt",
+            postgresql_include=["provider", "responseTime", "cacheHit"],
+        ),
         Index("search_history_searchedAt_idx", "searchedAt"),
-        Index("search_history_provider_idx", "provider"),
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
@@ -206,8 +213,6 @@ class ApiUsage(Base):
     __tablename__ = "api_usage"
     __table_args__ = (
         Index("api_usage_userId_timestamp_idx", "userId", "timestamp"),
-        Index("api_usage_endpoint_timestamp_idx", "endpoint", "timestamp"),
-        Index("api_usage_ipAddress_timestamp_idx", "ipAddress", "timestamp"),
         Index("api_usage_timestamp_idx", "timestamp"),  # addition: retention deletes
     )
 

@@ -33,6 +33,7 @@ SECTIONS = {
     "capacity",
     "ramp",
     "replica",
+    "indexes",
 }
 # About a minute on two idle cores; a machine busy with the rest of the suite gets headroom.
 TIMEOUT_S = 600

@@ -10,7 +10,7 @@ string equality. `alembic_version` is Alembic's bookkeeping, not schema, and is 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -346,12 +346,16 @@ def differences_beyond(
     candidate: str,
     item: str,
     missing: str,
+    removed: Collection[str] = (),
 ) -> str:
-    """`found` less the `allowed` extras of the candidate, described with the schemas' labels,
-    plus every allowed extra that is not (only) in the candidate or differs in a field it
-    names: "  {item} {missing}: key", "  {item} key: field is …, expected …". Empty if none."""
+    """`found` less the `allowed` extras of the candidate and the `removed` entries of the
+    reference, described with the schemas' labels, plus every allowed extra that is not (only)
+    in the candidate or differs in a field it names ("  {item} {missing}: key", "  {item} key:
+    field is …, expected …") and every removal the candidate still has. Empty if none."""
     unexpected = SchemaDiff(
-        only_in_reference=found.only_in_reference,
+        only_in_reference={
+            key: value for key, value in found.only_in_reference.items() if key not in removed
+        },
         only_in_candidate={
             key: value for key, value in found.only_in_candidate.items() if key not in allowed
         },
@@ -372,4 +376,7 @@ def differences_beyond(
                 problems.append(
                     f"  {item} {key}: {name} is {actual.get(name)!r}, expected {want!r}"
                 )
+    for key in removed:
+        if key not in found.only_in_reference:
+            problems.append(f"  documented removal still in {candidate}: {key}")
     return "\n".join(problems)
