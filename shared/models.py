@@ -25,6 +25,11 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
   one killed mid-call is given back (`shared.repositories.reservations`).
 - table `account_tombstones`: what an erasure keeps so that it never resets a trial
   (`shared.repositories.tombstones`).
+
+One change, not an addition: `search_history`, `api_usage` and `system_metrics` are partitioned
+by range of their time column (retention drops whole partitions, `shared.repositories.partitions`),
+so their primary key is (id, time): PostgreSQL requires the partition key in it. Prisma's client
+still finds, updates and deletes these rows by `id` (docs/core.md#partitions).
 """
 
 from __future__ import annotations
@@ -177,6 +182,7 @@ class SearchHistory(Base):
         Index("search_history_userId_searchedAt_idx", "userId", "searchedAt"),
         Index("search_history_searchedAt_idx", "searchedAt"),
         Index("search_history_provider_idx", "provider"),
+        {"postgresql_partition_by": 'RANGE ("searchedAt")'},
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
@@ -197,7 +203,9 @@ class SearchHistory(Base):
     keyword_count: Mapped[int] = mapped_column("keywordCount", Integer, server_default=text("0"))
     avg_volume: Mapped[int] = mapped_column("avgVolume", Integer, server_default=text("0"))
     total_volume: Mapped[int] = mapped_column("totalVolume", Integer, server_default=text("0"))
-    searched_at: Mapped[datetime] = mapped_column("searchedAt", UTCDateTime(), server_default=NOW)
+    searched_at: Mapped[datetime] = mapped_column(
+        "searchedAt", UTCDateTime(), primary_key=True, server_default=NOW
+    )
     user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
     ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
 
@@ -209,6 +217,7 @@ class ApiUsage(Base):
         Index("api_usage_endpoint_timestamp_idx", "endpoint", "timestamp"),
         Index("api_usage_ipAddress_timestamp_idx", "ipAddress", "timestamp"),
         Index("api_usage_timestamp_idx", "timestamp"),  # addition: retention deletes
+        {"postgresql_partition_by": 'RANGE ("timestamp")'},
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
@@ -219,7 +228,9 @@ class ApiUsage(Base):
     duration: Mapped[int] = mapped_column("duration", Integer)
     ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
     user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
-    timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)
+    timestamp: Mapped[datetime] = mapped_column(
+        "timestamp", UTCDateTime(), primary_key=True, server_default=NOW
+    )
 
 
 class WebhookEvent(Base):
@@ -271,13 +282,16 @@ class SystemMetric(Base):
     __table_args__ = (
         Index("system_metrics_metric_timestamp_idx", "metric", "timestamp"),
         Index("system_metrics_timestamp_idx", "timestamp"),  # addition: retention deletes
+        {"postgresql_partition_by": 'RANGE ("timestamp")'},
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
     metric: Mapped[str] = mapped_column("metric", Text)
     value: Mapped[float] = mapped_column("value", Double)
     tags: Mapped[dict[str, Any] | None] = mapped_column("tags", JSONB(none_as_null=True))
-    timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)
+    timestamp: Mapped[datetime] = mapped_column(
+        "timestamp", UTCDateTime(), primary_key=True, server_default=NOW
+    )
 
 
 class LegacyRepair(Base):
