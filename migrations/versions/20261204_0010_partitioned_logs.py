@@ -131,7 +131,7 @@ def upgrade() -> None:
         )
         start = cutover
         while start < last:
-            end = _scalar(f"SELECT TIMESTAMP '{start.isoformat(sep=' ')}' + interval '1 {log.unit}'")
+            end = _scalar(f"SELECT TIMESTAMP '{start}' + interval '1 {log.unit}'")
             op.execute(
                 f"CREATE TABLE {SCHEMA}.{t}_p{_suffix(log, start)} PARTITION OF {t} "
                 f"FOR VALUES FROM ('{start.isoformat(sep=' ')}') TO ('{end.isoformat(sep=' ')}')"
