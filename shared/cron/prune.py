@@ -19,13 +19,21 @@ rest for the next. Daily aggregates of `search_history` survive it in `search_da
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TypeVar
+
+from psycopg.errors import LockNotAvailable
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from shared import db
 from shared.config import Settings
 from shared.cron.runner import Job, Run
 from shared.repositories import partitions, retention
+
+T = TypeVar("T")
 
 
 def retention_days(settings: Settings) -> dict[str, int]:
@@ -47,7 +55,9 @@ def prune(run: Run) -> None:
         if not run.has_time():
             return
         with run.batch():
-            names = db.transaction(partial(partitions.create_ahead, layout=layout, now=run.now))
+            names = _unless_locked(
+                run, partial(partitions.create_ahead, layout=layout, now=run.now), table
+            )
         if names:
             created[table] = names
     for table, days in retention_days(run.settings).items():
@@ -65,6 +75,20 @@ def prune(run: Run) -> None:
             return
 
 
+def _unless_locked(run: Run, work: Callable[[Session], T], what: str) -> T | None:
+    """`work` in one transaction, or None if it met a lock held past the lock timeout (a long
+    reader, an export): the run is then incomplete, names `what` in `lockedOut`, and the next
+    run tries again."""
+    try:
+        return db.transaction(work)
+    except OperationalError as error:
+        if not isinstance(error.orig, LockNotAvailable):
+            raise
+    run.complete = False
+    run.extra.setdefault("lockedOut", []).append(what)
+    return None
+
+
 def _prune_partitions(
     run: Run,
     layout: partitions.Layout,
@@ -79,8 +103,11 @@ def _prune_partitions(
         if not run.has_time():
             return False
         with run.batch():
-            db.transaction(partial(partitions.drop, partition=partition))
-        dropped.setdefault(table, []).append(partition.name)
+            name = _unless_locked(
+                run, partial(partitions.drop, partition=partition), partition.name
+            )
+        if name is not None:
+            dropped.setdefault(table, []).append(name)
     size = run.settings.cron_batch_size
     for partition in partitions.unbounded(existing, cutoff):
         while True:

@@ -177,10 +177,12 @@ def unbounded(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
 
 
 @database_operation("dropPartition")
-def drop(session: Session, partition: Partition) -> None:
-    """Drop one partition (metadata only: no row is visited). Run it in a transaction."""
+def drop(session: Session, partition: Partition) -> str:
+    """Drop one partition (metadata only: no row is visited); returns its name. Run it in a
+    transaction."""
     session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     session.execute(text(f"DROP TABLE {SCHEMA}.{partition.name}"))
+    return partition.name
 
 
 @database_operation("pruneBatch")
