@@ -92,9 +92,63 @@ def run(ctx: Context) -> dict[str, Any]:
             conn.execute("SET session_replication_role = DEFAULT")
         conn.execute("ANALYZE search_history")
         result["prune"] = _job(ctx, conn, "prune", crons, history)
+        result["prune_partitioned"] = _partitioned_prune(ctx, conn, crons, params)
     result["legacy_backfill"] = _legacy(ctx, legacy)
     result["targets"] = []
     return result
+
+
+def _partitioned_prune(
+    ctx: Context, conn: psycopg.Connection[Any], crons: set[str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The same rows again, this time in monthly partitions, and the same cron: what was a
+    batched delete (`prune` above: the rows sat in the legacy partition the migration made of
+    the old table) becomes dropping whole months."""
+    partitioned = conn.execute(
+        "SELECT to_regclass('partitions.search_history_legacy') IS NOT NULL"
+    ).fetchone()
+    if "prune" not in crons or partitioned is None or not partitioned[0]:
+        return {"ran": "not available", "reason": "search_history is not partitioned"}
+    ctx.log("  scale: the same history in monthly partitions")
+    conn.execute("TRUNCATE search_history")
+    # The legacy partition, empty now, spans everything before the migration's cutover (the
+    # next month); months take its place for the two years the generated rows cover.
+    conn.execute("DROP TABLE partitions.search_history_legacy")
+    first, cutover = conn.execute(
+        "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') - interval '25 months', "
+        "date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month'"
+    ).fetchone() or (None, None)
+    months = 0
+    while first < cutover:
+        after = (first + timedelta(days=32)).replace(day=1)
+        conn.execute(
+            f"CREATE TABLE partitions.search_history_p{first:%Y%m} PARTITION OF search_history "
+            f"FOR VALUES FROM ('{first}') TO ('{after}')"
+        )
+        first, months = after, months + 1
+    replica = _try(conn, "SET session_replication_role = replica")
+    generated = _timed(conn, GENERATE_HISTORY, params)
+    if replica:
+        conn.execute("SET session_replication_role = DEFAULT")
+    conn.execute("ANALYZE search_history")
+    before = _count(conn)
+    outcome = _job(ctx, conn, "prune", crons, params["n"])
+    after_rows = _count(conn)
+    dropped = outcome.get("result", {}).get("dropped", {}).get("search_history", [])
+    return {
+        **outcome,
+        "generate_history_s": generated,
+        "months_created": months,
+        "partitions_dropped": len(dropped),
+        "rows_removed": before - after_rows,
+        "note": "rows_changed counts batched deletes only; a dropped partition's rows are "
+        "rows_removed (a partition goes once its month is wholly past retention)",
+    }
+
+
+def _count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM search_history").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _try(conn: psycopg.Connection[Any], sql: str) -> bool:
