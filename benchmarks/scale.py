@@ -92,6 +92,8 @@ def run(ctx: Context) -> dict[str, Any]:
             conn.execute("SET session_replication_role = DEFAULT")
         conn.execute("ANALYZE search_history")
         result["prune"] = _job(ctx, conn, "prune", crons, history)
+        if result["prune"].get("ran", "").startswith("functions/"):
+            result["prune"]["ran"] += "; rows in the legacy partition: batched deletes"
         result["prune_partitioned"] = _partitioned_prune(ctx, conn, crons, params)
     result["legacy_backfill"] = _legacy(ctx, legacy)
     result["targets"] = []
@@ -131,18 +133,79 @@ def _partitioned_prune(
     if replica:
         conn.execute("SET session_replication_role = DEFAULT")
     conn.execute("ANALYZE search_history")
+    hot = _hot_paths(ctx, conn, params["users"])
     before = _count(conn)
     outcome = _job(ctx, conn, "prune", crons, params["n"])
     after_rows = _count(conn)
     dropped = outcome.get("result", {}).get("dropped", {}).get("search_history", [])
+    removed = before - after_rows
+    seconds = outcome.get("seconds")
     return {
         **outcome,
+        "ran": f"{outcome.get('ran')}; {len(dropped)} monthly partitions dropped",
+        "rows_changed": removed,
+        "changed_per_s": round(removed / seconds) if seconds else None,
         "generate_history_s": generated,
+        "hot_paths": hot,
         "months_created": months,
         "partitions_dropped": len(dropped),
-        "rows_removed": before - after_rows,
-        "note": "rows_changed counts batched deletes only; a dropped partition's rows are "
-        "rows_removed (a partition goes once its month is wholly past retention)",
+        "note": "rows changed: rows gone (dropped with their partitions, or deleted in "
+        "batches); a month goes once it is wholly past retention",
+    }
+
+
+HOT_LIST = (
+    'SELECT * FROM {table} WHERE "userId" = %(user)s ORDER BY "searchedAt" DESC, id DESC LIMIT 21'
+)
+HOT_INSERT = (
+    'INSERT INTO {table} (id, "userId", endpoint, method, "statusCode", duration, "ipAddress", '
+    "\"userAgent\", timestamp) VALUES (%(id)s, %(user)s, '/api/keywords', 'POST', 200, 87, "
+    "'203.0.113.0', 'bench', now() AT TIME ZONE 'UTC') ON CONFLICT ({key}) DO NOTHING"
+)
+
+
+def _hot_paths(ctx: Context, conn: psycopg.Connection[Any], users: int) -> dict[str, Any]:
+    """The hot statements on the partitioned tables against plain copies with Prisma's key and
+    indexes, same rows, interleaved call by call: the history list (a user's newest 21) and
+    the usage insert. Medians in ms."""
+    ctx.log("  scale: hot paths, plain vs partitioned")
+    conn.execute("CREATE TABLE bench_plain_history (LIKE search_history INCLUDING DEFAULTS)")
+    conn.execute("INSERT INTO bench_plain_history SELECT * FROM search_history")
+    conn.execute("ALTER TABLE bench_plain_history ADD PRIMARY KEY (id)")
+    conn.execute('CREATE INDEX ON bench_plain_history ("userId", "searchedAt")')
+    conn.execute("ANALYZE bench_plain_history")
+    conn.execute("CREATE TABLE bench_plain_usage (LIKE api_usage INCLUDING DEFAULTS)")
+    conn.execute("ALTER TABLE bench_plain_usage ADD PRIMARY KEY (id)")
+    for columns in ('"userId", timestamp', "endpoint, timestamp", '"ipAddress", timestamp'):
+        conn.execute(f"CREATE INDEX ON bench_plain_usage ({columns})")
+    conn.execute("CREATE INDEX ON bench_plain_usage (timestamp)")
+    calls = 2_000 if users > 10_000 else 200
+    timings: dict[str, list[float]] = {
+        key: [] for key in ("list_plain", "list_partitioned", "insert_plain", "insert_partitioned")
+    }
+    for i in range(calls):
+        user = "cscale" + str(1 + (i * 7919) % users).zfill(19)
+        for label, table in (("plain", "bench_plain_history"), ("partitioned", "search_history")):
+            started = time.perf_counter()
+            conn.execute(HOT_LIST.format(table=table), {"user": user}).fetchall()
+            timings[f"list_{label}"].append((time.perf_counter() - started) * 1000)
+        for label, table, key in (
+            ("plain", "bench_plain_usage", "id"),
+            ("partitioned", "api_usage", 'id, "timestamp"'),
+        ):
+            started = time.perf_counter()
+            conn.execute(
+                HOT_INSERT.format(table=table, key=key), {"id": f"hot{label}{i}", "user": user}
+            )
+            timings[f"insert_{label}"].append((time.perf_counter() - started) * 1000)
+    conn.execute("DROP TABLE bench_plain_history, bench_plain_usage")
+    conn.execute("DELETE FROM api_usage WHERE id LIKE 'hot%'")
+    medians = {key: round(sorted(v)[len(v) // 2], 3) for key, v in timings.items()}
+    return {
+        "calls": calls,
+        **medians,
+        "list_ratio": round(medians["list_partitioned"] / medians["list_plain"], 2),
+        "insert_ratio": round(medians["insert_partitioned"] / medians["insert_plain"], 2),
     }
 
 
