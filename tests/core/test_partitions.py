@@ -89,6 +89,20 @@ def names(conn: psycopg.Connection[Any], table: str) -> set[str]:
     }
 
 
+def test_periods_and_names() -> None:
+    day, month = partitions.LAYOUTS["api_usage"], partitions.LAYOUTS["search_history"]
+    moment = datetime(2026, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    assert day.start(moment) == datetime(2026, 12, 31)
+    assert day.after(day.start(moment)) == datetime(2027, 1, 1)
+    assert month.start(moment) == datetime(2026, 12, 1)
+    assert month.after(datetime(2026, 12, 1)) == datetime(2027, 1, 1)
+    assert month.after(datetime(2027, 1, 1)) == datetime(2027, 2, 1)
+    assert (day.name(datetime(2027, 1, 1)), month.name(datetime(2027, 1, 1))) == (
+        "api_usage_p20270101",
+        "search_history_p202701",
+    )
+
+
 # --------------------------------------------------------------------------- the migration
 
 
