@@ -24,7 +24,7 @@ from shared import accounts, db
 from shared.clock import utcnow
 from shared.cron import prune
 from shared.cron.runner import LEASE_HELD, run_job
-from shared.repositories import partitions
+from shared.repositories import database_stats, partitions
 from tests.support.cron import configure, count, overlapping_runs
 
 ScratchDatabase = Callable[[], str]
@@ -352,6 +352,16 @@ def test_inserts_racing_the_drop_are_neither_lost_nor_refused(
     # Rows inside retention are all there; rows from 2001 are past it and may have gone with
     # the legacy partition or the default one's batches.
     assert len(recent) >= 20 and recent <= stored
+
+
+def test_the_metrics_count_a_partitioned_logs_rows_over_its_partitions(fresh: Fresh) -> None:
+    base = today()
+    for k, at in enumerate((datetime(2001, 1, 1), base + DAY, base + 9999 * DAY)):
+        insert(fresh.conn, "api_usage", f"au-{k}", at)
+    fresh.conn.execute("ANALYZE api_usage")  # what autovacuum does for each partition
+    stats = db.run(database_stats.read)
+    assert stats.table_rows["api_usage"] == 3
+    assert stats.table_rows["search_history"] == 0
 
 
 def test_erasure_reaches_every_partition(fresh: Fresh) -> None:
