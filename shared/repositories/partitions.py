@@ -64,6 +64,8 @@ class Layout:
         return f"{self.table}_p{start:{'%Y%m%d' if self.unit == 'day' else '%Y%m'}}"
 
 
+# A week (two months) ahead: a cron that stops for days still finds its ranges made, and the
+# DEFAULT partition takes whatever comes later than that.
 LAYOUTS: dict[str, Layout] = {
     "api_usage": Layout("api_usage", "timestamp", "day", 7),
     "search_history": Layout("search_history", "searchedAt", "month", 2),
