@@ -286,7 +286,7 @@ def _throughput(data: dict[str, Any]) -> str:
 
 def _scale(data: dict[str, Any]) -> str:
     rows = []
-    for job in ("reset_monthly_usage", "prune", "legacy_backfill"):
+    for job in ("reset_monthly_usage", "prune", "prune_partitioned", "legacy_backfill"):
         row = data.get(job, {})
         if "error" in row:
             rows.append([job, "", "", "", "", "", "", row["error"][:100]])
@@ -328,6 +328,15 @@ def _scale(data: dict[str, Any]) -> str:
         f"history {data.get('generate_history_s')} s, legacy records "
         f"{legacy.get('generate_s', '—')} s."
     )
+    hot = data.get("prune_partitioned", {}).get("hot_paths")
+    if hot:
+        out += (
+            f"\n\nHot statements on the same history rows, plain table vs monthly partitions "
+            f"(median of {hot['calls']:,} interleaved calls): a user's newest 21 "
+            f"{hot['list_plain']} ms vs {hot['list_partitioned']} ms "
+            f"(x{hot['list_ratio']}); a usage insert {hot['insert_plain']} ms vs "
+            f"{hot['insert_partitioned']} ms (x{hot['insert_ratio']})."
+        )
     return out
 
 

@@ -92,9 +92,126 @@ def run(ctx: Context) -> dict[str, Any]:
             conn.execute("SET session_replication_role = DEFAULT")
         conn.execute("ANALYZE search_history")
         result["prune"] = _job(ctx, conn, "prune", crons, history)
+        if result["prune"].get("ran", "").startswith("functions/"):
+            result["prune"]["ran"] += "; rows in the legacy partition: batched deletes"
+        result["prune_partitioned"] = _partitioned_prune(ctx, conn, crons, params)
     result["legacy_backfill"] = _legacy(ctx, legacy)
     result["targets"] = []
     return result
+
+
+def _partitioned_prune(
+    ctx: Context, conn: psycopg.Connection[Any], crons: set[str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The same rows again, this time in monthly partitions, and the same cron: what was a
+    batched delete (`prune` above: the rows sat in the legacy partition the migration made of
+    the old table) becomes dropping whole months."""
+    partitioned = conn.execute(
+        "SELECT to_regclass('partitions.search_history_legacy') IS NOT NULL"
+    ).fetchone()
+    if "prune" not in crons or partitioned is None or not partitioned[0]:
+        return {"ran": "not available", "reason": "search_history is not partitioned"}
+    ctx.log("  scale: the same history in monthly partitions")
+    conn.execute("TRUNCATE search_history")
+    # The legacy partition, empty now, spans everything before the migration's cutover (the
+    # next month); months take its place for the two years the generated rows cover.
+    conn.execute("DROP TABLE partitions.search_history_legacy")
+    first, cutover = conn.execute(
+        "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') - interval '25 months', "
+        "date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month'"
+    ).fetchone() or (None, None)
+    months = 0
+    while first < cutover:
+        after = (first + timedelta(days=32)).replace(day=1)
+        conn.execute(
+            f"CREATE TABLE partitions.search_history_p{first:%Y%m} PARTITION OF search_history "
+            f"FOR VALUES FROM ('{first}') TO ('{after}')"
+        )
+        first, months = after, months + 1
+    replica = _try(conn, "SET session_replication_role = replica")
+    generated = _timed(conn, GENERATE_HISTORY, params)
+    if replica:
+        conn.execute("SET session_replication_role = DEFAULT")
+    conn.execute("ANALYZE search_history")
+    hot = _hot_paths(ctx, conn, params["users"])
+    before = _count(conn)
+    outcome = _job(ctx, conn, "prune", crons, params["n"])
+    after_rows = _count(conn)
+    dropped = outcome.get("result", {}).get("dropped", {}).get("search_history", [])
+    removed = before - after_rows
+    seconds = outcome.get("seconds")
+    return {
+        **outcome,
+        "ran": f"{outcome.get('ran')}; {len(dropped)} monthly partitions dropped",
+        "rows_changed": removed,
+        "changed_per_s": round(removed / seconds) if seconds else None,
+        "generate_history_s": generated,
+        "hot_paths": hot,
+        "months_created": months,
+        "partitions_dropped": len(dropped),
+        "note": "rows changed: rows gone (dropped with their partitions, or deleted in "
+        "batches); a month goes once it is wholly past retention",
+    }
+
+
+HOT_LIST = (
+    'SELECT * FROM {table} WHERE "userId" = %(user)s ORDER BY "searchedAt" DESC, id DESC LIMIT 21'
+)
+HOT_INSERT = (
+    'INSERT INTO {table} (id, "userId", endpoint, method, "statusCode", duration, "ipAddress", '
+    "\"userAgent\", timestamp) VALUES (%(id)s, %(user)s, '/api/keywords', 'POST', 200, 87, "
+    "'203.0.113.0', 'bench', now() AT TIME ZONE 'UTC') ON CONFLICT ({key}) DO NOTHING"
+)
+
+
+def _hot_paths(ctx: Context, conn: psycopg.Connection[Any], users: int) -> dict[str, Any]:
+    """The hot statements on the partitioned tables against plain copies with Prisma's key and
+    indexes, same rows, interleaved call by call: the history list (a user's newest 21) and
+    the usage insert. Medians in ms."""
+    ctx.log("  scale: hot paths, plain vs partitioned")
+    conn.execute("CREATE TABLE bench_plain_history (LIKE search_history INCLUDING DEFAULTS)")
+    conn.execute("INSERT INTO bench_plain_history SELECT * FROM search_history")
+    conn.execute("ALTER TABLE bench_plain_history ADD PRIMARY KEY (id)")
+    conn.execute('CREATE INDEX ON bench_plain_history ("userId", "searchedAt")')
+    conn.execute("ANALYZE bench_plain_history")
+    conn.execute("CREATE TABLE bench_plain_usage (LIKE api_usage INCLUDING DEFAULTS)")
+    conn.execute("ALTER TABLE bench_plain_usage ADD PRIMARY KEY (id)")
+    for columns in ('"userId", timestamp', "endpoint, timestamp", '"ipAddress", timestamp'):
+        conn.execute(f"CREATE INDEX ON bench_plain_usage ({columns})")
+    conn.execute("CREATE INDEX ON bench_plain_usage (timestamp)")
+    calls = 2_000 if users > 10_000 else 200
+    timings: dict[str, list[float]] = {
+        key: [] for key in ("list_plain", "list_partitioned", "insert_plain", "insert_partitioned")
+    }
+    for i in range(calls):
+        user = "cscale" + str(1 + (i * 7919) % users).zfill(19)
+        for label, table in (("plain", "bench_plain_history"), ("partitioned", "search_history")):
+            started = time.perf_counter()
+            conn.execute(HOT_LIST.format(table=table), {"user": user}).fetchall()
+            timings[f"list_{label}"].append((time.perf_counter() - started) * 1000)
+        for label, table, key in (
+            ("plain", "bench_plain_usage", "id"),
+            ("partitioned", "api_usage", 'id, "timestamp"'),
+        ):
+            started = time.perf_counter()
+            conn.execute(
+                HOT_INSERT.format(table=table, key=key), {"id": f"hot{label}{i}", "user": user}
+            )
+            timings[f"insert_{label}"].append((time.perf_counter() - started) * 1000)
+    conn.execute("DROP TABLE bench_plain_history, bench_plain_usage")
+    conn.execute("DELETE FROM api_usage WHERE id LIKE 'hot%'")
+    medians = {key: round(sorted(v)[len(v) // 2], 3) for key, v in timings.items()}
+    return {
+        "calls": calls,
+        **medians,
+        "list_ratio": round(medians["list_partitioned"] / medians["list_plain"], 2),
+        "insert_ratio": round(medians["insert_partitioned"] / medians["insert_plain"], 2),
+    }
+
+
+def _count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM search_history").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _try(conn: psycopg.Connection[Any], sql: str) -> bool:

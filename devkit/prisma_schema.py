@@ -9,7 +9,9 @@ schema to Prisma itself):
 2. `tsc --strict` over the generated client and `devkit/prisma/client-smoke.ts`;
 3. that script, under tsx, with the generated client over `@prisma/adapter-pg` against a throwaway
    embedded PostgreSQL migrated by `alembic upgrade head`: it reads every model and checks the
-   defaults, the UUID saved-search ids, relations, cascades and the case-insensitive email.
+   defaults, the UUID saved-search ids, relations, cascades and the case-insensitive email, and
+   on the time-partitioned logs (primary key (id, time)) create, find, update and delete by id,
+   and the one thing refused there: upsert.
 
 Everything runs in a temporary directory holding a copy of `prisma/` (its `node_modules` a link to
 devkit/prisma's), so nothing is written into the repository. validate and generate run in

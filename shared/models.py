@@ -30,6 +30,11 @@ Indexes changed from Prisma's by evidence (migration 0012, docs/performance.md, 
 evidence"): `search_history_userId_searchedAt_stats_idx` (INCLUDE columns) replaces
 `search_history_userId_searchedAt_idx`; six indexes nothing reads by, or that duplicate a unique
 index, are dropped.
+
+One change, not an addition: `search_history`, `api_usage` and `system_metrics` are partitioned
+by range of their time column (retention drops whole partitions, `shared.repositories.partitions`),
+so their primary key is (id, time): PostgreSQL requires the partition key in it. Prisma's client
+still finds, updates and deletes these rows by `id` (docs/core.md#partitions).
 """
 
 from __future__ import annotations
@@ -184,6 +189,7 @@ class SearchHistory(Base):
             postgresql_include=["provider", "responseTime", "cacheHit"],
         ),
         Index("search_history_searchedAt_idx", "searchedAt"),
+        {"postgresql_partition_by": 'RANGE ("searchedAt")'},
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
@@ -204,7 +210,9 @@ class SearchHistory(Base):
     keyword_count: Mapped[int] = mapped_column("keywordCount", Integer, server_default=text("0"))
     avg_volume: Mapped[int] = mapped_column("avgVolume", Integer, server_default=text("0"))
     total_volume: Mapped[int] = mapped_column("totalVolume", Integer, server_default=text("0"))
-    searched_at: Mapped[datetime] = mapped_column("searchedAt", UTCDateTime(), server_default=NOW)
+    searched_at: Mapped[datetime] = mapped_column(
+        "searchedAt", UTCDateTime(), primary_key=True, server_default=NOW
+    )
     user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
     ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
 
@@ -214,6 +222,7 @@ class ApiUsage(Base):
     __table_args__ = (
         Index("api_usage_userId_timestamp_idx", "userId", "timestamp"),
         Index("api_usage_timestamp_idx", "timestamp"),  # addition: retention deletes
+        {"postgresql_partition_by": 'RANGE ("timestamp")'},
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
@@ -224,7 +233,9 @@ class ApiUsage(Base):
     duration: Mapped[int] = mapped_column("duration", Integer)
     ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
     user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
-    timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)
+    timestamp: Mapped[datetime] = mapped_column(
+        "timestamp", UTCDateTime(), primary_key=True, server_default=NOW
+    )
 
 
 class WebhookEvent(Base):
@@ -276,13 +287,16 @@ class SystemMetric(Base):
     __table_args__ = (
         Index("system_metrics_metric_timestamp_idx", "metric", "timestamp"),
         Index("system_metrics_timestamp_idx", "timestamp"),  # addition: retention deletes
+        {"postgresql_partition_by": 'RANGE ("timestamp")'},
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
     metric: Mapped[str] = mapped_column("metric", Text)
     value: Mapped[float] = mapped_column("value", Double)
     tags: Mapped[dict[str, Any] | None] = mapped_column("tags", JSONB(none_as_null=True))
-    timestamp: Mapped[datetime] = mapped_column("timestamp", UTCDateTime(), server_default=NOW)
+    timestamp: Mapped[datetime] = mapped_column(
+        "timestamp", UTCDateTime(), primary_key=True, server_default=NOW
+    )
 
 
 class LegacyRepair(Base):

@@ -103,6 +103,99 @@ try {
   }
   check(refusal === "P2002", `an email differing only in case is refused: ${refusal} (P2002)`);
 
+  // The partitioned logs: the primary key is (id, time) in the database, `id` in the schema
+  // (as in the original app's). Create, findUnique, update, delete by id and findMany work
+  // (plain WHERE "id" = $1); an upsert does not: Prisma sends INSERT … ON CONFLICT ("id"), and
+  // no unique index is on id alone (SQLSTATE 42P10). The original app never upserts them.
+  const logs = [
+    {
+      name: "SearchHistory",
+      create: (id: string) =>
+        prisma.searchHistory.create({
+          data: {
+            id,
+            keywords: ["partitioned"],
+            location: "US",
+            language: "en",
+            matchType: "exact",
+            provider: "mock",
+            responseTime: 5,
+            searchedAt: new Date("2001-02-03T04:05:06.789Z"),
+          },
+        }),
+      find: (id: string) => prisma.searchHistory.findUnique({ where: { id } }),
+      update: (id: string) =>
+        prisma.searchHistory.update({ where: { id }, data: { responseTime: 6 } }),
+      remove: (id: string) => prisma.searchHistory.delete({ where: { id } }),
+      many: () => prisma.searchHistory.findMany({ where: { provider: "mock" } }),
+      upsert: (id: string) =>
+        prisma.searchHistory.upsert({
+          where: { id },
+          create: {
+            id,
+            keywords: [],
+            location: "US",
+            language: "en",
+            matchType: "exact",
+            provider: "mock",
+            responseTime: 1,
+          },
+          update: { responseTime: 7 },
+        }),
+    },
+    {
+      name: "APIUsage",
+      create: (id: string) =>
+        prisma.aPIUsage.create({
+          data: { id, endpoint: "/api/x", method: "GET", statusCode: 200, duration: 3 },
+        }),
+      find: (id: string) => prisma.aPIUsage.findUnique({ where: { id } }),
+      update: (id: string) => prisma.aPIUsage.update({ where: { id }, data: { duration: 4 } }),
+      remove: (id: string) => prisma.aPIUsage.delete({ where: { id } }),
+      many: () => prisma.aPIUsage.findMany({ where: { endpoint: "/api/x" } }),
+      upsert: (id: string) =>
+        prisma.aPIUsage.upsert({
+          where: { id },
+          create: { id, endpoint: "/api/x", method: "GET", statusCode: 200, duration: 3 },
+          update: { duration: 7 },
+        }),
+    },
+    {
+      name: "SystemMetric",
+      create: (id: string) =>
+        prisma.systemMetric.create({
+          data: { id, metric: "smoke", value: 1.5, timestamp: new Date("2100-01-01T00:00:00Z") },
+        }),
+      find: (id: string) => prisma.systemMetric.findUnique({ where: { id } }),
+      update: (id: string) => prisma.systemMetric.update({ where: { id }, data: { value: 2.5 } }),
+      remove: (id: string) => prisma.systemMetric.delete({ where: { id } }),
+      many: () => prisma.systemMetric.findMany({ where: { metric: "smoke" } }),
+      upsert: (id: string) =>
+        prisma.systemMetric.upsert({
+          where: { id },
+          create: { id, metric: "smoke", value: 1 },
+          update: { value: 7 },
+        }),
+    },
+  ];
+  for (const log of logs) {
+    const id = `smoke-${log.name}`;
+    const created = await log.create(id);
+    check(created.id === id, `${log.name}: create (a partition takes it, whatever its time)`);
+    check((await log.find(id))?.id === id, `${log.name}: findUnique by id`);
+    check((await log.update(id)).id === id, `${log.name}: update by id`);
+    check((await log.many()).length >= 1, `${log.name}: findMany`);
+    let upsert = "accepted";
+    try {
+      await log.upsert(id);
+    } catch (error) {
+      upsert = error instanceof Error ? error.message : String(error);
+    }
+    check(upsert.includes("42P10"), `${log.name}: upsert by id is refused (42P10, as expected)`);
+    check((await log.remove(id)).id === id, `${log.name}: delete by id`);
+    check((await log.find(id)) === null, `${log.name}: gone`);
+  }
+
   await prisma.user.delete({ where: { id: user.id } });
   check((await prisma.savedSearch.count()) === 0, "deleting a user cascades to saved searches");
   check((await prisma.keywordReservation.count()) === 0, "and to keyword reservations");

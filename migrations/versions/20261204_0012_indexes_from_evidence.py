@@ -67,8 +67,8 @@ def downgrade() -> None:
         _drop(STATS_INDEX, "search_history")
 
 
-def _partitions(table: str) -> list[str] | None:
-    """The table's partitions, or None when it is a plain table."""
+def _partitions(table: str) -> list[tuple[str, str]] | None:
+    """The table's partitions as (schema, name), or None when it is a plain table."""
     bind = op.get_bind()
     kind = bind.execute(
         sa.text("SELECT relkind FROM pg_class WHERE oid = CAST(:t AS regclass)"), {"t": table}
@@ -77,12 +77,13 @@ def _partitions(table: str) -> list[str] | None:
         return None
     rows = bind.execute(
         sa.text(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "SELECT n.nspname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE i.inhparent = CAST(:t AS regclass) ORDER BY c.relname"
         ),
         {"t": table},
     )
-    return list(rows.scalars())
+    return [(schema, name) for schema, name in rows]
 
 
 def _create(name: str, table: str, keys: str) -> None:
@@ -93,10 +94,12 @@ def _create(name: str, table: str, keys: str) -> None:
     # CONCURRENTLY is refused on a partitioned table: the parent's index is created alone
     # (invalid until every partition has one), then each partition's concurrently, attached.
     op.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON ONLY "{table}" {keys}')
-    for partition in partitions:
+    for schema, partition in partitions:
         child = f"{partition}_{name.removeprefix(table + '_')}"[:63]
-        op.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{child}" ON "{partition}" {keys}')
-        op.execute(f'ALTER INDEX "{name}" ATTACH PARTITION "{child}"')
+        op.execute(
+            f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{child}" ON "{schema}"."{partition}" {keys}'
+        )
+        op.execute(f'ALTER INDEX "{name}" ATTACH PARTITION "{schema}"."{child}"')
 
 
 def _drop(name: str, table: str) -> None:

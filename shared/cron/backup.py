@@ -102,7 +102,7 @@ _TABLES = """
       JOIN pg_namespace n ON n.oid = c.relnamespace
       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                          AND a.attgenerated = ''
-     WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'alembic_version'
+     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
      GROUP BY c.relname
 """
 _FOREIGN_KEYS = """
@@ -183,9 +183,11 @@ def create_backup(
                     check_time()
                     key = f"{base}{table.name}.tsv.gz"
                     upload = GzipUpload(s3, bucket, key, check_time)
-                    copy_sql = sql.SQL("COPY {} ({}) TO STDOUT").format(
-                        sql.Identifier("public", table.name),
+                    # A query, not the table: COPY cannot read a partitioned table directly
+                    # (the time-partitioned logs); their partitions come through the parent.
+                    copy_sql = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
                         sql.SQL(", ").join(sql.Identifier(c) for c in table.columns),
+                        sql.Identifier("public", table.name),
                     )
                     with cursor.copy(copy_sql) as copy:
                         for data in copy:

@@ -1,26 +1,39 @@
-"""Retention (daily): delete what is older than each table's retention, in small batches.
+"""Retention (daily): make the log partitions ahead, then drop or delete what is past retention.
 
-| table | kept for (days) | setting |
-|---|---|---|
-| search_history | 400 | RETENTION_SEARCH_HISTORY_DAYS |
-| api_usage | 90 | RETENTION_API_USAGE_DAYS |
-| webhook_events (processed only) | 30 | RETENTION_WEBHOOK_EVENTS_DAYS |
-| system_metrics | 90 | RETENTION_SYSTEM_METRICS_DAYS |
+| table | kept for (days) | setting | how |
+|---|---|---|---|
+| search_history | 400 | RETENTION_SEARCH_HISTORY_DAYS | monthly partitions dropped |
+| api_usage | 90 | RETENTION_API_USAGE_DAYS | daily partitions dropped |
+| webhook_events (processed only) | 30 | RETENTION_WEBHOOK_EVENTS_DAYS | batched deletes |
+| system_metrics | 90 | RETENTION_SYSTEM_METRICS_DAYS | monthly partitions dropped |
 
+First each partitioned log gets its ranges up to a few periods ahead (`shared.repositories.
+partitions`), whatever its retention. Then a partition whose upper bound is at or before the
+cutoff is dropped whole, so a row lives up to one period (a day, a month) past its setting; the
+legacy and DEFAULT partitions, and `webhook_events`, lose their expired rows in small batches.
 0 keeps a table's rows forever. Cutoffs are taken once per run from the run's time, so a run is
-a fixed set of deletes; one that stops early leaves the rest for the next. Daily aggregates of
-`search_history` survive it in `search_daily_rollups` (the rollup never recomputes pruned days).
+a fixed set of steps; one that stops early (or meets a lock it will not wait for) leaves the
+rest for the next. Daily aggregates of `search_history` survive it in `search_daily_rollups`
+(the rollup never recomputes pruned days).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import partial
+from typing import TypeVar
+
+from psycopg.errors import LockNotAvailable
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from shared import db
 from shared.config import Settings
 from shared.cron.runner import Job, Run
-from shared.repositories import retention
+from shared.repositories import partitions, retention
+
+T = TypeVar("T")
 
 
 def retention_days(settings: Settings) -> dict[str, int]:
@@ -34,26 +47,105 @@ def retention_days(settings: Settings) -> dict[str, int]:
 
 
 def prune(run: Run) -> None:
-    size = run.settings.cron_batch_size
+    created: dict[str, list[str]] = {}
+    dropped: dict[str, list[str]] = {}
     deleted: dict[str, int] = {}
-    run.extra["deleted"] = deleted
+    run.extra.update(created=created, dropped=dropped, deleted=deleted)
+    for table, layout in partitions.LAYOUTS.items():
+        if not run.has_time():
+            return
+        with run.batch():
+            names = _unless_locked(
+                run, partial(partitions.create_ahead, layout=layout, now=run.now), table
+            )
+        if names:
+            created[table] = names
     for table, days in retention_days(run.settings).items():
         if days <= 0:
             continue
-        target = retention.TARGETS[table]
         cutoff = run.now - timedelta(days=days)
         deleted[table] = 0
+        log = partitions.LAYOUTS.get(table)
+        done = (
+            _prune_batches(run, retention.TARGETS[table], cutoff, deleted)
+            if log is None
+            else _prune_partitions(run, log, cutoff.replace(tzinfo=None), dropped, deleted)
+        )
+        if not done:
+            return
+
+
+def _unless_locked(run: Run, work: Callable[[Session], T], what: str) -> T | None:
+    """`work` in one transaction, or None if it met a lock held past the lock timeout (a long
+    reader, an export): the run is then incomplete, names `what` in `lockedOut`, and the next
+    run tries again."""
+    try:
+        return db.transaction(work)
+    except OperationalError as error:
+        if not isinstance(error.orig, LockNotAvailable):
+            raise
+    run.complete = False
+    run.extra.setdefault("lockedOut", []).append(what)
+    return None
+
+
+def _prune_partitions(
+    run: Run,
+    layout: partitions.Layout,
+    cutoff: datetime,
+    dropped: dict[str, list[str]],
+    deleted: dict[str, int],
+) -> bool:
+    """Drop the expired partitions, then batch-delete expired rows of the unbounded ones."""
+    table = layout.table
+    existing = db.run(partial(partitions.partitions_of, layout=layout), idempotent=True)
+    for partition in partitions.expired(existing, cutoff):
+        if not run.has_time():
+            return False
+        with run.batch():
+            name = _unless_locked(
+                run, partial(partitions.drop, partition=partition), partition.name
+            )
+        if name is not None:
+            dropped.setdefault(table, []).append(name)
+    size = run.settings.cron_batch_size
+    for partition in partitions.unbounded(existing, cutoff):
         while True:
             if not run.has_time():
-                return
+                return False
             with run.batch():
                 count = db.run(
-                    partial(retention.delete_batch, target=target, cutoff=cutoff, limit=size)
+                    partial(
+                        partitions.delete_batch,
+                        layout=layout,
+                        partition=partition,
+                        cutoff=cutoff,
+                        limit=size,
+                    )
                 )
             deleted[table] += count
             run.processed += count
             if count < size:
                 break
+    return True
+
+
+def _prune_batches(
+    run: Run, target: retention.Target, cutoff: datetime, deleted: dict[str, int]
+) -> bool:
+    """Delete `target`'s rows older than `cutoff` in batches; False if time ran out."""
+    size = run.settings.cron_batch_size
+    while True:
+        if not run.has_time():
+            return False
+        with run.batch():
+            count = db.run(
+                partial(retention.delete_batch, target=target, cutoff=cutoff, limit=size)
+            )
+        deleted[target.table] += count
+        run.processed += count
+        if count < size:
+            return True
 
 
 JOB = Job("prune", prune)

@@ -16,10 +16,10 @@ How (see docs/performance.md#the-api_usage-row-one-round-trip):
   else may use the connection; `close` (dispose, SnapStart's snapshot, shutdown) does the same.
 - at most one INSERT is in flight per pooled connection (`DB_POOL_SIZE`, default 1), and it may
   carry rows whose outcome was unknown: a row whose send or answer was lost with its connection
-  is kept (with its id and timestamp) and re-sent with the next row, `ON CONFLICT (id) DO NOTHING`
-  making a second delivery harmless. At most `MAX_HELD_ROWS` are held; more are dropped and
-  logged (`usage_rows_lost`, ERROR). A statement error (the row itself refused) is logged
-  (`usage_record_failed`) and not retried.
+  is kept (with its id and timestamp) and re-sent with the next row,
+  `ON CONFLICT (id, "timestamp") DO NOTHING` making a second delivery harmless. At most
+  `MAX_HELD_ROWS` are held; more are dropped and logged (`usage_rows_lost`, ERROR). A
+  statement error (the row itself refused) is logged (`usage_record_failed`) and not retried.
 - `flush()` reads every pooled connection's answer and writes any held rows synchronously;
   `shared.http.app` runs it at interpreter exit and, on Lambda, on SIGTERM.
 

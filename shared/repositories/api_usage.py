@@ -80,7 +80,7 @@ WIRE_COLUMNS = (
 
 def wire_row(request: Request) -> tuple[bytes | None, ...]:
     """One row's parameters in text format, with its id and timestamp fixed now: a row re-sent
-    later keeps both (so `ON CONFLICT (id) DO NOTHING` makes a re-send harmless)."""
+    later keeps both (so `ON CONFLICT (id, "timestamp") DO NOTHING` makes a re-send harmless)."""
     values = _values(request, utcnow())
     moment = values["timestamp"]
     assert isinstance(moment, datetime)
@@ -98,5 +98,8 @@ def wire_insert(rows: list[tuple[bytes | None, ...]]) -> tuple[bytes, list[bytes
         for r in range(len(rows))
     )
     columns = ", ".join(f'"{name}"' for _, name in WIRE_COLUMNS)
-    sql = f"INSERT INTO api_usage ({columns}) VALUES {groups} ON CONFLICT (id) DO NOTHING"
+    sql = (
+        f"INSERT INTO api_usage ({columns}) VALUES {groups} "
+        'ON CONFLICT (id, "timestamp") DO NOTHING'
+    )
     return sql.encode(), [value for row in rows for value in row]

@@ -2,8 +2,10 @@
 
 Row counts are the planner's estimates (`pg_class.reltuples`, or the statistics collector's
 live-tuple count for a table never analysed): exact `count(*)` would scan every table every
-five minutes. Connections are the server's sessions in this database (through Neon's pooler:
-the pooler's server connections, which is what the compute's limit applies to).
+five minutes. A partitioned table has no estimate of its own (autovacuum never analyses the
+parent), so its count is the sum over its partitions (`pg_partition_tree`). Connections are
+the server's sessions in this database (through Neon's pooler: the pooler's server
+connections, which is what the compute's limit applies to).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ _STATS = text(
            (SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND state = 'active'),
            current_setting('max_connections')::int,
-           (SELECT coalesce(jsonb_object_agg(c.relname,
-                       CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint
-                            ELSE coalesce(s.n_live_tup, 0) END), '{}'::jsonb)
+           (SELECT coalesce(jsonb_object_agg(c.relname, (
+                       SELECT coalesce(sum(CASE WHEN l.reltuples >= 0 THEN l.reltuples::bigint
+                                                ELSE coalesce(s.n_live_tup, 0) END), 0)
+                         FROM pg_partition_tree(c.oid) t
+                         JOIN pg_class l ON l.oid = t.relid
+                         LEFT JOIN pg_stat_user_tables s ON s.relid = l.oid
+                        WHERE t.isleaf)), '{}'::jsonb)
               FROM pg_class c
               JOIN pg_namespace n ON n.oid = c.relnamespace
-              LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
                AND c.relname <> 'alembic_version')
     """

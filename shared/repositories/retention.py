@@ -1,4 +1,4 @@
-"""Retention deletes: rows older than a cutoff, a bounded batch per statement.
+"""Retention deletes of the tables not partitioned by time: a bounded batch per statement.
 
 `DELETE … WHERE id IN (SELECT id … WHERE <time> < cutoff LIMIT n)`: each statement locks at
 most n rows for a moment and commits on its own, so writers are never blocked for long and a
@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Session
 
-from shared.models import ApiUsage, SearchHistory, SystemMetric, WebhookEvent
+from shared.models import WebhookEvent
 from shared.telemetry import database_operation
 
 
@@ -28,14 +28,13 @@ class Target:
     only: ColumnElement[bool] | None = None
 
 
+# The partitioned logs (api_usage, search_history, system_metrics) go by whole partitions
+# instead (`shared.repositories.partitions`).
 TARGETS: dict[str, Target] = {
-    "search_history": Target("search_history", SearchHistory, SearchHistory.searched_at),
-    "api_usage": Target("api_usage", ApiUsage, ApiUsage.timestamp),
     # Processed events only: an unprocessed one is still owed a retry (or a look by a human).
     "webhook_events": Target(
         "webhook_events", WebhookEvent, WebhookEvent.created_at, WebhookEvent.processed.is_(True)
     ),
-    "system_metrics": Target("system_metrics", SystemMetric, SystemMetric.timestamp),
 }
 
 

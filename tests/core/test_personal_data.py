@@ -30,6 +30,7 @@ from shared.legacy import erase_user_keys, keys
 from shared.redis import get_redis
 from shared.repositories import (
     feature_flags,
+    partitions,
     retention,
     system_metrics,
     users,
@@ -222,7 +223,8 @@ def test_every_table_has_a_retention_rule_or_a_reason(
     assert not PRUNED_BY_AGE & KEPT_WITH_REASON.keys()
     assert public_tables(admin_conn) == PRUNED_BY_AGE | KEPT_WITH_REASON.keys()
     settings = config.get_settings()
-    assert set(prune.retention_days(settings)) == PRUNED_BY_AGE == set(retention.TARGETS)
+    assert set(prune.retention_days(settings)) == PRUNED_BY_AGE
+    assert set(retention.TARGETS) | set(partitions.LAYOUTS) == PRUNED_BY_AGE
     assert all(days > 0 for days in prune.retention_days(settings).values())  # defaults prune
 
 

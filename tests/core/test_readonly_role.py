@@ -22,7 +22,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from devkit.pgbouncer import AUTH_FILE, LocalPgBouncer
-from shared.repositories import reports, search_history, system_metrics, users
+from shared.repositories import partitions, reports, search_history, system_metrics, users
 
 ROLE = "keyflash_readonly"
 REPORTS = reports.REPORTS
@@ -236,3 +236,39 @@ def test_the_role_cannot_write_anything(analyst: str, admin_conn: psycopg.Connec
                 conn.execute("SET TRANSACTION READ WRITE")
                 conn.execute(ddl)
     assert len(refused) == len(WRITES) * (len(tables) + len(views))
+
+
+def test_partitions_made_later_are_not_readable_directly(
+    analyst: str, direct_database_url: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The prune cron creates partitions after the migration granted the default privileges.
+    They live in the schema `partitions`, where the role has no USAGE: their rows (personal
+    columns included) are reached only through the public parent and its column grants."""
+    later = datetime.now(UTC) + timedelta(days=800)
+    engine = create_engine(direct_database_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with Session(engine) as session, session.begin():
+            made = [
+                name
+                for layout in partitions.LAYOUTS.values()
+                for name in partitions.create_ahead(session, layout, now=later)
+            ]
+    finally:
+        engine.dispose()
+    try:
+        assert len(made) >= 3
+        existing = admin_conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'partitions' AND c.relkind = 'r'"
+        ).fetchall()
+        assert set(made) <= {name for (name,) in existing}
+        with connect(analyst) as conn:
+            for (name,) in existing:
+                with pytest.raises(errors.InsufficientPrivilege):
+                    conn.execute(
+                        sql.SQL("SELECT 1 FROM partitions.{} LIMIT 1").format(sql.Identifier(name))
+                    )
+            conn.execute('SELECT "userId" FROM api_usage LIMIT 1')  # the parent, as granted
+    finally:  # other tests of this database count the partitions
+        for name in made:
+            admin_conn.execute(sql.SQL("DROP TABLE partitions.{}").format(sql.Identifier(name)))

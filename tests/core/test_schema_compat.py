@@ -22,7 +22,13 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from tests.support.catalog import Snapshot, diff, differences_beyond, snapshot
+from tests.support.catalog import (
+    PARTITIONED_LOGS,
+    Snapshot,
+    diff,
+    differences_beyond,
+    snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PRISMA_DDL = REPO / "tests" / "fixtures" / "prisma" / "original-ddl.sql"
@@ -320,6 +326,7 @@ def unexpected_differences(prisma: Snapshot, ours: Snapshot) -> str:
         item="documented addition",
         missing="missing",
         removed=DOCUMENTED_REMOVALS,
+        changes=PARTITIONED_LOGS,
     )
 
 
@@ -356,6 +363,24 @@ def test_the_comparison_notices_an_undocumented_change(prisma_db: str, alembic_d
     assert "only in alembic: index webhook_events_error_idx" in problems
     assert "only in prisma: index search_history_searchedAt_idx" in problems
     assert "'FREE', 'PRO', 'TEAM', 'ENTERPRISE'" in problems
+
+
+def test_the_comparison_notices_a_partitioned_log_gone_wrong(
+    prisma_db: str, alembic_db: str
+) -> None:
+    """Guards the allowed changes of the partitioned logs: a key beyond (id, time), or an
+    allowed change no longer there, fails like any other difference."""
+    with psycopg.connect(alembic_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE api_usage DROP CONSTRAINT api_usage_pkey")
+        conn.execute(
+            'ALTER TABLE api_usage ADD CONSTRAINT api_usage_pkey PRIMARY KEY (id, "timestamp", '
+            "endpoint)"
+        )
+        conn.execute("ALTER TABLE system_metrics DROP CONSTRAINT system_metrics_pkey")
+    problems = unexpected_differences(snapshot(prisma_db), snapshot(alembic_db))
+    assert "allowed change constraint api_usage_pkey: columns is ['id', 'timestamp', " in problems
+    assert "only in prisma: constraint system_metrics_pkey" in problems
+    assert "allowed change not in the alembic: constraint system_metrics_pkey" in problems
 
 
 # --- data written the way the original app's Prisma client writes it -------------------------

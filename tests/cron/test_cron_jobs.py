@@ -322,10 +322,11 @@ def test_prune_overlap_and_budget(small_batches: str, admin_conn: psycopg.Connec
     first, second = overlapping_runs(prune.JOB, now=NOW)
     assert second["skipped"] == LEASE_HELD and first["processed"] == 84
     seed_prunable(admin_conn, old=24, new=0, tag="2")
-    partial = run_job(prune.JOB, now=NOW, context=BudgetContext(checks=3))
-    # Three batches of 10: 10 + 10 + 4 of search_history, then no time for api_usage.
-    assert (partial["processed"], partial["batches"], partial["complete"]) == (24, 3, False)
-    assert partial["deleted"] == {"search_history": 24, "api_usage": 0}
+    partial = run_job(prune.JOB, now=NOW, context=BudgetContext(checks=6))
+    # One batch per log for the partitions ahead, then three batches of 10: 10 + 10 + 4 of
+    # search_history (its legacy partition), then no time for its default partition.
+    assert (partial["processed"], partial["batches"], partial["complete"]) == (24, 6, False)
+    assert partial["deleted"] == {"search_history": 24}
     rest = run_job(prune.JOB, now=NOW)
     assert (rest["processed"], rest["complete"]) == (60, True)
     assert table_counts(admin_conn) == {

@@ -43,8 +43,37 @@ _CONTYPE = {"p": "PRIMARY KEY", "u": "UNIQUE", "c": "CHECK", "f": "FOREIGN KEY",
 Snapshot = dict[str, dict[str, Any]]
 
 
+# An index on a partitioned table prints `ON ONLY table`; the table's kind already says that it
+# is partitioned, so the index compares by what it indexes.
+_ON_ONLY = re.compile(r" ON ONLY ")
+
+
 def _normalise(sql: str | None) -> str | None:
-    return None if sql is None else _SCHEMA_PREFIX.sub("", sql)
+    return None if sql is None else _ON_ONLY.sub(" ON ", _SCHEMA_PREFIX.sub("", sql))
+
+
+def _pkey(table: str, column: str) -> dict[str, dict[str, Any]]:
+    return {
+        f"table {table}": {"kind": "partitioned table"},
+        f"constraint {table}_pkey": {
+            "columns": ["id", column],
+            "definition": f'PRIMARY KEY (id, "{column}")',
+        },
+        f"index {table}_pkey": {
+            "definition": f"CREATE UNIQUE INDEX {table}_pkey ON {table} "
+            f'USING btree (id, "{column}")'
+        },
+    }
+
+
+# The logs partitioned by time (migration 0010, `shared.repositories.partitions`): what differs
+# from a plain table with `id` as its key, field by field. Their partitions live in the schema
+# `partitions`, outside what a snapshot reads.
+PARTITIONED_LOGS: dict[str, dict[str, Any]] = {
+    **_pkey("api_usage", "timestamp"),
+    **_pkey("search_history", "searchedAt"),
+    **_pkey("system_metrics", "timestamp"),
+}
 
 
 _TABLES = """
@@ -347,11 +376,15 @@ def differences_beyond(
     item: str,
     missing: str,
     removed: Collection[str] = (),
+    changes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """`found` less the `allowed` extras of the candidate and the `removed` entries of the
-    reference, described with the schemas' labels, plus every allowed extra that is not (only)
-    in the candidate or differs in a field it names ("  {item} {missing}: key", "  {item} key:
-    field is …, expected …") and every removal the candidate still has. Empty if none."""
+    """`found` less the `allowed` extras and the allowed `changes` of the candidate and the
+    `removed` entries of the reference, described with the schemas' labels, plus every allowed
+    extra that is not (only) in the candidate or differs in a field it names ("  {item}
+    {missing}: key", "  {item} key: field is …, expected …"); likewise every allowed change that
+    is not there or differs in a field it does not name or names with another value ("  allowed
+    change …"), and every removal the candidate still has. Empty if none."""
+    changes = changes or {}
     unexpected = SchemaDiff(
         only_in_reference={
             key: value for key, value in found.only_in_reference.items() if key not in removed
@@ -359,7 +392,7 @@ def differences_beyond(
         only_in_candidate={
             key: value for key, value in found.only_in_candidate.items() if key not in allowed
         },
-        changed=found.changed,
+        changed={key: pair for key, pair in found.changed.items() if key not in changes},
     )
     problems: list[str] = []
     if unexpected.only_in_reference or unexpected.only_in_candidate or unexpected.changed:
@@ -379,4 +412,20 @@ def differences_beyond(
     for key in removed:
         if key not in found.only_in_reference:
             problems.append(f"  documented removal still in {candidate}: {key}")
+    for key, expected in changes.items():
+        if key not in found.changed:
+            problems.append(f"  allowed change not in the {candidate}: {key}")
+            continue
+        old, new = found.changed[key]
+        for name in sorted(old.keys() | new.keys()):
+            if name in expected and new.get(name) != expected[name]:
+                problems.append(
+                    f"  allowed change {key}: {name} is {new.get(name)!r}, "
+                    f"expected {expected[name]!r}"
+                )
+            elif name not in expected and old.get(name) != new.get(name):
+                problems.append(
+                    f"  changed {key}: {name}: {reference}={old.get(name)!r} "
+                    f"{candidate}={new.get(name)!r}"
+                )
     return "\n".join(problems)

@@ -1,0 +1,161 @@
+"""Partitioned logs: `api_usage`, `search_history` and `system_metrics` by time range.
+
+Retention then drops whole partitions (`shared.repositories.partitions`) instead of deleting
+rows in batches. Each table becomes a parent `PARTITION BY RANGE` on its time column; its
+partitions live in the schema `partitions`, out of the public schema the original app's Prisma
+reads. PostgreSQL wants the partition key in every unique constraint, so the primary key
+becomes (id, time); ids stay collision-free by construction (cuid, UUID).
+
+No row is copied on the way up. The existing table is renamed into `partitions` as the
+"legacy" partition, FROM (MINVALUE) TO the cutover (the start of the period after both now and
+its newest row), and attached: PostgreSQL checks the bound with one sequential scan, and the
+(id, time) primary key needs one index build; both run under this migration's ACCESS EXCLUSIVE
+lock. To shorten that window on a large table, build the index beforehand, outside the
+migration: `CREATE UNIQUE INDEX CONCURRENTLY "api_usage_legacy_pkey" ON api_usage (id,
+"timestamp")` (the migration then finds it). The other indexes are reused as they are. A
+DEFAULT partition takes any row no range holds (far past or future, or a cron that has not run):
+an insert never fails for want of a partition. The first ranges from the cutover are created
+here; the prune cron keeps creating them ahead.
+
+The way down copies every row into one plain table again (and fails if an id appears twice).
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-04 10:00:00.000000+00:00
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0010"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SCHEMA = "partitions"
+
+
+@dataclass(frozen=True)
+class Log:
+    table: str
+    column: str
+    unit: str  # "day" or "month": PostgreSQL's date_trunc field
+    ahead: int  # periods created after the current one
+    indexes: tuple[tuple[str, str], ...]
+    foreign_key: str | None = None
+
+
+LOGS = (
+    Log(
+        "api_usage",
+        "timestamp",
+        "day",
+        7,
+        (
+            ("api_usage_userId_timestamp_idx", '"userId", "timestamp"'),
+            ("api_usage_endpoint_timestamp_idx", 'endpoint, "timestamp"'),
+            ("api_usage_ipAddress_timestamp_idx", '"ipAddress", "timestamp"'),
+            ("api_usage_timestamp_idx", '"timestamp"'),
+        ),
+    ),
+    Log(
+        "search_history",
+        "searchedAt",
+        "month",
+        2,
+        (
+            ("search_history_userId_searchedAt_idx", '"userId", "searchedAt"'),
+            ("search_history_searchedAt_idx", '"searchedAt"'),
+            ("search_history_provider_idx", "provider"),
+        ),
+        'CONSTRAINT "search_history_userId_fkey" FOREIGN KEY ("userId") REFERENCES users(id) '
+        "ON DELETE SET NULL ON UPDATE CASCADE",
+    ),
+    Log(
+        "system_metrics",
+        "timestamp",
+        "month",
+        2,
+        (
+            ("system_metrics_metric_timestamp_idx", 'metric, "timestamp"'),
+            ("system_metrics_timestamp_idx", '"timestamp"'),
+        ),
+    ),
+)
+
+
+def _scalar(sql: str) -> datetime:
+    value = op.get_bind().execute(sa.text(sql)).scalar_one()
+    assert isinstance(value, datetime)
+    return value
+
+
+def _suffix(log: Log, start: datetime) -> str:
+    return start.strftime("%Y%m%d" if log.unit == "day" else "%Y%m")
+
+
+def upgrade() -> None:
+    op.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    for log in LOGS:
+        t, c, legacy = log.table, log.column, f"{log.table}_legacy"
+        cutover = _scalar(
+            f"SELECT date_trunc('{log.unit}', greatest(now() AT TIME ZONE 'UTC', max(\"{c}\")))"
+            f" + interval '1 {log.unit}' FROM {t}"
+        )
+        op.execute(f"ALTER TABLE {t} SET SCHEMA {SCHEMA}")
+        op.execute(f"ALTER TABLE {SCHEMA}.{t} RENAME TO {legacy}")
+        op.execute(
+            f'CREATE UNIQUE INDEX IF NOT EXISTS "{legacy}_pkey" ON {SCHEMA}.{legacy} (id, "{c}")'
+        )
+        op.execute(
+            f'ALTER TABLE {SCHEMA}.{legacy} DROP CONSTRAINT "{t}_pkey", '
+            f'ADD CONSTRAINT "{legacy}_pkey" PRIMARY KEY USING INDEX "{legacy}_pkey"'
+        )
+        op.execute(
+            f"CREATE TABLE {t} (LIKE {SCHEMA}.{legacy} INCLUDING DEFAULTS) "
+            f'PARTITION BY RANGE ("{c}")'
+        )
+        _add_keys(log, partitioned=True)
+        op.execute(
+            f"ALTER TABLE {t} ATTACH PARTITION {SCHEMA}.{legacy} "
+            f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat(sep=' ')}')"
+        )
+        op.execute(f"CREATE TABLE {SCHEMA}.{t}_default PARTITION OF {t} DEFAULT")
+        last = _scalar(
+            f"SELECT date_trunc('{log.unit}', now() AT TIME ZONE 'UTC')"
+            f" + interval '{log.ahead + 1} {log.unit}'"
+        )
+        start = cutover
+        while start < last:
+            end = _scalar(f"SELECT TIMESTAMP '{start}' + interval '1 {log.unit}'")
+            op.execute(
+                f"CREATE TABLE {SCHEMA}.{t}_p{_suffix(log, start)} PARTITION OF {t} "
+                f"FOR VALUES FROM ('{start.isoformat(sep=' ')}') TO ('{end.isoformat(sep=' ')}')"
+            )
+            start = end
+
+
+def _add_keys(log: Log, *, partitioned: bool) -> None:
+    """Primary key ((id, time) on a partitioned table), indexes and FK, by their Prisma names."""
+    t = log.table
+    key = f'id, "{log.column}"' if partitioned else "id"
+    op.execute(f'ALTER TABLE {t} ADD CONSTRAINT "{t}_pkey" PRIMARY KEY ({key})')
+    for name, columns in log.indexes:
+        op.execute(f'CREATE INDEX "{name}" ON {t} ({columns})')
+    if log.foreign_key is not None:
+        op.execute(f"ALTER TABLE {t} ADD {log.foreign_key}")
+
+
+def downgrade() -> None:
+    for log in LOGS:
+        t = log.table
+        op.execute(f"CREATE TABLE {t}_flat (LIKE {t} INCLUDING DEFAULTS)")
+        op.execute(f"INSERT INTO {t}_flat SELECT * FROM {t}")
+        op.execute(f"DROP TABLE {t}")  # and every partition with it
+        op.execute(f"ALTER TABLE {t}_flat RENAME TO {t}")
+        _add_keys(log, partitioned=False)
+    op.execute(f"DROP SCHEMA {SCHEMA}")

@@ -1,0 +1,389 @@
+"""The time-partitioned logs (revision 0010, `shared.repositories.partitions`, the prune cron).
+
+Each test gets its own freshly migrated database, so the partitions one test creates or drops
+are no other test's business; the cron runs in both lanes (direct, and through PgBouncer in
+transaction mode). The migration itself runs on the direct URL only, as migrations must.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from psycopg.conninfo import conninfo_to_dict
+
+from devkit.migrate import upgrade_head
+from shared import accounts, db
+from shared.clock import utcnow
+from shared.cron import prune
+from shared.cron.runner import LEASE_HELD, run_job
+from shared.repositories import database_stats, partitions
+from tests.support.cron import configure, count, overlapping_runs
+
+ScratchDatabase = Callable[[], str]
+LOGS = {"api_usage": "timestamp", "search_history": "searchedAt", "system_metrics": "timestamp"}
+DAY = timedelta(days=1)
+
+
+def naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def today() -> datetime:
+    """Midnight UTC of today, naive: the migration's partitions are laid out from the server's
+    clock, so the tests place their times relative to it."""
+    return naive(utcnow()).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def insert(
+    conn: psycopg.Connection[Any], table: str, row_id: str, at: datetime, **extra: Any
+) -> None:
+    """One row as the original app writes it (its own id and time)."""
+    user = extra.get("user")
+    if table == "api_usage":
+        conn.execute(
+            'INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration, '
+            "timestamp) VALUES (%s, %s, '/api/x', 'GET', 200, 5, %s)",
+            (row_id, user, at),
+        )
+    elif table == "search_history":
+        conn.execute(
+            'INSERT INTO search_history (id, "userId", keywords, location, language, '
+            '"matchType", provider, "responseTime", "searchedAt", "ipAddress") '
+            "VALUES (%s, %s, ARRAY['kw'], 'US', 'en', 'broad', 'mock', 10, %s, '10.0.0.0')",
+            (row_id, user, at),
+        )
+    else:
+        conn.execute(
+            "INSERT INTO system_metrics (id, metric, value, timestamp) VALUES (%s, 'm', 1, %s)",
+            (row_id, at),
+        )
+
+
+def holder(conn: psycopg.Connection[Any], table: str, row_id: str) -> str:
+    """The partition a row is stored in."""
+    row = conn.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE id = %s", (row_id,))
+    return str(row.fetchone()[0])  # type: ignore[index]
+
+
+def ids(conn: psycopg.Connection[Any], table: str) -> set[tuple[str, datetime]]:
+    column = LOGS[table]
+    return {(r[0], r[1]) for r in conn.execute(f'SELECT id, "{column}" FROM {table}')}
+
+
+def names(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass",
+            (table,),
+        )
+    }
+
+
+def test_periods_and_names() -> None:
+    day, month = partitions.LAYOUTS["api_usage"], partitions.LAYOUTS["search_history"]
+    moment = datetime(2026, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    assert day.start(moment) == datetime(2026, 12, 31)
+    assert day.after(day.start(moment)) == datetime(2027, 1, 1)
+    assert month.start(moment) == datetime(2026, 12, 1)
+    assert month.after(datetime(2026, 12, 1)) == datetime(2027, 1, 1)
+    assert month.after(datetime(2027, 1, 1)) == datetime(2027, 2, 1)
+    assert (day.name(datetime(2027, 1, 1)), month.name(datetime(2027, 1, 1))) == (
+        "api_usage_p20270101",
+        "search_history_p202701",
+    )
+
+
+# --------------------------------------------------------------------------- the migration
+
+
+def alembic_config(url: str) -> Config:
+    config = Config("alembic.ini")
+    config.attributes["url"] = url
+    return config
+
+
+def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDatabase) -> None:
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "0009")
+    base = today()
+    moments = [base - 1000 * DAY, base - 100 * DAY, base, base + 3 * DAY, base + 400 * DAY]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, email, \"updatedAt\") VALUES ('u1', 'a@x.io', now())")
+        for table in LOGS:
+            for n, at in enumerate(moments):
+                for k in range(3):
+                    insert(conn, table, f"{table}-{n}-{k}", at + k * timedelta(hours=1), user="u1")
+        before = {table: ids(conn, table) for table in LOGS}
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            # Every existing row stays where it was: the old table is the legacy partition,
+            # up to a cutover past its newest row, and ranges begin there.
+            assert {holder(conn, table, i) for i, _ in before[table]} == {
+                f"partitions.{table}_legacy"
+            }
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (table,))
+            assert kind.fetchone() == ("p",)
+        # A row past the cutover and every range lands in the default partition.
+        insert(conn, "api_usage", "after", base + 500 * DAY)
+        assert holder(conn, "api_usage", "after") == "partitions.api_usage_default"
+        conn.execute("DELETE FROM api_usage WHERE id = 'after'")
+
+    command.downgrade(config, "0009")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            key = conn.execute(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s",
+                (f"{table}_pkey",),
+            )
+            assert key.fetchone() == ("PRIMARY KEY (id)",)
+        assert conn.execute("SELECT to_regnamespace('partitions')").fetchone() == (None,)
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+
+
+# --------------------------------------------------------------------------- the cron
+
+
+@dataclass
+class Fresh:
+    """A migrated database of its own: `conn` is a direct autocommit connection to it."""
+
+    conn: psycopg.Connection[Any]
+    lane: str
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("direct", id="direct"),
+        pytest.param("pooled", id="pooled", marks=pytest.mark.pooled),
+    ]
+)
+def fresh(
+    request: pytest.FixtureRequest,
+    scratch_database: ScratchDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Fresh]:
+    from shared.config import get_settings
+    from shared.db import dispose_engine
+
+    direct = scratch_database()
+    upgrade_head(direct)
+    lane = direct
+    if request.param == "pooled":
+        lane = request.getfixturevalue("pgbouncer").url(conninfo_to_dict(direct)["dbname"])
+    monkeypatch.setenv("DATABASE_URL", lane)
+    monkeypatch.setenv("DIRECT_DATABASE_URL", direct)
+    get_settings.cache_clear()
+    dispose_engine()
+    try:
+        with psycopg.connect(direct, autocommit=True) as conn:
+            yield Fresh(conn, lane)
+    finally:
+        dispose_engine()
+        get_settings.cache_clear()
+
+
+def test_partitions_are_created_ahead_once_and_under_the_lease(fresh: Fresh) -> None:
+    later = today() + 40 * DAY  # past what the migration laid out
+    first, second = overlapping_runs(prune.JOB, now=later.replace(tzinfo=UTC))
+    assert second["skipped"] == LEASE_HELD and "created" not in second
+    layout = partitions.LAYOUTS["api_usage"]
+    expected = [layout.name(later + k * DAY) for k in range(layout.ahead + 1)]
+    assert first["created"]["api_usage"] == expected
+    assert set(expected) <= names(fresh.conn, "api_usage")
+    for table in ("search_history", "system_metrics"):
+        month = partitions.LAYOUTS[table].start(later)
+        assert partitions.LAYOUTS[table].name(month) in names(fresh.conn, table)
+    again = run_job(prune.JOB, now=later.replace(tzinfo=UTC))
+    assert again["created"] == {} and again["complete"] is True
+    insert(fresh.conn, "api_usage", "in-range", later + 2 * DAY + timedelta(hours=5))
+    assert holder(fresh.conn, "api_usage", "in-range") == f"partitions.{expected[2]}"
+
+
+def test_an_insert_lands_somewhere_whatever_its_time(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, RETENTION_API_USAGE_DAYS=0)  # keep the 1999 row through the cron run
+    base = today()
+    cases = {
+        "legacy-import": datetime(1999, 1, 1),
+        "clock-skew": base + 365 * 50 * DAY,
+        "cron-away-a-week": base + 20 * DAY,  # no range there yet: the cron did not run
+    }
+    with psycopg.connect(
+        fresh.lane.replace("?pgbouncer=true", ""), autocommit=True, prepare_threshold=None
+    ) as lane:
+        for table in LOGS:
+            for name, at in cases.items():
+                insert(lane, table, f"{table}-{name}", at)
+    for table in LOGS:
+        assert holder(fresh.conn, table, f"{table}-legacy-import") == f"partitions.{table}_legacy"
+        assert holder(fresh.conn, table, f"{table}-clock-skew") == f"partitions.{table}_default"
+    assert holder(fresh.conn, "api_usage", "api_usage-cron-away-a-week") == (
+        "partitions.api_usage_default"
+    )
+    # The cron comes back: the new range takes its rows over from the default partition.
+    summary = run_job(prune.JOB, now=(base + 20 * DAY).replace(tzinfo=UTC))
+    day = partitions.LAYOUTS["api_usage"].name(base + 20 * DAY)
+    assert day in summary["created"]["api_usage"]
+    assert holder(fresh.conn, "api_usage", "api_usage-cron-away-a-week") == f"partitions.{day}"
+    assert count(fresh.conn, "SELECT count(*) FROM api_usage") == len(cases)
+
+
+def seed_days(conn: psycopg.Connection[Any], first: datetime, days: int) -> set[str]:
+    """Four api_usage rows a day for `days` days from `first`; returns their ids."""
+    made = set()
+    for d in range(days):
+        for h in (0, 6, 12, 23):
+            row_id = f"au-{d}-{h}"
+            insert(conn, "api_usage", row_id, first + d * DAY + timedelta(hours=h, minutes=59))
+            made.add(row_id)
+    return made
+
+
+def test_retention_drops_exactly_the_expired_partitions(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, RETENTION_API_USAGE_DAYS=3, RETENTION_SEARCH_HISTORY_DAYS=0)
+    start = today() + 30 * DAY
+    first = run_job(prune.JOB, now=start.replace(tzinfo=UTC))  # ranges start .. start + 7 days
+    assert "api_usage_legacy" in first["dropped"]["api_usage"]  # past retention already
+    seed_days(fresh.conn, start - 2 * DAY, 10)  # the first two days go to the default partition
+    layout = partitions.LAYOUTS["api_usage"]
+    before = names(fresh.conn, "api_usage")
+
+    now = start + 5 * DAY + timedelta(hours=12)
+    cutoff = now - 3 * DAY  # start + 2 days 12 h
+    summary = run_job(prune.JOB, now=now.replace(tzinfo=UTC))
+
+    gone = {layout.name(start), layout.name(start + DAY)}
+    assert set(summary["dropped"]["api_usage"]) == gone
+    assert names(fresh.conn, "api_usage") == (before - gone) | set(
+        summary["created"].get("api_usage", [])
+    )
+    assert "search_history" not in summary["dropped"]  # 0: forever
+    # The default partition's expired rows went in batches; the partition holding the cutoff is
+    # kept whole (up to one day longer than the setting), and nothing newer was touched.
+    assert summary["deleted"]["api_usage"] == 8
+    kept = {r[0] for r in fresh.conn.execute("SELECT timestamp FROM api_usage")}
+    assert min(kept) == start + 2 * DAY + timedelta(minutes=59)
+    assert min(kept) < cutoff
+    assert len(kept) == 4 * 10 - 8 - 8
+    again = run_job(prune.JOB, now=now.replace(tzinfo=UTC))
+    assert (again["dropped"], again["deleted"]["api_usage"]) == ({}, 0)
+
+
+def test_a_reader_holding_an_expired_partition_defers_its_drop(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, RETENTION_API_USAGE_DAYS=3)
+    start = today() + 30 * DAY
+    run_job(prune.JOB, now=start.replace(tzinfo=UTC))
+    name = partitions.LAYOUTS["api_usage"].name(start)
+    with psycopg.connect(fresh.conn.info.dsn) as reader:  # an export's long snapshot
+        reader.execute(f"SELECT count(*) FROM partitions.{name}").fetchone()
+        held = run_job(prune.JOB, now=(start + 10 * DAY).replace(tzinfo=UTC))
+        assert name in held["lockedOut"] and held["complete"] is False
+        assert name not in held["dropped"].get("api_usage", [])
+    done = run_job(prune.JOB, now=(start + 10 * DAY).replace(tzinfo=UTC))
+    assert name in done["dropped"]["api_usage"] and done["complete"] is True
+
+
+def test_inserts_racing_the_drop_are_neither_lost_nor_refused(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, RETENTION_API_USAGE_DAYS=3)
+    start = today() + 30 * DAY
+    run_job(prune.JOB, now=start.replace(tzinfo=UTC))
+    seed_days(fresh.conn, start, 3)
+    now = start + 6 * DAY
+    written: list[str] = []
+    errors: list[BaseException] = []
+    stop, started = threading.Event(), threading.Barrier(3)
+
+    def writer(n: int) -> None:
+        try:
+            with psycopg.connect(
+                fresh.lane.replace("?pgbouncer=true", ""), autocommit=True, prepare_threshold=None
+            ) as conn:
+                started.wait(30)
+                k = 0
+                while not stop.is_set() or k < 20:
+                    row_id = f"race-{n}-{k}"
+                    # Inside retention, and one far in the past into the default partition.
+                    at = now if k % 2 else datetime(2001, 1, 1)
+                    insert(conn, "api_usage", row_id, at)
+                    written.append(row_id)
+                    k += 1
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+            started.abort()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait(30)
+    summary = run_job(prune.JOB, now=now.replace(tzinfo=UTC))
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not errors  # no insert was refused, whatever partition it met
+    assert len(summary["dropped"]["api_usage"]) == 3  # three days went meanwhile
+    stored = {r[0] for r in fresh.conn.execute("SELECT id FROM api_usage WHERE id LIKE 'race-%'")}
+    recent = {i for i in written if int(i.rsplit("-", 1)[1]) % 2}
+    # Rows inside retention are all there; rows from 2001 are past it and may have gone with
+    # the legacy partition or the default one's batches.
+    assert len(recent) >= 20 and recent <= stored
+
+
+def test_the_metrics_count_a_partitioned_logs_rows_over_its_partitions(fresh: Fresh) -> None:
+    base = today()
+    for k, at in enumerate((datetime(2001, 1, 1), base + DAY, base + 9999 * DAY)):
+        insert(fresh.conn, "api_usage", f"au-{k}", at)
+    fresh.conn.execute("ANALYZE api_usage")  # what autovacuum does for each partition
+    stats = db.run(database_stats.read)
+    assert stats.table_rows["api_usage"] == 3
+    assert stats.table_rows["search_history"] == 0
+
+
+def test_erasure_reaches_every_partition(fresh: Fresh) -> None:
+    base = today()
+    fresh.conn.execute(
+        "INSERT INTO users (id, email, \"updatedAt\") VALUES ('u-erase', 'e@x.io', now()),"
+        " ('u-keep', 'k@x.io', now())"
+    )
+    places = {"legacy": datetime(2001, 1, 1), "range": base + 2 * DAY, "default": base + 9999 * DAY}
+    for where, at in places.items():
+        for user in ("u-erase", "u-keep"):
+            insert(fresh.conn, "search_history", f"sh-{where}-{user}", at, user=user)
+            insert(fresh.conn, "api_usage", f"au-{where}-{user}", at, user=user)
+    assert len({holder(fresh.conn, "api_usage", f"au-{w}-u-erase") for w in places}) == 3
+
+    erasure = db.transaction(lambda session: accounts.erase(session, "u-erase"))
+    assert (erasure.history_anonymised, erasure.api_usage_deleted) == (3, 3)
+    assert count(fresh.conn, "SELECT count(*) FROM api_usage WHERE \"userId\" = 'u-erase'") == 0
+    assert (
+        count(fresh.conn, "SELECT count(*) FROM search_history WHERE \"userId\" = 'u-erase'") == 0
+    )
+    assert count(fresh.conn, "SELECT count(*) FROM search_history WHERE \"userId\" = 'u-keep'") == 3
+    # Deleting a user outright (as Prisma does) sets their history's userId NULL everywhere.
+    fresh.conn.execute("DELETE FROM users WHERE id = 'u-keep'")
+    assert count(fresh.conn, 'SELECT count(*) FROM search_history WHERE "userId" IS NULL') == 6
