@@ -88,7 +88,7 @@ def _explain(
     endpoint: str,
     statement: str,
     parameters: Any,
-    sizes: dict[str, int],
+    sizes: dict[str, tuple[int, str]],
     large_rows: int,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"endpoint": endpoint, "statement": describe_sql(statement)}
@@ -109,9 +109,10 @@ def _explain(
     row["scans"] = sorted({_scan(node) for node in nodes if "Relation Name" in node})
     row["seq_scans"] = sorted(
         {
-            node["Relation Name"]
+            sizes[node["Relation Name"]][1]
             for node in nodes
-            if node["Node Type"] == "Seq Scan" and sizes.get(node["Relation Name"], 0) >= large_rows
+            if node["Node Type"] == "Seq Scan"
+            and sizes.get(node["Relation Name"], (0, ""))[0] >= large_rows
         }
     )
     return row
@@ -128,13 +129,17 @@ def _scan(node: dict[str, Any]) -> str:
     return f"{node['Node Type']} {node['Relation Name']}" + (f" using {index}" if index else "")
 
 
-def _table_rows(conn: Any) -> dict[str, int]:
-    """Estimated rows of every table and partition (ANALYZE ran after loading)."""
+def _table_rows(conn: Any) -> dict[str, tuple[int, str]]:
+    """Estimated rows of every table and partition (ANALYZE ran after loading), with the table
+    it belongs to: its partitioned parent's name, or its own."""
     rows = conn.execute(
-        "SELECT relname, reltuples::bigint FROM pg_class WHERE relkind = 'r' "
-        "AND relnamespace = 'public'::regnamespace"
+        "SELECT c.relname, c.reltuples::bigint, "
+        "coalesce(pg_partition_root(c.oid)::regclass::text, c.relname) FROM pg_class c "
+        "WHERE c.relkind = 'r' AND c.relnamespace NOT IN "
+        "('pg_catalog'::regnamespace, 'information_schema'::regnamespace, "
+        "'pg_toast'::regnamespace)"
     ).fetchall()
-    return {name: int(count) for name, count in rows}
+    return {name: (max(int(count), 0), root) for name, count, root in rows}
 
 
 def _unused_indexes(conn: Any) -> list[dict[str, Any]]:
