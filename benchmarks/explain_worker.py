@@ -5,9 +5,11 @@ scenario of `benchmarks.scenarios` (and a generic request for any route without 
 fresh container and then warm, with the round-trips recorder on; every distinct statement it sent
 is then run again as `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) <statement>` with its recorded
 parameters (generated ids made fresh in inserts), inside a transaction that is rolled back.
-Transaction control (`BEGIN`, `COMMIT`, `SET LOCAL`) is not explained. The `api_usage` row each
-request sends after its response goes around SQLAlchemy and is not recorded: a single-row INSERT,
-whose cost is the indexes it maintains (listed by the section), not a plan.
+Transaction control (`BEGIN`, `COMMIT`, `SET LOCAL`) is not explained. The materialized
+reports' defining queries (what the rollup cron's REFRESH reads) are explained too. The
+`api_usage` row each request sends after its response goes around SQLAlchemy and is not
+recorded: a single-row INSERT, whose cost is the indexes it maintains (listed by the section),
+not a plan.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from benchmarks.worker import (
     routes_of,
 )
 
+# The materialized reports' queries, which the rollup cron's REFRESH runs (label prefix).
+REFRESH = "report refresh:"
 _NOT_EXPLAINED = ("BEGIN", "COMMIT", "ROLLBACK", "SET", "SAVEPOINT", "RELEASE", "SHOW")
 
 
@@ -66,6 +70,10 @@ def task_explain(params: dict[str, Any]) -> dict[str, Any]:
             if verb in ("INSERT", "WITH"):  # an insert inserts anew, not into its own key
                 parameters = _fresh_ids(parameters)
             statements.append(_explain(conn, endpoint, statement, parameters, sizes, large_rows))
+        for view, definition in _report_queries(conn):
+            statements.append(
+                _explain(conn, f"{REFRESH} {view}", definition, None, sizes, large_rows)
+            )
         unused = _unused_indexes(conn)
     finally:
         conn.close()
@@ -116,6 +124,14 @@ def _explain(
         }
     )
     return row
+
+
+def _report_queries(conn: Any) -> list[tuple[str, str]]:
+    """Each materialized view's defining query: what refreshing the report reads."""
+    rows = conn.execute(
+        "SELECT matviewname, definition FROM pg_matviews WHERE schemaname = 'public' ORDER BY 1"
+    ).fetchall()
+    return [(name, definition.rstrip().rstrip(";")) for name, definition in rows]
 
 
 def _nodes(plan: dict[str, Any]) -> Any:

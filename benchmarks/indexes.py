@@ -124,8 +124,16 @@ FULL_SCANS_ALLOWED: dict[str, tuple[tuple[str, ...], str]] = {
         ("DELETE /api/me", "GET /api/me/export"),
         "the user's ids anywhere in the tags; the table keeps 90 days",
     ),
+    "search_history": (
+        ("report refresh:",),
+        "a report's refresh reads the history it aggregates, in the cron, never under a request",
+    ),
+    "search_daily_rollups": (
+        ("report refresh:",),
+        "the provider report aggregates every retained day's rollup, in the cron",
+    ),
     "users": (
-        ("GET /api/admin/analytics",),
+        ("GET /api/admin/analytics", "report refresh:"),
         "counts every user by tier and subscription status: counting all rows reads all rows",
     ),
 }
