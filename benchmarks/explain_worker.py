@@ -20,13 +20,12 @@ from benchmarks import scenarios
 from benchmarks.scenarios import Fixtures, Tokens
 from benchmarks.worker import (
     RECORDER,
+    Env,
     _fresh_ids,
-    _prepare,
     bare_connection,
     describe_sql,
-    fresh_container,
     http_functions,
-    invoke,
+    recorded_call,
     routes_of,
 )
 
@@ -43,17 +42,10 @@ def task_explain(params: dict[str, Any]) -> dict[str, Any]:
     recorded: dict[str, tuple[str, Any]] = {}  # statement text -> (first endpoint, params)
     errors: list[str] = []
     for scenario in _all_scenarios():
-        for mode in ("cold", "warm"):
+        for cold in (True, False):
             try:
-                _prepare(scenario.needs, tokens, fixtures)
-                event = scenario.build(tokens, fixtures)
-                if mode == "cold":
-                    fresh_container()
-                RECORDER.start()
-                try:
-                    invoke(scenario.function, event)
-                finally:
-                    RECORDER.stop()
+                with Env(scenario.env):
+                    recorded_call(scenario, tokens, fixtures, cold=cold)
             except Exception as error:  # report and go on: one broken scenario is not the run
                 errors.append(f"{scenario.name}: {type(error).__name__}: {error}")
                 continue

@@ -366,15 +366,8 @@ def _roundtrips_of(scenario: Scenario, tokens: Tokens, fixtures: Fixtures) -> di
     try:
         with Env(scenario.env):
             for mode in ("cold", "warm"):
-                _prepare(scenario.needs, tokens, fixtures)
-                event = scenario.build(tokens, fixtures)
-                if mode == "cold":
-                    fresh_container()
-                RECORDER.start()
-                try:
-                    status, body = invoke(scenario.function, event)
-                finally:
-                    counts = RECORDER.stop()
+                cold = mode == "cold"
+                status, body, counts = recorded_call(scenario, tokens, fixtures, cold=cold)
                 counts["status"] = status
                 if status >= 400 and scenario.label not in ("405", "generic"):
                     counts["error"] = json.dumps(body)[:300]
@@ -382,6 +375,23 @@ def _roundtrips_of(scenario: Scenario, tokens: Tokens, fixtures: Fixtures) -> di
     except Exception as error:
         entry["error"] = f"{type(error).__name__}: {error}"
     return entry
+
+
+def recorded_call(
+    scenario: Scenario, tokens: Tokens, fixtures: Fixtures, *, cold: bool
+) -> tuple[int, Any, dict[str, Any]]:
+    """One call of `scenario` (in a fresh container when `cold`) with the recorder on: status,
+    body and what it sent (`RECORDER.statements` keeps the SQL until the next call)."""
+    _prepare(scenario.needs, tokens, fixtures)
+    event = scenario.build(tokens, fixtures)
+    if cold:
+        fresh_container()
+    RECORDER.start()
+    try:
+        status, body = invoke(scenario.function, event)
+    finally:
+        counts = RECORDER.stop()
+    return status, body, counts
 
 
 def task_warm(params: dict[str, Any]) -> dict[str, Any]:
