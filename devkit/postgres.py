@@ -152,6 +152,10 @@ class LocalPostgres(Service):
         if self._account is not None:
             self._account.give(self.data_dir)
             allow_traversal(self.bin_dir)
+        self._create_cluster()
+
+    def _create_cluster(self) -> None:
+        """Fill the empty data dir: a new cluster (a replica takes a base backup instead)."""
         try:
             self._run(
                 "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",

@@ -33,13 +33,7 @@ class LocalReplica(LocalPostgres):
         super().__init__(data_dir, ephemeral=ephemeral, timeout=timeout)
         self.primary_port = primary_port
 
-    def _init_cluster(self) -> None:
-        if (self.data_dir / "PG_VERSION").exists():
-            return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.chmod(0o700)
-        if self._account is not None:
-            self._account.give(self.data_dir)
+    def _create_cluster(self) -> None:
         try:
             self._run(
                 "pg_basebackup", "-D", str(self.data_dir), "-R", "-X", "stream",
