@@ -265,7 +265,8 @@ class Backend:
     pid: int
     query: str
     blocked_by: tuple[int, ...]
-    wrote: frozenset[str]  # tables its transaction wrote or is writing (RowExclusiveLock)
+    wrote: frozenset[str]  # tables its transaction wrote or is writing (RowExclusiveLock);
+    # a partition is named by its partitioned table
 
 
 def blocked_backend(
@@ -281,8 +282,10 @@ def blocked_backend(
     if row is None:
         return None
     written = conn.execute(
-        """SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-           WHERE l.pid = %s AND l.granted AND l.mode = 'RowExclusiveLock' AND c.relkind = 'r'""",
+        """SELECT coalesce(pg_partition_root(c.oid)::regclass::text, c.relname)
+           FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+           WHERE l.pid = %s AND l.granted AND l.mode = 'RowExclusiveLock'
+             AND c.relkind IN ('r', 'p')""",
         (row[0],),
     ).fetchall()
     return Backend(row[0], row[1], tuple(row[2]), frozenset(name for (name,) in written))
