@@ -107,9 +107,7 @@ def dispose_engine() -> None:
     """Close the cached engines' connections and forget them (tests, settings changes)."""
     global _engine
     with _engine_lock:
-        for engine in (_engine, *_read_engines.values()):
-            if engine is not None:
-                engine.dispose()
+        _dispose_all()
         _engine = None
         _read_engines.clear()
 
@@ -119,9 +117,13 @@ def close_connections() -> None:
     (SnapStart: no socket may be frozen into the snapshot and shared by every restored
     container)."""
     with _engine_lock:
-        for engine in (_engine, *_read_engines.values()):
-            if engine is not None:
-                engine.dispose()
+        _dispose_all()
+
+
+def _dispose_all() -> None:
+    for engine in (_engine, *_read_engines.values()):
+        if engine is not None:
+            engine.dispose()
 
 
 def prepared_statements_enabled(target: DatabaseTarget, mode: PreparedStatements) -> bool:

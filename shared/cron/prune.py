@@ -108,25 +108,10 @@ def _prune_partitions(
             )
         if name is not None:
             dropped.setdefault(table, []).append(name)
-    size = run.settings.cron_batch_size
     for partition in partitions.unbounded(existing, cutoff):
-        while True:
-            if not run.has_time():
-                return False
-            with run.batch():
-                count = db.run(
-                    partial(
-                        partitions.delete_batch,
-                        layout=layout,
-                        partition=partition,
-                        cutoff=cutoff,
-                        limit=size,
-                    )
-                )
-            deleted[table] += count
-            run.processed += count
-            if count < size:
-                break
+        batch = partial(partitions.delete_batch, layout=layout, partition=partition, cutoff=cutoff)
+        if not _delete_in_batches(run, batch, table, deleted):
+            return False
     return True
 
 
@@ -134,15 +119,21 @@ def _prune_batches(
     run: Run, target: retention.Target, cutoff: datetime, deleted: dict[str, int]
 ) -> bool:
     """Delete `target`'s rows older than `cutoff` in batches; False if time ran out."""
+    batch = partial(retention.delete_batch, target=target, cutoff=cutoff)
+    return _delete_in_batches(run, batch, target.table, deleted)
+
+
+def _delete_in_batches(
+    run: Run, delete_batch: Callable[..., int], table: str, deleted: dict[str, int]
+) -> bool:
+    """`delete_batch(session, limit=…)` until a batch comes back short; False if time ran out."""
     size = run.settings.cron_batch_size
     while True:
         if not run.has_time():
             return False
         with run.batch():
-            count = db.run(
-                partial(retention.delete_batch, target=target, cutoff=cutoff, limit=size)
-            )
-        deleted[target.table] += count
+            count = db.run(partial(delete_batch, limit=size))
+        deleted[table] += count
         run.processed += count
         if count < size:
             return True
