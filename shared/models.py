@@ -26,6 +26,12 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
 - table `account_tombstones`: what an erasure keeps so that it never resets a trial
   (`shared.repositories.tombstones`).
 
+- tables `organizations` and `organization_members` (Clerk Organizations mirrored), and a
+  nullable `organizationId` on `saved_searches`, `search_history` and `keyword_reservations`
+  (migration 0013, docs/organizations.md). `saved_searches."userId"` became nullable for it: a
+  team's search outlives its creator (`saved_searches_owner_check`: a user or an organization
+  owns every search).
+
 Indexes changed from Prisma's by evidence (migration 0012, docs/performance.md, "Indexes from
 evidence"): `search_history_userId_searchedAt_stats_idx` (INCLUDE columns) replaces
 `search_history_userId_searchedAt_idx`; six indexes nothing reads by, or that duplicate a unique
@@ -148,10 +154,21 @@ class SavedSearch(Base):
     __table_args__ = (
         Index("saved_searches_userId_createdAt_idx", "userId", "createdAt"),
         Index("saved_searches_userId_lastAccessedAt_idx", "userId", "lastAccessedAt"),
+        Index(
+            "saved_searches_organizationId_updatedAt_idx",
+            "organizationId",
+            "updatedAt",
+            postgresql_where=text('"organizationId" IS NOT NULL'),
+        ),
+        CheckConstraint(
+            '"userId" IS NOT NULL OR "organizationId" IS NOT NULL',
+            name="saved_searches_owner_check",
+        ),
     )
 
     id: Mapped[str] = mapped_column("id", Text, primary_key=True)
-    user_id: Mapped[str] = mapped_column(
+    # NULL only for a team's search whose creator was erased.
+    user_id: Mapped[str | None] = mapped_column(
         "userId",
         Text,
         ForeignKey(
@@ -176,6 +193,17 @@ class SavedSearch(Base):
     )
     last_run_at: Mapped[datetime | None] = mapped_column("lastRunAt", UTCDateTime())
     result_count: Mapped[int | None] = mapped_column("resultCount", Integer)
+    # Addition: the team that shares the search; NULL for a personal one.
+    organization_id: Mapped[str | None] = mapped_column(
+        "organizationId",
+        Text,
+        ForeignKey(
+            "organizations.id",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+            name="saved_searches_organizationId_fkey",
+        ),
+    )
 
 
 class SearchHistory(Base):
@@ -189,6 +217,12 @@ class SearchHistory(Base):
             postgresql_include=["provider", "responseTime", "cacheHit"],
         ),
         Index("search_history_searchedAt_idx", "searchedAt"),
+        Index(
+            "search_history_organizationId_searchedAt_idx",
+            "organizationId",
+            "searchedAt",
+            postgresql_where=text('"organizationId" IS NOT NULL'),
+        ),
         {"postgresql_partition_by": 'RANGE ("searchedAt")'},
     )
 
@@ -215,6 +249,9 @@ class SearchHistory(Base):
     )
     user_agent: Mapped[str | None] = mapped_column("userAgent", Text)
     ip_address: Mapped[str | None] = mapped_column("ipAddress", Text)
+    # Addition: the team the search was made for (its quota); no foreign key on the partitioned
+    # log, the organization's deletion handles its rows.
+    organization_id: Mapped[str | None] = mapped_column("organizationId", Text)
 
 
 class ApiUsage(Base):
@@ -392,6 +429,17 @@ class KeywordReservation(Base):
         ),
     )
     keywords: Mapped[int] = mapped_column("keywords", Integer)
+    # Addition (0013): the organization whose quota holds the keywords; NULL: the user's own.
+    organization_id: Mapped[str | None] = mapped_column(
+        "organizationId",
+        Text,
+        ForeignKey(
+            "organizations.id",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+            name="keyword_reservations_organizationId_fkey",
+        ),
+    )
     reserved_at: Mapped[datetime] = mapped_column("reservedAt", UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column("expiresAt", UTCDateTime())
 
@@ -463,4 +511,84 @@ class DataExport(Base):
     started_at: Mapped[datetime | None] = mapped_column("startedAt", UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column("finishedAt", UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column("expiresAt", UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class Organization(Base):
+    """Addition: a Clerk organization mirrored from its webhooks (or first seen in a token),
+    with its tier, billing and pooled monthly keyword quota.
+
+    `clerkUpdatedAt` orders Clerk's events; `deletedAt` is the tombstone that keeps a deleted
+    organization from coming back with a late event (its data is gone)."""
+
+    __tablename__ = "organizations"
+    __table_args__ = (
+        Index("organizations_stripeCustomerId_key", "stripeCustomerId", unique=True),
+        Index("organizations_stripeSubscriptionId_key", "stripeSubscriptionId", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column("id", Text, primary_key=True)
+    name: Mapped[str] = mapped_column("name", Text)
+    slug: Mapped[str | None] = mapped_column("slug", Text)
+    tier: Mapped[UserTier] = mapped_column(
+        "tier",
+        Enum(UserTier, name="UserTier", values_callable=lambda e: [m.value for m in e]),
+        server_default=text("'FREE'"),
+    )
+    keyword_searches_this_month: Mapped[int] = mapped_column(
+        "keywordSearchesThisMonth", Integer, server_default=text("0")
+    )
+    keyword_searches_total: Mapped[int] = mapped_column(
+        "keywordSearchesTotal", Integer, server_default=text("0")
+    )
+    monthly_reset_at: Mapped[datetime] = mapped_column(
+        "monthlyResetAt", UTCDateTime(), server_default=NOW
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column("stripeCustomerId", Text)
+    stripe_subscription_id: Mapped[str | None] = mapped_column("stripeSubscriptionId", Text)
+    subscription_status: Mapped[str | None] = mapped_column("subscriptionStatus", Text)
+    subscription_plan: Mapped[str | None] = mapped_column("subscriptionPlan", Text)
+    subscription_ends_at: Mapped[datetime | None] = mapped_column(
+        "subscriptionEndsAt", UTCDateTime()
+    )
+    subscription_event_at: Mapped[datetime | None] = mapped_column(
+        "subscriptionEventAt", UTCDateTime()
+    )
+    subscription_created_at: Mapped[datetime | None] = mapped_column(
+        "subscriptionCreatedAt", UTCDateTime()
+    )
+    clerk_updated_at: Mapped[datetime | None] = mapped_column("clerkUpdatedAt", UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column("deletedAt", UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())
+
+
+class OrganizationMember(Base):
+    """Addition: a user's membership of an organization as Clerk last reported it.
+
+    No foreign key to `users`: Clerk reports members who have not signed in to KeyFlash yet.
+    `deletedAt` is a removed membership's tombstone (a late `created` does not restore it)."""
+
+    __tablename__ = "organization_members"
+    __table_args__ = (Index("organization_members_userId_idx", "userId"),)
+
+    organization_id: Mapped[str] = mapped_column(
+        "organizationId",
+        Text,
+        ForeignKey(
+            "organizations.id",
+            ondelete="CASCADE",
+            onupdate="CASCADE",
+            name="organization_members_organizationId_fkey",
+        ),
+        primary_key=True,
+    )
+    user_id: Mapped[str] = mapped_column("userId", Text, primary_key=True)
+    role: Mapped[str] = mapped_column("role", Text)
+    permissions: Mapped[list[str] | None] = mapped_column(
+        "permissions", ARRAY(Text), server_default=text("ARRAY[]::text[]")
+    )
+    clerk_updated_at: Mapped[datetime | None] = mapped_column("clerkUpdatedAt", UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column("deletedAt", UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)
     updated_at: Mapped[datetime] = mapped_column("updatedAt", UTCDateTime())

@@ -1,8 +1,11 @@
 """Saved searches: at most 50 per user, every call scoped by the owner's id.
 
 Scoping every statement by `userId` means another user's search looks exactly like a missing
-one, so existence never leaks across accounts. The request paths' list and create are statements
-built once (`shared.db.HotStatement`), their rows mapped by `shared.repositories.rows`.
+one, so existence never leaks across accounts. These are personal searches only
+(`organizationId` NULL): a team's searches, though their creator's `userId` is on them, are
+reached through the team (docs/organizations.md), never through the personal routes or quota.
+The request paths' list and create are statements built once
+(`shared.db.HotStatement`), their rows mapped by `shared.repositories.rows`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, cast
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
+    ColumnElement,
     Integer,
     Table,
     Text,
@@ -57,6 +61,13 @@ def _require_transaction(session: Session) -> None:
 
 
 _SEARCHES = cast(Table, SavedSearch.__table__)
+
+
+def _personal(user_id: str) -> ColumnElement[bool]:
+    """The user's own searches, not the teams' they created."""
+    return and_(SavedSearch.user_id == user_id, SavedSearch.organization_id.is_(None))
+
+
 _COLUMNS = list(_SEARCHES.columns)
 _SUMMARY_COLUMNS = [column for column in _COLUMNS if column.name != "results"]
 _search_from = RowMapper(SavedSearch, _COLUMNS)
@@ -66,14 +77,19 @@ _OWNER_LOCK = HotStatement(
 )
 
 
+_NOT_INSERTED = ("lastRunAt", "organizationId")  # a personal search belongs to no team
+
+
 def _create_statement() -> HotStatement:
     """INSERT … SELECT <binds> WHERE (the user's count) < MAX_PER_USER RETURNING *, binds named
     `p_<column>`."""
     user_id = bindparam("p_userId", type_=Text())
     count = (
-        select(func.count()).select_from(_SEARCHES).where(_SEARCHES.c.userId == user_id)
+        select(func.count())
+        .select_from(_SEARCHES)
+        .where(_SEARCHES.c.userId == user_id, _SEARCHES.c.organizationId.is_(None))
     ).scalar_subquery()
-    names = [column.name for column in _COLUMNS if column.name != "lastRunAt"]
+    names = [column.name for column in _COLUMNS if column.name not in _NOT_INSERTED]
     source = select(
         *[bindparam(f"p_{name}", type_=_SEARCHES.c[name].type) for name in names]
     ).where(count < MAX_PER_USER)
@@ -130,7 +146,7 @@ def get(
     """The user's saved search, touching `lastAccessedAt` in the same statement."""
     statement = (
         update(SavedSearch)
-        .where(SavedSearch.id == search_id, SavedSearch.user_id == user_id)
+        .where(_personal(user_id), SavedSearch.id == search_id)
         .values(last_accessed_at=now or utcnow())
         .returning(SavedSearch)
     )
@@ -167,7 +183,10 @@ def _list_statement(*, after: bool) -> HotStatement:
     columns = _SEARCHES.c
     statement = (
         select(*_SUMMARY_COLUMNS)
-        .where(columns.userId == bindparam("p_user_id", type_=Text()))
+        .where(
+            columns.userId == bindparam("p_user_id", type_=Text()),
+            columns.organizationId.is_(None),
+        )
         .order_by(columns.updatedAt.desc(), columns.id.desc())
         .limit(bindparam("p_limit", type_=Integer()))
     )
@@ -207,7 +226,7 @@ def update_search(
         values["description"] = description
     statement = (
         update(SavedSearch)
-        .where(SavedSearch.id == search_id, SavedSearch.user_id == user_id)
+        .where(_personal(user_id), SavedSearch.id == search_id)
         .values(**values)
         .returning(SavedSearch)
     )
@@ -221,7 +240,7 @@ def delete_search(session: Session, user_id: str, search_id: str) -> bool:
     """True when the user's search existed and is now gone."""
     result = session.execute(
         delete(SavedSearch)
-        .where(SavedSearch.id == search_id, SavedSearch.user_id == user_id)
+        .where(_personal(user_id), SavedSearch.id == search_id)
         .returning(SavedSearch.id),
         execution_options={"synchronize_session": False},
     )

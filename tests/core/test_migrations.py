@@ -47,6 +47,8 @@ OUR_TABLES = {
     "keyword_reservations",
     "account_tombstones",
     "data_exports",
+    "organizations",
+    "organization_members",
 }
 POOLED_URL = "postgresql://u:secretpw@ep-x-123-pooler.eu-central-1.aws.neon.tech/db"
 FLAGGED_POOLER_URL = "postgresql://u:secretpw@127.0.0.1:6432/db?pgbouncer=true"

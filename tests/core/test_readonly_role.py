@@ -31,6 +31,8 @@ NOT_GRANTED = {  # personal columns of granted tables
     "users": ("email", "stripeCustomerId", "stripeSubscriptionId"),
     "search_history": ("ipAddress", "userAgent"),
     "api_usage": ("ipAddress", "userAgent"),
+    "organizations": ("name", "slug", "stripeCustomerId", "stripeSubscriptionId"),
+    "organization_members": ("permissions",),
 }
 
 

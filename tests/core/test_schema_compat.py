@@ -277,6 +277,93 @@ DOCUMENTED_ADDITIONS["index search_history_userId_searchedAt_stats_idx"] = {
     "definition": 'CREATE INDEX "search_history_userId_searchedAt_stats_idx" ON search_history '
     'USING btree ("userId", "searchedAt") INCLUDE (provider, "responseTime", "cacheHit")',
 }
+# Organizations (migration 0013, docs/organizations.md): two tables of our own, a nullable
+# `organizationId` on three tables, and one change: a team's saved search outlives its creator,
+# so `saved_searches."userId"` is nullable (the check keeps every search owned by someone).
+# Prisma's INSERTs of a personal search still name `userId`.
+_ORGANIZATION_COLUMNS = {
+    "organizations": (
+        ("id", "text", False),
+        ("name", "text", False),
+        ("slug", "text", True),
+        ("tier", '"UserTier"', False),
+        ("keywordSearchesThisMonth", "integer", False),
+        ("keywordSearchesTotal", "integer", False),
+        ("monthlyResetAt", TIMESTAMP3, False),
+        ("stripeCustomerId", "text", True),
+        ("stripeSubscriptionId", "text", True),
+        ("subscriptionStatus", "text", True),
+        ("subscriptionPlan", "text", True),
+        ("subscriptionEndsAt", TIMESTAMP3, True),
+        ("subscriptionEventAt", TIMESTAMP3, True),
+        ("subscriptionCreatedAt", TIMESTAMP3, True),
+        ("clerkUpdatedAt", TIMESTAMP3, True),
+        ("deletedAt", TIMESTAMP3, True),
+        ("createdAt", TIMESTAMP3, False),
+        ("updatedAt", TIMESTAMP3, False),
+    ),
+    "organization_members": (
+        ("organizationId", "text", False),
+        ("userId", "text", False),
+        ("role", "text", False),
+        ("permissions", "text[]", True),
+        ("clerkUpdatedAt", TIMESTAMP3, True),
+        ("deletedAt", TIMESTAMP3, True),
+        ("createdAt", TIMESTAMP3, False),
+        ("updatedAt", TIMESTAMP3, False),
+    ),
+}
+_CASCADE_TO_ORGANIZATIONS = {
+    "type": "FOREIGN KEY",
+    "references": "organizations",
+    "on_delete": "CASCADE",
+}
+DOCUMENTED_ADDITIONS.update(
+    {
+        "table organizations": {"kind": "table"},
+        "table organization_members": {"kind": "table"},
+        **{
+            f"column {table}.{name}": {"type": type_, "nullable": nullable}
+            for table, columns in _ORGANIZATION_COLUMNS.items()
+            for name, type_, nullable in columns
+        },
+        "constraint organizations_pkey": {"table": "organizations", "type": "PRIMARY KEY"},
+        "index organizations_pkey": {"table": "organizations"},
+        "index organizations_stripeCustomerId_key": {"table": "organizations"},
+        "index organizations_stripeSubscriptionId_key": {"table": "organizations"},
+        "constraint organization_members_pkey": {
+            "table": "organization_members",
+            "type": "PRIMARY KEY",
+            "columns": ["organizationId", "userId"],
+        },
+        "index organization_members_pkey": {"table": "organization_members"},
+        "index organization_members_userId_idx": {"table": "organization_members"},
+        "constraint organization_members_organizationId_fkey": {
+            "table": "organization_members",
+            **_CASCADE_TO_ORGANIZATIONS,
+        },
+        **{
+            f"column {table}.organizationId": {"type": "text", **NULLABLE_COLUMN}
+            for table in ("saved_searches", "search_history", "keyword_reservations")
+        },
+        "constraint saved_searches_organizationId_fkey": {
+            "table": "saved_searches",
+            **_CASCADE_TO_ORGANIZATIONS,
+        },
+        "constraint keyword_reservations_organizationId_fkey": {
+            "table": "keyword_reservations",
+            **_CASCADE_TO_ORGANIZATIONS,
+        },
+        "constraint saved_searches_owner_check": {
+            "table": "saved_searches",
+            "type": "CHECK",
+            "definition": 'CHECK ((("userId" IS NOT NULL) OR ("organizationId" IS NOT NULL)))',
+        },
+        "index saved_searches_organizationId_updatedAt_idx": {"table": "saved_searches"},
+        "index search_history_organizationId_searchedAt_idx": {"table": "search_history"},
+    }
+)
+ORGANIZATION_CHANGES = {"column saved_searches.userId": {"nullable": True}}
 DOCUMENTED_REMOVALS = frozenset(
     {
         "index search_history_userId_searchedAt_idx",
@@ -326,7 +413,7 @@ def unexpected_differences(prisma: Snapshot, ours: Snapshot) -> str:
         item="documented addition",
         missing="missing",
         removed=DOCUMENTED_REMOVALS,
-        changes=PARTITIONED_LOGS,
+        changes={**PARTITIONED_LOGS, **ORGANIZATION_CHANGES},
     )
 
 
