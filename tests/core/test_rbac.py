@@ -30,14 +30,14 @@ EXPECTED = {
 
 
 def test_permission_names_are_clerks_full_form() -> None:
-    assert rbac.PERMISSIONS == {
+    assert {
         "org:searches:read",
         "org:searches:manage",
         "org:members:read",
         "org:usage:read",
         "org:keywords:search",
         "org:billing:manage",
-    }
+    } == rbac.PERMISSIONS
     assert {role for role, _ in EXPECTED} == set(rbac.ROLE_PERMISSIONS)
 
 
