@@ -1,4 +1,5 @@
-"""Stripe billing: what each webhook event does to a user, applied exactly once.
+"""Stripe billing: what each webhook event does to a user or an organization, applied exactly
+once.
 
 Two entry points share one code path: the webhook (`process`, with the verified event) and
 the retry cron (`process_recorded`, with an event id from the ledger). Either way ONE transaction
@@ -11,6 +12,11 @@ statement of their own, so Stripe's retry, or the cron, runs the event again
 What each event does to the tier and status is docs/billing.md#tier-and-status; which event
 applies to which subscription, and in which order, is decided in
 `shared.repositories.subscriptions` (docs/billing.md#which-subscription-in-which-order).
+
+An event about an organization (its metadata's `organizationId`, or an organization's Stripe
+customer) changes the organization's row by the same rules, never a user's
+(`shared.repositories.org_subscriptions`); a deleted organization's events are recorded and
+change nothing (docs/organizations.md#billing-per-organization).
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
 arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until
@@ -37,7 +43,7 @@ from shared.clock import utcnow
 from shared.config import get_settings
 from shared.db import DatabaseUnavailableError
 from shared.models import UserTier
-from shared.repositories import subscriptions, webhook_events
+from shared.repositories import org_subscriptions, subscriptions, webhook_events
 from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
 from shared.stripe_objects import (
     CHECKOUT_EVENTS,
@@ -73,6 +79,7 @@ class Outcome(enum.StrEnum):
     LINKED = "linked"  # a pending or failed checkout: only the customer was linked
     STALE = "stale"  # older than, or superseded by, what is already applied: nothing changed
     ERASED = "erased"  # about an erased customer: recorded without its payload, nothing done
+    DELETED = "deleted"  # about a deleted organization: recorded, nothing done
     IGNORED = "ignored"  # nothing to do for this type or shape (recorded as processed)
     DUPLICATE = "duplicate"  # processed before: nothing done
 
@@ -81,8 +88,17 @@ class BillingUserNotFoundError(LookupError):
     """No user matches the event yet; the event is retried (its checkout may still come)."""
 
 
+class BillingOrganizationNotFoundError(LookupError):
+    """The event names an organization that does not exist yet; the event is retried."""
+
+
 def _user_id(metadata: Mapping[str, Any]) -> str | None:
     value = metadata.get("clerkUserId")
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _org_id(metadata: Mapping[str, Any]) -> str | None:
+    value = metadata.get("organizationId")
     return value if isinstance(value, str) and value.strip() else None
 
 
@@ -104,12 +120,14 @@ def tier_for_status(status: str) -> UserTier | None:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Who the event is about (lookup candidates, in order) and what it changes: the
-    subscription columns (`change`), or, for a checkout not paid (yet), only the customer link."""
+    """Who the event is about (lookup candidates, in order; `org_id`: the organization its
+    metadata names) and what it changes: the subscription columns (`change`), or, for a
+    checkout not paid (yet), only the customer link."""
 
     candidates: tuple[tuple[LookupKey, str], ...]
     change: SubscriptionChange | None
     link_customer: str | None = None
+    org_id: str | None = None
 
 
 def _candidates(*pairs: tuple[LookupKey, str | None]) -> tuple[tuple[LookupKey, str], ...]:
@@ -152,8 +170,9 @@ def _checkout_plan(session: CheckoutSession, *, paid: bool) -> Plan | None:
         ("email", email),
         ("customer", session.customer),
     )
+    org_id = _org_id(session.metadata)
     if not paid or session.payment_status == "unpaid":
-        return Plan(candidates, None, link_customer=session.customer)
+        return Plan(candidates, None, link_customer=session.customer, org_id=org_id)
     provisional = "trialing" if session.payment_status == "no_payment_required" else "active"
     return Plan(
         candidates,
@@ -167,6 +186,7 @@ def _checkout_plan(session: CheckoutSession, *, paid: bool) -> Plan | None:
             ordered=False,  # it says nothing about the subscription's state at a moment
             status_from=CHECKOUT_APPLIES_TO,
         ),
+        org_id=org_id,
     )
 
 
@@ -187,6 +207,7 @@ def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | N
             ends_at=subscription.ends_at(),
             created_at=timestamp(subscription.created),
         ),
+        org_id=_org_id(subscription.metadata),
     )
 
 
@@ -194,9 +215,8 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
     subscription_id = invoice.subscription_id()
     if not subscription_id:
         return None  # a one-off invoice: nothing to do with the subscription
-    candidates = _candidates(
-        ("customer", invoice.customer), ("id", _user_id(invoice.details().metadata))
-    )
+    metadata = invoice.details().metadata
+    candidates = _candidates(("customer", invoice.customer), ("id", _user_id(metadata)))
     if paid:
         charged = invoice.amount_paid is None or invoice.amount_paid > 0
         change = SubscriptionChange(
@@ -215,7 +235,7 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
             may_take_over=False,
             status_from=PAYMENT_FAILURE_APPLIES_TO,
         )
-    return Plan(candidates, change)
+    return Plan(candidates, change, org_id=_org_id(metadata))
 
 
 # --- applying it ----------------------------------------------------------------------------
@@ -225,8 +245,9 @@ def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = 
     """Apply the event's effect in the caller's transaction, with no ledger claim: the rules
     alone, for a caller that owns the transaction (the ordering tests); events go through `process`.
 
-    Raises `BillingUserNotFoundError` when no user matches and `InvalidEventError` when the
-    event lacks what its type needs; the caller's transaction must then roll back.
+    Raises `BillingUserNotFoundError` (or `BillingOrganizationNotFoundError`) when no user (no
+    organization) matches and `InvalidEventError` when the event lacks what its type needs; the
+    caller's transaction must then roll back.
     """
     return _apply(session, event, now or utcnow())[0]
 
@@ -238,9 +259,12 @@ def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outc
     plan = plan_for(event)
     if plan is None:
         return Outcome.IGNORED, None
+    customers = tuple(value for key, value in plan.candidates if key == "customer")
+    org = org_subscriptions.find(session, plan.org_id, customers)
+    if org is not None or plan.org_id is not None:
+        return _apply_to_org(session, event, plan, org, moment), None
     user_id = subscriptions.find_user_id(session, plan.candidates)
     if user_id is None:
-        customers = [value for key, value in plan.candidates if key == "customer"]
         if any(subscriptions.is_erased_customer(session, c) for c in customers):
             return Outcome.ERASED, None
         tried = ", ".join(f"{key}={value}" for key, value in plan.candidates if key != "email")
@@ -265,6 +289,29 @@ def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outc
 
         storage.mark_user(session, user_id)
     return outcome, user_id
+
+
+def _apply_to_org(
+    session: Session,
+    event: StripeEvent,
+    plan: Plan,
+    org: org_subscriptions.Found | None,
+    moment: datetime,
+) -> Outcome:
+    """The plan applied to an organization's row (organizations have no legacy record)."""
+    if org is None:
+        raise BillingOrganizationNotFoundError(f"no organization for {event.type} ({plan.org_id})")
+    if org.deleted:
+        return Outcome.DELETED
+    if plan.change is None:
+        linked = plan.link_customer is not None and org_subscriptions.link_customer(
+            session, org.id, plan.link_customer, now=moment
+        )
+        return Outcome.LINKED if linked else Outcome.STALE
+    decision = org_subscriptions.apply_change(
+        session, org.id, plan.change, event_at=event.created, now=moment
+    )
+    return _OUTCOMES[decision]
 
 
 def _legacy_mode() -> bool:
@@ -308,7 +355,15 @@ def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
         from shared import storage
 
         storage.sync_user(changed)
-    if outcome is Outcome.ERASED:
+    if outcome is Outcome.DELETED:
+        # A subscription may outlive its organization: support cancels it in Stripe's dashboard.
+        log_event(
+            "stripe_event_for_deleted_organization",
+            level=logging.WARNING,
+            eventId=event.id,
+            type=event.type,
+        )
+    elif outcome is Outcome.ERASED:
         # The event id (not personal data) lets support open it in Stripe's dashboard and
         # cancel a subscription that outlived its account (docs/billing.md, "Erasure").
         log_event(
@@ -337,7 +392,8 @@ def process_recorded(event_id: str, *, now: datetime | None = None) -> Outcome:
 def describe_failure(error: BaseException) -> str:
     """The error as the ledger stores it: our own messages carry ids only; database errors
     are reduced to their class, SQLSTATE and constraint (their text may quote row values)."""
-    if isinstance(error, InvalidEventError | BillingUserNotFoundError | DatabaseUnavailableError):
+    ours = InvalidEventError | BillingUserNotFoundError | BillingOrganizationNotFoundError
+    if isinstance(error, ours | DatabaseUnavailableError):
         return f"{type(error).__name__}: {error}"
     if isinstance(error, DBAPIError) and error.orig is not None:
         original = error.orig

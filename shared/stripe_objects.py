@@ -35,13 +35,13 @@ class InvalidEventError(ValueError):
 
 Spec: TypeAlias = "bool | dict[str, Spec]"
 _REF: Spec = {"id": True}  # a Stripe id, or an expanded object of which only the id is kept
-_USER_METADATA: Spec = {"clerkUserId": True}
+_METADATA: Spec = {"clerkUserId": True, "organizationId": True}  # whom the event is about
 _SUBSCRIPTION: Spec = {
     "id": True,
     "customer": _REF,
     "status": True,
     "created": True,
-    "metadata": _USER_METADATA,
+    "metadata": _METADATA,
     "current_period_end": True,  # API versions before 2025-03-31
     "ended_at": True,
     "items": {
@@ -55,8 +55,8 @@ _INVOICE: Spec = {
     "id": True,
     "customer": _REF,
     "subscription": _REF,  # before basil
-    "subscription_details": {"metadata": _USER_METADATA},
-    "parent": {"subscription_details": {"subscription": _REF, "metadata": _USER_METADATA}},
+    "subscription_details": {"metadata": _METADATA},
+    "parent": {"subscription_details": {"subscription": _REF, "metadata": _METADATA}},
     "amount_paid": True,
     "lines": {"data": {"period": {"end": True}}},
 }
@@ -66,7 +66,7 @@ _CHECKOUT: Spec = {
     "mode": True,
     "customer": _REF,
     "subscription": _REF,
-    "metadata": _USER_METADATA,
+    "metadata": _METADATA,
     "client_reference_id": True,
     "customer_email": True,
     "customer_details": {"email": True},

@@ -4,8 +4,11 @@
 The checks run in the original checkout's order (docs/original-app.md#post-apicheckout):
 billing off → 503, no valid session → 401, the route's hourly limit per user → 429 (failing
 closed whatever RATE_LIMIT_FAIL_SAFE says: each call may create a Stripe object), then the user
-is provisioned. Redirects go back to the request's `Origin` only when it is on the CORS
-allow-list, else to APP_URL: a session never sends the user to a site we do not own.
+is provisioned. An organization's sessions (`org_caller`) then need the caller to be in the
+organization (the token's active org, else the mirror's membership; else 404, the same as no
+such organization) with `org:billing:manage` (`shared.rbac`; else 403). Redirects go back to
+the request's `Origin` only when it is on the CORS allow-list, else to APP_URL: a session never
+sends the user to a site we do not own.
 
 stripe-python is imported on first use, so the routes' cold start does not pay for it. Stripe's
 answers map to ours: unreachable, rate limited or failing on its side → 503 (try again); a bad
@@ -20,17 +23,18 @@ from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 
-from shared import db
-from shared.auth import Identity, provision
+from shared import db, rbac
+from shared.auth import Identity, is_org_id, provision
 from shared.config import Settings, get_settings
 from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
-from shared.models import User
+from shared.models import Organization, User
 from shared.ratelimit import limit_request
-from shared.repositories import users
+from shared.repositories import organizations, users
 from shared.telemetry import log_event
 
 if TYPE_CHECKING:
@@ -42,6 +46,8 @@ STRIPE_API_VERSION = "2026-01-28.clover"  # the original's pin; events are read 
 LIMIT_PER_HOUR = 10
 TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
+ORG_NOT_FOUND = "Organization not found"
+BILLING_FORBIDDEN = "You do not have permission to manage this organization's billing"
 
 
 def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -63,6 +69,44 @@ def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, An
 
 def caller(request: Request, endpoint: str, refused: str) -> User:
     """The signed-in, provisioned caller's row after the shared checks, or the refusal."""
+    return _provisioned(_checked(request, endpoint, refused))
+
+
+def org_caller(
+    request: Request, org_id: str, endpoint: str, refused: str
+) -> tuple[User, Organization]:
+    """The caller's row and the organization whose billing they manage, after the shared
+    checks: 404 unless they are in it, 403 unless they hold `org:billing:manage`."""
+    identity = _checked(request, endpoint, refused)
+    user = _provisioned(identity)
+    org, role, permissions = db.run(lambda s: _membership(s, identity, org_id), idempotent=True)
+    if org is None:
+        raise ApiError(404, ORG_NOT_FOUND)
+    if not rbac.allows(role, permissions, rbac.BILLING_MANAGE):
+        raise ApiError(403, BILLING_FORBIDDEN)
+    return user, org
+
+
+def _membership(
+    session: Session, identity: Identity, org_id: str
+) -> tuple[Organization | None, str, frozenset[str]]:
+    """The organization with the caller's role and permissions in it: the token's when it is
+    the active org (the row made from the token if the mirror has not seen it yet), else the
+    mirror's; no organization when the caller is in neither."""
+    active = identity.org
+    if active is not None and active.id == org_id:
+        found = organizations.ensure(session, org_id, slug=active.slug)
+        return found, active.role, active.permissions
+    if not is_org_id(org_id):
+        return None, "", frozenset()
+    member = organizations.membership(session, org_id, identity.user_id)
+    if member is None:
+        return None, "", frozenset()
+    found = organizations.get(session, org_id)
+    return found, member.role, frozenset(member.permissions or ())
+
+
+def _checked(request: Request, endpoint: str, refused: str) -> Identity:
     settings = get_settings()
     if not settings.billing_enabled:
         raise ApiError(503, "billing is disabled")
@@ -78,6 +122,10 @@ def caller(request: Request, endpoint: str, refused: str) -> User:
         fail_safe="closed",
         label="Client Error",
     )
+    return identity
+
+
+def _provisioned(identity: Identity) -> User:
     provision(identity)
     # Get-or-create, not get: another container may have erased the row since this one
     # provisioned the caller; the answer is then a fresh account, as GET /api/me gives.

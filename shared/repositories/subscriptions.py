@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.db import HotStatement, execute_hot
-from shared.models import ErasedBillingCustomer, User, UserTier
+from shared.models import ErasedBillingCustomer, Organization, User, UserTier
 from shared.repositories import users
 from shared.telemetry import database_operation
 
@@ -173,53 +173,61 @@ def apply_change(
     decision = decide(stored, change, event_at)
     if decision is Decision.STALE:
         return decision
-    values = _values(user, change, decision, event_at=event_at, now=now)
+    values = column_values(user, change, decision, event_at=event_at, now=now)
     if values.keys() == {User.updated_at}:
         return Decision.STALE  # an older event with nothing the row lacks
     users.update_columns(session, user_id, values)
     return decision
 
 
-def _values(
-    user: User, change: SubscriptionChange, decision: Decision, *, event_at: datetime, now: datetime
+def column_values(
+    row: User | Organization,
+    change: SubscriptionChange,
+    decision: Decision,
+    *,
+    event_at: datetime,
+    now: datetime,
 ) -> dict[Any, Any]:
-    values: dict[Any, Any] = {User.updated_at: now}
+    """The columns `decision` writes on a user's or an organization's row (the same columns,
+    the same rules), keyed by the row's model attributes. Only a user has a trial to end."""
+    model: Any = type(row)
+    values: dict[Any, Any] = {model.updated_at: now}
     if decision is Decision.FILL:
         fills = {
-            User.subscription_plan: (user.subscription_plan, change.plan),
-            User.subscription_ends_at: (user.subscription_ends_at, change.ends_at),
-            User.stripe_customer_id: (user.stripe_customer_id, change.customer_id),
-            User.subscription_created_at: (user.subscription_created_at, change.created_at),
+            model.subscription_plan: (row.subscription_plan, change.plan),
+            model.subscription_ends_at: (row.subscription_ends_at, change.ends_at),
+            model.stripe_customer_id: (row.stripe_customer_id, change.customer_id),
+            model.subscription_created_at: (row.subscription_created_at, change.created_at),
         }
         values.update({column: new for column, (old, new) in fills.items() if old is None and new})
         return values
 
     taking_over = decision is Decision.TAKE_OVER
-    values[User.stripe_subscription_id] = change.subscription_id
+    values[model.stripe_subscription_id] = change.subscription_id
     if change.customer_id is not None:
-        values[User.stripe_customer_id] = change.customer_id
+        values[model.stripe_customer_id] = change.customer_id
     if taking_over or change.plan is not None:
-        values[User.subscription_plan] = change.plan
+        values[model.subscription_plan] = change.plan
     if taking_over or change.ends_at is not None:
-        values[User.subscription_ends_at] = change.ends_at
+        values[model.subscription_ends_at] = change.ends_at
     if taking_over or (
         change.created_at is not None
-        and (change.created_exact or user.subscription_created_at is None)
+        and (change.created_exact or row.subscription_created_at is None)
     ):
-        values[User.subscription_created_at] = change.created_at
+        values[model.subscription_created_at] = change.created_at
     if change.ordered:
-        values[User.subscription_event_at] = event_at
+        values[model.subscription_event_at] = event_at
     elif taking_over:
-        values[User.subscription_event_at] = None  # no event of this subscription applied yet
+        values[model.subscription_event_at] = None  # no event of this subscription applied yet
     if change.status is not None:
-        values[User.subscription_status] = change.status
-    if change.tier is not None and user.tier is not UserTier.ENTERPRISE:
-        values[User.tier] = change.tier
-        if change.tier is UserTier.PRO and user.tier is UserTier.FREE:
-            values[User.keyword_searches_this_month] = 0
-            values[User.monthly_reset_at] = now
-        elif change.tier is UserTier.FREE:
-            trial_end = user.trial_ends_at
+        values[model.subscription_status] = change.status
+    if change.tier is not None and row.tier is not UserTier.ENTERPRISE:
+        values[model.tier] = change.tier
+        if change.tier is UserTier.PRO and row.tier is UserTier.FREE:
+            values[model.keyword_searches_this_month] = 0
+            values[model.monthly_reset_at] = now
+        elif change.tier is UserTier.FREE and isinstance(row, User):
+            trial_end = row.trial_ends_at
             values[User.trial_ends_at] = now if trial_end is None else min(trial_end, now)
     return values
 

@@ -1,0 +1,60 @@
+"""POST /api/orgs/{org_id}/billing-portal: a Stripe Billing Portal session for the organization's
+customer → `{url}` (docs/organizations.md#billing-per-organization).
+
+The organization checkout's checks (404 unless the caller is in the organization, 403 without
+`org:billing:manage`); an organization Stripe does not know yet (no `stripeCustomerId`) is 404
+`No billing account found`, as for a user who never paid. Returns to `/search` on the
+allow-listed origin.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.config import get_settings
+from shared.http import stripe_sessions
+from shared.http.app import create_app, lambda_handler
+from shared.http.errors import ApiError
+from shared.http.responses import ok
+
+app = create_app(
+    title="Organization billing portal",
+    summary="Manage an organization's subscription on Stripe's portal.",
+)
+
+RATE_LIMITED = "Too many billing portal requests. Please try again later."
+NO_CUSTOMER = "No billing account found. Subscribe first."
+
+
+@app.post(
+    "/api/orgs/{org_id}/billing-portal",
+    response_model=None,
+    responses=stripe_sessions.responses(
+        "Stripe Billing Portal",
+        {
+            403: "A member without `org:billing:manage`",
+            404: "No such organization for the caller, or it has never paid (no Stripe customer)",
+        },
+    ),
+)
+def org_billing_portal(org_id: str, request: Request) -> Response:
+    _, org = stripe_sessions.org_caller(request, org_id, "org_billing_portal", RATE_LIMITED)
+    settings = get_settings()
+    config = stripe_sessions.require(settings, STRIPE_SECRET_KEY=settings.stripe_secret_key)
+    customer = org.stripe_customer_id
+    if not customer:
+        raise ApiError(404, NO_CUSTOMER)
+    params = {
+        "customer": customer,
+        "return_url": f"{stripe_sessions.redirect_origin(request, settings)}/search",
+    }
+    stripe = stripe_sessions.client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
+    session = stripe_sessions.call(
+        "billing_portal.sessions.create",
+        lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]
+    )
+    return ok({"url": session.url})
+
+
+handler = lambda_handler(app)

@@ -1,0 +1,100 @@
+"""Organizations' Stripe subscription columns: the users' rules (`subscriptions.decide` and
+`subscriptions.column_values`) applied to an organization's row, under its row lock.
+
+An event is about an organization when its metadata names one (`organizationId`, set by the
+org checkout on the session and the subscription) or its customer is an organization's
+(`organizations.stripeCustomerId`). A deleted organization (tombstone `deletedAt`) is found,
+so the event is recorded as about it, but nothing is ever written to it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import Organization
+from shared.repositories.subscriptions import (
+    Decision,
+    Stored,
+    SubscriptionChange,
+    column_values,
+    decide,
+)
+from shared.telemetry import database_operation
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The organization an event is about (`deleted`: a tombstone, never written)."""
+
+    id: str
+    deleted: bool
+
+
+@database_operation("findBillingOrganization")
+def find(session: Session, org_id: str | None, customers: tuple[str, ...]) -> Found | None:
+    """The organization named by `org_id` (metadata) first, else the one whose Stripe customer
+    is among `customers`; tombstones included. One query."""
+    conditions = []
+    if org_id:
+        conditions.append(Organization.id == org_id)
+    if customers:
+        conditions.append(Organization.stripe_customer_id.in_(customers))
+    if not conditions:
+        return None
+    rows = session.execute(
+        select(Organization.id, Organization.deleted_at).where(or_(*conditions))
+    ).all()
+    ranked = sorted(rows, key=lambda row: row[0] != org_id)  # the metadata's org first
+    return None if not ranked else Found(ranked[0][0], ranked[0][1] is not None)
+
+
+@database_operation("applyOrganizationSubscriptionChange")
+def apply_change(
+    session: Session, org_id: str, change: SubscriptionChange, *, event_at: datetime, now: datetime
+) -> Decision:
+    """Lock the organization's row, decide as for a user and write; a tombstone is never
+    written (STALE)."""
+    org = session.scalars(
+        select(Organization).where(Organization.id == org_id).with_for_update()
+    ).one_or_none()
+    if org is None or org.deleted_at is not None:
+        return Decision.STALE
+    stored = Stored(
+        org.stripe_subscription_id,
+        org.subscription_status,
+        org.subscription_event_at,
+        org.subscription_created_at,
+    )
+    decision = decide(stored, change, event_at)
+    if decision is Decision.STALE:
+        return decision
+    values = column_values(org, change, decision, event_at=event_at, now=now)
+    if values.keys() == {Organization.updated_at}:
+        return Decision.STALE  # an older event with nothing the row lacks
+    session.execute(
+        update(Organization).where(Organization.id == org_id).values(values),
+        execution_options={"synchronize_session": False},
+    )
+    return decision
+
+
+@database_operation("linkOrganizationStripeCustomer")
+def link_customer(session: Session, org_id: str, customer_id: str, *, now: datetime) -> bool:
+    """Link the customer to a live organization that has none yet (a checkout not paid yet);
+    True when the row changed."""
+    statement = (
+        update(Organization)
+        .where(
+            Organization.id == org_id,
+            Organization.stripe_customer_id.is_(None),
+            Organization.deleted_at.is_(None),
+        )
+        .values({Organization.stripe_customer_id: customer_id, Organization.updated_at: now})
+        .returning(Organization.id)
+    )
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return result.first() is not None
