@@ -1,0 +1,393 @@
+"""The Stripe webhook applied to organizations (docs/organizations.md#billing-per-organization) on
+a real Postgres, both lanes: an event whose metadata names an organization, or whose customer is
+an organization's, changes the organization's row by the users' rules (ordering, take-over,
+terminal statuses, exactly once through the ledger) and never a user's; a deleted organization's
+events are recorded and change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from threading import Barrier
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from shared import billing, config, db
+from shared.models import Organization, UserTier, WebhookEvent
+from shared.repositories import organizations, webhook_events
+from shared.stripe_objects import StripeEvent
+from tests.support.http import Caller, Keys
+from tests.support.stripe_events import (
+    T0,
+    checkout,
+    deliver,
+    invoice,
+    make_pro,
+    make_user,
+    stripe_event,
+    subscription,
+    user,
+)
+
+ORG = "org_acme"
+ORG_META = {"product": "keyflash-pro", "organizationId": ORG}
+GENERIC_500 = "An unexpected error occurred"
+
+
+@pytest.fixture
+def stripe_env(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_test_secret_for_keyflash")
+    config.get_settings.cache_clear()
+    return api_env
+
+
+@pytest.fixture
+def call(stripe_env: Keys) -> Caller:
+    return Caller("lambda_v2", stripe_env)
+
+
+def make_org(org_id: str = ORG, **columns: Any) -> None:
+    """The organization as a token first makes it, then `columns` (model attribute names)."""
+    db.run(lambda s: organizations.ensure(s, org_id, slug="acme"))
+    if columns:
+        statement = update(Organization).where(Organization.id == org_id).values(**columns)
+        db.run(lambda s: s.execute(statement))
+
+
+def org(org_id: str = ORG) -> Organization:
+    found = db.run(lambda s: s.get(Organization, org_id))
+    assert found is not None
+    return found
+
+
+def ledger(event_id: str) -> WebhookEvent | None:
+    return db.run(lambda s: webhook_events.get(s, event_id))
+
+
+def org_subscription(status: str, **options: Any) -> dict[str, Any]:
+    options = {"customer": "cus_org", "sub_id": "sub_org", "metadata": ORG_META, **options}
+    return subscription(status, **options)
+
+
+def org_invoice(**options: Any) -> dict[str, Any]:
+    obj = invoice(customer="cus_org", sub_id="sub_org", **options)
+    obj["parent"]["subscription_details"]["metadata"] = ORG_META
+    return obj
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# --- which row an event changes -------------------------------------------------------------
+
+
+def test_the_org_checkout_makes_the_organization_pro_and_never_the_payer(call: Caller) -> None:
+    """The session names the organization only; the payer's email matches a user, who must not
+    be upgraded by the email fallback."""
+    make_org(keyword_searches_this_month=7)
+    make_user(email="payer@example.com")
+    session = checkout(
+        clerk_user_id=None,
+        email="payer@example.com",
+        customer="cus_org",
+        sub_id="sub_org",
+        metadata={"organizationId": ORG},
+        client_reference_id=ORG,
+        created=T0 - 60,
+    )
+    result = deliver(call, stripe_event("checkout.session.completed", session))
+    assert (result.status, result.json) == (200, {"received": True})
+    row = org()
+    assert (row.tier, row.subscription_status) == (UserTier.PRO, "active")
+    assert (row.stripe_customer_id, row.stripe_subscription_id) == ("cus_org", "sub_org")
+    assert row.keyword_searches_this_month == 0  # FREE → PRO starts a fresh month, as for users
+    payer = user()
+    assert (payer.tier, payer.stripe_customer_id, payer.subscription_status) == (
+        UserTier.FREE,
+        None,
+        None,
+    )
+
+
+def test_subscription_created_updated_deleted_follow_stripe(call: Caller) -> None:
+    make_org()
+    created = stripe_event(
+        "customer.subscription.created", org_subscription("trialing", created=T0 - 10), created=T0
+    )
+    updated = stripe_event(
+        "customer.subscription.updated", org_subscription("past_due"), created=T0 + 10
+    )
+    deleted = stripe_event(
+        "customer.subscription.deleted",
+        org_subscription("canceled", ended_at=T0 + 20),
+        created=T0 + 20,
+    )
+    assert deliver(call, created).status == 200
+    row = org()
+    assert (row.tier, row.subscription_status, row.subscription_plan) == (
+        UserTier.PRO,
+        "trialing",
+        "Pro monthly",
+    )
+    assert (row.subscription_created_at, row.subscription_event_at) == (at(T0 - 10), at(T0))
+    assert deliver(call, updated).status == 200
+    assert (org().tier, org().subscription_status) == (UserTier.PRO, "past_due")
+    assert deliver(call, deleted).status == 200
+    row = org()
+    assert (row.tier, row.subscription_status, row.subscription_ends_at) == (
+        UserTier.FREE,
+        "canceled",
+        at(T0 + 20),
+    )
+
+
+def test_an_event_without_metadata_finds_the_organization_by_its_customer(call: Caller) -> None:
+    make_org(stripe_customer_id="cus_org")
+    bare = subscription("active", customer="cus_org", sub_id="sub_org")  # no organizationId
+    assert deliver(call, stripe_event("customer.subscription.created", bare)).status == 200
+    assert (org().tier, org().stripe_subscription_id) == (UserTier.PRO, "sub_org")
+
+
+def test_invoices_move_the_organization_into_grace_and_back(call: Caller) -> None:
+    make_org()
+    deliver(call, stripe_event("customer.subscription.created", org_subscription("active")))
+    failed = deliver(call, stripe_event("invoice.payment_failed", org_invoice(), created=T0 + 5))
+    assert failed.status == 200
+    assert (org().tier, org().subscription_status) == (UserTier.PRO, "past_due")
+    paid = deliver(call, stripe_event("invoice.paid", org_invoice(), created=T0 + 6))
+    assert paid.status == 200
+    row = org()
+    assert (row.subscription_status, row.subscription_ends_at) == ("active", at(T0 + 60 * 86400))
+
+
+def test_personal_billing_is_untouched_by_organizations(call: Caller) -> None:
+    """A member's own subscription and the team's are two rows: each event changes its own."""
+    make_pro(subscription_status="active")  # user_a: cus_1 / sub_1
+    make_org(stripe_customer_id="cus_org")
+    deliver(
+        call,
+        stripe_event("customer.subscription.deleted", org_subscription("canceled"), created=T0 + 1),
+    )
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
+    assert org().subscription_status == "canceled"
+    deliver(
+        call,
+        stripe_event("customer.subscription.updated", subscription("past_due"), created=T0 + 2),
+    )
+    assert user().subscription_status == "past_due"
+    assert (org().stripe_customer_id, org().subscription_status) == ("cus_org", "canceled")
+
+
+def test_an_enterprise_organization_keeps_its_tier(call: Caller) -> None:
+    make_org(tier=UserTier.ENTERPRISE)
+    deliver(call, stripe_event("customer.subscription.deleted", org_subscription("canceled")))
+    assert (org().tier, org().subscription_status) == (UserTier.ENTERPRISE, "canceled")
+
+
+def test_a_checkout_not_paid_yet_links_the_organizations_customer_only(call: Caller) -> None:
+    make_org()
+    pending = checkout(
+        clerk_user_id=None,
+        customer="cus_org",
+        sub_id="sub_org",
+        metadata={"organizationId": ORG},
+        payment_status="unpaid",
+    )
+    assert deliver(call, stripe_event("checkout.session.completed", pending)).status == 200
+    row = org()
+    assert (row.stripe_customer_id, row.tier, row.subscription_status) == (
+        "cus_org",
+        UserTier.FREE,
+        None,
+    )
+
+
+# --- ordering -------------------------------------------------------------------------------
+
+
+def test_an_older_event_never_rolls_the_organization_back(call: Caller) -> None:
+    make_org()
+    newer = stripe_event(
+        "customer.subscription.updated", org_subscription("past_due"), created=T0 + 10
+    )
+    older = stripe_event(
+        "customer.subscription.updated", org_subscription("active"), created=T0 + 5
+    )
+    deliver(call, newer)
+    assert deliver(call, older).status == 200
+    row = org()
+    assert (row.subscription_status, row.subscription_event_at) == ("past_due", at(T0 + 10))
+    processed = ledger(older["id"])
+    assert processed is not None and processed.processed
+
+
+def test_a_canceled_org_subscription_is_never_revived_and_a_newer_one_takes_over(
+    call: Caller,
+) -> None:
+    make_org()
+    deliver(
+        call,
+        stripe_event(
+            "customer.subscription.deleted",
+            org_subscription("canceled", created=T0 - 100),
+            created=T0,
+        ),
+    )
+    late = stripe_event(
+        "customer.subscription.updated",
+        org_subscription("active", created=T0 - 100),
+        created=T0 + 1,
+    )
+    deliver(call, late)
+    assert (org().tier, org().subscription_status) == (UserTier.FREE, "canceled")
+    fresh = subscription(
+        "active", customer="cus_org", sub_id="sub_org2", metadata=ORG_META, created=T0 + 50
+    )
+    deliver(call, stripe_event("customer.subscription.created", fresh, created=T0 + 50))
+    assert (org().stripe_subscription_id, org().tier) == ("sub_org2", UserTier.PRO)
+
+
+# --- exactly once ---------------------------------------------------------------------------
+
+
+def test_a_replay_is_a_duplicate_and_changes_nothing(call: Caller) -> None:
+    make_org()
+    event = stripe_event("customer.subscription.created", org_subscription("active"))
+    assert deliver(call, event).json == {"received": True}
+    before = org()
+    assert deliver(call, event).json == {"received": True, "duplicate": True}
+    after = org()
+    assert (after.updated_at, after.subscription_event_at) == (
+        before.updated_at,
+        before.subscription_event_at,
+    )
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (True, 1)
+
+
+def _race(deliveries: list[dict[str, Any]]) -> list[billing.Outcome]:
+    """Each event processed on its own thread and connection, all released at once."""
+    gate = Barrier(len(deliveries))
+
+    def one(payload: dict[str, Any]) -> billing.Outcome:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        gate.wait()
+        return billing.process(StripeEvent.from_payload(payload))
+
+    with ThreadPoolExecutor(max_workers=len(deliveries)) as pool:
+        return list(pool.map(one, deliveries))
+
+
+def test_concurrent_deliveries_of_one_event_apply_it_once(stripe_env: Keys) -> None:
+    make_org()
+    event = stripe_event("customer.subscription.created", org_subscription("active"))
+    outcomes = _race([event] * 8)
+    assert sorted(outcomes) == sorted([billing.Outcome.APPLIED] + [billing.Outcome.DUPLICATE] * 7)
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (True, 1)
+
+
+def test_concurrent_events_for_one_organization_settle_on_the_newest(stripe_env: Keys) -> None:
+    """Different events serialise on the organization's row lock; whatever the interleaving,
+    the newest state wins."""
+    make_org()
+    statuses = ["active", "past_due", "unpaid", "active", "past_due", "active"]
+    events = [
+        stripe_event("customer.subscription.updated", org_subscription(status), created=T0 + rank)
+        for rank, status in enumerate(statuses)
+    ]
+    outcomes = _race(events)
+    assert billing.Outcome.DUPLICATE not in outcomes
+    row = org()
+    assert (row.subscription_status, row.subscription_event_at) == ("active", at(T0 + 5))
+    assert row.tier is UserTier.PRO
+
+
+# --- deleted or unknown organizations -------------------------------------------------------
+
+
+def test_a_deleted_organizations_events_are_recorded_and_change_nothing(
+    call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_org(stripe_customer_id="cus_org")
+    make_org(deleted_at=at(T0))
+    before = org()
+    named = stripe_event("customer.subscription.updated", org_subscription("active"))
+    by_customer = stripe_event("invoice.paid", invoice(customer="cus_org", sub_id="sub_org"))
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        for event in (named, by_customer):
+            assert deliver(call, event).json == {"received": True}
+    for event in (named, by_customer):
+        row = ledger(event["id"])
+        assert row is not None and (row.processed, row.error) == (True, None)
+    after = org()
+    assert (after.tier, after.subscription_status, after.stripe_subscription_id) == (
+        UserTier.FREE,
+        None,
+        None,
+    )
+    assert (after.updated_at, after.deleted_at) == (before.updated_at, at(T0))
+    warned = [r.getMessage() for r in caplog.records if "deleted_organization" in r.getMessage()]
+    assert len(warned) == 2 and named["id"] in warned[0]
+    assert deliver(call, named).json == {"received": True, "duplicate": True}
+
+
+def test_a_late_checkout_never_resurrects_a_deleted_organization(call: Caller) -> None:
+    make_org(deleted_at=at(T0))
+    session = checkout(
+        clerk_user_id=None, customer="cus_org", sub_id="sub_org", metadata={"organizationId": ORG}
+    )
+    assert deliver(call, stripe_event("checkout.session.completed", session)).status == 200
+    row = org()
+    assert (row.stripe_customer_id, row.tier, row.deleted_at) == (None, UserTier.FREE, at(T0))
+
+
+def test_an_event_for_an_unknown_organization_is_retried_until_it_exists(call: Caller) -> None:
+    event = stripe_event("customer.subscription.created", org_subscription("active"))
+    first = deliver(call, event)
+    assert (first.status, first.json["message"]) == (500, GENERIC_500)
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (False, 1)
+    assert row.error == (
+        "BillingOrganizationNotFoundError: no organization for customer.subscription.created "
+        f"({ORG})"
+    )
+    make_org()
+    assert billing.process_recorded(event["id"]) is billing.Outcome.APPLIED
+    assert org().tier is UserTier.PRO
+
+
+def test_the_ledger_keeps_the_organization_id_and_nothing_else_of_the_metadata(
+    stripe_env: Keys,
+) -> None:
+    event = stripe_event(
+        "customer.subscription.created",
+        org_subscription("active", metadata={**ORG_META, "note": "x"}),
+    )
+    stored = StripeEvent.from_payload(event).payload()
+    assert stored["data"]["object"]["metadata"] == {"organizationId": ORG}
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (
+            lambda: stripe_event("customer.subscription.updated", org_subscription("active")),
+            billing.Outcome.APPLIED,
+        ),
+        (lambda: stripe_event("charge.refunded", {"id": "ch_1"}), billing.Outcome.IGNORED),
+    ],
+)
+def test_apply_event_outcomes_for_an_organization(
+    stripe_env: Keys, event: Callable[[], dict[str, Any]], expected: billing.Outcome
+) -> None:
+    make_org()
+    parsed = StripeEvent.from_payload(event())
+    assert db.transaction(lambda s: billing.apply_event(s, parsed)) is expected
