@@ -1,8 +1,9 @@
-"""POST /api/orgs/{org_id}/checkout and /billing-portal (docs/organizations.md#billing-per-
-organization) against the local fake of the Stripe API (tests/support/fake_stripe.py) on a real
-Postgres, both lanes: who may start or manage an organization's subscription (the token's active
-org or the mirror's membership, with `org:billing:manage`), what reaches Stripe, and the round
-trip through the signed webhook to the organization's row."""
+"""POST /api/orgs/{org_id}/checkout and /billing-portal
+(docs/organizations.md#billing-per-organization) against the local fake of the Stripe API
+(tests/support/fake_stripe.py) on a real Postgres, both lanes: who may start or manage an
+organization's subscription (the token's active org or the mirror's membership, with
+`org:billing:manage`), what reaches Stripe, and the round trip through the signed webhook to the
+organization's row."""
 
 from __future__ import annotations
 

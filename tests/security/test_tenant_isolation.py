@@ -83,12 +83,13 @@ class World:
     a_cursor: str  # a `nextCursor` from A's history
     a_export: str  # A's open data export
     conn: psycopg.Connection[Any]
+    a_org: str  # an organization A administers (in the mirror), with a Stripe customer
 
     def a_markers(self) -> list[str]:
         """Strings that would only appear in an answer that leaked something of A's."""
         return [
             self.a.user_id, self.a.email, *self.a_searches, *self.a_history, self.a_export,
-            "alpha secret list", "alphakeyword", "cus_alpha_",
+            self.a_org, "alpha secret list", "alphakeyword", "cus_alpha_",
         ]  # fmt: skip
 
 
@@ -119,8 +120,9 @@ def storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 @pytest.fixture
 def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> World:
-    """A with two saved searches, two keyword searches, a flag naming them, a Stripe customer
-    and an open data export; B with one saved search and one keyword search. Made through the
+    """A with two saved searches, two keyword searches, a flag naming them, a Stripe customer,
+    an open data export and an organization A administers (as the Clerk mirror and the webhook
+    would record it); B with one saved search and one keyword search. Made through the
     API, as the tenants themselves would (the Stripe customer as the webhook would link it)."""
     call = Caller("lambda_v2", api_env)
     suffix = uuid.uuid4().hex[:8]
@@ -152,7 +154,20 @@ def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> W
     export = a("me_export", "POST", "/api/me/export")
     assert export.status == 202, export.text
     a_export = export.json["export"]["id"]
-    return World(a, b, a_searches, b_search, a_history, history["nextCursor"], a_export, admin_conn)
+    a_org = f"org_alpha{suffix}"
+    admin_conn.execute(
+        """INSERT INTO organizations (id, name, "stripeCustomerId", "updatedAt")
+           VALUES (%s, 'Alpha team', %s, now())""",
+        (a_org, f"cus_alpha_org{suffix}"),
+    )
+    admin_conn.execute(
+        """INSERT INTO organization_members ("organizationId", "userId", role, "updatedAt")
+           VALUES (%s, %s, 'org:admin', now())""",
+        (a_org, a.user_id),
+    )
+    return World(
+        a, b, a_searches, b_search, a_history, history["nextCursor"], a_export, admin_conn, a_org
+    )
 
 
 def user_tables(conn: psycopg.Connection[Any]) -> list[str]:
@@ -377,6 +392,21 @@ def probe_billing_portal(w: World) -> None:
     assert stripe_api.requests == []
 
 
+def _org_billing_probe(route: str) -> Callable[[World], None]:
+    def probe(w: World) -> None:
+        module = FUNCTION_OF["POST", f"/api/orgs/{{org_id}}/{route}"]
+        with billing() as stripe_api:
+            missing = w.b(module, "POST", f"/api/orgs/org_nothere{uuid.uuid4().hex}/{route}")
+            attempt = w.b(module, "POST", f"/api/orgs/{w.a_org}/{route}")
+        assert missing.status == 404, missing.text
+        assert_same_answer(attempt, missing)
+        assert_nothing_of_a(w, attempt)
+        assert stripe_api.requests == []
+
+    probe.__doc__ = f"B on A's organization's {route}: the same 404 as for no such organization."
+    return probe
+
+
 def _admin_probe(method: str, path: str) -> Callable[[World], None]:
     def probe(w: World) -> None:
         concrete = path.replace("{key}", "alpha-only")
@@ -410,6 +440,8 @@ PROBES: dict[Route, Callable[[World], None]] = {
     ("GET", "/api/flags"): probe_flags,
     ("POST", "/api/checkout"): probe_checkout,
     ("POST", "/api/billing/portal"): probe_billing_portal,
+    ("POST", "/api/orgs/{org_id}/checkout"): _org_billing_probe("checkout"),
+    ("POST", "/api/orgs/{org_id}/billing-portal"): _org_billing_probe("billing-portal"),
     **{
         (method, path): _admin_probe(method, path)
         for method, path, _ in ROUTES
