@@ -33,6 +33,7 @@ NO_CUSTOMER = "No billing account found. Subscribe first."
     responses=stripe_sessions.responses(
         "Stripe Billing Portal",
         {
+            400: "`org_id` is not shaped like a Clerk organization id",
             403: "A member without `org:billing:manage`",
             404: "No such organization for the caller, or it has never paid (no Stripe customer)",
         },

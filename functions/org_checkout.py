@@ -88,6 +88,7 @@ def idempotency_key(org_id: str, params: dict[str, Any], now: float) -> str:
     responses=stripe_sessions.responses(
         "Stripe Checkout",
         {
+            400: "`org_id` is not shaped like a Clerk organization id",
             403: "A member without `org:billing:manage`",
             404: "No such organization for the caller (not a member, or deleted)",
             409: "The organization already pays (PRO with a live subscription, or ENTERPRISE)",

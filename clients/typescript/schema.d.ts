@@ -2413,7 +2413,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description `org_id` is not shaped like a Clerk organization id */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2522,7 +2522,7 @@ export interface operations {
                     };
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description `org_id` is not shaped like a Clerk organization id */
             400: {
                 headers: {
                     [name: string]: unknown;

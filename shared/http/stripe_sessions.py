@@ -4,11 +4,11 @@
 The checks run in the original checkout's order (docs/original-app.md#post-apicheckout):
 billing off → 503, no valid session → 401, the route's hourly limit per user → 429 (failing
 closed whatever RATE_LIMIT_FAIL_SAFE says: each call may create a Stripe object), then the user
-is provisioned. An organization's sessions (`org_caller`) then need the caller to be in the
-organization (the token's active org, else the mirror's membership; else 404, the same as no
-such organization) with `org:billing:manage` (`shared.rbac`; else 403). Redirects go back to
-the request's `Origin` only when it is on the CORS allow-list, else to APP_URL: a session never
-sends the user to a site we do not own.
+is provisioned. An organization's sessions (`org_caller`) then need an id shaped like Clerk's
+(else 400) and the caller to be in the organization (the token's active org, else the mirror's
+membership; else 404, the same as no such organization) with `org:billing:manage`
+(`shared.rbac`; else 403). Redirects go back to the request's `Origin` only when it is on the
+CORS allow-list, else to APP_URL: a session never sends the user to a site we do not own.
 
 stripe-python is imported on first use, so the routes' cold start does not pay for it. Stripe's
 answers map to ours: unreachable, rate limited or failing on its side → 503 (try again); a bad
@@ -47,6 +47,7 @@ LIMIT_PER_HOUR = 10
 TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
 ORG_NOT_FOUND = "Organization not found"
+INVALID_ORG_ID = "Invalid organization ID format"
 BILLING_FORBIDDEN = "You do not have permission to manage this organization's billing"
 
 
@@ -76,8 +77,11 @@ def org_caller(
     request: Request, org_id: str, endpoint: str, refused: str
 ) -> tuple[User, Organization]:
     """The caller's row and the organization whose billing they manage, after the shared
-    checks: 404 unless they are in it, 403 unless they hold `org:billing:manage`."""
+    checks: 400 for an id no organization can have, 404 unless they are in it, 403 unless they
+    hold `org:billing:manage`."""
     identity = _checked(request, endpoint, refused)
+    if not is_org_id(org_id):
+        raise ApiError(400, INVALID_ORG_ID)  # no organization has such an id: nothing leaks
     user = _provisioned(identity)
     org, role, permissions = db.run(lambda s: _membership(s, identity, org_id), idempotent=True)
     if org is None:
@@ -97,8 +101,6 @@ def _membership(
     if active is not None and active.id == org_id:
         found = organizations.ensure(session, org_id, slug=active.slug)
         return found, active.role, active.permissions
-    if not is_org_id(org_id):
-        return None, "", frozenset()
     member = organizations.membership(session, org_id, identity.user_id)
     if member is None:
         return None, "", frozenset()

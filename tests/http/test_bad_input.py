@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy import text
 
 from devkit import gateway, layout
 from shared import db
@@ -548,8 +549,24 @@ def prepare(route: Route, call: Caller) -> Target:
     if path == "/api/billing/portal":  # only a Stripe customer gets a portal session
         assert call("me", "GET", "/api/me", user=user).status == 200  # provisions the user
         db.run(lambda s: users.update_user(s, user, stripe_customer_id=f"cus_{user}"))
+    if "{org_id}" in path:  # an organization the caller administers, already a Stripe customer
+        for statement in (_ORG_ROW, _ORG_ADMIN):
+            db.run(lambda s, sql=statement: s.execute(sql, {"org": ORG, "user": user}))
+        path = path.replace("{org_id}", ORG)
     assert "{" not in path, f"teach prepare() to create what {route} names"
     return Target(path, user, valid_body(route), dict(VALID_QUERIES.get(str(route), {})))
+
+
+ORG = "org_badinput"
+# The mirror's view, as Clerk's webhooks and a checkout would leave it (idempotent).
+_ORG_ROW = text(
+    """INSERT INTO organizations (id, name, "stripeCustomerId", "updatedAt")
+       VALUES (:org, 'Bad input team', 'cus_' || :org, now()) ON CONFLICT (id) DO NOTHING"""
+)
+_ORG_ADMIN = text(
+    """INSERT INTO organization_members ("organizationId", "userId", role, "updatedAt")
+       VALUES (:org, :user, 'org:admin', now()) ON CONFLICT DO NOTHING"""
+)
 
 
 def valid_body_of(route_id: str) -> dict[str, Any]:

@@ -175,12 +175,20 @@ def test_a_non_member_gets_the_same_404_as_for_no_such_organization(
         post(call, PORTAL, outsider),
         post(call, "/api/orgs/org_nothere/billing-portal", outsider),
         post(call, CHECKOUT, token(call, "user_b", org=None)),
-        post(call, "/api/orgs/not-an-org-id/checkout", outsider),
     ]
     assert {a.status for a in answers} == {404}
     bodies = [without_time(a) for a in answers]
     assert all(body == bodies[0] for body in bodies)
     assert bodies[0]["message"] == NOT_FOUND
+    assert fake_stripe.requests == []
+
+
+def test_an_id_no_organization_can_have_is_400_before_any_lookup(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    for path in ("/api/orgs/not-an-org-id/checkout", "/api/orgs/org_%27x/billing-portal"):
+        result = post(lambda_call, path, token(lambda_call))
+        assert (result.status, result.json["message"]) == (400, "Invalid organization ID format")
     assert fake_stripe.requests == []
 
 
