@@ -306,12 +306,14 @@ def fail_in_every_way(run: Run, other_key: str) -> None:
 def bill(run: Run) -> None:
     """Stripe: Grace opens checkout (her email goes to Stripe), Ada upgrades (the session
     carries her email), opens the billing portal, then cancels; a checkout whose key Stripe
-    refuses (a 500 whose log must not show the key). Stripe is a local fake."""
+    refuses (a 500 whose log must not show the key); Ada subscribes her team and opens its
+    portal. Stripe is a local fake."""
     with fake_stripe.serve(api_key=STRIPE_SECRET_KEY) as stripe_api:
         run.env(STRIPE_API_BASE=stripe_api.url)
         grace = run.token("user_grace", GRACE)
         assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 200
         upgrade_and_cancel(run)
+        subscribe_team(run)
         stripe_api.api_key = "sk_test_rotated"  # Stripe now refuses the configured key
         assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 500
         run.env(STRIPE_API_BASE=None)
@@ -331,6 +333,24 @@ def upgrade_and_cancel(run: Run) -> None:
                     "status": "canceled", "metadata": {"clerkUserId": "user_ada"},
                     "items": {"data": [{"price": {"id": "price_pro"}}]}}  # fmt: skip
     assert stripe_delivery(run, "customer.subscription.deleted", subscription).status == 200
+
+
+def subscribe_team(run: Run) -> None:
+    """Ada, admin of her active organization, starts its checkout (her email goes to Stripe),
+    the webhook makes the organization PRO, and she opens its portal."""
+    team = "org_adateam"
+    admin = run.token("user_ada", ADA, org_id=team, org_role="org:admin")
+    started = run.call("org_checkout", "POST", f"/api/orgs/{team}/checkout", token=admin)
+    assert started.status == 200, started.text
+    session = {
+        "id": "cs_team", "object": "checkout.session", "mode": "subscription",
+        "customer": "cus_adateam", "subscription": "sub_adateam", "payment_status": "paid",
+        "metadata": {"organizationId": team}, "customer_email": ADA,
+        "customer_details": {"email": ADA, "address": {"city": "London"}},
+    }  # fmt: skip
+    assert stripe_delivery(run, "checkout.session.completed", session).status == 200
+    portal = run.call("org_billing_portal", "POST", f"/api/orgs/{team}/billing-portal", token=admin)
+    assert portal.status == 200, portal.text
 
 
 def vercel_cron(app: Any, secret: str, query: str = "") -> Any:
