@@ -37,8 +37,7 @@ MEMBERSHIP_EVENTS = frozenset(
     }
 )
 ORGANIZATION_DELETED = "organization.deleted"
-CLERK_ORGANIZATION_EVENTS = ORGANIZATION_EVENTS | MEMBERSHIP_EVENTS | {ORGANIZATION_DELETED}
-# Clerk's roles before custom roles ("admin", "basic_member") and today's ("org:admin", …).
+# Clerk's role keys from before the `org:` prefix (its webhook examples still send them).
 LEGACY_ROLES = {"admin": "org:admin", "basic_member": "org:member"}
 
 Id = Annotated[str, Field(min_length=1, max_length=255)]
