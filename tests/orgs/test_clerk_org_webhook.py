@@ -473,6 +473,41 @@ def test_racing_membership_events_settle_on_the_newest(
         assert org_row(admin_conn, org_id) == ("Acme", None, at(base + 3 - round_ % 2), False)
 
 
+def test_a_deletion_racing_membership_events_leaves_no_live_member(
+    lambda_only: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Whichever commits first, a deleted organization ends with every membership tombstoned:
+    the membership's upsert of the organization row and the tombstone serialise on that row."""
+    for round_ in range(4):
+        org_id = f"org_{round_}"
+        deliver(lambda_only, "organization.created", org_data(org_id, "Acme", 1))
+        sent: list[tuple[str, dict[str, Any]]] = [("organization.deleted", deleted(org_id))]
+        sent += [
+            ("organizationMembership.created", member_data(org_id, f"user_{i}", "org:admin", 5))
+            for i in range(3)
+        ]
+        start = threading.Barrier(len(sent))
+
+        def one(
+            event: tuple[str, dict[str, Any]], barrier: threading.Barrier = start
+        ) -> tuple[int, Any]:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            barrier.wait()
+            result = deliver(lambda_only, *event)[0]
+            return result.status, result.json
+
+        with ThreadPoolExecutor(max_workers=len(sent)) as pool:
+            outcomes = list(pool.map(one, sent[round_ % 2 :] + sent[: round_ % 2]))
+        assert outcomes == [(200, {"received": True})] * len(sent)
+        assert org_row(admin_conn, org_id) == ("", None, at(1), True)
+        live = admin_conn.execute(
+            """SELECT count(*) FROM organization_members
+               WHERE "organizationId" = %s AND "deletedAt" IS NULL""",
+            [org_id],
+        ).fetchone()
+        assert live == (0,)
+
+
 # --- refusals and logs ---------------------------------------------------------------------------
 
 MEMBER = member_data("org_a", "user_a", "org:admin", 1000)
