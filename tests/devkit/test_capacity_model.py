@@ -202,3 +202,34 @@ def test_the_check_reports_each_figure_with_its_error_and_flags_a_miss() -> None
     assert not missed["statements (total)"]["within"]
     assert missed["api_usage rows"]["error"] == pytest.approx(1.0)
     assert not missed["api_usage rows"]["within"]
+
+
+def test_a_time_figure_under_one_unit_is_reported_but_not_checked() -> None:
+    from benchmarks.capacity_check import _verdict, compare
+
+    # 100 reads in 10 s at 4 ms of server time: 0.04 servers busy, a fraction of one.
+    samples = [{"sv_active": 0, "cl_waiting": 0, "maxwait_ms": 0}]
+    small = compare([_output(100)], _edges(200, 400_000, 100), samples, 10, 10, ROUTES, TABLES, 20)
+    busy = {row["figure"]: row for row in small["comparison"]}
+    servers = busy["server connections busy (mean, Little)"]
+    assert servers["within"] and not servers["checked"]
+    assert all(row["checked"] for row in small["comparison"] if row["tolerance"] != 0.5)
+    # 30 s of server time held in 10 s: 3 servers busy, while the model says 0.04.
+    edges = _edges(200, 30_000_000, 100)
+    large = compare([_output(100)], edges, samples, 10, 10, ROUTES, TABLES, 20)
+    missed = {row["figure"]: row for row in large["comparison"]}
+    assert missed["server connections busy (mean, Little)"]["checked"]
+    assert not missed["server connections busy (mean, Little)"]["within"]
+    assert _verdict(small)["status"] == "pass"
+    assert _verdict(large)["status"] == "fail"
+
+
+def test_the_top_step_is_near_what_the_cores_carry_with_containers_to_keep_its_pace() -> None:
+    from benchmarks.capacity_check import containers_for, high_rate
+
+    # Mix 1:1 of READ (10 ms CPU + 4 ms server) and WRITE (30 + 12): 28 ms per request.
+    mix = {"read": 1, "write": 1}
+    assert high_rate(mix, ROUTES, 2) == round(2 * 0.7 * 1000 / 28, -1) == 50.0
+    # 40 ms of handler time per request: 2 busy at 50 req/s, 6 times that.
+    assert containers_for(50, mix, ROUTES) == 12
+    assert containers_for(1, mix, ROUTES) == 5
