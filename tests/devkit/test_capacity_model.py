@@ -266,3 +266,11 @@ def test_the_top_step_is_near_what_the_cores_carry_with_containers_to_keep_its_p
     # 40 ms of handler time per request: 2 busy at 50 req/s, 6 times that.
     assert containers_for(50, mix, ROUTES) == 12
     assert containers_for(1, mix, ROUTES) == 5
+
+
+def test_a_step_short_of_its_rate_is_reported_saturated() -> None:
+    from benchmarks.capacity_check import _saturated
+
+    assert _saturated({"rate_target": 100.0, "rate_achieved": 49.1}).startswith(" (saturated")
+    assert _saturated({"rate_target": 50.0, "rate_achieved": 50.2}) == ""
+    assert _saturated({"rate_target": 50.0, "rate_achieved": 45.0}) == ""
