@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def _org_permission(value: str) -> tuple[str, str]:
 
 
 def _org_claims(
-    org_id: str, role: str, slug: str | None, permissions: tuple[str, ...], version: int
+    org_id: str, role: str, slug: str | None, permissions: Sequence[str], version: int
 ) -> dict[str, Any]:
     """The active-org claims as Clerk writes them in claims version 1 or 2 (`shared.auth`
     documents both; v2 packs permissions as bitmasks over the org features in `fea`)."""
@@ -162,7 +163,7 @@ def issue_token(
     org_id: str | None = None,
     org_role: str = "member",
     org_slug: str | None = None,
-    org_permissions: tuple[str, ...] = (),
+    org_permissions: Sequence[str] = (),
     claims_version: int = 2,
     ttl_s: int = DEFAULT_TTL_S,
     now: float | None = None,
