@@ -63,6 +63,7 @@ def todays_body(user_id: str) -> bytes:
         return compact(
             {
                 "user": None if data.user is None else account.row(data.user),
+                "organizationMemberships": [account.row(r) for r in data.memberships],
                 "savedSearches": [account.row(r) for r in data.saved_searches],
                 "searchHistory": [account.row(r) for r in data.search_history],
                 "apiUsage": [account.row(r) for r in data.api_usage],
