@@ -419,6 +419,8 @@ export interface operations {
             query?: {
                 /** @description Window in days, 1..90 (default 7) */
                 days?: string | null;
+                /** @description Only this organization's searches (org_…) */
+                organizationId?: string | null;
             };
             header?: never;
             path?: never;
