@@ -252,6 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, metavar="ID", help="the user id (sub claim)")
     token.add_argument("--email", help="email claim (default: ID@keyflash.local)")
     token.add_argument("--admin", action="store_true", help="include the admin role claim")
+    token.add_argument("--org", metavar="ID", help="the active organization (org_…)")
+    token.add_argument(
+        "--org-role", metavar="ROLE", help="the role in --org: admin, member (default) or custom"
+    )
+    token.add_argument("--org-slug", metavar="SLUG", help="the organization's slug claim")
+    token.add_argument(
+        "--org-permission",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a Clerk custom permission in --org, e.g. org:billing:manage (repeatable)",
+    )
+    token.add_argument(
+        "--claims-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="Clerk's session-token claims version (default: 2, what Clerk issues now)",
+    )
     token.add_argument(
         "--ttl", type=int, default=24 * 3600, metavar="S", help="lifetime (default: 86400)"
     )
@@ -259,6 +278,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline",
         action="store_true",
         help="sign even though no keyflash dev runs on the state dir (for one started later)",
+    )
+
+    clerk_org = command(
+        "clerk-org",
+        "make (or delete) a local team by replaying Clerk's signed organization webhooks",
+        "Send organization.created and one organizationMembership.created per --admin and "
+        "--member (or organization.deleted with --delete), in Clerk's shape and signed as Svix "
+        "signs them, to the Clerk webhook function's handler in this process, against the "
+        "running `keyflash dev`'s database (or the embedded one). Then `keyflash token --user "
+        "ID --org ORG --org-role ...` signs in as a member. Refused when APP_ENV=production.",
+        _clerk_org,
+    )
+    clerk_org.add_argument("--org", required=True, metavar="ORG_ID", help="e.g. org_demo")
+    clerk_org.add_argument("--name", help="the organization's name (default: from ORG_ID)")
+    clerk_org.add_argument(
+        "--admin", action="append", default=[], metavar="USER_ID", help="repeatable"
+    )
+    clerk_org.add_argument(
+        "--member", action="append", default=[], metavar="USER_ID", help="repeatable"
+    )
+    clerk_org.add_argument(
+        "--delete", action="store_true", help="delete the organization (and its team data)"
     )
 
     legacy = commands.add_parser(
@@ -680,6 +721,8 @@ def _token(args: argparse.Namespace) -> int:
     from devkit.tokens import KEY_FILE, dev_key, issue_token, require_dev_mode
 
     require_dev_mode()  # before a key is generated for nothing
+    if args.org is None and (args.org_role or args.org_slug or args.org_permission):
+        raise CliError("--org-role, --org-slug and --org-permission need --org", code=2)
     state_dir = _state_dir(args)
     holder = lock_holder(state_dir) or {}
     pid = holder.get("pid")
@@ -698,7 +741,41 @@ def _token(args: argparse.Namespace) -> int:
             f"keyflash dev (pid {pid}) trusts another key than {key.path}, which "
             "changed after it started: restart it to trust the new key"
         )
-    print(issue_token(key, args.user, email=args.email, admin=args.admin, ttl_s=args.ttl))
+    token = issue_token(
+        key,
+        args.user,
+        email=args.email,
+        admin=args.admin,
+        org_id=args.org,
+        org_role=args.org_role or "member",
+        org_slug=args.org_slug,
+        org_permissions=tuple(args.org_permission),
+        claims_version=args.claims_version,
+        ttl_s=args.ttl,
+    )
+    print(token)
+    return 0
+
+
+def _clerk_org(args: argparse.Namespace) -> int:
+    from devkit import clerk_org
+
+    people = [*args.admin, *args.member]
+    if args.delete and (people or args.name):
+        raise CliError("--delete takes no --admin, --member or --name", code=2)
+    if not args.delete and not people:
+        raise CliError("give at least one --admin or --member (or --delete)", code=2)
+    if not args.org.strip() or any(not person.strip() for person in people):
+        raise CliError("ids must not be empty", code=2)
+    if args.delete:
+        sent = clerk_org.deletion_events(args.org)
+    else:
+        name = args.name or args.org.removeprefix("org_").replace("_", " ").title()
+        team = clerk_org.Team(args.org, name, tuple(args.admin), tuple(args.member))
+        sent = clerk_org.team_events(team, now_ms=clerk_org.now_ms())
+    with _prepared_session(args, "clerk-org"):
+        for line in clerk_org.deliver(sent):
+            print(line, flush=True)
     return 0
 
 
