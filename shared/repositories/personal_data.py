@@ -62,9 +62,9 @@ from shared.models import (
     SearchHistory,
     SystemMetric,
     User,
-    UTCDateTime,
     WebhookEvent,
 )
+from shared.repositories import reservations
 from shared.telemetry import database_operation
 
 # Any string anywhere in the document equal to one of `$ids` (lax mode: `.**` walks every level).
@@ -233,34 +233,6 @@ def _event_mentions(identifiers: list[str]) -> ColumnElement[bool]:
 
 LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
 
-# The user's reservations against teams' quotas, deleted and given back to each organization
-# (its monthly counter only while it still counts the reservation's month), in one statement.
-_GIVE_BACK_TO_TEAMS = text(
-    """
-    WITH released AS (
-      DELETE FROM keyword_reservations
-      WHERE "userId" = :user_id AND "organizationId" IS NOT NULL
-      RETURNING "organizationId", keywords, "reservedAt"
-    ), per_org AS (
-      SELECT r."organizationId" AS id,
-             sum(r.keywords) AS total,
-             coalesce(sum(r.keywords) FILTER (
-               WHERE o."monthlyResetAt" < date_trunc('month', r."reservedAt") + interval '1 month'
-             ), 0) AS this_month
-      FROM released r JOIN organizations o ON o.id = r."organizationId"
-      GROUP BY r."organizationId"
-    )
-    UPDATE organizations SET
-      "keywordSearchesTotal" = greatest(organizations."keywordSearchesTotal" - p.total, 0),
-      "keywordSearchesThisMonth" =
-        greatest(organizations."keywordSearchesThisMonth" - p.this_month, 0),
-      "updatedAt" = :now
-    FROM per_org p
-    WHERE organizations.id = p.id
-    RETURNING p.total
-    """
-).bindparams(bindparam("now", type_=UTCDateTime()))
-
 
 @database_operation("lockTeamQuotas")
 def lock_team_quotas(session: Session, user_id: str) -> None:
@@ -319,7 +291,7 @@ def erase(
     usage = session.execute(
         delete(ApiUsage).where(ApiUsage.user_id == user_id), execution_options=options
     )
-    given_back = session.execute(_GIVE_BACK_TO_TEAMS, {"user_id": user_id, "now": now})
+    given_back = reservations.release_team_holds(session, user_id, now=now)
     team_searches = session.execute(
         update(SavedSearch)
         .where(SavedSearch.user_id == user_id, SavedSearch.organization_id.is_not(None))
@@ -355,7 +327,7 @@ def erase(
         user_deleted=deleted is not None,
         memberships_deleted=_count(memberships),
         team_searches_kept=_count(team_searches),
-        team_keywords_given_back=sum(int(total) for (total,) in given_back),
+        team_keywords_given_back=given_back,
         history_anonymised=_count(history),
         api_usage_deleted=_count(usage),
         flags_updated=_count(flags),
