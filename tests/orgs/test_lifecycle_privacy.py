@@ -17,8 +17,18 @@ import pytest
 
 from shared import accounts, config, db
 from shared.clock import utcnow
-from shared.repositories import organizations, personal_data, search_history, users
+from shared.errors import UserNotFoundError
+from shared.quotas import OrgLimits
+from shared.repositories import (
+    org_quota,
+    organizations,
+    personal_data,
+    reservations,
+    search_history,
+    users,
+)
 from shared.repositories.personal_data import Erasure
+from tests.core.test_concurrency import WORKERS, race
 from tests.core.test_personal_data import rows_mentioning
 from tests.support.http import Caller, Keys
 
@@ -387,3 +397,42 @@ def test_stats_of_a_user_and_an_organization_at_once_is_a_programming_error() ->
                 s, since=NOW - timedelta(days=1), user_id="user_a", organization_id="org_x"
             )
         )
+
+
+def test_erasure_raced_by_the_members_real_team_searches_leaves_the_team_nothing_charged(
+    monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Nineteen reservations of the member's team searches (`org_quota.reserve_keywords`, one
+    statement each) and the member's erasure, released together: no deadlock, and whatever
+    each search managed to hold before the erasure is given back, while those after it find no
+    user and charge nothing. The team ends with nothing counted and nothing held."""
+    make_user("user_a")
+    make_org(admin_conn, "org_x")
+    limits = OrgLimits(free=10_000, pro=10_000, enterprise=10_000)
+
+    def task(index: int) -> Any:
+        if index == 0:
+            return db.transaction(lambda s: accounts.erase(s, "user_a"))
+        now = utcnow()
+        hold = reservations.Hold(f"hold_{index}", now + timedelta(minutes=5))
+        return db.run(
+            lambda s: org_quota.reserve_keywords(
+                s, "org_x", "user_a", 2, slug="x", limits=limits, enforce=True, now=now,
+                hold=hold,
+            )
+        )  # fmt: skip
+
+    monkeypatch.setenv("DB_POOL_SIZE", str(WORKERS))  # a connection per thread
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    try:
+        outcomes = race(task, WORKERS)
+    finally:
+        db.dispose_engine()
+    [erasure] = [o for o in outcomes if isinstance(o, Erasure)]
+    failures = [o for o in outcomes if isinstance(o, Exception)]
+    assert all(isinstance(f, UserNotFoundError) for f in failures), failures
+    held = len(outcomes) - 1 - len(failures)
+    assert erasure.user_deleted and erasure.team_keywords_given_back == 2 * held
+    assert counters(admin_conn, "org_x") == (0, 0)
+    assert admin_conn.execute("SELECT count(*) FROM keyword_reservations").fetchone() == (0,)
