@@ -252,6 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True, metavar="ID", help="the user id (sub claim)")
     token.add_argument("--email", help="email claim (default: ID@keyflash.local)")
     token.add_argument("--admin", action="store_true", help="include the admin role claim")
+    token.add_argument("--org", metavar="ID", help="the active organization (org_…)")
+    token.add_argument(
+        "--org-role", metavar="ROLE", help="the role in --org: admin, member (default) or custom"
+    )
+    token.add_argument("--org-slug", metavar="SLUG", help="the organization's slug claim")
+    token.add_argument(
+        "--org-permission",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a Clerk custom permission in --org, e.g. org:billing:manage (repeatable)",
+    )
+    token.add_argument(
+        "--claims-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="Clerk's session-token claims version (default: 2, what Clerk issues now)",
+    )
     token.add_argument(
         "--ttl", type=int, default=24 * 3600, metavar="S", help="lifetime (default: 86400)"
     )
@@ -680,6 +699,8 @@ def _token(args: argparse.Namespace) -> int:
     from devkit.tokens import KEY_FILE, dev_key, issue_token, require_dev_mode
 
     require_dev_mode()  # before a key is generated for nothing
+    if args.org is None and (args.org_role or args.org_slug or args.org_permission):
+        raise CliError("--org-role, --org-slug and --org-permission need --org", code=2)
     state_dir = _state_dir(args)
     holder = lock_holder(state_dir) or {}
     pid = holder.get("pid")
@@ -698,7 +719,19 @@ def _token(args: argparse.Namespace) -> int:
             f"keyflash dev (pid {pid}) trusts another key than {key.path}, which "
             "changed after it started: restart it to trust the new key"
         )
-    print(issue_token(key, args.user, email=args.email, admin=args.admin, ttl_s=args.ttl))
+    token = issue_token(
+        key,
+        args.user,
+        email=args.email,
+        admin=args.admin,
+        org_id=args.org,
+        org_role=args.org_role or "member",
+        org_slug=args.org_slug,
+        org_permissions=tuple(args.org_permission),
+        claims_version=args.claims_version,
+        ttl_s=args.ttl,
+    )
+    print(token)
     return 0
 
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devkit.console import CliError
+from shared.auth import KEY, is_org_id
 
 KEY_FILE = "dev-signing-key.pem"
 PUBLIC_KEY_FILE = "dev-signing-key.pub.pem"
@@ -109,21 +111,72 @@ def _role_claim(admin: bool) -> dict[str, Any]:
     return claims
 
 
+def _org_permission(value: str) -> tuple[str, str]:
+    """`org:<feature>:<permission>` (the `org:` may be left out) as (feature, permission)."""
+    feature, colon, permission = value.removeprefix("org:").partition(":")
+    if not colon or not KEY.fullmatch(feature) or not KEY.fullmatch(permission):
+        raise CliError(
+            f"--org-permission {value!r} must look like org:<feature>:<permission>", code=2
+        )
+    return feature, permission
+
+
+def _org_claims(
+    org_id: str, role: str, slug: str | None, permissions: Sequence[str], version: int
+) -> dict[str, Any]:
+    """The active-org claims as Clerk writes them in claims version 1 or 2 (`shared.auth`
+    documents both; v2 packs permissions as bitmasks over the org features in `fea`)."""
+    if not is_org_id(org_id):
+        raise CliError(
+            f"--org {org_id!r} must look like a Clerk org id (org_ then letters and digits)", code=2
+        )
+    role_key = role.removeprefix("org:")
+    if not KEY.fullmatch(role_key):
+        raise CliError(f"--org-role {role!r} must be a role key such as admin or member", code=2)
+    pairs = list(dict.fromkeys(_org_permission(p) for p in permissions))
+    if version == 1:
+        v1: dict[str, Any] = {
+            "org_id": org_id,
+            "org_role": f"org:{role_key}",
+            "org_permissions": [f"org:{feature}:{name}" for feature, name in pairs],
+        }
+        return v1 | ({"org_slug": slug} if slug else {})
+    org: dict[str, Any] = {"id": org_id, "rol": role_key} | ({"slg": slug} if slug else {})
+    if not pairs:
+        return {"o": org}
+    features = list(dict.fromkeys(feature for feature, _ in pairs))
+    names = list(dict.fromkeys(name for _, name in pairs))
+    org["per"] = ",".join(names)
+    org["fpm"] = ",".join(
+        str(sum(1 << names.index(name) for f, name in pairs if f == feature))
+        for feature in features
+    )
+    return {"o": org, "fea": ",".join(f"o:{feature}" for feature in features)}
+
+
 def issue_token(
     key: DevKey,
     user_id: str,
     *,
     email: str | None = None,
     admin: bool = False,
+    org_id: str | None = None,
+    org_role: str = "member",
+    org_slug: str | None = None,
+    org_permissions: Sequence[str] = (),
+    claims_version: int = 2,
     ttl_s: int = DEFAULT_TTL_S,
     now: float | None = None,
 ) -> str:
-    """A Clerk-shaped session token (RS256) for `user_id`, valid for `ttl_s` seconds."""
+    """A Clerk-shaped session token (RS256) for `user_id`, valid for `ttl_s` seconds, with
+    `org_id` as the active organization when given, in Clerk's claims version 1 or 2."""
     require_dev_mode()
     if not user_id.strip():
         raise CliError("--user must not be empty", code=2)
     if not 0 < ttl_s <= MAX_TTL_S:
         raise CliError(f"--ttl must be between 1 and {MAX_TTL_S} seconds", code=2)
+    if claims_version not in (1, 2):
+        raise CliError("--claims-version must be 1 or 2", code=2)
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "sub": user_id,
@@ -134,7 +187,10 @@ def issue_token(
         "sid": f"sess_dev_{secrets.token_hex(8)}",
         "email": email or f"{user_id}@keyflash.local",
         **_role_claim(admin),
+        **({"v": 2} if claims_version == 2 else {}),
     }
+    if org_id is not None:
+        claims |= _org_claims(org_id, org_role, org_slug, org_permissions, claims_version)
     return jwt.encode(claims, key.private_pem, algorithm="RS256", headers={"kid": "keyflash-dev"})
 
 

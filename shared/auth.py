@@ -6,10 +6,19 @@ unexpired (small leeway), from `CLERK_ISSUER` when set, and for an authorised pa
 token names one (Clerk's own rule); it is verified without a network call when a PEM key is
 configured. The first authenticated call provisions the user with the core's get-or-create; a
 warm container remembers whom it has provisioned, so later calls cost no extra query.
+
+The token also names the session's active organization (Clerk Organizations), read from either
+claim version: v2 (`"v": 2`) nests it in `o` (`id`, `rol` without the `org:` prefix, `slg`, and
+the permissions as `per` names and `fpm` bitmasks over the org features of `fea`); v1 (no `v`)
+has `org_id`, `org_role`, `org_slug` and `org_permissions`. An org claim Clerk would never issue
+(a wrong type, an id not shaped `org_…`, a role, feature or permission key outside `KEY`, a
+malformed `fea` or `fpm`, an unknown `v`) gives the session no active org rather than an error:
+org routes then answer as they do for a user outside the org.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -21,12 +30,30 @@ from shared.config import Settings
 _PROVISIONED_MAX = 10_000
 _provisioned: set[str] = set()
 
+ORG_ID = re.compile(r"org_[A-Za-z0-9]{1,64}")
+KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a role, feature or permission key (no `org:`)
+_PERMISSION = re.compile(r"org:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64}")
+_BITMASK = re.compile(r"[0-9]{1,100}")
+_FEATURE_SCOPES = {"o": True, "uo": True, "ou": True, "u": False}  # scope -> an org feature?
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveOrg:
+    """The session's active organization as the token states it; `shared.rbac` decides what
+    the role and permissions allow. `role` is `org:<key>`, permissions `org:<feature>:<key>`."""
+
+    id: str
+    role: str
+    slug: str | None
+    permissions: frozenset[str]
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
     email: str
     is_admin: bool
+    org: ActiveOrg | None = None
 
 
 class InvalidToken(Exception):
@@ -78,6 +105,100 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
     return value
 
 
+def is_org_id(value: object) -> bool:
+    """Whether `value` is shaped like a Clerk organization id (`org_` + letters and digits)."""
+    return isinstance(value, str) and ORG_ID.fullmatch(value) is not None
+
+
+class _Malformed(Exception):
+    """An org claim Clerk would not issue: the session gets no active org."""
+
+
+def _text(value: Any) -> str:
+    """A claim that must be a string when present (absent reads as empty)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Malformed
+    return value
+
+
+def _key(value: str) -> str:
+    if KEY.fullmatch(value) is None:
+        raise _Malformed
+    return value
+
+
+def _org(org_id: Any, role: Any, slug: Any, permissions: frozenset[str]) -> ActiveOrg:
+    if not is_org_id(org_id):
+        raise _Malformed
+    role_key = _key(_text(role).removeprefix("org:"))  # v2 drops the prefix, v1 keeps it
+    return ActiveOrg(org_id, f"org:{role_key}", _text(slug) or None, permissions)
+
+
+def _org_features(fea: Any) -> list[str]:
+    """The org-scoped feature keys of `fea`, in order (`fpm` is aligned with them)."""
+    features = []
+    for entry in filter(None, (part.strip() for part in _text(fea).split(","))):
+        scope, colon, feature = entry.partition(":")
+        if not colon or scope not in _FEATURE_SCOPES:
+            raise _Malformed  # skipping it could shift every later feature's bitmask
+        if _FEATURE_SCOPES[scope]:
+            features.append(_key(feature))
+    return features
+
+
+def _v2_permissions(org: dict[str, Any], fea: Any) -> frozenset[str]:
+    """Bit i of a feature's `fpm` integer grants the i-th `per` name for that feature; a
+    feature without an integer grants nothing and extra integers are ignored (as Clerk's SDKs)."""
+    names, masks = _text(org.get("per")), _text(org.get("fpm"))
+    if not names or not masks:
+        return frozenset()
+    keys = [_key(name.strip()) for name in names.split(",")]
+    bitmasks = []
+    for mask in masks.split(","):
+        if _BITMASK.fullmatch(mask.strip()) is None:
+            raise _Malformed
+        bitmasks.append(int(mask))
+    return frozenset(
+        f"org:{feature}:{key}"
+        for feature, bitmask in zip(_org_features(fea), bitmasks, strict=False)
+        for bit, key in enumerate(keys)
+        if bitmask >> bit & 1
+    )
+
+
+def _v1_permissions(value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(
+        isinstance(p, str) and _PERMISSION.fullmatch(p) for p in value
+    ):
+        raise _Malformed
+    return frozenset(value)
+
+
+def _active_org(claims: dict[str, Any]) -> ActiveOrg | None:
+    version = claims.get("v")
+    try:
+        if type(version) is int and version == 2:
+            org = claims.get("o")
+            if org is None:
+                return None
+            if not isinstance(org, dict):
+                raise _Malformed
+            permissions = _v2_permissions(org, claims.get("fea"))
+            return _org(org.get("id"), org.get("rol"), org.get("slg"), permissions)
+        if version is not None and not (type(version) is int and version == 1):
+            raise _Malformed  # a format we cannot read: no org rather than a guess
+        if claims.get("org_id") is None:
+            return None
+        permissions = _v1_permissions(claims.get("org_permissions"))
+        return _org(claims["org_id"], claims.get("org_role"), claims.get("org_slug"), permissions)
+    except _Malformed:
+        return None
+
+
 def identity_from_claims(claims: dict[str, Any], settings: Settings) -> Identity:
     user_id = str(claims["sub"])
     email = claims.get("email")
@@ -88,6 +209,7 @@ def identity_from_claims(claims: dict[str, Any], settings: Settings) -> Identity
         user_id=user_id,
         email=email if isinstance(email, str) and email else f"{user_id}@keyflash.local",
         is_admin=is_admin,
+        org=_active_org(claims),
     )
 
 

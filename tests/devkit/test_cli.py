@@ -31,6 +31,9 @@ import pytest
 from devkit import cli, layout
 from devkit._host import free_port
 from devkit.crons import CronSyntaxError, Schedule
+from devkit.tokens import DEV_ISSUER
+from shared.auth import ActiveOrg, identity_from_claims, verify_session_token
+from shared.config import Settings
 from tests.support import fake_stripe, stripe_events
 from tests.support.dev_stack import (
     KEYFLASH,
@@ -471,6 +474,46 @@ def test_token_claims_and_key_reuse(empty_state_dir: Path) -> None:
     assert oct((empty_state_dir / "dev-signing-key.pem").stat().st_mode & 0o777) == "0o600"
     bad_ttl = keyflash("token", "--user", "u", "--ttl", "0", "--offline", state_dir=empty_state_dir)
     assert_one_line_failure(bad_ttl, "--ttl")
+
+
+def test_token_with_an_active_org_in_both_claim_versions(empty_state_dir: Path) -> None:
+    org = (
+        "--org", "org_2team", "--org-role", "admin", "--org-slug", "team",
+        "--org-permission", "org:billing:manage", "--org-permission", "org:searches:manage",
+    )  # fmt: skip
+    v2 = keyflash("token", "--user", "u1", *org, "--offline", state_dir=empty_state_dir)
+    v1 = keyflash(
+        "token", "--user", "u1", *org, "--claims-version", "1", "--offline",
+        state_dir=empty_state_dir,
+    )  # fmt: skip
+    assert v2.returncode == v1.returncode == 0, v2.stderr + v1.stderr
+    public = (empty_state_dir / "dev-signing-key.pub.pem").read_text()
+    settings = Settings(
+        database_url="postgresql://u:p@localhost/db",
+        clerk_jwt_key=public,
+        clerk_issuer=DEV_ISSUER,
+        clerk_authorized_parties="",
+    )
+    expected = ActiveOrg(
+        "org_2team", "org:admin", "team", frozenset({"org:billing:manage", "org:searches:manage"})
+    )
+    for minted, version in ((v2, 2), (v1, None)):
+        claims = verify_session_token(minted.stdout.strip(), settings)
+        assert claims.get("v") == version
+        assert identity_from_claims(claims, settings).org == expected
+    member = keyflash(
+        "token", "--user", "u2", "--org", "org_2team", "--offline", state_dir=empty_state_dir
+    )
+    claims = verify_session_token(member.stdout.strip(), settings)
+    assert identity_from_claims(claims, settings).org == ActiveOrg(
+        "org_2team", "org:member", None, frozenset()
+    )
+    orphan = keyflash("token", "--user", "u", "--org-role", "admin", state_dir=empty_state_dir)
+    assert_one_line_failure(orphan, "need --org")
+    bad = keyflash(
+        "token", "--user", "u", "--org", "team-1", "--offline", state_dir=empty_state_dir
+    )
+    assert_one_line_failure(bad, "--org", "org_")
 
 
 def test_db_reset_and_restore_refuse_a_remote_database(empty_state_dir: Path) -> None:

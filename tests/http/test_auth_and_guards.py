@@ -252,6 +252,13 @@ def probe_app() -> FastAPI:
     def me_probe(user: CurrentUser) -> Response:
         return ok({"user": user.user_id, "isAdmin": user.is_admin})
 
+    @app.get("/api/probe/org", response_model=None)
+    def org_probe(user: CurrentUser) -> Response:
+        org = user.org
+        if org is None:
+            return ok({"org": None})
+        return ok({"org": [org.id, org.role, org.slug, sorted(org.permissions)]})
+
     for path in (
         "/api/probe",
         "/api/webhooksx",
@@ -325,6 +332,39 @@ def test_require_admin(
 
 def test_require_admin_without_a_token_is_401(probe: Callable[..., Result]) -> None:
     assert_envelope(probe("GET", "/api/admin/probe"), 401, AUTH_REQUIRED)
+
+
+ORG = "org_2Z5Tgd3v6U1OeQXQ5Ijn7bqq3pK"
+
+
+@pytest.mark.parametrize(
+    ("extra", "org"),
+    [
+        pytest.param(
+            {
+                "v": 2,
+                "fea": "o:searches,o:billing",
+                "o": {"id": ORG, "rol": "member", "slg": "acme", "per": "manage", "fpm": "1,0"},
+            },
+            [ORG, "org:member", "acme", ["org:searches:manage"]],
+            id="v2",
+        ),
+        pytest.param(
+            {"org_id": ORG, "org_role": "org:admin", "org_permissions": ["org:billing:manage"]},
+            [ORG, "org:admin", None, ["org:billing:manage"]],
+            id="v1",
+        ),
+        pytest.param({"v": 2}, None, id="v2_no_org"),
+        pytest.param({"v": 2, "o": {"id": ORG, "rol": "admin", "fpm": 3}}, None, id="malformed"),
+        pytest.param({"org_id": "", "org_role": "org:admin"}, None, id="empty_id"),
+    ],
+)
+def test_the_active_org_reaches_handlers(
+    extra: dict[str, Any], org: list[Any] | None, caller: Caller, probe: Callable[..., Result]
+) -> None:
+    """Malformed org claims are served as the personal session, never a 500."""
+    result = probe("GET", "/api/probe/org", bearer(rs256(caller.keys, claims("user_a", **extra))))
+    assert (result.status, result.json) == (200, {"org": org}), result.text
 
 
 # --------------------------------------------------------------------------- CSRF
