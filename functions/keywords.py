@@ -1,10 +1,12 @@
 """POST /api/keywords: keyword metrics, metered per keyword (docs/original-app.md#post-apikeywords,
 #tiers-trials-and-quotas).
 
-Order: rate limit → body → auth → `shared.keyword_search.search` (reserve → cache → provider →
-record: two database round trips) → the answer. docs/keyword-search.md describes each answer;
-an open circuit answers 503 with `Retry-After`, provider failures 502, and upstream text never
-reaches the client (docs/original-app.md#d13).
+Order: rate limit → body → auth → the team permission (a token with an active organization:
+`org:keywords:search`; the search then counts against the organization's quota and is recorded
+for the team, docs/organizations.md#team-quota) → `shared.keyword_search.search` (reserve →
+cache → provider → record: two database round trips) → the answer. docs/keyword-search.md
+describes each answer; an open circuit answers 503 with `Retry-After`, provider failures 502,
+and upstream text never reaches the client (docs/original-app.md#d13).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import keyword_search
+from shared import keyword_search, rbac
 from shared.auth import Identity
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
-from shared.errors import QuotaExceededError, TrialExpiredError
+from shared.errors import OrganizationNotFoundError, QuotaExceededError, TrialExpiredError
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import identify
 from shared.http.body import parse_json, validated
@@ -40,6 +42,12 @@ SIGN_IN = "Authentication required. Please sign in to use KeyFlash."
 TRIAL_EXPIRED = "Your 7-day free trial has expired. Upgrade to Pro to continue using KeyFlash."
 UPGRADE_HINT = "Upgrade to Pro for 1,000 keywords/month."
 RESET_HINT = "Your limit resets at the start of next month."
+TEAM_QUOTA = (
+    "Your team's monthly keyword limit reached ({used}/{limit}). "
+    "It resets at the start of next month."
+)
+NO_TEAM_SEARCH = "You do not have permission to search keywords for this organization"
+ORG_NOT_FOUND = "Organization not found"
 
 
 def rate_limit(request: Request) -> Decision:
@@ -83,9 +91,13 @@ BODY_SCHEMA = {
 
 RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"description": "No valid session token"},
-    403: {"description": "The free trial has expired (billing on)"},
+    403: {
+        "description": "The free trial has expired (billing on), or the member may not search "
+        "for the token's active organization"
+    },
+    404: {"description": "The token's active organization was deleted"},
     409: {"description": "The token's email belongs to another account"},
-    429: {"description": "Rate limit or monthly keyword quota exceeded"},
+    429: {"description": "Rate limit or monthly keyword quota (the user's or the team's) exceeded"},
     502: {"description": "The keyword provider failed (its text is never shown)"},
     503: {
         "description": "The keyword provider cannot be called now (`reason`: provider_busy, "
@@ -110,6 +122,9 @@ def search(
     identity: Identity | None = request.state.identity
     if identity is None:
         raise ApiError(401, SIGN_IN)
+    org = identity.org
+    if org is not None and not rbac.allows(org.role, org.permissions, rbac.KEYWORDS_SEARCH):
+        raise ApiError(403, NO_TEAM_SEARCH)
     query = keyword_search.Query(
         keywords=body.keywords,
         match_type=body.matchType,
@@ -122,13 +137,10 @@ def search(
         )
     except TrialExpiredError:
         raise ApiError(403, TRIAL_EXPIRED) from None
+    except OrganizationNotFoundError:
+        raise ApiError(404, ORG_NOT_FOUND) from None
     except QuotaExceededError as refused:
-        hint = UPGRADE_HINT if refused.trial else RESET_HINT
-        raise ApiError(
-            429,
-            f"Monthly keyword limit reached ({refused.used}/{refused.limit}). {hint}",
-            headers={"X-Quota-Remaining": str(max(0, refused.limit - refused.used))},
-        ) from None
+        raise _quota_exceeded(refused, team=org is not None) from None
     except keyword_search.ProviderFailed as failed:
         provider_failed(failed.error, failed.provider_key)
     request.state.usage_recorded = True  # the search's own statement wrote the usage row
@@ -137,6 +149,17 @@ def search(
         answer["cacheHealthy"] = result.cache_healthy
     answer.update(timestamp=iso_ms(utcnow()), mockData=result.mock, provider=result.provider_name)
     return ok(answer, headers=decision.headers())
+
+
+def _quota_exceeded(refused: QuotaExceededError, *, team: bool) -> ApiError:
+    """429 with the remaining keywords, naming whose limit it is: the user's or the team's."""
+    if team:
+        message = TEAM_QUOTA.format(used=refused.used, limit=refused.limit)
+    else:
+        hint = UPGRADE_HINT if refused.trial else RESET_HINT
+        message = f"Monthly keyword limit reached ({refused.used}/{refused.limit}). {hint}"
+    remaining = str(max(0, refused.limit - refused.used))
+    return ApiError(429, message, headers={"X-Quota-Remaining": remaining})
 
 
 def _origin(request: Request) -> keyword_search.Origin:

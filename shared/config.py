@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     trial_keyword_limit: Annotated[int, Field(ge=0)] = 300
     pro_monthly_limit: Annotated[int, Field(ge=0)] = 1000
     enterprise_monthly_limit: Annotated[int, Field(ge=0)] = 10_000
+    # An organization's pooled quota (its members' searches in it), per UTC calendar month for
+    # every tier (docs/organizations.md#team-quota).
+    org_free_monthly_limit: Annotated[int, Field(ge=0)] = 300
+    org_pro_monthly_limit: Annotated[int, Field(ge=0)] = 5000
+    org_enterprise_monthly_limit: Annotated[int, Field(ge=0)] = 50_000
 
     # Health: how long a container reuses its last database check, so monitors that probe
     # every minute do not keep a suspended Neon compute awake (?deep=true always checks).

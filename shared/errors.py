@@ -17,6 +17,14 @@ class UserNotFoundError(NotFoundError):
         self.user_id = user_id
 
 
+class OrganizationNotFoundError(NotFoundError):
+    """The organization was deleted (a tombstone): it is treated as never having existed."""
+
+    def __init__(self, org_id: str) -> None:
+        super().__init__(f"organization {org_id} not found")
+        self.org_id = org_id
+
+
 class EmailInUseError(DomainError, ValueError):
     """Another user already has this email (compared case-insensitively)."""
 

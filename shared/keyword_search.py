@@ -3,7 +3,9 @@ from the cache or the provider, record the search; keywords are given back when 
 fails (docs/keyword-search.md).
 
 Two database round trips on the success path: ONE statement gets-or-creates the user, reserves
-the keywords against the quota and writes the reservation row; ONE statement writes the history
+the keywords against the quota and writes the reservation row (a search in the token's active
+organization: gets-or-creates the organization and reserves against ITS quota, the user's row
+being provisioned once per warm container as for every route); ONE statement writes the history
 row and the request's usage row and confirms the reservation. If the function is killed between
 the two, the reservation expires and the reconcile_reservations cron gives the keywords back.
 
@@ -23,14 +25,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared import cache, db, providers, storage
-from shared.auth import Identity, forget, provision
+from shared.auth import ActiveOrg, Identity, forget, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import UserTier
-from shared.quotas import Limits
-from shared.repositories import api_usage, reservations, search_history, users
+from shared.quotas import Limits, OrgLimits
+from shared.repositories import api_usage, org_quota, reservations, search_history, users
 
 ENDPOINT = "/api/keywords"
 
@@ -72,22 +74,28 @@ class ProviderFailed(Exception):
 def search(
     identity: Identity, query: Query, *, deadline: float, origin: Origin, started: float
 ) -> Result:
-    """Run one search for `identity`. Raises `TrialExpiredError` or `QuotaExceededError`
-    (nothing counted), or `ProviderFailed` (the reservation given back)."""
+    """Run one search for `identity`, counted against its active organization's quota when the
+    token names one (the caller has checked the permission), else against the user's. Raises
+    `TrialExpiredError`, `QuotaExceededError` or `OrganizationNotFoundError` (nothing counted),
+    or `ProviderFailed` (the reservation given back)."""
     settings = get_settings()
     reserved_at = utcnow()
     hold = reservations.Hold(
         new_cuid(), reserved_at + timedelta(seconds=settings.keyword_reservation_ttl_s)
     )
     count = len(query.keywords)
-    usage = _reserve(identity, count, reserved_at, settings.billing_enabled, hold)
-    storage.mirror_usage(identity.user_id)  # the legacy counter follows (dual/fallback only)
+    org, enforce = identity.org, settings.billing_enabled
+    if org is None:
+        tier = _reserve(identity, count, reserved_at, enforce, hold).tier
+        storage.mirror_usage(identity.user_id)  # the legacy counter follows (dual/fallback only)
+    else:
+        tier = _reserve_for(org, identity, count, reserved_at, enforce, hold).tier
 
-    mock_forced = settings.billing_enabled and usage.tier is UserTier.FREE
+    mock_forced = enforce and tier is UserTier.FREE
     try:
         provider = providers.mock_provider() if mock_forced else providers.get_provider()
     except providers.ProviderError as error:
-        _give_back(identity.user_id, hold.id, reserved_at)
+        _give_back(identity, hold.id, reserved_at)
         raise ProviderFailed(error, "unknown") from None
     options = providers.SearchOptions(
         match_type=query.match_type,
@@ -109,7 +117,7 @@ def search(
         try:
             data = [dict(row) for row in provider.keyword_data(query.keywords, options)]
         except providers.ProviderError as error:
-            _give_back(identity.user_id, hold.id, reserved_at)
+            _give_back(identity, hold.id, reserved_at)
             raise ProviderFailed(error, provider.key) from None
         name, hit = provider.name, False
         if not mock_forced:
@@ -140,7 +148,40 @@ def _reserve(
     return db.run(reserve)
 
 
-def _give_back(user_id: str, reservation_id: str, reserved_at: datetime) -> None:
+def _reserve_for(
+    org: ActiveOrg,
+    identity: Identity,
+    count: int,
+    now: datetime,
+    enforce: bool,
+    hold: reservations.Hold,
+) -> org_quota.OrgUsage:
+    """The organization's reservation. The user's row must exist (the reservation and the
+    history row name the user), so it is provisioned first: no query in a warm container."""
+    limits = OrgLimits.from_settings(get_settings())
+
+    def reserve(session: Session) -> org_quota.OrgUsage:
+        return org_quota.reserve_keywords(
+            session, org.id, identity.user_id, count, slug=org.slug, limits=limits,
+            enforce=enforce, now=now, hold=hold,
+        )  # fmt: skip
+
+    provision(identity)
+    try:
+        return db.run(reserve)
+    except UserNotFoundError:  # erased since this container provisioned the user
+        forget(identity.user_id)
+        provision(identity)
+        return db.run(reserve)
+
+
+def _give_back(identity: Identity, reservation_id: str, reserved_at: datetime) -> None:
+    """Release the reservation; a personal one's legacy counter follows (a team has none)."""
+    if identity.org is not None:
+        db.run(lambda session: reservations.release(session, reservation_id))
+        return
+    user_id = identity.user_id
+
     def release(session: Session) -> None:
         given_back = reservations.release(session, reservation_id)
         storage.count_legacy_usage(session, user_id, -given_back, reserved_at)  # dual/fallback
@@ -160,8 +201,9 @@ def _record(
     started: float,
     hold: reservations.Hold,
 ) -> None:
-    """The history row and this request's usage row, in one statement that also confirms the
-    reservation. Volumes average over the keywords that have one (missing data is not 0)."""
+    """The history row (naming the active organization, if any, and the user) and this
+    request's usage row, in one statement that also confirms the reservation. Volumes average
+    over the keywords that have one (missing data is not 0)."""
     volumes = [row["searchVolume"] for row in data if isinstance(row.get("searchVolume"), int)]
     elapsed = round((time.perf_counter() - started) * 1000)
     search_row = search_history.NewSearch(
@@ -177,6 +219,7 @@ def _record(
         total_volume=sum(volumes),
         user_agent=origin.user_agent,
         ip_address=origin.ip,
+        organization_id=identity.org.id if identity.org is not None else None,
     )
     usage_row = api_usage.Request(
         endpoint=ENDPOINT,

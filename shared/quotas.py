@@ -7,6 +7,11 @@ and `ENTERPRISE_MONTHLY_LIMIT` (10,000) keywords per UTC calendar month, counted
 `keywordSearchesThisMonth` with the lazy monthly reset. With `BILLING_ENABLED=false` nothing is
 limited, and usage is still counted.
 
+An organization's quota is pooled: its members' searches in it count against its own monthly
+counter, `ORG_FREE_MONTHLY_LIMIT` (300), `ORG_PRO_MONTHLY_LIMIT` (5,000) and
+`ORG_ENTERPRISE_MONTHLY_LIMIT` (50,000) keywords per UTC calendar month; no tier of an
+organization is a trial.
+
 The trial ends at `trialEndsAt`; a row without one (another writer of the shared database
 creating a FREE user with Prisma's defaults) gets a trial of `TRIAL_LENGTH` from
 `trialStartedAt`, else from `createdAt`. `trial_end` and `trial_over` are that rule, in Python
@@ -23,7 +28,7 @@ from sqlalchemy import ColumnElement, Interval, and_, func, literal, or_
 
 from shared.clock import month_start, next_month_start
 from shared.config import Settings
-from shared.models import User, UserTier
+from shared.models import Organization, User, UserTier
 
 TRIAL_LENGTH = timedelta(days=7)
 
@@ -86,10 +91,11 @@ class UsageView:
         return max(0, self.limit - self.used)
 
 
-def this_month(user: User, now: datetime) -> int:
+def this_month(owner: User | Organization, now: datetime) -> int:
     """The monthly counter as the next increment sees it: 0 once a new UTC month has begun
-    (the Python mirror of the lazy reset in `shared.repositories.users`)."""
-    return 0 if user.monthly_reset_at < month_start(now) else user.keyword_searches_this_month
+    (the Python mirror of the lazy reset in `shared.repositories.users` and `.org_quota`)."""
+    stale = owner.monthly_reset_at < month_start(now)
+    return 0 if stale else owner.keyword_searches_this_month
 
 
 def usage_view(user: User, limits: Limits, now: datetime) -> UsageView:
@@ -99,4 +105,45 @@ def usage_view(user: User, limits: Limits, now: datetime) -> UsageView:
         return UsageView(user.keyword_searches_total, limits.trial, None, expired)
     return UsageView(
         this_month(user, now), limits.for_tier(user.tier), next_month_start(now), False
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OrgLimits:
+    """An organization's monthly keyword limit per tier."""
+
+    free: int
+    pro: int
+    enterprise: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OrgLimits:
+        return cls(
+            free=settings.org_free_monthly_limit,
+            pro=settings.org_pro_monthly_limit,
+            enterprise=settings.org_enterprise_monthly_limit,
+        )
+
+    def for_tier(self, tier: UserTier) -> int:
+        return {UserTier.FREE: self.free, UserTier.PRO: self.pro}.get(tier, self.enterprise)
+
+
+@dataclass(frozen=True, slots=True)
+class OrgUsageView:
+    """What an organization has used this month against what its tier allows, at `now`."""
+
+    tier: UserTier
+    used: int
+    limit: int
+    resets_at: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+def org_usage_view(org: Organization, limits: OrgLimits, now: datetime) -> OrgUsageView:
+    """The organization's monthly counter, with the lazy reset applied, and its tier's limit."""
+    return OrgUsageView(
+        org.tier, this_month(org, now), limits.for_tier(org.tier), next_month_start(now)
     )

@@ -1795,8 +1795,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description The free trial has expired (billing on) */
+            /** @description The free trial has expired (billing on), or the member may not search for the token's active organization */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description The token's active organization was deleted */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1822,7 +1831,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description Rate limit or monthly keyword quota exceeded */
+            /** @description Rate limit or monthly keyword quota (the user's or the team's) exceeded */
             429: {
                 headers: {
                     [name: string]: unknown;

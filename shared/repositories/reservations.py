@@ -1,15 +1,17 @@
 """Keyword reservations: the quota a keyword search holds until it is recorded.
 
 The lifecycle, each step one statement:
-- `users.reserve_keywords(..., hold=Hold(...))` counts the keywords and writes the row;
+- `users.reserve_keywords(..., hold=Hold(...))` counts the keywords and writes the row (a team
+  search: `org_quota.reserve_keywords`, the row naming the organization whose quota holds them);
 - `confirm_statement` (part of the statement recording the search) deletes it: kept;
 - `release` deletes it and gives the keywords back (the provider failed);
 - `release_expired` (the reconcile_reservations cron) does the same for every reservation past
   its `expiresAt`: the function holding it was killed before it could confirm or release.
 
 Giving back is always "delete the reservation, and subtract what the delete returned", so a
-reservation is given back at most once whoever races (a release and the cron, two crons). The
-monthly counter is only decremented while it still counts the reservation's month.
+reservation is given back at most once whoever races (a release and the cron, two crons), to
+the user, or to the organization when the row names one. The monthly counter is only
+decremented while it still counts the reservation's month.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ class Hold:
 _GIVE_BACK = """
 WITH released AS (
   DELETE FROM keyword_reservations WHERE id IN ({selected})
-  RETURNING "userId", keywords, "reservedAt"
+  RETURNING "userId", "organizationId", keywords, "reservedAt"
 ), per_user AS (
-  SELECT r."userId" AS user_id,
-         count(*) AS reservations,
+  SELECT r."userId" AS owner_id,
          sum(r.keywords) AS total,
          coalesce(sum(r.keywords) FILTER (
            WHERE u."monthlyResetAt" < date_trunc('month', r."reservedAt") + interval '1 month'
          ), 0) AS this_month
   FROM released r JOIN users u ON u.id = r."userId"
+  WHERE r."organizationId" IS NULL
   GROUP BY r."userId"
 ), given AS (
 UPDATE users SET
@@ -53,37 +55,57 @@ UPDATE users SET
   "keywordSearchesThisMonth" = greatest(users."keywordSearchesThisMonth" - p.this_month, 0),
   "updatedAt" = :now
 FROM per_user p
-WHERE users.id = p.user_id
-RETURNING users.id, p.total, p.reservations
+WHERE users.id = p.owner_id
+RETURNING users.id
+), per_org AS (
+  SELECT r."organizationId" AS owner_id,
+         sum(r.keywords) AS total,
+         coalesce(sum(r.keywords) FILTER (
+           WHERE o."monthlyResetAt" < date_trunc('month', r."reservedAt") + interval '1 month'
+         ), 0) AS this_month
+  FROM released r JOIN organizations o ON o.id = r."organizationId"
+  GROUP BY r."organizationId"
+), given_to_orgs AS (
+UPDATE organizations SET
+  "keywordSearchesTotal" = greatest(organizations."keywordSearchesTotal" - p.total, 0),
+  "keywordSearchesThisMonth" =
+    greatest(organizations."keywordSearchesThisMonth" - p.this_month, 0),
+  "updatedAt" = :now
+FROM per_org p
+WHERE organizations.id = p.owner_id
+RETURNING organizations.id
 )
-{answer}
+SELECT r."userId", r."organizationId", r.keywords, r."reservedAt"
+FROM released r
+WHERE (r."organizationId" IS NULL AND r."userId" IN (SELECT id FROM given))
+   OR r."organizationId" IN (SELECT id FROM given_to_orgs)
 """
-
-_RELEASE = text(
-    _GIVE_BACK.format(selected=":id", answer="SELECT total, reservations FROM given")
-).bindparams(bindparam("now", type_=UTCDateTime()))
-# Each released reservation of a user who still exists: in dual/fallback storage modes the
-# caller owes the legacy Redis counters these deltas (`shared.storage.count_legacy_usage`).
+_COLUMNS = (
+    column("userId", String()),
+    column("organizationId", String()),
+    column("keywords", Integer()),
+    column("reservedAt", UTCDateTime()),
+)
+_RELEASE = (
+    text(_GIVE_BACK.format(selected=":id"))
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(*_COLUMNS)
+)
 _RELEASE_EXPIRED = (
     text(
         _GIVE_BACK.format(
             selected='SELECT id FROM keyword_reservations WHERE "expiresAt" < :now '
-            'ORDER BY "expiresAt" LIMIT :limit FOR UPDATE SKIP LOCKED',
-            answer='SELECT r."userId", r.keywords, r."reservedAt" '
-            'FROM released r JOIN given g ON g.id = r."userId"',
+            'ORDER BY "expiresAt" LIMIT :limit FOR UPDATE SKIP LOCKED'
         )
     )
     .bindparams(bindparam("now", type_=UTCDateTime()))
-    .columns(
-        column("userId", String()),
-        column("keywords", Integer()),
-        column("reservedAt", UTCDateTime()),
-    )
+    .columns(*_COLUMNS)
 )
 
 
 class Released(NamedTuple):
-    """What `release_expired` gave back: totals, and each reservation (user, keywords, when)."""
+    """What `release_expired` gave back: totals over every reservation, and each personal one
+    (user, keywords, when): what the legacy usage counters owe (a team's have none)."""
 
     reservations: int
     keywords: int
@@ -107,12 +129,16 @@ def confirm_statement(reservation_id: str, user_id: str) -> Any:
 def release(session: Session, reservation_id: str, *, now: datetime | None = None) -> int:
     """Give a reservation back; returns the keywords given back (0 if it was already gone)."""
     rows = session.execute(_RELEASE, {"id": reservation_id, "now": now or utcnow()}).all()
-    return sum(int(row[0]) for row in rows)
+    return sum(int(row.keywords) for row in rows)
 
 
 @database_operation("releaseExpiredReservations")
 def release_expired(session: Session, *, now: datetime, limit: int) -> Released:
     """Give back up to `limit` reservations past their expiry."""
     rows = session.execute(_RELEASE_EXPIRED, {"now": now, "limit": limit}).all()
-    given_back = [(str(user_id), int(n), reserved_at) for user_id, n, reserved_at in rows]
-    return Released(len(given_back), sum(n for _, n, _ in given_back), given_back)
+    personal = [
+        (str(row.userId), int(row.keywords), row.reservedAt)
+        for row in rows
+        if row.organizationId is None
+    ]
+    return Released(len(rows), sum(int(row.keywords) for row in rows), personal)

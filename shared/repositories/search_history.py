@@ -37,6 +37,7 @@ class NewSearch:
     total_volume: int = 0
     user_agent: str | None = None
     ip_address: str | None = None  # already reduced (see the PII rule)
+    organization_id: str | None = None  # the team the search was made for; None: personal
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
         searched_at=now or utcnow(),
         user_agent=search.user_agent,
         ip_address=search.ip_address,
+        organization_id=search.organization_id,
     )
 
 
