@@ -3,9 +3,11 @@
 The caller (a valid session token, else 401) acts in the org when the token's active org is it
 (role and permissions from the token; a first sight creates the org's row, `organizations.ensure`)
 or, failing that, when the webhook mirror holds a live membership (role and permissions from the
-mirror). Anyone else, a malformed id and a deleted org all get the same 404, so a response never
-tells whether an org exists. A member then needs the route's permission (`shared.rbac.allows`),
-else 403. docs/organizations.md#routes-and-access.
+mirror). Anyone else and a deleted org get the same 404, so a response never tells whether an
+org exists; an id not shaped like Clerk's (`org_` + letters and digits) is a 400 before any
+lookup, as malformed ids are on every route (its shape says nothing about what exists). A member
+then needs the route's permission (`shared.rbac.allows`), else 403.
+docs/organizations.md#routes-and-access.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from shared.http.errors import ApiError
 from shared.repositories import organizations
 
 ORG_NOT_FOUND = "Organization not found"
+INVALID_ORG_ID = "Invalid organization ID format"
 FORBIDDEN = "You do not have permission to do this in this organization"
 RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"description": "The org id (or search id, or body) is malformed"},
     401: {"description": "No valid session token"},
     403: {"description": "A member whose role and permissions lack the route's permission"},
     404: {"description": "No such organization for the caller (missing, deleted, or not theirs)"},
@@ -55,9 +59,10 @@ def _resolve(session: Session, org_id: str, user: Identity) -> OrgAccess | None:
 
 
 def org_access(org_id: str, user: CurrentUser) -> OrgAccess:
-    """The caller's membership of `org_id` (token first, then the mirror), else 404."""
+    """The caller's membership of `org_id` (token first, then the mirror), else 404; 400 for an
+    id of the wrong shape."""
     if ORG_ID.fullmatch(org_id) is None:
-        raise ApiError(404, ORG_NOT_FOUND)
+        raise ApiError(400, INVALID_ORG_ID)
     access = db.run(lambda s: _resolve(s, org_id, user), idempotent=True)
     if access is None:
         raise ApiError(404, ORG_NOT_FOUND)

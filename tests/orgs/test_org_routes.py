@@ -15,7 +15,7 @@ import pytest
 
 from shared import config, db
 from shared.errors import SavedSearchLimitError
-from shared.http.orgs import FORBIDDEN, ORG_NOT_FOUND, permitted
+from shared.http.orgs import FORBIDDEN, INVALID_ORG_ID, ORG_NOT_FOUND, permitted
 from shared.repositories import team_searches, users
 from shared.repositories.saved_searches import NewSavedSearch
 from tests.core.test_concurrency import WORKERS, race
@@ -171,13 +171,25 @@ def test_a_missing_org_and_a_foreign_org_answer_the_same_bytes(
     seed(admin_conn)
     foreign = send(lambda_call, "outsider", "list")
     missing = send(lambda_call, "outsider", "list", org="org_2NeverExisted")
-    malformed = send(lambda_call, "outsider", "list", org="not-an-org")
-    for answer in (foreign, missing, malformed):
+    for answer in (foreign, missing):
         assert_envelope(answer, 404)
     bodies = [{k: v for k, v in a.json.items() if k != "timestamp"} for a in (foreign, missing)]
-    assert bodies[0] == bodies[1] == {k: v for k, v in malformed.json.items() if k != "timestamp"}
+    assert bodies[0] == bodies[1]
+    assert foreign.headers.keys() == missing.headers.keys()
     count = admin_conn.execute("SELECT count(*) FROM organizations").fetchone()
     assert count == (2,)  # nothing created for a path the caller cannot act in
+
+
+@pytest.mark.parametrize("org", ["not-an-org", "org_", "org_a.b", "ORG_abc", "org_" + "a" * 65])
+def test_a_malformed_org_id_is_a_400_before_any_lookup(
+    lambda_call: Caller, admin_conn: psycopg.Connection[Any], org: str
+) -> None:
+    seed(admin_conn)
+    for caller in ("token_admin", "outsider"):
+        answer = send(lambda_call, caller, "list", org=org)
+        assert answer.status == 400, answer.text
+        assert answer.json["message"] == INVALID_ORG_ID
+    assert send(lambda_call, "no_token", "list", org=org).status == 401  # the session first
 
 
 def test_another_orgs_search_and_a_personal_one_are_not_found(
