@@ -2465,7 +2465,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2551,7 +2551,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2652,7 +2652,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2747,7 +2747,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2841,7 +2841,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2992,7 +2992,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -3086,7 +3086,7 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
-            /** @description Invalid JSON, a failed validation, or a malformed path or query value */
+            /** @description The org id (or search id, or body) is malformed */
             400: {
                 headers: {
                     [name: string]: unknown;
