@@ -11,19 +11,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, defer
 
 from shared.clock import utcnow
 from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
-from shared.models import Organization, SavedSearch, User
+from shared.models import SavedSearch
 from shared.repositories.saved_searches import NewSavedSearch
 from shared.telemetry import database_operation
 
 MAX_PER_ORG = 200
 
 _SEARCHES = cast(Table, SavedSearch.__table__)
+
+
+# The org's row (not deleted) locked for the count, the creator's kept from being erased: one
+# round trip. The count runs in a later statement, whose snapshot sees what the lock waited for.
+_LOCK = text(
+    """
+    WITH team AS (
+        SELECT id FROM organizations WHERE id = :org AND "deletedAt" IS NULL FOR UPDATE
+    ),
+    creator AS (SELECT id FROM users WHERE id = :user FOR KEY SHARE)
+    SELECT (SELECT id FROM team) AS team, (SELECT id FROM creator) AS creator
+    """
+)
 
 
 @database_operation("createTeamSearch")
@@ -37,21 +50,15 @@ def create(
 ) -> SavedSearch:
     """Insert a team search created by `user_id` unless the org already has `MAX_PER_ORG`.
 
-    Run in `shared.db.transaction()`: the org's row is locked first, so concurrent creates for
-    one team queue up and each counts what the previous ones committed; then one INSERT … SELECT
-    inserts only under the cap. Raises `OrganizationNotFoundError` (missing or deleted),
-    `UserNotFoundError` (the creator has no row: erased meanwhile) or `SavedSearchLimitError`."""
-    locked = session.execute(
-        select(Organization.id)
-        .where(Organization.id == org_id, Organization.deleted_at.is_(None))
-        .with_for_update()
-    ).first()
-    if locked is None:
+    Run in `shared.db.transaction()`: the org's row is locked first (with the creator's), so
+    concurrent creates for one team queue up and each counts what the previous ones committed;
+    then one INSERT … SELECT inserts only under the cap. Raises `OrganizationNotFoundError`
+    (missing or deleted), `UserNotFoundError` (the creator has no row: erased meanwhile) or
+    `SavedSearchLimitError`."""
+    locked = session.execute(_LOCK, {"org": org_id, "user": user_id}).one()
+    if locked.team is None:
         raise OrganizationNotFoundError(org_id)
-    creator = session.execute(
-        select(User.id).where(User.id == user_id).with_for_update(key_share=True)
-    )
-    if creator.first() is None:
+    if locked.creator is None:
         raise UserNotFoundError(user_id)
     moment = now or utcnow()
     values: dict[str, Any] = {

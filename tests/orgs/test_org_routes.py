@@ -12,10 +12,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import event
 
+from functions import org_searches, org_usage
 from shared import config, db
-from shared.errors import SavedSearchLimitError
-from shared.http.orgs import FORBIDDEN, INVALID_ORG_ID, ORG_NOT_FOUND, permitted
+from shared.auth import Identity
+from shared.contracts.saved_searches import CreateSavedSearch
+from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
+from shared.http.errors import ApiError
+from shared.http.orgs import FORBIDDEN, INVALID_ORG_ID, ORG_NOT_FOUND, OrgAccess, permitted
 from shared.repositories import team_searches, users
 from shared.repositories.saved_searches import NewSavedSearch
 from tests.core.test_concurrency import WORKERS, race
@@ -376,3 +381,82 @@ def test_team_searches_repository_under_concurrency(
     assert sorted(outcomes, key=str) == [False] * (WORKERS - 3) + [True] * 3
     count = admin_conn.execute("SELECT count(*) FROM saved_searches").fetchone()
     assert count == (3,)
+
+
+def test_warm_org_requests_take_two_round_trips_and_a_create_five(
+    lambda_call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Statements sent per warm request (user provisioned, connection open): the access check,
+    then the route's one statement; a create is a transaction (BEGIN, the lock of the org and its
+    creator, the insert under the cap, COMMIT)."""
+    seed(admin_conn)
+    search = team_search(lambda_call)
+    statements: list[str] = []
+    engine = db.get_engine()
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    for caller in ("token_admin", "mirror_admin"):
+        send(lambda_call, caller, "list")  # warm: the caller provisioned
+        counts = {}
+        for route in ROUTES:
+            event.listen(engine, "before_cursor_execute", listener)
+            try:
+                sid = search["id"] if route != "delete" else team_search(lambda_call)["id"]
+                statements.clear()
+                answer = send(lambda_call, caller, route, search_id=sid)
+            finally:
+                event.remove(engine, "before_cursor_execute", listener)
+            assert answer.status in (200, 201), answer.text
+            counts[route] = len(statements)
+        assert counts == {route: 5 if route == "create" else 2 for route in ROUTES}, counts
+
+
+def test_a_creator_erased_since_provisioning_is_provisioned_again(
+    lambda_call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Another container erased the user after this one provisioned them: the create provisions
+    them again (a fresh account, as POST /api/searches does) instead of failing."""
+    seed(admin_conn)
+    assert send(lambda_call, "token_admin", "list").status == 200  # provisioned, remembered
+    admin_conn.execute("DELETE FROM users WHERE id = 'user_tadmin'")
+    made = send(lambda_call, "token_admin", "create")
+    assert made.status == 201, made.text
+    assert made.json["search"]["createdBy"] == "user_tadmin"
+    assert admin_conn.execute("SELECT id FROM users").fetchall() == [("user_tadmin",)]
+
+
+def test_the_repository_refuses_a_deleted_org_and_a_missing_creator(
+    db_env: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    seed(admin_conn)
+    db.run(lambda s: users.get_or_create(s, "user_real", "real@example.com"))
+    new = NewSavedSearch(
+        name="Gone", keywords=["a"], location="US", language="en", match_type="phrase"
+    )
+    with pytest.raises(UserNotFoundError):
+        db.transaction(lambda s: team_searches.create(s, ORG, "user_ghost", new))
+    admin_conn.execute('UPDATE organizations SET "deletedAt" = now() WHERE id = %s', (ORG,))
+    with pytest.raises(OrganizationNotFoundError):
+        db.transaction(lambda s: team_searches.create(s, ORG, "user_real", new))
+    with pytest.raises(OrganizationNotFoundError):
+        db.transaction(lambda s: team_searches.create(s, "org_2Nowhere", "user_real", new))
+    assert admin_conn.execute("SELECT count(*) FROM saved_searches").fetchone() == (0,)
+
+
+def test_an_org_deleted_after_the_access_check_is_a_404_not_a_500(
+    db_env: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Clerk's deletion can land between the access check and the route's statement: the
+    handlers, called with the access already granted, answer the org's 404."""
+    seed(admin_conn)
+    db.run(lambda s: users.get_or_create(s, "user_tadmin", "t@example.com"))
+    admin_conn.execute('UPDATE organizations SET "deletedAt" = now() WHERE id = %s', (ORG,))
+    access = OrgAccess(ORG, "user_tadmin", "org:admin", frozenset())
+    body = CreateSavedSearch.model_validate(BODY)
+    identity = Identity("user_tadmin", "t@example.com", is_admin=False)
+    for attempt in (
+        lambda: org_usage.get_usage(access),
+        lambda: org_searches.create_team_search(access, identity, body),
+    ):
+        with pytest.raises(ApiError) as refused:
+            attempt()
+        assert (refused.value.status, refused.value.message) == (404, ORG_NOT_FOUND)
