@@ -87,45 +87,59 @@ def _call(name: str, tokens: Tokens, fixtures: Fixtures) -> tuple[int, float, fl
     return status, (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
 
 
+def _measure(
+    name: str, n: int, gap_s: float, tokens: Tokens, fixtures: Fixtures, admin: str, db: str
+) -> dict[str, Any]:
+    """`n` requests of route `name`, `gap_s` apart (0: back to back): per-request costs."""
+    stats_before = pooler_stats(admin, db)
+    walls: list[float] = []
+    cpus: list[float] = []
+    statuses: dict[int, int] = {}
+    for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
+        status, wall, cpu = _call(name, tokens, fixtures)
+        walls.append(wall)
+        cpus.append(cpu)
+        statuses[status] = statuses.get(status, 0) + 1
+    _settle()
+    delta = {key: value - stats_before[key] for key, value in pooler_stats(admin, db).items()}
+    return {
+        "n": n,
+        "statuses": statuses,
+        "statements": delta["total_query_count"] / n,
+        "transactions": delta["total_xact_count"] / n,
+        "server_ms": delta["total_xact_time"] / 1000 / n,
+        "query_ms": delta["total_query_time"] / 1000 / n,
+        "handler_ms": sum(walls) / n,
+        "handler_ms_summary": summary(walls),
+        "cpu_ms": sum(cpus) / n,
+    }
+
+
 def task_profile(params: dict[str, Any]) -> dict[str, Any]:
     tokens, fixtures = Tokens(params["private_pem"]), Fixtures(**params["fixtures"])
     admin, database, direct = params["admin_dsn"], params["database"], params["direct_url"]
-    n, warmup = int(params["n"]), int(params["warmup"])
+    n, warmup, gap_s = int(params["n"]), int(params["warmup"]), float(params.get("gap_s", 0))
     RECORDER.install()
     routes: dict[str, Any] = {}
     for name in params["routes"]:
         for _ in range(warmup):
             _call(name, tokens, fixtures)
         _settle()
-        stats_before, tables_before = pooler_stats(admin, database), tables_now(direct)
-        walls: list[float] = []
-        cpus: list[float] = []
-        statuses: dict[int, int] = {}
+        tables_before = tables_now(direct)
         RECORDER.start()
-        for _ in range(n):
-            status, wall, cpu = _call(name, tokens, fixtures)
-            walls.append(wall)
-            cpus.append(cpu)
-            statuses[status] = statuses.get(status, 0) + 1
+        row = _measure(name, n, 0.0, tokens, fixtures, admin, database)
         recorded = RECORDER.stop()
-        _settle()
-        stats_after, tables_after = pooler_stats(admin, database), tables_now(direct)
-        delta = {key: stats_after[key] - stats_before[key] for key in stats_after}
-        routes[name] = {
-            "n": n,
-            "statuses": statuses,
-            "statements": delta["total_query_count"] / n,
-            "transactions": delta["total_xact_count"] / n,
-            "server_ms": delta["total_xact_time"] / 1000 / n,
-            "query_ms": delta["total_query_time"] / 1000 / n,
-            "handler_ms": sum(walls) / n,
-            "handler_ms_summary": summary(walls),
-            "cpu_ms": sum(cpus) / n,
+        tables_after = tables_now(direct)
+        routes[name] = row | {
             "redis_commands": redis_commands(recorded["redis"]) / n,
             "client_statements": (recorded["statements"] + recorded["usage_sent_after"]) / n,
             "rows": {t: (tables_after[t]["rows"] - tables_before[t]["rows"]) / n for t in TABLES},
             "bytes": {t: tables_after[t]["bytes"] - tables_before[t]["bytes"] for t in TABLES},
         }
+        if gap_s:  # the same requests paced as the load paces a container
+            routes[name]["paced"] = _measure(name, n, gap_s, tokens, fixtures, admin, database)
     before = tables_now(direct)
     job = importlib.import_module("functions.cron.collect_metrics")
     job.handler(events.schedule("collect_metrics"), events.lambda_context("collect_metrics"))

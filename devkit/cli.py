@@ -280,6 +280,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="sign even though no keyflash dev runs on the state dir (for one started later)",
     )
 
+    clerk_org = command(
+        "clerk-org",
+        "make (or delete) a local team by replaying Clerk's signed organization webhooks",
+        "Send organization.created and one organizationMembership.created per --admin and "
+        "--member (or organization.deleted with --delete), in Clerk's shape and signed as Svix "
+        "signs them, to the Clerk webhook function's handler in this process, against the "
+        "running `keyflash dev`'s database (or the embedded one). Then `keyflash token --user "
+        "ID --org ORG --org-role ...` signs in as a member. Refused when APP_ENV=production.",
+        _clerk_org,
+    )
+    clerk_org.add_argument("--org", required=True, metavar="ORG_ID", help="e.g. org_demo")
+    clerk_org.add_argument("--name", help="the organization's name (default: from ORG_ID)")
+    clerk_org.add_argument(
+        "--admin", action="append", default=[], metavar="USER_ID", help="repeatable"
+    )
+    clerk_org.add_argument(
+        "--member", action="append", default=[], metavar="USER_ID", help="repeatable"
+    )
+    clerk_org.add_argument(
+        "--delete", action="store_true", help="delete the organization (and its team data)"
+    )
+
     legacy = commands.add_parser(
         "legacy",
         help="copy the original Redis data into Postgres (backfill) and check it (verify)",
@@ -732,6 +754,28 @@ def _token(args: argparse.Namespace) -> int:
         ttl_s=args.ttl,
     )
     print(token)
+    return 0
+
+
+def _clerk_org(args: argparse.Namespace) -> int:
+    from devkit import clerk_org
+
+    people = [*args.admin, *args.member]
+    if args.delete and (people or args.name):
+        raise CliError("--delete takes no --admin, --member or --name", code=2)
+    if not args.delete and not people:
+        raise CliError("give at least one --admin or --member (or --delete)", code=2)
+    if not args.org.strip() or any(not person.strip() for person in people):
+        raise CliError("ids must not be empty", code=2)
+    if args.delete:
+        sent = clerk_org.deletion_events(args.org)
+    else:
+        name = args.name or args.org.removeprefix("org_").replace("_", " ").title()
+        team = clerk_org.Team(args.org, name, tuple(args.admin), tuple(args.member))
+        sent = clerk_org.team_events(team, now_ms=clerk_org.now_ms())
+    with _prepared_session(args, "clerk-org"):
+        for line in clerk_org.deliver(sent):
+            print(line, flush=True)
     return 0
 
 

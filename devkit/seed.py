@@ -13,10 +13,18 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from shared import db
 from shared.clock import utcnow
 from shared.models import UserTier
-from shared.repositories import feature_flags, saved_searches, search_history, users
+from shared.repositories import (
+    feature_flags,
+    organizations,
+    saved_searches,
+    search_history,
+    users,
+)
 
 DEMO_USER = "demo"
 
@@ -91,6 +99,10 @@ DEMO_USERS = (
     ),
 )
 DEMO_FLAG = "new-dashboard"
+# A two-person team, mirrored as Clerk's organization webhooks would leave it: `demo` its admin,
+# `demo_trial` a member (`keyflash clerk-org` makes more, through the webhook itself).
+DEMO_ORG = ("org_demo", "KeyFlash Demo Team", "demo-team")  # id, name, slug
+DEMO_MEMBERS = ((DEMO_USER, "org:admin"), ("demo_trial", "org:member"))
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,12 @@ class SeedSummary:
     saved_searches: int
     history: int
     flags: int
+    teams: int
 
     def __str__(self) -> str:
         return (
             f"{self.users} users, {self.saved_searches} saved searches, "
-            f"{self.history} history rows, {self.flags} feature flag"
+            f"{self.history} history rows, {self.flags} feature flag, {self.teams} team"
         )
 
 
@@ -163,4 +176,15 @@ def seed(*, now: datetime | None = None) -> SeedSummary | None:
             now=now,
         )
     )
-    return SeedSummary(len(DEMO_USERS), searches, history, 1)
+    db.transaction(partial(_demo_team, now=now))
+    return SeedSummary(len(DEMO_USERS), searches, history, 1, 1)
+
+
+def _demo_team(session: Session, *, now: datetime) -> None:
+    """The demo team, through the mirror's own upserts (what the Clerk webhook applies)."""
+    org_id, name, slug = DEMO_ORG
+    team = organizations.MirroredOrganization(org_id, name, slug, changed_at=now)
+    organizations.mirror_organization(session, team, now=now)
+    for user_id, role in DEMO_MEMBERS:
+        member = organizations.MirroredMembership(org_id, user_id, role, (), now, deleted=False)
+        organizations.mirror_membership(session, member, now=now)

@@ -1,4 +1,4 @@
-"""POST /api/webhooks/clerk: Clerk's user events (delivered and signed by Svix).
+"""POST /api/webhooks/clerk: Clerk's user and organization events (delivered and signed by Svix).
 
 - Authenticity: the Svix signature over the raw body, with Svix's 5-minute timestamp tolerance,
   against `CLERK_WEBHOOK_SECRET`. No secret → 500 (generic); anything unsigned, mis-signed or
@@ -10,7 +10,10 @@
 - `user.created` / `user.updated` keep the user's email in step with Clerk's primary address
   (`shared.accounts.sync_email`), in the order of Clerk's own `updated_at` (an older event
   delivered late changes nothing); a collision with another account is a 409 and changes
-  nothing. `user.deleted` erases the user exactly as DELETE /api/me does. Other types: 200.
+  nothing. `user.deleted` erases the user exactly as DELETE /api/me does.
+- `organization.*` and `organizationMembership.*` keep the organizations mirror in step, in
+  the same order of `updated_at` (`shared.organizations`); `organization.deleted` removes the
+  organization's data. Other types: 200, nothing stored.
 - Logs carry the event type and outcome, never ids or emails.
 """
 
@@ -25,7 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from shared import accounts
+from shared import accounts, organizations
 from shared.config import get_settings
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
@@ -35,8 +38,11 @@ from shared.telemetry import log_event
 INVALID_SIGNATURE = "Invalid signature"
 INVALID_PAYLOAD = "Invalid webhook payload"
 USER_EVENTS = accounts.CLERK_USER_EVENTS
+ORG_EVENTS = organizations.EVENT_MODELS
 
-app = create_app(title="Clerk webhook", summary="Keep users in step with Clerk (Svix-signed).")
+app = create_app(
+    title="Clerk webhook", summary="Keep users and organizations in step with Clerk (Svix-signed)."
+)
 
 
 class ClerkEvent(BaseModel):
@@ -75,13 +81,20 @@ def _well_formed(signatures: str) -> bool:
     return all(len(parts) == 2 and all(parts) for parts in entries)
 
 
-def _parse(body: bytes) -> tuple[ClerkEvent, accounts.ClerkUser | None]:
+Payload = accounts.ClerkUser | organizations.OrganizationEvent
+
+
+def _parse(body: bytes) -> tuple[ClerkEvent, Payload | None]:
+    """The event and its data as the model of its type; None for a type we do not handle."""
     try:
         event = ClerkEvent.model_validate_json(body)
-        user = accounts.ClerkUser.model_validate(event.data) if event.type in USER_EVENTS else None
+        if event.type in USER_EVENTS:
+            return event, accounts.ClerkUser.model_validate(event.data)
+        if event.type in ORG_EVENTS:
+            return event, ORG_EVENTS[event.type].model_validate(event.data)
     except ValidationError:
         raise ApiError(400, INVALID_PAYLOAD) from None
-    return event, user
+    return event, None
 
 
 def _svix_header(name: str, description: str) -> dict[str, object]:
@@ -129,13 +142,18 @@ async def clerk_webhook(request: Request) -> Response:
         raise ApiError(500, "CLERK_WEBHOOK_SECRET is not set")
     body = await request.body()
     _verify(secret, body, request.headers)
-    event, user = _parse(body)
-    if user is None:
+    event, data = _parse(body)
+    if data is None:
         log_event("clerk_webhook", type=event.type, outcome="ignored")
         return ok({"received": True})
     # Verified above, so one of them is present (Svix accepts either spelling).
     delivery = request.headers.get("svix-id") or request.headers["webhook-id"]
-    return ok(await run_in_threadpool(accounts.apply_clerk_event, delivery, event.type, user))
+    if isinstance(data, accounts.ClerkUser):
+        return ok(await run_in_threadpool(accounts.apply_clerk_event, delivery, event.type, data))
+    applied = await run_in_threadpool(
+        organizations.apply_organization_event, delivery, event.type, data
+    )
+    return ok(applied)
 
 
 handler = lambda_handler(app)

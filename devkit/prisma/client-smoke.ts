@@ -38,6 +38,8 @@ try {
     LegacyCounterDelta: () => prisma.legacyCounterDelta.findMany({ take: 1 }),
     ErasedBillingCustomer: () => prisma.erasedBillingCustomer.findMany({ take: 1 }),
     DataExport: () => prisma.dataExport.findMany({ take: 1 }),
+    Organization: () => prisma.organization.findMany({ take: 1 }),
+    OrganizationMember: () => prisma.organizationMember.findMany({ take: 1 }),
   };
   for (const [model, read] of Object.entries(reads)) {
     check(Array.isArray(await read()), `read ${model}`);
@@ -196,7 +198,33 @@ try {
     check((await log.find(id)) === null, `${log.name}: gone`);
   }
 
+  const team = await prisma.organization.create({
+    data: {
+      id: "org_smoke",
+      name: "Smoke team",
+      members: { create: [{ userId: user.id, role: "org:admin" }] },
+    },
+    include: { members: true },
+  });
+  check(team.tier === "FREE" && team.keywordSearchesThisMonth === 0, "an organization's defaults");
+  check(team.members[0]?.permissions?.length === 0, "a membership's permissions default to []");
+  const shared = await prisma.savedSearch.create({
+    data: { userId: user.id, organizationId: team.id, name: "Team", keywords: ["seo"] },
+  });
+  let ownerless = "accepted";
+  try {
+    await prisma.savedSearch.create({ data: { name: "Nobody's", keywords: [] } });
+  } catch (error) {
+    ownerless = error instanceof Error ? error.message : String(error);
+  }
+  check(ownerless.includes("saved_searches_owner_check"), "a search without owner is refused");
+
+  await prisma.savedSearch.update({ where: { id: shared.id }, data: { userId: null } });
   await prisma.user.delete({ where: { id: user.id } });
+  const kept = await prisma.savedSearch.findMany({ where: { organizationId: team.id } });
+  check(kept.length === 1 && kept[0]?.userId === null, "a team's search outlives its creator");
+  await prisma.organization.delete({ where: { id: team.id } });
+  check((await prisma.organizationMember.count()) === 0, "deleting an organization cascades");
   check((await prisma.savedSearch.count()) === 0, "deleting a user cascades to saved searches");
   check((await prisma.keywordReservation.count()) === 0, "and to keyword reservations");
   const history = await prisma.searchHistory.findFirstOrThrow();

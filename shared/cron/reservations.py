@@ -4,10 +4,12 @@
 after KEYWORD_RESERVATION_TTL_S (5 minutes, far beyond the function's 20 s limit). Recording the
 search or a provider failure removes the row; only a function killed in between (its time limit,
 an out-of-memory kill, a crash) leaves it. Each run gives back every reservation past its
-expiry, in batches, each batch one statement (`shared.repositories.reservations`). A killed
+expiry, in batches, each batch one statement (`shared.repositories.reservations`), to the user,
+or to the organization whose pooled quota a team search reserved. A killed
 search's keywords are therefore back within TTL + 5 minutes. During the Redis migration
-(STORAGE_MODE dual or fallback) the original app's usage counters get the give-back too, as an
-owed delta applied by INCRBY (`shared.storage`), never by copying our count over theirs.
+(STORAGE_MODE dual or fallback) the original app's usage counters get a personal give-back
+too, as an owed delta applied by INCRBY (`shared.storage`), never by copying our count over
+theirs (teams have no legacy counters).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ benchmark's capacity section, not here."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -195,10 +196,81 @@ def test_the_check_reports_each_figure_with_its_error_and_flags_a_miss() -> None
     by_figure = {row["figure"]: row for row in right["comparison"]}
     assert by_figure["statements (total)"]["error"] == 0
     assert by_figure["api_usage rows"]["within"]
-    assert by_figure["server connections busy (mean, Little)"]["measured"] == pytest.approx(0.04)
+    servers = by_figure["server connections busy (mean, Little, profile's time)"]
+    assert servers["measured"] == pytest.approx(0.04)
     assert right["predicted_knee_req_per_s"] == pytest.approx(20 / 0.004)
     missed = {row["figure"]: row for row in wrong["comparison"]}
     assert missed["statements (total)"]["error"] == pytest.approx((200 - 300) / 300, abs=1e-3)
     assert not missed["statements (total)"]["within"]
     assert missed["api_usage rows"]["error"] == pytest.approx(1.0)
     assert not missed["api_usage rows"]["within"]
+
+
+def test_littles_law_is_checked_from_half_a_server_and_the_profiles_times_only_reported() -> None:
+    from benchmarks.capacity_check import _verdict, compare
+
+    # 200 transactions in 10 s holding 30 s of server time: 0.15 s each, 3 servers busy.
+    edges = _edges(200, 30_000_000, 100)
+    law = "server connections busy: model xact/s x window's xact time vs SHOW POOLS"
+    profiled = "server connections busy (mean, Little, profile's time)"
+
+    def run(sv_active: list[int]) -> dict[str, Any]:
+        samples = [{"sv_active": n, "cl_waiting": 0, "maxwait_ms": 0} for n in sv_active]
+        return compare([_output(100)], edges, samples, 10, 10, ROUTES, TABLES, 20)
+
+    agreed, missed, idle = run([3, 3, 3, 3]), run([1, 1, 1, 1]), run([0, 0, 0, 1])
+    rows = {row["figure"]: row for row in agreed["comparison"]}
+    # the profile says 0.04 servers, the run held 3: far off, reported, not checked
+    assert rows[profiled]["reported"] and not rows[profiled]["checked"]
+    assert not rows[profiled]["within"]
+    assert rows[law]["checked"] and rows[law]["within"]
+    assert _verdict(agreed)["status"] == "pass"
+    law_missed = {row["figure"]: row for row in missed["comparison"]}[law]
+    assert law_missed["checked"] and not law_missed["within"]
+    assert _verdict(missed)["status"] == "fail"
+    law_idle = {row["figure"]: row for row in idle["comparison"]}[law]
+    assert not law_idle["checked"] and not law_idle["reported"]  # a quarter of a server
+    assert _verdict(idle)["status"] == "pass"
+
+
+def test_the_model_takes_the_paced_profiles_times_and_its_back_to_back_counts() -> None:
+    from benchmarks.capacity_check import inputs
+
+    row = {
+        "n": 10,
+        "statements": 2.0,
+        "transactions": 2.0,
+        "server_ms": 1.0,
+        "handler_ms": 10.0,
+        "cpu_ms": 5.0,
+        "redis_commands": 1.0,
+        "rows": {"api_usage": 1.0, "search_history": 0.0, "system_metrics": 0.0},
+        "bytes": {"api_usage": 4096, "search_history": 0, "system_metrics": 0},
+        "paced": {"server_ms": 1.5, "handler_ms": 12.0, "cpu_ms": 6.0, "statements": 9.0},
+    }
+    tables_now = {t: {"rows": 10, "bytes": 81920} for t in ("search_history", "system_metrics")}
+    profile = {"routes": {"read": row}, "tables": tables_now}
+    routes, tables = inputs(profile)
+    read = routes["read"]
+    assert (read.server_ms, read.handler_ms, read.cpu_ms) == (1.5, 12.0, 6.0)
+    assert read.statements == 2.0 and read.rows["api_usage"] == 1.0
+    assert tables["api_usage"].bytes_per_row == pytest.approx(409.6)
+
+
+def test_the_top_step_is_near_what_the_cores_carry_with_containers_to_keep_its_pace() -> None:
+    from benchmarks.capacity_check import containers_for, high_rate
+
+    # Mix 1:1 of READ (10 ms CPU + 4 ms server) and WRITE (30 + 12): 28 ms per request.
+    mix = {"read": 1, "write": 1}
+    assert high_rate(mix, ROUTES, 2) == round(2 * 0.5 * 1000 / 28, -1) == 40.0
+    # 40 ms of handler time per request: 2 busy at 50 req/s, 6 times that.
+    assert containers_for(50, mix, ROUTES) == 12
+    assert containers_for(1, mix, ROUTES) == 5
+
+
+def test_a_step_short_of_its_rate_is_reported_saturated() -> None:
+    from benchmarks.capacity_check import _saturated
+
+    assert _saturated({"rate_target": 100.0, "rate_achieved": 49.1}).startswith(" (saturated")
+    assert _saturated({"rate_target": 50.0, "rate_achieved": 50.2}) == ""
+    assert _saturated({"rate_target": 50.0, "rate_achieved": 45.0}) == ""

@@ -608,6 +608,7 @@ COMMAND_ARGS: dict[tuple[str, ...], list[str]] = {
     ("db", "backups"): [], ("db", "restore-from-s3"): ["k/"],
     ("db", "psql"): [], ("token",): ["--user", "u"], ("legacy",): ["backfill"], ("env",): [],
     ("openapi",): [], ("check",): [], ("package",): ["health"],
+    ("clerk-org",): ["--org", "org_x", "--admin", "u"],
 }  # fmt: skip
 
 

@@ -8,7 +8,9 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from threading import Barrier
 from typing import Any
 
 import psycopg
@@ -201,6 +203,33 @@ def test_a_personal_quota_used_up_does_not_stop_team_searches(
     assert search(lambda_call, who, {}).status == 429
     assert search(lambda_call, who, v2()).status == 200
     assert (user_counters(admin_conn, who), org_counters(admin_conn)) == ((2, 2), (2, 2))
+
+
+def test_members_racing_never_pass_the_team_limit(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Twenty-four members' searches of 5 keywords at once against a team limit of 37: exactly
+    floor(37 / 5) = 7 answer 200, the rest 429, and the counter stops at 35."""
+    settings(monkeypatch, BILLING_ENABLED="true", ORG_FREE_MONTHLY_LIMIT="37", DB_POOL_SIZE="12")
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    members = [new_user() for _ in range(24)]
+    five = {**BODY, "keywords": [f"kw {i}" for i in range(5)]}
+    start = Barrier(12)
+
+    def one(index: int) -> int:
+        if index < 12:
+            start.wait()
+        return search(call, members[index], v2(), five).status
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        statuses = list(pool.map(one, range(24)))
+    assert (statuses.count(200), statuses.count(429)) == (7, 17)
+    assert org_counters(admin_conn) == (35, 35)
+    recorded = admin_conn.execute(
+        'SELECT count(*) FROM search_history WHERE "organizationId" = %s', (ORG,)
+    ).fetchone()
+    assert recorded == (7,)
 
 
 def test_the_team_counter_resets_lazily_in_a_new_month(
