@@ -56,22 +56,11 @@ EXAMPLE = {
 )
 def create_team_search(
     access: Manager,
-    user: CurrentUser,  # FastAPI resolves it once per request: the same as access's
+    user: CurrentUser,  # the Identity `access` came from (FastAPI caches it per request)
     body: Annotated[personal.CreateSavedSearch, Depends(json_body(personal.CreateSavedSearch))],
 ) -> Response:
     """Save a search for the team (the body of POST /api/searches); a team may keep 200."""
-    params = body.searchParams
-    new = NewSavedSearch(
-        name=body.name,
-        description=body.description,
-        keywords=params.keywords,
-        location=params.location,
-        language=params.language or "en",
-        match_type=params.matchType,
-        results=None
-        if body.results is None
-        else [r.model_dump(exclude_none=True) for r in body.results],
-    )
+    new = personal.new_search(body)
     try:
         created = _create(user, access.org_id, new)
     except SavedSearchLimitError:
