@@ -1,9 +1,13 @@
-"""GET /api/admin/analytics?days=N: the admin dashboard's figures (admins only).
+"""GET /api/admin/analytics?days=N[&organizationId=org_…]: the admin dashboard's figures
+(admins only).
 
 `days` is 1..90 (default 7) UTC calendar days ending today. Each figure is one query, all on
 one connection: searches per day (zero-filled), totals with cache-hit rate and providers over
 the window, searches and average response time over the last 24 h, the top 10 keywords
-(`unnest(keywords)`, case-folded) and the subscription counts.
+(`unnest(keywords)`, case-folded) and the subscription counts (the users', always). With
+`organizationId`, the search figures count only the searches made for that organization
+(`search_history."organizationId"`); an organization without searches answers zeros, whether
+or not it exists.
 """
 
 from __future__ import annotations
@@ -31,21 +35,31 @@ TOP_KEYWORDS = 10
 def analytics(
     admin: AdminUser,
     days: Annotated[str | None, Query(description="Window in days, 1..90 (default 7)")] = None,
+    organization_id: Annotated[
+        str | None,
+        Query(alias="organizationId", description="Only this organization's searches (org_…)"),
+    ] = None,
 ) -> Response:
     window = contract.days_param(days)
+    org = contract.organization_param(organization_id)
     now = utcnow()
     since = contract.window_start(now, window)
 
     def gather(session: Session) -> contract.Analytics:
         return contract.Analytics(
             days=window,
+            organization_id=org,
             since=since,
             until=now,
-            per_day=search_history.searches_per_day(session, since=since, until=now),
-            window=search_history.stats(session, since=since, until=now),
-            last_day=search_history.stats(session, since=now - timedelta(hours=24), until=now),
+            per_day=search_history.searches_per_day(
+                session, since=since, until=now, organization_id=org
+            ),
+            window=search_history.stats(session, since=since, until=now, organization_id=org),
+            last_day=search_history.stats(
+                session, since=now - timedelta(hours=24), until=now, organization_id=org
+            ),
             top_keywords=search_history.top_keywords(
-                session, since=since, until=now, limit=TOP_KEYWORDS
+                session, since=since, until=now, limit=TOP_KEYWORDS, organization_id=org
             ),
             subscriptions=users.subscription_metrics(session),
         )

@@ -48,18 +48,7 @@ def create_search(
     body: Annotated[contract.CreateSavedSearch, Depends(json_body(contract.CreateSavedSearch))],
 ) -> Response:
     """Save a search; a user may keep 50."""
-    params = body.searchParams
-    new = saved_searches.NewSavedSearch(
-        name=body.name,
-        description=body.description,
-        keywords=params.keywords,
-        location=params.location,
-        language=params.language or "en",
-        match_type=params.matchType,
-        results=None
-        if body.results is None
-        else [r.model_dump(exclude_none=True) for r in body.results],
-    )
+    new = contract.new_search(body)
     try:
         created = _create(user, new)
     except SavedSearchLimitError:

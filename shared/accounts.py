@@ -82,7 +82,9 @@ def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = Fa
     commit and `finish_erasure` cannot lose it (the repair job finishes it). The erasure's two
     retention exceptions are written first, in the same transaction: the tombstone that keeps
     the trial from starting over (`shared.repositories.tombstones`) and billing's hash of the
-    Stripe customer (`_remember_billing_customer`)."""
+    Stripe customer (`_remember_billing_customer`). Before them, the lock that a team search
+    takes before the user's row (`personal_data.lock_team_quotas`), so the two cannot deadlock."""
+    personal_data.lock_team_quotas(session, user_id)
     tombstones.record(session, user_id)
     _remember_billing_customer(session, user_id, refusing=refuse_live_subscription)
     erasure = personal_data.erase(
@@ -116,6 +118,9 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
         level=logging.INFO,
         source=source,
         userDeleted=erasure.user_deleted,
+        membershipsDeleted=erasure.memberships_deleted,
+        teamSearchesKept=erasure.team_searches_kept,
+        teamKeywordsGivenBack=erasure.team_keywords_given_back,
         historyAnonymised=erasure.history_anonymised,
         apiUsageDeleted=erasure.api_usage_deleted,
         flagsUpdated=erasure.flags_updated,

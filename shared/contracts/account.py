@@ -85,7 +85,10 @@ def row(record: Base) -> dict[str, Any]:
 
 # What erasure keeps (docs/accounts-and-privacy.md), told to the person in their export.
 ERASURE_RETENTION = (
-    "Deleting your account erases everything in this export. One record is kept, to prevent "
+    "Deleting your account erases everything in this export. Searches you saved for a team "
+    "stay with the team, without you as their creator, and the searches you made for a team "
+    "stay in its history without your user id, IP address or browser. One record is kept, to "
+    "prevent "
     "abuse of the free trial: a keyed hash (HMAC-SHA256) of your user id and one of your email "
     "address, each with the end of your trial and the number of keywords you used, so that "
     "signing up again continues that trial instead of starting a new one. The hashes cannot "
@@ -99,15 +102,17 @@ def dumps(value: Any) -> bytes:
 
 
 def write_export(data: PersonalData, write: Callable[[bytes], object]) -> None:
-    """Write `{user?, savedSearches, searchHistory, apiUsage, webhookEvents, systemMetrics,
-    featureFlags, onErasure}` to `write` piece by piece, a row at a time: everything stored
-    about the caller (`featureFlags`: flag keys only), and what an erasure would keep
+    """Write `{user?, organizationMemberships, savedSearches, searchHistory, apiUsage,
+    webhookEvents, systemMetrics, featureFlags, onErasure}` to `write` piece by piece, a row at
+    a time: everything stored about the caller (`savedSearches` includes the team searches they
+    created; `featureFlags`: flag keys only), and what an erasure would keep
     (`onErasure`). The bytes are those of the whole document serialised at once (`dumps`), so
     nothing but one row is ever held."""
     write(b"{")
     if data.user is not None:
         write(b'"user":' + dumps(row(data.user)) + b",")
     tables: tuple[tuple[str, Iterator[Any]], ...] = (
+        ("organizationMemberships", data.memberships),
         ("savedSearches", data.saved_searches),
         ("searchHistory", data.search_history),
         ("apiUsage", data.api_usage),

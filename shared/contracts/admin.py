@@ -34,6 +34,8 @@ MAX_METRIC_NAME = 200
 DEFAULT_DAYS, MAX_DAYS = 7, 90
 MAX_PROVIDERS = 20  # the providers with the most searches in the window; the rest are left out
 _DIGITS = re.compile(r"[0-9]{1,6}")
+MAX_ORGANIZATION_ID = 200
+_ORGANIZATION_ID = re.compile(rf"org_[A-Za-z0-9_-]{{1,{MAX_ORGANIZATION_ID}}}")
 
 
 def invalid(message: str) -> ApiError:
@@ -115,6 +117,18 @@ def days_param(raw: str | None) -> int:
     return int(value)
 
 
+def organization_param(raw: str | None) -> str | None:
+    """The analytics' optional organization: a Clerk organization id (`org_…`)."""
+    if raw is None:
+        return None
+    if not _ORGANIZATION_ID.fullmatch(raw):
+        raise invalid(
+            f"organizationId must be an organization id (org_ and up to {MAX_ORGANIZATION_ID} "
+            "letters, digits, _ or -)"
+        )
+    return raw
+
+
 def window_start(now: datetime, days: int) -> datetime:
     """UTC midnight `days - 1` days before today: the window holds `days` calendar days."""
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -128,6 +142,7 @@ def _rounded(value: float | None, digits: int) -> float | None:
 @dataclass(frozen=True, slots=True)
 class Analytics:
     days: int
+    organization_id: str | None  # the searches of one organization only; None: everyone's
     since: datetime
     until: datetime
     per_day: Mapping[datetime, int]
@@ -149,6 +164,7 @@ def analytics_body(figures: Analytics) -> dict[str, Any]:
     window, last_day, subs = figures.window, figures.last_day, figures.subscriptions
     return {
         "days": figures.days,
+        **({} if figures.organization_id is None else {"organizationId": figures.organization_id}),
         "from": iso_ms(figures.since),
         "to": iso_ms(figures.until),
         "searches": compact(

@@ -16,6 +16,7 @@ from shared.clock import iso_ms
 from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
 from shared.http.responses import compact
 from shared.models import SavedSearch
+from shared.repositories.saved_searches import NewSavedSearch
 
 # Every id a writer of the shared table produces: ours (UUID v4), the original Redis app's
 # legacy `1700000000000-abc1234`, and Prisma's defaults (cuid `c…` 25 chars, cuid2 24, uuid).
@@ -109,6 +110,23 @@ class CreateSavedSearch(StoredText):
     description: Annotated[str | None, AfterValidator(_description)] = None
     searchParams: SearchParams
     results: list[KeywordResult] | None = None
+
+
+def new_search(body: CreateSavedSearch) -> NewSavedSearch:
+    """What a create body stores (personal or team): `language` defaults to `en`, results as
+    sent minus absent keys."""
+    params = body.searchParams
+    return NewSavedSearch(
+        name=body.name,
+        description=body.description,
+        keywords=params.keywords,
+        location=params.location,
+        language=params.language or "en",
+        match_type=params.matchType,
+        results=None
+        if body.results is None
+        else [r.model_dump(exclude_none=True) for r in body.results],
+    )
 
 
 class UpdateSavedSearch(StoredText):

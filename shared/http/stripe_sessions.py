@@ -23,12 +23,12 @@ from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.orm import Session
 from starlette.requests import Request
 
 from shared import db, rbac
-from shared.auth import Identity, is_org_id, provision
+from shared.auth import Identity, provision
 from shared.config import Settings, get_settings
+from shared.http import orgs
 from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
@@ -46,8 +46,6 @@ STRIPE_API_VERSION = "2026-01-28.clover"  # the original's pin; events are read 
 LIMIT_PER_HOUR = 10
 TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
-ORG_NOT_FOUND = "Organization not found"
-INVALID_ORG_ID = "Invalid organization ID format"
 BILLING_FORBIDDEN = "You do not have permission to manage this organization's billing"
 
 
@@ -77,35 +75,18 @@ def org_caller(
     request: Request, org_id: str, endpoint: str, refused: str
 ) -> tuple[User, Organization]:
     """The caller's row and the organization whose billing they manage, after the shared
-    checks: 400 for an id no organization can have, 404 unless they are in it, 403 unless they
-    hold `org:billing:manage`."""
+    checks: the org routes' own access rule (`shared.http.orgs.org_access`: 400 for an id no
+    organization can have, 404 unless they are in it), then 403 unless they hold
+    `org:billing:manage`."""
     identity = _checked(request, endpoint, refused)
-    if not is_org_id(org_id):
-        raise ApiError(400, INVALID_ORG_ID)  # no organization has such an id: nothing leaks
+    access = orgs.org_access(org_id, identity)
     user = _provisioned(identity)
-    org, role, permissions = db.run(lambda s: _membership(s, identity, org_id), idempotent=True)
-    if org is None:
-        raise ApiError(404, ORG_NOT_FOUND)
-    if not rbac.allows(role, permissions, rbac.BILLING_MANAGE):
+    if not rbac.allows(access.role, access.permissions, rbac.BILLING_MANAGE):
         raise ApiError(403, BILLING_FORBIDDEN)
+    org = db.run(lambda s: organizations.get(s, org_id), idempotent=True)
+    if org is None:  # deleted since the access check
+        raise ApiError(404, orgs.ORG_NOT_FOUND)
     return user, org
-
-
-def _membership(
-    session: Session, identity: Identity, org_id: str
-) -> tuple[Organization | None, str, frozenset[str]]:
-    """The organization with the caller's role and permissions in it: the token's when it is
-    the active org (the row made from the token if the mirror has not seen it yet), else the
-    mirror's; no organization when the caller is in neither."""
-    active = identity.org
-    if active is not None and active.id == org_id:
-        found = organizations.ensure(session, org_id, slug=active.slug)
-        return found, active.role, active.permissions
-    member = organizations.membership(session, org_id, identity.user_id)
-    if member is None:
-        return None, "", frozenset()
-    found = organizations.get(session, org_id)
-    return found, member.role, frozenset(member.permissions or ())
 
 
 def _checked(request: Request, endpoint: str, refused: str) -> Identity:

@@ -1,15 +1,24 @@
 """Personal data: everything stored about one user, exported or erased in one place (GDPR).
 
-Both operations walk the same seven tables, so a table added later is handled here or visibly
+Both operations walk the same tables, so a table added later is handled here or visibly
 nowhere. The export (`export`, one read-only snapshot) streams the user's rows whole from users,
-saved_searches, search_history and api_usage, the ledger and metric rows that mention one of the
-user's identifiers (the rows erasure scrubs), and the keys of the flags that name the user (the
-rest of a flag row is configuration and names other users). Erasure (`erase`, in one
-transaction) per table:
+organization_members, saved_searches (the team searches they created included),
+search_history and api_usage, the ledger and metric rows that mention one of the user's
+identifiers (the rows erasure scrubs), and the keys of the flags that name the user (the rest of
+a flag row is configuration and names other users). Erasure (`erase`, in one transaction) per
+table:
 - users: deleted (the row is locked first, so a concurrent saved-search create waits and then
-  finds no owner); saved_searches go with it (FK ON DELETE CASCADE).
-- search_history: kept for aggregate stats but anonymised: userId, ipAddress and userAgent are
-  cleared. The FK alone would null userId and keep the IP and user agent (docs/original-app.md#d21).
+  finds no owner); personal saved_searches go with it (FK ON DELETE CASCADE).
+- saved_searches of a team (organizationId set) that the user created stay with the team, the
+  creator cleared (userId NULL) before the cascade could take them.
+- organization_members: the user's rows (current and removed memberships) are deleted: a
+  tombstone would keep the user id. A late Clerk membership event may bring a row back; Clerk
+  stops sending them once the user is deleted there (docs/organizations.md).
+- keyword_reservations held against a team's quota: given back to the organization, then
+  deleted (a personal one goes with the user row; its counters go with it).
+- search_history: kept for aggregate stats (a team's rows for the team) but anonymised:
+  userId, ipAddress and userAgent are cleared. The FK alone would null userId and keep the IP
+  and user agent (docs/original-app.md#d21).
 - api_usage: deleted (no FK, so nothing cascades).
 - feature_flags: the id is removed from every `allowedUsers` list.
 - webhook_events, system_metrics: a payload, error or tags that mention one of the user's
@@ -46,12 +55,16 @@ from shared.errors import SubscriptionLiveError
 from shared.models import (
     ApiUsage,
     FeatureFlag,
+    KeywordReservation,
+    Organization,
+    OrganizationMember,
     SavedSearch,
     SearchHistory,
     SystemMetric,
     User,
     WebhookEvent,
 )
+from shared.repositories import reservations
 from shared.telemetry import database_operation
 
 # Any string anywhere in the document equal to one of `$ids` (lax mode: `.**` walks every level).
@@ -69,6 +82,7 @@ class PersonalData:
     opens its server-side cursor when its turn comes) inside the snapshot's transaction."""
 
     user: User | None
+    memberships: Iterator[OrganizationMember]
     saved_searches: Iterator[SavedSearch]
     search_history: Iterator[SearchHistory]
     api_usage: Iterator[ApiUsage]
@@ -82,6 +96,9 @@ class Erasure:
     """Rows touched per table (counts only: safe to log)."""
 
     user_deleted: bool
+    memberships_deleted: int
+    team_searches_kept: int  # the user's team searches, now without a creator
+    team_keywords_given_back: int
     history_anonymised: int
     api_usage_deleted: int
     flags_updated: int
@@ -122,6 +139,12 @@ def export(session: Session, user_id: str) -> PersonalData:
     ids = identifiers(user_id, owner)
     return PersonalData(
         user=user,
+        memberships=_stream(
+            session,
+            select(OrganizationMember)
+            .where(OrganizationMember.user_id == user_id)
+            .order_by(OrganizationMember.created_at, OrganizationMember.organization_id),
+        ),
         saved_searches=_stream(
             session,
             select(SavedSearch)
@@ -211,6 +234,21 @@ def _event_mentions(identifiers: list[str]) -> ColumnElement[bool]:
 LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
 
 
+@database_operation("lockTeamQuotas")
+def lock_team_quotas(session: Session, user_id: str) -> None:
+    """Lock the organizations whose quota the user's reservations hold, BEFORE anything locks
+    the user's row. A team search locks its organization's row and then, through the
+    reservation's foreign key, the user's; the erasure, which gives those keywords back, must
+    take the two in the same order or the two would deadlock. Called first by every erasure."""
+    held = select(KeywordReservation.organization_id).where(KeywordReservation.user_id == user_id)
+    session.execute(
+        select(Organization.id)
+        .where(Organization.id.in_(held))
+        .order_by(Organization.id)
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: what the give-back's UPDATE takes
+    )
+
+
 @database_operation("erasePersonalData")
 def erase(
     session: Session,
@@ -228,6 +266,7 @@ def erase(
     """
     _require_transaction(session, "erase")
     now = now or utcnow()
+    lock_team_quotas(session, user_id)
     owner = session.execute(
         select(
             User.email,
@@ -252,6 +291,17 @@ def erase(
     usage = session.execute(
         delete(ApiUsage).where(ApiUsage.user_id == user_id), execution_options=options
     )
+    given_back = reservations.release_team_holds(session, user_id, now=now)
+    team_searches = session.execute(
+        update(SavedSearch)
+        .where(SavedSearch.user_id == user_id, SavedSearch.organization_id.is_not(None))
+        .values(user_id=None),
+        execution_options=options,
+    )
+    memberships = session.execute(
+        delete(OrganizationMember).where(OrganizationMember.user_id == user_id),
+        execution_options=options,
+    )
     flags = session.execute(
         update(FeatureFlag)
         .where(FeatureFlag.allowed_users.any_() == user_id)
@@ -275,6 +325,9 @@ def erase(
     ).first()
     return Erasure(
         user_deleted=deleted is not None,
+        memberships_deleted=_count(memberships),
+        team_searches_kept=_count(team_searches),
+        team_keywords_given_back=given_back,
         history_anonymised=_count(history),
         api_usage_deleted=_count(usage),
         flags_updated=_count(flags),

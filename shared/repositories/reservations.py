@@ -102,6 +102,19 @@ _RELEASE_EXPIRED = (
     .columns(*_COLUMNS)
 )
 
+# An erasure's step: every reservation the user holds against a team's quota (a personal one
+# goes with the user's row, and its counters with it).
+_RELEASE_TEAM_HOLDS = (
+    text(
+        _GIVE_BACK.format(
+            selected='SELECT id FROM keyword_reservations WHERE "userId" = :user_id '
+            'AND "organizationId" IS NOT NULL'
+        )
+    )
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(*_COLUMNS)
+)
+
 
 class Released(NamedTuple):
     """What `release_expired` gave back: totals over every reservation, and each personal one
@@ -142,3 +155,11 @@ def release_expired(session: Session, *, now: datetime, limit: int) -> Released:
         if row.organizationId is None
     ]
     return Released(len(rows), sum(int(row.keywords) for row in rows), personal)
+
+
+@database_operation("releaseTeamReservations")
+def release_team_holds(session: Session, user_id: str, *, now: datetime) -> int:
+    """Give back to each organization what `user_id` holds against its quota (their erasure):
+    the keywords given back."""
+    rows = session.execute(_RELEASE_TEAM_HOLDS, {"user_id": user_id, "now": now}).all()
+    return sum(int(row.keywords) for row in rows)

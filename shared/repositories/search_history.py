@@ -141,10 +141,18 @@ def stats(
     since: datetime,
     until: datetime | None = None,
     user_id: str | None = None,
+    organization_id: str | None = None,
 ) -> Stats:
-    """Totals and per-provider figures over [since, until) in one query (GROUPING SETS)."""
-    params = {"p_since": db_time(since), "p_until": db_time(until or utcnow()), "p_user": user_id}
-    statement = _STATS if user_id is None else _STATS_OF_USER
+    """Totals and per-provider figures over [since, until) in one query (GROUPING SETS), of
+    everyone's searches, one user's, or those made for one organization."""
+    if user_id is not None and organization_id is not None:
+        raise ValueError("stats of a user or of an organization, not both")
+    statement, owner = _STATS, None
+    if user_id is not None:
+        statement, owner = _STATS_OF_USER, user_id
+    elif organization_id is not None:
+        statement, owner = _STATS_OF_ORGANIZATION, organization_id
+    params = {"p_since": db_time(since), "p_until": db_time(until or utcnow()), "p_owner": owner}
     total = Stats(searches=0, avg_response_time=None, cache_hit_rate=None)
     providers: dict[str, ProviderStats] = {}
     for provider, is_total, count, avg_time, rate in execute_hot(session, statement, params):
@@ -156,8 +164,9 @@ def stats(
     return Stats(total.searches, total.avg_response_time, total.cache_hit_rate, providers)
 
 
-def _stats_statement(*, of_user: bool) -> HotStatement:
-    """`stats`' query, built once per shape (binds p_since, p_until and, `of_user`, p_user)."""
+def _stats_statement(owner: Any = None) -> HotStatement:
+    """`stats`' query, built once per shape (binds p_since, p_until and, with an `owner` column,
+    p_owner)."""
     hit_rate = func.avg(case((SearchHistory.cache_hit, 1.0), else_=0.0))
     statement = (
         select(
@@ -173,13 +182,14 @@ def _stats_statement(*, of_user: bool) -> HotStatement:
         )
         .group_by(func.grouping_sets(tuple_(), tuple_(SearchHistory.provider)))
     )
-    if of_user:
-        statement = statement.where(SearchHistory.user_id == bindparam("p_user", type_=Text()))
+    if owner is not None:
+        statement = statement.where(owner == bindparam("p_owner", type_=Text()))
     return HotStatement(statement)
 
 
-_STATS = _stats_statement(of_user=False)
-_STATS_OF_USER = _stats_statement(of_user=True)
+_STATS = _stats_statement()
+_STATS_OF_USER = _stats_statement(SearchHistory.user_id)
+_STATS_OF_ORGANIZATION = _stats_statement(SearchHistory.organization_id)
 
 
 def _float(value: object) -> float | None:
@@ -193,24 +203,34 @@ class KeywordCount:
 
 
 @database_operation("searchesPerDay")
-def searches_per_day(session: Session, *, since: datetime, until: datetime) -> dict[datetime, int]:
+def searches_per_day(
+    session: Session, *, since: datetime, until: datetime, organization_id: str | None = None
+) -> dict[datetime, int]:
     """Searches per UTC day (keyed by the day's midnight) over [since, until), in one query;
-    days without a search are absent (the caller zero-fills)."""
+    days without a search are absent (the caller zero-fills). With `organization_id`: only the
+    searches made for that organization."""
     day = func.date_trunc("day", SearchHistory.searched_at, type_=UTCDateTime()).label("day")
-    statement = (
+    statement = _of_organization(
         select(day, func.count())
         .where(SearchHistory.searched_at >= since, SearchHistory.searched_at < until)
-        .group_by(day)
+        .group_by(day),
+        organization_id,
     )
     return {row[0]: row[1] for row in session.execute(statement)}
 
 
 @database_operation("topKeywords")
 def top_keywords(
-    session: Session, *, since: datetime, until: datetime, limit: int = 10
+    session: Session,
+    *,
+    since: datetime,
+    until: datetime,
+    limit: int = 10,
+    organization_id: str | None = None,
 ) -> list[KeywordCount]:
     """The most searched keywords over [since, until) in one query: `unnest(keywords)`, folded
-    to lower case and trimmed; ties in alphabetical order."""
+    to lower case and trimmed; ties in alphabetical order. With `organization_id`: only the
+    searches made for that organization."""
     unnested = func.unnest(SearchHistory.keywords).table_valued("keyword").render_derived()
     keyword = func.lower(func.btrim(unnested.c.keyword)).label("keyword")
     searches = func.count().label("searches")
@@ -224,4 +244,14 @@ def top_keywords(
         .order_by(searches.desc(), keyword)
         .limit(limit)
     )
-    return [KeywordCount(row[0], row[1]) for row in session.execute(statement)]
+    return [
+        KeywordCount(row[0], row[1])
+        for row in session.execute(_of_organization(statement, organization_id))
+    ]
+
+
+def _of_organization(statement: Any, organization_id: str | None) -> Any:
+    """The statement cut to one organization's searches (None: everyone's)."""
+    if organization_id is None:
+        return statement
+    return statement.where(SearchHistory.organization_id == organization_id)

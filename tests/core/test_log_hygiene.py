@@ -268,6 +268,27 @@ def sign_up_and_use_everything(run: Run) -> None:
     assert run.call("admin_trends", "GET", "/api/admin/analytics/trends", token=admin,
                     query={"metric": "keyword-trends"}).status == 200  # fmt: skip
     assert run.call("search_item", "DELETE", item, token=ada).status == 200
+    use_a_team(run)
+
+
+def use_a_team(run: Run) -> None:
+    """Ada as the admin of her team (her session's active org): every org route."""
+    team = run.token("user_ada", ADA, v=2, o={"id": "org_2adateam", "rol": "admin"})
+    base = "/api/orgs/org_2adateam"
+    body = {"name": f"team of {ADA}", "searchParams": {
+        "keywords": ["espresso"], "matchType": "exact", "location": "US"}}  # fmt: skip
+    created = run.call("org_searches", "POST", f"{base}/searches", token=team, json_body=body)
+    assert created.status == 201, created.text
+    item = f"{base}/searches/{created.json['search']['id']}"
+    assert run.call("org_searches", "GET", f"{base}/searches", token=team, ip=IPV6).status == 200
+    assert run.call("org_search_item", "GET", item, token=team, style="asgi").status == 200
+    renamed = run.call("org_search_item", "PUT", item, token=team, json_body={"name": "t"})
+    assert renamed.status == 200, renamed.text
+    assert run.call("org_members", "GET", f"{base}/members", token=team).status == 200
+    assert run.call("org_usage", "GET", f"{base}/usage", token=team).status == 200
+    assert run.call("org_search_item", "DELETE", item, token=team).status == 200
+    outsider = run.token("user_grace", GRACE)
+    assert run.call("org_members", "GET", f"{base}/members", token=outsider).status == 404
 
 
 def fail_in_every_way(run: Run, other_key: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from upstash_redis import Redis
 
 from shared import config, db, flags, storage
@@ -30,6 +31,7 @@ from shared.legacy import erase_user_keys, keys
 from shared.redis import get_redis
 from shared.repositories import (
     feature_flags,
+    organizations,
     partitions,
     retention,
     system_metrics,
@@ -53,6 +55,7 @@ SEARCH = {
     "name": "Coffee",
     "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"},
 }
+TEAM = "org_team"
 KEYWORDS = {"keywords": ["espresso", "latte art"], "matchType": "phrase", "location": "US"}
 
 
@@ -213,6 +216,9 @@ KEPT_WITH_REASON = {
     "or the reconcile_reservations cron gives it back (minutes); cascade on erasure",
     "account_tombstones": "erasure's retention exception: keyed HMACs, a trial end, a count",
     "data_exports": "deleted by the exports cron once expiresAt passes; with the user on erasure",
+    "organizations": "a team's own row (name, tier, counters, billing): lives as long as the "
+    "organization; names no member",
+    "organization_members": "Clerk's memberships mirrored: the user's are deleted on erasure",
 }
 
 
@@ -326,6 +332,27 @@ def live_a_little(call: Caller, who: Person, ip: str) -> None:
         )
     )  # fmt: skip
     storage.mirror_user(who.user_id)  # the legacy copy (dual mode) gets the stripe: index too
+    # A team they belong to and a search they shared with it (it stays, creator-less, on erasure).
+    db.run(lambda s: organizations.ensure(s, TEAM))
+    db.transaction(
+        lambda s: (
+            s.execute(
+                text(
+                    """INSERT INTO organization_members ("organizationId", "userId", role,
+                           "updatedAt") VALUES (:org, :user, 'org:member', now())"""
+                ),
+                {"org": TEAM, "user": who.user_id},
+            ),
+            s.execute(
+                text(
+                    """INSERT INTO saved_searches (id, "userId", "organizationId", name,
+                           keywords, "updatedAt")
+                       VALUES (gen_random_uuid()::text, :user, :org, 'Team', '{mocha}', now())"""
+                ),
+                {"org": TEAM, "user": who.user_id},
+            ),
+        )
+    )
     event_id = f"evt_{uuid.uuid4().hex[:12]}"  # ids that do not themselves name the user
     payload = {"data": {"object": {"customer": who.customer, "customer_email": who.email,
                                    "metadata": {"clerkUserId": who.user_id}}}}  # fmt: skip
@@ -500,6 +527,7 @@ def test_redis_erasure_spares_users_whose_id_extends_the_erased_one(api_env: Key
 # Table → the export's key for its rows about the caller (whole rows, every stored column).
 EXPORTED_ROWS = {
     "users": "user",
+    "organization_members": "organizationMemberships",
     "saved_searches": "savedSearches",
     "search_history": "searchHistory",
     "api_usage": "apiUsage",
@@ -542,7 +570,12 @@ def stored_rows_about(
         " SELECT 1 FROM unnest(%s::text[]) n WHERE strpos(lower(to_jsonb(t)::text), n) > 0)",
         (needles,),
     )
-    return {row["id"]: row for (row,) in rows}
+    return {row_key(row): row for (row,) in rows}
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """A row's id; a membership's (the user being the caller) is its organization."""
+    return str(row["id"] if "id" in row else row["organizationId"])
 
 
 def test_the_export_holds_every_stored_column_of_every_row_about_the_caller(
@@ -567,7 +600,9 @@ def test_the_export_holds_every_stored_column_of_every_row_about_the_caller(
     for table, section in EXPORTED_ROWS.items():
         items = body.get(section)
         exported = (
-            {items["id"]: items} if isinstance(items, dict) else {i["id"]: i for i in items or []}
+            {items["id"]: items}
+            if isinstance(items, dict)
+            else {row_key(i): i for i in items or []}
         )
         assert exported.keys() == stored[table].keys(), table
         table_columns = columns(admin_conn, table)

@@ -164,6 +164,14 @@ def test_the_admin_analytics_queries_run_as_the_role(analyst: str) -> None:
             search_history.stats(session, since=since, until=now)
             search_history.searches_per_day(session, since=since, until=now)
             search_history.top_keywords(session, since=since, until=now, limit=10)
+            # Cut per organization (revision 0013 grants search_history."organizationId").
+            search_history.stats(session, since=since, until=now, organization_id="org_1")
+            search_history.searches_per_day(
+                session, since=since, until=now, organization_id="org_1"
+            )
+            search_history.top_keywords(
+                session, since=since, until=now, limit=10, organization_id="org_1"
+            )
             users.subscription_metrics(session)
             system_metrics.series(session, "m", start=since, end=now, bucket="hour")
             reports.usage_by_tier(session, start=since, end=now)

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from shared import config, db
 from shared.clock import iso_ms, month_start, next_month_start, utcnow
@@ -19,6 +19,7 @@ from shared.repositories import (
     api_usage,
     data_exports,
     feature_flags,
+    organizations,
     reservations,
     saved_searches,
     search_history,
@@ -40,6 +41,7 @@ ALL_TABLES = {
     "system_metrics",
     "keyword_reservations",
     "data_exports",
+    "organization_members",
 }
 # Tables the erasure leaves alone, each with the reason; a new table must be added to one set.
 OUTSIDE_ERASURE = {
@@ -58,6 +60,9 @@ OUTSIDE_ERASURE = {
     # The erasure's retention exception (fraud prevention): keyed HMACs of the id and email,
     # the trial's end and the keywords used, so that erasing never grants a new trial.
     "account_tombstones": "written by the erasure: no id, email or other personal data in clear",
+    # An organization's row names no member; the team's searches and history that a member
+    # made stay with it without them (tests/orgs/test_lifecycle_privacy.py).
+    "organizations": "the team's own row: nothing per user",
 }
 
 
@@ -258,6 +263,17 @@ def seed_everything(user_id: str) -> None:
         )
     )
     db.run(lambda s: data_exports.request(s, user_id, now=utcnow()))
+    db.run(lambda s: organizations.ensure(s, "org_shared"))
+    membership = {"org": "org_shared", "user": user_id}
+    db.run(
+        lambda s: s.execute(
+            text(
+                """INSERT INTO organization_members ("organizationId", "userId", role,
+                       "updatedAt") VALUES (:org, :user, 'org:member', now())"""
+            ),
+            membership,
+        )
+    )
 
 
 def rows_about(conn: psycopg.Connection[Any], user_id: str) -> dict[str, int]:
@@ -287,6 +303,10 @@ def rows_about(conn: psycopg.Connection[Any], user_id: str) -> dict[str, int]:
             [user_id],
         ),
         "data_exports": ('SELECT count(*) FROM data_exports WHERE "userId" = %s', [user_id]),
+        "organization_members": (
+            'SELECT count(*) FROM organization_members WHERE "userId" = %s',
+            [user_id],
+        ),
     }
     assert set(queries) == ALL_TABLES
     counts = {}
@@ -417,9 +437,12 @@ def test_export_contains_everything_stored_about_the_caller_only(call: Caller) -
     assert result.headers["cache-control"] == "private, no-cache, no-store, must-revalidate"
     body = result.json
     assert set(body) == {
-        "user", "savedSearches", "searchHistory", "apiUsage", "webhookEvents", "systemMetrics",
-        "featureFlags", "onErasure",
+        "user", "organizationMemberships", "savedSearches", "searchHistory", "apiUsage",
+        "webhookEvents", "systemMetrics", "featureFlags", "onErasure",
     }  # fmt: skip
+    assert [(m["organizationId"], m["userId"]) for m in body["organizationMemberships"]] == [
+        ("org_shared", "user_a")
+    ]
     assert "keyed hash" in body["onErasure"]  # the erasure's retention exception, stated
     # The ledger and metric rows that mention the caller (test_personal_data checks them whole).
     assert {e["id"] for e in body["webhookEvents"]} == {

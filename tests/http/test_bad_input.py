@@ -154,6 +154,27 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
         ],
     },
     "PUT /api/searches/{search_id}": {"name": "Renamed", "description": "New description"},
+    "POST /api/orgs/{org_id}/searches": {
+        "name": "Team coffee gear",
+        "description": "Espresso for the office",
+        "searchParams": {
+            "keywords": ["espresso machine"],
+            "matchType": "phrase",
+            "location": "US",
+            "language": "en",
+        },
+        "results": [
+            {
+                "keyword": "espresso machine",
+                "searchVolume": 1000,
+                "difficulty": 40,
+                "cpc": 1.5,
+                "competition": "medium",
+                "intent": "commercial",
+            }
+        ],
+    },
+    "PUT /api/orgs/{org_id}/searches/{search_id}": {"name": "Renamed", "description": "New"},
     "POST /api/keywords": {
         "keywords": ["espresso"],
         "matchType": "phrase",
@@ -527,6 +548,19 @@ def prepare(route: Route, call: Caller) -> Target:
     """Create what the route's path names (a saved search, a flag) and return a valid request."""
     user = ADMIN if route.needs_admin else USER
     path = route.path
+    if "{org_id}" in path:
+        join_team(user)
+        path = path.replace("{org_id}", TEAM)
+    if "{search_id}" in path and path.startswith("/api/orgs/"):
+        created = call(
+            "org_searches",
+            "POST",
+            f"/api/orgs/{TEAM}/searches",
+            user=user,
+            json_body=valid_body_of("POST /api/orgs/{org_id}/searches"),
+        )
+        assert created.status == 201, created.text
+        path = path.replace("{search_id}", created.json["search"]["id"])
     if "{search_id}" in path:
         created = call(
             "searches",
@@ -549,24 +583,35 @@ def prepare(route: Route, call: Caller) -> Target:
     if path == "/api/billing/portal":  # only a Stripe customer gets a portal session
         assert call("me", "GET", "/api/me", user=user).status == 200  # provisions the user
         db.run(lambda s: users.update_user(s, user, stripe_customer_id=f"cus_{user}"))
-    if "{org_id}" in path:  # an organization the caller administers, already a Stripe customer
-        for statement in (_ORG_ROW, _ORG_ADMIN):
-            db.run(lambda s, sql=statement: s.execute(sql, {"org": ORG, "user": user}))
-        path = path.replace("{org_id}", ORG)
     assert "{" not in path, f"teach prepare() to create what {route} names"
     return Target(path, user, valid_body(route), dict(VALID_QUERIES.get(str(route), {})))
 
 
-ORG = "org_badinput"
-# The mirror's view, as Clerk's webhooks and a checkout would leave it (idempotent).
-_ORG_ROW = text(
-    """INSERT INTO organizations (id, name, "stripeCustomerId", "updatedAt")
-       VALUES (:org, 'Bad input team', 'cus_' || :org, now()) ON CONFLICT (id) DO NOTHING"""
-)
-_ORG_ADMIN = text(
-    """INSERT INTO organization_members ("organizationId", "userId", role, "updatedAt")
-       VALUES (:org, :user, 'org:admin', now()) ON CONFLICT DO NOTHING"""
-)
+TEAM = "org_2badinputteam"
+
+
+def join_team(user: str) -> None:
+    """`user` an admin of TEAM as the Clerk webhook mirror records it (so a plain session acts
+    in it: docs/organizations.md#routes-and-access); TEAM is a Stripe customer (its portal)."""
+    db.run(
+        lambda s: s.execute(
+            text(
+                """INSERT INTO organizations (id, name, "stripeCustomerId", "updatedAt")
+                   VALUES (:org, :org, 'cus_' || :org, now()) ON CONFLICT DO NOTHING"""
+            ),
+            {"org": TEAM},
+        )
+    )
+    db.run(
+        lambda s: s.execute(
+            text(
+                """INSERT INTO organization_members ("organizationId", "userId", role,
+                       "updatedAt") VALUES (:org, :user, 'org:admin', now())
+                   ON CONFLICT DO NOTHING"""
+            ),
+            {"org": TEAM, "user": user},
+        )
+    )
 
 
 def valid_body_of(route_id: str) -> dict[str, Any]:
@@ -766,6 +811,13 @@ def read_back(route: Route, call: Caller, target: Target, answer: Any) -> Any:
     if route.path == "/api/keywords":
         history = call("history", "GET", "/api/history", user=target.user, query={"limit": "1"})
         return history.json["history"][0]
+    if route.function in ("org_searches", "org_search_item"):
+        path = (
+            f"/api/orgs/{TEAM}/searches/{answer['search']['id']}"
+            if route.method == "POST"
+            else target.path
+        )
+        return call("org_search_item", "GET", path, user=target.user).json["search"]
     if route.function in ("searches", "search_item"):
         path = f"/api/searches/{answer['search']['id']}" if route.method == "POST" else target.path
         return call("search_item", "GET", path, user=target.user).json["search"]
@@ -785,6 +837,9 @@ def forget(route: Route, call: Caller, target: Target, answer: Any) -> None:
         gone = call(
             "search_item", "DELETE", f"/api/searches/{answer['search']['id']}", user=target.user
         )
+    elif route.function == "org_searches":
+        path = f"/api/orgs/{TEAM}/searches/{answer['search']['id']}"
+        gone = call("org_search_item", "DELETE", path, user=target.user)
     else:
         key = quote(answer["flag"]["key"], safe="")
         gone = call("admin_flag_item", "DELETE", f"/api/admin/flags/{key}", user=ADMIN)

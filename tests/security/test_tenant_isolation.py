@@ -407,6 +407,49 @@ def _org_billing_probe(route: str) -> Callable[[World], None]:
     return probe
 
 
+B_TEAM = "org_2bravoteam"  # B's own organization (B is its admin by token)
+ELSEWHERE = "org_2alphateam"  # an organization B is not in
+
+
+def _org_probe(method: str, path: str) -> Callable[[World], None]:
+    def probe(w: World) -> None:
+        token = w.b.call.token(w.b.user_id, email=w.b.email, v=2, o={"id": B_TEAM, "rol": "admin"})
+        headers = {"authorization": f"Bearer {token}"}
+        body: dict[str, Any] | None = None
+        if method == "POST":
+            params = {"keywords": ["k"], "matchType": "exact", "location": "US"}
+            body = {"name": "bravo team", "userId": w.a.user_id, "organizationId": ELSEWHERE,
+                    "searchParams": params}  # fmt: skip
+        elif method == "PUT":
+            body = {"name": "pwned", "clerkUserId": w.a.user_id}
+
+        def send(org: str, search_id: str) -> Result:
+            concrete = path.replace("{org_id}", org).replace("{search_id}", search_id)
+            function = FUNCTION_OF[method, path]
+            return w.b.call(function, method, concrete, headers=headers, json_body=body)
+
+        outside = send(ELSEWHERE, w.a_searches[0])
+        assert (outside.status, outside.json["message"]) == (404, "Organization not found")
+        assert_nothing_of_a(w, outside)
+        if "{search_id}" not in path:
+            inside = send(B_TEAM, "")
+            assert inside.status in (200, 201), inside.text
+            assert_nothing_of_a(w, inside)
+            return
+        missing = send(B_TEAM, str(uuid.uuid4()))
+        assert missing.status == 404 and missing.json["message"] == "Saved search not found"
+        for search_id in _ids_b_might_try(w):
+            attempt = send(B_TEAM, search_id)
+            assert_same_answer(attempt, missing)
+            assert_nothing_of_a(w, attempt)
+
+    probe.__doc__ = (
+        "B, admin of B's own org: an org B is not in is a 404, A's personal search ids in B's "
+        "org are the 404 of a missing search, and B's team answers show nothing of A's."
+    )
+    return probe
+
+
 def _admin_probe(method: str, path: str) -> Callable[[World], None]:
     def probe(w: World) -> None:
         concrete = path.replace("{key}", "alpha-only")
@@ -440,13 +483,18 @@ PROBES: dict[Route, Callable[[World], None]] = {
     ("GET", "/api/flags"): probe_flags,
     ("POST", "/api/checkout"): probe_checkout,
     ("POST", "/api/billing/portal"): probe_billing_portal,
-    ("POST", "/api/orgs/{org_id}/checkout"): _org_billing_probe("checkout"),
-    ("POST", "/api/orgs/{org_id}/billing-portal"): _org_billing_probe("billing-portal"),
     **{
         (method, path): _admin_probe(method, path)
         for method, path, _ in ROUTES
         if path.startswith("/api/admin/")
     },
+    **{
+        (method, path): _org_probe(method, path)
+        for method, path, _ in ROUTES
+        if path.startswith("/api/orgs/") and not path.endswith(("/checkout", "/billing-portal"))
+    },
+    ("POST", "/api/orgs/{org_id}/checkout"): _org_billing_probe("checkout"),
+    ("POST", "/api/orgs/{org_id}/billing-portal"): _org_billing_probe("billing-portal"),
 }
 
 

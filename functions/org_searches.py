@@ -1,0 +1,84 @@
+"""GET, POST /api/orgs/{orgId}/searches: list and create a team's shared saved searches
+(docs/organizations.md#routes-and-access).
+
+Access is `shared.http.orgs`: a member of the org (by token or mirror) reads with
+`org:searches:read` and creates with `org:searches:manage`; anyone else gets 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.responses import Response
+
+from shared import db, rbac
+from shared.auth import Identity, forget, provision
+from shared.contracts import saved_searches as personal
+from shared.contracts import teams
+from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
+from shared.http.app import create_app, lambda_handler
+from shared.http.auth import CurrentUser
+from shared.http.body import body_schema, json_body
+from shared.http.errors import ApiError
+from shared.http.orgs import ORG_NOT_FOUND, RESPONSES, OrgAccess, permitted
+from shared.http.responses import ok
+from shared.models import SavedSearch
+from shared.repositories import team_searches
+from shared.repositories.saved_searches import NewSavedSearch
+
+app = create_app(title="Team searches", summary="List and create a team's saved searches.")
+
+Reader = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_READ))]
+Manager = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_MANAGE))]
+
+
+@app.get("/api/orgs/{org_id}/searches", response_model=None, responses=RESPONSES)
+def list_team_searches(access: Reader) -> Response:
+    """The team's saved searches (at most 200), most recently updated first."""
+    found = db.run(lambda s: team_searches.list_for_org(s, access.org_id), idempotent=True)
+    return ok({"searches": [teams.summary(search) for search in found]})
+
+
+EXAMPLE = {
+    "name": "Coffee gear",
+    "description": "Espresso at home",
+    "searchParams": {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"},
+}
+
+
+@app.post(
+    "/api/orgs/{org_id}/searches",
+    status_code=201,
+    response_model=None,
+    responses=RESPONSES,
+    openapi_extra=body_schema(personal.CreateSavedSearch, EXAMPLE),
+)
+def create_team_search(
+    access: Manager,
+    user: CurrentUser,  # the Identity `access` came from (FastAPI caches it per request)
+    body: Annotated[personal.CreateSavedSearch, Depends(json_body(personal.CreateSavedSearch))],
+) -> Response:
+    """Save a search for the team (the body of POST /api/searches); a team may keep 200."""
+    new = personal.new_search(body)
+    try:
+        created = _create(user, access.org_id, new)
+    except SavedSearchLimitError:
+        raise ApiError(400, teams.LIMIT_REACHED) from None
+    except OrganizationNotFoundError:  # deleted since access was checked
+        raise ApiError(404, ORG_NOT_FOUND) from None
+    return ok({"search": teams.record(created)}, status=201)
+
+
+def _create(user: Identity, org_id: str, new: NewSavedSearch) -> SavedSearch:
+    """Insert; if another container erased the user since this one provisioned them, provision
+    again (as POST /api/searches does) and insert once more."""
+    try:
+        return db.transaction(lambda s: team_searches.create(s, org_id, user.user_id, new))
+    except UserNotFoundError:
+        forget(user.user_id)
+        provision(user)
+        return db.transaction(lambda s: team_searches.create(s, org_id, user.user_id, new))
+
+
+handler = lambda_handler(app)
