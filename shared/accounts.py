@@ -82,9 +82,9 @@ def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = Fa
     commit and `finish_erasure` cannot lose it (the repair job finishes it). The erasure's two
     retention exceptions are written first, in the same transaction: the tombstone that keeps
     the trial from starting over (`shared.repositories.tombstones`) and billing's hash of the
-    Stripe customer (`_remember_billing_customer`). Before them, the lock that a team search
-    takes before the user's row (`personal_data.lock_team_quotas`), so the two cannot deadlock."""
-    personal_data.lock_team_quotas(session, user_id)
+    Stripe customer (`_remember_billing_customer`). The tombstone locks the user's row first;
+    organizations are locked only after it (the team keywords given back), the order a team
+    search takes them in."""
     tombstones.record(session, user_id)
     _remember_billing_customer(session, user_id, refusing=refuse_live_subscription)
     erasure = personal_data.erase(

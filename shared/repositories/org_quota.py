@@ -14,20 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.clock import month_start
 from shared.db import HotStatement, execute_hot
 from shared.errors import OrganizationNotFoundError, QuotaExceededError, UserNotFoundError
-from shared.models import Organization, UserTier
+from shared.models import Organization, User, UserTier
 from shared.quotas import OrgLimits, org_usage_view
 from shared.repositories.reservations import Hold
 from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
 
-_USER_FOREIGN_KEY = "keyword_reservations_userId_fkey"
-
+# The member's row is share-locked first (a one-time filter, evaluated before the organization
+# is touched), then the organization's: the order an erasure takes them in (the user's row, then
+# the organizations it gives keywords back to), so the two never deadlock. No member row (erased
+# meanwhile): nothing is counted.
 # A new organization is FREE; `first` is what its first search may count (all or nothing). An
 # existing one is counted only while it is not deleted and the keywords fit its tier's limit.
 # The reservation row is written only for what was counted.
@@ -36,7 +37,8 @@ _RESERVE = HotStatement(
 WITH counted AS (
   INSERT INTO organizations AS o (id, name, slug, "keywordSearchesThisMonth",
     "keywordSearchesTotal", "monthlyResetAt", "createdAt", "updatedAt")
-  VALUES (%(org_id)s, %(name)s, %(slug)s, %(first)s, %(first)s, %(now)s, %(now)s, %(now)s)
+  SELECT %(org_id)s, %(name)s, %(slug)s, %(first)s, %(first)s, %(now)s, %(now)s, %(now)s
+  WHERE EXISTS (SELECT 1 FROM users WHERE id = %(user_id)s FOR KEY SHARE)
   ON CONFLICT (id) DO UPDATE SET
     "keywordSearchesThisMonth" = CASE WHEN o."monthlyResetAt" < %(month_start)s THEN 0
       ELSE o."keywordSearchesThisMonth" END + %(count)s,
@@ -103,16 +105,12 @@ def reserve_keywords(
         "hold_id": hold.id,
         "expires_at": db_time(hold.expires_at),
     }
-    try:
-        row = execute_hot(session, _RESERVE, params).fetchone()
-    except IntegrityError as error:
-        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-        if constraint == _USER_FOREIGN_KEY:
-            raise UserNotFoundError(user_id) from None
-        raise
+    row = execute_hot(session, _RESERVE, params).fetchone()
     if row is not None and not (row[2] and not fits_new):
         return OrgUsage(this_month=row[0], tier=UserTier(row[1]))
-    # Refused (failure path only): one read to say why, with the numbers for the message.
+    # Refused (failure path only): reads to say why, with the numbers for the message.
+    if session.get(User, user_id) is None:
+        raise UserNotFoundError(user_id)
     org = session.get(Organization, org_id)
     if org is None or org.deleted_at is not None:
         raise OrganizationNotFoundError(org_id)

@@ -55,8 +55,6 @@ from shared.errors import SubscriptionLiveError
 from shared.models import (
     ApiUsage,
     FeatureFlag,
-    KeywordReservation,
-    Organization,
     OrganizationMember,
     SavedSearch,
     SearchHistory,
@@ -234,21 +232,6 @@ def _event_mentions(identifiers: list[str]) -> ColumnElement[bool]:
 LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
 
 
-@database_operation("lockTeamQuotas")
-def lock_team_quotas(session: Session, user_id: str) -> None:
-    """Lock the organizations whose quota the user's reservations hold, BEFORE anything locks
-    the user's row. A team search locks its organization's row and then, through the
-    reservation's foreign key, the user's; the erasure, which gives those keywords back, must
-    take the two in the same order or the two would deadlock. Called first by every erasure."""
-    held = select(KeywordReservation.organization_id).where(KeywordReservation.user_id == user_id)
-    session.execute(
-        select(Organization.id)
-        .where(Organization.id.in_(held))
-        .order_by(Organization.id)
-        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: what the give-back's UPDATE takes
-    )
-
-
 @database_operation("erasePersonalData")
 def erase(
     session: Session,
@@ -266,7 +249,8 @@ def erase(
     """
     _require_transaction(session, "erase")
     now = now or utcnow()
-    lock_team_quotas(session, user_id)
+    # The user's row first, organizations after it (the team keywords given back below): the
+    # order a team search locks them in, so the two never deadlock.
     owner = session.execute(
         select(
             User.email,

@@ -26,15 +26,20 @@ MAX_PER_ORG = 200
 _SEARCHES = cast(Table, SavedSearch.__table__)
 
 
-# The org's row (not deleted) locked for the count, the creator's kept from being erased: one
-# round trip. The count runs in a later statement, whose snapshot sees what the lock waited for.
+# The creator's row kept from being erased, then the org's row (not deleted) locked for the
+# count: one round trip. The creator's lock comes first (a one-time filter, evaluated before the
+# organizations scan), the order an erasure takes the two in (the user's row, then the
+# organizations it gives keywords back to), so the two never deadlock. The count runs in a later
+# statement, whose snapshot sees what the lock waited for.
 _LOCK = text(
     """
-    WITH team AS (
-        SELECT id FROM organizations WHERE id = :org AND "deletedAt" IS NULL FOR UPDATE
-    ),
-    creator AS (SELECT id FROM users WHERE id = :user FOR KEY SHARE)
-    SELECT (SELECT id FROM team) AS team, (SELECT id FROM creator) AS creator
+    WITH creator AS (SELECT id FROM users WHERE id = :user FOR KEY SHARE),
+    team AS (
+        SELECT id FROM organizations
+        WHERE id = :org AND "deletedAt" IS NULL AND EXISTS (SELECT 1 FROM creator)
+        FOR UPDATE
+    )
+    SELECT (SELECT id FROM creator) AS creator, (SELECT id FROM team) AS team
     """
 )
 
@@ -56,10 +61,10 @@ def create(
     (missing or deleted), `UserNotFoundError` (the creator has no row: erased meanwhile) or
     `SavedSearchLimitError`."""
     locked = session.execute(_LOCK, {"org": org_id, "user": user_id}).one()
-    if locked.team is None:
-        raise OrganizationNotFoundError(org_id)
     if locked.creator is None:
         raise UserNotFoundError(user_id)
+    if locked.team is None:
+        raise OrganizationNotFoundError(org_id)
     moment = now or utcnow()
     values: dict[str, Any] = {
         "id": new_uuid(),

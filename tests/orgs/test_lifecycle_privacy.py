@@ -242,15 +242,16 @@ def waiting_on(conn: psycopg.Connection[Any], blocker: int, timeout: float = 10.
 def test_erasure_racing_a_team_search_gives_both_holds_back_without_deadlock(
     admin_conn: psycopg.Connection[Any], direct_database_url: str
 ) -> None:
-    """A team search locks its organization's row, then (the reservation's foreign key) the
-    user's. The erasure takes the organization first too: it waits for the search, which then
-    completes, and gives back both the earlier hold and the new one. Taken the other way round
-    (the user row first), the two would deadlock and Postgres would abort one of them."""
+    """A team search share-locks the user's row, then charges its organization's row. The
+    erasure takes the user's row first too: it waits for the search, which then completes, and
+    gives back both the earlier hold and the new one. Taken in opposite orders, the two would
+    deadlock and Postgres would abort one of them."""
     make_user("user_a")
     make_org(admin_conn, "org_x", this_month=2, total=2)
     reserved(admin_conn, "hold_1", "user_a", "org_x", 2)
     outcome: list[Any] = []
     with psycopg.connect(direct_database_url) as search:
+        search.execute("SELECT 1 FROM users WHERE id = 'user_a' FOR KEY SHARE")
         search.execute(
             """UPDATE organizations SET "keywordSearchesThisMonth" = "keywordSearchesThisMonth"
                    + 3, "keywordSearchesTotal" = "keywordSearchesTotal" + 3 WHERE id = 'org_x'"""
@@ -266,7 +267,7 @@ def test_erasure_racing_a_team_search_gives_both_holds_back_without_deadlock(
         worker.start()
         assert waiting_on(admin_conn, search.info.backend_pid), "the erasure did not wait"
         search.execute("SET LOCAL lock_timeout = '10s'")
-        reserved(search, "hold_2", "user_a", "org_x", 3)  # the user's row is not locked yet
+        reserved(search, "hold_2", "user_a", "org_x", 3)
         search.commit()
         worker.join(timeout=30)
     assert not worker.is_alive()
