@@ -26,7 +26,7 @@ check() {
 }
 
 smoke() {
-  local keyflash=$repo/.venv/bin/keyflash state port pid url token deadline
+  local keyflash=$repo/.venv/bin/keyflash state port pid url token org_token deadline
   [ -x "$keyflash" ] || { echo "ci.sh: $keyflash missing: run python3 run.py first" >&2; return 1; }
   [ -d node_modules ] || npm ci --no-audit --no-fund
   node_modules/.bin/tsc -p .
@@ -53,7 +53,9 @@ smoke() {
     sleep 0.5 # the poll's interval; readiness is the answer above, not this
   done
   token=$("$keyflash" token --user typescript-smoke --admin)
-  if ! KEYFLASH_URL=$url KEYFLASH_TOKEN=$token node .build/smoke.js; then
+  org_token=$("$keyflash" token --user typescript-smoke --org org_smoke --org-role admin)
+  if ! KEYFLASH_URL=$url KEYFLASH_TOKEN=$token KEYFLASH_ORG_TOKEN=$org_token \
+    KEYFLASH_ORG_ID=org_smoke node .build/smoke.js; then
     echo "ci.sh: the stack's log:" >&2
     tail -n 50 "$state/dev.log" >&2
     return 1

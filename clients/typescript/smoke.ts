@@ -24,6 +24,9 @@ interface Document {
 
 const baseUrl = required("KEYFLASH_URL");
 const token = required("KEYFLASH_TOKEN");
+// The same caller with an active organization it administers (`keyflash token --org`).
+const orgToken = required("KEYFLASH_ORG_TOKEN");
+const orgId = required("KEYFLASH_ORG_ID");
 const document = JSON.parse(
   readFileSync(new URL("../openapi.json", import.meta.url), "utf8"), // run from .build/
 ) as Document;
@@ -40,6 +43,7 @@ function documented(path: string, method: string, status: number) {
 }
 const api = createClient({ baseUrl, token });
 const anonymous = createClient({ baseUrl });
+const team = createClient({ baseUrl, token: orgToken });
 const called = new Set<string>();
 const failures: string[] = [];
 
@@ -227,6 +231,65 @@ check(
   await api.GET("/api/admin/analytics/trends", { params: { query: { metric: "keyword-trends" } } }),
   200,
   { metric: "string", points: "array" },
+);
+
+const org = { params: { path: { org_id: orgId } } };
+check("get", "/api/orgs/{org_id}/usage", await team.GET("/api/orgs/{org_id}/usage", org), 200, {
+  tier: "string",
+});
+check(
+  "get",
+  "/api/orgs/{org_id}/members",
+  await team.GET("/api/orgs/{org_id}/members", org),
+  200,
+  { members: "array" },
+);
+const teamCreated = await team.POST("/api/orgs/{org_id}/searches", {
+  ...org,
+  body: {
+    name: "team smoke",
+    searchParams: { keywords: ["seo tools"], matchType: "exact", location: "US" },
+  },
+});
+check("post", "/api/orgs/{org_id}/searches", teamCreated, 201, { search: "object" });
+const teamSearchId = String(
+  ((teamCreated.ok ? teamCreated.data : {}) as { search?: { id?: string } }).search?.id ??
+    "missing",
+);
+const teamItem = { params: { path: { org_id: orgId, search_id: teamSearchId } } };
+check("get", "/api/orgs/{org_id}/searches", await team.GET("/api/orgs/{org_id}/searches", org), 200, {
+  searches: "array",
+});
+check(
+  "get",
+  "/api/orgs/{org_id}/searches/{search_id}",
+  await team.GET("/api/orgs/{org_id}/searches/{search_id}", teamItem),
+  200,
+  { search: "object" },
+);
+check(
+  "put",
+  "/api/orgs/{org_id}/searches/{search_id}",
+  await team.PUT("/api/orgs/{org_id}/searches/{search_id}", {
+    ...teamItem,
+    body: { name: "team smoke, renamed" },
+  }),
+  200,
+  { search: "object" },
+);
+check(
+  "delete",
+  "/api/orgs/{org_id}/searches/{search_id}",
+  await team.DELETE("/api/orgs/{org_id}/searches/{search_id}", teamItem),
+  200,
+  { success: "boolean" },
+);
+check("post", "/api/orgs/{org_id}/checkout", await team.POST("/api/orgs/{org_id}/checkout", org), 503);
+check(
+  "post",
+  "/api/orgs/{org_id}/billing-portal",
+  await team.POST("/api/orgs/{org_id}/billing-portal", org),
+  503,
 );
 
 check("post", "/api/checkout", await api.POST("/api/checkout"), 503);
