@@ -20,20 +20,12 @@ Fixes over the original:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.accounts import is_placeholder
-from shared.config import get_settings
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
-from shared.http.responses import ok
 from shared.models import User, UserTier
 from shared.repositories.subscriptions import LIVE_STATUSES
 
@@ -44,7 +36,6 @@ ALREADY_SUBSCRIBED = (
     "You already have an active subscription. Manage it from the billing portal instead."
 )
 ENTERPRISE_PLAN = "Your plan is managed by KeyFlash. Contact support to change it."
-IDEMPOTENCY_WINDOW_S = 60  # repeats within the same minute get the first session
 
 
 def refusal(user: User) -> str | None:
@@ -56,34 +47,15 @@ def refusal(user: User) -> str | None:
     return None
 
 
-def session_params(user: User, price: str, origin: str) -> dict[str, Any]:
-    """The Checkout Session: the original's, with the customer reused when there is one."""
-    metadata = {"clerkUserId": user.id}
-    params: dict[str, Any] = {
-        "mode": "subscription",
-        "line_items": [{"price": price, "quantity": 1}],
-        "success_url": f"{origin}/search?upgraded=true",
-        "cancel_url": f"{origin}/search?canceled=true",
-        "allow_promotion_codes": True,
-        "client_reference_id": user.id,
-        "metadata": metadata,
-        "subscription_data": {"metadata": {"product": "keyflash-pro", **metadata}},
-    }
-    if user.stripe_customer_id:
-        params["customer"] = user.stripe_customer_id
-    elif not is_placeholder(user.email):
-        params["customer_email"] = user.email
-    return params
-
-
-def idempotency_key(user_id: str, params: dict[str, Any], now: float) -> str:
-    """The same user, parameters and window → the same key (Stripe keeps keys for 24 h).
-
-    The parameters are part of it because Stripe refuses a key reused with other parameters.
-    """
-    window = int(now // IDEMPOTENCY_WINDOW_S)
-    material = json.dumps([user_id, window, params], sort_keys=True, separators=(",", ":"))
-    return "kf-checkout-" + hashlib.sha256(material.encode()).hexdigest()
+def subscriber(user: User) -> stripe_sessions.Subscriber:
+    """The user as Checkout's subscriber: `clerkUserId` in the metadata, their customer."""
+    return stripe_sessions.Subscriber(
+        id=user.id,
+        metadata={"clerkUserId": user.id},
+        customer=user.stripe_customer_id,
+        email=None if is_placeholder(user.email) else user.email,
+        key_prefix="kf-checkout-",
+    )
 
 
 @app.post(
@@ -95,25 +67,7 @@ def idempotency_key(user_id: str, params: dict[str, Any], now: float) -> str:
 )
 def checkout(request: Request) -> Response:
     user = stripe_sessions.caller(request, "checkout", RATE_LIMITED)
-    settings = get_settings()
-    config = stripe_sessions.require(
-        settings,
-        STRIPE_SECRET_KEY=settings.stripe_secret_key,
-        STRIPE_PRICE_PRO=settings.stripe_price_pro,
-    )
-    conflict = refusal(user)
-    if conflict is not None:
-        raise ApiError(409, conflict)
-    params = session_params(
-        user, config["STRIPE_PRICE_PRO"], stripe_sessions.redirect_origin(request, settings)
-    )
-    stripe = stripe_sessions.client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
-    key = idempotency_key(user.id, params, time.time())
-    session = stripe_sessions.call(
-        "checkout.sessions.create",
-        lambda: stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
-    )
-    return ok({"url": session.url})
+    return stripe_sessions.start_checkout(request, subscriber(user), refusal(user))
 
 
 handler = lambda_handler(app)

@@ -12,11 +12,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.config import get_settings
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
-from shared.http.responses import ok
 
 app = create_app(
     title="Organization billing portal",
@@ -24,7 +21,6 @@ app = create_app(
 )
 
 RATE_LIMITED = "Too many billing portal requests. Please try again later."
-NO_CUSTOMER = "No billing account found. Subscribe first."
 
 
 @app.post(
@@ -41,21 +37,7 @@ NO_CUSTOMER = "No billing account found. Subscribe first."
 )
 def org_billing_portal(org_id: str, request: Request) -> Response:
     _, org = stripe_sessions.org_caller(request, org_id, "org_billing_portal", RATE_LIMITED)
-    settings = get_settings()
-    config = stripe_sessions.require(settings, STRIPE_SECRET_KEY=settings.stripe_secret_key)
-    customer = org.stripe_customer_id
-    if not customer:
-        raise ApiError(404, NO_CUSTOMER)
-    params = {
-        "customer": customer,
-        "return_url": f"{stripe_sessions.redirect_origin(request, settings)}/search",
-    }
-    stripe = stripe_sessions.client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
-    session = stripe_sessions.call(
-        "billing_portal.sessions.create",
-        lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]
-    )
-    return ok({"url": session.url})
+    return stripe_sessions.open_portal(request, org.stripe_customer_id)
 
 
 handler = lambda_handler(app)

@@ -13,20 +13,12 @@ key over the organization, the parameters and a one-minute window).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.accounts import is_placeholder
-from shared.config import get_settings
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
-from shared.http.responses import ok
 from shared.models import Organization, User, UserTier
 from shared.repositories.subscriptions import LIVE_STATUSES
 
@@ -41,7 +33,6 @@ ALREADY_SUBSCRIBED = (
     "Manage it from the billing portal instead."
 )
 ENTERPRISE_PLAN = "This organization's plan is managed by KeyFlash. Contact support to change it."
-IDEMPOTENCY_WINDOW_S = 60  # repeats within the same minute get the first session
 
 
 def refusal(org: Organization) -> str | None:
@@ -53,33 +44,17 @@ def refusal(org: Organization) -> str | None:
     return None
 
 
-def session_params(org: Organization, payer: User, price: str, origin: str) -> dict[str, Any]:
-    """The personal session's shape with the organization as the subscriber; the paying
-    member's email only prefills a customer Checkout creates."""
-    metadata = {"organizationId": org.id}
-    params: dict[str, Any] = {
-        "mode": "subscription",
-        "line_items": [{"price": price, "quantity": 1}],
-        "success_url": f"{origin}/search?upgraded=true",
-        "cancel_url": f"{origin}/search?canceled=true",
-        "allow_promotion_codes": True,
-        "client_reference_id": org.id,
-        "metadata": metadata,
-        "subscription_data": {"metadata": {"product": "keyflash-pro", **metadata}},
-    }
-    if org.stripe_customer_id:
-        params["customer"] = org.stripe_customer_id
-    elif not is_placeholder(payer.email):
-        params["customer_email"] = payer.email
-    return params
-
-
-def idempotency_key(org_id: str, params: dict[str, Any], now: float) -> str:
-    """The same organization, parameters and window → the same key (with the parameters, as
-    Stripe refuses a key reused with others)."""
-    window = int(now // IDEMPOTENCY_WINDOW_S)
-    material = json.dumps([org_id, window, params], sort_keys=True, separators=(",", ":"))
-    return "kf-org-checkout-" + hashlib.sha256(material.encode()).hexdigest()
+def subscriber(org: Organization, payer: User) -> stripe_sessions.Subscriber:
+    """The organization as Checkout's subscriber, never the caller: `organizationId` in the
+    metadata, the organization's customer; the paying member's email only prefills a customer
+    Checkout creates."""
+    return stripe_sessions.Subscriber(
+        id=org.id,
+        metadata={"organizationId": org.id},
+        customer=org.stripe_customer_id,
+        email=None if is_placeholder(payer.email) else payer.email,
+        key_prefix="kf-org-checkout-",
+    )
 
 
 @app.post(
@@ -97,25 +72,7 @@ def idempotency_key(org_id: str, params: dict[str, Any], now: float) -> str:
 )
 def org_checkout(org_id: str, request: Request) -> Response:
     user, org = stripe_sessions.org_caller(request, org_id, "org_checkout", RATE_LIMITED)
-    settings = get_settings()
-    config = stripe_sessions.require(
-        settings,
-        STRIPE_SECRET_KEY=settings.stripe_secret_key,
-        STRIPE_PRICE_PRO=settings.stripe_price_pro,
-    )
-    conflict = refusal(org)
-    if conflict is not None:
-        raise ApiError(409, conflict)
-    params = session_params(
-        org, user, config["STRIPE_PRICE_PRO"], stripe_sessions.redirect_origin(request, settings)
-    )
-    stripe = stripe_sessions.client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
-    key = idempotency_key(org.id, params, time.time())
-    session = stripe_sessions.call(
-        "checkout.sessions.create",
-        lambda: stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
-    )
-    return ok({"url": session.url})
+    return stripe_sessions.start_checkout(request, subscriber(org, user), refusal(org))
 
 
 handler = lambda_handler(app)

@@ -18,12 +18,17 @@ message or the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from shared import db, rbac
 from shared.auth import Identity, provision
@@ -32,6 +37,7 @@ from shared.http import orgs
 from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
+from shared.http.responses import ok
 from shared.models import Organization, User
 from shared.ratelimit import limit_request
 from shared.repositories import organizations, users
@@ -115,6 +121,88 @@ def _provisioned(identity: Identity) -> User:
     return db.run(
         lambda s: users.get_or_create(s, identity.user_id, identity.email), idempotent=True
     )
+
+
+CHECKOUT_WINDOW_S = 60  # repeats within the same minute get the first session
+NO_CUSTOMER = "No billing account found. Subscribe first."
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """Who a Checkout Session subscribes (a user, or an organization), as Stripe is told."""
+
+    id: str  # client_reference_id and the idempotency key's subject
+    metadata: dict[str, str]  # on the session and on the subscription: the webhook's lookup
+    customer: str | None  # reused once there is one
+    email: str | None  # prefills the customer Checkout creates otherwise (never a placeholder)
+    key_prefix: str
+
+
+def checkout_params(subscriber: Subscriber, price: str, origin: str) -> dict[str, Any]:
+    """The Checkout Session: the original's, with the customer reused when there is one."""
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "line_items": [{"price": price, "quantity": 1}],
+        "success_url": f"{origin}/search?upgraded=true",
+        "cancel_url": f"{origin}/search?canceled=true",
+        "allow_promotion_codes": True,
+        "client_reference_id": subscriber.id,
+        "metadata": subscriber.metadata,
+        "subscription_data": {"metadata": {"product": "keyflash-pro", **subscriber.metadata}},
+    }
+    if subscriber.customer:
+        params["customer"] = subscriber.customer
+    elif subscriber.email:
+        params["customer_email"] = subscriber.email
+    return params
+
+
+def idempotency_key(prefix: str, subject: str, params: dict[str, Any], now: float) -> str:
+    """The same subject, parameters and window → the same key (Stripe keeps keys for 24 h).
+
+    The parameters are part of it because Stripe refuses a key reused with other parameters.
+    """
+    window = int(now // CHECKOUT_WINDOW_S)
+    material = json.dumps([subject, window, params], sort_keys=True, separators=(",", ":"))
+    return prefix + hashlib.sha256(material.encode()).hexdigest()
+
+
+def start_checkout(request: Request, subscriber: Subscriber, refusal: str | None) -> Response:
+    """`{url}` of a new Checkout Session for `subscriber`; 409 with `refusal` when it must not
+    subscribe (checked once Stripe is known to be configured, as the original does)."""
+    settings = get_settings()
+    config = require(
+        settings,
+        STRIPE_SECRET_KEY=settings.stripe_secret_key,
+        STRIPE_PRICE_PRO=settings.stripe_price_pro,
+    )
+    if refusal is not None:
+        raise ApiError(409, refusal)
+    params = checkout_params(
+        subscriber, config["STRIPE_PRICE_PRO"], redirect_origin(request, settings)
+    )
+    stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
+    key = idempotency_key(subscriber.key_prefix, subscriber.id, params, time.time())
+    session = call(
+        "checkout.sessions.create",
+        lambda: stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
+    )
+    return ok({"url": session.url})
+
+
+def open_portal(request: Request, customer: str | None) -> Response:
+    """`{url}` of a Billing Portal session for the Stripe `customer`; 404 without one."""
+    settings = get_settings()
+    config = require(settings, STRIPE_SECRET_KEY=settings.stripe_secret_key)
+    if not customer:
+        raise ApiError(404, NO_CUSTOMER)
+    params = {"customer": customer, "return_url": f"{redirect_origin(request, settings)}/search"}
+    stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
+    session = call(
+        "billing_portal.sessions.create",
+        lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]
+    )
+    return ok({"url": session.url})
 
 
 def redirect_origin(request: Request, settings: Settings) -> str:

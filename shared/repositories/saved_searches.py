@@ -144,9 +144,17 @@ def get(
     session: Session, user_id: str, search_id: str, *, now: datetime | None = None
 ) -> SavedSearch | None:
     """The user's saved search, touching `lastAccessedAt` in the same statement."""
+    return get_scoped(session, _personal(user_id), search_id, now=now)
+
+
+def get_scoped(
+    session: Session, scope: ColumnElement[bool], search_id: str, *, now: datetime | None = None
+) -> SavedSearch | None:
+    """The search within `scope` (its owner: a user's personal searches, or a team's),
+    touching `lastAccessedAt` in the same statement."""
     statement = (
         update(SavedSearch)
-        .where(_personal(user_id), SavedSearch.id == search_id)
+        .where(scope, SavedSearch.id == search_id)
         .values(last_accessed_at=now or utcnow())
         .returning(SavedSearch)
     )
@@ -219,6 +227,21 @@ def update_search(
     now: datetime | None = None,
 ) -> SavedSearch | None:
     """Change name and/or description; None when the search is not the user's."""
+    return update_scoped(
+        session, _personal(user_id), search_id, name=name, description=description, now=now
+    )
+
+
+def update_scoped(
+    session: Session,
+    scope: ColumnElement[bool],
+    search_id: str,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    now: datetime | None = None,
+) -> SavedSearch | None:
+    """Change name and/or description of the search within `scope`; None when it is not."""
     values: dict[str, Any] = {"updated_at": now or utcnow()}
     if name is not None:
         values["name"] = name
@@ -226,7 +249,7 @@ def update_search(
         values["description"] = description
     statement = (
         update(SavedSearch)
-        .where(_personal(user_id), SavedSearch.id == search_id)
+        .where(scope, SavedSearch.id == search_id)
         .values(**values)
         .returning(SavedSearch)
     )
@@ -238,10 +261,13 @@ def update_search(
 @database_operation("deleteSavedSearch")
 def delete_search(session: Session, user_id: str, search_id: str) -> bool:
     """True when the user's search existed and is now gone."""
+    return delete_scoped(session, _personal(user_id), search_id)
+
+
+def delete_scoped(session: Session, scope: ColumnElement[bool], search_id: str) -> bool:
+    """True when the search within `scope` existed and is now gone."""
     result = session.execute(
-        delete(SavedSearch)
-        .where(_personal(user_id), SavedSearch.id == search_id)
-        .returning(SavedSearch.id),
+        delete(SavedSearch).where(scope, SavedSearch.id == search_id).returning(SavedSearch.id),
         execution_options={"synchronize_session": False},
     )
     return result.first() is not None

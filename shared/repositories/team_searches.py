@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, text
 from sqlalchemy.orm import Session, defer
 
 from shared.clock import utcnow
 from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.models import SavedSearch
+from shared.repositories import saved_searches
 from shared.repositories.saved_searches import NewSavedSearch
 from shared.telemetry import database_operation
 
@@ -123,15 +124,7 @@ def get(
     session: Session, org_id: str, search_id: str, *, now: datetime | None = None
 ) -> SavedSearch | None:
     """The team's search, touching `lastAccessedAt` in the same statement."""
-    statement = (
-        update(SavedSearch)
-        .where(SavedSearch.organization_id == org_id, SavedSearch.id == search_id)
-        .values(last_accessed_at=now or utcnow())
-        .returning(SavedSearch)
-    )
-    return session.scalars(
-        statement, execution_options={"synchronize_session": False}
-    ).one_or_none()
+    return saved_searches.get_scoped(session, _team(org_id), search_id, now=now)
 
 
 @database_operation("updateTeamSearch")
@@ -145,29 +138,16 @@ def update_search(
     now: datetime | None = None,
 ) -> SavedSearch | None:
     """Change name and/or description; None when the search is not the team's."""
-    values: dict[str, Any] = {"updated_at": now or utcnow()}
-    if name is not None:
-        values["name"] = name
-    if description is not None:
-        values["description"] = description
-    statement = (
-        update(SavedSearch)
-        .where(SavedSearch.organization_id == org_id, SavedSearch.id == search_id)
-        .values(**values)
-        .returning(SavedSearch)
+    return saved_searches.update_scoped(
+        session, _team(org_id), search_id, name=name, description=description, now=now
     )
-    return session.scalars(
-        statement, execution_options={"synchronize_session": False}
-    ).one_or_none()
 
 
 @database_operation("deleteTeamSearch")
 def delete_search(session: Session, org_id: str, search_id: str) -> bool:
     """True when the team's search existed and is now gone."""
-    result = session.execute(
-        delete(SavedSearch)
-        .where(SavedSearch.organization_id == org_id, SavedSearch.id == search_id)
-        .returning(SavedSearch.id),
-        execution_options={"synchronize_session": False},
-    )
-    return result.first() is not None
+    return saved_searches.delete_scoped(session, _team(org_id), search_id)
+
+
+def _team(org_id: str) -> ColumnElement[bool]:
+    return SavedSearch.organization_id == org_id

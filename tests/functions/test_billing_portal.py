@@ -12,6 +12,7 @@ import pytest
 
 from functions import billing_portal
 from shared import config
+from shared.http import stripe_sessions
 from tests.support.fake_stripe import API_KEY, FakeStripe, serve
 from tests.support.http import STYLES, Caller, Keys, Result
 from tests.support.stripe_events import make_pro, make_user
@@ -97,7 +98,7 @@ def test_a_user_who_never_paid_gets_404_in_the_envelope(
     make_user()
     result = open_portal(call)
     assert result.status == 404
-    assert result.json["message"] == billing_portal.NO_CUSTOMER
+    assert result.json["message"] == stripe_sessions.NO_CUSTOMER
     assert result.json["error"] == "Client Error" and result.json["statusCode"] == 404
     assert fake_stripe.requests == []
 

@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from functions import checkout
 from shared import accounts, config, db
 from shared.clock import utcnow
+from shared.http import stripe_sessions
 from shared.models import ApiUsage, UserTier
 from shared.repositories import users
 from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve
@@ -273,13 +275,20 @@ def test_two_quick_calls_make_one_session(lambda_call: Caller, fake_stripe: Fake
 
 def test_the_idempotency_key_separates_users_windows_and_parameters() -> None:
     params = {"mode": "subscription", "success_url": "https://a/search?upgraded=true"}
-    window = checkout.IDEMPOTENCY_WINDOW_S
-    key = checkout.idempotency_key("user_a", params, 1000 * window)
-    assert key == checkout.idempotency_key("user_a", params, 1000 * window + window - 1)
-    assert key != checkout.idempotency_key("user_b", params, 1000 * window)
-    assert key != checkout.idempotency_key("user_a", params, 1001 * window)
+    window = stripe_sessions.CHECKOUT_WINDOW_S
+
+    def key_of(subject: str, params: dict[str, Any], now: float) -> str:
+        return stripe_sessions.idempotency_key("kf-checkout-", subject, params, now)
+
+    key = key_of("user_a", params, 1000 * window)
+    assert key == key_of("user_a", params, 1000 * window + window - 1)
+    assert key != key_of("user_b", params, 1000 * window)
+    assert key != key_of("user_a", params, 1001 * window)
     other = {**params, "success_url": "https://b/search?upgraded=true"}
-    assert key != checkout.idempotency_key("user_a", other, 1000 * window)
+    assert key != key_of("user_a", other, 1000 * window)
+    assert key != stripe_sessions.idempotency_key(
+        "kf-org-checkout-", "user_a", params, 1000 * window
+    )
 
 
 # --- rate limit: 10 per hour per user, failing closed ---------------------------------------

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, update
 
-from functions import org_billing_portal, org_checkout
+from functions import org_checkout
 from shared import config, db
 from shared.clock import utcnow
+from shared.http import stripe_sessions
 from shared.models import Organization, OrganizationMember, UserTier
 from shared.rbac import BILLING_MANAGE, SEARCHES_MANAGE
 from shared.repositories import organizations
@@ -312,5 +313,5 @@ def test_the_portal_for_an_organization_that_never_paid_is_404(
 ) -> None:
     make_user("user_a", "user_a@example.com", stripe_customer_id="cus_personal")
     result = post(lambda_call, PORTAL, token(lambda_call))
-    assert (result.status, result.json["message"]) == (404, org_billing_portal.NO_CUSTOMER)
+    assert (result.status, result.json["message"]) == (404, stripe_sessions.NO_CUSTOMER)
     assert fake_stripe.requests == []
