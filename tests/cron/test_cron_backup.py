@@ -96,6 +96,24 @@ def seed_everything(conn: psycopg.Connection[Any], *, history_rows: int = 2_000)
          Jsonb([{"keyword": AWKWARD, "volume": 1.5e300}, {"n": None}]), t0),
     )  # fmt: skip
     conn.execute(
+        """INSERT INTO organizations (id, name, slug, tier, "stripeCustomerId", "deletedAt",
+               "updatedAt")
+           VALUES ('org_1', %s, 'team-1', 'PRO', 'cus_org_1', NULL, %s),
+                  ('org_2', '', NULL, 'FREE', NULL, %s, %s)""",
+        (AWKWARD, t0, t0, t0),
+    )
+    conn.execute(
+        """INSERT INTO organization_members ("organizationId", "userId", role, permissions,
+               "updatedAt") VALUES ('org_1', 'user1', 'org:admin', %s, %s),
+                                   ('org_1', 'user_not_signed_in', 'org:member', NULL, %s)""",
+        (["org:billing:manage", AWKWARD], t0, t0),
+    )
+    conn.execute(
+        """INSERT INTO saved_searches (id, "userId", "organizationId", name, keywords,
+               "updatedAt") VALUES ('s3', NULL, 'org_1', 'team, creator erased', '{}', %s)""",
+        (t0,),
+    )
+    conn.execute(
         """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
                provider, "cacheHit", "responseTime", "keywordCount", "searchedAt", "userAgent",
                "ipAddress")
@@ -264,7 +282,7 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
         for t in ("users", "saved_searches", "search_history", "api_usage", "webhook_events",
                   "feature_flags", "system_metrics", "legacy_repairs", "search_daily_rollups",
                   "keyword_reservations", "erased_billing_customers", "legacy_counter_deltas",
-                  "account_tombstones", "data_exports")
+                  "account_tombstones", "data_exports", "organizations", "organization_members")
     ) + 2  # and cron_leases in the snapshot: rollup's row and this run's own lease  # fmt: skip
     assert first["deletedBackups"] == ["20200101T000000000Z"]  # interrupted: no manifest
     stored = keys(s3)
