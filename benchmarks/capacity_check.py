@@ -4,8 +4,9 @@
    container alone on PgBouncer (transaction mode, `DB_POOL_SIZE=1`), back to back and then
    paced (`PACED_GAP_S` apart). Per request: statements and transactions (PgBouncer `SHOW STATS`
    deltas), server-held time (its `total_xact_time`), Upstash commands, handler wall and CPU
-   time, rows per table; bytes per row per table from the table sizes
-   (`pg_total_relation_size` over every partition). The model takes the paced pass's times.
+   time, rows per table. Bytes per row per table from the table sizes (`pg_total_relation_size`
+   over every partition) while the mix is replayed until each table it writes has grown by
+   `CALIBRATION_BYTES`. The model takes the paced pass's times.
 2. Load: K containers (processes, one pooled connection each) replay the mix at a fixed pace
    from a common start for a fixed time, at each rate: 25 and 50 req/s, and a top step at half
    of what the profile says the machine's cores carry. Meanwhile `SHOW POOLS` is sampled every
@@ -67,6 +68,9 @@ CONTAINER_HEADROOM = 6
 WORKER = "benchmarks.capacity_worker"
 # Growth below this many bytes is a few 8 kB pages per relation: not compared (quick runs).
 MIN_BYTES = 32 * 8192
+# The profile measures bytes per row over this much growth of each table the mix writes (the
+# mix replayed until then): a page more or less per relation is then a few per cent.
+CALIBRATION_BYTES = 64 * 8192
 # The profile also times each route paced, a request every PACED_GAP_S as a load container
 # sends them at 50 req/s (5 containers), to show what pacing alone changes.
 PACED_GAP_S = 0.1
@@ -106,6 +110,11 @@ def run(ctx: Context) -> dict[str, Any]:
             "n": n,
             "warmup": 2,
             "gap_s": PACED_GAP_S,
+            "calibrate": {
+                "sequence": sequence(),
+                "min_bytes": ctx.pick(CALIBRATION_BYTES, MIN_BYTES // 4),
+                "max_requests": ctx.pick(8000, 200),
+            },
             "admin_dsn": admin,
             "database": stack.database,
             "direct_url": stack.direct_url,
@@ -191,10 +200,10 @@ def inputs(profile: dict[str, Any]) -> tuple[dict[str, RouteCost], dict[str, Tab
         for name, row in profile["routes"].items()
     }
     tables = {}
+    calibration = profile["calibration"]
     for table in TABLES:
-        rows = sum(r["rows"][table] * r["n"] for r in profile["routes"].values())
-        grown = sum(r["bytes"][table] for r in profile["routes"].values())
-        if rows <= 0 or grown <= 0:  # too few rows to grow a page: the whole table's average
+        rows, grown = calibration["rows"][table], calibration["bytes"][table]
+        if rows <= 0 or grown <= 0:  # the mix does not write it: the whole table's average
             now = profile["tables"][table]
             rows, grown = now["rows"], now["bytes"]
         per_row = grown / rows if rows else 0.0

@@ -6,8 +6,9 @@
 
 - `profile`: per route, N warm requests through the Lambda handlers, alone on the pooler, and
   what they cost: PgBouncer's `SHOW STATS` deltas (statements, transactions, server-held time),
-  Upstash commands, handler wall and CPU time, rows and bytes per table. Then one run of the
-  metrics cron (the `system_metrics` rows every 5 minutes add).
+  Upstash commands, handler wall and CPU time, rows per table. Then the mix replayed until the
+  tables it writes have grown enough to measure bytes per row, and one run of the metrics cron
+  (the `system_metrics` rows every 5 minutes add).
 - `load`: one warm container issuing a fixed route sequence at a fixed pace from a common start
   (`READY`, then `GO <epoch s>` on stdin), for a fixed time; what it sent and how long each
   request took.
@@ -136,18 +137,51 @@ def task_profile(params: dict[str, Any]) -> dict[str, Any]:
             "redis_commands": redis_commands(recorded["redis"]) / n,
             "client_statements": (recorded["statements"] + recorded["usage_sent_after"]) / n,
             "rows": {t: (tables_after[t]["rows"] - tables_before[t]["rows"]) / n for t in TABLES},
-            "bytes": {t: tables_after[t]["bytes"] - tables_before[t]["bytes"] for t in TABLES},
         }
         if gap_s:  # the same requests paced as the load paces a container
             routes[name]["paced"] = _measure(name, n, gap_s, tokens, fixtures, admin, database)
+    calibration = _calibrate(params["calibrate"], tokens, fixtures, direct)
     before = tables_now(direct)
     job = importlib.import_module("functions.cron.collect_metrics")
     job.handler(events.schedule("collect_metrics"), events.lambda_context("collect_metrics"))
     after = tables_now(direct)
     return {
         "routes": routes,
+        "calibration": calibration,
         "metrics_cron_rows": after["system_metrics"]["rows"] - before["system_metrics"]["rows"],
         "tables": after,
+    }
+
+
+def _calibrate(
+    params: dict[str, Any], tokens: Tokens, fixtures: Fixtures, direct: str
+) -> dict[str, Any]:
+    """Bytes per row from growth large enough to be measured: the mix's `sequence`, cycled
+    until every table it writes has grown `min_bytes` (or `max_requests` were sent). A route's
+    few dozen rows grow a table by a handful of 8 kB pages per relation, which is mostly the
+    rounding (+70 % once for search_history)."""
+    sequence: list[str] = params["sequence"]
+    min_bytes, max_requests = int(params["min_bytes"]), int(params["max_requests"])
+    before = tables_now(direct)
+    sent = 0
+    while sent < max_requests:
+        for _ in range(len(sequence)):
+            _call(sequence[sent % len(sequence)], tokens, fixtures)
+            sent += 1
+        _settle()
+        now = tables_now(direct)
+        grown = [
+            now[t]["bytes"] - before[t]["bytes"]
+            for t in TABLES
+            if now[t]["rows"] > before[t]["rows"]
+        ]
+        if grown and min(grown) >= min_bytes:
+            break
+    after = tables_now(direct)
+    return {
+        "requests": sent,
+        "rows": {t: after[t]["rows"] - before[t]["rows"] for t in TABLES},
+        "bytes": {t: after[t]["bytes"] - before[t]["bytes"] for t in TABLES},
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import capacity
+from benchmarks import capacity, capacity_worker
 from benchmarks.capacity import Platform, RouteCost, TableCost, predict, predicted_knee
 from benchmarks.capacity_check import MIX, sequence
 from benchmarks.capacity_worker import redis_commands
@@ -245,16 +245,23 @@ def test_the_model_takes_the_paced_profiles_times_and_its_back_to_back_counts() 
         "cpu_ms": 5.0,
         "redis_commands": 1.0,
         "rows": {"api_usage": 1.0, "search_history": 0.0, "system_metrics": 0.0},
-        "bytes": {"api_usage": 4096, "search_history": 0, "system_metrics": 0},
         "paced": {"server_ms": 1.5, "handler_ms": 12.0, "cpu_ms": 6.0, "statements": 9.0},
     }
-    tables_now = {t: {"rows": 10, "bytes": 81920} for t in ("search_history", "system_metrics")}
-    profile = {"routes": {"read": row}, "tables": tables_now}
+    tables_now = {t: {"rows": 10, "bytes": 81920} for t in capacity_worker.TABLES}
+    # The replayed mix grew api_usage by 1,280 rows in 64 pages and wrote no other table.
+    calibration = {
+        "requests": 1280,
+        "rows": {"api_usage": 1280, "search_history": 0, "system_metrics": 0},
+        "bytes": {"api_usage": 64 * 8192, "search_history": 0, "system_metrics": 0},
+    }
+    profile = {"routes": {"read": row}, "tables": tables_now, "calibration": calibration}
     routes, tables = inputs(profile)
     read = routes["read"]
     assert (read.server_ms, read.handler_ms, read.cpu_ms) == (1.5, 12.0, 6.0)
     assert read.statements == 2.0 and read.rows["api_usage"] == 1.0
+    # Bytes per row from the replayed growth; a table the mix does not write: its average.
     assert tables["api_usage"].bytes_per_row == pytest.approx(409.6)
+    assert tables["search_history"].bytes_per_row == pytest.approx(8192.0)
 
 
 def test_the_top_step_is_near_what_the_cores_carry_with_containers_to_keep_its_pace() -> None:
