@@ -75,6 +75,17 @@ def without_data(keyword: str) -> KeywordData:
     }
 
 
+def missing_configuration(provider: str, variables: list[str]) -> str | None:
+    """The original's message naming what `provider` lacks (docs/original-app.md), or None when
+    `variables` is empty."""
+    if not variables:
+        return None
+    return (
+        f"{provider} provider missing configuration: {', '.join(variables)}. "
+        "Please set these environment variables."
+    )
+
+
 class ProviderError(Exception):
     """The provider failed. The message is for logs only: it may quote upstream text, so it
     must never reach a client.

@@ -62,6 +62,7 @@ from shared.providers.base import (
     RelatedKeywordData,
     SearchOptions,
     infer_intent,
+    missing_configuration,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
@@ -161,6 +162,16 @@ def sendable(keyword: str) -> bool:
     )
 
 
+def distinct_sendable(keywords: list[str]) -> list[str]:
+    """The `sendable` keywords, each once by `match_key` (the first, its whitespace collapsed),
+    in order: what a request sends."""
+    unique: dict[str, str] = {}
+    for keyword in keywords:
+        if sendable(keyword):
+            unique.setdefault(match_key(keyword), " ".join(keyword.split()))
+    return list(unique.values())
+
+
 class DataForSEOProvider:
     key = "dataforseo"
     name = "DataForSEO"
@@ -205,23 +216,14 @@ class DataForSEOProvider:
             )
             if not value.strip()
         ]
-        if not missing:
-            return None
-        return (
-            f"DataForSEO provider missing configuration: {', '.join(missing)}. "
-            "Please set these environment variables."
-        )
+        return missing_configuration(self.name, missing)
 
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
         missing = self._missing_credentials()
         if missing:
             raise ProviderConfigurationError(missing)
         requested = [keyword.strip() for keyword in keywords]
-        unique: dict[str, str] = {}
-        for keyword in requested:
-            if sendable(keyword):
-                unique.setdefault(match_key(keyword), " ".join(keyword.split()))
-        to_send = list(unique.values())
+        to_send = distinct_sendable(requested)
         if len(to_send) > MAX_KEYWORDS_PER_TASK:
             raise ProviderInputError(f"DataForSEO accepts at most {MAX_KEYWORDS_PER_TASK} keywords")
         if not to_send:

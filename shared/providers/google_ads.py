@@ -49,15 +49,16 @@ from shared.providers.base import (
     ProviderRateLimitedError,
     SearchOptions,
     infer_intent,
+    missing_configuration,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
 from shared.providers.dataforseo import (
     competition_level,
+    distinct_sendable,
     http_client,
     location_code,
     match_key,
-    sendable,
 )
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import GOOGLE_ADS_API_LANGUAGE_IDS
@@ -235,12 +236,7 @@ class GoogleAdsProvider:
             missing.append("GOOGLE_ADS_CUSTOMER_ID (10 digits)")
         if self._login_customer_id and not self._login_customer_id.isdigit():
             missing.append("GOOGLE_ADS_LOGIN_CUSTOMER_ID (10 digits)")
-        if not missing:
-            return None
-        return (
-            f"Google Ads provider missing configuration: {', '.join(missing)}. "
-            "Please set these environment variables."
-        )
+        return missing_configuration(self.name, missing)
 
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
         missing = self._missing_credentials()
@@ -250,10 +246,6 @@ class GoogleAdsProvider:
         if language is None:
             raise ProviderInputError(f"Google Ads has no language for {options.language!r}")
         requested = [keyword.strip() for keyword in keywords]
-        unique: dict[str, str] = {}
-        for keyword in requested:
-            if sendable(keyword):
-                unique.setdefault(match_key(keyword), " ".join(keyword.split()))
         body: dict[str, Any] = {
             "language": f"languageConstants/{language}",
             "geoTargetConstants": [],
@@ -263,7 +255,7 @@ class GoogleAdsProvider:
         if code is not None:  # Worldwide: an empty list targets every location
             body["geoTargetConstants"] = [f"geoTargetConstants/{code}"]
         indexed: dict[str, Any] = {}
-        for batch in batches(list(unique.values())):
+        for batch in batches(distinct_sendable(requested)):
             indexed.update(self._request({**body, "keywords": batch}, options, len(batch)))
         return [
             to_keyword_data(keyword, indexed[match_key(keyword)])
