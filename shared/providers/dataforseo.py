@@ -39,12 +39,11 @@ endpoint's default period). No difficulty is invented: a real
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import threading
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -69,7 +68,6 @@ from shared.providers.breaker import CircuitBreaker
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
-from shared.telemetry import log_event
 
 BASE_URL = "https://api.dataforseo.com"
 PATH = "/v3/keywords_data/google_ads/search_volume/live"
@@ -160,6 +158,13 @@ def sendable(keyword: str) -> bool:
         and not _REFUSED.search(keyword)
         and "\ufeff" not in keyword
     )
+
+
+def snippet(text: str, scrub: Callable[[str], str]) -> str:
+    """Upstream text for a log line: whitespace collapsed, `scrub`bed of our secrets, cut to
+    SNIPPET_CHARS."""
+    text = scrub(" ".join(text.split()))
+    return text[:SNIPPET_CHARS] + "…" if len(text) > SNIPPET_CHARS else text
 
 
 def distinct_sendable(keywords: list[str]) -> list[str]:
@@ -346,9 +351,10 @@ class DataForSEOProvider:
         except httpx.HTTPError as error:
             raise ProviderError(f"DataForSEO request failed ({type(error).__name__})") from None
         if response.status_code in (401, 402):
-            self._rejected(
+            account.reject(
+                self.key,
                 f"DataForSEO rejected the account (HTTP {response.status_code}): check "
-                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance"
+                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance",
             )
         if response.status_code == 429:
             raise ProviderRateLimitedError(
@@ -357,13 +363,13 @@ class DataForSEOProvider:
         if not response.is_success:
             raise ProviderError(
                 f"DataForSEO API request failed ({response.status_code}): "
-                f"{self._snippet(response.text)}"
+                f"{snippet(response.text, self._scrub)}"
             )
         try:
             envelope = response.json()
         except ValueError:
             raise ProviderError(
-                f"DataForSEO returned a non-JSON body: {self._snippet(response.text)}"
+                f"DataForSEO returned a non-JSON body: {snippet(response.text, self._scrub)}"
             ) from None
         if not isinstance(envelope, dict):
             raise ProviderError("DataForSEO returned JSON that is not an object")
@@ -379,26 +385,15 @@ class DataForSEOProvider:
         code = part.get("status_code")
         if code == OK:
             return
-        detail = (
-            f"DataForSEO {level} error ({code}): {self._snippet(str(part.get('status_message')))}"
-        )
+        message = snippet(str(part.get("status_message")), self._scrub)
+        detail = f"DataForSEO {level} error ({code}): {message}"
         if code in CONFIGURATION_CODES:
-            self._rejected(detail)
+            account.reject(self.key, detail)
         if code in RATE_LIMIT_CODES:
             raise ProviderRateLimitedError(detail, retry_after=RATE_LIMITED_RETRY_S)
         if isinstance(code, int) and 40500 <= code < 40600:
             raise ProviderInputError(detail)
         raise ProviderError(detail)
-
-    def _rejected(self, detail: str) -> NoReturn:
-        """The account cannot be used: log it as configuration, tell health, raise."""
-        log_event("provider_configuration", level=logging.ERROR, provider=self.key, detail=detail)
-        account.report_rejection(self.key, detail)
-        raise ProviderConfigurationError(detail)
-
-    def _snippet(self, text: str) -> str:
-        text = self._scrub(" ".join(text.split()))
-        return text[:SNIPPET_CHARS] + "…" if len(text) > SNIPPET_CHARS else text
 
     def _scrub(self, text: str) -> str:
         """Upstream text goes to logs: make sure it cannot carry our credentials."""
