@@ -75,6 +75,23 @@ def without_data(keyword: str) -> KeywordData:
     }
 
 
+def measured(
+    keyword: str, search_volume: int, cpc: float | None, competition: Competition | None
+) -> KeywordData:
+    """A keyword the provider has a search volume for; its intent is inferred only from a
+    measured cpc and competition (`infer_intent`), else null."""
+    intent: Intent | None = None
+    if cpc is not None and competition is not None:
+        intent = infer_intent(search_volume, cpc, competition)
+    return {
+        "keyword": keyword,
+        "searchVolume": search_volume,
+        "cpc": cpc,
+        "competition": competition,
+        "intent": intent,
+    }
+
+
 def missing_configuration(provider: str, variables: list[str]) -> str | None:
     """The original's message naming what `provider` lacks (docs/original-app.md), or None when
     `variables` is empty."""

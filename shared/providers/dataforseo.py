@@ -51,7 +51,6 @@ from shared.config import Settings
 from shared.providers import account
 from shared.providers.base import (
     Competition,
-    Intent,
     KeywordData,
     MonthlyTrend,
     ProviderConfigurationError,
@@ -60,7 +59,7 @@ from shared.providers.base import (
     ProviderRateLimitedError,
     RelatedKeywordData,
     SearchOptions,
-    infer_intent,
+    measured,
     missing_configuration,
     without_data,
 )
@@ -511,17 +510,7 @@ def to_keyword_data(keyword: str, item: Mapping[str, Any]) -> KeywordData:
     search_volume = max(0, int(volume))
     cpc = _first_number(item.get("cpc"), _get(item, "search_volume_info", "cpc"))
     cpc = None if cpc is None else max(0.0, cpc)
-    competition = competition_level(item)
-    intent: Intent | None = None
-    if cpc is not None and competition is not None:
-        intent = infer_intent(search_volume, cpc, competition)
-    row: KeywordData = {
-        "keyword": keyword,
-        "searchVolume": search_volume,
-        "cpc": cpc,
-        "competition": competition,
-        "intent": intent,
-    }
+    row = measured(keyword, search_volume, cpc, competition_level(item))
     difficulty = _number(_get(item, "keyword_properties", "keyword_difficulty"))
     if difficulty is not None:
         row["difficulty"] = min(100, max(0, round(difficulty)))

@@ -40,14 +40,13 @@ import httpx
 from shared.config import Settings
 from shared.providers import account
 from shared.providers.base import (
-    Intent,
     KeywordData,
     ProviderConfigurationError,
     ProviderError,
     ProviderInputError,
     ProviderRateLimitedError,
     SearchOptions,
-    infer_intent,
+    measured,
     missing_configuration,
     without_data,
 )
@@ -141,16 +140,7 @@ def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:
     competition = competition_level(
         {"competition": metrics.get("competition"), "competition_index": index}
     )
-    intent: Intent | None = None
-    if cpc is not None and competition is not None:
-        intent = infer_intent(search_volume, cpc, competition)
-    row: KeywordData = {
-        "keyword": keyword,
-        "searchVolume": search_volume,
-        "cpc": cpc,
-        "competition": competition,
-        "intent": intent,
-    }
+    row = measured(keyword, search_volume, cpc, competition)
     if index is not None:
         row["difficulty"] = min(100, max(0, index))
     return row
