@@ -26,8 +26,7 @@ from starlette.responses import Response
 from shared.accounts import is_placeholder
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.models import User, UserTier
-from shared.repositories.subscriptions import LIVE_STATUSES
+from shared.models import User
 
 app = create_app(title="Checkout", summary="Start the PRO subscription on Stripe Checkout.")
 
@@ -36,15 +35,6 @@ ALREADY_SUBSCRIBED = (
     "You already have an active subscription. Manage it from the billing portal instead."
 )
 ENTERPRISE_PLAN = "Your plan is managed by KeyFlash. Contact support to change it."
-
-
-def refusal(user: User) -> str | None:
-    """Why this user must not start a subscription, or None."""
-    if user.tier is UserTier.ENTERPRISE:
-        return ENTERPRISE_PLAN
-    if user.tier is UserTier.PRO and user.subscription_status in LIVE_STATUSES:
-        return ALREADY_SUBSCRIBED
-    return None
 
 
 def subscriber(user: User) -> stripe_sessions.Subscriber:
@@ -67,7 +57,10 @@ def subscriber(user: User) -> stripe_sessions.Subscriber:
 )
 def checkout(request: Request) -> Response:
     user = stripe_sessions.caller(request, "checkout", RATE_LIMITED)
-    return stripe_sessions.start_checkout(request, subscriber(user), refusal(user))
+    refused = stripe_sessions.refusal(
+        user, enterprise=ENTERPRISE_PLAN, subscribed=ALREADY_SUBSCRIBED
+    )
+    return stripe_sessions.start_checkout(request, subscriber(user), refused)
 
 
 handler = lambda_handler(app)

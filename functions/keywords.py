@@ -29,6 +29,7 @@ from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError
+from shared.http.orgs import ORG_NOT_FOUND
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request
@@ -47,7 +48,6 @@ TEAM_QUOTA = (
     "It resets at the start of next month."
 )
 NO_TEAM_SEARCH = "You do not have permission to search keywords for this organization"
-ORG_NOT_FOUND = "Organization not found"
 
 
 def rate_limit(request: Request) -> Decision:

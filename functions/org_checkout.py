@@ -19,8 +19,7 @@ from starlette.responses import Response
 from shared.accounts import is_placeholder
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.models import Organization, User, UserTier
-from shared.repositories.subscriptions import LIVE_STATUSES
+from shared.models import Organization, User
 
 app = create_app(
     title="Organization checkout",
@@ -33,15 +32,6 @@ ALREADY_SUBSCRIBED = (
     "Manage it from the billing portal instead."
 )
 ENTERPRISE_PLAN = "This organization's plan is managed by KeyFlash. Contact support to change it."
-
-
-def refusal(org: Organization) -> str | None:
-    """Why this organization must not start a subscription, or None."""
-    if org.tier is UserTier.ENTERPRISE:
-        return ENTERPRISE_PLAN
-    if org.tier is UserTier.PRO and org.subscription_status in LIVE_STATUSES:
-        return ALREADY_SUBSCRIBED
-    return None
 
 
 def subscriber(org: Organization, payer: User) -> stripe_sessions.Subscriber:
@@ -72,7 +62,10 @@ def subscriber(org: Organization, payer: User) -> stripe_sessions.Subscriber:
 )
 def org_checkout(org_id: str, request: Request) -> Response:
     user, org = stripe_sessions.org_caller(request, org_id, "org_checkout", RATE_LIMITED)
-    return stripe_sessions.start_checkout(request, subscriber(org, user), refusal(org))
+    refused = stripe_sessions.refusal(
+        org, enterprise=ENTERPRISE_PLAN, subscribed=ALREADY_SUBSCRIBED
+    )
+    return stripe_sessions.start_checkout(request, subscriber(org, user), refused)
 
 
 handler = lambda_handler(app)

@@ -38,14 +38,11 @@ def get_team_search(search_id: str, access: Reader) -> Response:
     return ok({"search": teams.record(found)})
 
 
-UPDATE_EXAMPLE = {"name": "Coffee gear 2026", "description": "Espresso at home"}
-
-
 @app.put(
     PATH,
     response_model=None,
     responses=RESPONSES,
-    openapi_extra=body_schema(personal.UpdateSavedSearch, UPDATE_EXAMPLE),
+    openapi_extra=body_schema(personal.UpdateSavedSearch, personal.UPDATE_EXAMPLE),
 )
 def update_team_search(
     search_id: str,

@@ -40,19 +40,12 @@ def list_team_searches(access: Reader) -> Response:
     return ok({"searches": [teams.summary(search) for search in found]})
 
 
-EXAMPLE = {
-    "name": "Coffee gear",
-    "description": "Espresso at home",
-    "searchParams": {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"},
-}
-
-
 @app.post(
     "/api/orgs/{org_id}/searches",
     status_code=201,
     response_model=None,
     responses=RESPONSES,
-    openapi_extra=body_schema(personal.CreateSavedSearch, EXAMPLE),
+    openapi_extra=body_schema(personal.CreateSavedSearch, personal.CREATE_EXAMPLE),
 )
 def create_team_search(
     access: Manager,

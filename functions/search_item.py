@@ -31,13 +31,10 @@ def get_search(search_id: str, user: CurrentUser) -> Response:
     return ok({"search": contract.record(found)})
 
 
-UPDATE_EXAMPLE = {"name": "Coffee gear 2026", "description": "Espresso at home"}
-
-
 @app.put(
     "/api/searches/{search_id}",
     response_model=None,
-    openapi_extra=body_schema(contract.UpdateSavedSearch, UPDATE_EXAMPLE),
+    openapi_extra=body_schema(contract.UpdateSavedSearch, contract.UPDATE_EXAMPLE),
 )
 def update_search(
     search_id: str,

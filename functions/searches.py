@@ -30,18 +30,11 @@ def list_searches(user: CurrentUser) -> Response:
     return ok({"searches": [contract.summary(search) for search in found]})
 
 
-EXAMPLE = {
-    "name": "Coffee gear",
-    "description": "Espresso at home",
-    "searchParams": {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"},
-}
-
-
 @app.post(
     "/api/searches",
     status_code=201,
     response_model=None,
-    openapi_extra=body_schema(contract.CreateSavedSearch, EXAMPLE),
+    openapi_extra=body_schema(contract.CreateSavedSearch, contract.CREATE_EXAMPLE),
 )
 def create_search(
     user: CurrentUser,

@@ -112,6 +112,15 @@ class CreateSavedSearch(StoredText):
     results: list[KeywordResult] | None = None
 
 
+# The bodies' OpenAPI examples, for the personal and the team routes alike.
+CREATE_EXAMPLE = {
+    "name": "Coffee gear",
+    "description": "Espresso at home",
+    "searchParams": {"keywords": ["espresso machine"], "matchType": "phrase", "location": "US"},
+}
+UPDATE_EXAMPLE = {"name": "Coffee gear 2026", "description": "Espresso at home"}
+
+
 def new_search(body: CreateSavedSearch) -> NewSavedSearch:
     """What a create body stores (personal or team): `language` defaults to `en`, results as
     sent minus absent keys."""

@@ -38,9 +38,10 @@ from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
 from shared.http.responses import ok
-from shared.models import Organization, User
+from shared.models import Organization, User, UserTier
 from shared.ratelimit import limit_request
 from shared.repositories import organizations, users
+from shared.repositories.subscriptions import LIVE_STATUSES
 from shared.telemetry import log_event
 
 if TYPE_CHECKING:
@@ -165,6 +166,17 @@ def idempotency_key(prefix: str, subject: str, params: dict[str, Any], now: floa
     window = int(now // CHECKOUT_WINDOW_S)
     material = json.dumps([subject, window, params], sort_keys=True, separators=(",", ":"))
     return prefix + hashlib.sha256(material.encode()).hexdigest()
+
+
+def refusal(payer: User | Organization, *, enterprise: str, subscribed: str) -> str | None:
+    """Why `payer` must not start a subscription, in the route's words: `enterprise` (the plan
+    is managed outside Stripe), `subscribed` (PRO with a live subscription: it already pays);
+    else None."""
+    if payer.tier is UserTier.ENTERPRISE:
+        return enterprise
+    if payer.tier is UserTier.PRO and payer.subscription_status in LIVE_STATUSES:
+        return subscribed
+    return None
 
 
 def start_checkout(request: Request, subscriber: Subscriber, refusal: str | None) -> Response:

@@ -28,9 +28,10 @@ import logging
 import math
 import secrets
 import time
+from typing import NoReturn
 
 from shared.config import get_settings
-from shared.providers.base import ProviderRateLimitedError
+from shared.providers.base import ProviderConfigurationError, ProviderRateLimitedError
 from shared.redis import get_redis
 from shared.telemetry import log_event
 
@@ -59,6 +60,14 @@ def key(provider: str) -> str:
 
 def rejection_key(provider: str) -> str:
     return f"provider-rejected:{provider}"
+
+
+def reject(provider: str, detail: str) -> NoReturn:
+    """The upstream rejected the account: log it as configuration, remember it for
+    /api/health (`report_rejection`) and raise `ProviderConfigurationError`."""
+    log_event("provider_configuration", level=logging.ERROR, provider=provider, detail=detail)
+    report_rejection(provider, detail)
+    raise ProviderConfigurationError(detail)
 
 
 def report_rejection(provider: str, message: str) -> None:

@@ -75,6 +75,34 @@ def without_data(keyword: str) -> KeywordData:
     }
 
 
+def measured(
+    keyword: str, search_volume: int, cpc: float | None, competition: Competition | None
+) -> KeywordData:
+    """A keyword the provider has a search volume for; its intent is inferred only from a
+    measured cpc and competition (`infer_intent`), else null."""
+    intent: Intent | None = None
+    if cpc is not None and competition is not None:
+        intent = infer_intent(search_volume, cpc, competition)
+    return {
+        "keyword": keyword,
+        "searchVolume": search_volume,
+        "cpc": cpc,
+        "competition": competition,
+        "intent": intent,
+    }
+
+
+def missing_configuration(provider: str, variables: list[str]) -> str | None:
+    """The original's message naming what `provider` lacks (docs/original-app.md), or None when
+    `variables` is empty."""
+    if not variables:
+        return None
+    return (
+        f"{provider} provider missing configuration: {', '.join(variables)}. "
+        "Please set these environment variables."
+    )
+
+
 class ProviderError(Exception):
     """The provider failed. The message is for logs only: it may quote upstream text, so it
     must never reach a client.

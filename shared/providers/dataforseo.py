@@ -39,12 +39,11 @@ endpoint's default period). No difficulty is invented: a real
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import threading
-from collections.abc import Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 
@@ -52,7 +51,6 @@ from shared.config import Settings
 from shared.providers import account
 from shared.providers.base import (
     Competition,
-    Intent,
     KeywordData,
     MonthlyTrend,
     ProviderConfigurationError,
@@ -61,14 +59,14 @@ from shared.providers.base import (
     ProviderRateLimitedError,
     RelatedKeywordData,
     SearchOptions,
-    infer_intent,
+    measured,
+    missing_configuration,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
-from shared.telemetry import log_event
 
 BASE_URL = "https://api.dataforseo.com"
 PATH = "/v3/keywords_data/google_ads/search_volume/live"
@@ -161,6 +159,23 @@ def sendable(keyword: str) -> bool:
     )
 
 
+def snippet(text: str, scrub: Callable[[str], str]) -> str:
+    """Upstream text for a log line: whitespace collapsed, `scrub`bed of our secrets, cut to
+    SNIPPET_CHARS."""
+    text = scrub(" ".join(text.split()))
+    return text[:SNIPPET_CHARS] + "…" if len(text) > SNIPPET_CHARS else text
+
+
+def distinct_sendable(keywords: list[str]) -> list[str]:
+    """The `sendable` keywords, each once by `match_key` (the first, its whitespace collapsed),
+    in order: what a request sends."""
+    unique: dict[str, str] = {}
+    for keyword in keywords:
+        if sendable(keyword):
+            unique.setdefault(match_key(keyword), " ".join(keyword.split()))
+    return list(unique.values())
+
+
 class DataForSEOProvider:
     key = "dataforseo"
     name = "DataForSEO"
@@ -205,23 +220,14 @@ class DataForSEOProvider:
             )
             if not value.strip()
         ]
-        if not missing:
-            return None
-        return (
-            f"DataForSEO provider missing configuration: {', '.join(missing)}. "
-            "Please set these environment variables."
-        )
+        return missing_configuration(self.name, missing)
 
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
         missing = self._missing_credentials()
         if missing:
             raise ProviderConfigurationError(missing)
         requested = [keyword.strip() for keyword in keywords]
-        unique: dict[str, str] = {}
-        for keyword in requested:
-            if sendable(keyword):
-                unique.setdefault(match_key(keyword), " ".join(keyword.split()))
-        to_send = list(unique.values())
+        to_send = distinct_sendable(requested)
         if len(to_send) > MAX_KEYWORDS_PER_TASK:
             raise ProviderInputError(f"DataForSEO accepts at most {MAX_KEYWORDS_PER_TASK} keywords")
         if not to_send:
@@ -344,9 +350,10 @@ class DataForSEOProvider:
         except httpx.HTTPError as error:
             raise ProviderError(f"DataForSEO request failed ({type(error).__name__})") from None
         if response.status_code in (401, 402):
-            self._rejected(
+            account.reject(
+                self.key,
                 f"DataForSEO rejected the account (HTTP {response.status_code}): check "
-                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance"
+                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance",
             )
         if response.status_code == 429:
             raise ProviderRateLimitedError(
@@ -355,13 +362,13 @@ class DataForSEOProvider:
         if not response.is_success:
             raise ProviderError(
                 f"DataForSEO API request failed ({response.status_code}): "
-                f"{self._snippet(response.text)}"
+                f"{snippet(response.text, self._scrub)}"
             )
         try:
             envelope = response.json()
         except ValueError:
             raise ProviderError(
-                f"DataForSEO returned a non-JSON body: {self._snippet(response.text)}"
+                f"DataForSEO returned a non-JSON body: {snippet(response.text, self._scrub)}"
             ) from None
         if not isinstance(envelope, dict):
             raise ProviderError("DataForSEO returned JSON that is not an object")
@@ -377,26 +384,15 @@ class DataForSEOProvider:
         code = part.get("status_code")
         if code == OK:
             return
-        detail = (
-            f"DataForSEO {level} error ({code}): {self._snippet(str(part.get('status_message')))}"
-        )
+        message = snippet(str(part.get("status_message")), self._scrub)
+        detail = f"DataForSEO {level} error ({code}): {message}"
         if code in CONFIGURATION_CODES:
-            self._rejected(detail)
+            account.reject(self.key, detail)
         if code in RATE_LIMIT_CODES:
             raise ProviderRateLimitedError(detail, retry_after=RATE_LIMITED_RETRY_S)
         if isinstance(code, int) and 40500 <= code < 40600:
             raise ProviderInputError(detail)
         raise ProviderError(detail)
-
-    def _rejected(self, detail: str) -> NoReturn:
-        """The account cannot be used: log it as configuration, tell health, raise."""
-        log_event("provider_configuration", level=logging.ERROR, provider=self.key, detail=detail)
-        account.report_rejection(self.key, detail)
-        raise ProviderConfigurationError(detail)
-
-    def _snippet(self, text: str) -> str:
-        text = self._scrub(" ".join(text.split()))
-        return text[:SNIPPET_CHARS] + "…" if len(text) > SNIPPET_CHARS else text
 
     def _scrub(self, text: str) -> str:
         """Upstream text goes to logs: make sure it cannot carry our credentials."""
@@ -514,17 +510,7 @@ def to_keyword_data(keyword: str, item: Mapping[str, Any]) -> KeywordData:
     search_volume = max(0, int(volume))
     cpc = _first_number(item.get("cpc"), _get(item, "search_volume_info", "cpc"))
     cpc = None if cpc is None else max(0.0, cpc)
-    competition = competition_level(item)
-    intent: Intent | None = None
-    if cpc is not None and competition is not None:
-        intent = infer_intent(search_volume, cpc, competition)
-    row: KeywordData = {
-        "keyword": keyword,
-        "searchVolume": search_volume,
-        "cpc": cpc,
-        "competition": competition,
-        "intent": intent,
-    }
+    row = measured(keyword, search_volume, cpc, competition_level(item))
     difficulty = _number(_get(item, "keyword_properties", "keyword_difficulty"))
     if difficulty is not None:
         row["difficulty"] = min(100, max(0, round(difficulty)))

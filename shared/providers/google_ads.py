@@ -28,40 +28,39 @@ never reach a log line.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 
 from shared.config import Settings
 from shared.providers import account
 from shared.providers.base import (
-    Intent,
     KeywordData,
     ProviderConfigurationError,
     ProviderError,
     ProviderInputError,
     ProviderRateLimitedError,
     SearchOptions,
-    infer_intent,
+    measured,
+    missing_configuration,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
 from shared.providers.dataforseo import (
     competition_level,
+    distinct_sendable,
     http_client,
     location_code,
     match_key,
-    sendable,
+    snippet,
 )
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import GOOGLE_ADS_API_LANGUAGE_IDS
-from shared.telemetry import log_event
 
 API_VERSION = "v26"  # the newest version Google serves; each lives about a year
 BASE_URL = "https://googleads.googleapis.com"
@@ -72,7 +71,6 @@ TOKEN_MARGIN_S = 60.0  # refresh this long before the token expires
 MAX_KEYWORDS = 200
 MAX_JOINED_CHARS = 8_000
 RATE_LIMITED_RETRY_S = 60
-SNIPPET_CHARS = 300
 _RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+)(?:\.\d+)?s"')
 
 
@@ -142,16 +140,7 @@ def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:
     competition = competition_level(
         {"competition": metrics.get("competition"), "competition_index": index}
     )
-    intent: Intent | None = None
-    if cpc is not None and competition is not None:
-        intent = infer_intent(search_volume, cpc, competition)
-    row: KeywordData = {
-        "keyword": keyword,
-        "searchVolume": search_volume,
-        "cpc": cpc,
-        "competition": competition,
-        "intent": intent,
-    }
+    row = measured(keyword, search_volume, cpc, competition)
     if index is not None:
         row["difficulty"] = min(100, max(0, index))
     return row
@@ -235,12 +224,7 @@ class GoogleAdsProvider:
             missing.append("GOOGLE_ADS_CUSTOMER_ID (10 digits)")
         if self._login_customer_id and not self._login_customer_id.isdigit():
             missing.append("GOOGLE_ADS_LOGIN_CUSTOMER_ID (10 digits)")
-        if not missing:
-            return None
-        return (
-            f"Google Ads provider missing configuration: {', '.join(missing)}. "
-            "Please set these environment variables."
-        )
+        return missing_configuration(self.name, missing)
 
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
         missing = self._missing_credentials()
@@ -250,10 +234,6 @@ class GoogleAdsProvider:
         if language is None:
             raise ProviderInputError(f"Google Ads has no language for {options.language!r}")
         requested = [keyword.strip() for keyword in keywords]
-        unique: dict[str, str] = {}
-        for keyword in requested:
-            if sendable(keyword):
-                unique.setdefault(match_key(keyword), " ".join(keyword.split()))
         body: dict[str, Any] = {
             "language": f"languageConstants/{language}",
             "geoTargetConstants": [],
@@ -263,7 +243,7 @@ class GoogleAdsProvider:
         if code is not None:  # Worldwide: an empty list targets every location
             body["geoTargetConstants"] = [f"geoTargetConstants/{code}"]
         indexed: dict[str, Any] = {}
-        for batch in batches(list(unique.values())):
+        for batch in batches(distinct_sendable(requested)):
             indexed.update(self._request({**body, "keywords": batch}, options, len(batch)))
         return [
             to_keyword_data(keyword, indexed[match_key(keyword)])
@@ -332,10 +312,11 @@ class GoogleAdsProvider:
             },
         )
         if response.status_code in (400, 401):  # invalid_grant, invalid_client
-            self._rejected(
+            account.reject(
+                self.key,
                 f"Google OAuth refused the refresh token (HTTP {response.status_code}: "
-                f"{self._snippet(response.text)}): check GOOGLE_ADS_CLIENT_ID, "
-                "GOOGLE_ADS_CLIENT_SECRET and GOOGLE_ADS_REFRESH_TOKEN"
+                f"{snippet(response.text, self._scrub)}): check GOOGLE_ADS_CLIENT_ID, "
+                "GOOGLE_ADS_CLIENT_SECRET and GOOGLE_ADS_REFRESH_TOKEN",
             )
         answer = self._checked(response, "Google OAuth")
         token, expires_in = answer.get("access_token"), _int(answer.get("expires_in"))
@@ -363,11 +344,12 @@ class GoogleAdsProvider:
     def _checked(self, response: httpx.Response, service: str) -> dict[str, Any]:
         """The JSON object of a successful answer, else the error of its kind."""
         status = response.status_code
-        detail = f"{service} answered {status}: {self._snippet(response.text)}"
+        detail = f"{service} answered {status}: {snippet(response.text, self._scrub)}"
         if status in (401, 403):
-            self._rejected(
+            account.reject(
+                self.key,
                 f"{detail} (check GOOGLE_ADS_DEVELOPER_TOKEN, GOOGLE_ADS_CUSTOMER_ID, "
-                "GOOGLE_ADS_LOGIN_CUSTOMER_ID and the refresh token's access)"
+                "GOOGLE_ADS_LOGIN_CUSTOMER_ID and the refresh token's access)",
             )
         if status == 429 or (not response.is_success and "RESOURCE_EXHAUSTED" in response.text):
             raise ProviderRateLimitedError(detail, retry_after=retry_after(response))
@@ -382,16 +364,6 @@ class GoogleAdsProvider:
         if not isinstance(answer, dict):
             raise ProviderError(f"{service} returned JSON that is not an object")
         return answer
-
-    def _rejected(self, detail: str) -> NoReturn:
-        """The account cannot be used: log it as configuration, tell health, raise."""
-        log_event("provider_configuration", level=logging.ERROR, provider=self.key, detail=detail)
-        account.report_rejection(self.key, detail)
-        raise ProviderConfigurationError(detail)
-
-    def _snippet(self, text: str) -> str:
-        text = self._scrub(" ".join(text.split()))
-        return text[:SNIPPET_CHARS] + "…" if len(text) > SNIPPET_CHARS else text
 
     def _scrub(self, text: str) -> str:
         """Upstream text goes to logs: make sure it cannot carry our secrets."""

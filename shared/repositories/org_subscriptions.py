@@ -1,5 +1,5 @@
-"""Organizations' Stripe subscription columns: the users' rules (`subscriptions.decide` and
-`subscriptions.column_values`) applied to an organization's row, under its row lock.
+"""Organizations' Stripe subscription columns: the users' rules and flow
+(`subscriptions.apply_locked`) applied to an organization's row, under its row lock.
 
 An event is about an organization when its metadata names one (`organizationId`, set by the
 org checkout on the session and the subscription) or its customer is an organization's
@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Organization
-from shared.repositories.subscriptions import (
-    Decision,
-    Stored,
-    SubscriptionChange,
-    column_values,
-    decide,
-)
+from shared.repositories.subscriptions import Decision, SubscriptionChange, apply_locked
 from shared.telemetry import database_operation
 
 
@@ -56,30 +52,23 @@ def find(session: Session, org_id: str | None, customers: tuple[str, ...]) -> Fo
 def apply_change(
     session: Session, org_id: str, change: SubscriptionChange, *, event_at: datetime, now: datetime
 ) -> Decision:
-    """Lock the organization's row, decide as for a user and write; a tombstone is never
-    written (STALE)."""
+    """Lock the organization's row and apply as to a user's (`subscriptions.apply_locked`); a
+    tombstone is never written (STALE)."""
     org = session.scalars(
         select(Organization).where(Organization.id == org_id).with_for_update()
     ).one_or_none()
-    if org is None or org.deleted_at is not None:
-        return Decision.STALE
-    stored = Stored(
-        org.stripe_subscription_id,
-        org.subscription_status,
-        org.subscription_event_at,
-        org.subscription_created_at,
+    live = None if org is None or org.deleted_at is not None else org
+    return apply_locked(
+        live, change, partial(_update_columns, session, org_id), event_at=event_at, now=now
     )
-    decision = decide(stored, change, event_at)
-    if decision is Decision.STALE:
-        return decision
-    values = column_values(org, change, decision, event_at=event_at, now=now)
-    if values.keys() == {Organization.updated_at}:
-        return Decision.STALE  # an older event with nothing the row lacks
+
+
+def _update_columns(session: Session, org_id: str, values: dict[Any, Any]) -> None:
+    """`UPDATE organizations SET <values> WHERE id = org_id`; `values` keyed by attributes."""
     session.execute(
         update(Organization).where(Organization.id == org_id).values(values),
         execution_options={"synchronize_session": False},
     )
-    return decision
 
 
 @database_operation("linkOrganizationStripeCustomer")

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Text, bindparam, func, literal, select, union_all, update
@@ -162,21 +163,37 @@ def apply_change(
     (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial.
     """
     user = users.locked_row(session, user_id)
-    if user is None:
+    return apply_locked(
+        user, change, partial(users.update_columns, session, user_id), event_at=event_at, now=now
+    )
+
+
+def apply_locked(
+    row: User | Organization | None,
+    change: SubscriptionChange,
+    write: Callable[[dict[Any, Any]], None],
+    *,
+    event_at: datetime,
+    now: datetime,
+) -> Decision:
+    """The one flow for a user's and an organization's row, which the caller has locked (None:
+    no row to write): `decide`, then `write` the `column_values`, unless they change nothing
+    but `updatedAt` (an older event with nothing the row lacks: STALE)."""
+    if row is None:
         return Decision.STALE
     stored = Stored(
-        user.stripe_subscription_id,
-        user.subscription_status,
-        user.subscription_event_at,
-        user.subscription_created_at,
+        row.stripe_subscription_id,
+        row.subscription_status,
+        row.subscription_event_at,
+        row.subscription_created_at,
     )
     decision = decide(stored, change, event_at)
     if decision is Decision.STALE:
         return decision
-    values = column_values(user, change, decision, event_at=event_at, now=now)
-    if values.keys() == {User.updated_at}:
-        return Decision.STALE  # an older event with nothing the row lacks
-    users.update_columns(session, user_id, values)
+    values = column_values(row, change, decision, event_at=event_at, now=now)
+    if values.keys() == {type(row).updated_at}:
+        return Decision.STALE
+    write(values)
     return decision
 
 
