@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"benchmarks: {'quick' if args.quick else 'full'} run of {', '.join(chosen)}")
     machine = report.machine()
     sections: dict[str, Any] = {}
-    pooled_sections = {"connections", "export", "capacity", "ramp"}
+    pooled_sections = {"connections", "export", "capacity", "ramp", "scale"}
     with Stack(want_pgbouncer=bool(pooled_sections & set(chosen))) as stack:
         ctx = Context(stack=stack, quick=args.quick, log=log)
         stack_info = stack.describe()

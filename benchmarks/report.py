@@ -330,13 +330,27 @@ def _scale(data: dict[str, Any]) -> str:
     )
     hot = data.get("prune_partitioned", {}).get("hot_paths")
     if hot:
+        kept = hot["partitions"]
         out += (
-            f"\n\nHot statements on the same history rows, plain table vs monthly partitions "
-            f"(median of {hot['calls']:,} interleaved calls): a user's newest 21 "
-            f"{hot['list_plain']} ms vs {hot['list_partitioned']} ms "
-            f"(x{hot['list_ratio']}); a usage insert {hot['insert_plain']} ms vs "
-            f"{hot['insert_partitioned']} ms (x{hot['insert_ratio']})."
+            f"\n\nHot statements on what retention keeps, plain table vs partitions (median of "
+            f"{hot['calls']:,} interleaved calls; partitions kept, the DEFAULT one included: "
+            f"{kept['quarterly']} by quarter, {kept['monthly']} by month). A usage insert "
+            f"{hot['insert_plain']} ms vs {hot['insert_partitioned']} ms "
+            f"(x{hot['insert_ratio']}). A user's newest 21, ms:\n\n"
         )
+        rows = [
+            [
+                f"{kind}, {lane}",
+                hot[f"list_plain_{kind}_{lane}"],
+                f"{hot[f'list_partitioned_{kind}_{lane}']} "
+                f"(x{hot[f'list_partitioned_{kind}_{lane}_ratio']})",
+                f"{hot[f'list_monthly_{kind}_{lane}']} "
+                f"(x{hot[f'list_monthly_{kind}_{lane}_ratio']})",
+            ]
+            for kind in ("active", "light")
+            for lane in ("prepared", "unprepared")
+        ]
+        out += table(["account, statement", "plain", "by quarter", "by month"], rows)
     return out
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from benchmarks.core import ROOT, Context, WorkerError, run_worker
+
+if TYPE_CHECKING:
+    from shared.repositories.partitions import Layout
 
 BATCH = 10_000
 RETENTION_DAYS = 365  # fallback prune: history older than a year
@@ -100,58 +104,92 @@ def run(ctx: Context) -> dict[str, Any]:
     return result
 
 
+ACTIVE_ACCOUNTS = 20  # cscale…01 to …20: a page fills from their newest partition
+GENERATE_ACTIVE = """
+INSERT INTO search_history (id, "userId", keywords, location, language, "matchType", provider,
+                            "cacheHit", "responseTime", "keywordCount", "avgVolume",
+                            "totalVolume", "searchedAt")
+SELECT 'hactive' || lpad(g::text, 19, '0'),
+       'cscale' || lpad((1 + g %% %(accounts)s)::text, 19, '0'),
+       ARRAY['keyword ' || (g %% 5000)], 'US', 'en', 'phrase', 'mock',
+       g %% 2 = 0, 50 + g %% 400, 1, g %% 9000, g %% 9000,
+       now() AT TIME ZONE 'UTC' - (g %% 30) * interval '1 day' - (g %% 86400) * interval '1 second'
+FROM generate_series(1, %(n)s) AS g
+"""
+
+
 def _partitioned_prune(
     ctx: Context, conn: psycopg.Connection[Any], crons: set[str], params: dict[str, Any]
 ) -> dict[str, Any]:
-    """The same rows again, this time in monthly partitions, and the same cron: what was a
-    batched delete (`prune` above: the rows sat in the legacy partition the migration made of
-    the old table) becomes dropping whole months."""
+    """The same rows again, this time in the partitions the cron lays out (`partitions.LAYOUTS`),
+    and the same cron: what was a batched delete (`prune` above: the rows sat in the legacy
+    partition the migration made of the old table) becomes dropping whole partitions. The hot
+    statements are then timed on what retention keeps."""
+    from shared.repositories import partitions
+
     partitioned = conn.execute(
         "SELECT to_regclass('partitions.search_history_legacy') IS NOT NULL"
     ).fetchone()
     if "prune" not in crons or partitioned is None or not partitioned[0]:
         return {"ran": "not available", "reason": "search_history is not partitioned"}
-    ctx.log("  scale: the same history in monthly partitions")
+    layout = partitions.LAYOUTS["search_history"]
+    ctx.log(f"  scale: the same history in {layout.unit}ly partitions")
     conn.execute("TRUNCATE search_history")
-    # The legacy partition, empty now, spans everything before the migration's cutover (the
-    # next month); months take its place for the two years the generated rows cover.
-    conn.execute("DROP TABLE partitions.search_history_legacy")
-    first, cutover = conn.execute(
-        "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') - interval '25 months', "
-        "date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month'"
-    ).fetchone() or (None, None)
-    months = 0
-    while first < cutover:
-        after = (first + timedelta(days=32)).replace(day=1)
-        conn.execute(
-            f"CREATE TABLE partitions.search_history_p{first:%Y%m} PARTITION OF search_history "
-            f"FOR VALUES FROM ('{first}') TO ('{after}')"
-        )
-        first, months = after, months + 1
+    # Every range so far (the legacy partition, the migration's months, the first run's ranges
+    # ahead) is empty now: the layout's periods take their place, from two years back (what the
+    # generated rows cover) to as far ahead as the cron makes them, as after years of the cron.
+    for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'search_history'::regclass AND c.relname <> 'search_history_default'"
+    ).fetchall():
+        conn.execute(f"DROP TABLE partitions.{name}")
+    now = datetime.now(UTC)
+    periods = _lay_out(conn, layout, now - timedelta(days=731), now)
     replica = _try(conn, "SET session_replication_role = replica")
     generated = _timed(conn, GENERATE_HISTORY, params)
+    active = ctx.pick(1_000, 50) * ACTIVE_ACCOUNTS
+    conn.execute(GENERATE_ACTIVE, {"accounts": ACTIVE_ACCOUNTS, "n": active})
     if replica:
         conn.execute("SET session_replication_role = DEFAULT")
     conn.execute("ANALYZE search_history")
-    hot = _hot_paths(ctx, conn, params["users"])
     before = _count(conn)
-    outcome = _job(ctx, conn, "prune", crons, params["n"])
+    outcome = _job(ctx, conn, "prune", crons, params["n"] + active)
     after_rows = _count(conn)
     dropped = outcome.get("result", {}).get("dropped", {}).get("search_history", [])
     removed = before - after_rows
     seconds = outcome.get("seconds")
+    hot = _hot_paths(ctx, conn, params["users"], now)
     return {
         **outcome,
-        "ran": f"{outcome.get('ran')}; {len(dropped)} monthly partitions dropped",
+        "ran": f"{outcome.get('ran')}; {len(dropped)} {layout.unit}ly partitions dropped",
         "rows_changed": removed,
         "changed_per_s": round(removed / seconds) if seconds else None,
         "generate_history_s": generated,
+        "active_rows": active,
         "hot_paths": hot,
-        "months_created": months,
+        "unit": layout.unit,
+        "periods_created": periods,
         "partitions_dropped": len(dropped),
-        "note": "rows changed: rows gone (dropped with their partitions, or deleted in "
-        "batches); a month goes once it is wholly past retention",
+        "note": f"rows changed: rows gone (dropped with their partitions, or deleted in "
+        f"batches); a {layout.unit} goes once it is wholly past retention",
     }
+
+
+def _lay_out(conn: psycopg.Connection[Any], layout: Layout, first: datetime, now: datetime) -> int:
+    """Ranges of `layout`'s periods for its table, from the one holding `first` to
+    `layout.ahead` periods after `now`'s; returns how many."""
+    start, made = layout.start(first), 0
+    end = layout.start(now)
+    for _ in range(layout.ahead + 1):
+        end = layout.after(end)
+    while start < end:
+        after = layout.after(start)
+        conn.execute(
+            f"CREATE TABLE partitions.{layout.name(start)} PARTITION OF {layout.table} "
+            f"FOR VALUES FROM ('{start}') TO ('{after}')"
+        )
+        start, made = after, made + 1
+    return made
 
 
 HOT_LIST = (
@@ -162,55 +200,137 @@ HOT_INSERT = (
     "\"userAgent\", timestamp) VALUES (%(id)s, %(user)s, '/api/keywords', 'POST', 200, 87, "
     "'203.0.113.0', 'bench', now() AT TIME ZONE 'UTC') ON CONFLICT ({key}) DO NOTHING"
 )
+LISTS = {
+    "plain": "bench_plain_history",
+    "partitioned": "search_history",
+    "monthly": "bench_monthly_history",
+}
 
 
-def _hot_paths(ctx: Context, conn: psycopg.Connection[Any], users: int) -> dict[str, Any]:
+def _hot_paths(
+    ctx: Context, conn: psycopg.Connection[Any], users: int, now: datetime
+) -> dict[str, Any]:
     """The hot statements on the partitioned tables against plain copies with Prisma's key and
-    indexes, same rows, interleaved call by call: the history list (a user's newest 21) and
-    the usage insert. Medians in ms."""
-    ctx.log("  scale: hot paths, plain vs partitioned")
+    indexes, same rows, interleaved call by call: the history list (a user's newest 21) and the
+    usage insert. The list also runs on the same rows in monthly partitions (the layout before
+    quarters), for two kinds of account (`active`: a page from the last month; `light`: a few
+    searches over the retention, most accounts), prepared on a direct connection and unprepared
+    through PgBouncer (the local pooler cannot prepare; Neon's can). Medians in ms."""
+    from shared.config import Settings
+    from shared.repositories import partitions
+
+    ctx.log("  scale: hot paths, plain vs partitioned (and monthly)")
     conn.execute("CREATE TABLE bench_plain_history (LIKE search_history INCLUDING DEFAULTS)")
     conn.execute("INSERT INTO bench_plain_history SELECT * FROM search_history")
     conn.execute("ALTER TABLE bench_plain_history ADD PRIMARY KEY (id)")
     conn.execute('CREATE INDEX ON bench_plain_history ("userId", "searchedAt")')
     conn.execute("ANALYZE bench_plain_history")
+    # The monthly layout keeps the months from the cutoff's (a quarter may start up to two
+    # months earlier): those rows, the app's key and list index, and a DEFAULT partition.
+    monthly = replace(
+        partitions.LAYOUTS["search_history"], table="bench_monthly_history", unit="month", ahead=2
+    )
+    days = int(Settings.model_fields["retention_search_history_days"].default)
+    first = monthly.start(now - timedelta(days=days))
+    conn.execute(
+        "CREATE TABLE bench_monthly_history (LIKE search_history INCLUDING DEFAULTS) "
+        'PARTITION BY RANGE ("searchedAt")'
+    )
+    conn.execute('ALTER TABLE bench_monthly_history ADD PRIMARY KEY (id, "searchedAt")')
+    conn.execute(
+        'CREATE INDEX ON bench_monthly_history ("userId", "searchedAt") '
+        'INCLUDE (provider, "responseTime", "cacheHit")'
+    )
+    months = _lay_out(conn, monthly, first, now)
+    conn.execute(
+        "CREATE TABLE partitions.bench_monthly_history_default PARTITION OF bench_monthly_history "
+        "DEFAULT"
+    )
+    conn.execute(
+        'INSERT INTO bench_monthly_history SELECT * FROM search_history WHERE "searchedAt" >= %s',
+        (first,),
+    )
+    conn.execute("ANALYZE bench_monthly_history")
     conn.execute("CREATE TABLE bench_plain_usage (LIKE api_usage INCLUDING DEFAULTS)")
     conn.execute("ALTER TABLE bench_plain_usage ADD PRIMARY KEY (id)")
     for columns in ('"userId", timestamp', "endpoint, timestamp", '"ipAddress", timestamp'):
         conn.execute(f"CREATE INDEX ON bench_plain_usage ({columns})")
     conn.execute("CREATE INDEX ON bench_plain_usage (timestamp)")
-    calls = 2_000 if users > 10_000 else 200
-    timings: dict[str, list[float]] = {
-        key: [] for key in ("list_plain", "list_partitioned", "insert_plain", "insert_partitioned")
+    pooled = ctx.stack.pgbouncer.dsn(ctx.stack.database) if ctx.stack.pgbouncer else None
+    lanes = {
+        "prepared": conn,
+        "unprepared": psycopg.connect(
+            pooled or ctx.stack.direct_url, autocommit=True, prepare_threshold=None
+        ),
     }
+    calls = 2_000 if users > 10_000 else 200
+    timings: dict[str, list[float]] = {"insert_plain": [], "insert_partitioned": []}
     for i in range(calls):
-        user = "cscale" + str(1 + (i * 7919) % users).zfill(19)
-        for label, table in (("plain", "bench_plain_history"), ("partitioned", "search_history")):
-            started = time.perf_counter()
-            conn.execute(HOT_LIST.format(table=table), {"user": user}).fetchall()
-            timings[f"list_{label}"].append((time.perf_counter() - started) * 1000)
+        accounts = {
+            "active": "cscale" + str(1 + i % ACTIVE_ACCOUNTS).zfill(19),
+            "light": "cscale"
+            + str(1 + ACTIVE_ACCOUNTS + (i * 7919) % (users - ACTIVE_ACCOUNTS)).zfill(19),
+        }
+        order = list(LISTS.items())
+        order = order[i % 3 :] + order[: i % 3]  # each table first as often as the others
+        for lane, lane_conn in lanes.items():
+            for kind, user in accounts.items():
+                for label, table in order:
+                    started = time.perf_counter()
+                    lane_conn.execute(HOT_LIST.format(table=table), {"user": user}).fetchall()
+                    elapsed = (time.perf_counter() - started) * 1000
+                    timings.setdefault(f"list_{label}_{kind}_{lane}", []).append(elapsed)
         for label, table, key in (
             ("plain", "bench_plain_usage", "id"),
             ("partitioned", "api_usage", 'id, "timestamp"'),
         ):
             started = time.perf_counter()
             conn.execute(
-                HOT_INSERT.format(table=table, key=key), {"id": f"hot{label}{i}", "user": user}
+                HOT_INSERT.format(table=table, key=key),
+                {"id": f"hot{label}{i}", "user": accounts["light"]},
             )
             timings[f"insert_{label}"].append((time.perf_counter() - started) * 1000)
-    conn.execute("DROP TABLE bench_plain_history, bench_plain_usage")
+    lanes["unprepared"].close()
+    counts = {
+        table: _partition_count(conn, table)
+        for table in ("search_history", "bench_monthly_history")
+    }
+    rows = {label: _count(conn, table) for label, table in LISTS.items()}
+    conn.execute("DROP TABLE bench_plain_history, bench_monthly_history, bench_plain_usage")
     conn.execute("DELETE FROM api_usage WHERE id LIKE 'hot%'")
     medians = {key: round(sorted(v)[len(v) // 2], 3) for key, v in timings.items()}
+    ratios = {
+        f"list_{label}_{kind}_{lane}_ratio": round(
+            medians[f"list_{label}_{kind}_{lane}"] / medians[f"list_plain_{kind}_{lane}"], 2
+        )
+        for label in ("partitioned", "monthly")
+        for kind in ("active", "light")
+        for lane in lanes
+    }
     return {
         "calls": calls,
+        "unprepared_lane": "PgBouncer (transaction mode)" if pooled else "direct",
+        "partitions": {
+            "quarterly": counts["search_history"],
+            "monthly": counts["bench_monthly_history"],
+        },
+        "months_laid_out": months,
+        "rows": rows,
         **medians,
-        "list_ratio": round(medians["list_partitioned"] / medians["list_plain"], 2),
+        **ratios,
         "insert_ratio": round(medians["insert_partitioned"] / medians["insert_plain"], 2),
     }
 
 
-def _count(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM search_history").fetchone()
+def _partition_count(conn: psycopg.Connection[Any], table: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = %s::regclass", (table,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _count(conn: psycopg.Connection[Any], table: str = "search_history") -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -2,19 +2,19 @@
 
 | table | kept for (days) | setting | how |
 |---|---|---|---|
-| search_history | 400 | RETENTION_SEARCH_HISTORY_DAYS | monthly partitions dropped |
+| search_history | 400 | RETENTION_SEARCH_HISTORY_DAYS | quarterly partitions dropped |
 | api_usage | 90 | RETENTION_API_USAGE_DAYS | daily partitions dropped |
 | webhook_events (processed only) | 30 | RETENTION_WEBHOOK_EVENTS_DAYS | batched deletes |
 | system_metrics | 90 | RETENTION_SYSTEM_METRICS_DAYS | monthly partitions dropped |
 
 First each partitioned log gets its ranges up to a few periods ahead (`shared.repositories.
 partitions`), whatever its retention. Then a partition whose upper bound is at or before the
-cutoff is dropped whole, so a row lives up to one period (a day, a month) past its setting; the
-legacy and DEFAULT partitions, and `webhook_events`, lose their expired rows in small batches.
-0 keeps a table's rows forever. Cutoffs are taken once per run from the run's time, so a run is
-a fixed set of steps; one that stops early (or meets a lock it will not wait for) leaves the
-rest for the next. Daily aggregates of `search_history` survive it in `search_daily_rollups`
-(the rollup never recomputes pruned days).
+cutoff is dropped whole, so a row lives up to one period (a day, a month, a quarter) past its
+setting; the legacy and DEFAULT partitions, and `webhook_events`, lose their expired rows in
+small batches. 0 keeps a table's rows forever. Cutoffs are taken once per run from the run's
+time, so a run is a fixed set of steps; one that stops early (or meets a lock it will not wait
+for) leaves the rest for the next. Daily aggregates of `search_history` survive it in
+`search_daily_rollups` (the rollup never recomputes pruned days).
 """
 
 from __future__ import annotations

@@ -1,18 +1,23 @@
 """Time partitions of the append-only logs: created ahead, dropped whole once expired.
 
 `api_usage`, `search_history` and `system_metrics` are partitioned by range of their time column
-(revision 0010); the partitions live in the schema `partitions`. Widths follow the volume and
-the retention: `api_usage` by day (at 1,000 requests/s a day is ~86M rows, and its 90-day
-retention then drops one day at a time), the others by month (a 400- or 90-day retention loses
-little precision to a month, and there are 12 tables a year instead of 365).
+(revision 0010); the partitions live in the schema `partitions`. Widths follow the volume, the
+retention and the hot reads: `api_usage` by day (at 1,000 requests/s a day is ~86M rows, and its
+90-day retention then drops one day at a time), `system_metrics` by month, `search_history` by
+quarter. A user's history list names no time, so it probes every partition kept, ~0.015 ms
+each: a quarter keeps 5 to 7 for a 400-day retention where a month kept ~18.
 
-Three kinds of partition: the ranges (one period each, named `<table>_pYYYYMMDD` or
-`_pYYYYMM`), the legacy one (the table as it was before the migration, FROM MINVALUE to the
+Three kinds of partition: the ranges (named `<table>_pYYYYMMDD`, `_pYYYYMM` or `_pYYYYqN` by
+period), the legacy one (the table as it was before the migration, FROM MINVALUE to the
 cutover) and the DEFAULT one, which takes any row no range holds (a legacy import, clock skew,
-a cron that did not run), so an insert never fails for want of a partition. Retention drops a
-partition once its upper bound is at or before the cutoff, so rows live up to one period longer
-than the setting; the legacy and default partitions, which have no useful bound, have their
-expired rows deleted in batches instead.
+a cron that did not run), so an insert never fails for want of a partition. A new range never
+overlaps an existing one: it is clipped to the part of its period nothing holds yet (after the
+monthly ranges of revision 0010 and of the cron before quarters, the first quarter's remainder,
+`search_history_p20270301` for March 2027), and such a piece is named by its first day.
+Retention drops a partition once its upper bound is at or before the cutoff, so rows live up to
+one period longer than the setting (up to a quarter, ~92 days, for `search_history`); the
+legacy and default partitions, which have no useful bound, have their expired rows deleted in
+batches instead.
 
 Every DDL statement runs in a short transaction with a `lock_timeout`: creating a range takes a
 SHARE UPDATE EXCLUSIVE lock on the parent (ATTACH), dropping one an ACCESS EXCLUSIVE lock for the
@@ -36,6 +41,7 @@ from shared.telemetry import database_operation
 
 SCHEMA = "partitions"
 LOCK_TIMEOUT = "2s"
+_MONTHS = {"month": 1, "quarter": 3}
 
 
 @dataclass(frozen=True)
@@ -44,31 +50,40 @@ class Layout:
 
     table: str
     column: str
-    unit: Literal["day", "month"]
+    unit: Literal["day", "month", "quarter"]
     ahead: int  # periods created after the current one
 
     def start(self, moment: datetime) -> datetime:
         """The naive UTC start of the period holding `moment`."""
         moment = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
         day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        return day if self.unit == "day" else day.replace(day=1)
+        if self.unit == "day":
+            return day
+        return day.replace(day=1, month=day.month - (day.month - 1) % _MONTHS[self.unit])
 
     def after(self, start: datetime) -> datetime:
         """The start of the period after the one starting at `start`."""
         if self.unit == "day":
             return start + timedelta(days=1)
-        year, month = divmod(start.year * 12 + start.month, 12)
+        year, month = divmod(start.year * 12 + start.month - 1 + _MONTHS[self.unit], 12)
         return start.replace(year=year, month=month + 1)
 
-    def name(self, start: datetime) -> str:
+    def name(self, start: datetime, end: datetime | None = None) -> str:
+        """The period's name. A range from `start` to `end` that is not one whole period (one
+        clipped by existing partitions) is named by its first day: every bound is a UTC
+        midnight, so no other range starts that day."""
+        if end is not None and (start != self.start(start) or end != self.after(start)):
+            return f"{self.table}_p{start:%Y%m%d}"
+        if self.unit == "quarter":
+            return f"{self.table}_p{start.year}q{(start.month + 2) // 3}"
         return f"{self.table}_p{start:{'%Y%m%d' if self.unit == 'day' else '%Y%m'}}"
 
 
-# A week (two months) ahead: a cron that stops for days still finds its ranges made, and the
-# DEFAULT partition takes whatever comes later than that.
+# A week (two months, a quarter) ahead: a cron that stops for days still finds its ranges made,
+# and the DEFAULT partition takes whatever comes later than that.
 LAYOUTS: dict[str, Layout] = {
     "api_usage": Layout("api_usage", "timestamp", "day", 7),
-    "search_history": Layout("search_history", "searchedAt", "month", 2),
+    "search_history": Layout("search_history", "searchedAt", "quarter", 1),
     "system_metrics": Layout("system_metrics", "timestamp", "month", 2),
 }
 
@@ -120,10 +135,28 @@ def _literal(moment: datetime) -> str:
     return f"'{moment.isoformat(sep=' ')}'"
 
 
+def gaps(
+    existing: list[Partition], lower: datetime, upper: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The parts of [lower, upper) that no range (nor the legacy partition) holds, oldest first."""
+    found: list[tuple[datetime, datetime]] = []
+    holding = sorted(
+        (p for p in existing if p.overlaps(lower, upper)), key=lambda p: p.lower or datetime.min
+    )
+    for partition in holding:
+        assert partition.upper is not None  # `overlaps` holds for bounded partitions only
+        if partition.lower is not None and lower < partition.lower:
+            found.append((lower, partition.lower))
+        lower = max(lower, partition.upper)
+    if lower < upper:
+        found.append((lower, upper))
+    return found
+
+
 @database_operation("createPartitions")
 def create_ahead(session: Session, layout: Layout, *, now: datetime) -> list[str]:
-    """Create the ranges from the period of `now` to `layout.ahead` periods after it that no
-    partition covers yet; returns their names. Run it in a transaction (`db.transaction`).
+    """Create ranges for what no partition holds from the period of `now` to `layout.ahead`
+    periods after it; returns their names. Run it in a transaction (`db.transaction`).
 
     Rows the DEFAULT partition already holds for a new range move into it in the same
     transaction (ATTACH would refuse otherwise), so a week without the cron loses nothing."""
@@ -134,8 +167,8 @@ def create_ahead(session: Session, layout: Layout, *, now: datetime) -> list[str
     start = layout.start(now)
     for _ in range(layout.ahead + 1):
         end = layout.after(start)
-        if not any(p.overlaps(start, end) for p in existing):
-            created.append(_create(session, layout, start, end, default))
+        for lower, upper in gaps(existing, start, end):
+            created.append(_create(session, layout, lower, upper, default))
         start = end
     return created
 
@@ -143,7 +176,7 @@ def create_ahead(session: Session, layout: Layout, *, now: datetime) -> list[str
 def _create(
     session: Session, layout: Layout, start: datetime, end: datetime, default: str | None
 ) -> str:
-    name, table, column = layout.name(start), layout.table, layout.column
+    name, table, column = layout.name(start, end), layout.table, layout.column
     session.execute(text(f"CREATE TABLE {SCHEMA}.{name} (LIKE public.{table} INCLUDING DEFAULTS)"))
     if default is not None:
         session.execute(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import psycopg
@@ -90,7 +92,7 @@ def names(conn: psycopg.Connection[Any], table: str) -> set[str]:
 
 
 def test_periods_and_names() -> None:
-    day, month = partitions.LAYOUTS["api_usage"], partitions.LAYOUTS["search_history"]
+    day, month = partitions.LAYOUTS["api_usage"], partitions.LAYOUTS["system_metrics"]
     moment = datetime(2026, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
     assert day.start(moment) == datetime(2026, 12, 31)
     assert day.after(day.start(moment)) == datetime(2027, 1, 1)
@@ -99,8 +101,61 @@ def test_periods_and_names() -> None:
     assert month.after(datetime(2027, 1, 1)) == datetime(2027, 2, 1)
     assert (day.name(datetime(2027, 1, 1)), month.name(datetime(2027, 1, 1))) == (
         "api_usage_p20270101",
-        "search_history_p202701",
+        "system_metrics_p202701",
     )
+
+
+def test_quarters_across_the_year() -> None:
+    quarter = partitions.LAYOUTS["search_history"]
+    assert quarter.unit == "quarter"
+    starts = {
+        datetime(2026, 12, 31, 23, 59, 59, 999000, tzinfo=UTC): datetime(2026, 10, 1),
+        # 00:30 on New Year's Day in Paris is still the last quarter of the year in UTC.
+        datetime(2027, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1))): datetime(2026, 10, 1),
+        datetime(2027, 1, 1): datetime(2027, 1, 1),
+        datetime(2027, 3, 31, 23, 59, 59): datetime(2027, 1, 1),
+        datetime(2027, 4, 1): datetime(2027, 4, 1),
+        datetime(2027, 9, 30, 12): datetime(2027, 7, 1),
+    }
+    assert {moment: quarter.start(moment) for moment in starts} == starts
+    assert quarter.after(datetime(2026, 10, 1)) == datetime(2027, 1, 1)
+    assert quarter.after(datetime(2027, 1, 1)) == datetime(2027, 4, 1)
+    assert quarter.after(datetime(2027, 7, 1)) == datetime(2027, 10, 1)
+    assert [quarter.name(datetime(2026, 10, 1)), quarter.name(datetime(2027, 4, 1))] == [
+        "search_history_p2026q4",
+        "search_history_p2027q2",
+    ]
+    # A whole quarter keeps its name; one clipped by months already made is named by its day.
+    assert quarter.name(datetime(2027, 1, 1), datetime(2027, 4, 1)) == "search_history_p2027q1"
+    assert quarter.name(datetime(2027, 3, 1), datetime(2027, 4, 1)) == "search_history_p20270301"
+    # Names sort in time order through the change from months to quarters.
+    transition = ["p202701", "p202702", "p20270301", "p2027q2", "p2027q3", "p2027q4", "p2028q1"]
+    assert sorted(transition) == transition
+
+
+def test_a_new_range_is_clipped_to_what_no_partition_holds() -> None:
+    def month(year: int, number: int) -> partitions.Partition:
+        start = datetime(year, number, 1)
+        return partitions.Partition(
+            f"m{number}", start, partitions.LAYOUTS["system_metrics"].after(start)
+        )
+
+    legacy = partitions.Partition("legacy", None, datetime(2027, 1, 1))
+    default = partitions.Partition("default", None, None, default=True)
+    q4, q1, q2 = datetime(2026, 10, 1), datetime(2027, 1, 1), datetime(2027, 4, 1)
+    jul = datetime(2027, 7, 1)
+    migrated = [legacy, month(2027, 1), month(2027, 2), default]
+    assert partitions.gaps(migrated, q4, q1) == []  # the legacy partition holds it all
+    assert partitions.gaps(migrated, q1, q2) == [(datetime(2027, 3, 1), q2)]
+    assert partitions.gaps(migrated, q2, jul) == [(q2, jul)]
+    assert partitions.gaps([month(2027, 2), default], q1, q2) == [
+        (q1, datetime(2027, 2, 1)),
+        (datetime(2027, 3, 1), q2),
+    ]
+    assert partitions.gaps([month(2027, 3), month(2027, 1)], q1, q2) == [
+        (datetime(2027, 2, 1), datetime(2027, 3, 1))
+    ]
+    assert partitions.gaps([partitions.Partition("q1", q1, q2)], q1, q2) == []
 
 
 # --------------------------------------------------------------------------- the migration
@@ -210,12 +265,129 @@ def test_partitions_are_created_ahead_once_and_under_the_lease(fresh: Fresh) -> 
     assert first["created"]["api_usage"] == expected
     assert set(expected) <= names(fresh.conn, "api_usage")
     for table in ("search_history", "system_metrics"):
-        month = partitions.LAYOUTS[table].start(later)
-        assert partitions.LAYOUTS[table].name(month) in names(fresh.conn, table)
+        log = partitions.LAYOUTS[table]
+        assert partitions.gaps(ranges(log), log.start(later), horizon(log, later)) == []
     again = run_job(prune.JOB, now=later.replace(tzinfo=UTC))
     assert again["created"] == {} and again["complete"] is True
     insert(fresh.conn, "api_usage", "in-range", later + 2 * DAY + timedelta(hours=5))
     assert holder(fresh.conn, "api_usage", "in-range") == f"partitions.{expected[2]}"
+
+
+def ranges(layout: partitions.Layout) -> list[partitions.Partition]:
+    return db.run(partial(partitions.partitions_of, layout=layout))
+
+
+def horizon(layout: partitions.Layout, now: datetime) -> datetime:
+    """The end of the last period the cron makes at `now`."""
+    end = layout.start(now)
+    for _ in range(layout.ahead + 1):
+        end = layout.after(end)
+    return end
+
+
+def create(layout: partitions.Layout, now: datetime) -> list[str]:
+    return db.transaction(partial(partitions.create_ahead, layout=layout, now=now))
+
+
+def test_quarters_begin_where_the_migrations_months_end(fresh: Fresh) -> None:
+    """A freshly migrated database: revision 0010 made the legacy partition up to next month and
+    two months from there; the quarters take over after them, the first one clipped."""
+    quarter = partitions.LAYOUTS["search_history"]
+    monthly = replace(quarter, unit="month")
+    now = today()
+    made = monthly.after(monthly.after(monthly.after(monthly.start(now))))
+    this_quarter, next_quarter = quarter.after(quarter.start(now)), horizon(quarter, now)
+    before = ranges(quarter)
+    expected = [(made, this_quarter)] if made < this_quarter else []
+    expected.append((max(made, this_quarter), next_quarter))
+
+    created = create(quarter, now)
+
+    assert created == [quarter.name(lower, upper) for lower, upper in expected]
+    after = ranges(quarter)
+    assert set(before) <= set(after)  # the months stay until retention drops them
+    bounded = [p for p in after if not p.default]
+    assert bounded[0].lower is None and bounded[0].name == "search_history_legacy"
+    assert all(a.upper == b.lower for a, b in pairwise(bounded))
+    assert bounded[-1].upper == next_quarter
+    insert(fresh.conn, "search_history", "first-quarter", made)
+    assert holder(fresh.conn, "search_history", "first-quarter") == f"partitions.{created[0]}"
+    assert create(quarter, now) == []
+
+
+def test_quarters_follow_monthly_ranges_made_ahead_and_take_the_default_rows(
+    fresh: Fresh,
+) -> None:
+    """A deployment whose cron made months ahead before quarters: no range overlaps another,
+    and the rows the DEFAULT partition held for a new range move into it."""
+    quarter = partitions.LAYOUTS["search_history"]
+    monthly = replace(quarter, unit="month", ahead=2)
+    for now in (datetime(2029, 9, 15), datetime(2029, 12, 10)):  # September to February
+        create(monthly, now)
+    rows = {
+        "march": datetime(2030, 3, 15),
+        "may": datetime(2030, 5, 20),
+        "aug": datetime(2030, 8, 1),
+    }
+    for row_id, at in rows.items():
+        insert(fresh.conn, "search_history", row_id, at)
+    assert {holder(fresh.conn, "search_history", r) for r in rows} == {
+        "partitions.search_history_default"
+    }
+
+    # December: the current quarter is all months, the next one is clipped after February.
+    assert create(quarter, datetime(2029, 12, 11)) == ["search_history_p20300301"]
+    assert holder(fresh.conn, "search_history", "march") == "partitions.search_history_p20300301"
+    assert holder(fresh.conn, "search_history", "may") == "partitions.search_history_default"
+    assert create(quarter, datetime(2029, 12, 12)) == []
+    assert create(quarter, datetime(2030, 1, 5)) == ["search_history_p2030q2"]
+    assert holder(fresh.conn, "search_history", "may") == "partitions.search_history_p2030q2"
+    assert holder(fresh.conn, "search_history", "aug") == "partitions.search_history_default"
+    assert create(quarter, datetime(2030, 4, 2)) == ["search_history_p2030q3"]
+    assert holder(fresh.conn, "search_history", "aug") == "partitions.search_history_p2030q3"
+    assert ids(fresh.conn, "search_history") == set(rows.items())
+
+    laid = [(p.lower, p.upper) for p in ranges(quarter) if p.lower and p.lower.year >= 2029]
+    months = [datetime(2029, m, 1) for m in range(9, 13)] + [datetime(2030, m, 1) for m in (1, 2)]
+    assert [lower for lower, _ in laid] == [
+        *months,
+        datetime(2030, 3, 1),
+        datetime(2030, 4, 1),
+        datetime(2030, 7, 1),
+    ]
+    assert all(a[1] == b[0] for a, b in pairwise(laid))
+    assert laid[-1][1] == datetime(2030, 10, 1)
+
+
+def test_retention_drops_a_quarter_once_it_is_wholly_past_the_cutoff(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=30)
+    quarter = partitions.LAYOUTS["search_history"]
+    assert create(quarter, datetime(2030, 1, 10)) == [
+        "search_history_p2030q1",
+        "search_history_p2030q2",
+    ]
+    insert(fresh.conn, "search_history", "february", datetime(2030, 2, 15))
+    insert(fresh.conn, "search_history", "june", datetime(2030, 6, 15))
+    before = ranges(quarter)
+
+    # Cutoff 2030-03-31 23:00: the first quarter's upper bound (April 1) is past it, so the
+    # quarter stays whole, its February row with it, up to a quarter longer than the setting.
+    now = datetime(2030, 4, 30, 23)
+    summary = run_job(prune.JOB, now=now.replace(tzinfo=UTC))
+    cutoff = now - 30 * DAY
+    gone = {p.name for p in before if p.upper is not None and p.upper <= cutoff}
+    assert "search_history_legacy" in gone and "search_history_p2030q1" not in gone
+    assert set(summary["dropped"]["search_history"]) == gone
+    assert summary["created"]["search_history"] == ["search_history_p2030q3"]
+    assert {i for i, _ in ids(fresh.conn, "search_history")} == {"february", "june"}
+
+    # Cutoff April 1, 00:00: now every row of the quarter is past it, and it goes whole.
+    summary = run_job(prune.JOB, now=datetime(2030, 5, 1, tzinfo=UTC))
+    assert summary["dropped"]["search_history"] == ["search_history_p2030q1"]
+    assert summary["deleted"]["search_history"] == 0
+    assert {i for i, _ in ids(fresh.conn, "search_history")} == {"june"}
 
 
 def test_an_insert_lands_somewhere_whatever_its_time(
