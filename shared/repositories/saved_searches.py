@@ -26,8 +26,8 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -199,16 +199,10 @@ def _list_statement(*, after: bool) -> HotStatement:
         .limit(bindparam("p_limit", type_=Integer()))
     )
     if after:
-        after_time = bindparam("p_after_time", type_=UTCDateTime())
-        statement = statement.where(
-            or_(
-                columns.updatedAt < after_time,
-                and_(
-                    columns.updatedAt == after_time,
-                    columns.id < bindparam("p_after_id", type_=Text()),
-                ),
-            )
+        cursor = tuple_(  # a row comparison: one index range, as in pagination.keyset_page
+            bindparam("p_after_time", type_=UTCDateTime()), bindparam("p_after_id", type_=Text())
         )
+        statement = statement.where(tuple_(columns.updatedAt, columns.id) < cursor)
     return HotStatement(statement)
 
 

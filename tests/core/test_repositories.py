@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as psql
 from sqlalchemy import event
 
 from shared import db
@@ -290,6 +292,80 @@ def test_history_is_listed_newest_first_per_user() -> None:
     rest = db.run(lambda s: search_history.list_for_user(s, "user_a", cursor=page.next_cursor))
     times = [row.searched_at for row in page.items + rest.items]
     assert times == [T0 + timedelta(minutes=m) for m in (2, 1, 0)]
+
+
+def test_history_list_reads_one_page_even_deep_in_an_active_account(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """The cursor is an index range, not a filter: a page 200 rows deep into an account with 400
+    reads about one page (each partition's scan may read one row ahead), not every newer row.
+    EXPLAIN ANALYZE of the statement the app sends, planned for its values (a custom plan: what
+    PgBouncer's unprepared lane always gets)."""
+    admin_conn.execute(
+        'INSERT INTO users (id, email, "createdAt", "updatedAt") '
+        "SELECT 'light' || g, 'light' || g || '@example.com', now(), now() "
+        "FROM generate_series(1, 2000) AS g"
+    )
+    make_user()
+    admin_conn.execute(
+        'INSERT INTO search_history (id, "userId", keywords, location, language, "matchType", '
+        'provider, "cacheHit", "responseTime", "keywordCount", "searchedAt") '
+        "SELECT 'h' || g, CASE WHEN g <= 400 THEN 'user_a' ELSE 'light' || (g % 2000 + 1) END, "
+        "ARRAY['k'], 'US', 'en', 'exact', 'mock', false, 100, 1, "
+        "now() AT TIME ZONE 'UTC' - g * interval '11 hours' FROM generate_series(1, 4400) AS g"
+    )
+    admin_conn.execute("ANALYZE users, search_history")
+    partitions = admin_conn.execute(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'search_history'::regclass"
+    ).fetchone()
+    deep = admin_conn.execute(
+        'SELECT "searchedAt", id FROM search_history WHERE "userId" = \'user_a\' '
+        'ORDER BY "searchedAt" DESC, id DESC OFFSET 199 LIMIT 1'
+    ).fetchone()
+    assert partitions is not None and deep is not None
+    for cursor in (None, (deep[0].replace(tzinfo=UTC), deep[1])):
+        sql, params = sent_statement(
+            lambda c=cursor: db.run(
+                lambda s: search_history.list_for_user(s, "user_a", limit=20, cursor=c)
+            )
+        )
+        read = rows_read(admin_conn, sql, params)
+        assert read <= 20 + 1 + partitions[0], (cursor, read)
+
+
+def sent_statement(call: Any) -> tuple[str, dict[str, Any]]:
+    """The one statement `call` sends, as the driver receives it (SQL, parameters)."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def record(*args: Any) -> None:
+        sent.append((args[2], args[3]))
+
+    engine = db.get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(sent) == 1
+    return sent[0]
+
+
+def rows_read(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> int:
+    """Rows the scans of `statement`'s plan read, kept or filtered out (EXPLAIN ANALYZE)."""
+    literal = re.sub(
+        r"%\((\w+)\)s", lambda m: psql.Literal(params[m[1]]).as_string(conn), statement
+    )
+    row = conn.execute(psql.SQL(f"EXPLAIN (ANALYZE, FORMAT JSON) {literal}")).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+
+    def scanned(node: dict[str, Any]) -> float:
+        children = node.get("Plans", [])
+        if children:
+            return sum(scanned(child) for child in children)
+        kept = float(node["Actual Rows"]) + float(node.get("Rows Removed by Filter", 0))
+        return kept * int(node["Actual Loops"])
+
+    return round(scanned(row[0][0]["Plan"]))
 
 
 def test_history_stats_totals_and_per_provider_in_one_query() -> None:
