@@ -346,11 +346,18 @@ def _scale(data: dict[str, Any]) -> str:
                 f"(x{hot[f'list_partitioned_{kind}_{lane}_ratio']})",
                 f"{hot[f'list_monthly_{kind}_{lane}']} "
                 f"(x{hot[f'list_monthly_{kind}_{lane}_ratio']})",
+                f"{hot[f'list_partitioned_literal_{kind}_{lane}']} "
+                f"(x{hot[f'list_partitioned_literal_{kind}_{lane}_ratio']})",
             ]
             for kind in ("active", "light")
             for lane in ("prepared", "unprepared")
         ]
-        out += table(["account, statement", "plain", "by quarter", "by month"], rows)
+        headers = ["account, statement", "plain", "by quarter", "by month", "quarter, LIMIT 21"]
+        out += table(headers, rows)
+        generic = ", ".join(
+            f"{label} {plan['rows_read']:,}" for label, plan in hot["generic_plan_active"].items()
+        )
+        out += f"\n\nRows an active account's generic plan reads (EXPLAIN ANALYZE): {generic}."
     return out
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import psycopg.sql
 
 from benchmarks.core import ROOT, Context, WorkerError, run_worker
 
@@ -192,8 +193,13 @@ def _lay_out(conn: psycopg.Connection[Any], layout: Layout, first: datetime, now
     return made
 
 
+# The app's list (`search_history.list_for_user`): the limit is a bound parameter, as SQLAlchemy
+# sends it. `partitioned_literal` is the same statement with the limit written in the SQL, which
+# this benchmark used before: a prepared statement's generic plan then sorts every row the
+# account has (docs/performance.md#retention-by-partitions).
 HOT_LIST = (
-    'SELECT * FROM {table} WHERE "userId" = %(user)s ORDER BY "searchedAt" DESC, id DESC LIMIT 21'
+    'SELECT * FROM {table} WHERE "userId" = %(user)s ORDER BY "searchedAt" DESC, id DESC '
+    "LIMIT {limit}"
 )
 HOT_INSERT = (
     'INSERT INTO {table} (id, "userId", endpoint, method, "statusCode", duration, "ipAddress", '
@@ -201,9 +207,10 @@ HOT_INSERT = (
     "'203.0.113.0', 'bench', now() AT TIME ZONE 'UTC') ON CONFLICT ({key}) DO NOTHING"
 )
 LISTS = {
-    "plain": "bench_plain_history",
-    "partitioned": "search_history",
-    "monthly": "bench_monthly_history",
+    "plain": ("bench_plain_history", "%(limit)s"),
+    "partitioned": ("search_history", "%(limit)s"),
+    "monthly": ("bench_monthly_history", "%(limit)s"),
+    "partitioned_literal": ("search_history", "21"),
 }
 
 
@@ -272,12 +279,13 @@ def _hot_paths(
             + str(1 + ACTIVE_ACCOUNTS + (i * 7919) % (users - ACTIVE_ACCOUNTS)).zfill(19),
         }
         order = list(LISTS.items())
-        order = order[i % 3 :] + order[: i % 3]  # each table first as often as the others
+        order = order[i % len(order) :] + order[: i % len(order)]  # each first as often
         for lane, lane_conn in lanes.items():
             for kind, user in accounts.items():
-                for label, table in order:
+                for label, (table, limit) in order:
                     started = time.perf_counter()
-                    lane_conn.execute(HOT_LIST.format(table=table), {"user": user}).fetchall()
+                    statement = HOT_LIST.format(table=table, limit=limit)
+                    lane_conn.execute(statement, {"user": user, "limit": 21}).fetchall()
                     elapsed = (time.perf_counter() - started) * 1000
                     timings.setdefault(f"list_{label}_{kind}_{lane}", []).append(elapsed)
         for label, table, key in (
@@ -291,11 +299,15 @@ def _hot_paths(
             )
             timings[f"insert_{label}"].append((time.perf_counter() - started) * 1000)
     lanes["unprepared"].close()
+    generic = {
+        label: _generic_plan(conn, HOT_LIST.format(table=table, limit=limit), accounts["active"])
+        for label, (table, limit) in LISTS.items()
+    }
     counts = {
         table: _partition_count(conn, table)
         for table in ("search_history", "bench_monthly_history")
     }
-    rows = {label: _count(conn, table) for label, table in LISTS.items()}
+    rows = {label: _count(conn, table) for label, (table, _) in LISTS.items()}
     conn.execute("DROP TABLE bench_plain_history, bench_monthly_history, bench_plain_usage")
     conn.execute("DELETE FROM api_usage WHERE id LIKE 'hot%'")
     medians = {key: round(sorted(v)[len(v) // 2], 3) for key, v in timings.items()}
@@ -303,7 +315,7 @@ def _hot_paths(
         f"list_{label}_{kind}_{lane}_ratio": round(
             medians[f"list_{label}_{kind}_{lane}"] / medians[f"list_plain_{kind}_{lane}"], 2
         )
-        for label in ("partitioned", "monthly")
+        for label in ("partitioned", "monthly", "partitioned_literal")
         for kind in ("active", "light")
         for lane in lanes
     }
@@ -319,6 +331,41 @@ def _hot_paths(
         **medians,
         **ratios,
         "insert_ratio": round(medians["insert_partitioned"] / medians["insert_plain"], 2),
+        "generic_plan_active": generic,
+    }
+
+
+def _generic_plan(conn: psycopg.Connection[Any], statement: str, user: str) -> dict[str, Any]:
+    """The list's generic plan (what a prepared statement settles on) for an active account:
+    its top nodes and the rows its scans return, from EXPLAIN ANALYZE (no timing)."""
+    prepared = statement.replace("%(user)s", "$1::text").replace("%(limit)s", "$2::bigint")
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        conn.execute(f"PREPARE bench_list AS {prepared}")
+        values = [user, 21] if "$2" in prepared else [user]
+        row = conn.execute(
+            psycopg.sql.SQL(
+                "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) EXECUTE bench_list({})"
+            ).format(psycopg.sql.SQL(", ").join(map(psycopg.sql.Literal, values)))
+        ).fetchone()
+        conn.execute("DEALLOCATE bench_list")
+    finally:
+        conn.execute("RESET plan_cache_mode")
+    plan = row[0][0]["Plan"] if row else {}
+
+    def leaves(node: dict[str, Any]) -> list[dict[str, Any]]:
+        children = node.get("Plans", [])
+        return [leaf for child in children for leaf in leaves(child)] if children else [node]
+
+    nodes, node = [plan.get("Node Type")], plan
+    while len(node.get("Plans", [])) == 1:
+        node = node["Plans"][0]
+        nodes.append(node["Node Type"])
+    if node.get("Plans"):
+        nodes.append(node["Plans"][0]["Node Type"] + " per partition")
+    return {
+        "rows_read": sum(int(leaf.get("Actual Rows", 0)) for leaf in leaves(plan)),
+        "nodes": " > ".join(str(name) for name in nodes),
     }
 
 
