@@ -28,8 +28,7 @@ from shared.http.app import create_app, lambda_handler
 from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
-from shared.http.errors import ApiError
-from shared.http.orgs import ORG_NOT_FOUND
+from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request

@@ -20,8 +20,8 @@ from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, User
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
-from shared.http.errors import ApiError
-from shared.http.orgs import ORG_NOT_FOUND, RESPONSES, OrgAccess, permitted
+from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
 from shared.models import SavedSearch
 from shared.repositories import team_searches

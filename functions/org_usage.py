@@ -13,8 +13,8 @@ from shared.clock import utcnow
 from shared.config import get_settings
 from shared.contracts import teams
 from shared.http.app import create_app, lambda_handler
-from shared.http.errors import ApiError
-from shared.http.orgs import ORG_NOT_FOUND, RESPONSES, OrgAccess, permitted
+from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
 from shared.quotas import OrgLimits, org_usage_view
 from shared.repositories import organizations

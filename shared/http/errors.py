@@ -16,6 +16,8 @@ from shared.envelope import envelope
 
 T = TypeVar("T")
 ERROR_CACHE_CONTROL = "no-store, no-cache, must-revalidate"
+# Every route that takes an org answers this 404 alike: here, so a route needs no org layer for it.
+ORG_NOT_FOUND = "Organization not found"
 
 
 class ApiError(Exception):

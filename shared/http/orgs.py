@@ -22,10 +22,9 @@ from sqlalchemy.orm import Session
 from shared import db, rbac
 from shared.auth import ORG_ID, Identity
 from shared.http.auth import CurrentUser
-from shared.http.errors import ApiError
+from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.repositories import organizations
 
-ORG_NOT_FOUND = "Organization not found"
 INVALID_ORG_ID = "Invalid organization ID format"
 FORBIDDEN = "You do not have permission to do this in this organization"
 RESPONSES: dict[int | str, dict[str, object]] = {

@@ -35,7 +35,7 @@ from shared.auth import Identity, provision
 from shared.config import Settings, get_settings
 from shared.http import orgs
 from shared.http.auth import AUTH_REQUIRED, identify
-from shared.http.errors import ApiError
+from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.http.openapi import DESCRIPTIONS
 from shared.http.responses import ok
 from shared.models import Organization, User, UserTier
@@ -92,7 +92,7 @@ def org_caller(
         raise ApiError(403, BILLING_FORBIDDEN)
     org = db.run(lambda s: organizations.get(s, org_id), idempotent=True)
     if org is None:  # deleted since the access check
-        raise ApiError(404, orgs.ORG_NOT_FOUND)
+        raise ApiError(404, ORG_NOT_FOUND)
     return user, org
 
 

@@ -19,8 +19,8 @@ from shared import config, db
 from shared.auth import Identity
 from shared.contracts.saved_searches import CreateSavedSearch
 from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
-from shared.http.errors import ApiError
-from shared.http.orgs import FORBIDDEN, INVALID_ORG_ID, ORG_NOT_FOUND, OrgAccess, permitted
+from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.http.orgs import FORBIDDEN, INVALID_ORG_ID, OrgAccess, permitted
 from shared.repositories import team_searches, users
 from shared.repositories.saved_searches import NewSavedSearch
 from tests.core.test_concurrency import WORKERS, race

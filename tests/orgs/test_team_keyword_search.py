@@ -19,8 +19,9 @@ import respx
 from httpx import Response as HttpxResponse
 from sqlalchemy import event
 
-from functions.keywords import NO_TEAM_SEARCH, ORG_NOT_FOUND
+from functions.keywords import NO_TEAM_SEARCH
 from shared import config, db, providers
+from shared.http.errors import ORG_NOT_FOUND
 from shared.rbac import KEYWORDS_SEARCH
 from tests.support.http import Caller, Keys, Result
 

@@ -243,3 +243,18 @@ def test_stripe_is_imported_on_first_use_by_the_pinned_modules_only() -> None:
         if in_functions:
             lazy.add(relative)
     assert lazy == STRIPE_ON_FIRST_USE
+
+
+# The org routes' layer (access rule, org repository) loads only where an org route is served:
+# the org functions, and checkout and the billing portal, whose shared module serves both kinds.
+ORG_ROUTE_LAYER = "shared.http.orgs"
+SERVES_ORG_ROUTES = frozenset({"functions.checkout", "functions.billing_portal"})
+
+
+@pytest.mark.parametrize("module", _all_modules())
+def test_org_route_layer_loads_only_for_org_routes(
+    module: str, cold_imports: dict[str, ColdImport]
+) -> None:
+    if module.startswith("functions.org_") or module in SERVES_ORG_ROUTES:
+        return
+    assert ORG_ROUTE_LAYER not in cold_imports[module].ours
