@@ -178,11 +178,13 @@ def list_for_user(
     if cursor is not None:
         params.update(p_after_time=db_time(cursor[0]), p_after_id=cursor[1])
     statement = _LIST if cursor is None else _LIST_AFTER
-    rows = [_summary_from(row) for row in execute_hot(conn, statement, params)]
+    rows = execute_hot(conn, statement, params).fetchall()
+    # The extra row only says another page exists: counted, never mapped.
+    items = [_summary_from(row) for row in rows[:limit]]
     if len(rows) <= limit:
-        return Page(items=rows, next_cursor=None)
-    last = rows[limit - 1]
-    return Page(items=rows[:limit], next_cursor=(last.updated_at, last.id))
+        return Page(items=items, next_cursor=None)
+    last = items[-1]
+    return Page(items=items, next_cursor=(last.updated_at, last.id))
 
 
 def _list_statement(*, after: bool) -> HotStatement:
