@@ -137,8 +137,8 @@ def plan_for(event: StripeEvent) -> Plan | None:
     """The event's effect, or None when it has none (unknown type, nothing to change)."""
     try:
         if event.type in CHECKOUT_EVENTS:
-            conn = CheckoutSession.model_validate(event.object)
-            return _checkout_plan(conn, paid=event.type != CHECKOUT_PAYMENT_FAILED)
+            session = CheckoutSession.model_validate(event.object)
+            return _checkout_plan(session, paid=event.type != CHECKOUT_PAYMENT_FAILED)
         if event.type in SUBSCRIPTION_EVENTS:
             subscription = Subscription.model_validate(event.object)
             return _subscription_plan(subscription, deleted=event.type.endswith(".deleted"))
