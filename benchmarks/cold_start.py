@@ -132,7 +132,7 @@ print("@@COLD " + json.dumps(data))
 CORE_PROBE = r"""
 from shared import db
 from shared.repositories import users
-user = db.run(lambda session: users.get(session, "user_cold_probe"), idempotent=True)
+user = db.run(lambda conn: users.get(conn, "user_cold_probe"), idempotent=True)
 import json, time
 print("@@COLD " + json.dumps({"wall_end": time.time()}))
 """

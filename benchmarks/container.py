@@ -15,16 +15,16 @@ import time
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
 
 from shared import db
+from shared.db import Conn
 from shared.models import SavedSearch, User
 from shared.repositories import saved_searches, users
 
 
-def _locked_count(session: Session, user_id: str) -> int:
-    session.execute(select(User.id).where(User.id == user_id).with_for_update())
-    count = session.execute(
+def _locked_count(conn: Conn, user_id: str) -> int:
+    conn.session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    count = conn.session.execute(
         select(func.count()).select_from(SavedSearch).where(SavedSearch.user_id == user_id)
     ).scalar_one()
     return int(count)
@@ -33,15 +33,15 @@ def _locked_count(session: Session, user_id: str) -> int:
 def main(argv: list[str]) -> int:
     user_id, seconds = argv[0], float(argv[1])
     email = f"{user_id}@bench.test"
-    db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+    db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
     print("READY", flush=True)
     if sys.stdin.readline().strip() != "GO":
         return 1
     operations: list[Any] = [
-        lambda: db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True),
-        lambda: db.run(lambda s: saved_searches.list_for_user(s, user_id), idempotent=True),
-        lambda: db.transaction(lambda s: _locked_count(s, user_id)),
-        lambda: db.run(lambda s: s.execute(text("SELECT pg_sleep(0.001)")).all()),
+        lambda: db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True),
+        lambda: db.run(lambda conn: saved_searches.list_for_user(conn, user_id), idempotent=True),
+        lambda: db.transaction(lambda conn: _locked_count(conn, user_id)),
+        lambda: db.run(lambda conn: conn.session.execute(text("SELECT pg_sleep(0.001)")).all()),
     ]
     errors: dict[str, int] = {}
     samples: list[float] = []

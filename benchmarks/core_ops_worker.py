@@ -185,7 +185,7 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
 
     def make_user(label: str, tier: UserTier = UserTier.FREE) -> str:
         user_id = f"user_core_{label}_{run_id}"
-        db.run(lambda s: users.create(s, user_id, f"{user_id}@bench.test", tier=tier))
+        db.run(lambda conn: users.create(conn, user_id, f"{user_id}@bench.test", tier=tier))
         return user_id
 
     reader = make_user("reader")
@@ -196,13 +196,13 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
     creator = make_user("creator")
     subscriber = make_user("subscriber")
     customer = f"cus_core_{run_id}"
-    db.run(lambda s: users.update_user(s, subscriber, stripe_customer_id=customer))
+    db.run(lambda conn: users.update_user(conn, subscriber, stripe_customer_id=customer))
     search = saved_searches.NewSavedSearch(
         name="bench", keywords=["alpha", "beta", "gamma"], location="US", language="en",
         match_type="phrase", description="core ops",
     )  # fmt: skip
     for _ in range(12):
-        db.transaction(lambda s: saved_searches.create(s, lister, search))
+        db.transaction(lambda conn: saved_searches.create(conn, lister, search))
     _seed_history(bare, history_rows)
     limits = Limits(trial=10**9, pro=10**9, enterprise=10**9)
     subscription = f"sub_core_{run_id}"
@@ -221,16 +221,16 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
         now = utcnow()
         hold = Hold(id=values["hold"], expires_at=now + timedelta(minutes=5))
         return db.run(
-            lambda s: users.reserve_keywords(
-                s, reserver, f"{reserver}@bench.test", 1, limits=limits, enforce=True, now=now,
+            lambda conn: users.reserve_keywords(
+                conn, reserver, f"{reserver}@bench.test", 1, limits=limits, enforce=True, now=now,
                 hold=hold,
             )
         )  # fmt: skip
 
     def two_statements(values: dict[str, str]) -> users.Usage:
-        def work(session: Any) -> users.Usage:
-            users.get(session, counter, lock=True)
-            return users.increment_usage(session, counter, 1)
+        def work(conn: Any) -> users.Usage:
+            users.get(conn, counter, lock=True)
+            return users.increment_usage(conn, counter, 1)
 
         return db.transaction(work)
 
@@ -242,16 +242,13 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
             created_at=now - timedelta(days=1),
         )  # fmt: skip
 
-        def work(session: Any) -> object:
-            if (
-                webhooks.claim(session, values["event"], "customer.subscription.updated", {})
-                is None
-            ):
+        def work(conn: Any) -> object:
+            if webhooks.claim(conn, values["event"], "customer.subscription.updated", {}) is None:
                 return None
-            user_id = subscriptions.find_user_id(session, [("customer", customer)])
+            user_id = subscriptions.find_user_id(conn, [("customer", customer)])
             assert user_id is not None
-            decision = subscriptions.apply_change(session, user_id, change, event_at=now, now=now)
-            webhooks.mark_processed(session, values["event"], now=now)
+            decision = subscriptions.apply_change(conn, user_id, change, event_at=now, now=now)
+            webhooks.mark_processed(conn, values["event"], now=now)
             return decision
 
         return db.transaction(work)
@@ -260,14 +257,14 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
         return utcnow() - timedelta(hours=24)
 
     return {
-        "user by id": Op(lambda v: db.run(lambda s: users.get(s, reader), idempotent=True)),
+        "user by id": Op(lambda v: db.run(lambda conn: users.get(conn, reader), idempotent=True)),
         "create user": Op(
-            lambda v: db.run(lambda s: users.create(s, v["id"], v["email"])), fresh=fresh_user
+            lambda v: db.run(lambda conn: users.create(conn, v["id"], v["email"])), fresh=fresh_user
         ),
         "update tier + Stripe ids": Op(
             lambda v: db.run(
-                lambda s: users.update_user(
-                    s,
+                lambda conn: users.update_user(
+                    conn,
                     writer,
                     tier=UserTier.PRO,
                     stripe_customer_id=f"cus_w_{run_id}",
@@ -275,23 +272,27 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
                 )
             )
         ),
-        "increment usage": Op(lambda v: db.run(lambda s: users.increment_usage(s, counter, 1))),
+        "increment usage": Op(
+            lambda v: db.run(lambda conn: users.increment_usage(conn, counter, 1))
+        ),
         "reset monthly usage": Op(
-            lambda v: db.run(lambda s: users.reset_monthly_usage(s, counter))
+            lambda v: db.run(lambda conn: users.reset_monthly_usage(conn, counter))
         ),
         "saved searches, newest 10": Op(
             lambda v: db.run(
-                lambda s: saved_searches.list_for_user(s, lister, limit=10), idempotent=True
+                lambda conn: saved_searches.list_for_user(conn, lister, limit=10), idempotent=True
             )
         ),
         "history aggregate, 24 h": Op(
-            lambda v: db.run(lambda s: search_history.stats(s, since=since()), idempotent=True)
+            lambda v: db.run(
+                lambda conn: search_history.stats(conn, since=since()), idempotent=True
+            )
         ),
         "2-statement transaction": Op(two_statements),
         "keyword reservation": Op(reserve, fresh=fresh_hold),
         "saved-search create": Op(
             lambda v: db.transaction(
-                lambda s: saved_searches.create(s, creator, search, search_id=v["id"])
+                lambda conn: saved_searches.create(conn, creator, search, search_id=v["id"])
             ),
             fresh=lambda: {"id": new_uuid()},
             prepare=empty_quota,

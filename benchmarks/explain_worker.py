@@ -159,7 +159,7 @@ def _unused_indexes(conn: Any) -> list[dict[str, Any]]:
 
     from shared import db
 
-    db.run(lambda session: session.execute(text("SELECT pg_stat_force_next_flush()")))
+    db.run(lambda conn: conn.session.execute(text("SELECT pg_stat_force_next_flush()")))
     conn.execute("SELECT pg_stat_force_next_flush()")
     conn.execute("SELECT pg_stat_clear_snapshot()")
     rows = conn.execute(

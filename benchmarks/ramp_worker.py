@@ -149,9 +149,9 @@ def create_users(count: int) -> list[str]:
     (ids from `own_search`), so no two containers share a row and every read finds rows."""
     ids = [f"{USER_PREFIX}{i:04d}" for i in range(count)]
 
-    def work(session: Any) -> None:
+    def work(conn: Any) -> None:
         params = {"ids": ids, "user": USER}
-        session.execute(
+        conn.session.execute(
             text(
                 'INSERT INTO users (id, email, tier, "updatedAt") '
                 "SELECT n.id, n.id || '@bench.test', u.tier, now() AT TIME ZONE 'UTC' "
@@ -160,7 +160,7 @@ def create_users(count: int) -> list[str]:
             ),
             params,
         )
-        session.execute(
+        conn.session.execute(
             text(
                 "INSERT INTO saved_searches SELECT (jsonb_populate_record(NULL::saved_searches, "
                 "to_jsonb(s) || jsonb_build_object('id', 'c' || left(md5(n.id || s.id), 24), "

@@ -107,7 +107,7 @@ def _seed(extra: int = 0) -> None:
     from shared.clock import utcnow
     from shared.repositories import search_history, users
 
-    db.run(lambda s: users.get_or_create(s, USER, f"{USER}@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, USER, f"{USER}@example.com"))
     search = search_history.NewSearch(
         user_id=USER, keywords=["replica", "bench"], location="US", language="en",
         match_type="phrase", provider="mock", cache_hit=False, response_time=10,
@@ -130,7 +130,7 @@ def _measure(case: str, reads: int, variables: dict[str, str]) -> dict[str, Any]
             statements += 1
 
         def read() -> None:
-            db.read(lambda s: search_history.list_for_user(s, USER, limit=20, cursor=None))
+            db.read(lambda conn: search_history.list_for_user(conn, USER, limit=20, cursor=None))
 
         read()  # warm: engines and connections made, statements compiled
         engines = [db.get_engine(), *db._read_engines.values()]

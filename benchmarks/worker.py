@@ -250,7 +250,7 @@ def _prepare(needs: str | None, tokens: Tokens, fixtures: Fixtures) -> None:
 
         keep = fixtures.search_id
         db.run(
-            lambda s: s.execute(
+            lambda conn: conn.session.execute(
                 text(
                     'DELETE FROM saved_searches WHERE "userId" = :u AND id <> :keep AND id NOT IN '
                     '(SELECT id FROM saved_searches WHERE "userId" = :u '
@@ -420,8 +420,8 @@ def _warm_one(
       on a bare httpx client (`BareReplay`);
     - hello: the FastAPI + Mangum hello world's handler (the framework's floor per call);
     - jwt: verifying the request's session token (RS256), as `shared.auth` does;
-    - engine: the recorded statements through the core's engine (`db.run`, a Session,
-      `exec_driver_sql`): bare SQL plus what the engine and session add, without the ORM.
+    - engine: the recorded statements through the core's engine (`db.run`, its `Conn`,
+      `exec_driver_sql`): bare SQL plus what the engine adds, without the ORM.
     """
     import random
 
@@ -449,8 +449,8 @@ def _warm_one(
         settings = get_settings()
 
         def engine_replay() -> None:
-            def work(session: Any) -> None:
-                connection = session.connection()
+            def work(conn: Any) -> None:
+                connection = conn.connection
                 for statement, parameters in recorded_sql:
                     fresh = _fresh_ids(parameters)
                     result = (
@@ -504,7 +504,7 @@ def _warm_one(
     layers = {
         "framework floor (FastAPI + Mangum hello world)": median["hello"],
         "session token verify (RS256)": median["jwt"],
-        "engine + session around the same SQL": round(median["engine"] - sql_stats["median"], 3),
+        "engine around the same SQL": round(median["engine"] - sql_stats["median"], 3),
     }
     layers["rest (ORM, Upstash SDK, middleware, validation, response)"] = round(
         median["handler"] - median["bare"] - sum(layers.values()), 3
@@ -685,7 +685,7 @@ def task_export_memory(params: dict[str, Any]) -> dict[str, Any]:
         from shared.repositories import data_exports
 
         boto3.client("s3").create_bucket(Bucket="keyflash-bench-exports")
-        db.run(lambda s: data_exports.request(s, params["user_id"], now=utcnow()))
+        db.run(lambda conn: data_exports.request(conn, params["user_id"], now=utcnow()))
         gc.collect()
         rss_before = rss_kb()
         started = time.perf_counter()

@@ -38,12 +38,12 @@ from typing import Any, Literal, TypeVar
 import httpx
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.orm import Session
 from upstash_redis import Redis
 from upstash_redis.errors import UpstashError
 
 from shared import db
 from shared.clock import iso_ms, month_start, utcnow
+from shared.db import Conn
 from shared.legacy import keys, store
 from shared.legacy.mapping import (
     Counters,
@@ -352,22 +352,22 @@ def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[R
     if not rows:
         return Upserted(), []
     try:
-        return db.transaction(lambda s: writer(s, rows, overwrite=True)), []
+        return db.transaction(lambda conn: writer(conn, rows, overwrite=True)), []
     except (IntegrityError, DataError):
         pass
 
-    def one_by_one(session: Session) -> tuple[Upserted, list[Refusal]]:
+    def one_by_one(conn: Conn) -> tuple[Upserted, list[Refusal]]:
         inserted = updated = 0
         refused: list[Refusal] = []
         for row in rows:
-            session.execute(text("SAVEPOINT legacy_row"))
+            conn.session.execute(text("SAVEPOINT legacy_row"))
             try:
-                written = writer(session, [row], overwrite=True)
+                written = writer(conn, [row], overwrite=True)
             except (IntegrityError, DataError) as error:
-                session.execute(text("ROLLBACK TO SAVEPOINT legacy_row"))
+                conn.session.execute(text("ROLLBACK TO SAVEPOINT legacy_row"))
                 refused.append((row["id"], *_refusal(error)))
                 continue
-            session.execute(text("RELEASE SAVEPOINT legacy_row"))
+            conn.session.execute(text("RELEASE SAVEPOINT legacy_row"))
             inserted += written.inserted
             updated += written.updated
         return Upserted(inserted, updated), refused
@@ -432,7 +432,7 @@ def _unclaimed(
             if owner != row["id"]:
                 refused.setdefault(row["id"], f"another user has this {what}")
     candidates = [row for row in rows if row["id"] not in refused]
-    taken = db.run(lambda s: legacy_import.taken_identifiers(s, candidates), idempotent=True)
+    taken = db.run(lambda conn: legacy_import.taken_identifiers(conn, candidates), idempotent=True)
     refused.update(taken)
     return [row for row in candidates if row["id"] not in taken], refused
 
@@ -454,7 +454,9 @@ def _backfill_users(
 def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillReport) -> int:
     found = _read_searches(client, names, report)
     owners = {record.clerkUserId for _, record in found}
-    existing = db.run(lambda s: legacy_import.existing_user_ids(s, sorted(owners)), idempotent=True)
+    existing = db.run(
+        lambda conn: legacy_import.existing_user_ids(conn, sorted(owners)), idempotent=True
+    )
     quarantined_users = {q.key for q in report.quarantined if q.key.startswith("user:")}
     owned = []
     for key, record in found:
@@ -623,10 +625,10 @@ def _load_users(wanted: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]]
     """Postgres rows by id, and the ids of wanted rows another user's email or Stripe id
     blocks (what the backfill quarantines as conflicts)."""
 
-    def load(session: Session) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        rows = legacy_import.users_by_id(session, [row["id"] for row in wanted])
+    def load(conn: Conn) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        rows = legacy_import.users_by_id(conn, [row["id"] for row in wanted])
         missing = [row for row in wanted if row["id"] not in rows]
-        return rows, set(legacy_import.taken_identifiers(session, missing))
+        return rows, set(legacy_import.taken_identifiers(conn, missing))
 
     return db.run(load, idempotent=True)
 
@@ -634,10 +636,10 @@ def _load_users(wanted: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]]
 def _load_searches(ids: list[str], owners: list[str]) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """Postgres rows by id, and which owners have a user row."""
 
-    def load(session: Session) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    def load(conn: Conn) -> tuple[dict[str, dict[str, Any]], set[str]]:
         return (
-            legacy_import.saved_searches_by_id(session, ids),
-            legacy_import.existing_user_ids(session, owners),
+            legacy_import.saved_searches_by_id(conn, ids),
+            legacy_import.existing_user_ids(conn, owners),
         )
 
     return db.run(load, idempotent=True)
@@ -753,12 +755,12 @@ def _only_in_postgres(client: Redis, batch_size: int) -> Iterator[Difference]:
     the TypeScript app would not see, so the switch to postgres mode is decided on both
     directions. One EXISTS per row, pipelined per batch."""
 
-    def users(after: str, session: Session) -> list[tuple[str, str]]:
-        page = legacy_import.user_ids_after(session, after, batch_size)
+    def users(after: str, conn: Conn) -> list[tuple[str, str]]:
+        page = legacy_import.user_ids_after(conn, after, batch_size)
         return [(user_id, keys.user(user_id)) for user_id in page]
 
-    def searches(after: str, session: Session) -> list[tuple[str, str]]:
-        page = legacy_import.saved_searches_after(session, after, batch_size)
+    def searches(after: str, conn: Conn) -> list[tuple[str, str]]:
+        page = legacy_import.saved_searches_after(conn, after, batch_size)
         return [(search_id, keys.saved_search(owner, search_id)) for search_id, owner in page]
 
     for read in (users, searches):

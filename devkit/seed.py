@@ -13,10 +13,9 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from shared import db
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.models import UserTier
 from shared.repositories import (
     feature_flags,
@@ -122,7 +121,7 @@ class SeedSummary:
 
 def is_seeded() -> bool:
     """Whether the demo user exists (the seed's marker: it is written first)."""
-    return db.run(lambda session: users.get(session, DEMO_USER), idempotent=True) is not None
+    return db.run(lambda conn: users.get(conn, DEMO_USER), idempotent=True) is not None
 
 
 def seed(*, now: datetime | None = None) -> SeedSummary | None:
@@ -163,8 +162,8 @@ def seed(*, now: datetime | None = None) -> SeedSummary | None:
             db.run(partial(search_history.record, search=row, now=searched_at))
             history += 1
     db.run(
-        lambda s: feature_flags.upsert(
-            s,
+        lambda conn: feature_flags.upsert(
+            conn,
             DEMO_FLAG,
             feature_flags.FlagValues(
                 enabled=True,
@@ -180,11 +179,11 @@ def seed(*, now: datetime | None = None) -> SeedSummary | None:
     return SeedSummary(len(DEMO_USERS), searches, history, 1, 1)
 
 
-def _demo_team(session: Session, *, now: datetime) -> None:
+def _demo_team(conn: Conn, *, now: datetime) -> None:
     """The demo team, through the mirror's own upserts (what the Clerk webhook applies)."""
     org_id, name, slug = DEMO_ORG
     team = organizations.MirroredOrganization(org_id, name, slug, changed_at=now)
-    organizations.mirror_organization(session, team, now=now)
+    organizations.mirror_organization(conn, team, now=now)
     for user_id, role in DEMO_MEMBERS:
         member = organizations.MirroredMembership(org_id, user_id, role, (), now, deleted=False)
-        organizations.mirror_membership(session, member, now=now)
+        organizations.mirror_membership(conn, member, now=now)

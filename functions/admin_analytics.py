@@ -16,12 +16,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Query
-from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from shared import db
 from shared.clock import utcnow
 from shared.contracts import admin as contract
+from shared.db import Conn
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.responses import ok
@@ -45,23 +45,23 @@ def analytics(
     now = utcnow()
     since = contract.window_start(now, window)
 
-    def gather(session: Session) -> contract.Analytics:
+    def gather(conn: Conn) -> contract.Analytics:
         return contract.Analytics(
             days=window,
             organization_id=org,
             since=since,
             until=now,
             per_day=search_history.searches_per_day(
-                session, since=since, until=now, organization_id=org
+                conn, since=since, until=now, organization_id=org
             ),
-            window=search_history.stats(session, since=since, until=now, organization_id=org),
+            window=search_history.stats(conn, since=since, until=now, organization_id=org),
             last_day=search_history.stats(
-                session, since=now - timedelta(hours=24), until=now, organization_id=org
+                conn, since=now - timedelta(hours=24), until=now, organization_id=org
             ),
             top_keywords=search_history.top_keywords(
-                session, since=since, until=now, limit=TOP_KEYWORDS, organization_id=org
+                conn, since=since, until=now, limit=TOP_KEYWORDS, organization_id=org
             ),
-            subscriptions=users.subscription_metrics(session),
+            subscriptions=users.subscription_metrics(conn),
         )
 
     return ok(contract.analytics_body(db.read(gather, analytics=True)))

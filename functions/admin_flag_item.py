@@ -25,7 +25,7 @@ app = create_app(title="Feature flag (admin)", summary="Read, change or delete o
 @app.get("/api/admin/flags/{key}", response_model=None)
 def get_flag(key: str, admin: AdminUser) -> Response:
     flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
-    found = db.read(lambda s: feature_flags.get_by_key(s, flag_key))
+    found = db.read(lambda conn: feature_flags.get_by_key(conn, flag_key))
     if found is None:
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"flag": contract.record(found)})
@@ -46,7 +46,7 @@ def update_flag(
 ) -> Response:
     flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
     changes = body.changes()
-    updated = db.run(lambda s: feature_flags.update_flag(s, flag_key, **changes))
+    updated = db.run(lambda conn: feature_flags.update_flag(conn, flag_key, **changes))
     if updated is None:
         raise ApiError(404, contract.NOT_FOUND)
     flags.invalidate_cache()
@@ -56,7 +56,7 @@ def update_flag(
 @app.delete("/api/admin/flags/{key}", response_model=None)
 def delete_flag(key: str, admin: AdminUser) -> Response:
     flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
-    if not db.run(lambda s: feature_flags.delete_flag(s, flag_key)):
+    if not db.run(lambda conn: feature_flags.delete_flag(conn, flag_key)):
         raise ApiError(404, contract.NOT_FOUND)
     flags.invalidate_cache()
     return ok({"success": True})

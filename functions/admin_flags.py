@@ -41,7 +41,7 @@ def list_flags(
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
 ) -> Response:
     after = None if cursor is None else valid_or_400(contract.valid_key(cursor), INVALID_CURSOR)
-    rows = db.read(lambda s: feature_flags.list_page(s, after=after, limit=PAGE_FLAGS + 1))
+    rows = db.read(lambda conn: feature_flags.list_page(conn, after=after, limit=PAGE_FLAGS + 1))
     items: list[dict[str, Any]] = []
     spent = 0
     for flag in rows[:PAGE_FLAGS]:
@@ -70,7 +70,7 @@ def create_flag(
     body: Annotated[contract.CreateFlag, Depends(json_body(contract.CreateFlag))],
 ) -> Response:
     created = db.run(
-        lambda s: feature_flags.create(s, body.key, body.values(), created_by=admin.user_id)
+        lambda conn: feature_flags.create(conn, body.key, body.values(), created_by=admin.user_id)
     )
     if created is None:
         raise ApiError(409, contract.ALREADY_EXISTS)

@@ -34,8 +34,8 @@ def metric_series(
 ) -> Response:
     query = contract.series_query(metric, start, end, bucket, now=utcnow())
     points = db.read(
-        lambda s: system_metrics.series(
-            s, query.metric, start=query.start, end=query.end, bucket=query.bucket
+        lambda conn: system_metrics.series(
+            conn, query.metric, start=query.start, end=query.end, bucket=query.bucket
         ),
         analytics=True,
     )

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Query
-from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from shared import db
 from shared.clock import utcnow
 from shared.contracts import trends as contract
+from shared.db import Conn
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.responses import ok
@@ -37,16 +37,16 @@ def trends(
     now = utcnow()
     query = contract.trends_query(metric, start, end, now=now)
 
-    def gather(session: Session) -> dict[str, object]:
+    def gather(conn: Conn) -> dict[str, object]:
         window = {"start": query.start, "end": query.end}
         rows: list[reports.UsageRow] | list[reports.KeywordRow] | list[reports.ProviderRow]
         if query.report == "report_usage_by_tier":
-            rows = reports.usage_by_tier(session, **window)
+            rows = reports.usage_by_tier(conn, **window)
         elif query.report == "report_keyword_trends":
-            rows = reports.keyword_trends(session, **window, top=contract.TOP_PER_WEEK)
+            rows = reports.keyword_trends(conn, **window, top=contract.TOP_PER_WEEK)
         else:
-            rows = reports.provider_performance(session, **window, top=contract.TOP_PER_WEEK)
-        freshness = reports.freshness(session, query.report)
+            rows = reports.provider_performance(conn, **window, top=contract.TOP_PER_WEEK)
+        freshness = reports.freshness(conn, query.report)
         return contract.trends_body(query, rows, freshness, now=now)
 
     return ok(db.read(gather, analytics=True))

@@ -44,7 +44,7 @@ def list_history(
     )
     after = None if cursor is None else contract.decode_cursor(cursor)
     page = db.read(
-        lambda s: search_history.list_for_user(s, user.user_id, limit=size, cursor=after)
+        lambda conn: search_history.list_for_user(conn, user.user_id, limit=size, cursor=after)
     )
     items: list[dict[str, Any]] = []
     spent = 0

@@ -37,7 +37,7 @@ def history_stats(
     until = utcnow()
     since = until - timedelta(days=window)
     stats = db.read(
-        lambda s: search_history.stats(s, since=since, until=until, user_id=user.user_id)
+        lambda conn: search_history.stats(conn, since=since, until=until, user_id=user.user_id)
     )
     return ok(contract.stats_body(stats, since=since, until=until))
 

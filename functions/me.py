@@ -32,7 +32,7 @@ def get_me(user: CurrentUser) -> Response:
     Get-or-create rather than get: another container may have erased the row since this one
     provisioned the caller, and the answer is then a fresh account, never a 500.
     """
-    row = db.run(lambda s: users.get_or_create(s, user.user_id, user.email), idempotent=True)
+    row = db.run(lambda conn: users.get_or_create(conn, user.user_id, user.email), idempotent=True)
     return ok(account.profile(row, get_settings(), utcnow()))
 
 
@@ -45,7 +45,7 @@ def delete_me(request: Request, user: CurrentUser) -> Response:
     """
     try:
         erasure = db.transaction(
-            lambda s: accounts.erase(s, user.user_id, refuse_live_subscription=True)
+            lambda conn: accounts.erase(conn, user.user_id, refuse_live_subscription=True)
         )
     except SubscriptionLiveError:
         raise ApiError(409, SUBSCRIPTION_LIVE) from None

@@ -92,7 +92,7 @@ def _request_export(request: Request, user_id: str) -> Response:
         request, "me_export", settings.export_requests_per_hour, RATE_LIMITED, user_id=user_id
     )
     now = utcnow()
-    requested = db.run(lambda s: data_exports.request(s, user_id, now=now))
+    requested = db.run(lambda conn: data_exports.request(conn, user_id, now=now))
     location = f"{EXPORT_PATH}/{requested.export.id}"
     return ok(
         {"export": _view(requested.export, now)},
@@ -103,7 +103,7 @@ def _request_export(request: Request, user_id: str) -> Response:
 
 @app.get(EXPORT_PATH, response_model=None)
 def export_me(request: Request, user: CurrentUser) -> Response:
-    estimate = db.run(lambda s: personal_data.estimated_bytes(s, user.user_id))
+    estimate = db.run(lambda conn: personal_data.estimated_bytes(conn, user.user_id))
     if estimate > DIRECT_BUILD_MAX_ESTIMATE:
         return _request_export(request, user.user_id)
     document = exports.build(user.user_id)
@@ -130,7 +130,7 @@ def request_export(request: Request, user: CurrentUser) -> Response:
 def export_status(export_id: str, user: CurrentUser) -> Response:
     valid = valid_or_400(export_id if _EXPORT_ID.fullmatch(export_id) else None, INVALID_ID)
     now = utcnow()
-    found = db.run(lambda s: data_exports.get(s, user.user_id, valid, now=now))
+    found = db.run(lambda conn: data_exports.get(conn, user.user_id, valid, now=now))
     if found is None:
         raise ApiError(404, NOT_FOUND)
     return ok({"export": _view(found, now)})

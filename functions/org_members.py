@@ -24,7 +24,7 @@ def list_members(
     access: Annotated[OrgAccess, Depends(permitted(rbac.MEMBERS_READ))],
 ) -> Response:
     """The live members (removed ones left out), earliest joined first."""
-    found = db.run(lambda s: team_members.list_live(s, access.org_id), idempotent=True)
+    found = db.run(lambda conn: team_members.list_live(conn, access.org_id), idempotent=True)
     return ok({"members": [teams.member(row) for row in found]})
 
 

@@ -32,7 +32,7 @@ PATH = "/api/orgs/{org_id}/searches/{search_id}"
 @app.get(PATH, response_model=None, responses=RESPONSES)
 def get_team_search(search_id: str, access: Reader) -> Response:
     sid = valid_or_400(personal.valid_search_id(search_id), personal.INVALID_ID)
-    found = db.run(lambda s: team_searches.get(s, access.org_id, sid))
+    found = db.run(lambda conn: team_searches.get(conn, access.org_id, sid))
     if found is None:
         raise ApiError(404, personal.NOT_FOUND)
     return ok({"search": teams.record(found)})
@@ -51,8 +51,8 @@ def update_team_search(
 ) -> Response:
     sid = valid_or_400(personal.valid_search_id(search_id), personal.INVALID_ID)
     updated = db.run(
-        lambda s: team_searches.update_search(
-            s, access.org_id, sid, name=body.name, description=body.description
+        lambda conn: team_searches.update_search(
+            conn, access.org_id, sid, name=body.name, description=body.description
         )
     )
     if updated is None:
@@ -63,7 +63,7 @@ def update_team_search(
 @app.delete(PATH, response_model=None, responses=RESPONSES)
 def delete_team_search(search_id: str, access: Manager) -> Response:
     sid = valid_or_400(personal.valid_search_id(search_id), personal.INVALID_ID)
-    if not db.run(lambda s: team_searches.delete_search(s, access.org_id, sid)):
+    if not db.run(lambda conn: team_searches.delete_search(conn, access.org_id, sid)):
         raise ApiError(404, personal.NOT_FOUND)
     return ok({"success": True})
 

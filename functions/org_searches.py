@@ -36,7 +36,7 @@ Manager = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_MANAGE))]
 @app.get("/api/orgs/{org_id}/searches", response_model=None, responses=RESPONSES)
 def list_team_searches(access: Reader) -> Response:
     """The team's saved searches (at most 200), most recently updated first."""
-    found = db.run(lambda s: team_searches.list_for_org(s, access.org_id), idempotent=True)
+    found = db.run(lambda conn: team_searches.list_for_org(conn, access.org_id), idempotent=True)
     return ok({"searches": [teams.summary(search) for search in found]})
 
 
@@ -67,11 +67,11 @@ def _create(user: Identity, org_id: str, new: NewSavedSearch) -> SavedSearch:
     """Insert; if another container erased the user since this one provisioned them, provision
     again (as POST /api/searches does) and insert once more."""
     try:
-        return db.transaction(lambda s: team_searches.create(s, org_id, user.user_id, new))
+        return db.transaction(lambda conn: team_searches.create(conn, org_id, user.user_id, new))
     except UserNotFoundError:
         forget(user.user_id)
         provision(user)
-        return db.transaction(lambda s: team_searches.create(s, org_id, user.user_id, new))
+        return db.transaction(lambda conn: team_searches.create(conn, org_id, user.user_id, new))
 
 
 handler = lambda_handler(app)

@@ -25,7 +25,7 @@ app = create_app(title="Team usage", summary="A team's tier and monthly keyword 
 @app.get("/api/orgs/{org_id}/usage", response_model=None, responses=RESPONSES)
 def get_usage(access: Annotated[OrgAccess, Depends(permitted(rbac.USAGE_READ))]) -> Response:
     """This month's keywords (the lazy monthly reset applied on read) against the tier's limit."""
-    org = db.run(lambda s: organizations.get(s, access.org_id), idempotent=True)
+    org = db.run(lambda conn: organizations.get(conn, access.org_id), idempotent=True)
     if org is None:  # deleted since access was checked
         raise ApiError(404, ORG_NOT_FOUND)
     settings = get_settings()

@@ -14,11 +14,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared import auth, db, exports, storage
 from shared.clock import utcnow
 from shared.config import get_settings
+from shared.db import Conn
 from shared.errors import EmailInUseError
 from shared.repositories import personal_data, subscriptions, tombstones, users, webhook_events
 from shared.repositories.personal_data import Erasure
@@ -30,7 +30,7 @@ is_placeholder = users.is_placeholder
 
 
 def sync_email(
-    session: Session,
+    conn: Conn,
     user_id: str,
     email: str,
     *,
@@ -46,9 +46,9 @@ def sync_email(
     `EmailInUseError` when another account has the email (case-insensitively); a racing insert
     of the same id surfaces as `IntegrityError` (see `is_duplicate_user`) and the caller re-runs.
     """
-    existing = users.get(session, user_id, lock=True)
+    existing = users.get(conn, user_id, lock=True)
     if existing is None:
-        users.create(session, user_id, email, clerk_updated_at=changed_at, now=now)
+        users.create(conn, user_id, email, clerk_updated_at=changed_at, now=now)
         return "created"
     stamp = existing.clerk_updated_at
     if changed_at is not None and stamp is not None and changed_at < stamp:
@@ -61,12 +61,12 @@ def sync_email(
     )
     if keep:
         if newer:  # later events must still compare against this one
-            users.update_user(session, user_id, clerk_updated_at=changed_at, now=now)
+            users.update_user(conn, user_id, clerk_updated_at=changed_at, now=now)
         return "unchanged"
     if newer:
-        users.update_user(session, user_id, email=email, clerk_updated_at=changed_at, now=now)
+        users.update_user(conn, user_id, email=email, clerk_updated_at=changed_at, now=now)
     else:
-        users.update_user(session, user_id, email=email, now=now)
+        users.update_user(conn, user_id, email=email, now=now)
     return "updated"
 
 
@@ -76,7 +76,7 @@ def is_duplicate_user(error: IntegrityError) -> bool:
     return constraint == "users_pkey"
 
 
-def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:
+def erase(conn: Conn, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:
     """Erase the user (`personal_data.erase`, in the caller's transaction) and, in the same
     transaction, owe the deletion of their legacy Redis keys, so that a crash between the
     commit and `finish_erasure` cannot lose it (the repair job finishes it). The erasure's two
@@ -85,21 +85,19 @@ def erase(session: Session, user_id: str, *, refuse_live_subscription: bool = Fa
     Stripe customer (`_remember_billing_customer`). The tombstone locks the user's row first;
     organizations are locked only after it (the team keywords given back), the order a team
     search takes them in."""
-    tombstones.record(session, user_id)
-    _remember_billing_customer(session, user_id, refusing=refuse_live_subscription)
-    erasure = personal_data.erase(
-        session, user_id, refuse_live_subscription=refuse_live_subscription
-    )
-    storage.mark_legacy_erasure(session, user_id)
+    tombstones.record(conn, user_id)
+    _remember_billing_customer(conn, user_id, refusing=refuse_live_subscription)
+    erasure = personal_data.erase(conn, user_id, refuse_live_subscription=refuse_live_subscription)
+    storage.mark_legacy_erasure(conn, user_id)
     return erasure
 
 
-def _remember_billing_customer(session: Session, user_id: str, *, refusing: bool) -> None:
+def _remember_billing_customer(conn: Conn, user_id: str, *, refusing: bool) -> None:
     """Billing's step of an erasure: remember the Stripe customer (as a hash), so its later
     events are recorded as processed instead of failing for days. A subscription still live is
     NOT cancelled here (Stripe holds the billing relationship; docs/billing.md, "Erasure"): it
     is logged, without ids, for support, who find it through the next event's id."""
-    status = subscriptions.remember_erased_customer(session, user_id, now=utcnow())
+    status = subscriptions.remember_erased_customer(conn, user_id, now=utcnow())
     if status in subscriptions.LIVE_STATUSES and not refusing:
         log_event("erased_with_live_subscription", level=logging.WARNING, status=status)
 
@@ -166,33 +164,33 @@ class ClerkUser(BaseModel):
         return placeholder_email(self.id)
 
 
-def _apply(session: Session, delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
+def _apply(conn: Conn, delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
     """Claim the delivery and apply its effect in the caller's transaction; None = duplicate."""
-    if webhook_events.claim(session, delivery, kind, None, provider=CLERK) is None:
+    if webhook_events.claim(conn, delivery, kind, None, provider=CLERK) is None:
         return None
     outcome: str | Erasure
     if kind == "user.deleted":
-        outcome = erase(session, user.id)
+        outcome = erase(conn, user.id)
     else:
         outcome = sync_email(
-            session,
+            conn,
             user.id,
             user.primary_email(),
             replace_real_email=kind == "user.updated",
             changed_at=user.changed_at(),
         )
-    webhook_events.mark_processed(session, delivery)
+    webhook_events.mark_processed(conn, delivery)
     return outcome
 
 
 def _run(delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
     try:
-        return db.transaction(lambda s: _apply(s, delivery, kind, user))
+        return db.transaction(lambda conn: _apply(conn, delivery, kind, user))
     except IntegrityError as error:
         if not is_duplicate_user(error):
             raise
     # The user's first API call created the row while we were creating it; it is there now.
-    return db.transaction(lambda s: _apply(s, delivery, kind, user))
+    return db.transaction(lambda conn: _apply(conn, delivery, kind, user))
 
 
 def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:

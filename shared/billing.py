@@ -36,12 +36,11 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from shared import db
 from shared.clock import utcnow
 from shared.config import get_settings
-from shared.db import DatabaseUnavailableError
+from shared.db import Conn, DatabaseUnavailableError
 from shared.models import UserTier
 from shared.repositories import org_subscriptions, subscriptions, webhook_events
 from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
@@ -241,7 +240,7 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
 # --- applying it ----------------------------------------------------------------------------
 
 
-def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = None) -> Outcome:
+def apply_event(conn: Conn, event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     """Apply the event's effect in the caller's transaction, with no ledger claim: the rules
     alone, for a caller that owns the transaction (the ordering tests); events go through `process`.
 
@@ -249,10 +248,10 @@ def apply_event(session: Session, event: StripeEvent, *, now: datetime | None = 
     organization) matches and `InvalidEventError` when the event lacks what its type needs; the
     caller's transaction must then roll back.
     """
-    return _apply(session, event, now or utcnow())[0]
+    return _apply(conn, event, now or utcnow())[0]
 
 
-def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outcome, str | None]:
+def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, str | None]:
     """`apply_event`, with the id of the user whose row changed (None: no change). In the
     migration's dual/fallback storage modes the change also owes the legacy `user:{id}` record
     a copy, in this transaction (`shared.storage.mark_user`)."""
@@ -260,12 +259,12 @@ def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outc
     if plan is None:
         return Outcome.IGNORED, None
     customers = tuple(value for key, value in plan.candidates if key == "customer")
-    org = org_subscriptions.find(session, plan.org_id, customers)
+    org = org_subscriptions.find(conn, plan.org_id, customers)
     if org is not None or plan.org_id is not None:
-        return _apply_to_org(session, event, plan, org, moment), None
-    user_id = subscriptions.find_user_id(session, plan.candidates)
+        return _apply_to_org(conn, event, plan, org, moment), None
+    user_id = subscriptions.find_user_id(conn, plan.candidates)
     if user_id is None:
-        if any(subscriptions.is_erased_customer(session, c) for c in customers):
+        if any(subscriptions.is_erased_customer(conn, c) for c in customers):
             return Outcome.ERASED, None
         tried = ", ".join(f"{key}={value}" for key, value in plan.candidates if key != "email")
         has_email = any(key == "email" for key, _ in plan.candidates)
@@ -274,12 +273,12 @@ def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outc
         )
     if plan.change is None:
         linked = plan.link_customer is not None and subscriptions.link_customer(
-            session, user_id, plan.link_customer, now=moment
+            conn, user_id, plan.link_customer, now=moment
         )
         outcome = Outcome.LINKED if linked else Outcome.STALE
     else:
         decision = subscriptions.apply_change(
-            session, user_id, plan.change, event_at=event.created, now=moment
+            conn, user_id, plan.change, event_at=event.created, now=moment
         )
         outcome = _OUTCOMES[decision]
     if outcome is Outcome.STALE:
@@ -287,12 +286,12 @@ def _apply(session: Session, event: StripeEvent, moment: datetime) -> tuple[Outc
     if _legacy_mode():
         from shared import storage  # only the migration's modes load the legacy layer
 
-        storage.mark_user(session, user_id)
+        storage.mark_user(conn, user_id)
     return outcome, user_id
 
 
 def _apply_to_org(
-    session: Session,
+    conn: Conn,
     event: StripeEvent,
     plan: Plan,
     org: org_subscriptions.Found | None,
@@ -305,11 +304,11 @@ def _apply_to_org(
         return Outcome.DELETED
     if plan.change is None:
         linked = plan.link_customer is not None and org_subscriptions.link_customer(
-            session, org.id, plan.link_customer, now=moment
+            conn, org.id, plan.link_customer, now=moment
         )
         return Outcome.LINKED if linked else Outcome.STALE
     decision = org_subscriptions.apply_change(
-        session, org.id, plan.change, event_at=event.created, now=moment
+        conn, org.id, plan.change, event_at=event.created, now=moment
     )
     return _OUTCOMES[decision]
 
@@ -326,14 +325,12 @@ _OUTCOMES = {
 }
 
 
-def _claim_and_apply(
-    session: Session, event: StripeEvent, now: datetime
-) -> tuple[Outcome, str | None]:
-    if webhook_events.claim(session, event.id, event.type, event.payload(), now=now) is None:
+def _claim_and_apply(conn: Conn, event: StripeEvent, now: datetime) -> tuple[Outcome, str | None]:
+    if webhook_events.claim(conn, event.id, event.type, event.payload(), now=now) is None:
         return Outcome.DUPLICATE, None
-    outcome, changed = _apply(session, event, now)
+    outcome, changed = _apply(conn, event, now)
     erased = outcome is Outcome.ERASED
-    webhook_events.mark_processed(session, event.id, now=now, forget_payload=erased)
+    webhook_events.mark_processed(conn, event.id, now=now, forget_payload=erased)
     return outcome, changed
 
 
@@ -347,7 +344,7 @@ def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     """
     moment = now or utcnow()
     try:
-        outcome, changed = db.transaction(lambda s: _claim_and_apply(s, event, moment))
+        outcome, changed = db.transaction(lambda conn: _claim_and_apply(conn, event, moment))
     except Exception as error:
         _record_failure(event, error, moment)
         raise
@@ -379,7 +376,7 @@ def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
 
 def process_recorded(event_id: str, *, now: datetime | None = None) -> Outcome:
     """Run a recorded event again from its stored payload (the retry cron's entry point)."""
-    record = db.run(lambda session: webhook_events.get(session, event_id), idempotent=True)
+    record = db.run(lambda conn: webhook_events.get(conn, event_id), idempotent=True)
     if record is None:
         raise LookupError(f"webhook event {event_id} is not recorded")
     if record.processed:
@@ -409,8 +406,8 @@ def _record_failure(event: StripeEvent, error: BaseException, now: datetime) -> 
     log_event("stripe_event_failed", level=logging.ERROR, type=event.type, reason=reason)
     try:
         db.run(
-            lambda session: webhook_events.mark_failed(
-                session, event.id, event.type, event.payload(), reason, now=now
+            lambda conn: webhook_events.mark_failed(
+                conn, event.id, event.type, event.payload(), reason, now=now
             )
         )
     except Exception as failure:  # the database may be what failed; the sender retries anyway

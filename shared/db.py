@@ -3,8 +3,9 @@
 Shape of a call: `run(work)` for single statements (autocommit: one round trip each),
 `transaction(work)` for multi-step writes (`BEGIN` … `COMMIT`, all or nothing) and `read(work)`
 for work declared read-only, which a replica may serve (`shared.replicas`, only when
-DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set). `work` receives a SQLAlchemy `Session` and
-holds the SQL (see `shared.repositories`).
+DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set). `work` receives a `Conn` (the checked-out
+connection, and an ORM session built only if asked for) and holds the SQL (see
+`shared.repositories`).
 
 Why it looks like this:
 - The engine is built on first use and kept at module level; never in a FastAPI lifespan, which
@@ -18,7 +19,8 @@ Why it looks like this:
   compiled once (on its first run) and run by `execute_hot` straight on the checked-out psycopg
   connection, with SQLAlchemy's error wrapping, connection invalidation and cursor events kept
   (so the retry rules, the slow-query log and statement counting see it like any other).
-  `BEGIN` and `COMMIT` go the same way. The pooler rule is the connection's own
+  `BEGIN` and `COMMIT` go the same way. Work that runs only hot statements never builds an ORM
+  `Session` (`Conn.session` is built on first use). The pooler rule is the connection's own
   (`prepare_threshold`), so nothing changes there.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
@@ -256,7 +258,7 @@ _COMMIT_AND_POSITION = "COMMIT; SELECT pg_current_wal_insert_lsn() - '0/0'::pg_l
 _POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 
 
-def read(work: Callable[[Session], T], *, analytics: bool = False, snapshot: bool = False) -> T:
+def read(work: Callable[[Conn], T], *, analytics: bool = False, snapshot: bool = False) -> T:
     """Run read-only `work` where reads are served: the replica (DATABASE_READ_URL) when it is
     fresh enough for this caller, else the primary; `analytics=True` prefers
     ANALYTICS_DATABASE_URL. `snapshot=True` runs every statement in one transaction.
@@ -272,7 +274,7 @@ def read(work: Callable[[Session], T], *, analytics: bool = False, snapshot: boo
     return replicas.read(work, analytics=analytics, snapshot=snapshot)
 
 
-def run(work: Callable[[Session], T], *, idempotent: bool = False) -> T:
+def run(work: Callable[[Conn], T], *, idempotent: bool = False) -> T:
     """Run `work` with each statement committing on its own (one round trip per statement).
 
     Set `idempotent=True` for reads and for writes that are safe to repeat (e.g. `ON CONFLICT DO
@@ -281,13 +283,32 @@ def run(work: Callable[[Session], T], *, idempotent: bool = False) -> T:
     return _execute(work, atomic=False, idempotent=idempotent)
 
 
-def transaction(work: Callable[[Session], T]) -> T:
+def transaction(work: Callable[[Conn], T]) -> T:
     """Run `work` inside BEGIN … COMMIT: every statement applies, or none does.
 
     A connection failure before COMMIT rolls the transaction back on the server, so the whole
     unit is retried; a failure during COMMIT leaves the outcome unknown and is reported instead.
     """
     return _execute(work, atomic=True, idempotent=False)
+
+
+class Conn:
+    """What `work` receives: `connection`, the checked-out SQLAlchemy connection (hot statements
+    run on its psycopg connection), and `session`, an ORM session bound to it, built the first
+    time it is asked for: hot-only work then pays for no Session. `_execute` closes it."""
+
+    __slots__ = ("_session", "connection")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        """The ORM session on this connection: ORM statements join whatever it is running."""
+        if self._session is None:
+            self._session = Session(bind=self.connection, expire_on_commit=False, autoflush=False)
+        return self._session
 
 
 class HotStatement:
@@ -327,9 +348,9 @@ _DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
 
 
 def execute_hot(
-    session: Session, statement: HotStatement, params: Mapping[str, Any] | None = None
+    conn: Conn, statement: HotStatement, params: Mapping[str, Any] | None = None
 ) -> psycopg.Cursor[Any]:
-    """Run `statement` on the session's connection's psycopg connection; returns its cursor.
+    """Run `statement` on the psycopg connection under `conn`; returns its cursor.
 
     A driver error is raised as SQLAlchemy raises it (`DBAPIError` subclasses, e.g.
     `IntegrityError`), with the connection invalidated when psycopg says it broke, so
@@ -337,12 +358,12 @@ def execute_hot(
     sql, constants = statement.compiled()
     if constants is not None:
         params = {**constants, **params} if params else constants
-    return _execute_on(_connection_of(session), sql, params)
+    return _execute_on(conn.connection, sql, params)
 
 
-def driver_connection(session: Session) -> psycopg.Connection[Any]:
-    """The psycopg connection under `session` (e.g. to check its transaction status)."""
-    return _driver_of(_connection_of(session))
+def driver_connection(conn: Conn) -> psycopg.Connection[Any]:
+    """The psycopg connection under `conn` (e.g. to check its transaction status)."""
+    return _driver_of(conn.connection)
 
 
 def _driver_of(connection: Connection) -> psycopg.Connection[Any]:
@@ -350,20 +371,22 @@ def _driver_of(connection: Connection) -> psycopg.Connection[Any]:
     return driver
 
 
-def _connection_of(session: Session) -> Connection:
-    """The connection `run`/`transaction` bound the session to, else the session's own."""
-    bind = session.bind
-    return bind if isinstance(bind, Connection) else session.connection()
-
-
 def _execute_on(
     connection: Connection, sql: str, params: Mapping[str, Any] | None
 ) -> psycopg.Cursor[Any]:
     driver = _driver_of(connection)
     cursor = driver.cursor()
-    events = connection._has_events or connection.engine._has_events
-    if events:
-        connection.dispatch.before_cursor_execute(connection, cursor, sql, params, None, False)
+    # The engine's listeners (slow-query log, counters) straight from the engine when the
+    # connection has none of its own: its joined dispatcher, new with every checkout, builds
+    # its listener lists on first use, i.e. on every call (~7 us).
+    if connection._has_events:
+        dispatch = connection.dispatch
+    elif connection.engine._has_events:
+        dispatch = connection.engine.dispatch
+    else:
+        dispatch = None
+    if dispatch is not None:
+        dispatch.before_cursor_execute(connection, cursor, sql, params, None, False)
     try:
         cursor.execute(sql, params)
     except psycopg.Error as error:
@@ -373,8 +396,8 @@ def _execute_on(
         raise DBAPIError.instance(
             sql, params, error, psycopg.Error, connection_invalidated=broken
         ) from error
-    if events:
-        connection.dispatch.after_cursor_execute(connection, cursor, sql, params, None, False)
+    if dispatch is not None:
+        dispatch.after_cursor_execute(connection, cursor, sql, params, None, False)
     return cursor
 
 
@@ -385,7 +408,7 @@ def _begin_sql(settings: Settings) -> str:
 
 
 def _execute(
-    work: Callable[[Session], T],
+    work: Callable[[Conn], T],
     *,
     atomic: bool,
     idempotent: bool,
@@ -406,32 +429,34 @@ def _execute(
         attempt += 1
         stage = "connect"
         try:
-            # Checkout (and connect) before anything is sent. The session is bound to this
-            # connection: hot statements use it directly (`execute_hot`), without the
-            # session's own transaction bookkeeping; ORM statements join it.
-            with (
-                engine.connect() as connection,
-                Session(bind=connection, expire_on_commit=False, autoflush=False) as session,
-            ):
-                stage = "work"
-                if not atomic:
-                    result = work(session)
-                    if tracked is not None and not idempotent:
-                        stage = "position"
-                        tracked.written = _position(connection, _POSITION)
-                    return result
-                _execute_on(connection, _begin_sql(settings), None)
+            # Checkout (and connect) before anything is sent. Hot statements run on this
+            # connection directly (`execute_hot`); an ORM session, if `work` asks for one, is
+            # bound to it and joins whatever it is running.
+            with engine.connect() as connection:
+                conn = Conn(connection)
                 try:
-                    result = work(session)
-                except BaseException:
-                    _rollback_quietly(connection, session)
-                    raise
-                stage = "commit"
-                if tracked is None:
-                    _execute_on(connection, "COMMIT", None)
-                else:
-                    tracked.written = _position(connection, _COMMIT_AND_POSITION)
-                return result
+                    stage = "work"
+                    if not atomic:
+                        result = work(conn)
+                        if tracked is not None and not idempotent:
+                            stage = "position"
+                            tracked.written = _position(connection, _POSITION)
+                        return result
+                    _execute_on(connection, _begin_sql(settings), None)
+                    try:
+                        result = work(conn)
+                    except BaseException:
+                        _rollback_quietly(conn)
+                        raise
+                    stage = "commit"
+                    if tracked is None:
+                        _execute_on(connection, "COMMIT", None)
+                    else:
+                        tracked.written = _position(connection, _COMMIT_AND_POSITION)
+                    return result
+                finally:
+                    if conn._session is not None:
+                        conn._session.close()
         except PoolTimeoutError:
             # Every pooled connection stayed checked out for the whole budget (more threads than
             # DB_POOL_SIZE, e.g. a threaded dev server): unavailable to us, so a 503, not a 500.
@@ -489,16 +514,18 @@ def _position(connection: Connection, sql: str) -> int:
     return int(row[0]) if row else UNKNOWN_POSITION
 
 
-def _rollback_quietly(connection: Connection, session: Session) -> None:
+def _rollback_quietly(conn: Conn) -> None:
     """End a failed transaction so the pooled connection goes back clean.
 
     psycopg sends ROLLBACK only when the server reports an open transaction; a connection that
     died is already invalidated and goes nowhere near the pool again.
     """
+    connection = conn.connection
     if connection.invalidated:
         return
     try:
-        session.rollback()
+        if conn._session is not None:
+            conn._session.rollback()
         driver = _driver_of(connection)
         if driver.info.transaction_status != TransactionStatus.IDLE:
             driver.rollback()
@@ -510,7 +537,7 @@ def get_database_health() -> dict[str, Any]:
     """`{connected, responseTime}` (+ `error`), the original app's health shape."""
     started = time.perf_counter()
     try:
-        run(lambda session: session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+        run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
     except (DatabaseUnavailableError, DBAPIError) as error:
         elapsed = round((time.perf_counter() - started) * 1000)
         reason = "unreachable" if isinstance(error, DatabaseUnavailableError) else "query failed"

@@ -21,11 +21,10 @@ import io
 import logging
 from typing import BinaryIO
 
-from sqlalchemy.orm import Session
-
 from shared import db
 from shared.config import Settings
 from shared.contracts import account
+from shared.db import Conn
 from shared.repositories import personal_data
 from shared.s3 import S3Client, delete_keys, s3_client
 from shared.telemetry import log_event
@@ -38,9 +37,9 @@ def build(user_id: str) -> bytes:
     """The export document of `user_id` as UTF-8 JSON, serialised as the API serialises JSON
     (compact separators, non-ASCII kept), in memory: for documents small enough to answer."""
 
-    def work(session: Session) -> bytes:
+    def work(conn: Conn) -> bytes:
         out = io.BytesIO()
-        account.write_export(personal_data.export(session, user_id), out.write)
+        account.write_export(personal_data.export(conn, user_id), out.write)
         return out.getvalue()
 
     return db.read(work, snapshot=True)
@@ -51,13 +50,13 @@ def write_compressed(user_id: str, file: BinaryIO) -> int:
     the document's uncompressed size. `build`'s bytes, streamed: rows are read in chunks and
     written as they come, so memory does not grow with the document."""
 
-    def work(session: Session) -> int:
+    def work(conn: Conn) -> int:
         file.seek(0)  # a retried transaction starts the file again
         file.truncate()
         with gzip.GzipFile(
             filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=file, mtime=0
         ) as compressed:
-            account.write_export(personal_data.export(session, user_id), compressed.write)
+            account.write_export(personal_data.export(conn, user_id), compressed.write)
             return compressed.tell()
 
     return db.read(work, snapshot=True)

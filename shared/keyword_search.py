@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from shared import cache, db, providers, storage
 from shared.auth import ActiveOrg, Identity, forget, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
+from shared.db import Conn
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import UserTier
@@ -137,12 +136,12 @@ def _reserve(
 ) -> users.Usage:
     limits = Limits.from_settings(get_settings())
 
-    def reserve(session: Session) -> users.Usage:
+    def reserve(conn: Conn) -> users.Usage:
         usage = users.reserve_keywords(
-            session, identity.user_id, identity.email, count, limits=limits, enforce=enforce,
+            conn, identity.user_id, identity.email, count, limits=limits, enforce=enforce,
             now=now, hold=hold,
         )  # fmt: skip
-        storage.count_legacy_usage(session, identity.user_id, count, now)  # dual/fallback
+        storage.count_legacy_usage(conn, identity.user_id, count, now)  # dual/fallback
         return usage
 
     return db.run(reserve)
@@ -160,9 +159,9 @@ def _reserve_for(
     history row name the user), so it is provisioned first: no query in a warm container."""
     limits = OrgLimits.from_settings(get_settings())
 
-    def reserve(session: Session) -> org_quota.OrgUsage:
+    def reserve(conn: Conn) -> org_quota.OrgUsage:
         return org_quota.reserve_keywords(
-            session, org.id, identity.user_id, count, slug=org.slug, limits=limits,
+            conn, org.id, identity.user_id, count, slug=org.slug, limits=limits,
             enforce=enforce, now=now, hold=hold,
         )  # fmt: skip
 
@@ -178,13 +177,13 @@ def _reserve_for(
 def _give_back(identity: Identity, reservation_id: str, reserved_at: datetime) -> None:
     """Release the reservation; a personal one's legacy counter follows (a team has none)."""
     if identity.org is not None:
-        db.run(lambda session: reservations.release(session, reservation_id))
+        db.run(lambda conn: reservations.release(conn, reservation_id))
         return
     user_id = identity.user_id
 
-    def release(session: Session) -> None:
-        given_back = reservations.release(session, reservation_id)
-        storage.count_legacy_usage(session, user_id, -given_back, reserved_at)  # dual/fallback
+    def release(conn: Conn) -> None:
+        given_back = reservations.release(conn, reservation_id)
+        storage.count_legacy_usage(conn, user_id, -given_back, reserved_at)  # dual/fallback
 
     db.run(release)
     storage.mirror_usage(user_id)
@@ -232,8 +231,8 @@ def _record(
     )
     try:
         db.run(
-            lambda s: search_history.record_with_usage(
-                s, search_row, usage_row, reservation_id=hold.id
+            lambda conn: search_history.record_with_usage(
+                conn, search_row, usage_row, reservation_id=hold.id
             )
         )
     except UserNotFoundError:
@@ -243,4 +242,4 @@ def _record(
         # write the rows once more, with no reservation left to confirm.
         forget(identity.user_id)
         provision(identity)
-        db.run(lambda s: search_history.record_with_usage(s, search_row, usage_row))
+        db.run(lambda conn: search_history.record_with_usage(conn, search_row, usage_row))

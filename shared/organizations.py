@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from shared import db
 from shared.accounts import CLERK, MAX_MILLISECONDS
+from shared.db import Conn
 from shared.repositories import organizations, subscriptions, webhook_events
 from shared.repositories.organizations import Removal
 from shared.telemetry import log_event
@@ -108,26 +108,24 @@ def normalise_role(role: str) -> str:
     return role if role.startswith("org:") else f"org:{role}"
 
 
-def _effect(session: Session, kind: str, event: OrganizationEvent) -> str | Removal:
+def _effect(conn: Conn, kind: str, event: OrganizationEvent) -> str | Removal:
     if isinstance(event, ClerkOrganization):
-        return organizations.mirror_organization(session, event.mirrored())
+        return organizations.mirror_organization(conn, event.mirrored())
     if isinstance(event, ClerkMembership):
-        outcome = organizations.mirror_organization(session, event.organization.mirrored())
+        outcome = organizations.mirror_organization(conn, event.organization.mirrored())
         if outcome == "organization_deleted":
             return outcome
         deleted = kind == "organizationMembership.deleted"
-        return organizations.mirror_membership(session, event.mirrored(deleted=deleted))
-    return organizations.delete(session, event.id)
+        return organizations.mirror_membership(conn, event.mirrored(deleted=deleted))
+    return organizations.delete(conn, event.id)
 
 
-def _apply(
-    session: Session, delivery: str, kind: str, event: OrganizationEvent
-) -> str | Removal | None:
+def _apply(conn: Conn, delivery: str, kind: str, event: OrganizationEvent) -> str | Removal | None:
     """Claim the delivery and apply its effect in the caller's transaction; None = duplicate."""
-    if webhook_events.claim(session, delivery, kind, None, provider=CLERK) is None:
+    if webhook_events.claim(conn, delivery, kind, None, provider=CLERK) is None:
         return None
-    outcome = _effect(session, kind, event)
-    webhook_events.mark_processed(session, delivery)
+    outcome = _effect(conn, kind, event)
+    webhook_events.mark_processed(conn, delivery)
     return outcome
 
 
@@ -152,7 +150,7 @@ def _log_removal(removal: Removal) -> None:
 
 def apply_organization_event(delivery: str, kind: str, event: OrganizationEvent) -> dict[str, bool]:
     """Apply one verified Clerk organization or membership event exactly once."""
-    outcome = db.transaction(lambda s: _apply(s, delivery, kind, event))
+    outcome = db.transaction(lambda conn: _apply(conn, delivery, kind, event))
     if outcome is None:
         log_event("clerk_webhook", type=kind, outcome="duplicate")
         return {"received": True, "duplicate": True}

@@ -32,10 +32,10 @@ from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from shared import db
 from shared.config import get_settings
+from shared.db import Conn
 from shared.telemetry import log_event
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ _freshness: dict[str, _Freshness] = {}
 _lock = threading.Lock()
 
 
-def read(work: Callable[[Session], T], *, analytics: bool, snapshot: bool) -> T:
+def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
     """`work` on the read URL that should serve it, else on the primary (logged)."""
     settings = get_settings()
     variable, url = READ_URL, settings.database_read_url
@@ -114,13 +114,13 @@ def read(work: Callable[[Session], T], *, analytics: bool, snapshot: bool) -> T:
         engine = db.get_read_engine(variable, url)
         budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
 
-        def check(session: Session) -> None:
-            _check(session, state, required, max_lag, accept_primary=accept_primary)
+        def check(conn: Conn) -> None:
+            _check(conn, state, required, max_lag, accept_primary=accept_primary)
 
-        def checked(session: Session) -> T:
+        def checked(conn: Conn) -> T:
             if not proven and not snapshot:
-                check(session)  # on the read's own connection, just before it
-            return work(session)
+                check(conn)  # on the read's own connection, just before it
+            return work(conn)
 
         try:
             if not proven and snapshot:
@@ -171,11 +171,11 @@ def _proven(
 
 
 def _check(
-    session: Session, state: _Freshness, required: int | None, max_lag: int, *, accept_primary: bool
+    conn: Conn, state: _Freshness, required: int | None, max_lag: int, *, accept_primary: bool
 ) -> None:
-    """Check the server behind `session`; raise `_Refused` unless it may serve this read."""
+    """Check the server behind `conn`; raise `_Refused` unless it may serve this read."""
     started = time.monotonic()
-    in_recovery, replayed, lag_ms = session.execute(_CHECK).one()
+    in_recovery, replayed, lag_ms = conn.connection.execute(_CHECK).one()
     state.checked_at = started
     state.primary = not in_recovery
     if not in_recovery:

@@ -45,13 +45,12 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from upstash_redis import Redis
 
 from shared import db
 from shared.clock import next_month_start, utcnow
 from shared.config import ConfigurationError, get_settings
-from shared.db import DatabaseUnavailableError
+from shared.db import Conn, DatabaseUnavailableError
 from shared.errors import EmailInUseError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
@@ -105,16 +104,16 @@ def _from_redis(read: Callable[[], T], what: str) -> T | None:
 # --- the outbox: mark in the data transaction, then copy and clear ---------------------------
 
 
-def _copy(session: Session, entry_key: str, kind: str, user_id: str, client: Redis) -> None:
+def _copy(conn: Conn, entry_key: str, kind: str, user_id: str, client: Redis) -> None:
     """Make the Redis side of `entry_key` match what Postgres has committed."""
     if kind == "saved_search":
         ids = keys.saved_search_ids_of(entry_key)
         if ids is None:  # never written by this module; refused, not fatal to the repair loop
             raise LegacyRecordError(entry_key, "not a saved-search:{userId}:{searchId} key")
-        search = legacy_repairs.saved_search_state(session, *ids)
+        search = legacy_repairs.saved_search_state(conn, *ids)
         store.write_saved_search(client, ids[0], ids[1], search)
         return
-    user = users.get(session, user_id)
+    user = users.get(conn, user_id)
     if kind == "erasure":
         if user is None:  # Clerk never reuses an id: a row here would be a mistake to keep
             store.erase_user_keys(client, user_id, None, None)
@@ -124,22 +123,22 @@ def _copy(session: Session, entry_key: str, kind: str, user_id: str, client: Red
         store.write_user(client, user)
 
 
-def _sync_locked(session: Session, key: str, client: Redis, *, skip_locked: bool) -> bool | None:
+def _sync_locked(conn: Conn, key: str, client: Redis, *, skip_locked: bool) -> bool | None:
     """True: Redis matches and the mark is gone. False: Redis failed, the mark stays with the
     reason. None: no mark (already synced) or, with `skip_locked`, another writer holds it."""
-    entry = legacy_repairs.lock(session, key, skip_locked=skip_locked)
+    entry = legacy_repairs.lock(conn, key, skip_locked=skip_locked)
     if entry is None:
         return None
     try:
-        _copy(session, entry.key, entry.kind, entry.user_id, client)
+        _copy(conn, entry.key, entry.kind, entry.user_id, client)
     except LegacyRecordError as error:
         reason = f"legacy key left untouched: {error.reason}"
     except store.REDIS_ERRORS as error:
         reason = f"redis: {error}"
     else:
-        legacy_repairs.clear(session, key)
+        legacy_repairs.clear(conn, key)
         return True
-    legacy_repairs.record_failure(session, key, reason)
+    legacy_repairs.record_failure(conn, key, reason)
     log_event("legacy_mirror_failed", level=logging.WARNING, key=key, reason=reason)
     return False
 
@@ -149,15 +148,15 @@ def _sync(key: str) -> bool:
     Postgres fails here, the committed mark stays for the repair job."""
     try:
         client = _client()
-        outcome = db.transaction(lambda s: _sync_locked(s, key, client, skip_locked=False))
+        outcome = db.transaction(lambda conn: _sync_locked(conn, key, client, skip_locked=False))
         return outcome is not False
     except DatabaseUnavailableError:
         log_event("legacy_mirror_deferred", level=logging.WARNING, key=key)
         return False
 
 
-def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Session], None]:
-    return lambda session: legacy_repairs.mark(session, key, kind, user_id)
+def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Conn], None]:
+    return lambda conn: legacy_repairs.mark(conn, key, kind, user_id)
 
 
 # --- users ------------------------------------------------------------------------------------
@@ -168,7 +167,9 @@ def _import_user(client: Redis, record: UserData, counters: Counters, now: datet
     another account holds their address, they are reattached (`reattach_user`)."""
     row = mapping.user_row(record, counters, now)
     try:
-        db.run(lambda s: legacy_import.upsert_users(s, [row], overwrite=False), idempotent=True)
+        db.run(
+            lambda conn: legacy_import.upsert_users(conn, [row], overwrite=False), idempotent=True
+        )
     except IntegrityError as error:
         if _constraint(error) not in _EMAIL_CONSTRAINTS:
             raise
@@ -216,9 +217,9 @@ def reattach_user(
         listed = []
     searches = [mapping.saved_search_row(r) for r in listed]
 
-    def work(session: Session) -> int:
-        legacy_import.upsert_users(session, [row], overwrite=False)
-        return legacy_import.upsert_saved_searches(session, searches, overwrite=False).inserted
+    def work(conn: Conn) -> int:
+        legacy_import.upsert_users(conn, [row], overwrite=False)
+        return legacy_import.upsert_saved_searches(conn, searches, overwrite=False).inserted
 
     inserted = db.transaction(work)
     log_event("legacy_user_reattached", level=logging.WARNING, savedSearches=inserted)
@@ -234,7 +235,7 @@ def provision_user(user_id: str, email: str) -> None:
     """
     if mode() == "postgres":
         try:
-            db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+            db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
         except EmailInUseError:
             if not _reattach_on_sign_in(user_id):
                 raise
@@ -246,7 +247,7 @@ def provision_user(user_id: str, email: str) -> None:
     if record is not None:
         _import_user(client, record, counters, now)
         return
-    db.run(lambda s: users.get_or_create(s, user_id, email), idempotent=True)
+    db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
     # Marked after the get-or-create commits: if we crash in between, the next sign-in (Redis
     # still missing the user) runs this again.
     key = keys.user(user_id)
@@ -270,7 +271,7 @@ def _reattach_on_sign_in(user_id: str) -> bool:
     return False
 
 
-def mark_legacy_erasure(session: Session, user_id: str) -> None:
+def mark_legacy_erasure(conn: Conn, user_id: str) -> None:
     """In the erasure's own transaction: record that the user's legacy Redis keys must go.
 
     Committed with the erasure, so a crash before `erase_legacy_user` has deleted the keys
@@ -279,8 +280,8 @@ def mark_legacy_erasure(session: Session, user_id: str) -> None:
     too. Without Redis configured there is nothing to delete, and nothing is marked.
     """
     if get_redis() is not None:
-        legacy_repairs.mark(session, keys.erasure(user_id), "erasure", user_id)
-        legacy_repairs.drop_deltas(session, user_id)  # the erasure deletes the counters
+        legacy_repairs.mark(conn, keys.erasure(user_id), "erasure", user_id)
+        legacy_repairs.drop_deltas(conn, user_id)  # the erasure deletes the counters
 
 
 def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:
@@ -302,7 +303,7 @@ def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str |
         log_event("legacy_erase_deferred", level=logging.WARNING, reason=str(error))
     else:
         try:
-            db.run(lambda s: legacy_repairs.clear(s, key), idempotent=True)
+            db.run(lambda conn: legacy_repairs.clear(conn, key), idempotent=True)
         except DatabaseUnavailableError:
             log_event("legacy_erase_mark_kept", level=logging.WARNING, key=key)
         return True
@@ -332,22 +333,22 @@ def usage(user_id: str, limits: Limits, *, now: datetime | None = None) -> Usage
             return _legacy_usage_view(loaded[0], loaded[1], limits, now)
         if mode() == "dual":
             raise UserNotFoundError(user_id)
-    user = db.run(lambda s: users.get(s, user_id), idempotent=True)
+    user = db.run(lambda conn: users.get(conn, user_id), idempotent=True)
     if user is None:
         raise UserNotFoundError(user_id)
     return usage_view(user, limits, now)
 
 
-def count_legacy_usage(session: Session, user_id: str, delta: int, at: datetime) -> None:
+def count_legacy_usage(conn: Conn, user_id: str, delta: int, at: datetime) -> None:
     """In the transaction that moved the user's Postgres counter by `delta` (a reservation, or
     a release when negative): record that the legacy counter owes it. A no-op in postgres mode.
     `mirror_usage` applies it after the commit."""
     if mode() == "postgres" or delta == 0:
         return
-    user = users.get(session, user_id)
+    user = users.get(conn, user_id)
     if user is not None:
         key, expires_at = mapping.counter_target(user, at)
-        legacy_repairs.add_delta(session, key, user_id, delta, expires_at)
+        legacy_repairs.add_delta(conn, key, user_id, delta, expires_at)
 
 
 def mirror_usage(user_id: str) -> None:
@@ -358,20 +359,20 @@ def mirror_usage(user_id: str) -> None:
         return
     try:
         client = _client()
-        db.transaction(lambda s: _apply_owed(s, user_id, client))
+        db.transaction(lambda conn: _apply_owed(conn, user_id, client))
     except DatabaseUnavailableError:
         log_event("legacy_usage_deferred", level=logging.WARNING)
 
 
-def _apply_owed(session: Session, user_id: str, client: Redis) -> bool | None:
+def _apply_owed(conn: Conn, user_id: str, client: Redis) -> bool | None:
     """True: every owed delta of the user was applied. False: Redis failed or a counter was
     unreadable; those stay owed with the reason. None: nothing owed (or in use elsewhere)."""
-    owed = legacy_repairs.lock_deltas(session, user_id)
+    owed = legacy_repairs.lock_deltas(conn, user_id)
     if not owed:
         return None
-    user = users.get(session, user_id)
+    user = users.get(conn, user_id)
     if user is None:  # erased meanwhile: the erasure deletes the counters, nothing to add
-        legacy_repairs.clear_deltas(session, [d.id for d in owed])
+        legacy_repairs.clear_deltas(conn, [d.id for d in owed])
         return True
     now = utcnow()
     try:
@@ -381,22 +382,22 @@ def _apply_owed(session: Session, user_id: str, client: Redis) -> bool | None:
         )
     except store.REDIS_ERRORS as error:
         reason = f"redis: {error}"
-        legacy_repairs.fail_deltas(session, [d.id for d in owed], reason)
+        legacy_repairs.fail_deltas(conn, [d.id for d in owed], reason)
         log_event("legacy_usage_failed", level=logging.WARNING, reason=reason)
         return False
     applied = [d for d, value in zip(owed, values, strict=True) if value is not None]
     unreadable = [d for d, value in zip(owed, values, strict=True) if value is None]
-    legacy_repairs.clear_deltas(session, [d.id for d in applied])
+    legacy_repairs.clear_deltas(conn, [d.id for d in applied])
     if unreadable:
         reason = "legacy key left untouched: usage counter is not a whole number"
-        legacy_repairs.fail_deltas(session, [d.id for d in unreadable], reason)
+        legacy_repairs.fail_deltas(conn, [d.id for d in unreadable], reason)
         for delta in unreadable:
             log_event("legacy_usage_failed", level=logging.WARNING, key=delta.key, reason=reason)
     current, _ = mapping.counter_target(user, now)
     learned = [value for d, value in zip(owed, values, strict=True) if d.key == current]
     if learned and learned[-1] is not None:
         legacy_import.learn_counter(
-            session, user_id, learned[-1], trial=user.tier is UserTier.FREE, now=now
+            conn, user_id, learned[-1], trial=user.tier is UserTier.FREE, now=now
         )
     return not unreadable
 
@@ -407,12 +408,12 @@ def mirror_user(user_id: str) -> None:
     _mirror(keys.user(user_id), "user", user_id)
 
 
-def mark_user(session: Session, user_id: str) -> None:
+def mark_user(conn: Conn, user_id: str) -> None:
     """In the transaction that changes a user row outside this module (billing's tier and
     Stripe ids): owe `user:{id}` a copy, committed with the change, so a crash before
     `sync_user` leaves it to the repair job. A no-op in postgres mode."""
     if mode() != "postgres":
-        legacy_repairs.mark(session, keys.user(user_id), "user", user_id)
+        legacy_repairs.mark(conn, keys.user(user_id), "user", user_id)
 
 
 def sync_user(user_id: str) -> None:
@@ -441,7 +442,7 @@ def list_searches(user_id: str) -> list[SavedSearch]:
         records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
         if records or mode() == "dual":
             return [mapping.saved_search_from_record(record) for record in records or []]
-    page = db.run(lambda s: saved_searches.list_for_user(s, user_id), idempotent=True)
+    page = db.run(lambda conn: saved_searches.list_for_user(conn, user_id), idempotent=True)
     return page.items
 
 
@@ -455,19 +456,19 @@ def get_search(user_id: str, search_id: str) -> SavedSearch | None:
             return mapping.saved_search_from_record(record)
         if mode() == "dual":
             return None
-    return db.run(lambda s: saved_searches.get(s, user_id, search_id), idempotent=True)
+    return db.run(lambda conn: saved_searches.get(conn, user_id, search_id), idempotent=True)
 
 
 def create_search(user_id: str, search: saved_searches.NewSavedSearch) -> SavedSearch:
     """Save a search; raises `SavedSearchLimitError` at the cap."""
     if mode() == "postgres":
-        return db.transaction(lambda s: saved_searches.create(s, user_id, search))
+        return db.transaction(lambda conn: saved_searches.create(conn, user_id, search))
     search_id = new_uuid()
     key = keys.saved_search(user_id, search_id)
 
-    def work(session: Session) -> SavedSearch:
-        created = saved_searches.create(session, user_id, search, search_id=search_id)
-        legacy_repairs.mark(session, key, "saved_search", user_id)
+    def work(conn: Conn) -> SavedSearch:
+        created = saved_searches.create(conn, user_id, search, search_id=search_id)
+        legacy_repairs.mark(conn, key, "saved_search", user_id)
         return created
 
     created = db.transaction(work)
@@ -481,23 +482,23 @@ def update_search(
     """Rename or describe a search; None when the user has no such search."""
     if mode() == "postgres":
         return db.run(
-            lambda s: saved_searches.update_search(
-                s, user_id, search_id, name=name, description=description
+            lambda conn: saved_searches.update_search(
+                conn, user_id, search_id, name=name, description=description
             )
         )
     key = keys.saved_search(user_id, search_id)
 
-    def work(session: Session, imported: dict[str, Any] | None) -> SavedSearch | None:
+    def work(conn: Conn, imported: dict[str, Any] | None) -> SavedSearch | None:
         if imported is not None:
-            legacy_import.upsert_saved_searches(session, [imported], overwrite=False)
+            legacy_import.upsert_saved_searches(conn, [imported], overwrite=False)
         updated = saved_searches.update_search(
-            session, user_id, search_id, name=name, description=description
+            conn, user_id, search_id, name=name, description=description
         )
         if updated is not None:
-            legacy_repairs.mark(session, key, "saved_search", user_id)
+            legacy_repairs.mark(conn, key, "saved_search", user_id)
         return updated
 
-    updated = db.transaction(lambda s: work(s, None))
+    updated = db.transaction(lambda conn: work(conn, None))
     if updated is None:  # maybe only the TypeScript app has it: import it, then update
         client = _client()
         record = _from_redis(
@@ -506,7 +507,7 @@ def update_search(
         if record is None:
             return None
         row = mapping.saved_search_row(record)
-        updated = db.transaction(lambda s: work(s, row))
+        updated = db.transaction(lambda conn: work(conn, row))
     if updated is not None:
         _sync(key)
     return updated
@@ -515,13 +516,13 @@ def update_search(
 def delete_search(user_id: str, search_id: str) -> bool:
     """True when the user's search existed (in either store) and is now gone."""
     if mode() == "postgres":
-        return db.run(lambda s: saved_searches.delete_search(s, user_id, search_id))
+        return db.run(lambda conn: saved_searches.delete_search(conn, user_id, search_id))
     key = keys.saved_search(user_id, search_id)
 
-    def work(session: Session) -> bool:
-        deleted = saved_searches.delete_search(session, user_id, search_id)
+    def work(conn: Conn) -> bool:
+        deleted = saved_searches.delete_search(conn, user_id, search_id)
         if deleted:
-            legacy_repairs.mark(session, key, "saved_search", user_id)
+            legacy_repairs.mark(conn, key, "saved_search", user_id)
         return deleted
 
     if not db.transaction(work):
@@ -549,7 +550,7 @@ def pending_repairs() -> int:
     """How many legacy keys still have to be made to match Postgres, and counter deltas
     Redis still owes."""
     return db.run(
-        lambda s: legacy_repairs.count(s) + legacy_repairs.count_deltas(s), idempotent=True
+        lambda conn: legacy_repairs.count(conn) + legacy_repairs.count_deltas(conn), idempotent=True
     )
 
 
@@ -561,18 +562,18 @@ def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSu
     """
     client = client or _client()
     outcomes: list[bool | None] = []
-    for key in db.run(lambda s: legacy_repairs.pending(s, limit=limit), idempotent=True):
+    for key in db.run(lambda conn: legacy_repairs.pending(conn, limit=limit), idempotent=True):
 
-        def repair(session: Session, key: str = key) -> bool | None:
-            return _sync_locked(session, key, client, skip_locked=True)
+        def repair(conn: Conn, key: str = key) -> bool | None:
+            return _sync_locked(conn, key, client, skip_locked=True)
 
         outcomes.append(db.transaction(repair))
     for user_id in db.run(
-        lambda s: legacy_repairs.users_owing_deltas(s, limit=limit), idempotent=True
+        lambda conn: legacy_repairs.users_owing_deltas(conn, limit=limit), idempotent=True
     ):
 
-        def apply(session: Session, user_id: str = user_id) -> bool | None:
-            return _apply_owed(session, user_id, client)
+        def apply(conn: Conn, user_id: str = user_id) -> bool | None:
+            return _apply_owed(conn, user_id, client)
 
         outcomes.append(db.transaction(apply))
     repaired, failed = outcomes.count(True), outcomes.count(False)

@@ -40,12 +40,16 @@ def export_one(run: Run, s3: S3Client) -> bool:
     """Claim and build one export; False when none is waiting."""
     settings = run.settings
     bucket = str(settings.backup_bucket)
-    claimed = db.run(lambda s: data_exports.claim(s, now=utcnow(), stale_after=STALE_AFTER))
+    claimed = db.run(lambda conn: data_exports.claim(conn, now=utcnow(), stale_after=STALE_AFTER))
     if claimed is None:
         return False
     ttl = timedelta(days=settings.export_ttl_days)
     if claimed.attempts > MAX_ATTEMPTS:
-        db.run(lambda s: data_exports.fail(s, claimed.id, error="attempts", now=utcnow(), ttl=ttl))
+        db.run(
+            lambda conn: data_exports.fail(
+                conn, claimed.id, error="attempts", now=utcnow(), ttl=ttl
+            )
+        )
         run.extra["failed"] = run.extra.get("failed", 0) + 1
         return True
     key = exports.object_key(settings, claimed.user_id, claimed.id)
@@ -56,8 +60,8 @@ def export_one(run: Run, s3: S3Client) -> bool:
     started_at = claimed.started_at
     assert started_at is not None  # claim sets it
     finished = db.run(
-        lambda s: data_exports.finish(
-            s, claimed.id, started_at=started_at, object_key=key, raw_bytes=raw_bytes,
+        lambda conn: data_exports.finish(
+            conn, claimed.id, started_at=started_at, object_key=key, raw_bytes=raw_bytes,
             gzip_bytes=gzip_bytes, now=utcnow(), ttl=ttl,
         )
     )  # fmt: skip
@@ -74,7 +78,7 @@ def sweep(run: Run, s3: S3Client) -> int:
     """Delete expired exports and every unnamed object older than SWEEP_GRACE; objects deleted."""
     settings = run.settings
     bucket = str(settings.backup_bucket)
-    run.extra["expired"] = db.run(lambda s: data_exports.expire(s, now=run.now))
+    run.extra["expired"] = db.run(lambda conn: data_exports.expire(conn, now=run.now))
     live = db.run(data_exports.live_keys)
     cutoff = run.now - SWEEP_GRACE
     doomed = [

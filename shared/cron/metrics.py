@@ -16,10 +16,9 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.orm import Session
-
 from shared import db
 from shared.cron.runner import Job, LeaseLostError, Run
+from shared.db import Conn
 from shared.redis import get_redis
 from shared.repositories import cron_leases, database_stats, search_history, system_metrics
 from shared.repositories.system_metrics import Sample
@@ -51,9 +50,9 @@ def redis_samples(at: datetime) -> list[Sample]:
     return samples
 
 
-def database_samples(session: Session, start: datetime, end: datetime) -> list[Sample]:
-    stats = database_stats.read(session)
-    window = search_history.stats(session, since=start, until=end)
+def database_samples(conn: Conn, start: datetime, end: datetime) -> list[Sample]:
+    stats = database_stats.read(conn)
+    window = search_history.stats(conn, since=start, until=end)
     samples = [
         Sample("db.size_bytes", float(stats.size_bytes), None, end),
         Sample(
@@ -94,10 +93,10 @@ def collect_metrics(run: Run) -> None:
     run.state["collectedUntil"] = end.isoformat()
     redis = redis_samples(end)  # before the transaction: no HTTP call while it is open
 
-    def record(session: Session) -> int:
-        samples = database_samples(session, start, end) + redis
-        system_metrics.record_many(session, samples)
-        if not cron_leases.save_state(session, run.job, run.holder, run.state):
+    def record(conn: Conn) -> int:
+        samples = database_samples(conn, start, end) + redis
+        system_metrics.record_many(conn, samples)
+        if not cron_leases.save_state(conn, run.job, run.holder, run.state):
             raise LeaseLostError(f"cron job {run.job} lost its lease")  # rolls the INSERT back
         return len(samples)
 

@@ -26,11 +26,11 @@ from typing import TypeVar
 
 from psycopg.errors import LockNotAvailable
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from shared import db
 from shared.config import Settings
 from shared.cron.runner import Job, Run
+from shared.db import Conn
 from shared.repositories import partitions, retention
 
 T = TypeVar("T")
@@ -75,7 +75,7 @@ def prune(run: Run) -> None:
             return
 
 
-def _unless_locked(run: Run, work: Callable[[Session], T], what: str) -> T | None:
+def _unless_locked(run: Run, work: Callable[[Conn], T], what: str) -> T | None:
     """`work` in one transaction, or None if it met a lock held past the lock timeout (a long
     reader, an export): the run is then incomplete, names `what` in `lockedOut`, and the next
     run tries again."""

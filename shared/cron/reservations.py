@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy.orm import Session
-
 from shared import db
 from shared.cron.runner import Job, Run
+from shared.db import Conn
 from shared.repositories import reservations
 
 
@@ -29,7 +28,7 @@ def reconcile_reservations(run: Run) -> None:
     given_back = 0
     while run.has_time():
         with run.batch():
-            released = db.run(lambda s: _give_back(s, run.now, size, legacy=legacy))
+            released = db.run(lambda conn: _give_back(conn, run.now, size, legacy=legacy))
         if legacy:
             _mirror({user_id for user_id, _, _ in released.given_back})
         run.processed += released.reservations
@@ -39,18 +38,16 @@ def reconcile_reservations(run: Run) -> None:
     run.extra["keywordsGivenBack"] = given_back
 
 
-def _give_back(
-    session: Session, now: datetime, size: int, *, legacy: bool
-) -> reservations.Released:
+def _give_back(conn: Conn, now: datetime, size: int, *, legacy: bool) -> reservations.Released:
     """One batch. In dual/fallback storage modes the legacy Redis counters, which the
     TypeScript app increments too, owe each give-back as a negative delta, recorded in the
     same transaction (never copied over: `shared.storage.count_legacy_usage`)."""
-    released = reservations.release_expired(session, now=now, limit=size)
+    released = reservations.release_expired(conn, now=now, limit=size)
     if legacy:
         from shared import storage  # only the migration's modes load the legacy layer
 
         for user_id, keywords, reserved_at in released.given_back:
-            storage.count_legacy_usage(session, user_id, -keywords, reserved_at)
+            storage.count_legacy_usage(conn, user_id, -keywords, reserved_at)
     return released
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy.orm import Session
-
 from shared import db
 from shared.cron.runner import Job, Run
+from shared.db import Conn
 from shared.repositories import users
 
 
@@ -31,10 +30,8 @@ def reset_monthly_usage(run: Run) -> None:
         after = batch.last_id
 
 
-def _reset_batch(
-    session: Session, *, after: str | None, size: int, now: datetime
-) -> users.ResetBatch:
-    return users.reset_stale_monthly_usage(session, after_id=after, limit=size, now=now)
+def _reset_batch(conn: Conn, *, after: str | None, size: int, now: datetime) -> users.ResetBatch:
+    return users.reset_stale_monthly_usage(conn, after_id=after, limit=size, now=now)
 
 
 JOB = Job("reset_monthly_usage", reset_monthly_usage)

@@ -120,9 +120,7 @@ class Run:
 
     def save_state(self) -> None:
         """Persist `state` now (for progress that must survive a crash); fenced by the lease."""
-        saved = db.run(
-            lambda session: cron_leases.save_state(session, self.job, self.holder, self.state)
-        )
+        saved = db.run(lambda conn: cron_leases.save_state(conn, self.job, self.holder, self.state))
         if not saved:
             raise LeaseLostError(f"cron job {self.job} lost its lease")
 
@@ -165,7 +163,7 @@ def run_job(
     holder = uuid.uuid4().hex
     # The lease outlives this invocation's hard limit by a second at most.
     ttl = math.ceil(budget.remaining_ms() / 1000) + 1
-    lease = db.run(lambda s: cron_leases.acquire(s, job.name, holder, ttl_seconds=ttl))
+    lease = db.run(lambda conn: cron_leases.acquire(conn, job.name, holder, ttl_seconds=ttl))
     if lease is None:
         run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
         run.complete = False
@@ -208,7 +206,9 @@ def _release(run: Run, *, state: dict[str, Any] | None, completed: bool) -> None
     """Give the lease back; a failure here only delays the next run until the lease expires."""
     try:
         released = db.run(
-            lambda s: cron_leases.release(s, run.job, run.holder, state=state, completed=completed)
+            lambda conn: cron_leases.release(
+                conn, run.job, run.holder, state=state, completed=completed
+            )
         )
     except Exception as error:
         log_event(

@@ -30,7 +30,7 @@ def expire_trials(run: Run) -> None:
     since = datetime.fromisoformat(checked) if checked else run.now - FIRST_WINDOW
     since = min(since, run.now)
     with run.batch():
-        counts = db.read(lambda s: users.count_expired_trials(s, now=run.now, since=since))
+        counts = db.read(lambda conn: users.count_expired_trials(conn, now=run.now, since=since))
     run.processed = counts.since
     run.extra.update(expiredSinceLastRun=counts.since, expiredTrials=counts.total, rowsChanged=0)
     run.state["checkedUntil"] = run.now.isoformat()

@@ -38,8 +38,8 @@ def retry_webhooks(run: Run) -> None:
     while run.has_time():
         with run.batch():
             due = db.read(
-                lambda s: webhook_events.list_retryable(
-                    s,
+                lambda conn: webhook_events.list_retryable(
+                    conn,
                     max_attempts=settings.webhook_retry_max_attempts,
                     base_delay=delay,
                     now=run.now,

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy.orm import Session
 
 from shared import db, rbac
 from shared.auth import ORG_ID, Identity
+from shared.db import Conn
 from shared.http.auth import CurrentUser
 from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.repositories import organizations
@@ -45,13 +45,13 @@ class OrgAccess:
     permissions: frozenset[str]
 
 
-def _resolve(session: Session, org_id: str, user: Identity) -> OrgAccess | None:
+def _resolve(conn: Conn, org_id: str, user: Identity) -> OrgAccess | None:
     token_org = user.org
     if token_org is not None and token_org.id == org_id:
-        if organizations.ensure(session, org_id, slug=token_org.slug) is None:
+        if organizations.ensure(conn, org_id, slug=token_org.slug) is None:
             return None  # deleted: the token is no longer proof of anything
         return OrgAccess(org_id, user.user_id, token_org.role, token_org.permissions)
-    member = organizations.membership(session, org_id, user.user_id)
+    member = organizations.membership(conn, org_id, user.user_id)
     if member is None:
         return None
     return OrgAccess(org_id, user.user_id, member.role, frozenset(member.permissions or ()))
@@ -62,7 +62,7 @@ def org_access(org_id: str, user: CurrentUser) -> OrgAccess:
     id of the wrong shape."""
     if ORG_ID.fullmatch(org_id) is None:
         raise ApiError(400, INVALID_ORG_ID)
-    access = db.run(lambda s: _resolve(s, org_id, user), idempotent=True)
+    access = db.run(lambda conn: _resolve(conn, org_id, user), idempotent=True)
     if access is None:
         raise ApiError(404, ORG_NOT_FOUND)
     return access

@@ -90,7 +90,7 @@ def org_caller(
     user = _provisioned(identity)
     if not rbac.allows(access.role, access.permissions, rbac.BILLING_MANAGE):
         raise ApiError(403, BILLING_FORBIDDEN)
-    org = db.run(lambda s: organizations.get(s, org_id), idempotent=True)
+    org = db.run(lambda conn: organizations.get(conn, org_id), idempotent=True)
     if org is None:  # deleted since the access check
         raise ApiError(404, ORG_NOT_FOUND)
     return user, org
@@ -120,7 +120,7 @@ def _provisioned(identity: Identity) -> User:
     # Get-or-create, not get: another container may have erased the row since this one
     # provisioned the caller; the answer is then a fresh account, as GET /api/me gives.
     return db.run(
-        lambda s: users.get_or_create(s, identity.user_id, identity.email), idempotent=True
+        lambda conn: users.get_or_create(conn, identity.user_id, identity.email), idempotent=True
     )
 
 

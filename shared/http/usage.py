@@ -116,7 +116,7 @@ def flush() -> None:
     values = {f"p{i + 1}": None if v is None else v.decode() for i, v in enumerate(params)}
     try:
         db.run(
-            lambda session: session.connection().exec_driver_sql(statement, values),
+            lambda conn: conn.connection.exec_driver_sql(statement, values),
             idempotent=True,
         )
     except Exception as error:  # the last chance: report, never raise

@@ -1,6 +1,6 @@
 """API usage: one row per HTTP request, written in bulk where requests are batched.
 
-`record`/`record_many` run through a Session; `wire_insert` is the same row as SQL text and text
+`record`/`record_many` use the ORM; `wire_insert` is the same row as SQL text and text
 parameters for the HTTP layer's unawaited send (`shared.http.usage`), which bypasses SQLAlchemy
 so that it can go out after the response without waiting for its answer.
 """
@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.ids import new_cuid
 from shared.models import ApiUsage
 from shared.telemetry import database_operation
@@ -47,8 +47,8 @@ def _values(request: Request, now: datetime) -> dict[str, object]:
 
 
 @database_operation("recordApiUsage")
-def record(session: Session, request: Request) -> None:
-    record_many(session, [request])
+def record(conn: Conn, request: Request) -> None:
+    record_many(conn, [request])
 
 
 def insert_statement(requests: list[Request]) -> Any:
@@ -58,10 +58,10 @@ def insert_statement(requests: list[Request]) -> Any:
 
 
 @database_operation("recordApiUsageMany")
-def record_many(session: Session, requests: list[Request]) -> None:
+def record_many(conn: Conn, requests: list[Request]) -> None:
     """All rows in one multi-row INSERT: one round trip however many requests."""
     if requests:
-        session.execute(insert_statement(requests))
+        conn.session.execute(insert_statement(requests))
 
 
 # The wire form's columns, in the order of `_values` (tests pin them to the table's).

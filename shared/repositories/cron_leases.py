@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.models import UTCDateTime
 from shared.telemetry import database_operation
 
@@ -74,29 +74,29 @@ class Lease:
 
 
 @database_operation("acquireCronLease")
-def acquire(session: Session, job: str, holder: str, *, ttl_seconds: float) -> Lease | None:
+def acquire(conn: Conn, job: str, holder: str, *, ttl_seconds: float) -> Lease | None:
     """Take the job's lease for `ttl_seconds` unless another holder's lease is still live.
 
     One statement, so two runs racing for a free or expired lease cannot both win: the loser's
     INSERT waits on the winner's row and then fails the WHERE. None when the lease is held.
     """
     params = {"job": job, "holder": holder, "ttl": float(ttl_seconds)}
-    row = session.execute(_ACQUIRE, params).one_or_none()
+    row = conn.session.execute(_ACQUIRE, params).one_or_none()
     if row is None:
         return None
     return Lease(job, holder, expires_at=row[0], last_completed_at=row[1], state=dict(row[2] or {}))
 
 
 @database_operation("saveCronState")
-def save_state(session: Session, job: str, holder: str, state: dict[str, Any]) -> bool:
+def save_state(conn: Conn, job: str, holder: str, state: dict[str, Any]) -> bool:
     """Store the job's resume state while `holder` still holds a live lease (False if not)."""
-    result = session.execute(_SAVE, {"job": job, "holder": holder, "state": state})
+    result = conn.session.execute(_SAVE, {"job": job, "holder": holder, "state": state})
     return result.first() is not None
 
 
 @database_operation("releaseCronLease")
 def release(
-    session: Session,
+    conn: Conn,
     job: str,
     holder: str,
     *,
@@ -108,7 +108,7 @@ def release(
     Fenced by the holder token: a run that outlived its lease cannot clear, or overwrite the
     state of, the run that took the lease over.
     """
-    result = session.execute(
+    result = conn.session.execute(
         _RELEASE,
         {
             "job": job,

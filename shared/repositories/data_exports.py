@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.ids import new_cuid
 from shared.models import DataExport
 from shared.telemetry import database_operation
@@ -28,7 +28,7 @@ class Requested:
 
 
 @database_operation("requestDataExport")
-def request(session: Session, user_id: str, *, now: datetime) -> Requested:
+def request(conn: Conn, user_id: str, *, now: datetime) -> Requested:
     """A new pending export for the user, or their open one (one statement)."""
     table = DataExport.__table__
     statement = (
@@ -50,14 +50,14 @@ def request(session: Session, user_id: str, *, now: datetime) -> Requested:
         )
         .returning(DataExport, text("(xmax = 0) AS created"))
     )
-    row = session.execute(statement).one()
+    row = conn.session.execute(statement).one()
     return Requested(row[0], bool(row[1]))
 
 
 @database_operation("getDataExport")
-def get(session: Session, user_id: str, export_id: str, *, now: datetime) -> DataExport | None:
+def get(conn: Conn, user_id: str, export_id: str, *, now: datetime) -> DataExport | None:
     """The user's export `export_id` unless it has expired; another user's is None too."""
-    return session.scalars(
+    return conn.session.scalars(
         select(DataExport).where(
             DataExport.id == export_id,
             DataExport.user_id == user_id,
@@ -67,7 +67,7 @@ def get(session: Session, user_id: str, export_id: str, *, now: datetime) -> Dat
 
 
 @database_operation("claimDataExport")
-def claim(session: Session, *, now: datetime, stale_after: timedelta) -> DataExport | None:
+def claim(conn: Conn, *, now: datetime, stale_after: timedelta) -> DataExport | None:
     """The oldest pending export (or one whose runner died: running since before
     `now - stale_after`), marked running by this caller; None when there is none."""
     oldest = (
@@ -83,7 +83,7 @@ def claim(session: Session, *, now: datetime, stale_after: timedelta) -> DataExp
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    return session.scalars(
+    return conn.session.scalars(
         update(DataExport)
         .where(DataExport.id == oldest)
         .values(status="running", started_at=now, attempts=DataExport.attempts + 1, updated_at=now)
@@ -94,7 +94,7 @@ def claim(session: Session, *, now: datetime, stale_after: timedelta) -> DataExp
 
 @database_operation("finishDataExport")
 def finish(
-    session: Session,
+    conn: Conn,
     export_id: str,
     *,
     started_at: datetime,
@@ -106,7 +106,7 @@ def finish(
 ) -> bool:
     """Mark the claimed export ready; False when it is no longer this claim's (erased, or
     claimed again after being taken for dead): the caller then deletes what it stored."""
-    done = session.execute(
+    done = conn.session.execute(
         update(DataExport)
         .where(
             DataExport.id == export_id,
@@ -130,9 +130,9 @@ def finish(
 
 
 @database_operation("failDataExport")
-def fail(session: Session, export_id: str, *, error: str, now: datetime, ttl: timedelta) -> None:
+def fail(conn: Conn, export_id: str, *, error: str, now: datetime, ttl: timedelta) -> None:
     """Mark the export failed (kept, like a ready one, until it expires)."""
-    session.execute(
+    conn.session.execute(
         update(DataExport)
         .where(DataExport.id == export_id, DataExport.status == "running")
         .values(
@@ -143,9 +143,9 @@ def fail(session: Session, export_id: str, *, error: str, now: datetime, ttl: ti
 
 
 @database_operation("expireDataExports")
-def expire(session: Session, *, now: datetime) -> int:
+def expire(conn: Conn, *, now: datetime) -> int:
     """Delete every export past its `expiresAt`; the number deleted."""
-    result = session.execute(
+    result = conn.session.execute(
         delete(DataExport).where(DataExport.expires_at <= now),
         execution_options={"synchronize_session": False},
     )
@@ -153,7 +153,7 @@ def expire(session: Session, *, now: datetime) -> int:
 
 
 @database_operation("liveDataExportKeys")
-def live_keys(session: Session) -> set[str]:
+def live_keys(conn: Conn) -> set[str]:
     """The object keys of every ready export: any other object under the prefix is garbage."""
-    keys = session.scalars(select(DataExport.object_key).where(DataExport.status == "ready"))
+    keys = conn.session.scalars(select(DataExport.object_key).where(DataExport.status == "ready"))
     return {key for key in keys if key is not None}

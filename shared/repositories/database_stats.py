@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.telemetry import database_operation
 
 _STATS = text(
@@ -49,8 +49,8 @@ class DatabaseStats:
 
 
 @database_operation("databaseStats")
-def read(session: Session) -> DatabaseStats:
-    size, connections, active, limit, rows = session.execute(_STATS).one()
+def read(conn: Conn) -> DatabaseStats:
+    size, connections, active, limit, rows = conn.session.execute(_STATS).one()
     return DatabaseStats(
         size_bytes=int(size),
         connections=int(connections),

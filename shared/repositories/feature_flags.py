@@ -8,9 +8,9 @@ from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.ids import new_cuid
 from shared.models import FeatureFlag
 from shared.telemetry import database_operation
@@ -34,27 +34,27 @@ class FlagChanges(TypedDict, total=False):
 
 
 @database_operation("listFeatureFlags")
-def list_all(session: Session) -> list[FeatureFlag]:
-    return list(session.scalars(select(FeatureFlag).order_by(FeatureFlag.key)))
+def list_all(conn: Conn) -> list[FeatureFlag]:
+    return list(conn.session.scalars(select(FeatureFlag).order_by(FeatureFlag.key)))
 
 
 @database_operation("listFeatureFlagPage")
-def list_page(session: Session, *, after: str | None, limit: int) -> list[FeatureFlag]:
+def list_page(conn: Conn, *, after: str | None, limit: int) -> list[FeatureFlag]:
     """Up to `limit` flags after the key `after` (keyset, by key)."""
     statement = select(FeatureFlag).order_by(FeatureFlag.key).limit(limit)
     if after is not None:
         statement = statement.where(FeatureFlag.key > after)
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("getFeatureFlag")
-def get_by_key(session: Session, key: str) -> FeatureFlag | None:
-    return session.scalars(select(FeatureFlag).where(FeatureFlag.key == key)).one_or_none()
+def get_by_key(conn: Conn, key: str) -> FeatureFlag | None:
+    return conn.session.scalars(select(FeatureFlag).where(FeatureFlag.key == key)).one_or_none()
 
 
 @database_operation("upsertFeatureFlag")
 def upsert(
-    session: Session,
+    conn: Conn,
     key: str,
     values: FlagValues,
     *,
@@ -78,13 +78,13 @@ def upsert(
     }
     statement = insert(FeatureFlag).values({**first_values, **fields})
     upsert = statement.on_conflict_do_update(index_elements=[FeatureFlag.key], set_=fields)
-    flag: FeatureFlag = session.scalars(upsert.returning(FeatureFlag)).one()
+    flag: FeatureFlag = conn.session.scalars(upsert.returning(FeatureFlag)).one()
     return flag
 
 
 @database_operation("deleteFeatureFlag")
-def delete_flag(session: Session, key: str) -> bool:
-    result = session.execute(
+def delete_flag(conn: Conn, key: str) -> bool:
+    result = conn.session.execute(
         delete(FeatureFlag).where(FeatureFlag.key == key).returning(FeatureFlag.id),
         execution_options={"synchronize_session": False},
     )
@@ -93,7 +93,7 @@ def delete_flag(session: Session, key: str) -> bool:
 
 @database_operation("createFeatureFlag")
 def create(
-    session: Session,
+    conn: Conn,
     key: str,
     values: FlagValues,
     *,
@@ -118,13 +118,13 @@ def create(
         .on_conflict_do_nothing(index_elements=[FeatureFlag.key])
         .returning(FeatureFlag)
     )
-    flag: FeatureFlag | None = session.scalars(statement).one_or_none()
+    flag: FeatureFlag | None = conn.session.scalars(statement).one_or_none()
     return flag
 
 
 @database_operation("updateFeatureFlag")
 def update_flag(
-    session: Session, key: str, *, now: datetime | None = None, **changes: Unpack[FlagChanges]
+    conn: Conn, key: str, *, now: datetime | None = None, **changes: Unpack[FlagChanges]
 ) -> FeatureFlag | None:
     """Set only the given columns (and updatedAt); None when there is no flag `key`."""
     statement = (
@@ -133,7 +133,7 @@ def update_flag(
         .values(**changes, updated_at=now or utcnow())
         .returning(FeatureFlag)
     )
-    flag: FeatureFlag | None = session.scalars(
+    flag: FeatureFlag | None = conn.session.scalars(
         statement, execution_options={"synchronize_session": False}
     ).one_or_none()
     return flag

@@ -21,9 +21,9 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, TextClause, func, or_, select, text
-from sqlalchemy.orm import Session
 
 from shared.clock import month_start
+from shared.db import Conn
 from shared.models import SavedSearch, User
 from shared.telemetry import database_operation
 
@@ -132,7 +132,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _upsert(
-    session: Session,
+    conn: Conn,
     table: str,
     columns: dict[str, str],
     rows: Sequence[dict[str, Any]],
@@ -146,13 +146,13 @@ def _upsert(
     payload = json.dumps(
         [{name: row[name] for name in columns} for row in rows], default=_json_value
     )
-    flags: Sequence[bool] = session.execute(statement, {"rows": payload}).scalars().all()
+    flags: Sequence[bool] = conn.session.execute(statement, {"rows": payload}).scalars().all()
     inserted = sum(1 for flag in flags if flag)
     return Upserted(inserted=inserted, updated=len(flags) - inserted)
 
 
 @database_operation("upsertLegacyUsers")
-def upsert_users(session: Session, rows: Sequence[dict[str, Any]], *, overwrite: bool) -> Upserted:
+def upsert_users(conn: Conn, rows: Sequence[dict[str, Any]], *, overwrite: bool) -> Upserted:
     """Insert users (rows keyed by column name); with `overwrite`, update differing ones.
 
     Three columns are merged rather than copied: `keywordSearchesTotal` only grows (the legacy
@@ -161,41 +161,41 @@ def upsert_users(session: Session, rows: Sequence[dict[str, Any]], *, overwrite:
     A taken email or Stripe id raises `IntegrityError` for the whole statement (see
     `taken_identifiers` to leave such rows out beforehand).
     """
-    return _upsert(session, "users", USER_COLUMNS, rows, overwrite=overwrite, merges=_USER_MERGES)
+    return _upsert(conn, "users", USER_COLUMNS, rows, overwrite=overwrite, merges=_USER_MERGES)
 
 
 @database_operation("upsertLegacySavedSearches")
 def upsert_saved_searches(
-    session: Session, rows: Sequence[dict[str, Any]], *, overwrite: bool
+    conn: Conn, rows: Sequence[dict[str, Any]], *, overwrite: bool
 ) -> Upserted:
     """Insert saved searches with their original ids; with `overwrite`, update differing ones.
     The owners must exist (the FK raises `IntegrityError` otherwise)."""
-    return _upsert(session, "saved_searches", SEARCH_COLUMNS, rows, overwrite=overwrite)
+    return _upsert(conn, "saved_searches", SEARCH_COLUMNS, rows, overwrite=overwrite)
 
 
 @database_operation("findExistingUserIds")
-def existing_user_ids(session: Session, user_ids: Sequence[str]) -> set[str]:
+def existing_user_ids(conn: Conn, user_ids: Sequence[str]) -> set[str]:
     """Which of `user_ids` have a row (one query per batch, for the orphan check)."""
     if not user_ids:
         return set()
-    return set(session.scalars(select(_USERS.c.id).where(_USERS.c.id.in_(list(user_ids)))))
+    return set(conn.session.scalars(select(_USERS.c.id).where(_USERS.c.id.in_(list(user_ids)))))
 
 
 @database_operation("findUsersById")
-def users_by_id(session: Session, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def users_by_id(conn: Conn, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Rows keyed by id, columns by name (what `shared.legacy.mapping` produces)."""
     statement = select(_USERS).where(_USERS.c.id.in_(list(user_ids)))
-    return {row["id"]: dict(row) for row in session.execute(statement).mappings()}
+    return {row["id"]: dict(row) for row in conn.session.execute(statement).mappings()}
 
 
 @database_operation("findSavedSearchesById")
-def saved_searches_by_id(session: Session, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+def saved_searches_by_id(conn: Conn, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     statement = select(_SEARCHES).where(_SEARCHES.c.id.in_(list(ids)))
-    return {row["id"]: dict(row) for row in session.execute(statement).mappings()}
+    return {row["id"]: dict(row) for row in conn.session.execute(statement).mappings()}
 
 
 @database_operation("findTakenUserIdentifiers")
-def taken_identifiers(session: Session, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+def taken_identifiers(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Rows (by id) whose email, compared case-insensitively, or Stripe ids belong to another
     user, with the reason: the unique constraints would refuse them. One query."""
     if not rows:
@@ -214,7 +214,7 @@ def taken_identifiers(session: Session, rows: Sequence[dict[str, Any]]) -> dict[
         )
     )
     taken: dict[str, str] = {}
-    for email, customer, subscription, owner in session.execute(statement):
+    for email, customer, subscription, owner in conn.session.execute(statement):
         for claimed, what in (
             (emails.get(email), "email"),
             (customers.get(customer), "Stripe customer id"),
@@ -226,9 +226,7 @@ def taken_identifiers(session: Session, rows: Sequence[dict[str, Any]]) -> dict[
 
 
 @database_operation("learnLegacyCounter")
-def learn_counter(
-    session: Session, user_id: str, value: int, *, trial: bool, now: datetime
-) -> None:
+def learn_counter(conn: Conn, user_id: str, value: int, *, trial: bool, now: datetime) -> None:
     """Raise the user's quota counter to the legacy counter's `value` (which holds the original
     app's increments as well as ours), never lower it; the total grows by the same amount.
     One statement. The trial's counter is the total; the monthly one counts only while it is
@@ -250,19 +248,19 @@ def learn_counter(
         statement = _USERS.update().where(
             c.id == user_id, c.tier != "FREE", c.monthlyResetAt >= month_start(now)
         )
-    session.execute(statement.values(values))
+    conn.session.execute(statement.values(values))
 
 
 @database_operation("pageUserIds")
-def user_ids_after(session: Session, after: str, limit: int) -> list[str]:
+def user_ids_after(conn: Conn, after: str, limit: int) -> list[str]:
     """The next `limit` user ids after `after` (keyset order): verify's Postgres → Redis pass."""
     statement = select(_USERS.c.id).where(_USERS.c.id > after).order_by(_USERS.c.id).limit(limit)
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("pageSavedSearchIds")
-def saved_searches_after(session: Session, after: str, limit: int) -> list[tuple[str, str]]:
+def saved_searches_after(conn: Conn, after: str, limit: int) -> list[tuple[str, str]]:
     """The next `limit` (id, owner) pairs after id `after` (keyset order)."""
     c = _SEARCHES.c
     statement = select(c.id, c.userId).where(c.id > after).order_by(c.id).limit(limit)
-    return [(row[0], row[1]) for row in session.execute(statement)]
+    return [(row[0], row[1]) for row in conn.session.execute(statement)]

@@ -16,9 +16,9 @@ from typing import Literal
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.ids import new_uuid
 from shared.models import LegacyCounterDelta, LegacyRepair, SavedSearch
 from shared.telemetry import database_operation
@@ -28,15 +28,13 @@ _ERROR_MAX = 500
 
 
 @database_operation("markLegacyRepair")
-def mark(
-    session: Session, key: str, kind: Kind, user_id: str, *, now: datetime | None = None
-) -> None:
+def mark(conn: Conn, key: str, kind: Kind, user_id: str, *, now: datetime | None = None) -> None:
     """Record that `key` must be made to match Postgres (again). One statement."""
     now = now or utcnow()
     statement = insert(LegacyRepair).values(
         key=key, kind=kind, user_id=user_id, created_at=now, updated_at=now
     )
-    session.execute(
+    conn.session.execute(
         statement.on_conflict_do_update(
             index_elements=[LegacyRepair.key],
             set_={LegacyRepair.kind: kind, LegacyRepair.updated_at: now},
@@ -45,7 +43,7 @@ def mark(
 
 
 @database_operation("lockLegacyRepair")
-def lock(session: Session, key: str, *, skip_locked: bool = False) -> LegacyRepair | None:
+def lock(conn: Conn, key: str, *, skip_locked: bool = False) -> LegacyRepair | None:
     """The mark, row-locked until the transaction ends; None when there is none (or, with
     `skip_locked`, when another transaction holds it).
 
@@ -55,18 +53,18 @@ def lock(session: Session, key: str, *, skip_locked: bool = False) -> LegacyRepa
     statement = (
         select(LegacyRepair).where(LegacyRepair.key == key).with_for_update(skip_locked=skip_locked)
     )
-    return session.scalars(statement).one_or_none()
+    return conn.session.scalars(statement).one_or_none()
 
 
 @database_operation("clearLegacyRepair")
-def clear(session: Session, key: str) -> None:
-    session.execute(delete(LegacyRepair).where(LegacyRepair.key == key))
+def clear(conn: Conn, key: str) -> None:
+    conn.session.execute(delete(LegacyRepair).where(LegacyRepair.key == key))
 
 
 @database_operation("failLegacyRepair")
-def record_failure(session: Session, key: str, error: str, *, now: datetime | None = None) -> None:
+def record_failure(conn: Conn, key: str, error: str, *, now: datetime | None = None) -> None:
     """Keep the mark, counting the attempt and saying why (no values, no secrets)."""
-    session.execute(
+    conn.session.execute(
         update(LegacyRepair)
         .where(LegacyRepair.key == key)
         .values(
@@ -78,28 +76,28 @@ def record_failure(session: Session, key: str, error: str, *, now: datetime | No
 
 
 @database_operation("listLegacyRepairs")
-def pending(session: Session, *, limit: int = 100) -> list[str]:
+def pending(conn: Conn, *, limit: int = 100) -> list[str]:
     """Keys still to repair, least recently touched first (a failing key does not starve
     the others: each failure moves it to the back)."""
     statement = (
         select(LegacyRepair.key).order_by(LegacyRepair.updated_at, LegacyRepair.key).limit(limit)
     )
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("countLegacyRepairs")
-def count(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(LegacyRepair)).scalar_one())
+def count(conn: Conn) -> int:
+    return int(conn.session.execute(select(func.count()).select_from(LegacyRepair)).scalar_one())
 
 
 @database_operation("findSavedSearchState")
-def saved_search_state(session: Session, user_id: str, search_id: str) -> SavedSearch | None:
+def saved_search_state(conn: Conn, user_id: str, search_id: str) -> SavedSearch | None:
     """The search as committed, for copying to Redis (unlike `saved_searches.get`, a plain
     read: copying must not move `lastAccessedAt`)."""
     statement = select(SavedSearch).where(
         SavedSearch.id == search_id, SavedSearch.user_id == user_id
     )
-    return session.scalars(statement).one_or_none()
+    return conn.session.scalars(statement).one_or_none()
 
 
 # --- usage increments owed to the legacy counters ---------------------------------------------
@@ -107,7 +105,7 @@ def saved_search_state(session: Session, user_id: str, search_id: str) -> SavedS
 
 @database_operation("addLegacyCounterDelta")
 def add_delta(
-    session: Session,
+    conn: Conn,
     key: str,
     user_id: str,
     delta: int,
@@ -118,7 +116,7 @@ def add_delta(
     """Record that the Redis counter `key` owes `delta` (in the transaction that changed the
     Postgres counter). Each delta is its own row: its id makes the INCRBY happen once."""
     now = now or utcnow()
-    session.execute(
+    conn.session.execute(
         insert(LegacyCounterDelta).values(
             id=new_uuid(),
             key=key,
@@ -132,7 +130,7 @@ def add_delta(
 
 
 @database_operation("lockLegacyCounterDeltas")
-def lock_deltas(session: Session, user_id: str) -> list[LegacyCounterDelta]:
+def lock_deltas(conn: Conn, user_id: str) -> list[LegacyCounterDelta]:
     """The user's owed deltas, oldest first, row-locked; rows another transaction is applying
     are skipped (it applies them itself)."""
     statement = (
@@ -141,28 +139,26 @@ def lock_deltas(session: Session, user_id: str) -> list[LegacyCounterDelta]:
         .order_by(LegacyCounterDelta.created_at, LegacyCounterDelta.id)
         .with_for_update(skip_locked=True)
     )
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("clearLegacyCounterDeltas")
-def clear_deltas(session: Session, ids: Sequence[str]) -> None:
+def clear_deltas(conn: Conn, ids: Sequence[str]) -> None:
     if ids:
-        session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.id.in_(list(ids))))
+        conn.session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.id.in_(list(ids))))
 
 
 @database_operation("dropLegacyCounterDeltas")
-def drop_deltas(session: Session, user_id: str) -> None:
+def drop_deltas(conn: Conn, user_id: str) -> None:
     """Forget what the user's counters are owed (their erasure deletes the counters)."""
-    session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.user_id == user_id))
+    conn.session.execute(delete(LegacyCounterDelta).where(LegacyCounterDelta.user_id == user_id))
 
 
 @database_operation("failLegacyCounterDeltas")
-def fail_deltas(
-    session: Session, ids: Sequence[str], error: str, *, now: datetime | None = None
-) -> None:
+def fail_deltas(conn: Conn, ids: Sequence[str], error: str, *, now: datetime | None = None) -> None:
     """Keep the deltas, counting the attempt and saying why (no values, no secrets)."""
     if ids:
-        session.execute(
+        conn.session.execute(
             update(LegacyCounterDelta)
             .where(LegacyCounterDelta.id.in_(list(ids)))
             .values(
@@ -174,7 +170,7 @@ def fail_deltas(
 
 
 @database_operation("listLegacyCounterDebtors")
-def users_owing_deltas(session: Session, *, limit: int = 100) -> list[str]:
+def users_owing_deltas(conn: Conn, *, limit: int = 100) -> list[str]:
     """Users with owed deltas, least recently attempted first."""
     oldest = func.min(LegacyCounterDelta.updated_at)
     statement = (
@@ -183,10 +179,10 @@ def users_owing_deltas(session: Session, *, limit: int = 100) -> list[str]:
         .order_by(oldest, LegacyCounterDelta.user_id)
         .limit(limit)
     )
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("countLegacyCounterDeltas")
-def count_deltas(session: Session) -> int:
+def count_deltas(conn: Conn) -> int:
     statement = select(func.count()).select_from(LegacyCounterDelta)
-    return int(session.execute(statement).scalar_one())
+    return int(conn.session.execute(statement).scalar_one())

@@ -14,10 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.orm import Session
-
 from shared.clock import month_start
-from shared.db import HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot
 from shared.errors import OrganizationNotFoundError, QuotaExceededError, UserNotFoundError
 from shared.models import Organization, User, UserTier
 from shared.quotas import OrgLimits, org_usage_view
@@ -72,7 +70,7 @@ class OrgUsage:
 
 @database_operation("reserveOrganizationKeywords")
 def reserve_keywords(
-    session: Session,
+    conn: Conn,
     org_id: str,
     user_id: str,
     count: int,
@@ -105,13 +103,13 @@ def reserve_keywords(
         "hold_id": hold.id,
         "expires_at": db_time(hold.expires_at),
     }
-    row = execute_hot(session, _RESERVE, params).fetchone()
+    row = execute_hot(conn, _RESERVE, params).fetchone()
     if row is not None and not (row[2] and not fits_new):
         return OrgUsage(this_month=row[0], tier=UserTier(row[1]))
     # Refused (failure path only): reads to say why, with the numbers for the message.
-    if session.get(User, user_id) is None:
+    if conn.session.get(User, user_id) is None:
         raise UserNotFoundError(user_id)
-    org = session.get(Organization, org_id)
+    org = conn.session.get(Organization, org_id)
     if org is None or org.deleted_at is not None:
         raise OrganizationNotFoundError(org_id)
     view = org_usage_view(org, limits, now)

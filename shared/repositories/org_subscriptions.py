@@ -15,8 +15,8 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.models import Organization
 from shared.repositories.subscriptions import Decision, SubscriptionChange, apply_locked
 from shared.telemetry import database_operation
@@ -31,7 +31,7 @@ class Found:
 
 
 @database_operation("findBillingOrganization")
-def find(session: Session, org_id: str | None, customers: tuple[str, ...]) -> Found | None:
+def find(conn: Conn, org_id: str | None, customers: tuple[str, ...]) -> Found | None:
     """The organization named by `org_id` (metadata) first, else the one whose Stripe customer
     is among `customers`; tombstones included. One query."""
     conditions = []
@@ -41,7 +41,7 @@ def find(session: Session, org_id: str | None, customers: tuple[str, ...]) -> Fo
         conditions.append(Organization.stripe_customer_id.in_(customers))
     if not conditions:
         return None
-    rows = session.execute(
+    rows = conn.session.execute(
         select(Organization.id, Organization.deleted_at).where(or_(*conditions))
     ).all()
     ranked = sorted(rows, key=lambda row: row[0] != org_id)  # the metadata's org first
@@ -50,29 +50,29 @@ def find(session: Session, org_id: str | None, customers: tuple[str, ...]) -> Fo
 
 @database_operation("applyOrganizationSubscriptionChange")
 def apply_change(
-    session: Session, org_id: str, change: SubscriptionChange, *, event_at: datetime, now: datetime
+    conn: Conn, org_id: str, change: SubscriptionChange, *, event_at: datetime, now: datetime
 ) -> Decision:
     """Lock the organization's row and apply as to a user's (`subscriptions.apply_locked`); a
     tombstone is never written (STALE)."""
-    org = session.scalars(
+    org = conn.session.scalars(
         select(Organization).where(Organization.id == org_id).with_for_update()
     ).one_or_none()
     live = None if org is None or org.deleted_at is not None else org
     return apply_locked(
-        live, change, partial(_update_columns, session, org_id), event_at=event_at, now=now
+        live, change, partial(_update_columns, conn, org_id), event_at=event_at, now=now
     )
 
 
-def _update_columns(session: Session, org_id: str, values: dict[Any, Any]) -> None:
+def _update_columns(conn: Conn, org_id: str, values: dict[Any, Any]) -> None:
     """`UPDATE organizations SET <values> WHERE id = org_id`; `values` keyed by attributes."""
-    session.execute(
+    conn.session.execute(
         update(Organization).where(Organization.id == org_id).values(values),
         execution_options={"synchronize_session": False},
     )
 
 
 @database_operation("linkOrganizationStripeCustomer")
-def link_customer(session: Session, org_id: str, customer_id: str, *, now: datetime) -> bool:
+def link_customer(conn: Conn, org_id: str, customer_id: str, *, now: datetime) -> bool:
     """Link the customer to a live organization that has none yet (a checkout not paid yet);
     True when the row changed."""
     statement = (
@@ -85,5 +85,5 @@ def link_customer(session: Session, org_id: str, customer_id: str, *, now: datet
         .values({Organization.stripe_customer_id: customer_id, Organization.updated_at: now})
         .returning(Organization.id)
     )
-    result = session.execute(statement, execution_options={"synchronize_session": False})
+    result = conn.session.execute(statement, execution_options={"synchronize_session": False})
     return result.first() is not None

@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import select, text
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.models import Organization, OrganizationMember
 from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
@@ -41,32 +41,32 @@ _ENSURE = text(
 
 @database_operation("ensureOrganization")
 def ensure(
-    session: Session, org_id: str, *, slug: str | None = None, now: datetime | None = None
+    conn: Conn, org_id: str, *, slug: str | None = None, now: datetime | None = None
 ) -> Organization | None:
     """The organization, created from what a token says (its slug, or its id, stands in for the
     name until Clerk's event arrives) when missing; None when it was deleted."""
     statement = select(Organization).from_statement(_ENSURE)
     values = {"id": org_id, "name": slug or org_id, "slug": slug, "now": now or utcnow()}
     for _ in range(3):
-        found = session.scalars(statement, values).one_or_none()
+        found = conn.session.scalars(statement, values).one_or_none()
         if found is not None:
             return None if found.deleted_at is not None else found
     raise RuntimeError("organization neither found nor created after 3 attempts")
 
 
 @database_operation("getOrganization")
-def get(session: Session, org_id: str) -> Organization | None:
+def get(conn: Conn, org_id: str) -> Organization | None:
     """The organization unless it is missing or deleted."""
-    return session.scalars(
+    return conn.session.scalars(
         select(Organization).where(Organization.id == org_id, Organization.deleted_at.is_(None))
     ).one_or_none()
 
 
 @database_operation("getOrganizationMembership")
-def membership(session: Session, org_id: str, user_id: str) -> OrganizationMember | None:
+def membership(conn: Conn, org_id: str, user_id: str) -> OrganizationMember | None:
     """The user's current membership as the mirror knows it: None when there is none, it was
     removed, or the organization was deleted."""
-    return session.scalars(
+    return conn.session.scalars(
         select(OrganizationMember)
         .join(Organization, Organization.id == OrganizationMember.organization_id)
         .where(
@@ -132,7 +132,7 @@ _UPSERT_ORGANIZATION = text(
 
 @database_operation("mirrorOrganization")
 def mirror_organization(
-    session: Session, org: MirroredOrganization, *, now: datetime | None = None
+    conn: Conn, org: MirroredOrganization, *, now: datetime | None = None
 ) -> MirrorOutcome:
     """Create the organization, or take Clerk's name and slug when `org` is newer than what was
     applied. An organization first seen in a token (`ensure`, no stamp) takes any event. Locks
@@ -144,14 +144,14 @@ def mirror_organization(
         "changed_at": db_time(org.changed_at),
         "now": db_time(now or utcnow()),
     }
-    inserted = session.execute(_UPSERT_ORGANIZATION, values).scalar_one_or_none()
+    inserted = conn.session.execute(_UPSERT_ORGANIZATION, values).scalar_one_or_none()
     if inserted is not None:
         return "created" if inserted else "updated"
-    return "organization_deleted" if _is_deleted(session, org.id) else "stale"
+    return "organization_deleted" if _is_deleted(conn, org.id) else "stale"
 
 
-def _is_deleted(session: Session, org_id: str) -> bool:
-    deleted = session.execute(
+def _is_deleted(conn: Conn, org_id: str) -> bool:
+    deleted = conn.session.execute(
         text('SELECT "deletedAt" IS NOT NULL FROM organizations WHERE id = :id'), {"id": org_id}
     ).scalar_one_or_none()
     return bool(deleted)
@@ -180,7 +180,7 @@ _UPSERT_MEMBERSHIP = text(
 
 @database_operation("mirrorMembership")
 def mirror_membership(
-    session: Session, member: MirroredMembership, *, now: datetime | None = None
+    conn: Conn, member: MirroredMembership, *, now: datetime | None = None
 ) -> MirrorOutcome:
     """Apply one membership event when it is newer than what the row holds: a deletion is a
     tombstone (`deletedAt`), a newer `created`/`updated` makes the membership live again.
@@ -196,10 +196,10 @@ def mirror_membership(
         "deleted_at": at if member.deleted else None,
         "now": at,
     }
-    inserted = session.execute(_UPSERT_MEMBERSHIP, values).scalar_one_or_none()
+    inserted = conn.session.execute(_UPSERT_MEMBERSHIP, values).scalar_one_or_none()
     if inserted is not None:
         return "created" if inserted else "updated"
-    exists = session.execute(
+    exists = conn.session.execute(
         text('SELECT 1 FROM organizations WHERE id = :id AND "deletedAt" IS NULL'),
         {"id": member.organization_id},
     ).first()
@@ -249,15 +249,15 @@ _REMOVE_DATA = text(
 
 
 @database_operation("deleteOrganization")
-def delete(session: Session, org_id: str, *, now: datetime | None = None) -> Removal:
+def delete(conn: Conn, org_id: str, *, now: datetime | None = None) -> Removal:
     """Tombstone the organization (final: Clerk never reuses an id) and remove its data, in the
     caller's transaction. Two statements on purpose: the tombstone waits for every transaction
     holding the organization's row (a quota charge, a writer that locked it live) to finish, so
     the removal's snapshot sees their rows; a later writer finds the tombstone. Idempotent: a
     second run finds nothing left."""
     at = db_time(now or utcnow())
-    status = session.execute(_TOMBSTONE, {"id": org_id, "now": at}).one_or_none()
-    searches, reservations, members, orphans, detached = session.execute(
+    status = conn.session.execute(_TOMBSTONE, {"id": org_id, "now": at}).one_or_none()
+    searches, reservations, members, orphans, detached = conn.session.execute(
         _REMOVE_DATA, {"id": org_id, "now": at}
     ).one()
     return Removal(

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, tuple_
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute
+
+from shared.db import Conn
 
 T = TypeVar("T")
 Cursor = tuple[datetime, str]
@@ -22,7 +24,7 @@ class Page(Generic[T]):
 
 
 def keyset_page(
-    session: Session,
+    conn: Conn,
     statement: Select[Any],
     *,
     time_column: InstrumentedAttribute[datetime],
@@ -44,7 +46,7 @@ def keyset_page(
     if cursor is not None:
         after_time, after_id = cursor
         statement = statement.where(tuple_(time_column, id_column) < tuple_(after_time, after_id))
-    rows = list(session.scalars(statement))
+    rows = list(conn.session.scalars(statement))
     if len(rows) <= limit:
         return Page(items=rows, next_cursor=None)
     return Page(items=rows[:limit], next_cursor=cursor_of(rows[limit - 1]))

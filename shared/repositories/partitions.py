@@ -35,8 +35,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.telemetry import database_operation
 
 SCHEMA = "partitions"
@@ -111,9 +111,9 @@ def _bound(value: str) -> datetime | None:
 
 
 @database_operation("listPartitions")
-def partitions_of(session: Session, layout: Layout) -> list[Partition]:
+def partitions_of(conn: Conn, layout: Layout) -> list[Partition]:
     """The partitions of `layout.table`, oldest first (the default last)."""
-    rows = session.execute(
+    rows = conn.session.execute(
         text(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:parent AS regclass)"
@@ -154,32 +154,32 @@ def gaps(
 
 
 @database_operation("createPartitions")
-def create_ahead(session: Session, layout: Layout, *, now: datetime) -> list[str]:
+def create_ahead(conn: Conn, layout: Layout, *, now: datetime) -> list[str]:
     """Create ranges for what no partition holds from the period of `now` to `layout.ahead`
     periods after it; returns their names. Run it in a transaction (`db.transaction`).
 
     Rows the DEFAULT partition already holds for a new range move into it in the same
     transaction (ATTACH would refuse otherwise), so a week without the cron loses nothing."""
-    session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    existing = partitions_of(session, layout)
+    conn.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    existing = partitions_of(conn, layout)
     default = next((p.name for p in existing if p.default), None)
     created: list[str] = []
     start = layout.start(now)
     for _ in range(layout.ahead + 1):
         end = layout.after(start)
         for lower, upper in gaps(existing, start, end):
-            created.append(_create(session, layout, lower, upper, default))
+            created.append(_create(conn, layout, lower, upper, default))
         start = end
     return created
 
 
-def _create(
-    session: Session, layout: Layout, start: datetime, end: datetime, default: str | None
-) -> str:
+def _create(conn: Conn, layout: Layout, start: datetime, end: datetime, default: str | None) -> str:
     name, table, column = layout.name(start, end), layout.table, layout.column
-    session.execute(text(f"CREATE TABLE {SCHEMA}.{name} (LIKE public.{table} INCLUDING DEFAULTS)"))
+    conn.session.execute(
+        text(f"CREATE TABLE {SCHEMA}.{name} (LIKE public.{table} INCLUDING DEFAULTS)")
+    )
     if default is not None:
-        session.execute(
+        conn.session.execute(
             text(
                 f"WITH moved AS (DELETE FROM {SCHEMA}.{default} WHERE "
                 f'"{column}" >= :start AND "{column}" < :end RETURNING *) '
@@ -187,7 +187,7 @@ def _create(
             ),
             {"start": start, "end": end},
         )
-    session.execute(
+    conn.session.execute(
         text(
             f"ALTER TABLE public.{table} ATTACH PARTITION {SCHEMA}.{name} "
             f"FOR VALUES FROM ({_literal(start)}) TO ({_literal(end)})"
@@ -212,21 +212,21 @@ def unbounded(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
 
 
 @database_operation("dropPartition")
-def drop(session: Session, partition: Partition) -> str:
+def drop(conn: Conn, partition: Partition) -> str:
     """Drop one partition (metadata only: no row is visited); returns its name. Run it in a
     transaction."""
-    session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    session.execute(text(f"DROP TABLE {SCHEMA}.{partition.name}"))
+    conn.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    conn.session.execute(text(f"DROP TABLE {SCHEMA}.{partition.name}"))
     return partition.name
 
 
 @database_operation("pruneBatch")
 def delete_batch(
-    session: Session, layout: Layout, partition: Partition, *, cutoff: datetime, limit: int
+    conn: Conn, layout: Layout, partition: Partition, *, cutoff: datetime, limit: int
 ) -> int:
     """Delete up to `limit` rows of one partition older than `cutoff` (naive UTC)."""
     table = f"{SCHEMA}.{partition.name}"
-    result = session.execute(
+    result = conn.session.execute(
         text(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
             f'WHERE "{layout.column}" < :cutoff LIMIT :limit))'

@@ -48,9 +48,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn, driver_connection
 from shared.errors import SubscriptionLiveError
 from shared.models import (
     ApiUsage,
@@ -104,9 +104,8 @@ class Erasure:
     metrics_scrubbed: int
 
 
-def _require_transaction(session: Session, operation: str) -> None:
-    driver = session.connection().connection.driver_connection
-    if driver is None or driver.info.transaction_status == TransactionStatus.IDLE:
+def _require_transaction(conn: Conn, operation: str) -> None:
+    if driver_connection(conn).info.transaction_status == TransactionStatus.IDLE:
         raise RuntimeError(f"personal_data.{operation} must run inside a transaction")
 
 
@@ -118,7 +117,7 @@ def identifiers(user_id: str, owner: Any) -> list[str]:
 
 
 @database_operation("exportPersonalData")
-def export(session: Session, user_id: str) -> PersonalData:
+def export(conn: Conn, user_id: str) -> PersonalData:
     """Every row about the user, oldest first: one query per table, one snapshot, read in
     bounded chunks through server-side cursors (`yield_per`), so memory does not grow with
     the account. Named cursors live inside the transaction, which the pooled (transaction
@@ -128,9 +127,9 @@ def export(session: Session, user_id: str) -> PersonalData:
     switches the transaction to REPEATABLE READ, READ ONLY (a hot standby allows both), so
     the reads see the same moment even while the user keeps searching.
     """
-    _require_transaction(session, "export")
-    session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-    user = session.scalars(select(User).where(User.id == user_id)).one_or_none()
+    _require_transaction(conn, "export")
+    conn.session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    user = conn.session.scalars(select(User).where(User.id == user_id)).one_or_none()
     owner = (
         None if user is None else (user.email, user.stripe_customer_id, user.stripe_subscription_id)
     )
@@ -138,44 +137,44 @@ def export(session: Session, user_id: str) -> PersonalData:
     return PersonalData(
         user=user,
         memberships=_stream(
-            session,
+            conn,
             select(OrganizationMember)
             .where(OrganizationMember.user_id == user_id)
             .order_by(OrganizationMember.created_at, OrganizationMember.organization_id),
         ),
         saved_searches=_stream(
-            session,
+            conn,
             select(SavedSearch)
             .where(SavedSearch.user_id == user_id)
             .order_by(SavedSearch.created_at, SavedSearch.id),
             SAVED_SEARCHES_PER_FETCH,
         ),
         search_history=_stream(
-            session,
+            conn,
             select(SearchHistory)
             .where(SearchHistory.user_id == user_id)
             .order_by(SearchHistory.searched_at, SearchHistory.id),
         ),
         api_usage=_stream(
-            session,
+            conn,
             select(ApiUsage)
             .where(ApiUsage.user_id == user_id)
             .order_by(ApiUsage.timestamp, ApiUsage.id),
         ),
         webhook_events=_stream(
-            session,
+            conn,
             select(WebhookEvent)
             .where(_event_mentions(ids))
             .order_by(WebhookEvent.created_at, WebhookEvent.id),
         ),
         system_metrics=_stream(
-            session,
+            conn,
             select(SystemMetric)
             .where(_mentions(SystemMetric.tags, ids))
             .order_by(SystemMetric.timestamp, SystemMetric.id),
         ),
         feature_flags=_stream(
-            session,
+            conn,
             select(FeatureFlag.key)
             .where(FeatureFlag.allowed_users.any_() == user_id)
             .order_by(FeatureFlag.key),
@@ -183,11 +182,11 @@ def export(session: Session, user_id: str) -> PersonalData:
     )
 
 
-def _stream(session: Session, statement: Any, per_fetch: int = ROWS_PER_FETCH) -> Iterator[Any]:
+def _stream(conn: Conn, statement: Any, per_fetch: int = ROWS_PER_FETCH) -> Iterator[Any]:
     """The statement's rows through a server-side cursor, `per_fetch` at a time. A generator:
     the query runs when the first row is asked for. Rows read are not kept: the session's
     identity map holds its objects weakly."""
-    result = session.scalars(statement, execution_options={"yield_per": per_fetch})
+    result = conn.session.scalars(statement, execution_options={"yield_per": per_fetch})
     try:
         yield from result
     finally:
@@ -207,10 +206,10 @@ _ESTIMATE = text(
 
 
 @database_operation("estimatePersonalData")
-def estimated_bytes(session: Session, user_id: str) -> int:
+def estimated_bytes(conn: Conn, user_id: str) -> int:
     """Roughly how large the export would be (the text of the user's rows in the three tables
     that grow), measured in the database so nothing is loaded: one statement."""
-    return int(session.execute(_ESTIMATE, {"user_id": user_id}).scalar_one())
+    return int(conn.session.execute(_ESTIMATE, {"user_id": user_id}).scalar_one())
 
 
 def _mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
@@ -234,7 +233,7 @@ LIVE_SUBSCRIPTION = frozenset({"active", "trialing", "past_due"})
 
 @database_operation("erasePersonalData")
 def erase(
-    session: Session,
+    conn: Conn,
     user_id: str,
     *,
     refuse_live_subscription: bool = False,
@@ -247,11 +246,11 @@ def erase(
     (`SubscriptionLiveError`) under the same row lock a billing webhook would need, so no
     checkout can slip in between the check and the erasure.
     """
-    _require_transaction(session, "erase")
+    _require_transaction(conn, "erase")
     now = now or utcnow()
     # The user's row first, organizations after it (the team keywords given back below): the
     # order a team search locks them in, so the two never deadlock.
-    owner = session.execute(
+    owner = conn.session.execute(
         select(
             User.email,
             User.stripe_customer_id,
@@ -266,27 +265,27 @@ def erase(
     ids = identifiers(user_id, owner)
     options = {"synchronize_session": False}
 
-    history = session.execute(
+    history = conn.session.execute(
         update(SearchHistory)
         .where(SearchHistory.user_id == user_id)
         .values(user_id=None, ip_address=None, user_agent=None),
         execution_options=options,
     )
-    usage = session.execute(
+    usage = conn.session.execute(
         delete(ApiUsage).where(ApiUsage.user_id == user_id), execution_options=options
     )
-    given_back = reservations.release_team_holds(session, user_id, now=now)
-    team_searches = session.execute(
+    given_back = reservations.release_team_holds(conn, user_id, now=now)
+    team_searches = conn.session.execute(
         update(SavedSearch)
         .where(SavedSearch.user_id == user_id, SavedSearch.organization_id.is_not(None))
         .values(user_id=None),
         execution_options=options,
     )
-    memberships = session.execute(
+    memberships = conn.session.execute(
         delete(OrganizationMember).where(OrganizationMember.user_id == user_id),
         execution_options=options,
     )
-    flags = session.execute(
+    flags = conn.session.execute(
         update(FeatureFlag)
         .where(FeatureFlag.allowed_users.any_() == user_id)
         .values(
@@ -294,17 +293,17 @@ def erase(
         ),
         execution_options=options,
     )
-    events = session.execute(
+    events = conn.session.execute(
         update(WebhookEvent)
         .where(_event_mentions(ids))
         .values(payload=null(), error=None),  # SQL NULL: None would store JSON null
         execution_options=options,
     )
-    metrics = session.execute(
+    metrics = conn.session.execute(
         update(SystemMetric).where(_mentions(SystemMetric.tags, ids)).values(tags=null()),
         execution_options=options,
     )
-    deleted = session.execute(
+    deleted = conn.session.execute(
         delete(User).where(User.id == user_id).returning(User.id), execution_options=options
     ).first()
     return Erasure(

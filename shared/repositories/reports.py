@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlalchemy.types import BigInteger, Text, TypeEngine
 
+from shared.db import Conn
 from shared.models import UTCDateTime
 from shared.telemetry import database_operation
 
@@ -34,20 +34,20 @@ REFRESHED_BY: Final = "rollup"  # the cron job that refreshes them; its lease ro
 
 
 @database_operation("refreshReport")
-def refresh(session: Session, report: Report, *, timeout_ms: int, lock_timeout_ms: int) -> None:
+def refresh(conn: Conn, report: Report, *, timeout_ms: int, lock_timeout_ms: int) -> None:
     """Refresh `report` CONCURRENTLY, giving up after `timeout_ms`, or `lock_timeout_ms` spent
     waiting for one lock: another refresh of the view (one run by hand) or a migration holding
     a table makes this one fail soon rather than spend the cron's budget queueing."""
     if report not in REPORTS:
         raise ValueError(f"not a report: {report}")
-    session.execute(
+    conn.session.execute(
         text(
             "SELECT set_config('statement_timeout', :total, true),"
             " set_config('lock_timeout', :lock, true)"
         ),
         {"total": str(timeout_ms), "lock": str(lock_timeout_ms)},
     )
-    session.execute(text(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {report}"))
+    conn.session.execute(text(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {report}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +70,8 @@ def _time(raw: str | None) -> datetime | None:
 
 
 @database_operation("reportFreshness")
-def freshness(session: Session, report: Report) -> Freshness:
-    row = session.execute(_STATE, {"report": report, "job": REFRESHED_BY}).one_or_none()
+def freshness(conn: Conn, report: Report) -> Freshness:
+    row = conn.session.execute(_STATE, {"report": report, "job": REFRESHED_BY}).one_or_none()
     if row is None:
         return Freshness(None, None)
     return Freshness(_time(row[0]), _time(row[1]))
@@ -156,25 +156,23 @@ class ProviderRow:
 
 
 @database_operation("reportUsageByTier")
-def usage_by_tier(session: Session, *, start: datetime, end: datetime) -> list[UsageRow]:
+def usage_by_tier(conn: Conn, *, start: datetime, end: datetime) -> list[UsageRow]:
     """Months starting in [start, end), by month then tier."""
-    rows = session.execute(_USAGE, {"start": start, "end": end})
+    rows = conn.session.execute(_USAGE, {"start": start, "end": end})
     return [UsageRow(*row) for row in rows]
 
 
 @database_operation("reportKeywordTrends")
-def keyword_trends(
-    session: Session, *, start: datetime, end: datetime, top: int
-) -> list[KeywordRow]:
+def keyword_trends(conn: Conn, *, start: datetime, end: datetime, top: int) -> list[KeywordRow]:
     """Weeks starting in [start, end), each week's `top` keywords by searches (ties a-z)."""
-    rows = session.execute(_KEYWORDS, {"start": start, "end": end, "top": top})
+    rows = conn.session.execute(_KEYWORDS, {"start": start, "end": end, "top": top})
     return [KeywordRow(*row) for row in rows]
 
 
 @database_operation("reportProviderPerformance")
 def provider_performance(
-    session: Session, *, start: datetime, end: datetime, top: int
+    conn: Conn, *, start: datetime, end: datetime, top: int
 ) -> list[ProviderRow]:
     """Weeks starting in [start, end), each week's `top` providers by searches, by name."""
-    rows = session.execute(_PROVIDERS, {"start": start, "end": end, "top": top})
+    rows = conn.session.execute(_PROVIDERS, {"start": start, "end": end, "top": top})
     return [ProviderRow(*row) for row in rows]

@@ -21,9 +21,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Integer, String, bindparam, column, delete, exists, select, text
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.models import KeywordReservation, User, UTCDateTime
 from shared.telemetry import database_operation
 
@@ -139,16 +139,16 @@ def confirm_statement(reservation_id: str, user_id: str) -> Any:
 
 
 @database_operation("releaseReservation")
-def release(session: Session, reservation_id: str, *, now: datetime | None = None) -> int:
+def release(conn: Conn, reservation_id: str, *, now: datetime | None = None) -> int:
     """Give a reservation back; returns the keywords given back (0 if it was already gone)."""
-    rows = session.execute(_RELEASE, {"id": reservation_id, "now": now or utcnow()}).all()
+    rows = conn.session.execute(_RELEASE, {"id": reservation_id, "now": now or utcnow()}).all()
     return sum(int(row.keywords) for row in rows)
 
 
 @database_operation("releaseExpiredReservations")
-def release_expired(session: Session, *, now: datetime, limit: int) -> Released:
+def release_expired(conn: Conn, *, now: datetime, limit: int) -> Released:
     """Give back up to `limit` reservations past their expiry."""
-    rows = session.execute(_RELEASE_EXPIRED, {"now": now, "limit": limit}).all()
+    rows = conn.session.execute(_RELEASE_EXPIRED, {"now": now, "limit": limit}).all()
     personal = [
         (str(row.userId), int(row.keywords), row.reservedAt)
         for row in rows
@@ -158,8 +158,8 @@ def release_expired(session: Session, *, now: datetime, limit: int) -> Released:
 
 
 @database_operation("releaseTeamReservations")
-def release_team_holds(session: Session, user_id: str, *, now: datetime) -> int:
+def release_team_holds(conn: Conn, user_id: str, *, now: datetime) -> int:
     """Give back to each organization what `user_id` holds against its quota (their erasure):
     the keywords given back."""
-    rows = session.execute(_RELEASE_TEAM_HOLDS, {"user_id": user_id, "now": now}).all()
+    rows = conn.session.execute(_RELEASE_TEAM_HOLDS, {"user_id": user_id, "now": now}).all()
     return sum(int(row.keywords) for row in rows)

@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, select
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.models import WebhookEvent
 from shared.telemetry import database_operation
 
@@ -39,13 +39,13 @@ TARGETS: dict[str, Target] = {
 
 
 @database_operation("pruneBatch")
-def delete_batch(session: Session, target: Target, *, cutoff: datetime, limit: int) -> int:
+def delete_batch(conn: Conn, target: Target, *, cutoff: datetime, limit: int) -> int:
     """Delete up to `limit` rows of `target` older than `cutoff`; returns how many."""
     conditions = [target.age_column < cutoff]
     if target.only is not None:
         conditions.append(target.only)
     ids = select(target.model.id).where(*conditions).limit(limit)
-    result = session.execute(
+    result = conn.session.execute(
         delete(target.model).where(target.model.id.in_(ids.scalar_subquery()), *conditions),
         execution_options={"synchronize_session": False},
     )

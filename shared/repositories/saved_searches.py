@@ -30,10 +30,9 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
-from shared.db import HotStatement, driver_connection, execute_hot
+from shared.db import Conn, HotStatement, driver_connection, execute_hot
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.models import SavedSearch, User, UTCDateTime
@@ -55,8 +54,8 @@ class NewSavedSearch:
     results: list[dict[str, Any]] | None = None
 
 
-def _require_transaction(session: Session) -> None:
-    if driver_connection(session).info.transaction_status == TransactionStatus.IDLE:
+def _require_transaction(conn: Conn) -> None:
+    if driver_connection(conn).info.transaction_status == TransactionStatus.IDLE:
         raise RuntimeError("saved_searches.create must run inside shared.db.transaction()")
 
 
@@ -101,7 +100,7 @@ _CREATE = _create_statement()
 
 @database_operation("createSavedSearch")
 def create(
-    session: Session,
+    conn: Conn,
     user_id: str,
     search: NewSavedSearch,
     *,
@@ -113,8 +112,8 @@ def create(
     Must run in `transaction()`: the owner's row is locked first, so concurrent creates for one
     user queue up and each counts the rows the previous ones committed.
     """
-    _require_transaction(session)
-    if execute_hot(session, _OWNER_LOCK, {"p_user_id": user_id}).fetchone() is None:
+    _require_transaction(conn)
+    if execute_hot(conn, _OWNER_LOCK, {"p_user_id": user_id}).fetchone() is None:
         raise UserNotFoundError(user_id)
     moment = db_time(now or utcnow())
     params: dict[str, Any] = {
@@ -133,7 +132,7 @@ def create(
         "p_updatedAt": moment,
         "p_lastAccessedAt": moment,
     }
-    row = execute_hot(session, _CREATE, params).fetchone()
+    row = execute_hot(conn, _CREATE, params).fetchone()
     if row is None:
         raise SavedSearchLimitError(MAX_PER_USER)
     return _search_from(row)
@@ -141,14 +140,14 @@ def create(
 
 @database_operation("getSavedSearch")
 def get(
-    session: Session, user_id: str, search_id: str, *, now: datetime | None = None
+    conn: Conn, user_id: str, search_id: str, *, now: datetime | None = None
 ) -> SavedSearch | None:
     """The user's saved search, touching `lastAccessedAt` in the same statement."""
-    return get_scoped(session, _personal(user_id), search_id, now=now)
+    return get_scoped(conn, _personal(user_id), search_id, now=now)
 
 
 def get_scoped(
-    session: Session, scope: ColumnElement[bool], search_id: str, *, now: datetime | None = None
+    conn: Conn, scope: ColumnElement[bool], search_id: str, *, now: datetime | None = None
 ) -> SavedSearch | None:
     """The search within `scope` (its owner: a user's personal searches, or a team's),
     touching `lastAccessedAt` in the same statement."""
@@ -158,14 +157,14 @@ def get_scoped(
         .values(last_accessed_at=now or utcnow())
         .returning(SavedSearch)
     )
-    return session.scalars(
+    return conn.session.scalars(
         statement, execution_options={"synchronize_session": False}
     ).one_or_none()
 
 
 @database_operation("listSavedSearches")
 def list_for_user(
-    session: Session,
+    conn: Conn,
     user_id: str,
     *,
     limit: int = MAX_PER_USER,
@@ -179,11 +178,13 @@ def list_for_user(
     if cursor is not None:
         params.update(p_after_time=db_time(cursor[0]), p_after_id=cursor[1])
     statement = _LIST if cursor is None else _LIST_AFTER
-    rows = [_summary_from(row) for row in execute_hot(session, statement, params)]
+    rows = execute_hot(conn, statement, params).fetchall()
+    # The extra row only says another page exists: counted, never mapped.
+    items = [_summary_from(row) for row in rows[:limit]]
     if len(rows) <= limit:
-        return Page(items=rows, next_cursor=None)
-    last = rows[limit - 1]
-    return Page(items=rows[:limit], next_cursor=(last.updated_at, last.id))
+        return Page(items=items, next_cursor=None)
+    last = items[-1]
+    return Page(items=items, next_cursor=(last.updated_at, last.id))
 
 
 def _list_statement(*, after: bool) -> HotStatement:
@@ -212,7 +213,7 @@ _LIST_AFTER = _list_statement(after=True)
 
 @database_operation("updateSavedSearch")
 def update_search(
-    session: Session,
+    conn: Conn,
     user_id: str,
     search_id: str,
     *,
@@ -222,12 +223,12 @@ def update_search(
 ) -> SavedSearch | None:
     """Change name and/or description; None when the search is not the user's."""
     return update_scoped(
-        session, _personal(user_id), search_id, name=name, description=description, now=now
+        conn, _personal(user_id), search_id, name=name, description=description, now=now
     )
 
 
 def update_scoped(
-    session: Session,
+    conn: Conn,
     scope: ColumnElement[bool],
     search_id: str,
     *,
@@ -247,20 +248,20 @@ def update_scoped(
         .values(**values)
         .returning(SavedSearch)
     )
-    return session.scalars(
+    return conn.session.scalars(
         statement, execution_options={"synchronize_session": False}
     ).one_or_none()
 
 
 @database_operation("deleteSavedSearch")
-def delete_search(session: Session, user_id: str, search_id: str) -> bool:
+def delete_search(conn: Conn, user_id: str, search_id: str) -> bool:
     """True when the user's search existed and is now gone."""
-    return delete_scoped(session, _personal(user_id), search_id)
+    return delete_scoped(conn, _personal(user_id), search_id)
 
 
-def delete_scoped(session: Session, scope: ColumnElement[bool], search_id: str) -> bool:
+def delete_scoped(conn: Conn, scope: ColumnElement[bool], search_id: str) -> bool:
     """True when the search within `scope` existed and is now gone."""
-    result = session.execute(
+    result = conn.session.execute(
         delete(SavedSearch).where(scope, SavedSearch.id == search_id).returning(SavedSearch.id),
         execution_options={"synchronize_session": False},
     )

@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy import Text, bindparam, case, func, insert, select, true, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
-from shared.db import HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
@@ -77,16 +76,16 @@ def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
 
 
 @database_operation("recordSearch")
-def record(session: Session, search: NewSearch, *, now: datetime | None = None) -> str:
+def record(conn: Conn, search: NewSearch, *, now: datetime | None = None) -> str:
     """Insert one history row and return its id."""
     row_id = new_cuid()
-    session.execute(_insert(search, row_id, now))
+    conn.session.execute(_insert(search, row_id, now))
     return row_id
 
 
 @database_operation("recordSearchWithUsage")
 def record_with_usage(
-    session: Session,
+    conn: Conn,
     search: NewSearch,
     request: api_usage.Request,
     *,
@@ -105,7 +104,7 @@ def record_with_usage(
         kept = reservations.confirm_statement(reservation_id, search.user_id).cte("kept")
         statement = statement.add_cte(kept)
     try:
-        session.execute(statement)
+        conn.session.execute(statement)
     except IntegrityError as error:
         constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
         if constraint == _USER_FOREIGN_KEY and search.user_id is not None:
@@ -116,7 +115,7 @@ def record_with_usage(
 
 @database_operation("listSearchHistory")
 def list_for_user(
-    session: Session,
+    conn: Conn,
     user_id: str,
     *,
     limit: int = 20,
@@ -124,7 +123,7 @@ def list_for_user(
 ) -> Page[SearchHistory]:
     """Newest first, keyset-paginated on (searchedAt, id) using the (userId, searchedAt) index."""
     return keyset_page(
-        session,
+        conn,
         select(SearchHistory).where(SearchHistory.user_id == user_id),
         time_column=SearchHistory.searched_at,
         id_column=SearchHistory.id,
@@ -136,7 +135,7 @@ def list_for_user(
 
 @database_operation("searchHistoryStats")
 def stats(
-    session: Session,
+    conn: Conn,
     *,
     since: datetime,
     until: datetime | None = None,
@@ -155,7 +154,7 @@ def stats(
     params = {"p_since": db_time(since), "p_until": db_time(until or utcnow()), "p_owner": owner}
     total = Stats(searches=0, avg_response_time=None, cache_hit_rate=None)
     providers: dict[str, ProviderStats] = {}
-    for provider, is_total, count, avg_time, rate in execute_hot(session, statement, params):
+    for provider, is_total, count, avg_time, rate in execute_hot(conn, statement, params):
         figures = (count, _float(avg_time), _float(rate))
         if is_total:
             total = Stats(*figures)
@@ -204,7 +203,7 @@ class KeywordCount:
 
 @database_operation("searchesPerDay")
 def searches_per_day(
-    session: Session, *, since: datetime, until: datetime, organization_id: str | None = None
+    conn: Conn, *, since: datetime, until: datetime, organization_id: str | None = None
 ) -> dict[datetime, int]:
     """Searches per UTC day (keyed by the day's midnight) over [since, until), in one query;
     days without a search are absent (the caller zero-fills). With `organization_id`: only the
@@ -216,12 +215,12 @@ def searches_per_day(
         .group_by(day),
         organization_id,
     )
-    return {row[0]: row[1] for row in session.execute(statement)}
+    return {row[0]: row[1] for row in conn.session.execute(statement)}
 
 
 @database_operation("topKeywords")
 def top_keywords(
-    session: Session,
+    conn: Conn,
     *,
     since: datetime,
     until: datetime,
@@ -246,7 +245,7 @@ def top_keywords(
     )
     return [
         KeywordCount(row[0], row[1])
-        for row in session.execute(_of_organization(statement, organization_id))
+        for row in conn.session.execute(_of_organization(statement, organization_id))
     ]
 
 

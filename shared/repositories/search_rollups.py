@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import bindparam, func, select, text
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.models import SearchDailyRollup, SearchHistory, UTCDateTime
 from shared.telemetry import database_operation
 
@@ -75,26 +75,28 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 
 @database_operation("rollupSearchDay")
-def rollup_day(session: Session, day: date, *, now: datetime) -> DayResult:
+def rollup_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
     """Recompute `day`'s rows of `search_daily_rollups` from `search_history`."""
     start, end = day_bounds(day)
-    row = session.execute(_ROLLUP_DAY, {"day": day, "start": start, "end": end, "now": now}).one()
+    row = conn.session.execute(
+        _ROLLUP_DAY, {"day": day, "start": start, "end": end, "now": now}
+    ).one()
     return DayResult(changed=int(row[0]), removed=int(row[1]), searches=int(row[2]))
 
 
 @database_operation("firstSearchDay")
-def first_day(session: Session) -> date | None:
+def first_day(conn: Conn) -> date | None:
     """The UTC day of the oldest history row (served by the `searchedAt` index)."""
-    oldest = session.execute(select(func.min(SearchHistory.searched_at))).scalar_one_or_none()
+    oldest = conn.session.execute(select(func.min(SearchHistory.searched_at))).scalar_one_or_none()
     return None if oldest is None else oldest.date()
 
 
 @database_operation("listSearchRollups")
-def between(session: Session, first: date, last: date) -> list[SearchDailyRollup]:
+def between(conn: Conn, first: date, last: date) -> list[SearchDailyRollup]:
     """Rollup rows for days in [first, last], by day then provider."""
     statement = (
         select(SearchDailyRollup)
         .where(SearchDailyRollup.day >= first, SearchDailyRollup.day <= last)
         .order_by(SearchDailyRollup.day, SearchDailyRollup.provider)
     )
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))

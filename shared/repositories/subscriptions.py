@@ -29,9 +29,8 @@ from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Text, bindparam, func, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 
-from shared.db import HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot
 from shared.models import ErasedBillingCustomer, Organization, User, UserTier
 from shared.repositories import users
 from shared.telemetry import database_operation
@@ -108,7 +107,7 @@ def decide(stored: Stored, change: SubscriptionChange, event_at: datetime) -> De
 
 
 @database_operation("findBillingUser")
-def find_user_id(session: Session, candidates: Sequence[tuple[LookupKey, str]]) -> str | None:
+def find_user_id(conn: Conn, candidates: Sequence[tuple[LookupKey, str]]) -> str | None:
     """The first user matching the candidates, in their order, in ONE query.
 
     Keys: `id` (Clerk user id from Stripe metadata or client_reference_id), `customer`
@@ -118,7 +117,7 @@ def find_user_id(session: Session, candidates: Sequence[tuple[LookupKey, str]]) 
         return None
     statement = _find_statement(tuple(key for key, _ in candidates))
     params = {f"p_{rank}": value for rank, (_, value) in enumerate(candidates)}
-    row = execute_hot(session, statement, params).fetchone()
+    row = execute_hot(conn, statement, params).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -149,7 +148,7 @@ def _find_statement(keys: tuple[LookupKey, ...]) -> HotStatement:
 
 @database_operation("applySubscriptionChange")
 def apply_change(
-    session: Session,
+    conn: Conn,
     user_id: str,
     change: SubscriptionChange,
     *,
@@ -162,9 +161,9 @@ def apply_change(
     fresh monthly counter (as the original's new usage key did). → FREE ends any running trial
     (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial.
     """
-    user = users.locked_row(session, user_id)
+    user = users.locked_row(conn, user_id)
     return apply_locked(
-        user, change, partial(users.update_columns, session, user_id), event_at=event_at, now=now
+        user, change, partial(users.update_columns, conn, user_id), event_at=event_at, now=now
     )
 
 
@@ -250,7 +249,7 @@ def column_values(
 
 
 @database_operation("linkStripeCustomer")
-def link_customer(session: Session, user_id: str, customer_id: str, *, now: datetime) -> bool:
+def link_customer(conn: Conn, user_id: str, customer_id: str, *, now: datetime) -> bool:
     """Link the customer to a user who has none yet (a checkout not paid yet, or failed), so
     the subscription's events find the user; True when the row changed."""
     statement = (
@@ -259,7 +258,7 @@ def link_customer(session: Session, user_id: str, customer_id: str, *, now: date
         .values({User.stripe_customer_id: customer_id, User.updated_at: now})
         .returning(User.id)
     )
-    result = session.execute(statement, execution_options={"synchronize_session": False})
+    result = conn.session.execute(statement, execution_options={"synchronize_session": False})
     return result.first() is not None
 
 
@@ -269,17 +268,17 @@ def customer_hash(customer_id: str) -> str:
 
 
 @database_operation("rememberErasedCustomer")
-def remember_erased_customer(session: Session, user_id: str, *, now: datetime) -> str | None:
+def remember_erased_customer(conn: Conn, user_id: str, *, now: datetime) -> str | None:
     """Before the user is erased: remember (hashed) their Stripe customer, under the row lock
     the erasure takes anyway. Returns the subscription status they had (None: no customer)."""
-    row = session.execute(
+    row = conn.session.execute(
         select(User.stripe_customer_id, User.subscription_status)
         .where(User.id == user_id)
         .with_for_update()
     ).first()
     if row is None or not row[0]:
         return None
-    session.execute(
+    conn.session.execute(
         insert(ErasedBillingCustomer)
         .values(customer_hash=customer_hash(row[0]), erased_at=now)
         .on_conflict_do_nothing()
@@ -289,8 +288,8 @@ def remember_erased_customer(session: Session, user_id: str, *, now: datetime) -
 
 
 @database_operation("isErasedCustomer")
-def is_erased_customer(session: Session, customer_id: str) -> bool:
+def is_erased_customer(conn: Conn, customer_id: str) -> bool:
     statement = select(ErasedBillingCustomer.customer_hash).where(
         ErasedBillingCustomer.customer_hash == customer_hash(customer_id)
     )
-    return session.execute(statement).first() is not None
+    return conn.session.execute(statement).first() is not None

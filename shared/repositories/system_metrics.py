@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import func, insert, literal, select
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.ids import new_cuid
 from shared.models import SystemMetric, UTCDateTime
 from shared.telemetry import database_operation
@@ -35,7 +35,7 @@ class Point:
 
 
 @database_operation("recordMetrics")
-def record_many(session: Session, samples: list[Sample]) -> None:
+def record_many(conn: Conn, samples: list[Sample]) -> None:
     """All samples in one multi-row INSERT."""
     if not samples:
         return
@@ -50,12 +50,12 @@ def record_many(session: Session, samples: list[Sample]) -> None:
         }
         for s in samples
     ]
-    session.execute(insert(SystemMetric).values(rows))
+    conn.session.execute(insert(SystemMetric).values(rows))
 
 
 @database_operation("queryMetricSeries")
 def series(
-    session: Session, metric: str, *, start: datetime, end: datetime, bucket: Bucket
+    conn: Conn, metric: str, *, start: datetime, end: datetime, bucket: Bucket
 ) -> list[Point]:
     """avg/min/max/count per `date_trunc(bucket)` over [start, end), oldest first."""
     truncated = func.date_trunc(literal(bucket), SystemMetric.timestamp, type_=UTCDateTime()).label(
@@ -79,5 +79,5 @@ def series(
     )
     return [
         Point(bucket=b, avg=float(a), min=float(lo), max=float(hi), count=n)
-        for b, a, lo, hi, n in session.execute(statement)
+        for b, a, lo, hi, n in conn.session.execute(statement)
     ]

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from shared.db import Conn
 from shared.models import OrganizationMember
 from shared.telemetry import database_operation
 
 
 @database_operation("listOrganizationMembers")
-def list_live(session: Session, org_id: str) -> Sequence[OrganizationMember]:
+def list_live(conn: Conn, org_id: str) -> Sequence[OrganizationMember]:
     """Current memberships (tombstones left out), earliest joined first."""
-    return session.scalars(
+    return conn.session.scalars(
         select(OrganizationMember)
         .where(
             OrganizationMember.organization_id == org_id, OrganizationMember.deleted_at.is_(None)

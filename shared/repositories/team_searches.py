@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, text
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import defer
 
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.models import SavedSearch
@@ -47,7 +48,7 @@ _LOCK = text(
 
 @database_operation("createTeamSearch")
 def create(
-    session: Session,
+    conn: Conn,
     org_id: str,
     user_id: str,
     search: NewSavedSearch,
@@ -61,7 +62,7 @@ def create(
     then one INSERT … SELECT inserts only under the cap. Raises `OrganizationNotFoundError`
     (missing or deleted), `UserNotFoundError` (the creator has no row: erased meanwhile) or
     `SavedSearchLimitError`."""
-    locked = session.execute(_LOCK, {"org": org_id, "user": user_id}).one()
+    locked = conn.session.execute(_LOCK, {"org": org_id, "user": user_id}).one()
     if locked.creator is None:
         raise UserNotFoundError(user_id)
     if locked.team is None:
@@ -97,7 +98,7 @@ def create(
         ]
     ).where(count < MAX_PER_ORG)
     statement = insert(_SEARCHES).from_select(list(values), source).returning(*_SEARCHES.columns)
-    created: SavedSearch | None = session.scalars(
+    created: SavedSearch | None = conn.session.scalars(
         select(SavedSearch).from_statement(statement)
     ).one_or_none()
     if created is None:
@@ -106,7 +107,7 @@ def create(
 
 
 @database_operation("listTeamSearches")
-def list_for_org(session: Session, org_id: str, *, limit: int = MAX_PER_ORG) -> list[SavedSearch]:
+def list_for_org(conn: Conn, org_id: str, *, limit: int = MAX_PER_ORG) -> list[SavedSearch]:
     """The team's searches, most recently updated first, without `results` (the list answers
     summaries; reading `results` of one raises)."""
     statement = (
@@ -116,20 +117,20 @@ def list_for_org(session: Session, org_id: str, *, limit: int = MAX_PER_ORG) -> 
         .order_by(SavedSearch.updated_at.desc(), SavedSearch.id.desc())
         .limit(limit)
     )
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("getTeamSearch")
 def get(
-    session: Session, org_id: str, search_id: str, *, now: datetime | None = None
+    conn: Conn, org_id: str, search_id: str, *, now: datetime | None = None
 ) -> SavedSearch | None:
     """The team's search, touching `lastAccessedAt` in the same statement."""
-    return saved_searches.get_scoped(session, _team(org_id), search_id, now=now)
+    return saved_searches.get_scoped(conn, _team(org_id), search_id, now=now)
 
 
 @database_operation("updateTeamSearch")
 def update_search(
-    session: Session,
+    conn: Conn,
     org_id: str,
     search_id: str,
     *,
@@ -139,14 +140,14 @@ def update_search(
 ) -> SavedSearch | None:
     """Change name and/or description; None when the search is not the team's."""
     return saved_searches.update_scoped(
-        session, _team(org_id), search_id, name=name, description=description, now=now
+        conn, _team(org_id), search_id, name=name, description=description, now=now
     )
 
 
 @database_operation("deleteTeamSearch")
-def delete_search(session: Session, org_id: str, search_id: str) -> bool:
+def delete_search(conn: Conn, org_id: str, search_id: str) -> bool:
     """True when the team's search existed and is now gone."""
-    return saved_searches.delete_scoped(session, _team(org_id), search_id)
+    return saved_searches.delete_scoped(conn, _team(org_id), search_id)
 
 
 def _team(org_id: str) -> ColumnElement[bool]:

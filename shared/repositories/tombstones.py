@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, any_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
 
 from shared.config import get_settings
+from shared.db import Conn
 from shared.models import AccountTombstone, User, UTCDateTime
 from shared.quotas import trial_end
 from shared.telemetry import database_operation
@@ -96,20 +96,22 @@ class Settled:
 
 
 @database_operation("settleTombstone")
-def settle(session: Session, user_id: str, email: str) -> Settled | None:
+def settle(conn: Conn, user_id: str, email: str) -> Settled | None:
     """For a user row its caller has just created: continue a tombstoned trial the creating
     statement could not see. None when there was nothing to apply (the usual case)."""
-    row = session.execute(_SETTLE, {"id": user_id, "keys": keys(user_id, email)}).first()
+    row = conn.session.execute(_SETTLE, {"id": user_id, "keys": keys(user_id, email)}).first()
     return None if row is None else Settled(total=row[0], trial_ends_at=row[1])
 
 
 @database_operation("recordTombstone")
-def record(session: Session, user_id: str) -> bool:
+def record(conn: Conn, user_id: str) -> bool:
     """In the erasure's transaction, before the user row goes: keep the trial's end and the
     keywords used under the user's keys (an earlier tombstone of the same identity only ever
     gets stricter). The row is locked, so no request can count usage the tombstone misses.
     False when there is no such user (nothing to keep)."""
-    user = session.scalars(select(User).where(User.id == user_id).with_for_update()).one_or_none()
+    user = conn.session.scalars(
+        select(User).where(User.id == user_id).with_for_update()
+    ).one_or_none()
     if user is None:
         return False
     rows = [
@@ -117,7 +119,7 @@ def record(session: Session, user_id: str) -> bool:
         for key in keys(user.id, user.email)
     ]
     statement = insert(AccountTombstone).values(rows)
-    session.execute(
+    conn.session.execute(
         statement.on_conflict_do_update(
             index_elements=[AccountTombstone.key],
             set_={

@@ -35,10 +35,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared.clock import month_start, utcnow
-from shared.db import HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot
 from shared.errors import (
     EmailInUseError,
     QuotaExceededError,
@@ -185,7 +184,7 @@ def _raise_if_email_taken(error: IntegrityError) -> None:
 
 @database_operation("createUser")
 def create(
-    session: Session,
+    conn: Conn,
     user_id: str,
     email: str,
     *,
@@ -200,7 +199,7 @@ def create(
     params["p_clerk_updated_at"] = None if clerk_updated_at is None else db_time(clerk_updated_at)
     statement = _CREATE_TRIAL if tier is UserTier.FREE else _CREATE
     try:
-        row = execute_hot(session, statement, params).fetchone()
+        row = execute_hot(conn, statement, params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
@@ -219,26 +218,26 @@ _CREATE = _create_statement(continuing=False)
 
 
 @database_operation("findUserById")
-def get(session: Session, user_id: str, *, lock: bool = False) -> User | None:
+def get(conn: Conn, user_id: str, *, lock: bool = False) -> User | None:
     """`lock`: `FOR UPDATE`, so concurrent changes to the row are decided one after another."""
-    row = execute_hot(session, _GET_LOCKED if lock else _GET, {"id": user_id}).fetchone()
+    row = execute_hot(conn, _GET_LOCKED if lock else _GET, {"id": user_id}).fetchone()
     return None if row is None else _user_from(row)
 
 
-def locked_row(session: Session, user_id: str) -> User | None:
+def locked_row(conn: Conn, user_id: str) -> User | None:
     """The user `FOR UPDATE`, for a repository deciding a change under the row lock (logged
     as that repository's operation, not as a read of its own)."""
-    row = execute_hot(session, _GET_LOCKED, {"id": user_id}).fetchone()
+    row = execute_hot(conn, _GET_LOCKED, {"id": user_id}).fetchone()
     return None if row is None else _user_from(row)
 
 
-def update_columns(session: Session, user_id: str, values: dict[Any, Any]) -> None:
+def update_columns(conn: Conn, user_id: str, values: dict[Any, Any]) -> None:
     """`UPDATE users SET <values> WHERE id = user_id`; `values` keyed by `User` attributes, the
     statement compiled once per set of columns."""
     keys = frozenset(attribute.key for attribute in values)
     params = {attribute.key: _db_value(value) for attribute, value in values.items()}
     params["user_id"] = user_id
-    execute_hot(session, _update_statement(keys, returning=False), params)
+    execute_hot(conn, _update_statement(keys, returning=False), params)
 
 
 _BY_ID = select(_USERS).where(_USERS.c.id == bindparam("id"))
@@ -247,10 +246,10 @@ _GET_LOCKED = HotStatement(_BY_ID.with_for_update())
 
 
 @database_operation("findUserByEmail")
-def get_by_email(session: Session, email: str) -> User | None:
+def get_by_email(conn: Conn, email: str) -> User | None:
     """Case-insensitive, served by the `lower(email)` unique index."""
     statement = select(User).where(func.lower(User.email) == func.lower(literal(email)))
-    return session.scalars(statement).one_or_none()
+    return conn.session.scalars(statement).one_or_none()
 
 
 # Read the row if it exists, else insert it; one statement, one round trip. When another
@@ -281,9 +280,7 @@ _GET_OR_CREATE = text(
 
 
 @database_operation("findOrCreateUser")
-def get_or_create(
-    session: Session, user_id: str, email: str, *, now: datetime | None = None
-) -> User:
+def get_or_create(conn: Conn, user_id: str, email: str, *, now: datetime | None = None) -> User:
     """The user with `user_id`, created (as a FREE trial) when missing. Race-safe.
 
     Runs outside a transaction (`db.run`): a lost race is resolved by re-running the statement.
@@ -295,13 +292,13 @@ def get_or_create(
     email_conflict = False
     for _ in range(3):
         try:
-            user: User | None = session.scalars(statement, values).one_or_none()
+            user: User | None = conn.session.scalars(statement, values).one_or_none()
         except IntegrityError as error:
             # ON CONFLICT covers only the id index: a racing insert of the same user can also
             # trip the email indexes. Re-run: the row is visible now if it is ours.
             if not _is_email_conflict(error):
                 raise
-            session.rollback()
+            conn.session.rollback()
             email_conflict = True
             continue
         if user is not None:
@@ -313,7 +310,7 @@ def get_or_create(
 
 @database_operation("updateUser")
 def update_user(
-    session: Session, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
+    conn: Conn, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
 ) -> User:
     """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`."""
     params = {key: _db_value(value) for key, value in changes.items()}
@@ -321,7 +318,7 @@ def update_user(
     params["user_id"] = user_id
     try:
         keys = frozenset(changes) | {"updated_at"}
-        row = execute_hot(session, _update_statement(keys), params).fetchone()
+        row = execute_hot(conn, _update_statement(keys), params).fetchone()
     except IntegrityError as error:
         _raise_if_email_taken(error)
         raise
@@ -351,7 +348,7 @@ def _update_statement(keys: frozenset[str], *, returning: bool = True) -> HotSta
 
 @database_operation("incrementKeywordSearches")
 def increment_usage(
-    session: Session,
+    conn: Conn,
     user_id: str,
     count: int,
     *,
@@ -376,7 +373,7 @@ def increment_usage(
         "limit": limit,
     }
     statement = _INCREMENT if limit is None else _INCREMENT_LIMITED
-    row = execute_hot(session, statement, params).fetchone()
+    row = execute_hot(conn, statement, params).fetchone()
     if row is not None:
         reset_at = row[2].replace(tzinfo=UTC)
         return Usage(
@@ -384,7 +381,7 @@ def increment_usage(
         )
     stale = User.monthly_reset_at < month_start(now)
     # Failure path only: one more read to tell a missing user from a full quota.
-    current = session.execute(
+    current = conn.session.execute(
         select(case((stale, 0), else_=User.keyword_searches_this_month)).where(User.id == user_id)
     ).scalar_one_or_none()
     if current is None:
@@ -428,7 +425,7 @@ _INCREMENT_LIMITED = _increment_statement(limited=True)
 
 @database_operation("reserveKeywords")
 def reserve_keywords(
-    session: Session,
+    conn: Conn,
     user_id: str,
     email: str,
     count: int,
@@ -464,7 +461,7 @@ def reserve_keywords(
     upsert = _RESERVE[enforce, hold is not None]
     for attempt in range(2):
         try:
-            row = execute_hot(session, upsert, params).fetchone()
+            row = execute_hot(conn, upsert, params).fetchone()
             break
         except IntegrityError as error:
             # A racing first request for the same new user can trip the email index (ON
@@ -472,14 +469,14 @@ def reserve_keywords(
             if attempt or not _is_email_conflict(error):
                 _raise_if_email_taken(error)
                 raise
-            session.rollback()
+            conn.session.rollback()
     if row is not None and row[4]:  # created: an erasure may have committed meanwhile
-        settled = tombstones.settle(session, user_id, email)
+        settled = tombstones.settle(conn, user_id, email)
         over = settled is not None and (settled.total > limits.trial or settled.trial_ends_at < now)
         if enforce and over and row[0]:  # counted on a trial that had already been used
-            _uncount(session, user_id, row[0], now)
+            _uncount(conn, user_id, row[0], now)
             if hold is not None:  # its reservation goes too, without giving back twice
-                session.execute(reservations.confirm_statement(hold.id, user_id))
+                conn.session.execute(reservations.confirm_statement(hold.id, user_id))
             row = None
     if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
         reset_at = row[2].replace(tzinfo=UTC)
@@ -487,7 +484,7 @@ def reserve_keywords(
             this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
         )
     # Refused (failure path only): one read to say why, with the numbers for the message.
-    user = session.get(User, user_id)
+    user = conn.session.get(User, user_id)
     if user is None:
         raise UserNotFoundError(user_id)
     view = usage_view(user, limits, now)
@@ -497,9 +494,9 @@ def reserve_keywords(
     raise QuotaExceededError(used=view.used, limit=view.limit, requested=count, trial=trial)
 
 
-def _uncount(session: Session, user_id: str, count: int, now: datetime) -> None:
+def _uncount(conn: Conn, user_id: str, count: int, now: datetime) -> None:
     """Take back what a user's creating statement just counted (same month, same transaction)."""
-    session.execute(
+    conn.session.execute(
         update(User)
         .where(User.id == user_id)
         .values(
@@ -595,10 +592,10 @@ _RESERVE = {
 
 
 @database_operation("resetMonthlyUsage")
-def reset_monthly_usage(session: Session, user_id: str, *, now: datetime | None = None) -> None:
+def reset_monthly_usage(conn: Conn, user_id: str, *, now: datetime | None = None) -> None:
     """Zero the monthly counter and stamp the reset (one statement, so it cannot race)."""
     now = db_time(now or utcnow())
-    if execute_hot(session, _RESET, {"id": user_id, "now": now}).fetchone() is None:
+    if execute_hot(conn, _RESET, {"id": user_id, "now": now}).fetchone() is None:
         raise UserNotFoundError(user_id)
 
 
@@ -617,9 +614,9 @@ _RESET = HotStatement(
 
 
 @database_operation("deleteUser")
-def delete_user(session: Session, user_id: str) -> bool:
+def delete_user(conn: Conn, user_id: str) -> bool:
     """Delete the user: saved searches cascade, history rows keep userId NULL. False if absent."""
-    result = session.execute(
+    result = conn.session.execute(
         delete(User).where(User.id == user_id).returning(User.id),
         execution_options={"synchronize_session": False},
     )
@@ -628,7 +625,7 @@ def delete_user(session: Session, user_id: str) -> bool:
 
 @database_operation("findExpiredTrials")
 def find_expired_trials(
-    session: Session, *, now: datetime | None = None, after_id: str | None = None, limit: int = 500
+    conn: Conn, *, now: datetime | None = None, after_id: str | None = None, limit: int = 500
 ) -> list[User]:
     """FREE users whose trial has ended, in id order (keyset batches for the cron)."""
     statement = (
@@ -639,13 +636,13 @@ def find_expired_trials(
     )
     if after_id is not None:
         statement = statement.where(User.id > after_id)
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 @database_operation("getSubscriptionMetrics")
-def subscription_metrics(session: Session) -> SubscriptionMetrics:
+def subscription_metrics(conn: Conn) -> SubscriptionMetrics:
     """All five counts in one scan (the original ran five COUNT queries)."""
-    row = session.execute(
+    row = conn.session.execute(
         select(
             func.count(),
             func.count().filter(User.tier == UserTier.FREE),
@@ -667,7 +664,7 @@ class ResetBatch:
 
 @database_operation("resetStaleMonthlyUsage")
 def reset_stale_monthly_usage(
-    session: Session, *, after_id: str | None, limit: int, now: datetime
+    conn: Conn, *, after_id: str | None, limit: int, now: datetime
 ) -> ResetBatch:
     """Zero the monthly counter of up to `limit` users after `after_id` (id order) whose
     `monthlyResetAt` is before `now`'s UTC month, stamping `monthlyResetAt = now`. ONE statement.
@@ -695,7 +692,7 @@ def reset_stale_monthly_usage(
         select(func.max(batch.c.id)).scalar_subquery(),
         select(func.count()).select_from(reset).scalar_subquery(),
     )
-    last_id, count = session.execute(statement).one()
+    last_id, count = conn.session.execute(statement).one()
     return ResetBatch(last_id=last_id, reset=int(count))
 
 
@@ -706,10 +703,10 @@ class ExpiredTrials:
 
 
 @database_operation("countExpiredTrials")
-def count_expired_trials(session: Session, *, now: datetime, since: datetime) -> ExpiredTrials:
+def count_expired_trials(conn: Conn, *, now: datetime, since: datetime) -> ExpiredTrials:
     """Both counts in one scan of the `(tier, trialEndsAt)` index."""
     ended = and_(User.tier == UserTier.FREE, trial_over(now))
-    row = session.execute(
+    row = conn.session.execute(
         select(func.count(), func.count().filter(trial_end_sql() >= since)).where(ended)
     ).one()
     return ExpiredTrials(total=int(row[0]), since=int(row[1]))

@@ -16,10 +16,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, null, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
-from shared.db import HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot
 from shared.models import UTCDateTime, WebhookEvent
 from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
@@ -59,7 +58,7 @@ def _another_attempt(now: datetime | ColumnElement[datetime]) -> dict[Any, Any]:
 
 @database_operation("claimWebhookEvent")
 def claim(
-    session: Session,
+    conn: Conn,
     event_id: str,
     event_type: str,
     payload: dict[str, Any] | None,
@@ -75,7 +74,7 @@ def claim(
         "p_payload": None if payload is None else Jsonb(payload),
         "p_now": db_time(now or utcnow()),
     }
-    row = execute_hot(session, _CLAIM, params).fetchone()
+    row = execute_hot(conn, _CLAIM, params).fetchone()
     if row is None:
         return None
     return Claim(event_id=event_id, attempts=row[0], first_delivery=bool(row[1]))
@@ -106,18 +105,18 @@ def _claim_statement() -> HotStatement:
 
 
 @database_operation("getWebhookEvent")
-def get(session: Session, event_id: str) -> WebhookEvent | None:
+def get(conn: Conn, event_id: str) -> WebhookEvent | None:
     """One recorded event (the retry cron re-runs it from its stored payload)."""
-    return session.get(WebhookEvent, event_id)
+    return conn.session.get(WebhookEvent, event_id)
 
 
 @database_operation("markWebhookProcessed")
 def mark_processed(
-    session: Session, event_id: str, *, now: datetime | None = None, forget_payload: bool = False
+    conn: Conn, event_id: str, *, now: datetime | None = None, forget_payload: bool = False
 ) -> None:
     """`forget_payload`: the event is about an erased person; keep only id, type and times."""
     params = {"p_id": event_id, "p_now": db_time(now or utcnow())}
-    execute_hot(session, _FORGET if forget_payload else _PROCESSED, params)
+    execute_hot(conn, _FORGET if forget_payload else _PROCESSED, params)
 
 
 def _processed_statement(*, forget_payload: bool) -> HotStatement:
@@ -137,7 +136,7 @@ def _processed_statement(*, forget_payload: bool) -> HotStatement:
 
 @database_operation("markWebhookFailed")
 def mark_failed(
-    session: Session,
+    conn: Conn,
     event_id: str,
     event_type: str,
     payload: dict[str, Any] | None,
@@ -149,7 +148,7 @@ def mark_failed(
     """Record a failed attempt (the claim rolled back with the work, so this upserts)."""
     now = now or utcnow()
     statement = _first_attempt(event_id, event_type, provider, payload, now, error[:1000])
-    session.execute(
+    conn.session.execute(
         statement.on_conflict_do_update(
             index_elements=[WebhookEvent.id],
             set_={**_another_attempt(now), WebhookEvent.error: statement.excluded.error},
@@ -160,7 +159,7 @@ def mark_failed(
 
 @database_operation("listRetryableWebhooks")
 def list_retryable(
-    session: Session,
+    conn: Conn,
     *,
     max_attempts: int,
     base_delay: timedelta,
@@ -181,7 +180,7 @@ def list_retryable(
         .order_by(WebhookEvent.created_at)
         .limit(limit)
     )
-    return list(session.scalars(statement))
+    return list(conn.session.scalars(statement))
 
 
 _CLAIM = _claim_statement()

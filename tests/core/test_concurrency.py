@@ -51,8 +51,8 @@ def race(task: Callable[[int], Any], count: int, workers: int = WORKERS) -> list
 def test_thousand_increments_from_twenty_threads_are_exact(
     admin_conn: psycopg.Connection[Any],
 ) -> None:
-    db.run(lambda s: users.create(s, "counter", "counter@example.com"))
-    outcomes = race(lambda _: db.run(lambda s: users.increment_usage(s, "counter", 1)), 1000)
+    db.run(lambda conn: users.create(conn, "counter", "counter@example.com"))
+    outcomes = race(lambda _: db.run(lambda conn: users.increment_usage(conn, "counter", 1)), 1000)
     assert not [o for o in outcomes if isinstance(o, Exception)]
     row = admin_conn.execute(
         'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
@@ -64,7 +64,7 @@ def test_thousand_increments_from_twenty_threads_are_exact(
 @pytest.mark.usefixtures("wide_pool")
 def test_fifty_concurrent_get_or_create_make_one_row(admin_conn: psycopg.Connection[Any]) -> None:
     outcomes = race(
-        lambda _: db.run(lambda s: users.get_or_create(s, "racer", "racer@example.com")), 50
+        lambda _: db.run(lambda conn: users.get_or_create(conn, "racer", "racer@example.com")), 50
     )
     assert [o.id for o in outcomes] == ["racer"] * 50  # every caller gets the row, no error
     assert admin_conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
@@ -72,9 +72,11 @@ def test_fifty_concurrent_get_or_create_make_one_row(admin_conn: psycopg.Connect
 
 @pytest.mark.usefixtures("wide_pool")
 def test_sixty_concurrent_creates_stop_at_fifty(admin_conn: psycopg.Connection[Any]) -> None:
-    db.run(lambda s: users.create(s, "saver", "saver@example.com"))
+    db.run(lambda conn: users.create(conn, "saver", "saver@example.com"))
     new = saved_searches.NewSavedSearch("s", ["k"], "US", "en", "exact")
-    outcomes = race(lambda _: db.transaction(lambda s: saved_searches.create(s, "saver", new)), 60)
+    outcomes = race(
+        lambda _: db.transaction(lambda conn: saved_searches.create(conn, "saver", new)), 60
+    )
     kinds = Counter(type(o).__name__ for o in outcomes)
     assert kinds == {"SavedSearch": 50, SavedSearchLimitError.__name__: 10}
     assert admin_conn.execute("SELECT count(*) FROM saved_searches").fetchone() == (50,)
@@ -82,10 +84,10 @@ def test_sixty_concurrent_creates_stop_at_fifty(admin_conn: psycopg.Connection[A
 
 @pytest.mark.usefixtures("wide_pool")
 def test_quota_guard_never_passes_the_limit(admin_conn: psycopg.Connection[Any]) -> None:
-    db.run(lambda s: users.create(s, "quota", "quota@example.com"))
-    db.run(lambda s: users.increment_usage(s, "quota", 300))
+    db.run(lambda conn: users.create(conn, "quota", "quota@example.com"))
+    db.run(lambda conn: users.increment_usage(conn, "quota", 300))
     outcomes = race(
-        lambda _: db.run(lambda s: users.increment_usage(s, "quota", 50, limit=1000)), 40
+        lambda _: db.run(lambda conn: users.increment_usage(conn, "quota", 50, limit=1000)), 40
     )
     granted = [o for o in outcomes if isinstance(o, users.Usage)]
     refused = [o for o in outcomes if isinstance(o, QuotaExceededError)]
@@ -109,8 +111,8 @@ def test_expired_reservations_are_given_back_once_whoever_races(
 
     def reserve(count: int, hold: reservations.Hold | None) -> None:
         db.run(
-            lambda s: users.reserve_keywords(
-                s, "racer", "racer@example.com", count,
+            lambda conn: users.reserve_keywords(
+                conn, "racer", "racer@example.com", count,
                 limits=limits, enforce=True, now=now, hold=hold,
             )
         )  # fmt: skip
@@ -122,8 +124,8 @@ def test_expired_reservations_are_given_back_once_whoever_races(
 
     def give_back(index: int) -> int:
         if index < len(held):
-            return db.run(lambda s: reservations.release(s, held[index].id, now=now))
-        return db.run(lambda s: reservations.release_expired(s, now=now, limit=5))[1]
+            return db.run(lambda conn: reservations.release(conn, held[index].id, now=now))
+        return db.run(lambda conn: reservations.release_expired(conn, now=now, limit=5))[1]
 
     outcomes = race(give_back, len(held) + 10)
     assert not [o for o in outcomes if isinstance(o, Exception)]

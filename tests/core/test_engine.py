@@ -71,9 +71,9 @@ def test_two_hundred_operations_reuse_one_connection_without_pings(
     sent: list[str] = []
     connects(opened)
     event.listen(db.get_engine(), "before_cursor_execute", lambda *a: sent.append(a[2]))
-    db.run(lambda s: users.create(s, "warm", "warm@example.com"))
+    db.run(lambda conn: users.create(conn, "warm", "warm@example.com"))
     for _ in range(199):
-        db.run(lambda s: users.get(s, "warm"), idempotent=True)
+        db.run(lambda conn: users.get(conn, "warm"), idempotent=True)
     assert len(opened) == 1
     assert len(sent) == 200  # one statement per operation: no BEGIN, no ping on a hot connection
     assert len(server_pids(admin_conn, app_name)) == 1
@@ -84,9 +84,9 @@ def test_read_after_the_server_killed_the_connection_succeeds(
 ) -> None:
     opened: list[int] = []
     connects(opened)
-    db.run(lambda s: users.create(s, "survivor", "survivor@example.com"))
+    db.run(lambda conn: users.create(conn, "survivor", "survivor@example.com"))
     terminate(admin_conn, app_name)
-    user = db.run(lambda s: users.get(s, "survivor"), idempotent=True)
+    user = db.run(lambda conn: users.get(conn, "survivor"), idempotent=True)
     assert user is not None and user.id == "survivor"
 
 
@@ -99,10 +99,10 @@ def test_idle_connection_is_checked_and_replaced_before_a_write(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     reconfigure(monkeypatch, DB_IDLE_CHECK_S="0")
-    db.run(lambda s: users.create(s, "idle", "idle@example.com"))
+    db.run(lambda conn: users.create(conn, "idle", "idle@example.com"))
     terminate(admin_conn, app_name)
     caplog.set_level(logging.INFO, logger="keyflash")
-    usage = db.run(lambda s: users.increment_usage(s, "idle", 1))  # not idempotent: no retry
+    usage = db.run(lambda conn: users.increment_usage(conn, "idle", 1))  # not idempotent: no retry
     assert usage.this_month == 1
     assert json_events(caplog, "db_idle_connection_replaced")
     assert not json_events(caplog, "db_retry")
@@ -111,16 +111,16 @@ def test_idle_connection_is_checked_and_replaced_before_a_write(
 def test_transaction_is_retried_whole_when_its_connection_dies_before_commit(
     admin_conn: psycopg.Connection[Any],
 ) -> None:
-    db.run(lambda s: users.create(s, "tx", "tx@example.com"))
+    db.run(lambda conn: users.create(conn, "tx", "tx@example.com"))
     attempts: list[int] = []
 
-    def work(session: Any) -> None:
+    def work(conn: Any) -> None:
         attempts.append(1)
-        users.increment_usage(session, "tx", 5)
+        users.increment_usage(conn, "tx", 5)
         if len(attempts) == 1:
-            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            pid = conn.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
             admin_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            session.execute(text("SELECT 1"))  # fails: the server ended this session
+            conn.session.execute(text("SELECT 1"))  # fails: the server ended this session
 
     db.transaction(work)
     assert len(attempts) == 2
@@ -136,9 +136,12 @@ def test_statement_timeout_is_not_mistaken_for_a_connection_failure(
     reconfigure(monkeypatch, DB_STATEMENT_TIMEOUT_MS="100")
     caplog.set_level(logging.INFO, logger="keyflash")
     with pytest.raises(OperationalError, match="statement timeout"):
-        db.transaction(lambda s: s.execute(text("SELECT pg_sleep(5)")))
+        db.transaction(lambda conn: conn.session.execute(text("SELECT pg_sleep(5)")))
     assert not json_events(caplog, "db_retry")
-    assert db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True) == 1
+    assert (
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+        == 1
+    )
 
 
 # Direct lane only: through a pooler, single statements get the role's statement_timeout.
@@ -148,7 +151,7 @@ def test_statement_timeout_applies_to_single_statements_on_direct_connections(
 ) -> None:
     reconfigure(monkeypatch, DB_STATEMENT_TIMEOUT_MS="100")
     with pytest.raises(OperationalError, match="statement timeout"):
-        db.run(lambda s: s.execute(text("SELECT pg_sleep(5)")))
+        db.run(lambda conn: conn.session.execute(text("SELECT pg_sleep(5)")))
 
 
 def test_unreachable_database_fails_within_budget_without_leaking_the_password(
@@ -166,7 +169,7 @@ def test_unreachable_database_fails_within_budget_without_leaking_the_password(
     caplog.set_level(logging.INFO, logger="keyflash")
     started = time.monotonic()
     with pytest.raises(db.DatabaseUnavailableError) as caught:
-        db.run(lambda s: s.execute(text("SELECT 1")), idempotent=True)
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
     assert time.monotonic() - started < 5  # the budget bounds it; generous for slow machines
     assert len(json_events(caplog, "db_retry")) >= 1
     assert "hunter2" not in str(caught.value) and "hunter2" not in caplog.text
@@ -190,8 +193,10 @@ def test_slow_queries_are_logged_with_truncated_sql_and_no_parameters(
     caplog.set_level(logging.INFO, logger="keyflash")
     padding = ", ".join(f"'{i}' AS c{i}" for i in range(60))
     statement = text(f"SELECT pg_sleep(0.05), CAST(:secret AS text), {padding}")
-    db.run(lambda s: s.execute(statement, {"secret": "p4ssw0rd-value"}), idempotent=True)
-    db.run(lambda s: s.execute(text("SELECT 1")), idempotent=True)
+    db.run(
+        lambda conn: conn.session.execute(statement, {"secret": "p4ssw0rd-value"}), idempotent=True
+    )
+    db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
     slow = json_events(caplog, "slow_query")
     assert len(slow) == 1
     assert slow[0]["sql"].startswith("SELECT pg_sleep(0.05)") and len(slow[0]["sql"]) == 200
@@ -201,9 +206,9 @@ def test_slow_queries_are_logged_with_truncated_sql_and_no_parameters(
 
 def test_repeated_statements_work_through_the_pooler_lane() -> None:
     """psycopg prepares a statement on its 5th run; through PgBouncer 1.18 that must be off."""
-    db.run(lambda s: users.create(s, "prep", "prep@example.com"))
+    db.run(lambda conn: users.create(conn, "prep", "prep@example.com"))
     for _ in range(20):
-        assert db.run(lambda s: users.get(s, "prep"), idempotent=True) is not None
+        assert db.run(lambda conn: users.get(conn, "prep"), idempotent=True) is not None
 
 
 def test_a_pool_with_no_free_connection_is_unavailable_not_an_error(
@@ -213,8 +218,11 @@ def test_a_pool_with_no_free_connection_is_unavailable_not_an_error(
     reconfigure(monkeypatch, DB_POOL_SIZE="1", DB_RETRY_BUDGET_S="0.2")
     held = db.get_engine().connect()  # the only connection, checked out elsewhere
     with held, pytest.raises(db.DatabaseUnavailableError, match="no pooled connection free"):
-        db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True)
-    assert db.run(lambda s: s.execute(text("SELECT 1")).scalar_one(), idempotent=True) == 1
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+    assert (
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -242,5 +250,5 @@ def test_a_missing_database_fails_at_once_without_retrying(
     reconfigure(monkeypatch, DATABASE_URL=direct_database_url.rsplit("/", 1)[0] + "/kf_missing")
     caplog.set_level(logging.INFO, logger="keyflash")
     with pytest.raises(OperationalError, match="does not exist"):
-        db.run(lambda s: s.execute(text("SELECT 1")), idempotent=True)
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
     assert json_events(caplog, "db_retry") == []

@@ -549,7 +549,7 @@ def test_erasure_reaches_every_partition(fresh: Fresh) -> None:
             insert(fresh.conn, "api_usage", f"au-{where}-{user}", at, user=user)
     assert len({holder(fresh.conn, "api_usage", f"au-{w}-u-erase") for w in places}) == 3
 
-    erasure = db.transaction(lambda session: accounts.erase(session, "u-erase"))
+    erasure = db.transaction(lambda conn: accounts.erase(conn, "u-erase"))
     assert (erasure.history_anonymised, erasure.api_usage_deleted) == (3, 3)
     assert count(fresh.conn, "SELECT count(*) FROM api_usage WHERE \"userId\" = 'u-erase'") == 0
     assert (

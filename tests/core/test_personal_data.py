@@ -253,12 +253,12 @@ def test_prune_removes_personal_data_rows_past_their_retention(
         )  # fmt: skip
         db.run(lambda s, e=event_id: webhook_events.mark_processed(s, e))
     db.run(
-        lambda s: webhook_events.mark_failed(
-            s, "evt_unprocessed", "invoice.paid", {"customer": "cus_old"}, "no such user"
+        lambda conn: webhook_events.mark_failed(
+            conn, "evt_unprocessed", "invoice.paid", {"customer": "cus_old"}, "no such user"
         )
     )
     sample = system_metrics.Sample("searches.count", 2.0, {"userId": "old_user"})
-    db.run(lambda s: system_metrics.record_many(s, [sample, sample]))
+    db.run(lambda conn: system_metrics.record_many(conn, [sample, sample]))
     days = prune.retention_days(config.get_settings())
     time_columns = {"search_history": "searchedAt", "api_usage": "timestamp",
                     "webhook_events": "createdAt", "system_metrics": "timestamp"}  # fmt: skip
@@ -326,24 +326,24 @@ def live_a_little(call: Caller, who: Person, ip: str) -> None:
         assert call("keywords", "POST", "/api/keywords", headers=headers, json_body=KEYWORDS,
                     source_ip=ip).status == 200  # fmt: skip
     db.run(
-        lambda s: users.update_user(
-            s, who.user_id, stripe_customer_id=who.customer,
+        lambda conn: users.update_user(
+            conn, who.user_id, stripe_customer_id=who.customer,
             stripe_subscription_id=who.subscription, subscription_status="canceled",
         )
     )  # fmt: skip
     storage.mirror_user(who.user_id)  # the legacy copy (dual mode) gets the stripe: index too
     # A team they belong to and a search they shared with it (it stays, creator-less, on erasure).
-    db.run(lambda s: organizations.ensure(s, TEAM))
+    db.run(lambda conn: organizations.ensure(conn, TEAM))
     db.transaction(
-        lambda s: (
-            s.execute(
+        lambda conn: (
+            conn.session.execute(
                 text(
                     """INSERT INTO organization_members ("organizationId", "userId", role,
                            "updatedAt") VALUES (:org, :user, 'org:member', now())"""
                 ),
                 {"org": TEAM, "user": who.user_id},
             ),
-            s.execute(
+            conn.session.execute(
                 text(
                     """INSERT INTO saved_searches (id, "userId", "organizationId", name,
                            keywords, "updatedAt")
@@ -357,11 +357,11 @@ def live_a_little(call: Caller, who: Person, ip: str) -> None:
     payload = {"data": {"object": {"customer": who.customer, "customer_email": who.email,
                                    "metadata": {"clerkUserId": who.user_id}}}}  # fmt: skip
     db.transaction(
-        lambda s: webhook_events.claim(s, event_id, "checkout.session.completed", payload)
+        lambda conn: webhook_events.claim(conn, event_id, "checkout.session.completed", payload)
     )
     db.run(
-        lambda s: system_metrics.record_many(
-            s, [system_metrics.Sample("searches.count", 1.0, {"userId": who.user_id})]
+        lambda conn: system_metrics.record_many(
+            conn, [system_metrics.Sample("searches.count", 1.0, {"userId": who.user_id})]
         )
     )
 
@@ -369,8 +369,8 @@ def live_a_little(call: Caller, who: Person, ip: str) -> None:
 def allow_flag(*people: Person) -> None:
     ids = tuple(p.user_id for p in people)
     db.run(
-        lambda s: feature_flags.upsert(
-            s, "beta", feature_flags.FlagValues(enabled=True, allowed_users=ids)
+        lambda conn: feature_flags.upsert(
+            conn, "beta", feature_flags.FlagValues(enabled=True, allowed_users=ids)
         )
     )
     flags.invalidate_cache()

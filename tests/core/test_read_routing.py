@@ -41,8 +41,8 @@ def use(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
     replicas.reset()
 
 
-def one(session: Any) -> int:
-    return int(session.execute(text("SELECT 1")).scalar_one())
+def one(conn: Any) -> int:
+    return int(conn.session.execute(text("SELECT 1")).scalar_one())
 
 
 # --- settings and tokens (no database) ---------------------------------------------------------

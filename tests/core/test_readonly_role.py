@@ -19,9 +19,9 @@ import pytest
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import create_engine
-from sqlalchemy.orm import Session
 
 from devkit.pgbouncer import AUTH_FILE, LocalPgBouncer
+from shared.db import Conn
 from shared.repositories import partitions, reports, search_history, system_metrics, users
 
 ROLE = "keyflash_readonly"
@@ -160,24 +160,23 @@ def test_the_admin_analytics_queries_run_as_the_role(analyst: str) -> None:
         "postgresql+psycopg://", creator=lambda: psycopg.connect(analyst, prepare_threshold=None)
     )
     try:
-        with Session(engine) as session:
-            search_history.stats(session, since=since, until=now)
-            search_history.searches_per_day(session, since=since, until=now)
-            search_history.top_keywords(session, since=since, until=now, limit=10)
+        with engine.connect() as connection:
+            conn = Conn(connection)
+            search_history.stats(conn, since=since, until=now)
+            search_history.searches_per_day(conn, since=since, until=now)
+            search_history.top_keywords(conn, since=since, until=now, limit=10)
             # Cut per organization (revision 0013 grants search_history."organizationId").
-            search_history.stats(session, since=since, until=now, organization_id="org_1")
-            search_history.searches_per_day(
-                session, since=since, until=now, organization_id="org_1"
-            )
+            search_history.stats(conn, since=since, until=now, organization_id="org_1")
+            search_history.searches_per_day(conn, since=since, until=now, organization_id="org_1")
             search_history.top_keywords(
-                session, since=since, until=now, limit=10, organization_id="org_1"
+                conn, since=since, until=now, limit=10, organization_id="org_1"
             )
-            users.subscription_metrics(session)
-            system_metrics.series(session, "m", start=since, end=now, bucket="hour")
-            reports.usage_by_tier(session, start=since, end=now)
-            reports.keyword_trends(session, start=since, end=now, top=20)
-            reports.provider_performance(session, start=since, end=now, top=20)
-            reports.freshness(session, "report_keyword_trends")
+            users.subscription_metrics(conn)
+            system_metrics.series(conn, "m", start=since, end=now, bucket="hour")
+            reports.usage_by_tier(conn, start=since, end=now)
+            reports.keyword_trends(conn, start=since, end=now, top=20)
+            reports.provider_performance(conn, start=since, end=now, top=20)
+            reports.freshness(conn, "report_keyword_trends")
     finally:
         engine.dispose()
 
@@ -257,11 +256,11 @@ def test_partitions_made_later_are_not_readable_directly(
     later = datetime.now(UTC) + timedelta(days=800)
     engine = create_engine(direct_database_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
-        with Session(engine) as session, session.begin():
+        with engine.begin() as connection:
             made = [
                 name
                 for layout in partitions.LAYOUTS.values()
-                for name in partitions.create_ahead(session, layout, now=later)
+                for name in partitions.create_ahead(Conn(connection), layout, now=later)
             ]
     finally:
         engine.dispose()

@@ -105,7 +105,7 @@ def test_the_cron_refreshes_every_report_to_hand_computed_figures(
     assert state[0]["reports"] == {
         report: {"refreshedAt": NOW.isoformat()} for report in reports.REPORTS
     }
-    freshness = db.run(lambda s: reports.freshness(s, "report_keyword_trends"))
+    freshness = db.run(lambda conn: reports.freshness(conn, "report_keyword_trends"))
     assert freshness == reports.Freshness(refreshed_at=NOW, failed_at=None)
 
 
@@ -158,7 +158,7 @@ def test_refreshing_never_blocks_a_reader(
     run_job(rollup.JOB, now=NOW)
     before = view(admin_conn, "report_keyword_trends", "1, 2")
     row = search_history.NewSearch("u_pro", ["new keyword"], "US", "en", "exact", "mock", False, 5)
-    db.run(lambda s: search_history.record(s, row, now=at("2026-11-10T13:00:00")))
+    db.run(lambda conn: search_history.record(conn, row, now=at("2026-11-10T13:00:00")))
 
     with (
         psycopg.connect(direct_database_url) as holder,
@@ -210,7 +210,7 @@ def test_a_failed_refresh_keeps_the_last_contents_and_is_recorded(
     run_job(rollup.JOB, now=NOW)
     before = view(admin_conn, "report_usage_by_tier", "1, 2")
     row = search_history.NewSearch("u_pro", ["x"], "US", "en", "exact", "mock", False, 5)
-    db.run(lambda s: search_history.record(s, row, now=at("2026-11-20T10:00:00")))
+    db.run(lambda conn: search_history.record(conn, row, now=at("2026-11-20T10:00:00")))
     later = NOW.replace(hour=16)
     with psycopg.connect(direct_database_url) as holder:
         holder.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY report_usage_by_tier")
@@ -231,7 +231,7 @@ def test_a_failed_refresh_keeps_the_last_contents_and_is_recorded(
     # The next run, unhindered, catches up and forgets the failure.
     run_job(rollup.JOB, now=later.replace(hour=17))
     assert view(admin_conn, "report_usage_by_tier", "1, 2") != before
-    fresh = db.run(lambda s: reports.freshness(s, "report_usage_by_tier"))
+    fresh = db.run(lambda conn: reports.freshness(conn, "report_usage_by_tier"))
     assert fresh == reports.Freshness(refreshed_at=later.replace(hour=17), failed_at=None)
 
 

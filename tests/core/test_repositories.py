@@ -41,14 +41,14 @@ def search(name: str = "Running shoes", **overrides: Any) -> saved_searches.NewS
 
 
 def make_user(user_id: str = "user_a", email: str = "a@example.com", **kw: Any) -> None:
-    db.run(lambda s: users.create(s, user_id, email, **kw))
+    db.run(lambda conn: users.create(conn, user_id, email, **kw))
 
 
 # --- users -------------------------------------------------------------------------------
 
 
 def test_create_starts_a_seven_day_trial_with_client_side_id_and_timestamps() -> None:
-    user = db.run(lambda s: users.create(s, "user_a", "A@Example.com", now=T0))
+    user = db.run(lambda conn: users.create(conn, "user_a", "A@Example.com", now=T0))
     assert user.tier is UserTier.FREE
     assert user.trial_started_at == T0 and user.trial_ends_at == T0 + timedelta(days=7)
     assert user.created_at == T0 and user.updated_at == T0 and user.monthly_reset_at == T0
@@ -57,7 +57,7 @@ def test_create_starts_a_seven_day_trial_with_client_side_id_and_timestamps() ->
 
 def test_get_by_email_is_case_insensitive_and_duplicates_are_refused() -> None:
     make_user(email="Mixed.Case@Example.com")
-    found = db.run(lambda s: users.get_by_email(s, "mixed.case@EXAMPLE.com"))
+    found = db.run(lambda conn: users.get_by_email(conn, "mixed.case@EXAMPLE.com"))
     assert found is not None and found.id == "user_a"
     with pytest.raises(EmailInUseError):
         make_user("user_b", "MIXED.case@example.com")
@@ -65,22 +65,22 @@ def test_get_by_email_is_case_insensitive_and_duplicates_are_refused() -> None:
 
 def test_get_or_create_returns_the_existing_row_untouched() -> None:
     make_user(now=T0)
-    again = db.run(lambda s: users.get_or_create(s, "user_a", "other@example.com"))
+    again = db.run(lambda conn: users.get_or_create(conn, "user_a", "other@example.com"))
     assert again.email == "a@example.com" and again.created_at == T0
 
 
 def test_get_or_create_reports_an_email_owned_by_another_user() -> None:
     make_user()
     with pytest.raises(EmailInUseError):
-        db.run(lambda s: users.get_or_create(s, "user_b", "A@example.com"))
+        db.run(lambda conn: users.get_or_create(conn, "user_b", "A@example.com"))
 
 
 def test_partial_update_sets_only_given_columns_and_updated_at() -> None:
     make_user(now=T0)
     later = T0 + timedelta(hours=1)
     user = db.run(
-        lambda s: users.update_user(
-            s, "user_a", now=later, tier=UserTier.PRO, subscription_status="active"
+        lambda conn: users.update_user(
+            conn, "user_a", now=later, tier=UserTier.PRO, subscription_status="active"
         )
     )
     assert user.tier is UserTier.PRO and user.subscription_status == "active"
@@ -90,13 +90,13 @@ def test_partial_update_sets_only_given_columns_and_updated_at() -> None:
 
 def test_update_of_missing_user_is_a_clear_not_found() -> None:
     with pytest.raises(UserNotFoundError, match="ghost"):
-        db.run(lambda s: users.update_user(s, "ghost", subscription_status="active"))
+        db.run(lambda conn: users.update_user(conn, "ghost", subscription_status="active"))
 
 
 def test_increment_adds_to_both_counters() -> None:
     make_user(now=T0)
-    db.run(lambda s: users.increment_usage(s, "user_a", 3, now=T0))
-    usage = db.run(lambda s: users.increment_usage(s, "user_a", 4, now=T0))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 3, now=T0))
+    usage = db.run(lambda conn: users.increment_usage(conn, "user_a", 4, now=T0))
     assert (usage.this_month, usage.total) == (7, 7)
 
 
@@ -104,47 +104,51 @@ def test_monthly_counter_resets_lazily_across_a_month_boundary() -> None:
     march = datetime(2026, 3, 31, 23, 59, 59, 999000, tzinfo=UTC)
     april = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
     make_user(now=march)
-    db.run(lambda s: users.increment_usage(s, "user_a", 900, now=march))
-    usage = db.run(lambda s: users.increment_usage(s, "user_a", 5, limit=1000, now=april))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 900, now=march))
+    usage = db.run(lambda conn: users.increment_usage(conn, "user_a", 5, limit=1000, now=april))
     assert (usage.this_month, usage.total) == (5, 905)
     assert usage.monthly_reset_at == april
     # Later in April the counter keeps counting and the reset stamp stays put.
-    usage = db.run(lambda s: users.increment_usage(s, "user_a", 5, now=april + timedelta(days=3)))
+    usage = db.run(
+        lambda conn: users.increment_usage(conn, "user_a", 5, now=april + timedelta(days=3))
+    )
     assert (usage.this_month, usage.monthly_reset_at) == (10, april)
 
 
 def test_quota_guard_refuses_and_changes_nothing() -> None:
     make_user(now=T0)
-    db.run(lambda s: users.increment_usage(s, "user_a", 995, now=T0))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 995, now=T0))
     with pytest.raises(QuotaExceededError) as caught:
-        db.run(lambda s: users.increment_usage(s, "user_a", 6, limit=1000, now=T0))
+        db.run(lambda conn: users.increment_usage(conn, "user_a", 6, limit=1000, now=T0))
     assert (caught.value.used, caught.value.limit, caught.value.requested) == (995, 1000, 6)
-    user = db.run(lambda s: users.get(s, "user_a"))
+    user = db.run(lambda conn: users.get(conn, "user_a"))
     assert user is not None
     assert (user.keyword_searches_this_month, user.keyword_searches_total) == (995, 995)
-    usage = db.run(lambda s: users.increment_usage(s, "user_a", 5, limit=1000, now=T0))
+    usage = db.run(lambda conn: users.increment_usage(conn, "user_a", 5, limit=1000, now=T0))
     assert usage.this_month == 1000  # exactly at the limit is allowed
 
 
 def test_quota_guard_counts_a_stale_month_as_zero() -> None:
     make_user(now=T0)
-    db.run(lambda s: users.increment_usage(s, "user_a", 1000, now=T0))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 1000, now=T0))
     next_month = datetime(2026, 4, 2, tzinfo=UTC)
-    usage = db.run(lambda s: users.increment_usage(s, "user_a", 200, limit=1000, now=next_month))
+    usage = db.run(
+        lambda conn: users.increment_usage(conn, "user_a", 200, limit=1000, now=next_month)
+    )
     assert usage.this_month == 200
 
 
 def test_increment_of_missing_user_is_not_found_not_quota() -> None:
     with pytest.raises(UserNotFoundError):
-        db.run(lambda s: users.increment_usage(s, "ghost", 1, limit=10))
+        db.run(lambda conn: users.increment_usage(conn, "ghost", 1, limit=10))
 
 
 def test_reset_monthly_usage() -> None:
     make_user(now=T0)
-    db.run(lambda s: users.increment_usage(s, "user_a", 10, now=T0))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 10, now=T0))
     later = T0 + timedelta(days=20)
-    db.run(lambda s: users.reset_monthly_usage(s, "user_a", now=later))
-    user = db.run(lambda s: users.get(s, "user_a"))
+    db.run(lambda conn: users.reset_monthly_usage(conn, "user_a", now=later))
+    user = db.run(lambda conn: users.get(conn, "user_a"))
     assert user is not None
     assert (user.keyword_searches_this_month, user.keyword_searches_total) == (0, 10)
     assert user.monthly_reset_at == later
@@ -154,10 +158,10 @@ def test_delete_cascades_saved_searches_and_keeps_history_anonymised(
     admin_conn: psycopg.Connection[Any],
 ) -> None:
     make_user()
-    db.transaction(lambda s: saved_searches.create(s, "user_a", search()))
-    db.run(lambda s: search_history.record(s, history_row("user_a")))
-    assert db.run(lambda s: users.delete_user(s, "user_a")) is True
-    assert db.run(lambda s: users.delete_user(s, "user_a")) is False
+    db.transaction(lambda conn: saved_searches.create(conn, "user_a", search()))
+    db.run(lambda conn: search_history.record(conn, history_row("user_a")))
+    assert db.run(lambda conn: users.delete_user(conn, "user_a")) is True
+    assert db.run(lambda conn: users.delete_user(conn, "user_a")) is False
     counts = admin_conn.execute(
         "SELECT (SELECT count(*) FROM saved_searches), (SELECT count(*) FROM search_history),"
         ' (SELECT count("userId") FROM search_history)'
@@ -170,8 +174,8 @@ def test_find_expired_trials_in_keyset_batches() -> None:
         make_user(f"user_{index}", f"{index}@example.com", now=T0 - timedelta(days=index * 3))
     make_user("pro_user", "pro@example.com", tier=UserTier.PRO, now=T0 - timedelta(days=30))
     now = T0 + timedelta(days=2)
-    first = db.run(lambda s: users.find_expired_trials(s, now=now, limit=2))
-    rest = db.run(lambda s: users.find_expired_trials(s, now=now, after_id=first[-1].id))
+    first = db.run(lambda conn: users.find_expired_trials(conn, now=now, limit=2))
+    rest = db.run(lambda conn: users.find_expired_trials(conn, now=now, after_id=first[-1].id))
     assert [u.id for u in first + rest] == ["user_2", "user_3", "user_4"]
 
 
@@ -179,7 +183,7 @@ def test_subscription_metrics_in_one_query() -> None:
     make_user("f1", "f1@example.com")
     make_user("p1", "p1@example.com", tier=UserTier.PRO)
     make_user("e1", "e1@example.com", tier=UserTier.ENTERPRISE)
-    db.run(lambda s: users.update_user(s, "p1", subscription_status="active"))
+    db.run(lambda conn: users.update_user(conn, "p1", subscription_status="active"))
     statements = count_statements(lambda: db.run(users.subscription_metrics))
     assert statements.result == users.SubscriptionMetrics(3, 1, 1, 1, 1)
     assert statements.count == 1
@@ -192,15 +196,15 @@ def test_saved_search_roundtrip_with_legacy_fields() -> None:
     make_user()
     results = [{"keyword": "running shoes", "searchVolume": 1200.5}]
     created = db.transaction(
-        lambda s: saved_searches.create(
-            s, "user_a", search(description="For Q3", results=results), now=T0
+        lambda conn: saved_searches.create(
+            conn, "user_a", search(description="For Q3", results=results), now=T0
         )
     )
     assert len(created.id) == 36 and created.id[14] == "4"  # UUID v4
     assert created.keyword_count == 2 and created.result_count == 1
     assert created.results == results and created.description == "For Q3"
     later = T0 + timedelta(minutes=5)
-    fetched = db.run(lambda s: saved_searches.get(s, "user_a", created.id, now=later))
+    fetched = db.run(lambda conn: saved_searches.get(conn, "user_a", created.id, now=later))
     assert fetched is not None and fetched.last_accessed_at == later
 
 
@@ -208,29 +212,33 @@ def test_legacy_saved_search_ids_are_storable() -> None:
     make_user()
     legacy = "1700000000000-abc1234"
     created = db.transaction(
-        lambda s: saved_searches.create(s, "user_a", search(), search_id=legacy)
+        lambda conn: saved_searches.create(conn, "user_a", search(), search_id=legacy)
     )
     assert created.id == legacy
-    assert db.run(lambda s: saved_searches.get(s, "user_a", legacy)) is not None
+    assert db.run(lambda conn: saved_searches.get(conn, "user_a", legacy)) is not None
 
 
 def test_saved_searches_are_scoped_to_their_owner() -> None:
     make_user()
     make_user("user_b", "b@example.com")
-    mine = db.transaction(lambda s: saved_searches.create(s, "user_a", search()))
-    assert db.run(lambda s: saved_searches.get(s, "user_b", mine.id)) is None
-    assert db.run(lambda s: saved_searches.update_search(s, "user_b", mine.id, name="x")) is None
-    assert db.run(lambda s: saved_searches.delete_search(s, "user_b", mine.id)) is False
-    assert db.run(lambda s: saved_searches.list_for_user(s, "user_b")).items == []
-    assert db.run(lambda s: saved_searches.delete_search(s, "user_a", mine.id)) is True
+    mine = db.transaction(lambda conn: saved_searches.create(conn, "user_a", search()))
+    assert db.run(lambda conn: saved_searches.get(conn, "user_b", mine.id)) is None
+    assert (
+        db.run(lambda conn: saved_searches.update_search(conn, "user_b", mine.id, name="x")) is None
+    )
+    assert db.run(lambda conn: saved_searches.delete_search(conn, "user_b", mine.id)) is False
+    assert db.run(lambda conn: saved_searches.list_for_user(conn, "user_b")).items == []
+    assert db.run(lambda conn: saved_searches.delete_search(conn, "user_a", mine.id)) is True
 
 
 def test_update_changes_only_given_fields() -> None:
     make_user()
-    created = db.transaction(lambda s: saved_searches.create(s, "user_a", search(), now=T0))
+    created = db.transaction(lambda conn: saved_searches.create(conn, "user_a", search(), now=T0))
     later = T0 + timedelta(hours=2)
     updated = db.run(
-        lambda s: saved_searches.update_search(s, "user_a", created.id, description="", now=later)
+        lambda conn: saved_searches.update_search(
+            conn, "user_a", created.id, description="", now=later
+        )
     )
     assert updated is not None
     assert (updated.name, updated.description, updated.updated_at) == ("Running shoes", "", later)
@@ -244,9 +252,9 @@ def test_list_is_most_recently_updated_first_with_keyset_pages() -> None:
                 s, "user_a", search(f"s{i}"), now=T0 + timedelta(minutes=i)
             )
         )
-    first = db.run(lambda s: saved_searches.list_for_user(s, "user_a", limit=3))
+    first = db.run(lambda conn: saved_searches.list_for_user(conn, "user_a", limit=3))
     second = db.run(
-        lambda s: saved_searches.list_for_user(s, "user_a", limit=3, cursor=first.next_cursor)
+        lambda conn: saved_searches.list_for_user(conn, "user_a", limit=3, cursor=first.next_cursor)
     )
     assert [x.name for x in first.items] == ["s4", "s3", "s2"]
     assert [x.name for x in second.items] == ["s1", "s0"] and second.next_cursor is None
@@ -255,12 +263,12 @@ def test_list_is_most_recently_updated_first_with_keyset_pages() -> None:
 def test_create_outside_a_transaction_is_refused() -> None:
     make_user()
     with pytest.raises(RuntimeError, match="transaction"):
-        db.run(lambda s: saved_searches.create(s, "user_a", search()))
+        db.run(lambda conn: saved_searches.create(conn, "user_a", search()))
 
 
 def test_create_for_missing_user_is_not_found() -> None:
     with pytest.raises(UserNotFoundError):
-        db.transaction(lambda s: saved_searches.create(s, "ghost", search()))
+        db.transaction(lambda conn: saved_searches.create(conn, "ghost", search()))
 
 
 # --- search history, api usage -----------------------------------------------------------
@@ -287,9 +295,11 @@ def test_history_is_listed_newest_first_per_user() -> None:
         db.run(lambda s, m=minute: search_history.record(
             s, history_row("user_a"), now=T0 + timedelta(minutes=m)
         ))  # fmt: skip
-    db.run(lambda s: search_history.record(s, history_row("user_b")))
-    page = db.run(lambda s: search_history.list_for_user(s, "user_a", limit=2))
-    rest = db.run(lambda s: search_history.list_for_user(s, "user_a", cursor=page.next_cursor))
+    db.run(lambda conn: search_history.record(conn, history_row("user_b")))
+    page = db.run(lambda conn: search_history.list_for_user(conn, "user_a", limit=2))
+    rest = db.run(
+        lambda conn: search_history.list_for_user(conn, "user_a", cursor=page.next_cursor)
+    )
     times = [row.searched_at for row in page.items + rest.items]
     assert times == [T0 + timedelta(minutes=m) for m in (2, 1, 0)]
 
@@ -326,7 +336,7 @@ def test_history_list_reads_one_page_even_deep_in_an_active_account(
     for cursor in (None, (deep[0].replace(tzinfo=UTC), deep[1])):
         sql, params = sent_statement(
             lambda c=cursor: db.run(
-                lambda s: search_history.list_for_user(s, "user_a", limit=20, cursor=c)
+                lambda conn: search_history.list_for_user(conn, "user_a", limit=20, cursor=c)
             )
         )
         read = rows_read(admin_conn, sql, params)
@@ -377,11 +387,11 @@ def test_history_stats_totals_and_per_provider_in_one_query() -> None:
     ]
     for row in rows:
         db.run(lambda s, r=row: search_history.record(s, r, now=T0))
-    db.run(lambda s: search_history.record(s, history_row(None), now=T0 - timedelta(days=2)))
+    db.run(lambda conn: search_history.record(conn, history_row(None), now=T0 - timedelta(days=2)))
     measured = count_statements(
         lambda: db.run(
-            lambda s: search_history.stats(
-                s, since=T0 - timedelta(days=1), until=T0 + timedelta(seconds=1)
+            lambda conn: search_history.stats(
+                conn, since=T0 - timedelta(days=1), until=T0 + timedelta(seconds=1)
             )
         )
     )
@@ -397,7 +407,7 @@ def test_api_usage_many_rows_in_one_round_trip(admin_conn: psycopg.Connection[An
         api_usage.Request(endpoint="/api/searches", method="GET", status_code=200, duration_ms=i)
         for i in range(25)
     ]
-    measured = count_statements(lambda: db.run(lambda s: api_usage.record_many(s, requests)))
+    measured = count_statements(lambda: db.run(lambda conn: api_usage.record_many(conn, requests)))
     assert measured.count == 1
     assert admin_conn.execute("SELECT count(*), sum(duration) FROM api_usage").fetchone() == (
         25,
@@ -410,22 +420,29 @@ def test_api_usage_many_rows_in_one_round_trip(admin_conn: psycopg.Connection[An
 
 def test_webhook_claim_then_processed_then_duplicate() -> None:
     claim = db.transaction(
-        lambda s: webhook_events.claim(s, "evt_1", "invoice.paid", {"id": "evt_1"})
+        lambda conn: webhook_events.claim(conn, "evt_1", "invoice.paid", {"id": "evt_1"})
     )
     assert claim == webhook_events.Claim("evt_1", attempts=1, first_delivery=True)
-    db.run(lambda s: webhook_events.mark_processed(s, "evt_1"))
-    assert db.transaction(lambda s: webhook_events.claim(s, "evt_1", "invoice.paid", None)) is None
+    db.run(lambda conn: webhook_events.mark_processed(conn, "evt_1"))
+    assert (
+        db.transaction(lambda conn: webhook_events.claim(conn, "evt_1", "invoice.paid", None))
+        is None
+    )
 
 
 def test_failed_webhook_is_retryable_after_backoff_until_max_attempts() -> None:
     def fail(at: datetime) -> None:
-        db.run(lambda s: webhook_events.mark_failed(s, "evt_2", "invoice.paid", {}, "boom", now=at))
+        db.run(
+            lambda conn: webhook_events.mark_failed(
+                conn, "evt_2", "invoice.paid", {}, "boom", now=at
+            )
+        )
 
     fail(T0)  # attempt 1: retry after 60 s
 
     def retryable(at: datetime) -> list[str]:
-        rows = db.run(lambda s: webhook_events.list_retryable(
-            s, max_attempts=3, base_delay=timedelta(seconds=60), now=at
+        rows = db.run(lambda conn: webhook_events.list_retryable(
+            conn, max_attempts=3, base_delay=timedelta(seconds=60), now=at
         ))  # fmt: skip
         return [row.id for row in rows]
 
@@ -437,7 +454,7 @@ def test_failed_webhook_is_retryable_after_backoff_until_max_attempts() -> None:
     fail(T0 + timedelta(seconds=180))  # attempt 3 = max: never again
     assert retryable(T0 + timedelta(days=1)) == []
     row = db.run(
-        lambda s: webhook_events.list_retryable(s, max_attempts=9, base_delay=timedelta(0))
+        lambda conn: webhook_events.list_retryable(conn, max_attempts=9, base_delay=timedelta(0))
     )
     assert (row[0].attempts, row[0].error, row[0].processed) == (3, "boom", False)
 
@@ -448,21 +465,21 @@ def test_failed_webhook_is_retryable_after_backoff_until_max_attempts() -> None:
 def test_flag_upsert_keeps_creator_and_rejects_out_of_range_percent() -> None:
     values = feature_flags.FlagValues(enabled=True, rollout_percent=20, allowed_users=("u1",))
     first = db.run(
-        lambda s: feature_flags.upsert(s, "new-ui", values, created_by="admin_1", now=T0)
+        lambda conn: feature_flags.upsert(conn, "new-ui", values, created_by="admin_1", now=T0)
     )
     changed = feature_flags.FlagValues(enabled=False, rollout_percent=30)
     later = T0 + timedelta(days=1)
     second = db.run(
-        lambda s: feature_flags.upsert(s, "new-ui", changed, created_by="admin_2", now=later)
+        lambda conn: feature_flags.upsert(conn, "new-ui", changed, created_by="admin_2", now=later)
     )
     assert second.id == first.id and second.created_by == "admin_1" and second.created_at == T0
     assert (second.enabled, second.rollout_percent, second.allowed_users) == (False, 30, [])
     assert [f.key for f in db.run(feature_flags.list_all)] == ["new-ui"]
     with pytest.raises(Exception, match="rolloutPercent_check"):
         bad = feature_flags.FlagValues(rollout_percent=101)
-        db.run(lambda s: feature_flags.upsert(s, "bad", bad))
-    assert db.run(lambda s: feature_flags.delete_flag(s, "new-ui")) is True
-    assert db.run(lambda s: feature_flags.get_by_key(s, "new-ui")) is None
+        db.run(lambda conn: feature_flags.upsert(conn, "bad", bad))
+    assert db.run(lambda conn: feature_flags.delete_flag(conn, "new-ui")) is True
+    assert db.run(lambda conn: feature_flags.get_by_key(conn, "new-ui")) is None
 
 
 def test_metric_series_buckets() -> None:
@@ -474,11 +491,11 @@ def test_metric_series_buckets() -> None:
             "db.connections", 10.0, None, T0.replace(minute=0) + timedelta(hours=1)
         )
     ]
-    db.run(lambda s: system_metrics.record_many(s, samples))
+    db.run(lambda conn: system_metrics.record_many(conn, samples))
     hour = T0.replace(minute=0, second=0, microsecond=0)
     points = db.run(
-        lambda s: system_metrics.series(
-            s, "db.connections", start=hour, end=hour + timedelta(hours=2), bucket="hour"
+        lambda conn: system_metrics.series(
+            conn, "db.connections", start=hour, end=hour + timedelta(hours=2), bucket="hour"
         )
     )
     assert points == [

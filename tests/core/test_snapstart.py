@@ -54,7 +54,8 @@ def restored(run_hooks):
         if run_hooks:
             for hook in hooks["after"]:
                 hook()
-        backend = db.run(lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        pid = text("SELECT pg_backend_pid()")
+        backend = db.run(lambda conn: conn.session.execute(pid).scalar_one())
         out = {"cuid": ids.new_cuid(), "jitter": random.random(), "backend": backend}
         os.write(write, json.dumps(out).encode())
         os._exit(0)

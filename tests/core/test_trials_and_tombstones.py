@@ -21,10 +21,10 @@ import psycopg
 import pytest
 import respx
 from httpx import Response as HttpxResponse
-from sqlalchemy.orm import Session
 
 from shared import accounts, config, db, providers
 from shared.clock import utcnow
+from shared.db import Conn
 from shared.repositories import users
 from tests.support.clerk_events import deliver
 from tests.support.http import Caller, Keys
@@ -98,9 +98,9 @@ def test_a_prisma_default_free_user_has_a_trial_measured_from_its_start(
         403,
         "Your 7-day free trial has expired. Upgrade to Pro to continue using KeyFlash.",
     )
-    counts = db.run(lambda s: users.count_expired_trials(s, now=utcnow(), since=utcnow()))
+    counts = db.run(lambda conn: users.count_expired_trials(conn, now=utcnow(), since=utcnow()))
     assert counts.total == 1  # the cron counts it too
-    ended = db.run(lambda s: users.find_expired_trials(s))
+    ended = db.run(lambda conn: users.find_expired_trials(conn))
     assert [user.id for user in ended] == ["prisma_old"]
 
 
@@ -163,7 +163,7 @@ def test_erasure_by_clerk_user_deleted_keeps_the_tombstone_too(
     assert search(call, "user_clerk", TRIAL_LIMIT, email="clerk@example.com").status == 200
     result, _, _ = deliver(call, "user.deleted", {"id": "user_clerk", "deleted": True})
     assert result.status == 200, result.text
-    assert db.run(lambda s: users.get(s, "user_clerk")) is None
+    assert db.run(lambda conn: users.get(conn, "user_clerk")) is None
     # Signing up again in Clerk (user.created, a new id, the same email) starts no new trial.
     data = {"id": "user_clerk_2", "object": "user", "primary_email_address_id": "idn_0",
             "email_addresses": [{"id": "idn_0", "email_address": "Clerk@example.com"}]}  # fmt: skip
@@ -187,8 +187,8 @@ def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
     assert search(call, "user_blocked", TRIAL_LIMIT).status == 200  # the whole trial quota
     erasing, release = threading.Event(), threading.Event()
 
-    def erase_slowly(session: Session) -> None:
-        accounts.erase(session, "user_blocked", refuse_live_subscription=True)
+    def erase_slowly(conn: Conn) -> None:
+        accounts.erase(conn, "user_blocked", refuse_live_subscription=True)
         erasing.set()
         assert release.wait(30)  # the row lock is held until this transaction commits
 

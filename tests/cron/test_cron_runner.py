@@ -119,7 +119,7 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_is_fenced_off(
 ) -> None:
     job, _ = recording_job()
     # A run that died: its lease expired a minute ago.
-    assert db.run(lambda s: cron_leases.acquire(s, job.name, "dead-run", ttl_seconds=60))
+    assert db.run(lambda conn: cron_leases.acquire(conn, job.name, "dead-run", ttl_seconds=60))
     admin_conn.execute(
         """UPDATE cron_leases SET "expiresAt" = "expiresAt" - interval '2 minutes' """
         "WHERE job = %s",
@@ -127,11 +127,11 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_is_fenced_off(
     )
     assert run_job(job)["processed"] == 3
     # The dead run coming back cannot overwrite the state or release someone else's lease.
-    taken = db.run(lambda s: cron_leases.acquire(s, job.name, "new-run", ttl_seconds=60))
+    taken = db.run(lambda conn: cron_leases.acquire(conn, job.name, "new-run", ttl_seconds=60))
     assert taken is not None and taken.state == {"done": 1}
-    assert not db.run(lambda s: cron_leases.save_state(s, job.name, "dead-run", {"x": 1}))
+    assert not db.run(lambda conn: cron_leases.save_state(conn, job.name, "dead-run", {"x": 1}))
     assert not db.run(
-        lambda s: cron_leases.release(s, job.name, "dead-run", state={"x": 1}, completed=True)
+        lambda conn: cron_leases.release(conn, job.name, "dead-run", state={"x": 1}, completed=True)
     )
     assert lease_row(admin_conn, job.name)[:3] == ("new-run", True, {"done": 1})  # type: ignore[index]
 
@@ -147,7 +147,9 @@ def test_concurrent_acquires_have_exactly_one_winner(
 
         def attempt(index: int) -> None:
             barrier.wait(10)
-            lease = db.run(lambda s: cron_leases.acquire(s, "race", f"h{index}", ttl_seconds=60))
+            lease = db.run(
+                lambda conn: cron_leases.acquire(conn, "race", f"h{index}", ttl_seconds=60)
+            )
             won.append(lease is not None)
 
         threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
@@ -213,7 +215,7 @@ def test_save_state_is_fenced_by_the_lease(db_env: str) -> None:
         run.state["step"] = 1
         run.save_state()  # still ours: fine
         db.run(
-            lambda s: s.execute(
+            lambda conn: conn.session.execute(
                 text("UPDATE cron_leases SET holder = 'thief' WHERE job = 'fenced'")
             )
         )

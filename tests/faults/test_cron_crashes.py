@@ -145,7 +145,7 @@ def test_reset_killed_mid_batch_resets_every_counter_exactly_once(
     assert by_dead_run in (2 * BATCH, 3 * BATCH)  # batch 3 may finish after the client died
     print(f"reset: killed child pid {child.pid}; {by_dead_run} of 45 reset by the dead run")
     # A request by a user the dead run already reset: counted into this month, once.
-    db.run(lambda s: users.increment_usage(s, "u000005", 3))
+    db.run(lambda conn: users.increment_usage(conn, "u000005", 3))
 
     wait_for_lease_expiry(admin_conn, "reset_monthly_usage")
     rerun = invoke("reset_monthly_usage")

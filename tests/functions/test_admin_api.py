@@ -55,7 +55,7 @@ def seed_metrics() -> None:
         ("cache.hit_rate", 0.25, "2026-11-20T10:00:20"),  # another metric
     ]
     rows = [system_metrics.Sample(m, v, {"host": "a"}, at(t)) for m, v, t in samples]
-    db.run(lambda s: system_metrics.record_many(s, rows))
+    db.run(lambda conn: system_metrics.record_many(conn, rows))
 
 
 def series(admin: Caller, **query: str) -> Any:
@@ -104,7 +104,7 @@ def test_default_window_is_the_last_24_hours_in_hours(admin: Caller) -> None:
         system_metrics.Sample("api.latency", 50.0, None, NOW - timedelta(minutes=20)),
         system_metrics.Sample("api.latency", 99.0, None, NOW - timedelta(hours=25)),
     ]
-    db.run(lambda s: system_metrics.record_many(s, rows))
+    db.run(lambda conn: system_metrics.record_many(conn, rows))
     result = series(admin, metric="api.latency")
     assert result.json == {
         "metric": "api.latency",

@@ -145,7 +145,7 @@ def test_a_failed_refresh_serves_the_last_figures_and_says_how_old(
     seed()
     before = trends(admin, metric="usage-by-tier").json
     row = search_history.NewSearch("u_pro", ["x"], "US", "en", "exact", "mock", False, 5)
-    db.run(lambda s: search_history.record(s, row, now=at("2026-11-20T13:30:00")))
+    db.run(lambda conn: search_history.record(conn, row, now=at("2026-11-20T13:30:00")))
     monkeypatch.setattr(rollup, "REFRESH_LOCK_TIMEOUT_MS", 1)
     failed_at = NOW - timedelta(minutes=30)
     with psycopg.connect(direct_database_url) as holder:

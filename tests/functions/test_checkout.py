@@ -243,7 +243,7 @@ def test_a_user_erased_elsewhere_since_provisioning_checks_out_as_a_fresh_accoun
     """This container remembers provisioning user_a; another one erased the row since."""
     make_user(stripe_customer_id="cus_before")
     assert start(lambda_call).status == 200
-    db.transaction(lambda s: accounts.erase(s, "user_a"))
+    db.transaction(lambda conn: accounts.erase(conn, "user_a"))
     again = start(lambda_call)
     assert again.status == 200, again.text
     assert "customer" not in fake_stripe.created(SESSIONS)[-1].params
@@ -258,7 +258,11 @@ def test_checkout_is_rate_limited_but_not_metered_and_writes_its_usage_row(
     assert start(lambda_call).status == 200
     checked_out = user()
     assert (checked_out.keyword_searches_this_month, checked_out.keyword_searches_total) == (0, 0)
-    rows = db.run(lambda s: s.scalars(select(ApiUsage).where(ApiUsage.user_id == "user_a")).all())
+    rows = db.run(
+        lambda conn: conn.session.scalars(
+            select(ApiUsage).where(ApiUsage.user_id == "user_a")
+        ).all()
+    )
     assert [(r.endpoint, r.method, r.status_code) for r in rows] == [("/api/checkout", "POST", 200)]
 
 
@@ -354,5 +358,5 @@ def test_checkout_then_the_signed_webhook_makes_the_user_pro(
     assert portal.status == 200, portal.text
     [sent] = fake_stripe.created("/v1/billing_portal/sessions")
     assert sent.params["customer"] == "cus_new"
-    row = db.run(lambda s: users.get(s, "user_a"))
+    row = db.run(lambda conn: users.get(conn, "user_a"))
     assert row is not None and row.tier is UserTier.PRO

@@ -61,7 +61,7 @@ def test_a_valid_user_created_creates_the_user_with_the_primary_email(
     data = user_data("user_a", "old@example.com", "Ada@Example.com", primary=1)
     result, _, _ = deliver(call, "user.created", data)
     assert (result.status, result.json) == (200, {"received": True})
-    user = db.run(lambda s: users.get(s, "user_a"))
+    user = db.run(lambda conn: users.get(conn, "user_a"))
     assert user is not None and user.email == "Ada@Example.com"
     assert user.tier.value == "FREE" and user.trial_ends_at is not None
     # The delivery is in the ledger, processed, with no payload (no PII kept there).
@@ -296,7 +296,7 @@ def test_a_lost_insert_race_is_rerun_as_an_update(
     real_get = users.get
     raced: list[bool] = []
 
-    def get_then_lose_the_race(session: Any, user_id: str, **options: Any) -> Any:
+    def get_then_lose_the_race(conn: Any, user_id: str, **options: Any) -> Any:
         if not raced:
             raced.append(True)
             admin_conn.execute(  # another connection, as the other request would be
@@ -304,7 +304,7 @@ def test_a_lost_insert_race_is_rerun_as_an_update(
                 [user_id, f"{user_id}@keyflash.local"],
             )
             return None  # what our read saw, just before the other insert committed
-        return real_get(session, user_id, **options)
+        return real_get(conn, user_id, **options)
 
     monkeypatch.setattr(users, "get", get_then_lose_the_race)  # what accounts calls
     result, _, _ = deliver(call, "user.created", user_data("user_a", "a@example.com"))

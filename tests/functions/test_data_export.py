@@ -58,8 +58,8 @@ def todays_body(user_id: str) -> bytes:
     rows whole in memory, each through the export contract's `row`, rendered at once by the
     JSON response the API has always used."""
 
-    def document(session: Any) -> dict[str, Any]:
-        data = personal_data.export(session, user_id)
+    def document(conn: Any) -> dict[str, Any]:
+        data = personal_data.export(conn, user_id)
         return compact(
             {
                 "user": None if data.user is None else account.row(data.user),
@@ -190,11 +190,11 @@ def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
     configure(monkeypatch, ADMIN_USER_IDS=HEAVY)
     generate_heavy_account(admin_conn)
     db.run(
-        lambda s: feature_flags.create(
-            s, "beta", feature_flags.FlagValues(enabled=True, allowed_users=(HEAVY,))
+        lambda conn: feature_flags.create(
+            conn, "beta", feature_flags.FlagValues(enabled=True, allowed_users=(HEAVY,))
         )
     )
-    requested = db.run(lambda s: data_exports.request(s, HEAVY, now=utcnow()))
+    requested = db.run(lambda conn: data_exports.request(conn, HEAVY, now=utcnow()))
     search_id = admin_conn.execute(
         'SELECT id FROM saved_searches WHERE "userId" = %s LIMIT 1', [HEAVY]
     ).fetchone()
@@ -222,7 +222,7 @@ def test_every_route_answers_the_heavy_account_within_the_platforms_limits(
 def test_a_retried_build_starts_its_file_again(db_env: str) -> None:
     """A transaction retried after a lost connection writes the document again from the start
     of the file: whatever an earlier attempt left there is gone."""
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     with tempfile.TemporaryFile() as file:
         file.write(b"an earlier attempt's partial output " * 1000)
         written = exports.write_compressed("user_a", file)
@@ -296,10 +296,10 @@ def test_the_admin_routes_at_their_widest_stay_within_the_platforms_limits(
 
 
 def test_a_small_export_is_answered_directly_and_gzipped_when_accepted(call: Caller) -> None:
-    db.run(lambda s: users.create(s, "user_small", "small@example.com"))
+    db.run(lambda conn: users.create(conn, "user_small", "small@example.com"))
     search = search_history.NewSearch("user_small", ["k"], "US", "en", "exact", "mock", False, 5)
     for _ in range(10):  # past the gzip floor, far below any limit
-        db.run(lambda s: search_history.record(s, search=search))
+        db.run(lambda conn: search_history.record(conn, search=search))
     plain = call("me_export", "GET", "/api/me/export", user="user_small",
                  headers={"accept-encoding": "identity"})  # fmt: skip
     assert plain.status == 200, plain.text
@@ -318,7 +318,7 @@ def test_a_small_export_is_answered_directly_and_gzipped_when_accepted(call: Cal
 def test_an_answer_over_the_direct_limit_becomes_an_asynchronous_export(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     monkeypatch.setattr(me_export, "DIRECT_MAX_BYTES", 100)  # this small user's document: ~600
     result = call("me_export", "GET", "/api/me/export", user="user_a")
     assert result.status == 202 and result.json["export"]["status"] == "pending"
@@ -327,10 +327,10 @@ def test_an_answer_over_the_direct_limit_becomes_an_asynchronous_export(
 def test_an_account_estimated_too_large_is_never_built_in_the_request(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     search = search_history.NewSearch("user_a", ["k" * 90], "US", "en", "exact", "mock", False, 5)
-    db.run(lambda s: search_history.record(s, search=search))
-    assert 90 < db.run(lambda s: personal_data.estimated_bytes(s, "user_a")) < 1000
+    db.run(lambda conn: search_history.record(conn, search=search))
+    assert 90 < db.run(lambda conn: personal_data.estimated_bytes(conn, "user_a")) < 1000
     monkeypatch.setattr(me_export, "DIRECT_BUILD_MAX_ESTIMATE", 90)
 
     def never(user_id: str) -> bytes:
@@ -359,7 +359,7 @@ def test_accept_encoding_is_read_with_its_quality(header: str, accepted: bool) -
 def test_an_export_is_built_stored_and_downloaded_by_its_owner_only(
     call: Caller, storage: Any
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     asked = call("me_export", "POST", "/api/me/export", user="user_a")
     assert asked.status == 202, asked.text
     export_id = asked.json["export"]["id"]
@@ -385,11 +385,11 @@ def test_an_export_is_built_stored_and_downloaded_by_its_owner_only(
 
 
 def test_racing_requests_get_one_open_export(db_env: str) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     from concurrent.futures import ThreadPoolExecutor
 
     def ask(_: int) -> tuple[str, bool]:
-        done = db.run(lambda s: data_exports.request(s, "user_a", now=utcnow()))
+        done = db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow()))
         return done.export.id, done.created
 
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -403,7 +403,7 @@ def test_exports_are_rate_limited_per_user(
 ) -> None:
     configure(monkeypatch, RATE_LIMIT_ENABLED="true", EXPORT_REQUESTS_PER_HOUR="2")
     user = f"user_rl_{uuid.uuid4().hex[:12]}"  # the Redis emulator outlives the test
-    db.run(lambda s: users.create(s, user, f"{user}@example.com"))
+    db.run(lambda conn: users.create(conn, user, f"{user}@example.com"))
     statuses = [call("me_export", "POST", "/api/me/export", user=user).status for _ in range(3)]
     assert statuses == [202, 202, 429]
     refused = call("me_export", "POST", "/api/me/export", user=user)
@@ -414,7 +414,7 @@ def test_without_storage_an_export_is_a_clear_503(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     configure(monkeypatch, BACKUP_BUCKET=None)
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     result = call("me_export", "POST", "/api/me/export", user="user_a")
     assert result.status == 503
     assert set(result.json) == {"error", "message", "statusCode", "timestamp"}
@@ -427,7 +427,7 @@ def test_export_routes_require_auth(call: Caller) -> None:
 
 
 def test_a_malformed_export_id_is_a_400_and_an_unknown_one_a_404(call: Caller) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     for bad in ("abc", "c" + "0" * 23 + "%00", "C" + "a" * 24, "c" + "a" * 25):
         result = call("me_export", "GET", f"/api/me/export/{bad}", user="user_a")
         assert result.status == 400 and result.json["message"] == me_export.INVALID_ID, bad
@@ -438,7 +438,7 @@ def test_a_malformed_export_id_is_a_400_and_an_unknown_one_a_404(call: Caller) -
 def test_expired_exports_disappear_from_the_api_the_table_and_storage(
     call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
     run_exports()
     assert len(storage.list_objects_v2(Bucket=BUCKET).get("Contents", [])) == 1
@@ -454,8 +454,8 @@ def test_expired_exports_disappear_from_the_api_the_table_and_storage(
 def test_an_export_failing_again_and_again_is_marked_failed(
     storage: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
-    requested = db.run(lambda s: data_exports.request(s, "user_a", now=utcnow()))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    requested = db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow()))
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("storage unreachable")
@@ -517,7 +517,7 @@ def test_erasure_deletes_the_users_stored_and_pending_exports_only(
 def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     call("me_export", "POST", "/api/me/export", user="user_a")
     run_exports()
 
@@ -538,8 +538,8 @@ def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
 def test_an_export_finished_after_its_user_was_erased_is_discarded(
     storage: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
-    db.run(lambda s: data_exports.request(s, "user_a", now=utcnow()))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow()))
     real_store = exports.store
 
     def store_then_erase(*args: Any) -> None:
@@ -590,7 +590,7 @@ def test_a_history_page_of_the_largest_rows_is_cut_by_bytes_and_loses_nothing(
 ) -> None:
     """100 rows of 200 keywords of 100 CJK characters (60 KB each) would be 6 MB in one page:
     the page stops at its byte budget and the cursor carries on, every row once."""
-    db.run(lambda s: users.create(s, "user_a", "a@example.com"))
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     admin_conn.execute(
         """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
                provider, "responseTime", "searchedAt")

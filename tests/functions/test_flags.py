@@ -204,7 +204,7 @@ def test_flags_load_in_one_query() -> None:
 
 
 def put_flag(key: str, **values: Any) -> None:
-    db.run(lambda s: feature_flags.upsert(s, key, feature_flags.FlagValues(**values)))
+    db.run(lambda conn: feature_flags.upsert(conn, key, feature_flags.FlagValues(**values)))
 
 
 def everyone_bucket_below(key: str, percent: int) -> tuple[str, str]:

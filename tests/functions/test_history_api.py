@@ -35,7 +35,7 @@ def seed(
     response_time: int = 100,
 ) -> list[str]:
     """`count` searches by `user_id`, one per `step` going back from `start`; ids newest first."""
-    db.run(lambda s: users.get_or_create(s, user_id, f"{user_id}@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, user_id, f"{user_id}@example.com"))
     start = start or utcnow()
     ids = []
     for i in range(count):

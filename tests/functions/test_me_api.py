@@ -74,7 +74,7 @@ def billing(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
 
 
 def make_user(user_id: str, email: str | None = None, **kw: Any) -> None:
-    db.run(lambda s: users.create(s, user_id, email or f"{user_id}@example.com", **kw))
+    db.run(lambda conn: users.create(conn, user_id, email or f"{user_id}@example.com", **kw))
 
 
 def me(call: Caller, user: str = "user_a") -> dict[str, Any]:
@@ -107,7 +107,7 @@ def test_free_trial_usage_counts_the_whole_trial_against_300(
 ) -> None:
     billing(monkeypatch)
     make_user("user_a")
-    db.run(lambda s: users.increment_usage(s, "user_a", 120))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 120))
     usage = me(call)["usage"]
     assert usage["limit"] == 300 and usage["remaining"] == 180
     assert (usage["thisMonth"], usage["total"]) == (120, 120)
@@ -129,7 +129,7 @@ def test_paid_tiers_show_the_monthly_limit_and_when_it_resets(
 ) -> None:
     billing(monkeypatch, ENTERPRISE_MONTHLY_LIMIT="2500")
     make_user("user_a", tier=tier)
-    db.run(lambda s: users.increment_usage(s, "user_a", 40))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 40))
     body = me(call)
     assert "trialEndsAt" not in body
     assert body["usage"] == {
@@ -147,10 +147,10 @@ def test_last_months_counter_reads_as_zero_until_written_again(
     billing(monkeypatch)
     last_month = month_start(utcnow()) - timedelta(days=3)
     make_user("user_a", tier=UserTier.PRO, now=last_month)
-    db.run(lambda s: users.increment_usage(s, "user_a", 900, now=last_month))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 900, now=last_month))
     usage = me(call)["usage"]
     assert (usage["thisMonth"], usage["total"], usage["remaining"]) == (0, 900, 1000)
-    db.run(lambda s: users.increment_usage(s, "user_a", 7))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 7))
     usage = me(call)["usage"]
     assert (usage["thisMonth"], usage["total"], usage["remaining"]) == (7, 907, 993)
 
@@ -158,15 +158,15 @@ def test_last_months_counter_reads_as_zero_until_written_again(
 def test_subscription_shows_only_the_keys_that_exist(call: Caller) -> None:
     make_user("user_a", tier=UserTier.PRO)
     db.run(
-        lambda s: users.update_user(
-            s, "user_a", subscription_status="active", subscription_plan="pro"
+        lambda conn: users.update_user(
+            conn, "user_a", subscription_status="active", subscription_plan="pro"
         )
     )
     assert me(call)["subscription"] == {"status": "active", "plan": "pro"}
     ends = datetime(2026, 12, 31, 23, 59, 59, 123000, tzinfo=UTC)
     db.run(
-        lambda s: users.update_user(
-            s, "user_a", subscription_status="canceled", subscription_ends_at=ends
+        lambda conn: users.update_user(
+            conn, "user_a", subscription_status="canceled", subscription_ends_at=ends
         )
     )
     assert me(call)["subscription"] == {
@@ -203,19 +203,22 @@ def seed_everything(user_id: str) -> None:
     email = f"{user_id}@example.com"
     make_user(user_id, email)
     db.run(
-        lambda s: users.update_user(
-            s, user_id, stripe_customer_id=f"cus_{user_id}", stripe_subscription_id=f"sub_{user_id}"
+        lambda conn: users.update_user(
+            conn,
+            user_id,
+            stripe_customer_id=f"cus_{user_id}",
+            stripe_subscription_id=f"sub_{user_id}",
         )
     )
     search = saved_searches.NewSavedSearch(
         name="n", keywords=["k"], location="US", language="en", match_type="exact"
     )
-    db.transaction(lambda s: saved_searches.create(s, user_id, search))
+    db.transaction(lambda conn: saved_searches.create(conn, user_id, search))
     hold = reservations.Hold(f"hold_{user_id}", utcnow() + timedelta(minutes=5))
     limits = Limits(trial=300, pro=1000, enterprise=10_000)
     db.run(
-        lambda s: users.reserve_keywords(
-            s, user_id, email, 2, limits=limits, enforce=False, hold=hold
+        lambda conn: users.reserve_keywords(
+            conn, user_id, email, 2, limits=limits, enforce=False, hold=hold
         )
     )  # a search in flight
     for provider in ("mock", "dataforseo"):
@@ -226,8 +229,8 @@ def seed_everything(user_id: str) -> None:
         )  # fmt: skip
         db.run(partial(search_history.record, search=row))
     db.run(
-        lambda s: api_usage.record_many(
-            s,
+        lambda conn: api_usage.record_many(
+            conn,
             [
                 api_usage.Request("/api/keywords", "POST", 200, 5, user_id, "198.51.100.0", "UA"),
                 api_usage.Request("/api/searches", "GET", 200, 3, user_id, None, None),
@@ -235,38 +238,38 @@ def seed_everything(user_id: str) -> None:
         )
     )
     db.transaction(
-        lambda s: webhook_events.claim(
-            s, f"evt_meta_{user_id}", "checkout.session.completed",
+        lambda conn: webhook_events.claim(
+            conn, f"evt_meta_{user_id}", "checkout.session.completed",
             {"data": {"object": {"metadata": {"clerkUserId": user_id}, "lines": [1, 2]}}},
         )
     )  # fmt: skip
     db.transaction(
-        lambda s: webhook_events.claim(
-            s, f"evt_email_{user_id}", "customer.updated",
+        lambda conn: webhook_events.claim(
+            conn, f"evt_email_{user_id}", "customer.updated",
             {"data": {"object": {"emails": [{"value": email}]}}},
         )
     )  # fmt: skip
     db.transaction(
-        lambda s: webhook_events.claim(
-            s, f"evt_cus_{user_id}", "invoice.paid", {"customer": f"cus_{user_id}"}
+        lambda conn: webhook_events.claim(
+            conn, f"evt_cus_{user_id}", "invoice.paid", {"customer": f"cus_{user_id}"}
         )
     )
     db.run(
-        lambda s: webhook_events.mark_failed(
-            s, f"evt_err_{user_id}", "invoice.paid", None,
+        lambda conn: webhook_events.mark_failed(
+            conn, f"evt_err_{user_id}", "invoice.paid", None,
             f"Key (lower(email))=({email}) already exists",
         )
     )  # fmt: skip
     db.run(
-        lambda s: system_metrics.record_many(
-            s, [system_metrics.Sample("searches", 1.0, {"userId": user_id, "tier": "FREE"})]
+        lambda conn: system_metrics.record_many(
+            conn, [system_metrics.Sample("searches", 1.0, {"userId": user_id, "tier": "FREE"})]
         )
     )
-    db.run(lambda s: data_exports.request(s, user_id, now=utcnow()))
-    db.run(lambda s: organizations.ensure(s, "org_shared"))
+    db.run(lambda conn: data_exports.request(conn, user_id, now=utcnow()))
+    db.run(lambda conn: organizations.ensure(conn, "org_shared"))
     membership = {"org": "org_shared", "user": user_id}
     db.run(
-        lambda s: s.execute(
+        lambda conn: conn.session.execute(
             text(
                 """INSERT INTO organization_members ("organizationId", "userId", role,
                        "updatedAt") VALUES (:org, :user, 'org:member', now())"""
@@ -335,8 +338,8 @@ def test_erasure_removes_the_caller_from_every_table_and_leaves_others_intact(
     seed_everything("user_a")
     seed_everything("user_b")
     db.run(
-        lambda s: feature_flags.upsert(
-            s, "beta", feature_flags.FlagValues(enabled=True, allowed_users=("user_a", "user_b"))
+        lambda conn: feature_flags.upsert(
+            conn, "beta", feature_flags.FlagValues(enabled=True, allowed_users=("user_a", "user_b"))
         )
     )
     assert all(rows_about(admin_conn, "user_a").values())
@@ -375,7 +378,7 @@ def test_after_erasure_the_next_call_starts_a_fresh_account_without_a_new_trial(
 ) -> None:
     billing(monkeypatch)
     make_user("user_a", tier=UserTier.PRO, now=utcnow() - timedelta(days=30))
-    db.run(lambda s: users.increment_usage(s, "user_a", 50))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 50))
     assert me(call)["tier"] == "PRO"
     assert call("me", "DELETE", "/api/me", user="user_a").status == 200
     again = call("me", "DELETE", "/api/me", user="user_a")  # nothing left: still fine
@@ -411,7 +414,7 @@ def test_erasure_is_refused_while_a_subscription_is_live(
 
 def test_me_recreates_a_row_erased_by_another_container(call: Caller) -> None:
     me(call)  # provisioned and remembered by this container
-    db.transaction(lambda s: users.delete_user(s, "user_a"))  # elsewhere
+    db.transaction(lambda conn: users.delete_user(conn, "user_a"))  # elsewhere
     assert me(call)["usage"]["total"] == 0
 
 

@@ -69,7 +69,7 @@ def lambda_call(stripe_env: Keys) -> Caller:
 
 
 def ledger(event_id: str) -> WebhookEvent | None:
-    return db.run(lambda s: webhook_events.get(s, event_id))
+    return db.run(lambda conn: webhook_events.get(conn, event_id))
 
 
 def moment(seconds: int) -> datetime:
@@ -164,7 +164,7 @@ def test_replayed_event_is_a_duplicate_and_changes_nothing(call: Caller) -> None
     make_user()
     event = stripe_event("checkout.session.completed", checkout())
     assert deliver(call, event).json == {"received": True}
-    db.run(lambda s: users.update_user(s, "user_a", subscription_status="tampered"))
+    db.run(lambda conn: users.update_user(conn, "user_a", subscription_status="tampered"))
     again = deliver(call, event)
     assert (again.status, again.json) == (200, {"received": True, "duplicate": True})
     assert user().subscription_status == "tampered"  # not applied a second time
@@ -187,7 +187,7 @@ def test_unknown_type_is_acknowledged_and_recorded_without_its_data(call: Caller
 
 def test_checkout_upgrades_the_user_named_in_metadata(lambda_call: Caller) -> None:
     make_user(trial_ends_at=utcnow() + timedelta(days=3))
-    db.run(lambda s: users.increment_usage(s, "user_a", 120))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 120))
     event = stripe_event("checkout.session.completed", checkout(email="other@example.com"))
     assert deliver(lambda_call, event).status == 200
     upgraded = user()
@@ -392,7 +392,7 @@ def test_enterprise_users_keep_their_tier(lambda_call: Caller) -> None:
 
 def test_pro_to_pro_keeps_the_monthly_counter(lambda_call: Caller) -> None:
     make_pro()
-    db.run(lambda s: users.increment_usage(s, "user_a", 40))
+    db.run(lambda conn: users.increment_usage(conn, "user_a", 40))
     deliver(lambda_call, stripe_event("customer.subscription.updated", subscription("past_due")))
     deliver(
         lambda_call,
@@ -520,7 +520,9 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
 
 
 def erased_hashes() -> list[str]:
-    rows = db.run(lambda s: s.execute(select(ErasedBillingCustomer.customer_hash)).all())
+    rows = db.run(
+        lambda conn: conn.session.execute(select(ErasedBillingCustomer.customer_hash)).all()
+    )
     return [row[0] for row in rows]
 
 
@@ -529,7 +531,7 @@ def test_an_erased_customers_events_are_processed_and_recorded_without_payload(
 ) -> None:
     make_pro()
     with caplog.at_level(logging.INFO, logger="keyflash"):
-        db.transaction(lambda s: accounts.erase(s, "user_a"))  # as Clerk's user.deleted does
+        db.transaction(lambda conn: accounts.erase(conn, "user_a"))  # as Clerk's user.deleted does
     assert erased_hashes() == [subscriptions.customer_hash("cus_1")]
     erased_log = [r.getMessage() for r in caplog.records if "erased_with_live" in r.getMessage()]
     assert len(erased_log) == 1 and '"status":"active"' in erased_log[0]
@@ -737,7 +739,7 @@ def test_process_recorded_reruns_a_recorded_failure_from_its_stored_payload(
 
 
 def test_process_recorded_refuses_a_record_without_a_stripe_payload(stripe_env: Keys) -> None:
-    db.run(lambda s: webhook_events.mark_failed(s, "msg_1", "user.created", None, "x",
+    db.run(lambda conn: webhook_events.mark_failed(conn, "msg_1", "user.created", None, "x",
                                                 provider="clerk"))  # fmt: skip
     with pytest.raises(stripe_objects.InvalidEventError):
         billing.process_recorded("msg_1")
@@ -757,12 +759,16 @@ def test_apply_event_outcomes_without_http(stripe_env: Keys) -> None:
         stripe_event("invoice.paid", invoice(sub_id="sub_replaced"), created=T0 + 1)
     )
     unknown = StripeEvent.from_payload(stripe_event("charge.refunded", {"id": "ch_1"}))
-    assert db.transaction(lambda s: billing.apply_event(s, newer)) is billing.Outcome.APPLIED
-    assert db.transaction(lambda s: billing.apply_event(s, stale)) is billing.Outcome.FILLED
+    assert db.transaction(lambda conn: billing.apply_event(conn, newer)) is billing.Outcome.APPLIED
+    assert db.transaction(lambda conn: billing.apply_event(conn, stale)) is billing.Outcome.FILLED
     assert (user().subscription_status, user().subscription_plan) == ("past_due", "Pro monthly")
-    assert db.transaction(lambda s: billing.apply_event(s, older_still)) is billing.Outcome.STALE
-    assert db.transaction(lambda s: billing.apply_event(s, other)) is billing.Outcome.STALE
-    assert db.transaction(lambda s: billing.apply_event(s, unknown)) is billing.Outcome.IGNORED
+    assert (
+        db.transaction(lambda conn: billing.apply_event(conn, older_still)) is billing.Outcome.STALE
+    )
+    assert db.transaction(lambda conn: billing.apply_event(conn, other)) is billing.Outcome.STALE
+    assert (
+        db.transaction(lambda conn: billing.apply_event(conn, unknown)) is billing.Outcome.IGNORED
+    )
 
 
 # --- concurrency and speed ------------------------------------------------------------------

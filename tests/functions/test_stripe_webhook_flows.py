@@ -262,7 +262,7 @@ class Flow:
 
 
 def state() -> State:
-    row: User | None = db.run(lambda s: users.get(s, CLERK_USER))
+    row: User | None = db.run(lambda conn: users.get(conn, CLERK_USER))
     if row is None:
         return {"exists": False}
     return {
@@ -581,7 +581,7 @@ def reset(conn: psycopg.Connection[Any]) -> datetime:
     """The flow's starting point: only the Clerk user (FREE, in trial); returns its trial end."""
     for table in ("webhook_events", "erased_billing_customers", "legacy_repairs", "users"):
         conn.execute(f"DELETE FROM {table}")
-    created = db.run(lambda s: users.create(s, CLERK_USER, EMAIL))
+    created = db.run(lambda conn: users.create(conn, CLERK_USER, EMAIL))
     assert created.trial_ends_at is not None
     return created.trial_ends_at
 
@@ -654,7 +654,7 @@ def test_late_clerk_updates_never_restore_an_older_email(
         deliver_all(endpoints, order)
         for delivery in order:
             assert endpoints.post(delivery) == (200, {"received": True, "duplicate": True})
-        row = db.run(lambda s: users.get(s, CLERK_USER))
+        row = db.run(lambda conn: users.get(conn, CLERK_USER))
         assert row is not None, [d.name for d in order]
         assert (row.email, row.clerk_updated_at) == (
             "Zoë.😀@example.org",

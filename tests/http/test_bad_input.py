@@ -582,7 +582,7 @@ def prepare(route: Route, call: Caller) -> Target:
         path = path.replace("{export_id}", created.json["export"]["id"])
     if path == "/api/billing/portal":  # only a Stripe customer gets a portal session
         assert call("me", "GET", "/api/me", user=user).status == 200  # provisions the user
-        db.run(lambda s: users.update_user(s, user, stripe_customer_id=f"cus_{user}"))
+        db.run(lambda conn: users.update_user(conn, user, stripe_customer_id=f"cus_{user}"))
     assert "{" not in path, f"teach prepare() to create what {route} names"
     return Target(path, user, valid_body(route), dict(VALID_QUERIES.get(str(route), {})))
 
@@ -594,7 +594,7 @@ def join_team(user: str) -> None:
     """`user` an admin of TEAM as the Clerk webhook mirror records it (so a plain session acts
     in it: docs/organizations.md#routes-and-access); TEAM is a Stripe customer (its portal)."""
     db.run(
-        lambda s: s.execute(
+        lambda conn: conn.session.execute(
             text(
                 """INSERT INTO organizations (id, name, "stripeCustomerId", "updatedAt")
                    VALUES (:org, :org, 'cus_' || :org, now()) ON CONFLICT DO NOTHING"""
@@ -603,7 +603,7 @@ def join_team(user: str) -> None:
         )
     )
     db.run(
-        lambda s: s.execute(
+        lambda conn: conn.session.execute(
             text(
                 """INSERT INTO organization_members ("organizationId", "userId", role,
                        "updatedAt") VALUES (:org, :user, 'org:admin', now())

@@ -331,7 +331,7 @@ def test_saved_searches_keep_their_ids_and_read_back_as_the_original_record(
     backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
     from shared import db
 
-    rows = db.run(lambda s: saved_searches_by_id(s, [legacy_id, modern_id]))
+    rows = db.run(lambda conn: saved_searches_by_id(conn, [legacy_id, modern_id]))
     assert rows[legacy_id]["resultCount"] == 1 and rows[legacy_id]["keywordCount"] == 2
     assert rows[legacy_id]["lastAccessedAt"] == rows[legacy_id]["lastRunAt"]
     # Absent in Redis (docs/original-app.md#redis-to-postgres-field-mapping).
@@ -504,7 +504,7 @@ def test_a_row_refused_inside_a_batch_is_left_out_and_the_rest_written(db_env: s
     from shared.repositories import legacy_import
 
     record = UserData.model_validate(user_record("owner", "o@example.com", created=NOW))
-    db.run(lambda s: legacy_import.upsert_users(s, [user_row(record, legacy.Counters(), NOW)],
+    db.run(lambda conn: legacy_import.upsert_users(conn, [user_row(record, legacy.Counters(), NOW)],
                                                 overwrite=True))  # fmt: skip
     rows = [
         legacy.saved_search_row(

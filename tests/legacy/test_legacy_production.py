@@ -518,13 +518,13 @@ def test_the_reconcile_cron_gives_back_to_both_stores_while_the_original_app_cou
     limits, now = Limits.from_settings(get_settings()), utcnow()
     for _ in range(6):
 
-        def killed_search(session: Any) -> None:
+        def killed_search(conn: Any) -> None:
             hold = reservations.Hold(str(uuid.uuid4()), now + timedelta(minutes=5))
             users.reserve_keywords(
-                session, uid, f"{uid}@example.com", 5, limits=limits, enforce=False, now=now,
+                conn, uid, f"{uid}@example.com", 5, limits=limits, enforce=False, now=now,
                 hold=hold,
             )  # fmt: skip
-            storage.count_legacy_usage(session, uid, 5, now)
+            storage.count_legacy_usage(conn, uid, 5, now)
 
         db.run(killed_search)
         storage.mirror_usage(uid)

@@ -527,13 +527,13 @@ def count_usage(stores: Stores, uid: str, n: int) -> None:
     legacy counter's delta is recorded, in one transaction."""
     from shared import db, storage
 
-    def reserve(session: Any) -> None:
+    def reserve(conn: Any) -> None:
         stores.sql(
             'UPDATE users SET "keywordSearchesThisMonth" = "keywordSearchesThisMonth" + %s, '
             '"keywordSearchesTotal" = "keywordSearchesTotal" + %s WHERE id = %s',
             n, n, uid,
         )  # fmt: skip
-        storage.count_legacy_usage(session, uid, n, utcnow())
+        storage.count_legacy_usage(conn, uid, n, utcnow())
 
     db.transaction(reserve)
 

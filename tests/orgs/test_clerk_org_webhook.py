@@ -211,7 +211,7 @@ def test_every_delivery_order_ends_in_the_newest_events_state(
 
 
 def membership_seen(org_id: str, user_id: str) -> Any:
-    return db.run(lambda s: organizations.membership(s, org_id, user_id))
+    return db.run(lambda conn: organizations.membership(conn, org_id, user_id))
 
 
 def test_a_membership_before_its_organization_creates_it_and_order_still_rules(
@@ -240,7 +240,7 @@ def test_a_membership_before_its_organization_creates_it_and_order_still_rules(
 def test_an_organization_first_seen_in_a_token_takes_clerks_name(
     hook: Caller, admin_conn: psycopg.Connection[Any]
 ) -> None:
-    db.run(lambda s: organizations.ensure(s, "org_a", slug="acme"))
+    db.run(lambda conn: organizations.ensure(conn, "org_a", slug="acme"))
     deliver(hook, "organization.created", org_data("org_a", "Acme Inc", 1000, slug="acme-inc"))
     assert org_row(admin_conn, "org_a") == ("Acme Inc", "acme-inc", at(1000), False)
 
@@ -292,7 +292,7 @@ def test_a_deleted_organization_ignores_every_later_event(
     assert org_row(admin_conn, "org_a") == ("", None, at(1), True)  # the membership's copy
     assert member_row(admin_conn, "org_a", "user_a") == ("org:admin", [], True)
     assert member_row(admin_conn, "org_a", "user_b") is None
-    assert db.run(lambda s: organizations.ensure(s, "org_a")) is None
+    assert db.run(lambda conn: organizations.ensure(conn, "org_a")) is None
 
 
 def test_a_deletion_delivered_first_still_wins(

@@ -47,7 +47,7 @@ def call(api_env: Keys) -> Caller:
 def make_org(
     conn: psycopg.Connection[Any], org_id: str, *, this_month: int = 0, total: int = 0
 ) -> None:
-    db.run(lambda s: organizations.ensure(s, org_id, slug=org_id.removeprefix("org_")))
+    db.run(lambda conn: organizations.ensure(conn, org_id, slug=org_id.removeprefix("org_")))
     conn.execute(
         """UPDATE organizations SET "keywordSearchesThisMonth" = %s, "keywordSearchesTotal" = %s
            WHERE id = %s""",
@@ -115,7 +115,7 @@ def counters(conn: psycopg.Connection[Any], org_id: str) -> tuple[int, int]:
 
 
 def make_user(user_id: str) -> None:
-    db.run(lambda s: users.create(s, user_id, f"{user_id}@example.com"))
+    db.run(lambda conn: users.create(conn, user_id, f"{user_id}@example.com"))
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ def test_erasure_removes_memberships_and_keeps_team_searches_and_history_anonymo
 def test_erasure_counts_its_team_steps_and_is_idempotent(
     admin_conn: psycopg.Connection[Any], team: dict[str, str]
 ) -> None:
-    first = db.transaction(lambda s: accounts.erase(s, "user_a"))
+    first = db.transaction(lambda conn: accounts.erase(conn, "user_a"))
     assert (
         first.user_deleted,
         first.memberships_deleted,
@@ -189,7 +189,7 @@ def test_erasure_counts_its_team_steps_and_is_idempotent(
         first.team_keywords_given_back,
         first.history_anonymised,
     ) == (True, 2, 1, 3, 2)
-    again = db.transaction(lambda s: accounts.erase(s, "user_a"))
+    again = db.transaction(lambda conn: accounts.erase(conn, "user_a"))
     assert again == Erasure(False, 0, 0, 0, 0, 0, 0, 0, 0)
     assert counters(admin_conn, "org_x") == (7, 37)
 
@@ -203,7 +203,7 @@ def test_a_reservation_of_a_month_already_reset_gives_back_only_the_total(
     make_org(admin_conn, "org_x", this_month=4, total=50)
     reserved(admin_conn, "hold_old", "user_a", "org_x", 6, at=utcnow() - timedelta(days=40))
     reserved(admin_conn, "hold_new", "user_a", "org_x", 1)
-    erasure = db.transaction(lambda s: accounts.erase(s, "user_a"))
+    erasure = db.transaction(lambda conn: accounts.erase(conn, "user_a"))
     assert erasure.team_keywords_given_back == 7
     assert counters(admin_conn, "org_x") == (3, 43)
 
@@ -211,7 +211,7 @@ def test_a_reservation_of_a_month_already_reset_gives_back_only_the_total(
 def test_a_member_never_in_a_team_erases_as_before(admin_conn: psycopg.Connection[Any]) -> None:
     make_user("user_a")
     saved(admin_conn, "s_own", "user_a", None)
-    erasure = db.transaction(lambda s: accounts.erase(s, "user_a"))
+    erasure = db.transaction(lambda conn: accounts.erase(conn, "user_a"))
     assert (erasure.user_deleted, erasure.memberships_deleted, erasure.team_searches_kept) == (
         True,
         0,
@@ -222,7 +222,7 @@ def test_a_member_never_in_a_team_erases_as_before(admin_conn: psycopg.Connectio
 
 def test_erasure_outside_a_transaction_is_refused() -> None:
     with pytest.raises(RuntimeError, match="inside a transaction"):
-        db.run(lambda s: personal_data.erase(s, "user_a"))
+        db.run(lambda conn: personal_data.erase(conn, "user_a"))
 
 
 def waiting_on(conn: psycopg.Connection[Any], blocker: int, timeout: float = 10.0) -> bool:
@@ -259,7 +259,7 @@ def test_erasure_racing_a_team_search_gives_both_holds_back_without_deadlock(
 
         def erase() -> None:
             try:
-                outcome.append(db.transaction(lambda s: accounts.erase(s, "user_a")))
+                outcome.append(db.transaction(lambda conn: accounts.erase(conn, "user_a")))
             except Exception as error:  # reported below
                 outcome.append(error)
 
@@ -394,8 +394,8 @@ def test_analytics_organization_validation(admin: Caller, value: str) -> None:
 def test_stats_of_a_user_and_an_organization_at_once_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="not both"):
         db.run(
-            lambda s: search_history.stats(
-                s, since=NOW - timedelta(days=1), user_id="user_a", organization_id="org_x"
+            lambda conn: search_history.stats(
+                conn, since=NOW - timedelta(days=1), user_id="user_a", organization_id="org_x"
             )
         )
 
@@ -413,12 +413,12 @@ def test_erasure_raced_by_the_members_real_team_searches_leaves_the_team_nothing
 
     def task(index: int) -> Any:
         if index == 0:
-            return db.transaction(lambda s: accounts.erase(s, "user_a"))
+            return db.transaction(lambda conn: accounts.erase(conn, "user_a"))
         now = utcnow()
         hold = reservations.Hold(f"hold_{index}", now + timedelta(minutes=5))
         return db.run(
-            lambda s: org_quota.reserve_keywords(
-                s, "org_x", "user_a", 2, slug="x", limits=limits, enforce=True, now=now,
+            lambda conn: org_quota.reserve_keywords(
+                conn, "org_x", "user_a", 2, slug="x", limits=limits, enforce=True, now=now,
                 hold=hold,
             )
         )  # fmt: skip

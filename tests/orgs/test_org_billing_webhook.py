@@ -54,20 +54,20 @@ def call(stripe_env: Keys) -> Caller:
 
 def make_org(org_id: str = ORG, **columns: Any) -> None:
     """The organization as a token first makes it, then `columns` (model attribute names)."""
-    db.run(lambda s: organizations.ensure(s, org_id, slug="acme"))
+    db.run(lambda conn: organizations.ensure(conn, org_id, slug="acme"))
     if columns:
         statement = update(Organization).where(Organization.id == org_id).values(**columns)
-        db.run(lambda s: s.execute(statement))
+        db.run(lambda conn: conn.session.execute(statement))
 
 
 def org(org_id: str = ORG) -> Organization:
-    found = db.run(lambda s: s.get(Organization, org_id))
+    found = db.run(lambda conn: conn.session.get(Organization, org_id))
     assert found is not None
     return found
 
 
 def ledger(event_id: str) -> WebhookEvent | None:
-    return db.run(lambda s: webhook_events.get(s, event_id))
+    return db.run(lambda conn: webhook_events.get(conn, event_id))
 
 
 def org_subscription(status: str, **options: Any) -> dict[str, Any]:
@@ -390,4 +390,4 @@ def test_apply_event_outcomes_for_an_organization(
 ) -> None:
     make_org()
     parsed = StripeEvent.from_payload(event())
-    assert db.transaction(lambda s: billing.apply_event(s, parsed)) is expected
+    assert db.transaction(lambda conn: billing.apply_event(conn, parsed)) is expected

@@ -88,10 +88,10 @@ def post(call: Caller, path: str, headers: dict[str, str]) -> Result:
 
 
 def make_org(org_id: str = ORG, **columns: Any) -> None:
-    db.run(lambda s: organizations.ensure(s, org_id, slug="acme"))
+    db.run(lambda conn: organizations.ensure(conn, org_id, slug="acme"))
     if columns:
         statement = update(Organization).where(Organization.id == org_id).values(**columns)
-        db.run(lambda s: s.execute(statement))
+        db.run(lambda conn: conn.session.execute(statement))
 
 
 def make_member(user_id: str, role: str, *, org_id: str = ORG, **columns: Any) -> None:
@@ -99,11 +99,11 @@ def make_member(user_id: str, role: str, *, org_id: str = ORG, **columns: Any) -
     make_org(org_id)
     values = {"organization_id": org_id, "user_id": user_id, "role": role, **columns}
     statement = insert(OrganizationMember).values(updated_at=utcnow(), **values)
-    db.run(lambda s: s.execute(statement))
+    db.run(lambda conn: conn.session.execute(statement))
 
 
 def org(org_id: str = ORG) -> Organization:
-    found = db.run(lambda s: s.get(Organization, org_id))
+    found = db.run(lambda conn: conn.session.get(Organization, org_id))
     assert found is not None
     return found
 

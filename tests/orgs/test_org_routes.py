@@ -365,14 +365,14 @@ def test_team_searches_repository_under_concurrency(
     """Creates racing on real connections (both lanes) never exceed the team's cap."""
     seed(admin_conn)
     monkeypatch.setattr(team_searches, "MAX_PER_ORG", 3)
-    db.run(lambda s: users.get_or_create(s, "user_racer", "racer@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, "user_racer", "racer@example.com"))
     new = NewSavedSearch(
         name="Race", keywords=["a"], location="US", language="en", match_type="phrase"
     )
 
     def attempt(_: int) -> bool:
         try:
-            db.transaction(lambda s: team_searches.create(s, ORG, "user_racer", new))
+            db.transaction(lambda conn: team_searches.create(conn, ORG, "user_racer", new))
         except SavedSearchLimitError:
             return False
         return True
@@ -428,17 +428,17 @@ def test_the_repository_refuses_a_deleted_org_and_a_missing_creator(
     db_env: str, admin_conn: psycopg.Connection[Any]
 ) -> None:
     seed(admin_conn)
-    db.run(lambda s: users.get_or_create(s, "user_real", "real@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, "user_real", "real@example.com"))
     new = NewSavedSearch(
         name="Gone", keywords=["a"], location="US", language="en", match_type="phrase"
     )
     with pytest.raises(UserNotFoundError):
-        db.transaction(lambda s: team_searches.create(s, ORG, "user_ghost", new))
+        db.transaction(lambda conn: team_searches.create(conn, ORG, "user_ghost", new))
     admin_conn.execute('UPDATE organizations SET "deletedAt" = now() WHERE id = %s', (ORG,))
     with pytest.raises(OrganizationNotFoundError):
-        db.transaction(lambda s: team_searches.create(s, ORG, "user_real", new))
+        db.transaction(lambda conn: team_searches.create(conn, ORG, "user_real", new))
     with pytest.raises(OrganizationNotFoundError):
-        db.transaction(lambda s: team_searches.create(s, "org_2Nowhere", "user_real", new))
+        db.transaction(lambda conn: team_searches.create(conn, "org_2Nowhere", "user_real", new))
     assert admin_conn.execute("SELECT count(*) FROM saved_searches").fetchone() == (0,)
 
 
@@ -448,7 +448,7 @@ def test_an_org_deleted_after_the_access_check_is_a_404_not_a_500(
     """Clerk's deletion can land between the access check and the route's statement: the
     handlers, called with the access already granted, answer the org's 404."""
     seed(admin_conn)
-    db.run(lambda s: users.get_or_create(s, "user_tadmin", "t@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, "user_tadmin", "t@example.com"))
     admin_conn.execute('UPDATE organizations SET "deletedAt" = now() WHERE id = %s', (ORG,))
     access = OrgAccess(ORG, "user_tadmin", "org:admin", frozenset())
     body = CreateSavedSearch.model_validate(BODY)

@@ -29,8 +29,8 @@ def _team_search(conn: psycopg.Connection[Any], org_id: str, user_id: str | None
 
 
 def test_ensure_creates_from_the_token_once_and_returns_the_same_row() -> None:
-    first = db.run(lambda s: organizations.ensure(s, "org_1", slug="acme"))
-    again = db.run(lambda s: organizations.ensure(s, "org_1", slug="renamed"))
+    first = db.run(lambda conn: organizations.ensure(conn, "org_1", slug="acme"))
+    again = db.run(lambda conn: organizations.ensure(conn, "org_1", slug="renamed"))
     assert first is not None and again is not None
     assert (first.id, first.name, first.slug) == ("org_1", "acme", "acme")
     assert (again.name, again.slug, again.created_at) == ("acme", "acme", first.created_at)
@@ -38,26 +38,26 @@ def test_ensure_creates_from_the_token_once_and_returns_the_same_row() -> None:
 
 
 def test_a_deleted_organization_is_missing_everywhere(admin_conn: psycopg.Connection[Any]) -> None:
-    db.run(lambda s: organizations.ensure(s, "org_gone"))
+    db.run(lambda conn: organizations.ensure(conn, "org_gone"))
     admin_conn.execute(
         """INSERT INTO organization_members ("organizationId", "userId", role, "updatedAt")
            VALUES ('org_gone', 'user_a', 'org:admin', now())"""
     )
-    assert db.run(lambda s: organizations.membership(s, "org_gone", "user_a")) is not None
+    assert db.run(lambda conn: organizations.membership(conn, "org_gone", "user_a")) is not None
     admin_conn.execute("""UPDATE organizations SET "deletedAt" = now() WHERE id = 'org_gone'""")
-    assert db.run(lambda s: organizations.get(s, "org_gone")) is None
-    assert db.run(lambda s: organizations.ensure(s, "org_gone")) is None
-    assert db.run(lambda s: organizations.membership(s, "org_gone", "user_a")) is None
+    assert db.run(lambda conn: organizations.get(conn, "org_gone")) is None
+    assert db.run(lambda conn: organizations.ensure(conn, "org_gone")) is None
+    assert db.run(lambda conn: organizations.membership(conn, "org_gone", "user_a")) is None
 
 
 def test_a_removed_membership_is_no_membership(admin_conn: psycopg.Connection[Any]) -> None:
-    db.run(lambda s: organizations.ensure(s, "org_2"))
+    db.run(lambda conn: organizations.ensure(conn, "org_2"))
     admin_conn.execute(
         """INSERT INTO organization_members ("organizationId", "userId", role, "updatedAt",
                "deletedAt") VALUES ('org_2', 'user_b', 'org:member', now(), now())"""
     )
-    assert db.run(lambda s: organizations.membership(s, "org_2", "user_b")) is None
-    assert db.run(lambda s: organizations.membership(s, "org_2", "nobody")) is None
+    assert db.run(lambda conn: organizations.membership(conn, "org_2", "user_b")) is None
+    assert db.run(lambda conn: organizations.membership(conn, "org_2", "nobody")) is None
 
 
 def test_ensure_raced_from_twenty_connections_makes_one_row(
@@ -67,7 +67,7 @@ def test_ensure_raced_from_twenty_connections_makes_one_row(
     config.get_settings.cache_clear()
     db.dispose_engine()
     try:
-        outcomes = race(lambda _: db.run(lambda s: organizations.ensure(s, "org_race")), 40)
+        outcomes = race(lambda _: db.run(lambda conn: organizations.ensure(conn, "org_race")), 40)
     finally:
         db.dispose_engine()
     assert not [o for o in outcomes if isinstance(o, Exception)]
@@ -79,21 +79,25 @@ def test_ensure_raced_from_twenty_connections_makes_one_row(
 def test_team_searches_are_not_personal(admin_conn: psycopg.Connection[Any]) -> None:
     """A search the user created for a team: not listed, read, renamed or deleted through the
     personal routes' repository, and not counted against the personal cap of 50."""
-    db.run(lambda s: users.create(s, "user_c", "c@example.com"))
-    db.run(lambda s: organizations.ensure(s, "org_3"))
+    db.run(lambda conn: users.create(conn, "user_c", "c@example.com"))
+    db.run(lambda conn: organizations.ensure(conn, "org_3"))
     _team_search(admin_conn, "org_3", "user_c")
     (team_id,) = admin_conn.execute(
         """SELECT id FROM saved_searches WHERE "organizationId" = 'org_3'"""
     ).fetchone() or ("",)
-    assert db.run(lambda s: saved_searches.list_for_user(s, "user_c")).items == []
-    assert db.run(lambda s: saved_searches.get(s, "user_c", team_id)) is None
-    assert db.run(lambda s: saved_searches.update_search(s, "user_c", team_id, name="x")) is None
-    assert db.run(lambda s: saved_searches.delete_search(s, "user_c", team_id)) is False
+    assert db.run(lambda conn: saved_searches.list_for_user(conn, "user_c")).items == []
+    assert db.run(lambda conn: saved_searches.get(conn, "user_c", team_id)) is None
+    assert (
+        db.run(lambda conn: saved_searches.update_search(conn, "user_c", team_id, name="x")) is None
+    )
+    assert db.run(lambda conn: saved_searches.delete_search(conn, "user_c", team_id)) is False
     for _ in range(saved_searches.MAX_PER_USER - 1):
         _team_search(admin_conn, "org_3", "user_c")
-    created = db.transaction(lambda s: saved_searches.create(s, "user_c", SEARCH))
+    created = db.transaction(lambda conn: saved_searches.create(conn, "user_c", SEARCH))
     assert created.organization_id is None
-    assert db.run(lambda s: saved_searches.list_for_user(s, "user_c")).items[0].id == created.id
+    assert (
+        db.run(lambda conn: saved_searches.list_for_user(conn, "user_c")).items[0].id == created.id
+    )
 
 
 def test_every_search_has_an_owner(admin_conn: psycopg.Connection[Any]) -> None:

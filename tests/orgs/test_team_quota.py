@@ -43,7 +43,7 @@ def wide_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def member(user_id: str) -> None:
-    db.run(lambda s: users.get_or_create(s, user_id, f"{user_id}@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, user_id, f"{user_id}@example.com"))
 
 
 def hold(name: str, expires_at: datetime = NOW + timedelta(minutes=5)) -> reservations.Hold:
@@ -60,8 +60,8 @@ def reserve(
     held: reservations.Hold | None = None,
 ) -> org_quota.OrgUsage:
     return db.run(
-        lambda s: org_quota.reserve_keywords(
-            s, org_id, user_id, count, slug="team", limits=LIMITS, enforce=enforce, now=now,
+        lambda conn: org_quota.reserve_keywords(
+            conn, org_id, user_id, count, slug="team", limits=LIMITS, enforce=enforce, now=now,
             hold=held or hold(f"h-{next(HOLDS)}"),
         )
     )  # fmt: skip
@@ -201,7 +201,7 @@ def test_a_user_without_a_row_is_told_and_nothing_is_counted(
 
 
 def test_a_mirrored_org_keeps_its_name(admin_conn: psycopg.Connection[Any]) -> None:
-    db.run(lambda s: organizations.ensure(s, ORG, slug="acme"))
+    db.run(lambda conn: organizations.ensure(conn, ORG, slug="acme"))
     admin_conn.execute("UPDATE organizations SET name = 'Acme Inc.' WHERE id = %s", (ORG,))
     member("user_a")
     reserve(2)
@@ -252,8 +252,8 @@ def test_a_release_gives_back_to_the_org_once(admin_conn: psycopg.Connection[Any
     member("user_a")
     reserve(10)
     reserve(6, held=hold("failed"))
-    assert db.run(lambda s: reservations.release(s, "failed", now=NOW)) == 6
-    assert db.run(lambda s: reservations.release(s, "failed", now=NOW)) == 0
+    assert db.run(lambda conn: reservations.release(conn, "failed", now=NOW)) == 6
+    assert db.run(lambda conn: reservations.release(conn, "failed", now=NOW)) == 0
     assert org_counters(admin_conn) == (10, 10)
     assert user_counters(admin_conn, "user_a") == (0, 0)
 
@@ -269,14 +269,14 @@ def test_the_cron_gives_expired_team_and_personal_reservations_back_to_their_own
     reserve(6, held=hold("killed-team", expired))
     personal = Limits(trial=1000, pro=1000, enterprise=1000)
     db.run(
-        lambda s: users.reserve_keywords(
-            s, "user_a", "user_a@example.com", 5, limits=personal, enforce=True, now=NOW,
+        lambda conn: users.reserve_keywords(
+            conn, "user_a", "user_a@example.com", 5, limits=personal, enforce=True, now=NOW,
             hold=hold("killed-personal", expired),
         )
     )  # fmt: skip
     assert (org_counters(admin_conn), user_counters(admin_conn, "user_a")) == ((10, 10), (5, 5))
 
-    released = db.run(lambda s: reservations.release_expired(s, now=NOW, limit=10))
+    released = db.run(lambda conn: reservations.release_expired(conn, now=NOW, limit=10))
     assert (released.reservations, released.keywords) == (2, 11)
     assert released.given_back == [("user_a", 5, NOW)]  # the legacy counters owe only these
     assert (org_counters(admin_conn), user_counters(admin_conn, "user_a")) == ((4, 4), (0, 0))
@@ -306,7 +306,7 @@ def test_a_give_back_after_the_month_turned_spares_the_new_month(
     reserve(9, held=hold("december", NOW + timedelta(days=40)))
     january = datetime(2027, 1, 2, tzinfo=UTC)
     reserve(2, now=january)
-    db.run(lambda s: reservations.release(s, "december", now=january))
+    db.run(lambda conn: reservations.release(conn, "december", now=january))
     assert org_counters(admin_conn) == (2, 2)
 
 
@@ -323,8 +323,8 @@ def test_racing_releases_and_crons_give_each_team_reservation_back_once(
 
     def give_back(index: int) -> int:
         if index < len(held):
-            return db.run(lambda s: reservations.release(s, held[index].id, now=NOW))
-        return db.run(lambda s: reservations.release_expired(s, now=NOW, limit=5)).keywords
+            return db.run(lambda conn: reservations.release(conn, held[index].id, now=NOW))
+        return db.run(lambda conn: reservations.release_expired(conn, now=NOW, limit=5)).keywords
 
     outcomes = race(give_back, len(held) + 10)
     assert not [o for o in outcomes if isinstance(o, Exception)]
@@ -342,7 +342,7 @@ def test_the_usage_view_applies_the_lazy_reset_and_the_tier_limit(
     member("user_a")
     reserve(40)
     set_org(admin_conn, "tier = 'PRO'")
-    org = db.run(lambda s: s.get(Organization, ORG))
+    org = db.run(lambda conn: conn.session.get(Organization, ORG))
     assert org is not None
     view = org_usage_view(org, LIMITS, NOW)
     assert view == OrgUsageView(UserTier.PRO, 40, 500, next_month_start(NOW))

@@ -720,8 +720,8 @@ class QuotaMachine(RuleBasedStateMachine):
         hold = reservations.Hold(uuid.uuid4().hex, self.now + RESERVATION_TTL)
         try:
             usage = db.run(
-                lambda s: users.reserve_keywords(
-                    s, self.user_id, f"{self.user_id}@example.com", count,
+                lambda conn: users.reserve_keywords(
+                    conn, self.user_id, f"{self.user_id}@example.com", count,
                     limits=TIGHT, enforce=enforce, now=self.now, hold=hold,
                 )
             )  # fmt: skip
@@ -765,7 +765,7 @@ class QuotaMachine(RuleBasedStateMachine):
         before = usage_view(self._row(), TIGHT, self.now)
         found, _, reservation_id = self._reserve(count, enforce=False)
         assert found == "ok"
-        given = db.run(lambda s: reservations.release(s, reservation_id, now=self.now))
+        given = db.run(lambda conn: reservations.release(conn, reservation_id, now=self.now))
         assert given == count
         after = usage_view(self._row(), TIGHT, self.now)
         assert (after.used, after.remaining) == (before.used, before.remaining)
@@ -777,8 +777,10 @@ class QuotaMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         index = data.draw(st.integers(0, len(self.reservations) - 1), label="reservation")
         reservation_id, count, reserved_at = self.reservations.pop(index)
-        assert db.run(lambda s: reservations.release(s, reservation_id, now=self.now)) == count
-        assert db.run(lambda s: reservations.release(s, reservation_id, now=self.now)) == 0
+        assert (
+            db.run(lambda conn: reservations.release(conn, reservation_id, now=self.now)) == count
+        )
+        assert db.run(lambda conn: reservations.release(conn, reservation_id, now=self.now)) == 0
         assert self.state is not None
         self.state = model_release(self.state, count, reserved_at)
 
@@ -786,7 +788,7 @@ class QuotaMachine(RuleBasedStateMachine):
     @rule()
     def reconcile_expired(self) -> None:
         """The cron's statement gives back exactly the reservations past their expiry."""
-        db.run(lambda s: reservations.release_expired(s, now=self.now, limit=1_000))
+        db.run(lambda conn: reservations.release_expired(conn, now=self.now, limit=1_000))
         for held in list(self.reservations):
             if held[2] + RESERVATION_TTL < self.now:
                 self.reservations.remove(held)
@@ -800,7 +802,7 @@ class QuotaMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.state is not None)
     @rule(tier=st.sampled_from(UserTier))
     def change_tier(self, tier: UserTier) -> None:
-        db.run(lambda s: users.update_user(s, self.user_id, tier=tier, now=self.now))
+        db.run(lambda conn: users.update_user(conn, self.user_id, tier=tier, now=self.now))
         assert self.state is not None
         self.state = replace(self.state, tier=tier)
 
@@ -809,8 +811,8 @@ class QuotaMachine(RuleBasedStateMachine):
     def monthly_reset_cron(self) -> None:
         """The cron's reset agrees with the lazy one: a stale month restarts at 0, now."""
         db.run(
-            lambda s: users.reset_stale_monthly_usage(
-                s, after_id=self.user_id[:-1], limit=1_000, now=self.now
+            lambda conn: users.reset_stale_monthly_usage(
+                conn, after_id=self.user_id[:-1], limit=1_000, now=self.now
             )
         )
         assert self.state is not None
@@ -818,14 +820,14 @@ class QuotaMachine(RuleBasedStateMachine):
             self.state = replace(self.state, this_month=0, monthly_reset_at=self.now)
 
     def _row(self) -> User:
-        row = db.run(lambda s: users.get(s, self.user_id))
+        row = db.run(lambda conn: users.get(conn, self.user_id))
         assert row is not None
         return row
 
     @invariant()
     def the_row_matches_the_model(self) -> None:
         if self.state is None:
-            assert db.run(lambda s: users.get(s, self.user_id)) is None
+            assert db.run(lambda conn: users.get(conn, self.user_id)) is None
             return
         row = self._row()
         assert row.trial_ends_at is not None  # every row here began as a FREE trial
@@ -840,7 +842,7 @@ class QuotaMachine(RuleBasedStateMachine):
         assert row.keyword_searches_this_month >= 0 and row.keyword_searches_total >= 0
         assert usage_view(row, TIGHT, self.now).remaining >= 0
         held = db.run(
-            lambda s: s.execute(
+            lambda conn: conn.session.execute(
                 select(KeywordReservation.id, KeywordReservation.keywords).where(
                     KeywordReservation.user_id == self.user_id
                 )

@@ -76,7 +76,7 @@ def keywords_seen(call: Caller, **options: Any) -> list[str]:
 @pytest.fixture
 def seeded(replica_pair: ReplicaPair, replica_api: Caller) -> Caller:
     """USER exists with one search, replicated; replay is paused for the test."""
-    db.run(lambda s: users.get_or_create(s, USER, f"{USER}@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, USER, f"{USER}@example.com"))
     record_search(replica_pair, "before")
     replica_pair.caught_up()
     replica_pair.replica.pause_replay()  # the lane's teardown resumes it
@@ -169,7 +169,7 @@ def test_an_idle_primary_is_no_lag(
 ) -> None:
     """Caught up and streaming is 0 lag however old the last commit: the replica serves."""
     max_lag(monkeypatch, "200")
-    db.run(lambda s: users.get_or_create(s, USER, f"{USER}@example.com"))
+    db.run(lambda conn: users.get_or_create(conn, USER, f"{USER}@example.com"))
     record_search(replica_pair, "old")
     replica_pair.caught_up()
     replica = replica_pair.replica
@@ -254,7 +254,7 @@ def test_a_write_declared_read_only_is_raised_not_hidden(
     max_lag(monkeypatch, MUCH)
     replica_pair.caught_up()
     with pytest.raises(DBAPIError) as caught:
-        db.read(lambda s: s.execute(text("CREATE TEMP TABLE kf_nope (x int)")))
+        db.read(lambda conn: conn.session.execute(text("CREATE TEMP TABLE kf_nope (x int)")))
     assert getattr(caught.value.orig, "sqlstate", None) == "25006"
     assert fallbacks(caplog) == []
 

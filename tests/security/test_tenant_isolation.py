@@ -137,8 +137,8 @@ def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> W
     search(a, "alphakeyword again")
     search(b, "bravokeyword")
     db.run(
-        lambda s: feature_flags.upsert(
-            s, "alpha-only", feature_flags.FlagValues(enabled=True, allowed_users=(a.user_id,))
+        lambda conn: feature_flags.upsert(
+            conn, "alpha-only", feature_flags.FlagValues(enabled=True, allowed_users=(a.user_id,))
         )
     )
     flags.invalidate_cache()
@@ -150,7 +150,9 @@ def world(api_env: Keys, admin_conn: psycopg.Connection[Any], storage: Any) -> W
             'SELECT id FROM search_history WHERE "userId" = %s', (a.user_id,)
         )
     ]
-    db.run(lambda s: users.update_user(s, a.user_id, stripe_customer_id=f"cus_alpha_{suffix}"))
+    db.run(
+        lambda conn: users.update_user(conn, a.user_id, stripe_customer_id=f"cus_alpha_{suffix}")
+    )
     export = a("me_export", "POST", "/api/me/export")
     assert export.status == 202, export.text
     a_export = export.json["export"]["id"]

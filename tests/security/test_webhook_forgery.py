@@ -300,7 +300,7 @@ def test_a_replay_under_the_other_header_spelling_is_still_a_duplicate(
     body = clerk_event("user.created", user_data("user_a", "a@example.com"))
     headers = signed_headers(body, msg_id="msg_spelling")
     assert post_clerk(call, body, headers).status == 200
-    db.run(lambda s: users.update_user(s, "user_a", email="later@example.com"))
+    db.run(lambda conn: users.update_user(conn, "user_a", email="later@example.com"))
     renamed = {name.replace("svix-", "webhook-"): value for name, value in headers.items()}
     replay = post_clerk(call, body, renamed)
     assert (replay.status, replay.json) == (200, {"received": True, "duplicate": True})

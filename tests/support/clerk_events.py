@@ -60,5 +60,5 @@ def deliver(
 
 
 def email_of(user_id: str) -> str | None:
-    user = db.run(lambda s: users.get(s, user_id))
+    user = db.run(lambda conn: users.get(conn, user_id))
     return None if user is None else user.email

@@ -139,9 +139,9 @@ def invoice(
 
 
 def make_user(user_id: str = "user_a", email: str = "a@example.com", **changes: Any) -> None:
-    db.run(lambda s: users.create(s, user_id, email))
+    db.run(lambda conn: users.create(conn, user_id, email))
     if changes:
-        db.run(lambda s: users.update_user(s, user_id, **changes))
+        db.run(lambda conn: users.update_user(conn, user_id, **changes))
 
 
 def make_pro(user_id: str = "user_a", **changes: Any) -> None:
@@ -156,6 +156,6 @@ def make_pro(user_id: str = "user_a", **changes: Any) -> None:
 
 
 def user(user_id: str = "user_a") -> User:
-    found = db.run(lambda s: users.get(s, user_id))
+    found = db.run(lambda conn: users.get(conn, user_id))
     assert found is not None
     return found

@@ -1,0 +1,82 @@
+"""`db.Conn`, what `work` receives: hot statements on the checked-out connection, and an ORM
+session built only when asked for, closed when the call ends, in the same transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import event, inspect, update
+
+from shared import db
+from shared.models import User
+from shared.repositories import users
+
+pytestmark = pytest.mark.usefixtures("db_env")
+
+
+class Abandoned(Exception):
+    """Raised by a test's work after its writes, so the transaction must roll them back."""
+
+
+def user_rows(admin: psycopg.Connection[Any], user_id: str) -> list[tuple[Any, ...]]:
+    return admin.execute(
+        'SELECT "stripeCustomerId" FROM users WHERE id = %s', (user_id,)
+    ).fetchall()
+
+
+def hot_then_orm(conn: db.Conn, user_id: str) -> None:
+    """A hot insert and an ORM update of the same row, each seeing the other's write."""
+    users.create(conn, user_id, f"{user_id}@example.com")  # hot
+    assert conn.session.get(User, user_id) is not None  # the ORM sees the hot write
+    conn.session.execute(update(User).where(User.id == user_id).values(stripe_customer_id="cus_1"))
+    seen = users.get(conn, user_id)  # hot, sees the ORM write
+    assert seen is not None and seen.stripe_customer_id == "cus_1"
+
+
+def test_a_hot_and_an_orm_statement_roll_back_together(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    def work(conn: db.Conn) -> None:
+        hot_then_orm(conn, "mixed_rollback")
+        raise Abandoned
+
+    with pytest.raises(Abandoned):
+        db.transaction(work)
+    assert user_rows(admin_conn, "mixed_rollback") == []
+    # The pooled connection went back clean: the next call commits both kinds again.
+    db.transaction(lambda conn: hot_then_orm(conn, "mixed_commit"))
+    assert user_rows(admin_conn, "mixed_commit") == [("cus_1",)]
+
+
+def test_the_session_is_built_only_when_asked_for_and_closed_when_the_call_ends() -> None:
+    seen: list[db.Conn] = []
+
+    def hot_only(conn: db.Conn) -> None:
+        seen.append(conn)
+        users.create(conn, "hot_only", "hot_only@example.com")
+
+    db.transaction(hot_only)
+    assert seen[0]._session is None  # hot-only work never built one
+
+    def orm(conn: db.Conn) -> User | None:
+        assert conn.session is conn.session  # built once per call
+        return conn.session.get(User, "hot_only")
+
+    loaded = db.run(orm, idempotent=True)
+    assert loaded is not None
+    # Closed at the end of the call: what it loaded is no longer attached to it.
+    assert inspect(loaded).detached
+
+
+def test_connection_level_listeners_see_hot_statements() -> None:
+    sent: list[str] = []
+
+    def work(conn: db.Conn) -> None:
+        event.listen(conn.connection, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        event.listen(conn.connection, "after_cursor_execute", lambda *a: sent.append("after"))
+        users.get(conn, "nobody")
+
+    db.run(work, idempotent=True)
+    assert len(sent) == 2 and "FROM users" in sent[0] and sent[1] == "after"
