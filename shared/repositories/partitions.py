@@ -96,6 +96,13 @@ class Partition:
     lower: datetime | None
     upper: datetime | None
     default: bool = False
+    schema: str = SCHEMA
+
+    @property
+    def table(self) -> str:
+        """The quoted qualified name for SQL: one attached by hand may live in another schema
+        (`public`, where a bare CREATE TABLE lands) under a name that needs quoting."""
+        return ".".join('"' + part.replace('"', '""') + '"' for part in (self.schema, self.name))
 
     def overlaps(self, lower: datetime, upper: datetime) -> bool:
         if self.default or self.upper is None:
@@ -115,18 +122,20 @@ def partitions_of(session: Session, layout: Layout) -> list[Partition]:
     """The partitions of `layout.table`, oldest first (the default last)."""
     rows = session.execute(
         text(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:parent AS regclass)"
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), n.nspname FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE i.inhparent = CAST(:parent AS regclass)"
         ),
         {"parent": f"public.{layout.table}"},
     ).all()
     found: list[Partition] = []
-    for name, bound in rows:
+    for name, bound, schema in rows:
         match = _BOUND.fullmatch(bound)
         if match is None:
-            found.append(Partition(name, None, None, default=True))
+            found.append(Partition(name, None, None, default=True, schema=schema))
         else:
-            found.append(Partition(name, _bound(match.group(1)), _bound(match.group(2))))
+            lower, upper = _bound(match.group(1)), _bound(match.group(2))
+            found.append(Partition(name, lower, upper, schema=schema))
     found.sort(key=lambda p: (p.default, p.upper or datetime.max))
     return found
 
@@ -162,7 +171,7 @@ def create_ahead(session: Session, layout: Layout, *, now: datetime) -> list[str
     transaction (ATTACH would refuse otherwise), so a week without the cron loses nothing."""
     session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     existing = partitions_of(session, layout)
-    default = next((p.name for p in existing if p.default), None)
+    default = next((p.table for p in existing if p.default), None)
     created: list[str] = []
     start = layout.start(now)
     for _ in range(layout.ahead + 1):
@@ -181,7 +190,7 @@ def _create(
     if default is not None:
         session.execute(
             text(
-                f"WITH moved AS (DELETE FROM {SCHEMA}.{default} WHERE "
+                f"WITH moved AS (DELETE FROM {default} WHERE "
                 f'"{column}" >= :start AND "{column}" < :end RETURNING *) '
                 f"INSERT INTO {SCHEMA}.{name} SELECT * FROM moved"
             ),
@@ -216,7 +225,7 @@ def drop(session: Session, partition: Partition) -> str:
     """Drop one partition (metadata only: no row is visited); returns its name. Run it in a
     transaction."""
     session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    session.execute(text(f"DROP TABLE {SCHEMA}.{partition.name}"))
+    session.execute(text(f"DROP TABLE {partition.table}"))
     return partition.name
 
 
@@ -225,7 +234,7 @@ def delete_batch(
     session: Session, layout: Layout, partition: Partition, *, cutoff: datetime, limit: int
 ) -> int:
     """Delete up to `limit` rows of one partition older than `cutoff` (naive UTC)."""
-    table = f"{SCHEMA}.{partition.name}"
+    table = partition.table
     result = session.execute(
         text(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
