@@ -575,6 +575,7 @@ def test_a_hand_made_partition_is_laid_around_kept_and_dropped_whatever_its_name
     )
     insert(fresh.conn, "search_history", "by-hand", datetime(2030, 2, 15))
     assert create(quarter, datetime(2030, 1, 10)) == ["search_history_p2030q2"]
+    assert "Search-History 2030 Q1" not in db.run(database_stats.read).table_rows  # its parent's
 
     summary = run_job(prune.JOB, now=datetime(2030, 5, 1, tzinfo=UTC))
 
