@@ -90,7 +90,8 @@ LAYOUTS: dict[str, Layout] = {
 
 @dataclass(frozen=True)
 class Partition:
-    """One partition; `lower` None is MINVALUE, and the DEFAULT partition has no bounds at all."""
+    """One partition; `lower` None is MINVALUE, `upper` None MAXVALUE (one made by hand), and
+    the DEFAULT partition has no bounds at all."""
 
     name: str
     lower: datetime | None
@@ -105,9 +106,11 @@ class Partition:
         return ".".join('"' + part.replace('"', '""') + '"' for part in (self.schema, self.name))
 
     def overlaps(self, lower: datetime, upper: datetime) -> bool:
-        if self.default or self.upper is None:
+        if self.default:
             return False
-        return (self.lower is None or self.lower < upper) and lower < self.upper
+        return (self.lower is None or self.lower < upper) and (
+            self.upper is None or lower < self.upper
+        )
 
 
 _BOUND = re.compile(r"FOR VALUES FROM \((MINVALUE|'[^']*')\) TO \((MAXVALUE|'[^']*')\)")
@@ -153,9 +156,10 @@ def gaps(
         (p for p in existing if p.overlaps(lower, upper)), key=lambda p: p.lower or datetime.min
     )
     for partition in holding:
-        assert partition.upper is not None  # `overlaps` holds for bounded partitions only
         if partition.lower is not None and lower < partition.lower:
             found.append((lower, partition.lower))
+        if partition.upper is None:  # TO MAXVALUE: it holds the rest
+            return found
         lower = max(lower, partition.upper)
     if lower < upper:
         found.append((lower, upper))
@@ -211,13 +215,10 @@ def expired(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
 
 
 def unbounded(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
-    """Partitions that may hold rows older than `cutoff` but not only those: the default and
-    a legacy partition still inside retention. Their expired rows go in batches."""
-    return [
-        p
-        for p in partitions
-        if p.default or (p.lower is None and p.upper is not None and p.upper > cutoff)
-    ]
+    """Partitions that may hold rows older than `cutoff` but not only those: the default, one
+    TO MAXVALUE and a legacy partition still inside retention. Their expired rows go in
+    batches."""
+    return [p for p in partitions if p.upper is None or (p.lower is None and p.upper > cutoff)]
 
 
 @database_operation("dropPartition")

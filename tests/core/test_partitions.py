@@ -583,3 +583,28 @@ def test_a_hand_made_partition_is_laid_around_kept_and_dropped_whatever_its_name
     assert "Search-History 2030 Q1" in summary["dropped"]["search_history"]
     assert "Search-History 2030 Q1" not in names(fresh.conn, "search_history")
     assert ids(fresh.conn, "search_history") == set()
+
+
+def test_a_partition_to_maxvalue_made_by_hand_holds_what_follows_and_loses_expired_rows(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's catch-all FROM a quarter TO MAXVALUE: the cron makes no range it would
+    overlap (ATTACH would refuse, failing every run), and retention deletes its expired rows
+    in batches, as the DEFAULT partition's."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=30)
+    quarter = partitions.LAYOUTS["search_history"]
+    fresh.conn.execute(
+        "CREATE TABLE partitions.search_history_onwards PARTITION OF search_history "
+        "FOR VALUES FROM ('2030-04-01') TO (MAXVALUE)"
+    )
+    insert(fresh.conn, "search_history", "june-2030", datetime(2030, 6, 15))
+    insert(fresh.conn, "search_history", "july-2031", datetime(2031, 7, 1))
+    assert create(quarter, datetime(2030, 1, 10)) == ["search_history_p2030q1"]
+
+    summary = run_job(prune.JOB, now=datetime(2031, 7, 1, 12, tzinfo=UTC))
+
+    assert summary["complete"] is True and "search_history" not in summary["created"]
+    assert "search_history_p2030q1" in summary["dropped"]["search_history"]
+    assert summary["deleted"]["search_history"] == 1
+    assert {i for i, _ in ids(fresh.conn, "search_history")} == {"july-2031"}
+    assert holder(fresh.conn, "search_history", "july-2031") == "partitions.search_history_onwards"
