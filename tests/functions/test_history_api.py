@@ -207,6 +207,25 @@ def test_malformed_or_tampered_cursors_are_refused(call: Caller, cursor: str) ->
     assert (result.status, result.json["message"]) == (400, "Invalid cursor")
 
 
+@pytest.mark.parametrize(
+    "keyset",
+    [
+        (datetime(1, 1, 1, tzinfo=UTC), "a"),
+        (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC), "z" * 64),
+        (datetime(2028, 2, 29, 23, 59, 59, 999000, tzinfo=UTC), "-_-"),
+    ],
+)
+def test_a_well_formed_cursor_at_any_time_only_positions_the_page(
+    call: Caller, keyset: tuple[datetime, str]
+) -> None:
+    """A client may forge a canonical cursor at the ends of time: it positions the page, it
+    never fails."""
+    seed("user_a", 2, start=datetime(2028, 2, 29, 12, tzinfo=UTC))
+    body = page(call, cursor=encode_cursor(keyset))
+    expected = 0 if keyset[0].year == 1 else 2
+    assert len(body["history"]) == expected and "nextCursor" not in body
+
+
 def test_history_requires_auth(call: Caller) -> None:
     for module, path in (("history", "/api/history"), ("history_stats", "/api/history/stats")):
         result = call(module, "GET", path, query={"limit": "0", "days": "0"})
