@@ -28,6 +28,8 @@ def next_month_start(moment: datetime) -> datetime:
 
 
 def iso_ms(moment: datetime) -> str:
-    """The original app's JSON timestamp form (JS `toISOString`): `2026-03-14T09:26:53.589Z`."""
+    """The original app's JSON timestamp form (JS `toISOString`): `2026-03-14T09:26:53.589Z`.
+    The year is padded here: glibc's `%Y` writes year 1 (a legacy writer's zero time) as `1`."""
     moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    stamp = moment.strftime("-%m-%dT%H:%M:%S.")
+    return f"{moment.year:04d}{stamp}{moment.microsecond // 1000:03d}Z"

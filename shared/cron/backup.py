@@ -103,6 +103,7 @@ _TABLES = """
       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                          AND a.attgenerated = ''
      WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
+       AND NOT c.relispartition  -- one attached by hand in public: its rows are its parent's
      GROUP BY c.relname
 """
 _FOREIGN_KEYS = """

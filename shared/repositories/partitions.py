@@ -90,17 +90,27 @@ LAYOUTS: dict[str, Layout] = {
 
 @dataclass(frozen=True)
 class Partition:
-    """One partition; `lower` None is MINVALUE, and the DEFAULT partition has no bounds at all."""
+    """One partition; `lower` None is MINVALUE, `upper` None MAXVALUE (one made by hand), and
+    the DEFAULT partition has no bounds at all."""
 
     name: str
     lower: datetime | None
     upper: datetime | None
     default: bool = False
+    schema: str = SCHEMA
+
+    @property
+    def table(self) -> str:
+        """The quoted qualified name for SQL: one attached by hand may live in another schema
+        (`public`, where a bare CREATE TABLE lands) under a name that needs quoting."""
+        return ".".join('"' + part.replace('"', '""') + '"' for part in (self.schema, self.name))
 
     def overlaps(self, lower: datetime, upper: datetime) -> bool:
-        if self.default or self.upper is None:
+        if self.default:
             return False
-        return (self.lower is None or self.lower < upper) and lower < self.upper
+        return (self.lower is None or self.lower < upper) and (
+            self.upper is None or lower < self.upper
+        )
 
 
 _BOUND = re.compile(r"FOR VALUES FROM \((MINVALUE|'[^']*')\) TO \((MAXVALUE|'[^']*')\)")
@@ -115,18 +125,20 @@ def partitions_of(conn: Conn, layout: Layout) -> list[Partition]:
     """The partitions of `layout.table`, oldest first (the default last)."""
     rows = conn.session.execute(
         text(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = CAST(:parent AS regclass)"
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), n.nspname FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE i.inhparent = CAST(:parent AS regclass)"
         ),
         {"parent": f"public.{layout.table}"},
     ).all()
     found: list[Partition] = []
-    for name, bound in rows:
+    for name, bound, schema in rows:
         match = _BOUND.fullmatch(bound)
         if match is None:
-            found.append(Partition(name, None, None, default=True))
+            found.append(Partition(name, None, None, default=True, schema=schema))
         else:
-            found.append(Partition(name, _bound(match.group(1)), _bound(match.group(2))))
+            lower, upper = _bound(match.group(1)), _bound(match.group(2))
+            found.append(Partition(name, lower, upper, schema=schema))
     found.sort(key=lambda p: (p.default, p.upper or datetime.max))
     return found
 
@@ -144,9 +156,10 @@ def gaps(
         (p for p in existing if p.overlaps(lower, upper)), key=lambda p: p.lower or datetime.min
     )
     for partition in holding:
-        assert partition.upper is not None  # `overlaps` holds for bounded partitions only
         if partition.lower is not None and lower < partition.lower:
             found.append((lower, partition.lower))
+        if partition.upper is None:  # TO MAXVALUE: it holds the rest
+            return found
         lower = max(lower, partition.upper)
     if lower < upper:
         found.append((lower, upper))
@@ -162,7 +175,7 @@ def create_ahead(conn: Conn, layout: Layout, *, now: datetime) -> list[str]:
     transaction (ATTACH would refuse otherwise), so a week without the cron loses nothing."""
     conn.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     existing = partitions_of(conn, layout)
-    default = next((p.name for p in existing if p.default), None)
+    default = next((p.table for p in existing if p.default), None)
     created: list[str] = []
     start = layout.start(now)
     for _ in range(layout.ahead + 1):
@@ -181,7 +194,7 @@ def _create(conn: Conn, layout: Layout, start: datetime, end: datetime, default:
     if default is not None:
         conn.session.execute(
             text(
-                f"WITH moved AS (DELETE FROM {SCHEMA}.{default} WHERE "
+                f"WITH moved AS (DELETE FROM {default} WHERE "
                 f'"{column}" >= :start AND "{column}" < :end RETURNING *) '
                 f"INSERT INTO {SCHEMA}.{name} SELECT * FROM moved"
             ),
@@ -202,13 +215,10 @@ def expired(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
 
 
 def unbounded(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
-    """Partitions that may hold rows older than `cutoff` but not only those: the default and
-    a legacy partition still inside retention. Their expired rows go in batches."""
-    return [
-        p
-        for p in partitions
-        if p.default or (p.lower is None and p.upper is not None and p.upper > cutoff)
-    ]
+    """Partitions that may hold rows older than `cutoff` but not only those: the default, one
+    TO MAXVALUE and a legacy partition still inside retention. Their expired rows go in
+    batches."""
+    return [p for p in partitions if p.upper is None or (p.lower is None and p.upper > cutoff)]
 
 
 @database_operation("dropPartition")
@@ -216,7 +226,7 @@ def drop(conn: Conn, partition: Partition) -> str:
     """Drop one partition (metadata only: no row is visited); returns its name. Run it in a
     transaction."""
     conn.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    conn.session.execute(text(f"DROP TABLE {SCHEMA}.{partition.name}"))
+    conn.session.execute(text(f"DROP TABLE {partition.table}"))
     return partition.name
 
 
@@ -225,7 +235,7 @@ def delete_batch(
     conn: Conn, layout: Layout, partition: Partition, *, cutoff: datetime, limit: int
 ) -> int:
     """Delete up to `limit` rows of one partition older than `cutoff` (naive UTC)."""
-    table = f"{SCHEMA}.{partition.name}"
+    table = partition.table
     result = conn.session.execute(
         text(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "

@@ -559,3 +559,52 @@ def test_erasure_reaches_every_partition(fresh: Fresh) -> None:
     # Deleting a user outright (as Prisma does) sets their history's userId NULL everywhere.
     fresh.conn.execute("DELETE FROM users WHERE id = 'u-keep'")
     assert count(fresh.conn, 'SELECT count(*) FROM search_history WHERE "userId" IS NULL') == 6
+
+
+def test_a_hand_made_partition_is_laid_around_kept_and_dropped_whatever_its_name(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quarter an operator attached by hand, in the public schema (where a bare CREATE TABLE
+    lands) under a name that needs quoting: the cron lays its ranges around it, and retention
+    drops it (or empties it, as the legacy partition) by its own schema and name."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=30)
+    quarter = partitions.LAYOUTS["search_history"]
+    fresh.conn.execute(
+        'CREATE TABLE public."Search-History 2030 Q1" PARTITION OF search_history '
+        "FOR VALUES FROM ('2030-01-01') TO ('2030-04-01')"
+    )
+    insert(fresh.conn, "search_history", "by-hand", datetime(2030, 2, 15))
+    assert create(quarter, datetime(2030, 1, 10)) == ["search_history_p2030q2"]
+    assert "Search-History 2030 Q1" not in db.run(database_stats.read).table_rows  # its parent's
+
+    summary = run_job(prune.JOB, now=datetime(2030, 5, 1, tzinfo=UTC))
+
+    assert summary["complete"] is True
+    assert "Search-History 2030 Q1" in summary["dropped"]["search_history"]
+    assert "Search-History 2030 Q1" not in names(fresh.conn, "search_history")
+    assert ids(fresh.conn, "search_history") == set()
+
+
+def test_a_partition_to_maxvalue_made_by_hand_holds_what_follows_and_loses_expired_rows(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's catch-all FROM a quarter TO MAXVALUE: the cron makes no range it would
+    overlap (ATTACH would refuse, failing every run), and retention deletes its expired rows
+    in batches, as the DEFAULT partition's."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=30)
+    quarter = partitions.LAYOUTS["search_history"]
+    fresh.conn.execute(
+        "CREATE TABLE partitions.search_history_onwards PARTITION OF search_history "
+        "FOR VALUES FROM ('2030-04-01') TO (MAXVALUE)"
+    )
+    insert(fresh.conn, "search_history", "june-2030", datetime(2030, 6, 15))
+    insert(fresh.conn, "search_history", "july-2031", datetime(2031, 7, 1))
+    assert create(quarter, datetime(2030, 1, 10)) == ["search_history_p2030q1"]
+
+    summary = run_job(prune.JOB, now=datetime(2031, 7, 1, 12, tzinfo=UTC))
+
+    assert summary["complete"] is True and "search_history" not in summary["created"]
+    assert "search_history_p2030q1" in summary["dropped"]["search_history"]
+    assert summary["deleted"]["search_history"] == 1
+    assert {i for i, _ in ids(fresh.conn, "search_history")} == {"july-2031"}
+    assert holder(fresh.conn, "search_history", "july-2031") == "partitions.search_history_onwards"

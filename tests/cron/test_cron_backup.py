@@ -264,6 +264,31 @@ def test_backup_then_restore_round_trips_every_table_exactly(
     assert dump(empty_target) == source
 
 
+def test_a_partition_attached_by_hand_in_public_goes_once_with_its_table(
+    direct_s3: Any, scratch_database: ScratchDatabase, empty_target: str
+) -> None:
+    """A partition an operator made with a bare CREATE TABLE lives in `public`; its rows are
+    its parent's, dumped once with it: not a table of their own that no restore target has."""
+    source = scratch_database()
+    upgrade_head(source)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE search_history_2031q1 PARTITION OF search_history "
+            "FOR VALUES FROM ('2031-01-01') TO ('2031-04-01')"
+        )
+        conn.execute(
+            'INSERT INTO search_history (id, keywords, location, language, "matchType", '
+            'provider, "responseTime", "searchedAt") '
+            "VALUES ('by-hand', ARRAY['kw'], 'US', 'en', 'broad', 'mock', 10, '2031-02-01')"
+        )
+    result = backup.create_backup(source, s3=direct_s3, bucket=BUCKET, prefix=PREFIX, now=NOW)
+    tables = {entry["table"]: entry["rows"] for entry in result.manifest["tables"]}
+    assert "search_history_2031q1" not in tables and tables["search_history"] == 1
+    backup.restore_backup(f"s3://{BUCKET}/{result.key}", empty_target, s3=direct_s3)
+    with psycopg.connect(empty_target) as conn:
+        assert count(conn, "SELECT count(*) FROM search_history WHERE id = 'by-hand'") == 1
+
+
 # --------------------------------------------------------------------------- the job
 
 

@@ -10,11 +10,12 @@ from functools import partial
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from shared import db
 from shared.clock import utcnow
 from shared.contracts.history import encode_cursor
-from shared.repositories import search_history, users
+from shared.repositories import partitions, search_history, users
 from tests.support.http import Caller
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -83,6 +84,56 @@ def test_pages_walk_the_whole_history_newest_first_without_gaps_or_repeats(call:
         assert re.fullmatch(r"[A-Za-z0-9_-]+", cursor)  # URL-safe, no padding
     assert sizes == [10, 10, 5]
     assert seen == expected
+
+
+def test_pages_across_a_partition_boundary_walk_ties_of_mixed_ids_once(call: Caller) -> None:
+    """Ties on the very first millisecond of a range and the last one of the partition before
+    it, with ids of every form writers use (cuid, cuid2, UUID, the Prisma client's own), some
+    written with microseconds (the column keeps milliseconds, rounding): pages of 2 give each
+    row once, in the database's own order."""
+    seed("user_a", 0)
+    layout = partitions.LAYOUTS["search_history"]
+    boundary = next(p.upper for p in db.run(partial(partitions.partitions_of, layout=layout)))
+    assert boundary is not None
+    ms = timedelta(milliseconds=1)
+    rows = {
+        "clx0a1b2c3d4e5f6g7h8i9j0k": boundary,
+        "tz4a98xxat96iws9zmbrgj3a": boundary,
+        "0b8f2c2e-6a1d-4c4b-9f3e-2d1c0b9a8f7e": boundary,
+        "Zq-upper_Case": boundary - timedelta(microseconds=400),  # stored as the boundary
+        "a0b8f2c2-6a1d-4c4b-9f3e-2d1c0b9a8f7e": boundary - ms,
+        "clx0a1b2c3d4e5f6g7h8i9j0l": boundary - timedelta(microseconds=600),  # boundary - 1 ms
+        "m-later": boundary + ms,
+        "m-earlier": boundary - 2 * ms,
+    }
+    for row_id, at in rows.items():
+        db.run(
+            lambda s, row_id=row_id, at=at: s.session.execute(
+                text(
+                    'INSERT INTO search_history (id, "userId", keywords, location, language, '
+                    '"matchType", provider, "responseTime", "searchedAt") VALUES (:id, '
+                    "'user_a', ARRAY['kw'], 'US', 'en', 'broad', 'mock', 1, :at)"
+                ),
+                {"id": row_id, "at": at},
+            )
+        )
+    expected = db.run(
+        lambda s: s.session.scalars(
+            text(
+                "SELECT id FROM search_history WHERE \"userId\" = 'user_a' "
+                'ORDER BY "searchedAt" DESC, id DESC'
+            )
+        ).all()
+    )
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        body = page(call, limit="2", **({"cursor": cursor} if cursor else {}))
+        seen += [item["id"] for item in body["history"]]
+        cursor = body.get("nextCursor")
+        if cursor is None:
+            break
+    assert seen == expected and set(seen) == set(rows)
 
 
 def test_default_page_is_20_and_items_never_show_ip_or_user_agent(call: Caller) -> None:
@@ -154,6 +205,25 @@ def _tampered() -> str:
 def test_malformed_or_tampered_cursors_are_refused(call: Caller, cursor: str) -> None:
     result = call("history", "GET", "/api/history", user="user_a", query={"cursor": cursor})
     assert (result.status, result.json["message"]) == (400, "Invalid cursor")
+
+
+@pytest.mark.parametrize(
+    "keyset",
+    [
+        (datetime(1, 1, 1, tzinfo=UTC), "a"),
+        (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC), "z" * 64),
+        (datetime(2028, 2, 29, 23, 59, 59, 999000, tzinfo=UTC), "-_-"),
+    ],
+)
+def test_a_well_formed_cursor_at_any_time_only_positions_the_page(
+    call: Caller, keyset: tuple[datetime, str]
+) -> None:
+    """A client may forge a canonical cursor at the ends of time: it positions the page, it
+    never fails."""
+    seed("user_a", 2, start=datetime(2028, 2, 29, 12, tzinfo=UTC))
+    body = page(call, cursor=encode_cursor(keyset))
+    expected = 0 if keyset[0].year == 1 else 2
+    assert len(body["history"]) == expected and "nextCursor" not in body
 
 
 def test_history_requires_auth(call: Caller) -> None:

@@ -468,8 +468,10 @@ def test_search_ids_have_a_safe_shape_and_normalise_once(raw: str, pad: str) -> 
 
 # --- /api/history query rules -------------------------------------------------------------------
 
-keyset_times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+keyset_times = st.datetimes(  # year 1 too: a legacy writer's zero time (Go's, .NET's)
+    min_value=datetime(1, 1, 1),
+    max_value=datetime(9999, 12, 31, 23, 59, 59),
+    timezones=st.just(UTC),
 ).map(lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000))
 row_ids = st.from_regex(re.compile(r"[A-Za-z0-9_-]{1,64}"), fullmatch=True)
 
