@@ -46,8 +46,10 @@ BACKUP_KEY = re.compile(r"^(keyflash/\d{8}T\d{9}Z/)\s+(\d+(?:\.\d)? (?:B|KiB|MiB
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    """One running `keyflash dev` that lets the frontend's origin through CORS."""
-    with running_dev("--cors-origin", FRONTEND) as running:
+    """One running `keyflash dev` that lets the frontend's origin through CORS. Its crons run
+    only when a test runs them: a scheduled one (metrics, every 5 minutes) would write rows
+    between two fingerprints of "nothing was touched"."""
+    with running_dev("--cors-origin", FRONTEND, "--no-crons") as running:
         yield running
 
 
