@@ -310,6 +310,20 @@ class Conn:
             self._session = Session(bind=self.connection, expire_on_commit=False, autoflush=False)
         return self._session
 
+    def rollback(self) -> None:
+        """End a failed transaction: the session's (if built), then the server's. psycopg sends
+        ROLLBACK only when the server reports an open transaction."""
+        if self._session is not None:
+            self._session.rollback()
+        driver = _driver_of(self.connection)
+        if driver.info.transaction_status != TransactionStatus.IDLE:
+            driver.rollback()
+
+    def close(self) -> None:
+        """Close the session if one was built; the connection itself is `_execute`'s."""
+        if self._session is not None:
+            self._session.close()
+
 
 class HotStatement:
     """A statement compiled for psycopg once, on its first run: `sql` with `%(name)s` placeholders.
@@ -455,8 +469,7 @@ def _execute(
                         tracked.written = _position(connection, _COMMIT_AND_POSITION)
                     return result
                 finally:
-                    if conn._session is not None:
-                        conn._session.close()
+                    conn.close()
         except PoolTimeoutError:
             # Every pooled connection stayed checked out for the whole budget (more threads than
             # DB_POOL_SIZE, e.g. a threaded dev server): unavailable to us, so a 503, not a 500.
@@ -515,20 +528,13 @@ def _position(connection: Connection, sql: str) -> int:
 
 
 def _rollback_quietly(conn: Conn) -> None:
-    """End a failed transaction so the pooled connection goes back clean.
-
-    psycopg sends ROLLBACK only when the server reports an open transaction; a connection that
-    died is already invalidated and goes nowhere near the pool again.
-    """
+    """End a failed transaction so the pooled connection goes back clean; one that died is
+    already invalidated and goes nowhere near the pool again."""
     connection = conn.connection
     if connection.invalidated:
         return
     try:
-        if conn._session is not None:
-            conn._session.rollback()
-        driver = _driver_of(connection)
-        if driver.info.transaction_status != TransactionStatus.IDLE:
-            driver.rollback()
+        conn.rollback()
     except (DBAPIError, psycopg.Error):
         connection.invalidate()
 
