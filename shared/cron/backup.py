@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from shared.app_tables import APP_TABLES
 from shared.clock import iso_ms
 from shared.config import ConfigurationError, get_settings
 from shared.cron.runner import Job, Run, run_job
@@ -96,15 +97,12 @@ def _connect(url: str) -> psycopg.Connection[Any]:
 # --------------------------------------------------------------------------- the schema
 
 
-_TABLES = """
-    SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum)
-      FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+_TABLES = f"""
+    SELECT t.relname, array_agg(a.attname::text ORDER BY a.attnum)
+      FROM ({APP_TABLES}) t
+      JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
                          AND a.attgenerated = ''
-     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'alembic_version'
-       AND NOT c.relispartition  -- one attached by hand in public: its rows are its parent's
-     GROUP BY c.relname
+     GROUP BY t.relname
 """
 _FOREIGN_KEYS = """
     SELECT child.relname, parent.relname

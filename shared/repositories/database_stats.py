@@ -14,28 +14,25 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from shared.app_tables import APP_TABLES
 from shared.db import Conn
 from shared.telemetry import database_operation
 
 _STATS = text(
-    """
+    f"""
     SELECT pg_database_size(current_database()),
            (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()),
            (SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND state = 'active'),
            current_setting('max_connections')::int,
-           (SELECT coalesce(jsonb_object_agg(c.relname, (
+           (SELECT coalesce(jsonb_object_agg(t.relname, (
                        SELECT coalesce(sum(CASE WHEN l.reltuples >= 0 THEN l.reltuples::bigint
                                                 ELSE coalesce(s.n_live_tup, 0) END), 0)
-                         FROM pg_partition_tree(c.oid) t
-                         JOIN pg_class l ON l.oid = t.relid
+                         FROM pg_partition_tree(t.oid) p
+                         JOIN pg_class l ON l.oid = p.relid
                          LEFT JOIN pg_stat_user_tables s ON s.relid = l.oid
-                        WHERE t.isleaf)), '{}'::jsonb)
-              FROM pg_class c
-              JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-               AND NOT c.relispartition  -- one attached by hand counts in its parent
-               AND c.relname <> 'alembic_version')
+                        WHERE p.isleaf)), '{{}}'::jsonb)
+              FROM ({APP_TABLES}) t)
     """
 )
 
@@ -51,7 +48,7 @@ class DatabaseStats:
 
 @database_operation("databaseStats")
 def read(conn: Conn) -> DatabaseStats:
-    size, connections, active, limit, rows = conn.session.execute(_STATS).one()
+    size, connections, active, limit, rows = conn.connection.execute(_STATS).one()
     return DatabaseStats(
         size_bytes=int(size),
         connections=int(connections),
