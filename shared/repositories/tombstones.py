@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, any_, func, select, text
+from sqlalchemy import ColumnElement, Integer, Subquery, any_, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.config import get_settings
@@ -58,6 +58,19 @@ def trial_end_for(identity: ColumnElement[Any]) -> ColumnElement[Any]:
         select(func.min(AccountTombstone.trial_ends_at))
         .where(AccountTombstone.key == any_(identity))
         .scalar_subquery()
+    )
+
+
+def found_under(identity: ColumnElement[Any]) -> Subquery:
+    """One row, `ends` (as `trial_end_for`) and `used` (as `keywords_used_by`), for a statement
+    that needs both more than once: each is looked up once."""
+    return (
+        select(
+            func.min(AccountTombstone.trial_ends_at).label("ends"),
+            func.coalesce(func.max(AccountTombstone.keywords_used), 0).label("used"),
+        )
+        .where(AccountTombstone.key == any_(identity))
+        .subquery("tombstone")
     )
 
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack, cast
 
 from sqlalchemy import (
-    ColumnElement,
     Integer,
     Table,
     Text,
@@ -527,12 +526,19 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
         ),
         else_=monthly_used + count <= bindparam("p_enterprise_limit", type_=Integer()),
     )
-    values = _new_user_columns(continuing=True)
-    used_before = values.pop("keyword_searches_total")  # a tombstoned trial's usage, else 0
+    # A new user continues the trial tombstoned under its keys: looked up once, as a FROM.
+    tombstone = tombstones.found_under(bindparam("p_keys", type_=ARRAY(Text())))
+    values = _new_user_columns(continuing=False)
+    values["trial_ends_at"] = func.least(
+        values["trial_ends_at"], tombstone.c.ends, type_=UTCDateTime()
+    )
+    used_before = tombstone.c.used  # a tombstoned trial's usage, else 0
     fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
     first = case((fits_new_trial, count), else_=0) if enforce else count
-    statement = insert(User).values(
-        **values, keyword_searches_this_month=first, keyword_searches_total=used_before + first
+    values.update(keyword_searches_this_month=first, keyword_searches_total=used_before + first)
+    columns = _by_column(values)
+    statement = insert(User).from_select(
+        list(columns), select(*columns.values()).select_from(tombstone)
     )
     upsert: Any = statement.on_conflict_do_update(
         index_elements=[User.id],
@@ -551,14 +557,20 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
         literal_column("xmax = 0").label("inserted"),
     )
     if with_hold:
-        upsert = _with_hold(upsert, counted_if_new=fits_new_trial if enforce else true())
+        upsert = _with_hold(upsert, enforce=enforce)
     return HotStatement(upsert)
 
 
-def _with_hold(upsert: Any, *, counted_if_new: ColumnElement[bool]) -> Any:
+def _with_hold(upsert: Any, *, enforce: bool) -> Any:
     """The upsert as a CTE, plus the reservation row for the row it counted (none if refused,
     nor for a new user whose first request did not fit the trial), selecting the same columns."""
     reserved = upsert.cte("reserved")
+    # A new user's row counted its first request only when it holds all of it (else 0).
+    counted_if_new = (
+        reserved.c.keyword_searches_this_month >= bindparam("p_count", type_=Integer())
+        if enforce
+        else true()
+    )
     source = select(
         bindparam("p_hold_id", type_=Text()),
         bindparam("p_id", type_=Text()),

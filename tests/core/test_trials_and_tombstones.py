@@ -25,7 +25,11 @@ from httpx import Response as HttpxResponse
 from shared import accounts, config, db, providers
 from shared.clock import utcnow
 from shared.db import Conn
-from shared.repositories import users
+from shared.errors import QuotaExceededError, TrialExpiredError
+from shared.quotas import Limits
+from shared.repositories import tombstones, users
+from shared.repositories.reservations import Hold
+from shared.repositories.rows import db_time
 from tests.support.clerk_events import deliver
 from tests.support.http import Caller, Keys
 
@@ -204,6 +208,58 @@ def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
     assert admin_conn.execute(
         'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_blocked",)
     ).fetchone() == (TRIAL_LIMIT,)
+
+
+@pytest.mark.parametrize(
+    ("used", "ends_in", "count", "outcome"),
+    [
+        (0, timedelta(days=3), 2, "counted"),  # a tombstoned trial with room for the request
+        (TRIAL_LIMIT - 1, timedelta(days=3), 2, "quota"),  # room for 1 of the 2 keywords
+        (0, -timedelta(hours=1), 1, "expired"),  # the tombstoned trial is over
+    ],
+)
+def test_a_new_users_hold_is_written_only_for_what_its_first_request_counted(
+    db_env: str,
+    admin_conn: psycopg.Connection[Any],
+    used: int,
+    ends_in: timedelta,
+    count: int,
+    outcome: str,
+) -> None:
+    """The creating statement writes the user, its count and its hold at once: a new user whose
+    tombstoned trial refuses the request is created with nothing counted and holds nothing."""
+    now = utcnow()
+    for key in tombstones.keys("user_held", "held@example.com"):
+        admin_conn.execute(
+            'INSERT INTO account_tombstones (key, "trialEndsAt", "keywordsUsed")'
+            " VALUES (%s, %s, %s)",
+            (key, db_time(now + ends_in), used),
+        )
+    limits = Limits(trial=TRIAL_LIMIT, pro=100, enterprise=1000)
+    hold = Hold("hold-new-user", now + timedelta(minutes=5))
+    errors = {"quota": QuotaExceededError, "expired": TrialExpiredError}
+
+    def reserve(conn: Conn) -> users.Usage:
+        return users.reserve_keywords(
+            conn, "user_held", "held@example.com", count,
+            limits=limits, enforce=True, now=now, hold=hold,
+        )  # fmt: skip
+
+    if outcome == "counted":
+        usage = db.run(reserve)
+        assert (usage.this_month, usage.total) == (count, count)
+    else:
+        with pytest.raises(errors[outcome]):
+            db.run(reserve)
+    held = admin_conn.execute(
+        'SELECT "userId", keywords FROM keyword_reservations WHERE id = %s', (hold.id,)
+    ).fetchall()
+    assert held == ([("user_held", count)] if outcome == "counted" else [])
+    row = admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        ("user_held",),
+    ).fetchone()
+    assert row == ((count, used + count) if outcome == "counted" else (0, used))
 
 
 def waits_for_lock(conn: psycopg.Connection[Any], statement: str) -> None:
