@@ -7,6 +7,7 @@ transaction mode). The migration itself runs on the direct URL only, as migratio
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -185,10 +186,15 @@ def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDataba
     with psycopg.connect(url, autocommit=True) as conn:
         for table in LOGS:
             assert ids(conn, table) == before[table]
-            # Every existing row stays where it was: the old table is the legacy partition,
-            # up to a cutover past its newest row, and ranges begin there.
-            assert {holder(conn, table, i) for i, _ in before[table]} == {
-                f"partitions.{table}_legacy"
+            # The old table is the legacy partition up to the cutover, the start of the period
+            # after now: its rows stay where they were, and the few dated later moved to the
+            # partitions their times say (a range, or the default one past the ranges).
+            cutover = legacy_upper(conn, table)
+            assert base < cutover <= base + 32 * DAY
+            legacy = f"partitions.{table}_legacy"
+            assert {holder(conn, table, i) for i, at in before[table] if at < cutover} == {legacy}
+            assert legacy not in {
+                holder(conn, table, i) for i, at in before[table] if at >= cutover
             }
             kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (table,))
             assert kind.fetchone() == ("p",)
@@ -212,6 +218,70 @@ def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDataba
     with psycopg.connect(url, autocommit=True) as conn:
         for table in LOGS:
             assert ids(conn, table) == before[table]
+
+
+def legacy_upper(conn: psycopg.Connection[Any], table: str) -> datetime:
+    """The legacy partition's upper bound: the migration's cutover."""
+    row = conn.execute(
+        "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = %s::regclass",
+        (f"partitions.{table}_legacy",),
+    ).fetchone()
+    assert row is not None
+    match = re.search(r"TO \('([^']*)'\)", row[0])
+    assert match is not None, row[0]
+    return datetime.fromisoformat(match.group(1))
+
+
+def test_far_future_legacy_rows_leave_the_cutover_near_now(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """Rows a bad writer dated centuries ahead (up to 9999-12-31) must not carry the cutover
+    with them: the legacy partition would then take every new row, and retention could never
+    drop a partition again. They move to the DEFAULT partition; no row is lost either way."""
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "0009")
+    base = today()
+    old = {"year-1": datetime(1, 1, 1), "last-year": base - 365 * DAY, "today": base}
+    future = {
+        "y2999": datetime(2999, 6, 1, 12),
+        "y9999": datetime(9999, 12, 31, 23, 59, 59, 999000),
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            for name, at in {**old, **future}.items():
+                insert(conn, table, f"{table}-{name}", at)
+        before = {table: ids(conn, table) for table in LOGS}
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert count(conn, f"SELECT count(*) FROM {table}") == len(old) + len(future)
+            cutover = legacy_upper(conn, table)
+            assert base < cutover <= base + 32 * DAY
+            where = {name: holder(conn, table, f"{table}-{name}") for name in {**old, **future}}
+            assert where == {
+                **{name: f"partitions.{table}_legacy" for name in old},
+                **{name: f"partitions.{table}_default" for name in future},
+            }
+            # A new row past the cutover lands in its range, which retention can drop.
+            insert(conn, table, f"{table}-new", cutover)
+            suffix = "%Y%m%d" if table == "api_usage" else "%Y%m"
+            assert holder(conn, table, f"{table}-new") == f"partitions.{table}_p{cutover:{suffix}}"
+            conn.execute(f"DELETE FROM {table} WHERE id = %s", (f"{table}-new",))
+
+    command.downgrade(config, "0009")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert count(conn, f"SELECT count(*) FROM {table}") == len(old) + len(future)
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert legacy_upper(conn, table) <= base + 32 * DAY
 
 
 # --------------------------------------------------------------------------- the cron
