@@ -134,6 +134,17 @@ def test_quarters_across_the_year() -> None:
     assert sorted(transition) == transition
 
 
+def test_a_piece_not_starting_at_midnight_is_named_by_its_time_too() -> None:
+    day, month = partitions.LAYOUTS["api_usage"], partitions.LAYOUTS["system_metrics"]
+    dec5, dec6 = datetime(2030, 12, 5), datetime(2030, 12, 6)
+    assert day.name(dec5, dec5.replace(hour=6)) == "api_usage_p20301205"  # today's names stay
+    assert day.name(dec5.replace(hour=18), dec6) == "api_usage_p20301205_180000"
+    at = datetime(2030, 12, 5, 18, 0, 0, 250000)
+    assert month.name(at, datetime(2031, 1, 1)) == "system_metrics_p20301205_180000_250000"
+    pieces = ["p20301205", "p20301205_060000", "p20301205_180000", "p20301206"]
+    assert sorted(pieces) == pieces  # still in time order
+
+
 def test_a_new_range_is_clipped_to_what_no_partition_holds() -> None:
     def month(year: int, number: int) -> partitions.Partition:
         start = datetime(year, number, 1)
@@ -653,6 +664,37 @@ def test_a_hand_made_partition_is_laid_around_kept_and_dropped_whatever_its_name
     assert "Search-History 2030 Q1" in summary["dropped"]["search_history"]
     assert "Search-History 2030 Q1" not in names(fresh.conn, "search_history")
     assert ids(fresh.conn, "search_history") == set()
+
+
+def test_pieces_around_a_hand_made_partition_with_mid_day_bounds_have_names_of_their_own(
+    fresh: Fresh,
+) -> None:
+    """An operator's partition from 06:00 to 18:00 of one day leaves two pieces of that day to
+    the cron, both starting that day: named by their day alone, the second CREATE TABLE would
+    fail, and with it every run."""
+    fresh.conn.execute(
+        "CREATE TABLE partitions.api_usage_by_hand PARTITION OF api_usage "
+        "FOR VALUES FROM ('2030-12-05 06:00') TO ('2030-12-05 18:00')"
+    )
+    now = datetime(2030, 12, 4, 12, tzinfo=UTC)
+
+    summary = run_job(prune.JOB, now=now)
+
+    assert summary["created"]["api_usage"][:4] == [
+        "api_usage_p20301204",
+        "api_usage_p20301205",
+        "api_usage_p20301205_180000",
+        "api_usage_p20301206",
+    ]
+    assert run_job(prune.JOB, now=now)["created"] == {}
+    hours = {"dawn": 3, "noon": 12, "evening": 20}
+    for row_id, hour in hours.items():
+        insert(fresh.conn, "api_usage", row_id, datetime(2030, 12, 5, hour))
+    assert {row_id: holder(fresh.conn, "api_usage", row_id) for row_id in hours} == {
+        "dawn": "partitions.api_usage_p20301205",
+        "noon": "partitions.api_usage_by_hand",
+        "evening": "partitions.api_usage_p20301205_180000",
+    }
 
 
 def test_a_partition_to_maxvalue_made_by_hand_holds_what_follows_and_loses_expired_rows(
