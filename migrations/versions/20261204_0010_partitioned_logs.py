@@ -6,16 +6,22 @@ partitions live in the schema `partitions`, out of the public schema the origina
 reads. PostgreSQL wants the partition key in every unique constraint, so the primary key
 becomes (id, time); ids stay collision-free by construction (cuid, UUID).
 
-No row is copied on the way up. The existing table is renamed into `partitions` as the
-"legacy" partition, FROM (MINVALUE) TO the cutover (the start of the period after both now and
-its newest row), and attached: PostgreSQL checks the bound with one sequential scan, and the
-(id, time) primary key needs one index build; both run under this migration's ACCESS EXCLUSIVE
-lock. To shorten that window on a large table, build the index beforehand, outside the
-migration: `CREATE UNIQUE INDEX CONCURRENTLY "api_usage_legacy_pkey" ON api_usage (id,
-"timestamp")` (the migration then finds it). The other indexes are reused as they are. A
-DEFAULT partition takes any row no range holds (far past or future, or a cron that has not run):
-an insert never fails for want of a partition. The first ranges from the cutover are created
-here; the prune cron keeps creating them ahead.
+The existing table is renamed into `partitions` as the "legacy" partition, FROM (MINVALUE) TO
+the cutover (the start of the period after now), and attached: PostgreSQL checks the bound with
+one sequential scan, and the (id, time) primary key needs one index build; both run under this
+migration's ACCESS EXCLUSIVE lock. To shorten that window on a large table, build the index
+beforehand, outside the migration: `CREATE UNIQUE INDEX CONCURRENTLY "api_usage_legacy_pkey" ON
+api_usage (id, "timestamp")` (the migration then finds it). The other indexes are reused as
+they are. A DEFAULT partition takes any row no range holds (far past or future, or a cron that
+has not run): an insert never fails for want of a partition. The first ranges from the cutover
+are created here; the prune cron keeps creating them ahead.
+
+The cutover does not follow the newest row: one a bad writer dated 9999-12-31 would make the
+legacy partition take every new row for centuries, out of reach of partition drops. The few
+rows dated at or after the cutover (found by the time index) move out of the old table instead,
+through the parent into the range or DEFAULT partition their time says: the legacy partition
+cannot be bounded below its own rows, and a partition of their own would be one more per table
+for rows that may never expire. No other row is copied on the way up.
 
 The way down copies every row into one plain table again (and fails if an id appears twice).
 
@@ -103,8 +109,7 @@ def upgrade() -> None:
     for log in LOGS:
         t, c, legacy = log.table, log.column, f"{log.table}_legacy"
         cutover = _scalar(
-            f"SELECT date_trunc('{log.unit}', greatest(now() AT TIME ZONE 'UTC', max(\"{c}\")))"
-            f" + interval '1 {log.unit}' FROM {t}"
+            f"SELECT date_trunc('{log.unit}', now() AT TIME ZONE 'UTC') + interval '1 {log.unit}'"
         )
         op.execute(f"ALTER TABLE {t} SET SCHEMA {SCHEMA}")
         op.execute(f"ALTER TABLE {SCHEMA}.{t} RENAME TO {legacy}")
@@ -120,10 +125,6 @@ def upgrade() -> None:
             f'PARTITION BY RANGE ("{c}")'
         )
         _add_keys(log, partitioned=True)
-        op.execute(
-            f"ALTER TABLE {t} ATTACH PARTITION {SCHEMA}.{legacy} "
-            f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat(sep=' ')}')"
-        )
         op.execute(f"CREATE TABLE {SCHEMA}.{t}_default PARTITION OF {t} DEFAULT")
         last = _scalar(
             f"SELECT date_trunc('{log.unit}', now() AT TIME ZONE 'UTC')"
@@ -137,6 +138,17 @@ def upgrade() -> None:
                 f"FOR VALUES FROM ('{start.isoformat(sep=' ')}') TO ('{end.isoformat(sep=' ')}')"
             )
             start = end
+        # The rows past the cutover go through the parent before the legacy partition is
+        # attached (ATTACH would refuse them); the DEFAULT one holds none of its range then.
+        op.execute(
+            f"WITH moved AS (DELETE FROM {SCHEMA}.{legacy} "
+            f"WHERE \"{c}\" >= '{cutover.isoformat(sep=' ')}' RETURNING *) "
+            f"INSERT INTO {t} SELECT * FROM moved"
+        )
+        op.execute(
+            f"ALTER TABLE {t} ATTACH PARTITION {SCHEMA}.{legacy} "
+            f"FOR VALUES FROM (MINVALUE) TO ('{cutover.isoformat(sep=' ')}')"
+        )
 
 
 def _add_keys(log: Log, *, partitioned: bool) -> None:

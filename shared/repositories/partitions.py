@@ -13,7 +13,9 @@ cutover) and the DEFAULT one, which takes any row no range holds (a legacy impor
 a cron that did not run), so an insert never fails for want of a partition. A new range never
 overlaps an existing one: it is clipped to the part of its period nothing holds yet (after the
 monthly ranges of revision 0010 and of the cron before quarters, the first quarter's remainder,
-`search_history_p20270301` for March 2027), and such a piece is named by its first day.
+`search_history_p20270301` for March 2027), and such a piece is named by its first day, with
+its start's time when that is not midnight (`api_usage_p20261205_180000` after a partition
+made by hand up to 18:00).
 Retention drops a partition once its upper bound is at or before the cutoff, so rows live up to
 one period longer than the setting (up to a quarter, ~92 days, for `search_history`); the
 legacy and default partitions, which have no useful bound, have their expired rows deleted in
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Literal
 
 from sqlalchemy import text
@@ -70,10 +72,16 @@ class Layout:
 
     def name(self, start: datetime, end: datetime | None = None) -> str:
         """The period's name. A range from `start` to `end` that is not one whole period (one
-        clipped by existing partitions) is named by its first day: every bound is a UTC
-        midnight, so no other range starts that day."""
+        clipped by existing partitions) is named by its first day, and by its start's time too
+        when that is not midnight: a partition made by hand may end and begin mid-day, leaving
+        two pieces of one day. No two ranges start at the same moment, so names never clash,
+        and they still sort in time order."""
         if end is not None and (start != self.start(start) or end != self.after(start)):
-            return f"{self.table}_p{start:%Y%m%d}"
+            if start.time() == time():
+                return f"{self.table}_p{start:%Y%m%d}"
+            return f"{self.table}_p{start:%Y%m%d_%H%M%S}" + (
+                f"_{start:%f}" if start.microsecond else ""
+            )
         if self.unit == "quarter":
             return f"{self.table}_p{start.year}q{(start.month + 2) // 3}"
         return f"{self.table}_p{start:{'%Y%m%d' if self.unit == 'day' else '%Y%m'}}"

@@ -7,6 +7,7 @@ transaction mode). The migration itself runs on the direct URL only, as migratio
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -80,15 +81,20 @@ def ids(conn: psycopg.Connection[Any], table: str) -> set[tuple[str, datetime]]:
     return {(r[0], r[1]) for r in conn.execute(f'SELECT id, "{column}" FROM {table}')}
 
 
-def names(conn: psycopg.Connection[Any], table: str) -> set[str]:
+def layout(conn: psycopg.Connection[Any], table: str) -> set[tuple[str, str]]:
+    """Each partition's name and bound, as PostgreSQL prints it."""
     return {
-        r[0]
+        (r[0], r[1])
         for r in conn.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = %s::regclass",
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
             (table,),
         )
     }
+
+
+def names(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    return {name for name, _ in layout(conn, table)}
 
 
 def test_periods_and_names() -> None:
@@ -131,6 +137,17 @@ def test_quarters_across_the_year() -> None:
     # Names sort in time order through the change from months to quarters.
     transition = ["p202701", "p202702", "p20270301", "p2027q2", "p2027q3", "p2027q4", "p2028q1"]
     assert sorted(transition) == transition
+
+
+def test_a_piece_not_starting_at_midnight_is_named_by_its_time_too() -> None:
+    day, month = partitions.LAYOUTS["api_usage"], partitions.LAYOUTS["system_metrics"]
+    dec5, dec6 = datetime(2030, 12, 5), datetime(2030, 12, 6)
+    assert day.name(dec5, dec5.replace(hour=6)) == "api_usage_p20301205"  # today's names stay
+    assert day.name(dec5.replace(hour=18), dec6) == "api_usage_p20301205_180000"
+    at = datetime(2030, 12, 5, 18, 0, 0, 250000)
+    assert month.name(at, datetime(2031, 1, 1)) == "system_metrics_p20301205_180000_250000"
+    pieces = ["p20301205", "p20301205_060000", "p20301205_180000", "p20301206"]
+    assert sorted(pieces) == pieces  # still in time order
 
 
 def test_a_new_range_is_clipped_to_what_no_partition_holds() -> None:
@@ -185,10 +202,15 @@ def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDataba
     with psycopg.connect(url, autocommit=True) as conn:
         for table in LOGS:
             assert ids(conn, table) == before[table]
-            # Every existing row stays where it was: the old table is the legacy partition,
-            # up to a cutover past its newest row, and ranges begin there.
-            assert {holder(conn, table, i) for i, _ in before[table]} == {
-                f"partitions.{table}_legacy"
+            # The old table is the legacy partition up to the cutover, the start of the period
+            # after now: its rows stay where they were, and the few dated later moved to the
+            # partitions their times say (a range, or the default one past the ranges).
+            cutover = legacy_upper(conn, table)
+            assert base < cutover <= base + 32 * DAY
+            legacy = f"partitions.{table}_legacy"
+            assert {holder(conn, table, i) for i, at in before[table] if at < cutover} == {legacy}
+            assert legacy not in {
+                holder(conn, table, i) for i, at in before[table] if at >= cutover
             }
             kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (table,))
             assert kind.fetchone() == ("p",)
@@ -214,6 +236,241 @@ def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDataba
             assert ids(conn, table) == before[table]
 
 
+def legacy_upper(conn: psycopg.Connection[Any], table: str) -> datetime:
+    """The legacy partition's upper bound: the migration's cutover."""
+    row = conn.execute(
+        "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = %s::regclass",
+        (f"partitions.{table}_legacy",),
+    ).fetchone()
+    assert row is not None
+    match = re.search(r"TO \('([^']*)'\)", row[0])
+    assert match is not None, row[0]
+    return datetime.fromisoformat(match.group(1))
+
+
+def test_far_future_legacy_rows_leave_the_cutover_near_now(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """Rows a bad writer dated centuries ahead (up to 9999-12-31) must not carry the cutover
+    with them: the legacy partition would then take every new row, and retention could never
+    drop a partition again. They move to the DEFAULT partition; no row is lost either way."""
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "0009")
+    base = today()
+    old = {"year-1": datetime(1, 1, 1), "last-year": base - 365 * DAY, "today": base}
+    future = {
+        "y2999": datetime(2999, 6, 1, 12),
+        "y9999": datetime(9999, 12, 31, 23, 59, 59, 999000),
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            for name, at in {**old, **future}.items():
+                insert(conn, table, f"{table}-{name}", at)
+        before = {table: ids(conn, table) for table in LOGS}
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert count(conn, f"SELECT count(*) FROM {table}") == len(old) + len(future)
+            cutover = legacy_upper(conn, table)
+            assert base < cutover <= base + 32 * DAY
+            where = {name: holder(conn, table, f"{table}-{name}") for name in {**old, **future}}
+            assert where == {
+                **{name: f"partitions.{table}_legacy" for name in old},
+                **{name: f"partitions.{table}_default" for name in future},
+            }
+            # A new row past the cutover lands in its range, which retention can drop.
+            insert(conn, table, f"{table}-new", cutover)
+            suffix = "%Y%m%d" if table == "api_usage" else "%Y%m"
+            assert holder(conn, table, f"{table}-new") == f"partitions.{table}_p{cutover:{suffix}}"
+            conn.execute(f"DELETE FROM {table} WHERE id = %s", (f"{table}-new",))
+
+    command.downgrade(config, "0009")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert count(conn, f"SELECT count(*) FROM {table}") == len(old) + len(future)
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert legacy_upper(conn, table) <= base + 32 * DAY
+
+
+# The periods revision 0010 lays out (search_history's quarters are the cron's, later).
+MIGRATION_UNITS = {"api_usage": "day", "search_history": "month", "system_metrics": "month"}
+
+
+def lay_out_as_the_old_0010(conn: psycopg.Connection[Any], table: str) -> datetime:
+    """Turn what revision 0010 made into what it made before its cutover stopped following the
+    newest row: the legacy partition holds every row, up to the period after the newest, and
+    no range exists (they began there, past the horizon). Returns that bound."""
+    legacy, unit = f"partitions.{table}_legacy", MIGRATION_UNITS[table]
+    conn.execute(f"ALTER TABLE {table} DETACH PARTITION {legacy}")
+    conn.execute(
+        f"WITH moved AS (DELETE FROM {table} RETURNING *) INSERT INTO {legacy} SELECT * FROM moved"
+    )
+    for name in names(conn, table) - {f"{table}_default"}:
+        conn.execute(f"DROP TABLE partitions.{name}")
+    row = conn.execute(
+        f"SELECT date_trunc('{unit}', max(\"{LOGS[table]}\")) + interval '1 {unit}' FROM {legacy}"
+    ).fetchone()
+    assert row is not None and isinstance(row[0], datetime)
+    bound: datetime = row[0]
+    conn.execute(
+        f"ALTER TABLE {table} ATTACH PARTITION {legacy} "
+        f"FOR VALUES FROM (MINVALUE) TO ('{bound.isoformat(sep=' ')}')"
+    )
+    return bound
+
+
+def test_revision_0014_repairs_a_legacy_partition_bounded_far_ahead(
+    scratch_database: ScratchDatabase, lane: Lane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that applied revision 0010 before its cutover stopped following the newest
+    row, with a row dated 2999: its legacy partition takes every new row, and retention can
+    never drop it. Revision 0014 bounds it at the period after now, as 0010 does today, and
+    moves the rows dated later out through the parent; no row is lost or doubled."""
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "0009")
+    base = today()
+    old = {"year-1": datetime(1, 1, 1), "last-year": base - 365 * DAY, "today": base}
+    written_after = {"now": base + timedelta(hours=1), "in-3-days": base + 3 * DAY}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            for name, at in {**old, "y2999": datetime(2999, 6, 1, 12)}.items():
+                insert(conn, table, f"{table}-{name}", at)
+    command.upgrade(config, "0010")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            assert lay_out_as_the_old_0010(conn, table).year == 2999
+    command.upgrade(config, "0013")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            for name, at in written_after.items():
+                insert(conn, table, f"{table}-{name}", at)
+                assert holder(conn, table, f"{table}-{name}") == f"partitions.{table}_legacy"
+        before = {table: ids(conn, table) for table in LOGS}
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        repaired = {table: layout(conn, table) for table in LOGS}
+        for table in LOGS:
+            assert ids(conn, table) == before[table]
+            assert count(conn, f"SELECT count(*) FROM {table}") == len(before[table])
+            cutover = legacy_upper(conn, table)
+            assert base < cutover <= base + 32 * DAY
+            legacy = f"partitions.{table}_legacy"
+            assert {holder(conn, table, i) for i, at in before[table] if at < cutover} == {legacy}
+            assert legacy not in {
+                holder(conn, table, i) for i, at in before[table] if at >= cutover
+            }
+            assert holder(conn, table, f"{table}-y2999") == f"partitions.{table}_default"
+            insert(conn, table, f"{table}-new", cutover)
+            suffix = "%Y%m%d" if table == "api_usage" else "%Y%m"
+            assert holder(conn, table, f"{table}-new") == f"partitions.{table}_p{cutover:{suffix}}"
+            conn.execute(f"DELETE FROM {table} WHERE id = %s", (f"{table}-new",))
+    # The same layout a database migrated today has: both paths end in one place.
+    fresh_url = scratch_database()
+    upgrade_head(fresh_url)
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        assert {table: layout(conn, table) for table in LOGS} == repaired
+
+    command.downgrade(config, "0013")  # nothing to undo: the repaired layout suits 0013
+    command.upgrade(config, "head")  # and nothing left to repair
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert {table: layout(conn, table) for table in LOGS} == repaired
+        assert {table: ids(conn, table) for table in LOGS} == before
+
+    lane(url)
+    configure(  # keep every row, to see none lost
+        monkeypatch,
+        RETENTION_API_USAGE_DAYS=0,
+        RETENTION_SEARCH_HISTORY_DAYS=0,
+        RETENTION_SYSTEM_METRICS_DAYS=0,
+    )
+    first, second = run_job(prune.JOB), run_job(prune.JOB)
+    assert first["complete"] is True and second["complete"] is True
+    assert second["created"] == {} and second["dropped"] == {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert {table: ids(conn, table) for table in LOGS} == before
+    # Retention can drop the legacy partition again once its bound is past the cutoff.
+    configure(
+        monkeypatch,
+        RETENTION_API_USAGE_DAYS=None,
+        RETENTION_SEARCH_HISTORY_DAYS=None,
+        RETENTION_SYSTEM_METRICS_DAYS=None,
+    )
+    later = run_job(prune.JOB, now=(base + 500 * DAY).replace(tzinfo=UTC))
+    for table in LOGS:
+        assert f"{table}_legacy" in later["dropped"][table]
+
+
+def test_revision_0014_repairs_a_legacy_bound_days_ahead_around_the_ranges_after_it(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """The old 0010 with a row two days ahead: the legacy partition ends a few days past the
+    cutover and ranges follow it. Only the days between are laid out; the ranges after the old
+    bound, and the DEFAULT partition's rows, stay where they are."""
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        cutover = legacy_upper(conn, "api_usage")
+        old_bound = cutover + 2 * DAY
+        conn.execute("ALTER TABLE api_usage DETACH PARTITION partitions.api_usage_legacy")
+        for day in (cutover, cutover + DAY):
+            conn.execute(f"DROP TABLE partitions.api_usage_p{day:%Y%m%d}")
+        conn.execute(
+            "ALTER TABLE api_usage ATTACH PARTITION partitions.api_usage_legacy "
+            f"FOR VALUES FROM (MINVALUE) TO ('{old_bound.isoformat(sep=' ')}')"
+        )
+        rows = {"today": today(), "ahead": cutover + DAY, "far": cutover + 400 * DAY}
+        for name, at in rows.items():
+            insert(conn, "api_usage", name, at)
+        assert holder(conn, "api_usage", "ahead") == "partitions.api_usage_legacy"
+        kept = {p for p in layout(conn, "api_usage") if not p[0].endswith("_legacy")}
+
+    command.downgrade(config, "0013")
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert legacy_upper(conn, "api_usage") == cutover
+        assert kept <= layout(conn, "api_usage")
+        assert {name: holder(conn, "api_usage", name) for name in rows} == {
+            "today": "partitions.api_usage_legacy",
+            "ahead": f"partitions.api_usage_p{cutover + DAY:%Y%m%d}",
+            "far": "partitions.api_usage_default",
+        }
+        assert ids(conn, "api_usage") == set(rows.items())
+        fresh_url = scratch_database()
+        upgrade_head(fresh_url)
+        with psycopg.connect(fresh_url, autocommit=True) as fresh_conn:
+            assert layout(conn, "api_usage") == layout(fresh_conn, "api_usage")
+
+
+def test_revision_0014_leaves_a_database_migrated_by_todays_0010_as_it_is(
+    scratch_database: ScratchDatabase,
+) -> None:
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "0013")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in LOGS:
+            insert(conn, table, f"{table}-today", today())
+        before = {table: (layout(conn, table), ids(conn, table)) for table in LOGS}
+
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert {table: (layout(conn, table), ids(conn, table)) for table in LOGS} == before
+    command.downgrade(config, "0013")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert {table: (layout(conn, table), ids(conn, table)) for table in LOGS} == before
+
+
 # --------------------------------------------------------------------------- the cron
 
 
@@ -225,35 +482,45 @@ class Fresh:
     lane: str
 
 
+Lane = Callable[[str], str]
+
+
 @pytest.fixture(
     params=[
         pytest.param("direct", id="direct"),
         pytest.param("pooled", id="pooled", marks=pytest.mark.pooled),
     ]
 )
-def fresh(
-    request: pytest.FixtureRequest,
-    scratch_database: ScratchDatabase,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Fresh]:
+def lane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lane]:
+    """Points the app (the cron) at a database, given its direct URL, directly or through
+    PgBouncer in transaction mode; returns the URL the app uses."""
     from shared.config import get_settings
     from shared.db import dispose_engine
 
-    direct = scratch_database()
-    upgrade_head(direct)
-    lane = direct
-    if request.param == "pooled":
-        lane = request.getfixturevalue("pgbouncer").url(conninfo_to_dict(direct)["dbname"])
-    monkeypatch.setenv("DATABASE_URL", lane)
-    monkeypatch.setenv("DIRECT_DATABASE_URL", direct)
-    get_settings.cache_clear()
-    dispose_engine()
+    def use(direct: str) -> str:
+        url = direct
+        if request.param == "pooled":
+            url = request.getfixturevalue("pgbouncer").url(conninfo_to_dict(direct)["dbname"])
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("DIRECT_DATABASE_URL", direct)
+        get_settings.cache_clear()
+        dispose_engine()
+        return url
+
     try:
-        with psycopg.connect(direct, autocommit=True) as conn:
-            yield Fresh(conn, lane)
+        yield use
     finally:
         dispose_engine()
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def fresh(scratch_database: ScratchDatabase, lane: Lane) -> Iterator[Fresh]:
+    direct = scratch_database()
+    upgrade_head(direct)
+    url = lane(direct)
+    with psycopg.connect(direct, autocommit=True) as conn:
+        yield Fresh(conn, url)
 
 
 def test_partitions_are_created_ahead_once_and_under_the_lease(fresh: Fresh) -> None:
@@ -583,6 +850,37 @@ def test_a_hand_made_partition_is_laid_around_kept_and_dropped_whatever_its_name
     assert "Search-History 2030 Q1" in summary["dropped"]["search_history"]
     assert "Search-History 2030 Q1" not in names(fresh.conn, "search_history")
     assert ids(fresh.conn, "search_history") == set()
+
+
+def test_pieces_around_a_hand_made_partition_with_mid_day_bounds_have_names_of_their_own(
+    fresh: Fresh,
+) -> None:
+    """An operator's partition from 06:00 to 18:00 of one day leaves two pieces of that day to
+    the cron, both starting that day: named by their day alone, the second CREATE TABLE would
+    fail, and with it every run."""
+    fresh.conn.execute(
+        "CREATE TABLE partitions.api_usage_by_hand PARTITION OF api_usage "
+        "FOR VALUES FROM ('2030-12-05 06:00') TO ('2030-12-05 18:00')"
+    )
+    now = datetime(2030, 12, 4, 12, tzinfo=UTC)
+
+    summary = run_job(prune.JOB, now=now)
+
+    assert summary["created"]["api_usage"][:4] == [
+        "api_usage_p20301204",
+        "api_usage_p20301205",
+        "api_usage_p20301205_180000",
+        "api_usage_p20301206",
+    ]
+    assert run_job(prune.JOB, now=now)["created"] == {}
+    hours = {"dawn": 3, "noon": 12, "evening": 20}
+    for row_id, hour in hours.items():
+        insert(fresh.conn, "api_usage", row_id, datetime(2030, 12, 5, hour))
+    assert {row_id: holder(fresh.conn, "api_usage", row_id) for row_id in hours} == {
+        "dawn": "partitions.api_usage_p20301205",
+        "noon": "partitions.api_usage_by_hand",
+        "evening": "partitions.api_usage_p20301205_180000",
+    }
 
 
 def test_a_partition_to_maxvalue_made_by_hand_holds_what_follows_and_loses_expired_rows(
