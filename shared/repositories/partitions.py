@@ -131,7 +131,7 @@ def _bound(value: str) -> datetime | None:
 @database_operation("listPartitions")
 def partitions_of(conn: Conn, layout: Layout) -> list[Partition]:
     """The partitions of `layout.table`, oldest first (the default last)."""
-    rows = conn.session.execute(
+    rows = conn.connection.execute(
         text(
             "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), n.nspname FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -181,7 +181,7 @@ def create_ahead(conn: Conn, layout: Layout, *, now: datetime) -> list[str]:
 
     Rows the DEFAULT partition already holds for a new range move into it in the same
     transaction (ATTACH would refuse otherwise), so a week without the cron loses nothing."""
-    conn.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    conn.connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
     existing = partitions_of(conn, layout)
     default = next((p.table for p in existing if p.default), None)
     created: list[str] = []
@@ -196,11 +196,11 @@ def create_ahead(conn: Conn, layout: Layout, *, now: datetime) -> list[str]:
 
 def _create(conn: Conn, layout: Layout, start: datetime, end: datetime, default: str | None) -> str:
     name, table, column = layout.name(start, end), layout.table, layout.column
-    conn.session.execute(
+    conn.connection.execute(
         text(f"CREATE TABLE {SCHEMA}.{name} (LIKE public.{table} INCLUDING DEFAULTS)")
     )
     if default is not None:
-        conn.session.execute(
+        conn.connection.execute(
             text(
                 f"WITH moved AS (DELETE FROM {default} WHERE "
                 f'"{column}" >= :start AND "{column}" < :end RETURNING *) '
@@ -208,7 +208,7 @@ def _create(conn: Conn, layout: Layout, start: datetime, end: datetime, default:
             ),
             {"start": start, "end": end},
         )
-    conn.session.execute(
+    conn.connection.execute(
         text(
             f"ALTER TABLE public.{table} ATTACH PARTITION {SCHEMA}.{name} "
             f"FOR VALUES FROM ({_literal(start)}) TO ({_literal(end)})"
@@ -233,8 +233,8 @@ def unbounded(partitions: list[Partition], cutoff: datetime) -> list[Partition]:
 def drop(conn: Conn, partition: Partition) -> str:
     """Drop one partition (metadata only: no row is visited); returns its name. Run it in a
     transaction."""
-    conn.session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    conn.session.execute(text(f"DROP TABLE {partition.table}"))
+    conn.connection.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    conn.connection.execute(text(f"DROP TABLE {partition.table}"))
     return partition.name
 
 
@@ -244,11 +244,11 @@ def delete_batch(
 ) -> int:
     """Delete up to `limit` rows of one partition older than `cutoff` (naive UTC)."""
     table = partition.table
-    result = conn.session.execute(
+    result = conn.connection.execute(
         text(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
             f'WHERE "{layout.column}" < :cutoff LIMIT :limit))'
         ),
         {"cutoff": cutoff, "limit": limit},
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount)
