@@ -23,10 +23,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.accounts import is_placeholder
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
 from shared.models import User
+from shared.repositories.users import is_placeholder
 
 app = create_app(title="Checkout", summary="Start the PRO subscription on Stripe Checkout.")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.http import stripe_sessions
+from shared.http import org_billing, stripe_sessions
 from shared.http.app import create_app, lambda_handler
 
 app = create_app(
@@ -36,7 +36,7 @@ RATE_LIMITED = "Too many billing portal requests. Please try again later."
     ),
 )
 def org_billing_portal(org_id: str, request: Request) -> Response:
-    _, org = stripe_sessions.org_caller(request, org_id, "org_billing_portal", RATE_LIMITED)
+    _, org = org_billing.org_caller(request, org_id, "org_billing_portal", RATE_LIMITED)
     return stripe_sessions.open_portal(request, org.stripe_customer_id)
 
 

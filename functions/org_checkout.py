@@ -16,10 +16,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.accounts import is_placeholder
-from shared.http import stripe_sessions
+from shared.http import org_billing, stripe_sessions
 from shared.http.app import create_app, lambda_handler
 from shared.models import Organization, User
+from shared.repositories.users import is_placeholder
 
 app = create_app(
     title="Organization checkout",
@@ -61,7 +61,7 @@ def subscriber(org: Organization, payer: User) -> stripe_sessions.Subscriber:
     ),
 )
 def org_checkout(org_id: str, request: Request) -> Response:
-    user, org = stripe_sessions.org_caller(request, org_id, "org_checkout", RATE_LIMITED)
+    user, org = org_billing.org_caller(request, org_id, "org_checkout", RATE_LIMITED)
     refused = stripe_sessions.refusal(
         org, enterprise=ENTERPRISE_PLAN, subscribed=ALREADY_SUBSCRIBED
     )

@@ -4,11 +4,10 @@
 The checks run in the original checkout's order (docs/original-app.md#post-apicheckout):
 billing off → 503, no valid session → 401, the route's hourly limit per user → 429 (failing
 closed whatever RATE_LIMIT_FAIL_SAFE says: each call may create a Stripe object), then the user
-is provisioned. An organization's sessions (`org_caller`) then need an id shaped like Clerk's
-(else 400) and the caller to be in the organization (the token's active org, else the mirror's
-membership; else 404, the same as no such organization) with `org:billing:manage`
-(`shared.rbac`; else 403). Redirects go back to the request's `Origin` only when it is on the
-CORS allow-list, else to APP_URL: a session never sends the user to a site we do not own.
+is provisioned. An organization's sessions add the org checks (`shared.http.org_billing`, a
+module of its own so that the personal routes do not load the org layer). Redirects go back to
+the request's `Origin` only when it is on the CORS allow-list, else to APP_URL: a session never
+sends the user to a site we do not own.
 
 stripe-python is imported on first use, so the routes' cold start does not pay for it. Stripe's
 answers map to ours: unreachable, rate limited or failing on its side → 503 (try again); a bad
@@ -30,17 +29,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import db, rbac
+from shared import db
 from shared.auth import Identity, provision
 from shared.config import Settings, get_settings
-from shared.http import orgs
 from shared.http.auth import AUTH_REQUIRED, identify
-from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
 from shared.http.responses import ok
 from shared.models import Organization, User, UserTier
 from shared.ratelimit import limit_request
-from shared.repositories import organizations, users
+from shared.repositories import users
 from shared.repositories.subscriptions import LIVE_STATUSES
 from shared.telemetry import log_event
 
@@ -53,7 +51,6 @@ STRIPE_API_VERSION = "2026-01-28.clover"  # the original's pin; events are read 
 LIMIT_PER_HOUR = 10
 TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
-BILLING_FORBIDDEN = "You do not have permission to manage this organization's billing"
 
 
 def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -75,28 +72,12 @@ def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, An
 
 def caller(request: Request, endpoint: str, refused: str) -> User:
     """The signed-in, provisioned caller's row after the shared checks, or the refusal."""
-    return _provisioned(_checked(request, endpoint, refused))
+    return provisioned(checked(request, endpoint, refused))
 
 
-def org_caller(
-    request: Request, org_id: str, endpoint: str, refused: str
-) -> tuple[User, Organization]:
-    """The caller's row and the organization whose billing they manage, after the shared
-    checks: the org routes' own access rule (`shared.http.orgs.org_access`: 400 for an id no
-    organization can have, 404 unless they are in it), then 403 unless they hold
-    `org:billing:manage`."""
-    identity = _checked(request, endpoint, refused)
-    access = orgs.org_access(org_id, identity)
-    user = _provisioned(identity)
-    if not rbac.allows(access.role, access.permissions, rbac.BILLING_MANAGE):
-        raise ApiError(403, BILLING_FORBIDDEN)
-    org = db.run(lambda conn: organizations.get(conn, org_id), idempotent=True)
-    if org is None:  # deleted since the access check
-        raise ApiError(404, ORG_NOT_FOUND)
-    return user, org
-
-
-def _checked(request: Request, endpoint: str, refused: str) -> Identity:
+def checked(request: Request, endpoint: str, refused: str) -> Identity:
+    """The caller's identity once billing is on, they are signed in and within the route's
+    hourly limit (failing closed); else the refusal."""
     settings = get_settings()
     if not settings.billing_enabled:
         raise ApiError(503, "billing is disabled")
@@ -115,7 +96,8 @@ def _checked(request: Request, endpoint: str, refused: str) -> Identity:
     return identity
 
 
-def _provisioned(identity: Identity) -> User:
+def provisioned(identity: Identity) -> User:
+    """The caller's row, provisioned (and created again if it was erased)."""
     provision(identity)
     # Get-or-create, not get: another container may have erased the row since this one
     # provisioned the caller; the answer is then a fresh account, as GET /api/me gives.
