@@ -51,19 +51,9 @@ def keys(user_id: str, email: str | None) -> list[str]:
     return found
 
 
-def trial_end_for(identity: ColumnElement[Any]) -> ColumnElement[Any]:
-    """Scalar subquery: the earliest trial end tombstoned under these keys (NULL: none).
-    `identity`: a text array (e.g. a bound parameter of `keys(...)`)."""
-    return (
-        select(func.min(AccountTombstone.trial_ends_at))
-        .where(AccountTombstone.key == any_(identity))
-        .scalar_subquery()
-    )
-
-
 def found_under(identity: ColumnElement[Any]) -> Subquery:
-    """One row, `ends` (as `trial_end_for`) and `used` (as `keywords_used_by`), for a statement
-    that needs both more than once: each is looked up once."""
+    """One row for these keys (`identity`: a text array, e.g. a bound `keys(...)`): `ends`, the
+    earliest trial end tombstoned (NULL: none), and `used`, the most keywords (0: none)."""
     return (
         select(
             func.min(AccountTombstone.trial_ends_at).label("ends"),
@@ -71,15 +61,6 @@ def found_under(identity: ColumnElement[Any]) -> Subquery:
         )
         .where(AccountTombstone.key == any_(identity))
         .subquery("tombstone")
-    )
-
-
-def keywords_used_by(identity: ColumnElement[Any]) -> ColumnElement[Any]:
-    """Scalar subquery: the most keywords tombstoned under these keys (0: none)."""
-    return (
-        select(func.coalesce(func.max(AccountTombstone.keywords_used), 0))
-        .where(AccountTombstone.key == any_(identity))
-        .scalar_subquery()
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypedDict, Unpack, cast
 
 from sqlalchemy import (
     Integer,
+    Subquery,
     Table,
     Text,
     and_,
@@ -128,12 +129,10 @@ def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) ->
     }
 
 
-def _new_user_columns(*, continuing: bool) -> dict[str, Any]:
-    """A new user's column values as bound parameters (`_new_user_params` fills them). With
-    `continuing`, the trial continues a tombstoned one of the same identity (id or email): its
-    end and its usage, looked up by the creating statement (`p_keys`)."""
+def _new_user_columns() -> dict[str, Any]:
+    """A new user's column values as bound parameters (`_new_user_params` fills them)."""
     now = bindparam("p_now", type_=UTCDateTime())
-    values: dict[str, Any] = {
+    return {
         "id": bindparam("p_id", type_=Text()),
         "email": bindparam("p_email", type_=Text()),
         "tier": bindparam("p_tier", type_=_USERS.c.tier.type),
@@ -143,13 +142,23 @@ def _new_user_columns(*, continuing: bool) -> dict[str, Any]:
         "trial_started_at": bindparam("p_trial_started_at", type_=UTCDateTime()),
         "trial_ends_at": bindparam("p_trial_ends_at", type_=UTCDateTime()),
     }
-    if continuing:
-        keys = bindparam("p_keys", type_=ARRAY(Text()))
-        values["trial_ends_at"] = func.least(
-            values["trial_ends_at"], tombstones.trial_end_for(keys), type_=UTCDateTime()
-        )
-        values["keyword_searches_total"] = tombstones.keywords_used_by(keys)
-    return values
+
+
+def _continuing_trial(values: dict[str, Any]) -> Subquery:
+    """Make a new user's `values` continue the trial tombstoned under its keys (`p_keys`, id or
+    email): its end and its usage, looked up once. Returns the lookup, the INSERT's FROM."""
+    tombstone = tombstones.found_under(bindparam("p_keys", type_=ARRAY(Text())))
+    values["trial_ends_at"] = func.least(
+        values["trial_ends_at"], tombstone.c.ends, type_=UTCDateTime()
+    )
+    values["keyword_searches_total"] = tombstone.c.used
+    return tombstone
+
+
+def _insert_from(table: Any, values: dict[str, Any], source: Subquery) -> Any:
+    """`INSERT INTO table (<values' columns>) SELECT <values> FROM source`."""
+    columns = _by_column(values)
+    return insert(table).from_select(list(columns), select(*columns.values()).select_from(source))
 
 
 def _new_user_params(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
@@ -207,9 +216,13 @@ def create(
 
 
 def _create_statement(*, continuing: bool) -> HotStatement:
-    values = _new_user_columns(continuing=continuing)
+    values = _new_user_columns()
     values["clerk_updated_at"] = bindparam("p_clerk_updated_at", type_=UTCDateTime())
-    return HotStatement(insert(_USERS).values(_by_column(values)).returning(*_USERS.columns))
+    if continuing:
+        statement = _insert_from(_USERS, values, _continuing_trial(values))
+    else:
+        statement = insert(_USERS).values(_by_column(values))
+    return HotStatement(statement.returning(*_USERS.columns))
 
 
 _CREATE_TRIAL = _create_statement(continuing=True)
@@ -526,20 +539,13 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
         ),
         else_=monthly_used + count <= bindparam("p_enterprise_limit", type_=Integer()),
     )
-    # A new user continues the trial tombstoned under its keys: looked up once, as a FROM.
-    tombstone = tombstones.found_under(bindparam("p_keys", type_=ARRAY(Text())))
-    values = _new_user_columns(continuing=False)
-    values["trial_ends_at"] = func.least(
-        values["trial_ends_at"], tombstone.c.ends, type_=UTCDateTime()
-    )
+    values = _new_user_columns()
+    tombstone = _continuing_trial(values)
     used_before = tombstone.c.used  # a tombstoned trial's usage, else 0
     fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
     first = case((fits_new_trial, count), else_=0) if enforce else count
     values.update(keyword_searches_this_month=first, keyword_searches_total=used_before + first)
-    columns = _by_column(values)
-    statement = insert(User).from_select(
-        list(columns), select(*columns.values()).select_from(tombstone)
-    )
+    statement = _insert_from(User, values, tombstone)
     upsert: Any = statement.on_conflict_do_update(
         index_elements=[User.id],
         set_={

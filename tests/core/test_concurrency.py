@@ -16,7 +16,8 @@ from shared import config, db
 from shared.clock import utcnow
 from shared.errors import QuotaExceededError, SavedSearchLimitError
 from shared.quotas import Limits
-from shared.repositories import reservations, saved_searches, users
+from shared.repositories import reservations, saved_searches, tombstones, users
+from shared.repositories.rows import db_time
 
 WORKERS = 20
 
@@ -68,6 +69,47 @@ def test_fifty_concurrent_get_or_create_make_one_row(admin_conn: psycopg.Connect
     )
     assert [o.id for o in outcomes] == ["racer"] * 50  # every caller gets the row, no error
     assert admin_conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_thirty_first_searches_of_a_returning_user_continue_one_trial(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """Thirty first searches (3 keywords, each with its hold) of a user not yet in `users`,
+    whose erased account left 4 of 20 trial keywords used: all race to create the row. One row
+    continues the trial; exactly the 5 requests that fit are granted, only they hold keywords,
+    and the counters are their sum on top of the tombstone's usage."""
+    now = utcnow()
+    ends = db_time(now + timedelta(days=3))
+    for key in tombstones.keys("returning", "returning@example.com"):
+        admin_conn.execute(
+            'INSERT INTO account_tombstones (key, "trialEndsAt", "keywordsUsed")'
+            " VALUES (%s, %s, 4)",
+            (key, ends),
+        )
+    limits = Limits(trial=20, pro=100, enterprise=1000)
+
+    def first_search(index: int) -> users.Usage:
+        hold = reservations.Hold(f"hold-{index:02d}", now + timedelta(minutes=5))
+        return db.run(
+            lambda conn: users.reserve_keywords(
+                conn, "returning", "returning@example.com", 3,
+                limits=limits, enforce=True, now=now, hold=hold,
+            )
+        )  # fmt: skip
+
+    outcomes = race(first_search, 30)
+    granted = [i for i, o in enumerate(outcomes) if isinstance(o, users.Usage)]
+    assert len(granted) == 5  # (20 - 4) // 3
+    assert all(
+        isinstance(o, QuotaExceededError) for i, o in enumerate(outcomes) if i not in granted
+    )
+    assert sorted(o.total for o in outcomes if isinstance(o, users.Usage)) == [7, 10, 13, 16, 19]
+    assert admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal", "trialEndsAt" FROM users'
+    ).fetchall() == [(15, 19, ends)]
+    held = admin_conn.execute("SELECT id, keywords FROM keyword_reservations ORDER BY id")
+    assert held.fetchall() == [(f"hold-{i:02d}", 3) for i in granted]
 
 
 @pytest.mark.usefixtures("wide_pool")

@@ -182,7 +182,7 @@ def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
 ) -> None:
     """The search's get-or-create-and-reserve waits on the row the erasure has locked, and
     inserts a new row once the erasure commits, with values computed before it: the tombstone
-    written by that erasure must still apply (no second trial through the race)."""
+    written by that erasure must still apply (no second trial through the race, no hold)."""
     configure(
         monkeypatch, BILLING_ENABLED="true", TRIAL_KEYWORD_LIMIT=str(TRIAL_LIMIT), DB_POOL_SIZE="4"
     )
@@ -208,6 +208,8 @@ def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
     assert admin_conn.execute(
         'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_blocked",)
     ).fetchone() == (TRIAL_LIMIT,)
+    # The grant taken back takes its hold with it: nothing left for the reconciliation to give.
+    assert admin_conn.execute("SELECT count(*) FROM keyword_reservations").fetchone() == (0,)
 
 
 @pytest.mark.parametrize(
