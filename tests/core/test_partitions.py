@@ -202,16 +202,7 @@ def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDataba
     with psycopg.connect(url, autocommit=True) as conn:
         for table in LOGS:
             assert ids(conn, table) == before[table]
-            # The old table is the legacy partition up to the cutover, the start of the period
-            # after now: its rows stay where they were, and the few dated later moved to the
-            # partitions their times say (a range, or the default one past the ranges).
-            cutover = legacy_upper(conn, table)
-            assert base < cutover <= base + 32 * DAY
-            legacy = f"partitions.{table}_legacy"
-            assert {holder(conn, table, i) for i, at in before[table] if at < cutover} == {legacy}
-            assert legacy not in {
-                holder(conn, table, i) for i, at in before[table] if at >= cutover
-            }
+            assert_cut_over_near_now(conn, table, before[table], base)
             kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (table,))
             assert kind.fetchone() == ("p",)
         # A row past the cutover and every range lands in the default partition.
@@ -234,6 +225,20 @@ def test_the_migration_keeps_every_row_both_ways(scratch_database: ScratchDataba
     with psycopg.connect(url, autocommit=True) as conn:
         for table in LOGS:
             assert ids(conn, table) == before[table]
+
+
+def assert_cut_over_near_now(
+    conn: psycopg.Connection[Any], table: str, rows: set[tuple[str, datetime]], base: datetime
+) -> datetime:
+    """The old table is the legacy partition up to the cutover, the start of the period after
+    now: its rows stay where they were, and those dated later moved to the partitions their
+    times say (a range, or the default one past the ranges). Returns the cutover."""
+    cutover = legacy_upper(conn, table)
+    assert base < cutover <= base + 32 * DAY
+    legacy = f"partitions.{table}_legacy"
+    assert {holder(conn, table, i) for i, at in rows if at < cutover} == {legacy}
+    assert legacy not in {holder(conn, table, i) for i, at in rows if at >= cutover}
+    return cutover
 
 
 def legacy_upper(conn: psycopg.Connection[Any], table: str) -> datetime:
@@ -362,13 +367,7 @@ def test_revision_0014_repairs_a_legacy_partition_bounded_far_ahead(
         for table in LOGS:
             assert ids(conn, table) == before[table]
             assert count(conn, f"SELECT count(*) FROM {table}") == len(before[table])
-            cutover = legacy_upper(conn, table)
-            assert base < cutover <= base + 32 * DAY
-            legacy = f"partitions.{table}_legacy"
-            assert {holder(conn, table, i) for i, at in before[table] if at < cutover} == {legacy}
-            assert legacy not in {
-                holder(conn, table, i) for i, at in before[table] if at >= cutover
-            }
+            cutover = assert_cut_over_near_now(conn, table, before[table], base)
             assert holder(conn, table, f"{table}-y2999") == f"partitions.{table}_default"
             insert(conn, table, f"{table}-new", cutover)
             suffix = "%Y%m%d" if table == "api_usage" else "%Y%m"
