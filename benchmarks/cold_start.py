@@ -149,8 +149,12 @@ HELLO = "hello world (FastAPI + Mangum)"
 BARE = "bare interpreter"
 CORE = "core to first query (shared.db + users.get)"
 PSYCOPG = "bare psycopg to first query"
-# Lambda's interpreter, not this venv's: the package must carry everything it imports.
+# Lambda's interpreter, not this venv's: the package must carry everything it imports. Started
+# without `site` (`-S`): the base interpreter's own site-packages (on this machine: click, which
+# httpx imports whenever it can, and a .pth run at every start) are not Lambda's, and a module
+# found only there would hide one missing from the package.
 PYTHON = getattr(sys, "_base_executable", sys.executable)
+NO_SITE = "-S"
 
 
 def run(
@@ -404,7 +408,7 @@ def _spawn(args: list[str], stdin: str | None, env: dict[str, str]) -> dict[str,
     line (with its own fields) when it prints one."""
     spawned = time.time()
     completed = subprocess.run(
-        [PYTHON, *args],
+        [PYTHON, NO_SITE, *args],
         input=stdin,
         env=env,
         cwd=env["PYTHONPATH"].split(os.pathsep)[0],
@@ -436,7 +440,7 @@ def _probe(module: str, event: dict[str, Any], env: dict[str, str]) -> dict[str,
 def _importtime(module: str, env: dict[str, str]) -> list[dict[str, Any]]:
     """The five top-level packages with the largest cumulative import time (`-X importtime`)."""
     completed = subprocess.run(
-        [PYTHON, "-X", "importtime", "-c", f"import {module}"],
+        [PYTHON, NO_SITE, "-X", "importtime", "-c", f"import {module}"],
         env=env,
         cwd=env["PYTHONPATH"].split(os.pathsep)[0],
         capture_output=True,
