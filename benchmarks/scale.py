@@ -237,7 +237,7 @@ def _hot_paths(
     monthly = replace(
         partitions.LAYOUTS["search_history"], table="bench_monthly_history", unit="month", ahead=2
     )
-    days = int(Settings.model_fields["retention_search_history_days"].default)
+    days = Settings.retention_search_history_days
     first = monthly.start(now - timedelta(days=days))
     conn.execute(
         "CREATE TABLE bench_monthly_history (LIKE search_history INCLUDING DEFAULTS) "
@@ -473,19 +473,14 @@ def _job(
     }
 
 
-def _batch_size() -> int | str:
-    """The cron's batch size (CRON_BATCH_SIZE), read from the settings' default."""
+def _batch_size() -> int:
+    """The cron's batch size: CRON_BATCH_SIZE, else the settings' default."""
     import os
 
-    value = os.environ.get("CRON_BATCH_SIZE")
-    if value:
-        return int(value)
-    try:
-        from shared.config import Settings
+    from shared.config import Settings
 
-        return int(Settings.model_fields["cron_batch_size"].default)
-    except (ImportError, KeyError, TypeError, ValueError):
-        return "default"
+    value = os.environ.get("CRON_BATCH_SIZE")
+    return int(value) if value else Settings.cron_batch_size
 
 
 def _legacy(ctx: Context, records: int) -> dict[str, Any]:

@@ -641,8 +641,8 @@ def _backup_store(args: argparse.Namespace, command: str) -> tuple[Any, str, str
             )
         os.environ.update(stack_env)  # this process only: the local S3 and its dummy keys
     # Not get_settings(): listing a bucket needs no DATABASE_URL.
-    prefix = os.environ.get("BACKUP_PREFIX") or Settings.model_fields["backup_prefix"].default
-    return s3_client(), os.environ["BACKUP_BUCKET"], str(prefix)
+    prefix = os.environ.get("BACKUP_PREFIX") or Settings.backup_prefix
+    return s3_client(), os.environ["BACKUP_BUCKET"], prefix
 
 
 def _db_backups(args: argparse.Namespace) -> int:

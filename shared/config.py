@@ -3,16 +3,24 @@
 A warm container keeps the parsed settings for its lifetime (`get_settings` is cached), so a
 request never pays for parsing the environment again. Errors name the variable, show an example
 and never echo the value itself: a malformed DATABASE_URL would otherwise leak its password.
+
+A plain dataclass read by a few lines of parsing, not a pydantic-settings model: building that
+model and importing pydantic cost a cold start 40-90 ms (`-X importtime`), and a cron or the
+core alone imports nothing else of pydantic. Values parse as pydantic's lax mode did (booleans:
+true/false, 1/0, yes/no, on/off, t/f, y/n in any case; integers may carry `_` and a `.0`), except
+that a number must be finite and written in ASCII digits.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Literal
-
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 EXAMPLES = {
     "DATABASE_URL": "postgresql://user:password@ep-cool-name-123-pooler.eu-central-1.aws.neon.tech/keyflash",
@@ -114,13 +122,23 @@ class ConfigurationError(RuntimeError):
     """A setting is missing or malformed; the message says which one and how to fix it."""
 
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+T = TypeVar("T")
 
 
-class Settings(BaseSettings):
-    """The core's configuration, read from the environment (names are the upper-case fields)."""
+def bounded(
+    default: T, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+) -> T:
+    """A field's default with the bounds `from_environ` checks (for text: its length)."""
+    bounds = (("ge", ge), ("gt", gt), ("le", le))
+    return field(default=default, metadata={kind: at for kind, at in bounds if at is not None})
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+@dataclass(frozen=True)
+class Settings:
+    """The core's configuration (`from_environ` reads it: the names are the upper-case fields).
+
+    Built directly (tests), only the rules across fields are checked; `from_environ` also checks
+    each value's type and bounds."""
 
     database_url: str
     direct_database_url: str | None = None
@@ -129,15 +147,15 @@ class Settings(BaseSettings):
     # the admin analytics and metrics read through ANALYTICS_DATABASE_URL when it is set.
     database_read_url: str | None = None
     analytics_database_url: str | None = None
-    replica_max_lag_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
+    replica_max_lag_ms: int = bounded(1000, ge=0, le=3_600_000)
     prepared_statements: PreparedStatements = PreparedStatements.AUTO
-    slow_query_ms: Annotated[int, Field(ge=0)] = 500
-    db_connect_timeout_s: Annotated[int, Field(ge=1, le=120)] = 10
-    db_statement_timeout_ms: Annotated[int, Field(ge=0)] = 15_000
-    db_retry_budget_s: PositiveFloat = 8.0
-    db_pool_size: Annotated[int, Field(ge=1, le=100)] = 1
-    db_idle_check_s: Annotated[float, Field(ge=0)] = 30.0
-    db_application_name: Annotated[str, Field(min_length=1, max_length=63)] = "keyflash"
+    slow_query_ms: int = bounded(500, ge=0)
+    db_connect_timeout_s: int = bounded(10, ge=1, le=120)
+    db_statement_timeout_ms: int = bounded(15_000, ge=0)
+    db_retry_budget_s: float = bounded(8.0, gt=0)
+    db_pool_size: int = bounded(1, ge=1, le=100)
+    db_idle_check_s: float = bounded(30.0, ge=0)
+    db_application_name: str = bounded("keyflash", ge=1, le=63)  # its length
 
     # HTTP functions
     app_env: Environment = Environment.DEVELOPMENT
@@ -150,7 +168,7 @@ class Settings(BaseSettings):
     # Upstash Redis (REST): cache and rate limits. The SDK has no request timeout; we set one.
     upstash_redis_rest_url: str | None = None
     upstash_redis_rest_token: str | None = None
-    redis_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    redis_timeout_s: float = bounded(1.0, gt=0, le=30)
     upstash_telemetry: bool = False
     privacy_mode: bool = False
     # Redis → Postgres migration phase (shared.storage): where users, usage and saved searches
@@ -172,18 +190,18 @@ class Settings(BaseSettings):
     # Billing and quotas (docs/original-app.md#tiers-trials-and-quotas): FREE is the 7-day trial,
     # PRO and ENTERPRISE are monthly.
     billing_enabled: bool = False
-    trial_keyword_limit: Annotated[int, Field(ge=0)] = 300
-    pro_monthly_limit: Annotated[int, Field(ge=0)] = 1000
-    enterprise_monthly_limit: Annotated[int, Field(ge=0)] = 10_000
+    trial_keyword_limit: int = bounded(300, ge=0)
+    pro_monthly_limit: int = bounded(1000, ge=0)
+    enterprise_monthly_limit: int = bounded(10_000, ge=0)
     # An organization's pooled quota (its members' searches in it), per UTC calendar month for
     # every tier (docs/organizations.md#team-quota).
-    org_free_monthly_limit: Annotated[int, Field(ge=0)] = 300
-    org_pro_monthly_limit: Annotated[int, Field(ge=0)] = 5000
-    org_enterprise_monthly_limit: Annotated[int, Field(ge=0)] = 50_000
+    org_free_monthly_limit: int = bounded(300, ge=0)
+    org_pro_monthly_limit: int = bounded(5000, ge=0)
+    org_enterprise_monthly_limit: int = bounded(50_000, ge=0)
 
     # Health: how long a container reuses its last database check, so monitors that probe
     # every minute do not keep a suspended Neon compute awake (?deep=true always checks).
-    health_db_max_age_s: Annotated[float, Field(ge=0)] = 600.0
+    health_db_max_age_s: float = bounded(600.0, ge=0)
     app_version: str = "1.0.0"
     keyword_api_provider: str = "mock"
 
@@ -192,7 +210,7 @@ class Settings(BaseSettings):
     clerk_jwks_url: str | None = None
     clerk_issuer: str | None = None
     clerk_authorized_parties: str = ""
-    clerk_leeway_s: Annotated[int, Field(ge=0, le=60)] = 5
+    clerk_leeway_s: int = bounded(5, ge=0, le=60)
     admin_user_ids: str = ""
     admin_role_claim: str = "metadata.role"
     admin_role_value: str = "admin"
@@ -202,13 +220,13 @@ class Settings(BaseSettings):
 
     # Keyword providers (shared/providers): Mock determinism and pacing, DataForSEO credentials.
     mock_provider_seed: int | None = None  # set: the same keyword always gets the same data
-    mock_provider_delay_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
+    mock_provider_delay_ms: int = bounded(0, ge=0, le=10_000)
     dataforseo_api_login: str | None = None
     dataforseo_api_password: str | None = None
     # DataForSEO's sandbox (https://sandbox.dataforseo.com) answers the same paths with dummy data.
     dataforseo_api_base_url: str = "https://api.dataforseo.com"
     # The account's budget, shared by every container (Google Ads Live: 12/min; 0: unmetered).
-    dataforseo_requests_per_minute: Annotated[int, Field(ge=0, le=10_000)] = 12
+    dataforseo_requests_per_minute: int = bounded(12, ge=0, le=10_000)
     # Google Ads API (KEYWORD_API_PROVIDER=google-ads): OAuth client, refresh token, developer
     # token and the account to ask (login customer id: the manager account, if any).
     google_ads_client_id: str | None = None
@@ -223,9 +241,9 @@ class Settings(BaseSettings):
     # else KEYWORDS_MAX_DURATION_S from the request's start) minus PROVIDER_DEADLINE_MARGIN_S
     # for the rest of the request. A reservation not confirmed within KEYWORD_RESERVATION_TTL_S
     # (longer than any invocation) is given back by the reconcile_reservations cron.
-    keywords_max_duration_s: Annotated[float, Field(gt=0, le=900)] = 20.0
-    provider_deadline_margin_s: Annotated[float, Field(ge=0, le=60)] = 3.0
-    keyword_reservation_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 300
+    keywords_max_duration_s: float = bounded(20.0, gt=0, le=900)
+    provider_deadline_margin_s: float = bounded(3.0, ge=0, le=60)
+    keyword_reservation_ttl_s: int = bounded(300, ge=60, le=86_400)
 
     # Stripe (docs/original-app.md#post-apicheckout, #stripe-webhook-handling): webhook signing
     # secret (whsec_…), API key and the PRO price id. STRIPE_API_BASE points checkout and the
@@ -236,75 +254,41 @@ class Settings(BaseSettings):
     stripe_api_base: str = "https://api.stripe.com"
 
     # Feature flags: how long a warm container reuses the flags it loaded (0: every request).
-    flags_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    flags_cache_seconds: float = bounded(30.0, ge=0, le=3600)
 
     # Crons (functions/cron, shared/cron). Vercel calls them with `Bearer $CRON_SECRET`; each run
     # works in batches of CRON_BATCH_SIZE rows and stops CRON_TIME_MARGIN_MS before its time
     # limit (Lambda's context says it; elsewhere CRON_MAX_DURATION_S is assumed).
     cron_secret: str | None = None
-    cron_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    cron_time_margin_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
-    cron_max_duration_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    cron_batch_size: int = bounded(1000, ge=1, le=100_000)
+    cron_time_margin_ms: int = bounded(10_000, ge=0, le=600_000)
+    cron_max_duration_s: float = bounded(300.0, gt=0, le=3600)
     # Stripe events the webhook could not apply are retried by the cron with exponential backoff
     # (base * 2^(attempts-1)) until they have been attempted this many times.
-    webhook_retry_max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
-    webhook_retry_base_delay_s: Annotated[float, Field(gt=0)] = 300.0
+    webhook_retry_max_attempts: int = bounded(10, ge=1, le=100)
+    webhook_retry_base_delay_s: float = bounded(300.0, gt=0)
     # Logical backups (the backup cron) go to s3://BACKUP_BUCKET/BACKUP_PREFIX…; the newest
     # BACKUP_KEEP are kept.
     backup_bucket: str | None = None
     backup_prefix: str = "keyflash/"
-    backup_keep: Annotated[int, Field(ge=1, le=1000)] = 7
+    backup_keep: int = bounded(7, ge=1, le=1000)
     # Data exports (POST /api/me/export, built by the exports cron) go to the same bucket under
     # EXPORT_PREFIX (beside, never inside, BACKUP_PREFIX); each is kept EXPORT_TTL_DAYS and
     # downloaded through a presigned URL valid EXPORT_URL_TTL_S. A user may ask for
     # EXPORT_REQUESTS_PER_HOUR exports an hour (one open at a time).
     export_prefix: str = "keyflash-exports/"
-    export_ttl_days: Annotated[int, Field(ge=1, le=90)] = 7
-    export_url_ttl_s: Annotated[int, Field(ge=60, le=86_400)] = 300
-    export_requests_per_hour: Annotated[int, Field(ge=1, le=1000)] = 5
+    export_ttl_days: int = bounded(7, ge=1, le=90)
+    export_url_ttl_s: int = bounded(300, ge=60, le=86_400)
+    export_requests_per_hour: int = bounded(5, ge=1, le=1000)
     # Retention (the prune cron), in days; 0 keeps rows forever. Webhook events: processed only.
-    retention_search_history_days: Annotated[int, Field(ge=0)] = 400
-    retention_api_usage_days: Annotated[int, Field(ge=0)] = 90
-    retention_webhook_events_days: Annotated[int, Field(ge=0)] = 30
-    retention_system_metrics_days: Annotated[int, Field(ge=0)] = 90
+    retention_search_history_days: int = bounded(400, ge=0)
+    retention_api_usage_days: int = bounded(90, ge=0)
+    retention_webhook_events_days: int = bounded(30, ge=0)
+    retention_system_metrics_days: int = bounded(90, ge=0)
 
     @property
     def is_production(self) -> bool:
         return self.app_env is Environment.PRODUCTION
-
-    @model_validator(mode="after")
-    def _separate_prefixes(self) -> Settings:
-        """Backup pruning deletes every folder under BACKUP_PREFIX it did not write, so exports
-        must live elsewhere in the bucket."""
-        backup, export = self.backup_prefix, self.export_prefix
-        if not export or export.startswith(backup) or backup.startswith(export):
-            raise ValueError(
-                "EXPORT_PREFIX must be a non-empty prefix outside BACKUP_PREFIX (and not "
-                "containing it), e.g. EXPORT_PREFIX=keyflash-exports/ with BACKUP_PREFIX=keyflash/"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _production_rules(self) -> Settings:
-        if self.is_production and self.rate_limit_enabled:
-            secret = self.rate_limit_hmac_secret or ""
-            if len(secret) < 32:
-                raise ValueError(
-                    "RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters in production"
-                )
-        if self.is_production and len(self.account_hmac_key or "") < 32:
-            raise ValueError(
-                "ACCOUNT_HMAC_SECRET (or RATE_LIMIT_HMAC_SECRET) must be set to at least 32 "
-                "characters in production: it keys the tombstones erasure keeps"
-            )
-        if self.storage_mode != "postgres" and not (
-            self.upstash_redis_rest_url and self.upstash_redis_rest_token
-        ):
-            raise ValueError(
-                f"STORAGE_MODE={self.storage_mode} keeps the original Redis layout up to date: "
-                "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or STORAGE_MODE=postgres)"
-            )
-        return self
 
     @property
     def account_hmac_key(self) -> str | None:
@@ -337,38 +321,145 @@ class Settings(BaseSettings):
     def admin_ids(self) -> frozenset[str]:
         return frozenset(i.strip() for i in self.admin_user_ids.split(",") if i.strip())
 
-    @field_validator(
-        "database_url", "direct_database_url", "database_read_url", "analytics_database_url"
-    )
+    def __post_init__(self) -> None:
+        broken = _broken_rules(self)
+        if broken:
+            raise ConfigurationError("; ".join(broken))
+
     @classmethod
-    def _postgres_scheme(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """The settings `environ` names (case-insensitively); every bad variable is explained."""
+        given = {name.lower(): value for name, value in environ.items()}
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        problems = []
+        for spec in fields(cls):
+            text = given.get(spec.name)
+            try:
+                if text is not None:
+                    values[spec.name] = _checked(spec, _parse(hints[spec.name], text))
+            except ValueError as error:
+                problems.append(f"{spec.name.upper()} is invalid ({error})")
+                continue
+            if values.get(spec.name) is None and spec.default is MISSING:
+                problems.append(f"{spec.name.upper()} is required")
+        if problems:
+            raise ConfigurationError("; ".join(_with_example(problem) for problem in problems))
+        return cls(**values)
+
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+_URL_FIELDS = ("database_url", "direct_database_url", "database_read_url", "analytics_database_url")
+
+
+def _parse(hint: Any, text: str) -> Any:
+    """`text` as a value of the field type `hint` (the types Settings uses)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        members = [member for member in get_args(hint) if member is not type(None)]
+        for member in members[:-1]:
+            try:
+                return _parse(member, text)
+            except ValueError:
+                pass
+        return _parse(members[-1], text)
+    if get_origin(hint) is Literal:
+        if text in get_args(hint):
+            return text
+        raise ValueError("must be " + _one_of(get_args(hint)))
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        try:
+            return hint(text)
+        except ValueError:
+            raise ValueError("must be " + _one_of([member.value for member in hint])) from None
+    if hint is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("must be true or false")
+    if hint is int:
+        digits = text.strip()
+        whole, dot, zeros = digits.partition(".")  # "10.0" is 10; "10." and "10.5" are not
+        if digits.isascii() and (not dot or (zeros != "" and not zeros.strip("0"))):
+            try:
+                return int(whole)
+            except ValueError:
+                pass
+        raise ValueError("must be a whole number")
+    if hint is float:
+        try:
+            number = float(text) if text.strip().isascii() else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError("must be a number")
+        return number
+    return text
+
+
+def _checked(spec: Field[Any], value: Any) -> Any:
+    """`value` within the field's bounds (text: its length); a database URL: a postgresql:// one
+    (empty: unset)."""
+    if spec.name in _URL_FIELDS:
+        scheme, separator, _ = value.partition("://")
+        if value == "":
             return None
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
+        if not separator or scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
             raise ValueError("must be a postgresql:// URL")
-        return value
+    measure, unit = (len(value), " characters") if isinstance(value, str) else (value, "")
+    bounds = spec.metadata
+    if "ge" in bounds and measure < bounds["ge"]:
+        raise ValueError(f"must be at least {bounds['ge']}{unit}")
+    if "gt" in bounds and measure <= bounds["gt"]:
+        raise ValueError(f"must be greater than {bounds['gt']}")
+    if "le" in bounds and measure > bounds["le"]:
+        raise ValueError(f"must be at most {bounds['le']}{unit}")
+    return value
 
 
-def _explain(error: ValidationError) -> str:
-    """One line per bad variable, naming it and showing an example, never the value."""
-    lines = []
-    for issue in error.errors():
-        if not issue["loc"]:  # a rule across variables: its message names them
-            lines.append(str(issue["msg"]).removeprefix("Value error, "))
-            continue
-        name = str(issue["loc"][0]).upper()
-        reason = "is required" if issue["type"] == "missing" else f"is invalid ({issue['msg']})"
-        example = EXAMPLES.get(name)
-        hint = f"; example: {name}={example}" if example else ""
-        lines.append(f"{name} {reason}{hint}")
-    return "; ".join(lines)
+def _one_of(choices: Any) -> str:
+    return "one of " + ", ".join(str(choice) for choice in choices)
+
+
+def _with_example(problem: str) -> str:
+    name = problem.split(" ", 1)[0]
+    example = EXAMPLES.get(name)
+    return f"{problem}; example: {name}={example}" if example else problem
+
+
+def _broken_rules(settings: Settings) -> list[str]:
+    """The rules across variables that `settings` breaks, each naming the variables."""
+    broken = []
+    backup, export = settings.backup_prefix, settings.export_prefix
+    # Backup pruning deletes every folder under BACKUP_PREFIX it did not write.
+    if not export or export.startswith(backup) or backup.startswith(export):
+        broken.append(
+            "EXPORT_PREFIX must be a non-empty prefix outside BACKUP_PREFIX (and not "
+            "containing it), e.g. EXPORT_PREFIX=keyflash-exports/ with BACKUP_PREFIX=keyflash/"
+        )
+    if (
+        settings.is_production
+        and settings.rate_limit_enabled
+        and len(settings.rate_limit_hmac_secret or "") < 32
+    ):
+        broken.append("RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters in production")
+    if settings.is_production and len(settings.account_hmac_key or "") < 32:
+        broken.append(
+            "ACCOUNT_HMAC_SECRET (or RATE_LIMIT_HMAC_SECRET) must be set to at least 32 "
+            "characters in production: it keys the tombstones erasure keeps"
+        )
+    if settings.storage_mode != "postgres" and not (
+        settings.upstash_redis_rest_url and settings.upstash_redis_rest_token
+    ):
+        broken.append(
+            f"STORAGE_MODE={settings.storage_mode} keeps the original Redis layout up to date: "
+            "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or STORAGE_MODE=postgres)"
+        )
+    return broken
 
 
 @cache
 def get_settings() -> Settings:
     """The container's settings, parsed on first use."""
-    try:
-        return Settings()  # values come from the environment
-    except ValidationError as error:
-        raise ConfigurationError(_explain(error)) from None
+    return Settings.from_environ(os.environ)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.config import ConfigurationError, PreparedStatements, get_settings
+from shared.config import ConfigurationError, PreparedStatements, Settings, get_settings
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +50,110 @@ def test_settings_are_read_once_per_container(monkeypatch: pytest.MonkeyPatch) -
     first = get_settings()
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@localhost/two")
     assert get_settings() is first
+
+
+BASE = {"DATABASE_URL": "postgresql://u:p@localhost/db"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "value"),
+    [
+        # pydantic's lax forms, which deployments may already use
+        ("BILLING_ENABLED", "yes", True),
+        ("BILLING_ENABLED", "TRUE", True),
+        ("BILLING_ENABLED", "t", True),
+        ("BILLING_ENABLED", "Off", False),
+        ("BILLING_ENABLED", "0", False),
+        ("SLOW_QUERY_MS", " 750 ", 750),
+        ("SLOW_QUERY_MS", "1_000", 1000),
+        ("SLOW_QUERY_MS", "+5", 5),
+        ("SLOW_QUERY_MS", "10.00", 10),
+        ("DB_RETRY_BUDGET_S", "2.5", 2.5),
+        ("DB_RETRY_BUDGET_S", "1e1", 10.0),
+        ("TRUST_PROXY", "cloudflare", "cloudflare"),
+        ("TRUST_PROXY", "no", False),
+        ("PREPARED_STATEMENTS", "on", PreparedStatements.ON),
+        ("STORAGE_MODE", "postgres", "postgres"),
+        ("MOCK_PROVIDER_SEED", "42", 42),
+        ("CLERK_JWT_KEY", "", ""),  # text is kept as given
+        ("DATABASE_READ_URL", "", None),  # an empty URL is an unset one
+        ("DB_APPLICATION_NAME", "x" * 63, "x" * 63),
+        ("REPLICA_MAX_LAG_MS", "3600000", 3_600_000),  # bounds are inclusive where they say so
+    ],
+)
+def test_values_parse_as_deployments_write_them(name: str, text: str, value: object) -> None:
+    settings = Settings.from_environ({**BASE, name: text})
+    assert getattr(settings, name.lower()) == value
+    assert type(getattr(settings, name.lower())) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        ("BILLING_ENABLED", " true", "must be true or false"),
+        ("BILLING_ENABLED", "2", "must be true or false"),
+        ("SLOW_QUERY_MS", "10.5", "must be a whole number"),
+        ("SLOW_QUERY_MS", "1e3", "must be a whole number"),
+        ("SLOW_QUERY_MS", "10.", "must be a whole number"),
+        ("SLOW_QUERY_MS", "१२", "must be a whole number"),  # int() would read Devanagari digits
+        ("SLOW_QUERY_MS", "", "must be a whole number"),
+        ("SLOW_QUERY_MS", "-1", "must be at least 0"),
+        ("DB_POOL_SIZE", "101", "must be at most 100"),
+        ("DB_RETRY_BUDGET_S", "0", "must be greater than 0"),
+        ("DB_RETRY_BUDGET_S", "inf", "must be a number"),  # pydantic took an endless budget
+        ("DB_IDLE_CHECK_S", "nan", "must be a number"),
+        ("REPLICA_MAX_LAG_MS", "3600001", "must be at most 3600000"),
+        ("TRUST_PROXY", "Cloudflare", "must be one of cloudflare"),
+        ("PREPARED_STATEMENTS", "ON", "must be one of auto, on, off"),
+        ("STORAGE_MODE", "redis", "must be one of dual, fallback, postgres"),
+        ("APP_ENV", "prod", "must be one of development, test, production"),
+        ("MOCK_PROVIDER_SEED", "", "must be a whole number"),
+        ("DB_APPLICATION_NAME", "", "must be at least 1 characters"),
+        ("DB_APPLICATION_NAME", "x" * 64, "must be at most 63 characters"),
+        ("DIRECT_DATABASE_URL", "POSTGRESQL://h/db", "must be a postgresql:// URL"),
+        ("DIRECT_DATABASE_URL", "postgresql:/h/db", "must be a postgresql:// URL"),
+    ],
+)
+def test_a_bad_value_names_its_variable_and_the_rule(name: str, text: str, reason: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ({**BASE, name: text})
+    assert f"{name} is invalid ({reason}" in str(caught.value)
+
+
+def test_an_empty_database_url_is_a_missing_one() -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_URL is required"):
+        Settings.from_environ({"DATABASE_URL": ""})
+
+
+def test_names_are_read_case_insensitively_and_unknown_ones_ignored() -> None:
+    settings = Settings.from_environ(
+        {"database_url": "postgresql://u:p@h/db", "Slow_Query_Ms": "9", "UNRELATED": "x"}
+    )
+    assert (settings.database_url, settings.slow_query_ms) == ("postgresql://u:p@h/db", 9)
+
+
+def test_every_bad_variable_is_listed_at_once() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ({"SLOW_QUERY_MS": "soon", "DB_POOL_SIZE": "0"})
+    problems = str(caught.value).split("; ")
+    assert [p.split(" ", 1)[0] for p in problems if " is " in p] == [
+        "DATABASE_URL",
+        "SLOW_QUERY_MS",
+        "DB_POOL_SIZE",
+    ]
+
+
+def test_rules_across_variables_hold_however_settings_are_built() -> None:
+    production = {**BASE, "APP_ENV": "production", "EXPORT_PREFIX": "keyflash/exports/"}
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ(production)
+    message = str(caught.value)
+    assert "EXPORT_PREFIX must be a non-empty prefix outside BACKUP_PREFIX" in message
+    assert "RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters" in message
+    assert "ACCOUNT_HMAC_SECRET (or RATE_LIMIT_HMAC_SECRET)" in message
+    with pytest.raises(ConfigurationError, match="STORAGE_MODE=dual keeps the original Redis"):
+        Settings(database_url="postgresql://u:p@h/db", storage_mode="dual")
+    secret = "s" * 32
+    assert Settings.from_environ(
+        {**BASE, "APP_ENV": "production", "RATE_LIMIT_HMAC_SECRET": secret}
+    ).is_production

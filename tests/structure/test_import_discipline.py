@@ -11,7 +11,8 @@ its import set is pinned:
 - in `STORAGE_MODE=postgres` (the default) the legacy Redis layer's schemas, mapping and store
   load only with `shared.storage`, the switch that uses them; the rate limiter needs only
   `shared.legacy.keys`;
-- crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers;
+- crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers; nor,
+  like the core alone, pydantic, but for the webhook retry, which validates Stripe events;
 - stripe-python is imported on first use, inside a function, and only by the modules pinned in
   STRIPE_ON_FIRST_USE (the Stripe webhook, and checkout and the billing portal through
   shared/http/stripe_sessions.py).
@@ -169,6 +170,19 @@ def test_function_imports_only_what_ships(module: str, cold_imports: dict[str, C
 
 def test_health_loads_no_orm_mappers(cold_imports: dict[str, ColdImport]) -> None:
     assert "shared.models" not in cold_imports["functions.health"].ours
+
+
+# pydantic validates request bodies and Stripe's objects. Settings are a plain dataclass, so the
+# core alone and every cron but the webhook retry (which validates Stripe events) load none of it.
+PYDANTIC = frozenset({"pydantic", "pydantic_core"})
+VALIDATES_STRIPE_EVENTS = "functions.cron.retry_webhooks"
+
+
+def test_the_core_and_the_crons_load_no_pydantic(cold_imports: dict[str, ColdImport]) -> None:
+    _, crons = discover_modules()
+    core = cold_import("shared.db, shared.repositories.users")
+    loaders = [core, *(cold_imports[cron] for cron in crons if cron != VALIDATES_STRIPE_EVENTS)]
+    assert [result.module for result in loaders if result.top_level & PYDANTIC] == []
 
 
 # The HTTP providers (and httpx with them) load when the configured provider is first used.
