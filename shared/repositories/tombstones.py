@@ -19,12 +19,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Subquery, any_, func, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    ColumnElement,
+    Subquery,
+    Text,
+    Update,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from shared.config import get_settings
 from shared.db import Conn
-from shared.models import AccountTombstone, User, UTCDateTime
+from shared.models import AccountTombstone, User
 from shared.quotas import trial_end
 from shared.telemetry import database_operation
 
@@ -67,20 +78,25 @@ def found_under(identity: ColumnElement[Any]) -> Subquery:
 # The user row was just created, by a statement whose snapshot may predate an erasure of the
 # same identity (an INSERT … ON CONFLICT that waited on the erased row's lock inserts after the
 # erasure commits, with the values it computed before): apply what that statement could not see.
-_SETTLE = text(
-    """
-    UPDATE users SET
-        "trialEndsAt" = LEAST(users."trialEndsAt", t.ends),
-        "keywordSearchesTotal" = GREATEST(users."keywordSearchesTotal",
-                                          t.used + users."keywordSearchesThisMonth")
-    FROM (SELECT min("trialEndsAt") AS ends, max("keywordsUsed") AS used
-          FROM account_tombstones WHERE key = ANY(:keys)) AS t
-    WHERE users.id = :id AND t.ends IS NOT NULL
-      AND (users."trialEndsAt" > t.ends
-           OR users."keywordSearchesTotal" < t.used + users."keywordSearchesThisMonth")
-    RETURNING users."keywordSearchesTotal", users."trialEndsAt"
-    """
-).columns(keywordSearchesTotal=Integer(), trialEndsAt=UTCDateTime())
+def _settle_statement() -> Update:
+    tombstone = found_under(bindparam("keys", type_=ARRAY(Text())))
+    used = tombstone.c.used + User.keyword_searches_this_month
+    return (
+        update(User)
+        .where(
+            User.id == bindparam("user_id"),
+            tombstone.c.ends.is_not(None),
+            or_(User.trial_ends_at > tombstone.c.ends, User.keyword_searches_total < used),
+        )
+        .values(
+            trial_ends_at=func.least(User.trial_ends_at, tombstone.c.ends),
+            keyword_searches_total=func.greatest(User.keyword_searches_total, used),
+        )
+        .returning(User.keyword_searches_total, User.trial_ends_at)
+    )
+
+
+_SETTLE = _settle_statement()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +109,11 @@ class Settled:
 def settle(conn: Conn, user_id: str, email: str) -> Settled | None:
     """For a user row its caller has just created: continue a tombstoned trial the creating
     statement could not see. None when there was nothing to apply (the usual case)."""
-    row = conn.session.execute(_SETTLE, {"id": user_id, "keys": keys(user_id, email)}).first()
+    row = conn.session.execute(
+        _SETTLE,
+        {"user_id": user_id, "keys": keys(user_id, email)},
+        execution_options={"synchronize_session": False},
+    ).first()
     return None if row is None else Settled(total=row[0], trial_ends_at=row[1])
 
 

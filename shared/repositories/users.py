@@ -3,10 +3,10 @@
 Every write is a single statement where one can do it, so concurrent Lambdas never lose updates:
 get-or-create is an `INSERT … ON CONFLICT`, usage is a conditional `UPDATE … RETURNING`.
 
-The request paths' hot statements (read by id, create, update, increment, monthly reset, the
-keyword reservation) are Core statements built and compiled once (`shared.db.HotStatement`),
-run on the driver connection; their rows become `User` objects without the ORM's loading
-machinery (`shared.repositories.rows`).
+The request paths' hot statements (read by id, create, get-or-create, update, increment, monthly
+reset, the keyword reservation) are Core statements built and compiled once
+(`shared.db.HotStatement`), run on the driver connection; their rows become `User` objects
+without the ORM's loading machinery (`shared.repositories.rows`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Integer,
     Subquery,
     Table,
@@ -29,7 +30,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     true,
     update,
 )
@@ -155,10 +155,13 @@ def _continuing_trial(values: dict[str, Any]) -> Subquery:
     return tombstone
 
 
-def _insert_from(table: Any, values: dict[str, Any], source: Subquery) -> Any:
-    """`INSERT INTO table (<values' columns>) SELECT <values> FROM source`."""
+def _insert_from(
+    table: Any, values: dict[str, Any], source: Subquery, *where: ColumnElement[bool]
+) -> Any:
+    """`INSERT INTO table (<values' columns>) SELECT <values> FROM source [WHERE where]`."""
     columns = _by_column(values)
-    return insert(table).from_select(list(columns), select(*columns.values()).select_from(source))
+    rows = select(*columns.values()).select_from(source).where(*where)
+    return insert(table).from_select(list(columns), rows)
 
 
 def _new_user_params(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
@@ -264,31 +267,25 @@ def get_by_email(conn: Conn, email: str) -> User | None:
     return conn.session.scalars(statement).one_or_none()
 
 
-# Read the row if it exists, else insert it; one statement, one round trip. When another
-# transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
-# this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
-# A new user continues the trial tombstoned under its keys, if any (`_continuing_trial`).
-_GET_OR_CREATE = text(
-    """
-    WITH existing AS (SELECT * FROM users WHERE id = :id),
-    tombstone AS (
-        SELECT min("trialEndsAt") AS ends, coalesce(max("keywordsUsed"), 0) AS used
-        FROM account_tombstones WHERE key = ANY(:tombstone_keys)
-    ),
-    inserted AS (
-        INSERT INTO users (id, email, tier, "monthlyResetAt", "createdAt", "updatedAt",
-                           "trialStartedAt", "trialEndsAt", "keywordSearchesTotal")
-        SELECT :id, :email, CAST(:tier AS "UserTier"), :monthly_reset_at, :created_at,
-               :updated_at, :trial_started_at, LEAST(:trial_ends_at, tombstone.ends),
-               tombstone.used
-        FROM tombstone
-        WHERE NOT EXISTS (SELECT 1 FROM existing)
-        ON CONFLICT (id) DO NOTHING
-        RETURNING *
+def _get_or_create_statement() -> HotStatement:
+    """Read the row if it exists, else insert it; one statement, one round trip. When another
+    transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
+    this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
+    A new user continues the trial tombstoned under its keys, if any (`_continuing_trial`).
+    Bound parameters: `_new_user_params`."""
+    existing = select(_USERS).where(_USERS.c.id == bindparam("p_id", type_=Text())).cte("existing")
+    values = _new_user_columns()
+    tombstone = _continuing_trial(values)
+    inserted = (
+        _insert_from(_USERS, values, tombstone, ~select(existing.c.id).exists())
+        .on_conflict_do_nothing(index_elements=[_USERS.c.id])
+        .returning(*_USERS.columns)
+        .cte("inserted")
     )
-    SELECT * FROM existing UNION ALL SELECT * FROM inserted
-    """
-)
+    return HotStatement(select(existing).union_all(select(inserted)))
+
+
+_GET_OR_CREATE = _get_or_create_statement()
 
 
 @database_operation("findOrCreateUser")
@@ -297,24 +294,21 @@ def get_or_create(conn: Conn, user_id: str, email: str, *, now: datetime | None 
 
     Runs outside a transaction (`db.run`): a lost race is resolved by re-running the statement.
     """
-    values = _new_user_values(user_id, email, UserTier.FREE, now or utcnow())
-    values["tier"] = UserTier.FREE.value
-    values["tombstone_keys"] = tombstones.keys(user_id, email)
-    statement = select(User).from_statement(_GET_OR_CREATE)
+    params = _new_user_params(user_id, email, UserTier.FREE, now or utcnow())
     email_conflict = False
     for _ in range(3):
         try:
-            user: User | None = conn.session.scalars(statement, values).one_or_none()
+            row = execute_hot(conn, _GET_OR_CREATE, params).fetchone()
         except IntegrityError as error:
             # ON CONFLICT covers only the id index: a racing insert of the same user can also
             # trip the email indexes. Re-run: the row is visible now if it is ours.
             if not _is_email_conflict(error):
                 raise
-            conn.session.rollback()
+            conn.rollback()
             email_conflict = True
             continue
-        if user is not None:
-            return user
+        if row is not None:
+            return _user_from(row)
     if email_conflict:
         raise EmailInUseError()
     raise RuntimeError(f"user {user_id} neither found nor created after 3 attempts")

@@ -16,8 +16,8 @@ its import set is pinned:
 - stripe-python is imported on first use, inside a function, and only by the modules pinned in
   STRIPE_ON_FIRST_USE (the Stripe webhook, and checkout and the billing portal through
   shared/http/stripe_sessions.py).
-- the org routes' layer loads only in the org functions; the STORAGE_MODE switch and the account
-  lifecycle only in the functions pinned in MAY_LOAD.
+- the STORAGE_MODE switch, the account lifecycle and the org routes' layer load only in the
+  functions pinned in MAY_LOAD (the org layer: the functions.org_* modules).
 
 Each module's import time is printed (`pytest -s` shows the table); it is never asserted on,
 since it depends on the machine.
@@ -261,26 +261,13 @@ def test_stripe_is_imported_on_first_use_by_the_pinned_modules_only() -> None:
     assert lazy == STRIPE_ON_FIRST_USE
 
 
-# The org routes' layer (access rule, org repository) loads only where an org route is served:
-# the org functions. Checkout and the billing portal serve the caller's own account; their org
-# twins take the org checks from shared.http.org_billing.
-ORG_ROUTE_LAYER = "shared.http.orgs"
-
-
-@pytest.mark.parametrize("module", _all_modules())
-def test_org_route_layer_loads_only_for_org_routes(
-    module: str, cold_imports: dict[str, ColdImport]
-) -> None:
-    if module.startswith("functions.org_"):
-        return
-    assert ORG_ROUTE_LAYER not in cold_imports[module].ours
-
-
 # The STORAGE_MODE switch (and with it, the legacy layer, the Upstash client and httpx) loads only
 # in the functions that read or write users or saved searches through it; the account lifecycle
 # (shared.accounts: erasure, Clerk's email rules) only where accounts are changed or erased.
 # Checkout needs neither: it reads the caller's row and asks only whether the email is a
-# placeholder (shared.repositories.users).
+# placeholder (shared.repositories.users). The org routes' layer (access rule, org repository)
+# only where an org route is served, the org functions: checkout and the billing portal serve
+# the caller's own account, and their org twins take the org checks from shared.http.org_billing.
 MAY_LOAD = {
     "shared.storage": frozenset(
         {
@@ -292,12 +279,11 @@ MAY_LOAD = {
         }
     ),
     "shared.accounts": frozenset({"functions.me", "functions.webhooks_clerk"}),
+    "shared.http.orgs": frozenset(m for m in _all_modules() if m.startswith("functions.org_")),
 }
 
 
 @pytest.mark.parametrize("layer", sorted(MAY_LOAD))
-def test_storage_switch_and_account_layer_load_only_where_used(
-    layer: str, cold_imports: dict[str, ColdImport]
-) -> None:
+def test_layer_loads_only_where_used(layer: str, cold_imports: dict[str, ColdImport]) -> None:
     loaders = {module for module, result in cold_imports.items() if layer in result.ours}
     assert loaders <= MAY_LOAD[layer], f"{sorted(loaders - MAY_LOAD[layer])} load {layer}"
