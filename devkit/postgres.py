@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -145,27 +146,35 @@ class LocalPostgres(Service):
         drop_database(self.url(), name)
 
     def _init_cluster(self) -> None:
+        """Make the cluster in a sibling folder and rename it into place once complete: a first
+        run stopped mid-initdb (Ctrl-C) leaves no half-made data dir for every later start to
+        fail on, only the sibling, which the next first run replaces."""
         if (self.data_dir / "PG_VERSION").exists():
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.chmod(0o700)
+        staging = self.data_dir.with_name(self.data_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        staging.chmod(0o700)
         if self._account is not None:
-            self._account.give(self.data_dir)
+            self._account.give(staging)
             allow_traversal(self.bin_dir)
-        self._create_cluster()
+        self._create_cluster(staging)
+        if self.data_dir.exists():
+            self.data_dir.rmdir()  # empty, or holding files we did not make: then refuse
+        staging.rename(self.data_dir)
 
-    def _create_cluster(self) -> None:
-        """Fill the empty data dir: a new cluster (a replica takes a base backup instead)."""
+    def _create_cluster(self, target: Path) -> None:
+        """Fill the empty folder `target`: a new cluster (a replica takes a base backup)."""
         try:
             self._run(
-                "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
+                "initdb", "-D", str(target), "-U", SUPERUSER, "--auth=trust",
                 "--encoding=UTF8", "--locale=C",
                 # Unicode-aware upper()/lower()/ILIKE without depending on the OS's locales.
                 "--locale-provider=builtin", "--builtin-locale=C.UTF-8",
                 "--no-instructions", *(["--no-sync"] if self.ephemeral else []),
             )  # fmt: skip
         except subprocess.CalledProcessError as error:
-            raise LocalPostgresError(f"initdb failed in {self.data_dir}: {error.stderr}") from None
+            raise LocalPostgresError(f"initdb failed in {target}: {error.stderr}") from None
 
     def _choose_port(self) -> int:
         """The port this data dir used last time if it is free, else a new one (remembered)."""
@@ -223,7 +232,7 @@ class LocalPostgres(Service):
             capture_output=True,  # safe with pg_ctl only because -l points the server elsewhere
             text=True,
             timeout=self.timeout + 10,
-            cwd=self.data_dir,
+            cwd=self.data_dir.parent,  # exists before the cluster does
             user=account.uid if account else None,
             group=account.gid if account else None,
             extra_groups=[] if account else None,

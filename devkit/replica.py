@@ -33,10 +33,10 @@ class LocalReplica(LocalPostgres):
         super().__init__(data_dir, ephemeral=ephemeral, timeout=timeout)
         self.primary_port = primary_port
 
-    def _create_cluster(self) -> None:
+    def _create_cluster(self, target: Path) -> None:
         try:
             self._run(
-                "pg_basebackup", "-D", str(self.data_dir), "-R", "-X", "stream",
+                "pg_basebackup", "-D", str(target), "-R", "-X", "stream",
                 "-h", LOOPBACK, "-p", str(self.primary_port), "-U", SUPERUSER,
                 "--checkpoint=fast", *(["--no-sync"] if self.ephemeral else []),
             )  # fmt: skip
@@ -45,7 +45,7 @@ class LocalReplica(LocalPostgres):
                 f"pg_basebackup from port {self.primary_port} failed: {error.stderr}"
             ) from None
         # The backup carries the primary's remembered port: keep ours, or pick a new one.
-        port_file = self.data_dir / PORT_FILE
+        port_file = target / PORT_FILE
         if self._port is not None:
             port_file.write_text(f"{self._port}\n")
         else:

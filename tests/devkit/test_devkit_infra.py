@@ -107,6 +107,26 @@ def test_local_postgres_start_failure_shows_the_server_log(data_dir: Path) -> No
     assert not server.is_running()
 
 
+class _InitdbStoppedMidway(LocalPostgres):
+    """Ctrl-C during a first run's initdb: the cluster is left without its control file."""
+
+    def _create_cluster(self, target: Path) -> None:
+        super()._create_cluster(target)
+        (target / "global" / "pg_control").unlink()
+        raise KeyboardInterrupt
+
+
+def test_a_first_run_stopped_during_initdb_leaves_nothing_the_next_start_trips_on(
+    data_dir: Path,
+) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        _InitdbStoppedMidway(data_dir, ephemeral=True).start()
+    assert not data_dir.exists()
+    with LocalPostgres(data_dir, ephemeral=True) as server:
+        assert _setting(server.url(), "server_version_num")
+    assert not data_dir.with_name(data_dir.name + ".partial").exists()
+
+
 def test_truncate_tables_empties_everything_but_alembic_version(
     scratch_database: Callable[[], str],
 ) -> None:
