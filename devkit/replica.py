@@ -19,6 +19,14 @@ import psycopg
 from devkit._host import LOOPBACK, wait_for
 from devkit.postgres import PORT_FILE, SUPERUSER, LocalPostgres, LocalPostgresError
 
+# A relation lock of the startup process: an AccessExclusiveLock the primary logged (DDL,
+# TRUNCATE, VACUUM truncating a table's empty tail), held until its transaction's end is replayed.
+_REPLAYED_LOCKS = """
+    SELECT FROM pg_locks JOIN pg_stat_activity USING (pid)
+    WHERE backend_type = 'startup' AND locktype = 'relation'
+    LIMIT 1
+"""
+
 
 class LocalReplica(LocalPostgres):
     """A hot standby of the local server at `primary_port`, in `data_dir`, on its own port.
@@ -69,8 +77,29 @@ class LocalReplica(LocalPostgres):
         return bool(row and row[0])
 
     def pause_replay(self) -> None:
-        """`pg_wal_replay_pause()`: WAL keeps arriving but is not applied (lag, for real)."""
-        self._sql("SELECT pg_wal_replay_pause()")
+        """`pg_wal_replay_pause()`: WAL keeps arriving but is not applied (lag, for real).
+
+        Never left paused holding a lock replayed from the primary: a session needing that
+        relation would wait until replay resumes, and for a catalog (autovacuum truncating
+        `pg_class`) that is every new connection, which then times out. While replay stopped
+        holding one, it replays on and pauses again."""
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+
+            def paused() -> bool:
+                row = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()
+                return bool(row and row[0] == "paused")
+
+            def paused_holding_no_lock() -> bool:
+                conn.execute("SELECT pg_wal_replay_pause()")
+                if not wait_for(paused, timeout=self.timeout):
+                    raise LocalPostgresError("replica replay did not pause")
+                if conn.execute(_REPLAYED_LOCKS).fetchone() is None:
+                    return True
+                conn.execute("SELECT pg_wal_replay_resume()")
+                return False
+
+            if not wait_for(paused_holding_no_lock, timeout=self.timeout):
+                raise LocalPostgresError("replica replay held a replayed lock at every pause")
 
     def resume_replay(self) -> None:
         self._sql("SELECT pg_wal_replay_resume()")

@@ -93,14 +93,16 @@ def get_engine() -> Engine:
     return _engine
 
 
-def get_read_engine(variable: str, url: str) -> Engine:
+def get_read_engine(variable: str, url: str, *, connect_timeout_s: int) -> Engine:
     """The cached engine of the read-only URL in `variable`, created on first use."""
     engine = _read_engines.get(variable)
     if engine is None:
         with _engine_lock:
             engine = _read_engines.get(variable)
             if engine is None:
-                engine = build_engine(get_settings(), url=url, variable=variable)
+                engine = build_engine(
+                    get_settings(), url=url, variable=variable, connect_timeout_s=connect_timeout_s
+                )
                 _read_engines[variable] = engine
     return engine
 
@@ -136,13 +138,20 @@ def prepared_statements_enabled(target: DatabaseTarget, mode: PreparedStatements
 
 
 def build_engine(
-    settings: Settings, *, url: str | None = None, variable: str = "DATABASE_URL"
+    settings: Settings,
+    *,
+    url: str | None = None,
+    variable: str = "DATABASE_URL",
+    connect_timeout_s: int | None = None,
 ) -> Engine:
     """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules;
-    `variable` names the setting in errors."""
+    `variable` names the setting in errors; `connect_timeout_s` caps DB_CONNECT_TIMEOUT_S."""
     target = parse_database_url(url or settings.database_url, variable=variable)
+    timeout_s = settings.db_connect_timeout_s
     connect_args: dict[str, Any] = {
-        "connect_timeout": settings.db_connect_timeout_s,
+        "connect_timeout": timeout_s
+        if connect_timeout_s is None
+        else min(timeout_s, connect_timeout_s),
         "application_name": settings.db_application_name,
     }
     if not prepared_statements_enabled(target, settings.prepared_statements):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,8 @@ def test_read_urls_follow_the_database_url_rules(monkeypatch: pytest.MonkeyPatch
     )
     get_settings.cache_clear()
     with pytest.raises(DatabaseUrlError) as refused:
-        db.get_read_engine("DATABASE_READ_URL", get_settings().database_read_url or "")
+        url = get_settings().database_read_url or ""
+        db.get_read_engine("DATABASE_READ_URL", url, connect_timeout_s=2)
     assert "DATABASE_READ_URL points at a transaction pooler" in str(refused.value)
     assert SECRET not in str(refused.value)
     get_settings.cache_clear()
@@ -160,6 +163,24 @@ def test_an_unreachable_read_url_costs_a_log_line_and_no_secret(
     assert db.read(one, analytics=analytics) == 1  # resting: no new attempt
     assert [(e["database"], e["reason"]) for e in fallbacks(caplog)] == [(variable, "down")] * 2
     assert SECRET not in caplog.text
+
+
+@pytest.mark.usefixtures("db_env")
+def test_a_read_url_that_never_answers_falls_back_within_the_replica_budget(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that takes the socket but never the session (a standby whose paused replay
+    holds a catalog lock): the connect gives up after the replica's 2 s, not after
+    DB_CONNECT_TIMEOUT_S."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        use(monkeypatch, DATABASE_READ_URL=f"postgresql://r@127.0.0.1:{port}/k")
+        caplog.set_level(logging.INFO, logger="keyflash")
+        started = time.monotonic()
+        assert db.read(one) == 1
+        elapsed = time.monotonic() - started
+    assert [e["reason"] for e in fallbacks(caplog)] == ["down"]
+    assert elapsed < get_settings().db_connect_timeout_s - 2
 
 
 @pytest.mark.usefixtures("db_env")
