@@ -4,11 +4,10 @@ A warm container keeps the parsed settings for its lifetime (`get_settings` is c
 request never pays for parsing the environment again. Errors name the variable, show an example
 and never echo the value itself: a malformed DATABASE_URL would otherwise leak its password.
 
-A plain dataclass read by a few lines of parsing, not a pydantic-settings model: building that
-model and importing pydantic cost a cold start 40-90 ms (`-X importtime`), and a cron or the
-core alone imports nothing else of pydantic. Values parse as pydantic's lax mode did (booleans:
-true/false, 1/0, yes/no, on/off, t/f, y/n in any case; integers may carry `_` and a `.0`), except
-that a number must be finite and written in ASCII digits.
+A plain dataclass read by a few lines of parsing, not a pydantic-settings model: that model
+cost the core alone a sixth of its cold start (pydantic's import and the model's build), and a
+cron or the core needs nothing else of pydantic. Values parse as pydantic's lax mode did
+(docs/core.md#configuration), except that a number must be finite.
 """
 
 from __future__ import annotations
