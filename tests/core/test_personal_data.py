@@ -459,6 +459,9 @@ def dual_mode(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Redis:
         RATE_LIMIT_ENABLED="true",
         RATE_LIMIT_HMAC_SECRET="r" * 32,
         RATE_LIMIT_REQUESTS_PER_HOUR="100",
+        # The checks SCAN and read the whole shared emulator, key by key: on a loaded machine
+        # one of those calls outlasted the default 1 s (httpx.ReadTimeout in the test's scan).
+        REDIS_TIMEOUT_S="10",
     )
     client = get_redis()
     assert client is not None
