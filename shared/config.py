@@ -21,6 +21,8 @@ from enum import StrEnum
 from functools import cache
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from shared.db_url import POSTGRES_SCHEMES
+
 EXAMPLES = {
     "DATABASE_URL": "postgresql://user:password@ep-cool-name-123-pooler.eu-central-1.aws.neon.tech/keyflash",
     "DIRECT_DATABASE_URL": "postgresql://user:password@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash",
@@ -338,12 +340,12 @@ class Settings:
                 if text is not None:
                     values[spec.name] = _checked(spec, _parse(hints[spec.name], text))
             except ValueError as error:
-                problems.append(f"{spec.name.upper()} is invalid ({error})")
+                problems.append(_problem(spec.name, f"is invalid ({error})"))
                 continue
             if values.get(spec.name) is None and spec.default is MISSING:
-                problems.append(f"{spec.name.upper()} is required")
+                problems.append(_problem(spec.name, "is required"))
         if problems:
-            raise ConfigurationError("; ".join(_with_example(problem) for problem in problems))
+            raise ConfigurationError("; ".join(problems))
         return cls(**values)
 
 
@@ -404,7 +406,7 @@ def _checked(spec: Field[Any], value: Any) -> Any:
         scheme, separator, _ = value.partition("://")
         if value == "":
             return None
-        if not separator or scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
+        if not separator or scheme not in POSTGRES_SCHEMES:
             raise ValueError("must be a postgresql:// URL")
     measure, unit = (len(value), " characters") if isinstance(value, str) else (value, "")
     bounds = spec.metadata
@@ -421,10 +423,11 @@ def _one_of(choices: Any) -> str:
     return "one of " + ", ".join(str(choice) for choice in choices)
 
 
-def _with_example(problem: str) -> str:
-    name = problem.split(" ", 1)[0]
+def _problem(field_name: str, reason: str) -> str:
+    """`NAME reason`, with the variable's example when there is one (never its value)."""
+    name = field_name.upper()
     example = EXAMPLES.get(name)
-    return f"{problem}; example: {name}={example}" if example else problem
+    return f"{name} {reason}; example: {name}={example}" if example else f"{name} {reason}"
 
 
 def _broken_rules(settings: Settings) -> list[str]:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg"})
+
 # The only startup parameters PgBouncer (and so Neon's pooler) accepts from clients.
 POOLER_STARTUP_PARAMETERS = frozenset(
     {"application_name", "client_encoding", "datestyle", "timezone", "standard_conforming_strings"}
@@ -80,7 +82,7 @@ def parse_database_url(url: str, *, variable: str = "DATABASE_URL") -> DatabaseT
     - A non-loopback host gets `sslmode=require` when none is given, and a weaker mode is refused.
     """
     parts = urlsplit(url)
-    if parts.scheme not in {"postgres", "postgresql", "postgresql+psycopg"}:
+    if parts.scheme not in POSTGRES_SCHEMES:
         raise DatabaseUrlError(f"{variable} must start with postgresql://")
     host = parts.hostname or ""
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
