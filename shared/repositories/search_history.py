@@ -15,8 +15,8 @@ from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
 from shared.repositories import api_usage, reservations
-from shared.repositories.pagination import Cursor, Page, keyset_page
-from shared.repositories.rows import db_time
+from shared.repositories.pagination import Cursor, Page
+from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
 
 _USER_FOREIGN_KEY = "search_history_userId_fkey"
@@ -121,16 +121,33 @@ def list_for_user(
     limit: int = 20,
     cursor: Cursor | None = None,
 ) -> Page[SearchHistory]:
-    """Newest first, keyset-paginated on (searchedAt, id) using the (userId, searchedAt) index."""
-    return keyset_page(
-        conn,
-        select(SearchHistory).where(SearchHistory.user_id == user_id),
-        time_column=SearchHistory.searched_at,
-        id_column=SearchHistory.id,
-        cursor_of=lambda row: (row.searched_at, row.id),
-        limit=limit,
-        cursor=cursor,
-    )
+    """Newest first, keyset-paginated on (searchedAt, id), one row more than a page to know
+    whether another follows.
+
+    Read through the server function `search_history_page` (revision 0015): planning this read
+    over every partition kept costs more than running it, and the server keeps the function's
+    plans per server connection, whether or not the client can prepare statements."""
+    params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+    if cursor is None:
+        params.update(before_at=None, before_id=None)
+    else:
+        params.update(before_at=db_time(cursor[0]), before_id=cursor[1])
+    rows = execute_hot(conn, _PAGE, params).fetchall()
+    items = [_row_from(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return Page(items=items, next_cursor=None)
+    last = items[-1]
+    return Page(items=items, next_cursor=(last.searched_at, last.id))
+
+
+_COLUMNS = list(SearchHistory.__table__.columns)
+_PAGE = HotStatement(
+    "SELECT "
+    + ", ".join(f'"{column.name}"' for column in _COLUMNS)
+    + " FROM search_history_page(%(user_id)s, %(limit)s, %(before_at)s::timestamp, "
+    "%(before_id)s::text)"
+)
+_row_from = RowMapper(SearchHistory, _COLUMNS)
 
 
 @database_operation("searchHistoryStats")

@@ -109,6 +109,9 @@ INEXPRESSIBLE: dict[str, dict[str, Any]] = {
         "definition": "CREATE UNIQUE INDEX report_provider_performance_key "
         "ON report_provider_performance USING btree (week, provider)",
     },
+    # A user's history page (migration 0015): Prisma has no functions.
+    "function search_history_page(p_user_id text, p_limit bigint, p_before_at timestamp "
+    "without time zone, p_before_id text)": {"kind": "f", "returns": "SETOF search_history"},
 }
 
 
@@ -258,5 +261,5 @@ def test_every_inexpressible_item_is_a_comment_in_the_schema() -> None:
         line for line in SCHEMA.read_text(encoding="utf-8").splitlines() if "//" in line
     )
     for key in INEXPRESSIBLE:
-        name = key.split(" ", 1)[1]
+        name = key.split(" ", 1)[1].split("(", 1)[0]  # a function by its name, not arguments
         assert name in comments, f"{name} is not explained in a comment of prisma/schema.prisma"

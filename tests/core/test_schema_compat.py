@@ -277,6 +277,13 @@ DOCUMENTED_ADDITIONS["index search_history_userId_searchedAt_stats_idx"] = {
     "definition": 'CREATE INDEX "search_history_userId_searchedAt_stats_idx" ON search_history '
     'USING btree ("userId", "searchedAt") INCLUDE (provider, "responseTime", "cacheHit")',
 }
+# A user's history page as a server function (migration 0015, docs/core.md#partitions): the
+# server keeps its plan per connection, so a client that does not prepare statements stops
+# planning the read over every partition kept. The table and its columns are unchanged.
+DOCUMENTED_ADDITIONS[
+    "function search_history_page(p_user_id text, p_limit bigint, p_before_at timestamp "
+    "without time zone, p_before_id text)"
+] = {"kind": "f", "returns": "SETOF search_history"}
 # Organizations (migration 0013, docs/organizations.md): two tables of our own, a nullable
 # `organizationId` on three tables, and one change: a team's saved search outlives its creator,
 # so `saved_searches."userId"` is nullable (the check keeps every search owned by someone).
