@@ -342,17 +342,23 @@ def _scale(data: dict[str, Any]) -> str:
             [
                 f"{kind}, {lane}",
                 hot[f"list_plain_{kind}_{lane}"],
-                f"{hot[f'list_partitioned_{kind}_{lane}']} "
-                f"(x{hot[f'list_partitioned_{kind}_{lane}_ratio']})",
-                f"{hot[f'list_monthly_{kind}_{lane}']} "
-                f"(x{hot[f'list_monthly_{kind}_{lane}_ratio']})",
-                f"{hot[f'list_partitioned_literal_{kind}_{lane}']} "
-                f"(x{hot[f'list_partitioned_literal_{kind}_{lane}_ratio']})",
+                *(
+                    f"{hot[f'list_{label}_{kind}_{lane}']} "
+                    f"(x{hot[f'list_{label}_{kind}_{lane}_ratio']})"
+                    + (" the app" if hot["app_list"] == label else "")
+                    for label in ("statement", "function", "monthly")
+                ),
             ]
             for kind in ("active", "light")
             for lane in ("prepared", "unprepared")
         ]
-        headers = ["account, statement", "plain", "by quarter", "by month", "quarter, LIMIT 21"]
+        headers = [
+            "account, lane",
+            "plain",
+            "by quarter, the statement",
+            "by quarter, search_history_page",
+            "by month, the statement",
+        ]
         out += table(headers, rows)
         generic = ", ".join(
             f"{label} {plan['rows_read']:,}" for label, plan in hot["generic_plan_active"].items()
