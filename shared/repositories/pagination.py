@@ -10,9 +10,10 @@ active account's rows (docs/performance.md#retention-by-partitions).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 Cursor = tuple[datetime, str]
@@ -24,3 +25,12 @@ class Page(Generic[T]):
 
     items: list[T]
     next_cursor: Cursor | None
+
+
+def page_of(
+    rows: Sequence[Any], limit: int, item_of: Callable[[Any], T], cursor_of: Callable[[T], Cursor]
+) -> Page[T]:
+    """The page in `rows`, fetched with one row more than `limit`: that extra row only says
+    another page exists (counted, never mapped), and the cursor is the page's last item's."""
+    items = [item_of(row) for row in rows[:limit]]
+    return Page(items=items, next_cursor=cursor_of(items[-1]) if len(rows) > limit else None)

@@ -36,7 +36,7 @@ from shared.db import Conn, HotStatement, driver_connection, execute_hot
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.models import SavedSearch, User, UTCDateTime
-from shared.repositories.pagination import Cursor, Page
+from shared.repositories.pagination import Cursor, Page, page_of
 from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
 
@@ -179,12 +179,7 @@ def list_for_user(
         params.update(p_after_time=db_time(cursor[0]), p_after_id=cursor[1])
     statement = _LIST if cursor is None else _LIST_AFTER
     rows = execute_hot(conn, statement, params).fetchall()
-    # The extra row only says another page exists: counted, never mapped.
-    items = [_summary_from(row) for row in rows[:limit]]
-    if len(rows) <= limit:
-        return Page(items=items, next_cursor=None)
-    last = items[-1]
-    return Page(items=items, next_cursor=(last.updated_at, last.id))
+    return page_of(rows, limit, _summary_from, lambda search: (search.updated_at, search.id))
 
 
 def _list_statement(*, after: bool) -> HotStatement:

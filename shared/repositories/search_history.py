@@ -15,7 +15,7 @@ from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import SearchHistory, UTCDateTime
 from shared.repositories import api_usage, reservations
-from shared.repositories.pagination import Cursor, Page
+from shared.repositories.pagination import Cursor, Page, page_of
 from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
 
@@ -133,11 +133,7 @@ def list_for_user(
     else:
         params.update(before_at=db_time(cursor[0]), before_id=cursor[1])
     rows = execute_hot(conn, _PAGE, params).fetchall()
-    items = [_row_from(row) for row in rows[:limit]]
-    if len(rows) <= limit:
-        return Page(items=items, next_cursor=None)
-    last = items[-1]
-    return Page(items=items, next_cursor=(last.searched_at, last.id))
+    return page_of(rows, limit, _row_from, lambda row: (row.searched_at, row.id))
 
 
 _COLUMNS = list(SearchHistory.__table__.columns)
