@@ -4,12 +4,17 @@
 time, so planning it considers every partition kept, and costs more than running it (about
 0.13 ms of 0.36-0.42 ms at 5M rows). A connection that cannot prepare statements (a
 transaction pooler without prepared-statement support, such as PgBouncer before 1.21:
-`PREPARED_STATEMENTS` resolves to off) planned it on every call, and one that can planned it on
-its first five (psycopg prepares a statement on its sixth run). PL/pgSQL keeps each of its
-queries' plans in the server connection, whichever client it serves, so through a pooler
-every client reuses the plans of the server connections it lands on. On a connection that
-prepares, the call measured about as fast as the prepared statement, so the app
-(`search_history.list_for_user`) calls it on every connection.
+`PREPARED_STATEMENTS` resolves to off) planned it on every call, and one that can on its first
+ten (psycopg prepares a statement on its sixth run, and the server makes five custom plans
+before it considers a generic one). PL/pgSQL keeps each of its queries' plans in the server
+connection, whichever client it serves (planned on their first five calls there), so through
+a pooler, whose server connections outlive the containers, every client reuses the plans of
+the server connections it lands on. On a connection that prepares, the call costs about as
+much as the prepared statement, so the app (`search_history.list_for_user`) calls it on every
+connection.
+
+It returns the parent table's row type (`SETOF public.search_history`), so it depends on that
+table: a migration that replaces the parent (as 0010 did) drops and recreates the function.
 
 `search_history_page(user, limit, before_at, before_id)`: the user's rows newest first
 (`"searchedAt" DESC, id DESC`), at most `limit`, only those before the cursor

@@ -195,7 +195,7 @@ def _list_statement(*, after: bool) -> HotStatement:
         .limit(bindparam("p_limit", type_=Integer()))
     )
     if after:
-        cursor = tuple_(  # a row comparison: one index range, as in pagination.keyset_page
+        cursor = tuple_(  # a row comparison: one index range (see shared.repositories.pagination)
             bindparam("p_after_time", type_=UTCDateTime()), bindparam("p_after_id", type_=Text())
         )
         statement = statement.where(tuple_(columns.updatedAt, columns.id) < cursor)

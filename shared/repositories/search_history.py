@@ -141,8 +141,8 @@ _PAGE = HotStatement(
     "SELECT "
     + ", ".join(f'"{column.name}"' for column in _COLUMNS)
     + " FROM search_history_page(%(user_id)s, %(limit)s, %(before_at)s::timestamp, "
-    "%(before_id)s::text)"
-)
+    '%(before_id)s::text) ORDER BY "searchedAt" DESC, id DESC'
+)  # the function returns them in that order; SQL promises an order only where it is written
 _row_from = RowMapper(SearchHistory, _COLUMNS)
 
 
