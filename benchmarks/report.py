@@ -364,7 +364,7 @@ def _scale(data: dict[str, Any]) -> str:
             f"{label} {plan['rows_read']:,}" for label, plan in hot["generic_plan_active"].items()
         )
         out += f"\n\nRows an active account's generic plan reads (EXPLAIN ANALYZE): {generic}."
-        settled = hot.get("function_rows_read", {})
+        settled = hot["function_rows_read"]
         out += (
             "\n\nRows `search_history_page` reads per call once the server connection's plan "
             "cache has settled (ten calls first; per-transaction statistics): "

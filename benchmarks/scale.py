@@ -305,6 +305,7 @@ def _hot_paths(
     }
     calls = 2_000 if users > 10_000 else 200
     timings: dict[str, list[float]] = {"insert_plain": [], "insert_partitioned": []}
+    warm = psycopg.ClientCursor(conn)
     for i in range(calls):
         accounts = {
             "active": "cscale" + str(1 + i % ACTIVE_ACCOUNTS).zfill(19),
@@ -316,7 +317,6 @@ def _hot_paths(
         # Each account's pages read once, untimed, first: the statement and the function read
         # the same partitions, and whichever came first paid the buffer misses of a light
         # account (a new one each call) for both, which biased the prepared lane's medians.
-        warm = psycopg.ClientCursor(conn)
         for user in accounts.values():
             for statement in LISTS.values():
                 warm.execute(statement, {"user": user, "limit": 21}).fetchall()
@@ -416,23 +416,33 @@ def _generic_plan(conn: psycopg.Connection[Any], statement: str, user: str) -> d
 
 
 def _rows_read_settled(conn: psycopg.Connection[Any], statement: str, user: str) -> int:
-    """Rows one call of `statement` reads from `search_history`'s partitions once the plan cache
-    of the server connection has settled (ten calls first: a plan is made per call for the
-    first five, then the generic one may be kept), counted by the server's per-transaction
-    statistics, which see into functions where EXPLAIN does not."""
+    """Rows one call of `statement` reads once the plan cache of the server connection has
+    settled (ten calls first: a plan is made per call for the first five, then the generic one
+    may be kept)."""
     params = {"user": user, "limit": 21}
     for _ in range(10):
         conn.execute(statement, params).fetchall()
-    counted = (
-        "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0) "
-        "FROM pg_stat_xact_user_tables WHERE relid IN "
-        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'search_history'::regclass)"
-    )
-    with conn.transaction():  # one server connection for the three, even through PgBouncer
-        before = conn.execute(counted).fetchone()
+    return history_rows_read(conn, statement, params)
+
+
+_HISTORY_ROWS_READ = (
+    "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0) "
+    "FROM pg_stat_xact_user_tables WHERE relid IN "
+    "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'search_history'::regclass)"
+)
+
+
+def history_rows_read(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> int:
+    """Rows one run of `statement` reads from `search_history`'s partitions, by index or
+    sequential scan: the server's per-transaction statistics, which see into functions where
+    EXPLAIN does not. One transaction: one server connection for the three, even through
+    PgBouncer."""
+    with conn.transaction():
+        before = conn.execute(_HISTORY_ROWS_READ).fetchone()
         conn.execute(statement, params).fetchall()
-        after = conn.execute(counted).fetchone()
-    return int(after[0] - before[0]) if before and after else -1
+        after = conn.execute(_HISTORY_ROWS_READ).fetchone()
+    assert before is not None and after is not None  # an aggregate always has its row
+    return int(after[0] - before[0])
 
 
 def _partition_count(conn: psycopg.Connection[Any], table: str) -> int:

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
+from benchmarks.scale import history_rows_read
 from shared import db
 from shared.errors import EmailInUseError, QuotaExceededError, UserNotFoundError
 from shared.models import UserTier
@@ -383,7 +384,7 @@ def test_history_list_reads_one_page_even_deep_in_an_active_account(
                 lambda conn: search_history.list_for_user(conn, "user_a", limit=20, cursor=c)
             )
         )
-        read = rows_read(admin_conn, sql, params)
+        read = history_rows_read(admin_conn, sql, params)
         assert read <= 20 + 1 + partitions[0], (cursor, read)
 
 
@@ -402,22 +403,6 @@ def sent_statement(call: Any) -> tuple[str, dict[str, Any]]:
         event.remove(engine, "before_cursor_execute", record)
     assert len(sent) == 1
     return sent[0]
-
-
-def rows_read(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> int:
-    """Rows `statement` read from `search_history`'s partitions, by index or sequential scan
-    (the server's per-transaction statistics: they see into functions, which EXPLAIN does not)."""
-    counted = (
-        "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0) "
-        "FROM pg_stat_xact_user_tables WHERE relid IN "
-        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'search_history'::regclass)"
-    )
-    with conn.transaction():
-        before = conn.execute(counted).fetchone()
-        conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
-        after = conn.execute(counted).fetchone()
-    assert before is not None and after is not None
-    return int(after[0] - before[0])
 
 
 def test_history_stats_totals_and_per_provider_in_one_query() -> None:
