@@ -779,13 +779,13 @@ def _only_in_postgres(client: Redis, batch_size: int) -> Iterator[Difference]:
 
 
 def reattach(client: Redis, user_ids: Sequence[str]) -> int:
-    """Reattach each user (`shared.storage.reattach_user`) and print what happened; 1 when
+    """Reattach each user (`shared.legacy.bridge.reattach_user`) and print what happened; 1 when
     Redis has no record of one of them."""
-    from shared import storage
+    from shared.legacy import bridge
 
     missing = 0
     for user_id in user_ids:
-        inserted = storage.reattach_user(client, user_id)
+        inserted = bridge.reattach_user(client, user_id)
         if inserted is None:
             missing += 1
             print(f"{keys.user(user_id)}: no such record in Redis")
@@ -862,12 +862,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         differences = verify(client, batch_size=args.batch_size, echo=print)
         print(f"{len(differences)} difference(s)")
         return 1 if differences else 0
-    from shared import storage
+    from shared.legacy import bridge
 
     if args.command == "reattach":
         return reattach(client, args.user_ids)
     while True:
-        summary = storage.repair_pending(client, limit=args.limit)
+        summary = bridge.repair_pending(client, limit=args.limit)
         print(
             f"repaired {summary.repaired}, failed {summary.failed}, skipped {summary.skipped}, "
             f"remaining {summary.remaining}"

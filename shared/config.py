@@ -292,6 +292,11 @@ class Settings:
         return self.app_env is Environment.PRODUCTION
 
     @property
+    def redis_configured(self) -> bool:
+        """Upstash is set up (URL and token): caches, rate limits and the legacy layout."""
+        return bool(self.upstash_redis_rest_url and self.upstash_redis_rest_token)
+
+    @property
     def account_hmac_key(self) -> str | None:
         """The tombstones' HMAC key: ACCOUNT_HMAC_SECRET, else RATE_LIMIT_HMAC_SECRET."""
         return self.account_hmac_secret or self.rate_limit_hmac_secret
@@ -451,9 +456,7 @@ def _broken_rules(settings: Settings) -> list[str]:
             "ACCOUNT_HMAC_SECRET (or RATE_LIMIT_HMAC_SECRET) must be set to at least 32 "
             "characters in production: it keys the tombstones erasure keeps"
         )
-    if settings.storage_mode != "postgres" and not (
-        settings.upstash_redis_rest_url and settings.upstash_redis_rest_token
-    ):
+    if settings.storage_mode != "postgres" and not settings.redis_configured:
         broken.append(
             f"STORAGE_MODE={settings.storage_mode} keeps the original Redis layout up to date: "
             "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN (or STORAGE_MODE=postgres)"

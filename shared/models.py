@@ -337,7 +337,7 @@ class SystemMetric(Base):
 
 
 class LegacyRepair(Base):
-    """Addition: the dual-write outbox (`shared.storage`), one row per legacy Redis key that
+    """Addition: the dual-write outbox (`shared.legacy.bridge`), one row per legacy Redis key that
     must still be made to match Postgres. Our own table: Prisma never reads or writes it."""
 
     __tablename__ = "legacy_repairs"
@@ -359,7 +359,7 @@ class LegacyRepair(Base):
 
 class LegacyCounterDelta(Base):
     """Addition: a usage increment (or a release, negative) still owed to the original app's
-    Redis counter `key` (`shared.storage`); applied once with INCRBY, then deleted. Our own
+    Redis counter `key` (`shared.legacy.bridge`); applied once with INCRBY, then deleted. Our own
     table: Prisma never reads or writes it."""
 
     __tablename__ = "legacy_counter_deltas"

@@ -3,7 +3,8 @@
 With SnapStart, Lambda runs a function's INIT once when a version is published, snapshots the
 memory and restores that snapshot for each new container. So:
 - INIT should do what a first request would otherwise do: the lazily imported modules (the ORM
-  mappers, which health never needs on demand) and the engine and settings objects;
+  mappers, which health never needs on demand; the `STORAGE_MODE` switch, which provisions a
+  function's first caller) and the engine and settings objects;
 - no socket may be in the snapshot: it would be long dead at restore, and shared by every
   container restored from it, so pooled database and Redis connections are closed before it
   (both reconnect on first use);
@@ -28,11 +29,15 @@ from shared import db, ids
 
 # Imported by requests on first use; in a snapshot they are paid for once, at publish time.
 WARM_MODULES = ("shared.repositories.api_usage", "shared.models")
+# And by a function that signs callers in, when it provisions its first one (`shared.auth`).
+PROVISIONING = "shared.storage"
 
 
 def warm() -> None:
     for name in WARM_MODULES:
         importlib.import_module(name)
+    if "shared.auth" in sys.modules:
+        importlib.import_module(PROVISIONING)
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()

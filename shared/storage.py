@@ -4,335 +4,125 @@
 docs/DATABASE.md plan):
 - `postgres` (default, phase 3): Postgres only, through `shared.repositories`; Redis keeps only
   caches and rate limits. Behaviour is exactly that of the repositories called directly.
-- `dual` (phase 1): writes go to both stores and reads come from Redis, in the original layout
-  (`shared.legacy`), so the TypeScript app, still reading and writing Redis, keeps working.
+- `dual` (phase 1): writes go to both stores and reads come from Redis, in the original layout,
+  so the TypeScript app, still reading and writing Redis, keeps working.
 - `fallback` (phase 2): writes as in dual; reads try Redis and use Postgres when the key is
-  missing or unreadable, or Redis fails. Redis keeps being written so that it never serves a
-  stale copy and the TypeScript app still works.
+  missing or unreadable, or Redis fails.
 
-Write policy in dual and fallback: **Postgres is the commit point.**
-1. The data change and a `legacy_repairs` row naming the Redis key commit in ONE transaction. If
-   Postgres fails, the request fails with 503 and nothing was written anywhere.
-2. Then, holding that row's lock, Postgres's current state is copied to Redis and the row is
-   deleted. If Redis fails (down, slower than `REDIS_TIMEOUT_S`, or holding a record the
-   original could not read, which is never overwritten), the row stays with the error and the
-   request still succeeds: the write is committed, and `repair_pending()` (`python -m
-   devkit.legacy repair`) copies it once Redis is back. A crash between 1 and 2 leaves the row
-   too. No write is ever lost silently; Redis may lag until the repair runs.
-Records are copied by state, so replaying one is harmless, and the row lock serialises the
-writers of a key, so an older state never lands after a newer one; a user record the original
-app rewrote between our read and our write is merged again (compare-and-set), not overwritten.
-Usage counters are the exception: the TypeScript app increments them too, so copying our count
-over them would erase its increments. Each reservation or release of ours records its delta
-(`legacy_counter_deltas`) in the transaction that changes the Postgres counter; `mirror_usage`
-then applies it with INCRBY under a once-only marker (a replay changes nothing), and Postgres
-learns the counter's value afterwards (GREATEST), so it counts what the original added too.
-
-Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
-behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
-demand: the user at sign-in, a saved search when it is updated or deleted. A legacy user whose
-address another account holds is imported under the placeholder email (`reattach_user`).
-Known limits: in dual mode a read can miss a write whose copy is still pending; the 50-search
-cap counts Postgres rows.
+This module is the switch and the postgres path. Dual and fallback, and everything that reads
+or writes the original's layout (reattaching a legacy user, erasing their keys), are in
+`shared.legacy.bridge`, with the write policy they follow. It is imported on first use: a
+container in postgres mode signs users in, counts usage and serves saved searches without
+loading the legacy layer or the Upstash client for it.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
-
-from sqlalchemy.exc import IntegrityError
-from upstash_redis import Redis
+from typing import Literal
 
 from shared import db
-from shared.clock import next_month_start, utcnow
-from shared.config import ConfigurationError, get_settings
-from shared.db import Conn, DatabaseUnavailableError
+from shared.clock import utcnow
+from shared.config import get_settings
+from shared.db import Conn
 from shared.errors import EmailInUseError, UserNotFoundError
-from shared.ids import new_uuid
-from shared.legacy import keys, mapping, store
-from shared.legacy.mapping import Counters
-from shared.legacy.schemas import LegacyRecordError, UserData
-from shared.models import SavedSearch, UserTier
+from shared.models import SavedSearch
 from shared.quotas import Limits, UsageView, usage_view
-from shared.redis import get_redis
-from shared.repositories import legacy_import, legacy_repairs, saved_searches, users
-from shared.repositories.legacy_repairs import Kind
-from shared.telemetry import log_event
+from shared.repositories import saved_searches, users
 
 Mode = Literal["dual", "fallback", "postgres"]
-T = TypeVar("T")
-_EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
-
-
-class LegacyStoreUnavailableError(DatabaseUnavailableError):
-    """Redis, the read source in dual mode, failed or holds a record the original could not
-    read. HTTP functions answer it like any store outage: 503 with `Retry-After`."""
 
 
 def mode() -> Mode:
     return get_settings().storage_mode
 
 
-def _client() -> Redis:
-    client = get_redis()
-    if client is None:  # Settings refuses this combination; kept for a clear message anyway
-        raise ConfigurationError(
-            f"STORAGE_MODE={mode()} needs UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN"
-        )
-    return client
-
-
-def _from_redis(read: Callable[[], T], what: str) -> T | None:
-    """A read from the legacy layout. Dual: a failure is a 503. Fallback: None (logged), and
-    the caller reads Postgres instead."""
-    try:
-        return read()
-    except LegacyRecordError as error:
-        reason = f"unreadable record: {error.reason}"
-    except store.REDIS_ERRORS as error:
-        reason = f"redis: {error}"
-    log_event("legacy_read_failed", level=logging.WARNING, what=what, mode=mode(), reason=reason)
-    if mode() == "dual":
-        raise LegacyStoreUnavailableError(f"legacy store failed reading {what}") from None
-    return None
-
-
-# --- the outbox: mark in the data transaction, then copy and clear ---------------------------
-
-
-def _copy(conn: Conn, entry_key: str, kind: str, user_id: str, client: Redis) -> None:
-    """Make the Redis side of `entry_key` match what Postgres has committed."""
-    if kind == "saved_search":
-        ids = keys.saved_search_ids_of(entry_key)
-        if ids is None:  # never written by this module; refused, not fatal to the repair loop
-            raise LegacyRecordError(entry_key, "not a saved-search:{userId}:{searchId} key")
-        search = legacy_repairs.saved_search_state(conn, *ids)
-        store.write_saved_search(client, ids[0], ids[1], search)
-        return
-    user = users.get(conn, user_id)
-    if kind == "erasure":
-        if user is None:  # Clerk never reuses an id: a row here would be a mistake to keep
-            store.erase_user_keys(client, user_id, None, None)
-        else:
-            log_event("legacy_erasure_skipped", level=logging.WARNING, reason="user exists")
-    elif user is not None:  # else nothing to copy; a Redis-only record is left as it is
-        store.write_user(client, user)
-
-
-def _sync_locked(conn: Conn, key: str, client: Redis, *, skip_locked: bool) -> bool | None:
-    """True: Redis matches and the mark is gone. False: Redis failed, the mark stays with the
-    reason. None: no mark (already synced) or, with `skip_locked`, another writer holds it."""
-    entry = legacy_repairs.lock(conn, key, skip_locked=skip_locked)
-    if entry is None:
-        return None
-    try:
-        _copy(conn, entry.key, entry.kind, entry.user_id, client)
-    except LegacyRecordError as error:
-        reason = f"legacy key left untouched: {error.reason}"
-    except store.REDIS_ERRORS as error:
-        reason = f"redis: {error}"
-    else:
-        legacy_repairs.clear(conn, key)
-        return True
-    legacy_repairs.record_failure(conn, key, reason)
-    log_event("legacy_mirror_failed", level=logging.WARNING, key=key, reason=reason)
-    return False
-
-
-def _sync(key: str) -> bool:
-    """After the data committed: copy it to Redis now. Never fails the request: when Redis or
-    Postgres fails here, the committed mark stays for the repair job."""
-    try:
-        client = _client()
-        outcome = db.transaction(lambda conn: _sync_locked(conn, key, client, skip_locked=False))
-        return outcome is not False
-    except DatabaseUnavailableError:
-        log_event("legacy_mirror_deferred", level=logging.WARNING, key=key)
-        return False
-
-
-def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Conn], None]:
-    return lambda conn: legacy_repairs.mark(conn, key, kind, user_id)
-
-
 # --- users ------------------------------------------------------------------------------------
-
-
-def _import_user(client: Redis, record: UserData, counters: Counters, now: datetime) -> None:
-    """Give a user only the TypeScript app knows a Postgres row; an existing row wins. When
-    another account holds their address, they are reattached (`reattach_user`)."""
-    row = mapping.user_row(record, counters, now)
-    try:
-        db.run(
-            lambda conn: legacy_import.upsert_users(conn, [row], overwrite=False), idempotent=True
-        )
-    except IntegrityError as error:
-        if _constraint(error) not in _EMAIL_CONSTRAINTS:
-            raise
-        reattached = _from_redis(
-            lambda: reattach_user(client, record.clerkUserId, now=now, loaded=(record, counters)),
-            "saved searches",
-        )
-        if reattached is None:  # fallback, Redis failed: the sign-in is refused as before
-            raise EmailInUseError() from None
-
-
-def _constraint(error: IntegrityError) -> str | None:
-    return getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-
-
-def reattach_user(
-    client: Redis,
-    user_id: str,
-    *,
-    now: datetime | None = None,
-    loaded: tuple[UserData, Counters] | None = None,
-) -> int | None:
-    """Import a legacy user whose address another account holds (the case-only duplicate the
-    backfill quarantined as a conflict) under their own Clerk id, with the placeholder email
-    `{id}@keyflash.local` and everything else as Redis has it: trial dates, tier, Stripe ids,
-    usage counters (so no second trial, no quota given back), and the saved searches their
-    index lists. The Clerk id is the proof of ownership: nothing of the other account is read
-    or changed, and the Redis record keeps its real address (the mirror never writes the
-    placeholder over it). One transaction; rows already there are kept, so a repeat changes
-    nothing; the searches an unreadable index hides, or that it does not list, come with the
-    backfill's next run (their owner now exists). Returns the saved searches inserted, or None
-    when Redis has no record of the user; raises `LegacyRecordError` for an unreadable one and
-    `RedisFailure`."""
-    now = now or utcnow()
-    record, counters = loaded or store.load_user(client, user_id, now)
-    if record is None:
-        return None
-    row = {**mapping.user_row(record, counters, now), "email": users.placeholder_email(user_id)}
-    try:
-        listed = store.list_saved_searches(client, user_id) or []
-    except LegacyRecordError as error:  # an unreadable index: the backfill's re-run copies them
-        log_event(
-            "legacy_record_skipped", level=logging.WARNING, key=error.key, reason=error.reason
-        )
-        listed = []
-    searches = [mapping.saved_search_row(r) for r in listed]
-
-    def work(conn: Conn) -> int:
-        legacy_import.upsert_users(conn, [row], overwrite=False)
-        return legacy_import.upsert_saved_searches(conn, searches, overwrite=False).inserted
-
-    inserted = db.transaction(work)
-    log_event("legacy_user_reattached", level=logging.WARNING, savedSearches=inserted)
-    return inserted
 
 
 def provision_user(user_id: str, email: str) -> None:
     """Make sure the signed-in user has a Postgres row (and, in dual/fallback, a Redis record).
 
-    A legacy user whose address another account holds is reattached (`reattach_user`), in
-    every mode while Redis still has their record. Raises `EmailInUseError` when another
-    account has the email and Redis has no record of this user.
+    A legacy user whose address another account holds is reattached
+    (`shared.legacy.bridge.reattach_user`), in every mode while Redis still has their record.
+    Raises `EmailInUseError` when another account has the email and Redis has no record of
+    this user.
     """
-    if mode() == "postgres":
-        try:
-            db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
-        except EmailInUseError:
-            if not _reattach_on_sign_in(user_id):
-                raise
-        return
-    now = utcnow()
-    client = _client()
-    loaded = _from_redis(lambda: store.load_user(client, user_id, now), "user")
-    record, counters = loaded or (None, Counters())
-    if record is not None:
-        _import_user(client, record, counters, now)
-        return
-    db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
-    # Marked after the get-or-create commits: if we crash in between, the next sign-in (Redis
-    # still missing the user) runs this again.
-    key = keys.user(user_id)
-    db.run(_mark(key, "user", user_id), idempotent=True)
-    _sync(key)
+    if mode() != "postgres":
+        from shared.legacy import bridge
 
-
-def _reattach_on_sign_in(user_id: str) -> bool:
-    """Postgres mode: whether the user could be reattached from the legacy keys still in Redis
-    (a Redis failure or an unreadable record answers no: the sign-in stays a 409)."""
-    client = get_redis()
-    if client is None:
-        return False
+        bridge.provision_user(user_id, email)
+        return
     try:
-        return reattach_user(client, user_id) is not None
-    except LegacyRecordError as error:
-        reason = f"unreadable record: {error.reason}"
-    except store.REDIS_ERRORS as error:
-        reason = f"redis: {error}"
-    log_event("legacy_reattach_failed", level=logging.WARNING, reason=reason)
-    return False
+        db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
+    except EmailInUseError:
+        if not get_settings().redis_configured:
+            raise
+        from shared.legacy import bridge
+
+        if not bridge.reattach_on_sign_in(user_id):
+            raise
 
 
 def mark_legacy_erasure(conn: Conn, user_id: str) -> None:
-    """In the erasure's own transaction: record that the user's legacy Redis keys must go.
+    """In the erasure's own transaction: record that the user's legacy Redis keys must go
+    (`shared.legacy.bridge.mark_erasure`). Without Redis configured there is nothing to delete."""
+    if get_settings().redis_configured:
+        from shared.legacy import bridge
 
-    Committed with the erasure, so a crash before `erase_legacy_user` has deleted the keys
-    leaves the mark for the repair job (a redelivered Clerk event is a duplicate and would not
-    finish it); increments still owed to the user's counters are dropped, the counters going
-    too. Without Redis configured there is nothing to delete, and nothing is marked.
-    """
-    if get_redis() is not None:
-        legacy_repairs.mark(conn, keys.erasure(user_id), "erasure", user_id)
-        legacy_repairs.drop_deltas(conn, user_id)  # the erasure deletes the counters
+        bridge.mark_erasure(conn, user_id)
 
 
 def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:
-    """After an erasure committed in Postgres: delete the user's legacy Redis keys, in any mode,
-    then clear the erasure's mark (see `mark_legacy_erasure`).
+    """After an erasure committed in Postgres: delete the user's legacy Redis keys, in any mode
+    (`shared.legacy.bridge.erase_user`). False when Redis failed and the repair job will."""
+    if not get_settings().redis_configured:
+        return True
+    from shared.legacy import bridge
 
-    Returns False when Redis failed; the deletion is then recorded in `legacy_repairs` and the
-    repair job erases the keys (the user row being gone). Without Redis configured there is
-    nothing to delete. Never raises for Redis; a Postgres outage while recording raises
-    `DatabaseUnavailableError` (one while clearing only leaves a mark the repair job clears).
-    """
-    client = get_redis()
-    if client is None:
-        return True
-    key = keys.erasure(user_id)
-    try:
-        store.erase_user_keys(client, user_id, email, stripe_customer_id)
-    except store.REDIS_ERRORS as error:
-        log_event("legacy_erase_deferred", level=logging.WARNING, reason=str(error))
-    else:
-        try:
-            db.run(lambda conn: legacy_repairs.clear(conn, key), idempotent=True)
-        except DatabaseUnavailableError:
-            log_event("legacy_erase_mark_kept", level=logging.WARNING, key=key)
-        return True
-    db.run(_mark(key, "erasure", user_id), idempotent=True)
-    return False
+    return bridge.erase_user(user_id, email, stripe_customer_id)
+
+
+def mirror_user(user_id: str) -> None:
+    """After a user row changed in Postgres outside this module (the email sync): copy it to
+    the legacy layout. A no-op in postgres mode."""
+    if mode() != "postgres":
+        from shared.legacy import bridge
+
+        bridge.mirror_user(user_id)
+
+
+def mark_user(conn: Conn, user_id: str) -> None:
+    """In the transaction that changes a user row outside this module (billing's tier and
+    Stripe ids): owe the legacy record a copy, committed with the change, so a crash before
+    `sync_user` leaves it to the repair job. A no-op in postgres mode."""
+    if mode() != "postgres":
+        from shared.legacy import bridge
+
+        bridge.mark_user(conn, user_id)
+
+
+def sync_user(user_id: str) -> None:
+    """After that change committed: copy the row to the legacy record now. Never fails the
+    caller. A no-op in postgres mode."""
+    if mode() != "postgres":
+        from shared.legacy import bridge
+
+        bridge.sync_user(user_id)
 
 
 # --- usage --------------------------------------------------------------------------------------
-
-
-def _legacy_usage_view(
-    record: UserData, counters: Counters, limits: Limits, now: datetime
-) -> UsageView:
-    """The original's rule: the trial has one counter for its whole window, pro a monthly one."""
-    if record.tier == "trial":
-        expired = now > record.trialExpiresAt
-        return UsageView(counters.trial or 0, limits.trial, None, expired)
-    return UsageView(counters.monthly or 0, limits.pro, next_month_start(now), False)
 
 
 def usage(user_id: str, limits: Limits, *, now: datetime | None = None) -> UsageView:
     """What the user has used against their tier's quota. Raises `UserNotFoundError`."""
     now = now or utcnow()
     if mode() != "postgres":
-        loaded = _from_redis(lambda: store.load_user(_client(), user_id, now), "user")
-        if loaded is not None and loaded[0] is not None:
-            return _legacy_usage_view(loaded[0], loaded[1], limits, now)
-        if mode() == "dual":
-            raise UserNotFoundError(user_id)
+        from shared.legacy import bridge
+
+        answer = bridge.usage(user_id, limits, now)
+        if answer is not None:
+            return answer.value
     user = db.run(lambda conn: users.get(conn, user_id), idempotent=True)
     if user is None:
         raise UserNotFoundError(user_id)
@@ -343,93 +133,19 @@ def count_legacy_usage(conn: Conn, user_id: str, delta: int, at: datetime) -> No
     """In the transaction that moved the user's Postgres counter by `delta` (a reservation, or
     a release when negative): record that the legacy counter owes it. A no-op in postgres mode.
     `mirror_usage` applies it after the commit."""
-    if mode() == "postgres" or delta == 0:
-        return
-    user = users.get(conn, user_id)
-    if user is not None:
-        key, expires_at = mapping.counter_target(user, at)
-        legacy_repairs.add_delta(conn, key, user_id, delta, expires_at)
+    if mode() != "postgres" and delta != 0:
+        from shared.legacy import bridge
+
+        bridge.count_usage(conn, user_id, delta, at)
 
 
 def mirror_usage(user_id: str) -> None:
-    """After a usage change committed: apply the user's owed deltas to the legacy counters and
-    let Postgres learn what the TypeScript app added. Never fails the request: what Redis (or
-    Postgres, here) refuses stays owed for the repair job. A no-op in postgres mode."""
-    if mode() == "postgres":
-        return
-    try:
-        client = _client()
-        db.transaction(lambda conn: _apply_owed(conn, user_id, client))
-    except DatabaseUnavailableError:
-        log_event("legacy_usage_deferred", level=logging.WARNING)
-
-
-def _apply_owed(conn: Conn, user_id: str, client: Redis) -> bool | None:
-    """True: every owed delta of the user was applied. False: Redis failed or a counter was
-    unreadable; those stay owed with the reason. None: nothing owed (or in use elsewhere)."""
-    owed = legacy_repairs.lock_deltas(conn, user_id)
-    if not owed:
-        return None
-    user = users.get(conn, user_id)
-    if user is None:  # erased meanwhile: the erasure deletes the counters, nothing to add
-        legacy_repairs.clear_deltas(conn, [d.id for d in owed])
-        return True
-    now = utcnow()
-    try:
-        values = store.apply_deltas(
-            client,
-            [(d.id, d.key, d.delta, mapping.counter_ttl(d.expires_at, now)) for d in owed],
-        )
-    except store.REDIS_ERRORS as error:
-        reason = f"redis: {error}"
-        legacy_repairs.fail_deltas(conn, [d.id for d in owed], reason)
-        log_event("legacy_usage_failed", level=logging.WARNING, reason=reason)
-        return False
-    applied = [d for d, value in zip(owed, values, strict=True) if value is not None]
-    unreadable = [d for d, value in zip(owed, values, strict=True) if value is None]
-    legacy_repairs.clear_deltas(conn, [d.id for d in applied])
-    if unreadable:
-        reason = "legacy key left untouched: usage counter is not a whole number"
-        legacy_repairs.fail_deltas(conn, [d.id for d in unreadable], reason)
-        for delta in unreadable:
-            log_event("legacy_usage_failed", level=logging.WARNING, key=delta.key, reason=reason)
-    current, _ = mapping.counter_target(user, now)
-    learned = [value for d, value in zip(owed, values, strict=True) if d.key == current]
-    if learned and learned[-1] is not None:
-        legacy_import.learn_counter(
-            conn, user_id, learned[-1], trial=user.tier is UserTier.FREE, now=now
-        )
-    return not unreadable
-
-
-def mirror_user(user_id: str) -> None:
-    """After a user row changed in Postgres outside this module (the email sync): copy it to
-    `user:{id}` and its index keys. A no-op in postgres mode."""
-    _mirror(keys.user(user_id), "user", user_id)
-
-
-def mark_user(conn: Conn, user_id: str) -> None:
-    """In the transaction that changes a user row outside this module (billing's tier and
-    Stripe ids): owe `user:{id}` a copy, committed with the change, so a crash before
-    `sync_user` leaves it to the repair job. A no-op in postgres mode."""
+    """After a usage change committed: apply the user's owed deltas to the legacy counters.
+    Never fails the request. A no-op in postgres mode."""
     if mode() != "postgres":
-        legacy_repairs.mark(conn, keys.user(user_id), "user", user_id)
+        from shared.legacy import bridge
 
-
-def sync_user(user_id: str) -> None:
-    """After that change committed: copy the row to `user:{id}` now (compare-and-set, merged
-    over what the TypeScript app stored). Never fails the caller. A no-op in postgres mode."""
-    if mode() != "postgres":
-        _sync(keys.user(user_id))
-
-
-def _mirror(key: str, kind: Kind, user_id: str) -> None:
-    """Mark, then copy. The mark commits on its own, after the caller's change: a crash in
-    between loses only this copy, and the next change to the same user repeats it."""
-    if mode() == "postgres":
-        return
-    db.run(_mark(key, kind, user_id), idempotent=True)
-    _sync(key)
+        bridge.mirror_usage(user_id)
 
 
 # --- saved searches ---------------------------------------------------------------------------
@@ -438,144 +154,53 @@ def _mirror(key: str, kind: Kind, user_id: str) -> None:
 def list_searches(user_id: str) -> list[SavedSearch]:
     """The user's searches, most recently updated first (at most 50)."""
     if mode() != "postgres":
-        client = _client()
-        records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
-        if records or mode() == "dual":
-            return [mapping.saved_search_from_record(record) for record in records or []]
+        from shared.legacy import bridge
+
+        listed = bridge.list_searches(user_id)
+        if listed is not None:
+            return listed.value
     page = db.run(lambda conn: saved_searches.list_for_user(conn, user_id), idempotent=True)
     return page.items
 
 
 def get_search(user_id: str, search_id: str) -> SavedSearch | None:
     if mode() != "postgres":
-        client = _client()
-        record = _from_redis(
-            lambda: store.read_saved_search(client, user_id, search_id), "saved search"
-        )
-        if record is not None:
-            return mapping.saved_search_from_record(record)
-        if mode() == "dual":
-            return None
+        from shared.legacy import bridge
+
+        found = bridge.get_search(user_id, search_id)
+        if found is not None:
+            return found.value
     return db.run(lambda conn: saved_searches.get(conn, user_id, search_id), idempotent=True)
 
 
 def create_search(user_id: str, search: saved_searches.NewSavedSearch) -> SavedSearch:
     """Save a search; raises `SavedSearchLimitError` at the cap."""
-    if mode() == "postgres":
-        return db.transaction(lambda conn: saved_searches.create(conn, user_id, search))
-    search_id = new_uuid()
-    key = keys.saved_search(user_id, search_id)
+    if mode() != "postgres":
+        from shared.legacy import bridge
 
-    def work(conn: Conn) -> SavedSearch:
-        created = saved_searches.create(conn, user_id, search, search_id=search_id)
-        legacy_repairs.mark(conn, key, "saved_search", user_id)
-        return created
-
-    created = db.transaction(work)
-    _sync(key)
-    return created
+        return bridge.create_search(user_id, search)
+    return db.transaction(lambda conn: saved_searches.create(conn, user_id, search))
 
 
 def update_search(
     user_id: str, search_id: str, *, name: str | None, description: str | None
 ) -> SavedSearch | None:
     """Rename or describe a search; None when the user has no such search."""
-    if mode() == "postgres":
-        return db.run(
-            lambda conn: saved_searches.update_search(
-                conn, user_id, search_id, name=name, description=description
-            )
-        )
-    key = keys.saved_search(user_id, search_id)
+    if mode() != "postgres":
+        from shared.legacy import bridge
 
-    def work(conn: Conn, imported: dict[str, Any] | None) -> SavedSearch | None:
-        if imported is not None:
-            legacy_import.upsert_saved_searches(conn, [imported], overwrite=False)
-        updated = saved_searches.update_search(
+        return bridge.update_search(user_id, search_id, name=name, description=description)
+    return db.run(
+        lambda conn: saved_searches.update_search(
             conn, user_id, search_id, name=name, description=description
         )
-        if updated is not None:
-            legacy_repairs.mark(conn, key, "saved_search", user_id)
-        return updated
-
-    updated = db.transaction(lambda conn: work(conn, None))
-    if updated is None:  # maybe only the TypeScript app has it: import it, then update
-        client = _client()
-        record = _from_redis(
-            lambda: store.read_saved_search(client, user_id, search_id), "saved search"
-        )
-        if record is None:
-            return None
-        row = mapping.saved_search_row(record)
-        updated = db.transaction(lambda conn: work(conn, row))
-    if updated is not None:
-        _sync(key)
-    return updated
+    )
 
 
 def delete_search(user_id: str, search_id: str) -> bool:
     """True when the user's search existed (in either store) and is now gone."""
-    if mode() == "postgres":
-        return db.run(lambda conn: saved_searches.delete_search(conn, user_id, search_id))
-    key = keys.saved_search(user_id, search_id)
+    if mode() != "postgres":
+        from shared.legacy import bridge
 
-    def work(conn: Conn) -> bool:
-        deleted = saved_searches.delete_search(conn, user_id, search_id)
-        if deleted:
-            legacy_repairs.mark(conn, key, "saved_search", user_id)
-        return deleted
-
-    if not db.transaction(work):
-        # Maybe only the TypeScript app has it; the original's test is index membership.
-        client = _client()
-        if not _from_redis(lambda: store.is_indexed(client, user_id, search_id), "saved search"):
-            return False
-        db.run(_mark(key, "saved_search", user_id), idempotent=True)
-    _sync(key)
-    return True
-
-
-# --- repair -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RepairSummary:
-    repaired: int
-    failed: int
-    skipped: int  # held by an in-flight request, which syncs it itself
-    remaining: int
-
-
-def pending_repairs() -> int:
-    """How many legacy keys still have to be made to match Postgres, and counter deltas
-    Redis still owes."""
-    return db.run(
-        lambda conn: legacy_repairs.count(conn) + legacy_repairs.count_deltas(conn), idempotent=True
-    )
-
-
-def repair_pending(client: Redis | None = None, *, limit: int = 500) -> RepairSummary:
-    """Copy Postgres's state to Redis for up to `limit` marked keys, oldest first, then apply
-    the owed counter deltas of up to `limit` users (each user counts as one repair).
-
-    Safe to run at any time and concurrently with requests (rows in use are skipped).
-    """
-    client = client or _client()
-    outcomes: list[bool | None] = []
-    for key in db.run(lambda conn: legacy_repairs.pending(conn, limit=limit), idempotent=True):
-
-        def repair(conn: Conn, key: str = key) -> bool | None:
-            return _sync_locked(conn, key, client, skip_locked=True)
-
-        outcomes.append(db.transaction(repair))
-    for user_id in db.run(
-        lambda conn: legacy_repairs.users_owing_deltas(conn, limit=limit), idempotent=True
-    ):
-
-        def apply(conn: Conn, user_id: str = user_id) -> bool | None:
-            return _apply_owed(conn, user_id, client)
-
-        outcomes.append(db.transaction(apply))
-    repaired, failed = outcomes.count(True), outcomes.count(False)
-    skipped = len(outcomes) - repaired - failed
-    return RepairSummary(repaired, failed, skipped, pending_repairs())
+        return bridge.delete_search(user_id, search_id)
+    return db.run(lambda conn: saved_searches.delete_search(conn, user_id, search_id))

@@ -8,7 +8,7 @@ expiry, in batches, each batch one statement (`shared.repositories.reservations`
 or to the organization whose pooled quota a team search reserved. A killed
 search's keywords are therefore back within TTL + 5 minutes. During the Redis migration
 (STORAGE_MODE dual or fallback) the original app's usage counters get a personal give-back
-too, as an owed delta applied by INCRBY (`shared.storage`), never by copying our count over
+too, as an owed delta applied by INCRBY (`shared.legacy.bridge`), never by copying our count over
 theirs (teams have no legacy counters).
 """
 

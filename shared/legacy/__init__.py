@@ -1,13 +1,15 @@
 """The original app's Redis layout as code: keys, record schemas, mapping, reads and writes.
 
 The TypeScript app kept users, usage counters and saved searches in Redis
-(docs/original-app.md#redis-layout). This package is that layout, so the migration
-(`shared.storage`, `devkit.legacy`) and erasure can read and write it exactly as the original did.
-Nothing here decides *when* Redis is used: that is `STORAGE_MODE` in `shared.storage`.
+(docs/original-app.md#redis-layout). This package is that layout, so the migration and erasure
+can read and write it exactly as the original did, and `bridge`, which keeps it in step with
+Postgres in the migration's dual and fallback modes (`STORAGE_MODE`, switched in
+`shared.storage`; the backfill and repair commands are `devkit.legacy`).
 
 Importing the package imports none of its modules: the rate limiter needs only `keys`, and a
-function in `STORAGE_MODE=postgres` never loads the record schemas or the store. The names below
-are loaded from their module on first use.
+function in `STORAGE_MODE=postgres` never loads the record schemas, the store or the bridge
+(unless a sign-in or an erasure touches legacy keys). The names below are loaded from their
+module on first use.
 """
 
 from __future__ import annotations

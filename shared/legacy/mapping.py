@@ -168,7 +168,7 @@ def user_record(user: User, existing: UserData | None) -> dict[str, Any]:
 
 
 def keeps_stored_email(user: User, existing: UserData) -> bool:
-    """A reattached user (`shared.storage.reattach_user`) has the placeholder in Postgres
+    """A reattached user (`shared.legacy.bridge.reattach_user`) has the placeholder in Postgres
     because another account holds their address; Redis keeps their real one, and the `email:`
     index keeps naming the other account."""
     return is_placeholder(user.email) and not is_placeholder(existing.email)

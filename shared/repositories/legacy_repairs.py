@@ -1,7 +1,7 @@
 """The dual-write outbox: one row per legacy Redis key that must be made to match Postgres.
 
 A writer marks the key in the same transaction as its data change, then makes Redis match and
-clears the mark (`shared.storage`). The mark survives whatever goes wrong in between (Redis
+clears the mark (`shared.legacy.bridge`). The mark survives whatever goes wrong in between (Redis
 down, a crash), so no write is ever lost silently; the repair job replays what is left.
 Records are replayed by copying Postgres's *current* state. Usage counters, which the original
 app increments too, are never copied: each change is a delta row (`legacy_counter_deltas`)

@@ -35,7 +35,7 @@ PRISMA_TABLES = {
     "feature_flags",
     "system_metrics",
 }
-# the dual-write outbox and owed counter deltas (shared.storage); cron leases and daily search
+# the dual-write outbox and owed counter deltas (shared.legacy.bridge); cron leases and daily search
 # rollups (shared.cron); erased Stripe customers (shared.billing); keyword reservations; the
 # erasure's tombstones; asynchronous data exports (shared.exports)
 OUR_TABLES = {

@@ -66,7 +66,7 @@ DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
     },
 }
 # Our own table (Prisma never reads or writes it): the dual-write outbox of the Redis →
-# Postgres migration (shared.storage). Its columns may be NOT NULL: no Prisma INSERT names it.
+# Postgres migration (shared.legacy.bridge). Its columns may be NOT NULL: no Prisma INSERT names it.
 DOCUMENTED_ADDITIONS.update(
     {
         "table legacy_repairs": {"kind": "table"},
@@ -88,7 +88,7 @@ DOCUMENTED_ADDITIONS.update(
         "index legacy_repairs_userId_idx": {"table": "legacy_repairs"},
     }
 )
-# Usage increments still owed to the original app's Redis counters (shared.storage), our own.
+# Usage increments still owed to the original app's Redis counters (shared.legacy.bridge), our own.
 DOCUMENTED_ADDITIONS.update(
     {
         "table legacy_counter_deltas": {"kind": "table"},

@@ -28,11 +28,14 @@ stand_in.register_before_snapshot = lambda fn: hooks["before"].append(fn) or fn
 stand_in.register_after_restore = lambda fn: hooks["after"].append(fn) or fn
 sys.modules["snapshot_restore_py"] = stand_in
 
-import functions.health  # INIT
+import importlib
+importlib.import_module(sys.argv[1])  # INIT
 from sqlalchemy import text
 from shared import db, ids
 
 warmed = "shared.models" in sys.modules
+watched = ("shared.storage", "shared.legacy.bridge", "upstash_redis")
+loaded = [name for name in watched if name in sys.modules]
 pooled = db.get_engine().raw_connection()
 driver = pooled.driver_connection
 pooled.close()  # back to the pool, still open
@@ -69,6 +72,7 @@ def restored(run_hooks):
 print("@@" + json.dumps({
     "hooks": [len(hooks["before"]), len(hooks["after"])],
     "warmed": warmed,
+    "loaded": loaded,
     "open_before": open_before,
     "closed_by_hooks": closed_by_hooks,
     "restored": [restored(True), restored(True)],
@@ -77,9 +81,9 @@ print("@@" + json.dumps({
 """
 
 
-def _emulate(env: dict[str, str]) -> dict[str, object]:
+def _emulate(env: dict[str, str], module: str = "functions.health") -> dict[str, object]:
     completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", SCRIPT, module],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -119,3 +123,16 @@ def test_an_ordinary_cold_start_does_not_warm(db_env: str) -> None:
     result = _emulate(env)
     assert result["hooks"] == [1, 1]
     assert result["warmed"] is False, "health loads no ORM mappers unless a snapshot is taken"
+
+
+def test_a_snapshot_of_a_signing_in_function_holds_the_storage_switch_not_the_legacy_layer(
+    db_env: str,
+) -> None:
+    """The first caller of a function that authenticates is provisioned through
+    `shared.storage`: a snapshot pays for it at publish time. In postgres mode that switch
+    needs neither the legacy bridge nor the Upstash SDK (history reads no Redis)."""
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "STORAGE_MODE": "postgres"}
+    snap = _emulate({**base, "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}, "functions.history")
+    assert snap["loaded"] == ["shared.storage"]
+    cold = _emulate({**base, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}, "functions.history")
+    assert cold["loaded"] == [], "an ordinary cold start loads the switch on first use"

@@ -31,8 +31,8 @@ from upstash_redis import Redis
 
 from devkit import events
 from devkit._host import wait_for
-from shared import config, redis, storage
-from shared.legacy import keys
+from shared import config, redis
+from shared.legacy import bridge, keys
 from tests.support.clerk_events import SECRET as CLERK_SECRET
 from tests.support.clerk_events import signed_headers
 from tests.support.cron import count, rows
@@ -419,7 +419,7 @@ def test_clerk_user_deleted_killed_after_commit_still_erases_the_legacy_keys(
     again = deliver_clerk(call, "user.deleted", data, msg_id)
     assert again.json == {"received": True, "duplicate": True}
     # ... and the repair job finishes what the dead container could not.
-    summary = storage.repair_pending()
+    summary = bridge.repair_pending()
     assert (summary.repaired, summary.remaining) == (1, 0)
     assert legacy_keys_of(client, "user_k") == []
     assert not client.exists(keys.email("k@x.io"))

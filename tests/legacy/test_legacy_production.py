@@ -436,7 +436,7 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
     monkeypatch: pytest.MonkeyPatch,
     name: str,
 ) -> None:
-    from shared import storage
+    from shared.legacy import bridge
 
     mode(monkeypatch, name)
     uid = new_user()
@@ -488,7 +488,7 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
     assert 0 < original.ttl(counter) <= 31 * 86_400
     members = {m.decode() for m in original.smembers(keys.saved_searches(uid))}
     assert members == set(ts_ids) | set(ours)
-    assert storage.pending_repairs() == 0
+    assert bridge.pending_repairs() == 0
 
 
 @pytest.mark.parametrize("name", ["dual", "fallback"])
@@ -507,6 +507,7 @@ def test_the_reconcile_cron_gives_back_to_both_stores_while_the_original_app_cou
     from shared.config import get_settings
     from shared.cron import reservations as reconcile
     from shared.cron.runner import run_job
+    from shared.legacy import bridge
     from shared.quotas import Limits
     from shared.repositories import reservations, users
 
@@ -568,7 +569,7 @@ def test_the_reconcile_cron_gives_back_to_both_stores_while_the_original_app_cou
         uid,
     ) == [(total, total)]  # Postgres gave back ours and learned the original's
     assert sql(direct_database_url, "SELECT count(*) FROM keyword_reservations") == [(0,)]
-    assert storage.pending_repairs() == 0
+    assert bridge.pending_repairs() == 0
     again = run_job(reconcile.JOB, now=now + timedelta(minutes=15))
     assert again["processed"] == 0 and int(original.get(counter) or 0) == total
 
@@ -578,7 +579,7 @@ def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
 ) -> None:
     """Compare-and-set: a record changed between our read and our write is read again."""
     from shared import storage
-    from shared.legacy import store
+    from shared.legacy import bridge, store
 
     mode(monkeypatch, "dual")
     uid = new_user()
@@ -599,7 +600,7 @@ def test_a_user_record_the_original_rewrites_is_merged_not_overwritten(
     stored = original.get(keys.user(uid))
     assert stored is not None and rewritten == [keys.user(uid)]
     assert parse_user(keys.user(uid), stored.decode()).keywordsUsedThisMonth == 7
-    assert storage.pending_repairs() == 0
+    assert bridge.pending_repairs() == 0
 
 
 def _subscription_event(name: str, uid: str, status: str, created: int) -> str:
@@ -638,8 +639,7 @@ def test_a_stripe_tier_change_reaches_the_original_record_keeping_what_it_wrote(
     from starlette.testclient import TestClient
 
     from functions import webhooks_stripe
-    from shared import storage
-    from shared.legacy import store
+    from shared.legacy import bridge, store
 
     secret = "whsec_legacy_billing"
     monkeypatch.setenv("BILLING_ENABLED", "true")
@@ -689,17 +689,17 @@ def test_a_stripe_tier_change_reaches_the_original_record_keeping_what_it_wrote(
     assert pro.keywordsUsedThisMonth == 9  # the original's write is kept
     assert (pro.email, iso_ms(pro.trialStartedAt)) == (record["email"], record["trialStartedAt"])
     assert original.get(keys.stripe(f"cus_{uid}")) == uid.encode()
-    assert storage.pending_repairs() == 0
+    assert bridge.pending_repairs() == 0
 
     # Redis down: the event still succeeds (Postgres committed), the copy stays owed.
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")
     reload()
     assert deliver(_subscription_event("canceled", uid, "canceled", now + 60)) == 200
-    assert storage.pending_repairs() == 1
+    assert bridge.pending_repairs() == 1
     assert stored().tier == "pro"
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)
     reload()
-    summary = storage.repair_pending()
+    summary = bridge.repair_pending()
     assert (summary.repaired, summary.remaining) == (1, 0)
     canceled = stored()
     assert (canceled.tier, canceled.subscriptionStatus) == ("trial", "canceled")
@@ -721,8 +721,7 @@ def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
     reached Redis. Every request still succeeds (the SDK's pipeline raises AttributeError on
     the emulator's error page: a Redis failure like any other); once Redis is back (empty, as
     after a crash without persistence), the repair job makes it whole again."""
-    from shared import storage
-    from shared.legacy import store
+    from shared.legacy import bridge, store
 
     with LocalRedis(tmp_path / "redis") as local, UpstashEmulator(local.url) as up:
         monkeypatch.setenv("UPSTASH_REDIS_REST_URL", up.url)
@@ -760,9 +759,9 @@ def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
         assert owed == [(2 * 4,)]  # the four searches after the kill (the third's came after)
 
         local.start()  # same port, empty: the emulator reconnects
-        summary = storage.repair_pending()
+        summary = bridge.repair_pending()
         assert (summary.failed, summary.remaining) == (0, 0)
-        index = storage._client().smembers(keys.saved_searches(uid))
+        index = bridge._client().smembers(keys.saved_searches(uid))
         assert set(created[2:]) <= set(index)
         [(total, started)] = sql(
             direct_database_url,
@@ -771,4 +770,4 @@ def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
         )
         assert total == 2 * 6  # Postgres counted every reservation, and learned no less
         trial_counter = keys.trial_usage(uid, started.replace(tzinfo=UTC))
-        assert storage._client().get(trial_counter) == "8"  # what was owed, added once
+        assert bridge._client().get(trial_counter) == "8"  # what was owed, added once

@@ -9,10 +9,14 @@ emulator's Redis is shared by the session and never flushed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -34,6 +38,7 @@ from tests.support.legacy import (
     write_user,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 BODY = {
     "name": "Trail running",
     "description": "Q3",
@@ -195,6 +200,54 @@ def test_postgres_mode_leaves_the_legacy_layout_alone(one: Caller, stores: Store
     assert stores.sql("SELECT id FROM saved_searches") == [(sid,)]
 
 
+POSTGRES_MODE_SCRIPT = r"""
+import json, sys
+from shared import storage
+from shared.quotas import Limits
+from shared.repositories.saved_searches import NewSavedSearch
+
+uid = sys.argv[1]
+storage.provision_user(uid, f"{uid}@example.com")
+storage.usage(uid, Limits(300, 1000, 10_000))
+new = NewSavedSearch("Trail", ["trail shoes"], "US", "en", "exact")
+sid = storage.create_search(uid, new).id
+storage.update_search(uid, sid, name="Trails", description=None)
+assert [s.id for s in storage.list_searches(uid)] == [sid]
+assert storage.get_search(uid, sid).name == "Trails"
+assert storage.delete_search(uid, sid)
+storage.mirror_user(uid)
+storage.mirror_usage(uid)
+watched = ("shared.legacy", "upstash_redis", "httpx")
+print("@@" + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in watched
+                               or m.startswith("shared.legacy"))))
+"""
+
+
+def test_postgres_mode_loads_no_legacy_layer(db_env: str, clean_tables: None) -> None:
+    """The switch's postgres path (every request's sign-in, usage and saved searches) runs in a
+    fresh interpreter without importing the legacy bridge, its schemas or the Upstash SDK,
+    Redis configured or not: a function pays for them only in the migration's modes."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "STORAGE_MODE": "postgres",
+        "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{free_port()}",  # never called
+        "UPSTASH_REDIS_REST_TOKEN": "unused",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", POSTGRES_MODE_SCRIPT, new_user()],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(x for x in completed.stdout.splitlines() if x.startswith("@@"))
+    assert json.loads(line[2:]) == []
+
+
 def test_dual_serves_and_imports_what_only_the_typescript_app_wrote(
     one: Caller, stores: Stores
 ) -> None:
@@ -276,7 +329,7 @@ def test_dual_answers_503_when_redis_fails_or_holds_an_unreadable_record(
 def test_a_write_while_redis_is_down_commits_and_is_repaired_later(
     one: Caller, stores: Stores, mode: str
 ) -> None:
-    from shared import storage
+    from shared.legacy import bridge
 
     stores.mode(mode)
     uid = new_user()
@@ -294,7 +347,7 @@ def test_a_write_while_redis_is_down_commits_and_is_repaired_later(
 
     stores.restore_redis()
     assert stores.item(uid, sid) is None  # Redis lags until the repair
-    summary = storage.repair_pending()
+    summary = bridge.repair_pending()
     assert (summary.repaired, summary.failed, summary.remaining) == (1, 0, 0)
     assert stores.item(uid, sid) == {**created.json["search"], **renamed.json["search"]}
     assert stores.index(uid) == {sid}
@@ -327,22 +380,22 @@ def test_a_write_while_postgres_is_down_fails_cleanly_and_touches_no_store(
 def test_a_crash_between_commit_and_copy_leaves_a_mark_the_repair_finishes(
     one: Caller, stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared import storage
+    from shared.legacy import bridge
 
     stores.mode("dual")
     uid = new_user()
     one("searches", "GET", "/api/searches", user=uid)
     with monkeypatch.context() as crash:
-        crash.setattr(storage, "_sync", lambda key: False)  # the process dies after COMMIT
+        crash.setattr(bridge, "_sync", lambda key: False)  # the process dies after COMMIT
         sid = create(one, uid)["id"]
     assert stores.item(uid, sid) is None
     assert stores.repairs() == [(keys.saved_search(uid, sid), "saved_search", 0, None)]
-    assert storage.repair_pending().repaired == 1
+    assert bridge.repair_pending().repaired == 1
     assert stores.item(uid, sid) is not None and stores.repairs() == []
 
 
 def test_an_unreadable_user_record_is_never_overwritten(one: Caller, stores: Stores) -> None:
-    from shared import storage
+    from shared.legacy import bridge
 
     stores.mode("fallback")
     uid = new_user()
@@ -352,7 +405,7 @@ def test_an_unreadable_user_record_is_never_overwritten(one: Caller, stores: Sto
     [(key, kind, attempts, error)] = stores.repairs()
     assert (key, kind, attempts) == (keys.user(uid), "user", 1)
     assert error.startswith("legacy key left untouched: email: Field required")
-    assert storage.repair_pending().failed == 1  # still refused: an operator must look
+    assert bridge.repair_pending().failed == 1  # still refused: an operator must look
 
 
 def test_concurrent_writers_of_one_key_leave_redis_at_the_latest_state(
@@ -390,30 +443,31 @@ def test_concurrent_writers_of_one_key_leave_redis_at_the_latest_state(
 def test_postgres_failing_after_the_commit_leaves_the_mark_for_the_repair(
     one: Caller, stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared import storage
+    from shared.legacy import bridge
 
     stores.mode("dual")
     uid = new_user()
     one("searches", "GET", "/api/searches", user=uid)
-    client = storage._client()
+    client = bridge._client()
 
     def postgres_dies_now() -> Redis:
         stores.break_postgres()  # between the data COMMIT and the copy's transaction
         return client
 
     with monkeypatch.context() as timing:
-        timing.setattr(storage, "_client", postgres_dies_now)
+        timing.setattr(bridge, "_client", postgres_dies_now)
         created = one("searches", "POST", "/api/searches", user=uid, json_body=BODY)
     assert created.status == 201  # committed before Postgres went away
     stores.restore_postgres()
     sid = created.json["search"]["id"]
     assert stores.repairs() == [(keys.saved_search(uid, sid), "saved_search", 0, None)]
-    assert storage.repair_pending().repaired == 1
+    assert bridge.repair_pending().repaired == 1
     assert stores.item(uid, sid) == created.json["search"]
 
 
 def test_the_repair_skips_marks_in_use_and_records_what_it_cannot_copy(stores: Stores) -> None:
     from shared import storage
+    from shared.legacy import bridge
 
     stores.mode("dual")
     uid = new_user()
@@ -425,13 +479,13 @@ def test_the_repair_skips_marks_in_use_and_records_what_it_cannot_copy(stores: S
     )  # fmt: skip
     with psycopg.connect(stores.direct_url) as holder:  # a request mid-write holds the user's
         holder.execute("SELECT 1 FROM legacy_repairs WHERE key = %s FOR UPDATE", (keys.user(uid),))
-        summary = storage.repair_pending()
+        summary = bridge.repair_pending()
     assert (summary.repaired, summary.failed, summary.skipped, summary.remaining) == (0, 1, 1, 2)
     assert stores.sql("SELECT error FROM legacy_repairs WHERE key = 'saved-search:broken'") == [
         ("legacy key left untouched: not a saved-search:{userId}:{searchId} key",)
     ]
-    assert storage.repair_pending().repaired == 1  # the lock is gone
-    assert storage.pending_repairs() == 1
+    assert bridge.repair_pending().repaired == 1  # the lock is gone
+    assert bridge.pending_repairs() == 1
 
 
 def test_dual_mode_refusals_write_nothing_anywhere(one: Caller, stores: Stores) -> None:
@@ -467,7 +521,8 @@ def test_importing_a_user_whose_email_postgres_gives_another_reattaches_them(
     one: Caller, stores: Stores
 ) -> None:
     """The address stays with its holder; the legacy user gets their own row under their
-    Clerk id with the placeholder email (`storage.reattach_user`), never a 409 forever."""
+    Clerk id with the placeholder email (`shared.legacy.bridge.reattach_user`), never a 409
+    forever."""
     from sqlalchemy.exc import IntegrityError
 
     from shared import storage
@@ -559,6 +614,7 @@ def test_a_trial_user_created_in_dual_mode_is_readable_by_the_original(
 
 def test_erasure_deletes_the_legacy_keys_or_leaves_a_mark_to_finish_it(stores: Stores) -> None:
     from shared import storage
+    from shared.legacy import bridge
 
     uid = new_user()
     seed_legacy_user(stores, uid, searches=2, customer="cus_" + uid)
@@ -567,7 +623,7 @@ def test_erasure_deletes_the_legacy_keys_or_leaves_a_mark_to_finish_it(stores: S
     assert stores.repairs() == [(keys.erasure(uid), "erasure", 0, None)]
 
     stores.restore_redis()
-    assert storage.repair_pending().repaired == 1  # the user row is gone: erase the keys
+    assert bridge.repair_pending().repaired == 1  # the user row is gone: erase the keys
     assert [k for k in stores.redis.scan(0, match=f"*{uid}*", count=10_000)[1]] == []
     assert stores.redis.get(keys.stripe("cus_" + uid)) is None
     assert storage.erase_legacy_user(uid, None, None) is True  # repeatable
@@ -580,7 +636,7 @@ def test_erasure_deletes_the_legacy_keys_or_leaves_a_mark_to_finish_it(stores: S
         "VALUES (%s, 'erasure', %s, now())",
         keys.erasure(alive), alive,
     )  # fmt: skip
-    assert storage.repair_pending().repaired == 1
+    assert bridge.repair_pending().repaired == 1
     assert stores.redis.get(keys.user(alive)) is not None
 
 

@@ -8,9 +8,10 @@ its import set is pinned:
   function's package, so such an import would fail in production or bloat its cold start;
 - health imports no `jwt`/`cryptography`: it needs no auth, so it must not pay for it; nor the
   ORM mappers (`shared.models`): it records no usage and checks the database with plain SQL;
-- in `STORAGE_MODE=postgres` (the default) the legacy Redis layer's schemas, mapping and store
-  load only with `shared.storage`, the switch that uses them; the rate limiter needs only
-  `shared.legacy.keys`;
+- in `STORAGE_MODE=postgres` (the default) no function loads the legacy Redis layer (its
+  schemas, mapping, store and the bridge that uses them), not even with `shared.storage`, the
+  switch: the rate limiter needs only `shared.legacy.keys` (tests/legacy/test_storage_modes.py
+  checks that the switch's postgres path loads none of it on first use either);
 - crons (functions/cron/*) import no fastapi/starlette/mangum: they are plain handlers; nor,
   like the core alone, pydantic, but for the webhook retry, which validates Stripe events;
 - stripe-python is imported on first use, inside a function, and only by the modules pinned in
@@ -194,18 +195,23 @@ def test_http_providers_load_on_first_use(module: str, cold_imports: dict[str, C
     assert not cold_imports[module].ours & PROVIDERS_ON_FIRST_USE
 
 
-LEGACY_LAYER = frozenset({"shared.legacy.schemas", "shared.legacy.mapping", "shared.legacy.store"})
+LEGACY_LAYER = frozenset(
+    {
+        "shared.legacy.schemas",
+        "shared.legacy.mapping",
+        "shared.legacy.store",
+        "shared.legacy.bridge",
+    }
+)
 
 
 @pytest.mark.parametrize("module", _all_modules())
-def test_legacy_layer_loads_only_with_the_storage_switch(
+def test_no_function_loads_the_legacy_layer(
     module: str, cold_imports: dict[str, ColdImport]
 ) -> None:
     ours = cold_imports[module].ours
-    if "shared.storage" in ours:
-        return
     assert not ours & LEGACY_LAYER, (
-        f"{module} loads {sorted(ours & LEGACY_LAYER)} without shared.storage; find the chain "
+        f"{module} loads {sorted(ours & LEGACY_LAYER)}; find the chain "
         f"with `python -X importtime -c 'import {module}' 2>&1 | grep -B5 shared.legacy`"
     )
 
@@ -261,9 +267,10 @@ def test_stripe_is_imported_on_first_use_by_the_pinned_modules_only() -> None:
     assert lazy == STRIPE_ON_FIRST_USE
 
 
-# The STORAGE_MODE switch (and with it, the legacy layer, the Upstash client and httpx) loads only
-# in the functions that read or write users or saved searches through it; the account lifecycle
-# (shared.accounts: erasure, Clerk's email rules) only where accounts are changed or erased.
+# The STORAGE_MODE switch loads at import only in the functions that read or write users or
+# saved searches through it (the others load it when they provision their first caller); the
+# account lifecycle (shared.accounts: erasure, Clerk's email rules) only where accounts are
+# changed or erased.
 # Checkout needs neither: it reads the caller's row and asks only whether the email is a
 # placeholder (shared.repositories.users). The org routes' layer (access rule, org repository)
 # only where an org route is served, the org functions: checkout and the billing portal serve
