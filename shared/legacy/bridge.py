@@ -79,9 +79,9 @@ class Answer(Generic[T]):
 
 def _client() -> Redis:
     client = get_redis()
-    if client is None:  # Settings refuses this combination; kept for a clear message anyway
+    if client is None:  # Settings and the switch refuse this; kept for a clear message anyway
         raise ConfigurationError(
-            f"STORAGE_MODE={mode()} needs UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN"
+            "the legacy layout needs UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN"
         )
     return client
 
@@ -248,11 +248,8 @@ def reattach_on_sign_in(user_id: str) -> bool:
     """Postgres mode, the email taken: whether the user could be reattached from the legacy
     keys still in Redis (a Redis failure or an unreadable record answers no: the sign-in stays
     a 409)."""
-    client = get_redis()
-    if client is None:
-        return False
     try:
-        return reattach_user(client, user_id) is not None
+        return reattach_user(_client(), user_id) is not None
     except LegacyRecordError as error:
         reason = f"unreadable record: {error.reason}"
     except store.REDIS_ERRORS as error:
@@ -267,11 +264,10 @@ def mark_erasure(conn: Conn, user_id: str) -> None:
     Committed with the erasure, so a crash before `erase_user` has deleted the keys
     leaves the mark for the repair job (a redelivered Clerk event is a duplicate and would not
     finish it); increments still owed to the user's counters are dropped, the counters going
-    too. Without Redis configured there is nothing to delete, and nothing is marked.
+    too.
     """
-    if get_redis() is not None:
-        legacy_repairs.mark(conn, keys.erasure(user_id), "erasure", user_id)
-        legacy_repairs.drop_deltas(conn, user_id)  # the erasure deletes the counters
+    legacy_repairs.mark(conn, keys.erasure(user_id), "erasure", user_id)
+    legacy_repairs.drop_deltas(conn, user_id)  # the erasure deletes the counters
 
 
 def erase_user(user_id: str, email: str | None, stripe_customer_id: str | None) -> bool:
@@ -279,13 +275,11 @@ def erase_user(user_id: str, email: str | None, stripe_customer_id: str | None) 
     then clear the erasure's mark (see `mark_erasure`).
 
     Returns False when Redis failed; the deletion is then recorded in `legacy_repairs` and the
-    repair job erases the keys (the user row being gone). Without Redis configured there is
-    nothing to delete. Never raises for Redis; a Postgres outage while recording raises
-    `DatabaseUnavailableError` (one while clearing only leaves a mark the repair job clears).
+    repair job erases the keys (the user row being gone). Never raises for Redis; a Postgres
+    outage while recording raises `DatabaseUnavailableError` (one while clearing only leaves a
+    mark the repair job clears).
     """
-    client = get_redis()
-    if client is None:
-        return True
+    client = _client()
     key = keys.erasure(user_id)
     try:
         store.erase_user_keys(client, user_id, email, stripe_customer_id)
