@@ -9,6 +9,7 @@ Nothing here opens a connection: the engine is created on first use and cached p
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import secrets
@@ -82,10 +83,18 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
 
 def lambda_handler(app: FastAPI) -> Mangum:
     """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`; on Lambda, the
-    SnapStart hooks (`shared.snapstart`) are registered here, during INIT."""
+    SnapStart hooks (`shared.snapstart`) are registered here, during INIT.
+
+    Called last in a function's module, so INIT ends here. What INIT built (modules, classes,
+    the app: about 110,000 objects) lives as long as the container, so it is frozen out of the
+    garbage collector's reach: otherwise the next full collection, usually inside the first
+    request, walks all of it (40 to 70 ms on 2 cores), and every later one in a warm container
+    does again."""
     snapstart.register()
     _install_shutdown_flush()
-    return Mangum(app, lifespan="off")
+    handler = Mangum(app, lifespan="off")
+    gc.freeze()
+    return handler
 
 
 def _flush_usage() -> None:

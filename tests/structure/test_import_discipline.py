@@ -69,7 +69,7 @@ NO_WEB_FRAMEWORK = frozenset({"fastapi", "starlette", "mangum"})
 
 # Runs in the child: the top-level packages the import added, and how long it took.
 _PROBE = """
-import json, sys, time
+import gc, json, sys, time
 before = set(sys.modules)
 started = time.perf_counter()
 import {module}
@@ -80,6 +80,8 @@ print(json.dumps({{
     "modules": len(added),
     "top_level": sorted({{name.split(".")[0] for name in added}}),
     "ours": sorted(name for name in added if name.startswith("shared.")),
+    "frozen": gc.get_freeze_count(),
+    "walked": len(gc.get_objects()),
 }}))
 """
 # Shown in the table when present: what dominates a function's cold start.
@@ -93,6 +95,8 @@ class ColdImport:
     import_ms: float  # time.perf_counter around the import, in a fresh interpreter
     modules: int  # modules the import loaded
     ours: frozenset[str]  # the shared.* modules it loaded
+    frozen: int  # objects moved out of the garbage collector's reach (gc.freeze)
+    walked: int  # objects a full collection still walks
 
 
 def cold_import(module: str) -> ColdImport:
@@ -126,6 +130,8 @@ def cold_import(module: str) -> ColdImport:
         probe["elapsed_ms"],
         probe["modules"],
         frozenset(probe["ours"]),
+        probe["frozen"],
+        probe["walked"],
     )
 
 
@@ -167,6 +173,17 @@ def test_function_imports_only_what_ships(module: str, cold_imports: dict[str, C
         f"{module} imports {leaked} at cold start; find the import chain with "
         f"`python -X importtime -c 'import {module}' 2>&1 | grep -B5 -E '{'|'.join(leaked)}'`"
     )
+
+
+@pytest.mark.parametrize("module", discover_modules()[0])
+def test_an_http_function_ends_init_with_its_objects_frozen(
+    module: str, cold_imports: dict[str, ColdImport]
+) -> None:
+    """`shared.http.app.lambda_handler` freezes what INIT built: a full collection in the first
+    request (and in every later one) walks only what requests allocate since."""
+    result = cold_imports[module]
+    assert result.frozen > 50_000, result
+    assert result.walked < result.frozen / 20, result
 
 
 def test_health_loads_no_orm_mappers(cold_imports: dict[str, ColdImport]) -> None:
