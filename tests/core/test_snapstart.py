@@ -11,13 +11,9 @@ after-restore hooks: the control pair).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import ROOT, fresh_interpreter
 
 SCRIPT = r"""
 import json, os, random, sys, types
@@ -82,18 +78,7 @@ print("@@" + json.dumps({
 
 
 def _emulate(env: dict[str, str], module: str = "functions.health") -> dict[str, object]:
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT, module],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    line = next(x for x in completed.stdout.splitlines() if x.startswith("@@"))
-    result: dict[str, object] = json.loads(line[2:])
+    result: dict[str, object] = fresh_interpreter(SCRIPT, module, env=env)
     return result
 
 

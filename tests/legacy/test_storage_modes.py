@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,8 +34,8 @@ from tests.support.legacy import (
     write_search,
     write_user,
 )
+from tests.support.processes import ROOT, fresh_interpreter
 
-ROOT = Path(__file__).resolve().parents[2]
 BODY = {
     "name": "Trail running",
     "description": "Q3",
@@ -234,18 +231,7 @@ def test_postgres_mode_loads_no_legacy_layer(db_env: str, clean_tables: None) ->
         "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{free_port()}",  # never called
         "UPSTASH_REDIS_REST_TOKEN": "unused",
     }
-    completed = subprocess.run(
-        [sys.executable, "-c", POSTGRES_MODE_SCRIPT, new_user()],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    line = next(x for x in completed.stdout.splitlines() if x.startswith("@@"))
-    assert json.loads(line[2:]) == []
+    assert fresh_interpreter(POSTGRES_MODE_SCRIPT, new_user(), env=env) == []
 
 
 def test_dual_serves_and_imports_what_only_the_typescript_app_wrote(

@@ -4,6 +4,8 @@
   devkit.upstash_emulator`), that a test can SIGKILL (Redis down: connections refused), SIGSTOP
   (Redis that accepts connections and never answers: slower than any timeout) and bring back on
   the same port. Over a private `redis-server` when one is installed, so data outlives a restart.
+- `fresh_interpreter`: a script run in a new interpreter (a cold container's init), and the
+  JSON it printed.
 - `HandlerProcess`: a function's Lambda `handler`, run once in a child interpreter with an
   explicit environment, so a test can SIGKILL it mid-work like a container that vanished.
 - `RowLock`: a row lock held from an admin transaction. It stops a child at a chosen statement
@@ -36,6 +38,23 @@ from tests.support.redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 30.0  # a child interpreter importing a function, on a busy 2-core machine
+
+
+def fresh_interpreter(script: str, *args: str, env: Mapping[str, str]) -> Any:
+    """Run `script` with `args` in a new interpreter at the repository root; the JSON it
+    printed on its line starting with `@@`."""
+    completed = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    line = next(x for x in completed.stdout.splitlines() if x.startswith("@@"))
+    return json.loads(line[2:])
 
 
 def child_env(**values: str | int | float | None) -> dict[str, str]:
