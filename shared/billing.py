@@ -284,7 +284,7 @@ def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, s
     if outcome is Outcome.STALE:
         return outcome, None
     if _legacy_mode():
-        from shared import storage  # only the migration's modes load the legacy layer
+        from shared import storage  # only the migration's modes need the switch here
 
         storage.mark_user(conn, user_id)
     return outcome, user_id

@@ -20,6 +20,7 @@ The hooks register through `snapshot_restore_py`, which only Lambda's managed Py
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import random
@@ -29,7 +30,8 @@ from shared import db, ids
 
 # Imported by requests on first use; in a snapshot they are paid for once, at publish time.
 WARM_MODULES = ("shared.repositories.api_usage", "shared.models")
-# And by a function that signs callers in, when it provisions its first one (`shared.auth`).
+# And by a function that loads `shared.auth`, when it provisions its first caller (flags loads
+# it to identify callers and never provisions: its snapshot carries the switch unused).
 PROVISIONING = "shared.storage"
 
 
@@ -42,6 +44,7 @@ def warm() -> None:
 
     configure_mappers()
     db.get_engine()  # builds the engine and reads the settings; connects on first query
+    gc.collect()  # INIT's garbage, paid at publish time; `lambda_handler` then freezes the rest
 
 
 def before_snapshot() -> None:

@@ -44,7 +44,7 @@ def _give_back(conn: Conn, now: datetime, size: int, *, legacy: bool) -> reserva
     same transaction (never copied over: `shared.storage.count_legacy_usage`)."""
     released = reservations.release_expired(conn, now=now, limit=size)
     if legacy:
-        from shared import storage  # only the migration's modes load the legacy layer
+        from shared import storage  # only the migration's modes need the switch here
 
         for user_id, keywords, reserved_at in released.given_back:
             storage.count_legacy_usage(conn, user_id, -keywords, reserved_at)

@@ -89,11 +89,13 @@ def lambda_handler(app: FastAPI) -> Mangum:
     the app: about 110,000 objects) lives as long as the container, so it is frozen out of the
     garbage collector's reach: otherwise the next full collection, which lands in the first
     request of most functions, walks all of it (40 to 70 ms on 2 cores), as would any later
-    one."""
+    one. Only the first function of a process freezes: tests and the emulator load many, and
+    must not pin what each other's requests left behind."""
     snapstart.register()
     _install_shutdown_flush()
     handler = Mangum(app, lifespan="off")
-    gc.freeze()
+    if gc.get_freeze_count() == 0:  # the process's first function: a deployed one has no other
+        gc.freeze()
     return handler
 
 

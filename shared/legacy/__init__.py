@@ -2,9 +2,9 @@
 
 The TypeScript app kept users, usage counters and saved searches in Redis
 (docs/original-app.md#redis-layout). This package is that layout, so the migration and erasure
-can read and write it exactly as the original did, and `bridge`, which keeps it in step with
+can read and write it exactly as the original did. Its `bridge` keeps the layout in step with
 Postgres in the migration's dual and fallback modes (`STORAGE_MODE`, switched in
-`shared.storage`; the backfill and repair commands are `devkit.legacy`).
+`shared.storage`); the backfill and repair commands are `devkit.legacy`.
 
 Importing the package imports none of its modules: the rate limiter needs only `keys`, and a
 function in `STORAGE_MODE=postgres` never loads the record schemas, the store or the bridge

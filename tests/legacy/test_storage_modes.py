@@ -214,16 +214,16 @@ assert storage.get_search(uid, sid).name == "Trails"
 assert storage.delete_search(uid, sid)
 storage.mirror_user(uid)
 storage.mirror_usage(uid)
-watched = ("shared.legacy", "upstash_redis", "httpx")
-print("@@" + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in watched
-                               or m.startswith("shared.legacy"))))
+loaded = [m for m in sys.modules if m.split(".")[0] in ("upstash_redis", "httpx")]
+print("@@" + json.dumps(sorted(loaded + [m for m in sys.modules if m.startswith("shared.legacy")])))
 """
 
 
 def test_postgres_mode_loads_no_legacy_layer(db_env: str, clean_tables: None) -> None:
     """The switch's postgres path (every request's sign-in, usage and saved searches) runs in a
-    fresh interpreter without importing the legacy bridge, its schemas or the Upstash SDK,
-    Redis configured or not: a function pays for them only in the migration's modes."""
+    fresh interpreter without importing the legacy bridge, its schemas or the Upstash SDK, with
+    Redis configured: a function pays for them only in the migration's modes (or to reattach a
+    legacy user, or erase one's keys)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
