@@ -48,6 +48,7 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
 }
 HSTS = "max-age=31536000; includeSubDomains; preload"
+_init_frozen = False  # whether a function of this process has frozen its INIT (`lambda_handler`)
 
 
 def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAPI:
@@ -93,9 +94,11 @@ def lambda_handler(app: FastAPI) -> Mangum:
     must not pin what each other's requests left behind."""
     snapstart.register()
     _install_shutdown_flush()
+    global _init_frozen
     handler = Mangum(app, lifespan="off")
-    if gc.get_freeze_count() == 0:  # the process's first function: a deployed one has no other
+    if not _init_frozen:  # the process's first function: a deployed one has no other
         gc.freeze()
+        _init_frozen = True
     return handler
 
 
