@@ -18,7 +18,8 @@ from sqlalchemy import func, select, text
 
 from shared import db
 from shared.db import Conn
-from shared.models import SavedSearch, User
+from shared.models.saved_searches import SavedSearch
+from shared.models.users import User
 from shared.repositories import saved_searches, users
 
 

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from shared.http import stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.models import User
+from shared.models.users import User
 from shared.repositories.users import is_placeholder
 
 app = create_app(title="Checkout", summary="Start the PRO subscription on Stripe Checkout.")

@@ -32,7 +32,7 @@ from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import PRIVATE_NO_STORE, ok
-from shared.models import DataExport
+from shared.models.data_exports import DataExport
 from shared.ratelimit import limit_request
 from shared.repositories import data_exports, personal_data
 

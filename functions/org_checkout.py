@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from shared.http import org_billing, stripe_sessions
 from shared.http.app import create_app, lambda_handler
-from shared.models import Organization, User
+from shared.models.organizations import Organization
+from shared.models.users import User
 from shared.repositories.users import is_placeholder
 
 app = create_app(

@@ -23,7 +23,7 @@ from shared.http.body import body_schema, json_body
 from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
-from shared.models import SavedSearch
+from shared.models.saved_searches import SavedSearch
 from shared.repositories import team_searches
 from shared.repositories.saved_searches import NewSavedSearch
 

@@ -17,7 +17,7 @@ from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
 from shared.http.responses import ok
-from shared.models import SavedSearch
+from shared.models.saved_searches import SavedSearch
 from shared.repositories import saved_searches
 
 app = create_app(title="Saved searches", summary="List and create the caller's saved searches.")

@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from shared.db_url import parse_database_url
-from shared.models import Base
+from shared.models.schema import metadata
 
 
 class MigrationUrlError(RuntimeError):
@@ -44,7 +44,7 @@ def migration_url() -> str:
 def run_migrations_offline() -> None:
     context.configure(
         url=migration_url(),
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
     )
@@ -57,7 +57,7 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         context.configure(
             connection=connection,
-            target_metadata=Base.metadata,
+            target_metadata=metadata,
             compare_server_default=True,
         )
         with context.begin_transaction():

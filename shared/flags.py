@@ -30,7 +30,7 @@ import mmh3
 
 from shared import db
 from shared.config import get_settings
-from shared.models import FeatureFlag
+from shared.models.feature_flags import FeatureFlag
 from shared.repositories import feature_flags
 from shared.telemetry import log_event
 

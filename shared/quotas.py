@@ -28,7 +28,9 @@ from sqlalchemy import ColumnElement, Interval, and_, func, literal, or_
 
 from shared.clock import month_start, next_month_start
 from shared.config import Settings
-from shared.models import Organization, User, UserTier
+from shared.models import UserTier
+from shared.models.organizations import Organization
+from shared.models.users import User
 
 TRIAL_LENGTH = timedelta(days=7)
 

@@ -2,9 +2,10 @@
 
 With SnapStart, Lambda runs a function's INIT once when a version is published, snapshots the
 memory and restores that snapshot for each new container. So:
-- INIT should do what a first request would otherwise do: the lazily imported modules (the ORM
-  mappers, which health never needs on demand; the `STORAGE_MODE` switch, which provisions a
-  function's first caller) and the engine and settings objects;
+- INIT should do what a first request would otherwise do: the lazily imported modules (the usage
+  row's repository and its table; the `STORAGE_MODE` switch, which provisions a function's
+  first caller), the configuration of the ORM mappers the function loaded, and the engine and
+  settings objects;
 - no socket may be in the snapshot: it would be long dead at restore, and shared by every
   container restored from it, so pooled database and Redis connections are closed before it
   (both reconnect on first use);
@@ -29,7 +30,7 @@ import sys
 from shared import db, ids
 
 # Imported by requests on first use; in a snapshot they are paid for once, at publish time.
-WARM_MODULES = ("shared.repositories.api_usage", "shared.models")
+WARM_MODULES = ("shared.repositories.api_usage",)
 # And by a function that loads `shared.auth`, when it provisions its first caller (flags loads
 # it to identify callers and never provisions: its snapshot carries the switch unused).
 PROVISIONING = "shared.storage"

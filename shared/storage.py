@@ -26,7 +26,7 @@ from shared.clock import utcnow
 from shared.config import get_settings
 from shared.db import Conn
 from shared.errors import EmailInUseError, UserNotFoundError
-from shared.models import SavedSearch
+from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView, usage_view
 from shared.repositories import saved_searches, users
 

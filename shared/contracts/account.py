@@ -13,7 +13,8 @@ from sqlalchemy import inspect
 from shared.clock import iso_ms
 from shared.config import Settings
 from shared.contracts import compact
-from shared.models import Base, User, UserTier
+from shared.models import Base, UserTier
+from shared.models.users import User
 from shared.quotas import Limits, this_month, trial_end, usage_view
 from shared.repositories.personal_data import PersonalData
 

@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from shared.clock import iso_ms
 from shared.contracts.validation import StoredText, fail
 from shared.http.responses import compact
-from shared.models import FeatureFlag
+from shared.models.feature_flags import FeatureFlag
 from shared.repositories.feature_flags import FlagChanges, FlagValues
 
 # Matched with `fullmatch`: a `^…$` pattern with `match` also takes a trailing newline ("key\n").

@@ -18,7 +18,7 @@ from typing import Any
 from shared.clock import iso_ms
 from shared.http.errors import ApiError
 from shared.http.responses import compact
-from shared.models import SearchHistory
+from shared.models.search_history import SearchHistory
 from shared.repositories.search_history import Stats
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 from shared.clock import iso_ms
 from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
 from shared.http.responses import compact
-from shared.models import SavedSearch
+from shared.models.saved_searches import SavedSearch
 from shared.repositories.saved_searches import NewSavedSearch
 
 # Every id a writer of the shared table produces: ours (UUID v4), the original Redis app's

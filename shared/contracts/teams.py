@@ -7,7 +7,8 @@ from typing import Any
 
 from shared.clock import iso_ms
 from shared.contracts import compact, saved_searches
-from shared.models import Organization, OrganizationMember, SavedSearch
+from shared.models.organizations import Organization, OrganizationMember
+from shared.models.saved_searches import SavedSearch
 from shared.quotas import OrgUsageView
 from shared.repositories.team_searches import MAX_PER_ORG
 

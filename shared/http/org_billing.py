@@ -16,7 +16,8 @@ from starlette.requests import Request
 from shared import db, rbac
 from shared.http import orgs, stripe_sessions
 from shared.http.errors import ORG_NOT_FOUND, ApiError
-from shared.models import Organization, User
+from shared.models.organizations import Organization
+from shared.models.users import User
 from shared.repositories import organizations
 
 BILLING_FORBIDDEN = "You do not have permission to manage this organization's billing"

@@ -36,7 +36,9 @@ from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
 from shared.http.responses import ok
-from shared.models import Organization, User, UserTier
+from shared.models import UserTier
+from shared.models.organizations import Organization
+from shared.models.users import User
 from shared.ratelimit import limit_request
 from shared.repositories import users
 from shared.repositories.subscriptions import LIVE_STATUSES

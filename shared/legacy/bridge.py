@@ -53,7 +53,8 @@ from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
 from shared.legacy.mapping import Counters
 from shared.legacy.schemas import LegacyRecordError, UserData
-from shared.models import SavedSearch, UserTier
+from shared.models import UserTier
+from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView
 from shared.redis import get_redis
 from shared.repositories import legacy_import, legacy_repairs, saved_searches, users

@@ -24,7 +24,9 @@ from shared.clock import iso_ms, month_start, next_month_start
 from shared.contracts import saved_searches as contract
 from shared.legacy import keys
 from shared.legacy.schemas import LegacyRecordError, SavedSearchRecord, UserData
-from shared.models import Base, SavedSearch, User, UserTier
+from shared.models import Base, UserTier
+from shared.models.saved_searches import SavedSearch
+from shared.models.users import User
 from shared.quotas import TRIAL_LENGTH
 from shared.repositories.users import is_placeholder
 

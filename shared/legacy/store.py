@@ -38,7 +38,8 @@ from shared.legacy.schemas import (
     parse_saved_search,
     parse_user,
 )
-from shared.models import SavedSearch, User
+from shared.models.saved_searches import SavedSearch
+from shared.models.users import User
 from shared.telemetry import log_event
 
 P = ParamSpec("P")

@@ -16,7 +16,7 @@ from sqlalchemy import insert
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.ids import new_cuid
-from shared.models import ApiUsage
+from shared.models.api_usage import ApiUsage
 from shared.telemetry import database_operation
 
 

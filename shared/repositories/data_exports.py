@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from shared.db import Conn
 from shared.ids import new_cuid
-from shared.models import DataExport
+from shared.models.data_exports import DataExport
 from shared.telemetry import database_operation
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.ids import new_cuid
-from shared.models import FeatureFlag
+from shared.models.feature_flags import FeatureFlag
 from shared.telemetry import database_operation
 
 

@@ -24,7 +24,8 @@ from sqlalchemy import Table, TextClause, func, or_, select, text
 
 from shared.clock import month_start
 from shared.db import Conn
-from shared.models import SavedSearch, User
+from shared.models.saved_searches import SavedSearch
+from shared.models.users import User
 from shared.telemetry import database_operation
 
 _USERS: Table = User.__table__  # type: ignore[assignment]

@@ -20,7 +20,8 @@ from sqlalchemy.dialects.postgresql import insert
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.ids import new_uuid
-from shared.models import LegacyCounterDelta, LegacyRepair, SavedSearch
+from shared.models.legacy import LegacyCounterDelta, LegacyRepair
+from shared.models.saved_searches import SavedSearch
 from shared.telemetry import database_operation
 
 Kind = Literal["user", "saved_search", "erasure"]

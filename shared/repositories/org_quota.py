@@ -17,7 +17,9 @@ from datetime import datetime
 from shared.clock import month_start
 from shared.db import Conn, HotStatement, execute_hot
 from shared.errors import OrganizationNotFoundError, QuotaExceededError, UserNotFoundError
-from shared.models import Organization, User, UserTier
+from shared.models import UserTier
+from shared.models.organizations import Organization
+from shared.models.users import User
 from shared.quotas import OrgLimits, org_usage_view
 from shared.repositories.reservations import Hold
 from shared.repositories.rows import db_time

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 
 from shared.db import Conn
-from shared.models import Organization
+from shared.models.organizations import Organization
 from shared.repositories.subscriptions import Decision, SubscriptionChange, apply_locked
 from shared.telemetry import database_operation
 

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from shared.clock import utcnow
 from shared.db import Conn
-from shared.models import Organization, OrganizationMember
+from shared.models.organizations import Organization, OrganizationMember
 from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
 

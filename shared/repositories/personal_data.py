@@ -52,16 +52,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from shared.clock import utcnow
 from shared.db import Conn, driver_connection
 from shared.errors import SubscriptionLiveError
-from shared.models import (
-    ApiUsage,
-    FeatureFlag,
-    OrganizationMember,
-    SavedSearch,
-    SearchHistory,
-    SystemMetric,
-    User,
-    WebhookEvent,
-)
+from shared.models.api_usage import ApiUsage
+from shared.models.feature_flags import FeatureFlag
+from shared.models.organizations import OrganizationMember
+from shared.models.saved_searches import SavedSearch
+from shared.models.search_history import SearchHistory
+from shared.models.system_metrics import SystemMetric
+from shared.models.users import User
+from shared.models.webhook_events import WebhookEvent
 from shared.repositories import reservations
 from shared.telemetry import database_operation
 

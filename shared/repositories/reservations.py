@@ -24,7 +24,9 @@ from sqlalchemy import Integer, String, bindparam, column, delete, exists, selec
 
 from shared.clock import utcnow
 from shared.db import Conn
-from shared.models import KeywordReservation, User, UTCDateTime
+from shared.models import UTCDateTime
+from shared.models.reservations import KeywordReservation
+from shared.models.users import User
 from shared.telemetry import database_operation
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, select
 
 from shared.db import Conn
-from shared.models import WebhookEvent
+from shared.models.webhook_events import WebhookEvent
 from shared.telemetry import database_operation
 
 

@@ -35,7 +35,9 @@ from shared.clock import utcnow
 from shared.db import Conn, HotStatement, driver_connection, execute_hot
 from shared.errors import SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
-from shared.models import SavedSearch, User, UTCDateTime
+from shared.models import UTCDateTime
+from shared.models.saved_searches import SavedSearch
+from shared.models.users import User
 from shared.repositories.pagination import Cursor, Page, page_of
 from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation

@@ -13,7 +13,8 @@ from shared.clock import utcnow
 from shared.db import Conn, HotStatement, execute_hot
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
-from shared.models import SearchHistory, UTCDateTime
+from shared.models import UTCDateTime
+from shared.models.search_history import SearchHistory
 from shared.repositories import api_usage, reservations
 from shared.repositories.pagination import Cursor, Page, page_of
 from shared.repositories.rows import RowMapper, db_time

@@ -13,7 +13,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import bindparam, func, select, text
 
 from shared.db import Conn
-from shared.models import SearchDailyRollup, SearchHistory, UTCDateTime
+from shared.models import UTCDateTime
+from shared.models.search_history import SearchHistory
+from shared.models.search_rollups import SearchDailyRollup
 from shared.telemetry import database_operation
 
 _ROLLUP_DAY = text(

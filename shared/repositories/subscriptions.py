@@ -31,7 +31,10 @@ from sqlalchemy import ColumnElement, Text, bindparam, func, literal, select, un
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.db import Conn, HotStatement, execute_hot
-from shared.models import ErasedBillingCustomer, Organization, User, UserTier
+from shared.models import UserTier
+from shared.models.erased_billing_customers import ErasedBillingCustomer
+from shared.models.organizations import Organization
+from shared.models.users import User
 from shared.repositories import users
 from shared.telemetry import database_operation
 

@@ -11,7 +11,8 @@ from sqlalchemy import func, insert, literal, select
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.ids import new_cuid
-from shared.models import SystemMetric, UTCDateTime
+from shared.models import UTCDateTime
+from shared.models.system_metrics import SystemMetric
 from shared.telemetry import database_operation
 
 Bucket = Literal["minute", "hour", "day"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from shared.db import Conn
-from shared.models import OrganizationMember
+from shared.models.organizations import OrganizationMember
 from shared.telemetry import database_operation
 
 

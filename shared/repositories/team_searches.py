@@ -18,7 +18,7 @@ from shared.clock import utcnow
 from shared.db import Conn
 from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
 from shared.ids import new_uuid
-from shared.models import SavedSearch
+from shared.models.saved_searches import SavedSearch
 from shared.repositories import saved_searches
 from shared.repositories.saved_searches import NewSavedSearch
 from shared.telemetry import database_operation

@@ -35,7 +35,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from shared.config import get_settings
 from shared.db import Conn
-from shared.models import AccountTombstone, User
+from shared.models.tombstones import AccountTombstone
+from shared.models.users import User
 from shared.quotas import trial_end
 from shared.telemetry import database_operation
 

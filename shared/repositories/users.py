@@ -44,7 +44,9 @@ from shared.errors import (
     TrialExpiredError,
     UserNotFoundError,
 )
-from shared.models import KeywordReservation, User, UserTier, UTCDateTime
+from shared.models import UserTier, UTCDateTime
+from shared.models.reservations import KeywordReservation
+from shared.models.users import User
 from shared.quotas import TRIAL_LENGTH, Limits, trial_end_sql, trial_over, usage_view
 from shared.repositories import reservations, tombstones
 from shared.repositories.reservations import Hold

@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from shared.clock import utcnow
 from shared.db import Conn, HotStatement, execute_hot
-from shared.models import UTCDateTime, WebhookEvent
+from shared.models import UTCDateTime
+from shared.models.webhook_events import WebhookEvent
 from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
 

@@ -23,7 +23,7 @@ from devkit import events
 from devkit._host import wait_for
 from shared import db
 from shared.http import usage
-from shared.models import ApiUsage
+from shared.models.api_usage import ApiUsage
 from shared.repositories import api_usage
 from tests.support.http import Keys, make_token
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event, inspect, update
 
 from shared import db
-from shared.models import User
+from shared.models.users import User
 from shared.repositories import users
 
 pytestmark = pytest.mark.usefixtures("db_env")

@@ -18,7 +18,8 @@ from functions import checkout
 from shared import accounts, config, db
 from shared.clock import utcnow
 from shared.http import stripe_sessions
-from shared.models import ApiUsage, UserTier
+from shared.models import UserTier
+from shared.models.api_usage import ApiUsage
 from shared.repositories import users
 from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve
 from tests.support.http import STYLES, Caller, Keys, Result

@@ -25,7 +25,9 @@ from devkit import events
 from shared import accounts, billing, config, db, stripe_objects
 from shared.clock import utcnow
 from shared.db import DatabaseUnavailableError
-from shared.models import ErasedBillingCustomer, UserTier, WebhookEvent
+from shared.models import UserTier
+from shared.models.erased_billing_customers import ErasedBillingCustomer
+from shared.models.webhook_events import WebhookEvent
 from shared.repositories import subscriptions, users, webhook_events
 from shared.stripe_objects import StripeEvent
 from tests.support.http import STYLES, Caller, Keys

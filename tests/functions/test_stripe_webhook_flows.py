@@ -36,7 +36,8 @@ from svix.webhooks import Webhook
 from functions import webhooks_clerk, webhooks_stripe
 from shared import config, db
 from shared.clock import utcnow
-from shared.models import User, UserTier
+from shared.models import UserTier
+from shared.models.users import User
 from shared.repositories import subscriptions, users
 from tests.support.http import Keys
 

@@ -339,7 +339,7 @@ def test_saved_searches_keep_their_ids_and_read_back_as_the_original_record(
     assert rows[modern_id]["results"] is None and rows[modern_id]["resultCount"] is None
 
     from shared.legacy.mapping import orm, saved_search_row
-    from shared.models import SavedSearch
+    from shared.models.saved_searches import SavedSearch
 
     # What the API now answers for the migrated row is the record the original stored.
     assert contract.record(orm(SavedSearch, rows[legacy_id])) == full

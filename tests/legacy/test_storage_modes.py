@@ -694,7 +694,8 @@ def test_dual_mode_requires_the_upstash_settings(monkeypatch: pytest.MonkeyPatch
 
 def test_old_counter_dates_are_utc() -> None:
     from shared.legacy.mapping import counter_target, counter_ttl
-    from shared.models import User, UserTier
+    from shared.models import UserTier
+    from shared.models.users import User
 
     user = User(
         id="u", email="u@x.io", tier=UserTier.PRO, keyword_searches_this_month=3,

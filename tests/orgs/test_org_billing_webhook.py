@@ -18,7 +18,9 @@ import pytest
 from sqlalchemy import update
 
 from shared import billing, config, db
-from shared.models import Organization, UserTier, WebhookEvent
+from shared.models import UserTier
+from shared.models.organizations import Organization
+from shared.models.webhook_events import WebhookEvent
 from shared.repositories import organizations, webhook_events
 from shared.stripe_objects import StripeEvent
 from tests.support.http import Caller, Keys

@@ -17,7 +17,8 @@ from functions import org_checkout
 from shared import config, db
 from shared.clock import utcnow
 from shared.http import stripe_sessions
-from shared.models import Organization, OrganizationMember, UserTier
+from shared.models import UserTier
+from shared.models.organizations import Organization, OrganizationMember
 from shared.rbac import BILLING_MANAGE, SEARCHES_MANAGE
 from shared.repositories import organizations
 from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve

@@ -19,7 +19,8 @@ from shared.clock import next_month_start
 from shared.cron import reservations as reservations_cron
 from shared.cron.runner import run_job
 from shared.errors import OrganizationNotFoundError, QuotaExceededError, UserNotFoundError
-from shared.models import Organization, UserTier
+from shared.models import UserTier
+from shared.models.organizations import Organization
 from shared.quotas import Limits, OrgLimits, OrgUsageView, org_usage_view
 from shared.repositories import org_quota, organizations, reservations, users
 from tests.core.test_concurrency import WORKERS, race

@@ -50,7 +50,9 @@ from shared.errors import QuotaExceededError, TrialExpiredError
 from shared.http.errors import ApiError
 from shared.legacy import keys
 from shared.legacy.mapping import counter_ttl
-from shared.models import KeywordReservation, User, UserTier
+from shared.models import UserTier
+from shared.models.reservations import KeywordReservation
+from shared.models.users import User
 from shared.providers import dataforseo
 from shared.providers.languages import provider_language
 from shared.quotas import Limits, UsageView, this_month, usage_view

@@ -8,6 +8,9 @@ its import set is pinned:
   function's package, so such an import would fail in production or bloat its cold start;
 - health imports no `jwt`/`cryptography`: it needs no auth, so it must not pay for it; nor the
   ORM mappers (`shared.models`): it records no usage and checks the database with plain SQL;
+- a function maps only the tables its repositories use (one module per table in
+  `shared.models`; each costs its import and its mapper's configuration), never the whole
+  schema (`shared.models.schema`, Alembic's);
 - in `STORAGE_MODE=postgres` (the default) no function loads the legacy Redis layer (its
   schemas, mapping, store and the bridge that uses them), not even with `shared.storage`, the
   switch: the rate limiter needs only `shared.legacy.keys` (tests/legacy/test_storage_modes.py
@@ -188,6 +191,30 @@ def test_an_http_function_ends_init_with_its_objects_frozen(
 
 def test_health_loads_no_orm_mappers(cold_imports: dict[str, ColdImport]) -> None:
     assert "shared.models" not in cold_imports["functions.health"].ours
+
+
+def _tables(result: ColdImport) -> set[str]:
+    return {
+        name.removeprefix("shared.models.")
+        for name in result.ours
+        if name.startswith("shared.models.")
+    }
+
+
+@pytest.mark.parametrize("module", _all_modules())
+def test_no_function_maps_the_whole_schema(
+    module: str, cold_imports: dict[str, ColdImport]
+) -> None:
+    assert "schema" not in _tables(cold_imports[module])
+
+
+def test_a_function_maps_only_the_tables_it_uses(cold_imports: dict[str, ColdImport]) -> None:
+    # Flags reads flags (and identifies callers without their rows); the core's user read maps
+    # the user and what its statements name: reservations, tombstones, and the organizations
+    # that a reservation's foreign key refers to.
+    core = cold_import("shared.db, shared.repositories.users")
+    assert _tables(cold_imports["functions.flags"]) == {"feature_flags"}
+    assert _tables(core) == {"users", "reservations", "tombstones", "organizations"}
 
 
 # pydantic validates request bodies and Stripe's objects. Settings are a plain dataclass, so the

@@ -9,7 +9,8 @@ from typing import Any
 import stripe
 
 from shared import db
-from shared.models import User, UserTier
+from shared.models import UserTier
+from shared.models.users import User
 from shared.repositories import users
 from tests.support.http import Caller, Result
 
