@@ -29,16 +29,17 @@ import sys
 
 from shared import db, ids
 
-# Imported by requests on first use; in a snapshot they are paid for once, at publish time.
-WARM_MODULES = ("shared.repositories.api_usage",)
-# And by a function that loads `shared.auth`, when it provisions its first caller (flags loads
-# it to identify callers and never provisions: its snapshot carries the switch unused).
+# Imported by requests on first use; in a snapshot they are paid for once, at publish time:
+# the usage recorder's repository (with its table) in every function,
+USAGE_RECORDER = "shared.repositories.api_usage"
+# and the switch in a function that loads `shared.auth`, when it provisions its first caller
+# (flags loads it to identify callers and never provisions: its snapshot carries the switch
+# unused).
 PROVISIONING = "shared.storage"
 
 
 def warm() -> None:
-    for name in WARM_MODULES:
-        importlib.import_module(name)
+    importlib.import_module(USAGE_RECORDER)
     if "shared.auth" in sys.modules:
         importlib.import_module(PROVISIONING)
     from sqlalchemy.orm import configure_mappers

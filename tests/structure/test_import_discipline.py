@@ -144,6 +144,12 @@ def _all_modules() -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def core_import() -> ColdImport:
+    """The core alone: the engine and the users repository, no function around them."""
+    return cold_import("shared.db, shared.repositories.users")
+
+
+@pytest.fixture(scope="module")
 def cold_imports() -> dict[str, ColdImport]:
     results = {module: cold_import(module) for module in _all_modules()}
     header = ("function", "import ms", "modules", "notable packages loaded")
@@ -208,13 +214,14 @@ def test_no_function_maps_the_whole_schema(
     assert "schema" not in _tables(cold_imports[module])
 
 
-def test_a_function_maps_only_the_tables_it_uses(cold_imports: dict[str, ColdImport]) -> None:
+def test_a_function_maps_only_the_tables_it_uses(
+    cold_imports: dict[str, ColdImport], core_import: ColdImport
+) -> None:
     # Flags reads flags (and identifies callers without their rows); the core's user read maps
     # the user and what its statements name: reservations, tombstones, and the organizations
     # that a reservation's foreign key refers to.
-    core = cold_import("shared.db, shared.repositories.users")
     assert _tables(cold_imports["functions.flags"]) == {"feature_flags"}
-    assert _tables(core) == {"users", "reservations", "tombstones", "organizations"}
+    assert _tables(core_import) == {"users", "reservations", "tombstones", "organizations"}
 
 
 # pydantic validates request bodies and Stripe's objects. Settings are a plain dataclass, so the
@@ -223,10 +230,12 @@ PYDANTIC = frozenset({"pydantic", "pydantic_core"})
 VALIDATES_STRIPE_EVENTS = "functions.cron.retry_webhooks"
 
 
-def test_the_core_and_the_crons_load_no_pydantic(cold_imports: dict[str, ColdImport]) -> None:
+def test_the_core_and_the_crons_load_no_pydantic(
+    cold_imports: dict[str, ColdImport], core_import: ColdImport
+) -> None:
     _, crons = discover_modules()
-    core = cold_import("shared.db, shared.repositories.users")
-    loaders = [core, *(cold_imports[cron] for cron in crons if cron != VALIDATES_STRIPE_EVENTS)]
+    crons_loaded = [cold_imports[cron] for cron in crons if cron != VALIDATES_STRIPE_EVENTS]
+    loaders = [core_import, *crons_loaded]
     assert [result.module for result in loaders if result.top_level & PYDANTIC] == []
 
 
