@@ -16,9 +16,10 @@ Why it looks like this:
 - No ping on a hot connection. One idle for longer than `DB_IDLE_CHECK_S` (a frozen container, a
   Neon compute that may have suspended) is pinged on checkout and replaced if dead.
 - Hot paths skip SQLAlchemy's per-statement machinery: `HotStatement` is a Core statement
-  compiled once (on its first run) and run by `execute_hot` straight on the checked-out psycopg
-  connection, with SQLAlchemy's error wrapping, connection invalidation and cursor events kept
-  (so the retry rules, the slow-query log and statement counting see it like any other).
+  built and compiled once (on its first run, not at import) and run by `execute_hot` straight
+  on the checked-out psycopg connection, with SQLAlchemy's error wrapping, connection
+  invalidation and cursor events kept (so the retry rules, the slow-query log and statement
+  counting see it like any other).
   `BEGIN` and `COMMIT` go the same way. Work that runs only hot statements never builds an ORM
   `Session` (`Conn.session` is built on first use). The pooler rule is the connection's own
   (`prepare_threshold`), so nothing changes there.
@@ -335,28 +336,28 @@ class Conn:
 
 
 class HotStatement:
-    """A statement compiled for psycopg once, on its first run: `sql` with `%(name)s` placeholders.
+    """A statement run as SQL with `%(name)s` placeholders: `source` is that SQL, or a function
+    building the Core statement, which is built and compiled once, on its first run.
 
-    Not at import: a cold start then compiles only the statements its request runs. Parameters
-    are passed as the driver takes them (naive UTC datetimes for `UTCDateTime` columns, enum
-    values as their strings): no bind processors run on the hot path."""
+    Not at import: a cold start then builds and compiles only the statements its request runs.
+    Parameters are passed as the driver takes them (naive UTC datetimes for `UTCDateTime`
+    columns, enum values as their strings): no bind processors run on the hot path."""
 
     __slots__ = ("_compiled", "_source")
 
-    def __init__(self, source: ClauseElement | str) -> None:
+    def __init__(self, source: str | Callable[[], ClauseElement]) -> None:
         self._source = source
         self._compiled: tuple[str, Mapping[str, Any] | None] | None = None
 
     def compiled(self) -> tuple[str, Mapping[str, Any] | None]:
         """`(sql, constants)`: the statement's own literals (`param_1` …) are the constants."""
         if self._compiled is None:
-            self._compiled = _compile(self._source)
+            source = self._source
+            self._compiled = (source, None) if isinstance(source, str) else _compile(source())
         return self._compiled
 
 
-def _compile(statement: ClauseElement | str) -> tuple[str, Mapping[str, Any] | None]:
-    if isinstance(statement, str):
-        return statement, None
+def _compile(statement: ClauseElement) -> tuple[str, Mapping[str, Any] | None]:
     compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
     processors = compiled._bind_processors  # type: ignore[attr-defined]
     constants = {

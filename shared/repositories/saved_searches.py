@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, cast
 
 from psycopg.pq import TransactionStatus
@@ -74,14 +75,14 @@ _SUMMARY_COLUMNS = [column for column in _COLUMNS if column.name != "results"]
 _search_from = RowMapper(SavedSearch, _COLUMNS)
 _summary_from = RowMapper(SavedSearch, _SUMMARY_COLUMNS)
 _OWNER_LOCK = HotStatement(
-    select(User.id).where(User.id == bindparam("p_user_id", type_=Text())).with_for_update()
+    lambda: select(User.id).where(User.id == bindparam("p_user_id", type_=Text())).with_for_update()
 )
 
 
 _NOT_INSERTED = ("lastRunAt", "organizationId")  # a personal search belongs to no team
 
 
-def _create_statement() -> HotStatement:
+def _create_statement() -> Any:
     """INSERT … SELECT <binds> WHERE (the user's count) < MAX_PER_USER RETURNING *, binds named
     `p_<column>`."""
     user_id = bindparam("p_userId", type_=Text())
@@ -94,10 +95,10 @@ def _create_statement() -> HotStatement:
     source = select(
         *[bindparam(f"p_{name}", type_=_SEARCHES.c[name].type) for name in names]
     ).where(count < MAX_PER_USER)
-    return HotStatement(insert(_SEARCHES).from_select(names, source).returning(*_COLUMNS))
+    return insert(_SEARCHES).from_select(names, source).returning(*_COLUMNS)
 
 
-_CREATE = _create_statement()
+_CREATE = HotStatement(_create_statement)
 
 
 @database_operation("createSavedSearch")
@@ -184,7 +185,7 @@ def list_for_user(
     return page_of(rows, limit, _summary_from, lambda search: (search.updated_at, search.id))
 
 
-def _list_statement(*, after: bool) -> HotStatement:
+def _list_statement(*, after: bool) -> Any:
     """Newest first, one more row than a page; `after`: past the cursor (p_after_time/_id)."""
     columns = _SEARCHES.c
     statement = (
@@ -201,11 +202,11 @@ def _list_statement(*, after: bool) -> HotStatement:
             bindparam("p_after_time", type_=UTCDateTime()), bindparam("p_after_id", type_=Text())
         )
         statement = statement.where(tuple_(columns.updatedAt, columns.id) < cursor)
-    return HotStatement(statement)
+    return statement
 
 
-_LIST = _list_statement(after=False)
-_LIST_AFTER = _list_statement(after=True)
+_LIST = HotStatement(partial(_list_statement, after=False))
+_LIST_AFTER = HotStatement(partial(_list_statement, after=True))
 
 
 @database_operation("updateSavedSearch")

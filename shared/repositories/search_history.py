@@ -177,7 +177,7 @@ def stats(
     return Stats(total.searches, total.avg_response_time, total.cache_hit_rate, providers)
 
 
-def _stats_statement(owner: Any = None) -> HotStatement:
+def _stats_statement(owner: Any = None) -> Any:
     """`stats`' query, built once per shape (binds p_since, p_until and, with an `owner` column,
     p_owner)."""
     hit_rate = func.avg(case((SearchHistory.cache_hit, 1.0), else_=0.0))
@@ -197,12 +197,12 @@ def _stats_statement(owner: Any = None) -> HotStatement:
     )
     if owner is not None:
         statement = statement.where(owner == bindparam("p_owner", type_=Text()))
-    return HotStatement(statement)
+    return statement
 
 
-_STATS = _stats_statement()
-_STATS_OF_USER = _stats_statement(SearchHistory.user_id)
-_STATS_OF_ORGANIZATION = _stats_statement(SearchHistory.organization_id)
+_STATS = HotStatement(_stats_statement)
+_STATS_OF_USER = HotStatement(lambda: _stats_statement(SearchHistory.user_id))
+_STATS_OF_ORGANIZATION = HotStatement(lambda: _stats_statement(SearchHistory.organization_id))
 
 
 def _float(value: object) -> float | None:

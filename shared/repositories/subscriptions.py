@@ -130,8 +130,13 @@ _FINDS: dict[tuple[LookupKey, ...], HotStatement] = {}
 def _find_statement(keys: tuple[LookupKey, ...]) -> HotStatement:
     """`find_user_id`'s UNION ALL for this sequence of key kinds, compiled once (binds p_0 …)."""
     statement = _FINDS.get(keys)
-    if statement is not None:
-        return statement
+    if statement is None:
+        statement = HotStatement(partial(_find, keys))
+        _FINDS[keys] = statement
+    return statement
+
+
+def _find(keys: tuple[LookupKey, ...]) -> Any:
     selects = []
     for rank, key in enumerate(keys):
         value = bindparam(f"p_{rank}", type_=Text())
@@ -144,9 +149,7 @@ def _find_statement(keys: tuple[LookupKey, ...]) -> HotStatement:
             condition = func.lower(User.email) == func.lower(value)
         selects.append(select(User.id, literal(rank).label("rank")).where(condition))
     matches = union_all(*selects).subquery()
-    statement = HotStatement(select(matches.c.id).order_by(matches.c.rank).limit(1))
-    _FINDS[keys] = statement
-    return statement
+    return select(matches.c.id).order_by(matches.c.rank).limit(1)
 
 
 @database_operation("applySubscriptionChange")

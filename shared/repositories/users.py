@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypedDict, Unpack, cast
 
 from sqlalchemy import (
     ColumnElement,
     Integer,
+    Select,
     Subquery,
     Table,
     Text,
@@ -220,18 +222,18 @@ def create(
     return _user_from(row)
 
 
-def _create_statement(*, continuing: bool) -> HotStatement:
+def _create_statement(*, continuing: bool) -> Any:
     values = _new_user_columns()
     values["clerk_updated_at"] = bindparam("p_clerk_updated_at", type_=UTCDateTime())
     if continuing:
         statement = _insert_from(_USERS, values, _continuing_trial(values))
     else:
         statement = insert(_USERS).values(_by_column(values))
-    return HotStatement(statement.returning(*_USERS.columns))
+    return statement.returning(*_USERS.columns)
 
 
-_CREATE_TRIAL = _create_statement(continuing=True)
-_CREATE = _create_statement(continuing=False)
+_CREATE_TRIAL = HotStatement(partial(_create_statement, continuing=True))
+_CREATE = HotStatement(partial(_create_statement, continuing=False))
 
 
 @database_operation("findUserById")
@@ -257,9 +259,12 @@ def update_columns(conn: Conn, user_id: str, values: dict[Any, Any]) -> None:
     execute_hot(conn, _update_statement(keys, returning=False), params)
 
 
-_BY_ID = select(_USERS).where(_USERS.c.id == bindparam("id"))
-_GET = HotStatement(_BY_ID)
-_GET_LOCKED = HotStatement(_BY_ID.with_for_update())
+def _by_id() -> Select[Any]:
+    return select(_USERS).where(_USERS.c.id == bindparam("id"))
+
+
+_GET = HotStatement(_by_id)
+_GET_LOCKED = HotStatement(lambda: _by_id().with_for_update())
 
 
 @database_operation("findUserByEmail")
@@ -269,7 +274,7 @@ def get_by_email(conn: Conn, email: str) -> User | None:
     return conn.session.scalars(statement).one_or_none()
 
 
-def _get_or_create_statement() -> HotStatement:
+def _get_or_create_statement() -> Any:
     """Read the row if it exists, else insert it; one statement, one round trip. When another
     transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
     this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
@@ -284,10 +289,10 @@ def _get_or_create_statement() -> HotStatement:
         .returning(*_USERS.columns)
         .cte("inserted")
     )
-    return HotStatement(select(existing).union_all(select(inserted)))
+    return select(existing).union_all(select(inserted))
 
 
-_GET_OR_CREATE = _get_or_create_statement()
+_GET_OR_CREATE = HotStatement(_get_or_create_statement)
 
 
 @database_operation("findOrCreateUser")
@@ -343,15 +348,17 @@ def _update_statement(keys: frozenset[str], *, returning: bool = True) -> HotSta
     after the attributes, `user_id` for the id)."""
     statement = _UPDATES.get((keys, returning))
     if statement is None:
-        values: dict[str, Any] = {
-            User.__mapper__.attrs[key].columns[0].name: bindparam(key) for key in sorted(keys)
-        }
-        update_statement = update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(values)
-        if returning:
-            update_statement = update_statement.returning(*_USERS.columns)
-        statement = HotStatement(update_statement)
+        statement = HotStatement(partial(_update, keys, returning=returning))
         _UPDATES[keys, returning] = statement
     return statement
+
+
+def _update(keys: frozenset[str], *, returning: bool) -> Any:
+    values: dict[str, Any] = {
+        User.__mapper__.attrs[key].columns[0].name: bindparam(key) for key in sorted(keys)
+    }
+    statement = update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(values)
+    return statement.returning(*_USERS.columns) if returning else statement
 
 
 @database_operation("incrementKeywordSearches")
@@ -397,7 +404,7 @@ def increment_usage(
     raise QuotaExceededError(used=current, limit=limit or 0, requested=count)
 
 
-def _increment_statement(*, limited: bool) -> HotStatement:
+def _increment_statement(*, limited: bool) -> Any:
     """`increment_usage`'s UPDATE (the CASE built once): binds id, count, month_start, now and,
     `limited`, limit."""
     count = bindparam("count", type_=Integer())
@@ -424,11 +431,11 @@ def _increment_statement(*, limited: bool) -> HotStatement:
     )
     if limited:
         statement = statement.where(used + count <= bindparam("limit", type_=Integer()))
-    return HotStatement(statement)
+    return statement
 
 
-_INCREMENT = _increment_statement(limited=False)
-_INCREMENT_LIMITED = _increment_statement(limited=True)
+_INCREMENT = HotStatement(partial(_increment_statement, limited=False))
+_INCREMENT_LIMITED = HotStatement(partial(_increment_statement, limited=True))
 
 
 @database_operation("reserveKeywords")
@@ -516,7 +523,7 @@ def _uncount(conn: Conn, user_id: str, count: int, now: datetime) -> None:
     )
 
 
-def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
+def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
     """`reserve_keywords`' statement, built and compiled once per shape; bound parameters:
     `_new_user_params`, p_count, p_month_start, the three limits and the hold's id and expiry."""
     now = bindparam("p_now", type_=UTCDateTime())
@@ -558,9 +565,7 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> HotStatement:
         User.tier,
         literal_column("xmax = 0").label("inserted"),
     )
-    if with_hold:
-        upsert = _with_hold(upsert, enforce=enforce)
-    return HotStatement(upsert)
+    return _with_hold(upsert, enforce=enforce) if with_hold else upsert
 
 
 def _with_hold(upsert: Any, *, enforce: bool) -> Any:
@@ -599,7 +604,9 @@ def _with_hold(upsert: Any, *, enforce: bool) -> Any:
 
 
 _RESERVE = {
-    (enforce, with_hold): _reserve_statement(enforce=enforce, with_hold=with_hold)
+    (enforce, with_hold): HotStatement(
+        partial(_reserve_statement, enforce=enforce, with_hold=with_hold)
+    )
     for enforce in (True, False)
     for with_hold in (True, False)
 }
@@ -614,16 +621,18 @@ def reset_monthly_usage(conn: Conn, user_id: str, *, now: datetime | None = None
 
 
 _RESET = HotStatement(
-    update(_USERS)
-    .where(_USERS.c.id == bindparam("id"))
-    .values(
-        {
-            "keywordSearchesThisMonth": 0,
-            "monthlyResetAt": bindparam("now", type_=UTCDateTime()),
-            "updatedAt": bindparam("now", type_=UTCDateTime()),
-        }
+    lambda: (
+        update(_USERS)
+        .where(_USERS.c.id == bindparam("id"))
+        .values(
+            {
+                "keywordSearchesThisMonth": 0,
+                "monthlyResetAt": bindparam("now", type_=UTCDateTime()),
+                "updatedAt": bindparam("now", type_=UTCDateTime()),
+            }
+        )
+        .returning(_USERS.c.id)
     )
-    .returning(_USERS.c.id)
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -81,7 +82,7 @@ def claim(
     return Claim(event_id=event_id, attempts=row[0], first_delivery=bool(row[1]))
 
 
-def _claim_statement() -> HotStatement:
+def _claim_statement() -> Any:
     """`claim`'s upsert, built once (binds p_id, p_type, p_provider, p_payload, p_now)."""
     now = bindparam("p_now", type_=UTCDateTime())
     upsert: Any = (
@@ -102,7 +103,7 @@ def _claim_statement() -> HotStatement:
         )
         .returning(WebhookEvent.attempts, literal_column("xmax = 0"))
     )
-    return HotStatement(upsert)
+    return upsert
 
 
 @database_operation("getWebhookEvent")
@@ -120,7 +121,7 @@ def mark_processed(
     execute_hot(conn, _FORGET if forget_payload else _PROCESSED, params)
 
 
-def _processed_statement(*, forget_payload: bool) -> HotStatement:
+def _processed_statement(*, forget_payload: bool) -> Any:
     values: dict[Any, Any] = {
         WebhookEvent.processed: True,
         WebhookEvent.processed_at: bindparam("p_now", type_=UTCDateTime()),
@@ -128,7 +129,7 @@ def _processed_statement(*, forget_payload: bool) -> HotStatement:
     }
     if forget_payload:
         values[WebhookEvent.payload] = null()  # SQL NULL: None would store JSON null
-    return HotStatement(
+    return (
         update(WebhookEvent)
         .where(WebhookEvent.id == bindparam("p_id", type_=Text()))
         .values(values)
@@ -184,6 +185,6 @@ def list_retryable(
     return list(conn.session.scalars(statement))
 
 
-_CLAIM = _claim_statement()
-_PROCESSED = _processed_statement(forget_payload=False)
-_FORGET = _processed_statement(forget_payload=True)
+_CLAIM = HotStatement(_claim_statement)
+_PROCESSED = HotStatement(partial(_processed_statement, forget_payload=False))
+_FORGET = HotStatement(partial(_processed_statement, forget_payload=True))
