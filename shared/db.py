@@ -42,7 +42,8 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event, text
+from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -50,11 +51,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from shared import db_dialect
 from shared.config import PreparedStatements, Settings, get_settings
 from shared.db_url import DatabaseTarget, parse_database_url, redact_url
 from shared.telemetry import log_event
 
 T = TypeVar("T")
+
+# The engines below connect through the dialect that initialises in one round trip.
+registry.register(f"postgresql.{db_dialect.NAME}", "shared.db_dialect", "KeyFlashDialect")
 
 # SQLSTATEs meaning the server ended or refused the session before running our statement.
 _SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
@@ -161,7 +166,7 @@ def build_engine(
         # A direct connection takes session settings as startup options; a pooler would refuse.
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     engine = create_engine(
-        target.sqlalchemy_url,
+        make_url(target.sqlalchemy_url).set(drivername=f"postgresql+{db_dialect.NAME}"),
         connect_args=connect_args,
         isolation_level="AUTOCOMMIT",
         pool_size=settings.db_pool_size,

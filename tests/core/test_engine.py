@@ -7,15 +7,18 @@ import logging
 import secrets
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import create_engine, event, pool, text
+from sqlalchemy.exc import OperationalError, SAWarning
 
 from shared import config, db
+from shared.db_url import parse_database_url
+from shared.models.users import User
 from shared.repositories import users
 
 pytestmark = pytest.mark.usefixtures("db_env")
@@ -77,6 +80,50 @@ def test_two_hundred_operations_reuse_one_connection_without_pings(
     assert len(opened) == 1
     assert len(sent) == 200  # one statement per operation: no BEGIN, no ping on a hot connection
     assert len(server_pids(admin_conn, app_name)) == 1
+
+
+def test_a_new_engine_sends_one_statement_of_its_own_before_the_first_query(
+    db_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy initialises its dialect on an engine's first connection. Stock: five
+    statements, each a round trip on a new container's first request (version, schema,
+    isolation level, standard_conforming_strings, hstore). Ours: one, and the same answers."""
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def recorded(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
+    assert db.run(lambda conn: users.get(conn, "user_nobody"), idempotent=True) is None
+    assert len(sent) == 2, sent
+    assert "current_schema()" in sent[0] and "FROM users" in sent[1]
+
+    stock = create_engine(parse_database_url(db_env).sqlalchemy_url, poolclass=pool.NullPool)
+    with stock.connect():
+        pass
+    assert len(sent) == 2 + 5  # what the stock dialect asks for the same answers
+    ours = db.get_engine().dialect
+    for attribute in (
+        "server_version_info",
+        "default_schema_name",
+        "default_isolation_level",
+        "_backslash_escapes",
+        "supports_identity_columns",
+        "max_identifier_length",
+    ):
+        assert getattr(ours, attribute) == getattr(stock.dialect, attribute), attribute
+    stock.dispose()
+
+
+def test_the_engine_caches_compiled_statements() -> None:
+    """SQLAlchemy compiles anew each time for a dialect class that does not declare caching."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SAWarning)
+        for _ in range(2):
+            db.run(lambda conn: conn.session.get(User, "user_nobody"), idempotent=True)
+    assert len(db.get_engine()._compiled_cache) > 0
 
 
 def test_read_after_the_server_killed_the_connection_succeeds(
