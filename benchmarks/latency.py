@@ -11,27 +11,59 @@ sync, so Starlette runs them on its thread pool and they share the container's e
 process serves `GET /api/searches` through its ASGI app at a few concurrencies, with
 `DB_POOL_SIZE` 1 and 4, over the delayed hop: what a request waits for a connection, and
 whether any fails.
+
+Part 3: a new container's first query, at 0 ms and `HOP_MS`: a fresh process with the core
+imported times its first `db.run` (engine, connect, the dialect's initialisation, one query),
+interleaved with the same query through a stock SQLAlchemy psycopg engine, whose dialect asks
+the server five questions one statement at a time where the core's asks one
+(`shared.db_dialect`).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from benchmarks.core import Context, WorkerError, run_worker
+from benchmarks.core import ROOT, Context, WorkerError, run_worker
 from benchmarks.latency_proxy import DelayProxy
+from benchmarks.stats import summary
 from benchmarks.warm import TARGETED
 
 HOP_MS = 1.0
 DELAYS_MS = (0.0, HOP_MS)
 POOL_SIZES = (1, 4)
 CONCURRENCY = (1, 4, 8)
+# Runs in a fresh process: argv[1] is "core" or "stock"; prints the first query's milliseconds.
+FIRST_QUERY = r"""
+import json, os, sys, time
+from sqlalchemy import create_engine, text
+from shared import db
+from shared.db_url import parse_database_url
+from shared.repositories import users
+started = time.perf_counter()
+if sys.argv[1] == "core":
+    db.run(lambda conn: users.get(conn, "user_first_query"), idempotent=True)
+else:
+    url = parse_database_url(os.environ["DATABASE_URL"]).sqlalchemy_url
+    with create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+        conn.execute(text("SELECT * FROM users WHERE id = :id"), {"id": "user_first_query"}).all()
+print(json.dumps({"ms": (time.perf_counter() - started) * 1000}))
+"""
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    return {"hop_ms": HOP_MS, "endpoints": _endpoints(ctx), "fluid": _fluid(ctx), "targets": []}
+    return {
+        "hop_ms": HOP_MS,
+        "endpoints": _endpoints(ctx),
+        "fluid": _fluid(ctx),
+        "first_query": _first_query(ctx),
+        "targets": [],
+    }
 
 
 def _endpoints(ctx: Context) -> dict[str, Any]:
@@ -88,6 +120,33 @@ def _fluid(ctx: Context) -> dict[str, Any]:
                 results[str(pool)] = run_worker("fluid", params, env)["levels"]
             except WorkerError as error:
                 results[str(pool)] = {"error": str(error)[-1500:]}
+    return results
+
+
+def _first_query(ctx: Context) -> dict[str, Any]:
+    """{delay: {"core"|"stock": summary of ms}}: a new container's first query, both ways."""
+    rounds = ctx.pick(15, 2)
+    results: dict[str, Any] = {}
+    for delay in DELAYS_MS:
+        ctx.log(f"  latency: a new container's first query at {delay:g} ms each way")
+        samples: dict[str, list[float]] = {"core": [], "stock": []}
+        with _proxied_env(ctx, delay) as env:
+            for round_ in range(rounds):
+                for way in ("core", "stock") if round_ % 2 else ("stock", "core"):
+                    child = subprocess.run(
+                        [sys.executable, "-c", FIRST_QUERY, way],
+                        env=env,
+                        cwd=ROOT,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        check=False,
+                    )
+                    if child.returncode != 0:
+                        results[f"{delay:g}"] = {"error": child.stderr[-1500:]}
+                        break
+                    samples[way].append(json.loads(child.stdout.splitlines()[-1])["ms"])
+        results.setdefault(f"{delay:g}", {way: summary(ms) for way, ms in samples.items()})
     return results
 
 

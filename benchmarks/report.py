@@ -540,7 +540,22 @@ def _latency(data: dict[str, Any]) -> str:
         ["DB_POOL_SIZE", "in flight", "median ms", "p95 ms", "requests/s", "statuses"],
         fluid_rows,
     )
-    return f"{endpoints}\n\nOne Fluid instance, GET /api/searches, {hop} ms hop:\n\n{fluid}"
+    first_rows = [
+        [
+            f"{delay} ms",
+            fmt(by_way.get("core")) if "core" in by_way else by_way.get("error", "")[:80],
+            fmt(by_way.get("stock")),
+        ]
+        for delay, by_way in data.get("first_query", {}).items()
+    ]
+    first = table(
+        ["hop each way", "core: engine, connect, one query", "stock SQLAlchemy engine, same"],
+        first_rows,
+    )
+    return (
+        f"{endpoints}\n\nOne Fluid instance, GET /api/searches, {hop} ms hop:\n\n{fluid}"
+        f"\n\nA new container's first query (fresh process, imports done):\n\n{first}"
+    )
 
 
 def _capacity(data: dict[str, Any]) -> str:
