@@ -131,23 +131,36 @@ def _first_query(ctx: Context) -> dict[str, Any]:
         ctx.log(f"  latency: a new container's first query at {delay:g} ms each way")
         samples: dict[str, list[float]] = {"core": [], "stock": []}
         with _proxied_env(ctx, delay) as env:
-            for round_ in range(rounds):
-                for way in ("core", "stock") if round_ % 2 else ("stock", "core"):
-                    child = subprocess.run(
-                        [sys.executable, "-c", FIRST_QUERY, way],
-                        env=env,
-                        cwd=ROOT,
-                        capture_output=True,
-                        text=True,
-                        timeout=60,
-                        check=False,
-                    )
-                    if child.returncode != 0:
-                        results[f"{delay:g}"] = {"error": child.stderr[-1500:]}
-                        break
-                    samples[way].append(json.loads(child.stdout.splitlines()[-1])["ms"])
-        results.setdefault(f"{delay:g}", {way: summary(ms) for way, ms in samples.items()})
+            try:
+                for round_ in range(rounds):
+                    for way in ("core", "stock") if round_ % 2 else ("stock", "core"):
+                        samples[way].append(_first_query_ms(way, env))
+            except RuntimeError as error:
+                results[f"{delay:g}"] = {"error": str(error)}
+                continue
+        results[f"{delay:g}"] = {way: summary(ms) for way, ms in samples.items()}
     return results
+
+
+def _first_query_ms(way: str, env: dict[str, str]) -> float:
+    """One fresh process's first query, `way` "core" or "stock"; RuntimeError with the child's
+    last line of error when it fails."""
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", FIRST_QUERY, way],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if child.returncode == 0:
+            return float(json.loads(child.stdout.splitlines()[-1])["ms"])
+        lines = child.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit status {child.returncode}")
+    except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError) as error:
+        raise RuntimeError(f"{type(error).__name__}: {error}") from None
 
 
 @contextmanager

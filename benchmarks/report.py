@@ -543,7 +543,7 @@ def _latency(data: dict[str, Any]) -> str:
     first_rows = [
         [
             f"{delay} ms",
-            fmt(by_way.get("core")) if "core" in by_way else by_way.get("error", "")[:80],
+            fmt(by_way.get("core")) if "core" in by_way else by_way.get("error", "")[:120],
             fmt(by_way.get("stock")),
         ]
         for delay, by_way in data.get("first_query", {}).items()

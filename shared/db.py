@@ -353,6 +353,7 @@ class HotStatement:
     def __init__(self, source: str | Callable[[], ClauseElement]) -> None:
         self._source = source
         self._compiled: tuple[str, Mapping[str, Any] | None] | None = None
+        _hot_statements.append(self)
 
     def compiled(self) -> tuple[str, Mapping[str, Any] | None]:
         """`(sql, constants)`: the statement's own literals (`param_1` …) are the constants."""
@@ -360,6 +361,19 @@ class HotStatement:
             source = self._source
             self._compiled = (source, None) if isinstance(source, str) else _compile(source())
         return self._compiled
+
+
+# Every HotStatement made so far (those of the repositories imported), for `compile_hot_statements`.
+_hot_statements: list[HotStatement] = []
+
+
+def compile_hot_statements() -> int:
+    """Build and compile every HotStatement made so far; returns how many were not yet. SnapStart's
+    INIT calls it, so that restored containers compile none of them."""
+    pending = [statement for statement in _hot_statements if statement._compiled is None]
+    for statement in pending:
+        statement.compiled()
+    return len(pending)
 
 
 def _compile(statement: ClauseElement) -> tuple[str, Mapping[str, Any] | None]:

@@ -43,17 +43,20 @@ class KeyFlashDialect(PGDialect_psycopg):
             return (major, version % 10000)
         return (major, version // 100 % 100, version % 100)  # 90605 is 9.6.5
 
-    def _get_default_schema_name(self, connection: Connection) -> str:
-        schema, isolation = connection.exec_driver_sql(
+    def _get_default_schema_name(self, connection: Connection) -> str | None:  # type: ignore[override]
+        row = connection.exec_driver_sql(
             "SELECT current_schema(), current_setting('transaction_isolation')"
         ).one()
-        self._reported_isolation_level = str(isolation).upper()
-        return str(schema)
+        self._reported_isolation_level = str(row[1]).upper()
+        schema: str | None = row[0]  # None (as the stock dialect says) if no schema on the path
+        return schema
 
     def get_default_isolation_level(self, dbapi_conn: Any) -> Any:
-        # `initialize` reads the schema first: the same statement returned the level.
-        if self._reported_isolation_level is not None:
-            return self._reported_isolation_level
+        # `initialize` reads the schema first: the same statement returned the level, which
+        # answers this call only (any later one asks the connection it is given).
+        level, self._reported_isolation_level = self._reported_isolation_level, None
+        if level is not None:
+            return level
         return super().get_default_isolation_level(dbapi_conn)  # type: ignore[no-untyped-call]
 
     def _set_backslash_escapes(self, connection: Connection) -> None:

@@ -4,8 +4,8 @@ With SnapStart, Lambda runs a function's INIT once when a version is published, 
 memory and restores that snapshot for each new container. So:
 - INIT should do what a first request would otherwise do: the lazily imported modules (the usage
   row's repository and its table; the `STORAGE_MODE` switch, which provisions a function's
-  first caller), the configuration of the ORM mappers the function loaded, and the engine and
-  settings objects;
+  first caller), the configuration of the ORM mappers the function loaded, the hot statements
+  of the repositories it imported (built and compiled), and the engine and settings objects;
 - no socket may be in the snapshot: it would be long dead at restore, and shared by every
   container restored from it, so pooled database and Redis connections are closed before it
   (both reconnect on first use);
@@ -45,6 +45,7 @@ def warm() -> None:
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()
+    db.compile_hot_statements()  # those of the repositories the function imported
     db.get_engine()  # builds the engine and reads the settings; connects on first query
     gc.collect()  # INIT's garbage, paid at publish time; `lambda_handler` then freezes the rest
 

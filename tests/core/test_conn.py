@@ -3,13 +3,15 @@ session built only when asked for, closed when the call ends, in the same transa
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import event, inspect, update
 
-from shared import db
+from shared import db, repositories
 from shared.models.users import User
 from shared.repositories import users
 
@@ -80,3 +82,14 @@ def test_connection_level_listeners_see_hot_statements() -> None:
 
     db.run(work, idempotent=True)
     assert len(sent) == 2 and "FROM users" in sent[0] and sent[1] == "after"
+
+
+def test_every_hot_statement_of_the_repositories_builds_and_compiles() -> None:
+    """They are built on their first run, not at import: a broken builder of a shape requests
+    rarely take would otherwise fail only when one does."""
+    for module in pkgutil.iter_modules(repositories.__path__):
+        importlib.import_module(f"{repositories.__name__}.{module.name}")
+    db.compile_hot_statements()
+    assert db.compile_hot_statements() == 0
+    assert len(db._hot_statements) >= 20
+    assert all(isinstance(statement.compiled()[0], str) for statement in db._hot_statements)

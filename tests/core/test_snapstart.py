@@ -30,6 +30,7 @@ from sqlalchemy import text
 from shared import db, ids
 
 warmed = "shared.models" in sys.modules
+uncompiled = db.compile_hot_statements()  # what a restored container's requests would compile
 watched = ("shared.storage", "shared.legacy.bridge", "upstash_redis")
 loaded = [name for name in watched if name in sys.modules]
 pooled = db.get_engine().raw_connection()
@@ -68,6 +69,7 @@ def restored(run_hooks):
 print("@@" + json.dumps({
     "hooks": [len(hooks["before"]), len(hooks["after"])],
     "warmed": warmed,
+    "uncompiled": uncompiled,
     "loaded": loaded,
     "open_before": open_before,
     "closed_by_hooks": closed_by_hooks,
@@ -91,6 +93,7 @@ def test_snapshot_hooks_close_connections_and_restored_containers_differ(db_env:
     result = _emulate(env)
     assert result["hooks"] == [1, 1]
     assert result["warmed"] is True, "INIT imports what requests would load on first use"
+    assert result["uncompiled"] == 0, "INIT builds and compiles the hot statements"
     assert result["open_before"] is True
     assert result["closed_by_hooks"] is True, "a pooled connection went into the snapshot"
     first, second = result["restored"]  # type: ignore[misc]
@@ -108,6 +111,8 @@ def test_an_ordinary_cold_start_does_not_warm(db_env: str) -> None:
     result = _emulate(env)
     assert result["hooks"] == [1, 1]
     assert result["warmed"] is False, "health loads no ORM mappers unless a snapshot is taken"
+    history = _emulate({**env, "STORAGE_MODE": "postgres"}, "functions.history")
+    assert history["uncompiled"] > 0, "statements are built on first use, not at import"
 
 
 def test_a_snapshot_of_a_signing_in_function_holds_the_storage_switch_not_the_legacy_layer(
