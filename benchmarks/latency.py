@@ -16,7 +16,9 @@ Part 3: a new container's first query, at 0 ms and `HOP_MS`: a fresh process wit
 imported times its first `db.run` (engine, connect, the dialect's initialisation, one query),
 interleaved with the same query through a stock SQLAlchemy psycopg engine, whose dialect asks
 the server five questions one statement at a time where the core's asks one
-(`shared.db_dialect`).
+(`shared.db_dialect`), and with a container restored from a SnapStart snapshot, whose INIT
+connected ahead (`db.connect_ahead`) before its connection was closed: it connects and sends
+only the query.
 """
 
 from __future__ import annotations
@@ -38,15 +40,18 @@ HOP_MS = 1.0
 DELAYS_MS = (0.0, HOP_MS)
 POOL_SIZES = (1, 4)
 CONCURRENCY = (1, 4, 8)
-# Runs in a fresh process: argv[1] is "core" or "stock"; prints the first query's milliseconds.
+# Runs in a fresh process: argv[1] is one of WAYS; prints the first query's milliseconds.
 FIRST_QUERY = r"""
 import json, os, sys, time
 from sqlalchemy import create_engine, text
 from shared import db
 from shared.db_url import parse_database_url
 from shared.repositories import users
+if sys.argv[1] == "restored":  # what SnapStart's INIT and before-snapshot hook left
+    db.connect_ahead()
+    db.close_connections()
 started = time.perf_counter()
-if sys.argv[1] == "core":
+if sys.argv[1] in ("core", "restored"):
     db.run(lambda conn: users.get(conn, "user_first_query"), idempotent=True)
 else:
     url = parse_database_url(os.environ["DATABASE_URL"]).sqlalchemy_url
@@ -54,6 +59,7 @@ else:
         conn.execute(text("SELECT * FROM users WHERE id = :id"), {"id": "user_first_query"}).all()
 print(json.dumps({"ms": (time.perf_counter() - started) * 1000}))
 """
+WAYS = ("core", "stock", "restored")
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -124,16 +130,17 @@ def _fluid(ctx: Context) -> dict[str, Any]:
 
 
 def _first_query(ctx: Context) -> dict[str, Any]:
-    """{delay: {"core"|"stock": summary of ms}}: a new container's first query, both ways."""
+    """{delay: {way: summary of ms}}: a new container's first query, each of `WAYS`."""
     rounds = ctx.pick(15, 2)
     results: dict[str, Any] = {}
     for delay in DELAYS_MS:
         ctx.log(f"  latency: a new container's first query at {delay:g} ms each way")
-        samples: dict[str, list[float]] = {"core": [], "stock": []}
+        samples: dict[str, list[float]] = {way: [] for way in WAYS}
         with _proxied_env(ctx, delay) as env:
             try:
                 for round_ in range(rounds):
-                    for way in ("core", "stock") if round_ % 2 else ("stock", "core"):
+                    turn = round_ % len(WAYS)
+                    for way in WAYS[turn:] + WAYS[:turn]:
                         samples[way].append(_first_query_ms(way, env))
             except RuntimeError as error:
                 results[f"{delay:g}"] = {"error": str(error)}
@@ -143,7 +150,7 @@ def _first_query(ctx: Context) -> dict[str, Any]:
 
 
 def _first_query_ms(way: str, env: dict[str, str]) -> float:
-    """One fresh process's first query, `way` "core" or "stock"; RuntimeError with the child's
+    """One fresh process's first query, `way` one of `WAYS`; RuntimeError with the child's
     last line of error when it fails."""
     try:
         child = subprocess.run(

@@ -545,11 +545,17 @@ def _latency(data: dict[str, Any]) -> str:
             f"{delay} ms",
             fmt(by_way.get("core")) if "core" in by_way else by_way.get("error", "")[:120],
             fmt(by_way.get("stock")),
+            fmt(by_way.get("restored")),
         ]
         for delay, by_way in data.get("first_query", {}).items()
     ]
     first = table(
-        ["hop each way", "core: engine, connect, one query", "stock SQLAlchemy engine, same"],
+        [
+            "hop each way",
+            "core: engine, connect, one query",
+            "stock SQLAlchemy engine, same",
+            "core after a SnapStart restore: connect, one query",
+        ],
         first_rows,
     )
     return (

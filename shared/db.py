@@ -130,6 +130,28 @@ def close_connections() -> None:
         _dispose_all()
 
 
+def connect_ahead() -> bool:
+    """Connect once now and put the connection back in the pool: the engine's dialect learns
+    the server (its one statement) before any request does.
+
+    SnapStart's INIT calls it. The connection is closed before the snapshot, but what the
+    dialect learned is kept in it, so a restored container's first request only connects.
+    One attempt: a database that is unreachable or refuses us is logged and left to the first
+    request, as on an ordinary cold start (False)."""
+    try:
+        _execute(lambda conn: None, atomic=False, idempotent=True, budget_s=0.0)
+    except (DatabaseUnavailableError, DBAPIError) as error:
+        cause = error.orig if isinstance(error, DBAPIError) else error
+        reason = redact_url(str(cause)).strip()
+        log_event(
+            "db_connect_ahead_failed",
+            level=logging.WARNING,
+            reason=reason.splitlines()[0] if reason else "",
+        )
+        return False
+    return True
+
+
 def _dispose_all() -> None:
     for engine in (_engine, *_read_engines.values()):
         if engine is not None:

@@ -5,7 +5,9 @@ memory and restores that snapshot for each new container. So:
 - INIT should do what a first request would otherwise do: the lazily imported modules (the usage
   row's repository and its table; the `STORAGE_MODE` switch, which provisions a function's
   first caller), the configuration of the ORM mappers the function loaded, the hot statements
-  of the repositories it imported (built and compiled), and the engine and settings objects;
+  of the repositories it imported (built and compiled), the engine and settings objects, and
+  one connection, so that the engine's dialect has learned the server (its one statement) and a
+  restored container's first request only connects;
 - no socket may be in the snapshot: it would be long dead at restore, and shared by every
   container restored from it, so pooled database and Redis connections are closed before it
   (both reconnect on first use);
@@ -46,7 +48,7 @@ def warm() -> None:
 
     configure_mappers()
     db.compile_hot_statements()  # those of the repositories the function imported
-    db.get_engine()  # builds the engine and reads the settings; connects on first query
+    db.connect_ahead()  # builds the engine, reads the settings; its dialect learns the server
     gc.collect()  # INIT's garbage, paid at publish time; `lambda_handler` then freezes the rest
 
 

@@ -226,6 +226,51 @@ def test_unreachable_database_fails_within_budget_without_leaking_the_password(
     assert db.is_database_connected() is False
 
 
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+@pytest.mark.parametrize("failure", ["unreachable", "no such database"])
+def test_connecting_ahead_tries_once_and_leaves_a_failure_to_the_first_request(
+    db_env: str, failure: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SnapStart's INIT connects ahead; a database it cannot use then must not fail the publish,
+    nor hold it for the retry budget, nor log the password."""
+    if failure == "unreachable":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # nothing listens here once the probe closes
+        url = f"postgresql://app:hunter2-secret@127.0.0.1:{port}/keyflash"
+    else:  # the real server, which refuses: configuration no retry mends
+        url = db_env.rsplit("/", 1)[0] + "/kf_missing_database"
+    reconfigure(monkeypatch, DATABASE_URL=url, DB_RETRY_BUDGET_S="30", DB_CONNECT_TIMEOUT_S="2")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    started = time.monotonic()
+    assert db.connect_ahead() is False
+    assert time.monotonic() - started < 5, "one attempt, not the 30 s retry budget"
+    assert json_events(caplog, "db_retry") == []
+    [failed] = json_events(caplog, "db_connect_ahead_failed")
+    expected = "connection failed" if failure == "unreachable" else "kf_missing_database"
+    assert expected in failed["reason"]
+    assert "hunter2" not in caplog.text
+
+
+def test_connecting_ahead_leaves_a_closed_pool_one_statement_per_query() -> None:
+    """What SnapStart's INIT and before-snapshot hook do: the dialect learns the server once,
+    the connection is closed, and the next query sends only itself."""
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def recorded(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(psycopg.Cursor, "execute", recorded)
+        assert db.connect_ahead() is True
+        assert len(sent) == 1 and "current_schema()" in sent[0]
+        db.close_connections()
+        assert db.run(lambda conn: users.get(conn, "user_nobody"), idempotent=True) is None
+    assert len(sent) == 2 and "FROM users" in sent[1]
+
+
 def test_health_reports_connected_and_response_time() -> None:
     health = db.get_database_health()
     assert health["connected"] is True and "error" not in health
