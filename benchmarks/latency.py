@@ -18,7 +18,8 @@ interleaved with the same query through a stock SQLAlchemy psycopg engine, whose
 the server five questions one statement at a time where the core's asks one
 (`shared.db_dialect`), and with a container restored from a SnapStart snapshot, whose INIT
 connected ahead (`db.connect_ahead`) before its connection was closed: it connects and sends
-only the query.
+only the query; and, for comparison, one restored from an INIT that only built the engine (as
+before `connect_ahead`), which also sends the dialect's statement.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ from sqlalchemy import create_engine, text
 from shared import db
 from shared.db_url import parse_database_url
 from shared.repositories import users
-if sys.argv[1] == "restored":  # what SnapStart's INIT and before-snapshot hook left
+if sys.argv[1] == "restored":  # what SnapStart's INIT and before-snapshot hook leave
     db.connect_ahead()
     db.close_connections()
+elif sys.argv[1] == "restored_unconnected":  # an INIT that built the engine and did not connect
+    db.get_engine()
 started = time.perf_counter()
-if sys.argv[1] in ("core", "restored"):
+if sys.argv[1] != "stock":
     db.run(lambda conn: users.get(conn, "user_first_query"), idempotent=True)
 else:
     url = parse_database_url(os.environ["DATABASE_URL"]).sqlalchemy_url
@@ -59,7 +62,7 @@ else:
         conn.execute(text("SELECT * FROM users WHERE id = :id"), {"id": "user_first_query"}).all()
 print(json.dumps({"ms": (time.perf_counter() - started) * 1000}))
 """
-WAYS = ("core", "stock", "restored")
+WAYS = ("core", "stock", "restored", "restored_unconnected")
 
 
 def run(ctx: Context) -> dict[str, Any]:

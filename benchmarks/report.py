@@ -546,6 +546,7 @@ def _latency(data: dict[str, Any]) -> str:
             fmt(by_way.get("core")) if "core" in by_way else by_way.get("error", "")[:120],
             fmt(by_way.get("stock")),
             fmt(by_way.get("restored")),
+            fmt(by_way.get("restored_unconnected")),
         ]
         for delay, by_way in data.get("first_query", {}).items()
     ]
@@ -555,6 +556,7 @@ def _latency(data: dict[str, Any]) -> str:
             "core: engine, connect, one query",
             "stock SQLAlchemy engine, same",
             "core after a SnapStart restore: connect, one query",
+            "the same, INIT not connected: connect, the dialect's statement, one query",
         ],
         first_rows,
     )
