@@ -23,6 +23,11 @@ from shared.telemetry import database_operation
 _USER_FOREIGN_KEY = "search_history_userId_fkey"
 
 
+# "avgVolume" and "totalVolume" are the original's Prisma `Int` (int4). A few head terms near a
+# billion searches a month sum past it: the row keeps the ceiling, the response every volume.
+INT4_MAX = 2**31 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class NewSearch:
     user_id: str | None
@@ -67,8 +72,8 @@ def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
         cache_hit=search.cache_hit,
         response_time=search.response_time,
         keyword_count=len(search.keywords),
-        avg_volume=search.avg_volume,
-        total_volume=search.total_volume,
+        avg_volume=min(search.avg_volume, INT4_MAX),
+        total_volume=min(search.total_volume, INT4_MAX),
         searched_at=now or utcnow(),
         user_agent=search.user_agent,
         ip_address=search.ip_address,

@@ -619,6 +619,39 @@ def test_missing_data_stays_missing_through_the_cache_and_the_history(
     assert set(history) == {(74000, 74000, "Worldwide")}  # not averaged with invented zeros
 
 
+def test_head_terms_whose_volumes_sum_past_the_history_column_are_answered_and_recorded(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """"youtube" and "facebook" sit near a billion searches a month: three such keywords sum
+    past the int4 columns of the history row, which then keeps the ceiling; nothing fails."""
+    use_dataforseo(monkeypatch)
+    tag = uuid.uuid4().hex[:8]
+    recorded = fixture("search_volume_ok")
+    template = recorded["tasks"][0]["result"][0]
+    keywords = [f"youtube {tag}", f"facebook {tag}", f"google {tag}"]
+    volumes = [1_220_000_000, 1_000_000_000, 1_000_000_000]
+    recorded["tasks"][0]["result"] = [
+        {**template, "keyword": keyword, "search_volume": volume}
+        for keyword, volume in zip(keywords, volumes, strict=True)
+    ]
+    who = user_id()
+    body = {**BODY, "keywords": keywords}
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(return_value=HttpxResponse(200, json=recorded))
+        answer = search(call, who, body)
+    assert answer.status == 200, answer.json
+    assert [row["searchVolume"] for row in answer.json["data"]] == volumes
+    history = admin_conn.execute(
+        'SELECT "avgVolume", "totalVolume" FROM search_history WHERE "userId" = %s', (who,)
+    ).fetchall()
+    assert history == [(1_073_333_333, 2**31 - 1)]
+    assert counters(admin_conn, who)[0] == 3, "counted once, as any search"
+    leftover = admin_conn.execute(
+        'SELECT count(*) FROM keyword_reservations WHERE "userId" = %s', (who,)
+    ).fetchone()
+    assert leftover == (0,)
+
+
 def test_languages_are_sent_as_requested_or_refused_before_anything_is_counted(
     call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
 ) -> None:
