@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx
 from sqlalchemy import text
@@ -57,6 +57,7 @@ from shared.legacy.schemas import (
     UserData,
     parse_saved_search,
     parse_user,
+    storable,
 )
 from shared.models import UserTier
 from shared.repositories import legacy_import
@@ -278,7 +279,7 @@ def _read_users(
     parsed: list[tuple[str, UserData]] = []
     for key, raw in _strings(client, names, report):
         try:
-            parsed.append((key, _storable(key, parse_user(key, raw))))
+            parsed.append((key, parse_user(key, raw)))
         except LegacyRecordError as error:
             if report is not None:
                 report.quarantine(key, "invalid", error.reason)
@@ -309,32 +310,11 @@ def _read_searches(
             report.quarantine(name, "invalid", "not a saved-search:{userId}:{searchId} key")
     for key, raw in _strings(client, [n for n in names if keys.saved_search_ids_of(n)], report):
         try:
-            valid.append((key, _storable(key, parse_saved_search(key, raw, original_rules=True))))
+            valid.append((key, storable(key, parse_saved_search(key, raw, original_rules=True))))
         except LegacyRecordError as error:
             if report is not None:
                 report.quarantine(key, "invalid", error.reason)
     return valid
-
-
-Record = TypeVar("Record", UserData, SavedSearchRecord)
-
-
-def _storable(key: str, record: Record) -> Record:
-    """The record, unless it holds a NUL character: JS strings may, Postgres text and jsonb
-    cannot (checked here, so verify skips it too; a refused batch is the backstop)."""
-
-    def holds_nul(value: Any) -> bool:
-        if isinstance(value, str):
-            return "\x00" in value
-        if isinstance(value, dict):
-            return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
-        if isinstance(value, list):
-            return any(holds_nul(item) for item in value)
-        return False
-
-    if holds_nul(record.model_dump()):
-        raise LegacyRecordError(key, "holds a NUL character, which Postgres cannot store")
-    return record
 
 
 # --- writing Postgres ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, model_validator
 from pydantic_core import PydanticCustomError
@@ -62,11 +62,21 @@ def surrogate_message(field: str) -> str:
     return f"{field} cannot contain unpaired UTF-16 surrogates (\\ud800-\\udfff)"
 
 
+def unstorable_kind(value: str) -> Literal["nul", "surrogate"] | None:
+    """What in `value` PostgreSQL text (and jsonb) cannot store: NUL, a lone surrogate, or None."""
+    if NUL in value:
+        return "nul"
+    if _LONE_SURROGATE.search(value):
+        return "surrogate"
+    return None
+
+
 def unstorable(field: str, value: str) -> PydanticCustomError | None:
     """Why PostgreSQL text cannot store `value` (NUL, or a lone surrogate), or None."""
-    if NUL in value:
+    kind = unstorable_kind(value)
+    if kind == "nul":
         return fail("nul", nul_message(field))
-    if _LONE_SURROGATE.search(value):
+    if kind == "surrogate":
         return fail("surrogate", surrogate_message(field))
     return None
 

@@ -52,7 +52,7 @@ from shared.errors import EmailInUseError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
 from shared.legacy.mapping import Counters
-from shared.legacy.schemas import LegacyRecordError, UserData
+from shared.legacy.schemas import LegacyRecordError, UserData, storable
 from shared.models import UserTier
 from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView
@@ -216,7 +216,16 @@ def reattach_user(
             "legacy_record_skipped", level=logging.WARNING, key=error.key, reason=error.reason
         )
         listed = []
-    searches = [mapping.saved_search_row(r) for r in listed]
+    searches = []
+    for search in listed:
+        try:
+            searches.append(
+                mapping.saved_search_row(storable(keys.saved_search(user_id, search.id), search))
+            )
+        except LegacyRecordError as error:  # it cannot be copied; the rest are
+            log_event(
+                "legacy_record_skipped", level=logging.WARNING, key=error.key, reason=error.reason
+            )
 
     def work(conn: Conn) -> int:
         legacy_import.upsert_users(conn, [row], overwrite=False)

@@ -16,6 +16,7 @@ the dual-mode read path leaves it off, so a search this API saved can always be 
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
@@ -32,18 +33,19 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contracts.validation import js_length
+from shared.contracts.validation import js_length, unstorable_kind
 
 # zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.
-_ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z$")
+# Matched whole (`fullmatch`): Python's `$` also matches before a final newline, JS's does not.
+_ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z")
 # The original's `SearchIdSchema` (a UUID, or `<13 ASCII digits>-<7 base36>`); this API
 # accepts more forms (shared.contracts.saved_searches), but original records are held to it.
 _ORIGINAL_SEARCH_ID = re.compile(
     r"(?i:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})|[0-9]{13}-[a-z0-9]{7}"
 )
-# zod v4 `z.string().email()`.
+# zod v4 `z.string().email()`, matched whole.
 _EMAIL = re.compile(
-    r"^(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}$"
+    r"(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-\.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}"
 )
 
 
@@ -66,15 +68,18 @@ def to_millis(moment: datetime) -> datetime:
 
 
 def _timestamp(value: object) -> datetime:
-    if not isinstance(value, str) or not _ISO_Z.match(value):
+    if not isinstance(value, str) or not _ISO_Z.fullmatch(value):
         raise ValueError("must be an ISO 8601 timestamp in UTC ending in Z")
     return to_millis(datetime.fromisoformat(value))
 
 
 def _js_number(value: object) -> object:
-    """A JSON number (JS has one number type): not a string, not a boolean."""
+    """A JSON number (JS has one number type): not a string, not a boolean, and finite: JS reads
+    `1e400` as Infinity, which zod v4's `z.number()` refuses (and Postgres' jsonb cannot hold)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
     return value
 
 
@@ -88,7 +93,7 @@ def _js_int(value: object) -> int:
 
 
 def _email(value: object) -> str:
-    if not isinstance(value, str) or not _EMAIL.match(value):
+    if not isinstance(value, str) or not _EMAIL.fullmatch(value):
         raise ValueError("must be a valid email address")
     return value
 
@@ -213,11 +218,21 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class _NotJson(ValueError):
+    """`NaN`, `Infinity` or `-Infinity`: Python's parser takes them, JSON (and JS) does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
 def load_json(key: str, raw: str) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise LegacyRecordError(key, f"malformed JSON ({error.msg})") from None
+    except _NotJson as error:
+        raise LegacyRecordError(key, f"malformed JSON ({error})") from None
     except RecursionError:
         raise LegacyRecordError(key, "JSON nested too deeply to read") from None
 
@@ -235,10 +250,33 @@ def _validate(key: str, model: type[M], data: Any, context: dict[str, Any] | Non
 
 
 def parse_user(key: str, raw: str) -> UserData:
-    """The record at `user:{id}`, or `LegacyRecordError` (also when it names another user)."""
+    """The record at `user:{id}`, or `LegacyRecordError` (also when it names another user, or
+    holds what Postgres cannot store: a user record is read to be copied there)."""
     record = _validate(key, UserData, load_json(key, raw))
     if key != f"user:{record.clerkUserId}":
         raise LegacyRecordError(key, "clerkUserId does not match the key")
+    return storable(key, record)
+
+
+_UNSTORABLE = {"nul": "a NUL character", "surrogate": "an unpaired UTF-16 surrogate"}
+
+
+def storable(key: str, record: M) -> M:
+    """`record`, unless a string in it holds what PostgreSQL text and jsonb cannot store (NUL,
+    an unpaired UTF-16 surrogate): JS strings may hold both, and copying it would fail."""
+    pending: list[Any] = [record.model_dump()]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            kind = unstorable_kind(value)
+            if kind is not None:
+                raise LegacyRecordError(
+                    key, f"holds {_UNSTORABLE[kind]}, which Postgres cannot store"
+                )
+        elif isinstance(value, dict):
+            pending.extend([*value.keys(), *value.values()])
+        elif isinstance(value, list):
+            pending.extend(value)
     return record
 
 

@@ -622,8 +622,8 @@ def test_missing_data_stays_missing_through_the_cache_and_the_history(
 def test_head_terms_whose_volumes_sum_past_the_history_column_are_answered_and_recorded(
     call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
 ) -> None:
-    """"youtube" and "facebook" sit near a billion searches a month: three such keywords sum
-    past the int4 columns of the history row, which then keeps the ceiling; nothing fails."""
+    """Head terms such as "youtube" sit near a billion searches a month: three of them sum past
+    the int4 columns of the history row, which then keeps the ceiling; nothing fails."""
     use_dataforseo(monkeypatch)
     tag = uuid.uuid4().hex[:8]
     recorded = fixture("search_volume_ok")

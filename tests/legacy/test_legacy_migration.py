@@ -392,6 +392,59 @@ def test_each_kind_of_bad_record_is_quarantined_with_a_reason_and_no_value(
     assert report.saved_searches == Tally()
 
 
+def test_what_js_could_hold_but_the_original_could_not_read_or_postgres_store_is_quarantined(
+    redis_client: Redis, db_env: str, tmp_path: Path
+) -> None:
+    """JSON as JS wrote it: a half-cut emoji escaped as a lone surrogate, `1e400` (JS reads
+    Infinity; zod refuses it), a `NaN` literal (not JSON), a trailing newline in an address.
+    Each is quarantined with a reason and no value, the good records of the same batch are
+    written, and verify, reading the same way, finds nothing missing."""
+    created = NOW - timedelta(days=1)
+    w = Writer(redis_client)
+    write_user(w, user_record("good", "good@example.com", created=created))
+    cut = json.dumps(user_record("cut", "cut@example.com", created=created, customer="cus_X"))
+    w.set(keys.user("cut"), cut.replace("cus_X", "cus_X\\ud83d"))
+    write_user(w, user_record("newline", "newline@example.com\n", created=created))
+    stamp = user_record("stamp", "stamp@example.com", created=created)
+    write_user(w, {**stamp, "createdAt": stamp["createdAt"] + "\n"})
+    ids = {name: str(uuid.uuid4()) for name in ("kept", "huge", "nan", "surrogate")}
+    for name, sid in ids.items():
+        record = search_record("good", sid, created=created, results=[keyword_result("k", 90)])
+        raw = json.dumps(record)
+        raw = {
+            "kept": raw,
+            "huge": raw.replace('"cpc": 1.25', '"cpc": 1e400'),
+            "nan": raw.replace('"cpc": 1.25', '"cpc": NaN'),
+            "surrogate": raw.replace('"trail shoes"', '"trail \\udc00shoes"'),
+        }[name]
+        assert raw != json.dumps(record) or name == "kept"
+        w.set(keys.saved_search("good", sid), raw)
+        w.sadd(keys.saved_searches("good"), sid)
+    w.flush()
+
+    report = backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    assert report.complete
+    reasons = {q.key: (q.kind, q.reason) for q in report.quarantined}
+    surrogate = "holds an unpaired UTF-16 surrogate, which Postgres cannot store"
+    assert reasons == {
+        "user:cut": ("invalid", surrogate),
+        "user:newline": ("invalid", "email: Value error, must be a valid email address"),
+        "user:stamp": (
+            "invalid",
+            "createdAt: Value error, must be an ISO 8601 timestamp in UTC ending in Z",
+        ),
+        keys.saved_search("good", ids["huge"]): (
+            "invalid",
+            "results.0.cpc: Value error, must be a finite number",
+        ),
+        keys.saved_search("good", ids["nan"]): ("invalid", "malformed JSON (NaN is not JSON)"),
+        keys.saved_search("good", ids["surrogate"]): ("invalid", surrogate),
+    }
+    assert report.users == Tally(inserted=1)
+    assert report.saved_searches == Tally(inserted=1)
+    assert verify(redis_client, echo=lambda line: None, now=NOW) == []
+
+
 def test_backfill_only_reads_redis(redis_client: Redis, db_env: str, tmp_path: Path) -> None:
     small = LegacyDataset(users=30, searches_per_user=3).write(redis_client)
     before = snapshot_values(redis_client, scan_all(redis_client))
@@ -596,6 +649,9 @@ def test_key_builders_use_utc_and_the_original_shapes() -> None:
         ({"keywordsUsedThisMonth": 2.5}, "must be an integer"),
         ({"keywordsUsedThisMonth": -1}, "greater than or equal to 0"),
         ({"createdAt": "2026-11-20T12:00:00+00:00"}, "createdAt: Value error, must be an ISO"),
+        ({"createdAt": "2026-11-20T12:00:00Z\n"}, "createdAt: Value error, must be an ISO"),
+        ({"email": "u@example.com\n"}, "email: Value error, must be a valid email address"),
+        ({"stripeCustomerId": "cus_\u0000"}, "holds a NUL character"),
         ({"subscriptionId": None}, "subscriptionId: null is not allowed"),
         ({"subscriptionStatus": "trialing"}, "subscriptionStatus"),
         ({"clerkUserId": ""}, "clerkUserId"),
