@@ -6,11 +6,14 @@ content type is parsed, invalid JSON in any content type is 400 `Invalid JSON pa
 between systems is UTF-8 (RFC 8259 §8.1): a body that is not UTF-8 (UTF-16 or UTF-32, with or
 without a byte order mark) is invalid JSON here, although Python's `json.loads(bytes)` would
 guess its encoding. A leading UTF-8 byte order mark is ignored, as `fetch`'s `.json()` does.
+`NaN` and `Infinity`, which Python's parser takes, are not JSON; nor is a number past a double's
+range (`1e400`: JS reads Infinity), which no JSON column can store.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,12 +29,24 @@ NOT_AN_OBJECT = "Request body must be a JSON object"
 _UTF8_BOM = "\ufeff"
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number past a double's range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json(raw: bytes) -> Any:
     """`raw` as JSON; an empty (or blank) body is `{}` (the original's rule)."""
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw.decode("utf-8").removeprefix(_UTF8_BOM))
+        text = raw.decode("utf-8").removeprefix(_UTF8_BOM)
+        return json.loads(text, parse_float=_finite, parse_constant=_not_json)
     except (ValueError, RecursionError):  # not UTF-8, syntax, nesting beyond the parser
         raise ApiError(400, INVALID_JSON) from None
 
