@@ -50,7 +50,10 @@ def parse_time(raw: str, name: str) -> datetime:
         raise invalid(
             f"{name} must be an ISO 8601 timestamp, e.g. 2026-11-01T00:00:00.000Z"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise invalid(f"{name} must fall within the years 1 to 9999 in UTC") from None
 
 
 @dataclass(frozen=True, slots=True)
