@@ -33,6 +33,7 @@ from shared.config import get_settings
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
+from shared.storable_text import first_unstorable
 from shared.telemetry import log_event
 
 INVALID_SIGNATURE = "Invalid signature"
@@ -88,6 +89,8 @@ def _parse(body: bytes) -> tuple[ClerkEvent, Payload | None]:
     """The event and its data as the model of its type; None for a type we do not handle."""
     try:
         event = ClerkEvent.model_validate_json(body)
+        if first_unstorable(event.data) is not None:  # NUL: PostgreSQL text cannot hold it
+            raise ApiError(400, INVALID_PAYLOAD)
         if event.type in USER_EVENTS:
             return event, accounts.ClerkUser.model_validate(event.data)
         if event.type in ORG_EVENTS:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
+from shared.storable_text import first_unstorable
+
 CHECKOUT_COMPLETED = "checkout.session.completed"
 CHECKOUT_PAID_LATER = "checkout.session.async_payment_succeeded"
 CHECKOUT_PAYMENT_FAILED = "checkout.session.async_payment_failed"
@@ -107,11 +109,17 @@ class StripeEvent:
             raise InvalidEventError("event type missing")
         if not isinstance(created, int) or isinstance(created, bool) or created < 0:
             raise InvalidEventError("event created time missing")
+        try:
+            moment = datetime.fromtimestamp(created, UTC)
+        except (OverflowError, OSError, ValueError):  # past year 9999
+            raise InvalidEventError("event created time out of range") from None
         data = payload.get("data")
         obj = data.get("object") if isinstance(data, Mapping) else None
         spec = _KEEP.get(kind)
         slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
-        return cls(event_id, kind, datetime.fromtimestamp(created, UTC), slim)
+        if first_unstorable((event_id, kind, slim)) is not None:  # the ledger could not hold it
+            raise InvalidEventError("event text PostgreSQL cannot store")
+        return cls(event_id, kind, moment, slim)
 
     def payload(self) -> dict[str, Any]:
         """What the ledger stores: enough to process the event again, nothing more."""

@@ -6,11 +6,12 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, model_validator
 from pydantic_core import PydanticCustomError
+
+from shared.storable_text import unstorable_kind
 
 # What JS `String.prototype.trim()` and the regex class `\s` treat as whitespace (ECMAScript
 # WhiteSpace + LineTerminator). Python's `str.strip()`/`\s` differ: they also take the ASCII
@@ -48,27 +49,12 @@ def bounded_text(
     return trimmed
 
 
-NUL = "\x00"
-# A UTF-16 surrogate code point on its own: JSON's `"\\ud800"` escape parses to one, and no
-# UTF-8 encoder (PostgreSQL's included) can store it. A valid pair parses to one code point.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def nul_message(field: str) -> str:
     return f"{field} cannot contain NUL (\\u0000) characters"
 
 
 def surrogate_message(field: str) -> str:
     return f"{field} cannot contain unpaired UTF-16 surrogates (\\ud800-\\udfff)"
-
-
-def unstorable_kind(value: str) -> Literal["nul", "surrogate"] | None:
-    """What in `value` PostgreSQL text (and jsonb) cannot store: NUL, a lone surrogate, or None."""
-    if NUL in value:
-        return "nul"
-    if _LONE_SURROGATE.search(value):
-        return "surrogate"
-    return None
 
 
 def unstorable(field: str, value: str) -> PydanticCustomError | None:

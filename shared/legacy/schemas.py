@@ -33,7 +33,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contracts.validation import js_length, unstorable_kind
+from shared.contracts.validation import js_length
+from shared.storable_text import first_unstorable
 
 # zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.
 # Matched whole (`fullmatch`): Python's `$` also matches before a final newline, JS's does not.
@@ -264,19 +265,9 @@ _UNSTORABLE = {"nul": "a NUL character", "surrogate": "an unpaired UTF-16 surrog
 def storable(key: str, record: M) -> M:
     """`record`, unless a string in it holds what PostgreSQL text and jsonb cannot store (NUL,
     an unpaired UTF-16 surrogate): JS strings may hold both, and copying it would fail."""
-    pending: list[Any] = [record.model_dump()]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str):
-            kind = unstorable_kind(value)
-            if kind is not None:
-                raise LegacyRecordError(
-                    key, f"holds {_UNSTORABLE[kind]}, which Postgres cannot store"
-                )
-        elif isinstance(value, dict):
-            pending.extend([*value.keys(), *value.values()])
-        elif isinstance(value, list):
-            pending.extend(value)
+    kind = first_unstorable(record.model_dump())
+    if kind is not None:
+        raise LegacyRecordError(key, f"holds {_UNSTORABLE[kind]}, which Postgres cannot store")
     return record
 
 

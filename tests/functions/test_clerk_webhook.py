@@ -156,6 +156,9 @@ def test_an_unusable_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.M
         json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": True}}),
         json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": -1}}),
         json.dumps({"type": "user.updated", "data": {"id": "u", "updated_at": 10**20}}),
+        # PostgreSQL text cannot hold NUL: refused like a lone surrogate, never a 500.
+        json.dumps({"type": "user.updated", "data": {"id": "user_\u0000", "updated_at": 1}}),
+        json.dumps({"type": "organization.created", "data": {"id": "org_1", "name": "a\u0000"}}),
     ],
 )
 def test_signed_but_malformed_payloads_are_400(

@@ -154,6 +154,35 @@ def test_a_signed_body_that_is_not_an_event_is_400(lambda_call: Caller) -> None:
     assert (result.status, result.json["message"]) == (400, "Invalid webhook payload")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"created": 10**12},  # milliseconds: past year 9999 as seconds
+        {"created": 10**20},
+        {"id": "evt_nul_\u0000"},
+        {"type": "checkout.session.completed\u0000"},
+        {"id": "evt_\ud800"},  # a lone surrogate, as JSON's escape writes one
+    ],
+)
+def test_a_signed_event_postgres_cannot_hold_is_400_and_not_recorded(
+    lambda_call: Caller, change: dict[str, Any]
+) -> None:
+    event = {**stripe_event("checkout.session.completed", checkout()), **change}
+    result = deliver(lambda_call, event)
+    assert (result.status, result.json["message"]) == (400, "Invalid webhook payload")
+    if "id" not in change:
+        assert ledger(event["id"]) is None
+
+
+def test_a_signed_object_postgres_cannot_hold_is_400_and_not_recorded(lambda_call: Caller) -> None:
+    session = checkout()
+    session["client_reference_id"] = "user_\u0000"
+    event = stripe_event("checkout.session.completed", session)
+    result = deliver(lambda_call, event)
+    assert (result.status, result.json["message"]) == (400, "Invalid webhook payload")
+    assert ledger(event["id"]) is None
+
+
 def test_processed_event_answers_received_with_only_platform_headers(call: Caller) -> None:
     make_user()
     result = deliver(call, stripe_event("checkout.session.completed", checkout()))

@@ -1,0 +1,46 @@
+"""What PostgreSQL text and jsonb can store: Unicode scalar values other than NUL.
+
+JSON (and JS strings) can carry two things they cannot: NUL (`\\u0000`) and a UTF-16 surrogate
+on its own (the `"\\ud800"` escape, a half-cut emoji), which no UTF-8 encoder takes. Checked
+before a write, either is an answer to give (a 400, a quarantined record) instead of a failed
+statement. No dependencies: the crons and the webhooks check with it too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+NUL = "\x00"
+# A valid pair parses to one code point; a surrogate left in a string stood alone.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+Unstorable = Literal["nul", "surrogate"]
+
+
+def unstorable_kind(value: str) -> Unstorable | None:
+    """What in `value` PostgreSQL cannot store: NUL, a lone surrogate, or None."""
+    if NUL in value:
+        return "nul"
+    if _LONE_SURROGATE.search(value):
+        return "surrogate"
+    return None
+
+
+def first_unstorable(value: Any) -> Unstorable | None:
+    """`unstorable_kind` of the first string, key or value, anywhere in `value` (decoded JSON)
+    that has one; iterative, so any depth the parser allowed is walked."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            kind = unstorable_kind(item)
+            if kind is not None:
+                return kind
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return None
