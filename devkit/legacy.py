@@ -279,7 +279,7 @@ def _read_users(
     parsed: list[tuple[str, UserData]] = []
     for key, raw in _strings(client, names, report):
         try:
-            parsed.append((key, parse_user(key, raw)))
+            parsed.append((key, storable(key, parse_user(key, raw))))
         except LegacyRecordError as error:
             if report is not None:
                 report.quarantine(key, "invalid", error.reason)

@@ -89,15 +89,18 @@ def _parse(body: bytes) -> tuple[ClerkEvent, Payload | None]:
     """The event and its data as the model of its type; None for a type we do not handle."""
     try:
         event = ClerkEvent.model_validate_json(body)
-        if first_unstorable(event.data) is not None:  # NUL: PostgreSQL text cannot hold it
-            raise ApiError(400, INVALID_PAYLOAD)
+        payload: Payload | None = None
         if event.type in USER_EVENTS:
-            return event, accounts.ClerkUser.model_validate(event.data)
-        if event.type in ORG_EVENTS:
-            return event, ORG_EVENTS[event.type].model_validate(event.data)
+            payload = accounts.ClerkUser.model_validate(event.data)
+        elif event.type in ORG_EVENTS:
+            payload = ORG_EVENTS[event.type].model_validate(event.data)
     except ValidationError:
         raise ApiError(400, INVALID_PAYLOAD) from None
-    return event, None
+    # What we keep must fit PostgreSQL text (no NUL; pydantic's parser already refuses lone
+    # surrogates). The rest of `data` (metadata a user may write) is never read, nor checked.
+    if payload is not None and first_unstorable(payload.model_dump()) is not None:
+        raise ApiError(400, INVALID_PAYLOAD)
+    return event, payload
 
 
 def _svix_header(name: str, description: str) -> dict[str, object]:

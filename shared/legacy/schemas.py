@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -80,6 +81,8 @@ def _js_number(value: object) -> object:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
     if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, int) and abs(value) > sys.float_info.max:  # 309+ digits: JS's Infinity
         raise ValueError("must be a finite number")
     return value
 
@@ -234,6 +237,8 @@ def load_json(key: str, raw: str) -> Any:
         raise LegacyRecordError(key, f"malformed JSON ({error.msg})") from None
     except _NotJson as error:
         raise LegacyRecordError(key, f"malformed JSON ({error})") from None
+    except ValueError:  # an integer past Python's 4,300-digit limit
+        raise LegacyRecordError(key, "malformed JSON (a number too long to read)") from None
     except RecursionError:
         raise LegacyRecordError(key, "JSON nested too deeply to read") from None
 
@@ -251,12 +256,11 @@ def _validate(key: str, model: type[M], data: Any, context: dict[str, Any] | Non
 
 
 def parse_user(key: str, raw: str) -> UserData:
-    """The record at `user:{id}`, or `LegacyRecordError` (also when it names another user, or
-    holds what Postgres cannot store: a user record is read to be copied there)."""
+    """The record at `user:{id}`, or `LegacyRecordError` (also when it names another user)."""
     record = _validate(key, UserData, load_json(key, raw))
     if key != f"user:{record.clerkUserId}":
         raise LegacyRecordError(key, "clerkUserId does not match the key")
-    return storable(key, record)
+    return record
 
 
 _UNSTORABLE = {"nul": "a NUL character", "surrogate": "an unpaired UTF-16 surrogate"}

@@ -169,6 +169,21 @@ def test_signed_but_malformed_payloads_are_400(
     assert ledger(admin_conn) == []
 
 
+def test_text_we_never_read_may_hold_nul(call: Caller) -> None:
+    """A user writes their own `unsafe_metadata` from the browser: NUL there (or in any field we
+    do not keep) must not block the sync of their email, nor an event type we ignore."""
+    data = {
+        **user_data("user_a", "a@example.com"),
+        "first_name": "A\u0000",
+        "unsafe_metadata": {"note": "x\u0000"},
+    }
+    result, _, _ = deliver(call, "user.created", data)
+    assert (result.status, result.json) == (200, {"received": True})
+    assert email_of("user_a") == "a@example.com"
+    ignored, _, _ = deliver(call, "session.created", {"id": "sess_\u0000", "user_id": "user_a"})
+    assert (ignored.status, ignored.json) == (200, {"received": True})
+
+
 def test_unknown_event_types_are_acknowledged_and_ignored(
     call: Caller, admin_conn: psycopg.Connection[Any]
 ) -> None:

@@ -30,7 +30,7 @@ from shared.clock import iso_ms, month_start, next_month_start
 from shared.contracts import saved_searches as contract
 from shared.legacy import erase_user_keys, keys
 from shared.legacy.mapping import counter_ttl
-from shared.legacy.schemas import LegacyRecordError, parse_saved_search, parse_user
+from shared.legacy.schemas import LegacyRecordError, parse_saved_search, parse_user, storable
 from shared.repositories.legacy_import import saved_searches_by_id
 from tests.support.legacy import (
     LegacyDataset,
@@ -651,7 +651,7 @@ def test_key_builders_use_utc_and_the_original_shapes() -> None:
         ({"createdAt": "2026-11-20T12:00:00+00:00"}, "createdAt: Value error, must be an ISO"),
         ({"createdAt": "2026-11-20T12:00:00Z\n"}, "createdAt: Value error, must be an ISO"),
         ({"email": "u@example.com\n"}, "email: Value error, must be a valid email address"),
-        ({"stripeCustomerId": "cus_\u0000"}, "holds a NUL character"),
+        ({"keywordsUsedThisMonth": 10**400}, "must be a finite number"),  # JS: Infinity
         ({"subscriptionId": None}, "subscriptionId: null is not allowed"),
         ({"subscriptionStatus": "trialing"}, "subscriptionStatus"),
         ({"clerkUserId": ""}, "clerkUserId"),
@@ -662,6 +662,24 @@ def test_user_schema_is_the_originals(change: dict[str, Any], fragment: str) -> 
     with pytest.raises(LegacyRecordError) as error:
         parse_user("user:u", json.dumps(record))
     assert fragment in error.value.reason
+
+
+def test_a_number_too_long_for_python_is_malformed_json_not_a_crash() -> None:
+    record = json.dumps(user_record("u", "u@example.com", created=NOW))
+    raw = record.replace('"keywordsUsedThisMonth": 0', '"keywordsUsedThisMonth": 1' + "0" * 5000)
+    with pytest.raises(LegacyRecordError) as error:
+        parse_user("user:u", raw)
+    assert error.value.reason == "malformed JSON (a number too long to read)"
+
+
+def test_only_copies_check_what_postgres_can_store() -> None:
+    """The bridge reads records the original reads fine; only a copy into Postgres refuses
+    NUL and lone surrogates (`storable`)."""
+    record = {**user_record("u", "u@example.com", created=NOW), "stripeCustomerId": "cus_\u0000"}
+    parsed = parse_user("user:u", json.dumps(record))
+    with pytest.raises(LegacyRecordError) as error:
+        storable("user:u", parsed)
+    assert error.value.reason == "holds a NUL character, which Postgres cannot store"
 
 
 def test_user_schema_accepts_what_js_wrote() -> None:
