@@ -108,6 +108,15 @@ def conflicts(functions: Sequence[Function]) -> list[str]:
     return found
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(path: str) -> str:
+    """A decoded path for a log line, its control characters escaped: a `%0A` in a URL cannot
+    start a forged line, nor a `%00` turn the log into a binary file."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", path)
+
+
 class Gateway:
     """ASGI app: `/openapi.json`, `/docs`, and every function's routes, dispatched to its app."""
 
@@ -150,7 +159,7 @@ class Gateway:
         if function is None:
             body = _envelope(404, "Not Found", f"No function serves {method} {path}")
             await _respond(send, 404, body, "application/json")
-            logger.info("%s %s -> no function 404", method, path)
+            logger.info("%s %s -> no function 404", method, _printable(path))
             return
         started = time.perf_counter()
         status = 500
@@ -158,7 +167,8 @@ class Gateway:
             status = await _call_within_limits(function, scope, receive, send)
         finally:
             elapsed = (time.perf_counter() - started) * 1000
-            logger.info("%s %s -> %s %d (%.0f ms)", method, path, function.name, status, elapsed)
+            shown = _printable(path)
+            logger.info("%s %s -> %s %d (%.0f ms)", method, shown, function.name, status, elapsed)
 
     def openapi(self) -> dict[str, Any]:
         return merged_openapi(self.functions, server_url=self.public_url)

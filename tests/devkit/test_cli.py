@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pty
 import re
@@ -1142,7 +1143,7 @@ def test_invoke_reports_a_handler_that_raises(monkeypatch: pytest.MonkeyPatch) -
         invoke.invoke(target, event_file=None, request=invoke.Request(), repeat=1, token_for=str)
 
 
-def test_gateway_routing_and_openapi_merge() -> None:
+def test_gateway_routing_and_openapi_merge(caplog: pytest.LogCaptureFixture) -> None:
     import types
 
     from fastapi import FastAPI
@@ -1184,6 +1185,17 @@ def test_gateway_routing_and_openapi_merge() -> None:
         assert client.get("/api/second").status_code == 405  # the owner answers
         missing = client.get("/api/third")
         assert missing.status_code == 404 and missing.json()["statusCode"] == 404
+        # A decoded %0A or %00 must not forge a log line or make the log binary.
+        with caplog.at_level(logging.INFO, logger="keyflash.gateway"):
+            client.get("/api/shared/x%0A12:00:00 GET%00")
+            client.get("/api/third%0A12:00:00 GET /api/admin/flags -> admin_flags 200 (1 ms)")
+        lines = [record.getMessage() for record in caplog.records]
+        assert len(lines) == 2 and not any("\n" in line or "\x00" in line for line in lines)
+        assert lines[0].startswith("GET /api/shared/x\\x0a12:00:00 GET\\x00 -> first 200 (")
+        assert lines[1] == (
+            "GET /api/third\\x0a12:00:00 GET /api/admin/flags -> admin_flags 200 (1 ms)"
+            " -> no function 404"
+        )
     merged = gateway.merged_openapi([first, second])
     schemas = merged["components"]["schemas"]
     assert {"Body", "Body__second"} <= set(schemas)  # same name, different shapes: both kept
