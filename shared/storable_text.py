@@ -1,8 +1,10 @@
-"""What PostgreSQL text and jsonb can store: Unicode scalar values other than NUL.
+"""What PostgreSQL text and jsonb can store: Unicode scalar values other than NUL, numbers
+that are numbers.
 
-JSON (and JS strings) can carry two things they cannot: NUL (`\\u0000`) and a UTF-16 surrogate
-on its own (the `"\\ud800"` escape, a half-cut emoji), which no UTF-8 encoder takes. Checked
-before a write, either is an answer to give (a 400, a quarantined record) instead of a failed
+JSON (and JS strings) can carry two things text cannot: NUL (`\\u0000`) and a UTF-16 surrogate
+on its own (the `"\\ud800"` escape, a half-cut emoji), which no UTF-8 encoder takes. Python's
+JSON parser also takes `NaN` and `Infinity`, which are not JSON and which jsonb refuses. Checked
+before a write, each is an answer to give (a 400, a quarantined record) instead of a failed
 statement. No dependencies: the crons and the webhooks check with it too.
 """
 
@@ -44,3 +46,12 @@ def first_unstorable(value: Any) -> Unstorable | None:
         elif isinstance(item, list | tuple):
             pending.extend(item)
     return None
+
+
+class NotJsonConstantError(ValueError):
+    """`NaN`, `Infinity` or `-Infinity` in a document: JSON (and JS's `JSON.parse`) has none."""
+
+
+def refuse_constant(name: str) -> Any:
+    """`json.loads(..., parse_constant=refuse_constant)`: parse JSON, not Python's superset."""
+    raise NotJsonConstantError(f"{name} is not JSON")

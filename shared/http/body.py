@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from shared.http.app import validation_message
 from shared.http.errors import ApiError
+from shared.storable_text import refuse_constant
 
 M = TypeVar("M", bound=BaseModel)
 INVALID_JSON = "Invalid JSON payload"
@@ -36,17 +37,13 @@ def _finite(text: str) -> float:
     return value
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json(raw: bytes) -> Any:
     """`raw` as JSON; an empty (or blank) body is `{}` (the original's rule)."""
     if not raw.strip():
         return {}
     try:
         text = raw.decode("utf-8").removeprefix(_UTF8_BOM)
-        return json.loads(text, parse_float=_finite, parse_constant=_not_json)
+        return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)
     except (ValueError, RecursionError):  # not UTF-8, syntax, nesting beyond the parser
         raise ApiError(400, INVALID_JSON) from None
 

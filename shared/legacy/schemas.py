@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from shared.contracts.validation import js_length
-from shared.storable_text import first_unstorable
+from shared.storable_text import NotJsonConstantError, first_unstorable, refuse_constant
 
 # zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.
 # Matched whole (`fullmatch`): Python's `$` also matches before a final newline, JS's does not.
@@ -222,20 +222,12 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-class _NotJson(ValueError):
-    """`NaN`, `Infinity` or `-Infinity`: Python's parser takes them, JSON (and JS) does not."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _NotJson(f"{name} is not JSON")
-
-
 def load_json(key: str, raw: str) -> Any:
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=refuse_constant)
     except json.JSONDecodeError as error:
         raise LegacyRecordError(key, f"malformed JSON ({error.msg})") from None
-    except _NotJson as error:
+    except NotJsonConstantError as error:
         raise LegacyRecordError(key, f"malformed JSON ({error})") from None
     except ValueError:  # an integer past Python's 4,300-digit limit
         raise LegacyRecordError(key, "malformed JSON (a number too long to read)") from None
