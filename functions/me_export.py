@@ -25,9 +25,11 @@ from fastapi import Request
 from starlette.responses import Response
 
 from shared import db, exports
+from shared.auth import Identity, forget, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts import compact
+from shared.errors import UserNotFoundError
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError, valid_or_400
@@ -84,15 +86,15 @@ def _view(export: DataExport, now: datetime) -> dict[str, Any]:
     )
 
 
-def _request_export(request: Request, user_id: str) -> Response:
+def _request_export(request: Request, user: Identity) -> Response:
     settings = get_settings()
     if not settings.backup_bucket:
         raise ApiError(503, NOT_CONFIGURED)
     limit_request(
-        request, "me_export", settings.export_requests_per_hour, RATE_LIMITED, user_id=user_id
+        request, "me_export", settings.export_requests_per_hour, RATE_LIMITED, user_id=user.user_id
     )
     now = utcnow()
-    requested = db.run(lambda conn: data_exports.request(conn, user_id, now=now))
+    requested = _request(user, now)
     location = f"{EXPORT_PATH}/{requested.export.id}"
     return ok(
         {"export": _view(requested.export, now)},
@@ -101,11 +103,22 @@ def _request_export(request: Request, user_id: str) -> Response:
     )
 
 
+def _request(user: Identity, now: datetime) -> data_exports.Requested:
+    """Ask; if another container erased the user since this one provisioned them, provision
+    again (a fresh account, as a first call would) and ask once more."""
+    try:
+        return db.run(lambda conn: data_exports.request(conn, user.user_id, now=now))
+    except UserNotFoundError:
+        forget(user.user_id)
+        provision(user)
+        return db.run(lambda conn: data_exports.request(conn, user.user_id, now=now))
+
+
 @app.get(EXPORT_PATH, response_model=None)
 def export_me(request: Request, user: CurrentUser) -> Response:
     estimate = db.run(lambda conn: personal_data.estimated_bytes(conn, user.user_id))
     if estimate > DIRECT_BUILD_MAX_ESTIMATE:
-        return _request_export(request, user.user_id)
+        return _request_export(request, user)
     document = exports.build(user.user_id)
     headers = {
         "Content-Disposition": f'attachment; filename="{exports.FILENAME}"',
@@ -117,13 +130,13 @@ def export_me(request: Request, user: CurrentUser) -> Response:
         body = exports.compress(document)
         headers["Content-Encoding"] = "gzip"
     if len(body) > DIRECT_MAX_BYTES:
-        return _request_export(request, user.user_id)
+        return _request_export(request, user)
     return Response(body, media_type="application/json", headers=headers)
 
 
 @app.post(EXPORT_PATH, response_model=None, status_code=202)
 def request_export(request: Request, user: CurrentUser) -> Response:
-    return _request_export(request, user.user_id)
+    return _request_export(request, user)
 
 
 @app.get(EXPORT_PATH + "/{export_id}", response_model=None)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from shared import auth, db, exports, storage
 from shared.clock import utcnow
 from shared.config import get_settings
-from shared.db import Conn
+from shared.db import Conn, violated_constraint
 from shared.errors import EmailInUseError
 from shared.repositories import personal_data, subscriptions, tombstones, users, webhook_events
 from shared.repositories.personal_data import Erasure
@@ -72,8 +72,7 @@ def sync_email(
 
 def is_duplicate_user(error: IntegrityError) -> bool:
     """True when `error` is another transaction's insert of the same user id winning a race."""
-    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-    return constraint == "users_pkey"
+    return violated_constraint(error) == "users_pkey"
 
 
 def erase(conn: Conn, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:

@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from shared import db
 from shared.clock import utcnow
 from shared.config import get_settings
-from shared.db import Conn, DatabaseUnavailableError
+from shared.db import Conn, DatabaseUnavailableError, violated_constraint
 from shared.models import UserTier
 from shared.repositories import org_subscriptions, subscriptions, webhook_events
 from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
@@ -395,7 +395,7 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, DBAPIError) and error.orig is not None:
         original = error.orig
         sqlstate = getattr(original, "sqlstate", None)
-        constraint = getattr(getattr(original, "diag", None), "constraint_name", None)
+        constraint = violated_constraint(error)
         detail = f" on {constraint}" if constraint else ""
         return f"{type(original).__name__} (SQLSTATE {sqlstate}){detail}"
     return type(error).__name__

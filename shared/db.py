@@ -264,6 +264,11 @@ def is_connection_failure(error: DBAPIError) -> bool:
     return sqlstate in _SERVER_ENDED_SESSION or sqlstate.startswith("08")
 
 
+def violated_constraint(error: DBAPIError) -> str | None:
+    """The constraint the server names in `error` (a unique or foreign key violation), if any."""
+    return getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+
+
 def _server_ended_session(error: DBAPIError) -> bool:
     original = error.orig
     return isinstance(original, psycopg.Error) and original.sqlstate in _SERVER_ENDED_SESSION

@@ -47,7 +47,7 @@ from upstash_redis import Redis
 from shared import db
 from shared.clock import next_month_start, utcnow
 from shared.config import ConfigurationError
-from shared.db import Conn, DatabaseUnavailableError
+from shared.db import Conn, DatabaseUnavailableError, violated_constraint
 from shared.errors import EmailInUseError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
@@ -172,7 +172,7 @@ def _import_user(client: Redis, record: UserData, counters: Counters, now: datet
             lambda conn: legacy_import.upsert_users(conn, [row], overwrite=False), idempotent=True
         )
     except IntegrityError as error:
-        if _constraint(error) not in _EMAIL_CONSTRAINTS:
+        if violated_constraint(error) not in _EMAIL_CONSTRAINTS:
             raise
         reattached = _from_redis(
             lambda: reattach_user(client, record.clerkUserId, now=now, loaded=(record, counters)),
@@ -180,10 +180,6 @@ def _import_user(client: Redis, record: UserData, counters: Counters, now: datet
         )
         if reattached is None:  # fallback, Redis failed: the sign-in is refused as before
             raise EmailInUseError() from None
-
-
-def _constraint(error: IntegrityError) -> str | None:
-    return getattr(getattr(error.orig, "diag", None), "constraint_name", None)
 
 
 def reattach_user(

@@ -14,11 +14,15 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 
-from shared.db import Conn
+from shared.db import Conn, violated_constraint
+from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models.data_exports import DataExport
 from shared.telemetry import database_operation
+
+_USER_FOREIGN_KEY = "data_exports_userId_fkey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +33,8 @@ class Requested:
 
 @database_operation("requestDataExport")
 def request(conn: Conn, user_id: str, *, now: datetime) -> Requested:
-    """A new pending export for the user, or their open one (one statement)."""
+    """A new pending export for the user, or their open one (one statement). A user erased
+    meanwhile (the foreign key finds no row) raises `UserNotFoundError`; nothing is written."""
     table = DataExport.__table__
     statement = (
         insert(DataExport)
@@ -50,7 +55,12 @@ def request(conn: Conn, user_id: str, *, now: datetime) -> Requested:
         )
         .returning(DataExport, text("(xmax = 0) AS created"))
     )
-    row = conn.session.execute(statement).one()
+    try:
+        row = conn.session.execute(statement).one()
+    except IntegrityError as error:
+        if violated_constraint(error) == _USER_FOREIGN_KEY:
+            raise UserNotFoundError(user_id) from None
+        raise
     return Requested(row[0], bool(row[1]))
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import Text, bindparam, case, func, insert, select, true, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from shared.clock import utcnow
-from shared.db import Conn, HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot, violated_constraint
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import UTCDateTime
@@ -112,8 +112,7 @@ def record_with_usage(
     try:
         conn.session.execute(statement)
     except IntegrityError as error:
-        constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-        if constraint == _USER_FOREIGN_KEY and search.user_id is not None:
+        if violated_constraint(error) == _USER_FOREIGN_KEY and search.user_id is not None:
             raise UserNotFoundError(search.user_id) from None
         raise
     return row_id

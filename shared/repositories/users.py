@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
 
 from shared.clock import month_start, utcnow
-from shared.db import Conn, HotStatement, execute_hot
+from shared.db import Conn, HotStatement, execute_hot, violated_constraint
 from shared.errors import (
     EmailInUseError,
     QuotaExceededError,
@@ -188,8 +188,7 @@ def _by_column(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_email_conflict(error: IntegrityError) -> bool:
-    constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
-    return constraint in _EMAIL_CONSTRAINTS
+    return violated_constraint(error) in _EMAIL_CONSTRAINTS
 
 
 def _raise_if_email_taken(error: IntegrityError) -> None:

@@ -614,3 +614,57 @@ def test_a_history_page_of_the_largest_rows_is_cut_by_bytes_and_loses_nothing(
         query = {"limit": "100", "cursor": page.json["nextCursor"]}
     assert pages > 1
     assert seen == [f"big{i}" for i in range(1, 101)]
+
+
+# --------------------------------------------------------------------------- erasure races
+
+
+def test_an_export_after_another_container_erased_the_user_provisions_again(
+    call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    assert call("me_export", "POST", "/api/me/export", user="user_gone").status == 202
+    admin_conn.execute("DELETE FROM users WHERE id = 'user_gone'")  # erased elsewhere
+    again = call("me_export", "POST", "/api/me/export", user="user_gone")
+    assert again.status == 202, again.text
+    counts = admin_conn.execute(
+        "SELECT (SELECT count(*) FROM users WHERE id = 'user_gone'),"
+        " (SELECT count(*) FROM data_exports WHERE \"userId\" = 'user_gone')"
+    ).fetchone()
+    assert counts == (1, 1)
+
+
+def test_export_requests_racing_an_erasure_are_answered_never_a_500(
+    call: Caller, storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Each round erases an account while four requests for its export are in flight, two to
+    start one (202, before the erasure or for the fresh account provisioned after it) and two
+    for the document itself (200): no request fails, the erasure is a 200, and an export row
+    exists only for a user row that exists."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    origin = {"origin": "http://localhost:3000"}
+    for round_number in range(12):
+        user = f"user_race_{round_number}"
+        assert call("me_export", "POST", "/api/me/export", user=user).status == 202
+        start = Barrier(5)
+
+        def send(
+            method: str, module: str, path: str, user: str = user, start: Barrier = start
+        ) -> int:
+            start.wait()
+            return call(module, method, path, user=user, headers=origin).status
+
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            erased = pool.submit(send, "DELETE", "me", "/api/me")
+            asked = [
+                pool.submit(send, method, "me_export", "/api/me/export")
+                for method in ("POST", "GET", "POST", "GET")
+            ]
+            statuses = (erased.result(), [future.result() for future in asked])
+        assert statuses == (200, [202, 200, 202, 200]), round_number
+    orphans = admin_conn.execute(
+        'SELECT count(*) FROM data_exports e LEFT JOIN users u ON u.id = e."userId"'
+        " WHERE u.id IS NULL"
+    ).fetchone()
+    assert orphans == (0,)
