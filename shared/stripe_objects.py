@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeAlias
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from shared.storable_text import first_unstorable
 
@@ -31,6 +31,11 @@ INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 
 class InvalidEventError(ValueError):
     """The event lacks what its type needs (a retry will not help; the ledger says why)."""
+
+
+# Stripe's times are Unix seconds; a datetime (and so a timestamp column) ends with year 9999.
+LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
+UnixTime = Annotated[int, Field(ge=0, le=LAST_SECOND)]
 
 
 # --- the stored (and processed) form of an event --------------------------------------------
@@ -109,10 +114,9 @@ class StripeEvent:
             raise InvalidEventError("event type missing")
         if not isinstance(created, int) or isinstance(created, bool) or created < 0:
             raise InvalidEventError("event created time missing")
-        try:
-            moment = datetime.fromtimestamp(created, UTC)
-        except (OverflowError, OSError, ValueError):  # past year 9999
-            raise InvalidEventError("event created time out of range") from None
+        if created > LAST_SECOND:
+            raise InvalidEventError("event created time out of range")
+        moment = datetime.fromtimestamp(created, UTC)
         data = payload.get("data")
         obj = data.get("object") if isinstance(data, Mapping) else None
         spec = _KEEP.get(kind)
@@ -156,7 +160,7 @@ class Price(StripeModel):
 
 class Item(StripeModel):
     price: Price | None = None
-    current_period_end: int | None = None
+    current_period_end: UnixTime | None = None
 
 
 class Items(StripeModel):
@@ -167,10 +171,10 @@ class Subscription(StripeModel):
     id: str
     customer: Ref = None
     status: str
-    created: int | None = None
+    created: UnixTime | None = None
     metadata: Metadata = {}
-    current_period_end: int | None = None
-    ended_at: int | None = None
+    current_period_end: UnixTime | None = None
+    ended_at: UnixTime | None = None
     items: Items = Items()
 
     def plan(self) -> str | None:
@@ -193,7 +197,7 @@ class CustomerDetails(StripeModel):
 
 class CheckoutSession(StripeModel):
     id: str
-    created: int | None = None
+    created: UnixTime | None = None
     mode: str | None = None
     customer: Ref = None
     subscription: Ref = None
@@ -214,7 +218,7 @@ class Parent(StripeModel):
 
 
 class Period(StripeModel):
-    end: int | None = None
+    end: UnixTime | None = None
 
 
 class Line(StripeModel):

@@ -752,6 +752,52 @@ def test_a_malformed_subscription_is_recorded_as_invalid(lambda_call: Caller) ->
     )
 
 
+YEAR_10000 = 253_402_300_800  # 10000-01-01T00:00:00Z: past what a timestamp column holds
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("current_period_end", "current_period_end"),
+        ("ended_at", "ended_at"),
+        ("item", "items.data.0.current_period_end"),
+        ("huge", "current_period_end"),
+    ],
+)
+def test_a_subscription_time_out_of_range_is_recorded_as_invalid(
+    lambda_call: Caller, where: str, field: str
+) -> None:
+    """Signed, so processed and recorded like any malformed object: the ledger names the
+    field, the user keeps their state, and no exception type leaks into the record."""
+    make_pro()
+    obj = subscription("active")
+    if where == "item":
+        obj["items"]["data"][0]["current_period_end"] = YEAR_10000
+    elif where == "huge":
+        obj["current_period_end"] = 10**30
+    else:
+        obj[where] = YEAR_10000
+    event = stripe_event("customer.subscription.updated", obj)
+    assert deliver(lambda_call, event).status == 500
+    row = ledger(event["id"])
+    assert row is not None and row.error == (
+        f"InvalidEventError: customer.subscription.updated lacks or mistypes: {field}"
+    )
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
+
+
+def test_an_invoice_period_out_of_range_is_recorded_as_invalid(lambda_call: Caller) -> None:
+    make_pro(stripe_customer_id="cus_1")
+    obj = invoice(customer="cus_1")
+    obj["lines"]["data"][0]["period"]["end"] = YEAR_10000
+    event = stripe_event("invoice.paid", obj)
+    assert deliver(lambda_call, event).status == 500
+    row = ledger(event["id"])
+    assert row is not None and row.error == (
+        "InvalidEventError: invoice.paid lacks or mistypes: lines.data.0.period.end"
+    )
+
+
 # --- the cron's entry point -----------------------------------------------------------------
 
 
