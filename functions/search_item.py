@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from shared import storage
 from shared.contracts import saved_searches as contract
+from shared.errors import UnstorableSearchError
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
@@ -42,7 +43,12 @@ def update_search(
     body: Annotated[contract.UpdateSavedSearch, Depends(json_body(contract.UpdateSavedSearch))],
 ) -> Response:
     sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
-    updated = storage.update_search(user.user_id, sid, name=body.name, description=body.description)
+    try:
+        updated = storage.update_search(
+            user.user_id, sid, name=body.name, description=body.description
+        )
+    except UnstorableSearchError:  # only the legacy store has it, and Postgres cannot hold it
+        raise ApiError(409, contract.UNSTORABLE) from None
     if updated is None:
         raise ApiError(404, contract.NOT_FOUND)
     return ok({"search": contract.record(updated)})

@@ -62,6 +62,14 @@ class SubscriptionLiveError(DomainError):
 EMAIL_IN_USE = "This email address already belongs to another account"
 
 
+class UnstorableSearchError(DomainError):
+    """A saved search only the legacy Redis store holds carries text PostgreSQL cannot store
+    (a NUL, half a UTF-16 surrogate pair), so it cannot be imported to be changed."""
+
+    def __init__(self, search_id: str) -> None:
+        super().__init__(f"saved search {search_id} holds text PostgreSQL cannot store")
+
+
 class SavedSearchLimitError(DomainError):
     """The user already has the maximum number of saved searches."""
 

@@ -26,6 +26,7 @@ _SEARCH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 INVALID_ID = "Invalid search ID format"
 LIMIT_REACHED = "Failed to save search. You may have reached the limit of 50 saved searches."
 NOT_FOUND = "Saved search not found"
+UNSTORABLE = "This saved search holds text the database cannot store; delete it and save it again"
 
 
 def valid_search_id(raw: str) -> str | None:

@@ -48,7 +48,7 @@ from shared import db
 from shared.clock import next_month_start, utcnow
 from shared.config import ConfigurationError
 from shared.db import Conn, DatabaseUnavailableError, violated_constraint
-from shared.errors import EmailInUseError, UserNotFoundError
+from shared.errors import EmailInUseError, UnstorableSearchError, UserNotFoundError
 from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
 from shared.legacy.mapping import Counters
@@ -450,7 +450,8 @@ def update_search(
     user_id: str, search_id: str, *, name: str | None, description: str | None
 ) -> SavedSearch | None:
     """Rename or describe a search, importing it first when only Redis has it; None when
-    neither store has it."""
+    neither store has it. `UnstorableSearchError` when it cannot be imported (it stays as it
+    was, in Redis)."""
     key = keys.saved_search(user_id, search_id)
 
     def work(conn: Conn, imported: dict[str, Any] | None) -> SavedSearch | None:
@@ -471,7 +472,10 @@ def update_search(
         )
         if record is None:
             return None
-        row = mapping.saved_search_row(record)
+        try:
+            row = mapping.saved_search_row(storable(key, record))
+        except LegacyRecordError:
+            raise UnstorableSearchError(search_id) from None
         updated = db.transaction(lambda conn: work(conn, row))
     if updated is not None:
         _sync(key)

@@ -264,6 +264,41 @@ def test_dual_serves_and_imports_what_only_the_typescript_app_wrote(
     assert stores.repairs() == []
 
 
+@pytest.mark.parametrize("mode", ["dual", "fallback"])
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("description", "Trail\x00 shoes"), ("keyword", "trail\x00"), ("keyword", "trail \ud83d")],
+    ids=["nul-description", "nul-result", "surrogate-result"],
+)
+def test_renaming_a_legacy_search_postgres_cannot_hold_is_a_409_that_changes_nothing(
+    one: Caller, stores: Stores, mode: str, field: str, text: str
+) -> None:
+    """The TypeScript app stored text with a NUL or half an emoji (JS strings hold both;
+    Postgres text and jsonb cannot). Importing it to rename it would fail: the rename is
+    refused with a clear 409, and the record stays as it was, in Redis only."""
+    stores.mode(mode)
+    uid = new_user()
+    [sid] = seed_legacy_user(stores, uid, searches=1)
+    record = stores.item(uid, sid) or {}
+    if field == "description":
+        record["description"] = text
+    else:
+        record["results"] = [keyword_result(text, 10)]
+    stores.redis.set(keys.saved_search(uid, sid), json.dumps(record))
+
+    renamed = one("search_item", "PUT", f"/api/searches/{sid}", user=uid, json_body={"name": "R"})
+    assert renamed.status == 409, renamed.text
+    assert renamed.json["message"] == (
+        "This saved search holds text the database cannot store; delete it and save it again"
+    )
+    assert stores.item(uid, sid) == record
+    assert stores.sql("SELECT id FROM saved_searches") == []
+    assert stores.repairs() == []
+    deleted = one("search_item", "DELETE", f"/api/searches/{sid}", user=uid)
+    assert deleted.status == 200
+    assert stores.item(uid, sid) is None and stores.index(uid) == set()
+
+
 def test_fallback_reads_postgres_when_redis_misses_fails_or_cannot_read(
     one: Caller, stores: Stores
 ) -> None:
