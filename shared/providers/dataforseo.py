@@ -458,7 +458,11 @@ _LEVELS: dict[str, Competition] = {"LOW": "low", "MEDIUM": "medium", "HIGH": "hi
 def competition_level(item: Mapping[str, Any]) -> Competition | None:
     """The level string when there is one, else the 0-100 index in Google's bands
     (LOW 0-33, MEDIUM 34-66, HIGH 67-100), else None."""
-    for value in (item.get("competition"), _get(item, "search_volume_info", "competition_level")):
+    for value in (
+        item.get("competition"),
+        _get(item, "search_volume_info", "competition_level"),
+        _get(item, "keyword_info", "competition_level"),
+    ):
         level = _LEVELS.get(value.strip().upper()) if isinstance(value, str) else None
         if level is not None:
             return level
@@ -499,16 +503,21 @@ def trends(item: Mapping[str, Any]) -> list[MonthlyTrend]:
 
 def to_keyword_data(keyword: str, item: Mapping[str, Any]) -> KeywordData:
     """One result item in our shape; `keyword` echoes the request, not DataForSEO's lower case.
-    Without a search volume the keyword has no data, whatever else the item carries."""
+    Without a search volume the keyword has no data, whatever else the item carries. The
+    nested `keyword_info` of DataForSEO Labs' items is read too, its average volume before the
+    original's fallback, the newest month's."""
     volume = _first_number(
         item.get("search_volume"),
         _get(item, "search_volume_info", "search_volume"),
+        _get(item, "keyword_info", "search_volume"),
         _get(_first(_get(item, "keyword_info", "monthly_searches")), "search_volume"),
     )
     if volume is None:
         return without_data(keyword)
     search_volume = max(0, int(volume))
-    cpc = _first_number(item.get("cpc"), _get(item, "search_volume_info", "cpc"))
+    cpc = _first_number(
+        item.get("cpc"), _get(item, "search_volume_info", "cpc"), _get(item, "keyword_info", "cpc")
+    )
     cpc = None if cpc is None else max(0.0, cpc)
     row = measured(keyword, search_volume, cpc, competition_level(item))
     difficulty = _number(_get(item, "keyword_properties", "keyword_difficulty"))

@@ -48,6 +48,7 @@ from shared.providers.dataforseo import (
     competition_level,
     language_code,
     location_code,
+    to_keyword_data,
 )
 from shared.providers.mock import RELATED_TEMPLATES, MockProvider, seasonal_factor
 from tests.support.fake_dataforseo import FakeDataForSEO
@@ -364,6 +365,36 @@ def test_dataforseo_keeps_a_given_difficulty_including_zero(
     assert "difficulty" not in rows[2]
 
 
+def test_dataforseo_reads_the_labs_keyword_info_shape() -> None:
+    """DataForSEO Labs nests a keyword's figures in `keyword_info` (its documented item): the
+    average volume, cpc and level are read there, not the newest month's volume."""
+    item = {
+        "keyword": "trail shoes",
+        "keyword_info": {
+            "se_type": "google",
+            "last_updated_time": "2024-11-02 07:12:20 +00:00",
+            "competition": 0.84,
+            "competition_level": "HIGH",
+            "cpc": 1.27,
+            "search_volume": 14800,
+            "low_top_of_page_bid": 0.44,
+            "high_top_of_page_bid": 1.92,
+            "categories": [10021, 13418],
+            "monthly_searches": [
+                {"year": 2024, "month": 10, "search_volume": 9900},
+                {"year": 2024, "month": 9, "search_volume": 12100},
+            ],
+        },
+        "keyword_properties": {"se_type": "google", "keyword_difficulty": 41},
+    }
+    row = to_keyword_data("Trail Shoes", item)
+    assert (row["searchVolume"], row["cpc"], row["competition"]) == (14800, 1.27, "high")
+    assert row["difficulty"] == 41
+    assert [point["volume"] for point in row["trends"]] == [12100, 9900]
+    only_months = {"keyword_info": {"monthly_searches": item["keyword_info"]["monthly_searches"]}}
+    assert to_keyword_data("x", only_months)["searchVolume"] == 9900  # the original's fallback
+
+
 @pytest.mark.parametrize(
     ("item", "expected"),
     [
@@ -379,6 +410,8 @@ def test_dataforseo_keeps_a_given_difficulty_including_zero(
         ({"competition": None, "competition_index": None}, None),
         ({"competition": None, "competition_index": 91}, "high"),
         ({"search_volume_info": {"competition_level": "HIGH"}}, "high"),
+        ({"keyword_info": {"competition": 0.12, "competition_level": "HIGH"}}, "high"),
+        ({"keyword_info": {"competition": 0.95}}, None),  # Labs' 0-1 figure is not the index
         ({}, None),
     ],
 )
