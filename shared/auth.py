@@ -26,6 +26,7 @@ from typing import Any
 import jwt
 
 from shared.config import Settings
+from shared.storable_text import unstorable_kind
 
 _PROVISIONED_MAX = 10_000
 _provisioned: set[str] = set()
@@ -92,6 +93,8 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub.strip():
         raise InvalidToken("empty subject")  # would provision a user with an empty id
+    if unstorable_kind(sub) is not None:  # NUL or a lone surrogate: no user row can hold it
+        raise InvalidToken("subject PostgreSQL cannot store")
     azp = claims.get("azp")
     if azp and settings.authorized_parties and azp not in settings.authorized_parties:
         raise InvalidToken("unauthorised party")
@@ -115,10 +118,11 @@ class _Malformed(Exception):
 
 
 def _text(value: Any) -> str:
-    """A claim that must be a string when present (absent reads as empty)."""
+    """A claim that must be a string when present (absent reads as empty), and one PostgreSQL
+    can store (the slug is written to the organization's row)."""
     if value is None:
         return ""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or unstorable_kind(value) is not None:
         raise _Malformed
     return value
 
@@ -202,12 +206,14 @@ def _active_org(claims: dict[str, Any]) -> ActiveOrg | None:
 def identity_from_claims(claims: dict[str, Any], settings: Settings) -> Identity:
     user_id = str(claims["sub"])
     email = claims.get("email")
+    if not isinstance(email, str) or not email or unstorable_kind(email) is not None:
+        email = None  # the placeholder below: an email no row could hold is no email
     is_admin = user_id in settings.admin_ids or (
         _claim(claims, settings.admin_role_claim) == settings.admin_role_value
     )
     return Identity(
         user_id=user_id,
-        email=email if isinstance(email, str) and email else f"{user_id}@keyflash.local",
+        email=email or f"{user_id}@keyflash.local",
         is_admin=is_admin,
         org=_active_org(claims),
     )

@@ -52,8 +52,10 @@ class FlagRule:
 
 
 def bucket(flag_key: str, user_id: str) -> int:
-    """The user's stable bucket (0-99) for this flag; Unleash-compatible (module docstring)."""
-    return int(mmh3.hash(f"{flag_key}:{user_id}", 0, signed=False)) % BUCKETS
+    """The user's stable bucket (0-99) for this flag; Unleash-compatible (module docstring).
+    Hashed as UTF-8 bytes (the same hash): mmh3 5.x crashes the process on a str holding a
+    lone surrogate, where encoding raises `UnicodeEncodeError`."""
+    return int(mmh3.hash(f"{flag_key}:{user_id}".encode(), 0, signed=False)) % BUCKETS
 
 
 def is_enabled(rule: FlagRule, user_id: str | None) -> bool:

@@ -130,6 +130,8 @@ MALFORMED: dict[str, dict[str, Any]] = {
     "v2 role a list": {"v": 2, "o": GOOD_V2 | {"rol": ["admin"]}},
     "v2 role with spaces": {"v": 2, "o": GOOD_V2 | {"rol": "ad min"}},
     "v2 slug a number": {"v": 2, "o": GOOD_V2 | {"slg": 7}},
+    "v2 slug with NUL": {"v": 2, "o": GOOD_V2 | {"slg": "ac\x00me"}},
+    "v2 slug with a lone surrogate": {"v": 2, "o": GOOD_V2 | {"slg": "acme\udfff"}},
     "v2 per a list": {"v": 2, "fea": "o:searches", "o": GOOD_V2 | {"per": ["read"]}},
     "v2 fpm a number": {"v": 2, "fea": "o:searches", "o": GOOD_V2 | {"fpm": 1}},
     "v2 fpm not decimal": {"v": 2, "fea": "o:searches", "o": GOOD_V2 | {"fpm": "0x1"}},
@@ -144,6 +146,7 @@ MALFORMED: dict[str, dict[str, Any]] = {
     "v1 id not org_": {"org_id": "team_1", "org_role": "org:admin"},
     "v1 role missing": {"org_id": ORG},
     "v1 role a number": {"org_id": ORG, "org_role": 1},
+    "v1 slug with NUL": {"org_id": ORG, "org_role": "org:admin", "org_slug": "x\x00y"},
     "v1 permissions a string": {"org_id": ORG, "org_role": "org:admin", "org_permissions": "x"},
     "v1 permission not org:": {
         "org_id": ORG,

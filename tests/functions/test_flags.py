@@ -60,6 +60,19 @@ def test_buckets_match_unleash_vectors_and_formula() -> None:
             assert flags.is_enabled(rule(percent), user_id) is unleash_on
 
 
+def test_a_user_id_no_string_encoding_takes_is_refused_not_a_crash() -> None:
+    """mmh3 5.x dies (SIGSEGV) hashing a str with a lone surrogate; run where a crash shows."""
+    script = (
+        "from shared.flags import bucket\n"
+        "try:\n    bucket('new-ui', 'user_\\ud800')\n"
+        "except UnicodeEncodeError:\n    print('refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "refused"), done.stderr
+
+
 def test_buckets_are_stable_across_processes() -> None:
     """No per-process salt (unlike Python's hash()): another interpreter agrees."""
     sample = USERS[:200]
@@ -235,6 +248,9 @@ def test_get_flags_evaluates_for_the_caller(call: Caller) -> None:
                                         "vip": False}}  # fmt: skip
     bad_token = call("flags", "GET", "/api/flags", headers={"authorization": "Bearer nope"})
     assert bad_token.json == anonymous.json
+    unstorable = "Bearer " + call.token("user_\ud800")  # signed; no row could hold its sub
+    refused = call("flags", "GET", "/api/flags", headers={"authorization": unstorable})
+    assert (refused.status, refused.json) == (200, anonymous.json)
 
 
 def test_get_flags_uses_the_snapshot_until_the_ttl_passes(

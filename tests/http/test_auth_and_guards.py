@@ -147,6 +147,8 @@ ATTACKS: dict[str, Callable[[Keys, str], str]] = {
     "missing_sub": lambda k, o: rs256(k, claims(sub=None)),
     "empty_sub": lambda k, o: rs256(k, claims(sub="")),
     "non_string_sub": lambda k, o: rs256(k, claims(sub=12345)),
+    "sub_with_nul": lambda k, o: rs256(k, claims(sub="user_a\x00b")),
+    "sub_with_lone_surrogate": lambda k, o: rs256(k, claims(sub="user_a\ud800")),
     "missing_exp": lambda k, o: rs256(k, claims(exp=None)),
     "tampered_payload": lambda k, o: _tamper(rs256(k, claims())),
     "garbage": lambda k, o: "not-a-jwt",
@@ -198,6 +200,17 @@ def test_valid_tokens_are_accepted(
     token = rs256(caller.keys, claims(**{k: values.get(v, v) for k, v in overrides.items()}))
     result = caller("searches", "GET", "/api/searches", headers=bearer(token))
     assert (result.status, result.json) == (200, {"searches": []}), result.text
+
+
+@pytest.mark.parametrize("email", ["a\x00@example.com", "\ud800@example.com"])
+def test_an_email_claim_no_row_could_hold_provisions_with_the_placeholder(
+    email: str, caller: Caller, admin_conn: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    token = rs256(caller.keys, claims(email=email))
+    result = caller("searches", "GET", "/api/searches", headers=bearer(token))
+    assert (result.status, result.json) == (200, {"searches": []}), result.text
+    row = admin_conn.execute("SELECT email FROM users WHERE id = 'user_a'").fetchone()
+    assert row == ("user_a@keyflash.local",)
 
 
 def test_any_party_is_accepted_when_none_is_configured(caller: Caller) -> None:
