@@ -31,7 +31,7 @@ import enum
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,6 +49,7 @@ from shared.stripe_objects import (
     CHECKOUT_PAYMENT_FAILED,
     INVOICE_PAID,
     INVOICE_PAYMENT_FAILED,
+    SUBSCRIPTION_CREATED,
     SUBSCRIPTION_EVENTS,
     CheckoutSession,
     InvalidEventError,
@@ -278,7 +279,7 @@ def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, s
         outcome = Outcome.LINKED if linked else Outcome.STALE
     else:
         decision = subscriptions.apply_change(
-            conn, user_id, plan.change, event_at=event.created, now=moment
+            conn, user_id, plan.change, event_at=_ordering_time(event), now=moment
         )
         outcome = _OUTCOMES[decision]
     if outcome is Outcome.STALE:
@@ -308,9 +309,22 @@ def _apply_to_org(
         )
         return Outcome.LINKED if linked else Outcome.STALE
     decision = org_subscriptions.apply_change(
-        conn, org.id, plan.change, event_at=event.created, now=moment
+        conn, org.id, plan.change, event_at=_ordering_time(event), now=moment
     )
     return _OUTCOMES[decision]
+
+
+# Stripe's `created` has one-second resolution, and Checkout often creates a subscription and
+# activates it within one second. A subscription's creation precedes every change to it, so its
+# `customer.subscription.created` orders first within its second (stamped this much earlier).
+_CREATION_FIRST = timedelta(milliseconds=1)
+
+
+def _ordering_time(event: StripeEvent) -> datetime:
+    """When the event happened, for ordering the events of one subscription (rule 4)."""
+    if event.type == SUBSCRIPTION_CREATED:
+        return event.created - _CREATION_FIRST
+    return event.created
 
 
 def _legacy_mode() -> bool:

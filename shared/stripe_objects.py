@@ -18,9 +18,10 @@ CHECKOUT_COMPLETED = "checkout.session.completed"
 CHECKOUT_PAID_LATER = "checkout.session.async_payment_succeeded"
 CHECKOUT_PAYMENT_FAILED = "checkout.session.async_payment_failed"
 CHECKOUT_EVENTS = frozenset({CHECKOUT_COMPLETED, CHECKOUT_PAID_LATER, CHECKOUT_PAYMENT_FAILED})
+SUBSCRIPTION_CREATED = "customer.subscription.created"
 SUBSCRIPTION_EVENTS = frozenset(
     {
-        "customer.subscription.created",
+        SUBSCRIPTION_CREATED,
         "customer.subscription.updated",
         "customer.subscription.deleted",
     }

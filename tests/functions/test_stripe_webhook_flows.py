@@ -311,6 +311,23 @@ def new_subscription(s: Stripe) -> Flow:
     return Flow(subscribed(s), {**PRO_A, "endsAt": at(T + 30 * DAY)})
 
 
+def paid_within_one_second(s: Stripe) -> Flow:
+    """Checkout creates the subscription `incomplete` and activates it when the first invoice
+    is paid, often within one second: every event has the same `created`. The creation event
+    (delivered last, say, after a retry) must not take the status back to `incomplete`."""
+    period_end = T + 30 * DAY
+    created = s.subscription("incomplete", period_end=period_end, clerk_user_id=CLERK_USER)
+    active = s.subscription("active", period_end=period_end, clerk_user_id=CLERK_USER)
+    paid = s.invoice(amount_paid=2000, period_end=period_end, reason="subscription_create")
+    events = [
+        s.event("s.created", "customer.subscription.created", created, T),
+        s.event("s.invoice", "invoice.paid", paid, T),
+        s.event("s.updated", "customer.subscription.updated", active, T),
+        s.event("s.checkout", "checkout.session.completed", s.checkout("paid", created=T), T),
+    ]
+    return Flow(events, {**PRO_A, "endsAt": at(period_end)})
+
+
 def trial(s: Stripe) -> Flow:
     """A 7-day trial, nothing charged: Stripe says `trialing`, and so do we."""
     trial_end = T + 7 * DAY
@@ -560,6 +577,7 @@ def erasure_with_live_subscription(s: Stripe) -> Flow:
 
 STRIPE_FLOWS = [
     new_subscription,
+    paid_within_one_second,
     trial,
     trial_to_paid,
     upgrade,

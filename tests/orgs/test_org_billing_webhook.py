@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from threading import Barrier
 from typing import Any
 
@@ -138,7 +138,11 @@ def test_subscription_created_updated_deleted_follow_stripe(call: Caller) -> Non
         "trialing",
         "Pro monthly",
     )
-    assert (row.subscription_created_at, row.subscription_event_at) == (at(T0 - 10), at(T0))
+    first_in_its_second = at(T0) - timedelta(milliseconds=1)  # a creation precedes any change
+    assert (row.subscription_created_at, row.subscription_event_at) == (
+        at(T0 - 10),
+        first_in_its_second,
+    )
     assert deliver(call, updated).status == 200
     assert (org().tier, org().subscription_status) == (UserTier.PRO, "past_due")
     assert deliver(call, deleted).status == 200
