@@ -29,10 +29,12 @@ from shared.config import get_settings
 from shared.db import DatabaseUnavailableError
 from shared.http.app import create_app, lambda_handler
 from shared.http.errors import ApiError
+from shared.storable_text import refuse_constant
 from shared.telemetry import log_event
 
 MISSING_SIGNATURE = "Missing signature"
 INVALID_SIGNATURE = "Invalid signature"
+INVALID_PAYLOAD = "Invalid webhook payload"
 SIGNATURE_TOLERANCE_S = 300
 
 app = create_app(
@@ -43,17 +45,25 @@ app = create_app(
 
 
 def verify(body: bytes, signature: str, secret: str) -> dict[str, Any]:
-    """The event as a dict, or 400 unless the signature over the raw `body` is valid and fresh."""
+    """The event as a dict: 400 `Invalid signature` unless the signature over the raw `body` is
+    valid and fresh, then 400 `Invalid webhook payload` unless the body is a JSON object."""
     import stripe  # lazily: only this function pays for the SDK
 
     try:
-        stripe.Webhook.construct_event(body, signature, secret, tolerance=SIGNATURE_TOLERANCE_S)
-    except Exception as error:  # any failure to verify or parse is the sender's (as originally)
+        stripe.WebhookSignature.verify_header(
+            body.decode("utf-8"), signature, secret, tolerance=SIGNATURE_TOLERANCE_S
+        )
+    except Exception as error:  # any failure to verify is the sender's (as originally)
         log_event("stripe_webhook_rejected", level=logging.WARNING, reason=type(error).__name__)
         raise ApiError(400, INVALID_SIGNATURE) from None
     # The verified bytes as plain JSON: the same in every SDK version (StripeObject's shape and
     # dict conversion have changed across major versions).
-    payload: dict[str, Any] = json.loads(body)
+    try:
+        payload = json.loads(body, parse_constant=refuse_constant)
+    except (ValueError, RecursionError):  # signed, yet not JSON (NaN and Infinity included)
+        raise ApiError(400, INVALID_PAYLOAD) from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, INVALID_PAYLOAD)
     return payload
 
 
@@ -102,7 +112,7 @@ async def stripe_webhook(request: Request) -> Response:
     try:
         event = stripe_objects.StripeEvent.from_payload(verify(body, signature, secret))
     except stripe_objects.InvalidEventError:  # signed, yet not an event: nothing to record
-        raise ApiError(400, "Invalid webhook payload") from None
+        raise ApiError(400, INVALID_PAYLOAD) from None
     return JSONResponse(await run_in_threadpool(_process, event))
 
 
