@@ -56,6 +56,20 @@ def parse_time(raw: str, name: str) -> datetime:
         raise invalid(f"{name} must fall within the years 1 to 9999 in UTC") from None
 
 
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def range_start(start: str | None, until: datetime, default: timedelta) -> datetime:
+    """`from` as given, else `default` before `to`: from the first moment a timestamp holds
+    when `to` is that close to it (the caller sent no `from` to be told about)."""
+    if start is not None:
+        return parse_time(start, "from")
+    try:
+        return until - default
+    except OverflowError:
+        return EARLIEST
+
+
 @dataclass(frozen=True, slots=True)
 class SeriesQuery:
     metric: str
@@ -79,10 +93,7 @@ def series_query(
     if size is None:
         raise invalid(f"bucket must be one of {', '.join(BUCKETS)}")
     until = parse_time(end, "to") if end is not None else now
-    try:
-        since = parse_time(start, "from") if start is not None else until - DEFAULT_WINDOW
-    except OverflowError:  # `to` at the start of year 1
-        raise invalid("from must be before to") from None
+    since = range_start(start, until, DEFAULT_WINDOW)
     if since >= until:
         raise invalid("from must be before to")
     limit = MAX_WINDOW[size]

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.clock import iso_ms
-from shared.contracts.admin import invalid, parse_time
+from shared.contracts.admin import invalid, parse_time, range_start
 from shared.http.responses import compact
 from shared.repositories.reports import (
     Freshness,
@@ -59,10 +59,7 @@ def trends_query(
     if spec is None:
         raise invalid(f"metric must be one of {', '.join(METRICS)}")
     until = parse_time(end, "to") if end is not None else now
-    try:
-        since = parse_time(start, "from") if start is not None else until - spec.default_window
-    except OverflowError:  # `to` at the start of year 1
-        raise invalid("from must be before to") from None
+    since = range_start(start, until, spec.default_window)
     if since >= until:
         raise invalid("from must be before to")
     if until - since > spec.max_window:

@@ -157,6 +157,17 @@ def test_widest_allowed_ranges_are_accepted(admin: Caller) -> None:
     assert day.status == 200
 
 
+def test_a_default_from_before_year_1_starts_at_year_1(admin: Caller) -> None:
+    """The caller sent only `to`, within the default window of the first moment: no error
+    about a `from` they never sent."""
+    result = series(admin, metric="m", to="0001-01-01T12:00:00Z")
+    assert result.status == 200, result.text
+    assert (result.json["from"], result.json["to"]) == (
+        "0001-01-01T00:00:00.000Z",
+        "0001-01-01T12:00:00.000Z",
+    )
+
+
 # --- analytics ------------------------------------------------------------------------------
 
 # (searchedAt, provider, cacheHit, responseTime ms, keywords); NOW = 2026-11-20T15:00Z.

@@ -193,6 +193,16 @@ def test_bad_queries_are_400(admin: Caller, query: dict[str, str], message: str)
     assert result.json["error"] == "Validation Error"
 
 
+@pytest.mark.parametrize(
+    ("metric", "to"),
+    [("keyword-trends", "0001-03-25T00:00:00Z"), ("usage-by-tier", "0002-01-01T00:00:00Z")],
+)
+def test_a_default_from_before_year_1_starts_at_year_1(admin: Caller, metric: str, to: str) -> None:
+    result = trends(admin, metric=metric, to=to)
+    assert result.status == 200, result.text
+    assert result.json["from"] == "0001-01-01T00:00:00.000Z"
+
+
 def test_members_and_anonymous_callers_are_refused(
     call: Caller, api_env: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
