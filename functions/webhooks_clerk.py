@@ -10,7 +10,8 @@
 - `user.created` / `user.updated` keep the user's email in step with Clerk's primary address
   (`shared.accounts.sync_email`), in the order of Clerk's own `updated_at` (an older event
   delivered late changes nothing); a collision with another account is a 409 and changes
-  nothing. `user.deleted` erases the user exactly as DELETE /api/me does.
+  nothing; an erased id (tombstoned, no row) is never recreated. `user.deleted` erases the
+  user exactly as DELETE /api/me does.
 - `organization.*` and `organizationMembership.*` keep the organizations mirror in step, in
   the same order of `updated_at` (`shared.organizations`); `organization.deleted` removes the
   organization's data. Other types: 200, nothing stored.

@@ -24,7 +24,7 @@ from shared.repositories import personal_data, subscriptions, tombstones, users,
 from shared.repositories.personal_data import Erasure
 from shared.telemetry import log_event
 
-SyncOutcome = Literal["created", "updated", "unchanged", "stale"]
+SyncOutcome = Literal["created", "updated", "unchanged", "stale", "after_erasure"]
 placeholder_email = users.placeholder_email
 is_placeholder = users.is_placeholder
 
@@ -45,9 +45,16 @@ def sync_email(
     `replace_real_email=False` (user.created) only upgrades a placeholder. Raises
     `EmailInUseError` when another account has the email (case-insensitively); a racing insert
     of the same id surfaces as `IntegrityError` (see `is_duplicate_user`) and the caller re-runs.
+
+    An erased identity (its id tombstoned, no row) is never recreated ("after_erasure"): after
+    user.deleted the event is a late delivery, after DELETE /api/me the person's next sign-in
+    provisions the fresh account. An erasure in progress holds the row's lock, so the read below
+    waits for it and the tombstone check, a later statement, sees what it committed.
     """
     existing = users.get(conn, user_id, lock=True)
     if existing is None:
+        if tombstones.erased(conn, user_id):
+            return "after_erasure"
         users.create(conn, user_id, email, clerk_updated_at=changed_at, now=now)
         return "created"
     stamp = existing.clerk_updated_at

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Update,
     any_,
     bindparam,
+    exists,
     func,
     or_,
     select,
@@ -116,6 +117,14 @@ def settle(conn: Conn, user_id: str, email: str) -> Settled | None:
         execution_options={"synchronize_session": False},
     ).first()
     return None if row is None else Settled(total=row[0], trial_ends_at=row[1])
+
+
+@database_operation("findErasedIdentity")
+def erased(conn: Conn, user_id: str) -> bool:
+    """Whether an erasure kept a tombstone under this Clerk id. Only an erasure writes one, so
+    it tells an erased account from one never provisioned here (or removed by another writer)."""
+    [key] = keys(user_id, None)
+    return bool(conn.session.scalar(select(exists().where(AccountTombstone.key == key))))
 
 
 @database_operation("recordTombstone")

@@ -21,8 +21,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared import config, db
+from shared import accounts, config, db
+from shared.db import Conn
 from shared.repositories import api_usage, saved_searches, users
+from tests.core.test_trials_and_tombstones import waits_for_lock
 from tests.support.clerk_events import PATH, SECRET, deliver, email_of, signed_headers, user_data
 from tests.support.http import Caller, Keys
 
@@ -368,6 +370,80 @@ def test_deleted_makes_this_container_forget_the_user(call: Caller) -> None:
     }
     created = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
     assert created.status == 201, created.text
+
+
+@pytest.mark.parametrize(("late", "updated_at"), [("user.created", 1000), ("user.updated", 1500)])
+def test_a_late_event_after_deleted_brings_nothing_back(
+    call: Caller,
+    admin_conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+    late: str,
+    updated_at: int,
+) -> None:
+    """Clerk never reuses an id: an event for one its user.deleted erased is a late delivery (a
+    retry from before the deletion). It is consumed, and nothing about the person comes back."""
+    deliver(call, "user.created", stamped("user_a", "a@example.com", 1000))
+    deliver(call, "user.deleted", {"id": "user_a", "deleted": True, "object": "user"})
+    caplog.set_level(logging.INFO, logger="keyflash")
+    result, headers, payload = deliver(call, late, stamped("user_a", "a@example.com", updated_at))
+    assert (result.status, result.json) == (200, {"received": True})
+    assert email_of("user_a") is None
+    assert '"outcome":"after_erasure"' in "\n".join(r.getMessage() for r in caplog.records)
+    # Processed without its payload, so Svix stops retrying and the ledger names no one.
+    rows = ledger(admin_conn)
+    assert len(rows) == 3 and {row[1:] for row in rows} == {("clerk", True, True)}
+    replay = call("webhooks_clerk", "POST", PATH, body=payload, headers=headers)
+    assert replay.json == {"received": True, "duplicate": True}
+    assert email_of("user_a") is None
+
+
+def test_a_new_identity_with_an_erased_email_is_created(call: Caller) -> None:
+    """Only the erased Clerk id is refused: a new sign-up with the same address is a new user."""
+    deliver(call, "user.created", user_data("user_a", "a@example.com"))
+    deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
+    result, _, _ = deliver(call, "user.created", user_data("user_b", "A@example.com"))
+    assert result.status == 200 and email_of("user_b") == "A@example.com"
+
+
+def test_after_delete_me_clerk_events_wait_for_the_next_sign_in(call: Caller) -> None:
+    """DELETE /api/me keeps the Clerk account: its events alone never recreate the erased row;
+    signing in again provisions a fresh account, which they then keep in step."""
+    deliver(call, "user.created", stamped("user_a", "a@example.com", 1000))
+    assert call("me", "DELETE", "/api/me", user="user_a").status == 200
+    result, _, _ = deliver(call, "user.updated", stamped("user_a", "b@example.com", 2000))
+    assert result.status == 200 and email_of("user_a") is None
+    assert call("me", "GET", "/api/me", user="user_a").status == 200  # signs in again
+    deliver(call, "user.updated", stamped("user_a", "c@example.com", 3000))
+    assert email_of("user_a") == "c@example.com"
+
+
+def test_a_late_update_racing_the_erasure_brings_nothing_back(
+    lambda_only: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The late delivery reads the row while the erasure holds its lock: it waits, and once the
+    erasure commits it finds the row gone and the tombstone there, and creates nothing."""
+    deliver(lambda_only, "user.created", stamped("user_a", "a@example.com", 1000))
+    erasing, release = threading.Event(), threading.Event()
+
+    def erase_slowly(conn: Conn) -> None:
+        accounts.erase(conn, "user_a")  # what user.deleted runs in its transaction
+        erasing.set()
+        assert release.wait(30)  # the row lock is held until this transaction commits
+
+    def late_update() -> int:
+        asyncio.set_event_loop(asyncio.new_event_loop())  # Mangum wants a loop per thread
+        data = stamped("user_a", "a@example.com", 1500)
+        return deliver(lambda_only, "user.updated", data)[0].status
+
+    with ThreadPoolExecutor(2) as pool:
+        erasure = pool.submit(db.transaction, erase_slowly)
+        assert erasing.wait(30)
+        delivery = pool.submit(late_update)
+        waits_for_lock(admin_conn, "FOR UPDATE")
+        release.set()
+        erasure.result()
+        assert delivery.result() == 200
+    assert email_of("user_a") is None
 
 
 def test_no_personal_data_reaches_the_logs(call: Caller, caplog: pytest.LogCaptureFixture) -> None:

@@ -681,6 +681,26 @@ def test_late_clerk_updates_never_restore_an_older_email(
         ), [d.name for d in order]
 
 
+def test_clerk_events_retried_after_user_deleted_bring_nothing_back(
+    endpoints: Endpoints, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """user.created, then user.deleted, then the two address changes Svix had failed to deliver
+    before the deletion, in either order: the user stays erased and the ledger names no one."""
+    created = Delivery(
+        "user.created", "clerk", (FIXTURES / "clerk" / "user.created.json").read_text()
+    )
+    first = clerk_user_event("user.updated", "first.change@example.org", 1654012824306)
+    second = clerk_user_event("user.updated", "second.change@example.org", 1654013000000)
+    for late in itertools.permutations([first, second]):
+        for table in ("webhook_events", "account_tombstones", "users"):
+            admin_conn.execute(f"DELETE FROM {table}")
+        deliver_all(endpoints, [created, clerk_deleted(), *late])
+        assert db.run(lambda conn: users.get(conn, CLERK_USER)) is None, [d.name for d in late]
+        rows = admin_conn.execute("SELECT processed, payload::text FROM webhook_events").fetchall()
+        assert len(rows) == 4 and all(processed for processed, _ in rows)
+        assert not any(CLERK_USER in (payload or "") for _, payload in rows)
+
+
 # --- the same flows, delivered all at once --------------------------------------------------
 
 PARALLEL_ROUNDS = 5
