@@ -20,9 +20,9 @@ change nothing (docs/organizations.md#billing-per-organization).
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
 arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until
-the link exists, unless the customer was erased: then it is recorded as processed, without its
-payload. Stored payloads keep only the fields read here (ids, statuses, times, the plan, and
-checkout's email for the fallback lookup), never whole Stripe objects.
+the link exists, unless the customer or the account it names was erased: then it is recorded as
+processed, without its payload. Stored payloads keep only the fields read here (ids, statuses,
+times, the plan, and checkout's email for the fallback lookup), never whole Stripe objects.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from shared.clock import utcnow
 from shared.config import get_settings
 from shared.db import Conn, DatabaseUnavailableError, violated_constraint
 from shared.models import UserTier
-from shared.repositories import org_subscriptions, subscriptions, webhook_events
+from shared.repositories import org_subscriptions, subscriptions, tombstones, webhook_events
 from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
 from shared.stripe_objects import (
     CHECKOUT_EVENTS,
@@ -265,13 +265,7 @@ def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, s
         return _apply_to_org(conn, event, plan, org, moment), None
     user_id = subscriptions.find_user_id(conn, plan.candidates)
     if user_id is None:
-        if any(subscriptions.is_erased_customer(conn, c) for c in customers):
-            return Outcome.ERASED, None
-        tried = ", ".join(f"{key}={value}" for key, value in plan.candidates if key != "email")
-        has_email = any(key == "email" for key, _ in plan.candidates)
-        raise BillingUserNotFoundError(
-            f"no user for {event.type} ({tried or 'no ids'}{', email' if has_email else ''})"
-        )
+        return _no_user(conn, event, plan, customers, moment), None
     if plan.change is None:
         linked = plan.link_customer is not None and subscriptions.link_customer(
             conn, user_id, plan.link_customer, now=moment
@@ -289,6 +283,27 @@ def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, s
 
         storage.mark_user(conn, user_id)
     return outcome, user_id
+
+
+def _no_user(
+    conn: Conn, event: StripeEvent, plan: Plan, customers: tuple[str, ...], moment: datetime
+) -> Outcome:
+    """No user matches: ERASED when the event is about an erased account, else a failure to
+    retry (`BillingUserNotFoundError`).
+
+    Erased: its customer was remembered by the erasure, or a user id it names has an account
+    tombstone (erased before any customer was linked: a checkout that completed after the
+    erasure); that customer is then remembered too, for its events that name only it. A user id
+    never seen (a mistake, or a checkout racing the first sign-in) still fails. The error goes
+    to the ledger, so it names the kinds of key tried, never their values."""
+    if any(subscriptions.is_erased_customer(conn, c) for c in customers):
+        return Outcome.ERASED
+    if tombstones.any_erased(conn, [value for key, value in plan.candidates if key == "id"]):
+        for customer in customers:
+            subscriptions.remember_customer(conn, customer, now=moment)
+        return Outcome.ERASED
+    tried = ", ".join(dict.fromkeys(key for key, _ in plan.candidates)) or "no keys"
+    raise BillingUserNotFoundError(f"no user for {event.type} (tried: {tried})")
 
 
 def _apply_to_org(
@@ -401,8 +416,9 @@ def process_recorded(event_id: str, *, now: datetime | None = None) -> Outcome:
 
 
 def describe_failure(error: BaseException) -> str:
-    """The error as the ledger stores it: our own messages carry ids only; database errors
-    are reduced to their class, SQLSTATE and constraint (their text may quote row values)."""
+    """The error as the ledger stores it: our own messages carry no personal ids or emails (a
+    missing user: the kinds of key tried); database errors are reduced to their class, SQLSTATE
+    and constraint (their text may quote row values)."""
     ours = InvalidEventError | BillingUserNotFoundError | BillingOrganizationNotFoundError
     if isinstance(error, ours | DatabaseUnavailableError):
         return f"{type(error).__name__}: {error}"

@@ -284,13 +284,25 @@ def remember_erased_customer(conn: Conn, user_id: str, *, now: datetime) -> str 
     ).first()
     if row is None or not row[0]:
         return None
-    conn.session.execute(
-        insert(ErasedBillingCustomer)
-        .values(customer_hash=customer_hash(row[0]), erased_at=now)
-        .on_conflict_do_nothing()
-    )
+    _remember(conn, row[0], now)
     status: str | None = row[1]
     return status
+
+
+@database_operation("rememberErasedCustomerOfEvent")
+def remember_customer(conn: Conn, customer_id: str, *, now: datetime) -> None:
+    """Remember (hashed) a customer an event links to an account erased before the customer
+    was linked to it, so the customer's later events, which may name only the customer, are
+    handled as erased too."""
+    _remember(conn, customer_id, now)
+
+
+def _remember(conn: Conn, customer_id: str, now: datetime) -> None:
+    conn.session.execute(
+        insert(ErasedBillingCustomer)
+        .values(customer_hash=customer_hash(customer_id), erased_at=now)
+        .on_conflict_do_nothing()
+    )
 
 
 @database_operation("isErasedCustomer")

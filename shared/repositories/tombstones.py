@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -157,3 +158,18 @@ def record(conn: Conn, user_id: str) -> bool:
         )
     )
     return True
+
+
+@database_operation("findErasedAccount")
+def any_erased(conn: Conn, user_ids: Sequence[str]) -> bool:
+    """True when one of these Clerk user ids had an account that was erased: every erasure of
+    an account keeps its id's tombstone (`record`), and nothing else writes one. Evidence of an
+    erasure only where no user row has the id now (a returning user keeps the tombstone)."""
+    if not user_ids:
+        return False
+    statement = (
+        select(AccountTombstone.key)
+        .where(AccountTombstone.key.in_([keys(user_id, None)[0] for user_id in user_ids]))
+        .limit(1)
+    )
+    return conn.session.execute(statement).first() is not None

@@ -604,6 +604,77 @@ def test_refused_erasure_and_erasure_without_a_customer_remember_nothing(
     assert erased_hashes() == []
 
 
+def mentioning(*values: str) -> list[str]:
+    """Ids of ledger rows whose payload or error holds one of `values`."""
+    rows = db.run(
+        lambda conn: conn.session.execute(
+            select(WebhookEvent.id, WebhookEvent.payload, WebhookEvent.error)
+        ).all()
+    )
+    return [
+        row[0] for row in rows if any(value in f"{json.dumps(row[1])} {row[2]}" for value in values)
+    ]
+
+
+@pytest.mark.parametrize("erasure", ["delete-me", "clerk"])
+def test_a_checkout_completed_after_its_user_was_erased_is_handled_as_erased(
+    lambda_call: Caller, caplog: pytest.LogCaptureFixture, erasure: str
+) -> None:
+    """The account went before any customer was linked to it (DELETE /api/me, or Clerk's
+    user.deleted), so the erasure remembered no customer: the account's tombstone says the
+    user id was erased. Was: 500 on every delivery, the payload kept, ids in the error."""
+    make_user()
+    if erasure == "delete-me":
+        assert lambda_call("me", "DELETE", "/api/me", user="user_a").status == 200
+    else:
+        db.transaction(lambda conn: accounts.erase(conn, "user_a"))
+    assert erased_hashes() == []
+    obj = checkout(email="a@example.com", client_reference_id="user_a")
+    event = stripe_event("checkout.session.completed", obj)
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(lambda_call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.payload, row.error) == (True, None, None)
+    warned = [r for r in caplog.records if "stripe_event_for_erased_customer" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert event["id"] in warned[0].getMessage() and "cus_1" not in warned[0].getMessage()
+    assert erased_hashes() == [subscriptions.customer_hash("cus_1")]  # its later events too
+    later = stripe_event("customer.subscription.created", subscription("active"))
+    assert deliver(lambda_call, later).json == {"received": True}
+    row = ledger(later["id"])
+    assert row is not None and (row.processed, row.payload) == (True, None)
+    assert deliver(lambda_call, event).json == {"received": True, "duplicate": True}
+    assert mentioning("user_a", "a@example.com", "cus_1", "sub_1") == []
+    assert db.run(lambda conn: users.get(conn, "user_a")) is None  # nobody was brought back
+
+
+def test_a_checkout_for_a_user_id_never_seen_still_fails_until_the_user_exists(
+    lambda_call: Caller,
+) -> None:
+    """A mistake, or a checkout racing the user's first sign-in: no tombstone, so it is not an
+    erasure. Retried as before; the ledger's error names the kinds of key tried, no values."""
+    make_user("user_gone", "gone@example.com")
+    db.transaction(lambda conn: accounts.erase(conn, "user_gone"))  # tombstones exist, not hers
+    obj = checkout(clerk_user_id="user_new", email="new@example.com", customer="cus_new")
+    event = stripe_event("checkout.session.completed", obj)
+    first = deliver(lambda_call, event)
+    assert (first.status, first.json["message"]) == (500, GENERIC_500)
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.attempts) == (False, 1)
+    assert row.error == (
+        "BillingUserNotFoundError: no user for checkout.session.completed "
+        "(tried: id, email, customer)"
+    )
+    assert row.payload is not None  # what the retry runs from
+    assert erased_hashes() == []
+
+    make_user("user_new", "new@example.com")
+    second = deliver(lambda_call, event)
+    assert (second.status, second.json) == (200, {"received": True})
+    assert (user("user_new").tier, user("user_new").stripe_customer_id) == (UserTier.PRO, "cus_new")
+
+
 # --- the decision table (pure: no database) --------------------------------------------------
 
 A, B = "sub_a", "sub_b"
@@ -671,7 +742,7 @@ def test_an_event_for_an_unknown_user_fails_and_succeeds_once_the_user_exists(
     row = ledger(event["id"])
     assert row is not None and (row.processed, row.attempts) == (False, 1)
     assert row.error == (
-        "BillingUserNotFoundError: no user for customer.subscription.created (customer=cus_later)"
+        "BillingUserNotFoundError: no user for customer.subscription.created (tried: customer)"
     )
     assert row.payload is not None and row.payload["data"]["object"]["customer"] == "cus_later"
 
