@@ -249,23 +249,53 @@ def apply_event(conn: Conn, event: StripeEvent, *, now: datetime | None = None) 
     organization) matches and `InvalidEventError` when the event lacks what its type needs; the
     caller's transaction must then roll back.
     """
-    return _apply(conn, event, now or utcnow())[0]
+    return _apply(conn, event, _subject(conn, event), now or utcnow())[0]
 
 
-def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, str | None]:
-    """`apply_event`, with the id of the user whose row changed (None: no change). In the
-    migration's dual/fallback storage modes the change also owes the legacy `user:{id}` record
-    a copy, in this transaction (`shared.storage.mark_user`)."""
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Whom an event is about (`_subject`): nobody (`plan` None: no effect), an organization
+    (`for_org`; `org` None: none yet), or the user `user_id`, whose row is locked."""
+
+    plan: Plan | None
+    for_org: bool = False
+    org: org_subscriptions.Found | None = None
+    user_id: str | None = None
+
+
+def _customers(plan: Plan) -> tuple[str, ...]:
+    return tuple(value for key, value in plan.candidates if key == "customer")
+
+
+def _subject(conn: Conn, event: StripeEvent) -> Subject:
+    """Find whom the event is about, before its ledger row is claimed: the user's row is locked
+    here, ahead of the ledger row whose payload may name them, the order an erasure takes the
+    two in (it clears that payload under the same row lock). So either the erasure commits first
+    and the event finds no user (recorded without its payload), or the event commits first and
+    the erasure clears what it recorded; and the two never deadlock."""
     plan = plan_for(event)
     if plan is None:
-        return Outcome.IGNORED, None
-    customers = tuple(value for key, value in plan.candidates if key == "customer")
-    org = org_subscriptions.find(conn, plan.org_id, customers)
+        return Subject(None)
+    org = org_subscriptions.find(conn, plan.org_id, _customers(plan))
     if org is not None or plan.org_id is not None:
-        return _apply_to_org(conn, event, plan, org, moment), None
-    user_id = subscriptions.find_user_id(conn, plan.candidates)
+        return Subject(plan, for_org=True, org=org)
+    return Subject(plan, user_id=subscriptions.lock_user(conn, plan.candidates))
+
+
+def _apply(
+    conn: Conn, event: StripeEvent, subject: Subject, moment: datetime
+) -> tuple[Outcome, str | None]:
+    """`apply_event` on the event's `subject`, with the id of the user whose row changed (None:
+    no change). In the migration's dual/fallback storage modes the change also owes the legacy
+    `user:{id}` record a copy, in this transaction (`shared.storage.mark_user`)."""
+    plan = subject.plan
+    if plan is None:
+        return Outcome.IGNORED, None
+    if subject.for_org:
+        return _apply_to_org(conn, event, plan, subject.org, moment), None
+    user_id = subject.user_id
     if user_id is None:
-        return _no_user(conn, event, plan, customers, moment), None
+        return _no_user(conn, event, plan, moment), None
     if plan.change is None:
         linked = plan.link_customer is not None and subscriptions.link_customer(
             conn, user_id, plan.link_customer, now=moment
@@ -285,9 +315,7 @@ def _apply(conn: Conn, event: StripeEvent, moment: datetime) -> tuple[Outcome, s
     return outcome, user_id
 
 
-def _no_user(
-    conn: Conn, event: StripeEvent, plan: Plan, customers: tuple[str, ...], moment: datetime
-) -> Outcome:
+def _no_user(conn: Conn, event: StripeEvent, plan: Plan, moment: datetime) -> Outcome:
     """No user matches: ERASED when the event is about an erased account, else a failure to
     retry (`BillingUserNotFoundError`).
 
@@ -296,6 +324,7 @@ def _no_user(
     erasure); that customer is then remembered too, for its events that name only it. A user id
     never seen (a mistake, or a checkout racing the first sign-in) still fails. The error goes
     to the ledger, so it names the kinds of key tried, never their values."""
+    customers = _customers(plan)
     if any(subscriptions.is_erased_customer(conn, c) for c in customers):
         return Outcome.ERASED
     if tombstones.any_erased(conn, [value for key, value in plan.candidates if key == "id"]):
@@ -355,9 +384,10 @@ _OUTCOMES = {
 
 
 def _claim_and_apply(conn: Conn, event: StripeEvent, now: datetime) -> tuple[Outcome, str | None]:
+    subject = _subject(conn, event)  # the user's row locked before the ledger row: see there
     if webhook_events.claim(conn, event.id, event.type, event.payload(), now=now) is None:
         return Outcome.DUPLICATE, None
-    outcome, changed = _apply(conn, event, now)
+    outcome, changed = _apply(conn, event, subject, now)
     erased = outcome is Outcome.ERASED
     webhook_events.mark_processed(conn, event.id, now=now, forget_payload=erased)
     return outcome, changed

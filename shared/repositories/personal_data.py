@@ -247,7 +247,9 @@ def erase(
     _require_transaction(conn, "erase")
     now = now or utcnow()
     # The user's row first, organizations after it (the team keywords given back below): the
-    # order a team search locks them in, so the two never deadlock.
+    # order a team search locks them in, so the two never deadlock. Ledger rows come after it
+    # too, as a Stripe event takes them (`shared.billing._subject`): the payloads cleared below
+    # include every event committed before this lock, and an event waiting for it finds no user.
     owner = conn.session.execute(
         select(
             User.email,

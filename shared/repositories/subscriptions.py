@@ -119,24 +119,46 @@ def find_user_id(conn: Conn, candidates: Sequence[tuple[LookupKey, str]]) -> str
     if not candidates:
         return None
     statement = _find_statement(tuple(key for key, _ in candidates))
-    params = {f"p_{rank}": value for rank, (_, value) in enumerate(candidates)}
-    row = execute_hot(conn, statement, params).fetchone()
+    row = execute_hot(conn, statement, _find_params(candidates)).fetchone()
     return None if row is None else str(row[0])
 
 
-_FINDS: dict[tuple[LookupKey, ...], HotStatement] = {}
+@database_operation("lockBillingUser")
+def lock_user(conn: Conn, candidates: Sequence[tuple[LookupKey, str]]) -> str | None:
+    """`find_user_id` with the user's row locked `FOR UPDATE`, in one query while the row stays.
+
+    A billing event takes this lock before it claims its ledger row: an erasure locks the row
+    first too, so the two never deadlock, and whichever commits second sees the other's work.
+    A row an erasure deleted while we waited is skipped; the lookup then runs again on what is
+    committed now (None: no user matches)."""
+    if not candidates:
+        return None
+    keys = tuple(key for key, _ in candidates)
+    params = _find_params(candidates)
+    while (row := execute_hot(conn, _find_statement(keys, lock=True), params).fetchone()) is None:
+        if execute_hot(conn, _find_statement(keys), params).fetchone() is None:
+            return None
+    return str(row[0])
 
 
-def _find_statement(keys: tuple[LookupKey, ...]) -> HotStatement:
-    """`find_user_id`'s UNION ALL for this sequence of key kinds, compiled once (binds p_0 …)."""
-    statement = _FINDS.get(keys)
+def _find_params(candidates: Sequence[tuple[LookupKey, str]]) -> dict[str, str]:
+    return {f"p_{rank}": value for rank, (_, value) in enumerate(candidates)}
+
+
+_FINDS: dict[tuple[tuple[LookupKey, ...], bool], HotStatement] = {}
+
+
+def _find_statement(keys: tuple[LookupKey, ...], *, lock: bool = False) -> HotStatement:
+    """`find_user_id`'s UNION ALL for this sequence of key kinds (`lock`: the row it finds
+    locked, for `lock_user`), compiled once (binds p_0 …)."""
+    statement = _FINDS.get((keys, lock))
     if statement is None:
-        statement = HotStatement(partial(_find, keys))
-        _FINDS[keys] = statement
+        statement = HotStatement(partial(_find, keys, lock=lock))
+        _FINDS[(keys, lock)] = statement
     return statement
 
 
-def _find(keys: tuple[LookupKey, ...]) -> Any:
+def _find(keys: tuple[LookupKey, ...], *, lock: bool) -> Any:
     selects = []
     for rank, key in enumerate(keys):
         value = bindparam(f"p_{rank}", type_=Text())
@@ -149,7 +171,10 @@ def _find(keys: tuple[LookupKey, ...]) -> Any:
             condition = func.lower(User.email) == func.lower(value)
         selects.append(select(User.id, literal(rank).label("rank")).where(condition))
     matches = union_all(*selects).subquery()
-    return select(matches.c.id).order_by(matches.c.rank).limit(1)
+    first = select(matches.c.id).order_by(matches.c.rank).limit(1)
+    if not lock:
+        return first
+    return select(User.id).where(User.id == first.scalar_subquery()).with_for_update()
 
 
 @database_operation("applySubscriptionChange")

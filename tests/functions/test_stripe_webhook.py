@@ -13,9 +13,10 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -992,6 +993,65 @@ def test_twenty_concurrent_deliveries_apply_the_event_exactly_once(
     row = ledger(event["id"])
     assert row is not None and (row.processed, row.attempts) == (True, 1)
     assert user().tier is UserTier.PRO
+
+
+ROUNDS = 24  # per case; each round races one erasure and two events of the user, once
+
+
+def race_together(tasks: list[Callable[[], object]]) -> list[BaseException | None]:
+    """Run each task on a thread (its own connection), released together; what each raised."""
+    start = threading.Barrier(len(tasks))
+
+    def run(task: Callable[[], object]) -> object:
+        start.wait()
+        return task()
+
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = [pool.submit(run, task) for task in tasks]
+    return [future.exception() for future in futures]
+
+
+@pytest.mark.usefixtures("wide_pool")
+@pytest.mark.parametrize("delivery", ["first", "retried"])
+def test_an_erasure_racing_the_users_events_leaves_no_payload_that_names_them(
+    delivery: str,
+) -> None:
+    """Clerk's user.deleted at the same moment as the user's checkout and subscription.created,
+    on real connections, the erasure released first in half the rounds and last in the others.
+    Whatever interleaving Postgres picks, every call succeeds (no deadlock) and no ledger row
+    names the erased person: an event either commits before the erasure, which then clears its
+    payload, or finds the user gone and is recorded without one. `retried`: each event already
+    has an unprocessed row holding its payload (an earlier delivery failed)."""
+    for round_ in range(ROUNDS):
+        user_id, email = f"user_race_{round_}", f"race{round_}@example.com"
+        customer, sub_id = f"cus_race_{round_}", f"sub_race_{round_}"
+        make_user(user_id, email)
+        obj = checkout(clerk_user_id=user_id, client_reference_id=user_id, email=email,
+                       customer=customer, sub_id=sub_id)  # fmt: skip
+        created = subscription("active", sub_id=sub_id, customer=customer, clerk_user_id=user_id)
+        stripe_events = [
+            StripeEvent.from_payload(stripe_event("checkout.session.completed", obj)),
+            StripeEvent.from_payload(stripe_event("customer.subscription.created", created)),
+        ]
+        if delivery == "retried":
+            for event in stripe_events:
+                db.run(partial(webhook_events.mark_failed, event_id=event.id,
+                               event_type=event.type, payload=event.payload(),
+                               error="RuntimeError"))  # fmt: skip
+        erased = accounts.ClerkUser(id=user_id)
+        tasks: list[Callable[[], object]] = [
+            partial(accounts.apply_clerk_event, f"msg_race_{round_}", "user.deleted", erased),
+            *(partial(billing.process, event) for event in stripe_events),
+        ]
+        if round_ % 2:
+            tasks.reverse()
+        assert race_together(tasks) == [None] * len(tasks), round_
+        assert db.run(lambda conn, u=user_id: users.get(conn, u)) is None
+        for event in stripe_events:
+            row = ledger(event.id)
+            assert row is not None and row.processed, round_
+        assert mentioning(user_id, email, customer, sub_id) == [], round_
+        assert db.run(lambda conn, c=customer: subscriptions.is_erased_customer(conn, c))
 
 
 def test_duplicate_delivery_latency_is_measured(stripe_env: Keys) -> None:
