@@ -53,7 +53,7 @@ def sync_email(
     """
     existing = users.get(conn, user_id, lock=True)
     if existing is None:
-        if tombstones.erased(conn, user_id):
+        if tombstones.any_erased(conn, [user_id]):
             return "after_erasure"
         users.create(conn, user_id, email, clerk_updated_at=changed_at, now=now)
         return "created"

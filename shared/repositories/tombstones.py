@@ -27,7 +27,6 @@ from sqlalchemy import (
     Update,
     any_,
     bindparam,
-    exists,
     func,
     or_,
     select,
@@ -120,14 +119,6 @@ def settle(conn: Conn, user_id: str, email: str) -> Settled | None:
     return None if row is None else Settled(total=row[0], trial_ends_at=row[1])
 
 
-@database_operation("findErasedIdentity")
-def erased(conn: Conn, user_id: str) -> bool:
-    """Whether an erasure kept a tombstone under this Clerk id. Only an erasure writes one, so
-    it tells an erased account from one never provisioned here (or removed by another writer)."""
-    [key] = keys(user_id, None)
-    return bool(conn.session.scalar(select(exists().where(AccountTombstone.key == key))))
-
-
 @database_operation("recordTombstone")
 def record(conn: Conn, user_id: str) -> bool:
     """In the erasure's transaction, before the user row goes: keep the trial's end and the
@@ -163,8 +154,9 @@ def record(conn: Conn, user_id: str) -> bool:
 @database_operation("findErasedAccount")
 def any_erased(conn: Conn, user_ids: Sequence[str]) -> bool:
     """True when one of these Clerk user ids had an account that was erased: every erasure of
-    an account keeps its id's tombstone (`record`), and nothing else writes one. Evidence of an
-    erasure only where no user row has the id now (a returning user keeps the tombstone)."""
+    an account keeps its id's tombstone (`record`), and nothing else writes one. So where no
+    user row has the id now, it tells an erased account from one never provisioned here (a
+    returning user keeps the tombstone)."""
     if not user_ids:
         return False
     statement = (
