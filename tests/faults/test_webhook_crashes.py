@@ -71,7 +71,7 @@ def call(webhook_env: Keys) -> Caller:
 
 
 def takes_the_user_row(query: str) -> bool:
-    """The statement that locks or writes the user's row: the step after the ledger claim."""
+    """The statement that locks or writes the user's row (billing takes it before its claim)."""
     statement = query.strip()
     return statement.startswith("UPDATE users") or (
         statement.startswith("SELECT users.") and statement.endswith("FOR UPDATE")
@@ -131,8 +131,9 @@ def test_stripe_checkout_killed_mid_transaction_applies_once_on_redelivery(
     admin_conn: psycopg.Connection[Any],
     history: str,
 ) -> None:
-    """checkout.session.completed (FREE → PRO, fresh monthly counter), killed while its UPDATE
-    of the user waits on our lock: after its claim, before its effect."""
+    """checkout.session.completed (FREE → PRO, fresh monthly counter), killed while it waits on
+    our lock of the user's row, which it takes before it claims its ledger row (the order an
+    erasure takes the two in): in its transaction, before its claim and its effect."""
     event = stripe_event("checkout.session.completed", checkout(clerk_user_id="user_a"))
     if history == "after a recorded failure":
         # Delivered before the user existed: recorded as failed, owed a retry.
@@ -151,7 +152,7 @@ def test_stripe_checkout_killed_mid_transaction_applies_once_on_redelivery(
         with webhook_child("webhooks_stripe", request, database_url, app) as child:
             blocked = wait_for_backend(admin_conn, child, app, lock)
             assert takes_the_user_row(blocked.query)
-            assert "webhook_events" in blocked.wrote  # the claim is in, uncommitted
+            assert blocked.wrote == frozenset()  # the user's row first, then the claim
             assert child.sigkill() == -9 and not child.answered()
         lock.release()
         wait_until_settled(admin_conn, app)
