@@ -243,10 +243,10 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
         )  # fmt: skip
 
         def work(conn: Any) -> object:
+            user_id = subscriptions.lock_user(conn, [("customer", customer)])  # before the claim
+            assert user_id is not None
             if webhooks.claim(conn, values["event"], "customer.subscription.updated", {}) is None:
                 return None
-            user_id = subscriptions.find_user_id(conn, [("customer", customer)])
-            assert user_id is not None
             decision = subscriptions.apply_change(conn, user_id, change, event_at=now, now=now)
             webhooks.mark_processed(conn, values["event"], now=now)
             return decision

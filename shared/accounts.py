@@ -214,7 +214,7 @@ def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bo
     if isinstance(outcome, Erasure):
         finish_erasure(user.id, outcome, source="clerk_webhook")
         outcome = "erased"
-    else:
+    elif outcome != "after_erasure":
         storage.mirror_user(user.id)  # the legacy copy follows the email change (dual/fallback)
     log_event("clerk_webhook", type=kind, outcome=outcome)
     return {"received": True}

@@ -4,7 +4,8 @@ once.
 Two entry points share one code path: the webhook (`process`, with the verified event) and
 the retry cron (`process_recorded`, with an event id from the ledger). Either way ONE transaction
 claims the event in `webhook_events`, applies its effect and marks it processed; a concurrent
-delivery of the same event waits on the claimed row and then sees it processed. On any failure
+delivery of the same event waits on the user's row (locked before the claim, `_subject`) or the
+claimed row and then sees it processed. On any failure
 the transaction rolls back (no partial change) and the attempt and error are recorded in a
 statement of their own, so Stripe's retry, or the cron, runs the event again
 (docs/original-app.md#d4).
@@ -272,7 +273,8 @@ def _subject(conn: Conn, event: StripeEvent) -> Subject:
     here, ahead of the ledger row whose payload may name them, the order an erasure takes the
     two in (it clears that payload under the same row lock). So either the erasure commits first
     and the event finds no user (recorded without its payload), or the event commits first and
-    the erasure clears what it recorded; and the two never deadlock."""
+    the erasure clears what it recorded; and the two never deadlock. (An organization's events
+    lock the organization's row in its own statement, not the payer's.)"""
     plan = plan_for(event)
     if plan is None:
         return Subject(None)

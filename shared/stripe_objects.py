@@ -88,6 +88,14 @@ _KEEP: dict[str, Spec] = {
 }
 
 
+_EMAILS = ("customer_email", "customer_details")
+
+
+def _organization_id(slim: Mapping[str, Any]) -> bool:
+    metadata = slim.get("metadata")
+    return isinstance(metadata, Mapping) and bool(metadata.get("organizationId"))
+
+
 def _pick(value: Any, spec: Spec) -> Any:
     """The parts of `value` that `spec` names (lists: each element); never fails."""
     if spec is True or not isinstance(value, dict | list) or not isinstance(spec, dict):
@@ -122,6 +130,10 @@ class StripeEvent:
         obj = data.get("object") if isinstance(data, Mapping) else None
         spec = _KEEP.get(kind)
         slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
+        if kind in CHECKOUT_EVENTS and _organization_id(slim):
+            # An organization's checkout is found by the organization, never by email: the
+            # payer's address is not kept (the ledger outlives the payer's erasure).
+            slim = {key: value for key, value in slim.items() if key not in _EMAILS}
         if first_unstorable((event_id, kind, slim)) is not None:  # the ledger could not hold it
             raise InvalidEventError("event text PostgreSQL cannot store")
         return cls(event_id, kind, moment, slim)

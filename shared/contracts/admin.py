@@ -94,6 +94,8 @@ def series_query(
         raise invalid(f"bucket must be one of {', '.join(BUCKETS)}")
     until = parse_time(end, "to") if end is not None else now
     since = range_start(start, until, DEFAULT_WINDOW)
+    if start is None and since >= until:
+        raise invalid(f"to must be after {iso_ms(EARLIEST)}")
     if since >= until:
         raise invalid("from must be before to")
     limit = MAX_WINDOW[size]

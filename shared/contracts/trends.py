@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.clock import iso_ms
-from shared.contracts.admin import invalid, parse_time, range_start
+from shared.contracts.admin import EARLIEST, invalid, parse_time, range_start
 from shared.http.responses import compact
 from shared.repositories.reports import (
     Freshness,
@@ -60,6 +60,8 @@ def trends_query(
         raise invalid(f"metric must be one of {', '.join(METRICS)}")
     until = parse_time(end, "to") if end is not None else now
     since = range_start(start, until, spec.default_window)
+    if start is None and since >= until:
+        raise invalid(f"to must be after {iso_ms(EARLIEST)}")
     if since >= until:
         raise invalid("from must be before to")
     if until - since > spec.max_window:

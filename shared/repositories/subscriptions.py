@@ -109,23 +109,12 @@ def decide(stored: Stored, change: SubscriptionChange, event_at: datetime) -> De
     return Decision.APPLY
 
 
-@database_operation("findBillingUser")
-def find_user_id(conn: Conn, candidates: Sequence[tuple[LookupKey, str]]) -> str | None:
-    """The first user matching the candidates, in their order, in ONE query.
-
-    Keys: `id` (Clerk user id from Stripe metadata or client_reference_id), `customer`
-    (stripeCustomerId) and `email` (case-insensitive, served by the `lower(email)` unique index).
-    """
-    if not candidates:
-        return None
-    statement = _find_statement(tuple(key for key, _ in candidates))
-    row = execute_hot(conn, statement, _find_params(candidates)).fetchone()
-    return None if row is None else str(row[0])
-
-
 @database_operation("lockBillingUser")
 def lock_user(conn: Conn, candidates: Sequence[tuple[LookupKey, str]]) -> str | None:
-    """`find_user_id` with the user's row locked `FOR UPDATE`, in one query while the row stays.
+    """The first user matching the candidates, in their order, with their row locked `FOR
+    UPDATE`, in ONE query while the row stays. Keys: `id` (Clerk user id from Stripe metadata
+    or client_reference_id), `customer` (stripeCustomerId) and `email` (case-insensitive,
+    served by the `lower(email)` unique index).
 
     A billing event takes this lock before it claims its ledger row: an erasure locks the row
     first too, so the two never deadlock, and whichever commits second sees the other's work.
@@ -149,8 +138,8 @@ _FINDS: dict[tuple[tuple[LookupKey, ...], bool], HotStatement] = {}
 
 
 def _find_statement(keys: tuple[LookupKey, ...], *, lock: bool = False) -> HotStatement:
-    """`find_user_id`'s UNION ALL for this sequence of key kinds (`lock`: the row it finds
-    locked, for `lock_user`), compiled once (binds p_0 …)."""
+    """`lock_user`'s UNION ALL for this sequence of key kinds (`lock`: the row it finds locked;
+    without, the check that a row still matches), compiled once (binds p_0 …)."""
     statement = _FINDS.get((keys, lock))
     if statement is None:
         statement = HotStatement(partial(_find, keys, lock=lock))

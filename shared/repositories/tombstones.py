@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
+from shared.clock import utcnow
 from shared.config import get_settings
 from shared.db import Conn
 from shared.models.tombstones import AccountTombstone
@@ -124,16 +125,25 @@ def record(conn: Conn, user_id: str) -> bool:
     """In the erasure's transaction, before the user row goes: keep the trial's end and the
     keywords used under the user's keys (an earlier tombstone of the same identity only ever
     gets stricter). The row is locked, so no request can count usage the tombstone misses.
-    False when there is no such user (nothing to keep)."""
+
+    With no row (Clerk's `user.deleted` before any event or sign-in created one here), the id's
+    tombstone alone, its trial over: Clerk never reuses an id, so it only marks the id erased,
+    and a late `user.created` creates nothing. False then (no account to keep)."""
     user = conn.session.scalars(
         select(User).where(User.id == user_id).with_for_update()
     ).one_or_none()
     if user is None:
-        return False
-    rows = [
-        {"key": key, "trial_ends_at": trial_end(user), "keywords_used": user.keyword_searches_total}
-        for key in keys(user.id, user.email)
-    ]
+        [key] = keys(user_id, None)
+        rows = [{"key": key, "trial_ends_at": utcnow(), "keywords_used": 0}]
+    else:
+        rows = [
+            {
+                "key": key,
+                "trial_ends_at": trial_end(user),
+                "keywords_used": user.keyword_searches_total,
+            }
+            for key in keys(user.id, user.email)
+        ]
     statement = insert(AccountTombstone).values(rows)
     conn.session.execute(
         statement.on_conflict_do_update(
@@ -148,7 +158,7 @@ def record(conn: Conn, user_id: str) -> bool:
             },
         )
     )
-    return True
+    return user is not None
 
 
 @database_operation("findErasedAccount")

@@ -397,6 +397,17 @@ def test_a_late_event_after_deleted_brings_nothing_back(
     assert email_of("user_a") is None
 
 
+def test_a_deletion_delivered_before_the_creation_still_wins(call: Caller) -> None:
+    """Svix does not order deliveries: a user.created that failed (a 409, a 503) is retried
+    after the user.deleted, which found no row to erase. The deletion still marks the id
+    erased, so the retried creation brings nothing back."""
+    deleted, _, _ = deliver(call, "user.deleted", {"id": "user_z", "deleted": True})
+    assert deleted.status == 200
+    created, _, _ = deliver(call, "user.created", stamped("user_z", "z@example.com", 1000))
+    assert (created.status, created.json) == (200, {"received": True})
+    assert email_of("user_z") is None
+
+
 def test_a_new_identity_with_an_erased_email_is_created(call: Caller) -> None:
     """Only the erased Clerk id is refused: a new sign-up with the same address is a new user."""
     deliver(call, "user.created", user_data("user_a", "a@example.com"))

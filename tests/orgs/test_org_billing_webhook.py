@@ -7,6 +7,7 @@ events are recorded and change nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -104,7 +105,8 @@ def test_the_org_checkout_makes_the_organization_pro_and_never_the_payer(call: C
         client_reference_id=ORG,
         created=T0 - 60,
     )
-    result = deliver(call, stripe_event("checkout.session.completed", session))
+    event = stripe_event("checkout.session.completed", session)
+    result = deliver(call, event)
     assert (result.status, result.json) == (200, {"received": True})
     row = org()
     assert (row.tier, row.subscription_status) == (UserTier.PRO, "active")
@@ -116,6 +118,12 @@ def test_the_org_checkout_makes_the_organization_pro_and_never_the_payer(call: C
         None,
         None,
     )
+    # Found by the organization, never by email: the payer's address is not in the ledger,
+    # which outlives the payer's erasure.
+    stored = ledger(event["id"])
+    assert stored is not None and stored.processed
+    assert "payer@example.com" not in json.dumps(stored.payload)
+    assert stored.payload["data"]["object"]["metadata"] == {"organizationId": ORG}
 
 
 def test_subscription_created_updated_deleted_follow_stripe(call: Caller) -> None:
