@@ -25,11 +25,10 @@ from fastapi import Request
 from starlette.responses import Response
 
 from shared import db, exports
-from shared.auth import Identity, forget, provision
+from shared.auth import Identity, again_if_erased
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts import compact
-from shared.errors import UserNotFoundError
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError, valid_or_400
@@ -94,24 +93,15 @@ def _request_export(request: Request, user: Identity) -> Response:
         request, "me_export", settings.export_requests_per_hour, RATE_LIMITED, user_id=user.user_id
     )
     now = utcnow()
-    requested = _request(user, now)
+    requested = again_if_erased(
+        user, lambda: db.run(lambda conn: data_exports.request(conn, user.user_id, now=now))
+    )
     location = f"{EXPORT_PATH}/{requested.export.id}"
     return ok(
         {"export": _view(requested.export, now)},
         status=202,
         headers={"Location": location, "Retry-After": "60"},
     )
-
-
-def _request(user: Identity, now: datetime) -> data_exports.Requested:
-    """Ask; if another container erased the user since this one provisioned them, provision
-    again (a fresh account, as a first call would) and ask once more."""
-    try:
-        return db.run(lambda conn: data_exports.request(conn, user.user_id, now=now))
-    except UserNotFoundError:
-        forget(user.user_id)
-        provision(user)
-        return db.run(lambda conn: data_exports.request(conn, user.user_id, now=now))
 
 
 @app.get(EXPORT_PATH, response_model=None)

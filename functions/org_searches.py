@@ -13,19 +13,17 @@ from fastapi import Depends
 from starlette.responses import Response
 
 from shared import db, rbac
-from shared.auth import Identity, forget, provision
+from shared.auth import again_if_erased
 from shared.contracts import saved_searches as personal
 from shared.contracts import teams
-from shared.errors import OrganizationNotFoundError, SavedSearchLimitError, UserNotFoundError
+from shared.errors import OrganizationNotFoundError, SavedSearchLimitError
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
-from shared.models.saved_searches import SavedSearch
 from shared.repositories import team_searches
-from shared.repositories.saved_searches import NewSavedSearch
 
 app = create_app(title="Team searches", summary="List and create a team's saved searches.")
 
@@ -55,23 +53,17 @@ def create_team_search(
     """Save a search for the team (the body of POST /api/searches); a team may keep 200."""
     new = personal.new_search(body)
     try:
-        created = _create(user, access.org_id, new)
+        created = again_if_erased(
+            user,
+            lambda: db.transaction(
+                lambda conn: team_searches.create(conn, access.org_id, user.user_id, new)
+            ),
+        )
     except SavedSearchLimitError:
         raise ApiError(400, teams.LIMIT_REACHED) from None
     except OrganizationNotFoundError:  # deleted since access was checked
         raise ApiError(404, ORG_NOT_FOUND) from None
     return ok({"search": teams.record(created)}, status=201)
-
-
-def _create(user: Identity, org_id: str, new: NewSavedSearch) -> SavedSearch:
-    """Insert; if another container erased the user since this one provisioned them, provision
-    again (as POST /api/searches does) and insert once more."""
-    try:
-        return db.transaction(lambda conn: team_searches.create(conn, org_id, user.user_id, new))
-    except UserNotFoundError:
-        forget(user.user_id)
-        provision(user)
-        return db.transaction(lambda conn: team_searches.create(conn, org_id, user.user_id, new))
 
 
 handler = lambda_handler(app)

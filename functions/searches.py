@@ -9,16 +9,14 @@ from fastapi import Depends
 from starlette.responses import Response
 
 from shared import storage
-from shared.auth import Identity, forget, provision
+from shared.auth import again_if_erased
 from shared.contracts import saved_searches as contract
-from shared.errors import SavedSearchLimitError, UserNotFoundError
+from shared.errors import SavedSearchLimitError
 from shared.http.app import create_app, lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
 from shared.http.responses import ok
-from shared.models.saved_searches import SavedSearch
-from shared.repositories import saved_searches
 
 app = create_app(title="Saved searches", summary="List and create the caller's saved searches.")
 
@@ -43,21 +41,10 @@ def create_search(
     """Save a search; a user may keep 50."""
     new = contract.new_search(body)
     try:
-        created = _create(user, new)
+        created = again_if_erased(user, lambda: storage.create_search(user.user_id, new))
     except SavedSearchLimitError:
         raise ApiError(400, contract.LIMIT_REACHED) from None
     return ok({"search": contract.record(created)}, status=201)
-
-
-def _create(user: Identity, new: saved_searches.NewSavedSearch) -> SavedSearch:
-    """Insert; if another container erased the user since this one provisioned them, provision
-    again (a fresh account, as a first call would) and insert once more."""
-    try:
-        return storage.create_search(user.user_id, new)
-    except UserNotFoundError:
-        forget(user.user_id)
-        provision(user)
-        return storage.create_search(user.user_id, new)
 
 
 handler = lambda_handler(app)

@@ -19,13 +19,15 @@ org routes then answer as they do for a user outside the org.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 
 from shared.config import Settings
+from shared.errors import UserNotFoundError
 from shared.storable_text import unstorable_kind
 
 _PROVISIONED_MAX = 10_000
@@ -235,3 +237,18 @@ def provision(identity: Identity) -> None:
 def forget(user_id: str) -> None:
     """After erasure: the next call by this user provisions a fresh row."""
     _provisioned.discard(user_id)
+
+
+T = TypeVar("T")
+
+
+def again_if_erased(identity: Identity, work: Callable[[], T]) -> T:
+    """`work()`; if another container erased the user since this one provisioned them
+    (`UserNotFoundError`), provision again (a fresh account, as a first call would) and run
+    `work` once more."""
+    try:
+        return work()
+    except UserNotFoundError:
+        forget(identity.user_id)
+        provision(identity)
+        return work()

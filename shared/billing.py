@@ -57,6 +57,7 @@ from shared.stripe_objects import (
     Invoice,
     StripeEvent,
     Subscription,
+    organization_id,
     timestamp,
 )
 from shared.telemetry import log_event
@@ -95,11 +96,6 @@ class BillingOrganizationNotFoundError(LookupError):
 
 def _user_id(metadata: Mapping[str, Any]) -> str | None:
     value = metadata.get("clerkUserId")
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _org_id(metadata: Mapping[str, Any]) -> str | None:
-    value = metadata.get("organizationId")
     return value if isinstance(value, str) and value.strip() else None
 
 
@@ -171,7 +167,7 @@ def _checkout_plan(session: CheckoutSession, *, paid: bool) -> Plan | None:
         ("email", email),
         ("customer", session.customer),
     )
-    org_id = _org_id(session.metadata)
+    org_id = organization_id(session.metadata)
     if not paid or session.payment_status == "unpaid":
         return Plan(candidates, None, link_customer=session.customer, org_id=org_id)
     provisional = "trialing" if session.payment_status == "no_payment_required" else "active"
@@ -208,7 +204,7 @@ def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | N
             ends_at=subscription.ends_at(),
             created_at=timestamp(subscription.created),
         ),
-        org_id=_org_id(subscription.metadata),
+        org_id=organization_id(subscription.metadata),
     )
 
 
@@ -236,7 +232,7 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
             may_take_over=False,
             status_from=PAYMENT_FAILURE_APPLIES_TO,
         )
-    return Plan(candidates, change, org_id=_org_id(metadata))
+    return Plan(candidates, change, org_id=organization_id(metadata))
 
 
 # --- applying it ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared import cache, db, providers, storage
-from shared.auth import ActiveOrg, Identity, forget, provision
+from shared.auth import ActiveOrg, Identity, again_if_erased, forget, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.db import Conn
@@ -166,12 +166,7 @@ def _reserve_for(
         )  # fmt: skip
 
     provision(identity)
-    try:
-        return db.run(reserve)
-    except UserNotFoundError:  # erased since this container provisioned the user
-        forget(identity.user_id)
-        provision(identity)
-        return db.run(reserve)
+    return again_if_erased(identity, lambda: db.run(reserve))
 
 
 def _give_back(identity: Identity, reservation_id: str, reserved_at: datetime) -> None:

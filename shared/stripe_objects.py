@@ -91,9 +91,10 @@ _KEEP: dict[str, Spec] = {
 _EMAILS = ("customer_email", "customer_details")
 
 
-def _organization_id(slim: Mapping[str, Any]) -> bool:
-    metadata = slim.get("metadata")
-    return isinstance(metadata, Mapping) and bool(metadata.get("organizationId"))
+def organization_id(metadata: Any) -> str | None:
+    """The organization a Stripe object's metadata names (billing's rule: a non-blank string)."""
+    value = metadata.get("organizationId") if isinstance(metadata, Mapping) else None
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _pick(value: Any, spec: Spec) -> Any:
@@ -130,7 +131,7 @@ class StripeEvent:
         obj = data.get("object") if isinstance(data, Mapping) else None
         spec = _KEEP.get(kind)
         slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
-        if kind in CHECKOUT_EVENTS and _organization_id(slim):
+        if kind in CHECKOUT_EVENTS and organization_id(slim.get("metadata")):
             # An organization's checkout is found by the organization, never by email: the
             # payer's address is not kept (the ledger outlives the payer's erasure).
             slim = {key: value for key, value in slim.items() if key not in _EMAILS}
