@@ -37,7 +37,7 @@ from shared.errors import EMAIL_IN_USE, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
-from shared.http.guards import BodyLimit, CorsCsrf
+from shared.http.guards import BodyLimit, CorsCsrf, QueryEncoding
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
@@ -76,6 +76,7 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(EmailInUseError, _email_in_use)  # type: ignore[arg-type]
     # Added last = outermost: RequestContext sees every response, including guard refusals.
+    app.add_middleware(QueryEncoding)
     app.add_middleware(BodyLimit)
     app.add_middleware(CorsCsrf, settings=get_settings)
     app.add_middleware(RequestContext, record_usage=record_usage)

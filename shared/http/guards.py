@@ -1,4 +1,4 @@
-"""ASGI guards in front of every route: body size, CORS, CSRF.
+"""ASGI guards in front of every route: body size, query encoding, CORS, CSRF.
 
 Pure ASGI (no per-request framework objects) because they run on every invocation.
 Fixes over the original (docs/original-app.md#d15, #d17): the 413 response does not echo the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import cookie_parser
@@ -24,6 +25,7 @@ from shared.http.errors import error_response
 
 BODY_LIMIT = 1_000_000
 BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
+QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
@@ -84,6 +86,31 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         await self.app(scope, replaying(b"".join(chunks), receive), send)
+
+
+class QueryEncoding:
+    """A query string that is not UTF-8 once its percent-escapes are decoded → 400.
+
+    Starlette decodes such bytes to U+FFFD, so a route would answer for a value the client never
+    sent (`metric=%ED%A0%80` read as `metric=\ufffd`); JSON bodies follow the same rule."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if query and not _utf8(unquote_to_bytes(query)):
+            await error_response(400, QUERY_NOT_UTF8)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class CorsCsrf:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.http import Caller
+from tests.support.http import Caller, Keys
 
 ADMIN = "user_contract_admin"
 SEARCH = {
@@ -210,3 +210,42 @@ def test_huge_strings_get_the_original_too_long_messages_not_pydantic_defaults(
         assert (result.status, result.json["message"]) == (400, message), path
     renamed = call("search_item", "PUT", search_path(call), user="user_a", json_body={"name": huge})
     assert (renamed.status, renamed.json["message"]) == (400, "Name too long")
+
+
+# --- Query strings ------------------------------------------------------------------------------
+
+NOT_UTF8_QUERIES = [
+    "metric=%ED%A0%80",  # an encoded lone surrogate
+    "metric=%FF",
+    "metric=caf%C3",  # a sequence cut short
+    "limit=1&x=%C0%AE",  # an overlong encoding, in a parameter the route ignores
+]
+
+
+@pytest.mark.parametrize("style", ["lambda_v2", "asgi"])
+def test_a_query_string_that_is_not_utf8_is_refused(
+    style: str, api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoded with U+FFFD it would name a value never sent (it was a 200 for a metric `\ufffd`).
+    REST v1 events carry only decoded values, so only the raw query styles are probed."""
+    from shared import config
+
+    monkeypatch.setenv("ADMIN_USER_IDS", ADMIN)
+    config.get_settings.cache_clear()
+    call = Caller(style, api_env)
+    admin = ADMIN
+    routes = [
+        ("admin_metrics", "/api/admin/metrics", admin),
+        ("history", "/api/history", "user_a"),
+        ("health", "/api/health", None),
+    ]
+    for (module, path, user), query in itertools.product(routes, NOT_UTF8_QUERIES):
+        result = call(module, "GET", path, user=user, raw_query=query)
+        assert (result.status, result.json["message"]) == (
+            400,
+            "Invalid query string: not UTF-8",
+        ), (path, query, result.text)
+    fine = call(
+        "admin_metrics", "GET", "/api/admin/metrics", user=admin, raw_query="metric=caf%C3%A9"
+    )
+    assert (fine.status, fine.json["metric"]) == (200, "café"), fine.text

@@ -168,10 +168,15 @@ class Caller:
         body: bytes | str | None = None,
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
+        raw_query: str | None = None,
         source_ip: str | None = None,
     ) -> Result:
         """`source_ip`: the client address the platform reports (API Gateway's `sourceIp`, the
-        ASGI peer); the builders' documentation address when None."""
+        ASGI peer); the builders' documentation address when None. `raw_query`: the query string
+        as sent on the wire, percent-escapes kept (not in REST v1 events, which carry only the
+        values API Gateway decoded)."""
+        if raw_query is not None:
+            assert self.style != "lambda_v1" and query is None, "raw_query: asgi or lambda_v2 only"
         loaded = importlib.import_module(f"functions.{module}")
         all_headers = {"user-agent": "pytest-agent/1.0", **(headers or {})}
         if user is not None:
@@ -193,7 +198,11 @@ class Caller:
                         loaded.app, base_url="https://api.keyflash.test", client=peer
                     ) as client,
                     client.stream(
-                        method, path, content=body, headers=all_headers, params=query
+                        method,
+                        path if raw_query is None else f"{path}?{raw_query}",
+                        content=body,
+                        headers=all_headers,
+                        params=query,
                     ) as response,
                 ):
                     return (
@@ -213,6 +222,8 @@ class Caller:
         build = events.http_api_v2 if self.style == "lambda_v2" else events.rest_api_v1
         peer_ip = {"source_ip": source_ip} if source_ip else {}
         event = build(method, path, headers=all_headers, query=query, body=body, **peer_ip)
+        if raw_query is not None:
+            event["rawQueryString"] = raw_query
         refusal = platform_limits.request_refusal(raw_body, event_bytes=len(json.dumps(event)))
         if refusal is not None:
             return _refused(refusal)
