@@ -27,6 +27,8 @@ Why it looks like this:
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
   idempotent; and errors where the server says it ended the session before running the statement.
+  A transaction the server aborted to break a deadlock (or a serialization failure) is retried
+  the same way: it was rolled back whole, and PostgreSQL's advice for both is to run it again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ registry.register(f"postgresql.{db_dialect.NAME}", "shared.db_dialect", "KeyFlas
 
 # SQLSTATEs meaning the server ended or refused the session before running our statement.
 _SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
+# SQLSTATEs of a transaction the server rolled back so that another could go on: run it again.
+_ABORTED_TO_RETRY = {"40P01": "deadlock detected", "40001": "serialization failure"}
 # libpq reports every failed connect without a SQLSTATE; these ones are configuration, which no
 # retry mends (a wrong password, a missing database or role, a refused host, a TLS mismatch).
 _MISCONFIGURED = (
@@ -539,6 +543,15 @@ def _execute(
                 # its caller's next ones go to the primary.
                 tracked.written = UNKNOWN_POSITION
                 return result
+            aborted = _ABORTED_TO_RETRY.get(getattr(error.orig, "sqlstate", None) or "")
+            if aborted is not None and atomic and stage == "work":
+                if time.monotonic() + delay > deadline:
+                    raise
+                log_event("db_retry", level=logging.WARNING, stage=stage, attempt=attempt,
+                          reason=aborted)  # fmt: skip
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+                continue
             if not is_connection_failure(error):
                 raise
             safe = (

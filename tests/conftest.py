@@ -14,6 +14,7 @@ Isolation: after each test that used the database, every table but `alembic_vers
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import tempfile
@@ -62,6 +63,33 @@ def current_event_loop() -> Iterator[None]:
     yield
     loop.close()
     asyncio.set_event_loop_policy(None)
+
+
+class _DeadlockRetries(logging.Handler):
+    """Counts the transactions `shared.db` ran again after the server aborted them in a deadlock."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if '"event":"db_retry"' in message and '"reason":"deadlock detected"' in message:
+            self.seen += 1
+
+
+@pytest.fixture(autouse=True)
+def no_deadlock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A deadlock between our own statements is a bug in their lock order, even though
+    `shared.db` runs the aborted transaction again: a test that met one fails, so the race tests
+    keep proving the order, unless it is marked `deadlock` (it makes one on purpose)."""
+    handler = _DeadlockRetries()
+    logger = logging.getLogger("keyflash")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    if handler.seen and request.node.get_closest_marker("deadlock") is None:
+        pytest.fail(f"{handler.seen} transaction(s) aborted in a deadlock and run again")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import json
 import logging
 import secrets
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -175,6 +176,68 @@ def test_transaction_is_retried_whole_when_its_connection_dies_before_commit(
         'SELECT "keywordSearchesThisMonth" FROM users WHERE id = %s', ("tx",)
     ).fetchone()
     assert row == (5,)  # the first attempt rolled back, the second applied once
+
+
+@pytest.mark.deadlock
+def test_a_transaction_the_server_aborts_to_break_a_deadlock_is_run_again(
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another session holds row a and then asks for row b, which our transaction holds while
+    it waits for a: the server aborts ours (it waited first, so its check runs first), and the
+    whole transaction runs again once the other commits. It was a 500 wherever it happened
+    (an erasure against a retried Stripe event of the same account)."""
+    for user_id in ("dl_a", "dl_b"):
+        db.run(lambda conn, user_id=user_id: users.create(conn, user_id, f"{user_id}@example.com"))
+    caplog.set_level(logging.INFO, logger="keyflash")
+    other = psycopg.connect(direct_database_url)
+    other.execute("SELECT id FROM users WHERE id = 'dl_a' FOR UPDATE")
+    holder = other.info.backend_pid
+    failures: list[BaseException] = []
+
+    def other_side() -> None:
+        try:
+            with psycopg.connect(direct_database_url, autocommit=True) as watcher:
+                deadline = time.monotonic() + 30
+                while not watcher.execute(
+                    """SELECT 1 FROM pg_stat_activity
+                       WHERE wait_event_type = 'Lock' AND %s = ANY(pg_blocking_pids(pid))""",
+                    (holder,),
+                ).fetchone():
+                    assert time.monotonic() < deadline, "our transaction never waited for row a"
+                    time.sleep(0.01)
+            other.execute(
+                """UPDATE users SET "keywordSearchesThisMonth" = "keywordSearchesThisMonth" + 10
+                   WHERE id = 'dl_b'"""
+            )  # waits for row b: a deadlock, until the server aborts our transaction
+            other.commit()
+        except BaseException as error:
+            failures.append(error)
+            other.rollback()
+
+    attempts: list[int] = []
+
+    def work(conn: Any) -> None:
+        attempts.append(1)
+        users.increment_usage(conn, "dl_b", 1)
+        users.increment_usage(conn, "dl_a", 1)  # waits for the other session's row a
+
+    thread = threading.Thread(target=other_side)
+    thread.start()
+    try:
+        db.transaction(work)
+    finally:
+        thread.join(timeout=60)
+        other.close()
+    assert not failures, failures
+    assert len(attempts) == 2
+    counts = admin_conn.execute(
+        """SELECT id, "keywordSearchesThisMonth" FROM users WHERE id IN ('dl_a', 'dl_b')
+           ORDER BY id"""
+    ).fetchall()
+    assert counts == [("dl_a", 1), ("dl_b", 11)]  # the aborted attempt left nothing
+    assert [e["reason"] for e in json_events(caplog, "db_retry")] == ["deadlock detected"]
 
 
 def test_statement_timeout_is_not_mistaken_for_a_connection_failure(
