@@ -544,7 +544,9 @@ def _execute(
                 tracked.written = UNKNOWN_POSITION
                 return result
             aborted = _ABORTED_TO_RETRY.get(getattr(error.orig, "sqlstate", None) or "")
-            if aborted is not None and atomic and stage == "work":
+            # On the primary only: a replica's read cancelled by a recovery conflict (40001)
+            # goes to the primary at once (`shared.replicas`).
+            if aborted is not None and atomic and stage == "work" and engine is _engine:
                 if time.monotonic() + delay > deadline:
                     raise
                 log_event("db_retry", level=logging.WARNING, stage=stage, attempt=attempt,
