@@ -193,8 +193,10 @@ def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | N
     if tier is None and status not in NO_TIER_STATUSES:
         log_event("stripe_subscription_status_ignored", level=logging.WARNING, status=status)
         return None
+    # The account the metadata names first: a customer may be shared by two accounts
+    # (docs/billing.md#finding-the-user); events without metadata are found by the customer.
     return Plan(
-        _candidates(("customer", subscription.customer), ("id", _user_id(subscription.metadata))),
+        _candidates(("id", _user_id(subscription.metadata)), ("customer", subscription.customer)),
         SubscriptionChange(
             subscription_id=subscription.id,
             customer_id=subscription.customer,
@@ -213,7 +215,7 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
     if not subscription_id:
         return None  # a one-off invoice: nothing to do with the subscription
     metadata = invoice.details().metadata
-    candidates = _candidates(("customer", invoice.customer), ("id", _user_id(metadata)))
+    candidates = _candidates(("id", _user_id(metadata)), ("customer", invoice.customer))  # as above
     if paid:
         charged = invoice.amount_paid is None or invoice.amount_paid > 0
         change = SubscriptionChange(
