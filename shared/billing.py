@@ -44,7 +44,7 @@ from shared.config import get_settings
 from shared.db import Conn, DatabaseUnavailableError, violated_constraint
 from shared.models import UserTier
 from shared.repositories import org_subscriptions, subscriptions, tombstones, webhook_events
-from shared.repositories.subscriptions import Decision, LookupKey, SubscriptionChange
+from shared.repositories.subscriptions import Decision, Link, LookupKey, SubscriptionChange
 from shared.stripe_objects import (
     CHECKOUT_EVENTS,
     CHECKOUT_PAYMENT_FAILED,
@@ -248,7 +248,7 @@ def apply_event(conn: Conn, event: StripeEvent, *, now: datetime | None = None) 
     organization) matches and `InvalidEventError` when the event lacks what its type needs; the
     caller's transaction must then roll back.
     """
-    return _apply(conn, event, _subject(conn, event), now or utcnow())[0]
+    return _apply(conn, event, _subject(conn, event), now or utcnow()).outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,37 +282,60 @@ def _subject(conn: Conn, event: StripeEvent) -> Subject:
     return Subject(plan, user_id=subscriptions.lock_user(conn, plan.candidates))
 
 
-def _apply(
-    conn: Conn, event: StripeEvent, subject: Subject, moment: datetime
-) -> tuple[Outcome, str | None]:
-    """`apply_event` on the event's `subject`, with the id of the user whose row changed (None:
-    no change). In the migration's dual/fallback storage modes the change also owes the legacy
-    `user:{id}` record a copy, in this transaction (`shared.storage.mark_user`)."""
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What `_apply` did: the `outcome`, the id of the user whose row changed (`changed`; None:
+    none, or an organization's), and the customer the event would have linked had another row
+    not held it (`shared_customer`: linked nowhere, logged as `stripe_customer_shared`)."""
+
+    outcome: Outcome
+    changed: str | None = None
+    shared_customer: str | None = None
+
+
+def _shared(plan: Plan, shared: bool) -> str | None:
+    """The customer the plan would have linked, when another row holds it (`shared`)."""
+    if not shared:
+        return None
+    return plan.change.customer_id if plan.change is not None else plan.link_customer
+
+
+def _apply(conn: Conn, event: StripeEvent, subject: Subject, moment: datetime) -> Done:
+    """`apply_event` on the event's `subject`. In the migration's dual/fallback storage modes a
+    change to a user also owes the legacy `user:{id}` record a copy, in this transaction
+    (`shared.storage.mark_user`).
+
+    A customer another row holds is never linked to a second row (the unique index): the event
+    applies everything else to the row it names (docs/billing.md#finding-the-user)."""
     plan = subject.plan
     if plan is None:
-        return Outcome.IGNORED, None
+        return Done(Outcome.IGNORED)
     if subject.for_org:
-        return _apply_to_org(conn, event, plan, subject.org, moment), None
+        return _apply_to_org(conn, event, plan, subject.org, moment)
     user_id = subject.user_id
     if user_id is None:
-        return _no_user(conn, event, plan, moment), None
+        return Done(_no_user(conn, event, plan, moment))
     if plan.change is None:
-        linked = plan.link_customer is not None and subscriptions.link_customer(
-            conn, user_id, plan.link_customer, now=moment
+        link = (
+            subscriptions.link_customer(conn, user_id, plan.link_customer, now=moment)
+            if plan.link_customer
+            else None
         )
-        outcome = Outcome.LINKED if linked else Outcome.STALE
+        outcome = Outcome.LINKED if link is Link.LINKED else Outcome.STALE
+        shared = _shared(plan, link is Link.SHARED)
     else:
-        decision = subscriptions.apply_change(
+        applied = subscriptions.apply_change(
             conn, user_id, plan.change, event_at=_ordering_time(event), now=moment
         )
-        outcome = _OUTCOMES[decision]
+        outcome = _OUTCOMES[applied.decision]
+        shared = _shared(plan, applied.customer_shared)
     if outcome is Outcome.STALE:
-        return outcome, None
+        return Done(outcome, shared_customer=shared)
     if _legacy_mode():
         from shared import storage  # only the migration's modes need the switch here
 
         storage.mark_user(conn, user_id)
-    return outcome, user_id
+    return Done(outcome, user_id, shared)
 
 
 def _no_user(conn: Conn, event: StripeEvent, plan: Plan, moment: datetime) -> Outcome:
@@ -341,21 +364,25 @@ def _apply_to_org(
     plan: Plan,
     org: org_subscriptions.Found | None,
     moment: datetime,
-) -> Outcome:
-    """The plan applied to an organization's row (organizations have no legacy record)."""
+) -> Done:
+    """The plan applied to an organization's row (organizations have no legacy record), by
+    the users' rule for a customer another organization holds."""
     if org is None:
         raise BillingOrganizationNotFoundError(f"no organization for {event.type} ({plan.org_id})")
     if org.deleted:
-        return Outcome.DELETED
+        return Done(Outcome.DELETED)
     if plan.change is None:
-        linked = plan.link_customer is not None and org_subscriptions.link_customer(
-            conn, org.id, plan.link_customer, now=moment
+        link = (
+            org_subscriptions.link_customer(conn, org.id, plan.link_customer, now=moment)
+            if plan.link_customer
+            else None
         )
-        return Outcome.LINKED if linked else Outcome.STALE
-    decision = org_subscriptions.apply_change(
+        outcome = Outcome.LINKED if link is Link.LINKED else Outcome.STALE
+        return Done(outcome, None, _shared(plan, link is Link.SHARED))
+    applied = org_subscriptions.apply_change(
         conn, org.id, plan.change, event_at=_ordering_time(event), now=moment
     )
-    return _OUTCOMES[decision]
+    return Done(_OUTCOMES[applied.decision], None, _shared(plan, applied.customer_shared))
 
 
 # Stripe's `created` has one-second resolution, and Checkout often creates a subscription and
@@ -383,14 +410,14 @@ _OUTCOMES = {
 }
 
 
-def _claim_and_apply(conn: Conn, event: StripeEvent, now: datetime) -> tuple[Outcome, str | None]:
+def _claim_and_apply(conn: Conn, event: StripeEvent, now: datetime) -> Done:
     subject = _subject(conn, event)  # the user's row locked before the ledger row: see there
     if webhook_events.claim(conn, event.id, event.type, event.payload(), now=now) is None:
-        return Outcome.DUPLICATE, None
-    outcome, changed = _apply(conn, event, subject, now)
-    erased = outcome is Outcome.ERASED
+        return Done(Outcome.DUPLICATE)
+    done = _apply(conn, event, subject, now)
+    erased = done.outcome is Outcome.ERASED
     webhook_events.mark_processed(conn, event.id, now=now, forget_payload=erased)
-    return outcome, changed
+    return done
 
 
 def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
@@ -403,14 +430,27 @@ def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     """
     moment = now or utcnow()
     try:
-        outcome, changed = db.transaction(lambda conn: _claim_and_apply(conn, event, moment))
+        done = db.transaction(lambda conn: _claim_and_apply(conn, event, moment))
     except Exception as error:
         _record_failure(event, error, moment)
         raise
-    if changed is not None and _legacy_mode():
+    outcome = done.outcome
+    if done.changed is not None and _legacy_mode():
         from shared import storage
 
-        storage.sync_user(changed)
+        storage.sync_user(done.changed)
+    if done.shared_customer is not None:
+        # Another account (or organization) holds the customer: this one was changed without
+        # it and has no billing portal. Support splits the customer in Stripe's dashboard
+        # (docs/billing.md#finding-the-user). Stripe's ids only, no person's.
+        log_event(
+            "stripe_customer_shared",
+            level=logging.WARNING,
+            eventId=event.id,
+            type=event.type,
+            customer=done.shared_customer,
+            outcome=outcome.value,
+        )
     if outcome is Outcome.DELETED:
         # A subscription may outlive its organization: support cancels it in Stripe's dashboard.
         log_event(

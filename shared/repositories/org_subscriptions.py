@@ -12,13 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, or_, select, update
 
 from shared.db import Conn
 from shared.models.organizations import Organization
-from shared.repositories.subscriptions import Decision, SubscriptionChange, apply_locked
+from shared.repositories.subscriptions import (
+    Applied,
+    Link,
+    SubscriptionChange,
+    apply_locked,
+    link_row,
+)
+from shared.repositories.users import customer_unless_held
 from shared.telemetry import database_operation
 
 
@@ -51,9 +58,10 @@ def find(conn: Conn, org_id: str | None, customers: tuple[str, ...]) -> Found | 
 @database_operation("applyOrganizationSubscriptionChange")
 def apply_change(
     conn: Conn, org_id: str, change: SubscriptionChange, *, event_at: datetime, now: datetime
-) -> Decision:
+) -> Applied:
     """Lock the organization's row and apply as to a user's (`subscriptions.apply_locked`); a
-    tombstone is never written (STALE)."""
+    tombstone is never written (STALE). As for a user, a customer another organization holds
+    is not linked (`customer_shared`), the rest is written."""
     org = conn.session.scalars(
         select(Organization).where(Organization.id == org_id).with_for_update()
     ).one_or_none()
@@ -63,27 +71,35 @@ def apply_change(
     )
 
 
-def _update_columns(conn: Conn, org_id: str, values: dict[Any, Any]) -> None:
-    """`UPDATE organizations SET <values> WHERE id = org_id`; `values` keyed by attributes."""
-    conn.session.execute(
-        update(Organization).where(Organization.id == org_id).values(values),
+def _update_columns(conn: Conn, org_id: str, values: dict[Any, Any]) -> bool:
+    """`UPDATE organizations SET <values> WHERE id = org_id`; `values` keyed by attributes. The
+    customer is written only when no other organization holds it, in the same statement
+    (`users.customer_unless_held`); False: it was not (the row keeps its own)."""
+    customer = values.get(Organization.stripe_customer_id)
+    if customer is None:
+        conn.session.execute(
+            update(Organization).where(Organization.id == org_id).values(values),
+            execution_options={"synchronize_session": False},
+        )
+        return True
+    table = cast(Table, Organization.__table__)
+    guarded = {
+        **values,
+        Organization.stripe_customer_id: customer_unless_held(table, org_id, customer),
+    }
+    row = conn.session.execute(
+        update(Organization)
+        .where(Organization.id == org_id)
+        .values(guarded)
+        .returning(Organization.stripe_customer_id),
         execution_options={"synchronize_session": False},
-    )
+    ).first()
+    return row is None or row[0] == customer
 
 
 @database_operation("linkOrganizationStripeCustomer")
-def link_customer(conn: Conn, org_id: str, customer_id: str, *, now: datetime) -> bool:
-    """Link the customer to a live organization that has none yet (a checkout not paid yet);
-    True when the row changed."""
-    statement = (
-        update(Organization)
-        .where(
-            Organization.id == org_id,
-            Organization.stripe_customer_id.is_(None),
-            Organization.deleted_at.is_(None),
-        )
-        .values({Organization.stripe_customer_id: customer_id, Organization.updated_at: now})
-        .returning(Organization.id)
-    )
-    result = conn.session.execute(statement, execution_options={"synchronize_session": False})
-    return result.first() is not None
+def link_customer(conn: Conn, org_id: str, customer_id: str, *, now: datetime) -> Link:
+    """Link the customer to a live organization that has none yet (a checkout not paid yet),
+    unless another organization holds it (SHARED: nothing changes)."""
+    table = cast(Table, Organization.__table__)
+    return link_row(conn, table, org_id, customer_id, now=now, where=(table.c.deletedAt.is_(None),))

@@ -15,6 +15,9 @@ The rules (docs/billing.md):
   (`subscriptionEventAt`). An older one only fills the fields the row still lacks (plan, period
   end, customer): it never brings back an old status.
 - `canceled` and `incomplete_expired` are final: nothing applies to that subscription again.
+- A Stripe customer belongs to one row (the `stripeCustomerId` unique index): a change naming a
+  customer another row holds applies everything else and leaves the row's customer as it was
+  (`Applied.customer_shared`), checked inside the statement that writes.
 """
 
 from __future__ import annotations
@@ -25,9 +28,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, Text, bindparam, func, literal, select, union_all, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Text,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.db import Conn, HotStatement, execute_hot
@@ -86,6 +100,23 @@ class Decision(enum.StrEnum):
     APPLY = "apply"  # the current subscription's newer state
     FILL = "fill"  # older: only the fields the row lacks
     STALE = "stale"  # nothing to do
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What `apply_change` did: its `decision`, and `customer_shared` True when the change
+    named a customer another row holds, which was not linked (everything else was written)."""
+
+    decision: Decision
+    customer_shared: bool = False
+
+
+class Link(enum.StrEnum):
+    """What `link_customer` did."""
+
+    LINKED = "linked"  # the customer is the row's now
+    HAS_ONE = "has_one"  # the row has a customer already (or no row): nothing changed
+    SHARED = "shared"  # another row holds the customer: nothing changed
 
 
 def decide(stored: Stored, change: SubscriptionChange, event_at: datetime) -> Decision:
@@ -174,12 +205,13 @@ def apply_change(
     *,
     event_at: datetime,
     now: datetime,
-) -> Decision:
+) -> Applied:
     """Lock the user's row, decide (`decide`) and write; returns what was done.
 
     Tier effects: ENTERPRISE (managed outside Stripe) is never changed. FREE → PRO starts a
     fresh monthly counter (as the original's new usage key did). → FREE ends any running trial
-    (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial.
+    (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial. The
+    customer is linked only when no other user holds it (`users.update_columns`).
     """
     user = users.locked_row(conn, user_id)
     return apply_locked(
@@ -190,16 +222,17 @@ def apply_change(
 def apply_locked(
     row: User | Organization | None,
     change: SubscriptionChange,
-    write: Callable[[dict[Any, Any]], None],
+    write: Callable[[dict[Any, Any]], bool],
     *,
     event_at: datetime,
     now: datetime,
-) -> Decision:
+) -> Applied:
     """The one flow for a user's and an organization's row, which the caller has locked (None:
     no row to write): `decide`, then `write` the `column_values`, unless they change nothing
-    but `updatedAt` (an older event with nothing the row lacks: STALE)."""
+    but `updatedAt` (an older event with nothing the row lacks: STALE). `write` links the
+    customer only when no other row holds it, and returns False when it did not."""
     if row is None:
-        return Decision.STALE
+        return Applied(Decision.STALE)
     stored = Stored(
         row.stripe_subscription_id,
         row.subscription_status,
@@ -208,12 +241,11 @@ def apply_locked(
     )
     decision = decide(stored, change, event_at)
     if decision is Decision.STALE:
-        return decision
+        return Applied(decision)
     values = column_values(row, change, decision, event_at=event_at, now=now)
     if values.keys() == {type(row).updated_at}:
-        return Decision.STALE
-    write(values)
-    return decision
+        return Applied(Decision.STALE)
+    return Applied(decision, customer_shared=not write(values))
 
 
 def column_values(
@@ -269,17 +301,39 @@ def column_values(
 
 
 @database_operation("linkStripeCustomer")
-def link_customer(conn: Conn, user_id: str, customer_id: str, *, now: datetime) -> bool:
+def link_customer(conn: Conn, user_id: str, customer_id: str, *, now: datetime) -> Link:
     """Link the customer to a user who has none yet (a checkout not paid yet, or failed), so
-    the subscription's events find the user; True when the row changed."""
-    statement = (
-        update(User)
-        .where(User.id == user_id, User.stripe_customer_id.is_(None))
-        .values({User.stripe_customer_id: customer_id, User.updated_at: now})
-        .returning(User.id)
+    the subscription's events find the user, unless another user holds it (SHARED: nothing
+    changes). One statement."""
+    return link_row(conn, cast(Table, User.__table__), user_id, customer_id, now=now)
+
+
+def link_row(
+    conn: Conn,
+    table: Table,
+    row_id: str,
+    customer_id: str,
+    *,
+    now: datetime,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> Link:
+    """`link_customer` on a row of `table` (users, or organizations with `where`): the customer
+    and `updatedAt` set only when no other row holds the customer (`customer_unless_held`),
+    on a row that has none."""
+    linked = users.customer_unless_held(table, row_id, customer_id)  # NULL: held elsewhere
+    updated_at = case(
+        (linked.is_(None), table.c.updatedAt), else_=literal(now, table.c.updatedAt.type)
     )
-    result = conn.session.execute(statement, execution_options={"synchronize_session": False})
-    return result.first() is not None
+    statement = (
+        update(table)
+        .where(table.c.id == row_id, table.c.stripeCustomerId.is_(None), *where)
+        .values({table.c.stripeCustomerId: linked, table.c.updatedAt: updated_at})
+        .returning(table.c.stripeCustomerId)
+    )
+    row = conn.session.execute(statement).first()
+    if row is None:
+        return Link.HAS_ONE
+    return Link.LINKED if row[0] is not None else Link.SHARED
 
 
 def customer_hash(customer_id: str) -> str:

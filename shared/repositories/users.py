@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     literal,
     literal_column,
@@ -249,13 +250,47 @@ def locked_row(conn: Conn, user_id: str) -> User | None:
     return None if row is None else _user_from(row)
 
 
-def update_columns(conn: Conn, user_id: str, values: dict[Any, Any]) -> None:
+def update_columns(conn: Conn, user_id: str, values: dict[Any, Any]) -> bool:
     """`UPDATE users SET <values> WHERE id = user_id`; `values` keyed by `User` attributes, the
-    statement compiled once per set of columns."""
+    statement compiled once per set of columns.
+
+    A Stripe customer in `values` is written only when no OTHER user holds it (checked in the
+    same statement, `customer_unless_held`), else the row keeps the customer it had and the rest
+    is written. False: that happened. Two transactions writing one customer to two rows at once
+    cannot see each other's row: the unique index then fails the second to commit, as before."""
     keys = frozenset(attribute.key for attribute in values)
     params = {attribute.key: _db_value(value) for attribute, value in values.items()}
     params["user_id"] = user_id
-    execute_hot(conn, _update_statement(keys, returning=False), params)
+    if "stripe_customer_id" not in keys:
+        execute_hot(conn, _update_statement(keys, returning=False), params)
+        return True
+    statement = _COLUMN_UPDATES.get(keys)
+    if statement is None:
+        statement = HotStatement(partial(_update_guarded, keys))
+        _COLUMN_UPDATES[keys] = statement
+    row = execute_hot(conn, statement, params).fetchone()
+    return row is None or row[0] == params["stripe_customer_id"]
+
+
+_COLUMN_UPDATES: dict[frozenset[str], HotStatement] = {}
+
+
+def customer_unless_held(table: Table, row_id: Any, customer: Any) -> ColumnElement[Any]:
+    """The value a row's `stripeCustomerId` takes when a billing event links `customer`: it,
+    unless another row of `table` (users, or organizations) holds it; then the row's own. The
+    `stripeCustomerId` unique index serves the check, in the statement that writes."""
+    other = table.alias("holder")
+    held = exists().where(other.c.stripeCustomerId == customer, other.c.id != row_id)
+    return case((held, table.c.stripeCustomerId), else_=customer)
+
+
+def _update_guarded(keys: frozenset[str]) -> Any:
+    """`update_columns`' statement with its customer guarded, returning the row's customer."""
+    statement = _update(keys, returning=False)
+    guarded = customer_unless_held(
+        _USERS, bindparam("user_id"), bindparam("stripe_customer_id", type_=Text())
+    )
+    return statement.values({"stripeCustomerId": guarded}).returning(_USERS.c.stripeCustomerId)
 
 
 def _by_id() -> Select[Any]:

@@ -20,7 +20,8 @@ from functools import partial
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
 from devkit import events
 from shared import accounts, billing, config, db, stripe_objects
@@ -676,6 +677,241 @@ def test_a_checkout_for_a_user_id_never_seen_still_fails_until_the_user_exists(
     assert (user("user_new").tier, user("user_new").stripe_customer_id) == (UserTier.PRO, "cus_new")
 
 
+# --- a Stripe customer shared by two accounts --------------------------------------------------
+# Account A holds cus_shared; account B checks out as that same customer (made in Stripe's
+# dashboard, or any way Stripe allows). Everything applies to the account an event names; the
+# customer stays A's (the unique index), and each event that would have linked it to B says so.
+
+SHARED = "cus_shared"
+
+
+def make_holder() -> None:
+    """A: PRO on sub_a, holding the shared customer (its subscription created before sub_b)."""
+    make_pro("user_a", stripe_customer_id=SHARED, stripe_subscription_id="sub_a",
+             subscription_created_at=moment(T0 - 86400))  # fmt: skip
+
+
+def holder_untouched() -> None:
+    a = user("user_a")
+    assert (a.tier, a.subscription_status, a.stripe_subscription_id, a.stripe_customer_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_a",
+        SHARED,
+    )
+
+
+def shared_warnings(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
+    found = [line for line in lines if line["event"] == "stripe_customer_shared"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records
+               if "stripe_customer_shared" in r.getMessage())  # fmt: skip
+    return found
+
+
+def b_checkout(**extra: Any) -> dict[str, Any]:
+    return checkout(clerk_user_id="user_b", client_reference_id="user_b", email="b@example.com",
+                    customer=SHARED, sub_id="sub_b", created=T0, **extra)  # fmt: skip
+
+
+def b_subscription(status: str, **extra: Any) -> dict[str, Any]:
+    return subscription(status, sub_id="sub_b", customer=SHARED, clerk_user_id="user_b",
+                        created=T0, **extra)  # fmt: skip
+
+
+def test_a_checkout_as_another_accounts_customer_upgrades_the_account_it_names(
+    call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: B's update wrote the customer A holds → unique violation → 500 on every retry, and
+    B, who paid, never became PRO."""
+    make_holder()
+    make_user("user_b", "b@example.com")
+    event = stripe_event("checkout.session.completed", b_checkout())
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    b = user("user_b")
+    assert (b.tier, b.subscription_status, b.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_b",
+    )
+    assert b.stripe_customer_id is None  # the customer stays A's
+    holder_untouched()
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.error) == (True, None)
+    warned = shared_warnings(caplog)
+    assert [(w["eventId"], w["customer"]) for w in warned] == [(event["id"], SHARED)]
+    assert "b@example.com" not in json.dumps(warned) and "user_b" not in json.dumps(warned)
+    assert deliver(call, event).json == {"received": True, "duplicate": True}
+
+
+def test_the_shared_customers_events_for_the_other_subscription_change_only_its_account(
+    lambda_call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """B's subscription and invoice events name B in their metadata (our checkout puts it on
+    the subscription). Was: looked up by customer first, they found A and applied to A's row,
+    sub_b (newer, PRO) taking A's subscription over."""
+    make_holder()
+    make_user("user_b", "b@example.com")
+    steps: list[tuple[dict[str, Any], tuple[UserTier, str]]] = [
+        (stripe_event("customer.subscription.created", b_subscription("active"), created=T0 + 1),
+         (UserTier.PRO, "active")),
+        (stripe_event("checkout.session.completed", b_checkout(), created=T0 + 2),
+         (UserTier.PRO, "active")),
+        (stripe_event("invoice.payment_failed",
+                      invoice(sub_id="sub_b", customer=SHARED, clerk_user_id="user_b"),
+                      created=T0 + 3), (UserTier.PRO, "past_due")),
+        (stripe_event("invoice.paid",
+                      invoice(sub_id="sub_b", customer=SHARED, clerk_user_id="user_b"),
+                      created=T0 + 4), (UserTier.PRO, "active")),
+        (stripe_event("customer.subscription.updated", b_subscription("past_due"),
+                      created=T0 + 5), (UserTier.PRO, "past_due")),
+        (stripe_event("customer.subscription.deleted",
+                      b_subscription("canceled", ended_at=T0 + 6), created=T0 + 6),
+         (UserTier.FREE, "canceled")),
+    ]  # fmt: skip
+    for event, (tier, status) in steps:
+        with caplog.at_level(logging.INFO, logger="keyflash"):
+            result = deliver(lambda_call, event)
+        assert (result.status, result.json) == (200, {"received": True}), event["type"]
+        b = user("user_b")
+        assert (b.tier, b.subscription_status, b.stripe_subscription_id) == (tier, status, "sub_b")
+        assert b.stripe_customer_id is None, event["type"]
+        holder_untouched()
+    assert user("user_b").subscription_plan == "Pro monthly"
+    assert user("user_b").subscription_ends_at == moment(T0 + 6)
+    # Every event that would have linked the customer to B said so; the failed payment names
+    # no customer to link.
+    warned = {w["eventId"] for w in shared_warnings(caplog)}
+    assert warned == {e["id"] for e, _ in steps if e["type"] != "invoice.payment_failed"}
+
+
+def test_the_holders_own_events_without_metadata_still_find_it_by_customer(
+    lambda_call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_holder()
+    make_user("user_b", "b@example.com")
+    assert deliver(lambda_call, stripe_event("checkout.session.completed", b_checkout())).status \
+        == 200  # fmt: skip
+    caplog.clear()
+    own = [
+        stripe_event("invoice.payment_failed", invoice(sub_id="sub_a", customer=SHARED),
+                     created=T0 + 10),
+        stripe_event("customer.subscription.updated",
+                     subscription("past_due", sub_id="sub_a", customer=SHARED), created=T0 + 11),
+        stripe_event("invoice.paid", invoice(sub_id="sub_a", customer=SHARED), created=T0 + 12),
+    ]  # fmt: skip
+    expected = ["past_due", "past_due", "active"]
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        for event, status in zip(own, expected, strict=True):
+            assert deliver(lambda_call, event).json == {"received": True}
+            a = user("user_a")
+            assert (a.tier, a.subscription_status) == (UserTier.PRO, status), event["type"]
+            assert (a.stripe_subscription_id, a.stripe_customer_id) == ("sub_a", SHARED)
+    b = user("user_b")
+    assert (b.tier, b.subscription_status, b.stripe_subscription_id, b.stripe_customer_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_b",
+        None,
+    )
+    assert shared_warnings(caplog) == []  # A's customer is A's own
+
+
+@pytest.mark.parametrize(
+    ("kind", "payment_status"),
+    [
+        ("checkout.session.completed", "unpaid"),
+        ("checkout.session.async_payment_failed", "unpaid"),
+    ],
+    ids=["payment-pending", "payment-failed"],
+)
+def test_a_checkout_not_paid_as_another_accounts_customer_links_nothing(
+    call: Caller, caplog: pytest.LogCaptureFixture, kind: str, payment_status: str
+) -> None:
+    """Was: link_customer wrote the customer A holds → unique violation → 500 forever."""
+    make_holder()
+    make_user("user_b", "b@example.com")
+    event = stripe_event(kind, b_checkout(payment_status=payment_status))
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    b = user("user_b")
+    assert (b.tier, b.stripe_customer_id, b.stripe_subscription_id) == (UserTier.FREE, None, None)
+    holder_untouched()
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.error) == (True, None)
+    assert [w["eventId"] for w in shared_warnings(caplog)] == [event["id"]]
+
+
+@pytest.mark.usefixtures("wide_pool")
+def test_two_events_racing_to_link_one_customer_to_two_accounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A's checkout and B's, both as cus_shared, on real connections: A's has written the
+    customer and not committed when B's writes it too. B's guard cannot see A's uncommitted
+    row, so the unique index decides: B's statement waits for A's transaction and, once A
+    commits, fails. B's event is recorded failed (without row values) and its retry applies
+    to B without the customer."""
+    make_user("user_a", "a@example.com")
+    make_user("user_b", "b@example.com")
+    a_event = StripeEvent.from_payload(stripe_event(
+        "checkout.session.completed",
+        checkout(clerk_user_id="user_a", customer=SHARED, sub_id="sub_a"),
+    ))  # fmt: skip
+    b_event = StripeEvent.from_payload(stripe_event("checkout.session.completed", b_checkout()))
+    original = subscriptions.apply_change
+    a_written, release = threading.Event(), threading.Event()
+    a_backend: list[int] = []
+
+    def hold_a(conn: Any, user_id: str, *args: Any, **kwargs: Any) -> Any:
+        applied = original(conn, user_id, *args, **kwargs)
+        if user_id == "user_a":  # A's customer is written, its transaction still open
+            a_backend.append(conn.session.execute(text("select pg_backend_pid()")).scalar_one())
+            a_written.set()
+            assert release.wait(30)
+        return applied
+
+    monkeypatch.setattr(subscriptions, "apply_change", hold_a)
+
+    def waiting_on_a() -> bool:
+        query = text(
+            "select count(*) from pg_stat_activity where :pid = any(pg_blocking_pids(pid))"
+        )
+        count = db.run(lambda conn: conn.session.execute(query, {"pid": a_backend[0]}).scalar())
+        return bool(count)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a_done = pool.submit(billing.process, a_event)
+        assert a_written.wait(30)
+        b_done = pool.submit(billing.process, b_event)
+        deadline = time.monotonic() + 30
+        while not waiting_on_a():  # B's UPDATE blocked on A's uncommitted index entry
+            assert time.monotonic() < deadline, "B's write never waited on A's transaction"
+            assert not b_done.done(), b_done.exception()
+        release.set()
+        assert a_done.result() is billing.Outcome.APPLIED
+        with pytest.raises(IntegrityError):
+            b_done.result()
+    row = ledger(b_event.id)
+    assert row is not None and (row.processed, row.attempts) == (False, 1)
+    assert (row.error or "").startswith("UniqueViolation (SQLSTATE 23505) on users_stripe")
+    assert SHARED not in (row.error or "") and "user_b" not in (row.error or "")
+    assert user("user_b").tier is UserTier.FREE  # rolled back whole
+
+    monkeypatch.setattr(subscriptions, "apply_change", original)
+    assert billing.process_recorded(b_event.id) is billing.Outcome.APPLIED  # Stripe's retry
+    b = user("user_b")
+    assert (b.tier, b.stripe_subscription_id, b.stripe_customer_id) == (UserTier.PRO, "sub_b", None)
+    a = user("user_a")
+    assert (a.tier, a.stripe_subscription_id, a.stripe_customer_id) == (
+        UserTier.PRO,
+        "sub_a",
+        SHARED,
+    )
+
+
 # --- the decision table (pure: no database) --------------------------------------------------
 
 A, B = "sub_a", "sub_b"
@@ -764,7 +1000,7 @@ def test_a_failure_after_the_update_rolls_everything_back(
 
     def apply_then_fail(*args: Any, **kwargs: Any) -> bool:
         # the user row IS updated inside the transaction…
-        assert original(*args, **kwargs) is subscriptions.Decision.TAKE_OVER
+        assert original(*args, **kwargs).decision is subscriptions.Decision.TAKE_OVER
         raise RuntimeError("injected failure with a secret value cus_1")
 
     monkeypatch.setattr(subscriptions, "apply_change", apply_then_fail)
@@ -808,18 +1044,6 @@ def test_a_database_outage_answers_503_so_stripe_retries(
     row = ledger(event["id"])
     assert row is not None and not row.processed
     assert (row.error or "").startswith("DatabaseUnavailableError: ")
-
-
-def test_a_constraint_failure_is_recorded_without_row_values(lambda_call: Caller) -> None:
-    make_pro("user_owner")  # owns cus_1 already
-    make_user("user_b", "b@example.com")
-    event = stripe_event("checkout.session.completed", checkout(clerk_user_id="user_b"))
-    assert deliver(lambda_call, event).status == 500
-    row = ledger(event["id"])
-    assert row is not None and row.error is not None
-    assert row.error.startswith("UniqueViolation (SQLSTATE 23505) on users_stripe")
-    assert "cus_1" not in row.error
-    assert user("user_b").tier is UserTier.FREE
 
 
 def test_a_malformed_subscription_is_recorded_as_invalid(lambda_call: Caller) -> None:
