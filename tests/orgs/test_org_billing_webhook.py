@@ -223,6 +223,91 @@ def test_a_checkout_not_paid_yet_links_the_organizations_customer_only(call: Cal
     )
 
 
+# --- a Stripe customer shared by two organizations --------------------------------------------
+# organizations."stripeCustomerId" is unique too: the users' rule applies (docs/billing.md).
+
+OTHER_ORG = "org_beta"
+
+
+def make_other_org() -> None:
+    db.run(lambda conn: organizations.ensure(conn, OTHER_ORG, slug="beta"))
+
+
+def other_checkout(**extra: Any) -> dict[str, Any]:
+    return checkout(clerk_user_id=None, email="payer@example.com", customer="cus_org",
+                    sub_id="sub_beta", metadata={"organizationId": OTHER_ORG},
+                    client_reference_id=OTHER_ORG, created=T0, **extra)  # fmt: skip
+
+
+def holder_org_untouched() -> None:
+    row = org()
+    assert (row.tier, row.subscription_status, row.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_org",
+    )
+    assert row.stripe_customer_id == "cus_org"
+
+
+def shared_warnings(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
+    return [line for line in lines if line["event"] == "stripe_customer_shared"]
+
+
+def test_an_org_checkout_as_another_organizations_customer_upgrades_the_one_it_names(
+    call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: the write of org A's customer onto org B → unique violation → 500 forever."""
+    make_org(tier=UserTier.PRO, stripe_customer_id="cus_org", stripe_subscription_id="sub_org",
+             subscription_status="active")  # fmt: skip
+    make_other_org()
+    event = stripe_event("checkout.session.completed", other_checkout())
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    beta = org(OTHER_ORG)
+    assert (beta.tier, beta.subscription_status, beta.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_beta",
+    )
+    assert beta.stripe_customer_id is None
+    holder_org_untouched()
+    assert [(w["eventId"], w["customer"]) for w in shared_warnings(caplog)] == [
+        (event["id"], "cus_org")
+    ]
+    # The organization's own subscription events follow it (metadata first), A untouched.
+    updated = subscription("past_due", customer="cus_org", sub_id="sub_beta", created=T0,
+                           metadata={"organizationId": OTHER_ORG})  # fmt: skip
+    later = stripe_event("customer.subscription.updated", updated, created=T0 + 5)
+    assert deliver(call, later).json == {"received": True}
+    beta = org(OTHER_ORG)
+    assert (beta.subscription_status, beta.stripe_customer_id) == ("past_due", None)
+    holder_org_untouched()
+
+
+def test_an_org_checkout_not_paid_as_another_organizations_customer_links_nothing(
+    call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_org(tier=UserTier.PRO, stripe_customer_id="cus_org", stripe_subscription_id="sub_org",
+             subscription_status="active")  # fmt: skip
+    make_other_org()
+    event = stripe_event("checkout.session.completed", other_checkout(payment_status="unpaid"))
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    beta = org(OTHER_ORG)
+    assert (beta.tier, beta.stripe_customer_id, beta.subscription_status) == (
+        UserTier.FREE,
+        None,
+        None,
+    )
+    holder_org_untouched()
+    stored = ledger(event["id"])
+    assert stored is not None and (stored.processed, stored.error) == (True, None)
+    assert [w["eventId"] for w in shared_warnings(caplog)] == [event["id"]]
+
+
 # --- ordering -------------------------------------------------------------------------------
 
 
