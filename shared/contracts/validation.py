@@ -29,8 +29,9 @@ def js_trim(value: str) -> str:
 
 def js_length(value: str) -> int:
     """`value.length` in JS: UTF-16 code units, so a character beyond the BMP (most emoji)
-    counts 2. The original's length rules, and the records it reads back, use this unit."""
-    return len(value.encode("utf-16-le")) // 2
+    counts 2, and a lone surrogate (JS strings may hold one) counts 1. The original's length
+    rules, and the records it reads back, use this unit."""
+    return len(value.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def fail(code: str, message: str) -> PydanticCustomError:

@@ -702,3 +702,17 @@ def test_saved_search_integer_rule_applies_only_under_the_original_rules() -> No
     assert parse_saved_search(key, json.dumps(record), original_rules=False).results
     with pytest.raises(LegacyRecordError, match=r"results\.0\.searchVolume"):
         parse_saved_search(key, json.dumps(record), original_rules=True)
+
+
+@pytest.mark.parametrize("field", ["name", "description"])
+def test_a_lone_surrogate_in_a_length_checked_field_gets_the_documented_reason(field: str) -> None:
+    """JS counts a lone surrogate as one code unit, so the length rule passes; the record is
+    then refused by `storable` with the documented reason, which quotes no value and no
+    position (not a Python codec message)."""
+    record = search_record("u", str(uuid.uuid4()), created=NOW, name="trail")
+    record[field] = "trail \ud83d"
+    key = keys.saved_search("u", record["id"])
+    parsed = parse_saved_search(key, json.dumps(record), original_rules=True)
+    with pytest.raises(LegacyRecordError) as error:
+        storable(key, parsed)
+    assert error.value.reason == "holds an unpaired UTF-16 surrogate, which Postgres cannot store"
