@@ -25,7 +25,7 @@ from shared import db
 from shared.clock import utcnow
 from shared.config import get_settings
 from shared.db import Conn
-from shared.errors import EmailInUseError, UserNotFoundError
+from shared.errors import UserNotFoundError
 from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView, usage_view
 from shared.repositories import saved_searches, users
@@ -43,25 +43,27 @@ def mode() -> Mode:
 def provision_user(user_id: str, email: str) -> None:
     """Make sure the signed-in user has a Postgres row (and, in dual/fallback, a Redis record).
 
-    A legacy user whose address another account holds is reattached
-    (`shared.legacy.bridge.reattach_user`), in every mode while Redis still has their record.
-    Raises `EmailInUseError` when another account has the email and Redis has no record of
-    this user.
+    A legacy user with no Postgres row (one the backfill quarantined as a conflict, say) is
+    reattached by their Clerk id (`shared.legacy.bridge.reattach_user`), in every mode while
+    Redis still has their record, whatever `email` the session claims. Raises
+    `EmailInUseError` when another account has the email and Redis has no record of this user.
     """
     if mode() != "postgres":
         from shared.legacy import bridge
 
         bridge.provision_user(user_id, email)
         return
-    try:
-        db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
-    except EmailInUseError:
-        if not get_settings().redis_configured:
-            raise
+    if get_settings().redis_configured and _first_sign_in(user_id):
         from shared.legacy import bridge
 
-        if not bridge.reattach_on_sign_in(user_id):
-            raise
+        if bridge.reattach_on_sign_in(user_id):
+            return
+    db.run(lambda conn: users.get_or_create(conn, user_id, email), idempotent=True)
+
+
+def _first_sign_in(user_id: str) -> bool:
+    """Whether the user has no row yet (once per warm container and user: `shared.auth`)."""
+    return db.run(lambda conn: users.get(conn, user_id) is None, idempotent=True)
 
 
 def mark_legacy_erasure(conn: Conn, user_id: str) -> None:

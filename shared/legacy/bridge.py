@@ -28,7 +28,7 @@ learns the counter's value afterwards (GREATEST), so it counts what the original
 Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
 behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
 demand: the user at sign-in, a saved search when it is updated or deleted. A legacy user whose
-address another account holds is imported under the placeholder email (`reattach_user`).
+address or Stripe id another account holds is imported without it (`reattach_user`).
 Known limits: in dual mode a read can miss a write whose copy is still pending; the 50-search
 cap counts Postgres rows.
 """
@@ -57,13 +57,26 @@ from shared.models import UserTier
 from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView
 from shared.redis import get_redis
-from shared.repositories import legacy_import, legacy_repairs, saved_searches, users
+from shared.repositories import (
+    legacy_import,
+    legacy_repairs,
+    saved_searches,
+    tombstones,
+    users,
+)
 from shared.repositories.legacy_repairs import Kind
 from shared.storage import mode
 from shared.telemetry import log_event
 
 T = TypeVar("T")
-_EMAIL_CONSTRAINTS = ("users_email_key", "users_email_lower_key")
+# What another user's row can hold of a legacy record: the reattach leaves such a field out.
+_UNIQUE_CONSTRAINTS = (
+    "users_email_key",
+    "users_email_lower_key",
+    "users_stripeCustomerId_key",
+    "users_stripeSubscriptionId_key",
+)
+_UNIQUE_COLUMNS = ("email", "stripeCustomerId", "stripeSubscriptionId")
 
 
 class LegacyStoreUnavailableError(DatabaseUnavailableError):
@@ -165,14 +178,15 @@ def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Conn], None]:
 
 def _import_user(client: Redis, record: UserData, counters: Counters, now: datetime) -> None:
     """Give a user only the TypeScript app knows a Postgres row; an existing row wins. When
-    another account holds their address, they are reattached (`reattach_user`)."""
+    another account holds their address or a Stripe id of theirs, they are reattached
+    (`reattach_user`)."""
     row = mapping.user_row(record, counters, now)
     try:
         db.run(
             lambda conn: legacy_import.upsert_users(conn, [row], overwrite=False), idempotent=True
         )
     except IntegrityError as error:
-        if violated_constraint(error) not in _EMAIL_CONSTRAINTS:
+        if violated_constraint(error) not in _UNIQUE_CONSTRAINTS:
             raise
         reattached = _from_redis(
             lambda: reattach_user(client, record.clerkUserId, now=now, loaded=(record, counters)),
@@ -189,22 +203,27 @@ def reattach_user(
     now: datetime | None = None,
     loaded: tuple[UserData, Counters] | None = None,
 ) -> int | None:
-    """Import a legacy user whose address another account holds (the case-only duplicate the
-    backfill quarantined as a conflict) under their own Clerk id, with the placeholder email
-    `{id}@keyflash.local` and everything else as Redis has it: trial dates, tier, Stripe ids,
-    usage counters (so no second trial, no quota given back), and the saved searches their
-    index lists. The Clerk id is the proof of ownership: nothing of the other account is read
-    or changed, and the Redis record keeps its real address (the mirror never writes the
-    placeholder over it). One transaction; rows already there are kept, so a repeat changes
-    nothing; the searches an unreadable index hides, or that it does not list, come with the
-    backfill's next run (their owner now exists). Returns the saved searches inserted, or None
-    when Redis has no record of the user; raises `LegacyRecordError` for an unreadable one and
-    `RedisFailure`."""
+    """Import a legacy user the backfill quarantined as a conflict (another account holds their
+    address, case-insensitively, or a Stripe id of theirs) under their own Clerk id, whatever
+    email the session claims: trial dates, tier, subscription status, usage counters (so no
+    second trial, no quota given back), Stripe ids, and the saved searches their index lists.
+    A field another user's row holds is left out: the address becomes the placeholder
+    `{id}@keyflash.local` (also when the original's `email:` index names another user), a
+    Stripe customer or subscription id is left empty. The Clerk id is the proof of ownership:
+    nothing of the other account is read or changed, and the Redis record keeps its real
+    address (the mirror never writes the placeholder over it). One transaction; rows already
+    there are kept, so a repeat changes nothing; the searches an unreadable index hides come
+    with the backfill's next run (their owner now exists). Returns the saved searches inserted,
+    or None when Redis has no record of the user or the identity was erased (a tombstone: the
+    person's next account is a fresh one); raises `LegacyRecordError` for an unreadable record
+    and `RedisFailure`."""
     now = now or utcnow()
     record, counters = loaded or store.load_user(client, user_id, now)
     if record is None:
         return None
-    row = {**mapping.user_row(record, counters, now), "email": users.placeholder_email(user_id)}
+    row = mapping.user_row(record, counters, now)
+    index_owner = store.read_values(client, [keys.email(record.email)])[0]
+    address_elsewhere = isinstance(index_owner, str) and index_owner != user_id
     try:
         listed = store.list_saved_searches(client, user_id) or []
     except LegacyRecordError as error:  # an unreadable index: the backfill's re-run copies them
@@ -223,13 +242,51 @@ def reattach_user(
                 "legacy_record_skipped", level=logging.WARNING, key=error.key, reason=error.reason
             )
 
-    def work(conn: Conn) -> int:
-        legacy_import.upsert_users(conn, [row], overwrite=False)
-        return legacy_import.upsert_saved_searches(conn, searches, overwrite=False).inserted
+    def work(conn: Conn) -> tuple[int, list[str]] | None:
+        if tombstones.any_erased(conn, [user_id]):
+            return None
+        left_out = _held_by_others(conn, row)
+        if address_elsewhere and "email" not in left_out:
+            left_out.insert(0, "email")
+        free: dict[str, str | None] = dict.fromkeys(left_out)
+        if "email" in left_out:
+            free["email"] = users.placeholder_email(user_id)
+        legacy_import.upsert_users(conn, [{**row, **free}], overwrite=False)
+        inserted = legacy_import.upsert_saved_searches(conn, searches, overwrite=False).inserted
+        return inserted, left_out
 
-    inserted = db.transaction(work)
-    log_event("legacy_user_reattached", level=logging.WARNING, savedSearches=inserted)
+    for attempt in range(3):
+        try:
+            done = db.transaction(work)
+            break
+        except IntegrityError as error:  # another row took one of them meanwhile: look again
+            if attempt == 2 or violated_constraint(error) not in _UNIQUE_CONSTRAINTS:
+                raise
+    if done is None:
+        log_event("legacy_reattach_skipped", level=logging.WARNING, reason="identity erased")
+        return None
+    inserted, left_out = done
+    log_event(
+        "legacy_user_reattached",
+        level=logging.WARNING,
+        savedSearches=inserted,
+        leftOut=",".join(left_out),
+    )
     return inserted
+
+
+def _held_by_others(conn: Conn, row: dict[str, Any]) -> list[str]:
+    """The columns of `row` (email, compared case-insensitively; Stripe ids) that another
+    user's row holds, each checked alone (`taken_identifiers` names only the first)."""
+    held = []
+    alone = {"id": row["id"], "email": users.placeholder_email(row["id"])}
+    for column in _UNIQUE_COLUMNS:
+        if row[column] is None:
+            continue
+        probe = {**alone, "stripeCustomerId": None, "stripeSubscriptionId": None}
+        if legacy_import.taken_identifiers(conn, [{**probe, column: row[column]}]):
+            held.append(column)
+    return held
 
 
 def provision_user(user_id: str, email: str) -> None:
@@ -251,9 +308,9 @@ def provision_user(user_id: str, email: str) -> None:
 
 
 def reattach_on_sign_in(user_id: str) -> bool:
-    """Postgres mode, the email taken: whether the user could be reattached from the legacy
-    keys still in Redis (a Redis failure or an unreadable record answers no: the sign-in stays
-    a 409)."""
+    """Postgres mode, a first sign-in (no row yet): whether the user could be reattached from
+    the legacy keys still in Redis. No record, a Redis failure or an unreadable record answers
+    no: the caller provisions as for anyone else (a 409 when another account has the email)."""
     try:
         return reattach_user(_client(), user_id) is not None
     except LegacyRecordError as error:

@@ -22,7 +22,7 @@ from upstash_redis import Redis
 
 from devkit._host import free_port
 from devkit.upstash_emulator import UpstashEmulator
-from shared.clock import utcnow
+from shared.clock import iso_ms, utcnow
 from shared.legacy import keys
 from shared.legacy.schemas import parse_saved_search, parse_user
 from tests.support.http import Caller, Keys
@@ -204,6 +204,10 @@ from shared.quotas import Limits
 from shared.repositories.saved_searches import NewSavedSearch
 
 uid = sys.argv[1]
+if sys.argv[2] == "returning":  # signed in before: a row, so no legacy lookup
+    from shared import db
+    from shared.repositories import users
+    db.run(lambda conn: users.get_or_create(conn, uid, f"{uid}@example.com"), idempotent=True)
 storage.provision_user(uid, f"{uid}@example.com")
 storage.usage(uid, Limits(300, 1000, 10_000))
 new = NewSavedSearch("Trail", ["trail shoes"], "US", "en", "exact")
@@ -222,8 +226,9 @@ print("@@" + json.dumps(sorted(loaded + [m for m in sys.modules if m.startswith(
 def test_postgres_mode_loads_no_legacy_layer(db_env: str, clean_tables: None) -> None:
     """The switch's postgres path (every request's sign-in, usage and saved searches) runs in a
     fresh interpreter without importing the legacy bridge, its schemas or the Upstash SDK, with
-    Redis configured: a function pays for them only in the migration's modes (or to reattach a
-    legacy user, or erase one's keys)."""
+    Redis configured: a function pays for them only in the migration's modes (or at a user's
+    very first sign-in, to reattach them if Redis holds their legacy record, or to erase
+    one's keys). That first sign-in, with Redis down, still provisions them."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -231,7 +236,9 @@ def test_postgres_mode_loads_no_legacy_layer(db_env: str, clean_tables: None) ->
         "UPSTASH_REDIS_REST_URL": f"http://127.0.0.1:{free_port()}",  # never called
         "UPSTASH_REDIS_REST_TOKEN": "unused",
     }
-    assert fresh_interpreter(POSTGRES_MODE_SCRIPT, new_user(), env=env) == []
+    assert fresh_interpreter(POSTGRES_MODE_SCRIPT, new_user(), "returning", env=env) == []
+    first = fresh_interpreter(POSTGRES_MODE_SCRIPT, new_user(), "first", env=env)
+    assert "shared.legacy.bridge" in first  # looked up (Redis down: provisioned as new)
 
 
 def test_dual_serves_and_imports_what_only_the_typescript_app_wrote(
@@ -544,8 +551,6 @@ def test_importing_a_user_whose_email_postgres_gives_another_reattaches_them(
     """The address stays with its holder; the legacy user gets their own row under their
     Clerk id with the placeholder email (`shared.legacy.bridge.reattach_user`), never a 409
     forever."""
-    from sqlalchemy.exc import IntegrityError
-
     from shared import storage
 
     stores.mode("dual")
@@ -559,8 +564,70 @@ def test_importing_a_user_whose_email_postgres_gives_another_reattaches_them(
     other = new_user()
     stores.sql("UPDATE users SET \"stripeCustomerId\" = 'cus_shared' WHERE id = %s", holder)
     seed_legacy_user(stores, other, tier="pro", customer="cus_shared")
-    with pytest.raises(IntegrityError):
-        storage.provision_user(other, f"{other}@example.com")
+    storage.provision_user(other, f"{other}@example.com")  # reattached without the customer id
+    assert stores.sql('SELECT email, tier, "stripeCustomerId" FROM users WHERE id = %s', other) == [
+        (f"{other}@example.com", "PRO", None)
+    ]
+
+
+@pytest.mark.parametrize("name", ["postgres", "dual", "fallback"])
+def test_a_quarantined_user_is_reattached_by_clerk_id_whatever_their_email_claim(
+    one: Caller, stores: Stores, name: str
+) -> None:
+    """A user the backfill quarantined as a conflict signs in with no email claim, or with a
+    changed address: they get their own legacy record (trial dates, usage, tier, indexed
+    searches), never a second trial. What another row holds is left out: a taken address
+    becomes the placeholder, a taken Stripe customer id is dropped (the rest is kept)."""
+    holder, quiet, moved, paying = new_user(), new_user(), new_user(), new_user()
+    created = utcnow().replace(microsecond=0) - timedelta(days=2)
+    stores.sql(
+        'INSERT INTO users (id, email, "stripeCustomerId", "updatedAt") VALUES (%s, %s, %s, now())',
+        holder, f"{quiet}@EXAMPLE.com", f"cus_{paying}",
+    )  # fmt: skip
+    stores.sql('INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+               holder + "_2", f"{moved}@EXAMPLE.com")  # fmt: skip
+    w = Writer(stores.redis)
+    for uid in (quiet, moved):
+        write_user(w, user_record(uid, f"{uid}@example.com", created=created))
+        w.set(keys.trial_usage(uid, created), "299")
+        write_search(w, search_record(uid, str(uuid.uuid4()), created=created))
+    record = user_record(
+        paying, f"{paying}@example.com", created=created, tier="pro",
+        customer=f"cus_{paying}", subscription=f"sub_{paying}", status="active",
+    )  # fmt: skip
+    write_user(w, record)
+    w.set(keys.usage(paying, utcnow()), "123")
+    w.flush()
+    stores.mode(name)
+
+    no_claim = one("me", "GET", "/api/me", user=quiet)  # the placeholder case (D19)
+    changed = {"authorization": f"Bearer {one.token(moved, email=f'new-{moved}@example.com')}"}
+    moved_me = one("me", "GET", "/api/me", headers=changed)
+    own = {"authorization": f"Bearer {one.token(paying, email=f'{paying}@example.com')}"}
+    paying_me = one("me", "GET", "/api/me", headers=own)
+    for result in (no_claim, moved_me, paying_me):
+        assert result.status == 200, result.text
+    for result in (no_claim, moved_me):
+        assert result.json["usage"]["total"] == 299  # no quota came back
+        assert result.json["trialEndsAt"] == iso_ms(created + timedelta(days=7))  # no new trial
+    assert paying_me.json["tier"] == "PRO"
+    columns = 'id, email, tier, "keywordSearchesTotal", "trialEndsAt", "stripeCustomerId", '
+    columns += '"stripeSubscriptionId", "subscriptionStatus"'
+    rows = stores.sql(
+        f"SELECT {columns} FROM users WHERE id IN (%s, %s, %s) ORDER BY id", quiet, moved, paying
+    )
+    ends = created + timedelta(days=7)
+    rows = [(*row[:4], row[4].replace(tzinfo=UTC), *row[5:]) for row in rows]
+    assert sorted(rows) == sorted([
+        (quiet, f"{quiet}@keyflash.local", "FREE", 299, ends, None, None, None),
+        (moved, f"{moved}@keyflash.local", "FREE", 299, ends, None, None, None),
+        (paying, f"{paying}@example.com", "PRO", 123, ends, None, f"sub_{paying}", "active"),
+    ])  # fmt: skip
+    for uid in (quiet, moved):
+        listed = one("searches", "GET", "/api/searches", user=uid)
+        assert listed.status == 200 and len(listed.json["searches"]) == 1, listed.text
+        assert stores.sql('SELECT count(*) FROM saved_searches WHERE "userId" = %s', uid) == [(1,)]
+    assert stores.sql("SELECT id FROM users WHERE id = %s", holder) == [(holder,)]
 
 
 # --- users, usage, erasure ----------------------------------------------------------------------
