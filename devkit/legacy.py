@@ -6,15 +6,15 @@ DATABASE_URL).
 
 backfill: SCAN (MATCH + COUNT) each legacy key family, checking TYPE before reading: users first
 (`user:*`, with their real usage counters), then saved searches (`saved-search:*`, owners must
-exist), then the index sets (`saved-searches:*`, only to report members without an item). Each
-record is validated with the original's read schema and mapped
-(docs/original-app.md#redis-to-postgres-field-mapping); batches are written with one multi-row
-upsert each, keeping original ids, and a second run changes nothing. Records that cannot be copied
-(invalid, orphaned, or conflicting with another row's unique email or Stripe id) are quarantined
-into the JSON report with the reason; nothing aborts the run and nothing in Redis is modified. After
-every committed batch a checkpoint (phase, SCAN cursor, report so far) is written, so an interrupted
-run continues where it stopped; SCAN guarantees every key present throughout is returned, possibly
-twice, which the upserts absorb.
+exist and their index set must list them, as the original's list required), then the index sets
+(`saved-searches:*`, only to report members without an item). Each record is validated with the
+original's read schema and mapped (docs/original-app.md#redis-to-postgres-field-mapping); batches
+are written with one multi-row upsert each, keeping original ids, and a second run changes nothing.
+Records that cannot be copied (invalid, orphaned, unindexed, or conflicting with another row's
+unique email or Stripe id) are quarantined into the JSON report with the reason; nothing aborts the
+run and nothing in Redis is modified. After every committed batch a checkpoint (phase, SCAN cursor,
+report so far) is written, so an interrupted run continues where it stopped; SCAN guarantees every
+key present throughout is returned, possibly twice, which the upserts absorb.
 
 verify: compares every valid legacy record with its Postgres row and reports each difference.
 repair: copies Postgres's state to Redis for the keys the dual-write outbox still lists.
@@ -64,7 +64,7 @@ from shared.repositories import legacy_import
 from shared.repositories.legacy_import import Upserted
 
 Phase = Literal["users", "saved_searches", "indexes", "done"]
-QuarantineKind = Literal["invalid", "wrong_type", "orphan", "conflict"]
+QuarantineKind = Literal["invalid", "wrong_type", "orphan", "conflict", "unindexed"]
 PHASES: tuple[tuple[Phase, str], ...] = (
     ("users", keys.USER_PATTERN),
     ("saved_searches", keys.SAVED_SEARCH_PATTERN),
@@ -107,7 +107,7 @@ class BackfillReport:
     users: Tally = field(default_factory=Tally)
     saved_searches: Tally = field(default_factory=Tally)
     index_sets: int = 0
-    unindexed_searches: int = 0  # items the original's list never showed; copied anyway
+    unindexed_searches: int = 0  # items the original's list never showed; not copied
     quarantined: list[Quarantined] = field(default_factory=list)
 
     @property
@@ -122,7 +122,7 @@ class BackfillReport:
         data["records_per_s"] = round(self.records_per_s, 1)
         data["quarantined_by_kind"] = {
             kind: sum(1 for q in self.quarantined if q.kind == kind)
-            for kind in ("invalid", "wrong_type", "orphan", "conflict")
+            for kind in ("invalid", "wrong_type", "orphan", "conflict", "unindexed")
         }
         return data
 
@@ -447,7 +447,12 @@ def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillRepo
             report.quarantine(key, "orphan", f"its owner {owner} was quarantined")
         else:
             report.quarantine(key, "orphan", f"its owner {owner} does not exist")
-    report.unindexed_searches += _unindexed(client, [record for _, record in owned])
+    unlisted = _unlisted(client, [record for _, record in owned])
+    report.unindexed_searches += len(unlisted)
+    for key, record in owned:
+        if record.id in unlisted:
+            report.quarantine(key, "unindexed", unlisted[record.id])
+    owned = [(key, record) for key, record in owned if record.id not in unlisted]
     written, refused = _write(
         legacy_import.upsert_saved_searches, [saved_search_row(r) for _, r in owned]
     )
@@ -458,20 +463,30 @@ def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillRepo
     return len(names)
 
 
-def _unindexed(client: Redis, records: Sequence[SavedSearchRecord]) -> int:
-    """How many of `records` their owner's index set does not list. An index that is not a set
-    lists nothing (the index phase quarantines it): checked with TYPE, never SISMEMBER on it."""
+def _unlisted(client: Redis, records: Sequence[SavedSearchRecord]) -> dict[str, str]:
+    """The records the original's list never showed, by search id, with the reason: those
+    their owner's index set does not list (SREM then a failed DEL leaves a deleted search so),
+    and those whose index is not a set (the original's SMEMBERS failed). Checked with TYPE,
+    never SISMEMBER on a key that is not a set."""
     indexes = sorted({keys.saved_searches(record.clerkUserId) for record in records})
-    sets = {
-        name for name, kind in zip(indexes, _types(client, indexes), strict=True) if kind == "set"
-    }
-    listed = [r for r in records if keys.saved_searches(r.clerkUserId) in sets]
-    if not listed:
-        return len(records)
-    pipe = client.pipeline()
-    for record in listed:
-        pipe.sismember(keys.saved_searches(record.clerkUserId), record.id)
-    return len(records) - sum(1 for member in pipe.exec() if member)
+    kinds = dict(zip(indexes, _types(client, indexes), strict=True))
+    unlisted: dict[str, str] = {}
+    listed = []
+    for record in records:
+        index = keys.saved_searches(record.clerkUserId)
+        if kinds[index] in ("set", "none"):
+            listed.append(record)
+        else:
+            unlisted[record.id] = f"{index} is not a set, so the original never showed it"
+    if listed:
+        pipe = client.pipeline()
+        for record in listed:
+            pipe.sismember(keys.saved_searches(record.clerkUserId), record.id)
+        for record, member in zip(listed, pipe.exec(), strict=True):
+            if not member:
+                index = keys.saved_searches(record.clerkUserId)
+                unlisted[record.id] = f"{index} does not list it, so the original never showed it"
+    return {sid: f"{reason}; not copied" for sid, reason in unlisted.items()}
 
 
 def _set_members(client: Redis, sets: Sequence[str], report: BackfillReport) -> list[list[str]]:
@@ -723,8 +738,10 @@ def verify(
             [record.id for _, record in searches],
             sorted({record.clerkUserId for _, record in searches}),
         )
+        unlisted = _unlisted(redis_client, [r for _, r in searches if r.clerkUserId in existing])
         for key, record in searches:
-            if record.clerkUserId in existing:  # else an orphan: quarantined, not compared
+            # an orphan or an item the original never showed: quarantined, not compared
+            if record.clerkUserId in existing and record.id not in unlisted:
                 note(_search_differences(key, saved_search_row(record), rows.get(record.id)))
     note(_only_in_postgres(redis_client, batch_size))
     return found

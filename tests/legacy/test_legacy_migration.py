@@ -716,3 +716,47 @@ def test_a_lone_surrogate_in_a_length_checked_field_gets_the_documented_reason(f
     with pytest.raises(LegacyRecordError) as error:
         storable(key, parsed)
     assert error.value.reason == "holds an unpaired UTF-16 surrogate, which Postgres cannot store"
+
+
+def test_searches_the_original_never_showed_are_reported_not_copied(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """The original listed `SMEMBERS saved-searches:{id}` only: an item its index does not
+    list (a delete whose DEL failed after the SREM) or whose index is not a set was never
+    shown, so it is not imported as a live search; the report lists its key as `unindexed`
+    (no value), so an operator can still recover it, and verify does not call it missing."""
+    created = NOW - timedelta(days=3)
+    w = Writer(redis_client)
+    write_user(w, user_record("shown", "shown@example.com", created=created))
+    write_user(w, user_record("broken", "broken@example.com", created=created))
+    listed = [str(uuid.uuid4()) for _ in range(2)]
+    deleted = [str(uuid.uuid4()) for _ in range(2)]
+    for n, sid in enumerate(listed):
+        write_search(w, search_record("shown", sid, created=created + timedelta(minutes=n)))
+    for sid in deleted:  # newer than every listed one: they would head the list
+        record = search_record("shown", sid, created=created + timedelta(days=1), name="secret")
+        write_search(w, record, indexed=False)
+    hidden = str(uuid.uuid4())
+    write_search(w, search_record("broken", hidden, created=created), indexed=False)
+    w.set(keys.saved_searches("broken"), "not a set")
+    w.flush()
+
+    report = backfill(redis_client, report_path=tmp_path / "r.json", now=NOW)
+    assert report.saved_searches == Tally(inserted=2)
+    assert report.unindexed_searches == 3
+    reasons = {q.key: q.reason for q in report.quarantined if q.kind == "unindexed"}
+    assert reasons == {
+        **{
+            keys.saved_search("shown", sid): "saved-searches:shown does not list it, "
+            "so the original never showed it; not copied"
+            for sid in deleted
+        },
+        keys.saved_search("broken", hidden): "saved-searches:broken is not a set, "
+        "so the original never showed it; not copied",
+    }
+    assert "secret" not in json.dumps(report.to_dict())
+    assert report.to_dict()["quarantined_by_kind"]["unindexed"] == 3
+    with psycopg.connect(direct_database_url) as conn:
+        rows = conn.execute('SELECT id FROM saved_searches ORDER BY "updatedAt" DESC').fetchall()
+    assert [sid for (sid,) in rows] == listed[::-1]
+    assert verify(redis_client, echo=lambda line: None, now=NOW) == []

@@ -78,6 +78,7 @@ def assert_outcomes(report: BackfillReport, expected: Expected) -> None:
     assert report.users == Tally(inserted=expected.users)
     assert report.saved_searches == Tally(inserted=expected.searches)
     assert report.unindexed_searches == expected.unindexed
+    assert len(quarantined(report, "unindexed")) == expected.unindexed
     assert quarantined(report, "invalid") == expected.invalid
     assert quarantined(report, "wrong_type") == expected.wrong_type
     assert quarantined(report, "orphan") == expected.orphans
