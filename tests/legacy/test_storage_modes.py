@@ -728,6 +728,30 @@ def test_erasure_deletes_the_legacy_keys_or_leaves_a_mark_to_finish_it(stores: S
     assert stores.redis.get(keys.user(alive)) is not None
 
 
+def test_an_erased_user_whose_legacy_keys_linger_is_not_reattached(
+    one: Caller, stores: Stores
+) -> None:
+    """Postgres mode: an erasure made while Redis was down leaves the legacy keys until the
+    repair job runs. Signing in again meanwhile gives the fresh account erasure promises (the
+    tombstone keeps the trial), not the erased record and searches back."""
+    from shared import auth
+
+    stores.mode("postgres")
+    uid = new_user()
+    seed_legacy_user(stores, uid, searches=1)
+    assert one("me", "GET", "/api/me", user=uid).status == 200  # reattached, 1 search
+    assert stores.sql('SELECT count(*) FROM saved_searches WHERE "userId" = %s', uid) == [(1,)]
+    stores.break_redis()
+    assert one("me", "DELETE", "/api/me", user=uid).status == 200
+    stores.restore_redis()
+    assert stores.redis.get(keys.user(uid)) is not None  # still owed to the repair job
+    auth.forget(uid)
+
+    assert one("me", "GET", "/api/me", user=uid).status == 200
+    assert stores.sql('SELECT count(*) FROM saved_searches WHERE "userId" = %s', uid) == [(0,)]
+    assert stores.sql("SELECT email FROM users WHERE id = %s", uid) == [(f"{uid}@keyflash.local",)]
+
+
 def test_mirror_user_moves_the_index_keys_with_the_row(stores: Stores) -> None:
     from shared import storage
 
