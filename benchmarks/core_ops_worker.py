@@ -247,9 +247,9 @@ def _operations(bare: Any, history_rows: int) -> dict[str, Op]:
             assert user_id is not None
             if webhooks.claim(conn, values["event"], "customer.subscription.updated", {}) is None:
                 return None
-            decision = subscriptions.apply_change(conn, user_id, change, event_at=now, now=now)
+            applied = subscriptions.apply_change(conn, user_id, change, event_at=now, now=now)
             webhooks.mark_processed(conn, values["event"], now=now)
-            return decision
+            return applied
 
         return db.transaction(work)
 
