@@ -129,8 +129,15 @@ def _copy(conn: Conn, entry_key: str, kind: str, user_id: str, client: Redis) ->
         return
     user = users.get(conn, user_id)
     if kind == "erasure":
-        if user is None:  # Clerk never reuses an id: a row here would be a mistake to keep
+        # Owed whenever the account was erased here (its id's tombstone, written by every
+        # erasure), even if something recreated the row meanwhile (a sign-in or an import
+        # that read the keys still there): those keys are the erased person's. The row is
+        # left for an operator; `verify` lists it, its Redis record being gone. A mark with a
+        # row and no tombstone names no erasure: the keys of a live user are never deleted.
+        if user is None or tombstones.any_erased(conn, [user_id]):
             store.erase_user_keys(client, user_id, None, None)
+            if user is not None:
+                log_event("legacy_erasure_row_exists", level=logging.WARNING, reason="recreated")
         else:
             log_event("legacy_erasure_skipped", level=logging.WARNING, reason="user exists")
     elif user is not None:  # else nothing to copy; a Redis-only record is left as it is
