@@ -87,11 +87,15 @@ class Tally:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    kept: int = 0  # Postgres holds the newer state: not overwritten (counters may still grow)
+    erased: int = 0  # erased here (tombstone or owed erasure): not imported
 
     def add(self, written: Upserted, batch: int) -> None:
         self.inserted += written.inserted
         self.updated += written.updated
-        self.unchanged += batch - written.inserted - written.updated
+        self.kept += written.kept
+        self.erased += written.erased
+        self.unchanged += batch - written.inserted - written.updated - written.kept - written.erased
 
 
 @dataclass
@@ -337,7 +341,7 @@ def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[R
         pass
 
     def one_by_one(conn: Conn) -> tuple[Upserted, list[Refusal]]:
-        inserted = updated = 0
+        inserted = updated = kept = erased = 0
         refused: list[Refusal] = []
         for row in rows:
             conn.session.execute(text("SAVEPOINT legacy_row"))
@@ -350,7 +354,9 @@ def _write(writer: Writer, rows: list[dict[str, Any]]) -> tuple[Upserted, list[R
             conn.session.execute(text("RELEASE SAVEPOINT legacy_row"))
             inserted += written.inserted
             updated += written.updated
-        return Upserted(inserted, updated), refused
+            kept += written.kept
+            erased += written.erased
+        return Upserted(inserted, updated, kept, erased), refused
 
     return db.transaction(one_by_one)
 
@@ -422,7 +428,7 @@ def _backfill_users(
 ) -> int:
     found = _read_users(client, names, now, report)
     rows, refused = _unclaimed(client, [user_row(u.record, u.counters, now) for u in found])
-    written, raced = _write(legacy_import.upsert_users, rows)
+    written, raced = _write(legacy_import.backfill_users, rows)
     for user_id, reason in refused.items():
         report.quarantine(keys.user(user_id), "conflict", reason)
     for user_id, kind, reason in raced:
@@ -434,14 +440,21 @@ def _backfill_users(
 def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillReport) -> int:
     found = _read_searches(client, names, report)
     owners = {record.clerkUserId for _, record in found}
-    existing = db.run(
-        lambda conn: legacy_import.existing_user_ids(conn, sorted(owners)), idempotent=True
-    )
+
+    def owners_state(conn: Conn) -> tuple[set[str], set[str]]:
+        return (
+            legacy_import.existing_user_ids(conn, sorted(owners)),
+            legacy_import.erased_user_ids(conn, sorted(owners)),
+        )
+
+    existing, erased = db.run(owners_state, idempotent=True)
     quarantined_users = {q.key for q in report.quarantined if q.key.startswith("user:")}
     owned = []
     for key, record in found:
         owner = keys.user(record.clerkUserId)
-        if record.clerkUserId in existing:
+        if record.clerkUserId in erased:
+            report.saved_searches.erased += 1  # an erased account's: never imported
+        elif record.clerkUserId in existing:
             owned.append((key, record))
         elif owner in quarantined_users:
             report.quarantine(key, "orphan", f"its owner {owner} was quarantined")
@@ -454,7 +467,7 @@ def _backfill_searches(client: Redis, names: Sequence[str], report: BackfillRepo
             report.quarantine(key, "unindexed", unlisted[record.id])
     owned = [(key, record) for key, record in owned if record.id not in unlisted]
     written, refused = _write(
-        legacy_import.upsert_saved_searches, [saved_search_row(r) for _, r in owned]
+        legacy_import.backfill_saved_searches, [saved_search_row(r) for _, r in owned]
     )
     by_id = {record.id: key for key, record in owned}
     for search_id, kind, reason in refused:

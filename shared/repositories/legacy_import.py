@@ -24,8 +24,12 @@ from sqlalchemy import Table, TextClause, func, or_, select, text
 
 from shared.clock import month_start
 from shared.db import Conn
+from shared.legacy import keys as legacy_keys
+from shared.models.legacy import LegacyRepair
 from shared.models.saved_searches import SavedSearch
+from shared.models.tombstones import AccountTombstone
 from shared.models.users import User
+from shared.repositories import tombstones
 from shared.telemetry import database_operation
 
 _USERS: Table = User.__table__  # type: ignore[assignment]
@@ -90,6 +94,8 @@ class Upserted:
 
     inserted: int = 0
     updated: int = 0
+    kept: int = 0  # the backfill: Postgres holds a newer state (only counters were merged in)
+    erased: int = 0  # the backfill: the identity was erased here; nothing imported
 
 
 @cache
@@ -265,3 +271,123 @@ def saved_searches_after(conn: Conn, after: str, limit: int) -> list[tuple[str, 
     c = _SEARCHES.c
     statement = select(c.id, c.userId).where(c.id > after).order_by(c.id).limit(limit)
     return [(row[0], row[1]) for row in conn.session.execute(statement)]
+
+
+# --- the backfill: a Redis record never overwrites a newer Postgres state -----------------------
+
+
+def _ms(value: datetime) -> datetime:
+    """Aware UTC, to the millisecond (the columns are TIMESTAMP(3))."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _newer_in_postgres(current: dict[str, Any] | None, row: dict[str, Any]) -> bool:
+    return current is not None and _ms(current["updatedAt"]) > _ms(row["updatedAt"])
+
+
+def _pending(conn: Conn, names: Sequence[str]) -> set[str]:
+    """Which of these outbox keys still have a mirror owed to Redis."""
+    if not names:
+        return set()
+    statement = select(LegacyRepair.key).where(LegacyRepair.key.in_(list(names)))
+    return set(conn.session.scalars(statement))
+
+
+@database_operation("findErasedUserIds")
+def erased_user_ids(conn: Conn, user_ids: Sequence[str]) -> set[str]:
+    """Which of these Clerk ids were erased here: their id's account tombstone, or an erasure
+    of their legacy keys still owed (`erase:{id}` in the outbox)."""
+    if not user_ids:
+        return set()
+    by_key = {tombstones.keys(user_id, None)[0]: user_id for user_id in user_ids}
+    found = conn.session.scalars(
+        select(AccountTombstone.key).where(AccountTombstone.key.in_(list(by_key)))
+    )
+    erased = {by_key[key] for key in found}
+    owed = _pending(conn, [legacy_keys.erasure(user_id) for user_id in user_ids])
+    return erased | {user_id for user_id in user_ids if legacy_keys.erasure(user_id) in owed}
+
+
+def _same_counter(current: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether the legacy record's month counter is the one Postgres counts (same tier, this
+    month): only then may it raise Postgres's."""
+    have, want = current["tier"], row["tier"]
+    have = getattr(have, "value", have)
+    want = getattr(want, "value", want)
+    same_tier = have == want or (have == "ENTERPRISE" and want == "PRO")
+    return same_tier and _ms(current["monthlyResetAt"]) >= _ms(row["monthlyResetAt"])
+
+
+@database_operation("backfillLegacyUsers")
+def backfill_users(
+    conn: Conn, rows: Sequence[dict[str, Any]], *, overwrite: bool = True
+) -> Upserted:
+    """The backfill's write of a batch of users (`overwrite` is ignored: always True).
+
+    The rows are locked first. An erased identity (`erased_user_ids`) is not imported at all.
+    A row whose Postgres state is the newer one (its `updatedAt` is later than the record's,
+    or a mirror of it to Redis is still owed in `legacy_repairs`) keeps every column; only the
+    usage counters may grow from the legacy ones (the TypeScript app's increments never
+    change its record's `updatedAt`). The rest are upserted as `upsert_users` does."""
+    del overwrite
+    if not rows:
+        return Upserted()
+    ids = [row["id"] for row in rows]
+    current = {
+        row["id"]: dict(row)
+        for row in conn.session.execute(
+            select(_USERS).where(_USERS.c.id.in_(ids)).with_for_update()
+        ).mappings()
+    }
+    erased = erased_user_ids(conn, ids)
+    owed = _pending(conn, [legacy_keys.user(user_id) for user_id in ids])
+    fresh: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        have = current.get(row["id"])
+        if row["id"] in erased:
+            continue
+        if have is not None and (
+            legacy_keys.user(row["id"]) in owed or _newer_in_postgres(have, row)
+        ):
+            merged = {name: have[name] for name in USER_COLUMNS}
+            merged["keywordSearchesTotal"] = row["keywordSearchesTotal"]  # merged: GREATEST
+            if _same_counter(have, row):
+                merged["keywordSearchesThisMonth"] = row["keywordSearchesThisMonth"]
+            kept.append(merged)
+        else:
+            fresh.append(row)
+    written = upsert_users(conn, fresh, overwrite=True)
+    upsert_users(conn, kept, overwrite=True)
+    return Upserted(written.inserted, written.updated, kept=len(kept), erased=len(erased))
+
+
+@database_operation("backfillLegacySavedSearches")
+def backfill_saved_searches(
+    conn: Conn, rows: Sequence[dict[str, Any]], *, overwrite: bool = True
+) -> Upserted:
+    """The backfill's write of a batch of saved searches (`overwrite` is ignored: always
+    True). Locked first; a search whose Postgres state is the newer one (a later `updatedAt`,
+    or a mirror to Redis still owed: a change, or a deletion, Redis has not seen yet) is left
+    as Postgres has it, deleted ones stay deleted. The rest are upserted."""
+    del overwrite
+    if not rows:
+        return Upserted()
+    current = {
+        row["id"]: dict(row)
+        for row in conn.session.execute(
+            select(_SEARCHES.c.id, _SEARCHES.c.updatedAt)
+            .where(_SEARCHES.c.id.in_([row["id"] for row in rows]))
+            .with_for_update()
+        ).mappings()
+    }
+    owed = _pending(conn, [legacy_keys.saved_search(row["userId"], row["id"]) for row in rows])
+    fresh = [
+        row
+        for row in rows
+        if legacy_keys.saved_search(row["userId"], row["id"]) not in owed
+        and not _newer_in_postgres(current.get(row["id"]), row)
+    ]
+    written = upsert_saved_searches(conn, fresh, overwrite=True)
+    return Upserted(written.inserted, written.updated, kept=len(rows) - len(fresh))

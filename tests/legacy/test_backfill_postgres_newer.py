@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from upstash_redis import Redis
 
-from devkit.legacy import backfill, verify
+from devkit.legacy import Tally, backfill, verify
 from devkit.upstash_emulator import UpstashEmulator
 from shared.legacy import keys
 from tests.support.legacy import (
@@ -62,6 +62,136 @@ def _seed(client: Redis, user_id: str, searches: int = 0) -> list[str]:
     w.set(keys.trial_usage(user_id, CREATED), "7")
     w.flush()
     return ids
+
+
+def test_a_paid_upgrade_whose_mirror_is_owed_survives_a_re_run(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """Finding 1: Stripe's webhook upgraded the user while Redis was down."""
+    _seed(redis_client, "payer")
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    _sql(
+        direct_database_url,
+        "UPDATE users SET tier = 'PRO', \"stripeCustomerId\" = 'cus_p', "
+        "\"stripeSubscriptionId\" = 'sub_p', \"subscriptionStatus\" = 'active', "
+        "\"updatedAt\" = %s WHERE id = 'payer'",
+        NOW.replace(tzinfo=None),
+    )
+    _owe(direct_database_url, keys.user("payer"), "user", "payer")
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert _sql(
+        direct_database_url,
+        'SELECT tier::text, "stripeCustomerId", "subscriptionStatus" FROM users',
+    ) == [("PRO", "cus_p", "active")]
+    assert again.quarantined == []
+    assert again.users == Tally(kept=1)
+
+
+def test_a_pending_mirror_alone_keeps_the_row(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """Even with an `updatedAt` no later than the record's, an owed mirror means Postgres's
+    state is the one Redis must receive, not the other way round."""
+    _seed(redis_client, "owed")
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    _sql(direct_database_url, "UPDATE users SET \"subscriptionStatus\" = 'active'")
+    _owe(direct_database_url, keys.user("owed"), "user", "owed")
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert _sql(direct_database_url, 'SELECT "subscriptionStatus" FROM users') == [("active",)]
+    assert again.users == Tally(kept=1)
+
+
+def test_a_newer_postgres_row_keeps_its_columns_but_learns_the_counters(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """Postgres mode: a change made through the API (later `updatedAt`, no mirror) is kept;
+    the TypeScript app's increments (which never touch its record) still raise the count; a
+    second run writes nothing."""
+    _seed(redis_client, "renamed")
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    _sql(
+        direct_database_url,
+        "UPDATE users SET email = 'new@example.com', \"updatedAt\" = %s",
+        NOW.replace(tzinfo=None),
+    )
+    redis_client.set(keys.trial_usage("renamed", CREATED), "12")
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert _sql(
+        direct_database_url,
+        'SELECT email, "keywordSearchesTotal", "keywordSearchesThisMonth" FROM users',
+    ) == [("new@example.com", 12, 12)]
+    assert again.users == Tally(kept=1)
+    before = _sql(direct_database_url, "SELECT xmin::text FROM users")
+    assert backfill(redis_client, report_path=tmp_path / "3.json", now=NOW).users == Tally(kept=1)
+    assert _sql(direct_database_url, "SELECT xmin::text FROM users") == before
+
+
+def test_a_renamed_or_deleted_search_is_not_reverted(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """A rename (later `updatedAt`) and a deletion whose Redis mirror is owed stay as they are."""
+    renamed, deleted, untouched = _seed(redis_client, "searcher", searches=3)
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    _sql(
+        direct_database_url,
+        "UPDATE saved_searches SET name = 'new name', \"updatedAt\" = %s WHERE id = %s",
+        NOW.replace(tzinfo=None),
+        renamed,
+    )
+    _sql(direct_database_url, "DELETE FROM saved_searches WHERE id = %s", deleted)
+    _owe(direct_database_url, keys.saved_search("searcher", deleted), "saved_search", "searcher")
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert sorted(_sql(direct_database_url, "SELECT id, name FROM saved_searches")) == sorted(
+        [(renamed, "new name"), (untouched, "old name")]
+    )
+    assert again.saved_searches == Tally(unchanged=1, kept=2)
+
+
+def test_an_erasure_redis_has_not_seen_is_not_undone(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """Finding 2: erased while Redis was down. The backfill imports nothing of the identity
+    (counted as erased), verify is not clean while the keys remain, and repair deletes them."""
+    from shared import accounts, db
+    from shared.legacy import bridge
+
+    _seed(redis_client, "gone", searches=2)
+    _seed(redis_client, "stays")
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+
+    def erase(conn: db.Conn) -> None:
+        accounts.erase(conn, "gone")
+        bridge.mark_erasure(conn, "gone")  # what dual mode commits with the erasure
+
+    db.transaction(erase)
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert _sql(direct_database_url, "SELECT id FROM users") == [("stays",)]
+    assert _sql(direct_database_url, "SELECT count(*) FROM saved_searches") == [(0,)]
+    assert again.quarantined == []
+    assert again.users == Tally(unchanged=1, erased=1)
+    assert again.saved_searches == Tally(erased=2)
+    assert verify(redis_client, now=NOW) != []  # the erased person's keys are still there
+
+    summary = bridge.repair_pending(redis_client)
+    assert (summary.repaired, summary.remaining) == (1, 0)
+    assert [k for k in scan_all(redis_client) if "gone" in k] == []
+    assert verify(redis_client, now=NOW) == []
+
+
+def test_a_tombstone_alone_keeps_the_identity_out(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """An erasure made with no Redis configured (postgres mode) owes nothing to Redis, but
+    its tombstone still says the identity is erased: a later backfill does not import it."""
+    from shared import accounts, db
+
+    _seed(redis_client, "tomb", searches=1)
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    db.transaction(lambda conn: accounts.erase(conn, "tomb"))
+    _sql(direct_database_url, "DELETE FROM legacy_repairs")
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert _sql(direct_database_url, "SELECT count(*) FROM users") == [(0,)]
+    assert (again.users, again.saved_searches) == (Tally(erased=1), Tally(erased=1))
 
 
 def test_repair_deletes_an_owed_erasure_even_when_the_row_came_back(
