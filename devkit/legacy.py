@@ -789,19 +789,32 @@ def _only_in_postgres(client: Redis, batch_size: int) -> Iterator[Difference]:
 
 
 def reattach(client: Redis, user_ids: Sequence[str]) -> int:
-    """Reattach each user (`shared.legacy.bridge.reattach_user`) and print what happened; 1 when
-    Redis has no record of one of them."""
+    """Reattach each user (`shared.legacy.bridge.reattach_user`) and print one line for each;
+    1 when one of them was not reattached. A user whose Stripe customer or subscription id
+    another row holds is refused, as the backfill quarantines it (the ids are never dropped
+    silently: billing follows them); an unreadable record is refused with the reason. Either
+    way the remaining ids are still processed."""
     from shared.legacy import bridge
 
-    missing = 0
+    failed = 0
     for user_id in user_ids:
-        inserted = bridge.reattach_user(client, user_id)
+        key = keys.user(user_id)
+        try:
+            inserted = bridge.reattach_user(client, user_id)
+        except IntegrityError as error:
+            failed += 1
+            print(f"{key}: not reattached: {_refusal(error)[1]}")
+            continue
+        except LegacyRecordError as error:
+            failed += 1
+            print(f"{key}: not reattached: unreadable record: {error.reason}")
+            continue
         if inserted is None:
-            missing += 1
-            print(f"{keys.user(user_id)}: no such record in Redis")
+            failed += 1
+            print(f"{key}: no such record in Redis")
         else:
-            print(f"{keys.user(user_id)}: reattached, {inserted} saved search(es) imported")
-    return 1 if missing else 0
+            print(f"{key}: reattached, {inserted} saved search(es) imported")
+    return 1 if failed else 0
 
 
 def _redis_from_env() -> Redis:
@@ -830,7 +843,7 @@ def _database_from_env() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m devkit.legacy backfill|verify|repair|reattach`; the exit status says whether
-    all is well (verify: no differences; repair: nothing left; reattach: every user found)."""
+    all is well (verify: no differences; repair: nothing left; reattach: every user reattached)."""
     parser = argparse.ArgumentParser(prog="python -m devkit.legacy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("backfill", help="copy legacy Redis records into Postgres")

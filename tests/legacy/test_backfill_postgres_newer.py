@@ -5,6 +5,7 @@ outcome of the report, and `repair` still deletes what an erasure owes."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -216,3 +217,35 @@ def test_repair_deletes_an_owed_erasure_even_when_the_row_came_back(
     assert [k for k in scan_all(redis_client) if "back" in k] == []
     differences = [str(d) for d in verify(redis_client, now=NOW)]
     assert 'user:back row: redis="missing" postgres="present"' in differences
+
+
+def test_reattach_refuses_a_stripe_conflict_in_one_line_and_goes_on(
+    redis_client: Redis,
+    db_env: str,
+    direct_database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Finding 6: a Stripe id another row holds is refused as the backfill quarantines it,
+    the next ids are still reattached, and the exit status says one failed."""
+    from devkit.legacy import reattach
+
+    w = Writer(redis_client)
+    write_user(w, user_record("st1", "st1@example.com", created=CREATED, tier="pro",
+                              customer="cus_SAME", subscription="sub_1"))  # fmt: skip
+    w.flush()
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    w = Writer(redis_client)  # the conflicts, written after: the index keys stay st1's
+    w.set(keys.user("st4"), json.dumps(user_record("st4", "st4@example.com", created=CREATED,
+          tier="pro", customer="cus_SAME", subscription="sub_4")))  # fmt: skip
+    w.set(keys.user("caseF"), json.dumps(user_record("caseF", "ST1@example.com", created=CREATED)))
+    w.flush()
+    assert reattach(redis_client, ["st4", "caseF"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "user:st4: not reattached: another user has this Stripe customer id",
+        "user:caseF: reattached, 0 saved search(es) imported",
+    ]
+    assert sorted(_sql(direct_database_url, 'SELECT id, "stripeCustomerId" FROM users')) == [
+        ("caseF", None),
+        ("st1", "cus_SAME"),
+    ]
