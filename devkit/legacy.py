@@ -386,23 +386,34 @@ def _unclaimed(
     """Rows whose email (case-insensitively) and Stripe ids no other row of the batch or of
     Postgres holds; the rest by id with the reason.
 
-    Emails that differ only in case are decided by the original's own truth, the `email:`
-    index: a user whose address the index gives to another existing user is refused wherever
-    SCAN meets it. Without such an index key, the first of a batch wins, as SCAN met it.
+    Emails that differ only in case, and a Stripe customer two records name, are decided by
+    the original's own truth, the `email:` and `stripe:` index keys: a user whose address or
+    customer the index gives to another existing user is refused wherever SCAN meets it.
+    Without such an index key, the first of a batch wins, as SCAN met it.
     """
-    owners = store.read_values(client, [keys.email(row["email"]) for row in rows])
-    others = sorted(
-        {o for row, o in zip(rows, owners, strict=True) if isinstance(o, str) and o != row["id"]}
-    )
+    lookups = [(row["id"], keys.email(row["email"]), "address") for row in rows] + [
+        (row["id"], keys.stripe(row["stripeCustomerId"]), "Stripe customer id")
+        for row in rows
+        if row["stripeCustomerId"]
+    ]
+    owners = store.read_values(client, [name for _, name, _ in lookups])
+    named = [
+        (user_id, name, what, owner)
+        for (user_id, name, what), owner in zip(lookups, owners, strict=True)
+        if isinstance(owner, str) and owner != user_id
+    ]
+    others = sorted({owner for *_, owner in named})
     pipe = client.pipeline()
     for other in others:
         pipe.exists(keys.user(other))
     alive = {o for o, n in zip(others, pipe.exec() if others else [], strict=True) if n}
-    refused: dict[str, str] = {
-        row["id"]: f"the email: index key of its address names {keys.user(str(owner))}"
-        for row, owner in zip(rows, owners, strict=True)
-        if owner in alive and owner != row["id"]
-    }
+    refused: dict[str, str] = {}
+    for user_id, name, what, owner in named:
+        if owner in alive:
+            index = name.split(":", 1)[0]
+            refused.setdefault(
+                user_id, f"the {index}: index key of its {what} names {keys.user(owner)}"
+            )
     claimed: dict[tuple[str, str], str] = {}
     for row in rows:
         if row["id"] in refused:

@@ -249,3 +249,29 @@ def test_reattach_refuses_a_stripe_conflict_in_one_line_and_goes_on(
         ("caseF", None),
         ("st1", "cus_SAME"),
     ]
+
+
+@pytest.mark.parametrize("owner", ["st_a", "st_b"])
+def test_the_stripe_index_decides_who_keeps_a_shared_customer(
+    owner: str, redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """Finding 10: two records on one customer; `stripe:{cus}` (the original's answer to
+    "whose customer is this") decides, whatever order SCAN meets them in."""
+    w = Writer(redis_client)
+    for user_id in ("st_a", "st_b"):
+        write_user(w, user_record(user_id, f"{user_id}@example.com", created=CREATED,
+                                  tier="pro", customer="cus_SHARED"))  # fmt: skip
+    w.set(keys.stripe("cus_SHARED"), owner)
+    w.flush()
+    report = backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    assert _sql(
+        direct_database_url, 'SELECT id FROM users WHERE "stripeCustomerId" = %s', "cus_SHARED"
+    ) == [(owner,)]
+    other = "st_b" if owner == "st_a" else "st_a"
+    assert [(q.key, q.kind, q.reason) for q in report.quarantined] == [
+        (
+            keys.user(other),
+            "conflict",
+            f"the stripe: index key of its Stripe customer id names user:{owner}",
+        )
+    ]
