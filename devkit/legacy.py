@@ -434,12 +434,51 @@ def _unclaimed(
     return [row for row in candidates if row["id"] not in taken], refused
 
 
+def _handovers(
+    client: Redis, refused: Sequence[_User], reasons: dict[str, str]
+) -> dict[str, tuple[str, str]]:
+    """Refused users whose address Postgres gives another user although the original moved it
+    to them: the `email:` index names them, and the holder's own record (in Redis, readable,
+    its Postgres row not the newer state) holds another address now (a swap, or a handover).
+    By id: (holder, lower-cased email) for `legacy_import.backfill_users` to release first."""
+    candidates = [u for u in refused if reasons[u.record.clerkUserId].endswith("this email")]
+    if not candidates:
+        return {}
+    owners = store.read_values(client, [keys.email(u.record.email) for u in candidates])
+    named = [u for u, o in zip(candidates, owners, strict=True) if o == u.record.clerkUserId]
+    rows = [{"id": u.record.clerkUserId, "email": u.record.email} for u in named]
+    holders = db.run(lambda conn: legacy_import.email_holders(conn, rows), idempotent=True)
+    names = [keys.user(h["id"]) for h in holders.values()]
+    records = dict(zip(names, store.read_values(client, names), strict=True))
+    handed: dict[str, tuple[str, str]] = {}
+    for user in named:
+        holder = holders.get(user.record.clerkUserId)
+        raw = None if holder is None else records.get(keys.user(holder["id"]))
+        if holder is None or holder["owed"] or not isinstance(raw, str):
+            continue
+        try:
+            theirs = parse_user(keys.user(holder["id"]), raw)
+        except LegacyRecordError:
+            continue
+        email = user.record.email.lower()
+        moved = theirs.email.lower() != email
+        if moved and not legacy_import.newer_than(holder["updatedAt"], theirs.updatedAt):
+            handed[user.record.clerkUserId] = (holder["id"], email)
+    return handed
+
+
 def _backfill_users(
     client: Redis, names: Sequence[str], report: BackfillReport, now: datetime
 ) -> int:
     found = _read_users(client, names, now, report)
     rows, refused = _unclaimed(client, [user_row(u.record, u.counters, now) for u in found])
-    written, raced = _write(legacy_import.backfill_users, rows)
+    handed = _handovers(client, [u for u in found if u.record.clerkUserId in refused], refused)
+    rows += [user_row(u.record, u.counters, now) for u in found if u.record.clerkUserId in handed]
+    for user_id in handed:
+        del refused[user_id]
+    releases = sorted({(holder, email) for holder, email in handed.values()})
+    writer = functools.partial(legacy_import.backfill_users, releases=releases)
+    written, raced = _write(writer, rows)
     for user_id, reason in refused.items():
         report.quarantine(keys.user(user_id), "conflict", reason)
     for user_id, kind, reason in raced:

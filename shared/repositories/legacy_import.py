@@ -29,7 +29,7 @@ from shared.models.legacy import LegacyRepair
 from shared.models.saved_searches import SavedSearch
 from shared.models.tombstones import AccountTombstone
 from shared.models.users import User
-from shared.repositories import tombstones
+from shared.repositories import tombstones, users
 from shared.telemetry import database_operation
 
 _USERS: Table = User.__table__  # type: ignore[assignment]
@@ -319,9 +319,40 @@ def _same_counter(current: dict[str, Any], row: dict[str, Any]) -> bool:
     return same_tier and _ms(current["monthlyResetAt"]) >= _ms(row["monthlyResetAt"])
 
 
+@database_operation("findEmailHolders")
+def email_holders(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each row (by id), the other user holding its email (compared case-insensitively),
+    with that holder's `id` and `updatedAt`, and `owed`: a mirror of the holder is pending."""
+    emails = {row["email"].lower(): row["id"] for row in rows}
+    if not emails:
+        return {}
+    c = _USERS.c
+    statement = select(func.lower(c.email), c.id, c.updatedAt).where(
+        func.lower(c.email).in_(list(emails))
+    )
+    found = {
+        emails[email]: {"id": holder, "updatedAt": updated}
+        for email, holder, updated in conn.session.execute(statement)
+        if emails[email] != holder
+    }
+    owed = _pending(conn, [legacy_keys.user(h["id"]) for h in found.values()])
+    for holder in found.values():
+        holder["owed"] = legacy_keys.user(holder["id"]) in owed
+    return found
+
+
+def newer_than(current: datetime, legacy: datetime) -> bool:
+    """Whether a Postgres `updatedAt` is later than a legacy record's (to the millisecond)."""
+    return _ms(current) > _ms(legacy)
+
+
 @database_operation("backfillLegacyUsers")
 def backfill_users(
-    conn: Conn, rows: Sequence[dict[str, Any]], *, overwrite: bool = True
+    conn: Conn,
+    rows: Sequence[dict[str, Any]],
+    *,
+    overwrite: bool = True,
+    releases: Sequence[tuple[str, str]] = (),
 ) -> Upserted:
     """The backfill's write of a batch of users (`overwrite` is ignored: always True).
 
@@ -329,10 +360,22 @@ def backfill_users(
     A row whose Postgres state is the newer one (its `updatedAt` is later than the record's,
     or a mirror of it to Redis is still owed in `legacy_repairs`) keeps every column; only the
     usage counters may grow from the legacy ones (the TypeScript app's increments never
-    change its record's `updatedAt`). The rest are upserted as `upsert_users` does."""
+    change its record's `updatedAt`). The rest are upserted as `upsert_users` does.
+
+    `releases`, (holder id, lower-cased email): first, in the same transaction, each holder
+    gives up that address for its placeholder (its `updatedAt` unchanged, so its own record,
+    which the original moved to another address, is still copied): an email handover or swap
+    the `email:` index decided converges in one run."""
     del overwrite
     if not rows:
         return Upserted()
+    c = _USERS.c
+    for holder, email in releases:
+        conn.session.execute(
+            _USERS.update()
+            .where(c.id == holder, func.lower(c.email) == email)
+            .values(email=users.placeholder_email(holder))
+        )
     ids = [row["id"] for row in rows]
     current = {
         row["id"]: dict(row)

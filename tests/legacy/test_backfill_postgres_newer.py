@@ -17,6 +17,7 @@ from upstash_redis import Redis
 
 from devkit.legacy import Tally, backfill, verify
 from devkit.upstash_emulator import UpstashEmulator
+from shared.clock import iso_ms
 from shared.legacy import keys
 from tests.support.legacy import (
     Writer,
@@ -275,3 +276,40 @@ def test_the_stripe_index_decides_who_keeps_a_shared_customer(
             f"the stripe: index key of its Stripe customer id names user:{owner}",
         )
     ]
+
+
+def test_an_email_swap_and_a_handover_converge_in_one_run(
+    redis_client: Redis, db_env: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """Finding 9: the TypeScript app swapped two users' addresses, and gave a third user's
+    old address to a new user (index keys moved with them): one re-run follows the `email:`
+    index, a second writes nothing."""
+    w = Writer(redis_client)
+    for user_id in ("sw_a", "sw_b", "mover"):
+        write_user(w, user_record(user_id, f"{user_id}@example.com", created=CREATED))
+    w.flush()
+    backfill(redis_client, report_path=tmp_path / "1.json", now=NOW)
+    later = NOW - timedelta(hours=1)
+    w = Writer(redis_client)
+    for user_id, email in (
+        ("sw_a", "sw_b@example.com"),
+        ("sw_b", "sw_a@example.com"),
+        ("mover", "moved@example.com"),
+        ("aaa_new", "mover@example.com"),
+    ):
+        record = user_record(user_id, email, created=CREATED)
+        record["updatedAt"] = iso_ms(later)
+        write_user(w, record)
+    w.flush()
+    again = backfill(redis_client, report_path=tmp_path / "2.json", now=NOW)
+    assert sorted(_sql(direct_database_url, "SELECT id, email FROM users")) == [
+        ("aaa_new", "mover@example.com"),
+        ("mover", "moved@example.com"),
+        ("sw_a", "sw_b@example.com"),
+        ("sw_b", "sw_a@example.com"),
+    ]
+    assert again.quarantined == []
+    assert again.users == Tally(inserted=1, updated=3)
+    third = backfill(redis_client, report_path=tmp_path / "3.json", now=NOW)
+    assert third.users == Tally(unchanged=4)
+    assert verify(redis_client, now=NOW) == []
