@@ -840,10 +840,9 @@ def _only_in_postgres(client: Redis, batch_size: int) -> Iterator[Difference]:
 
 def reattach(client: Redis, user_ids: Sequence[str]) -> int:
     """Reattach each user (`shared.legacy.bridge.reattach_user`) and print one line for each;
-    1 when one of them was not reattached. A user whose Stripe customer or subscription id
-    another row holds is refused, as the backfill quarantines it (the ids are never dropped
-    silently: billing follows them); an unreadable record is refused with the reason. Either
-    way the remaining ids are still processed."""
+    1 when one of them was not reattached. Ids another row holds are left out by
+    `reattach_user` itself; one taken meanwhile (the unique index) or an unreadable record
+    refuses that user with the reason. Either way the remaining ids are still processed."""
     from shared.legacy import bridge
 
     failed = 0
