@@ -77,6 +77,22 @@ def is_users_rate_limit(key: str, user_id: str) -> bool:
     return len(parts) == 3 and key == rate_limit(parts[1], signed_in(user_id))
 
 
+_ITEM_PREFIXES = ("saved-search", "usage", "trial-usage")
+
+
+def is_users_item(key: str, user_id: str) -> bool:
+    """Whether `key` is one of `user_id`'s saved searches or usage counters:
+    `{prefix}:{user_id}:{suffix}` with a suffix (a search id, a month, a date) that holds no
+    colon. Legacy ids may contain colons, so a mere prefix match would also take the keys of
+    user `{user_id}:anything`."""
+    for prefix in _ITEM_PREFIXES:
+        head = f"{prefix}:{user_id}:"
+        if key.startswith(head):
+            suffix = key[len(head) :]
+            return bool(suffix) and ":" not in suffix
+    return False
+
+
 def saved_searches(user_id: str) -> str:
     """The set of a user's saved-search ids (no TTL in the original)."""
     return f"{_INDEX_PREFIX}{user_id}"

@@ -413,7 +413,8 @@ def erase_user_keys(
     Covers `user:`, `lock:user:`, `saved-searches:`, every `saved-search:{uid}:*`, `usage:{uid}:*`
     and `trial-usage:{uid}:*`, and this port's per-user rate-limit counters
     `rate:{endpoint}:u:{uid}` (all found with one SCAN, since dates, unindexed items and endpoints
-    cannot be derived), and the `email:`/`stripe:` index keys for the given identifiers and for
+    cannot be derived; anchored, so user `a`'s erasure leaves user `a:b`'s keys alone), and the
+    `email:`/`stripe:` index keys for the given identifiers and for
     those in the stored record, but only where they point at this user. Safe to repeat.
     """
     stored_email, stored_customer = _stored_identifiers(client, user_id)
@@ -421,14 +422,11 @@ def erase_user_keys(
         {keys.email(e) for e in (email, stored_email) if e}
         | {keys.stripe(c) for c in (stripe_customer_id, stored_customer) if c}
     )
-    owned_prefixes = tuple(
-        f"{prefix}:{user_id}:" for prefix in ("saved-search", "usage", "trial-usage")
-    )
     doomed = {keys.user(user_id), keys.lock(user_id), keys.saved_searches(user_id)}
     doomed.update(
         k
         for k in _scan(client, f"*:{keys.glob_escape(user_id)}*")
-        if k.startswith(owned_prefixes) or keys.is_users_rate_limit(k, user_id)
+        if keys.is_users_item(k, user_id) or keys.is_users_rate_limit(k, user_id)
     )
     doomed.update(_pointing_at(client, index_keys, user_id))
     # The user record goes last: if a chunk fails, a retry still finds the stored identifiers.

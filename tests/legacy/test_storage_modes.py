@@ -752,6 +752,26 @@ def test_an_erased_user_whose_legacy_keys_linger_is_not_reattached(
     assert stores.sql("SELECT email FROM users WHERE id = %s", uid) == [(f"{uid}@keyflash.local",)]
 
 
+def test_erasure_leaves_the_keys_of_an_id_that_extends_the_erased_one(stores: Stores) -> None:
+    from shared import storage
+
+    uid = new_user()
+    neighbour = f"{uid}:victim"  # legacy ids may contain colons (the backfill accepts them)
+    now = utcnow()
+    for who in (uid, neighbour):
+        seed_legacy_user(stores, who, searches=1)
+        stores.redis.set(keys.trial_usage(who, now), "9")
+        stores.redis.set(keys.usage(who, now), "4")
+    before = set(stores.redis.scan(0, match=f"*{neighbour}*", count=10_000)[1])
+    assert len(before) == 6  # user:, saved-searches:, saved-search:, two counters, email:
+
+    assert storage.erase_legacy_user(uid, None, None) is True
+
+    assert set(stores.redis.scan(0, match=f"*{neighbour}*", count=10_000)[1]) == before
+    left = set(stores.redis.scan(0, match=f"*{uid}*", count=10_000)[1]) - before
+    assert left == set()
+
+
 def test_mirror_user_moves_the_index_keys_with_the_row(stores: Stores) -> None:
     from shared import storage
 
