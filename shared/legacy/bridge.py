@@ -431,21 +431,22 @@ def _apply_owed(conn: Conn, user_id: str, client: Redis) -> bool | None:
         legacy_repairs.fail_deltas(conn, [d.id for d in owed], reason)
         log_event("legacy_usage_failed", level=logging.WARNING, reason=reason)
         return False
-    applied = [d for d, value in zip(owed, values, strict=True) if value is not None]
-    unreadable = [d for d, value in zip(owed, values, strict=True) if value is None]
+    applied = [d for d, value in zip(owed, values, strict=True) if isinstance(value, int)]
     legacy_repairs.clear_deltas(conn, [d.id for d in applied])
-    if unreadable:
-        reason = "legacy key left untouched: usage counter is not a whole number"
-        legacy_repairs.fail_deltas(conn, [d.id for d in unreadable], reason)
-        for delta in unreadable:
+    refused = False
+    for delta, value in zip(owed, values, strict=True):
+        if isinstance(value, str):
+            refused = True
+            reason = f"legacy key left untouched: {value}"
+            legacy_repairs.fail_deltas(conn, [delta.id], reason)
             log_event("legacy_usage_failed", level=logging.WARNING, key=delta.key, reason=reason)
     current, _ = mapping.counter_target(user, now)
     learned = [value for d, value in zip(owed, values, strict=True) if d.key == current]
-    if learned and learned[-1] is not None:
+    if learned and isinstance(learned[-1], int):
         legacy_import.learn_counter(
             conn, user_id, learned[-1], trial=user.tier is UserTier.FREE, now=now
         )
-    return not unreadable
+    return not refused
 
 
 def mirror_user(user_id: str) -> None:

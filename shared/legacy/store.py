@@ -24,6 +24,7 @@ from upstash_redis.errors import UpstashError
 
 from shared.legacy import keys
 from shared.legacy.mapping import (
+    COUNTER_MAX,
     Counters,
     counter_keys,
     keeps_stored_email,
@@ -331,19 +332,24 @@ def write_user(client: Redis, user: User) -> None:
 
 
 # Apply owed deltas once each: KEYS come in pairs (counter, once-only marker), ARGV in pairs
-# (delta, ttl). A counter that is not a whole number (or not a string) is left alone and -1
-# stands in its place; for the others the counter's value after the delta is returned, also
-# when the marker says it was applied before (a replay).
+# (delta, ttl), then the marker's TTL and the largest value a Postgres integer holds. A counter
+# that is not a whole number (or not a string) is left alone and -1 stands in its place; one
+# that the delta would take (or that already is) past that largest value is left alone too, -2;
+# for the others the counter's value after the delta is returned, also when the marker says it
+# was applied before (a replay).
 _APPLY_DELTAS = """
 local out = {}
+local largest = tonumber(ARGV[#ARGV])
 for i = 1, #KEYS / 2 do
   local counter, marker = KEYS[2 * i - 1], KEYS[2 * i]
   local kind = redis.call('TYPE', counter).ok
   local value = redis.call('GET', counter)
   if kind ~= 'none' and (kind ~= 'string' or not string.match(value, '^%d+$')) then
     out[i] = -1
+  elseif tonumber(value or '0') + tonumber(ARGV[2 * i - 1]) > largest then
+    out[i] = -2
   else
-    if redis.call('SET', marker, '1', 'NX', 'EX', tonumber(ARGV[#ARGV])) then
+    if redis.call('SET', marker, '1', 'NX', 'EX', tonumber(ARGV[#ARGV - 1])) then
       local now = redis.call('INCRBY', counter, tonumber(ARGV[2 * i - 1]))
       if now < 0 then redis.call('SET', counter, '0') end
       redis.call('EXPIRE', counter, tonumber(ARGV[2 * i]))
@@ -355,11 +361,18 @@ return out
 """
 
 
+NOT_WHOLE = "usage counter is not a whole number"
+TOO_LARGE = f"usage counter would be larger than {COUNTER_MAX}"
+_REFUSALS = {-1: NOT_WHOLE, -2: TOO_LARGE}
+
+
 @redis_call
-def apply_deltas(client: Redis, deltas: Sequence[tuple[str, str, int, int]]) -> list[int | None]:
+def apply_deltas(client: Redis, deltas: Sequence[tuple[str, str, int, int]]) -> list[int | str]:
     """INCRBY each (delta id, counter key, delta, ttl) once, in one script: replaying an
-    applied delta changes nothing. The counters' values afterwards; None for a counter that
-    holds something other than a whole number (left untouched, the delta stays owed)."""
+    applied delta changes nothing. The counters' values afterwards; in place of a counter left
+    untouched (the delta stays owed), why: it holds something other than a whole number
+    (`NOT_WHOLE`), or the delta would take it past what Postgres's counter can hold
+    (`TOO_LARGE`: the original's counter is already unlike anything we count)."""
     if not deltas:
         return []
     names: list[str] = []
@@ -367,8 +380,10 @@ def apply_deltas(client: Redis, deltas: Sequence[tuple[str, str, int, int]]) -> 
     for delta_id, key, delta, ttl in deltas:
         names += [key, f"legacy-delta:{delta_id}"]
         args += [str(delta), str(ttl)]
-    values = client.eval(_APPLY_DELTAS, keys=names, args=[*args, str(DELTA_MARKER_TTL_S)])
-    return [None if value == -1 else int(value) for value in values]
+    values = client.eval(
+        _APPLY_DELTAS, keys=names, args=[*args, str(DELTA_MARKER_TTL_S), str(COUNTER_MAX)]
+    )
+    return [_REFUSALS.get(int(value), int(value)) for value in values]
 
 
 def _pointing_at(client: Redis, index_keys: list[str], user_id: str) -> list[str]:

@@ -491,6 +491,45 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
     assert bridge.pending_repairs() == 0
 
 
+def test_a_legacy_counter_too_large_for_postgres_stays_owed_and_the_search_still_answers(
+    app: Caller,
+    original: redis.Redis,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.legacy import bridge
+
+    mode(monkeypatch, "dual")
+    uid, clean = new_user(), new_user()
+    counter = seed_pro(original, uid, 99_999_999_999)  # the backfill quarantines this counter
+    clean_counter = seed_pro(original, clean, 10)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported, used 0
+    assert app("searches", "GET", "/api/searches", user=clean).status == 200
+
+    keyword_search(app, uid, 1)  # 200, with results and history: not a 500 after charging
+    assert sql(
+        direct_database_url, 'SELECT count(*) FROM search_history WHERE "userId" = %s', uid
+    ) == [(1,)]
+    assert original.get(counter) == b"99999999999"  # left untouched
+    reason = "legacy key left untouched: usage counter would be larger than 2147483647"
+    owed = 'SELECT "userId", delta, error FROM legacy_counter_deltas ORDER BY "userId"'
+    assert sql(direct_database_url, owed) == [(uid, 2, reason)]
+
+    # Another user's delta owed too (written while Redis was away): the repair run records the
+    # bad counter's reason again and goes on to it.
+    sql(
+        direct_database_url,
+        'INSERT INTO legacy_counter_deltas (id, key, "userId", delta, "expiresAt", "createdAt", '
+        '"updatedAt") VALUES (%s, %s, %s, 5, %s, now(), now() + interval \'1 minute\')',
+        str(uuid.uuid4()), clean_counter, clean, next_month_start(utcnow()).replace(tzinfo=None),
+    )  # fmt: skip
+    summary = bridge.repair_pending()
+    assert (summary.repaired, summary.failed, summary.remaining) == (1, 1, 1)
+    assert original.get(clean_counter) == b"15"
+    assert sql(direct_database_url, owed) == [(uid, 2, reason)]
+    assert original.get(counter) == b"99999999999"
+
+
 @pytest.mark.parametrize("name", ["dual", "fallback"])
 def test_the_reconcile_cron_gives_back_to_both_stores_while_the_original_app_counts(
     app: Caller,
