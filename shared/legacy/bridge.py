@@ -39,7 +39,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from upstash_redis import Redis
@@ -412,7 +412,12 @@ def mirror_usage(user_id: str) -> None:
 
 def _apply_owed(conn: Conn, user_id: str, client: Redis) -> bool | None:
     """True: every owed delta of the user was applied. False: Redis failed or a counter was
-    unreadable; those stay owed with the reason. None: nothing owed (or in use elsewhere)."""
+    unreadable; those stay owed with the reason. None: nothing owed (or in use elsewhere).
+
+    The user's row is locked (key share) before the deltas, as an erasure locks them: the
+    erasure deletes the deltas while holding the row, so taking the deltas first and the row
+    last (to learn the counter) deadlocked with it."""
+    legacy_repairs.hold_user(conn, user_id)
     owed = legacy_repairs.lock_deltas(conn, user_id)
     if not owed:
         return None
@@ -519,9 +524,7 @@ def update_search(
     was, in Redis)."""
     key = keys.saved_search(user_id, search_id)
 
-    def work(conn: Conn, imported: dict[str, Any] | None) -> SavedSearch | None:
-        if imported is not None:
-            legacy_import.upsert_saved_searches(conn, [imported], overwrite=False)
+    def work(conn: Conn) -> SavedSearch | None:
         updated = saved_searches.update_search(
             conn, user_id, search_id, name=name, description=description
         )
@@ -529,19 +532,32 @@ def update_search(
             legacy_repairs.mark(conn, key, "saved_search", user_id)
         return updated
 
-    updated = db.transaction(lambda conn: work(conn, None))
+    updated = db.transaction(work)
     if updated is None:  # maybe only the TypeScript app has it: import it, then update
         client = _client()
-        record = _from_redis(
-            lambda: store.read_saved_search(client, user_id, search_id), "saved search"
-        )
-        if record is None:
-            return None
-        try:
-            row = mapping.saved_search_row(storable(key, record))
-        except LegacyRecordError:
-            raise UnstorableSearchError(search_id) from None
-        updated = db.transaction(lambda conn: work(conn, row))
+
+        def import_then_work(conn: Conn) -> SavedSearch | None:
+            # The owner's row first (the erasure's order), and the legacy item read only
+            # after it, and after no erasure of this identity is pending: an item read before
+            # an erasure committed, or still in Redis after it, never reaches the account
+            # signing in again (the erasure's mark goes only once its keys are gone).
+            if not legacy_repairs.hold_user(conn, user_id):
+                return None
+            if legacy_repairs.erasure_pending(conn, keys.erasure(user_id)):
+                return None
+            record = _from_redis(
+                lambda: store.read_saved_search(client, user_id, search_id), "saved search"
+            )
+            if record is None:
+                return None
+            try:
+                row = mapping.saved_search_row(storable(key, record))
+            except LegacyRecordError:
+                raise UnstorableSearchError(search_id) from None
+            legacy_import.upsert_saved_searches(conn, [row], overwrite=False)
+            return work(conn)
+
+        updated = db.transaction(import_then_work)
     if updated is not None:
         _sync(key)
     return updated

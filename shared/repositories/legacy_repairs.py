@@ -22,6 +22,7 @@ from shared.db import Conn
 from shared.ids import new_uuid
 from shared.models.legacy import LegacyCounterDelta, LegacyRepair
 from shared.models.saved_searches import SavedSearch
+from shared.models.users import User
 from shared.telemetry import database_operation
 
 Kind = Literal["user", "saved_search", "erasure"]
@@ -55,6 +56,27 @@ def lock(conn: Conn, key: str, *, skip_locked: bool = False) -> LegacyRepair | N
         select(LegacyRepair).where(LegacyRepair.key == key).with_for_update(skip_locked=skip_locked)
     )
     return conn.session.scalars(statement).one_or_none()
+
+
+@database_operation("holdLegacyOwner")
+def hold_user(conn: Conn, user_id: str) -> bool:
+    """Lock the user's row `FOR KEY SHARE` until the transaction ends; False when there is no
+    row. Legacy work on a user takes this first, the order an erasure locks in (the user's row,
+    then their counter deltas and marks), so the two never deadlock: an erasure waits for it,
+    and work that waited for an erasure finds no row. It does not hold up a reservation (which
+    updates the row without touching its key)."""
+    statement = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+    return conn.session.execute(statement).first() is not None
+
+
+@database_operation("findPendingLegacyErasure")
+def erasure_pending(conn: Conn, key: str) -> bool:
+    """Whether the erasure mark `key` (`keys.erasure`) is still there: the erased identity's
+    legacy keys may still be in Redis, so nothing may be imported from them."""
+    return (
+        conn.session.execute(select(LegacyRepair.key).where(LegacyRepair.key == key)).first()
+        is not None
+    )
 
 
 @database_operation("clearLegacyRepair")

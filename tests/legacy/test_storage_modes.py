@@ -772,6 +772,127 @@ def test_erasure_leaves_the_keys_of_an_id_that_extends_the_erased_one(stores: St
     assert left == set()
 
 
+def _waits_on_a_lock(stores: Stores) -> bool:
+    """Whether a backend of this database is blocked on a lock another one holds."""
+    return (
+        stores.sql(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND cardinality(pg_blocking_pids(pid)) > 0"
+        )
+        != []
+    )
+
+
+def _in_thread(work: Any, failures: list[BaseException]) -> threading.Thread:
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # surfaced by the test
+            failures.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _hold_inside(stores: Stores, name: str) -> tuple[threading.Event, threading.Event]:
+    """Make `shared.legacy.store.<name>` stop until released, saying when it is reached: the
+    caller is then inside its transaction, with whatever locks it took before the call."""
+    from shared.legacy import store
+
+    reached, release = threading.Event(), threading.Event()
+    real = getattr(store, name)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    stores.monkeypatch.setattr(store, name, held)
+    return reached, release
+
+
+def test_an_erasure_racing_the_counter_mirror_waits_for_it_and_never_deadlocks(
+    stores: Stores,
+) -> None:
+    from devkit._host import wait_for
+    from shared import accounts, db, storage
+
+    stores.monkeypatch.setenv("DB_POOL_SIZE", "4")  # two transactions at once
+    stores.mode("dual")
+    uid = new_user()
+    seed_legacy_user(stores, uid, searches=1)
+    storage.provision_user(uid, f"{uid}@example.com")
+    count_usage(stores, uid, 3)  # a reservation's delta, owed to the legacy counter
+    reached, release = _hold_inside(stores, "apply_deltas")
+    failures: list[BaseException] = []
+
+    mirror = _in_thread(lambda: storage.mirror_usage(uid), failures)
+    assert reached.wait(60)  # the mirror holds what it locks before the INCRBY
+    erasure = _in_thread(lambda: db.transaction(lambda c: accounts.erase(c, uid)), failures)
+    assert wait_for(lambda: _waits_on_a_lock(stores), timeout=30)  # the erasure waits
+    release.set()
+    mirror.join(60)
+    erasure.join(60)
+
+    assert failures == []  # and no deadlock was retried (the autouse fixture)
+    assert stores.sql("SELECT id FROM users WHERE id = %s", uid) == []
+    assert stores.sql("SELECT count(*) FROM legacy_counter_deltas") == [(0,)]
+
+
+def test_no_legacy_search_of_an_erased_identity_is_imported_into_its_next_account(
+    stores: Stores,
+) -> None:
+    from shared import accounts, db, storage
+    from shared.repositories import users
+
+    stores.mode("dual")
+    uid = new_user()
+    [sid] = seed_legacy_user(stores, uid, searches=1)
+    storage.provision_user(uid, f"{uid}@example.com")
+    db.transaction(lambda c: accounts.erase(c, uid))  # committed; its Redis keys not gone yet
+    # A concurrent request of the same session provisions the next account meanwhile.
+    db.run(lambda c: users.get_or_create(c, uid, f"{uid}@example.com"), idempotent=True)
+
+    assert storage.update_search(uid, sid, name="after", description=None) is None
+    assert stores.sql("SELECT id FROM saved_searches") == []
+    assert storage.erase_legacy_user(uid, None, None) is True  # the erasure's own finish
+    assert stores.item(uid, sid) is None
+    assert storage.update_search(uid, sid, name="after", description=None) is None
+
+
+def test_an_erasure_racing_a_legacy_import_waits_for_it_and_then_takes_the_import_too(
+    stores: Stores,
+) -> None:
+    from devkit._host import wait_for
+    from shared import accounts, db, storage
+
+    stores.monkeypatch.setenv("DB_POOL_SIZE", "4")  # two transactions at once
+    stores.mode("dual")
+    uid = new_user()
+    [sid] = seed_legacy_user(stores, uid, searches=1)
+    storage.provision_user(uid, f"{uid}@example.com")
+    reached, release = _hold_inside(stores, "read_saved_search")
+    failures: list[BaseException] = []
+    renamed: list[Any] = []
+
+    rename = _in_thread(
+        lambda: renamed.append(storage.update_search(uid, sid, name="R", description=None)),
+        failures,
+    )
+    assert reached.wait(60)  # the import has locked the owner's row, and reads Redis now
+    erasure = _in_thread(lambda: db.transaction(lambda c: accounts.erase(c, uid)), failures)
+    assert wait_for(lambda: _waits_on_a_lock(stores), timeout=30)  # the erasure waits
+    release.set()
+    rename.join(60)
+    erasure.join(60)
+
+    assert failures == []
+    assert [s.name for s in renamed] == ["R"]  # it was the user's own rename, before erasure
+    assert stores.sql("SELECT id FROM saved_searches") == []  # and the erasure took it
+    assert stores.sql("SELECT id FROM users WHERE id = %s", uid) == []
+
+
 def test_mirror_user_moves_the_index_keys_with_the_row(stores: Stores) -> None:
     from shared import storage
 
