@@ -298,9 +298,17 @@ def _held_by_others(conn: Conn, row: dict[str, Any]) -> list[str]:
 
 def provision_user(user_id: str, email: str) -> None:
     """Dual/fallback sign-in: a user only Redis knows is imported (reattached when another
-    account holds the address); a new one gets a Postgres row, then a Redis record."""
+    account holds the address); a new one gets a Postgres row, then a Redis record. After an
+    erasure of the id whose Redis keys are still owed, the keys are deleted first."""
     now = utcnow()
     client = _client()
+    erasure = keys.erasure(user_id)
+    # The id was erased and its legacy keys are still in Redis: they go first, so nothing of
+    # the erased account is imported into the fresh one (Redis failing: 503, to be retried).
+    if db.run(
+        lambda conn: legacy_repairs.erasure_pending(conn, erasure), idempotent=True
+    ) and not erase_user(user_id, None, None):
+        raise LegacyStoreUnavailableError("legacy store failed finishing an erasure")
     loaded = _from_redis(lambda: store.load_user(client, user_id, now), "user")
     record, counters = loaded or (None, Counters())
     if record is not None:

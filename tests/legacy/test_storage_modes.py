@@ -861,6 +861,25 @@ def test_no_legacy_search_of_an_erased_identity_is_imported_into_its_next_accoun
     assert storage.update_search(uid, sid, name="after", description=None) is None
 
 
+def test_signing_in_again_before_the_erased_keys_are_gone_imports_nothing_of_them(
+    stores: Stores,
+) -> None:
+    from shared import accounts, db, storage
+
+    stores.mode("dual")
+    uid = new_user()
+    [sid] = seed_legacy_user(stores, uid, searches=1, tier="pro", customer="cus_" + uid)
+    storage.provision_user(uid, f"{uid}@example.com")
+    db.transaction(lambda c: accounts.erase(c, uid))  # committed; its Redis keys not gone yet
+
+    storage.provision_user(uid, f"{uid}@example.com")  # the person's next request
+
+    assert stores.sql('SELECT tier::text, "stripeCustomerId" FROM users') == [("FREE", None)]
+    assert stores.sql("SELECT id FROM saved_searches") == []
+    assert stores.item(uid, sid) is None and stores.index(uid) == set()
+    assert stores.repairs() == []
+
+
 def test_an_erasure_racing_a_legacy_import_waits_for_it_and_then_takes_the_import_too(
     stores: Stores,
 ) -> None:
