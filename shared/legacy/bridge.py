@@ -36,6 +36,7 @@ cap counts Postgres rows.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +53,7 @@ from shared.errors import EmailInUseError, UnstorableSearchError, UserNotFoundEr
 from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
 from shared.legacy.mapping import Counters
-from shared.legacy.schemas import LegacyRecordError, UserData, storable
+from shared.legacy.schemas import LegacyRecordError, SavedSearchRecord, UserData, storable
 from shared.models import UserTier
 from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView
@@ -492,8 +493,30 @@ def list_searches(user_id: str) -> Answer[list[SavedSearch]] | None:
     client = _client()
     records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
     if records or mode() == "dual":
-        return Answer([mapping.saved_search_from_record(record) for record in records or []])
+        shown = [mapping.saved_search_from_record(_displayable(r)) for r in records or []]
+        return Answer(shown)
     return None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _displayable(record: SavedSearchRecord) -> SavedSearchRecord:
+    """The record with each unpaired UTF-16 surrogate (half an emoji, as JS can store it) in
+    the strings a list item shows replaced by U+FFFD: a JSON response in UTF-8 cannot carry
+    it, and the item is still listed, as the original listed it."""
+
+    def text(value: str | None) -> str | None:
+        return None if value is None else _LONE_SURROGATE.sub("\ufffd", value)
+
+    params = record.searchParams.model_copy(update={"location": text(record.searchParams.location)})
+    return record.model_copy(
+        update={
+            "name": text(record.name),
+            "description": text(record.description),
+            "searchParams": params,
+        }
+    )
 
 
 def get_search(user_id: str, search_id: str) -> Answer[SavedSearch | None] | None:

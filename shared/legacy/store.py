@@ -231,7 +231,9 @@ def list_saved_searches(client: Redis, user_id: str) -> list[SavedSearchRecord] 
     """The user's searches, most recently updated first; None when the index is empty.
 
     As the original's list: SMEMBERS then one MGET; ids without an item (orphans) are skipped.
-    A record that cannot be read is skipped and logged rather than failing the whole list.
+    Like the original's, the list does not check string lengths (nor, so, a half emoji's
+    encoding); a record that cannot be read at all (bad JSON, a missing field) is skipped and
+    logged rather than failing the whole list.
     """
     members = _members(client, keys.saved_searches(user_id))
     if not members:
@@ -244,7 +246,7 @@ def list_saved_searches(client: Redis, user_id: str) -> list[SavedSearchRecord] 
         try:
             if isinstance(raw, LegacyRecordError):
                 raise raw
-            found.append(parse_saved_search(key, raw, original_rules=False))
+            found.append(parse_saved_search(key, raw, original_rules=False, listing=True))
         except LegacyRecordError as error:
             log_event("legacy_record_skipped", level=logging.WARNING, key=key, reason=error.reason)
     found.sort(key=lambda record: (record.metadata.updatedAt, record.id), reverse=True)

@@ -271,6 +271,29 @@ def test_dual_serves_and_imports_what_only_the_typescript_app_wrote(
     assert stores.repairs() == []
 
 
+def test_the_dual_list_shows_the_items_the_original_list_showed(
+    one: Caller, stores: Stores
+) -> None:
+    stores.mode("dual")
+    uid = new_user()
+    [plain] = seed_legacy_user(stores, uid, searches=1)
+    created = utcnow() - timedelta(days=1)
+    long_name, half_emoji = str(uuid.uuid4()), str(uuid.uuid4())
+    for sid, name in ((long_name, "🔥" * 51), (half_emoji, "trail \ud83d")):
+        record = search_record(uid, sid, created=created, name=name)
+        # As JSON.stringify writes it: the unpaired surrogate as an escape.
+        stores.redis.set(keys.saved_search(uid, sid), json.dumps(record, ensure_ascii=True))
+        stores.redis.sadd(keys.saved_searches(uid), sid)
+    stores.redis.set(keys.saved_search(uid, "broken"), "{")  # not even JSON: still skipped
+    stores.redis.sadd(keys.saved_searches(uid), "broken")
+
+    listed = one("searches", "GET", "/api/searches", user=uid)
+
+    assert listed.status == 200, listed.text
+    names = {s["id"]: s["name"] for s in listed.json["searches"]}
+    assert names == {plain: "Legacy 0", long_name: "🔥" * 51, half_emoji: "trail \ufffd"}
+
+
 @pytest.mark.parametrize("mode", ["dual", "fallback"])
 @pytest.mark.parametrize(
     ("field", "text"),
