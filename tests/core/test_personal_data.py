@@ -411,6 +411,7 @@ NOT_USER_KEYS = {
     "glob_escape": "SCAN pattern helper",
     "signed_in": "the rate limiter's identity of a user: part of their `rate_limit` keys",
     "is_users_rate_limit": "matcher (erasure)",
+    "is_users_item": "matcher (erasure)",
 }
 # docs/original-app.md#key-table key families that are never about one user (shared caches, event
 # ids).
