@@ -24,7 +24,6 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from mangum import Mangum
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -38,6 +37,7 @@ from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, CorsCsrf, QueryEncoding
+from shared.http.lambda_events import LambdaHandler
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
@@ -83,8 +83,9 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
     return app
 
 
-def lambda_handler(app: FastAPI) -> Mangum:
-    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app`; on Lambda, the
+def lambda_handler(app: FastAPI) -> LambdaHandler:
+    """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app` (Mangum, made to
+    answer every event shape: `shared.http.lambda_events`); on Lambda, the
     SnapStart hooks (`shared.snapstart`) are registered here, during INIT.
 
     Called last in a function's module, so INIT ends here. What INIT built (modules, classes,
@@ -96,7 +97,7 @@ def lambda_handler(app: FastAPI) -> Mangum:
     snapstart.register()
     _install_shutdown_flush()
     global _init_frozen
-    handler = Mangum(app, lifespan="off")
+    handler = LambdaHandler(app, lifespan="off")
     if not _init_frozen:  # the process's first function: a deployed one has no other
         gc.freeze()
         _init_frozen = True

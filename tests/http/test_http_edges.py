@@ -3,10 +3,17 @@ its fix. Through the Caller, so the platforms' payload limits apply as deployed.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import importlib
+import json
 from typing import Any
 
+import pytest
+
+from devkit import events
 from shared.http.app import validation_message
-from tests.support.http import Caller
+from tests.support.http import Caller, Keys
 
 ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
 
@@ -51,3 +58,89 @@ def test_the_validation_message_keeps_the_original_format_below_the_cap() -> Non
     assert validation_message(issues) == "Keyword cannot be empty, matchType: Field required"
     many = [{"type": "kf_x", "msg": f"m{i}", "loc": ()} for i in range(12)]
     assert validation_message(many * 3) == ", ".join(f"m{i}" for i in range(10)) + ", and 2 more"
+
+
+# --- finding 4: every Lambda event shape gets an answer in the envelope -----------------------
+
+
+def _invoke(module: str, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    """`functions.<module>.handler(event)` as Lambda runs it; (status, headers, JSON body)."""
+    loaded = importlib.import_module(f"functions.{module}")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        raw = loaded.handler(event, events.lambda_context(module))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    headers = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
+    for name, values in (raw.get("multiValueHeaders") or {}).items():
+        headers[name.lower()] = ", ".join(values)
+    text = raw.get("body") or ""
+    if raw.get("isBase64Encoded"):
+        text = base64.b64decode(text).decode()
+    return raw["statusCode"], headers, json.loads(text)
+
+
+def _envelope(answer: tuple[int, dict[str, str], Any], status: int, message: str) -> None:
+    code, headers, body = answer
+    assert (code, body.get("message")) == (status, message), answer
+    assert set(body) == ENVELOPE_KEYS and headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize("style", ["v2", "v1"])
+@pytest.mark.parametrize("body", ["eyJrZXl3b3Jkcw", "abc", "%%%", "e30=\n"])
+def test_a_body_that_is_not_base64_is_invalid_json(api_env: Keys, style: str, body: str) -> None:
+    build = events.http_api_v2 if style == "v2" else events.rest_api_v1
+    event = build("POST", "/api/keywords", body='{"keywords": ["seo"], "matchType": "phrase"}')
+    event.update(body=body, isBase64Encoded=True)
+    _envelope(_invoke("keywords", event), 400, "Invalid JSON payload")
+
+
+@pytest.mark.parametrize("style", ["v2", "v1"])
+def test_a_text_body_with_a_lone_surrogate_is_invalid_json(api_env: Keys, style: str) -> None:
+    build = events.http_api_v2 if style == "v2" else events.rest_api_v1
+    event = build("POST", "/api/keywords", body='{"keywords": ["seo"], "matchType": "phrase"}')
+    event.update(body='{"keywords": ["a\ud800"], "matchType": "phrase"}', isBase64Encoded=False)
+    _envelope(_invoke("keywords", event), 400, "Invalid JSON payload")
+
+
+def _without_source_ip(event: dict[str, Any]) -> None:
+    del event["requestContext"]["http"]["sourceIp"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: e.update(headers=None),
+        lambda e: e.update(rawQueryString=None),
+        _without_source_ip,
+        lambda e: e["headers"].update({"x-odd": "a\udc00b"}),
+        lambda e: e["headers"].update({"x-number": 7}),
+    ],
+    ids=["null_headers", "null_raw_query", "no_source_ip", "surrogate_header", "number_header"],
+)
+def test_odd_v2_events_are_answered_in_the_envelope(api_env: Keys, damage: Any) -> None:
+    event = events.http_api_v2("GET", "/api/me", headers={"user-agent": "pytest"})
+    damage(event)
+    _envelope(_invoke("me", event), 401, "Authentication required")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: e.update(headers=None, multiValueHeaders=None),
+        lambda e: e["requestContext"].update(identity=None),
+    ],
+    ids=["null_headers", "null_identity"],
+)
+def test_odd_v1_events_are_answered_in_the_envelope(api_env: Keys, damage: Any) -> None:
+    event = events.rest_api_v1("GET", "/api/me", headers={"User-Agent": "pytest"})
+    damage(event)
+    _envelope(_invoke("me", event), 401, "Authentication required")
+
+
+def test_a_lone_surrogate_in_a_v1_query_value_is_a_400(api_env: Keys) -> None:
+    event = events.rest_api_v1("GET", "/api/history/stats", query={"days": "\ud800"})
+    event["multiValueQueryStringParameters"] = {"days": ["\ud800"]}
+    _envelope(_invoke("history_stats", event), 400, "Invalid query string: not UTF-8")

@@ -1,0 +1,106 @@
+"""The Lambda side of every HTTP function: Mangum, made to answer every event shape it is given.
+
+Mangum turns an API Gateway v2, REST v1 or function URL event into an ASGI request, but raises
+(API Gateway then answers a bare 500 with no envelope, request id or usage row) on shapes
+API Gateway itself rarely sends but direct invokes, test events and other integrations do:
+
+- `isBase64Encoded` with a body that is not base64 (`binascii.Error`), where REST v1's `"%%%"`
+  silently became an empty body: the body is decoded strictly here, and an undecodable one
+  becomes bytes that are not UTF-8, so a route reading it answers 400 `Invalid JSON payload`
+  as for any other invalid body. A text body holding a lone surrogate (no UTF-8 form) likewise.
+- `null` or missing optional fields (`headers`, `rawQueryString`, `requestContext.http.sourceIp`,
+  `requestContext.identity`) and values that are not UTF-8 encodable (a lone surrogate in a
+  header or a REST v1 query value): only when building the request from the event as given
+  fails is a tolerant copy of it built (the normal path pays nothing for it). A query value's
+  lone surrogate is kept as its bytes, so the query-string guard answers its 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+from urllib.parse import quote
+
+from mangum import Mangum
+from mangum.protocols import HTTPCycle
+from mangum.types import LambdaContext, LambdaEvent
+
+# Not UTF-8, so never valid JSON: what a body that cannot be decoded becomes (400 on JSON routes).
+UNDECODABLE = b"\xff"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _body(event: LambdaEvent) -> bytes:
+    """The request body as bytes; `UNDECODABLE` when the event's cannot be read."""
+    body = event.get("body") or b""
+    try:
+        if event.get("isBase64Encoded"):
+            return base64.b64decode(body, validate=True)  # `"%%%"` is not an empty body
+        if isinstance(body, bytes):
+            return body
+        if isinstance(body, str):
+            return body.encode("utf-8", "surrogatepass")  # a lone surrogate: not UTF-8
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    return UNDECODABLE
+
+
+def _text(value: Any) -> str:
+    """A header value Mangum can encode as UTF-8 (lone surrogates as U+FFFD)."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _query_value(value: Any) -> Any:
+    """A REST v1 query value `urlencode` can take: a lone surrogate kept as its bytes."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, list):
+        return [_query_value(item) for item in value]
+    return "" if value is None else value
+
+
+def tolerant(event: LambdaEvent) -> LambdaEvent:
+    """A copy of `event` with every optional field Mangum reads present and encodable."""
+    fixed = dict(event)
+    fixed["headers"] = {str(k): _text(v) for k, v in (event.get("headers") or {}).items()}
+    multi = event.get("multiValueHeaders") or {}
+    fixed["multiValueHeaders"] = {
+        str(k): [_text(item) for item in v] if isinstance(v, list) else [_text(v)]
+        for k, v in multi.items()
+    }
+    if isinstance(event.get("cookies"), list):
+        fixed["cookies"] = [_text(cookie) for cookie in event["cookies"]]
+    context = dict(event.get("requestContext") or {})
+    if event.get("version") == "2.0":
+        raw_query = event.get("rawQueryString") or ""
+        fixed["rawQueryString"] = _LONE_SURROGATE.sub(
+            lambda m: quote(m.group().encode("utf-8", "surrogatepass")), str(raw_query)
+        )
+        http = dict(context.get("http") or {})
+        http.setdefault("sourceIp", None)
+        context["http"] = http
+    else:
+        context["identity"] = context.get("identity") or {}
+        for name in ("queryStringParameters", "multiValueQueryStringParameters"):
+            params = event.get(name) or {}
+            fixed[name] = {k: _query_value(v) for k, v in params.items()}
+    fixed["requestContext"] = context
+    return fixed
+
+
+class LambdaHandler(Mangum):
+    """`Mangum` (lifespan off) answering every event it can route: see the module docstring."""
+
+    def __call__(self, event: LambdaEvent, context: LambdaContext) -> dict[str, Any]:
+        handler = self.infer(event, context)
+        try:
+            scope = handler.scope
+        except (AttributeError, KeyError, TypeError, UnicodeError):
+            handler = self.infer(tolerant(event), context)
+            scope = handler.scope
+        response = HTTPCycle(scope, _body(event))(self.app)
+        result: dict[str, Any] = handler(response)
+        return result
