@@ -13,6 +13,10 @@ API Gateway itself rarely sends but direct invokes, test events and other integr
   header or a REST v1 query value): only when building the request from the event as given
   fails is a tolerant copy of it built (the normal path pays nothing for it). A query value's
   lone surrogate is kept as its bytes, so the query-string guard answers its 400.
+
+And REST v1's `multiValueHeaders.cookie` (HTTP/2 browsers send each cookie as its own header
+field, RFC 9113 §8.2.3) is joined with `"; "`, as RFC 9113 says to rebuild it: Mangum joined
+every repeated header with `", "`, which hid `__session` and the CSRF cookie (401, 403).
 """
 
 from __future__ import annotations
@@ -91,6 +95,17 @@ def tolerant(event: LambdaEvent) -> LambdaEvent:
     return fixed
 
 
+def _split_cookie(event: LambdaEvent) -> bytes | None:
+    """REST v1's cookie header rebuilt from several `multiValueHeaders` entries, or None."""
+    multi = event.get("multiValueHeaders")
+    if not multi or event.get("version") == "2.0" or not isinstance(multi, dict):
+        return None
+    for name, values in multi.items():
+        if isinstance(values, list) and len(values) > 1 and str(name).lower() == "cookie":
+            return "; ".join(_text(value) for value in values).encode()
+    return None
+
+
 class LambdaHandler(Mangum):
     """`Mangum` (lifespan off) answering every event it can route: see the module docstring."""
 
@@ -101,6 +116,10 @@ class LambdaHandler(Mangum):
         except (AttributeError, KeyError, TypeError, UnicodeError):
             handler = self.infer(tolerant(event), context)
             scope = handler.scope
+        cookie = _split_cookie(event)
+        if cookie is not None:
+            headers = [pair for pair in scope["headers"] if pair[0] != b"cookie"]
+            scope["headers"] = [*headers, [b"cookie", cookie]]
         response = HTTPCycle(scope, _body(event))(self.app)
         result: dict[str, Any] = handler(response)
         return result

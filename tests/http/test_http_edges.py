@@ -13,7 +13,7 @@ import pytest
 
 from devkit import events
 from shared.http.app import validation_message
-from tests.support.http import Caller, Keys
+from tests.support.http import Caller, Keys, make_token
 
 ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
 
@@ -144,3 +144,37 @@ def test_a_lone_surrogate_in_a_v1_query_value_is_a_400(api_env: Keys) -> None:
     event = events.rest_api_v1("GET", "/api/history/stats", query={"days": "\ud800"})
     event["multiValueQueryStringParameters"] = {"days": ["\ud800"]}
     _envelope(_invoke("history_stats", event), 400, "Invalid query string: not UTF-8")
+
+
+# --- finding 5: REST v1 cookies split across multiValueHeaders -------------------------------
+
+
+def _split_cookie_event(method: str, path: str, cookies: list[str], **options: Any) -> Any:
+    event = events.rest_api_v1(method, path, **options)
+    event["headers"]["cookie"] = cookies[-1]  # API Gateway's `headers` keeps the last value
+    event["multiValueHeaders"]["cookie"] = cookies
+    return event
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["session_first", "session_last"])
+def test_a_v1_cookie_split_in_several_header_fields_authenticates(
+    api_env: Keys, first: bool
+) -> None:
+    session = f"__session={make_token(api_env, 'user_edges_cookie')}"
+    cookies = [session, "theme=dark"] if first else ["theme=dark", session]
+    code, _, body = _invoke("history", _split_cookie_event("GET", "/api/history", cookies))
+    assert code == 200, body
+
+
+def test_a_v1_cookie_post_with_a_split_csrf_cookie_passes(api_env: Keys) -> None:
+    cookies = [f"__session={make_token(api_env, 'user_edges_cookie')}", "csrf-token=tok-123"]
+    search = {
+        "name": "n",
+        "searchParams": {"keywords": ["x"], "matchType": "phrase", "location": "US"},
+    }
+    headers = {"Origin": "http://localhost:3000", "X-CSRF-Token": "tok-123"}
+    event = _split_cookie_event(
+        "POST", "/api/searches", cookies, headers=headers, body=json.dumps(search)
+    )
+    code, _, body = _invoke("searches", event)
+    assert code == 201, body
