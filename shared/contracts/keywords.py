@@ -14,9 +14,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, field_validator
+from pydantic import AfterValidator, BeforeValidator, field_validator
 
-from shared.contracts.validation import JS_WHITESPACE, bounded_text, fail, js_trim
+from shared.contracts.validation import (
+    JS_WHITESPACE,
+    NoLoneSurrogates,
+    bounded_text,
+    fail,
+    js_trim,
+)
 from shared.providers.languages import available
 from shared.providers.registry import configured_key
 
@@ -79,7 +85,7 @@ OptionalLanguage = Annotated[
 ]
 
 
-class KeywordSearch(BaseModel):
+class KeywordSearch(NoLoneSurrogates):
     """Unknown keys are ignored; keywords keep their case and duplicates, as the original."""
 
     keywords: list[Annotated[str, AfterValidator(_keyword)]]

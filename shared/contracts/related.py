@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, StrictInt
+from pydantic import AfterValidator, StrictInt
 
 from shared.contracts.keywords import (
     KEYWORD_CHARS,
@@ -21,7 +21,7 @@ from shared.contracts.keywords import (
     OptionalLocation,
     checked_keyword,
 )
-from shared.contracts.validation import fail, js_length, js_trim
+from shared.contracts.validation import NoLoneSurrogates, fail, js_length, js_trim
 
 _LOCATION_MESSAGE = "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
 
@@ -40,7 +40,7 @@ def _limit(value: int | None) -> int | None:
     return value
 
 
-class RelatedKeywordsRequest(BaseModel):
+class RelatedKeywordsRequest(NoLoneSurrogates):
     """Unknown keys are ignored; the keyword is trimmed, as the original."""
 
     keyword: Annotated[str, AfterValidator(_seed)]
@@ -80,7 +80,7 @@ def _brief_language(value: str) -> str:
     return value
 
 
-class ContentBriefRequest(BaseModel):
+class ContentBriefRequest(NoLoneSurrogates):
     keyword: Annotated[str, AfterValidator(_brief_keyword)]
     location: Annotated[str, AfterValidator(_brief_location)] = "US"
     language: Annotated[str, AfterValidator(_brief_language)] = "en"

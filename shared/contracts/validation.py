@@ -6,6 +6,8 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, model_validator
@@ -68,6 +70,40 @@ def unstorable(field: str, value: str) -> PydanticCustomError | None:
     return None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _declared_strings(model: type[BaseModel], data: Any) -> Iterator[tuple[str, str]]:
+    """(field, string) for every string anywhere inside `data`'s declared fields, iteratively."""
+    if not isinstance(data, dict):
+        return
+    for field in model.model_fields:
+        pending = [data.get(field)]
+        while pending:
+            value = pending.pop()
+            if isinstance(value, str):
+                yield field, value
+            elif isinstance(value, dict):
+                pending.extend(value.values())
+            elif isinstance(value, list):
+                pending.extend(value)
+
+
+class NoLoneSurrogates(BaseModel):
+    """A request body whose strings are sent on, not stored (keywords, a seed, a match type): a
+    declared field holding a lone UTF-16 surrogate anywhere inside is refused with the stored
+    strings' message naming that field (`StoredText`), not a codec error. NUL is left to the
+    fields' own rules (the keyword charset refuses it with the original's message)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_lone_surrogates(cls, data: Any) -> Any:
+        for field, value in _declared_strings(cls, data):
+            if _LONE_SURROGATE.search(value):
+                raise fail("surrogate", surrogate_message(field))
+        return data
+
+
 class StoredText(BaseModel):
     """A request body whose strings are stored in PostgreSQL, whose text holds only Unicode
     scalar values other than NUL: a declared field holding NUL or a lone UTF-16 surrogate
@@ -78,16 +114,7 @@ class StoredText(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unstorable(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        for field in cls.model_fields:
-            pending = [data.get(field)]
-            while pending:
-                value = pending.pop()
-                if isinstance(value, str) and (problem := unstorable(field, value)):
-                    raise problem
-                if isinstance(value, dict):
-                    pending.extend(value.values())
-                elif isinstance(value, list):
-                    pending.extend(value)
+        for field, value in _declared_strings(cls, data):
+            if problem := unstorable(field, value):
+                raise problem
         return data

@@ -178,3 +178,26 @@ def test_a_v1_cookie_post_with_a_split_csrf_cookie_passes(api_env: Keys) -> None
     )
     code, _, body = _invoke("searches", event)
     assert code == 201, body
+
+
+# --- finding 8: a lone surrogate in a keyword gets the stored strings' message ----------------
+
+BAD_LOCATION = {"keywords": ["x"], "matchType": "phrase"}
+SURROGATES = "cannot contain unpaired UTF-16 surrogates (\\ud800-\\udfff)"
+
+
+@pytest.mark.parametrize(
+    ("module", "path", "body", "field"),
+    [
+        ("keywords", "/api/keywords", {"keywords": ["a\ud800"], "matchType": "phrase"}, "keywords"),
+        ("keywords", "/api/keywords", {"keywords": ["x"], "matchType": "\ud800"}, "matchType"),
+        ("keywords", "/api/keywords", {**BAD_LOCATION, "location": "\udc00"}, "location"),
+        ("keywords_related", "/api/keywords/related", {"keyword": "a\udc00"}, "keyword"),
+        ("content_brief", "/api/content-brief", {"keyword": "a\ud800"}, "keyword"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_is_named_not_a_codec_error(
+    call: Caller, module: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    result = call(module, "POST", path, user="user_edges_surrogate", json_body=body)
+    assert _validation_400(result) == f"{field} {SURROGATES}"
