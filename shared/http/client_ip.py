@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 from starlette.datastructures import Headers
@@ -50,6 +51,12 @@ def stored_ip(ip: str | None, mode: IpStorage) -> str | None:
 
 
 def stored_user_agent(value: str | None) -> str | None:
-    """The User-Agent as stored: at most USER_AGENT_MAX characters, without NUL (a header a
-    Lambda event can carry, which PostgreSQL text cannot hold); None when nothing is left."""
-    return (value or "").replace("\x00", "")[:USER_AGENT_MAX] or None
+    """The User-Agent as stored: read as UTF-8 (invalid bytes as U+FFFD), at most USER_AGENT_MAX
+    characters, without NUL (a header a Lambda event can carry, which PostgreSQL text cannot
+    hold); None when nothing is left. `value` is the header as Starlette gives it, its bytes
+    decoded as Latin-1 (`café` arrives as `cafÃ©`): those bytes are decoded again as UTF-8."""
+    text = value or ""
+    if not text.isascii():
+        with contextlib.suppress(UnicodeEncodeError):  # not Starlette's Latin-1 text: as given
+            text = text.encode("latin-1").decode("utf-8", "replace")
+    return text.replace("\x00", "")[:USER_AGENT_MAX] or None

@@ -85,3 +85,18 @@ def test_an_unknown_trust_proxy_is_a_configuration_error(
         get_settings()
     assert "TRUST_PROXY is invalid" in str(caught.value)
     assert "cloudflare" in str(caught.value)  # the example names the accepted values
+
+
+@pytest.mark.parametrize("style", ["lambda_v2", "lambda_v1", "asgi"])
+def test_a_non_ascii_user_agent_is_stored_as_sent(
+    style: str, api_env: Keys, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The header's UTF-8 bytes were stored read as Latin-1 (`CurlUA-cafÃ©-ð\\x9f\\x94¥`)."""
+    agent = "CurlUA-café-🔥"
+    sent: Any = agent.encode() if style == "asgi" else agent  # bytes on the wire over HTTP
+    result = Caller(style, api_env)(
+        "searches", "GET", "/api/searches", user="ua_rule", headers={"user-agent": sent}
+    )
+    assert result.status == 200, result.text
+    (stored,) = [ua for (ua,) in admin_conn.execute('SELECT "userAgent" FROM api_usage')]
+    assert stored == agent
