@@ -201,3 +201,19 @@ def test_a_lone_surrogate_is_named_not_a_codec_error(
 ) -> None:
     result = call(module, "POST", path, user="user_edges_surrogate", json_body=body)
     assert _validation_400(result) == f"{field} {SURROGATES}"
+
+
+# --- finding 10: CR/LF inside a keyword passes the original's charset rule (docs corrected) ----
+
+
+def test_cr_lf_inside_a_keyword_passes_the_original_charset_rule() -> None:
+    """`^[a-zA-Z0-9\\s\\-_]+$` in JS: `\\s` holds CR and LF; NUL fails it."""
+    from shared.contracts.keywords import KeywordSearch
+    from shared.contracts.related import ContentBriefRequest, RelatedKeywordsRequest
+
+    body = {"keywords": ["ab\r\ncd"], "matchType": "phrase"}
+    assert KeywordSearch.model_validate(body).keywords == ["ab\r\ncd"]
+    assert RelatedKeywordsRequest.model_validate({"keyword": "ab\r\ncd"}).keyword == "ab\r\ncd"
+    assert ContentBriefRequest.model_validate({"keyword": "ab\ncd"}).keyword == "ab\ncd"
+    with pytest.raises(ValueError, match="Keywords must contain only"):
+        KeywordSearch.model_validate({**body, "keywords": ["ab\x00cd"]})
