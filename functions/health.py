@@ -21,6 +21,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.http.app import create_app, lambda_handler
 from shared.http.responses import ok
+from shared.providers import account
 from shared.ratelimit import limit_request
 from shared.redis import redis_health
 
@@ -30,6 +31,7 @@ app = create_app(
 
 PROVIDER_NAMES = {"mock": "Mock", "dataforseo": "DataForSEO", "google-ads": "Google Ads"}
 NOT_CONFIGURED = "Provider not properly configured - missing required environment variables"
+REJECTED = "Provider not properly configured - the provider rejected the account"
 _last_database_check: tuple[float, dict[str, Any]] | None = None
 _check_lock = threading.Lock()
 
@@ -64,7 +66,12 @@ def provider_check() -> dict[str, Any]:
     problem = providers.configuration_error()
     if problem is not None:
         details["configError"] = problem
-        return {"healthy": False, "error": NOT_CONFIGURED, "details": details}
+        rejected = problem == account.rejection(key)  # the variables are set but refused
+        return {
+            "healthy": False,
+            "error": REJECTED if rejected else NOT_CONFIGURED,
+            "details": details,
+        }
     if key == "mock":
         details["note"] = "Mock provider active - for development/testing only"
     breaker = providers.breaker_stats()

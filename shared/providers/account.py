@@ -62,11 +62,12 @@ def rejection_key(provider: str) -> str:
     return f"provider-rejected:{provider}"
 
 
-def reject(provider: str, detail: str) -> NoReturn:
-    """The upstream rejected the account: log it as configuration, remember it for
-    /api/health (`report_rejection`) and raise `ProviderConfigurationError`."""
+def reject(provider: str, detail: str, *, shown: str) -> NoReturn:
+    """The upstream rejected the account: log `detail` (which may quote the upstream, scrubbed)
+    as configuration, remember `shown` for /api/health (`report_rejection`; our own words, never
+    the upstream's text: health answers anyone) and raise `ProviderConfigurationError`."""
     log_event("provider_configuration", level=logging.ERROR, provider=provider, detail=detail)
-    report_rejection(provider, detail)
+    report_rejection(provider, shown)
     raise ProviderConfigurationError(detail)
 
 

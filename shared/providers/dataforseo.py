@@ -350,11 +350,11 @@ class DataForSEOProvider:
         except httpx.HTTPError as error:
             raise ProviderError(f"DataForSEO request failed ({type(error).__name__})") from None
         if response.status_code in (401, 402):
-            account.reject(
-                self.key,
+            rejected = (
                 f"DataForSEO rejected the account (HTTP {response.status_code}): check "
-                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance",
+                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD and the account's balance"
             )
+            account.reject(self.key, rejected, shown=rejected)
         if response.status_code == 429:
             raise ProviderRateLimitedError(
                 "DataForSEO answered 429 Too Many Requests", retry_after=RATE_LIMITED_RETRY_S
@@ -387,7 +387,13 @@ class DataForSEOProvider:
         message = snippet(str(part.get("status_message")), self._scrub)
         detail = f"DataForSEO {level} error ({code}): {message}"
         if code in CONFIGURATION_CODES:
-            account.reject(self.key, detail)
+            account.reject(
+                self.key,
+                detail,
+                shown=f"DataForSEO rejected the account ({level} status {code}): check "
+                "DATAFORSEO_API_LOGIN/DATAFORSEO_API_PASSWORD, the balance and the cost limit "
+                "(DataForSEO's message is in the logs)",
+            )
         if code in RATE_LIMIT_CODES:
             raise ProviderRateLimitedError(detail, retry_after=RATE_LIMITED_RETRY_S)
         if isinstance(code, int) and 40500 <= code < 40600:

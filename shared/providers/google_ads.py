@@ -312,11 +312,15 @@ class GoogleAdsProvider:
             },
         )
         if response.status_code in (400, 401):  # invalid_grant, invalid_client
+            check = (
+                "check GOOGLE_ADS_CLIENT_ID, GOOGLE_ADS_CLIENT_SECRET and GOOGLE_ADS_REFRESH_TOKEN"
+            )
             account.reject(
                 self.key,
                 f"Google OAuth refused the refresh token (HTTP {response.status_code}: "
-                f"{snippet(response.text, self._scrub)}): check GOOGLE_ADS_CLIENT_ID, "
-                "GOOGLE_ADS_CLIENT_SECRET and GOOGLE_ADS_REFRESH_TOKEN",
+                f"{snippet(response.text, self._scrub)}): {check}",
+                shown=f"Google OAuth refused the refresh token (HTTP {response.status_code}): "
+                f"{check} (Google's message is in the logs)",
             )
         answer = self._checked(response, "Google OAuth")
         token, expires_in = answer.get("access_token"), _int(answer.get("expires_in"))
@@ -346,10 +350,14 @@ class GoogleAdsProvider:
         status = response.status_code
         detail = f"{service} answered {status}: {snippet(response.text, self._scrub)}"
         if status in (401, 403):
+            check = (
+                "(check GOOGLE_ADS_DEVELOPER_TOKEN, GOOGLE_ADS_CUSTOMER_ID, "
+                "GOOGLE_ADS_LOGIN_CUSTOMER_ID and the refresh token's access)"
+            )
             account.reject(
                 self.key,
-                f"{detail} (check GOOGLE_ADS_DEVELOPER_TOKEN, GOOGLE_ADS_CUSTOMER_ID, "
-                "GOOGLE_ADS_LOGIN_CUSTOMER_ID and the refresh token's access)",
+                f"{detail} {check}",
+                shown=f"{service} answered {status} {check}; Google's message is in the logs",
             )
         if status == 429 or (not response.is_success and "RESOURCE_EXHAUSTED" in response.text):
             raise ProviderRateLimitedError(detail, retry_after=retry_after(response))

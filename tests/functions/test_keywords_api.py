@@ -842,3 +842,24 @@ def test_without_redis_the_budget_fails_safe_like_the_rate_limiter(
         assert (route.call_count, counters(admin_conn, who)) == (0, (0, 0))
     else:
         assert (route.call_count, counters(admin_conn, who)) == (1, (2, 2))
+
+
+def test_an_account_rejection_shows_health_our_words_not_the_upstreams(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataForSEO's `status_message` on a 40100 reached the unauthenticated /api/health, under
+    a label saying variables were missing (report t1, finding 7)."""
+    use_dataforseo(monkeypatch)
+    forget_account_state()
+    upstream = "<script>alert(1)</script> token=SECRET-UPSTREAM-TEXT"
+    envelope = {"status_code": 40100, "status_message": upstream, "tasks": []}
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(return_value=HttpxResponse(200, json=envelope))
+        result = search(call, user_id(), {**BODY, "keywords": fresh_keywords()})
+        health = call("health", "GET", "/api/health").json["checks"]["provider"]
+    forget_account_state()
+    assert (result.status, result.json["reason"]) == (503, "provider_not_configured")
+    assert health["healthy"] is False
+    assert health["error"] == "Provider not properly configured - the provider rejected the account"
+    assert "40100" in health["details"]["configError"]
+    assert "SECRET-UPSTREAM-TEXT" not in json.dumps(health) and "<script>" not in json.dumps(health)
