@@ -18,9 +18,10 @@ request's own input refused, rate limits, rejected credentials: see `shared.prov
 is neither a failure nor a success, so no user's input and no burst of traffic can open the
 circuit for everyone.
 
-As in the original, a success while CLOSED clears the failure list, so "5 failures within 60 s"
-means 5 without a success in between. HALF_OPEN lets every call through (a Lambda container
-serves one request at a time, so that is one probe per container).
+A success while CLOSED does not clear the failure list (fix over the original, whose success
+reset the count, so an upstream failing every other call never opened it): "5 failures within
+60 s" means 5 outages in any 60 s, successes in between or not. HALF_OPEN lets every call
+through (a Lambda container serves one request at a time, so that is one probe per container).
 
 The clock is injectable (`now`, wall-clock seconds) so tests move time instead of sleeping.
 """
@@ -123,8 +124,7 @@ class CircuitBreaker:
                     self._failures.clear()
                     self._successes = 0
                     self._next_attempt = None
-            elif self._state is State.CLOSED:
-                self._failures.clear()
+            # CLOSED: the failures stay in their window (a success in between does not clear them)
 
     def record_failure(self) -> None:
         with self._lock:
