@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mangum import Mangum
+from mangum.handlers import APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
 from mangum.types import LambdaContext, LambdaEvent
 
@@ -120,6 +121,8 @@ class LambdaHandler(Mangum):
         if cookie is not None:
             headers = [pair for pair in scope["headers"] if pair[0] != b"cookie"]
             scope["headers"] = [*headers, [b"cookie", cookie]]
-        response = HTTPCycle(scope, _body(event))(self.app)
+        gateway = isinstance(handler, APIGateway | HTTPGateway)  # v1, v2, function URLs
+        body = _body(event) if gateway else handler.body
+        response = HTTPCycle(scope, body)(self.app)
         result: dict[str, Any] = handler(response)
         return result
