@@ -126,24 +126,31 @@ def record(conn: Conn, user_id: str) -> bool:
     keywords used under the user's keys (an earlier tombstone of the same identity only ever
     gets stricter). The row is locked, so no request can count usage the tombstone misses.
 
-    With no row (Clerk's `user.deleted` before any event or sign-in created one here), the id's
-    tombstone alone, its trial over: Clerk never reuses an id, so it only marks the id erased,
-    and a late `user.created` creates nothing. False then (no account to keep)."""
+    With no row, False (no account to keep), and two cases told apart by the id's tombstone:
+    - it exists: the id was erased already (a double click whose second erasure waited on the
+      first one's lock; DELETE /api/me, then Clerk's user.deleted). That tombstone was recorded
+      from the real row and stays as it is: nothing here could make it more accurate.
+    - it does not: Clerk's `user.deleted` before any event or sign-in created a row here. The
+      id's tombstone alone, its trial over: Clerk never reuses an id, so it only marks the id
+      erased, and a late `user.created` creates nothing.
+    One statement decides (ON CONFLICT DO NOTHING): an erasure still writing the id's tombstone
+    is waited for, and an existing one is neither changed nor locked."""
     user = conn.session.scalars(
         select(User).where(User.id == user_id).with_for_update()
     ).one_or_none()
     if user is None:
         [key] = keys(user_id, None)
-        rows = [{"key": key, "trial_ends_at": utcnow(), "keywords_used": 0}]
-    else:
-        rows = [
-            {
-                "key": key,
-                "trial_ends_at": trial_end(user),
-                "keywords_used": user.keyword_searches_total,
-            }
-            for key in keys(user.id, user.email)
-        ]
+        never_created = {"key": key, "trial_ends_at": utcnow(), "keywords_used": 0}
+        conn.session.execute(
+            insert(AccountTombstone)
+            .values([never_created])
+            .on_conflict_do_nothing(index_elements=[AccountTombstone.key])
+        )
+        return False
+    rows = [
+        {"key": key, "trial_ends_at": trial_end(user), "keywords_used": user.keyword_searches_total}
+        for key in keys(user.id, user.email)
+    ]
     statement = insert(AccountTombstone).values(rows)
     conn.session.execute(
         statement.on_conflict_do_update(
@@ -158,7 +165,7 @@ def record(conn: Conn, user_id: str) -> bool:
             },
         )
     )
-    return user is not None
+    return True
 
 
 @database_operation("findErasedAccount")
