@@ -221,10 +221,11 @@ def identity_from_claims(claims: dict[str, Any], settings: Settings) -> Identity
     )
 
 
-def provision(identity: Identity) -> None:
-    """Get-or-create the user once per warm container; `EmailInUseError` when another account
-    has the email (the HTTP layer answers 409)."""
-    if identity.user_id in _provisioned:
+def provision(identity: Identity, *, again: bool = False) -> None:
+    """Get-or-create the user once per warm container (`again`: even if provisioned before, the
+    row having been erased since); `EmailInUseError` when another account has the email (the
+    HTTP layer answers 409)."""
+    if identity.user_id in _provisioned and not again:
         return
     from shared import storage  # only callers that provision load the storage layer
 
@@ -241,14 +242,20 @@ def forget(user_id: str) -> None:
 
 T = TypeVar("T")
 
+# Runs of `work` in `again_if_erased`. Each repeat follows a provisioning, so another
+# `UserNotFoundError` means one more erasure of the user committed in between: several
+# DELETE /api/me at once (a double click, two tabs) can do that more than once.
+ERASED_ATTEMPTS = 5
+
 
 def again_if_erased(identity: Identity, work: Callable[[], T]) -> T:
     """`work()`; if another container erased the user since this one provisioned them
     (`UserNotFoundError`), provision again (a fresh account, as a first call would) and run
-    `work` once more."""
-    try:
-        return work()
-    except UserNotFoundError:
-        forget(identity.user_id)
-        provision(identity)
-        return work()
+    `work` once more, as long as erasures keep landing in between (`ERASED_ATTEMPTS` runs in
+    all: only the person's own erasures can, and a request rarely races more than two)."""
+    for _ in range(ERASED_ATTEMPTS - 1):
+        try:
+            return work()
+        except UserNotFoundError:
+            provision(identity, again=True)
+    return work()

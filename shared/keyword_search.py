@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared import cache, db, providers, storage
-from shared.auth import ActiveOrg, Identity, again_if_erased, forget, provision
+from shared.auth import ActiveOrg, Identity, again_if_erased, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.db import Conn
@@ -234,7 +234,12 @@ def _record(
         # Erased (DELETE /api/me, Clerk's user.deleted) since the reservation, which went with
         # the account (its keywords into the tombstone, its row by cascade). As the saved-search
         # route does: provision again (the new account continues the tombstoned trial) and
-        # write the rows once more, with no reservation left to confirm.
-        forget(identity.user_id)
-        provision(identity)
-        db.run(lambda conn: search_history.record_with_usage(conn, search_row, usage_row))
+        # write the rows once more, with no reservation left to confirm (and again while
+        # further erasures of the user land in between: `again_if_erased`).
+        provision(identity, again=True)
+        again_if_erased(
+            identity,
+            lambda: db.run(
+                lambda conn: search_history.record_with_usage(conn, search_row, usage_row)
+            ),
+        )

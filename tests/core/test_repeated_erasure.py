@@ -20,8 +20,8 @@ import pytest
 from shared import accounts, db
 from shared.db import Conn
 from shared.repositories import tombstones, users
-from tests.core.test_trials_and_tombstones import configure, waits_for_lock
-from tests.support.http import Keys
+from tests.core.test_trials_and_tombstones import configure, search, waits_for_lock, with_token
+from tests.support.http import Caller, Keys
 
 ERASURE_PATHS = {"api": True, "clerk": False}  # refuse_live_subscription: DELETE /api/me only
 
@@ -118,3 +118,47 @@ def test_a_second_erasure_waiting_on_the_first_keeps_the_trial(
     } == {(ends, 7)}
     db.run(lambda conn: users.get_or_create(conn, "user_double", "user_double@example.com"))
     assert trial_ends(admin_conn, "user_double") == ends
+
+
+# --- erasures racing the same user's other requests --------------------------------------------
+
+
+def test_erasures_racing_the_users_requests_never_answer_500(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Free-running, bounded: each round, two erasures, two keyword searches and two saved-search
+    creates of one user start together (a barrier) on their own connections. The searches and
+    creates provision the user again as they need; whatever the interleaving, nothing answers
+    500 (no `UserNotFoundError`, no deadlock: the autouse fixture fails a test that met one)."""
+    configure(monkeypatch, DB_POOL_SIZE="8", MOCK_PROVIDER_SEED="3")
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    saved = {
+        "name": "s",
+        "searchParams": {"keywords": ["a"], "matchType": "phrase", "location": "US"},
+    }
+    answers: list[tuple[str, int, str]] = []
+    for round_ in range(8):
+        who = f"user_mixed_{round_}"
+        assert with_token(call, "me", "GET", "/api/me", who).status == 200
+        start = threading.Barrier(6)
+
+        def one(
+            index: int, who: str = who, start: threading.Barrier = start
+        ) -> tuple[str, int, str]:
+            token = call.token(who)
+            headers = {"authorization": f"Bearer {token}"}
+            start.wait()
+            if index < 2:
+                result = call("me", "DELETE", "/api/me", headers=headers)
+                return ("DELETE", int(result.status), result.text)
+            if index < 4:
+                result = search(call, who, 2)
+                return ("keywords", int(result.status), result.text)
+            result = call("searches", "POST", "/api/searches", json_body=saved, headers=headers)
+            return ("searches", int(result.status), result.text)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers += list(pool.map(one, range(6)))
+    failed = [answer for answer in answers if answer[1] not in (200, 201)]
+    assert not failed, failed
