@@ -90,10 +90,18 @@ def erase(conn: Conn, user_id: str, *, refuse_live_subscription: bool = False) -
     the trial from starting over (`shared.repositories.tombstones`) and billing's hash of the
     Stripe customer (`_remember_billing_customer`). The tombstone locks the user's row first;
     organizations are locked only after it (the team keywords given back), the order a team
-    search takes them in."""
-    tombstones.record(conn, user_id)
+    search takes them in.
+
+    With no row to lock (the id erased already, or never created here), a row may still be
+    created before the erasure's last statement deletes it (the person signing in again while
+    a second erasure of theirs runs): the tombstone then keeps that row as it was deleted, so
+    what it used is never lost (`tombstones.keep`, after the delete: the user row first still).
+    """
+    recorded = tombstones.record(conn, user_id)
     _remember_billing_customer(conn, user_id, refusing=refuse_live_subscription)
     erasure = personal_data.erase(conn, user_id, refuse_live_subscription=refuse_live_subscription)
+    if not recorded and erasure.deleted is not None:
+        tombstones.keep(conn, erasure.deleted)
     storage.mark_legacy_erasure(conn, user_id)
     return erasure
 

@@ -30,7 +30,7 @@ table:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -100,6 +100,8 @@ class Erasure:
     flags_updated: int
     webhook_events_scrubbed: int
     metrics_scrubbed: int
+    # The user row as it was deleted (None: there was none). Not logged: it holds the email.
+    deleted: User | None = field(default=None, compare=False, repr=False)
 
 
 def _require_transaction(conn: Conn, operation: str) -> None:
@@ -303,8 +305,8 @@ def erase(
         update(SystemMetric).where(_mentions(SystemMetric.tags, ids)).values(tags=null()),
         execution_options=options,
     )
-    deleted = conn.session.execute(
-        delete(User).where(User.id == user_id).returning(User.id), execution_options=options
+    deleted = conn.session.scalars(
+        delete(User).where(User.id == user_id).returning(User), execution_options=options
     ).first()
     return Erasure(
         user_deleted=deleted is not None,
@@ -316,6 +318,7 @@ def erase(
         flags_updated=_count(flags),
         webhook_events_scrubbed=_count(events),
         metrics_scrubbed=_count(metrics),
+        deleted=deleted,
     )
 
 

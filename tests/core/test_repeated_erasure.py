@@ -162,3 +162,33 @@ def test_erasures_racing_the_users_requests_never_answer_500(
             answers += list(pool.map(one, range(6)))
     failed = [answer for answer in answers if answer[1] not in (200, 201)]
     assert not failed, failed
+
+
+def test_a_row_created_while_a_second_erasure_runs_is_tombstoned_with_what_it_used(
+    db_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    direct_database_url: str,
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """The second erasure finds no row (the id is tombstoned already), then, before it deletes,
+    a sign-in creates a row and counts keywords on it: the erasure deletes that row, so its
+    tombstone must keep what that row used. A flag naming the user, locked by another
+    connection, holds the erasure between the two (observed waiting, not timed)."""
+    configure(monkeypatch, DB_POOL_SIZE="4")
+    db.dispose_engine()
+    ends = signed_up(admin_conn, "user_again", used=5)
+    assert erase("user_again", "api").user_deleted
+    admin_conn.execute(
+        """INSERT INTO feature_flags (id, key, enabled, "allowedUsers", "updatedAt")
+           VALUES ('f1', 'f1', true, ARRAY['user_again'], now())"""
+    )
+    with psycopg.connect(direct_database_url) as blocker, ThreadPoolExecutor(1) as pool:
+        blocker.execute("SELECT 1 FROM feature_flags WHERE id = 'f1' FOR UPDATE")
+        erasing = pool.submit(erase, "user_again", "clerk")
+        waits_for_lock(admin_conn, "UPDATE feature_flags")
+        assert signed_up(admin_conn, "user_again", used=9) == ends  # the trial continues
+        blocker.commit()
+        assert erasing.result().user_deleted
+    assert {
+        (row[1], row[2]) for row in kept(admin_conn, "user_again", "user_again@example.com")
+    } == {(ends, 9)}
