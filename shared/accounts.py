@@ -92,16 +92,18 @@ def erase(conn: Conn, user_id: str, *, refuse_live_subscription: bool = False) -
     organizations are locked only after it (the team keywords given back), the order a team
     search takes them in.
 
-    With no row to lock (the id erased already, or never created here), a row may still be
-    created before the erasure's last statement deletes it (the person signing in again while
-    a second erasure of theirs runs): the tombstone then keeps that row as it was deleted, so
-    what it used is never lost (`tombstones.keep`, after the delete: the user row first still).
+    With no row to lock (the id erased already, or never created here) the erasure locks no
+    user row at all: a row created meanwhile (the person signing in again while a second
+    erasure of theirs runs) is a new account, left to its own erasure. Locking it after the
+    tombstone and the rows `personal_data.erase` changes would invert the order above: two
+    erasures of one person deadlocked that way.
     """
-    recorded = tombstones.record(conn, user_id)
-    _remember_billing_customer(conn, user_id, refusing=refuse_live_subscription)
-    erasure = personal_data.erase(conn, user_id, refuse_live_subscription=refuse_live_subscription)
-    if not recorded and erasure.deleted is not None:
-        tombstones.keep(conn, erasure.deleted)
+    found = tombstones.record(conn, user_id)
+    if found:
+        _remember_billing_customer(conn, user_id, refusing=refuse_live_subscription)
+    erasure = personal_data.erase(
+        conn, user_id, refuse_live_subscription=refuse_live_subscription, user_row=found
+    )
     storage.mark_legacy_erasure(conn, user_id)
     return erasure
 

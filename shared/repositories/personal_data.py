@@ -30,7 +30,7 @@ table:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -100,8 +100,6 @@ class Erasure:
     flags_updated: int
     webhook_events_scrubbed: int
     metrics_scrubbed: int
-    # The user row as it was deleted (None: there was none). Not logged: it holds the email.
-    deleted: User | None = field(default=None, compare=False, repr=False)
 
 
 def _require_transaction(conn: Conn, operation: str) -> None:
@@ -238,6 +236,7 @@ def erase(
     *,
     refuse_live_subscription: bool = False,
     now: datetime | None = None,
+    user_row: bool = True,
 ) -> Erasure:
     """Remove or anonymise every row about the user (see the module docstring). Idempotent.
 
@@ -245,6 +244,12 @@ def erase(
     `refuse_live_subscription`, a user whose Stripe subscription is live is refused
     (`SubscriptionLiveError`) under the same row lock a billing webhook would need, so no
     checkout can slip in between the check and the erasure.
+
+    `user_row=False`: the caller found no user row to lock (the id erased already, or never
+    created here), so this erasure locks and deletes none: one created since (the person signing
+    in again meanwhile) is a new account, and locking it after the rows below would take the
+    locks in the opposite order to an erasure of that account (a deadlock). The rest that names
+    the id is still scrubbed.
     """
     _require_transaction(conn, "erase")
     now = now or utcnow()
@@ -252,16 +257,18 @@ def erase(
     # order a team search locks them in, so the two never deadlock. Ledger rows come after it
     # too, as a Stripe event takes them (`shared.billing._subject`): the payloads cleared below
     # include every event committed before this lock, and an event waiting for it finds no user.
-    owner = conn.session.execute(
-        select(
-            User.email,
-            User.stripe_customer_id,
-            User.stripe_subscription_id,
-            User.subscription_status,
-        )
-        .where(User.id == user_id)
-        .with_for_update()
-    ).first()
+    owner = None
+    if user_row:
+        owner = conn.session.execute(
+            select(
+                User.email,
+                User.stripe_customer_id,
+                User.stripe_subscription_id,
+                User.subscription_status,
+            )
+            .where(User.id == user_id)
+            .with_for_update()
+        ).first()
     if refuse_live_subscription and owner is not None and owner[3] in LIVE_SUBSCRIPTION:
         raise SubscriptionLiveError()
     ids = identifiers(user_id, owner)
@@ -305,9 +312,13 @@ def erase(
         update(SystemMetric).where(_mentions(SystemMetric.tags, ids)).values(tags=null()),
         execution_options=options,
     )
-    deleted = conn.session.scalars(
-        delete(User).where(User.id == user_id).returning(User), execution_options=options
-    ).first()
+    deleted = (
+        conn.session.execute(
+            delete(User).where(User.id == user_id).returning(User.id), execution_options=options
+        ).first()
+        if user_row
+        else None
+    )
     return Erasure(
         user_deleted=deleted is not None,
         memberships_deleted=_count(memberships),
@@ -318,7 +329,6 @@ def erase(
         flags_updated=_count(flags),
         webhook_events_scrubbed=_count(events),
         metrics_scrubbed=_count(metrics),
-        deleted=deleted,
     )
 
 

@@ -147,13 +147,6 @@ def record(conn: Conn, user_id: str) -> bool:
             .on_conflict_do_nothing(index_elements=[AccountTombstone.key])
         )
         return False
-    keep(conn, user)
-    return True
-
-
-def keep(conn: Conn, user: User) -> None:
-    """Keep `user`'s trial end and usage under its keys, only ever stricter than a tombstone
-    they already have. The row must be locked (or deleted) by the caller's transaction."""
     rows = [
         {"key": key, "trial_ends_at": trial_end(user), "keywords_used": user.keyword_searches_total}
         for key in keys(user.id, user.email)
@@ -172,6 +165,7 @@ def keep(conn: Conn, user: User) -> None:
             },
         )
     )
+    return True
 
 
 @database_operation("findErasedAccount")

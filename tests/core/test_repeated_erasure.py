@@ -164,16 +164,30 @@ def test_erasures_racing_the_users_requests_never_answer_500(
     assert not failed, failed
 
 
-def test_a_row_created_while_a_second_erasure_runs_is_tombstoned_with_what_it_used(
+def waiting(admin_conn: psycopg.Connection[Any], count: int) -> None:
+    """Return once `count` backends wait on a lock (observed, not timed)."""
+    for _ in range(3000):
+        row = admin_conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone()
+        if row and row[0] >= count:
+            return
+        threading.Event().wait(0.01)  # between observations of the server's lock table
+    raise AssertionError(f"never saw {count} backends waiting on a lock")
+
+
+def test_an_erasure_finding_no_row_and_one_of_a_row_created_since_never_deadlock(
     db_env: str,
     monkeypatch: pytest.MonkeyPatch,
     direct_database_url: str,
     admin_conn: psycopg.Connection[Any],
 ) -> None:
-    """The second erasure finds no row (the id is tombstoned already), then, before it deletes,
-    a sign-in creates a row and counts keywords on it: the erasure deletes that row, so its
-    tombstone must keep what that row used. A flag naming the user, locked by another
-    connection, holds the erasure between the two (observed waiting, not timed)."""
+    """A repeated erasure (the id is tombstoned, no row) runs while the person signs in again
+    and erases that new account too. The first found no row to lock; if it locked the new row
+    at its end (after the tombstone and the rows it changes), it took the locks in the opposite
+    order to the second erasure, which locks the row first: a deadlock (the autouse fixture
+    fails the test on one). Real connections: the new row is inserted uncommitted, and a flag
+    naming the user, locked by another connection, holds both erasures midway."""
     configure(monkeypatch, DB_POOL_SIZE="4")
     db.dispose_engine()
     ends = signed_up(admin_conn, "user_again", used=5)
@@ -182,13 +196,27 @@ def test_a_row_created_while_a_second_erasure_runs_is_tombstoned_with_what_it_us
         """INSERT INTO feature_flags (id, key, enabled, "allowedUsers", "updatedAt")
            VALUES ('f1', 'f1', true, ARRAY['user_again'], now())"""
     )
-    with psycopg.connect(direct_database_url) as blocker, ThreadPoolExecutor(1) as pool:
+    with (
+        psycopg.connect(direct_database_url) as blocker,
+        psycopg.connect(direct_database_url) as sign_in,
+        ThreadPoolExecutor(2) as pool,
+    ):
         blocker.execute("SELECT 1 FROM feature_flags WHERE id = 'f1' FOR UPDATE")
-        erasing = pool.submit(erase, "user_again", "clerk")
-        waits_for_lock(admin_conn, "UPDATE feature_flags")
-        assert signed_up(admin_conn, "user_again", used=9) == ends  # the trial continues
+        sign_in.execute(
+            """INSERT INTO users (id, email, "createdAt", "updatedAt", "trialEndsAt",
+                   "keywordSearchesTotal", "keywordSearchesThisMonth")
+               VALUES ('user_again', 'user_again@example.com', now(), now(), %s, 9, 4)""",
+            (ends,),
+        )
+        repeated = pool.submit(erase, "user_again", "clerk")  # sees no row: not committed yet
+        waiting(admin_conn, 1)  # on the flag
+        sign_in.commit()
+        of_the_new_row = pool.submit(erase, "user_again", "api")
+        waiting(admin_conn, 2)
         blocker.commit()
-        assert erasing.result().user_deleted
+        assert not repeated.result().user_deleted
+        assert of_the_new_row.result().user_deleted
+    assert admin_conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
     assert {
         (row[1], row[2]) for row in kept(admin_conn, "user_again", "user_again@example.com")
     } == {(ends, 9)}
