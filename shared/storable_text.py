@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 NUL = "\x00"
 # A valid pair parses to one code point; a surrogate left in a string stood alone.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Unstorable = Literal["nul", "surrogate"]
 
@@ -25,9 +25,15 @@ def unstorable_kind(value: str) -> Unstorable | None:
     """What in `value` PostgreSQL cannot store: NUL, a lone surrogate, or None."""
     if NUL in value:
         return "nul"
-    if _LONE_SURROGATE.search(value):
+    if LONE_SURROGATE.search(value):
         return "surrogate"
     return None
+
+
+def without_lone_surrogates(value: str) -> str:
+    """`value` with each lone surrogate as U+FFFD: what UTF-8 output (a header, a JSON
+    response) can carry of it."""
+    return LONE_SURROGATE.sub("\ufffd", value)
 
 
 def first_unstorable(value: Any) -> Unstorable | None:

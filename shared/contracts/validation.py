@@ -6,14 +6,13 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, model_validator
 from pydantic_core import PydanticCustomError
 
-from shared.storable_text import unstorable_kind
+from shared.storable_text import LONE_SURROGATE, unstorable_kind
 
 # What JS `String.prototype.trim()` and the regex class `\s` treat as whitespace (ECMAScript
 # WhiteSpace + LineTerminator). Python's `str.strip()`/`\s` differ: they also take the ASCII
@@ -70,9 +69,6 @@ def unstorable(field: str, value: str) -> PydanticCustomError | None:
     return None
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _declared_strings(model: type[BaseModel], data: Any) -> Iterator[tuple[str, str]]:
     """(field, string) for every string anywhere inside `data`'s declared fields, iteratively."""
     if not isinstance(data, dict):
@@ -99,7 +95,7 @@ class NoLoneSurrogates(BaseModel):
     @classmethod
     def _refuse_lone_surrogates(cls, data: Any) -> Any:
         for field, value in _declared_strings(cls, data):
-            if _LONE_SURROGATE.search(value):
+            if LONE_SURROGATE.search(value):
                 raise fail("surrogate", surrogate_message(field))
         return data
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -32,9 +31,10 @@ from mangum.handlers import APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
 from mangum.types import LambdaContext, LambdaEvent
 
+from shared.storable_text import LONE_SURROGATE, without_lone_surrogates
+
 # Not UTF-8, so never valid JSON: what a body that cannot be decoded becomes (400 on JSON routes).
 UNDECODABLE = b"\xff"
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _body(event: LambdaEvent) -> bytes:
@@ -55,7 +55,7 @@ def _body(event: LambdaEvent) -> bytes:
 def _text(value: Any) -> str:
     """A header value Mangum can encode as UTF-8 (lone surrogates as U+FFFD)."""
     text = value if isinstance(value, str) else "" if value is None else str(value)
-    return _LONE_SURROGATE.sub("\ufffd", text)
+    return without_lone_surrogates(text)
 
 
 def _query_value(value: Any) -> Any:
@@ -81,7 +81,7 @@ def tolerant(event: LambdaEvent) -> LambdaEvent:
     context = dict(event.get("requestContext") or {})
     if event.get("version") == "2.0":
         raw_query = event.get("rawQueryString") or ""
-        fixed["rawQueryString"] = _LONE_SURROGATE.sub(
+        fixed["rawQueryString"] = LONE_SURROGATE.sub(
             lambda m: quote(m.group().encode("utf-8", "surrogatepass")), str(raw_query)
         )
         http = dict(context.get("http") or {})

@@ -36,7 +36,6 @@ cap counts Postgres rows.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +65,7 @@ from shared.repositories import (
     users,
 )
 from shared.repositories.legacy_repairs import Kind
+from shared.storable_text import without_lone_surrogates
 from shared.storage import mode
 from shared.telemetry import log_event
 
@@ -498,16 +498,13 @@ def list_searches(user_id: str) -> Answer[list[SavedSearch]] | None:
     return None
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _displayable(record: SavedSearchRecord) -> SavedSearchRecord:
     """The record with each unpaired UTF-16 surrogate (half an emoji, as JS can store it) in
     the strings a list item shows replaced by U+FFFD: a JSON response in UTF-8 cannot carry
     it, and the item is still listed, as the original listed it."""
 
     def text(value: str | None) -> str | None:
-        return None if value is None else _LONE_SURROGATE.sub("\ufffd", value)
+        return None if value is None else without_lone_surrogates(value)
 
     params = record.searchParams.model_copy(update={"location": text(record.searchParams.location)})
     return record.model_copy(
