@@ -143,7 +143,7 @@ def task_profile(params: dict[str, Any]) -> dict[str, Any]:
     calibration = _calibrate(params["calibrate"], tokens, fixtures, direct)
     before = tables_now(direct)
     job = importlib.import_module("functions.cron.collect_metrics")
-    job.handler(events.schedule("collect_metrics"), events.lambda_context("collect_metrics"))
+    job.lambda_handler(events.schedule("collect_metrics"), events.lambda_context("collect_metrics"))
     after = tables_now(direct)
     return {
         "routes": routes,

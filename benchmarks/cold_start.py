@@ -64,7 +64,7 @@ class Context:
     def get_remaining_time_in_millis(self):
         return 30000
 before = time.perf_counter()
-response = module.handler(event, Context())
+response = module.lambda_handler(event, Context())
 answered = time.perf_counter()
 notable = ("fastapi", "starlette", "mangum", "sqlalchemy", "psycopg", "jwt", "cryptography",
            "httpx", "upstash_redis", "pydantic")
@@ -118,7 +118,7 @@ if child == 0:
     restored = time.perf_counter()
     for hook in hooks["after"]:
         hook()
-    response = module.handler(event, Context())
+    response = module.lambda_handler(event, Context())
     elapsed = (time.perf_counter() - restored) * 1000
     answer = {"restore_ms": elapsed, "status": response.get("statusCode")}
     os.write(write, json.dumps(answer).encode())

@@ -15,7 +15,7 @@ Tasks:
   (`benchmarks.core_ops_worker`).
 - `fluid`: one process serving concurrent requests through a function's ASGI app.
 
-Invocations go through each module's Lambda `handler` with a real API Gateway v2 event, as
+Invocations go through each module's Lambda `lambda_handler` with a real API Gateway v2 event, as
 Lambda calls it.
 """
 
@@ -53,7 +53,7 @@ def module(function: str) -> ModuleType:
 
 def invoke(function: str, event: Event) -> tuple[int, Any]:
     """Call the function's Lambda handler; (status, decoded JSON body or text)."""
-    raw = module(function).handler(event, events.lambda_context(function))
+    raw = module(function).lambda_handler(event, events.lambda_context(function))
     try:
         body: Any = events.response_json(raw)
     except ValueError:
@@ -441,7 +441,7 @@ def _warm_one(
         _expect(status, body, 200, scenario.name)
         recorded_sql, recorded_redis = list(RECORDER.statements), list(RECORDER.redis)
         bare = BareReplay(recorded_sql, recorded_redis)
-        handler = module(scenario.function).handler
+        handler = module(scenario.function).lambda_handler
         context = events.lambda_context(scenario.function)
         hello_event = scenarios.request("GET", "/hello")
         header = built[warmup]["headers"].get("authorization", "")
@@ -624,7 +624,7 @@ def task_memory(params: dict[str, Any]) -> dict[str, Any]:
     with Env(scenario.env):
         for i in range(1, n + 1):
             _prepare(scenario.needs, tokens, fixtures)
-            raw = module(function).handler(
+            raw = module(function).lambda_handler(
                 scenario.build(tokens, fixtures), events.lambda_context(function)
             )
             status = int(raw["statusCode"])
@@ -729,7 +729,7 @@ def task_cron(params: dict[str, Any]) -> dict[str, Any]:
     # when it stops, and the summary says whether it finished.
     timeout_ms = int(params.get("timeout_ms", 300_000))
     context = events.lambda_context(params["job"], timeout_ms=timeout_ms)
-    outcome = job.handler(events.schedule(params["job"]), context)
+    outcome = job.lambda_handler(events.schedule(params["job"]), context)
     seconds = time.perf_counter() - started
     return {
         "job": params["job"],

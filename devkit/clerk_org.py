@@ -124,7 +124,7 @@ def deliver(sent: list[tuple[str, dict[str, Any]]]) -> list[str]:
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     os.environ["CLERK_WEBHOOK_SECRET"] = secret
     get_settings.cache_clear()
-    from functions.webhooks_clerk import handler
+    from functions.webhooks_clerk import lambda_handler
 
     lines = []
     for kind, data in sent:
@@ -135,7 +135,7 @@ def deliver(sent: list[tuple[str, dict[str, Any]]]) -> list[str]:
         loop = asyncio.new_event_loop()  # Mangum runs on the thread's loop
         asyncio.set_event_loop(loop)
         try:
-            response = handler(lambda_event, events.lambda_context("webhooks_clerk"))
+            response = lambda_handler(lambda_event, events.lambda_context("webhooks_clerk"))
         finally:
             asyncio.set_event_loop(None)
             loop.close()

@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "invoke",
         "call one function's Lambda handler in-process with a real event",
         "Build an API Gateway HTTP API (v2) event (or load one with --event; a cron gets an "
-        "EventBridge schedule event), call the function's `handler` in this process and print "
-        "the status, headers and body. --repeat shows cold versus warm timings. Uses the "
+        "EventBridge schedule event), call the function's `lambda_handler` in this process and "
+        "print the status, headers and body. --repeat shows cold versus warm timings. Uses the "
         "running `keyflash dev`'s database and Redis when there is one.",
         _invoke,
     )

@@ -1,7 +1,7 @@
 """Scheduled jobs locally: `functions/cron/<job>.py`, run on vercel.json's schedules.
 
-Production fires a cron two ways: EventBridge calls the Lambda `handler(event, context)` with a
-schedule event, Vercel GETs the job's small app. Locally we do what Lambda does (a real
+Production fires a cron two ways: EventBridge calls the Lambda `lambda_handler(event, context)`
+with a schedule event, Vercel GETs the job's small app. Locally we do what Lambda does (a real
 EventBridge event, in-process), on the schedule vercel.json's `crons` declares for the job's
 path (5-field cron, UTC; the module's own `SCHEDULE` is the fallback). Runs missed while the
 stack was down are not caught up, as on both platforms. A job still running when its next time
@@ -229,7 +229,7 @@ def run_job(job: CronJob) -> RunResult:
     started = time.perf_counter()
     try:
         module = job.load()
-        handler: Callable[[dict[str, Any], Any], Any] = module.handler
+        handler: Callable[[dict[str, Any], Any], Any] = module.lambda_handler
         result = handler(
             events.schedule(rule=f"keyflash-{job.name}"),
             events.lambda_context(f"keyflash-cron-{job.name}"),

@@ -5,16 +5,18 @@ FastAPI app's routes are what both platforms must route to it. From them the che
 what each descriptor has to declare and reports every difference at once:
 
 - HTTP function `functions/<module>.py`: in serverless.yml a function with handler
-  `functions/<module>.handler`, one `httpApi` event per (method, path) of the app plus
+  `functions/<module>.lambda_handler`, one `httpApi` event per (method, path) of the app plus
   `OPTIONS` per path (CORS preflights are answered by the function, not API Gateway), and
   package patterns that ship its module; in vercel.json a `builds` entry
   `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per path,
   `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, with the same methods plus OPTIONS.
-- Cron `functions/cron/<job>.py` (exports `SCHEDULE`, a 5-field UTC cron; `handler` for Lambda;
-  `app`, a small ASGI GET endpoint guarded by CRON_SECRET, for Vercel): in serverless.yml a
-  function with handler `functions/cron/<job>.handler` and one `schedule: cron(...)` event with
-  the same schedule in AWS's 6-field form; in vercel.json a build, a GET route for its path
-  (`CRON_PATH`, default `/api/cron/<job>`) and a `crons` entry with the same schedule.
+- Cron `functions/cron/<job>.py` (exports `SCHEDULE`, a 5-field UTC cron; `lambda_handler` for
+  Lambda; `app`, a small ASGI GET endpoint guarded by CRON_SECRET, for Vercel): in serverless.yml
+  a function with handler `functions/cron/<job>.lambda_handler` and one `schedule: cron(...)`
+  event with the same schedule in AWS's 6-field form; in vercel.json a build, a GET route for its
+  path (`CRON_PATH`, default `/api/cron/<job>`) and a `crons` entry with the same schedule.
+- Vercel serves each module's `app`: no module may export `handler` or `Handler`, which
+  Vercel's runtime would take first (see `vercel_shadows`).
 - Nothing declared that does not exist.
 """
 
@@ -26,6 +28,7 @@ import pkgutil
 import re
 import sys
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,6 +55,7 @@ class FunctionSpec:
     routes: dict[str, frozenset[str]] = field(default_factory=dict)  # FastAPI path → methods
     schedule: str | None = None  # crons: 5-field UTC cron
     cron_path: str | None = None  # crons: the path Vercel GETs
+    vercel_shadows: tuple[str, ...] = ()  # names Vercel would take before `app` (below)
 
     @property
     def file(self) -> str:
@@ -59,7 +63,7 @@ class FunctionSpec:
 
     @property
     def handler(self) -> str:
-        return self.module.replace(".", "/") + ".handler"
+        return self.module.replace(".", "/") + ".lambda_handler"
 
     @property
     def vercel_dest(self) -> str:
@@ -96,8 +100,27 @@ def app_routes(module: ModuleType) -> dict[str, frozenset[str]]:
     return {path: frozenset(methods) for path, methods in routes.items()}
 
 
+def vercel_shadows(module: ModuleType) -> tuple[str, ...]:
+    """The module's names that Vercel's Python runtime takes before `app`.
+
+    It looks for `handler` (then `Handler`) first and, when found, requires a
+    `BaseHTTPRequestHandler` subclass: anything else there (a Mangum adapter, a function) stops
+    the function at its cold start, and its `app` is never served. Hence the Lambda entry is
+    `lambda_handler`."""
+    return tuple(
+        name
+        for name in ("handler", "Handler")
+        if name in dir(module)
+        and not (
+            isinstance(getattr(module, name), type)
+            and issubclass(getattr(module, name), BaseHTTPRequestHandler)
+        )
+    )
+
+
 def load_spec(dotted: str) -> FunctionSpec:
     module = importlib.import_module(dotted)
+    shadows = vercel_shadows(module)
     if f".{CRON_PACKAGE}." in dotted:
         job = dotted.rsplit(".", 1)[1]
         return FunctionSpec(
@@ -105,8 +128,9 @@ def load_spec(dotted: str) -> FunctionSpec:
             "cron",
             schedule=getattr(module, "SCHEDULE", None),
             cron_path=getattr(module, "CRON_PATH", f"/api/cron/{job}"),
+            vercel_shadows=shadows,
         )
-    return FunctionSpec(dotted, "http", routes=app_routes(module))
+    return FunctionSpec(dotted, "http", routes=app_routes(module), vercel_shadows=shadows)
 
 
 # --------------------------------------------------------------------------- conversions
@@ -344,6 +368,13 @@ def check_vercel(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]
             )
         if build.get("use") != "@vercel/python":
             problems.append(f"vercel.json: build {src} must use @vercel/python")
+        if src in known and known[src].vercel_shadows:
+            names = " and ".join(f"`{name}`" for name in known[src].vercel_shadows)
+            problems.append(
+                f"{src}: exports {names}, which Vercel's Python runtime takes before `app` and "
+                "refuses unless it is a BaseHTTPRequestHandler subclass (the function would fail "
+                "at every cold start); name the Lambda entry `lambda_handler`"
+            )
 
     routes_by_dest: dict[str, dict[str, set[str]]] = {}
     seen_src: dict[str, str] = {}

@@ -55,7 +55,7 @@ class Route:
 
 @dataclass(frozen=True)
 class Function:
-    """One deployable HTTP function: `functions/<name>.py` with `app` and `handler`."""
+    """One deployable HTTP function: `functions/<name>.py` with `app` and `lambda_handler`."""
 
     name: str
     module: ModuleType

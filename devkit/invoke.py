@@ -1,4 +1,4 @@
-"""`keyflash invoke`: call one function's Lambda `handler` in-process with a real event.
+"""`keyflash invoke`: call one function's Lambda `lambda_handler` in-process with a real event.
 
 HTTP functions get an API Gateway HTTP API (v2) event built from --method/--path/--body/
 --header (or any event loaded from a file), crons an EventBridge schedule event. The handler
@@ -147,9 +147,9 @@ def invoke(
     started = time.perf_counter()
     module = importlib.import_module(target.module)
     import_ms = (time.perf_counter() - started) * 1000
-    handler = getattr(module, "handler", None)
+    handler = getattr(module, "lambda_handler", None)
     if not callable(handler):
-        raise CliError(f"{target.module} has no `handler` to invoke")
+        raise CliError(f"{target.module} has no `lambda_handler` to invoke")
     if event_file is not None:
         description = "event from file"
 
@@ -195,10 +195,12 @@ def invoke(
                     "the event is not one Mangum can route (API Gateway v1/v2, function URL, "
                     "ALB or Lambda@Edge); HTTP functions need an HTTP event"
                 ) from None
-            raise CliError(f"{target.module}.handler raised RuntimeError: {error}") from error
+            raise CliError(
+                f"{target.module}.lambda_handler raised RuntimeError: {error}"
+            ) from error
         except Exception as error:
             raise CliError(
-                f"{target.module}.handler raised {type(error).__name__}: {error}"
+                f"{target.module}.lambda_handler raised {type(error).__name__}: {error}"
             ) from error
         elapsed = (time.perf_counter() - began) * 1000
         refusal = _response_refusal(target, response)
@@ -305,7 +307,7 @@ def _is_json(text: str) -> bool:
 def render(invocation: Invocation) -> str:
     """Status, headers and body of the last run, then the timings."""
     last = invocation.runs[-1]
-    lines = [paint(f"{invocation.target.module}.handler  ({invocation.description})", "dim")]
+    lines = [paint(f"{invocation.target.module}.lambda_handler  ({invocation.description})", "dim")]
     if last.refused:
         lines.append(paint(f"refused by the platform: {last.refused}", "red"))
     response = last.response

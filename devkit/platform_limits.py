@@ -191,7 +191,7 @@ def configured_timeout_s(module: str, platform: str) -> float:
     source = module.replace(".", "/")
     if platform == "lambda":
         for spec in (serverless.get("functions") or {}).values():
-            if spec.get("handler") == f"{source}.handler" and "timeout" in spec:
+            if spec.get("handler") == f"{source}.lambda_handler" and "timeout" in spec:
                 return float(spec["timeout"])
         return float(serverless.get("provider", {}).get("timeout", LAMBDA_DEFAULT_TIMEOUT_S))
     for build in vercel.get("builds", []):

@@ -22,7 +22,7 @@ from shared import db
 from shared.clock import utcnow
 from shared.contracts import admin as contract
 from shared.db import Conn
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.responses import ok
 from shared.repositories import search_history, users
@@ -67,4 +67,4 @@ def analytics(
     return ok(contract.analytics_body(db.read(gather, analytics=True)))
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from shared import db, flags
 from shared.contracts import flags as contract
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
@@ -78,4 +78,4 @@ def create_flag(
     return ok({"flag": contract.record(created)}, status=201)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from shared import db
 from shared.clock import utcnow
 from shared.contracts import admin as contract
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.responses import ok
 from shared.repositories import system_metrics
@@ -42,4 +42,4 @@ def metric_series(
     return ok(contract.series_body(query, points))
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

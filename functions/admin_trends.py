@@ -16,7 +16,7 @@ from shared import db
 from shared.clock import utcnow
 from shared.contracts import trends as contract
 from shared.db import Conn
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.responses import ok
 from shared.repositories import reports
@@ -52,4 +52,4 @@ def trends(
     return ok(db.read(gather, analytics=True))
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

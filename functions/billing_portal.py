@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.http import stripe_sessions
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 
 app = create_app(title="Billing portal", summary="Manage the subscription on Stripe's portal.")
 
@@ -32,4 +32,4 @@ def billing_portal(request: Request) -> Response:
     return stripe_sessions.open_portal(request, user.stripe_customer_id)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

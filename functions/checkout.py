@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.http import stripe_sessions
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.models.users import User
 from shared.repositories.users import is_placeholder
 
@@ -63,4 +63,4 @@ def checkout(request: Request) -> Response:
     return stripe_sessions.start_checkout(request, subscriber(user), refused)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

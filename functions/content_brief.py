@@ -23,7 +23,7 @@ from shared import brief, cache, providers
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.related import ContentBriefRequest
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
@@ -151,4 +151,4 @@ def _answer(made: dict[str, Any], cached: bool, decision: Decision) -> Response:
     )
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

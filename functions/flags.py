@@ -12,7 +12,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from shared import flags
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify
 from shared.http.responses import ok
 
@@ -25,4 +25,4 @@ def get_flags(request: Request) -> Response:
     return ok({"flags": flags.flags_for(identity.user_id if identity else None)})
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from shared import db, providers
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.responses import ok
 from shared.providers import account
 from shared.ratelimit import limit_request
@@ -135,4 +135,4 @@ def health(request: Request, deep: bool = False) -> Response:
     return ok(body, status=code, cache_control="no-store, no-cache", headers=decision.headers())
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

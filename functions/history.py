@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from shared import db
 from shared.contracts import history as contract
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.responses import ok
 from shared.repositories import search_history
@@ -63,4 +63,4 @@ def list_history(
     return ok(body)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

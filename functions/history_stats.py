@@ -14,7 +14,7 @@ from starlette.responses import Response
 from shared import db
 from shared.clock import utcnow
 from shared.contracts import history as contract
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.responses import ok
 from shared.repositories import search_history
@@ -42,4 +42,4 @@ def history_stats(
     return ok(contract.stats_body(stats, since=since, until=until))
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

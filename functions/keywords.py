@@ -24,7 +24,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
 from shared.errors import OrganizationNotFoundError, QuotaExceededError, TrialExpiredError
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
@@ -172,4 +172,4 @@ def _origin(request: Request) -> keyword_search.Origin:
     )
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -25,7 +25,7 @@ from shared.auth import Identity
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.related import RelatedKeywordsRequest
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
@@ -158,4 +158,4 @@ def related(
     )
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -14,7 +14,7 @@ from shared.clock import utcnow
 from shared.config import get_settings
 from shared.contracts import account
 from shared.errors import SubscriptionLiveError
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError
 from shared.http.responses import ok
@@ -54,4 +54,4 @@ def delete_me(request: Request, user: CurrentUser) -> Response:
     return ok({"deleted": True})
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

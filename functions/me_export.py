@@ -29,7 +29,7 @@ from shared.auth import Identity, again_if_erased
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts import compact
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.responses import PRIVATE_NO_STORE, ok
@@ -139,4 +139,4 @@ def export_status(export_id: str, user: CurrentUser) -> Response:
     return ok({"export": _view(found, now)})
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.http import org_billing, stripe_sessions
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 
 app = create_app(
     title="Organization billing portal",
@@ -40,4 +40,4 @@ def org_billing_portal(org_id: str, request: Request) -> Response:
     return stripe_sessions.open_portal(request, org.stripe_customer_id)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

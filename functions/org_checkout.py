@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.http import org_billing, stripe_sessions
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.models.organizations import Organization
 from shared.models.users import User
 from shared.repositories.users import is_placeholder
@@ -69,4 +69,4 @@ def org_checkout(org_id: str, request: Request) -> Response:
     return stripe_sessions.start_checkout(request, subscriber(org, user), refused)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from shared import db, rbac
 from shared.contracts import teams
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
 from shared.repositories import team_members
@@ -28,4 +28,4 @@ def list_members(
     return ok({"members": [teams.member(row) for row in found]})
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from shared import db, rbac
 from shared.contracts import saved_searches as personal
 from shared.contracts import teams
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
@@ -68,4 +68,4 @@ def delete_team_search(search_id: str, access: Manager) -> Response:
     return ok({"success": True})
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -17,7 +17,7 @@ from shared.auth import again_if_erased
 from shared.contracts import saved_searches as personal
 from shared.contracts import teams
 from shared.errors import OrganizationNotFoundError, SavedSearchLimitError
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ORG_NOT_FOUND, ApiError
@@ -66,4 +66,4 @@ def create_team_search(
     return ok({"search": teams.record(created)}, status=201)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -12,7 +12,7 @@ from shared import db, rbac
 from shared.clock import utcnow
 from shared.config import get_settings
 from shared.contracts import teams
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
@@ -33,4 +33,4 @@ def get_usage(access: Annotated[OrgAccess, Depends(permitted(rbac.USAGE_READ))])
     return ok(teams.usage(org, view, enforced=settings.billing_enabled))
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

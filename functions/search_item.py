@@ -14,7 +14,7 @@ from starlette.responses import Response
 from shared import storage
 from shared.contracts import saved_searches as contract
 from shared.errors import UnstorableSearchError
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
@@ -62,4 +62,4 @@ def delete_search(search_id: str, user: CurrentUser) -> Response:
     return ok({"success": True})
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -12,7 +12,7 @@ from shared import storage
 from shared.auth import again_if_erased
 from shared.contracts import saved_searches as contract
 from shared.errors import SavedSearchLimitError
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
@@ -47,4 +47,4 @@ def create_search(
     return ok({"search": contract.record(created)}, status=201)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

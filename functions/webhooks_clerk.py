@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from shared import accounts, organizations
 from shared.config import get_settings
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.storable_text import first_unstorable
@@ -163,4 +163,4 @@ async def clerk_webhook(request: Request) -> Response:
     return ok(applied)
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from shared import billing, stripe_objects
 from shared.config import get_settings
 from shared.db import DatabaseUnavailableError
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.errors import ApiError
 from shared.storable_text import refuse_constant
 from shared.telemetry import log_event
@@ -116,4 +116,4 @@ async def stripe_webhook(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(_process, event))
 
 
-handler = lambda_handler(app)
+lambda_handler = make_lambda_handler(app)

@@ -49,7 +49,7 @@ def warm() -> None:
     configure_mappers()
     db.compile_hot_statements()  # those of the repositories the function imported
     db.connect_ahead()  # builds the engine, reads the settings; its dialect learns the server
-    gc.collect()  # INIT's garbage, paid at publish time; `lambda_handler` then freezes the rest
+    gc.collect()  # INIT's garbage, paid at publish time; `make_lambda_handler` freezes the rest
 
 
 def before_snapshot() -> None:

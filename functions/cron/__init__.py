@@ -1,1 +1,2 @@
-"""Scheduled functions: one module per job (`handler`: Lambda schedules, `app`: Vercel Cron)."""
+"""Scheduled functions: one module per job (`lambda_handler`: Lambda schedules, `app`:
+Vercel Cron)."""

@@ -5,11 +5,11 @@ CLI: `python -m functions.cron.backup {run,list,restore s3://bucket/<prefix><nam
 """
 
 from shared.cron.backup import JOB, main
-from shared.cron.entry import asgi_app, lambda_handler
+from shared.cron.entry import asgi_app, make_lambda_handler
 
 SCHEDULE = "0 2 * * *"
 
-handler = lambda_handler(JOB)
+lambda_handler = make_lambda_handler(JOB)
 app = asgi_app(JOB)
 
 if __name__ == "__main__":

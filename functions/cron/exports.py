@@ -4,10 +4,10 @@ Schedule (UTC): `*/5 * * * *`. The job's logic: `shared.cron.exports`; the docum
 storage layout: `shared.exports`.
 """
 
-from shared.cron.entry import asgi_app, lambda_handler
+from shared.cron.entry import asgi_app, make_lambda_handler
 from shared.cron.exports import JOB
 
 SCHEDULE = "*/5 * * * *"
 
-handler = lambda_handler(JOB)
+lambda_handler = make_lambda_handler(JOB)
 app = asgi_app(JOB)

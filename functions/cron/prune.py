@@ -3,10 +3,10 @@
 Schedule (UTC): `30 3 * * *`. The job's logic and guarantees: `shared.cron.prune`.
 """
 
-from shared.cron.entry import asgi_app, lambda_handler
+from shared.cron.entry import asgi_app, make_lambda_handler
 from shared.cron.prune import JOB
 
 SCHEDULE = "30 3 * * *"
 
-handler = lambda_handler(JOB)
+lambda_handler = make_lambda_handler(JOB)
 app = asgi_app(JOB)

@@ -3,10 +3,10 @@
 Schedule (UTC): `*/5 * * * *`. The job's logic and guarantees: `shared.cron.reservations`.
 """
 
-from shared.cron.entry import asgi_app, lambda_handler
+from shared.cron.entry import asgi_app, make_lambda_handler
 from shared.cron.reservations import JOB
 
 SCHEDULE = "*/5 * * * *"
 
-handler = lambda_handler(JOB)
+lambda_handler = make_lambda_handler(JOB)
 app = asgi_app(JOB)

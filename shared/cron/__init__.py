@@ -7,7 +7,7 @@ Every job runs through `shared.cron.runner.run_job`, which gives it the same gua
   resumes (every job is idempotent, so a run that fires twice or repeats a batch is harmless);
 - a JSON summary `{job, processed, batches, durationMs, complete, …}`, logged and returned.
 
-`shared.cron.entry` adapts a job to Lambda (`handler(event, context)` for EventBridge schedule
-events) and to Vercel (`app`, a framework-free ASGI GET guarded by `Bearer $CRON_SECRET`).
+`shared.cron.entry` adapts a job to Lambda (`lambda_handler(event, context)` for EventBridge
+schedule events) and to Vercel (`app`, a framework-free ASGI GET guarded by `Bearer $CRON_SECRET`).
 Nothing here imports FastAPI, Starlette or Mangum: a cron's cold start pays for none of them.
 """

@@ -1,9 +1,10 @@
-"""A cron job's two platform entries, with no web framework: Lambda `handler` and Vercel `app`.
+"""A cron job's two platform entries, without a web framework: `lambda_handler` and `app`.
 
-- Lambda: `handler(event, context)` for EventBridge `schedule` events (Mangum cannot take
+- Lambda: `lambda_handler(event, context)` for EventBridge `schedule` events (Mangum cannot take
   them). Options come from a manual invoke's payload (`{"full": true}`); a scheduled event's
   `detail` is empty. Failures raise, so the invocation is recorded as failed.
-- Vercel: when a module exports both `app` and `handler`, Vercel serves `app`. Vercel Cron
+- Vercel: its Python runtime serves `app` (it would take a `handler` first, and refuse it
+  unless it is a `BaseHTTPRequestHandler` subclass: hence `lambda_handler`). Vercel Cron
   sends `GET <path>` with `Authorization: Bearer $CRON_SECRET`; anything else answers 401 in
   the API's error envelope, and an unset CRON_SECRET answers 500 (refusing is safer than
   letting anyone start a job). Query parameters become options (`?full=true`).
@@ -45,8 +46,8 @@ def event_options(event: Any) -> dict[str, Any]:
     return {str(key): value for key, value in event.items()}
 
 
-def lambda_handler(job: Job) -> LambdaHandler:
-    """`handler(event, context)` running `job` within the invocation's remaining time."""
+def make_lambda_handler(job: Job) -> LambdaHandler:
+    """`lambda_handler(event, context)` running `job` within the invocation's remaining time."""
 
     def handler(event: Any, context: Any) -> dict[str, Any]:
         return run_job(job, context=context, options=event_options(event))

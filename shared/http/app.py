@@ -1,7 +1,8 @@
 """The app factory every HTTP function uses, and its Lambda handler.
 
 A function module does `app = create_app(...)`, adds its routes, and ends with
-`handler = lambda_handler(app)`: Vercel and the emulator serve `app`, Lambda calls `handler`.
+`lambda_handler = make_lambda_handler(app)`: Vercel and the emulator serve `app`, Lambda calls
+`lambda_handler` (never `handler`, which Vercel's runtime would take before `app`).
 Nothing here opens a connection: the engine is created on first use and cached per container
 (Mangum runs lifespan on every invocation, so it is off).
 """
@@ -48,7 +49,8 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
 }
 HSTS = "max-age=31536000; includeSubDomains; preload"
-_init_frozen = False  # whether a function of this process has frozen its INIT (`lambda_handler`)
+# Whether a function of this process has frozen its INIT (`make_lambda_handler`).
+_init_frozen = False
 
 
 def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAPI:
@@ -83,7 +85,7 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
     return app
 
 
-def lambda_handler(app: FastAPI) -> LambdaHandler:
+def make_lambda_handler(app: FastAPI) -> LambdaHandler:
     """API Gateway HTTP API (v2), REST API (v1) and function URL events → `app` (Mangum, made to
     answer every event shape: `shared.http.lambda_events`); on Lambda, the
     SnapStart hooks (`shared.snapstart`) are registered here, during INIT.

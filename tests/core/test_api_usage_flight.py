@@ -36,7 +36,7 @@ def invoke(keys: Keys, path: str = "/api/searches", user: str = "user_flight") -
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        result = searches.handler(
+        result = searches.lambda_handler(
             events.http_api_v2("GET", path, headers=headers), events.lambda_context("searches")
         )
     finally:

@@ -392,8 +392,8 @@ def run_every_cron(run: Run) -> None:
 
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         for name in cron_modules():
-            module = __import__(f"functions.cron.{name}", fromlist=["handler", "app"])
-            summary = module.handler(events.schedule(), events.lambda_context(name))
+            module = __import__(f"functions.cron.{name}", fromlist=["lambda_handler", "app"])
+            summary = module.lambda_handler(events.schedule(), events.lambda_context(name))
             assert summary.get("complete") is not False or summary.get("skipped"), summary
             ok = vercel_cron(module.app, CRON_SECRET, query="force=true")
             assert ok.status == 200, ok.body
@@ -414,9 +414,9 @@ def outages(run: Run, direct_url: str) -> None:
     session = {"id": "cs_2", "object": "checkout.session", "customer_email": ADA,
                "metadata": {"clerkUserId": "user_ada"}}  # fmt: skip
     assert stripe_delivery(run, "checkout.session.completed", session).status == 503
-    module = __import__("functions.cron.prune", fromlist=["handler", "app"])
+    module = __import__("functions.cron.prune", fromlist=["lambda_handler", "app"])
     with pytest.raises(Exception, match="database"):
-        module.handler(events.schedule(), events.lambda_context("prune"))
+        module.lambda_handler(events.schedule(), events.lambda_context("prune"))
     assert vercel_cron(module.app, CRON_SECRET).status == 503
     run.env(DATABASE_URL=with_password(direct_url, DB_PASSWORD),
             DIRECT_DATABASE_URL=with_password(direct_url, DB_PASSWORD),
@@ -428,8 +428,8 @@ def outages(run: Run, direct_url: str) -> None:
     assert run.call("health", "GET", "/api/health").status == 429  # fail-closed limiter
     assert run.call("keywords", "POST", "/api/keywords", token=ada, json_body=search).status == 429
     assert run.call("searches", "GET", "/api/searches", token=ada).status == 200
-    metrics = __import__("functions.cron.collect_metrics", fromlist=["handler"])
-    metrics.handler(events.schedule(), events.lambda_context("collect_metrics"))
+    metrics = __import__("functions.cron.collect_metrics", fromlist=["lambda_handler"])
+    metrics.lambda_handler(events.schedule(), events.lambda_context("collect_metrics"))
     run.env(RATE_LIMIT_FAIL_SAFE="open")
     health = run.call("health", "GET", "/api/health", query={"deep": "true"})
     assert (health.status, health.json["checks"]["redis"]["healthy"]) == (207, False)

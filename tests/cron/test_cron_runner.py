@@ -283,7 +283,7 @@ def test_every_cron_module_runs_from_a_schedule_event(
         import boto3
 
         boto3.client("s3").create_bucket(Bucket="keyflash-backups-test")
-        summary = cron.handler(events.schedule(), events.lambda_context(timeout_ms=60_000))
+        summary = cron.lambda_handler(events.schedule(), events.lambda_context(timeout_ms=60_000))
     assert summary["job"] == module.rsplit(".", 1)[1]
     assert summary["complete"] is True, summary
     assert isinstance(cron.SCHEDULE, str) and len(cron.SCHEDULE.split()) == 5

@@ -1116,7 +1116,7 @@ def test_run_job_reports_a_failing_handler(monkeypatch: pytest.MonkeyPatch) -> N
         assert event["detail-type"] == "Scheduled Event"
         raise ValueError("disk full")
 
-    module.handler = handler  # type: ignore[attr-defined]
+    module.lambda_handler = handler  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "kf_failing_cron", module)
     job = crons.CronJob("failing", "kf_failing_cron", "/api/cron/failing", None, "test")
     result = crons.run_job(job)
@@ -1136,10 +1136,12 @@ def test_invoke_reports_a_handler_that_raises(monkeypatch: pytest.MonkeyPatch) -
     def handler(event: dict[str, Any], context: Any) -> None:
         raise KeyError("boom")
 
-    module.handler = handler  # type: ignore[attr-defined]
+    module.lambda_handler = handler  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "kf_raising_function", module)
     target = invoke.Target("cron", "cron.raising", "kf_raising_function")
-    with pytest.raises(CliError, match=re.escape("kf_raising_function.handler raised KeyError")):
+    with pytest.raises(
+        CliError, match=re.escape("kf_raising_function.lambda_handler raised KeyError")
+    ):
         invoke.invoke(target, event_file=None, request=invoke.Request(), repeat=1, token_for=str)
 
 

@@ -203,7 +203,7 @@ def test_lambda_behind_the_http_api_is_cut_at_30_s_with_a_503(
     """A function allowed longer than the HTTP API waits is answered by the HTTP API at 30 s;
     one whose own timeout comes first fails the invocation: a 500."""
     serverless = {"provider": {"timeout": 20}, "functions": {
-        "slow": {"handler": "functions/slow.handler", "timeout": 60}}}  # fmt: skip
+        "slow": {"handler": "functions/slow.lambda_handler", "timeout": 60}}}  # fmt: skip
     monkeypatch.setattr(platform_limits, "_descriptors", lambda: (serverless, {"builds": []}))
     slow = platform_limits.deadline("functions.slow", "http", platforms=["lambda"])
     assert (slow.seconds, slow.refusal.status, slow.refusal.body) == (30, 503, HTTP_API_UNAVAILABLE)
@@ -230,7 +230,7 @@ class Gate:
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """`functions.gated` and `functions.cron.gated`: stand-in functions that block on a gate,
     with a tiny imitated timeout. The gate opens at the end, so no abandoned thread stays."""
-    from shared.http.app import lambda_handler
+    from shared.http.app import make_lambda_handler
 
     opened = Gate()
     app = FastAPI()
@@ -242,9 +242,9 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
 
     module = types.ModuleType("functions.gated")
     module.app = app  # type: ignore[attr-defined]
-    module.handler = lambda_handler(app)  # type: ignore[attr-defined]
+    module.lambda_handler = make_lambda_handler(app)  # type: ignore[attr-defined]
     cron = types.ModuleType("functions.cron.gated")
-    cron.handler = lambda event, context: opened.pass_through()  # type: ignore[attr-defined]
+    cron.lambda_handler = lambda event, context: opened.pass_through()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "functions.gated", module)
     monkeypatch.setitem(sys.modules, "functions.cron.gated", cron)
     monkeypatch.setenv(platform_limits.TIMEOUT_VARIABLE, "0.2")

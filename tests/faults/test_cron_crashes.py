@@ -1,7 +1,7 @@
 """Crons killed mid-batch (issue 10): a real child process, SIGKILLed while a later batch waits.
 
-Each test runs a cron module's Lambda `handler` in its own interpreter, holds a row lock that a
-later batch needs (so earlier batches have committed and the child waits inside a statement),
+Each test runs a cron module's Lambda `lambda_handler` in its own interpreter, holds a row lock
+that a later batch needs (so earlier batches have committed and the child waits inside a statement),
 SIGKILLs the child as a vanished container would be, and shows:
 
 - the dead run's lease keeps a second run out until it expires (the takeover path: the lease
@@ -58,7 +58,8 @@ def cron_env(db_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def spawn_cron(job: str, database_url: str, direct_url: str, app: str) -> HandlerProcess:
-    """`functions.cron.<job>.handler` on a scheduled event, in a child with a short time limit."""
+    """`functions.cron.<job>.lambda_handler` on a scheduled event, in a child with a short
+    time limit."""
     env = child_env(
         DATABASE_URL=database_url,
         DIRECT_DATABASE_URL=direct_url,
@@ -74,7 +75,9 @@ def spawn_cron(job: str, database_url: str, direct_url: str, app: str) -> Handle
 def invoke(job: str) -> dict[str, Any]:
     """The next scheduled invocation of `job`, in this (warm) process."""
     module = importlib.import_module(f"functions.cron.{job}")
-    result: dict[str, Any] = module.handler(events.schedule(), events.lambda_context(job, 60_000))
+    result: dict[str, Any] = module.lambda_handler(
+        events.schedule(), events.lambda_context(job, 60_000)
+    )
     return result
 
 

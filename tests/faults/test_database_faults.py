@@ -1,7 +1,7 @@
 """Database faults injected into real processes while warm functions serve real traffic.
 
 Each test runs client threads in this process (a thread stands for a warm Lambda container; they
-share the module-level engine, with a connection each) calling the real `handler`s of
+share the module-level engine, with a connection each) calling the real `lambda_handler`s of
 `functions.searches` and `functions.me` with API Gateway v2 events: writes (POST /api/searches,
 each with a unique name) and reads (GET /api/searches, GET /api/me). Meanwhile the test breaks
 this process's own PostgreSQL or PgBouncer (see conftest.py), and then checks every answer and

@@ -3,7 +3,7 @@
 Each request's row is sent after the response and its answer read only by the next request
 (`shared.http.usage`), so the worst moment to kill a container is right after an answer: the
 row has left the process, nobody has seen it stored. A child interpreter stands for the
-container: it answers Lambda events read from stdin with the searches function's `handler`,
+container: it answers Lambda events read from stdin with the searches function's `lambda_handler`,
 one after the other on one warm engine. The tests kill it there — also while its row is still
 waiting in the server behind a table lock — and count the rows: exactly one per answer.
 SIGTERM (what Lambda sends when an extension is registered) flushes and keeps the default
@@ -41,7 +41,7 @@ from functions import searches
 asyncio.set_event_loop(asyncio.new_event_loop())
 context = events.lambda_context("searches")
 for line in sys.stdin:
-    result = searches.handler(json.loads(line), context)
+    result = searches.lambda_handler(json.loads(line), context)
     print(json.dumps({"statusCode": result["statusCode"]}), flush=True)
 """
 

@@ -1,7 +1,7 @@
 """Webhook processing killed between its steps (issue 10): real child processes, SIGKILL.
 
-Each delivery runs `functions.webhooks_<provider>.handler` in a child interpreter with a signed
-Lambda event. A row lock held from an admin transaction stops the child at a chosen statement
+Each delivery runs `functions.webhooks_<provider>.lambda_handler` in a child interpreter with a
+signed Lambda event. A row lock held from an admin transaction stops the child at a chosen statement
 inside its transaction (after its ledger claim and, for an erasure, after several writes);
 `pg_stat_activity` / `pg_locks` say when it waits there and what it has written. Then it is
 SIGKILLed, the lock released, and the tests show:

@@ -740,7 +740,7 @@ from functions import keywords
 token, body = sys.argv[1], sys.argv[2]
 headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
 event = events.http_api_v2("POST", "/api/keywords", headers=headers, body=body)
-keywords.handler(event, events.lambda_context("keywords"))
+keywords.lambda_handler(event, events.lambda_context("keywords"))
 """
 
 

@@ -1178,7 +1178,7 @@ def lambda_delivery(event: dict[str, Any]) -> dict[str, Any]:
 def invoke(lambda_event: dict[str, Any]) -> dict[str, Any]:
     from functions import webhooks_stripe
 
-    response: dict[str, Any] = webhooks_stripe.handler(lambda_event, events.lambda_context())
+    response: dict[str, Any] = webhooks_stripe.lambda_handler(lambda_event, events.lambda_context())
     return response
 
 

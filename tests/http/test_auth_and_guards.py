@@ -1,6 +1,6 @@
 """Clerk session tokens, admin checks, CSRF, CORS and warm-container reuse, through real handlers.
 
-Requests go through functions/searches.py's Lambda `handler` with API Gateway v2 events (one
+Requests go through functions/searches.py's Lambda `lambda_handler` with API Gateway v2 events (one
 invocation style is enough here: the style-specific plumbing is covered by the contract tests),
 on the direct database lane (nothing here depends on the lane, except the pooled warm-reuse
 test, which takes PgBouncer explicitly).
@@ -29,7 +29,7 @@ from starlette.responses import Response
 from devkit import events
 from devkit.pgbouncer import LocalPgBouncer
 from shared import config, db
-from shared.http.app import create_app, lambda_handler
+from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser, CurrentUser
 from shared.http.responses import ok
 from tests.support.http import ISSUER, Caller, Keys, Result, make_token
@@ -289,7 +289,7 @@ def probe_app() -> FastAPI:
 
 @pytest.fixture
 def probe(caller: Caller) -> Callable[..., Result]:
-    handler = lambda_handler(probe_app())
+    handler = make_lambda_handler(probe_app())
 
     def invoke(method: str, path: str, headers: dict[str, str] | None = None) -> Result:
         raw = handler(events.http_api_v2(method, path, headers=headers), events.lambda_context())
@@ -617,7 +617,7 @@ def _warm_calls(keys: Keys, count: int) -> None:
 
     token = make_token(keys, "user_warm")
     for _ in range(count):
-        raw = searches.handler(
+        raw = searches.lambda_handler(
             events.http_api_v2("GET", "/api/searches", headers=bearer(token)),
             events.lambda_context("searches"),
         )

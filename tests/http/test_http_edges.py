@@ -64,12 +64,12 @@ def test_the_validation_message_keeps_the_original_format_below_the_cap() -> Non
 
 
 def _invoke(module: str, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-    """`functions.<module>.handler(event)` as Lambda runs it; (status, headers, JSON body)."""
+    """`functions.<module>.lambda_handler(event)` as Lambda runs it: (status, headers, body)."""
     loaded = importlib.import_module(f"functions.{module}")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        raw = loaded.handler(event, events.lambda_context(module))
+        raw = loaded.lambda_handler(event, events.lambda_context(module))
     finally:
         asyncio.set_event_loop(None)
         loop.close()

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import importlib
 import json
 import re
 import secrets
 import tomllib
+import types
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -37,6 +40,7 @@ from devkit.descriptors import (
     load_vercel,
     report,
     serverless_functions,
+    vercel_shadows,
     vercel_src,
 )
 from devkit.local_s3 import LOCAL_BUCKET
@@ -97,7 +101,9 @@ def test_platform_settings(serverless: dict[str, Any], vercel: dict[str, Any]) -
     requirements = serverless["custom"]["pythonRequirements"]
     assert requirements["slim"] is True and requirements["dockerizePip"] == "non-linux"
     health = next(
-        fn for fn in serverless["functions"].values() if fn["handler"] == "functions/health.handler"
+        fn
+        for fn in serverless["functions"].values()
+        if fn["handler"] == "functions/health.lambda_handler"
     )
     assert health["timeout"] <= 10
     for name in (
@@ -269,7 +275,7 @@ def test_every_declared_handler_answers_an_api_gateway_v2_event(
     for spec in specs:
         if spec.kind == "cron":
             module = importlib.import_module(spec.module)
-            for name in ("handler", "app"):
+            for name in ("lambda_handler", "app"):
                 if not callable(getattr(module, name, None)):
                     problems.append(f"{spec.file}: a cron module must export a callable `{name}`")
             if callable(getattr(module, "app", None)):
@@ -354,7 +360,7 @@ def _synthetic() -> tuple[list[FunctionSpec], dict[str, Any], dict[str, Any]]:
         "package": {"individually": True, "patterns": ["!**", "shared/**"]},
         "functions": {
             "items": {
-                "handler": "functions/items.handler",
+                "handler": "functions/items.lambda_handler",
                 "package": {"patterns": ["functions/__init__.py", "functions/items.py"]},
                 "events": [
                     {"httpApi": {"method": "GET", "path": "/api/items/{item_id}"}},
@@ -363,7 +369,7 @@ def _synthetic() -> tuple[list[FunctionSpec], dict[str, Any], dict[str, Any]]:
                 ],
             },
             "cron_cleanup": {
-                "handler": "functions/cron/cleanup.handler",
+                "handler": "functions/cron/cleanup.lambda_handler",
                 "package": {
                     "patterns": [
                         "functions/__init__.py",
@@ -412,7 +418,7 @@ def test_checker_says_exactly_what_is_out_of_step() -> None:
         routes={"/api/items/{item_id}": frozenset({"GET", "PUT"})},  # DELETE → PUT
     )
     specs.append(FunctionSpec("functions.me", "http", routes={"/api/me": frozenset({"GET"})}))
-    serverless["functions"]["gone"] = {"handler": "functions/gone.handler"}
+    serverless["functions"]["gone"] = {"handler": "functions/gone.lambda_handler"}
     serverless["functions"]["cron_cleanup"]["events"] = [{"schedule": "cron(0 3 * * ? *)"}]
     vercel["crons"][0]["schedule"] = "0 3 * * *"
     vercel["routes"].append({"src": "^/api/old$", "dest": "/functions/old.py", "methods": ["GET"]})
@@ -430,7 +436,7 @@ def test_checker_says_exactly_what_is_out_of_step() -> None:
         for p in sls
     )
     assert any(p.startswith("functions/me.py: serverless.yml declares no function") for p in sls)
-    assert any("function `gone` has handler `functions/gone.handler`" in p for p in sls)
+    assert any("function `gone` has handler `functions/gone.lambda_handler`" in p for p in sls)
     assert any(
         "exactly one schedule event `cron(30 3 ? * 2 *)`" in p and "cron(0 3 * * ? *)" in p
         for p in sls
@@ -478,3 +484,34 @@ def test_health_sees_every_provider_credential_the_keyword_search_sees(
     functions = serverless_functions(serverless)
     env = {name: set(fn.get("environment") or {}) for name, fn in functions.items()}
     assert env["keywords"] - env["health"] == set()
+
+
+def test_a_module_exporting_handler_is_refused_for_vercel() -> None:
+    """Vercel's Python runtime takes `handler` (or `Handler`) before `app` and stops the function
+    unless it is a BaseHTTPRequestHandler subclass: the Lambda entry was once named `handler`
+    (a Mangum adapter, a plain function for the crons), which took every Vercel function down."""
+
+    class Served(BaseHTTPRequestHandler):
+        pass
+
+    mangum_like = types.ModuleType("functions.items")
+    mangum_like.handler = lambda event, context: None  # type: ignore[attr-defined]
+    cron_like = types.ModuleType("functions.cron.cleanup")
+    cron_like.Handler = object()  # type: ignore[attr-defined]
+    classic = types.ModuleType("functions.classic")
+    classic.handler = Served  # type: ignore[attr-defined]
+    assert vercel_shadows(mangum_like) == ("handler",)
+    assert vercel_shadows(cron_like) == ("Handler",)
+    assert vercel_shadows(classic) == ()
+
+    specs, _, vercel = _synthetic()
+    specs[0] = dataclasses.replace(specs[0], vercel_shadows=("handler",))
+    assert check_vercel(specs, vercel) == [
+        "functions/items.py: exports `handler`, which Vercel's Python runtime takes before `app` "
+        "and refuses unless it is a BaseHTTPRequestHandler subclass (the function would fail at "
+        "every cold start); name the Lambda entry `lambda_handler`"
+    ]
+
+
+def test_no_function_module_exports_what_vercel_takes_before_app() -> None:
+    assert {spec.file: spec.vercel_shadows for spec in load_specs() if spec.vercel_shadows} == {}

@@ -130,7 +130,7 @@ def _refused(refusal: platform_limits.Refusal) -> Result:
 
 
 class Caller:
-    """Invoke a function module's `handler` (with a real Lambda event) or its `app` (over HTTP).
+    """Invoke a function module's `lambda_handler` (a real Lambda event) or its `app` (HTTP).
 
     Requests and responses pass through the platforms' payload and time limits
     (`KEYFLASH_PLATFORM`, default both): over a limit, or past the function's timeout, the
@@ -233,7 +233,7 @@ class Caller:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             try:
-                result: dict[str, Any] = loaded.handler(event, events.lambda_context(module))
+                result: dict[str, Any] = loaded.lambda_handler(event, events.lambda_context(module))
                 return result
             finally:
                 asyncio.set_event_loop(None)

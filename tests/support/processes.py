@@ -6,7 +6,7 @@
   the same port. Over a private `redis-server` when one is installed, so data outlives a restart.
 - `fresh_interpreter`: a script run in a new interpreter (a cold container's init), and the
   JSON it printed.
-- `HandlerProcess`: a function's Lambda `handler`, run once in a child interpreter with an
+- `HandlerProcess`: a function's Lambda `lambda_handler`, run once in a child interpreter with an
   explicit environment, so a test can SIGKILL it mid-work like a container that vanished.
 - `RowLock`: a row lock held from an admin transaction. It stops a child at a chosen statement
   without any test hook in production code.
@@ -172,12 +172,12 @@ from devkit import events
 spec = json.load(sys.stdin)
 module = importlib.import_module(spec["module"])
 context = events.lambda_context(spec["module"].rsplit(".", 1)[-1], spec["timeout_ms"])
-print(json.dumps(module.handler(spec["event"], context)), flush=True)
+print(json.dumps(module.lambda_handler(spec["event"], context)), flush=True)
 """
 
 
 class HandlerProcess:
-    """`module.handler(event, context)` once, in a fresh interpreter with exactly `env`.
+    """`module.lambda_handler(event, context)` once, in a fresh interpreter with exactly `env`.
 
     Output goes to files, not pipes, so a chatty child can never block on a full pipe. The
     context is a Lambda context with `timeout_ms` (what the crons size their lease from).
