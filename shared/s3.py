@@ -21,10 +21,14 @@ CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the caller'
 
 
 def s3_client() -> S3Client:
-    """A boto3 S3 client (credentials, region and AWS_ENDPOINT_URL_S3 from the environment)."""
+    """A boto3 S3 client (credentials, region and AWS_ENDPOINT_URL_S3 from the environment)
+    that signs everything, presigned URLs included, with SigV4: left to itself botocore
+    presigns with SigV2 in us-east-1, which S3 refuses for buckets made since June 2020 and for
+    SSE-KMS objects, and R2 everywhere."""
     import boto3  # type: ignore[import-untyped]  # lazily: only when storage is used
+    from botocore.config import Config  # type: ignore[import-untyped]
 
-    return boto3.client("s3")
+    return boto3.client("s3", config=Config(signature_version="s3v4"))
 
 
 def delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:

@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import psycopg
 import pytest
 from starlette.responses import JSONResponse
@@ -30,6 +31,7 @@ from benchmarks.export_memory import (
     generate_heavy_account,
 )
 from devkit import gateway, platform_limits
+from devkit.local_s3 import LocalS3Server
 from functions import me_export
 from shared import config, db, exports
 from shared.clock import utcnow
@@ -382,6 +384,43 @@ def test_an_export_is_built_stored_and_downloaded_by_its_owner_only(
     # Finished: the next request starts a new export.
     fresh = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]
     assert fresh["id"] != export_id
+
+
+@pytest.fixture(params=["us-east-1", "auto"])
+def served_storage(
+    request: pytest.FixtureRequest, api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """moto's S3 server on loopback (the local stack's), so a download link is fetched over
+    HTTP as a browser fetches it; in AWS's default region and in R2's `auto`. The region."""
+    server = LocalS3Server()
+    local = server.start()
+    try:
+        env = local.env() | {"AWS_REGION": request.param, "AWS_DEFAULT_REGION": request.param}
+        configure(monkeypatch, **env, AWS_SESSION_TOKEN=None)
+        yield request.param
+    finally:
+        server.stop()
+
+
+def test_a_download_link_is_signed_with_sigv4_and_downloads_over_http(
+    api_env: Keys, served_storage: str
+) -> None:
+    """botocore presigns S3 URLs with SigV2 in us-east-1 unless told otherwise, and S3 refuses
+    SigV2 for buckets made since June 2020 (and for SSE-KMS objects), as R2 does: the link
+    must be SigV4 in every region."""
+    call = Caller("lambda_v2", api_env)
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    assert run_exports()["processed"] == 1
+    expected = todays_document("user_a")
+    ready = call("me_export", "GET", f"/api/me/export/{export_id}", user="user_a").json["export"]
+    query = parse_qs(urlsplit(ready["url"]).query)
+    assert query.get("X-Amz-Algorithm") == ["AWS4-HMAC-SHA256"], ready["url"]
+    assert query["X-Amz-Credential"][0].endswith(f"/{served_storage}/s3/aws4_request")
+    assert query["X-Amz-Expires"] == ["300"]
+    download = httpx.get(ready["url"], timeout=30)
+    assert download.status_code == 200, download.text
+    assert json.loads(gzip.decompress(download.content)) == expected
 
 
 def test_racing_requests_get_one_open_export(db_env: str) -> None:
