@@ -1,17 +1,21 @@
 """Logical backups to S3 with no PostgreSQL client binaries: `COPY … TO STDOUT` via psycopg.
 
-Where crons run (Lambda, Vercel) there is no `pg_dump`, so a backup is the data of every table
-in the public schema, read in ONE `REPEATABLE READ READ ONLY` transaction over the direct URL
-(one snapshot: the tables agree with each other, as with pg_dump), each table streamed as
-gzip-compressed COPY text to its own S3 object (multipart, 8 MiB parts, never whole in memory):
+Where crons run (Lambda, Vercel) there is no `pg_dump`, so a backup is the data of the
+schema's tables (those of `shared.models`, which `alembic check` holds equal to the migrations:
+what a restore's target, built by them, has), read in ONE `REPEATABLE READ READ ONLY`
+transaction over the direct URL (one snapshot: the tables agree with each other, as with
+pg_dump), each table streamed as gzip-compressed COPY text to its own S3 object (multipart,
+8 MiB parts, never whole in memory):
 
     s3://BACKUP_BUCKET/BACKUP_PREFIX<20261128T020000123Z>/<table>.tsv.gz  … one per table
     s3://BACKUP_BUCKET/BACKUP_PREFIX<20261128T020000123Z>/manifest.json   written last
 
 The manifest is the commit marker: it records the Alembic revision (the schema the data fits),
-the tables in foreign-key order with their columns, row counts and SHA-256 of the data. A
-folder without one is an interrupted backup and is deleted; of the complete ones the newest
-BACKUP_KEEP are kept. The schema itself is not in the backup: Alembic rebuilds it.
+the tables in foreign-key order with their columns, row counts and SHA-256 of the data, and
+under `skipped` the tables and columns in `public` the schema does not have (a scratch table, a
+column added by hand), which a restore could not load. A folder without one is an interrupted
+backup and is deleted; of the complete ones the newest BACKUP_KEEP are kept. The schema itself
+is not in the backup: Alembic rebuilds it.
 
 Restore (`restore_backup`, or `python -m functions.cron.backup restore s3://…`) loads a backup
 into an EMPTY database migrated to the same revision, in one transaction, checking each table's
@@ -113,15 +117,41 @@ _FOREIGN_KEYS = """
 """
 
 
-def tables_in_load_order(cursor: psycopg.Cursor[Any]) -> list[Table]:
-    """Every public table (but alembic_version), referenced tables before referencing ones."""
-    columns = {name: list(cols) for name, cols in cursor.execute(_TABLES).fetchall()}
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a backup copies, and what in `public` it leaves out because the schema lacks it."""
+
+    tables: list[Table]  # referenced tables before referencing ones
+    skipped: dict[str, Any]  # {"tables": [name…], "columns": {table: [column…]}}
+
+
+def schema_columns() -> dict[str, set[str]]:
+    """The schema's tables and their columns: `shared.models`, which `alembic check` holds equal
+    to the migrations, so what a database they built (a restore's target) has."""
+    from shared.models.schema import metadata  # the whole schema: imported by backups only
+
+    return {
+        name: {column.name for column in table.columns} for name, table in metadata.tables.items()
+    }
+
+
+def tables_in_load_order(cursor: psycopg.Cursor[Any]) -> Selection:
+    """The schema's tables as the database has them, in foreign-key order; the rest skipped."""
+    schema = schema_columns()
+    found = {name: list(cols) for name, cols in cursor.execute(_TABLES).fetchall()}
+    owned = {name: cols for name, cols in found.items() if name in schema}
+    columns = {name: [c for c in cols if c in schema[name]] for name, cols in owned.items()}
+    extra = {name: sorted(set(cols) - schema[name]) for name, cols in sorted(owned.items())}
+    skipped = {
+        "tables": sorted(set(found) - set(owned)),
+        "columns": {name: cols for name, cols in extra.items() if cols},
+    }
     graph: dict[str, set[str]] = {name: set() for name in sorted(columns)}
     for child, parent in cursor.execute(_FOREIGN_KEYS).fetchall():
         if child in graph and parent in graph and child != parent:
             graph[child].add(parent)
     order = graphlib.TopologicalSorter(graph).static_order()
-    return [Table(name, columns[name]) for name in order]
+    return Selection([Table(name, columns[name]) for name in order], skipped)
 
 
 def _revision(cursor: psycopg.Cursor[Any]) -> str | None:
@@ -177,8 +207,9 @@ def create_backup(
                 revision = _revision(cursor)  # the first statement takes the snapshot
                 cursor.execute("SET LOCAL statement_timeout = 0")  # the time budget bounds it
                 cursor.execute("SET LOCAL lock_timeout = '30s'")  # do not queue behind DDL
+                selection = tables_in_load_order(cursor)
                 entries = []
-                for table in tables_in_load_order(cursor):
+                for table in selection.tables:
                     check_time()
                     key = f"{base}{table.name}.tsv.gz"
                     upload = GzipUpload(s3, bucket, key, check_time)
@@ -214,6 +245,7 @@ def create_backup(
             "serverVersion": server_version,
             "snapshot": "REPEATABLE READ READ ONLY",
             "tables": entries,
+            "skipped": selection.skipped,
         }
         s3.put_object(
             Bucket=bucket, Key=base + MANIFEST, ContentType="application/json",
@@ -358,7 +390,18 @@ def restore_backup(
                 f"{wanted}: run `DIRECT_DATABASE_URL=… alembic upgrade {wanted}` on an empty "
                 "database first"
             )
+        target = {name: set(cols) for name, cols in cursor.execute(_TABLES).fetchall()}
         for entry in manifest["tables"]:
+            missing = ", ".join(sorted(set(entry["columns"]) - target.get(entry["table"], set())))
+            if missing:
+                what = (
+                    f"table {entry['table']} is" if entry["table"] not in target
+                    else f"columns of {entry['table']} ({missing}) are"
+                )  # fmt: skip
+                raise RestoreError(
+                    f"the backup's {what} not in a database migrated to {wanted}: the "
+                    "migrations do not make them, so this backup cannot be restored"
+                )
             present = cursor.execute(
                 sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
                     sql.Identifier("public", entry["table"])

@@ -289,6 +289,39 @@ def test_a_partition_attached_by_hand_in_public_goes_once_with_its_table(
         assert count(conn, "SELECT count(*) FROM search_history WHERE id = 'by-hand'") == 1
 
 
+def test_what_the_migrations_do_not_make_is_left_out_and_named(
+    direct_s3: Any, scratch_database: ScratchDatabase, empty_target: str
+) -> None:
+    """A restore loads into a database the migrations built, so a table or a column they do
+    not make (an analyst's scratch copy, a column added by hand) could never be loaded: the
+    backup holds the schema's tables and columns only, and its manifest names the rest."""
+    source = scratch_database()
+    upgrade_head(source)
+    with psycopg.connect(source, autocommit=True) as conn:
+        seed_everything(conn, history_rows=10)
+        conn.execute("CREATE TABLE zz_users_before AS SELECT * FROM users")
+        conn.execute("ALTER TABLE feature_flags ADD COLUMN scratch text DEFAULT 'by hand'")
+    result = backup.create_backup(source, s3=direct_s3, bucket=BUCKET, prefix=PREFIX, now=NOW)
+    assert result.manifest["skipped"] == {
+        "tables": ["zz_users_before"],
+        "columns": {"feature_flags": ["scratch"]},
+    }
+    assert "zz_users_before" not in [entry["table"] for entry in result.manifest["tables"]]
+
+    # A backup made before, which holds such a table, is refused before anything is loaded.
+    scratch = {"table": "zz_users_before", "file": "zz_users_before.tsv.gz", "columns": ["id"]}
+    older = dict(result.manifest, tables=[*result.manifest["tables"], scratch])
+    direct_s3.put_object(Bucket=BUCKET, Key="older/manifest.json", Body=json.dumps(older))
+    with pytest.raises(backup.RestoreError, match="table zz_users_before is not in a database"):
+        backup.restore_backup(f"s3://{BUCKET}/older/", empty_target, s3=direct_s3)
+
+    backup.restore_backup(f"s3://{BUCKET}/{result.key}", empty_target, s3=direct_s3)
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("DROP TABLE zz_users_before")
+        conn.execute("ALTER TABLE feature_flags DROP COLUMN scratch")
+    assert dump(empty_target) == dump(source)
+
+
 # --------------------------------------------------------------------------- the job
 
 
