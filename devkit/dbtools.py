@@ -180,7 +180,12 @@ def check_archive(file: Path) -> None:
 
 
 def restore(database: Database, file: Path) -> None:
-    """Replace the database with the archive's contents: recreate it, then pg_restore."""
+    """Replace the database with the archive's contents: recreate it, then pg_restore; then
+    release the cron leases it held, as the backup cron's restore does."""
+    import psycopg
+
+    from shared.cron.backup import libpq_url, release_leases
+
     check_archive(file)
     restore_tool = str(client_tool("pg_restore"))
     listing = subprocess.run(
@@ -199,6 +204,8 @@ def restore(database: Database, file: Path) -> None:
     with Progress(total, "restore") as progress:
         _run_counting(command, env, progress, "processing data for table")
         progress.close(f"restore: {total} tables restored from {file}")
+    with psycopg.connect(libpq_url(database.direct_url)) as conn:
+        release_leases(conn.cursor())  # the runs holding them are not this database's
 
 
 def _run_counting(command: list[str], env: dict[str, str], progress: Progress, marker: str) -> None:

@@ -19,8 +19,9 @@ is not in the backup: Alembic rebuilds it.
 
 Restore (`restore_backup`, or `python -m functions.cron.backup restore s3://…`) loads a backup
 into an EMPTY database migrated to the same revision, in one transaction, checking each table's
-row count and checksum. The schema has no sequences (ids are client-side cuids/UUIDs); a table
-with one would also need `setval` after loading.
+row count and checksum, and releases every cron lease it loaded (`release_leases`): the runs
+that held them belong to the database the backup was taken from. The schema has no sequences
+(ids are client-side cuids/UUIDs); a table with one would also need `setval` after loading.
 
 The S3 transport (the gzip multipart stream, listing, deleting) is `shared.s3`'s; boto3 is
 imported on first use there, so the cron's cold start does not pay for it.
@@ -414,9 +415,19 @@ def restore_backup(
         cursor.execute("SET LOCAL statement_timeout = 0")
         for entry in manifest["tables"]:
             rows += _load_table(cursor, s3, bucket, base + entry["file"], entry)
+        release_leases(cursor)
     log_event("backup_restored", key=f"s3://{bucket}/{manifest_key}", rows=rows)
     return {"restored": f"s3://{bucket}/{manifest_key}", "tables": len(manifest["tables"]),
             "rows": rows}  # fmt: skip
+
+
+def release_leases(cursor: psycopg.Cursor[Any]) -> None:
+    """Give back every cron lease in a restored database: a backup's snapshot holds its own
+    live lease (and any other job's running then), and those runs are not this database's, so
+    a lease left held would refuse the job until it expired."""
+    exists = cursor.execute("SELECT to_regclass('public.cron_leases') IS NOT NULL").fetchone()
+    if exists and exists[0]:
+        cursor.execute("UPDATE public.cron_leases SET holder = NULL WHERE holder IS NOT NULL")
 
 
 def _load_table(

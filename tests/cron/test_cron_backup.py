@@ -363,6 +363,29 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
     ]
 
 
+def test_a_restored_database_backs_up_at_once(
+    s3: Any, admin_conn: psycopg.Connection[Any], empty_target: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The snapshot holds the backup's own live lease (and any other job's running then): a
+    restored database has no such run, so its leases come back released."""
+    from shared.db import dispose_engine
+
+    seed_everything(admin_conn, history_rows=10)
+    made = run_job(backup.JOB, now=NOW)
+    snapshot = backup.load_manifest(made["key"], s3=s3)[2]
+    assert next(e for e in snapshot["tables"] if e["table"] == "cron_leases")["rows"] == 2
+
+    backup.restore_backup(made["key"], empty_target, s3=s3)
+    with psycopg.connect(empty_target) as conn:
+        leases = conn.execute("SELECT job, holder FROM cron_leases ORDER BY job").fetchall()
+    assert leases == [("backup", None), ("rollup", None)]
+    configure(monkeypatch, DATABASE_URL=empty_target, DIRECT_DATABASE_URL=empty_target)
+    dispose_engine()
+    again = run_job(backup.JOB, now=NOW + timedelta(days=1))
+    assert "skipped" not in again and again["complete"] is True, again
+
+
 def test_a_backup_out_of_time_leaves_nothing_and_the_next_run_finishes(
     s3: Any, admin_conn: psycopg.Connection[Any]
 ) -> None:
