@@ -677,8 +677,9 @@ def _human_size(size: int) -> str:
 
 
 def _db_restore_from_s3(args: argparse.Namespace) -> int:
-    """Production's restore (shared.cron.backup.restore_backup) into a recreated local
-    database migrated to the backup's revision, then to head for the functions."""
+    """Production's restore (shared.cron.backup.restore_backup) into a new local database
+    migrated to the backup's revision, then to head for the functions; it replaces the local
+    database only once all of that has succeeded (`dbtools.replace`)."""
     from devkit import dbtools
     from shared.cron.backup import RestoreError, load_manifest, restore_backup
     from shared.db_url import redact_url
@@ -690,20 +691,25 @@ def _db_restore_from_s3(args: argparse.Namespace) -> int:
         raise CliError(redact_url(str(error))) from None
     location = f"s3://{bucket}/{manifest_key.removesuffix('manifest.json')}"
     revision = manifest.get("alembicRevision")
+    if revision is not None:
+        dbtools.require_revision(str(revision))
     dbtools.require_consent("db restore-from-s3 replaces the whole database", args.yes)
     session, database = _database_session(args, "db restore-from-s3")
-    with session:
-        dbtools.require_local(database, "restore into")
-        dbtools.confirm(f"Replace {database.redacted} with {location}?", args.yes)
-        dbtools.recreate(database)
-        if revision:
-            dbtools.upgrade(database.direct_url, str(revision))
+
+    def load(url: str) -> None:
+        if revision is not None:
+            dbtools.upgrade(url, str(revision))
         try:
-            summary = restore_backup(location, database.direct_url, s3=s3, bucket=bucket)
+            summary = restore_backup(location, url, s3=s3, bucket=bucket)
         except RestoreError as error:
             raise CliError(redact_url(str(error))) from None
         print(f"restored {summary['restored']}: {summary['tables']} tables, {summary['rows']} rows")
-        print(dbtools.migrate(database.direct_url))
+        print(dbtools.migrate(url))
+
+    with session:
+        dbtools.require_local(database, "restore into")
+        dbtools.confirm(f"Replace {database.redacted} with {location}?", args.yes)
+        dbtools.replace(database, load)
     return 0
 
 

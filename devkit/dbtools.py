@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -115,6 +115,41 @@ def recreate(database: Database) -> None:
     create_database(maintenance, name)
 
 
+def replace(database: Database, load: Callable[[str], None]) -> None:
+    """Give the database new contents: `load` fills a staging database beside it (its direct
+    URL), which replaces the database only once `load` has returned. A restore that fails (a
+    damaged backup, a migration that fails, Ctrl-C) leaves the database as it was."""
+    from devkit.postgres import create_database, drop_database, replace_database, with_database
+
+    name = _database_name(database.direct_url)
+    staging = f"{name[:53]}_restoring"  # PostgreSQL names are at most 63 bytes
+    maintenance = with_database(database.direct_url, "postgres")
+    drop_database(maintenance, staging)  # what a restore killed mid-way left
+    create_database(maintenance, staging)
+    try:
+        load(with_database(database.direct_url, staging))
+    except BaseException:
+        drop_database(maintenance, staging)
+        raise
+    replace_database(maintenance, name, staging)
+
+
+def require_revision(revision: str) -> None:
+    """Refuse, before anything is touched, a revision migrations/ does not have (a backup a
+    newer release made): no database with its schema can be built here to load it into."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from devkit.migrate import ALEMBIC_INI
+
+    script = ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))
+    if revision not in {known.revision for known in script.walk_revisions()}:
+        raise CliError(
+            f"the backup is at Alembic revision {revision!r}, which this code's migrations do "
+            "not have (made by a newer release?): restore it with the code that made it"
+        )
+
+
 def require_consent(action: str, assume_yes: bool) -> None:
     """Without a terminal to ask on, --yes is required: checked before anything starts, so
     scripts cannot destroy data by accident."""
@@ -180,8 +215,8 @@ def check_archive(file: Path) -> None:
 
 
 def restore(database: Database, file: Path) -> None:
-    """Replace the database with the archive's contents: recreate it, then pg_restore; then
-    release the cron leases it held, as the backup cron's restore does."""
+    """Replace the database with the archive's contents, restored into a new database first
+    (`replace`); then release the cron leases it held, as the backup cron's restore does."""
     import psycopg
 
     from shared.cron.backup import libpq_url, release_leases
@@ -195,17 +230,20 @@ def restore(database: Database, file: Path) -> None:
         detail = listing.stderr.strip().splitlines()[-1:] or ["unknown error"]
         raise CliError(f"pg_restore cannot read {file}: {detail[0]}")
     total = sum(1 for line in listing.stdout.splitlines() if " TABLE DATA " in line)
-    conninfo, env = libpq_target(database.direct_url)
-    recreate(database)
-    command = [
-        restore_tool, "--no-owner", "--no-privileges", "--exit-on-error", "--verbose",
-        f"--dbname={conninfo}", str(file),
-    ]  # fmt: skip
-    with Progress(total, "restore") as progress:
-        _run_counting(command, env, progress, "processing data for table")
-        progress.close(f"restore: {total} tables restored from {file}")
-    with psycopg.connect(libpq_url(database.direct_url)) as conn:
-        release_leases(conn.cursor())  # the runs holding them are not this database's
+
+    def load(url: str) -> None:
+        conninfo, env = libpq_target(url)
+        command = [
+            restore_tool, "--no-owner", "--no-privileges", "--exit-on-error", "--verbose",
+            f"--dbname={conninfo}", str(file),
+        ]  # fmt: skip
+        with Progress(total, "restore") as progress:
+            _run_counting(command, env, progress, "processing data for table")
+            progress.close(f"restore: {total} tables restored from {file}")
+        with psycopg.connect(libpq_url(url)) as conn:
+            release_leases(conn.cursor())  # the runs holding them are not this database's
+
+    replace(database, load)
 
 
 def _run_counting(command: list[str], env: dict[str, str], progress: Progress, marker: str) -> None:

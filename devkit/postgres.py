@@ -313,6 +313,14 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(drop.format(sql.Identifier(name)))
 
 
+def replace_database(server_url: str, name: str, replacement: str) -> None:
+    """Drop `name` (FORCE ends its sessions) and rename the database `replacement` to it."""
+    drop_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
+        conn.execute(rename.format(sql.Identifier(replacement), sql.Identifier(name)))
+
+
 def truncate_tables(url: str, *, keep: frozenset[str] = frozenset({"alembic_version"})) -> None:
     """Empty every table of the public schema except `keep`, in one statement.
 
