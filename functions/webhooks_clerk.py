@@ -25,13 +25,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from shared import accounts, organizations
 from shared.config import get_settings
 from shared.http.app import create_app, make_lambda_handler
+from shared.http.body import decode_json
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.storable_text import first_unstorable
@@ -87,21 +88,32 @@ Payload = accounts.ClerkUser | organizations.OrganizationEvent
 
 
 def _parse(body: bytes) -> tuple[ClerkEvent, Payload | None]:
-    """The event and its data as the model of its type; None for a type we do not handle."""
+    """The event and its data as the model of its type; None for a type we do not handle.
+
+    Decoded by the JSON rule of every body (`decode_json`), which keeps an escaped lone
+    surrogate where pydantic's JSON parser would refuse the whole body: only what we keep must
+    fit PostgreSQL text (no NUL, no lone surrogate). The rest of `data` (metadata a user may
+    write, names, the other email addresses) is never read, nor checked."""
     try:
-        event = ClerkEvent.model_validate_json(body)
+        event = ClerkEvent.model_validate(decode_json(body))
         payload: Payload | None = None
         if event.type in USER_EVENTS:
             payload = accounts.ClerkUser.model_validate(event.data)
         elif event.type in ORG_EVENTS:
             payload = ORG_EVENTS[event.type].model_validate(event.data)
-    except ValidationError:
+    except ValueError:  # not JSON, or not the event's model (ValidationError is a ValueError)
         raise ApiError(400, INVALID_PAYLOAD) from None
-    # What we keep must fit PostgreSQL text (no NUL; pydantic's parser already refuses lone
-    # surrogates). The rest of `data` (metadata a user may write) is never read, nor checked.
-    if payload is not None and first_unstorable(payload.model_dump()) is not None:
+    if payload is not None and first_unstorable(_kept(payload)) is not None:
         raise ApiError(400, INVALID_PAYLOAD)
     return event, payload
+
+
+def _kept(payload: Payload) -> object:
+    """The strings of `payload` we store: a user's id and primary email; every field of an
+    organization event's model (they declare only what the mirror keeps)."""
+    if isinstance(payload, accounts.ClerkUser):
+        return payload.kept()
+    return payload.model_dump()
 
 
 def _svix_header(name: str, description: str) -> dict[str, object]:

@@ -12,7 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainValidator
 from sqlalchemy.exc import IntegrityError
 
 from shared import auth, db, exports, storage
@@ -153,9 +153,17 @@ Text = Annotated[str, Field(min_length=1, max_length=320)]
 MAX_MILLISECONDS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
+def _as_sent(value: object) -> str:
+    """A string of 1 to 320 characters, kept as Python holds it: pydantic's `str` refuses a
+    lone surrogate, which matters only in the primary address (`ClerkUser.kept`)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 320:
+        raise ValueError("a string of 1 to 320 characters")
+    return value
+
+
 class ClerkEmail(BaseModel):
     id: Text
-    email_address: Text
+    email_address: Annotated[str, PlainValidator(_as_sent)]
 
 
 class ClerkUser(BaseModel):
@@ -178,6 +186,10 @@ class ClerkUser(BaseModel):
             if address.id == self.primary_email_address_id and address.email_address.strip():
                 return address.email_address.strip()
         return placeholder_email(self.id)
+
+    def kept(self) -> tuple[str, str]:
+        """What of the user we store: the id and the primary email (not the other addresses)."""
+        return self.id, self.primary_email()
 
 
 def _apply(conn: Conn, delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:

@@ -37,14 +37,23 @@ def _finite(text: str) -> float:
     return value
 
 
+def decode_json(raw: bytes) -> Any:
+    """`raw` as JSON by the rules above, `ValueError` when it is not. Lone surrogates escaped
+    in strings (`"\\ud800"`) are kept: whether one matters is the reader's call."""
+    try:
+        text = raw.decode("utf-8").removeprefix(_UTF8_BOM)
+        return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)
+    except RecursionError:  # nesting beyond the parser
+        raise ValueError("JSON nested too deeply") from None
+
+
 def parse_json(raw: bytes) -> Any:
     """`raw` as JSON; an empty (or blank) body is `{}` (the original's rule)."""
     if not raw.strip():
         return {}
     try:
-        text = raw.decode("utf-8").removeprefix(_UTF8_BOM)
-        return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)
-    except (ValueError, RecursionError):  # not UTF-8, syntax, nesting beyond the parser
+        return decode_json(raw)
+    except ValueError:  # not UTF-8, syntax, nesting
         raise ApiError(400, INVALID_JSON) from None
 
 

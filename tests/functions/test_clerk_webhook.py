@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from devkit import clerk_org
 from shared import accounts, config, db
 from shared.db import Conn
 from shared.repositories import api_usage, saved_searches, users
@@ -161,6 +162,10 @@ def test_an_unusable_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.M
         # PostgreSQL text cannot hold NUL: refused like a lone surrogate, never a 500.
         json.dumps({"type": "user.updated", "data": {"id": "user_\u0000", "updated_at": 1}}),
         json.dumps({"type": "organization.created", "data": {"id": "org_1", "name": "a\u0000"}}),
+        # ... nor a lone surrogate, which the decoder takes (JSON may escape one)
+        json.dumps({"type": "user.updated", "data": {"id": "user_\ud800", "updated_at": 1}}),
+        json.dumps({"type": "user.created", "data": user_data("user_a", "a\udfff@example.com")}),
+        json.dumps({"type": "user.created", "data": user_data("user_a", "a\u0000@example.com")}),
     ],
 )
 def test_signed_but_malformed_payloads_are_400(
@@ -184,6 +189,46 @@ def test_text_we_never_read_may_hold_nul(call: Caller) -> None:
     assert email_of("user_a") == "a@example.com"
     ignored, _, _ = deliver(call, "session.created", {"id": "sess_\u0000", "user_id": "user_a"})
     assert (ignored.status, ignored.json) == (200, {"received": True})
+
+
+@pytest.mark.parametrize("unstorable", ["\u0000", "\ud800", "\udfff"])
+def test_text_we_never_read_may_hold_nul_or_a_lone_surrogate(call: Caller, unstorable: str) -> None:
+    """Only what we keep is checked (the id, the primary email): metadata, names, images and
+    the other email addresses may hold what PostgreSQL text cannot, keys included."""
+    data = {
+        **user_data("user_a", "a@example.com", f"old{unstorable}@example.com"),
+        "first_name": f"A{unstorable}",
+        "image_url": f"https://img.example/{unstorable}",
+        "public_metadata": {"note": unstorable},
+        "unsafe_metadata": {unstorable: [unstorable]},
+    }
+    result, _, _ = deliver(call, "user.created", data)
+    assert (result.status, result.json) == (200, {"received": True})
+    assert email_of("user_a") == "a@example.com"
+
+
+@pytest.mark.parametrize("unstorable", ["\u0000", "\ud800"])
+def test_organization_text_we_never_read_may_hold_nul_or_a_lone_surrogate(
+    call: Caller, admin_conn: psycopg.Connection[Any], unstorable: str
+) -> None:
+    """The organization's metadata and image, the membership's metadata and the member's
+    `public_user_data` other than `user_id` (name, email, images) are never read."""
+    org = clerk_org.organization("org_a", "Acme", updated_at=1000)
+    org |= {"image_url": unstorable, "private_metadata": {unstorable: unstorable}}
+    made, _, _ = deliver(call, "organization.created", org)
+    assert (made.status, made.json) == (200, {"received": True})
+    member = clerk_org.membership(org, "user_a", "org:admin", updated_at=2000)
+    member["public_metadata"] = {"note": unstorable}
+    member["public_user_data"] |= {
+        "identifier": f"a{unstorable}@example.com",
+        "first_name": unstorable,
+        "image_url": unstorable,
+    }
+    joined, _, _ = deliver(call, "organizationMembership.created", member)
+    assert (joined.status, joined.json) == (200, {"received": True})
+    assert admin_conn.execute(
+        'SELECT "userId", role FROM organization_members WHERE "organizationId" = %s', ["org_a"]
+    ).fetchall() == [("user_a", "org:admin")]
 
 
 def test_unknown_event_types_are_acknowledged_and_ignored(
