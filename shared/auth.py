@@ -11,9 +11,9 @@ The token also names the session's active organization (Clerk Organizations), re
 claim version: v2 (`"v": 2`) nests it in `o` (`id`, `rol` without the `org:` prefix, `slg`, and
 the permissions as `per` names and `fpm` bitmasks over the org features of `fea`); v1 (no `v`)
 has `org_id`, `org_role`, `org_slug` and `org_permissions`. An org claim Clerk would never issue
-(a wrong type, an id not shaped `org_…`, a role, feature or permission key outside `KEY`, a
-malformed `fea` or `fpm`, an unknown `v`) gives the session no active org rather than an error:
-org routes then answer as they do for a user outside the org.
+(a wrong type, an id not shaped `org_…`, a role, feature or permission key outside `KEY`, a v2
+role with the `org:` prefix, a malformed `fea` or `fpm`, an unknown `v`) gives the session no
+active org rather than an error: org routes then answer as they do for a user outside the org.
 """
 
 from __future__ import annotations
@@ -135,11 +135,10 @@ def _key(value: str) -> str:
     return value
 
 
-def _org(org_id: Any, role: Any, slug: Any, permissions: frozenset[str]) -> ActiveOrg:
+def _org(org_id: Any, role_key: str, slug: Any, permissions: frozenset[str]) -> ActiveOrg:
     if not is_org_id(org_id):
         raise _Malformed
-    role_key = _key(_text(role).removeprefix("org:"))  # v2 drops the prefix, v1 keeps it
-    return ActiveOrg(org_id, f"org:{role_key}", _text(slug) or None, permissions)
+    return ActiveOrg(org_id, f"org:{_key(role_key)}", _text(slug) or None, permissions)
 
 
 def _org_features(fea: Any) -> list[str]:
@@ -163,7 +162,7 @@ def _v2_permissions(org: dict[str, Any], fea: Any) -> frozenset[str]:
     keys = [_key(name.strip()) for name in names.split(",")]
     bitmasks = []
     for mask in masks.split(","):
-        if _BITMASK.fullmatch(mask.strip()) is None:
+        if _BITMASK.fullmatch(mask) is None:  # `int` would take " 1", "+1", "1_0"
             raise _Malformed
         bitmasks.append(int(mask))
     return frozenset(
@@ -194,13 +193,15 @@ def _active_org(claims: dict[str, Any]) -> ActiveOrg | None:
             if not isinstance(org, dict):
                 raise _Malformed
             permissions = _v2_permissions(org, claims.get("fea"))
-            return _org(org.get("id"), org.get("rol"), org.get("slg"), permissions)
+            # v2 drops the role's `org:` prefix: a role holding one is malformed
+            return _org(org.get("id"), _text(org.get("rol")), org.get("slg"), permissions)
         if version is not None and not (type(version) is int and version == 1):
             raise _Malformed  # a format we cannot read: no org rather than a guess
         if claims.get("org_id") is None:
             return None
         permissions = _v1_permissions(claims.get("org_permissions"))
-        return _org(claims["org_id"], claims.get("org_role"), claims.get("org_slug"), permissions)
+        role_key = _text(claims.get("org_role")).removeprefix("org:")
+        return _org(claims["org_id"], role_key, claims.get("org_slug"), permissions)
     except _Malformed:
         return None
 

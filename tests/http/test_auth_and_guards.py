@@ -369,6 +369,20 @@ ORG = "org_2Z5Tgd3v6U1OeQXQ5Ijn7bqq3pK"
         ),
         pytest.param({"v": 2}, None, id="v2_no_org"),
         pytest.param({"v": 2, "o": {"id": ORG, "rol": "admin", "fpm": 3}}, None, id="malformed"),
+        # v2's role has no `org:` prefix, and an `fpm` entry is a decimal integer, no spaces
+        pytest.param({"v": 2, "o": {"id": ORG, "rol": "org:admin"}}, None, id="v2_prefixed_role"),
+        *(
+            pytest.param(
+                {
+                    "v": 2,
+                    "fea": "o:searches",
+                    "o": {"id": ORG, "rol": "member", "per": "manage", "fpm": fpm},
+                },
+                None,
+                id=f"v2_fpm_{fpm!r}",
+            )
+            for fpm in (" 1", "1 ", "\t1", "1, 0")
+        ),
         pytest.param({"org_id": "", "org_role": "org:admin"}, None, id="empty_id"),
     ],
 )
