@@ -49,9 +49,11 @@ def membership(
     role: str,
     *,
     updated_at: int,
+    created_at: int = 0,
     permissions: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Clerk's OrganizationMembership object (organizationMembership.* events)."""
+    """Clerk's OrganizationMembership object (organizationMembership.* events); `created_at`
+    (when the member joined) defaults to `updated_at`."""
     return {
         "object": "organization_membership",
         "id": f"orgmem_{user_id}_{org['id']}",
@@ -66,7 +68,7 @@ def membership(
             "image_url": "https://img.clerk.com/xxxxxx",
         },
         "public_metadata": {},
-        "created_at": updated_at,
+        "created_at": created_at or updated_at,
         "updated_at": updated_at,
     }
 

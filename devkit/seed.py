@@ -185,5 +185,7 @@ def _demo_team(conn: Conn, *, now: datetime) -> None:
     team = organizations.MirroredOrganization(org_id, name, slug, changed_at=now)
     organizations.mirror_organization(conn, team, now=now)
     for user_id, role in DEMO_MEMBERS:
-        member = organizations.MirroredMembership(org_id, user_id, role, (), now, deleted=False)
+        member = organizations.MirroredMembership(
+            org_id, user_id, role, (), joined_at=now, changed_at=now, deleted=False
+        )
         organizations.mirror_membership(conn, member, now=now)

@@ -75,6 +75,7 @@ class ClerkMembership(BaseModel):
     permissions: Annotated[list[Permission], Field(max_length=200)] = []
     organization: ClerkOrganization
     public_user_data: ClerkPublicUserData
+    created_at: Millis  # when the member joined: a re-created membership has its own
     updated_at: Millis
 
     def mirrored(self, *, deleted: bool) -> organizations.MirroredMembership:
@@ -83,6 +84,7 @@ class ClerkMembership(BaseModel):
             user_id=self.public_user_data.user_id,
             role=normalise_role(self.role),
             permissions=tuple(dict.fromkeys(self.permissions)),
+            joined_at=_at(self.created_at),
             changed_at=_at(self.updated_at),
             deleted=deleted,
         )

@@ -99,6 +99,7 @@ class MirroredMembership:
     user_id: str
     role: str
     permissions: tuple[str, ...]
+    joined_at: datetime  # Clerk's created_at, kept as the row's createdAt
     changed_at: datetime  # Clerk's updated_at
     deleted: bool  # organizationMembership.deleted
 
@@ -159,16 +160,18 @@ def _is_deleted(conn: Conn, org_id: str) -> bool:
 
 # Applies when newer; at the same stamp a deletion wins over a live row (Clerk's deleted
 # membership may carry the stamp of its last update), so a late `created` never resurrects it.
+# `createdAt` is when the member joined (Clerk's created_at), taken with the rest: a membership
+# created again after its removal joined anew.
 _UPSERT_MEMBERSHIP = text(
     """
     INSERT INTO organization_members AS m ("organizationId", "userId", role, permissions,
                                            "clerkUpdatedAt", "deletedAt", "createdAt", "updatedAt")
-    SELECT o.id, :user_id, :role, :permissions, :changed_at, :deleted_at, :now, :now
+    SELECT o.id, :user_id, :role, :permissions, :changed_at, :deleted_at, :joined_at, :now
     FROM organizations o WHERE o.id = :org_id AND o."deletedAt" IS NULL
     ON CONFLICT ("organizationId", "userId") DO UPDATE
         SET role = excluded.role, permissions = excluded.permissions,
             "clerkUpdatedAt" = excluded."clerkUpdatedAt", "deletedAt" = excluded."deletedAt",
-            "updatedAt" = excluded."updatedAt"
+            "createdAt" = excluded."createdAt", "updatedAt" = excluded."updatedAt"
         WHERE m."clerkUpdatedAt" IS NULL
            OR excluded."clerkUpdatedAt" > m."clerkUpdatedAt"
            OR (excluded."clerkUpdatedAt" = m."clerkUpdatedAt"
@@ -192,6 +195,7 @@ def mirror_membership(
         "user_id": member.user_id,
         "role": member.role,
         "permissions": list(member.permissions),
+        "joined_at": db_time(member.joined_at),
         "changed_at": db_time(member.changed_at),
         "deleted_at": at if member.deleted else None,
         "now": at,

@@ -55,10 +55,19 @@ def org_data(org_id: str, name: str, updated_at: int, slug: str | None = None) -
 
 
 def member_data(
-    org_id: str, user_id: str, role: str, updated_at: int, *, org_at: int = 1, perms: Any = ()
+    org_id: str,
+    user_id: str,
+    role: str,
+    updated_at: int,
+    *,
+    org_at: int = 1,
+    perms: Any = (),
+    joined: int = 0,
 ) -> dict[str, Any]:
     org = org_data(org_id, "Acme", org_at)
-    return clerk_org.membership(org, user_id, role, updated_at=updated_at, permissions=perms)
+    return clerk_org.membership(
+        org, user_id, role, updated_at=updated_at, created_at=joined, permissions=perms
+    )
 
 
 def org_row(conn: psycopg.Connection[Any], org_id: str) -> tuple[Any, ...] | None:
@@ -235,6 +244,45 @@ def test_a_membership_before_its_organization_creates_it_and_order_still_rules(
     )
     assert org_row(admin_conn, "org_a") == ("Acme Ltd", "acme", at(3000), False)
     assert member_row(admin_conn, "org_a", "user_a") == ("org:member", [], False)
+
+
+def test_members_joined_when_clerk_says_and_a_rejoin_is_a_new_join(
+    hook: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """`joinedAt` and the members' order are Clerk's `created_at` of the membership, not when
+    its event arrived: Svix delivers late and out of order. A membership removed and created
+    again joined anew; a late event of the old membership changes nothing."""
+    jan_2023, jun_2024, jan_2025 = 1672531200000, 1717200000000, 1735689600000
+
+    def members() -> list[tuple[str, str]]:
+        token = hook.token("user_a")  # no active org: the mirror's membership lets A read
+        answer = hook("org_members", "GET", "/api/orgs/org_a/members",
+                      headers={"authorization": f"Bearer {token}"})  # fmt: skip
+        assert answer.status == 200, answer.text
+        return [(m["userId"], m["joinedAt"]) for m in answer.json["members"]]
+
+    def send(kind: str, user: str, updated_at: int, joined: int) -> None:
+        sent = member_data("org_a", user, "org:member", updated_at, joined=joined)
+        result, _, _ = deliver(hook, kind, sent)
+        assert (result.status, result.json) == (200, {"received": True}), result.text
+
+    send("organizationMembership.created", "user_a", jun_2024, jun_2024)
+    send("organizationMembership.created", "user_b", jan_2023, jan_2023)  # delivered after A's
+    assert members() == [
+        ("user_b", "2023-01-01T00:00:00.000Z"),
+        ("user_a", "2024-06-01T00:00:00.000Z"),
+    ]
+    send("organizationMembership.deleted", "user_b", jan_2025 - 2000, jan_2023)
+    send("organizationMembership.created", "user_b", jan_2025, jan_2025)
+    send("organizationMembership.updated", "user_b", jan_2025 - 3000, jan_2023)  # old, late
+    assert members() == [
+        ("user_a", "2024-06-01T00:00:00.000Z"),
+        ("user_b", "2025-01-01T00:00:00.000Z"),
+    ]
+    exported = admin_conn.execute(
+        'SELECT "createdAt" FROM organization_members WHERE "userId" = %s', ["user_b"]
+    ).fetchone()
+    assert exported == (at(jan_2025),)  # the export's `createdAt` (joined)
 
 
 def test_an_organization_first_seen_in_a_token_takes_clerks_name(
@@ -536,6 +584,9 @@ MEMBER = member_data("org_a", "user_a", "org:admin", 1000)
         ("organizationMembership.updated", {**MEMBER, "permissions": ["p"] * 201}),
         ("organizationMembership.deleted", {**MEMBER, "updated_at": 1.5}),
         ("organizationMembership.deleted", {**MEMBER, "updated_at": 10**20}),
+        ("organizationMembership.created", {k: v for k, v in MEMBER.items() if k != "created_at"}),
+        ("organizationMembership.created", {**MEMBER, "created_at": "1000"}),
+        ("organizationMembership.updated", {**MEMBER, "created_at": -1}),
         ("organizationMembership.deleted", []),
     ],
 )
