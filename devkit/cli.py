@@ -765,6 +765,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _clerk_org(args: argparse.Namespace) -> int:
     from devkit import clerk_org
+    from devkit.tokens import check_org_id
 
     people = [*args.admin, *args.member]
     if args.delete and (people or args.name):
@@ -773,6 +774,7 @@ def _clerk_org(args: argparse.Namespace) -> int:
         raise CliError("give at least one --admin or --member (or --delete)", code=2)
     if not args.org.strip() or any(not person.strip() for person in people):
         raise CliError("ids must not be empty", code=2)
+    check_org_id(args.org)  # a team `keyflash token --org` (and every org route) can name
     if args.delete:
         sent = clerk_org.deletion_events(args.org)
     else:

@@ -121,15 +121,21 @@ def _org_permission(value: str) -> tuple[str, str]:
     return feature, permission
 
 
+def check_org_id(org_id: str) -> None:
+    """A usage error (exit 2) unless `--org` is shaped as a Clerk org id, as the org routes and
+    session tokens want it (`shared.auth.is_org_id`): `token` and `clerk-org` both check it."""
+    if not is_org_id(org_id):
+        raise CliError(
+            f"--org {org_id!r} must look like a Clerk org id (org_ then letters and digits)", code=2
+        )
+
+
 def _org_claims(
     org_id: str, role: str, slug: str | None, permissions: Sequence[str], version: int
 ) -> dict[str, Any]:
     """The active-org claims as Clerk writes them in claims version 1 or 2 (`shared.auth`
     documents both; v2 packs permissions as bitmasks over the org features in `fea`)."""
-    if not is_org_id(org_id):
-        raise CliError(
-            f"--org {org_id!r} must look like a Clerk org id (org_ then letters and digits)", code=2
-        )
+    check_org_id(org_id)
     role_key = role.removeprefix("org:")
     if not KEY.fullmatch(role_key):
         raise CliError(f"--org-role {role!r} must be a role key such as admin or member", code=2)

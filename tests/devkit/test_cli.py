@@ -517,6 +517,20 @@ def test_token_with_an_active_org_in_both_claim_versions(empty_state_dir: Path) 
     assert_one_line_failure(bad, "--org", "org_")
 
 
+@pytest.mark.parametrize("clerk_org", [("--admin", "ada"), ("--delete",)], ids=["make", "delete"])
+def test_clerk_org_refuses_the_org_ids_token_refuses(
+    empty_state_dir: Path, clerk_org: tuple[str, ...]
+) -> None:
+    """One shape check for both: `clerk-org` never makes a team no token (nor route) can name."""
+    for org_id in ("org_a-b", "not an org"):
+        token = keyflash(
+            "token", "--user", "ada", "--org", org_id, "--offline", state_dir=empty_state_dir
+        )
+        team = keyflash("clerk-org", "--org", org_id, *clerk_org, state_dir=empty_state_dir)
+        assert (token.returncode, team.returncode) == (2, 2), team.stdout + team.stderr
+        assert assert_one_line_failure(team, "--org", "org_") == assert_one_line_failure(token)
+
+
 def test_db_reset_and_restore_refuse_a_remote_database(empty_state_dir: Path) -> None:
     remote = "postgresql://user:secret@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
     for args in (["db", "reset", "--yes"], ["db", "seed"]):

@@ -166,6 +166,24 @@ def test_an_unusable_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.M
         json.dumps({"type": "user.updated", "data": {"id": "user_\ud800", "updated_at": 1}}),
         json.dumps({"type": "user.created", "data": user_data("user_a", "a\udfff@example.com")}),
         json.dumps({"type": "user.created", "data": user_data("user_a", "a\u0000@example.com")}),
+        # an organization id no route accepts (`org_` + 1 to 64 letters and digits)
+        *(
+            json.dumps({"type": kind, "data": data})
+            for org_id in ("org_a-b", "not an org", "org_", "org_" + "a" * 65, "org_ä")
+            for kind, data in (
+                ("organization.created", clerk_org.organization(org_id, "A", updated_at=1)),
+                ("organization.deleted", {"id": org_id, "deleted": True}),
+                (
+                    "organizationMembership.created",
+                    clerk_org.membership(
+                        clerk_org.organization(org_id, "A", updated_at=1),
+                        "user_a",
+                        "admin",
+                        updated_at=1,
+                    ),
+                ),
+            )
+        ),
     ],
 )
 def test_signed_but_malformed_payloads_are_400(
