@@ -432,7 +432,7 @@ def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
     try:
         done = db.transaction(lambda conn: _claim_and_apply(conn, event, moment))
     except Exception as error:
-        _record_failure(event, error, moment)
+        _record_failure(event.id, event.type, event.payload(), error, moment)
         raise
     outcome = done.outcome
     if done.changed is not None and _legacy_mode():
@@ -474,15 +474,29 @@ def process(event: StripeEvent, *, now: datetime | None = None) -> Outcome:
 
 
 def process_recorded(event_id: str, *, now: datetime | None = None) -> Outcome:
-    """Run a recorded event again from its stored payload (the retry cron's entry point)."""
+    """Run a recorded event again from its stored payload (the retry cron's entry point).
+
+    A Stripe record that cannot be run again (no stored payload, or one that is not a valid
+    event) fails like any other attempt: recorded (attempts + 1, error), then raised, so its
+    backoff grows and WEBHOOK_RETRY_MAX_ATTEMPTS ends its retries. Another provider's record
+    is refused untouched: it is not ours to retry.
+    """
+    moment = now or utcnow()
     record = db.run(lambda conn: webhook_events.get(conn, event_id), idempotent=True)
     if record is None:
         raise LookupError(f"webhook event {event_id} is not recorded")
     if record.processed:
         return Outcome.DUPLICATE
-    if record.provider != PROVIDER or not record.payload:
-        raise InvalidEventError(f"webhook event {event_id} has no stored Stripe payload")
-    return process(StripeEvent.from_payload(record.payload), now=now)
+    if record.provider != PROVIDER:
+        raise InvalidEventError(f"webhook event {event_id} is not a Stripe event")
+    try:
+        if not record.payload:
+            raise InvalidEventError(f"webhook event {event_id} has no stored Stripe payload")
+        event = StripeEvent.from_payload(record.payload)
+    except InvalidEventError as error:
+        _record_failure(record.id, record.type, record.payload, error, moment)
+        raise
+    return process(event, now=moment)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -501,13 +515,19 @@ def describe_failure(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _record_failure(event: StripeEvent, error: BaseException, now: datetime) -> None:
+def _record_failure(
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any] | None,
+    error: BaseException,
+    now: datetime,
+) -> None:
     reason = describe_failure(error)
-    log_event("stripe_event_failed", level=logging.ERROR, type=event.type, reason=reason)
+    log_event("stripe_event_failed", level=logging.ERROR, type=event_type, reason=reason)
     try:
         db.run(
             lambda conn: webhook_events.mark_failed(
-                conn, event.id, event.type, event.payload(), reason, now=now
+                conn, event_id, event_type, payload, reason, now=now
             )
         )
     except Exception as failure:  # the database may be what failed; the sender retries anyway

@@ -15,7 +15,17 @@ from functools import partial
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, null, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    bindparam,
+    func,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from shared.clock import utcnow
@@ -166,9 +176,12 @@ def list_retryable(
     max_attempts: int,
     base_delay: timedelta,
     now: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
     limit: int = 100,
 ) -> list[WebhookEvent]:
-    """Unprocessed events under `max_attempts` whose backoff (base * 2^(attempts-1)) has passed."""
+    """Unprocessed Stripe events under `max_attempts` whose backoff (base * 2^(attempts-1)) has
+    passed, oldest first; `after` is the (createdAt, id) of the last one a run has seen, so a
+    run pages through them and an event that fails again never hides the ones behind it."""
     backoff = func.make_interval(
         0, 0, 0, 0, 0, 0, base_delay.total_seconds() * func.power(2, WebhookEvent.attempts - 1)
     )
@@ -176,12 +189,15 @@ def list_retryable(
         select(WebhookEvent)
         .where(
             WebhookEvent.processed.is_(False),
+            WebhookEvent.provider == "stripe",
             WebhookEvent.attempts < max_attempts,
             WebhookEvent.last_attempt_at + backoff <= (now or utcnow()),
         )
-        .order_by(WebhookEvent.created_at)
+        .order_by(WebhookEvent.created_at, WebhookEvent.id)
         .limit(limit)
     )
+    if after is not None:
+        statement = statement.where(tuple_(WebhookEvent.created_at, WebhookEvent.id) > after)
     return list(conn.session.scalars(statement))
 
 

@@ -482,16 +482,64 @@ def test_retry_does_nothing_while_billing_is_off(
     assert rows(admin_conn, "webhook_events") == before
 
 
-def test_retry_counts_unretryable_events_as_failed_without_looping(
-    billing_on: str, admin_conn: psycopg.Connection[Any]
+def test_retry_records_events_it_cannot_rerun_and_reaches_the_due_ones_behind_them(
+    billing_on: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A ledger row with no stored payload cannot be re-run (nothing to apply): it is reported
-    once per run, not retried in a loop, and other providers' rows are left alone."""
+    """Ledger rows that can never be re-run (no stored payload, as a legacy or erased row has;
+    a payload without `created`) ahead of a due event, more of them than a batch: each failure
+    is recorded, so the rows back off and stop at the limit, and the event behind them is
+    applied in the same run. Other providers' rows are not the cron's and stay as they are."""
+    configure(monkeypatch, CRON_BATCH_SIZE=10, WEBHOOK_RETRY_MAX_ATTEMPTS=3)
+    day_ago = NOW - timedelta(days=1)
+    for i in range(25):
+        ledger(admin_conn, f"evt_bad_{i:02}", None, last_attempt=day_ago - timedelta(seconds=i))
+    undated = subscription_event("evt_undated", "cus_a", "active", day_ago)
+    del undated["created"]
+    ledger(admin_conn, "evt_undated", undated, last_attempt=day_ago)
+    ledger(admin_conn, "clerk_1", None, last_attempt=day_ago, provider="clerk")
+    user_with_customer(admin_conn, "user_a", "cus_a")
     hour_ago = NOW - timedelta(hours=1)
-    ledger(admin_conn, "evt_empty", None, last_attempt=hour_ago)
-    ledger(admin_conn, "clerk_1", None, last_attempt=hour_ago, provider="clerk")
+    ledger(
+        admin_conn,
+        "evt_good",
+        subscription_event("evt_good", "cus_a", "active", hour_ago),
+        last_attempt=hour_ago,
+    )
+    clerk_before = rows(admin_conn, "webhook_events")[0]
+
     summary = run_job(webhook_retry.JOB, now=NOW)
-    assert summary["outcomes"] == {"failed": 1, "skipped": 1} and summary["complete"] is True
+    assert summary["outcomes"] == {"applied": 1, "failed": 26}
+    assert (summary["processed"], summary["complete"]) == (27, True)
+
+    def state(event_id: str) -> tuple[Any, ...]:
+        row = admin_conn.execute(
+            'SELECT processed, attempts, "lastAttemptAt", error FROM webhook_events WHERE id = %s',
+            (event_id,),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    assert state("evt_good")[0] is True
+    assert state("evt_bad_07") == (
+        False,
+        2,
+        NAIVE,
+        "InvalidEventError: webhook event evt_bad_07 has no stored Stripe payload",
+    )
+    assert state("evt_undated") == (
+        False,
+        2,
+        NAIVE,
+        "InvalidEventError: event created time missing",
+    )
+    assert rows(admin_conn, "webhook_events")[0] == clerk_before
+
+    # Backing off (300 s * 2^1), then the last attempt, then never again.
+    assert run_job(webhook_retry.JOB, now=NOW + timedelta(minutes=9))["processed"] == 0
+    last = run_job(webhook_retry.JOB, now=NOW + timedelta(minutes=10))
+    assert (last["outcomes"], last["complete"]) == ({"failed": 26}, True)
+    assert state("evt_bad_07")[:3] == (False, 3, naive(NOW + timedelta(minutes=10)))
+    assert run_job(webhook_retry.JOB, now=NOW + timedelta(days=30))["processed"] == 0
 
 
 def test_retry_overlap_and_budget(billing_on: str, admin_conn: psycopg.Connection[Any]) -> None:
