@@ -1,9 +1,12 @@
 """What the metrics cron reads about the database itself, in one round trip.
 
-Row counts are the planner's estimates (`pg_class.reltuples`, or the statistics collector's
-live-tuple count for a table never analysed): exact `count(*)` would scan every table every
-five minutes. A partitioned table has no estimate of its own (autovacuum never analyses the
-parent), so its count is the sum over its partitions (`pg_partition_tree`). Connections are
+Row counts are the planner's estimates, `pg_class.reltuples` as the last ANALYZE or VACUUM
+left it: exact `count(*)` would scan every table every five minutes. A table never analysed
+(reltuples -1 since PostgreSQL 14) reports the statistics' live-tuple count instead, which
+every insert and delete keeps up to date, or 0 when the statistics were reset. A partitioned
+table has no estimate of its own (autovacuum never analyses the parent), so its count is the
+sum over its leaf partitions (`pg_partition_tree`, which lists nothing for a plain table: a
+plain table counts itself). Connections are
 the server's sessions in this database (through Neon's pooler: the pooler's server
 connections, which is what the compute's limit applies to).
 """
@@ -28,10 +31,11 @@ _STATS = text(
            (SELECT coalesce(jsonb_object_agg(t.relname, (
                        SELECT coalesce(sum(CASE WHEN l.reltuples >= 0 THEN l.reltuples::bigint
                                                 ELSE coalesce(s.n_live_tup, 0) END), 0)
-                         FROM pg_partition_tree(t.oid) p
+                         FROM (SELECT t.oid AS relid
+                               UNION SELECT relid FROM pg_partition_tree(t.oid)) p
                          JOIN pg_class l ON l.oid = p.relid
                          LEFT JOIN pg_stat_user_tables s ON s.relid = l.oid
-                        WHERE p.isleaf)), '{{}}'::jsonb)
+                        WHERE l.relkind <> 'p')), '{{}}'::jsonb)
               FROM ({APP_TABLES}) t)
     """
 )

@@ -661,6 +661,30 @@ def test_metrics_records_one_interval_in_one_insert(
     assert counts == [(4.0, {"windowSeconds": 300}), (9.0, {"windowSeconds": 900})]
 
 
+def test_metrics_estimate_the_rows_of_plain_and_partitioned_tables(
+    db_env: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Plain tables count their own estimate (they used to report 0: `pg_partition_tree` lists
+    nothing for them), partitioned logs the sum over their partitions, and a table never
+    analysed (reltuples -1) the statistics' live rows."""
+    seed_users(admin_conn, 50, reset_at=NOW, this_month=0, prefix="est")
+    seed_searches(admin_conn, NOW - timedelta(days=1), 4)
+    admin_conn.execute("ANALYZE users")
+    admin_conn.execute("ANALYZE search_history")  # what autovacuum does for each partition
+    admin_conn.execute("CREATE TABLE zz_never_analysed (id int)")
+    try:
+        with admin_conn.transaction():  # its statistics are sent when the session goes idle
+            admin_conn.execute("INSERT INTO zz_never_analysed SELECT generate_series(1, 7)")
+            admin_conn.execute("SELECT pg_stat_force_next_flush()")
+        run_job(metrics.JOB, now=NOW)
+    finally:
+        admin_conn.execute("DROP TABLE zz_never_analysed")
+    recorded = metric_rows(admin_conn)
+    assert recorded["db.rows.users"][:2] == (50.0, {"table": "users"})
+    assert recorded["db.rows.search_history"][0] == 4.0
+    assert recorded["db.rows.zz_never_analysed"][0] == 7.0
+
+
 def test_metrics_reports_redis_unconfigured_or_unreachable(
     db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
