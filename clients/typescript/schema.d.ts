@@ -3208,21 +3208,15 @@ export interface operations {
                         /** Keyword */
                         keyword: string;
                         /** Searchvolume */
-                        searchVolume: number;
+                        searchVolume: number | null;
                         /** Difficulty */
-                        difficulty: number;
+                        difficulty?: number | null;
                         /** Cpc */
-                        cpc: number;
-                        /**
-                         * Competition
-                         * @enum {string}
-                         */
-                        competition: "low" | "medium" | "high";
-                        /**
-                         * Intent
-                         * @enum {string}
-                         */
-                        intent: "informational" | "commercial" | "transactional" | "navigational";
+                        cpc: number | null;
+                        /** Competition */
+                        competition: ("low" | "medium" | "high") | null;
+                        /** Intent */
+                        intent: ("informational" | "commercial" | "transactional" | "navigational") | null;
                         /** Trends */
                         trends?: {
                             /** Month */
@@ -3230,8 +3224,12 @@ export interface operations {
                             /** Year */
                             year: number;
                             /** Volume */
-                            volume: number;
+                            volume: number | null;
                         }[] | null;
+                        /** Nodata */
+                        noData?: boolean | null;
+                        /** Relevance */
+                        relevance?: number | null;
                     }[] | null;
                 };
             };
@@ -3795,21 +3793,15 @@ export interface operations {
                         /** Keyword */
                         keyword: string;
                         /** Searchvolume */
-                        searchVolume: number;
+                        searchVolume: number | null;
                         /** Difficulty */
-                        difficulty: number;
+                        difficulty?: number | null;
                         /** Cpc */
-                        cpc: number;
-                        /**
-                         * Competition
-                         * @enum {string}
-                         */
-                        competition: "low" | "medium" | "high";
-                        /**
-                         * Intent
-                         * @enum {string}
-                         */
-                        intent: "informational" | "commercial" | "transactional" | "navigational";
+                        cpc: number | null;
+                        /** Competition */
+                        competition: ("low" | "medium" | "high") | null;
+                        /** Intent */
+                        intent: ("informational" | "commercial" | "transactional" | "navigational") | null;
                         /** Trends */
                         trends?: {
                             /** Month */
@@ -3817,8 +3809,12 @@ export interface operations {
                             /** Year */
                             year: number;
                             /** Volume */
-                            volume: number;
+                            volume: number | null;
                         }[] | null;
+                        /** Nodata */
+                        noData?: boolean | null;
+                        /** Relevance */
+                        relevance?: number | null;
                     }[] | null;
                 };
             };

@@ -2,7 +2,10 @@
 the record's JSON shape.
 
 Fix (docs/original-app.md#d9): saved results are not re-validated on read, so a stored record can
-never turn into a 503 on GET; the write rules are the original's.
+never turn into a 503 on GET. The write rules are the original's, except that `results` takes the
+rows the keyword routes answer (docs/keyword-search.md#missing-data-stays-missing): a metric the
+provider did not measure is null, `difficulty` may be absent, `noData` and related keywords'
+`relevance` are kept, and numbers are stored as sent (an integer stays exact at any size).
 """
 
 from __future__ import annotations
@@ -10,7 +13,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    PlainValidator,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticKnownError
 
 from shared.clock import iso_ms
 from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
@@ -64,20 +76,47 @@ def _keyword(value: str) -> str:
     )  # fmt: skip
 
 
+def _json_number(value: object) -> int | float:
+    """A JSON number as sent: an integer stays an integer, exact at any size (a float would round
+    one past 2^53), a float stays a float; a string or a boolean is refused (JS `z.number()`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticKnownError("float_type")
+    return value
+
+
+Amount = Annotated[
+    int | float,
+    PlainValidator(_json_number),
+    Field(ge=0),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+Score = Annotated[
+    int | float,
+    PlainValidator(_json_number),
+    Field(ge=0, le=100),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100}),
+]
+
+
 class Trend(BaseModel):
     month: Annotated[int, Field(ge=1, le=12, strict=True)]
     year: Annotated[int, Field(ge=2000, le=2100, strict=True)]
-    volume: Annotated[float, Field(ge=0)]
+    volume: Amount | None  # null: the month has no figure
 
 
 class KeywordResult(BaseModel):
+    """A row as `POST /api/keywords` (or `/api/keywords/related`) answers it: the four metrics
+    are always there, null when not measured; the other keys only when the provider has them."""
+
     keyword: str
-    searchVolume: Annotated[float, Field(ge=0)]
-    difficulty: Annotated[float, Field(ge=0, le=100)]
-    cpc: Annotated[float, Field(ge=0)]
-    competition: Literal["low", "medium", "high"]
-    intent: Literal["informational", "commercial", "transactional", "navigational"]
+    searchVolume: Amount | None
+    difficulty: Score | None = None
+    cpc: Amount | None
+    competition: Literal["low", "medium", "high"] | None
+    intent: Literal["informational", "commercial", "transactional", "navigational"] | None
     trends: list[Trend] | None = None
+    noData: StrictBool | None = None
+    relevance: Annotated[int, Field(ge=0, le=100, strict=True)] | None = None
 
     @field_validator("keyword")
     @classmethod
@@ -86,6 +125,16 @@ class KeywordResult(BaseModel):
             value, minimum=1, maximum=200, empty="Keyword cannot be empty",
             too_long="Keyword too long (max 200 chars)", code="result_keyword",
         )  # fmt: skip
+
+    def stored(self) -> dict[str, Any]:
+        """The row as sent: a metric's null is kept, an optional key left out (or null) is not
+        stored."""
+        required = {name for name, field in type(self).model_fields.items() if field.is_required()}
+        return {
+            name: value
+            for name, value in self.model_dump().items()
+            if value is not None or name in required
+        }
 
 
 class SearchParams(BaseModel):
@@ -124,7 +173,7 @@ UPDATE_EXAMPLE = {"name": "Coffee gear 2026", "description": "Espresso at home"}
 
 def new_search(body: CreateSavedSearch) -> NewSavedSearch:
     """What a create body stores (personal or team): `language` defaults to `en`, results as
-    sent minus absent keys."""
+    sent (`KeywordResult.stored`)."""
     params = body.searchParams
     return NewSavedSearch(
         name=body.name,
@@ -133,9 +182,7 @@ def new_search(body: CreateSavedSearch) -> NewSavedSearch:
         location=params.location,
         language=params.language or "en",
         match_type=params.matchType,
-        results=None
-        if body.results is None
-        else [r.model_dump(exclude_none=True) for r in body.results],
+        results=None if body.results is None else [r.stored() for r in body.results],
     )
 
 

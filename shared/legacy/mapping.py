@@ -100,7 +100,7 @@ def saved_search_row(record: SavedSearchRecord) -> dict[str, Any]:
     params, meta = record.searchParams, record.metadata
     results = None
     if record.results is not None:
-        results = [item.model_dump(exclude_none=True) for item in record.results]
+        results = [item.model_dump(exclude_unset=True) for item in record.results]
     return {
         "id": record.id,
         "userId": record.clerkUserId,

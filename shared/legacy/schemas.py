@@ -7,10 +7,13 @@ them, so the backfill quarantines such records instead of guessing
 (docs/original-app.md#redis-to-postgres-field-mapping), and the dual-mode read path reports them as
 a store failure.
 
-One deliberate difference, chosen per call: the original's read schema wants integer
+Deliberate differences, chosen per call: the original's read schema wants integer
 `searchVolume` and trend `volume`, while its create endpoint accepted any number
-(docs/original-app.md#d9). `original_rules=True` (the backfill, verify) applies the integer rule;
-the dual-mode read path leaves it off, so a search this API saved can always be read back.
+(docs/original-app.md#d9), and it wants every metric of a result, while this API saves the rows
+its keyword routes answer, where an unmeasured metric is null and `difficulty` may be absent
+(docs/keyword-search.md#missing-data-stays-missing). `original_rules=True` (the backfill, verify)
+applies the original's rules; the dual-mode read path leaves them off, so a search this API saved
+can always be read back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 import re
 import sys
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -130,17 +133,28 @@ JsNumber = Annotated[int | float, BeforeValidator(_js_number)]  # keeps 1200 vs 
 
 class _Record(BaseModel):
     """Unknown keys are dropped (zod strips them); `null` is refused where zod's `.optional()`
-    only allows the key to be absent."""
+    only allows the key to be absent. Outside the original rules, the `nullable` fields take
+    null and the `required_by_original` ones may be absent: what this API saves."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+    nullable: ClassVar[frozenset[str]] = frozenset()
+    required_by_original: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nulls(cls, data: Any) -> Any:
+    def _no_nulls(cls, data: Any, info: ValidationInfo) -> Any:
         if isinstance(data, dict):
             nulls = [name for name in cls.model_fields if name in data and data[name] is None]
-            if nulls:
-                raise ValueError(f"{', '.join(nulls)}: null is not allowed (leave the key out)")
+            optional = [name for name in nulls if name not in cls.nullable]
+            if optional:
+                raise ValueError(f"{', '.join(optional)}: null is not allowed (leave the key out)")
+            if (info.context or {}).get("original_rules"):
+                unread = nulls + sorted(cls.required_by_original - data.keys())
+                if unread:
+                    raise ValueError(
+                        f"{', '.join(unread)}: null or absent, which the original read schema "
+                        "refuses"
+                    )
         return data
 
 
@@ -162,29 +176,42 @@ class UserData(_Record):
     updatedAt: Timestamp
 
 
-def _integer_under_original_rules(value: float, info: ValidationInfo) -> float:
-    """The integer rule of the original read schema, on when the caller asks for it."""
+def _integer_under_original_rules(value: float | None, info: ValidationInfo) -> float | None:
+    """The integer rule of the original read schema, on when the caller asks for it (a null
+    only gets here outside the original rules)."""
+    if value is None:
+        return None
     if (info.context or {}).get("original_rules") and not float(value).is_integer():
         raise ValueError("must be an integer (the original read schema; it answered 503)")
     return value
 
 
 class Trend(_Record):
+    nullable = frozenset({"volume"})
+
     month: Annotated[JsInt, Field(ge=1, le=12)]
     year: JsInt
-    volume: Annotated[JsNumber, Field(ge=0)]
+    volume: Annotated[JsNumber, Field(ge=0)] | None
 
     check_volume = field_validator("volume")(_integer_under_original_rules)
 
 
 class KeywordData(_Record):
+    """A saved result. Outside the original rules also the rows this API saves
+    (`shared.contracts.saved_searches.KeywordResult`): `noData` and `relevance` are kept."""
+
+    nullable = frozenset({"searchVolume", "cpc", "competition", "intent"})
+    required_by_original = frozenset({"difficulty"})
+
     keyword: Annotated[str, Field(strict=True)]
-    searchVolume: Annotated[JsNumber, Field(ge=0)]
-    difficulty: Annotated[JsNumber, Field(ge=0, le=100)]
-    cpc: Annotated[JsNumber, Field(ge=0)]
-    competition: Literal["low", "medium", "high"]
-    intent: Literal["informational", "commercial", "transactional", "navigational"]
+    searchVolume: Annotated[JsNumber, Field(ge=0)] | None
+    difficulty: Annotated[JsNumber, Field(ge=0, le=100)] | None = None
+    cpc: Annotated[JsNumber, Field(ge=0)] | None
+    competition: Literal["low", "medium", "high"] | None
+    intent: Literal["informational", "commercial", "transactional", "navigational"] | None
     trends: list[Trend] | None = None
+    noData: Annotated[bool, Field(strict=True)] | None = None
+    relevance: Annotated[JsInt, Field(ge=0, le=100)] | None = None
 
     check_search_volume = field_validator("searchVolume")(_integer_under_original_rules)
 

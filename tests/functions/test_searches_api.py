@@ -4,11 +4,23 @@ Lambda v1 and HTTP, on both lanes."""
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+import respx
+from httpx import Response as HttpxResponse
 
+from shared import config, providers
+from tests.functions.test_keywords_api import (
+    DATAFORSEO_URL,
+    dataforseo_upstream,
+    use_dataforseo,
+)
+from tests.functions.test_keywords_api import fixture as dataforseo_fixture
+from tests.support.fake_google_ads import fixture as google_ads_fixture
 from tests.support.http import Caller, Keys
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -72,6 +84,146 @@ def test_create_returns_the_record_in_the_original_shape(call: Caller) -> None:
     assert TIMESTAMP.match(search["metadata"]["createdAt"])
     assert search["metadata"]["resultCount"] == 1
     assert re.match(r"^[0-9a-f-]{36}$", search["id"])
+
+
+# --- results as the keyword routes answer them (docs/keyword-search.md#missing-data-stays-missing)
+
+
+@pytest.fixture
+def fresh_providers() -> Iterator[None]:
+    providers.reset_providers()
+    yield
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+
+
+def dataforseo_answer(keywords: list[str]) -> dict[str, Any]:
+    """DataForSEO's documented answer with every kind of missing data: a measured item, one
+    without a volume, one without cpc and bids, one without competition, one with a month
+    without a figure; the sixth keyword is not returned at all."""
+    body = dataforseo_fixture("search_volume_ok")
+    items = body["tasks"][0]["result"]
+    full, empty = items[0], items[4]
+    months = [dict(month) for month in full["monthly_searches"]]
+    months[0]["search_volume"] = None
+    no_bids = {"cpc": None, "low_top_of_page_bid": None, "high_top_of_page_bid": None}
+    body["tasks"][0]["result"] = [
+        {**full, "keyword": keywords[0]},
+        {**empty, "keyword": keywords[1]},
+        {**full, "keyword": keywords[2], **no_bids},
+        {**full, "keyword": keywords[3], "competition": None, "competition_index": None},
+        {**full, "keyword": keywords[4], "monthly_searches": months},
+    ]
+    return body
+
+
+def google_ads_answer(keywords: list[str]) -> dict[str, Any]:
+    """Google's recorded answer: two measured keywords (one with a difficulty), one without
+    metrics; the fourth keyword is not returned."""
+    body = google_ads_fixture("historical_metrics")
+    for result, keyword in zip(body["results"], keywords, strict=False):
+        result["text"] = keyword
+        result.pop("closeVariants", None)
+    return body
+
+
+def answered_rows(call: Caller, who: str, provider: str, mock: respx.MockRouter) -> Any:
+    """What `POST /api/keywords` answers with `provider` behind respx, checked to hold the
+    shapes a saved search must take."""
+    tag = uuid.uuid4().hex[:8]
+    keywords = [f"{word} {tag}" for word in ("alpha", "bravo", "charlie", "delta", "echo", "fox")]
+    if provider == "dataforseo":
+        mock.post(url__regex=DATAFORSEO_URL).mock(
+            return_value=HttpxResponse(200, json=dataforseo_answer(keywords))
+        )
+    else:
+        keywords = keywords[:4]
+        mock.post("https://oauth2.googleapis.com/token").mock(
+            return_value=HttpxResponse(200, json=google_ads_fixture("token"))
+        )
+        mock.post(url__startswith="https://googleads.googleapis.com/").mock(
+            return_value=HttpxResponse(200, json=google_ads_answer(keywords))
+        )
+    body = {"keywords": keywords, "matchType": "phrase", "location": "US"}
+    answer = call("keywords", "POST", "/api/keywords", user=who, json_body=body)
+    assert answer.status == 200, answer.text
+    rows = answer.json["data"]
+    assert any(row.get("noData") is True for row in rows)
+    assert any("difficulty" not in row for row in rows)
+    return rows
+
+
+@pytest.mark.usefixtures("fresh_providers")
+@pytest.mark.parametrize("provider", ["dataforseo", "google-ads"])
+def test_the_rows_a_keyword_search_answers_are_saved_and_read_back_unchanged(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    if provider == "dataforseo":
+        use_dataforseo(monkeypatch)
+    else:
+        for name, value in {
+            "KEYWORD_API_PROVIDER": "google-ads",
+            "GOOGLE_ADS_CLIENT_ID": "client.apps.googleusercontent.com",
+            "GOOGLE_ADS_CLIENT_SECRET": "GOCSPX-secret",
+            "GOOGLE_ADS_DEVELOPER_TOKEN": "developer-token",
+            "GOOGLE_ADS_REFRESH_TOKEN": "1//refresh-token",
+            "GOOGLE_ADS_CUSTOMER_ID": "123-456-7890",
+        }.items():
+            monkeypatch.setenv(name, value)
+        config.get_settings.cache_clear()
+    who = f"user_{uuid.uuid4().hex[:12]}"
+    with dataforseo_upstream() as mock:
+        rows = answered_rows(call, who, provider, mock)
+    keywords = [row["keyword"] for row in rows]
+    body = {
+        "name": f"Saved from {provider}",
+        "searchParams": {"keywords": keywords, "matchType": "phrase", "location": "US"},
+        "results": rows,
+    }
+    saved = call("searches", "POST", "/api/searches", user=who, json_body=body)
+    assert saved.status == 201, saved.text
+    assert saved.json["search"]["results"] == rows
+    path = f"/api/searches/{saved.json['search']['id']}"
+    read = call("search_item", "GET", path, user=who)
+    assert read.status == 200 and read.json["search"]["results"] == rows
+    assert read.raw.count(b"null") == saved.raw.count(b"null") > 0  # nulls kept, not dropped
+
+
+VALID_ROW = {"keyword": "k", "searchVolume": 10, "cpc": 1.5, "competition": "low",
+             "intent": "informational"}  # fmt: skip
+LEFT_OUT = object()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"searchVolume": -1}, "searchVolume: Input should be greater than or equal to 0"),
+        ({"cpc": "1.5"}, "cpc: Input should be a valid number"),
+        ({"searchVolume": True}, "searchVolume: Input should be a valid number"),
+        ({"competition": "extreme"}, "competition: Input should be 'low', 'medium' or 'high'"),
+        (
+            {"intent": 3},
+            "intent: Input should be 'informational', 'commercial', 'transactional' or "
+            "'navigational'",
+        ),
+        ({"difficulty": 101}, "difficulty: Input should be less than or equal to 100"),
+        ({"noData": "yes"}, "noData: Input should be a valid boolean"),
+        ({"relevance": 1.5}, "relevance: Input should be a valid integer"),
+        (
+            {"trends": [{"month": 1, "year": 2026, "volume": -3}]},
+            "trends.0.volume: Input should be greater than or equal to 0",
+        ),
+        ({"cpc": LEFT_OUT}, "cpc: Field required"),
+    ],
+)
+def test_results_still_refuse_what_no_keyword_route_answers(
+    call: Caller, change: dict[str, Any], message: str
+) -> None:
+    row = {key: value for key, value in {**VALID_ROW, **change}.items() if value is not LEFT_OUT}
+    body = {**BODY, "results": [row]}
+    result = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
+    assert (result.status, result.json["error"]) == (400, "Validation Error")
+    assert result.json["message"] == f"results.0.{message}"
 
 
 def test_absent_optional_keys_are_omitted_not_null(call: Caller) -> None:

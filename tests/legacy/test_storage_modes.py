@@ -24,7 +24,7 @@ from devkit._host import free_port
 from devkit.upstash_emulator import UpstashEmulator
 from shared.clock import iso_ms, utcnow
 from shared.legacy import keys
-from shared.legacy.schemas import parse_saved_search, parse_user
+from shared.legacy.schemas import LegacyRecordError, parse_saved_search, parse_user
 from tests.support.http import Caller, Keys
 from tests.support.legacy import (
     Writer,
@@ -371,6 +371,42 @@ def test_dual_answers_503_when_redis_fails_or_holds_an_unreadable_record(
     assert listed.status == 503
     other = one("searches", "GET", "/api/searches", user=new_user())  # provisioning reads Redis
     assert other.status == 503
+
+
+ANSWERED_ROWS = [  # as POST /api/keywords answers them (docs/keyword-search.md)
+    {"keyword": "trail shoes", "searchVolume": 9_007_199_254_740_993, "cpc": None,
+     "competition": "low", "intent": None,
+     "trends": [{"month": 1, "year": 2026, "volume": None},
+                {"month": 2, "year": 2026, "volume": 7}]},
+    {"keyword": "fell shoes", "searchVolume": None, "cpc": None, "competition": None,
+     "intent": None, "noData": True},
+    {"keyword": "trail shoes guide", "searchVolume": 10, "cpc": 1.5, "competition": "medium",
+     "intent": "navigational", "relevance": 97},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_rows_with_missing_data_are_read_back_from_redis_as_saved(
+    call: Caller, stores: Stores, name: str
+) -> None:
+    """What the keyword routes answer is saved, mirrored and read back from Redis unchanged;
+    the TypeScript app's read schema refuses it (and the backfill leaves it to Postgres)."""
+    stores.mode(name)
+    uid = new_user()
+    search = create(call, uid, {**BODY, "results": ANSWERED_ROWS})
+    sid = search["id"]
+    assert search["results"] == ANSWERED_ROWS
+    stored = stores.item(uid, sid)
+    assert stored is not None and stored["results"] == ANSWERED_ROWS
+    got = call("search_item", "GET", f"/api/searches/{sid}", user=uid)
+    assert (got.status, got.json["search"]["results"]) == (200, ANSWERED_ROWS), got.text
+    renamed = call("search_item", "PUT", f"/api/searches/{sid}", user=uid,
+                   json_body={"name": "Renamed"})  # fmt: skip
+    assert (renamed.status, renamed.json["search"]["results"]) == (200, ANSWERED_ROWS)
+    listed = call("searches", "GET", "/api/searches", user=uid).json["searches"]
+    assert [row["id"] for row in listed] == [sid]
+    with pytest.raises(LegacyRecordError, match="which the original read schema refuses"):
+        parse_saved_search(keys.saved_search(uid, sid), json.dumps(stored), original_rules=True)
 
 
 # --- dual-write failure policy: Postgres commits, Redis is repaired ---------------------------

@@ -242,6 +242,31 @@ def test_the_team_list_and_record_contract(
     assert got.status == 200 and got.json["search"]["createdBy"] is None
 
 
+def test_a_team_search_keeps_the_rows_a_keyword_search_answers(
+    lambda_call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The team routes share the personal contract: rows with missing data are saved and read
+    back as answered (docs/keyword-search.md#missing-data-stays-missing)."""
+    seed(admin_conn)
+    rows = [
+        {"keyword": "espresso machine", "searchVolume": 2**63 - 1, "cpc": None,
+         "competition": "high", "intent": None, "trends": [{"month": 3, "year": 2026,
+                                                             "volume": None}]},
+        {"keyword": "grinder", "searchVolume": None, "cpc": None, "competition": None,
+         "intent": None, "noData": True},
+    ]  # fmt: skip
+    user, claims, _, _ = CALLERS["token_admin"]
+    assert claims is not None
+    headers = {"authorization": f"Bearer {lambda_call.token(user, **claims)}"}
+    made = lambda_call(
+        "org_searches", "POST", f"/api/orgs/{ORG}/searches",
+        json_body={**BODY, "results": rows}, headers=headers,
+    )  # fmt: skip
+    assert made.status == 201, made.text
+    got = send(lambda_call, "token_member", "get", search_id=made.json["search"]["id"])
+    assert (got.status, got.json["search"]["results"]) == (200, rows)
+
+
 def test_bad_input_is_a_4xx_not_a_500(
     lambda_call: Caller, admin_conn: psycopg.Connection[Any]
 ) -> None:
