@@ -419,13 +419,15 @@ def _get(item: Any, *path: str) -> Any:
     return item
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
+    """A JSON number as sent: an integer stays an integer, exact at any size (a float would
+    round one past 2^53, as Google Ads' int64 strings are not); not a boolean or NaN/Infinity."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    return value if isinstance(value, int) or math.isfinite(value) else None
 
 
-def _first_number(*values: Any) -> float | None:
+def _first_number(*values: Any) -> int | float | None:
     for value in values:
         number = _number(value)
         if number is not None:

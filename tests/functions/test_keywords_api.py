@@ -34,6 +34,7 @@ from shared import redis as redis_module
 from shared.clock import utcnow
 from shared.cron import reservations as reservations_cron
 from shared.cron.runner import run_job
+from shared.providers import google_ads
 from shared.redis import get_redis
 from tests.support.fake_dataforseo import FakeDataForSEO
 from tests.support.http import Caller, Keys, make_token
@@ -650,6 +651,42 @@ def test_head_terms_whose_volumes_sum_past_the_history_column_are_answered_and_r
         'SELECT count(*) FROM keyword_reservations WHERE "userId" = %s', (who,)
     ).fetchone()
     assert leftover == (0,)
+
+
+def test_integers_past_a_doubles_precision_are_answered_cached_and_saved_exactly(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON integers beyond 2^53 come back as DataForSEO sent them (a float would round them),
+    from the provider, the cache and a saved search, as Google Ads' int64 strings do."""
+    use_dataforseo(monkeypatch)
+    tag = uuid.uuid4().hex[:8]
+    recorded = fixture("search_volume_ok")
+    template = recorded["tasks"][0]["result"][0]
+    keywords = [f"huge {tag}", f"past double {tag}"]
+    huge, past = 2**63 - 1, 2**53 + 1
+    recorded["tasks"][0]["result"] = [
+        {**template, "keyword": keywords[0], "search_volume": huge,
+         "monthly_searches": [{"year": 2026, "month": 1, "search_volume": 10**30}]},
+        {**template, "keyword": keywords[1], "search_volume": past, "monthly_searches": []},
+    ]  # fmt: skip
+    who = user_id()
+    body = {**BODY, "keywords": keywords}
+    with dataforseo_upstream() as mock:
+        mock.post(url__regex=DATAFORSEO_URL).mock(return_value=HttpxResponse(200, json=recorded))
+        first = search(call, who, body)
+        again = search(call, who, body)
+    assert first.status == 200, first.text
+    rows = first.json["data"]
+    assert [row["searchVolume"] for row in rows] == [huge, past]
+    assert rows[0]["trends"] == [{"month": 1, "year": 2026, "volume": 10**30}]
+    assert b"9223372036854775807" in first.raw and b"9007199254740993" in first.raw
+    assert again.json["cached"] is True and again.json["data"] == rows
+    google = google_ads.to_keyword_data(keywords[0], {"avgMonthlySearches": str(huge)})
+    assert google["searchVolume"] == rows[0]["searchVolume"]
+    saved = call("searches", "POST", "/api/searches", user=who, json_body={
+        "name": "Huge", "searchParams": {"keywords": keywords, "matchType": "phrase",
+                                         "location": "US"}, "results": rows})  # fmt: skip
+    assert saved.status == 201 and saved.json["search"]["results"] == rows
 
 
 def test_languages_are_sent_as_requested_or_refused_before_anything_is_counted(
