@@ -14,15 +14,17 @@ what the provider does in each case; in short:
 - The language is the listed code the request names (`shared.providers.languages`); the request
   contract refuses the others with a 400, so none is silently sent as `en`.
 - Before each request one unit of the account's budget is spent (`shared.providers.account`,
-  DATAFORSEO_REQUESTS_PER_MINUTE, shared by every container); a spent budget and an upstream
-  "too many requests" (HTTP 429, status 40202) raise `ProviderRateLimitedError`.
+  DATAFORSEO_REQUESTS_PER_MINUTE, shared by every container); a spent budget, an upstream
+  "too many requests" (HTTP 429, status 40202) and the account's duplicate-task limit (40205)
+  raise `ProviderRateLimitedError`.
 - The call has a total deadline (`SearchOptions.deadline`, `shared.providers.deadline`): it runs
   in a worker thread that the caller waits for until then, because httpx's timeouts apply to
   each network step (connect, each read), so a trickled body would outlast any of them.
 - 401/402 and DataForSEO's 40100/40200/40203 are the account's configuration
   (`ProviderConfigurationError`, remembered for /api/health); 405xx refuse the request's own
-  fields (`ProviderInputError`). Neither counts toward the circuit breaker; every other error
-  answer, a timeout, a non-JSON body or an envelope without status 20000 does.
+  fields (`ProviderInputError`); a task answered 40102 ("No Search Results.") found nothing for
+  the user's keyword and reads as an empty result. None counts toward the circuit breaker;
+  every other error answer, a timeout, a non-JSON body or an envelope without status 20000 does.
 - Missing data stays missing: a keyword absent from the results, or returned without a
   volume, gets nulls and `noData: true`; an absent cpc or competition is null; a month without
   volume is null; the competition level falls back to the index in Google's bands (LOW 0-33,
@@ -84,11 +86,18 @@ MAX_KEYWORD_WORDS = 10
 MAX_KEYWORDS_PER_TASK = 1000
 SNIPPET_CHARS = 300
 RATE_LIMITED_RETRY_S = 60  # "too many requests" names no time; the limit is per minute
+DUPLICATE_TASK_RETRY_S = 3600  # the account's duplicate-task limit counts per hour
 
 # Symbols DataForSEO refuses in a keyword, and every character beyond U+FFFF (4 bytes in UTF-8).
 _REFUSED = re.compile("[,!@%^()={};~`<>?\\|\u2015\U00010000-\U0010ffff]")
+# DataForSEO's status codes that are not the provider's failure (docs/keyword-search.md, "The
+# circuit breaker counts only the provider's failures"; the list: DataForSEO's appendix/errors).
 CONFIGURATION_CODES = frozenset({40100, 40200, 40203})  # unauthorised, payment, cost limit
-RATE_LIMIT_CODES = frozenset({40202})
+# "Too many requests", and the duplicate-task limit of the account's own settings: the seconds
+# until a retry can pass.
+RATE_LIMIT_CODES = {40202: RATE_LIMITED_RETRY_S, 40205: DUPLICATE_TASK_RETRY_S}
+# "No Search Results.": processed, and the request's own keyword matched nothing.
+NO_RESULTS_CODES = frozenset({40102})
 
 LOCATION_CODES: dict[str, int] = {
     "United States": 2840,
@@ -318,7 +327,11 @@ class DataForSEOProvider:
                 lambda: self._spend_and_post(path, [task], options.deadline)
             ),
             scrub=self._scrub,
-            outcome=lambda envelope: {"skipped": skipped, "cost": envelope.get("cost")},
+            outcome=lambda envelope: {
+                "skipped": skipped,
+                "cost": envelope.get("cost"),
+                "taskStatus": envelope["tasks"][0].get("status_code"),
+            },
         )
 
     def _spend_and_post(
@@ -380,9 +393,10 @@ class DataForSEOProvider:
         return envelope
 
     def _check_status(self, part: Mapping[str, Any], level: str) -> None:
-        """Raise for a `status_code` other than 20000, classified by who must act."""
+        """Raise for a `status_code` other than 20000, classified by who must act. A task that
+        found nothing (40102) is an answer: its result is empty, as for a rare keyword."""
         code = part.get("status_code")
-        if code == OK:
+        if code == OK or (level == "task" and code in NO_RESULTS_CODES):
             return
         message = snippet(str(part.get("status_message")), self._scrub)
         detail = f"DataForSEO {level} error ({code}): {message}"
@@ -395,7 +409,7 @@ class DataForSEOProvider:
                 "(DataForSEO's message is in the logs)",
             )
         if code in RATE_LIMIT_CODES:
-            raise ProviderRateLimitedError(detail, retry_after=RATE_LIMITED_RETRY_S)
+            raise ProviderRateLimitedError(detail, retry_after=RATE_LIMIT_CODES[code])
         if isinstance(code, int) and 40500 <= code < 40600:
             raise ProviderInputError(detail)
         raise ProviderError(detail)

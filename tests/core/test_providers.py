@@ -44,6 +44,7 @@ from shared.providers.breaker import CircuitBreaker, State
 from shared.providers.dataforseo import (
     API_URL,
     RELATED_API_URL,
+    SERP_API_URL,
     DataForSEOProvider,
     competition_level,
     language_code,
@@ -537,6 +538,11 @@ def task_status(code: int, message: str) -> dict[str, Any]:
             ProviderRateLimitedError,
             id="40202-rate-limit",
         ),
+        pytest.param(
+            httpx.Response(200, json=fixture("search_volume_duplicate_limit")),
+            ProviderRateLimitedError,
+            id="40205-duplicate-task-limit",
+        ),
     ],
 )
 def test_failures_that_are_not_outages_never_open_the_breaker(
@@ -554,7 +560,24 @@ def test_failures_that_are_not_outages_never_open_the_breaker(
     assert dataforseo.breaker.stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
     if kind is ProviderRateLimitedError:
         assert isinstance(raised.value, ProviderRateLimitedError)
-        assert raised.value.retry_after == 60
+        duplicate = "duplicate" in response.text  # the limit is per hour, the rate per minute
+        assert raised.value.retry_after == (3600 if duplicate else 60)
+
+
+def test_no_search_results_is_no_data_a_success_for_the_breaker(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    """40102 "No Search Results.": the request's own keyword matched nothing (DataForSEO's help
+    center); every call answers as for an empty result, however often."""
+    for url in (API_URL, RELATED_API_URL, SERP_API_URL):
+        upstream.post(url).mock(httpx.Response(200, json=fixture("serp_no_results")))
+    for _ in range(3):
+        assert dataforseo.keyword_data(["qzxv wkjh", "zzqx"], US) == [
+            without_data("qzxv wkjh"), without_data("zzqx")
+        ]  # fmt: skip
+        assert dataforseo.related_keywords("qzxv wkjh", US) == []
+        assert dataforseo.organic_serp("qzxv wkjh", US) is None
+    assert dataforseo.breaker.stats() == {"state": "CLOSED", "failures": 0, "successes": 0}
 
 
 def test_the_deadline_is_total_so_a_trickled_body_cannot_outlast_it(clock: Clock) -> None:

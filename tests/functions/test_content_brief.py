@@ -223,6 +223,27 @@ def test_live_failures_are_502_then_the_circuit_opens(
     assert route.call_count == 5
 
 
+def test_a_keyword_without_results_is_an_empty_brief_and_never_opens_the_circuit(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataForSEO's 40102 "No Search Results." is the user's rare keyword: one user's many such
+    briefs answer empty briefs and leave the circuit closed for everyone else."""
+    live(monkeypatch)
+    nothing = json.loads((FIXTURES / "serp_no_results.json").read_text())
+    rare_user = user_id()
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(SERP_API_URL).mock(httpx.Response(200, json=nothing))
+        rare = [make_brief(call, rare_user, {"keyword": f"qzxv {keyword()}"}) for _ in range(6)]
+        route.mock(httpx.Response(200, json=serp_fixture()))
+        other = make_brief(call, user_id(), {"keyword": keyword()})
+    assert [a.status for a in rare] == [200] * 6, rare[0].text
+    made = rare[0].json["brief"]
+    assert (made["serpResults"], made["totalResults"], made["mockData"]) == ([], 0, False)
+    assert other.status == 200 and len(other.json["brief"]["serpResults"]) == 4
+    assert route.call_count == 7
+    assert providers.serp_provider().breaker.stats()["failures"] == 0
+
+
 def test_a_task_error_is_a_provider_failure(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
     live(monkeypatch)
     body = serp_fixture()

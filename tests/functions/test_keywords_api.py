@@ -567,6 +567,37 @@ def test_upstream_rate_limits_and_refused_input_never_open_the_breaker(
     assert counters(admin_conn, who) == (2, 2)  # only the served search counts
 
 
+def test_no_search_results_is_no_data_and_account_limits_are_busy_never_an_outage(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Task status 40102 ("No Search Results.": the user's rare keyword) answers no-data rows
+    and 40205 (the account's duplicate-task limit per hour) 503 busy; neither counts toward the
+    breaker, so one user's searches never shut the provider for another."""
+    use_dataforseo(monkeypatch)
+    rare_user, other = user_id(), user_id()
+    nothing = fixture("search_volume_rate_limited")
+    nothing["tasks"][0].update(status_code=40102, status_message="No Search Results.")
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(
+            return_value=HttpxResponse(200, json=nothing)
+        )
+        rare = [search(call, rare_user, {**BODY, "keywords": fresh_keywords()}) for _ in range(6)]
+        route.mock(return_value=HttpxResponse(200, json=fixture("search_volume_duplicate_limit")))
+        limited = [
+            search(call, rare_user, {**BODY, "keywords": fresh_keywords()}) for _ in range(3)
+        ]
+        route.mock(side_effect=answer_for)
+        served = search(call, other, {**BODY, "keywords": fresh_keywords()})
+    assert [r.status for r in rare] == [200] * 6, rare[0].text
+    assert all(row["noData"] is True for r in rare for row in r.json["data"])
+    assert {(r.status, r.json["reason"], r.headers["retry-after"]) for r in limited} == {
+        (503, "provider_busy", "3600")
+    }
+    assert served.status == 200 and route.call_count == 10
+    assert (providers.breaker_stats() or {})["failures"] == 0
+    assert counters(admin_conn, rare_user) == (12, 12)  # answered searches count, refused not
+
+
 def test_rejected_credentials_are_configuration_shown_by_health(
     call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
 ) -> None:

@@ -310,6 +310,20 @@ def test_dataforseo_failures_open_the_circuit(
     assert route.call_count == 5
 
 
+def test_a_seed_without_results_is_an_empty_list_never_a_breaker_failure(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataForSEO's 40102 "No Search Results." is the seed's own rarity, not an outage."""
+    use_dataforseo(monkeypatch)
+    nothing = json.loads((FIXTURES / "serp_no_results.json").read_text())
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(RELATED_API_URL).mock(httpx.Response(200, json=nothing))
+        answers = [related(call, user_id(), {"keyword": seed()}) for _ in range(6)]
+    assert [(a.status, a.json["relatedKeywords"]) for a in answers] == [(200, [])] * 6
+    assert route.call_count == 6
+    assert (providers.breaker_stats() or {})["failures"] == 0
+
+
 def test_dataforseo_rejected_account_is_503_not_configured(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
