@@ -1,20 +1,26 @@
 """An Upstash-REST-compatible HTTP server in front of Redis, for local runs and tests (dev only).
 
 Production talks to Upstash over HTTP through the `upstash-redis` SDK; this speaks the same
-protocol, as that SDK uses it, so code and tests run unchanged without an Upstash account:
+protocol (https://upstash.com/docs/redis/features/restapi), so code and tests run unchanged
+without an Upstash account:
 
 - `POST /` takes one command as a JSON array (`["SET", "k", "v", "EX", 60]`);
   `POST /pipeline` an array of commands, run in order, not atomically;
   `POST /multi-exec` the same, run atomically (MULTI/EXEC on one connection, no rollback).
-- `Authorization: Bearer <token>`; a missing or wrong token gets 401 `{"error": "Unauthorized"}`.
+  `GET /set/k/v` is a command in the URL path; a POST body is its last argument and the query
+  adds more (`POST /set/k?EX=100` with the value as the body). PUT is POST.
+- `Authorization: Bearer <token>` or `?_token=<token>`, checked before anything else: a missing
+  or wrong token gets 401 `{"error": "WRONGPASS invalid or missing auth token"}` on any path.
 - Replies are `{"result": …}`, or `{"error": "ERR …"}` with status 400 (pipelines: one such object
   per command, status 200). With `Upstash-Encoding: base64` every string in a result is base64
   encoded except the bare "OK" reply, which the SDK's decoder passes through; numbers, nulls and
-  errors are never encoded.
+  errors are never encoded. `Upstash-Response-Format: resp2` is refused (400): not implemented.
+- A JSON string that is no Unicode text (a lone UTF-16 surrogate, `"\\ud800"`) or a body that
+  is not UTF-8 is a 400, as any body that is not JSON: Upstash documents no other answer.
 
 The Redis behind it is a real server (`redis://…`, the faithful choice) or an in-process fakeredis
 with Lua (nothing to install). Known gaps against Upstash are listed in `UpstashEmulator`'s
-docstring.
+docstring and in docs/local-stack.md.
 
 Run it alone with `python -m devkit.upstash_emulator --port 8079 [--redis-url URL] [--token T]`.
 """
@@ -35,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Self
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import redis
 import uvicorn
@@ -43,9 +50,11 @@ from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devkit._host import Service
 
@@ -238,18 +247,34 @@ class _RequestError(Exception):
 
 
 def _command(value: Any) -> Command:
+    """A command sent as a JSON array, its strings UTF-8 encoded."""
     if not isinstance(value, list) or not value:
         raise _RequestError(400, 'ERR a command is a non-empty JSON array, e.g. ["GET", "k"]')
     args: Command = []
     for item in value:
         if isinstance(item, str):
-            args.append(item.encode())
+            args.append(_utf8(item))
         elif isinstance(item, int | float) and not isinstance(item, bool):
             args.append(str(item).encode())
         else:
             raise _RequestError(
                 400, f"ERR command arguments must be strings or numbers, got {json.dumps(item)}"
             )
+    return _allowed(args)
+
+
+def _utf8(text: str) -> bytes:
+    """JSON lets a string escape a lone UTF-16 surrogate (`"\\ud800"`), which no UTF-8 carries."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:
+        lone = json.dumps(error.object[error.start])
+        message = f"ERR invalid text in a command argument: lone surrogate {lone}"
+        raise _RequestError(400, message) from None
+
+
+def _allowed(args: Command) -> Command:
+    """`args`, unless its command needs a connection of its own, which REST has not."""
     name = args[0].decode(errors="replace").upper()
     if name in _CONNECTION_COMMANDS:
         hint = " (use /multi-exec)" if name in {"MULTI", "EXEC", "DISCARD", "WATCH"} else ""
@@ -257,38 +282,81 @@ def _command(value: Any) -> Command:
     return args
 
 
-async def _body(request: Request) -> Any:
-    raw = await request.body()
+async def _json_body(request: Request) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError:
+        return json.loads(await request.body())
+    except ValueError:  # UnicodeDecodeError too: bytes that are not UTF-8
         raise _RequestError(400, "ERR the request body is not valid JSON") from None
 
 
+async def _path_command(request: Request) -> Command:
+    """`/COMMAND/arg1/…/argN`, each segment percent-decoded (binary-safe), then the body when
+    there is one, then each query parameter but `_token` as `NAME VALUE` (or `NAME` alone)."""
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    args = [unquote_to_bytes(segment) for segment in raw_path.split(b"/")[1:]]
+    body = await request.body()
+    if body:
+        args.append(body)
+    for name, value in parse_qsl(request.scope["query_string"], keep_blank_values=True):
+        if name != b"_token":
+            args += [name, value] if value else [name]
+    return _allowed(args)
+
+
+def _wants_base64(request: Request) -> bool:
+    """`Upstash-Encoding: base64`; an `Upstash-Response-Format` other than json is refused."""
+    response_format = request.headers.get("upstash-response-format", "json").lower()
+    if response_format == "resp2":
+        raise _RequestError(400, "ERR Upstash-Response-Format resp2 is not implemented here")
+    if response_format != "json":
+        raise _RequestError(400, f"ERR invalid Upstash-Response-Format {response_format!r}")
+    return request.headers.get("upstash-encoding", "").lower() == "base64"
+
+
+_UNAUTHORIZED = {"error": "WRONGPASS invalid or missing auth token"}  # Upstash's own text
+
+
+class _RequireToken:
+    """Upstash checks the token before the path or the method: a 401 reveals nothing else."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._bearer = f"Bearer {token}".encode()
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._authorized(Request(scope)):
+            await JSONResponse(_UNAUTHORIZED, status_code=401)(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "").encode()
+        query = request.query_params.get("_token", "").encode()
+        return hmac.compare_digest(header, self._bearer) or hmac.compare_digest(query, self._token)
+
+
 def create_app(backend: RedisBackend, token: str) -> Starlette:
-    """The ASGI app: Upstash's three POST endpoints over `backend`, guarded by `token`."""
-    expected = f"Bearer {token}".encode()
+    """The ASGI app: Upstash's endpoints over `backend`, guarded by `token`."""
 
-    def authorize(request: Request) -> bool:
-        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
-
-    def wants_base64(request: Request) -> bool:
-        return request.headers.get("upstash-encoding", "").lower() == "base64"
-
-    async def single(request: Request) -> Response:
-        if not authorize(request):
-            return JSONResponse({"error": "Unauthorized"}, status_code=401)
-        command = _command(await _body(request))
+    async def run(command: Command, encode: bool) -> Response:
         try:
             reply = await run_in_threadpool(backend.execute, command)
         except ResponseError as error:
             return JSONResponse({"error": error_message(error)}, status_code=400)
-        return JSONResponse({"result": _jsonable(reply, wants_base64(request))})
+        return JSONResponse({"result": _jsonable(reply, encode)})
+
+    async def single(request: Request) -> Response:
+        encode = _wants_base64(request)
+        return await run(_command(await _json_body(request)), encode)
+
+    async def in_path(request: Request) -> Response:
+        encode = _wants_base64(request)
+        return await run(await _path_command(request), encode)
 
     async def batch(request: Request) -> Response:
-        if not authorize(request):
-            return JSONResponse({"error": "Unauthorized"}, status_code=401)
-        body = await _body(request)
+        encode = _wants_base64(request)
+        body = await _json_body(request)
         if not isinstance(body, list) or not body:
             raise _RequestError(400, "ERR a pipeline is a non-empty JSON array of commands")
         commands = [_command(item) for item in body]
@@ -297,7 +365,6 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
             replies = await run_in_threadpool(backend.pipeline, commands, atomic=atomic)
         except ResponseError as error:
             return JSONResponse({"error": error_message(error)}, status_code=400)
-        encode = wants_base64(request)
         return JSONResponse(
             [
                 {"error": error_message(reply)}
@@ -312,11 +379,9 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        status = exc.status_code
-        message = "Endpoint not found" if status == 404 else str(exc.detail)
+        assert isinstance(exc, HTTPException)  # 405: every path is a command
         return JSONResponse(
-            {"error": f"ERR {message}: {request.method} {request.url.path}"}, status
+            {"error": f"ERR {exc.detail}: {request.method} {request.url.path}"}, exc.status_code
         )
 
     async def redis_down(request: Request, exc: Exception) -> Response:
@@ -327,12 +392,15 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
         logger.error("unexpected error on %s", request.url.path, exc_info=exc)
         return JSONResponse({"error": "ERR internal error in the emulator (see its log)"}, 500)
 
+    methods = ["GET", "POST", "PUT"]  # and HEAD with GET: what Upstash allows
     return Starlette(
         routes=[
-            Route("/", single, methods=["POST"]),
-            Route("/pipeline", batch, methods=["POST"]),
-            Route("/multi-exec", batch, methods=["POST"]),
+            Route("/", single, methods=methods),
+            Route("/pipeline", batch, methods=methods),
+            Route("/multi-exec", batch, methods=methods),
+            Route("/{command:path}", in_path, methods=methods),
         ],
+        middleware=[Middleware(_RequireToken, token=token)],
         exception_handlers={
             _RequestError: request_error,
             HTTPException: http_error,
@@ -350,11 +418,11 @@ class UpstashEmulator(Service):
     flushed); without it each emulator gets its own in-process fakeredis. `token` defaults to a
     random one. Point the SDK at it with `upstash_redis.Redis(url=up.url, token=up.token)`.
 
-    Known differences from Upstash: no path-style commands (`/set/k/v`), `_token` query parameter,
-    `/subscribe`, `/monitor`, or `Upstash-Sync-Token`; connection-scoped commands (SELECT, WATCH,
-    SUBSCRIBE…) are refused; Upstash's own command dialect (e.g. UNLINK with no keys, ZRANGE LIMIT
-    without BYSCORE) follows Redis; error texts of refused requests are ours; bytes that are not
-    UTF-8 come back with U+FFFD in them unless base64 encoding is on.
+    Known differences from Upstash (docs/local-stack.md lists them all): no `/subscribe`,
+    `/monitor`, RESP2 responses, read-only or ACL tokens, or `Upstash-Sync-Token`;
+    connection-scoped commands (SELECT, WATCH, SUBSCRIBE…) are refused; Upstash's own command
+    dialect (e.g. UNLINK with no keys, ZRANGE LIMIT without BYSCORE) follows Redis; error texts of
+    refused requests are ours where Upstash documents none.
     """
 
     def __init__(

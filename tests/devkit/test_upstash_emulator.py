@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -335,17 +336,35 @@ def test_command_errors_raise_upstash_error_with_the_redis_message(sdk: Redis, k
         sdk.execute(["NOPE", "x"])
 
 
+WRONGPASS = {"error": "WRONGPASS invalid or missing auth token"}  # Upstash's text, see below
+
+
 def test_wrong_or_missing_token(emulator: UpstashEmulator) -> None:
+    """Upstash's documented refusal: https://upstash.com/docs/redis/troubleshooting/http_unauthorized."""
     with (
         Redis(url=emulator.url, token="wrong", rest_retries=0) as client,
-        pytest.raises(UpstashError, match=r"^Unauthorized$"),
+        pytest.raises(UpstashError, match=r"^WRONGPASS invalid or missing auth token$"),
     ):
         client.get("anything")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": emulator.token}):
         response = httpx.post(emulator.url, json=["PING"], headers=headers)
-        assert (response.status_code, response.json()) == (401, {"error": "Unauthorized"})
+        assert (response.status_code, response.json()) == (401, WRONGPASS)
         response = httpx.post(emulator.url + "/pipeline", json=[["PING"]], headers=headers)
-        assert response.status_code == 401
+        assert (response.status_code, response.json()) == (401, WRONGPASS)
+    response = httpx.post(emulator.url, json=["PING"], params={"_token": "wrong"})
+    assert (response.status_code, response.json()) == (401, WRONGPASS)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/get/foo"), ("GET", "/"), ("DELETE", "/"), ("PUT", "/multi-exec"), ("HEAD", "/x")],
+)
+def test_auth_comes_before_routing(emulator: UpstashEmulator, method: str, path: str) -> None:
+    """No token is 401 whatever the path or method: nothing about the API leaks before auth."""
+    response = httpx.request(method, emulator.url + path)
+    assert response.status_code == 401
+    if method != "HEAD":
+        assert response.json() == WRONGPASS
 
 
 @pytest.mark.parametrize(
@@ -372,15 +391,105 @@ def test_malformed_requests_get_400(
     assert response.json()["error"].startswith(message)
 
 
-def test_unknown_path_and_method(emulator: UpstashEmulator) -> None:
-    response = _post(emulator, "/set/k/v", [])
-    assert (response.status_code, response.json()) == (
-        404,
-        {"error": "ERR Endpoint not found: POST /set/k/v"},
+def test_methods_upstash_does_not_allow_get_405(emulator: UpstashEmulator) -> None:
+    """Upstash allows HEAD, GET, POST and PUT (https://upstash.com/docs/redis/features/restapi)."""
+    auth = {"Authorization": f"Bearer {emulator.token}"}
+    for method, path in (("DELETE", "/"), ("PATCH", "/pipeline"), ("DELETE", "/get/k")):
+        response = httpx.request(method, emulator.url + path, headers=auth)
+        assert response.status_code == 405
+        assert response.json() == {"error": f"ERR Method Not Allowed: {method} {path}"}
+
+
+# --- the rest of Upstash's REST surface (https://upstash.com/docs/redis/features/restapi) -----
+
+
+def _auth(emulator: UpstashEmulator) -> dict[str, str]:
+    return {"Authorization": f"Bearer {emulator.token}"}
+
+
+def test_put_is_post(emulator: UpstashEmulator, key: str) -> None:
+    put = httpx.put(emulator.url, json=["SET", f"{key}p", "v"], headers=_auth(emulator))
+    assert put.json() == {"result": "OK"}
+    batch = httpx.put(
+        emulator.url + "/pipeline", json=[["GET", f"{key}p"]], headers=_auth(emulator)
     )
-    response = httpx.get(emulator.url + "/pipeline")
-    assert response.status_code == 405
-    assert response.json() == {"error": "ERR Method Not Allowed: GET /pipeline"}
+    assert batch.json() == [{"result": "v"}]
+
+
+def test_token_as_query_parameter(emulator: UpstashEmulator, key: str) -> None:
+    params = {"_token": emulator.token}
+    assert httpx.post(emulator.url, json=["PING"], params=params).json() == {"result": "PONG"}
+    response = httpx.get(f"{emulator.url}/set/{key}t/v", params=params)
+    assert response.json() == {"result": "OK"}
+    assert httpx.get(f"{emulator.url}/get/{key}t", params=params).json() == {"result": "v"}
+
+
+def test_url_path_commands(emulator: UpstashEmulator, key: str) -> None:
+    """`REST_URL/COMMAND/arg1/…/argN`; a POST body is the last argument, the query adds more."""
+    url, auth = emulator.url, _auth(emulator)
+    name = quote(f"{key}a/b c", safe="")  # a slash and a space inside one argument
+    assert httpx.get(f"{url}/set/{name}/bar", headers=auth).json() == {"result": "OK"}
+    assert httpx.get(f"{url}/GET/{name}", headers=auth).json() == {"result": "bar"}
+    assert httpx.head(f"{url}/get/{name}", headers=auth).status_code == 200
+    value = b'{"json": ["value", "\xc3\xa9"]}'
+    response = httpx.post(f"{url}/set/{name}?EX=100", content=value, headers=auth)
+    assert response.json() == {"result": "OK"}
+    assert httpx.get(f"{url}/get/{name}", headers=auth).json() == {"result": value.decode()}
+    assert 0 < httpx.get(f"{url}/ttl/{name}", headers=auth).json()["result"] <= 100
+    response = httpx.post(f"{url}/set/{name}?NX", content=b"other", headers=auth)
+    assert response.json() == {"result": None}  # NX alone: a flag without a value
+    response = httpx.post(f"{url}/ping", headers=auth)  # no body: no argument added
+    assert response.json() == {"result": "PONG"}
+    assert httpx.get(f"{url}/mget/{name}/{key}none", headers=auth).json() == {
+        "result": [value.decode(), None]
+    }
+    response = httpx.get(f"{url}/incr/{name}", headers=auth)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "ERR value is not an integer or out of range"},
+    )
+    response = httpx.get(f"{url}/select/1", headers=auth)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("ERR Command is not available over REST: 'SELECT'")
+
+
+def test_response_format_header(emulator: UpstashEmulator) -> None:
+    """`json` is the default; `resp2` is not implemented and anything else is Upstash's 400."""
+    for value, status in (("json", 200), ("JSON", 200), ("resp2", 400), ("xml", 400)):
+        response = _post(emulator, "/", ["PING"], **{"Upstash-Response-Format": value})
+        assert response.status_code == status, value
+        if status == 400:
+            assert response.json()["error"].startswith("ERR "), value
+            assert value in response.json()["error"]
+
+
+# --- invalid text -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/", b'["SET", "k", "a\\ud800b"]'),
+        ("/pipeline", b'[["SET", "k", "a\\udc00"]]'),
+        ("/multi-exec", b'[["SET", "k", "ok"], ["SET", "\\udfff", "v"]]'),
+        ("/", b'["SET", "k", "\xff\xfe"]'),  # bytes that are not UTF-8
+    ],
+    ids=["single", "pipeline", "multi-exec", "invalid-utf8"],
+)
+def test_text_that_is_not_unicode_is_a_400_not_a_crash(
+    emulator: UpstashEmulator, path: str, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone UTF-16 surrogate (`"\\ud800"`) is valid JSON syntax but no text UTF-8 can carry."""
+    response = _post(emulator, path, body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("ERR ")
+    assert not [r for r in caplog.records if r.name == "devkit.upstash_emulator"]
+
+
+def test_escaped_surrogate_pairs_are_text(sdk: Redis, emulator: UpstashEmulator, key: str) -> None:
+    response = _post(emulator, "/", f'["SET", "{key}e", "\\ud83d\\ude80"]'.encode())
+    assert response.json() == {"result": "OK"}
+    assert sdk.get(f"{key}e") == "\U0001f680"
 
 
 class _BrokenBackend(RedisBackend):
@@ -480,7 +589,7 @@ def test_async_sdk(emulator: UpstashEmulator, key: str) -> None:
         async with upstash_redis.asyncio.Redis(
             url=emulator.url, token="wrong", rest_retries=0
         ) as intruder:
-            with pytest.raises(UpstashError, match=r"^Unauthorized$"):
+            with pytest.raises(UpstashError, match=r"^WRONGPASS invalid or missing auth token$"):
                 await intruder.get(f"{key}a")
 
     asyncio.run(run())
