@@ -15,6 +15,9 @@ without an Upstash account:
   per command, status 200). With `Upstash-Encoding: base64` every string in a result is base64
   encoded except the bare "OK" reply, which the SDK's decoder passes through; numbers, nulls and
   errors are never encoded. `Upstash-Response-Format: resp2` is refused (400): not implemented.
+- Upstash's limits for every plan, at the strictest plan's value: a request body over 10 MB
+  is 400 `ERR max request size exceeded`, a key over 32 KB is `ERR max key size exceeded. Limit:
+  32000 bytes, Actual: N bytes` (see `MAX_REQUEST_BYTES`, `MAX_KEY_BYTES`).
 - A JSON string that is no Unicode text (a lone UTF-16 surrogate, `"\\ud800"`) or a body that
   is not UTF-8 is a 400, as any body that is not JSON: Upstash documents no other answer.
 
@@ -77,6 +80,17 @@ _CONNECTION_COMMANDS = frozenset(
 # Script flags Upstash accepts and Redis rejects ("Unexpected flag in script shebang"):
 # upstash-ratelimit's scripts start with `#!lua flags=allow-key-locking`.
 _UPSTASH_ONLY_FLAGS = frozenset({b"allow-key-locking"})
+# Upstash's size limits. Where a plan raises one, the strictest plan's value: a request of
+# 10 MB on Free, Pay as you go (ours) and the two smallest Fixed plans, 20-100 MB above them
+# (https://upstash.com/docs/redis/overall/billing, .../troubleshooting/max_request_size_exceeded);
+# a key of 32 KB on every plan (.../troubleshooting/max_key_size_exceeded). Upstash does not say
+# whether a KB is 1000 or 1024 bytes: the smaller reading, so nothing passes here that Upstash
+# could refuse. Not enforced: the max record size (100 MB on those plans), which only many
+# writes to one key can reach, and would need the key's size read after every write.
+MAX_REQUEST_BYTES = 10_000_000
+MAX_KEY_BYTES = 32_000
+# Commands whose keys follow a count at argument 2 (the command table cannot name them).
+_COUNTED_KEYS = frozenset({b"eval", b"evalsha", b"eval_ro", b"evalsha_ro", b"fcall", b"fcall_ro"})
 # redis-py's prefix on the queueing error behind an EXECABORT.
 _PIPELINE_NOTE = re.compile(r"Command # (\d+) \(.*?\) of pipeline caused error: ")
 _VERSION = re.compile(rb"^redis_version:(\d+)", re.MULTILINE)
@@ -85,8 +99,11 @@ _VERSION = re.compile(rb"^redis_version:(\d+)", re.MULTILINE)
 class RedisBackend:
     """The Redis the emulator forwards to, returning raw RESP replies (bytes, ints, lists).
 
-    redis-py's reply parsing is switched off (SET must come back "OK", not True), and Lua scripts
-    are adapted to what the server accepts, keeping the SHA1 of the script the client sent.
+    redis-py's reply parsing is switched off (SET must come back "OK", not True), Lua scripts
+    are adapted to what the server accepts, keeping the SHA1 of the script the client sent, and
+    a command naming a key over `MAX_KEY_BYTES` fails as on Upstash, before it reaches Redis. Its
+    keys are found by the server's COMMAND table (first, last, step): exact on a real Redis;
+    fakeredis' table names only the first key of variadic commands (MGET, DEL, MSET…).
     """
 
     def __init__(self, client: redis.Redis, *, shebang: bool | None = None) -> None:
@@ -95,6 +112,7 @@ class RedisBackend:
         self._client = client
         self._shebang = shebang
         self._sha_aliases: dict[bytes, bytes] = {}  # SHA1 as sent -> SHA1 as loaded
+        self._key_positions: dict[bytes, tuple[int, int, int]] | None = None
 
     @classmethod
     def connect(
@@ -127,14 +145,31 @@ class RedisBackend:
 
     def execute(self, command: Command) -> Any:
         """Run one command; a Redis error reply raises `redis.ResponseError`."""
+        refused = self._oversized_key(command)
+        if refused is not None:
+            raise refused
         return self._finish(command, _send(self._client, self._adapt(command)))
 
     def pipeline(self, commands: Sequence[Command], *, atomic: bool) -> list[Any]:
         """Run commands in one round trip; failed ones come back as `ResponseError` values.
 
-        Atomic: MULTI/EXEC, where a command Redis refuses to queue aborts the whole transaction
-        (raised as a `ResponseError` starting with EXECABORT).
+        Atomic: MULTI/EXEC, where a command Redis refuses to queue, or one with a key over the
+        limit, aborts the whole transaction (raised as a `ResponseError` starting with EXECABORT).
         """
+        refused = [self._oversized_key(command) for command in commands]
+        for number, error in enumerate(refused, 1):
+            if atomic and error is not None:
+                raise ResponseError(
+                    "EXECABORT Transaction discarded because of previous errors "
+                    f"(command {number}: {error})"
+                )
+        runnable = [
+            command for command, error in zip(commands, refused, strict=True) if error is None
+        ]
+        replies = iter(self._run(runnable, atomic=atomic))
+        return [next(replies) if error is None else error for error in refused]
+
+    def _run(self, commands: Sequence[Command], *, atomic: bool) -> list[Any]:
         adapted = [self._adapt(command) for command in commands]
         with self._client.pipeline(transaction=atomic) as pipe:
             for command in adapted:
@@ -154,6 +189,34 @@ class RedisBackend:
         """Close every connection (redis-py leaves a pool it did not create open)."""
         self._client.close()
         self._client.connection_pool.disconnect()
+
+    def _oversized_key(self, command: Command) -> ResponseError | None:
+        """Upstash's refusal of a key over MAX_KEY_BYTES, in its documented words."""
+        for key in self._keys(command):
+            if len(key) > MAX_KEY_BYTES:
+                return ResponseError(
+                    f"ERR max key size exceeded. Limit: {MAX_KEY_BYTES} bytes, "
+                    f"Actual: {len(key)} bytes"
+                )
+        return None
+
+    def _keys(self, command: Command) -> Command:
+        """The arguments of `command` that are keys."""
+        name = command[0].lower()
+        if name in _COUNTED_KEYS:
+            try:
+                return command[3 : 3 + int(command[2])]
+            except (IndexError, ValueError):
+                return []  # Redis will refuse the command itself
+        if self._key_positions is None:  # a race only loads it twice
+            table = _send(self._client, [b"COMMAND"])
+            self._key_positions = {
+                entry[0].lower(): (int(entry[3]), int(entry[4]), int(entry[5])) for entry in table
+            }
+        first, last, step = self._key_positions.get(name, (0, 0, 0))
+        if first < 1 or step < 1:
+            return []
+        return command[first : (len(command) + last + 1 if last < 0 else last + 1) : step]
 
     def _adapt(self, command: Command) -> Command:
         name = command[0].upper()
@@ -282,9 +345,23 @@ def _allowed(args: Command) -> Command:
     return args
 
 
+async def _body(request: Request) -> bytes:
+    """The body, refused past Upstash's max request size. The rest is read and dropped, so the
+    client gets this answer rather than a connection reset while it still sends."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_REQUEST_BYTES:
+            chunks.append(chunk)
+    if size > MAX_REQUEST_BYTES:
+        raise _RequestError(400, "ERR max request size exceeded")
+    return b"".join(chunks)
+
+
 async def _json_body(request: Request) -> Any:
     try:
-        return json.loads(await request.body())
+        return json.loads(await _body(request))
     except ValueError:  # UnicodeDecodeError too: bytes that are not UTF-8
         raise _RequestError(400, "ERR the request body is not valid JSON") from None
 
@@ -294,7 +371,7 @@ async def _path_command(request: Request) -> Command:
     there is one, then each query parameter but `_token` as `NAME VALUE` (or `NAME` alone)."""
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
     args = [unquote_to_bytes(segment) for segment in raw_path.split(b"/")[1:]]
-    body = await request.body()
+    body = await _body(request)
     if body:
         args.append(body)
     for name, value in parse_qsl(request.scope["query_string"], keep_blank_values=True):

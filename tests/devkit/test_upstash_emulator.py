@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -490,6 +491,102 @@ def test_escaped_surrogate_pairs_are_text(sdk: Redis, emulator: UpstashEmulator,
     response = _post(emulator, "/", f'["SET", "{key}e", "\\ud83d\\ude80"]'.encode())
     assert response.json() == {"result": "OK"}
     assert sdk.get(f"{key}e") == "\U0001f680"
+
+
+# --- Upstash's size limits ----------------------------------------------------------------------
+
+# https://upstash.com/docs/redis/troubleshooting/max_key_size_exceeded ("32Kb", every plan) and
+# https://upstash.com/docs/redis/overall/billing (max request size "10 MB" on Free and PAYG).
+KEY_LIMIT = 32_000
+REQUEST_LIMIT = 10_000_000
+
+
+def _key_error(actual: int) -> str:
+    return f"ERR max key size exceeded. Limit: {KEY_LIMIT} bytes, Actual: {actual} bytes"
+
+
+def test_a_key_over_upstash_limit_is_refused(sdk: Redis, key: str) -> None:
+    at_limit = key + "k" * (KEY_LIMIT - len(key))
+    assert _actual(sdk.set(at_limit, "v")) is True
+    assert sdk.get(at_limit) == "v"
+    over = at_limit + "k"
+    with pytest.raises(UpstashError, match=f"^{re.escape(_key_error(KEY_LIMIT + 1))}$"):
+        sdk.set(over, "v")
+    with pytest.raises(UpstashError, match=re.escape(_key_error(KEY_LIMIT + 1))):
+        sdk.get(over)
+    wide = key + "é" * ((KEY_LIMIT - len(key)) // 2 + 1)  # counted in UTF-8 bytes
+    with pytest.raises(UpstashError, match=r"^ERR max key size exceeded"):
+        sdk.set(wide, "v")
+    with pytest.raises(UpstashError, match=re.escape(_key_error(KEY_LIMIT + 1))):
+        sdk.eval("return 1", keys=[f"{key}small", over], args=["x" * (KEY_LIMIT + 1)])
+    assert _actual(sdk.set(f"{key}big-value", "x" * (KEY_LIMIT + 1))) is True  # values may be
+    assert sdk.eval("return ARGV[1]", args=["y" * (KEY_LIMIT + 1)]) == "y" * (KEY_LIMIT + 1)
+
+
+def test_a_key_over_the_limit_in_a_pipeline_fails_that_command(
+    emulator: UpstashEmulator, key: str
+) -> None:
+    over = key + "k" * (KEY_LIMIT + 1 - len(key))
+    commands = [["SET", f"{key}a", "1"], ["SET", over, "2"], ["GET", f"{key}a"]]
+    response = _post(emulator, "/pipeline", commands)
+    assert response.status_code == 200
+    assert response.json() == [
+        {"result": "OK"},
+        {"error": _key_error(KEY_LIMIT + 1)},
+        {"result": "1"},
+    ]
+    commands = [["SET", f"{key}b", "1"], ["GET", over]]
+    response = _post(emulator, "/multi-exec", commands)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "EXECABORT Transaction discarded because of previous errors "
+        f"(command 2: {_key_error(KEY_LIMIT + 1)})"
+    }
+    assert _post(emulator, "/", ["EXISTS", f"{key}b"]).json() == {"result": 0}
+
+
+def test_every_key_of_a_variadic_command_is_checked(real_redis_url: str, key: str) -> None:
+    """Over a real Redis, whose command table names every key (fakeredis' names the first)."""
+    over = key + "k" * (KEY_LIMIT + 1 - len(key))
+    with UpstashEmulator(backend_url=real_redis_url) as emulator, _sdk(emulator) as client:
+        for call in (
+            lambda: client.mget(f"{key}a", over),
+            lambda: client.delete(f"{key}a", f"{key}b", over),
+            lambda: client.mset({f"{key}a": "1", over: "2"}),
+        ):
+            with pytest.raises(UpstashError, match=re.escape(_key_error(KEY_LIMIT + 1))):
+                call()
+        assert client.exists(f"{key}a") == 0
+
+
+def _set_body(key: str, size: int) -> bytes:
+    """A SET request body of exactly `size` bytes."""
+    empty = json.dumps(["SET", key, ""]).encode()
+    return json.dumps(["SET", key, "x" * (size - len(empty))]).encode()
+
+
+def test_a_request_over_upstash_max_request_size_is_refused(
+    emulator: UpstashEmulator, key: str
+) -> None:
+    at_limit = _set_body(f"{key}at", REQUEST_LIMIT)
+    assert len(at_limit) == REQUEST_LIMIT
+    assert _post(emulator, "/", at_limit).json() == {"result": "OK"}
+    refused = (400, {"error": "ERR max request size exceeded"})
+    over = _post(emulator, "/", _set_body(f"{key}over", REQUEST_LIMIT + 1))
+    assert (over.status_code, over.json()) == refused
+    half = "x" * (REQUEST_LIMIT // 2)
+    for path in ("/pipeline", "/multi-exec"):
+        commands = [["SET", f"{key}p1", half], ["SET", f"{key}p2", half]]
+        response = _post(emulator, path, commands)
+        assert (response.status_code, response.json()) == refused
+    response = httpx.post(
+        f"{emulator.url}/set/{key}path", content=b"x" * (REQUEST_LIMIT + 1), headers=_auth(emulator)
+    )
+    assert (response.status_code, response.json()) == refused
+    with _sdk(emulator) as client:
+        with pytest.raises(UpstashError, match=r"^ERR max request size exceeded$"):
+            client.set(f"{key}sdk", "x" * REQUEST_LIMIT)
+        assert client.exists(f"{key}over", f"{key}p1", f"{key}p2", f"{key}path", f"{key}sdk") == 0
 
 
 class _BrokenBackend(RedisBackend):
