@@ -110,8 +110,7 @@ def _serve(
     with Progress(7, "keyflash dev") as progress:
         database = session.database(progress.step)
         session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
-        progress.step("starting the Upstash emulator")
-        redis = session.redis()
+        redis = session.redis(progress.step)
         if redis.origin == "UPSTASH_REDIS_REST_URL":
             _warn_unless_upstash_answers(redis)
         progress.step(

@@ -290,16 +290,19 @@ class Session:
         self._database = Database(url, url, "embedded", server.data_dir)
         return self._database
 
-    def redis(self) -> Redis:
+    def redis(self, on_step: Callable[[str], None] | None = None) -> Redis:
         """UPSTASH_REDIS_REST_URL when set; else the running stack's emulator; else an
-        emulator in this process (over REDIS_URL's Redis when set, else in-memory)."""
+        emulator in this process (over REDIS_URL's Redis when set, else in-memory). `on_step`
+        hears which of the first and last it is, for a progress line that tells the truth."""
         if self._redis is not None:
             return self._redis
+        step = on_step or (lambda label: None)
         url, token = (
             os.environ.get("UPSTASH_REDIS_REST_URL"),
             os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
         )
         if url and token:
+            step("using UPSTASH_REDIS_REST_URL")
             self._redis = Redis(url, token, "UPSTASH_REDIS_REST_URL")
             return self._redis
         if self.running is not None and self.running.get("upstash_url"):
@@ -312,6 +315,7 @@ class Session:
         from devkit.upstash_emulator import UpstashEmulator
 
         backend = os.environ.get("REDIS_URL") or None
+        step("starting the Upstash emulator" + (" over REDIS_URL" if backend else ""))
         emulator = UpstashEmulator(backend_url=backend)
         try:
             emulator.start()

@@ -843,6 +843,7 @@ def test_dev_checkout_then_the_signed_webhook_makes_the_user_pro(spare_state_dir
 
 
 def test_dev_warns_when_upstash_redis_rest_url_answers_nothing(spare_state_dir: Path) -> None:
+    """One warning before "ready"; the progress names that URL, not an emulator (none starts)."""
     nowhere = f"http://127.0.0.1:{free_port()}"
     running = start_dev(
         spare_state_dir, UPSTASH_REDIS_REST_URL=nowhere, UPSTASH_REDIS_REST_TOKEN="t" * 40
@@ -856,6 +857,8 @@ def test_dev_warns_when_upstash_redis_rest_url_answers_nothing(spare_state_dir: 
     assert nowhere in warnings[0] and "does not answer" in warnings[0]
     assert "t" * 40 not in output
     assert output.index(warnings[0]) < output.index("ready in")
+    assert "keyflash dev: using UPSTASH_REDIS_REST_URL\n" in output
+    assert "starting the Upstash emulator" not in output, output
 
 
 def postmaster_pid(state_dir: Path) -> int:
