@@ -7,13 +7,15 @@ DataForSEO credentials the page is live and the brief is cached for a day; witho
 production answers 503 and other environments build the brief from the mock page (never
 cached). Fixes: a live failure is a 502/503 in every environment (the original served mock
 data outside production and labelled it a fallback), the call goes through its own circuit
-breaker, and a cached brief carries every rate-limit header.
+breaker, a cached brief carries every rate-limit header, and an entry under the brief's key
+(shared with the original app) is served only when it is a brief: anything else is a logged
+miss.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import Request
@@ -104,8 +106,8 @@ def content_brief(
 ) -> Response:
     settings = get_settings()
     key = cache.brief_key(body.keyword, body.location, body.language)
-    cached = cache.get_json(key)
-    if isinstance(cached, dict):
+    cached = cache.get_json(key, cache.BRIEF_ENTRY)
+    if cached is not None:
         return _answer(cached, True, decision)
     live = bool(
         (settings.dataforseo_api_login or "").strip()
@@ -144,7 +146,7 @@ def content_brief(
     return _answer(made, False, decision)
 
 
-def _answer(made: dict[str, Any], cached: bool, decision: Decision) -> Response:
+def _answer(made: brief.Brief, cached: bool, decision: Decision) -> Response:
     return ok(
         {"brief": made, "cached": cached, "timestamp": iso_ms(utcnow())},
         headers=decision.headers(),

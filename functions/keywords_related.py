@@ -7,7 +7,8 @@ the response. No quota, no tier: the configured provider serves everyone.
 
 Fixes over the original (docs/original-app.md#d2, #d13): the call goes through the provider's
 circuit breaker (one per warm container) and the account's request budget; the cache key
-includes the provider; `cacheHealthy` reports whether the write succeeded; a provider without
+includes the provider, and an entry is served only in the route's shape (else a logged miss);
+`cacheHealthy` reports whether the write succeeded; a provider without
 related keywords answers 501 (the original's 501 reached clients as a 500), an open circuit
 503 with `Retry-After`, provider failures 502, and upstream text never reaches the client.
 """
@@ -130,21 +131,22 @@ def related(
         deadline=deadline,
     )
     key = cache.related_key(body.keyword, options.location, options.language, provider.key)
-    cached = cache.get_json(key)
+    cached = cache.get_json(key, cache.RELATED_ENTRY)
     result: dict[str, Any]
-    if isinstance(cached, dict) and isinstance(cached.get("data"), list):
-        rows = cached["data"]
-        metadata = cached.get("metadata")
-        name = str(metadata.get("provider", "Unknown")) if isinstance(metadata, dict) else "Unknown"
+    if cached is not None:
+        rows, name = cached["data"], cached["metadata"]["provider"]
         result = {"cached": True}
     else:
         try:
-            rows = [dict(row) for row in lookup(body.keyword, options)]
+            rows = lookup(body.keyword, options)
         except providers.ProviderError as error:
             provider_failed(error, provider.key)
         name = provider.name
-        metadata = {"cachedAt": iso_ms(utcnow()), "provider": name}
-        healthy = cache.set_json(key, {"data": rows, "metadata": metadata})
+        entry: cache.RelatedEntry = {
+            "data": rows,
+            "metadata": {"cachedAt": iso_ms(utcnow()), "provider": name},
+        }
+        healthy = cache.set_json(key, entry)
         result = {"cached": False, "cacheHealthy": healthy}
     return ok(
         {

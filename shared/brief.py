@@ -12,7 +12,9 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from itertools import pairwise
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired
+
+from typing_extensions import TypedDict  # pydantic validates cached briefs: it needs this on 3.11
 
 Importance = Literal["high", "medium", "low"]
 DEFAULT_WORD_COUNT = 1500
@@ -42,19 +44,60 @@ _TRAILER = re.compile(r"\s+[-|]\s+.*$")
 _NUMBERING = re.compile(r"^\d+\.\s*")
 
 
-class SerpResult(TypedDict, total=False):
+class SerpResult(TypedDict):
     position: int
     title: str
     url: str
     domain: str
     description: str
-    wordCount: int
+    wordCount: NotRequired[int]
 
 
 class Serp(TypedDict):
     results: list[SerpResult]
     questions: list[str]  # "people also ask", in order, de-duplicated
     totalResults: int
+
+
+class WordCount(TypedDict):
+    min: int
+    max: int
+    average: int
+
+
+class Topic(TypedDict):
+    topic: str
+    frequency: int
+    importance: Importance
+
+
+class Heading(TypedDict):
+    text: str
+    level: Literal["h2"]
+    source: str  # "Common pattern", or the domain of the result the title comes from
+
+
+class Question(TypedDict):
+    question: str
+    source: Literal["paa", "competitor", "inferred"]  # the original also wrote "competitor"
+
+
+class Brief(TypedDict):
+    """The brief in the original's shape (docs/original-app.md#post-apicontent-brief): what the
+    route answers and caches, and what a cached brief must be to be served."""
+
+    keyword: str
+    location: str
+    generatedAt: str
+    serpResults: list[SerpResult]
+    totalResults: int
+    recommendedWordCount: WordCount
+    topics: list[Topic]
+    suggestedHeadings: list[Heading]
+    questionsToAnswer: list[Question]
+    relatedKeywords: list[str]
+    mockData: bool
+    provider: str
 
 
 def parse_serp(result: Any) -> Serp:
@@ -128,7 +171,7 @@ def mock_serp(keyword: str) -> Serp:
     return {"results": results, "questions": questions, "totalResults": 1_250_000}
 
 
-def word_count_range(results: list[SerpResult]) -> dict[str, int]:
+def word_count_range(results: list[SerpResult]) -> WordCount:
     counts = [r["wordCount"] for r in results if r.get("wordCount", 0) > 0]
     average = sum(counts) / len(counts) if counts else DEFAULT_WORD_COUNT
     return {"min": round(average * 0.8), "max": round(average * 1.3), "average": round(average)}
@@ -152,7 +195,7 @@ def importance(frequency: int) -> Importance:
     return "high" if frequency >= 5 else "medium" if frequency >= 3 else "low"
 
 
-def topics(counts: Counter[str]) -> list[dict[str, Any]]:
+def topics(counts: Counter[str]) -> list[Topic]:
     recurring = [(phrase, n) for phrase, n in counts.most_common() if n >= 2]
     return [
         {"topic": phrase, "frequency": n, "importance": importance(n)}
@@ -160,9 +203,9 @@ def topics(counts: Counter[str]) -> list[dict[str, Any]]:
     ]
 
 
-def headings(keyword: str, results: list[SerpResult]) -> list[dict[str, str]]:
+def headings(keyword: str, results: list[SerpResult]) -> list[Heading]:
     kw = keyword.strip()
-    found = [
+    found: list[Heading] = [
         {"text": text, "level": "h2", "source": "Common pattern"}
         for text in (f"What is {kw}", f"How to {kw}", f"Why {kw}", f"Best {kw}", f"{kw} Benefits")
     ]
@@ -176,9 +219,9 @@ def headings(keyword: str, results: list[SerpResult]) -> list[dict[str, str]]:
     return found[:MAX_HEADINGS]
 
 
-def questions(keyword: str, asked: list[str]) -> list[dict[str, str]]:
+def questions(keyword: str, asked: list[str]) -> list[Question]:
     kw = keyword.strip()
-    found = [{"question": q, "source": "paa"} for q in asked[:MAX_PAA]]
+    found: list[Question] = [{"question": q, "source": "paa"} for q in asked[:MAX_PAA]]
     seen = {q.lower() for q in asked[:MAX_PAA]}
     for question in (
         f"What is {kw}?",
@@ -201,8 +244,8 @@ def related_phrases(keyword: str, counts: Counter[str]) -> list[str]:
 
 def build_brief(
     keyword: str, location: str, serp: Serp, *, provider: str, mock: bool, generated_at: str
-) -> dict[str, Any]:
-    """The brief in the original's shape (docs/original-app.md#post-apicontent-brief)."""
+) -> Brief:
+    """The brief (`Brief`) built from one results page."""
     counts = phrases(serp["results"])
     return {
         "keyword": keyword,

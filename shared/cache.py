@@ -1,7 +1,10 @@
 """JSON cache-aside on Upstash Redis that never raises to callers.
 
 Any Redis failure (down, slower than `REDIS_TIMEOUT_S`, bad data) is logged and behaves as a
-miss, so the cache can only make a request faster, never fail it. `PRIVACY_MODE=true` turns the
+miss, so the cache can only make a request faster, never fail it. An entry is served only in
+the shape the route answers (`KeywordEntry`, `RelatedEntry`, `shared.brief.Brief`): the keys
+are shared with the original app and anyone holding the token, so anything else under them is
+a logged miss, which the route's fresh answer then overwrites. `PRIVACY_MODE=true` turns the
 keyword, related-keyword and brief caches off entirely
 (docs/original-app.md#caching-and-privacy-mode). There is no flush: the Redis database is
 shared with users, usage and rate limits (docs/original-app.md#d13).
@@ -12,15 +15,49 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NotRequired, TypeVar
 
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic validates entries: it needs this one on 3.11
+
+from shared.brief import Brief
 from shared.config import get_settings
+from shared.providers.base import KeywordData, RelatedKeywordData
 from shared.redis import get_redis
+from shared.storable_text import loads_json
 from shared.telemetry import log_event
 
 KEYWORD_TTL_SECONDS = 604_800  # 7 days, as the original (keyword data, related keywords)
 BRIEF_TTL_SECONDS = 86_400  # 1 day, as the original
+
+T = TypeVar("T")
+
+
+class Metadata(TypedDict):
+    cachedAt: str
+    ttl: NotRequired[int]  # keyword entries only, as the original
+    provider: str  # the display name that produced the rows, answered as `provider`
+
+
+class KeywordEntry(TypedDict):
+    """`kw:…` (docs/original-app.md#key-table): the provider's rows for the keywords."""
+
+    data: list[KeywordData]
+    metadata: Metadata
+
+
+class RelatedEntry(TypedDict):
+    """`related:…`: the provider's full list of ideas for one seed."""
+
+    data: list[RelatedKeywordData]
+    metadata: Metadata
+
+
+KEYWORD_ENTRY = TypeAdapter(KeywordEntry)
+RELATED_ENTRY = TypeAdapter(RelatedEntry)
+BRIEF_ENTRY = TypeAdapter(Brief)  # `brief:…`, shared with the original app as it is
 
 
 def keyword_key(
@@ -52,15 +89,19 @@ def brief_key(keyword: str, location_code: str, language: str) -> str:
     return f"brief:{location_code}:{language}:{digest}"
 
 
-def in_request_order(items: list[dict[str, Any]], keywords: Sequence[str]) -> list[dict[str, Any]]:
-    """Cached rows in the order this request asked for them (the key sorts keywords)."""
-    by_keyword = {item.get("keyword"): item for item in items}
-    ordered = [by_keyword[k.strip()] for k in keywords if k.strip() in by_keyword]
-    return ordered if len(ordered) == len(items) else items
+def in_request_order(rows: list[KeywordData], keywords: Sequence[str]) -> list[KeywordData] | None:
+    """Cached rows in the order this request asked for them (the key sorts keywords), or None
+    when they are not exactly one row per requested keyword (duplicates included)."""
+    requested = [keyword.strip() for keyword in keywords]
+    if Counter(row["keyword"] for row in rows) != Counter(requested):
+        return None
+    by_keyword = {row["keyword"]: row for row in rows}
+    return [by_keyword[keyword] for keyword in requested]
 
 
-def get_json(key: str) -> Any | None:
-    """The cached value, or None on a miss, in privacy mode, or on any failure."""
+def get_json(key: str, shape: TypeAdapter[T]) -> T | None:
+    """The cached value if it has `shape` (strictly: no coercion), or None on a miss, in
+    privacy mode, on any failure, or for an entry of another shape (`refuse`d)."""
     if get_settings().privacy_mode:
         return None
     client = get_redis()
@@ -68,10 +109,25 @@ def get_json(key: str) -> Any | None:
         return None
     try:
         raw = client.get(key)
-        return None if raw is None else json.loads(raw)
     except Exception as error:
         log_event("cache_read_failed", level=logging.WARNING, error=type(error).__name__)
         return None
+    if raw is None:
+        return None
+    try:
+        return shape.validate_python(loads_json(raw), strict=True)
+    except ValidationError as error:
+        refuse(key, error.errors()[0]["type"])
+    except (ValueError, RecursionError):  # not JSON, or nested beyond the parser
+        refuse(key, "not_json")
+    return None
+
+
+def refuse(key: str, reason: str) -> None:
+    """Log an entry the route cannot answer with, by its key's prefix and why, never its key
+    (the rest holds search terms) or content."""
+    kind = key.split(":", 1)[0]
+    log_event("cache_entry_invalid", level=logging.WARNING, kind=kind, reason=reason)
 
 
 def set_json(key: str, value: Any, *, ttl_seconds: int = KEYWORD_TTL_SECONDS) -> bool:

@@ -1,6 +1,6 @@
 """The keyword search, the metered operation: reserve the keywords against the quota, answer
-from the cache or the provider, record the search; keywords are given back when the provider
-fails (docs/keyword-search.md).
+from the cache or the provider, record the search; keywords are given back when anything after
+the reservation fails, the provider or not (docs/keyword-search.md).
 
 Two database round trips on the success path: ONE statement gets-or-creates the user, reserves
 the keywords against the quota and writes the reservation row (a search in the token's active
@@ -11,8 +11,9 @@ the two, the reservation expires and the reconcile_reservations cron gives the k
 
 Fixes over the original (docs/original-app.md#d2, #d3, #d13): the quota check and increment are
 one atomic statement (`used + n <= limit`, no overshoot); the cache key includes the provider;
-cached rows come back in the request's order; `cache_healthy` says whether the write really
-succeeded.
+cached rows come back in the request's order, and only when they are the provider's shape
+with one row per requested keyword (anything else under the key is a logged miss);
+`cache_healthy` says whether the write really succeeded.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from shared import cache, db, providers, storage
 from shared.auth import ActiveOrg, Identity, again_if_erased, provision
@@ -54,7 +54,7 @@ class Origin:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    data: list[dict[str, Any]]
+    data: list[providers.KeywordData]
     cached: bool
     cache_healthy: bool | None  # None: nothing was written (a hit, or forced mock data)
     provider_name: str
@@ -76,7 +76,7 @@ def search(
     """Run one search for `identity`, counted against its active organization's quota when the
     token names one (the caller has checked the permission), else against the user's. Raises
     `TrialExpiredError`, `QuotaExceededError` or `OrganizationNotFoundError` (nothing counted),
-    or `ProviderFailed` (the reservation given back)."""
+    or `ProviderFailed`; any failure after the reservation gives it back before raising."""
     settings = get_settings()
     reserved_at = utcnow()
     hold = reservations.Hold(
@@ -92,9 +92,35 @@ def search(
 
     mock_forced = enforce and tier is UserTier.FREE
     try:
+        return _answer(
+            identity,
+            query,
+            mock_forced,
+            deadline=deadline,
+            origin=origin,
+            started=started,
+            hold=hold,
+        )
+    except Exception:
+        _give_back(identity, hold.id, reserved_at)
+        raise
+
+
+def _answer(
+    identity: Identity,
+    query: Query,
+    mock_forced: bool,
+    *,
+    deadline: float,
+    origin: Origin,
+    started: float,
+    hold: reservations.Hold,
+) -> Result:
+    """Everything after the reservation: the cache or the provider, then the record that
+    confirms it. Whatever raises here, `search` gives the reservation back."""
+    try:
         provider = providers.mock_provider() if mock_forced else providers.get_provider()
     except providers.ProviderError as error:
-        _give_back(identity, hold.id, reserved_at)
         raise ProviderFailed(error, "unknown") from None
     options = providers.SearchOptions(
         match_type=query.match_type,
@@ -105,30 +131,41 @@ def search(
     key = cache.provider_keyword_key(
         query.keywords, options.location, options.language, options.match_type, provider.key
     )
-    cached = None if mock_forced else cache.get_json(key)
+    cached = None if mock_forced else _cached(key, query.keywords)
     healthy: bool | None = None
-    if isinstance(cached, dict) and isinstance(cached.get("data"), list):
-        data = cache.in_request_order(cached["data"], query.keywords)
-        metadata = cached.get("metadata")
-        name = str(metadata.get("provider", "Unknown")) if isinstance(metadata, dict) else "Unknown"
-        hit = True
+    if cached is not None:
+        data, name = cached
     else:
         try:
-            data = [dict(row) for row in provider.keyword_data(query.keywords, options)]
+            data = provider.keyword_data(query.keywords, options)
         except providers.ProviderError as error:
-            _give_back(identity, hold.id, reserved_at)
             raise ProviderFailed(error, provider.key) from None
-        name, hit = provider.name, False
+        name = provider.name
         if not mock_forced:
-            metadata = {
+            metadata: cache.Metadata = {
                 "cachedAt": iso_ms(utcnow()),
                 "ttl": cache.KEYWORD_TTL_SECONDS,
                 "provider": provider.name,
             }
-            healthy = cache.set_json(key, {"data": data, "metadata": metadata})
+            entry: cache.KeywordEntry = {"data": data, "metadata": metadata}
+            healthy = cache.set_json(key, entry)
 
+    hit = cached is not None
     _record(identity, query, options, provider.key, data, hit, origin, started, hold)
     return Result(data, hit, healthy, name, name == "Mock" or mock_forced)
+
+
+def _cached(key: str, keywords: list[str]) -> tuple[list[providers.KeywordData], str] | None:
+    """The cached rows in the request's order and the name of the provider that gave them, or
+    None: a miss, or an entry that is not one row per requested keyword (logged)."""
+    entry = cache.get_json(key, cache.KEYWORD_ENTRY)
+    if entry is None:
+        return None
+    rows = cache.in_request_order(entry["data"], keywords)
+    if rows is None:
+        cache.refuse(key, "rows_not_the_requested_keywords")
+        return None
+    return rows, entry["metadata"]["provider"]
 
 
 def _reserve(
@@ -189,7 +226,7 @@ def _record(
     query: Query,
     options: providers.SearchOptions,
     provider_key: str,
-    data: list[dict[str, Any]],
+    data: list[providers.KeywordData],
     cache_hit: bool,
     origin: Origin,
     started: float,
@@ -198,7 +235,7 @@ def _record(
     """The history row (naming the active organization, if any, and the user) and this
     request's usage row, in one statement that also confirms the reservation. Volumes average
     over the keywords that have one (missing data is not 0)."""
-    volumes = [row["searchVolume"] for row in data if isinstance(row.get("searchVolume"), int)]
+    volumes = [volume for row in data if isinstance(volume := row["searchVolume"], int)]
     elapsed = round((time.perf_counter() - started) * 1000)
     search_row = search_history.NewSearch(
         user_id=identity.user_id,

@@ -10,6 +10,8 @@ statement. No dependencies: the crons and the webhooks check with it too.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -61,3 +63,17 @@ class NotJsonConstantError(ValueError):
 def refuse_constant(name: str) -> Any:
     """`json.loads(..., parse_constant=refuse_constant)`: parse JSON, not Python's superset."""
     raise NotJsonConstantError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number past a double's range")
+    return value
+
+
+def loads_json(text: str) -> Any:
+    """`text` as JSON, refusing (ValueError) what Python's parser takes beyond it: `NaN`,
+    `Infinity` and a number past a double's range (`1e400`: JS reads Infinity), none of which
+    jsonb stores nor a JSON response can carry."""
+    return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)

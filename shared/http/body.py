@@ -12,8 +12,6 @@ range (`1e400`: JS reads Infinity), which no JSON column can store.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,7 +20,7 @@ from starlette.requests import Request
 
 from shared.http.app import validation_message
 from shared.http.errors import ApiError
-from shared.storable_text import refuse_constant
+from shared.storable_text import loads_json
 
 M = TypeVar("M", bound=BaseModel)
 INVALID_JSON = "Invalid JSON payload"
@@ -30,19 +28,12 @@ NOT_AN_OBJECT = "Request body must be a JSON object"
 _UTF8_BOM = "\ufeff"
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("a number past a double's range")
-    return value
-
-
 def decode_json(raw: bytes) -> Any:
     """`raw` as JSON by the rules above, `ValueError` when it is not. Lone surrogates escaped
     in strings (`"\\ud800"`) are kept: whether one matters is the reader's call."""
     try:
         text = raw.decode("utf-8").removeprefix(_UTF8_BOM)
-        return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)
+        return loads_json(text)
     except RecursionError:  # nesting beyond the parser
         raise ValueError("JSON nested too deeply") from None
 

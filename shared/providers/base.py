@@ -10,7 +10,9 @@ omitted: DataForSEO's search-volume endpoint has no difficulty, so its rows have
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, Required, TypedDict
+from typing import Literal, Protocol, Required
+
+from typing_extensions import TypedDict  # pydantic validates cached rows: it needs this one on 3.11
 
 Competition = Literal["low", "medium", "high"]
 Intent = Literal["informational", "commercial", "transactional", "navigational"]

@@ -6,11 +6,14 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from devkit.upstash_emulator import UpstashEmulator
 from shared import cache, config, ratelimit, redis
+from shared.providers import KeywordData
 
 
 @pytest.fixture
@@ -67,17 +70,29 @@ def test_provider_is_part_of_the_key() -> None:
     assert mock != real and mock.startswith(cache.keyword_key(["seo"], "Worldwide", "en", "exact"))
 
 
+def row(keyword: str) -> KeywordData:
+    return {"keyword": keyword, "searchVolume": 1, "cpc": None, "competition": None,
+            "intent": None}  # fmt: skip
+
+
 def test_cached_rows_come_back_in_the_requests_order() -> None:
-    rows = [{"keyword": "a", "v": 1}, {"keyword": "b", "v": 2}, {"keyword": "c", "v": 3}]
-    assert [r["keyword"] for r in cache.in_request_order(rows, ["c", " a", "b"])] == ["c", "a", "b"]
+    rows = [row("a"), row("b"), row("c")]
+    ordered = cache.in_request_order(rows, ["c", " a", "b"])
+    assert ordered is not None and [r["keyword"] for r in ordered] == ["c", "a", "b"]
+    assert cache.in_request_order([row("a")], ["a", "a"]) is None  # one row per keyword asked
+    assert cache.in_request_order([row("a"), row("b")], ["a", "c"]) is None
+
+
+ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 @pytest.mark.usefixtures("redis_env")
 def test_json_roundtrip_with_ttl(upstash: UpstashEmulator) -> None:
     key = f"kw:test:{uuid.uuid4()}"
-    value = {"data": [{"keyword": "seo", "searchVolume": 100}], "metadata": {"provider": "Mock"}}
+    value = {"data": [row("seo")], "metadata": {"cachedAt": "2026-01-01T00:00:00.000Z",
+                                                 "provider": "Mock"}}  # fmt: skip
     assert cache.set_json(key, value, ttl_seconds=120) is True
-    assert cache.get_json(key) == value
+    assert cache.get_json(key, cache.KEYWORD_ENTRY) == value
     client = redis.get_redis()
     assert client is not None and 0 < client.ttl(key) <= 120
 
@@ -88,11 +103,11 @@ def test_privacy_mode_neither_reads_nor_writes(monkeypatch: pytest.MonkeyPatch) 
     assert cache.set_json(key, {"x": 1})
     monkeypatch.setenv("PRIVACY_MODE", "true")
     reload_settings()
-    assert cache.get_json(key) is None
+    assert cache.get_json(key, ANY_JSON) is None
     assert cache.set_json(f"{key}:2", {"x": 2}) is False
     monkeypatch.delenv("PRIVACY_MODE")
     reload_settings()
-    assert cache.get_json(f"{key}:2") is None
+    assert cache.get_json(f"{key}:2", ANY_JSON) is None
 
 
 @pytest.mark.usefixtures("redis_env")
@@ -103,7 +118,7 @@ def test_cache_is_a_miss_when_redis_is_stopped(monkeypatch: pytest.MonkeyPatch) 
         reload_settings()
         assert cache.set_json("kw:stopped", {"x": 1})
     # The emulator is gone now: reads miss, writes report failure, nothing raises.
-    assert cache.get_json("kw:stopped") is None
+    assert cache.get_json("kw:stopped", ANY_JSON) is None
     assert cache.set_json("kw:stopped", {"x": 2}) is False
 
 
@@ -113,7 +128,7 @@ def test_cache_is_a_miss_within_the_timeout_when_redis_hangs(
 ) -> None:
     point_redis_at(black_hole, monkeypatch, timeout="0.3")
     started = time.monotonic()
-    assert cache.get_json("kw:slow") is None
+    assert cache.get_json("kw:slow", ANY_JSON) is None
     assert cache.set_json("kw:slow", {"x": 1}) is False
     assert time.monotonic() - started < 3  # two calls bounded by 0.3 s each, generous slack
 
