@@ -4,7 +4,10 @@ Fixes over the original (docs/original-app.md#d1, #d16): counters are namespaced
 per identity (the user id when signed in, else client IP + an HMAC of the user agent), so ten health
 checks no longer spend the keyword budget; a missing HMAC secret is a startup error in production
 and a generated one (with a warning) elsewhere; when Redis is down or slower than
-`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default) instead of a 500.
+`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default) instead of a 500; every
+answer of a window carries the window's stored end as `X-RateLimit-Reset` (the original's
+`now + TTL` moved between answers and could fall before the real end) and `Retry-After` rounds
+up to it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Literal
 
@@ -30,16 +33,25 @@ from shared.telemetry import log_event
 
 WINDOW_SECONDS = 3600
 
-# The original's fixed-window script: start a window on the first hit, count the rest.
+# A fixed window per key, as the original's script (started by the first request, counting the
+# rest), with its end stored beside the count (`{count}:{end in Unix ms}`) instead of read back
+# as a TTL: every check in the window answers the same end, decided once by the caller's clock,
+# and the first check at or after it starts a new window whatever Redis's clock says (the key
+# expires at the end only to clean up). Another value, the previous release's bare count,
+# starts a new window.
 _SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-local ttl = redis.call('TTL', KEYS[1])
-if (not current) or ttl <= 0 then
-  redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
-  return {1, tonumber(ARGV[1])}
+local count, ends = string.match(redis.call('GET', KEYS[1]) or '', '^(%d+):(%d+)$')
+count, ends = tonumber(count), tonumber(ends)
+local now = tonumber(ARGV[1])
+if (not ends) or ends <= now then
+  count, ends = 0, now + tonumber(ARGV[2])
 end
-return {redis.call('INCR', KEYS[1]), ttl}
+count = count + 1
+redis.call('SET', KEYS[1], count .. ':' .. ends, 'PXAT', ends)
+return {count, ends}
 """
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +114,10 @@ def check(
     try:
         if client is None:
             raise ConnectionError("Redis is not configured")
-        count, ttl = client.eval(
-            _SCRIPT, keys=[keys.rate_limit(endpoint, who)], args=[str(WINDOW_SECONDS)]
+        count, ends = client.eval(
+            _SCRIPT,
+            keys=[keys.rate_limit(endpoint, who)],
+            args=[str((now - _EPOCH) // _MS), str(WINDOW_SECONDS * 1000)],
         )
     except Exception as error:
         log_event(
@@ -116,9 +130,11 @@ def check(
         if (fail_safe or settings.rate_limit_fail_safe) == "open":
             return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
         return Decision(False, limit, 0, now + timedelta(seconds=60), retry_after=60)
-    reset_at = now + timedelta(seconds=int(ttl))
+    reset_at = _EPOCH + int(ends) * _MS
     if int(count) > limit:
-        return Decision(False, limit, 0, reset_at, retry_after=int(ttl))
+        # Whole seconds, rounded up: a client waiting that long is never early.
+        retry_after = -((now - reset_at) // timedelta(seconds=1))
+        return Decision(False, limit, 0, reset_at, retry_after=retry_after)
     return Decision(True, limit, max(0, limit - int(count)), reset_at)
 
 

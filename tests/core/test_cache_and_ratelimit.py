@@ -6,6 +6,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from pydantic import TypeAdapter
 
 from devkit.upstash_emulator import UpstashEmulator
 from shared import cache, config, ratelimit, redis
+from shared.clock import utcnow
 from shared.providers import KeywordData
 
 
@@ -149,6 +151,29 @@ def test_n_allowed_then_refused_with_a_reset_time() -> None:
         refused.retry_after
     )
     assert headers["X-RateLimit-Reset"].endswith("Z")
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_one_window_has_one_reset_and_a_retry_then_is_allowed() -> None:
+    """Every answer of a window names the same end, to the millisecond, whenever in the window
+    it comes (the reset was now + the key's TTL in whole seconds: it moved from answer to answer
+    and could fall before the window's real end); Retry-After never sends a client back early."""
+    who = f"u:{uuid.uuid4()}"
+    start = utcnow()
+    checks = [
+        ratelimit.check("keywords", who, 2, now=start + timedelta(milliseconds=elapsed))
+        for elapsed in (0, 480, 1_730)
+    ]
+    assert [d.allowed for d in checks] == [True, True, False]
+    end = start + timedelta(seconds=ratelimit.WINDOW_SECONDS)
+    assert {d.reset_at for d in checks} == {end}
+    assert len({d.headers()["X-RateLimit-Reset"] for d in checks}) == 1
+    refused = checks[-1]
+    assert refused.retry_after == 3599  # 3598.27 s left, rounded up
+    assert not ratelimit.check("keywords", who, 2, now=end - timedelta(milliseconds=1)).allowed
+    at_reset = ratelimit.check("keywords", who, 2, now=end)
+    assert (at_reset.allowed, at_reset.remaining) == (True, 1)
+    assert at_reset.reset_at == end + timedelta(seconds=ratelimit.WINDOW_SECONDS)
 
 
 @pytest.mark.usefixtures("redis_env")

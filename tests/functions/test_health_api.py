@@ -99,11 +99,14 @@ def test_rate_limit_60_per_hour_then_429_with_headers(
     monkeypatch.setenv("RATE_LIMIT_ENABLED", "true")
     config.get_settings.cache_clear()
     agent = {"user-agent": f"monitor-{uuid.uuid4()}"}
+    resets = set()
     for expected_remaining in (59, 58):
         ok = call("health", "GET", "/api/health", headers=agent)
         assert ok.status == 200
         assert ok.headers["x-ratelimit-limit"] == "60"
         assert ok.headers["x-ratelimit-remaining"] == str(expected_remaining)
+        resets.add(ok.headers["x-ratelimit-reset"])
+    assert len(resets) == 1  # one window, one end
     for _ in range(58):
         call("health", "GET", "/api/health", headers=agent)
     refused = call("health", "GET", "/api/health", headers=agent)
