@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import subprocess
@@ -451,11 +450,6 @@ def function_env(
     }
     defaults = {
         "APP_ENV": "development",
-        # Stable per state dir, so rate-limit keys survive restarts (the core would otherwise
-        # pick a random one per process and warn about it).
-        "RATE_LIMIT_HMAC_SECRET": hashlib.sha256(
-            f"rate-limit:{key.private_pem}".encode()
-        ).hexdigest(),
         "KEYWORD_API_PROVIDER": "mock",
         # One process serves every function here; Lambda's pool of one would serialise them.
         "DB_POOL_SIZE": "10",

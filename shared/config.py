@@ -179,6 +179,8 @@ class Settings:
     # Rate limiting (fixed one-hour windows in Redis), per endpoint and per identity.
     rate_limit_enabled: bool = True
     rate_limit_fail_safe: Literal["open", "closed"] = "closed"
+    # No longer the limiter's (anonymous limits count per address, not per user agent): only
+    # the tombstones' key when ACCOUNT_HMAC_SECRET is unset, so deployments that set it keep it.
     rate_limit_hmac_secret: str | None = None
     rate_limit_requests_per_hour: int = 10
     # POST /api/keywords/related: above 100 is 100, 0 or less is 30 (functions/keywords_related.py).
@@ -445,12 +447,6 @@ def _broken_rules(settings: Settings) -> list[str]:
             "EXPORT_PREFIX must be a non-empty prefix outside BACKUP_PREFIX (and not "
             "containing it), e.g. EXPORT_PREFIX=keyflash-exports/ with BACKUP_PREFIX=keyflash/"
         )
-    if (
-        settings.is_production
-        and settings.rate_limit_enabled
-        and len(settings.rate_limit_hmac_secret or "") < 32
-    ):
-        broken.append("RATE_LIMIT_HMAC_SECRET must be set to at least 32 characters in production")
     if settings.is_production and len(settings.account_hmac_key or "") < 32:
         broken.append(
             "ACCOUNT_HMAC_SECRET (or RATE_LIMIT_HMAC_SECRET) must be set to at least 32 "

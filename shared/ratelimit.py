@@ -1,9 +1,9 @@
 """Rate limiting: fixed one-hour windows in Upstash Redis, one round trip per check.
 
 Fixes over the original (docs/original-app.md#d1, #d16): counters are namespaced per endpoint and
-per identity (the user id when signed in, else client IP + an HMAC of the user agent), so ten health
-checks no longer spend the keyword budget; a missing HMAC secret is a startup error in production
-and a generated one (with a warning) elsewhere; when Redis is down or slower than
+per identity (the user id when signed in, else the client's address alone: the original added
+an HMAC of the user agent, so a client got a fresh budget with each User-Agent it made up), so
+ten health checks no longer spend the keyword budget; when Redis is down or slower than
 `REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default) instead of a 500; every
 answer of a window carries the window's stored end as `X-RateLimit-Reset` (the original's
 `now + TTL` moved between answers and could fall before the real end) and `Retry-After` rounds
@@ -12,19 +12,15 @@ up to it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Literal
 
 from starlette.requests import Request
 
 from shared.clock import iso_ms, utcnow
-from shared.config import Settings, get_settings
+from shared.config import get_settings
 from shared.http.client_ip import client_ip
 from shared.http.errors import ApiError
 from shared.legacy import keys
@@ -74,24 +70,13 @@ class Decision:
         return headers
 
 
-@cache
-def _generated_secret() -> str:
-    log_event(
-        "rate_limit_secret_generated",
-        level=logging.WARNING,
-        note="RATE_LIMIT_HMAC_SECRET is unset; using a per-container secret (not for production)",
-    )
-    return secrets.token_hex(32)
-
-
-def identity(user_id: str | None, ip: str | None, user_agent: str, settings: Settings) -> str:
-    """`u:{user id}` when signed in, else `ip:{ip}:{hmac8(user agent)}`
-    (docs/original-app.md#rate-limiting)."""
+def identity(user_id: str | None, ip: str | None) -> str:
+    """`u:{user id}` when signed in, else `ip:{ip}`: the address alone, since anything else a
+    request says about its client (the User-Agent, which the original keyed on too) the client
+    changes at will (docs/original-app.md#d1)."""
     if user_id:
         return keys.signed_in(user_id)
-    secret = settings.rate_limit_hmac_secret or _generated_secret()
-    digest = hmac.new(secret.encode(), user_agent.encode(), hashlib.sha256).hexdigest()[:8]
-    return f"ip:{ip or 'unknown'}:{digest}"
+    return f"ip:{ip or 'unknown'}"
 
 
 def check(
@@ -155,7 +140,7 @@ def limit_request(
     settings = get_settings()
     peer = request.client.host if request.client else None
     ip = client_ip(request.headers, peer, trust_proxy=settings.proxy_trust)
-    who = identity(user_id, ip, request.headers.get("user-agent", ""), settings)
+    who = identity(user_id, ip)
     decision = check(endpoint, who, limit, fail_safe=fail_safe)
     if not decision.allowed:
         raise ApiError(

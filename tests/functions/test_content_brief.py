@@ -20,7 +20,7 @@ import respx
 from shared import brief, cache, config, providers
 from shared.providers.dataforseo import SERP_API_URL
 from shared.redis import get_redis
-from tests.support.http import Caller
+from tests.support.http import Caller, fresh_ip
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
@@ -132,15 +132,15 @@ def test_body_rules_answer_the_original_messages(
 
 def test_rate_limit_then_auth_then_body(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
     settings(monkeypatch, RATE_LIMIT_ENABLED="true")
-    agent = {"user-agent": str(uuid.uuid4())}
-    anonymous = make_brief(call, None, {"keyword": ""}, headers=agent)
+    address = fresh_ip()
+    anonymous = make_brief(call, None, {"keyword": ""}, source_ip=address)
     assert anonymous.status == 401
     assert anonymous.json["message"] == (
         "Authentication required. Please sign in to use content brief generation."
     )
     for _ in range(19):
-        assert make_brief(call, None, {}, headers=agent).status == 401
-    refused = make_brief(call, None, {}, headers=agent)
+        assert make_brief(call, None, {}, source_ip=address).status == 401
+    refused = make_brief(call, None, {}, source_ip=address)
     assert refused.status == 429 and refused.json["error"] == "Rate Limit Exceeded"
     assert re.fullmatch(
         r"Rate limit exceeded\. Content briefs are limited to 20 per hour\. "
@@ -148,7 +148,7 @@ def test_rate_limit_then_auth_then_body(call: Caller, monkeypatch: pytest.Monkey
         refused.json["message"],
     )
     assert refused.headers["x-ratelimit-limit"] == "20" and "retry-after" in refused.headers
-    assert make_brief(call, user_id(), {"keyword": keyword()}, headers=agent).status == 200
+    assert make_brief(call, user_id(), {"keyword": keyword()}, source_ip=address).status == 200
 
 
 def test_get_is_405(call: Caller) -> None:

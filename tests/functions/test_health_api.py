@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import socket
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from functions import health
 from shared import config, db, providers, redis
-from tests.support.http import Caller
+from tests.support.http import Caller, fresh_ip
 
 
 @pytest.fixture(autouse=True)
@@ -98,25 +97,25 @@ def test_rate_limit_60_per_hour_then_429_with_headers(
 ) -> None:
     monkeypatch.setenv("RATE_LIMIT_ENABLED", "true")
     config.get_settings.cache_clear()
-    agent = {"user-agent": f"monitor-{uuid.uuid4()}"}
+    monitor = fresh_ip()
     resets = set()
     for expected_remaining in (59, 58):
-        ok = call("health", "GET", "/api/health", headers=agent)
+        ok = call("health", "GET", "/api/health", source_ip=monitor)
         assert ok.status == 200
         assert ok.headers["x-ratelimit-limit"] == "60"
         assert ok.headers["x-ratelimit-remaining"] == str(expected_remaining)
         resets.add(ok.headers["x-ratelimit-reset"])
     assert len(resets) == 1  # one window, one end
     for _ in range(58):
-        call("health", "GET", "/api/health", headers=agent)
-    refused = call("health", "GET", "/api/health", headers=agent)
+        call("health", "GET", "/api/health", source_ip=monitor)
+    refused = call("health", "GET", "/api/health", source_ip=monitor)
     assert refused.status == 429
     assert refused.json["error"] == "Rate Limit Exceeded"
     assert refused.json["message"].startswith("Rate limit exceeded. Try again in ")
     assert int(refused.headers["retry-after"]) > 3500
     assert refused.headers["x-ratelimit-remaining"] == "0"
-    other_agent = call("health", "GET", "/api/health", headers={"user-agent": str(uuid.uuid4())})
-    assert other_agent.status == 200  # another client has its own budget
+    another = call("health", "GET", "/api/health", source_ip=fresh_ip())
+    assert another.status == 200  # another client has its own budget
 
 
 # --- the provider check runs the provider's own configuration check -------------------------

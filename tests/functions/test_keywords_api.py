@@ -37,7 +37,7 @@ from shared.cron.runner import run_job
 from shared.providers import google_ads
 from shared.redis import get_redis
 from tests.support.fake_dataforseo import FakeDataForSEO
-from tests.support.http import Caller, Keys, make_token
+from tests.support.http import Caller, Keys, fresh_ip, make_token
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 BODY = {"keywords": ["seo tools", "keyword research"], "matchType": "phrase", "location": "US"}
@@ -192,16 +192,30 @@ def test_rate_limit_counts_before_validation_and_auth(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings(monkeypatch, RATE_LIMIT_ENABLED="true", RATE_LIMIT_REQUESTS_PER_HOUR="2")
-    agent = {"user-agent": str(uuid.uuid4())}
-    assert search(call, None, {"keywords": []}, headers=agent).status == 400
-    assert search(call, None, headers=agent).status == 401
-    refused = search(call, None, headers=agent)
+    address = fresh_ip()
+    assert search(call, None, {"keywords": []}, source_ip=address).status == 400
+    assert search(call, None, source_ip=address).status == 401
+    refused = search(call, None, source_ip=address)
     assert refused.status == 429
     assert refused.json["error"] == "Rate Limit Exceeded"
     assert refused.json["message"].endswith("seconds. Limit: 2 requests/hour.")
     assert refused.headers["x-ratelimit-remaining"] == "0" and "retry-after" in refused.headers
-    signed_in = search(call, user_id(), headers=agent)
+    signed_in = search(call, user_id(), source_ip=address)
     assert signed_in.status == 200  # a signed-in user has a budget of their own
+
+
+def test_an_anonymous_client_has_one_budget_per_address_whatever_its_user_agent(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new User-Agent is free to send, an address is not: rotating it gave a fresh bucket."""
+    settings(monkeypatch, RATE_LIMIT_ENABLED="true", RATE_LIMIT_REQUESTS_PER_HOUR="2")
+    http, address = Caller("asgi", api_env), fresh_ip()
+    statuses = [
+        search(http, None, headers={"user-agent": f"rotating/{n}"}, source_ip=address).status
+        for n in range(3)
+    ]
+    assert statuses == [401, 401, 429]
+    assert search(http, None, source_ip=fresh_ip()).status == 401  # another address, its own
 
 
 # --- quotas --------------------------------------------------------------------------------
@@ -476,14 +490,14 @@ def test_invalid_json_and_any_content_type_after_the_rate_limit(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings(monkeypatch, RATE_LIMIT_ENABLED="true", RATE_LIMIT_REQUESTS_PER_HOUR="2")
-    agent = {"user-agent": str(uuid.uuid4()), "content-type": "application/json"}
-    bad = call("keywords", "POST", "/api/keywords", body="{nope", headers=agent)
+    sent = {"headers": {"content-type": "application/json"}, "source_ip": fresh_ip()}
+    bad = call("keywords", "POST", "/api/keywords", body="{nope", **sent)
     assert (bad.status, bad.json["message"]) == (400, "Invalid JSON payload")
-    empty = call("keywords", "POST", "/api/keywords", body="", headers=agent)
+    empty = call("keywords", "POST", "/api/keywords", body="", **sent)
     assert empty.status == 400 and empty.json["error"] == "Validation Error"  # `{}`: fields missing
-    refused = call("keywords", "POST", "/api/keywords", body="{nope", headers=agent)
+    refused = call("keywords", "POST", "/api/keywords", body="{nope", **sent)
     assert refused.status == 429  # malformed bodies spent the budget too
-    plain = {"user-agent": str(uuid.uuid4()), "content-type": "text/plain"}
+    plain = {"content-type": "text/plain"}
     ok = call("keywords", "POST", "/api/keywords", user=user_id(),
               body=json.dumps({**BODY, "keywords": fresh_keywords()}), headers=plain)  # fmt: skip
     assert ok.status == 200

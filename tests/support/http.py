@@ -12,10 +12,12 @@ import base64
 import functools
 import gzip
 import importlib
+import ipaddress
 import json
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +69,12 @@ def make_token(keys: Keys, sub: str, *, ttl: int = 300, **claims: Any) -> str:
 def _signing_key(private_pem: str) -> PrivateKeyTypes:
     """The parsed key: parsing the PEM costs ~50 ms, and tests sign thousands of tokens."""
     return serialization.load_pem_private_key(private_pem.encode(), password=None)
+
+
+def fresh_ip() -> str:
+    """A client address (in 2001:db8::/32, for documentation) that no other test uses: the
+    emulator lives for the whole session, and anonymous rate limits count per address."""
+    return str(ipaddress.IPv6Address((0x2001_0DB8 << 96) | (uuid.uuid4().int >> 32)))
 
 
 @pytest.fixture(scope="session")
