@@ -23,7 +23,7 @@ _CANDIDATE_HEADERS = {
 
 def client_ip(headers: Headers, peer: str | None, *, trust_proxy: ProxyTrust) -> str | None:
     """The first valid IP from the headers `trust_proxy` allows (the first entry of each), in
-    order, else the socket peer; None when nothing valid is known."""
+    order, else the socket peer, in `_one_form`; None when nothing valid is known."""
     candidates: list[str] = []
     for name in _CANDIDATE_HEADERS[trust_proxy]:
         value = headers.get(name)
@@ -33,10 +33,22 @@ def client_ip(headers: Headers, peer: str | None, *, trust_proxy: ProxyTrust) ->
         candidates.append(peer)
     for candidate in candidates:
         try:
-            return str(ipaddress.ip_address(candidate))
+            return _one_form(ipaddress.ip_address(candidate))
         except ValueError:
             continue
     return None
+
+
+def _one_form(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address one client has however it was written: an IPv4-mapped IPv6 address (what a
+    dual-stack socket or proxy reports for an IPv4 client, `::ffff:192.0.2.44`) as the IPv4
+    address, and an IPv6 address without its zone id (`%eth0` names the sender's interface,
+    not another client). Rate-limit counters and stored addresses both use this form."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Address(int(address)))  # the integer carries no zone id
+    return str(address)
 
 
 def stored_ip(ip: str | None, mode: IpStorage) -> str | None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import uuid
 from typing import Any
 
 import psycopg
@@ -59,6 +61,57 @@ def test_the_client_address_follows_trust_proxy(
 ) -> None:
     configure(monkeypatch, **env)
     assert recorded_ip(style, api_env, admin_conn, FORWARDED) == expected
+
+
+def fresh_ipv4() -> str:
+    """An address in 198.18.0.0/15 (benchmarking) no other test uses: a fresh rate-limit bucket."""
+    return str(ipaddress.IPv4Address((198 << 24 | 18 << 16) + uuid.uuid4().int % 2**17))
+
+
+def fresh_link_local() -> str:
+    return str(ipaddress.IPv6Address(0xFE80 << 112 | uuid.uuid4().int % 2**64))
+
+
+def reduced(ipv4: str) -> str:
+    return str(ipaddress.ip_network(f"{ipv4}/24", strict=False).network_address)
+
+
+@pytest.mark.parametrize(
+    ("env", "forms", "stored"),
+    [
+        # A dual-stack proxy or socket writes an IPv4 client as ::ffff:a.b.c.d: reduced to its /48,
+        # that was `::`, one bucket shared with no one and a stored address that says nothing.
+        ({"TRUST_PROXY": "true"}, ("::ffff:{v4}", "{v4}"), "{v4/24}"),
+        ({}, ("::ffff:{v4}", "{v4}"), "{v4/24}"),  # the socket peer, TRUST_PROXY off
+        # A zone id names the sender's interface, not another client: one address, one bucket.
+        ({"TRUST_PROXY": "true", "IP_STORAGE": "full"}, ("{v6}%eth0", "{v6}%eth1"), "{v6}"),
+    ],
+    ids=["ipv4-mapped-header", "ipv4-mapped-peer", "zone-id-header"],
+)
+def test_one_address_written_two_ways_is_one_client(
+    env: dict[str, str],
+    forms: tuple[str, str],
+    stored: str,
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(monkeypatch, **{"IP_STORAGE": "reduced", "RATE_LIMIT_ENABLED": "true", **env})
+    v4, v6 = fresh_ipv4(), fresh_link_local()
+    sent = [form.format(v4=v4, v6=v6) for form in forms]
+    http = Caller("asgi", api_env)
+
+    def from_client(address: str) -> dict[str, Any]:
+        if "TRUST_PROXY" in env:
+            return {"headers": {"x-real-ip": address}, "source_ip": PEER}
+        return {"source_ip": address}
+
+    answers = [http("health", "GET", "/api/health", **from_client(each)) for each in sent]
+    assert [a.headers["x-ratelimit-remaining"] for a in answers] == ["59", "58"]
+    result = http("searches", "GET", "/api/searches", user="ip_form", **from_client(sent[0]))
+    assert result.status == 200, result.text
+    (ip,) = [ip for (ip,) in admin_conn.execute('SELECT "ipAddress" FROM api_usage')]
+    assert str(ip) == stored.format(v6=v6, **{"v4/24": reduced(v4)})
 
 
 @pytest.mark.parametrize(
