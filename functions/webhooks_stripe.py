@@ -5,7 +5,8 @@
   (generic); no `stripe-signature` → 400 `Missing signature`; a signature that does not match
   the raw body, or is older than 300 s → 400 `Invalid signature`. CSRF does not apply: the
   signature is the check. The stripe SDK is imported on first use (~0.13 s at cold start). A
-  signed body that is not an event (no id, type or created) → 400 `Invalid webhook payload`.
+  signed body that is not an event (no id, type or created; no `data.object` for a type billing
+  reads) → 400 `Invalid webhook payload`.
 - Processing is `shared.billing.process`: claim, effect and "processed" in one
   transaction. A replay answers `{received: true, duplicate: true}`; any failure rolls back,
   is recorded in the ledger and answers 503 (database unavailable) or 500, so Stripe retries

@@ -130,6 +130,8 @@ class StripeEvent:
         data = payload.get("data")
         obj = data.get("object") if isinstance(data, Mapping) else None
         spec = _KEEP.get(kind)
+        if spec is not None and not isinstance(obj, Mapping):  # Stripe's events always have it
+            raise InvalidEventError("event data.object missing")
         slim = _pick(dict(obj), spec) if spec is not None and isinstance(obj, Mapping) else {}
         if kind in CHECKOUT_EVENTS and organization_id(slim.get("metadata")):
             # An organization's checkout is found by the organization, never by email: the

@@ -154,6 +154,25 @@ def test_a_signed_body_that_is_not_an_event_is_400(lambda_call: Caller) -> None:
 
 
 @pytest.mark.parametrize(
+    "data",
+    [None, {}, {"object": None}, {"object": "sub_1"}, {"object": []}, "data"],
+    ids=["no-data", "no-object", "null", "string", "array", "data-string"],
+)
+def test_a_signed_event_without_its_object_is_400_invalid_payload_and_not_recorded(
+    lambda_call: Caller, data: Any
+) -> None:
+    """Every Stripe event carries `data.object`: without it, it is not an event (no retry)."""
+    event = stripe_event("customer.subscription.created", {})
+    if data is None:
+        del event["data"]
+    else:
+        event["data"] = data
+    result = deliver(lambda_call, event)
+    assert (result.status, result.json["message"]) == (400, "Invalid webhook payload")
+    assert ledger(event["id"]) is None
+
+
+@pytest.mark.parametrize(
     "body",
     ["[1, 2]", '"event"', "null", "not json", '{"id": NaN}', "[" * 100_000 + "]" * 100_000],
     ids=["array", "string", "null", "not-json", "nan", "deep"],
