@@ -19,6 +19,9 @@ customer) changes the organization's row by the same rules, never a user's
 (`shared.repositories.org_subscriptions`); a deleted organization's events are recorded and
 change nothing (docs/organizations.md#billing-per-organization).
 
+`customer.deleted` forgets the customer wherever it is held and ends that row's subscription
+(Stripe cancels a deleted customer's subscriptions), so the next checkout makes a new customer.
+
 A user who cannot be found is a failure, not a success: subscription and invoice events can
 arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until
 the link exists, unless the customer or the account it names was erased: then it is recorded as
@@ -48,11 +51,13 @@ from shared.repositories.subscriptions import Decision, Link, LookupKey, Subscri
 from shared.stripe_objects import (
     CHECKOUT_EVENTS,
     CHECKOUT_PAYMENT_FAILED,
+    CUSTOMER_DELETED,
     INVOICE_PAID,
     INVOICE_PAYMENT_FAILED,
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_EVENTS,
     CheckoutSession,
+    Customer,
     InvalidEventError,
     Invoice,
     StripeEvent,
@@ -119,12 +124,14 @@ def tier_for_status(status: str) -> UserTier | None:
 class Plan:
     """Who the event is about (lookup candidates, in order; `org_id`: the organization its
     metadata names) and what it changes: the subscription columns (`change`), or, for a
-    checkout not paid (yet), only the customer link."""
+    checkout not paid (yet), only the customer link, or, for a customer Stripe deleted, that
+    customer forgotten (`forget_customer`)."""
 
     candidates: tuple[tuple[LookupKey, str], ...]
     change: SubscriptionChange | None
     link_customer: str | None = None
     org_id: str | None = None
+    forget_customer: str | None = None
 
 
 def _candidates(*pairs: tuple[LookupKey, str | None]) -> tuple[tuple[LookupKey, str], ...]:
@@ -144,6 +151,9 @@ def plan_for(event: StripeEvent) -> Plan | None:
             return _invoice_plan(
                 Invoice.model_validate(event.object), paid=event.type == INVOICE_PAID
             )
+        if event.type == CUSTOMER_DELETED:
+            customer = Customer.model_validate(event.object).id
+            return Plan(_candidates(("customer", customer)), None, forget_customer=customer)
     except ValidationError as error:
         fields = sorted({".".join(str(p) for p in issue["loc"]) for issue in error.errors()})
         raise InvalidEventError(f"{event.type} lacks or mistypes: {', '.join(fields)}") from None
@@ -315,7 +325,11 @@ def _apply(conn: Conn, event: StripeEvent, subject: Subject, moment: datetime) -
     user_id = subject.user_id
     if user_id is None:
         return Done(_no_user(conn, event, plan, moment))
-    if plan.change is None:
+    if plan.forget_customer:
+        forgot = subscriptions.forget_customer(conn, user_id, plan.forget_customer, now=moment)
+        outcome = Outcome.APPLIED if forgot else Outcome.STALE
+        shared = None
+    elif plan.change is None:
         link = (
             subscriptions.link_customer(conn, user_id, plan.link_customer, now=moment)
             if plan.link_customer
@@ -354,6 +368,8 @@ def _no_user(conn: Conn, event: StripeEvent, plan: Plan, moment: datetime) -> Ou
         for customer in customers:
             subscriptions.remember_customer(conn, customer, now=moment)
         return Outcome.ERASED
+    if plan.forget_customer:
+        return Outcome.IGNORED  # a customer no account holds (any more): nothing to forget
     tried = ", ".join(dict.fromkeys(key for key, _ in plan.candidates)) or "no keys"
     raise BillingUserNotFoundError(f"no user for {event.type} (tried: {tried})")
 
@@ -371,6 +387,9 @@ def _apply_to_org(
         raise BillingOrganizationNotFoundError(f"no organization for {event.type} ({plan.org_id})")
     if org.deleted:
         return Done(Outcome.DELETED)
+    if plan.forget_customer:
+        forgot = org_subscriptions.forget_customer(conn, org.id, plan.forget_customer, now=moment)
+        return Done(Outcome.APPLIED if forgot else Outcome.STALE)
     if plan.change is None:
         link = (
             org_subscriptions.link_customer(conn, org.id, plan.link_customer, now=moment)

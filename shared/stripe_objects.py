@@ -28,6 +28,7 @@ SUBSCRIPTION_EVENTS = frozenset(
 )
 INVOICE_PAID = "invoice.paid"
 INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
+CUSTOMER_DELETED = "customer.deleted"
 
 
 class InvalidEventError(ValueError):
@@ -85,6 +86,7 @@ _KEEP: dict[str, Spec] = {
     **{kind: _SUBSCRIPTION for kind in SUBSCRIPTION_EVENTS},
     INVOICE_PAID: _INVOICE,
     INVOICE_PAYMENT_FAILED: _INVOICE,
+    CUSTOMER_DELETED: {"id": True},
 }
 
 
@@ -243,6 +245,10 @@ class Line(StripeModel):
 
 class Lines(StripeModel):
     data: list[Line] = []
+
+
+class Customer(StripeModel):
+    id: str
 
 
 class Invoice(StripeModel):

@@ -12,7 +12,8 @@ sends the user to a site we do not own.
 stripe-python is imported on first use, so the routes' cold start does not pay for it. Stripe's
 answers map to ours: unreachable, rate limited or failing on its side → 503 (try again); a bad
 key or any other refusal → 500 (generic), with the error's class and code in the log, never its
-message or the key.
+message or the key. A customer Stripe no longer knows (deleted in Stripe) is forgotten: checkout
+then makes a new one, the portal answers 404 as for a user who never paid.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +32,7 @@ from starlette.responses import Response
 
 from shared import db
 from shared.auth import Identity, provision
+from shared.clock import utcnow
 from shared.config import Settings, get_settings
 from shared.http.auth import AUTH_REQUIRED, identify
 from shared.http.errors import ApiError
@@ -40,7 +42,7 @@ from shared.models import UserTier
 from shared.models.organizations import Organization
 from shared.models.users import User
 from shared.ratelimit import limit_request
-from shared.repositories import users
+from shared.repositories import subscriptions, users
 from shared.repositories.subscriptions import LIVE_STATUSES
 from shared.telemetry import log_event
 
@@ -174,15 +176,22 @@ def start_checkout(request: Request, subscriber: Subscriber, refusal: str | None
     )
     if refusal is not None:
         raise ApiError(409, refusal)
-    params = checkout_params(
-        subscriber, config["STRIPE_PRICE_PRO"], redirect_origin(request, settings)
-    )
+    origin = redirect_origin(request, settings)
     stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
-    key = idempotency_key(subscriber.key_prefix, subscriber.id, params, time.time())
-    session = call(
-        "checkout.sessions.create",
-        lambda: stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
-    )
+
+    def create(subscriber: Subscriber) -> Any:
+        params = checkout_params(subscriber, config["STRIPE_PRICE_PRO"], origin)
+        key = idempotency_key(subscriber.key_prefix, subscriber.id, params, time.time())
+        return call(
+            "checkout.sessions.create",
+            lambda: stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
+        )
+
+    try:
+        session = create(subscriber)
+    except CustomerMissingError:  # deleted in Stripe: Checkout makes a new one
+        forget_customer(str(subscriber.customer))
+        session = create(replace(subscriber, customer=None))
     return ok({"url": session.url})
 
 
@@ -194,11 +203,44 @@ def open_portal(request: Request, customer: str | None) -> Response:
         raise ApiError(404, NO_CUSTOMER)
     params = {"customer": customer, "return_url": f"{redirect_origin(request, settings)}/search"}
     stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
-    session = call(
-        "billing_portal.sessions.create",
-        lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]
-    )
+    try:
+        session = call(
+            "billing_portal.sessions.create",
+            lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]
+        )
+    except CustomerMissingError:  # deleted in Stripe: as if never paid
+        forget_customer(customer)
+        raise ApiError(404, NO_CUSTOMER) from None
     return ok({"url": session.url})
+
+
+class CustomerMissingError(Exception):
+    """Stripe has no such customer as the request named (`resource_missing` on `customer`):
+    deleted in Stripe, or made with another account's key."""
+
+
+def forget_customer(customer: str) -> None:
+    """No user or organization keeps a customer Stripe no longer knows (logged: Stripe's id
+    only). In the migration's dual/fallback storage modes the changed users' legacy records
+    are owed a copy, as billing's changes are."""
+    log_event("stripe_customer_missing", level=logging.WARNING, customer=customer)
+    legacy = get_settings().storage_mode != "postgres"
+
+    def unlink(conn: db.Conn) -> list[str]:
+        changed = subscriptions.unlink_missing_customer(conn, customer, now=utcnow())
+        if legacy:
+            from shared import storage  # only the migration's modes need it
+
+            for user_id in changed:
+                storage.mark_user(conn, user_id)
+        return changed
+
+    changed = db.transaction(unlink)
+    if legacy:
+        from shared import storage
+
+        for user_id in changed:
+            storage.sync_user(user_id)
 
 
 def redirect_origin(request: Request, settings: Settings) -> str:
@@ -237,12 +279,18 @@ def client(api_base: str, api_key: str) -> stripe.StripeClient:
 
 
 def call(operation: str, create: Callable[[], T]) -> T:
-    """Run one Stripe request; its failures become our 503 or 500 (logged without messages)."""
+    """Run one Stripe request; its failures become our 503 or 500 (logged without messages),
+    except a customer Stripe does not know: `CustomerMissingError`, for the caller to forget."""
     import stripe
 
     try:
         return create()
     except stripe.StripeError as error:
+        if isinstance(error, stripe.InvalidRequestError) and (error.code, error.param) == (
+            "resource_missing",
+            "customer",
+        ):
+            raise CustomerMissingError from None
         status = error.http_status or 0
         transient = isinstance(error, stripe.APIConnectionError | stripe.RateLimitError)
         log_event(

@@ -23,6 +23,7 @@ from shared.repositories.subscriptions import (
     Link,
     SubscriptionChange,
     apply_locked,
+    forget_locked,
     link_row,
 )
 from shared.repositories.users import customer_unless_held
@@ -62,13 +63,29 @@ def apply_change(
     """Lock the organization's row and apply as to a user's (`subscriptions.apply_locked`); a
     tombstone is never written (STALE). As for a user, a customer another organization holds
     is not linked (`customer_shared`), the rest is written."""
+    return apply_locked(
+        _locked_live(conn, org_id),
+        change,
+        partial(_update_columns, conn, org_id),
+        event_at=event_at,
+        now=now,
+    )
+
+
+@database_operation("forgetOrganizationStripeCustomer")
+def forget_customer(conn: Conn, org_id: str, customer_id: str, *, now: datetime) -> bool:
+    """`subscriptions.forget_locked` on a live organization's row, locked here."""
+    return forget_locked(
+        _locked_live(conn, org_id), customer_id, partial(_update_columns, conn, org_id), now=now
+    )
+
+
+def _locked_live(conn: Conn, org_id: str) -> Organization | None:
+    """The organization `FOR UPDATE`; None when there is none or it is a tombstone."""
     org = conn.session.scalars(
         select(Organization).where(Organization.id == org_id).with_for_update()
     ).one_or_none()
-    live = None if org is None or org.deleted_at is not None else org
-    return apply_locked(
-        live, change, partial(_update_columns, conn, org_id), event_at=event_at, now=now
-    )
+    return None if org is None or org.deleted_at is not None else org
 
 
 def _update_columns(conn: Conn, org_id: str, values: dict[Any, Any]) -> bool:

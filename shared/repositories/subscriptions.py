@@ -300,6 +300,57 @@ def column_values(
     return values
 
 
+@database_operation("forgetStripeCustomer")
+def forget_customer(conn: Conn, user_id: str, customer_id: str, *, now: datetime) -> bool:
+    """`forget_locked` on the user's row, locked here."""
+    user = users.locked_row(conn, user_id)
+    return forget_locked(user, customer_id, partial(users.update_columns, conn, user_id), now=now)
+
+
+def forget_locked(
+    row: User | Organization | None,
+    customer_id: str,
+    write: Callable[[dict[Any, Any]], bool],
+    *,
+    now: datetime,
+) -> bool:
+    """Stripe deleted the customer the row holds: unlink it (the next checkout makes a new
+    one), and end the row's current subscription as `canceled`, since Stripe cancels a deleted
+    customer's subscriptions at once. A canceled subscription is final, so its own
+    `customer.subscription.deleted`, whenever it arrives, changes nothing and cannot link the
+    deleted customer again. False: the row does not hold the customer (nothing written)."""
+    if row is None or row.stripe_customer_id != customer_id:
+        return False
+    model: Any = type(row)
+    values: dict[Any, Any] = {model.updated_at: now}
+    if row.stripe_subscription_id and row.subscription_status not in TERMINAL_STATUSES:
+        ended = SubscriptionChange(
+            row.stripe_subscription_id, status="canceled", tier=UserTier.FREE, ordered=False
+        )
+        values = column_values(row, ended, Decision.APPLY, event_at=now, now=now)
+    write({**values, model.stripe_customer_id: None})
+    return True
+
+
+@database_operation("unlinkMissingStripeCustomer")
+def unlink_missing_customer(conn: Conn, customer_id: str, *, now: datetime) -> list[str]:
+    """Stripe answered that it has no such customer (deleted, or made with another account's
+    key): no user or organization keeps it, so the next checkout makes a new one. The
+    subscription columns are left to the subscriptions' own events. Returns the users changed."""
+    changed: list[str] = []
+    for model in (User, Organization):
+        table = cast(Table, model.__table__)
+        rows = conn.session.execute(
+            update(table)
+            .where(table.c.stripeCustomerId == customer_id)
+            .values({table.c.stripeCustomerId: None, table.c.updatedAt: now})
+            .returning(table.c.id)
+        )
+        if model is User:
+            changed = [str(row[0]) for row in rows]
+    return changed
+
+
 @database_operation("linkStripeCustomer")
 def link_customer(conn: Conn, user_id: str, customer_id: str, *, now: datetime) -> Link:
     """Link the customer to a user who has none yet (a checkout not paid yet, or failed), so

@@ -15,7 +15,7 @@ from shared import config
 from shared.http import stripe_sessions
 from tests.support.fake_stripe import API_KEY, FakeStripe, serve
 from tests.support.http import STYLES, Caller, Keys, Result
-from tests.support.stripe_events import make_pro, make_user
+from tests.support.stripe_events import make_pro, make_user, user
 
 PATH = "/api/billing/portal"
 PORTAL = "/v1/billing_portal/sessions"
@@ -79,6 +79,19 @@ def test_a_former_customer_may_still_open_the_portal(
     make_user(stripe_customer_id="cus_gone", subscription_status="canceled")
     assert open_portal(lambda_call).status == 200
     assert fake_stripe.created(PORTAL)[0].params["customer"] == "cus_gone"
+
+
+def test_a_customer_deleted_in_stripe_is_404_in_the_envelope_and_forgotten(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    make_user(stripe_customer_id="cus_gone", subscription_status="canceled")
+    fake_stripe.deleted_customers.add("cus_gone")
+    result = open_portal(lambda_call)
+    assert (result.status, result.json["message"]) == (404, stripe_sessions.NO_CUSTOMER)
+    assert result.json["error"] == "Client Error"
+    assert user().stripe_customer_id is None
+    assert open_portal(lambda_call).status == 404  # no second call to Stripe
+    assert len(fake_stripe.requests) == 1
 
 
 def test_the_return_url_is_on_an_allow_listed_origin_only(

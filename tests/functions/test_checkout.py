@@ -110,6 +110,23 @@ def test_an_existing_customer_is_reused_instead_of_the_email(
     assert "customer_email" not in sent.params
 
 
+def test_a_customer_deleted_in_stripe_is_forgotten_and_checkout_makes_a_new_one(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    make_user(
+        email="ada@example.com", stripe_customer_id="cus_gone", subscription_status="canceled"
+    )
+    fake_stripe.deleted_customers.add("cus_gone")
+    result = start(lambda_call)
+    assert result.status == 200, result.text
+    assert user().stripe_customer_id is None
+    assert start(lambda_call).status == 200  # straight to a new customer now
+    sent = [
+        (r.params.get("customer"), r.params.get("customer_email")) for r in fake_stripe.requests
+    ]
+    assert sent == [("cus_gone", None), (None, "ada@example.com"), (None, "ada@example.com")]
+
+
 def test_the_placeholder_email_is_never_sent_to_stripe(
     lambda_call: Caller, fake_stripe: FakeStripe
 ) -> None:

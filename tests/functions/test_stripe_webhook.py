@@ -463,6 +463,58 @@ def test_pro_to_pro_keeps_the_monthly_counter(lambda_call: Caller) -> None:
     assert user().keyword_searches_this_month == 40
 
 
+# --- customer.deleted -----------------------------------------------------------------------
+
+
+def deleted_customer(customer: str = "cus_1") -> dict[str, Any]:
+    return {"id": customer, "object": "customer", "deleted": True}
+
+
+def test_customer_deleted_forgets_the_customer_and_ends_its_subscription(call: Caller) -> None:
+    """Stripe cancels a deleted customer's subscriptions at once; their own
+    `customer.subscription.deleted`, arriving after, changes nothing and links nothing."""
+    make_pro()
+    event = stripe_event("customer.deleted", deleted_customer(), created=T0 + 10)
+    assert deliver(call, event).json == {"received": True}
+    row = user()
+    assert (row.stripe_customer_id, row.tier, row.subscription_status) == (
+        None,
+        UserTier.FREE,
+        "canceled",
+    )
+    assert deliver(call, event).json == {"received": True, "duplicate": True}
+    ended = subscription("canceled", clerk_user_id="user_a", ended_at=T0 + 10)
+    late = stripe_event("customer.subscription.deleted", ended, created=T0 + 10)
+    assert deliver(call, late).status == 200
+    assert (user().stripe_customer_id, user().subscription_status) == (None, "canceled")
+
+
+def test_customer_deleted_after_its_subscription_ended_unlinks_it(lambda_call: Caller) -> None:
+    make_pro()
+    ended = subscription("canceled", clerk_user_id="user_a", ended_at=T0 + 5)
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", ended, created=T0 + 5))
+    event = stripe_event("customer.deleted", deleted_customer(), created=T0 + 5)
+    assert deliver(lambda_call, event).status == 200
+    row = user()
+    assert (row.stripe_customer_id, row.tier, row.subscription_status) == (
+        None,
+        UserTier.FREE,
+        "canceled",
+    )
+    assert row.subscription_ends_at == moment(T0 + 5)  # the subscription's own end kept
+
+
+def test_customer_deleted_for_a_customer_no_account_holds_is_acknowledged(
+    lambda_call: Caller,
+) -> None:
+    make_pro()
+    event = stripe_event("customer.deleted", deleted_customer("cus_other"))
+    assert deliver(lambda_call, event).json == {"received": True}
+    row = ledger(event["id"])
+    assert row is not None and row.processed
+    assert (user().stripe_customer_id, user().tier) == ("cus_1", UserTier.PRO)
+
+
 # --- invoices -------------------------------------------------------------------------------
 
 

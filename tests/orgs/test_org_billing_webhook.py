@@ -169,6 +169,20 @@ def test_an_event_without_metadata_finds_the_organization_by_its_customer(call: 
     assert (org().tier, org().stripe_subscription_id) == (UserTier.PRO, "sub_org")
 
 
+def test_customer_deleted_forgets_the_organizations_customer(call: Caller) -> None:
+    make_org(stripe_customer_id="cus_org")
+    created = stripe_event("customer.subscription.created", org_subscription("active"))
+    assert deliver(call, created).status == 200
+    deleted = {"id": "cus_org", "object": "customer", "deleted": True}
+    assert deliver(call, stripe_event("customer.deleted", deleted, created=T0 + 9)).status == 200
+    row = org()
+    assert (row.stripe_customer_id, row.tier, row.subscription_status) == (
+        None,
+        UserTier.FREE,
+        "canceled",
+    )
+
+
 def test_invoices_move_the_organization_into_grace_and_back(call: Caller) -> None:
     make_org()
     deliver(call, stripe_event("customer.subscription.created", org_subscription("active")))

@@ -6,7 +6,8 @@ depends on them: a bearer secret key (else 401 `invalid_request_error`), form-en
 parameters, and idempotency keys (the same key with the same parameters answers the first
 response again; with other parameters it is a 400 `idempotency_error`). Every request is
 recorded with its decoded parameters and headers, so tests assert what reached Stripe.
-`fail_next` makes the next requests answer a given error, as Stripe would.
+`fail_next` makes the next requests answer a given error, as Stripe would; a request naming a
+customer in `deleted_customers` is Stripe's 400 `resource_missing` ("No such customer").
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class FakeStripe:
     api_key: str = API_KEY
     requests: list[Recorded] = field(default_factory=list)
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deleted_customers: set[str] = field(default_factory=set)
     _replies: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     _failures: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -90,6 +92,15 @@ class FakeStripe:
             return status, reply
 
     def _create(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        customer = params.get("customer")
+        if customer in self.deleted_customers:
+            error = {
+                "type": "invalid_request_error",
+                "code": "resource_missing",
+                "param": "customer",
+                "message": f"No such customer: '{customer}'",
+            }
+            return 400, {"error": error}
         number = next(self._ids)
         if path == "/v1/checkout/sessions":
             session_id = f"cs_test_fake{number}"
