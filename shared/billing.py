@@ -14,6 +14,10 @@ What each event does to the tier and status is docs/billing.md#tier-and-status; 
 applies to which subscription, and in which order, is decided in
 `shared.repositories.subscriptions` (docs/billing.md#which-subscription-in-which-order).
 
+A subscription of another product on the same Stripe customer (not marked `keyflash-pro`, none
+of its prices STRIPE_PRICE_PRO) changes nothing
+(docs/billing.md#other-products-on-the-same-customer).
+
 An event about an organization (its metadata's `organizationId`, or an organization's Stripe
 customer) changes the organization's row by the same rules, never a user's
 (`shared.repositories.org_subscriptions`); a deleted organization's events are recorded and
@@ -54,6 +58,7 @@ from shared.stripe_objects import (
     CUSTOMER_DELETED,
     INVOICE_PAID,
     INVOICE_PAYMENT_FAILED,
+    PRODUCT,
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_EVENTS,
     CheckoutSession,
@@ -99,6 +104,10 @@ class BillingOrganizationNotFoundError(LookupError):
     """The event names an organization that does not exist yet; the event is retried."""
 
 
+class BillingNotConfiguredError(RuntimeError):
+    """STRIPE_PRICE_PRO is unset, so an event's product cannot be told; the event is retried."""
+
+
 def _user_id(metadata: Mapping[str, Any]) -> str | None:
     value = metadata.get("clerkUserId")
     return value if isinstance(value, str) and value.strip() else None
@@ -106,6 +115,25 @@ def _user_id(metadata: Mapping[str, Any]) -> str | None:
 
 def _clean(value: str | None) -> str | None:
     return value if value and value.strip() else None
+
+
+def _other_product(
+    subscription_id: str, metadata: Mapping[str, Any], prices: frozenset[str]
+) -> bool:
+    """True (and logged) for a subscription of another product on the merchant's account, which
+    one Stripe customer may hold beside ours: not marked by our checkout (`metadata.product`),
+    and listing prices, none of them STRIPE_PRICE_PRO. Its events must touch no user's or
+    organization's row (docs/billing.md#other-products-on-the-same-customer). An event listing
+    no price has nothing to judge by and is ours, as before."""
+    if metadata.get("product") == PRODUCT or not prices:
+        return False
+    ours = get_settings().stripe_price_pro
+    if not ours:
+        raise BillingNotConfiguredError("STRIPE_PRICE_PRO unset: cannot tell the product")
+    if ours in prices:
+        return False
+    log_event("stripe_other_product", subscription=subscription_id, prices=sorted(prices))
+    return True
 
 
 def tier_for_status(status: str) -> UserTier | None:
@@ -198,6 +226,8 @@ def _checkout_plan(session: CheckoutSession, *, paid: bool) -> Plan | None:
 
 
 def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | None:
+    if _other_product(subscription.id, subscription.metadata, subscription.prices()):
+        return None
     status = "canceled" if deleted else subscription.status
     tier = tier_for_status(status)
     if tier is None and status not in NO_TIER_STATUSES:
@@ -225,6 +255,8 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
     if not subscription_id:
         return None  # a one-off invoice: nothing to do with the subscription
     metadata = invoice.details().metadata
+    if _other_product(subscription_id, metadata, invoice.prices()):
+        return None
     candidates = _candidates(("id", _user_id(metadata)), ("customer", invoice.customer))  # as above
     if paid:
         charged = invoice.amount_paid is None or invoice.amount_paid > 0
@@ -522,7 +554,12 @@ def describe_failure(error: BaseException) -> str:
     """The error as the ledger stores it: our own messages carry no personal ids or emails (a
     missing user: the kinds of key tried); database errors are reduced to their class, SQLSTATE
     and constraint (their text may quote row values)."""
-    ours = InvalidEventError | BillingUserNotFoundError | BillingOrganizationNotFoundError
+    ours = (
+        InvalidEventError
+        | BillingUserNotFoundError
+        | BillingOrganizationNotFoundError
+        | BillingNotConfiguredError
+    )
     if isinstance(error, ours | DatabaseUnavailableError):
         return f"{type(error).__name__}: {error}"
     if isinstance(error, DBAPIError) and error.orig is not None:

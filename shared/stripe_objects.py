@@ -44,7 +44,8 @@ UnixTime = Annotated[int, Field(ge=0, le=LAST_SECOND)]
 
 Spec: TypeAlias = "bool | dict[str, Spec]"
 _REF: Spec = {"id": True}  # a Stripe id, or an expanded object of which only the id is kept
-_METADATA: Spec = {"clerkUserId": True, "organizationId": True}  # whom the event is about
+# Whom the event is about, and (`product`) whether our checkout made the subscription.
+_METADATA: Spec = {"clerkUserId": True, "organizationId": True, "product": True}
 _SUBSCRIPTION: Spec = {
     "id": True,
     "customer": _REF,
@@ -67,7 +68,13 @@ _INVOICE: Spec = {
     "subscription_details": {"metadata": _METADATA},
     "parent": {"subscription_details": {"subscription": _REF, "metadata": _METADATA}},
     "amount_paid": True,
-    "lines": {"data": {"period": {"end": True}}},
+    "lines": {
+        "data": {
+            "period": {"end": True},
+            "price": _REF,  # before basil
+            "pricing": {"price_details": {"price": _REF}},  # basil and later
+        }
+    },
 }
 _CHECKOUT: Spec = {
     "id": True,
@@ -195,6 +202,9 @@ class Subscription(StripeModel):
     ended_at: UnixTime | None = None
     items: Items = Items()
 
+    def prices(self) -> frozenset[str]:
+        return frozenset(item.price.id for item in self.items.data if item.price and item.price.id)
+
     def plan(self) -> str | None:
         for item in self.items.data:
             if item.price is not None:
@@ -239,8 +249,23 @@ class Period(StripeModel):
     end: UnixTime | None = None
 
 
+class PriceDetails(StripeModel):
+    price: Ref = None
+
+
+class Pricing(StripeModel):
+    price_details: PriceDetails | None = None
+
+
 class Line(StripeModel):
     period: Period | None = None
+    price: Ref = None  # before basil
+    pricing: Pricing | None = None  # basil and later
+
+    def price_id(self) -> str | None:
+        if self.pricing is not None and self.pricing.price_details is not None:
+            return self.pricing.price_details.price
+        return self.price
 
 
 class Lines(StripeModel):
@@ -267,6 +292,9 @@ class Invoice(StripeModel):
 
     def subscription_id(self) -> str | None:
         return self.subscription or self.details().subscription
+
+    def prices(self) -> frozenset[str]:
+        return frozenset(price for line in self.lines.data if (price := line.price_id()))
 
     def period_end(self) -> datetime | None:
         ends = [line.period.end for line in self.lines.data if line.period and line.period.end]

@@ -48,6 +48,7 @@ from tests.support.stripe_events import (
     user,
 )
 
+PRICE_PRO = "price_pro"  # tests.support.stripe_events.subscription's default price
 GENERIC_500 = "An unexpected error occurred"
 GENERIC_503 = "Service temporarily unavailable. Please try again later."
 
@@ -56,6 +57,7 @@ GENERIC_503 = "Service temporarily unavailable. Please try again later."
 def stripe_env(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
     monkeypatch.setenv("BILLING_ENABLED", "true")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("STRIPE_PRICE_PRO", PRICE_PRO)
     config.get_settings.cache_clear()
     return api_env
 
@@ -628,6 +630,104 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
         "sub_2",
         "active",
     )
+
+
+# --- another product's subscription on the same customer -------------------------------------
+
+
+def other_product(status: str, *, basil: bool, **extra: Any) -> dict[str, Any]:
+    """Another app's subscription on the merchant's account, on our user's customer cus_1."""
+    price = {"id": "price_newsletter", "nickname": "Newsletter"}
+    obj = subscription(status, sub_id="sub_x", basil=basil, price=price, created=T0 - 500, **extra)
+    obj["metadata"] = {"product": "other-app"}
+    return obj
+
+
+def other_products_invoice(*, basil: bool) -> dict[str, Any]:
+    obj = invoice(sub_id="sub_x", basil=basil)
+    details = obj["parent"]["subscription_details"] if basil else obj
+    details["metadata" if basil else "subscription_details"] = (
+        {"product": "other-app"} if basil else {"metadata": {"product": "other-app"}}
+    )
+    line = obj["lines"]["data"][0]
+    if basil:
+        details = {"price": "price_newsletter", "product": "prod_n"}
+        line["pricing"] = {"type": "price_details", "price_details": details}
+    else:
+        line["price"] = {"id": "price_newsletter", "object": "price"}
+    return obj
+
+
+@pytest.mark.parametrize("basil", [True, False])
+def test_another_products_subscription_on_the_same_customer_never_touches_the_user(
+    lambda_call: Caller, basil: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stripe lets one customer hold several subscriptions; one for another product (neither
+    our checkout's `product` metadata nor STRIPE_PRICE_PRO) is acknowledged and logged, and
+    changes nothing: the user stays on the KeyFlash subscription and its invoices still apply."""
+    ours = subscription("active", clerk_user_id="user_a", basil=basil, created=T0 - 900)
+    make_user()
+    deliver(lambda_call, stripe_event("customer.subscription.created", ours, created=T0 - 900))
+    before = state()
+    caplog.set_level(logging.INFO)
+    theirs = [
+        stripe_event("customer.subscription.created", other_product("active", basil=basil),
+                     created=T0 - 500),
+        stripe_event("invoice.paid", other_products_invoice(basil=basil), created=T0 - 400),
+        stripe_event("invoice.payment_failed", other_products_invoice(basil=basil),
+                     created=T0 - 300),
+        stripe_event("customer.subscription.deleted", other_product("canceled", basil=basil,
+                     ended_at=T0 - 100), created=T0 - 100),
+    ]  # fmt: skip
+    for event in theirs:
+        result = deliver(lambda_call, event)
+        assert (result.status, result.json) == (200, {"received": True}), result.text
+        row = ledger(event["id"])
+        assert row is not None and row.processed and row.error is None
+    assert state() == before
+    assert before[:4] == (UserTier.PRO, "active", "sub_1", "Pro monthly")
+    logged = [r for r in caplog.records if "stripe_other_product" in r.getMessage()]
+    assert len(logged) == len(theirs)
+    assert all("user_a" not in r.getMessage() for r in logged)
+    paid = stripe_event("invoice.paid", invoice(clerk_user_id="user_a", basil=basil,
+                        period_end=T0 + 90 * 86400), created=T0)  # fmt: skip
+    deliver(lambda_call, paid)
+    assert state() == (*before[:5], moment(T0 + 90 * 86400))
+
+
+def state() -> tuple[Any, ...]:
+    row = user()
+    return (row.tier, row.subscription_status, row.stripe_subscription_id,
+            row.subscription_plan, row.trial_ends_at, row.subscription_ends_at)  # fmt: skip
+
+
+def test_a_subscription_on_our_price_without_our_metadata_is_ours(lambda_call: Caller) -> None:
+    """Made in Stripe's dashboard: STRIPE_PRICE_PRO says it is KeyFlash's."""
+    make_user(stripe_customer_id="cus_1")
+    obj = subscription("active")
+    obj["metadata"] = {}
+    deliver(lambda_call, stripe_event("customer.subscription.created", obj))
+    assert (user().tier, user().stripe_subscription_id) == (UserTier.PRO, "sub_1")
+
+
+def test_without_stripe_price_pro_a_subscription_not_marked_ours_fails_until_configured(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, the product cannot be told: failing (retried) loses nothing; ignoring could."""
+    make_user(stripe_customer_id="cus_1")
+    obj = subscription("active")
+    obj["metadata"] = {}
+    event = stripe_event("customer.subscription.created", obj)
+    monkeypatch.delenv("STRIPE_PRICE_PRO")
+    config.get_settings.cache_clear()
+    assert deliver(lambda_call, event).status == 500
+    row = ledger(event["id"])
+    assert row is not None and not row.processed
+    assert (row.error or "").startswith("BillingNotConfiguredError: STRIPE_PRICE_PRO unset")
+    monkeypatch.setenv("STRIPE_PRICE_PRO", PRICE_PRO)
+    config.get_settings.cache_clear()
+    assert deliver(lambda_call, event).status == 200
+    assert user().tier is UserTier.PRO
 
 
 # --- erased customers -----------------------------------------------------------------------

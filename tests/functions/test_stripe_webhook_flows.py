@@ -50,6 +50,7 @@ SHAPES = {"2025-02": "2024-06-20", "2026-08": "2025-03-31.basil"}  # fixture →
 CUSTOMER = "cus_QXg1o8vcGmoR32"
 SUB_A = "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw"
 SUB_B = "sub_1QbB2yB7WZ01zgkWfVqXb7Nn"
+PRICE = "price_1PgafmB7WZ01zgkW6dKueIc5"  # the example subscription's; STRIPE_PRICE_PRO here
 CLERK_USER = "user_29w83sxmDNGwOuEthce5gg56FcC"
 EMAIL = "example@example.org"
 
@@ -122,10 +123,13 @@ class Stripe:
             billing_reason=reason,
             customer_email=EMAIL,
         )
-        obj["lines"]["data"][0]["period"] = {"start": period_end - 30 * DAY, "end": period_end}
+        line = obj["lines"]["data"][0]
+        line["period"] = {"start": period_end - 30 * DAY, "end": period_end}
         if self.shape == "2025-02":
+            line["price"]["id"] = PRICE  # the example invoice's is another example's price
             obj["subscription"] = sub_id
         else:
+            line["pricing"]["price_details"] = {"price": PRICE, "product": "prod_QXg1hqf4jFNsqG"}
             obj["parent"] = {
                 "type": "subscription_details",
                 "quote_details": None,
@@ -236,6 +240,7 @@ class Endpoints:
 def endpoints(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoints]:
     monkeypatch.setenv("BILLING_ENABLED", "true")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET)
+    monkeypatch.setenv("STRIPE_PRICE_PRO", PRICE)
     monkeypatch.setenv("CLERK_WEBHOOK_SECRET", CLERK_SECRET)
     config.get_settings.cache_clear()
     base = "https://api.keyflash.test"
