@@ -26,6 +26,8 @@ SUBSCRIPTION_EVENTS = frozenset(
         "customer.subscription.deleted",
     }
 )
+# What our checkout puts in `subscription_data.metadata.product` (the original did too).
+PRODUCT = "keyflash-pro"
 INVOICE_PAID = "invoice.paid"
 INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
 CUSTOMER_DELETED = "customer.deleted"

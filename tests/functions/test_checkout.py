@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -94,10 +95,24 @@ def test_a_session_url_for_the_pro_price_with_the_user_in_both_metadata(
         "subscription_data[metadata][product]": "keyflash-pro",
         "subscription_data[metadata][clerkUserId]": "user_a",
         "customer_email": "ada@example.com",
+        "expires_at": sent.params["expires_at"],  # test_a_session_expires_in_about_half_an_hour
     }
     assert sent.headers["authorization"] == f"Bearer {API_KEY}"
     assert sent.headers["stripe-version"] == "2026-01-28.clover"
     assert sent.headers["idempotency-key"].startswith("kf-checkout-")
+
+
+def test_a_session_expires_in_about_half_an_hour(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    """Not Stripe's default 24 hours: a second tab's session cannot stay payable for a day
+    (docs/billing.md#checkout). Stripe's minimum is 30 minutes; the fake refuses less."""
+    make_user()
+    before = time.time()
+    assert start(lambda_call).status == 200
+    after = time.time()
+    [sent] = fake_stripe.created(SESSIONS)
+    assert before + 31 * 60 < int(sent.params["expires_at"]) <= after + 32 * 60
 
 
 def test_an_existing_customer_is_reused_instead_of_the_email(

@@ -137,6 +137,7 @@ def test_an_admin_of_the_active_org_gets_a_session_naming_the_organization_only(
         "subscription_data[metadata][product]": "keyflash-pro",
         "subscription_data[metadata][organizationId]": ORG,
         "customer_email": "user_a@example.com",
+        "expires_at": sent.params["expires_at"],  # tests/functions/test_checkout.py checks it
     }
     assert sent.headers["idempotency-key"].startswith("kf-org-checkout-")
     assert (org().name, org().slug, org().tier) == (ORG, None, UserTier.FREE)

@@ -103,6 +103,10 @@ class FakeStripe:
             return 400, {"error": error}
         number = next(self._ids)
         if path == "/v1/checkout/sessions":
+            expires_at = int(params.get("expires_at", time.time() + 86_400))
+            if not time.time() + 1800 <= expires_at <= time.time() + 86_400:
+                # Stripe: "between 30 minutes and 24 hours after the current time".
+                return 400, {"error": {"type": "invalid_request_error", "param": "expires_at"}}
             session_id = f"cs_test_fake{number}"
             session = {
                 "id": session_id,
@@ -119,6 +123,7 @@ class FakeStripe:
                 "subscription": None,
                 "success_url": params.get("success_url"),
                 "cancel_url": params.get("cancel_url"),
+                "expires_at": expires_at,
             }
             self.sessions[session_id] = session
             return 200, session
