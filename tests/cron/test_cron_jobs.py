@@ -389,7 +389,12 @@ def ledger(
 
 @pytest.fixture
 def billing_on(db_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    configure(monkeypatch, BILLING_ENABLED="true", WEBHOOK_RETRY_BASE_DELAY_S=300)
+    configure(
+        monkeypatch,
+        BILLING_ENABLED="true",
+        STRIPE_PRICE_PRO="price_pro",  # tests.support.stripe_events' default price
+        WEBHOOK_RETRY_BASE_DELAY_S=300,
+    )
     return db_env
 
 

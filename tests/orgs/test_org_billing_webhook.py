@@ -46,6 +46,9 @@ GENERIC_500 = "An unexpected error occurred"
 def stripe_env(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Keys:
     monkeypatch.setenv("BILLING_ENABLED", "true")
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_test_secret_for_keyflash")
+    # tests.support.stripe_events.subscription's default price: an event without our `product`
+    # metadata is KeyFlash's by its price, as on a configured deployment.
+    monkeypatch.setenv("STRIPE_PRICE_PRO", "price_pro")
     config.get_settings.cache_clear()
     return api_env
 
@@ -477,7 +480,7 @@ def test_an_event_for_an_unknown_organization_is_retried_until_it_exists(call: C
     assert org().tier is UserTier.PRO
 
 
-def test_the_ledger_keeps_the_organization_id_and_nothing_else_of_the_metadata(
+def test_the_ledger_keeps_the_organization_id_and_product_and_nothing_else_of_the_metadata(
     stripe_env: Keys,
 ) -> None:
     event = stripe_event(
@@ -485,7 +488,10 @@ def test_the_ledger_keeps_the_organization_id_and_nothing_else_of_the_metadata(
         org_subscription("active", metadata={**ORG_META, "note": "x"}),
     )
     stored = StripeEvent.from_payload(event).payload()
-    assert stored["data"]["object"]["metadata"] == {"organizationId": ORG}
+    assert stored["data"]["object"]["metadata"] == {
+        "organizationId": ORG,
+        "product": "keyflash-pro",
+    }
 
 
 @pytest.mark.parametrize(
