@@ -106,7 +106,7 @@ def content_brief(
 ) -> Response:
     settings = get_settings()
     key = cache.brief_key(body.keyword, body.location, body.language)
-    cached = cache.get_json(key, cache.BRIEF_ENTRY)
+    cached = cache.get_json(key, cache.BriefEntry)
     if cached is not None:
         return _answer(cached, True, decision)
     live = bool(

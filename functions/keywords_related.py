@@ -131,7 +131,7 @@ def related(
         deadline=deadline,
     )
     key = cache.related_key(body.keyword, options.location, options.language, provider.key)
-    cached = cache.get_json(key, cache.RELATED_ENTRY)
+    cached = cache.get_json(key, cache.RelatedEntry)
     result: dict[str, Any]
     if cached is not None:
         rows, name = cached["data"], cached["metadata"]["provider"]

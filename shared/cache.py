@@ -55,9 +55,17 @@ class RelatedEntry(TypedDict):
     metadata: Metadata
 
 
-KEYWORD_ENTRY = TypeAdapter(KeywordEntry)
-RELATED_ENTRY = TypeAdapter(RelatedEntry)
-BRIEF_ENTRY = TypeAdapter(Brief)  # `brief:…`, shared with the original app as it is
+BriefEntry = Brief  # `brief:…`, shared with the original app as it is
+_adapters: dict[object, TypeAdapter[Any]] = {}
+
+
+def _adapter(shape: type[T]) -> TypeAdapter[T]:
+    """`shape`'s validator, built on the first read of its kind: not at import, which every cold
+    start of a function that caches would pay."""
+    adapter = _adapters.get(shape)
+    if adapter is None:
+        adapter = _adapters[shape] = TypeAdapter(shape)
+    return adapter
 
 
 def keyword_key(
@@ -99,7 +107,7 @@ def in_request_order(rows: list[KeywordData], keywords: Sequence[str]) -> list[K
     return [by_keyword[keyword] for keyword in requested]
 
 
-def get_json(key: str, shape: TypeAdapter[T]) -> T | None:
+def get_json(key: str, shape: type[T]) -> T | None:
     """The cached value if it has `shape` (strictly: no coercion), or None on a miss, in
     privacy mode, on any failure, or for an entry of another shape (`refuse`d)."""
     if get_settings().privacy_mode:
@@ -115,7 +123,7 @@ def get_json(key: str, shape: TypeAdapter[T]) -> T | None:
     if raw is None:
         return None
     try:
-        return shape.validate_python(loads_json(raw), strict=True)
+        return _adapter(shape).validate_python(loads_json(raw), strict=True)
     except ValidationError as error:
         refuse(key, error.errors()[0]["type"])
     except (ValueError, RecursionError):  # not JSON, or nested beyond the parser

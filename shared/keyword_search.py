@@ -158,7 +158,7 @@ def _answer(
 def _cached(key: str, keywords: list[str]) -> tuple[list[providers.KeywordData], str] | None:
     """The cached rows in the request's order and the name of the provider that gave them, or
     None: a miss, or an entry that is not one row per requested keyword (logged)."""
-    entry = cache.get_json(key, cache.KEYWORD_ENTRY)
+    entry = cache.get_json(key, cache.KeywordEntry)
     if entry is None:
         return None
     rows = cache.in_request_order(entry["data"], keywords)

@@ -94,7 +94,7 @@ def test_json_roundtrip_with_ttl(upstash: UpstashEmulator) -> None:
     value = {"data": [row("seo")], "metadata": {"cachedAt": "2026-01-01T00:00:00.000Z",
                                                  "provider": "Mock"}}  # fmt: skip
     assert cache.set_json(key, value, ttl_seconds=120) is True
-    assert cache.get_json(key, cache.KEYWORD_ENTRY) == value
+    assert cache.get_json(key, cache.KeywordEntry) == value
     client = redis.get_redis()
     assert client is not None and 0 < client.ttl(key) <= 120
 
