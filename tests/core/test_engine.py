@@ -184,50 +184,63 @@ def test_a_transaction_the_server_aborts_to_break_a_deadlock_is_run_again(
     direct_database_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Another session holds row a and then asks for row b, which our transaction holds while
-    it waits for a: the server aborts ours (it waited first, so its check runs first), and the
-    whole transaction runs again once the other commits. It was a 500 wherever it happened
-    (an erasure against a retried Stripe event of the same account)."""
+    """Another session holds row a and waits for row b, which our transaction holds; then ours
+    asks for a. The server aborts ours and the whole transaction runs again once the other
+    commits. It was a 500 wherever it happened (an erasure against a retried Stripe event of
+    the same account).
+
+    The victim is whichever waiter's deadlock check finds the cycle first, and each waiter
+    checks once, `deadlock_timeout` after it starts waiting. So the other session waits first,
+    with a check far later than ours, and ours closes the cycle: ours is always the one aborted,
+    however slow the machine."""
     for user_id in ("dl_a", "dl_b"):
         db.run(lambda conn, user_id=user_id: users.create(conn, user_id, f"{user_id}@example.com"))
     caplog.set_level(logging.INFO, logger="keyflash")
     other = psycopg.connect(direct_database_url)
+    other.execute("SET deadlock_timeout = '10min'")
     other.execute("SELECT id FROM users WHERE id = 'dl_a' FOR UPDATE")
-    holder = other.info.backend_pid
+    waiter = other.info.backend_pid
+    b_held = threading.Event()
     failures: list[BaseException] = []
 
     def other_side() -> None:
         try:
-            with psycopg.connect(direct_database_url, autocommit=True) as watcher:
-                deadline = time.monotonic() + 30
-                while not watcher.execute(
-                    """SELECT 1 FROM pg_stat_activity
-                       WHERE wait_event_type = 'Lock' AND %s = ANY(pg_blocking_pids(pid))""",
-                    (holder,),
-                ).fetchone():
-                    assert time.monotonic() < deadline, "our transaction never waited for row a"
-                    time.sleep(0.01)
+            assert b_held.wait(timeout=30), "our transaction never took row b"
             other.execute(
                 """UPDATE users SET "keywordSearchesThisMonth" = "keywordSearchesThisMonth" + 10
                    WHERE id = 'dl_b'"""
-            )  # waits for row b: a deadlock, until the server aborts our transaction
+            )  # waits for row b until the server aborts our transaction
             other.commit()
         except BaseException as error:
             failures.append(error)
             other.rollback()
+
+    def wait_until_the_other_waits_for(holder: int) -> None:
+        deadline = time.monotonic() + 30
+        while not admin_conn.execute(
+            "SELECT %s = ANY(pg_blocking_pids(%s))", (holder, waiter)
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "the other session never waited for row b"
+            time.sleep(0.01)
 
     attempts: list[int] = []
 
     def work(conn: Any) -> None:
         attempts.append(1)
         users.increment_usage(conn, "dl_b", 1)
-        users.increment_usage(conn, "dl_a", 1)  # waits for the other session's row a
+        if len(attempts) == 1:
+            b_held.set()
+            wait_until_the_other_waits_for(
+                conn.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            )
+        users.increment_usage(conn, "dl_a", 1)  # closes the cycle: ours is the check that runs
 
     thread = threading.Thread(target=other_side)
     thread.start()
     try:
         db.transaction(work)
     finally:
+        b_held.set()
         thread.join(timeout=60)
         other.close()
     assert not failures, failures
