@@ -44,7 +44,9 @@ USER_EVENTS = accounts.CLERK_USER_EVENTS
 ORG_EVENTS = organizations.EVENT_MODELS
 
 app = create_app(
-    title="Clerk webhook", summary="Keep users and organizations in step with Clerk (Svix-signed)."
+    title="Clerk webhook",
+    summary="Keep users and organizations in step with Clerk (Svix-signed).",
+    limit_body=False,
 )
 
 

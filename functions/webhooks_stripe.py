@@ -42,6 +42,7 @@ app = create_app(
     title="Stripe webhook",
     summary="Apply Stripe billing events to users, exactly once.",
     record_usage=False,
+    limit_body=False,
 )
 
 

@@ -3944,15 +3944,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description Body over 1,000,000 bytes */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -4000,15 +3991,6 @@ export interface operations {
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
             400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Body over 1,000,000 bytes */
-            413: {
                 headers: {
                     [name: string]: unknown;
                 };

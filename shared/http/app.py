@@ -53,8 +53,14 @@ HSTS = "max-age=31536000; includeSubDomains; preload"
 _init_frozen = False
 
 
-def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAPI:
+def create_app(
+    *, title: str, summary: str, record_usage: bool = True, limit_body: bool = True
+) -> FastAPI:
     """A FastAPI app with the shared envelope, guards and per-request usage record.
+
+    `limit_body=False` (webhooks) leaves a body's size to the platform (Vercel 4.5 MB, Lambda's
+    6 MB event): a provider retries an event we refuse for days and then drops it, so a webhook
+    never refuses one the platform let in.
 
     The OpenAPI document is built on demand (`app.openapi()`), never served by the function;
     it declares the envelope for every error status the shared layer can answer
@@ -79,7 +85,8 @@ def create_app(*, title: str, summary: str, record_usage: bool = True) -> FastAP
     app.add_exception_handler(EmailInUseError, _email_in_use)  # type: ignore[arg-type]
     # Added last = outermost: RequestContext sees every response, including guard refusals.
     app.add_middleware(QueryEncoding)
-    app.add_middleware(BodyLimit)
+    if limit_body:
+        app.add_middleware(BodyLimit)
     app.add_middleware(CorsCsrf, settings=get_settings)
     app.add_middleware(RequestContext, record_usage=record_usage)
     return app

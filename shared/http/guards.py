@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.config import Settings
 from shared.http.errors import error_response
 
-BODY_LIMIT = 1_000_000
+BODY_LIMIT = 1_000_000  # the original's; webhooks set none of their own (`create_app`)
 BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
 QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -71,6 +71,17 @@ def test_a_valid_user_created_creates_the_user_with_the_primary_email(
     assert ledger(admin_conn) == [("user.created", "clerk", True, True)]
 
 
+def test_an_event_past_the_api_body_limit_is_processed(call: Caller) -> None:
+    """Svix retries a refused delivery and then gives up: the webhook has no body limit of its
+    own (the platform's applies), so a user with a 1.2 MB `unsafe_metadata` still arrives."""
+    data = user_data("user_big", "big@example.com") | {
+        "unsafe_metadata": {"notes": "n" * 1_200_000}
+    }
+    result, _, _ = deliver(call, "user.created", data)
+    assert (result.status, result.json) == (200, {"received": True})
+    assert email_of("user_big") == "big@example.com"
+
+
 @pytest.mark.parametrize(
     "tamper",
     [

@@ -530,6 +530,40 @@ def test_invoice_paid_restores_an_unpaid_subscription(lambda_call: Caller, basil
     assert paid.subscription_ends_at == moment(T0 + 60 * 86400)
 
 
+def big_invoice(size: int) -> dict[str, Any]:
+    """`invoice.paid` whose line items (Stripe sends them in the event) make the body `size`
+    bytes or more: many lines with long descriptions, as a usage-billed invoice has."""
+    event = stripe_event("invoice.paid", invoice())
+    line = {"period": {"start": T0, "end": T0 + 60 * 86400}, "description": "d" * 990}
+    count = size // len(json.dumps(line)) + 1
+    event["data"]["object"]["lines"]["data"] = [line] * count
+    return event
+
+
+def test_an_event_past_the_api_body_limit_is_processed_and_recorded(call: Caller) -> None:
+    """The API's 1,000,000-byte limit is not the webhook's: Stripe retries a refused event for
+    three days and then drops it, so the webhook takes whatever the platform lets in."""
+    make_pro(tier=UserTier.FREE, subscription_status="unpaid")
+    event = big_invoice(1_500_000)
+    result = deliver(call, event)
+    assert (result.status, result.json) == (200, {"received": True})
+    assert user().subscription_status == "active"
+    row = ledger(event["id"])
+    assert row is not None and row.processed
+
+
+def test_on_lambda_an_event_vercel_would_refuse_is_processed(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lambda's event may hold 6 MB; Vercel refuses past 4.5 MB itself (`devkit.platform_limits`
+    imitates both): nothing of ours refuses in between."""
+    monkeypatch.setenv("KEYFLASH_PLATFORM", "lambda")
+    make_pro(tier=UserTier.FREE, subscription_status="unpaid")
+    event = big_invoice(5_000_000)
+    assert deliver(lambda_call, event).status == 200
+    assert user().subscription_status == "active"
+
+
 def test_invoice_paid_finds_an_unlinked_user_by_subscription_metadata(lambda_call: Caller) -> None:
     make_user()
     event = stripe_event("invoice.paid", invoice(customer="cus_z", clerk_user_id="user_a"))
