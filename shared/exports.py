@@ -20,6 +20,7 @@ import gzip
 import io
 import logging
 from typing import BinaryIO
+from urllib.parse import quote
 
 from shared import db
 from shared.config import Settings
@@ -67,7 +68,9 @@ def compress(document: bytes) -> bytes:
 
 
 def user_prefix(settings: Settings, user_id: str) -> str:
-    return f"{settings.export_prefix}{user_id}/"
+    """The user's folder; the id percent-encoded (Clerk's `user_…` ids are unchanged), so no id
+    holding `/` lands inside another user's folder, which that user's erasure empties."""
+    return f"{settings.export_prefix}{quote(user_id, safe='')}/"
 
 
 def object_key(settings: Settings, user_id: str, export_id: str) -> str:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import psycopg
@@ -102,9 +102,9 @@ def platform_call(
 def stored_document(s3: Any, url: str) -> tuple[bytes, dict[str, Any]]:
     """The object a presigned URL names, fetched with the client (moto serves no HTTP)."""
     parts = urlsplit(url)
-    key = parts.path.removeprefix(f"/{BUCKET}/")
+    key = unquote(parts.path.removeprefix(f"/{BUCKET}/"))
     if parts.netloc.startswith(f"{BUCKET}."):
-        key = parts.path.removeprefix("/")
+        key = unquote(parts.path.removeprefix("/"))
     found = s3.get_object(Bucket=BUCKET, Key=key)
     return gzip.decompress(found["Body"].read()), found
 
@@ -551,6 +551,24 @@ def test_erasure_deletes_the_users_stored_and_pending_exports_only(
     assert len(left) == 1 and "/user_b/" in left[0]
     owners = admin_conn.execute('SELECT "userId" FROM data_exports').fetchall()
     assert owners == [("user_b",)]
+
+
+def test_an_erasure_never_reaches_an_id_that_extends_the_users_with_a_slash(
+    call: Caller, storage: Any
+) -> None:
+    """A `sub` may hold `/` (only empty, NUL and lone surrogates are refused): `user_a/x`'s
+    exports are its own, not under `user_a`'s prefix, where `user_a`'s erasure deleted them."""
+    asked = {}
+    for user in ("user_a", "user_a/x"):
+        db.run(lambda s, u=user: users.create(s, u, f"{u.replace('/', '.')}@example.com"))
+        asked[user] = call("me_export", "POST", "/api/me/export", user=user).json["export"]["id"]
+    run_exports()
+    assert call("me", "DELETE", "/api/me", user="user_a",
+                headers={"origin": "http://localhost:3000"}).status == 200  # fmt: skip
+    path = f"/api/me/export/{asked['user_a/x']}"
+    export = call("me_export", "GET", path, user="user_a/x").json["export"]
+    document, _ = stored_document(storage, export["url"])
+    assert json.loads(document)["user"]["id"] == "user_a/x"
 
 
 def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
