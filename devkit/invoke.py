@@ -212,11 +212,17 @@ def invoke(
     return Invocation(target, description, import_ms, runs)
 
 
+def _text_bytes(body: Any) -> bytes:
+    """A text body's bytes for the size checks; a lone surrogate (which the handler refuses
+    with a 400) is counted, not a crash of the tool."""
+    return str(body).encode("utf-8", "surrogatepass")
+
+
 def _request_refusal(target: Target, event: dict[str, Any]) -> platform_limits.Refusal | None:
     if target.kind != "http":
         return None
     body = event.get("body") or ""
-    raw = base64.b64decode(body) if event.get("isBase64Encoded") else str(body).encode()
+    raw = base64.b64decode(body) if event.get("isBase64Encoded") else _text_bytes(body)
     return platform_limits.request_refusal(raw, event_bytes=len(json.dumps(event)))
 
 
@@ -224,12 +230,12 @@ def _response_refusal(target: Target, response: Any) -> platform_limits.Refusal 
     if target.kind != "http" or not isinstance(response, dict):
         return None
     body = response.get("body") or ""
-    raw = base64.b64decode(body) if response.get("isBase64Encoded") else str(body).encode()
+    raw = base64.b64decode(body) if response.get("isBase64Encoded") else _text_bytes(body)
     return platform_limits.response_refusal(
         int(response.get("statusCode") or 500),
         {str(k): str(v) for k, v in (response.get("headers") or {}).items()},
         raw,
-        result_bytes=len(json.dumps(response)),
+        result_bytes=platform_limits.lambda_document_bytes(response),
     )
 
 

@@ -232,6 +232,28 @@ def test_invoke_loads_an_event_file(stack: Stack, tmp_path: Path) -> None:
     assert "status 200" in result.stdout
 
 
+def test_invoke_hands_a_body_with_a_lone_surrogate_to_the_handler(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The tool's own size check counted the body by encoding it strictly and crashed; the
+    handler's documented answer to such a body is a 400."""
+    from devkit import events
+
+    token = keyflash("token", "--user", "user_surrogate", state_dir=stack.state_dir)
+    assert token.returncode == 0, token.stderr
+    headers = {
+        "authorization": f"Bearer {token.stdout.strip()}",
+        "content-type": "application/json",
+    }
+    event = events.http_api_v2("POST", "/api/searches", headers=headers, body='{"name": "x"}')
+    event["body"] = '{"name": "\ud800"}'  # what arrives: a JSON string holding a lone surrogate
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(event))  # the surrogate as the escape `\\ud800`
+    result = keyflash("invoke", "searches", "--event", str(event_file), state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "status 400" in result.stdout
+
+
 def test_second_dev_on_the_same_state_dir_fails_clearly(stack: Stack) -> None:
     started = time.monotonic()
     result = keyflash("dev", "--port", str(free_port()), state_dir=stack.state_dir, timeout=30)

@@ -60,6 +60,9 @@ def test_lambda_counts_the_whole_result_document_with_base64_bodies() -> None:
     zipped = {**text, "content-encoding": "gzip"}
     refused = platform_limits.response_refusal(200, zipped, fits, platforms=lambda_only)
     assert refused is not None and (refused.status, refused.body) == (500, LAMBDA_REFUSAL)
+    # Non-ASCII text goes in as UTF-8 on python3.12: an emoji is 4 bytes, not a 12-byte escape.
+    emoji = "🔥".encode() * 1_500_000
+    assert platform_limits.response_refusal(200, text, emoji, platforms=lambda_only) is None
     # Escaping counts too: quotes and control characters double in JSON.
     escaped = b'"\n' * 3_200_000
     assert platform_limits.response_refusal(200, text, escaped, platforms=lambda_only) is not None

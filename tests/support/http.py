@@ -259,7 +259,10 @@ class Caller:
         if raw.get("cookies"):
             headers_out["set-cookie"] = ", ".join(raw["cookies"])
         refusal = platform_limits.response_refusal(
-            raw["statusCode"], headers_out, sent, result_bytes=len(json.dumps(raw))
+            raw["statusCode"],
+            headers_out,
+            sent,
+            result_bytes=platform_limits.lambda_document_bytes(raw),
         )
         if refusal is not None:
             return _refused(refusal)
