@@ -38,8 +38,10 @@ class InvalidEventError(ValueError):
 
 
 # Stripe's times are Unix seconds; a datetime (and so a timestamp column) ends with year 9999.
+# Strict: a JSON boolean (Python's bool is an int), a float or a numeric string is mistyped,
+# as the event's own `created` is, not a date in 1970.
 LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
-UnixTime = Annotated[int, Field(ge=0, le=LAST_SECOND)]
+UnixTime = Annotated[int, Field(strict=True, ge=0, le=LAST_SECOND)]
 
 
 # --- the stored (and processed) form of an event --------------------------------------------

@@ -1297,6 +1297,62 @@ def test_a_subscription_time_out_of_range_is_recorded_as_invalid(
     assert (user().tier, user().subscription_status) == (UserTier.PRO, "active")
 
 
+@pytest.mark.parametrize(
+    ("where", "value", "field"),
+    [
+        ("ended_at", True, "ended_at"),
+        ("created", True, "created"),
+        ("created", False, "created"),
+        ("current_period_end", True, "current_period_end"),
+        ("current_period_end", 1.5e9, "current_period_end"),
+        ("item", True, "items.data.0.current_period_end"),
+    ],
+)
+def test_a_subscription_time_that_is_not_an_integer_is_recorded_as_invalid(
+    lambda_call: Caller, where: str, value: Any, field: str
+) -> None:
+    """Python's bool is an int: `true` must not pass for second 1 (1970), nor a float for a
+    Unix time, as the event's own `created` is refused."""
+    make_pro()
+    obj = subscription("active", basil=where == "item")
+    if where == "item":
+        obj["items"]["data"][0]["current_period_end"] = value
+    else:
+        obj[where] = value
+    event = stripe_event("customer.subscription.updated", obj)
+    assert deliver(lambda_call, event).status == 500
+    row = ledger(event["id"])
+    assert row is not None and row.error == (
+        f"InvalidEventError: customer.subscription.updated lacks or mistypes: {field}"
+    )
+    kept = user()
+    assert (kept.tier, kept.subscription_status, kept.subscription_ends_at) == (
+        UserTier.PRO,
+        "active",
+        None,
+    )
+
+
+def test_an_invoice_period_or_checkout_time_that_is_a_boolean_is_recorded_as_invalid(
+    lambda_call: Caller,
+) -> None:
+    make_pro(stripe_customer_id="cus_1")
+    paid = invoice(customer="cus_1")
+    paid["lines"]["data"][0]["period"]["end"] = True
+    session = checkout(created=True)
+    for kind, obj, field in [
+        ("invoice.paid", paid, "lines.data.0.period.end"),
+        ("checkout.session.completed", session, "created"),
+    ]:
+        event = stripe_event(kind, obj)
+        assert deliver(lambda_call, event).status == 500
+        row = ledger(event["id"])
+        assert (
+            row is not None and row.error == f"InvalidEventError: {kind} lacks or mistypes: {field}"
+        )
+    assert user().subscription_ends_at is None
+
+
 def test_an_invoice_period_out_of_range_is_recorded_as_invalid(lambda_call: Caller) -> None:
     make_pro(stripe_customer_id="cus_1")
     obj = invoice(customer="cus_1")
