@@ -243,7 +243,7 @@ def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | N
             status=status,
             tier=tier,
             plan=subscription.plan(),
-            ends_at=subscription.ends_at(),
+            ends_at=subscription.ends_at(get_settings().stripe_price_pro),
             created_at=timestamp(subscription.created),
         ),
         org_id=organization_id(subscription.metadata),
@@ -265,7 +265,7 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
             customer_id=invoice.customer,
             status="active" if charged else None,  # a $0 (trial) invoice keeps `trialing`
             tier=UserTier.PRO if charged else None,
-            ends_at=invoice.period_end(),
+            ends_at=invoice.period_end(get_settings().stripe_price_pro),
             may_take_over=False,
         )
     else:

@@ -217,10 +217,16 @@ class Subscription(StripeModel):
                     return name
         return None
 
-    def ends_at(self) -> datetime | None:
-        ends = [item.current_period_end for item in self.items.data if item.current_period_end]
-        moment = self.ended_at or self.current_period_end or (max(ends) if ends else None)
-        return timestamp(moment)
+    def ends_at(self, pro_price: str | None) -> datetime | None:
+        """`ended_at` once ended, else the period end: the subscription's (before basil), else
+        the items' (`period_end`)."""
+        ends = [
+            (item.price.id if item.price else None, item.current_period_end)
+            for item in self.items.data
+            if item.current_period_end
+        ]
+        moment = self.ended_at or self.current_period_end
+        return timestamp(moment) if moment else period_end(ends, pro_price)
 
 
 class CustomerDetails(StripeModel):
@@ -300,9 +306,22 @@ class Invoice(StripeModel):
     def prices(self) -> frozenset[str]:
         return frozenset(price for line in self.lines.data if (price := line.price_id()))
 
-    def period_end(self) -> datetime | None:
-        ends = [line.period.end for line in self.lines.data if line.period and line.period.end]
-        return timestamp(max(ends)) if ends else None
+    def period_end(self, pro_price: str | None) -> datetime | None:
+        ends = [
+            (line.price_id(), line.period.end)
+            for line in self.lines.data
+            if line.period and line.period.end
+        ]
+        return period_end(ends, pro_price)
+
+
+def period_end(ends: list[tuple[str | None, int]], pro_price: str | None) -> datetime | None:
+    """The latest end among the (price id, period end) pairs on `pro_price`, else among all:
+    since basil a subscription's items may renew on different intervals, and a yearly add-on
+    must not stretch the PRO plan's period."""
+    pro = [end for price, end in ends if pro_price and price == pro_price]
+    latest = pro or [end for _, end in ends]
+    return timestamp(max(latest)) if latest else None
 
 
 def timestamp(seconds: int | None) -> datetime | None:

@@ -441,6 +441,44 @@ def test_subscription_created_finds_the_user_by_metadata_and_links_the_customer(
     assert linked.subscription_ends_at == moment(T0 + 30 * 86400)  # pre-basil top-level field
 
 
+MONTH_END, YEAR_END = T0 + 30 * 86400, T0 + 365 * 86400
+
+
+def with_yearly_add_on(obj: dict[str, Any]) -> dict[str, Any]:
+    """A mixed-interval subscription (basil): a yearly add-on listed before the PRO item."""
+    add_on = {"id": "si_2", "price": {"id": "price_addon", "nickname": "Add-on yearly"},
+              "current_period_end": YEAR_END}  # fmt: skip
+    obj["items"]["data"].insert(0, add_on)
+    return obj
+
+
+def test_the_period_end_is_the_pro_items_not_a_later_add_ons(lambda_call: Caller) -> None:
+    """`subscriptionEndsAt` (and /api/me's `endsAt`) is the PRO plan's period, whichever item
+    renews last; the invoice's PRO line likewise."""
+    make_pro()
+    obj = with_yearly_add_on(subscription("active", period_end=MONTH_END,
+                                          cancel_at_period_end=True))  # fmt: skip
+    deliver(lambda_call, stripe_event("customer.subscription.updated", obj))
+    assert user().subscription_ends_at == moment(MONTH_END)
+    paid = invoice(period_end=MONTH_END + 30 * 86400)
+    paid["lines"]["data"] = [
+        {"period": {"start": T0, "end": end}, "pricing": {"price_details": {"price": price}}}
+        for price, end in (("price_addon", YEAR_END + 86400), (PRICE_PRO, MONTH_END + 30 * 86400))
+    ]
+    deliver(lambda_call, stripe_event("invoice.paid", paid, created=T0 + 1))
+    assert user().subscription_ends_at == moment(MONTH_END + 30 * 86400)
+
+
+def test_without_an_item_on_our_price_the_period_end_is_the_latest_items(
+    lambda_call: Caller,
+) -> None:
+    """Ours by its metadata only (STRIPE_PRICE_PRO changed since): no item is the PRO one."""
+    make_pro()
+    obj = with_yearly_add_on(subscription("active", price={"id": "price_old_pro"}))
+    deliver(lambda_call, stripe_event("customer.subscription.updated", obj))
+    assert user().subscription_ends_at == moment(YEAR_END)
+
+
 def test_plan_falls_back_to_the_price_id(lambda_call: Caller) -> None:
     make_pro()
     obj = subscription("active", price={"id": "price_only", "nickname": None, "lookup_key": None})
