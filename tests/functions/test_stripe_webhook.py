@@ -704,6 +704,31 @@ def test_a_new_subscription_takes_over_and_the_old_ones_end_changes_nothing(
     )
 
 
+def test_of_two_paid_checkouts_cancelling_the_older_keeps_the_user_pro(lambda_call: Caller) -> None:
+    """docs/billing.md#checkout: both sessions of a double click paid; support cancels the older
+    one (sub_1) and the user stays PRO on the newer (sub_2), whose own cancellation still ends it.
+    Cancelling the newer instead is final: the older's renewals never apply again."""
+    make_user()
+    for sub_id, created in (("sub_1", T0), ("sub_2", T0 + 90)):
+        session = checkout(sub_id=sub_id, created=created)
+        deliver(lambda_call, stripe_event("checkout.session.completed", session, created=created))
+        deliver(lambda_call, stripe_event("customer.subscription.created",
+                                          subscription("active", sub_id=sub_id, created=created),
+                                          created=created + 1))  # fmt: skip
+    older_end = subscription("canceled", created=T0, ended_at=T0 + 600)
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", older_end, created=T0 + 600))
+    kept = user()
+    assert (kept.tier, kept.stripe_subscription_id, kept.subscription_status) == (
+        UserTier.PRO, "sub_2", "active",
+    )  # fmt: skip
+    newer_end = subscription("canceled", sub_id="sub_2", created=T0 + 90, ended_at=T0 + 900)
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", newer_end, created=T0 + 900))
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "canceled")
+    renewal = subscription("active", created=T0, period_end=T0 + 60 * 86400)
+    deliver(lambda_call, stripe_event("customer.subscription.updated", renewal, created=T0 + 999))
+    assert (user().tier, user().stripe_subscription_id) == (UserTier.FREE, "sub_2")
+
+
 # --- another product's subscription on the same customer -------------------------------------
 
 
