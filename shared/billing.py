@@ -308,6 +308,19 @@ def _customers(plan: Plan) -> tuple[str, ...]:
     return tuple(value for key, value in plan.candidates if key == "customer")
 
 
+def _named_users(plan: Plan) -> tuple[str, ...]:
+    return tuple(value for key, value in plan.candidates if key == "id")
+
+
+def _lookup(plan: Plan) -> tuple[tuple[LookupKey, str], ...]:
+    """The keys the account is looked up by: only the user ids the event names, if it names
+    any. Such an event is about that account: when it does not exist (erased, or not signed
+    in yet), falling back to the customer's holder or the email's owner would apply another
+    account's payment to them (docs/billing.md#finding-the-user)."""
+    named = tuple((key, value) for key, value in plan.candidates if key == "id")
+    return named or plan.candidates
+
+
 def _subject(conn: Conn, event: StripeEvent) -> Subject:
     """Find whom the event is about, before its ledger row is claimed: the user's row is locked
     here, ahead of the ledger row whose payload may name them, the order an erasure takes the
@@ -318,10 +331,12 @@ def _subject(conn: Conn, event: StripeEvent) -> Subject:
     plan = plan_for(event)
     if plan is None:
         return Subject(None)
-    org = org_subscriptions.find(conn, plan.org_id, _customers(plan))
-    if org is not None or plan.org_id is not None:
+    if plan.org_id is not None:
+        return Subject(plan, for_org=True, org=org_subscriptions.find(conn, plan.org_id))
+    org = org_subscriptions.find_by_customer(conn, _customers(plan))
+    if org is not None:
         return Subject(plan, for_org=True, org=org)
-    return Subject(plan, user_id=subscriptions.lock_user(conn, plan.candidates))
+    return Subject(plan, user_id=subscriptions.lock_user(conn, _lookup(plan)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,13 +411,13 @@ def _no_user(conn: Conn, event: StripeEvent, plan: Plan, moment: datetime) -> Ou
     customers = _customers(plan)
     if any(subscriptions.is_erased_customer(conn, c) for c in customers):
         return Outcome.ERASED
-    if tombstones.any_erased(conn, [value for key, value in plan.candidates if key == "id"]):
+    if tombstones.any_erased(conn, list(_named_users(plan))):
         for customer in customers:
             subscriptions.remember_customer(conn, customer, now=moment)
         return Outcome.ERASED
     if plan.forget_customer:
         return Outcome.IGNORED  # a customer no account holds (any more): nothing to forget
-    tried = ", ".join(dict.fromkeys(key for key, _ in plan.candidates)) or "no keys"
+    tried = ", ".join(dict.fromkeys(key for key, _ in _lookup(plan))) or "no keys"
     raise BillingUserNotFoundError(f"no user for {event.type} (tried: {tried})")
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import Table, select, update
 
 from shared.db import Conn
 from shared.models.organizations import Organization
@@ -39,21 +39,27 @@ class Found:
 
 
 @database_operation("findBillingOrganization")
-def find(conn: Conn, org_id: str | None, customers: tuple[str, ...]) -> Found | None:
-    """The organization named by `org_id` (metadata) first, else the one whose Stripe customer
-    is among `customers`; tombstones included. One query."""
-    conditions = []
-    if org_id:
-        conditions.append(Organization.id == org_id)
-    if customers:
-        conditions.append(Organization.stripe_customer_id.in_(customers))
-    if not conditions:
+def find(conn: Conn, org_id: str) -> Found | None:
+    """The organization an event's metadata names, tombstones included; never another one
+    holding the event's customer (the named one may not exist yet: the event is retried)."""
+    row = conn.session.execute(
+        select(Organization.id, Organization.deleted_at).where(Organization.id == org_id)
+    ).first()
+    return None if row is None else Found(row[0], row[1] is not None)
+
+
+@database_operation("findBillingOrganizationByCustomer")
+def find_by_customer(conn: Conn, customers: tuple[str, ...]) -> Found | None:
+    """The organization holding one of the customers (an event naming no organization),
+    tombstones included."""
+    if not customers:
         return None
-    rows = conn.session.execute(
-        select(Organization.id, Organization.deleted_at).where(or_(*conditions))
-    ).all()
-    ranked = sorted(rows, key=lambda row: row[0] != org_id)  # the metadata's org first
-    return None if not ranked else Found(ranked[0][0], ranked[0][1] is not None)
+    row = conn.session.execute(
+        select(Organization.id, Organization.deleted_at).where(
+            Organization.stripe_customer_id.in_(customers)
+        )
+    ).first()
+    return None if row is None else Found(row[0], row[1] is not None)
 
 
 @database_operation("applyOrganizationSubscriptionChange")

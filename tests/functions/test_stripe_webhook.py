@@ -933,8 +933,7 @@ def test_a_checkout_for_a_user_id_never_seen_still_fails_until_the_user_exists(
     row = ledger(event["id"])
     assert row is not None and (row.processed, row.attempts) == (False, 1)
     assert row.error == (
-        "BillingUserNotFoundError: no user for checkout.session.completed "
-        "(tried: id, email, customer)"
+        "BillingUserNotFoundError: no user for checkout.session.completed (tried: id)"
     )
     assert row.payload is not None  # what the retry runs from
     assert erased_hashes() == []
@@ -943,6 +942,66 @@ def test_a_checkout_for_a_user_id_never_seen_still_fails_until_the_user_exists(
     second = deliver(lambda_call, event)
     assert (second.status, second.json) == (200, {"received": True})
     assert (user("user_new").tier, user("user_new").stripe_customer_id) == (UserTier.PRO, "cus_new")
+
+
+def test_an_erased_accounts_checkout_never_falls_back_to_the_emails_owner(
+    lambda_call: Caller,
+) -> None:
+    """The account (a placeholder email, so Stripe asked for one) typed another account's
+    address, then was erased before the webhook landed. Was: the session was applied to the
+    address's owner, with the erased id kept in the ledger."""
+    make_user("user_x", "x@example.com")
+    make_user()
+    assert lambda_call("me", "DELETE", "/api/me", user="user_a").status == 200
+    obj = checkout(email="x@example.com", client_reference_id="user_a", customer="cus_new")
+    event = stripe_event("checkout.session.completed", obj)
+    assert deliver(lambda_call, event).json == {"received": True}
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.payload, row.error) == (True, None, None)
+    x = user("user_x")
+    assert (x.tier, x.stripe_customer_id, x.stripe_subscription_id) == (UserTier.FREE, None, None)
+    assert mentioning("user_a") == []
+
+
+def test_an_event_naming_a_user_id_never_seen_never_falls_back_to_the_customer_or_email(
+    lambda_call: Caller,
+) -> None:
+    """Named ids come first and alone: an unknown one is a failure, retried until the user
+    exists. Was: applied to the customer's holder (the newer subscription taking it over) or
+    to the email's owner."""
+    make_pro()  # user_a holds cus_1
+    make_user("user_x", "x@example.com")
+    named = subscription("active", sub_id="sub_new", clerk_user_id="user_new", created=T0 + 100)
+    on_a = stripe_event("customer.subscription.created", named, created=T0 + 100)
+    session = checkout(clerk_user_id="user_new", email="x@example.com", customer="cus_x",
+                       sub_id="sub_x", created=T0 + 50)  # fmt: skip
+    by_x = stripe_event("checkout.session.completed", session, created=T0 + 50)
+    for event in (on_a, by_x):
+        result = deliver(lambda_call, event)
+        assert (result.status, result.json["message"]) == (500, GENERIC_500)
+        row = ledger(event["id"])
+        assert row is not None and row.error == (
+            f"BillingUserNotFoundError: no user for {event['type']} (tried: id)"
+        )
+    a = user()
+    assert (a.tier, a.subscription_status, a.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_1",
+    )
+    x = user("user_x")
+    assert (x.tier, x.stripe_customer_id) == (UserTier.FREE, None)
+
+    make_user("user_new", "new@example.com")
+    assert billing.process_recorded(by_x["id"]) is billing.Outcome.APPLIED
+    assert billing.process_recorded(on_a["id"]) is billing.Outcome.APPLIED
+    new = user("user_new")
+    assert (new.tier, new.stripe_subscription_id, new.stripe_customer_id) == (
+        UserTier.PRO,
+        "sub_new",
+        "cus_x",
+    )
+    assert user().stripe_subscription_id == "sub_1"
 
 
 # --- a Stripe customer shared by two accounts --------------------------------------------------
@@ -1085,6 +1144,33 @@ def test_the_holders_own_events_without_metadata_still_find_it_by_customer(
         None,
     )
     assert shared_warnings(caplog) == []  # A's customer is A's own
+
+
+def test_an_erased_sharers_late_events_never_fall_back_to_the_customers_holder(
+    lambda_call: Caller,
+) -> None:
+    """B paid through A's customer, cancelled and erased the account; B had no customer of
+    its own, so B's tombstone is what recognises B's late events. Was: they found A by the
+    customer, kept B's id in the ledger, and sub_b (newer, PRO) took A's subscription over."""
+    make_holder()
+    make_user("user_b", "b@example.com")
+    created = stripe_event("customer.subscription.created", b_subscription("active"), created=T0)
+    ended = b_subscription("canceled", ended_at=T0 + 6)
+    for event in (created, stripe_event("customer.subscription.deleted", ended, created=T0 + 6)):
+        assert deliver(lambda_call, event).status == 200
+    assert lambda_call("me", "DELETE", "/api/me", user="user_b").status == 200
+    b_invoice = invoice(sub_id="sub_b", customer=SHARED, clerk_user_id="user_b")
+    late = [
+        stripe_event("invoice.paid", b_invoice, created=T0 + 5),
+        stripe_event("customer.subscription.updated", b_subscription("active"), created=T0 + 4),
+    ]
+    for event in late:
+        result = deliver(lambda_call, event)
+        assert (result.status, result.json) == (200, {"received": True})
+        row = ledger(event["id"])
+        assert row is not None and (row.processed, row.payload, row.error) == (True, None, None)
+    holder_untouched()
+    assert mentioning("user_b", "b@example.com") == []
 
 
 @pytest.mark.parametrize(

@@ -480,6 +480,25 @@ def test_an_event_for_an_unknown_organization_is_retried_until_it_exists(call: C
     assert org().tier is UserTier.PRO
 
 
+def test_an_unknown_organization_never_falls_back_to_the_customers_holder(call: Caller) -> None:
+    """Was: the organization holding the event's customer was taken instead of the one named,
+    and its subscription taken over by the newer one."""
+    make_org(tier=UserTier.PRO, stripe_customer_id="cus_org", stripe_subscription_id="sub_org",
+             subscription_status="active", subscription_created_at=at(T0 - 86400))  # fmt: skip
+    metadata = {"product": "keyflash-pro", "organizationId": OTHER_ORG}
+    named = subscription("active", customer="cus_org", sub_id="sub_beta", created=T0,
+                         metadata=metadata)  # fmt: skip
+    event = stripe_event("customer.subscription.created", named, created=T0)
+    result = deliver(call, event)
+    assert (result.status, result.json["message"]) == (500, GENERIC_500)
+    row = ledger(event["id"])
+    assert row is not None and row.error == (
+        "BillingOrganizationNotFoundError: no organization for customer.subscription.created "
+        f"({OTHER_ORG})"
+    )
+    holder_org_untouched()
+
+
 def test_the_ledger_keeps_the_organization_id_and_product_and_nothing_else_of_the_metadata(
     stripe_env: Keys,
 ) -> None:
