@@ -23,8 +23,9 @@ customer) changes the organization's row by the same rules, never a user's
 (`shared.repositories.org_subscriptions`); a deleted organization's events are recorded and
 change nothing (docs/organizations.md#billing-per-organization).
 
-`customer.deleted` forgets the customer wherever it is held and ends that row's subscription
-(Stripe cancels a deleted customer's subscriptions), so the next checkout makes a new customer.
+`customer.deleted` forgets the customer wherever it is held, so the next checkout makes a new
+customer, and ends that row's subscription when it is on that customer (Stripe cancels a
+deleted customer's subscriptions, and no other).
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
 arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until

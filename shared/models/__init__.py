@@ -22,6 +22,9 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
 - table `legacy_counter_deltas`: usage increments still owed to the legacy Redis counters.
 - `users."subscriptionEventAt"`: creation time of the last Stripe event applied to the user's
   subscription, so an older event delivered late never rolls it back (`shared.billing`).
+- `users."subscriptionCustomerId"` (and the organizations' column): the Stripe customer the
+  current subscription is on, so `customer.deleted` ends only that customer's subscription
+  (migration 0016).
 - tables `cron_leases` (one lease and resume state per cron job) and `search_daily_rollups`
   (daily search aggregates per provider), and `api_usage_timestamp_idx`,
   `system_metrics_timestamp_idx`, which the retention cron deletes by (`shared.cron`).

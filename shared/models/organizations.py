@@ -61,6 +61,7 @@ class Organization(Base):
     subscription_created_at: Mapped[datetime | None] = mapped_column(
         "subscriptionCreatedAt", UTCDateTime()
     )
+    subscription_customer_id: Mapped[str | None] = mapped_column("subscriptionCustomerId", Text)
     clerk_updated_at: Mapped[datetime | None] = mapped_column("clerkUpdatedAt", UTCDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column("deletedAt", UTCDateTime())
     created_at: Mapped[datetime] = mapped_column("createdAt", UTCDateTime(), server_default=NOW)

@@ -63,5 +63,8 @@ class User(Base):
     subscription_created_at: Mapped[datetime | None] = mapped_column(
         "subscriptionCreatedAt", UTCDateTime()
     )
+    # Addition: the Stripe customer the current subscription is on (may differ from
+    # stripeCustomerId when that customer is another account's): `customer.deleted` ends it.
+    subscription_customer_id: Mapped[str | None] = mapped_column("subscriptionCustomerId", Text)
     # Addition: Clerk's `updated_at` of the last user event applied (ordering guard).
     clerk_updated_at: Mapped[datetime | None] = mapped_column("clerkUpdatedAt", UTCDateTime())

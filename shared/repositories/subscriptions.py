@@ -265,6 +265,7 @@ def column_values(
             model.subscription_plan: (row.subscription_plan, change.plan),
             model.subscription_ends_at: (row.subscription_ends_at, change.ends_at),
             model.stripe_customer_id: (row.stripe_customer_id, change.customer_id),
+            model.subscription_customer_id: (row.subscription_customer_id, change.customer_id),
             model.subscription_created_at: (row.subscription_created_at, change.created_at),
         }
         values.update({column: new for column, (old, new) in fills.items() if old is None and new})
@@ -274,6 +275,8 @@ def column_values(
     values[model.stripe_subscription_id] = change.subscription_id
     if change.customer_id is not None:
         values[model.stripe_customer_id] = change.customer_id
+    if taking_over or change.customer_id is not None:
+        values[model.subscription_customer_id] = change.customer_id  # even when held elsewhere
     if taking_over or change.plan is not None:
         values[model.subscription_plan] = change.plan
     if taking_over or change.ends_at is not None:
@@ -315,15 +318,19 @@ def forget_locked(
     now: datetime,
 ) -> bool:
     """Stripe deleted the customer the row holds: unlink it (the next checkout makes a new
-    one), and end the row's current subscription as `canceled`, since Stripe cancels a deleted
-    customer's subscriptions at once. A canceled subscription is final, so its own
-    `customer.subscription.deleted`, whenever it arrives, changes nothing and cannot link the
-    deleted customer again. False: the row does not hold the customer (nothing written)."""
+    one), and end the row's current subscription as `canceled` when it is on that customer,
+    since Stripe cancels a deleted customer's subscriptions at once. A canceled subscription is
+    final, so its own `customer.subscription.deleted`, whenever it arrives, changes nothing and
+    cannot link the deleted customer again. A subscription on another customer (one another
+    account holds) lives on; one whose customer was never recorded (written before
+    `subscriptionCustomerId`) is taken to be on the row's. False: the row does not hold the
+    customer (nothing written)."""
     if row is None or row.stripe_customer_id != customer_id:
         return False
     model: Any = type(row)
     values: dict[Any, Any] = {model.updated_at: now}
-    if row.stripe_subscription_id and row.subscription_status not in TERMINAL_STATUSES:
+    on_it = row.subscription_customer_id in (None, customer_id)
+    if row.stripe_subscription_id and on_it and row.subscription_status not in TERMINAL_STATUSES:
         ended = SubscriptionChange(
             row.stripe_subscription_id, status="canceled", tier=UserTier.FREE, ordered=False
         )

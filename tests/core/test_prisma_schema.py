@@ -247,8 +247,8 @@ def test_the_committed_ddl_is_of_the_current_schema() -> None:
 
 def test_the_schema_reader_sees_a_column_added_to_the_schema_only() -> None:
     schema = SCHEMA.read_text(encoding="utf-8").replace(
-        "  clerkUpdatedAt           DateTime?\n",
-        '  clerkUpdatedAt           DateTime?\n  nickname String? @map("nick_name")\n',
+        "  subscriptionCustomerId   String?\n",
+        '  subscriptionCustomerId   String?\n  nickname String? @map("nick_name")\n',
     )
     columns = schema_columns(schema)
     assert columns["users"][-1] == "nick_name"

@@ -544,6 +544,43 @@ def test_customer_deleted_after_its_subscription_ended_unlinks_it(lambda_call: C
     assert row.subscription_ends_at == moment(T0 + 5)  # the subscription's own end kept
 
 
+def test_customer_deleted_leaves_a_subscription_on_another_customer_alive(
+    lambda_call: Caller,
+) -> None:
+    """The account keeps its old customer while its current subscription is paid through a
+    customer another account holds (docs/billing.md#a-stripe-customer-shared-by-two-accounts).
+    Stripe deleting the old customer cancels nothing on the other. Was: the current
+    subscription ended `canceled` (final), so its later renewals never applied again."""
+    make_user("user_y", "y@example.com", stripe_customer_id="cus_2")
+    make_user()
+    ended = subscription("canceled", clerk_user_id="user_a", created=T0 - 9, ended_at=T0 - 5)
+    checkout_1 = checkout(created=T0 - 10)  # sub_1 on cus_1, the account's own customer
+    for event in (
+        stripe_event("checkout.session.completed", checkout_1, created=T0 - 10),
+        stripe_event("customer.subscription.deleted", ended, created=T0 - 5),
+    ):
+        assert deliver(lambda_call, event).status == 200
+    on_2 = subscription("active", sub_id="sub_2", customer="cus_2", clerk_user_id="user_a",
+                        created=T0)  # fmt: skip
+    assert deliver(lambda_call, stripe_event("customer.subscription.created", on_2)).status == 200
+    assert (user().stripe_customer_id, user().stripe_subscription_id) == ("cus_1", "sub_2")
+
+    gone = stripe_event("customer.deleted", deleted_customer("cus_1"), created=T0 + 10)
+    assert deliver(lambda_call, gone).json == {"received": True}
+    row = user()
+    assert (row.tier, row.subscription_status, row.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_2",
+    )
+    assert row.stripe_customer_id is None  # the deleted customer is forgotten all the same
+    renewal = invoice(sub_id="sub_2", customer="cus_2", clerk_user_id="user_a")
+    assert deliver(lambda_call, stripe_event("invoice.payment_failed", renewal,
+                                             created=T0 + 20)).status == 200  # fmt: skip
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "past_due")
+    assert user("user_y").stripe_customer_id == "cus_2"
+
+
 def test_customer_deleted_for_a_customer_no_account_holds_is_acknowledged(
     lambda_call: Caller,
 ) -> None:

@@ -186,6 +186,34 @@ def test_customer_deleted_forgets_the_organizations_customer(call: Caller) -> No
     )
 
 
+def test_customer_deleted_leaves_an_org_subscription_on_another_customer_alive(
+    call: Caller,
+) -> None:
+    """As for users: the organization's current subscription is paid through a customer
+    another organization holds, and Stripe deletes the organization's own old customer."""
+    make_org(stripe_customer_id="cus_org")
+    db.run(lambda conn: organizations.ensure(conn, "org_beta", slug="beta"))
+    beta = update(Organization).where(Organization.id == "org_beta")
+    db.run(lambda conn: conn.session.execute(beta.values(stripe_customer_id="cus_beta")))
+    on_beta = org_subscription("active", customer="cus_beta", sub_id="sub_2")
+    assert deliver(call, stripe_event("customer.subscription.created", on_beta)).status == 200
+    assert (org().stripe_customer_id, org().stripe_subscription_id) == ("cus_org", "sub_2")
+    deleted = {"id": "cus_org", "object": "customer", "deleted": True}
+    assert deliver(call, stripe_event("customer.deleted", deleted, created=T0 + 9)).status == 200
+    row = org()
+    assert (row.stripe_customer_id, row.tier, row.subscription_status) == (
+        None,
+        UserTier.PRO,
+        "active",
+    )
+    paid = org_invoice()
+    paid["customer"] = "cus_beta"
+    paid["parent"]["subscription_details"]["subscription"] = "sub_2"
+    failed = stripe_event("invoice.payment_failed", paid, created=T0 + 10)
+    assert deliver(call, failed).status == 200
+    assert (org().tier, org().subscription_status) == (UserTier.PRO, "past_due")
+
+
 def test_invoices_move_the_organization_into_grace_and_back(call: Caller) -> None:
     make_org()
     deliver(call, stripe_event("customer.subscription.created", org_subscription("active")))
