@@ -4,8 +4,10 @@ from requests).
 A token must be RS256 (`alg: none` and HS256 tricks are refused by pinning the algorithm),
 unexpired (small leeway), from `CLERK_ISSUER` when set, and for an authorised party when the
 token names one (Clerk's own rule); it is verified without a network call when a PEM key is
-configured. The first authenticated call provisions the user with the core's get-or-create; a
-warm container remembers whom it has provisioned, so later calls cost no extra query.
+configured. Claims of a type Clerk never issues (`exp`/`nbf`/`iat` not a number, `azp` or
+`sub` not a string) make the token invalid, never a 500. The first authenticated call
+provisions the user with the core's get-or-create; a warm container remembers whom it has
+provisioned, so later calls cost no extra query.
 
 The token also names the session's active organization (Clerk Organizations), read from either
 claim version: v2 (`"v": 2`) nests it in `o` (`id`, `rol` without the `org:` prefix, `slg`, and
@@ -92,15 +94,28 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
         )
     except jwt.PyJWTError as error:
         raise InvalidToken(type(error).__name__) from None
+    for name in _NUMERIC_DATES:  # PyJWT takes any `int()`-able value: "9999999999", true
+        if name in claims and not _is_number(claims[name]):
+            raise InvalidToken(f"{name} not a number")
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub.strip():
         raise InvalidToken("empty subject")  # would provision a user with an empty id
     if unstorable_kind(sub) is not None:  # NUL or a lone surrogate: no user row can hold it
         raise InvalidToken("subject PostgreSQL cannot store")
     azp = claims.get("azp")
+    if "azp" in claims and not isinstance(azp, str):  # a list or object would be unhashable
+        raise InvalidToken("party not a string")
     if azp and settings.authorized_parties and azp not in settings.authorized_parties:
         raise InvalidToken("unauthorised party")
     return claims
+
+
+_NUMERIC_DATES = ("exp", "nbf", "iat")
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number, as RFC 7519's NumericDate must be (a bool is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:

@@ -144,6 +144,14 @@ ATTACKS: dict[str, Callable[[Keys, str], str]] = {
     "wrong_issuer": lambda k, o: rs256(k, claims(iss="https://evil.example")),
     "no_issuer": lambda k, o: rs256(k, claims(iss=None)),
     "unauthorised_party": lambda k, o: rs256(k, claims(azp="https://evil.example")),
+    "party_list": lambda k, o: rs256(k, claims(azp=[AUTHORIZED_PARTY])),
+    "party_object": lambda k, o: rs256(k, claims(azp={"a": 1})),
+    "party_number": lambda k, o: rs256(k, claims(azp=5)),
+    "party_null": lambda k, o: rs256(k, {**claims(), "azp": None}),
+    "exp_string": lambda k, o: rs256(k, claims(exp=str(int(time.time()) + 300))),
+    "exp_bool": lambda k, o: rs256(k, claims(exp=True)),
+    "nbf_string": lambda k, o: rs256(k, claims(nbf="0")),
+    "iat_string": lambda k, o: rs256(k, claims(iat="0")),
     "missing_sub": lambda k, o: rs256(k, claims(sub=None)),
     "empty_sub": lambda k, o: rs256(k, claims(sub="")),
     "non_string_sub": lambda k, o: rs256(k, claims(sub=12345)),
@@ -216,6 +224,19 @@ def test_an_email_claim_no_row_could_hold_provisions_with_the_placeholder(
 def test_any_party_is_accepted_when_none_is_configured(caller: Caller) -> None:
     token = rs256(caller.keys, claims(azp="https://anything.example"))
     assert caller("searches", "GET", "/api/searches", headers=bearer(token)).status == 200
+
+
+@pytest.mark.parametrize("attack", ["party_list", "party_object", "party_null", "exp_string"])
+def test_a_claim_of_the_wrong_type_is_an_invalid_token_even_where_a_session_is_optional(
+    attack: str, caller: Caller, other_key: str, setenv: Callable[..., None]
+) -> None:
+    setenv(CLERK_AUTHORIZED_PARTIES=AUTHORIZED_PARTY)
+    token = ATTACKS[attack](caller.keys, other_key)
+    anonymous = caller("flags", "GET", "/api/flags")
+    result = caller("flags", "GET", "/api/flags", headers=bearer(token))
+    assert (result.status, result.json) == (200, anonymous.json), result.text
+    admin = caller("admin_flags", "GET", "/api/admin/flags", headers=bearer(token))
+    assert_envelope(admin, 401, AUTH_REQUIRED)
 
 
 def test_session_cookie_works_like_the_header(caller: Caller) -> None:
