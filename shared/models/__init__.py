@@ -15,7 +15,8 @@ Additions to Prisma's schema (all nullable or constraint-only, so Prisma keeps w
 (docs/original-app.md#user-service-operations).
 - `saved_searches.description`, `results` (JSONB), `"lastRunAt"`, `"resultCount"`: the legacy
   saved-search record carries them (docs/original-app.md#saved-search-record).
-- `users_email_lower_key`: emails are unique case-insensitively (docs/original-app.md#d10).
+- `users_email_lower_key`: emails are unique case-insensitively (docs/original-app.md#d10), the
+  `{id}@keyflash.local` placeholder exactly, as Clerk ids are case-sensitive.
 - `users_tier_trialEndsAt_idx`: serves the expired-trial lookup.
 - `feature_flags_rolloutPercent_check`: `rolloutPercent` BETWEEN 0 AND 100.
 - table `legacy_repairs`: the dual-write outbox of the Redis → Postgres migration.

@@ -16,6 +16,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.models import NOW, Base, UserTier, UTCDateTime
 
+_PLACEHOLDER_EXACT = (
+    "\nCASE\n    WHEN \"right\"(lower(email), 15) = '@keyflash.local'::text THEN email\n"
+    "    ELSE ''::text\nEND"
+)
+
 
 class User(Base):
     __tablename__ = "users"
@@ -23,7 +28,15 @@ class User(Base):
         Index("users_email_key", "email", unique=True),
         Index("users_stripeCustomerId_key", "stripeCustomerId", unique=True),
         Index("users_stripeSubscriptionId_key", "stripeSubscriptionId", unique=True),
-        Index("users_email_lower_key", func.lower(text('"email"')), unique=True),
+        # Real addresses unique case-insensitively, the `{id}@keyflash.local` placeholder exactly
+        # (Clerk ids are case-sensitive): migration 0016. Written as PostgreSQL prints it, line
+        # breaks included, so that `alembic check` compares it equal.
+        Index(
+            "users_email_lower_key",
+            func.lower(text('"email"')),
+            text(_PLACEHOLDER_EXACT),
+            unique=True,
+        ),
         Index("users_tier_trialEndsAt_idx", "tier", "trialEndsAt"),
     )
 

@@ -64,8 +64,9 @@ INEXPRESSIBLE: dict[str, dict[str, Any]] = {
     },
     "index users_email_lower_key": {
         "table": "users",
-        "definition": "CREATE UNIQUE INDEX users_email_lower_key ON users "
-        "USING btree (lower(email))",
+        "definition": "CREATE UNIQUE INDEX users_email_lower_key ON users USING btree "
+        '(lower(email), (\nCASE\n    WHEN ("right"(lower(email), 15) = '
+        "'@keyflash.local'::text) THEN email\n    ELSE ''::text\nEND))",
     },
     "constraint feature_flags_rolloutPercent_check": {
         "table": "feature_flags",

@@ -52,8 +52,9 @@ DOCUMENTED_ADDITIONS: dict[str, dict[str, Any]] = {
     "column saved_searches.resultCount": {"type": "integer", **NULLABLE_COLUMN},
     "index users_email_lower_key": {
         "table": "users",
-        "definition": "CREATE UNIQUE INDEX users_email_lower_key ON users "
-        "USING btree (lower(email))",
+        "definition": "CREATE UNIQUE INDEX users_email_lower_key ON users USING btree "
+        '(lower(email), (\nCASE\n    WHEN ("right"(lower(email), 15) = '
+        "'@keyflash.local'::text) THEN email\n    ELSE ''::text\nEND))",
     },
     "index users_tier_trialEndsAt_idx": {
         "table": "users",
@@ -720,6 +721,9 @@ def test_documented_additions_behave_and_stay_out_of_prismas_way(alembic_db: str
         shouting = {"id": "clshouty", "email": "MIN@Example.COM", "updatedAt": T0}
         with pytest.raises(errors.UniqueViolation, match="users_email_lower_key"):
             conn.execute(*prisma_insert("users", shouting))
+        for user_id in ("user_2Ab", "user_2aB"):  # placeholders: as case-sensitive as the ids
+            placeholder = {"id": user_id, "email": f"{user_id}@keyflash.local", "updatedAt": T0}
+            conn.execute(*prisma_insert("users", placeholder))
         for percent in (-1, 101):
             flag = {"id": f"cl{percent}", "key": f"k{percent}", "rolloutPercent": percent}
             with pytest.raises(errors.CheckViolation, match="feature_flags_rolloutPercent_check"):

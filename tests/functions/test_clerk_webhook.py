@@ -376,6 +376,14 @@ def test_email_collision_is_a_409_and_changes_nothing_until_resolved(
     assert email_of("user_a") == "TAKEN@example.com"
 
 
+def test_created_without_email_for_ids_differing_only_in_case(call: Caller) -> None:
+    """Each gets its own `{id}@keyflash.local`: Clerk ids are case-sensitive."""
+    for user_id in ("user_2zQ", "user_2Zq"):
+        result, _, _ = deliver(call, "user.created", user_data(user_id, primary=None))
+        assert (result.status, result.json) == (200, {"received": True}), result.text
+        assert email_of(user_id) == f"{user_id}@keyflash.local"
+
+
 def test_created_colliding_with_another_account_is_a_409(call: Caller) -> None:
     deliver(call, "user.created", user_data("user_b", "taken@example.com"))
     result, _, _ = deliver(call, "user.created", user_data("user_a", "Taken@Example.com"))

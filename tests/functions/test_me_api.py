@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 
 from shared import config, db
 from shared.clock import iso_ms, month_start, next_month_start, utcnow
+from shared.errors import EmailInUseError
 from shared.models import UserTier
 from shared.quotas import Limits
 from shared.repositories import (
@@ -182,6 +183,21 @@ def test_email_taken_by_another_account_is_a_409(call: Caller) -> None:
     result = call("me", "GET", "/api/me", headers={"authorization": f"Bearer {token}"})
     assert result.status == 409
     assert result.json["message"] == "This email address already belongs to another account"
+
+
+def test_ids_differing_only_in_case_each_get_their_own_placeholder(call: Caller) -> None:
+    """Clerk ids are case-sensitive: two people, two placeholders, no email conflict."""
+    assert me(call, "user_2CaseX")["email"] == "user_2CaseX@keyflash.local"
+    assert me(call, "user_2casex")["email"] == "user_2casex@keyflash.local"
+    erased = call("me", "DELETE", "/api/me", user="user_2casex")
+    assert (erased.status, erased.json) == (200, {"deleted": True}), erased.text
+    assert me(call, "user_2CaseX")["email"] == "user_2CaseX@keyflash.local"
+
+
+def test_real_emails_differing_only_in_case_still_conflict(call: Caller) -> None:
+    make_user("user_b", "Shared@Example.com")
+    with pytest.raises(EmailInUseError):
+        make_user("user_c", "shared@example.COM")
 
 
 def test_every_route_requires_auth(call: Caller) -> None:
