@@ -14,8 +14,8 @@ Prisma's client never names an index; it still sees `P2002` for a case-variant r
 The downgrade fails (unique violation) while two placeholders differ only in case: settle those
 accounts first.
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-06 06:00:00.000000+00:00
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
