@@ -6,19 +6,22 @@ Erasure (GDPR) removes or anonymises the caller's rows in every table in one tra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import Request
 from starlette.responses import Response
 
-from shared import accounts, db
+from shared import accounts, auth, db
 from shared.clock import utcnow
 from shared.config import get_settings
 from shared.contracts import account
-from shared.errors import SubscriptionLiveError
+from shared.errors import EmailInUseError, SubscriptionLiveError
 from shared.http.app import create_app, make_lambda_handler
-from shared.http.auth import CurrentUser
+from shared.http.auth import CurrentUser, SignedIn
 from shared.http.errors import ApiError
 from shared.http.responses import ok
 from shared.repositories import users
+from shared.repositories.users import placeholder_email
 
 app = create_app(title="Me", summary="The caller's profile and usage; erase their data.")
 
@@ -36,13 +39,24 @@ def get_me(user: CurrentUser) -> Response:
     return ok(account.profile(row, get_settings(), utcnow()))
 
 
-@app.delete("/api/me", response_model=None)
-def delete_me(request: Request, user: CurrentUser) -> Response:
+@app.delete(
+    "/api/me",
+    response_model=None,
+    responses={409: {"description": "A Stripe subscription is live: cancel it first"}},
+)
+def delete_me(request: Request, user: SignedIn) -> Response:
     """Erase the caller: user row (saved searches cascade), API usage, history links, flags.
 
     A paying user is refused (409) while the Stripe subscription is live, so erasure never
-    leaves a subscription billing an account that no longer exists.
+    leaves a subscription billing an account that no longer exists. A caller whose email
+    another account holds (every other route answers them 409) is provisioned with the
+    placeholder, as a session without an email would be, and erased: their erasure must not
+    depend on someone else's account, and the answer tells them nothing about it.
     """
+    try:
+        auth.provision(user)
+    except EmailInUseError:
+        auth.provision(replace(user, email=placeholder_email(user.user_id)))
     try:
         erasure = db.transaction(
             lambda conn: accounts.erase(conn, user.user_id, refuse_live_subscription=True)

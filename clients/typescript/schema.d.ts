@@ -267,7 +267,10 @@ export interface paths {
          * @description Erase the caller: user row (saved searches cascade), API usage, history links, flags.
          *
          *     A paying user is refused (409) while the Stripe subscription is live, so erasure never
-         *     leaves a subscription billing an account that no longer exists.
+         *     leaves a subscription billing an account that no longer exists. A caller whose email
+         *     another account holds (every other route answers them 409) is provisioned with the
+         *     placeholder, as a session without an email would be, and erased: their erasure must not
+         *     depend on someone else's account, and the answer tells them nothing about it.
          */
         delete: operations["delete_me_api_me_delete"];
         options?: never;
@@ -2219,7 +2222,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
-            /** @description Conflicts with stored data (e.g. the token's email belongs to another account) */
+            /** @description A Stripe subscription is live: cancel it first */
             409: {
                 headers: {
                     [name: string]: unknown;

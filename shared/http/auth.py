@@ -1,8 +1,9 @@
 """Who is calling: the session token read from the request, as FastAPI dependencies.
 
 The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
-verifies it. `CurrentUser` routes need a valid token (401 otherwise) and provision the caller;
-`AdminUser` routes also need the admin role (403).
+verifies it. `SignedIn` routes need a valid token (401 otherwise); `CurrentUser` routes also
+provision the caller (409 when another account holds the token's email); `AdminUser` routes
+also need the admin role (403).
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ def identify(request: Request) -> Identity | None:
     return identity
 
 
-def authenticate(request: Request) -> Identity:
-    """The caller's identity, provisioned in the database; 401 when there is no valid token."""
+def signed_in(request: Request) -> Identity:
+    """The caller's identity, not provisioned; 401 when there is no valid token."""
     identity = identify(request)
     if identity is None:
         raise ApiError(401, AUTH_REQUIRED)
+    return identity
+
+
+def authenticate(identity: Annotated[Identity, Depends(signed_in)]) -> Identity:
+    """The caller's identity, provisioned in the database (`EmailInUseError`, a 409, when
+    another account holds the token's email)."""
     provision(identity)
     return identity
 
@@ -62,5 +69,6 @@ def require_admin(identity: Annotated[Identity, Depends(authenticate)]) -> Ident
     return identity
 
 
+SignedIn = Annotated[Identity, Depends(signed_in)]
 CurrentUser = Annotated[Identity, Depends(authenticate)]
 AdminUser = Annotated[Identity, Depends(require_admin)]

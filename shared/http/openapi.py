@@ -50,7 +50,8 @@ DESCRIPTIONS = {
     503: "A dependency is unavailable; retry after Retry-After seconds",
 }
 ALWAYS = (400, 500, 503)  # the envelope's JSON/validation refusals and the last resorts
-AUTHENTICATED = (401, 409)  # `shared.http.auth.authenticate`: no session; provisioning conflict
+SIGNED_IN = (401,)  # `shared.http.auth.signed_in`: no valid session
+PROVISIONED = (409,)  # `shared.http.auth.authenticate`: another account holds the token's email
 ADMIN = (403,)
 WITH_PATH_ID = (404,)
 WRITE = (413,)  # BodyLimit
@@ -74,7 +75,7 @@ def install(app: FastAPI) -> None:
 
 def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
     """(path, method) → the error statuses the shared layer can answer for that route."""
-    from shared.http.auth import authenticate, require_admin
+    from shared.http.auth import authenticate, require_admin, signed_in
 
     found: dict[tuple[str, str], set[int]] = {}
     for route in app.routes:
@@ -83,8 +84,10 @@ def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
         calls = set(dependency_calls(route.dependant))
         for method in route.methods or ():
             statuses = set(ALWAYS)
+            if signed_in in calls:
+                statuses.update(SIGNED_IN)
             if authenticate in calls:
-                statuses.update(AUTHENTICATED)
+                statuses.update(PROVISIONED)
             if require_admin in calls:
                 statuses.update(ADMIN)
             if route.dependant.path_params:

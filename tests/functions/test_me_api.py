@@ -185,6 +185,26 @@ def test_email_taken_by_another_account_is_a_409(call: Caller) -> None:
     assert result.json["message"] == "This email address already belongs to another account"
 
 
+def test_erasure_goes_through_when_another_account_holds_the_email(call: Caller) -> None:
+    """Nothing of theirs is held back by someone else's account; the other row is untouched."""
+    make_user("user_b", "shared@example.com")
+    token = call.token("user_a", email="SHARED@example.com")
+    headers = {"authorization": f"Bearer {token}"}
+    assert call("me", "GET", "/api/me", headers=headers).status == 409
+    assert usage_rows("user_a") == 1
+    erased = call("me", "DELETE", "/api/me", headers=headers)
+    assert (erased.status, erased.json) == (200, {"deleted": True}), erased.text
+    assert db.run(lambda conn: users.get(conn, "user_a")) is None
+    assert usage_rows("user_a") == 0
+    holder = db.run(lambda conn: users.get(conn, "user_b"))
+    assert holder is not None and holder.email == "shared@example.com"
+
+
+def usage_rows(user_id: str) -> int:
+    statement = text('SELECT count(*) FROM api_usage WHERE "userId" = :u')
+    return int(db.run(lambda conn: conn.session.execute(statement, {"u": user_id}).scalar_one()))
+
+
 def test_ids_differing_only_in_case_each_get_their_own_placeholder(call: Caller) -> None:
     """Clerk ids are case-sensitive: two people, two placeholders, no email conflict."""
     assert me(call, "user_2CaseX")["email"] == "user_2CaseX@keyflash.local"
