@@ -29,7 +29,7 @@ class User(Base):
         Index("users_stripeCustomerId_key", "stripeCustomerId", unique=True),
         Index("users_stripeSubscriptionId_key", "stripeSubscriptionId", unique=True),
         # Real addresses unique case-insensitively, the `{id}@keyflash.local` placeholder exactly
-        # (Clerk ids are case-sensitive): migration 0016. Written as PostgreSQL prints it, line
+        # (Clerk ids are case-sensitive): migration 0017. Written as PostgreSQL prints it, line
         # breaks included, so that `alembic check` compares it equal.
         Index(
             "users_email_lower_key",
