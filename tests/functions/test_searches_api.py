@@ -3,7 +3,9 @@ Lambda v1 and HTTP, on both lanes."""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -477,3 +479,22 @@ def test_create_after_another_container_erased_the_user_provisions_again(
     assert admin_conn.execute("SELECT count(*) FROM users WHERE id = 'user_gone'").fetchone() == (
         1,
     )
+
+
+def test_an_integer_is_kept_exact_up_to_a_doubles_range_and_refused_past_it(
+    call: Caller,
+) -> None:
+    """One rule for every number: past a double's range (what JS reads as Infinity) is invalid
+    JSON however it is spelt; inside it an integer is stored and served digit for digit."""
+    largest = int(sys.float_info.max)  # 309 digits
+    for volume, status in ((largest, 201), (10**309, 400)):
+        row = {**VALID_ROW, "searchVolume": "VOLUME"}
+        text = json.dumps({**BODY, "results": [row]}).replace('"VOLUME"', str(volume))
+        result = call("searches", "POST", "/api/searches", user="user_a", body=text)
+        assert result.status == status, result.text
+        if status == 400:
+            assert result.json["message"] == "Invalid JSON payload"
+            continue
+        path = f"/api/searches/{result.json['search']['id']}"
+        served = call("search_item", "GET", path, user="user_a")
+        assert f'"searchVolume":{volume}' in served.text.replace(" ", "")
