@@ -1,6 +1,8 @@
 """GET, PUT, DELETE /api/admin/flags/{key}: one feature flag (admins only).
 
-PUT changes only the fields it is given. A malformed key is a 400, an unknown one a 404.
+PUT changes only the fields it is given. Any key a row can hold is addressed, not only those
+POST takes (another writer may have stored one): a key with NUL or an unpaired surrogate is a
+400, an unknown one a 404.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ app = create_app(title="Feature flag (admin)", summary="Read, change or delete o
 
 @app.get("/api/admin/flags/{key}", response_model=None)
 def get_flag(key: str, admin: AdminUser) -> Response:
-    flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
+    flag_key = valid_or_400(contract.stored_key(key), contract.UNSTORABLE_KEY)
     found = db.read(lambda conn: feature_flags.get_by_key(conn, flag_key))
     if found is None:
         raise ApiError(404, contract.NOT_FOUND)
@@ -44,7 +46,7 @@ def update_flag(
     admin: AdminUser,
     body: Annotated[contract.UpdateFlag, Depends(json_body(contract.UpdateFlag))],
 ) -> Response:
-    flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
+    flag_key = valid_or_400(contract.stored_key(key), contract.UNSTORABLE_KEY)
     changes = body.changes()
     updated = db.run(lambda conn: feature_flags.update_flag(conn, flag_key, **changes))
     if updated is None:
@@ -55,7 +57,7 @@ def update_flag(
 
 @app.delete("/api/admin/flags/{key}", response_model=None)
 def delete_flag(key: str, admin: AdminUser) -> Response:
-    flag_key = valid_or_400(contract.valid_key(key), contract.INVALID_KEY)
+    flag_key = valid_or_400(contract.stored_key(key), contract.UNSTORABLE_KEY)
     if not db.run(lambda conn: feature_flags.delete_flag(conn, flag_key)):
         raise ApiError(404, contract.NOT_FOUND)
     flags.invalidate_cache()

@@ -2,7 +2,9 @@
 
 The list comes in pages by key: up to PAGE_FLAGS flags and PAGE_BUDGET_BYTES of them (a flag
 may name 1,000 users of 255 characters: 18 such flags would be more than Vercel answers);
-`nextCursor`, present while more flags exist, is passed back as `cursor`.
+`nextCursor`, present while more flags exist, is passed back as `cursor`. It is the page's last
+key, whatever a writer stored there (the original app's Prisma client is not held to the key
+rule POST applies), so any key text can hold is a cursor.
 
 Admins are the users in ADMIN_USER_IDS or with the ADMIN_ROLE_CLAIM role (`shared.auth`):
 anyone else gets 403, a caller without a session 401. A new flag records its creator. The
@@ -32,7 +34,7 @@ app = create_app(title="Feature flags (admin)", summary="List and create feature
 
 PAGE_FLAGS = 100
 PAGE_BUDGET_BYTES = 3_000_000
-INVALID_CURSOR = "cursor must be the nextCursor of a previous page"
+INVALID_CURSOR = "cursor must be the nextCursor of a previous page"  # i.e. a storable key
 
 
 @app.get("/api/admin/flags", response_model=None)
@@ -40,7 +42,7 @@ def list_flags(
     admin: AdminUser,
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
 ) -> Response:
-    after = None if cursor is None else valid_or_400(contract.valid_key(cursor), INVALID_CURSOR)
+    after = None if cursor is None else valid_or_400(contract.stored_key(cursor), INVALID_CURSOR)
     rows = db.read(lambda conn: feature_flags.list_page(conn, after=after, limit=PAGE_FLAGS + 1))
     items: list[dict[str, Any]] = []
     spent = 0

@@ -16,12 +16,14 @@ from shared.contracts.validation import StoredText, fail
 from shared.http.responses import compact
 from shared.models.feature_flags import FeatureFlag
 from shared.repositories.feature_flags import FlagChanges, FlagValues
+from shared.storable_text import unstorable_kind
 
 # Matched with `fullmatch`: a `^…$` pattern with `match` also takes a trailing newline ("key\n").
 KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{1,63}")
 INVALID_KEY = (
     "Flag key must be 2-64 characters of a-z, 0-9, '_', '.' or '-', starting with a letter or digit"
 )
+UNSTORABLE_KEY = "Flag key cannot contain NUL or an unpaired surrogate"
 NOT_FOUND = "Feature flag not found"
 ALREADY_EXISTS = "A feature flag with this key already exists"
 NOTHING_TO_UPDATE = "Provide at least one of enabled, rolloutPercent, allowedUsers, description"
@@ -31,7 +33,15 @@ MAX_DESCRIPTION = 500
 
 
 def valid_key(raw: str) -> str | None:
+    """`raw` if a new flag may take it as key (KEY_PATTERN)."""
     return raw if KEY_PATTERN.fullmatch(raw) else None
+
+
+def stored_key(raw: str) -> str | None:
+    """`raw` if a flag row could hold it as key: any text PostgreSQL stores. Other writers of
+    the table (the original app's Prisma client) are not held to KEY_PATTERN, and an admin
+    must still reach, change and page past what they wrote."""
+    return raw if unstorable_kind(raw) is None else None
 
 
 def _key(value: Any) -> str:

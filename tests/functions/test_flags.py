@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import mmh3
 import psycopg
@@ -432,12 +433,43 @@ def test_update_validation_messages(admin: Caller, body: dict[str, Any], message
     )
 
 
-@pytest.mark.parametrize("bad", ["A", "x", "has%20space", "-x", "y" * 65])
-def test_malformed_keys_in_the_path_are_400(admin: Caller, bad: str) -> None:
+def insert_like_prisma(conn: psycopg.Connection[Any], key: str) -> None:
+    """A flag row as the original app's Prisma client writes it: no rule on the key."""
+    conn.execute(
+        'INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers", '
+        '"createdAt", "updatedAt") VALUES (%s, %s, true, 100, \'{}\', now(), now())',
+        (f"cprisma{abs(hash(key))}", key),
+    )
+
+
+@pytest.mark.parametrize("odd", ["Beta Dashboard", "x", "ÜBER-flag", "y" * 300])
+def test_a_key_another_writer_stored_is_read_updated_and_deleted(
+    admin: Caller, admin_conn: psycopg.Connection[Any], odd: str
+) -> None:
+    insert_like_prisma(admin_conn, odd)
+    path = f"/api/admin/flags/{quote(odd)}"
+    got = admin("admin_flag_item", "GET", path, user=ADMIN)
+    assert (got.status, got.json["flag"]["key"]) == (200, odd), got.text
+    put = admin("admin_flag_item", "PUT", path, user=ADMIN, json_body={"enabled": False})
+    assert (put.status, put.json["flag"]["enabled"]) == (200, False), put.text
+    assert admin("admin_flag_item", "DELETE", path, user=ADMIN).json == {"success": True}
+    assert admin("admin_flag_item", "GET", path, user=ADMIN).status == 404
+
+
+@pytest.mark.parametrize("unknown", ["A", "has%20space", "-x", "y" * 65])
+def test_an_unknown_key_in_the_path_is_404(admin: Caller, unknown: str) -> None:
     for method in ("GET", "PUT", "DELETE"):
-        result = admin("admin_flag_item", method, f"/api/admin/flags/{bad}", user=ADMIN,
+        result = admin("admin_flag_item", method, f"/api/admin/flags/{unknown}", user=ADMIN,
                        json_body={"enabled": True} if method == "PUT" else None)  # fmt: skip
-        assert (result.status, result.json["message"]) == (400, KEY_MESSAGE), method
+        assert (result.status, result.json["message"]) == (404, "Feature flag not found"), method
+
+
+def test_a_key_no_row_can_hold_in_the_path_is_400(admin: Caller) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        result = admin("admin_flag_item", method, "/api/admin/flags/a%00b", user=ADMIN,
+                       json_body={"enabled": True} if method == "PUT" else None)  # fmt: skip
+        assert result.status == 400, (method, result.text)
+        assert result.json["message"] == "Flag key cannot contain NUL or an unpaired surrogate"
 
 
 def test_admin_by_role_claim(api_env: Keys) -> None:
@@ -503,8 +535,31 @@ def test_the_admin_list_comes_in_pages_by_key(
     assert rest == {"flags": [rest["flags"][0]]} and rest["flags"][0]["key"] == "c-flag"
 
 
-@pytest.mark.parametrize("cursor", ["", "A", "x" * 65, "a b"])
-def test_a_malformed_flag_cursor_is_a_400(admin: Caller, cursor: str) -> None:
+def test_pages_walk_past_keys_another_writer_stored(
+    admin: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's last key is the cursor, whatever it is: it must be taken back."""
+    from functions import admin_flags
+
+    monkeypatch.setattr(admin_flags, "PAGE_FLAGS", 2)
+    stored = ["a-flag", "aa Bad", "b", "c-flag", "d flag"]
+    for key in stored:
+        insert_like_prisma(admin_conn, key)
+    seen: list[str] = []
+    query: dict[str, str] = {}
+    while True:
+        page = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN, query=query)
+        assert page.status == 200, page.text
+        seen += [f["key"] for f in page.json["flags"]]
+        if "nextCursor" not in page.json:
+            break
+        query = {"cursor": page.json["nextCursor"]}
+    assert sorted(seen) == sorted(stored) and len(seen) == len(stored)
+
+
+def test_a_cursor_no_key_can_be_is_a_400(admin: Caller) -> None:
+    """A URL decodes to UTF-8 with replacement, so only NUL is left to refuse."""
+    cursor = "a\x00b"
     result = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN, query={"cursor": cursor})
     assert result.status == 400, result.text
     assert result.json["message"] == "cursor must be the nextCursor of a previous page"
