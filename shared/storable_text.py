@@ -72,18 +72,8 @@ def _finite(text: str) -> float:
     return value
 
 
-def _finite_int(text: str) -> int:
-    """An integer kept exact, if a double can hold its magnitude: JS reads `1` and 400 zeros
-    as Infinity just as it reads `1e400`. The check also keeps every accepted integer far
-    below Python's 4,300-digit int parsing limit."""
-    _finite(text)
-    return int(text)
-
-
 def loads_json(text: str) -> Any:
     """`text` as JSON, refusing (ValueError) what Python's parser takes beyond it: `NaN`,
-    `Infinity` and a number past a double's range (`1e400` or the same integer in 401 digits:
-    JS reads Infinity), none of which jsonb stores nor a JSON response can carry."""
-    return json.loads(
-        text, parse_float=_finite, parse_int=_finite_int, parse_constant=refuse_constant
-    )
+    `Infinity` and a number past a double's range (`1e400`: JS reads Infinity), none of which
+    jsonb stores nor a JSON response can carry."""
+    return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)

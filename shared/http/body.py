@@ -7,7 +7,7 @@ between systems is UTF-8 (RFC 8259 §8.1): a body that is not UTF-8 (UTF-16 or U
 without a byte order mark) is invalid JSON here, although Python's `json.loads(bytes)` would
 guess its encoding. A leading UTF-8 byte order mark is ignored, as `fetch`'s `.json()` does.
 `NaN` and `Infinity`, which Python's parser takes, are not JSON; nor is a number past a double's
-range, as `1e400` or as a 401-digit integer (JS reads Infinity either way).
+range (`1e400`: JS reads Infinity), which no JSON column can store.
 """
 
 from __future__ import annotations
