@@ -318,7 +318,7 @@ def _lookup(plan: Plan) -> tuple[tuple[LookupKey, str], ...]:
     any. Such an event is about that account: when it does not exist (erased, or not signed
     in yet), falling back to the customer's holder or the email's owner would apply another
     account's payment to them (docs/billing.md#finding-the-user)."""
-    named = tuple((key, value) for key, value in plan.candidates if key == "id")
+    named: tuple[tuple[LookupKey, str], ...] = tuple(("id", id_) for id_ in _named_users(plan))
     return named or plan.candidates
 
 

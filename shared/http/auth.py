@@ -56,9 +56,11 @@ def signed_in(request: Request) -> Identity:
     return identity
 
 
-def authenticate(identity: Annotated[Identity, Depends(signed_in)]) -> Identity:
-    """The caller's identity, provisioned in the database (`EmailInUseError`, a 409, when
-    another account holds the token's email)."""
+def authenticate(request: Request) -> Identity:
+    """`signed_in`'s identity, provisioned in the database (`EmailInUseError`, a 409, when
+    another account holds the token's email). Called, not depended on: one dependency, so one
+    threadpool hop per request."""
+    identity = signed_in(request)
     provision(identity)
     return identity
 

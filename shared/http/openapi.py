@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING
+from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING, BodyLimit
 
 ENVELOPE = "ErrorEnvelope"
 ENVELOPE_REF = {"$ref": f"#/components/schemas/{ENVELOPE}"}
@@ -55,7 +55,6 @@ PROVISIONED = (409,)  # `shared.http.auth.authenticate`: another account holds t
 ADMIN = (403,)
 WITH_PATH_ID = (404,)
 WRITE = (413,)  # BodyLimit
-WEBHOOKS = "/api/webhooks/"  # no BodyLimit (`create_app(limit_body=False)`)
 CSRF = (403,)  # cookie-authenticated writes outside the exempt paths
 FASTAPI_422 = "422"
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -78,13 +77,14 @@ def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
     from shared.http.auth import authenticate, require_admin, signed_in
 
     found: dict[tuple[str, str], set[int]] = {}
+    body_limited = any(middleware.cls is cast(Any, BodyLimit) for middleware in app.user_middleware)
     for route in app.routes:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         calls = set(dependency_calls(route.dependant))
         for method in route.methods or ():
             statuses = set(ALWAYS)
-            if signed_in in calls:
+            if signed_in in calls or authenticate in calls:  # `authenticate` calls `signed_in`
                 statuses.update(SIGNED_IN)
             if authenticate in calls:
                 statuses.update(PROVISIONED)
@@ -93,7 +93,7 @@ def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
             if route.dependant.path_params:
                 statuses.update(WITH_PATH_ID)
             if method in STATE_CHANGING:
-                if not route.path_format.startswith(WEBHOOKS):  # the platform limits their body
+                if body_limited:
                     statuses.update(WRITE)
                 if not route.path_format.startswith(CSRF_EXEMPT_PREFIXES):
                     statuses.update(CSRF)
