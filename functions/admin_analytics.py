@@ -24,17 +24,25 @@ from shared.contracts import admin as contract
 from shared.db import Conn
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
+from shared.http.openapi import whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history, users
 
 app = create_app(title="Analytics (admin)", summary="Searches, keywords and subscriptions.")
 TOP_KEYWORDS = 10
+DAYS = whole_number_query(
+    "days",
+    "Window in UTC calendar days ending today",
+    minimum=1,
+    maximum=contract.MAX_DAYS,
+    default=contract.DEFAULT_DAYS,
+)
 
 
-@app.get("/api/admin/analytics", response_model=None)
+@app.get("/api/admin/analytics", response_model=None, openapi_extra=DAYS)
 def analytics(
     admin: AdminUser,
-    days: Annotated[str | None, Query(description="Window in days, 1..90 (default 7)")] = None,
+    days: Annotated[str | None, Query(include_in_schema=False)] = None,
     organization_id: Annotated[
         str | None,
         Query(alias="organizationId", description="Only this organization's searches (org_…)"),

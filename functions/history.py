@@ -21,6 +21,7 @@ from shared import db
 from shared.contracts import history as contract
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
+from shared.http.openapi import whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history
 
@@ -29,10 +30,19 @@ PAGE_BUDGET_BYTES = 3_000_000
 app = create_app(title="Search history", summary="The caller's keyword searches, newest first.")
 
 
-@app.get("/api/history", response_model=None)
+LIMIT = whole_number_query(
+    "limit",
+    "Page size",
+    minimum=1,
+    maximum=contract.MAX_LIMIT,
+    default=contract.DEFAULT_LIMIT,
+)
+
+
+@app.get("/api/history", response_model=None, openapi_extra=LIMIT)
 def list_history(
     user: CurrentUser,
-    limit: Annotated[str | None, Query(description="Page size, 1..100 (default 20)")] = None,
+    limit: Annotated[str | None, Query(include_in_schema=False)] = None,
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
 ) -> Response:
     size = contract.bounded_int(

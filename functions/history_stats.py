@@ -16,16 +16,26 @@ from shared.clock import utcnow
 from shared.contracts import history as contract
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
+from shared.http.openapi import whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history
 
 app = create_app(title="Search stats", summary="The caller's search totals per provider.")
 
 
-@app.get("/api/history/stats", response_model=None)
+DAYS = whole_number_query(
+    "days",
+    "Window in days",
+    minimum=1,
+    maximum=contract.MAX_DAYS,
+    default=contract.DEFAULT_DAYS,
+)
+
+
+@app.get("/api/history/stats", response_model=None, openapi_extra=DAYS)
 def history_stats(
     user: CurrentUser,
-    days: Annotated[str | None, Query(description="Window in days, 1..365 (default 30)")] = None,
+    days: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> Response:
     window = contract.bounded_int(
         days,

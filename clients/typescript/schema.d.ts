@@ -537,10 +537,10 @@ export interface operations {
     analytics_api_admin_analytics_get: {
         parameters: {
             query?: {
-                /** @description Window in days, 1..90 (default 7) */
-                days?: string | null;
                 /** @description Only this organization's searches (org_…) */
                 organizationId?: string | null;
+                /** @description Window in UTC calendar days ending today, 1..90 (default 7) */
+                days?: number;
             };
             header?: never;
             path?: never;
@@ -1720,10 +1720,10 @@ export interface operations {
     list_history_api_history_get: {
         parameters: {
             query?: {
-                /** @description Page size, 1..100 (default 20) */
-                limit?: string | null;
                 /** @description `nextCursor` of the previous page */
                 cursor?: string | null;
+                /** @description Page size, 1..100 (default 20) */
+                limit?: number;
             };
             header?: never;
             path?: never;
@@ -1791,7 +1791,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description Window in days, 1..365 (default 30) */
-                days?: string | null;
+                days?: number;
             };
             header?: never;
             path?: never;

@@ -167,11 +167,17 @@ check(
   200,
   { brief: "object" },
 );
-check("get", "/api/history", await api.GET("/api/history"), 200, { history: "array" });
+check(
+  "get",
+  "/api/history",
+  await api.GET("/api/history", { params: { query: { limit: 20 } } }),
+  200,
+  { history: "array" },
+);
 check(
   "get",
   "/api/history/stats",
-  await api.GET("/api/history/stats", { params: { query: { days: "7" } } }),
+  await api.GET("/api/history/stats", { params: { query: { days: 7 } } }),
   200,
   { searches: "number", providers: "object" },
 );

@@ -3,6 +3,7 @@ both lanes: any Content-Type, UTF-8 only, and stored strings that PostgreSQL can
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 from typing import Any
@@ -250,3 +251,78 @@ def test_a_query_string_that_is_not_utf8_is_refused(
         "admin_metrics", "GET", "/api/admin/metrics", user=admin, raw_query="metric=caf%C3%A9"
     )
     assert (fine.status, fine.json["metric"]) == (200, "café"), fine.text
+
+
+# --- whole-number query parameters ------------------------------------------------------------
+
+# (function, path, parameter, minimum, maximum, default): the documented ranges
+# (http-contract.md's routes, flags-and-admin.md's analytics).
+WHOLE_NUMBERS = [
+    ("history", "/api/history", "limit", 1, 100, 20),
+    ("history_stats", "/api/history/stats", "days", 1, 365, 30),
+    ("admin_analytics", "/api/admin/analytics", "days", 1, 90, 7),
+]
+
+
+@pytest.mark.parametrize(("module", "path", "name", "low", "high", "default"), WHOLE_NUMBERS)
+def test_whole_number_query_parameters_are_documented_as_integers(
+    module: str, path: str, name: str, low: int, high: int, default: int
+) -> None:
+    """Typed `string` they made the TypeScript client refuse `{ limit: 20 }` and accept
+    `{ limit: "twenty" }`."""
+    app = importlib.import_module(f"functions.{module}").app
+    parameters = app.openapi()["paths"][path]["get"]["parameters"]
+    [parameter] = [p for p in parameters if p["name"] == name]
+    assert parameter["in"] == "query" and parameter["required"] is False
+    assert parameter["schema"] == {
+        "type": "integer",
+        "minimum": low,
+        "maximum": high,
+        "default": default,
+    }
+
+
+def whole_number_answers(name: str, low: int, high: int) -> list[tuple[str, int]]:
+    """Raw query strings and the status each gets: the text rule the routes apply (ASCII digits,
+    at most 6, surrounding spaces ignored, within the range; the last of repeated values)."""
+    return [
+        (f"{name}={low}", 200),
+        (f"{name}={high}", 200),
+        (f"{name}=%20{low}%20", 200),
+        (f"{name}=0{low}", 200),
+        (f"{name}=abc&{name}={low}", 200),
+        (f"{name}={low}&{name}=abc", 400),
+        (f"{name}=", 400),
+        (f"{name}=abc", 400),
+        (f"{name}=1.5", 400),
+        (f"{name}=-1", 400),
+        (f"{name}=%2B1", 400),
+        (f"{name}=1e2", 400),
+        (f"{name}=0", 400),
+        (f"{name}={high + 1}", 400),
+        (f"{name}=0000001", 400),
+        (f"{name}={'9' * 30}", 400),
+        (f"{name}=%D9%A3", 400),  # an Arabic-Indic 3: int() would read it
+    ]
+
+
+@pytest.mark.parametrize("style", ["lambda_v2", "asgi"])
+def test_whole_number_query_parameters_are_read_as_text_with_the_envelope_400(
+    style: str, api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Documented as integers, still read by the routes' own rule, not FastAPI's (a 422).
+    REST v1 events carry no repeated values, so only the raw query styles are probed."""
+    from shared import config
+
+    monkeypatch.setenv("ADMIN_USER_IDS", ADMIN)
+    config.get_settings.cache_clear()
+    call = Caller(style, api_env)
+    for module, path, name, low, high, _ in WHOLE_NUMBERS:
+        for query, status in whole_number_answers(name, low, high):
+            result = call(module, "GET", path, user=ADMIN, raw_query=query)
+            assert result.status == status, (path, query, result.text)
+            if status == 400:
+                assert result.json["error"] == "Validation Error", (path, query, result.text)
+                assert result.json["message"] == (
+                    f"{name} must be a whole number from {low} to {high}"
+                ), (path, query, result.text)
