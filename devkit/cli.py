@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print the running stack's environment as shell exports or dotenv lines",
         "For running the functions under other tools (osls invoke local, serverless-offline) "
         'against the running `keyflash dev`: eval "$(keyflash env)"; for a Next.js app: '
-        "keyflash env --format dotenv > .env.local.",
+        "keyflash env --format dotenv > .env.local (NEXT_PUBLIC_API_URL is the API base).",
         _env,
     )
     env.add_argument(
@@ -823,6 +823,8 @@ def _env(args: argparse.Namespace) -> int:
     env = function_env(
         database, redis, dev_key(state_dir), app_url=holder.get("url"), stack_env=stack_env
     )
+    # A Next.js frontend's API base: browser code sees NEXT_PUBLIC_* variables only.
+    env["NEXT_PUBLIC_API_URL"] = holder["url"]
     for name, value in env.items():
         if args.format == "dotenv":
             print(f"{name}={dotenv_quote(value)}")

@@ -238,10 +238,15 @@ def test_env_dotenv_for_a_nextjs_env_local(stack: Stack) -> None:
     lock = holder(stack)
     assert values["DATABASE_URL"] == lock["database_url"]
     assert values["APP_URL"] == stack.url
+    # The browser's API base (docs/typescript.md): Next.js shows browser code NEXT_PUBLIC_* only.
+    assert values["NEXT_PUBLIC_API_URL"] == stack.url
     assert values["BACKUP_BUCKET"] == LOCAL_BUCKET
     assert values["AWS_ENDPOINT_URL_S3"] == lock["stack_env"]["AWS_ENDPOINT_URL_S3"]
     assert FRONTEND in values["ALLOWED_ORIGINS"].split(",")
     assert values["CLERK_JWT_KEY"].startswith("-----BEGIN PUBLIC KEY-----\n")
+    # A developer's own APP_URL (their frontend's, say) is theirs; the API base stays the stack.
+    own = keyflash("env", "--format", "dotenv", state_dir=stack.state_dir, APP_URL=FRONTEND)
+    assert f'NEXT_PUBLIC_API_URL="{stack.url}"' in own.stdout.splitlines(), own.stdout
     bad = keyflash("env", "--format", "yaml", state_dir=stack.state_dir)
     assert bad.returncode == 2
 
