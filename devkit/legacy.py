@@ -742,6 +742,13 @@ def _user_differences(
             if have < want:  # the legacy value is a lower bound
                 yield Difference(key, name, want, have)
             continue
+        if name == "updatedAt":
+            # A lower bound too: Postgres also stamps what the original keeps off its record
+            # (a keyword search moves only the counter, mirrored by INCRBY); only a record
+            # the original stamped later than our row is a change Postgres lacks.
+            if legacy_import.newer_than(want, have):
+                yield Difference(key, name, want, have)
+            continue
         if have != want:
             yield Difference(key, name, want, have)
 

@@ -336,6 +336,35 @@ def test_the_reattach_command_imports_a_quarantined_user_once(
     ]
 
 
+def test_verify_is_clean_for_users_who_search_in_dual_mode_and_still_sees_the_original_s_changes(
+    app: Caller, sdk: Redis, original: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s44t2 F3: a keyword search stamps the Postgres row's `updatedAt`, while the original
+    never stamps its record for a count (INCRBY on the counter only), so dual mode mirrors
+    only the increment. That is not a difference; a change the original made to the record
+    still is, whether stamped before our last write or after it."""
+    mode(monkeypatch, "dual")
+    ours, theirs = new_user(), new_user()  # created here; known only to the TypeScript app
+    seed_pro(original, theirs, 10)
+    for uid in (ours, theirs):
+        assert app("searches", "GET", "/api/searches", user=uid).status == 200  # signs in
+        keyword_search(app, uid, 1)
+
+    def mine() -> set[tuple[str, str]]:
+        return {
+            (d.key, d.field) for d in verify(sdk) if d.key in (keys.user(ours), keys.user(theirs))
+        }
+
+    assert mine() == set()
+
+    record = json.loads(original.get(keys.user(theirs)) or b"")
+    moved = {**record, "stripeCustomerId": f"cus_{theirs}"}
+    original.set(keys.user(theirs), dumps(moved))  # stamped before our keyword search
+    assert mine() == {(keys.user(theirs), "stripeCustomerId")}
+    original.set(keys.user(theirs), dumps({**record, "updatedAt": iso_ms(utcnow())}))
+    assert mine() == {(keys.user(theirs), "updatedAt")}  # a rewrite Postgres has not had
+
+
 def test_verify_also_reports_postgres_rows_redis_lacks(
     keyspace: tuple[Redis, redis.Redis], db_env: str, direct_database_url: str
 ) -> None:
