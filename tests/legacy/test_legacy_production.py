@@ -365,6 +365,43 @@ def test_verify_is_clean_for_users_who_search_in_dual_mode_and_still_sees_the_or
     assert mine() == {(keys.user(theirs), "updatedAt")}  # a rewrite Postgres has not had
 
 
+def test_a_search_with_missing_data_is_the_backfill_s_invalid_key_and_no_verify_difference(
+    app: Caller,
+    sdk: Redis,
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s44t2 F4, the doc's side: a search saved with a row lacking `difficulty` is this port's
+    own state in both stores. The backfill, which copies under the original read schema,
+    lists it as `invalid` and leaves the row; verify, which compares what the backfill
+    copies, says nothing of it, so it never blocks the switch, but still sees it vanish."""
+    mode(monkeypatch, "dual")
+    uid = new_user()
+    rows = [{"keyword": "a", "searchVolume": 10, "cpc": 1.5, "competition": "low",
+             "intent": "commercial"}]  # fmt: skip
+    made = app("searches", "POST", "/api/searches", user=uid, json_body={**BODY, "results": rows})
+    assert made.status == 201, made.text
+    sid = made.json["search"]["id"]
+    key = keys.saved_search(uid, sid)
+
+    def mine() -> list[str]:
+        return [str(d) for d in verify(sdk) if uid in d.key]
+
+    assert mine() == []
+    report = backfill(sdk, report_path=tmp_path / "r.json")
+    [(kind, reason)] = [(q.kind, q.reason) for q in report.quarantined if q.key == key]
+    assert kind == "invalid" and reason.endswith(
+        "null or absent, which the original read schema refuses"
+    )
+    assert sql(direct_database_url, "SELECT results FROM saved_searches WHERE id = %s", sid) == [
+        (rows,)
+    ]
+    assert mine() == []
+    sdk.delete(key)  # the TypeScript app's delete
+    assert mine() == [f'{key} row: redis="missing" postgres="present"']
+
+
 def test_verify_also_reports_postgres_rows_redis_lacks(
     keyspace: tuple[Redis, redis.Redis], db_env: str, direct_database_url: str
 ) -> None:
