@@ -306,8 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
         "legacy",
         help="copy the original Redis data into Postgres (backfill) and check it (verify)",
         description="Delegates to devkit.legacy: `keyflash legacy backfill|verify [options]` "
-        "(`keyflash legacy backfill --help` shows its options). Runs against DATABASE_URL, "
-        "else the embedded database.",
+        "(`keyflash legacy backfill --help` shows its options). Reads UPSTASH_REDIS_REST_URL "
+        "(with _TOKEN), else the running keyflash dev's Redis, else an emulator over "
+        "REDIS_URL; writes DATABASE_URL, else the running keyflash dev's database, else the "
+        "embedded one.",
         usage="keyflash legacy [-h] [--state-dir DIR] [--debug] ACTION [ARGS ...]",
         add_help=False,  # -h after the action is the delegate's
     )
@@ -800,11 +802,20 @@ def _legacy(args: argparse.Namespace) -> int:
         return 0 if rest else 2
     if "-h" in rest or "--help" in rest:
         return int(entry(rest) or 0)  # the delegate's help needs no database
-    from devkit.stack import shared_database
+    from devkit.console import Progress
+    from devkit.stack import Session, shared_database
 
-    session, database = _database_session(args, "legacy")
-    with session, shared_database(database):
-        return int(entry(rest) or 0)
+    with Session(_state_dir(args), "legacy") as session:
+        with Progress(2, "keyflash legacy") as progress:
+            database = session.database(progress.step)
+            redis = session.redis(progress.step, empty_ok=False)
+            progress.close(
+                f"keyflash legacy: {database.redacted} ({database.origin}), Redis {redis.origin}"
+            )
+        # this process only: what devkit.legacy reads
+        os.environ.update(UPSTASH_REDIS_REST_URL=redis.url, UPSTASH_REDIS_REST_TOKEN=redis.token)
+        with shared_database(database):
+            return int(entry(rest) or 0)
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -289,10 +289,14 @@ class Session:
         self._database = Database(url, url, "embedded", server.data_dir)
         return self._database
 
-    def redis(self, on_step: Callable[[str], None] | None = None) -> Redis:
+    def redis(
+        self, on_step: Callable[[str], None] | None = None, *, empty_ok: bool = True
+    ) -> Redis:
         """UPSTASH_REDIS_REST_URL when set; else the running stack's emulator; else an
         emulator in this process (over REDIS_URL's Redis when set, else in-memory). `on_step`
-        hears which of the first and last it is, for a progress line that tells the truth."""
+        hears which of the first and last it is, for a progress line that tells the truth.
+        `empty_ok=False` (a command that reads what Redis already holds) refuses instead of
+        starting an in-memory emulator, which holds nothing."""
         if self._redis is not None:
             return self._redis
         step = on_step or (lambda label: None)
@@ -314,6 +318,12 @@ class Session:
         from devkit.upstash_emulator import UpstashEmulator
 
         backend = os.environ.get("REDIS_URL") or None
+        if backend is None and not empty_ok:
+            raise CliError(
+                f"keyflash {self.command} reads Redis: set UPSTASH_REDIS_REST_URL and "
+                f"UPSTASH_REDIS_REST_TOKEN (or REDIS_URL), or start keyflash dev in "
+                f"{self.state_dir}"
+            )
         step("starting the Upstash emulator" + (" over REDIS_URL" if backend else ""))
         emulator = UpstashEmulator(backend_url=backend)
         try:

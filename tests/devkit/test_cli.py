@@ -308,6 +308,50 @@ def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir
     assert_one_line_failure(keyflash("env", state_dir=empty_state_dir), "no running keyflash dev")
 
 
+def test_legacy_reads_the_running_stacks_redis_unless_told_otherwise(
+    stack: Stack, empty_state_dir: Path
+) -> None:
+    """s44t2 F5: `legacy` borrowed the stack's database but refused without the Upstash
+    variables; it reads the stack's emulator now, and the variables, when set, still win.
+    With neither, it refuses: an in-memory emulator would hold no legacy data to read."""
+    from upstash_redis import Redis as Upstash
+
+    from devkit.upstash_emulator import UpstashEmulator
+    from shared.legacy import keys
+    from tests.support.legacy import dumps, user_record
+
+    holder = json.loads((stack.state_dir / "stack.lock").read_text())
+    created = datetime.now(UTC)
+    in_stack = Upstash(url=holder["upstash_url"], token=holder["upstash_token"])
+    in_stack.set(
+        keys.user("legacy_in_stack"),
+        dumps(user_record("legacy_in_stack", "s@example.com", created=created)),
+    )
+    result = keyflash("legacy", "verify", state_dir=stack.state_dir)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert 'user:legacy_in_stack row: redis="present" postgres="missing"' in result.stdout, (
+        result.stderr
+    )
+    assert result.returncode == 1  # that difference
+    assert "Redis borrowed from keyflash dev" in result.stderr
+
+    with UpstashEmulator() as elsewhere:
+        Upstash(url=elsewhere.url, token=elsewhere.token).set(
+            keys.user("legacy_elsewhere"),
+            dumps(user_record("legacy_elsewhere", "e@example.com", created=created)),
+        )
+        result = keyflash(
+            "legacy", "verify", state_dir=stack.state_dir,
+            UPSTASH_REDIS_REST_URL=elsewhere.url, UPSTASH_REDIS_REST_TOKEN=elsewhere.token,
+        )  # fmt: skip
+    assert "user:legacy_elsewhere row:" in result.stdout, result.stderr
+    assert "legacy_in_stack" not in result.stdout
+
+    database = "postgresql://postgres@127.0.0.1:1/unused"  # not reached: refused before
+    refused = keyflash("legacy", "verify", state_dir=empty_state_dir, DATABASE_URL=database)
+    assert_one_line_failure(refused, "UPSTASH_REDIS_REST_URL", str(empty_state_dir))
+
+
 def bearer(token: str, **headers: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.strip()}", **headers}
 
