@@ -37,7 +37,7 @@ from shared.errors import EMAIL_IN_USE, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
-from shared.http.guards import BodyLimit, CorsCsrf, QueryEncoding
+from shared.http.guards import BodyLimit, Cors, Csrf, QueryEncoding
 from shared.http.lambda_events import LambdaHandler
 from shared.telemetry import log_event
 
@@ -83,12 +83,14 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(EmailInUseError, _email_in_use)  # type: ignore[arg-type]
-    # Added last = outermost: RequestContext sees every response, including guard refusals.
+    # Added last = outermost: RequestContext sees every response, including guard refusals,
+    # and Cors, outside it, adds its headers to every answer, its last-resort 500 included.
     app.add_middleware(QueryEncoding)
     if limit_body:
         app.add_middleware(BodyLimit)
-    app.add_middleware(CorsCsrf, settings=get_settings)
+    app.add_middleware(Csrf, settings=get_settings)
     app.add_middleware(RequestContext, record_usage=record_usage)
+    app.add_middleware(Cors, settings=get_settings)
     return app
 
 

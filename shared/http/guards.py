@@ -1,6 +1,9 @@
 """ASGI guards in front of every route: body size, query encoding, CORS, CSRF.
 
 Pure ASGI (no per-request framework objects) because they run on every invocation.
+CORS is the outermost layer of the app, so every answer to an allowed origin carries its headers,
+whichever layer made it (a CSRF 403, a 413, the last-resort 500): a browser turns an answer
+without them into a network error, and its code never sees the envelope.
 Fixes over the original (docs/original-app.md#d15, #d17): the 413 response does not echo the
 request's Content-Length; the CSRF cookie is readable by the frontend (the double-submit pattern
 needs that) and compared in constant time; CSRF 403s use the error envelope; requests authenticated
@@ -20,7 +23,7 @@ from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.config import Settings
+from shared.config import ConfigurationError, Settings
 from shared.http.errors import error_response
 
 BODY_LIMIT = 1_000_000  # the original's; webhooks set none of their own (`create_app`)
@@ -31,11 +34,18 @@ CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
 SESSION_COOKIE = "__session"  # Clerk's session cookie
 CSRF_HEADER = "x-csrf-token"
+# The response headers the docs tell clients to read (docs/http-contract.md#cors-and-csrf);
+# browser code sees no others but the CORS-safelisted ones (Content-Type, Cache-Control, …).
+EXPOSED_HEADERS = (
+    "API-Version", "Location", "Retry-After", "X-Consistency-Token", "X-Quota-Remaining",
+    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Request-ID",
+)  # fmt: skip
 CORS_HEADERS = {
     "Access-Control-Allow-Credentials": "true",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, PATCH, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, X-CSRF-Token, X-Requested-With",
     "Access-Control-Max-Age": "86400",
+    "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
 }
 
 
@@ -113,8 +123,45 @@ def _utf8(raw: bytes) -> bool:
     return True
 
 
-class CorsCsrf:
-    """CORS for the allow-listed origins; CSRF origin + double-submit token on state changes."""
+class Cors:
+    """CORS headers on every answer to an allow-listed origin (or the request's own), none for
+    any other. Outermost (`create_app`), so no refusal is made outside it."""
+
+    def __init__(self, app: ASGIApp, settings: Callable[[], Settings]) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if not origin or not self._allowed(origin, scope, headers):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                response_headers["Access-Control-Allow-Origin"] = origin
+                response_headers.add_vary_header("Origin")
+                response_headers.update(CORS_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    def _allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
+        try:
+            settings = self.settings()
+        except ConfigurationError:
+            return False  # the request's 500 reports it (`shared.http.app.RequestContext`)
+        return origin in settings.cors_origins or origin == _own_origin(scope, headers)
+
+
+class Csrf:
+    """Preflights answered (`Cors` adds their headers); CSRF origin + double-submit token on state
+    changes; the token's cookie issued to a GET that lacks it."""
 
     def __init__(self, app: ASGIApp, settings: Callable[[], Settings]) -> None:
         self.app = app
@@ -126,47 +173,33 @@ class CorsCsrf:
             return
         settings = self.settings()
         headers = Headers(scope=scope)
-        own = _own_origin(scope, headers)
-        origin = headers.get("origin")
-        allowed = bool(origin) and (origin == own or origin in settings.cors_origins)
         method = scope["method"]
 
         if method == "OPTIONS":
-            cors = (
-                {"Access-Control-Allow-Origin": origin, **CORS_HEADERS}
-                if origin and allowed
-                else {}
-            )
-            await JSONResponse({}, headers=cors)(scope, receive, send)
+            await JSONResponse({})(scope, receive, send)
             return
 
         if method in STATE_CHANGING and self._csrf_applies(scope, headers):
-            refusal = self._csrf_refusal(headers, own, settings)
+            refusal = self._csrf_refusal(headers, _own_origin(scope, headers), settings)
             if refusal is not None:
                 await error_response(403, refusal)(scope, receive, send)
                 return
 
-        cookies = cookie_parser(headers.get("cookie", ""))
-        issue_token = method == "GET" and CSRF_COOKIE not in cookies
+        if method != "GET" or CSRF_COOKIE in cookie_parser(headers.get("cookie", "")):
+            await self.app(scope, receive, send)
+            return
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_headers = MutableHeaders(scope=message)
-                if allowed and origin:
-                    response_headers["Access-Control-Allow-Origin"] = origin
-                    response_headers["Vary"] = "Origin"
-                    for name, value in CORS_HEADERS.items():
-                        response_headers[name] = value
-                if issue_token:
-                    secure = "; Secure" if settings.is_production else ""
-                    token = secrets.token_urlsafe(32)
-                    response_headers.append(
-                        "Set-Cookie",
-                        f"{CSRF_COOKIE}={token}; Path=/; Max-Age=86400; SameSite=Strict{secure}",
-                    )
+                secure = "; Secure" if settings.is_production else ""
+                token = secrets.token_urlsafe(32)
+                MutableHeaders(scope=message).append(
+                    "Set-Cookie",
+                    f"{CSRF_COOKIE}={token}; Path=/; Max-Age=86400; SameSite=Strict{secure}",
+                )
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_token)
 
     @staticmethod
     def _csrf_applies(scope: Scope, headers: Headers) -> bool:

@@ -183,6 +183,35 @@ def test_gateway_answers_unknown_paths_and_methods_with_the_envelope(stack: Stac
     assert wrong.json()["supportedMethods"] == ["GET"]
 
 
+def test_a_browser_on_the_stacks_origin_can_read_refusals_and_documented_headers(
+    stack: Stack,
+) -> None:
+    """Through the gateway, as a frontend's `fetch` sees it: the CSRF 403 carries the CORS
+    headers (else the browser reports a network error), and the export's 202 exposes `Location`
+    and `Retry-After` to browser code. Another origin gets no CORS headers at all."""
+    token = token_for(stack, f"cors_{os.getpid()}")
+    cookie = {"Cookie": f"__session={token}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        refused = client.post(
+            "/api/searches", headers={**cookie, "Origin": stack.url}, content="{}"
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["message"] == "CSRF token validation failed"
+        assert refused.headers["access-control-allow-origin"] == stack.url
+        assert refused.headers["access-control-allow-credentials"] == "true"
+        bearer = {"Authorization": f"Bearer {token}", "Origin": stack.url}
+        export = client.post("/api/me/export", headers=bearer)
+        assert export.status_code == 202, export.text
+        exposed = {
+            name.strip().lower()
+            for name in export.headers["access-control-expose-headers"].split(",")
+        }
+        assert {"location", "retry-after", "x-request-id"} <= exposed
+        foreign = client.post("/api/searches", headers={**cookie, "Origin": "https://evil.example"})
+        assert foreign.status_code == 403
+        assert not [name for name in foreign.headers if name.startswith("access-control-")]
+
+
 def test_openapi_json_lists_every_functions_paths(stack: Stack) -> None:
     import importlib
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -23,16 +25,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from sqlalchemy import event
 from starlette.responses import Response
 
-from devkit import events
+from devkit import events, layout
 from devkit.pgbouncer import LocalPgBouncer
 from shared import config, db
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser, CurrentUser
+from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING
 from shared.http.responses import ok
-from tests.support.http import ISSUER, Caller, Keys, Result, make_token
+from tests.support.http import ISSUER, Caller, Keys, Result, fresh_ip, make_token
 
 APP_URL = "https://app.keyflash.test"
 OWN_ORIGIN = "https://api.keyflash.test"  # the host devkit.events puts on every request
@@ -40,6 +44,7 @@ ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
 AUTH_REQUIRED = "Authentication required"
 BAD_ORIGIN = "Invalid request origin"
 BAD_CSRF = "CSRF token validation failed"
+KEYWORDS = {"keywords": ["espresso"], "matchType": "phrase"}
 SEARCH = {"name": "n", "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"}}
 
 
@@ -285,6 +290,10 @@ def probe_app() -> FastAPI:
     @app.get("/api/probe/me", response_model=None)
     def me_probe(user: CurrentUser) -> Response:
         return ok({"user": user.user_id, "isAdmin": user.is_admin})
+
+    @app.get("/api/probe/boom", response_model=None)
+    def boom() -> Response:
+        raise RuntimeError("a bug")
 
     @app.get("/api/probe/org", response_model=None)
     def org_probe(user: CurrentUser) -> Response:
@@ -628,6 +637,130 @@ def test_responses_carry_cors_only_for_allowed_origins(caller: Caller) -> None:
         headers={**bearer(token), "origin": "https://evil.example"},
     )
     assert foreign.status == 200 and "access-control-allow-origin" not in foreign.headers
+
+
+# What a frontend is told to read (docs/http-contract.md#cors-and-csrf): without this header a
+# browser hides every response header but the CORS-safelisted ones from its code.
+EXPOSED = {
+    "API-Version", "Location", "Retry-After", "X-Consistency-Token", "X-Quota-Remaining",
+    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "X-Request-ID",
+}  # fmt: skip
+FOREIGN = "https://evil.example"
+
+
+def cors_of(result: Result) -> dict[str, str]:
+    return {
+        name: value for name, value in result.headers.items() if name.startswith("access-control-")
+    }
+
+
+def assert_cors_for(result: Result, origin: str) -> None:
+    """The answer a browser at `origin` may read: its origin, credentials, the exposed headers."""
+    cors = cors_of(result)
+    assert cors.get("access-control-allow-origin") == origin, (result.status, result.headers)
+    assert cors["access-control-allow-credentials"] == "true", result.headers
+    exposed = {name.strip() for name in cors["access-control-expose-headers"].split(",")}
+    assert exposed == EXPOSED, exposed
+    assert "Origin" in [v.strip() for v in result.headers["vary"].split(",")], result.headers
+
+
+def write_routes() -> list[tuple[str, str, str]]:
+    """(module, method, path) of every state-changing route a browser's cookie can reach: all but
+    the webhooks and health, which CSRF exempts. Path parameters get a well-formed dummy."""
+    routes = []
+    for module in layout.http_functions():
+        app = importlib.import_module(f"functions.{module}").app
+        for route in app.routes:
+            if not isinstance(route, APIRoute) or not route.include_in_schema:
+                continue
+            if route.path.startswith(CSRF_EXEMPT_PREFIXES):
+                continue
+            path = re.sub(r"\{\w+\}", "x1", route.path)
+            routes += [(module, method, path) for method in sorted(route.methods & STATE_CHANGING)]
+    return routes
+
+
+def test_a_csrf_refusal_carries_cors_for_an_allowed_origin_on_every_write_route(
+    caller: Caller,
+) -> None:
+    """The 403 is made before the route, by the CSRF guard: a browser must still be let read it,
+    else `fetch` rejects with a network error instead of the documented envelope."""
+    session = {"cookie": f"__session={make_token(caller.keys, 'user_browser')}; csrf-token=t"}
+    routes = write_routes()
+    assert len(routes) >= 14, routes
+    for module, method, path in routes:
+        refused = caller(module, method, path, headers={**session, "origin": APP_URL})
+        assert_envelope(refused, 403, BAD_CSRF)
+        assert_cors_for(refused, APP_URL)
+        foreign = caller(module, method, path, headers={**session, "origin": FOREIGN})
+        assert_envelope(foreign, 403, BAD_ORIGIN)
+        assert cors_of(foreign) == {}, (method, path)
+
+
+def test_every_refusal_carries_cors_for_an_allowed_origin_only(
+    caller: Caller, setenv: Callable[..., None]
+) -> None:
+    """Whichever layer refuses (the body limit, the query guard, the router, the body parser,
+    the session check, the rate limiter), the allowed origin can read it and no other can."""
+    setenv(RATE_LIMIT_ENABLED="true", RATE_LIMIT_REQUESTS_PER_HOUR="1")
+    token = bearer(make_token(caller.keys, "user_a"))
+    address = {origin: fresh_ip() for origin in (APP_URL, FOREIGN)}
+    refusals: list[tuple[int, str, str, str, dict[str, Any]]] = [
+        (401, "searches", "GET", "/api/searches", {}),
+        (405, "keywords", "GET", "/api/keywords", {}),
+        (404, "searches", "GET", "/api/searches/", {}),
+        (413, "searches", "POST", "/api/searches", {"body": b"x" * 1_000_001, "headers": token}),
+        (400, "searches", "POST", "/api/searches", {"body": b"{", "headers": token}),
+        (400, "history", "GET", "/api/history", {"raw_query": "limit=%ff", "headers": token}),
+        (401, "keywords", "POST", "/api/keywords", {"json_body": KEYWORDS}),  # spends the budget
+        (429, "keywords", "POST", "/api/keywords", {"json_body": KEYWORDS}),
+    ]
+    for status, module, method, path, options in refusals:
+        for origin in (APP_URL, FOREIGN):
+            headers = {**options.get("headers", {}), "origin": origin}
+            result = caller(module, method, path, **{**options, "headers": headers},
+                            source_ip=address[origin])  # fmt: skip
+            assert result.status == status, (path, result.text)
+            if origin == APP_URL:
+                assert_cors_for(result, APP_URL)
+            else:
+                assert cors_of(result) == {}, (path, result.headers)
+
+
+def test_the_last_resort_500_carries_cors_for_an_allowed_origin(
+    probe: Callable[..., Result],
+) -> None:
+    failed = probe("GET", "/api/probe/boom", {"origin": APP_URL})
+    assert_envelope(failed, 500, "An unexpected error occurred")
+    assert_cors_for(failed, APP_URL)
+    assert cors_of(probe("GET", "/api/probe/boom", {"origin": FOREIGN})) == {}
+
+
+def test_the_documented_headers_of_a_429_are_exposed(
+    caller: Caller, setenv: Callable[..., None]
+) -> None:
+    setenv(RATE_LIMIT_ENABLED="true", RATE_LIMIT_REQUESTS_PER_HOUR="1")
+    token = bearer(make_token(caller.keys, "user_exposed"))
+    ask = {"json_body": KEYWORDS, "headers": {**token, "origin": APP_URL}}
+    assert caller("keywords", "POST", "/api/keywords", **ask).status == 200
+    refused = caller("keywords", "POST", "/api/keywords", **ask)
+    assert refused.status == 429, refused.text
+    sent = {"retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+            "x-request-id", "api-version"}  # fmt: skip
+    assert sent <= set(refused.headers), refused.headers
+    exposed = {
+        name.strip().lower() for name in refused.headers["access-control-expose-headers"].split(",")
+    }
+    assert sent <= exposed
+
+
+def test_cors_adds_origin_to_vary_without_dropping_the_routes_own(caller: Caller) -> None:
+    """The direct export varies by Accept-Encoding too: a cache must not serve its gzip body to
+    a client that did not ask for it."""
+    token = bearer(make_token(caller.keys, "user_vary"))
+    result = caller("me_export", "GET", "/api/me/export", headers={**token, "origin": APP_URL})
+    assert result.status == 200, result.text
+    assert {v.strip() for v in result.headers["vary"].split(",")} == {"Accept-Encoding", "Origin"}
 
 
 # --------------------------------------------------------------------------- warm reuse
