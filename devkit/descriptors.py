@@ -6,7 +6,8 @@ what each descriptor has to declare and reports every difference at once:
 
 - HTTP function `functions/<module>.py`: in serverless.yml a function with handler
   `functions/<module>.lambda_handler`, one `httpApi` event per (method, path) of the app plus
-  `OPTIONS` per path (CORS preflights are answered by the function, not API Gateway), and
+  `OPTIONS` per path (CORS preflights are answered by the function, not API Gateway: no
+  `httpApi.cors`, nor CORS headers in vercel.json's routes), and
   package patterns that ship its module; in vercel.json a `builds` entry
   `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per path,
   `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, with the same methods plus OPTIONS.
@@ -212,6 +213,11 @@ def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[
                 f"{handler.rsplit('.', 1)[0]}.py in functions/ (remove it or fix the handler)"
             )
 
+    if "cors" in ((config.get("provider") or {}).get("httpApi") or {}):
+        problems.append(
+            "serverless.yml: provider.httpApi.cors must not be set: the functions answer CORS "
+            "themselves (shared/http/guards.py), and API Gateway would drop their headers"
+        )
     service_patterns = list((config.get("package") or {}).get("patterns") or [])
     if not (config.get("package") or {}).get("individually"):
         problems.append("serverless.yml: package.individually must be true")
@@ -380,6 +386,13 @@ def check_vercel(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]
     seen_src: dict[str, str] = {}
     for index, route in enumerate(config.get("routes") or []):
         dest, src = route.get("dest"), route.get("src")
+        if any(
+            str(name).lower().startswith("access-control-") for name in route.get("headers") or {}
+        ):
+            problems.append(
+                f"vercel.json: route #{index} {src} sets CORS headers: the functions answer "
+                "CORS themselves (shared/http/guards.py), for the configured origins only"
+            )
         if dest is None:
             continue  # header-only (`continue: true`) routes
         if src in seen_src:

@@ -422,6 +422,8 @@ def test_checker_says_exactly_what_is_out_of_step() -> None:
     serverless["functions"]["cron_cleanup"]["events"] = [{"schedule": "cron(0 3 * * ? *)"}]
     vercel["crons"][0]["schedule"] = "0 3 * * *"
     vercel["routes"].append({"src": "^/api/old$", "dest": "/functions/old.py", "methods": ["GET"]})
+    serverless["provider"] = {"httpApi": {"cors": True}}
+    vercel["routes"][0]["headers"] = {"Access-Control-Allow-Origin": "*"}
 
     sls = check_serverless(specs, serverless)
     assert (
@@ -456,6 +458,8 @@ def test_checker_says_exactly_what_is_out_of_step() -> None:
         '"/functions/me.py", "methods": ["GET", "OPTIONS"]}'
     ) in ver
     assert any(p.startswith("vercel.json: route #3 ^/api/old$ → /functions/old.py") for p in ver)
+    assert any(p.startswith("serverless.yml: provider.httpApi.cors must not be set") for p in sls)
+    assert any(p.startswith("vercel.json: route #0 ") and "sets CORS headers" in p for p in ver)
     assert (
         "functions/cron/cleanup.py: vercel.json cron /api/cron/cleanup runs on '0 3 * * *' "
         "but SCHEDULE is '30 3 * * 1'"
