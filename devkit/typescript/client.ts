@@ -80,7 +80,10 @@ export interface ClientOptions {
   baseUrl: string;
   /** The Clerk session token, or a function giving a fresh one (`() => getToken()`). */
   token?: string | (() => string | null | Promise<string | null>);
-  /** `include` sends Clerk's `__session` cookie instead (the CSRF rules then apply to writes). */
+  /**
+   * `include` sends Clerk's `__session` cookie instead; each write must then send the
+   * `csrf-token` cookie's value as `X-CSRF-Token` (`headers`): docs/http-contract.md#cors-and-csrf.
+   */
   credentials?: RequestCredentials;
   fetch?: typeof fetch;
 }
