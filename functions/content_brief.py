@@ -26,7 +26,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.related import ContentBriefRequest
 from shared.http.app import create_app, make_lambda_handler
-from shared.http.auth import identify
+from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
 from shared.http.provider_errors import provider_deadline, provider_failed
@@ -60,7 +60,7 @@ async def brief_body(
     request: Request, decision: Annotated[Decision, Depends(rate_limit)]
 ) -> ContentBriefRequest:
     if getattr(request.state, "user_id", None) is None:
-        raise ApiError(401, SIGN_IN)
+        raise unauthenticated(request, SIGN_IN)
     return validated(ContentBriefRequest, parse_json(await request.body()))
 
 

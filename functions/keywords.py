@@ -25,7 +25,7 @@ from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
 from shared.errors import OrganizationNotFoundError, QuotaExceededError, TrialExpiredError
 from shared.http.app import create_app, make_lambda_handler
-from shared.http.auth import identify
+from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ORG_NOT_FOUND, ApiError
@@ -120,7 +120,7 @@ def search(
     deadline = provider_deadline(request)
     identity: Identity | None = request.state.identity
     if identity is None:
-        raise ApiError(401, SIGN_IN)
+        raise unauthenticated(request, SIGN_IN)
     org = identity.org
     if org is not None and not rbac.allows(org.role, org.permissions, rbac.KEYWORDS_SEARCH):
         raise ApiError(403, NO_TEAM_SEARCH)

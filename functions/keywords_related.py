@@ -27,7 +27,7 @@ from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.related import RelatedKeywordsRequest
 from shared.http.app import create_app, make_lambda_handler
-from shared.http.auth import AUTH_REQUIRED, identify
+from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
 from shared.http.provider_errors import provider_deadline, provider_failed
@@ -52,7 +52,7 @@ def hourly_limit() -> int:
 def signed_in(request: Request) -> Identity:
     identity = identify(request)
     if identity is None:
-        raise ApiError(401, AUTH_REQUIRED)
+        raise unauthenticated(request)
     return identity
 
 

@@ -4,10 +4,12 @@ from requests).
 A token must be RS256 (`alg: none` and HS256 tricks are refused by pinning the algorithm),
 unexpired (small leeway), from `CLERK_ISSUER` when set, and for an authorised party when the
 token names one (Clerk's own rule); it is verified without a network call when a PEM key is
-configured. Claims of a type Clerk never issues (`exp`/`nbf`/`iat` not a number, `azp` or
-`sub` not a string) make the token invalid, never a 500. The first authenticated call
-provisions the user with the core's get-or-create; a warm container remembers whom it has
-provisioned, so later calls cost no extra query.
+configured. Claims of a type Clerk never issues (`exp`/`nbf`/`iat` not a number, `azp`, `sts`
+or `sub` not a string) make the token invalid, never a 500. A session with pending tasks (v2's
+`sts: "pending"`: choose an organization, reset a password) is signed out, as Clerk's SDKs treat
+it by default (`treatPendingAsSignedOut`); any other status, or none (v1), is signed in, as
+there. The first authenticated call provisions the user with the core's get-or-create; a warm
+container remembers whom it has provisioned, so later calls cost no extra query.
 
 The token also names the session's active organization (Clerk Organizations), read from either
 claim version: v2 (`"v": 2`) nests it in `o` (`id`, `rol` without the `org:` prefix, `slg`, and
@@ -65,6 +67,10 @@ class InvalidToken(Exception):
     """The token failed verification; the reason is for logs, clients only see 401."""
 
 
+class PendingSession(InvalidToken):
+    """A valid token for a session with tasks left: signed out, and the 401 says why."""
+
+
 @cache
 def _jwks_client(url: str) -> jwt.PyJWKClient:
     return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600, timeout=5)
@@ -107,6 +113,11 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
         raise InvalidToken("party not a string")
     if azp and settings.authorized_parties and azp not in settings.authorized_parties:
         raise InvalidToken("unauthorised party")
+    sts = claims.get("sts")
+    if "sts" in claims and not isinstance(sts, str):
+        raise InvalidToken("session status not a string")
+    if sts == "pending":
+        raise PendingSession("session has pending tasks")
     return claims
 
 

@@ -1,9 +1,9 @@
 """Who is calling: the session token read from the request, as FastAPI dependencies.
 
 The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
-verifies it. `SignedIn` routes need a valid token (401 otherwise); `CurrentUser` routes also
-provision the caller (409 when another account holds the token's email); `AdminUser` routes
-also need the admin role (403).
+verifies it. `SignedIn` routes need a valid token (401 otherwise, from `unauthenticated`, which
+tells a session with pending tasks why); `CurrentUser` routes also provision the caller (409
+when another account holds the token's email); `AdminUser` routes also need the admin role (403).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from shared.auth import (
     Identity,
     InvalidToken,
+    PendingSession,
     identity_from_claims,
     provision,
     verify_session_token,
@@ -23,6 +24,9 @@ from shared.config import get_settings
 from shared.http.errors import ApiError
 
 AUTH_REQUIRED = "Authentication required"
+SESSION_PENDING = (
+    "Finish signing in: the session has pending tasks (such as choosing an organization)"
+)
 
 
 def _token_from(request: Request) -> str | None:
@@ -42,17 +46,28 @@ def identify(request: Request) -> Identity | None:
     settings = get_settings()
     try:
         identity = identity_from_claims(verify_session_token(token, settings), settings)
+    except PendingSession:
+        request.state.session_pending = True
+        return None
     except InvalidToken:
         return None
     request.state.user_id = identity.user_id
     return identity
 
 
+def unauthenticated(request: Request, message: str = AUTH_REQUIRED) -> ApiError:
+    """The 401 for a caller `identify` found no identity for: the route's `message`, or, for a
+    session with pending tasks, what is left to do (the client would otherwise retry as is)."""
+    if getattr(request.state, "session_pending", False):
+        return ApiError(401, SESSION_PENDING)
+    return ApiError(401, message)
+
+
 def signed_in(request: Request) -> Identity:
     """The caller's identity, not provisioned; 401 when there is no valid token."""
     identity = identify(request)
     if identity is None:
-        raise ApiError(401, AUTH_REQUIRED)
+        raise unauthenticated(request)
     return identity
 
 

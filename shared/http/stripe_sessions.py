@@ -34,7 +34,7 @@ from shared import db
 from shared.auth import Identity, provision
 from shared.clock import utcnow
 from shared.config import Settings, get_settings
-from shared.http.auth import AUTH_REQUIRED, identify
+from shared.http.auth import identify, unauthenticated
 from shared.http.errors import ApiError
 from shared.http.openapi import DESCRIPTIONS
 from shared.http.responses import ok
@@ -88,7 +88,7 @@ def checked(request: Request, endpoint: str, refused: str) -> Identity:
         raise ApiError(503, "billing is disabled")
     identity: Identity | None = identify(request)
     if identity is None:
-        raise ApiError(401, AUTH_REQUIRED)
+        raise unauthenticated(request)
     limit_request(
         request,
         endpoint,

@@ -29,7 +29,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import event
 from starlette.responses import Response
 
-from devkit import events, layout
+from devkit import events, gateway, layout
 from devkit.pgbouncer import LocalPgBouncer
 from shared import config, db
 from shared.http.app import create_app, make_lambda_handler
@@ -153,6 +153,9 @@ ATTACKS: dict[str, Callable[[Keys, str], str]] = {
     "party_object": lambda k, o: rs256(k, claims(azp={"a": 1})),
     "party_number": lambda k, o: rs256(k, claims(azp=5)),
     "party_null": lambda k, o: rs256(k, {**claims(), "azp": None}),
+    "status_number": lambda k, o: rs256(k, claims(sts=1)),
+    "status_list": lambda k, o: rs256(k, claims(sts=["active"])),
+    "status_null": lambda k, o: rs256(k, {**claims(), "sts": None}),
     "exp_string": lambda k, o: rs256(k, claims(exp=str(int(time.time()) + 300))),
     "exp_bool": lambda k, o: rs256(k, claims(exp=True)),
     "nbf_string": lambda k, o: rs256(k, claims(nbf="0")),
@@ -202,6 +205,9 @@ def test_forged_or_invalid_tokens_get_the_401_envelope(
         pytest.param({"azp": "https://other.keyflash.test"}, id="second_authorised_party"),
         pytest.param({"nbf": "soon"}, id="nbf_within_leeway"),
         pytest.param({"exp": "just_now"}, id="exp_within_leeway"),
+        pytest.param({"v": 2, "sts": "active"}, id="active_session"),
+        # Clerk's SDKs sign out only `pending`: a status Clerk may add later is signed in
+        pytest.param({"v": 2, "sts": "some_new_status"}, id="unknown_session_status"),
     ],
 )
 def test_valid_tokens_are_accepted(
@@ -231,7 +237,9 @@ def test_any_party_is_accepted_when_none_is_configured(caller: Caller) -> None:
     assert caller("searches", "GET", "/api/searches", headers=bearer(token)).status == 200
 
 
-@pytest.mark.parametrize("attack", ["party_list", "party_object", "party_null", "exp_string"])
+@pytest.mark.parametrize(
+    "attack", ["party_list", "party_object", "party_null", "exp_string", "status_null"]
+)
 def test_a_claim_of_the_wrong_type_is_an_invalid_token_even_where_a_session_is_optional(
     attack: str, caller: Caller, other_key: str, setenv: Callable[..., None]
 ) -> None:
@@ -274,6 +282,94 @@ def test_no_token_at_all(caller: Caller) -> None:
     for value in ("Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token"):
         result = caller("searches", "GET", "/api/searches", headers={"authorization": value})
         assert_envelope(result, 401, AUTH_REQUIRED)
+
+
+# --------------------------------------------------------------------------- pending sessions
+
+SESSION_PENDING = (
+    "Finish signing in: the session has pending tasks (such as choosing an organization)"
+)
+# A request each route would serve to a signed-in caller, so only the session decides.
+PATH_VALUES = {"search_id": "s1", "org_id": "org_2pendingTeam", "key": "a-flag", "export_id": "e1"}
+BODIES: dict[str, dict[str, Any]] = {
+    "/api/keywords": {"keywords": ["espresso"], "matchType": "phrase", "location": "US"},
+    "/api/keywords/related": {"keyword": "espresso"},
+    "/api/content-brief": {"keyword": "espresso"},
+}
+
+
+def _routes_needing_a_session() -> list[tuple[str, str, str]]:
+    """(function, method, path) of every documented operation that answers 401."""
+    found = []
+    for function in gateway.load_all():
+        for path, operations in function.app.openapi()["paths"].items():
+            for method, operation in operations.items():
+                if "401" in operation["responses"]:
+                    found.append((function.name, method.upper(), path))
+    return sorted(found)
+
+
+NEEDS_A_SESSION = _routes_needing_a_session()
+
+
+def pending(keys: Keys, sub: str = "user_a", **extra: Any) -> str:
+    """A Clerk v2 session token whose session still has tasks to do (`sts: pending`)."""
+    return rs256(keys, claims(sub, v=2, sts="pending", email=f"{sub}@example.com", **extra))
+
+
+def test_every_route_that_needs_a_session_is_found() -> None:
+    paths = {path for _, _, path in NEEDS_A_SESSION}
+    assert {"/api/me", "/api/keywords", "/api/checkout", "/api/admin/flags"} <= paths
+    assert "/api/flags" not in paths and "/api/health" not in paths
+
+
+@pytest.mark.parametrize(("function", "method", "path"), NEEDS_A_SESSION)
+def test_a_pending_session_is_signed_out_on_every_route_that_needs_a_session(
+    function: str,
+    method: str,
+    path: str,
+    caller: Caller,
+    setenv: Callable[..., None],
+    admin_conn: psycopg.Connection[tuple[Any, ...]],
+) -> None:
+    """Clerk's SDKs treat a session with pending tasks (choose an organization, reset a
+    password) as signed out: 401 with a message that says why, before any work."""
+    setenv(BILLING_ENABLED="true", ADMIN_USER_IDS="user_a")
+    concrete = path.format(**PATH_VALUES)
+    token = pending(caller.keys)
+    result = caller(
+        function, method, concrete, headers=bearer(token), json_body=BODIES.get(path, {})
+    )
+    assert_envelope(result, 401, SESSION_PENDING)
+    (users,) = admin_conn.execute("SELECT count(*) FROM users").fetchone() or (None,)
+    assert users == 0, "a pending session must not provision its user"
+
+
+def test_a_pending_session_is_anonymous_where_a_session_is_optional(caller: Caller) -> None:
+    anonymous = caller("flags", "GET", "/api/flags")
+    result = caller("flags", "GET", "/api/flags", headers=bearer(pending(caller.keys)))
+    assert (result.status, result.json) == (200, anonymous.json), result.text
+
+
+def test_a_session_that_turns_pending_spends_nothing_until_it_is_active_again(
+    caller: Caller, admin_conn: psycopg.Connection[tuple[Any, ...]]
+) -> None:
+    """A signed-in user whose session gets a task (Clerk forcing an organization choice or a
+    password reset) is refused, from the cookie too, and searches nothing until it is done."""
+    active = rs256(caller.keys, claims("user_a", v=2, sts="active", email="user_a@example.com"))
+    assert caller("me", "GET", "/api/me", headers=bearer(active)).status == 200
+    search = BODIES["/api/keywords"]
+    refused = caller(
+        "keywords", "POST", "/api/keywords", headers=bearer(pending(caller.keys)), json_body=search
+    )
+    assert_envelope(refused, 401, SESSION_PENDING)
+    cookie = {"cookie": f"__session={pending(caller.keys)}"}
+    assert_envelope(caller("me", "GET", "/api/me", headers=cookie), 401, SESSION_PENDING)
+    assert admin_conn.execute("SELECT count(*) FROM search_history").fetchone() == (0,)
+    usage = caller("me", "GET", "/api/me", headers=bearer(active)).json["usage"]
+    assert (usage["thisMonth"], usage["total"]) == (0, 0)
+    served = caller("keywords", "POST", "/api/keywords", headers=bearer(active), json_body=search)
+    assert served.status == 200, served.text
 
 
 # --------------------------------------------------------------------------- admin
