@@ -1,8 +1,10 @@
 """POST /api/webhooks/clerk: Clerk's user and organization events (delivered and signed by Svix).
 
 - Authenticity: the Svix signature over the raw body, with Svix's 5-minute timestamp tolerance,
-  against `CLERK_WEBHOOK_SECRET`. No secret → 500 (generic); anything unsigned, mis-signed or
-  stale → 400 `Invalid signature`. CSRF does not apply here: the signature is the check.
+  against `CLERK_WEBHOOK_SECRET`. No secret, or one that is not a Svix secret → 503 (generic:
+  a deployment not ready for events, which Svix retries; the log names the setting); anything
+  unsigned, mis-signed or stale → 400 `Invalid signature`. CSRF does not apply here: the
+  signature is the check.
 - Exactly once: each delivery's `svix-id` is claimed in the webhook ledger in the same
   transaction as its effects, so a replayed valid delivery is answered `duplicate` and changes
   nothing; a failed one rolls back and Svix's retry runs it again. The effects are idempotent
@@ -65,8 +67,13 @@ def _verify(secret: str, body: bytes, headers: Mapping[str, str]) -> None:
     try:
         verifier = Webhook(secret)
     except Exception as error:  # a malformed secret is our configuration, not the sender's fault
-        log_event("clerk_webhook_misconfigured", level=logging.ERROR, error=type(error).__name__)
-        raise ApiError(500, "webhook secret invalid") from None
+        log_event(
+            "clerk_webhook_misconfigured",
+            level=logging.ERROR,
+            invalid=["CLERK_WEBHOOK_SECRET"],
+            error=type(error).__name__,
+        )
+        raise ApiError(503, "webhook secret invalid") from None
     if not _well_formed(headers.get("svix-signature") or headers.get("webhook-signature") or ""):
         # Judged here, not by the library: its releases differ on skipping malformed entries.
         log_event("clerk_webhook_rejected", level=logging.WARNING, reason="malformed")
@@ -159,8 +166,10 @@ _OPENAPI = {
 async def clerk_webhook(request: Request) -> Response:
     secret = get_settings().clerk_webhook_secret
     if not secret:
-        log_event("clerk_webhook_not_configured", level=logging.ERROR)
-        raise ApiError(500, "CLERK_WEBHOOK_SECRET is not set")
+        log_event(
+            "clerk_webhook_not_configured", level=logging.ERROR, missing=["CLERK_WEBHOOK_SECRET"]
+        )
+        raise ApiError(503, "CLERK_WEBHOOK_SECRET is not set")
     body = await request.body()
     _verify(secret, body, request.headers)
     event, data = _parse(body)

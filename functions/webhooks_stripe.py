@@ -1,12 +1,13 @@
 """POST /api/webhooks/stripe: Stripe's billing events (docs/original-app.md#post-apiwebhooksstripe,
 #stripe-webhook-handling), each applied exactly once.
 
-- Order of checks (the original's): billing off → 503; STRIPE_WEBHOOK_SECRET unset → 500
-  (generic); no `stripe-signature` → 400 `Missing signature`; a signature that does not match
-  the raw body, or is older than 300 s → 400 `Invalid signature`. CSRF does not apply: the
-  signature is the check. The stripe SDK is imported on first use (~0.13 s at cold start). A
-  signed body that is not an event (no id, type or created; no `data.object` for a type billing
-  reads) → 400 `Invalid webhook payload`.
+- Order of checks (the original's): billing off → 503; STRIPE_WEBHOOK_SECRET unset → 503
+  (generic; the original's 500 called a deployment not ready for events a failure; Stripe
+  retries either; the log names the setting); no `stripe-signature` → 400 `Missing signature`;
+  a signature that does not match the raw body, or is older than 300 s → 400 `Invalid
+  signature`. CSRF does not apply: the signature is the check. The stripe SDK is imported on
+  first use (~0.13 s at cold start). A signed body that is not an event (no id, type or
+  created; no `data.object` for a type billing reads) → 400 `Invalid webhook payload`.
 - Processing is `shared.billing.process`: claim, effect and "processed" in one
   transaction. A replay answers `{received: true, duplicate: true}`; any failure rolls back,
   is recorded in the ledger and answers 503 (database unavailable) or 500, so Stripe retries
@@ -105,8 +106,10 @@ async def stripe_webhook(request: Request) -> Response:
         raise ApiError(503, "billing is disabled")
     secret = settings.stripe_webhook_secret
     if not secret:
-        log_event("stripe_webhook_not_configured", level=logging.ERROR)
-        raise ApiError(500, "STRIPE_WEBHOOK_SECRET is not set")
+        log_event(
+            "stripe_webhook_not_configured", level=logging.ERROR, missing=["STRIPE_WEBHOOK_SECRET"]
+        )
+        raise ApiError(503, "STRIPE_WEBHOOK_SECRET is not set")
     body = await request.body()
     signature = request.headers.get("stripe-signature")
     if not signature:

@@ -97,12 +97,22 @@ def test_billing_off_is_503_and_nothing_is_recorded(
     assert ledger(event["id"]) is None
 
 
-def test_missing_secret_is_a_generic_500(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_secret_is_a_503_whose_log_names_the_setting(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployment without the secret is not ready for events: 503 (Stripe retries it once the
+    setting is there), the generic text, and the log says which setting, never a value."""
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "")
     config.get_settings.cache_clear()
-    result = deliver(call, stripe_event("checkout.session.completed", checkout()))
-    assert (result.status, result.json["message"]) == (500, GENERIC_500)
-    assert result.json["error"] == "Internal Server Error"
+    event = stripe_event("checkout.session.completed", checkout())
+    with caplog.at_level(logging.ERROR, logger="keyflash"):
+        result = deliver(call, event)
+    assert (result.status, result.json["message"]) == (503, GENERIC_503)
+    assert (result.json["error"], result.headers["retry-after"]) == ("Service Unavailable", "60")
+    named = "stripe_webhook_not_configured"
+    [line] = [json.loads(r.message) for r in caplog.records if named in r.message]
+    assert line["missing"] == ["STRIPE_WEBHOOK_SECRET"]
+    assert ledger(event["id"]) is None
 
 
 def test_missing_signature_is_400(call: Caller) -> None:
