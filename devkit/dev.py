@@ -31,6 +31,7 @@ from devkit.stack import (
     Session,
     apply_env,
     bound_socket,
+    clerk_webhook_env,
     cors_env,
     function_env,
     migrate_and_seed,
@@ -116,7 +117,11 @@ def _serve(
         progress.step(
             "using BACKUP_BUCKET" if os.environ.get("BACKUP_BUCKET") else "starting the local S3"
         )
-        stack_env = session.local_s3() | cors_env(list(options.cors_origins))
+        stack_env = (
+            session.local_s3()
+            | cors_env(list(options.cors_origins))
+            | clerk_webhook_env(options.state_dir)
+        )
         session.lock.update(stack_env=stack_env)
         env = function_env(database, redis, key, app_url=base_url, stack_env=stack_env)
         apply_env(env)
@@ -376,6 +381,8 @@ def _banner(
     for name, value in env.items():
         if name == "CLERK_JWT_KEY":
             shown = f"<public key of {options.state_dir / KEY_FILE}, also in {PUBLIC_KEY_FILE}>"
+        elif name == "CLERK_WEBHOOK_SECRET":
+            shown = _webhook_secret_line(value, options.state_dir)
         elif name in ("RATE_LIMIT_HMAC_SECRET", "UPSTASH_REDIS_REST_TOKEN"):  # whole: keyflash env
             shown = value[:8] + "…"
         elif "DATABASE_URL" in name:
@@ -395,6 +402,17 @@ def _banner(
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _webhook_secret_line(secret: str, state_dir: Path) -> str:
+    """The stack's own secret whole (to sign test events with); the developer's, which may be
+    a Clerk instance's, as the other secrets are shown."""
+    from devkit.tokens import WEBHOOK_SECRET_FILE
+
+    made = state_dir / WEBHOOK_SECRET_FILE
+    if made.exists() and made.read_text().strip() == secret:
+        return f"{secret}  (made once in {made})"
+    return secret[:8] + "…  (yours, from the environment)"
 
 
 def _s3_line(env: dict[str, str]) -> str:

@@ -481,6 +481,16 @@ def cors_env(origins: list[str]) -> dict[str, str]:
     return {"ALLOWED_ORIGINS": ",".join(merged)}
 
 
+def clerk_webhook_env(state_dir: Path) -> dict[str, str]:
+    """CLERK_WEBHOOK_SECRET for the functions: the developer's own (a Clerk instance's endpoint
+    pointed at this stack), else the state dir's dev secret, so signed Clerk events are applied
+    locally rather than refused for a missing setting."""
+    from devkit.tokens import dev_webhook_secret
+
+    own = os.environ.get("CLERK_WEBHOOK_SECRET")
+    return {"CLERK_WEBHOOK_SECRET": own or dev_webhook_secret(state_dir)}
+
+
 def apply_env(env: dict[str, str]) -> None:
     """Export `env` for in-process functions; cached settings and engine start afresh."""
     os.environ.update(env)

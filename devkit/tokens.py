@@ -5,15 +5,20 @@ so tokens minted by `keyflash token` stay valid across `keyflash dev` restarts. 
 sets CLERK_JWT_KEY to its public half and CLERK_ISSUER to `DEV_ISSUER`: the functions verify
 dev tokens with exactly the code path that verifies Clerk's in production. Nothing here is
 trusted anywhere else, and minting is refused when APP_ENV=production.
+
+Clerk's webhooks get the same treatment: a Svix signing secret made once per state dir
+(`.keyflash/dev-clerk-webhook-secret`, mode 0600), CLERK_WEBHOOK_SECRET on the local stack
+unless the developer sets their own.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ from shared.auth import KEY, is_org_id
 
 KEY_FILE = "dev-signing-key.pem"
 PUBLIC_KEY_FILE = "dev-signing-key.pub.pem"
+WEBHOOK_SECRET_FILE = "dev-clerk-webhook-secret"
+WEBHOOK_SECRET_PREFIX = "whsec_"  # Svix's: base64 of the HMAC key follows
 DEV_ISSUER = "https://clerk.keyflash.localhost"
 DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
@@ -47,32 +54,40 @@ class DevKey:
         return hashlib.sha256(self.public_pem.encode()).hexdigest()
 
 
-def dev_key(state_dir: Path) -> DevKey:
-    """The state dir's signing key, generated on first use.
+def _made_once(path: Path, make: Callable[[], bytes]) -> str:
+    """`path`'s text, written (mode 0600) with `make()` when it does not exist yet.
 
     Written to a temporary file and hard-linked into place, so two commands racing on a fresh
-    state dir end up with the same key rather than one overwriting the other's.
+    state dir end up with the same secret rather than one overwriting the other's.
     """
-    path = state_dir / KEY_FILE
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        temporary = state_dir / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as file:
-            file.write(pem)
+            file.write(make())
         try:
             os.link(temporary, path)
         except FileExistsError:
-            pass  # another command won the race: use its key
+            pass  # another command won the race: use its secret
         finally:
             temporary.unlink()
-    private_pem = path.read_text()
+    return path.read_text()
+
+
+def _new_private_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def dev_key(state_dir: Path) -> DevKey:
+    """The state dir's signing key, generated on first use."""
+    path = state_dir / KEY_FILE
+    private_pem = _made_once(path, _new_private_pem)
     try:
         private = serialization.load_pem_private_key(private_pem.encode(), password=None)
     except ValueError as error:
@@ -88,6 +103,26 @@ def dev_key(state_dir: Path) -> DevKey:
     if not public_path.exists() or public_path.read_text() != public_pem:
         public_path.write_text(public_pem)  # for tools that want a file (osls, curl scripts)
     return DevKey(private_pem, public_pem, path)
+
+
+def _new_webhook_secret() -> bytes:
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    return f"{WEBHOOK_SECRET_PREFIX}{key}\n".encode()
+
+
+def dev_webhook_secret(state_dir: Path) -> str:
+    """The state dir's Clerk webhook secret as Svix writes one (`whsec_` and the base64 of 32
+    random bytes), made on first use and kept, so events signed with it stay valid across
+    `keyflash dev` restarts."""
+    path = state_dir / WEBHOOK_SECRET_FILE
+    secret = _made_once(path, _new_webhook_secret).strip()
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except ValueError:
+        key = b""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX) or not key:
+        raise CliError(f"{path} is not a whsec_ webhook secret; delete it to get a new one")
+    return secret
 
 
 def require_dev_mode() -> None:

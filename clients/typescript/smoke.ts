@@ -8,9 +8,9 @@
  *   KEYFLASH_URL=http://127.0.0.1:3000 KEYFLASH_TOKEN=$(keyflash token --user smoke --admin) \
  *     npm run build && npm run smoke
  *
- * The token must be an admin's. Stripe and the Clerk webhook are not configured on a local stack:
- * those routes are checked for the refusal the local stack documents (503). Exports go to the
- * local stack's S3 (moto).
+ * The token must be an admin's. Stripe is not configured on a local stack: its routes are checked
+ * for the refusal the local stack documents (503). The Clerk webhook has the stack's own secret:
+ * an unsigned delivery is refused (400). Exports go to the local stack's S3 (moto).
  * Providers are the mock provider, so keyword routes answer 200 with its data.
  */
 import { readFileSync } from "node:fs";
@@ -316,7 +316,7 @@ check(
     params: { header: { "svix-id": "msg_smoke", "svix-timestamp": "0", "svix-signature": "v1,x" } },
     body: { type: "user.updated", data: {} },
   }),
-  503,
+  400,
 );
 
 // Last: erasure deletes the caller (a later run provisions it again).

@@ -15,6 +15,7 @@ import logging
 import os
 import pty
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -31,11 +32,15 @@ import pytest
 
 from devkit import cli, layout
 from devkit._host import free_port
+from devkit.console import CliError
 from devkit.crons import CronSyntaxError, Schedule
-from devkit.tokens import DEV_ISSUER
+from devkit.stack import clerk_webhook_env
+from devkit.tokens import DEV_ISSUER, WEBHOOK_SECRET_FILE, dev_webhook_secret
 from shared.auth import ActiveOrg, identity_from_claims, verify_session_token
 from shared.config import Settings
 from tests.support import fake_stripe, stripe_events
+from tests.support.clerk_events import PATH as CLERK_WEBHOOK
+from tests.support.clerk_events import SECRET, signed_headers, user_data
 from tests.support.dev_stack import (
     KEYFLASH,
     READY_TIMEOUT_S,
@@ -379,6 +384,54 @@ def test_legacy_reads_the_running_stacks_redis_unless_told_otherwise(
     database = "postgresql://postgres@127.0.0.1:1/unused"  # not reached: refused before
     refused = keyflash("legacy", "verify", state_dir=empty_state_dir, DATABASE_URL=database)
     assert_one_line_failure(refused, "UPSTASH_REDIS_REST_URL", str(empty_state_dir))
+
+
+def test_dev_receives_clerk_webhooks_signed_with_its_own_secret(stack: Stack) -> None:
+    """A plain `keyflash dev` makes a Clerk webhook secret once, kept in the state dir like the
+    signing key, and gives it to the functions; the banner and `keyflash env` show it. Events
+    Svix-signed with it are applied; signed with another secret, refused."""
+    made = stack.state_dir / WEBHOOK_SECRET_FILE
+    secret = made.read_text().strip()
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", secret), secret
+    assert oct(made.stat().st_mode & 0o777) == "0o600"
+    assert f"CLERK_WEBHOOK_SECRET={secret}  (made once in {made})" in stack.output()
+    printed = keyflash("env", state_dir=stack.state_dir)
+    assert f"export CLERK_WEBHOOK_SECRET={shlex.quote(secret)}\n" in printed.stdout
+    user = f"hook_{os.getpid()}"
+    body = json.dumps({"type": "user.created", "data": user_data(user, f"{user}@example.com")})
+    url = f"{stack.url}{CLERK_WEBHOOK}"
+    applied = httpx.post(url, content=body, headers=signed_headers(body, secret=secret))
+    assert (applied.status_code, applied.json()) == (200, {"received": True}), applied.text
+    forged = httpx.post(url, content=body, headers=signed_headers(body))  # another secret
+    assert (forged.status_code, forged.json()["message"]) == (400, "Invalid signature")
+    query = f"select email from users where id = '{user}'"
+    stored = keyflash("db", "psql", "-tAc", query, state_dir=stack.state_dir)
+    assert stored.stdout.strip() == f"{user}@example.com", stored.stderr
+    # `keyflash invoke` borrows the running stack's environment, its webhook secret included.
+    headers = [f"{name}:{value}" for name, value in signed_headers(body, secret=secret).items()]
+    invoked = keyflash(
+        "invoke", "webhooks_clerk", "-X", "POST", "--path", CLERK_WEBHOOK, "--body", body,
+        *(part for header in headers for part in ("--header", header)),
+        state_dir=stack.state_dir,
+    )  # fmt: skip
+    assert invoked.returncode == 0, invoked.stderr
+    assert "status 200" in invoked.stdout and '"duplicate"' not in invoked.stdout
+
+
+def test_the_dev_webhook_secret_is_made_once_and_yours_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLERK_WEBHOOK_SECRET", raising=False)
+    made = clerk_webhook_env(tmp_path)["CLERK_WEBHOOK_SECRET"]
+    assert dev_webhook_secret(tmp_path) == made  # made once, then kept
+    assert list(tmp_path.iterdir()) == [tmp_path / WEBHOOK_SECRET_FILE]
+    (tmp_path / WEBHOOK_SECRET_FILE).write_text("whsec_\n")
+    with pytest.raises(CliError, match="delete it to get a new one"):
+        dev_webhook_secret(tmp_path)
+    elsewhere = tmp_path / "other"
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", SECRET)  # a Clerk dev instance's endpoint
+    assert clerk_webhook_env(elsewhere) == {"CLERK_WEBHOOK_SECRET": SECRET}
+    assert not elsewhere.exists()
 
 
 def bearer(token: str, **headers: str) -> dict[str, str]:
