@@ -9,6 +9,10 @@ omitted: DataForSEO's search-volume endpoint has no difficulty, so its rows have
 
 from __future__ import annotations
 
+import functools
+import re
+import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, Required
 
@@ -103,6 +107,54 @@ def missing_configuration(provider: str, variables: list[str]) -> str | None:
         f"{provider} provider missing configuration: {', '.join(variables)}. "
         "Please set these environment variables."
     )
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every form of each secret replaced by `***`: the one scrubber of upstream text
+    before it is logged. A secret may come back as sent in a header or a JSON body, or encoded
+    as it went in a URL or a form body, or JSON-escaped (`_secret_pattern`); a credential that
+    is derived from others (DataForSEO's Basic token) is one of `secrets` itself."""
+    pattern = _secrets_pattern(tuple(secret for secret in secrets if secret.strip()))
+    return text if pattern is None else pattern.sub("***", text)
+
+
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")  # never encoded
+_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f",
+                 "\n": "\\n", "\r": "\\r", "\t": "\\t"}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for all `secrets`, the longest first (one may contain another)."""
+    if not secrets:
+        return None
+    ordered = sorted(set(secrets), key=len, reverse=True)
+    return re.compile("|".join(_secret_pattern(secret) for secret in ordered))
+
+
+def _secret_pattern(secret: str) -> str:
+    """`secret` with each character that is not URL-safe matched as itself, percent-encoded
+    (its UTF-8 bytes, either hex case; a space also `+`), JSON-escaped (`\\"`, `\\/`, …) or
+    as JSON's `\\uXXXX` (a surrogate pair beyond U+FFFF)."""
+    parts: list[str] = []
+    for char in secret:
+        if char in _UNRESERVED:
+            parts.append(re.escape(char))
+            continue
+        forms = [re.escape(char), "".join("%" + _hex(f"{byte:02X}") for byte in char.encode())]
+        if char == " ":
+            forms.append(re.escape("+"))
+        if char in _JSON_ESCAPES:
+            forms.append(re.escape(_JSON_ESCAPES[char]))
+        units = char.encode("utf-16-be").hex().upper()
+        forms.append("".join(r"\\u" + _hex(units[i : i + 4]) for i in range(0, len(units), 4)))
+        parts.append("(?:" + "|".join(forms) + ")")
+    return "".join(parts)
+
+
+def _hex(digits: str) -> str:
+    """Hex `digits` matched in either case."""
+    return "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in digits)
 
 
 class ProviderError(Exception):

@@ -41,6 +41,7 @@ endpoint's default period). No difficulty is invented: a real
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import threading
@@ -63,6 +64,7 @@ from shared.providers.base import (
     SearchOptions,
     measured,
     missing_configuration,
+    scrub,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
@@ -169,9 +171,9 @@ def sendable(keyword: str) -> bool:
 
 
 def snippet(text: str, scrub: Callable[[str], str]) -> str:
-    """Upstream text for a log line: whitespace collapsed, `scrub`bed of our secrets, cut to
-    SNIPPET_CHARS."""
-    text = scrub(" ".join(text.split()))
+    """Upstream text for a log line: `scrub`bed of our secrets (before anything else changes
+    it), whitespace collapsed, cut to SNIPPET_CHARS."""
+    text = " ".join(scrub(text).split())
     return text[:SNIPPET_CHARS] + "…" if len(text) > SNIPPET_CHARS else text
 
 
@@ -201,6 +203,10 @@ class DataForSEOProvider:
     ) -> None:
         self._login = login or ""
         self._password = password or ""
+        self._secrets = [self._login, self._password]
+        if self._login and self._password:  # the Basic token is the credentials too
+            token = base64.b64encode(f"{self._login}:{self._password}".encode()).decode()
+            self._secrets += [token, token.rstrip("=")]  # padded as sent, or not
         self.base_url = base_url.rstrip("/")
         self.requests_per_minute = requests_per_minute
         self.breaker = breaker or CircuitBreaker(self.name)
@@ -415,11 +421,8 @@ class DataForSEOProvider:
         raise ProviderError(detail)
 
     def _scrub(self, text: str) -> str:
-        """Upstream text goes to logs: make sure it cannot carry our credentials."""
-        for secret in (self._password, self._login):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """Upstream text goes to logs: make sure it cannot carry our credentials in any form."""
+        return scrub(text, self._secrets)
 
 
 # --- response mapping -----------------------------------------------------------------------

@@ -48,6 +48,7 @@ from shared.providers.base import (
     SearchOptions,
     measured,
     missing_configuration,
+    scrub,
     without_data,
 )
 from shared.providers.breaker import CircuitBreaker
@@ -374,9 +375,6 @@ class GoogleAdsProvider:
         return answer
 
     def _scrub(self, text: str) -> str:
-        """Upstream text goes to logs: make sure it cannot carry our secrets."""
+        """Upstream text goes to logs: make sure it cannot carry our secrets in any form."""
         secrets = (self._token, self._refresh_token, self._client_secret, self._developer_token)
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return scrub(text, (secret for secret in secrets if secret))

@@ -34,6 +34,7 @@ from shared.providers.google_ads import (
 )
 from shared.providers.languages import available
 from tests.support.fake_google_ads import FakeGoogleAds, fixture
+from tests.support.secret_forms import logged_values, secret_forms
 
 SECRETS = {
     "client_secret": "GOCSPX-client-secret-value",
@@ -330,6 +331,35 @@ def test_logs_never_carry_the_secrets(
     assert "provider_configuration" in caplog.text and "403" in caplog.text
     for secret in (ACCESS_TOKEN, *SECRETS.values()):
         assert secret not in caplog.text and secret not in str(raised.value)
+
+
+@pytest.mark.parametrize("where", ["token", "ads"])
+def test_logs_carry_no_form_of_the_secrets(
+    google: FakeGoogleAds, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """The refresh token and client secret go URL-encoded in the token request's form body,
+    which an OAuth error may quote; JSON may escape a `/` as `\\/`."""
+    ads = provider(google)
+    secrets = list(SECRETS.values())
+    if where == "ads":
+        ads.keyword_data(["seo tools"], US)  # the access token is known and cached
+        secrets.append(ACCESS_TOKEN)
+    for form in secret_forms(*secrets):
+        caplog.clear()
+        echo = f'{{"error": "invalid_request", "error_description": "got {form}."}}'.encode()
+        if where == "token":
+            google.token(400, echo)
+        else:
+            google.ads(403, echo)
+        with (
+            caplog.at_level(logging.DEBUG, logger="keyflash"),
+            pytest.raises(ProviderConfigurationError) as raised,
+        ):
+            ads.keyword_data(["seo tools"], US)
+        logged = logged_values(caplog)
+        assert "provider_configuration" in logged and "got ***." in logged, form
+        assert form not in logged and form not in caplog.text, form
+        assert form not in str(raised.value), form
 
 
 def test_configured_google_ads_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

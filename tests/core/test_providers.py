@@ -40,6 +40,7 @@ from shared.providers import (
     serp_provider,
     without_data,
 )
+from shared.providers.base import scrub
 from shared.providers.breaker import CircuitBreaker, State
 from shared.providers.dataforseo import (
     API_URL,
@@ -53,6 +54,7 @@ from shared.providers.dataforseo import (
 )
 from shared.providers.mock import RELATED_TEMPLATES, MockProvider, seasonal_factor
 from tests.support.fake_dataforseo import FakeDataForSEO
+from tests.support.secret_forms import logged_values, secret_forms
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "dataforseo"
 LOGIN, PASSWORD = "ops@example.com", "s3cret-Pa55word"
@@ -669,6 +671,56 @@ def test_dataforseo_logs_never_carry_credentials(
     assert "provider_request" in caplog.text and "403" in caplog.text
     assert PASSWORD not in caplog.text and LOGIN not in caplog.text
     assert PASSWORD not in str(raised.value)
+
+
+# Credentials whose encodings differ from them: `@`, `/`, `+`, a space, a quote, a non-ASCII letter.
+ODD_LOGIN, ODD_PASSWORD = "ops+seo@example.com", 'pa/ss+w\u00f6rd "x" 1'
+ODD_TOKEN = base64.b64encode(f"{ODD_LOGIN}:{ODD_PASSWORD}".encode()).decode()
+
+
+def test_the_scrubber_removes_every_derived_form_of_a_secret() -> None:
+    forms = secret_forms(ODD_LOGIN, ODD_PASSWORD, ODD_TOKEN)
+    text = " ".join(f"<{form}>" for form in forms)
+    assert scrub(text, (ODD_LOGIN, ODD_PASSWORD, ODD_TOKEN)) == " ".join(["<***>"] * len(forms))
+    assert scrub("nothing secret", ("", "  ")) == "nothing secret"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(lambda echo: httpx.Response(502, text=echo), id="http-502-text"),
+        pytest.param(
+            lambda echo: httpx.Response(200, json=task_status(50000, echo)), id="task-50000"
+        ),
+        pytest.param(
+            lambda echo: httpx.Response(200, json=task_status(40100, echo)), id="task-40100"
+        ),
+        pytest.param(lambda echo: httpx.Response(200, text="<html>" + echo), id="non-json"),
+    ],
+)
+def test_dataforseo_logs_carry_no_form_of_the_credentials(
+    upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture, answer: Any
+) -> None:
+    """The Basic token is the credentials (base64 of `login:password`); DataForSEO's text may
+    quote it, or the login and password URL-encoded or JSON-escaped."""
+    provider = DataForSEOProvider(
+        ODD_LOGIN, ODD_PASSWORD, breaker=CircuitBreaker("DataForSEO", failure_threshold=1000)
+    )
+    route = upstream.post(API_URL)
+    assert ODD_TOKEN.endswith("=")
+    for form in secret_forms(ODD_LOGIN, ODD_PASSWORD, ODD_TOKEN, ODD_TOKEN.rstrip("=")):
+        caplog.clear()
+        route.mock(answer(f"upstream said Basic {form}."))
+        with (
+            caplog.at_level(logging.DEBUG, logger="keyflash"),
+            pytest.raises(ProviderError) as raised,
+        ):
+            provider.keyword_data(["seo tools"], US)
+        logged = logged_values(caplog)
+        assert "provider_request" in logged and "upstream said Basic ***." in logged, form
+        assert form not in logged and form not in caplog.text, form
+        assert form not in str(raised.value), form
+    assert route.calls.last.request.headers["authorization"] == f"Basic {ODD_TOKEN}"
 
 
 def test_dataforseo_uses_a_30_second_timeout() -> None:

@@ -3,6 +3,7 @@ answers in Google's documented shapes (tests/fixtures/google_ads).
 
     with FakeGoogleAds() as fake:
         fake.ads(200, fixture("historical_metrics"))   # or fake.token(400, …), headers=…,
+                                                       # bytes: sent as they are,
                                                        # every_s=0.2 (the body byte by byte)
         ... GOOGLE_ADS_TOKEN_URL=fake.token_url, GOOGLE_ADS_API_BASE_URL=fake.url ...
         fake.calls  # [(path, headers, body)] in order; a form body is a dict of its fields
@@ -27,6 +28,11 @@ Reply = tuple[int, bytes, dict[str, str]]
 
 def fixture(name: str) -> Any:
     return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def _payload(body: Any) -> bytes:
+    """`body` as JSON, or bytes as they are (an answer that is not JSON)."""
+    return body if isinstance(body, bytes) else json.dumps(body).encode()
 
 
 class FakeGoogleAds:
@@ -84,14 +90,14 @@ class FakeGoogleAds:
         return self.url + "/token"
 
     def token(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self._token = (status, json.dumps(body).encode(), headers or {})
+        self._token = (status, _payload(body), headers or {})
 
     def ads(
         self, status: int, body: Any, headers: dict[str, str] | None = None, every_s: float = 0.0
     ) -> None:
         """The Ads API's answer; with `every_s`, its body one byte per `every_s` (each read is
         quick, the whole is slow: what only a total deadline stops)."""
-        self._ads = (status, json.dumps(body).encode(), headers or {})
+        self._ads = (status, _payload(body), headers or {})
         self._ads_every_s = every_s
 
     def paths(self) -> list[str]:
