@@ -24,7 +24,8 @@ what the provider does in each case; in short:
   (`ProviderConfigurationError`, remembered for /api/health); 405xx refuse the request's own
   fields (`ProviderInputError`); a task answered 40102 ("No Search Results.") found nothing for
   the user's keyword and reads as an empty result. None counts toward the circuit breaker;
-  every other error answer, a timeout, a non-JSON body or an envelope without status 20000 does.
+  every other error answer, a timeout, a non-JSON body, an envelope without status 20000 or a
+  successful task whose `result` is not in the documented shape (`_check_result`) does.
 - Missing data stays missing: a keyword absent from the results, or returned without a
   volume, gets nulls and `noData: true`; an absent cpc or competition is null; a month without
   volume is null; the competition level falls back to the index in Google's bands (LOW 0-33,
@@ -396,6 +397,8 @@ class DataForSEOProvider:
         if not isinstance(tasks, list) or not tasks or not isinstance(tasks[0], dict):
             raise ProviderError("DataForSEO response has no task")
         self._check_status(tasks[0], "task")
+        if tasks[0].get("status_code") == OK:
+            _check_result(tasks[0].get("result"))
         return envelope
 
     def _check_status(self, part: Mapping[str, Any], level: str) -> None:
@@ -423,6 +426,25 @@ class DataForSEOProvider:
     def _scrub(self, text: str) -> str:
         """Upstream text goes to logs: make sure it cannot carry our credentials in any form."""
         return scrub(text, self._secrets)
+
+
+def _check_result(result: Any) -> None:
+    """Raise unless a successful task's `result` has DataForSEO's documented shape, as its own
+    client reads it: null (nothing to return) or an array of objects (a null element is
+    skipped), and a result's `items` (a results page's) the same. Anything else is a broken
+    answer, an outage: read as "no data" it would be answered, charged and cached for days."""
+    if not _objects_or_null(result):
+        raise ProviderError(
+            f"DataForSEO task result is not an array of objects ({type(result).__name__})"
+        )
+    if not all(_objects_or_null(item.get("items")) for item in result or () if item is not None):
+        raise ProviderError("DataForSEO task result has items that are not an array of objects")
+
+
+def _objects_or_null(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, list) and all(item is None or isinstance(item, dict) for item in value)
+    )
 
 
 # --- response mapping -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import respx
 
-from shared import config
+from shared import brief, config
 from shared.providers import (
     LOCATIONS,
     KeywordData,
@@ -651,6 +651,85 @@ def test_dataforseo_transport_failures_raise_provider_error(
     upstream.post(API_URL).mock(side_effect=error)
     with pytest.raises(ProviderError):
         dataforseo.keyword_data(["seo tools"], US)
+
+
+ENDPOINTS = {API_URL: "search_volume_ok", RELATED_API_URL: "keywords_for_keywords_ok",
+             SERP_API_URL: "serp_organic_ok"}  # fmt: skip
+ABSENT = object()
+
+
+def with_result(url: str, result: Any) -> dict[str, Any]:
+    """`url`'s recorded success (envelope and task 20000) with `result` in place of its own."""
+    body: dict[str, Any] = fixture(ENDPOINTS[url])
+    if result is ABSENT:
+        del body["tasks"][0]["result"]
+    else:
+        body["tasks"][0]["result"] = result
+    return body
+
+
+def ask(provider: DataForSEOProvider, url: str) -> Any:
+    if url == API_URL:
+        return provider.keyword_data(["seo tools", "keyword research"], US)
+    if url == RELATED_API_URL:
+        return provider.related_keywords("seo tools", US)
+    return provider.organic_serp("seo tools", US)
+
+
+@pytest.mark.parametrize("url", list(ENDPOINTS))
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param({"keyword": "seo tools", "search_volume": 1000}, id="object"),
+        pytest.param("seo tools", id="string"),
+        pytest.param(7, id="number"),
+        pytest.param(True, id="boolean"),
+        pytest.param(["seo tools"], id="array-of-strings"),
+        pytest.param([{"keyword": "seo tools"}, 1], id="array-with-a-number"),
+        pytest.param([{"items": {"type": "organic"}}], id="items-an-object"),
+        pytest.param([{"items": "organic"}], id="items-a-string"),
+        pytest.param([{"items": [{"type": "organic"}, "x"]}], id="items-with-a-string"),
+    ],
+)
+def test_a_success_whose_result_is_not_an_array_of_objects_is_an_outage(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, url: str, result: Any
+) -> None:
+    """DataForSEO documents `result` as an array of objects (its own client's models: a list of
+    result objects, or null), and a results page's `items` likewise; anything else is a broken
+    answer, never "no data" (which would be cached and charged)."""
+    upstream.post(url).mock(httpx.Response(200, json=with_result(url, result)))
+    with pytest.raises(ProviderError, match="result") as raised:
+        ask(dataforseo, url)
+    assert type(raised.value) is ProviderError and raised.value.outage
+    assert dataforseo.breaker.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize("url", list(ENDPOINTS))
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(None, id="null"),
+        pytest.param(ABSENT, id="absent"),
+        pytest.param([], id="empty"),
+        pytest.param([None], id="null-element"),
+        pytest.param([{"items": None}], id="items-null"),
+        pytest.param([{"items": []}], id="items-empty"),
+    ],
+)
+def test_a_success_with_nothing_in_its_result_is_no_data(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, url: str, result: Any
+) -> None:
+    """The shapes DataForSEO's client reads as "nothing": a null or empty `result`, null
+    elements, a results page whose `items` are null or empty. A success for the breaker."""
+    upstream.post(url).mock(httpx.Response(200, json=with_result(url, result)))
+    answer = ask(dataforseo, url)
+    if url == API_URL:
+        assert answer == [without_data("seo tools"), without_data("keyword research")]
+    elif url == RELATED_API_URL:
+        assert answer == []
+    else:
+        assert brief.parse_serp(answer) == {"results": [], "questions": [], "totalResults": 0}
+    assert dataforseo.breaker.stats()["failures"] == 0
 
 
 def test_dataforseo_task_error_names_the_code_for_the_logs(

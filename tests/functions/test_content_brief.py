@@ -4,6 +4,7 @@ DataForSEO's results page over respx."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import uuid
@@ -242,6 +243,29 @@ def test_a_keyword_without_results_is_an_empty_brief_and_never_opens_the_circuit
     assert other.status == 200 and len(other.json["brief"]["serpResults"]) == 4
     assert route.call_count == 7
     assert providers.serp_provider().breaker.stats()["failures"] == 0
+
+
+def test_a_success_whose_result_is_malformed_is_502_and_not_cached(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results page in no documented shape (`result` an object, `items` not an array) is a
+    broken answer, not an empty page: nothing is cached (s44t3 F3)."""
+    live(monkeypatch)
+    kw = keyword()
+    page = serp_fixture()
+    as_object, items_object = copy.deepcopy(page), copy.deepcopy(page)
+    as_object["tasks"][0]["result"] = page["tasks"][0]["result"][0]
+    items_object["tasks"][0]["result"][0]["items"] = {"type": "organic"}
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(SERP_API_URL).mock(httpx.Response(200, json=as_object))
+        failed = [make_brief(call, user_id(), {"keyword": kw})]
+        route.mock(httpx.Response(200, json=items_object))
+        failed.append(make_brief(call, user_id(), {"keyword": kw}))
+        route.mock(httpx.Response(200, json=page))
+        served = make_brief(call, user_id(), {"keyword": kw})
+    assert [(a.status, a.json["error"]) for a in failed] == [(502, "Bad Gateway")] * 2
+    assert served.status == 200 and served.json["cached"] is False
+    assert len(served.json["brief"]["serpResults"]) == 4 and route.call_count == 3
 
 
 def test_a_task_error_is_a_provider_failure(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:

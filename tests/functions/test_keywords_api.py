@@ -361,6 +361,25 @@ def test_provider_failure_gives_the_reservation_back(
     assert row == (0, 0)
 
 
+def test_a_success_whose_result_is_malformed_is_502_given_back_and_not_cached(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Status 20000 with a `result` that is not DataForSEO's array of objects is a broken answer
+    (s44t3 F3): not no-data rows charged and cached for 7 days."""
+    use_dataforseo(monkeypatch)
+    who, body = user_id(), {**BODY, "keywords": fresh_keywords()}
+    broken = fixture("search_volume_ok")
+    broken["tasks"][0]["result"] = {"keyword": body["keywords"][0], "search_volume": 1000}
+    with dataforseo_upstream() as mock:
+        route = mock.post(url__regex=DATAFORSEO_URL).mock(HttpxResponse(200, json=broken))
+        failed = search(call, who, body)
+        route.mock(side_effect=answer_for)
+        served = search(call, who, body)
+    assert (failed.status, failed.json["error"]) == (502, "Bad Gateway")
+    assert served.status == 200 and served.json["cached"] is False and route.call_count == 2
+    assert counters(admin_conn, who) == (2, 2)  # only the served search counts
+
+
 def test_provider_is_part_of_the_cache_key(call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
     who = user_id()
     body = {**BODY, "keywords": fresh_keywords()}

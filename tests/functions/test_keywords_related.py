@@ -3,6 +3,7 @@ docs/related-and-briefs.md) through the Lambda handler and HTTP, DataForSEO over
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import uuid
@@ -322,6 +323,26 @@ def test_a_seed_without_results_is_an_empty_list_never_a_breaker_failure(
     assert [(a.status, a.json["relatedKeywords"]) for a in answers] == [(200, [])] * 6
     assert route.call_count == 6
     assert (providers.breaker_stats() or {})["failures"] == 0
+
+
+def test_a_success_whose_result_is_malformed_is_502_and_not_cached(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status 20000 with a `result` that is not an array of objects is a broken answer, not a
+    seed without ideas: nothing is cached (s44t3 F3)."""
+    use_dataforseo(monkeypatch)
+    keyword = seed()
+    ideas = json.loads((FIXTURES / "keywords_for_keywords_ok.json").read_text())
+    broken = copy.deepcopy(ideas)
+    broken["tasks"][0]["result"] = {"keyword": f"{keyword} idea", "search_volume": 10}
+    with dataforseo_upstream() as upstream:
+        route = upstream.post(RELATED_API_URL).mock(httpx.Response(200, json=broken))
+        failed = related(call, user_id(), {"keyword": keyword})
+        route.mock(httpx.Response(200, json=ideas))
+        served = related(call, user_id(), {"keyword": keyword})
+    assert (failed.status, failed.json["error"]) == (502, "Bad Gateway")
+    assert served.status == 200 and served.json["cached"] is False
+    assert len(served.json["relatedKeywords"]) == 20 and route.call_count == 2
 
 
 def test_dataforseo_rejected_account_is_503_not_configured(
