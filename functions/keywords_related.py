@@ -5,8 +5,9 @@ Order, as the original: auth → rate limit (RELATED_KEYWORDS_RATE_LIMIT_PER_HOU
 body → cache → provider. The provider's full list is cached for 7 days and `limit` trims only
 the response. No quota, no tier: the configured provider serves everyone.
 
-Fixes over the original (docs/original-app.md#d2, #d13): the call goes through the provider's
-circuit breaker (one per warm container) and the account's request budget; the cache key
+Fixes over the original (docs/original-app.md#d2, #d13): the call goes through a circuit
+breaker of its own (one per warm container: `providers.related_provider`) and the account's
+request budget; the cache key
 includes the provider, and an entry is served only in the route's shape (else a logged miss);
 `cacheHealthy` reports whether the write succeeded; a provider without
 related keywords answers 501 (the original's 501 reached clients as a 500), an open circuit
@@ -115,7 +116,7 @@ def related(
 ) -> Response:
     deadline = provider_deadline(request)
     try:
-        provider = providers.get_provider()
+        provider = providers.related_provider()
     except providers.ProviderError as error:
         provider_failed(error, "unknown")
     lookup = getattr(provider, "related_keywords", None)

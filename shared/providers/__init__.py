@@ -36,6 +36,7 @@ from shared.providers.registry import (
     configured_key,
     get_provider,
     mock_provider,
+    related_provider,
     reset_providers,
     serp_provider,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "infer_intent",
     "mock_provider",
     "normalize_location",
+    "related_provider",
     "reset_providers",
     "serp_provider",
     "without_data",

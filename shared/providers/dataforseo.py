@@ -214,12 +214,15 @@ class DataForSEOProvider:
         self._client = client
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DataForSEOProvider:
+    def from_settings(
+        cls, settings: Settings, *, breaker: CircuitBreaker | None = None
+    ) -> DataForSEOProvider:
         return cls(
             settings.dataforseo_api_login,
             settings.dataforseo_api_password,
             requests_per_minute=settings.dataforseo_requests_per_minute,
             base_url=settings.dataforseo_api_base_url,
+            breaker=breaker,
         )
 
     def configuration_error(self) -> str | None:

@@ -31,6 +31,7 @@ DATAFORSEO_MODULE = "shared.providers.dataforseo"
 _lock = threading.Lock()
 _mock: MockProvider | None = None
 _dataforseo: DataForSEOProvider | None = None
+_related: DataForSEOProvider | None = None
 _serp: DataForSEOProvider | None = None
 _google_ads: GoogleAdsProvider | None = None
 
@@ -94,6 +95,27 @@ def _google_ads_provider() -> GoogleAdsProvider:
     return _google_ads
 
 
+def related_provider() -> Provider:
+    """The configured provider for related keywords. DataForSEO gets an instance with a circuit
+    breaker of its own: deployed, the related-keywords function is its own container and so
+    has its own breaker; in one process (`keyflash dev`, the tests) this keeps the keyword
+    search's failures from opening its circuit, and its failures the search's. Other providers
+    are shared (Mock has no breaker; Google Ads has no related keywords)."""
+    global _related
+    if configured_key() != "dataforseo":
+        return get_provider()
+    if _related is None:
+        with _lock:
+            if _related is None:
+                from shared.providers.breaker import CircuitBreaker
+                from shared.providers.dataforseo import DataForSEOProvider
+
+                _related = DataForSEOProvider.from_settings(
+                    get_settings(), breaker=CircuitBreaker("DataForSEO related keywords")
+                )
+    return _related
+
+
 def serp_provider() -> DataForSEOProvider:
     """DataForSEO for results pages (content briefs), with its own circuit breaker: the SERP
     API is another service than Google Ads data, so one's outage must not open the other's
@@ -137,10 +159,11 @@ def breaker_stats() -> dict[str, Any] | None:
 
 def reset_providers() -> None:
     """Forget the cached providers, their breakers and the HTTP client (tests)."""
-    global _mock, _dataforseo, _serp, _google_ads
+    global _mock, _dataforseo, _related, _serp, _google_ads
     with _lock:
         _mock = None
         _dataforseo = None
+        _related = None
         _serp = None
         _google_ads = None
     module = sys.modules.get(DATAFORSEO_MODULE)

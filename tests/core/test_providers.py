@@ -36,6 +36,7 @@ from shared.providers import (
     infer_intent,
     mock_provider,
     normalize_location,
+    related_provider,
     reset_providers,
     serp_provider,
     without_data,
@@ -1070,6 +1071,19 @@ def test_dataforseo_ideas_and_results_pages_need_credentials(upstream: respx.Moc
         provider.related_keywords("seo", US)
     with pytest.raises(ProviderConfigurationError, match="DATAFORSEO_API_PASSWORD"):
         provider.organic_serp("seo", US)
+
+
+def test_related_keywords_have_their_own_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As each function's own container has deployed; other providers are the configured one."""
+    configure(monkeypatch, KEYWORD_API_PROVIDER="dataforseo", DATAFORSEO_API_LOGIN=LOGIN,
+              DATAFORSEO_API_PASSWORD=PASSWORD, DATAFORSEO_REQUESTS_PER_MINUTE="7")  # fmt: skip
+    ideas = related_provider()
+    assert isinstance(ideas, DataForSEOProvider) and ideas is related_provider()
+    assert ideas.breaker is not getattr(get_provider(), "breaker", None)
+    assert ideas.breaker.name == "DataForSEO related keywords"
+    assert ideas.requests_per_minute == 7  # the account's one budget, as the search's
+    configure(monkeypatch, KEYWORD_API_PROVIDER="mock")
+    assert related_provider() is get_provider()
 
 
 def test_the_results_page_has_its_own_breaker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -231,20 +231,10 @@ def test_not_metered_but_a_usage_row_per_call(
 # --- providers -----------------------------------------------------------------------------
 
 
-class KeywordsOnly:
-    """A provider with keyword data and no related keywords (as Google Ads)."""
-
-    key = "keywords-only"
-    name = "Keywords Only"
-
-    def keyword_data(self, keywords: list[str], options: providers.SearchOptions) -> list[Any]:
-        raise AssertionError("not called")
-
-
 def test_a_provider_without_related_keywords_is_501(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(providers, "get_provider", KeywordsOnly)
+    settings(monkeypatch, KEYWORD_API_PROVIDER="google-ads")  # keyword data only
     result = related(call, user_id(), {"keyword": seed()})
     assert result.status == 501
     assert result.json["reason"] == "related_keywords_not_supported"
@@ -311,6 +301,28 @@ def test_dataforseo_failures_open_the_circuit(
     assert route.call_count == 5
 
 
+def test_its_breaker_is_its_own_as_in_its_own_container(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deployed, each function is its own container with its own breaker; in one process
+    (`keyflash dev`, these tests) the keyword search's failures must not open this function's
+    circuit, nor its failures the search's (s44t3 F2)."""
+    use_dataforseo(monkeypatch)
+    searches = {"keywords": [seed()], "matchType": "phrase"}
+    with dataforseo_upstream() as upstream:
+        volume = upstream.post(SEARCH_VOLUME_URL).mock(httpx.Response(500, text="down"))
+        ideas = upstream.post(RELATED_API_URL).mock(httpx.Response(500, text="down"))
+        searched = [
+            call("keywords", "POST", "/api/keywords", user=user_id(), json_body=searches)
+            for _ in range(4)
+        ]
+        answers = [related(call, user_id(), {"keyword": seed()}) for _ in range(2)]
+        fifth = call("keywords", "POST", "/api/keywords", user=user_id(), json_body=searches)
+    assert [r.status for r in searched] == [502] * 4
+    assert [a.status for a in answers] == [502, 502] and ideas.call_count == 2
+    assert fifth.status == 502 and volume.call_count == 5
+
+
 def test_a_seed_without_results_is_an_empty_list_never_a_breaker_failure(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,7 +334,7 @@ def test_a_seed_without_results_is_an_empty_list_never_a_breaker_failure(
         answers = [related(call, user_id(), {"keyword": seed()}) for _ in range(6)]
     assert [(a.status, a.json["relatedKeywords"]) for a in answers] == [(200, [])] * 6
     assert route.call_count == 6
-    assert (providers.breaker_stats() or {})["failures"] == 0
+    assert providers.related_provider().breaker.stats()["failures"] == 0  # type: ignore[attr-defined]
 
 
 def test_a_success_whose_result_is_malformed_is_502_and_not_cached(
