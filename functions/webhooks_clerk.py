@@ -11,7 +11,8 @@
   on their own too (upserts, erasure of what is left).
 - `user.created` / `user.updated` keep the user's email in step with Clerk's primary address
   (`shared.accounts.sync_email`), in the order of Clerk's own `updated_at` (an older event
-  delivered late changes nothing); a collision with another account is a 409 and changes
+  delivered late changes nothing; an update with no address left releases the stored one for
+  the placeholder); a collision with another account is a 409 and changes
   nothing; an erased id (tombstoned, no row) is never recreated. `user.deleted` erases the
   user exactly as DELETE /api/me does.
 - `organization.*` and `organizationMembership.*` keep the organizations mirror in step, in

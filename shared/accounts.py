@@ -2,8 +2,10 @@
 exactly once), and finishing an erasure.
 
 Clerk's events can arrive late, be retried or be replayed, so the email rules are written to be
-safe in any order: a real email is never replaced by the `{id}@keyflash.local` placeholder, and
-`user.created` (the oldest information) only ever replaces that placeholder.
+safe in any order: they apply in the order of Clerk's `updated_at`, `user.created` (the oldest
+information) only ever replaces the `{id}@keyflash.local` placeholder, and the placeholder
+replaces a real email only from a `user.updated` that can be ordered (the user has no address
+left in Clerk, which may give it to someone else).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def sync_email(
 
     `changed_at`: Clerk's `updated_at` of the event. An event older than the last one applied
     (`clerkUpdatedAt`) is stale and changes nothing: Svix does not deliver in order.
-    `replace_real_email=False` (user.created) only upgrades a placeholder. Raises
+    `replace_real_email=False` (user.created) only upgrades a placeholder. With it (user.updated)
+    the placeholder `email` (no primary address left) releases a real one, but only from an
+    event with `changed_at`: one without cannot be told from a late delivery. Raises
     `EmailInUseError` when another account has the email (case-insensitively); a racing insert
     of the same id surfaces as `IntegrityError` (see `is_duplicate_user`) and the caller re-runs.
 
@@ -61,9 +65,10 @@ def sync_email(
     if changed_at is not None and stamp is not None and changed_at < stamp:
         return "stale"
     newer = changed_at is not None and (stamp is None or changed_at > stamp)
+    releases = replace_real_email and changed_at is not None
     keep = (
         existing.email == email
-        or is_placeholder(email)
+        or (is_placeholder(email) and not releases)
         or (not replace_real_email and not is_placeholder(existing.email))
     )
     if keep:

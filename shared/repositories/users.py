@@ -81,7 +81,8 @@ PLACEHOLDER_DOMAIN = "keyflash.local"
 
 def placeholder_email(user_id: str) -> str:
     """What we store when Clerk gives no email (the original's fallback,
-    docs/original-app.md#d19), or when the user's address belongs to another account. Unique
+    docs/original-app.md#d19; a user.updated with none left releases the stored one), or when
+    the user's address belongs to another account. Unique
     only exactly (`users_email_lower_key`, migration 0016), as the case-sensitive ids are."""
     return f"{user_id}@{PLACEHOLDER_DOMAIN}"
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from devkit import clerk_org
-from shared import accounts, config, db
+from shared import accounts, auth, config, db
 from shared.db import Conn
 from shared.repositories import api_usage, saved_searches, users
 from tests.core.test_trials_and_tombstones import waits_for_lock
@@ -316,7 +316,7 @@ def test_updated_changes_the_email_and_is_idempotent(call: Caller) -> None:
     assert again.status == 200 and email_of("user_a") == "b@example.com"
     case_only, _, _ = deliver(call, "user.updated", user_data("user_a", "B@Example.com"))
     assert case_only.status == 200 and email_of("user_a") == "B@Example.com"
-    # Losing every email never replaces a real address with the placeholder.
+    # An update without `updated_at` cannot be ordered: it never releases a real address.
     deliver(call, "user.updated", user_data("user_a", primary=None))
     assert email_of("user_a") == "B@Example.com"
 
@@ -392,6 +392,78 @@ def test_email_collision_is_a_409_and_changes_nothing_until_resolved(
     retry = call("webhooks_clerk", "POST", PATH, body=payload, headers=headers)
     assert (retry.status, retry.json) == (200, {"received": True})
     assert email_of("user_a") == "TAKEN@example.com"
+
+
+def without_email(user_id: str, updated_at: int) -> dict[str, Any]:
+    """A phone-only (or web3-only) user: Clerk's UserJSON once their last address is removed."""
+    return {**user_data(user_id, primary=None), "updated_at": updated_at}
+
+
+def me_with_email(call: Caller, user_id: str, email: str) -> Any:
+    token = call.token(user_id, email=email)
+    return call("me", "GET", "/api/me", headers={"authorization": f"Bearer {token}"})
+
+
+def test_an_update_without_email_releases_the_address_to_whoever_waits_for_it(
+    call: Caller,
+) -> None:
+    """Clerk lets a user remove their only address and then gives it to someone else: A's
+    update is authoritative and A's row gives the address up (the placeholder), so B, refused
+    while A held it, gets in on Svix's retry and with their session."""
+    deliver(call, "user.created", stamped("user_a", "shared@example.com", 1000))
+    b_created = json.dumps(
+        {"type": "user.created", "data": stamped("user_b", "Shared@example.com", 1500)}
+    )
+    headers = signed_headers(b_created, msg_id="msg_b_created")
+    refused = call("webhooks_clerk", "POST", PATH, body=b_created, headers=headers)
+    assert refused.status == 409
+    assert me_with_email(call, "user_b", "Shared@example.com").status == 409
+    released, _, _ = deliver(call, "user.updated", without_email("user_a", 2000))
+    assert (released.status, released.json) == (200, {"received": True})
+    assert email_of("user_a") == "user_a@keyflash.local"
+    retry = call("webhooks_clerk", "POST", PATH, body=b_created, headers=headers)
+    assert (retry.status, retry.json) == (200, {"received": True})
+    assert email_of("user_b") == "Shared@example.com"
+    me = me_with_email(call, "user_b", "Shared@example.com")
+    assert (me.status, me.json["email"]) == (200, "Shared@example.com")
+
+
+def test_a_session_waiting_for_an_address_gets_in_once_its_holder_releases_it(
+    call: Caller,
+) -> None:
+    deliver(call, "user.created", stamped("user_a", "shared@example.com", 1000))
+    assert me_with_email(call, "user_b", "shared@example.com").status == 409
+    deliver(call, "user.updated", without_email("user_a", 2000))
+    me = me_with_email(call, "user_b", "shared@example.com")
+    assert (me.status, me.json["email"]) == (200, "shared@example.com")
+
+
+def test_a_late_or_unordered_event_without_email_never_releases_a_newer_address(
+    call: Caller,
+) -> None:
+    """The release follows Clerk's order: an older update delivered late, a `user.created`
+    (the oldest information) or an update without `updated_at` (no order to judge by) leaves a
+    real address alone, and so does a session token without an email claim."""
+    deliver(call, "user.created", stamped("user_a", "a@example.com", 1000))
+    deliver(call, "user.updated", stamped("user_a", "new@example.com", 3000))
+    for kind, data in [
+        ("user.updated", without_email("user_a", 2000)),  # older: stale
+        ("user.created", without_email("user_a", 4000)),
+        ("user.updated", user_data("user_a", primary=None)),  # no updated_at
+    ]:
+        result, _, _ = deliver(call, kind, data)
+        assert (result.status, result.json) == (200, {"received": True})
+        assert email_of("user_a") == "new@example.com", (kind, data)
+    auth.forget("user_a")  # the session's next call provisions, as in a cold container
+    me = call("me", "GET", "/api/me", user="user_a")  # a token without an email claim
+    assert (me.status, me.json["email"]) == (200, "new@example.com")
+    # Released, the address is not brought back by an older event either.
+    deliver(call, "user.updated", without_email("user_a", 5000))
+    deliver(call, "user.updated", stamped("user_a", "new@example.com", 4500))
+    assert email_of("user_a") == "user_a@keyflash.local"
+    # A newer one with an address (Clerk gave A one again) sets it.
+    deliver(call, "user.updated", stamped("user_a", "back@example.com", 6000))
+    assert email_of("user_a") == "back@example.com"
 
 
 def test_created_without_email_for_ids_differing_only_in_case(call: Caller) -> None:
