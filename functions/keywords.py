@@ -23,7 +23,12 @@ from shared.auth import Identity
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
-from shared.errors import OrganizationNotFoundError, QuotaExceededError, TrialExpiredError
+from shared.errors import (
+    AccountDeletedError,
+    OrganizationNotFoundError,
+    QuotaExceededError,
+    TrialExpiredError,
+)
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
@@ -134,6 +139,9 @@ def search(
         result = keyword_search.search(
             identity, query, deadline=deadline, origin=_origin(request), started=started
         )
+    except AccountDeletedError:
+        request.state.user_id = None  # as for every route (`shared.http.app`), in its words
+        raise ApiError(401, SIGN_IN) from None
     except TrialExpiredError:
         raise ApiError(403, TRIAL_EXPIRED) from None
     except OrganizationNotFoundError:

@@ -87,12 +87,19 @@ def is_duplicate_user(error: IntegrityError) -> bool:
     return violated_constraint(error) == "users_pkey"
 
 
-def erase(conn: Conn, user_id: str, *, refuse_live_subscription: bool = False) -> Erasure:
+def erase(
+    conn: Conn,
+    user_id: str,
+    *,
+    refuse_live_subscription: bool = False,
+    clerk_deleted: bool = False,
+) -> Erasure:
     """Erase the user (`personal_data.erase`, in the caller's transaction) and, in the same
     transaction, owe the deletion of their legacy Redis keys, so that a crash between the
     commit and `finish_erasure` cannot lose it (the repair job finishes it). The erasure's two
     retention exceptions are written first, in the same transaction: the tombstone that keeps
-    the trial from starting over (`shared.repositories.tombstones`) and billing's hash of the
+    the trial from starting over (`shared.repositories.tombstones`; `clerk_deleted`, Clerk's
+    user.deleted: flagged so that the id is never provisioned again) and billing's hash of the
     Stripe customer (`_remember_billing_customer`). The tombstone locks the user's row first;
     organizations are locked only after it (the team keywords given back), the order a team
     search takes them in.
@@ -103,7 +110,7 @@ def erase(conn: Conn, user_id: str, *, refuse_live_subscription: bool = False) -
     tombstone and the rows `personal_data.erase` changes would invert the order above: two
     erasures of one person deadlocked that way.
     """
-    found = tombstones.record(conn, user_id)
+    found = tombstones.record(conn, user_id, clerk_deleted=clerk_deleted)
     if found:
         _remember_billing_customer(conn, user_id, refusing=refuse_live_subscription)
     erasure = personal_data.erase(
@@ -203,7 +210,7 @@ def _apply(conn: Conn, delivery: str, kind: str, user: ClerkUser) -> str | Erasu
         return None
     outcome: str | Erasure
     if kind == "user.deleted":
-        outcome = erase(conn, user.id)
+        outcome = erase(conn, user.id, clerk_deleted=True)
     else:
         outcome = sync_email(
             conn,
@@ -226,6 +233,17 @@ def _run(delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
     return db.transaction(lambda conn: _apply(conn, delivery, kind, user))
 
 
+def _erase_created_meanwhile(user_id: str) -> None:
+    """After a user.deleted that found no row to erase: a first sign-in running meanwhile may
+    have created one the erasure could not see yet (committed after its read). Looking again
+    once the deletion committed finds it; a sign-in committing later sees the flagged tombstone
+    and removes its row itself (`users.get_or_create`). Either way no row outlives the deletion."""
+    if db.run(lambda conn: users.get(conn, user_id), idempotent=True) is None:
+        return
+    erasure = db.transaction(lambda conn: erase(conn, user_id, clerk_deleted=True))
+    finish_erasure(user_id, erasure, source="clerk_webhook")
+
+
 def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
     """Apply one verified Clerk user event exactly once: the delivery's `svix-id` is claimed in
     the webhook ledger in the transaction of its effect; None from the claim is a replay.
@@ -240,6 +258,8 @@ def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bo
         return {"received": True, "duplicate": True}
     if isinstance(outcome, Erasure):
         finish_erasure(user.id, outcome, source="clerk_webhook")
+        if not outcome.user_deleted:
+            _erase_created_meanwhile(user.id)
         outcome = "erased"
     elif outcome != "after_erasure":
         storage.mirror_user(user.id)  # the legacy copy follows the email change (dual/fallback)

@@ -25,6 +25,15 @@ class OrganizationNotFoundError(NotFoundError):
         self.org_id = org_id
 
 
+class AccountDeletedError(DomainError):
+    """Clerk deleted this user (its id never comes back): a session token that outlived the
+    deletion provisions nothing; the HTTP layer answers 401."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id} was deleted in Clerk")
+        self.user_id = user_id
+
+
 class EmailInUseError(DomainError, ValueError):
     """Another user already has this email (compared case-insensitively)."""
 

@@ -92,8 +92,10 @@ ERASURE_RETENTION = (
     "prevent "
     "abuse of the free trial: a keyed hash (HMAC-SHA256) of your user id and one of your email "
     "address, each with the end of your trial and the number of keywords you used, so that "
-    "signing up again continues that trial instead of starting a new one. The hashes cannot "
-    "be turned back into your id or email."
+    "signing up again continues that trial instead of starting a new one. When your account "
+    "is deleted at our sign-in provider (Clerk), the record of your user id also says so, so "
+    "that id can never open an account here again. The hashes cannot be turned back into your "
+    "id or email."
 )
 
 

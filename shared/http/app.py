@@ -33,10 +33,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import db, snapstart
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
-from shared.errors import EMAIL_IN_USE, EmailInUseError
+from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
-from shared.http.errors import ApiError, api_error_response, error_response
+from shared.http.errors import AUTH_REQUIRED, ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, Cors, Csrf, QueryEncoding
 from shared.http.lambda_events import LambdaHandler
 from shared.telemetry import log_event
@@ -83,6 +83,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)
     app.add_exception_handler(EmailInUseError, _email_in_use)  # type: ignore[arg-type]
+    app.add_exception_handler(AccountDeletedError, _account_deleted)  # type: ignore[arg-type]
     # Added last = outermost: RequestContext sees every response, including guard refusals,
     # and Cors, outside it, adds its headers to every answer, its last-resort 500 included.
     app.add_middleware(QueryEncoding)
@@ -150,6 +151,13 @@ async def _api_error(request: Request, error: ApiError) -> Response:
 async def _email_in_use(request: Request, error: EmailInUseError) -> Response:
     """Provisioning or an email change met another account's address, wherever it happened."""
     return api_error_response(ApiError(409, EMAIL_IN_USE))
+
+
+async def _account_deleted(request: Request, error: AccountDeletedError) -> Response:
+    """A session token that outlived its user's deletion in Clerk: signed out, and this
+    request's usage row names no one (the erased id must not reappear)."""
+    request.state.user_id = None
+    return api_error_response(ApiError(401, AUTH_REQUIRED))
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:

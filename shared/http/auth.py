@@ -3,7 +3,8 @@
 The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
 verifies it. `SignedIn` routes need a valid token (401 otherwise, from `unauthenticated`, which
 tells a session with pending tasks why); `CurrentUser` routes also provision the caller (409
-when another account holds the token's email); `AdminUser` routes also need the admin role (403).
+when another account holds the token's email; 401 when Clerk deleted the user, whose token may
+outlive them by a minute); `AdminUser` routes also need the admin role (403).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from shared.auth import (
     verify_session_token,
 )
 from shared.config import get_settings
-from shared.http.errors import ApiError
+from shared.http.errors import AUTH_REQUIRED, ApiError
 
-AUTH_REQUIRED = "Authentication required"
 SESSION_PENDING = (
     "Finish signing in: the session has pending tasks (such as choosing an organization)"
 )
@@ -73,8 +73,8 @@ def signed_in(request: Request) -> Identity:
 
 def authenticate(request: Request) -> Identity:
     """`signed_in`'s identity, provisioned in the database (`EmailInUseError`, a 409, when
-    another account holds the token's email). Called, not depended on: one dependency, so one
-    threadpool hop per request."""
+    another account holds the token's email; `AccountDeletedError`, a 401, when Clerk deleted
+    the user). Called, not depended on: one dependency, so one threadpool hop per request."""
     identity = signed_in(request)
     provision(identity)
     return identity

@@ -18,6 +18,7 @@ T = TypeVar("T")
 ERROR_CACHE_CONTROL = "no-store, no-cache, must-revalidate"
 # Every route that takes an org answers this 404 alike: here, so a route needs no org layer for it.
 ORG_NOT_FOUND = "Organization not found"
+AUTH_REQUIRED = "Authentication required"
 
 
 class ApiError(Exception):

@@ -9,6 +9,10 @@ used. Nothing else: not the id, not the email, no dates but the trial's end. Wit
 the rows cannot be linked to a person; with it, only someone who already knows an id or email
 can test it. Provisioning looks the identity up in the statement that creates the user, and
 the new row continues that trial (its end, its usage) instead of starting a new one.
+
+Clerk's `user.deleted` also flags the id's row `clerkDeleted`: Clerk never reuses an id, so
+provisioning creates no row for it again (a session token outlives the deletion by up to a
+minute). An erasure through DELETE /api/me leaves it unset: that person may sign in again.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from sqlalchemy import (
     Update,
     any_,
     bindparam,
+    exists,
+    false,
     func,
     or_,
     select,
@@ -67,11 +73,13 @@ def keys(user_id: str, email: str | None) -> list[str]:
 
 def found_under(identity: ColumnElement[Any]) -> Subquery:
     """One row for these keys (`identity`: a text array, e.g. a bound `keys(...)`): `ends`, the
-    earliest trial end tombstoned (NULL: none), and `used`, the most keywords (0: none)."""
+    earliest trial end tombstoned (NULL: none), `used`, the most keywords (0: none), and
+    `deleted`, whether Clerk deleted the id (only an id's row is ever flagged)."""
     return (
         select(
             func.min(AccountTombstone.trial_ends_at).label("ends"),
             func.coalesce(func.max(AccountTombstone.keywords_used), 0).label("used"),
+            func.coalesce(func.bool_or(AccountTombstone.clerk_deleted), false()).label("deleted"),
         )
         .where(AccountTombstone.key == any_(identity))
         .subquery("tombstone")
@@ -121,10 +129,12 @@ def settle(conn: Conn, user_id: str, email: str) -> Settled | None:
 
 
 @database_operation("recordTombstone")
-def record(conn: Conn, user_id: str) -> bool:
+def record(conn: Conn, user_id: str, *, clerk_deleted: bool = False) -> bool:
     """In the erasure's transaction, before the user row goes: keep the trial's end and the
     keywords used under the user's keys (an earlier tombstone of the same identity only ever
     gets stricter). The row is locked, so no request can count usage the tombstone misses.
+    `clerk_deleted` (Clerk's user.deleted) flags the id's row, whatever was there before; a
+    flag once set stays.
 
     With no row, False (no account to keep), and two cases told apart by the id's tombstone:
     - it exists: the id was erased already (a double click whose second erasure waited on the
@@ -133,24 +143,29 @@ def record(conn: Conn, user_id: str) -> bool:
     - it does not: Clerk's `user.deleted` before any event or sign-in created a row here. The
       id's tombstone alone, its trial over: Clerk never reuses an id, so it only marks the id
       erased, and a late `user.created` creates nothing.
-    One statement decides (ON CONFLICT DO NOTHING): an erasure still writing the id's tombstone
-    is waited for, and an existing one is neither changed nor locked."""
+    One statement decides (ON CONFLICT): an erasure still writing the id's tombstone is waited
+    for, and an existing one keeps its trial (only its flag may be set)."""
     user = conn.session.scalars(
         select(User).where(User.id == user_id).with_for_update()
     ).one_or_none()
     if user is None:
         [key] = keys(user_id, None)
-        never_created = {"key": key, "trial_ends_at": utcnow(), "keywords_used": 0}
+        never_created = insert(AccountTombstone).values(
+            key=key, trial_ends_at=utcnow(), keywords_used=0, clerk_deleted=clerk_deleted
+        )
+        conflict = [AccountTombstone.key]
         conn.session.execute(
-            insert(AccountTombstone)
-            .values([never_created])
-            .on_conflict_do_nothing(index_elements=[AccountTombstone.key])
+            never_created.on_conflict_do_update(
+                index_elements=conflict, set_={AccountTombstone.clerk_deleted: True}
+            )
+            if clerk_deleted
+            else never_created.on_conflict_do_nothing(index_elements=conflict)
         )
         return False
-    rows = [
-        {"key": key, "trial_ends_at": trial_end(user), "keywords_used": user.keyword_searches_total}
-        for key in keys(user.id, user.email)
-    ]
+    id_key, *email_key = keys(user.id, user.email)
+    kept = {"trial_ends_at": trial_end(user), "keywords_used": user.keyword_searches_total}
+    rows = [{"key": id_key, "clerk_deleted": clerk_deleted, **kept}]
+    rows += [{"key": key, "clerk_deleted": False, **kept} for key in email_key]
     statement = insert(AccountTombstone).values(rows)
     conn.session.execute(
         statement.on_conflict_do_update(
@@ -162,10 +177,26 @@ def record(conn: Conn, user_id: str) -> bool:
                 AccountTombstone.keywords_used: func.greatest(
                     AccountTombstone.keywords_used, statement.excluded.keywordsUsed
                 ),
+                AccountTombstone.clerk_deleted: or_(
+                    AccountTombstone.clerk_deleted, statement.excluded.clerkDeleted
+                ),
             },
         )
     )
     return True
+
+
+def clerk_deleted(user_id: str) -> ColumnElement[bool]:
+    """True where Clerk deleted this id (its tombstone flagged by user.deleted)."""
+    [key] = keys(user_id, None)
+    return exists().where(AccountTombstone.key == key, AccountTombstone.clerk_deleted)
+
+
+@database_operation("findDeletedClerkUser")
+def deleted_in_clerk(conn: Conn, user_id: str) -> bool:
+    """Whether Clerk deleted this id: it never comes back. Asked only where no row was found
+    or created for the id, never for a live user."""
+    return bool(conn.session.execute(select(clerk_deleted(user_id))).scalar())
 
 
 @database_operation("findErasedAccount")

@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    false,
     func,
     literal,
     literal_column,
@@ -42,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from shared.clock import month_start, utcnow
 from shared.db import Conn, HotStatement, execute_hot, violated_constraint
 from shared.errors import (
+    AccountDeletedError,
     EmailInUseError,
     QuotaExceededError,
     TrialExpiredError,
@@ -314,18 +316,20 @@ def _get_or_create_statement() -> Any:
     """Read the row if it exists, else insert it; one statement, one round trip. When another
     transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
     this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
-    A new user continues the trial tombstoned under its keys, if any (`_continuing_trial`).
-    Bound parameters: `_new_user_params`."""
+    A new user continues the trial tombstoned under its keys, if any (`_continuing_trial`); an
+    id Clerk deleted is not inserted (no row either). The last column says whether the row was
+    created. Bound parameters: `_new_user_params`."""
     existing = select(_USERS).where(_USERS.c.id == bindparam("p_id", type_=Text())).cte("existing")
     values = _new_user_columns()
     tombstone = _continuing_trial(values)
+    absent = ~select(existing.c.id).exists()
     inserted = (
-        _insert_from(_USERS, values, tombstone, ~select(existing.c.id).exists())
+        _insert_from(_USERS, values, tombstone, absent, ~tombstone.c.deleted)
         .on_conflict_do_nothing(index_elements=[_USERS.c.id])
         .returning(*_USERS.columns)
         .cte("inserted")
     )
-    return select(existing).union_all(select(inserted))
+    return select(existing, false()).union_all(select(inserted, true()))
 
 
 _GET_OR_CREATE = HotStatement(_get_or_create_statement)
@@ -334,6 +338,7 @@ _GET_OR_CREATE = HotStatement(_get_or_create_statement)
 @database_operation("findOrCreateUser")
 def get_or_create(conn: Conn, user_id: str, email: str, *, now: datetime | None = None) -> User:
     """The user with `user_id`, created (as a FREE trial) when missing. Race-safe.
+    `AccountDeletedError` when Clerk deleted the id: no row is left for it.
 
     Runs outside a transaction (`db.run`): a lost race is resolved by re-running the statement.
     """
@@ -351,10 +356,30 @@ def get_or_create(conn: Conn, user_id: str, email: str, *, now: datetime | None 
             email_conflict = True
             continue
         if row is not None:
-            return _user_from(row)
+            *columns, created = row
+            if created:
+                _refuse_if_deleted(conn, user_id)
+            return _user_from(columns)
+        if tombstones.deleted_in_clerk(conn, user_id):
+            raise AccountDeletedError(user_id)
     if email_conflict:
         raise EmailInUseError()
     raise RuntimeError(f"user {user_id} neither found nor created after 3 attempts")
+
+
+def _refuse_if_deleted(conn: Conn, user_id: str) -> None:
+    """For a row its caller has just created (committed): if Clerk deleted the id meanwhile
+    (the creating statement read the tombstones before the deletion committed, and the
+    deletion, looking for a row after it, may have been too early to see this one), delete the
+    row again, with what cascades from it, and raise `AccountDeletedError`."""
+    removed = conn.session.execute(
+        delete(User)
+        .where(User.id == user_id, tombstones.clerk_deleted(user_id))
+        .returning(User.id),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if removed is not None:
+        raise AccountDeletedError(user_id)
 
 
 @database_operation("updateUser")
@@ -494,7 +519,8 @@ def reserve_keywords(
     tier's rule holds on the locked row (trial not over and `total + n <= trial limit`; else
     `this month (lazily reset) + n <= monthly limit`), so parallel requests never overshoot.
     With `enforce=False` (billing off) nothing is limited and usage is still counted.
-    Refusals raise `TrialExpiredError` or `QuotaExceededError` and change nothing.
+    Refusals raise `TrialExpiredError` or `QuotaExceededError` and change nothing; an id Clerk
+    deleted raises `AccountDeletedError`, leaving no row (`_refuse_if_deleted`).
     With `hold`, the same statement writes the `keyword_reservations` row for what it counted
     (`shared.repositories.reservations`), so a function killed later cannot keep it.
     """
@@ -522,6 +548,7 @@ def reserve_keywords(
                 raise
             conn.session.rollback()
     if row is not None and row[4]:  # created: an erasure may have committed meanwhile
+        _refuse_if_deleted(conn, user_id)
         settled = tombstones.settle(conn, user_id, email)
         over = settled is not None and (settled.total > limits.trial or settled.trial_ends_at < now)
         if enforce and over and row[0]:  # counted on a trial that had already been used
@@ -537,6 +564,8 @@ def reserve_keywords(
     # Refused (failure path only): one read to say why, with the numbers for the message.
     user = conn.session.get(User, user_id)
     if user is None:
+        if tombstones.deleted_in_clerk(conn, user_id):  # not created: `_reserve_statement`
+            raise AccountDeletedError(user_id)
         raise UserNotFoundError(user_id)
     view = usage_view(user, limits, now)
     if view.trial_expired:
@@ -584,7 +613,8 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
     fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
     first = case((fits_new_trial, count), else_=0) if enforce else count
     values.update(keyword_searches_this_month=first, keyword_searches_total=used_before + first)
-    statement = _insert_from(User, values, tombstone)
+    # Nothing proposed for an id Clerk deleted: its row is gone, and stays gone.
+    statement = _insert_from(User, values, tombstone, ~tombstone.c.deleted)
     upsert: Any = statement.on_conflict_do_update(
         index_elements=[User.id],
         set_={

@@ -213,6 +213,11 @@ DOCUMENTED_ADDITIONS.update(
                 ("keywordsUsed", "integer"),
             )
         },
+        "column account_tombstones.clerkDeleted": {
+            "type": "boolean",
+            "nullable": False,
+            "default": "false",
+        },
         "constraint account_tombstones_pkey": {
             "table": "account_tombstones",
             "type": "PRIMARY KEY",

@@ -26,6 +26,7 @@ from shared import accounts, config, db, providers
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.errors import QuotaExceededError, TrialExpiredError
+from shared.http import usage
 from shared.quotas import Limits
 from shared.repositories import tombstones, users
 from shared.repositories.reservations import Hold
@@ -325,6 +326,54 @@ def test_a_search_whose_user_is_erased_midway_is_answered_and_leaves_no_orphans(
     assert orphans == (0,)
     history = admin_conn.execute('SELECT "userId" FROM search_history').fetchall()
     assert history == [("user_race",)]
+
+
+def test_a_search_whose_user_clerk_deletes_midway_is_refused_and_leaves_nothing(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """As above, but the erasure is Clerk's user.deleted: the id never comes back, so the
+    search cannot provision the caller again to record itself. It answers 401 and leaves no
+    row, history or usage naming the user."""
+    from tests.support.clerk_events import SECRET
+
+    configure(
+        monkeypatch,
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN="login",
+        DATAFORSEO_API_PASSWORD="pw",
+        DB_POOL_SIZE="4",
+        CLERK_WEBHOOK_SECRET=SECRET,
+    )
+    db.dispose_engine()
+    call = Caller("lambda_v2", api_env)
+    assert with_token(call, "me", "GET", "/api/me", "user_race").status == 200
+    in_provider, erased = threading.Event(), threading.Event()
+    payload = (FIXTURES / "search_volume_ok.json").read_text()
+
+    def upstream(request: Any) -> HttpxResponse:
+        in_provider.set()
+        assert erased.wait(30)
+        return HttpxResponse(200, text=payload)
+
+    with respx.mock(assert_all_called=False) as mock, ThreadPoolExecutor(2) as pool:
+        mock.post(url__regex=r"https://api\.dataforseo\.com/.*").mock(side_effect=upstream)
+        mock.route(url__startswith=os.environ["UPSTASH_REDIS_REST_URL"]).pass_through()
+        searching = pool.submit(search, call, "user_race", 3)
+        assert in_provider.wait(30)
+        deleted = pool.submit(deliver, call, "user.deleted", {"id": "user_race"}).result()[0]
+        erased.set()
+        answered = searching.result()
+    assert deleted.status == 200, deleted.text
+    assert (answered.status, answered.json["message"]) == (
+        401,
+        "Authentication required. Please sign in to use KeyFlash.",
+    )
+    usage.settle()  # the usage rows sent on the threads' connections are written
+    tables = ("users", "search_history", "api_usage", "keyword_reservations")
+    for table in tables:
+        column = "id" if table == "users" else '"userId"'
+        found = admin_conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = 'user_race'")
+        assert found.fetchone() == (0,), table
 
 
 def test_searches_racing_erasures_never_answer_500(

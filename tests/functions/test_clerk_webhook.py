@@ -24,6 +24,7 @@ import pytest
 from devkit import clerk_org
 from shared import accounts, auth, config, db
 from shared.db import Conn
+from shared.http import usage
 from shared.repositories import api_usage, saved_searches, users
 from tests.core.test_trials_and_tombstones import waits_for_lock
 from tests.support.clerk_events import PATH, SECRET, deliver, email_of, signed_headers, user_data
@@ -533,15 +534,166 @@ def test_deleted_erases_the_user_like_delete_me_and_leaves_others(
     assert (again.status, again.json) == (200, {"received": True})
 
 
-def test_deleted_makes_this_container_forget_the_user(call: Caller) -> None:
-    assert call("me", "GET", "/api/me", user="user_a").status == 200  # provisioned, remembered
+SAVED = {"name": "n", "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"}}
+SEARCH = {"keywords": ["k"], "matchType": "exact"}
+
+
+def refused_as_deleted(result: Any, message: str = "Authentication required") -> None:
+    assert result.status == 401, result.text
+    assert (result.json["error"], result.json["message"]) == ("Client Error", message)
+
+
+def nothing_names(admin_conn: psycopg.Connection[Any], user_id: str) -> None:
+    """No user row, reservation or usage row for `user_id` (the 401s' usage rows name no one)."""
+    usage.settle()  # the usage rows requests on other threads sent are written
+    for table, column in [("users", "id"), ("keyword_reservations", '"userId"'),
+                          ("api_usage", '"userId"')]:  # fmt: skip
+        found = admin_conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = %s", [user_id])
+        assert found.fetchone() == (0,), table
+
+
+def test_a_session_outliving_its_deleted_clerk_user_provisions_nothing(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Clerk's session tokens stay valid for up to a minute after Clerk deletes the user. Clerk
+    never reuses an id and sends nothing more for it, so a row that token created would stay
+    for good: every route it reaches answers 401, and this container forgot the user."""
+    token = call.token("user_a", email="gone@example.com")
+    bearer = {"authorization": f"Bearer {token}"}
+    deliver(call, "user.created", user_data("user_a", "gone@example.com"))
+    assert call("me", "GET", "/api/me", headers=bearer).status == 200  # provisioned, remembered
+    deleted, _, _ = deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
+    assert deleted.status == 200
+    assert "user_a" not in auth._provisioned
+    refused_as_deleted(call("me", "GET", "/api/me", headers=bearer))
+    refused_as_deleted(call("searches", "POST", "/api/searches", headers=bearer, json_body=SAVED))
+    refused_as_deleted(call("history", "GET", "/api/history", headers=bearer))
+    refused_as_deleted(call("me", "DELETE", "/api/me", headers=bearer))
+    searched = call("keywords", "POST", "/api/keywords", headers=bearer, json_body=SEARCH)
+    refused_as_deleted(searched, "Authentication required. Please sign in to use KeyFlash.")
+    nothing_names(admin_conn, "user_a")
+
+
+@pytest.mark.parametrize("before", ["nothing", "delete_me"])
+def test_an_id_clerk_deleted_with_no_row_here_is_refused_too(
+    call: Caller, admin_conn: psycopg.Connection[Any], before: str
+) -> None:
+    """The deletion finds no row (never created here, or already erased by DELETE /api/me):
+    it still marks the id deleted in Clerk, and no session of it provisions."""
+    if before == "delete_me":
+        assert call("me", "DELETE", "/api/me", user="user_a").status == 200
     deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
-    body = {
-        "name": "n",
-        "searchParams": {"keywords": ["k"], "matchType": "exact", "location": "US"},
-    }
-    created = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
-    assert created.status == 201, created.text
+    refused_as_deleted(call("me", "GET", "/api/me", user="user_a"))
+    searched = call("keywords", "POST", "/api/keywords", user="user_a", json_body=SEARCH)
+    refused_as_deleted(searched, "Authentication required. Please sign in to use KeyFlash.")
+    nothing_names(admin_conn, "user_a")
+
+
+def test_after_delete_me_the_person_signs_in_again_until_clerk_deletes_them(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """DELETE /api/me keeps the Clerk account: the next sign-in is a fresh account, however
+    often. Only Clerk's own deletion ends the id."""
+    for _ in range(2):
+        assert call("me", "GET", "/api/me", user="user_a").status == 200
+        assert call("me", "DELETE", "/api/me", user="user_a").status == 200
+    assert call("me", "GET", "/api/me", user="user_a").status == 200
+    deliver(call, "user.deleted", {"id": "user_a", "deleted": True})
+    refused_as_deleted(call("me", "GET", "/api/me", user="user_a"))
+    nothing_names(admin_conn, "user_a")
+
+
+def paused_erasure(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the webhook's erasure hold its transaction open once it has run, until released:
+    (erased, release)."""
+    erased, release = threading.Event(), threading.Event()
+    real_erase = accounts.erase
+
+    def erase_then_wait(conn: Conn, user_id: str, **options: Any) -> Any:
+        erasure = real_erase(conn, user_id, **options)
+        erased.set()
+        assert release.wait(30)  # what it locked and wrote stays uncommitted until then
+        return erasure
+
+    monkeypatch.setattr(accounts, "erase", erase_then_wait)
+    return erased, release
+
+
+def in_thread(work: Any) -> Any:
+    asyncio.set_event_loop(asyncio.new_event_loop())  # Mangum wants a loop per thread
+    return work()
+
+
+def test_a_first_search_blocked_by_the_deletion_leaves_no_row(
+    lambda_only: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search's get-or-create-and-reserve waits on the row the deletion's erasure locked
+    and inserts a new row once it commits, with values read before: that row is removed and
+    the search refused."""
+    deliver(lambda_only, "user.created", user_data("user_a", "a@example.com"))
+    erased, release = paused_erasure(monkeypatch)
+    token = lambda_only.token("user_a", email="a@example.com")
+    bearer = {"authorization": f"Bearer {token}"}
+    with ThreadPoolExecutor(2) as pool:
+        deletion = pool.submit(
+            in_thread, lambda: deliver(lambda_only, "user.deleted", {"id": "user_a"})[0]
+        )
+        assert erased.wait(30)
+        searching = pool.submit(
+            in_thread,
+            lambda: lambda_only("keywords", "POST", "/api/keywords", headers=bearer,
+                                json_body=SEARCH),
+        )  # fmt: skip
+        waits_for_lock(admin_conn, "INSERT INTO users")
+        release.set()
+        assert deletion.result().status == 200
+        refused_as_deleted(
+            searching.result(), "Authentication required. Please sign in to use KeyFlash."
+        )
+    nothing_names(admin_conn, "user_a")
+
+
+def test_a_sign_in_racing_a_deletion_that_found_no_row_leaves_none(
+    lambda_only: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletion finds no row (the user's creation still retried) while the first sign-in
+    creates one: once the deletion commits, it looks again and erases what it finds."""
+    erased, release = paused_erasure(monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        deletion = pool.submit(
+            in_thread, lambda: deliver(lambda_only, "user.deleted", {"id": "user_a"})[0]
+        )
+        assert erased.wait(30)
+        # The deletion is not committed: the sign-in is still a first sign-in.
+        assert lambda_only("me", "GET", "/api/me", user="user_a").status == 200
+        release.set()
+        assert deletion.result().status == 200
+    nothing_names(admin_conn, "user_a")
+    refused_as_deleted(lambda_only("me", "GET", "/api/me", user="user_a"))
+
+
+def test_a_sign_in_whose_insert_outlasts_the_deletion_removes_its_row(
+    lambda_only: Caller, admin_conn: psycopg.Connection[Any], direct_database_url: str
+) -> None:
+    """The first sign-in's INSERT read the tombstones before the deletion committed, then
+    waited (here on another transaction inserting the same address) until after the deletion
+    had looked for a row: the sign-in looks again after its own insert and removes the row."""
+    token = lambda_only.token("user_a", email="a@example.com")
+    bearer = {"authorization": f"Bearer {token}"}
+    with psycopg.connect(direct_database_url) as holder, ThreadPoolExecutor(1) as pool:
+        holder.execute(
+            'INSERT INTO users (id, email, "updatedAt") VALUES (%s, %s, now())',
+            ["user_other", "a@example.com"],
+        )
+        signing_in = pool.submit(
+            in_thread, lambda: lambda_only("me", "GET", "/api/me", headers=bearer)
+        )
+        waits_for_lock(admin_conn, "INSERT INTO users")
+        deleted, _, _ = deliver(lambda_only, "user.deleted", {"id": "user_a"})
+        assert deleted.status == 200
+        holder.rollback()  # the address is free again: the sign-in's insert goes on
+        refused_as_deleted(signing_in.result())
+    nothing_names(admin_conn, "user_a")
 
 
 @pytest.mark.parametrize(("late", "updated_at"), [("user.created", 1000), ("user.updated", 1500)])
