@@ -13,6 +13,7 @@ from typing import TypeVar
 from starlette.responses import JSONResponse
 
 from shared.envelope import envelope
+from shared.http.responses import Utf8JSONResponse
 
 T = TypeVar("T")
 ERROR_CACHE_CONTROL = "no-store, no-cache, must-revalidate"
@@ -57,7 +58,7 @@ def error_response(
     if status == 503:
         headers = {"Retry-After": "60", **(headers or {})}
     body = {**envelope(status, message, label=label), **(extra or {})}
-    response = JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    response = Utf8JSONResponse(body, status_code=status, headers=dict(headers or {}))
     response.headers["Cache-Control"] = ERROR_CACHE_CONTROL
     return response
 

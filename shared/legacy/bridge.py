@@ -52,7 +52,7 @@ from shared.errors import EmailInUseError, UnstorableSearchError, UserNotFoundEr
 from shared.ids import new_uuid
 from shared.legacy import keys, mapping, store
 from shared.legacy.mapping import Counters
-from shared.legacy.schemas import LegacyRecordError, SavedSearchRecord, UserData, storable
+from shared.legacy.schemas import LegacyRecordError, UserData, storable
 from shared.models import UserTier
 from shared.models.saved_searches import SavedSearch
 from shared.quotas import Limits, UsageView
@@ -65,7 +65,6 @@ from shared.repositories import (
     users,
 )
 from shared.repositories.legacy_repairs import Kind
-from shared.storable_text import without_lone_surrogates
 from shared.storage import mode
 from shared.telemetry import log_event
 
@@ -493,27 +492,9 @@ def list_searches(user_id: str) -> Answer[list[SavedSearch]] | None:
     client = _client()
     records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
     if records or mode() == "dual":
-        shown = [mapping.saved_search_from_record(_displayable(r)) for r in records or []]
+        shown = [mapping.saved_search_from_record(r) for r in records or []]
         return Answer(shown)
     return None
-
-
-def _displayable(record: SavedSearchRecord) -> SavedSearchRecord:
-    """The record with each unpaired UTF-16 surrogate (half an emoji, as JS can store it) in
-    the strings a list item shows replaced by U+FFFD: a JSON response in UTF-8 cannot carry
-    it, and the item is still listed, as the original listed it."""
-
-    def text(value: str | None) -> str | None:
-        return None if value is None else without_lone_surrogates(value)
-
-    params = record.searchParams.model_copy(update={"location": text(record.searchParams.location)})
-    return record.model_copy(
-        update={
-            "name": text(record.name),
-            "description": text(record.description),
-            "searchParams": params,
-        }
-    )
 
 
 def get_search(user_id: str, search_id: str) -> Answer[SavedSearch | None] | None:

@@ -264,3 +264,22 @@ def test_a_live_brief_replaces_an_entry_of_another_shape(
     )  # fmt: skip
     assert stored(key) == first.json["brief"]
     assert (again.json["cached"], again.json["brief"]) == (True, first.json["brief"])
+
+
+def test_a_brief_holding_half_an_emoji_is_served_with_u_fffd(http: Caller) -> None:
+    """`brief:` keys are shared with the TypeScript app, whose strings may hold an unpaired
+    surrogate (half an emoji, escaped in its JSON). The cached brief is served with U+FFFD in
+    its place, as UTF-8 can carry, never a 500."""
+    keyword = f"seo tools {tag()}"
+    made = http("content_brief", "POST", "/api/content-brief", user=f"user_{tag()}",
+                json_body={"keyword": keyword}).json["brief"]  # fmt: skip
+    made["serpResults"][0]["title"] = "Trail 🚀\ud83d"
+    plant(cache.brief_key(keyword, "US", "en"), json.dumps(made))
+    result = http("content_brief", "POST", "/api/content-brief", user=f"user_{tag()}",
+                  json_body={"keyword": keyword})  # fmt: skip
+    assert result.status == 200, result.text
+    assert result.json["cached"] is True
+    assert result.json["brief"] == {
+        **made, "serpResults": [{**made["serpResults"][0], "title": "Trail 🚀\ufffd"},
+                                *made["serpResults"][1:]],
+    }  # fmt: skip

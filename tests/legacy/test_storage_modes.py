@@ -295,6 +295,39 @@ def test_the_dual_list_shows_the_items_the_original_list_showed(
 
 
 @pytest.mark.parametrize("mode", ["dual", "fallback"])
+def test_half_an_emoji_reads_as_u_fffd_in_the_item_as_in_the_list(
+    one: Caller, stores: Stores, mode: str
+) -> None:
+    """JS cut an emoji in half (`"🚀🚀🚀".slice(0, 5)`) in every free-text string of a
+    search: the original served it, a UTF-8 response cannot carry it. The item shows each
+    unpaired surrogate as U+FFFD, as the list does, never a 500."""
+    stores.mode(mode)
+    uid = new_user()
+    [sid] = seed_legacy_user(stores, uid, searches=1)
+    created = utcnow() - timedelta(days=1)
+
+    def written(text: str) -> dict[str, Any]:
+        record = search_record(
+            uid, sid, created=created, name=text, description=text, keywords=[text, "trail"],
+            results=[keyword_result(text, 10)],
+        )  # fmt: skip
+        record["searchParams"] |= {"location": text, "language": text}
+        return record
+
+    half, shown = "🚀🚀\ud83d", "🚀🚀\ufffd"
+    stores.redis.set(keys.saved_search(uid, sid), json.dumps(written(half)))
+
+    got = one("search_item", "GET", f"/api/searches/{sid}", user=uid)
+    listed = one("searches", "GET", "/api/searches", user=uid)
+
+    assert got.status == 200, got.text
+    assert got.json["search"] == written(shown)
+    assert listed.status == 200, listed.text
+    [item] = listed.json["searches"]
+    assert (item["name"], item["description"], item["location"]) == (shown, shown, shown)
+
+
+@pytest.mark.parametrize("mode", ["dual", "fallback"])
 @pytest.mark.parametrize(
     ("field", "text"),
     [("description", "Trail\x00 shoes"), ("keyword", "trail\x00"), ("keyword", "trail \ud83d")],
