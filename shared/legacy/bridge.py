@@ -185,22 +185,27 @@ def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Conn], None]:
 
 def _import_user(client: Redis, record: UserData, counters: Counters, now: datetime) -> None:
     """Give a user only the TypeScript app knows a Postgres row; an existing row wins. When
-    another account holds their address or a Stripe id of theirs, they are reattached
-    (`reattach_user`)."""
-    row = mapping.user_row(record, counters, now)
-    try:
-        db.run(
-            lambda conn: legacy_import.upsert_users(conn, [row], overwrite=False), idempotent=True
-        )
-    except IntegrityError as error:
-        if violated_constraint(error) not in _UNIQUE_CONSTRAINTS:
-            raise
-        reattached = _from_redis(
-            lambda: reattach_user(client, record.clerkUserId, now=now, loaded=(record, counters)),
-            "saved searches",
-        )
-        if reattached is None:  # fallback, Redis failed: the sign-in is refused as before
-            raise EmailInUseError() from None
+    the original's `email:` index names another user for their address, or another account
+    holds it or a Stripe id of theirs, they are reattached (`reattach_user`), which applies
+    that one rule in every mode."""
+    elsewhere = _from_redis(lambda: store.email_index_names_another(client, record), "user")
+    if not elsewhere:  # None: fallback, Redis failed, so Postgres alone decides
+        row = mapping.user_row(record, counters, now)
+        try:
+            db.run(
+                lambda conn: legacy_import.upsert_users(conn, [row], overwrite=False),
+                idempotent=True,
+            )
+            return
+        except IntegrityError as error:
+            if violated_constraint(error) not in _UNIQUE_CONSTRAINTS:
+                raise
+    reattached = _from_redis(
+        lambda: reattach_user(client, record.clerkUserId, now=now, loaded=(record, counters)),
+        "saved searches",
+    )
+    if reattached is None:  # fallback, Redis failed: the sign-in is refused as before
+        raise EmailInUseError()
 
 
 def reattach_user(
@@ -229,8 +234,7 @@ def reattach_user(
     if record is None:
         return None
     row = mapping.user_row(record, counters, now)
-    index_owner = store.read_values(client, [keys.email(record.email)])[0]
-    address_elsewhere = isinstance(index_owner, str) and index_owner != user_id
+    address_elsewhere = store.email_index_names_another(client, record)
     try:
         listed = store.list_saved_searches(client, user_id) or []
     except LegacyRecordError as error:  # an unreadable index: the backfill's re-run copies them

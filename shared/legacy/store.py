@@ -193,6 +193,14 @@ def load_user(client: Redis, user_id: str, now: datetime) -> tuple[UserData | No
 
 
 @redis_call
+def email_index_names_another(client: Redis, record: UserData) -> bool:
+    """Whether the original's `email:` index of the record's address names another user: the
+    original's answer to whose address it is (compared case-insensitively, as it keys it)."""
+    owner = read_values(client, [keys.email(record.email)])[0]
+    return isinstance(owner, str) and owner != record.clerkUserId
+
+
+@redis_call
 def read_saved_search(client: Redis, user_id: str, search_id: str) -> SavedSearchRecord | None:
     """The search, None when missing; lenient on numbers in results (see `schemas`)."""
     key = keys.saved_search(user_id, search_id)

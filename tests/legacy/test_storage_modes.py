@@ -722,6 +722,33 @@ def test_a_quarantined_user_is_reattached_by_clerk_id_whatever_their_email_claim
     assert stores.sql("SELECT id FROM users WHERE id = %s", holder) == [(holder,)]
 
 
+@pytest.mark.parametrize("name", ["postgres", "dual", "fallback"])
+def test_a_case_variant_address_goes_to_the_user_the_email_index_names(
+    one: Caller, stores: Stores, name: str
+) -> None:
+    """Two legacy users on one address in two cases: the original's `email:` index names the
+    owner. Whoever signs in first, the owner gets the address and the other the placeholder,
+    in every mode; Redis keeps both records and the index as they were."""
+    other, owner = new_user(), new_user()
+    address = f"mix-{uuid.uuid4().hex[:8]}@example.com"
+    created = utcnow() - timedelta(days=2)
+    w = Writer(stores.redis)
+    write_user(w, user_record(other, address.upper(), created=created))
+    write_user(w, user_record(owner, address, created=created))  # the index now names owner
+    w.flush()
+    stored = {uid: stores.redis.get(keys.user(uid)) for uid in (other, owner)}
+    stores.mode(name)
+
+    for uid, claim in ((other, address.upper()), (owner, address)):
+        headers = {"authorization": f"Bearer {one.token(uid, email=claim)}"}
+        assert one("me", "GET", "/api/me", headers=headers).status == 200
+
+    emails = dict(stores.sql("SELECT id, email FROM users WHERE id IN (%s, %s)", other, owner))
+    assert emails == {other: f"{other}@keyflash.local", owner: address}
+    assert {uid: stores.redis.get(keys.user(uid)) for uid in (other, owner)} == stored
+    assert stores.redis.get(keys.email(address)) == owner
+
+
 # --- users, usage, erasure ----------------------------------------------------------------------
 
 
