@@ -22,7 +22,7 @@ import json
 import math
 import re
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -66,16 +66,15 @@ class LegacyRecordError(Exception):
         self.reason = reason
 
 
-def to_millis(moment: datetime) -> datetime:
-    """Round to milliseconds the way Postgres stores `TIMESTAMP(3)` (half up)."""
-    whole = moment.replace(microsecond=0)
-    return whole + timedelta(milliseconds=(moment.microsecond + 500) // 1000)
-
-
 def _timestamp(value: object) -> datetime:
+    """The moment JS `new Date(value)` reads, to the millisecond: the ECMAScript format has
+    exactly three fraction digits and leaves longer ones to the engine, and V8 keeps the first
+    three (`…T23:59:59.9996Z` is `…T23:59:59.999Z`: still that day, whose trial counter the
+    original named). `fromisoformat` keeps six digits, so the rest is dropped the same way."""
     if not isinstance(value, str) or not _ISO_Z.fullmatch(value):
         raise ValueError("must be an ISO 8601 timestamp in UTC ending in Z")
-    return to_millis(datetime.fromisoformat(value))
+    moment = datetime.fromisoformat(value)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _js_number(value: object) -> object:
@@ -266,8 +265,8 @@ def load_json(key: str, raw: str) -> Any:
 
 def _validate(key: str, model: type[M], data: Any, context: dict[str, Any] | None = None) -> M:
     """Validate, turning every failure into `LegacyRecordError`: a record is untrusted input,
-    and no single one may stop a backfill (an out-of-range date raises OverflowError, for
-    one, which pydantic lets through)."""
+    and no single one may stop a backfill (an `ArithmeticError` out of a validator, for one,
+    which pydantic lets through)."""
     try:
         return model.model_validate(data, context=context)
     except ValidationError as error:

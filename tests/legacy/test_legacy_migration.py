@@ -696,6 +696,25 @@ def test_user_schema_accepts_what_js_wrote() -> None:
     assert iso_ms(parsed.createdAt) == "2026-11-20T12:00:00.000Z"
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("2026-12-04T23:59:59.9996Z", "2026-12-04T23:59:59.999Z"),
+        ("2026-12-04T23:59:59.123456789012Z", "2026-12-04T23:59:59.123Z"),
+        ("2026-12-04T23:59:59.0009999Z", "2026-12-04T23:59:59.000Z"),
+        ("2026-12-04T23:59:59.5Z", "2026-12-04T23:59:59.500Z"),
+    ],
+)
+def test_timestamps_are_read_as_js_date_reads_them(written: str, read: str) -> None:
+    """Node's `new Date(s).toISOString()` for each (V8 keeps the first three fraction digits):
+    a trial started a hair before midnight names its counter by that day, as the original
+    named it."""
+    record = {**user_record("u", "u@example.com", created=NOW), "trialStartedAt": written}
+    parsed = parse_user("user:u", json.dumps(record))
+    assert iso_ms(parsed.trialStartedAt) == read
+    assert keys.trial_usage("u", parsed.trialStartedAt) == f"trial-usage:u:{read[:10]}"
+
+
 def test_saved_search_integer_rule_applies_only_under_the_original_rules() -> None:
     record = search_record("u", str(uuid.uuid4()), created=NOW, results=[keyword_result("k", 1.5)])
     key = keys.saved_search("u", record["id"])

@@ -800,6 +800,37 @@ def count_usage(stores: Stores, uid: str, n: int) -> None:
     db.transaction(reserve)
 
 
+@pytest.mark.parametrize("name", ["postgres", "dual", "fallback"])
+def test_a_trial_started_a_hair_before_midnight_counts_on_the_original_s_counter(
+    stores: Stores, name: str
+) -> None:
+    """`…T23:59:59.9996Z` is 23:59:59.999 to JS `Date`, so the original's trial counter is
+    dated that day: its count is read, and ours is added to it, never to the next day's."""
+    from shared import storage
+    from shared.quotas import Limits
+
+    uid = new_user()
+    day = (utcnow() - timedelta(days=1)).date().isoformat()
+    started = f"{day}T23:59:59.9996Z"
+    record = user_record(uid, f"{uid}@example.com", created=utcnow() - timedelta(days=1))
+    record |= {"trialStartedAt": started, "createdAt": started, "updatedAt": started}
+    counter = f"trial-usage:{uid}:{day}"  # new Date(started).toISOString().slice(0, 10)
+    w = Writer(stores.redis)
+    write_user(w, record)
+    w.set(counter, "100")
+    w.flush()
+    stores.mode(name)
+
+    storage.provision_user(uid, f"{uid}@example.com")
+    assert stores.sql('SELECT "keywordSearchesTotal" FROM users') == [(100,)]
+    assert storage.usage(uid, Limits(300, 1000, 10_000)).used == 100
+    if name != "postgres":
+        count_usage(stores, uid, 2)
+        storage.mirror_usage(uid)
+        assert stores.redis.scan(0, match=f"trial-usage:{uid}:*", count=10_000)[1] == [counter]
+        assert stores.redis.get(counter) == "102"
+
+
 def test_a_trial_user_created_in_dual_mode_is_readable_by_the_original(
     one: Caller, stores: Stores
 ) -> None:
