@@ -12,10 +12,11 @@ Write policy in dual and fallback: **Postgres is the commit point.**
    Postgres fails, the request fails with 503 and nothing was written anywhere.
 2. Then, holding that row's lock, Postgres's current state is copied to Redis and the row is
    deleted. If Redis fails (down, slower than `REDIS_TIMEOUT_S`, or holding a record the
-   original could not read, which is never overwritten), the row stays with the error and the
-   request still succeeds: the write is committed, and `repair_pending()` (`python -m
-   devkit.legacy repair`) copies it once Redis is back. A crash between 1 and 2 leaves the row
-   too. No write is ever lost silently; Redis may lag until the repair runs.
+   original could not read or another account's user record, neither ever overwritten), the
+   row stays with the error and the request still succeeds: the write is committed, and
+   `repair_pending()` (`python -m devkit.legacy repair`) copies it once Redis is back. A crash
+   between 1 and 2 leaves the row too. No write is ever lost silently; Redis may lag until the
+   repair runs.
 Records are copied by state, so replaying one is harmless, and the row lock serialises the
 writers of a key, so an older state never lands after a newer one; a user record the original
 app rewrote between our read and our write is merged again (compare-and-set), not overwritten.

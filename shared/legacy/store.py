@@ -307,12 +307,20 @@ def write_user(client: Redis, user: User) -> None:
     The stored record is merged like the original's `updateUser` and written only if nobody
     changed it since it was read (else read and merged again, a few times). A stored record
     the original could not read is never overwritten: it raises `LegacyRecordError`, so the
-    data stays for an operator (the backfill report lists it).
+    data stays for an operator (the backfill report lists it). Nor is the record of another
+    account: one whose `createdAt`, which the original never changes, is not the row's (the
+    row was created while Redis could not be read, a fresh trial in fallback mode).
     """
     key = keys.user(user.id)
     for _ in range(_WRITE_ATTEMPTS):
         raw = _get(client, key)
         existing = None if raw is None else parse_user(key, raw)
+        if existing is not None and existing.createdAt != user.created_at:
+            raise LegacyRecordError(
+                key,
+                "createdAt differs from the user row's: another account's record (the original "
+                "never changes it), never overwritten",
+            )
         stale, fresh = [], []
         kept = existing is not None and keeps_stored_email(user, existing)
         if existing is not None:
