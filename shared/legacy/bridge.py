@@ -228,10 +228,10 @@ def reattach_user(
     there are kept, so a repeat changes nothing; the searches an unreadable index hides come
     with the backfill's next run (their owner now exists). Returns the saved searches inserted,
     or None when Redis has no record of the user or the identity was erased (a tombstone: the
-    person's next account is a fresh one); raises `LegacyRecordError` for an unreadable record
-    and `RedisFailure`."""
+    person's next account is a fresh one); raises `LegacyRecordError` for a record it cannot
+    read or Postgres cannot store, and `RedisFailure`."""
     now = now or utcnow()
-    record, counters = loaded or store.load_user(client, user_id, now)
+    record, counters = loaded or _load_importable(client, user_id, now)
     if record is None:
         return None
     row = mapping.user_row(record, counters, now)
@@ -287,6 +287,16 @@ def reattach_user(
     return inserted
 
 
+def _load_importable(
+    client: Redis, user_id: str, now: datetime
+) -> tuple[UserData | None, Counters]:
+    """The user's legacy record and counters (`store.load_user`), for an import: a record
+    Postgres cannot store (a NUL in a Stripe id, say) is a `LegacyRecordError`, as the
+    backfill quarantines it, never a failed statement."""
+    record, counters = store.load_user(client, user_id, now)
+    return (None if record is None else storable(keys.user(user_id), record)), counters
+
+
 def _held_by_others(conn: Conn, row: dict[str, Any]) -> list[str]:
     """The columns of `row` (email, compared case-insensitively; Stripe ids) that another
     user's row holds, each checked alone (`taken_identifiers` names only the first)."""
@@ -314,7 +324,7 @@ def provision_user(user_id: str, email: str) -> None:
         lambda conn: legacy_repairs.erasure_pending(conn, erasure), idempotent=True
     ) and not erase_user(user_id, None, None):
         raise LegacyStoreUnavailableError("legacy store failed finishing an erasure")
-    loaded = _from_redis(lambda: store.load_user(client, user_id, now), "user")
+    loaded = _from_redis(lambda: _load_importable(client, user_id, now), "user")
     record, counters = loaded or (None, Counters())
     if record is not None:
         _import_user(client, record, counters, now)

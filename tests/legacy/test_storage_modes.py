@@ -749,6 +749,30 @@ def test_a_case_variant_address_goes_to_the_user_the_email_index_names(
     assert stores.redis.get(keys.email(address)) == owner
 
 
+@pytest.mark.parametrize(("name", "status"), [("postgres", 200), ("dual", 503), ("fallback", 200)])
+def test_a_user_record_postgres_cannot_store_is_refused_at_sign_in_as_by_the_backfill(
+    one: Caller, stores: Stores, name: str, status: int
+) -> None:
+    """A NUL in a Stripe id (JS strings hold it, Postgres text cannot): the sign-in cannot
+    import the record, so it is unreadable here as the backfill's `invalid` says, never a 500:
+    a 503 in dual, a new account elsewhere; the record is left as it was."""
+    uid = new_user()
+    record = user_record(
+        uid, f"{uid}@example.com", created=utcnow() - timedelta(days=2), tier="pro",
+        customer=f"cus_{uid}", subscription="sub_\x00", status="active",
+    )  # fmt: skip
+    stores.redis.set(keys.user(uid), json.dumps(record))
+    stored = stores.redis.get(keys.user(uid))
+    stores.mode(name)
+
+    me = one("me", "GET", "/api/me", user=uid)
+
+    assert me.status == status, me.text
+    if status == 200:
+        assert (me.json["tier"], me.json.get("subscription")) == ("FREE", None)
+    assert stores.redis.get(keys.user(uid)) == stored
+
+
 # --- users, usage, erasure ----------------------------------------------------------------------
 
 
