@@ -75,7 +75,8 @@ def _made_once(path: Path, make: Callable[[], bytes]) -> str:
     return path.read_text()
 
 
-def _new_private_pem() -> bytes:
+def new_private_pem() -> bytes:
+    """A fresh RSA-2048 private key, PKCS#8 PEM: the dev signing key, and the tests' keys."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -87,7 +88,7 @@ def _new_private_pem() -> bytes:
 def dev_key(state_dir: Path) -> DevKey:
     """The state dir's signing key, generated on first use."""
     path = state_dir / KEY_FILE
-    private_pem = _made_once(path, _new_private_pem)
+    private_pem = _made_once(path, new_private_pem)
     try:
         private = serialization.load_pem_private_key(private_pem.encode(), password=None)
     except ValueError as error:

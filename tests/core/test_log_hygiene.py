@@ -45,6 +45,7 @@ from svix.webhooks import Webhook
 
 from devkit import events, gateway
 from devkit.layout import cron_modules
+from devkit.tokens import new_private_pem
 from devkit.upstash_emulator import UpstashEmulator
 from shared import auth, config, db, flags, redis
 from tests.support import fake_stripe
@@ -464,18 +465,7 @@ def test_a_full_run_logs_no_secret_and_no_personal_data(
     everything_at_debug: logging.Formatter,
     tmp_path: Path,
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    other_key = (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
+    other_key = new_private_pem().decode()
     run = Run(api_env, monkeypatch)
     database = direct_database_url
     if not EXTERNAL_DATABASE:  # the embedded server trusts local connections: any password works

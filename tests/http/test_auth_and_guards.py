@@ -22,8 +22,6 @@ from typing import Any
 import jwt
 import psycopg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import event
@@ -31,6 +29,7 @@ from starlette.responses import Response
 
 from devkit import events, gateway, layout
 from devkit.pgbouncer import LocalPgBouncer
+from devkit.tokens import new_private_pem
 from shared import config, db
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser, CurrentUser
@@ -120,12 +119,7 @@ def claims(sub: str | None = "user_a", **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def other_key() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    return new_private_pem().decode()
 
 
 def rs256(keys: Keys, payload: dict[str, Any], *, algorithm: str = "RS256") -> str:

@@ -25,11 +25,11 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from starlette.testclient import TestClient
 
 from devkit import events, platform_limits
+from devkit.tokens import new_private_pem
 from devkit.upstash_emulator import UpstashEmulator
 
 ISSUER = "https://clerk.keyflash.test"
@@ -44,18 +44,14 @@ class Keys:
 
 @pytest.fixture(scope="session")
 def rsa_keys() -> Keys:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    private = new_private_pem()
     public = (
-        key.public_key()
+        serialization.load_pem_private_key(private, password=None)
+        .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    return Keys(private, public)
+    return Keys(private.decode(), public)
 
 
 def make_token(keys: Keys, sub: str, *, ttl: int = 300, **claims: Any) -> str:
