@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from shared import db
+from shared.clock import iso_ms
 from shared.cron.runner import Job, LeaseLostError, Run
 from shared.db import Conn
 from shared.redis import get_redis
@@ -102,7 +103,7 @@ def collect_metrics(run: Run) -> None:
 
     with run.batch():
         run.processed = db.transaction(record)
-    run.extra.update(intervalStart=start.isoformat(), intervalEnd=end.isoformat())
+    run.extra.update(intervalStart=iso_ms(start), intervalEnd=iso_ms(end))
 
 
 JOB = Job("collect_metrics", collect_metrics)
