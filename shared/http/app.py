@@ -37,7 +37,7 @@ from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import AUTH_REQUIRED, ApiError, api_error_response, error_response
-from shared.http.guards import BodyLimit, Cors, Csrf, QueryEncoding
+from shared.http.guards import BodyLimit, Cors, Csrf, UrlEncoding
 from shared.http.lambda_events import LambdaHandler
 from shared.telemetry import log_event
 
@@ -86,7 +86,7 @@ def create_app(
     app.add_exception_handler(AccountDeletedError, _account_deleted)  # type: ignore[arg-type]
     # Added last = outermost: RequestContext sees every response, including guard refusals,
     # and Cors, outside it, adds its headers to every answer, its last-resort 500 included.
-    app.add_middleware(QueryEncoding)
+    app.add_middleware(UrlEncoding)
     if limit_body:
         app.add_middleware(BodyLimit)
     app.add_middleware(Csrf, settings=get_settings)

@@ -1,4 +1,4 @@
-"""ASGI guards in front of every route: body size, query encoding, CORS, CSRF.
+"""ASGI guards in front of every route: body size, path and query encoding, CORS, CSRF.
 
 Pure ASGI (no per-request framework objects) because they run on every invocation.
 CORS is the outermost layer of the app, so every answer to an allowed origin carries its headers,
@@ -29,6 +29,7 @@ from shared.http.errors import error_response
 BODY_LIMIT = 1_000_000  # the original's; webhooks set none of their own (`create_app`)
 BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
 QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
+PATH_NOT_UTF8 = "Invalid path: not UTF-8"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
@@ -98,20 +99,28 @@ class BodyLimit:
         await self.app(scope, replaying(b"".join(chunks), receive), send)
 
 
-class QueryEncoding:
-    """A query string that is not UTF-8 once its percent-escapes are decoded → 400.
+class UrlEncoding:
+    """A path or query string that is not UTF-8 once its percent-escapes are decoded → 400.
 
-    Starlette decodes such bytes to U+FFFD, so a route would answer for a value the client never
-    sent (`metric=%ED%A0%80` read as `metric=\ufffd`); JSON bodies follow the same rule."""
+    Servers decode such bytes to U+FFFD, so a route would answer for a value the client never
+    sent (`metric=%ED%A0%80` read as `metric=\ufffd`, `/api/admin/flags/x%FF` as the flag
+    `x\ufffd`, which DELETE deleted); JSON bodies follow the same rule. The path is checked as
+    sent, in `raw_path` (`path` already holds the U+FFFD): uvicorn, Vercel's runtime and the
+    test client set it, and so does the Lambda handler (`shared.http.lambda_events`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
-        if query and not _utf8(unquote_to_bytes(query)):
-            await error_response(400, QUERY_NOT_UTF8)(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            raw_path: bytes | None = scope.get("raw_path")
+            if raw_path is not None and not _utf8(unquote_to_bytes(raw_path)):
+                await error_response(400, PATH_NOT_UTF8)(scope, receive, send)
+                return
+            query: bytes = scope.get("query_string", b"")
+            if query and not _utf8(unquote_to_bytes(query)):
+                await error_response(400, QUERY_NOT_UTF8)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

@@ -17,6 +17,14 @@ API Gateway itself rarely sends but direct invokes, test events and other integr
 And REST v1's `multiValueHeaders.cookie` (HTTP/2 browsers send each cookie as its own header
 field, RFC 9113 §8.2.3) is joined with `"; "`, as RFC 9113 says to rebuild it: Mangum joined
 every repeated header with `", "`, which hid `__session` and the CSRF cookie (401, 403).
+
+Mangum sets no `raw_path`, and its `path` is the event's (v2: `requestContext.http.path`, v1:
+`path`) percent-decoded with U+FFFD for bytes that are not UTF-8: so `raw_path` is set here to
+that same text with its escapes kept, for the path guard (`shared.http.guards.UrlEncoding`),
+which then refuses every path whose decoding would have made a U+FFFD. REST v1's `path` is the
+path as sent (`%FF`); the v2 `requestContext.http.path` of HTTP APIs and function URLs arrives
+decoded by AWS already (a function URL's `rawPath` keeps the escapes; Mangum does not read it),
+so bytes that are not UTF-8 reach the function as AWS decoded them.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from mangum.types import LambdaContext, LambdaEvent
 
 from shared.storable_text import LONE_SURROGATE, without_lone_surrogates
 
+# Every printable ASCII character but none other: `%XX` escapes are kept, the rest escaped.
+_PATH_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
 # Not UTF-8, so never valid JSON: what a body that cannot be decoded becomes (400 on JSON routes).
 UNDECODABLE = b"\xff"
 
@@ -65,6 +75,14 @@ def _query_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_query_value(item) for item in value]
     return "" if value is None else value
+
+
+def _raw_path(event: LambdaEvent) -> bytes:
+    """The text Mangum percent-decodes into `path`, as ASCII with its escapes kept; a lone
+    surrogate (a direct invoke's) becomes its bytes, which are not UTF-8 either."""
+    v2 = event.get("version") == "2.0"
+    path = event["requestContext"]["http"]["path"] if v2 else event["path"]
+    return quote(str(path or "/"), safe=_PATH_SAFE, errors="surrogatepass").encode("ascii")
 
 
 def tolerant(event: LambdaEvent) -> LambdaEvent:
@@ -121,8 +139,11 @@ class LambdaHandler(Mangum):
         if cookie is not None:
             headers = [pair for pair in scope["headers"] if pair[0] != b"cookie"]
             scope["headers"] = [*headers, [b"cookie", cookie]]
-        gateway = isinstance(handler, APIGateway | HTTPGateway)  # v1, v2, function URLs
-        body = _body(event) if gateway else handler.body
+        if isinstance(handler, APIGateway | HTTPGateway):  # v1, v2, function URLs
+            scope["raw_path"] = _raw_path(handler.event)  # the event Mangum read
+            body = _body(event)
+        else:
+            body = handler.body
         response = HTTPCycle(scope, body)(self.app)
         result: dict[str, Any] = handler(response)
         return result

@@ -7,7 +7,9 @@ import importlib
 import itertools
 import json
 from typing import Any
+from urllib.parse import quote
 
+import psycopg
 import pytest
 
 from tests.support.http import Caller, Keys
@@ -251,6 +253,43 @@ def test_a_query_string_that_is_not_utf8_is_refused(
         "admin_metrics", "GET", "/api/admin/metrics", user=admin, raw_query="metric=caf%C3%A9"
     )
     assert (fine.status, fine.json["metric"]) == (200, "café"), fine.text
+
+
+# --- Paths --------------------------------------------------------------------------------------
+
+NOT_UTF8_SEGMENTS = ["%FF", "%ED%A0%80", "caf%C3", "%C0%AE"]  # as in NOT_UTF8_QUERIES
+REPLACED = "flag-\ufffd"  # what U+FFFD decoding made of every segment above: a key a row may hold
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_any_lookup(
+    call: Caller, admin: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Decoded with U+FFFD, `/api/admin/flags/flag-%FF` named the flag `flag-\ufffd`: GET read
+    it and DELETE deleted it; `%ED%A0%80` was a 404. The same 400 on every route, before any
+    lookup; U+FFFD itself, sent as UTF-8, is still a key like any other."""
+    admin_conn.execute(
+        'INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers", '
+        "\"updatedAt\") VALUES ('cfffd', %s, true, 0, '{}', now())",
+        (REPLACED,),
+    )
+    probes = [
+        ("admin_flag_item", method, f"/api/admin/flags/flag-{segment}", admin)
+        for segment, method in itertools.product(NOT_UTF8_SEGMENTS, ["GET", "PUT", "DELETE"])
+    ]
+    probes += [("search_item", "GET", f"/api/searches/{s}", "user_a") for s in NOT_UTF8_SEGMENTS]
+    probes += [("health", "GET", "/api/health%FF", None), ("me", "GET", "/api/me%FF", "user_a")]
+    for module, method, path, user in probes:
+        body = {"enabled": False} if method == "PUT" else None
+        result = call(module, method, path, user=user, json_body=body)
+        assert (result.status, result.json["message"]) == (400, "Invalid path: not UTF-8"), (
+            method,
+            path,
+            result.text,
+        )
+    row = admin_conn.execute("SELECT enabled FROM feature_flags WHERE key = %s", (REPLACED,))
+    assert row.fetchall() == [(True,)], "the flag was changed or deleted"
+    named = call("admin_flag_item", "GET", f"/api/admin/flags/{quote(REPLACED)}", user=admin)
+    assert (named.status, named.json["flag"]["key"]) == (200, REPLACED), named.text
 
 
 # --- whole-number query parameters ------------------------------------------------------------

@@ -146,6 +146,13 @@ def test_a_lone_surrogate_in_a_v1_query_value_is_a_400(api_env: Keys) -> None:
     _envelope(_invoke("history_stats", event), 400, "Invalid query string: not UTF-8")
 
 
+@pytest.mark.parametrize("build", [events.http_api_v2, events.rest_api_v1], ids=["v2", "v1"])
+def test_a_lone_surrogate_in_an_event_path_is_a_400(api_env: Keys, build: Any) -> None:
+    """A direct invoke's path text with no UTF-8 form: the path guard's 400, not a 500."""
+    event = build("GET", "/api/health\ud800")
+    _envelope(_invoke("health", event), 400, "Invalid path: not UTF-8")
+
+
 # --- finding 5: REST v1 cookies split across multiValueHeaders -------------------------------
 
 
