@@ -44,7 +44,11 @@ EXPOSED_HEADERS = (
 CORS_HEADERS = {
     "Access-Control-Allow-Credentials": "true",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, PATCH, OPTIONS",
-    "Access-Control-Allow-Headers": "Content-Type, Authorization, X-CSRF-Token, X-Requested-With",
+    # The original's, and the read-your-writes token, which a cross-site page must send back
+    # itself: its requests do not carry the SameSite=Lax `kf_consistency` cookie.
+    "Access-Control-Allow-Headers": (
+        "Content-Type, Authorization, X-CSRF-Token, X-Requested-With, X-Consistency-Token"
+    ),
     "Access-Control-Max-Age": "86400",
     "Access-Control-Expose-Headers": ", ".join(EXPOSED_HEADERS),
 }

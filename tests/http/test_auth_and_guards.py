@@ -679,7 +679,10 @@ def test_the_csrf_cookie_is_secure_in_production(
 CORS = {
     "access-control-allow-credentials": "true",
     "access-control-allow-methods": "GET, POST, PUT, DELETE, PATCH, OPTIONS",
-    "access-control-allow-headers": "Content-Type, Authorization, X-CSRF-Token, X-Requested-With",
+    # The original's, and the consistency token a client sends back (docs/replicas.md).
+    "access-control-allow-headers": (
+        "Content-Type, Authorization, X-CSRF-Token, X-Requested-With, X-Consistency-Token"
+    ),
     "access-control-max-age": "86400",
 }
 
