@@ -141,7 +141,7 @@ def search(
         )
     except AccountDeletedError:
         request.state.user_id = None  # as for every route (`shared.http.app`), in its words
-        raise ApiError(401, SIGN_IN) from None
+        raise unauthenticated(request, SIGN_IN) from None
     except TrialExpiredError:
         raise ApiError(403, TRIAL_EXPIRED) from None
     except OrganizationNotFoundError:

@@ -1,4 +1,5 @@
-"""The error envelope's body `{error, message, statusCode, timestamp}`, framework-free.
+"""The error envelope's body `{error, message, statusCode, timestamp}` and a 401's challenge,
+framework-free.
 
 Shared by the HTTP layer (`shared.http.errors`) and the crons' minimal Vercel entry, which must
 not import Starlette.
@@ -12,6 +13,11 @@ from shared.clock import iso_ms, utcnow
 
 GENERIC_500 = "An unexpected error occurred"
 GENERIC_503 = "Service temporarily unavailable. Please try again later."
+# `WWW-Authenticate` of every 401 (RFC 9110 §15.5.2 needs a challenge; RFC 6750 §3 gives Bearer's):
+# `error="invalid_token"` when the request carried a token that was refused (expired, forged,
+# of a pending session or of a user Clerk deleted; a wrong cron secret), plain otherwise.
+BEARER_CHALLENGE = "Bearer"
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
 
 
 def default_label(status: int) -> str:

@@ -26,7 +26,13 @@ from urllib.parse import parse_qsl
 from shared.config import get_settings
 from shared.cron.runner import Job, run_job
 from shared.db import DatabaseUnavailableError
-from shared.envelope import GENERIC_500, GENERIC_503, envelope
+from shared.envelope import (
+    BEARER_CHALLENGE,
+    GENERIC_500,
+    GENERIC_503,
+    INVALID_TOKEN_CHALLENGE,
+    envelope,
+)
 from shared.telemetry import log_event
 
 Scope = MutableMapping[str, Any]
@@ -67,6 +73,13 @@ def _header(scope: Scope, name: bytes) -> bytes:
 def authorized(scope: Scope, secret: str) -> bool:
     """Whether the request carries `Authorization: Bearer <secret>` (constant-time compare)."""
     return hmac.compare_digest(_header(scope, b"authorization"), f"Bearer {secret}".encode())
+
+
+def _challenge(scope: Scope) -> str:
+    """A 401's challenge: a Bearer credential came and was not the secret, or none came."""
+    scheme, _, token = _header(scope, b"authorization").partition(b" ")
+    refused = scheme.lower() == b"bearer" and bool(token.strip())
+    return INVALID_TOKEN_CHALLENGE if refused else BEARER_CHALLENGE
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -127,7 +140,8 @@ def asgi_app(job: Job) -> ASGIApp:
             return
         if not authorized(scope, secret):
             log_event("cron_http_unauthorized", level=logging.WARNING, job=job.name)
-            await _send_json(send, 401, envelope(401, UNAUTHORIZED))
+            challenge = {"WWW-Authenticate": _challenge(scope)}
+            await _send_json(send, 401, envelope(401, UNAUTHORIZED), challenge)
             return
         if scope.get("method") != "GET":
             await _send_json(

@@ -36,7 +36,7 @@ from shared.db import DatabaseUnavailableError
 from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
-from shared.http.errors import AUTH_REQUIRED, ApiError, api_error_response, error_response
+from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, Cors, Csrf, UrlEncoding
 from shared.http.lambda_events import LambdaHandler
 from shared.telemetry import log_event
@@ -157,7 +157,9 @@ async def _account_deleted(request: Request, error: AccountDeletedError) -> Resp
     """A session token that outlived its user's deletion in Clerk: signed out, and this
     request's usage row names no one (the erased id must not reappear)."""
     request.state.user_id = None
-    return api_error_response(ApiError(401, AUTH_REQUIRED))
+    from shared.http.auth import unauthenticated  # loaded by every route that authenticates
+
+    return api_error_response(unauthenticated(request))
 
 
 async def _validation_error(request: Request, error: RequestValidationError) -> Response:

@@ -22,6 +22,7 @@ from shared.auth import (
     verify_session_token,
 )
 from shared.config import get_settings
+from shared.envelope import INVALID_TOKEN_CHALLENGE
 from shared.http.errors import AUTH_REQUIRED, ApiError
 
 SESSION_PENDING = (
@@ -56,11 +57,14 @@ def identify(request: Request) -> Identity | None:
 
 
 def unauthenticated(request: Request, message: str = AUTH_REQUIRED) -> ApiError:
-    """The 401 for a caller `identify` found no identity for: the route's `message`, or, for a
-    session with pending tasks, what is left to do (the client would otherwise retry as is)."""
+    """The 401 for a caller `identify` found no identity for, or whose user Clerk deleted: the
+    route's `message`, or, for a session with pending tasks, what is left to do (the client
+    would otherwise retry as is); `error="invalid_token"` in its challenge when a token came."""
     if getattr(request.state, "session_pending", False):
-        return ApiError(401, SESSION_PENDING)
-    return ApiError(401, message)
+        message = SESSION_PENDING
+    refused = _token_from(request) is not None
+    headers = {"WWW-Authenticate": INVALID_TOKEN_CHALLENGE} if refused else None
+    return ApiError(401, message, headers=headers)
 
 
 def signed_in(request: Request) -> Identity:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from starlette.responses import JSONResponse
 
-from shared.envelope import envelope
+from shared.envelope import BEARER_CHALLENGE, envelope
 from shared.http.responses import Utf8JSONResponse
 
 T = TypeVar("T")
@@ -54,9 +54,12 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> JSONResponse:
-    """Render the envelope; 5xx messages are replaced by the generic text."""
+    """Render the envelope; 5xx messages are replaced by the generic text. A 503 carries
+    `Retry-After` and a 401 a Bearer challenge unless `headers` sets its own."""
     if status == 503:
         headers = {"Retry-After": "60", **(headers or {})}
+    if status == 401:
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE, **(headers or {})}
     body = {**envelope(status, message, label=label), **(extra or {})}
     response = Utf8JSONResponse(body, status_code=status, headers=dict(headers or {}))
     response.headers["Cache-Control"] = ERROR_CACHE_CONTROL

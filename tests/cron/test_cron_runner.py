@@ -305,21 +305,31 @@ def cron_app_env(db_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "challenge"),
     [
-        pytest.param({}, id="no-header"),
-        pytest.param({"Authorization": "Bearer wrong-secret"}, id="wrong-secret"),
-        pytest.param({"Authorization": SECRET}, id="not-bearer"),
-        pytest.param({"Authorization": f"Bearer {SECRET}x"}, id="longer"),
+        pytest.param({}, "Bearer", id="no-header"),
+        pytest.param(
+            {"Authorization": "Bearer wrong-secret"},
+            'Bearer error="invalid_token"',
+            id="wrong-secret",
+        ),
+        pytest.param({"Authorization": SECRET}, "Bearer", id="not-bearer"),
+        pytest.param(
+            {"Authorization": f"Bearer {SECRET}x"}, 'Bearer error="invalid_token"', id="longer"
+        ),
     ],
 )
 def test_the_vercel_app_refuses_without_the_cron_secret(
-    cron_app_env: str, admin_conn: psycopg.Connection[Any], headers: dict[str, str]
+    cron_app_env: str,
+    admin_conn: psycopg.Connection[Any],
+    headers: dict[str, str],
+    challenge: str,
 ) -> None:
     from functions.cron import expire_trials
 
     response = asgi_call(expire_trials.app, "GET", "/api/cron/expire_trials", headers=headers)
     assert response.status == 401
+    assert response.headers["www-authenticate"] == challenge  # RFC 6750 §3
     body = response.json()
     assert set(body) == {"error", "message", "statusCode", "timestamp"}
     assert body["statusCode"] == 401 and SECRET not in response.body.decode()

@@ -541,6 +541,7 @@ SEARCH = {"keywords": ["k"], "matchType": "exact"}
 def refused_as_deleted(result: Any, message: str = "Authentication required") -> None:
     assert result.status == 401, result.text
     assert (result.json["error"], result.json["message"]) == ("Client Error", message)
+    assert result.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 def nothing_names(admin_conn: psycopg.Connection[Any], user_id: str) -> None:

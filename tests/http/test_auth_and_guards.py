@@ -83,6 +83,11 @@ def assert_envelope(result: Result, status: int, message: str) -> None:
     assert result.headers["api-version"] == "v1"
 
 
+# RFC 6750 §3: every 401 challenges for a bearer token, and says when the one sent was refused.
+CHALLENGE = "Bearer"
+REFUSED_TOKEN = 'Bearer error="invalid_token"'
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -187,6 +192,7 @@ def test_forged_or_invalid_tokens_get_the_401_envelope(
         result = caller("searches", "GET", "/api/searches", headers=headers)
         assert_envelope(result, 401, AUTH_REQUIRED)
         assert result.json["error"] == "Client Error"
+        assert result.headers["www-authenticate"] == REFUSED_TOKEN
     (users,) = admin_conn.execute("SELECT count(*) FROM users").fetchone() or (None,)
     assert users == 0, "a refused token must not provision a user"
 
@@ -272,10 +278,13 @@ def test_the_header_wins_over_the_cookie(caller: Caller) -> None:
 
 
 def test_no_token_at_all(caller: Caller) -> None:
-    assert_envelope(caller("searches", "GET", "/api/searches"), 401, AUTH_REQUIRED)
+    result = caller("searches", "GET", "/api/searches")
+    assert_envelope(result, 401, AUTH_REQUIRED)
+    assert result.headers["www-authenticate"] == CHALLENGE
     for value in ("Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "token"):
         result = caller("searches", "GET", "/api/searches", headers={"authorization": value})
         assert_envelope(result, 401, AUTH_REQUIRED)
+        assert result.headers["www-authenticate"] == CHALLENGE, value
 
 
 # --------------------------------------------------------------------------- pending sessions
@@ -335,6 +344,9 @@ def test_a_pending_session_is_signed_out_on_every_route_that_needs_a_session(
         function, method, concrete, headers=bearer(token), json_body=BODIES.get(path, {})
     )
     assert_envelope(result, 401, SESSION_PENDING)
+    assert result.headers["www-authenticate"] == REFUSED_TOKEN
+    anonymous = caller(function, method, concrete, json_body=BODIES.get(path, {}))
+    assert (anonymous.status, anonymous.headers["www-authenticate"]) == (401, CHALLENGE)
     (users,) = admin_conn.execute("SELECT count(*) FROM users").fetchone() or (None,)
     assert users == 0, "a pending session must not provision its user"
 
