@@ -791,6 +791,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -878,6 +887,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1070,6 +1088,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1339,6 +1366,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description More than 10 calls in the hour (see Retry-After) */
             429: {
                 headers: {
@@ -1430,6 +1466,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1537,6 +1582,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1953,6 +2007,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Rate limit or monthly keyword quota (the user's or the team's) exceeded */
             429: {
                 headers: {
@@ -2058,6 +2121,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2240,6 +2312,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -2381,6 +2462,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2564,6 +2654,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description More than 10 calls in the hour (see Retry-After) */
             429: {
                 headers: {
@@ -2666,6 +2765,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2963,6 +3071,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -3051,6 +3168,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3294,6 +3420,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3571,6 +3706,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -3658,6 +3802,15 @@ export interface operations {
             };
             /** @description Body over 1,000,000 bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3877,6 +4030,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -3947,6 +4109,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Unexpected failure; the message is generic, the log has the request id */
             500: {
                 headers: {
@@ -3994,6 +4165,15 @@ export interface operations {
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };

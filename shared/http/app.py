@@ -37,7 +37,7 @@ from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
-from shared.http.guards import BodyLimit, Cors, Csrf, UrlEncoding
+from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
 from shared.http.lambda_events import LambdaHandler
 from shared.telemetry import log_event
 
@@ -89,6 +89,7 @@ def create_app(
     app.add_middleware(UrlEncoding)
     if limit_body:
         app.add_middleware(BodyLimit)
+    app.add_middleware(ContentCoding)
     app.add_middleware(Csrf, settings=get_settings)
     app.add_middleware(RequestContext, record_usage=record_usage)
     app.add_middleware(Cors, settings=get_settings)

@@ -1,4 +1,4 @@
-"""ASGI guards in front of every route: body size, path and query encoding, CORS, CSRF.
+"""ASGI guards in front of every route: body size and coding, path and query encoding, CORS, CSRF.
 
 Pure ASGI (no per-request framework objects) because they run on every invocation.
 CORS is the outermost layer of the app, so every answer to an allowed origin carries its headers,
@@ -30,6 +30,7 @@ BODY_LIMIT = 1_000_000  # the original's; webhooks set none of their own (`creat
 BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
 QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
 PATH_NOT_UTF8 = "Invalid path: not UTF-8"
+NOT_DECODED = "Unsupported Content-Encoding: send the body without one (identity)"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
@@ -101,6 +102,26 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         await self.app(scope, replaying(b"".join(chunks), receive), send)
+
+
+class ContentCoding:
+    """A write whose `Content-Encoding` names any coding but identity → 415 with
+    `Accept-Encoding: identity` (RFC 9110 §8.4, §15.5.16), whether or not bytes follow: no
+    coding is decoded (a small gzip body can inflate past any limit), and reading its bytes as
+    identity made a gzip body a misleading 400 and a mislabelled one a success. Only writes:
+    no route reads the body of another method."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in STATE_CHANGING:
+            codings = ",".join(Headers(scope=scope).getlist("content-encoding")).split(",")
+            if any(coding.strip().lower() not in ("", "identity") for coding in codings):
+                refusal = error_response(415, NOT_DECODED, headers={"Accept-Encoding": "identity"})
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class UrlEncoding:

@@ -2,11 +2,11 @@
 
 FastAPI documents a `422` with its own validation body, which we never send (validation failures
 are 400s in the original's envelope), and nothing for what the shared layer answers on its own:
-guards (403 CSRF, 413 body limit), the session check (401, and 409 when provisioning meets an
-email already in use), path ids (404), the last-resort 500 and the database's 503. This module
-rewrites each operation's responses to say what really comes back, so clients (and schemathesis)
-can rely on the document. Routes declare their own extra statuses with FastAPI's `responses=`;
-any 4xx/5xx declared without a body schema gets the envelope.
+guards (403 CSRF, 413 body limit, 415 body coding), the session check (401, and 409 when
+provisioning meets an email already in use), path ids (404), the last-resort 500 and the
+database's 503. This module rewrites each operation's responses to say what really comes back,
+so clients (and schemathesis) can rely on the document. Routes declare their own extra statuses
+with FastAPI's `responses=`; any 4xx/5xx declared without a body schema gets the envelope.
 
 Only the documentation changes here: nothing runs per request.
 """
@@ -45,6 +45,7 @@ DESCRIPTIONS = {
     404: "No such resource (for the caller)",
     409: "Conflicts with stored data (e.g. the token's email belongs to another account)",
     413: "Body over 1,000,000 bytes",
+    415: "Body sent with a Content-Encoding other than identity (none is decoded)",
     429: "Rate limit or quota exceeded (see Retry-After)",
     500: "Unexpected failure; the message is generic, the log has the request id",
     503: "A dependency is unavailable; retry after Retry-After seconds",
@@ -55,6 +56,7 @@ PROVISIONED = (409,)  # `shared.http.auth.authenticate`: another account holds t
 ADMIN = (403,)
 WITH_PATH_ID = (404,)
 WRITE = (413,)  # BodyLimit
+CODED = (415,)  # ContentCoding, on every write
 CSRF = (403,)  # cookie-authenticated writes outside the exempt paths
 FASTAPI_422 = "422"
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -93,6 +95,7 @@ def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
             if route.dependant.path_params:
                 statuses.update(WITH_PATH_ID)
             if method in STATE_CHANGING:
+                statuses.update(CODED)
                 if body_limited:
                     statuses.update(WRITE)
                 if not route.path_format.startswith(CSRF_EXEMPT_PREFIXES):

@@ -3,6 +3,7 @@ both lanes: any Content-Type, UTF-8 only, and stored strings that PostgreSQL can
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import itertools
 import json
@@ -146,6 +147,44 @@ def test_a_utf8_byte_order_mark_is_ignored_as_fetch_does(call: Caller) -> None:
     body = b"\xef\xbb\xbf" + json.dumps(SEARCH).encode()
     result = raw(call, "searches", "POST", "/api/searches", body, "application/json")
     assert result.status == 201, result.text
+
+
+# --- Content-Encoding --------------------------------------------------------------------------
+
+CODINGS = ["gzip", "br", "deflate", "x-unknown", "identity, gzip", "GZIP", "gzip;q=1"]
+NOT_DECODED = "Unsupported Content-Encoding: send the body without one (identity)"
+
+
+def test_a_write_in_a_content_coding_is_refused_415(call: Caller, admin: str) -> None:
+    """RFC 9110 §8.4, §15.5.16: a coding we do not decode (none: a gzip body could be a
+    decompression bomb) is a 415 naming `Accept-Encoding: identity`; its bytes were read as
+    identity before (gzip: 400 `Invalid JSON payload`; plain JSON so labelled: accepted)."""
+    path = search_path(call)
+    plain = b'{"name": "Renamed"}'
+    probes = [("gzip", gzip.compress(plain)), *((coding, plain) for coding in CODINGS)]
+    for coding, body in probes:
+        for module, method, route, user in (
+            ("search_item", "PUT", path, "user_a"),
+            ("search_item", "DELETE", path, "user_a"),
+            ("admin_flags", "POST", "/api/admin/flags", admin),
+            ("webhooks_stripe", "POST", "/api/webhooks/stripe", None),
+        ):
+            headers = {"content-type": "application/json", "content-encoding": coding}
+            result = call(module, method, route, user=user, body=body, headers=headers)
+            assert (result.status, result.json["message"]) == (415, NOT_DECODED), (
+                coding,
+                route,
+                result.text,
+            )
+            assert result.headers["accept-encoding"] == "identity"
+    unchanged = call("search_item", "GET", path, user="user_a")
+    assert (unchanged.status, unchanged.json["search"]["name"]) == (200, "Coffee gear")
+    for coding in ("identity", "", " , IDENTITY"):
+        headers = {"content-type": "application/json", "content-encoding": coding}
+        renamed = call("search_item", "PUT", path, user="user_a", body=plain, headers=headers)
+        assert (renamed.status, renamed.json["search"]["name"]) == (200, "Renamed"), coding
+    anything = {"content-encoding": "gzip"}
+    assert call("search_item", "GET", path, user="user_a", headers=anything).status == 200
 
 
 # --- stored strings ----------------------------------------------------------------------------
