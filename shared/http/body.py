@@ -39,7 +39,8 @@ def decode_json(raw: bytes) -> Any:
 
 
 def parse_json(raw: bytes) -> Any:
-    """`raw` as JSON; an empty (or blank) body is `{}` (the original's rule)."""
+    """`raw` as JSON; an empty body is `{}` (the original's rule), and so is one of nothing but
+    ASCII whitespace."""
     if not raw.strip():
         return {}
     try:

@@ -149,6 +149,13 @@ def test_a_utf8_byte_order_mark_is_ignored_as_fetch_does(call: Caller) -> None:
     assert result.status == 201, result.text
 
 
+def test_an_empty_or_blank_body_is_an_empty_object(call: Caller, admin: str) -> None:
+    """The original's rule for an empty body, also for ASCII whitespace alone."""
+    for body in (b"", b" ", b"\r\n\t \x0b\x0c"):
+        result = raw(call, "admin_flags", "POST", "/api/admin/flags", body, None, user=admin)
+        assert (result.status, result.json["message"]) == (400, "key is required"), body
+
+
 # --- Content-Encoding --------------------------------------------------------------------------
 
 CODINGS = ["gzip", "br", "deflate", "x-unknown", "identity, gzip", "GZIP", "gzip;q=1"]
