@@ -27,7 +27,13 @@ _CLIENT_SIDE_OPTIONS = frozenset(
     }
 )  # fmt: skip
 _WEAK_SSLMODES = frozenset({"disable", "allow", "prefer"})
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?=@)", re.I)
+# A password runs to the line's last '@': an unencoded one may hold '@', '/' and spaces, and
+# masking a host too is better than showing the rest of a password.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<secret>[^\r\n]*)(?=@)", re.I)
+# What must be percent-encoded in a user name or password (RFC 3986 userinfo): libpq and
+# SQLAlchemy end the password at its first '@', urllib at the host's '/', '?' or '#', and
+# urllib drops tabs and line breaks anywhere; '%' starts an escape.
+_UNENCODED_IN_USERINFO = re.compile(r"[@/?#\[\]\s]|%(?![0-9a-f]{2})", re.I)
 _PASSWORD_IN_KV = re.compile(r"(?P<head>password\s*=\s*)(?P<secret>'[^']*'|\S+)", re.I)
 
 
@@ -56,6 +62,22 @@ def redact_url(text: str) -> str:
     return _PASSWORD_IN_KV.sub(lambda m: m.group("head") + "***", masked)
 
 
+def unencoded_userinfo(url: str) -> str | None:
+    """Why `url`'s user name or password is not percent-encoded as every parser needs, or None.
+
+    The user info runs from `://` to the URL's only '@', so a second '@' anywhere (a raw one in
+    the password, or in a parameter) is refused too. The reason never holds any of `url`.
+    """
+    userinfo, at, rest = url.partition("://")[2].partition("@")
+    if at and ("@" in rest or _UNENCODED_IN_USERINFO.search(userinfo)):
+        return (
+            "must have its user name and password percent-encoded, and no other '@': "
+            "percent-encode @ / ? # % [ ] and spaces (e.g. @ as %40, / as %2F, # as %23, "
+            "% as %25, a space as %20)"
+        )
+    return None
+
+
 def is_neon_pooler_host(host: str) -> bool:
     """Neon's pooled endpoint is the direct one with `-pooler` after the endpoint id."""
     endpoint = host.split(".", 1)[0]
@@ -80,7 +102,12 @@ def parse_database_url(url: str, *, variable: str = "DATABASE_URL") -> DatabaseT
       `options=` parameter (e.g. `-c statement_timeout=…`) is refused up front rather than
       failing at connect time with `unsupported startup parameter`.
     - A non-loopback host gets `sslmode=require` when none is given, and a weaker mode is refused.
+    - A user name or password that is not percent-encoded is refused (`unencoded_userinfo`),
+      before anything parses it.
     """
+    problem = unencoded_userinfo(url)  # first: urllib's own errors may quote the password
+    if problem is not None:
+        raise DatabaseUrlError(f"{variable} {problem}")
     parts = urlsplit(url)
     if parts.scheme not in POSTGRES_SCHEMES:
         raise DatabaseUrlError(f"{variable} must start with postgresql://")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import make_url
 
 from shared.config import PreparedStatements
 from shared.db import prepared_statements_enabled
@@ -77,10 +82,68 @@ def test_non_postgres_url_is_refused_without_echoing_it() -> None:
         ),
         ("password='with space' dbname=x", "password=*** dbname=x"),
         ("postgresql://nopassword@host/db", "postgresql://nopassword@host/db"),
+        # unencoded passwords: everything up to the last '@' goes, even across spaces
+        ("postgresql://alex:My@Pass-word1@host/db", "postgresql://alex:***@host/db"),
+        (
+            "keyflash db migrate: postgresql://special:P@ss:w/rd?#%&=+$;é !@127.0.0.1:5432/n",
+            "keyflash db migrate: postgresql://special:***@127.0.0.1:5432/n",
+        ),
+        ("postgresql://u:a@b@h/db\nas x@y", "postgresql://u:***@h/db\nas x@y"),  # line by line
     ],
 )
 def test_redaction_masks_passwords(text: str, expected: str) -> None:
     assert redact_url(text) == expected
+
+
+# Passwords as pasted from a dashboard, unencoded (Neon: special characters must be
+# percent-encoded). Parsers split them at different places, so each is refused up front.
+RAW_PASSWORDS = [
+    "Kx7@Qz9-Vb1",  # libpq and SQLAlchemy end the password at the first '@'
+    "Kx7@Qz9:Wq4/Rd8?Tp2#Zn5%&=+$;é !Vb1",
+    "Kx7/Qz9",
+    "4567/Qz9",  # before the '/', `alex:4567` reads as a host and port
+    "4567?Qz9",
+    "4567#Qz9",
+    "Kx7%Qz9",  # a '%' that starts no escape
+    "Kx7 Qz9",
+    "Kx7[Qz9]",
+]
+
+
+def pieces(password: str) -> list[str]:
+    """The password's runs of letters and digits: none may show in a message."""
+    return re.findall(r"[^\W_]{3,}", password)
+
+
+@pytest.mark.parametrize("password", RAW_PASSWORDS)
+def test_an_unencoded_password_is_refused_showing_no_part_of_it(password: str) -> None:
+    url = f"postgresql://alex:{password}@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
+    with pytest.raises(DatabaseUrlError, match="percent-encode") as caught:
+        parse_database_url(url, variable="DIRECT_DATABASE_URL")
+    message = str(caught.value)
+    assert message.startswith("DIRECT_DATABASE_URL ")
+    assert [piece for piece in pieces(password) if piece in message] == []
+
+
+@pytest.mark.parametrize("password", RAW_PASSWORDS)
+def test_the_percent_encoded_password_reaches_every_parser_whole(password: str) -> None:
+    """What the refusal asks for works: SQLAlchemy (the engine) and libpq (the CLI's tools)
+    read the same password and host."""
+    url = f"postgresql://alex:{quote(password, safe='')}@db.example.com:5432/keyflash"
+    target = parse_database_url(url)
+    engine_url = make_url(target.sqlalchemy_url)
+    assert (engine_url.password, engine_url.host) == (password, "db.example.com")
+    assert target.host == "db.example.com"  # the host the pooler and TLS rules judged
+    libpq = conninfo_to_dict(target.sqlalchemy_url.replace("+psycopg", ""))
+    assert (libpq["password"], libpq["host"]) == (password, "db.example.com")
+
+
+def test_an_at_sign_anywhere_after_the_host_must_be_encoded_too() -> None:
+    """The password ends at the URL's only '@': a second one, even in a parameter, is refused."""
+    with pytest.raises(DatabaseUrlError, match="percent-encode"):
+        parse_database_url(f"{NEON_DIRECT}?sslrootcert=/etc/k@y/root.crt")
+    encoded = parse_database_url(f"{NEON_DIRECT}?sslrootcert=/etc/k%40y/root.crt")
+    assert "k%40y" in encoded.sqlalchemy_url
 
 
 @pytest.mark.parametrize(
