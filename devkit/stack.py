@@ -261,6 +261,13 @@ class Session:
         step = on_step or (lambda label: None)
         external = os.environ.get("DATABASE_URL")
         if external:
+            from shared.db_url import unencoded_userinfo
+
+            for variable in ("DATABASE_URL", "DIRECT_DATABASE_URL"):
+                # Refused before anything prints or parses it, naming the variable at fault.
+                problem = unencoded_userinfo(os.environ.get(variable, ""))
+                if problem is not None:
+                    raise CliError(f"{variable} {problem}")
             direct = os.environ.get("DIRECT_DATABASE_URL") or external
             self._database = Database(external, direct, "DATABASE_URL")
             return self._database

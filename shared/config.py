@@ -21,7 +21,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from shared.db_url import POSTGRES_SCHEMES
+from shared.db_url import POSTGRES_SCHEMES, unencoded_userinfo
 
 EXAMPLES = {
     "DATABASE_URL": "postgresql://user:password@ep-cool-name-123-pooler.eu-central-1.aws.neon.tech/keyflash",
@@ -358,7 +358,14 @@ class Settings:
 
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
-_URL_FIELDS = ("database_url", "direct_database_url", "database_read_url", "analytics_database_url")
+_DATABASE_URL_FIELDS = (
+    "database_url", "direct_database_url", "database_read_url", "analytics_database_url"
+)  # fmt: skip
+# Every URL setting: a user name or password in it must be percent-encoded (`unencoded_userinfo`).
+_URL_FIELDS = (
+    *_DATABASE_URL_FIELDS, "app_url", "upstash_redis_rest_url", "clerk_jwks_url",
+    "dataforseo_api_base_url", "google_ads_api_base_url", "google_ads_token_url", "stripe_api_base",
+)  # fmt: skip
 
 
 def _parse(hint: Any, text: str) -> Any:
@@ -407,9 +414,11 @@ def _parse(hint: Any, text: str) -> Any:
 
 
 def _checked(spec: Field[Any], value: Any) -> Any:
-    """`value` within the field's bounds (text: its length); a database URL: a postgresql:// one
-    (empty: unset)."""
-    if spec.name in _URL_FIELDS:
+    """`value` within the field's bounds (text: its length); a URL with its user info
+    percent-encoded; a database URL: a postgresql:// one (empty: unset)."""
+    if spec.name in _URL_FIELDS and (problem := unencoded_userinfo(value)) is not None:
+        raise ValueError(problem)
+    if spec.name in _DATABASE_URL_FIELDS:
         scheme, separator, _ = value.partition("://")
         if value == "":
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -118,6 +119,37 @@ def test_a_bad_value_names_its_variable_and_the_rule(name: str, text: str, reaso
     with pytest.raises(ConfigurationError) as caught:
         Settings.from_environ({**BASE, name: text})
     assert f"{name} is invalid ({reason}" in str(caught.value)
+
+
+URL_SETTINGS = [
+    "DATABASE_URL",
+    "DIRECT_DATABASE_URL",
+    "DATABASE_READ_URL",
+    "ANALYTICS_DATABASE_URL",
+    "UPSTASH_REDIS_REST_URL",
+    "APP_URL",
+    "CLERK_JWKS_URL",
+    "STRIPE_API_BASE",
+    "DATAFORSEO_API_BASE_URL",
+    "GOOGLE_ADS_API_BASE_URL",
+    "GOOGLE_ADS_TOKEN_URL",
+]
+
+
+@pytest.mark.parametrize("name", URL_SETTINGS)
+@pytest.mark.parametrize("password", ["Kx7@Qz9-Vb1", "Kx7@Qz9:Wq4/Rd8?Tp2#Zn5%&=+$;é !Vb1"])
+def test_a_url_with_an_unencoded_password_is_refused_showing_no_part_of_it(
+    name: str, password: str
+) -> None:
+    """Parsers split such a password at different places: the driver then tries a host made
+    of its tail and logs it in every retry; urllib's errors quote pieces of it."""
+    scheme = "postgresql" if "DATABASE" in name else "https"
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ({**BASE, name: f"{scheme}://alex:{password}@db.example.com/x"})
+    message = str(caught.value)
+    assert f"{name} is invalid (must have its user name and password percent-encoded" in message
+    shown = [piece for piece in re.findall(r"[^\W_]{3,}", password) if piece in message]
+    assert shown == []
 
 
 def test_an_empty_database_url_is_a_missing_one() -> None:

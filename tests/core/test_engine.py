@@ -302,6 +302,23 @@ def test_unreachable_database_fails_within_budget_without_leaking_the_password(
     assert db.is_database_connected() is False
 
 
+def test_a_password_with_an_unencoded_at_never_reaches_the_driver_or_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq would end the password at its first '@' and try the host `Qz9-Vb1@127.0.0.1`,
+    logging that tail in every retry: the settings refuse the URL before anything connects."""
+    reconfigure(
+        monkeypatch,
+        DATABASE_URL="postgresql://alex:Kx7@Qz9-Vb1@127.0.0.1:5432/keyflash",
+        DB_RETRY_BUDGET_S="1",
+    )
+    caplog.set_level(logging.INFO, logger="keyflash")
+    with pytest.raises(config.ConfigurationError, match="DATABASE_URL is invalid") as caught:
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
+    assert json_events(caplog, "db_retry") == []
+    assert "Qz9" not in str(caught.value) and "Qz9" not in caplog.text
+
+
 @pytest.mark.parametrize("database_url", ["direct"], indirect=True)
 @pytest.mark.parametrize("failure", ["unreachable", "no such database"])
 def test_connecting_ahead_tries_once_and_leaves_a_failure_to_the_first_request(

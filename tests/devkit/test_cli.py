@@ -692,6 +692,23 @@ def test_db_reset_and_restore_refuse_a_remote_database(empty_state_dir: Path) ->
     assert_one_line_failure(result, "refusing")
 
 
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "DIRECT_DATABASE_URL"])
+def test_db_migrate_refuses_an_unencoded_password_showing_no_part_of_it(
+    empty_state_dir: Path, variable: str
+) -> None:
+    """Printed as it was, the URL showed the password past its first '@', and SQLAlchemy's
+    ValueError quoted a piece of it (`invalid literal for int() … 'w'`)."""
+    raw = "postgresql://special:Kx7@Qz9:Wq4/Rd8?Tp2#Zn5%&=+$;é !Vb1@127.0.0.1:1/keyflash"
+    env = {"DATABASE_URL": "postgresql://special:pw@127.0.0.1:1/keyflash", variable: raw}
+    result = keyflash("db", "migrate", state_dir=empty_state_dir, **env)
+    assert_one_line_failure(result, f"{variable} must have its user name and password")
+    output = result.stdout + result.stderr
+    assert [
+        piece for piece in ("Kx7", "Qz9", "Wq4", "Rd8", "Tp2", "Zn5", "Vb1") if piece in output
+    ] == []
+    assert not (empty_state_dir / "pgdata").exists()  # refused before starting anything
+
+
 def test_db_restore_rejects_a_file_that_is_not_a_backup(empty_state_dir: Path) -> None:
     bogus = empty_state_dir / "bogus.dump"
     bogus.write_text("not a dump")
