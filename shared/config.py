@@ -414,10 +414,14 @@ def _parse(hint: Any, text: str) -> Any:
 
 
 def _checked(spec: Field[Any], value: Any) -> Any:
-    """`value` within the field's bounds (text: its length); a URL with its user info
-    percent-encoded; a database URL: a postgresql:// one (empty: unset)."""
-    if spec.name in _URL_FIELDS and (problem := unencoded_userinfo(value)) is not None:
-        raise ValueError(problem)
+    """`value` within the field's bounds (text: its length); a URL without the whitespace
+    pasted around it and with its user info percent-encoded; a database URL: a postgresql://
+    one (empty: unset)."""
+    if spec.name in _URL_FIELDS:
+        value = value.strip()
+        problem = unencoded_userinfo(value)
+        if problem is not None:
+            raise ValueError(problem)
     if spec.name in _DATABASE_URL_FIELDS:
         scheme, separator, _ = value.partition("://")
         if value == "":

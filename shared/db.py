@@ -68,7 +68,8 @@ _SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
 # SQLSTATEs of a transaction the server rolled back so that another could go on: run it again.
 _ABORTED_TO_RETRY = {"40P01": "deadlock detected", "40001": "serialization failure"}
 # libpq reports every failed connect without a SQLSTATE; these ones are configuration, which no
-# retry mends (a wrong password, a missing database or role, a refused host, a TLS mismatch).
+# retry mends (a wrong password, a missing database or role, a refused host, a TLS mismatch, a
+# connection option's invalid value, a certificate that fails verification).
 _MISCONFIGURED = (
     "password authentication failed",
     "does not exist",
@@ -76,6 +77,11 @@ _MISCONFIGURED = (
     "server does not support ssl",
     "sslmode value",
     "invalid connection option",
+    ' value: "',  # invalid channel_binding value: "requre" (any option with fixed choices)
+    "invalid integer value",
+    "invalid port number",
+    "does not match host name",
+    "certificate verify failed",
 )
 
 

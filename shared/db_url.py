@@ -102,9 +102,10 @@ def parse_database_url(url: str, *, variable: str = "DATABASE_URL") -> DatabaseT
       `options=` parameter (e.g. `-c statement_timeout=…`) is refused up front rather than
       failing at connect time with `unsupported startup parameter`.
     - A non-loopback host gets `sslmode=require` when none is given, and a weaker mode is refused.
-    - A user name or password that is not percent-encoded is refused (`unencoded_userinfo`),
-      before anything parses it.
+    - Whitespace around the URL (pasted from a dashboard) is dropped; a user name or password
+      that is not percent-encoded is refused (`unencoded_userinfo`), before anything parses it.
     """
+    url = url.strip()
     problem = unencoded_userinfo(url)  # first: urllib's own errors may quote the password
     if problem is not None:
         raise DatabaseUrlError(f"{variable} {problem}")

@@ -78,6 +78,14 @@ BASE = {"DATABASE_URL": "postgresql://u:p@localhost/db"}
         ("MOCK_PROVIDER_SEED", "42", 42),
         ("CLERK_JWT_KEY", "", ""),  # text is kept as given
         ("DATABASE_READ_URL", "", None),  # an empty URL is an unset one
+        # whitespace pasted around a URL is dropped (inside one it must be percent-encoded)
+        (
+            "DATABASE_URL",
+            " postgresql://u:p@h/db?channel_binding=require \r\n",
+            "postgresql://u:p@h/db?channel_binding=require",
+        ),
+        ("DATABASE_READ_URL", " \n", None),
+        ("UPSTASH_REDIS_REST_URL", "https://eu1-cat.upstash.io\t\n", "https://eu1-cat.upstash.io"),
         ("DB_APPLICATION_NAME", "x" * 63, "x" * 63),
         ("REPLICA_MAX_LAG_MS", "3600000", 3_600_000),  # bounds are inclusive where they say so
     ],

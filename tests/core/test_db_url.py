@@ -146,6 +146,13 @@ def test_an_at_sign_anywhere_after_the_host_must_be_encoded_too() -> None:
     assert "k%40y" in encoded.sqlalchemy_url
 
 
+def test_whitespace_pasted_around_a_url_is_dropped() -> None:
+    """Dashboards and .env editors add a trailing space or line break (or a leading space)."""
+    target = parse_database_url(f" {NEON_POOLED}?channel_binding=require \r\n")
+    assert target.is_pooler
+    assert target.sqlalchemy_url.endswith("?channel_binding=require&sslmode=require")
+
+
 @pytest.mark.parametrize(
     ("url", "mode", "enabled"),
     [

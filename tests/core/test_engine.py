@@ -10,6 +10,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from shared import config, db
 from shared.db_url import parse_database_url
 from shared.models.users import User
 from shared.repositories import users
+from tests.support.tls_server import self_signed, tls_server
 
 pytestmark = pytest.mark.usefixtures("db_env")
 
@@ -300,6 +302,51 @@ def test_unreachable_database_fails_within_budget_without_leaking_the_password(
     assert health["connected"] is False and health["error"] == "Database unreachable"
     assert isinstance(health["responseTime"], int)
     assert db.is_database_connected() is False
+
+
+def fails_at_once(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> str:
+    """Connect to `url` with a 30 s retry budget; expect one attempt and return the reason.
+
+    Not retried is the promise here; whether the caller then sees a 503 or a 500 is another."""
+    reconfigure(monkeypatch, DATABASE_URL=url, DB_RETRY_BUDGET_S="30", DB_CONNECT_TIMEOUT_S="5")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    started = time.monotonic()
+    with pytest.raises((OperationalError, db.DatabaseUnavailableError)) as caught:
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
+    assert time.monotonic() - started < 5, "one attempt, not the 30 s retry budget"
+    assert json_events(caplog, "db_retry") == []
+    return str(caught.value)
+
+
+# Direct lane only: the pooled lane's URL already carries parameters of our own.
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+@pytest.mark.parametrize(
+    "option", ["channel_binding=requre", "target_session_attrs=primary-ish", "keepalives=yes"]
+)
+def test_an_invalid_connection_option_value_fails_at_once(
+    db_env: str, option: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq refuses the value before connecting: the same on every attempt, so no outage."""
+    separator = "&" if "?" in db_env else "?"
+    reason = fails_at_once(f"{db_env}{separator}{option}", monkeypatch, caplog)
+    assert "value" in reason
+
+
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+@pytest.mark.parametrize("mode", ["verify-full", "verify-ca"])
+def test_a_certificate_libpq_refuses_fails_at_once(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """verify-full: the server's certificate names another host; verify-ca: another
+    authority signed it. Neither changes on the next attempt."""
+    with tls_server("db.other.example", tmp_path) as (port, certificate):
+        root = certificate if mode == "verify-full" else self_signed("ca.example", tmp_path)[0]
+        url = f"postgresql://app:pw@127.0.0.1:{port}/keyflash?sslmode={mode}&sslrootcert={root}"
+        reason = fails_at_once(url, monkeypatch, caplog)
+    expected = "does not match host name" if mode == "verify-full" else "certificate verify failed"
+    assert expected in reason
 
 
 def test_a_password_with_an_unencoded_at_never_reaches_the_driver_or_the_log(
