@@ -32,7 +32,7 @@ EXAMPLES = {
     "PREPARED_STATEMENTS": "auto (or on, off)",
     "SLOW_QUERY_MS": "500",
     "DB_CONNECT_TIMEOUT_S": "10",
-    "DB_STATEMENT_TIMEOUT_MS": "15000 (0 leaves the server's setting)",
+    "DB_STATEMENT_TIMEOUT_MS": "15000",
     "DB_RETRY_BUDGET_S": "8",
     "DB_POOL_SIZE": "1",
     "DB_IDLE_CHECK_S": "30",
@@ -152,7 +152,8 @@ class Settings:
     prepared_statements: PreparedStatements = PreparedStatements.AUTO
     slow_query_ms: int = bounded(500, ge=0)
     db_connect_timeout_s: int = bounded(10, ge=1, le=120)
-    db_statement_timeout_ms: int = bounded(15_000, ge=0)
+    # At least 1: 0 is PostgreSQL's "no limit"; at most PostgreSQL's own largest value.
+    db_statement_timeout_ms: int = bounded(15_000, ge=1, le=2_147_483_647)
     db_retry_budget_s: float = bounded(8.0, gt=0)
     db_pool_size: int = bounded(1, ge=1, le=100)
     db_idle_check_s: float = bounded(30.0, ge=0)

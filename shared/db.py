@@ -194,7 +194,7 @@ def build_engine(
     }
     if not prepared_statements_enabled(target, settings.prepared_statements):
         connect_args["prepare_threshold"] = None
-    if not target.is_pooler and settings.db_statement_timeout_ms:
+    if not target.is_pooler:
         # A direct connection takes session settings as startup options; a pooler would refuse.
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
     engine = create_engine(
@@ -482,9 +482,8 @@ def _execute_on(
 
 
 def _begin_sql(settings: Settings) -> str:
-    timeout = settings.db_statement_timeout_ms
     # One simple-protocol message: BEGIN and the per-transaction timeout in a single round trip.
-    return f"BEGIN; SET LOCAL statement_timeout = {int(timeout)}" if timeout else "BEGIN"
+    return f"BEGIN; SET LOCAL statement_timeout = {int(settings.db_statement_timeout_ms)}"
 
 
 def _execute(
