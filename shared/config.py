@@ -337,13 +337,25 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        """The settings `environ` names (case-insensitively); every bad variable is explained."""
-        given = {name.lower(): value for name, value in environ.items()}
+        """The settings `environ` names (case-insensitively); every bad variable is explained.
+
+        Two spellings of one name with different values are refused: which one a process
+        environment lists last is an accident, so neither may win silently."""
+        spellings: dict[str, dict[str, str]] = {}
+        for name, value in environ.items():
+            spellings.setdefault(name.lower(), {})[name] = value
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         problems = []
         for spec in fields(cls):
-            text = given.get(spec.name)
+            given = spellings.get(spec.name, {})
+            if len(set(given.values())) > 1:
+                names = " and ".join(sorted(given))
+                problems.append(
+                    _problem(spec.name, f"is set as {names}, with different values: keep one")
+                )
+                continue
+            text = next(iter(given.values()), None)
             try:
                 if text is not None:
                     values[spec.name] = _checked(spec, _parse(hints[spec.name], text))

@@ -175,6 +175,28 @@ def test_names_are_read_case_insensitively_and_unknown_ones_ignored() -> None:
     assert (settings.database_url, settings.slow_query_ms) == ("postgresql://u:p@h/db", 9)
 
 
+@pytest.mark.parametrize("documented_first", [True, False])
+def test_two_spellings_of_a_name_with_different_values_are_refused(documented_first: bool) -> None:
+    """Which spelling a process environment lists last is an accident: a stale `database_url`
+    beside `DATABASE_URL` silently won when it came later."""
+    spellings = [
+        ("DATABASE_URL", "postgresql://u:p@h/current_db"),
+        ("database_url", "postgresql://u:p@h/stale_db"),
+    ]
+    environ = dict(spellings if documented_first else reversed(spellings))
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ(environ)
+    message = str(caught.value)
+    expected = "DATABASE_URL is set as DATABASE_URL and database_url, with different values"
+    assert expected in message
+    assert "current_db" not in message and "stale_db" not in message
+
+
+def test_two_spellings_of_a_name_with_the_same_value_are_one_setting() -> None:
+    settings = Settings.from_environ({**BASE, "database_url": BASE["DATABASE_URL"]})
+    assert settings.database_url == BASE["DATABASE_URL"]
+
+
 def test_every_bad_variable_is_listed_at_once() -> None:
     with pytest.raises(ConfigurationError) as caught:
         Settings.from_environ({"SLOW_QUERY_MS": "soon", "DB_POOL_SIZE": "0"})
