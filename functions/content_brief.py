@@ -28,7 +28,7 @@ from shared.contracts.related import ContentBriefRequest
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
-from shared.http.errors import ApiError
+from shared.http.methods import method_not_allowed
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request
@@ -66,13 +66,7 @@ async def brief_body(
 
 @app.get("/api/content-brief", response_model=None, include_in_schema=False)
 def wrong_method() -> Response:
-    raise ApiError(
-        405,
-        "Use POST to generate a content brief",
-        label="Method Not Allowed",
-        headers={"Allow": "POST"},
-        extra={"supportedMethods": ["POST"]},
-    )
+    raise method_not_allowed(["POST"], "Use POST to generate a content brief")
 
 
 EXAMPLE = {"keyword": "espresso machine", "location": "US", "language": "en"}

@@ -34,6 +34,7 @@ from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.http.methods import method_not_allowed
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request
@@ -66,13 +67,7 @@ def rate_limit(request: Request) -> Decision:
 
 @app.get("/api/keywords", response_model=None, include_in_schema=False)
 def wrong_method() -> Response:
-    raise ApiError(
-        405,
-        "Use POST to search for keywords",
-        label="Method Not Allowed",
-        headers={"Allow": "POST"},
-        extra={"supportedMethods": ["POST"]},
-    )
+    raise method_not_allowed(["POST"], "Use POST to search for keywords")
 
 
 async def search_body(

@@ -24,7 +24,6 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -39,6 +38,7 @@ from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
 from shared.http.lambda_events import LambdaHandler
+from shared.http.methods import Head, method_not_allowed, served
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
@@ -85,7 +85,8 @@ def create_app(
     app.add_exception_handler(EmailInUseError, _email_in_use)  # type: ignore[arg-type]
     app.add_exception_handler(AccountDeletedError, _account_deleted)  # type: ignore[arg-type]
     # Added last = outermost: RequestContext sees every response, including guard refusals,
-    # and Cors, outside it, adds its headers to every answer, its last-resort 500 included.
+    # and Cors, outside it, adds its headers to every answer, its last-resort 500 included;
+    # Head, outside all, makes a HEAD the GET it stands for and drops every answer's body.
     app.add_middleware(UrlEncoding)
     if limit_body:
         app.add_middleware(BodyLimit)
@@ -93,6 +94,7 @@ def create_app(
     app.add_middleware(Csrf, settings=get_settings)
     app.add_middleware(RequestContext, record_usage=record_usage)
     app.add_middleware(Cors, settings=get_settings)
+    app.add_middleware(Head)
     return app
 
 
@@ -203,33 +205,12 @@ def validation_message(issues: Any) -> str:
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
     if error.status_code == 405:
-        methods = _methods_for(request)
-        allowed = ", ".join(methods)
-        return error_response(
-            405,
-            f"Use {' or '.join(methods)} for this endpoint" if methods else "Method not allowed",
-            label="Method Not Allowed",
-            headers={"Allow": allowed},
-            extra={"supportedMethods": methods},
-        )
+        return api_error_response(method_not_allowed(served(request.scope)))
     if error.status_code == 404:
         return error_response(404, "Not found", label="Not Found")
     if error.status_code == 400:
         return error_response(400, "Invalid JSON payload")
     return error_response(error.status_code, str(error.detail))
-
-
-def _methods_for(request: Request) -> list[str]:
-    """Every method some route accepts on this path (Starlette reports only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if (
-            isinstance(route, APIRoute)
-            and route.include_in_schema  # a hidden route exists only to answer 405 itself
-            and route.path_regex.match(request.url.path)
-        ):
-            methods |= (route.methods or set()) - {"HEAD"}
-    return sorted(methods)
 
 
 async def _database_unavailable(request: Request, error: Exception) -> Response:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.config import ConfigurationError, Settings
 from shared.http.errors import error_response
+from shared.http.methods import allow, served
 
 BODY_LIMIT = 1_000_000  # the original's; webhooks set none of their own (`create_app`)
 BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
@@ -194,8 +195,9 @@ class Cors:
 
 
 class Csrf:
-    """Preflights answered (`Cors` adds their headers); CSRF origin + double-submit token on state
-    changes; the token's cookie issued to a GET that lacks it."""
+    """OPTIONS answered with `Allow` (a preflight: `Cors` adds its headers; a path no route serves
+    is left to the router's 404); CSRF origin + double-submit token on state changes; the token's
+    cookie issued to a GET (or the GET a HEAD stands for) that lacks it."""
 
     def __init__(self, app: ASGIApp, settings: Callable[[], Settings]) -> None:
         self.app = app
@@ -209,8 +211,8 @@ class Csrf:
         headers = Headers(scope=scope)
         method = scope["method"]
 
-        if method == "OPTIONS":
-            await JSONResponse({})(scope, receive, send)
+        if method == "OPTIONS" and (methods := served(scope)):
+            await JSONResponse({}, headers={"Allow": allow(methods)})(scope, receive, send)
             return
 
         if method in STATE_CHANGING and self._csrf_applies(scope, headers):

@@ -526,7 +526,7 @@ def test_other_methods_are_405_naming_post_only(call: Caller) -> None:
     result = call("keywords", "PUT", "/api/keywords", user=user_id())
     assert result.status == 405
     assert result.json["supportedMethods"] == ["POST"]
-    assert call("keywords", "GET", "/api/keywords").headers["allow"] == "POST"
+    assert call("keywords", "GET", "/api/keywords").headers["allow"] == "OPTIONS, POST"
 
 
 # --- the provider for a real DataForSEO account (issue 23) ----------------------------------

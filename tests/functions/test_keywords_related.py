@@ -151,7 +151,7 @@ def test_auth_comes_first_then_405_for_get(call: Caller) -> None:
     got = call("keywords_related", "GET", "/api/keywords/related")
     assert got.status == 405
     assert got.json["message"] == "Use POST to get related keywords"
-    assert got.headers["allow"] == "POST"
+    assert got.headers["allow"] == "OPTIONS, POST"
 
 
 def test_the_keyword_search_route_is_not_this_one(call: Caller) -> None:
