@@ -334,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "check",
         "check that serverless.yml and vercel.json declare every function as its code says",
-        "Derive from functions/ what each descriptor must declare (routes, methods, preflights, "
-        "schedules, package patterns) and list every difference; exit 1 when there is one.",
+        "Derive from functions/ what each descriptor must declare (each path for every "
+        "method, schedules, package patterns) and list every difference; exit 1 when there is one.",
         _check,
     )
 

@@ -5,12 +5,13 @@ FastAPI app's routes are what both platforms must route to it. From them the che
 what each descriptor has to declare and reports every difference at once:
 
 - HTTP function `functions/<module>.py`: in serverless.yml a function with handler
-  `functions/<module>.lambda_handler`, one `httpApi` event per (method, path) of the app plus
-  `OPTIONS` per path (CORS preflights are answered by the function, not API Gateway: no
-  `httpApi.cors`, nor CORS headers in vercel.json's routes), and
-  package patterns that ship its module; in vercel.json a `builds` entry
-  `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per path,
-  `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, with the same methods plus OPTIONS.
+  `functions/<module>.lambda_handler`, one `httpApi` event per path of the app with
+  `method: '*'` (API Gateway's ANY), and package patterns that ship its module; in vercel.json
+  a `builds` entry `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per
+  path, `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, without `methods`. Every method
+  of a path thus reaches the function, which answers HEAD, OPTIONS (CORS preflights: no
+  `httpApi.cors`, nor CORS headers in vercel.json's routes) and the 405 itself
+  (`shared/http/methods.py`); a platform's own 404 would have no envelope, `Allow` or CORS.
 - Cron `functions/cron/<job>.py` (exports `SCHEDULE`, a 5-field UTC cron; `lambda_handler` for
   Lambda; `app`, a small ASGI GET endpoint guarded by CRON_SECRET, for Vercel): in serverless.yml
   a function with handler `functions/cron/<job>.lambda_handler` and one `schedule: cron(...)`
@@ -40,7 +41,11 @@ from fastapi.routing import APIRoute
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_DIR = ROOT / "functions"
 CRON_PACKAGE = "cron"
-PREFLIGHT = "OPTIONS"
+ANY_METHOD = "*"  # serverless.yml's catch-all method, API Gateway's ANY
+EVERY_METHOD = (
+    "every method of a path must reach its function, which answers HEAD, OPTIONS and the 405 itself"
+)
+CRON_METHOD = "GET"  # how Vercel Cron calls a cron's path
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
 
@@ -93,7 +98,8 @@ def discover_modules(directory: Path = FUNCTIONS_DIR) -> tuple[list[str], list[s
 
 
 def app_routes(module: ModuleType) -> dict[str, frozenset[str]]:
-    """FastAPI path → methods (HEAD left out: FastAPI adds it to nothing, platforms ignore it)."""
+    """FastAPI path → the methods its routes serve (both descriptors route every method of a
+    path alike, so the checks use only the paths)."""
     routes: dict[str, set[str]] = {}
     for route in module.app.routes:
         if isinstance(route, APIRoute):
@@ -260,21 +266,18 @@ def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[
                 )
             owners[key] = name
         if spec.kind == "http":
-            expected = {
-                (http_api_path(path), method)
-                for path, methods in spec.routes.items()
-                for method in {*methods, PREFLIGHT}
-            }
+            expected = {(http_api_path(path), ANY_METHOD) for path in spec.routes}
             if missing := expected - declared_http:
                 problems.append(
-                    f"{spec.file}: serverless.yml function `{name}` lacks httpApi events: "
-                    f"{_fmt(missing)}"
+                    f"{spec.file}: serverless.yml function `{name}` lacks httpApi events with "
+                    f"method '{ANY_METHOD}' for {', '.join(sorted(p for p, _ in missing))} "
+                    f"({EVERY_METHOD})"
                 )
             if extra := declared_http - expected:
                 problems.append(
-                    f"{spec.file}: serverless.yml function `{name}` routes what its app does "
-                    f"not serve: {_fmt(extra)} (the app routes: "
-                    f"{_fmt(expected) or 'nothing'})"
+                    f"{spec.file}: serverless.yml function `{name}` declares httpApi events "
+                    f"other than one method '{ANY_METHOD}' per path of its app: {_fmt(extra)} "
+                    f"({EVERY_METHOD})"
                 )
             if declared_cron:
                 problems.append(
@@ -289,12 +292,11 @@ def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[
 def _expected_events_text(spec: FunctionSpec) -> str:
     if spec.kind == "cron":
         return f"a schedule event {_aws_or_error(spec)}"
-    pairs = {
-        (http_api_path(path), method)
-        for path, methods in spec.routes.items()
-        for method in {*methods, PREFLIGHT}
-    }
-    return f"httpApi events {_fmt(pairs)} and package.patterns [functions/__init__.py, {spec.file}]"
+    paths = ", ".join(sorted(http_api_path(path) for path in spec.routes))
+    return (
+        f"httpApi events with method '{ANY_METHOD}' for {paths} and package.patterns "
+        f"[functions/__init__.py, {spec.file}]"
+    )
 
 
 def _aws_or_error(spec: FunctionSpec) -> str:
@@ -406,8 +408,6 @@ def check_vercel(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]
                 "(remove the route or fix dest)"
             )
         methods = {str(m).upper() for m in route.get("methods") or []}
-        if not methods:
-            problems.append(f"vercel.json: route {src} → {dest} must list its methods")
         routes_by_dest.setdefault(str(dest), {})[str(src)] = methods
 
     crons = {str(c.get("path")): str(c.get("schedule")) for c in config.get("crons") or []}
@@ -424,12 +424,11 @@ def check_vercel(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]
                 f'"use": "@vercel/python"}}'
             )
         declared = routes_by_dest.get(spec.vercel_dest, {})
+        expected: dict[str, set[str]]  # src → methods, none for an HTTP function's routes
         if spec.kind == "http":
-            expected = {
-                vercel_src(path): {*methods, PREFLIGHT} for path, methods in spec.routes.items()
-            }
+            expected = {vercel_src(path): set() for path in spec.routes}
         else:
-            expected = {vercel_src(spec.cron_path or ""): {"GET"}}
+            expected = {vercel_src(spec.cron_path or ""): {CRON_METHOD}}
             if spec.cron_path not in crons:
                 problems.append(
                     f'{spec.file}: vercel.json crons lacks {{"path": "{spec.cron_path}", '
@@ -441,15 +440,21 @@ def check_vercel(specs: list[FunctionSpec], config: dict[str, Any]) -> list[str]
                     f"{crons[spec.cron_path]!r} but SCHEDULE is {spec.schedule!r}"
                 )
         for src, methods in sorted(expected.items()):
+            filtered = f', "methods": {json.dumps(sorted(methods))}' if methods else ""
             if src not in declared:
                 problems.append(
                     f'{spec.file}: vercel.json routes lacks {{"src": "{src}", "dest": '
-                    f'"{spec.vercel_dest}", "methods": {json.dumps(sorted(methods))}}}'
+                    f'"{spec.vercel_dest}"{filtered}}}'
+                )
+            elif declared[src] != methods and spec.kind == "http":
+                problems.append(
+                    f"{spec.file}: vercel.json route {src} filters methods "
+                    f"{sorted(declared[src])}: drop `methods` ({EVERY_METHOD})"
                 )
             elif declared[src] != methods:
                 problems.append(
                     f"{spec.file}: vercel.json route {src} has methods {sorted(declared[src])}, "
-                    f"the app serves {sorted(methods)}"
+                    f"but Vercel Cron calls it with {CRON_METHOD}"
                 )
         for src in sorted(set(declared) - set(expected)):
             problems.append(

@@ -1,9 +1,11 @@
 """The local API gateway: every function in functions/ behind one port, each with its own app.
 
-API Gateway and Vercel route a request to ONE function by path and method, and that function
-only knows its own routes. The gateway does the same in-process: it matches the request against
-each module's FastAPI routes and hands the untouched ASGI scope to that module's `app`, so a
-function sees what it would see deployed (its own 404/405 envelopes, its own CORS preflight).
+API Gateway and Vercel route a request to ONE function by its path, whatever the method
+(serverless.yml declares each path with `method: '*'`, vercel.json's routes filter no methods),
+and that function only knows its own routes. The gateway does the same in-process: it matches
+the request's path against each module's FastAPI routes and hands the untouched ASGI scope to
+that module's `app`, so a function sees what it would see deployed (its own 405 envelope, HEAD
+and OPTIONS answers, CORS preflight); a path no function serves is the gateway's 404.
 Modules are discovered from the directory, so a new `functions/<name>.py` is served without
 registering it anywhere; `functions/cron/` holds scheduled jobs and is not served.
 
@@ -97,15 +99,14 @@ def route_table(functions: Sequence[Function]) -> list[tuple[str, str, str]]:
 
 
 def conflicts(functions: Sequence[Function]) -> list[str]:
-    """Method+path pairs claimed by more than one function (the first one wins)."""
-    owners: dict[tuple[str, str], str] = {}
-    found = []
-    for method, path, name in route_table(functions):
-        key = (method, path)
-        if key in owners and owners[key] != name:
-            found.append(f"{method} {path}: {owners[key]} and {name}")
-        owners.setdefault(key, name)
-    return found
+    """Paths claimed by more than one function (the first one serves all their methods)."""
+    owners: dict[str, str] = {}
+    found: dict[str, None] = {}  # a path's clash once, whatever its methods
+    for _, path, name in route_table(functions):
+        owner = owners.setdefault(path, name)
+        if owner != name:
+            found[f"{path}: {owner} and {name}"] = None
+    return list(found)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -125,17 +126,12 @@ class Gateway:
         self.public_url = public_url
         self._openapi: bytes | None = None
 
-    def find(self, method: str, path: str) -> tuple[Function | None, bool]:
-        """The function serving `method path`, else the one owning the path (it answers 405
-        and CORS preflights itself), else None. The bool says whether the method matched."""
-        owner: Function | None = None
+    def find(self, path: str) -> Function | None:
+        """The first function with a route for `path`, which answers every method of it."""
         for function in self.functions:
-            for route in function.routes:
-                if route.regex.match(path):
-                    if method in route.methods:
-                        return function, True
-                    owner = owner or function
-        return owner, False
+            if any(route.regex.match(path) for route in function.routes):
+                return function
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -155,7 +151,7 @@ class Gateway:
         if method == "GET" and path == "/":
             await _respond(send, 200, self._index(), "application/json")
             return
-        function, _ = self.find(method, path)
+        function = self.find(path)
         if function is None:
             body = _envelope(404, "Not Found", f"No function serves {method} {path}")
             await _respond(send, 404, body, "application/json")

@@ -180,12 +180,19 @@ def test_dev_token_with_admin_claim_reaches_admin_routes(stack: Stack) -> None:
 
 
 def test_gateway_answers_unknown_paths_and_methods_with_the_envelope(stack: Stack) -> None:
+    """Every method of a path reaches its function, as deployed; an unknown path is a 404."""
     missing = httpx.get(f"{stack.url}/api/nope", timeout=10)
     assert missing.status_code == 404
     assert set(missing.json()) == {"error", "message", "statusCode", "timestamp"}
+    assert httpx.head(f"{stack.url}/api/nope", timeout=10).status_code == 404
     wrong = httpx.request("PATCH", f"{stack.url}/api/health", timeout=10)
     assert wrong.status_code == 405  # answered by the health function itself
     assert wrong.json()["supportedMethods"] == ["GET"]
+    assert wrong.headers["allow"] == "GET, HEAD, OPTIONS"
+    probed = httpx.get(f"{stack.url}/api/health", timeout=10)
+    head = httpx.head(f"{stack.url}/api/health", timeout=10)
+    assert (head.status_code, head.content) == (probed.status_code, b"")
+    assert head.headers["content-type"] == "application/json"
 
 
 def test_a_browser_on_the_stacks_origin_can_read_refusals_and_documented_headers(
@@ -1360,11 +1367,12 @@ def test_gateway_routing_and_openapi_merge(caplog: pytest.LogCaptureFixture) -> 
 
     first, second = function("first", int), function("second", str)
     gate = gateway.Gateway([first, second])
-    assert gateway.conflicts([first, second]) == ["GET /api/shared/{item}: first and second"]
+    assert gateway.conflicts([first, second]) == ["/api/shared/{item}: first and second"]
     with TestClient(gate) as client:
         assert client.post("/api/second", json={"value": "x"}).json() == {"served_by": "second"}
         assert client.get("/api/shared/1").json() == {"served_by": "first"}  # first one wins
         assert client.get("/api/second").status_code == 405  # the owner answers
+        assert client.put("/api/shared/1").status_code == 405  # every method goes to the first
         missing = client.get("/api/third")
         assert missing.status_code == 404 and missing.json()["statusCode"] == 404
         # A decoded %0A or %00 must not forge a log line or make the log binary.

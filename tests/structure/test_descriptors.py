@@ -2,8 +2,10 @@
 
 The checker's report must be empty for the repository and must say exactly what is out of step
 for synthetic descriptors. Then every declared HTTP handler is invoked with a synthetic API
-Gateway v2 event per route and method and must answer with the JSON envelope (or a success),
-never a 500, and must reach the route (one of the app's routes matches the method and path).
+Gateway v2 event per declared path and method (each one its app serves, HEAD, OPTIONS and one it
+serves nothing for: every method of a path reaches the function) and must answer with the JSON
+envelope (or a success), never a 500: a served method reaches its route, HEAD answers as GET
+without the body, OPTIONS and a wrong method name the path's methods in `Allow`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from starlette.routing import Match
 
 from devkit import events
 from devkit.descriptors import (
-    PREFLIGHT,
+    EVERY_METHOD,
     ROOT,
     FunctionSpec,
     aws_cron,
@@ -235,18 +237,49 @@ def _routed(app: Any, method: str, path: str) -> bool:
     )
 
 
-def _declared_requests(
-    spec: FunctionSpec, serverless: dict[str, Any]
-) -> Iterator[tuple[Any, str, str]]:
-    """(handler object, method, path template) for every httpApi event of the spec's function."""
+def _declared_paths(spec: FunctionSpec, serverless: dict[str, Any]) -> Iterator[tuple[Any, str]]:
+    """(handler object, path template) for each path of the spec's function's httpApi events."""
     for fn in serverless_functions(serverless).values():
         if fn.get("handler") != spec.handler:
             continue
         handler = _resolve(spec.handler)
-        for event in fn.get("events") or []:
-            if "httpApi" in event:
-                path, method = http_api_route(event["httpApi"])
-                yield handler, method, path
+        paths = {http_api_route(event["httpApi"])[0] for event in fn.get("events") or []
+                 if "httpApi" in event}  # fmt: skip
+        for path in sorted(paths):
+            yield handler, path
+
+
+APP_URL = "https://app.keyflash.test"
+WRONG_METHOD = "PATCH"  # no route serves it
+
+
+def _invoke(handler: Any, spec: FunctionSpec, method: str, path: str) -> dict[str, Any]:
+    """One API Gateway v2 event, as a browser on APP_URL with an invalid bearer token sends it:
+    unauthenticated, but exempt from CSRF (as a header-authenticated call is), so
+    state-changing methods reach their route too."""
+    headers = {"authorization": "Bearer not-a-session-token", "origin": APP_URL}
+    body = None
+    if method == "OPTIONS":
+        headers = {"origin": APP_URL, "access-control-request-method": "POST"}
+    elif method in {"POST", "PUT", "PATCH"}:
+        headers["content-type"] = "application/json"
+        body = "{}"
+    raw: dict[str, Any] = handler(
+        events.http_api_v2(method, path, headers=headers, body=body),
+        events.lambda_context(spec.module),
+    )
+    return raw
+
+
+def _answer_problems(label: str, status: int, answer: Any) -> list[str]:
+    if status >= 500:
+        return [f"{label}: answered {status} {answer}"]
+    if status >= 400:
+        if not isinstance(answer, dict) or not set(answer) >= ENVELOPE_KEYS:
+            return [f"{label}: {status} without the error envelope: {answer}"]
+        if answer["statusCode"] != status:
+            return [f"{label}: envelope statusCode {answer['statusCode']} ≠ {status}"]
+    return []
 
 
 def test_every_declared_handler_answers_an_api_gateway_v2_event(
@@ -256,15 +289,15 @@ def test_every_declared_handler_answers_an_api_gateway_v2_event(
     api_env: Keys,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each (method, path) reaches its route and answers the envelope, never a 500.
+    """Every method of each declared path reaches the function, which answers it itself.
 
-    The request carries an invalid bearer token: unauthenticated, but exempt from CSRF (as a
-    header-authenticated call is), so state-changing methods reach their route too.
-    Preflights from APP_URL get the CORS headers from the function itself.
+    A method its app serves reaches the route and answers the envelope, never a 500; HEAD answers
+    GET's status (405 where no GET is served) without a body; OPTIONS (a preflight from APP_URL)
+    and a method no route serves (405 envelope) carry `Allow` with OPTIONS, and the CORS headers.
     """
     from shared import config
 
-    monkeypatch.setenv("APP_URL", "https://app.keyflash.test")
+    monkeypatch.setenv("APP_URL", APP_URL)
     # Configured as deployed, so "not configured" 500s do not hide routing problems.
     monkeypatch.setenv("CLERK_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"k" * 24).decode())
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_descriptor_test")
@@ -290,55 +323,47 @@ def test_every_declared_handler_answers_an_api_gateway_v2_event(
         module = importlib.import_module(spec.module)
         if not callable(getattr(module, "app", None)):
             problems.append(f"{spec.file}: Vercel serves the module's `app`, and it has none")
-        for handler, method, template in _declared_requests(spec, serverless):
-            path = template.replace("+}", "}")
-            path = re.sub(r"\{\w+\}", SAMPLE_PARAM, path)
-            label = f"{spec.handler} {method} {path}"
-            headers = {"authorization": "Bearer not-a-session-token"}
-            body = None
-            if method == PREFLIGHT:
-                headers = {
-                    "origin": "https://app.keyflash.test",
-                    "access-control-request-method": "POST",
-                }
-            elif method in {"POST", "PUT", "PATCH"}:
-                headers["content-type"] = "application/json"
-                body = "{}"
-            try:
-                raw = handler(
-                    events.http_api_v2(method, path, headers=headers, body=body),
-                    events.lambda_context(spec.module),
-                )
-            except Exception as error:  # the handler itself must never raise
-                problems.append(f"{label}: raised {type(error).__name__}: {error}")
-                continue
-            status = raw["statusCode"]
-            try:
-                answer = events.response_json(raw)
-            except ValueError:
-                problems.append(f"{label}: {status} with a body that is not JSON: {raw!r:.200}")
-                continue
-            if method == PREFLIGHT:
-                allow = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
-                if status != 200 or allow.get("access-control-allow-origin") != (
-                    "https://app.keyflash.test"
-                ):
-                    problems.append(f"{label}: preflight answered {status} without CORS headers")
-                continue
-            if status >= 500:
-                problems.append(f"{label}: answered {status} {answer}")
-            elif status >= 400:
-                if not isinstance(answer, dict) or not set(answer) >= ENVELOPE_KEYS:
-                    problems.append(f"{label}: {status} without the error envelope: {answer}")
-                elif answer["statusCode"] != status:
+        templates = {http_api_path(path): path for path in spec.routes}
+        for handler, template in _declared_paths(spec, serverless):
+            served = sorted(spec.routes.get(templates.get(template, ""), frozenset()))
+            path = re.sub(r"\{\w+\}", SAMPLE_PARAM, template.replace("+}", "}"))
+            statuses: dict[str, int] = {}
+            for method in [*served, "HEAD", "OPTIONS", WRONG_METHOD]:
+                label = f"{spec.handler} {method} {path}"
+                try:
+                    raw = _invoke(handler, spec, method, path)
+                except Exception as error:  # the handler itself must never raise
+                    problems.append(f"{label}: raised {type(error).__name__}: {error}")
+                    continue
+                status = statuses[method] = raw["statusCode"]
+                headers = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
+                allow = headers.get("allow", "")
+                if method == "HEAD":
+                    expected = statuses.get("GET", 405)
+                    if (status, raw.get("body") or "") != (expected, ""):
+                        problems.append(f"{label}: answered {status} {raw.get('body')!r:.100}, "
+                                        f"not GET's {expected} without a body")  # fmt: skip
+                    continue
+                try:
+                    answer = events.response_json(raw)
+                except ValueError:
+                    problems.append(f"{label}: {status} with a body that is not JSON: {raw!r:.200}")
+                    continue
+                if headers.get("access-control-allow-origin") != APP_URL:
+                    problems.append(f"{label}: answered {status} without the CORS headers")
+                if method == "OPTIONS":
+                    if status != 200 or "OPTIONS" not in allow:
+                        problems.append(f"{label}: preflight answered {status}, Allow {allow!r}")
+                    continue
+                problems += _answer_problems(label, status, answer)
+                if method == WRONG_METHOD:
+                    if status != 405 or "OPTIONS" not in allow:
+                        problems.append(f"{label}: answered {status}, Allow {allow!r}, not 405")
+                elif not _routed(module.app, method, path):
                     problems.append(
-                        f"{label}: envelope statusCode {answer['statusCode']} ≠ {status}"
+                        f"{label}: answered {status}, but no route of the app serves it "
+                        "(the descriptor routes a path the app does not serve)"
                     )
-            if not _routed(module.app, method, path):
-                problems.append(
-                    f"{label}: answered {status}, but no route of the app serves it "
-                    "(the descriptor routes a path or method the app does not serve)"
-                )
     assert not problems, "declared handlers misbehave:\n  - " + "\n  - ".join(problems)
 
 
@@ -362,11 +387,7 @@ def _synthetic() -> tuple[list[FunctionSpec], dict[str, Any], dict[str, Any]]:
             "items": {
                 "handler": "functions/items.lambda_handler",
                 "package": {"patterns": ["functions/__init__.py", "functions/items.py"]},
-                "events": [
-                    {"httpApi": {"method": "GET", "path": "/api/items/{item_id}"}},
-                    {"httpApi": {"method": "DELETE", "path": "/api/items/{item_id}"}},
-                    {"httpApi": {"method": "OPTIONS", "path": "/api/items/{item_id}"}},
-                ],
+                "events": [{"httpApi": {"method": "*", "path": "/api/items/{item_id}"}}],
             },
             "cron_cleanup": {
                 "handler": "functions/cron/cleanup.lambda_handler",
@@ -388,11 +409,7 @@ def _synthetic() -> tuple[list[FunctionSpec], dict[str, Any], dict[str, Any]]:
         ],
         "routes": [
             {"src": "^/api/(.*)$", "headers": {"X-Frame-Options": "DENY"}, "continue": True},
-            {
-                "src": "^/api/items/(?<item_id>[^/]+)$",
-                "dest": "/functions/items.py",
-                "methods": ["DELETE", "GET", "OPTIONS"],
-            },
+            {"src": "^/api/items/(?<item_id>[^/]+)$", "dest": "/functions/items.py"},
             {
                 "src": "^/api/cron/cleanup$",
                 "dest": "/functions/cron/cleanup.py",
@@ -412,32 +429,36 @@ def test_checker_accepts_descriptors_in_step_including_a_cron() -> None:
 
 def test_checker_says_exactly_what_is_out_of_step() -> None:
     specs, serverless, vercel = _synthetic()
-    specs[0] = FunctionSpec(
-        "functions.items",
-        "http",
-        routes={"/api/items/{item_id}": frozenset({"GET", "PUT"})},  # DELETE → PUT
-    )
     specs.append(FunctionSpec("functions.me", "http", routes={"/api/me": frozenset({"GET"})}))
+    # The shape before every method reached the function: one event, one filter, per method.
+    serverless["functions"]["items"]["events"] = [
+        {"httpApi": {"method": "GET", "path": "/api/items/{item_id}"}},
+        {"httpApi": {"method": "OPTIONS", "path": "/api/items/{item_id}"}},
+    ]
+    vercel["routes"][1]["methods"] = ["DELETE", "GET", "OPTIONS"]
+    vercel["routes"][2]["methods"] = ["POST"]
     serverless["functions"]["gone"] = {"handler": "functions/gone.lambda_handler"}
     serverless["functions"]["cron_cleanup"]["events"] = [{"schedule": "cron(0 3 * * ? *)"}]
     vercel["crons"][0]["schedule"] = "0 3 * * *"
-    vercel["routes"].append({"src": "^/api/old$", "dest": "/functions/old.py", "methods": ["GET"]})
+    vercel["routes"].append({"src": "^/api/old$", "dest": "/functions/old.py"})
     serverless["provider"] = {"httpApi": {"cors": True}}
     vercel["routes"][0]["headers"] = {"Access-Control-Allow-Origin": "*"}
 
     sls = check_serverless(specs, serverless)
     assert (
-        "functions/items.py: serverless.yml function `items` lacks httpApi events: "
-        "PUT /api/items/{item_id}"
+        "functions/items.py: serverless.yml function `items` lacks httpApi events with method "
+        f"'*' for /api/items/{{item_id}} ({EVERY_METHOD})"
     ) in sls
-    assert any(
-        p.startswith(
-            "functions/items.py: serverless.yml function `items` routes what its app "
-            "does not serve: DELETE /api/items/{item_id}"
-        )
-        for p in sls
-    )
-    assert any(p.startswith("functions/me.py: serverless.yml declares no function") for p in sls)
+    assert (
+        "functions/items.py: serverless.yml function `items` declares httpApi events other than "
+        "one method '*' per path of its app: GET /api/items/{item_id}, OPTIONS "
+        f"/api/items/{{item_id}} ({EVERY_METHOD})"
+    ) in sls
+    assert (
+        "functions/me.py: serverless.yml declares no function with handler "
+        "`functions/me.lambda_handler`; add one with httpApi events with method '*' for /api/me "
+        "and package.patterns [functions/__init__.py, functions/me.py]"
+    ) in sls
     assert any("function `gone` has handler `functions/gone.lambda_handler`" in p for p in sls)
     assert any(
         "exactly one schedule event `cron(30 3 ? * 2 *)`" in p and "cron(0 3 * * ? *)" in p
@@ -446,16 +467,19 @@ def test_checker_says_exactly_what_is_out_of_step() -> None:
 
     ver = check_vercel(specs, vercel)
     assert (
-        "functions/items.py: vercel.json route ^/api/items/(?<item_id>[^/]+)$ has methods "
-        "['DELETE', 'GET', 'OPTIONS'], the app serves ['GET', 'OPTIONS', 'PUT']"
+        "functions/items.py: vercel.json route ^/api/items/(?<item_id>[^/]+)$ filters methods "
+        f"['DELETE', 'GET', 'OPTIONS']: drop `methods` ({EVERY_METHOD})"
+    ) in ver
+    assert (
+        "functions/cron/cleanup.py: vercel.json route ^/api/cron/cleanup$ has methods ['POST'], "
+        "but Vercel Cron calls it with GET"
     ) in ver
     assert (
         'functions/me.py: vercel.json builds lacks {"src": "functions/me.py", '
         '"use": "@vercel/python"}'
     ) in ver
     assert (
-        'functions/me.py: vercel.json routes lacks {"src": "^/api/me$", "dest": '
-        '"/functions/me.py", "methods": ["GET", "OPTIONS"]}'
+        'functions/me.py: vercel.json routes lacks {"src": "^/api/me$", "dest": "/functions/me.py"}'
     ) in ver
     assert any(p.startswith("vercel.json: route #3 ^/api/old$ → /functions/old.py") for p in ver)
     assert any(p.startswith("serverless.yml: provider.httpApi.cors must not be set") for p in sls)
