@@ -23,6 +23,9 @@ Why it looks like this:
   `BEGIN` and `COMMIT` go the same way. Work that runs only hot statements never builds an ORM
   `Session` (`Conn.session` is built on first use). The pooler rule is the connection's own
   (`prepare_threshold`), so nothing changes there.
+- A server or libpq that refuses the connection (a wrong password, a database or role that does
+  not exist) is configuration no retry mends, yet nothing can be served: it is
+  `DatabaseUnavailableError` at once, told without the names the refusal quotes.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -85,11 +89,32 @@ _MISCONFIGURED = (
 )
 
 
+# What refused a connection: the server's words after its "FATAL:" or "ERROR:", else libpq's
+# after its prefix ("connection to server at … failed:", "connection is bad:"); and the names
+# either quotes (a user, a database, a host).
+_REFUSAL_PREFIX = re.compile(r"^(?:.*\b(?:FATAL|ERROR):\s+|.*\bfailed:\s+|connection is bad:\s+)")
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
 class DatabaseUnavailableError(RuntimeError):
-    """The database could not be reached (or a write's outcome is unknown) within the budget.
+    """The database could not be reached (or a write's outcome is unknown) within the budget,
+    or it refused the connection (`refused`: what it said, the names it quoted masked).
 
     HTTP functions answer 503 with `Retry-After`; the message is safe to log (no secrets).
     """
+
+    def __init__(self, message: str, *, refused: str | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def refusal_reason(error: psycopg.OperationalError) -> str:
+    """What refused the connection, in the refusal's own words but with every quoted name
+    (`"…"`) masked: the role's name is personal data, the database and host are no one's
+    business in a log either, and nothing else in such a message is a value of ours."""
+    lines = redact_url(str(error)).strip().splitlines()
+    reason = _REFUSAL_PREFIX.sub("", lines[0], count=1) if lines else ""
+    return _QUOTED.sub('"…"', reason).strip()
 
 
 _engine: Engine | None = None
@@ -272,6 +297,19 @@ def is_connection_failure(error: DBAPIError) -> bool:
         message = str(original).lower()
         return not any(fragment in message for fragment in _MISCONFIGURED)
     return sqlstate in _SERVER_ENDED_SESSION or sqlstate.startswith("08")
+
+
+def _refused(error: DBAPIError) -> str | None:
+    """What refused the connection, when `error` is libpq's failure to connect (no SQLSTATE)
+    that no retry mends; else None."""
+    original = error.orig
+    if (
+        isinstance(original, psycopg.OperationalError)
+        and original.sqlstate is None
+        and not is_connection_failure(error)
+    ):
+        return refusal_reason(original)
+    return None
 
 
 def violated_constraint(error: DBAPIError) -> str | None:
@@ -559,6 +597,13 @@ def _execute(
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
                 continue
+            refused = _refused(error) if stage == "connect" else None
+            if refused is not None:
+                log_event("db_unavailable", level=logging.ERROR, stage=stage, attempts=attempt,
+                          retried=False, reason=refused)  # fmt: skip
+                raise DatabaseUnavailableError(
+                    f"database refused the connection: {refused}", refused=refused
+                ) from None
             if not is_connection_failure(error):
                 raise
             safe = (
@@ -615,16 +660,24 @@ def _rollback_quietly(conn: Conn) -> None:
         connection.invalidate()
 
 
+# What health says (it answers anyone): our own words; the log has the details.
+UNREACHABLE = "Database unreachable"
+REFUSED = "Database refused the connection - check DATABASE_URL (see the log)"
+
+
 def get_database_health() -> dict[str, Any]:
     """`{connected, responseTime}` (+ `error`), the original app's health shape."""
     started = time.perf_counter()
     try:
         run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
-    except (DatabaseUnavailableError, DBAPIError) as error:
-        elapsed = round((time.perf_counter() - started) * 1000)
-        reason = "unreachable" if isinstance(error, DatabaseUnavailableError) else "query failed"
-        return {"connected": False, "responseTime": elapsed, "error": f"Database {reason}"}
-    return {"connected": True, "responseTime": round((time.perf_counter() - started) * 1000)}
+    except DatabaseUnavailableError as error:
+        problem = REFUSED if error.refused is not None else UNREACHABLE
+    except DBAPIError:
+        problem = "Database query failed"
+    else:
+        return {"connected": True, "responseTime": round((time.perf_counter() - started) * 1000)}
+    elapsed = round((time.perf_counter() - started) * 1000)
+    return {"connected": False, "responseTime": elapsed, "error": problem}
 
 
 def is_database_connected() -> bool:

@@ -387,9 +387,9 @@ def test_connecting_ahead_tries_once_and_leaves_a_failure_to_the_first_request(
     assert time.monotonic() - started < 5, "one attempt, not the 30 s retry budget"
     assert json_events(caplog, "db_retry") == []
     [failed] = json_events(caplog, "db_connect_ahead_failed")
-    expected = "connection failed" if failure == "unreachable" else "kf_missing_database"
+    expected = "connection failed" if failure == "unreachable" else 'database "…" does not exist'
     assert expected in failed["reason"]
-    assert "hunter2" not in caplog.text
+    assert "hunter2" not in caplog.text and "kf_missing_database" not in caplog.text
 
 
 def test_connecting_ahead_leaves_a_closed_pool_one_statement_per_query() -> None:
@@ -475,12 +475,64 @@ def test_a_driver_error_without_sqlstate_is_a_connection_failure(message: str) -
     )
 
 
-def test_a_missing_database_fails_at_once_without_retrying(
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_a_refused_connection_is_unavailable_at_once_without_retrying(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, direct_database_url: str
 ) -> None:
-    """Configuration (here a database that does not exist) is no outage: no retry, no 503."""
-    reconfigure(monkeypatch, DATABASE_URL=direct_database_url.rsplit("/", 1)[0] + "/kf_missing")
+    """A server that refuses the connection (here a database that does not exist) is
+    configuration no retry mends, yet the database is unavailable to us: one attempt, then
+    `DatabaseUnavailableError` (a 503), which says what the server refused without the names it
+    quotes."""
+    missing = direct_database_url.rsplit("/", 1)[0] + "/kf_missing"
+    reconfigure(monkeypatch, DATABASE_URL=missing, DB_RETRY_BUDGET_S="30")
     caplog.set_level(logging.INFO, logger="keyflash")
-    with pytest.raises(OperationalError, match="does not exist"):
+    with pytest.raises(db.DatabaseUnavailableError) as caught:
         db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
+    assert caught.value.refused == 'database "…" does not exist'
     assert json_events(caplog, "db_retry") == []
+    [unavailable] = json_events(caplog, "db_unavailable")
+    assert (unavailable["stage"], unavailable["attempts"], unavailable["retried"]) == (
+        "connect",
+        1,
+        False,
+    )
+    assert unavailable["reason"] == 'database "…" does not exist'
+    assert "kf_missing" not in caplog.text and "kf_missing" not in str(caught.value)
+    health = db.get_database_health()
+    assert health["connected"] is False
+    assert health["error"] == ("Database refused the connection - check DATABASE_URL (see the log)")
+
+
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (  # PostgreSQL
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'password authentication failed for user "alex"',
+            'password authentication failed for user "…"',
+        ),
+        (  # Neon's proxy quotes with single quotes
+            'connection failed: connection to server at "ep-x.neon.tech" (10.0.0.5), port '
+            "5432 failed: ERROR:  password authentication failed for user 'alex'",
+            'password authentication failed for user "…"',
+        ),
+        (  # PgBouncer names no one
+            'connection failed: connection to server at "127.0.0.1", port 6432 failed: FATAL:  '
+            "password authentication failed",
+            "password authentication failed",
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'no pg_hba.conf entry for host "10.0.0.9", user "alex", database "neondb", no '
+            "encryption",
+            'no pg_hba.conf entry for host "…", user "…", database "…", no encryption',
+        ),
+        (  # libpq's own, before any server spoke
+            'connection is bad: invalid sslmode value: "bogus"',
+            'invalid sslmode value: "…"',
+        ),
+    ],
+)
+def test_a_refusal_is_told_without_the_names_it_quotes(message: str, reason: str) -> None:
+    assert db.refusal_reason(psycopg.OperationalError(message)) == reason

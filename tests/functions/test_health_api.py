@@ -92,6 +92,21 @@ def test_nothing_reachable_is_unhealthy_503(call: Caller, monkeypatch: pytest.Mo
     assert "pw@" not in result.text
 
 
+def test_a_database_that_refuses_the_connection_is_reported_as_refused(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, direct_database_url: str
+) -> None:
+    missing = direct_database_url.rsplit("/", 1)[0] + "/kf_missing"
+    monkeypatch.setenv("DATABASE_URL", missing)
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (207, "degraded")
+    assert result.json["checks"]["database"]["error"] == (
+        "Database refused the connection - check DATABASE_URL (see the log)"
+    )
+    assert "kf_missing" not in result.text
+
+
 def test_rate_limit_60_per_hour_then_429_with_headers(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
