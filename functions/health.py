@@ -32,6 +32,11 @@ app = create_app(
 PROVIDER_NAMES = {"mock": "Mock", "dataforseo": "DataForSEO", "google-ads": "Google Ads"}
 NOT_CONFIGURED = "Provider not properly configured - missing required environment variables"
 REJECTED = "Provider not properly configured - the provider rejected the account"
+# The database check's retry budget (or DB_RETRY_BUDGET_S when lower). Health's Lambda timeout
+# is 10 s (serverless.yml): the check may outlast its budget by one connect attempt (psycopg's
+# least timeout, 2 s), and Redis is asked up to three times (REDIS_TIMEOUT_S each), so a
+# database that never answers still leaves health a second to answer itself.
+DATABASE_BUDGET_S = 4.0
 _last_database_check: tuple[float, dict[str, Any]] | None = None
 _check_lock = threading.Lock()
 
@@ -39,12 +44,13 @@ _check_lock = threading.Lock()
 def database_check(*, deep: bool) -> dict[str, Any]:
     """The last check when it is fresh enough, else a new `SELECT 1`."""
     global _last_database_check
-    max_age = get_settings().health_db_max_age_s
+    settings = get_settings()
+    max_age = settings.health_db_max_age_s
     with _check_lock:
         cached = _last_database_check
         if not deep and cached is not None and time.monotonic() - cached[0] < max_age:
             return {**cached[1], "cached": True}
-        health = db.get_database_health()
+        health = db.get_database_health(budget_s=min(settings.db_retry_budget_s, DATABASE_BUDGET_S))
         check: dict[str, Any] = {
             "healthy": health["connected"],
             "responseTime": health["responseTime"],

@@ -26,6 +26,9 @@ Why it looks like this:
 - A server or libpq that refuses the connection (a wrong password, a database or role that does
   not exist) is configuration no retry mends, yet nothing can be served: it is
   `DatabaseUnavailableError` at once, told without the names the refusal quotes.
+- No connect attempt outlasts the retry budget: each waits DB_CONNECT_TIMEOUT_S or what is left
+  of the budget, whichever is less (at least psycopg's least, 2 s), so a host that accepts TCP
+  and never answers costs a caller its budget, not a connect timeout past it.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -37,6 +40,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import threading
@@ -94,6 +98,10 @@ _MISCONFIGURED = (
 # either quotes (a user, a database, a host).
 _REFUSAL_PREFIX = re.compile(r"^(?:.*\b(?:FATAL|ERROR):\s+|.*\bfailed:\s+|connection is bad:\s+)")
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+# psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
+CONNECT_TIMEOUT_LEAST_S = 2
+# When the running `_execute` gives up (`time.monotonic()`): no connection it opens waits past it.
+_give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", default=None)
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -134,16 +142,14 @@ def get_engine() -> Engine:
     return _engine
 
 
-def get_read_engine(variable: str, url: str, *, connect_timeout_s: int) -> Engine:
+def get_read_engine(variable: str, url: str) -> Engine:
     """The cached engine of the read-only URL in `variable`, created on first use."""
     engine = _read_engines.get(variable)
     if engine is None:
         with _engine_lock:
             engine = _read_engines.get(variable)
             if engine is None:
-                engine = build_engine(
-                    get_settings(), url=url, variable=variable, connect_timeout_s=connect_timeout_s
-                )
+                engine = build_engine(get_settings(), url=url, variable=variable)
                 _read_engines[variable] = engine
     return engine
 
@@ -205,16 +211,12 @@ def build_engine(
     *,
     url: str | None = None,
     variable: str = "DATABASE_URL",
-    connect_timeout_s: int | None = None,
 ) -> Engine:
     """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules;
-    `variable` names the setting in errors; `connect_timeout_s` caps DB_CONNECT_TIMEOUT_S."""
+    `variable` names the setting in errors."""
     target = parse_database_url(url or settings.database_url, variable=variable)
-    timeout_s = settings.db_connect_timeout_s
     connect_args: dict[str, Any] = {
-        "connect_timeout": timeout_s
-        if connect_timeout_s is None
-        else min(timeout_s, connect_timeout_s),
+        "connect_timeout": settings.db_connect_timeout_s,
         "application_name": settings.db_application_name,
     }
     if not prepared_statements_enabled(target, settings.prepared_statements):
@@ -232,9 +234,31 @@ def build_engine(
         pool_pre_ping=False,
         pool_use_lifo=True,
     )
+    _install_connect_bound(engine)
     _install_idle_check(engine, settings.db_idle_check_s)
     _install_slow_query_log(engine, settings.slow_query_ms)
     return engine
+
+
+def _install_connect_bound(engine: Engine) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        give_up_at = _give_up_at.get()
+        if give_up_at is None:
+            return None  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
+        left = math.ceil(give_up_at - time.monotonic())
+        timeout = min(cparams["connect_timeout"], max(left, CONNECT_TIMEOUT_LEAST_S))
+        return dialect.connect(*cargs, **{**cparams, "connect_timeout": timeout})
+
+
+def _connect(engine: Engine, give_up_at: float) -> Connection:
+    """`engine.connect()`, where a connection opened for it waits no longer than `give_up_at`
+    (`time.monotonic()`), or psycopg's least connect timeout when that is sooner."""
+    bound = _give_up_at.set(give_up_at)
+    try:
+        return engine.connect()
+    finally:
+        _give_up_at.reset(bound)
 
 
 def _install_idle_check(engine: Engine, idle_seconds: float) -> None:
@@ -549,7 +573,7 @@ def _execute(
             # Checkout (and connect) before anything is sent. Hot statements run on this
             # connection directly (`execute_hot`); an ORM session, if `work` asks for one, is
             # bound to it and joins whatever it is running.
-            with engine.connect() as connection:
+            with _connect(engine, deadline) as connection:
                 conn = Conn(connection)
                 try:
                     stage = "work"
@@ -665,11 +689,17 @@ UNREACHABLE = "Database unreachable"
 REFUSED = "Database refused the connection - check DATABASE_URL (see the log)"
 
 
-def get_database_health() -> dict[str, Any]:
-    """`{connected, responseTime}` (+ `error`), the original app's health shape."""
+def get_database_health(*, budget_s: float | None = None) -> dict[str, Any]:
+    """`{connected, responseTime}` (+ `error`), the original app's health shape; `budget_s`
+    bounds the check (default DB_RETRY_BUDGET_S)."""
     started = time.perf_counter()
     try:
-        run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+        _execute(
+            lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(),
+            atomic=False,
+            idempotent=True,
+            budget_s=budget_s,
+        )
     except DatabaseUnavailableError as error:
         problem = REFUSED if error.refused is not None else UNREACHABLE
     except DBAPIError:

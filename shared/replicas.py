@@ -24,7 +24,6 @@ there): a server not in recovery is fresh by definition for it.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -112,10 +111,11 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
             raise _Refused(state.paused_for)
         accept_primary = variable == ANALYTICS_URL
         proven = _proven(state, required, max_lag, now, accept_primary=accept_primary)
+        # No connect attempt outlasts the budget (`shared.db`): a standby that accepts the socket
+        # but not the session (replay paused holding a catalog lock) costs this, not
+        # DB_CONNECT_TIMEOUT_S.
         budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
-        # One connect attempt may not outlast the budget: a standby that accepts the socket but
-        # not the session (replay paused holding a catalog lock) would cost DB_CONNECT_TIMEOUT_S.
-        engine = db.get_read_engine(variable, url, connect_timeout_s=math.ceil(budget_s))
+        engine = db.get_read_engine(variable, url)
 
         def check(conn: Conn) -> None:
             _check(conn, state, required, max_lag, accept_primary=accept_primary)

@@ -536,3 +536,27 @@ def test_a_refused_connection_is_unavailable_at_once_without_retrying(
 )
 def test_a_refusal_is_told_without_the_names_it_quotes(message: str, reason: str) -> None:
     assert db.refusal_reason(psycopg.OperationalError(message)) == reason
+
+
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_a_connect_attempt_waits_no_longer_than_the_retry_budget_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that accepts TCP and never answers (a hung compute, a firewall dropping packets
+    after the handshake): each attempt waits at most what is left of the budget (at least
+    psycopg's least connect timeout), never the whole DB_CONNECT_TIMEOUT_S past it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes handshakes; nothing ever reads or answers
+        port = silent.getsockname()[1]
+        reconfigure(
+            monkeypatch,
+            DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{port}/keyflash",
+            DB_RETRY_BUDGET_S="1",
+            DB_CONNECT_TIMEOUT_S="60",
+        )
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailableError):
+            db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
+        # The bound the settings promise, plus a margin for a loaded machine; 60 s without it.
+        assert time.monotonic() - started < 1 + db.CONNECT_TIMEOUT_LEAST_S + 5

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from devkit import platform_limits
 from functions import health
 from shared import config, db, providers, redis
-from tests.support.http import Caller, fresh_ip
+from tests.support.http import Caller, Keys, fresh_ip
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +91,37 @@ def test_nothing_reachable_is_unhealthy_503(call: Caller, monkeypatch: pytest.Mo
     assert (result.status, result.json["status"]) == (503, "unhealthy")
     assert result.json["checks"]["database"]["error"] == "Database unreachable"
     assert "pw@" not in result.text
+
+
+def test_the_database_check_leaves_health_time_to_answer_on_every_platform() -> None:
+    """The check's budget, plus the one connect attempt that may outlast it (psycopg's least
+    timeout) and the Redis calls health makes (rate limit, ping, the provider's rejection
+    mark: REDIS_TIMEOUT_S each at its default), ends a second before the platform's timeout."""
+    redis_s = config.Settings.__dataclass_fields__["redis_timeout_s"].default
+    worst = health.DATABASE_BUDGET_S + db.CONNECT_TIMEOUT_LEAST_S + 3 * redis_s
+    for platform in ("lambda", "vercel"):
+        assert worst + 1 <= platform_limits.configured_timeout_s("functions.health", platform)
+
+
+def test_a_database_that_never_answers_still_gets_health_an_answer_with_default_settings(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that accepts TCP and never answers (a hung compute, a firewall dropping packets
+    after the handshake), with DB_CONNECT_TIMEOUT_S and DB_RETRY_BUDGET_S at their defaults:
+    health answers within its Lambda timeout (serverless.yml), not the platform's 500."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes handshakes; nothing ever reads or answers
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{port}/keyflash")
+        for name in ("DB_CONNECT_TIMEOUT_S", "DB_RETRY_BUDGET_S"):
+            monkeypatch.delenv(name, raising=False)
+        config.get_settings.cache_clear()
+        db.dispose_engine()
+        result = Caller("lambda_v2", api_env)("health", "GET", "/api/health")
+    assert result.status == 207, result.text  # not the platform's 500 after its timeout
+    assert result.json["status"] == "degraded"
+    assert result.json["checks"]["database"]["error"] == "Database unreachable"
 
 
 def test_a_database_that_refuses_the_connection_is_reported_as_refused(
