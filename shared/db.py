@@ -63,7 +63,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from shared import db_dialect
 from shared.config import PreparedStatements, Settings, get_settings
-from shared.db_url import DatabaseTarget, parse_database_url, redact_url
+from shared.db_url import DatabaseTarget, DatabaseUrlError, parse_database_url, redact_url
 from shared.telemetry import log_event
 
 T = TypeVar("T")
@@ -687,11 +687,13 @@ def _rollback_quietly(conn: Conn) -> None:
 # What health says (it answers anyone): our own words; the log has the details.
 UNREACHABLE = "Database unreachable"
 REFUSED = "Database refused the connection - check DATABASE_URL (see the log)"
+URL_REFUSED = "Database not properly configured - DATABASE_URL breaks a rule (see the log)"
 
 
 def get_database_health(*, budget_s: float | None = None) -> dict[str, Any]:
     """`{connected, responseTime}` (+ `error`), the original app's health shape; `budget_s`
-    bounds the check (default DB_RETRY_BUDGET_S)."""
+    bounds the check (default DB_RETRY_BUDGET_S). A DATABASE_URL the core refuses is a failed
+    check, logged (`db_url_refused`) with what it breaks, never its password."""
     started = time.perf_counter()
     try:
         _execute(
@@ -700,6 +702,9 @@ def get_database_health(*, budget_s: float | None = None) -> dict[str, Any]:
             idempotent=True,
             budget_s=budget_s,
         )
+    except DatabaseUrlError as error:
+        log_event("db_url_refused", level=logging.ERROR, reason=str(error))
+        problem = URL_REFUSED
     except DatabaseUnavailableError as error:
         problem = REFUSED if error.refused is not None else UNREACHABLE
     except DBAPIError:

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import db, snapstart
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
+from shared.db_url import DatabaseUrlError
 from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
 from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
@@ -269,6 +270,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_headers)
         except Exception as error:
             driver_error = getattr(error, "orig", None)  # SQLAlchemy's wrapped driver error
+            configuration = isinstance(error, ConfigurationError | DatabaseUrlError)
             log_event(
                 "request_failed",
                 level=logging.ERROR,
@@ -281,7 +283,10 @@ class RequestContext:
                     if isinstance(driver_error, psycopg.Error)
                     else {}
                 ),
-                configuration=isinstance(error, ConfigurationError),
+                configuration=configuration,
+                # A setting the core cannot use: its message names the variable, never its value
+                # (the log is all a deployment has to find which one).
+                **({"reason": str(error)} if configuration else {}),
             )
             if response_started:
                 raise

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import socket
 from collections.abc import Iterator
@@ -137,6 +139,48 @@ def test_a_database_that_refuses_the_connection_is_reported_as_refused(
         "Database refused the connection - check DATABASE_URL (see the log)"
     )
     assert "kf_missing" not in result.text
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        (  # Neon's SNI workaround, through the pooler: a startup parameter PgBouncer refuses
+            "postgresql://alex:AbC123dEf@ep-cool-darkness-a1b2c3d4-pooler.us-east-2.aws.neon.tech"
+            "/neondb?sslmode=require&options=endpoint%3Dep-cool-darkness-a1b2c3d4",
+            "options",
+        ),
+        (
+            "postgresql://alex:AbC123dEf@ep-cool-darkness-a1b2c3d4.us-east-2.aws.neon.tech"
+            "/neondb?sslmode=disable",
+            "sslmode=disable",
+        ),
+    ],
+)
+def test_a_database_url_refused_by_design_is_an_unhealthy_check_and_logged(
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    url: str,
+    named: str,
+) -> None:
+    """Health stays in its contract (a failing check, not a 500), and the log says what was
+    refused, never the password."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    caplog.set_level(logging.INFO, logger="keyflash")
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (207, "degraded"), result.text
+    assert result.json["checks"]["database"]["error"] == (
+        "Database not properly configured - DATABASE_URL breaks a rule (see the log)"
+    )
+    [refused] = [
+        event
+        for event in (json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash")
+        if event["event"] == "db_url_refused"
+    ]
+    assert refused["reason"].startswith("DATABASE_URL ") and named in refused["reason"]
+    assert "AbC123dEf" not in caplog.text + result.text
 
 
 def test_rate_limit_60_per_hour_then_429_with_headers(

@@ -1,7 +1,10 @@
 """A deployment configured wrongly, as deployed functions (Lambda handler, ASGI app) answer it.
 
-A database that refuses the connection (a wrong password, a database that does not exist)
-makes the function unavailable: 503 with `Retry-After`.
+The log is all an operator has: a setting that cannot be read, or a database URL the core
+refuses, is logged with the message naming the variable (never its value) on the request's
+`request_failed` line; the client gets the generic 500. A database that refuses the connection
+(a wrong password, a database that does not exist) makes the function unavailable: 503 with
+`Retry-After`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,40 @@ def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
 def failures(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
     return [event for event in events if event["event"] == "request_failed"]
+
+
+def test_a_setting_that_cannot_be_read_is_named_in_the_log_of_the_500(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(monkeypatch, DB_POOL_SIZE="four-ish", BILLING_ENABLED="enabled")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    answer = call("me", "GET", "/api/me", user=USER)
+    assert answer.status == 500
+    assert answer.json["message"] == "An unexpected error occurred"
+    [failed] = failures(caplog)
+    assert (failed["error"], failed["configuration"]) == ("ConfigurationError", True)
+    assert failed["reason"] == (
+        "DB_POOL_SIZE is invalid (must be a whole number); example: DB_POOL_SIZE=1; "
+        "BILLING_ENABLED is invalid (must be true or false)"
+    )
+    assert "four-ish" not in caplog.text and "enabled;" not in answer.text
+
+
+def test_a_database_url_the_core_refuses_is_named_in_the_log_of_the_500(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(
+        monkeypatch,
+        DATABASE_URL="postgresql://alex:AbC123dEf@ep-cool-darkness-a1b2c3d4.us-east-2.aws.neon.tech"
+        "/neondb?sslmode=prefer",
+    )
+    caplog.set_level(logging.INFO, logger="keyflash")
+    answer = call("me", "GET", "/api/me", user=USER)
+    assert answer.status == 500
+    [failed] = failures(caplog)
+    assert (failed["error"], failed["configuration"]) == ("DatabaseUrlError", True)
+    assert failed["reason"].startswith("DATABASE_URL uses sslmode=prefer for the remote host")
+    assert "AbC123dEf" not in caplog.text + answer.text
 
 
 def test_a_database_that_does_not_exist_makes_routes_unavailable(
