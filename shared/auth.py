@@ -22,17 +22,19 @@ active org rather than an error: org routes then answer as they do for a user ou
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import jwt
 
 from shared.config import Settings
 from shared.errors import UserNotFoundError
 from shared.storable_text import unstorable_kind
+from shared.telemetry import log_event
 
 _PROVISIONED_MAX = 10_000
 _provisioned: set[str] = set()
@@ -76,6 +78,20 @@ def _jwks_client(url: str) -> jwt.PyJWKClient:
     return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600, timeout=5)
 
 
+# Without a usable key every token is a 401, which reads like the clients' fault: the deployment
+# is told, like billing's `*_not_configured` lines (names only, never a value).
+_UNUSABLE_KEY: dict[str, dict[str, object]] = {
+    "missing": {"missing": ["CLERK_JWT_KEY", "CLERK_JWKS_URL"]},
+    "invalid": {"invalid": ["CLERK_JWT_KEY"], "reason": "not a PEM public key"},
+}
+
+
+@cache
+def report_unusable_clerk_key(problem: Literal["missing", "invalid"]) -> None:
+    """Log `clerk_not_configured` for `problem`, once per container."""
+    log_event("clerk_not_configured", level=logging.ERROR, **_UNUSABLE_KEY[problem])
+
+
 def _verification_key(token: str, settings: Settings) -> Any:
     if settings.clerk_jwt_key:
         return settings.clerk_jwt_key.replace("\\n", "\n")
@@ -84,6 +100,7 @@ def _verification_key(token: str, settings: Settings) -> Any:
             return _jwks_client(settings.clerk_jwks_url).get_signing_key_from_jwt(token).key
         except jwt.PyJWKClientError as error:
             raise InvalidToken(f"no signing key: {error}") from None
+    report_unusable_clerk_key("missing")
     raise InvalidToken("CLERK_JWT_KEY or CLERK_JWKS_URL must be set")
 
 
@@ -98,6 +115,9 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
             issuer=settings.clerk_issuer or None,
             options={"require": ["exp", "sub"], "verify_iss": bool(settings.clerk_issuer)},
         )
+    except jwt.InvalidKeyError:  # the key, not the token: CLERK_JWT_KEY holds no key
+        report_unusable_clerk_key("invalid")
+        raise InvalidToken("CLERK_JWT_KEY is not a PEM public key") from None
     except jwt.PyJWTError as error:
         raise InvalidToken(type(error).__name__) from None
     for name in _NUMERIC_DATES:  # PyJWT takes any `int()`-able value: "9999999999", true

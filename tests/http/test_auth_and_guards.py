@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import importlib
 import json
+import logging
 import re
 import secrets
 import time
@@ -30,7 +31,7 @@ from starlette.responses import Response
 from devkit import events, gateway, layout
 from devkit.pgbouncer import LocalPgBouncer
 from devkit.tokens import new_private_pem
-from shared import config, db
+from shared import auth, config, db
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser, CurrentUser
 from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING
@@ -285,6 +286,45 @@ def test_no_token_at_all(caller: Caller) -> None:
         result = caller("searches", "GET", "/api/searches", headers={"authorization": value})
         assert_envelope(result, 401, AUTH_REQUIRED)
         assert result.headers["www-authenticate"] == CHALLENGE, value
+
+
+@pytest.mark.parametrize(
+    ("settings", "logged"),
+    [
+        pytest.param(  # the original app's keys only: neither of the two we verify with
+            {"CLERK_JWT_KEY": "", "CLERK_SECRET_KEY": "sk_test_0riginalApp"},
+            {"missing": ["CLERK_JWT_KEY", "CLERK_JWKS_URL"]},
+            id="no_key",
+        ),
+        pytest.param(
+            {"CLERK_JWT_KEY": "not-a-pem"},
+            {"invalid": ["CLERK_JWT_KEY"], "reason": "not a PEM public key"},
+            id="not_a_key",
+        ),
+    ],
+)
+def test_no_usable_clerk_key_is_logged_once_per_container(
+    caller: Caller,
+    setenv: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    settings: dict[str, str],
+    logged: dict[str, Any],
+) -> None:
+    """Every token is then a 401, which reads like a client's fault: the operator needs a line
+    saying the deployment cannot verify any (once, not once per request)."""
+    monkeypatch.delenv("CLERK_JWKS_URL", raising=False)
+    setenv(**settings)
+    auth.report_unusable_clerk_key.cache_clear()
+    caplog.set_level(logging.INFO, logger="keyflash")
+    for _ in range(2):
+        result = caller("searches", "GET", "/api/searches", headers=bearer(caller.token("user_a")))
+        assert_envelope(result, 401, AUTH_REQUIRED)
+    [record] = [r for r in caplog.records if '"clerk_not_configured"' in r.getMessage()]
+    line = json.loads(record.getMessage())
+    assert record.levelno == logging.ERROR
+    assert {key: line[key] for key in logged} == logged
+    assert "sk_test_0riginalApp" not in caplog.text and "not-a-pem" not in caplog.text
 
 
 # --------------------------------------------------------------------------- pending sessions
