@@ -379,6 +379,10 @@ _URL_FIELDS = (
     *_DATABASE_URL_FIELDS, "app_url", "upstash_redis_rest_url", "clerk_jwks_url",
     "dataforseo_api_base_url", "google_ads_api_base_url", "google_ads_token_url", "stripe_api_base",
 )  # fmt: skip
+# Secrets pasted from a vendor's dashboard, a terminal or a .env file. None holds whitespace or
+# quotes, and the vendors' libraries fail on them as an outage (Stripe: the key is an invalid
+# header) or as a forged signature (Stripe's and Svix's webhook checks): they are dropped.
+_PASTED_SECRETS = ("stripe_secret_key", "stripe_webhook_secret", "clerk_webhook_secret")
 
 
 def _parse(hint: Any, text: str) -> Any:
@@ -429,7 +433,9 @@ def _parse(hint: Any, text: str) -> Any:
 def _checked(spec: Field[Any], value: Any) -> Any:
     """`value` within the field's bounds (text: its length); a URL without the whitespace
     pasted around it and with its user info percent-encoded; a database URL: a postgresql://
-    one (empty: unset)."""
+    one (empty: unset); a pasted secret: without surrounding whitespace or quotes."""
+    if spec.name in _PASTED_SECRETS:
+        value = _unquoted(value)
     if spec.name in _URL_FIELDS:
         value = value.strip()
         problem = unencoded_userinfo(value)
@@ -449,6 +455,14 @@ def _checked(spec: Field[Any], value: Any) -> Any:
         raise ValueError(f"must be greater than {bounds['gt']}")
     if "le" in bounds and measure > bounds["le"]:
         raise ValueError(f"must be at most {bounds['le']}{unit}")
+    return value
+
+
+def _unquoted(text: str) -> str:
+    """`text` without surrounding whitespace and one pair of surrounding quotes (" or ')."""
+    value = text.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].strip()
     return value
 
 

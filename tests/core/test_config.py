@@ -163,6 +163,21 @@ def test_a_url_with_an_unencoded_password_is_refused_showing_no_part_of_it(
     assert shown == []
 
 
+@pytest.mark.parametrize(
+    "name", ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "CLERK_WEBHOOK_SECRET"]
+)
+@pytest.mark.parametrize(
+    "pasted",
+    ["sk_or_whsec_x1\n", "sk_or_whsec_x1\r\n", '"sk_or_whsec_x1"', " 'sk_or_whsec_x1' \n"],
+)
+def test_a_vendor_secret_pasted_with_whitespace_or_its_quotes_is_the_secret(
+    name: str, pasted: str
+) -> None:
+    """No vendor secret holds surrounding whitespace or quotes; Stripe's and Svix's libraries
+    would fail on them as an outage or a forged signature."""
+    assert getattr(Settings.from_environ({**BASE, name: pasted}), name.lower()) == "sk_or_whsec_x1"
+
+
 def test_an_empty_database_url_is_a_missing_one() -> None:
     with pytest.raises(ConfigurationError, match="DATABASE_URL is required"):
         Settings.from_environ({"DATABASE_URL": ""})

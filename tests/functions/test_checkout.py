@@ -102,6 +102,18 @@ def test_a_session_url_for_the_pro_price_with_the_user_in_both_metadata(
     assert sent.headers["idempotency-key"].startswith("kf-checkout-")
 
 
+@pytest.mark.parametrize("pasted", [f"{API_KEY}\n", f'"{API_KEY}"'])
+def test_a_secret_key_pasted_with_a_newline_or_its_quotes_reaches_stripe(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch, pasted: str
+) -> None:
+    """As copied from a terminal or a .env file: not a 503 "Stripe unreachable" forever."""
+    monkeypatch.setenv("STRIPE_SECRET_KEY", pasted)
+    config.get_settings.cache_clear()
+    make_user()
+    result = start(lambda_call)
+    assert result.status == 200, result.text
+
+
 def test_a_session_expires_in_about_half_an_hour(
     lambda_call: Caller, fake_stripe: FakeStripe
 ) -> None:

@@ -72,6 +72,18 @@ def test_a_valid_user_created_creates_the_user_with_the_primary_email(
     assert ledger(admin_conn) == [("user.created", "clerk", True, True)]
 
 
+@pytest.mark.parametrize("pasted", [f'"{SECRET}"', f"{SECRET}\r\n"])
+def test_a_secret_pasted_with_its_quotes_or_a_newline_verifies_genuine_events(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch, pasted: str
+) -> None:
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", pasted)
+    config.get_settings.cache_clear()
+    result, _, _ = deliver(
+        Caller("lambda_v2", api_env), "user.created", user_data("user_p", "p@x.io")
+    )
+    assert (result.status, result.json) == (200, {"received": True}), result.text
+
+
 def test_an_event_past_the_api_body_limit_is_processed(call: Caller) -> None:
     """Svix retries a refused delivery and then gives up: the webhook has no body limit of its
     own (the platform's applies), so a user with a 1.2 MB `unsafe_metadata` still arrives."""

@@ -234,6 +234,17 @@ def test_processed_event_answers_received_with_only_platform_headers(call: Calle
     assert "cache-control" not in result.headers  # the original's webhook 200 sets none
 
 
+@pytest.mark.parametrize("pasted", [f"{SECRET}\n", f'"{SECRET}"', f" '{SECRET}'\r\n"])
+def test_a_secret_pasted_with_a_newline_or_its_quotes_verifies_genuine_events(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch, pasted: str
+) -> None:
+    """As copied from a terminal or a .env file: not every genuine event a 400."""
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", pasted)
+    config.get_settings.cache_clear()
+    result = deliver(lambda_call, stripe_event("customer.created", {"id": "cus_pasted"}))
+    assert (result.status, result.json) == (200, {"received": True}), result.text
+
+
 def test_replayed_event_is_a_duplicate_and_changes_nothing(call: Caller) -> None:
     make_user()
     event = stripe_event("checkout.session.completed", checkout())
