@@ -1,7 +1,12 @@
 """Real Lambda event shapes for invoking handlers in-process (tests, `keyflash invoke`).
 
-API Gateway HTTP API (payload v2, also what function URLs send), REST API (payload v1) and
-EventBridge schedule events, as AWS documents them, so Mangum sees what it sees in production.
+API Gateway HTTP API (payload v2), Lambda function URL (the v2 shape), REST API (payload v1)
+and EventBridge schedule events, as AWS sends them, so Mangum sees what it sees in production.
+Every builder takes the path as the client sent it (percent-escapes kept) and puts it where each
+source does: REST v1 keeps the escapes in `path`; an HTTP API decodes them in `rawPath` and
+`requestContext.http.path` alike; a function URL keeps them in `rawPath` and decodes
+`requestContext.http.path` (middleapi/standard-server#93, from hotsock/voker#8's live captures).
+Bytes that are not UTF-8 are decoded to U+FFFD here: AWS does not document what it makes of them.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 LambdaEvent = dict[str, Any]
 
@@ -36,7 +41,34 @@ def http_api_v2(
     body: bytes | str | None = None,
     source_ip: str = "203.0.113.7",
 ) -> LambdaEvent:
-    """An API Gateway HTTP API (v2) event. Cookies travel in `cookies`, as AWS sends them."""
+    """An API Gateway HTTP API (v2) event: `rawPath` and `http.path` both decoded, as AWS sends
+    them. Cookies travel in `cookies`, as AWS sends them."""
+    decoded = unquote(path)
+    return _payload_v2(method, decoded, decoded, headers, query, body, source_ip)
+
+
+def function_url(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    query: dict[str, str] | None = None,
+    body: bytes | str | None = None,
+    source_ip: str = "203.0.113.7",
+) -> LambdaEvent:
+    """A Lambda function URL event: the HTTP API's v2 shape, but `rawPath` as sent."""
+    return _payload_v2(method, path, unquote(path), headers, query, body, source_ip)
+
+
+def _payload_v2(
+    method: str,
+    raw_path: str,
+    decoded_path: str,
+    headers: dict[str, str] | None,
+    query: dict[str, str] | None,
+    body: bytes | str | None,
+    source_ip: str,
+) -> LambdaEvent:
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     cookie_header = lowered.pop("cookie", "")
     text, encoded = _body_fields(body)
@@ -44,7 +76,7 @@ def http_api_v2(
     event: LambdaEvent = {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": path,
+        "rawPath": raw_path,
         "rawQueryString": urlencode(query or {}),
         "headers": {"host": "api.keyflash.test", "x-forwarded-proto": "https", **lowered},
         "requestContext": {
@@ -54,7 +86,7 @@ def http_api_v2(
             "domainPrefix": "api",
             "http": {
                 "method": method.upper(),
-                "path": path,
+                "path": decoded_path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": source_ip,
                 "userAgent": lowered.get("user-agent", ""),

@@ -289,7 +289,7 @@ async def _call_within_limits(
             break
     event = events.http_api_v2(
         scope["method"],
-        scope["path"],
+        scope.get("raw_path", b"").decode("latin-1") or scope["path"],  # the path as sent
         headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
         query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
         body=bytes(body),

@@ -18,13 +18,16 @@ And REST v1's `multiValueHeaders.cookie` (HTTP/2 browsers send each cookie as it
 field, RFC 9113 §8.2.3) is joined with `"; "`, as RFC 9113 says to rebuild it: Mangum joined
 every repeated header with `", "`, which hid `__session` and the CSRF cookie (401, 403).
 
-Mangum sets no `raw_path`, and its `path` is the event's (v2: `requestContext.http.path`, v1:
-`path`) percent-decoded with U+FFFD for bytes that are not UTF-8: so `raw_path` is set here to
-that same text with its escapes kept, for the path guard (`shared.http.guards.UrlEncoding`),
-which then refuses every path whose decoding would have made a U+FFFD. REST v1's `path` is the
-path as sent (`%FF`); the v2 `requestContext.http.path` of HTTP APIs and function URLs arrives
-decoded by AWS already (a function URL's `rawPath` keeps the escapes; Mangum does not read it),
-so bytes that are not UTF-8 reach the function as AWS decoded them.
+And the path is percent-decoded once, whichever source sent it. REST v1's `path` keeps the
+escapes the client sent; an HTTP API decodes them (in `rawPath` and `requestContext.http.path`
+alike), and a function URL decodes `requestContext.http.path` but keeps them in `rawPath`.
+Mangum decodes `requestContext.http.path` again, so `/api/admin/flags/x%2541` (the flag `x%41`)
+named the flag `xA`. Here the scope's `path` is the event's path decoded once, and `raw_path`
+its encoded form: REST v1's `path`, a function URL's `rawPath` (known by decoding to
+`http.path`), or else `http.path` with its `%`, `?`, `#`, spaces and other characters outside
+a path escaped. The path guard (`shared.http.guards.UrlEncoding`) reads `raw_path` and refuses
+every path whose decoding would make a U+FFFD: an HTTP API has decoded such bytes before the
+function runs (to what, AWS does not say), so there they reach the function as AWS decoded them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from mangum import Mangum
 from mangum.handlers import APIGateway, HTTPGateway
@@ -43,6 +46,9 @@ from shared.storable_text import LONE_SURROGATE, without_lone_surrogates
 
 # Every printable ASCII character but none other: `%XX` escapes are kept, the rest escaped.
 _PATH_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
+# What a decoded path keeps literal when encoded again (RFC 3986 `pchar` and `/`, with `quote`'s
+# letters, digits and `_.-~`): `%`, `?`, `#`, spaces and every other character are escaped.
+_DECODED_PATH_SAFE = "/:@!$&'()*+,;="
 # Not UTF-8, so never valid JSON: what a body that cannot be decoded becomes (400 on JSON routes).
 UNDECODABLE = b"\xff"
 
@@ -77,12 +83,17 @@ def _query_value(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _raw_path(event: LambdaEvent) -> bytes:
-    """The text Mangum percent-decodes into `path`, as ASCII with its escapes kept; a lone
-    surrogate (a direct invoke's) becomes its bytes, which are not UTF-8 either."""
-    v2 = event.get("version") == "2.0"
-    path = event["requestContext"]["http"]["path"] if v2 else event["path"]
-    return quote(str(path or "/"), safe=_PATH_SAFE, errors="surrogatepass").encode("ascii")
+def _encoded_path(event: LambdaEvent) -> str:
+    """The event's path with its percent-escapes, however its source delivered it (see the
+    module docstring); a lone surrogate (a direct invoke's) is kept, to become bytes that are
+    not UTF-8 in `raw_path`."""
+    if event.get("version") != "2.0":
+        return str(event["path"] or "/")
+    decoded = str(event["requestContext"]["http"]["path"] or "/")
+    raw = event.get("rawPath")
+    if isinstance(raw, str) and unquote(raw) == decoded:
+        return raw  # a function URL's, or one with nothing to decode
+    return quote(decoded, safe=_DECODED_PATH_SAFE, errors="surrogatepass")
 
 
 def tolerant(event: LambdaEvent) -> LambdaEvent:
@@ -140,7 +151,9 @@ class LambdaHandler(Mangum):
             headers = [pair for pair in scope["headers"] if pair[0] != b"cookie"]
             scope["headers"] = [*headers, [b"cookie", cookie]]
         if isinstance(handler, APIGateway | HTTPGateway):  # v1, v2, function URLs
-            scope["raw_path"] = _raw_path(handler.event)  # the event Mangum read
+            encoded = _encoded_path(handler.event)  # the event Mangum read
+            scope["path"] = unquote(encoded)  # not Mangum's, decoded twice on v2
+            scope["raw_path"] = quote(encoded, safe=_PATH_SAFE, errors="surrogatepass").encode()
             body = _body(event)
         else:
             body = handler.body

@@ -25,7 +25,7 @@ FLAG = {"key": "contract-flag", "enabled": True, "description": "A flag"}
 
 
 @pytest.fixture
-def admin(call: Caller, monkeypatch: pytest.MonkeyPatch) -> str:
+def admin(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> str:
     from shared import config
 
     monkeypatch.setenv("ADMIN_USER_IDS", ADMIN)
@@ -307,12 +307,15 @@ NOT_UTF8_SEGMENTS = ["%FF", "%ED%A0%80", "caf%C3", "%C0%AE"]  # as in NOT_UTF8_Q
 REPLACED = "flag-\ufffd"  # what U+FFFD decoding made of every segment above: a key a row may hold
 
 
+@pytest.mark.parametrize("style", ["lambda_url", "lambda_v1", "asgi"])
 def test_a_path_that_is_not_utf8_is_refused_before_any_lookup(
-    call: Caller, admin: str, admin_conn: psycopg.Connection[Any]
+    style: str, api_env: Keys, admin: str, admin_conn: psycopg.Connection[Any]
 ) -> None:
     """Decoded with U+FFFD, `/api/admin/flags/flag-%FF` named the flag `flag-\ufffd`: GET read
     it and DELETE deleted it; `%ED%A0%80` was a 404. The same 400 on every route, before any
-    lookup; U+FFFD itself, sent as UTF-8, is still a key like any other."""
+    lookup; U+FFFD itself, sent as UTF-8, is still a key like any other. Every source that
+    hands the function the path's escapes: an HTTP API decodes them before the function runs."""
+    call = Caller(style, api_env)
     admin_conn.execute(
         'INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers", '
         "\"updatedAt\") VALUES ('cfffd', %s, true, 0, '{}', now())",
@@ -336,6 +339,48 @@ def test_a_path_that_is_not_utf8_is_refused_before_any_lookup(
     assert row.fetchall() == [(True,)], "the flag was changed or deleted"
     named = call("admin_flag_item", "GET", f"/api/admin/flags/{quote(REPLACED)}", user=admin)
     assert (named.status, named.json["flag"]["key"]) == (200, REPLACED), named.text
+
+
+ESCAPED_SEGMENTS = {  # a path segment as sent: the flag key it names, decoded once
+    "x%2541": "x%41",
+    "x%41": "xA",
+    "xA": "xA",
+    "100%25": "100%",
+    "a%20b": "a b",
+    "caf%C3%A9": "café",
+    "caf%25C3%25A9": "caf%C3%A9",
+    "x%253F": "x%3F",
+}
+
+
+@pytest.mark.parametrize("style", ["lambda_v2", "lambda_url", "lambda_v1", "asgi"])
+def test_a_path_is_percent_decoded_once_from_every_event_source(
+    style: str, api_env: Keys, admin: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """An HTTP API and a function URL hand Lambda `requestContext.http.path` decoded already;
+    Mangum decoded it again, so `/api/admin/flags/x%2541` named the flag `xA`, not `x%41`, and
+    PUT changed the other row. Each URL addresses its own row, whichever source delivers it."""
+    for number, key in enumerate(sorted(set(ESCAPED_SEGMENTS.values()))):
+        admin_conn.execute(
+            'INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers", '
+            "\"updatedAt\") VALUES (%s, %s, true, 0, '{}', now())",
+            (f"cesc{number}", key),
+        )
+    call = Caller(style, api_env)
+    for segment, key in ESCAPED_SEGMENTS.items():
+        found = call("admin_flag_item", "GET", f"/api/admin/flags/{segment}", user=admin)
+        assert (found.status, found.json.get("flag", {}).get("key")) == (200, key), (
+            segment,
+            found.text,
+        )
+    changed = call("admin_flag_item", "PUT", "/api/admin/flags/x%2541", user=admin,
+                   json_body={"enabled": False})  # fmt: skip
+    assert (changed.status, changed.json["flag"]["key"]) == (200, "x%41"), changed.text
+    deleted = call("admin_flag_item", "DELETE", "/api/admin/flags/100%25", user=admin)
+    assert deleted.status == 200, deleted.text
+    rows = admin_conn.execute("SELECT key, enabled FROM feature_flags WHERE id LIKE 'cesc%'")
+    expected = {key: key != "x%41" for key in ESCAPED_SEGMENTS.values() if key != "100%"}
+    assert dict(rows.fetchall()) == expected
 
 
 # --- whole-number query parameters ------------------------------------------------------------

@@ -153,6 +153,16 @@ def test_a_lone_surrogate_in_an_event_path_is_a_400(api_env: Keys, build: Any) -
     _envelope(_invoke("health", event), 400, "Invalid path: not UTF-8")
 
 
+def test_devkit_events_carry_the_path_where_each_source_does() -> None:
+    """As AWS delivers `/a%2541%20b`: REST v1 keeps the escapes, an HTTP API decodes them in
+    both fields, a function URL in `http.path` only (docs/http-contract.md)."""
+    sent = "/a%2541%20b"
+    api, url = events.http_api_v2("GET", sent), events.function_url("GET", sent)
+    assert (api["rawPath"], api["requestContext"]["http"]["path"]) == ("/a%41 b", "/a%41 b")
+    assert (url["rawPath"], url["requestContext"]["http"]["path"]) == (sent, "/a%41 b")
+    assert events.rest_api_v1("GET", sent)["path"] == sent
+
+
 # --- finding 5: REST v1 cookies split across multiValueHeaders -------------------------------
 
 

@@ -1,5 +1,8 @@
 """Calling functions as their platforms do: Lambda events (HTTP API v2, REST v1) and HTTP.
 
+A `Caller` also takes the style `lambda_url` (a function URL's v2 event, `rawPath` as sent), for
+the tests whose answer depends on which event source carries the path.
+
 Fixtures: `rsa_keys` (a generated Clerk-like signing key), `api_env` (the app configured for the
 lane, trusting that key) and `call` (a function caller parametrized over the three invocation
 styles). Tokens are signed here with the generated key, like Clerk signs session tokens.
@@ -195,7 +198,7 @@ class Caller:
         as sent on the wire, percent-escapes kept (not in REST v1 events, which carry only the
         values API Gateway decoded)."""
         if raw_query is not None:
-            assert self.style != "lambda_v1" and query is None, "raw_query: asgi or lambda_v2 only"
+            assert self.style != "lambda_v1" and query is None, "raw_query: not in REST v1 events"
         loaded = importlib.import_module(f"functions.{module}")
         all_headers = {"user-agent": "pytest-agent/1.0", **(headers or {})}
         if user is not None:
@@ -240,7 +243,9 @@ class Caller:
             if refusal is not None:
                 return _refused(refusal)
             return Result(status, out, _decoded(out, sent), sent)
-        build = events.http_api_v2 if self.style == "lambda_v2" else events.rest_api_v1
+        build = {"lambda_v2": events.http_api_v2, "lambda_url": events.function_url}.get(
+            self.style, events.rest_api_v1
+        )
         peer_ip = {"source_ip": source_ip} if source_ip else {}
         event = build(method, path, headers=all_headers, query=query, body=body, **peer_ip)
         if raw_query is not None:
