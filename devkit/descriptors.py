@@ -6,9 +6,10 @@ what each descriptor has to declare and reports every difference at once:
 
 - HTTP function `functions/<module>.py`: in serverless.yml a function with handler
   `functions/<module>.lambda_handler`, one `httpApi` event per path of the app with
-  `method: '*'` (API Gateway's ANY), and package patterns that ship its module; in vercel.json
-  a `builds` entry `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per
-  path, `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, without `methods`. Every method
+  `method: '*'` (API Gateway's ANY), `snapStart: true` (docs/performance.md#snapstart), and
+  package patterns that ship its module; in vercel.json a `builds` entry
+  `{"src": "functions/<module>.py", "use": "@vercel/python"}` and one route per path,
+  `^/api/x/(?<param>[^/]+)$` → `/functions/<module>.py`, without `methods`. Every method
   of a path thus reaches the function, which answers HEAD, OPTIONS (CORS preflights: no
   `httpApi.cors`, nor CORS headers in vercel.json's routes) and the 405 itself
   (`shared/http/methods.py`); a platform's own 404 would have no envelope, `Allow` or CORS.
@@ -278,6 +279,11 @@ def check_serverless(specs: list[FunctionSpec], config: dict[str, Any]) -> list[
                     f"{spec.file}: serverless.yml function `{name}` declares httpApi events "
                     f"other than one method '{ANY_METHOD}' per path of its app: {_fmt(extra)} "
                     f"({EVERY_METHOD})"
+                )
+            if fn.get("snapStart") is not True:
+                problems.append(
+                    f"{spec.file}: serverless.yml function `{name}` is an HTTP function without "
+                    "`snapStart: true` (docs/performance.md#snapstart)"
                 )
             if declared_cron:
                 problems.append(

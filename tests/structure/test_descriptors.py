@@ -386,6 +386,7 @@ def _synthetic() -> tuple[list[FunctionSpec], dict[str, Any], dict[str, Any]]:
         "functions": {
             "items": {
                 "handler": "functions/items.lambda_handler",
+                "snapStart": True,
                 "package": {"patterns": ["functions/__init__.py", "functions/items.py"]},
                 "events": [{"httpApi": {"method": "*", "path": "/api/items/{item_id}"}}],
             },
@@ -488,6 +489,23 @@ def test_checker_says_exactly_what_is_out_of_step() -> None:
         "functions/cron/cleanup.py: vercel.json cron /api/cron/cleanup runs on '0 3 * * *' "
         "but SCHEDULE is '30 3 * * 1'"
     ) in ver
+
+
+def test_checker_refuses_an_http_function_without_snapstart() -> None:
+    """docs/performance.md#snapstart promises SnapStart on every HTTP function: a new one
+    without the key would deploy with its whole INIT in every cold start, and nothing else
+    would notice. Crons run on $LATEST and need no key."""
+    specs, serverless, _ = _synthetic()
+    for value in (None, False):
+        items = serverless["functions"]["items"]
+        items.pop("snapStart")
+        if value is not None:
+            items["snapStart"] = value
+        assert check_serverless(specs, serverless) == [
+            "functions/items.py: serverless.yml function `items` is an HTTP function without "
+            "`snapStart: true` (docs/performance.md#snapstart)"
+        ]
+        items["snapStart"] = True
 
 
 def test_conversions() -> None:
