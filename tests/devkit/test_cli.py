@@ -34,6 +34,7 @@ from devkit import cli, layout
 from devkit._host import free_port
 from devkit.console import CliError
 from devkit.crons import CronSyntaxError, Schedule
+from devkit.descriptors import load_serverless
 from devkit.stack import clerk_webhook_env
 from devkit.tokens import DEV_ISSUER, WEBHOOK_SECRET_FILE, dev_webhook_secret
 from shared.auth import ActiveOrg, identity_from_claims, verify_session_token
@@ -347,6 +348,19 @@ def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir
     assert exported["UPSTASH_REDIS_REST_URL"] == holder["upstash_url"]
     assert exported["APP_URL"] == stack.url
     assert_one_line_failure(keyflash("env", state_dir=empty_state_dir), "no running keyflash dev")
+    # docs/deploy.md: `eval "$(keyflash env)"` is all `osls invoke local --stage local` needs,
+    # and osls refuses the whole file when an `${env:…}` without a default is unset.
+    unresolved = [
+        f"{name}: {value}"
+        for name, value in load_serverless()["params"]["local"].items()
+        if (sources := _ENV_SOURCE.fullmatch(str(value)))
+        and "'" not in sources[1]
+        and not set(re.findall(r"env:(\w+)", sources[1])) & set(exported)
+    ]
+    assert not unresolved, f"keyflash env leaves osls's local stage unresolved: {unresolved}"
+
+
+_ENV_SOURCE = re.compile(r"\$\{(env:.*)\}")  # `${env:A, env:B, 'default'}`: its sources
 
 
 def test_legacy_reads_the_running_stacks_redis_unless_told_otherwise(
