@@ -324,6 +324,21 @@ def _production() -> bool:
         return False
 
 
+def _route_template(scope: Scope) -> str:
+    """The template of the route the request's path belongs to (`/api/searches/{search_id}`),
+    never its ids (docs/http-contract.md "Usage"). A request a guard answered before FastAPI
+    routed it (a preflight, a CSRF refusal, a 413) has no `route` in its scope: the template is
+    the app's route whose path matches. A path no route serves (a 404) is kept as sent."""
+    route = scope.get("route")
+    if route is None and isinstance(app := scope.get("app"), FastAPI):
+        path = scope["path"]
+        route = next(
+            (r for r in app.router.routes if isinstance(r, APIRoute) and r.path_regex.match(path)),
+            None,
+        )
+    return str(getattr(route, "path", scope["path"]))
+
+
 def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms: int) -> None:
     """Write the request's `api_usage` row; analytics must never fail a request."""
     # Imported here: it loads the ORM mappers, which a function recording no usage (health)
@@ -337,7 +352,7 @@ def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms:
         peer = scope.get("client")
         ip = client_ip(headers, peer[0] if peer else None, trust_proxy=settings.proxy_trust)
         row = api_usage.Request(
-            endpoint=str(getattr(scope.get("route"), "path", scope["path"])),  # template, no ids
+            endpoint=_route_template(scope),
             method=scope["method"],
             status_code=status,
             duration_ms=duration_ms,

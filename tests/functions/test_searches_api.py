@@ -451,6 +451,29 @@ def test_a_usage_row_is_written_per_request_with_reduced_ip(
     assert ip in {"203.0.113.0", "127.0.0.0", None}  # /24 of the event's or test client's peer
 
 
+def test_usage_rows_hold_the_route_template_also_for_answers_given_before_routing(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """docs/http-contract.md "Usage": the route template, never the concrete path. A preflight,
+    a CSRF refusal or a 413 is answered by a guard before FastAPI routes the request, and
+    their rows held `/api/searches/<id>`: ids in a table anyone could fill anonymously."""
+    path = f"/api/searches/{uuid.uuid4()}"
+    call("search_item", "GET", path, user="user_a")
+    preflight = {"origin": "https://evil.example", "access-control-request-method": "PUT"}
+    call("search_item", "OPTIONS", path, headers=preflight)
+    session = {"cookie": f"__session={call.token('user_a')}"}
+    assert call("search_item", "PUT", path, json_body={}, headers=session).status == 403
+    big = call("search_item", "PUT", path, user="user_a", body="x" * 1_000_001)
+    assert big.status == 413
+    rows = admin_conn.execute('SELECT method, endpoint, "statusCode" FROM api_usage').fetchall()
+    assert sorted(rows) == [
+        ("GET", "/api/searches/{search_id}", 404),
+        ("OPTIONS", "/api/searches/{search_id}", 200),
+        ("PUT", "/api/searches/{search_id}", 403),
+        ("PUT", "/api/searches/{search_id}", 413),
+    ]
+
+
 def test_security_headers_and_hsts_only_in_production(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
