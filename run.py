@@ -2,8 +2,9 @@
 """Bootstrap for a fresh clone: `python3 run.py dev` runs the stack, `python3 run.py test` tests.
 
 Standard library only, because it runs before any dependency is installed. It keeps `.venv` in
-step with pyproject.toml (a hash stamp inside the venv says when to reinstall), then hands over
-to the real command with exec, so signals and the exit code are the command's own.
+step with pyproject.toml and requirements-lambda.txt (a hash stamp inside the venv says when to
+reinstall), installing under the Lambda's pins so the tests run the versions that ship, then
+hands over to the real command with exec, so signals and the exit code are the command's own.
 
 `--python PATH` (or `KEYFLASH_PYTHON=PATH`) picks another interpreter, e.g. the 3.12 that Lambda
 and Vercel run: its environment is `.venv-3.12` beside `.venv`, so both can be kept.
@@ -20,6 +21,8 @@ from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent
 USAGE = "usage: python3 run.py [--python PATH] dev | test [pytest args...]"
+# What every Lambda zip installs (serverless.yml `fileName`); the venvs get the same versions.
+PINS = "requirements-lambda.txt"
 
 
 def fail(message: str) -> NoReturn:
@@ -60,7 +63,8 @@ def choose_venv(interpreter: str | None) -> tuple[str, Path]:
 
 
 def ensure_venv(interpreter: str, venv: Path) -> Path:
-    """Create the venv on first use and (re)install the project whenever pyproject.toml changed.
+    """Create the venv on first use and (re)install the project whenever pyproject.toml or the
+    pins changed.
 
     Returns the venv's python.
     """
@@ -73,11 +77,16 @@ def ensure_venv(interpreter: str, venv: Path) -> Path:
             interpreter, "-m", "venv", str(venv),
         )  # fmt: skip
         step("upgrading pip", str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + (ROOT / PINS).read_bytes()
+    ).hexdigest()
     if stamp.exists() and stamp.read_text().strip() == digest:
         return python
     print(f"run.py: installing the project and its dev dependencies into {venv.name}", flush=True)
-    step("pip install -e .[dev]", str(python), "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    step(
+        f"pip install -c {PINS} -e .[dev]",
+        str(python), "-m", "pip", "install", "--quiet", "-c", PINS, "-e", ".[dev]",
+    )  # fmt: skip
     stamp.write_text(digest + "\n")
     return python
 

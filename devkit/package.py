@@ -1,15 +1,16 @@
 """`keyflash package`: each function's Lambda package as a directory, built as the deploy builds it.
 
 What goes in follows serverless.yml: `package.patterns` then the function's own patterns (later
-patterns win, `!` excludes), then what serverless-python-requirements adds: requirements.txt and
-everything it needs, less `noDeploy` (by top-level name, as the plugin filters), less what `slim`
-strips (its default patterns and/or `slimPatterns`). Last, every module is compiled by the target
-interpreter (devkit/bytecode.py), as devkit/serverless/bytecode.js does to the deployed zips.
+patterns win, `!` excludes), then what serverless-python-requirements adds: the distributions
+pinned in its `fileName` (requirements-lambda.txt), less `noDeploy` (by top-level name, as the
+plugin filters), less what `slim` strips (its default patterns and/or `slimPatterns`). Last,
+every module is compiled by the target interpreter (devkit/bytecode.py), as
+devkit/serverless/bytecode.js does to the deployed zips.
 
-No AWS, no Docker, no network: dependencies are copied from this interpreter's environment, so a
-tree built from `.venv-3.12` holds the files Lambda runs (the deploy fetches aarch64 wheels of
-the same versions). From another venv the tree still shows what ships and its bytecode is still
-the runtime's, but its compiled extensions are that venv's.
+No AWS, no Docker, no network: dependencies are copied from this interpreter's environment,
+which must hold exactly the pinned versions (run.py installs every venv under the pins), so the
+tree holds the deploy's distributions at the deploy's versions. Only compiled extensions differ:
+the deploy fetches aarch64 wheels, a venv has its own machine's.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Descriptor:
     runtime: str  # "3.12"
     patterns: list[str]
     functions: dict[str, list[str]]  # name -> its own package patterns
+    requirements: str  # the file the plugin installs (`fileName`), relative to the root
     no_deploy: frozenset[str]
     slim: list[str]  # the patterns slim deletes (none when slim is off)
 
@@ -64,9 +66,25 @@ def read_descriptor(root: Path = ROOT) -> Descriptor:
             name: list((spec.get("package") or {}).get("patterns", []))
             for name, spec in config["functions"].items()
         },
+        requirements=str(requirements.get("fileName", "requirements.txt")),
         no_deploy=frozenset(requirements.get("noDeploy", [])),
         slim=slim,
     )
+
+
+def lambda_markers(runtime: str) -> dict[str, str]:
+    """The environment markers of the Lambda runtime (CPython `runtime` on arm64 Linux:
+    serverless.yml's provider), so a dependency closure is the deploy's whatever venv reads it."""
+    return {
+        "python_version": runtime,
+        "python_full_version": f"{runtime}.0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "os_name": "posix",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "aarch64",
+    }
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -110,18 +128,19 @@ def _walk(root: Path) -> Iterator[str]:
             yield (Path(directory) / name).relative_to(root).as_posix()
 
 
-def dependency_files(
-    requirements: Path, no_deploy: frozenset[str], slim: list[str]
-) -> dict[str, Path]:
-    """Every file the requirements install (package-relative path -> installed file), from this
-    interpreter's environment, with the plugin's noDeploy and slim filters applied."""
-    slimmed = [_glob_regex(pattern) for pattern in slim]
+def read_requirements(path: Path) -> list[Requirement]:
+    """A requirements file's requirements (comments and blank lines skipped)."""
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def closure(
+    requirements: Iterable[Requirement], markers: dict[str, str]
+) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions the requirements pull in, by canonical name: extras
+    followed, markers evaluated in `markers`' environment."""
     wanted: dict[str, set[str]] = {}
-    queue = [
-        Requirement(line.split("#")[0].strip())
-        for line in requirements.read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
+    queue = [r for r in requirements if r.marker is None or r.marker.evaluate(markers)]
     while queue:
         requirement = queue.pop()
         name = canonicalize_name(requirement.name)
@@ -132,11 +151,47 @@ def dependency_files(
         for spec in importlib.metadata.distribution(name).requires or []:
             sub = Requirement(spec)
             active = {"", *wanted[name]}
-            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in active):
+            if sub.marker is None or any(
+                sub.marker.evaluate({**markers, "extra": e}) for e in active
+            ):
                 queue.append(sub)
+    return {name: importlib.metadata.distribution(name) for name in sorted(wanted)}
+
+
+def dependency_files(
+    requirements: Path, no_deploy: frozenset[str], slim: list[str], markers: dict[str, str]
+) -> dict[str, Path]:
+    """Every file the pinned requirements install (package-relative path -> installed file),
+    from this interpreter's environment, with the plugin's noDeploy and slim filters applied.
+
+    Raises RuntimeError unless the environment holds exactly the pinned versions and the pins
+    name everything they pull in: pip would install another version, or an unpinned one, and
+    the tree would no longer be what the deploy ships."""
+    pins: dict[str, Requirement] = {  # the plugin drops a noDeploy requirement's line first
+        canonicalize_name(r.name): r
+        for r in read_requirements(requirements)
+        if r.name not in no_deploy
+    }
+    distributions = closure(pins.values(), markers)
+    unpinned = sorted(set(distributions) - set(pins))
+    if unpinned:
+        raise RuntimeError(
+            f"not pinned in {requirements.name}: {', '.join(unpinned)} (the deploy would "
+            "install whichever version is newest): add them with their versions"
+        )
+    wrong = [
+        f"{name} {dist.version} installed, {pins[name]} pinned"
+        for name, dist in distributions.items()
+        if not pins[name].specifier.contains(dist.version, prereleases=True)
+    ]
+    if wrong:
+        raise RuntimeError(
+            f"this environment does not hold the versions the deploy installs: {'; '.join(wrong)}"
+            f" (install them: {sys.executable} -m pip install -c {requirements} -e '.[dev]')"
+        )
+    slimmed = [_glob_regex(pattern) for pattern in slim]
     files: dict[str, Path] = {}
-    for wanted_name in wanted:
-        distribution = importlib.metadata.distribution(wanted_name)
+    for distribution in distributions.values():
         for record in distribution.files or []:
             relative = record.as_posix()
             top = re.split(r"[-\\/]|\.py$|\.pyc$", relative, maxsplit=1)[0]
@@ -202,7 +257,12 @@ def build(
     interpreter = python or runtime_python(version)
     sources = list(_walk(ROOT))
     own = {n: select(sources, descriptor.patterns + descriptor.functions[n]) for n in names}
-    deps = dependency_files(ROOT / "requirements.txt", descriptor.no_deploy, descriptor.slim)
+    deps = dependency_files(
+        ROOT / descriptor.requirements,
+        descriptor.no_deploy,
+        descriptor.slim,
+        lambda_markers(descriptor.runtime),
+    )
     staging = out / ".staging"
     shutil.rmtree(out, ignore_errors=True)
     staged: set[str] = set()

@@ -20,15 +20,28 @@ from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from devkit.cli import main as keyflash
-from devkit.package import BYTECODE, ROOT, build, read_descriptor, runtime_python
+from devkit.package import (
+    BYTECODE,
+    ROOT,
+    build,
+    closure,
+    dependency_files,
+    lambda_markers,
+    read_descriptor,
+    read_requirements,
+    runtime_python,
+)
 from tests.support.ci import missing_tool
 
 RUNTIME = read_descriptor().runtime
 TAG = "cpython-" + RUNTIME.replace(".", "")
 UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
 NEVER_SHIPPED = {"tests", "devkit", "benchmarks", "docs", "migrations", "boto3", "botocore"}
+# boto3's own dependencies: the deploy drops the boto3 requirement before pip runs (noDeploy).
+RUNTIME_ONLY = {"s3transfer", "jmespath"}
 SAMPLE = ["health", "searches", "cron_prune"]  # plain, authenticated, cron
 
 
@@ -108,6 +121,63 @@ def test_the_dependencies_metadata_ships(trees: dict[str, Path]) -> None:
     for name in ("psycopg", "sqlalchemy", "pydantic", "fastapi"):
         assert shipped.get(name) == importlib.metadata.version(name), (name, shipped.get(name))
     assert not {"boto3", "botocore"} & set(shipped), "noDeploy: the runtime has its own"
+
+
+def _pins() -> dict[str, str]:
+    """The deploy's requirements file (serverless.yml `fileName`): {name: pinned version}."""
+    pins = {}
+    for requirement in read_requirements(ROOT / read_descriptor().requirements):
+        (spec,) = requirement.specifier
+        assert spec.operator == "==" and not requirement.extras, f"not a pin: {requirement}"
+        pins[canonicalize_name(requirement.name)] = spec.version
+    return pins
+
+
+def test_the_tree_holds_exactly_the_pinned_distributions(trees: dict[str, Path]) -> None:
+    """s45t2 F4: the deploy resolved requirements.txt's ranges again, without boto3, and shipped
+    python-dateutil 4 where the tested tree had 2.9; the tree had boto3's own dependencies,
+    which the deploy never installs. Both now hold the pinned set, at its versions."""
+    shipped = {
+        canonicalize_name(dist.metadata["Name"]): dist.version
+        for dist in importlib.metadata.distributions(path=[str(trees["health"])])
+    }
+    assert shipped == _pins()
+    assert not RUNTIME_ONLY & {p.name for p in trees["health"].iterdir()}
+
+
+def test_the_pins_are_requirements_txts_closure_on_the_lambda() -> None:
+    """What requirements.txt pulls in on the Lambda (its markers: CPython 3.12 on aarch64
+    Linux), less the noDeploy requirements, each at the version installed here: the tests ran
+    against exactly what ships. run.py installs every venv under these pins."""
+    descriptor = read_descriptor()
+    assert descriptor.requirements != "requirements.txt", "the deploy must install the pins"
+    roots = [
+        requirement
+        for requirement in read_requirements(ROOT / "requirements.txt")
+        if canonicalize_name(requirement.name) not in descriptor.no_deploy
+    ]
+    expected = {
+        name: dist.version
+        for name, dist in closure(roots, lambda_markers(descriptor.runtime)).items()
+    }
+    assert _pins() == expected, "\n".join(
+        ["the pins should read:", *(f"{name}=={v}" for name, v in sorted(expected.items()))]
+    )
+
+
+def test_a_tree_is_refused_from_an_environment_without_the_pins(tmp_path: Path) -> None:
+    descriptor = read_descriptor()
+    markers = lambda_markers(descriptor.runtime)
+    pins = (ROOT / descriptor.requirements).read_text()
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text(pins.replace(f"six=={importlib.metadata.version('six')}", "six==0.1"))
+    with pytest.raises(RuntimeError, match=r"six 1\.\d+\.\d+ installed, six==0\.1 pinned") as error:
+        dependency_files(wrong, descriptor.no_deploy, descriptor.slim, markers)
+    assert f"pip install -c {wrong}" in str(error.value)
+    unpinned = tmp_path / "unpinned.txt"
+    unpinned.write_text("".join(line + "\n" for line in pins.splitlines() if "six==" not in line))
+    with pytest.raises(RuntimeError, match=r"not pinned in unpinned\.txt: six"):
+        dependency_files(unpinned, descriptor.no_deploy, descriptor.slim, markers)
 
 
 def test_a_zip_gets_bytecode_that_is_loaded_without_its_source_checked(

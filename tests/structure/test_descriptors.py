@@ -165,7 +165,7 @@ def _check_settings_sources(serverless: dict[str, Any]) -> None:
 
 
 def test_requirements_txt_is_pyprojects_runtime_dependencies() -> None:
-    """serverless-python-requirements reads requirements.txt; pyproject.toml is the truth."""
+    """requirements-lambda.txt pins requirements.txt's closure; pyproject.toml is the truth."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     lines = [
         line.strip()
