@@ -34,9 +34,14 @@ class LambdaBytecode {
     const done = spawnSync(python, [script, '--runtime', runtime, '--zip', ...artifacts], {
       stdio: 'inherit',
     });
+    const compiling = `Compiling the packages' bytecode with ${python}`;
+    // Killed (a timeout, the OOM killer): the interpreter is not the cause, so no advice on it.
+    if (done.signal) {
+      throw new this.serverless.classes.Error(`${compiling} was killed by ${done.signal}`);
+    }
     if (done.error || done.status !== 0) {
       throw new this.serverless.classes.Error(
-        `Compiling the packages' bytecode with ${python} failed` +
+        `${compiling} failed` +
           (done.error ? `: ${done.error.message}` : ` (exit ${done.status})`) +
           `; set LAMBDA_PYTHON to a Python ${runtime} interpreter.`
       );

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -230,6 +232,51 @@ def test_bytecode_of_another_python_is_refused(tmp_path: Path) -> None:
     assert "the runtime is Python 3.99" in done.stderr
     with zipfile.ZipFile(artifact) as zf:
         assert zf.namelist() == ["mod.py"]
+
+
+# devkit/serverless/bytecode.js driven as osls drives it: one function whose zip exists.
+_RUN_PLUGIN = """
+const Plugin = require(process.argv[1]);
+const fn = {package: {artifact: process.argv[2]}};
+const serverless = {
+  service: {
+    provider: {runtime: 'python3.12'}, getAllFunctions: () => ['fn'], getFunction: () => fn,
+  },
+  config: {servicePath: process.argv[3]},
+  classes: {Error},
+};
+try { new Plugin(serverless, {}).compile(); console.log('compiled'); }
+catch (error) { console.log(error.message); }
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        ("kill -TERM $$", "was killed by SIGTERM"),
+        ("exit 3", "failed (exit 3); set LAMBDA_PYTHON to a Python 3.12 interpreter."),
+    ],
+)
+def test_the_bytecode_plugin_says_why_the_compiler_stopped(
+    tmp_path: Path, script: str, said: str
+) -> None:
+    """s45t2: a compiler stopped by a signal (a deploy's timeout) was reported as "failed (exit
+    null); set LAMBDA_PYTHON …", sending the user after the wrong interpreter."""
+    node = shutil.which("node")
+    if node is None:
+        missing_tool("node is needed to load the osls plugin devkit/serverless/bytecode.js")
+    artifact = tmp_path / "fn.zip"
+    zipfile.ZipFile(artifact, "w").close()
+    python = tmp_path / "python3.12"
+    python.write_text(f"#!/bin/sh\n{script}\n")
+    python.chmod(0o755)
+    plugin = ROOT / "devkit" / "serverless" / "bytecode.js"
+    done = subprocess.run(
+        [node, "-e", _RUN_PLUGIN, str(plugin), str(artifact), str(ROOT)],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "LAMBDA_PYTHON": str(python)},
+    )  # fmt: skip
+    assert done.stdout.strip() == f"Compiling the packages' bytecode with {python} {said}"
 
 
 def test_package_command_refuses_an_unknown_function(tmp_path: Path) -> None:
