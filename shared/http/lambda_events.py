@@ -5,9 +5,10 @@ Mangum turns an API Gateway v2, REST v1 or function URL event into an ASGI reque
 API Gateway itself rarely sends but direct invokes, test events and other integrations do:
 
 - `isBase64Encoded` with a body that is not base64 (`binascii.Error`), where REST v1's `"%%%"`
-  silently became an empty body: the body is decoded strictly here, and an undecodable one
-  becomes bytes that are not UTF-8, so a route reading it answers 400 `Invalid JSON payload`
-  as for any other invalid body. A text body holding a lone surrogate (no UTF-8 form) likewise.
+  silently became an empty body (an ALB event's too, and `e30=!!` became `{}`): the body is
+  decoded strictly here, and an undecodable one becomes bytes that are not UTF-8, so a route
+  reading it answers 400 `Invalid JSON payload` as for any other invalid body. A text body
+  holding a lone surrogate (no UTF-8 form) likewise.
 - `null` or missing optional fields (`headers`, `rawQueryString`, `requestContext.http.sourceIp`,
   `requestContext.identity`) and values that are not UTF-8 encodable (a lone surrogate in a
   header or a REST v1 query value): only when building the request from the event as given
@@ -38,7 +39,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from mangum import Mangum
-from mangum.handlers import APIGateway, HTTPGateway
+from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
 from mangum.types import LambdaContext, LambdaEvent
 
@@ -154,9 +155,10 @@ class LambdaHandler(Mangum):
             encoded = _encoded_path(handler.event)  # the event Mangum read
             scope["path"] = unquote(encoded)  # not Mangum's, decoded twice on v2
             scope["raw_path"] = quote(encoded, safe=_PATH_SAFE, errors="surrogatepass").encode()
-            body = _body(event)
-        else:
-            body = handler.body
+        # v1, v2, function URLs and ALB keep the body at the event's top level (Lambda@Edge
+        # nests it): ALB's was decoded leniently by Mangum, `%%%` an empty body, `abc` a raise.
+        top_level = isinstance(handler, APIGateway | HTTPGateway | ALB)
+        body = _body(event) if top_level else handler.body
         response = HTTPCycle(scope, body)(self.app)
         result: dict[str, Any] = handler(response)
         return result

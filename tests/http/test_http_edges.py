@@ -88,13 +88,49 @@ def _envelope(answer: tuple[int, dict[str, str], Any], status: int, message: str
     assert set(body) == ENVELOPE_KEYS and headers["x-request-id"].startswith("req_")
 
 
-@pytest.mark.parametrize("style", ["v2", "v1"])
-@pytest.mark.parametrize("body", ["eyJrZXl3b3Jkcw", "abc", "%%%", "e30=\n"])
-def test_a_body_that_is_not_base64_is_invalid_json(api_env: Keys, style: str, body: str) -> None:
+def _alb(method: str, path: str, *, multi_value: bool) -> dict[str, Any]:
+    """An Application Load Balancer event (AWS's sample; Mangum routes it too), with or without
+    the target group's multi-value headers."""
+    headers = {"content-type": "application/json", "x-forwarded-for": "203.0.113.7"}
+    event: dict[str, Any] = {
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:"
+                                   "123456789012:targetgroup/keyflash/0123456789abcdef"}},
+        "httpMethod": method, "path": path, "body": "", "isBase64Encoded": False,
+    }  # fmt: skip
+    if multi_value:
+        event.update(
+            multiValueHeaders={k: [v] for k, v in headers.items()},
+            multiValueQueryStringParameters={},
+        )
+    else:
+        event.update(headers=headers, queryStringParameters={})
+    return event
+
+
+def _post_event(style: str) -> dict[str, Any]:
+    if style.startswith("alb"):
+        return _alb("POST", "/api/keywords", multi_value=style == "alb_multi_value")
     build = events.http_api_v2 if style == "v2" else events.rest_api_v1
-    event = build("POST", "/api/keywords", body='{"keywords": ["seo"], "matchType": "phrase"}')
+    return build("POST", "/api/keywords", body="{}")
+
+
+@pytest.mark.parametrize("style", ["v2", "v1", "alb", "alb_multi_value"])
+@pytest.mark.parametrize("body", ["eyJrZXl3b3Jkcw", "abc", "%%%", "e30=\n", "e30=!!"])
+def test_a_body_that_is_not_base64_is_invalid_json(api_env: Keys, style: str, body: str) -> None:
+    """s45t2 F5: an ALB event's `%%%` was decoded to an empty body and `e30=!!` to `{}`."""
+    event = _post_event(style)
     event.update(body=body, isBase64Encoded=True)
     _envelope(_invoke("keywords", event), 400, "Invalid JSON payload")
+
+
+@pytest.mark.parametrize("style", ["v2", "v1", "alb", "alb_multi_value"])
+def test_a_base64_body_is_decoded(api_env: Keys, style: str) -> None:
+    event = _post_event(style)
+    body = base64.b64encode(b'{"keywords": ["seo"], "matchType": "bogus"}').decode()
+    event.update(body=body, isBase64Encoded=True)
+    code, _, answer = _invoke("keywords", event)
+    assert (code, answer["error"]) == (400, "Validation Error"), answer
+    assert answer["message"].startswith("matchType: "), answer
 
 
 @pytest.mark.parametrize("style", ["v2", "v1"])
