@@ -866,6 +866,18 @@ def test_every_command_has_help() -> None:
         assert exited.value.code == 0, args
 
 
+def test_every_command_is_in_the_local_stack_docs_table() -> None:
+    """README: docs/local-stack.md describes every `keyflash` command (s45t2 F6: not `package`)."""
+    (commands,) = [
+        action
+        for action in cli.build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    rows = (ROOT / "docs" / "local-stack.md").read_text().split("\n## Commands\n")[1]
+    documented = set(re.findall(r"^\| `keyflash ([\w-]+)", rows, re.MULTILINE))
+    assert set(commands.choices) - documented == set()
+
+
 def test_legacy_delegates_or_says_it_is_not_available(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
