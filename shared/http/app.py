@@ -39,7 +39,7 @@ from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
 from shared.http.lambda_events import LambdaHandler
-from shared.http.methods import Head, method_not_allowed, served
+from shared.http.methods import Head, method_not_allowed, path_routes, served
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
@@ -330,12 +330,8 @@ def _route_template(scope: Scope) -> str:
     routed it (a preflight, a CSRF refusal, a 413) has no `route` in its scope: the template is
     the app's route whose path matches. A path no route serves (a 404) is kept as sent."""
     route = scope.get("route")
-    if route is None and isinstance(app := scope.get("app"), FastAPI):
-        path = scope["path"]
-        route = next(
-            (r for r in app.router.routes if isinstance(r, APIRoute) and r.path_regex.match(path)),
-            None,
-        )
+    if route is None and isinstance(scope.get("app"), FastAPI):
+        route = next(iter(path_routes(scope)), None)
     return str(getattr(route, "path", scope["path"]))
 
 

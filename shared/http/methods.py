@@ -26,17 +26,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.http.errors import ApiError
 
 
+def path_routes(scope: Scope) -> list[APIRoute]:
+    """The app's routes whose path matches the request's, whatever their methods."""
+    return [
+        route
+        for route in scope["app"].router.routes
+        if isinstance(route, APIRoute) and route.matches(scope)[0] is not Match.NONE
+    ]
+
+
 def served(scope: Scope) -> list[str]:
     """The methods the app's routes serve on the request's path, sorted (Starlette's 405 names
     only the first route's). A hidden route (`include_in_schema=False`, `GET /api/keywords`)
     exists only to answer its own 405, so it serves nothing."""
     methods: set[str] = set()
-    for route in scope["app"].router.routes:
-        if (
-            isinstance(route, APIRoute)
-            and route.include_in_schema
-            and route.matches(scope)[0] is not Match.NONE  # the path matches, whatever the method
-        ):
+    for route in path_routes(scope):
+        if route.include_in_schema:
             methods |= route.methods or set()
     return sorted(methods)
 
