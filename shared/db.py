@@ -27,8 +27,9 @@ Why it looks like this:
   not exist) is configuration no retry mends, yet nothing can be served: it is
   `DatabaseUnavailableError` at once, told without the names the refusal quotes.
 - No connect attempt outlasts the retry budget: each waits DB_CONNECT_TIMEOUT_S or what is left
-  of the budget, whichever is less (at least psycopg's least, 2 s), so a host that accepts TCP
-  and never answers costs a caller its budget, not a connect timeout past it.
+  of the budget, whichever is less (at least psycopg's least, 2 s), and the addresses of one
+  host name share it, so a host that accepts TCP and never answers costs a caller its budget,
+  not a connect timeout (per address) past it.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -51,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_attempts, conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.dialects import registry
@@ -100,6 +102,10 @@ _REFUSAL_PREFIX = re.compile(r"^(?:.*\b(?:FATAL|ERROR):\s+|.*\bfailed:\s+|connec
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
 # psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
 CONNECT_TIMEOUT_LEAST_S = 2
+# `psycopg.Connection.connect`'s own options: the rest of its keywords are libpq's.
+_DRIVER_OPTIONS = frozenset(
+    {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
+)
 # When the running `_execute` gives up (`time.monotonic()`): no connection it opens waits past it.
 _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", default=None)
 
@@ -246,9 +252,33 @@ def _install_connect_bound(engine: Engine) -> None:
         give_up_at = _give_up_at.get()
         if give_up_at is None:
             return None  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
+        return _connect_by(give_up_at, dialect, cargs, cparams)
+
+
+def _connect_by(give_up_at: float, dialect: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """Connect as psycopg does (one attempt per host and per address it resolves to, in its
+    order), but all attempts against `give_up_at`: psycopg gives each attempt the whole connect
+    timeout, so a host name with three addresses that never answer would wait three of them.
+
+    Each attempt waits what is left (at most DB_CONNECT_TIMEOUT_S, at least psycopg's least) and
+    none starts after `give_up_at`. Resolved here, each attempt carries its `hostaddr` beside
+    its `host` (TLS still checks the name), so psycopg resolves nothing again and raises that
+    attempt's own error; the last one is raised, as psycopg raises a single attempt's."""
+    driver = {key: value for key, value in cparams.items() if key in _DRIVER_OPTIONS}
+    conninfo = {key: value for key, value in cparams.items() if key not in _DRIVER_OPTIONS}
+    attempts = conninfo_attempts(conninfo_to_dict(*cargs, **conninfo))
+    failure: psycopg.Error | None = None
+    for attempt in attempts:
+        if failure is not None and time.monotonic() >= give_up_at:
+            break
         left = math.ceil(give_up_at - time.monotonic())
         timeout = min(cparams["connect_timeout"], max(left, CONNECT_TIMEOUT_LEAST_S))
-        return dialect.connect(*cargs, **{**cparams, "connect_timeout": timeout})
+        try:
+            return dialect.connect(**{**attempt, **driver, "connect_timeout": timeout})
+        except psycopg.Error as error:
+            failure = error
+    assert failure is not None  # conninfo_attempts raises rather than return no attempt
+    raise failure
 
 
 def _connect(engine: Engine, give_up_at: float) -> Connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -15,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, event, pool, text
+from sqlalchemy import create_engine, event, make_url, pool, text
 from sqlalchemy.exc import OperationalError, SAWarning
 
 from shared import config, db
@@ -560,3 +561,52 @@ def test_a_connect_attempt_waits_no_longer_than_the_retry_budget_leaves(
             db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
         # The bound the settings promise, plus a margin for a loaded machine; 60 s without it.
         assert time.monotonic() - started < 1 + db.CONNECT_TIMEOUT_LEAST_S + 5
+
+
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_one_connect_waits_no_longer_than_the_budget_across_all_its_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host name with several addresses (Neon's often have a few), each accepting TCP and
+    never answering: psycopg gives each address its own connect timeout, yet one connect waits
+    at most what is left of the budget in all (its last attempt at least psycopg's least)."""
+    addresses = [f"127.0.0.{n}" for n in range(1, 7)]  # libpq's multi-host list: one attempt each
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for address in addresses:
+            silent = stack.enter_context(socket.socket())
+            silent.bind((address, 0))
+            silent.listen(16)  # the kernel completes handshakes; nothing ever reads or answers
+            ports.append(str(silent.getsockname()[1]))
+        reconfigure(
+            monkeypatch,
+            DATABASE_URL=(
+                f"postgresql://app:pw@/keyflash?host={','.join(addresses)}&port={','.join(ports)}"
+            ),
+            DB_RETRY_BUDGET_S="2",
+            DB_CONNECT_TIMEOUT_S="60",
+        )
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailableError):
+            db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
+        # The bound the settings promise, plus a margin for a loaded machine; the budget (at
+        # least psycopg's least) once per address without it.
+        assert time.monotonic() - started < 2 + db.CONNECT_TIMEOUT_LEAST_S + 5
+
+
+def test_a_connect_goes_on_to_the_next_address_when_one_fails(
+    monkeypatch: pytest.MonkeyPatch, direct_database_url: str, tmp_path: Path
+) -> None:
+    """The first address fails at once (a socket directory with no server), the next serves."""
+    url = make_url(direct_database_url)
+    reconfigure(
+        monkeypatch,
+        DATABASE_URL=(
+            f"postgresql://{url.username}:{url.password}@/{url.database}"
+            f"?host={tmp_path},{url.host}&port={url.port},{url.port}"
+        ),
+    )
+    assert (
+        db.run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
+        == 1
+    )
