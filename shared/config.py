@@ -337,36 +337,103 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        """The settings `environ` names (case-insensitively); every bad variable is explained.
+        """The settings `environ` names (case-insensitively, or by an ALTERNATE_NAMES name);
+        every bad variable is explained.
 
         Two spellings of one name with different values are refused: which one a process
         environment lists last is an accident, so neither may win silently."""
-        spellings: dict[str, dict[str, str]] = {}
-        for name, value in environ.items():
-            spellings.setdefault(name.lower(), {})[name] = value
+        by_setting = _spellings(environ)
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         problems = []
         for spec in fields(cls):
-            given = spellings.get(spec.name, {})
-            if len(set(given.values())) > 1:
-                names = " and ".join(sorted(given))
-                problems.append(
-                    _problem(spec.name, f"is set as {names}, with different values: keep one")
-                )
+            given = by_setting.get(spec.name, {})
+            try:
+                text = _agreed(spec.name, given)
+            except ConfigurationError as error:
+                problems.append(str(error))
                 continue
-            text = next(iter(given.values()), None)
             try:
                 if text is not None:
                     values[spec.name] = _checked(spec, _parse(hints[spec.name], text))
             except ValueError as error:
-                problems.append(_problem(spec.name, f"is invalid ({error})"))
+                where = "".join(f"(set as {n}) " for n in given if n.lower() != spec.name)
+                problems.append(_problem(spec.name, f"{where}is invalid ({error})"))
                 continue
             if values.get(spec.name) is None and spec.default is MISSING:
                 problems.append(_problem(spec.name, "is required"))
         if problems:
             raise ConfigurationError("; ".join(problems))
         return cls(**values)
+
+
+# Other names a setting is read under: what Vercel's marketplace integrations write into a
+# project's environment. Neon: DATABASE_URL (pooled, ours too) and DATABASE_URL_UNPOOLED;
+# Upstash (and the retired Vercel KV): KV_REST_API_URL and KV_REST_API_TOKEN, the names
+# @upstash/redis's `Redis.fromEnv()` also reads. Their KV_URL and REDIS_URL are redis:// URLs
+# and KV_REST_API_READ_ONLY_TOKEN cannot write: none of them is a REST URL or token of ours.
+ALTERNATE_NAMES = {
+    "DIRECT_DATABASE_URL": ("DATABASE_URL_UNPOOLED",),
+    "UPSTASH_REDIS_REST_URL": ("KV_REST_API_URL",),
+    "UPSTASH_REDIS_REST_TOKEN": ("KV_REST_API_TOKEN",),
+}
+_SETTING_OF = {
+    alternate.lower(): name.lower()
+    for name, alternates in ALTERNATE_NAMES.items()
+    for alternate in alternates
+}
+
+
+def setting_of(variable: str) -> str:
+    """The field a variable sets: its name in lower case, or the one it is an alternate of."""
+    name = variable.lower()
+    return _SETTING_OF.get(name, name)
+
+
+def _spellings(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Each field's variables in `environ` (its name in any case, its alternate names), with
+    their values."""
+    by_setting: dict[str, dict[str, str]] = {}
+    for variable, value in environ.items():
+        by_setting.setdefault(setting_of(variable), {})[variable] = value
+    return by_setting
+
+
+def _agreed(field_name: str, given: Mapping[str, str]) -> str | None:
+    """The one text the spellings in `given` agree on (None: none given); two different
+    values are refused, naming the spellings and never a value."""
+    if len(set(given.values())) > 1:
+        names = " and ".join(sorted(given))
+        raise ConfigurationError(
+            _problem(field_name, f"is set as {names}, with different values: keep one")
+        )
+    return next(iter(given.values()), None)
+
+
+def read_variable(name: str, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(the variable that sets `name`, its text) in `environ` (default: this process's), found
+    as the settings find it, for tools that use a setting without parsing all of them; None
+    when unset or empty. ConfigurationError when two spellings disagree, as the settings would."""
+    setting = setting_of(name)
+    given = _spellings(os.environ if environ is None else environ).get(setting, {})
+    text = _agreed(setting, given)
+    if not text:
+        return None
+    return min(given, key=lambda variable: variable.lower() != setting), text
+
+
+def every_spelling(
+    values: Mapping[str, str], environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`values` (variable: text), each also under the other spellings of its setting that
+    `environ` (default: this process's) holds: what a tool exports for the functions then
+    wins over, rather than disagrees with, a variable the developer exported."""
+    by_setting = _spellings(os.environ if environ is None else environ)
+    exported = dict(values)
+    for variable, text in values.items():
+        for spelling in by_setting.get(setting_of(variable), {}):
+            exported[spelling] = text
+    return exported
 
 
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
@@ -381,8 +448,13 @@ _URL_FIELDS = (
 )  # fmt: skip
 # Secrets pasted from a vendor's dashboard, a terminal or a .env file. None holds whitespace or
 # quotes, and the vendors' libraries fail on them as an outage (Stripe: the key is an invalid
-# header) or as a forged signature (Stripe's and Svix's webhook checks): they are dropped.
-_PASTED_SECRETS = ("stripe_secret_key", "stripe_webhook_secret", "clerk_webhook_secret")
+# header; Upstash: every call refused) or as a forged signature (Stripe's and Svix's webhook
+# checks): they are dropped. Not CRON_SECRET (Vercel sends it exactly as stored) nor the HMAC
+# secrets (another key would not find what the old one wrote).
+_PASTED_SECRETS = (
+    "stripe_secret_key", "stripe_webhook_secret", "clerk_webhook_secret",
+    "upstash_redis_rest_token",
+)  # fmt: skip
 
 
 def _parse(hint: Any, text: str) -> Any:

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.config import ConfigurationError, PreparedStatements, Settings, get_settings
+from shared.config import (
+    ConfigurationError,
+    PreparedStatements,
+    Settings,
+    every_spelling,
+    get_settings,
+    read_variable,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -164,18 +171,31 @@ def test_a_url_with_an_unencoded_password_is_refused_showing_no_part_of_it(
 
 
 @pytest.mark.parametrize(
-    "name", ["STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "CLERK_WEBHOOK_SECRET"]
+    ("name", "setting"),
+    [
+        ("STRIPE_SECRET_KEY", "stripe_secret_key"),
+        ("STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret"),
+        ("CLERK_WEBHOOK_SECRET", "clerk_webhook_secret"),
+        ("UPSTASH_REDIS_REST_TOKEN", "upstash_redis_rest_token"),
+        ("KV_REST_API_TOKEN", "upstash_redis_rest_token"),
+    ],
 )
 @pytest.mark.parametrize(
     "pasted",
     ["sk_or_whsec_x1\n", "sk_or_whsec_x1\r\n", '"sk_or_whsec_x1"', " 'sk_or_whsec_x1' \n"],
 )
 def test_a_vendor_secret_pasted_with_whitespace_or_its_quotes_is_the_secret(
-    name: str, pasted: str
+    name: str, setting: str, pasted: str
 ) -> None:
     """No vendor secret holds surrounding whitespace or quotes; Stripe's and Svix's libraries
-    would fail on them as an outage or a forged signature."""
-    assert getattr(Settings.from_environ({**BASE, name: pasted}), name.lower()) == "sk_or_whsec_x1"
+    would fail on them as an outage or a forged signature, Upstash's as every call refused."""
+    assert getattr(Settings.from_environ({**BASE, name: pasted}), setting) == "sk_or_whsec_x1"
+
+
+@pytest.mark.parametrize("name", ["CRON_SECRET", "RATE_LIMIT_HMAC_SECRET"])
+def test_secrets_we_compare_or_key_with_are_taken_as_given(name: str) -> None:
+    """Vercel sends CRON_SECRET exactly as stored; an HMAC secret changed keys what is written."""
+    assert getattr(Settings.from_environ({**BASE, name: '"s3cret" '}), name.lower()) == '"s3cret" '
 
 
 def test_an_empty_database_url_is_a_missing_one() -> None:
@@ -210,6 +230,97 @@ def test_two_spellings_of_a_name_with_different_values_are_refused(documented_fi
 def test_two_spellings_of_a_name_with_the_same_value_are_one_setting() -> None:
     settings = Settings.from_environ({**BASE, "database_url": BASE["DATABASE_URL"]})
     assert settings.database_url == BASE["DATABASE_URL"]
+
+
+# What Vercel's marketplace integrations write: Neon (DATABASE_URL_UNPOOLED), Upstash and the
+# retired Vercel KV (KV_REST_API_URL, KV_REST_API_TOKEN).
+VERCEL_NAMES = [
+    ("DATABASE_URL_UNPOOLED", "DIRECT_DATABASE_URL", "postgresql://u:p@ep-x.neon.tech/db"),
+    ("KV_REST_API_URL", "UPSTASH_REDIS_REST_URL", "https://eu1-cat-1.upstash.io"),
+    ("KV_REST_API_TOKEN", "UPSTASH_REDIS_REST_TOKEN", "AX1cAAIjcDE"),
+]
+
+
+@pytest.mark.parametrize(("alternate", "name", "text"), VERCEL_NAMES)
+def test_a_vercel_integrations_name_sets_its_setting(alternate: str, name: str, text: str) -> None:
+    assert getattr(Settings.from_environ({**BASE, alternate: text}), name.lower()) == text
+    same = Settings.from_environ({**BASE, alternate: text, name: text})
+    assert getattr(same, name.lower()) == text
+
+
+def test_redis_is_configured_from_the_kv_names_alone() -> None:
+    """The other names the integrations write are never the REST URL or token: KV_URL and
+    REDIS_URL are redis:// URLs, the read-only token cannot write."""
+    others = {
+        "KV_URL": "rediss://default:x@eu1-cat-1.upstash.io:6379",
+        "REDIS_URL": "rediss://default:x@eu1-cat-1.upstash.io:6379",
+        "KV_REST_API_READ_ONLY_TOKEN": "read-only",
+    }
+    assert not Settings.from_environ({**BASE, **others}).redis_configured
+    kv = {"KV_REST_API_URL": "https://eu1-cat-1.upstash.io", "KV_REST_API_TOKEN": "AX1c"}
+    settings = Settings.from_environ({**BASE, **others, **kv})
+    assert settings.redis_configured
+    assert (settings.upstash_redis_rest_url, settings.upstash_redis_rest_token) == (
+        "https://eu1-cat-1.upstash.io",
+        "AX1c",
+    )
+
+
+@pytest.mark.parametrize(("alternate", "name", "text"), VERCEL_NAMES)
+def test_a_vercel_integrations_name_disagreeing_with_ours_is_refused_naming_both(
+    alternate: str, name: str, text: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ({**BASE, name: text + "0", alternate.lower(): text})
+    message = str(caught.value)
+    names = " and ".join(sorted([name, alternate.lower()]))
+    assert f"{name} is set as {names}, with different values: keep one" in message
+    assert text not in message
+
+
+def test_a_bad_value_under_another_name_says_which_name_it_came_from() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_environ({**BASE, "DATABASE_URL_UNPOOLED": "mysql://u:hunter2@h/db"})
+    message = str(caught.value)
+    assert "DIRECT_DATABASE_URL (set as DATABASE_URL_UNPOOLED) is invalid" in message
+    assert "hunter2" not in message
+
+
+def test_the_tools_read_a_variable_as_the_settings_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`read_variable`: the one way the dev tools read a setting's variable (which spelling
+    set it, and its text), refusing as the settings would."""
+    assert read_variable("KV_REST_API_URL", {}) is None
+    environ = {"KV_REST_API_URL": "https://a.upstash.io", "UPSTASH_REDIS_REST_URL": ""}
+    with pytest.raises(ConfigurationError, match="KV_REST_API_URL and UPSTASH_REDIS_REST_URL"):
+        read_variable("UPSTASH_REDIS_REST_URL", environ)
+    environ["UPSTASH_REDIS_REST_URL"] = "https://a.upstash.io"
+    assert read_variable("UPSTASH_REDIS_REST_URL", environ) == (
+        "UPSTASH_REDIS_REST_URL",
+        "https://a.upstash.io",
+    )
+    assert read_variable("upstash_redis_rest_url", {"KV_REST_API_URL": "https://a"}) == (
+        "KV_REST_API_URL",
+        "https://a",
+    )
+    assert read_variable("DIRECT_DATABASE_URL", {"DIRECT_DATABASE_URL": ""}) is None  # empty: unset
+    monkeypatch.delenv("DIRECT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL_UNPOOLED", "postgresql://h/db")
+    assert read_variable("DIRECT_DATABASE_URL") == ("DATABASE_URL_UNPOOLED", "postgresql://h/db")
+
+
+def test_the_tools_set_a_variable_under_every_spelling_the_environment_has() -> None:
+    """What the dev tools export for the functions never disagrees with a spelling already
+    exported (the settings would refuse both)."""
+    environ = {"KV_REST_API_URL": "https://theirs.upstash.io", "database_url": "x", "HOME": "/"}
+    assert every_spelling({"UPSTASH_REDIS_REST_URL": "http://127.0.0.1:1"}, environ) == {
+        "UPSTASH_REDIS_REST_URL": "http://127.0.0.1:1",
+        "KV_REST_API_URL": "http://127.0.0.1:1",
+    }
+    assert every_spelling({"DATABASE_URL": "y", "APP_ENV": "test"}, environ) == {
+        "DATABASE_URL": "y",
+        "database_url": "y",
+        "APP_ENV": "test",
+    }
 
 
 def test_every_bad_variable_is_listed_at_once() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 from collections.abc import Iterator
@@ -42,6 +43,21 @@ def test_everything_up_is_healthy(call: Caller) -> None:
     assert checks["provider"]["details"]["name"] == "Mock"
     assert result.headers["cache-control"] == "no-store, no-cache"
     assert result.headers["api-version"] == "v1"
+
+
+def test_redis_is_configured_by_the_names_vercels_upstash_integration_writes(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Vercel project wired to Upstash through the marketplace has KV_REST_API_URL and
+    KV_REST_API_TOKEN only; health said "Redis not configured" and the cache was off."""
+    for name in ("URL", "TOKEN"):
+        monkeypatch.setenv(f"KV_REST_API_{name}", os.environ[f"UPSTASH_REDIS_REST_{name}"])
+        monkeypatch.delenv(f"UPSTASH_REDIS_REST_{name}")
+    config.get_settings.cache_clear()
+    redis.reset_redis()
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (200, "healthy"), result.text
+    assert result.json["checks"]["redis"]["details"] == {"configured": True, "responsive": True}
 
 
 def test_database_check_is_reused_within_max_age_unless_deep(call: Caller) -> None:
