@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     db = command(
         "db",
         "migrate, check, seed, reset, back up or restore the database",
-        "Works on DATABASE_URL (DIRECT_DATABASE_URL for schema changes) when set, else on the "
+        "Works on DATABASE_URL (DIRECT_DATABASE_URL, or DATABASE_URL_UNPOOLED, for schema "
+        "changes) when set, else on the "
         "embedded database (borrowed from a running `keyflash dev`, or started for the "
         "command). reset and restore only touch a database on this machine.",
         _no_subcommand,
@@ -307,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the original Redis data into Postgres (backfill) and check it (verify)",
         description="Delegates to devkit.legacy: `keyflash legacy backfill|verify [options]` "
         "(`keyflash legacy backfill --help` shows its options). Reads UPSTASH_REDIS_REST_URL "
-        "(with _TOKEN), else the running keyflash dev's Redis, else an emulator over "
-        "REDIS_URL; writes DATABASE_URL, else the running keyflash dev's database, else the "
-        "embedded one.",
+        "(with _TOKEN; or KV_REST_API_URL and _TOKEN), else the running keyflash dev's Redis, "
+        "else an emulator over REDIS_URL; writes DATABASE_URL, else the running keyflash dev's "
+        "database, else the embedded one.",
         usage="keyflash legacy [-h] [--state-dir DIR] [--debug] ACTION [ARGS ...]",
         add_help=False,  # -h after the action is the delegate's
     )
@@ -812,8 +813,14 @@ def _legacy(args: argparse.Namespace) -> int:
             progress.close(
                 f"keyflash legacy: {database.redacted} ({database.origin}), Redis {redis.origin}"
             )
+        from shared.config import every_spelling
+
         # this process only: what devkit.legacy reads
-        os.environ.update(UPSTASH_REDIS_REST_URL=redis.url, UPSTASH_REDIS_REST_TOKEN=redis.token)
+        os.environ.update(
+            every_spelling(
+                {"UPSTASH_REDIS_REST_URL": redis.url, "UPSTASH_REDIS_REST_TOKEN": redis.token}
+            )
+        )
         with shared_database(database):
             return int(entry(rest) or 0)
 

@@ -112,7 +112,7 @@ def _serve(
         database = session.database(progress.step)
         session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
         redis = session.redis(progress.step)
-        if redis.origin == "UPSTASH_REDIS_REST_URL":
+        if redis.variable is not None:
             _warn_unless_upstash_answers(redis)
         progress.step(
             "using BACKUP_BUCKET" if os.environ.get("BACKUP_BUCKET") else "starting the local S3"
@@ -231,8 +231,9 @@ def _start_http(session: Session, app: Any, sock: Any) -> threading.Thread:
 
 
 def _warn_unless_upstash_answers(redis: Redis) -> None:
-    """A developer's UPSTASH_REDIS_REST_URL that does not answer PING is reported now, not
-    discovered later as failing caches and refused requests (the stack still starts)."""
+    """A developer's UPSTASH_REDIS_REST_URL (or KV_REST_API_URL) that does not answer PING is
+    reported now, not discovered later as failing caches and refused requests (the stack still
+    starts)."""
     import httpx
 
     try:
@@ -252,9 +253,9 @@ def _warn_unless_upstash_answers(redis: Redis) -> None:
             return
         problem = f"answers PING with HTTP {response.status_code}, not PONG"
     info(
-        f"keyflash: warning: UPSTASH_REDIS_REST_URL {redis.url} {problem}; the cache, rate "
-        "limits and health's Redis check will fail until it does (unset UPSTASH_REDIS_REST_URL "
-        "to use the emulator)"
+        f"keyflash: warning: {redis.variable} {redis.url} {problem}; the cache, rate limits and "
+        f"health's Redis check will fail until it does (unset {redis.variable} to use the "
+        "emulator)"
     )
 
 
@@ -378,14 +379,17 @@ def _banner(
         if not scheduler.jobs:
             lines.append("  none scheduled (keyflash cron list shows why)")
     lines += ["", bold("Environment set for the functions")]
+    from shared.config import setting_of
+
     for name, value in env.items():
-        if name == "CLERK_JWT_KEY":
+        setting = setting_of(name)  # KV_REST_API_TOKEN is the token too
+        if setting == "clerk_jwt_key":
             shown = f"<public key of {options.state_dir / KEY_FILE}, also in {PUBLIC_KEY_FILE}>"
-        elif name == "CLERK_WEBHOOK_SECRET":
+        elif setting == "clerk_webhook_secret":
             shown = _webhook_secret_line(value, options.state_dir)
-        elif name in ("RATE_LIMIT_HMAC_SECRET", "UPSTASH_REDIS_REST_TOKEN"):  # whole: keyflash env
-            shown = value[:8] + "…"
-        elif "DATABASE_URL" in name:
+        elif setting in ("rate_limit_hmac_secret", "upstash_redis_rest_token"):
+            shown = value[:8] + "…"  # whole: keyflash env
+        elif "database_url" in setting:
             from shared.db_url import redact_url
 
             shown = redact_url(value)

@@ -2,7 +2,7 @@
 
 `python -m devkit.legacy backfill|verify|repair` (dev tooling: deployable code never imports it).
 It reads UPSTASH_REDIS_REST_URL/UPSTASH_REDIS_REST_TOKEN and DIRECT_DATABASE_URL (else
-DATABASE_URL).
+DATABASE_URL), or their other names, as the settings do (`shared.config.ALTERNATE_NAMES`).
 
 backfill: SCAN (MATCH + COUNT) each legacy key family, checking TYPE before reading: users first
 (`user:*`, with their real usage counters), then saved searches (`saved-search:*`, owners must
@@ -43,6 +43,7 @@ from upstash_redis.errors import UpstashError
 
 from shared import db
 from shared.clock import iso_ms, month_start, utcnow
+from shared.config import every_spelling, get_settings, read_variable
 from shared.db import Conn
 from shared.legacy import keys, store
 from shared.legacy.mapping import (
@@ -874,25 +875,22 @@ def reattach(client: Redis, user_ids: Sequence[str]) -> int:
 
 
 def _redis_from_env() -> Redis:
-    url = os.environ.get("UPSTASH_REDIS_REST_URL")
-    token = os.environ.get("UPSTASH_REDIS_REST_TOKEN")
+    url, token = read_variable("UPSTASH_REDIS_REST_URL"), read_variable("UPSTASH_REDIS_REST_TOKEN")
     if not (url and token):
         raise SystemExit(
             "set UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN to the Redis to read"
         )
-    client = Redis(url=url, token=token, rest_retries=2, allow_telemetry=False)
+    client = Redis(url=url[1], token=token[1], rest_retries=2, allow_telemetry=False)
     client._http._client.timeout = httpx.Timeout(30.0)  # SCAN/MGET batches, not a request path
     return client
 
 
 def _database_from_env() -> None:
     """A long batch job: the direct endpoint when known (no pooler needed), else DATABASE_URL."""
-    from shared.config import get_settings
-
-    url = os.environ.get("DIRECT_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    url = read_variable("DIRECT_DATABASE_URL") or read_variable("DATABASE_URL")
     if not url:
         raise SystemExit("set DIRECT_DATABASE_URL (or DATABASE_URL) to the Postgres to write")
-    os.environ["DATABASE_URL"] = url
+    os.environ.update(every_spelling({"DATABASE_URL": url[1]}))
     get_settings.cache_clear()
     db.dispose_engine()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from alembic import command
@@ -14,14 +13,8 @@ ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 def upgrade_head(direct_url: str) -> None:
     """Apply every migration to the database at `direct_url` (never a pooler URL).
 
-    migrations/env.py reads DIRECT_DATABASE_URL, so it is set for the call and restored after.
-    """
-    previous = os.environ.get("DIRECT_DATABASE_URL")
-    os.environ["DIRECT_DATABASE_URL"] = direct_url
-    try:
-        command.upgrade(Config(str(ALEMBIC_INI)), "head")
-    finally:
-        if previous is None:
-            del os.environ["DIRECT_DATABASE_URL"]
-        else:
-            os.environ["DIRECT_DATABASE_URL"] = previous
+    Handed to migrations/env.py as the config's `url`, which wins over the environment: the
+    developer's own DIRECT_DATABASE_URL (or DATABASE_URL_UNPOOLED) is left as it is."""
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["url"] = direct_url
+    command.upgrade(config, "head")

@@ -206,6 +206,7 @@ class Redis:
     url: str
     token: str
     origin: str
+    variable: str | None = None  # the developer's variable it came from (no emulator then)
 
 
 class Session:
@@ -254,22 +255,25 @@ class Session:
             info(f"keyflash: cleared a stale lock left by pid {lock.stale_pid}")
 
     def database(self, on_step: Callable[[str], None] | None = None) -> Database:
-        """DATABASE_URL when set; else the running stack's; else the embedded server, started
-        (initialised on first use, data under the state dir) until this command ends."""
+        """DATABASE_URL when set (with DIRECT_DATABASE_URL, read as the settings read them);
+        else the running stack's; else the embedded server, started (initialised on first use,
+        data under the state dir) until this command ends."""
         if self._database is not None:
             return self._database
         step = on_step or (lambda label: None)
-        external = os.environ.get("DATABASE_URL")
-        if external:
+        from shared.config import read_variable
+
+        pooled = read_variable("DATABASE_URL")
+        if pooled:
             from shared.db_url import unencoded_userinfo
 
-            for variable in ("DATABASE_URL", "DIRECT_DATABASE_URL"):
+            unpooled = read_variable("DIRECT_DATABASE_URL") or pooled
+            for variable, given in dict((pooled, unpooled)).items():
                 # Refused before anything prints or parses it, naming the variable at fault.
-                problem = unencoded_userinfo(os.environ.get(variable, ""))
+                problem = unencoded_userinfo(given)
                 if problem is not None:
                     raise CliError(f"{variable} {problem}")
-            direct = os.environ.get("DIRECT_DATABASE_URL") or external
-            self._database = Database(external, direct, "DATABASE_URL")
+            self._database = Database(pooled[1], unpooled[1], pooled[0])
             return self._database
         self.claim()
         if self.running is not None:
@@ -299,7 +303,8 @@ class Session:
     def redis(
         self, on_step: Callable[[str], None] | None = None, *, empty_ok: bool = True
     ) -> Redis:
-        """UPSTASH_REDIS_REST_URL when set; else the running stack's emulator; else an
+        """UPSTASH_REDIS_REST_URL and _TOKEN when set (or the names Vercel's integration
+        writes, as the settings read them); else the running stack's emulator; else an
         emulator in this process (over REDIS_URL's Redis when set, else in-memory). `on_step`
         hears which of the first and last it is, for a progress line that tells the truth.
         `empty_ok=False` (a command that reads what Redis already holds) refuses instead of
@@ -307,13 +312,15 @@ class Session:
         if self._redis is not None:
             return self._redis
         step = on_step or (lambda label: None)
+        from shared.config import read_variable
+
         url, token = (
-            os.environ.get("UPSTASH_REDIS_REST_URL"),
-            os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
+            read_variable("UPSTASH_REDIS_REST_URL"),
+            read_variable("UPSTASH_REDIS_REST_TOKEN"),
         )
         if url and token:
-            step("using UPSTASH_REDIS_REST_URL")
-            self._redis = Redis(url, token, "UPSTASH_REDIS_REST_URL")
+            step(f"using {url[0]}")
+            self._redis = Redis(url[1], token[1], url[0], variable=url[0])
             return self._redis
         if self.running is not None and self.running.get("upstash_url"):
             self._redis = Redis(
@@ -424,12 +431,12 @@ def migrate_and_seed(database: Database, on_step: Callable[[str], None]) -> str 
 @contextlib.contextmanager
 def shared_database(database: Database) -> Iterator[None]:
     """Point `shared` (settings, engine) at `database` for the block; restore after."""
-    from shared.config import get_settings
+    from shared.config import every_spelling, get_settings
     from shared.db import dispose_engine
 
-    names = ("DATABASE_URL", "DIRECT_DATABASE_URL")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(DATABASE_URL=database.url, DIRECT_DATABASE_URL=database.direct_url)
+    env = every_spelling({"DATABASE_URL": database.url, "DIRECT_DATABASE_URL": database.direct_url})
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     get_settings.cache_clear()
     dispose_engine()
     try:
@@ -453,18 +460,22 @@ def function_env(
     stack_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment the functions run with locally: ours where the stack decides (with
-    `stack_env`: what `keyflash dev` added, its local S3 and CORS origins), the developer's
-    own values kept for everything else."""
+    `stack_env`: what `keyflash dev` added, its local S3 and CORS origins), under every
+    spelling the developer exported too, and the developer's own values kept for everything
+    else."""
     from devkit.tokens import DEV_ISSUER
+    from shared.config import every_spelling
 
-    env = {
-        "DATABASE_URL": database.url,
-        "DIRECT_DATABASE_URL": database.direct_url,
-        "UPSTASH_REDIS_REST_URL": redis.url,
-        "UPSTASH_REDIS_REST_TOKEN": redis.token,
-        "CLERK_JWT_KEY": key.public_pem,
-        "CLERK_ISSUER": DEV_ISSUER,
-    }
+    env = every_spelling(
+        {
+            "DATABASE_URL": database.url,
+            "DIRECT_DATABASE_URL": database.direct_url,
+            "UPSTASH_REDIS_REST_URL": redis.url,
+            "UPSTASH_REDIS_REST_TOKEN": redis.token,
+            "CLERK_JWT_KEY": key.public_pem,
+            "CLERK_ISSUER": DEV_ISSUER,
+        }
+    )
     defaults = {
         "APP_ENV": "development",
         "KEYWORD_API_PROVIDER": "mock",

@@ -6,11 +6,10 @@ PgBouncer in transaction mode, so a `-pooler` host is refused with an explanatio
 
 from __future__ import annotations
 
-import os
-
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from shared.config import read_variable
 from shared.db_url import parse_database_url
 from shared.models.schema import metadata
 
@@ -20,17 +19,17 @@ class MigrationUrlError(RuntimeError):
 
 
 def migration_url() -> str:
-    """DIRECT_DATABASE_URL, else DATABASE_URL when it is not a pooler host."""
+    """The config's `url`, else DIRECT_DATABASE_URL, else DATABASE_URL when it is not a pooler
+    host (read as the settings read them: DATABASE_URL_UNPOOLED is the direct URL too)."""
     override = context.config.attributes.get("url")
-    direct = override or os.environ.get("DIRECT_DATABASE_URL")
-    variable = "DIRECT_DATABASE_URL"
-    if not direct:
-        direct, variable = os.environ.get("DATABASE_URL"), "DATABASE_URL"
-    if not direct:
+    found = ("DIRECT_DATABASE_URL", override) if override else None
+    found = found or read_variable("DIRECT_DATABASE_URL") or read_variable("DATABASE_URL")
+    if not found:
         raise MigrationUrlError(
             "Set DIRECT_DATABASE_URL to the direct (non-pooler) connection string, e.g. "
             "postgresql://user:password@ep-cool-name-123.eu-central-1.aws.neon.tech/keyflash"
         )
+    variable, direct = found
     target = parse_database_url(direct, variable=variable)
     if target.is_pooler:
         raise MigrationUrlError(

@@ -47,7 +47,7 @@ from psycopg import sql
 
 from shared.app_tables import APP_TABLES
 from shared.clock import iso_ms
-from shared.config import ConfigurationError, get_settings
+from shared.config import ConfigurationError, get_settings, read_variable
 from shared.cron.runner import Job, Run, run_job
 from shared.db_url import parse_database_url, redact_url
 from shared.s3 import GzipUpload, S3Client, delete_keys, list_keys, list_objects, s3_client
@@ -518,8 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore.add_argument("location", help="s3://bucket/<prefix><name>/ (or its manifest.json)")
     restore.add_argument(
         "--database-url",
-        default=os.environ.get("DIRECT_DATABASE_URL"),
-        help="direct URL of the empty, migrated target (default: DIRECT_DATABASE_URL)",
+        help="direct URL of the empty, migrated target (default: DIRECT_DATABASE_URL, or "
+        "DATABASE_URL_UNPOOLED)",
     )
     args = parser.parse_args(argv)
     try:
@@ -539,9 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             print(json.dumps(listing))
         else:
-            if not args.database_url:
+            target = args.database_url or (read_variable("DIRECT_DATABASE_URL") or ("", ""))[1]
+            if not target:
                 raise RestoreError("give --database-url or set DIRECT_DATABASE_URL")
-            print(json.dumps(restore_backup(args.location, args.database_url)))
+            print(json.dumps(restore_backup(args.location, target)))
     except (BackupError, RestoreError, ConfigurationError) as error:
         print(f"error: {redact_url(str(error))}", file=sys.stderr)
         return 1

@@ -84,8 +84,8 @@ def public_tables(url: str) -> set[str]:
 @pytest.fixture
 def no_url_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """env.py also reads the environment; start each URL test from a clean one."""
-    monkeypatch.delenv("DIRECT_DATABASE_URL", raising=False)
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    for name in ("DIRECT_DATABASE_URL", "DATABASE_URL_UNPOOLED", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
@@ -182,21 +182,28 @@ def test_env_without_a_url_names_direct_database_url(no_url_env: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize(
-    ("direct", "database"),
+    ("direct_variable", "direct", "database"),
     [
-        pytest.param("scratch", POOLED_URL, id="direct-wins-over-pooled-DATABASE_URL"),
-        pytest.param(None, "scratch", id="non-pooler-DATABASE_URL-as-fallback"),
+        pytest.param(
+            "DIRECT_DATABASE_URL", "scratch", POOLED_URL, id="direct-wins-over-pooled-DATABASE_URL"
+        ),
+        pytest.param(
+            "DATABASE_URL_UNPOOLED", "scratch", POOLED_URL, id="neon-vercel-integration-names"
+        ),
+        pytest.param("DIRECT_DATABASE_URL", None, "scratch", id="non-pooler-DATABASE_URL-fallback"),
     ],
 )
 def test_env_reads_the_url_from_the_environment(
     scratch_database: ScratchDatabase,
     no_url_env: pytest.MonkeyPatch,
+    direct_variable: str,
     direct: str | None,
     database: str,
 ) -> None:
-    """The deployed setup: DATABASE_URL is the pooler, DIRECT_DATABASE_URL the direct host."""
+    """The deployed setup: DATABASE_URL is the pooler, DIRECT_DATABASE_URL (Neon's Vercel
+    integration: DATABASE_URL_UNPOOLED) the direct host."""
     url = scratch_database()
-    for variable, value in (("DIRECT_DATABASE_URL", direct), ("DATABASE_URL", database)):
+    for variable, value in ((direct_variable, direct), ("DATABASE_URL", database)):
         if value is not None:
             no_url_env.setenv(variable, url if value == "scratch" else value)
     command.upgrade(alembic_config(), "head")

@@ -544,7 +544,11 @@ def test_restore_names_what_is_missing(direct_s3: Any, empty_target: str) -> Non
 
 
 def test_the_cli_lists_and_restores(
-    made_backup: str, direct_s3: Any, empty_target: str, capsys: pytest.CaptureFixture[str]
+    made_backup: str,
+    direct_s3: Any,
+    empty_target: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert backup.main(["list"]) == 0
     listing = json.loads(capsys.readouterr().out)
@@ -552,6 +556,10 @@ def test_the_cli_lists_and_restores(
     assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 0
     assert json.loads(capsys.readouterr().out)["tables"] >= 10
     assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 1
+    assert "is not empty" in capsys.readouterr().err
+    # Neon's Vercel integration names the direct URL DATABASE_URL_UNPOOLED: the default too.
+    configure(monkeypatch, DIRECT_DATABASE_URL=None, DATABASE_URL_UNPOOLED=empty_target)
+    assert backup.main(["restore", made_backup]) == 1
     assert "is not empty" in capsys.readouterr().err
 
 

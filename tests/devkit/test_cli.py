@@ -399,8 +399,15 @@ def test_legacy_reads_the_running_stacks_redis_unless_told_otherwise(
             "legacy", "verify", state_dir=stack.state_dir,
             UPSTASH_REDIS_REST_URL=elsewhere.url, UPSTASH_REDIS_REST_TOKEN=elsewhere.token,
         )  # fmt: skip
-    assert "user:legacy_elsewhere row:" in result.stdout, result.stderr
-    assert "legacy_in_stack" not in result.stdout
+        # The names Vercel's Upstash integration writes (`vercel env pull`) are read the same.
+        vercel = keyflash(
+            "legacy", "verify", state_dir=stack.state_dir,
+            KV_REST_API_URL=elsewhere.url, KV_REST_API_TOKEN=elsewhere.token,
+        )  # fmt: skip
+    for run in (result, vercel):
+        assert "user:legacy_elsewhere row:" in run.stdout, run.stderr
+        assert "legacy_in_stack" not in run.stdout
+    assert "Redis KV_REST_API_URL" in vercel.stderr
 
     database = "postgresql://postgres@127.0.0.1:1/unused"  # not reached: refused before
     refused = keyflash("legacy", "verify", state_dir=empty_state_dir, DATABASE_URL=database)
@@ -1422,6 +1429,59 @@ def test_gateway_routing_and_openapi_merge(caplog: pytest.LogCaptureFixture) -> 
     assert merged["paths"]["/api/first"]["post"]["tags"] == ["first"]
 
 
+def test_the_stack_reads_the_vercel_upstash_names_as_its_own(
+    monkeypatch: pytest.MonkeyPatch, empty_state_dir: Path
+) -> None:
+    """KV_REST_API_URL and _TOKEN (Vercel's Upstash integration) are used as
+    UPSTASH_REDIS_REST_URL and _TOKEN are: no emulator starts, the progress names the
+    variable, and the functions get that Redis."""
+    from devkit.stack import Database, Session, function_env
+    from devkit.tokens import dev_key
+    from devkit.upstash_emulator import UpstashEmulator
+
+    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    database = Database("postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db", "test")
+    steps: list[str] = []
+    with UpstashEmulator() as upstash:
+        monkeypatch.setenv("KV_REST_API_URL", upstash.url)
+        monkeypatch.setenv("KV_REST_API_TOKEN", upstash.token)
+        with Session(empty_state_dir, "test") as session:
+            redis = session.redis(steps.append)
+            env = function_env(database, redis, dev_key(empty_state_dir))
+        assert (redis.url, redis.token) == (upstash.url, upstash.token)
+        assert steps == ["using KV_REST_API_URL"]
+        settings = Settings.from_environ({**os.environ, **env})
+        assert settings.upstash_redis_rest_url == upstash.url
+
+
+def test_the_functions_env_agrees_with_every_name_the_developer_exported(
+    monkeypatch: pytest.MonkeyPatch, empty_state_dir: Path
+) -> None:
+    """A KV_REST_API_URL without its token (or a Neon DATABASE_URL_UNPOOLED without
+    DATABASE_URL) is not the stack's: the functions get the emulator (and the local database)
+    under that name too, never an UPSTASH_REDIS_REST_URL the settings would refuse."""
+    from devkit.stack import Database, Session, function_env, shared_database
+    from devkit.tokens import dev_key
+    from shared.config import get_settings
+
+    for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "DIRECT_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KV_REST_API_URL", "https://theirs.upstash.io")
+    monkeypatch.setenv("DATABASE_URL_UNPOOLED", "postgresql://u@theirs.neon.tech/db")
+    local = "postgresql://postgres@127.0.0.1:1/keyflash"
+    database = Database(local, local, "embedded")
+    with Session(empty_state_dir, "test") as session:
+        redis = session.redis()
+        env = function_env(database, redis, dev_key(empty_state_dir))
+        assert redis.origin == "Upstash emulator, in-memory"
+    settings = Settings.from_environ({**os.environ, **env})
+    assert (settings.upstash_redis_rest_url, settings.direct_database_url) == (redis.url, local)
+    with shared_database(database):
+        assert get_settings().direct_database_url == local
+    assert os.environ["DATABASE_URL_UNPOOLED"] == "postgresql://u@theirs.neon.tech/db"
+
+
 def test_upstash_probe_warns_unless_the_url_answers_ping_with_pong(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -1454,7 +1514,7 @@ def test_upstash_probe_warns_unless_the_url_answers_ping_with_pong(
             ("wrong token", emulator.url, "wrong-token-0123456789"),
             ("not Upstash", f"http://127.0.0.1:{other.server_address[1]}", "x"),
         ):
-            _warn_unless_upstash_answers(Redis(url, token, "UPSTASH_REDIS_REST_URL"))
+            _warn_unless_upstash_answers(Redis(url, token, "KV_REST_API_URL", "KV_REST_API_URL"))
             warnings[case] = capsys.readouterr().err
     finally:
         other.shutdown()
@@ -1462,6 +1522,8 @@ def test_upstash_probe_warns_unless_the_url_answers_ping_with_pong(
         emulator.stop()
     assert warnings["right token"] == ""
     assert "answers PING with HTTP 401, not PONG" in warnings["wrong token"]
+    assert "KV_REST_API_URL" in warnings["wrong token"]  # the variable the developer set
+    assert "unset KV_REST_API_URL to use the emulator" in warnings["wrong token"]
     assert "not Upstash's JSON" in warnings["not Upstash"]
     assert all(text.count("\n") <= 1 for text in warnings.values())
     assert "wrong-token" not in warnings["wrong token"]
