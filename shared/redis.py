@@ -1,9 +1,10 @@
 """The container's Upstash Redis client (REST), with the request timeout the SDK lacks.
 
 `upstash-redis` builds its httpx client with `timeout=None` and retries after 3 s by default, so a
-slow Redis would hold a request until the function's own time limit. We bound every call with
-`REDIS_TIMEOUT_S`, retry nothing (callers decide what a miss means) and send no telemetry headers
-unless `UPSTASH_TELEMETRY=true`.
+slow Redis would hold a request until the function's own time limit. We bound every call as a
+whole with `REDIS_TIMEOUT_S` (`shared.deadline`: httpx's timeouts are per network step, which a
+reply trickled byte by byte meets forever), retry nothing (callers decide what a failure means)
+and send no telemetry headers unless `UPSTASH_TELEMETRY=true`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,25 @@ import httpx
 from upstash_redis import Redis
 
 from shared.config import get_settings
+from shared.deadline import run_within
 
 _client: Redis | None = None
 _lock = threading.Lock()
+
+
+class _BoundedClient(httpx.Client):
+    """The SDK's httpx client, each request of which ends for the caller within `total` seconds
+    (`DeadlineExceededError` otherwise), reply read included; each step's timeout is `total` too,
+    so an abandoned request ends on its own once the server stalls."""
+
+    def __init__(self, total: float) -> None:
+        super().__init__(timeout=total)
+        self._total = total
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        send = super().send
+        deadline = time.monotonic() + self._total
+        return run_within(deadline, lambda _left: send(request, **kwargs), "Upstash")
 
 
 def get_redis() -> Redis | None:
@@ -36,8 +53,9 @@ def get_redis() -> Redis | None:
                     rest_retries=0,
                     allow_telemetry=settings.upstash_telemetry,
                 )
-                # The SDK exposes no timeout option: bound its httpx client directly.
-                client._http._client.timeout = httpx.Timeout(settings.redis_timeout_s)
+                # The SDK exposes no timeout option: give it a bounded httpx client.
+                client._http._client.close()
+                client._http._client = _BoundedClient(settings.redis_timeout_s)
                 _client = client
     return _client
 

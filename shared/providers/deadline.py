@@ -1,20 +1,16 @@
-"""A provider call that ends by the request's deadline, whatever the upstream does, and the
-one way each provider request is timed and logged.
-
-httpx's timeouts apply to each network step (connect, each read), so a body trickled byte by
-byte would outlast any of them. The call runs in a daemon thread that the caller waits for until
-the deadline; each step's timeout is the time left, so the thread ends on its own at the latest
-one step timeout later (its answer is dropped).
+"""A provider call that ends by the request's deadline, whatever the upstream does
+(`shared.deadline`, each step's timeout being the time left), and the one way each provider
+request is timed and logged.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from shared.deadline import DeadlineExceededError, run_within
 from shared.providers.base import ProviderError
 from shared.telemetry import log_event
 
@@ -24,28 +20,10 @@ T = TypeVar("T")
 def call_within(deadline: float, work: Callable[[float], T], service: str) -> T:
     """`work(seconds left)`, but the caller waits no longer than `deadline` (a
     `time.monotonic()` value); a `ProviderError` naming `service` when time runs out."""
-    budget = deadline - time.monotonic()
-    if budget <= 0:
-        raise ProviderError(f"{service} was not called: no time left before the deadline")
-    outcome: list[T | BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(work(budget))
-        except BaseException as error:  # handed to the caller below
-            outcome.append(error)
-
-    worker = threading.Thread(
-        target=run, name=f"{service.lower().replace(' ', '-')}-request", daemon=True
-    )
-    worker.start()
-    worker.join(budget)
-    if not outcome:
-        raise ProviderError(f"{service} did not answer within the {budget:.1f} s deadline")
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    try:
+        return run_within(deadline, work, service)
+    except DeadlineExceededError as error:
+        raise ProviderError(str(error)) from None
 
 
 def logged_request(

@@ -1,0 +1,159 @@
+"""Upstash replies that arrive too slowly, through the HTTP functions.
+
+A real HTTP server (`tests.support.upstash_proxy`) stands between the app and the Upstash
+emulator and, per command, trickles the reply one byte at a time (each read is quick, so only a
+bound on the whole call ends it). What docs/cache-and-rate-limits.md promises, and these tests
+hold: every Upstash call ends within `REDIS_TIMEOUT_S` as a whole, with the failure's documented
+meaning: the limiter fails safe (closed: 429), a cache read is a logged miss, health reports
+Redis unhealthy; so no request nears the platform's limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from devkit.upstash_emulator import UpstashEmulator
+from shared import config, providers, redis
+from tests.support.http import Caller, Keys, Result
+from tests.support.upstash_proxy import Trickle, UpstashProxy
+
+pytestmark = pytest.mark.faults
+
+REDIS_TIMEOUT_S = 1.0
+MARGIN_S = 5.0  # database, JSON, a busy 2-core machine: generous on purpose
+# A quarter of the timeout between bytes, so no single read comes near it; the proxy pads each
+# reply to at least 55 bytes, so a trickled call takes 14 s or more, past every budget below.
+TRICKLE = Trickle(0.25)
+
+
+def budget(redis_calls: int) -> float:
+    """The longest a request may take when each of its Redis calls runs out of time."""
+    return redis_calls * REDIS_TIMEOUT_S + MARGIN_S
+
+
+@pytest.fixture
+def database_url(direct_database_url: str, clean_tables: None) -> str:
+    """One database lane is enough: Redis is what misbehaves here."""
+    return direct_database_url
+
+
+@pytest.fixture
+def proxy(upstash: UpstashEmulator) -> Iterator[UpstashProxy]:
+    with UpstashProxy(upstash.url) as running:
+        yield running
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    redis.reset_redis()
+    providers.reset_providers()
+
+
+@pytest.fixture
+def warm(api_env: Keys, proxy: UpstashProxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[Caller]:
+    """A container whose Upstash is the proxy: rate limits on (closed), mock provider data."""
+    monkeypatch.delenv("KEYWORD_API_PROVIDER", raising=False)
+    configure(
+        monkeypatch,
+        UPSTASH_REDIS_REST_URL=proxy.url,
+        REDIS_TIMEOUT_S=str(REDIS_TIMEOUT_S),
+        RATE_LIMIT_ENABLED="true",
+        RATE_LIMIT_FAIL_SAFE="closed",
+        MOCK_PROVIDER_SEED="7",
+        DATAFORSEO_REQUESTS_PER_MINUTE="0",
+    )
+    yield Caller("lambda_v2", api_env)
+    redis.reset_redis(close=True)  # the trickling calls' connections go with the client
+
+
+def timed(request: Callable[[], Result]) -> tuple[Result, float]:
+    started = time.monotonic()
+    result = request()
+    return result, time.monotonic() - started
+
+
+def user() -> str:
+    return f"user_{uuid.uuid4().hex[:8]}"
+
+
+def search(call: Caller, who: str) -> Result:
+    words = [f"espresso machine {uuid.uuid4().hex[:8]}"]
+    body = {"keywords": words, "matchType": "phrase", "location": "US"}
+    return call("keywords", "POST", "/api/keywords", user=who, json_body=body)
+
+
+def counted(conn: psycopg.Connection[Any], who: str) -> int:
+    row = conn.execute(
+        'SELECT coalesce(sum("keywordSearchesThisMonth"), 0) FROM users WHERE id = %s', (who,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# --- trickled replies: each call is bounded as a whole -----------------------------------------
+
+
+def test_a_trickled_rate_limit_reply_refuses_within_the_redis_timeout(
+    warm: Caller, proxy: UpstashProxy, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Fail closed means refused when Redis is slow, not allowed after 11 s (report s46 t1, F1)."""
+    proxy.faults["EVAL"] = TRICKLE
+    who = user()
+    refused, took = timed(lambda: search(warm, who))
+    assert refused.status == 429, refused.text
+    assert (refused.headers["retry-after"], refused.json["error"]) == ("60", "Rate Limit Exceeded")
+    assert took <= budget(1), f"{took:.2f}s"
+    assert counted(admin_conn, who) == 0
+
+
+def test_a_trickled_cache_read_is_a_logged_miss_within_the_redis_timeout(
+    warm: Caller, proxy: UpstashProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.faults["GET"] = TRICKLE
+    with caplog.at_level(logging.WARNING):
+        answered, took = timed(lambda: search(warm, user()))
+    assert answered.status == 200, answered.text
+    assert (answered.json["cached"], answered.json["provider"]) == (False, "Mock")
+    assert took <= budget(3), f"{took:.2f}s"  # limiter, cache read, cache write
+    assert any("cache_read_failed" in record.message for record in caplog.records)
+
+
+def test_a_trickled_ping_reports_redis_unhealthy_within_the_redis_timeout(
+    warm: Caller, proxy: UpstashProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health said `healthy` after an 8 s PING (report s46 t1, F1)."""
+    configure(monkeypatch, RATE_LIMIT_ENABLED="false")
+    proxy.faults["PING"] = TRICKLE
+    health, took = timed(lambda: warm("health", "GET", "/api/health"))
+    assert health.status == 207, health.text
+    assert health.json["checks"]["redis"]["healthy"] is False
+    assert took <= budget(1), f"{took:.2f}s"
+
+
+@pytest.mark.parametrize("fail_safe", ["open", "closed"])
+def test_every_reply_trickled_stays_inside_the_platform_limits(
+    warm: Caller, proxy: UpstashProxy, monkeypatch: pytest.MonkeyPatch, fail_safe: str
+) -> None:
+    """Health and keyword search ran into Lambda's 10 s and 20 s limits: a bare platform 500."""
+    configure(monkeypatch, RATE_LIMIT_FAIL_SAFE=fail_safe)
+    proxy.faults["*"] = TRICKLE
+    health, health_took = timed(lambda: warm("health", "GET", "/api/health"))
+    answered, took = timed(lambda: search(warm, user()))
+    if fail_safe == "open":
+        assert (health.status, health.json["status"]) == (207, "degraded"), health.text
+        assert (answered.status, answered.json["cacheHealthy"]) == (200, False), answered.text
+    else:
+        assert (health.status, answered.status) == (429, 429), (health.text, answered.text)
+    # Health: its limiter, PING, the provider's rejection; the search: its limiter, the first
+    # sign-in's legacy record, the cache read and write.
+    assert health_took <= budget(3), f"health {health_took:.2f}s"
+    assert took <= budget(4), f"keywords {took:.2f}s"
