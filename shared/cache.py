@@ -122,6 +122,9 @@ def get_json(key: str, shape: type[T]) -> T | None:
         return None
     if raw is None:
         return None
+    if not isinstance(raw, str):  # a GET answers a string or null: not Upstash, or a bug
+        log_event("cache_read_failed", level=logging.WARNING, error=f"{type(raw).__name__} reply")
+        return None
     try:
         return _adapter(shape).validate_python(loads_json(raw), strict=True)
     except ValidationError as error:

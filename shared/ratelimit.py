@@ -99,11 +99,16 @@ def check(
     try:
         if client is None:
             raise ConnectionError("Redis is not configured")
-        count, ends = client.eval(
+        reply = client.eval(
             _SCRIPT,
             keys=[keys.rate_limit(endpoint, who)],
             args=[str((now - _EPOCH) // _MS), str(WINDOW_SECONDS * 1000)],
         )
+        match reply:  # anything else (a gateway that is not Upstash, a bug) is a failure too
+            case [int(count), int(ends)]:
+                pass
+            case _:
+                raise TypeError("the script's reply is not two integers")
     except Exception as error:
         log_event(
             "rate_limit_unavailable",
@@ -115,12 +120,12 @@ def check(
         if (fail_safe or settings.rate_limit_fail_safe) == "open":
             return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
         return Decision(False, limit, 0, now + timedelta(seconds=60), retry_after=60)
-    reset_at = _EPOCH + int(ends) * _MS
-    if int(count) > limit:
+    reset_at = _EPOCH + ends * _MS
+    if count > limit:
         # Whole seconds, rounded up: a client waiting that long is never early.
         retry_after = -((now - reset_at) // timedelta(seconds=1))
         return Decision(False, limit, 0, reset_at, retry_after=retry_after)
-    return Decision(True, limit, max(0, limit - int(count)), reset_at)
+    return Decision(True, limit, max(0, limit - count), reset_at)
 
 
 def limit_request(

@@ -11,10 +11,10 @@ lets twice the limit through across a boundary (12 at :59 and 12 at :00), which 
 would answer with "too many requests".
 
 When the budget is spent, `spend` raises `ProviderRateLimitedError` with an honest `retry_after`:
-the seconds until the oldest request in the window leaves it. When Redis is down or not
-configured, RATE_LIMIT_FAIL_SAFE decides, as for the rate limiter: closed (the default) refuses
-with a 60 s retry, open lets the request through unmetered. Times come from the container's
-clock (Lambda's is NTP-synced), in milliseconds.
+the seconds until the oldest request in the window leaves it. When Redis is down, slow, not
+configured or answers something other than two integers, RATE_LIMIT_FAIL_SAFE decides, as for
+the rate limiter: closed (the default) refuses with a 60 s retry, open lets the request through
+unmetered. Times come from the container's clock (Lambda's is NTP-synced), in milliseconds.
 
 The rejection: a 401/402 (or DataForSEO's 40100/40200/40203) seen by any container is kept for
 REJECTION_TTL_S, so `/api/health` (its own function, so another container) reports the
@@ -105,11 +105,16 @@ def spend(provider: str, per_minute: int, *, now_ms: int | None = None) -> None:
     try:
         if client is None:
             raise ConnectionError("Redis is not configured")
-        spent, wait_ms = client.eval(
+        reply = client.eval(
             _SCRIPT,
             keys=[key(provider)],
             args=[str(per_minute), str(now_ms), str(WINDOW_MS), secrets.token_hex(8)],
         )
+        match reply:  # anything else (a gateway that is not Upstash, a bug) is a failure too
+            case [int(spent), int(wait_ms)]:
+                pass
+            case _:
+                raise TypeError("the script's reply is not two integers")
     except Exception as error:
         fail_safe = get_settings().rate_limit_fail_safe
         log_event(
@@ -124,8 +129,8 @@ def spend(provider: str, per_minute: int, *, now_ms: int | None = None) -> None:
         raise ProviderRateLimitedError(
             f"{provider} request budget unknown (Redis unavailable)", retry_after=60
         ) from None
-    if int(spent) != 1:
-        retry_after = max(1, math.ceil(int(wait_ms) / 1000))
+    if spent != 1:
+        retry_after = max(1, math.ceil(wait_ms / 1000))
         log_event(
             "provider_budget_spent", provider=provider, limit=per_minute, retryAfter=retry_after
         )

@@ -1,16 +1,22 @@
-"""Upstash replies that arrive too slowly, through the HTTP functions.
+"""Upstash replies that arrive too slowly or in the wrong shape, through the HTTP functions.
 
 A real HTTP server (`tests.support.upstash_proxy`) stands between the app and the Upstash
 emulator and, per command, trickles the reply one byte at a time (each read is quick, so only a
-bound on the whole call ends it). What docs/cache-and-rate-limits.md promises, and these tests
-hold: every Upstash call ends within `REDIS_TIMEOUT_S` as a whole, with the failure's documented
-meaning: the limiter fails safe (closed: 429), a cache read is a logged miss, health reports
-Redis unhealthy; so no request nears the platform's limits.
+bound on the whole call ends it) or swaps the reply's `result` for a value of another type (what
+a REST gateway that is not Upstash, or a bug, could send). What docs/cache-and-rate-limits.md and
+docs/keyword-search.md promise, and these tests hold:
+
+- every Upstash call ends within `REDIS_TIMEOUT_S` as a whole, with the failure's documented
+  meaning: the limiter fails safe (closed: 429), a cache read is a logged miss, health reports
+  Redis unhealthy; so no request nears the platform's limits;
+- a reply of the wrong type is a failure like any other, never a 500: a cache miss, or the
+  account budget's fail-safe (closed: 503 `provider_busy`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,10 +24,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import respx
+from httpx import Response as HttpxResponse
 
 from devkit.upstash_emulator import UpstashEmulator
 from shared import config, providers, redis
 from tests.support.http import Caller, Keys, Result
+from tests.support.upstash_proxy import Result as Reply
 from tests.support.upstash_proxy import Trickle, UpstashProxy
 
 pytestmark = pytest.mark.faults
@@ -31,6 +40,7 @@ MARGIN_S = 5.0  # database, JSON, a busy 2-core machine: generous on purpose
 # A quarter of the timeout between bytes, so no single read comes near it; the proxy pads each
 # reply to at least 55 bytes, so a trickled call takes 14 s or more, past every budget below.
 TRICKLE = Trickle(0.25)
+DATAFORSEO_URL = re.compile(r"https://api\.dataforseo\.com/.*")
 
 
 def budget(redis_calls: int) -> float:
@@ -157,3 +167,74 @@ def test_every_reply_trickled_stays_inside_the_platform_limits(
     # sign-in's legacy record, the cache read and write.
     assert health_took <= budget(3), f"health {health_took:.2f}s"
     assert took <= budget(4), f"keywords {took:.2f}s"
+
+
+# --- replies of the wrong type: a failure like any other, never a 500 ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "path", "body"),
+    [
+        ("keywords", "/api/keywords", {"keywords": ["chemex"], "matchType": "phrase",
+                                       "location": "US"}),
+        ("keywords_related", "/api/keywords/related", {"keyword": "espresso", "limit": 5}),
+        ("content_brief", "/api/content-brief", {"keyword": "espresso machine"}),
+    ],
+)  # fmt: skip
+def test_a_cache_read_answering_an_integer_is_a_logged_miss(
+    warm: Caller,
+    proxy: UpstashProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    module: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    configure(monkeypatch, RATE_LIMIT_ENABLED="false")
+    proxy.faults["GET"] = Reply(42)
+    with caplog.at_level(logging.WARNING):
+        answered = warm(module, "POST", path, user=user(), json_body=body)
+    assert answered.status == 200, answered.text
+    assert answered.json["cached"] is False
+    assert any("cache_read_failed" in record.message for record in caplog.records)
+
+
+def test_a_rate_limit_reply_of_the_wrong_type_fails_safe(
+    warm: Caller, proxy: UpstashProxy, admin_conn: psycopg.Connection[Any]
+) -> None:
+    proxy.faults["EVAL"] = Reply(["eA==", "eQ=="])
+    who = user()
+    refused = search(warm, who)
+    assert (refused.status, refused.headers.get("retry-after")) == (429, "60"), refused.text
+    assert counted(admin_conn, who) == 0
+
+
+# Results as Upstash sends them with `Upstash-Encoding: base64`: "eA==", "eQ==" are "x", "y".
+@pytest.mark.parametrize("reply", [["eA==", "eQ=="], [None, None], [[1], [2]], 5, None])
+def test_an_account_budget_reply_of_the_wrong_type_fails_safe(
+    warm: Caller,
+    proxy: UpstashProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    reply: Any,
+) -> None:
+    """docs/keyword-search.md: Redis failing, closed answers 503 `provider_busy`; DataForSEO is
+    not called and the keywords are given back."""
+    configure(
+        monkeypatch,
+        RATE_LIMIT_ENABLED="false",
+        KEYWORD_API_PROVIDER="dataforseo",
+        DATAFORSEO_API_LOGIN="login",
+        DATAFORSEO_API_PASSWORD="secret-password",
+        DATAFORSEO_REQUESTS_PER_MINUTE="12",
+    )
+    proxy.faults["EVAL"] = Reply(reply)
+    who = user()
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        upstream = mock.post(url__regex=DATAFORSEO_URL).mock(return_value=HttpxResponse(500))
+        refused = search(warm, who)
+    assert refused.status == 503, refused.text
+    assert (refused.json["reason"], refused.headers["retry-after"]) == ("provider_busy", "60")
+    assert upstream.call_count == 0
+    assert counted(admin_conn, who) == 0
