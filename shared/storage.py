@@ -85,6 +85,23 @@ def erase_legacy_user(user_id: str, email: str | None, stripe_customer_id: str |
     return bridge.erase_user(user_id, email, stripe_customer_id)
 
 
+def pending_legacy_erasures(*, limit: int) -> list[str]:
+    """Erasures whose legacy Redis keys are still owed (Redis failed at the time), oldest
+    attempt first; none without Redis configured."""
+    if not get_settings().redis_configured:
+        return []
+    from shared.legacy import bridge
+
+    return bridge.pending_erasures(limit=limit)
+
+
+def finish_legacy_erasure(key: str) -> bool | None:
+    """Delete what one of those erasures owes (`shared.legacy.bridge.finish_erasure`)."""
+    from shared.legacy import bridge
+
+    return bridge.finish_erasure(key)
+
+
 def mirror_user(user_id: str) -> None:
     """After a user row changed in Postgres outside this module (the email sync): copy it to
     the legacy layout. A no-op in postgres mode."""

@@ -14,7 +14,8 @@ setting; the legacy and DEFAULT partitions, and `webhook_events`, lose their exp
 small batches. 0 keeps a table's rows forever. Cutoffs are taken once per run from the run's
 time, so a run is a fixed set of steps; one that stops early (or meets a lock it will not wait
 for) leaves the rest for the next. Daily aggregates of `search_history` survive it in
-`search_daily_rollups` (the rollup never recomputes pruned days).
+`search_daily_rollups` (the rollup never recomputes pruned days). Before all that, it finishes
+the erasures whose legacy Redis keys Redis failed to delete (`_finish_legacy_erasures`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TypeVar
 from psycopg.errors import LockNotAvailable
 from sqlalchemy.exc import OperationalError
 
-from shared import db
+from shared import db, storage
 from shared.config import Settings
 from shared.cron.runner import Job, Run
 from shared.db import Conn
@@ -47,6 +48,7 @@ def retention_days(settings: Settings) -> dict[str, int]:
 
 
 def prune(run: Run) -> None:
+    _finish_legacy_erasures(run)
     created: dict[str, list[str]] = {}
     dropped: dict[str, list[str]] = {}
     deleted: dict[str, int] = {}
@@ -73,6 +75,25 @@ def prune(run: Run) -> None:
         )
         if not done:
             return
+
+
+def _finish_legacy_erasures(run: Run) -> None:
+    """First, the erasures whose legacy Redis keys Redis failed to delete at the time: delete
+    them now, and with them the mark that names the erased id (docs/accounts-and-privacy.md).
+    The first failure ends the step (Redis is likely still failing; it moved to the back), so
+    an outage costs a run one Redis timeout."""
+    outcome = run.extra["legacyErasures"] = {"finished": 0, "failed": 0}
+    for key in storage.pending_legacy_erasures(limit=run.settings.cron_batch_size):
+        if not run.has_time():
+            return
+        with run.batch():
+            finished = storage.finish_legacy_erasure(key)
+        if finished is False:
+            outcome["failed"] += 1
+            run.complete = False
+            return
+        if finished:
+            outcome["finished"] += 1
 
 
 def _unless_locked(run: Run, work: Callable[[Conn], T], what: str) -> T | None:

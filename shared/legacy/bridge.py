@@ -388,6 +388,21 @@ def erase_user(user_id: str, email: str | None, stripe_customer_id: str | None) 
     return False
 
 
+def pending_erasures(*, limit: int) -> list[str]:
+    """The marks of erasures whose legacy keys Redis failed to delete, oldest attempt first."""
+    return db.run(
+        lambda conn: legacy_repairs.pending(conn, limit=limit, kind="erasure"), idempotent=True
+    )
+
+
+def finish_erasure(key: str) -> bool | None:
+    """Delete the keys an erasure mark (`pending_erasures`) still owes, then the mark, as
+    `repair_pending` does: True when done, False when Redis failed again (the mark stays),
+    None when an in-flight request holds the mark (it finishes it itself)."""
+    client = _client()
+    return db.transaction(lambda conn: _sync_locked(conn, key, client, skip_locked=True))
+
+
 # --- usage --------------------------------------------------------------------------------------
 
 

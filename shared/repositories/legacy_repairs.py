@@ -99,12 +99,13 @@ def record_failure(conn: Conn, key: str, error: str, *, now: datetime | None = N
 
 
 @database_operation("listLegacyRepairs")
-def pending(conn: Conn, *, limit: int = 100) -> list[str]:
-    """Keys still to repair, least recently touched first (a failing key does not starve
-    the others: each failure moves it to the back)."""
-    statement = (
-        select(LegacyRepair.key).order_by(LegacyRepair.updated_at, LegacyRepair.key).limit(limit)
-    )
+def pending(conn: Conn, *, limit: int = 100, kind: Kind | None = None) -> list[str]:
+    """Keys still to repair (of `kind`, when given), least recently touched first (a failing
+    key does not starve the others: each failure moves it to the back)."""
+    statement = select(LegacyRepair.key)
+    if kind is not None:
+        statement = statement.where(LegacyRepair.kind == kind)
+    statement = statement.order_by(LegacyRepair.updated_at, LegacyRepair.key).limit(limit)
     return list(conn.session.scalars(statement))
 
 
