@@ -595,7 +595,9 @@ def _record_failure(
     now: datetime,
 ) -> None:
     reason = describe_failure(error)
-    log_event("stripe_event_failed", level=logging.ERROR, type=event_type, reason=reason)
+    log_event(
+        "stripe_event_failed", level=logging.ERROR, eventId=event_id, type=event_type, reason=reason
+    )
     try:
         db.run(
             lambda conn: webhook_events.mark_failed(

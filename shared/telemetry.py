@@ -1,7 +1,8 @@
 """Structured JSON logs: one line per event, so log platforms can index the fields.
 
 Values are logged as given: callers pass ids and durations, never raw SQL parameters, emails or
-connection strings (see `shared.db_url.redact_url`).
+connection strings (see `shared.db_url.redact_url`). A line logged while a request is served
+carries its `requestId`, the `X-Request-ID` its client got (the only id a client can quote).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -17,16 +19,21 @@ from typing import Any, ParamSpec, TypeVar
 from shared.errors import DomainError
 
 logger = logging.getLogger("keyflash")
+# The X-Request-ID of the request being served (set by `shared.http.app.RequestContext`).
+request_id: ContextVar[str | None] = ContextVar("keyflash_request_id", default=None)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    """Emit one JSON log line `{"event": ..., "ts": ..., **fields}`."""
+    """Emit one JSON log line `{"event": ..., "ts": ..., "requestId": ..., **fields}`."""
     if not logger.isEnabledFor(level):
         return
-    record = {"event": event, "ts": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
+    record = {"event": event, "ts": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    if (current := request_id.get()) is not None:
+        record["requestId"] = current
+    record.update(fields)
     logger.log(level, json.dumps(record, default=str, separators=(",", ":")))
 
 

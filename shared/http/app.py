@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import db, snapstart
+from shared import db, snapstart, telemetry
 from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
 from shared.db_url import DatabaseUrlError
@@ -149,6 +149,8 @@ def _install_shutdown_flush() -> None:
 
 
 async def _api_error(request: Request, error: ApiError) -> Response:
+    if error.status >= 500:  # our own words, never a value: the log's reason for this answer
+        request.state.failure = error.message
     return api_error_response(error)
 
 
@@ -215,12 +217,7 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
 
 
 async def _database_unavailable(request: Request, error: Exception) -> Response:
-    log_event(
-        "request_failed",
-        level=logging.ERROR,
-        requestId=request.scope.get("state", {}).get("request_id"),
-        reason="database_unavailable",
-    )
+    request.state.failure = "database_unavailable"
     # No usage row for this request: the write would most likely wait out a second retry
     # budget before failing too, doubling the time to this 503 (found by tests/faults).
     request.state.database_unavailable = True
@@ -228,7 +225,9 @@ async def _database_unavailable(request: Request, error: Exception) -> Response:
 
 
 class RequestContext:
-    """Request id, platform headers, the last-resort 500, and one `api_usage` row per request."""
+    """Request id, platform headers, the last-resort 500, one `api_usage` row per request, and
+    one `request_failed` line for every 5xx answer (the request id is on every line logged while
+    the request is served: `shared.telemetry.request_id`)."""
 
     def __init__(self, app: ASGIApp, *, record_usage: bool) -> None:
         self.app = app
@@ -242,6 +241,7 @@ class RequestContext:
         request_id = f"req_{secrets.token_hex(8)}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        logged_as = telemetry.request_id.set(request_id)
         status = 500
         response_started = False
         production = _production()
@@ -274,7 +274,7 @@ class RequestContext:
             log_event(
                 "request_failed",
                 level=logging.ERROR,
-                requestId=request_id,
+                status=500,
                 path=scope["path"],
                 error=type(error).__name__,
                 # The driver's class and SQLSTATE, never its message (which may quote data).
@@ -291,7 +291,17 @@ class RequestContext:
             if response_started:
                 raise
             await error_response(500, "internal")(scope, receive, send_with_headers)
+        else:
+            if status >= 500:
+                log_event(
+                    "request_failed",
+                    level=logging.ERROR,
+                    status=status,
+                    path=scope["path"],
+                    reason=state.get("failure"),
+                )
         finally:
+            telemetry.request_id.reset(logged_as)
             if reset is not None:
                 db.consistency.reset(reset)
         duration_ms = round((time.perf_counter() - started) * 1000)

@@ -23,7 +23,7 @@ from shared.models import UserTier
 from shared.models.api_usage import ApiUsage
 from shared.repositories import users
 from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve
-from tests.support.http import STYLES, Caller, Keys, Result
+from tests.support.http import STYLES, Caller, Keys, Result, logged
 from tests.support.stripe_events import SECRET, deliver, make_pro, make_user, stripe_event, user
 
 PATH = "/api/checkout"
@@ -177,14 +177,24 @@ def test_redirects_go_to_an_allow_listed_origin_only(
 
 
 def test_billing_off_is_503_before_anything_else(
-    call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+    call: Caller,
+    fake_stripe: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("BILLING_ENABLED", "false")
     config.get_settings.cache_clear()
-    result = call("checkout", "POST", PATH)  # not even signed in
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = call("checkout", "POST", PATH)  # not even signed in
     assert result.status == 503
     assert result.json["message"] == GENERIC_503
     assert fake_stripe.requests == []
+    [line] = logged(caplog, "request_failed")
+    assert (line["requestId"], line["status"], line["reason"]) == (
+        result.headers["x-request-id"],
+        503,
+        "billing is disabled",
+    )
 
 
 def test_not_signed_in_is_401(call: Caller, fake_stripe: FakeStripe) -> None:
@@ -238,6 +248,7 @@ def test_stripe_misconfigured_is_a_generic_500_and_the_log_names_the_setting(
     assert result.json["message"] == GENERIC_500
     [line] = [json.loads(r.message) for r in caplog.records if "stripe_not_configured" in r.message]
     assert line["missing"] == [missing]
+    assert line["requestId"] == result.headers["x-request-id"]
     assert fake_stripe.requests == []
 
 
@@ -273,13 +284,19 @@ def test_stripe_failures_map_to_503_when_transient_else_500(
     assert result.json["message"] in (GENERIC_500, GENERIC_503)
 
 
-def test_stripe_unreachable_is_503(lambda_call: Caller, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stripe_unreachable_is_503_logged_under_the_request_id(
+    lambda_call: Caller, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     make_user()
     monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:9")  # discard: nothing listens
     config.get_settings.cache_clear()
-    result = start(lambda_call)
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = start(lambda_call)
     assert result.status == 503
     assert "retry-after" in result.headers
+    [line] = logged(caplog, "stripe_request_failed")
+    assert line["error"] == "APIConnectionError"
+    assert line["requestId"] == result.headers["x-request-id"]
 
 
 def test_a_user_erased_elsewhere_since_provisioning_checks_out_as_a_fresh_account(

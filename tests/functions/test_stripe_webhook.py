@@ -32,7 +32,7 @@ from shared.models.erased_billing_customers import ErasedBillingCustomer
 from shared.models.webhook_events import WebhookEvent
 from shared.repositories import subscriptions, users, webhook_events
 from shared.stripe_objects import StripeEvent
-from tests.support.http import STYLES, Caller, Keys
+from tests.support.http import STYLES, Caller, Keys, logged
 from tests.support.stripe_events import (
     PATH,
     SECRET,
@@ -112,6 +112,7 @@ def test_a_missing_secret_is_a_503_whose_log_names_the_setting(
     named = "stripe_webhook_not_configured"
     [line] = [json.loads(r.message) for r in caplog.records if named in r.message]
     assert line["missing"] == ["STRIPE_WEBHOOK_SECRET"]
+    assert line["requestId"] == result.headers["x-request-id"]
     assert ledger(event["id"]) is None
 
 
@@ -1765,3 +1766,16 @@ def test_duplicate_delivery_latency_is_measured(stripe_env: Keys) -> None:
         f"{statistics.median(timings):.2f} ms, p90 "
         f"{statistics.quantiles(timings, n=10)[-1]:.2f} ms over {len(timings)} deliveries"
     )
+
+
+def test_an_event_that_fails_is_logged_with_its_id_under_the_request_id(
+    lambda_call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 500 that makes Stripe retry is findable by the X-Request-ID Stripe's dashboard shows
+    for the delivery, and by the event's id."""
+    event = stripe_event("invoice.paid", invoice(customer="cus_unknown"))
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = deliver(lambda_call, event)
+    assert result.status == 500
+    [line] = logged(caplog, "stripe_event_failed")
+    assert (line["eventId"], line["requestId"]) == (event["id"], result.headers["x-request-id"])

@@ -116,6 +116,12 @@ def api_env(
     redis.reset_redis()
 
 
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The captured `shared.telemetry` lines of `event`, parsed."""
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
+    return [line for line in lines if line["event"] == event]
+
+
 @dataclass
 class Result:
     status: int
