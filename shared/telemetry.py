@@ -3,12 +3,19 @@
 Values are logged as given: callers pass ids and durations, never raw SQL parameters, emails or
 connection strings (see `shared.db_url.redact_url`). A line logged while a request is served
 carries its `requestId`, the `X-Request-ID` its client got (the only id a client can quote).
+
+Levels (docs/deploy.md#logs): on Lambda our logger takes `AWS_LAMBDA_LOG_LEVEL`, INFO when it is
+unset (the runtime then leaves Python's root at WARNING, where Vercel's sets INFO), so the
+documented INFO events are logged on both; libraries keep the root's level. Under Lambda's JSON
+log format (`AWS_LAMBDA_LOG_FORMAT=JSON`) the runtime writes each record as an object of its own:
+our fields go in it as the object `keyflash`, the message being the event's name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -19,6 +26,9 @@ from typing import Any, ParamSpec, TypeVar
 from shared.errors import DomainError
 
 logger = logging.getLogger("keyflash")
+# Libraries whose DEBUG lines carry credentials (botocore: the request's signed headers, the
+# session token among them) or personal data (stripe: whole bodies): never below INFO.
+CREDENTIAL_LOGGERS = ("botocore", "stripe")
 # The X-Request-ID of the request being served (set by `shared.http.app.RequestContext`).
 request_id: ContextVar[str | None] = ContextVar("keyflash_request_id", default=None)
 
@@ -34,7 +44,31 @@ def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     if (current := request_id.get()) is not None:
         record["requestId"] = current
     record.update(fields)
-    logger.log(level, json.dumps(record, default=str, separators=(",", ":")))
+    line = json.dumps(record, default=str, separators=(",", ":"))
+    if os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON":
+        logger.log(level, event, extra={"keyflash": json.loads(line)})  # only JSON's types
+    else:
+        logger.log(level, line)
+
+
+def lambda_level() -> int:
+    """The level `AWS_LAMBDA_LOG_LEVEL` names (TRACE is DEBUG, as the runtime takes it); INFO
+    when it names none."""
+    name = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper()
+    return logging.getLevelNamesMapping().get("DEBUG" if name == "TRACE" else name, logging.INFO)
+
+
+def _set_levels() -> None:
+    """Run at import, which on both platforms follows their runtime's logging set-up. A level
+    someone set on our logger (the dev stack, a test) is kept."""
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and logger.level == logging.NOTSET:
+        logger.setLevel(lambda_level())
+    floor = max(logging.INFO, logging.getLogger().getEffectiveLevel())
+    for name in CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
+
+
+_set_levels()
 
 
 def log_database_operation(name: str, duration_ms: float, success: bool, **context: Any) -> None:

@@ -275,9 +275,6 @@ def client(api_base: str, api_key: str) -> stripe.StripeClient:
     so a warm container reuses its connection to Stripe."""
     import stripe  # lazily: only the billing routes pay for the SDK
 
-    # The SDK's DEBUG lines carry whole request and response bodies (the customer's email);
-    # its INFO lines (method, path, status, request id) are enough to trace a call.
-    logging.getLogger("stripe").setLevel(logging.INFO)
     return stripe.StripeClient(
         api_key,
         stripe_version=STRIPE_API_VERSION,

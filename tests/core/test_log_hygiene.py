@@ -63,6 +63,8 @@ STRIPE_WEBHOOK_SECRET = "whsec_stripeHookSecretP5n8Lm3Q"
 CRON_SECRET = "cron-secret-T9vX2bN6mQ4zK8wR"
 RATE_LIMIT_HMAC_SECRET = "ratelimit-hmac-J5hG8dS3aF7kL2pZx4cV"
 AWS_SECRET = "aws-secret-Y4uI7oP1lK9jH3gF"
+AWS_KEY_ID = "ASIALOGHYGIENE7Q2W"
+AWS_SESSION_TOKEN = "IQoJb3JpZ2luX2VjSessionTok3nZ8x"
 ADA = "ada.lovelace.5521@example.org"
 GRACE = "grace.hopper.7734@example.org"
 IPV4 = "203.0.113.77"
@@ -81,6 +83,8 @@ SECRETS = {
     "CRON_SECRET": CRON_SECRET,
     "rate-limit HMAC secret": RATE_LIMIT_HMAC_SECRET,
     "AWS secret key": AWS_SECRET,
+    "AWS access key id": AWS_KEY_ID,
+    "AWS session token (every Lambda function has one)": AWS_SESSION_TOKEN,
     "a user's email": ADA,
     "another user's email": GRACE,
     "an IPv4 client address": IPV4,
@@ -489,8 +493,9 @@ def test_a_full_run_logs_no_secret_and_no_personal_data(
         SLOW_QUERY_MS="1",  # every statement is "slow": its (truncated) SQL is logged too
         FLAGS_CACHE_SECONDS="0",
         BACKUP_BUCKET=BUCKET,
-        AWS_ACCESS_KEY_ID="AKIALOGHYGIENE",
+        AWS_ACCESS_KEY_ID=AWS_KEY_ID,
         AWS_SECRET_ACCESS_KEY=AWS_SECRET,
+        AWS_SESSION_TOKEN=AWS_SESSION_TOKEN,
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL_S3=None,
     )
