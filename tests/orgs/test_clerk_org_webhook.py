@@ -445,6 +445,7 @@ def test_deletion_removes_the_organizations_data_and_nothing_else(
         {
             "event": "organization_data_removed",
             "ts": removed[0]["ts"],
+            "requestId": removed[0]["requestId"],
             "searchesDeleted": 2,
             "reservationsDeleted": 1,
             "membersRemoved": 2,
