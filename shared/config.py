@@ -154,7 +154,8 @@ class Settings:
     db_connect_timeout_s: int = bounded(10, ge=1, le=120)
     # At least 1: 0 is PostgreSQL's "no limit"; at most PostgreSQL's own largest value.
     db_statement_timeout_ms: int = bounded(15_000, ge=1, le=2_147_483_647)
-    db_retry_budget_s: float = bounded(8.0, gt=0)
+    # At most Lambda's longest timeout: a longer budget is cut by the platform, not by us.
+    db_retry_budget_s: float = bounded(8.0, gt=0, le=900)
     db_pool_size: int = bounded(1, ge=1, le=100)
     db_idle_check_s: float = bounded(30.0, ge=0)
     db_application_name: str = bounded("keyflash", ge=1, le=63)  # its length

@@ -96,6 +96,7 @@ BASE = {"DATABASE_URL": "postgresql://u:p@localhost/db"}
         ("DB_APPLICATION_NAME", "x" * 63, "x" * 63),
         ("REPLICA_MAX_LAG_MS", "3600000", 3_600_000),  # bounds are inclusive where they say so
         ("DB_STATEMENT_TIMEOUT_MS", "2147483647", 2_147_483_647),  # PostgreSQL's largest
+        ("DB_RETRY_BUDGET_S", "900", 900.0),  # Lambda's longest timeout
     ],
 )
 def test_values_parse_as_deployments_write_them(name: str, text: str, value: object) -> None:
@@ -117,6 +118,7 @@ def test_values_parse_as_deployments_write_them(name: str, text: str, value: obj
         ("SLOW_QUERY_MS", "-1", "must be at least 0"),
         ("DB_POOL_SIZE", "101", "must be at most 100"),
         ("DB_RETRY_BUDGET_S", "0", "must be greater than 0"),
+        ("DB_RETRY_BUDGET_S", "900.5", "must be at most 900"),  # past every platform's limit
         ("DB_STATEMENT_TIMEOUT_MS", "0", "must be at least 1"),  # 0 is PostgreSQL's "no limit"
         ("DB_STATEMENT_TIMEOUT_MS", "2147483648", "must be at most 2147483647"),
         ("DB_RETRY_BUDGET_S", "inf", "must be a number"),  # pydantic took an endless budget
