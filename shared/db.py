@@ -36,6 +36,10 @@ Why it looks like this:
   idempotent; and errors where the server says it ended the session before running the statement.
   A transaction the server aborted to break a deadlock (or a serialization failure) is retried
   the same way: it was rolled back whole, and PostgreSQL's advice for both is to run it again.
+- The primary refusing writes for now (read-only, 25006; insufficient resources, class 53, such
+  as Neon's project size limit) is an outage of the data store, not a bug: it is
+  `DatabaseUnavailableError` at once, never retried (the next attempt would be refused alike).
+  On a replica a write is our bug, and is raised as it is (`shared.replicas`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ registry.register(f"postgresql.{db_dialect.NAME}", "shared.db_dialect", "KeyFlas
 
 # SQLSTATEs meaning the server ended or refused the session before running our statement.
 _SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "53300"})
+# SQLSTATE (and class) of a database refusing writes for now: a read-only database (a replica, a
+# compute in a read-only state, `default_transaction_read_only`) and insufficient resources
+# (Neon's project size limit is 53100 disk_full). An outage, not a bug; nothing was written.
+_READ_ONLY = "25006"
+_INSUFFICIENT_RESOURCES = "53"
 # SQLSTATEs of a transaction the server rolled back so that another could go on: run it again.
 _ABORTED_TO_RETRY = {"40P01": "deadlock detected", "40001": "serialization failure"}
 # libpq reports every failed connect without a SQLSTATE; these ones are configuration, which no
@@ -112,7 +121,8 @@ _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", def
 
 class DatabaseUnavailableError(RuntimeError):
     """The database could not be reached (or a write's outcome is unknown) within the budget,
-    or it refused the connection (`refused`: what it said, the names it quoted masked).
+    it refused the connection (`refused`: what it said, the names it quoted masked), or it
+    refuses writes for now (read-only, out of space).
 
     HTTP functions answer 503 with `Retry-After`; the message is safe to log (no secrets).
     """
@@ -351,6 +361,16 @@ def is_connection_failure(error: DBAPIError) -> bool:
         message = str(original).lower()
         return not any(fragment in message for fragment in _MISCONFIGURED)
     return sqlstate in _SERVER_ENDED_SESSION or sqlstate.startswith("08")
+
+
+def refused_write(sqlstate: str | None) -> str | None:
+    """Why the database refuses writes for now (our words, with the SQLSTATE), when `sqlstate`
+    says it does: read-only, or short of a resource (disk, memory); else None."""
+    if sqlstate == _READ_ONLY:
+        return f"database is read-only ({sqlstate})"
+    if sqlstate is not None and sqlstate.startswith(_INSUFFICIENT_RESOURCES):
+        return f"insufficient resources ({sqlstate})"
+    return None
 
 
 def _refused(error: DBAPIError) -> str | None:
@@ -659,7 +679,14 @@ def _execute(
                     f"database refused the connection: {refused}", refused=refused
                 ) from None
             if not is_connection_failure(error):
-                raise
+                sqlstate = getattr(error.orig, "sqlstate", None)
+                refusal = refused_write(sqlstate) if engine is _engine else None
+                if refusal is None:
+                    raise
+                # Deterministic for the moment: a retry would be refused the same way.
+                log_event("db_unavailable", level=logging.ERROR, stage=stage, attempts=attempt,
+                          retried=False, sqlstate=sqlstate, reason=refusal)  # fmt: skip
+                raise DatabaseUnavailableError(f"database refused the write: {refusal}") from None
             safe = (
                 stage == "connect"
                 or (atomic and stage == "work")
@@ -718,16 +745,18 @@ def _rollback_quietly(conn: Conn) -> None:
 UNREACHABLE = "Database unreachable"
 REFUSED = "Database refused the connection - check DATABASE_URL (see the log)"
 URL_REFUSED = "Database not properly configured - DATABASE_URL breaks a rule (see the log)"
+READ_ONLY = "Database is read-only - writes are refused"
 
 
 def get_database_health(*, budget_s: float | None = None) -> dict[str, Any]:
     """`{connected, responseTime}` (+ `error`), the original app's health shape; `budget_s`
     bounds the check (default DB_RETRY_BUDGET_S). A DATABASE_URL the core refuses is a failed
-    check, logged (`db_url_refused`) with what it breaks, never its password."""
+    check, logged (`db_url_refused`) with what it breaks, never its password. The one statement
+    also asks whether a write would be refused as read-only (connected, with an `error`)."""
     started = time.perf_counter()
     try:
-        _execute(
-            lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(),
+        read_only = _execute(
+            lambda conn: conn.session.execute(text("SHOW transaction_read_only")).scalar_one(),
             atomic=False,
             idempotent=True,
             budget_s=budget_s,
@@ -740,11 +769,14 @@ def get_database_health(*, budget_s: float | None = None) -> dict[str, Any]:
     except DBAPIError:
         problem = "Database query failed"
     else:
-        return {"connected": True, "responseTime": round((time.perf_counter() - started) * 1000)}
+        elapsed = round((time.perf_counter() - started) * 1000)
+        if read_only == "on":
+            return {"connected": True, "responseTime": elapsed, "error": READ_ONLY}
+        return {"connected": True, "responseTime": elapsed}
     elapsed = round((time.perf_counter() - started) * 1000)
     return {"connected": False, "responseTime": elapsed, "error": problem}
 
 
 def is_database_connected() -> bool:
-    """True when `SELECT 1` succeeds within the retry budget."""
+    """True when the health statement succeeds within the retry budget."""
     return bool(get_database_health()["connected"])

@@ -59,7 +59,7 @@ ANSWER_GRACE_S = 0.25
 _OUTBOX = "kf_usage_outbox"  # rows to send when the connection is checked in
 _IN_FLIGHT = "kf_usage_in_flight"  # rows sent on the connection, answer not read yet
 # SQLSTATE classes meaning the session ended, not that the row was refused.
-_SESSION_ENDED = ("08", "57", "53")
+_SESSION_ENDED = ("08", "57")
 
 _lock = threading.Lock()
 _held: list[Row] = []
@@ -198,9 +198,13 @@ def _confirm(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, timeout_s
     if not sqlstate or sqlstate.startswith(_SESSION_ENDED):
         _hold(rows, reason=f"session ended ({sqlstate or 'no sqlstate'})")
         return False
-    with _lock:
-        stats["failed"] += len(rows)
-    log_event("usage_record_failed", level=logging.WARNING, rows=len(rows), sqlstate=sqlstate)
+    refusal = db.refused_write(sqlstate)
+    if refusal is not None:  # for now (read-only, out of space): the next request sends it again
+        _hold(rows, reason=refusal)
+    else:
+        with _lock:
+            stats["failed"] += len(rows)
+        log_event("usage_record_failed", level=logging.WARNING, rows=len(rows), sqlstate=sqlstate)
     return pgconn.transaction_status == pq.TransactionStatus.IDLE
 
 
