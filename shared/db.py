@@ -122,14 +122,18 @@ _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", def
 class DatabaseUnavailableError(RuntimeError):
     """The database could not be reached (or a write's outcome is unknown) within the budget,
     it refused the connection (`refused`: what it said, the names it quoted masked), or it
-    refuses writes for now (read-only, out of space).
+    refuses writes for now (read-only, out of space). `outcome_unknown`: a write may have
+    applied (its answer was lost), so what it did may need undoing.
 
     HTTP functions answer 503 with `Retry-After`; the message is safe to log (no secrets).
     """
 
-    def __init__(self, message: str, *, refused: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, refused: str | None = None, outcome_unknown: bool = False
+    ) -> None:
         super().__init__(message)
         self.refused = refused
+        self.outcome_unknown = outcome_unknown
 
 
 def refusal_reason(error: psycopg.OperationalError) -> str:
@@ -704,9 +708,11 @@ def _execute(
                     retried=safe,
                     reason=message,
                 )
-                outcome = "outcome unknown" if stage == "commit" or not safe else "unreachable"
+                unknown = stage == "commit" or not safe
+                outcome = "outcome unknown" if unknown else "unreachable"
                 raise DatabaseUnavailableError(
-                    f"database {outcome} after {attempt} attempt(s) at {stage}: {message}"
+                    f"database {outcome} after {attempt} attempt(s) at {stage}: {message}",
+                    outcome_unknown=unknown,
                 ) from None
             log_event(
                 "db_retry",

@@ -163,7 +163,7 @@ def run_job(
     holder = uuid.uuid4().hex
     # The lease outlives this invocation's hard limit by a second at most.
     ttl = math.ceil(budget.remaining_ms() / 1000) + 1
-    lease = db.run(lambda conn: cron_leases.acquire(conn, job.name, holder, ttl_seconds=ttl))
+    lease = _acquire(job.name, holder, ttl)
     if lease is None:
         run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
         run.complete = False
@@ -202,18 +202,36 @@ def run_job(
     return summary
 
 
-def _release(run: Run, *, state: dict[str, Any] | None, completed: bool) -> None:
-    """Give the lease back; a failure here only delays the next run until the lease expires."""
+def _acquire(job: str, holder: str, ttl: int) -> cron_leases.Lease | None:
+    """Take the job's lease (None: another run holds it). When the acquire's answer is lost, the
+    server may have given this run the lease: it is given back before the error propagates (a
+    release by `holder`'s token changes nothing if the lease was never taken), or every run
+    would be skipped until it expired."""
     try:
-        released = db.run(
-            lambda conn: cron_leases.release(
-                conn, run.job, run.holder, state=state, completed=completed
-            )
+        return db.run(lambda conn: cron_leases.acquire(conn, job, holder, ttl_seconds=ttl))
+    except db.DatabaseUnavailableError as error:
+        if error.outcome_unknown:
+            _give_back(job, holder, state=None, completed=False)
+        raise
+
+
+def _release(run: Run, *, state: dict[str, Any] | None, completed: bool) -> None:
+    """Give the lease back with the run's outcome; logs when it was no longer the run's."""
+    if _give_back(run.job, run.holder, state=state, completed=completed) is False:
+        log_event("cron_lease_lost", level=logging.WARNING, job=run.job)
+
+
+def _give_back(
+    job: str, holder: str, *, state: dict[str, Any] | None, completed: bool
+) -> bool | None:
+    """Release the lease `holder` holds: whether it held it, or None when the release failed
+    (logged; it only delays the next run until the lease expires)."""
+    try:
+        return db.run(
+            lambda conn: cron_leases.release(conn, job, holder, state=state, completed=completed)
         )
     except Exception as error:
         log_event(
-            "cron_lease_not_released", level=logging.ERROR, job=run.job, error=type(error).__name__
+            "cron_lease_not_released", level=logging.ERROR, job=job, error=type(error).__name__
         )
-        return
-    if not released:
-        log_event("cron_lease_lost", level=logging.WARNING, job=run.job)
+        return None

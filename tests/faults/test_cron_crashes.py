@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -28,8 +30,10 @@ from devkit import events
 from devkit._host import wait_for
 from shared import db
 from shared.clock import month_start, utcnow
-from shared.cron.runner import LEASE_HELD
+from shared.cron import metrics
+from shared.cron.runner import LEASE_HELD, run_job
 from shared.repositories import users
+from tests.faults.conftest import FaultApp
 from tests.support.cron import configure, count
 from tests.support.processes import (
     HandlerProcess,
@@ -257,3 +261,67 @@ def test_rollup_killed_mid_run_ends_with_each_day_counted_once(
         == first_two
     )
     assert invoke("rollup")["processed"] == 0
+
+
+# --------------------------------------------------------------------------- a lost lease answer
+
+
+@contextmanager
+def acquire_commit_waits_for_a_standby(fault_app: FaultApp) -> Iterator[None]:
+    """The lease acquire commits on the server and then waits, before answering, for a
+    synchronous standby that never comes: terminating that backend loses the answer of a
+    statement that ran (PostgreSQL warns, then sends nothing more), as a connection dropped
+    after the server answered does. Only the acquire (an INSERT) waits: the trigger asks for a
+    synchronous commit in its transaction alone (the fault server's default is `off`)."""
+    postgres = fault_app.servers.postgres
+    with fault_app.admin() as admin:
+        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'kf_never_connects'")
+        admin.execute(
+            "CREATE FUNCTION kf_wait_for_standby() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "PERFORM set_config('synchronous_commit', 'on', true); RETURN NULL; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER kf_wait_for_standby BEFORE INSERT ON cron_leases"
+            " FOR EACH STATEMENT EXECUTE FUNCTION kf_wait_for_standby()"
+        )
+    postgres.restart()  # every process, the checkpointer included, starts with the standby named
+    try:
+        yield
+    finally:
+        with fault_app.admin() as admin:
+            admin.execute("DROP FUNCTION kf_wait_for_standby() CASCADE")
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            admin.execute("SELECT pg_reload_conf()")
+
+
+def backend_waiting_for_standby(admin: psycopg.Connection[Any], app: str) -> int | None:
+    row = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event = 'SyncRep'",
+        (app,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def test_a_run_whose_lease_acquire_answer_is_lost_gives_the_lease_back(
+    fault_app: FaultApp,
+) -> None:
+    """The server took the lease, the answer never arrived: the run fails ("outcome unknown"),
+    and gives back the lease it may hold, by its own token, so the next run is not skipped
+    until the lease expires (docs/crons-and-backups.md)."""
+    with acquire_commit_waits_for_a_standby(fault_app), ThreadPoolExecutor(1) as pool:
+        failed = pool.submit(run_job, metrics.JOB)
+        with fault_app.admin() as admin:
+            assert wait_for(
+                lambda: backend_waiting_for_standby(admin, fault_app.application_name) is not None,
+                timeout=20,
+            )
+            admin.execute(
+                "SELECT pg_terminate_backend(%s)",
+                (backend_waiting_for_standby(admin, fault_app.application_name),),
+            )
+        with pytest.raises(db.DatabaseUnavailableError, match="outcome unknown"):
+            failed.result(timeout=20)
+    with fault_app.admin() as admin:
+        assert lease(admin, metrics.JOB.name)[0] is None  # the acquire applied; given back
+    rerun = run_job(metrics.JOB)
+    assert rerun["complete"] is True and "skipped" not in rerun
