@@ -530,7 +530,9 @@ def _cron_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database_session(args: argparse.Namespace, command: str) -> Any:
+def _database_session(args: argparse.Namespace, command: str, *, direct: bool) -> Any:
+    """The command's session and database, announced by the URL it uses (`direct`: the
+    direct URL, as DDL, dumps and restores need; else the functions' pooled one)."""
     from devkit.console import Progress
     from devkit.stack import Session
 
@@ -538,7 +540,7 @@ def _database_session(args: argparse.Namespace, command: str) -> Any:
     try:
         with Progress(1, f"keyflash {command}") as progress:
             database = session.database(progress.step)
-            progress.close(f"keyflash {command}: {database.redacted} ({database.origin})")
+            progress.close(f"keyflash {command}: {database.label(direct=direct)}")
     except BaseException:
         session.cleanup.close()
         raise
@@ -548,7 +550,7 @@ def _database_session(args: argparse.Namespace, command: str) -> Any:
 def _db_migrate(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
-    session, database = _database_session(args, "db migrate")
+    session, database = _database_session(args, "db migrate", direct=True)
     with session:
         print(dbtools.migrate(database.direct_url))
     return 0
@@ -557,7 +559,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
 def _db_downgrade(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
-    session, database = _database_session(args, "db downgrade")
+    session, database = _database_session(args, "db downgrade", direct=True)
     with session:
         print(dbtools.downgrade(database.direct_url, args.revision))
     return 0
@@ -566,7 +568,7 @@ def _db_downgrade(args: argparse.Namespace) -> int:
 def _db_check(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
-    session, database = _database_session(args, "db check")
+    session, database = _database_session(args, "db check", direct=True)
     with session:
         print(dbtools.check(database.direct_url))
     return 0
@@ -584,7 +586,7 @@ def _seed(database: Any) -> str:
 
 
 def _db_seed(args: argparse.Namespace) -> int:
-    session, database = _database_session(args, "db seed")
+    session, database = _database_session(args, "db seed", direct=False)
     with session:
         print(_seed(database))
     return 0
@@ -594,7 +596,7 @@ def _db_reset(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
     dbtools.require_consent("db reset deletes every row", args.yes)
-    session, database = _database_session(args, "db reset")
+    session, database = _database_session(args, "db reset", direct=True)
     with session:
         dbtools.require_local(database, "reset")
         dbtools.confirm(f"Delete every row of {database.redacted} and start again?", args.yes)
@@ -608,7 +610,7 @@ def _db_reset(args: argparse.Namespace) -> int:
 def _db_backup(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
-    session, database = _database_session(args, "db backup")
+    session, database = _database_session(args, "db backup", direct=True)
     with session:
         dbtools.backup(database, args.file)
     return 0
@@ -619,7 +621,7 @@ def _db_restore(args: argparse.Namespace) -> int:
 
     dbtools.check_archive(args.file)  # before starting anything
     dbtools.require_consent("db restore replaces the whole database", args.yes)
-    session, database = _database_session(args, "db restore")
+    session, database = _database_session(args, "db restore", direct=True)
     with session:
         dbtools.require_local(database, "restore into")
         dbtools.confirm(f"Replace {database.redacted} with {args.file}?", args.yes)
@@ -697,7 +699,7 @@ def _db_restore_from_s3(args: argparse.Namespace) -> int:
     if revision is not None:
         dbtools.require_revision(str(revision))
     dbtools.require_consent("db restore-from-s3 replaces the whole database", args.yes)
-    session, database = _database_session(args, "db restore-from-s3")
+    session, database = _database_session(args, "db restore-from-s3", direct=True)
 
     def load(url: str) -> None:
         if revision is not None:
@@ -720,7 +722,7 @@ def _db_psql(args: argparse.Namespace) -> int:
     from devkit import dbtools
 
     extra = list(args.extra)
-    session, database = _database_session(args, "db psql")
+    session, database = _database_session(args, "db psql", direct=False)
     with session:
         return dbtools.psql(database, extra)
 
@@ -835,7 +837,9 @@ def _env(args: argparse.Namespace) -> int:
     holder = lock_holder(state_dir)
     if not holder or holder.get("command") != "dev" or not holder.get("ready"):
         raise CliError(f"no running keyflash dev in {state_dir}: start one with keyflash dev")
-    database = Database(holder["database_url"], holder["direct_database_url"], "keyflash dev")
+    database = Database(
+        holder["database_url"], holder["direct_database_url"], "keyflash dev", "keyflash dev"
+    )
     redis = Redis(holder["upstash_url"], holder["upstash_token"], "keyflash dev")
     stack_env = holder.get("stack_env") if isinstance(holder.get("stack_env"), dict) else {}
     env = function_env(

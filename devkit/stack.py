@@ -182,7 +182,8 @@ class StackLock:
 class Database:
     url: str  # what the functions use (DATABASE_URL)
     direct_url: str  # what migrations use (DIRECT_DATABASE_URL)
-    origin: str  # "embedded", "borrowed from keyflash dev", "DATABASE_URL"
+    origin: str  # "embedded", "borrowed from keyflash dev", or the variable `url` was read from
+    direct_origin: str  # the same for `direct_url` (DATABASE_URL's variable when no direct one)
     data_dir: Path | None = None
 
     @property
@@ -199,6 +200,15 @@ class Database:
         from shared.db_url import redact_url
 
         return redact_url(self.url)
+
+    def label(self, *, direct: bool) -> str:
+        """`URL (where it came from)` of the URL a command uses (`direct`: DIRECT_DATABASE_URL's,
+        which DDL and dumps use), its password masked."""
+        from shared.db_url import redact_url
+
+        if direct:
+            return f"{redact_url(self.direct_url)} ({self.direct_origin})"
+        return f"{self.redacted} ({self.origin})"
 
 
 @dataclass(frozen=True)
@@ -273,7 +283,7 @@ class Session:
                 problem = unencoded_userinfo(given)
                 if problem is not None:
                     raise CliError(f"{variable} {problem}")
-            self._database = Database(pooled[1], unpooled[1], pooled[0])
+            self._database = Database(pooled[1], unpooled[1], pooled[0], unpooled[0])
             return self._database
         self.claim()
         if self.running is not None:
@@ -284,7 +294,8 @@ class Session:
                     "try again once it prints 'ready'"
                 )
             direct = str(self.running.get("direct_database_url") or url)
-            self._database = Database(str(url), direct, "borrowed from keyflash dev")
+            borrowed = "borrowed from keyflash dev"
+            self._database = Database(str(url), direct, borrowed, borrowed)
             return self._database
         from devkit.postgres import LocalPostgres, database_exists
 
@@ -297,7 +308,7 @@ class Session:
         if not database_exists(server.url(), DATABASE_NAME):
             server.create_database(DATABASE_NAME)
         url = server.url(DATABASE_NAME)
-        self._database = Database(url, url, "embedded", server.data_dir)
+        self._database = Database(url, url, "embedded", "embedded", server.data_dir)
         return self._database
 
     def redis(

@@ -737,6 +737,19 @@ def test_db_migrate_refuses_an_unencoded_password_showing_no_part_of_it(
     assert not (empty_state_dir / "pgdata").exists()  # refused before starting anything
 
 
+def test_db_migrate_names_the_direct_url_it_migrates(
+    empty_state_dir: Path, direct_database_url: str
+) -> None:
+    """The DDL goes over DIRECT_DATABASE_URL: the label named the pooled DATABASE_URL."""
+    pooled = "postgresql://pooled@127.0.0.1:1/keyflash_pooled?pgbouncer=true"
+    env = {"DATABASE_URL": pooled, "DIRECT_DATABASE_URL": direct_database_url}
+    result = keyflash("db", "migrate", state_dir=empty_state_dir, **env)
+    assert result.returncode == 0, result.stderr
+    label = next(line for line in result.stderr.splitlines() if "keyflash db migrate:" in line)
+    assert label.endswith(f"{direct_database_url} (DIRECT_DATABASE_URL)"), label
+    assert "keyflash_pooled" not in result.stdout + result.stderr
+
+
 def test_db_restore_rejects_a_file_that_is_not_a_backup(empty_state_dir: Path) -> None:
     bogus = empty_state_dir / "bogus.dump"
     bogus.write_text("not a dump")
@@ -1441,7 +1454,9 @@ def test_the_stack_reads_the_vercel_upstash_names_as_its_own(
 
     for name in ("UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    database = Database("postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db", "test")
+    database = Database(
+        "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db", "test", "test"
+    )
     steps: list[str] = []
     with UpstashEmulator() as upstash:
         monkeypatch.setenv("KV_REST_API_URL", upstash.url)
@@ -1470,7 +1485,7 @@ def test_the_functions_env_agrees_with_every_name_the_developer_exported(
     monkeypatch.setenv("KV_REST_API_URL", "https://theirs.upstash.io")
     monkeypatch.setenv("DATABASE_URL_UNPOOLED", "postgresql://u@theirs.neon.tech/db")
     local = "postgresql://postgres@127.0.0.1:1/keyflash"
-    database = Database(local, local, "embedded")
+    database = Database(local, local, "embedded", "embedded")
     with Session(empty_state_dir, "test") as session:
         redis = session.redis()
         env = function_env(database, redis, dev_key(empty_state_dir))

@@ -136,7 +136,7 @@ def test_db_restore_keeps_the_database_when_the_archive_is_damaged(
             ("bulk_",),
         )
     archive = tmp_path / "backup.dump"
-    dbtools.backup(Database(source, source, "test"), archive)
+    dbtools.backup(Database(source, source, "test", "test"), archive)
     whole = archive.read_bytes()
     damaged = tmp_path / "damaged.dump"  # its table of contents whole, its data zeroed mid-way
     damaged.write_bytes(whole[: len(whole) // 2] + bytes(len(whole) - len(whole) // 2))
