@@ -175,15 +175,18 @@ def db_env(
     """Point the app at this lane: DATABASE_URL (lane) and DIRECT_DATABASE_URL, fresh caches.
 
     The cached settings and engine are reset before the test (they may hold another lane's URL)
-    and after it (so no connection outlives the test). Yields the lane URL.
+    and after it (so no connection outlives the test), and usage rows an earlier test left held
+    (its database refused them) are dropped: each test is a new container. Yields the lane URL.
     """
     from shared.config import get_settings
     from shared.db import dispose_engine
+    from shared.http import usage
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("DIRECT_DATABASE_URL", direct_database_url)
     get_settings.cache_clear()
     dispose_engine()
+    usage._take_held()
     yield database_url
     dispose_engine()
     get_settings.cache_clear()
