@@ -87,11 +87,15 @@ _INSUFFICIENT_RESOURCES = "53"
 # SQLSTATEs of a transaction the server rolled back so that another could go on: run it again.
 _ABORTED_TO_RETRY = {"40P01": "deadlock detected", "40001": "serialization failure"}
 # libpq reports every failed connect without a SQLSTATE; these ones are configuration, which no
-# retry mends (a wrong password, a missing database or role, a refused host, a TLS mismatch, a
-# connection option's invalid value, a certificate that fails verification).
+# retry mends (a failed login, a missing database or role, a refused host, a TLS mismatch, a
+# connection option's invalid value, a certificate that fails verification). PgBouncer words its
+# own refusals unquoted: "no such database: <name>", "no such user", "password (or SASL, "trust",
+# certificate, PAM) authentication failed", and a failing server login as the server's words.
 _MISCONFIGURED = (
-    "password authentication failed",
+    "authentication failed",
     "does not exist",
+    "no such database",
+    "no such user",
     "no pg_hba.conf entry",
     "server does not support ssl",
     "sslmode value",
@@ -104,11 +108,12 @@ _MISCONFIGURED = (
 )
 
 
-# What refused a connection: the server's words after its "FATAL:" or "ERROR:", else libpq's
-# after its prefix ("connection to server at … failed:", "connection is bad:"); and the names
-# either quotes (a user, a database, a host).
+# Why a connection failed: the server's words after its "FATAL:" or "ERROR:", else libpq's
+# after its prefix ("connection to server at … failed:", "connection is bad:"); the names
+# either quotes (a user, a database, a host), and those PgBouncer writes unquoted at the end.
 _REFUSAL_PREFIX = re.compile(r"^(?:.*\b(?:FATAL|ERROR):\s+|.*\bfailed:\s+|connection is bad:\s+)")
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+_UNQUOTED_NAME = re.compile(r"((?:no such (?:database|user)|does not allow connections):\s*)\S.*$")
 # psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
 CONNECT_TIMEOUT_LEAST_S = 2
 # `psycopg.Connection.connect`'s own options: the rest of its keywords are libpq's.
@@ -136,12 +141,14 @@ class DatabaseUnavailableError(RuntimeError):
         self.outcome_unknown = outcome_unknown
 
 
-def refusal_reason(error: psycopg.OperationalError) -> str:
-    """What refused the connection, in the refusal's own words but with every quoted name
-    (`"…"`) masked: the role's name is personal data, the database and host are no one's
-    business in a log either, and nothing else in such a message is a value of ours."""
+def failure_reason(error: BaseException) -> str:
+    """Why a connection failed or was refused, in the error's own words but with every name
+    masked (`…`): the role's name is personal data, the database and host are no one's business
+    in a log either, and nothing else in such a message is a value of ours. Every log line and
+    `DatabaseUnavailableError` about a connection says it this way."""
     lines = redact_url(str(error)).strip().splitlines()
     reason = _REFUSAL_PREFIX.sub("", lines[0], count=1) if lines else ""
+    reason = _UNQUOTED_NAME.sub(r"\1…", reason)
     return _QUOTED.sub('"…"', reason).strip()
 
 
@@ -202,13 +209,8 @@ def connect_ahead() -> bool:
     try:
         _execute(lambda conn: None, atomic=False, idempotent=True, budget_s=0.0)
     except (DatabaseUnavailableError, DBAPIError) as error:
-        cause = error.orig if isinstance(error, DBAPIError) else error
-        reason = redact_url(str(cause)).strip()
-        log_event(
-            "db_connect_ahead_failed",
-            level=logging.WARNING,
-            reason=reason.splitlines()[0] if reason else "",
-        )
+        cause = error.orig if isinstance(error, DBAPIError) and error.orig else error
+        log_event("db_connect_ahead_failed", level=logging.WARNING, reason=failure_reason(cause))
         return False
     return True
 
@@ -386,7 +388,7 @@ def _refused(error: DBAPIError) -> str | None:
         and original.sqlstate is None
         and not is_connection_failure(error)
     ):
-        return refusal_reason(original)
+        return failure_reason(original)
     return None
 
 
@@ -697,7 +699,7 @@ def _execute(
                 or (idempotent and stage == "work")
                 or (stage == "work" and _server_ended_session(error))
             )
-            message = redact_url(str(error.orig)).strip().splitlines()[0] if error.orig else ""
+            message = failure_reason(error.orig) if error.orig else ""
             now = time.monotonic()
             if not safe or now + delay > deadline:
                 log_event(
