@@ -39,6 +39,7 @@ from devkit import events, platform_limits
 from devkit.console import CliError
 from devkit.layout import FUNCTIONS_PACKAGE, http_functions
 from shared.http.guards import replaying
+from shared.telemetry import new_request_id
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
@@ -109,13 +110,28 @@ def conflicts(functions: Sequence[Function]) -> list[str]:
     return list(found)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What may break a line (`str.splitlines()`, log viewers) or the terminal: C0 and C1 controls,
+# U+2028 and U+2029.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A path segment holding an `@`: an email, personal data a dev log has no need of.
+_EMAIL_SEGMENT = re.compile(r"[^/]*@[^/]*")
+# How much of a path a log line shows.
+_SHOWN_CHARS = 200
 
 
 def _printable(path: str) -> str:
-    """A decoded path for a log line, its control characters escaped: a `%0A` in a URL cannot
-    start a forged line, nor a `%00` turn the log into a binary file."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", path)
+    """A decoded path for a log line: a segment with an email masked, cut to `_SHOWN_CHARS`,
+    and what could break the line escaped, so a `%0A` or `%E2%80%A8` in a URL cannot start a
+    forged line, a `%00` turn the log binary, nor a 60 KB path make a 60 KB line."""
+    shown = _EMAIL_SEGMENT.sub("…", path)
+    if len(shown) > _SHOWN_CHARS:
+        shown = f"{shown[:_SHOWN_CHARS]}…(+{len(shown) - _SHOWN_CHARS} chars)"
+    return _CONTROL.sub(_escaped, shown)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Gateway:
@@ -153,9 +169,12 @@ class Gateway:
             return
         function = self.find(path)
         if function is None:
+            # The platform's own 404 would answer here; ours carries an X-Request-ID, as
+            # every answer of the functions does.
+            request_id = new_request_id()
             body = _envelope(404, "Not Found", f"No function serves {method} {path}")
-            await _respond(send, 404, body, "application/json")
-            logger.info("%s %s -> no function 404", method, _printable(path))
+            await _respond(send, 404, body, "application/json", request_id=request_id)
+            logger.info("%s %s -> no function 404 (%s)", method, _printable(path), request_id)
             return
         started = time.perf_counter()
         status = 500
@@ -263,12 +282,16 @@ def _envelope(status: int, error: str, message: str) -> bytes:
     ).encode()
 
 
-async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: str, *, request_id: str | None = None
+) -> None:
     headers = [
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
     ]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -31,6 +32,12 @@ logger = logging.getLogger("keyflash")
 CREDENTIAL_LOGGERS = ("botocore", "stripe")
 # The X-Request-ID of the request being served (set by `shared.http.app.RequestContext`).
 request_id: ContextVar[str | None] = ContextVar("keyflash_request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A fresh X-Request-ID (`req_` and 16 hex digits), the one handle a client can quote."""
+    return f"req_{secrets.token_hex(8)}"
+
 
 P = ParamSpec("P")
 T = TypeVar("T")

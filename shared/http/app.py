@@ -13,7 +13,6 @@ import atexit
 import gc
 import logging
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -238,7 +237,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = f"req_{secrets.token_hex(8)}"
+        request_id = telemetry.new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         logged_as = telemetry.request_id.set(request_id)

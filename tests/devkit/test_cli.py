@@ -1428,9 +1428,9 @@ def test_gateway_routing_and_openapi_merge(caplog: pytest.LogCaptureFixture) -> 
         lines = [record.getMessage() for record in caplog.records]
         assert len(lines) == 2 and not any("\n" in line or "\x00" in line for line in lines)
         assert lines[0].startswith("GET /api/shared/x\\x0a12:00:00 GET\\x00 -> first 200 (")
-        assert lines[1] == (
+        assert lines[1].startswith(
             "GET /api/third\\x0a12:00:00 GET /api/admin/flags -> admin_flags 200 (1 ms)"
-            " -> no function 404"
+            " -> no function 404 (req_"
         )
     merged = gateway.merged_openapi([first, second])
     schemas = merged["components"]["schemas"]
@@ -1440,6 +1440,33 @@ def test_gateway_routing_and_openapi_merge(caplog: pytest.LogCaptureFixture) -> 
     ]["schema"]["$ref"]
     assert second_ref == "#/components/schemas/Body__second"
     assert merged["paths"]["/api/first"]["post"]["tags"] == ["first"]
+
+
+def test_gateway_request_lines_are_one_bounded_line_without_emails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What `splitlines()` and log viewers break at (U+2028, U+0085) is escaped as control
+    characters are, a path is cut to a bounded length, a path segment with an email in it is
+    masked, and the gateway's own 404 carries an X-Request-ID as every answer does."""
+    from starlette.testclient import TestClient
+
+    from devkit import gateway
+
+    with (
+        TestClient(gateway.Gateway([])) as client,
+        caplog.at_level(logging.INFO, logger="keyflash.gateway"),
+    ):
+        missing = client.get("/api/x%E2%80%A8FORGED%C2%85too%E2%80%A9")
+        client.get("/api/nope/alex.doe%40example.com/more")
+        client.get("/api/" + "a" * 60_000)
+    assert missing.status_code == 404
+    assert re.fullmatch(r"req_[0-9a-f]{16}", missing.headers["x-request-id"])
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3 and all(len(line.splitlines()) == 1 for line in lines)
+    assert lines[0].startswith("GET /api/x\\u2028FORGED\\x85too\\u2029 -> no function 404")
+    assert missing.headers["x-request-id"] in lines[0]
+    assert lines[1].startswith("GET /api/nope/…/more -> no function 404")
+    assert len(lines[2]) < 400 and "(+" in lines[2]
 
 
 def test_the_stack_reads_the_vercel_upstash_names_as_its_own(
