@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select, text
+from sqlalchemy import exists, select, text
 
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.models.organizations import Organization, OrganizationMember
+from shared.models.users import User
 from shared.repositories.rows import db_time
 from shared.telemetry import database_operation
 
@@ -208,6 +209,25 @@ def mirror_membership(
         {"id": member.organization_id},
     ).first()
     return "stale" if exists else "organization_deleted"
+
+
+def live_team(org_id: str, member_id: str | None) -> Any:
+    """The organization's id while it is not deleted, its row share-locked (FOR SHARE), for a
+    statement writing the member's team data (`docs/organizations.md`, the deletion).
+
+    FOR SHARE conflicts with the tombstone's update: a deletion waits for the writer's
+    transaction (and then finds its rows), or the writer waits for the deletion's and then finds
+    the tombstone, so nothing names a deleted organization. The member's row is share-locked
+    first (FOR KEY SHARE, a one-time filter evaluated before the organization is touched), the
+    order an erasure takes them in, so the two never deadlock."""
+    team = select(Organization.id).where(
+        Organization.id == org_id, Organization.deleted_at.is_(None)
+    )
+    if member_id is not None:
+        member = select(User.id).where(User.id == member_id)
+        member = member.with_for_update(read=True, key_share=True)
+        team = team.where(exists(member))
+    return team.with_for_update(read=True)
 
 
 # The tombstone: name and slug cleared; tier, counters and the Stripe ids and status kept, so

@@ -27,6 +27,7 @@ from shared.db import Conn
 from shared.models import UTCDateTime
 from shared.models.reservations import KeywordReservation
 from shared.models.users import User
+from shared.repositories import organizations
 from shared.telemetry import database_operation
 
 
@@ -127,17 +128,20 @@ class Released(NamedTuple):
     given_back: list[tuple[str, int, datetime]]
 
 
-def confirm_statement(reservation_id: str, user_id: str) -> Any:
+def confirm_statement(reservation_id: str, user_id: str, org_id: str | None = None) -> Any:
     """The DELETE that confirms a reservation, for a caller's data-modifying CTE.
 
     It share-locks the user's row before the reservation's (a one-time filter runs before the
     scan): an erasure locks the user row first and then deletes the reservations by cascade, so
     taking the two in the same order is what keeps a search recorded during an erasure from
-    deadlocking with it. An erased user leaves nothing to confirm."""
-    user_row = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
-    return delete(KeywordReservation).where(
-        KeywordReservation.id == reservation_id, exists(user_row)
-    )
+    deadlocking with it. A team search's (`org_id`) locks its organization's row in between
+    (`organizations.live_team`), as the history row beside it does and before the reservation,
+    which the organization's deletion removes after tombstoning the row: the same order. An
+    erased user, or a deleted organization, leaves nothing to confirm."""
+    owner = select(User.id).where(User.id == user_id).with_for_update(read=True, key_share=True)
+    if org_id is not None:
+        owner = organizations.live_team(org_id, user_id)
+    return delete(KeywordReservation).where(KeywordReservation.id == reservation_id, exists(owner))
 
 
 @database_operation("releaseReservation")

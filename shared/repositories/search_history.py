@@ -15,7 +15,7 @@ from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import UTCDateTime
 from shared.models.search_history import SearchHistory
-from shared.repositories import api_usage, reservations
+from shared.repositories import api_usage, organizations, reservations
 from shared.repositories.pagination import Cursor, Page, page_of
 from shared.repositories.rows import RowMapper, db_time
 from shared.telemetry import database_operation
@@ -61,6 +61,12 @@ class Stats:
 
 
 def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
+    """The row; a team search names its organization only while it is live, checked under its
+    row lock in the same statement (`organizations.live_team`): a search recorded as its
+    organization is deleted is its member's own."""
+    team = search.organization_id
+    if team is not None:
+        team = organizations.live_team(team, search.user_id).scalar_subquery()
     return insert(SearchHistory).values(
         id=row_id,
         user_id=search.user_id,
@@ -77,7 +83,7 @@ def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
         searched_at=now or utcnow(),
         user_agent=search.user_agent,
         ip_address=search.ip_address,
-        organization_id=search.organization_id,
+        organization_id=team,
     )
 
 
@@ -107,7 +113,9 @@ def record_with_usage(
     history = _insert(search, row_id, now).cte("history")
     statement = api_usage.insert_statement([request]).add_cte(history)
     if reservation_id is not None and search.user_id is not None:
-        kept = reservations.confirm_statement(reservation_id, search.user_id).cte("kept")
+        kept = reservations.confirm_statement(
+            reservation_id, search.user_id, search.organization_id
+        ).cte("kept")
         statement = statement.add_cte(kept)
     try:
         conn.session.execute(statement)
