@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from shared import db
 from shared.contracts import history as contract
+from shared.contracts import paging
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.openapi import whole_number_query
@@ -45,14 +46,14 @@ def list_history(
     limit: Annotated[str | None, Query(include_in_schema=False)] = None,
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
 ) -> Response:
-    size = contract.bounded_int(
+    size = paging.bounded_int(
         limit,
         name="limit",
         default=contract.DEFAULT_LIMIT,
         minimum=1,
         maximum=contract.MAX_LIMIT,
     )
-    after = None if cursor is None else contract.decode_cursor(cursor)
+    after = None if cursor is None else paging.decode_cursor(cursor)
     page = db.read(
         lambda conn: search_history.list_for_user(conn, user.user_id, limit=size, cursor=after)
     )
@@ -69,7 +70,7 @@ def list_history(
         items.append(item)
     body: dict[str, object] = {"history": items}
     if next_cursor is not None:
-        body["nextCursor"] = contract.encode_cursor(next_cursor)
+        body["nextCursor"] = paging.encode_cursor(next_cursor)
     return ok(body)
 
 

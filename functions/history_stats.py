@@ -14,6 +14,7 @@ from starlette.responses import Response
 from shared import db
 from shared.clock import utcnow
 from shared.contracts import history as contract
+from shared.contracts import paging
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.openapi import whole_number_query
@@ -37,7 +38,7 @@ def history_stats(
     user: CurrentUser,
     days: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> Response:
-    window = contract.bounded_int(
+    window = paging.bounded_int(
         days,
         name="days",
         default=contract.DEFAULT_DAYS,

@@ -2812,7 +2812,12 @@ export interface operations {
     };
     list_members_api_orgs__org_id__members_get: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `nextCursor` of the previous page */
+                cursor?: string | null;
+                /** @description Page size, 1..500 (default 100) */
+                limit?: number;
+            };
             header?: never;
             path: {
                 org_id: string;

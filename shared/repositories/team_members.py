@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 
 from shared.db import Conn
 from shared.models.organizations import OrganizationMember
+from shared.repositories.pagination import Cursor, Page, page_of
 from shared.telemetry import database_operation
 
 
 @database_operation("listOrganizationMembers")
-def list_live(conn: Conn, org_id: str) -> Sequence[OrganizationMember]:
-    """Current memberships (tombstones left out), earliest joined first."""
-    return conn.session.scalars(
+def list_live(
+    conn: Conn, org_id: str, *, limit: int, after: Cursor | None = None
+) -> Page[OrganizationMember]:
+    """Current memberships (tombstones left out), earliest joined first, one keyset page on
+    (createdAt, userId) after `after`: a member who joins between pages comes after the
+    cursor (they joined last), one who leaves is not listed again, and none repeats or is
+    skipped (ties on createdAt are broken by userId)."""
+    joined = tuple_(OrganizationMember.created_at, OrganizationMember.user_id)
+    statement = (
         select(OrganizationMember)
         .where(
             OrganizationMember.organization_id == org_id, OrganizationMember.deleted_at.is_(None)
         )
         .order_by(OrganizationMember.created_at, OrganizationMember.user_id)
-    ).all()
+        .limit(limit + 1)
+    )
+    if after is not None:
+        statement = statement.where(joined > tuple_(*after))
+    rows = conn.session.scalars(statement).all()
+    return page_of(rows, limit, lambda row: row, lambda row: (row.created_at, row.user_id))

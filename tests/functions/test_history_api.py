@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from shared import db
 from shared.clock import utcnow
-from shared.contracts.history import encode_cursor
+from shared.contracts.paging import encode_cursor
 from shared.repositories import partitions, search_history, users
 from tests.support.http import Caller
 

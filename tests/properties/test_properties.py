@@ -39,8 +39,8 @@ from sqlalchemy import select
 
 from shared import config, db
 from shared.clock import month_start, next_month_start
-from shared.contracts.history import bounded_int, decode_cursor, encode_cursor
 from shared.contracts.keywords import LOCATION_CODES, KeywordSearch
+from shared.contracts.paging import bounded_int, decode_cursor, encode_cursor
 from shared.contracts.saved_searches import (
     CreateSavedSearch,
     UpdateSavedSearch,
