@@ -145,6 +145,13 @@ def _copy(conn: Conn, entry_key: str, kind: str, user_id: str, client: Redis) ->
         store.write_user(client, user)
 
 
+def _logged(key: str) -> str:
+    """A mark's key as a log line may show it: an erasure's names the erased user, whom no log
+    line may name (logs outlive the erasure), so only its kind is shown."""
+    prefix = keys.erasure("")
+    return prefix + "…" if key.startswith(prefix) else key
+
+
 def _sync_locked(conn: Conn, key: str, client: Redis, *, skip_locked: bool) -> bool | None:
     """True: Redis matches and the mark is gone. False: Redis failed, the mark stays with the
     reason. None: no mark (already synced) or, with `skip_locked`, another writer holds it."""
@@ -161,7 +168,7 @@ def _sync_locked(conn: Conn, key: str, client: Redis, *, skip_locked: bool) -> b
         legacy_repairs.clear(conn, key)
         return True
     legacy_repairs.record_failure(conn, key, reason)
-    log_event("legacy_mirror_failed", level=logging.WARNING, key=key, reason=reason)
+    log_event("legacy_mirror_failed", level=logging.WARNING, key=_logged(key), reason=reason)
     return False
 
 
@@ -173,7 +180,7 @@ def _sync(key: str) -> bool:
         outcome = db.transaction(lambda conn: _sync_locked(conn, key, client, skip_locked=False))
         return outcome is not False
     except DatabaseUnavailableError:
-        log_event("legacy_mirror_deferred", level=logging.WARNING, key=key)
+        log_event("legacy_mirror_deferred", level=logging.WARNING, key=_logged(key))
         return False
 
 
@@ -382,7 +389,7 @@ def erase_user(user_id: str, email: str | None, stripe_customer_id: str | None) 
         try:
             db.run(lambda conn: legacy_repairs.clear(conn, key), idempotent=True)
         except DatabaseUnavailableError:
-            log_event("legacy_erase_mark_kept", level=logging.WARNING, key=key)
+            log_event("legacy_erase_mark_kept", level=logging.WARNING, key=_logged(key))
         return True
     db.run(_mark(key, "erasure", user_id), idempotent=True)
     return False

@@ -9,6 +9,7 @@ emulator's Redis is shared by the session and never flushed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import uuid
@@ -941,12 +942,13 @@ def rows_naming(stores: Stores, text: str) -> list[str]:
 
 
 def test_an_erasure_redis_missed_is_finished_by_the_prune_cron_and_keeps_no_raw_id(
-    one: Caller, stores: Stores
+    one: Caller, stores: Stores, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Postgres mode (the default): `DELETE /api/me` during an Upstash outage owes the legacy
     keys' deletion, under a mark naming the raw Clerk id. The daily prune finishes it once
     Redis answers again, and then nothing in Postgres names the id (report s46 t1, F3: the mark
-    stayed for ever, no cron processing it)."""
+    stayed for ever, no cron processing it). No log line names it either, however often the
+    prune finds Redis still down (a reviewer found `legacy_mirror_failed` logging the mark)."""
     from shared.cron import prune
     from shared.cron.runner import run_job
 
@@ -955,10 +957,13 @@ def test_an_erasure_redis_missed_is_finished_by_the_prune_cron_and_keeps_no_raw_
     seed_legacy_user(stores, uid, searches=1)
     assert one("me", "GET", "/api/me", user=uid).status == 200  # reattached
     stores.break_redis()
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
     assert one("me", "DELETE", "/api/me", user=uid).status == 200
     assert [row[:2] for row in stores.repairs()] == [(keys.erasure(uid), "erasure")]
     still_down = run_job(prune.JOB)["legacyErasures"]
     assert still_down == {"finished": 0, "failed": 1}
+    assert [r.getMessage() for r in caplog.records if uid in r.getMessage()] == []
     assert [row[:3] for row in stores.repairs()] == [(keys.erasure(uid), "erasure", 1)]
 
     stores.restore_redis()
