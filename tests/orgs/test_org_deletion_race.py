@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from shared import config, db
+from shared import db
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.errors import OrganizationNotFoundError
@@ -23,20 +23,11 @@ from shared.quotas import OrgLimits
 from shared.repositories import api_usage, org_quota, organizations, reservations, search_history
 from shared.repositories import users as users_repo
 from tests.core.test_concurrency import WORKERS, race
+from tests.orgs.test_team_quota import wide_pool  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("db_env", "wide_pool")
 
 LIMITS = OrgLimits(free=100_000, pro=100_000, enterprise=100_000)
-
-
-@pytest.fixture
-def wide_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A connection per racing thread, so the races happen in Postgres."""
-    monkeypatch.setenv("DB_POOL_SIZE", str(WORKERS))
-    config.get_settings.cache_clear()
-    db.dispose_engine()
-    yield
-    db.dispose_engine()
 
 
 def _user(user_id: str) -> None:
