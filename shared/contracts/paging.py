@@ -66,6 +66,6 @@ def decode_cursor(cursor: str, ids: re.Pattern[str] = ROW_IDS) -> tuple[datetime
         keyset = (datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC), row_id)
         if encode_cursor(keyset) != cursor:  # one canonical spelling per cursor
             raise ValueError("not canonical")
-    except (ValueError, binascii.Error, UnicodeError):
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):  # brackets nested deep
         raise ApiError(400, INVALID_CURSOR) from None
     return keyset

@@ -198,6 +198,7 @@ def _tampered() -> str:
         _b64(json.dumps(["2026-01-01T00:00:00.000Z", "c1; DROP TABLE"]).encode()),
         _b64(json.dumps(["2026-01-01T00:00:00.000Z", 7]).encode()),
         _b64(b"\xff\xfe"),
+        _b64(b"[" * 3000),  # nested past the JSON decoder's recursion limit: was a 500
         encode_cursor((datetime(2026, 1, 1, tzinfo=UTC), "c1")) + "==",  # not canonical
         _tampered(),
     ],
