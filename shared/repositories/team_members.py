@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Text, bindparam, select, tuple_
 
 from shared.db import Conn
+from shared.models import UTCDateTime
 from shared.models.organizations import OrganizationMember
 from shared.repositories.pagination import Cursor, Page, page_of
 from shared.telemetry import database_operation
@@ -28,6 +29,11 @@ def list_live(
         .limit(limit + 1)
     )
     if after is not None:
-        statement = statement.where(joined > tuple_(*after))
+        moment, user_id = after  # typed: an untyped time is a timestamptz, shifted by the session
+        cursor = tuple_(
+            bindparam("after_time", moment, type_=UTCDateTime()),
+            bindparam("after_id", user_id, type_=Text()),
+        )
+        statement = statement.where(joined > cursor)
     rows = conn.session.scalars(statement).all()
     return page_of(rows, limit, lambda row: row, lambda row: (row.created_at, row.user_id))

@@ -10,7 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from shared import db
 from shared.contracts.teams import DEFAULT_MEMBERS, MAX_MEMBERS
 from tests.support.http import Caller, Keys, Result
 
@@ -126,6 +128,25 @@ def test_members_joining_and_leaving_between_pages_leave_no_gap_or_duplicate(
     remaining = set(live_ids(admin_conn))
     assert left_unlisted and not left_unlisted & remaining  # only leavers were missed
     assert remaining - set(before) <= set(seen)  # every joiner still there was listed
+
+
+@pytest.mark.usefixtures("big_team")
+def test_pages_are_whole_whatever_the_sessions_time_zone(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Join times are UTC in a column without a zone: a cursor compared as a `timestamptz`
+    shifted them by the session's offset (Europe/Berlin: every member after the first page
+    looked an hour older than the cursor, and the list ended there)."""
+    add_members(admin_conn, 250)
+    database = sql.Identifier(admin_conn.info.dbname)
+    admin_conn.execute(sql.SQL("ALTER DATABASE {} SET timezone = 'Europe/Berlin'").format(database))
+    try:
+        db.dispose_engine()  # new sessions take the database's time zone
+        ids = [m["userId"] for m in every_page(call, limit=100)]
+    finally:
+        admin_conn.execute(sql.SQL("ALTER DATABASE {} RESET timezone").format(database))
+        db.dispose_engine()
+    assert ids == live_ids(admin_conn)
 
 
 @pytest.mark.parametrize(
