@@ -112,7 +112,7 @@ _MISCONFIGURED = (
 # after its prefix ("connection to server at … failed:", "connection is bad:"); the names
 # either quotes (a user, a database, a host), and those PgBouncer writes unquoted at the end.
 _REFUSAL_PREFIX = re.compile(r"^(?:.*\b(?:FATAL|ERROR):\s+|.*\bfailed:\s+|connection is bad:\s+)")
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+_QUOTED = re.compile(r"\"[^\"]*\"|(?<!\w)'[^']*'")  # an apostrophe in a word opens no quote
 _UNQUOTED_NAME = re.compile(r"((?:no such (?:database|user)|does not allow connections):\s*)\S.*$")
 # psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
 CONNECT_TIMEOUT_LEAST_S = 2

@@ -534,6 +534,11 @@ def test_a_refused_connection_is_unavailable_at_once_without_retrying(
             'connection is bad: invalid sslmode value: "bogus"',
             'invalid sslmode value: "…"',
         ),
+        (  # an apostrophe in a word opens no quote: it paired with the next quote and showed both
+            'connection failed: connection to server at "ep-x.neon.tech", port 5432 failed: '
+            "ERROR:  couldn't find endpoint 'ep-cool-123' for user 'alex'",
+            'couldn\'t find endpoint "…" for user "…"',
+        ),
     ],
 )
 def test_a_refusal_is_told_without_the_names_it_quotes(message: str, reason: str) -> None:
