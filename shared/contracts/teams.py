@@ -13,7 +13,7 @@ from shared.quotas import OrgUsageView
 from shared.repositories.team_searches import MAX_PER_ORG
 
 # A members page: 500 of the longest (255-character ids, 100-character roles, all escaped) stay
-# under 1 MB, far from Vercel's 4.5 MB; Clerk organizations have no member limit.
+# under 1.2 MB, far from Vercel's 4.5 MB; Clerk organizations have no member limit.
 DEFAULT_MEMBERS, MAX_MEMBERS = 100, 500
 LIMIT_REACHED = (
     f"Failed to save search. Your team may have reached the limit of {MAX_PER_ORG} saved searches."
