@@ -28,7 +28,7 @@ from typing import TypeVar
 from psycopg.errors import LockNotAvailable
 from sqlalchemy.exc import OperationalError
 
-from shared import db, storage
+from shared import db
 from shared.config import Settings
 from shared.cron.runner import Job, Run
 from shared.db import Conn
@@ -82,6 +82,10 @@ def _finish_legacy_erasures(run: Run) -> None:
     them now, and with them the mark that names the erased id (docs/accounts-and-privacy.md).
     The first failure ends the step (Redis is likely still failing; it moved to the back), so
     an outage costs a run one Redis timeout."""
+    # Imported here: the STORAGE_MODE switch maps the user tables, which the rest of the cron
+    # never needs at import.
+    from shared import storage
+
     outcome = run.extra["legacyErasures"] = {"finished": 0, "failed": 0}
     for key in storage.pending_legacy_erasures(limit=run.settings.cron_batch_size):
         if not run.has_time():

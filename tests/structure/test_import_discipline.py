@@ -321,8 +321,8 @@ def test_stripe_is_imported_on_first_use_by_the_pinned_modules_only() -> None:
 
 
 # The STORAGE_MODE switch loads at import only in the functions that read or write users or
-# saved searches through it (the others load it when they provision their first caller), and the
-# prune cron, which finishes erasures whose legacy Redis keys are still owed; the
+# saved searches through it (the others load it when they provision their first caller; the
+# prune cron when it runs, to finish erasures whose legacy Redis keys are still owed); the
 # account lifecycle (shared.accounts: erasure, Clerk's email rules) only where accounts are
 # changed or erased.
 # Checkout needs neither: it reads the caller's row and asks only whether the email is a
@@ -332,7 +332,6 @@ def test_stripe_is_imported_on_first_use_by_the_pinned_modules_only() -> None:
 MAY_LOAD = {
     "shared.storage": frozenset(
         {
-            "functions.cron.prune",
             "functions.keywords",
             "functions.me",
             "functions.search_item",
