@@ -112,8 +112,13 @@ _MISCONFIGURED = (
 # after its prefix ("connection to server at … failed:", "connection is bad:"); the names
 # either quotes (a user, a database, a host), and those PgBouncer writes unquoted at the end.
 _REFUSAL_PREFIX = re.compile(r"^(?:.*\b(?:FATAL|ERROR):\s+|.*\bfailed:\s+|connection is bad:\s+)")
-_QUOTED = re.compile(r"\"[^\"]*\"|(?<!\w)'[^']*'")  # an apostrophe in a word opens no quote
+# A quoted name ends at a quote followed by a separator or the end: PostgreSQL does not escape
+# the quotes inside a name. An apostrophe in a word opens no quote.
+_QUOTED = re.compile(
+    r"\"[^\"]*(?:\"(?![\s,.;:)]|$)[^\"]*)*\"|(?<!\w)'[^']*(?:'(?![\s,.;:)]|$)[^']*)*'"
+)
 _UNQUOTED_NAME = re.compile(r"((?:no such (?:database|user)|does not allow connections):\s*)\S.*$")
+_UNQUOTED_MISSING = re.compile(r"\b(role|database|user) (?![\"'])[^:\"']+? does not exist")
 # psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
 CONNECT_TIMEOUT_LEAST_S = 2
 # `psycopg.Connection.connect`'s own options: the rest of its keywords are libpq's.
@@ -149,6 +154,7 @@ def failure_reason(error: BaseException) -> str:
     lines = redact_url(str(error)).strip().splitlines()
     reason = _REFUSAL_PREFIX.sub("", lines[0], count=1) if lines else ""
     reason = _UNQUOTED_NAME.sub(r"\1…", reason)
+    reason = _UNQUOTED_MISSING.sub(r"\1 … does not exist", reason)
     return _QUOTED.sub('"…"', reason).strip()
 
 

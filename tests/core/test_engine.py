@@ -389,7 +389,7 @@ def test_connecting_ahead_tries_once_and_leaves_a_failure_to_the_first_request(
     assert json_events(caplog, "db_retry") == []
     [failed] = json_events(caplog, "db_connect_ahead_failed")
     expected = "Connection refused" if failure == "unreachable" else 'database "…" does not exist'
-    assert expected in failed["reason"]
+    assert expected in failed["reason"], failed
     for secret in ("hunter2", "kf_missing_database", "127.0.0.1"):
         assert secret not in caplog.text
 
@@ -538,6 +538,16 @@ def test_a_refused_connection_is_unavailable_at_once_without_retrying(
             'connection failed: connection to server at "ep-x.neon.tech", port 5432 failed: '
             "ERROR:  couldn't find endpoint 'ep-cool-123' for user 'alex'",
             'couldn\'t find endpoint "…" for user "…"',
+        ),
+        (  # PostgreSQL quotes a name without escaping the quotes inside it
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'password authentication failed for user "al"ex", database "k"f"',
+            'password authentication failed for user "…", database "…"',
+        ),
+        (  # a proxy's unquoted form
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            "role alice smith does not exist",
+            "role … does not exist",
         ),
     ],
 )
