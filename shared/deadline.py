@@ -9,6 +9,7 @@ at the latest one step timeout later (its answer is dropped). Provider calls
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +36,12 @@ def run_within(deadline: float, work: Callable[[float], T], service: str) -> T:
         except BaseException as error:  # handed to the caller below
             outcome.append(error)
 
+    context = contextvars.copy_context()  # the request id of its log lines, as the caller's
     worker = threading.Thread(
-        target=run, name=f"{service.lower().replace(' ', '-')}-request", daemon=True
+        target=context.run,
+        args=(run,),
+        name=f"{service.lower().replace(' ', '-')}-request",
+        daemon=True,
     )
     worker.start()
     worker.join(budget)
