@@ -2,10 +2,11 @@
 
 Production fires a cron two ways: EventBridge calls the Lambda `lambda_handler(event, context)`
 with a schedule event, Vercel GETs the job's small app. Locally we do what Lambda does (a real
-EventBridge event, in-process), on the schedule vercel.json's `crons` declares for the job's
-path (5-field cron, UTC; the module's own `SCHEDULE` is the fallback). Runs missed while the
-stack was down are not caught up, as on both platforms. A job still running when its next time
-comes is skipped, with a log line, rather than run twice at once.
+EventBridge event, in-process; no Lambda context, so `CRON_MAX_DURATION_S` bounds the run), on
+the schedule vercel.json's `crons` declares for the job's path (5-field cron, UTC; the module's
+own `SCHEDULE` is the fallback). Runs missed while the stack was down are not caught up, as on
+both platforms. A job still running when its next time comes is skipped, with a log line, rather
+than run twice at once.
 """
 
 from __future__ import annotations
@@ -225,15 +226,16 @@ class RunResult:
 
 
 def run_job(job: CronJob) -> RunResult:
-    """Call the job's Lambda handler with an EventBridge schedule event, in-process."""
+    """Call the job's Lambda handler with an EventBridge schedule event, in-process.
+
+    No Lambda context: nothing local imposes Lambda's limit, so the run's budget (and its
+    lease) is `CRON_MAX_DURATION_S`, the documented limit where no Lambda context says.
+    """
     started = time.perf_counter()
     try:
         module = job.load()
         handler: Callable[[dict[str, Any], Any], Any] = module.lambda_handler
-        result = handler(
-            events.schedule(rule=f"keyflash-{job.name}"),
-            events.lambda_context(f"keyflash-cron-{job.name}"),
-        )
+        result = handler(events.schedule(rule=f"keyflash-{job.name}"), None)
     except Exception as error:
         elapsed = (time.perf_counter() - started) * 1000
         logger.debug("cron %s failed", job.name, exc_info=True)

@@ -289,6 +289,36 @@ def test_every_cron_module_runs_from_a_schedule_event(
     assert isinstance(cron.SCHEDULE, str) and len(cron.SCHEDULE.split()) == 5
 
 
+def test_keyflash_cron_run_has_the_budget_and_lease_of_a_run_without_a_lambda_context(
+    db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keyflash cron run JOB` is not on Lambda: its limit is CRON_MAX_DURATION_S, as documented
+    for a run no Lambda context bounds, and its lease lasts that long plus a second."""
+    import types
+
+    from devkit import crons
+
+    configure(monkeypatch, CRON_MAX_DURATION_S=600)
+    seen: dict[str, float] = {}
+
+    def work(run: Run) -> None:
+        seen["remainingMs"] = run.budget.remaining_ms()
+        row = admin_conn.execute(
+            'SELECT extract(epoch FROM "expiresAt" - "acquiredAt") FROM cron_leases '
+            "WHERE job = 'local_budget'"
+        ).fetchone()
+        seen["leaseS"] = float(row[0]) if row else -1.0
+
+    module = types.ModuleType("kf_local_budget_cron")
+    module.lambda_handler = entry.make_lambda_handler(Job("local_budget", work))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kf_local_budget_cron", module)
+    job = crons.CronJob("local_budget", "kf_local_budget_cron", "/api/cron/local_budget", None, "t")
+    result = crons.run_job(job)
+    assert result.ok, result.error
+    assert seen["leaseS"] == 601  # ceil(600 s) + 1, as a Lambda run's lease outlives its limit
+    assert 30_000 < seen["remainingMs"] <= 600_000
+
+
 def test_event_options_come_from_manual_invokes_only() -> None:
     assert entry.event_options(events.schedule()) == {}
     assert entry.event_options({"full": True}) == {"full": True}
