@@ -153,8 +153,10 @@ def run_job(
 ) -> dict[str, Any]:
     """Run `job` once under its lease and return the summary (also logged as `cron_job`).
 
-    A run that finds the lease held returns `{…, "complete": false, "skipped": "lease held by
-    another run"}`. Exceptions propagate after the lease is given back (without saving state),
+    A run that finds the lease held does nothing and returns `{…, "processed": 0, "complete":
+    true, "skipped": "lease held by another run"}`: like every skip, it leaves no work of its own
+    (the run holding the lease reports the job's progress), so `complete` never reads as work
+    left over. Exceptions propagate after the lease is given back (without saving state),
     so the platform records a failed invocation and the next run starts from the last state.
     """
     started = time.perf_counter()
@@ -166,7 +168,6 @@ def run_job(
     lease = _acquire(job.name, holder, ttl)
     if lease is None:
         run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
-        run.complete = False
         run.extra["skipped"] = LEASE_HELD
         summary = run.summary(started)
         log_event("cron_job", **summary)

@@ -108,7 +108,18 @@ def test_a_held_lease_makes_a_second_run_do_nothing(
     finally:
         release.set()
         first.join(30)
-    assert second["skipped"] == runner.LEASE_HELD and second["complete"] is False
+    # A skip leaves no work of its own: `complete` must not read as "work left over" (the run
+    # holding the lease reports the job's progress), and the documented fields are all there.
+    assert second["skipped"] == runner.LEASE_HELD and second["complete"] is True
+    assert set(second) == {
+        "job",
+        "processed",
+        "batches",
+        "durationMs",
+        "complete",
+        "longestBatchMs",
+        "skipped",
+    }
     assert second["processed"] == 0 and second["batches"] == 0
     assert results[0]["processed"] == 3 and results[0]["complete"] is True
     assert len(calls) == 1  # only the first run did the work
