@@ -335,35 +335,59 @@ def revisions(direct_url: str) -> tuple[str | None, str | None]:
 def migrate(direct_url: str) -> str:
     from devkit.migrate import upgrade_head
 
-    before, head = revisions(direct_url)
+    _, head = revisions(direct_url)
+    with _migration_failures(direct_url, "the upgrade"):
+        config = upgrade_head(direct_url)
+    # What Alembic found when it started (not before: another run may have migrated since).
+    before = config.attributes.get("starting_revision")
     if before == head:
         return f"already at head ({head})"
-    upgrade_head(direct_url)
     return f"migrated {before or 'an empty database'} → {head}"
 
 
 def upgrade(direct_url: str, revision: str) -> None:
     """Alembic upgrade to `revision` (a restore needs the backup's schema, not head's)."""
     from alembic import command
-    from alembic.util import CommandError
 
-    try:
+    with _migration_failures(direct_url, f"upgrade to {revision!r}"):
         command.upgrade(_alembic(direct_url), revision)
-    except CommandError as error:
-        raise CliError(f"upgrade to {revision!r} failed: {error}") from None
 
 
 def downgrade(direct_url: str, revision: str) -> str:
     from alembic import command
-    from alembic.util import CommandError
 
     before, _ = revisions(direct_url)
-    try:
+    with _migration_failures(direct_url, f"downgrade to {revision!r}"):
         command.downgrade(_alembic(direct_url), revision)
-    except CommandError as error:
-        raise CliError(f"downgrade to {revision!r} failed: {error}") from None
     after, _ = revisions(direct_url)
     return f"downgraded {before} → {after or 'base (empty schema)'}"
+
+
+@contextmanager
+def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
+    """One line for a migration that refused or failed, saying where the database is now.
+
+    A refusal (a migration's `CommandError`) says what to do itself. A database error is a
+    failure nobody anticipated: each revision commits with its version, so the database is at
+    the last revision that went through, with that revision's schema."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except CommandError as error:
+        raise CliError(f"{action} failed: {error}") from error
+    except DBAPIError as error:
+        detail = (str(error.orig or error).strip().splitlines() or ["unknown error"])[0]
+        try:
+            current, _ = revisions(direct_url)
+        except DBAPIError:
+            raise CliError(f"{action} failed: {detail}") from error
+        raise CliError(
+            f"{action} failed: {type(error.orig or error).__name__}: {detail}. The database is "
+            f"at {current or 'no revision'}, with that revision's schema: remove the cause and "
+            "run it again"
+        ) from error
 
 
 def check(direct_url: str) -> str:

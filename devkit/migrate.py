@@ -10,11 +10,13 @@ from alembic.config import Config
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
 
-def upgrade_head(direct_url: str) -> None:
+def upgrade_head(direct_url: str) -> Config:
     """Apply every migration to the database at `direct_url` (never a pooler URL).
 
     Handed to migrations/env.py as the config's `url`, which wins over the environment: the
-    developer's own DIRECT_DATABASE_URL (or DATABASE_URL_UNPOOLED) is left as it is."""
+    developer's own DIRECT_DATABASE_URL (or DATABASE_URL_UNPOOLED) is left as it is. Returns
+    the config, whose `attributes` say what the run found (`starting_revision`)."""
     config = Config(str(ALEMBIC_INI))
     config.attributes["url"] = direct_url
     command.upgrade(config, "head")
+    return config

@@ -2,6 +2,13 @@
 
 DDL needs a session (locks, `CREATE INDEX CONCURRENTLY`, advisory locks); Neon's pooled endpoint is
 PgBouncer in transaction mode, so a `-pooler` host is refused with an explanation.
+
+Each revision commits on its own, with its version change (`transaction_per_migration`): a
+revision that fails leaves `alembic_version` naming the last one that went through, and the
+schema as that one left it. (In one transaction for the whole run, a revision that builds an
+index CONCURRENTLY commits everything before it, version included, and a later failure then
+rolled back the version alone.) A revision with a step outside a transaction cleans up after
+that step itself when it fails.
 """
 
 from __future__ import annotations
@@ -58,6 +65,11 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=metadata,
             compare_server_default=True,
+            transaction_per_migration=True,
+        )
+        # What the run starts from: `keyflash db migrate` reports it.
+        context.config.attributes["starting_revision"] = (
+            context.get_context().get_current_revision()
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -47,7 +47,13 @@ def downgrade() -> None:
 
 def _swap(keys: str) -> None:
     with op.get_context().autocommit_block():
-        op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{BUILDING}"')  # a failed build's leftover
-        op.execute(f'CREATE UNIQUE INDEX CONCURRENTLY "{BUILDING}" ON "users" {keys}')
+        op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{BUILDING}"')  # a killed build's leftover
+        try:
+            op.execute(f'CREATE UNIQUE INDEX CONCURRENTLY "{BUILDING}" ON "users" {keys}')
+        except Exception:
+            # A failed concurrent build leaves its index behind, invalid: the schema must stay
+            # the one the version names (the revision before).
+            op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{BUILDING}"')
+            raise
         op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{NAME}"')
         op.execute(f'ALTER INDEX "{BUILDING}" RENAME TO "{NAME}"')
