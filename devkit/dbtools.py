@@ -368,25 +368,27 @@ def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
     """One line for a migration that refused or failed, saying where the database is now.
 
     A refusal (a migration's `CommandError`) says what to do itself. A database error is a
-    failure nobody anticipated: each revision commits with its version, so the database is at
+    failure nobody anticipated. Each revision commits with its version, so the database is at
     the last revision that went through, with that revision's schema."""
     from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
     try:
         yield
-    except CommandError as error:
-        raise CliError(f"{action} failed: {error}") from error
-    except DBAPIError as error:
-        detail = (str(error.orig or error).strip().splitlines() or ["unknown error"])[0]
+    except (CommandError, DBAPIError) as error:
+        if isinstance(error, DBAPIError):
+            cause = error.orig or error
+            first = (str(cause).strip().splitlines() or ["unknown error"])[0]
+            detail = f"{type(cause).__name__}: {first}. Remove the cause and run it again"
+        else:
+            detail = str(error)
         try:
             current, _ = revisions(direct_url)
         except DBAPIError:
             raise CliError(f"{action} failed: {detail}") from error
         raise CliError(
-            f"{action} failed: {type(error.orig or error).__name__}: {detail}. The database is "
-            f"at {current or 'no revision'}, with that revision's schema: remove the cause and "
-            "run it again"
+            f"{action} failed: {detail} (the database is at {current or 'no revision'}, "
+            "with that revision's schema)"
         ) from error
 
 

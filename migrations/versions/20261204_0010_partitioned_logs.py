@@ -23,7 +23,9 @@ through the parent into the range or DEFAULT partition their time says: the lega
 cannot be bounded below its own rows, and a partition of their own would be one more per table
 for rows that may never expire. No other row is copied on the way up.
 
-The way down copies every row into one plain table again (and fails if an id appears twice).
+The way down copies every row into one plain table again. It refuses, before changing anything,
+while an id appears twice (the plain table's key is the id alone); a history row whose user is
+gone gets `userId` NULL, as the FK's ON DELETE SET NULL would have given it.
 
 Revision ID: 0010
 Revises: 0009
@@ -36,6 +38,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -163,11 +166,43 @@ def _add_keys(log: Log, *, partitioned: bool) -> None:
 
 
 def downgrade() -> None:
+    for log in LOGS:  # before anything changes
+        _refuse_ids_twice(log.table)
     for log in LOGS:
         t = log.table
         op.execute(f"CREATE TABLE {t}_flat (LIKE {t} INCLUDING DEFAULTS)")
         op.execute(f"INSERT INTO {t}_flat SELECT * FROM {t}")
+        if log.foreign_key is not None:
+            # A row whose user is gone (restored with triggers off, or fixed by hand: the FK
+            # never saw it, and attaching kept the FK as validated) gets what the FK's ON
+            # DELETE SET NULL gives it, instead of failing the FK's validation below.
+            op.execute(
+                f'UPDATE {t}_flat SET "userId" = NULL WHERE "userId" IS NOT NULL '
+                f'AND NOT EXISTS (SELECT FROM users WHERE users.id = {t}_flat."userId")'
+            )
         op.execute(f"DROP TABLE {t}")  # and every partition with it
         op.execute(f"ALTER TABLE {t}_flat RENAME TO {t}")
         _add_keys(log, partitioned=False)
     op.execute(f"DROP SCHEMA {SCHEMA}")
+
+
+def _refuse_ids_twice(table: str) -> None:
+    """The partitioned table keys a row by (id, time), the plain one by id alone: ids that
+    appear twice are refused here, with what to do, rather than by the primary key halfway."""
+    rows, ids = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                f"SELECT coalesce(sum(n), 0), count(*) FROM "
+                f"(SELECT count(*) AS n FROM {table} GROUP BY id HAVING count(*) > 1) AS twice"
+            )
+        )
+        .one()
+    )
+    if ids:
+        raise CommandError(
+            f"{table} holds {rows} rows sharing {ids} id{'s' if ids > 1 else ''} (the "
+            "partitioned table keys a row by id and time, the table of 0009 by id alone): keep "
+            f"one row of each (SELECT id FROM {table} GROUP BY id HAVING count(*) > 1 lists "
+            "them) and run the downgrade again. Nothing was changed by this revision"
+        )

@@ -134,3 +134,54 @@ def test_a_concurrent_step_that_fails_leaves_nothing_behind(
     assert_schema_is_revision(url, scratch_database)
     assert dbtools.migrate(url) == f"migrated 0017 → {head_revision()}"
     assert_no_drift(url)
+
+
+# ------------------------------------------------------------------ across the partitioning
+
+
+def test_the_way_down_across_partitioning_keeps_a_history_row_whose_user_is_gone(
+    scratch_database: ScratchDatabase,
+) -> None:
+    url = at_revision(scratch_database, "head")
+    execute(
+        url,
+        USER,
+        history_row("kept", "user_a", "2026-01-05 10:00:00"),
+        history_row("anonymous", None, "2026-01-06 10:00:00"),
+    )
+    # As `pg_restore --disable-triggers` or a hand fix leaves it: the FK never saw this row.
+    with psycopg.connect(url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(history_row("orphan", "user_gone", "2026-01-07 10:00:00").encode())
+
+    dbtools.downgrade(url, "0009")
+
+    assert recorded_revisions(url) == ["0009"]
+    with psycopg.connect(url) as conn:
+        rows = conn.execute('SELECT id, "userId" FROM search_history ORDER BY id').fetchall()
+    assert rows == [("anonymous", None), ("kept", "user_a"), ("orphan", None)]
+    dbtools.migrate(url)
+    assert_no_drift(url)
+
+
+def test_the_way_down_refuses_an_id_twice_before_changing_anything(
+    scratch_database: ScratchDatabase,
+) -> None:
+    url = at_revision(scratch_database, "0010")
+    execute(
+        url,
+        USER,
+        history_row("dup", "user_a", "2026-01-05 10:00:00"),
+        history_row("dup", "user_b", "2026-02-05 10:00:00"),
+        history_row("other", "user_b", "2026-02-05 10:00:00"),
+    )
+    before = snapshot(url)
+    with pytest.raises(CliError) as excinfo:
+        dbtools.downgrade(url, "0009")
+    message = excinfo.value.message
+    assert "search_history" in message  # where
+    assert "2 rows" in message and "1 id" in message  # how many
+    assert "keep one" in message  # what to do
+    assert "Traceback" not in message and "psycopg" not in message
+    assert recorded_revisions(url) == ["0010"]
+    assert snapshot(url) == before
