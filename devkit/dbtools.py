@@ -342,6 +342,8 @@ def migrate(direct_url: str) -> str:
     before = config.attributes.get("starting_revision")
     if before == head:
         return f"already at head ({head})"
+    if config.attributes.get("adopted_prisma_tables"):
+        return f"adopted the original app's Prisma tables and migrated them → {head}"
     return f"migrated {before or 'an empty database'} → {head}"
 
 
@@ -386,10 +388,12 @@ def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
             current, _ = revisions(direct_url)
         except DBAPIError:
             raise CliError(f"{action} failed: {detail}") from error
-        raise CliError(
-            f"{action} failed: {detail} (the database is at {current or 'no revision'}, "
-            "with that revision's schema)"
-        ) from error
+        where = (
+            f"the database is at {current}, with that revision's schema"
+            if current
+            else "no revision was applied"
+        )
+        raise CliError(f"{action} failed: {detail} ({where})") from error
 
 
 def check(direct_url: str) -> str:

@@ -15,7 +15,9 @@ def upgrade_head(direct_url: str) -> Config:
 
     Handed to migrations/env.py as the config's `url`, which wins over the environment: the
     developer's own DIRECT_DATABASE_URL (or DATABASE_URL_UNPOOLED) is left as it is. Returns
-    the config, whose `attributes` say what the run found (`starting_revision`)."""
+    the config, whose `attributes` say what the run found (`starting_revision`;
+    `adopted_prisma_tables`, set by revision 0001 when it took over a database the original
+    app's Prisma schema made)."""
     config = Config(str(ALEMBIC_INI))
     config.attributes["url"] = direct_url
     command.upgrade(config, "head")

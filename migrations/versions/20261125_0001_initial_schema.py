@@ -9,6 +9,12 @@ same database:
 - users_tier_trialEndsAt_idx: serves the expired-trial lookup;
 - feature_flags_rolloutPercent_check: rolloutPercent between 0 and 100.
 
+A database that already holds the original's tables (made by `prisma db push`: the original had
+no migrations, and no `alembic_version`) is adopted: its seven tables are compared with the
+ones this revision builds (in a scratch schema, then dropped), and when they are Prisma's
+exactly, only the additions are made, rows untouched. Tables that differ are refused, named,
+before anything changes.
+
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-25 12:49:05.047116+00:00
@@ -18,6 +24,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
@@ -29,7 +36,37 @@ depends_on: str | Sequence[str] | None = None
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 
 
+PRISMA_TABLES = (
+    "users",
+    "saved_searches",
+    "search_history",
+    "api_usage",
+    "webhook_events",
+    "feature_flags",
+    "system_metrics",
+)
+BASELINE = "keyflash_baseline"  # the scratch schema the comparison builds this revision in
+# What this revision adds to Prisma's tables, as (kind, table, name); made by `_add_additions`.
+ADDITIONS = {
+    ("column", "users", "trialStartedAt"),
+    ("column", "saved_searches", "description"),
+    ("column", "saved_searches", "results"),
+    ("column", "saved_searches", "lastRunAt"),
+    ("column", "saved_searches", "resultCount"),
+    ("index", "users", "users_email_lower_key"),
+    ("index", "users", "users_tier_trialEndsAt_idx"),
+    ("constraint", "feature_flags", "feature_flags_rolloutPercent_check"),
+}
+
+
 def upgrade() -> None:
+    if _holds_prisma_tables():
+        _adopt()
+    else:
+        _create()
+
+
+def _create() -> None:
     op.create_table(
         "api_usage",
         sa.Column("id", sa.Text(), nullable=False),
@@ -248,6 +285,138 @@ def upgrade() -> None:
         "search_history",
         ["userId", "searchedAt"],
         unique=False,
+    )
+
+
+def _holds_prisma_tables() -> bool:
+    found = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relname = ANY(:tables)"
+            ),
+            {"tables": list(PRISMA_TABLES)},
+        )
+        .scalar_one()
+    )
+    return bool(found)
+
+
+def _adopt() -> None:
+    """The original app's tables, made by Prisma: when they are its schema exactly, add what
+    this revision adds; otherwise refuse, naming the differences, before anything changes."""
+    bind = op.get_bind()
+    path = bind.execute(sa.text("SELECT current_setting('search_path')")).scalar_one()
+    op.execute(f"CREATE SCHEMA {BASELINE}")
+    bind.execute(sa.text("SELECT set_config('search_path', :p, true)"), {"p": BASELINE})
+    _create()
+    expected = {k: v for k, v in _describe(BASELINE).items() if k[:3] not in ADDITIONS}
+    op.execute(f"DROP SCHEMA {BASELINE} CASCADE")
+    bind.execute(sa.text("SELECT set_config('search_path', :p, true)"), {"p": path})
+    found = _describe("public")
+    gone = {table for kind, table, _ in expected if kind == "table"} - {
+        table for kind, table, _ in found if kind == "table"
+    }
+    differences = [
+        f"{kind} {table}{'' if kind == 'table' else '.' + name}: "
+        + ("missing" if key not in found else "not in Prisma's schema" if key not in expected
+           else f"{found[key]} where Prisma's is {expected[key]}")
+        for key in sorted(expected.keys() | found.keys(), key=lambda k: (k[0] != "table", k))
+        for kind, table, name in [key]
+        if expected.get(key) != found.get(key) and (kind == "table" or table not in gone)
+    ]  # fmt: skip
+    if differences:
+        shown = "; ".join(differences[:8]) + ("; …" if len(differences) > 8 else "")
+        raise CommandError(
+            f"the database holds tables of the original app's Prisma schema, but not as Prisma "
+            f"made them ({len(differences)} difference{'s' if len(differences) > 1 else ''}: "
+            f"{shown}). Nothing was changed: bring them to the original schema "
+            "(tests/fixtures/prisma/original-ddl.sql) and migrate again, or migrate an empty "
+            "database and copy the rows into it"
+        )
+    _refuse_case_variant_emails()
+    _add_additions()
+    op.get_context().config.attributes["adopted_prisma_tables"] = True  # type: ignore[union-attr]
+
+
+def _describe(schema: str) -> dict[tuple[str, str, str], str]:
+    """The seven tables in `schema`: (kind, table, name) → definition, for tables, columns (in
+    order), constraints, indexes and the enum, printed as if `schema` were the only one."""
+    bind = op.get_bind()
+    path = bind.execute(sa.text("SELECT current_setting('search_path')")).scalar_one()
+    bind.execute(sa.text("SELECT set_config('search_path', :p, true)"), {"p": schema})
+    params = {"schema": schema, "tables": list(PRISMA_TABLES)}
+    tables = """FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = :schema AND c.relname = ANY(:tables)"""
+    queries = {
+        "table": f"SELECT c.relname, c.relname, c.relkind::text {tables}",
+        "column": f"""SELECT c.relname, a.attname, concat_ws(' ', row_number() OVER (PARTITION BY
+            c.oid ORDER BY a.attnum), format_type(a.atttypid, a.atttypmod),
+            CASE WHEN a.attnotnull THEN 'NOT NULL' END, 'DEFAULT ' || pg_get_expr(d.adbin,
+            d.adrelid)) {tables.replace("FROM pg_class c", "FROM pg_class c JOIN pg_attribute a "
+            "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped LEFT JOIN "
+            "pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum")}""",
+        "constraint": f"""SELECT c.relname, k.conname, pg_get_constraintdef(k.oid)
+            {tables.replace("FROM pg_class c", "FROM pg_class c JOIN pg_constraint k ON "
+            "k.conrelid = c.oid")}""",
+        "index": f"""SELECT c.relname, i.relname, replace(pg_get_indexdef(x.indexrelid),
+            ' ON ' || :schema || '.', ' ON ') || CASE WHEN x.indisvalid THEN '' ELSE ' INVALID'
+            END {tables.replace("FROM pg_class c", "FROM pg_class c JOIN pg_index x ON "
+            "x.indrelid = c.oid JOIN pg_class i ON i.oid = x.indexrelid")}""",
+        "type": """SELECT 'UserTier', t.typname, string_agg(e.enumlabel, ',' ORDER BY
+            e.enumsortorder) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+            JOIN pg_enum e ON e.enumtypid = t.oid WHERE n.nspname = :schema
+            AND t.typname = 'UserTier' GROUP BY t.typname""",
+    }  # fmt: skip
+    found: dict[tuple[str, str, str], str] = {
+        (kind, table, name): definition
+        for kind, query in queries.items()
+        for table, name, definition in bind.execute(sa.text(query), params)
+    }
+    bind.execute(sa.text("SELECT set_config('search_path', :p, true)"), {"p": path})
+    return found
+
+
+def _refuse_case_variant_emails() -> None:
+    """Prisma's emails are unique as written; ours case-insensitively (users_email_lower_key)."""
+    clashes = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM (SELECT FROM users GROUP BY lower(email) "
+                "HAVING count(*) > 1) AS clash"
+            )
+        )
+        .scalar_one()
+    )
+    if clashes:
+        raise CommandError(
+            f"users holds {clashes} email address{'es' if clashes > 1 else ''} that differ only "
+            "in case (the original's key is case-sensitive, ours is not: "
+            "SELECT lower(email) FROM users GROUP BY 1 HAVING count(*) > 1 lists them). Nothing "
+            "was changed: settle those accounts and migrate again"
+        )
+
+
+def _add_additions() -> None:
+    """ADDITIONS, made as `_create` makes them (columns last, as there)."""
+    op.add_column("users", sa.Column("trialStartedAt", TIMESTAMP3, nullable=True))
+    op.add_column("saved_searches", sa.Column("description", sa.Text(), nullable=True))
+    op.add_column(
+        "saved_searches",
+        sa.Column("results", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+    )
+    op.add_column("saved_searches", sa.Column("lastRunAt", TIMESTAMP3, nullable=True))
+    op.add_column("saved_searches", sa.Column("resultCount", sa.Integer(), nullable=True))
+    op.create_index(
+        "users_email_lower_key", "users", [sa.literal_column('lower("email")')], unique=True
+    )
+    op.create_index("users_tier_trialEndsAt_idx", "users", ["tier", "trialEndsAt"], unique=False)
+    op.create_check_constraint(
+        "feature_flags_rolloutPercent_check",
+        "feature_flags",
+        '"rolloutPercent" >= 0 AND "rolloutPercent" <= 100',
     )
 
 

@@ -24,6 +24,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from psycopg import sql
 
 from devkit import dbtools
 from devkit.console import CliError
@@ -184,4 +185,131 @@ def test_the_way_down_refuses_an_id_twice_before_changing_anything(
     assert "keep one" in message  # what to do
     assert "Traceback" not in message and "psycopg" not in message
     assert recorded_revisions(url) == ["0010"]
+    assert snapshot(url) == before
+
+
+# ------------------------------------------------------------------ a Prisma-made database
+
+
+def prisma_database(scratch_database: ScratchDatabase) -> str:
+    url = scratch_database()
+    execute(url, PRISMA_DDL.read_text(encoding="utf-8"))
+    return url
+
+
+PRISMA_ROWS = (
+    'INSERT INTO users (id, email, tier, "updatedAt", "stripeCustomerId") VALUES '
+    "('u1', 'one@example.com', 'PRO', '2025-03-01 10:00:00.123', 'cus_1'), "
+    "('u2', 'two@example.com', 'FREE', '2025-03-02 10:00:00', NULL)",
+    'INSERT INTO saved_searches (id, "userId", name, keywords, "updatedAt") VALUES '
+    "('s1', 'u1', 'mine', ARRAY['seo', 'ppc'], '2025-03-01 11:00:00')",
+    'INSERT INTO search_history (id, "userId", keywords, location, language, "matchType", '
+    'provider, "responseTime", "searchedAt") VALUES '
+    "('h1', 'u1', ARRAY['seo'], 'US', 'en', 'broad', 'mock', 10, '2025-03-01 12:00:00'), "
+    "('h2', NULL, ARRAY['ppc'], 'GB', 'en', 'exact', 'mock', 20, '2999-01-01 00:00:00')",
+    'INSERT INTO api_usage (id, "userId", endpoint, method, "statusCode", duration) VALUES '
+    "('a1', 'u1', '/api/keywords', 'POST', 200, 35)",
+    "INSERT INTO webhook_events (id, type, payload) VALUES ('evt_1', 'invoice.paid', '{\"a\": 1}')",
+    "INSERT INTO feature_flags (id, key, \"updatedAt\") VALUES ('f1', 'beta', now())",
+    "INSERT INTO system_metrics (id, metric, value) VALUES ('m1', 'latency', 1.5)",
+)
+PRISMA_TABLES = (
+    "users",
+    "saved_searches",
+    "search_history",
+    "api_usage",
+    "webhook_events",
+    "feature_flags",
+    "system_metrics",
+)
+
+
+def original_columns(url: str) -> dict[str, list[str]]:
+    with psycopg.connect(url) as conn:
+        return {
+            table: [
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                    "'public' AND table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                )
+            ]
+            for table in PRISMA_TABLES
+        }
+
+
+def contents(url: str, columns: dict[str, list[str]]) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the seven tables, in the columns given (Prisma's, before adoption)."""
+    with psycopg.connect(url) as conn:
+        return {
+            table: conn.execute(
+                sql.SQL("SELECT {} FROM {} ORDER BY id").format(
+                    sql.SQL(", ").join(map(sql.Identifier, names)), sql.Identifier(table)
+                )
+            ).fetchall()
+            for table, names in columns.items()
+        }
+
+
+@pytest.mark.parametrize("with_rows", [False, True], ids=["empty", "with-rows"])
+def test_db_migrate_adopts_a_database_the_original_prisma_schema_made(
+    scratch_database: ScratchDatabase, with_rows: bool
+) -> None:
+    url = prisma_database(scratch_database)
+    if with_rows:
+        execute(url, *PRISMA_ROWS)
+    columns = original_columns(url)
+    before = contents(url, columns)
+
+    message = dbtools.migrate(url)
+
+    assert "original app's Prisma tables" in message and head_revision() in message
+    assert recorded_revisions(url) == [head_revision()]
+    fresh = snapshot(at_revision(scratch_database, "head"))
+    adopted = snapshot(url)
+    assert adopted == fresh, diff(fresh, adopted).describe("fresh head", "adopted")
+    assert_no_drift(url)
+    assert contents(url, columns) == before
+    assert sum(map(len, before.values())) == (9 if with_rows else 0)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        pytest.param('ALTER TABLE users DROP COLUMN "subscriptionPlan"', "subscriptionPlan",
+                     id="missing-column"),
+        pytest.param('ALTER TABLE users ADD COLUMN "nickname" text', "nickname", id="extra-column"),
+        pytest.param('DROP INDEX "users_email_idx"', "users_email_idx", id="missing-index"),
+        pytest.param("DROP TABLE system_metrics", "system_metrics", id="missing-table"),
+    ],
+)  # fmt: skip
+def test_db_migrate_refuses_prisma_tables_that_differ(
+    scratch_database: ScratchDatabase, tamper: str, named: str
+) -> None:
+    url = prisma_database(scratch_database)
+    execute(url, tamper, *PRISMA_ROWS[:1])
+    before = snapshot(url)
+    with pytest.raises(CliError) as excinfo:
+        dbtools.migrate(url)
+    message = excinfo.value.message
+    assert "Prisma" in message and named in message
+    assert "Traceback" not in message and "psycopg" not in message
+    assert snapshot(url) == before  # nothing added, no alembic_version
+
+
+def test_db_migrate_refuses_emails_the_case_insensitive_key_would_reject(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """The original's emails are unique case-sensitively only; ours case-insensitively."""
+    url = prisma_database(scratch_database)
+    execute(
+        url,
+        'INSERT INTO users (id, email, "updatedAt") VALUES '
+        "('u1', 'Ann@example.com', now()), ('u2', 'ann@example.com', now())",
+    )
+    before = snapshot(url)
+    with pytest.raises(CliError) as excinfo:
+        dbtools.migrate(url)
+    assert "users" in excinfo.value.message and "case" in excinfo.value.message
     assert snapshot(url) == before
