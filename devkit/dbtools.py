@@ -338,7 +338,8 @@ def migrate(direct_url: str) -> str:
     _, head = revisions(direct_url)
     with _migration_failures(direct_url, "the upgrade"):
         config = upgrade_head(direct_url)
-    # What Alembic found when it started (not before: another run may have migrated since).
+    # What Alembic found under the migration lock: a run that waited for another finds its
+    # work done.
     before = config.attributes.get("starting_revision")
     if before == head:
         return f"already at head ({head})"

@@ -9,16 +9,27 @@ schema as that one left it. (In one transaction for the whole run, a revision th
 index CONCURRENTLY commits everything before it, version included, and a later failure then
 rolled back the version alone.) A revision with a step outside a transaction cleans up after
 that step itself when it fails.
+
+Two runs at once (two deploys) are serialised by a session-level advisory lock taken before
+Alembic reads the version: the second waits, then finds the first's work done.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool, text
 
 from shared.config import read_variable
 from shared.db_url import parse_database_url
 from shared.models.schema import metadata
+
+# pg_advisory_lock's key for "a migration runs on this database" (the bytes of "kfmigrat").
+MIGRATION_LOCK = 0x6B666D6967726174
+LOCK_POLL = 0.5
+log = logging.getLogger("alembic.env")
 
 
 class MigrationUrlError(RuntimeError):
@@ -61,19 +72,39 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = create_engine(migration_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
+        _lock(connection)
         context.configure(
             connection=connection,
             target_metadata=metadata,
             compare_server_default=True,
             transaction_per_migration=True,
         )
-        # What the run starts from: `keyflash db migrate` reports it.
+        # What the run starts from, read under the lock: `keyflash db migrate` reports it.
         context.config.attributes["starting_revision"] = (
             context.get_context().get_current_revision()
         )
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
+    engine.dispose()  # closing the session releases the lock, whatever happened
+
+
+def _lock(connection: Connection) -> None:
+    """Wait for any other migration of this database to finish, then hold the lock for the
+    session (across the revisions' transactions; closing the session releases it).
+
+    Asked for again every LOCK_POLL seconds, outside any transaction, rather than waited for in
+    `pg_advisory_lock`: a waiting statement holds a snapshot, and CREATE INDEX CONCURRENTLY in
+    the run holding the lock waits for every older snapshot (a deadlock)."""
+    waiting = False
+    while not connection.execute(
+        text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}
+    ).scalar_one():
+        connection.commit()
+        if not waiting:
+            log.warning("another migration of this database is running: waiting for it")
+            waiting = True
+        time.sleep(LOCK_POLL)
+    connection.commit()
 
 
 if context.is_offline_mode():

@@ -16,6 +16,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -313,3 +317,55 @@ def test_db_migrate_refuses_emails_the_case_insensitive_key_would_reject(
         dbtools.migrate(url)
     assert "users" in excinfo.value.message and "case" in excinfo.value.message
     assert snapshot(url) == before
+
+
+# ------------------------------------------------------------------ two deploys at once
+
+
+def test_two_migrations_at_once_the_second_waits_and_finds_nothing_to_do(
+    scratch_database: ScratchDatabase,
+) -> None:
+    url = at_revision(scratch_database, "0009")
+    script = (
+        "import sys; from devkit.dbtools import migrate; print(migrate(sys.argv[1]), flush=True)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with psycopg.connect(url) as gate:
+        # Both runs start while the version table is locked, so they race from the same line.
+        gate.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, url],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        waiting_for_both(url, gate)
+    results = [run.communicate(timeout=300) for run in runs]
+    for run, (_, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0, err
+    outputs = sorted(out.strip() for out, _ in results)
+    assert outputs == sorted(
+        [f"migrated 0009 → {head_revision()}", f"already at head ({head_revision()})"]
+    )
+    assert recorded_revisions(url) == [head_revision()]
+    assert_no_drift(url)
+
+
+def waiting_for_both(url: str, gate: psycopg.Connection) -> None:
+    """Until two other sessions on the database wait on a lock (the gate's or each other's)."""
+    with psycopg.connect(url, autocommit=True) as watcher:
+        for _ in range(6000):
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND pid <> %s",
+                (gate.info.backend_pid,),
+            ).fetchone()
+            if waiting and waiting[0] >= 2:
+                return
+            time.sleep(0.01)  # polling a condition, not a guess at how long anything takes
+    pytest.fail("the two migrations never both reached the database")
