@@ -20,7 +20,8 @@ spaces collapsed, and matched back case-insensitively by the result's `text` or 
 Failures go through the provider's circuit breaker, classified as DataForSEO's are: 401/403
 (and a refused refresh token) are configuration (remembered for /api/health), 429 or
 `RESOURCE_EXHAUSTED` is rate limiting (`Retry-After` honoured, else 60 s), other 4xx refuse the
-request's input, and 5xx, timeouts and garbage are outages. Google's quota errors name their
+request's input, and 5xx, timeouts and garbage are outages, a 200 not in Google's shape too
+(`check_answer`: a missing figure is no data, a wrong type is not). Google's quota errors name their
 wait (`retryDelay`), which becomes the answer's `Retry-After`. The token and the call together
 end by the request's deadline (`shared.providers.deadline`), as DataForSEO's call does. Secrets
 never reach a log line.
@@ -33,7 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -72,6 +73,7 @@ TOKEN_MARGIN_S = 60.0  # refresh this long before the token expires
 MAX_KEYWORDS = 200
 MAX_JOINED_CHARS = 8_000
 RATE_LIMITED_RETRY_S = 60
+_INT64 = re.compile(r"-?[0-9]+")
 _RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+)(?:\.\d+)?s"')
 
 
@@ -106,14 +108,15 @@ def retry_after(response: httpx.Response) -> int:
 
 
 def _int(value: Any) -> int | None:
-    """An int64 from Google's JSON (sent as a decimal string) or a plain number."""
+    """An int64 from Google's JSON (sent as a decimal string) or a plain number, else None.
+    Only ASCII digits: `str.isdigit` accepts "²", which `int` then refuses."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float):
         return int(value) if math.isfinite(value) else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INT64.fullmatch(value.strip()):
         return int(value.strip())
     return None
 
@@ -145,6 +148,52 @@ def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:
     if index is not None:
         row["difficulty"] = min(100, max(0, index))
     return row
+
+
+_INT64_METRICS = (
+    "avgMonthlySearches",
+    "competitionIndex",
+    "lowTopOfPageBidMicros",
+    "highTopOfPageBidMicros",
+)
+
+
+def check_answer(body: Mapping[str, Any]) -> None:
+    """Raise unless a 200's body has Google's documented shape for what we read: `results`
+    absent, null or an array of objects, each with a string `text`, `closeVariants` an array of
+    strings, `keywordMetrics` an object whose int64 fields are integers (Google sends decimal
+    strings) and whose `competition` is a string. Google omits what it has no figure for, and
+    that stays no data; anything else is a broken answer, an outage: read as "no data" it would
+    be answered, charged and cached for days."""
+    results = body.get("results")
+    if results is None:
+        return
+    if not isinstance(results, list):
+        _broken(f"results is {type(results).__name__}")
+    for result in results:
+        if not isinstance(result, Mapping):
+            _broken(f"a result is {type(result).__name__}")
+        if not isinstance(result.get("text", ""), str):
+            _broken("a result's text is not a string")
+        variants = result.get("closeVariants")
+        if variants is not None and not (
+            isinstance(variants, list) and all(isinstance(name, str) for name in variants)
+        ):
+            _broken("a result's closeVariants is not an array of strings")
+        metrics = result.get("keywordMetrics")
+        if metrics is None:
+            continue
+        if not isinstance(metrics, Mapping):
+            _broken(f"keywordMetrics is {type(metrics).__name__}")
+        for field in _INT64_METRICS:
+            if metrics.get(field) is not None and _int(metrics[field]) is None:
+                _broken(f"keywordMetrics.{field} is not an int64")
+        if not isinstance(metrics.get("competition", ""), str | None):
+            _broken("keywordMetrics.competition is not a string")
+
+
+def _broken(what: str) -> NoReturn:
+    raise ProviderError(f"Google Ads API answer is not in Google's shape: {what}")
 
 
 def _index_results(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,7 +342,9 @@ class GoogleAdsProvider:
         if response.status_code == 401:
             with self._token_lock:  # a revoked token: the next call asks for a new one
                 self._token = None
-        return self._checked(response, "Google Ads API")
+        answer = self._checked(response, "Google Ads API")
+        check_answer(answer)
+        return answer
 
     def _access_token(self, budget_s: float | None) -> str:
         """The cached access token, or a new one from the refresh-token grant."""

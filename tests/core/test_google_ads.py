@@ -140,6 +140,60 @@ def test_missing_figures_stay_missing(google: FakeGoogleAds) -> None:
 
 
 @pytest.mark.parametrize(
+    "answer",
+    [
+        {},
+        {"results": None},
+        {"results": []},
+        {"results": [{"text": "seo tools"}]},  # Google omits keywordMetrics: no data
+        {"results": [{"text": "seo tools", "keywordMetrics": None}]},
+        {"results": [{"text": "seo tools", "keywordMetrics": {"competition": "LOW"}}]},
+        {"results": [{"text": "other", "keywordMetrics": {"avgMonthlySearches": "9"}}]},
+    ],
+)
+def test_metrics_google_does_not_send_are_no_data(google: FakeGoogleAds, answer: Any) -> None:
+    google.ads(200, answer)
+    ads = provider(google)
+    assert ads.keyword_data(["seo tools"], US)[0]["noData"] is True
+    assert ads.breaker.stats()["failures"] == 0
+
+
+BROKEN_ANSWERS = [
+    {"results": "oops"},
+    {"results": {"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10"}}},
+    {"results": [42]},
+    {"results": [None]},
+    {"results": [{"text": 7}]},
+    {"results": [{"text": "seo tools", "closeVariants": "seo tool"}]},
+    {"results": [{"text": "x", "closeVariants": ["seo tools", 3]}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": "none"}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "lots"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": True}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "\u00b2"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
+                                                          "competitionIndex": "high"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
+                                                          "lowTopOfPageBidMicros": [1]}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
+                                                          "competition": 3}}]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("answer", BROKEN_ANSWERS)
+def test_an_answer_not_in_googles_shape_is_a_broken_answer_not_no_data(
+    google: FakeGoogleAds, answer: Any
+) -> None:
+    """A wrong shape or type is not "Google has no data": read so, it would be answered,
+    charged and cached for days (s472 case 16). It is an outage, as DataForSEO's."""
+    google.ads(200, answer)
+    ads = provider(google)
+    with pytest.raises(ProviderError, match="not in Google's shape") as raised:
+        ads.keyword_data(["seo tools"], US)
+    assert type(raised.value) is ProviderError and raised.value.outage
+    assert ads.breaker.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize(
     ("location", "language", "geo", "constant"),
     [
         ("Worldwide", "en", [], 1000),

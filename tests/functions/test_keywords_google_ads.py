@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from shared import config, providers
@@ -110,6 +111,28 @@ def test_an_outage_is_502_without_googles_text(call: Caller, google: FakeGoogleA
     result = search(call, [f"seo tools {uuid.uuid4().hex[:8]}"])
     assert result.status == 502
     assert "Internal error encountered" not in result.text
+
+
+def test_a_broken_answer_is_502_given_back_and_not_cached(
+    call: Caller, google: FakeGoogleAds, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A 200 not in Google's shape is a broken answer, as DataForSEO's: not 7 days of cached,
+    charged no-data rows (s472 case 16)."""
+    who, keyword = user_id(), f"keyword research {uuid.uuid4().hex[:8]}"
+    payload = {"keywords": [keyword], "matchType": "phrase", "location": "DE"}
+    google.ads(200, {"results": [{"text": keyword, "keywordMetrics": {"avgMonthlySearches":
+                                                                      "lots"}}]})  # fmt: skip
+    failed = call("keywords", "POST", "/api/keywords", user=who, json_body=payload)
+    google.ads(200, measured(keyword))
+    served = call("keywords", "POST", "/api/keywords", user=who, json_body=payload)
+    assert (failed.status, failed.json["error"]) == (502, "Bad Gateway")
+    assert "lots" not in failed.text
+    assert served.status == 200 and served.json["cached"] is False
+    assert served.json["data"][0]["searchVolume"] == 22200
+    row = admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s', (who,)
+    ).fetchone()
+    assert row == (1, 1)  # only the served search counts
 
 
 def test_a_rejected_developer_token_is_configuration_shown_by_health(
