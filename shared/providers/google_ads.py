@@ -70,6 +70,7 @@ TOKEN_URL = "https://oauth2.googleapis.com/token"
 TOKEN_TIMEOUT_S = 10.0
 TIMEOUT_S = 30.0  # without a deadline (direct use); requests get theirs from SearchOptions
 TOKEN_MARGIN_S = 60.0  # refresh this long before the token expires
+MAX_KNOWN_TOKENS = 8  # the newest issued tokens `_scrub` knows (each lives up to an hour)
 MAX_KEYWORDS = 200
 MAX_JOINED_CHARS = 8_000
 RATE_LIMITED_RETRY_S = 60
@@ -239,6 +240,10 @@ class GoogleAdsProvider:
         self.breaker = breaker or CircuitBreaker(self.name)
         self._token: str | None = None
         self._token_until = 0.0  # time.monotonic()
+        # Every access token issued and not yet expired (→ its time.monotonic() expiry), the
+        # cached one and any a 401 dropped or a refresh replaced: Google's text may quote one
+        # after we stop using it, and it may still be valid, so `_scrub` keeps knowing it.
+        self._issued_tokens: dict[str, float] = {}
         self._token_lock = threading.Lock()
 
     @classmethod
@@ -378,9 +383,13 @@ class GoogleAdsProvider:
         token, expires_in = answer.get("access_token"), _int(answer.get("expires_in"))
         if not isinstance(token, str) or not token or expires_in is None:
             raise ProviderError("Google OAuth answered without access_token/expires_in")
+        now = time.monotonic()
         with self._token_lock:
             self._token = token
-            self._token_until = time.monotonic() + max(0.0, expires_in - TOKEN_MARGIN_S)
+            self._token_until = now + max(0.0, expires_in - TOKEN_MARGIN_S)
+            issued = {t: until for t, until in self._issued_tokens.items() if until > now}
+            issued[token] = now + max(0, expires_in)
+            self._issued_tokens = dict(list(issued.items())[-MAX_KNOWN_TOKENS:])
         return token
 
     def _send(
@@ -427,5 +436,7 @@ class GoogleAdsProvider:
 
     def _scrub(self, text: str) -> str:
         """Upstream text goes to logs: make sure it cannot carry our secrets in any form."""
-        secrets = (self._token, self._refresh_token, self._client_secret, self._developer_token)
+        with self._token_lock:
+            tokens = (self._token, *self._issued_tokens)
+        secrets = (*tokens, self._refresh_token, self._client_secret, self._developer_token)
         return scrub(text, (secret for secret in secrets if secret))

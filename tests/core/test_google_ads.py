@@ -387,6 +387,29 @@ def test_logs_never_carry_the_secrets(
         assert secret not in caplog.text and secret not in str(raised.value)
 
 
+def test_the_access_token_a_401_drops_is_still_scrubbed(
+    google: FakeGoogleAds, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 drops the cached token, but Google's text may quote it, and it may still be valid
+    (a 401 is not always a dead token): neither the 401's line nor the next token request's
+    refusal quoting it may carry it (s472 case 13)."""
+    echo = f"Bearer {ACCESS_TOKEN} rejected; developer-token {SECRETS['developer_token']}"
+    ads = provider(google)
+    ads.keyword_data(["seo tools"], US)
+    google.ads(401, {"error": {"code": 401, "status": "UNAUTHENTICATED", "message": echo}})
+    google.token(400, {"error": "invalid_grant", "error_description": echo})
+    with caplog.at_level(logging.DEBUG, logger="keyflash"):
+        for _ in range(2):  # the API's 401, then the token endpoint's 400
+            with pytest.raises(ProviderConfigurationError) as raised:
+                ads.keyword_data(["seo tools"], US)
+            assert ACCESS_TOKEN not in str(raised.value)
+    logged = logged_values(caplog)
+    assert "answered 401: " in logged and "refused the refresh token (HTTP 400: " in logged
+    assert "Bearer *** rejected; developer-token ***" in logged
+    assert ACCESS_TOKEN not in logged and ACCESS_TOKEN not in caplog.text
+    assert google.paths().count("/token") == 2
+
+
 @pytest.mark.parametrize("where", ["token", "ads"])
 def test_logs_carry_no_form_of_the_secrets(
     google: FakeGoogleAds, caplog: pytest.LogCaptureFixture, where: str
