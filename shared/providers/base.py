@@ -112,8 +112,9 @@ def missing_configuration(provider: str, variables: list[str]) -> str | None:
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """`text` with every form of each secret replaced by `***`: the one scrubber of upstream text
     before it is logged. A secret may come back as sent in a header or a JSON body, or encoded
-    as it went in a URL or a form body, or JSON-escaped (`_secret_pattern`); a credential that
-    is derived from others (DataForSEO's Basic token) is one of `secrets` itself."""
+    as it went in a URL or a form body, or JSON-escaped, any character as `\\uXXXX`
+    (`_secret_pattern`); a credential that is derived from others (DataForSEO's Basic token)
+    is one of `secrets` itself."""
     pattern = _secrets_pattern(tuple(secret for secret in secrets if secret.strip()))
     return text if pattern is None else pattern.sub("***", text)
 
@@ -133,21 +134,23 @@ def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def _secret_pattern(secret: str) -> str:
-    """`secret` with each character that is not URL-safe matched as itself, percent-encoded
-    (its UTF-8 bytes, either hex case; a space also `+`), JSON-escaped (`\\"`, `\\/`, …) or
-    as JSON's `\\uXXXX` (a surrogate pair beyond U+FFFF)."""
+    """`secret` with each character matched as itself or as JSON's `\\uXXXX` (either hex case;
+    a surrogate pair beyond U+FFFF), which JSON allows for any character, letters included;
+    one that is not URL-safe also percent-encoded (its UTF-8 bytes, either hex case; a space
+    also `+`) or JSON-escaped (`\\"`, `\\/`, …)."""
     parts: list[str] = []
     for char in secret:
-        if char in _UNRESERVED:
-            parts.append(re.escape(char))
-            continue
-        forms = [re.escape(char), "".join("%" + _hex(f"{byte:02X}") for byte in char.encode())]
+        units = char.encode("utf-16-be").hex().upper()
+        forms = [
+            re.escape(char),
+            "".join(r"\\u" + _hex(units[i : i + 4]) for i in range(0, len(units), 4)),
+        ]
+        if char not in _UNRESERVED:
+            forms.append("".join("%" + _hex(f"{byte:02X}") for byte in char.encode()))
         if char == " ":
             forms.append(re.escape("+"))
         if char in _JSON_ESCAPES:
             forms.append(re.escape(_JSON_ESCAPES[char]))
-        units = char.encode("utf-16-be").hex().upper()
-        forms.append("".join(r"\\u" + _hex(units[i : i + 4]) for i in range(0, len(units), 4)))
         parts.append("(?:" + "|".join(forms) + ")")
     return "".join(parts)
 

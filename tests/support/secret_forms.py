@@ -14,11 +14,13 @@ import pytest
 def secret_forms(*secrets: str) -> list[str]:
     """Every way upstream text can carry `secrets`: as they are, percent-encoded (URLs and form
     bodies: either hex case, `+` for a space, `/` kept), JSON-escaped (ASCII-only or not, `\\/`
-    for `/`)."""
+    for `/`, any character as `\\uXXXX` in either hex case, or only those that are not letters
+    or digits)."""
     forms: list[str] = []
     for secret in secrets:
         encoded = quote(secret, safe="")
         escaped = json.dumps(secret)[1:-1]
+        every = "".join(_unicode_escaped(char) for char in secret)
         forms += [
             secret,
             encoded,
@@ -28,8 +30,17 @@ def secret_forms(*secrets: str) -> list[str]:
             escaped,
             escaped.replace("/", "\\/"),
             json.dumps(secret, ensure_ascii=False)[1:-1],
+            every,
+            every.upper().replace("\\U", "\\u"),
+            "".join(char if char.isalnum() else _unicode_escaped(char) for char in secret),
         ]
     return list(dict.fromkeys(forms))
+
+
+def _unicode_escaped(char: str) -> str:
+    """`char` as JSON's `\\uXXXX` (a surrogate pair beyond U+FFFF), lower-case hex."""
+    units = char.encode("utf-16-be").hex()
+    return "".join("\\u" + units[i : i + 4] for i in range(0, len(units), 4))
 
 
 def logged_values(caplog: pytest.LogCaptureFixture) -> str:
