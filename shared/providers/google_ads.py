@@ -34,6 +34,8 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import httpx
@@ -75,7 +77,7 @@ MAX_KEYWORDS = 200
 MAX_JOINED_CHARS = 8_000
 RATE_LIMITED_RETRY_S = 60
 _INT64 = re.compile(r"-?[0-9]+")
-_RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+)(?:\.\d+)?s"')
+_RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+)(?:\.(\d+))?s"')
 
 
 def batches(keywords: list[str]) -> list[list[str]]:
@@ -96,16 +98,43 @@ def batches(keywords: list[str]) -> list[list[str]]:
     return result
 
 
-def retry_after(response: httpx.Response) -> int:
-    """Seconds to wait: the `Retry-After` header, else the quota error's `retryDelay` ("27s"),
-    else 60."""
+def retry_after(response: httpx.Response, *, now: datetime | None = None) -> int:
+    """Seconds to wait: the `Retry-After` header (seconds or an HTTP-date), else the quota
+    error's `retryDelay` ("27s", "2.500s"), else 60. Rounded up, at least 1: rounded down, a
+    client that obeys it retries before Google's wait is over."""
     for found in (
-        _int(response.headers.get("Retry-After")),
-        _int(match.group(1)) if (match := _RETRY_DELAY.search(response.text)) else None,
+        _header_seconds(response.headers.get("Retry-After"), now or datetime.now(UTC)),
+        _delay_seconds(response.text),
     ):
         if found is not None and found > 0:
             return found
     return RATE_LIMITED_RETRY_S
+
+
+def _header_seconds(value: str | None, now: datetime) -> int | None:
+    """`Retry-After` per RFC 9110 §10.2.3: delay-seconds, or an HTTP-date (IMF-fixdate, or the
+    obsolete RFC 850 and asctime forms, all GMT) as the seconds from `now`, at least 1."""
+    if value is None:
+        return None
+    seconds = _int(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # asctime carries no zone; HTTP-dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(1, math.ceil((when - now).total_seconds()))
+
+
+def _delay_seconds(text: str) -> int | None:
+    """The quota error's `retryDelay` (a protobuf Duration, "2.500s") rounded up, at least 1."""
+    match = _RETRY_DELAY.search(text)
+    if match is None:
+        return None
+    whole, fraction = int(match.group(1)), match.group(2) or ""
+    return max(1, whole + (1 if fraction.strip("0") else 0))
 
 
 def _int(value: Any) -> int | None:

@@ -8,8 +8,11 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from shared import config
@@ -31,6 +34,7 @@ from shared.providers.google_ads import (
     MAX_KEYWORDS,
     GoogleAdsProvider,
     batches,
+    retry_after,
 )
 from shared.providers.languages import available
 from tests.support.fake_google_ads import FakeGoogleAds, fixture
@@ -300,6 +304,42 @@ def test_quota_errors_are_rate_limiting_with_googles_wait(google: FakeGoogleAds)
         ads.keyword_data(["seo tools"], US)
     assert raised.value.retry_after == 60
     assert ads.breaker.state is State.CLOSED
+
+
+@pytest.mark.parametrize(("delay", "seconds"), [("2.500s", 3), ("0.2s", 1), ("27s", 27)])
+def test_googles_retry_delay_is_rounded_up_to_whole_seconds(
+    google: FakeGoogleAds, delay: str, seconds: int
+) -> None:
+    """Rounded down, a client obeying `Retry-After` retries before Google's delay is over
+    (s472 case 04)."""
+    answer = copy.deepcopy(fixture("resource_exhausted"))
+    answer["error"]["details"][0]["errors"][0]["details"]["quotaErrorDetails"]["retryDelay"] = delay
+    google.ads(429, answer)
+    with pytest.raises(ProviderRateLimitedError) as raised:
+        provider(google).keyword_data(["seo tools"], US)
+    assert raised.value.retry_after == seconds
+
+
+NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("9", 9),
+        (format_datetime(NOW + timedelta(seconds=90), usegmt=True), 90),  # RFC 9110 IMF-fixdate
+        ("Sunday, 06-Dec-26 12:02:00 GMT", 120),  # the obsolete RFC 850 form
+        ("Sun Dec  6 12:00:30 2026", 30),  # asctime
+        (format_datetime(NOW + timedelta(milliseconds=500), usegmt=True), 1),  # never 0
+        (format_datetime(NOW - timedelta(seconds=30), usegmt=True), 1),  # past: now, so 1
+        ("soon", 27),  # not a Retry-After: the quota error's delay
+    ],
+)
+def test_a_retry_after_header_is_seconds_or_an_http_date(header: str, seconds: int) -> None:
+    response = httpx.Response(
+        429, headers={"Retry-After": header}, json=fixture("resource_exhausted")
+    )
+    assert retry_after(response, now=NOW) == seconds
 
 
 def test_outages_open_the_breaker_and_it_then_calls_nothing(google: FakeGoogleAds) -> None:
