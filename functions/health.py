@@ -73,6 +73,8 @@ def provider_check() -> dict[str, Any]:
     if problem is not None:
         details["configError"] = problem
         rejected = problem == account.rejection(key)  # the variables are set but refused
+        if rejected:  # the provider still runs, and an operator needs its breaker meanwhile
+            _add_breaker(details)
         return {
             "healthy": False,
             "error": REJECTED if rejected else NOT_CONFIGURED,
@@ -80,15 +82,21 @@ def provider_check() -> dict[str, Any]:
         }
     if key == "mock":
         details["note"] = "Mock provider active - for development/testing only"
-    breaker = providers.breaker_stats()
-    if breaker is not None:
-        details["circuitBreaker"] = {"healthy": breaker["state"] != "OPEN", **breaker}
-        if breaker["state"] == "OPEN":
-            details["circuitBreakerError"] = (
-                "Circuit breaker is OPEN - service temporarily unavailable"
-            )
-            return {"healthy": False, "error": "Provider unavailable", "details": details}
+    if not _add_breaker(details):
+        return {"healthy": False, "error": "Provider unavailable", "details": details}
     return {"healthy": True, "details": details}
+
+
+def _add_breaker(details: dict[str, Any]) -> bool:
+    """Put the provider's circuit breaker (if it has one) in `details`; False when it is open."""
+    breaker = providers.breaker_stats()
+    if breaker is None:
+        return True
+    details["circuitBreaker"] = {"healthy": breaker["state"] != "OPEN", **breaker}
+    if breaker["state"] != "OPEN":
+        return True
+    details["circuitBreakerError"] = "Circuit breaker is OPEN - service temporarily unavailable"
+    return False
 
 
 HEALTH_LIMIT_PER_HOUR = 60

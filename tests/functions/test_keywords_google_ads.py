@@ -150,6 +150,30 @@ def test_a_rejected_developer_token_is_configuration_shown_by_health(
     assert not any(secret in shown for secret in SECRETS)
 
 
+def test_health_keeps_showing_the_breaker_while_the_account_is_rejected(
+    call: Caller, google: FakeGoogleAds
+) -> None:
+    """A rejection is shown for 5 minutes; the breaker's state must not vanish meanwhile
+    (s472 case 15)."""
+    google.ads(403, fixture("developer_token_not_approved"))
+    search(call, [f"seo tools {uuid.uuid4().hex[:8]}"])
+    provider = call("health", "GET", "/api/health").json["checks"]["provider"]
+    assert provider["healthy"] is False
+    assert provider["error"].endswith("the provider rejected the account")
+    assert "Google Ads API answered 403" in provider["details"]["configError"]
+    assert provider["details"]["circuitBreaker"] == {
+        "healthy": True, "state": "CLOSED", "failures": 0, "successes": 0,
+    }  # fmt: skip
+    google.ads(500, fixture("internal"))
+    for _ in range(5):
+        assert search(call, [f"seo tools {uuid.uuid4().hex[:8]}"]).status == 502
+    provider = call("health", "GET", "/api/health").json["checks"]["provider"]
+    assert provider["error"].endswith("the provider rejected the account")
+    assert provider["details"]["circuitBreaker"]["state"] == "OPEN"
+    assert provider["details"]["circuitBreaker"]["healthy"] is False
+    assert "Circuit breaker is OPEN" in provider["details"]["circuitBreakerError"]
+
+
 def test_a_configured_google_ads_is_healthy_and_shows_its_breaker(
     call: Caller, google: FakeGoogleAds
 ) -> None:
