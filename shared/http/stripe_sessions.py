@@ -10,10 +10,11 @@ the request's `Origin` only when it is on the CORS allow-list, else to APP_URL: 
 sends the user to a site we do not own.
 
 stripe-python is imported on first use, so the routes' cold start does not pay for it. Stripe's
-answers map to ours: unreachable, rate limited or failing on its side → 503 (try again); a bad
-key or any other refusal → 500 (generic), with the error's class and code in the log, never its
-message or the key. A customer Stripe no longer knows (deleted in Stripe) is forgotten: checkout
-then makes a new one, the portal answers 404 as for a user who never paid.
+answers map to ours: unreachable, rate limited, busy with the same idempotency key past our time
+budget, or failing on its side → 503 (try again); a bad key or any other refusal → 500
+(generic), with the error's class and code in the log, never its message or the key. A
+customer Stripe no longer knows (deleted in Stripe) is forgotten: checkout then makes a new one,
+the portal answers 404 as for a user who never paid.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ STRIPE_API_VERSION = "2026-01-28.clover"  # the original's pin; events are read 
 LIMIT_PER_HOUR = 10
 TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
+# Stripe answers 409 while another request with the same idempotency key is in progress: a
+# double click, or our own attempt that timed out while Stripe still works on it. That request's
+# answer is coming, so the create is asked again (alone: no SDK retry) after CONFLICT_WAIT_S,
+# as long as one more attempt ends within STRIPE_BUDGET_S of the first; then it is 503.
+CONFLICT_WAIT_S = 1.0
+STRIPE_BUDGET_S = 14.0  # the checks before Stripe fit in the rest of the function's 20 s
+CHECKOUT_OPERATION = "checkout.sessions.create"
+PORTAL_OPERATION = "billing_portal.sessions.create"
 
 
 def responses(what: str, errors: dict[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -187,13 +196,18 @@ def start_checkout(request: Request, subscriber: Subscriber, refusal: str | None
     origin = redirect_origin(request, settings)
     stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
     now = time.time()
+    deadline = time.monotonic() + STRIPE_BUDGET_S
 
     def create(subscriber: Subscriber) -> Any:
         params = checkout_params(subscriber, config["STRIPE_PRICE_PRO"], origin, now)
         key = idempotency_key(subscriber.key_prefix, subscriber.id, params, now)
         return call(
-            "checkout.sessions.create",
-            lambda: stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),  # type: ignore[arg-type]
+            CHECKOUT_OPERATION,
+            lambda options: stripe.v1.checkout.sessions.create(
+                params,  # type: ignore[arg-type]
+                {**options, "idempotency_key": key},
+            ),
+            deadline=deadline,
         )
 
     try:
@@ -214,8 +228,8 @@ def open_portal(request: Request, customer: str | None) -> Response:
     stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
     try:
         session = call(
-            "billing_portal.sessions.create",
-            lambda: stripe.v1.billing_portal.sessions.create(params),  # type: ignore[arg-type]
+            PORTAL_OPERATION,
+            lambda options: stripe.v1.billing_portal.sessions.create(params, options),  # type: ignore[arg-type]
         )
     except CustomerMissingError:  # deleted in Stripe: as if never paid
         forget_customer(customer)
@@ -284,30 +298,60 @@ def client(api_base: str, api_key: str) -> stripe.StripeClient:
     )
 
 
-def call(operation: str, create: Callable[[], T]) -> T:
-    """Run one Stripe request; its failures become our 503 or 500 (logged without messages),
-    except a customer Stripe does not know: `CustomerMissingError`, for the caller to forget."""
+def call(
+    operation: str,
+    create: Callable[[stripe.RequestOptions], T],
+    *,
+    deadline: float | None = None,
+) -> T:
+    """Run one Stripe request, `create(request options)`; its failures become our 503 or 500
+    (logged without messages), except a customer Stripe does not know: `CustomerMissingError`,
+    for the caller to forget. A 409 (the idempotency key in use by a request still in progress)
+    is asked again while the time left before `deadline` (`time.monotonic()`; default
+    STRIPE_BUDGET_S from now) allows one more attempt."""
     import stripe
 
-    try:
-        return create()
-    except stripe.StripeError as error:
-        if isinstance(error, stripe.InvalidRequestError) and (error.code, error.param) == (
-            "resource_missing",
-            "customer",
-        ):
-            raise CustomerMissingError from None
-        status = error.http_status or 0
-        transient = isinstance(error, stripe.APIConnectionError | stripe.RateLimitError)
-        log_event(
-            "stripe_request_failed",
-            level=logging.ERROR,
-            operation=operation,
-            error=type(error).__name__,
-            code=error.code,
-            httpStatus=status,
-            stripeRequestId=error.request_id,
-        )
-        if transient or status >= 500:
-            raise ApiError(503, "Stripe is unavailable") from None
-        raise ApiError(500, "Stripe refused the request") from None
+    deadline = time.monotonic() + STRIPE_BUDGET_S if deadline is None else deadline
+    options: stripe.RequestOptions = {}
+    while True:
+        try:
+            return create(options)
+        except stripe.StripeError as error:
+            busy = error.http_status == 409  # the key's first request is still in progress
+            if not busy or time.monotonic() + CONFLICT_WAIT_S + TIMEOUT_S > deadline:
+                raise stripe_failure(operation, error) from None
+            log_event(
+                "stripe_request_in_progress",
+                operation=operation,
+                stripeRequestId=error.request_id,
+            )
+        time.sleep(CONFLICT_WAIT_S)  # that request's answer is on its way; Stripe says wait
+        options = {"max_network_retries": 0}  # each wait is one attempt, within the deadline
+
+
+def stripe_failure(operation: str, error: stripe.StripeError) -> Exception:
+    """What a Stripe error becomes: `CustomerMissingError`, or our 503 (unreachable, rate
+    limited, busy with the key, failing) or 500 (a refusal), logged without Stripe's message."""
+    import stripe
+
+    if isinstance(error, stripe.InvalidRequestError) and (error.code, error.param) == (
+        "resource_missing",
+        "customer",
+    ):
+        return CustomerMissingError()
+    status = error.http_status or 0
+    transient = (
+        isinstance(error, stripe.APIConnectionError | stripe.RateLimitError) or status == 409
+    )
+    log_event(
+        "stripe_request_failed",
+        level=logging.ERROR,
+        operation=operation,
+        error=type(error).__name__,
+        code=error.code,
+        httpStatus=status,
+        stripeRequestId=error.request_id,
+    )
+    if transient or status >= 500:
+        return ApiError(503, "Stripe is unavailable")
+    return ApiError(500, "Stripe refused the request")

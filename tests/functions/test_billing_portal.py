@@ -13,8 +13,8 @@ import pytest
 from functions import billing_portal
 from shared import config
 from shared.http import stripe_sessions
-from tests.support.fake_stripe import API_KEY, FakeStripe, serve
-from tests.support.http import STYLES, Caller, Keys, Result
+from tests.support.fake_stripe import API_KEY, IN_PROGRESS, FakeStripe, serve
+from tests.support.http import STYLES, Caller, Keys, Result, logged
 from tests.support.stripe_events import make_pro, make_user, user
 
 PATH = "/api/billing/portal"
@@ -153,6 +153,38 @@ def test_a_stripe_outage_is_503(lambda_call: Caller, fake_stripe: FakeStripe) ->
     fake_stripe.fail_next(502, "api_error", times=2)  # the first try and its one retry
     result = open_portal(lambda_call)
     assert result.status == 503 and "retry-after" in result.headers
+
+
+def test_stripe_busy_with_the_key_past_the_time_budget_is_503_logged_without_its_message(
+    lambda_call: Caller,
+    fake_stripe: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(stripe_sessions, "STRIPE_BUDGET_S", 0.0)  # no time to wait it out
+    make_pro()
+    fake_stripe.fail_next(409, "idempotency_error", times=2, message=IN_PROGRESS.format(key="k"))
+    with caplog.at_level(logging.INFO):
+        result = open_portal(lambda_call)
+    assert (result.status, result.headers["retry-after"]) == (503, "60"), result.text
+    assert result.json["message"] == GENERIC_503
+    [line] = logged(caplog, "stripe_request_failed")
+    assert (line["error"], line["httpStatus"]) == ("APIError", 409)
+    assert all("in-progress" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_retry_meeting_our_own_attempt_still_in_progress_gets_a_session(
+    lambda_call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stripe slower than the per-attempt timeout: the SDK's retry reuses the key it added and
+    gets 409; asked again (a portal session changes nothing), the route answers 200."""
+    monkeypatch.setattr(stripe_sessions, "TIMEOUT_S", 0.5)
+    stripe_sessions.client.cache_clear()
+    make_pro()
+    fake_stripe.hold_next_create(release_after=1)
+    result = open_portal(lambda_call)
+    assert result.status == 200, result.text
+    assert result.json["url"].startswith("https://billing.stripe.com/")
 
 
 def test_ten_per_hour_per_user_failing_closed(

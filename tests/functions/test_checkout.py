@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from shared.http import stripe_sessions
 from shared.models import UserTier
 from shared.models.api_usage import ApiUsage
 from shared.repositories import users
-from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve
+from tests.support.fake_stripe import API_KEY, IN_PROGRESS, PRICE, FakeStripe, serve
 from tests.support.http import STYLES, Caller, Keys, Result, logged
 from tests.support.stripe_events import SECRET, deliver, make_pro, make_user, stripe_event, user
 
@@ -337,6 +338,82 @@ def test_two_quick_calls_make_one_session(lambda_call: Caller, fake_stripe: Fake
     assert first.json == second.json
     assert len(fake_stripe.requests) == 2 and len(fake_stripe.sessions) == 1
     assert len(fake_stripe.created(SESSIONS)) == 1
+
+
+def test_a_double_click_while_stripe_still_creates_the_session_waits_for_it(
+    lambda_call: Caller, fake_stripe: FakeStripe, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second click reaches Stripe while the first is in progress: Stripe answers its key
+    409 "another in-progress request" (to the SDK's try and its retry here), and the route
+    asks again after a pause and gets the first session, not a 500 (docs/billing.md#checkout)."""
+    make_user()
+    hold = fake_stripe.hold_next_create(release_after=2)
+    with ThreadPoolExecutor(max_workers=1) as pool, caplog.at_level(logging.INFO):
+        first = pool.submit(start, lambda_call)
+        assert hold.arrived.wait(30)
+        second = start(lambda_call)
+        clicked = first.result(timeout=60)
+    assert (clicked.status, second.status) == (200, 200), second.text
+    assert clicked.json == second.json
+    assert len(fake_stripe.created(SESSIONS)) == 1
+    assert [r.path for r in fake_stripe.requests] == [SESSIONS] * 4  # created, 409, 409, replay
+    [busy] = logged(caplog, "stripe_request_in_progress")
+    assert busy["operation"] == "checkout.sessions.create"
+    assert all("in-progress" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_retry_meeting_our_own_attempt_still_in_progress_waits_for_it(
+    lambda_call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stripe slower than the per-attempt timeout: the SDK's retry, with the same key, meets
+    the first attempt still being processed (409); the route waits for it: one session, 200."""
+    monkeypatch.setattr(stripe_sessions, "TIMEOUT_S", 0.5)
+    stripe_sessions.client.cache_clear()
+    make_user()
+    fake_stripe.hold_next_create(release_after=1)
+    result = start(lambda_call)
+    assert result.status == 200, result.text
+    [session] = fake_stripe.sessions.values()
+    assert result.json == {"url": session["url"]}
+    keys = {r.headers["idempotency-key"] for r in fake_stripe.requests}
+    assert len(keys) == 1 and len(fake_stripe.requests) >= 3
+
+
+def test_stripe_busy_with_the_key_past_the_time_budget_is_503_logged_without_its_message(
+    lambda_call: Caller,
+    fake_stripe: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(stripe_sessions, "STRIPE_BUDGET_S", 0.0)  # no time to wait it out
+    make_user()
+    fake_stripe.fail_next(
+        409, "idempotency_error", times=2, message=IN_PROGRESS.format(key="kf-checkout-x")
+    )
+    with caplog.at_level(logging.INFO):
+        result = start(lambda_call)
+    assert result.status == 503, result.text
+    assert result.json["message"] == GENERIC_503
+    assert result.headers["retry-after"] == "60"
+    assert len(fake_stripe.requests) == 2  # the SDK's try and its one retry
+    [line] = logged(caplog, "stripe_request_failed")
+    assert (line["error"], line["httpStatus"]) == ("APIError", 409)
+    assert all("in-progress" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_key_reused_with_other_parameters_is_the_generic_500_without_a_retry(
+    lambda_call: Caller, fake_stripe: FakeStripe, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stripe's 400 `idempotency_error` is a bug of ours (the key covers the parameters), not
+    Stripe being busy: a refusal (docs/billing.md#checkout), never waited out."""
+    make_user()
+    fake_stripe.fail_next(400, "idempotency_error", message="Keys for idempotent requests ...")
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = start(lambda_call)
+    assert result.status == 500 and result.json["message"] == GENERIC_500
+    assert len(fake_stripe.requests) == 1
+    [line] = logged(caplog, "stripe_request_failed")
+    assert (line["error"], line["httpStatus"]) == ("IdempotencyError", 400)
 
 
 def test_the_idempotency_key_separates_users_windows_and_parameters() -> None:

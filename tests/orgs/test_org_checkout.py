@@ -7,7 +7,9 @@ organization's row."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,8 +23,8 @@ from shared.models import UserTier
 from shared.models.organizations import Organization, OrganizationMember
 from shared.rbac import BILLING_MANAGE, SEARCHES_MANAGE
 from shared.repositories import organizations
-from tests.support.fake_stripe import API_KEY, PRICE, FakeStripe, serve
-from tests.support.http import STYLES, Caller, Keys, Result
+from tests.support.fake_stripe import API_KEY, IN_PROGRESS, PRICE, FakeStripe, serve
+from tests.support.http import STYLES, Caller, Keys, Result, logged
 from tests.support.stripe_events import SECRET, deliver, make_user, stripe_event, user
 
 ORG = "org_acme"
@@ -273,6 +275,41 @@ def test_a_double_click_makes_one_session(lambda_call: Caller, fake_stripe: Fake
 def test_stripe_down_is_503(lambda_call: Caller, fake_stripe: FakeStripe) -> None:
     fake_stripe.fail_next(500, "api_error", times=2)
     assert post(lambda_call, CHECKOUT, token(lambda_call)).status == 503
+
+
+def test_a_double_click_while_stripe_still_creates_the_session_waits_for_it(
+    lambda_call: Caller, fake_stripe: FakeStripe
+) -> None:
+    """The second click's key is in progress at Stripe (409 to the SDK's try and its retry):
+    the route asks again after a pause and answers the first session, not a 500."""
+    hold = fake_stripe.hold_next_create(release_after=2)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(post, lambda_call, CHECKOUT, token(lambda_call))
+        assert hold.arrived.wait(30)
+        second = post(lambda_call, CHECKOUT, token(lambda_call))
+        clicked = first.result(timeout=60)
+    assert (clicked.status, second.status) == (200, 200), second.text
+    assert clicked.json == second.json
+    assert len(fake_stripe.created(SESSIONS)) == 1
+
+
+@pytest.mark.parametrize("path", [CHECKOUT, PORTAL])
+def test_stripe_busy_with_the_key_past_the_time_budget_is_503(
+    lambda_call: Caller,
+    fake_stripe: FakeStripe,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+) -> None:
+    monkeypatch.setattr(stripe_sessions, "STRIPE_BUDGET_S", 0.0)  # no time to wait it out
+    make_org(stripe_customer_id="cus_org")
+    fake_stripe.fail_next(409, "idempotency_error", times=2, message=IN_PROGRESS.format(key="k"))
+    with caplog.at_level(logging.INFO):
+        result = post(lambda_call, path, token(lambda_call))
+    assert (result.status, result.headers["retry-after"]) == (503, "60"), result.text
+    [line] = logged(caplog, "stripe_request_failed")
+    assert (line["error"], line["httpStatus"]) == ("APIError", 409)
+    assert all("in-progress" not in r.getMessage() for r in caplog.records)
 
 
 def test_checkout_to_webhook_makes_the_organization_pro_and_not_the_payer(

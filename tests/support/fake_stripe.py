@@ -6,8 +6,10 @@ depends on them: a bearer secret key (else 401 `invalid_request_error`), form-en
 parameters, and idempotency keys (the same key with the same parameters answers the first
 response again; with other parameters it is a 400 `idempotency_error`). Every request is
 recorded with its decoded parameters and headers, so tests assert what reached Stripe.
-`fail_next` makes the next requests answer a given error, as Stripe would; a request naming a
-customer in `deleted_customers` is Stripe's 400 `resource_missing` ("No such customer").
+`fail_next` makes the next requests answer a given error, as Stripe would (`reply_next`: any
+answer); a request naming a customer in `deleted_customers` is Stripe's 400 `resource_missing`
+("No such customer"). `hold_next_create` keeps the next keyed create in progress, as a slow
+Stripe does: meanwhile a request with its key gets Stripe's 409 `idempotency_error`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,27 @@ class Recorded:
     headers: dict[str, str]  # lower-cased names
 
 
+IN_PROGRESS = (
+    "There is currently another in-progress request using this Idempotent Key (that probably "
+    "means you submitted twice, and the other request is still going through): {key}. "
+    "Please try again later."
+)  # Stripe's own words
+
+
+@dataclass
+class Hold:
+    """A create held in progress: `arrived` once it reached the fake; it goes on after
+    `release_after` requests with its key were answered 409 (or `release()`)."""
+
+    release_after: int
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    conflicts: int = 0
+
+    def release(self) -> None:
+        self.released.set()
+
+
 @dataclass
 class FakeStripe:
     api_key: str = API_KEY
@@ -43,13 +66,34 @@ class FakeStripe:
     deleted_customers: set[str] = field(default_factory=set)
     _replies: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     _failures: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    _hold: Hold | None = None
+    _in_flight: dict[str, Hold] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
-    def fail_next(self, status: int, error_type: str, *, times: int = 1, code: str = "") -> None:
-        body = {"error": {"type": error_type, "code": code, "message": "fake failure"}}
+    def fail_next(
+        self,
+        status: int,
+        error_type: str,
+        *,
+        times: int = 1,
+        code: str = "",
+        message: str = "fake failure",
+        param: str | None = None,
+    ) -> None:
+        error = {"type": error_type, "code": code, "message": message, "param": param}
+        self.reply_next(status, {"error": error}, times=times)
+
+    def reply_next(self, status: int, body: dict[str, Any], *, times: int = 1) -> None:
+        """The next `times` requests get this answer, whatever they ask."""
         self._failures.extend([(status, body)] * times)
+
+    def hold_next_create(self, *, release_after: int = 1) -> Hold:
+        """The next create with an idempotency key stays in progress until `release_after`
+        requests with its key were refused with Stripe's 409 (or `Hold.release()`)."""
+        self._hold = Hold(release_after)
+        return self._hold
 
     def created(self, path: str) -> list[Recorded]:
         """The requests to `path` that created something (replays excluded)."""
@@ -79,6 +123,14 @@ class FakeStripe:
                 self.requests.append(Recorded(method, path, params, headers))
                 return self._failures.pop(0)
             key = headers.get("idempotency-key")
+            if key and key in self._in_flight:
+                self.requests.append(Recorded(method, path, params, headers))
+                hold = self._in_flight[key]
+                hold.conflicts += 1
+                if hold.conflicts >= hold.release_after:
+                    hold.release()
+                error = {"type": "idempotency_error", "message": IN_PROGRESS.format(key=key)}
+                return 409, {"error": error}
             if key and key in self._replies:
                 first, status, reply = self._replies[key]
                 self.requests.append(Recorded(method, path, params, headers))
@@ -86,9 +138,19 @@ class FakeStripe:
                     return 400, {"error": {"type": "idempotency_error", "message": "reused"}}
                 return status, reply
             self.requests.append(Recorded(method, path, params, {**headers, "x-fake-new": "1"}))
+            hold, self._hold = (self._hold, None) if key else (None, self._hold)
+            if hold is None:
+                status, reply = self._create(path, params)
+                if key:
+                    self._replies[key] = (params, status, reply)
+                return status, reply
+            self._in_flight[str(key)] = hold
+        hold.arrived.set()
+        hold.released.wait(30)
+        with self._lock:
             status, reply = self._create(path, params)
-            if key:
-                self._replies[key] = (params, status, reply)
+            self._replies[str(key)] = (params, status, reply)
+            del self._in_flight[str(key)]
             return status, reply
 
     def _create(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -153,12 +215,15 @@ def _handler(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, reply = fake.handle("POST", self.path, body, headers)
             data = json.dumps(reply).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.send_header("request-id", f"req_fake{len(fake.requests)}")
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("request-id", f"req_fake{len(fake.requests)}")
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up waiting (its timeout): Stripe goes on anyway
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:
             return
@@ -178,6 +243,9 @@ def serve(api_key: str = API_KEY) -> Iterator[FakeStripe]:
     try:
         yield fake
     finally:
+        for hold in [fake._hold, *fake._in_flight.values()]:
+            if hold is not None:
+                hold.release()
         server.shutdown()
         server.server_close()
         thread.join()
