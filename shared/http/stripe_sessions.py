@@ -11,10 +11,10 @@ sends the user to a site we do not own.
 
 stripe-python is imported on first use, so the routes' cold start does not pay for it. Stripe's
 answers map to ours: unreachable, rate limited, busy with the same idempotency key past our time
-budget, or failing on its side → 503 (try again); a bad key or any other refusal → 500
-(generic), with the error's class and code in the log, never its message or the key. A
-customer Stripe no longer knows (deleted in Stripe) is forgotten: checkout then makes a new one,
-the portal answers 404 as for a user who never paid.
+budget, failing on its side, or answering a session without a usable URL → 503 (try again); a
+bad key or any other refusal → 500 (generic), with the error's class and code in the log, never
+its message or the key. A customer Stripe no longer knows (deleted in Stripe) is forgotten:
+checkout then makes a new one, the portal answers 404 as for a user who never paid.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -215,7 +216,7 @@ def start_checkout(request: Request, subscriber: Subscriber, refusal: str | None
     except CustomerMissingError:  # deleted in Stripe: Checkout makes a new one
         forget_customer(str(subscriber.customer))
         session = create(replace(subscriber, customer=None))
-    return ok({"url": session.url})
+    return ok({"url": session_url(CHECKOUT_OPERATION, session)})
 
 
 def open_portal(request: Request, customer: str | None) -> Response:
@@ -234,7 +235,34 @@ def open_portal(request: Request, customer: str | None) -> Response:
     except CustomerMissingError:  # deleted in Stripe: as if never paid
         forget_customer(customer)
         raise ApiError(404, NO_CUSTOMER) from None
-    return ok({"url": session.url})
+    return ok({"url": session_url(PORTAL_OPERATION, session)})
+
+
+def session_url(operation: str, session: Any) -> str:
+    """The session's page, or a 503: our `{url}` is a required http(s) URL (the OpenAPI says
+    so), and Stripe's `url` may be null (a session no longer active), so an answer without a
+    usable one is Stripe failing, logged with Stripe's request id, not a 200 `{"url": null}`."""
+    url = getattr(session, "url", None)
+    if isinstance(url, str):
+        parts = urlsplit(url.strip())
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return url.strip()
+    response = getattr(session, "last_response", None)
+    log_event(
+        "stripe_session_without_url",
+        level=logging.ERROR,
+        operation=operation,
+        url=_kind(session, url),
+        stripeRequestId=getattr(response, "request_id", None),
+    )
+    raise ApiError(503, "Stripe answered a session without a url")
+
+
+def _kind(session: Any, url: object) -> str:
+    """What the session's `url` was, for the log (never its value): missing, null, or a type."""
+    if "url" not in session:  # a StripeObject answers `in`, and is no dict
+        return "missing"
+    return "null" if url is None else type(url).__name__
 
 
 class CustomerMissingError(Exception):

@@ -187,6 +187,22 @@ def test_a_retry_meeting_our_own_attempt_still_in_progress_gets_a_session(
     assert result.json["url"].startswith("https://billing.stripe.com/")
 
 
+@pytest.mark.parametrize("url", [{"url": None}, {"url": ""}, {"url": 123}, {}])
+def test_a_session_without_a_usable_url_is_503_not_200(
+    lambda_call: Caller,
+    fake_stripe: FakeStripe,
+    caplog: pytest.LogCaptureFixture,
+    url: dict[str, object],
+) -> None:
+    make_pro()
+    fake_stripe.reply_next(200, {"id": "bps_bad", "object": "billing_portal.session", **url})
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = open_portal(lambda_call)
+    assert result.status == 503 and result.json["message"] == GENERIC_503, result.text
+    [line] = logged(caplog, "stripe_session_without_url")
+    assert line["operation"] == "billing_portal.sessions.create"
+
+
 def test_ten_per_hour_per_user_failing_closed(
     lambda_call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:

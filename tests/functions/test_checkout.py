@@ -416,6 +416,37 @@ def test_a_key_reused_with_other_parameters_is_the_generic_500_without_a_retry(
     assert (line["error"], line["httpStatus"]) == ("IdempotencyError", 400)
 
 
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ({"url": None}, "null"),
+        ({"url": ""}, "str"),
+        ({"url": "javascript:alert(1)"}, "str"),
+        ({"url": 123}, "int"),
+        ({"url": ["https://x.test"]}, "list"),
+        ({}, "missing"),
+    ],
+)
+def test_a_session_without_a_usable_url_is_503_not_200(
+    lambda_call: Caller,
+    fake_stripe: FakeStripe,
+    caplog: pytest.LogCaptureFixture,
+    url: dict[str, Any],
+    kind: str,
+) -> None:
+    """Our OpenAPI promises `url` as a string: an answer without one is Stripe failing."""
+    make_user()
+    fake_stripe.reply_next(200, {"id": "cs_bad", "object": "checkout.session", **url})
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = start(lambda_call)
+    assert result.status == 503, result.text
+    assert result.json["message"] == GENERIC_503 and "retry-after" in result.headers
+    [line] = logged(caplog, "stripe_session_without_url")
+    assert (line["operation"], line["url"]) == ("checkout.sessions.create", kind)
+    assert line["requestId"] == result.headers["x-request-id"]
+    assert line["stripeRequestId"].startswith("req_fake")
+
+
 def test_the_idempotency_key_separates_users_windows_and_parameters() -> None:
     params = {"mode": "subscription", "success_url": "https://a/search?upgraded=true"}
     window = stripe_sessions.CHECKOUT_WINDOW_S

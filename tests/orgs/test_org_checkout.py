@@ -312,6 +312,16 @@ def test_stripe_busy_with_the_key_past_the_time_budget_is_503(
     assert all("in-progress" not in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("path", [CHECKOUT, PORTAL])
+def test_a_session_with_a_null_url_is_503_not_200(
+    lambda_call: Caller, fake_stripe: FakeStripe, path: str
+) -> None:
+    make_org(stripe_customer_id="cus_org")
+    fake_stripe.reply_next(200, {"id": "cs_bad", "url": None})
+    result = post(lambda_call, path, token(lambda_call))
+    assert result.status == 503, result.text
+
+
 def test_checkout_to_webhook_makes_the_organization_pro_and_not_the_payer(
     lambda_call: Caller, fake_stripe: FakeStripe
 ) -> None:
