@@ -27,9 +27,13 @@ from typing import Any, ParamSpec, TypeVar
 from shared.errors import DomainError
 
 logger = logging.getLogger("keyflash")
-# Libraries whose DEBUG lines carry credentials (botocore: the request's signed headers, the
-# session token among them) or personal data (stripe: whole bodies): never below INFO.
-CREDENTIAL_LOGGERS = ("botocore", "stripe")
+# Libraries whose lines carry credentials or personal data, and the lowest level each logs at,
+# whatever the root's. botocore's DEBUG lines hold the request's signed headers (the session
+# token among them). stripe-python logs only at DEBUG (whole bodies) and INFO (each request, and
+# "Stripe v1 API error received" with Stripe's error message, which may quote an email, a
+# customer id or a masked key): none of its lines is kept; ours (`stripe_request_failed`) say
+# what failed without the message.
+CREDENTIAL_LOGGERS = {"botocore": logging.INFO, "stripe": logging.WARNING}
 # The X-Request-ID of the request being served (set by `shared.http.app.RequestContext`).
 request_id: ContextVar[str | None] = ContextVar("keyflash_request_id", default=None)
 
@@ -70,9 +74,9 @@ def _set_levels() -> None:
     someone set on our logger (the dev stack, a test) is kept."""
     if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and logger.level == logging.NOTSET:
         logger.setLevel(lambda_level())
-    floor = max(logging.INFO, logging.getLogger().getEffectiveLevel())
-    for name in CREDENTIAL_LOGGERS:
-        logging.getLogger(name).setLevel(floor)
+    root = logging.getLogger().getEffectiveLevel()
+    for name, floor in CREDENTIAL_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(floor, root))
 
 
 _set_levels()

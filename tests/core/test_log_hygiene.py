@@ -32,6 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +48,11 @@ from devkit import events, gateway
 from devkit.layout import cron_modules
 from devkit.tokens import new_private_pem
 from devkit.upstash_emulator import UpstashEmulator
-from shared import auth, config, db, flags, redis
+from shared import auth, config, db, flags, redis, telemetry
 from tests.support import fake_stripe
 from tests.support.cron import asgi_call
 from tests.support.http import ISSUER, Caller, Keys, Result
+from tests.support.stripe_events import make_user
 
 DB_PASSWORD = "dbpw-K7q2Zx9LmN4vR8tW"
 UPSTASH_TOKEN = "upstash-tok-Q3vB8nM2xZ7kP4rT"
@@ -340,9 +342,17 @@ def bill(run: Run) -> None:
         assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 200
         upgrade_and_cancel(run)
         subscribe_team(run)
+        stripe_api.fail_next(400, "invalid_request_error", **email_refused(GRACE))
+        assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 500
         stripe_api.api_key = "sk_test_rotated"  # Stripe now refuses the configured key
         assert run.call("checkout", "POST", "/api/checkout", token=grace).status == 500
         run.env(STRIPE_API_BASE=None)
+
+
+def email_refused(email: str) -> dict[str, str]:
+    """Stripe's refusal of an address, whose message quotes it (and here a customer id)."""
+    message = f"Invalid email address: {email} for cus_T01e61c91eb"
+    return {"code": "email_invalid", "param": "customer_email", "message": message}
 
 
 def upgrade_and_cancel(run: Run) -> None:
@@ -443,13 +453,31 @@ def outages(run: Run, direct_url: str) -> None:
 # --- the test ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def root_level_at_import(level: int) -> Iterator[None]:
+    """The root logger at `level`, as a platform's runtime sets it before our modules are
+    imported (Vercel: INFO; Lambda with AWS_LAMBDA_LOG_LEVEL=DEBUG), and the levels our import
+    sets from it (`shared.telemetry`), restored afterwards."""
+    names = ("", "keyflash", "botocore", "stripe")
+    saved = {name: logging.getLogger(name).level for name in names}
+    logging.getLogger().setLevel(level)
+    telemetry._set_levels()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            logging.getLogger(name).setLevel(value)
+
+
 @pytest.fixture
-def everything_at_debug(caplog: pytest.LogCaptureFixture) -> logging.Formatter:
-    """Every logger at DEBUG into caplog; records are rendered with their tracebacks, as a
+def everything_at_debug(caplog: pytest.LogCaptureFixture) -> Iterator[logging.Formatter]:
+    """Every logger at DEBUG into caplog, the root at DEBUG before our levels are set (Lambda
+    with AWS_LAMBDA_LOG_LEVEL=DEBUG); records are rendered with their tracebacks, as a
     platform's log handler would write them."""
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("keyflash").setLevel(logging.DEBUG)
-    return logging.Formatter("%(levelname)s %(name)s %(message)s")
+    with root_level_at_import(logging.DEBUG):
+        logging.getLogger("keyflash").setLevel(logging.DEBUG)
+        yield logging.Formatter("%(levelname)s %(name)s %(message)s")
 
 
 @pytest.fixture
@@ -531,6 +559,45 @@ def test_a_full_run_logs_no_secret_and_no_personal_data(
         f"log hygiene: {len(caplog.records)} records, {captured.count(chr(10)) + 1} lines, "
         f"{len(captured.encode())} bytes captured; {len(SECRETS)} secrets searched"
     )
+
+
+@pytest.mark.parametrize(
+    "root", [logging.INFO, logging.DEBUG], ids=["root-INFO-vercel", "root-DEBUG-lambda"]
+)
+def test_stripes_error_message_reaches_no_log_with_the_root_at_info_or_debug(
+    api_env: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    root: int,
+) -> None:
+    """stripe-python logs "Stripe v1 API error received" with Stripe's message at INFO (and its
+    requests and bodies at INFO and DEBUG); the message may quote an email, a customer id or a
+    masked key. With the root at INFO (Vercel) or DEBUG, none of it may be logged, while our
+    own `stripe_request_failed` line (class, code, status) is (docs/deploy.md, Credentials)."""
+    run = Run(api_env, monkeypatch)
+    caplog.set_level(root)
+    with root_level_at_import(root), fake_stripe.serve(api_key=STRIPE_SECRET_KEY) as stripe_api:
+        run.env(
+            BILLING_ENABLED="true",
+            STRIPE_SECRET_KEY=STRIPE_SECRET_KEY,
+            STRIPE_PRICE_PRO="price_pro",
+            STRIPE_API_BASE=stripe_api.url,
+        )
+        make_user("user_ada", ADA, stripe_customer_id="cus_ada")
+        ada = run.token("user_ada", ADA)
+        for module, path in (
+            ("checkout", "/api/checkout"),
+            ("billing_portal", "/api/billing/portal"),
+        ):
+            stripe_api.fail_next(400, "invalid_request_error", **email_refused(ADA))
+            assert run.call(module, "POST", path, token=ada).status == 500
+    rendered = "\n".join(f"{r.levelname} {r.name} {r.getMessage()}" for r in caplog.records)
+    out, err = capfd.readouterr()
+    captured = "\n".join([rendered, out, err])
+    assert rendered.count('"event":"stripe_request_failed"') == 2  # the logs were captured
+    assert ADA not in captured and "cus_T01e61c91eb" not in captured, captured
+    assert "Stripe v1 API error received" not in captured
 
 
 def test_the_session_token_pattern_finds_tokens_and_not_random_ids() -> None:
