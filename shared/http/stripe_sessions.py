@@ -359,7 +359,8 @@ def call(
 
 def stripe_failure(operation: str, error: stripe.StripeError) -> Exception:
     """What a Stripe error becomes: `CustomerMissingError`, or our 503 (unreachable, rate
-    limited, busy with the key, failing) or 500 (a refusal), logged without Stripe's message."""
+    limited, busy with the key, failing, answering what cannot be read) or 500 (a refusal),
+    logged without Stripe's message."""
     import stripe
 
     if isinstance(error, stripe.InvalidRequestError) and (error.code, error.param) == (
@@ -368,8 +369,13 @@ def stripe_failure(operation: str, error: stripe.StripeError) -> Exception:
     ):
         return CustomerMissingError()
     status = error.http_status or 0
+    # A success status with a body that is not Stripe's JSON (cut short, a proxy's page) is
+    # Stripe failing, as a 5xx is: its `APIError` carries that status.
+    unreadable = isinstance(error, stripe.APIError) and 200 <= status < 300
     transient = (
-        isinstance(error, stripe.APIConnectionError | stripe.RateLimitError) or status == 409
+        isinstance(error, stripe.APIConnectionError | stripe.RateLimitError)
+        or status == 409
+        or unreadable
     )
     log_event(
         "stripe_request_failed",

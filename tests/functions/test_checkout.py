@@ -447,6 +447,25 @@ def test_a_session_without_a_usable_url_is_503_not_200(
     assert line["stripeRequestId"].startswith("req_fake")
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"id": "cs_cut", "object": "checkout.session", "url": "https://chec', b"<html>"]
+)
+def test_a_success_answer_stripe_cannot_have_meant_is_503_not_500(
+    lambda_call: Caller, fake_stripe: FakeStripe, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    """A 200 whose body is not JSON (cut short by a proxy, a captive page) is Stripe failing,
+    as a 5xx is: retry later, not our refusal."""
+    make_user()
+    fake_stripe.reply_next(200, body)
+    with caplog.at_level(logging.INFO, logger="keyflash"):
+        result = start(lambda_call)
+    assert result.status == 503, result.text
+    assert result.json["message"] == GENERIC_503 and "retry-after" in result.headers
+    [line] = logged(caplog, "stripe_request_failed")
+    assert (line["error"], line["httpStatus"]) == ("APIError", 200)
+    assert "cs_cut" not in caplog.text
+
+
 def test_the_idempotency_key_separates_users_windows_and_parameters() -> None:
     params = {"mode": "subscription", "success_url": "https://a/search?upgraded=true"}
     window = stripe_sessions.CHECKOUT_WINDOW_S

@@ -65,7 +65,7 @@ class FakeStripe:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_customers: set[str] = field(default_factory=set)
     _replies: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
-    _failures: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    _failures: list[tuple[int, dict[str, Any] | bytes]] = field(default_factory=list)
     _hold: Hold | None = None
     _in_flight: dict[str, Hold] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -85,8 +85,9 @@ class FakeStripe:
         error = {"type": error_type, "code": code, "message": message, "param": param}
         self.reply_next(status, {"error": error}, times=times)
 
-    def reply_next(self, status: int, body: dict[str, Any], *, times: int = 1) -> None:
-        """The next `times` requests get this answer, whatever they ask."""
+    def reply_next(self, status: int, body: dict[str, Any] | bytes, *, times: int = 1) -> None:
+        """The next `times` requests get this answer, whatever they ask (bytes: sent as they
+        are, e.g. a body cut short)."""
         self._failures.extend([(status, body)] * times)
 
     def hold_next_create(self, *, release_after: int = 1) -> Hold:
@@ -214,7 +215,7 @@ def _handler(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, reply = fake.handle("POST", self.path, body, headers)
-            data = json.dumps(reply).encode()
+            data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
             try:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
