@@ -76,7 +76,10 @@ MAX_KNOWN_TOKENS = 8  # the newest issued tokens `_scrub` knows (each lives up t
 MAX_KEYWORDS = 200
 MAX_JOINED_CHARS = 8_000
 RATE_LIMITED_RETRY_S = 60
-_INT64 = re.compile(r"-?[0-9]+")
+_INT64 = re.compile(r"-?[0-9]{1,19}")  # int64's decimal form; longer is no int64 (or a DoS)
+_INT64_RANGE = range(-(2**63), 2**63)
+# A wait past a day is no answer a client can use (a far HTTP-date, a broken header).
+MAX_RETRY_AFTER_S = 86_400
 _RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+)(?:\.(\d+))?s"')
 
 
@@ -101,13 +104,13 @@ def batches(keywords: list[str]) -> list[list[str]]:
 def retry_after(response: httpx.Response, *, now: datetime | None = None) -> int:
     """Seconds to wait: the `Retry-After` header (seconds or an HTTP-date), else the quota
     error's `retryDelay` ("27s", "2.500s"), else 60. Rounded up, at least 1: rounded down, a
-    client that obeys it retries before Google's wait is over."""
+    client that obeys it retries before Google's wait is over. At most a day."""
     for found in (
         _header_seconds(response.headers.get("Retry-After"), now or datetime.now(UTC)),
         _delay_seconds(response.text),
     ):
         if found is not None and found > 0:
-            return found
+            return min(found, MAX_RETRY_AFTER_S)
     return RATE_LIMITED_RETRY_S
 
 
@@ -118,7 +121,7 @@ def _header_seconds(value: str | None, now: datetime) -> int | None:
         return None
     seconds = _int(value)
     if seconds is not None:
-        return seconds
+        return max(1, seconds) if seconds >= 0 else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -142,13 +145,14 @@ def _int(value: Any) -> int | None:
     Only ASCII digits: `str.isdigit` accepts "²", which `int` then refuses."""
     if isinstance(value, bool):
         return None
+    number: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) else None
-    if isinstance(value, str) and _INT64.fullmatch(value.strip()):
-        return int(value.strip())
-    return None
+        number = value
+    elif isinstance(value, float) and math.isfinite(value):
+        number = int(value)
+    elif isinstance(value, str) and _INT64.fullmatch(value.strip()):
+        number = int(value.strip())
+    return number if number in _INT64_RANGE else None
 
 
 def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:

@@ -174,6 +174,10 @@ BROKEN_ANSWERS = [
     {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "lots"}}]},
     {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": True}}]},
     {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "\u00b2"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "1" * 5000}}]},
+    {"results": [{"text": "seo tools",
+                  "keywordMetrics": {"avgMonthlySearches": "9223372036854775808"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": 1e300}}]},
     {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
                                                           "competitionIndex": "high"}}]},
     {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
@@ -333,6 +337,11 @@ NOW = datetime(2026, 12, 6, 12, 0, 0, tzinfo=UTC)
         (format_datetime(NOW + timedelta(milliseconds=500), usegmt=True), 1),  # never 0
         (format_datetime(NOW - timedelta(seconds=30), usegmt=True), 1),  # past: now, so 1
         ("soon", 27),  # not a Retry-After: the quota error's delay
+        ("-5", 27),
+        ("0", 1),  # "now", but never 0
+        ("9" * 5000, 27),  # no int64: not a delay (and int() of it would raise)
+        ("99999999999999", 86_400),  # at most a day
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 86_400),
     ],
 )
 def test_a_retry_after_header_is_seconds_or_an_http_date(header: str, seconds: int) -> None:
