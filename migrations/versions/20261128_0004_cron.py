@@ -10,6 +10,13 @@
   small batches; without an index led by the time column every batch would scan the table.
   Built CONCURRENTLY, so a large production table keeps taking writes meanwhile.
 
+The index builds commit what ran before them (CONCURRENTLY runs outside a transaction), so a
+run that fails at one (a lock it gave up waiting for) leaves the tables and any index already
+built while the version still says 0003. Each step is written to be run again: tables and
+indexes are created when missing, a build's INVALID leftover is dropped before the build and
+after it fails, and the way down drops only what is there. Running the revision again, once the
+cause is gone, finishes it either way.
+
 Our own tables: Prisma never reads or writes them; the indexes do not change what Prisma sends.
 
 Revision ID: 0004
@@ -17,6 +24,7 @@ Revises: 0003
 Create Date: 2026-11-28 09:00:00.000000+00:00
 """
 
+import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -29,6 +37,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
+INDEXES = [
+    ("api_usage_timestamp_idx", "api_usage"),
+    ("system_metrics_timestamp_idx", "system_metrics"),
+]
+log = logging.getLogger("alembic.env")
 
 
 def upgrade() -> None:
@@ -42,6 +55,7 @@ def upgrade() -> None:
         sa.Column("state", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("updatedAt", TIMESTAMP3, nullable=False),
         sa.PrimaryKeyConstraint("job", name="cron_leases_pkey"),
+        if_not_exists=True,
     )
     op.create_table(
         "search_daily_rollups",
@@ -54,35 +68,46 @@ def upgrade() -> None:
         sa.Column("avgResponseTime", sa.Double(), nullable=False),
         sa.Column("updatedAt", TIMESTAMP3, nullable=False),
         sa.PrimaryKeyConstraint("day", "provider", name="search_daily_rollups_pkey"),
+        if_not_exists=True,
     )
     with op.get_context().autocommit_block():
-        op.create_index(
-            "api_usage_timestamp_idx",
-            "api_usage",
-            ["timestamp"],
-            unique=False,
-            postgresql_concurrently=True,
-        )
-        op.create_index(
-            "system_metrics_timestamp_idx",
-            "system_metrics",
-            ["timestamp"],
-            unique=False,
-            postgresql_concurrently=True,
-        )
+        for name, table in INDEXES:
+            _build(name, table)
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
-        op.drop_index(
-            "system_metrics_timestamp_idx",
-            table_name="system_metrics",
-            postgresql_concurrently=True,
+        for name, _ in reversed(INDEXES):
+            op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+    op.drop_table("search_daily_rollups", if_exists=True)
+    op.drop_table("cron_leases", if_exists=True)
+
+
+def _build(name: str, table: str) -> None:
+    """CREATE INDEX CONCURRENTLY on `table`'s "timestamp", leaving no INVALID index behind."""
+    _drop_invalid(name)  # a failed build's leftover, which IF NOT EXISTS would keep
+    try:
+        op.execute(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON "{table}" ("timestamp")')
+    except Exception:
+        try:
+            _drop_invalid(name)
+        except Exception:  # the build's own error is the one to report; a re-run drops it
+            log.warning("could not drop the invalid index %s after its build failed", name)
+        raise
+
+
+def _drop_invalid(name: str) -> None:
+    invalid = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+                "WHERE i.relname = :name AND i.relnamespace = 'public'::regnamespace "
+                "AND NOT x.indisvalid"
+            ),
+            {"name": name},
         )
-        op.drop_index(
-            "api_usage_timestamp_idx",
-            table_name="api_usage",
-            postgresql_concurrently=True,
-        )
-    op.drop_table("search_daily_rollups")
-    op.drop_table("cron_leases")
+        .first()
+    )
+    if invalid:
+        op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')

@@ -141,6 +141,57 @@ def test_a_concurrent_step_that_fails_leaves_nothing_behind(
     assert_no_drift(url)
 
 
+def failing_on_locks(url: str) -> None:
+    """New sessions on the database give up a lock wait after 300 ms (lock_timeout), as a
+    production run set up not to queue writes behind it would."""
+    execute(
+        url,
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET lock_timeout = ''300ms''', "
+        "current_database()); END $$",
+    )
+
+
+def assert_every_index_valid(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        invalid = conn.execute(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid"
+        ).fetchall()
+    assert invalid == []
+
+
+def test_0004_up_failing_at_its_second_concurrent_index_runs_again_to_the_end(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """0004's tables and first index are committed before its second index build gives up on a
+    lock; running it again, once the lock is gone, finishes it."""
+    url = at_revision(scratch_database, "0003")
+    failing_on_locks(url)
+    with psycopg.connect(url) as holder:
+        holder.execute("LOCK TABLE system_metrics IN SHARE UPDATE EXCLUSIVE MODE")
+        with pytest.raises(CliError, match="LockNotAvailable"):
+            dbtools.upgrade(url, "0004")
+    assert recorded_revisions(url) == ["0003"]
+    dbtools.upgrade(url, "0004")
+    assert recorded_revisions(url) == ["0004"]
+    assert_every_index_valid(url)
+    assert_schema_is_revision(url, scratch_database)
+
+
+def test_0004_down_failing_at_its_tables_runs_again_to_the_end(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """0004's way down drops its indexes (committed, outside a transaction), then a view of the
+    operator's own on `cron_leases` stops it; once the view is gone the way down finishes."""
+    url = at_revision(scratch_database, "0004")
+    execute(url, "CREATE VIEW my_leases AS SELECT * FROM cron_leases")
+    with pytest.raises(CliError, match="cron_leases"):
+        dbtools.downgrade(url, "0003")
+    execute(url, "DROP VIEW my_leases")
+    assert recorded_revisions(url) == ["0004"]
+    assert dbtools.downgrade(url, "0003") == "downgraded 0004 → 0003"
+    assert_schema_is_revision(url, scratch_database)
+
+
 # ------------------------------------------------------------------ across the partitioning
 
 
