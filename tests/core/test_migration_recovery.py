@@ -192,6 +192,32 @@ def test_0004_down_failing_at_its_tables_runs_again_to_the_end(
     assert_schema_is_revision(url, scratch_database)
 
 
+def test_0012_up_failing_mid_build_leaves_no_invalid_index_behind_its_rerun(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """A concurrent build that gives up while waiting for a writer leaves its index INVALID.
+    The run that follows must not keep it (and then drop the only valid one on those keys)."""
+    url = at_revision(scratch_database, "0011")
+    failing_on_locks(url)
+    with psycopg.connect(url) as writer:
+        # An open writer on the partition the builds reach last: the parent's index and the
+        # others are built; this one's catalog entry is made, then waits for the writer to end.
+        (last,) = writer.execute(
+            "SELECT i.inhrelid::regclass::text FROM pg_inherits i JOIN pg_class c "
+            "ON c.oid = i.inhrelid WHERE i.inhparent = 'search_history'::regclass "
+            "ORDER BY c.relname DESC LIMIT 1"
+        ).fetchone() or (None,)
+        assert last is not None
+        writer.execute(f"LOCK TABLE {last} IN ROW EXCLUSIVE MODE".encode())
+        with pytest.raises(CliError, match="LockNotAvailable"):
+            dbtools.upgrade(url, "0012")
+    assert recorded_revisions(url) == ["0011"]
+    dbtools.upgrade(url, "0012")
+    assert recorded_revisions(url) == ["0012"]
+    assert_every_index_valid(url)
+    assert_schema_is_revision(url, scratch_database)
+
+
 # ------------------------------------------------------------------ across the partitioning
 
 
