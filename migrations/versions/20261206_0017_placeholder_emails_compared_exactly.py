@@ -19,6 +19,7 @@ Revises: 0016
 Create Date: 2026-12-06 06:00:00.000000+00:00
 """
 
+import logging
 from collections.abc import Sequence
 
 from alembic import op
@@ -28,6 +29,7 @@ down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+log = logging.getLogger("alembic.env")
 NAME = "users_email_lower_key"
 BUILDING = "users_email_lower_key_new"
 CASE_INSENSITIVE = '(lower("email"))'
@@ -52,8 +54,12 @@ def _swap(keys: str) -> None:
             op.execute(f'CREATE UNIQUE INDEX CONCURRENTLY "{BUILDING}" ON "users" {keys}')
         except Exception:
             # A failed concurrent build leaves its index behind, invalid: the schema must stay
-            # the one the version names (the revision before).
-            op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{BUILDING}"')
+            # the one the version names (the revision before). Should the drop fail too (the
+            # same lock), the build's error is the one reported; the next run drops it first.
+            try:
+                op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{BUILDING}"')
+            except Exception:
+                log.warning("could not drop %s after its build failed", BUILDING)
             raise
         op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{NAME}"')
         op.execute(f'ALTER INDEX "{BUILDING}" RENAME TO "{NAME}"')

@@ -29,6 +29,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
+from sqlalchemy.exc import DBAPIError
 
 from devkit import dbtools
 from devkit.console import CliError
@@ -214,6 +215,25 @@ def test_0012_up_failing_mid_build_leaves_no_invalid_index_behind_its_rerun(
     assert recorded_revisions(url) == ["0011"]
     dbtools.upgrade(url, "0012")
     assert recorded_revisions(url) == ["0012"]
+    assert_every_index_valid(url)
+    assert_schema_is_revision(url, scratch_database)
+
+
+def test_0017_reports_its_builds_failure_when_the_cleanup_fails_too(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """A build that gives up waiting for a writer leaves its index INVALID, and dropping it
+    waits for the same writer: the error reported is the build's, and the next run, the
+    writer gone, drops the leftover and goes through."""
+    url = at_revision(scratch_database, "0017")
+    failing_on_locks(url)
+    with psycopg.connect(url) as writer:
+        writer.execute("LOCK TABLE users IN ROW EXCLUSIVE MODE")
+        with pytest.raises(DBAPIError) as excinfo:
+            command.downgrade(alembic_config(url), "0016")
+    assert "CREATE UNIQUE INDEX CONCURRENTLY" in str(excinfo.value.statement)
+    assert recorded_revisions(url) == ["0017"]
+    dbtools.downgrade(url, "0016")
     assert_every_index_valid(url)
     assert_schema_is_revision(url, scratch_database)
 
