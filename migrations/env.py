@@ -16,7 +16,7 @@ Alembic reads the version: the second waits, then finds the first's work done.
 
 from __future__ import annotations
 
-import logging
+import sys
 import time
 
 from alembic import context
@@ -29,7 +29,8 @@ from shared.models.schema import metadata
 # pg_advisory_lock's key for "a migration runs on this database" (the bytes of "kfmigrat").
 MIGRATION_LOCK = 0x6B666D6967726174
 LOCK_POLL = 0.5
-log = logging.getLogger("alembic.env")
+# The migration session's application_name: a run waiting for the lock names its holder by it.
+APPLICATION_NAME = "keyflash-migrate"
 
 
 class MigrationUrlError(RuntimeError):
@@ -70,7 +71,11 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(migration_url(), poolclass=pool.NullPool)
+    engine = create_engine(
+        migration_url(),
+        poolclass=pool.NullPool,
+        connect_args={"application_name": APPLICATION_NAME},
+    )
     with engine.connect() as connection:
         _lock(connection)
         context.configure(
@@ -101,10 +106,36 @@ def _lock(connection: Connection) -> None:
     ).scalar_one():
         connection.commit()
         if not waiting:
-            log.warning("another migration of this database is running: waiting for it")
+            # On stderr: Alembic's logger has only a NullHandler unless a logging config is
+            # loaded, and an operator whose deploy seems to hang needs to see why.
+            print(
+                f"another migration of this database is running ({_holder(connection)}): "
+                "waiting for it",
+                file=sys.stderr,
+                flush=True,
+            )
             waiting = True
         time.sleep(LOCK_POLL)
     connection.commit()
+
+
+def _holder(connection: Connection) -> str:
+    """Who holds the migration lock: pid, application_name and state, from pg_stat_activity."""
+    row = connection.execute(
+        text(
+            "SELECT a.pid, a.application_name, a.state FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid)"
+        ),
+        {"high": MIGRATION_LOCK >> 32, "low": MIGRATION_LOCK & 0xFFFFFFFF},
+    ).first()
+    connection.commit()
+    if row is None:  # let go between the two questions
+        return "held by a session that has just let go"
+    pid, application, state = row
+    return f"held by pid {pid}, application_name {application or '(none)'!r}, {state}"
 
 
 if context.is_offline_mode():

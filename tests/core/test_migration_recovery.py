@@ -445,6 +445,9 @@ def test_two_migrations_at_once_the_second_waits_and_finds_nothing_to_do(
     results = [run.communicate(timeout=300) for run in runs]
     for run, (_, err) in zip(runs, results, strict=True):
         assert run.returncode == 0, err
+    # One of them really waited, and said for whom: the other run, by its application_name.
+    waited = [err for _, err in results if "another migration of this database is running" in err]
+    assert len(waited) == 1 and "keyflash-migrate" in waited[0], [err for _, err in results]
     outputs = sorted(out.strip() for out, _ in results)
     assert outputs == sorted(
         [f"migrated 0009 → {head_revision()}", f"already at head ({head_revision()})"]
