@@ -372,7 +372,8 @@ def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
 
     A refusal (a migration's `CommandError`) says what to do itself. A database error is a
     failure nobody anticipated. Each revision commits with its version, so the database is at
-    the last revision that went through, with that revision's schema."""
+    the last revision that went through; a revision with CONCURRENTLY steps may have done some
+    of them, and running it again finishes it (docs/core.md, "The schema")."""
     from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
@@ -390,7 +391,7 @@ def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
         except DBAPIError:
             raise CliError(f"{action} failed: {detail}") from error
         where = (
-            f"the database is at {current}, with that revision's schema"
+            f"the database is at {current}; running it again goes on from there"
             if current
             else "no revision was applied"
         )

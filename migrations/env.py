@@ -4,11 +4,12 @@ DDL needs a session (locks, `CREATE INDEX CONCURRENTLY`, advisory locks); Neon's
 PgBouncer in transaction mode, so a `-pooler` host is refused with an explanation.
 
 Each revision commits on its own, with its version change (`transaction_per_migration`): a
-revision that fails leaves `alembic_version` naming the last one that went through, and the
-schema as that one left it. (In one transaction for the whole run, a revision that builds an
-index CONCURRENTLY commits everything before it, version included, and a later failure then
-rolled back the version alone.) A revision with a step outside a transaction cleans up after
-that step itself when it fails.
+revision that fails leaves `alembic_version` naming the last one that went through. (In one
+transaction for the whole run, a revision that builds an index CONCURRENTLY commits everything
+before it, version included, and a later failure then rolled back the version alone.) A revision
+in one transaction leaves nothing of itself when it fails; one with steps outside a transaction
+(CONCURRENTLY) may leave the steps before the failing one done, drops a failed build's INVALID
+index, and is written so that running it again finishes it.
 
 Two runs at once (two deploys) are serialised by a session-level advisory lock taken before
 Alembic reads the version: the second waits, then finds the first's work done.

@@ -1,9 +1,9 @@
 """Migrations on databases that are not fresh: failures, existing Prisma tables, two deploys.
 
-- a revision that fails leaves `alembic_version` naming the schema that is there: every
-  revision commits with its version change, and a non-transactional step (CREATE INDEX
-  CONCURRENTLY) that fails cleans up after itself, so the next `db migrate` has the whole
-  way to go and `db check` ends clean;
+- a revision that fails leaves `alembic_version` naming the last revision that went through:
+  every revision commits with its version change; one with non-transactional steps (CREATE
+  INDEX CONCURRENTLY: 0004, 0012, 0017) drops a failed build's INVALID index and runs again
+  to the end, so the next run ends at the schema a fresh database has and `db check` clean;
 - the way down across the partitioning (0010) takes every row the partitioned tables accept:
   a history row whose user is gone gets `userId` NULL (what the FK's ON DELETE SET NULL does),
   and an id that appears twice is refused before anything changes, saying where and what to do;
