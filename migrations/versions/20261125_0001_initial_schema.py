@@ -336,6 +336,7 @@ def _adopt() -> None:
             "database and copy the rows into it"
         )
     _refuse_case_variant_emails()
+    _refuse_rollout_percents_out_of_range()
     _add_additions()
     op.get_context().config.attributes["adopted_prisma_tables"] = True  # type: ignore[union-attr]
 
@@ -396,6 +397,26 @@ def _refuse_case_variant_emails() -> None:
             "in case (the original's key is case-sensitive, ours is not: "
             "SELECT lower(email) FROM users GROUP BY 1 HAVING count(*) > 1 lists them). Nothing "
             "was changed: settle those accounts and migrate again"
+        )
+
+
+def _refuse_rollout_percents_out_of_range() -> None:
+    """Prisma's rolloutPercent is any integer; ours is 0 to 100 (the CHECK in ADDITIONS)."""
+    outside = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                'SELECT count(*) FROM feature_flags WHERE "rolloutPercent" NOT BETWEEN 0 AND 100'
+            )
+        )
+        .scalar_one()
+    )
+    if outside:
+        raise CommandError(
+            f"feature_flags holds {outside} flag{'s' if outside > 1 else ''} whose "
+            '"rolloutPercent" is not between 0 and 100 (SELECT key, "rolloutPercent" FROM '
+            'feature_flags WHERE "rolloutPercent" NOT BETWEEN 0 AND 100 lists them). Nothing '
+            "was changed: set them within 0 and 100 and migrate again"
         )
 
 

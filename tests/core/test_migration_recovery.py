@@ -416,6 +416,25 @@ def test_db_migrate_refuses_emails_the_case_insensitive_key_would_reject(
     assert snapshot(url) == before
 
 
+def test_db_migrate_refuses_rollout_percents_the_check_would_reject(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """The original's rolloutPercent is any integer; ours is between 0 and 100."""
+    url = prisma_database(scratch_database)
+    execute(
+        url,
+        'INSERT INTO feature_flags (id, key, "rolloutPercent", "updatedAt") VALUES '
+        "('f1', 'beta', 150, now()), ('f2', 'gamma', -1, now()), ('f3', 'ok', 50, now())",
+    )
+    before = snapshot(url)
+    with pytest.raises(CliError) as excinfo:
+        dbtools.migrate(url)
+    message = excinfo.value.message
+    assert "feature_flags" in message and "2 " in message and "0 and 100" in message
+    assert "CheckViolation" not in message and "psycopg" not in message
+    assert snapshot(url) == before
+
+
 # ------------------------------------------------------------------ two deploys at once
 
 
