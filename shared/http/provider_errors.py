@@ -5,13 +5,13 @@ answered: shared by keyword search, related keywords and content briefs
 from __future__ import annotations
 
 import logging
-import time
 from typing import NoReturn
 
 from starlette.requests import Request
 
 from shared.config import get_settings
 from shared.http.errors import ApiError
+from shared.http.invocation import invocation_deadline
 from shared.providers import (
     ProviderConfigurationError,
     ProviderError,
@@ -25,13 +25,7 @@ def provider_deadline(request: Request) -> float:
     """When (`time.monotonic()`) the provider must have answered: the invocation's end (Lambda's
     context, else KEYWORDS_MAX_DURATION_S from now) minus PROVIDER_DEADLINE_MARGIN_S, which
     the rest of the request (recording, the response) needs."""
-    settings = get_settings()
-    context = request.scope.get("aws.context")
-    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    remaining = settings.keywords_max_duration_s
-    if callable(remaining_ms):
-        remaining = remaining_ms() / 1000
-    return time.monotonic() + remaining - settings.provider_deadline_margin_s
+    return invocation_deadline(request, get_settings().keywords_max_duration_s)
 
 
 def provider_failed(error: ProviderError, provider_key: str) -> NoReturn:

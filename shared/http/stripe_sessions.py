@@ -38,6 +38,7 @@ from shared.clock import utcnow
 from shared.config import Settings, get_settings
 from shared.http.auth import identify, unauthenticated
 from shared.http.errors import ApiError
+from shared.http.invocation import invocation_deadline
 from shared.http.openapi import DESCRIPTIONS
 from shared.http.responses import ok
 from shared.models import UserTier
@@ -56,14 +57,22 @@ T = TypeVar("T")
 
 STRIPE_API_VERSION = "2026-01-28.clover"  # the original's pin; events are read in both shapes
 LIMIT_PER_HOUR = 10
-TIMEOUT_S = 5.0  # per attempt; with one retry this stays inside the function's 20 s
+TIMEOUT_S = 5.0  # per attempt
 NETWORK_RETRIES = 1  # safe: every create carries an idempotency key (stripe-python adds one)
+RETRY_PAUSE_S = 0.5  # stripe-python's pause before its one retry (HTTPClient.INITIAL_DELAY)
 # Stripe answers 409 while another request with the same idempotency key is in progress: a
 # double click, or our own attempt that timed out while Stripe still works on it. That request's
 # answer is coming, so the create is asked again (alone: no SDK retry) after CONFLICT_WAIT_S,
-# as long as one more attempt ends within STRIPE_BUDGET_S of the first; then it is 503.
+# as long as an attempt of MIN_ATTEMPT_S still fits before the deadline; then it is 503.
 CONFLICT_WAIT_S = 1.0
-STRIPE_BUDGET_S = 14.0  # the checks before Stripe fit in the rest of the function's 20 s
+# Stripe's deadline: STRIPE_BUDGET_S from the first call to Stripe, and never past the
+# invocation's end less the margin for the usage row (`shared.http.invocation`): the checks
+# before Stripe (the rate limit, provisioning: database retries of up to 8 s) may have used
+# much of the function's 20 s. Each attempt fits in what is left: with the SDK's retry only
+# when both tries fit, else alone with a timeout cut to the time left; under MIN_ATTEMPT_S
+# left, Stripe is not asked and the answer is the 503.
+STRIPE_BUDGET_S = 14.0
+MIN_ATTEMPT_S = 1.0
 CHECKOUT_OPERATION = "checkout.sessions.create"
 PORTAL_OPERATION = "billing_portal.sessions.create"
 
@@ -195,19 +204,19 @@ def start_checkout(request: Request, subscriber: Subscriber, refusal: str | None
     if refusal is not None:
         raise ApiError(409, refusal)
     origin = redirect_origin(request, settings)
-    stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
     now = time.time()
-    deadline = time.monotonic() + STRIPE_BUDGET_S
+    deadline = stripe_deadline(request)
 
     def create(subscriber: Subscriber) -> Any:
         params = checkout_params(subscriber, config["STRIPE_PRICE_PRO"], origin, now)
         key = idempotency_key(subscriber.key_prefix, subscriber.id, params, now)
         return call(
             CHECKOUT_OPERATION,
-            lambda options: stripe.v1.checkout.sessions.create(
+            lambda stripe, options: stripe.v1.checkout.sessions.create(
                 params,  # type: ignore[arg-type]
                 {**options, "idempotency_key": key},
             ),
+            api=(settings.stripe_api_base, config["STRIPE_SECRET_KEY"]),
             deadline=deadline,
         )
 
@@ -226,11 +235,12 @@ def open_portal(request: Request, customer: str | None) -> Response:
     if not customer:
         raise ApiError(404, NO_CUSTOMER)
     params = {"customer": customer, "return_url": f"{redirect_origin(request, settings)}/search"}
-    stripe = client(settings.stripe_api_base, config["STRIPE_SECRET_KEY"])
     try:
         session = call(
             PORTAL_OPERATION,
-            lambda options: stripe.v1.billing_portal.sessions.create(params, options),  # type: ignore[arg-type]
+            lambda stripe, options: stripe.v1.billing_portal.sessions.create(params, options),  # type: ignore[arg-type]
+            api=(settings.stripe_api_base, config["STRIPE_SECRET_KEY"]),
+            deadline=stripe_deadline(request),
         )
     except CustomerMissingError:  # deleted in Stripe: as if never paid
         forget_customer(customer)
@@ -311,10 +321,17 @@ def require(settings: Settings, **values: str | None) -> dict[str, str]:
     return {name: str(value) for name, value in values.items()}
 
 
+def stripe_deadline(request: Request) -> float:
+    """When (`time.monotonic()`) Stripe must have answered: STRIPE_BUDGET_S from now, or the
+    invocation's end less the usage row's margin when that comes first."""
+    return min(invocation_deadline(request, STRIPE_BUDGET_S), time.monotonic() + STRIPE_BUDGET_S)
+
+
 @cache
-def client(api_base: str, api_key: str) -> stripe.StripeClient:
-    """A Stripe client on `api_key`, pinned to the original's API version; one per container,
-    so a warm container reuses its connection to Stripe."""
+def client(api_base: str, api_key: str, timeout: float) -> stripe.StripeClient:
+    """A Stripe client on `api_key` whose tries give up after `timeout`, pinned to the
+    original's API version; one per container and timeout, so a warm container reuses its
+    connection to Stripe (the timeouts are whole and half seconds: a few clients at most)."""
     import stripe  # lazily: only the billing routes pay for the SDK
 
     return stripe.StripeClient(
@@ -322,31 +339,40 @@ def client(api_base: str, api_key: str) -> stripe.StripeClient:
         stripe_version=STRIPE_API_VERSION,
         base_addresses={"api": api_base.rstrip("/")},
         max_network_retries=NETWORK_RETRIES,
-        http_client=stripe.HTTPXClient(timeout=TIMEOUT_S, allow_sync_methods=True),
+        http_client=stripe.HTTPXClient(timeout=timeout, allow_sync_methods=True),
     )
 
 
 def call(
     operation: str,
-    create: Callable[[stripe.RequestOptions], T],
+    create: Callable[[stripe.StripeClient, stripe.RequestOptions], T],
     *,
-    deadline: float | None = None,
+    api: tuple[str, str],
+    deadline: float,
 ) -> T:
-    """Run one Stripe request, `create(request options)`; its failures become our 503 or 500
+    """Run one Stripe request, `create(client, request options)` on `api` (base, key), ended
+    by `deadline` (`time.monotonic()`, `stripe_deadline`); its failures become our 503 or 500
     (logged without messages), except a customer Stripe does not know: `CustomerMissingError`,
-    for the caller to forget. A 409 (the idempotency key in use by a request still in progress)
-    is asked again while the time left before `deadline` (`time.monotonic()`; default
-    STRIPE_BUDGET_S from now) allows one more attempt."""
+    for the caller to forget. A 409 (the idempotency key in use by a request still in
+    progress) is asked again after CONFLICT_WAIT_S while an attempt still fits."""
     import stripe
 
-    deadline = time.monotonic() + STRIPE_BUDGET_S if deadline is None else deadline
-    options: stripe.RequestOptions = {}
+    retried = False
     while True:
+        left = deadline - time.monotonic()
+        if left < MIN_ATTEMPT_S:
+            log_event("stripe_deadline_reached", level=logging.ERROR, operation=operation)
+            raise ApiError(503, "Stripe is unavailable")
+        options: stripe.RequestOptions = {}
+        timeout = TIMEOUT_S
+        if retried or left < NETWORK_RETRIES * (TIMEOUT_S + RETRY_PAUSE_S) + TIMEOUT_S:
+            options = {"max_network_retries": 0}  # one try, within the deadline
+            timeout = min(TIMEOUT_S, int(left * 2) / 2)  # whole and half seconds
         try:
-            return create(options)
+            return create(client(*api, timeout), options)
         except stripe.StripeError as error:
             busy = error.http_status == 409  # the key's first request is still in progress
-            if not busy or time.monotonic() + CONFLICT_WAIT_S + TIMEOUT_S > deadline:
+            if not busy or time.monotonic() + CONFLICT_WAIT_S + MIN_ATTEMPT_S > deadline:
                 raise stripe_failure(operation, error) from None
             log_event(
                 "stripe_request_in_progress",
@@ -354,7 +380,7 @@ def call(
                 stripeRequestId=error.request_id,
             )
         time.sleep(CONFLICT_WAIT_S)  # that request's answer is on its way; Stripe says wait
-        options = {"max_network_retries": 0}  # each wait is one attempt, within the deadline
+        retried = True
 
 
 def stripe_failure(operation: str, error: stripe.StripeError) -> Exception:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit import events
 from functions import billing_portal
 from shared import config
 from shared.http import stripe_sessions
@@ -161,7 +162,7 @@ def test_stripe_busy_with_the_key_past_the_time_budget_is_503_logged_without_its
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(stripe_sessions, "STRIPE_BUDGET_S", 0.0)  # no time to wait it out
+    monkeypatch.setattr(stripe_sessions, "CONFLICT_WAIT_S", 60.0)  # no time to wait it out
     make_pro()
     fake_stripe.fail_next(409, "idempotency_error", times=2, message=IN_PROGRESS.format(key="k"))
     with caplog.at_level(logging.INFO):
@@ -171,6 +172,22 @@ def test_stripe_busy_with_the_key_past_the_time_budget_is_503_logged_without_its
     [line] = logged(caplog, "stripe_request_failed")
     assert (line["error"], line["httpStatus"]) == ("APIError", 409)
     assert all("in-progress" not in r.getMessage() for r in caplog.records)
+
+
+def test_too_little_time_left_in_the_invocation_is_503_without_calling_stripe(
+    lambda_call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks before Stripe used most of the invocation: Stripe is not asked, the client
+    gets our 503 rather than the platform's bare timeout (docs/billing.md)."""
+    monkeypatch.setenv("PROVIDER_DEADLINE_MARGIN_S", "3")
+    config.get_settings.cache_clear()
+    make_pro()
+    headers = {"authorization": f"Bearer {lambda_call.token('user_a')}"}
+    event = events.http_api_v2("POST", PATH, headers=headers)
+    raw = billing_portal.lambda_handler(event, events.lambda_context("billing_portal", 3_500))
+    assert raw["statusCode"] == 503, raw
+    assert events.response_json(raw)["message"] == GENERIC_503
+    assert fake_stripe.requests == []
 
 
 def test_a_retry_meeting_our_own_attempt_still_in_progress_gets_a_session(

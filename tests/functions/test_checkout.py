@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from devkit import events
 from functions import checkout
 from shared import accounts, config, db
 from shared.clock import utcnow
@@ -385,7 +386,7 @@ def test_stripe_busy_with_the_key_past_the_time_budget_is_503_logged_without_its
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(stripe_sessions, "STRIPE_BUDGET_S", 0.0)  # no time to wait it out
+    monkeypatch.setattr(stripe_sessions, "CONFLICT_WAIT_S", 60.0)  # no time to wait it out
     make_user()
     fake_stripe.fail_next(
         409, "idempotency_error", times=2, message=IN_PROGRESS.format(key="kf-checkout-x")
@@ -399,6 +400,54 @@ def test_stripe_busy_with_the_key_past_the_time_budget_is_503_logged_without_its
     [line] = logged(caplog, "stripe_request_failed")
     assert (line["error"], line["httpStatus"]) == ("APIError", 409)
     assert all("in-progress" not in r.getMessage() for r in caplog.records)
+
+
+def start_with_time_left(call: Caller, remaining_ms: int) -> tuple[int, Any]:
+    """POST /api/checkout as Lambda runs it with `remaining_ms` left in the invocation."""
+    headers = {"authorization": f"Bearer {call.token('user_a')}"}
+    event = events.http_api_v2("POST", PATH, headers=headers)
+    raw = checkout.lambda_handler(event, events.lambda_context("checkout", remaining_ms))
+    return raw["statusCode"], events.response_json(raw)
+
+
+def test_too_little_time_left_in_the_invocation_is_503_without_calling_stripe(
+    lambda_call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Less time left than the usage write's margin and one short attempt: Stripe is not
+    asked, the client gets our 503 rather than the platform's bare timeout."""
+    monkeypatch.setenv("PROVIDER_DEADLINE_MARGIN_S", "3")
+    config.get_settings.cache_clear()
+    make_user()
+    status, body = start_with_time_left(lambda_call, 3_500)
+    assert status == 503, body
+    assert body["message"] == GENERIC_503
+    assert fake_stripe.requests == []
+
+
+def test_a_deleted_customers_second_create_keeps_to_the_invocations_time(
+    lambda_call: Caller, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With less time left than an attempt and the SDK's retry take, each create (the deleted
+    customer's first and the new customer's) is one attempt with a timeout that fits; the
+    second, held by a slow Stripe, times out into our 503 instead of being retried and waited
+    out past the function's end."""
+    monkeypatch.setenv("PROVIDER_DEADLINE_MARGIN_S", "3")
+    config.get_settings.cache_clear()
+    monkeypatch.setattr(stripe_sessions, "TIMEOUT_S", 1.0)  # a full attempt: 2.5 s
+    stripe_sessions.client.cache_clear()
+    make_user(stripe_customer_id="cus_gone", subscription_status="canceled")
+    fake_stripe.fail_next(
+        400, "invalid_request_error", code="resource_missing", param="customer"
+    )  # deleted in Stripe
+    hold = fake_stripe.hold_next_create(release_after=1_000)  # then Stripe is slow
+    try:
+        status, body = start_with_time_left(lambda_call, 5_400)  # 2.4 s for Stripe
+    finally:
+        hold.release()
+    assert status == 503, body
+    assert body["message"] == GENERIC_503
+    assert user().stripe_customer_id is None
+    assert [r.params.get("customer") for r in fake_stripe.requests] == ["cus_gone", None]
 
 
 def test_a_key_reused_with_other_parameters_is_the_generic_500_without_a_retry(

@@ -301,7 +301,7 @@ def test_stripe_busy_with_the_key_past_the_time_budget_is_503(
     caplog: pytest.LogCaptureFixture,
     path: str,
 ) -> None:
-    monkeypatch.setattr(stripe_sessions, "STRIPE_BUDGET_S", 0.0)  # no time to wait it out
+    monkeypatch.setattr(stripe_sessions, "CONFLICT_WAIT_S", 60.0)  # no time to wait it out
     make_org(stripe_customer_id="cus_org")
     fake_stripe.fail_next(409, "idempotency_error", times=2, message=IN_PROGRESS.format(key="k"))
     with caplog.at_level(logging.INFO):
