@@ -357,9 +357,12 @@ def test_a_double_click_while_stripe_still_creates_the_session_waits_for_it(
     assert (clicked.status, second.status) == (200, 200), second.text
     assert clicked.json == second.json
     assert len(fake_stripe.created(SESSIONS)) == 1
-    assert [r.path for r in fake_stripe.requests] == [SESSIONS] * 4  # created, 409, 409, replay
-    [busy] = logged(caplog, "stripe_request_in_progress")
-    assert busy["operation"] == "checkout.sessions.create"
+    # created, then 409s (the SDK's try and retry; more if the held create is slow to finish
+    # after its release, on a loaded machine), then the replay of the first session
+    paths = [r.path for r in fake_stripe.requests]
+    assert set(paths) == {SESSIONS} and len(paths) >= 4
+    busy = logged(caplog, "stripe_request_in_progress")
+    assert busy and {line["operation"] for line in busy} == {"checkout.sessions.create"}
     assert all("in-progress" not in r.getMessage() for r in caplog.records)
 
 
