@@ -118,7 +118,10 @@ _QUOTED = re.compile(
     r"\"[^\"]*(?:\"(?![\s,.;:)]|$)[^\"]*)*\"|(?<!\w)'[^']*(?:'(?![\s,.;:)]|$)[^']*)*'"
 )
 _UNQUOTED_NAME = re.compile(r"((?:no such (?:database|user)|does not allow connections):\s*)\S.*$")
-_UNQUOTED_MISSING = re.compile(r"\b(role|database|user) (?![\"'])[^:\"']+? does not exist")
+# A name that ends the message is masked whole, from its first quote to its last (or unquoted,
+# as proxies word it): `role "a" b" does not exist`, `… for user "a" b"`, `role a:b does not exist`.
+_TRAILING_NAME = re.compile(r"""^((?:role|database) |.*\bfor user )(["']).*\2( does not exist)?$""")
+_UNQUOTED_MISSING = re.compile(r"""^(role|database) [^"'].* does not exist$""")
 # psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
 CONNECT_TIMEOUT_LEAST_S = 2
 # `psycopg.Connection.connect`'s own options: the rest of its keywords are libpq's.
@@ -154,6 +157,7 @@ def failure_reason(error: BaseException) -> str:
     lines = redact_url(str(error)).strip().splitlines()
     reason = _REFUSAL_PREFIX.sub("", lines[0], count=1) if lines else ""
     reason = _UNQUOTED_NAME.sub(r"\1…", reason)
+    reason = _TRAILING_NAME.sub(r'\1"…"\3', reason)
     reason = _UNQUOTED_MISSING.sub(r"\1 … does not exist", reason)
     return _QUOTED.sub('"…"', reason).strip()
 
@@ -215,8 +219,10 @@ def connect_ahead() -> bool:
     try:
         _execute(lambda conn: None, atomic=False, idempotent=True, budget_s=0.0)
     except (DatabaseUnavailableError, DBAPIError) as error:
-        cause = error.orig if isinstance(error, DBAPIError) and error.orig else error
-        log_event("db_connect_ahead_failed", level=logging.WARNING, reason=failure_reason(cause))
+        # Our own error's message is already safe to log; a driver's is masked.
+        cause = error.orig if isinstance(error, DBAPIError) and error.orig else None
+        reason = str(error) if cause is None else failure_reason(cause)
+        log_event("db_connect_ahead_failed", level=logging.WARNING, reason=reason)
         return False
     return True
 

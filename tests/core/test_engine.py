@@ -541,13 +541,29 @@ def test_a_refused_connection_is_unavailable_at_once_without_retrying(
         ),
         (  # PostgreSQL quotes a name without escaping the quotes inside it
             'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
-            'password authentication failed for user "al"ex", database "k"f"',
-            'password authentication failed for user "…", database "…"',
+            'no pg_hba.conf entry for host "10.0.0.9", user "al"ex", database "k"f", no '
+            "encryption",
+            'no pg_hba.conf entry for host "…", user "…", database "…", no encryption',
         ),
         (  # a proxy's unquoted form
             'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
             "role alice smith does not exist",
             "role … does not exist",
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            "role ali:ce does not exist",
+            "role … does not exist",
+        ),
+        (  # a quote and a space inside the name
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'role "a" b" does not exist',
+            'role "…" does not exist',
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'password authentication failed for user "a" b"',
+            'password authentication failed for user "…"',
         ),
     ],
 )
