@@ -80,7 +80,8 @@ _INT64 = re.compile(r"-?[0-9]{1,19}")  # int64's decimal form; longer is no int6
 _INT64_RANGE = range(-(2**63), 2**63)
 # A wait past a day is no answer a client can use (a far HTTP-date, a broken header).
 MAX_RETRY_AFTER_S = 86_400
-_RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d+)(?:\.(\d+))?s"')
+# A protobuf Duration: int64 seconds, nanoseconds; longer digit runs are no Duration.
+_RETRY_DELAY = re.compile(r'"retryDelay"\s*:\s*"(\d{1,19})(?:\.(\d{1,9}))?s"')
 
 
 def batches(keywords: list[str]) -> list[list[str]]:

@@ -310,7 +310,10 @@ def test_quota_errors_are_rate_limiting_with_googles_wait(google: FakeGoogleAds)
     assert ads.breaker.state is State.CLOSED
 
 
-@pytest.mark.parametrize(("delay", "seconds"), [("2.500s", 3), ("0.2s", 1), ("27s", 27)])
+@pytest.mark.parametrize(
+    ("delay", "seconds"),
+    [("2.500s", 3), ("0.2s", 1), ("27s", 27), ("9" * 5000 + "s", 60), ("99999999999s", 86_400)],
+)
 def test_googles_retry_delay_is_rounded_up_to_whole_seconds(
     google: FakeGoogleAds, delay: str, seconds: int
 ) -> None:
