@@ -77,7 +77,7 @@ MAX_KEYWORDS = 200
 MAX_JOINED_CHARS = 8_000
 RATE_LIMITED_RETRY_S = 60
 _INT64 = re.compile(r"-?[0-9]{1,19}")  # int64's decimal form; longer is no int64 (or a DoS)
-_INT64_RANGE = range(-(2**63), 2**63)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # A wait past a day is no answer a client can use (a far HTTP-date, a broken header).
 MAX_RETRY_AFTER_S = 86_400
 # A protobuf Duration: int64 seconds, nanoseconds; longer digit runs are no Duration.
@@ -153,7 +153,7 @@ def _int(value: Any) -> int | None:
         number = int(value)
     elif isinstance(value, str) and _INT64.fullmatch(value.strip()):
         number = int(value.strip())
-    return number if number in _INT64_RANGE else None
+    return number if number is not None and _INT64_MIN <= number <= _INT64_MAX else None
 
 
 def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:
