@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError
 
 from devkit import dbtools
 from devkit.console import CliError
+from tests.core.test_migrations import PRISMA_TABLES
 from tests.support.catalog import diff, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -313,15 +314,6 @@ PRISMA_ROWS = (
     "INSERT INTO webhook_events (id, type, payload) VALUES ('evt_1', 'invoice.paid', '{\"a\": 1}')",
     "INSERT INTO feature_flags (id, key, \"updatedAt\") VALUES ('f1', 'beta', now())",
     "INSERT INTO system_metrics (id, metric, value) VALUES ('m1', 'latency', 1.5)",
-)
-PRISMA_TABLES = (
-    "users",
-    "saved_searches",
-    "search_history",
-    "api_usage",
-    "webhook_events",
-    "feature_flags",
-    "system_metrics",
 )
 
 
