@@ -118,10 +118,12 @@ _QUOTED = re.compile(
     r"\"[^\"]*(?:\"(?![\s,.;:)]|$)[^\"]*)*\"|(?<!\w)'[^']*(?:'(?![\s,.;:)]|$)[^']*)*'"
 )
 _UNQUOTED_NAME = re.compile(r"((?:no such (?:database|user)|does not allow connections):\s*)\S.*$")
-# A name that ends the message is masked whole, from its first quote to its last (or unquoted,
-# as proxies word it): `role "a" b" does not exist`, `… for user "a" b"`, `role a:b does not exist`.
-_TRAILING_NAME = re.compile(r"""^((?:role|database) |.*\bfor user )(["']).*\2( does not exist)?$""")
-_UNQUOTED_MISSING = re.compile(r"""^(role|database) [^"'].* does not exist$""")
+# A quoted role, database or user name runs from its quote to the first closing quote that a
+# separator follows (`,`, ` does not exist`, ` is not …`, the end): PostgreSQL does not escape
+# the quotes inside a name, so `role "a" b" does not exist` is one name. Proxies word some
+# refusals unquoted: `role alice does not exist`.
+_NAME_AFTER = re.compile(r"""\b(role|database|user) (["']).*?\2(?=,| does not exist| is not|$)""")
+_UNQUOTED_MISSING = re.compile(r"""\b(role|database|user) (?!["'])\S.*? does not exist""")
 # psycopg's least connect timeout: it raises any shorter one (but 0, "none") to this.
 CONNECT_TIMEOUT_LEAST_S = 2
 # `psycopg.Connection.connect`'s own options: the rest of its keywords are libpq's.
@@ -157,7 +159,7 @@ def failure_reason(error: BaseException) -> str:
     lines = redact_url(str(error)).strip().splitlines()
     reason = _REFUSAL_PREFIX.sub("", lines[0], count=1) if lines else ""
     reason = _UNQUOTED_NAME.sub(r"\1…", reason)
-    reason = _TRAILING_NAME.sub(r'\1"…"\3', reason)
+    reason = _NAME_AFTER.sub(r'\1 "…"', reason)
     reason = _UNQUOTED_MISSING.sub(r"\1 … does not exist", reason)
     return _QUOTED.sub('"…"', reason).strip()
 
@@ -219,9 +221,11 @@ def connect_ahead() -> bool:
     try:
         _execute(lambda conn: None, atomic=False, idempotent=True, budget_s=0.0)
     except (DatabaseUnavailableError, DBAPIError) as error:
-        # Our own error's message is already safe to log; a driver's is masked.
-        cause = error.orig if isinstance(error, DBAPIError) and error.orig else None
-        reason = str(error) if cause is None else failure_reason(cause)
+        # A driver's failure is masked; our own error's message is already safe to log.
+        if isinstance(error, DBAPIError):
+            reason = failure_reason(error.orig or error)
+        else:
+            reason = str(error)
         log_event("db_connect_ahead_failed", level=logging.WARNING, reason=reason)
         return False
     return True

@@ -565,6 +565,32 @@ def test_a_refused_connection_is_unavailable_at_once_without_retrying(
             'password authentication failed for user "a" b"',
             'password authentication failed for user "…"',
         ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            "user alice does not exist, sorry",
+            "user … does not exist, sorry",
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'role "a" b" is not permitted to log in',
+            'role "…" is not permitted to log in',
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'too many connections for role "a" b"',
+            'too many connections for role "…"',
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'permission denied for database "a" b"',
+            'permission denied for database "…"',
+        ),
+        (
+            'connection failed: connection to server at "10.0.0.5", port 5432 failed: FATAL:  '
+            'no pg_hba.conf entry for host "10.0.0.9", user "a" b", database "k f", no '
+            "encryption",
+            'no pg_hba.conf entry for host "…", user "…", database "…", no encryption',
+        ),
     ],
 )
 def test_a_refusal_is_told_without_the_names_it_quotes(message: str, reason: str) -> None:
