@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision: str = "0012"
 down_revision: str | None = "0011"
@@ -149,7 +150,7 @@ def _drop_invalid(schema: str, name: str) -> None:
 def _require_valid(name: str) -> None:
     """The old index on these keys goes only once the new one serves them."""
     if not _is_valid("public", name):
-        raise RuntimeError(f"index {name} is missing or INVALID after its build; run it again")
+        raise CommandError(f"index {name} is missing or INVALID after its build; run it again")
 
 
 def _drop(name: str, table: str) -> None:
