@@ -436,7 +436,7 @@ def test_a_deleted_customers_second_create_keeps_to_the_invocations_time(
     out past the function's end."""
     monkeypatch.setenv("PROVIDER_DEADLINE_MARGIN_S", "3")
     config.get_settings.cache_clear()
-    monkeypatch.setattr(stripe_sessions, "TIMEOUT_S", 1.0)  # a full attempt: 2.5 s
+    monkeypatch.setattr(stripe_sessions, "TIMEOUT_S", 2.0)  # a full attempt: 4.5 s
     stripe_sessions.client.cache_clear()
     make_user(stripe_customer_id="cus_gone", subscription_status="canceled")
     fake_stripe.fail_next(
@@ -444,7 +444,9 @@ def test_a_deleted_customers_second_create_keeps_to_the_invocations_time(
     )  # deleted in Stripe
     hold = fake_stripe.hold_next_create(release_after=1_000)  # then Stripe is slow
     try:
-        status, body = start_with_time_left(lambda_call, 5_400)  # 2.4 s for Stripe
+        # 4.4 s for Stripe: the second create is sent alone while 1 to 4.5 s are left, so
+        # the checks before it may take up to 3.4 s on a loaded machine
+        status, body = start_with_time_left(lambda_call, 7_400)
     finally:
         hold.release()
     assert status == 503, body
