@@ -65,7 +65,8 @@ def hold_user(conn: Conn, user_id: str) -> bool:
     then their counter deltas and marks), so the two never deadlock: an erasure waits for it,
     and work that waited for an erasure finds no row. It does not hold up a reservation (which
     updates the row without touching its key)."""
-    statement = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+    # `read=True` too: `key_share` alone renders FOR NO KEY UPDATE, which held reservations up.
+    statement = select(User.id).where(User.id == user_id).with_for_update(read=True, key_share=True)
     return conn.session.execute(statement).first() is not None
 
 

@@ -1062,6 +1062,46 @@ def test_an_erasure_racing_the_counter_mirror_waits_for_it_and_never_deadlocks(
     assert stores.sql("SELECT count(*) FROM legacy_counter_deltas") == [(0,)]
 
 
+def test_a_reservation_does_not_wait_for_the_counter_mirror_s_redis_call(stores: Stores) -> None:
+    """The mirror holds the user's row only against an erasure (`FOR KEY SHARE`): a keyword
+    reservation, which updates the row without touching its key, goes on meanwhile."""
+    from sqlalchemy import text
+
+    from devkit._host import wait_for
+    from shared import db, storage
+
+    stores.monkeypatch.setenv("DB_POOL_SIZE", "4")  # two transactions at once
+    stores.mode("dual")
+    uid = new_user()
+    seed_legacy_user(stores, uid, searches=1)
+    storage.provision_user(uid, f"{uid}@example.com")
+    count_usage(stores, uid, 3)  # a delta owed, so the mirror reaches its INCRBY
+    reached, release = _hold_inside(stores, "apply_deltas")
+    failures: list[BaseException] = []
+    reserved = threading.Event()
+
+    def reserve(conn: Any) -> None:
+        conn.connection.execute(
+            text(
+                'UPDATE users SET "keywordSearchesThisMonth" = "keywordSearchesThisMonth" + 1 '
+                "WHERE id = :id"
+            ),
+            {"id": uid},
+        )
+
+    mirror = _in_thread(lambda: storage.mirror_usage(uid), failures)
+    try:
+        assert reached.wait(60)  # the mirror holds the user's row, waiting on Redis
+        reservation = _in_thread(lambda: (db.transaction(reserve), reserved.set()), failures)
+        assert wait_for(lambda: reserved.is_set() or _waits_on_a_lock(stores), timeout=30)
+        assert reserved.is_set()
+    finally:
+        release.set()
+        mirror.join(60)
+        reservation.join(60)
+    assert failures == []
+
+
 def test_no_legacy_search_of_an_erased_identity_is_imported_into_its_next_account(
     stores: Stores,
 ) -> None:
