@@ -326,7 +326,9 @@ def test_keyflash_cron_run_has_the_budget_and_lease_of_a_run_without_a_lambda_co
     job = crons.CronJob("local_budget", "kf_local_budget_cron", "/api/cron/local_budget", None, "t")
     result = crons.run_job(job)
     assert result.ok, result.error
-    assert seen["leaseS"] == 601  # ceil(600 s) + 1, as a Lambda run's lease outlives its limit
+    # ceil(what is left of 600 s) + 1, as a Lambda run's lease outlives its limit; a loaded
+    # machine may take a second or more between the start and the lease
+    assert seen["remainingMs"] / 1000 + 1 <= seen["leaseS"] <= 601
     assert 30_000 < seen["remainingMs"] <= 600_000
 
 
