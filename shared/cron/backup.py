@@ -488,16 +488,31 @@ def backup(run: Run) -> None:
         return
     tables = result.manifest["tables"]
     run.processed = sum(entry["rows"] for entry in tables)
+    # Recorded before pruning: the day's backup is made, so a prune that fails (or a run killed
+    # while pruning) must not make a retry back it up again.
     run.state.update(lastBackupDay=day, lastBackup=result.key)
+    run.save_state()
     run.extra.update(
         key=f"s3://{settings.backup_bucket}/{result.key}",
         tables=len(tables),
         bytes=sum(entry["bytes"] for entry in tables),
         gzipBytes=sum(entry["gzipBytes"] for entry in tables),
-        deletedBackups=prune_backups(
-            s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep
-        ),
     )
+    try:
+        run.extra["deletedBackups"] = prune_backups(
+            s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep
+        )
+    except Exception as error:  # housekeeping: the next backup prunes again
+        run.complete = False
+        run.extra["pruneFailed"] = _s3_error(error)
+        log_event("backup_prune_failed", level=logging.WARNING, error=_s3_error(error))
+
+
+def _s3_error(error: Exception) -> str:
+    """S3's error code (`InternalError`, `AccessDenied`), else the exception's type."""
+    response = getattr(error, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return str(code) if code else type(error).__name__
 
 
 JOB = Job("backup", backup)

@@ -363,6 +363,64 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
     ]
 
 
+class FaultyS3:
+    """The real (moto) client, but the S3 operations named in `failing` answer InternalError,
+    as S3 does in a hiccup (or with a right missing from the role)."""
+
+    def __init__(self, client: Any, *failing: str) -> None:
+        self.client = client
+        self.failing = set(failing)
+
+    def _check(self, method: str) -> None:
+        from botocore.exceptions import ClientError
+
+        operation = self.client.meta.method_to_api_mapping.get(method, method)
+        if operation in self.failing:
+            error = {"Error": {"Code": "InternalError", "Message": "We encountered an error"}}
+            raise ClientError(error, operation)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.client, name)
+        if not callable(attribute) or name not in self.client.meta.method_to_api_mapping:
+            return attribute
+
+        def call(**kwargs: Any) -> Any:
+            self._check(name)
+            return attribute(**kwargs)
+
+        return call
+
+    def get_paginator(self, name: str) -> Any:
+        self._check(name)
+        return self.client.get_paginator(name)
+
+
+def test_a_backup_whose_prune_fails_is_recorded_and_not_made_again(
+    s3: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup is complete before pruning: a listing that fails leaves it recorded, so
+    Lambda's retries (or the next run that day) make no second one; the next backup prunes."""
+    seed_everything(admin_conn, history_rows=10)
+    faulty = FaultyS3(s3, "ListObjectsV2")
+    monkeypatch.setattr(backup, "s3_client", lambda: faulty)
+
+    made = run_job(backup.JOB, now=NOW)
+    assert made["complete"] is False and made["pruneFailed"] == "InternalError"
+    assert made["key"] == f"s3://{BUCKET}/{PREFIX}20261128T020000000Z/manifest.json"
+    for minutes in (1, 3):  # Lambda's two retries of the same invocation
+        retry = run_job(backup.JOB, now=NOW + timedelta(minutes=minutes))
+        assert retry["skipped"].startswith("already backed up today"), retry
+    faulty.failing.clear()
+    assert backup.list_backups(s3, BUCKET, PREFIX)[0] == ["20261128T020000000Z"]
+
+    for day in (1, 2):
+        run_job(backup.JOB, now=NOW + timedelta(days=day))
+    assert backup.list_backups(s3, BUCKET, PREFIX)[0] == [
+        "20261129T020000000Z",
+        "20261130T020000000Z",
+    ]
+
+
 def test_a_restored_database_backs_up_at_once(
     s3: Any, admin_conn: psycopg.Connection[Any], empty_target: str,
     monkeypatch: pytest.MonkeyPatch,
