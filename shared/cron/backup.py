@@ -466,12 +466,15 @@ def backup(run: Run) -> None:
     if not settings.direct_database_url:
         raise BackupError("DIRECT_DATABASE_URL is not set: backups read over the direct host")
     day = run.now.date().isoformat()
+    s3 = s3_client()
+    recorded = run.state.get("lastBackup")
     if run.state.get("lastBackupDay") == day and not run.flag("force"):
-        run.extra["skipped"] = f"already backed up today ({run.state.get('lastBackup')})"
-        return
+        if _still_stored(s3, settings.backup_bucket, settings.backup_prefix, recorded):
+            run.extra["skipped"] = f"already backed up today ({recorded})"
+            return
+        log_event("backup_gone", level=logging.WARNING, key=recorded)
     if not run.has_time():
         return
-    s3 = s3_client()
     try:
         with run.batch():
             result = create_backup(
@@ -506,6 +509,24 @@ def backup(run: Run) -> None:
         run.complete = False
         run.extra["pruneFailed"] = _s3_error(error)
         log_event("backup_prune_failed", level=logging.WARNING, error=_s3_error(error))
+
+
+def _still_stored(s3: S3Client, bucket: str, prefix: str, manifest: object) -> bool:
+    """Whether the day's recorded backup is still where backups go: its manifest under
+    BACKUP_PREFIX answers a HEAD (one cheap request). A backup deleted since, or BACKUP_BUCKET
+    or BACKUP_PREFIX changed that day, leaves the day without one. Only a 404 says no: any
+    other error propagates (S3 that cannot answer could not take a backup either)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(manifest, str) or not manifest.startswith(prefix):
+        return False
+    try:
+        s3.head_object(Bucket=bucket, Key=manifest)
+    except ClientError as error:
+        if _s3_error(error) in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        raise
+    return True
 
 
 def _s3_error(error: Exception) -> str:

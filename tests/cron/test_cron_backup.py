@@ -421,6 +421,31 @@ def test_a_backup_whose_prune_fails_is_recorded_and_not_made_again(
     ]
 
 
+def test_a_day_whose_backup_is_gone_from_the_bucket_backs_up_again(
+    s3: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The skip HEADs the manifest the database recorded: deleted by hand or a lifecycle rule,
+    or BACKUP_BUCKET switched that day, the day gets its backup after all."""
+    seed_everything(admin_conn, history_rows=10)
+    made = run_job(backup.JOB, now=NOW)
+    folder = f"{PREFIX}20261128T020000000Z/"
+    s3_transport.delete_keys(s3, BUCKET, keys(s3, folder))
+
+    again = run_job(backup.JOB, now=NOW + timedelta(hours=1))
+    assert "skipped" not in again and again["complete"] is True, again
+    assert again["key"] != made["key"]
+    assert backup.list_backups(s3, BUCKET, PREFIX)[0] == ["20261128T030000000Z"]
+    later = run_job(backup.JOB, now=NOW + timedelta(hours=2))
+    recorded = f"{PREFIX}20261128T030000000Z/manifest.json"
+    assert later["skipped"] == f"already backed up today ({recorded})"
+
+    # S3 that cannot answer the HEAD is no proof either way: the run fails, as a backup would.
+    monkeypatch.setattr(backup, "s3_client", lambda: FaultyS3(s3, "HeadObject"))
+    with pytest.raises(Exception, match="InternalError"):
+        run_job(backup.JOB, now=NOW + timedelta(hours=3))
+    assert backup.list_backups(s3, BUCKET, PREFIX)[0] == ["20261128T030000000Z"]
+
+
 def test_a_restored_database_backs_up_at_once(
     s3: Any, admin_conn: psycopg.Connection[Any], empty_target: str,
     monkeypatch: pytest.MonkeyPatch,
