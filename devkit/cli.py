@@ -661,7 +661,11 @@ def _db_backups(args: argparse.Namespace) -> int:
     rows = [("KEY", "SIZE", "CREATED (UTC)", "")]
     for item in backups:
         when = item.created.strftime("%Y-%m-%d %H:%M:%S") if item.created else "-"
-        state = "" if item.complete else "interrupted (no manifest; pruned by the next backup)"
+        state = (
+            "" if item.restorable
+            else "interrupted (no manifest; pruned by the next backup)" if item.interrupted
+            else "not a keyflash backup (left alone; not counted toward BACKUP_KEEP)"
+        )  # fmt: skip
         rows.append((item.key, _human_size(item.bytes), when, state))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"s3://{bucket}/")

@@ -14,8 +14,9 @@ The manifest is the commit marker: it records the Alembic revision (the schema t
 the tables in foreign-key order with their columns, row counts and SHA-256 of the data, and
 under `skipped` the tables and columns in `public` the schema does not have (a scratch table, a
 column added by hand), which a restore could not load. A folder without one is an interrupted
-backup and is deleted; of the complete ones the newest BACKUP_KEEP are kept. The schema itself
-is not in the backup: Alembic rebuilds it.
+backup and is deleted; of the restorable ones the newest BACKUP_KEEP are kept; whatever else is
+under the prefix is not ours and is left alone (`prune_backups`). The schema itself is not in
+the backup: Alembic rebuilds it.
 
 Restore (`restore_backup`, or `python -m functions.cron.backup restore s3://…`) loads a backup
 into an EMPTY database migrated to the same revision, in one transaction, checking each table's
@@ -35,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import zlib
 from collections.abc import Callable, Sequence
@@ -268,16 +270,16 @@ def _quietly(action: Callable[[], None]) -> None:
 
 
 def list_backups(s3: S3Client, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
-    """(complete, interrupted) backup folders under `prefix`, oldest first."""
-    folders: dict[str, bool] = {}
-    for key in list_keys(s3, bucket, prefix):
-        folder, _, name = key.removeprefix(prefix).partition("/")
-        if not name:
-            continue  # not ours: a file directly under the prefix
-        folders[folder] = folders.get(folder, False) or name == MANIFEST
-    complete = sorted(name for name, done in folders.items() if done)
-    interrupted = sorted(name for name, done in folders.items() if not done)
-    return complete, interrupted
+    """(restorable, interrupted) backup folders under `prefix`, oldest first."""
+    described = describe_backups(s3, bucket, prefix)
+    return (
+        [_folder(item, prefix) for item in described if item.restorable],
+        [_folder(item, prefix) for item in described if item.interrupted],
+    )
+
+
+def _folder(item: BackupInfo, prefix: str) -> str:
+    return item.key.removeprefix(prefix).removesuffix("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +287,18 @@ class BackupInfo:
     key: str  # the folder, `<prefix><name>/`: what restore takes
     bytes: int  # every object of the backup, as stored (gzipped)
     created: datetime | None  # from the name; None for a folder not named by backup_name
-    complete: bool  # has its manifest
+    complete: bool  # has a manifest
+    restorable: bool = False  # named by backup_name, with a manifest of our FORMAT
+
+    @property
+    def interrupted(self) -> bool:
+        """A backup of ours that never wrote its manifest: pruning deletes it."""
+        return self.created is not None and not self.complete
 
 
 def describe_backups(s3: S3Client, bucket: str, prefix: str) -> list[BackupInfo]:
-    """Every backup folder under `prefix` with its size and time, oldest first."""
+    """Every folder under `prefix` with its size and time, oldest first. Whether a manifest is
+    ours is read from it (a GET each): a zero-byte or another project's manifest is none."""
     sizes: dict[str, int] = {}
     complete: set[str] = set()
     for item in list_objects(s3, bucket, prefix):
@@ -299,27 +308,46 @@ def describe_backups(s3: S3Client, bucket: str, prefix: str) -> list[BackupInfo]
         sizes[folder] = sizes.get(folder, 0) + int(item.get("Size", 0))
         if name == MANIFEST:
             complete.add(folder)
-    return [
-        BackupInfo(f"{prefix}{folder}/", sizes[folder], _backup_time(folder), folder in complete)
-        for folder in sorted(sizes)
-    ]
+    described = []
+    for folder in sorted(sizes):
+        key, created = f"{prefix}{folder}/", _backup_time(folder)
+        restorable = created is not None and folder in complete and _is_ours(s3, bucket, key)
+        described.append(BackupInfo(key, sizes[folder], created, folder in complete, restorable))
+    return described
+
+
+def _is_ours(s3: S3Client, bucket: str, folder: str) -> bool:
+    try:
+        load_manifest(folder, s3=s3, bucket=bucket)
+    except RestoreError:
+        return False
+    return True
+
+
+_BACKUP_NAME = re.compile(r"\d{8}T\d{9}Z")
 
 
 def _backup_time(name: str) -> datetime | None:
+    if not _BACKUP_NAME.fullmatch(name):
+        return None
     try:
         moment = datetime.strptime(name[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-        return moment.replace(microsecond=int(name[15:18]) * 1000)
     except ValueError:
         return None
+    return moment.replace(microsecond=int(name[15:18]) * 1000)
 
 
 def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` complete backups, and every interrupted one."""
-    complete, interrupted = list_backups(s3, bucket, prefix)
-    doomed = complete[: max(0, len(complete) - keep)] + interrupted
-    for folder in doomed:
-        delete_keys(s3, bucket, list_keys(s3, bucket, f"{prefix}{folder}/"))
-    return doomed
+    """Delete all but the newest `keep` restorable backups, and every interrupted one. Only
+    what is ours counts and goes: a folder not named by `backup_name`, or whose manifest is not
+    ours (zero bytes, another project's), is left alone and does not take a kept place."""
+    described = describe_backups(s3, bucket, prefix)
+    restorable = [item for item in described if item.restorable]
+    doomed = restorable[: max(0, len(restorable) - keep)]
+    doomed += [item for item in described if item.interrupted]
+    for item in doomed:
+        delete_keys(s3, bucket, list_keys(s3, bucket, item.key))
+    return [_folder(item, prefix) for item in doomed]
 
 
 # --------------------------------------------------------------------------- restore

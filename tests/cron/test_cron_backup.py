@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from devkit import cli
 from devkit.migrate import upgrade_head
 from shared import s3 as s3_transport
 from shared.cron import backup
@@ -444,6 +445,42 @@ def test_a_day_whose_backup_is_gone_from_the_bucket_backs_up_again(
     with pytest.raises(Exception, match="InternalError"):
         run_job(backup.JOB, now=NOW + timedelta(hours=3))
     assert backup.list_backups(s3, BUCKET, PREFIX)[0] == ["20261128T030000000Z"]
+
+
+def test_only_restorable_backups_count_toward_the_kept_and_what_is_not_ours_stays(
+    s3: Any, admin_conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zero-byte or another project's manifest is no backup: it neither counts toward
+    BACKUP_KEEP (2 here) nor gets deleted, and neither does a folder not named as ours."""
+    seed_everything(admin_conn, history_rows=10)
+    garbage = {
+        f"{PREFIX}20261201T000000000Z/manifest.json": b"",
+        f"{PREFIX}20261202T000000000Z/manifest.json": json.dumps({"version": 1, "files": []}),
+        f"{PREFIX}20261202T000000000Z/db.dump": b"theirs",
+        f"{PREFIX}backups/2026-12-01/db.dump": b"theirs",
+        f"{PREFIX}notes.txt": b"theirs",
+    }
+    for key, body in garbage.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    for day in (0, 1, 2):
+        run_job(backup.JOB, now=NOW + timedelta(days=day))
+    assert backup.list_backups(s3, BUCKET, PREFIX) == (
+        ["20261129T020000000Z", "20261130T020000000Z"],
+        [],
+    )
+    assert set(garbage) <= set(keys(s3))
+    described = {item.key: item for item in backup.describe_backups(s3, BUCKET, PREFIX)}
+    assert described[f"{PREFIX}20261130T020000000Z/"].restorable
+    for folder in ("20261201T000000000Z/", "20261202T000000000Z/", "backups/"):
+        assert not described[PREFIX + folder].restorable
+
+    assert cli.main(["db", "backups"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "not a keyflash backup" not in listed[f"{PREFIX}20261130T020000000Z/"]
+    for folder in ("20261201T000000000Z/", "20261202T000000000Z/", "backups/"):
+        assert listed[PREFIX + folder].endswith("not a keyflash backup (left alone; not "
+                                                 "counted toward BACKUP_KEEP)")  # fmt: skip
 
 
 def test_a_restored_database_backs_up_at_once(
