@@ -461,6 +461,8 @@ def release_leases(cursor: psycopg.Cursor[Any]) -> None:
 def _load_table(
     cursor: psycopg.Cursor[Any], s3: S3Client, bucket: str, key: str, entry: dict[str, Any]
 ) -> int:
+    """COPY one table file in; a damaged one is a RestoreError naming the file only: what
+    zlib or PostgreSQL says about it quotes the rows (a user's keywords, saved results)."""
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     inflate = zlib.decompressobj(31)
     sha = hashlib.sha256()
@@ -468,19 +470,31 @@ def _load_table(
         sql.Identifier("public", entry["table"]),
         sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"]),
     )
-    with cursor.copy(copy_sql) as copy:
-        for chunk in body.iter_chunks(1024 * 1024):
-            data = inflate.decompress(chunk)
-            sha.update(data)
-            copy.write(data)
-        tail = inflate.flush()
-        sha.update(tail)
-        copy.write(tail)
-    if cursor.rowcount != entry["rows"] or sha.hexdigest() != entry["sha256"]:
-        raise RestoreError(
-            f"{key}: {cursor.rowcount} rows (checksum {sha.hexdigest()[:12]}), the manifest "
-            f"says {entry['rows']} ({entry['sha256'][:12]}): the backup is damaged"
+    damage = None
+    try:
+        # Nothing raised inside the block: psycopg would log, as a warning, the server's own
+        # error about the rows sent so far while ending the COPY.
+        with cursor.copy(copy_sql) as copy:
+            for chunk in body.iter_chunks(1024 * 1024):
+                try:
+                    data = inflate.decompress(chunk)
+                except zlib.error:
+                    damage = "is not valid gzip"
+                    break
+                sha.update(data)
+                copy.write(data)
+            else:
+                if not inflate.eof:
+                    damage = "ends before its gzip stream does (truncated)"
+    except (psycopg.DataError, psycopg.IntegrityError) as error:
+        damage = damage or f"has rows PostgreSQL refuses ({type(error).__name__})"
+    if damage is None and (cursor.rowcount != entry["rows"] or sha.hexdigest() != entry["sha256"]):
+        damage = (
+            f"holds {cursor.rowcount} rows (checksum {sha.hexdigest()[:12]}), the manifest "
+            f"says {entry['rows']} ({entry['sha256'][:12]})"
         )
+    if damage is not None:
+        raise RestoreError(f"{key} {damage}: the backup is damaged")
     return int(cursor.rowcount)
 
 

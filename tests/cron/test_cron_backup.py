@@ -647,6 +647,37 @@ def test_restore_of_a_damaged_backup_changes_nothing(
         assert count(conn, "SELECT count(*) FROM users") == 0  # all or nothing
 
 
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("corrupted", "is not valid gzip"),
+        ("truncated", "ends before its gzip stream does (truncated)"),
+        ("bad rows", "has rows PostgreSQL refuses (InvalidTextRepresentation)"),
+    ],
+)
+def test_a_damaged_table_file_is_named_in_one_line_that_quotes_no_row(
+    made_backup: str, direct_s3: Any, empty_target: str, caplog: pytest.LogCaptureFixture,
+    damage: str, said: str,
+) -> None:  # fmt: skip
+    key = made_backup.removeprefix(f"s3://{BUCKET}/") + "saved_searches.tsv.gz"
+    stored = direct_s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    raw = gzip.decompress(stored)
+    if damage == "corrupted":
+        body = stored[:20] + bytes([stored[20] ^ 0xFF]) + stored[21:]
+    elif damage == "truncated":
+        body = stored[: len(stored) // 2]
+    else:  # valid gzip, but a keywords array PostgreSQL cannot read
+        body = gzip.compress(raw.replace(b"{", b'{"', 1))
+    direct_s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    with pytest.raises(backup.RestoreError) as refused:
+        backup.restore_backup(made_backup, empty_target, s3=direct_s3)
+    assert str(refused.value) == f"{key} {said}: the backup is damaged"
+    assert [r for r in caplog.records if r.name.startswith("psycopg")] == []
+    with psycopg.connect(empty_target) as conn:
+        assert count(conn, "SELECT count(*) FROM users") == 0  # all or nothing
+
+
 def test_restore_names_what_is_missing(direct_s3: Any, empty_target: str) -> None:
     with pytest.raises(backup.RestoreError, match="does not exist"):
         backup.restore_backup(
