@@ -9,13 +9,17 @@ guard is the only one.
 
 from __future__ import annotations
 
+import io
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
+from alembic.config import Config
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import create_engine
@@ -24,6 +28,7 @@ from devkit.pgbouncer import AUTH_FILE, LocalPgBouncer
 from shared.db import Conn
 from shared.repositories import partitions, reports, search_history, system_metrics, users
 
+REPO = Path(__file__).resolve().parents[2]
 ROLE = "keyflash_readonly"
 REPORTS = reports.REPORTS
 WHOLE_TABLES = ("search_daily_rollups", "system_metrics")
@@ -98,19 +103,25 @@ PERSONAL_COLUMNS = ["email", "stripeCustomerId", "stripeSubscriptionId", "ipAddr
 
 
 def test_the_role_reads_exactly_the_granted_relations(admin_conn: psycopg.Connection[Any]) -> None:
-    """A table added later is readable through the default privileges: this list makes that a
-    decision (a table holding personal columns revokes them, as the next test checks)."""
-    readable = admin_conn.execute(
+    """Every relation here is granted by name (there are no default privileges since revision
+    0019): this list makes each one a decision."""
+    assert readable_relations(admin_conn) == GRANTED_RELATIONS
+
+
+GRANTED_RELATIONS = sorted({*REPORTS, *WHOLE_TABLES, *NOT_GRANTED, "cron_leases"})
+
+
+def readable_relations(conn: psycopg.Connection[Any]) -> list[str]:
+    """The relations of `public` the role may read, whole or some columns."""
+    rows = conn.execute(
         """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
               AND (has_table_privilege(%(role)s, c.oid, 'SELECT')
                    OR has_any_column_privilege(%(role)s, c.oid, 'SELECT'))
             ORDER BY 1""",
         {"role": ROLE},
     ).fetchall()
-    assert [name for (name,) in readable] == sorted(
-        {*REPORTS, *WHOLE_TABLES, *NOT_GRANTED, "cron_leases"}
-    )
+    return [name for (name,) in rows]
 
 
 def test_no_personal_column_is_readable(admin_conn: psycopg.Connection[Any]) -> None:
@@ -281,3 +292,99 @@ def test_partitions_made_later_are_not_readable_directly(
     finally:  # other tests of this database count the partitions
         for name in made:
             admin_conn.execute(sql.SQL("DROP TABLE partitions.{}").format(sql.Identifier(name)))
+
+
+HAND_PARTITION = "kf_hand_partition"  # docs/core.md: a bare CREATE TABLE … PARTITION OF
+SCRATCH_COPY = "kf_scratch_users"
+
+
+def make_tables_by_hand(conn: psycopg.Connection[Any]) -> None:
+    """What an operator may do as the migrating role: attach a partition of `search_history` in
+    `public` and copy `users` aside, each holding personal columns."""
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE public.{} PARTITION OF search_history "
+            "FOR VALUES FROM ('2190-01-01') TO ('2190-02-01')"
+        ).format(sql.Identifier(HAND_PARTITION))
+    )
+    conn.execute(
+        'INSERT INTO search_history (id, keywords, location, language, "matchType", provider,'
+        ' "responseTime", "searchedAt", "ipAddress", "userAgent") VALUES (%s, %s, %s, %s,'
+        " %s, %s, %s, %s, %s, %s)",
+        ("hand-1", ["x"], "US", "en", "phrase", "mock", 1, datetime(2190, 1, 15, tzinfo=UTC),
+         "203.0.113.7", "secret-ua"),
+    )  # fmt: skip
+    conn.execute(
+        sql.SQL("CREATE TABLE public.{} AS SELECT id, email FROM users").format(
+            sql.Identifier(SCRATCH_COPY)
+        )
+    )
+
+
+def drop_tables_by_hand(conn: psycopg.Connection[Any]) -> None:
+    for name in (HAND_PARTITION, SCRATCH_COPY):
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS public.{}").format(sql.Identifier(name)))
+
+
+def test_tables_made_later_in_public_are_not_readable(
+    analyst: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """No default privileges: a partition attached by hand in `public` and a scratch copy of
+    `users` grant the role nothing. The partition's rows are read through the parent, whose
+    column grants are all a reader of a partitioned table needs."""
+    try:
+        make_tables_by_hand(admin_conn)
+        assert readable_relations(admin_conn) == GRANTED_RELATIONS
+        with connect(analyst) as conn:
+            for statement in (
+                sql.SQL('SELECT "ipAddress", "userAgent" FROM public.{}').format(
+                    sql.Identifier(HAND_PARTITION)
+                ),
+                sql.SQL("SELECT id FROM public.{}").format(sql.Identifier(HAND_PARTITION)),
+                sql.SQL("SELECT email FROM public.{}").format(sql.Identifier(SCRATCH_COPY)),
+            ):
+                with pytest.raises(errors.InsufficientPrivilege):
+                    conn.execute(statement)
+            rows = conn.execute(
+                """SELECT id FROM search_history WHERE "searchedAt" >= '2190-01-01'"""
+            ).fetchall()
+            assert rows == [("hand-1",)]
+    finally:
+        drop_tables_by_hand(admin_conn)
+
+
+def default_grants(conn: psycopg.Connection[Any]) -> list[str]:
+    """What `ALTER DEFAULT PRIVILEGES` gives the role in this database."""
+    rows = conn.execute(
+        """SELECT a.defaclrole::regrole::text || ' ' || a.defaclobjtype::text
+             FROM pg_default_acl a, aclexplode(a.defaclacl) x
+            WHERE x.grantee = %s::regrole ORDER BY 1""",
+        (ROLE,),
+    ).fetchall()
+    return [grant for (grant,) in rows]
+
+
+def test_the_upgrade_takes_back_what_the_default_privileges_gave(
+    scratch_database: Callable[[], str],
+) -> None:
+    """Revision 0019 on a database that lived under 0011's default privileges: the role loses
+    them and whatever they gave tables made by hand since, and keeps its named grants; the way
+    down gives the default privileges back (not the tables' grants)."""
+    url = scratch_database()
+    config = Config(str(REPO / "alembic.ini"), stdout=io.StringIO())
+    config.attributes["url"] = url
+    command.upgrade(config, "0018")
+    with psycopg.connect(url, autocommit=True) as conn:
+        make_tables_by_hand(conn)
+        assert readable_relations(conn) == sorted(
+            {*GRANTED_RELATIONS, HAND_PARTITION, SCRATCH_COPY}
+        )
+        assert default_grants(conn) == ["postgres r"]
+    command.upgrade(config, "head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert readable_relations(conn) == GRANTED_RELATIONS
+        assert default_grants(conn) == []
+    command.downgrade(config, "0018")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert default_grants(conn) == ["postgres r"]
+        assert readable_relations(conn) == GRANTED_RELATIONS
