@@ -56,21 +56,33 @@ END $$
 """
 
 # The role goes only when nothing else holds it: no privilege in any other database
-# (pg_shdepend) and no member (an operator's login role).
+# (pg_shdepend) and no member that may use it (an operator's login role). PostgreSQL 16+ makes
+# a CREATEROLE role that is not superuser (Neon's `<db>_owner`) an ADMIN member of each role it
+# creates, with neither INHERIT nor SET: it may manage the role, not use it, so that membership
+# does not count (the columns are 16+'s; a branch runs only on the server it fits). A role
+# that may not drop it (no ADMIN on it) leaves it, as when it is in use.
 DROP_ROLE_IF_UNUSED = f"""
 DO $$
+DECLARE
+    used boolean;
 BEGIN
-    IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}')
-       AND NOT EXISTS (
-           SELECT FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
-            WHERE r.rolname = '{ROLE}')
-       AND NOT EXISTS (
-           SELECT FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
-            WHERE d.refclassid = 'pg_authid'::regclass AND r.rolname = '{ROLE}')
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN
+        RETURN;
+    END IF;
+    IF current_setting('server_version_num')::int >= 160000 THEN
+        used := EXISTS (
+            SELECT FROM pg_auth_members m
+             WHERE m.roleid = '{ROLE}'::regrole AND (m.inherit_option OR m.set_option));
+    ELSE
+        used := EXISTS (SELECT FROM pg_auth_members m WHERE m.roleid = '{ROLE}'::regrole);
+    END IF;
+    IF NOT used AND NOT EXISTS (
+           SELECT FROM pg_shdepend d
+            WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = '{ROLE}'::regrole)
     THEN
         DROP ROLE {ROLE};
     END IF;
-EXCEPTION WHEN dependent_objects_still_exist THEN NULL;
+EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN NULL;
 END $$
 """
 

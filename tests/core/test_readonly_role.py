@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import create_engine
 
 from devkit.pgbouncer import AUTH_FILE, LocalPgBouncer
+from devkit.postgres import LocalPostgres, with_database
 from shared.db import Conn
 from shared.repositories import partitions, reports, search_history, system_metrics, users
 
@@ -388,3 +390,45 @@ def test_the_upgrade_takes_back_what_the_default_privileges_gave(
     with psycopg.connect(url, autocommit=True) as conn:
         assert default_grants(conn) == ["postgres r"]
         assert readable_relations(conn) == GRANTED_RELATIONS
+
+
+def memberships(server_url: str) -> list[tuple[str, bool]] | None:
+    """(member, admin option) of each membership in the role; None when the role is gone."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
+            return None
+        rows = conn.execute(
+            """SELECT m.member::regrole::text, m.admin_option FROM pg_auth_members m
+                WHERE m.roleid = %s::regrole ORDER BY 1""",
+            (ROLE,),
+        ).fetchall()
+    return [(member, admin) for member, admin in rows]
+
+
+def test_the_downgrade_drops_the_role_its_creator_administers() -> None:
+    """Neon's way: a migrating role with CREATEROLE but not superuser. PostgreSQL 16+ makes it
+    an ADMIN member of the role it creates, with neither INHERIT nor SET: it may manage the
+    role, not use it, so the way down below 0011 still drops the role when that is all; a login
+    put in the role as docs/analytics.md says keeps it. On a server of its own, where no other
+    database uses the role."""
+    with (
+        tempfile.TemporaryDirectory(prefix="keyflash-pg-") as tmp,
+        LocalPostgres(Path(tmp) / "pgdata", ephemeral=True) as server,
+    ):
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            conn.execute("CREATE ROLE kf_owner LOGIN CREATEDB CREATEROLE")
+            conn.execute("CREATE DATABASE kf_owned OWNER kf_owner")
+        url = with_database(server.url(), "kf_owned").replace("postgres@", "kf_owner@")
+        config = Config(str(REPO / "alembic.ini"), stdout=io.StringIO())
+        config.attributes["url"] = url
+
+        command.upgrade(config, "head")
+        assert memberships(server.url()) == [("kf_owner", True)]
+        command.downgrade(config, "0010")
+        assert memberships(server.url()) is None
+
+        command.upgrade(config, "head")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE kf_login LOGIN IN ROLE {ROLE}")
+        command.downgrade(config, "0010")
+        assert memberships(server.url()) == [("kf_login", False), ("kf_owner", True)]
