@@ -260,6 +260,35 @@ def test_the_role_cannot_write_anything(analyst: str, admin_conn: psycopg.Connec
     assert len(refused) == len(WRITES) * (len(tables) + len(views))
 
 
+def test_temporary_tables_are_the_sessions_own(
+    analyst: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """docs/analytics.md: with `default_transaction_read_only` off a login in the role may make
+    temporary tables (PostgreSQL grants TEMP to PUBLIC), in its own session's schema; the
+    documented REVOKE, run as the database's owner, takes that away."""
+    create = "CREATE TEMP TABLE kf_probe AS SELECT day FROM search_daily_rollups"
+    database = sql.Identifier(admin_conn.info.dbname)
+    with connect(analyst) as conn:
+        with pytest.raises(errors.ReadOnlySqlTransaction):
+            conn.execute(create)
+        with conn.transaction(force_rollback=True):  # no table left on a pooled connection
+            conn.execute("SET TRANSACTION READ WRITE")
+            conn.execute(create)
+            conn.execute("INSERT INTO kf_probe VALUES (current_date)")
+            row = conn.execute(
+                "SELECT 'kf_probe'::regclass::oid IN "
+                "(SELECT oid FROM pg_class WHERE relnamespace = pg_my_temp_schema())"
+            ).fetchone()
+            assert row == (True,)
+        admin_conn.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+        try:
+            with pytest.raises(errors.InsufficientPrivilege), conn.transaction():
+                conn.execute("SET TRANSACTION READ WRITE")
+                conn.execute(create)
+        finally:
+            admin_conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO PUBLIC").format(database))
+
+
 def test_partitions_made_later_are_not_readable_directly(
     analyst: str, direct_database_url: str, admin_conn: psycopg.Connection[Any]
 ) -> None:
