@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 
 import jwt
 
+from shared import jwks
 from shared.config import Settings
 from shared.errors import UserNotFoundError
 from shared.storable_text import unstorable_kind
@@ -73,9 +74,15 @@ class PendingSession(InvalidToken):
     """A valid token for a session with tasks left: signed out, and the 401 says why."""
 
 
+class KeysUnavailable(InvalidToken):
+    """`CLERK_JWKS_URL` could not be read and no kept key verifies the token: our dependency
+    failed, not necessarily the token."""
+
+
 @cache
-def _jwks_client(url: str) -> jwt.PyJWKClient:
-    return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600, timeout=5)
+def _key_source(url: str) -> jwks.KeySource:
+    """One per container and URL: its keys, and its reads, are shared by every request."""
+    return jwks.KeySource(url)
 
 
 # Without a usable key every token is a 401, which reads like the clients' fault: the deployment
@@ -96,16 +103,22 @@ def _verification_key(token: str, settings: Settings) -> Any:
     if settings.clerk_jwt_key:
         return settings.clerk_jwt_key.replace("\\n", "\n")
     if settings.clerk_jwks_url:
+        kid = jwt.get_unverified_header(token).get("kid")
+        if not isinstance(kid, str):
+            raise InvalidToken("no key id")  # Clerk names the key: no read for a forgery
         try:
-            return _jwks_client(settings.clerk_jwks_url).get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientError as error:
-            raise InvalidToken(f"no signing key: {error}") from None
+            key = _key_source(settings.clerk_jwks_url).key(kid)
+        except jwks.Unavailable:
+            raise KeysUnavailable("the JWKS could not be read") from None
+        if key is None:
+            raise InvalidToken("no such signing key")
+        return key
     report_unusable_clerk_key("missing")
     raise InvalidToken("CLERK_JWT_KEY or CLERK_JWKS_URL must be set")
 
 
 def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
-    """The token's claims, or `InvalidToken`."""
+    """The token's claims, or `InvalidToken` (`KeysUnavailable` when the JWKS failed us)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
