@@ -76,7 +76,7 @@ class PendingSession(InvalidToken):
 
 class KeysUnavailable(InvalidToken):
     """`CLERK_JWKS_URL` could not be read and no kept key verifies the token: our dependency
-    failed, not necessarily the token."""
+    failed, not necessarily the token (the HTTP layer answers 503 where a session is needed)."""
 
 
 @cache

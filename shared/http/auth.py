@@ -2,9 +2,10 @@
 
 The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
 verifies it. `SignedIn` routes need a valid token (401 otherwise, from `unauthenticated`, which
-tells a session with pending tasks why); `CurrentUser` routes also provision the caller (409
-when another account holds the token's email; 401 when Clerk deleted the user, whose token may
-outlive them by a minute); `AdminUser` routes also need the admin role (403).
+tells a session with pending tasks why, and answers 503 when Clerk's keys could not be read);
+`CurrentUser` routes also provision the caller (409 when another account holds the token's
+email; 401 when Clerk deleted the user, whose token may outlive them by a minute); `AdminUser`
+routes also need the admin role (403).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from shared import jwks
 from shared.auth import (
     Identity,
     InvalidToken,
+    KeysUnavailable,
     PendingSession,
     identity_from_claims,
     provision,
@@ -50,6 +53,9 @@ def identify(request: Request) -> Identity | None:
     except PendingSession:
         request.state.session_pending = True
         return None
+    except KeysUnavailable:
+        request.state.keys_unavailable = True
+        return None
     except InvalidToken:
         return None
     request.state.user_id = identity.user_id
@@ -59,7 +65,12 @@ def identify(request: Request) -> Identity | None:
 def unauthenticated(request: Request, message: str = AUTH_REQUIRED) -> ApiError:
     """The 401 for a caller `identify` found no identity for, or whose user Clerk deleted: the
     route's `message`, or, for a session with pending tasks, what is left to do (the client
-    would otherwise retry as is); `error="invalid_token"` in its challenge when a token came."""
+    would otherwise retry as is); `error="invalid_token"` in its challenge when a token came.
+    A 503 instead when the token could not be checked, Clerk's JWKS failing us: a 401 would
+    sign out a user whose token may be fine."""
+    if getattr(request.state, "keys_unavailable", False):
+        retry = {"Retry-After": str(jwks.MIN_INTERVAL_S)}  # the message is the log's `reason`
+        return ApiError(503, "clerk_keys_unavailable", headers=retry)
     if getattr(request.state, "session_pending", False):
         message = SESSION_PENDING
     refused = _token_from(request) is not None
