@@ -135,9 +135,9 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
     repair job when Redis fails), this container stops treating the user as provisioned (their
     next call starts a fresh account) and the erasure is logged, with counts only."""
     storage.erase_legacy_user(user_id, None, None)
-    # Stored data exports: their rows went with the user (ON DELETE CASCADE); the objects go
-    # now or, when storage fails, at the exports cron's next sweep (no ready row names them).
-    exports_deleted = exports.delete_stored(get_settings(), user_id)
+    # Stored data exports: their rows went with the user (ON DELETE CASCADE); the objects and
+    # incomplete uploads go now or, when storage fails, at the exports cron's sweep.
+    removed = exports.delete_stored(get_settings(), user_id)
     auth.forget(user_id)
     log_event(
         "account_erased",
@@ -152,7 +152,8 @@ def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
         flagsUpdated=erasure.flags_updated,
         webhookEventsScrubbed=erasure.webhook_events_scrubbed,
         metricsScrubbed=erasure.metrics_scrubbed,
-        exportsDeleted=exports_deleted,
+        exportsDeleted=removed.objects,
+        exportUploadsAborted=removed.uploads,
     )
 
 

@@ -10,8 +10,9 @@ rows whatever the account's size) and uploads that file (`store`, multipart when
     s3://BACKUP_BUCKET/EXPORT_PREFIX<userId>/<exportId>.json.gz
 
 (the backups' bucket and boto3 client, beside their prefix), and the owner downloads it through
-a short-lived presigned URL. The user's id leads the key so an erasure deletes every stored
-export of theirs with one listing (`delete_stored`), whatever state the rows were in.
+a short-lived presigned URL. The user's id leads the key so an erasure finds every stored export
+of theirs, and every upload of one left incomplete, by listing their prefix (`delete_stored`),
+whatever state the rows were in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import quote
 
@@ -27,7 +29,14 @@ from shared.config import Settings
 from shared.contracts import account
 from shared.db import Conn
 from shared.repositories import personal_data
-from shared.s3 import S3Client, delete_keys, s3_client
+from shared.s3 import (
+    S3Client,
+    abort_uploads,
+    delete_keys,
+    list_keys,
+    list_uploads,
+    s3_client,
+)
 from shared.telemetry import log_event
 
 FILENAME = "keyflash-export.json"
@@ -103,23 +112,34 @@ def download_url(settings: Settings, key: str) -> str:
     )
 
 
-def delete_stored(settings: Settings, user_id: str) -> int:
-    """Erasure's step: delete every stored export of the user (their rows went with the user).
-    Best effort: when storage fails, the exports cron removes the objects on its next sweep,
-    since no ready row names them any more. The number of objects deleted."""
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What an erasure removed from storage: objects, and incomplete multipart uploads."""
+
+    objects: int = 0
+    uploads: int = 0
+
+
+def delete_stored(settings: Settings, user_id: str) -> Removed:
+    """Erasure's step: delete every stored export of the user (their rows went with the user)
+    and abort every incomplete multipart upload under their prefix (a build whose completion
+    and abort both failed leaves the whole document there as parts, which no object listing
+    shows). Best effort: when storage fails, or an upload is still there after its abort (AWS:
+    a part still arriving may survive one), `export_erasure_deferred` says so and the exports
+    cron's sweep removes what is left, since no ready row names it any more."""
     if not settings.backup_bucket:
-        return 0
+        return Removed()
+    bucket, prefix = settings.backup_bucket, user_prefix(settings, user_id)
     try:
         s3 = s3_client()
-        keys = [
-            item["Key"]
-            for page in s3.get_paginator("list_objects_v2").paginate(
-                Bucket=settings.backup_bucket, Prefix=user_prefix(settings, user_id)
-            )
-            for item in page.get("Contents", [])
-        ]
-        delete_keys(s3, settings.backup_bucket, keys)
+        keys = list_keys(s3, bucket, prefix)
+        delete_keys(s3, bucket, keys)
+        uploads = list_uploads(s3, bucket, prefix)
+        abort_uploads(s3, bucket, uploads)
+        left = len(list_uploads(s3, bucket, prefix)) if uploads else 0
     except Exception as error:  # storage down: the cron's sweep finishes the job
         log_event("export_erasure_deferred", level=logging.WARNING, error=type(error).__name__)
-        return 0
-    return len(keys)
+        return Removed()
+    if left:
+        log_event("export_erasure_deferred", level=logging.WARNING, uploadsLeft=left)
+    return Removed(objects=len(keys), uploads=len(uploads))

@@ -1,6 +1,7 @@
 """S3 transport (S3, R2 or MinIO: any S3 API endpoint): the client and key deletion, which
-backups and data exports share, and the gzip stream into one object and key listing that backups
-use (an export is gzipped to a temporary file and uploaded whole).
+backups and data exports share; listing and aborting incomplete multipart uploads (the exports'
+erasure and sweep); and the gzip stream into one object and key listing that backups use (an
+export is gzipped to a temporary file and uploaded whole).
 
 boto3 is imported on first use, so a function that may never touch storage does not pay for it
 at cold start.
@@ -38,6 +39,30 @@ def delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
         s3.delete_objects(
             Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
         )
+
+
+def list_uploads(s3: S3Client, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every incomplete multipart upload under `prefix` (ListMultipartUploads' entries: Key,
+    UploadId, Initiated). No object listing shows them, yet their parts are stored and billed
+    until they are completed or aborted."""
+    uploads: list[dict[str, Any]] = []
+    pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        uploads += page.get("Uploads", [])
+    return uploads
+
+
+def abort_uploads(s3: S3Client, bucket: str, uploads: Sequence[dict[str, Any]]) -> None:
+    """Abort `uploads` (as `list_uploads` gives them), freeing their parts; one already gone
+    (its writer aborted or completed it meanwhile) is no error."""
+    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+    for upload in uploads:
+        try:
+            s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
 
 
 def list_objects(s3: S3Client, bucket: str, prefix: str) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ Each run, while the budget allows:
    EXPORT_TTL_DAYS. An export that failed MAX_ATTEMPTS times is marked failed;
 2. deletes expired export rows, then every object under EXPORT_PREFIX that no ready export
    names and that is older than an hour (expired exports, exports of erased users whose
-   immediate deletion failed, leftovers of a crashed run).
+   immediate deletion failed, leftovers of a crashed run), and aborts every incomplete
+   multipart upload there older than an hour (a build that failed to complete and to abort
+   it, or never learned its id; an erased user's the erasure could not abort).
 
 An erasure during a build deletes the row (ON DELETE CASCADE); `finish` then finds nothing to
 mark and the job deletes the object it just stored.
@@ -24,7 +26,14 @@ from shared import db, exports
 from shared.clock import utcnow
 from shared.cron.runner import Job, Run
 from shared.repositories import data_exports
-from shared.s3 import S3Client, delete_keys, s3_client
+from shared.s3 import (
+    S3Client,
+    abort_uploads,
+    delete_keys,
+    list_objects,
+    list_uploads,
+    s3_client,
+)
 from shared.telemetry import log_event
 
 MAX_ATTEMPTS = 3
@@ -75,7 +84,9 @@ def export_one(run: Run, s3: S3Client) -> bool:
 
 
 def sweep(run: Run, s3: S3Client) -> int:
-    """Delete expired exports and every unnamed object older than SWEEP_GRACE; objects deleted."""
+    """Delete expired exports and every unnamed object older than SWEEP_GRACE, and abort every
+    incomplete multipart upload older than that (no row ever names one: a build that lost it,
+    or an erased user's that the erasure could not abort); objects deleted."""
     settings = run.settings
     bucket = str(settings.backup_bucket)
     run.extra["expired"] = db.run(lambda conn: data_exports.expire(conn, now=run.now))
@@ -83,13 +94,13 @@ def sweep(run: Run, s3: S3Client) -> int:
     cutoff = run.now - SWEEP_GRACE
     doomed = [
         item["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=settings.export_prefix
-        )
-        for item in page.get("Contents", [])
+        for item in list_objects(s3, bucket, settings.export_prefix)
         if item["Key"] not in live and item["LastModified"] < cutoff
     ]
     delete_keys(s3, bucket, doomed)
+    stale = [u for u in list_uploads(s3, bucket, settings.export_prefix) if u["Initiated"] < cutoff]
+    abort_uploads(s3, bucket, stale)
+    run.extra["uploadsAborted"] = len(stale)
     return len(doomed)
 
 

@@ -47,9 +47,10 @@ from shared.repositories import (
     search_history,
     users,
 )
+from shared.s3 import s3_client
 from tests.support.cron import configure
-from tests.support.http import Caller, Keys, Result
-from tests.support.s3 import BUCKET, mock_s3
+from tests.support.http import Caller, Keys, Result, logged
+from tests.support.s3 import BUCKET, answer, initiated, leave_upload, mock_s3, uploads
 
 # Style of the test client → the platform it imitates.
 PLATFORM_OF = {"lambda_v2": "lambda", "asgi": "vercel"}
@@ -590,6 +591,74 @@ def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
     summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
     assert summary["swept"] == 1
     assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+ORIGIN = {"origin": "http://localhost:3000"}
+
+
+def test_an_erasure_aborts_the_users_incomplete_uploads_only(
+    call: Caller, storage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A build whose CompleteMultipartUpload and AbortMultipartUpload both failed leaves the
+    parts of the whole document (email included) in storage, where no object listing sees them."""
+    settings = config.get_settings()
+    for user in ("user_a", "user_b", "user_a/x"):
+        db.run(lambda s, u=user: users.create(s, u, f"{u.replace('/', '.')}@example.com"))
+        key = exports.object_key(settings, user, f"c{uuid.uuid4().hex[:24]}")
+        leave_upload(storage, key, exports.compress(todays_body(user)))
+    with caplog.at_level("INFO", logger="keyflash"):
+        assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
+    left = uploads(storage)
+    assert len(left) == 2 and not any(exports.user_prefix(settings, "user_a") in k for k in left)
+    assert logged(caplog, "export_erasure_deferred") == []
+    assert logged(caplog, "account_erased")[0]["exportUploadsAborted"] == 1
+
+
+@pytest.mark.parametrize("abort", ["InternalError", None], ids=["refused", "accepted_but_left"])
+def test_an_upload_the_erasure_could_not_abort_is_reported_and_aborted_by_the_sweep(
+    call: Caller,
+    storage: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    abort: str | None,
+) -> None:
+    """Storage refusing the abort, or accepting it while the upload stays (AWS: a part still
+    arriving may survive an abort): the erasure does not log itself done with exports, and the
+    sweep aborts the upload once it is older than any build."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    key = exports.object_key(config.get_settings(), "user_a", f"c{uuid.uuid4().hex[:24]}")
+    leave_upload(storage, key, exports.compress(todays_body("user_a")))
+    began = utcnow()
+    failing = s3_client()
+    answer(failing, "AbortMultipartUpload", abort)
+    with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
+        patched.setattr(exports, "s3_client", lambda: failing)
+        assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
+    assert uploads(storage) == [key]
+    (deferred,) = logged(caplog, "export_erasure_deferred")
+    assert deferred == deferred | ({"error": "ClientError"} if abort else {"uploadsLeft": 1})
+    assert "user_a" not in json.dumps(deferred)
+
+    sweeping = s3_client()
+    initiated(sweeping, began)
+    monkeypatch.setattr(exports_job, "s3_client", lambda: sweeping)
+    assert run_exports()["uploadsAborted"] == 0  # young: it could be a running build's
+    summary = run_job(exports_job.JOB, now=began + exports_job.SWEEP_GRACE * 2)
+    assert summary["uploadsAborted"] == 1 and uploads(storage) == []
+
+
+def test_the_sweep_aborts_stale_uploads_under_the_export_prefix_only(storage: Any) -> None:
+    """CreateMultipartUpload whose answer was lost (a truncated reply; botocore retries and
+    makes another) leaves empty uploads nobody knows the id of: the sweep finds them by listing."""
+    settings = config.get_settings()
+    key = exports.object_key(settings, "user_a", f"c{uuid.uuid4().hex[:24]}")
+    for _ in range(3):
+        storage.create_multipart_upload(Bucket=BUCKET, Key=key)
+    backup = f"{settings.backup_prefix}20261128T020000000Z/users.tsv.gz"
+    storage.create_multipart_upload(Bucket=BUCKET, Key=backup)
+    summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
+    assert summary["uploadsAborted"] == 3
+    assert uploads(storage) == [backup]  # the backups' own, not the exports sweep's
 
 
 def test_an_export_finished_after_its_user_was_erased_is_discarded(

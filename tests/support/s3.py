@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -36,3 +37,43 @@ def mock_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         client = boto3.client("s3")
         client.create_bucket(Bucket=BUCKET)
         yield client
+
+
+def answer(client: Any, operation: str, code: str | None, status: int = 500) -> None:
+    """From now on `client`'s `operation` (botocore's name: `AbortMultipartUpload`) does not
+    reach S3 and gets S3's error `code` with `status` instead, raised as the real `ClientError`;
+    with `code` None, an empty success that did nothing (an abort S3 accepted while a part
+    was still arriving, which AWS says may leave the upload)."""
+    from botocore.awsrequest import AWSResponse
+
+    def reply(**_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        if code is None:
+            return AWSResponse("", 204, {}, None), {}
+        return AWSResponse("", status, {}, None), {"Error": {"Code": code, "Message": code}}
+
+    client.meta.events.register(f"before-call.s3.{operation}", reply)
+
+
+def initiated(client: Any, when: datetime) -> None:
+    """moto lists every multipart upload as initiated at 2010-11-10T20:48:33Z, where S3 gives
+    the time it began: from now on `client`'s listings say `when`."""
+
+    def dated(parsed: dict[str, Any], **_: Any) -> None:
+        for upload in parsed.get("Uploads", []):
+            upload["Initiated"] = when
+
+    client.meta.events.register("after-call.s3.ListMultipartUploads", dated)
+
+
+def uploads(client: Any, prefix: str = "") -> list[str]:
+    """The keys of the incomplete multipart uploads under `prefix`."""
+    found = client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+    return [str(upload["Key"]) for upload in found.get("Uploads", [])]
+
+
+def leave_upload(client: Any, key: str, body: bytes) -> str:
+    """An incomplete multipart upload of `key` holding one part: what a build leaves when S3
+    created the upload but both completing and aborting it failed. Its upload id."""
+    upload_id = str(client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"])
+    client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=1, Body=body)
+    return upload_id
