@@ -33,6 +33,7 @@ from shared.s3 import (
     S3Client,
     abort_uploads,
     delete_keys,
+    error_code,
     list_keys,
     list_uploads,
     s3_client,
@@ -138,7 +139,7 @@ def delete_stored(settings: Settings, user_id: str) -> Removed:
         abort_uploads(s3, bucket, uploads)
         left = len(list_uploads(s3, bucket, prefix)) if uploads else 0
     except Exception as error:  # storage down: the cron's sweep finishes the job
-        log_event("export_erasure_deferred", level=logging.WARNING, error=type(error).__name__)
+        log_event("export_erasure_deferred", level=logging.WARNING, error=error_code(error))
         return Removed()
     if left:
         log_event("export_erasure_deferred", level=logging.WARNING, uploadsLeft=left)

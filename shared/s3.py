@@ -32,6 +32,15 @@ def s3_client() -> S3Client:
     return boto3.client("s3", config=Config(signature_version="s3v4"))
 
 
+def error_code(error: BaseException) -> str:
+    """What to record of a failed storage call: S3's error code (`AccessDenied`, `SlowDown`)
+    when S3 answered one, else the exception's class; never the message, which may quote a key
+    (and so a user's id)."""
+    response = getattr(error, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return str(code)[:64] if code else type(error).__name__
+
+
 def delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
     """Delete `keys`, 1,000 per request (DeleteObjects' limit)."""
     for start in range(0, len(keys), 1000):

@@ -5,7 +5,9 @@ Each run, while the budget allows:
    invocation can live), streams the user's document from one snapshot through gzip into a
    temporary file (`shared.exports.write_compressed`: memory stays bounded whatever the
    account's size), uploads it to BACKUP_BUCKET under EXPORT_PREFIX, then marks it ready for
-   EXPORT_TTL_DAYS. An export that failed MAX_ATTEMPTS times is marked failed;
+   EXPORT_TTL_DAYS. A failed attempt (S3 refusing, say) goes back to pending with its error
+   and ends the run's builds, so the next run tries again; the MAX_ATTEMPTS-th failed
+   attempt, or a take after MAX_ATTEMPTS runs that died, marks it failed;
 2. deletes expired export rows, then every object under EXPORT_PREFIX that no ready export
    names and that is older than an hour (expired exports, exports of erased users whose
    immediate deletion failed, leftovers of a crashed run), and aborts every incomplete
@@ -20,16 +22,18 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shared import db, exports
 from shared.clock import utcnow
 from shared.cron.runner import Job, Run
+from shared.models.data_exports import DataExport
 from shared.repositories import data_exports
 from shared.s3 import (
     S3Client,
     abort_uploads,
     delete_keys,
+    error_code,
     list_objects,
     list_uploads,
     s3_client,
@@ -46,28 +50,42 @@ class ExportError(RuntimeError):
 
 
 def export_one(run: Run, s3: S3Client) -> bool:
-    """Claim and build one export; False when none is waiting."""
-    settings = run.settings
-    bucket = str(settings.backup_bucket)
+    """Claim and build one export; False when none is waiting or the attempt failed (this run
+    stops there: the next one, five minutes later, tries again)."""
     claimed = db.run(lambda conn: data_exports.claim(conn, now=utcnow(), stale_after=STALE_AFTER))
     if claimed is None:
         return False
-    ttl = timedelta(days=settings.export_ttl_days)
-    if claimed.attempts > MAX_ATTEMPTS:
+    started_at = claimed.started_at
+    assert started_at is not None  # claim sets it
+    ttl = timedelta(days=run.settings.export_ttl_days)
+    if claimed.attempts > MAX_ATTEMPTS:  # its last runs died, saying nothing
         db.run(
             lambda conn: data_exports.fail(
-                conn, claimed.id, error="attempts", now=utcnow(), ttl=ttl
+                conn, claimed.id, started_at=started_at, error="attempts", now=utcnow(), ttl=ttl
             )
         )
         run.extra["failed"] = run.extra.get("failed", 0) + 1
         return True
-    key = exports.object_key(settings, claimed.user_id, claimed.id)
+    try:
+        build(run, s3, claimed, started_at, ttl)
+    except db.DatabaseUnavailableError:
+        raise  # the claim stays running, taken again once stale
+    except Exception as error:  # S3 refusing, a fault in one document: the others go on later
+        attempt_failed(run, claimed, started_at, error, ttl)
+        return False
+    return True
+
+
+def build(
+    run: Run, s3: S3Client, claimed: DataExport, started_at: datetime, ttl: timedelta
+) -> None:
+    """Stream the claimed export's document through gzip to storage and mark it ready."""
+    bucket = str(run.settings.backup_bucket)
+    key = exports.object_key(run.settings, claimed.user_id, claimed.id)
     with tempfile.TemporaryFile() as compressed:
         raw_bytes = exports.write_compressed(claimed.user_id, compressed)
         gzip_bytes = compressed.tell()
         exports.store(s3, bucket, key, compressed)
-    started_at = claimed.started_at
-    assert started_at is not None  # claim sets it
     finished = db.run(
         lambda conn: data_exports.finish(
             conn, claimed.id, started_at=started_at, object_key=key, raw_bytes=raw_bytes,
@@ -80,7 +98,33 @@ def export_one(run: Run, s3: S3Client) -> bool:
     run.processed += 1
     run.extra["bytes"] = run.extra.get("bytes", 0) + raw_bytes
     run.extra["gzipBytes"] = run.extra.get("gzipBytes", 0) + gzip_bytes
-    return True
+
+
+def attempt_failed(
+    run: Run, claimed: DataExport, started_at: datetime, error: Exception, ttl: timedelta
+) -> None:
+    """Record the failed attempt on the export (S3's error code, else the exception's class)
+    and log it by export id, never by user: back to pending for the next run, or failed once
+    it was the MAX_ATTEMPTS-th."""
+    code = error_code(error)
+    log_event(
+        "data_export_failed", level=logging.ERROR, exportId=claimed.id,
+        attempt=claimed.attempts, error=code,
+    )  # fmt: skip
+    run.extra["errors"] = run.extra.get("errors", 0) + 1
+    if claimed.attempts < MAX_ATTEMPTS:
+        db.run(
+            lambda conn: data_exports.retry(
+                conn, claimed.id, started_at=started_at, error=code, now=utcnow()
+            )
+        )
+        return
+    db.run(
+        lambda conn: data_exports.fail(
+            conn, claimed.id, started_at=started_at, error=code, now=utcnow(), ttl=ttl
+        )
+    )
+    run.extra["failed"] = run.extra.get("failed", 0) + 1
 
 
 def sweep(run: Run, s3: S3Client) -> int:
@@ -115,10 +159,10 @@ def export_data(run: Run) -> None:
                     break
         except db.DatabaseUnavailableError:
             raise
-        except Exception as error:  # one user's export failing must not stop the others
-            log_event("data_export_failed", level=logging.ERROR, error=type(error).__name__)
+        except Exception as error:  # before any claim (a failed build is `attempt_failed`)
+            log_event("data_export_failed", level=logging.ERROR, error=error_code(error))
             run.extra["errors"] = run.extra.get("errors", 0) + 1
-            break  # the claim stays running; it is retried once stale, up to MAX_ATTEMPTS
+            break
     if run.has_time():
         with run.batch():
             run.extra["swept"] = sweep(run, s3)

@@ -139,12 +139,41 @@ def finish(
     return done is not None
 
 
-@database_operation("failDataExport")
-def fail(conn: Conn, export_id: str, *, error: str, now: datetime, ttl: timedelta) -> None:
-    """Mark the export failed (kept, like a ready one, until it expires)."""
+@database_operation("retryDataExport")
+def retry(conn: Conn, export_id: str, *, started_at: datetime, error: str, now: datetime) -> None:
+    """Give the claimed export back as pending with the attempt's error, so the next run takes
+    it again; nothing when it is no longer this claim's."""
     conn.session.execute(
         update(DataExport)
-        .where(DataExport.id == export_id, DataExport.status == "running")
+        .where(
+            DataExport.id == export_id,
+            DataExport.status == "running",
+            DataExport.started_at == started_at,
+        )
+        .values(status="pending", error=error, updated_at=now),
+        execution_options={"synchronize_session": False},
+    )
+
+
+@database_operation("failDataExport")
+def fail(
+    conn: Conn,
+    export_id: str,
+    *,
+    started_at: datetime,
+    error: str,
+    now: datetime,
+    ttl: timedelta,
+) -> None:
+    """Mark the claimed export failed (kept, like a ready one, until it expires); nothing when
+    it is no longer this claim's."""
+    conn.session.execute(
+        update(DataExport)
+        .where(
+            DataExport.id == export_id,
+            DataExport.status == "running",
+            DataExport.started_at == started_at,
+        )
         .values(
             status="failed", error=error, finished_at=now, expires_at=now + ttl, updated_at=now
         ),

@@ -491,7 +491,33 @@ def test_expired_exports_disappear_from_the_api_the_table_and_storage(
     assert admin_conn.execute("SELECT count(*) FROM data_exports").fetchone() == (0,)
 
 
-def test_an_export_failing_again_and_again_is_marked_failed(
+def test_a_failed_attempt_is_recorded_logged_by_export_id_and_retried_by_the_next_run(
+    storage: Any,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """S3 refusing the upload is caught, not a dead run: the export goes back to pending with
+    S3's error code, so the next run (five minutes later, not twenty) builds it."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    export_id = db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow())).export.id
+    refusing = s3_client()
+    answer(refusing, "PutObject", "AccessDenied", 403)
+    with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
+        patched.setattr(exports_job, "s3_client", lambda: refusing)
+        assert run_exports()["errors"] == 1
+    row = "SELECT status, attempts, error FROM data_exports WHERE id = %s"
+    assert admin_conn.execute(row, [export_id]).fetchone() == ("pending", 1, "AccessDenied")
+    (failed,) = logged(caplog, "data_export_failed")
+    assert failed["exportId"] == export_id and failed["error"] == "AccessDenied"
+    assert failed["attempt"] == 1 and "user_a" not in json.dumps(failed)
+
+    assert run_exports()["processed"] == 1  # the next run, with no 20 minutes waited
+    assert admin_conn.execute(row, [export_id]).fetchone() == ("ready", 2, None)
+    assert uploads(storage) == []
+
+
+def test_an_export_failing_again_and_again_is_marked_failed_with_its_error(
     storage: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
@@ -504,11 +530,26 @@ def test_an_export_failing_again_and_again_is_marked_failed(
     for attempt in range(exports_job.MAX_ATTEMPTS):
         summary = run_exports()
         assert summary["errors"] == 1, (attempt, summary)
-        admin_conn.execute(  # the run died long ago: its claim is stale
-            """UPDATE data_exports SET "startedAt" = now() - interval '1 hour'"""
-        )
-    summary = run_exports()
-    assert summary["failed"] == 1
+    row = admin_conn.execute(
+        "SELECT status, attempts, error FROM data_exports WHERE id = %s", [requested.export.id]
+    ).fetchone()
+    assert row == ("failed", exports_job.MAX_ATTEMPTS, "OSError")
+    assert run_exports()["processed"] == 0
+
+
+def test_an_export_whose_runs_died_again_and_again_is_marked_failed(
+    storage: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A run that dies says nothing: its claim stays running until another run takes it as
+    dead; the take after MAX_ATTEMPTS marks it failed."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    requested = db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow()))
+    admin_conn.execute(  # each run died long ago, holding its claim
+        """UPDATE data_exports SET status = 'running', attempts = %s,
+                  "startedAt" = now() - interval '1 hour'""",
+        [exports_job.MAX_ATTEMPTS],
+    )
+    assert run_exports()["failed"] == 1
     row = admin_conn.execute(
         "SELECT status, attempts, error FROM data_exports WHERE id = %s", [requested.export.id]
     ).fetchone()
@@ -636,7 +677,7 @@ def test_an_upload_the_erasure_could_not_abort_is_reported_and_aborted_by_the_sw
         assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
     assert uploads(storage) == [key]
     (deferred,) = logged(caplog, "export_erasure_deferred")
-    assert deferred == deferred | ({"error": "ClientError"} if abort else {"uploadsLeft": 1})
+    assert deferred == deferred | ({"error": "InternalError"} if abort else {"uploadsLeft": 1})
     assert "user_a" not in json.dumps(deferred)
 
     sweeping = s3_client()
