@@ -18,7 +18,6 @@ result document, whose body is base64 (4/3 larger) when gzip-compressed.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
@@ -65,11 +64,10 @@ def accepts_gzip(request: Request) -> bool:
     return False
 
 
-def _view(export: DataExport, now: datetime) -> dict[str, Any]:
+def _view(export: DataExport) -> dict[str, Any]:
     settings = get_settings()
     key = export.object_key if export.status == "ready" and settings.backup_bucket else None
-    url = exports.download_url(settings, key) if key else None
-    url_expires = now + timedelta(seconds=settings.export_url_ttl_s)
+    link = exports.download_url(settings, key) if key else None
     return compact(
         {
             "id": export.id,
@@ -79,8 +77,8 @@ def _view(export: DataExport, now: datetime) -> dict[str, Any]:
             "expiresAt": iso_ms(export.expires_at) if export.expires_at else None,
             "bytes": export.bytes,
             "gzipBytes": export.gzip_bytes,
-            "url": url,
-            "urlExpiresAt": iso_ms(url_expires) if url else None,
+            "url": link.url if link else None,
+            "urlExpiresAt": iso_ms(link.expires_at) if link else None,
         }
     )
 
@@ -98,7 +96,7 @@ def _request_export(request: Request, user: Identity) -> Response:
     )
     location = f"{EXPORT_PATH}/{requested.export.id}"
     return ok(
-        {"export": _view(requested.export, now)},
+        {"export": _view(requested.export)},
         status=202,
         headers={"Location": location, "Retry-After": "60"},
     )
@@ -136,7 +134,7 @@ def export_status(export_id: str, user: CurrentUser) -> Response:
     found = db.run(lambda conn: data_exports.get(conn, user.user_id, valid, now=now))
     if found is None:
         raise ApiError(404, NOT_FOUND)
-    return ok({"export": _view(found, now)})
+    return ok({"export": _view(found)})
 
 
 lambda_handler = make_lambda_handler(app)

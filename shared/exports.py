@@ -21,10 +21,12 @@ import gzip
 import io
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import BinaryIO
 from urllib.parse import quote
 
 from shared import db
+from shared.clock import utcnow
 from shared.config import Settings
 from shared.contracts import account
 from shared.db import Conn
@@ -102,15 +104,26 @@ def store(s3: S3Client, bucket: str, key: str, compressed: BinaryIO) -> None:
     )
 
 
-def download_url(settings: Settings, key: str) -> str:
-    """A presigned GET of the stored export, valid EXPORT_URL_TTL_S."""
-    return str(
-        s3_client().generate_presigned_url(
-            "get_object",
-            Params={"Bucket": settings.backup_bucket, "Key": key},
-            ExpiresIn=settings.export_url_ttl_s,
-        )
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A presigned download URL and the moment S3 starts refusing it."""
+
+    url: str
+    expires_at: datetime
+
+
+def download_url(settings: Settings, key: str) -> Link:
+    """A presigned GET of the stored export, valid EXPORT_URL_TTL_S. S3 counts that from the
+    signature's X-Amz-Date, the signing time cut to the second, so the end is counted from the
+    clock read just before signing, cut the same way: never later than the real end, at most a
+    second (and the signing's few milliseconds) earlier."""
+    signed_from = utcnow().replace(microsecond=0)
+    url = s3_client().generate_presigned_url(
+        "get_object",
+        Params={"Bucket": settings.backup_bucket, "Key": key},
+        ExpiresIn=settings.export_url_ttl_s,
     )
+    return Link(str(url), signed_from + timedelta(seconds=settings.export_url_ttl_s))
 
 
 @dataclass(frozen=True, slots=True)

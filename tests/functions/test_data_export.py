@@ -14,7 +14,7 @@ import json
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -422,6 +422,22 @@ def test_a_download_link_is_signed_with_sigv4_and_downloads_over_http(
     download = httpx.get(ready["url"], timeout=30)
     assert download.status_code == 200, download.text
     assert json.loads(gzip.decompress(download.content)) == expected
+
+
+def test_url_expires_at_is_never_after_the_signature_expires(call: Caller, storage: Any) -> None:
+    """S3 counts a presigned URL's life from its X-Amz-Date, the signing time cut to the second:
+    `urlExpiresAt` past that end would have a client use a URL S3 already refuses (403
+    `Request has expired`)."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    assert run_exports()["processed"] == 1
+    for _ in range(3):
+        ready = call("me_export", "GET", f"/api/me/export/{export_id}", user="user_a")
+        query = parse_qs(urlsplit(ready.json["export"]["url"]).query)
+        signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        expires = signed + timedelta(seconds=int(query["X-Amz-Expires"][0]))
+        said = datetime.fromisoformat(ready.json["export"]["urlExpiresAt"].replace("Z", "+00:00"))
+        assert said <= expires, (said, expires)
 
 
 def test_racing_requests_get_one_open_export(db_env: str) -> None:
