@@ -212,21 +212,24 @@ def _org_features(fea: Any) -> list[str]:
     return features
 
 
+def _bitmask(mask: str) -> int:
+    if _BITMASK.fullmatch(mask) is None:  # `int` would take " 1", "+1", "1_0"
+        raise _Malformed
+    return int(mask)
+
+
 def _v2_permissions(org: dict[str, Any], fea: Any) -> frozenset[str]:
     """Bit i of a feature's `fpm` integer grants the i-th `per` name for that feature; a
-    feature without an integer grants nothing and extra integers are ignored (as Clerk's SDKs)."""
+    feature without an integer grants nothing and extra integers are ignored (as Clerk's SDKs).
+    Each of `per`, `fpm` and `fea` is checked even when another is absent or empty (so nothing
+    is granted): a malformed one means no active org, whatever it is paired with."""
     names, masks = _text(org.get("per")), _text(org.get("fpm"))
-    if not names or not masks:
-        return frozenset()
-    keys = [_key(name.strip()) for name in names.split(",")]
-    bitmasks = []
-    for mask in masks.split(","):
-        if _BITMASK.fullmatch(mask) is None:  # `int` would take " 1", "+1", "1_0"
-            raise _Malformed
-        bitmasks.append(int(mask))
+    keys = [_key(name.strip()) for name in names.split(",")] if names else []
+    bitmasks = [_bitmask(mask) for mask in masks.split(",")] if masks else []
+    features = _org_features(fea)
     return frozenset(
         f"org:{feature}:{key}"
-        for feature, bitmask in zip(_org_features(fea), bitmasks, strict=False)
+        for feature, bitmask in zip(features, bitmasks, strict=False)
         for bit, key in enumerate(keys)
         if bitmask >> bit & 1
     )

@@ -118,6 +118,8 @@ def test_no_active_org_in_either_version(rsa_keys: Keys, settings: Settings) -> 
 
 
 GOOD_V2 = {"id": ORG, "rol": "admin", "slg": "acme", "per": "read", "fpm": "1"}
+NO_PER = {key: value for key, value in GOOD_V2.items() if key != "per"}
+NO_FPM = {key: value for key, value in GOOD_V2.items() if key != "fpm"}
 MALFORMED: dict[str, dict[str, Any]] = {
     "v2 o not an object": {"v": 2, "o": [ORG]},
     "v2 id missing": {"v": 2, "o": {"rol": "admin"}},
@@ -140,6 +142,12 @@ MALFORMED: dict[str, dict[str, Any]] = {
     "v2 fpm empty entry": {"v": 2, "fea": "o:searches", "o": GOOD_V2 | {"fpm": "1,,1"}},
     "v2 fpm with a space": {"v": 2, "fea": "o:searches", "o": GOOD_V2 | {"fpm": " 1"}},
     "v2 per key with colon": {"v": 2, "fea": "o:searches", "o": GOOD_V2 | {"per": "a:b"}},
+    # Each claim is checked even when another one it pairs with is absent (grants nothing).
+    "v2 fpm negative, no per": {"v": 2, "fea": "o:searches", "o": NO_PER | {"fpm": "-1"}},
+    "v2 fpm not decimal, no per": {"v": 2, "fea": "o:searches", "o": NO_PER | {"fpm": "x"}},
+    "v2 fpm not decimal, no per or fea": {"v": 2, "o": NO_PER | {"fpm": "x"}},
+    "v2 per key with colon, no fpm": {"v": 2, "fea": "o:searches", "o": NO_FPM | {"per": "a:b"}},
+    "v2 fea unknown scope, no per": {"v": 2, "fea": "x:other", "o": NO_PER},
     "v2 fea a list": {"v": 2, "fea": ["o:searches"], "o": GOOD_V2},
     "v2 fea without scope": {"v": 2, "fea": "searches", "o": GOOD_V2},
     "v2 fea unknown scope": {"v": 2, "fea": "x:other,o:searches", "o": GOOD_V2},
@@ -177,6 +185,10 @@ def test_the_well_formed_bases_of_the_malformed_cases_do_have_an_org(
     assert org_of(rsa_keys, settings, v=2, fea="o:searches", o=GOOD_V2) == ActiveOrg(
         ORG, "org:admin", "acme", frozenset({"org:searches:read"})
     )
+    for partial in (NO_PER, NO_FPM):
+        assert org_of(rsa_keys, settings, v=2, fea="o:searches", o=partial) == ActiveOrg(
+            ORG, "org:admin", "acme", frozenset()
+        )
     assert org_of(rsa_keys, settings, org_id=ORG, org_role="org:admin", org_permissions=[]) == (
         ActiveOrg(ORG, "org:admin", None, frozenset())
     )
