@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import cookie_parser
 
 from shared import jwks
 from shared.auth import (
@@ -27,6 +28,7 @@ from shared.auth import (
 from shared.config import get_settings
 from shared.envelope import INVALID_TOKEN_CHALLENGE
 from shared.http.errors import AUTH_REQUIRED, ApiError
+from shared.http.guards import SESSION_COOKIE
 
 SESSION_PENDING = (
     "Finish signing in: the session has pending tasks (such as choosing an organization)"
@@ -38,7 +40,18 @@ def _token_from(request: Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get("__session") or None
+    return _first_cookie(request.headers.get("cookie", ""), SESSION_COOKIE) or None
+
+
+def _first_cookie(header: str, name: str) -> str | None:
+    """The first `name` cookie of a `Cookie` header, as Clerk's backend SDK reads `__session`
+    (the `cookie` package keeps the first); Starlette's `request.cookies` keeps the last, so a
+    stale cookie sent after the live one would make us act as another session than Clerk's."""
+    for pair in header.split(";"):
+        found = cookie_parser(pair)  # one pair: Starlette's own trimming and unquoting
+        if name in found:
+            return found[name]
+    return None
 
 
 def identify(request: Request) -> Identity | None:

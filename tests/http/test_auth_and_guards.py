@@ -264,6 +264,27 @@ def test_session_cookie_works_like_the_header(caller: Caller) -> None:
     assert caller("searches", "GET", "/api/searches", headers={"cookie": messy}).status == 200
 
 
+def test_the_first_of_two_session_cookies_is_used_as_clerks_sdk_does(caller: Caller) -> None:
+    """A browser sends every `__session` that matches (another path's, a stale subdomain's);
+    Clerk's backend SDK reads the first, so the API acts as the same session as the frontend."""
+    first = make_token(caller.keys, "user_first_cookie")
+    second = make_token(caller.keys, "user_second_cookie")
+    seen = []
+    for cookie in (
+        f"__session={first}; __session={second}",
+        f"__session={second}; x=1; __session={first}",
+    ):
+        result = caller("me", "GET", "/api/me", headers={"cookie": cookie})
+        assert result.status == 200, result.text
+        seen.append(result.json["id"])
+    assert seen == ["user_first_cookie", "user_second_cookie"]
+    # An empty first one is no token, as there: not a fall-through to the next.
+    empty_first = caller(
+        "searches", "GET", "/api/searches", headers={"cookie": f"__session=; __session={first}"}
+    )
+    assert_envelope(empty_first, 401, AUTH_REQUIRED)
+
+
 def test_the_header_wins_over_the_cookie(caller: Caller) -> None:
     good = make_token(caller.keys, "user_a")
     header_good = caller(
