@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         "token",
         "print a dev session token (RS256) the running local stack trusts",
         "Sign a Clerk-shaped session token with the state dir's dev key, for the `keyflash dev` "
-        "running on that state dir (refused when none runs there, unless --offline). "
+        "running on that state dir (refused when none runs there, unless --offline, and when "
+        "it verifies with CLERK_JWKS_URL). "
         "`keyflash dev` and `keyflash invoke` on that state dir trust it; nothing else does. "
         "Refused when APP_ENV=production.",
         _token,
@@ -732,7 +733,7 @@ def _db_psql(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from devkit.stack import lock_holder, pid_alive
+    from devkit.stack import jwks_url_of, lock_holder, pid_alive
     from devkit.tokens import KEY_FILE, dev_key, issue_token, require_dev_mode
 
     require_dev_mode()  # before a key is generated for nothing
@@ -748,6 +749,14 @@ def _token(args: argparse.Namespace) -> int:
             f"accept a token signed with {state_dir / KEY_FILE}: start it, point --state-dir "
             "(or KEYFLASH_STATE_DIR) at the running stack's state dir, or add --offline to "
             "sign for a stack you start there later"
+        )
+    stack_env = holder.get("stack_env") if running else None
+    jwks = jwks_url_of(stack_env) if isinstance(stack_env, dict) else None
+    if jwks is not None:
+        raise CliError(
+            f"keyflash dev (pid {pid}) verifies tokens with CLERK_JWKS_URL {jwks}: it would "
+            f"refuse a token signed with {state_dir / KEY_FILE}; sign in through that Clerk "
+            "instance, or restart keyflash dev without CLERK_JWKS_URL"
         )
     key = dev_key(state_dir)
     trusted = holder.get("key_fingerprint") if running else None

@@ -31,9 +31,11 @@ from devkit.stack import (
     Session,
     apply_env,
     bound_socket,
+    clerk_key_env,
     clerk_webhook_env,
     cors_env,
     function_env,
+    jwks_url_of,
     migrate_and_seed,
     refuse_production,
 )
@@ -121,6 +123,7 @@ def _serve(
             session.local_s3()
             | cors_env(list(options.cors_origins))
             | clerk_webhook_env(options.state_dir)
+            | clerk_key_env()
         )
         session.lock.update(stack_env=stack_env)
         env = function_env(database, redis, key, app_url=base_url, stack_env=stack_env)
@@ -353,6 +356,7 @@ def _banner(
         f"  Redis      {redis.url}  ({redis.origin})",
         f"  S3         {_s3_line(env)}",
         f"  CORS       {_cors_line(options)}",
+        f"  Clerk      {_clerk_line(env, options.state_dir)}",
         f"  State      {options.state_dir}",
     ]
     if seeded:
@@ -383,7 +387,7 @@ def _banner(
 
     for name, value in env.items():
         setting = setting_of(name)  # KV_REST_API_TOKEN is the token too
-        if setting == "clerk_jwt_key":
+        if setting == "clerk_jwt_key" and value:
             shown = f"<public key of {options.state_dir / KEY_FILE}, also in {PUBLIC_KEY_FILE}>"
         elif setting == "clerk_webhook_secret":
             shown = _webhook_secret_line(value, options.state_dir)
@@ -396,16 +400,29 @@ def _banner(
         else:
             shown = value
         lines.append(f"  {name}={shown}")
-    lines += [
-        "",
-        bold(f'Dev token for user "{DEMO_TOKEN_USER}" (24 h; others: keyflash token --user ID)'),
-        f"  export TOKEN={token}",
-        f'  curl -H "Authorization: Bearer $TOKEN" {base_url}/api/searches',
-        "",
-        "Press Ctrl-C to stop.",
-        "",
-    ]
+    if jwks_url_of(env) is None:  # else the functions would refuse it
+        heading = f'Dev token for user "{DEMO_TOKEN_USER}" (24 h; others: keyflash token --user ID)'
+        lines += [
+            "",
+            bold(heading),
+            f"  export TOKEN={token}",
+            f'  curl -H "Authorization: Bearer $TOKEN" {base_url}/api/searches',
+        ]
+    lines += ["", "Press Ctrl-C to stop.", ""]
     print("\n".join(lines), flush=True)
+
+
+def _clerk_line(env: dict[str, str], state_dir: Path) -> str:
+    """What verifies session tokens: the developer's Clerk JWKS, else the dev key."""
+    from devkit.tokens import DEV_ISSUER, KEY_FILE
+
+    jwks = jwks_url_of(env)
+    if jwks is not None:
+        return (
+            f"CLERK_JWKS_URL {jwks} (yours): tokens of that Clerk instance only, "
+            "not keyflash token's"
+        )
+    return f"dev key {state_dir / KEY_FILE}, issuer {DEV_ISSUER} (tokens: keyflash token)"
 
 
 def _webhook_secret_line(secret: str, state_dir: Path) -> str:

@@ -520,6 +520,33 @@ def clerk_webhook_env(state_dir: Path) -> dict[str, str]:
     return {"CLERK_WEBHOOK_SECRET": own or dev_webhook_secret(state_dir)}
 
 
+def clerk_key_env() -> dict[str, str]:
+    """How the functions verify session tokens when the developer exported a Clerk instance's
+    `CLERK_JWKS_URL`: with that JWKS alone (no dev key, which would win over it, and their own
+    `CLERK_ISSUER` or none), as a deployment with only that setting does. {} otherwise: the
+    dev key of `function_env`."""
+    from shared.config import every_spelling, read_variable
+
+    jwks = read_variable("CLERK_JWKS_URL")
+    if jwks is None:
+        return {}
+    issuer = read_variable("CLERK_ISSUER")
+    return every_spelling(
+        {
+            "CLERK_JWKS_URL": jwks[1].strip(),
+            "CLERK_JWT_KEY": "",
+            "CLERK_ISSUER": issuer[1] if issuer else "",
+        }
+    )
+
+
+def jwks_url_of(env: dict[str, str]) -> str | None:
+    """The `CLERK_JWKS_URL` a stack's environment verifies tokens with (see `clerk_key_env`)."""
+    from shared.config import setting_of
+
+    return next((v for k, v in env.items() if setting_of(k) == "clerk_jwks_url" and v), None)
+
+
 def apply_env(env: dict[str, str]) -> None:
     """Export `env` for in-process functions; cached settings and engine start afresh."""
     os.environ.update(env)

@@ -20,15 +20,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import RSAAlgorithm
 
 from devkit import cli, layout
 from devkit._host import free_port
@@ -36,7 +41,15 @@ from devkit.console import CliError
 from devkit.crons import CronSyntaxError, Schedule
 from devkit.descriptors import load_serverless
 from devkit.stack import clerk_webhook_env
-from devkit.tokens import DEV_ISSUER, WEBHOOK_SECRET_FILE, dev_webhook_secret
+from devkit.tokens import (
+    DEV_ISSUER,
+    KEY_FILE,
+    WEBHOOK_SECRET_FILE,
+    dev_key,
+    dev_webhook_secret,
+    issue_token,
+    new_private_pem,
+)
 from shared.auth import ActiveOrg, identity_from_claims, verify_session_token
 from shared.config import Settings
 from tests.support import fake_stripe, stripe_events
@@ -444,6 +457,14 @@ def test_dev_receives_clerk_webhooks_signed_with_its_own_secret(stack: Stack) ->
     )  # fmt: skip
     assert invoked.returncode == 0, invoked.stderr
     assert "status 200" in invoked.stdout and '"duplicate"' not in invoked.stdout
+
+
+def test_the_banner_names_the_dev_key_as_what_verifies_tokens(stack: Stack) -> None:
+    clerk = [line for line in stack.output().splitlines() if line.startswith("  Clerk ")]
+    assert clerk == [
+        f"  Clerk      dev key {stack.state_dir / KEY_FILE}, issuer {DEV_ISSUER} "
+        "(tokens: keyflash token)"
+    ], stack.output()
 
 
 def test_the_dev_webhook_secret_is_made_once_and_yours_wins(
@@ -1054,6 +1075,70 @@ def test_dev_checkout_then_the_signed_webhook_makes_the_user_pro(spare_state_dir
                 assert portal.status_code == 200, portal.text
             [sent] = stripe_api.created("/v1/billing_portal/sessions")
             assert sent.params["customer"] == "cus_cli"
+        finally:
+            assert running.stop() == 0, running.output()
+
+
+@contextmanager
+def serve_jwks(private_pem: bytes, kid: str) -> Iterator[str]:
+    """A JWKS holding `private_pem`'s public half under `kid`, as a Clerk instance serves it;
+    its URL while the block runs."""
+    public = serialization.load_pem_private_key(private_pem, None).public_key()
+    jwk = json.loads(RSAAlgorithm.to_jwk(public)) | {"kid": kid, "use": "sig", "alg": "RS256"}
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_dev_verifies_with_an_exported_clerk_jwks_url(spare_state_dir: Path) -> None:
+    """`CLERK_JWKS_URL=… keyflash dev` verifies tokens as a deployment with only that setting
+    does: a Clerk instance's tokens are accepted and the dev key's refused. The banner says so,
+    `keyflash token` refuses to mint what would be refused, and `keyflash env` hands it on."""
+    clerk_pem = new_private_pem()
+    with serve_jwks(clerk_pem, "ins_kid_1") as jwks_url:
+        running = start_dev(spare_state_dir, args=("--no-crons",), CLERK_JWKS_URL=jwks_url)
+        try:
+            output = running.output()
+            clerk = [line for line in output.splitlines() if line.startswith("  Clerk ")]
+            assert clerk == [
+                f"  Clerk      CLERK_JWKS_URL {jwks_url} (yours): tokens of that Clerk "
+                "instance only, not keyflash token's"
+            ], output
+            assert "Dev token" not in output and "export TOKEN=" not in output
+            user = f"jwks_{os.getpid()}"
+            now = int(time.time())
+            claims = {"sub": user, "iat": now, "exp": now + 300, "sid": "sess_1"}
+            token = jwt.encode(claims, clerk_pem, "RS256", headers={"kid": "ins_kid_1"})
+            me = httpx.get(f"{running.url}/api/me", headers=bearer(token), timeout=20)
+            assert (me.status_code, me.json().get("id")) == (200, user), me.text
+            dev = issue_token(dev_key(spare_state_dir), user)
+            refused = httpx.get(f"{running.url}/api/me", headers=bearer(dev), timeout=20)
+            assert refused.status_code == 401, refused.text
+            minted = keyflash("token", "--user", user, state_dir=spare_state_dir)
+            assert_one_line_failure(minted, "CLERK_JWKS_URL", "would refuse")
+            exported = keyflash("env", state_dir=spare_state_dir)
+            assert f"export CLERK_JWKS_URL={shlex.quote(jwks_url)}\n" in exported.stdout
+            assert "export CLERK_JWT_KEY=''\n" in exported.stdout, exported.stdout
+            assert "export CLERK_ISSUER=''\n" in exported.stdout
         finally:
             assert running.stop() == 0, running.output()
 

@@ -29,6 +29,7 @@ from sqlalchemy import event
 from starlette.responses import Response
 
 from devkit import events, gateway, layout
+from devkit._host import free_port
 from devkit.pgbouncer import LocalPgBouncer
 from devkit.tokens import new_private_pem
 from shared import auth, config, db
@@ -346,6 +347,16 @@ def test_no_usable_clerk_key_is_logged_once_per_container(
     assert record.levelno == logging.ERROR
     assert {key: line[key] for key in logged} == logged
     assert "sk_test_0riginalApp" not in caplog.text and "not-a-pem" not in caplog.text
+
+
+def test_with_both_clerk_keys_set_the_pem_alone_verifies(
+    caller: Caller, setenv: Callable[..., None]
+) -> None:
+    """The precedence http-contract.md states: a JWKS nothing answers at would refuse every
+    token if it were fetched, so a 200 shows the PEM verified with no network."""
+    setenv(CLERK_JWKS_URL=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json")
+    result = caller("searches", "GET", "/api/searches", headers=bearer(caller.token("user_a")))
+    assert result.status == 200, result.text
 
 
 # --------------------------------------------------------------------------- pending sessions

@@ -110,7 +110,6 @@ def test_platform_settings(serverless: dict[str, Any], vercel: dict[str, Any]) -
     assert health["timeout"] <= 10
     for name in (
         "DATABASE_URL",
-        "CLERK_JWT_KEY",
         "CLERK_ISSUER",
         "UPSTASH_REDIS_REST_URL",
         "UPSTASH_REDIS_REST_TOKEN",
@@ -118,6 +117,11 @@ def test_platform_settings(serverless: dict[str, Any], vercel: dict[str, Any]) -
     ):
         value = provider["environment"][name]
         assert value == f"${{param:{name}, ssm:/keyflash/${{sls:stage}}/{name}}}", (name, value)
+    # Clerk's key comes from either setting (http-contract.md): each one may be absent.
+    for name in ("CLERK_JWT_KEY", "CLERK_JWKS_URL"):
+        value = provider["environment"][name]
+        assert value == f"${{param:{name}, ssm:/keyflash/${{sls:stage}}/{name}, ''}}", value
+        assert serverless["params"]["local"][name] == f"${{env:{name}, ''}}"
     _check_settings_sources(serverless)
 
     first = vercel["routes"][0]
