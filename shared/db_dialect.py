@@ -9,16 +9,20 @@ Here the server's own startup messages answer two of them (psycopg keeps the ver
 `standard_conforming_strings` it reported; PgBouncer passes both on), one statement answers the
 schema and the isolation level together, and `hstore`, which no table uses, is not looked up.
 Where a startup message did not say (a value of 0 or None), the dialect asks as SQLAlchemy does.
+Each connection it opens also loads timestamps past Python's range clamped (`shared.db_timestamps`).
 `shared.db` registers it as `postgresql+keyflash` for the engines it builds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+from shared import db_timestamps
 
 NAME = "keyflash"  # the URL's driver part: postgresql+keyflash://
 
@@ -33,6 +37,15 @@ class KeyFlashDialect(PGDialect_psycopg):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**{"use_native_hstore": False, **kwargs})  # type: ignore[no-untyped-call]
         self._reported_isolation_level: str | None = None
+
+    def on_connect(self) -> Callable[[Any], None]:
+        stock: Callable[[Any], None] = super().on_connect()  # type: ignore[no-untyped-call]
+
+        def configure(driver: psycopg.Connection[Any]) -> None:
+            stock(driver)
+            db_timestamps.register(driver)
+
+        return configure
 
     def _get_server_version_info(self, connection: Connection) -> tuple[int, ...]:
         version = _driver(connection).info.server_version

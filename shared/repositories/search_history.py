@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Text, bindparam, case, func, insert, select, true, tuple_
 from sqlalchemy.exc import IntegrityError
 
+from shared import db_timestamps
 from shared.clock import utcnow
 from shared.db import Conn, HotStatement, execute_hot, violated_constraint
 from shared.errors import UserNotFoundError
@@ -139,23 +140,42 @@ def list_for_user(
 
     Read through the server function `search_history_page` (revision 0015): planning this read
     over every partition kept costs more than running it, and the server keeps the function's
-    plans per server connection, whether or not the client can prepare statements."""
+    plans per server connection, whether or not the client can prepare statements.
+
+    A cursor at a bound of Python's range (`shared.db_timestamps`) may stand for a row dated
+    past it (`infinity`, year 10000, BC), and several such rows load as one time: the page
+    then goes on from that row's own stored time, read by its id."""
     params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+    statement = _PAGE
     if cursor is None:
         params.update(before_at=None, before_id=None)
     else:
         params.update(before_at=db_time(cursor[0]), before_id=cursor[1])
-    rows = execute_hot(conn, _PAGE, params).fetchall()
+        if params["before_at"] in (db_timestamps.LATEST, db_timestamps.EARLIEST):
+            statement = _PAGE_AFTER_ROW
+    rows = execute_hot(conn, statement, params).fetchall()
     return page_of(rows, limit, _row_from, lambda row: (row.searched_at, row.id))
 
 
 _COLUMNS = list(SearchHistory.__table__.columns)
+_SELECT_PAGE = "SELECT " + ", ".join(f'"{column.name}"' for column in _COLUMNS)
+_ORDER = ' ORDER BY "searchedAt" DESC, id DESC'
+# the function returns them in that order; SQL promises an order only where it is written
 _PAGE = HotStatement(
-    "SELECT "
-    + ", ".join(f'"{column.name}"' for column in _COLUMNS)
-    + " FROM search_history_page(%(user_id)s, %(limit)s, %(before_at)s::timestamp, "
-    '%(before_id)s::text) ORDER BY "searchedAt" DESC, id DESC'
-)  # the function returns them in that order; SQL promises an order only where it is written
+    _SELECT_PAGE
+    + " FROM search_history_page(%(user_id)s, %(limit)s, %(before_at)s::timestamp,"
+    + " %(before_id)s::text)"
+    + _ORDER
+)
+_PAGE_AFTER_ROW = HotStatement(
+    _SELECT_PAGE
+    + """ FROM search_history_page(%(user_id)s, %(limit)s, coalesce(
+            (SELECT "searchedAt" FROM search_history
+              WHERE "userId" = %(user_id)s AND id = %(before_id)s::text
+              ORDER BY "searchedAt" DESC LIMIT 1),
+            %(before_at)s::timestamp), %(before_id)s::text)"""
+    + _ORDER
+)  # the cursor's row gone since (erased, pruned): its time as the cursor says
 _row_from = RowMapper(SearchHistory, _COLUMNS)
 
 
