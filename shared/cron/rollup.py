@@ -16,7 +16,9 @@ longer than a batch: it gets what is left of the invocation less CRON_TIME_MARGI
 statement timeout, so it never outlives the invocation. Each outcome is saved in
 `state.reports` at once: `refreshedAt` (this run's time) on success; `failedAt` and the error's
 class on failure, which keeps the report's last contents and does not fail the run (the next
-run tries again).
+run tries again). A run that fails before refreshing (a day's statement refused) records that
+failure for every report, then fails: the runner keeps no state of a failed run, so nothing
+else would say the reports went unrefreshed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def first_day_to_recompute(run: Run, today: date) -> date | None:
 
 
 def rollup(run: Run) -> None:
+    try:
+        every_day_done = recompute_days(run)
+    except DBAPIError as error:
+        # The run fails (the next one tries again) and refreshes nothing: record that as each
+        # report's failed refresh, where the trends route reads it, not only as a growing age.
+        for report in reports.REPORTS:
+            record_failure(run, report, type(error.orig).__name__)
+        run.save_state()
+        raise
+    if every_day_done:
+        refresh_reports(run)
+
+
+def recompute_days(run: Run) -> bool:
+    """Recompute the days that may have changed; False when time ran out first."""
     today = run.now.date()
     day = first_day_to_recompute(run, today)
     days = 0
@@ -62,7 +79,7 @@ def rollup(run: Run) -> None:
         if not run.has_time():
             run.state["nextDay"] = day.isoformat()
             run.extra["daysRecomputed"] = days
-            return
+            return False
         with run.batch():
             result = db.run(partial(search_rollups.rollup_day, day=day, now=run.now))
         run.processed += result.changed + result.removed
@@ -71,18 +88,16 @@ def rollup(run: Run) -> None:
     run.state.pop("nextDay", None)
     run.state["watermark"] = run.now.isoformat()
     run.extra["daysRecomputed"] = days
-    refresh_reports(run)
+    return True
 
 
 def refresh_reports(run: Run) -> None:
     """Refresh each report while time allows; a failure is recorded, never raised."""
-    outcomes: dict[str, dict[str, str]] = run.state.setdefault("reports", {})
     refreshed, failed = [], []
     for report in reports.REPORTS:
         left_ms = run.time_left_ms()
         if left_ms <= 0:
             break
-        outcome = dict(outcomes.get(report, {}))
         try:
             with run.batch():
                 db.transaction(
@@ -94,18 +109,26 @@ def refresh_reports(run: Run) -> None:
                     )
                 )
         except DBAPIError as error:
-            reason = type(error.orig).__name__
-            outcome.update(failedAt=run.now.isoformat(), error=reason)
+            record_failure(run, report, type(error.orig).__name__)
             failed.append(report)
-            log_event("report_refresh_failed", level=logging.WARNING, report=report, error=reason)
         else:
-            outcome = {"refreshedAt": run.now.isoformat()}
+            run.state.setdefault("reports", {})[report] = {"refreshedAt": run.now.isoformat()}
             refreshed.append(report)
-        outcomes[report] = outcome
         run.save_state()
     run.extra["reportsRefreshed"] = refreshed
     if failed:
         run.extra["reportsFailed"] = failed
+
+
+def record_failure(run: Run, report: str, reason: str) -> None:
+    """Keep the report's last `refreshedAt` and note this run's failure (logged)."""
+    outcomes: dict[str, dict[str, str]] = run.state.setdefault("reports", {})
+    outcomes[report] = {
+        **outcomes.get(report, {}),
+        "failedAt": run.now.isoformat(),
+        "error": reason,
+    }
+    log_event("report_refresh_failed", level=logging.WARNING, report=report, error=reason)
 
 
 JOB = Job(reports.REFRESHED_BY, rollup)

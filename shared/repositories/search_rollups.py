@@ -88,8 +88,15 @@ def rollup_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
 
 @database_operation("firstSearchDay")
 def first_day(conn: Conn) -> date | None:
-    """The UTC day of the oldest history row (served by the `searchedAt` index)."""
-    oldest = conn.session.execute(select(func.min(SearchHistory.searched_at))).scalar_one_or_none()
+    """The UTC day of the oldest history row that has one (served by the `searchedAt` index).
+
+    Rows dated before year 1 (BC, `-infinity`) have no day a `date` holds, so none is rolled
+    up; those after today are not reached."""
+    oldest = conn.session.execute(
+        select(func.min(SearchHistory.searched_at)).where(
+            SearchHistory.searched_at >= datetime.combine(date.min, time(), tzinfo=UTC)
+        )
+    ).scalar_one_or_none()
     return None if oldest is None else oldest.date()
 
 

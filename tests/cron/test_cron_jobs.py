@@ -10,10 +10,12 @@ import random
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy.exc
 from psycopg.types.json import Jsonb
 from sqlalchemy import event
 
@@ -21,7 +23,7 @@ from shared import db
 from shared.clock import month_start, utcnow
 from shared.cron import metrics, prune, reset_usage, rollup, trials, webhook_retry
 from shared.cron.runner import LEASE_HELD, LeaseLostError, run_job
-from shared.repositories import users
+from shared.repositories import reports, users
 from tests.support.cron import BudgetContext, configure, count, overlapping_runs, rows
 
 NOW = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
@@ -761,13 +763,14 @@ def at_day(day: date, hour: int = 10) -> datetime:
 
 
 def expected_rollups(conn: psycopg.Connection[Any], since: date) -> list[tuple[Any, ...]]:
-    """The aggregates recomputed independently, straight from search_history."""
+    """The aggregates recomputed independently, straight from search_history, through today."""
     return conn.execute(
         """SELECT "searchedAt"::date, provider, count(*)::int, sum("keywordCount")::bigint,
                   (count(*) FILTER (WHERE "cacheHit"))::int, sum("responseTime")::bigint,
                   avg("responseTime")::float8
-           FROM search_history WHERE "searchedAt" >= %s GROUP BY 1, 2 ORDER BY 1, 2""",
-        (since,),
+           FROM search_history WHERE "searchedAt" >= %s AND "searchedAt" < %s
+           GROUP BY 1, 2 ORDER BY 1, 2""",
+        (since, TODAY + timedelta(days=1)),
     ).fetchall()
 
 
@@ -851,6 +854,52 @@ def test_rollup_out_of_time_resumes_where_it_stopped(
     assert {key: state[0][key] for key in state[0] if key != "reports"} == {
         "watermark": AT.isoformat()
     }  # `reports`: tests/core/test_reports.py
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_rollup_skips_history_dated_past_any_day_it_can_hold(
+    db_env: str, admin_conn: psycopg.Connection[Any], full: bool
+) -> None:
+    """Rows another writer dated BC, -infinity, after 9999 or infinity (the column holds them,
+    Python's dates do not) are no day's: the run rolls up the rest and refreshes the reports."""
+    seed_three_days(admin_conn)
+    for n, far in enumerate(("0001-12-31 19:00:00 BC", "-infinity", "10000-01-01", "infinity")):
+        admin_conn.execute(
+            """INSERT INTO search_history (id, keywords, location, language, "matchType",
+                   provider, "responseTime", "keywordCount", "searchedAt")
+               VALUES (%s, ARRAY['p'], 'US', 'en', 'phrase', 'mock', 1, 1, %s)""",
+            (f"far-{n}", far),
+        )
+    options = {"full": True} if full else {}
+    summary = run_job(rollup.JOB, now=AT, options=options)
+    assert (summary["daysRecomputed"], summary["complete"]) == (3, True)
+    assert summary["reportsRefreshed"] == list(reports.REPORTS)
+    assert actual_rollups(admin_conn) == expected_rollups(admin_conn, TODAY - timedelta(days=2))
+
+
+def test_a_failed_rollup_is_recorded_as_each_reports_failed_refresh(
+    db_env: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A day that cannot be rolled up fails the run (the invocation fails, the next run tries
+    again), and the reports it then never refreshed say so, as a failed refresh does: the
+    trends route shows `refreshFailedAt` instead of only a growing age."""
+    seed_three_days(admin_conn)
+    run_job(rollup.JOB, now=AT)
+    admin_conn.execute(
+        """ALTER TABLE search_daily_rollups
+               ADD CONSTRAINT refuse_more CHECK (searches < 5) NOT VALID"""
+    )  # today's mock figure (6) becomes 7 below: its upsert is refused
+    seed_searches(admin_conn, at_day(TODAY, 19), 1, provider="mock", tag="late")
+    later = AT + timedelta(hours=1)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        run_job(rollup.JOB, now=later)
+    for report in reports.REPORTS:
+        fresh = db.run(partial(reports.freshness, report=report))
+        assert fresh == reports.Freshness(refreshed_at=AT, failed_at=later), report
+    admin_conn.execute("ALTER TABLE search_daily_rollups DROP CONSTRAINT refuse_more")
+    run_job(rollup.JOB, now=later + timedelta(hours=1))
+    fresh = db.run(partial(reports.freshness, report=reports.REPORTS[0]))
+    assert fresh == reports.Freshness(refreshed_at=later + timedelta(hours=1), failed_at=None)
 
 
 def test_rollup_with_no_history_is_complete(db_env: str) -> None:
