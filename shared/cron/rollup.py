@@ -2,9 +2,12 @@
 
 Only days that may have changed are recomputed: from the day of the previous complete run's
 start minus LOOKBACK (rows from requests still in flight then), through today. One day is one
-batch (one statement). A first run, or `{"full": true}` (`?full=true` on Vercel), recomputes
-every day that still has history; days before the history retention cutoff are never
-touched, so their aggregates outlive the rows the prune cron deletes.
+batch (one statement). A first run, or `{"full": true}` (`?full=true` on Vercel), starts at the
+oldest history. Before the history retention cutoff only the days that still have rows are
+recomputed, each found by one index probe: a day whose rows the prune cron deleted keeps its
+aggregates (recomputed, it would lose them), while rows imported there (a legacy backfill) are
+rolled up by the full run after the import, before the prune deletes them, so their aggregates
+outlive them too. A stray row from 1900 costs one day, not every day since.
 
 State (in the lease row): `watermark`, the start of the last complete run, and `nextDay`, where
 a run that ran out of time stopped. Rows inserted later with an older `searchedAt` (a legacy
@@ -38,13 +41,11 @@ LOOKBACK = timedelta(hours=1)
 REFRESH_LOCK_TIMEOUT_MS = 5_000  # a report whose lock is held longer is tried again next run
 
 
-def first_day_to_recompute(run: Run, today: date) -> date | None:
+def first_day_to_recompute(run: Run) -> date | None:
     """Where this run starts; None when there is no history at all."""
     oldest = db.read(search_rollups.first_day)
     if oldest is None:
         return None
-    days = run.settings.retention_search_history_days
-    floor = today - timedelta(days=days) if days > 0 else oldest
     if run.flag("full"):
         start = oldest
     elif "nextDay" in run.state:
@@ -53,7 +54,14 @@ def first_day_to_recompute(run: Run, today: date) -> date | None:
         start = (datetime.fromisoformat(run.state["watermark"]) - LOOKBACK).date()
     else:
         start = oldest
-    return max(start, floor, oldest)
+    return max(start, oldest)
+
+
+def retention_floor(run: Run, today: date) -> date:
+    """The first day kept whole by retention: days before it are recomputed only where they
+    still have history (none with `RETENTION_SEARCH_HISTORY_DAYS=0`, which keeps every row)."""
+    days = run.settings.retention_search_history_days
+    return today - timedelta(days=days) if days > 0 else date.min
 
 
 def rollup(run: Run) -> None:
@@ -73,13 +81,16 @@ def rollup(run: Run) -> None:
 def recompute_days(run: Run) -> bool:
     """Recompute the days that may have changed; False when time ran out first."""
     today = run.now.date()
-    day = first_day_to_recompute(run, today)
+    floor = retention_floor(run, today)
+    day = first_day_to_recompute(run)
     days = 0
     while day is not None and day <= today:
         if not run.has_time():
             run.state["nextDay"] = day.isoformat()
             run.extra["daysRecomputed"] = days
             return False
+        if day < floor:
+            day = db.read(partial(search_rollups.first_day, since=day, before=floor)) or floor
         with run.batch():
             result = db.run(partial(search_rollups.rollup_day, day=day, now=run.now))
         run.processed += result.changed + result.removed

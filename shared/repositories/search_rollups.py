@@ -87,16 +87,18 @@ def rollup_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
 
 
 @database_operation("firstSearchDay")
-def first_day(conn: Conn) -> date | None:
-    """The UTC day of the oldest history row that has one (served by the `searchedAt` index).
+def first_day(conn: Conn, since: date = date.min, before: date | None = None) -> date | None:
+    """The UTC day of the oldest history row from the day `since` (by default, of all), before
+    the day `before` if given; one index probe (the `searchedAt` index).
 
     Rows dated before year 1 (BC, `-infinity`) have no day a `date` holds, so none is rolled
     up; those after today are not reached."""
-    oldest = conn.session.execute(
-        select(func.min(SearchHistory.searched_at)).where(
-            SearchHistory.searched_at >= datetime.combine(date.min, time(), tzinfo=UTC)
-        )
-    ).scalar_one_or_none()
+    statement = select(func.min(SearchHistory.searched_at)).where(
+        SearchHistory.searched_at >= day_bounds(since)[0]
+    )
+    if before is not None:
+        statement = statement.where(SearchHistory.searched_at < day_bounds(before)[0])
+    oldest = conn.session.execute(statement).scalar_one_or_none()
     return None if oldest is None else oldest.date()
 
 

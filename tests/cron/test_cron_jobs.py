@@ -838,6 +838,28 @@ def test_rollup_never_touches_days_past_history_retention(
     assert len(actual_rollups(admin_conn)) == 6  # the pruned day's aggregates are kept
 
 
+def test_a_full_run_rolls_up_history_older_than_retention_before_the_prune_deletes_it(
+    db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill of old history (a legacy import) is rolled up by the full run after it, so
+    its aggregates outlive the rows the prune then deletes. Before the retention cutoff only
+    the days that have rows are visited: a stray row from 1900 costs one day, not 46,000."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1)
+    seed_three_days(admin_conn)
+    for old in (date(1900, 1, 1), TODAY - timedelta(days=30)):
+        seed_searches(admin_conn, at_day(old), 2, provider="mock", tag="old")
+    full = run_job(rollup.JOB, now=AT, options={"full": True})
+    assert (full["daysRecomputed"], full["complete"]) == (5, True)  # 3 with rows, then 2
+    assert actual_rollups(admin_conn) == expected_rollups(admin_conn, date(1900, 1, 1))
+    before = actual_rollups(admin_conn)
+    run_job(prune.JOB, now=AT)
+    kept = 'SELECT count(*) FROM search_history WHERE "searchedAt" < %s'
+    assert count(admin_conn, kept, TODAY - timedelta(days=1)) == 0
+    again = run_job(rollup.JOB, now=AT + timedelta(hours=1), options={"full": True})
+    assert (again["processed"], again["daysRecomputed"]) == (0, 1)  # today's: the oldest left
+    assert actual_rollups(admin_conn) == before
+
+
 def test_rollup_out_of_time_resumes_where_it_stopped(
     db_env: str, admin_conn: psycopg.Connection[Any]
 ) -> None:
