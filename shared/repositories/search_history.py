@@ -273,20 +273,26 @@ def top_keywords(
     limit: int = 10,
     organization_id: str | None = None,
 ) -> list[KeywordCount]:
-    """The most searched keywords over [since, until) in one query: `unnest(keywords)`, folded
-    to lower case and trimmed; ties in alphabetical order. With `organization_id`: only the
+    """The most searched keywords over [since, until) in one query: each search's distinct
+    keywords (`unnest(keywords)` folded to lower case and trimmed, blanks dropped), so a search
+    naming one twice counts once; ties in alphabetical order. With `organization_id`: only the
     searches made for that organization."""
     unnested = func.unnest(SearchHistory.keywords).table_valued("keyword").render_derived()
-    keyword = func.lower(func.btrim(unnested.c.keyword)).label("keyword")
+    named = (
+        select(func.lower(func.btrim(unnested.c.keyword)).label("keyword"))
+        .select_from(unnested)
+        .where(func.btrim(unnested.c.keyword) != "")
+        .distinct()
+        .lateral("named")
+    )
     searches = func.count().label("searches")
     statement = (
-        select(keyword, searches)
+        select(named.c.keyword, searches)
         .select_from(SearchHistory)
-        .join(unnested, true())
+        .join(named, true())
         .where(SearchHistory.searched_at >= since, SearchHistory.searched_at < until)
-        .where(func.btrim(unnested.c.keyword) != "")
-        .group_by(keyword)
-        .order_by(searches.desc(), keyword)
+        .group_by(named.c.keyword)
+        .order_by(searches.desc(), named.c.keyword)
         .limit(limit)
     )
     return [

@@ -257,6 +257,18 @@ def test_analytics_default_window_zero_fills_days(admin: Caller) -> None:
     assert today.json["searches"]["total"] == 3
 
 
+def test_top_keywords_count_each_search_once(admin: Caller) -> None:
+    db.run(lambda s: users.create(s, "u_dup", "dup@example.com"))
+    for keywords in (["Latte Dup", "latte dup", " LATTE DUP "], ["latte dup", "x"], ["x"], ["x"]):
+        row = search_history.NewSearch("u_dup", keywords, "US", "en", "phrase", "mock", False, 5)
+        db.run(lambda s, r=row: search_history.record(s, r, now=at("2026-11-20T09:00:00")))
+    result = analytics(admin, days="1")
+    assert result.json["topKeywords"] == [
+        {"keyword": "x", "searches": 3},  # more searches, fewer mentions
+        {"keyword": "latte dup", "searches": 2},
+    ]
+
+
 def test_analytics_on_an_empty_database_omits_averages(admin: Caller) -> None:
     result = analytics(admin, days="2")
     assert result.json["searches"] == {

@@ -112,6 +112,22 @@ def test_keyword_trends_are_bounded_per_week(
     ]
 
 
+def test_a_keyword_counts_once_per_search_that_names_it(admin: Caller) -> None:
+    """`searches` is searches: one search naming a keyword three times (the API keeps the
+    forms as typed) counts once, as the usage report counts it."""
+    db.run(lambda s: users.create(s, "u_dup", "dup@example.com"))
+    for keywords in (["Latte Dup", "latte dup", " LATTE DUP "], ["latte dup", "x"]):
+        row = search_history.NewSearch("u_dup", keywords, "US", "en", "phrase", "mock", False, 5)
+        db.run(lambda s, r=row: search_history.record(s, r, now=at("2026-11-17T10:00:00")))
+    run_job(rollup.JOB, now=REFRESHED)
+    result = trends(admin, metric="keyword-trends")
+    assert result.status == 200, result.text
+    assert result.json["points"] == [
+        {"bucket": "2026-11-16T00:00:00.000Z", "keyword": "latte dup", "searches": 2, "users": 1},
+        {"bucket": "2026-11-16T00:00:00.000Z", "keyword": "x", "searches": 1, "users": 1},
+    ]
+
+
 def test_provider_performance(admin: Caller) -> None:
     seed()
     result = trends(admin, metric="provider-performance")
