@@ -205,7 +205,9 @@ def test_gateway_answers_unknown_paths_and_methods_with_the_envelope(stack: Stac
     assert wrong.headers["allow"] == "GET, HEAD, OPTIONS"
     probed = httpx.get(f"{stack.url}/api/health", timeout=10)
     head = httpx.head(f"{stack.url}/api/health", timeout=10)
-    assert (head.status_code, head.content) == (probed.status_code, b"")
+    # health's own answer (207 when a check was slow, as on a loaded machine), without a body
+    assert probed.status_code in (200, 207) and probed.content
+    assert head.status_code in (200, 207) and head.content == b""
     assert head.headers["content-type"] == "application/json"
 
 
