@@ -34,8 +34,8 @@ KEEP_S = 3600.0  # while reads fail, the last good set is trusted this long afte
 
 
 class Unavailable(Exception):
-    """The JWKS could not be read and no kept key names the token's `kid`: the token may well
-    be valid (our dependency failed, not the caller)."""
+    """The JWKS could not be read (or its read outlasted the wait) and no kept key names the
+    token's `kid`: the token may well be valid (our dependency failed, not the caller)."""
 
 
 class _ReadFailed(Exception):
@@ -65,10 +65,12 @@ class KeySource:
         url: str,
         *,
         timeout: float = FETCH_TIMEOUT_S,
+        wait: float = FETCH_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.timeout = timeout
+        self.wait = wait  # the longest a request without a key waits for another's read
         self.clock = clock
         self._state = _State()
         self._reading = threading.Lock()
@@ -81,25 +83,27 @@ class KeySource:
         kept = state.keys.get(kid) if now - state.read_at < KEEP_S else None
         if kept is not None and now - state.read_at < FRESH_S:
             return kept
+        learned = True
         if now - state.tried_at >= MIN_INTERVAL_S:
             # With a kept key nobody need wait: a read under way elsewhere will renew it.
-            self._read(wait=self.timeout if kept is None else 0)
+            learned = self._read(wait=self.wait if kept is None else 0)
             state = self._state
             now = self.clock()
         if now - state.read_at < KEEP_S and kid in state.keys:
             return state.keys[kid]
-        if state.failed or now - state.read_at >= KEEP_S:
-            raise Unavailable(kid)
+        if not learned or state.failed or now - state.read_at >= KEEP_S:
+            raise Unavailable(kid)  # not learned: the read still under way may publish `kid`
         return None
 
-    def _read(self, *, wait: float) -> None:
+    def _read(self, *, wait: float) -> bool:
         """Read the JWKS unless another request is (then wait up to `wait` s for its result)
-        or a read ended less than `MIN_INTERVAL_S` ago."""
+        or a read ended less than `MIN_INTERVAL_S` ago; False when the wait ran out, nothing
+        learned."""
         if not (self._reading.acquire(timeout=wait) if wait else self._reading.acquire(False)):
-            return
+            return False
         try:
             if self.clock() - self._state.tried_at < MIN_INTERVAL_S:
-                return  # the read this request waited for
+                return True  # the read this request waited for
             try:
                 keys = _signing_keys(self._fetch())
             except _ReadFailed as error:
@@ -114,9 +118,10 @@ class KeySource:
                 self._state = _State(
                     self._state.keys, self._state.read_at, self.clock(), failed=True
                 )
-                return
+                return True
             now = self.clock()
             self._state = _State(keys, now, now)
+            return True
         finally:
             self._reading.release()
 

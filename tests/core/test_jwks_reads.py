@@ -219,3 +219,26 @@ def test_a_cold_container_without_keys_reads_once_per_interval(
     clock.now += jwks.MIN_INTERVAL_S
     assert source.key("k1") is not None
     assert fake.fetches == 2
+
+
+def test_a_new_kid_waiting_past_a_slow_read_is_unavailable_not_invalid(
+    fake: FakeJwks, clock: Clock
+) -> None:
+    """Clerk rotated its key and the read that would find it is slow: a request that stops
+    waiting for it has learned nothing, so its token may be valid (a 503, not the 401 that would
+    sign the user out). `wait=0` stands for a wait that ran out."""
+    source = jwks.KeySource(fake.url, clock=clock, wait=0)
+    fake.publish("k1")
+    assert source.key("k1") is not None
+    clock.now += jwks.FRESH_S
+    fake.hang()
+    renewing = threading.Thread(target=source.key, args=("k1",))  # holds a key: reads, no wait
+    renewing.start()
+    try:
+        assert fake.received.wait(10)
+        with pytest.raises(jwks.Unavailable):
+            source.key("k2")
+    finally:
+        fake.release()
+        renewing.join(30)
+    assert fake.fetches == 2  # the first read and the held one: the waiter read nothing

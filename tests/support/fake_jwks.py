@@ -8,7 +8,7 @@ sets: the keys it publishes, or a failure (a status, a body that is no key set, 
         jwks.fetches                       # how many times it was read
 
 A hang holds the request until `release()` or the server closes; `received` is set when a
-request arrives, before it is answered.
+request arrives, before it is answered (cleared by `hang()`).
 """
 
 from __future__ import annotations
@@ -92,10 +92,12 @@ class FakeJwks:
             self._answer = (status, body, content_type)
 
     def hang(self) -> None:
-        """Take each request and answer nothing until `release()`."""
+        """Take each request and answer nothing until `release()`; `received` then tells
+        of the next request."""
         with self._lock:
             self._answer = None
         self._released.clear()
+        self.received.clear()
 
     def release(self) -> None:
         self._released.set()
