@@ -20,6 +20,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from enum import StrEnum
 from functools import cache
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from shared.db_url import POSTGRES_SCHEMES, unencoded_userinfo
 
@@ -514,6 +515,8 @@ def _checked(spec: Field[Any], value: Any) -> Any:
         problem = unencoded_userinfo(value)
         if problem is not None:
             raise ValueError(problem)
+    if spec.name == "clerk_jwks_url" and value and not _trusted_key_url(value):
+        raise ValueError("must be an https:// URL (http:// only for localhost or 127.0.0.1)")
     if spec.name in _DATABASE_URL_FIELDS:
         scheme, separator, _ = value.partition("://")
         if value == "":
@@ -529,6 +532,20 @@ def _checked(spec: Field[Any], value: Any) -> Any:
     if "le" in bounds and measure > bounds["le"]:
         raise ValueError(f"must be at most {bounds['le']}{unit}")
     return value
+
+
+def _trusted_key_url(url: str) -> bool:
+    """Whether the keys that verify every session may come from `url`: over TLS, or from this
+    machine (`keyflash dev`, the tests); urllib took anything else as a 500 per request, a
+    file, or keys anyone on the path could replace."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is no number
+    except ValueError:
+        return False
+    if parts.scheme == "http":
+        return parts.hostname in ("localhost", "127.0.0.1")
+    return parts.scheme == "https" and bool(parts.hostname)
 
 
 def _unquoted(text: str) -> str:

@@ -106,13 +106,15 @@ class KeySource:
                 return True  # the read this request waited for
             try:
                 keys = _signing_keys(self._fetch())
-            except _ReadFailed as error:
+            except Exception as error:  # any, else a 500 and a read per request (a bad URL)
+                failed = error if isinstance(error, _ReadFailed) else _ReadFailed("unexpected")
                 log_event(
                     "jwks_fetch_failed",
                     level=logging.WARNING,
-                    host=urlsplit(self.url).hostname,
-                    failure=error.failure,
-                    **({"status": error.status} if error.status is not None else {}),
+                    host=_host(self.url),
+                    failure=failed.failure,
+                    **({"status": failed.status} if failed.status is not None else {}),
+                    **({} if failed is error else {"error": type(error).__name__}),
                     retryInS=MIN_INTERVAL_S,
                 )
                 self._state = _State(
@@ -145,6 +147,14 @@ class KeySource:
             return json.loads(body)
         except ValueError:  # not JSON, or not UTF-8: an HTML error page, a wrong URL
             raise _ReadFailed("not_json") from None
+
+
+def _host(url: str) -> str | None:
+    """`url`'s host for the log; None when it has none, or none urllib can parse."""
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
 
 
 def _signing_keys(document: Any) -> dict[str, Any]:

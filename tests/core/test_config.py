@@ -61,6 +61,8 @@ def test_settings_are_read_once_per_container(monkeypatch: pytest.MonkeyPatch) -
 
 
 BASE = {"DATABASE_URL": "postgresql://u:p@localhost/db"}
+JWKS = "https://clerk.example.com/.well-known/jwks.json"
+LOCAL_JWKS = "http://127.0.0.1:8123/.well-known/jwks.json"
 
 
 @pytest.mark.parametrize(
@@ -93,6 +95,11 @@ BASE = {"DATABASE_URL": "postgresql://u:p@localhost/db"}
         ),
         ("DATABASE_READ_URL", " \n", None),
         ("UPSTASH_REDIS_REST_URL", "https://eu1-cat.upstash.io\t\n", "https://eu1-cat.upstash.io"),
+        # Clerk's JWKS over https; http only on this machine (keyflash dev, the tests)
+        ("CLERK_JWKS_URL", "https://clerk.example.com/.well-known/jwks.json ", JWKS),
+        ("CLERK_JWKS_URL", "http://127.0.0.1:8123/.well-known/jwks.json", LOCAL_JWKS),
+        ("CLERK_JWKS_URL", "http://localhost:8123/jwks", "http://localhost:8123/jwks"),
+        ("CLERK_JWKS_URL", "", ""),
         ("DB_APPLICATION_NAME", "x" * 63, "x" * 63),
         ("REPLICA_MAX_LAG_MS", "3600000", 3_600_000),  # bounds are inclusive where they say so
         ("DB_STATEMENT_TIMEOUT_MS", "2147483647", 2_147_483_647),  # PostgreSQL's largest
@@ -133,6 +140,19 @@ def test_values_parse_as_deployments_write_them(name: str, text: str, value: obj
         ("DB_APPLICATION_NAME", "x" * 64, "must be at most 63 characters"),
         ("DIRECT_DATABASE_URL", "POSTGRESQL://h/db", "must be a postgresql:// URL"),
         ("DIRECT_DATABASE_URL", "postgresql:/h/db", "must be a postgresql:// URL"),
+        # urllib took these as an exception per request (a 500) or read them as files, over FTP
+        *(
+            ("CLERK_JWKS_URL", url, "must be an https:// URL (http:// only for localhost")
+            for url in (
+                "clerk.example.com/.well-known/jwks.json",
+                "http://clerk.example.com/.well-known/jwks.json",
+                "file:///etc/jwks.json",
+                "ftp://clerk.example.com/jwks.json",
+                "https:///.well-known/jwks.json",
+                "https://clerk.example.com:443x/.well-known/jwks.json",
+                "https://[clerk.example.com/.well-known/jwks.json",
+            )
+        ),
     ],
 )
 def test_a_bad_value_names_its_variable_and_the_rule(name: str, text: str, reason: str) -> None:

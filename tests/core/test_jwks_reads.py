@@ -108,6 +108,33 @@ def test_a_refused_connection_is_logged_as_unreachable(caplog: pytest.LogCapture
     assert (line["host"], line["failure"]) == ("127.0.0.1", "unreachable")
 
 
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("clerk.example.com/.well-known/jwks.json", "ValueError"),  # no scheme
+        (f"https://{'a' * 64}.example.com/.well-known/jwks.json", "UnicodeError"),  # not IDNA
+        ("https://[clerk.example.com/.well-known/jwks.json", "ValueError"),  # no host to log
+    ],
+)
+def test_a_url_urllib_cannot_read_is_a_failed_read(
+    caplog: pytest.LogCaptureFixture, url: str, error: str
+) -> None:
+    """The settings refuse such a URL, but an exception other than our own read failures
+    escaped as a 500 with a stack trace, and a read per request."""
+    caplog.set_level(logging.INFO, logger="keyflash")
+    try:
+        with FakeJwks() as other:
+            token = other.token("k1", "user_a")
+            for _ in range(2):
+                with pytest.raises(auth.KeysUnavailable):
+                    auth.verify_session_token(token, settings_for(url))
+    finally:
+        auth._key_source.cache_clear()
+    [line] = logged(caplog, "jwks_fetch_failed")
+    assert (line["failure"], line["error"]) == ("unexpected", error)
+    assert url not in caplog.text
+
+
 def test_a_hanging_read_is_shared_by_the_requests_waiting_for_it(fake: FakeJwks) -> None:
     """One read at a time: those arriving meanwhile wait for it (at most its timeout) and take
     its result, instead of each running a read of their own in turn (nine requests took 5 to
