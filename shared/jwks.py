@@ -31,6 +31,7 @@ FETCH_TIMEOUT_S = 5.0  # each network step of a read; also the longest wait for 
 FRESH_S = 300.0  # a set this old is read again (Clerk's SDKs: 5 minutes)
 MIN_INTERVAL_S = 5  # no read starts sooner after the last one ended, whatever its outcome
 KEEP_S = 3600.0  # while reads fail, the last good set is trusted this long after it was read
+MAX_BODY_BYTES = 1 << 20  # a larger answer is no JWKS (Clerk's is a few KB): a failed read
 
 
 class Unavailable(Exception):
@@ -132,7 +133,7 @@ class KeySource:
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
+                body = response.read(MAX_BODY_BYTES + 1)
         except HTTPError as error:
             error.close()
             raise _ReadFailed("status", error.code) from None
@@ -143,6 +144,8 @@ class KeySource:
             raise _ReadFailed("timeout" if timed_out else "unreachable") from None
         except http.client.HTTPException:  # a malformed answer: a bad status line, cut short
             raise _ReadFailed("bad_response") from None
+        if len(body) > MAX_BODY_BYTES:
+            raise _ReadFailed("too_large")
         try:
             return json.loads(body)
         except ValueError:  # not JSON, or not UTF-8: an HTML error page, a wrong URL

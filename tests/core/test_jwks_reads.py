@@ -4,6 +4,7 @@ keys stay trusted. The key source's clock is moved instead of waited for."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -133,6 +134,20 @@ def test_a_url_urllib_cannot_read_is_a_failed_read(
     [line] = logged(caplog, "jwks_fetch_failed")
     assert (line["failure"], line["error"]) == ("unexpected", error)
     assert url not in caplog.text
+
+
+def test_a_body_over_the_cap_is_a_failed_read_though_it_holds_the_keys(
+    fake: FakeJwks, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JWKS is a few KB: a larger answer (a wrong URL, a hostile endpoint) is not read into a
+    container's memory to the end."""
+    caplog.set_level(logging.INFO, logger="keyflash")
+    key_set = json.dumps({"keys": [fake.jwk("k1")]}).encode()
+    fake.answer(200, key_set[:-1] + b" " * jwks.MAX_BODY_BYTES + b"}")
+    with pytest.raises(jwks.Unavailable):
+        jwks.KeySource(fake.url, clock=clock).key("k1")
+    [line] = logged(caplog, "jwks_fetch_failed")
+    assert line["failure"] == "too_large"
 
 
 def test_a_hanging_read_is_shared_by_the_requests_waiting_for_it(fake: FakeJwks) -> None:
