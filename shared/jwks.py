@@ -132,7 +132,7 @@ class KeySource:
         """The endpoint's answer as JSON; any step (connecting, each read) may wait `timeout`."""
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 body = response.read(MAX_BODY_BYTES + 1)
         except HTTPError as error:
             error.close()
@@ -150,6 +150,26 @@ class KeySource:
             return json.loads(body)
         except ValueError:  # not JSON, or not UTF-8: an HTML error page, a wrong URL
             raise _ReadFailed("not_json") from None
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urlopen's opener less its redirects (a 3xx is a failed read, never keys from elsewhere,
+    https to http included) and its other schemes (`file:`, `data:`, `ftp:`)."""
+    proxies = urllib.request.getproxies()  # as urlopen: HTTP(S)_PROXY, NO_PROXY
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler({s: proxies[s] for s in ("http", "https") if s in proxies}),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.UnknownHandler(),  # any other scheme: a URLError, not None
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+_OPENER = _opener()
 
 
 def _host(url: str) -> str | None:

@@ -9,6 +9,8 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -148,6 +150,31 @@ def test_a_body_over_the_cap_is_a_failed_read_though_it_holds_the_keys(
         jwks.KeySource(fake.url, clock=clock).key("k1")
     [line] = logged(caplog, "jwks_fetch_failed")
     assert line["failure"] == "too_large"
+
+
+def test_a_redirect_is_a_failed_read_and_not_followed(
+    fake: FakeJwks, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """urllib followed redirects, https to http included: the keys that verify every session
+    come from the configured URL or from nowhere."""
+    caplog.set_level(logging.INFO, logger="keyflash")
+    with FakeJwks() as elsewhere:
+        fake.answer(302, b"", "text/plain", {"Location": elsewhere.url})
+        with pytest.raises(jwks.Unavailable):
+            jwks.KeySource(fake.url, clock=clock).key("k1")
+        assert elsewhere.fetches == 0
+    [line] = logged(caplog, "jwks_fetch_failed")
+    assert (line["failure"], line["status"]) == ("status", 302)
+
+
+def test_only_http_urls_are_read(fake: FakeJwks, clock: Clock, tmp_path: Path) -> None:
+    """urllib read `file:`, `data:` and `ftp:` URLs too (the settings refuse them as well)."""
+    key_set = json.dumps({"keys": [fake.jwk("k1")]})
+    path = tmp_path / "jwks.json"
+    path.write_text(key_set)
+    for url in (path.as_uri(), "data:application/json," + quote(key_set)):
+        with pytest.raises(jwks.Unavailable):
+            jwks.KeySource(url, clock=clock).key("k1")
 
 
 def test_a_hanging_read_is_shared_by_the_requests_waiting_for_it(fake: FakeJwks) -> None:

@@ -42,7 +42,7 @@ class FakeJwks:
         self.fetches = 0
         self.received = threading.Event()
         self._released = threading.Event()
-        self._answer: tuple[int, bytes, str] | None = None
+        self._answer: tuple[int, bytes, str, dict[str, str]] | None = None
         self._lock = threading.Lock()
         self.publish(*KIDS)
         fake = self
@@ -56,11 +56,13 @@ class FakeJwks:
                 if answer is None:
                     fake._released.wait()
                     return
-                status, body, content_type = answer
+                status, body, content_type, headers = answer
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(body)))
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(body)
                 except OSError:  # the client gave up and closed the connection
@@ -87,9 +89,15 @@ class FakeJwks:
         """Answer a key set of these keys (and nothing else)."""
         self.answer(200, json.dumps({"keys": [self.jwk(kid) for kid in kids]}).encode())
 
-    def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def answer(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         with self._lock:
-            self._answer = (status, body, content_type)
+            self._answer = (status, body, content_type, headers or {})
 
     def hang(self) -> None:
         """Take each request and answer nothing until `release()`; `received` then tells
