@@ -664,7 +664,7 @@ def _db_backups(args: argparse.Namespace) -> int:
         when = item.created.strftime("%Y-%m-%d %H:%M:%S") if item.created else "-"
         state = (
             "" if item.restorable
-            else "interrupted (no manifest; pruned by the next backup)" if item.interrupted
+            else "interrupted (no manifest; pruned once a day old)" if item.interrupted
             else "not a keyflash backup (left alone; not counted toward BACKUP_KEEP)"
         )  # fmt: skip
         rows.append((item.key, _human_size(item.bytes), when, state))

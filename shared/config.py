@@ -274,7 +274,7 @@ class Settings:
     webhook_retry_max_attempts: int = bounded(10, ge=1, le=100)
     webhook_retry_base_delay_s: float = bounded(300.0, gt=0)
     # Logical backups (the backup cron) go to s3://BACKUP_BUCKET/BACKUP_PREFIX…; the newest
-    # BACKUP_KEEP are kept.
+    # BACKUP_KEEP are kept. One prefix per deployment: pruning takes what is under it as its own.
     backup_bucket: str | None = None
     backup_prefix: str = "keyflash/"
     backup_keep: int = bounded(7, ge=1, le=1000)

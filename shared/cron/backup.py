@@ -14,8 +14,9 @@ The manifest is the commit marker: it records the Alembic revision (the schema t
 the tables in foreign-key order with their columns, row counts and SHA-256 of the data, and
 under `skipped` the tables and columns in `public` the schema does not have (a scratch table, a
 column added by hand), which a restore could not load. A folder without one is an interrupted
-backup and is deleted; of the restorable ones the newest BACKUP_KEEP are kept; whatever else is
-under the prefix is not ours and is left alone (`prune_backups`). The schema itself is not in
+backup, deleted once it is a day old (younger, it may be another deployment's run still
+writing); of the restorable ones the newest BACKUP_KEEP are kept; whatever else is under the
+prefix is not ours and is left alone (`prune_backups`). The schema itself is not in
 the backup: Alembic rebuilds it.
 
 Restore (`restore_backup`, or `python -m functions.cron.backup restore s3://…`) loads a backup
@@ -41,7 +42,7 @@ import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -57,6 +58,11 @@ from shared.telemetry import log_event
 
 FORMAT = "keyflash-backup/1"
 MANIFEST = "manifest.json"
+# A folder without a manifest is deleted only this long after its name's time. Every
+# deployment backs up at 02:00 UTC, each under its own lease, so one sharing the prefix may be
+# writing a folder now; a day is far beyond the longest run (CRON_MAX_DURATION_S ≤ 1 hour, 15
+# minutes on Lambda) and clock skew, and the next day's backup still deletes it.
+INTERRUPTED_AFTER = timedelta(days=1)
 
 
 class BackupError(RuntimeError):
@@ -292,7 +298,7 @@ class BackupInfo:
 
     @property
     def interrupted(self) -> bool:
-        """A backup of ours that never wrote its manifest: pruning deletes it."""
+        """A folder named as ours with no manifest: pruning deletes it once a day old."""
         return self.created is not None and not self.complete
 
 
@@ -337,14 +343,19 @@ def _backup_time(name: str) -> datetime | None:
     return moment.replace(microsecond=int(name[15:18]) * 1000)
 
 
-def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` restorable backups, and every interrupted one. Only
-    what is ours counts and goes: a folder not named by `backup_name`, or whose manifest is not
-    ours (zero bytes, another project's), is left alone and does not take a kept place."""
+def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int, now: datetime) -> list[str]:
+    """Delete all but the newest `keep` restorable backups, and every interrupted one at least
+    INTERRUPTED_AFTER old at `now`. Only what is ours counts and goes: a folder not named by
+    `backup_name`, or whose manifest is not ours (zero bytes, another project's), is left alone
+    and does not take a kept place."""
     described = describe_backups(s3, bucket, prefix)
     restorable = [item for item in described if item.restorable]
     doomed = restorable[: max(0, len(restorable) - keep)]
-    doomed += [item for item in described if item.interrupted]
+    doomed += [
+        item
+        for item in described
+        if item.interrupted and item.created and item.created <= now - INTERRUPTED_AFTER
+    ]
     for item in doomed:
         delete_keys(s3, bucket, list_keys(s3, bucket, item.key))
     return [_folder(item, prefix) for item in doomed]
@@ -545,7 +556,7 @@ def backup(run: Run) -> None:
     )
     try:
         run.extra["deletedBackups"] = prune_backups(
-            s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep
+            s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep, run.now
         )
     except Exception as error:  # housekeeping: the next backup prunes again
         run.complete = False

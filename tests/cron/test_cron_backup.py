@@ -483,6 +483,24 @@ def test_only_restorable_backups_count_toward_the_kept_and_what_is_not_ours_stay
                                                  "counted toward BACKUP_KEEP)")  # fmt: skip
 
 
+def test_an_interrupted_folder_younger_than_a_day_may_be_another_deployment_s_run(
+    s3: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Deployments sharing a prefix back up at the same hour under their own leases: a folder
+    without a manifest that is less than a day old may be one still being written, so only
+    older ones are deleted as interrupted."""
+    seed_everything(admin_conn, history_rows=10)
+    running = f"{PREFIX}20261128T015959000Z/users.tsv.gz"  # staging's, a second earlier
+    dead = f"{PREFIX}20261127T015959000Z/users.tsv.gz"  # a day and a second old
+    for key in (running, dead):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+
+    made = run_job(backup.JOB, now=NOW)
+    assert made["deletedBackups"] == ["20261127T015959000Z"]
+    assert running in keys(s3) and dead not in keys(s3)
+    assert backup.list_backups(s3, BUCKET, PREFIX)[1] == ["20261128T015959000Z"]
+
+
 def test_a_restored_database_backs_up_at_once(
     s3: Any, admin_conn: psycopg.Connection[Any], empty_target: str,
     monkeypatch: pytest.MonkeyPatch,
