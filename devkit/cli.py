@@ -665,6 +665,8 @@ def _db_backups(args: argparse.Namespace) -> int:
         state = (
             "" if item.restorable
             else "interrupted (no manifest; pruned once a day old)" if item.interrupted
+            else f"damaged: {', '.join(item.missing)} missing (left alone; not counted toward "
+            "BACKUP_KEEP)" if item.missing
             else "not a keyflash backup (left alone; not counted toward BACKUP_KEEP)"
         )  # fmt: skip
         rows.append((item.key, _human_size(item.bytes), when, state))

@@ -294,7 +294,8 @@ class BackupInfo:
     bytes: int  # every object of the backup, as stored (gzipped)
     created: datetime | None  # from the name; None for a folder not named by backup_name
     complete: bool  # has a manifest
-    restorable: bool = False  # named by backup_name, with a manifest of our FORMAT
+    restorable: bool = False  # named by backup_name, our FORMAT's manifest, every file listed
+    missing: tuple[str, ...] = ()  # files our manifest names that the folder lacks
 
     @property
     def interrupted(self) -> bool:
@@ -304,30 +305,34 @@ class BackupInfo:
 
 def describe_backups(s3: S3Client, bucket: str, prefix: str) -> list[BackupInfo]:
     """Every folder under `prefix` with its size and time, oldest first. Whether a manifest is
-    ours is read from it (a GET each): a zero-byte or another project's manifest is none."""
+    ours is read from it (a GET each): a zero-byte or another project's manifest is none; ours
+    is a backup only when every table file it names is listed too (none deleted since)."""
     sizes: dict[str, int] = {}
-    complete: set[str] = set()
+    names: dict[str, set[str]] = {}
     for item in list_objects(s3, bucket, prefix):
         folder, _, name = str(item["Key"]).removeprefix(prefix).partition("/")
         if not name:
             continue
         sizes[folder] = sizes.get(folder, 0) + int(item.get("Size", 0))
-        if name == MANIFEST:
-            complete.add(folder)
+        names.setdefault(folder, set()).add(name)
     described = []
     for folder in sorted(sizes):
         key, created = f"{prefix}{folder}/", _backup_time(folder)
-        restorable = created is not None and folder in complete and _is_ours(s3, bucket, key)
-        described.append(BackupInfo(key, sizes[folder], created, folder in complete, restorable))
+        complete = MANIFEST in names[folder]
+        files = _manifest_files(s3, bucket, key) if created and complete else None
+        missing = tuple(sorted(set(files) - names[folder])) if files is not None else ()
+        restorable = files is not None and not missing
+        described.append(BackupInfo(key, sizes[folder], created, complete, restorable, missing))
     return described
 
 
-def _is_ours(s3: S3Client, bucket: str, folder: str) -> bool:
+def _manifest_files(s3: S3Client, bucket: str, folder: str) -> list[str] | None:
+    """The table files the folder's manifest names; None when the manifest is not ours."""
     try:
-        load_manifest(folder, s3=s3, bucket=bucket)
-    except RestoreError:
-        return False
-    return True
+        manifest = load_manifest(folder, s3=s3, bucket=bucket)[2]
+        return [str(entry["file"]) for entry in manifest["tables"]]
+    except (RestoreError, KeyError, TypeError):
+        return None
 
 
 _BACKUP_NAME = re.compile(r"\d{8}T\d{9}Z")

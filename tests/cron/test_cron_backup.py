@@ -501,6 +501,33 @@ def test_an_interrupted_folder_younger_than_a_day_may_be_another_deployment_s_ru
     assert backup.list_backups(s3, BUCKET, PREFIX)[1] == ["20261128T015959000Z"]
 
 
+def test_a_backup_missing_a_table_file_is_not_counted_as_restorable(
+    direct_s3: Any, direct_database_url: str, admin_conn: psycopg.Connection[Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Restorable is every file the manifest names being listed, not the manifest alone: a
+    backup whose table file was deleted does not take a kept place, so the older, whole
+    backup stays."""
+    seed_everything(admin_conn, history_rows=10)
+    for day in (0, 1):
+        backup.create_backup(
+            direct_database_url, s3=direct_s3, bucket=BUCKET, prefix=PREFIX,
+            now=NOW + timedelta(days=day),
+        )  # fmt: skip
+    direct_s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}20261129T020000000Z/users.tsv.gz")
+
+    assert backup.prune_backups(direct_s3, BUCKET, PREFIX, keep=1, now=NOW) == []
+    assert backup.list_backups(direct_s3, BUCKET, PREFIX) == (["20261128T020000000Z"], [])
+    damaged = backup.describe_backups(direct_s3, BUCKET, PREFIX)[1]
+    assert damaged.missing == ("users.tsv.gz",) and not damaged.restorable
+    assert cli.main(["db", "backups"]) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[3]
+        .endswith("damaged: users.tsv.gz missing (left alone; not counted toward BACKUP_KEEP)")
+    )
+
+
 def test_a_restored_database_backs_up_at_once(
     s3: Any, admin_conn: psycopg.Connection[Any], empty_target: str,
     monkeypatch: pytest.MonkeyPatch,
