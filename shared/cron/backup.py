@@ -559,11 +559,13 @@ def backup(run: Run) -> None:
         bytes=sum(entry["bytes"] for entry in tables),
         gzipBytes=sum(entry["gzipBytes"] for entry in tables),
     )
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         run.extra["deletedBackups"] = prune_backups(
             s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep, run.now
         )
-    except Exception as error:  # housekeeping: the next backup prunes again
+    except (ClientError, BotoCoreError) as error:  # S3's hiccup: the next backup prunes again
         run.complete = False
         run.extra["pruneFailed"] = _s3_error(error)
         log_event("backup_prune_failed", level=logging.WARNING, error=_s3_error(error))

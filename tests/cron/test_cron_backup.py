@@ -528,6 +528,23 @@ def test_a_backup_missing_a_table_file_is_not_counted_as_restorable(
     )
 
 
+def test_a_programming_error_while_pruning_fails_the_run(
+    s3: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only S3's errors are the prune's housekeeping hiccups; a bug in it is not hidden as a
+    one-word warning but fails the run (the day's backup is recorded already)."""
+    seed_everything(admin_conn, history_rows=10)
+
+    def broken(*args: Any, **kwargs: Any) -> list[str]:
+        raise KeyError("tables")
+
+    monkeypatch.setattr(backup, "prune_backups", broken)
+    with pytest.raises(KeyError, match="tables"):
+        run_job(backup.JOB, now=NOW)
+    retry = run_job(backup.JOB, now=NOW + timedelta(minutes=1))
+    assert retry["skipped"].startswith("already backed up today"), retry
+
+
 def test_a_restored_database_backs_up_at_once(
     s3: Any, admin_conn: psycopg.Connection[Any], empty_target: str,
     monkeypatch: pytest.MonkeyPatch,
