@@ -571,7 +571,8 @@ def _broken_rules(settings: Settings) -> list[str]:
     """The rules across variables that `settings` breaks, each naming the variables."""
     broken = []
     backup, export = settings.backup_prefix, settings.export_prefix
-    # Backup pruning deletes every folder under BACKUP_PREFIX it did not write.
+    # The exports sweep deletes every object under EXPORT_PREFIX no export names (backups inside
+    # it too), and exports inside BACKUP_PREFIX would be listed among the backups.
     if not export or export.startswith(backup) or backup.startswith(export):
         broken.append(
             "EXPORT_PREFIX must be a non-empty prefix outside BACKUP_PREFIX (and not "

@@ -275,12 +275,18 @@ def _quietly(action: Callable[[], None]) -> None:
         log_event("backup_cleanup_failed", level=logging.WARNING, error=type(error).__name__)
 
 
-def list_backups(s3: S3Client, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
-    """(restorable, interrupted) backup folders under `prefix`, oldest first."""
+def list_backups(s3: S3Client, bucket: str, prefix: str) -> tuple[list[str], list[str], list[str]]:
+    """(restorable, interrupted, left alone) folders under `prefix`, oldest first; the last
+    are those pruning neither counts nor deletes (not ours, or damaged)."""
     described = describe_backups(s3, bucket, prefix)
     return (
         [_folder(item, prefix) for item in described if item.restorable],
         [_folder(item, prefix) for item in described if item.interrupted],
+        [
+            _folder(item, prefix)
+            for item in described
+            if not item.restorable and not item.interrupted
+        ],
     )
 
 
@@ -402,7 +408,7 @@ def load_manifest(
     except s3.exceptions.NoSuchKey:
         raise RestoreError(
             f"s3://{bucket}/{manifest_key} does not exist (an interrupted backup has no "
-            "manifest); `python -m functions.cron.backup list` shows the complete ones"
+            "manifest); `python -m functions.cron.backup list` shows the restorable ones"
         ) from None
     except s3.exceptions.NoSuchBucket:
         raise RestoreError(f"the bucket {bucket} does not exist") from None
@@ -609,7 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="make a backup now (under the cron's lease)")
-    commands.add_parser("list", help="list complete and interrupted backups")
+    commands.add_parser(
+        "list", help="list restorable and interrupted backups, and folders pruning leaves alone"
+    )
     restore = commands.add_parser("restore", help="load a backup into an empty database")
     restore.add_argument("location", help="s3://bucket/<prefix><name>/ (or its manifest.json)")
     restore.add_argument(
@@ -625,13 +633,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = get_settings()
             if not settings.backup_bucket:
                 raise BackupError("BACKUP_BUCKET is not set")
-            complete, interrupted = list_backups(
-                s3_client(), settings.backup_bucket, settings.backup_prefix
-            )
+            found = list_backups(s3_client(), settings.backup_bucket, settings.backup_prefix)
             location = f"s3://{settings.backup_bucket}/{settings.backup_prefix}"
             listing = {
-                "complete": [f"{location}{name}/" for name in complete],
-                "interrupted": [f"{location}{name}/" for name in interrupted],
+                label: [f"{location}{name}/" for name in names]
+                for label, names in zip(
+                    ("restorable", "interrupted", "leftAlone"), found, strict=True
+                )
             }
             print(json.dumps(listing))
         else:

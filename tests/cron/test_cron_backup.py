@@ -352,7 +352,7 @@ def test_the_backup_job_uploads_skips_a_second_run_and_keeps_the_newest(
 
     for day in (1, 2):
         run_job(backup.JOB, now=NOW + timedelta(days=day))
-    complete, interrupted = backup.list_backups(s3, BUCKET, PREFIX)
+    complete, interrupted, _ = backup.list_backups(s3, BUCKET, PREFIX)
     assert complete == ["20261129T020000000Z", "20261130T020000000Z"] and interrupted == []
     assert keys(s3, "elsewhere/") == ["elsewhere/keep.txt"]
 
@@ -468,6 +468,7 @@ def test_only_restorable_backups_count_toward_the_kept_and_what_is_not_ours_stay
     assert backup.list_backups(s3, BUCKET, PREFIX) == (
         ["20261129T020000000Z", "20261130T020000000Z"],
         [],
+        ["20261201T000000000Z", "20261202T000000000Z", "backups"],
     )
     assert set(garbage) <= set(keys(s3))
     described = {item.key: item for item in backup.describe_backups(s3, BUCKET, PREFIX)}
@@ -517,7 +518,11 @@ def test_a_backup_missing_a_table_file_is_not_counted_as_restorable(
     direct_s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}20261129T020000000Z/users.tsv.gz")
 
     assert backup.prune_backups(direct_s3, BUCKET, PREFIX, keep=1, now=NOW) == []
-    assert backup.list_backups(direct_s3, BUCKET, PREFIX) == (["20261128T020000000Z"], [])
+    assert backup.list_backups(direct_s3, BUCKET, PREFIX) == (
+        ["20261128T020000000Z"],
+        [],
+        ["20261129T020000000Z"],
+    )
     damaged = backup.describe_backups(direct_s3, BUCKET, PREFIX)[1]
     assert damaged.missing == ("users.tsv.gz",) and not damaged.restorable
     assert cli.main(["db", "backups"]) == 0
@@ -763,9 +768,14 @@ def test_the_cli_lists_and_restores(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    direct_s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}by-hand/db.dump", Body=b"theirs")
     assert backup.main(["list"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert listing == {"complete": [made_backup], "interrupted": []}
+    assert listing == {
+        "restorable": [made_backup],
+        "interrupted": [],
+        "leftAlone": [f"s3://{BUCKET}/{PREFIX}by-hand/"],
+    }
     assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 0
     assert json.loads(capsys.readouterr().out)["tables"] >= 10
     assert backup.main(["restore", made_backup, "--database-url", empty_target]) == 1

@@ -583,7 +583,7 @@ def test_the_job_needs_a_bucket(db_env: str, monkeypatch: pytest.MonkeyPatch) ->
 def test_an_export_prefix_overlapping_the_backup_prefix_is_refused(
     db_env: str, monkeypatch: pytest.MonkeyPatch, backup: str, export: str
 ) -> None:
-    """Backup pruning deletes folders it did not write under its prefix: exports stay out."""
+    """The exports sweep deletes what no export names under its prefix: backups stay out."""
     configure(monkeypatch, BACKUP_PREFIX=backup, EXPORT_PREFIX=export)
     with pytest.raises(config.ConfigurationError, match="EXPORT_PREFIX must be"):
         config.get_settings()
