@@ -484,8 +484,16 @@ def _load_table(
     cursor: psycopg.Cursor[Any], s3: S3Client, bucket: str, key: str, entry: dict[str, Any]
 ) -> int:
     """COPY one table file in; a damaged one is a RestoreError naming the file only: what
-    zlib or PostgreSQL says about it quotes the rows (a user's keywords, saved results)."""
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    zlib or PostgreSQL says about it quotes the rows (a user's keywords, saved results). So is
+    one S3 cannot give (deleted, or its stream cut): the CLIs print one line, not botocore's."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except s3.exceptions.NoSuchKey:
+        raise RestoreError(f"{key} is missing: the backup is damaged") from None
+    except (ClientError, BotoCoreError) as error:
+        raise _unreadable(key, error) from None
     inflate = zlib.decompressobj(31)
     sha = hashlib.sha256()
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
@@ -493,11 +501,22 @@ def _load_table(
         sql.SQL(", ").join(sql.Identifier(c) for c in entry["columns"]),
     )
     damage = None
+    s3_error: Exception | None = None
     try:
         # Nothing raised inside the block: psycopg would log, as a warning, the server's own
         # error about the rows sent so far while ending the COPY.
         with cursor.copy(copy_sql) as copy:
-            for chunk in body.iter_chunks(1024 * 1024):
+            chunks = body.iter_chunks(1024 * 1024)
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except (ClientError, BotoCoreError) as error:
+                    s3_error = error
+                    break
+                if chunk is None:
+                    if not inflate.eof:
+                        damage = "ends before its gzip stream does (truncated)"
+                    break
                 try:
                     data = inflate.decompress(chunk)
                 except zlib.error:
@@ -505,11 +524,10 @@ def _load_table(
                     break
                 sha.update(data)
                 copy.write(data)
-            else:
-                if not inflate.eof:
-                    damage = "ends before its gzip stream does (truncated)"
     except (psycopg.DataError, psycopg.IntegrityError) as error:
         damage = damage or f"has rows PostgreSQL refuses ({type(error).__name__})"
+    if s3_error is not None:
+        raise _unreadable(key, s3_error)
     if damage is None and (cursor.rowcount != entry["rows"] or sha.hexdigest() != entry["sha256"]):
         damage = (
             f"holds {cursor.rowcount} rows (checksum {sha.hexdigest()[:12]}), the manifest "
@@ -518,6 +536,12 @@ def _load_table(
     if damage is not None:
         raise RestoreError(f"{key} {damage}: the backup is damaged")
     return int(cursor.rowcount)
+
+
+def _unreadable(key: str, error: Exception) -> RestoreError:
+    return RestoreError(
+        f"{key} could not be read from S3 ({_s3_error(error)}): nothing was restored"
+    )
 
 
 # --------------------------------------------------------------------------- the job

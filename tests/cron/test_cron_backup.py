@@ -745,6 +745,53 @@ def test_a_damaged_table_file_is_named_in_one_line_that_quotes_no_row(
         assert count(conn, "SELECT count(*) FROM users") == 0  # all or nothing
 
 
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        ("deleted", "is missing: the backup is damaged"),
+        ("stream", "could not be read from S3 (ResponseStreamingError): nothing was restored"),
+    ],
+)
+def test_a_table_file_s3_cannot_give_is_one_restore_error(
+    made_backup: str, direct_s3: Any, empty_target: str, fault: str, said: str
+) -> None:
+    """A table file deleted since (NoSuchKey) or a stream cut mid-read is a RestoreError, the
+    one line the CLIs print, not botocore's traceback."""
+    from botocore.exceptions import ResponseStreamingError
+
+    key = made_backup.removeprefix(f"s3://{BUCKET}/") + "saved_searches.tsv.gz"
+
+    class CutStream:
+        """The real client; the table file's stream fails after its first chunk."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(direct_s3, name)
+
+        def get_object(self, **kwargs: Any) -> Any:
+            answer = direct_s3.get_object(**kwargs)
+            if kwargs["Key"] != key:
+                return answer
+            body = answer["Body"]
+
+            class Body:
+                def iter_chunks(self, size: int) -> Iterator[bytes]:
+                    yield body.read(10)
+                    raise ResponseStreamingError(error="connection reset")
+
+            return {**answer, "Body": Body()}
+
+    client: Any = direct_s3
+    if fault == "deleted":
+        direct_s3.delete_object(Bucket=BUCKET, Key=key)
+    else:
+        client = CutStream()
+    with pytest.raises(backup.RestoreError) as refused:
+        backup.restore_backup(made_backup, empty_target, s3=client)
+    assert str(refused.value) == f"{key} {said}"
+    with psycopg.connect(empty_target) as conn:
+        assert count(conn, "SELECT count(*) FROM users") == 0  # all or nothing
+
+
 def test_restore_names_what_is_missing(direct_s3: Any, empty_target: str) -> None:
     with pytest.raises(backup.RestoreError, match="does not exist"):
         backup.restore_backup(
