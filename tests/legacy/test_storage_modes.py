@@ -1090,6 +1090,7 @@ def test_a_reservation_does_not_wait_for_the_counter_mirror_s_redis_call(stores:
         )
 
     mirror = _in_thread(lambda: storage.mirror_usage(uid), failures)
+    reservation: threading.Thread | None = None  # unstarted if the mirror never gets there
     try:
         assert reached.wait(60)  # the mirror holds the user's row, waiting on Redis
         reservation = _in_thread(lambda: (db.transaction(reserve), reserved.set()), failures)
@@ -1098,7 +1099,8 @@ def test_a_reservation_does_not_wait_for_the_counter_mirror_s_redis_call(stores:
     finally:
         release.set()
         mirror.join(60)
-        reservation.join(60)
+        if reservation is not None:
+            reservation.join(60)
     assert failures == []
 
 
