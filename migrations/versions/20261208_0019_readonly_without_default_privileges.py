@@ -9,8 +9,12 @@ that adds a report grants it in the same revision. So the default privileges go,
 SELECT on every relation of `public` they reached since, every one but those the role is meant
 to read (the reports and the tables granted whole or by column, whose grants stay as they are).
 
-Down: the default privileges come back; the grants on tables made since do not (nobody chose
-them).
+The default privileges are revoked for every role that gave them (0011 may have run as another
+role than this one), and nothing is done when the role was dropped by hand. This also takes
+SELECT back from any other relation in `public` an operator granted the role by hand.
+
+Down: the default privileges come back (the migrating role's); the grants on tables made
+since do not (nobody chose them).
 
 Revision ID: 0019
 Revises: 0018
@@ -43,11 +47,35 @@ GRANTED = (
     "organization_members",
 )
 
-REVOKE_UNNAMED = f"""
+REVOKE = f"""
 DO $$
 DECLARE
+    owner regrole;
     relation regclass;
 BEGIN
+    IF to_regrole('{ROLE}') IS NULL THEN
+        RETURN;  -- dropped by hand: nothing is granted to it
+    END IF;
+    FOR owner IN
+        SELECT DISTINCT d.defaclrole::regrole
+          FROM pg_default_acl d
+         CROSS JOIN LATERAL aclexplode(d.defaclacl) a
+         WHERE d.defaclnamespace = 'public'::regnamespace
+           AND d.defaclobjtype = 'r'
+           AND a.grantee = '{ROLE}'::regrole
+    LOOP
+        BEGIN
+            EXECUTE format(
+                'ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA public '
+                'REVOKE SELECT ON TABLES FROM {ROLE}', owner);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'role % gives {ROLE} SELECT on its future tables in public, and '
+                'this migration may not take that back', owner
+                USING HINT = format('run it as %s or a member of it (or a superuser), or run '
+                    '"ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA public REVOKE SELECT ON '
+                    'TABLES FROM {ROLE}" as such a role first', owner, owner);
+        END;
+    END LOOP;
     FOR relation IN
         SELECT DISTINCT c.oid::regclass
           FROM pg_class c
@@ -64,8 +92,7 @@ END $$
 
 
 def upgrade() -> None:
-    op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM {ROLE}")
-    op.execute(REVOKE_UNNAMED)
+    op.execute(REVOKE)
 
 
 def downgrade() -> None:

@@ -421,6 +421,33 @@ def test_the_upgrade_takes_back_what_the_default_privileges_gave(
         assert readable_relations(conn) == GRANTED_RELATIONS
 
 
+def test_the_upgrade_takes_back_default_privileges_another_role_gave(
+    scratch_database: Callable[[], str],
+) -> None:
+    """0011 may have run as another role than 0019 does: its default grant is revoked FOR
+    that role too, not left in place silently."""
+    url = scratch_database()
+    config = Config(str(REPO / "alembic.ini"), stdout=io.StringIO())
+    config.attributes["url"] = url
+    command.upgrade(config, "0018")
+    other = f"kf_migrator_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(other)))
+        try:
+            conn.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                    "GRANT SELECT ON TABLES TO {}"
+                ).format(sql.Identifier(other), sql.Identifier(ROLE))
+            )
+            assert default_grants(conn) == sorted([f"{other} r", "postgres r"])
+            command.upgrade(config, "head")
+            assert default_grants(conn) == []
+        finally:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(other)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(other)))
+
+
 def memberships(server_url: str) -> list[tuple[str, bool]] | None:
     """(member, admin option) of each membership in the role; None when the role is gone."""
     with psycopg.connect(server_url, autocommit=True) as conn:
