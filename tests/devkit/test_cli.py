@@ -1272,6 +1272,9 @@ def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
+    # migrated here: the module's earlier tests may have run on another xdist worker
+    migrated = keyflash("db", "migrate", state_dir=spare_state_dir)
+    assert migrated.returncode == 0, migrated.stderr
     marker = f"roundtrip_{os.getpid()}"
     psql(
         'INSERT INTO users (id, email, "updatedAt") '
