@@ -14,7 +14,8 @@ setting; the legacy and DEFAULT partitions, and `webhook_events`, lose their exp
 small batches. 0 keeps a table's rows forever. Cutoffs are taken once per run from the run's
 time, so a run is a fixed set of steps; one that stops early (or meets a lock it will not wait
 for) leaves the rest for the next. Daily aggregates of `search_history` survive it in
-`search_daily_rollups` (the rollup never recomputes pruned days). Before all that, it finishes
+`search_daily_rollups` (the rollup never recomputes a day up to this cutoff's, only adds a
+provider's missing total: `shared.cron.rollup`). Before all that, it finishes
 the erasures whose legacy Redis keys Redis failed to delete (`_finish_legacy_erasures`).
 """
 

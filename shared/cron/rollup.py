@@ -3,11 +3,14 @@
 Only days that may have changed are recomputed: from the day of the previous complete run's
 start minus LOOKBACK (rows from requests still in flight then), through today. One day is one
 batch (one statement). A first run, or `{"full": true}` (`?full=true` on Vercel), starts at the
-oldest history. Before the history retention cutoff only the days that still have rows are
-recomputed, each found by one index probe: a day whose rows the prune cron deleted keeps its
-aggregates (recomputed, it would lose them), while rows imported there (a legacy backfill) are
-rolled up by the full run after the import, before the prune deletes them, so their aggregates
-outlive them too. A stray row from 1900 costs one day, not every day since.
+oldest history. Days the prune may have started on (up to and including the day of its cutoff,
+`now - RETENTION_SEARCH_HISTORY_DAYS`, taken at its own time of day) are never recomputed: their
+rows may be partly deleted (the prune deletes in batches, in no order, and may run out of time),
+and recomputed, their totals would go down. Only those that still have rows are visited, each
+found by one index probe, and only a provider without a total for the day gets one: rows
+imported there (a legacy backfill) are rolled up by the full run after the import, before the
+prune deletes them, so their aggregates outlive them too, unless the day already had that
+provider's total. A stray row from 1900 costs one day, not every day since.
 
 State (in the lease row): `watermark`, the start of the last complete run, and `nextDay`, where
 a run that ran out of time stopped. Rows inserted later with an older `searchedAt` (a legacy
@@ -57,11 +60,13 @@ def first_day_to_recompute(run: Run) -> date | None:
     return max(start, oldest)
 
 
-def retention_floor(run: Run, today: date) -> date:
-    """The first day kept whole by retention: days before it are recomputed only where they
-    still have history (none with `RETENTION_SEARCH_HISTORY_DAYS=0`, which keeps every row)."""
+def retention_floor(run: Run) -> date:
+    """The first day the prune has not started on: the day after its cutoff's (date.min with
+    `RETENTION_SEARCH_HISTORY_DAYS=0`, which keeps every row). Days before it are only filled."""
     days = run.settings.retention_search_history_days
-    return today - timedelta(days=days) if days > 0 else date.min
+    if days <= 0:
+        return date.min
+    return (run.now - timedelta(days=days)).date() + timedelta(days=1)
 
 
 def rollup(run: Run) -> None:
@@ -81,7 +86,7 @@ def rollup(run: Run) -> None:
 def recompute_days(run: Run) -> bool:
     """Recompute the days that may have changed; False when time ran out first."""
     today = run.now.date()
-    floor = retention_floor(run, today)
+    floor = retention_floor(run)
     day = first_day_to_recompute(run)
     days = 0
     while day is not None and day <= today:
@@ -91,8 +96,9 @@ def recompute_days(run: Run) -> bool:
             return False
         if day < floor:
             day = db.read(partial(search_rollups.first_day, since=day, before=floor)) or floor
+        recompute = search_rollups.rollup_day if day >= floor else search_rollups.fill_day
         with run.batch():
-            result = db.run(partial(search_rollups.rollup_day, day=day, now=run.now))
+            result = db.run(partial(recompute, day=day, now=run.now))
         run.processed += result.changed + result.removed
         days += 1
         day += timedelta(days=1)

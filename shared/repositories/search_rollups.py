@@ -3,6 +3,8 @@
 A day is recomputed from its history rows in ONE statement (aggregate, upsert, delete providers
 that no longer have rows), so a day's rollup is always exactly its rows at some instant. The
 upsert only rewrites a row whose numbers changed: recomputing an unchanged day writes nothing.
+A day the prune may have started on is only completed (`fill_day`): its rows may be partly
+deleted, so only providers without a total get one; an existing total is never lowered.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from shared.models.search_history import SearchHistory
 from shared.models.search_rollups import SearchDailyRollup
 from shared.telemetry import database_operation
 
-_ROLLUP_DAY = text(
-    """
+_AGGREGATE = """
     WITH agg AS (
         SELECT provider,
                count(*)::int AS searches,
@@ -36,6 +37,16 @@ _ROLLUP_DAY = text(
         SELECT :day, provider, searches, keywords, cache_hits, response_total,
                response_total::float8 / searches, :now
           FROM agg
+"""
+_PARAMS = (
+    bindparam("start", type_=UTCDateTime()),
+    bindparam("end", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+)
+
+_ROLLUP_DAY = text(
+    _AGGREGATE
+    + """
         ON CONFLICT (day, provider) DO UPDATE
            SET searches = EXCLUDED.searches,
                keywords = EXCLUDED.keywords,
@@ -56,11 +67,17 @@ _ROLLUP_DAY = text(
            (SELECT count(*) FROM removed),
            (SELECT coalesce(sum(searches), 0) FROM agg)
     """
-).bindparams(
-    bindparam("start", type_=UTCDateTime()),
-    bindparam("end", type_=UTCDateTime()),
-    bindparam("now", type_=UTCDateTime()),
-)
+).bindparams(*_PARAMS)
+
+_FILL_DAY = text(
+    _AGGREGATE
+    + """
+        ON CONFLICT (day, provider) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM upserted), 0, (SELECT coalesce(sum(searches), 0) FROM agg)
+    """
+).bindparams(*_PARAMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +99,17 @@ def rollup_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
     start, end = day_bounds(day)
     row = conn.session.execute(
         _ROLLUP_DAY, {"day": day, "start": start, "end": end, "now": now}
+    ).one()
+    return DayResult(changed=int(row[0]), removed=int(row[1]), searches=int(row[2]))
+
+
+@database_operation("fillSearchDay")
+def fill_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
+    """Add `day`'s totals for the providers that have none yet; existing ones are kept as they
+    are (the prune may have deleted some of the rows they sum)."""
+    start, end = day_bounds(day)
+    row = conn.session.execute(
+        _FILL_DAY, {"day": day, "start": start, "end": end, "now": now}
     ).one()
     return DayResult(changed=int(row[0]), removed=int(row[1]), searches=int(row[2]))
 

@@ -849,7 +849,7 @@ def test_a_full_run_rolls_up_history_older_than_retention_before_the_prune_delet
     for old in (date(1900, 1, 1), TODAY - timedelta(days=30)):
         seed_searches(admin_conn, at_day(old), 2, provider="mock", tag="old")
     full = run_job(rollup.JOB, now=AT, options={"full": True})
-    assert (full["daysRecomputed"], full["complete"]) == (5, True)  # 3 with rows, then 2
+    assert (full["daysRecomputed"], full["complete"]) == (5, True)  # 4 filled, then today
     assert actual_rollups(admin_conn) == expected_rollups(admin_conn, date(1900, 1, 1))
     before = actual_rollups(admin_conn)
     run_job(prune.JOB, now=AT)
@@ -857,6 +857,40 @@ def test_a_full_run_rolls_up_history_older_than_retention_before_the_prune_delet
     assert count(admin_conn, kept, TODAY - timedelta(days=1)) == 0
     again = run_job(rollup.JOB, now=AT + timedelta(hours=1), options={"full": True})
     assert (again["processed"], again["daysRecomputed"]) == (0, 1)  # today's: the oldest left
+    assert actual_rollups(admin_conn) == before
+
+
+def test_a_full_run_never_lowers_the_totals_of_a_partly_pruned_day(
+    db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prune deletes in batches, in no order, and may run out of time; its cutoff is
+    `now - N days` at its own time of day. A full rollup between two of its runs finds old
+    days with only some rows left: their totals are kept, never recomputed lower."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1)
+    seed_three_days(admin_conn)
+    old = TODAY - timedelta(days=30)
+    seed_searches(admin_conn, at_day(old), 4, provider="mock", tag="old")
+    seed_searches(admin_conn, at_day(old, 11), 2, provider="dataforseo", tag="old")
+    run_job(rollup.JOB, now=AT, options={"full": True})
+    before = actual_rollups(admin_conn)
+    # An interrupted prune: part of the old day's mock rows and all its dataforseo rows gone,
+    # and the cutoff day (yesterday, the prune's cutoff at 10:30) cut in the middle.
+    admin_conn.execute(
+        """DELETE FROM search_history WHERE id IN (
+               SELECT id FROM search_history WHERE "searchedAt" < %s AND provider = 'mock'
+               LIMIT 2)""",
+        (old + timedelta(days=1),),
+    )
+    admin_conn.execute(
+        """DELETE FROM search_history WHERE provider = 'dataforseo' AND "searchedAt" < %s""",
+        (old + timedelta(days=1),),
+    )
+    admin_conn.execute(
+        'DELETE FROM search_history WHERE "searchedAt" >= %s AND "searchedAt" < %s',
+        (TODAY - timedelta(days=1), naive(datetime(2026, 11, 29, 10, 30, tzinfo=UTC))),
+    )
+    again = run_job(rollup.JOB, now=AT + timedelta(hours=1), options={"full": True})
+    assert (again["processed"], again["complete"]) == (0, True)
     assert actual_rollups(admin_conn) == before
 
 
