@@ -6,11 +6,14 @@ before 1); psycopg refuses to load such a value (`DataError`), which failed the 
 (a user's history page answered 500 for one such row). Loaded here, a value after 9999 is
 `LATEST` (9999-12-31 23:59:59.999, the last a `TIMESTAMP(3)` in range holds) and one before
 year 1 is `EARLIEST` (0001-01-01 00:00:00): the order is kept, only the distance is lost.
+Only such values are clamped: any other value the stock loader refuses (text that is no
+timestamp, a month 13) is still its error, never a bound that would pass for a real time.
 `shared.db_dialect` registers the loaders on every connection the engines open.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,16 +45,30 @@ def _clamping(fmt: Format, stock: type[abc.Loader], *, aware: bool) -> type[Load
             try:
                 return self._load(data)
             except psycopg.DataError:  # "timestamp too small (before year 1)", "… too large"
-                return earliest if _too_small(data, fmt) else latest
+                side = _out_of_range(bytes(data), fmt)
+                if side is None:
+                    raise
+                return earliest if side < 0 else latest
 
     return Clamping
 
 
-def _too_small(data: Buffer, fmt: Format) -> bool:
-    if fmt is Format.BINARY:  # microseconds since 2000-01-01, an int8
-        return int.from_bytes(bytes(data), "big", signed=True) < 0
-    text = bytes(data)
-    return text.startswith(b"-") or text.endswith(b"BC")  # -infinity, 0044-03-15 00:00:00 BC
+_FIVE_DIGIT_YEAR = re.compile(rb"(?<![\d.])\d{5,}(?!\d)")  # not a fraction of a second
+
+
+def _out_of_range(data: bytes, fmt: Format) -> int | None:
+    """-1 before year 1, 1 after 9999, None when `data` is not a timestamp out of range."""
+    if fmt is Format.BINARY:
+        # Microseconds since 2000-01-01, an int8 (its extremes are ±infinity): eight bytes the
+        # stock loader refuses can only be past Python's range.
+        if len(data) != 8:
+            return None
+        return -1 if int.from_bytes(data, "big", signed=True) < 0 else 1
+    if data == b"-infinity" or data.endswith(b" BC"):  # 0044-03-15 00:00:00 BC
+        return -1
+    if data == b"infinity" or _FIVE_DIGIT_YEAR.search(data):  # 10000-01-01 00:00:00
+        return 1
+    return None
 
 
 # Built once from psycopg's own loaders (the C ones where installed, which cannot be subclassed).
