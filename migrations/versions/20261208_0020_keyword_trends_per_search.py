@@ -11,8 +11,11 @@ A materialized view's query cannot be altered: the view is dropped and created a
 DATA` (a concurrent refresh needs a populated view), with its unique index and its grant to
 `keyflash_readonly` (the role has no default privileges since 0019: a report's revision grants
 it). Building it reads every history row kept, about 13 to 22 s at 1,000,000 rows
-(docs/analytics.md), and the trends route's keyword reads wait for it meanwhile. The downgrade
-restores 0011's query.
+(docs/analytics.md), and the trends route's keyword reads wait for it meanwhile. The DROP
+waits at most LOCK_TIMEOUT for the view's lock (the hourly refresh, a long reader): a DROP
+queued behind them would hold up every trends reader behind it, so the revision fails instead
+(nothing of it is left; run it again once the lock is free). The downgrade restores 0011's
+query.
 
 Revision ID: 0020
 Revises: 0019
@@ -29,6 +32,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 VIEW = "report_keyword_trends"
+LOCK_TIMEOUT = "5s"
 
 PER_SEARCH = """
     SELECT date_trunc('week', h."searchedAt") AS week,
@@ -56,6 +60,7 @@ PER_MENTION = """
 
 
 def _recreate(query: str) -> None:
+    op.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")  # this revision's transaction
     op.execute(f"DROP MATERIALIZED VIEW {VIEW}")
     op.execute(f"CREATE MATERIALIZED VIEW {VIEW} AS {query} WITH DATA")
     op.execute(f'CREATE UNIQUE INDEX {VIEW}_key ON {VIEW} ("week", "keyword")')
