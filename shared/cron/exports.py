@@ -1,12 +1,13 @@
 """Data exports (every 5 minutes): build what users asked for, expire the old, sweep the rest.
 
 Each run, while the budget allows:
-1. claims the oldest pending export (or one whose runner died: running for longer than a cron
-   invocation can live), streams the user's document from one snapshot through gzip into a
-   temporary file (`shared.exports.write_compressed`: memory stays bounded whatever the
-   account's size), uploads it to BACKUP_BUCKET under EXPORT_PREFIX, then marks it ready for
-   EXPORT_TTL_DAYS. A failed attempt (S3 refusing, say) goes back to pending with its error
-   and ends the run's builds, so the next run tries again; the MAX_ATTEMPTS-th failed
+1. claims the pending export tried least, oldest first (or one whose runner died: running for
+   longer than a cron invocation can live), streams the user's document from one snapshot
+   through gzip into a temporary file (`shared.exports.write_compressed`: memory stays bounded
+   whatever the account's size), uploads it to BACKUP_BUCKET under EXPORT_PREFIX, then marks
+   it ready for EXPORT_TTL_DAYS. A failed attempt (S3 refusing, say) goes back to pending with
+   its error and ends the run's builds, so the next run tries again, after the exports tried
+   fewer times (one that keeps failing holds up no other); the MAX_ATTEMPTS-th failed
    attempt, or a take after MAX_ATTEMPTS runs that died, marks it failed;
 2. deletes expired export rows, then every object under EXPORT_PREFIX that no ready export
    names and that is older than an hour (expired exports, exports of erased users whose

@@ -78,8 +78,10 @@ def get(conn: Conn, user_id: str, export_id: str, *, now: datetime) -> DataExpor
 
 @database_operation("claimDataExport")
 def claim(conn: Conn, *, now: datetime, stale_after: timedelta) -> DataExport | None:
-    """The oldest pending export (or one whose runner died: running since before
-    `now - stale_after`), marked running by this caller; None when there is none."""
+    """The pending export tried least, oldest first (or one whose runner died: running since
+    before `now - stale_after`), marked running by this caller; None when there is none. Fewest
+    attempts first: an export that keeps failing goes behind fresh ones instead of being taken,
+    failing and ending every run until it is marked failed."""
     oldest = (
         select(DataExport.id)
         .where(
@@ -88,7 +90,7 @@ def claim(conn: Conn, *, now: datetime, stale_after: timedelta) -> DataExport | 
                 (DataExport.status == "running") & (DataExport.started_at < now - stale_after),
             )
         )
-        .order_by(DataExport.created_at)
+        .order_by(DataExport.attempts, DataExport.created_at)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()

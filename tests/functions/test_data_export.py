@@ -553,6 +553,30 @@ def test_an_export_failing_again_and_again_is_marked_failed_with_its_error(
     assert run_exports()["processed"] == 0
 
 
+def test_an_export_failing_to_build_does_not_hold_up_the_others(
+    storage: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried export goes behind the fresh ones: the older export failing in one document
+    must not be taken first, fail and end every run until it is marked failed."""
+    for user in ("user_a", "user_b"):
+        db.run(lambda conn, u=user: users.create(conn, u, f"{u}@example.com"))
+    older = db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow())).export.id
+    newer = db.run(lambda conn: data_exports.request(conn, "user_b", now=utcnow())).export.id
+    write_compressed = exports.write_compressed
+
+    def broken_for_a(user_id: str, into: Any) -> int:
+        if user_id == "user_a":
+            raise ValueError("a fault in this document")
+        return write_compressed(user_id, into)
+
+    monkeypatch.setattr(exports, "write_compressed", broken_for_a)
+    assert run_exports()["errors"] == 1  # the older one, taken first, failed
+    run_exports()
+    row = "SELECT status FROM data_exports WHERE id = %s"
+    assert admin_conn.execute(row, [newer]).fetchone() == ("ready",)
+    assert admin_conn.execute(row, [older]).fetchone() in {("pending",), ("failed",)}
+
+
 def test_an_export_whose_runs_died_again_and_again_is_marked_failed(
     storage: Any, admin_conn: psycopg.Connection[Any]
 ) -> None:
