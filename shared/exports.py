@@ -144,16 +144,18 @@ def delete_stored(settings: Settings, user_id: str) -> Removed:
     if not settings.backup_bucket:
         return Removed()
     bucket, prefix = settings.backup_bucket, user_prefix(settings, user_id)
+    deleted = 0
     try:
         s3 = s3_client()
         keys = list_keys(s3, bucket, prefix)
         delete_keys(s3, bucket, keys)
+        deleted = len(keys)
         uploads = list_uploads(s3, bucket, prefix)
         abort_uploads(s3, bucket, uploads)
         left = len(list_uploads(s3, bucket, prefix)) if uploads else 0
     except Exception as error:  # storage down: the cron's sweep finishes the job
         log_event("export_erasure_deferred", level=logging.WARNING, error=error_code(error))
-        return Removed()
+        return Removed(objects=deleted)  # what was deleted before it failed still counts
     if left:
         log_event("export_erasure_deferred", level=logging.WARNING, uploadsLeft=left)
-    return Removed(objects=len(keys), uploads=len(uploads))
+    return Removed(objects=deleted, uploads=len(uploads))

@@ -728,6 +728,50 @@ def test_an_upload_the_erasure_could_not_abort_is_reported_and_aborted_by_the_sw
     assert summary["uploadsAborted"] == 1 and uploads(storage) == []
 
 
+def test_an_erasure_whose_abort_failed_still_counts_the_objects_it_deleted(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The objects were deleted before the abort failed: `account_erased` says so, not 0."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    call("me_export", "POST", "/api/me/export", user="user_a")
+    run_exports()
+    key = exports.object_key(config.get_settings(), "user_a", f"c{uuid.uuid4().hex[:24]}")
+    leave_upload(storage, key, b"part")
+    failing = s3_client()
+    answer(failing, "AbortMultipartUpload", "AccessDenied", 403)
+    with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
+        patched.setattr(exports, "s3_client", lambda: failing)
+        assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
+    assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    (erased,) = logged(caplog, "account_erased")
+    assert erased["exportsDeleted"] == 1 and erased["exportUploadsAborted"] == 0
+    assert logged(caplog, "export_erasure_deferred")[0]["error"] == "AccessDenied"
+
+
+@pytest.mark.parametrize("operation", ["ListMultipartUploads", "AbortMultipartUpload"])
+def test_a_sweep_refused_the_upload_calls_warns_and_the_cron_succeeds(
+    storage: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    operation: str,
+) -> None:
+    """A credential whose policy lacks s3:ListBucketMultipartUploads or s3:AbortMultipartUpload
+    (a Vercel IAM user's, say) must not fail the exports cron every 5 minutes: one WARNING."""
+    key = exports.object_key(config.get_settings(), "user_a", f"c{uuid.uuid4().hex[:24]}")
+    storage.create_multipart_upload(Bucket=BUCKET, Key=key)
+    refusing = s3_client()
+    answer(refusing, operation, "AccessDenied", 403)
+    monkeypatch.setattr(exports_job, "s3_client", lambda: refusing)
+    with caplog.at_level("INFO", logger="keyflash"):
+        summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
+    assert summary["swept"] == 0 and "uploadsAborted" not in summary
+    (warned,) = logged(caplog, "export_uploads_sweep_failed")
+    assert warned["error"] == "AccessDenied"
+    assert [r.levelname for r in caplog.records if "export_uploads_sweep_failed" in r.message] == [
+        "WARNING"
+    ]
+
+
 def test_the_sweep_aborts_stale_uploads_under_the_export_prefix_only(storage: Any) -> None:
     """CreateMultipartUpload whose answer was lost (a truncated reply; botocore retries and
     makes another) leaves empty uploads nobody knows the id of: the sweep finds them by listing."""
