@@ -79,14 +79,20 @@ class KeysUnavailable(InvalidToken):
     failed, not necessarily the token (the HTTP layer answers 503 where a session is needed)."""
 
 
+class NotConfigured(InvalidToken):
+    """Neither CLERK_JWT_KEY nor CLERK_JWKS_URL gives a usable key: our configuration failed,
+    not the token (the HTTP layer answers 503 where a session is needed, never a 401 that
+    would sign every user out)."""
+
+
 @cache
 def _key_source(url: str) -> jwks.KeySource:
     """One per container and URL: its keys, and its reads, are shared by every request."""
     return jwks.KeySource(url)
 
 
-# Without a usable key every token is a 401, which reads like the clients' fault: the deployment
-# is told, like billing's `*_not_configured` lines (names only, never a value).
+# Without a usable key no token can be verified (a 503): the deployment is told, like billing's
+# `*_not_configured` lines (names only, never a value).
 _UNUSABLE_KEY: dict[str, dict[str, object]] = {
     "missing": {"missing": ["CLERK_JWT_KEY", "CLERK_JWKS_URL"]},
     "invalid": {"invalid": ["CLERK_JWT_KEY"], "reason": "not a PEM public key"},
@@ -114,11 +120,12 @@ def _verification_key(token: str, settings: Settings) -> Any:
             raise InvalidToken("no such signing key")
         return key
     report_unusable_clerk_key("missing")
-    raise InvalidToken("CLERK_JWT_KEY or CLERK_JWKS_URL must be set")
+    raise NotConfigured("CLERK_JWT_KEY or CLERK_JWKS_URL must be set")
 
 
 def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
-    """The token's claims, or `InvalidToken` (`KeysUnavailable` when the JWKS failed us)."""
+    """The token's claims, or `InvalidToken` (`KeysUnavailable` when the JWKS failed us,
+    `NotConfigured` when no key is configured)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -130,7 +137,7 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
         )
     except jwt.InvalidKeyError:  # the key, not the token: CLERK_JWT_KEY holds no key
         report_unusable_clerk_key("invalid")
-        raise InvalidToken("CLERK_JWT_KEY is not a PEM public key") from None
+        raise NotConfigured("CLERK_JWT_KEY is not a PEM public key") from None
     except jwt.PyJWTError as error:
         raise InvalidToken(type(error).__name__) from None
     for name in _NUMERIC_DATES:  # PyJWT takes any `int()`-able value: "9999999999", true

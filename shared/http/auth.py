@@ -2,7 +2,8 @@
 
 The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
 verifies it. `SignedIn` routes need a valid token (401 otherwise, from `unauthenticated`, which
-tells a session with pending tasks why, and answers 503 when Clerk's keys could not be read);
+tells a session with pending tasks why, and answers 503 when Clerk's keys could not be read or
+none is configured);
 `CurrentUser` routes also provision the caller (409 when another account holds the token's
 email; 401 when Clerk deleted the user, whose token may outlive them by a minute); `AdminUser`
 routes also need the admin role (403).
@@ -20,6 +21,7 @@ from shared.auth import (
     Identity,
     InvalidToken,
     KeysUnavailable,
+    NotConfigured,
     PendingSession,
     identity_from_claims,
     provision,
@@ -67,7 +69,10 @@ def identify(request: Request) -> Identity | None:
         request.state.session_pending = True
         return None
     except KeysUnavailable:
-        request.state.keys_unavailable = True
+        request.state.keys_unavailable = "clerk_keys_unavailable"
+        return None
+    except NotConfigured:
+        request.state.keys_unavailable = "clerk_not_configured"
         return None
     except InvalidToken:
         return None
@@ -79,11 +84,12 @@ def unauthenticated(request: Request, message: str = AUTH_REQUIRED) -> ApiError:
     """The 401 for a caller `identify` found no identity for, or whose user Clerk deleted: the
     route's `message`, or, for a session with pending tasks, what is left to do (the client
     would otherwise retry as is); `error="invalid_token"` in its challenge when a token came.
-    A 503 instead when the token could not be checked, Clerk's JWKS failing us: a 401 would
-    sign out a user whose token may be fine."""
-    if getattr(request.state, "keys_unavailable", False):
+    A 503 instead when the token could not be checked, Clerk's JWKS failing us or no Clerk key
+    configured: a 401 would sign out a user whose token may be fine."""
+    unavailable = getattr(request.state, "keys_unavailable", None)
+    if unavailable:
         retry = {"Retry-After": str(jwks.MIN_INTERVAL_S)}  # the message is the log's `reason`
-        return ApiError(503, "clerk_keys_unavailable", headers=retry)
+        return ApiError(503, unavailable, headers=retry)
     if getattr(request.state, "session_pending", False):
         message = SESSION_PENDING
     refused = _token_from(request) is not None

@@ -325,7 +325,7 @@ def test_no_token_at_all(caller: Caller) -> None:
         ),
     ],
 )
-def test_no_usable_clerk_key_is_logged_once_per_container(
+def test_no_usable_clerk_key_is_a_503_logged_once_per_container(
     caller: Caller,
     setenv: Callable[..., None],
     monkeypatch: pytest.MonkeyPatch,
@@ -333,16 +333,25 @@ def test_no_usable_clerk_key_is_logged_once_per_container(
     settings: dict[str, str],
     logged: dict[str, Any],
 ) -> None:
-    """Every token is then a 401, which reads like a client's fault: the operator needs a line
-    saying the deployment cannot verify any (once, not once per request)."""
+    """Our configuration failing, not the caller's token: a 401 would sign every user out (a
+    frontend sign-in loop), so routes needing a session answer 503 with `Retry-After`, as when
+    Clerk's JWKS fails us; `GET /api/flags` serves the caller as anonymous. The operator gets a
+    line saying the deployment cannot verify any token (once, not once per request)."""
     monkeypatch.delenv("CLERK_JWKS_URL", raising=False)
     setenv(**settings)
     auth.report_unusable_clerk_key.cache_clear()
     caplog.set_level(logging.INFO, logger="keyflash")
+    token = bearer(caller.token("user_a"))
     for _ in range(2):
-        result = caller("searches", "GET", "/api/searches", headers=bearer(caller.token("user_a")))
-        assert_envelope(result, 401, AUTH_REQUIRED)
-    [record] = [r for r in caplog.records if '"clerk_not_configured"' in r.getMessage()]
+        result = caller("searches", "GET", "/api/searches", headers=token)
+        assert (result.status, result.json["statusCode"]) == (503, 503), result.text
+        assert result.headers["retry-after"] == "5"
+        assert "www-authenticate" not in result.headers
+    failed = [json.loads(r.getMessage()) for r in caplog.records if "request_failed" in r.message]
+    assert failed[0]["reason"] == "clerk_not_configured"
+    flags = caller("flags", "GET", "/api/flags", headers=token)
+    assert (flags.status, flags.json) == (200, caller("flags", "GET", "/api/flags").json)
+    [record] = [r for r in caplog.records if '"event":"clerk_not_configured"' in r.getMessage()]
     line = json.loads(record.getMessage())
     assert record.levelno == logging.ERROR
     assert {key: line[key] for key in logged} == logged
