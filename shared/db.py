@@ -30,6 +30,10 @@ Why it looks like this:
   of the budget, whichever is less (at least psycopg's least, 2 s), and the addresses of one
   host name share it, so a host that accepts TCP and never answers costs a caller its budget,
   not a connect timeout (per address) past it.
+- A read engine's connections (`BoundedConnection`) wait for no answer forever: a server that
+  stopped answering on an open connection (a hung host, a black-holed network: the kernel may
+  still acknowledge what is sent) is given up on the connection's longest round trip, or
+  sooner at its caller's give-up time, and the connection is closed, never pooled again.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -50,12 +54,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_attempts, conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event, make_url, text
@@ -73,6 +79,7 @@ from shared.db_url import DatabaseTarget, DatabaseUrlError, parse_database_url, 
 from shared.telemetry import log_event
 
 T = TypeVar("T")
+RV = TypeVar("RV")
 
 # The engines below connect through the dialect that initialises in one round trip.
 registry.register(f"postgresql.{db_dialect.NAME}", "shared.db_dialect", "KeyFlashDialect")
@@ -130,8 +137,53 @@ CONNECT_TIMEOUT_LEAST_S = 2
 _DRIVER_OPTIONS = frozenset(
     {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
 )
-# When the running `_execute` gives up (`time.monotonic()`): no connection it opens waits past it.
+# When the running work gives up (`time.monotonic()`): no connection `_execute` opens waits past
+# it, nor any round trip on a `BoundedConnection` while it is set (checkout, `round_trips_by`).
 _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", default=None)
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection on which no round trip waits forever: a read engine's.
+
+    libpq waits for a server's answer as long as the socket stays open, and a frozen server's
+    kernel keeps it open (TCP keepalives and `tcp_user_timeout` see nothing amiss), while
+    `statement_timeout` is the server's own and cannot fire on a server that does not run.
+    Each round trip (a statement, a fetch, a commit) waits at most `longest_round_trip_s`, and
+    not past the give-up time in force (`_give_up_at`); then the connection is closed (the pool
+    discards it) and the round trip fails as a lost connection does, so the retry rules and the
+    read's fallback apply unchanged."""
+
+    longest_round_trip_s: float = math.inf
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        limit = self.longest_round_trip_s
+        give_up_at = _give_up_at.get()
+        if give_up_at is not None:
+            limit = min(limit, give_up_at - time.monotonic())
+        if timeout is not None or limit == math.inf:
+            return super().wait(gen, interval, timeout)  # psycopg's own bound (a cancel)
+        limit = max(limit, 0.0)
+        started = time.monotonic()
+        try:
+            return super().wait(gen, interval, limit)
+        except psycopg.OperationalError:
+            if time.monotonic() - started < limit:
+                raise  # the connection failed on its own
+            self.close()
+            raise psycopg.OperationalError(
+                f"the server did not answer within {limit:.1f} s"
+            ) from None
+
+
+@contextmanager
+def round_trips_by(give_up_at: float) -> Iterator[None]:
+    """Within the block, no round trip on a `BoundedConnection` waits past `give_up_at`
+    (`time.monotonic()`)."""
+    bound = _give_up_at.set(give_up_at)
+    try:
+        yield
+    finally:
+        _give_up_at.reset(bound)
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -181,14 +233,20 @@ def get_engine() -> Engine:
     return _engine
 
 
-def get_read_engine(variable: str, url: str) -> Engine:
-    """The cached engine of the read-only URL in `variable`, created on first use."""
+def get_read_engine(variable: str, url: str, *, longest_round_trip_s: float) -> Engine:
+    """The cached engine of the read-only URL in `variable`, created on first use; its
+    connections are `BoundedConnection`s waiting at most `longest_round_trip_s` for an answer."""
     engine = _read_engines.get(variable)
     if engine is None:
         with _engine_lock:
             engine = _read_engines.get(variable)
             if engine is None:
-                engine = build_engine(get_settings(), url=url, variable=variable)
+                engine = build_engine(
+                    get_settings(),
+                    url=url,
+                    variable=variable,
+                    longest_round_trip_s=longest_round_trip_s,
+                )
                 _read_engines[variable] = engine
     return engine
 
@@ -249,9 +307,11 @@ def build_engine(
     *,
     url: str | None = None,
     variable: str = "DATABASE_URL",
+    longest_round_trip_s: float | None = None,
 ) -> Engine:
     """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules;
-    `variable` names the setting in errors."""
+    `variable` names the setting in errors. With `longest_round_trip_s` its connections are
+    `BoundedConnection`s waiting at most that long for an answer."""
     target = parse_database_url(url or settings.database_url, variable=variable)
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.db_connect_timeout_s,
@@ -272,22 +332,30 @@ def build_engine(
         pool_pre_ping=False,
         pool_use_lifo=True,
     )
-    _install_connect_bound(engine)
+    _install_connect_bound(engine, longest_round_trip_s)
     _install_idle_check(engine, settings.db_idle_check_s)
     _install_slow_query_log(engine, settings.slow_query_ms)
     return engine
 
 
-def _install_connect_bound(engine: Engine) -> None:
+def _install_connect_bound(engine: Engine, longest_round_trip_s: float | None) -> None:
+    def connect_bounded(*cargs: Any, **cparams: Any) -> BoundedConnection:
+        connection = BoundedConnection.connect(*cargs, **cparams)
+        connection.longest_round_trip_s = longest_round_trip_s or math.inf
+        return connection
+
     @event.listens_for(engine, "do_connect")
     def _bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        connect = dialect.connect if longest_round_trip_s is None else connect_bounded
         give_up_at = _give_up_at.get()
-        if give_up_at is None:
-            return None  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
-        return _connect_by(give_up_at, dialect, cargs, cparams)
+        if give_up_at is None:  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
+            return None if longest_round_trip_s is None else connect(*cargs, **cparams)
+        return _connect_by(give_up_at, connect, cargs, cparams)
 
 
-def _connect_by(give_up_at: float, dialect: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+def _connect_by(
+    give_up_at: float, connect: Callable[..., Any], cargs: Any, cparams: dict[str, Any]
+) -> Any:
     """Connect as psycopg does (one attempt per host and per address it resolves to, in its
     order), but all attempts against `give_up_at`: psycopg gives each attempt the whole connect
     timeout, so a host name with three addresses that never answer would wait three of them.
@@ -306,7 +374,7 @@ def _connect_by(give_up_at: float, dialect: Any, cargs: Any, cparams: dict[str, 
         left = math.ceil(give_up_at - time.monotonic())
         timeout = min(cparams["connect_timeout"], max(left, CONNECT_TIMEOUT_LEAST_S))
         try:
-            return dialect.connect(**{**attempt, **driver, "connect_timeout": timeout})
+            return connect(**{**attempt, **driver, "connect_timeout": timeout})
         except psycopg.Error as error:
             failure = error
     assert failure is not None  # conninfo_attempts raises rather than return no attempt
@@ -341,6 +409,9 @@ def _install_idle_check(engine: Engine, idle_seconds: float) -> None:
         try:
             conn.execute("SELECT 1")
         except psycopg.Error as error:
+            give_up_at = _give_up_at.get()
+            if give_up_at is not None and time.monotonic() >= give_up_at:
+                raise  # no time left to replace it (a `BoundedConnection` that did not answer)
             log_event(
                 "db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__
             )

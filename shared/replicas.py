@@ -16,9 +16,11 @@ replica `lag` behind at `t` is at most `lag + (now - t)` behind now and has repl
 what it had then. A server that cannot be reached within REPLICA_RETRY_BUDGET_S is `down`;
 after a refusal of its own (down, promoted, lagging) a URL rests for PAUSE_AFTER_S before it is
 tried again, and a rebuilt or restarted server's dead connections are replaced by the retry
-rules. Every refusal reads from the primary and logs `replica_fallback` with its reason; none is
-an error. ANALYTICS_DATABASE_URL may point at the primary itself (a read-only role
-there): a server not in recovery is fresh by definition for it.
+rules. A server that stops answering on an open connection is `down` as well: the checks give up
+within the same budget, the read's statements after the statement timeout plus that budget
+(`db.BoundedConnection`). Every refusal reads from the primary and logs `replica_fallback` with
+its reason; none is an error. ANALYTICS_DATABASE_URL may point at the primary itself (a
+read-only role there): a server not in recovery is fresh by definition for it.
 """
 
 from __future__ import annotations
@@ -115,10 +117,19 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
         # but not the session (replay paused holding a catalog lock) costs this, not
         # DB_CONNECT_TIMEOUT_S.
         budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
-        engine = db.get_read_engine(variable, url)
+        # A server that stopped answering on an open connection: the checks end within the
+        # budget too, and the read's own statements wait no longer than the server's statement
+        # timeout would let them run, plus the budget (`db.BoundedConnection`).
+        checks_by = time.monotonic() + budget_s
+        engine = db.get_read_engine(
+            variable,
+            url,
+            longest_round_trip_s=settings.db_statement_timeout_ms / 1000 + budget_s,
+        )
 
         def check(conn: Conn) -> None:
-            _check(conn, state, required, max_lag, accept_primary=accept_primary)
+            with db.round_trips_by(checks_by):
+                _check(conn, state, required, max_lag, accept_primary=accept_primary)
 
         def checked(conn: Conn) -> T:
             if not proven and not snapshot:

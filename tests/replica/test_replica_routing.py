@@ -7,10 +7,13 @@ sees: a row the primary has and the paused replica has not.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import threading
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -28,7 +31,12 @@ from tests.support.replica import ReplicaPair
 
 pytestmark = pytest.mark.replica
 
+T = TypeVar("T")
+
 USER = "user_replica"
+# How long a read may hang before the test fails instead of hanging with it: a guard, not a
+# claim (the bounds under test are a few seconds).
+HANG_GUARD_S = 60.0
 MUCH = "600000"  # a lag bound no test reaches: only the token (or an outage) refuses
 
 
@@ -71,6 +79,33 @@ def keywords_seen(call: Caller, **options: Any) -> list[str]:
     result = call("history", "GET", "/api/history", user=USER, **options)
     assert result.status == 200, result.text
     return [item["keywords"][0] for item in result.json["history"]]
+
+
+def answered(read: Callable[[], T]) -> T:
+    """`read()`'s outcome; one still waiting after HANG_GUARD_S fails the test."""
+    outcome: list[T | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(read())
+        except BaseException as error:  # handed to the test below
+            outcome.append(error)
+
+    reader = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    reader.start()
+    reader.join(HANG_GUARD_S)
+    assert outcome, f"the read still waited for the frozen replica after {HANG_GUARD_S} s"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def pooled_replica_connection(pair: ReplicaPair) -> psycopg.Connection[Any]:
+    """The replica connection the next read checks out (the pool keeps one, last in first out)."""
+    engine = db.get_read_engine(replicas.READ_URL, pair.read_url, longest_round_trip_s=0)  # cached
+    with engine.connect() as connection:
+        driver: psycopg.Connection[Any] = connection.connection.dbapi_connection  # type: ignore[assignment]
+    return driver
 
 
 @pytest.fixture
@@ -201,6 +236,56 @@ def test_a_stopped_replica_costs_a_log_line(
     assert fallbacks(caplog) == ["down", "down"]
     assert not [e for e in events(caplog, "request_failed")]
     replica_pair.replica.start()
+
+
+@pytest.mark.parametrize(
+    "idle_check_s", [pytest.param("30", id="checked"), pytest.param("0", id="pinged")]
+)
+def test_a_frozen_replica_under_an_open_connection_costs_the_budget_then_the_primary(
+    idle_check_s: str,
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The freshness check (`checked`), or the idle connection's ping on checkout (`pinged`),
+    on a pooled connection to a replica that stopped answering (every process stopped: the
+    kernel still acknowledges, nothing replies) gives up within the replica's budget; that
+    connection is closed, not pooled again, and the primary answers."""
+    monkeypatch.setenv("DB_IDLE_CHECK_S", idle_check_s)
+    max_lag(monkeypatch, MUCH)
+    monkeypatch.setattr(replicas, "PAUSE_AFTER_S", {})  # try the replica again right after
+    assert keywords_seen(seeded) == ["before"]  # served by the replica: a warm connection
+    opened = pooled_replica_connection(replica_pair)
+    record_search(replica_pair, "unreplayed")
+    replicas.reset()  # the proof is forgotten: the next read checks on that connection
+    with replica_pair.replica.frozen():
+        seen = answered(lambda: keywords_seen(seeded))
+    assert seen[0] == "unreplayed"  # the primary's state
+    assert fallbacks(caplog) == ["down"]
+    assert opened.closed
+    caplog.clear()
+    assert keywords_seen(seeded) == ["before"]  # a new connection: the replica serves again
+    assert fallbacks(caplog) == []
+
+
+def test_a_replica_freezing_under_a_proven_read_is_bounded_by_the_statement_timeout(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No check is due (the last one still proves freshness): the read's own statement waits
+    at most DB_STATEMENT_TIMEOUT_MS plus the replica's budget, then the primary answers."""
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "1000")
+    max_lag(monkeypatch, MUCH)
+    db.dispose_engine()  # connections made with the shorter statement timeout
+    assert keywords_seen(seeded) == ["before"]
+    record_search(replica_pair, "unreplayed")
+    with replica_pair.replica.frozen():
+        seen = answered(lambda: keywords_seen(seeded))
+    assert seen[0] == "unreplayed"
+    assert fallbacks(caplog) == ["down"]
 
 
 def test_a_promoted_then_rebuilt_replica_is_picked_up(
