@@ -233,9 +233,16 @@ def get_engine() -> Engine:
     return _engine
 
 
-def get_read_engine(variable: str, url: str, *, longest_round_trip_s: float) -> Engine:
+def get_read_engine(
+    variable: str,
+    url: str,
+    *,
+    longest_round_trip_s: float,
+    verify: Callable[[psycopg.Connection[Any]], None],
+) -> Engine:
     """The cached engine of the read-only URL in `variable`, created on first use; its
-    connections are `BoundedConnection`s waiting at most `longest_round_trip_s` for an answer."""
+    connections are `BoundedConnection`s waiting at most `longest_round_trip_s` for an answer,
+    and each is given to `verify` when it opens (whatever that raises, it is closed)."""
     engine = _read_engines.get(variable)
     if engine is None:
         with _engine_lock:
@@ -247,6 +254,7 @@ def get_read_engine(variable: str, url: str, *, longest_round_trip_s: float) -> 
                     variable=variable,
                     longest_round_trip_s=longest_round_trip_s,
                 )
+                _install_verify(engine, verify)
                 _read_engines[variable] = engine
     return engine
 
@@ -389,6 +397,17 @@ def _connect(engine: Engine, give_up_at: float) -> Connection:
         return engine.connect()
     finally:
         _give_up_at.reset(bound)
+
+
+def _install_verify(engine: Engine, verify: Callable[[psycopg.Connection[Any]], None]) -> None:
+    @event.listens_for(engine, "connect")
+    def _verify(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
+        try:
+            verify(conn)
+        except BaseException:
+            conn.close()  # the pool never held it: nobody else would
+            raise
 
 
 def _install_idle_check(engine: Engine, idle_seconds: float) -> None:

@@ -3,6 +3,8 @@
 Imported only when DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set (`shared.db.read`).
 
 A read URL serves a read when its server, checked on the read's own connection:
+- is DATABASE_URL's database: its cluster, the same database and schema revision (asked once
+  per connection, as it opens), else `other_database`;
 - is in recovery (a promoted replica no longer follows the primary: `promoted`);
 - has replayed the request's required position (`shared.db.Consistency`: the caller's token
   and this request's own writes), else `behind_token`;
@@ -28,11 +30,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import text
+import psycopg
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from shared import db
@@ -50,10 +53,25 @@ REPLICA_RETRY_BUDGET_S = 2.0
 # After a refusal for a reason of the replica's own, reads go straight to the primary for this
 # long (no check, no connect attempt), then the replica is tried again. A request whose token
 # the replica has not replayed yet says nothing about it for other requests.
-PAUSE_AFTER_S = {"down": 10.0, "promoted": 10.0, "lagging": 1.0}
+PAUSE_AFTER_S = {"down": 10.0, "promoted": 10.0, "other_database": 10.0, "lagging": 1.0}
 
 # A write in work declared read-only is a bug to surface, not a replica to avoid.
 _READ_ONLY_VIOLATION = "25006"
+
+# Whether a server is DATABASE_URL's database, asked once per connection as it opens: a physical
+# replica keeps its primary's cluster (the system identifier) and holds all its databases, so the
+# database and the schema revision (Alembic's) must be the same too. The revision only where the
+# role may read it: a read-only login (docs/analytics.md) may not.
+_IDENTITY = """
+    SELECT (SELECT system_identifier FROM pg_control_system())::text,
+           current_database(),
+           coalesce(has_table_privilege(to_regclass('alembic_version'), 'SELECT'), false)
+"""
+_REVISION = "SELECT max(version_num) FROM alembic_version"
+_IDENTITY_PARTS = ("system identifier", "database name", "schema revision")
+# DATABASE_URL's answer to _IDENTITY, asked on the first routed read (and again after a server
+# differed: the primary may have moved on, e.g. a migration the replica will replay).
+_primary_identity: tuple[str | None, ...] | None = None
 
 # One row, on the read's own connection: is it a replica, what it replayed, how far behind.
 _CHECK = text(
@@ -72,11 +90,12 @@ _CHECK = text(
 
 
 class _Refused(Exception):
-    """The replica may not serve this read; `reason` is logged."""
+    """The replica may not serve this read; `reason` (and `detail`, if any) is logged."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -89,6 +108,7 @@ class _Freshness:
     primary: bool = False  # the server is not in recovery (only acceptable for analytics)
     paused_until: float = 0.0
     paused_for: str = ""
+    paused_detail: str | None = None
 
 
 _freshness: dict[str, _Freshness] = {}
@@ -110,7 +130,8 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
     now = time.monotonic()
     try:
         if now < state.paused_until:
-            raise _Refused(state.paused_for)
+            raise _Refused(state.paused_for, state.paused_detail)
+        _primary()  # what each new connection is compared with (a primary outage is raised)
         accept_primary = variable == ANALYTICS_URL
         proven = _proven(state, required, max_lag, now, accept_primary=accept_primary)
         # No connect attempt outlasts the budget (`shared.db`): a standby that accepts the socket
@@ -118,14 +139,9 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
         # DB_CONNECT_TIMEOUT_S.
         budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
         # A server that stopped answering on an open connection: the checks end within the
-        # budget too, and the read's own statements wait no longer than the server's statement
-        # timeout would let them run, plus the budget (`db.BoundedConnection`).
+        # budget too (`db.BoundedConnection`).
         checks_by = time.monotonic() + budget_s
-        engine = db.get_read_engine(
-            variable,
-            url,
-            longest_round_trip_s=settings.db_statement_timeout_ms / 1000 + budget_s,
-        )
+        engine = read_engine(variable, url)
 
         def check(conn: Conn) -> None:
             with db.round_trips_by(checks_by):
@@ -157,10 +173,68 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
         if pause is not None and now >= state.paused_until:
             state.paused_until = time.monotonic() + pause
             state.paused_for = refusal.reason
+            state.paused_detail = refusal.detail
+        detail = {} if refusal.detail is None else {"detail": refusal.detail}
         log_event(
-            "replica_fallback", level=logging.WARNING, database=variable, reason=refusal.reason
+            "replica_fallback",
+            level=logging.WARNING,
+            database=variable,
+            reason=refusal.reason,
+            **detail,
         )
     return db._execute(work, atomic=snapshot, idempotent=True)
+
+
+def read_engine(variable: str, url: str) -> Engine:
+    """The engine of the read URL in `variable`: each connection is checked to be DATABASE_URL's
+    database as it opens, and the read's own statements wait no longer than the server's
+    statement timeout would let them run, plus the replica's budget."""
+    settings = get_settings()
+    budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
+    return db.get_read_engine(
+        variable,
+        url,
+        longest_round_trip_s=settings.db_statement_timeout_ms / 1000 + budget_s,
+        verify=_verify,
+    )
+
+
+def _primary() -> tuple[str | None, ...]:
+    """DATABASE_URL's answer to _IDENTITY (asked once, then kept)."""
+    global _primary_identity
+    if _primary_identity is None:
+        _primary_identity = db._execute(
+            lambda conn: _identity(lambda sql: conn.connection.exec_driver_sql(sql).one()),
+            atomic=False,
+            idempotent=True,
+        )
+    return _primary_identity
+
+
+def _identity(one: Callable[[str], Sequence[Any] | None]) -> tuple[str | None, ...]:
+    """(system identifier, database name, schema revision or None where it may not be read),
+    through `one`, which runs a statement and returns its row."""
+    system_identifier, database, revision_readable = one(_IDENTITY) or (None, None, False)
+    revision = (one(_REVISION) or (None,))[0] if revision_readable else None
+    return system_identifier, database, revision
+
+
+def _verify(connection: psycopg.Connection[Any]) -> None:
+    """A read URL's new connection: refused (`other_database`) unless its server is DATABASE_URL's
+    database. The detail names what differs, never a value (a database name is no log's)."""
+    global _primary_identity
+    found = _identity(lambda sql: connection.execute(sql).fetchone())
+    expected = _primary()
+    differs = [
+        part
+        for part, mine, primary in zip(_IDENTITY_PARTS, found, expected, strict=True)
+        if mine != primary and None not in (mine, primary)
+    ]
+    if differs:
+        _primary_identity = None  # asked again next time: the primary may have moved on
+        raise _Refused(
+            "other_database", f"not DATABASE_URL's database: its {' and '.join(differs)} differ"
+        )
 
 
 def _state(variable: str) -> _Freshness:
@@ -206,6 +280,8 @@ def _check(
 
 
 def reset() -> None:
-    """Forget every read URL's freshness (tests; settings changes)."""
+    """Forget every read URL's freshness and the primary's identity (tests; settings changes)."""
+    global _primary_identity
     with _lock:
         _freshness.clear()
+        _primary_identity = None

@@ -65,7 +65,7 @@ def test_read_urls_follow_the_database_url_rules(monkeypatch: pytest.MonkeyPatch
     get_settings.cache_clear()
     with pytest.raises(DatabaseUrlError) as refused:
         url = get_settings().database_read_url or ""
-        db.get_read_engine("DATABASE_READ_URL", url, longest_round_trip_s=1)
+        replicas.read_engine("DATABASE_READ_URL", url)
     assert "DATABASE_READ_URL points at a transaction pooler" in str(refused.value)
     assert SECRET not in str(refused.value)
     get_settings.cache_clear()

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from devkit._host import wait_for
+from devkit.postgres import create_database, drop_database, with_database
 from devkit.replica import primary_position
 from shared import config, db, exports, replicas
 from shared.clock import utcnow
@@ -102,7 +103,7 @@ def answered(read: Callable[[], T]) -> T:
 
 def pooled_replica_connection(pair: ReplicaPair) -> psycopg.Connection[Any]:
     """The replica connection the next read checks out (the pool keeps one, last in first out)."""
-    engine = db.get_read_engine(replicas.READ_URL, pair.read_url, longest_round_trip_s=0)  # cached
+    engine = replicas.read_engine(replicas.READ_URL, pair.read_url)
     with engine.connect() as connection:
         driver: psycopg.Connection[Any] = connection.connection.dbapi_connection  # type: ignore[assignment]
     return driver
@@ -313,6 +314,39 @@ def test_a_promoted_then_rebuilt_replica_is_picked_up(
     caplog.clear()
     assert keywords_seen(seeded)[0] == "after rebuild"  # the rebuilt replica's state
     assert fallbacks(caplog) == []
+
+
+def current_database(conn: db.Conn) -> str:
+    return str(conn.session.execute(text("SELECT current_database()")).scalar_one())
+
+
+def test_a_read_url_at_another_database_of_the_replica_is_refused(
+    replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A streaming, caught-up standby, but the read URL names another of its databases (one at
+    an older schema revision): checked when the connection opens, refused, the primary reads,
+    and the log says what differs without naming either database."""
+    other = f"{replica_pair.database}_elsewhere"
+    server = with_database(replica_pair.primary_direct, "postgres")
+    create_database(server, other)
+    try:
+        with psycopg.connect(with_database(replica_pair.primary_direct, other)) as conn:
+            conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+            conn.execute("INSERT INTO alembic_version VALUES ('0008')")
+        replica_pair.caught_up()
+        monkeypatch.setenv("DATABASE_READ_URL", with_database(replica_pair.read_url, other))
+        max_lag(monkeypatch, MUCH)
+        new_container()
+        assert db.read(current_database) == replica_pair.database
+        assert db.read(current_database) == replica_pair.database  # resting: not tried again
+        refusals = events(caplog, "replica_fallback")
+        assert [event["reason"] for event in refusals] == ["other_database"] * 2
+        assert "database name" in refusals[0]["detail"]
+        assert "schema revision" in refusals[0]["detail"]
+        assert other not in caplog.text
+    finally:
+        new_container()
+        drop_database(server, other)
 
 
 def test_analytics_url_is_preferred_for_admin_reads(
