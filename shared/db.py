@@ -717,10 +717,13 @@ def _execute(
     idempotent: bool,
     engine: Engine | None = None,
     budget_s: float | None = None,
+    database: str | None = None,
 ) -> T:
     """`work` on `engine` (default: the primary's), retried within `budget_s` (default
     DB_RETRY_BUDGET_S) where safe; on the primary, a write's position is kept for the request
-    when it tracks consistency (`Consistency`)."""
+    when it tracks consistency (`Consistency`). `database` names a read URL's variable when
+    `engine` is its: giving up on it is its caller's to log (`shared.replicas` reads from the
+    primary instead), so nothing is logged at ERROR, and the retries are INFO lines naming it."""
     settings = get_settings()
     tracked = consistency.get() if engine is None else None
     engine = engine or get_engine()
@@ -762,7 +765,8 @@ def _execute(
         except PoolTimeoutError:
             # Every pooled connection stayed checked out for the whole budget (more threads than
             # DB_POOL_SIZE, e.g. a threaded dev server): unavailable to us, so a 503, not a 500.
-            log_event("db_unavailable", level=logging.ERROR, stage="checkout", attempts=attempt)
+            if database is None:
+                log_event("db_unavailable", level=logging.ERROR, stage="checkout", attempts=attempt)
             raise DatabaseUnavailableError(
                 f"no pooled connection free within {settings.db_retry_budget_s} s"
             ) from None
@@ -785,8 +789,9 @@ def _execute(
                 continue
             refused = _refused(error) if stage == "connect" else None
             if refused is not None:
-                log_event("db_unavailable", level=logging.ERROR, stage=stage, attempts=attempt,
-                          retried=False, reason=refused)  # fmt: skip
+                if database is None:
+                    log_event("db_unavailable", level=logging.ERROR, stage=stage,
+                              attempts=attempt, retried=False, reason=refused)  # fmt: skip
                 raise DatabaseUnavailableError(
                     f"database refused the connection: {refused}", refused=refused
                 ) from None
@@ -808,14 +813,15 @@ def _execute(
             message = failure_reason(error.orig) if error.orig else ""
             now = time.monotonic()
             if not safe or now + delay > deadline:
-                log_event(
-                    "db_unavailable",
-                    level=logging.ERROR,
-                    stage=stage,
-                    attempts=attempt,
-                    retried=safe,
-                    reason=message,
-                )
+                if database is None:
+                    log_event(
+                        "db_unavailable",
+                        level=logging.ERROR,
+                        stage=stage,
+                        attempts=attempt,
+                        retried=safe,
+                        reason=message,
+                    )
                 unknown = stage == "commit" or not safe
                 outcome = "outcome unknown" if unknown else "unreachable"
                 raise DatabaseUnavailableError(
@@ -824,11 +830,11 @@ def _execute(
                 ) from None
             log_event(
                 "db_retry",
-                level=logging.WARNING,
+                level=logging.WARNING if database is None else logging.INFO,
                 stage=stage,
                 attempt=attempt,
                 reason=message,
-                **({} if engine is _engine else {"database": "read"}),
+                **({} if database is None else {"database": database}),
             )
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -153,15 +154,16 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
             return work(conn)
 
         try:
+            on_replica = partial(
+                db._execute, idempotent=True, engine=engine, budget_s=budget_s, database=variable
+            )
             if not proven and snapshot:
                 # A snapshot's first statement may set its isolation: check before it begins.
-                db._execute(check, atomic=False, idempotent=True, engine=engine, budget_s=budget_s)
-            return db._execute(
-                checked, atomic=snapshot, idempotent=True, engine=engine, budget_s=budget_s
-            )
-        except db.DatabaseUnavailableError:
+                on_replica(check, atomic=False)
+            return on_replica(checked, atomic=snapshot)
+        except db.DatabaseUnavailableError as error:
             state.lag_ms = None
-            raise _Refused("down") from None
+            raise _Refused("down", str(error)) from None
         except DBAPIError as error:
             # e.g. a query cancelled by a recovery conflict (40001): the primary has no such.
             sqlstate = getattr(error.orig, "sqlstate", None)

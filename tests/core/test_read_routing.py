@@ -19,6 +19,7 @@ from sqlalchemy import text
 from starlette.datastructures import MutableHeaders
 
 from devkit._host import free_port
+from devkit.postgres import with_database
 from devkit.read_routing import markdown
 from shared import config, db, replicas
 from shared.config import ConfigurationError, get_settings
@@ -163,6 +164,34 @@ def test_an_unreachable_read_url_costs_a_log_line_and_no_secret(
     assert db.read(one, analytics=analytics) == 1  # resting: no new attempt
     assert [(e["database"], e["reason"]) for e in fallbacks(caplog)] == [(variable, "down")] * 2
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "refused"])
+def test_a_failing_read_url_logs_one_warning_naming_it_and_no_error(
+    failure: str,
+    db_env: str,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A replica that cannot be reached, or refuses the login, is no outage of ours: the only
+    line above INFO is the fallback's, naming the read URL and saying why (names masked); a
+    `db_unavailable` at ERROR is what a primary outage logs, and pages."""
+    if failure == "unreachable":
+        url, why = f"postgresql://reader:{SECRET}@127.0.0.1:{free_port()}/keyflash", "refused"
+    else:
+        url, why = with_database(direct_database_url, "kf_no_such_replica"), 'database "…"'
+    use(monkeypatch, DATABASE_READ_URL=url, DB_RETRY_BUDGET_S="0.3")
+    caplog.set_level(logging.INFO, logger="keyflash")
+    assert db.read(one) == 1
+    loud = [json.loads(r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [event["event"] for event in loud] == ["replica_fallback"]
+    assert (loud[0]["database"], loud[0]["reason"]) == ("DATABASE_READ_URL", "down")
+    assert why in loud[0]["detail"]
+    retries = [e for e in map(json.loads, caplog.messages) if e.get("event") == "db_retry"]
+    assert all(event["database"] == "DATABASE_READ_URL" for event in retries)
+    assert SECRET not in caplog.text
+    assert "kf_no_such_replica" not in caplog.text
 
 
 @pytest.mark.usefixtures("db_env")
