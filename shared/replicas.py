@@ -3,6 +3,7 @@
 Imported only when DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set (`shared.db.read`).
 
 A read URL serves a read when its server, checked on the read's own connection:
+- is named by a URL that keeps DATABASE_URL's rules (`shared.db_url`), else `url_refused`;
 - is DATABASE_URL's database: its cluster, the same database and schema revision (asked once
   per connection, as it opens), else `other_database`;
 - is in recovery (a promoted replica no longer follows the primary: `promoted`);
@@ -42,6 +43,7 @@ from sqlalchemy.exc import DBAPIError
 from shared import db
 from shared.config import get_settings
 from shared.db import Conn
+from shared.db_url import DatabaseUrlError
 from shared.telemetry import log_event
 
 T = TypeVar("T")
@@ -54,7 +56,13 @@ REPLICA_RETRY_BUDGET_S = 2.0
 # After a refusal for a reason of the replica's own, reads go straight to the primary for this
 # long (no check, no connect attempt), then the replica is tried again. A request whose token
 # the replica has not replayed yet says nothing about it for other requests.
-PAUSE_AFTER_S = {"down": 10.0, "promoted": 10.0, "other_database": 10.0, "lagging": 1.0}
+PAUSE_AFTER_S = {
+    "down": 10.0,
+    "promoted": 10.0,
+    "other_database": 10.0,
+    "url_refused": 10.0,
+    "lagging": 1.0,
+}
 
 # A write in work declared read-only is a bug to surface, not a replica to avoid.
 _READ_ONLY_VIOLATION = "25006"
@@ -142,7 +150,10 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
         # A server that stopped answering on an open connection: the checks end within the
         # budget too (`db.BoundedConnection`).
         checks_by = time.monotonic() + budget_s
-        engine = read_engine(variable, url)
+        try:
+            engine = read_engine(variable, url)
+        except DatabaseUrlError as error:  # DATABASE_URL's rules: its words name no secret
+            raise _Refused("url_refused", str(error)) from None
 
         def check(conn: Conn) -> None:
             with db.round_trips_by(checks_by):

@@ -195,6 +195,23 @@ def test_a_failing_read_url_logs_one_warning_naming_it_and_no_error(
 
 
 @pytest.mark.usefixtures("db_env")
+def test_a_read_url_breaking_a_url_rule_reads_from_the_primary(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DATABASE_URL's rules (here: TLS off for a remote host) refuse a read URL as they refuse
+    DATABASE_URL; a replica is an optimisation, so the primary serves instead of a 500."""
+    url = f"postgresql://reader:{SECRET}@10.255.255.1:5432/keyflash?sslmode=disable"
+    use(monkeypatch, DATABASE_READ_URL=url)
+    caplog.set_level(logging.INFO, logger="keyflash")
+    assert db.read(one) == 1
+    assert db.read(one) == 1  # resting: not parsed again
+    refusals = fallbacks(caplog)
+    assert [e["reason"] for e in refusals] == ["url_refused"] * 2
+    assert "DATABASE_READ_URL uses sslmode=disable" in refusals[0]["detail"]
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.usefixtures("db_env")
 def test_a_read_url_that_never_answers_falls_back_within_the_replica_budget(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
