@@ -8,7 +8,8 @@ A read URL serves a read when its server, checked on the read's own connection:
   per connection, as it opens), else `other_database`;
 - is in recovery (a promoted replica no longer follows the primary: `promoted`);
 - has replayed the request's required position (`shared.db.Consistency`: the caller's token
-  and this request's own writes), else `behind_token`;
+  and this request's own writes), else `behind_token` (`unknown_position` when that position is
+  unknown: a token that does not parse, a write whose position could not be read);
 - is at most REPLICA_MAX_LAG_MS behind, else `lagging`. Lag is 0 while the WAL receiver is
   streaming and everything received is replayed (correct on an idle primary, where the last
   replayed commit's age only grows); with WAL waiting, it is the age of the last replayed
@@ -138,6 +139,10 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
     max_lag = settings.replica_max_lag_ms
     now = time.monotonic()
     try:
+        if required == db.UNKNOWN_POSITION:
+            # A token that does not parse (or a write whose position is unknown): no replica
+            # can be shown to have it, and no check is worth a round trip.
+            raise _Refused("unknown_position")
         if now < state.paused_until:
             raise _Refused(state.paused_for, state.paused_detail)
         _primary()  # what each new connection is compared with (a primary outage is raised)
