@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -347,18 +348,22 @@ def build_engine(
 
 
 def _install_connect_bound(engine: Engine, longest_round_trip_s: float | None) -> None:
-    def connect_bounded(*cargs: Any, **cparams: Any) -> BoundedConnection:
-        connection = BoundedConnection.connect(*cargs, **cparams)
-        connection.longest_round_trip_s = longest_round_trip_s or math.inf
-        return connection
+    bounded = None
+    if longest_round_trip_s is not None:
+        bounded = partial(_connect_bounded, longest_round_trip_s)
 
     @event.listens_for(engine, "do_connect")
     def _bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        connect = dialect.connect if longest_round_trip_s is None else connect_bounded
         give_up_at = _give_up_at.get()
         if give_up_at is None:  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
-            return None if longest_round_trip_s is None else connect(*cargs, **cparams)
-        return _connect_by(give_up_at, connect, cargs, cparams)
+            return None if bounded is None else bounded(*cargs, **cparams)
+        return _connect_by(give_up_at, bounded or dialect.connect, cargs, cparams)
+
+
+def _connect_bounded(longest_round_trip_s: float, *cargs: Any, **cparams: Any) -> Any:
+    connection = BoundedConnection.connect(*cargs, **cparams)
+    connection.longest_round_trip_s = longest_round_trip_s
+    return connection
 
 
 def _connect_by(
