@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
@@ -120,11 +120,7 @@ def finish(
     claimed again after being taken for dead): the caller then deletes what it stored."""
     done = conn.session.execute(
         update(DataExport)
-        .where(
-            DataExport.id == export_id,
-            DataExport.status == "running",
-            DataExport.started_at == started_at,
-        )
+        .where(*_this_claim(export_id, started_at))
         .values(
             status="ready",
             object_key=object_key,
@@ -147,11 +143,7 @@ def retry(conn: Conn, export_id: str, *, started_at: datetime, error: str, now: 
     it again; nothing when it is no longer this claim's."""
     conn.session.execute(
         update(DataExport)
-        .where(
-            DataExport.id == export_id,
-            DataExport.status == "running",
-            DataExport.started_at == started_at,
-        )
+        .where(*_this_claim(export_id, started_at))
         .values(status="pending", error=error, updated_at=now),
         execution_options={"synchronize_session": False},
     )
@@ -171,15 +163,21 @@ def fail(
     it is no longer this claim's."""
     conn.session.execute(
         update(DataExport)
-        .where(
-            DataExport.id == export_id,
-            DataExport.status == "running",
-            DataExport.started_at == started_at,
-        )
+        .where(*_this_claim(export_id, started_at))
         .values(
             status="failed", error=error, finished_at=now, expires_at=now + ttl, updated_at=now
         ),
         execution_options={"synchronize_session": False},
+    )
+
+
+def _this_claim(export_id: str, started_at: datetime) -> tuple[ColumnElement[bool], ...]:
+    """The export while it is still the claim that started at `started_at`: a run that lost
+    its claim (stale, taken again) changes nothing."""
+    return (
+        DataExport.id == export_id,
+        DataExport.status == "running",
+        DataExport.started_at == started_at,
     )
 
 
