@@ -434,8 +434,9 @@ def _install_idle_check(engine: Engine, idle_seconds: float) -> None:
             conn.execute("SELECT 1")
         except psycopg.Error as error:
             give_up_at = _give_up_at.get()
-            if give_up_at is not None and time.monotonic() >= give_up_at:
-                raise  # no time left to replace it (a `BoundedConnection` that did not answer)
+            late = give_up_at is not None and time.monotonic() >= give_up_at
+            if late and isinstance(conn, BoundedConnection):
+                raise  # a replica that did not answer: no time left to replace it
             log_event(
                 "db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__
             )
