@@ -74,15 +74,24 @@ class PendingSession(InvalidToken):
     """A valid token for a session with tasks left: signed out, and the 401 says why."""
 
 
-class KeysUnavailable(InvalidToken):
-    """`CLERK_JWKS_URL` could not be read and no kept key verifies the token: our dependency
-    failed, not necessarily the token (the HTTP layer answers 503 where a session is needed)."""
+class Unverifiable(InvalidToken):
+    """The token could not be checked, through no fault shown of its own (the HTTP layer
+    answers 503 where a session is needed, never a 401 that would sign the user out);
+    `reason` is what the log line says."""
+
+    reason = "unverifiable"
 
 
-class NotConfigured(InvalidToken):
-    """Neither CLERK_JWT_KEY nor CLERK_JWKS_URL gives a usable key: our configuration failed,
-    not the token (the HTTP layer answers 503 where a session is needed, never a 401 that
-    would sign every user out)."""
+class KeysUnavailable(Unverifiable):
+    """`CLERK_JWKS_URL` could not be read and no kept key verifies the token."""
+
+    reason = "clerk_keys_unavailable"
+
+
+class NotConfigured(Unverifiable):
+    """Neither CLERK_JWT_KEY nor CLERK_JWKS_URL gives a usable key."""
+
+    reason = "clerk_not_configured"
 
 
 @cache

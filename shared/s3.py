@@ -70,7 +70,7 @@ def abort_uploads(s3: S3Client, bucket: str, uploads: Sequence[dict[str, Any]]) 
         try:
             s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            if error_code(error) != "NoSuchUpload":
                 raise
 
 

@@ -53,7 +53,15 @@ from shared.clock import iso_ms
 from shared.config import ConfigurationError, get_settings, read_variable
 from shared.cron.runner import Job, Run, run_job
 from shared.db_url import parse_database_url, redact_url
-from shared.s3 import GzipUpload, S3Client, delete_keys, list_keys, list_objects, s3_client
+from shared.s3 import (
+    GzipUpload,
+    S3Client,
+    delete_keys,
+    error_code,
+    list_keys,
+    list_objects,
+    s3_client,
+)
 from shared.telemetry import log_event
 
 FORMAT = "keyflash-backup/1"
@@ -540,7 +548,7 @@ def _load_table(
 
 def _unreadable(key: str, error: Exception) -> RestoreError:
     return RestoreError(
-        f"{key} could not be read from S3 ({_s3_error(error)}): nothing was restored"
+        f"{key} could not be read from S3 ({error_code(error)}): nothing was restored"
     )
 
 
@@ -597,8 +605,8 @@ def backup(run: Run) -> None:
         )
     except (ClientError, BotoCoreError) as error:  # S3's hiccup: the next backup prunes again
         run.complete = False
-        run.extra["pruneFailed"] = _s3_error(error)
-        log_event("backup_prune_failed", level=logging.WARNING, error=_s3_error(error))
+        run.extra["pruneFailed"] = error_code(error)
+        log_event("backup_prune_failed", level=logging.WARNING, error=error_code(error))
 
 
 def _still_stored(s3: S3Client, bucket: str, prefix: str, manifest: object) -> bool:
@@ -613,17 +621,10 @@ def _still_stored(s3: S3Client, bucket: str, prefix: str, manifest: object) -> b
     try:
         s3.head_object(Bucket=bucket, Key=manifest)
     except ClientError as error:
-        if _s3_error(error) in {"404", "NoSuchKey", "NotFound"}:
+        if error_code(error) in {"404", "NoSuchKey", "NotFound"}:
             return False
         raise
     return True
-
-
-def _s3_error(error: Exception) -> str:
-    """S3's error code (`InternalError`, `AccessDenied`), else the exception's type."""
-    response = getattr(error, "response", None)
-    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-    return str(code) if code else type(error).__name__
 
 
 JOB = Job("backup", backup)

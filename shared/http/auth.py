@@ -3,10 +3,9 @@
 The token comes from `Authorization: Bearer …` or Clerk's `__session` cookie; `shared.auth`
 verifies it. `SignedIn` routes need a valid token (401 otherwise, from `unauthenticated`, which
 tells a session with pending tasks why, and answers 503 when Clerk's keys could not be read or
-none is configured);
-`CurrentUser` routes also provision the caller (409 when another account holds the token's
-email; 401 when Clerk deleted the user, whose token may outlive them by a minute); `AdminUser`
-routes also need the admin role (403).
+none is configured); `CurrentUser` routes also provision the caller (409 when another account
+holds the token's email; 401 when Clerk deleted the user, whose token may outlive them by a
+minute); `AdminUser` routes also need the admin role (403).
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from shared import jwks
 from shared.auth import (
     Identity,
     InvalidToken,
-    KeysUnavailable,
-    NotConfigured,
     PendingSession,
+    Unverifiable,
     identity_from_claims,
     provision,
     verify_session_token,
@@ -68,11 +66,8 @@ def identify(request: Request) -> Identity | None:
     except PendingSession:
         request.state.session_pending = True
         return None
-    except KeysUnavailable:
-        request.state.keys_unavailable = "clerk_keys_unavailable"
-        return None
-    except NotConfigured:
-        request.state.keys_unavailable = "clerk_not_configured"
+    except Unverifiable as unverifiable:
+        request.state.keys_unavailable = unverifiable.reason
         return None
     except InvalidToken:
         return None
