@@ -5,7 +5,8 @@ Imported only when DATABASE_READ_URL or ANALYTICS_DATABASE_URL is set (`shared.d
 A read URL serves a read when its server, checked on the read's own connection:
 - is named by a URL that keeps DATABASE_URL's rules (`shared.db_url`), else `url_refused`;
 - is DATABASE_URL's database: its cluster, the same database and schema revision (asked once
-  per connection, as it opens), else `other_database`;
+  per connection, as it opens), else `other_database` (`identity_unknown` when either server
+  could not say what it is);
 - is in recovery (a promoted replica no longer follows the primary: `promoted`);
 - has replayed the request's required position (`shared.db.Consistency`: the caller's token
   and this request's own writes), else `behind_token` (`unknown_position` when that position is
@@ -61,6 +62,7 @@ PAUSE_AFTER_S = {
     "down": 10.0,
     "promoted": 10.0,
     "other_database": 10.0,
+    "identity_unknown": 10.0,
     "url_refused": 10.0,
     "lagging": 1.0,
 }
@@ -70,16 +72,20 @@ _READ_ONLY_VIOLATION = "25006"
 
 # Whether a server is DATABASE_URL's database, asked once per connection as it opens: a physical
 # replica keeps its primary's cluster (the system identifier) and holds all its databases, so the
-# database and the schema revision (Alembic's) must be the same too. The revision only where the
-# role may read it: a read-only login (docs/analytics.md) may not.
-_IDENTITY = """
-    SELECT (SELECT system_identifier FROM pg_control_system())::text,
-           current_database(),
+# database and the schema revision (Alembic's) must be the same too. Each part only where the
+# role may read it: a read-only login (docs/analytics.md) may not read the revision, and some
+# managed services revoke EXECUTE on pg_control_system() from PUBLIC. What it may read is asked
+# first: a statement naming a function or table the role may not read fails whole, however
+# guarded (the privileges are checked before anything runs).
+_READABLE = """
+    SELECT current_database(),
+           has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE'),
            coalesce(has_table_privilege(to_regclass('alembic_version'), 'SELECT'), false)
 """
-_REVISION = "SELECT max(version_num) FROM alembic_version"
+_SYSTEM_IDENTIFIER = "(SELECT system_identifier FROM pg_control_system())::text"
+_REVISION = "(SELECT max(version_num) FROM alembic_version)"
 _IDENTITY_PARTS = ("system identifier", "database name", "schema revision")
-# DATABASE_URL's answer to _IDENTITY, asked on the first routed read (and again after a server
+# DATABASE_URL's answer to _identity, asked on the first routed read (and again after a server
 # differed: the primary may have moved on, e.g. a migration the replica will replay).
 _primary_identity: tuple[str | None, ...] | None = None
 
@@ -145,7 +151,12 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
             raise _Refused("unknown_position")
         if now < state.paused_until:
             raise _Refused(state.paused_for, state.paused_detail)
-        _primary()  # what each new connection is compared with (a primary outage is raised)
+        try:
+            _primary()  # what each new connection is compared with (a primary outage is raised)
+        except DBAPIError as error:
+            # e.g. a statement timeout: no replica can be compared, but the primary can serve.
+            unknown = f"DATABASE_URL's identity could not be read ({_failure(error.orig)})"
+            raise _Refused("identity_unknown", unknown) from None
         accept_primary = variable == ANALYTICS_URL
         proven = _proven(state, required, max_lag, now, accept_primary=accept_primary)
         # No connect attempt outlasts the budget (`shared.db`): a standby that accepts the socket
@@ -182,10 +193,9 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
             raise _Refused("down", str(error)) from None
         except DBAPIError as error:
             # e.g. a query cancelled by a recovery conflict (40001): the primary has no such.
-            sqlstate = getattr(error.orig, "sqlstate", None)
-            if sqlstate == _READ_ONLY_VIOLATION:
+            if getattr(error.orig, "sqlstate", None) == _READ_ONLY_VIOLATION:
                 raise
-            raise _Refused(f"failed:{sqlstate or type(error.orig).__name__}") from None
+            raise _Refused(f"failed:{_failure(error.orig)}") from None
     except _Refused as refusal:
         pause = PAUSE_AFTER_S.get(refusal.reason)
         if pause is not None and now >= state.paused_until:
@@ -230,18 +240,37 @@ def _primary() -> tuple[str | None, ...]:
 
 
 def _identity(one: Callable[[str], Sequence[Any] | None]) -> tuple[str | None, ...]:
-    """(system identifier, database name, schema revision or None where it may not be read),
-    through `one`, which runs a statement and returns its row."""
-    system_identifier, database, revision_readable = one(_IDENTITY) or (None, None, False)
-    revision = (one(_REVISION) or (None,))[0] if revision_readable else None
+    """(system identifier, database name, schema revision), each None where the role may not
+    read it, through `one`, which runs a statement and returns its row."""
+    database, identifier_readable, revision_readable = one(_READABLE) or (None, False, False)
+    if not (identifier_readable or revision_readable):
+        return None, database, None
+    parts = (
+        _SYSTEM_IDENTIFIER if identifier_readable else "NULL",
+        _REVISION if revision_readable else "NULL",
+    )
+    system_identifier, revision = one(f"SELECT {', '.join(parts)}") or (None, None)
     return system_identifier, database, revision
+
+
+def _failure(error: BaseException | None) -> str:
+    """A failed statement's SQLSTATE (else its error's class): what a log may say of it."""
+    return getattr(error, "sqlstate", None) or type(error).__name__
 
 
 def _verify(connection: psycopg.Connection[Any]) -> None:
     """A read URL's new connection: refused (`other_database`) unless its server is DATABASE_URL's
-    database. The detail names what differs, never a value (a database name is no log's)."""
+    database, or `identity_unknown` when it could not say. The detail names what differs, never
+    a value (a database name is no log's)."""
     global _primary_identity
-    found = _identity(lambda sql: connection.execute(sql).fetchone())
+    try:
+        found = _identity(lambda sql: connection.execute(sql).fetchone())
+    except psycopg.Error as error:
+        if connection.broken or connection.closed:
+            raise  # the connection failed: the retry rules, then `down`
+        # e.g. a statement timeout: it cannot be shown to be DATABASE_URL's database.
+        detail = f"its identity could not be read ({_failure(error)})"
+        raise _Refused("identity_unknown", detail) from None
     expected = _primary()
     differs = [
         part

@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from devkit._host import wait_for
@@ -347,6 +349,108 @@ def test_a_read_url_at_another_database_of_the_replica_is_refused(
     finally:
         new_container()
         drop_database(server, other)
+
+
+def in_recovery(conn: db.Conn) -> bool:
+    """Whether the server that served the read is a standby: the replica, not the primary."""
+    return bool(conn.session.execute(text("SELECT pg_is_in_recovery()")).scalar_one())
+
+
+def as_role(url: str, role: str) -> str:
+    return make_url(url).set(username=role).render_as_string(hide_password=False)
+
+
+# A login role of the test's own: the lane's PgBouncers know only the superuser.
+DIRECT_ONLY = pytest.mark.parametrize("replica_pair", ["direct"], indirect=True)
+
+
+@pytest.fixture
+def no_control_role(replica_pair: ReplicaPair) -> Iterator[str]:
+    """A login role that may not call pg_control_system() in the lane's database (EXECUTE
+    revoked from PUBLIC there, as some managed services do) but may read alembic_version."""
+    role = f"kf_noctl_{secrets.token_hex(4)}"
+    with psycopg.connect(replica_pair.primary_direct, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON alembic_version TO {role}")
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    replica_pair.caught_up()
+    try:
+        yield role
+    finally:
+        db.dispose_engine()  # no session of the role left
+        with psycopg.connect(replica_pair.primary_direct, autocommit=True) as conn:
+            conn.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+@DIRECT_ONLY
+def test_a_role_that_may_not_read_the_system_identifier_still_reads_from_the_replica(
+    replica_pair: ReplicaPair,
+    no_control_role: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without EXECUTE on pg_control_system() the cluster is not compared (the database name
+    and the schema revision still are): the replica serves, and nothing fails."""
+    monkeypatch.setenv("DATABASE_URL", as_role(replica_pair.primary_url, no_control_role))
+    monkeypatch.setenv("DATABASE_READ_URL", as_role(replica_pair.read_url, no_control_role))
+    max_lag(monkeypatch, MUCH)
+    new_container()
+    assert db.read(in_recovery)
+    assert fallbacks(caplog) == []
+
+
+@contextmanager
+def revision_locked(pair: ReplicaPair) -> Iterator[None]:
+    """alembic_version locked on the primary, and on the replica once replayed: reading the
+    schema revision (part of a server's identity) waits for the statement timeout."""
+    with psycopg.connect(pair.primary_direct) as conn:
+        conn.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        pair.caught_up()
+        yield
+        conn.rollback()
+    pair.caught_up()
+
+
+@DIRECT_ONLY  # the statement timeout is a direct connection's startup option
+def test_the_primary_identity_failing_reads_from_the_primary_and_asks_again_later(
+    replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The primary could not say what it is (here a statement timeout; a role without a
+    privilege alike): no replica can be compared with it, yet the primary can serve the read.
+    The read URL rests, and the identity is asked again after the rest."""
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "300")
+    max_lag(monkeypatch, MUCH)
+    new_container()
+    with revision_locked(replica_pair):
+        assert not db.read(in_recovery)
+    assert not db.read(in_recovery)  # resting: the identity is not asked, the primary reads
+    refusals = events(caplog, "replica_fallback")
+    assert [event["reason"] for event in refusals] == ["identity_unknown"] * 2
+    assert "57014" in refusals[0]["detail"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    replicas._state(replicas.READ_URL).paused_until = 0.0  # the rest is over
+    caplog.clear()
+    assert db.read(in_recovery)  # asked again: the replica serves
+    assert fallbacks(caplog) == []
+
+
+@DIRECT_ONLY  # the statement timeout is a direct connection's startup option
+def test_a_replica_whose_identity_cannot_be_read_is_refused_and_rests(
+    replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "300")
+    max_lag(monkeypatch, MUCH)
+    new_container()
+    assert db.read(in_recovery)  # the primary's identity is known; the replica served
+    db.dispose_engine()  # the next read opens a new replica connection, asked what it is
+    with revision_locked(replica_pair):
+        assert not db.read(in_recovery)
+    assert not db.read(in_recovery)  # resting
+    refusals = events(caplog, "replica_fallback")
+    assert [event["reason"] for event in refusals] == ["identity_unknown"] * 2
+    assert "57014" in refusals[0]["detail"]
 
 
 def test_analytics_url_is_preferred_for_admin_reads(
