@@ -21,11 +21,12 @@ replica `lag` behind at `t` is at most `lag + (now - t)` behind now and has repl
 what it had then. A server that cannot be reached within REPLICA_RETRY_BUDGET_S is `down`;
 after a refusal of its own (down, promoted, lagging) a URL rests for PAUSE_AFTER_S before it is
 tried again, and a rebuilt or restarted server's dead connections are replaced by the retry
-rules. A server that stops answering on an open connection is `down` as well: the checks give up
-within the same budget, the read's statements after the statement timeout plus that budget
-(`db.BoundedConnection`). Every refusal reads from the primary and logs `replica_fallback` with
-its reason; none is an error. ANALYTICS_DATABASE_URL may point at the primary itself (a
-read-only role there): a server not in recovery is fresh by definition for it.
+rules. A server that stops answering on an open connection is `down` as well: a check gives up
+within the same budget, counted from when its connection is ready, the read's statements after
+the statement timeout plus that budget (`db.BoundedConnection`). Every refusal reads from the
+primary and logs `replica_fallback` with its reason; none is an error. ANALYTICS_DATABASE_URL
+may point at the primary itself (a read-only role there): a server not in recovery is fresh by
+definition for it.
 """
 
 from __future__ import annotations
@@ -163,16 +164,16 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
         # but not the session (replay paused holding a catalog lock) costs this, not
         # DB_CONNECT_TIMEOUT_S.
         budget_s = min(settings.db_retry_budget_s, REPLICA_RETRY_BUDGET_S)
-        # A server that stopped answering on an open connection: the checks end within the
-        # budget too (`db.BoundedConnection`).
-        checks_by = time.monotonic() + budget_s
         try:
             engine = read_engine(variable, url)
         except DatabaseUrlError as error:  # DATABASE_URL's rules: its words name no secret
             raise _Refused("url_refused", str(error)) from None
 
         def check(conn: Conn) -> None:
-            with db.round_trips_by(checks_by):
+            # A server that stopped answering on an open connection: the check ends within the
+            # budget too (`db.BoundedConnection`), counted from now, its connection ready: the
+            # wait for a connection (the pool, a slow connect) had a budget of its own.
+            with db.round_trips_by(time.monotonic() + budget_s):
                 _check(conn, state, required, max_lag, accept_primary=accept_primary)
 
         def checked(conn: Conn) -> T:

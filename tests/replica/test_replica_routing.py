@@ -12,7 +12,9 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -289,6 +291,38 @@ def test_a_replica_freezing_under_a_proven_read_is_bounded_by_the_statement_time
         seen = answered(lambda: keywords_seen(seeded))
     assert seen[0] == "unreplayed"
     assert fallbacks(caplog) == ["down"]
+
+
+def test_a_check_after_a_long_wait_for_its_connection_has_a_budget_of_its_own(
+    replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The freshness check's budget starts when its connection is ready: a read that waited
+    longer than the replica's budget for its connection (here the pool's only one, which
+    another read held) still checks a healthy replica instead of calling it `down`."""
+    budget_s = 0.5
+    monkeypatch.setattr(replicas, "REPLICA_RETRY_BUDGET_S", budget_s)
+    monkeypatch.setenv("DB_RETRY_BUDGET_S", "30")  # the pool's wait for a connection
+    max_lag(monkeypatch, MUCH)
+    replica_pair.caught_up()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(conn: db.Conn) -> bool:
+        holding.set()
+        release.wait(HANG_GUARD_S)
+        return in_recovery(conn)
+
+    with ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(db.read, hold)
+        assert holding.wait(HANG_GUARD_S)
+        # The holder's proof is forgotten (the primary's identity is not): the next read
+        # checks, and waits for its connection at once.
+        replicas._state(replicas.READ_URL).lag_ms = None
+        waiter = pool.submit(db.read, in_recovery)
+        time.sleep(3 * budget_s)  # the slow connect under test: it outlasts the budget
+        release.set()
+        assert answered(holder.result)
+        assert answered(waiter.result)  # the replica served, after its check
+    assert fallbacks(caplog) == []
 
 
 def test_a_promoted_then_rebuilt_replica_is_picked_up(
