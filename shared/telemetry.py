@@ -20,10 +20,10 @@ import secrets
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
+from shared.clock import iso_ms, utcnow
 from shared.errors import DomainError
 
 logger = logging.getLogger("keyflash")
@@ -51,7 +51,7 @@ def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     """Emit one JSON log line `{"event": ..., "ts": ..., "requestId": ..., **fields}`."""
     if not logger.isEnabledFor(level):
         return
-    record = {"event": event, "ts": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    record = {"event": event, "ts": iso_ms(utcnow())}  # the API's form: one parser for both
     if (current := request_id.get()) is not None:
         record["requestId"] = current
     record.update(fields)
