@@ -38,6 +38,12 @@ def without_lone_surrogates(value: str) -> str:
     return LONE_SURROGATE.sub("\ufffd", value)
 
 
+def storable(value: str) -> str:
+    """`value` as PostgreSQL text holds it: NUL removed, each lone surrogate as U+FFFD. For
+    text from elsewhere (a provider's) that is answered as is and may then be saved."""
+    return without_lone_surrogates(value.replace(NUL, ""))
+
+
 def first_unstorable(value: Any) -> Unstorable | None:
     """`unstorable_kind` of the first string, key or value, anywhere in `value` (decoded JSON)
     that has one; iterative, so any depth the parser allowed is walked."""

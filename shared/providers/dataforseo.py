@@ -72,6 +72,7 @@ from shared.providers.breaker import CircuitBreaker
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
+from shared.storable_text import storable
 
 BASE_URL = "https://api.dataforseo.com"
 PATH = "/v3/keywords_data/google_ads/search_volume/live"
@@ -268,7 +269,9 @@ class DataForSEOProvider:
     def related_keywords(self, keyword: str, options: SearchOptions) -> list[RelatedKeywordData]:
         """Keyword ideas for one seed (`keywords_for_keywords`, sorted by relevance), the seed
         itself left out, the first 20; relevance is 100 - 3·(the idea's position among all
-        results, skipped ones included), as the original. Ideas keep their own missing data."""
+        results, skipped ones included), as the original. Ideas keep their own missing data.
+        An idea is made storable (it may be saved as answered) and whitespace-collapsed; one
+        `match_key` is one row, the first (the most relevant), as results are matched."""
         missing = self._missing_credentials()
         if missing:
             raise ProviderConfigurationError(missing)
@@ -284,12 +287,15 @@ class DataForSEOProvider:
         envelope = self._request(RELATED_PATH, task, options, keywords=1, skipped=0)
         results = envelope["tasks"][0].get("result")
         related: list[RelatedKeywordData] = []
+        seen = {match_key(seed)}
         for index, item in enumerate(results if isinstance(results, list) else []):
-            idea = _result_keyword(item) if isinstance(item, Mapping) else None
-            if idea is None or match_key(idea) == match_key(seed):
+            found = _result_keyword(item) if isinstance(item, Mapping) else None
+            idea = " ".join(storable(found).split()) if found else ""
+            if not idea or match_key(idea) in seen:
                 continue
+            seen.add(match_key(idea))
             row: RelatedKeywordData = {
-                **to_keyword_data(" ".join(idea.split()), item),
+                **to_keyword_data(idea, item),
                 "relevance": max(0, 100 - 3 * index),
             }
             related.append(row)

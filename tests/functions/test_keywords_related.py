@@ -287,6 +287,62 @@ def test_dataforseo_keyword_ideas(call: Caller, monkeypatch: pytest.MonkeyPatch)
     }  # fmt: skip
 
 
+def idea(keyword: str, volume: int | None = None) -> dict[str, Any]:
+    """One keywords_for_keywords item as DataForSEO documents it."""
+    return {"keyword": keyword, "search_volume": volume, "competition": "LOW",
+            "competition_index": 10, "cpc": 0.5, "monthly_searches": []}  # fmt: skip
+
+
+def ideas_answer(items: list[Any]) -> httpx.Response:
+    """The recorded answer with `items` as its result, as JSON escapes (a lone surrogate too)."""
+    answer = json.loads((FIXTURES / "keywords_for_keywords_ok.json").read_text())
+    answer["tasks"][0]["result"] = items
+    return httpx.Response(200, content=json.dumps(answer).encode(),
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+
+
+def test_ideas_that_are_one_keyword_are_one_row_the_providers_first(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Variants in case or spacing are one keyword (matched as the keyword search matches):
+    the first, the most relevant in DataForSEO's order, is kept with its own figures (s49t4 F1)."""
+    use_dataforseo(monkeypatch)
+    keyword = seed()
+    items = [idea(f"{keyword} tips", 10), idea(f"{keyword.upper()} TIPS", 20),
+             idea(f"{keyword}  tips ", 30), idea(f"{keyword} other", 40)]  # fmt: skip
+    with dataforseo_upstream() as upstream:
+        upstream.post(RELATED_API_URL).mock(ideas_answer(items))
+        result = related(call, user_id(), {"keyword": keyword})
+    assert result.status == 200, result.text
+    assert [
+        (r["keyword"], r["searchVolume"], r["relevance"]) for r in result.json["relatedKeywords"]
+    ] == [(f"{keyword} tips", 10, 100), (f"{keyword} other", 40, 91)]
+
+
+def test_provider_text_is_made_storable_so_the_rows_save_as_answered(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DataForSEO's text is made storable where it is read (NUL removed, a lone surrogate
+    U+FFFD): answered, cached and saved alike; an idea left blank is dropped (s49t4 F2)."""
+    use_dataforseo(monkeypatch)
+    keyword, who = seed(), user_id()
+    items = [idea(f"{keyword} ok", 10), idea("bad\x00idea", 20), idea("\x00 ", 30),
+             idea("half \ud83d", 40), idea(f"{keyword}\x00 OK", 50)]  # fmt: skip
+    with dataforseo_upstream() as upstream:
+        upstream.post(RELATED_API_URL).mock(ideas_answer(items))
+        result = related(call, who, {"keyword": keyword})
+        again = related(call, who, {"keyword": keyword})
+    assert result.status == 200, result.text
+    rows = result.json["relatedKeywords"]
+    assert [r["keyword"] for r in rows] == [f"{keyword} ok", "badidea", "half \ufffd"]
+    assert again.json["cached"] is True and again.json["relatedKeywords"] == rows
+    saved = call("searches", "POST", "/api/searches", user=who, json_body={
+        "name": "Ideas", "searchParams": {"keywords": [keyword], "matchType": "phrase",
+                                          "location": "US"}, "results": rows})  # fmt: skip
+    assert saved.status == 201, saved.text
+    assert saved.json["search"]["results"] == rows
+
+
 def test_dataforseo_failures_open_the_circuit(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
