@@ -8,6 +8,7 @@ was about 80 common English words; the exact list is not part of the contract).
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -15,6 +16,8 @@ from itertools import pairwise
 from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict  # pydantic validates cached briefs: it needs this on 3.11
+
+from shared.storable_text import storable
 
 Importance = Literal["high", "medium", "low"]
 DEFAULT_WORD_COUNT = 1500
@@ -42,6 +45,9 @@ STOP_WORDS = frozenset(
 _NON_WORD = re.compile(r"[^\w\s]|_")
 _TRAILER = re.compile(r"\s+[-|]\s+.*$")
 _NUMBERING = re.compile(r"^\d+\.\s*")
+# A start or end tag, a comment or declaration, as HTML starts one (`<` then a letter, `/`, `!`
+# or `?`): `a < b` and `<3` are text. No `<` inside, so a scan never passes the next one.
+_TAG = re.compile(r"<[a-zA-Z/!?][^<>]*>")
 
 
 class SerpResult(TypedDict):
@@ -101,8 +107,10 @@ class Brief(TypedDict):
 
 
 def parse_serp(result: Any) -> Serp:
-    """DataForSEO's `tasks[0].result[0]`: organic items (the first 10) and the questions of
-    "people also ask" items; missing fields are empty, never invented."""
+    """DataForSEO's `tasks[0].result[0]`: organic items with a title and a url (the first 10)
+    and the questions of "people also ask" items; a missing domain or description is empty,
+    never invented. Every string is storable (`storable`); titles, descriptions and questions
+    are plain text (`plain`), so no markup reaches the topics, headings or questions."""
     items = result.get("items") if isinstance(result, Mapping) else None
     organic: list[SerpResult] = []
     questions: list[str] = []
@@ -110,13 +118,16 @@ def parse_serp(result: Any) -> Serp:
         if not isinstance(item, Mapping):
             continue
         if item.get("type") == "organic" and len(organic) < MAX_RESULTS:
+            title, url = plain(item.get("title")), _text(item.get("url"))
+            if not title or not url:  # nothing to show or to link to
+                continue
             rank = item.get("rank_group")
             row: SerpResult = {
                 "position": rank if isinstance(rank, int) and rank > 0 else index + 1,
-                "title": _text(item.get("title")),
-                "url": _text(item.get("url")),
+                "title": title,
+                "url": url,
                 "domain": _text(item.get("domain")),
-                "description": _text(item.get("description")),
+                "description": plain(item.get("description")),
             }
             extra = item.get("extra")
             words = extra.get("word_count") if isinstance(extra, Mapping) else None
@@ -128,16 +139,29 @@ def parse_serp(result: Any) -> Serp:
             # (a page's title), which the original took for a question too.
             elements = item.get("items")
             for element in elements if isinstance(elements, list) else []:
-                title = element.get("title") if isinstance(element, Mapping) else None
-                if isinstance(title, str) and title.strip() and title.strip() not in questions:
-                    questions.append(title.strip())
+                title = plain(element.get("title") if isinstance(element, Mapping) else None)
+                if title and title not in questions:
+                    questions.append(title)
     total = result.get("se_results_count") if isinstance(result, Mapping) else None
     total = total if isinstance(total, int) and not isinstance(total, bool) else 0
     return {"results": organic, "questions": questions, "totalResults": total}
 
 
 def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
+    """A provider's string, storable and trimmed; anything else is empty."""
+    return storable(value).strip() if isinstance(value, str) else ""
+
+
+def plain(value: Any) -> str:
+    """A provider's title, snippet or question as plain text: tags dropped (each a word
+    break), entities decoded, whitespace collapsed, storable; anything but a string is empty.
+    Results pages can carry markup and entities (`&amp;`), which would otherwise become topics
+    ("amp script") and headings. Entities are decoded last, so an escaped `&lt;b&gt;` stays the
+    text it is."""
+    text = _text(value)
+    if "<" in text or "&" in text:
+        text = html.unescape(_TAG.sub(" ", text))  # never NUL nor a surrogate (HTML's rule)
+    return " ".join(text.split())
 
 
 def mock_serp(keyword: str) -> Serp:

@@ -21,6 +21,7 @@ import respx
 from shared import brief, cache, config, providers
 from shared.providers.dataforseo import SERP_API_URL
 from shared.redis import get_redis
+from shared.storable_text import first_unstorable
 from tests.support.http import Caller, fresh_ip
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -302,6 +303,68 @@ def test_headings_and_questions_follow_the_original_rules() -> None:
     }  # fmt: skip
     assert all("seo tools" not in phrase for phrase in made["relatedKeywords"])
     assert "keyword research" in made["relatedKeywords"]
+
+
+MARKUP_PAGE: dict[str, Any] = {
+    "se_results_count": 40,
+    "items": [
+        {"type": "organic", "rank_group": 1, "domain": "a.example\x00",
+         "url": "https://a.example/espresso?x=1",
+         "description": "Espresso &amp; grinder<br>setup\x00 tips.<script>alert(1)</script>",
+         "title": "<b>Espresso</b> &amp; Grinder <span class=\"x\">Setup</span> - Shop"},
+        {"type": "organic", "rank_group": 2, "title": None, "url": "https://b.example/",
+         "domain": "b.example", "description": "espresso grinder"},
+        {"type": "organic", "rank_group": 3, "title": "No address at all", "url": None,
+         "domain": "c.example", "description": "espresso grinder"},
+        {"type": "organic", "rank_group": 4, "title": "Espresso &lt;3 grinder \ud83d",
+         "url": "https://d.example/", "domain": "d.example", "description": "<p>espresso grinder"},
+        {"type": "people_also_ask", "items": [
+            {"title": "Is <i>espresso</i> &quot;strong&quot;?"}, {"title": "<b></b>"},
+            {"title": "Is espresso &quot;strong&quot;?"}]},
+    ],
+}  # fmt: skip
+
+
+def test_provider_text_is_plain_storable_and_results_without_title_or_url_are_dropped() -> None:
+    """Titles, snippets and questions are plain text (tags dropped, entities decoded) before
+    anything is built from them; every string is storable; an organic item without a title or
+    an address is not a result (s49t4)."""
+    serp = brief.parse_serp(MARKUP_PAGE)
+    assert serp["results"] == [
+        {"position": 1, "title": "Espresso & Grinder Setup - Shop",
+         "url": "https://a.example/espresso?x=1", "domain": "a.example",
+         "description": "Espresso & grinder setup tips. alert(1)"},
+        {"position": 4, "title": "Espresso <3 grinder \ufffd", "url": "https://d.example/",
+         "domain": "d.example", "description": "espresso grinder"},
+    ]  # fmt: skip
+    assert serp["questions"] == ['Is espresso "strong"?']
+    made = brief.build_brief("espresso", "US", serp, provider="DataForSEO", mock=False,
+                             generated_at="2024-01-01T00:00:00.000Z")  # fmt: skip
+    assert first_unstorable(made) is None
+    assert {"topic": "espresso grinder", "frequency": 4, "importance": "medium"} in made["topics"]
+    words = " ".join([*made["relatedKeywords"], *(h["text"] for h in made["suggestedHeadings"])])
+    assert not {"amp", "span", "script", "<b>"} & set(words.split())
+
+
+def test_a_live_brief_is_built_from_plain_storable_text(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live(monkeypatch)
+    kw, page = keyword(), serp_fixture()
+    page["tasks"][0]["result"][0] = MARKUP_PAGE
+    answer = httpx.Response(200, content=json.dumps(page).encode(),
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+    with dataforseo_upstream() as upstream:
+        upstream.post(SERP_API_URL).mock(answer)
+        first = make_brief(call, user_id(), {"keyword": kw})
+        again = make_brief(call, user_id(), {"keyword": kw})
+    assert first.status == 200, first.text
+    made = first.json["brief"]
+    assert [r["title"] for r in made["serpResults"]] == [
+        "Espresso & Grinder Setup - Shop", "Espresso <3 grinder \ufffd",
+    ]  # fmt: skip
+    assert first_unstorable(made) is None and "<" not in json.dumps(made["topics"])
+    assert again.json["cached"] is True and again.json["brief"] == made
 
 
 def test_the_cache_key_is_the_originals() -> None:
