@@ -72,7 +72,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from shared import db_dialect
 from shared.config import PreparedStatements, Settings, get_settings
@@ -141,8 +141,6 @@ _DRIVER_OPTIONS = frozenset(
 # When the running work gives up (`time.monotonic()`): no connection `_execute` opens waits past
 # it, nor any round trip on a `BoundedConnection` while it is set (checkout, `round_trips_by`).
 _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", default=None)
-# Set by `checkout_pooled`: a checkout that would have to connect raises `NoPooledConnection`.
-_pooled_only: ContextVar[bool] = ContextVar("keyflash_db_pooled_only", default=False)
 
 
 class BoundedConnection(psycopg.Connection[Any]):
@@ -300,28 +298,6 @@ def connect_ahead() -> bool:
     return True
 
 
-class NoPooledConnection(RuntimeError):
-    """`checkout_pooled` found no connection it could hand out without connecting."""
-
-
-def checkout_pooled(engine: Engine) -> PoolProxiedConnection:
-    """A connection `engine`'s pool already holds, or `NoPooledConnection` where a checkout
-    would have to connect: none idle (a cold container, another thread has it) or the idle one
-    found dead (its previous answer missing, the idle check's ping failed).
-
-    For work no response may wait on (the `api_usage` row): connecting to a database that does
-    not answer waits out DB_CONNECT_TIMEOUT_S. Another thread taking the idle connection between
-    the look and the checkout still makes this wait for the pool, as any checkout would."""
-    pool = engine.pool
-    if not isinstance(pool, QueuePool) or pool.checkedin() == 0:
-        raise NoPooledConnection("no idle pooled connection")
-    bound = _pooled_only.set(True)
-    try:
-        return engine.raw_connection()
-    finally:
-        _pooled_only.reset(bound)
-
-
 def _dispose_all() -> None:
     for engine in (_engine, *_read_engines.values()):
         if engine is not None:
@@ -378,8 +354,6 @@ def _install_connect_bound(engine: Engine, longest_round_trip_s: float | None) -
 
     @event.listens_for(engine, "do_connect")
     def _bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        if _pooled_only.get():
-            raise NoPooledConnection("the pooled connection must be replaced")
         give_up_at = _give_up_at.get()
         if give_up_at is None:  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
             return None if bounded is None else bounded(*cargs, **cparams)

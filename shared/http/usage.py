@@ -7,15 +7,11 @@ the request is answered, and its answer is *read* the next time that connection 
 Nobody waits for it: by the next request the server's answer is long in the socket's buffer.
 
 How (see docs/performance.md#the-api_usage-row-one-round-trip):
-- `record(row)` checks a pooled connection out, never a new one (the checkout reads whatever
-  that connection still had in flight), marks the row for it and checks it back in; after
-  SQLAlchemy's reset on return, the pool's `checkin` hook sends the INSERT with libpq
-  (`send_query_params`: one extended-protocol flight ending in Sync, so it commits on the server
-  on its own, like any autocommit statement) and does not read the result. The connection is
-  then idle in the pool with one answer pending.
-- no pooled connection to be had without connecting (a cold container, one found dead, the
-  database down): the rows are held and one thread connects and sends them, waited for at most
-  `ANSWER_GRACE_S`: no response waits out a connect to a database that does not answer.
+- `record(row)` checks a connection out (the checkout reads whatever that connection still had
+  in flight), marks the row for it and checks it back in; after SQLAlchemy's reset on return, the
+  pool's `checkin` hook sends the INSERT with libpq (`send_query_params`: one extended-protocol
+  flight ending in Sync, so it commits on the server on its own, like any autocommit statement)
+  and does not read the result. The connection is then idle in the pool with one answer pending.
 - the pool's `checkout` hook (first of the checkout hooks) reads that answer before anything
   else may use the connection; `close` (dispose, SnapStart's snapshot, shutdown) does the same.
 - at most one INSERT is in flight per pooled connection (`DB_POOL_SIZE`, default 1), and it may
@@ -68,41 +64,27 @@ _SESSION_ENDED = ("08", "57")
 _lock = threading.Lock()
 _held: list[Row] = []
 _hooked: weakref.WeakSet[Engine] = weakref.WeakSet()
-_connector: threading.Thread | None = None  # `_send_in_background`'s connect, when one ran
 stats = {"sent": 0, "confirmed": 0, "late": 0, "held": 0, "failed": 0, "lost": 0}
 
 
 def record(request: api_usage.Request) -> None:
-    """Send `request`'s row (and any held ones) on a pooled connection without waiting.
-
-    Never on a new connection: when the pool has none to give without connecting, the rows are
-    held and `_send_in_background` connects and sends them."""
+    """Send `request`'s row (and any held ones) on a pooled connection without waiting."""
     row = api_usage.wire_row(request)
     rows = [row, *_take_held()]
     try:
         engine = db.get_engine()
         _install(engine)
+        connection = engine.raw_connection()  # the checkout reads what it had in flight
     except Exception as error:  # analytics must not fail the request
         _hold(rows, reason=type(error).__name__)
-        return
-    try:
-        connection = db.checkout_pooled(engine)  # the checkout reads what it had in flight
-    except Exception as error:
-        # No connection is no failure (a cold container; a lost one was logged as it was lost).
-        _hold(
-            rows, reason=None if isinstance(error, db.NoPooledConnection) else type(error).__name__
-        )
-        _send_in_background(engine)
         return
     connection.info[_OUTBOX] = rows
     connection.close()  # the reset runs first, then `_send_on_checkin`
 
 
 def settle() -> None:
-    """Wait for a background connect's send, then read the answers pending on the idle pooled
-    connections, keeping them open: what the next request's checkout would do, for a caller
-    about to read `api_usage` from elsewhere."""
-    _await_connector()
+    """Read the answers pending on the idle pooled connections, keeping them open: what the next
+    request's checkout would do, for a caller about to read `api_usage` from elsewhere."""
     engine = db._engine
     if engine is None:
         return
@@ -124,7 +106,6 @@ def flush() -> None:
     Closes the pooled connections (the next query reconnects): for shutdown, SnapStart's
     snapshot, and tests that read `api_usage` from a connection of their own.
     """
-    _await_connector()
     if db._engine is not None:  # never build an engine to flush
         db.close_connections()  # each close reads its connection's answer (`_confirm_on_close`)
     rows = _take_held()
@@ -144,50 +125,6 @@ def flush() -> None:
         log_event(
             "usage_rows_lost", level=logging.ERROR, rows=len(rows), error=type(error).__name__
         )
-
-
-# --- a connection made off the response path ------------------------------------------------------
-
-
-def _send_in_background(engine: Engine) -> None:
-    """Connect in a thread of its own and send the held rows on that connection.
-
-    The response waits for it at most ANSWER_GRACE_S, as for a late answer: a connect that
-    quick sends the rows before the handler returns, as a pooled connection would have. One
-    connect at a time; a failed one leaves the rows held for the next request's attempt or the
-    shutdown flush."""
-    global _connector
-    with _lock:
-        if _connector is not None and _connector.is_alive():
-            return
-        connector = _connector = threading.Thread(
-            target=_connect_and_send, args=(engine,), name="keyflash-usage-connect", daemon=True
-        )
-        connector.start()  # under the lock: alive before another request looks
-    connector.join(ANSWER_GRACE_S)
-
-
-def _connect_and_send(engine: Engine) -> None:
-    try:
-        connection = engine.raw_connection()  # DB_CONNECT_TIMEOUT_S, the idle check: as ever
-    except Exception as error:
-        with _lock:
-            waiting = len(_held)
-        log_event(
-            "usage_record_deferred",
-            level=logging.WARNING,
-            rows=waiting,
-            reason=type(error).__name__,
-        )
-        return
-    connection.info[_OUTBOX] = _take_held()  # taken once connected: rows held meanwhile too
-    connection.close()
-
-
-def _await_connector() -> None:
-    connector = _connector
-    if connector is not None:
-        connector.join()  # ends within DB_CONNECT_TIMEOUT_S
 
 
 # --- the pool hooks ------------------------------------------------------------------------------
@@ -323,20 +260,13 @@ def _take_held() -> list[Row]:
         return rows
 
 
-def _hold(rows: list[Row], *, reason: str | None) -> None:
-    """Keep `rows` to send again; `reason` None: not logged as deferred (nothing failed)."""
+def _hold(rows: list[Row], *, reason: str) -> None:
     with _lock:
         room = MAX_HELD_ROWS - len(_held)
         kept, dropped = rows[:room], rows[room:]
         _held.extend(kept)
         stats["held"] += len(kept)
         stats["lost"] += len(dropped)
-    if reason is not None:
-        log_event("usage_record_deferred", level=logging.WARNING, rows=len(kept), reason=reason)
+    log_event("usage_record_deferred", level=logging.WARNING, rows=len(kept), reason=reason)
     if dropped:
-        log_event(
-            "usage_rows_lost",
-            level=logging.ERROR,
-            rows=len(dropped),
-            reason=reason or "no connection",
-        )
+        log_event("usage_rows_lost", level=logging.ERROR, rows=len(dropped), reason=reason)
