@@ -45,9 +45,20 @@ STOP_WORDS = frozenset(
 _NON_WORD = re.compile(r"[^\w\s]|_")
 _TRAILER = re.compile(r"\s+[-|]\s+.*$")
 _NUMBERING = re.compile(r"^\d+\.\s*")
-# A start or end tag, a comment or declaration, as HTML starts one (`<` then a letter, `/`, `!`
-# or `?`): `a < b` and `<3` are text. No `<` inside, so a scan never passes the next one.
-_TAG = re.compile(r"<[a-zA-Z/!?][^<>]*>")
+# A start or end tag (its name in group 1), a comment or declaration, as HTML starts one (`<`
+# then a letter, `/`, `!` or `?`): `a < b` and `<3` are text. No `<` inside, so a scan never
+# passes the next one.
+_TAG = re.compile(r"<(?:/?([a-zA-Z][a-zA-Z0-9]*)|[!?/])[^<>]*>")
+# Tags inside a run of text (`Java<b>Script</b>` is one word); any other tag breaks words.
+_INLINE = frozenset(
+    {"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "dfn", "em", "font", "i", "kbd",
+     "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var", "wbr"}
+)  # fmt: skip
+# The start of an element whose content is not text (dropped whole), its name in group 1.
+_NOT_TEXT = re.compile(r"<(script|style)(?![a-zA-Z0-9])", re.IGNORECASE)
+# A character reference, only as HTML writes it whole (with its `;`): `&section=2` in a
+# snippet's query string is text, which `html.unescape` alone would read as `§ion=2`.
+_REFERENCE = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 
 
 class SerpResult(TypedDict):
@@ -153,15 +164,36 @@ def _text(value: Any) -> str:
 
 
 def plain(value: Any) -> str:
-    """A provider's title, snippet or question as plain text: tags dropped (each a word
-    break), entities decoded, whitespace collapsed, storable; anything but a string is empty.
-    Results pages can carry markup and entities (`&amp;`), which would otherwise become topics
-    ("amp script") and headings. Entities are decoded last, so an escaped `&lt;b&gt;` stays the
-    text it is."""
+    """A provider's title, snippet or question as plain text: scripts and styles dropped,
+    tags dropped (a word break unless inline), references decoded, whitespace collapsed,
+    storable; anything but a string is empty. Results pages can carry markup and references
+    (`&amp;`), which would otherwise become topics ("amp script") and headings. References are
+    decoded last, so an escaped `&lt;b&gt;` stays the text it is."""
     text = _text(value)
-    if "<" in text or "&" in text:
-        text = html.unescape(_TAG.sub(" ", text))  # never NUL nor a surrogate (HTML's rule)
+    if "<" in text:
+        text = _TAG.sub(_tag_gap, _without_elements(text))
+    if "&" in text:
+        # Never NUL nor a surrogate: HTML reads those references as U+FFFD.
+        text = _REFERENCE.sub(lambda found: html.unescape(found[0]), text)
     return " ".join(text.split())
+
+
+def _tag_gap(tag: re.Match[str]) -> str:
+    return "" if (tag[1] or "").lower() in _INLINE else " "
+
+
+def _without_elements(text: str) -> str:
+    """`text` less each script or style element (a word break in its place), in one pass: one
+    never closed is left as it is, and so is what follows it."""
+    lower, kept, at = text.lower(), [], 0
+    while (start := _NOT_TEXT.search(text, at)) is not None:
+        close = lower.find(f"</{start[1].lower()}", start.end())
+        end = lower.find(">", close) if close >= 0 else -1
+        if end < 0:
+            break
+        kept += [text[at : start.start()], " "]
+        at = end + 1
+    return "".join([*kept, text[at:]])
 
 
 def mock_serp(keyword: str) -> Serp:

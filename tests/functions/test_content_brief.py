@@ -333,7 +333,7 @@ def test_provider_text_is_plain_storable_and_results_without_title_or_url_are_dr
     assert serp["results"] == [
         {"position": 1, "title": "Espresso & Grinder Setup - Shop",
          "url": "https://a.example/espresso?x=1", "domain": "a.example",
-         "description": "Espresso & grinder setup tips. alert(1)"},
+         "description": "Espresso & grinder setup tips."},
         {"position": 4, "title": "Espresso <3 grinder \ufffd", "url": "https://d.example/",
          "domain": "d.example", "description": "espresso grinder"},
     ]  # fmt: skip
@@ -344,6 +344,24 @@ def test_provider_text_is_plain_storable_and_results_without_title_or_url_are_dr
     assert {"topic": "espresso grinder", "frequency": 4, "importance": "medium"} in made["topics"]
     words = " ".join([*made["relatedKeywords"], *(h["text"] for h in made["suggestedHeadings"])])
     assert not {"amp", "span", "script", "<b>"} & set(words.split())
+
+
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        ("Use ?a=1&section=2&copy=3 &notice", "Use ?a=1&section=2&copy=3 &notice"),
+        ("Java<b>Script</b> and C<sub>2</sub>H", "JavaScript and C2H"),
+        ("one<br>two<p>three</p>four", "one two three four"),
+        ("tips<SCRIPT type=x>var a = 1 < 2;</script >end<style>p{}</style>!", "tips end !"),
+        ("<script>never closed", "never closed"),
+        ("a<scripts>b &#0; &#xD800; &lt;b&gt;", "a b \ufffd \ufffd <b>"),
+        ("<!-- note -->a < b <3", "a < b <3"),
+    ],
+)
+def test_plain_text_is_read_as_html_writes_it(given: str, read: str) -> None:
+    """References only when written whole, inline tags joining their words, scripts and styles
+    dropped with their content (reviewer A: `&section` read as `§ion`, `Java Script`)."""
+    assert brief.plain(given) == read
 
 
 def test_a_live_brief_is_built_from_plain_storable_text(
