@@ -13,16 +13,18 @@ cutoff is dropped whole, so a row lives up to one period (a day, a month, a quar
 setting; the legacy and DEFAULT partitions, and `webhook_events`, lose their expired rows in
 small batches. 0 keeps a table's rows forever. Cutoffs are taken once per run from the run's
 time, so a run is a fixed set of steps; one that stops early (or meets a lock it will not wait
-for) leaves the rest for the next. Daily aggregates of `search_history` survive it in
-`search_daily_rollups` (the rollup never recomputes a day up to this cutoff's, only adds a
-provider's missing total: `shared.cron.rollup`). Before all that, it finishes
-the erasures whose legacy Redis keys Redis failed to delete (`_finish_legacy_erasures`).
+for) leaves the rest for the next. Before dropping or deleting anything of a table, a run
+commits its cutoff's day in its state (`prunedThrough`, by table; never moved back), so that
+daily aggregates of `search_history` survive it in `search_daily_rollups`: the rollup never
+recomputes a day up to the recorded one, only adds a provider's missing total
+(`shared.cron.rollup`). Before all that, it finishes the erasures whose legacy Redis keys Redis
+failed to delete (`_finish_legacy_erasures`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
@@ -36,6 +38,8 @@ from shared.db import Conn
 from shared.repositories import partitions, retention
 
 T = TypeVar("T")
+
+PRUNED_THROUGH = "prunedThrough"  # state: the last day each table may have lost rows of, by name
 
 
 def retention_days(settings: Settings) -> dict[str, int]:
@@ -67,6 +71,7 @@ def prune(run: Run) -> None:
         if days <= 0:
             continue
         cutoff = run.now - timedelta(days=days)
+        record_cutoff(run, table, cutoff)
         deleted[table] = 0
         log = partitions.LAYOUTS.get(table)
         done = (
@@ -76,6 +81,18 @@ def prune(run: Run) -> None:
         )
         if not done:
             return
+
+
+def record_cutoff(run: Run, table: str, cutoff: datetime) -> None:
+    """Commit, before deleting anything of `table`, the last day this run may delete rows of
+    (its cutoff's) in `state[PRUNED_THROUGH]`: a snapshot that sees any of the deletions then
+    sees the day too (the rollup reads it so: `shared.repositories.search_rollups`). Never
+    moved back: a longer retention brings back none of the rows an earlier run deleted."""
+    through: dict[str, str] = run.state.setdefault(PRUNED_THROUGH, {})
+    recorded = through.get(table)
+    day = cutoff.date() if recorded is None else max(cutoff.date(), date.fromisoformat(recorded))
+    through[table] = day.isoformat()
+    run.save_state()
 
 
 def _finish_legacy_erasures(run: Run) -> None:
