@@ -3,14 +3,20 @@
 Only days that may have changed are recomputed: from the day of the previous complete run's
 start minus LOOKBACK (rows from requests still in flight then), through today. One day is one
 batch (one statement). A first run, or `{"full": true}` (`?full=true` on Vercel), starts at the
-oldest history. Days the prune may have started on (up to and including the day of its cutoff,
-`now - RETENTION_SEARCH_HISTORY_DAYS`, taken at its own time of day) are never recomputed: their
-rows may be partly deleted (the prune deletes in batches, in no order, and may run out of time),
-and recomputed, their totals would go down. Only those that still have rows are visited, each
-found by one index probe, and only a provider without a total for the day gets one: rows
-imported there (a legacy backfill) are rolled up by the full run after the import, before the
-prune deletes them, so their aggregates outlive them too, unless the day already had that
-provider's total. A stray row from 1900 costs one day, not every day since.
+oldest history. Days the prune may have deleted rows of are never recomputed: their rows may be
+partly deleted (the prune deletes in batches, in no order, and may run out of time, or drops a
+partition), and recomputed, their totals would go down. Which days those are is what the prune
+recorded, not this run's clock: before deleting anything it commits the day of its cutoff
+(`shared.cron.prune.record_cutoff`), and each day's statement reads that record in its own
+snapshot (`shared.repositories.search_rollups.rollup_day`), so a statement that sees any of the
+prune's deletions sees the day as reached. Days up to and including the recorded one are only
+filled: a provider without a total for the day gets one, so rows imported there (a legacy
+backfill) are rolled up by the full run after the import, before the prune deletes them, unless
+the day already had that provider's total. Every later day is recomputed, also after midnight
+until the prune's next run reaches it. No record (no prune with a retention yet) means every day
+is recomputed. Only days with history rows are visited (from the recorded day on, also days
+with rollup rows, which a recompute may remove), each found by one index probe: a stray row
+from 1900 costs one day, not every day since.
 
 State (in the lease row): `watermark`, the start of the last complete run, and `nextDay`, where
 a run that ran out of time stopped. Rows inserted later with an older `searchedAt` (a legacy
@@ -36,11 +42,13 @@ from functools import partial
 from sqlalchemy.exc import DBAPIError
 
 from shared import db
+from shared.cron import prune
 from shared.cron.runner import Job, Run
 from shared.repositories import reports, search_rollups
 from shared.telemetry import log_event
 
 LOOKBACK = timedelta(hours=1)
+PRUNE_RECORD = search_rollups.PruneRecord(prune.JOB.name, prune.PRUNED_THROUGH)
 REFRESH_LOCK_TIMEOUT_MS = 5_000  # a report whose lock is held longer is tried again next run
 
 
@@ -60,13 +68,25 @@ def first_day_to_recompute(run: Run) -> date | None:
     return max(start, oldest)
 
 
-def retention_floor(run: Run) -> date:
-    """The first day the prune has not started on: the day after its cutoff's (date.min with
-    `RETENTION_SEARCH_HISTORY_DAYS=0`, which keeps every row). Days before it are only filled."""
-    days = run.settings.retention_search_history_days
-    if days <= 0:
-        return date.min
-    return (run.now - timedelta(days=days)).date() + timedelta(days=1)
+def prune_floor() -> date:
+    """The first day after the last one the prune may have deleted history of, as it recorded
+    it (date.min before its first run with a retention). Read once per run, it only steers the
+    walk: the days before it that have no rows are skipped, as filling them would add nothing.
+    Each day's statement reads the record again, to decide whether it may recompute the day."""
+    through = db.read(partial(search_rollups.pruned_through, record=PRUNE_RECORD))
+    return date.min if through is None else through + timedelta(days=1)
+
+
+def next_day_with_rows(since: date, floor: date) -> date | None:
+    """The first day from `since` whose statement may change something: before `floor` (only
+    filled) a day with history rows, from it on (recomputed) one with history or rollup rows.
+    Each probe is one statement, so a stray row from 1900 costs one day, not every day since."""
+    if since < floor:
+        found = db.read(partial(search_rollups.first_day, since=since, before=floor))
+        if found is not None:
+            return found
+        since = floor
+    return db.read(partial(search_rollups.first_day_with_rows, since=since))
 
 
 def rollup(run: Run) -> None:
@@ -86,22 +106,22 @@ def rollup(run: Run) -> None:
 def recompute_days(run: Run) -> bool:
     """Recompute the days that may have changed; False when time ran out first."""
     today = run.now.date()
-    floor = retention_floor(run)
-    day = first_day_to_recompute(run)
+    floor = prune_floor()
+    start = first_day_to_recompute(run)
+    day = None if start is None else next_day_with_rows(start, floor)
     days = 0
     while day is not None and day <= today:
         if not run.has_time():
             run.state["nextDay"] = day.isoformat()
             run.extra["daysRecomputed"] = days
             return False
-        if day < floor:
-            day = db.read(partial(search_rollups.first_day, since=day, before=floor)) or floor
-        recompute = search_rollups.rollup_day if day >= floor else search_rollups.fill_day
         with run.batch():
-            result = db.run(partial(recompute, day=day, now=run.now))
+            result = db.run(
+                partial(search_rollups.rollup_day, day=day, now=run.now, record=PRUNE_RECORD)
+            )
         run.processed += result.changed + result.removed
         days += 1
-        day += timedelta(days=1)
+        day = next_day_with_rows(day + timedelta(days=1), floor)
     run.state.pop("nextDay", None)
     run.state["watermark"] = run.now.isoformat()
     run.extra["daysRecomputed"] = days

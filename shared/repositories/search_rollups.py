@@ -3,8 +3,10 @@
 A day is recomputed from its history rows in ONE statement (aggregate, upsert, delete providers
 that no longer have rows), so a day's rollup is always exactly its rows at some instant. The
 upsert only rewrites a row whose numbers changed: recomputing an unchanged day writes nothing.
-A day the prune may have started on is only completed (`fill_day`): its rows may be partly
-deleted, so only providers without a total get one; an existing total is never lowered.
+A day the prune may have deleted rows of is only completed: only providers without a total get
+one, and an existing total is never lowered. The same statement reads how far the prune got
+(`PruneRecord`), which the prune commits before deleting anything: any snapshot that sees one
+of its deletions also sees its record, so a day is never recomputed from partly deleted rows.
 """
 
 from __future__ import annotations
@@ -20,8 +22,20 @@ from shared.models.search_history import SearchHistory
 from shared.models.search_rollups import SearchDailyRollup
 from shared.telemetry import database_operation
 
-_AGGREGATE = """
-    WITH agg AS (
+# The last day the prune may have deleted history of, as it recorded it (`PruneRecord`).
+_PRUNED_THROUGH = """(SELECT (state -> :record_key ->> 'search_history')::date
+                       FROM cron_leases WHERE job = :record_job)"""
+_PARAMS = (
+    bindparam("start", type_=UTCDateTime()),
+    bindparam("end", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+)
+
+_ROLLUP_DAY = text(
+    f"""
+    WITH fill_only AS (
+        SELECT coalesce(:day <= {_PRUNED_THROUGH}, false) AS yes
+    ), agg AS (
         SELECT provider,
                count(*)::int AS searches,
                coalesce(sum("keywordCount"), 0)::bigint AS keywords,
@@ -37,16 +51,6 @@ _AGGREGATE = """
         SELECT :day, provider, searches, keywords, cache_hits, response_total,
                response_total::float8 / searches, :now
           FROM agg
-"""
-_PARAMS = (
-    bindparam("start", type_=UTCDateTime()),
-    bindparam("end", type_=UTCDateTime()),
-    bindparam("now", type_=UTCDateTime()),
-)
-
-_ROLLUP_DAY = text(
-    _AGGREGATE
-    + """
         ON CONFLICT (day, provider) DO UPDATE
            SET searches = EXCLUDED.searches,
                keywords = EXCLUDED.keywords,
@@ -54,13 +58,16 @@ _ROLLUP_DAY = text(
                "responseTimeTotal" = EXCLUDED."responseTimeTotal",
                "avgResponseTime" = EXCLUDED."avgResponseTime",
                "updatedAt" = EXCLUDED."updatedAt"
-         WHERE (r.searches, r.keywords, r."cacheHits", r."responseTimeTotal")
+         WHERE NOT (SELECT yes FROM fill_only)
+           AND (r.searches, r.keywords, r."cacheHits", r."responseTimeTotal")
                IS DISTINCT FROM (EXCLUDED.searches, EXCLUDED.keywords, EXCLUDED."cacheHits",
                                  EXCLUDED."responseTimeTotal")
         RETURNING 1
     ), removed AS (
         DELETE FROM search_daily_rollups r
-         WHERE r.day = :day AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.provider = r.provider)
+         WHERE r.day = :day
+           AND NOT (SELECT yes FROM fill_only)
+           AND NOT EXISTS (SELECT 1 FROM agg WHERE agg.provider = r.provider)
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM upserted),
@@ -69,15 +76,16 @@ _ROLLUP_DAY = text(
     """
 ).bindparams(*_PARAMS)
 
-_FILL_DAY = text(
-    _AGGREGATE
-    + """
-        ON CONFLICT (day, provider) DO NOTHING
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM upserted), 0, (SELECT coalesce(sum(searches), 0) FROM agg)
-    """
-).bindparams(*_PARAMS)
+_SELECT_PRUNED_THROUGH = text(f"SELECT {_PRUNED_THROUGH}")
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRecord:
+    """Where the prune records, in its lease's state, the last day whose history it may have
+    deleted: `state[key]["search_history"]` of job `job`'s lease row (`shared.cron.prune`)."""
+
+    job: str
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,24 +102,25 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 
 @database_operation("rollupSearchDay")
-def rollup_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
-    """Recompute `day`'s rows of `search_daily_rollups` from `search_history`."""
+def rollup_day(conn: Conn, day: date, *, now: datetime, record: PruneRecord) -> DayResult:
+    """Recompute `day`'s rows of `search_daily_rollups` from `search_history`; or, if `record`
+    says the prune may have deleted rows of `day` (it is at or before the recorded day), only
+    add the totals of providers that have none yet, keeping the others as they are."""
     start, end = day_bounds(day)
+    params = {"day": day, "start": start, "end": end, "now": now}
     row = conn.session.execute(
-        _ROLLUP_DAY, {"day": day, "start": start, "end": end, "now": now}
+        _ROLLUP_DAY, {**params, "record_job": record.job, "record_key": record.key}
     ).one()
     return DayResult(changed=int(row[0]), removed=int(row[1]), searches=int(row[2]))
 
 
-@database_operation("fillSearchDay")
-def fill_day(conn: Conn, day: date, *, now: datetime) -> DayResult:
-    """Add `day`'s totals for the providers that have none yet; existing ones are kept as they
-    are (the prune may have deleted some of the rows they sum)."""
-    start, end = day_bounds(day)
-    row = conn.session.execute(
-        _FILL_DAY, {"day": day, "start": start, "end": end, "now": now}
-    ).one()
-    return DayResult(changed=int(row[0]), removed=int(row[1]), searches=int(row[2]))
+@database_operation("prunedThrough")
+def pruned_through(conn: Conn, record: PruneRecord) -> date | None:
+    """The last day whose history the prune may have deleted, as it recorded it; None before
+    its first run with a retention."""
+    params = {"record_job": record.job, "record_key": record.key}
+    day: date | None = conn.session.execute(_SELECT_PRUNED_THROUGH, params).scalar_one_or_none()
+    return day
 
 
 @database_operation("firstSearchDay")
@@ -128,6 +137,21 @@ def first_day(conn: Conn, since: date = date.min, before: date | None = None) ->
         statement = statement.where(SearchHistory.searched_at < day_bounds(before)[0])
     oldest = conn.session.execute(statement).scalar_one_or_none()
     return None if oldest is None else oldest.date()
+
+
+@database_operation("firstSearchOrRollupDay")
+def first_day_with_rows(conn: Conn, since: date) -> date | None:
+    """The first day from `since` that has history rows or rollup rows (a recomputed day may
+    lose the latter); two index probes in one statement."""
+    history = select(func.min(SearchHistory.searched_at)).where(
+        SearchHistory.searched_at >= day_bounds(since)[0]
+    )
+    rollups = select(func.min(SearchDailyRollup.day)).where(SearchDailyRollup.day >= since)
+    oldest, first_rollup = conn.session.execute(
+        select(history.scalar_subquery(), rollups.scalar_subquery())
+    ).one()
+    days = [first_rollup] if oldest is None else [oldest.date(), first_rollup]
+    return min((day for day in days if day is not None), default=None)
 
 
 @database_operation("listSearchRollups")

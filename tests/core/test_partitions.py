@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from devkit.migrate import upgrade_head
 from shared import accounts, db
 from shared.clock import utcnow
-from shared.cron import prune
+from shared.cron import prune, rollup
 from shared.cron.runner import LEASE_HELD, run_job
 from shared.repositories import database_stats, partitions
 from tests.support.cron import configure, count, overlapping_runs
@@ -648,12 +648,20 @@ def test_retention_drops_a_quarter_once_it_is_wholly_past_the_cutoff(
     assert set(summary["dropped"]["search_history"]) == gone
     assert summary["created"]["search_history"] == ["search_history_p2030q3"]
     assert {i for i, _ in ids(fresh.conn, "search_history")} == {"february", "june"}
+    rolled = run_job(rollup.JOB, now=now.replace(tzinfo=UTC), options={"full": True})
+    assert rolled["daysRecomputed"] == 1  # February's day (filled: the prune has reached it)
 
     # Cutoff April 1, 00:00: now every row of the quarter is past it, and it goes whole.
     summary = run_job(prune.JOB, now=datetime(2030, 5, 1, tzinfo=UTC))
     assert summary["dropped"]["search_history"] == ["search_history_p2030q1"]
     assert summary["deleted"]["search_history"] == 0
     assert {i for i, _ in ids(fresh.conn, "search_history")} == {"june"}
+    # The prune recorded its cutoff's day before dropping: February's total outlives its row.
+    state = fresh.conn.execute("SELECT state FROM cron_leases WHERE job = 'prune'").fetchone()
+    assert state is not None and state[0][prune.PRUNED_THROUGH]["search_history"] == "2030-04-01"
+    run_job(rollup.JOB, now=datetime(2030, 5, 1, 1, tzinfo=UTC), options={"full": True})
+    february = "SELECT searches FROM search_daily_rollups WHERE day = '2030-02-15'"
+    assert count(fresh.conn, february) == 1
 
 
 def test_an_insert_lands_somewhere_whatever_its_time(

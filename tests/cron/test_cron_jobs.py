@@ -19,12 +19,14 @@ import sqlalchemy.exc
 from psycopg.types.json import Jsonb
 from sqlalchemy import event
 
+from devkit._host import wait_for
 from shared import db
 from shared.clock import month_start, utcnow
 from shared.cron import metrics, prune, reset_usage, rollup, trials, webhook_retry
 from shared.cron.runner import LEASE_HELD, LeaseLostError, run_job
 from shared.repositories import reports, users
 from tests.support.cron import BudgetContext, configure, count, overlapping_runs, rows
+from tests.support.processes import RowLock
 
 NOW = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
 NAIVE = NOW.replace(tzinfo=None)
@@ -838,6 +840,29 @@ def test_rollup_never_touches_days_past_history_retention(
     assert len(actual_rollups(admin_conn)) == 6  # the pruned day's aggregates are kept
 
 
+def test_the_rollup_after_midnight_still_counts_the_last_searches_of_the_day_before(
+    db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day's last rollup runs at 23:20; searches after it are counted by the 00:20 run of
+    the next day: the prune (03:30) has deleted nothing of that day yet, whatever the
+    retention, so the day is recomputed, not only filled. Once the prune's cutoff reaches the
+    day, its totals are kept as they are."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1)
+    day = TODAY
+    run_job(prune.JOB, now=datetime(2026, 11, 30, 3, 30, tzinfo=UTC))  # cutoff: 29th, 03:30
+    seed_searches(admin_conn, at_day(day, 1), 3, provider="mock")
+    run_job(rollup.JOB, now=datetime(2026, 11, 30, 23, 20, tzinfo=UTC))
+    seed_searches(admin_conn, datetime(2026, 11, 30, 23, 40, tzinfo=UTC), 2, provider="mock")
+    run_job(rollup.JOB, now=datetime(2026, 12, 1, 0, 20, tzinfo=UTC))
+    assert actual_rollups(admin_conn) == expected_rollups(admin_conn, day)
+    assert actual_rollups(admin_conn)[0][:3] == (day, "mock", 5)
+
+    run_job(prune.JOB, now=datetime(2026, 12, 1, 3, 30, tzinfo=UTC))  # cutoff: the 30th, 03:30
+    assert count(admin_conn, "SELECT count(*) FROM search_history") == 2  # the 23:40 ones
+    run_job(rollup.JOB, now=datetime(2026, 12, 1, 4, 20, tzinfo=UTC), options={"full": True})
+    assert actual_rollups(admin_conn)[0][:3] == (day, "mock", 5)
+
+
 def test_a_full_run_rolls_up_history_older_than_retention_before_the_prune_deletes_it(
     db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -860,38 +885,78 @@ def test_a_full_run_rolls_up_history_older_than_retention_before_the_prune_delet
     assert actual_rollups(admin_conn) == before
 
 
-def test_a_full_run_never_lowers_the_totals_of_a_partly_pruned_day(
+def test_no_rollup_lowers_the_totals_of_a_partly_pruned_day(
     db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The prune deletes in batches, in no order, and may run out of time; its cutoff is
-    `now - N days` at its own time of day. A full rollup between two of its runs finds old
-    days with only some rows left: their totals are kept, never recomputed lower."""
-    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1)
+    """The prune deletes in batches, in no order, and may run out of time. A rollup after an
+    interrupted prune finds days with only some rows left: their totals are kept, never
+    recomputed lower, nor after the next prune has deleted the rest."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1, CRON_BATCH_SIZE=3)
     seed_three_days(admin_conn)
     old = TODAY - timedelta(days=30)
     seed_searches(admin_conn, at_day(old), 4, provider="mock", tag="old")
     seed_searches(admin_conn, at_day(old, 11), 2, provider="dataforseo", tag="old")
     run_job(rollup.JOB, now=AT, options={"full": True})
     before = actual_rollups(admin_conn)
-    # An interrupted prune: part of the old day's mock rows and all its dataforseo rows gone,
-    # and the cutoff day (yesterday, the prune's cutoff at 10:30) cut in the middle.
-    admin_conn.execute(
-        """DELETE FROM search_history WHERE id IN (
-               SELECT id FROM search_history WHERE "searchedAt" < %s AND provider = 'mock'
-               LIMIT 2)""",
-        (old + timedelta(days=1),),
-    )
-    admin_conn.execute(
-        """DELETE FROM search_history WHERE provider = 'dataforseo' AND "searchedAt" < %s""",
-        (old + timedelta(days=1),),
-    )
-    admin_conn.execute(
-        'DELETE FROM search_history WHERE "searchedAt" >= %s AND "searchedAt" < %s',
-        (TODAY - timedelta(days=1), naive(datetime(2026, 11, 29, 10, 30, tzinfo=UTC))),
-    )
-    again = run_job(rollup.JOB, now=AT + timedelta(hours=1), options={"full": True})
-    assert (again["processed"], again["complete"]) == (0, True)
+    # Cutoff the 29th, 18:00: 20 rows past it. The partitions ahead, then two batches of 3.
+    stopped = run_job(prune.JOB, now=AT, context=BudgetContext(checks=5))
+    assert (stopped["deleted"], stopped["complete"]) == ({"search_history": 6}, False)
+    state = admin_conn.execute("SELECT state FROM cron_leases WHERE job = 'prune'").fetchone()
+    assert state == ({prune.PRUNED_THROUGH: {"search_history": "2026-11-29"}},)
+    for options in ({}, {"full": True}):
+        again = run_job(rollup.JOB, now=AT + timedelta(hours=1), options=options)
+        assert (again["processed"], again["complete"]) == (0, True)
+        assert actual_rollups(admin_conn) == before
+    run_job(prune.JOB, now=AT)
+    assert count(admin_conn, "SELECT count(*) FROM search_history") == 7  # today's
+    full = run_job(rollup.JOB, now=AT + timedelta(hours=2), options={"full": True})
+    assert full["processed"] == 0
     assert actual_rollups(admin_conn) == before
+
+
+def test_a_rollup_recomputing_a_day_the_prune_then_reaches_counts_the_day_as_it_was(
+    db_env: str,
+    direct_database_url: str,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day's statement reads the prune's record in its own snapshot. Held mid-way (its upsert
+    waits on a row lock) while the prune records that day and deletes every row of it, the
+    statement still recomputes the day from all its rows, as if it had run before the prune;
+    the prune waits for nothing. The next rollup only fills the day: its total stays."""
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1, DB_POOL_SIZE=2)
+    day = TODAY - timedelta(days=1)
+    run_job(prune.JOB, now=AT - timedelta(days=1))  # records the day before `day`
+    seed_searches(admin_conn, at_day(day), 3, provider="mock")
+    run_job(rollup.JOB, now=at_day(day, 12))
+    seed_searches(admin_conn, at_day(day, 13), 2, provider="mock", tag="late")
+    results: list[dict[str, Any]] = []
+    held = "SELECT day FROM search_daily_rollups WHERE day = %(d)s"
+    with RowLock(direct_database_url, held, {"d": day}) as lock:
+        rollup_run = threading.Thread(target=lambda: results.append(run_job(rollup.JOB, now=AT)))
+        rollup_run.start()
+        try:
+            assert wait_for(lambda: waits_on(admin_conn, lock.pid), timeout=30)
+            pruned = run_job(prune.JOB, now=AT)  # cutoff: `day`, 18:00
+            assert (pruned["deleted"]["search_history"], pruned["complete"]) == (5, True)
+            assert results == []  # still held
+        finally:
+            lock.release()
+            rollup_run.join(60)
+    assert results[0]["complete"] is True
+    assert actual_rollups(admin_conn)[0][:3] == (day, "mock", 5)
+    run_job(rollup.JOB, now=AT + timedelta(hours=1), options={"full": True})
+    assert actual_rollups(admin_conn)[0][:3] == (day, "mock", 5)
+
+
+def waits_on(conn: psycopg.Connection[Any], blocker: int) -> bool:
+    """Whether a statement on the rollups waits for a lock `blocker` holds."""
+    row = conn.execute(
+        """SELECT query FROM pg_stat_activity
+           WHERE wait_event_type = 'Lock' AND %s = ANY(pg_blocking_pids(pid))""",
+        (blocker,),
+    ).fetchone()
+    return row is not None and "search_daily_rollups" in row[0]
 
 
 def test_rollup_out_of_time_resumes_where_it_stopped(
