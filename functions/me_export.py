@@ -102,7 +102,16 @@ def _request_export(request: Request, user: Identity) -> Response:
     )
 
 
-@app.get(EXPORT_PATH, response_model=None)
+@app.get(
+    EXPORT_PATH,
+    response_model=None,
+    responses={
+        202: {
+            "description": "Too large to answer here: an export was requested, as POST answers",
+            "content": {"application/json": {"schema": {}}},
+        }
+    },
+)
 def export_me(request: Request, user: CurrentUser) -> Response:
     estimate = db.run(lambda conn: personal_data.estimated_bytes(conn, user.user_id))
     if estimate > DIRECT_BUILD_MAX_ESTIMATE:

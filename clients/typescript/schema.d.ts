@@ -2359,6 +2359,15 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            /** @description Too large to answer here: an export was requested, as POST answers */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
             400: {
                 headers: {
@@ -2379,6 +2388,15 @@ export interface operations {
             };
             /** @description Conflicts with stored data (e.g. the token's email belongs to another account) */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limit or quota exceeded (see Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2471,6 +2489,15 @@ export interface operations {
             };
             /** @description Body sent with a Content-Encoding other than identity (none is decoded) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Rate limit or quota exceeded (see Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,12 +1,14 @@
 """The error responses every function's OpenAPI document declares: the envelope, by status.
 
 FastAPI documents a `422` with its own validation body, which we never send (validation failures
-are 400s in the original's envelope), and nothing for what the shared layer answers on its own:
-guards (403 CSRF, 413 body limit, 415 body coding), the session check (401, and 409 when
-provisioning meets an email already in use), path ids (404), the last-resort 500 and the
-database's 503. This module rewrites each operation's responses to say what really comes back,
-so clients (and schemathesis) can rely on the document. Routes declare their own extra statuses
-with FastAPI's `responses=`; any 4xx/5xx declared without a body schema gets the envelope.
+are 400s in the original's envelope), and nothing for what a route answers on its own. This module
+rewrites each operation's responses to say what really comes back, so clients (and schemathesis)
+can rely on the document: what every route may answer (400, the last-resort 500, the database's
+503), what the guards answer for the method (403 CSRF, 413 body limit, 415 body coding), and
+every status the route's endpoint and dependencies can answer, read from their code with the
+functions they call (`shared.http.answers`: the session's 401 and 503, provisioning's 409, a
+rate limit's 429, a path id's 404, ...). Routes give their own descriptions (or bodies) with
+FastAPI's `responses=`; any 4xx/5xx declared without a body schema gets the envelope.
 
 Only the documentation changes here: nothing runs per request.
 """
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
+from shared.http import answers
 from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING, BodyLimit
 
 ENVELOPE = "ErrorEnvelope"
@@ -51,10 +55,6 @@ DESCRIPTIONS = {
     503: "A dependency is unavailable; retry after Retry-After seconds",
 }
 ALWAYS = (400, 500, 503)  # the envelope's JSON/validation refusals and the last resorts
-SIGNED_IN = (401,)  # `shared.http.auth.signed_in`: no valid session
-PROVISIONED = (409,)  # `shared.http.auth.authenticate`: another account holds the token's email
-ADMIN = (403,)
-WITH_PATH_ID = (404,)
 WRITE = (413,)  # BodyLimit
 CODED = (415,)  # ContentCoding, on every write
 CSRF = (403,)  # cookie-authenticated writes outside the exempt paths
@@ -75,25 +75,16 @@ def install(app: FastAPI) -> None:
 
 
 def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
-    """(path, method) → the error statuses the shared layer can answer for that route."""
-    from shared.http.auth import authenticate, require_admin, signed_in
-
+    """(path, method) → the error statuses that route can answer."""
     found: dict[tuple[str, str], set[int]] = {}
     body_limited = any(middleware.cls is cast(Any, BodyLimit) for middleware in app.user_middleware)
     for route in app.routes:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
-        calls = set(dependency_calls(route.dependant))
+        calls = [route.endpoint, *dependency_calls(route.dependant)]
+        own = answers.answered(calls, app.exception_handlers, route.endpoint.__module__)
         for method in route.methods or ():
-            statuses = set(ALWAYS)
-            if signed_in in calls or authenticate in calls:  # `authenticate` calls `signed_in`
-                statuses.update(SIGNED_IN)
-            if authenticate in calls:
-                statuses.update(PROVISIONED)
-            if require_admin in calls:
-                statuses.update(ADMIN)
-            if route.dependant.path_params:
-                statuses.update(WITH_PATH_ID)
+            statuses = {*ALWAYS, *own}
             if method in STATE_CHANGING:
                 statuses.update(CODED)
                 if body_limited:
@@ -142,7 +133,8 @@ def document_errors(
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop(FASTAPI_422, None)
             for status in sorted(statuses.get((path, method), set(ALWAYS))):
-                responses.setdefault(str(status), {"description": DESCRIPTIONS[status]})
+                description = DESCRIPTIONS.get(status) or HTTPStatus(status).phrase
+                responses.setdefault(str(status), {"description": description})
             for code, response in responses.items():
                 if code[:1] in ("4", "5"):
                     _envelope_body(response)
