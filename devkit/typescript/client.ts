@@ -1,13 +1,15 @@
 /**
  * The typed client for KeyFlash's HTTP API: a thin wrapper over `fetch`, typed by `schema.d.ts`
  * (openapi-typescript's output for `openapi.json`). Written by `keyflash openapi --typescript`
- * from devkit/typescript/client.ts; do not edit the copy in clients/typescript/.
+ * from devkit/typescript/client.ts, with each operation's documented statuses (`DOCUMENTED`)
+ * filled in from openapi.json; do not edit the copy in clients/typescript/.
  *
  * Every call resolves to a union discriminated by `ok`, then by `status`: the documented success
  * bodies, or the documented error bodies, the error envelope typed per status, so
- * `switch (result.error.statusCode)` narrows too. A body that is not JSON throws
- * `UnexpectedResponse` (a proxy's HTML 502, say). Only the documented statuses are in the types:
- * the smoke test (clients/typescript/smoke.ts) holds the API to its document.
+ * `switch (result.error.statusCode)` narrows too. Anything else throws `UnexpectedResponse`,
+ * which keeps the response and its headers: a body that is not JSON (a proxy's HTML 502), a
+ * status the operation does not document, or an error body that is not the envelope (API
+ * Gateway's own `{"message": …}` on a 429, 500, 503 or 504). So the types hold at run time.
  */
 import type { components, paths } from "./schema.js";
 
@@ -65,14 +67,51 @@ export type Options<O> = ({} extends Parameters_<O>
   Body<O> & { headers?: Record<string, string>; signal?: AbortSignal };
 type Args<O> = {} extends Options<O> ? [options?: Options<O>] : [options: Options<O>];
 
+/**
+ * An answer the API does not document: a platform's or a proxy's own (a 502 page, API Gateway's
+ * `{"message": "Endpoint request timed out"}`), or a status the operation does not declare.
+ * `headers` keep `Retry-After` and the request id to quote (`requestId`).
+ */
 export class UnexpectedResponse extends Error {
+  readonly status: number;
+  readonly headers: Headers;
+
   constructor(
-    readonly status: number,
+    readonly response: Response,
     readonly body: string,
   ) {
-    super(`unexpected ${status} response: ${body.slice(0, 200)}`);
+    super(`unexpected ${response.status} response: ${body.slice(0, 200)}`);
     this.name = "UnexpectedResponse";
+    this.status = response.status;
+    this.headers = response.headers;
   }
+
+  /** Ours (`X-Request-ID`), else the platform's: Vercel's or API Gateway's. */
+  get requestId(): string | null {
+    for (const name of REQUEST_IDS) {
+      const value = this.headers.get(name);
+      if (value) return value;
+    }
+    return null;
+  }
+}
+
+const REQUEST_IDS = ["x-request-id", "x-vercel-id", "apigw-requestid", "x-amzn-requestid"];
+
+/** Each operation's documented statuses; `own`: error statuses documented with a body of their
+ * own instead of the envelope (health's 503 report). Filled in from openapi.json. */
+const DOCUMENTED: Readonly<Record<string, { statuses: number[]; own?: number[] }>> = {};
+
+/** The error envelope for `status`, as the API writes it (a platform's JSON is not). */
+function isEnvelope(body: unknown, status: number): boolean {
+  if (typeof body !== "object" || body === null) return false;
+  const { error, message, statusCode, timestamp } = body as Record<string, unknown>;
+  return (
+    typeof error === "string" &&
+    typeof message === "string" &&
+    statusCode === status &&
+    typeof timestamp === "string"
+  );
 }
 
 export interface ClientOptions {
@@ -138,20 +177,23 @@ export function createClient(options: ClientOptions): Client {
       signal: init.signal,
     });
     const text = await response.text();
+    const documented = DOCUMENTED[`${method} ${path}`];
+    if (!documented?.statuses.includes(response.status)) {
+      throw new UnexpectedResponse(response, text);
+    }
     let payload: unknown = undefined;
     if (text !== "") {
       try {
         payload = JSON.parse(text);
       } catch {
-        throw new UnexpectedResponse(response.status, text);
+        throw new UnexpectedResponse(response, text);
       }
     }
-    if (!response.ok && payload === undefined) {
-      throw new UnexpectedResponse(response.status, text);
+    if (response.ok) return { ok: true, status: response.status, data: payload, response };
+    if (!documented.own?.includes(response.status) && !isEnvelope(payload, response.status)) {
+      throw new UnexpectedResponse(response, text);
     }
-    return response.ok
-      ? { ok: true, status: response.status, data: payload, response }
-      : { ok: false, status: response.status, error: payload, response };
+    return { ok: false, status: response.status, error: payload, response };
   };
   const method = (name: string) => (path: string, init?: Untyped) => send(name, path, init);
   return {

@@ -1,10 +1,11 @@
 """The committed TypeScript client (clients/typescript/) is in step with the API it types.
 
 Offline and without Node: the committed openapi.json must be the merged document the functions
-produce now, and client.ts the wrapper in devkit/typescript/. CI also regenerates schema.d.ts
-from the committed openapi.json and compiles everything (a step of .ci/run, which installs the
-pinned tools with `npm ci`); where those tools are installed, the last test here regenerates the
-whole client through the CLI and compares it with the committed files.
+produce now, and client.ts the wrapper in devkit/typescript/ with its statuses filled in. CI also
+regenerates schema.d.ts from the committed openapi.json and compiles everything (a step of
+.ci/run, which installs the pinned tools with `npm ci`); where those tools are installed, a test
+here regenerates the whole client through the CLI and compares it with the committed files, and
+another runs client.test.ts against the client.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devkit import cli, gateway, typescript_client
-from devkit.typescript_client import CLIENT_DIR, WRAPPER, render
+from devkit.typescript_client import CLIENT_DIR, render
 from tests.support.ci import missing_tool
 
 REGENERATE = "run `keyflash openapi --typescript clients/typescript` and commit the result"
@@ -36,8 +38,12 @@ def test_the_committed_openapi_json_is_the_live_merged_document() -> None:
     assert committed("openapi.json") == live, f"clients/typescript/ is out of date: {REGENERATE}"
 
 
-def test_the_committed_client_is_the_wrapper() -> None:
-    assert committed("client.ts") == WRAPPER.read_text(), REGENERATE
+def test_the_committed_client_is_the_wrapper_with_the_documented_statuses() -> None:
+    document = json.loads(committed("openapi.json"))
+    assert committed("client.ts") == typescript_client.render_client(document), REGENERATE
+    assert '"GET /api/health": { statuses: [200, 207, 400, 429, 500, 503], own: [503] },' in (
+        committed("client.ts")
+    )
 
 
 def test_every_documented_error_is_the_envelope_but_the_few_listed() -> None:
@@ -139,3 +145,24 @@ def test_an_unwritable_directory_is_one_line(
     assert cli.main(["openapi", "--typescript", str(occupied / "client")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("keyflash: cannot write into") and err.count("\n") == 1
+
+
+def test_the_client_throws_what_the_api_does_not_document_with_its_headers(tmp_path: Path) -> None:
+    """clients/typescript/client.test.ts, compiled with the committed client under --strict and run
+    with a fake fetch: a platform's own JSON (API Gateway's `{"message": …}`), an envelope on an
+    undocumented status and text all throw `UnexpectedResponse`, which keeps the headers."""
+    tsc = CLIENT_DIR / "node_modules" / ".bin" / "tsc"
+    if shutil.which("node") is None or not tsc.exists():
+        missing_tool("node and clients/typescript/node_modules (`npm ci` there) are needed")
+    (tmp_path / "package.json").write_text('{"type": "module"}\n')
+    compiled = subprocess.run(
+        [str(tsc), "-p", str(CLIENT_DIR), "--outDir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    ran = subprocess.run(
+        ["node", str(tmp_path / "client.test.js")], capture_output=True, text=True, check=False
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
