@@ -24,7 +24,6 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from shared.http import answers
 from shared.http.guards import CSRF_EXEMPT_PREFIXES, STATE_CHANGING, BodyLimit
 
 ENVELOPE = "ErrorEnvelope"
@@ -75,7 +74,10 @@ def install(app: FastAPI) -> None:
 
 
 def _statuses_by_operation(app: FastAPI) -> dict[tuple[str, str], set[int]]:
-    """(path, method) → the error statuses that route can answer."""
+    """(path, method) → the error statuses that route can answer. `answers` reads source
+    (ast, inspect): imported here, as the document is, never on a function's cold start."""
+    from shared.http import answers
+
     found: dict[tuple[str, str], set[int]] = {}
     body_limited = any(middleware.cls is cast(Any, BodyLimit) for middleware in app.user_middleware)
     for route in app.routes:
