@@ -15,7 +15,10 @@ import importlib.util
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -129,6 +132,26 @@ class LocalPostgres(Service):
         """Whether the postmaster recorded in `postmaster.pid` is alive."""
         pid = self._postmaster_pid()
         return pid is not None and _is_postmaster(pid)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Every process of the server stopped (SIGSTOP) until the block ends (SIGCONT): what an
+        open connection sees of a hung host, a frozen VM or a black-holed network. The kernel
+        still accepts connections and acknowledges what is sent; nothing answers. Linux only
+        (the children come from /proc)."""
+        postmaster = self._postmaster_pid()
+        if postmaster is None:
+            raise LocalPostgresError("the server is not running")
+        task = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        pids = [postmaster, *map(int, task.read_text().split())]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def _await_dead_postmaster(self) -> None:
         """A postmaster that died (killed) leaves its pid file; PostgreSQL refuses to start

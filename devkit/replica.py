@@ -10,12 +10,8 @@ replication connections from 127.0.0.1 suffice.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psycopg
@@ -79,26 +75,6 @@ class LocalReplica(LocalPostgres):
         with psycopg.connect(self.url(), autocommit=True) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         return bool(row and row[0])
-
-    @contextmanager
-    def frozen(self) -> Iterator[None]:
-        """Every process of the server stopped (SIGSTOP) until the block ends (SIGCONT): what an
-        open connection sees of a hung host, a frozen VM or a black-holed network. The kernel
-        still accepts connections and acknowledges what is sent; nothing answers. Linux only
-        (the children come from /proc)."""
-        postmaster = self._postmaster_pid()
-        if postmaster is None:
-            raise LocalPostgresError("the replica is not running")
-        task = Path(f"/proc/{postmaster}/task/{postmaster}/children")
-        pids = [postmaster, *map(int, task.read_text().split())]
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            for pid in pids:
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
 
     def pause_replay(self) -> None:
         """`pg_wal_replay_pause()`: WAL keeps arriving but is not applied (lag, for real).
