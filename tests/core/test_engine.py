@@ -280,6 +280,26 @@ def test_statement_timeout_applies_to_single_statements_on_direct_connections(
         db.run(lambda conn: conn.session.execute(text("SELECT pg_sleep(5)")))
 
 
+def test_a_transaction_with_its_own_longer_statement_timeout_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client gives up on a silent server after the statement timeout in force plus a
+    grace (`db.BoundedConnection`): for a transaction that sets a longer one (a cron's report
+    refresh), that is its own, not DB_STATEMENT_TIMEOUT_MS; the engine's bound holds again
+    after it."""
+    reconfigure(monkeypatch, DB_STATEMENT_TIMEOUT_MS="100")
+    monkeypatch.setattr(db, "STATEMENT_GRACE_S", 0.1)  # the engine's bound: 0.2 s
+
+    def slow(conn: db.Conn) -> int:
+        return int(conn.session.execute(text("SELECT 1 FROM pg_sleep(0.5)")).scalar_one())
+
+    assert db.transaction(slow, statement_timeout_ms=10_000) == 1
+    with db.get_engine().connect() as connection:
+        driver = connection.connection.dbapi_connection
+    assert isinstance(driver, db.BoundedConnection)
+    assert driver.longest_round_trip_s == pytest.approx(0.2)
+
+
 def test_unreachable_database_fails_within_budget_without_leaking_the_password(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,158 @@
+"""The primary stops answering under a warm pooled connection (SIGSTOP on every process of this
+process's own fault server: the kernel still accepts and acknowledges, nothing replies), as a hung
+Neon compute or a black-holed network looks to an open connection.
+
+`DB_STATEMENT_TIMEOUT_MS` is the server's own and cannot fire on a server that does not run, and
+TCP keepalives see nothing amiss: only the client can bound the wait. The functions are called
+as deployed (`Caller`: the function's timeout from serverless.yml, the platform's bare answer past
+it), with the deployed statement timeout. Both lanes: direct, and PostgreSQL frozen behind a
+PgBouncer that still answers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from shared import config, db
+from shared.clock import utcnow
+from shared.repositories import search_history, users
+from tests.faults.conftest import FaultApp
+from tests.support.http import Caller, Result
+
+pytestmark = pytest.mark.faults
+
+T = TypeVar("T")
+
+ORIGIN = "https://app.keyflash.test"
+USER = "user_frozen_primary"
+# How long a call may hang before the test fails instead of hanging with it: a guard, not a
+# claim (the bound under test is the statement timeout plus a grace of 2 s).
+HANG_GUARD_S = 30.0
+
+
+def core_events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    found = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyflash"]
+    return [event for event in found if event["event"] == name]
+
+
+def pooled_connection() -> psycopg.Connection[Any]:
+    """The primary's connection the next request checks out (the pool is last in, first out)."""
+    with db.get_engine().connect() as connection:
+        driver: psycopg.Connection[Any] = connection.connection.dbapi_connection  # type: ignore[assignment]
+    return driver
+
+
+def outcome(work: Callable[[], T]) -> T | BaseException:
+    """What `work()` returned or raised; one still waiting after HANG_GUARD_S fails the test."""
+    found: list[T | BaseException] = []
+
+    def run() -> None:
+        try:
+            found.append(work())
+        except BaseException as error:  # handed to the test
+            found.append(error)
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    worker.start()
+    worker.join(HANG_GUARD_S)
+    assert found, f"still waiting for the frozen server after {HANG_GUARD_S} s"
+    return found[0]
+
+
+def list_searches(call: Caller) -> Result:
+    return call("searches", "GET", "/api/searches", user=USER, headers={"origin": ORIGIN})
+
+
+@pytest.fixture
+def call(
+    fault_app: FaultApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Caller:
+    """The functions on this lane, answering ORIGIN's CORS, with the deployed statement timeout."""
+    monkeypatch.setenv("ALLOWED_ORIGINS", ORIGIN)
+    monkeypatch.delenv("DB_STATEMENT_TIMEOUT_MS", raising=False)
+    config.get_settings.cache_clear()
+    caplog.set_level(logging.INFO, logger="keyflash")
+    return Caller("lambda_v2", fault_app.keys)
+
+
+@pytest.mark.parametrize(
+    "idle_check_s", [pytest.param("30", id="in_use"), pytest.param("0", id="pinged")]
+)
+def test_a_frozen_primary_answers_503_inside_the_function_timeout_then_recovers(
+    idle_check_s: str,
+    call: Caller,
+    fault_app: FaultApp,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warm connection's statement (`in_use`), or its idle ping on checkout (`pinged`), gets
+    no answer: the request answers the 503 envelope with Retry-After and CORS, not the platform's
+    bare timeout answer; that connection is closed, never pooled again, and once the server
+    answers again the next request succeeds on a new one."""
+    monkeypatch.setenv("DB_IDLE_CHECK_S", idle_check_s)
+    config.get_settings.cache_clear()
+    assert list_searches(call).status == 200  # warm: the user, the engine, one connection
+    opened = pooled_connection()
+    with fault_app.servers.postgres.frozen():
+        started = time.monotonic()
+        # On a thread of its own, as a traffic thread: the caller's settling of `api_usage`
+        # answers (the test's main thread only) is no part of the request.
+        frozen = outcome(lambda: list_searches(call))
+        took = time.monotonic() - started
+    assert isinstance(frozen, Result), frozen
+    print(
+        f"\n[faults] frozen_primary[{fault_app.lane}-{idle_check_s}]: "
+        f"{frozen.status} in {took:.2f} s"
+    )
+    assert frozen.status == 503, (frozen.status, frozen.text)
+    assert set(frozen.json) == {"error", "message", "statusCode", "timestamp"}, frozen.json
+    assert frozen.json["statusCode"] == 503
+    assert frozen.headers["retry-after"].isdigit()
+    assert frozen.headers["access-control-allow-origin"] == ORIGIN
+    assert opened.closed
+    assert [event["stage"] for event in core_events(caplog, "db_unavailable")] in (
+        ["work"],
+        ["connect"],  # pinged: the replacement's connect failed (direct), or it was given up
+    )
+    if idle_check_s == "0":
+        assert core_events(caplog, "db_idle_connection_replaced")  # replaced, as before (c)
+    assert list_searches(call).status == 200
+
+
+def test_a_write_whose_answer_never_came_is_not_retried(
+    call: Caller,
+    fault_app: FaultApp,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write that is not idempotent, sent to a server that then never answers: given up after
+    the statement timeout plus the grace, its outcome is unknown (the server may still run it
+    when it resumes), so it is `DatabaseUnavailableError` (the 503) after one attempt, never
+    sent again."""
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "500")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    db.run(lambda conn: users.get_or_create(conn, USER, f"{USER}@example.com"))
+    search = search_history.NewSearch(USER, ["frozen"], "US", "en", "phrase", "mock", False, 1)
+    write = partial(search_history.record, search=search, now=utcnow())
+    with fault_app.servers.postgres.frozen():
+        raised = outcome(lambda: db.run(write))
+    assert isinstance(raised, db.DatabaseUnavailableError), raised
+    assert raised.outcome_unknown
+    assert core_events(caplog, "db_retry") == []
+    [unavailable] = core_events(caplog, "db_unavailable")
+    assert (unavailable["stage"], unavailable["attempts"], unavailable["retried"]) == (
+        "work",
+        1,
+        False,
+    )
