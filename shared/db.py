@@ -30,10 +30,12 @@ Why it looks like this:
   of the budget, whichever is less (at least psycopg's least, 2 s), and the addresses of one
   host name share it, so a host that accepts TCP and never answers costs a caller its budget,
   not a connect timeout (per address) past it.
-- A read engine's connections (`BoundedConnection`) wait for no answer forever: a server that
-  stopped answering on an open connection (a hung host, a black-holed network: the kernel may
-  still acknowledge what is sent) is given up on the connection's longest round trip, or
-  sooner at its caller's give-up time, and the connection is closed, never pooled again.
+- No connection waits for an answer forever (`BoundedConnection`): a server that stopped
+  answering on an open connection (a hung host, a black-holed network: the kernel may still
+  acknowledge what is sent) is given up on the connection's longest round trip, or sooner at
+  its caller's give-up time, and the connection is closed, never pooled again. On the primary
+  that is the statement timeout in force (a transaction's own, when it sets one) plus
+  `STATEMENT_GRACE_S`, so a statement the server would let run is never cut.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -141,26 +143,34 @@ _DRIVER_OPTIONS = frozenset(
 # When the running work gives up (`time.monotonic()`): no connection `_execute` opens waits past
 # it, nor any round trip on a `BoundedConnection` while it is set (checkout, `round_trips_by`).
 _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", default=None)
+# How long a statement on the primary waits for an answer past its statement timeout: the
+# server's answer to its own cancel is one round trip after the timeout fires. With the default
+# timeout (15 s) that is 17 s, inside the functions' 20 s (serverless.yml).
+STATEMENT_GRACE_S = 2.0
 
 
 class BoundedConnection(psycopg.Connection[Any]):
-    """A psycopg connection on which no round trip waits forever: a read engine's.
+    """A psycopg connection on which no round trip waits forever: every engine's.
 
     libpq waits for a server's answer as long as the socket stays open, and a frozen server's
     kernel keeps it open (TCP keepalives and `tcp_user_timeout` see nothing amiss), while
     `statement_timeout` is the server's own and cannot fire on a server that does not run.
     Each round trip (a statement, a fetch, a commit) waits at most `longest_round_trip_s`, and
-    not past the give-up time in force (`_give_up_at`); then the connection is closed (the pool
-    discards it) and the round trip fails as a lost connection does, so the retry rules and the
-    read's fallback apply unchanged."""
+    not past the give-up time in force (`_give_up_at`), though at least `least_wait_s`; then
+    the connection is closed (the pool discards it) and the round trip fails as a lost
+    connection does, so the retry rules and the read's fallback (or the primary's 503) apply
+    unchanged."""
 
     longest_round_trip_s: float = math.inf
+    # The primary's: a round trip under a give-up time (the dialect's first statement, the idle
+    # ping) gets what a connect attempt gets, at least psycopg's least. A read URL's: none.
+    least_wait_s: float = 0.0
 
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         limit = self.longest_round_trip_s
         give_up_at = _give_up_at.get()
         if give_up_at is not None:
-            limit = min(limit, give_up_at - time.monotonic())
+            limit = min(limit, max(give_up_at - time.monotonic(), self.least_wait_s))
         if timeout is not None or limit == math.inf:
             return super().wait(gen, interval, timeout)  # psycopg's own bound (a cancel)
         limit = max(limit, 0.0)
@@ -230,7 +240,12 @@ def get_engine() -> Engine:
     if _engine is None:
         with _engine_lock:
             if _engine is None:
-                _engine = build_engine(get_settings())
+                settings = get_settings()
+                _engine = build_engine(
+                    settings,
+                    longest_round_trip_s=settings.db_statement_timeout_ms / 1000
+                    + STATEMENT_GRACE_S,
+                )
     return _engine
 
 
@@ -316,11 +331,11 @@ def build_engine(
     *,
     url: str | None = None,
     variable: str = "DATABASE_URL",
-    longest_round_trip_s: float | None = None,
+    longest_round_trip_s: float,
 ) -> Engine:
     """Create an engine for `url` (default DATABASE_URL) following the pooled-endpoint rules;
-    `variable` names the setting in errors. With `longest_round_trip_s` its connections are
-    `BoundedConnection`s waiting at most that long for an answer."""
+    `variable` names the setting in errors. Its connections are `BoundedConnection`s waiting at
+    most `longest_round_trip_s` for an answer."""
     target = parse_database_url(url or settings.database_url, variable=variable)
     connect_args: dict[str, Any] = {
         "connect_timeout": settings.db_connect_timeout_s,
@@ -341,28 +356,36 @@ def build_engine(
         pool_pre_ping=False,
         pool_use_lifo=True,
     )
-    _install_connect_bound(engine, longest_round_trip_s)
-    _install_idle_check(engine, settings.db_idle_check_s)
+    primary = url is None
+    _install_connect_bound(
+        engine, longest_round_trip_s, least_wait_s=CONNECT_TIMEOUT_LEAST_S if primary else 0.0
+    )
+    # The primary replaces a connection whose ping was not answered in time; a read URL's
+    # caller reads from the primary instead.
+    _install_idle_check(engine, settings.db_idle_check_s, replace_when_late=primary)
     _install_slow_query_log(engine, settings.slow_query_ms)
     return engine
 
 
-def _install_connect_bound(engine: Engine, longest_round_trip_s: float | None) -> None:
-    bounded = None
-    if longest_round_trip_s is not None:
-        bounded = partial(_connect_bounded, longest_round_trip_s)
+def _install_connect_bound(
+    engine: Engine, longest_round_trip_s: float, *, least_wait_s: float
+) -> None:
+    bounded = partial(_connect_bounded, longest_round_trip_s, least_wait_s)
 
     @event.listens_for(engine, "do_connect")
     def _bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         give_up_at = _give_up_at.get()
         if give_up_at is None:  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
-            return None if bounded is None else bounded(*cargs, **cparams)
-        return _connect_by(give_up_at, bounded or dialect.connect, cargs, cparams)
+            return bounded(*cargs, **cparams)
+        return _connect_by(give_up_at, bounded, cargs, cparams)
 
 
-def _connect_bounded(longest_round_trip_s: float, *cargs: Any, **cparams: Any) -> Any:
+def _connect_bounded(
+    longest_round_trip_s: float, least_wait_s: float, *cargs: Any, **cparams: Any
+) -> Any:
     connection = BoundedConnection.connect(*cargs, **cparams)
     connection.longest_round_trip_s = longest_round_trip_s
+    connection.least_wait_s = least_wait_s
     return connection
 
 
@@ -415,7 +438,7 @@ def _install_verify(engine: Engine, verify: Callable[[psycopg.Connection[Any]], 
             raise
 
 
-def _install_idle_check(engine: Engine, idle_seconds: float) -> None:
+def _install_idle_check(engine: Engine, idle_seconds: float, *, replace_when_late: bool) -> None:
     @event.listens_for(engine, "checkin")
     def _mark_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info["idle_since"] = time.monotonic()
@@ -435,7 +458,7 @@ def _install_idle_check(engine: Engine, idle_seconds: float) -> None:
         except psycopg.Error as error:
             give_up_at = _give_up_at.get()
             late = give_up_at is not None and time.monotonic() >= give_up_at
-            if late and isinstance(conn, BoundedConnection):
+            if late and not replace_when_late:
                 raise  # a replica that did not answer: no time left to replace it
             log_event(
                 "db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__
@@ -565,13 +588,17 @@ def run(work: Callable[[Conn], T], *, idempotent: bool = False) -> T:
     return _execute(work, atomic=False, idempotent=idempotent)
 
 
-def transaction(work: Callable[[Conn], T]) -> T:
+def transaction(work: Callable[[Conn], T], *, statement_timeout_ms: int | None = None) -> T:
     """Run `work` inside BEGIN … COMMIT: every statement applies, or none does.
 
     A connection failure before COMMIT rolls the transaction back on the server, so the whole
     unit is retried; a failure during COMMIT leaves the outcome unknown and is reported instead.
+    `statement_timeout_ms` replaces DB_STATEMENT_TIMEOUT_MS for this transaction (a cron's
+    longer work): set here and nowhere else, so the client waits as long as the server may run.
     """
-    return _execute(work, atomic=True, idempotent=False)
+    if statement_timeout_ms is not None and statement_timeout_ms < 1:
+        raise ValueError("statement_timeout_ms must be at least 1 (0 is PostgreSQL's no limit)")
+    return _execute(work, atomic=True, idempotent=False, statement_timeout_ms=statement_timeout_ms)
 
 
 class Conn:
@@ -711,9 +738,27 @@ def _execute_on(
     return cursor
 
 
-def _begin_sql(settings: Settings) -> str:
+def _begin_sql(timeout_ms: int) -> str:
     # One simple-protocol message: BEGIN and the per-transaction timeout in a single round trip.
-    return f"BEGIN; SET LOCAL statement_timeout = {int(settings.db_statement_timeout_ms)}"
+    return f"BEGIN; SET LOCAL statement_timeout = {int(timeout_ms)}"
+
+
+@contextmanager
+def _waiting_for(connection: Connection, timeout_ms: int | None) -> Iterator[None]:
+    """Within the block, round trips on `connection` wait for the statement timeout `timeout_ms`
+    (a transaction's own) plus STATEMENT_GRACE_S, then the engine's bound again; None: the
+    engine's bound throughout (its statement timeout is DB_STATEMENT_TIMEOUT_MS)."""
+    if timeout_ms is None:
+        yield
+        return
+    driver = _driver_of(connection)
+    assert isinstance(driver, BoundedConnection)  # every engine's connections are
+    engine_bound = driver.longest_round_trip_s
+    driver.longest_round_trip_s = timeout_ms / 1000 + STATEMENT_GRACE_S
+    try:
+        yield
+    finally:
+        driver.longest_round_trip_s = engine_bound
 
 
 def _execute(
@@ -724,12 +769,14 @@ def _execute(
     engine: Engine | None = None,
     budget_s: float | None = None,
     database: str | None = None,
+    statement_timeout_ms: int | None = None,
 ) -> T:
     """`work` on `engine` (default: the primary's), retried within `budget_s` (default
     DB_RETRY_BUDGET_S) where safe; on the primary, a write's position is kept for the request
     when it tracks consistency (`Consistency`). `database` names a read URL's variable when
     `engine` is its: giving up on it is its caller's to log (`shared.replicas` reads from the
-    primary instead), so nothing is logged at ERROR, and the retries are INFO lines naming it."""
+    primary instead), so nothing is logged at ERROR, and the retries are INFO lines naming it.
+    `statement_timeout_ms`: an atomic unit's own statement timeout (`transaction`)."""
     settings = get_settings()
     tracked = consistency.get() if engine is None else None
     engine = engine or get_engine()
@@ -754,17 +801,19 @@ def _execute(
                             stage = "position"
                             tracked.written = _position(connection, _POSITION)
                         return result
-                    _execute_on(connection, _begin_sql(settings), None)
-                    try:
-                        result = work(conn)
-                    except BaseException:
-                        _rollback_quietly(conn)
-                        raise
-                    stage = "commit"
-                    if tracked is None:
-                        _execute_on(connection, "COMMIT", None)
-                    else:
-                        tracked.written = _position(connection, _COMMIT_AND_POSITION)
+                    timeout_ms = statement_timeout_ms or settings.db_statement_timeout_ms
+                    with _waiting_for(connection, statement_timeout_ms):
+                        _execute_on(connection, _begin_sql(timeout_ms), None)
+                        try:
+                            result = work(conn)
+                        except BaseException:
+                            _rollback_quietly(conn)
+                            raise
+                        stage = "commit"
+                        if tracked is None:
+                            _execute_on(connection, "COMMIT", None)
+                        else:
+                            tracked.written = _position(connection, _COMMIT_AND_POSITION)
                     return result
                 finally:
                     conn.close()

@@ -139,11 +139,9 @@ def refresh_reports(run: Run) -> None:
             with run.batch():
                 db.transaction(
                     partial(
-                        reports.refresh,
-                        report=report,
-                        timeout_ms=max(1, int(left_ms)),  # 0 would mean no limit
-                        lock_timeout_ms=REFRESH_LOCK_TIMEOUT_MS,
-                    )
+                        reports.refresh, report=report, lock_timeout_ms=REFRESH_LOCK_TIMEOUT_MS
+                    ),
+                    statement_timeout_ms=max(1, int(left_ms)),  # 0 would mean no limit
                 )
         except DBAPIError as error:
             record_failure(run, report, type(error.orig).__name__)

@@ -34,18 +34,15 @@ REFRESHED_BY: Final = "rollup"  # the cron job that refreshes them; its lease ro
 
 
 @database_operation("refreshReport")
-def refresh(conn: Conn, report: Report, *, timeout_ms: int, lock_timeout_ms: int) -> None:
-    """Refresh `report` CONCURRENTLY, giving up after `timeout_ms`, or `lock_timeout_ms` spent
-    waiting for one lock: another refresh of the view (one run by hand) or a migration holding
-    a table makes this one fail soon rather than spend the cron's budget queueing."""
+def refresh(conn: Conn, report: Report, *, lock_timeout_ms: int) -> None:
+    """Refresh `report` CONCURRENTLY, giving up after `lock_timeout_ms` spent waiting for one
+    lock: another refresh of the view (one run by hand) or a migration holding a table makes
+    this one fail soon rather than spend the cron's budget queueing. Run it in a transaction
+    with the statement timeout it may take (`db.transaction(..., statement_timeout_ms=…)`)."""
     if report not in REPORTS:
         raise ValueError(f"not a report: {report}")
     conn.session.execute(
-        text(
-            "SELECT set_config('statement_timeout', :total, true),"
-            " set_config('lock_timeout', :lock, true)"
-        ),
-        {"total": str(timeout_ms), "lock": str(lock_timeout_ms)},
+        text("SELECT set_config('lock_timeout', :lock, true)"), {"lock": str(lock_timeout_ms)}
     )
     conn.session.execute(text(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {report}"))
 
