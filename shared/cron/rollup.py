@@ -13,10 +13,12 @@ prune's deletions sees the day as reached. Days up to and including the recorded
 filled: a provider without a total for the day gets one, so rows imported there (a legacy
 backfill) are rolled up by the full run after the import, before the prune deletes them, unless
 the day already had that provider's total. Every later day is recomputed, also after midnight
-until the prune's next run reaches it. No record (no prune with a retention yet) means every day
-is recomputed. Only days with history rows are visited (from the recorded day on, also days
-with rollup rows, which a recompute may remove), each found by one index probe: a stray row
-from 1900 costs one day, not every day since.
+until the prune's next run reaches it. No record (no prune with a retention since the release
+that brought the record) means the days before `now - RETENTION_SEARCH_HISTORY_DAYS`'s next day
+are only filled, as an earlier release's prune may have deleted rows of them. Only days with
+history rows are visited (from the recorded day on, also days with rollup rows, which a
+recompute may remove), each found by one index probe: a stray row from 1900 costs one day, not
+every day since.
 
 State (in the lease row): `watermark`, the start of the last complete run, and `nextDay`, where
 a run that ran out of time stopped. Rows inserted later with an older `searchedAt` (a legacy
@@ -68,25 +70,36 @@ def first_day_to_recompute(run: Run) -> date | None:
     return max(start, oldest)
 
 
-def prune_floor() -> date:
+def unrecorded_floor(run: Run) -> date:
+    """Without the prune's record, the first day it cannot have started on: the day after its
+    cutoff's at this run's time (date.min with `RETENTION_SEARCH_HISTORY_DAYS=0`)."""
+    days = run.settings.retention_search_history_days
+    if days <= 0:
+        return date.min
+    return (run.now - timedelta(days=days)).date() + timedelta(days=1)
+
+
+def prune_floor(run: Run) -> date:
     """The first day after the last one the prune may have deleted history of, as it recorded
-    it (date.min before its first run with a retention). Read once per run, it only steers the
-    walk: the days before it that have no rows are skipped, as filling them would add nothing.
-    Each day's statement reads the record again, to decide whether it may recompute the day."""
+    it (else `unrecorded_floor`). Read once per run, it only steers the walk: the days before
+    it that have no rows are skipped, as filling them would add nothing. Each day's statement
+    reads the record again, to decide whether it may recompute the day."""
     through = db.read(partial(search_rollups.pruned_through, record=PRUNE_RECORD))
-    return date.min if through is None else through + timedelta(days=1)
+    return unrecorded_floor(run) if through is None else through + timedelta(days=1)
 
 
 def next_day_with_rows(since: date, floor: date) -> date | None:
     """The first day from `since` whose statement may change something: before `floor` (only
     filled) a day with history rows, from it on (recomputed) one with history or rollup rows.
-    Each probe is one statement, so a stray row from 1900 costs one day, not every day since."""
+    Each probe is one statement, so a stray row from 1900 costs one day, not every day since.
+    On the primary: a replica's lag could hide a day's only rows, and the watermark would move
+    past the day."""
     if since < floor:
-        found = db.read(partial(search_rollups.first_day, since=since, before=floor))
+        found = db.run(partial(search_rollups.first_day, since=since, before=floor))
         if found is not None:
             return found
         since = floor
-    return db.read(partial(search_rollups.first_day_with_rows, since=since))
+    return db.run(partial(search_rollups.first_day_with_rows, since=since))
 
 
 def rollup(run: Run) -> None:
@@ -106,7 +119,7 @@ def rollup(run: Run) -> None:
 def recompute_days(run: Run) -> bool:
     """Recompute the days that may have changed; False when time ran out first."""
     today = run.now.date()
-    floor = prune_floor()
+    floor = prune_floor(run)
     start = first_day_to_recompute(run)
     day = None if start is None else next_day_with_rows(start, floor)
     days = 0
@@ -117,7 +130,13 @@ def recompute_days(run: Run) -> bool:
             return False
         with run.batch():
             result = db.run(
-                partial(search_rollups.rollup_day, day=day, now=run.now, record=PRUNE_RECORD)
+                partial(
+                    search_rollups.rollup_day,
+                    day=day,
+                    now=run.now,
+                    record=PRUNE_RECORD,
+                    unrecorded_floor=unrecorded_floor(run),
+                )
             )
         run.processed += result.changed + result.removed
         days += 1

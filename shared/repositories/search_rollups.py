@@ -34,7 +34,7 @@ _PARAMS = (
 _ROLLUP_DAY = text(
     f"""
     WITH fill_only AS (
-        SELECT coalesce(:day <= {_PRUNED_THROUGH}, false) AS yes
+        SELECT coalesce(:day <= {_PRUNED_THROUGH}, :day < :unrecorded_floor) AS yes
     ), agg AS (
         SELECT provider,
                count(*)::int AS searches,
@@ -102,12 +102,17 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 
 @database_operation("rollupSearchDay")
-def rollup_day(conn: Conn, day: date, *, now: datetime, record: PruneRecord) -> DayResult:
+def rollup_day(
+    conn: Conn, day: date, *, now: datetime, record: PruneRecord, unrecorded_floor: date
+) -> DayResult:
     """Recompute `day`'s rows of `search_daily_rollups` from `search_history`; or, if `record`
     says the prune may have deleted rows of `day` (it is at or before the recorded day), only
-    add the totals of providers that have none yet, keeping the others as they are."""
+    add the totals of providers that have none yet, keeping the others as they are. Without a
+    record, days before `unrecorded_floor` are taken as pruned (a release whose prune did not
+    record its cutoff)."""
     start, end = day_bounds(day)
-    params = {"day": day, "start": start, "end": end, "now": now}
+    params = {"day": day, "start": start, "end": end, "now": now,
+              "unrecorded_floor": unrecorded_floor}  # fmt: skip
     row = conn.session.execute(
         _ROLLUP_DAY, {**params, "record_job": record.job, "record_key": record.key}
     ).one()

@@ -914,6 +914,38 @@ def test_no_rollup_lowers_the_totals_of_a_partly_pruned_day(
     assert actual_rollups(admin_conn) == before
 
 
+@pytest.mark.parametrize("prune_row", ["none", "unrecorded"])
+def test_without_the_prunes_record_days_past_retention_are_only_filled(
+    db_env: str,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    prune_row: str,
+) -> None:
+    """A release before the record pruned without recording (reviewer B): until the prune first
+    records, the days before the clock's retention floor are taken as pruned, so a full run
+    never lowers the total of a day an earlier prune emptied partly. Later days are recomputed."""
+    if prune_row == "unrecorded":  # a lease row as a run that recorded nothing leaves it
+        configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=0)
+        run_job(prune.JOB, now=AT - timedelta(days=1))
+    configure(monkeypatch, RETENTION_SEARCH_HISTORY_DAYS=1)
+    old = TODAY - timedelta(days=30)
+    seed_searches(admin_conn, at_day(old), 4, provider="mock", tag="old")
+    seed_searches(admin_conn, at_day(TODAY), 2, provider="mock")
+    run_job(rollup.JOB, now=AT, options={"full": True})
+    before = actual_rollups(admin_conn)
+    assert [row[:3] for row in before] == [(old, "mock", 4), (TODAY, "mock", 2)]
+    # The earlier release's prune, interrupted: half the old day's rows gone, nothing recorded.
+    gone = admin_conn.execute(
+        """DELETE FROM search_history WHERE id IN (SELECT id FROM search_history
+               WHERE "searchedAt" < %s ORDER BY id LIMIT 2)""",
+        (TODAY,),
+    )
+    assert gone.rowcount == 2
+    seed_searches(admin_conn, at_day(TODAY, 12), 1, provider="mock", tag="late")
+    run_job(rollup.JOB, now=AT + timedelta(hours=1), options={"full": True})
+    assert [row[:3] for row in actual_rollups(admin_conn)] == [(old, "mock", 4), (TODAY, "mock", 3)]
+
+
 def test_a_rollup_recomputing_a_day_the_prune_then_reaches_counts_the_day_as_it_was(
     db_env: str,
     direct_database_url: str,
