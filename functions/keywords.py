@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from shared import keyword_search, rbac
 from shared.auth import Identity
-from shared.clock import iso_ms, utcnow
+from shared.clock import iso_ms, seconds_until, utcnow
 from shared.config import get_settings
 from shared.contracts.keywords import KeywordSearch
 from shared.errors import (
@@ -154,14 +154,17 @@ def search(
 
 
 def _quota_exceeded(refused: QuotaExceededError, *, team: bool) -> ApiError:
-    """429 with the remaining keywords, naming whose limit it is: the user's or the team's."""
+    """429 with the remaining keywords, naming whose limit it is: the user's or the team's, and
+    for a monthly quota the seconds until it resets as `Retry-After` (a trial never resets)."""
     if team:
         message = TEAM_QUOTA.format(used=refused.used, limit=refused.limit)
     else:
         hint = UPGRADE_HINT if refused.trial else RESET_HINT
         message = f"Monthly keyword limit reached ({refused.used}/{refused.limit}). {hint}"
-    remaining = str(max(0, refused.limit - refused.used))
-    return ApiError(429, message, headers={"X-Quota-Remaining": remaining})
+    headers = {"X-Quota-Remaining": str(max(0, refused.limit - refused.used))}
+    if refused.resets_at is not None:
+        headers["Retry-After"] = str(seconds_until(refused.resets_at, utcnow()))
+    return ApiError(429, message, headers=headers)
 
 
 def _origin(request: Request) -> keyword_search.Origin:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
@@ -33,3 +33,9 @@ def iso_ms(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
     stamp = moment.strftime("-%m-%dT%H:%M:%S.")
     return f"{moment.year:04d}{stamp}{moment.microsecond // 1000:03d}Z"
+
+
+def seconds_until(moment: datetime, now: datetime) -> int:
+    """Whole seconds from `now` to `moment`, rounded up and at least 1: a `Retry-After` that a
+    client waiting it out is never early with, and never 0 (which reads as "at once")."""
+    return max(1, -((now - moment) // timedelta(seconds=1)))

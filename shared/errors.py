@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class DomainError(Exception):
     """An expected business outcome (not a fault): logged as a successful database operation."""
@@ -44,14 +46,24 @@ class EmailInUseError(DomainError, ValueError):
 class QuotaExceededError(DomainError):
     """Adding `requested` would take `used` past `limit`; nothing was changed.
 
-    `trial` says the limit is the trial's (it ends rather than resets)."""
+    `trial` says the limit is the trial's (it ends rather than resets); `resets_at` is when a
+    monthly counter starts again (None for the trial)."""
 
-    def __init__(self, used: int, limit: int, requested: int, *, trial: bool = False) -> None:
+    def __init__(
+        self,
+        used: int,
+        limit: int,
+        requested: int,
+        *,
+        trial: bool = False,
+        resets_at: datetime | None = None,
+    ) -> None:
         super().__init__(f"quota exceeded: {used} used + {requested} requested > {limit}")
         self.used = used
         self.limit = limit
         self.requested = requested
         self.trial = trial
+        self.resets_at = resets_at
 
 
 class TrialExpiredError(DomainError):

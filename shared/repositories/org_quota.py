@@ -115,4 +115,6 @@ def reserve_keywords(
     if org is None or org.deleted_at is not None:
         raise OrganizationNotFoundError(org_id)
     view = org_usage_view(org, limits, now)
-    raise QuotaExceededError(used=view.used, limit=view.limit, requested=count)
+    raise QuotaExceededError(
+        used=view.used, limit=view.limit, requested=count, resets_at=view.resets_at
+    )

@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
 
-from shared.clock import month_start, utcnow
+from shared.clock import month_start, next_month_start, utcnow
 from shared.db import Conn, HotStatement, execute_hot, violated_constraint
 from shared.errors import (
     AccountDeletedError,
@@ -462,7 +462,9 @@ def increment_usage(
     ).scalar_one_or_none()
     if current is None:
         raise UserNotFoundError(user_id)
-    raise QuotaExceededError(used=current, limit=limit or 0, requested=count)
+    raise QuotaExceededError(
+        used=current, limit=limit or 0, requested=count, resets_at=next_month_start(now)
+    )
 
 
 def _increment_statement(*, limited: bool) -> Any:
@@ -571,7 +573,9 @@ def reserve_keywords(
     if view.trial_expired:
         raise TrialExpiredError()
     trial = user.tier is UserTier.FREE
-    raise QuotaExceededError(used=view.used, limit=view.limit, requested=count, trial=trial)
+    raise QuotaExceededError(
+        used=view.used, limit=view.limit, requested=count, trial=trial, resets_at=view.resets_at
+    )
 
 
 def _uncount(conn: Conn, user_id: str, count: int, now: datetime) -> None:

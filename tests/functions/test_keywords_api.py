@@ -4,6 +4,7 @@ Lambda handler and HTTP, on both lanes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from threading import Barrier
 from typing import Any
@@ -292,6 +293,32 @@ def test_trial_quota_429_with_remaining_header(
         "Monthly keyword limit reached (299/300). Upgrade to Pro for 1,000 keywords/month."
     )
     assert result.headers["x-quota-remaining"] == "1"
+    assert "retry-after" not in result.headers  # a trial ends, it never resets
+
+
+def seconds_to_next_month(moment: datetime) -> int:
+    """Whole seconds from `moment` to the next UTC month's start, rounded up."""
+    first = moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + timedelta(days=32)).replace(day=1)
+    return math.ceil((following - moment).total_seconds())
+
+
+def test_a_monthly_quota_429_says_when_the_counter_resets_in_retry_after(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """docs/keyword-search.md: the seconds until the start of the next UTC month (report s49 t2,
+    F2: http-contract.md promised `Retry-After` on every 429; this one had none)."""
+    settings(monkeypatch, BILLING_ENABLED="true")
+    who = user_id()
+    search(call, who)
+    set_user(admin_conn, who, "tier = 'PRO', \"keywordSearchesThisMonth\" = 1000")
+    before = utcnow()
+    refused = search(call, who)
+    after = utcnow()
+    assert refused.status == 429, refused.text
+    retry_after = int(refused.headers["retry-after"])
+    assert seconds_to_next_month(after) <= retry_after <= seconds_to_next_month(before)
+    assert refused.headers["x-quota-remaining"] == "0"
 
 
 def test_pro_quota_resets_lazily_in_a_new_month(

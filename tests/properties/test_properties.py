@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from shared import config, db
-from shared.clock import month_start, next_month_start
+from shared.clock import month_start, next_month_start, seconds_until
 from shared.contracts.keywords import LOCATION_CODES, KeywordSearch
 from shared.contracts.paging import bounded_int, decode_cursor, encode_cursor
 from shared.contracts.saved_searches import (
@@ -555,6 +555,18 @@ def test_month_boundaries_are_utc_calendar_months(moment: datetime) -> None:
     assert month_start(start) == start and month_start(following) == following
     assert (start.year, start.month) == (moment.astimezone(UTC).year, moment.astimezone(UTC).month)
     assert keys.usage("u", moment) == f"usage:u:{start:%Y-%m}"
+
+
+@PURE
+@given(moment=moments)
+@example(moment=datetime(2026, 1, 31, 23, 59, 59, 1000, tzinfo=UTC))
+def test_a_monthly_quota_retry_after_is_never_early_never_late_never_zero(moment: datetime) -> None:
+    """The quota 429's `Retry-After`: the seconds to the next UTC month, rounded up, at least 1
+    (a client waiting it out retries in the new month, at most a second after it began)."""
+    following = next_month_start(moment)
+    wait = timedelta(seconds=seconds_until(following, moment))
+    assert wait >= timedelta(seconds=1)
+    assert following <= moment + wait < following + timedelta(seconds=1)
 
 
 @PURE
