@@ -9,6 +9,7 @@ was about 80 common English words; the exact list is not part of the contract).
 from __future__ import annotations
 
 import html
+import html.entities
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -48,16 +49,20 @@ _NUMBERING = re.compile(r"^\d+\.\s*")
 # A start or end tag (its name in group 1), a comment or declaration, as HTML starts one (`<`
 # then a letter, `/`, `!` or `?`): `a < b` and `<3` are text. No `<` inside, so a scan never
 # passes the next one.
-_TAG = re.compile(r"<(?:/?([a-zA-Z][a-zA-Z0-9]*)|[!?/])[^<>]*>")
+_TAG = re.compile(r"<(?:/?([a-zA-Z][a-zA-Z0-9]*+)|[!?/])[^<>]*>")  # possessive: linear
 # Tags inside a run of text (`Java<b>Script</b>` is one word); any other tag breaks words.
 _INLINE = frozenset(
     {"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "dfn", "em", "font", "i", "kbd",
      "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var", "wbr"}
 )  # fmt: skip
-# The start of an element whose content is not text (dropped whole), its name in group 1.
-_NOT_TEXT = re.compile(r"<(script|style)(?![a-zA-Z0-9])", re.IGNORECASE)
-# A character reference, only as HTML writes it whole (with its `;`): `&section=2` in a
-# snippet's query string is text, which `html.unescape` alone would read as `§ion=2`.
+# The start and end tags of the elements whose content is not text (dropped whole).
+_NOT_TEXT = re.compile(r"<(script|style)(?=[\s/>])", re.IGNORECASE)
+_NOT_TEXT_END = {
+    name: re.compile(rf"</{name}(?=[\s/>])", re.IGNORECASE) for name in ("script", "style")
+}
+# A character reference as HTML writes one whole (with its `;`), decoded only if HTML names it:
+# `&section=2` in a snippet's query string, or `&section;`, is text, which `html.unescape`
+# alone reads as `§ion`.
 _REFERENCE = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 
 
@@ -174,7 +179,7 @@ def plain(value: Any) -> str:
         text = _TAG.sub(_tag_gap, _without_elements(text))
     if "&" in text:
         # Never NUL nor a surrogate: HTML reads those references as U+FFFD.
-        text = _REFERENCE.sub(lambda found: html.unescape(found[0]), text)
+        text = _REFERENCE.sub(_decoded, text)
     return " ".join(text.split())
 
 
@@ -182,16 +187,22 @@ def _tag_gap(tag: re.Match[str]) -> str:
     return "" if (tag[1] or "").lower() in _INLINE else " "
 
 
+def _decoded(reference: re.Match[str]) -> str:
+    found = reference[0]
+    named = not found.startswith("&#")
+    return found if named and found[1:] not in html.entities.html5 else html.unescape(found)
+
+
 def _without_elements(text: str) -> str:
-    """`text` less each script or style element (a word break in its place), in one pass: one
-    never closed is left as it is, and so is what follows it."""
-    lower, kept, at = text.lower(), [], 0
+    """`text` less each script or style element (a word break in its place), in one pass; one
+    never closed runs to the end, as HTML reads it (a snippet cut inside a script)."""
+    kept, at = [], 0
     while (start := _NOT_TEXT.search(text, at)) is not None:
-        close = lower.find(f"</{start[1].lower()}", start.end())
-        end = lower.find(">", close) if close >= 0 else -1
-        if end < 0:
-            break
         kept += [text[at : start.start()], " "]
+        close = _NOT_TEXT_END[start[1].lower()].search(text, start.end())
+        end = text.find(">", close.end()) if close is not None else -1
+        if end < 0:
+            return "".join(kept)
         at = end + 1
     return "".join([*kept, text[at:]])
 
