@@ -147,6 +147,8 @@ _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", def
 # server's answer to its own cancel is one round trip after the timeout fires. With the default
 # timeout (15 s) that is 17 s, inside the functions' 20 s (serverless.yml).
 STATEMENT_GRACE_S = 2.0
+# A pooled connection's `info`: when it was last checked in (the idle check's clock).
+IDLE_SINCE = "idle_since"
 
 
 class BoundedConnection(psycopg.Connection[Any]):
@@ -189,7 +191,7 @@ class BoundedConnection(psycopg.Connection[Any]):
 @contextmanager
 def round_trips_by(give_up_at: float) -> Iterator[None]:
     """Within the block, no round trip on a `BoundedConnection` waits past `give_up_at`
-    (`time.monotonic()`)."""
+    (`time.monotonic()`), nor does a connect (but psycopg's least connect timeout, 2 s)."""
     bound = _give_up_at.set(give_up_at)
     try:
         yield
@@ -441,7 +443,7 @@ def _install_verify(engine: Engine, verify: Callable[[psycopg.Connection[Any]], 
 def _install_idle_check(engine: Engine, idle_seconds: float, *, replace_when_late: bool) -> None:
     @event.listens_for(engine, "checkin")
     def _mark_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-        record.info["idle_since"] = time.monotonic()
+        record.info[IDLE_SINCE] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
     def _check_if_idle(
@@ -450,7 +452,7 @@ def _install_idle_check(engine: Engine, idle_seconds: float, *, replace_when_lat
         conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
         if conn.closed or conn.broken:
             raise DisconnectionError("connection closed while idle")
-        idle_since = record.info.get("idle_since")
+        idle_since = record.info.get(IDLE_SINCE)
         if idle_since is None or time.monotonic() - idle_since <= idle_seconds:
             return
         try:

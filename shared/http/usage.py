@@ -8,7 +8,8 @@ Nobody waits for it: by the next request the server's answer is long in the sock
 
 How (see docs/performance.md#the-api_usage-row-one-round-trip):
 - `record(row)` checks a connection out (the checkout reads whatever that connection still had
-  in flight), marks the row for it and checks it back in; after SQLAlchemy's reset on return, the
+  in flight), marks the row for it and checks it back in; that checkout waits for no silent
+  database past a short bound (`_checkout`): its rows are held instead; after SQLAlchemy's reset on return, the
   pool's `checkin` hook sends the INSERT with libpq (`send_query_params`: one extended-protocol
   flight ending in Sync, so it commits on the server on its own, like any autocommit statement)
   and does not read the result. The connection is then idle in the pool with one answer pending.
@@ -34,6 +35,7 @@ import select
 import threading
 import time
 import weakref
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -60,6 +62,8 @@ _OUTBOX = "kf_usage_outbox"  # rows to send when the connection is checked in
 _IN_FLIGHT = "kf_usage_in_flight"  # rows sent on the connection, answer not read yet
 # SQLSTATE classes meaning the session ended, not that the row was refused.
 _SESSION_ENDED = ("08", "57")
+# Set while `record` checks a connection out: the idle check's ping is `_ping`'s, bounded.
+_on_response_path: ContextVar[bool] = ContextVar("keyflash_usage_response_path", default=False)
 
 _lock = threading.Lock()
 _held: list[Row] = []
@@ -74,12 +78,26 @@ def record(request: api_usage.Request) -> None:
     try:
         engine = db.get_engine()
         _install(engine)
-        connection = engine.raw_connection()  # the checkout reads what it had in flight
+        connection = _checkout(engine)  # the checkout reads what it had in flight
     except Exception as error:  # analytics must not fail the request
         _hold(rows, reason=type(error).__name__)
         return
     connection.info[_OUTBOX] = rows
     connection.close()  # the reset runs first, then `_send_on_checkin`
+
+
+def _checkout(engine: Engine) -> PoolProxiedConnection:
+    """A connection for the row, on the response path (on Lambda the handler returns after it):
+    reading the previous answer and pinging a connection idle past DB_IDLE_CHECK_S wait at most
+    ANSWER_GRACE_S each (one round trip's grace), a connect psycopg's least connect timeout
+    (2 s, `db.round_trips_by`), not DB_CONNECT_TIMEOUT_S: a silent database costs a route that
+    needs none a short, bounded wait. Past it the caller holds the rows."""
+    flag = _on_response_path.set(True)
+    try:
+        with db.round_trips_by(time.monotonic() + db.CONNECT_TIMEOUT_LEAST_S):
+            return engine.raw_connection()
+    finally:
+        _on_response_path.reset(flag)
 
 
 def settle() -> None:
@@ -172,6 +190,29 @@ def _confirm_on_checkout(
 ) -> None:
     if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, ANSWER_GRACE_S):
         raise DisconnectionError("connection lost with an api_usage row in flight")
+    if _on_response_path.get():
+        _ping_if_idle(dbapi_conn, record)
+
+
+def _ping_if_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+    """`db`'s idle check, done first and bounded: its `SELECT 1` waits as long as the server
+    stays silent. Answered within ANSWER_GRACE_S, the connection counts as just used (`db`'s
+    check, next, lets it be); else it is replaced, as `db`'s check would."""
+    idle_since = record.info.get(db.IDLE_SINCE)
+    if idle_since is None or time.monotonic() - idle_since <= _idle_check_s():
+        return
+    conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
+    pgconn = conn.pgconn
+    try:
+        pgconn.send_query(b"SELECT 1")
+        _flush_output(pgconn, ANSWER_GRACE_S)
+        results = _read_results(pgconn, ANSWER_GRACE_S)
+    except (psycopg.Error, OSError, TimeoutError) as error:
+        log_event("db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__)
+        raise DisconnectionError("idle connection is dead or silent") from error
+    if any(r.status != pq.ExecStatus.TUPLES_OK for r in results):
+        raise DisconnectionError("idle connection refused its ping")
+    record.info[db.IDLE_SINCE] = time.monotonic()
 
 
 def _confirm_on_close(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
@@ -185,6 +226,9 @@ def _confirm(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, timeout_s
     conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
     pgconn = conn.pgconn
     try:
+        if _pending(pgconn):
+            with _lock:
+                stats["late"] += 1  # the answer was not back yet: the rest of its round trip
         results = _read_results(pgconn, timeout_s)
     except (psycopg.Error, OSError, TimeoutError) as error:
         _hold(rows, reason=type(error).__name__)
@@ -218,23 +262,28 @@ def _budget() -> float:
         return 5.0
 
 
+def _idle_check_s() -> float:
+    return float(get_settings().db_idle_check_s)  # the engine was built from these settings
+
+
 def _flush_output(pgconn: PGconn, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while pgconn.flush() == 1:
         _wait(pgconn, write=True, deadline=deadline)
 
 
-def _read_results(pgconn: PGconn, timeout_s: float) -> list[PGresult]:
+def _pending(pgconn: PGconn) -> bool:
+    """Read what has arrived; True when the answer is not all back yet."""
     if pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError("connection closed")
-    deadline = time.monotonic() + timeout_s
     pgconn.consume_input()
-    if pgconn.is_busy():
-        with _lock:
-            stats["late"] += 1  # the answer was not back yet: the rest of its round trip
-    while pgconn.is_busy():
+    return bool(pgconn.is_busy())
+
+
+def _read_results(pgconn: PGconn, timeout_s: float) -> list[PGresult]:
+    deadline = time.monotonic() + timeout_s
+    while _pending(pgconn):
         _wait(pgconn, write=False, deadline=deadline)
-        pgconn.consume_input()
     results = []
     while (result := pgconn.get_result()) is not None:
         results.append(result)
@@ -244,11 +293,11 @@ def _read_results(pgconn: PGconn, timeout_s: float) -> list[PGresult]:
 def _wait(pgconn: PGconn, *, write: bool, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError("no answer to the api_usage INSERT within the retry budget")
+        raise TimeoutError("no answer within the time given")
     fds = [pgconn.socket]
     readable, writable, _ = select.select([] if write else fds, fds if write else [], [], remaining)
     if not readable and not writable:
-        raise TimeoutError("no answer to the api_usage INSERT within the retry budget")
+        raise TimeoutError("no answer within the time given")
 
 
 # --- rows whose outcome is unknown ---------------------------------------------------------------
