@@ -8,8 +8,8 @@ Nobody waits for it: by the next request the server's answer is long in the sock
 
 How (see docs/performance.md#the-api_usage-row-one-round-trip):
 - `record(row)` checks a connection out (the checkout reads whatever that connection still had
-  in flight), marks the row for it and checks it back in; that checkout waits for no silent
-  database past a short bound (`_checkout`): its rows are held instead; after SQLAlchemy's reset on return, the
+  in flight; it waits for no silent database past a short bound, `_checkout`, else the rows are
+  held), marks the row for it and checks it back in; after SQLAlchemy's reset on return, the
   pool's `checkin` hook sends the INSERT with libpq (`send_query_params`: one extended-protocol
   flight ending in Sync, so it commits on the server on its own, like any autocommit statement)
   and does not read the result. The connection is then idle in the pool with one answer pending.
