@@ -204,9 +204,10 @@ def _ping_if_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> N
     conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
     pgconn = conn.pgconn
     try:
+        deadline = time.monotonic() + ANSWER_GRACE_S
         pgconn.send_query(b"SELECT 1")
         _flush_output(pgconn, ANSWER_GRACE_S)
-        results = _read_results(pgconn, ANSWER_GRACE_S)
+        results = _read_results(pgconn, deadline - time.monotonic())
     except (psycopg.Error, OSError, TimeoutError) as error:
         log_event("db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__)
         raise DisconnectionError("idle connection is dead or silent") from error
