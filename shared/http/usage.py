@@ -62,7 +62,7 @@ _OUTBOX = "kf_usage_outbox"  # rows to send when the connection is checked in
 _IN_FLIGHT = "kf_usage_in_flight"  # rows sent on the connection, answer not read yet
 # SQLSTATE classes meaning the session ended, not that the row was refused.
 _SESSION_ENDED = ("08", "57")
-# Set while `record` checks a connection out: the idle check's ping is `_ping`'s, bounded.
+# Set while `record` checks a connection out: the idle check's ping is `_ping_if_idle`'s.
 _on_response_path: ContextVar[bool] = ContextVar("keyflash_usage_response_path", default=False)
 
 _lock = threading.Lock()
