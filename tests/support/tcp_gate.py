@@ -4,7 +4,8 @@ While shut, nothing already accepted is forwarded either way, and a new connecti
 (the kernel's handshake, as on a hung compute) and held, unanswered: a database that stopped
 answering. Opening forwards everything held. Unlike a SIGSTOPped server, it tells a test that
 a connect attempt has reached it (`connect_held`), and the attempt cannot end on the server's
-side before the test opens the gate: ordering is known, not guessed from timings.
+side before the test opens the gate: ordering is known, not guessed from timings. It counts the
+connections it accepts (`connections`): how many connect attempts reached the database.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class TcpGate:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.connect_held = threading.Event()  # a connection arrived while shut
+        self.connections = 0  # accepted so far, open or shut
         self._open = threading.Event()
         self._open.set()
         self._lock = threading.Lock()
@@ -70,6 +72,8 @@ class TcpGate:
             except OSError:  # the listener was closed
                 return
             self._track(client)
+            with self._lock:
+                self.connections += 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
