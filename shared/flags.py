@@ -13,9 +13,13 @@ Anonymous callers have no bucket: they get a flag only at 100 %.
 
 The flags are loaded with ONE query and reused by the warm container for FLAGS_CACHE_SECONDS
 (default 30); the clock is injectable so tests move time instead of sleeping. An admin write
-refreshes the writing container at once; other containers see it within the TTL. When a reload
-fails, the last snapshot keeps being served (and the reload is retried on the next call); only
-a container that never loaded its flags answers the failure (503 when the database is down).
+refreshes the writing container at once; other containers see it within the TTL. One load runs
+at a time: callers holding a snapshot serve it meanwhile, the others wait for its outcome. A
+failed load (the database down costs it the whole retry budget) is logged once and, as
+`shared.jwks` does for its reads, not tried again for RELOAD_PAUSE_S: meanwhile the last snapshot
+is served at once, and a container that never loaded its flags has nothing to serve (its loading
+caller gets the load's failure, a 503 when the database is down; every other caller, a 503 at
+once).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mmh3
 
@@ -35,6 +39,7 @@ from shared.repositories import feature_flags
 from shared.telemetry import log_event
 
 BUCKETS = 100
+RELOAD_PAUSE_S = 5.0  # after a failed load, none starts again this soon
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +86,21 @@ def load_rules() -> tuple[FlagRule, ...]:
     return tuple(FlagRule.from_row(row) for row in rows)
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What a container knows, replaced whole (readers take it without the lock)."""
+
+    rules: tuple[FlagRule, ...] | None = None  # the last good load
+    loaded_at: float = float("-inf")
+    failed_at: float = float("-inf")  # when the last load failed, if it did
+
+
 class FlagCache:
-    """The container's flag snapshot, reloaded when older than `ttl()` seconds.
+    """The container's flag snapshot, reloaded when older than `ttl()` seconds (module
+    docstring: one load at a time, a pause after a failed one).
 
     `ttl` is read on every call (settings may be reloaded in tests); `clock` is monotonic
-    seconds. Concurrent requests on an expired snapshot load it once.
+    seconds.
     """
 
     def __init__(
@@ -98,39 +113,60 @@ class FlagCache:
         self._loader = loader
         self._ttl = ttl
         self._clock = clock
-        self._lock = threading.Lock()
-        self._rules: tuple[FlagRule, ...] | None = None
-        self._loaded_at = 0.0
-
-    def _fresh(self) -> tuple[FlagRule, ...] | None:
-        rules = self._rules
-        if rules is not None and self._clock() - self._loaded_at < self._ttl():
-            return rules
-        return None
+        self._loading = threading.Lock()
+        self._state = _State()
 
     def rules(self) -> tuple[FlagRule, ...]:
-        rules = self._fresh()
+        rules = self._served()
         if rules is not None:
             return rules
-        with self._lock:
-            rules = self._fresh()
-            if rules is not None:
-                return rules
-            try:
-                rules = self._loader()
-            except Exception as error:
-                if self._rules is None:
-                    raise
-                # Flags must not take pages down: keep serving the last snapshot, retry next call.
-                log_event("flags_reload_failed", level=logging.WARNING, error=type(error).__name__)
-                return self._rules
-            self._rules, self._loaded_at = rules, self._clock()
-            return rules
+        snapshot = self._state.rules
+        if snapshot is None:
+            self._loading.acquire()  # nothing to serve: take the outcome of a load under way
+        elif not self._loading.acquire(blocking=False):
+            return snapshot  # another request is reloading
+        try:
+            rules = self._served()  # the load this caller waited for, or another's
+            return self._load() if rules is None else rules
+        finally:
+            self._loading.release()
+
+    def _served(self) -> tuple[FlagRule, ...] | None:
+        """The rules to serve without loading, or None when a load is due; in the pause after
+        a failed load, a container without a snapshot is unavailable (503), not loading."""
+        state, now = self._state, self._clock()
+        if state.rules is not None and now - state.loaded_at < self._ttl():
+            return state.rules
+        if now - state.failed_at < RELOAD_PAUSE_S:
+            if state.rules is None:
+                raise db.DatabaseUnavailableError("feature flags not loaded: the last load failed")
+            return state.rules
+        return None
+
+    def _load(self) -> tuple[FlagRule, ...]:
+        """Load (under the lock); on failure serve the last snapshot, or raise without one."""
+        state = self._state
+        try:
+            rules = self._loader()
+        except Exception as error:
+            # Flags must not take pages down, nor hold each request for the retry budget.
+            log_event(
+                "flags_reload_failed",
+                level=logging.WARNING,
+                error=type(error).__name__,
+                retryInS=RELOAD_PAUSE_S,
+            )
+            self._state = replace(state, failed_at=self._clock())
+            if state.rules is None:
+                raise
+            return state.rules
+        self._state = _State(rules, loaded_at=self._clock())
+        return rules
 
     def invalidate(self) -> None:
-        """Forget the snapshot (after a write in this container)."""
-        with self._lock:
-            self._rules = None
+        """Forget the snapshot and any pause (after a write in this container)."""
+        with self._loading:
+            self._state = _State()
 
     def by_key(self) -> Mapping[str, FlagRule]:
         return {rule.key: rule for rule in self.rules()}

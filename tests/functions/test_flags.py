@@ -189,10 +189,15 @@ def test_a_failed_reload_keeps_serving_the_last_snapshot() -> None:
     assert cache.rules()[0].rollout_percent == 10
     clock.now += 31
     assert cache.rules()[0].rollout_percent == 10  # stale, served
-    assert cache.rules()[0].rollout_percent == 20  # retried on the next call
+    clock.now += flags.RELOAD_PAUSE_S - 0.1
+    assert cache.rules()[0].rollout_percent == 10  # not retried in the pause
+    clock.now += 0.1
+    assert cache.rules()[0].rollout_percent == 20  # retried after it
     cold = FlagCache(lambda: (_ for _ in ()).throw(RuntimeError("down")), clock=clock)
     with pytest.raises(RuntimeError):
         cold.rules()  # nothing to fall back on
+    with pytest.raises(db.DatabaseUnavailableError):
+        cold.rules()  # in the pause: a 503 at once, no load
 
 
 @pytest.mark.usefixtures("db_env")
