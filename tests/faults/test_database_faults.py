@@ -8,14 +8,16 @@ this process's own PostgreSQL or PgBouncer (see conftest.py), and then checks ev
 the rows in the database:
 
 - an outage answers 503 with `Retry-After` and the error envelope, never a 500, a hang, a stack
-  trace or a connection string, and each request ends within the retry budget plus a margin;
+  trace or a connection string, and each 503 is the core giving up once (one retry budget spent,
+  not two);
 - once the fault is gone, the same warm handlers succeed again on their own (same engine);
 - a write acknowledged with 201 is stored exactly once; a write answered 503 is stored at most
   once (stored = "outcome unknown", counted); nothing is stored twice.
 
 Synchronisation waits on observable conditions (answers recorded, pooler state, server pids),
-never on sleeps. Durations are checked only against generous functional bounds. Figures for the
-report are printed (`-s` shows them).
+never on sleeps. No duration is asserted (a loaded machine stretches them; speed is the
+benchmarks'): how a request failed is, from the core's log. Figures for the report are printed
+(`-s` shows them).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pytest
 
 from devkit._host import wait_for
 from shared import db
+from shared.http import usage
 from tests.faults.conftest import (
     APP_PASSWORD,
     CLIENT_THREADS,
@@ -52,8 +55,6 @@ pytestmark = pytest.mark.faults
 
 Kind = Literal["write", "list", "me"]
 KINDS: tuple[Kind, ...] = ("write", "list", "me")
-# Generous on purpose: a functional bound ("fails fast, does not hang"), not a speed measurement.
-MARGIN_S = 3.0
 # Below the 50-searches cap, so a writer never sees the cap's 400.
 WRITES_PER_USER = 40
 # What may never appear in an answer: internals, connection strings, the password.
@@ -110,9 +111,10 @@ class Traffic:
         self.stop(check=exc_type is None)  # don't hide the failure that got us here
 
     def stop(self, *, check: bool = True) -> None:
-        """Let each client finish its request in flight; a client still inside one is a hang."""
+        """Let each client finish its request in flight; a client still inside one after
+        WAIT_S is a hang."""
         self._stopping.set()
-        deadline = time.monotonic() + RETRY_BUDGET_S + POOLER_QUERY_WAIT_TIMEOUT_S + MARGIN_S
+        deadline = time.monotonic() + WAIT_S
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         hung = [thread.name for thread in self._threads if thread.is_alive()]
@@ -196,9 +198,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
 # --- checks -----------------------------------------------------------------------------------
 
 
-def assert_answers_are_safe(answers: list[Answer], allowed: dict[Kind, set[int]]) -> None:
-    """Only the allowed statuses; every 503 is the envelope with Retry-After; no answer leaks
-    internals; every request ends within the retry budget plus the margin."""
+def assert_answers_are_safe(
+    answers: list[Answer], allowed: dict[Kind, set[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the allowed statuses; every 503 is the envelope with Retry-After and the core
+    giving up once for that request; no answer leaks internals."""
     unexpected = [
         (a.kind, a.status, a.body[:300]) for a in answers if a.status not in allowed[a.kind]
     ]
@@ -208,11 +212,21 @@ def assert_answers_are_safe(answers: list[Answer], allowed: dict[Kind, set[int]]
             assert leak not in answer.body, f"{answer.kind} answer leaks {leak!r}: {answer.body}"
         if answer.status == 503:
             assert_unavailable_envelope(answer)
-    slowest = max(answers, key=lambda a: a.duration)
-    bound = RETRY_BUDGET_S + MARGIN_S
-    assert slowest.duration <= bound, (
-        f"a {slowest.kind} request took {slowest.duration:.2f} s (bound {bound} s)"
-    )
+    assert_each_503_gave_up_once(answers, caplog)
+
+
+def assert_each_503_gave_up_once(answers: list[Answer], caplog: pytest.LogCaptureFixture) -> None:
+    """Each request answered 503 has exactly one `db_unavailable` line (its request id): the
+    core gave up once, when its retry budget ran out or the failure could not be retried, and the
+    request did not go on to wait out another budget (or a pooler's wait) before answering."""
+    gave_up = Counter(event.get("requestId") for event in core_events(caplog, "db_unavailable"))
+    failed = [a for a in answers if a.status == 503]
+    wrong = [
+        (a.kind, gave_up[a.headers["x-request-id"]])
+        for a in failed
+        if gave_up[a.headers["x-request-id"]] != 1
+    ]
+    assert not wrong, f"503s without exactly one give-up (kind, give-ups): {wrong[:5]}"
 
 
 def assert_unavailable_envelope(answer: Answer) -> None:
@@ -290,7 +304,7 @@ class Figures:
             f"\n[faults] {self.scenario}[{self.lane}]: faults={self.faults} "
             f"fault_s={self.ended - self.started:.2f} requests={len(self.answers)} "
             f"during={len(during)} by_kind={by_kind} max_during_s={slowest:.2f} "
-            f"(budget {RETRY_BUDGET_S} s, bound {RETRY_BUDGET_S + MARGIN_S} s) "
+            f"(budget {RETRY_BUDGET_S} s) "
             f"retries={self.retries} unavailable_by_stage={dict(self.unavailable)} "
             f"ledger={self.ledger}"
         )
@@ -368,7 +382,7 @@ def test_postgres_restart_mid_traffic_answers_503_then_recovers_without_double_w
         traffic.wait_for_recovery(since=figures.ended)
     figures.collect(fault_app, traffic, caplog)
 
-    assert_answers_are_safe(figures.answers, ANY_OUTCOME)
+    assert_answers_are_safe(figures.answers, ANY_OUTCOME, caplog)
     inside = [a for a in figures.answers if a.within(down, starting)]
     assert inside and {a.status for a in inside} == {503}, "a request succeeded while down"
     assert_same_engine(engine)
@@ -404,7 +418,7 @@ def test_killed_server_connections_are_transparent_to_reads_and_never_double_wri
     figures.collect(fault_app, traffic, caplog)
 
     assert figures.faults >= KILL_ROUNDS, "the kills found no server connection of the app"
-    assert_answers_are_safe(figures.answers, READS_TRANSPARENT)
+    assert_answers_are_safe(figures.answers, READS_TRANSPARENT, caplog)
     assert_same_engine(engine)
 
 
@@ -436,7 +450,7 @@ def test_pgbouncer_restart_recovers_or_fails_fast(
         traffic.wait_for_recovery(since=figures.ended)
     figures.collect(fault_app, traffic, caplog)
 
-    assert_answers_are_safe(figures.answers, ANY_OUTCOME)
+    assert_answers_are_safe(figures.answers, ANY_OUTCOME, caplog)
     assert_same_engine(engine)
 
 
@@ -468,7 +482,7 @@ def test_short_pgbouncer_pause_holds_requests_and_loses_none(
     figures.collect(fault_app, traffic, caplog)
 
     assert held_clients >= 1, "the pause held no client"
-    assert_answers_are_safe(figures.answers, NO_FAILURE)
+    assert_answers_are_safe(figures.answers, NO_FAILURE, caplog)
     held = [a for a in figures.answers if a.started <= figures.ended <= a.finished]
     assert len(held) >= held_clients, "every held request completed after the RESUME"
 
@@ -496,11 +510,13 @@ def test_pgbouncer_pause_beyond_the_budget_answers_503_then_recovers(
         traffic.wait_for_recovery(since=figures.ended)
     figures.collect(fault_app, traffic, caplog)
 
-    assert_answers_are_safe(figures.answers, ANY_OUTCOME)
+    assert_answers_are_safe(figures.answers, ANY_OUTCOME, caplog)
     inside = [a for a in figures.answers if a.within(paused, resuming)]
     assert inside and {a.status for a in inside} == {503}, "a request passed a paused pooler"
-    # A failed request waits in the pooler once: its usage row is not attempted after the 503
-    # (that second wait used to double the time to the answer).
-    slowest = max(a.duration for a in figures.answers if a.status == 503)
-    assert slowest < 2 * POOLER_QUERY_WAIT_TIMEOUT_S, f"a 503 took {slowest:.2f} s: waited twice"
+    # A failed request waits in the pooler once: it gave up once (above), and its usage row is
+    # not attempted after the 503 (that second wait used to double the time to the answer).
+    usage.flush()  # rows still held or in flight reach the table
+    with fault_app.admin() as admin:
+        row = admin.execute('SELECT count(*) FROM api_usage WHERE "statusCode" = 503').fetchone()
+    assert row == (0,), f"{row} usage rows of 503 answers stored: attempted after the failure"
     assert_same_engine(engine)
