@@ -1,7 +1,8 @@
 """GET, POST /api/admin/flags: list and create feature flags (admins only).
 
-The list comes in pages by key: up to PAGE_FLAGS flags and PAGE_BUDGET_BYTES of them (a flag
-may name 1,000 users of 255 characters: 18 such flags would be more than Vercel answers);
+The list comes in pages by key: up to PAGE_FLAGS flags and `pages.PAGE_BUDGET_BYTES` of them (a
+flag may name 1,000 users of 255 characters: 18 such flags would be more than Vercel answers; a
+flag larger than a page is listed abridged, `contract.record`);
 `nextCursor`, present while more flags exist, is passed back as `cursor`. It is the page's last
 key, whatever a writer stored there (the original app's Prisma client is not held to the key
 rule POST applies), so any key text can hold is a cursor.
@@ -14,7 +15,6 @@ FLAGS_CACHE_SECONDS.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Query
@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from shared import db, flags
 from shared.contracts import flags as contract
+from shared.http import pages
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.body import body_schema, json_body
@@ -33,7 +34,6 @@ app = create_app(title="Feature flags (admin)", summary="List and create feature
 
 
 PAGE_FLAGS = 100
-PAGE_BUDGET_BYTES = 3_000_000
 INVALID_CURSOR = "cursor must be the nextCursor of a previous page"  # i.e. a storable key
 
 
@@ -44,14 +44,7 @@ def list_flags(
 ) -> Response:
     after = None if cursor is None else valid_or_400(contract.stored_key(cursor), INVALID_CURSOR)
     rows = db.read(lambda conn: feature_flags.list_page(conn, after=after, limit=PAGE_FLAGS + 1))
-    items: list[dict[str, Any]] = []
-    spent = 0
-    for flag in rows[:PAGE_FLAGS]:
-        item = contract.record(flag)
-        spent += len(json.dumps(item, ensure_ascii=False).encode())
-        if items and spent > PAGE_BUDGET_BYTES:  # the rest comes with the next page
-            break
-        items.append(item)
+    items = pages.within_budget([contract.record(flag) for flag in rows[:PAGE_FLAGS]])
     body: dict[str, Any] = {"flags": items}
     if len(items) < len(rows):
         body["nextCursor"] = items[-1]["key"]

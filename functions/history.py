@@ -4,15 +4,14 @@
 is passed back as `cursor` for the next page. Keyset paging stays fast at any depth and never
 skips or repeats a row when new searches arrive between pages.
 
-A page also stops at PAGE_BUDGET_BYTES of items (its cursor then points after the last item
-sent): a row may hold 200 keywords of 100 characters, so 100 such rows would be more JSON than
+A page also stops at `pages.PAGE_BUDGET_BYTES` of items (its cursor then points after the last
+item sent): a row may hold 200 keywords of 100 characters, so 100 such rows would be more JSON than
 Vercel (4.5 MB) or Lambda (6 MB) can answer.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Query
 from starlette.responses import Response
@@ -20,13 +19,12 @@ from starlette.responses import Response
 from shared import db
 from shared.contracts import history as contract
 from shared.contracts import paging
+from shared.http import pages
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.openapi import whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history
-
-PAGE_BUDGET_BYTES = 3_000_000
 
 app = create_app(title="Search history", summary="The caller's keyword searches, newest first.")
 
@@ -57,17 +55,11 @@ def list_history(
     page = db.read(
         lambda conn: search_history.list_for_user(conn, user.user_id, limit=size, cursor=after)
     )
-    items: list[dict[str, Any]] = []
-    spent = 0
+    items = pages.within_budget([contract.history_item(row) for row in page.items])
     next_cursor = page.next_cursor
-    for row in page.items:
-        item = contract.history_item(row)
-        spent += len(json.dumps(item, ensure_ascii=False, default=str).encode())
-        if items and spent > PAGE_BUDGET_BYTES:  # the rest comes with the next page
-            last = page.items[len(items) - 1]
-            next_cursor = (last.searched_at, last.id)
-            break
-        items.append(item)
+    if len(items) < len(page.items):  # the rest comes with the next page
+        last = page.items[len(items) - 1]
+        next_cursor = (last.searched_at, last.id)
     body: dict[str, object] = {"history": items}
     if next_cursor is not None:
         body["nextCursor"] = paging.encode_cursor(next_cursor)

@@ -13,7 +13,8 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from shared.clock import iso_ms
 from shared.contracts.validation import StoredText, fail
-from shared.http.responses import compact
+from shared.http.pages import PAGE_BUDGET_BYTES
+from shared.http.responses import compact, render_json
 from shared.models.feature_flags import FeatureFlag
 from shared.repositories.feature_flags import FlagChanges, FlagValues
 from shared.storable_text import unstorable_kind
@@ -152,9 +153,38 @@ class UpdateFlag(StoredText):
         return changes
 
 
+# The fields another writer can make any size (POST and PUT bound them), left out in this order
+# of a flag too large to answer whole.
+OMITTABLE = ("allowedUsers", "description", "createdBy")
+
+
 def record(flag: FeatureFlag) -> dict[str, Any]:
     """`{id, key, enabled, rolloutPercent, allowedUsers, description?, createdBy?, createdAt,
-    updatedAt}` (absent keys omitted)."""
+    updatedAt}` (absent keys omitted), abridged when larger than a list page."""
+    whole = _whole(flag)
+    return whole if _fits(whole) else _abridged(whole)
+
+
+def _fits(item: dict[str, Any]) -> bool:
+    return len(render_json(item)) <= PAGE_BUDGET_BYTES
+
+
+def _abridged(whole: dict[str, Any]) -> dict[str, Any]:
+    """`whole` without its OMITTABLE fields, one at a time until it fits a page: `omitted` names
+    those left out, `allowedUsersCount` counts the users. A row another writer stored may be
+    larger than a page or than either platform answers (6 MB), and a whole one would be the
+    platform's 500, even for a PUT whose write took effect."""
+    shown = {**whole, "allowedUsersCount": len(whole["allowedUsers"]), "omitted": []}
+    for field in OMITTABLE:
+        if field in shown:
+            del shown[field]
+            shown["omitted"].append(field)
+        if _fits(shown):
+            break
+    return shown
+
+
+def _whole(flag: FeatureFlag) -> dict[str, Any]:
     return compact(
         {
             "id": flag.id,

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from shared.contracts import compact
 from shared.storable_text import without_lone_surrogates
 
-__all__ = ["PRIVATE_NO_STORE", "Utf8JSONResponse", "compact", "ok"]
+__all__ = ["PRIVATE_NO_STORE", "Utf8JSONResponse", "compact", "ok", "render_json"]
 
 PRIVATE_NO_STORE = "private, no-cache, no-store, must-revalidate"
 
@@ -24,11 +24,16 @@ class Utf8JSONResponse(JSONResponse):
     replacement."""
 
     def render(self, content: Any) -> bytes:
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        try:
-            return text.encode()
-        except UnicodeEncodeError:
-            return without_lone_surrogates(text).encode()
+        return render_json(content)
+
+
+def render_json(content: Any) -> bytes:
+    """`content` as a response body carries it: what a size bound on a response must count."""
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return without_lone_surrogates(text).encode()
 
 
 def ok(

@@ -568,3 +568,62 @@ def test_a_cursor_no_key_can_be_is_a_400(admin: Caller) -> None:
     result = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN, query={"cursor": cursor})
     assert result.status == 400, result.text
     assert result.json["message"] == "cursor must be the nextCursor of a previous page"
+
+
+def insert_with_users(conn: psycopg.Connection[Any], key: str, users: int) -> None:
+    """A flag naming `users` ids of 250 characters: another writer is held to no limit, so one
+    row may be larger than a page (or than either platform answers)."""
+    conn.execute(
+        'INSERT INTO feature_flags (id, key, enabled, "rolloutPercent", "allowedUsers", '
+        '"createdAt", "updatedAt") SELECT %s, %s, true, 50, '
+        "array_agg(lpad(g::text, 250, 'u')), now(), now() FROM generate_series(1, %s) g",
+        (f"cbig{users}", key, users),
+    )
+
+
+def test_a_flag_larger_than_a_page_is_answered_without_its_users(
+    admin: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """3.8 MB is more than a page, 6.4 MB more than Lambda answers: the list, GET and PUT show
+    such a flag without `allowedUsers` (counted, and named in `omitted`), so the answer fits
+    and a PUT's 200 says its write took effect."""
+    insert_with_users(admin_conn, "big-1", 15_000)
+    insert_with_users(admin_conn, "big-2", 25_000)
+    assert create(admin, {"key": "big-3", "allowedUsers": ["u"]}).status == 201
+    page = admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN)
+    assert page.status == 200 and len(page.raw) <= 3_000_000, (page.status, len(page.raw))
+    listed = {flag["key"]: flag for flag in page.json["flags"]}
+    assert list(listed) == ["big-1", "big-2", "big-3"]
+    for key, count in (("big-1", 15_000), ("big-2", 25_000)):
+        flag = listed[key]
+        assert "allowedUsers" not in flag
+        assert (flag["omitted"], flag["allowedUsersCount"]) == (["allowedUsers"], count)
+    assert listed["big-3"]["allowedUsers"] == ["u"] and "omitted" not in listed["big-3"]
+    got = admin("admin_flag_item", "GET", "/api/admin/flags/big-2", user=ADMIN)
+    assert (got.status, got.json["flag"]) == (200, listed["big-2"]), got.text
+    put = admin("admin_flag_item", "PUT", "/api/admin/flags/big-2", user=ADMIN,
+                json_body={"enabled": False})  # fmt: skip
+    assert put.status == 200, put.text
+    assert (put.json["flag"]["enabled"], put.json["flag"]["omitted"]) == (False, ["allowedUsers"])
+    trimmed = admin("admin_flag_item", "PUT", "/api/admin/flags/big-2", user=ADMIN,
+                    json_body={"allowedUsers": ["a", "b"]})  # fmt: skip
+    assert trimmed.json["flag"]["allowedUsers"] == ["a", "b"], trimmed.text
+    assert "omitted" not in trimmed.json["flag"]
+
+
+def test_a_flag_larger_than_a_page_even_without_its_users_omits_more(
+    admin: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """`description` and `createdBy` are of any size too when another writer stored them."""
+    insert_with_users(admin_conn, "huge", 1)
+    admin_conn.execute(
+        "UPDATE feature_flags SET description = repeat('d', 3000000), "
+        "\"createdBy\" = repeat('c', 10) WHERE key = %s",
+        ("huge",),
+    )
+    got = admin("admin_flag_item", "GET", "/api/admin/flags/huge", user=ADMIN)
+    assert got.status == 200, got.text
+    flag = got.json["flag"]
+    assert (flag["omitted"], flag["allowedUsersCount"]) == (["allowedUsers", "description"], 1)
+    assert flag["createdBy"] == "c" * 10 and "description" not in flag
+
