@@ -626,4 +626,3 @@ def test_a_flag_larger_than_a_page_even_without_its_users_omits_more(
     flag = got.json["flag"]
     assert (flag["omitted"], flag["allowedUsersCount"]) == (["allowedUsers", "description"], 1)
     assert flag["createdBy"] == "c" * 10 and "description" not in flag
-
