@@ -32,6 +32,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTECODE = ROOT / "devkit" / "bytecode.py"
+MARKER = ".keyflash-package"
 # Never walked for sources: none of them can match a pattern that ships.
 _SKIP_DIRS = frozenset({".git", "node_modules", ".serverless", ".keyflash", "build"})
 # serverless-python-requirements' default `slim` patterns (`slimPatterns` append to them unless

@@ -4,8 +4,10 @@
 patterns and the requirements plugin's settings), compiled by a Python of the Lambda runtime's
 version (3.12), as devkit/serverless/bytecode.js compiles the real zips. Checked here: every
 shipped `.py` has its `.pyc` for that version, hash-based and unchecked (a read-only /var/task
-would otherwise compile it at every cold start), and nothing else but the code ships. No AWS,
-no Docker, no network: dependencies come from the test's own environment.
+would otherwise compile it at every cold start), that its compiled extensions are that
+version's, and nothing else but the code ships. No AWS, no Docker, no network: dependencies come
+from the test's own environment, so the trees are built only where it is the runtime's Python
+(CI's 3.12 lane); elsewhere a build is refused. A build replaces only the folders it made.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -27,6 +30,7 @@ from packaging.utils import canonicalize_name
 from devkit.cli import main as keyflash
 from devkit.package import (
     BYTECODE,
+    MARKER,
     ROOT,
     build,
     closure,
@@ -39,6 +43,7 @@ from devkit.package import (
 from tests.support.ci import missing_tool
 
 RUNTIME = read_descriptor().runtime
+RUNNING = f"{sys.version_info[0]}.{sys.version_info[1]}"
 TAG = "cpython-" + RUNTIME.replace(".", "")
 UNCHECKED_HASH = 0b01  # PEP 552 flags: hash-based, source not checked
 NEVER_SHIPPED = {"tests", "devkit", "benchmarks", "docs", "migrations", "boto3", "botocore"}
@@ -65,9 +70,42 @@ def magic(python: str) -> bytes:
     return bytes.fromhex(done.stdout.strip())
 
 
+# What `--out` may already hold: a project (or a home folder) whose files are no package's.
+THEIRS = {"README.md": "mine\n", "src/app.py": "code\n", ".git/HEAD": "ref\n", ".bashrc": "rc\n"}
+
+
 @pytest.fixture(scope="module")
-def trees(tmp_path_factory: pytest.TempPathFactory, python: str) -> dict[str, Path]:
-    return build(tmp_path_factory.mktemp("lambda"), SAMPLE, python=python)
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder beside `--out` that a symbolic link in a previous build points to."""
+    folder = tmp_path_factory.mktemp("outside")
+    (folder / "keep.txt").write_text("keep\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
+    """`--out .` run in a project that holds its own files and a previous build of `health`
+    (marked, with a stale file and a symbolic link out of the folder)."""
+    if RUNNING != RUNTIME:
+        pytest.skip(f"a package is built from a Python {RUNTIME} environment, this is {RUNNING}")
+    folder = tmp_path_factory.mktemp("project")
+    for relative, text in THEIRS.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+    previous = folder / "health"
+    previous.mkdir()
+    (previous / MARKER).write_text("built by keyflash package\n")
+    (previous / "stale.py").write_text("STALE = True\n")
+    (previous / "escape").symlink_to(outside, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert keyflash(["package", *SAMPLE, "--out", "."]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trees(project: Path) -> dict[str, Path]:
+    return {name: project / name for name in SAMPLE}
 
 
 def _files(tree: Path) -> set[str]:
@@ -94,6 +132,84 @@ def test_every_shipped_module_has_the_runtimes_unchecked_bytecode(
     assert not wrong, f"{len(wrong)} .pyc are not {RUNTIME}'s unchecked hash-based: {wrong[:10]}"
     stray = [f for f in _files(tree) if f.endswith(".pyc") and f".{TAG}." not in f]
     assert not stray, f"bytecode of another Python ships: {stray[:10]}"
+
+
+@pytest.mark.parametrize("function", SAMPLE)
+def test_every_compiled_extension_is_the_runtimes(function: str, trees: dict[str, Path]) -> None:
+    """s49t5 F2: a tree built from a 3.11 venv held 3.12 bytecode beside pydantic_core's,
+    psycopg_binary's and mmh3's 3.11 extensions, and could not be imported on 3.12."""
+    extensions = [p.name for p in trees[function].rglob("*.so")]
+    tagged = [name for name in extensions if re.search(r"\.cpython-\d+-", name)]
+    assert len(tagged) >= 3, f"pydantic_core, psycopg_binary and mmh3 should ship: {extensions}"
+    wrong = [name for name in tagged if f".{TAG}-" not in name]
+    assert not wrong, f"extensions of another Python ship: {wrong[:10]}"
+
+
+def test_a_build_replaces_only_the_folders_it_built(project: Path, outside: Path) -> None:
+    """s49t5 F1: `keyflash package --out DIR` deleted everything in DIR (a README, src/, .git/)
+    before building. Now the project's files stay, the previous build of `health` (marked) is
+    replaced, and its symbolic link is removed, not followed."""
+    for relative, text in THEIRS.items():
+        assert (project / relative).read_text() == text, relative
+    assert {p.name for p in project.iterdir()} == {"README.md", "src", ".git", ".bashrc", *SAMPLE}
+    health = project / "health"
+    assert not (health / "stale.py").exists() and not (health / "escape").is_symlink()
+    assert (outside / "keep.txt").read_text() == "keep\n"
+    assert all((project / name / MARKER).is_file() for name in SAMPLE)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every entry under `folder` (symbolic links not followed): file text or link target."""
+    entries = {}
+    for directory, subdirs, files in os.walk(folder):
+        for name in subdirs + files:
+            path = Path(directory) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                entries[relative] = f"-> {os.readlink(path)}"
+            elif path.is_file():
+                entries[relative] = path.read_text()
+            else:
+                entries[relative] = "/"
+    return entries
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "symlink"])
+def test_a_function_folder_it_did_not_build_is_refused(tmp_path: Path, kind: str) -> None:
+    """`--out` already holds `health` that no build made (a folder of the user's, a file, or a
+    symbolic link, even to a marked build elsewhere): refused, exit 1, nothing touched."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    (out / "README.md").write_text("mine\n")
+    if kind == "folder":
+        (out / "health").mkdir()
+        (out / "health" / "notes.txt").write_text("mine\n")
+    elif kind == "file":
+        (out / "health").write_text("mine\n")
+    else:
+        elsewhere.mkdir()
+        (elsewhere / MARKER).write_text("built by keyflash package\n")
+        (elsewhere / "keep.txt").write_text("keep\n")
+        (out / "health").symlink_to(elsewhere, target_is_directory=True)
+    before = _snapshot(tmp_path)
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        code = keyflash(["package", "searches", "health", "--out", str(out)])
+    assert code == 1
+    said = stderr.getvalue()
+    assert f"{out / 'health'}" in said and "nothing was changed" in said, said
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_tree_is_refused_from_another_python_than_the_runtimes(tmp_path: Path) -> None:
+    """s49t5 F2: built from a venv of another Python the tree's compiled extensions are that
+    Python's, and the runtime cannot import them: refused, with the way to build it."""
+    target = RUNTIME if RUNNING != RUNTIME else "3.99"  # what this environment is not
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=rf"this environment is Python {RUNNING}\b") as error:
+        build(out, ["health"], runtime=target)
+    assert f".venv-{target}/bin/keyflash package" in str(error.value)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("function", SAMPLE)
