@@ -193,7 +193,7 @@ def _package(out: Path, names: list[str]) -> dict[str, str]:
 
     The trees are made read-only, as /var/task is."""
     running = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the trees run on this version
-    built = build(out, names, python=sys.executable, runtime=running)
+    built = build(out, names, runtime=running)
     hello = out / "hello"
     hello.mkdir()
     for app in ("hello_app.py", "hello_db_app.py"):

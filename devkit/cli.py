@@ -345,17 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
         "package",
         "build each function's Lambda package as a directory, as the deploy does",
         "Copy what serverless.yml packages for each function (its patterns, the requirements "
-        "less noDeploy and slim's strips, from this environment) into OUT/<function>/ and "
-        "compile every module with the Lambda runtime's Python (unchecked hash-based .pyc). "
+        "less noDeploy and slim's strips, from this environment, which must be of the Lambda "
+        "runtime's Python, e.g. .venv-3.12) into OUT/<function>/ and compile every module "
+        "(unchecked hash-based .pyc). Nothing else in OUT is touched: an OUT/<function>/ is "
+        "replaced only when a build made it (it holds .keyflash-package), any other is refused. "
         "No AWS, no Docker, no network.",
         _package,
     )
     package.add_argument("functions", nargs="*", metavar="FUNCTION", help="default: all")
     package.add_argument(
         "--out", type=Path, default=Path("build/lambda"), help="default: build/lambda"
-    )
-    package.add_argument(
-        "--python", metavar="PATH", help="the compiling interpreter (default: a Python 3.12)"
     )
 
     openapi = command(
@@ -895,7 +894,7 @@ def _package(args: argparse.Namespace) -> int:
     from devkit.package import build
 
     try:
-        trees = build(args.out, args.functions or None, python=args.python)
+        trees = build(args.out, args.functions or None)
     except (ValueError, RuntimeError, subprocess.CalledProcessError) as error:
         raise CliError(str(error)) from None
     for name, tree in trees.items():

@@ -4,13 +4,17 @@ What goes in follows serverless.yml: `package.patterns` then the function's own 
 patterns win, `!` excludes), then what serverless-python-requirements adds: the distributions
 pinned in its `fileName` (requirements-lambda.txt), less `noDeploy` (by top-level name, as the
 plugin filters), less what `slim` strips (its default patterns and/or `slimPatterns`). Last,
-every module is compiled by the target interpreter (devkit/bytecode.py), as
+every module is compiled by this interpreter (devkit/bytecode.py), as
 devkit/serverless/bytecode.js does to the deployed zips.
 
 No AWS, no Docker, no network: dependencies are copied from this interpreter's environment,
-which must hold exactly the pinned versions (run.py installs every venv under the pins), so the
-tree holds the deploy's distributions at the deploy's versions. Only compiled extensions differ:
-the deploy fetches aarch64 wheels, a venv has its own machine's.
+which must be of the runtime's Python (its compiled extensions carry that version's tag) and hold
+exactly the pinned versions (run.py installs every venv under the pins), so the tree holds the
+deploy's distributions at the deploy's versions. Only compiled extensions differ: the deploy
+fetches aarch64 wheels, a venv has its own machine's.
+
+`--out` may be a folder holding anything: a build writes only `OUT/<function>/` and replaces such
+a folder only when a build made it (it holds MARKER); any other is refused before anything changes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BYTECODE = ROOT / "devkit" / "bytecode.py"
+# In every function folder a build writes: the only folders a later build may delete.
 MARKER = ".keyflash-package"
 # Never walked for sources: none of them can match a pattern that ships.
 _SKIP_DIRS = frozenset({".git", "node_modules", ".serverless", ".keyflash", "build"})
@@ -237,25 +243,30 @@ def _version_of(python: str) -> str | None:
 
 
 def build(
-    out: Path,
-    functions: list[str] | None = None,
-    *,
-    python: str | None = None,
-    runtime: str | None = None,
+    out: Path, functions: list[str] | None = None, *, runtime: str | None = None
 ) -> dict[str, Path]:
     """Build `out/<function>/` for each function (default: all); {function: its tree}.
 
-    Compiled by `python` (default: one of the Lambda runtime's version), which must be of
-    `runtime` (default: serverless.yml's); the benchmark runs the trees on another version.
-    Everything is compiled once in `out/.staging` and hard-linked into the trees.
+    For Python `runtime` (default: serverless.yml's; the benchmark runs the trees on another
+    version), which must be this interpreter's. Everything is compiled once in a staging folder
+    inside `out` and hard-linked into the trees. Raises ValueError, before anything is written,
+    when a function folder in `out` is not a previous build's.
     """
     descriptor = read_descriptor()
     names = functions or list(descriptor.functions)
     unknown = sorted(set(names) - set(descriptor.functions))
     if unknown:
         raise ValueError(f"not a function in serverless.yml: {', '.join(unknown)}")
+    foreign = [problem for name in names if (problem := _not_a_build(out / name))]
+    if out.exists() and not out.is_dir():
+        foreign.insert(0, f"{out} is not a folder")
+    if foreign:
+        raise ValueError(
+            f"{'; '.join(foreign)}: nothing was changed (keyflash package replaces only the "
+            f"folders it built, which hold {MARKER}); move them away or choose another --out"
+        )
     version = runtime or descriptor.runtime
-    interpreter = python or runtime_python(version)
+    _require_python(version)
     sources = list(_walk(ROOT))
     own = {n: select(sources, descriptor.patterns + descriptor.functions[n]) for n in names}
     deps = dependency_files(
@@ -264,8 +275,46 @@ def build(
         descriptor.slim,
         lambda_markers(descriptor.runtime),
     )
-    staging = out / ".staging"
-    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".keyflash-staging-", dir=out))
+    try:
+        return _assemble(out, staging, version, deps, own)
+    finally:
+        shutil.rmtree(staging)
+
+
+def _not_a_build(tree: Path) -> str | None:
+    """Why `tree` may not be replaced, or None: absent, or a folder (not a link) a build made."""
+    if tree.is_symlink():
+        return f"{tree} is a symbolic link"
+    if tree.exists() and not (tree.is_dir() and (tree / MARKER).is_file()):
+        return f"{tree} exists and was not built by keyflash package"
+    return None
+
+
+def _require_python(version: str) -> None:
+    """Raise RuntimeError unless this interpreter is Python `version`: the tree's compiled
+    extensions are this environment's, and another version's do not import there."""
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if running == version:
+        return
+    try:
+        python = runtime_python(version)
+    except RuntimeError:
+        python = f"/path/to/python{version}"
+    raise RuntimeError(
+        f"this environment is Python {running} ({sys.executable}) but the package is for "
+        f"Python {version}: its compiled extensions would be {running}'s and would not import "
+        f"there. Build it from a Python {version} environment: `python3 run.py --python {python} "
+        f"test --collect-only -q` makes .venv-{version}, then run "
+        f"`.venv-{version}/bin/keyflash package …`"
+    )
+
+
+def _assemble(
+    out: Path, staging: Path, version: str, deps: dict[str, Path], own: dict[str, list[str]]
+) -> dict[str, Path]:
+    """Stage and compile every file once, then replace each `out/<function>/` with its tree."""
     staged: set[str] = set()
     for relative, source in [*deps.items(), *((p, ROOT / p) for f in own.values() for p in f)]:
         if relative not in staged:
@@ -274,20 +323,28 @@ def build(
             shutil.copy2(source, target)
             staged.add(relative)
     subprocess.run(
-        [interpreter, str(BYTECODE), "--runtime", version, "--tree", str(staging)],
+        [sys.executable, str(BYTECODE), "--runtime", version, "--tree", str(staging)],
         check=True,
     )
     trees = {}
-    for name in names:
+    for name, files in own.items():
         tree = out / name
-        for relative in [*deps, *own[name]]:
+        problem = _not_a_build(tree)  # again: something may have appeared while compiling
+        if problem:
+            raise ValueError(f"{problem}: left as it is; move it away or choose another --out")
+        if tree.exists():
+            shutil.rmtree(tree)  # never follows a symbolic link inside it
+        tree.mkdir()
+        (tree / MARKER).write_text(
+            "Built by `keyflash package`: a later build into this folder replaces all of it.\n"
+        )
+        for relative in [*deps, *files]:
             _link(staging / relative, tree / relative)
             if relative.endswith(".py"):
                 path = Path(relative)
                 for pyc in (staging / path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
                     _link(pyc, tree / path.parent / "__pycache__" / pyc.name)
         trees[name] = tree
-    shutil.rmtree(staging)
     return trees
 
 
