@@ -1,12 +1,12 @@
 """JSON cache-aside on Upstash Redis that never raises to callers.
 
-Any Redis failure (down, slower than `REDIS_TIMEOUT_S`, bad data) is logged and behaves as a miss,
-so the cache can only make a request faster, never fail it; during an outage no call is even sent
-(`shared.redis_outage`, logged once). An entry is served only in the shape the route answers
-(`KeywordEntry`, `RelatedEntry`, `shared.brief.Brief`): the keys are shared with the original app
-and anyone holding the token, so anything else under them is a logged miss, which the route's fresh
-answer then overwrites. `PRIVACY_MODE=true` turns the keyword, related-keyword and brief caches off
-entirely (docs/original-app.md#caching-and-privacy-mode). There is no flush: the Redis database is
+Any Redis failure (down, slower than `REDIS_TIMEOUT_S`, bad data) is logged and behaves as a
+miss, so the cache can only make a request faster, never fail it. An entry is served only in
+the shape the route answers (`KeywordEntry`, `RelatedEntry`, `shared.brief.Brief`): the keys
+are shared with the original app and anyone holding the token, so anything else under them is
+a logged miss, which the route's fresh answer then overwrites. `PRIVACY_MODE=true` turns the
+keyword, related-keyword and brief caches off entirely
+(docs/original-app.md#caching-and-privacy-mode). There is no flush: the Redis database is
 shared with users, usage and rate limits (docs/original-app.md#d13).
 """
 
@@ -26,7 +26,6 @@ from shared.brief import Brief
 from shared.config import get_settings
 from shared.providers.base import KeywordData, RelatedKeywordData
 from shared.redis import get_redis
-from shared.redis_outage import RedisPausedError
 from shared.storable_text import loads_json
 from shared.telemetry import log_event
 
@@ -119,7 +118,7 @@ def get_json(key: str, shape: type[T]) -> T | None:
     try:
         raw = client.get(key)
     except Exception as error:
-        _log_failure("cache_read_failed", error)
+        log_event("cache_read_failed", level=logging.WARNING, error=type(error).__name__)
         return None
     if raw is None:
         return None
@@ -152,12 +151,6 @@ def set_json(key: str, value: Any, *, ttl_seconds: int = KEYWORD_TTL_SECONDS) ->
     try:
         client.set(key, json.dumps(value, separators=(",", ":")), ex=ttl_seconds)
     except Exception as error:
-        _log_failure("cache_write_failed", error)
+        log_event("cache_write_failed", level=logging.WARNING, error=type(error).__name__)
         return False
     return True
-
-
-def _log_failure(event: str, error: Exception) -> None:
-    """Log a failed call, unless it was never sent during an outage (logged once as that)."""
-    if not isinstance(error, RedisPausedError):
-        log_event(event, level=logging.WARNING, error=type(error).__name__)

@@ -25,7 +25,6 @@ from shared.http.client_ip import client_ip
 from shared.http.errors import ApiError
 from shared.legacy import keys
 from shared.redis import get_redis
-from shared.redis_outage import RedisPausedError
 from shared.telemetry import log_event
 
 WINDOW_SECONDS = 3600
@@ -111,14 +110,13 @@ def check(
             case _:
                 raise TypeError("the script's reply is not two integers")
     except Exception as error:
-        if not isinstance(error, RedisPausedError):  # that one is the outage's, logged once
-            log_event(
-                "rate_limit_unavailable",
-                level=logging.WARNING,
-                endpoint=endpoint,
-                failSafe=fail_safe or settings.rate_limit_fail_safe,
-                error=type(error).__name__,
-            )
+        log_event(
+            "rate_limit_unavailable",
+            level=logging.WARNING,
+            endpoint=endpoint,
+            failSafe=fail_safe or settings.rate_limit_fail_safe,
+            error=type(error).__name__,
+        )
         if (fail_safe or settings.rate_limit_fail_safe) == "open":
             return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
         return Decision(False, limit, 0, now + timedelta(seconds=60), retry_after=60)

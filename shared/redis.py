@@ -4,8 +4,7 @@
 slow Redis would hold a request until the function's own time limit. We bound every call as a
 whole with `REDIS_TIMEOUT_S` (`shared.deadline`: httpx's timeouts are per network step, which a
 reply trickled byte by byte meets forever), retry nothing (callers decide what a failure means)
-and send no telemetry headers unless `UPSTASH_TELEMETRY=true`. After a failed call, none is sent
-for a few seconds (`shared.redis_outage`).
+and send no telemetry headers unless `UPSTASH_TELEMETRY=true`.
 """
 
 from __future__ import annotations
@@ -19,18 +18,15 @@ from upstash_redis import Redis
 
 from shared.config import get_settings
 from shared.deadline import run_within
-from shared.redis_outage import Outage
 
 _client: Redis | None = None
 _lock = threading.Lock()
-outage = Outage()
 
 
 class _BoundedClient(httpx.Client):
     """The SDK's httpx client, each request of which ends for the caller within `total` seconds
     (`DeadlineExceededError` otherwise), reply read included; each step's timeout is `total` too,
-    so an abandoned request ends on its own once the server stalls; none is sent during an
-    `outage`."""
+    so an abandoned request ends on its own once the server stalls."""
 
     def __init__(self, total: float) -> None:
         super().__init__(timeout=total)
@@ -39,9 +35,7 @@ class _BoundedClient(httpx.Client):
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         send = super().send
         deadline = time.monotonic() + self._total
-        return outage.call(
-            lambda: run_within(deadline, lambda _left: send(request, **kwargs), "Upstash")
-        )
+        return run_within(deadline, lambda _left: send(request, **kwargs), "Upstash")
 
 
 def get_redis() -> Redis | None:
@@ -67,10 +61,9 @@ def get_redis() -> Redis | None:
 
 
 def reset_redis(*, close: bool = False) -> None:
-    """Forget the cached client and any outage (tests, settings changes); `close` also closes
-    its connections (SnapStart: none may be frozen into the snapshot)."""
+    """Forget the cached client (tests, settings changes); `close` also closes its connections
+    (SnapStart: none may be frozen into the snapshot)."""
     global _client
-    outage.forget()
     with _lock:
         if close and _client is not None:
             _client.close()  # type: ignore[no-untyped-call]

@@ -33,7 +33,6 @@ from typing import NoReturn
 from shared.config import get_settings
 from shared.providers.base import ProviderConfigurationError, ProviderRateLimitedError
 from shared.redis import get_redis
-from shared.redis_outage import RedisPausedError
 from shared.telemetry import log_event
 
 WINDOW_MS = 60_000
@@ -118,14 +117,13 @@ def spend(provider: str, per_minute: int, *, now_ms: int | None = None) -> None:
                 raise TypeError("the script's reply is not two integers")
     except Exception as error:
         fail_safe = get_settings().rate_limit_fail_safe
-        if not isinstance(error, RedisPausedError):  # that one is the outage's, logged once
-            log_event(
-                "provider_budget_unavailable",
-                level=logging.WARNING,
-                provider=provider,
-                failSafe=fail_safe,
-                error=type(error).__name__,
-            )
+        log_event(
+            "provider_budget_unavailable",
+            level=logging.WARNING,
+            provider=provider,
+            failSafe=fail_safe,
+            error=type(error).__name__,
+        )
         if fail_safe == "open":
             return
         raise ProviderRateLimitedError(
