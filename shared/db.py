@@ -929,15 +929,19 @@ def get_database_health(*, budget_s: float | None = None) -> dict[str, Any]:
     """`{connected, responseTime}` (+ `error`), the original app's health shape; `budget_s`
     bounds the check (default DB_RETRY_BUDGET_S). A DATABASE_URL the core refuses is a failed
     check, logged (`db_url_refused`) with what it breaks, never its password. The one statement
-    also asks whether a write would be refused as read-only (connected, with an `error`)."""
+    also asks whether a write would be refused as read-only (connected, with an `error`). On a
+    server that stops answering, its statement waits no longer than the budget either, not the
+    statement timeout (health's function timeout is shorter)."""
     started = time.perf_counter()
+    budget = get_settings().db_retry_budget_s if budget_s is None else budget_s
     try:
-        read_only = _execute(
-            lambda conn: conn.session.execute(text("SHOW transaction_read_only")).scalar_one(),
-            atomic=False,
-            idempotent=True,
-            budget_s=budget_s,
-        )
+        with round_trips_by(time.monotonic() + budget):
+            read_only = _execute(
+                lambda conn: conn.session.execute(text("SHOW transaction_read_only")).scalar_one(),
+                atomic=False,
+                idempotent=True,
+                budget_s=budget,
+            )
     except DatabaseUrlError as error:
         log_event("db_url_refused", level=logging.ERROR, reason=str(error))
         problem = URL_REFUSED

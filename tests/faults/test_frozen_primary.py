@@ -156,3 +156,22 @@ def test_a_write_whose_answer_never_came_is_not_retried(
         1,
         False,
     )
+
+
+def test_health_on_a_frozen_primary_answers_within_its_own_budget(
+    call: Caller, fault_app: FaultApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reviewer C: health's check on a warm connection waited the statement timeout plus the
+    grace (17 s), past health's own function timeout (10 s), so a monitor got the platform's
+    bare answer. Its statement is bounded by the check's budget: the database check fails, and
+    health answers its own report."""
+    monkeypatch.setenv("HEALTH_DB_MAX_AGE_S", "0")  # every check asks the database
+    config.get_settings.cache_clear()
+    assert call("health", "GET", "/api/health").status == 200  # warm: one pooled connection
+    opened = pooled_connection()
+    with fault_app.servers.postgres.frozen():
+        frozen = outcome(lambda: call("health", "GET", "/api/health"))
+    assert isinstance(frozen, Result), frozen
+    assert frozen.status == 207, (frozen.status, frozen.text)  # Redis and the provider pass
+    assert frozen.json["checks"]["database"]["healthy"] is False, frozen.json
+    assert opened.closed
