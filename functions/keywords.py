@@ -155,14 +155,15 @@ def search(
 
 def _quota_exceeded(refused: QuotaExceededError, *, team: bool) -> ApiError:
     """429 with the remaining keywords, naming whose limit it is: the user's or the team's, and
-    for a monthly quota the seconds until it resets as `Retry-After` (a trial never resets)."""
+    for a spent monthly quota the seconds until it resets as `Retry-After` (a trial never
+    resets; with keywords left, a smaller request passes now)."""
     if team:
         message = TEAM_QUOTA.format(used=refused.used, limit=refused.limit)
     else:
         hint = UPGRADE_HINT if refused.trial else RESET_HINT
         message = f"Monthly keyword limit reached ({refused.used}/{refused.limit}). {hint}"
     headers = {"X-Quota-Remaining": str(max(0, refused.limit - refused.used))}
-    if refused.resets_at is not None:
+    if refused.resets_at is not None and refused.used >= refused.limit:
         headers["Retry-After"] = str(seconds_until(refused.resets_at, utcnow()))
     return ApiError(429, message, headers=headers)
 

@@ -321,6 +321,21 @@ def test_a_monthly_quota_429_says_when_the_counter_resets_in_retry_after(
     assert refused.headers["x-quota-remaining"] == "0"
 
 
+def test_a_monthly_quota_429_with_keywords_left_has_no_retry_after(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Reviewer C: a request for more keywords than are left is refused, but a smaller one
+    would pass now: no `Retry-After` of the rest of the month, only `X-Quota-Remaining`."""
+    settings(monkeypatch, BILLING_ENABLED="true")
+    who = user_id()
+    search(call, who)
+    set_user(admin_conn, who, "tier = 'PRO', \"keywordSearchesThisMonth\" = 999")
+    refused = search(call, who, {"keywords": fresh_keywords(), "matchType": "phrase"})
+    assert refused.status == 429, refused.text
+    assert refused.headers["x-quota-remaining"] == "1"
+    assert "retry-after" not in refused.headers
+
+
 def test_pro_quota_resets_lazily_in_a_new_month(
     call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
 ) -> None:
