@@ -186,15 +186,18 @@ def test_pgbouncer_pause_resume_and_restart(
     pgbouncer: LocalPgBouncer, scratch_database: Callable[[], str]
 ) -> None:
     name = _name(scratch_database())
-    with psycopg.connect(pgbouncer.dsn(name), prepare_threshold=None) as conn:
+    # A client stays connected (autocommit: its server goes back to the pool after each
+    # statement, so PAUSE does not wait for it). Without one, PgBouncer's janitor may move the
+    # idle auto-database off the list SHOW DATABASES reads (it did once in CI under load).
+    with psycopg.connect(pgbouncer.dsn(name), autocommit=True, prepare_threshold=None) as conn:
         conn.execute("SELECT 1")
-
-    pgbouncer.pause(name)
-    try:
-        assert _paused(pgbouncer, name) == 1
-    finally:
-        pgbouncer.resume(name)
-    assert _paused(pgbouncer, name) == 0
+        pgbouncer.pause(name)
+        try:
+            assert _paused(pgbouncer, name) == 1
+        finally:
+            pgbouncer.resume(name)
+        assert _paused(pgbouncer, name) == 0
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
     port = pgbouncer.port
     pgbouncer.restart()
