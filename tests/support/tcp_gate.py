@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from types import TracebackType
-from typing import Self
 
-from devkit._host import LOOPBACK
+from devkit._host import LOOPBACK, Service
 
 CHUNK = 65536
 
 
-class TcpGate:
+class TcpGate(Service):
     """Forwards `LOOPBACK:port` to `LOOPBACK:upstream_port`; open until `shut()`."""
 
     def __init__(self, upstream_port: int) -> None:
@@ -38,16 +36,10 @@ class TcpGate:
     def port(self) -> int:
         return int(self._listener.getsockname()[1])
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
         self._accepting.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._listener.close()
         self._open.set()  # releases every held pump, which then fails on its closed socket
         with self._lock:
