@@ -35,7 +35,9 @@ Why it looks like this:
   acknowledge what is sent) is given up on the connection's longest round trip, or sooner at
   its caller's give-up time, and the connection is closed, never pooled again. On the primary
   that is the statement timeout in force (a transaction's own, when it sets one) plus
-  `STATEMENT_GRACE_S`, so a statement the server would let run is never cut.
+  `STATEMENT_GRACE_S`, so a statement the server would let run is never cut. A request's
+  give-up time is its invocation's end less a margin (`shared.http.invocation`): work that
+  would start past it is not started, and no retry goes past it.
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
@@ -57,7 +59,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
@@ -191,12 +193,27 @@ class BoundedConnection(psycopg.Connection[Any]):
 @contextmanager
 def round_trips_by(give_up_at: float) -> Iterator[None]:
     """Within the block, no round trip on a `BoundedConnection` waits past `give_up_at`
-    (`time.monotonic()`), nor does a connect (but psycopg's least connect timeout, 2 s)."""
-    bound = _give_up_at.set(give_up_at)
+    (`time.monotonic()`), nor does a connect (but psycopg's least connect timeout, 2 s), nor
+    does `_execute` retry. A give-up time already in force that is sooner stays in force."""
+    outer = _give_up_at.get()
+    bound = _give_up_at.set(give_up_at if outer is None else min(outer, give_up_at))
     try:
         yield
     finally:
         _give_up_at.reset(bound)
+
+
+# What an invocation keeps after its database gives up (`within_invocation`): a round trip may
+# still wait psycopg's least (2 s) past that time, and the answer (a 503, a cron's summary) needs
+# a second more.
+INVOCATION_MARGIN_S = CONNECT_TIMEOUT_LEAST_S + 1.0
+
+
+def within_invocation(end: float) -> AbstractContextManager[None]:
+    """`round_trips_by` the invocation's `end` (`time.monotonic()`) less INVOCATION_MARGIN_S:
+    what an HTTP request (`shared.http.invocation`) and a cron run (`shared.cron.runner`) run
+    under, so the platform never ends one mid round trip."""
+    return round_trips_by(end - INVOCATION_MARGIN_S)
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -784,6 +801,14 @@ def _execute(
     engine = engine or get_engine()
     budget_s = settings.db_retry_budget_s if budget_s is None else budget_s
     deadline = time.monotonic() + budget_s
+    give_up_at = _give_up_at.get()  # the caller's (`round_trips_by`): no retry past it either
+    if give_up_at is not None:
+        deadline = min(deadline, give_up_at)
+        if time.monotonic() >= give_up_at:
+            # Not started: even an unanswered connect would wait psycopg's least (2 s) more.
+            if database is None:
+                log_event("db_unavailable", level=logging.ERROR, stage="start", attempts=0)
+            raise DatabaseUnavailableError("no time left before the caller's give-up time")
     delay = 0.05
     attempt = 0
     while True:

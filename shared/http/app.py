@@ -37,6 +37,7 @@ from shared.http import openapi
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
+from shared.http.invocation import database_within_invocation
 from shared.http.lambda_events import LambdaHandler
 from shared.http.methods import Head, method_not_allowed, path_routes, served
 from shared.telemetry import log_event
@@ -226,7 +227,8 @@ async def _database_unavailable(request: Request, error: Exception) -> Response:
 class RequestContext:
     """Request id, platform headers, the last-resort 500, one `api_usage` row per request, and
     one `request_failed` line for every 5xx answer (the request id is on every line logged while
-    the request is served: `shared.telemetry.request_id`)."""
+    the request is served: `shared.telemetry.request_id`). The request's database round trips
+    end before its invocation does (`database_within_invocation`)."""
 
     def __init__(self, app: ASGIApp, *, record_usage: bool) -> None:
         self.app = app
@@ -266,7 +268,8 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            with database_within_invocation(scope):
+                await self.app(scope, receive, send_with_headers)
         except Exception as error:
             driver_error = getattr(error, "orig", None)  # SQLAlchemy's wrapped driver error
             configuration = isinstance(error, ConfigurationError | DatabaseUrlError)

@@ -1,21 +1,45 @@
 """When the invocation running a request ends, as far as the request's own work may go: what a
-route calling a slow dependency (a keyword provider, Stripe) keeps its calls within, so the
-client gets the route's documented answer rather than the platform's bare timeout."""
+route calling a slow dependency (a keyword provider, Stripe) keeps its calls within, and what
+every database round trip of a request gives up by, so the client gets the route's documented
+answer (the 503 envelope, at worst) rather than the platform's bare timeout."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.requests import Request
+from starlette.types import Scope
 
+from shared import db
 from shared.config import get_settings
+
+
+def invocation_end(scope: Scope) -> float | None:
+    """When (`time.monotonic()`) the invocation ends, as Lambda's context says; None elsewhere
+    (Vercel says nothing: our vercel.json keeps its default maxDuration, 300 s)."""
+    remaining_ms = getattr(scope.get("aws.context"), "get_remaining_time_in_millis", None)
+    return time.monotonic() + remaining_ms() / 1000 if callable(remaining_ms) else None
+
+
+@contextmanager
+def database_within_invocation(scope: Scope) -> Iterator[None]:
+    """Within the block, the request's database work ends before its invocation does
+    (`db.within_invocation`); no bound of its own where the end is unknown."""
+    end = invocation_end(scope)
+    if end is None:
+        yield
+        return
+    with db.within_invocation(end):
+        yield
 
 
 def invocation_deadline(request: Request, fallback_s: float) -> float:
     """When (`time.monotonic()`) a dependency must have answered: the invocation's end (Lambda's
     context, else `fallback_s` from now) minus PROVIDER_DEADLINE_MARGIN_S, which the rest of the
     request (the usage row, the response) needs."""
-    context = request.scope.get("aws.context")
-    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    remaining = remaining_ms() / 1000 if callable(remaining_ms) else fallback_s
-    return time.monotonic() + remaining - get_settings().provider_deadline_margin_s
+    end = invocation_end(request.scope)
+    if end is None:
+        end = time.monotonic() + fallback_s
+    return end - get_settings().provider_deadline_margin_s

@@ -14,16 +14,22 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import psycopg
 import pytest
+import respx
 
-from shared import config, db
+from shared import config, db, providers
 from shared.clock import utcnow
 from shared.repositories import search_history, users
 from tests.faults.conftest import FaultApp
@@ -38,6 +44,7 @@ USER = "user_frozen_primary"
 # How long a call may hang before the test fails instead of hanging with it: a guard, not a
 # claim (the bound under test is the statement timeout plus a grace of 2 s).
 HANG_GUARD_S = 30.0
+SEARCH_VOLUME_OK = Path(__file__).parents[1] / "fixtures" / "dataforseo" / "search_volume_ok.json"
 
 
 def core_events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
@@ -175,3 +182,53 @@ def test_health_on_a_frozen_primary_answers_within_its_own_budget(
     assert frozen.status == 207, (frozen.status, frozen.text)  # Redis and the provider pass
     assert frozen.json["checks"]["database"]["healthy"] is False, frozen.json
     assert opened.closed
+
+
+def test_a_search_whose_provider_ran_long_then_met_a_frozen_primary_answers_503_in_time(
+    call: Caller, fault_app: FaultApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider answers just before its deadline, and the primary freezes meanwhile: the
+    search's record statement may wait only what is left of the invocation (Lambda's context),
+    not its own 17 s, so the request answers the 503 envelope with Retry-After and CORS, not
+    the platform's bare 500 after the function's timeout (shortened here to 8 s)."""
+    for name, value in {
+        "KEYFLASH_TIMEOUT_S": "8",
+        "KEYWORD_API_PROVIDER": "dataforseo",
+        "DATAFORSEO_API_LOGIN": "login",
+        "DATAFORSEO_API_PASSWORD": "secret-password",
+        "DATAFORSEO_REQUESTS_PER_MINUTE": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    config.get_settings.cache_clear()
+    providers.reset_providers()
+    assert list_searches(call).status == 200  # warm: the user, the engine, one connection
+    answer = json.loads(SEARCH_VOLUME_OK.read_text())
+
+    with ExitStack() as frozen, respx.mock(assert_all_called=False) as upstream:
+
+        def slow_provider(request: httpx.Request) -> httpx.Response:
+            frozen.enter_context(fault_app.servers.postgres.frozen())
+            time.sleep(4.0)  # the provider's own slowness: most of its 5 s deadline (8 - 3)
+            return httpx.Response(200, json=answer)
+
+        upstream.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        upstream.post(url__regex=re.compile(r"https://api\.dataforseo\.com/.*")).mock(
+            side_effect=slow_provider
+        )
+        tag = uuid.uuid4().hex[:10]
+        body = {"keywords": [f"frozen {tag}"], "matchType": "phrase", "location": "US"}
+        searched = outcome(
+            lambda: call(
+                "keywords",
+                "POST",
+                "/api/keywords",
+                user=USER,
+                json_body=body,
+                headers={"origin": ORIGIN},
+            )
+        )
+    assert isinstance(searched, Result), searched
+    assert searched.status == 503, (searched.status, searched.text)
+    assert set(searched.json) == {"error", "message", "statusCode", "timestamp"}, searched.json
+    assert searched.headers["retry-after"].isdigit()
+    assert searched.headers["access-control-allow-origin"] == ORIGIN

@@ -265,7 +265,9 @@ class Caller:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             try:
-                result: dict[str, Any] = loaded.lambda_handler(event, events.lambda_context(module))
+                # The context's remaining time is the imitated platform's, as deployed.
+                context = events.lambda_context(module, int(deadline.seconds * 1000))
+                result: dict[str, Any] = loaded.lambda_handler(event, context)
                 return result
             finally:
                 asyncio.set_event_loop(None)
