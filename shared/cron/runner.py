@@ -7,8 +7,10 @@ it back afterwards with the state, and logs and returns the summary.
 
 The budget is the platform's: Lambda's `context.get_remaining_time_in_millis()`, else
 `CRON_MAX_DURATION_S` from the start of the run (Vercel, the CLI). A batch starts only while
-more than `CRON_TIME_MARGIN_MS` is left, so the margin must exceed the longest batch. The lease
-lasts until the invocation's own limit: a run killed mid-way blocks the next one no longer.
+more than `CRON_TIME_MARGIN_MS` is left, so the margin must exceed the longest batch; whatever
+the margin, the run's database round trips give up before its limit (`db.within_invocation`),
+so a batch on a database that stopped answering fails the run rather than outliving it. The
+lease lasts until the invocation's own limit: a run killed mid-way blocks the next one no longer.
 """
 
 from __future__ import annotations
@@ -163,44 +165,47 @@ def run_job(
     settings = get_settings()
     budget = Budget.for_invocation(context, settings)
     holder = uuid.uuid4().hex
+    remaining_s = budget.remaining_ms() / 1000
     # The lease outlives this invocation's hard limit by a second at most.
-    ttl = math.ceil(budget.remaining_ms() / 1000) + 1
-    lease = _acquire(job.name, holder, ttl)
-    if lease is None:
-        run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
-        run.extra["skipped"] = LEASE_HELD
-        summary = run.summary(started)
-        log_event("cron_job", **summary)
-        return summary
+    ttl = math.ceil(remaining_s) + 1
+    # Its database work ends before this invocation does, whatever batch is under way.
+    with db.within_invocation(time.monotonic() + remaining_s):
+        lease = _acquire(job.name, holder, ttl)
+        if lease is None:
+            run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
+            run.extra["skipped"] = LEASE_HELD
+            summary = run.summary(started)
+            log_event("cron_job", **summary)
+            return summary
 
-    run = Run(
-        job=job.name,
-        holder=holder,
-        settings=settings,
-        budget=budget,
-        now=now or utcnow(),
-        options=options or {},
-        state=dict(lease.state),
-        last_completed_at=lease.last_completed_at,
-    )
-    try:
-        job.work(run)
-    except BaseException as error:
-        _release(run, state=None, completed=False)
-        log_event(
-            "cron_job_failed",
-            level=logging.ERROR,
+        run = Run(
             job=job.name,
-            error=type(error).__name__,
-            processed=run.processed,
-            batches=run.batches,
-            durationMs=round((time.perf_counter() - started) * 1000, 1),
+            holder=holder,
+            settings=settings,
+            budget=budget,
+            now=now or utcnow(),
+            options=options or {},
+            state=dict(lease.state),
+            last_completed_at=lease.last_completed_at,
         )
-        raise
-    _release(run, state=run.state, completed=run.complete)
-    summary = run.summary(started)
-    log_event("cron_job", level=logging.INFO if run.complete else logging.WARNING, **summary)
-    return summary
+        try:
+            job.work(run)
+        except BaseException as error:
+            _release(run, state=None, completed=False)
+            log_event(
+                "cron_job_failed",
+                level=logging.ERROR,
+                job=job.name,
+                error=type(error).__name__,
+                processed=run.processed,
+                batches=run.batches,
+                durationMs=round((time.perf_counter() - started) * 1000, 1),
+            )
+            raise
+        _release(run, state=run.state, completed=run.complete)
+        summary = run.summary(started)
+        log_event("cron_job", level=logging.INFO if run.complete else logging.WARNING, **summary)
+        return summary
 
 
 def _acquire(job: str, holder: str, ttl: int) -> cron_leases.Lease | None:

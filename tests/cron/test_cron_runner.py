@@ -196,12 +196,22 @@ def test_a_tiny_budget_stops_before_any_batch_and_the_next_run_finishes(
     db_env: str, admin_conn: psycopg.Connection[Any]
 ) -> None:
     job, _ = recording_job(batches=5)
-    summary = run_job(job, context=events.lambda_context(timeout_ms=1))
+    # Below CRON_TIME_MARGIN_MS (10 s), above what its database work needs (db.within_invocation)
+    summary = run_job(job, context=events.lambda_context(timeout_ms=5000))
     assert (summary["processed"], summary["batches"], summary["complete"]) == (0, 0, False)
     assert lease_row(admin_conn, job.name)[0] is None  # type: ignore[index]
     partial = run_job(job, context=BudgetContext(checks=2))
     assert (partial["processed"], partial["complete"]) == (2, False)
     assert run_job(job)["complete"] is True
+
+
+def test_an_invocation_too_short_for_its_database_work_starts_none(db_env: str) -> None:
+    """With less time than a round trip may overrun (`db.INVOCATION_MARGIN_S`), not even the
+    lease is asked for: the platform would end the run mid round trip."""
+    job, calls = recording_job(batches=5)
+    with pytest.raises(DatabaseUnavailableError):
+        run_job(job, context=events.lambda_context(timeout_ms=1))
+    assert calls == []  # the job never ran
 
 
 def test_the_margin_and_the_default_duration_come_from_settings(

@@ -28,9 +28,12 @@ import httpx
 import psycopg
 import pytest
 import respx
+from sqlalchemy import text
 
+from devkit import events, platform_limits
 from shared import config, db, providers
 from shared.clock import utcnow
+from shared.cron.runner import Job, Run, run_job
 from shared.repositories import search_history, users
 from tests.faults.conftest import FaultApp
 from tests.support.http import Caller, Result
@@ -232,3 +235,33 @@ def test_a_search_whose_provider_ran_long_then_met_a_frozen_primary_answers_503_
     assert set(searched.json) == {"error", "message", "statusCode", "timestamp"}, searched.json
     assert searched.headers["retry-after"].isdigit()
     assert searched.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_a_cron_batch_started_inside_its_margin_ends_before_its_timeout_on_a_frozen_primary(
+    fault_app: FaultApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch starts while more than CRON_TIME_MARGIN_MS (10 s) is left, and its statement
+    gets no answer: it gives up before the invocation ends (its round trips wait no longer than
+    the run's own time limit less the margin, not the statement timeout plus the grace, 17 s),
+    so the run fails as the job's error, which the platform records, rather than being killed
+    by the platform's timeout mid-way."""
+    monkeypatch.delenv("DB_STATEMENT_TIMEOUT_MS", raising=False)
+    monkeypatch.delenv("CRON_TIME_MARGIN_MS", raising=False)
+    config.get_settings.cache_clear()
+    caplog.set_level(logging.INFO, logger="keyflash")
+    timeout_s = 12.0  # more than the margin: one batch may start
+
+    with ExitStack() as frozen:
+
+        def work(run: Run) -> None:
+            while run.has_time():
+                with run.batch():
+                    frozen.enter_context(fault_app.servers.postgres.frozen())
+                    db.run(lambda conn: conn.session.execute(text("SELECT 1")), idempotent=True)
+
+        job = Job("frozen_primary_probe", work)
+        context = events.lambda_context("frozen_primary_probe", int(timeout_s * 1000))
+        ran = outcome(
+            lambda: platform_limits.call_within(timeout_s, lambda: run_job(job, context=context))
+        )
+    assert isinstance(ran, db.DatabaseUnavailableError), ran  # not platform_limits.Overrun
