@@ -26,6 +26,7 @@ from shared.brief import Brief
 from shared.config import get_settings
 from shared.providers.base import KeywordData, RelatedKeywordData
 from shared.redis import get_redis
+from shared.redis_breaker import best_effort
 from shared.storable_text import loads_json
 from shared.telemetry import log_event
 
@@ -142,14 +143,16 @@ def refuse(key: str, reason: str) -> None:
 
 
 def set_json(key: str, value: Any, *, ttl_seconds: int = KEYWORD_TTL_SECONDS) -> bool:
-    """Store `value`; False (logged) when it could not be stored."""
+    """Store `value`; False (logged) when it could not be stored. Best effort: a failure never
+    counts towards opening the Upstash breaker (`shared.redis_breaker`)."""
     if get_settings().privacy_mode:
         return False
     client = get_redis()
     if client is None:
         return False
     try:
-        client.set(key, json.dumps(value, separators=(",", ":")), ex=ttl_seconds)
+        with best_effort():
+            client.set(key, json.dumps(value, separators=(",", ":")), ex=ttl_seconds)
     except Exception as error:
         log_event("cache_write_failed", level=logging.WARNING, error=type(error).__name__)
         return False

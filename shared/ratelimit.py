@@ -4,7 +4,8 @@ Fixes over the original (docs/original-app.md#d1, #d16): counters are namespaced
 per identity (the user id when signed in, else the client's address alone: the original added
 an HMAC of the user agent, so a client got a fresh budget with each User-Agent it made up), so
 ten health checks no longer spend the keyword budget; when Redis is down or slower than
-`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default) instead of a 500; every
+`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default: `Retry-After` 60, or the
+pause left while the Upstash breaker is open, `shared.redis_breaker`) instead of a 500; every
 answer of a window carries the window's stored end as `X-RateLimit-Reset` (the original's
 `now + TTL` moved between answers and could fall before the real end) and `Retry-After` rounds
 up to it.
@@ -24,7 +25,7 @@ from shared.config import get_settings
 from shared.http.client_ip import client_ip
 from shared.http.errors import ApiError
 from shared.legacy import keys
-from shared.redis import get_redis
+from shared.redis import failure_retry_after, get_redis
 from shared.telemetry import log_event
 
 WINDOW_SECONDS = 3600
@@ -119,7 +120,10 @@ def check(
         )
         if (fail_safe or settings.rate_limit_fail_safe) == "open":
             return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
-        return Decision(False, limit, 0, now + timedelta(seconds=60), retry_after=60)
+        retry_after = failure_retry_after()
+        return Decision(
+            False, limit, 0, now + timedelta(seconds=retry_after), retry_after=retry_after
+        )
     reset_at = _EPOCH + ends * _MS
     if count > limit:
         # Whole seconds, rounded up: a client waiting that long is never early.

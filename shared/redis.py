@@ -4,7 +4,8 @@
 slow Redis would hold a request until the function's own time limit. We bound every call as a
 whole with `REDIS_TIMEOUT_S` (`shared.deadline`: httpx's timeouts are per network step, which a
 reply trickled byte by byte meets forever), retry nothing (callers decide what a failure means)
-and send no telemetry headers unless `UPSTASH_TELEMETRY=true`.
+and send no telemetry headers unless `UPSTASH_TELEMETRY=true`. Calls go through the container's
+circuit breaker (`shared.redis_breaker`): after a few failures in a row, none is sent for a pause.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from upstash_redis import Redis
 
 from shared.config import get_settings
 from shared.deadline import run_within
+from shared.redis_breaker import UpstashBreaker
 
 _client: Redis | None = None
 _lock = threading.Lock()
+breaker = UpstashBreaker()
 
 
 class _BoundedClient(httpx.Client):
     """The SDK's httpx client, each request of which ends for the caller within `total` seconds
     (`DeadlineExceededError` otherwise), reply read included; each step's timeout is `total` too,
-    so an abandoned request ends on its own once the server stalls."""
+    so an abandoned request ends on its own once the server stalls; none is sent while the
+    `breaker` is open."""
 
     def __init__(self, total: float) -> None:
         super().__init__(timeout=total)
@@ -35,7 +39,9 @@ class _BoundedClient(httpx.Client):
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         send = super().send
         deadline = time.monotonic() + self._total
-        return run_within(deadline, lambda _left: send(request, **kwargs), "Upstash")
+        return breaker.call(
+            lambda: run_within(deadline, lambda _left: send(request, **kwargs), "Upstash")
+        )
 
 
 def get_redis() -> Redis | None:
@@ -60,10 +66,17 @@ def get_redis() -> Redis | None:
     return _client
 
 
+def failure_retry_after() -> int:
+    """`Retry-After` of a refusal because an Upstash call failed: the breaker's pause left while
+    it is open (no call is sent before then), else 60 s."""
+    return breaker.pause_left() or 60
+
+
 def reset_redis(*, close: bool = False) -> None:
-    """Forget the cached client (tests, settings changes); `close` also closes its connections
-    (SnapStart: none may be frozen into the snapshot)."""
+    """Forget the cached client and its breaker's state (tests, settings changes); `close` also
+    closes its connections (SnapStart: none may be frozen into the snapshot)."""
     global _client
+    breaker.reset()
     with _lock:
         if close and _client is not None:
             _client.close()  # type: ignore[no-untyped-call]

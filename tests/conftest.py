@@ -38,7 +38,7 @@ from devkit.postgres import (
 )
 from tests.support.ci import missing_tool
 
-pytest_plugins = ["tests.support.http"]
+pytest_plugins = ["tests.support.http", "tests.support.breaker_clock"]
 
 # Hypothesis fails an example that takes over 200 ms by default: a timing assertion, which a
 # loaded machine trips (a dev-token round trip did, once). Speed is the benchmarks' business.

@@ -13,7 +13,8 @@ would answer with "too many requests".
 When the budget is spent, `spend` raises `ProviderRateLimitedError` with an honest `retry_after`:
 the seconds until the oldest request in the window leaves it. When Redis is down, slow, not
 configured or answers something other than two integers, RATE_LIMIT_FAIL_SAFE decides, as for
-the rate limiter: closed (the default) refuses with a 60 s retry, open lets the request through
+the rate limiter: closed (the default) refuses with a 60 s retry (the pause left while the
+Upstash breaker is open, `shared.redis_breaker`), open lets the request through
 unmetered. Times come from the container's clock (Lambda's is NTP-synced), in milliseconds.
 
 The rejection: a 401/402 (or DataForSEO's 40100/40200/40203) seen by any container is kept for
@@ -32,7 +33,7 @@ from typing import NoReturn
 
 from shared.config import get_settings
 from shared.providers.base import ProviderConfigurationError, ProviderRateLimitedError
-from shared.redis import get_redis
+from shared.redis import failure_retry_after, get_redis
 from shared.telemetry import log_event
 
 WINDOW_MS = 60_000
@@ -127,7 +128,8 @@ def spend(provider: str, per_minute: int, *, now_ms: int | None = None) -> None:
         if fail_safe == "open":
             return
         raise ProviderRateLimitedError(
-            f"{provider} request budget unknown (Redis unavailable)", retry_after=60
+            f"{provider} request budget unknown (Redis unavailable)",
+            retry_after=failure_retry_after(),
         ) from None
     if spent != 1:
         retry_after = max(1, math.ceil(wait_ms / 1000))

@@ -9,7 +9,8 @@ installed), started per test so it can fail in two real ways:
 
 Requests go through the functions' Lambda handlers in this process, a warm container whose
 cached Upstash client is never reset: after the fault is repaired (restart on the same port, or
-SIGCONT), the same client must be working again. What docs/cache-and-rate-limits.md
+SIGCONT) and the Upstash breaker's pause is over (its clock moved, not waited for), the same
+client must be working again. What docs/cache-and-rate-limits.md
 promises, and what these tests hold:
 
 - the cache never fails a request: a keyword search during the outage is answered from the
@@ -38,6 +39,7 @@ import pytest
 
 from devkit._host import wait_for
 from shared import config, providers, redis
+from tests.support.breaker_clock import BreakerClock
 from tests.support.cron import count
 from tests.support.http import Caller, Keys, Result
 from tests.support.processes import UpstashProcess, private_upstash
@@ -73,7 +75,12 @@ def upstash_process(tmp_path: Path) -> Iterator[UpstashProcess]:
 
 
 @pytest.fixture
-def warm(api_env: Keys, upstash_process: UpstashProcess, monkeypatch: pytest.MonkeyPatch) -> Caller:
+def warm(
+    api_env: Keys,
+    upstash_process: UpstashProcess,
+    breaker_clock: BreakerClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Caller:
     """A warm container on that emulator: rate limits on, deterministic mock data."""
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", upstash_process.url)
     monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", upstash_process.token)
@@ -99,12 +106,13 @@ def inject(upstash: UpstashProcess, fault: str) -> None:
     assert not upstash.answers()
 
 
-def repair(upstash: UpstashProcess, fault: str) -> None:
+def repair(upstash: UpstashProcess, fault: str, clock: BreakerClock) -> None:
     if fault == "down":
         upstash.start()  # same port, same token: the container's settings still hold
     else:
         upstash.thaw()
     assert wait_for(upstash.answers, timeout=30)
+    clock.end_pause()  # three failed calls in a row opened the Upstash breaker
 
 
 def timed(request: Callable[[], Result]) -> tuple[Result, float]:
@@ -176,6 +184,7 @@ def test_fail_open_outage_answers_from_the_provider_then_uses_the_cache_again(
     warm: Caller,
     upstash_process: UpstashProcess,
     admin_conn: psycopg.Connection[Any],
+    breaker_clock: BreakerClock,
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
 ) -> None:
@@ -207,7 +216,7 @@ def test_fail_open_outage_answers_from_the_provider_then_uses_the_cache_again(
     assert_health_reports_redis_down(health)
     assert health_took <= budget(HEALTH_REDIS_CALLS), f"{fault}: {health_took:.2f}s"
 
-    repair(upstash_process, fault)
+    repair(upstash_process, fault, breaker_clock)
     assert_everything_works_again(warm, user, client)
     assert usage(admin_conn, user) == (10, 5, 1, 5)  # cache hits count usage too
     print(
@@ -222,6 +231,7 @@ def test_fail_closed_outage_refuses_with_429_within_the_timeout_then_recovers(
     warm: Caller,
     upstash_process: UpstashProcess,
     admin_conn: psycopg.Connection[Any],
+    breaker_clock: BreakerClock,
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
 ) -> None:
@@ -254,7 +264,7 @@ def test_fail_closed_outage_refuses_with_429_within_the_timeout_then_recovers(
     assert health.headers["retry-after"] == "60"
     assert health_took <= budget(1), f"{fault}: {health_took:.2f}s"
 
-    repair(upstash_process, fault)
+    repair(upstash_process, fault, breaker_clock)
     assert_everything_works_again(warm, user, client)
     assert usage(admin_conn, user) == (6, 3, 1, 4)
     print(f"{fault}/closed: keywords 429 in {took:.2f} s, health 429 in {health_took:.2f} s")

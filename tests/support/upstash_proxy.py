@@ -1,11 +1,14 @@
 """A real HTTP server in front of the Upstash emulator that misbehaves as a REST gateway can:
 it forwards every request and, for the commands a test names, trickles the reply one byte at a
-time or swaps its `result` for another JSON value. The app talks to it over real sockets through
-the real SDK; nothing of ours is mocked.
+time or swaps its `result` for another JSON value. It counts the requests that reach it (how
+many Upstash calls the app sent) and answers 502 when the emulator cannot be reached, as a
+gateway would. The app talks to it over real sockets through the real SDK; nothing of ours is
+mocked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ class UpstashProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults: dict[str, Fault] = {}
+        self.received = 0  # requests received, whatever became of them
+        self._counting = threading.Lock()
         self.stopping = threading.Event()
         self._server = ThreadingHTTPServer((LOOPBACK, 0), self._handler())
         self._server.daemon_threads = True
@@ -66,9 +71,14 @@ class UpstashProxy:
                 pass
 
             def do_POST(self) -> None:
+                with proxy._counting:
+                    proxy.received += 1
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                answer = httpx.post(proxy.upstream + self.path, content=body, headers=headers)
+                try:
+                    answer = httpx.post(proxy.upstream + self.path, content=body, headers=headers)
+                except httpx.HTTPError:  # the emulator is down, or frozen past httpx's timeout
+                    answer = httpx.Response(502, json={"error": "ERR upstream unreachable"})
                 fault = proxy.fault_for(body)
                 reply = answer.content
                 if isinstance(fault, Result):
@@ -80,7 +90,8 @@ class UpstashProxy:
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 if not isinstance(fault, Trickle):
-                    self.wfile.write(reply)
+                    with contextlib.suppress(OSError):  # the client gave up (timed out)
+                        self.wfile.write(reply)
                     return
                 try:
                     for byte in reply:
