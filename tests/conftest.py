@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import secrets
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,15 @@ def current_event_loop() -> Iterator[None]:
     yield
     loop.close()
     asyncio.set_event_loop_policy(None)
+
+
+@pytest.fixture(autouse=True)
+def upstash_breaker_closed() -> None:
+    """The container's Upstash breaker (`shared.redis.breaker`) is process-wide: a test whose
+    Upstash calls failed must not leave the next test in this worker unable to send any."""
+    redis = sys.modules.get("shared.redis")
+    if redis is not None:
+        redis.breaker.reset()
 
 
 class _DeadlockRetries(logging.Handler):
