@@ -77,7 +77,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 
 from shared import db_dialect
 from shared.config import PreparedStatements, Settings, get_settings
@@ -372,6 +372,7 @@ def build_engine(
         make_url(target.sqlalchemy_url).set(drivername=f"postgresql+{db_dialect.NAME}"),
         connect_args=connect_args,
         isolation_level="AUTOCOMMIT",
+        poolclass=BoundedQueuePool,
         pool_size=settings.db_pool_size,
         max_overflow=0,
         pool_timeout=settings.db_retry_budget_s,
@@ -439,9 +440,27 @@ def _connect_by(
     raise failure
 
 
+class BoundedQueuePool(QueuePool):
+    """A QueuePool whose checkout waits for a free connection no longer than the give-up time
+    in force (`_give_up_at`), nor its own timeout: a caller's budget (health's check, a retry's
+    rest) counts the wait for a connection other threads hold, not only the connect."""
+
+    @property
+    def _timeout(self) -> float:
+        give_up_at = _give_up_at.get()
+        if give_up_at is None:
+            return self._longest_wait_s
+        return max(min(self._longest_wait_s, give_up_at - time.monotonic()), 0.0)
+
+    @_timeout.setter
+    def _timeout(self, seconds: float) -> None:
+        self._longest_wait_s = seconds
+
+
 def _connect(engine: Engine, give_up_at: float) -> Connection:
-    """`engine.connect()`, where a connection opened for it waits no longer than `give_up_at`
-    (`time.monotonic()`), or psycopg's least connect timeout when that is sooner."""
+    """`engine.connect()`, where neither the wait for a pooled connection nor a connection
+    opened for it waits past `give_up_at` (`time.monotonic()`), but for psycopg's least connect
+    timeout when that is sooner."""
     bound = _give_up_at.set(give_up_at)
     try:
         return engine.connect()
@@ -861,7 +880,7 @@ def _execute(
             if database is None:
                 log_event("db_unavailable", level=logging.ERROR, stage="checkout", attempts=attempt)
             raise DatabaseUnavailableError(
-                f"no pooled connection free within {settings.db_retry_budget_s} s"
+                f"no pooled connection free within {budget_s} s"
             ) from None
         except DBAPIError as error:
             if stage == "position" and tracked is not None:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,9 @@ from devkit import platform_limits
 from functions import health
 from shared import config, db, providers, redis
 from tests.support.http import Caller, Keys, fresh_ip
+
+# Only a guard: how long the pool's holder keeps its connection at most.
+POOL_HOLD_GUARD_S = 30.0
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +144,39 @@ def test_a_database_that_never_answers_still_gets_health_an_answer_with_default_
     assert result.status == 207, result.text  # not the platform's 500 after its timeout
     assert result.json["status"] == "degraded"
     assert result.json["checks"]["database"]["error"] == "Database unreachable"
+
+
+def test_the_database_check_waits_for_a_pooled_connection_no_longer_than_its_budget(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pooled connection checked out by other requests (a shared dev process, a Fluid
+    instance with more requests in flight than DB_POOL_SIZE): the check's budget bounds its wait
+    for one too, so health reports the database unhealthy rather than wait out the pool's own
+    timeout (DB_RETRY_BUDGET_S, here far longer than the test waits). The holder keeps its real
+    connection until the check has answered (or the test gave up on it): a check that waited for
+    the pool would get the connection then, and report the database healthy."""
+    monkeypatch.setenv("DB_POOL_SIZE", "1")
+    monkeypatch.setenv("DB_RETRY_BUDGET_S", "120")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    held, answered = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.get_engine().connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+            held.set()
+            answered.wait(POOL_HOLD_GUARD_S)
+
+    holder = threading.Thread(target=hold, name="pool-holder")
+    holder.start()
+    try:
+        assert held.wait(POOL_HOLD_GUARD_S), "the holder never got its connection"
+        check = health.database_check(deep=True)
+    finally:
+        answered.set()
+        holder.join()
+    assert check["healthy"] is False, check
+    assert check["error"] == db.UNREACHABLE
 
 
 def test_a_database_that_refuses_the_connection_is_reported_as_refused(
