@@ -10,7 +10,9 @@ connections it accepts (`connections`): how many connect attempts reached the da
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 
 from devkit._host import LOOPBACK, Service
@@ -51,6 +53,17 @@ class TcpGate(Service):
 
     def open(self) -> None:
         self._open.set()
+
+    def reset(self) -> None:
+        """Abort every connection accepted so far, both ends at once (a dropped NAT entry, a
+        restarted load balancer); connections accepted later go through as before."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # a pump may have closed it already
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RD)  # wakes its pump, which closes it: an RST
+            sock.close()
 
     def _track(self, sock: socket.socket) -> socket.socket:
         with self._lock:
