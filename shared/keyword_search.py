@@ -84,11 +84,19 @@ def search(
     )
     count = len(query.keywords)
     org, enforce = identity.org, settings.billing_enabled
+    try:
+        if org is None:
+            tier = _reserve(identity, count, reserved_at, enforce, hold).tier
+        else:
+            tier = _reserve_for(org, identity, count, reserved_at, enforce, hold).tier
+    except db.DatabaseUnavailableError as error:
+        # The reservation may have committed, its answer lost or a new user's statements after
+        # it failing: given back by its id (nothing, if it was never written).
+        if error.outcome_unknown:
+            _give_back(identity, hold.id, reserved_at)
+        raise
     if org is None:
-        tier = _reserve(identity, count, reserved_at, enforce, hold).tier
         storage.mirror_usage(identity.user_id)  # the legacy counter follows (dual/fallback only)
-    else:
-        tier = _reserve_for(org, identity, count, reserved_at, enforce, hold).tier
 
     mock_forced = enforce and tier is UserTier.FREE
     try:
@@ -207,9 +215,12 @@ def _reserve_for(
 
 
 def _give_back(identity: Identity, reservation_id: str, reserved_at: datetime) -> None:
-    """Release the reservation; a personal one's legacy counter follows (a team has none)."""
+    """Release the reservation; a personal one's legacy counter follows (a team has none).
+    Safe to repeat (a release gives back what its DELETE of the reservation returned), so it is
+    retried on a new connection like a read: the connection that failed the search is often
+    dead, and others the same fault reset may be too."""
     if identity.org is not None:
-        db.run(lambda conn: reservations.release(conn, reservation_id))
+        db.run(lambda conn: reservations.release(conn, reservation_id), idempotent=True)
         return
     user_id = identity.user_id
 
@@ -217,7 +228,7 @@ def _give_back(identity: Identity, reservation_id: str, reserved_at: datetime) -
         given_back = reservations.release(conn, reservation_id)
         storage.count_legacy_usage(conn, user_id, -given_back, reserved_at)  # dual/fallback
 
-    db.run(release)
+    db.run(release, idempotent=True)
     storage.mirror_usage(user_id)
 
 
