@@ -12,8 +12,7 @@ Why it looks like this:
   Mangum runs on every invocation. `DB_POOL_SIZE` (default 1, no overflow) bounds what a container
   holds; the pooler multiplexes containers onto few server connections.
 - Autocommit at the driver: psycopg would otherwise send `BEGIN` as its own round trip before
-  every statement. Transactions send `BEGIN` (and `SET LOCAL statement_timeout` and
-  `idle_in_transaction_session_timeout`) as one message.
+  every statement. Transactions send `BEGIN` (and `SET LOCAL statement_timeout`) as one message.
 - No ping on a hot connection. One idle for longer than `DB_IDLE_CHECK_S` (a frozen container, a
   Neon compute that may have suspended) is pinged on checkout and replaced if dead.
 - Hot paths skip SQLAlchemy's per-statement machinery: `HotStatement` is a Core statement
@@ -150,8 +149,6 @@ _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", def
 # server's answer to its own cancel is one round trip after the timeout fires. With the default
 # timeout (15 s) that is 17 s, inside the functions' 20 s (serverless.yml).
 STATEMENT_GRACE_S = 2.0
-# PostgreSQL's largest timeout setting, in milliseconds.
-_LONGEST_TIMEOUT_MS = 2_147_483_647
 # A pooled connection's `info`: when it was last checked in (the idle check's clock).
 IDLE_SINCE = "idle_since"
 
@@ -780,16 +777,8 @@ def _execute_on(
 
 
 def _begin_sql(timeout_ms: int) -> str:
-    """BEGIN and the transaction's timeouts, one simple-protocol message (one round trip). Idle
-    in the transaction longer than the client waits for any answer (the statement timeout plus
-    STATEMENT_GRACE_S), the client has given up on it (a round trip cut on a network that
-    delivers nothing): the server ends it, and its locks go, rather than when its keepalives
-    notice. `SET LOCAL`: for this transaction only, as PgBouncer's transaction mode needs."""
-    idle_ms = min(int(timeout_ms + STATEMENT_GRACE_S * 1000), _LONGEST_TIMEOUT_MS)
-    return (
-        f"BEGIN; SET LOCAL statement_timeout = {int(timeout_ms)};"
-        f" SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
-    )
+    # One simple-protocol message: BEGIN and the per-transaction timeout in a single round trip.
+    return f"BEGIN; SET LOCAL statement_timeout = {int(timeout_ms)}"
 
 
 @contextmanager

@@ -120,7 +120,7 @@ def test_a_run_out_of_time_refreshes_what_it_can(
 
     def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
         if statement.startswith("BEGIN; SET LOCAL statement_timeout = "):
-            timeouts.append(statement.split(" = ", 1)[1].split(";", 1)[0])
+            timeouts.append(statement.rsplit(" ", 1)[1])
 
     engine = db.get_engine()
     event.listen(engine, "before_cursor_execute", record)

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,6 @@ import respx
 from sqlalchemy import text
 
 from devkit import events, platform_limits
-from devkit._host import wait_for
 from shared import config, db, providers
 from shared.clock import utcnow
 from shared.cron.runner import Job, Run, run_job
@@ -266,36 +265,3 @@ def test_a_cron_batch_started_inside_its_margin_ends_before_its_timeout_on_a_fro
             lambda: platform_limits.call_within(timeout_s, lambda: run_job(job, context=context))
         )
     assert isinstance(ran, db.DatabaseUnavailableError), ran  # not platform_limits.Overrun
-
-
-def test_a_transaction_whose_client_went_silent_is_ended_by_the_server_and_its_lock_released(
-    fault_app: FaultApp,
-) -> None:
-    """A client that gave up on a round trip (a black-holed network: the server never hears of
-    it) leaves its transaction idle, holding its row locks until the server's keepalives notice.
-    Our BEGIN also sets `idle_in_transaction_session_timeout`, from the bound the client waits
-    (the statement timeout plus the grace): the server ends the transaction, and another one
-    waiting for its row gets it. Through PgBouncer in transaction mode too (`SET LOCAL`)."""
-    user = "user_silent_client"
-    db.run(lambda conn: users.get_or_create(conn, user, f"{user}@example.com"))
-    lock_row = "SELECT id FROM users WHERE id = %s FOR UPDATE"
-    url = fault_app.url.partition("?")[0]  # libpq's URL: without our `pgbouncer=true`
-    # `closing`: psycopg's own exit would send a COMMIT, which this client never does.
-    with closing(psycopg.connect(url, autocommit=True)) as silent, fault_app.admin() as other:
-        silent.execute(db._begin_sql(500))  # our transactions' BEGIN, with a 500 ms timeout
-        row = silent.execute("SELECT pg_backend_pid()").fetchone()
-        assert row is not None
-        pid = row[0]
-        silent.execute(lock_row, (user,))
-        # From here the client sends nothing. The guard only keeps a failure from hanging.
-        other.execute("SET statement_timeout = '30s'")
-        assert other.execute(lock_row, (user,)).fetchone() == (user,)
-        assert wait_for(
-            lambda: (
-                other.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
-                ).fetchone()
-                == (0,)
-            ),
-            timeout=HANG_GUARD_S,
-        )
