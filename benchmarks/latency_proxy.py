@@ -4,7 +4,8 @@ On this machine PostgreSQL and the Upstash emulator answer in microseconds, so a
 cannot tell one round trip from three. In production a Lambda in Neon's region pays about a
 millisecond each way; putting this proxy between the functions and each server makes a round
 trip weigh that again. Chunks keep their order and their own due time (arrival + delay), so a
-pipelined burst is delayed once, not once per chunk, as on a real link.
+pipelined burst is delayed once, not once per chunk, as on a real link. It counts the
+connections it accepts (`connections`): how many connects reached the server.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class DelayProxy:
         self.upstream = (host, port)
         self.delay_s = delay_ms / 1000
         self.port = 0
+        self.connections = 0  # accepted so far (the event loop's thread writes it)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -39,10 +41,19 @@ class DelayProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _close(self) -> None:
+        """Stop listening and end the connections: a pump left waiting (a chunk still delayed)
+        would die pending with the loop."""
+        if self._server is not None:
+            self._server.close()
+        pumps = asyncio.all_tasks() - {asyncio.current_task()}
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
     async def _listen(self) -> asyncio.Server:
         return await asyncio.start_server(self._connect, "127.0.0.1", 0)
@@ -50,6 +61,7 @@ class DelayProxy:
     async def _connect(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
     ) -> None:
+        self.connections += 1
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:

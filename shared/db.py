@@ -151,6 +151,9 @@ _give_up_at: ContextVar[float | None] = ContextVar("keyflash_db_give_up_at", def
 STATEMENT_GRACE_S = 2.0
 # A pooled connection's `info`: when it was last checked in (the idle check's clock).
 IDLE_SINCE = "idle_since"
+# A pooled connection's `info`: the shortest round trip seen on it (its connect, each statement),
+# in seconds; an upper bound on the network's, close to it once a short statement has run.
+SHORTEST_ROUND_TRIP = "shortest_round_trip_s"
 
 
 class BoundedConnection(psycopg.Connection[Any]):
@@ -383,7 +386,7 @@ def build_engine(
     # The primary replaces a connection whose ping was not answered in time; a read URL's
     # caller reads from the primary instead.
     _install_idle_check(engine, settings.db_idle_check_s, replace_when_late=primary)
-    _install_slow_query_log(engine, settings.slow_query_ms)
+    _install_statement_timer(engine, settings.slow_query_ms)
     return engine
 
 
@@ -394,10 +397,14 @@ def _install_connect_bound(
 
     @event.listens_for(engine, "do_connect")
     def _bounded(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        started = time.perf_counter()
         give_up_at = _give_up_at.get()
         if give_up_at is None:  # not `_execute`'s: DB_CONNECT_TIMEOUT_S as configured
-            return bounded(*cargs, **cparams)
-        return _connect_by(give_up_at, bounded, cargs, cparams)
+            connection = bounded(*cargs, **cparams)
+        else:
+            connection = _connect_by(give_up_at, bounded, cargs, cparams)
+        _saw_round_trip(record.info, time.perf_counter() - started)  # a few, in fact
+        return connection
 
 
 def _connect_bounded(
@@ -504,9 +511,9 @@ def _install_idle_check(engine: Engine, idle_seconds: float, *, replace_when_lat
             raise DisconnectionError("idle connection is dead") from error
 
 
-def _install_slow_query_log(engine: Engine, threshold_ms: int) -> None:
-    if threshold_ms <= 0:
-        return
+def _install_statement_timer(engine: Engine, slow_query_ms: int) -> None:
+    """Times each statement: the shortest so far is the connection's round trip
+    (SHORTEST_ROUND_TRIP); one past `slow_query_ms` is logged (0: none is)."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def _start(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
@@ -514,16 +521,22 @@ def _install_slow_query_log(engine: Engine, threshold_ms: int) -> None:
 
     @event.listens_for(engine, "after_cursor_execute")
     def _finish(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
-        elapsed_ms = (time.perf_counter() - conn.info.pop("query_started")) * 1000
-        if elapsed_ms > threshold_ms:
+        elapsed_s = time.perf_counter() - conn.info.pop("query_started")
+        _saw_round_trip(conn.info, elapsed_s)
+        if 0 < slow_query_ms < elapsed_s * 1000:
             # Neon's pg_stat_statements resets whenever the compute suspends: log it here.
             log_event(
                 "slow_query",
                 level=logging.WARNING,
-                durationMs=round(elapsed_ms, 1),
-                thresholdMs=threshold_ms,
+                durationMs=round(elapsed_s * 1000, 1),
+                thresholdMs=slow_query_ms,
                 sql=" ".join(statement.split())[:200],
             )
+
+
+def _saw_round_trip(info: dict[Any, Any], seconds: float) -> None:
+    if seconds < info.get(SHORTEST_ROUND_TRIP, math.inf):
+        info[SHORTEST_ROUND_TRIP] = seconds
 
 
 def is_connection_failure(error: DBAPIError) -> bool:

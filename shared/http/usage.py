@@ -54,12 +54,16 @@ from shared.telemetry import log_event
 Row = tuple[bytes | None, ...]
 
 MAX_HELD_ROWS = 100
-# How long a checkout waits for an answer not back yet: normally it is the rest of one round
-# trip. Past it (a pooler queueing the INSERT, a lock, a silent network) the connection is
-# replaced and its rows re-sent, rather than holding up the request and the pool behind it.
+# How long after its INSERT (or the idle ping) is sent an answer is waited for, `_grace`: one
+# round trip with room, the connection's measured one (`db.SHORTEST_ROUND_TRIP`) times
+# GRACE_ROUND_TRIPS when that is longer (a database across regions), at most psycopg's least
+# connect timeout. Past it (a pooler queueing the INSERT, a lock, a silent network) the
+# connection is replaced and its rows re-sent, rather than holding up the request and the pool.
 ANSWER_GRACE_S = 0.25
+GRACE_ROUND_TRIPS = 3
 _OUTBOX = "kf_usage_outbox"  # rows to send when the connection is checked in
 _IN_FLIGHT = "kf_usage_in_flight"  # rows sent on the connection, answer not read yet
+_ANSWER_BY = "kf_usage_answer_by"  # when the in-flight answer is given up on (`time.monotonic()`)
 # SQLSTATE classes meaning the session ended, not that the row was refused.
 _SESSION_ENDED = ("08", "57")
 # Set while `record` checks a connection out: the idle check's ping is `_ping_if_idle`'s.
@@ -89,9 +93,9 @@ def record(request: api_usage.Request) -> None:
 def _checkout(engine: Engine) -> PoolProxiedConnection:
     """A connection for the row, on the response path (on Lambda the handler returns after it):
     reading the previous answer and pinging a connection idle past DB_IDLE_CHECK_S wait at most
-    ANSWER_GRACE_S each (one round trip's grace), a connect psycopg's least connect timeout
-    (2 s, `db.round_trips_by`), not DB_CONNECT_TIMEOUT_S: a silent database costs a route that
-    needs none a short, bounded wait. Past it the caller holds the rows."""
+    `_grace` each from when they were sent (one round trip's grace), a connect psycopg's least
+    connect timeout (2 s, `db.round_trips_by`), not DB_CONNECT_TIMEOUT_S: a silent database
+    costs a route that needs none a short, bounded wait. Past it the caller holds the rows."""
     flag = _on_response_path.set(True)
     try:
         with db.round_trips_by(time.monotonic() + db.CONNECT_TIMEOUT_LEAST_S):
@@ -181,6 +185,7 @@ def _send_on_checkin(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolE
         record.info[_IN_FLIGHT] = []
         return
     record.info[_IN_FLIGHT] = rows
+    record.info[_ANSWER_BY] = time.monotonic() + _grace(record)
     with _lock:
         stats["sent"] += len(rows)
 
@@ -188,7 +193,9 @@ def _send_on_checkin(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolE
 def _confirm_on_checkout(
     dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
 ) -> None:
-    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, ANSWER_GRACE_S):
+    # None sent (a failed send): nothing to wait for, only what has arrived to read.
+    answer_by = record.info.pop(_ANSWER_BY, 0.0)
+    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, answer_by - time.monotonic()):
         raise DisconnectionError("connection lost with an api_usage row in flight")
     if _on_response_path.get():
         _ping_if_idle(dbapi_conn, record)
@@ -196,7 +203,7 @@ def _confirm_on_checkout(
 
 def _ping_if_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
     """`db`'s idle check, done first and bounded: its `SELECT 1` waits as long as the server
-    stays silent. Answered within ANSWER_GRACE_S, the connection counts as just used (`db`'s
+    stays silent. Answered within `_grace`, the connection counts as just used (`db`'s
     check, next, lets it be); else it is replaced, as `db`'s check would."""
     idle_since = record.info.get(db.IDLE_SINCE)
     if idle_since is None or time.monotonic() - idle_since <= _idle_check_s():
@@ -204,9 +211,10 @@ def _ping_if_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> N
     conn: psycopg.Connection[Any] = dbapi_conn  # type: ignore[assignment]
     pgconn = conn.pgconn
     try:
-        deadline = time.monotonic() + ANSWER_GRACE_S
+        grace = _grace(record)
+        deadline = time.monotonic() + grace
         pgconn.send_query(b"SELECT 1")
-        _flush_output(pgconn, ANSWER_GRACE_S)
+        _flush_output(pgconn, grace)
         results = _read_results(pgconn, deadline - time.monotonic())
     except (psycopg.Error, OSError, TimeoutError) as error:
         log_event("db_idle_connection_replaced", level=logging.INFO, reason=type(error).__name__)
@@ -254,6 +262,13 @@ def _confirm(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, timeout_s
 
 
 # --- libpq without psycopg's cursor ---------------------------------------------------------------
+
+
+def _grace(record: ConnectionPoolEntry) -> float:
+    """How long an answer on `record`'s connection is waited for once its message is sent."""
+    round_trip = float(record.info.get(db.SHORTEST_ROUND_TRIP, 0.0))
+    scaled = min(GRACE_ROUND_TRIPS * round_trip, db.CONNECT_TIMEOUT_LEAST_S)
+    return max(ANSWER_GRACE_S, scaled)
 
 
 def _budget() -> float:
