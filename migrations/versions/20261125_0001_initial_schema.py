@@ -12,8 +12,9 @@ same database:
 A database that already holds the original's tables (made by `prisma db push`: the original had
 no migrations, and no `alembic_version`) is adopted: its seven tables are compared with the
 ones this revision builds (in a scratch schema, then dropped), and when they are Prisma's
-exactly, only the additions are made, rows untouched. Tables that differ are refused, named,
-before anything changes.
+exactly, only the additions are made, rows untouched (users_email_lower_key with the key it
+has at head, 0017's, so that the placeholders a database at head accepts are accepted). Tables
+that differ are refused, named, before anything changes.
 
 Revision ID: 0001
 Revises:
@@ -379,24 +380,28 @@ def _describe(schema: str) -> dict[tuple[str, str, str], str]:
     return found
 
 
+def _email_keys() -> str:
+    """The key `users_email_lower_key` has at head (0017's): real addresses compared
+    case-insensitively, the `{id}@keyflash.local` placeholder exactly. Adoption checks and
+    builds that one, so it accepts what a database at head accepts."""
+    script = op.get_context().script
+    assert script is not None
+    keys: str = script.get_revision("0017").module.PLACEHOLDERS_EXACT
+    return keys
+
+
 def _refuse_case_variant_emails() -> None:
-    """Prisma's emails are unique as written; ours case-insensitively (users_email_lower_key)."""
-    clashes = (
-        op.get_bind()
-        .execute(
-            sa.text(
-                "SELECT count(*) FROM (SELECT FROM users GROUP BY lower(email) "
-                "HAVING count(*) > 1) AS clash"
-            )
-        )
-        .scalar_one()
+    """Prisma's emails are unique as written; ours per `_email_keys`."""
+    clashing = (
+        "SELECT email FROM (SELECT email, count(*) OVER (PARTITION BY "
+        f"{_email_keys()}) AS n FROM users) AS u WHERE n > 1"
     )
-    if clashes:
+    count = op.get_bind().execute(sa.text(f"SELECT count(*) FROM ({clashing}) AS c")).scalar_one()
+    if count:
         raise CommandError(
-            f"users holds {clashes} email address{'es' if clashes > 1 else ''} that differ only "
-            "in case (the original's key is case-sensitive, ours is not: "
-            "SELECT lower(email) FROM users GROUP BY 1 HAVING count(*) > 1 lists them). Nothing "
-            "was changed: settle those accounts and migrate again"
+            f"users holds {count} email addresses that differ from another only in case (the "
+            f"original's key is case-sensitive, ours is not: {clashing} ORDER BY lower(email) "
+            "lists them). Nothing was changed: settle those accounts and migrate again"
         )
 
 
@@ -421,7 +426,9 @@ def _refuse_rollout_percents_out_of_range() -> None:
 
 
 def _add_additions() -> None:
-    """ADDITIONS, made as `_create` makes them (columns last, as there)."""
+    """ADDITIONS, made as `_create` makes them (columns last, as there), but for
+    users_email_lower_key: head's key, which the rows were checked against (0017 rebuilds it
+    the same)."""
     op.add_column("users", sa.Column("trialStartedAt", TIMESTAMP3, nullable=True))
     op.add_column("saved_searches", sa.Column("description", sa.Text(), nullable=True))
     op.add_column(
@@ -430,9 +437,7 @@ def _add_additions() -> None:
     )
     op.add_column("saved_searches", sa.Column("lastRunAt", TIMESTAMP3, nullable=True))
     op.add_column("saved_searches", sa.Column("resultCount", sa.Integer(), nullable=True))
-    op.create_index(
-        "users_email_lower_key", "users", [sa.literal_column('lower("email")')], unique=True
-    )
+    op.execute(f'CREATE UNIQUE INDEX "users_email_lower_key" ON "users" {_email_keys()}')
     op.create_index("users_tier_trialEndsAt_idx", "users", ["tier", "trialEndsAt"], unique=False)
     op.create_check_constraint(
         "feature_flags_rolloutPercent_check",

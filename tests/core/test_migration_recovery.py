@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -406,6 +407,44 @@ def test_db_migrate_refuses_emails_the_case_insensitive_key_would_reject(
         dbtools.migrate(url)
     assert "users" in excinfo.value.message and "case" in excinfo.value.message
     assert snapshot(url) == before
+
+
+def test_db_migrate_adopts_placeholders_that_differ_only_in_case(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """`{id}@keyflash.local` is compared exactly at head (0017), so adoption accepts it too."""
+    url = prisma_database(scratch_database)
+    execute(
+        url,
+        'INSERT INTO users (id, email, "updatedAt") VALUES '
+        "('user_CaseA', 'user_CaseA@keyflash.local', now()), "
+        "('user_casea', 'user_casea@keyflash.local', now())",
+    )
+    dbtools.migrate(url)
+    assert recorded_revisions(url) == [head_revision()]
+    assert_no_drift(url)
+
+
+def test_the_case_refusal_counts_addresses_and_its_query_lists_only_them(
+    scratch_database: ScratchDatabase,
+) -> None:
+    url = prisma_database(scratch_database)
+    execute(
+        url,
+        'INSERT INTO users (id, email, "updatedAt") VALUES '
+        "('u1', 'Ann@example.com', now()), ('u2', 'ann@example.com', now()), "
+        "('u3', 'ANN@example.com', now()), ('u4', 'bob@example.com', now()), "
+        "('user_X', 'user_X@keyflash.local', now()), ('user_x', 'user_x@keyflash.local', now())",
+    )
+    with pytest.raises(CliError) as excinfo:
+        dbtools.migrate(url)
+    message = excinfo.value.message
+    assert "3 email addresses" in message, message
+    query = re.search(r"(SELECT .*) lists them", message)
+    assert query, message
+    with psycopg.connect(url) as conn:
+        listed = sorted(row[0] for row in conn.execute(query.group(1).encode()))
+    assert listed == ["ANN@example.com", "Ann@example.com", "ann@example.com"]
 
 
 def test_db_migrate_refuses_rollout_percents_the_check_would_reject(
