@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_action("migrate", "upgrade the schema to the newest migration", _db_migrate)
     downgrade = db_action("downgrade", "downgrade the schema to REV", _db_downgrade)
     downgrade.add_argument("revision", metavar="REV", help="a revision id, -1, or base")
+    downgrade.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask before dropping rows"
+    )
     db_action("check", "fail unless the schema is at head and matches the models", _db_check)
     db_action("seed", "add the demo users, searches, history and flag (once)", _db_seed)
     reset = db_action("reset", "drop and recreate the local database, migrate, seed", _db_reset)
@@ -561,7 +564,7 @@ def _db_downgrade(args: argparse.Namespace) -> int:
 
     session, database = _database_session(args, "db downgrade", direct=True)
     with session:
-        print(dbtools.downgrade(database.direct_url, args.revision))
+        print(dbtools.downgrade(database.direct_url, args.revision, args.yes))
     return 0
 
 

@@ -356,14 +356,54 @@ def upgrade(direct_url: str, revision: str) -> None:
         command.upgrade(_alembic(direct_url), revision)
 
 
-def downgrade(direct_url: str, revision: str) -> str:
+def downgrade(direct_url: str, revision: str, assume_yes: bool = False) -> str:
+    """Alembic downgrade to `revision`; one that would drop rows is refused without a yes
+    (`require_consent`, `confirm`), naming the tables and columns that hold them."""
     from alembic import command
 
     before, _ = revisions(direct_url)
+    lost = _rows_dropped(direct_url, before, revision)
+    if lost:
+        what = ", ".join(f"{name} ({count} row{'s' if count > 1 else ''})" for name, count in lost)
+        action = f"db downgrade to {revision} drops {what}"
+        require_consent(action, assume_yes)
+        confirm(f"{action}. Go on?", assume_yes)
     with _migration_failures(direct_url, f"downgrade to {revision!r}"):
         command.downgrade(_alembic(direct_url), revision)
     after, _ = revisions(direct_url)
     return f"downgraded {before} → {after or 'base (empty schema)'}"
+
+
+def _rows_dropped(direct_url: str, current: str | None, revision: str) -> list[tuple[str, int]]:
+    """The tables and "table.column"s holding rows that the downgrades from `current` to
+    `revision` drop (each revision's DOWNGRADE_DROPS), with how many rows hold a value. A
+    revision Alembic cannot resolve is left for the downgrade itself to report."""
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from sqlalchemy import create_engine, pool, text
+
+    from shared.db_url import parse_database_url
+
+    if current is None:
+        return []
+    script = ScriptDirectory.from_config(_alembic(direct_url))
+    try:
+        steps = list(script.iterate_revisions(current, revision))
+    except RevisionError:
+        return []
+    names = [name for step in steps for name in getattr(step.module, "DOWNGRADE_DROPS", ())]
+    engine = create_engine(parse_database_url(direct_url).sqlalchemy_url, poolclass=pool.NullPool)
+    found = []
+    try:
+        with engine.connect() as connection:
+            for name in names:
+                table, _, column = name.partition(".")
+                holding = f' WHERE "{column}" IS NOT NULL' if column else ""
+                count = connection.execute(text(f'SELECT count(*) FROM "{table}"{holding}'))
+                found.append((name, count.scalar_one()))
+    finally:
+        engine.dispose()
+    return [(name, count) for name, count in found if count]
 
 
 @contextmanager

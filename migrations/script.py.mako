@@ -14,6 +14,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# The tables and "table.column"s whose rows downgrade() drops: `keyflash db downgrade` counts
+# them and asks before it loses any (tests/core/test_migrations.py holds each revision to it).
+DOWNGRADE_DROPS: tuple[str, ...] = ()
 
 
 def upgrade() -> None:

@@ -46,6 +46,7 @@ PRISMA_TABLES = (
     "feature_flags",
     "system_metrics",
 )
+DOWNGRADE_DROPS = PRISMA_TABLES  # with every row (`keyflash db downgrade` asks first)
 BASELINE = "keyflash_baseline"  # the scratch schema the comparison builds this revision in
 # What this revision adds to Prisma's tables, as (kind, table, name); made by `_add_additions`.
 ADDITIONS = {

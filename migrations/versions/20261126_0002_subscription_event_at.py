@@ -20,6 +20,7 @@ revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("users.subscriptionEventAt",)
 
 
 def upgrade() -> None:

@@ -21,6 +21,7 @@ revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("legacy_repairs",)
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 

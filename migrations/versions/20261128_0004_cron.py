@@ -35,6 +35,7 @@ revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("search_daily_rollups", "cron_leases")
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 INDEXES = [

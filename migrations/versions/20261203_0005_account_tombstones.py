@@ -23,6 +23,7 @@ revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("account_tombstones",)
 
 
 def upgrade() -> None:

@@ -23,6 +23,7 @@ revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("keyword_reservations",)
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 

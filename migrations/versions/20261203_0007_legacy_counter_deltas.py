@@ -22,6 +22,7 @@ revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("legacy_counter_deltas",)
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 

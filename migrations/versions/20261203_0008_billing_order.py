@@ -28,6 +28,11 @@ revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = (
+    "erased_billing_customers",
+    "users.clerkUpdatedAt",
+    "users.subscriptionCreatedAt",
+)
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 

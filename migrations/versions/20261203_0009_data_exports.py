@@ -23,6 +23,7 @@ revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("data_exports",)
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 

@@ -34,6 +34,13 @@ revision: str = "0013"
 down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = (
+    "search_history.organizationId",
+    "keyword_reservations.organizationId",
+    "saved_searches.organizationId",
+    "organization_members",
+    "organizations",
+)
 
 TIMESTAMP3 = postgresql.TIMESTAMP(precision=3)
 NOW = sa.text("CURRENT_TIMESTAMP")

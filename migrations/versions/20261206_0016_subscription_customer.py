@@ -22,6 +22,7 @@ revision: str = "0016"
 down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("users.subscriptionCustomerId", "organizations.subscriptionCustomerId")
 
 
 def upgrade() -> None:

@@ -23,6 +23,7 @@ revision: str = "0018"
 down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+DOWNGRADE_DROPS = ("account_tombstones.clerkDeleted",)
 
 
 def upgrade() -> None:

@@ -368,6 +368,31 @@ def test_db_migrate_adopts_a_database_the_original_prisma_schema_made(
     assert sum(map(len, before.values())) == (9 if with_rows else 0)
 
 
+def test_a_downgrade_that_would_drop_rows_asks_for_yes_and_says_what(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """An adopted database's tables held the original app's rows before our first revision:
+    going below it drops them, so it is refused, naming them, unless confirmed."""
+    url = prisma_database(scratch_database)
+    execute(url, *PRISMA_ROWS)
+    dbtools.migrate(url)
+    columns = original_columns(url)
+    before = contents(url, columns)
+
+    with pytest.raises(CliError) as excinfo:
+        dbtools.downgrade(url, "base")
+    message = excinfo.value.message
+    assert (
+        "--yes" in message and "users (2 rows)" in message and "search_history (2 rows)" in message
+    )
+    assert "data_exports" not in message  # empty: nothing of it is lost
+    assert recorded_revisions(url) == [head_revision()]
+    assert contents(url, columns) == before
+
+    assert dbtools.downgrade(url, "-1").startswith("downgraded ")  # 0020 drops no rows
+    assert dbtools.downgrade(url, "base", assume_yes=True).endswith("base (empty schema)")
+
+
 @pytest.mark.parametrize(
     ("tamper", "named"),
     [

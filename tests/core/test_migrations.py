@@ -115,6 +115,36 @@ def test_upgrade_downgrade_upgrade_round_trips(scratch_database: ScratchDatabase
     assert recorded_revisions(url) == [head_revision()]
 
 
+def public_columns(url: str) -> set[str]:
+    """Every table and "table.column" of the public schema."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+            "c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT "
+            "a.attisdropped WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') "
+            "AND c.relname <> 'alembic_version'"
+        ).fetchall()
+    return {table for table, _ in rows} | {f"{table}.{column}" for table, column in rows}
+
+
+def test_each_revision_declares_the_tables_and_columns_its_downgrade_drops(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """`keyflash db downgrade` counts the rows of DOWNGRADE_DROPS before it loses them."""
+    url = scratch_database()
+    config = alembic_config(url)
+    command.upgrade(config, "head")
+    script = ScriptDirectory.from_config(config)
+    for revision in script.walk_revisions():
+        before = public_columns(url)
+        command.downgrade(config, "-1")
+        dropped = before - public_columns(url)
+        tables = {name for name in dropped if "." not in name}
+        lost = {name for name in dropped if name.split(".")[0] not in tables} | tables
+        declared = set(getattr(revision.module, "DOWNGRADE_DROPS", ()))
+        assert lost == declared, f"{revision.revision}'s downgrade drops {sorted(lost)}"
+
+
 def test_alembic_check_finds_no_drift_from_the_models(scratch_database: ScratchDatabase) -> None:
     url = scratch_database()
     command.upgrade(alembic_config(url), "head")
