@@ -10,6 +10,7 @@ circuit breaker (`shared.redis_breaker`): after a few failures in a row, none is
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from upstash_redis import Redis
 
 from shared.config import get_settings
 from shared.deadline import run_within
-from shared.redis_breaker import UpstashBreaker
+from shared.redis_breaker import PAUSE_S, UpstashBreaker, UpstashCircuitOpenError
 
 _client: Redis | None = None
 _lock = threading.Lock()
@@ -67,9 +68,10 @@ def get_redis() -> Redis | None:
 
 
 def failure_retry_after() -> int:
-    """`Retry-After` of a refusal because an Upstash call failed: the breaker's pause left while
-    it is open (no call is sent before then), else 60 s."""
-    return breaker.pause_left() or 60
+    """`Retry-After` of a refusal because an Upstash call failed: while the breaker is open the
+    pause left (no call is sent before then) rounded up, never below `PAUSE_S`, else 60 s."""
+    left = breaker.pause_left()
+    return 60 if left is None else max(math.ceil(PAUSE_S), math.ceil(left))
 
 
 def reset_redis(*, close: bool = False) -> None:
@@ -103,6 +105,13 @@ def redis_health() -> dict[str, Any]:
     started = time.perf_counter()
     try:
         pong = client.ping()
+    except UpstashCircuitOpenError:
+        return {
+            "healthy": False,
+            "responseTime": 0,
+            "error": "Redis ping not sent: its circuit breaker is open after failed calls",
+            "details": {"configured": True, "circuitOpen": True},
+        }
     except Exception:
         pong = None
     elapsed = round((time.perf_counter() - started) * 1000)

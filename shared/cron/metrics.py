@@ -4,7 +4,9 @@ Samples, all stamped with the end of the interval they describe:
 - `db.size_bytes`, `db.connections` (tags: active, max), `db.rows.<table>` (estimates);
 - over the interval: `searches.count` (tags: windowSeconds) and, when there were searches,
   `searches.cache_hit_rate` (0 to 1) and `searches.avg_response_ms`;
-- `redis.reachable` (1/0, tags: configured) and `redis.response_ms` when it answered.
+- `redis.reachable` (1/0, tags: configured) and `redis.response_ms` when it answered; 0 with
+  `breakerOpen: true` when no PING was sent because this container's Upstash breaker is open (its
+  recent calls failed, `shared.redis_breaker`).
 
 Intervals are aligned to 5-minute boundaries and remembered in the lease's state, in the same
 transaction as the INSERT: a run that fires twice inside one interval records nothing the
@@ -21,6 +23,7 @@ from shared.clock import iso_ms
 from shared.cron.runner import Job, LeaseLostError, Run
 from shared.db import Conn
 from shared.redis import get_redis
+from shared.redis_breaker import UpstashCircuitOpenError
 from shared.repositories import cron_leases, database_stats, search_history, system_metrics
 from shared.repositories.system_metrics import Sample
 
@@ -40,12 +43,15 @@ def redis_samples(at: datetime) -> list[Sample]:
     if client is None:
         return [Sample("redis.reachable", 0.0, {"configured": False}, at)]
     started = time.perf_counter()
+    tags: dict[str, bool] = {"configured": True}
     try:
         reachable = client.ping() == "PONG"
+    except UpstashCircuitOpenError:
+        reachable, tags["breakerOpen"] = False, True
     except Exception:
         reachable = False
     elapsed = round((time.perf_counter() - started) * 1000, 1)
-    samples = [Sample("redis.reachable", 1.0 if reachable else 0.0, {"configured": True}, at)]
+    samples = [Sample("redis.reachable", 1.0 if reachable else 0.0, tags, at)]
     if reachable:
         samples.append(Sample("redis.response_ms", elapsed, None, at))
     return samples

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import sqlalchemy.exc
@@ -700,9 +701,13 @@ def test_metrics_estimate_the_rows_of_plain_and_partitioned_tables(
 
 
 def test_metrics_reports_redis_unconfigured_or_unreachable(
-    db_env: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    db_env: str,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    breaker_clock: object,
 ) -> None:
-    from shared.redis import reset_redis
+    from shared.redis import get_redis, reset_redis
+    from shared.redis_breaker import FAILURE_THRESHOLD
 
     configure(monkeypatch, UPSTASH_REDIS_REST_URL=None, UPSTASH_REDIS_REST_TOKEN=None)
     reset_redis()
@@ -719,13 +724,23 @@ def test_metrics_reports_redis_unconfigured_or_unreachable(
     reset_redis()
     try:
         run_job(metrics.JOB, now=NOW + timedelta(minutes=5))
+        assert latest_reachable(admin_conn) == (0.0, {"configured": True})
+        client = get_redis()
+        assert client is not None
+        for _ in range(FAILURE_THRESHOLD - 1):  # with the run's, the failures that open it
+            with pytest.raises(httpx.ConnectError):
+                client.ping()
+        run_job(metrics.JOB, now=NOW + timedelta(minutes=10))  # no PING sent: the breaker is open
+        assert latest_reachable(admin_conn) == (0.0, {"configured": True, "breakerOpen": True})
     finally:
         reset_redis()
-    latest = admin_conn.execute(
+
+
+def latest_reachable(admin_conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+    return admin_conn.execute(
         "SELECT value, tags FROM system_metrics WHERE metric = 'redis.reachable' "
         "ORDER BY timestamp DESC LIMIT 1"
     ).fetchone()
-    assert latest == (0.0, {"configured": True})
 
 
 def test_metrics_overlap_and_budget(db_env: str, admin_conn: psycopg.Connection[Any]) -> None:

@@ -9,7 +9,10 @@ docs/cache-and-rate-limits.md promises now, and these tests hold:
 - fewer than `FAILURE_THRESHOLD` failures in a row, then a success: nothing more is refused;
 - `FAILURE_THRESHOLD` failed calls in a row open the breaker: calls fail at once, sent nowhere,
   with the failure's usual meaning, and the limiter's refusal says `Retry-After` = the pause left;
-- after `PAUSE_S` one trial call reaches Redis and decides (the others still fail at once);
+- after the pause one trial call reaches Redis and decides (the others still fail at once); each
+  failed trial doubles the pause, up to `MAX_PAUSE_S`; `Retry-After` is never below `PAUSE_S`;
+- failures of calls under way together count once; a call sent before the breaker opened does
+  not lengthen the pause when it fails;
 - failed cache writes never count towards opening it.
 
 Redis is real: the Upstash emulator process, killed (the gateway in front answers 502) or frozen
@@ -26,11 +29,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devkit._host import wait_for
 from shared import cache, config, providers, ratelimit, redis
-from shared.redis_breaker import FAILURE_THRESHOLD, PAUSE_S
+from shared.redis_breaker import FAILURE_THRESHOLD, MAX_PAUSE_S, PAUSE_S
 from tests.support.breaker_clock import BreakerClock
 from tests.support.http import Caller, Keys, logged
 from tests.support.processes import UpstashProcess, private_upstash
@@ -166,12 +170,12 @@ def test_threshold_failures_open_it_then_calls_fail_at_once_with_the_pause_left(
         before = proxy.received
         refused_by_the_outage(check(), int(PAUSE_S))
         clock.now += PAUSE_S / 2
-        refused_by_the_outage(check(), int(PAUSE_S / 2) + 1)  # rounded up
+        refused_by_the_outage(check(), int(PAUSE_S))  # never below the first pause
         assert cache.get_json("kw:any", cache.KeywordEntry) is None  # a read: a miss
         health = warm("health", "GET", "/api/health")
         assert proxy.received == before  # none of it was sent
     assert health.status == 429, health.text
-    assert health.headers["retry-after"] == str(int(PAUSE_S / 2) + 1)
+    assert health.headers["retry-after"] == str(int(PAUSE_S))
     states = [line["state"] for line in logged(caplog, "circuit_breaker_state")]
     assert states == ["OPEN"]
     failures = logged(caplog, "rate_limit_unavailable")
@@ -188,11 +192,11 @@ def test_after_the_pause_one_trial_call_reaches_redis_and_decides(
     clock.now += 1
     sent, decision = checked(proxy)
     assert sent == 1  # the trial: still down
-    refused_by_the_outage(decision, int(PAUSE_S))  # it opened the breaker again
+    refused_by_the_outage(decision, int(2 * PAUSE_S))  # it opened the breaker again, longer
     assert sent_by(proxy, check) == 0
 
     repair(upstash_process, "down")
-    clock.now += PAUSE_S
+    clock.now += 2 * PAUSE_S
     sent, decision = checked(proxy)
     assert (sent, decision.allowed) == (1, True)  # the trial: Redis answers
     assert sent_by(proxy, lambda: [check() for _ in range(5)]) == 5  # closed again
@@ -241,6 +245,90 @@ def test_a_burst_on_a_frozen_redis_sends_one_trial_call(
     assert sent_by(proxy, burst) == 1
     assert len(decisions) == BURST
     assert not any(decision.allowed for decision in decisions)
-    # While the trial is out, the pause left is 0: "retry in 1 s"; after it failed, a new pause.
-    assert {decision.retry_after for decision in decisions} <= {1, int(PAUSE_S)}
+    # While the trial is out the pause left is 0, so the floor; after it failed, a doubled pause.
+    assert {decision.retry_after for decision in decisions} <= {int(PAUSE_S), int(2 * PAUSE_S)}
     assert sent_by(proxy, check) == 0
+
+
+def test_each_failed_trial_doubles_the_pause_up_to_a_cap(
+    warm: Caller, upstash_process: UpstashProcess, proxy: UpstashProxy, clock: BreakerClock
+) -> None:
+    """A long outage: clients honouring `Retry-After` back off too, instead of every 5 s."""
+    upstash_process.kill()
+    open_breaker(proxy)
+    pauses = []
+    for _ in range(5):
+        clock.end_pause()
+        sent, decision = checked(proxy)
+        assert (sent, decision.allowed) == (1, False)  # the trial, failed
+        pauses.append(decision.retry_after)
+    assert pauses == [10, 20, 40, int(MAX_PAUSE_S), int(MAX_PAUSE_S)]
+    clock.now += MAX_PAUSE_S - 1
+    assert sent_by(proxy, check) == 0
+    refused_by_the_outage(check(), int(PAUSE_S))  # 1 s left: the floor
+
+    repair(upstash_process, "down")
+    clock.end_pause()
+    assert checked(proxy)[1].allowed  # the trial closes it
+    upstash_process.kill()
+    open_breaker(proxy)  # a new outage starts from the first pause
+
+
+def test_a_call_sent_before_it_opened_does_not_lengthen_the_pause(
+    warm: Caller, upstash_process: UpstashProcess, proxy: UpstashProxy, clock: BreakerClock
+) -> None:
+    """A call under way while others open the breaker fails later: the pause stays as it was."""
+    upstash_process.kill()
+
+    def slow_call() -> httpx.Response:
+        open_breaker(proxy)  # meanwhile, three other calls fail
+        clock.now += PAUSE_S - 1
+        return httpx.post(proxy.url, json=["PING"], headers={"Authorization": "Bearer x"})
+
+    assert redis.breaker.call(slow_call).status_code >= 500
+    clock.now += 1
+    assert sent_by(proxy, check) == 1  # the pause ended when it would have: the trial
+
+
+def test_failures_of_calls_under_way_together_count_once(
+    warm: Caller, upstash_process: UpstashProcess, proxy: UpstashProxy
+) -> None:
+    """Three checks on a frozen Redis at once all time out together: one blip, not an outage."""
+    upstash_process.freeze()
+    start = threading.Barrier(FAILURE_THRESHOLD)
+    decisions: list[ratelimit.Decision] = []
+
+    def one() -> None:
+        start.wait()
+        decisions.append(check())
+
+    threads = [threading.Thread(target=one) for _ in range(FAILURE_THRESHOLD)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [decision.allowed for decision in decisions] == [False] * FAILURE_THRESHOLD
+    repair(upstash_process, "frozen")
+    sent, decision = checked(proxy)
+    assert (sent, decision.allowed) == (1, True)  # still closed
+
+
+def test_health_says_the_breaker_is_open_instead_of_pinging(
+    warm: Caller,
+    upstash_process: UpstashProcess,
+    proxy: UpstashProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstash_process.kill()
+    open_breaker(proxy)
+    monkeypatch.setenv("RATE_LIMIT_FAIL_SAFE", "open")  # so health answers rather than 429
+    config.get_settings.cache_clear()
+    before = proxy.received
+    health = warm("health", "GET", "/api/health")
+    assert proxy.received == before
+    assert health.json["checks"]["redis"] == {
+        "healthy": False,
+        "responseTime": 0,
+        "error": "Redis ping not sent: its circuit breaker is open after failed calls",
+        "details": {"configured": True, "circuitOpen": True},
+    }, health.text

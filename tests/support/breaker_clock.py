@@ -18,9 +18,9 @@ class BreakerClock:
 
     def end_pause(self) -> None:
         """Move to the end of the breaker's pause: the next call is its trial."""
-        from shared.redis_breaker import PAUSE_S
+        from shared import redis
 
-        self.now += PAUSE_S
+        self.now += redis.breaker.pause_left() or 0.0
 
 
 @pytest.fixture
