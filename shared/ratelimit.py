@@ -4,8 +4,8 @@ Fixes over the original (docs/original-app.md#d1, #d16): counters are namespaced
 per identity (the user id when signed in, else the client's address alone: the original added
 an HMAC of the user agent, so a client got a fresh budget with each User-Agent it made up), so
 ten health checks no longer spend the keyword budget; when Redis is down or slower than
-`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default: `Retry-After` 60, or the
-pause left while the Upstash breaker is open, `shared.redis_breaker`) instead of a 500; every
+`REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default, with
+`Retry-After` from `shared.redis.failure_retry_after`) instead of a 500; every
 answer of a window carries the window's stored end as `X-RateLimit-Reset` (the original's
 `now + TTL` moved between answers and could fall before the real end) and `Retry-After` rounds
 up to it.

@@ -13,8 +13,8 @@ would answer with "too many requests".
 When the budget is spent, `spend` raises `ProviderRateLimitedError` with an honest `retry_after`:
 the seconds until the oldest request in the window leaves it. When Redis is down, slow, not
 configured or answers something other than two integers, RATE_LIMIT_FAIL_SAFE decides, as for
-the rate limiter: closed (the default) refuses with a 60 s retry (the pause left while the
-Upstash breaker is open, `shared.redis_breaker`), open lets the request through
+the rate limiter: closed (the default) refuses (`Retry-After` from
+`shared.redis.failure_retry_after`), open lets the request through
 unmetered. Times come from the container's clock (Lambda's is NTP-synced), in milliseconds.
 
 The rejection: a 401/402 (or DataForSEO's 40100/40200/40203) seen by any container is kept for
