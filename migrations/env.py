@@ -12,16 +12,23 @@ in one transaction leaves nothing of itself when it fails; one with steps outsid
 index, and is written so that running it again finishes it.
 
 Two runs at once (two deploys) are serialised by a session-level advisory lock taken before
-Alembic reads the version: the second waits, then finds the first's work done.
+Alembic reads the version: the second waits, then finds the first's work done. It waits at most
+KEYFLASH_MIGRATION_LOCK_WAIT seconds, then fails naming the holder. The run releases the lock
+itself: behind an unflagged transaction pooler the server session (and a lock on it) outlives
+the client. A run that finds itself moved off the session holding the lock refuses to go on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, pool, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import read_variable
 from shared.db_url import parse_database_url
@@ -30,6 +37,13 @@ from shared.models.schema import metadata
 # pg_advisory_lock's key for "a migration runs on this database" (the bytes of "kfmigrat").
 MIGRATION_LOCK = 0x6B666D6967726174
 LOCK_POLL = 0.5
+# How long a run waits for another's lock before failing (seconds; the variable overrides it).
+LOCK_WAIT_VARIABLE = "KEYFLASH_MIGRATION_LOCK_WAIT"
+LOCK_WAIT_DEFAULT = 300.0
+POOLER_HINT = (
+    "migrations need a session: use the direct host (without -pooler), and flag any other "
+    "transaction pooler's URL with ?pgbouncer=true so that it is refused before connecting"
+)
 # The migration session's application_name: a run waiting for the lock names its holder by it.
 APPLICATION_NAME = "keyflash-migrate"
 
@@ -79,49 +93,103 @@ def run_migrations_online() -> None:
     )
     with engine.connect() as connection:
         _lock(connection)
-        context.configure(
-            connection=connection,
-            target_metadata=metadata,
-            compare_server_default=True,
-            transaction_per_migration=True,
-        )
-        # What the run starts from, read under the lock: `keyflash db migrate` reports it.
-        context.config.attributes["starting_revision"] = (
-            context.get_context().get_current_revision()
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()  # closing the session releases the lock, whatever happened
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=metadata,
+                compare_server_default=True,
+                transaction_per_migration=True,
+            )
+            # What the run starts from, read under the lock: `keyflash db migrate` reports it.
+            context.config.attributes["starting_revision"] = (
+                context.get_context().get_current_revision()
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+        except BaseException:
+            # A lost session took the lock with it; the run's own error says more than ours.
+            if not connection.invalidated:
+                with contextlib.suppress(SQLAlchemyError):
+                    _unlock(connection)
+            raise
+        if not _unlock(connection):
+            raise CommandError(
+                "the migration went through, but its lock was no longer on this run's server "
+                f"session: a transaction pooler moved it between sessions ({POOLER_HINT}). "
+                f"The lock is {_holder(connection)}"
+            )
+    engine.dispose()
 
 
 def _lock(connection: Connection) -> None:
-    """Wait for any other migration of this database to finish, then hold the lock for the
-    session (across the revisions' transactions; closing the session releases it).
+    """Wait for any other migration of this database to finish (at most the lock wait), then
+    hold the lock for the session (across the revisions' transactions), checking that the
+    session is still ours in the next transaction: a transaction pooler hands it to others.
 
     Asked for again every LOCK_POLL seconds, outside any transaction, rather than waited for in
     `pg_advisory_lock`: a waiting statement holds a snapshot, and CREATE INDEX CONCURRENTLY in
     the run holding the lock waits for every older snapshot (a deadlock)."""
+    deadline = time.monotonic() + _lock_wait()
     waiting = False
-    while not connection.execute(
-        text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}
-    ).scalar_one():
+    while True:
+        taken, locker = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key), pg_backend_pid()"), {"key": MIGRATION_LOCK}
+        ).one()
         connection.commit()
+        if taken:
+            break
+        if time.monotonic() >= deadline:
+            raise CommandError(
+                f"another migration of this database did not finish within {_lock_wait():g} s "
+                f"({LOCK_WAIT_VARIABLE}): the lock is {_holder(connection)}. If no migration is "
+                "running, that session is stuck or a pooler kept it"
+            )
         if not waiting:
             # On stderr: Alembic's logger has only a NullHandler unless a logging config is
             # loaded, and an operator whose deploy seems to hang needs to see why.
             print(
                 f"another migration of this database is running ({_holder(connection)}): "
-                "waiting for it",
+                f"waiting for it, at most {_lock_wait():g} s ({LOCK_WAIT_VARIABLE})",
                 file=sys.stderr,
                 flush=True,
             )
             waiting = True
         time.sleep(LOCK_POLL)
+    if connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != locker:
+        connection.commit()
+        raise CommandError(
+            f"the migration lock was taken by server session {locker}, and the run's next "
+            f"transaction went to another: a transaction pooler sits in between ({POOLER_HINT}). "
+            f"The lock is {_holder(connection)}"
+        )
     connection.commit()
 
 
+def _lock_wait() -> float:
+    """The longest wait for another run's lock, in seconds (KEYFLASH_MIGRATION_LOCK_WAIT)."""
+    given = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
+    try:
+        wait = float(given) if given else LOCK_WAIT_DEFAULT
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:  # also NaN
+        raise CommandError(f"{LOCK_WAIT_VARIABLE} must be a number of seconds, not {given!r}")
+    return wait
+
+
+def _unlock(connection: Connection) -> bool:
+    """Release the lock; False when this session did not hold it (a pooler moved the run)."""
+    connection.rollback()
+    released = connection.execute(
+        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK}
+    ).scalar_one()
+    connection.commit()
+    return bool(released)
+
+
 def _holder(connection: Connection) -> str:
-    """Who holds the migration lock: pid, application_name and state, from pg_stat_activity."""
+    """Who holds the migration lock (pid, application_name and state, from pg_stat_activity)
+    and how to end it."""
     row = connection.execute(
         text(
             "SELECT a.pid, a.application_name, a.state FROM pg_locks l "
@@ -136,7 +204,10 @@ def _holder(connection: Connection) -> str:
     if row is None:  # let go between the two questions
         return "held by a session that has just let go"
     pid, application, state = row
-    return f"held by pid {pid}, application_name {application or '(none)'!r}, {state}"
+    return (
+        f"held by pid {pid}, application_name {application or '(none)'!r}, {state}; "
+        f"SELECT pg_terminate_backend({pid}) ends that session"
+    )
 
 
 if context.is_offline_mode():

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from devkit import dbtools
 from devkit.console import CliError
+from devkit.pgbouncer import LocalPgBouncer
 from tests.core.test_migrations import PRISMA_TABLES
 from tests.support.catalog import diff, snapshot
 
@@ -544,3 +545,78 @@ def waiting_for_both(url: str, gate: psycopg.Connection) -> None:
                 return
             time.sleep(0.01)  # polling a condition, not a guess at how long anything takes
     pytest.fail("the two migrations never both reached the database")
+
+
+def migration_lock_holders(url: str) -> list[int]:
+    """The pids holding an advisory lock on the database (a scratch one: only migrations')."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return [row[0] for row in rows]
+
+
+def test_a_migration_waits_for_the_lock_no_longer_than_its_maximum(
+    scratch_database: ScratchDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held for ever (a leaked one, a stuck run) fails the run after the maximum wait,
+    naming the holder and how to end it, instead of hanging the deploy."""
+    url = at_revision(scratch_database, "0019")
+    monkeypatch.setenv("KEYFLASH_MIGRATION_LOCK_WAIT", "0")
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SET application_name = 'stuck-deploy'")
+        holder.execute("SELECT pg_advisory_lock(x'6B666D6967726174'::bigint)")  # env.py's key
+        with pytest.raises(CliError) as raised:
+            dbtools.migrate(url)
+        pid = holder.info.backend_pid
+    message = str(raised.value)
+    assert f"pid {pid}" in message and "'stuck-deploy'" in message, message
+    assert f"pg_terminate_backend({pid})" in message and "KEYFLASH_MIGRATION_LOCK_WAIT" in message
+    assert "the database is at 0019" in message, message
+    assert recorded_revisions(url) == ["0019"]
+
+
+def test_a_migration_through_a_transaction_pooler_leaves_no_lock_behind(
+    scratch_database: ScratchDatabase, pgbouncer: LocalPgBouncer
+) -> None:
+    """Without the `?pgbouncer=true` flag, the run cannot know it is pooled; the lock it took
+    sits on a pooled server connection, which outlives the run: the run releases it itself."""
+    url = at_revision(scratch_database, "0019")
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    assert dbtools.migrate(pgbouncer.dsn(str(name))) == f"migrated 0019 → {head_revision()}"
+    assert migration_lock_holders(url) == []
+    assert dbtools.migrate(url) == f"already at head ({head_revision()})"
+
+
+def test_a_migration_moved_between_pooled_sessions_refuses_and_names_the_lock_left(
+    scratch_database: ScratchDatabase, postgres_server_url: str, tmp_path: Path
+) -> None:
+    """A transaction pooler handing each transaction to the next server connection (round
+    robin) moves the run off the session holding the lock: refused before any revision, with
+    the cause, and where the lock is left."""
+    url = at_revision(scratch_database, "0019")
+    name = str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+    server = psycopg.conninfo.conninfo_to_dict(postgres_server_url)
+    with LocalPgBouncer(
+        str(server.get("host") or "localhost"),
+        int(server.get("port") or 5432),
+        tmp_path,
+        user=str(server.get("user") or "postgres"),
+        password=str(server.get("password") or ""),
+        settings={"server_round_robin": "1"},
+    ) as bouncer:
+        # Two idle server connections in the pool, so consecutive transactions alternate.
+        clients = [psycopg.connect(bouncer.dsn(name), prepare_threshold=None) for _ in range(2)]
+        for client in clients:
+            client.execute("SELECT 1")
+        for client in clients:  # ended cleanly: PgBouncer closes a server left in a transaction
+            client.commit()
+            client.close()
+        with pytest.raises(CliError) as raised:
+            dbtools.migrate(bouncer.dsn(name))
+        holders = migration_lock_holders(url)
+    message = str(raised.value)
+    assert "transaction pooler" in message and "?pgbouncer=true" in message, message
+    assert len(holders) == 1 and f"pg_terminate_backend({holders[0]})" in message, message
+    assert recorded_revisions(url) == ["0019"]
