@@ -30,6 +30,7 @@ from devkit.stack import Database
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.exc import DBAPIError
 
 ARCHIVE_MAGIC = b"PGDMP"
 _MAJOR = re.compile(r"\) (\d+)")
@@ -336,7 +337,7 @@ def migrate(direct_url: str) -> str:
     from devkit.migrate import upgrade_head
 
     _, head = revisions(direct_url)
-    with _migration_failures(direct_url, "the upgrade"):
+    with _migration_failures(direct_url, "the upgrade", upgrading=True):
         config = upgrade_head(direct_url)
     # What Alembic found under the migration lock: a run that waited for another finds its
     # work done.
@@ -352,7 +353,7 @@ def upgrade(direct_url: str, revision: str) -> None:
     """Alembic upgrade to `revision` (a restore needs the backup's schema, not head's)."""
     from alembic import command
 
-    with _migration_failures(direct_url, f"upgrade to {revision!r}"):
+    with _migration_failures(direct_url, f"upgrade to {revision!r}", upgrading=True):
         command.upgrade(_alembic(direct_url), revision)
 
 
@@ -368,7 +369,7 @@ def downgrade(direct_url: str, revision: str, assume_yes: bool = False) -> str:
         action = f"db downgrade to {revision} drops {what}"
         require_consent(action, assume_yes)
         confirm(f"{action}. Go on?", assume_yes)
-    with _migration_failures(direct_url, f"downgrade to {revision!r}"):
+    with _migration_failures(direct_url, f"downgrade to {revision!r}", upgrading=False):
         command.downgrade(_alembic(direct_url), revision)
     after, _ = revisions(direct_url)
     return f"downgraded {before} → {after or 'base (empty schema)'}"
@@ -407,21 +408,26 @@ def _rows_dropped(direct_url: str, current: str | None, revision: str) -> list[t
 
 
 @contextmanager
-def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
+def _migration_failures(direct_url: str, action: str, *, upgrading: bool) -> Iterator[None]:
     """One line for a migration that refused or failed, saying where the database is now.
 
     A refusal (a migration's `CommandError`) says what to do itself. A database error is a
-    failure nobody anticipated. Each revision commits with its version, so the database is at
-    the last revision that went through; a revision with CONCURRENTLY steps may have done some
-    of them, and running it again finishes it (docs/core.md, "The schema")."""
+    failure nobody anticipated; a lost session (a compute restart, pg_terminate_backend) is
+    named with the revision it was running, not by the error SQLAlchemy raises next. Each
+    revision commits with its version, so the database is at the last revision that went
+    through; a revision with CONCURRENTLY steps may have done some of them, and running it
+    again finishes it (docs/core.md, "The schema")."""
     from alembic.util import CommandError
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     try:
         yield
-    except (CommandError, DBAPIError) as error:
-        if isinstance(error, DBAPIError):
-            cause = error.orig or error
+    except (CommandError, SQLAlchemyError) as error:
+        failure = _database_error(error) if isinstance(error, SQLAlchemyError) else None
+        if isinstance(error, SQLAlchemyError) and failure is None:
+            raise
+        if failure is not None:
+            cause = failure.orig or failure
             first = (str(cause).strip().splitlines() or ["unknown error"])[0]
             detail = f"{type(cause).__name__}: {first}. Remove the cause and run it again"
         else:
@@ -430,12 +436,42 @@ def _migration_failures(direct_url: str, action: str) -> Iterator[None]:
             current, _ = revisions(direct_url)
         except DBAPIError:
             raise CliError(f"{action} failed: {detail}") from error
+        if failure is not None and failure.connection_invalidated:
+            running = _running(direct_url, current, upgrading=upgrading)
+            detail = (
+                f"the connection to the database was lost during revision {running} "
+                f"({type(cause).__name__}: {first}); what it left half-done is cleaned up "
+                "when it runs again"
+            )
         where = (
             f"the database is at {current}; running it again goes on from there"
             if current
             else "no revision was applied"
         )
         raise CliError(f"{action} failed: {detail} ({where})") from error
+
+
+def _database_error(error: BaseException) -> DBAPIError | None:
+    """The database's error behind `error` (itself, or the one SQLAlchemy was handling when it
+    raised another, e.g. PendingRollbackError on a connection the server closed)."""
+    from sqlalchemy.exc import DBAPIError
+
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, DBAPIError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _running(direct_url: str, current: str | None, *, upgrading: bool) -> str:
+    """The revision a failed run was in: the one after `current` on the way up, `current` on
+    the way down (the history is linear)."""
+    from alembic.script import ScriptDirectory
+
+    if not upgrading:
+        return str(current)
+    script = ScriptDirectory.from_config(_alembic(direct_url))
+    following = script.get_bases() if current is None else script.get_revision(current).nextrev
+    return ", ".join(sorted(following)) or str(current)
 
 
 def check(direct_url: str) -> str:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -620,3 +621,39 @@ def test_a_migration_moved_between_pooled_sessions_refuses_and_names_the_lock_le
     assert "transaction pooler" in message and "?pgbouncer=true" in message, message
     assert len(holders) == 1 and f"pg_terminate_backend({holders[0]})" in message, message
     assert recorded_revisions(url) == ["0019"]
+
+
+def test_a_migration_whose_session_is_terminated_says_where_it_stopped(
+    scratch_database: ScratchDatabase,
+) -> None:
+    """The server session ending mid-revision (a Neon compute restart, an admin's
+    pg_terminate_backend) during 0012's concurrent builds: the run names the revision it was
+    in and the lost connection, and the rerun cleans up (INVALID indexes rebuilt)."""
+    url = at_revision(scratch_database, "0011")
+    with psycopg.connect(url) as writer, ThreadPoolExecutor(1) as pool:
+        # An open writer on a partition: the build reaching it waits for the writer to end.
+        writer.execute("LOCK TABLE search_history IN ROW EXCLUSIVE MODE")
+        run = pool.submit(dbtools.migrate, url)
+        terminate_the_waiting_build(url)
+        with pytest.raises(CliError) as raised:
+            run.result(timeout=300)
+    message = str(raised.value)
+    assert "0012" in message and "connection" in message, message
+    assert "the database is at 0011" in message and "runs again" in message, message
+    assert "PendingRollbackError" not in message, message
+    assert dbtools.migrate(url) == f"migrated 0011 → {head_revision()}"
+    assert_every_index_valid(url)
+
+
+def terminate_the_waiting_build(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as watcher:
+        for _ in range(30000):
+            terminated = watcher.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'keyflash-migrate' "
+                "AND query ILIKE 'CREATE INDEX%%' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if terminated and terminated[0]:
+                return
+            time.sleep(0.01)  # polling a condition, not a guess at how long anything takes
+    pytest.fail("the migration never reached a waiting index build")
