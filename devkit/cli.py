@@ -555,7 +555,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
     session, database = _database_session(args, "db migrate", direct=True)
     with session:
-        print(dbtools.migrate(database.direct_url))
+        print(dbtools.migrate(database.direct_url, database.direct_origin))
     return 0
 
 
@@ -564,7 +564,9 @@ def _db_downgrade(args: argparse.Namespace) -> int:
 
     session, database = _database_session(args, "db downgrade", direct=True)
     with session:
-        print(dbtools.downgrade(database.direct_url, args.revision, args.yes))
+        print(
+            dbtools.downgrade(database.direct_url, args.revision, args.yes, database.direct_origin)
+        )
     return 0
 
 
@@ -573,7 +575,7 @@ def _db_check(args: argparse.Namespace) -> int:
 
     session, database = _database_session(args, "db check", direct=True)
     with session:
-        print(dbtools.check(database.direct_url))
+        print(dbtools.check(database.direct_url, database.direct_origin))
     return 0
 
 

@@ -53,10 +53,12 @@ class MigrationUrlError(RuntimeError):
 
 
 def migration_url() -> str:
-    """The config's `url`, else DIRECT_DATABASE_URL, else DATABASE_URL when it is not a pooler
-    host (read as the settings read them: DATABASE_URL_UNPOOLED is the direct URL too)."""
+    """The config's `url` (named by its `url_variable`), else DIRECT_DATABASE_URL, else
+    DATABASE_URL when it is not a pooler host (read as the settings read them:
+    DATABASE_URL_UNPOOLED is the direct URL too)."""
     override = context.config.attributes.get("url")
-    found = ("DIRECT_DATABASE_URL", override) if override else None
+    named = context.config.attributes.get("url_variable", "DIRECT_DATABASE_URL")
+    found = (named, override) if override else None
     found = found or read_variable("DIRECT_DATABASE_URL") or read_variable("DATABASE_URL")
     if not found:
         raise MigrationUrlError(

@@ -34,12 +34,14 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import RSAAlgorithm
+from psycopg.conninfo import conninfo_to_dict
 
 from devkit import cli, layout
 from devkit._host import free_port
 from devkit.console import CliError
 from devkit.crons import CronSyntaxError, Schedule
 from devkit.descriptors import load_serverless
+from devkit.pgbouncer import LocalPgBouncer
 from devkit.stack import clerk_webhook_env
 from devkit.tokens import (
     DEV_ISSUER,
@@ -771,6 +773,17 @@ def test_db_migrate_names_the_direct_url_it_migrates(
     label = next(line for line in result.stderr.splitlines() if "keyflash db migrate:" in line)
     assert label.endswith(f"{direct_database_url} (DIRECT_DATABASE_URL)"), label
     assert "keyflash_pooled" not in result.stdout + result.stderr
+
+
+def test_db_migrate_refusing_a_pooler_names_the_variable_it_came_from(
+    empty_state_dir: Path, direct_database_url: str, pgbouncer: LocalPgBouncer
+) -> None:
+    """Only DATABASE_URL set, flagged as a pooler: the refusal blames DATABASE_URL, and says
+    to set DIRECT_DATABASE_URL."""
+    pooled = pgbouncer.url(str(conninfo_to_dict(direct_database_url)["dbname"]))
+    result = keyflash("db", "migrate", state_dir=empty_state_dir, DATABASE_URL=pooled)
+    error = assert_one_line_failure(result, "DATABASE_URL points at a transaction pooler")
+    assert "DIRECT_DATABASE_URL points" not in error and "in DIRECT_DATABASE_URL" in error, error
 
 
 def test_db_restore_rejects_a_file_that_is_not_a_backup(empty_state_dir: Path) -> None:
