@@ -118,7 +118,7 @@ def run_migrations_online() -> None:
             raise CommandError(
                 "the migration went through, but its lock was no longer on this run's server "
                 f"session: a transaction pooler moved it between sessions ({POOLER_HINT}). "
-                f"The lock is {_holder(connection)}"
+                f"The lock is {_holder(connection, how_to_end=True)}"
             )
     engine.dispose()
 
@@ -131,7 +131,8 @@ def _lock(connection: Connection) -> None:
     Asked for again every LOCK_POLL seconds, outside any transaction, rather than waited for in
     `pg_advisory_lock`: a waiting statement holds a snapshot, and CREATE INDEX CONCURRENTLY in
     the run holding the lock waits for every older snapshot (a deadlock)."""
-    deadline = time.monotonic() + _lock_wait()
+    wait = _lock_wait()
+    deadline = time.monotonic() + wait
     waiting = False
     while True:
         taken, locker = connection.execute(
@@ -142,16 +143,16 @@ def _lock(connection: Connection) -> None:
             break
         if time.monotonic() >= deadline:
             raise CommandError(
-                f"another migration of this database did not finish within {_lock_wait():g} s "
-                f"({LOCK_WAIT_VARIABLE}): the lock is {_holder(connection)}. If no migration is "
-                "running, that session is stuck or a pooler kept it"
+                f"another migration of this database did not finish within {wait:g} s "
+                f"({LOCK_WAIT_VARIABLE}): the lock is {_holder(connection, how_to_end=True)}. "
+                "If no migration is running, that session is stuck or a pooler kept it"
             )
         if not waiting:
             # On stderr: Alembic's logger has only a NullHandler unless a logging config is
             # loaded, and an operator whose deploy seems to hang needs to see why.
             print(
                 f"another migration of this database is running ({_holder(connection)}): "
-                f"waiting for it, at most {_lock_wait():g} s ({LOCK_WAIT_VARIABLE})",
+                f"waiting for it, at most {wait:g} s ({LOCK_WAIT_VARIABLE})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -162,7 +163,7 @@ def _lock(connection: Connection) -> None:
         raise CommandError(
             f"the migration lock was taken by server session {locker}, and the run's next "
             f"transaction went to another: a transaction pooler sits in between ({POOLER_HINT}). "
-            f"The lock is {_holder(connection)}"
+            f"The lock is {_holder(connection, how_to_end=True)}"
         )
     connection.commit()
 
@@ -189,9 +190,9 @@ def _unlock(connection: Connection) -> bool:
     return bool(released)
 
 
-def _holder(connection: Connection) -> str:
-    """Who holds the migration lock (pid, application_name and state, from pg_stat_activity)
-    and how to end it."""
+def _holder(connection: Connection, *, how_to_end: bool = False) -> str:
+    """Who holds the migration lock: pid, application_name and state, from pg_stat_activity
+    (`how_to_end`: and the statement that ends that session, for a run giving up on it)."""
     row = connection.execute(
         text(
             "SELECT a.pid, a.application_name, a.state FROM pg_locks l "
@@ -206,10 +207,8 @@ def _holder(connection: Connection) -> str:
     if row is None:  # let go between the two questions
         return "held by a session that has just let go"
     pid, application, state = row
-    return (
-        f"held by pid {pid}, application_name {application or '(none)'!r}, {state}; "
-        f"SELECT pg_terminate_backend({pid}) ends that session"
-    )
+    held = f"held by pid {pid}, application_name {application or '(none)'!r}, {state}"
+    return f"{held}; SELECT pg_terminate_backend({pid}) ends that session" if how_to_end else held
 
 
 if context.is_offline_mode():
