@@ -243,12 +243,15 @@ class Settings:
     google_ads_login_customer_id: str | None = None
     google_ads_api_base_url: str = "https://googleads.googleapis.com"
     google_ads_token_url: str = "https://oauth2.googleapis.com/token"
-    # POST /api/keywords: the provider call ends by the invocation's end (Lambda's context,
-    # else KEYWORDS_MAX_DURATION_S from the request's start) minus PROVIDER_DEADLINE_MARGIN_S
-    # for the rest of the request. A reservation not confirmed within KEYWORD_RESERVATION_TTL_S
-    # (longer than any invocation) is given back by the reconcile_reservations cron.
+    # POST /api/keywords: the provider call ends by the database's give-up time for the
+    # invocation (its end, Lambda's context or else KEYWORDS_MAX_DURATION_S from the request's
+    # start, less `db.INVOCATION_MARGIN_S`) minus PROVIDER_DEADLINE_MARGIN_S, the time the
+    # record or the give-back after it needs (at least a second: at 0 the give-back after a
+    # provider cut at its deadline would be refused). A reservation not confirmed within
+    # KEYWORD_RESERVATION_TTL_S (longer than any invocation) is given back by the
+    # reconcile_reservations cron.
     keywords_max_duration_s: float = bounded(20.0, gt=0, le=900)
-    provider_deadline_margin_s: float = bounded(3.0, ge=0, le=60)
+    provider_deadline_margin_s: float = bounded(3.0, ge=1, le=60)
     keyword_reservation_ttl_s: int = bounded(300, ge=60, le=86_400)
 
     # Stripe (docs/original-app.md#post-apicheckout, #stripe-webhook-handling): webhook signing

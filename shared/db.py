@@ -212,11 +212,17 @@ def round_trips_by(give_up_at: float) -> Iterator[None]:
 INVOCATION_MARGIN_S = CONNECT_TIMEOUT_LEAST_S + 1.0
 
 
+def invocation_give_up_time(end: float) -> float:
+    """When the database work of an invocation ending at `end` (`time.monotonic()`) gives up:
+    `end` less INVOCATION_MARGIN_S."""
+    return end - INVOCATION_MARGIN_S
+
+
 def within_invocation(end: float) -> AbstractContextManager[None]:
-    """`round_trips_by` the invocation's `end` (`time.monotonic()`) less INVOCATION_MARGIN_S:
-    what an HTTP request (`shared.http.invocation`) and a cron run (`shared.cron.runner`) run
+    """`round_trips_by` the invocation's give-up time (`invocation_give_up_time`): what an
+    HTTP request (`shared.http.invocation`) and a cron run's work (`shared.cron.runner`) run
     under, so the platform never ends one mid round trip."""
-    return round_trips_by(end - INVOCATION_MARGIN_S)
+    return round_trips_by(invocation_give_up_time(end))
 
 
 class DatabaseUnavailableError(RuntimeError):

@@ -140,7 +140,6 @@ def _answer(
         query.keywords, options.location, options.language, options.match_type, provider.key
     )
     cached = None if mock_forced else _cached(key, query.keywords)
-    healthy: bool | None = None
     if cached is not None:
         data, name = cached
     else:
@@ -149,17 +148,19 @@ def _answer(
         except providers.ProviderError as error:
             raise ProviderFailed(error, provider.key) from None
         name = provider.name
-        if not mock_forced:
-            metadata: cache.Metadata = {
-                "cachedAt": iso_ms(utcnow()),
-                "ttl": cache.KEYWORD_TTL_SECONDS,
-                "provider": provider.name,
-            }
-            entry: cache.KeywordEntry = {"data": data, "metadata": metadata}
-            healthy = cache.set_json(key, entry)
 
     hit = cached is not None
+    healthy: bool | None = None
     _record(identity, query, options, provider.key, data, hit, origin, started, hold)
+    if not hit and not mock_forced:
+        # After the record: a slow cache spends no time the record's round trip needs.
+        metadata: cache.Metadata = {
+            "cachedAt": iso_ms(utcnow()),
+            "ttl": cache.KEYWORD_TTL_SECONDS,
+            "provider": provider.name,
+        }
+        entry: cache.KeywordEntry = {"data": data, "metadata": metadata}
+        healthy = cache.set_json(key, entry)
     return Result(data, hit, healthy, name, name == "Mock" or mock_forced)
 
 

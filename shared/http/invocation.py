@@ -36,10 +36,11 @@ def database_within_invocation(scope: Scope) -> Iterator[None]:
 
 
 def invocation_deadline(request: Request, fallback_s: float) -> float:
-    """When (`time.monotonic()`) a dependency must have answered: the invocation's end (Lambda's
-    context, else `fallback_s` from now) minus PROVIDER_DEADLINE_MARGIN_S, which the rest of the
-    request (the usage row, the response) needs."""
+    """When (`time.monotonic()`) a dependency must have answered: the database's give-up time
+    for the invocation (`db.invocation_give_up_time` of Lambda's end, else of `fallback_s` from
+    now) less PROVIDER_DEADLINE_MARGIN_S, the time the database work after the call (a record,
+    a give-back) needs before that give-up time refuses it."""
     end = invocation_end(request.scope)
     if end is None:
         end = time.monotonic() + fallback_s
-    return end - get_settings().provider_deadline_margin_s
+    return db.invocation_give_up_time(end) - get_settings().provider_deadline_margin_s

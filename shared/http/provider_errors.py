@@ -22,9 +22,8 @@ from shared.telemetry import log_event
 
 
 def provider_deadline(request: Request) -> float:
-    """When (`time.monotonic()`) the provider must have answered: the invocation's end (Lambda's
-    context, else KEYWORDS_MAX_DURATION_S from now) minus PROVIDER_DEADLINE_MARGIN_S, which
-    the rest of the request (recording, the response) needs."""
+    """When (`time.monotonic()`) the provider must have answered: `invocation_deadline`, the
+    invocation's end being KEYWORDS_MAX_DURATION_S from now where Lambda's context is absent."""
     return invocation_deadline(request, get_settings().keywords_max_duration_s)
 
 

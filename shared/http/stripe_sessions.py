@@ -67,9 +67,9 @@ RETRY_PAUSE_S = 0.5  # stripe-python's pause before its one retry (HTTPClient.IN
 # as long as an attempt of MIN_ATTEMPT_S still fits before the deadline; then it is 503.
 CONFLICT_WAIT_S = 1.0
 # Stripe's deadline: STRIPE_BUDGET_S from the first call to Stripe, and never past the
-# invocation's end less the margin for the usage row (`shared.http.invocation`): the checks
-# before Stripe (the rate limit, provisioning: database retries of up to 8 s) may have used
-# much of the function's 20 s. Each attempt fits in what is left: with the SDK's retry only
+# database's give-up time less the margin for the writes after it (`shared.http.invocation`):
+# the checks before Stripe (the rate limit, provisioning: database retries of up to 8 s) may
+# have used much of the function's 20 s. Each attempt fits in what is left: with the SDK's retry only
 # when both tries fit, else alone with a timeout cut to the time left; under MIN_ATTEMPT_S
 # left, Stripe is not asked and the answer is the 503.
 STRIPE_BUDGET_S = 14.0
@@ -323,8 +323,8 @@ def require(settings: Settings, **values: str | None) -> dict[str, str]:
 
 
 def stripe_deadline(request: Request) -> float:
-    """When (`time.monotonic()`) Stripe must have answered: STRIPE_BUDGET_S from now, or the
-    invocation's end less the usage row's margin when that comes first."""
+    """When (`time.monotonic()`) Stripe must have answered: STRIPE_BUDGET_S from now, or
+    `invocation_deadline` (room left for the database work after it) when that comes first."""
     # Without a Lambda context (Vercel, the dev stack) the budget alone decides.
     return min(invocation_deadline(request, math.inf), time.monotonic() + STRIPE_BUDGET_S)
 

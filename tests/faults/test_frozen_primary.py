@@ -193,9 +193,9 @@ def test_a_search_whose_provider_ran_long_then_met_a_frozen_primary_answers_503_
     """The provider answers just before its deadline, and the primary freezes meanwhile: the
     search's record statement may wait only what is left of the invocation (Lambda's context),
     not its own 17 s, so the request answers the 503 envelope with Retry-After and CORS, not
-    the platform's bare 500 after the function's timeout (shortened here to 8 s)."""
+    the platform's bare 500 after the function's timeout (shortened here to 11 s)."""
     for name, value in {
-        "KEYFLASH_TIMEOUT_S": "8",
+        "KEYFLASH_TIMEOUT_S": "11",
         "KEYWORD_API_PROVIDER": "dataforseo",
         "DATAFORSEO_API_LOGIN": "login",
         "DATAFORSEO_API_PASSWORD": "secret-password",
@@ -211,7 +211,7 @@ def test_a_search_whose_provider_ran_long_then_met_a_frozen_primary_answers_503_
 
         def slow_provider(request: httpx.Request) -> httpx.Response:
             frozen.enter_context(fault_app.servers.postgres.frozen())
-            time.sleep(4.0)  # the provider's own slowness: most of its 5 s deadline (8 - 3)
+            time.sleep(4.0)  # the provider's own slowness: most of its 5 s deadline (11 - 3 - 3)
             return httpx.Response(200, json=answer)
 
         upstream.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
