@@ -69,9 +69,9 @@ CONFLICT_WAIT_S = 1.0
 # Stripe's deadline: STRIPE_BUDGET_S from the first call to Stripe, and never past the
 # database's give-up time less the margin for the writes after it (`shared.http.invocation`):
 # the checks before Stripe (the rate limit, provisioning: database retries of up to 8 s) may
-# have used much of the function's 20 s. Each attempt fits in what is left: with the SDK's retry only
-# when both tries fit, else alone with a timeout cut to the time left; under MIN_ATTEMPT_S
-# left, Stripe is not asked and the answer is the 503.
+# have used much of the function's 20 s. Each attempt fits in what is left: with the SDK's
+# retry only when both tries fit, else alone with a timeout cut to the time left; under
+# MIN_ATTEMPT_S left, Stripe is not asked and the answer is the 503.
 STRIPE_BUDGET_S = 14.0
 MIN_ATTEMPT_S = 1.0
 CHECKOUT_OPERATION = "checkout.sessions.create"
