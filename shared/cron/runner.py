@@ -7,9 +7,11 @@ it back afterwards with the state, and logs and returns the summary.
 
 The budget is the platform's: Lambda's `context.get_remaining_time_in_millis()`, else
 `CRON_MAX_DURATION_S` from the start of the run (Vercel, the CLI). A batch starts only while
-more than `CRON_TIME_MARGIN_MS` is left, so the margin must exceed the longest batch; whatever
-the margin, the run's database round trips give up before its limit (`db.within_invocation`),
-so a batch on a database that stopped answering fails the run rather than outliving it. The
+more than `CRON_TIME_MARGIN_MS` and the database's margin (`db.INVOCATION_MARGIN_S`) are left,
+so a batch no longer than CRON_TIME_MARGIN_MS leaves the lease's release its time; whatever the
+margin, the run's database round trips give up before its limit (`db.within_invocation`), so a
+batch on a database that stopped answering fails the run rather than outliving it. A run with
+less time than the database's margin does nothing and reports it. The
 lease lasts until the invocation's own limit: a run killed mid-way blocks the next one no longer.
 """
 
@@ -53,14 +55,16 @@ class Budget:
 
     @classmethod
     def for_invocation(cls, context: object | None, settings: Settings) -> Budget:
-        """Lambda's remaining time when the context has it, else CRON_MAX_DURATION_S from now."""
+        """Lambda's remaining time when the context has it, else CRON_MAX_DURATION_S from now.
+        The margin is CRON_TIME_MARGIN_MS plus the database's (`db.INVOCATION_MARGIN_S`): a
+        batch no longer than CRON_TIME_MARGIN_MS ends before the run's database gives up, so
+        the release after it (with the run's state) still runs."""
+        margin_ms = settings.cron_time_margin_ms + db.INVOCATION_MARGIN_S * 1000
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         if callable(remaining):
-            return cls(lambda: float(remaining()), settings.cron_time_margin_ms)
+            return cls(lambda: float(remaining()), margin_ms)
         deadline = time.monotonic() + settings.cron_max_duration_s
-        return cls(
-            lambda: max(0.0, (deadline - time.monotonic()) * 1000), settings.cron_time_margin_ms
-        )
+        return cls(lambda: max(0.0, (deadline - time.monotonic()) * 1000), margin_ms)
 
     def remaining_ms(self) -> float:
         return self._remaining_ms()
@@ -168,6 +172,14 @@ def run_job(
     remaining_s = budget.remaining_ms() / 1000
     # The lease outlives this invocation's hard limit by a second at most.
     ttl = math.ceil(remaining_s) + 1
+    if remaining_s <= db.INVOCATION_MARGIN_S:
+        # Too little time for any database work (`db.within_invocation` would refuse it): the
+        # run does nothing and says so, as one out of time does.
+        run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
+        run.complete = False
+        summary = run.summary(started)
+        log_event("cron_job", level=logging.WARNING, **summary)
+        return summary
     # Its database work ends before this invocation does, whatever batch is under way.
     with db.within_invocation(time.monotonic() + remaining_s):
         lease = _acquire(job.name, holder, ttl)

@@ -205,13 +205,39 @@ def test_a_tiny_budget_stops_before_any_batch_and_the_next_run_finishes(
     assert run_job(job)["complete"] is True
 
 
-def test_an_invocation_too_short_for_its_database_work_starts_none(db_env: str) -> None:
+def test_an_invocation_too_short_for_its_database_work_starts_none(
+    db_env: str, admin_conn: psycopg.Connection[Any]
+) -> None:
     """With less time than a round trip may overrun (`db.INVOCATION_MARGIN_S`), not even the
-    lease is asked for: the platform would end the run mid round trip."""
-    job, calls = recording_job(batches=5)
-    with pytest.raises(DatabaseUnavailableError):
-        run_job(job, context=events.lambda_context(timeout_ms=1))
+    lease is asked for (the platform would end the run mid round trip): the run reports that
+    it did nothing, as one out of time does, rather than failing."""
+    job, calls = recording_job(name="too_short", batches=5)
+    summary = run_job(job, context=events.lambda_context(timeout_ms=1))
+    assert (summary["processed"], summary["batches"], summary["complete"]) == (0, 0, False)
     assert calls == []  # the job never ran
+    assert lease_row(admin_conn, job.name) is None
+
+
+def test_the_last_batch_leaves_the_release_its_time_and_the_state_is_kept(
+    db_env: str, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Reviewer: a batch may start with just over CRON_TIME_MARGIN_MS left and end inside the
+    database's margin, where the release (and the run's state) was refused at once. A batch
+    starts only with the margin and the database's left, so one no longer than the margin
+    ends with time for the release."""
+    configure(monkeypatch, CRON_TIME_MARGIN_MS=1000)
+
+    def work(run: Run) -> None:
+        while run.has_time():
+            with run.batch():
+                db.run(lambda conn: conn.session.execute(text("SELECT pg_sleep(0.3)")))
+                run.processed += 1
+                run.state["done"] = run.processed
+
+    summary = run_job(Job("last_batch", work), context=events.lambda_context(timeout_ms=4500))
+    assert summary["processed"] >= 1 and summary["complete"] is False
+    holder, _, state, _ = lease_row(admin_conn, "last_batch") or ()
+    assert holder is None and state == {"done": summary["processed"]}
 
 
 def test_the_margin_and_the_default_duration_come_from_settings(
@@ -221,13 +247,14 @@ def test_the_margin_and_the_default_duration_come_from_settings(
 
     configure(monkeypatch, CRON_TIME_MARGIN_MS=5000, CRON_MAX_DURATION_S=4)
     no_context = runner.Budget.for_invocation(None, get_settings())
+    # A batch also leaves the database's margin (3 s) for the release after it.
     assert 3000 < no_context.remaining_ms() <= 4000 and not no_context.allows_batch()
     lambda_budget = runner.Budget.for_invocation(
-        events.lambda_context(timeout_ms=6000), get_settings()
+        events.lambda_context(timeout_ms=8500), get_settings()
     )
     assert lambda_budget.allows_batch()
     assert not runner.Budget.for_invocation(
-        events.lambda_context(timeout_ms=4999), get_settings()
+        events.lambda_context(timeout_ms=7999), get_settings()
     ).allows_batch()
 
 
