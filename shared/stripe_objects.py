@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeAlias
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from shared.storable_text import first_unstorable
 
@@ -169,11 +169,17 @@ class StripeEvent:
 # --- Stripe objects, as far as billing reads them -------------------------------------------
 
 
+# Stripe documents its ids as at most 255 characters; they are never blank and hold no
+# whitespace or control characters. Anything else is mistyped: refused here, not by
+# PostgreSQL's unique index (a btree entry over ~2,700 bytes: `ProgramLimitExceeded`).
+StripeId = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,255}$")]
+
+
 def _ref(value: Any) -> Any:
     return value.get("id") if isinstance(value, dict) else value
 
 
-Ref = Annotated[str | None, BeforeValidator(_ref)]
+Ref = Annotated[StripeId | None, BeforeValidator(_ref)]
 Metadata = Annotated[dict[str, Any], BeforeValidator(lambda value: value or {})]
 
 
@@ -182,7 +188,7 @@ class StripeModel(BaseModel):
 
 
 class Price(StripeModel):
-    id: str | None = None
+    id: StripeId | None = None
     nickname: str | None = None
     lookup_key: str | None = None
 
@@ -197,7 +203,7 @@ class Items(StripeModel):
 
 
 class Subscription(StripeModel):
-    id: str
+    id: StripeId
     customer: Ref = None
     status: str
     created: UnixTime | None = None
@@ -234,7 +240,7 @@ class CustomerDetails(StripeModel):
 
 
 class CheckoutSession(StripeModel):
-    id: str
+    id: StripeId
     created: UnixTime | None = None
     mode: str | None = None
     customer: Ref = None
@@ -283,11 +289,11 @@ class Lines(StripeModel):
 
 
 class Customer(StripeModel):
-    id: str
+    id: StripeId
 
 
 class Invoice(StripeModel):
-    id: str
+    id: StripeId
     customer: Ref = None
     subscription: Ref = None
     subscription_details: SubscriptionDetails | None = None

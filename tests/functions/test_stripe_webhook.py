@@ -1573,6 +1573,64 @@ def test_an_invoice_period_out_of_range_is_recorded_as_invalid(lambda_call: Call
     )
 
 
+LONG_ID = "cus_" + "x" * 3000  # past a btree entry's limit, had it reached the unique index
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj", "field"),
+    [
+        ("checkout.session.completed", lambda: checkout(customer=LONG_ID), "customer"),
+        ("checkout.session.completed", lambda: checkout(sub_id=LONG_ID), "subscription"),
+        ("checkout.session.completed", lambda: checkout(customer="cus 1"), "customer"),
+        ("checkout.session.completed", lambda: checkout(customer=""), "customer"),
+        ("customer.subscription.updated", lambda: subscription("active", sub_id=LONG_ID), "id"),
+        (
+            "customer.subscription.created",
+            lambda: subscription("active", customer={"id": LONG_ID}, clerk_user_id="user_a"),
+            "customer",
+        ),
+        ("invoice.paid", lambda: invoice(customer=LONG_ID), "customer"),
+        (
+            "invoice.paid",
+            lambda: invoice(sub_id=LONG_ID),
+            "parent.subscription_details.subscription",
+        ),
+        ("invoice.paid", lambda: invoice(sub_id=LONG_ID, basil=False), "subscription"),
+        ("customer.deleted", lambda: deleted_customer(LONG_ID), "id"),
+    ],
+    ids=[
+        "checkout-customer",
+        "checkout-subscription",
+        "checkout-customer-with-space",
+        "checkout-customer-empty",
+        "subscription-id",
+        "subscription-expanded-customer",
+        "invoice-customer",
+        "invoice-parent-subscription",
+        "invoice-legacy-subscription",
+        "customer-deleted-id",
+    ],
+)
+def test_an_id_stripe_never_issues_is_recorded_as_invalid(
+    lambda_call: Caller, kind: str, obj: Callable[[], dict[str, Any]], field: str
+) -> None:
+    """Stripe's ids are at most 255 characters with no spaces or control characters: a longer
+    one is mistyped, named in the ledger before it reaches a unique index (where PostgreSQL
+    would refuse it as `ProgramLimitExceeded`), and nothing is applied."""
+    make_pro()
+    event = stripe_event(kind, obj())
+    result = deliver(lambda_call, event)
+    assert (result.status, result.json["message"]) == (500, GENERIC_500)
+    row = ledger(event["id"])
+    assert row is not None and row.error == f"InvalidEventError: {kind} lacks or mistypes: {field}"
+    kept = user()
+    assert (kept.tier, kept.stripe_customer_id, kept.stripe_subscription_id) == (
+        UserTier.PRO,
+        "cus_1",
+        "sub_1",
+    )
+
+
 # --- the cron's entry point -----------------------------------------------------------------
 
 
