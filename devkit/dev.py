@@ -314,11 +314,20 @@ def _restart_postgres(database: Database, data_dir: Path, attempt: int) -> None:
     info("keyflash: PostgreSQL is back; requests in flight during the outage may have failed")
 
 
+class _UtcFormatter(logging.Formatter):
+    """Lines stamped as the JSON logs' `ts` is (`2026-03-08T12:00:00.000Z`): UTC, like the
+    banner's schedules, whatever TZ the shell has."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.created * 1000) % 1000:03d}Z"
+
+
 def _configure_logging(verbose: bool) -> None:
     """Our request and cron lines on stdout; the core's JSON telemetry only with --verbose
     (its per-query INFO lines would drown the request log), warnings always."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(_UtcFormatter("%(asctime)s %(message)s"))
     root = logging.getLogger("keyflash")
     root.handlers[:] = [handler]
     root.propagate = False

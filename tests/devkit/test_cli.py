@@ -1672,3 +1672,24 @@ def test_upstash_probe_warns_unless_the_url_answers_ping_with_pong(
     assert "not Upstash's JSON" in warnings["not Upstash"]
     assert all(text.count("\n") <= 1 for text in warnings.values())
     assert "wrong-token" not in warnings["wrong token"]
+
+
+def test_dev_request_and_cron_lines_are_stamped_in_utc_whatever_tz() -> None:
+    """The banner's schedules say UTC, and so do the lines (the JSON logs' `ts` form): under
+    TZ=America/New_York, noon UTC is stamped 12:00:00.000Z, not the local 08:00:00."""
+    script = (
+        "import logging; from devkit import dev; dev._configure_logging(False)\n"
+        "record = logging.LogRecord('keyflash.cron', logging.INFO, '', 0, 'cron x', None, None)\n"
+        "record.created = 1772971200.0  # 2026-03-08T12:00:00Z, after that day's US DST change\n"
+        "print(logging.getLogger('keyflash').handlers[0].format(record))"
+    )
+    env = {**os.environ, "TZ": "America/New_York"}
+    printed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=layout.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout == "2026-03-08T12:00:00.000Z cron x\n"
