@@ -150,18 +150,27 @@ def _answer(
         name = provider.name
 
     hit = cached is not None
-    healthy: bool | None = None
-    _record(identity, query, options, provider.key, data, hit, origin, started, hold)
-    if not hit and not mock_forced:
-        # After the record: a slow cache spends no time the record's round trip needs.
-        metadata: cache.Metadata = {
-            "cachedAt": iso_ms(utcnow()),
-            "ttl": cache.KEYWORD_TTL_SECONDS,
-            "provider": provider.name,
-        }
-        entry: cache.KeywordEntry = {"data": data, "metadata": metadata}
-        healthy = cache.set_json(key, entry)
+    fresh = not hit and not mock_forced
+    try:
+        _record(identity, query, options, provider.key, data, hit, origin, started, hold)
+    except Exception:
+        if fresh:  # the provider's answer was paid for: the client's retry finds it cached
+            _store(key, data, provider.name)
+        raise
+    # After the record: a slow cache spends no time the record's round trip needs.
+    healthy = _store(key, data, provider.name) if fresh else None
     return Result(data, hit, healthy, name, name == "Mock" or mock_forced)
+
+
+def _store(key: str, data: list[providers.KeywordData], provider_name: str) -> bool:
+    """Cache a provider's answer; False when it could not be stored (best effort)."""
+    metadata: cache.Metadata = {
+        "cachedAt": iso_ms(utcnow()),
+        "ttl": cache.KEYWORD_TTL_SECONDS,
+        "provider": provider_name,
+    }
+    entry: cache.KeywordEntry = {"data": data, "metadata": metadata}
+    return cache.set_json(key, entry)
 
 
 def _cached(key: str, keywords: list[str]) -> tuple[list[providers.KeywordData], str] | None:

@@ -1028,3 +1028,38 @@ def test_an_account_rejection_shows_health_our_words_not_the_upstreams(
     assert health["error"] == "Provider not properly configured - the provider rejected the account"
     assert "40100" in health["details"]["configError"]
     assert "SECRET-UPSTREAM-TEXT" not in json.dumps(health) and "<script>" not in json.dumps(health)
+
+
+def test_a_provider_answer_whose_record_is_refused_is_cached_for_the_retry(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The provider's answer was paid for: when its record fails (the keywords given back, a
+    503), the client's retry is a cache hit, not a second paid call (reviewer B, session 50)."""
+    use_dataforseo(monkeypatch)
+    who, body = user_id(), {**BODY, "keywords": fresh_keywords()}
+    trigger = f"refuse_{who}"
+    admin_conn.execute(
+        f"""CREATE FUNCTION "{trigger}"() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW."userId" = '{who}' THEN
+            RAISE EXCEPTION 'disk full' USING ERRCODE = '53100';
+          END IF;
+          RETURN NEW;
+        END $$"""
+    )
+    admin_conn.execute(
+        f'CREATE TRIGGER "{trigger}" BEFORE INSERT ON search_history '
+        f'FOR EACH ROW EXECUTE FUNCTION "{trigger}"()'
+    )
+    try:
+        with dataforseo_upstream() as mock:
+            route = mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answer_for)
+            refused = search(call, who, body)
+            admin_conn.execute(f'DROP TRIGGER "{trigger}" ON search_history')
+            served = search(call, who, body)
+    finally:
+        admin_conn.execute(f'DROP TRIGGER IF EXISTS "{trigger}" ON search_history')
+        admin_conn.execute(f'DROP FUNCTION IF EXISTS "{trigger}"()')
+    assert refused.status == 503
+    assert served.status == 200 and served.json["cached"] is True and route.call_count == 1
+    assert counters(admin_conn, who) == (2, 2)  # only the served search counts
