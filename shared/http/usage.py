@@ -193,9 +193,13 @@ def _send_on_checkin(dbapi_conn: DBAPIConnection | None, record: ConnectionPoolE
 def _confirm_on_checkout(
     dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
 ) -> None:
-    # None sent (a failed send): nothing to wait for, only what has arrived to read.
-    answer_by = record.info.pop(_ANSWER_BY, 0.0)
-    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, answer_by - time.monotonic()):
+    # None sent (a failed send): nothing to wait for, only what has arrived to read. Sent: until
+    # its grace from the send, but never less than ANSWER_GRACE_S from now (an INSERT the server
+    # was slow with, e.g. on a lock, still gets the wait it had before the grace counted from the
+    # send).
+    answer_by = record.info.pop(_ANSWER_BY, None)
+    wait = 0.0 if answer_by is None else max(answer_by - time.monotonic(), ANSWER_GRACE_S)
+    if _IN_FLIGHT in record.info and not _confirm(dbapi_conn, record, wait):
         raise DisconnectionError("connection lost with an api_usage row in flight")
     if _on_response_path.get():
         _ping_if_idle(dbapi_conn, record)
