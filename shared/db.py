@@ -374,18 +374,21 @@ def build_engine(
     if not target.is_pooler:
         # A direct connection takes session settings as startup options; a pooler would refuse.
         connect_args["options"] = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    primary = url is None
     engine = create_engine(
         make_url(target.sqlalchemy_url).set(drivername=f"postgresql+{db_dialect.NAME}"),
         connect_args=connect_args,
         isolation_level="AUTOCOMMIT",
-        poolclass=BoundedQueuePool,
+        # The primary's callers count the wait for a pooled connection in their budget; a read
+        # URL's freshness check has a budget of its own from when its connection is ready
+        # (`shared.replicas`), so its wait is the pool's own timeout.
+        poolclass=BoundedQueuePool if primary else QueuePool,
         pool_size=settings.db_pool_size,
         max_overflow=0,
         pool_timeout=settings.db_retry_budget_s,
         pool_pre_ping=False,
         pool_use_lifo=True,
     )
-    primary = url is None
     _install_connect_bound(
         engine, longest_round_trip_s, least_wait_s=CONNECT_TIMEOUT_LEAST_S if primary else 0.0
     )
