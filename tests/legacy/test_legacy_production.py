@@ -29,6 +29,7 @@ from shared.clock import iso_ms, next_month_start, utcnow
 from shared.legacy import keys
 from shared.legacy.mapping import counter_ttl
 from shared.legacy.schemas import parse_saved_search, parse_user
+from tests.support.breaker_clock import BreakerClock
 from tests.support.http import Caller, Keys
 from tests.support.legacy import (
     LegacyDataset,
@@ -823,11 +824,13 @@ def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
     direct_database_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    breaker_clock: BreakerClock,
 ) -> None:
     """A real redis-server is SIGKILLed after Postgres committed a create and before its copy
     reached Redis. Every request still succeeds (the SDK's pipeline raises AttributeError on
-    the emulator's error page: a Redis failure like any other); once Redis is back (empty, as
-    after a crash without persistence), the repair job makes it whole again."""
+    the emulator's error page: a Redis failure like any other; after three, the container's
+    breaker sends none); once Redis is back (empty, as after a crash without persistence) and
+    the breaker's pause is over, the repair job makes it whole again."""
     from shared.legacy import bridge, store
 
     with LocalRedis(tmp_path / "redis") as local, UpstashEmulator(local.url) as up:
@@ -861,11 +864,14 @@ def test_redis_killed_mid_write_loses_nothing_and_never_answers_500(
 
         pending = sql(direct_database_url, "SELECT key, error FROM legacy_repairs ORDER BY key")
         assert {key for key, _ in pending} == {keys.saved_search(uid, s) for s in created[2:]}
-        assert {error for _, error in pending} == {"redis: AttributeError"}
+        errors = dict(pending)
+        assert errors[keys.saved_search(uid, created[2])] == "redis: AttributeError"
+        assert set(errors.values()) <= {"redis: AttributeError", "redis: UpstashCircuitOpenError"}
         owed = sql(direct_database_url, "SELECT sum(delta) FROM legacy_counter_deltas")
         assert owed == [(2 * 4,)]  # the four searches after the kill (the third's came after)
 
         local.start()  # same port, empty: the emulator reconnects
+        breaker_clock.end_pause()
         summary = bridge.repair_pending()
         assert (summary.failed, summary.remaining) == (0, 0)
         index = bridge._client().smembers(keys.saved_searches(uid))
