@@ -153,12 +153,10 @@ def _answer(
     fresh = not hit and not mock_forced
     try:
         _record(identity, query, options, provider.key, data, hit, origin, started, hold)
-    except Exception:
-        if fresh:  # the provider's answer was paid for: the client's retry finds it cached
-            _store(key, data, provider.name)
-        raise
-    # After the record: a slow cache spends no time the record's round trip needs.
-    healthy = _store(key, data, provider.name) if fresh else None
+    finally:
+        # After the record: a slow cache spends no time the record's round trip needs. Cached
+        # even when the record failed: the answer was paid for, the client's retry finds it.
+        healthy = _store(key, data, provider.name) if fresh else None
     return Result(data, hit, healthy, name, name == "Mock" or mock_forced)
 
 
