@@ -41,7 +41,8 @@ Why it looks like this:
 - Connection-level failures are retried with backoff within `DB_RETRY_BUDGET_S`, but only where a
   retry cannot apply a write twice: failures while connecting; anything before `COMMIT` in a
   transaction (the server rolls back a transaction whose connection dies); statements declared
-  idempotent; and errors where the server says it ended the session before running the statement.
+  idempotent; and errors where the server says it ended the session before running the statement
+  (in `run` work, only while none of its statements has committed).
   A transaction the server aborted to break a deadlock (or a serialization failure) is retried
   the same way: it was rolled back whole, and PostgreSQL's advice for both is to run it again.
 - The primary refusing writes for now (read-only, 25006; insufficient resources, class 53, such
@@ -154,6 +155,20 @@ IDLE_SINCE = "idle_since"
 # A pooled connection's `info`: the shortest round trip seen on it (its connect, each statement),
 # in seconds; an upper bound on the network's, close to it once a short statement has run.
 SHORTEST_ROUND_TRIP = "shortest_round_trip_s"
+# A pooled connection's `info` while `run` work is on it: that work's `Answers`.
+WORK_ANSWERS = "work_answers"
+
+
+class Answers:
+    """How many statements of one `run` work the server answered. Each one answered has
+    committed (autocommit), so after the first a failed statement cannot be retried: the work
+    would run again over what it already applied. Held by `_execute`, not only by the
+    connection's `info`, which SQLAlchemy clears when the connection is invalidated."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 class BoundedConnection(psycopg.Connection[Any]):
@@ -530,8 +545,12 @@ def _install_statement_timer(engine: Engine, slow_query_ms: int) -> None:
 
     @event.listens_for(engine, "after_cursor_execute")
     def _finish(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
-        elapsed_s = time.perf_counter() - conn.info.pop("query_started")
-        _saw_round_trip(conn.info, elapsed_s)
+        info = conn.info
+        elapsed_s = time.perf_counter() - info.pop("query_started")
+        _saw_round_trip(info, elapsed_s)
+        answers = info.get(WORK_ANSWERS)
+        if answers is not None:
+            answers.count += 1
         if 0 < slow_query_ms < elapsed_s * 1000:
             # Neon's pg_stat_statements resets whenever the compute suspends: log it here.
             log_event(
@@ -855,6 +874,7 @@ def _execute(
     while True:
         attempt += 1
         stage = "connect"
+        answers = Answers()
         try:
             # Checkout (and connect) before anything is sent. Hot statements run on this
             # connection directly (`execute_hot`); an ORM session, if `work` asks for one, is
@@ -864,7 +884,12 @@ def _execute(
                 try:
                     stage = "work"
                     if not atomic:
-                        result = work(conn)
+                        info = connection.info  # kept: an invalidated connection has none
+                        info[WORK_ANSWERS] = answers
+                        try:
+                            result = work(conn)
+                        finally:
+                            info.pop(WORK_ANSWERS, None)
                         if tracked is not None and not idempotent:
                             stage = "position"
                             tracked.written = _position(connection, _POSITION)
@@ -931,7 +956,8 @@ def _execute(
                 stage == "connect"
                 or (atomic and stage == "work")
                 or (idempotent and stage == "work")
-                or (stage == "work" and _server_ended_session(error))
+                # Not after a statement of `run` work committed: running it again repeats that.
+                or (stage == "work" and _server_ended_session(error) and answers.count == 0)
             )
             message = failure_reason(error.orig) if error.orig else ""
             now = time.monotonic()

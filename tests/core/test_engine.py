@@ -159,6 +159,44 @@ def test_idle_connection_is_checked_and_replaced_before_a_write(
     assert not json_events(caplog, "db_retry")
 
 
+# Direct lane only: behind PgBouncer a killed server connection is PgBouncer's to replace.
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_run_work_is_retried_when_the_server_ended_its_session_before_its_first_statement(
+    app_name: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reconfigure(monkeypatch, DB_IDLE_CHECK_S="3600")  # no ping: the write meets the ended session
+    db.run(lambda conn: users.create(conn, "ended", "ended@example.com"))
+    terminate(admin_conn, app_name)
+    usage = db.run(lambda conn: users.increment_usage(conn, "ended", 1))  # not idempotent
+    assert usage.this_month == 1
+
+
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_run_work_is_not_run_again_after_one_of_its_statements_committed(
+    app_name: str, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` commits each statement: the server ending the session before the second statement
+    must not run the first again (it would count the usage twice)."""
+    reconfigure(monkeypatch, DB_IDLE_CHECK_S="3600")
+    db.run(lambda conn: users.create(conn, "twice", "twice@example.com"))
+    attempts: list[int] = []
+
+    def work(conn: db.Conn) -> None:
+        attempts.append(1)
+        users.increment_usage(conn, "twice", 1)
+        terminate(admin_conn, app_name)
+        conn.connection.execute(text("SELECT 1"))  # the server ended this session: 57P01
+
+    with pytest.raises(db.DatabaseUnavailableError) as raised:
+        db.run(work)
+    assert raised.value.outcome_unknown
+    assert attempts == [1]
+    row = admin_conn.execute(
+        'SELECT "keywordSearchesThisMonth" FROM users WHERE id = %s', ("twice",)
+    ).fetchone()
+    assert row == (1,)
+
+
 def test_transaction_is_retried_whole_when_its_connection_dies_before_commit(
     admin_conn: psycopg.Connection[Any],
 ) -> None:
