@@ -488,6 +488,12 @@ def create_app(backend: RedisBackend, token: str) -> Starlette:
     )
 
 
+# How long the emulator keeps an idle connection open: longer than any client keeps one (httpx's
+# pool, the SDK's, 5 s). uvicorn's own default is that same 5 s, so a call sent just as the
+# server closed the connection failed ("Server disconnected") and counted as an Upstash outage.
+KEEP_ALIVE_S = 75
+
+
 class UpstashEmulator(Service):
     """The emulator served by uvicorn on a background thread: `with UpstashEmulator() as up:`.
 
@@ -564,6 +570,7 @@ class UpstashEmulator(Service):
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
@@ -620,7 +627,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     try:
-        uvicorn.run(create_app(backend, token), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            create_app(backend, token),
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     finally:
         backend.close()
 

@@ -784,3 +784,13 @@ def test_command_line() -> None:
         output, _ = process.communicate(timeout=10)
     assert f"UPSTASH_REDIS_REST_URL=http://127.0.0.1:{port}" in output.decode()
     assert "UPSTASH_REDIS_REST_TOKEN=cli" in output.decode()
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(emulator: UpstashEmulator) -> None:
+    """A server closing idle connections when the client's pool still reuses them fails a call
+    sent in that moment ("Server disconnected"): the emulator keeps them longer than httpx's
+    pool (the SDK's) keeps them."""
+    assert emulator._server is not None
+    client_keeps_s = httpx.Limits().keepalive_expiry
+    assert client_keeps_s is not None
+    assert emulator._server.config.timeout_keep_alive > 2 * client_keeps_s
