@@ -256,7 +256,8 @@ class Csrf:
             return "Invalid request origin"
         cookie = cookie_parser(headers.get("cookie", "")).get(CSRF_COOKIE)
         token = headers.get(CSRF_HEADER, "")
-        if not cookie or not token or not hmac.compare_digest(cookie, token):
+        # As bytes: compare_digest refuses str beyond ASCII, which a client may send.
+        if not cookie or not token or not hmac.compare_digest(cookie.encode(), token.encode()):
             return "CSRF token validation failed"
         return None
 
