@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, model_validator
 
 from shared.clock import iso_ms
-from shared.contracts.validation import StoredText, fail
+from shared.contracts.validation import StoredText, fail, js_integer
 from shared.http.pages import PAGE_BUDGET_BYTES
 from shared.http.responses import compact, render_json
 from shared.models.feature_flags import FeatureFlag
@@ -60,9 +60,10 @@ def _enabled(value: Any) -> bool:
 
 
 def _percent(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+    percent = js_integer(value)
+    if percent is None or not 0 <= percent <= 100:
         raise fail("flag_percent", "rolloutPercent must be an integer from 0 to 100")
-    return value
+    return percent
 
 
 def _users(value: Any) -> tuple[str, ...]:

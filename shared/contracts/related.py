@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, StrictInt
+from pydantic import AfterValidator, Field
 
 from shared.contracts.keywords import (
     KEYWORD_CHARS,
@@ -21,7 +21,7 @@ from shared.contracts.keywords import (
     OptionalLocation,
     checked_keyword,
 )
-from shared.contracts.validation import NoLoneSurrogates, fail, js_length, js_trim
+from shared.contracts.validation import NoLoneSurrogates, WholeNumber, fail, js_length, js_trim
 
 _LOCATION_MESSAGE = "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
 
@@ -46,7 +46,9 @@ class RelatedKeywordsRequest(NoLoneSurrogates):
     keyword: Annotated[str, AfterValidator(_seed)]
     location: OptionalLocation = None
     language: OptionalLanguage = None
-    limit: Annotated[StrictInt | None, AfterValidator(_limit)] = None
+    limit: Annotated[
+        Annotated[int, Field(strict=True), WholeNumber] | None, AfterValidator(_limit)
+    ] = None
 
 
 def _brief_keyword(value: str) -> str:

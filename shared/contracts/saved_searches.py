@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticKnownError
 
 from shared.clock import iso_ms
-from shared.contracts.validation import StoredText, bounded_text, fail, js_trim
+from shared.contracts.validation import StoredText, WholeNumber, bounded_text, fail, js_trim
 from shared.http.responses import compact
 from shared.models.saved_searches import SavedSearch
 from shared.repositories.saved_searches import NewSavedSearch
@@ -99,8 +99,8 @@ Score = Annotated[
 
 
 class Trend(BaseModel):
-    month: Annotated[int, Field(ge=1, le=12, strict=True)]
-    year: Annotated[int, Field(ge=2000, le=2100, strict=True)]
+    month: Annotated[int, Field(ge=1, le=12, strict=True), WholeNumber]
+    year: Annotated[int, Field(ge=2000, le=2100, strict=True), WholeNumber]
     volume: Amount | None  # null: the month has no figure
 
 
@@ -116,7 +116,7 @@ class KeywordResult(BaseModel):
     intent: Literal["informational", "commercial", "transactional", "navigational"] | None
     trends: list[Trend] | None = None
     noData: StrictBool | None = None
-    relevance: Annotated[int, Field(ge=0, le=100, strict=True)] | None = None
+    relevance: Annotated[int, Field(ge=0, le=100, strict=True), WholeNumber] | None = None
 
     @field_validator("keyword")
     @classmethod

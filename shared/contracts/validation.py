@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, BeforeValidator, model_validator
 from pydantic_core import PydanticCustomError
 
 from shared.storable_text import LONE_SURROGATE, unstorable_kind
@@ -33,6 +33,29 @@ def js_length(value: str) -> int:
     counts 2, and a lone surrogate (JS strings may hold one) counts 1. The original's length
     rules, and the records it reads back, use this unit."""
     return len(value.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def js_integer(value: object) -> int | None:
+    """`value` as the integer JSON sent, else None. JS has one number type: `50.0` and `5e1` are
+    the integer 50 to the original (zod's `.int()`), and Python's `json.dumps(50.0)` sends them.
+    A boolean, a string, a fraction or a number too large for a float (inf) is no integer."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _whole_number(value: object) -> object:
+    whole = js_integer(value)
+    return value if whole is None else whole
+
+
+# After an integer field's `Field(strict=True, …)`: an integral float is that integer, nothing
+# else is coerced. After the bounds, so the OpenAPI schema states them as `minimum`/`maximum`.
+WholeNumber = BeforeValidator(_whole_number)
 
 
 def fail(code: str, message: str) -> PydanticCustomError:

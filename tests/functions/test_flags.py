@@ -405,6 +405,14 @@ def test_create_validation_messages(admin: Caller, body: dict[str, Any], message
     assert admin("admin_flags", "GET", "/api/admin/flags", user=ADMIN).json == {"flags": []}
 
 
+def test_an_integral_float_percent_is_that_integer(admin: Caller) -> None:
+    """`50.0` (what `json.dumps(50.0)` sends) is 50 in JSON, as the original's zod `.int()` took
+    it; `12.5` stays refused (above)."""
+    result = create(admin, {"key": "floaty", "rolloutPercent": 50.0})
+    assert result.status == 201, result.text
+    assert result.json["flag"]["rolloutPercent"] == 50 and b"50.0" not in result.raw
+
+
 def test_boundaries_are_accepted(admin: Caller) -> None:
     body = {"key": "a" + "b" * 63, "rolloutPercent": 100, "description": "d" * 500,
             "allowedUsers": [f"u{i}" for i in range(1000)]}  # fmt: skip

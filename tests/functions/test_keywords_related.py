@@ -143,6 +143,8 @@ def test_a_limit_that_is_not_an_integer_is_400(call: Caller) -> None:
     for limit in ("5", 2.5, True):
         result = related(call, user_id(), {"keyword": "seo", "limit": limit})
         assert result.status == 400 and result.json["error"] == "Validation Error"
+    whole = related(call, user_id(), {"keyword": "seo", "limit": 5.0})  # JSON's 5
+    assert whole.status == 200 and len(whole.json["relatedKeywords"]) == 5, whole.text
 
 
 def test_auth_comes_first_then_405_for_get(call: Caller) -> None:

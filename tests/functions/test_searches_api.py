@@ -227,6 +227,20 @@ def test_results_still_refuse_what_no_keyword_route_answers(
     assert result.json["message"] == f"results.0.{message}"
 
 
+def test_integral_floats_are_the_integers_json_means(call: Caller) -> None:
+    """JSON has one number type: `1.0` is the month 1 to the original (zod's `.int()`), and it
+    is stored as the integer."""
+    row = {**VALID_ROW, "relevance": 50.0, "trends": [{"month": 1.0, "year": 2026.0, "volume": 3}]}
+    result = call("searches", "POST", "/api/searches", user="user_a",
+                  json_body={**BODY, "results": [row]})  # fmt: skip
+    assert result.status == 201, result.text
+    [stored] = result.json["search"]["results"]
+    assert (stored["relevance"], stored["trends"][0]["month"], stored["trends"][0]["year"]) == (
+        50, 1, 2026,
+    )  # fmt: skip
+    assert b"1.0" not in result.raw and b"50.0" not in result.raw
+
+
 def test_absent_optional_keys_are_omitted_not_null(call: Caller) -> None:
     body = {
         "name": "n",
