@@ -55,6 +55,8 @@ from shared.telemetry import database_operation
 # Stripe statuses a subscription never leaves: once stored, no event for it applies again.
 TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
 LIVE_STATUSES = frozenset({"active", "trialing", "past_due"})
+# FREE statuses only a subscription that was live (PRO) reaches; not `incomplete_expired`.
+LAPSED_STATUSES = frozenset({"unpaid", "canceled", "paused"})
 
 LookupKey = Literal["id", "customer", "email"]
 
@@ -209,7 +211,8 @@ def apply_change(
     """Lock the user's row, decide (`decide`) and write; returns what was done.
 
     Tier effects: ENTERPRISE (managed outside Stripe) is never changed. FREE → PRO starts a
-    fresh monthly counter (as the original's new usage key did). → FREE ends any running trial
+    fresh monthly counter (as the original's new usage key did), unless the row lapsed from PRO
+    since the counter's last reset (`_lapsed_pro`). → FREE ends any running trial
     (`trialEndsAt = least(trialEndsAt, now)`), so a downgrade never grants a new trial. The
     customer is linked only when no other user holds it (`users.update_columns`).
     """
@@ -295,12 +298,29 @@ def column_values(
     if change.tier is not None and row.tier is not UserTier.ENTERPRISE:
         values[model.tier] = change.tier
         if change.tier is UserTier.PRO and row.tier is UserTier.FREE:
-            values[model.keyword_searches_this_month] = 0
-            values[model.monthly_reset_at] = now
+            if not _lapsed_pro(row):  # else the counter already holds this month's PRO usage
+                values[model.keyword_searches_this_month] = 0
+                values[model.monthly_reset_at] = now
         elif change.tier is UserTier.FREE and isinstance(row, User):
             trial_end = row.trial_ends_at
             values[User.trial_ends_at] = now if trial_end is None else min(trial_end, now)
     return values
+
+
+def _lapsed_pro(row: User | Organization) -> bool:
+    """Whether the FREE row's monthly counter holds PRO usage: its subscription lapsed (a
+    status only a live subscription reaches) at or after the counter's last reset. Going back
+    to PRO then keeps the counter, so one month never allows more than its limit (the
+    original's `usage:{id}:{YYYY-MM}` key was found again); the lazy reset still zeroes it when
+    the reset was in an earlier month. A lapse that stamps no time (`customer.deleted`, not
+    ordered) is dated by the subscription's last ordered event: older than the reset, the
+    counter starts fresh."""
+    event_at = row.subscription_event_at
+    return (
+        row.subscription_status in LAPSED_STATUSES
+        and event_at is not None
+        and event_at >= row.monthly_reset_at
+    )
 
 
 @database_operation("forgetStripeCustomer")

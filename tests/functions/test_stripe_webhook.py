@@ -27,9 +27,11 @@ from devkit import events
 from shared import accounts, billing, config, db, stripe_objects
 from shared.clock import utcnow
 from shared.db import DatabaseUnavailableError
+from shared.errors import QuotaExceededError
 from shared.models import UserTier
 from shared.models.erased_billing_customers import ErasedBillingCustomer
 from shared.models.webhook_events import WebhookEvent
+from shared.quotas import Limits, usage_view
 from shared.repositories import subscriptions, users, webhook_events
 from shared.stripe_objects import StripeEvent
 from tests.support.http import STYLES, Caller, Keys, logged
@@ -525,11 +527,132 @@ def test_pro_to_pro_keeps_the_monthly_counter(lambda_call: Caller) -> None:
     assert user().keyword_searches_this_month == 40
 
 
+# --- the monthly counter when PRO comes back (on a fixed clock) -------------------------------
+
+LIMITS = Limits(trial=300, pro=1000, enterprise=10_000)
+DECEMBER = datetime(2026, 12, 4, 13, 0, tzinfo=UTC)
+NOVEMBER = datetime(2026, 11, 10, 13, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def process_at(when: datetime, kind: str, obj: dict[str, Any]) -> billing.Outcome:
+    """An event Stripe creates at `when`, processed at once: the fixed clock for both."""
+    event = stripe_event(kind, obj, created=int(when.timestamp()))
+    return billing.process(StripeEvent.from_payload(event), now=when)
+
+
+def search(count: int, when: datetime) -> int:
+    """A personal search of `count` keywords at `when`, counted by the statement the keyword
+    route runs (quota enforced); returns the month's usage after it."""
+    usage = db.run(
+        lambda conn: users.reserve_keywords(
+            conn, "user_a", "a@example.com", count, limits=LIMITS, enforce=True, now=when
+        )
+    )
+    return usage.this_month
+
+
+def trial_user(since: datetime, used: int = 0) -> None:
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com", now=since))
+    if used:
+        search(used, since + timedelta(hours=1))
+
+
+def pays(when: datetime, sub_id: str = "sub_1", customer: str = "cus_1") -> None:
+    """A paid checkout of `sub_id` and the subscription's creation, at `when`."""
+    created = int(when.timestamp())
+    session = checkout(sub_id=sub_id, customer=customer, created=created)
+    process_at(when, "checkout.session.completed", session)
+    obj = subscription(
+        "active", sub_id=sub_id, customer=customer, clerk_user_id="user_a", created=created
+    )
+    process_at(when, "customer.subscription.created", obj)
+
+
+def pro_with_usage(since: datetime, used: int) -> None:
+    """user_a, in trial with 100 used, pays at `since` and then searches `used` as PRO."""
+    trial_user(since - 2 * DAY, used=100)
+    pays(since)
+    assert search(used, since + timedelta(hours=2)) == used
+
+
+@pytest.mark.parametrize("lapse", ["unpaid-then-paid", "canceled-then-resubscribed"])
+def test_back_to_pro_in_the_same_month_keeps_the_months_usage(stripe_env: Keys, lapse: str) -> None:
+    """PRO → FREE → PRO within one UTC month: the counter already holds this month's PRO usage,
+    so the month's limit still counts it (as the original's `usage:{id}:{YYYY-MM}` key did)."""
+    pro_with_usage(DECEMBER, 800)
+    if lapse == "unpaid-then-paid":  # Stripe's dunning gave up, then the same invoice is paid
+        process_at(DECEMBER + 2 * DAY, "customer.subscription.updated", subscription("unpaid"))
+    else:
+        process_at(DECEMBER + 2 * DAY, "customer.subscription.deleted", subscription("canceled"))
+    lapsed = user()
+    assert (lapsed.tier, lapsed.subscription_event_at) == (UserTier.FREE, DECEMBER + 2 * DAY)
+    back_at = DECEMBER + 3 * DAY
+    if lapse == "unpaid-then-paid":
+        process_at(back_at, "invoice.paid", invoice())
+    else:
+        pays(back_at, sub_id="sub_2")
+    back = user()
+    assert (back.tier, back.subscription_status) == (UserTier.PRO, "active")
+    assert back.keyword_searches_this_month == 800
+    view = usage_view(back, LIMITS, back_at)
+    assert (view.used, view.remaining) == (800, 200)
+    assert search(200, back_at) == 1000
+    with pytest.raises(QuotaExceededError):
+        search(1, back_at)
+    assert user().keyword_searches_total == 100 + 1000
+
+
+@pytest.mark.parametrize("history", ["trial", "lapsed-last-month", "lapsed-last-month-reset"])
+def test_upgrading_starts_a_fresh_monthly_counter_when_it_holds_no_pro_usage_of_this_month(
+    stripe_env: Keys, history: str
+) -> None:
+    """A trial's first upgrade (its counter is the trial's), and a return after a lapse in an
+    earlier month (lazily reset, or by the `reset_monthly_usage` cron), get the whole month."""
+    if history == "trial":
+        trial_user(DECEMBER - 2 * DAY, used=120)
+        pays(DECEMBER - DAY)
+    else:
+        pro_with_usage(NOVEMBER, 800)
+        process_at(NOVEMBER + 5 * DAY, "customer.subscription.updated", subscription("unpaid"))
+        if history == "lapsed-last-month-reset":
+            db.run(
+                lambda conn: users.reset_stale_monthly_usage(
+                    conn, after_id=None, limit=10, now=DECEMBER - 3 * DAY
+                )
+            )
+        process_at(DECEMBER - DAY, "invoice.paid", invoice())
+    upgraded = user()
+    assert upgraded.tier is UserTier.PRO
+    view = usage_view(upgraded, LIMITS, DECEMBER)
+    assert (view.used, view.remaining) == (0, 1000)
+    assert search(1000, DECEMBER) == 1000
+    with pytest.raises(QuotaExceededError):
+        search(1, DECEMBER)
+
+
 # --- customer.deleted -----------------------------------------------------------------------
 
 
 def deleted_customer(customer: str = "cus_1") -> dict[str, Any]:
     return {"id": customer, "object": "customer", "deleted": True}
+
+
+@pytest.mark.parametrize("updated_since", [False, True])
+def test_a_lapse_by_customer_deleted_is_dated_by_the_subscriptions_last_event(
+    stripe_env: Keys, updated_since: bool
+) -> None:
+    """`customer.deleted` stamps no time: the counter is kept only when an event of the
+    subscription after the counter's reset shows it PRO then; else it starts fresh, as before."""
+    pro_with_usage(DECEMBER, 800)  # its creation event precedes the checkout's reset (1 ms)
+    if updated_since:
+        obj = subscription("active", cancel_at_period_end=True)
+        process_at(DECEMBER + DAY, "customer.subscription.updated", obj)
+    process_at(DECEMBER + 2 * DAY, "customer.deleted", deleted_customer())
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "canceled")
+    pays(DECEMBER + 3 * DAY, sub_id="sub_2", customer="cus_2")
+    assert user().tier is UserTier.PRO
+    assert user().keyword_searches_this_month == (800 if updated_since else 0)
 
 
 def test_customer_deleted_forgets_the_customer_and_ends_its_subscription(call: Caller) -> None:

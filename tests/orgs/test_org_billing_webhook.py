@@ -7,6 +7,7 @@ events are recorded and change nothing."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -19,10 +20,12 @@ import pytest
 from sqlalchemy import update
 
 from shared import billing, config, db
+from shared.errors import QuotaExceededError
 from shared.models import UserTier
 from shared.models.organizations import Organization
 from shared.models.webhook_events import WebhookEvent
-from shared.repositories import organizations, webhook_events
+from shared.quotas import OrgLimits, org_usage_view
+from shared.repositories import org_quota, organizations, reservations, webhook_events
 from shared.stripe_objects import StripeEvent
 from tests.support.http import Caller, Keys
 from tests.support.stripe_events import (
@@ -224,6 +227,101 @@ def test_invoices_move_the_organization_into_grace_and_back(call: Caller) -> Non
     assert paid.status == 200
     row = org()
     assert (row.subscription_status, row.subscription_ends_at) == ("active", at(T0 + 60 * 86400))
+
+
+# --- the team's monthly counter when PRO comes back (on a fixed clock) ------------------------
+
+LIMITS = OrgLimits(free=300, pro=5000, enterprise=50_000)
+DECEMBER = datetime(2026, 12, 4, 13, 0, tzinfo=UTC)
+NOVEMBER = datetime(2026, 11, 10, 13, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+HOLDS = itertools.count()
+
+
+def process_at(when: datetime, kind: str, obj: dict[str, Any]) -> billing.Outcome:
+    """An event Stripe creates at `when`, processed at once: the fixed clock for both."""
+    event = stripe_event(kind, obj, created=int(when.timestamp()))
+    return billing.process(StripeEvent.from_payload(event), now=when)
+
+
+def team_search(count: int, when: datetime) -> int:
+    """A member's search of `count` keywords for the team at `when`, counted by the statement
+    the keyword route runs (quota enforced); returns the team's month usage after it."""
+    held = reservations.Hold(f"h-{next(HOLDS)}", when + timedelta(minutes=5))
+    usage = db.run(
+        lambda conn: org_quota.reserve_keywords(
+            conn, ORG, "user_a", count, slug="acme", limits=LIMITS, enforce=True, now=when,
+            hold=held,
+        )
+    )  # fmt: skip
+    return usage.this_month
+
+
+def team_pays(when: datetime, sub_id: str = "sub_org") -> None:
+    """The organization's paid checkout of `sub_id` and the subscription's creation, at `when`."""
+    created = int(when.timestamp())
+    session = checkout(
+        clerk_user_id=None, customer="cus_org", sub_id=sub_id, metadata={"organizationId": ORG},
+        client_reference_id=ORG, created=created,
+    )  # fmt: skip
+    process_at(when, "checkout.session.completed", session)
+    obj = org_subscription("active", sub_id=sub_id, created=created)
+    process_at(when, "customer.subscription.created", obj)
+
+
+def pro_team_with_usage(since: datetime, used: int) -> None:
+    """The FREE team uses 100, pays at `since` and then uses `used` as PRO."""
+    make_user()
+    assert team_search(100, since - DAY) == 100
+    team_pays(since)
+    assert team_search(used, since + timedelta(hours=2)) == used
+
+
+@pytest.mark.parametrize("lapse", ["unpaid-then-paid", "canceled-then-resubscribed"])
+def test_a_team_back_to_pro_in_the_same_month_keeps_the_months_usage(
+    stripe_env: Keys, lapse: str
+) -> None:
+    """As for users (docs/billing.md): PRO → FREE → PRO within one UTC month keeps the month's
+    usage, so the team's month never allows more than its limit."""
+    pro_team_with_usage(DECEMBER, 2000)
+    if lapse == "unpaid-then-paid":
+        process_at(DECEMBER + 2 * DAY, "customer.subscription.updated", org_subscription("unpaid"))
+    else:
+        obj = org_subscription("canceled")
+        process_at(DECEMBER + 2 * DAY, "customer.subscription.deleted", obj)
+    lapsed = org()
+    assert (lapsed.tier, lapsed.subscription_event_at) == (UserTier.FREE, DECEMBER + 2 * DAY)
+    back_at = DECEMBER + 3 * DAY
+    if lapse == "unpaid-then-paid":
+        process_at(back_at, "invoice.paid", org_invoice())
+    else:
+        team_pays(back_at, sub_id="sub_org2")
+    back = org()
+    assert (back.tier, back.subscription_status) == (UserTier.PRO, "active")
+    view = org_usage_view(back, LIMITS, back_at)
+    assert (view.used, view.remaining) == (2000, 3000)
+    assert team_search(3000, back_at) == 5000
+    with pytest.raises(QuotaExceededError):
+        team_search(1, back_at)
+
+
+@pytest.mark.parametrize("history", ["first-upgrade", "lapsed-last-month"])
+def test_a_team_upgrade_starts_a_fresh_counter_when_it_holds_no_pro_usage_of_this_month(
+    stripe_env: Keys, history: str
+) -> None:
+    if history == "first-upgrade":
+        make_user()
+        assert team_search(250, DECEMBER - 2 * DAY) == 250
+        team_pays(DECEMBER - DAY)
+    else:
+        pro_team_with_usage(NOVEMBER, 2000)
+        process_at(NOVEMBER + 5 * DAY, "customer.subscription.updated", org_subscription("unpaid"))
+        process_at(DECEMBER - DAY, "invoice.paid", org_invoice())
+    upgraded = org()
+    assert upgraded.tier is UserTier.PRO
+    view = org_usage_view(upgraded, LIMITS, DECEMBER)
+    assert (view.used, view.remaining) == (0, 5000)
+    assert team_search(5000, DECEMBER) == 5000
 
 
 def test_personal_billing_is_untouched_by_organizations(call: Caller) -> None:
