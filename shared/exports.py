@@ -32,6 +32,7 @@ from shared.contracts import account
 from shared.db import Conn
 from shared.repositories import personal_data
 from shared.s3 import (
+    KeysNotDeleted,
     S3Client,
     abort_uploads,
     delete_keys,
@@ -138,9 +139,10 @@ def delete_stored(settings: Settings, user_id: str) -> Removed:
     """Erasure's step: delete every stored export of the user (their rows went with the user)
     and abort every incomplete multipart upload under their prefix (a build whose completion
     and abort both failed leaves the whole document there as parts, which no object listing
-    shows). Best effort: when storage fails, or an upload is still there after its abort (AWS:
-    a part still arriving may survive one), `export_erasure_deferred` says so and the exports
-    cron's sweep removes what is left, since no ready row names it any more."""
+    shows). Best effort: when storage fails (keys S3 refused in DeleteObjects' 200 answer
+    included), or an upload is still there after its abort (AWS: a part still arriving may
+    survive one), `export_erasure_deferred` says so and the exports cron's sweep removes what
+    is left, since no ready row names it any more."""
     if not settings.backup_bucket:
         return Removed()
     bucket, prefix = settings.backup_bucket, user_prefix(settings, user_id)
@@ -155,6 +157,8 @@ def delete_stored(settings: Settings, user_id: str) -> Removed:
         left = len(list_uploads(s3, bucket, prefix)) if uploads else 0
     except Exception as error:  # storage down: the cron's sweep finishes the job
         log_event("export_erasure_deferred", level=logging.WARNING, error=error_code(error))
+        if isinstance(error, KeysNotDeleted):
+            deleted = error.deleted
         return Removed(objects=deleted)  # what was deleted before it failed still counts
     if left:
         log_event("export_erasure_deferred", level=logging.WARNING, uploadsLeft=left)

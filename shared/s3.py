@@ -32,22 +32,40 @@ def s3_client() -> S3Client:
     return boto3.client("s3", config=Config(signature_version="s3v4"))
 
 
+class KeysNotDeleted(Exception):
+    """DeleteObjects answered 200 yet refused some keys: S3 and R2 list each under `<Error>`
+    (`AccessDenied` without s3:DeleteObject, a locked object), and those objects stay. Says
+    S3's first code and the counts, never a key (a key may hold a user's id)."""
+
+    def __init__(self, code: str, deleted: int, refused: int) -> None:
+        super().__init__(f"{code}: {refused} keys not deleted")
+        self.code, self.deleted, self.refused = code, deleted, refused
+
+
 def error_code(error: BaseException) -> str:
     """What to record of a failed storage call: S3's error code (`AccessDenied`, `SlowDown`)
     when S3 answered one, else the exception's class; never the message, which may quote a key
     (and so a user's id)."""
+    if isinstance(error, KeysNotDeleted):
+        return error.code
     response = getattr(error, "response", None)
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     return str(code)[:64] if code else type(error).__name__
 
 
 def delete_keys(s3: S3Client, bucket: str, keys: Sequence[str]) -> None:
-    """Delete `keys`, 1,000 per request (DeleteObjects' limit)."""
+    """Delete `keys`, 1,000 per request (DeleteObjects' limit). Keys S3 refused in its 200
+    answer raise `KeysNotDeleted` once every request was sent."""
+    errors: list[dict[str, Any]] = []
     for start in range(0, len(keys), 1000):
         chunk = keys[start : start + 1000]
-        s3.delete_objects(
+        answer = s3.delete_objects(
             Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
         )
+        errors += answer.get("Errors", [])
+    if errors:
+        code = str(errors[0].get("Code") or "DeleteObjectsError")[:64]
+        raise KeysNotDeleted(code, deleted=len(keys) - len(errors), refused=len(errors))
 
 
 def list_uploads(s3: S3Client, bucket: str, prefix: str) -> list[dict[str, Any]]:

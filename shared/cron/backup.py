@@ -55,6 +55,7 @@ from shared.cron.runner import Job, Run, run_job
 from shared.db_url import parse_database_url, redact_url
 from shared.s3 import (
     GzipUpload,
+    KeysNotDeleted,
     S3Client,
     delete_keys,
     error_code,
@@ -603,7 +604,7 @@ def backup(run: Run) -> None:
         run.extra["deletedBackups"] = prune_backups(
             s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep, run.now
         )
-    except (ClientError, BotoCoreError) as error:  # S3's hiccup: the next backup prunes again
+    except (ClientError, BotoCoreError, KeysNotDeleted) as error:  # the next backup prunes again
         run.complete = False
         run.extra["pruneFailed"] = error_code(error)
         log_event("backup_prune_failed", level=logging.WARNING, error=error_code(error))

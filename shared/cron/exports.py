@@ -31,6 +31,7 @@ from shared.cron.runner import Job, Run
 from shared.models.data_exports import DataExport
 from shared.repositories import data_exports
 from shared.s3 import (
+    KeysNotDeleted,
     S3Client,
     abort_uploads,
     delete_keys,
@@ -128,23 +129,39 @@ def attempt_failed(
     run.extra["failed"] = run.extra.get("failed", 0) + 1
 
 
-def sweep(run: Run, s3: S3Client) -> int:
+def sweep(run: Run, s3: S3Client) -> None:
     """Delete expired exports and every unnamed object older than SWEEP_GRACE, and abort every
     incomplete multipart upload older than that (no row ever names one: a build that lost it,
-    or an erased user's that the erasure could not abort); objects deleted."""
-    settings = run.settings
-    bucket = str(settings.backup_bucket)
+    or an erased user's that the erasure could not abort)."""
     run.extra["expired"] = db.run(lambda conn: data_exports.expire(conn, now=run.now))
-    live = db.run(data_exports.live_keys)
     cutoff = run.now - SWEEP_GRACE
-    doomed = [
-        item["Key"]
-        for item in list_objects(s3, bucket, settings.export_prefix)
-        if item["Key"] not in live and item["LastModified"] < cutoff
-    ]
-    delete_keys(s3, bucket, doomed)
+    sweep_objects(run, s3, cutoff)
     sweep_uploads(run, s3, cutoff)
-    return len(doomed)
+
+
+def sweep_objects(run: Run, s3: S3Client, cutoff: datetime) -> None:
+    """Delete the objects no ready export names, stored before `cutoff`; `swept` counts those
+    S3 deleted. Keys S3 refused in DeleteObjects' 200 answer (a credential without
+    s3:DeleteObject, a locked object) are one WARNING with S3's code: the next run sweeps
+    again."""
+    prefix = run.settings.export_prefix
+    bucket = str(run.settings.backup_bucket)
+    live = db.run(data_exports.live_keys)
+    try:
+        doomed = [
+            item["Key"]
+            for item in list_objects(s3, bucket, prefix)
+            if item["Key"] not in live and item["LastModified"] < cutoff
+        ]
+        delete_keys(s3, bucket, doomed)
+    except KeysNotDeleted as error:
+        log_event(
+            "export_objects_sweep_failed", level=logging.WARNING, error=error.code,
+            objectsLeft=error.refused,
+        )  # fmt: skip
+        run.extra["swept"] = error.deleted
+        return
+    run.extra["swept"] = len(doomed)
 
 
 def sweep_uploads(run: Run, s3: S3Client, cutoff: datetime) -> None:
@@ -181,7 +198,7 @@ def export_data(run: Run) -> None:
             break
     if run.has_time():
         with run.batch():
-            run.extra["swept"] = sweep(run, s3)
+            sweep(run, s3)
 
 
 JOB = Job("exports", export_data)

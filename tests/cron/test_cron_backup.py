@@ -23,7 +23,7 @@ from shared import s3 as s3_transport
 from shared.cron import backup
 from shared.cron.runner import LEASE_HELD, run_job
 from tests.support.cron import BudgetContext, configure, count, overlapping_runs
-from tests.support.s3 import BUCKET, PREFIX, mock_s3
+from tests.support.s3 import BUCKET, PREFIX, mock_s3, refuse_deletes
 
 NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 ScratchDatabase = Callable[[], str]
@@ -420,6 +420,24 @@ def test_a_backup_whose_prune_fails_is_recorded_and_not_made_again(
         "20261129T020000000Z",
         "20261130T020000000Z",
     ]
+
+
+def test_a_prune_whose_deletes_s3_refused_per_key_is_a_failed_prune(
+    s3: Any, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 refusing keys in its 200 answer to DeleteObjects (no s3:DeleteObject, a locked
+    object) left the backup stored: not pruned, and said so as a refused listing is."""
+    seed_everything(admin_conn, history_rows=10)
+    old = f"{PREFIX}20200101T000000000Z/users.tsv.gz"
+    s3.put_object(Bucket=BUCKET, Key=old, Body=b"x")  # interrupted, years old
+    refusing = s3_transport.s3_client()
+    refuse_deletes(refusing, lambda key: True)
+    monkeypatch.setattr(backup, "s3_client", lambda: refusing)
+
+    made = run_job(backup.JOB, now=NOW)
+    assert made["complete"] is False and made["pruneFailed"] == "AccessDenied", made
+    assert "deletedBackups" not in made
+    assert keys(s3, f"{PREFIX}20200101T000000000Z/") == [old]
 
 
 def test_a_day_whose_backup_is_gone_from_the_bucket_backs_up_again(

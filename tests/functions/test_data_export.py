@@ -50,7 +50,15 @@ from shared.repositories import (
 from shared.s3 import s3_client
 from tests.support.cron import configure
 from tests.support.http import Caller, Keys, Result, logged
-from tests.support.s3 import BUCKET, answer, initiated, leave_upload, mock_s3, uploads
+from tests.support.s3 import (
+    BUCKET,
+    answer,
+    initiated,
+    leave_upload,
+    mock_s3,
+    refuse_deletes,
+    uploads,
+)
 
 # Style of the test client → the platform it imitates.
 PLATFORM_OF = {"lambda_v2": "lambda", "asgi": "vercel"}
@@ -768,6 +776,57 @@ def test_a_sweep_refused_the_upload_calls_warns_and_the_cron_succeeds(
     (warned,) = logged(caplog, "export_uploads_sweep_failed")
     assert warned["error"] == "AccessDenied"
     assert [r.levelname for r in caplog.records if "export_uploads_sweep_failed" in r.message] == [
+        "WARNING"
+    ]
+
+
+def test_an_erasure_whose_deletes_s3_refused_per_key_defers_and_the_sweep_finishes_it(
+    call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 and R2 answer a DeleteObjects they refused for some keys (no s3:DeleteObject, a
+    locked object) with 200 and an `<Error>` per key: those objects, the erased user's data,
+    are still stored, so the erasure is not done with them."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    call("me_export", "POST", "/api/me/export", user="user_a")
+    run_exports()
+    refusing = s3_client()
+    refuse_deletes(refusing, lambda key: True)
+    with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
+        patched.setattr(exports, "s3_client", lambda: refusing)
+        assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
+    assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 1
+    (deferred,) = logged(caplog, "export_erasure_deferred")
+    assert deferred["error"] == "AccessDenied" and "user_a" not in json.dumps(deferred)
+    assert logged(caplog, "account_erased")[0]["exportsDeleted"] == 0
+
+    summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
+    assert summary["swept"] == 1
+    assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+
+def test_a_sweep_counts_only_the_objects_s3_deleted_and_warns_of_the_others(
+    storage: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keys S3 lists under `<Error>` in its 200 answer to DeleteObjects are still stored: not
+    swept, and said so by S3's code and a count, never by key (a key names a user)."""
+    settings = config.get_settings()
+    keys = [
+        exports.object_key(settings, user, f"c{uuid.uuid4().hex[:24]}")
+        for user in ("user_a", "user_b", "user_c")
+    ]
+    for key in keys:
+        storage.put_object(Bucket=BUCKET, Key=key, Body=b"gz")
+    refusing = s3_client()
+    refuse_deletes(refusing, lambda key: "/user_b/" in key)
+    monkeypatch.setattr(exports_job, "s3_client", lambda: refusing)
+    with caplog.at_level("INFO", logger="keyflash"):
+        summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
+    assert summary["swept"] == 2 and summary["uploadsAborted"] == 0
+    assert [item["Key"] for item in storage.list_objects_v2(Bucket=BUCKET)["Contents"]] == [keys[1]]
+    (warned,) = logged(caplog, "export_objects_sweep_failed")
+    assert warned == warned | {"error": "AccessDenied", "objectsLeft": 1}
+    assert "user_b" not in json.dumps(warned)
+    assert [r.levelname for r in caplog.records if "export_objects_sweep_failed" in r.message] == [
         "WARNING"
     ]
 

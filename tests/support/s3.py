@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from xml.sax.saxutils import escape, unescape
 
 import pytest
 
@@ -52,6 +54,48 @@ def answer(client: Any, operation: str, code: str | None, status: int = 500) -> 
         return AWSResponse("", status, {}, None), {"Error": {"Code": code, "Message": code}}
 
     client.meta.events.register(f"before-call.s3.{operation}", reply)
+
+
+class _Body:
+    """What botocore reads an HTTP answer's body from."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+def refuse_deletes(client: Any, refused: Callable[[str], bool], code: str = "AccessDenied") -> None:
+    """From now on `client`'s DeleteObjects gets what S3 and R2 answer when they refuse some of
+    the keys (no s3:DeleteObject on them, an object locked): 200, a `<DeleteResult>` with an
+    `<Error>` per refused key, as XML botocore parses. moto deletes the other keys."""
+    from botocore.awsrequest import AWSResponse
+
+    def send(request: Any, event_name: str, **_: Any) -> AWSResponse | None:
+        if event_name != "before-send.s3.DeleteObjects":
+            return None
+        errors, kept = "", ""
+        for entry in re.findall(r"<Object>.*?</Object>", request.body.decode()):
+            key = unescape(re.findall(r"<Key>(.*?)</Key>", entry)[0])
+            if refused(key):
+                errors += f"<Error><Key>{escape(key)}</Key><Code>{code}</Code>"
+                errors += "<Message>Access Denied</Message></Error>"
+            else:
+                kept += entry
+        # botocore hands every `before-send` handler the request (moto's too, after this one)
+        # and takes the first answer: moto deletes what this leaves in the request, plus a key
+        # nothing holds (moto fails on an empty list).
+        nothing = f"<Object><Key>{PREFIX}nothing</Key></Object>"
+        request.body = f"<Delete>{nothing}{kept}</Delete>".encode()
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f'<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{errors}</DeleteResult>'
+        )  # Quiet: S3 names only the keys it did not delete
+        headers = {"content-type": "application/xml"}
+        return AWSResponse(request.url, 200, headers, _Body(body.encode()))
+
+    client.meta.events.register_first("before-send", send)
 
 
 def initiated(client: Any, when: datetime) -> None:
