@@ -13,7 +13,8 @@ Each run, while the budget allows:
    names and that is older than an hour (expired exports, exports of erased users whose
    immediate deletion failed, leftovers of a crashed run), and aborts every incomplete
    multipart upload there older than an hour (a build that failed to complete and to abort
-   it, or never learned its id; an erased user's the erasure could not abort).
+   it, or never learned its id; an erased user's the erasure could not abort). S3 failing
+   either step is a WARNING, never a failed run: the next run sweeps again.
 
 An erasure during a build deletes the row (ON DELETE CASCADE); `finish` then finds nothing to
 mark and the job deletes the object it just stored.
@@ -141,9 +142,11 @@ def sweep(run: Run, s3: S3Client) -> None:
 
 def sweep_objects(run: Run, s3: S3Client, cutoff: datetime) -> None:
     """Delete the objects no ready export names, stored before `cutoff`; `swept` counts those
-    S3 deleted. Keys S3 refused in DeleteObjects' 200 answer (a credential without
-    s3:DeleteObject, a locked object) are one WARNING with S3's code: the next run sweeps
-    again."""
+    S3 deleted. S3 failing (a credential without s3:ListBucket or s3:DeleteObject, S3 down,
+    the bucket gone; keys refused in DeleteObjects' 200 answer) is one WARNING with S3's code,
+    never a failed cron: the builds are done, and the next run sweeps again."""
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
     prefix = run.settings.export_prefix
     bucket = str(run.settings.backup_bucket)
     live = db.run(data_exports.live_keys)
@@ -161,21 +164,25 @@ def sweep_objects(run: Run, s3: S3Client, cutoff: datetime) -> None:
         )  # fmt: skip
         run.extra["swept"] = error.deleted
         return
+    except (ClientError, BotoCoreError) as error:
+        log_event("export_objects_sweep_failed", level=logging.WARNING, error=error_code(error))
+        return
     run.extra["swept"] = len(doomed)
 
 
 def sweep_uploads(run: Run, s3: S3Client, cutoff: datetime) -> None:
-    """Abort the incomplete uploads begun before `cutoff`. S3 refusing (a credential whose
-    policy lacks s3:ListBucketMultipartUploads or s3:AbortMultipartUpload) is one WARNING
-    and no `uploadsAborted`, never a failed cron every 5 minutes: the rest of the run is done."""
-    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+    """Abort the incomplete uploads begun before `cutoff`. S3 failing (a credential whose
+    policy lacks s3:ListBucketMultipartUploads or s3:AbortMultipartUpload, S3 down) is one
+    WARNING and no `uploadsAborted`, never a failed cron every 5 minutes: the rest of the run
+    is done."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
     prefix = run.settings.export_prefix
     bucket = str(run.settings.backup_bucket)
     try:
         stale = [u for u in list_uploads(s3, bucket, prefix) if u["Initiated"] < cutoff]
         abort_uploads(s3, bucket, stale)
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         log_event("export_uploads_sweep_failed", level=logging.WARNING, error=error_code(error))
         return
     run.extra["uploadsAborted"] = len(stale)

@@ -57,6 +57,7 @@ from tests.support.s3 import (
     leave_upload,
     mock_s3,
     refuse_deletes,
+    unreachable,
     uploads,
 )
 
@@ -756,25 +757,34 @@ def test_an_erasure_whose_abort_failed_still_counts_the_objects_it_deleted(
     assert logged(caplog, "export_erasure_deferred")[0]["error"] == "AccessDenied"
 
 
-@pytest.mark.parametrize("operation", ["ListMultipartUploads", "AbortMultipartUpload"])
+@pytest.mark.parametrize(
+    ("operation", "code"),
+    [("ListMultipartUploads", "AccessDenied"), ("AbortMultipartUpload", "AccessDenied"),
+     ("ListMultipartUploads", "EndpointConnectionError")],
+)  # fmt: skip
 def test_a_sweep_refused_the_upload_calls_warns_and_the_cron_succeeds(
     storage: Any,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     operation: str,
+    code: str,
 ) -> None:
     """A credential whose policy lacks s3:ListBucketMultipartUploads or s3:AbortMultipartUpload
-    (a Vercel IAM user's, say) must not fail the exports cron every 5 minutes: one WARNING."""
+    (a Vercel IAM user's, say), or S3 unreachable, must not fail the exports cron every 5
+    minutes: one WARNING."""
     key = exports.object_key(config.get_settings(), "user_a", f"c{uuid.uuid4().hex[:24]}")
     storage.create_multipart_upload(Bucket=BUCKET, Key=key)
     refusing = s3_client()
-    answer(refusing, operation, "AccessDenied", 403)
+    if code == "EndpointConnectionError":
+        unreachable(refusing, operation)
+    else:
+        answer(refusing, operation, code, 403)
     monkeypatch.setattr(exports_job, "s3_client", lambda: refusing)
     with caplog.at_level("INFO", logger="keyflash"):
         summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
     assert summary["swept"] == 0 and "uploadsAborted" not in summary
     (warned,) = logged(caplog, "export_uploads_sweep_failed")
-    assert warned["error"] == "AccessDenied"
+    assert warned["error"] == code
     assert [r.levelname for r in caplog.records if "export_uploads_sweep_failed" in r.message] == [
         "WARNING"
     ]
@@ -829,6 +839,42 @@ def test_a_sweep_counts_only_the_objects_s3_deleted_and_warns_of_the_others(
     assert [r.levelname for r in caplog.records if "export_objects_sweep_failed" in r.message] == [
         "WARNING"
     ]
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("AccessDenied", 403), ("InternalError", 500), ("NoSuchBucket", 404),
+     ("EndpointConnectionError", None)],
+)  # fmt: skip
+def test_a_sweep_whose_object_listing_fails_warns_and_the_run_succeeds(
+    storage: Any,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    code: str,
+    status: int | None,
+) -> None:
+    """A credential without s3:ListBucket, S3 erroring or unreachable, the bucket gone: the
+    sweep warns, as when the upload listing is refused; the run, which built an export first,
+    succeeds with its summary (a failed run is retried by the platform within minutes)."""
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    db.run(lambda conn: data_exports.request(conn, "user_a", now=utcnow()))
+    failing = s3_client()
+    if status is None:
+        unreachable(failing, "ListObjectsV2")
+    else:
+        answer(failing, "ListObjectsV2", code, status)
+    monkeypatch.setattr(exports_job, "s3_client", lambda: failing)
+    with caplog.at_level("INFO", logger="keyflash"):
+        summary = run_exports()
+    assert summary["processed"] == 1 and summary["complete"], summary
+    assert "swept" not in summary and summary["uploadsAborted"] == 0
+    (warned,) = logged(caplog, "export_objects_sweep_failed")
+    assert warned["error"] == code
+    assert [r.levelname for r in caplog.records if "export_objects_sweep_failed" in r.message] == [
+        "WARNING"
+    ]
+    assert admin_conn.execute("SELECT status FROM data_exports").fetchall() == [("ready",)]
 
 
 def test_the_sweep_aborts_stale_uploads_under_the_export_prefix_only(storage: Any) -> None:

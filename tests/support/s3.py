@@ -56,6 +56,17 @@ def answer(client: Any, operation: str, code: str | None, status: int = 500) -> 
     client.meta.events.register(f"before-call.s3.{operation}", reply)
 
 
+def unreachable(client: Any, operation: str) -> None:
+    """From now on `client`'s `operation` raises what botocore raises when S3 cannot be
+    reached (after its retries, which this skips)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    def refuse(**_: Any) -> None:
+        raise EndpointConnectionError(endpoint_url="https://s3.amazonaws.com")
+
+    client.meta.events.register(f"before-call.s3.{operation}", refuse)
+
+
 class _Body:
     """What botocore reads an HTTP answer's body from."""
 
