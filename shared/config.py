@@ -247,7 +247,9 @@ class Settings:
     # invocation (its end, Lambda's context or else KEYWORDS_MAX_DURATION_S from the request's
     # start, less `db.INVOCATION_MARGIN_S`) minus PROVIDER_DEADLINE_MARGIN_S, the time the
     # record or the give-back after it needs (at least a second: at 0 the give-back after a
-    # provider cut at its deadline would be refused). A reservation not confirmed within
+    # provider cut at its deadline would be refused). A cron run's S3 calls, and on Lambda an
+    # erasure's, end by the same margin before their database's give-up time. A reservation
+    # not confirmed within
     # KEYWORD_RESERVATION_TTL_S (longer than any invocation) is given back by the
     # reconcile_reservations cron.
     keywords_max_duration_s: float = bounded(20.0, gt=0, le=900)

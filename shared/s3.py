@@ -21,15 +21,21 @@ COMPRESS_EVERY = 256 * 1024  # raw bytes gathered before each zlib call
 CHECK_TIME_EVERY = 4 * 1024 * 1024  # raw bytes between two looks at the caller's budget
 
 
-def s3_client() -> S3Client:
+def s3_client(deadline: float | None = None) -> S3Client:
     """A boto3 S3 client (credentials, region and AWS_ENDPOINT_URL_S3 from the environment)
     that signs everything, presigned URLs included, with SigV4: left to itself botocore
     presigns with SigV2 in us-east-1, which S3 refuses for buckets made since June 2020 and for
-    SSE-KMS objects, and R2 everywhere."""
+    SSE-KMS objects, and R2 everywhere. With `deadline` (`time.monotonic()`: a cron run's or a
+    request's), every call ends by then (`shared.s3_bounded`), else `S3DeadlineError`, a
+    `BotoCoreError`; None (the CLIs, presigning, which sends nothing): botocore's own timeouts."""
     import boto3  # type: ignore[import-untyped]  # lazily: only when storage is used
     from botocore.config import Config  # type: ignore[import-untyped]
 
-    return boto3.client("s3", config=Config(signature_version="s3v4"))
+    if deadline is None:
+        return boto3.client("s3", config=Config(signature_version="s3v4"))
+    from shared import s3_bounded
+
+    return s3_bounded.bound(boto3.client("s3", config=s3_bounded.config(deadline)), deadline)
 
 
 class KeysNotDeleted(Exception):

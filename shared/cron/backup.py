@@ -563,7 +563,7 @@ def backup(run: Run) -> None:
     if not settings.direct_database_url:
         raise BackupError("DIRECT_DATABASE_URL is not set: backups read over the direct host")
     day = run.now.date().isoformat()
-    s3 = s3_client()
+    s3 = s3_client(run.deadline)
     recorded = run.state.get("lastBackup")
     if run.state.get("lastBackupDay") == day and not run.flag("force"):
         if _still_stored(s3, settings.backup_bucket, settings.backup_prefix, recorded):

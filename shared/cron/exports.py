@@ -191,7 +191,7 @@ def sweep_uploads(run: Run, s3: S3Client, cutoff: datetime) -> None:
 def export_data(run: Run) -> None:
     if not run.settings.backup_bucket:
         raise ExportError("BACKUP_BUCKET is not set: name the S3 bucket exports are stored in")
-    s3 = s3_client()
+    s3 = s3_client(run.deadline)
     while run.has_time():
         try:
             with run.batch():

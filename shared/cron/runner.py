@@ -84,6 +84,11 @@ class Run:
     now: datetime  # the run's reference time: jobs compare against it, never a fresh clock
     options: Mapping[str, Any]
     state: dict[str, Any]
+    # When (`time.monotonic()`) a call to another service (S3) must have ended: the run's
+    # database give-up time less PROVIDER_DEADLINE_MARGIN_S, so the run still records what the
+    # call did (a failed attempt) and gives the lease back. Later than a batch's start may be:
+    # a batch stopped for time still cleans up after itself (a partial backup's deletes).
+    deadline: float
     last_completed_at: datetime | None = None
     processed: int = 0
     batches: int = 0
@@ -170,21 +175,25 @@ def run_job(
     budget = Budget.for_invocation(context, settings)
     holder = uuid.uuid4().hex
     remaining_s = budget.remaining_ms() / 1000
+    end = time.monotonic() + remaining_s
+    deadline = db.invocation_give_up_time(end) - settings.provider_deadline_margin_s
     # The lease outlives this invocation's hard limit by a second at most.
     ttl = math.ceil(remaining_s) + 1
     if remaining_s <= db.INVOCATION_MARGIN_S:
         # Too little time for any database work (`db.within_invocation` would refuse it): the
         # run does nothing and says so, as one out of time does.
-        run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
+        run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {}, deadline)
         run.complete = False
         summary = run.summary(started)
         log_event("cron_job", level=logging.WARNING, **summary)
         return summary
     # Its database work ends before this invocation does, whatever batch is under way.
-    with db.within_invocation(time.monotonic() + remaining_s):
+    with db.within_invocation(end):
         lease = _acquire(job.name, holder, ttl)
         if lease is None:
-            run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {})
+            run = Run(
+                job.name, holder, settings, budget, now or utcnow(), options or {}, {}, deadline
+            )
             run.extra["skipped"] = LEASE_HELD
             summary = run.summary(started)
             log_event("cron_job", **summary)
@@ -198,6 +207,7 @@ def run_job(
             now=now or utcnow(),
             options=options or {},
             state=dict(lease.state),
+            deadline=deadline,
             last_completed_at=lease.last_completed_at,
         )
         try:

@@ -403,7 +403,7 @@ def test_a_backup_whose_prune_fails_is_recorded_and_not_made_again(
     Lambda's retries (or the next run that day) make no second one; the next backup prunes."""
     seed_everything(admin_conn, history_rows=10)
     faulty = FaultyS3(s3, "ListObjectsV2")
-    monkeypatch.setattr(backup, "s3_client", lambda: faulty)
+    monkeypatch.setattr(backup, "s3_client", lambda _deadline: faulty)
 
     made = run_job(backup.JOB, now=NOW)
     assert made["complete"] is False and made["pruneFailed"] == "InternalError"
@@ -459,7 +459,7 @@ def test_a_day_whose_backup_is_gone_from_the_bucket_backs_up_again(
     assert later["skipped"] == f"already backed up today ({recorded})"
 
     # S3 that cannot answer the HEAD is no proof either way: the run fails, as a backup would.
-    monkeypatch.setattr(backup, "s3_client", lambda: FaultyS3(s3, "HeadObject"))
+    monkeypatch.setattr(backup, "s3_client", lambda _deadline: FaultyS3(s3, "HeadObject"))
     with pytest.raises(Exception, match="InternalError"):
         run_job(backup.JOB, now=NOW + timedelta(hours=3))
     assert backup.list_backups(s3, BUCKET, PREFIX)[0] == ["20261128T030000000Z"]

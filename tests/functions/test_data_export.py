@@ -48,7 +48,7 @@ from shared.repositories import (
     users,
 )
 from shared.s3 import s3_client
-from tests.support.cron import configure
+from tests.support.cron import BudgetContext, configure
 from tests.support.http import Caller, Keys, Result, logged
 from tests.support.s3 import (
     BUCKET,
@@ -60,6 +60,7 @@ from tests.support.s3 import (
     unreachable,
     uploads,
 )
+from tests.support.tcp_gate import TcpGate
 
 # Style of the test client → the platform it imitates.
 PLATFORM_OF = {"lambda_v2": "lambda", "asgi": "vercel"}
@@ -529,7 +530,7 @@ def test_a_failed_attempt_is_recorded_logged_by_export_id_and_retried_by_the_nex
     refusing = s3_client()
     answer(refusing, "PutObject", "AccessDenied", 403)
     with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
-        patched.setattr(exports_job, "s3_client", lambda: refusing)
+        patched.setattr(exports_job, "s3_client", lambda _deadline: refusing)
         assert run_exports()["errors"] == 1
     row = "SELECT status, attempts, error FROM data_exports WHERE id = %s"
     assert admin_conn.execute(row, [export_id]).fetchone() == ("pending", 1, "AccessDenied")
@@ -662,6 +663,63 @@ def test_an_erasure_never_reaches_an_id_that_extends_the_users_with_a_slash(
     assert json.loads(document)["user"]["id"] == "user_a/x"
 
 
+@pytest.fixture
+def hung_storage(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[TcpGate]:
+    """An S3 endpoint that accepts connections and never answers (a shut gate to nowhere);
+    the app configured to export into it."""
+    gate = TcpGate(upstream_port=1)
+    gate.start()
+    gate.shut()
+    configure(
+        monkeypatch,
+        BACKUP_BUCKET=BUCKET,
+        AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{gate.port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SESSION_TOKEN=None,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        yield gate
+    finally:
+        gate.stop()
+
+
+def test_an_s3_that_never_answers_fails_the_attempt_within_the_runs_time(
+    api_env: Keys,
+    hung_storage: TcpGate,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tester s51t1: one call held 3 x 60 s (botocore's read timeout and retries) whatever the
+    run had left, so the run outlived its limit and its database gave up: the failure it logged
+    was never written (the export stayed running), the lease stayed held and the run failed as
+    DatabaseUnavailableError. Its S3 calls now end by the run's deadline (its database's give-up
+    time less PROVIDER_DEADLINE_MARGIN_S): the attempt fails as any S3 failure does, recorded,
+    and the lease is given back."""
+    # A 10 s invocation less the database's 3 s and the 1 s margin: S3 gets until 6 s into the
+    # run. One batch starts, whatever the machine's speed; the next check finds no time left.
+    configure(monkeypatch, PROVIDER_DEADLINE_MARGIN_S=1)
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    call = Caller("lambda_v2", api_env)
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    with caplog.at_level("INFO", logger="keyflash"):
+        summary = run_job(exports_job.JOB, context=BudgetContext(checks=1, first_ms=10_000))
+    assert hung_storage.connect_held.is_set()  # the upload reached S3, which never answered
+    row = admin_conn.execute(
+        "SELECT status, attempts, error FROM data_exports WHERE id = %s", (export_id,)
+    ).fetchone()
+    assert row == ("pending", 1, "S3DeadlineError")
+    (failed,) = logged(caplog, "data_export_failed")
+    assert failed["error"] == "S3DeadlineError" and failed["attempt"] == 1
+    assert summary["errors"] == 1 and not summary["complete"] and "swept" not in summary
+    assert logged(caplog, "cron_job_failed") == logged(caplog, "db_unavailable") == []
+    holder = admin_conn.execute("SELECT holder FROM cron_leases WHERE job = 'exports'").fetchone()
+    assert holder == (None,)  # given back
+    assert summary["durationMs"] < 10_000  # a guard: the limit, not botocore's three minutes
+
+
 def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -731,7 +789,7 @@ def test_an_upload_the_erasure_could_not_abort_is_reported_and_aborted_by_the_sw
 
     sweeping = s3_client()
     initiated(sweeping, began)
-    monkeypatch.setattr(exports_job, "s3_client", lambda: sweeping)
+    monkeypatch.setattr(exports_job, "s3_client", lambda _deadline: sweeping)
     assert run_exports()["uploadsAborted"] == 0  # young: it could be a running build's
     summary = run_job(exports_job.JOB, now=began + exports_job.SWEEP_GRACE * 2)
     assert summary["uploadsAborted"] == 1 and uploads(storage) == []
@@ -779,7 +837,7 @@ def test_a_sweep_refused_the_upload_calls_warns_and_the_cron_succeeds(
         unreachable(refusing, operation)
     else:
         answer(refusing, operation, code, 403)
-    monkeypatch.setattr(exports_job, "s3_client", lambda: refusing)
+    monkeypatch.setattr(exports_job, "s3_client", lambda _deadline: refusing)
     with caplog.at_level("INFO", logger="keyflash"):
         summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
     assert summary["swept"] == 0 and "uploadsAborted" not in summary
@@ -828,7 +886,7 @@ def test_a_sweep_counts_only_the_objects_s3_deleted_and_warns_of_the_others(
         storage.put_object(Bucket=BUCKET, Key=key, Body=b"gz")
     refusing = s3_client()
     refuse_deletes(refusing, lambda key: "/user_b/" in key)
-    monkeypatch.setattr(exports_job, "s3_client", lambda: refusing)
+    monkeypatch.setattr(exports_job, "s3_client", lambda _deadline: refusing)
     with caplog.at_level("INFO", logger="keyflash"):
         summary = run_job(exports_job.JOB, now=utcnow() + exports_job.SWEEP_GRACE * 2)
     assert summary["swept"] == 2 and summary["uploadsAborted"] == 0
@@ -864,7 +922,7 @@ def test_a_sweep_whose_object_listing_fails_warns_and_the_run_succeeds(
         unreachable(failing, "ListObjectsV2")
     else:
         answer(failing, "ListObjectsV2", code, status)
-    monkeypatch.setattr(exports_job, "s3_client", lambda: failing)
+    monkeypatch.setattr(exports_job, "s3_client", lambda _deadline: failing)
     with caplog.at_level("INFO", logger="keyflash"):
         summary = run_exports()
     assert summary["processed"] == 1 and summary["complete"], summary

@@ -37,14 +37,15 @@ class BudgetContext:
     not a clock, so the tests never depend on how fast the machine is.
     """
 
-    def __init__(self, checks: int) -> None:
+    def __init__(self, checks: int, first_ms: int = CHECK_OK_MS) -> None:
         self.checks = checks
+        self.first_ms = first_ms  # the invocation's end: the lease's TTL, the run's deadline
         self.calls = 0
 
     def get_remaining_time_in_millis(self) -> int:
         self.calls += 1
         if self.calls == 1:
-            return CHECK_OK_MS  # the lease's TTL
+            return self.first_ms
         return CHECK_OK_MS if self.calls - 1 <= self.checks else 0
 
 
