@@ -19,6 +19,7 @@ from shared.errors import EmailInUseError, SubscriptionLiveError
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser, SignedIn
 from shared.http.errors import ApiError
+from shared.http.invocation import storage_deadline
 from shared.http.responses import ok
 from shared.repositories import users
 from shared.repositories.users import placeholder_email
@@ -63,7 +64,9 @@ def delete_me(request: Request, user: SignedIn) -> Response:
         )
     except SubscriptionLiveError:
         raise ApiError(409, SUBSCRIPTION_LIVE) from None
-    accounts.finish_erasure(user.user_id, erasure, source="api")
+    accounts.finish_erasure(
+        user.user_id, erasure, source="api", storage_deadline=storage_deadline(request)
+    )
     request.state.user_id = None  # this request's own usage row must not re-link the erased user
     return ok({"deleted": True})
 

@@ -37,6 +37,7 @@ from shared.config import get_settings
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.body import decode_json
 from shared.http.errors import ApiError
+from shared.http.invocation import storage_deadline
 from shared.http.responses import ok
 from shared.storable_text import first_unstorable
 from shared.telemetry import log_event
@@ -180,7 +181,11 @@ async def clerk_webhook(request: Request) -> Response:
     # Verified above, so one of them is present (Svix accepts either spelling).
     delivery = request.headers.get("svix-id") or request.headers["webhook-id"]
     if isinstance(data, accounts.ClerkUser):
-        return ok(await run_in_threadpool(accounts.apply_clerk_event, delivery, event.type, data))
+        return ok(
+            await run_in_threadpool(
+                accounts.apply_clerk_event, delivery, event.type, data, storage_deadline(request)
+            )
+        )
     applied = await run_in_threadpool(
         organizations.apply_organization_event, delivery, event.type, data
     )

@@ -130,14 +130,17 @@ def _remember_billing_customer(conn: Conn, user_id: str, *, refusing: bool) -> N
         log_event("erased_with_live_subscription", level=logging.WARNING, status=status)
 
 
-def finish_erasure(user_id: str, erasure: Erasure, *, source: str) -> None:
+def finish_erasure(
+    user_id: str, erasure: Erasure, *, source: str, storage_deadline: float | None
+) -> None:
     """After the erasure committed: the user's legacy Redis keys go too (or stay owed to the
     repair job when Redis fails), this container stops treating the user as provisioned (their
     next call starts a fresh account) and the erasure is logged, with counts only."""
     storage.erase_legacy_user(user_id, None, None)
     # Stored data exports: their rows went with the user (ON DELETE CASCADE); the objects and
-    # incomplete uploads go now or, when storage fails, at the exports cron's sweep.
-    removed = exports.delete_stored(get_settings(), user_id)
+    # incomplete uploads go now (S3 answering by `storage_deadline`) or, when storage fails, at
+    # the exports cron's sweep.
+    removed = exports.delete_stored(get_settings(), user_id, storage_deadline)
     auth.forget(user_id)
     log_event(
         "account_erased",
@@ -234,7 +237,7 @@ def _run(delivery: str, kind: str, user: ClerkUser) -> str | Erasure | None:
     return db.transaction(lambda conn: _apply(conn, delivery, kind, user))
 
 
-def _erase_created_meanwhile(user_id: str) -> None:
+def _erase_created_meanwhile(user_id: str, storage_deadline: float | None) -> None:
     """After a user.deleted that found no row to erase: a first sign-in running meanwhile may
     have created one the erasure could not see yet (committed after its read). Looking again
     once the deletion committed finds it; a sign-in committing later sees the flagged tombstone
@@ -242,13 +245,16 @@ def _erase_created_meanwhile(user_id: str) -> None:
     if db.run(lambda conn: users.get(conn, user_id), idempotent=True) is None:
         return
     erasure = db.transaction(lambda conn: erase(conn, user_id, clerk_deleted=True))
-    finish_erasure(user_id, erasure, source="clerk_webhook")
+    finish_erasure(user_id, erasure, source="clerk_webhook", storage_deadline=storage_deadline)
 
 
-def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bool]:
+def apply_clerk_event(
+    delivery: str, kind: str, user: ClerkUser, storage_deadline: float | None
+) -> dict[str, bool]:
     """Apply one verified Clerk user event exactly once: the delivery's `svix-id` is claimed in
     the webhook ledger in the transaction of its effect; None from the claim is a replay.
-    `EmailInUseError` when the new email belongs to another account (nothing changed)."""
+    `EmailInUseError` when the new email belongs to another account (nothing changed). An
+    erasure's storage calls end by `storage_deadline` (`finish_erasure`)."""
     try:
         outcome = _run(delivery, kind, user)
     except EmailInUseError:
@@ -258,9 +264,9 @@ def apply_clerk_event(delivery: str, kind: str, user: ClerkUser) -> dict[str, bo
         log_event("clerk_webhook", type=kind, outcome="duplicate")
         return {"received": True, "duplicate": True}
     if isinstance(outcome, Erasure):
-        finish_erasure(user.id, outcome, source="clerk_webhook")
+        finish_erasure(user.id, outcome, source="clerk_webhook", storage_deadline=storage_deadline)
         if not outcome.user_deleted:
-            _erase_created_meanwhile(user.id)
+            _erase_created_meanwhile(user.id, storage_deadline)
         outcome = "erased"
     elif outcome != "after_erasure":
         storage.mirror_user(user.id)  # the legacy copy follows the email change (dual/fallback)

@@ -135,20 +135,21 @@ class Removed:
     uploads: int = 0
 
 
-def delete_stored(settings: Settings, user_id: str) -> Removed:
+def delete_stored(settings: Settings, user_id: str, deadline: float | None) -> Removed:
     """Erasure's step: delete every stored export of the user (their rows went with the user)
     and abort every incomplete multipart upload under their prefix (a build whose completion
     and abort both failed leaves the whole document there as parts, which no object listing
     shows). Best effort: when storage fails (keys S3 refused in DeleteObjects' 200 answer
     included), or an upload is still there after its abort (AWS: a part still arriving may
     survive one), `export_erasure_deferred` says so and the exports cron's sweep removes what
-    is left, since no ready row names it any more."""
+    is left, since no ready row names it any more. Its calls end by `deadline`
+    (`shared.s3.s3_client`): an S3 that does not answer defers it the same way."""
     if not settings.backup_bucket:
         return Removed()
     bucket, prefix = settings.backup_bucket, user_prefix(settings, user_id)
     deleted = 0
     try:
-        s3 = s3_client()
+        s3 = s3_client(deadline)
         keys = list_keys(s3, bucket, prefix)
         delete_keys(s3, bucket, keys)
         deleted = len(keys)

@@ -5,6 +5,7 @@ answer (the 503 envelope, at worst) rather than the platform's bare timeout."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,3 +45,16 @@ def invocation_deadline(request: Request, fallback_s: float) -> float:
     if end is None:
         end = time.monotonic() + fallback_s
     return db.invocation_give_up_time(end) - get_settings().provider_deadline_margin_s
+
+
+# What a request's storage calls (an erasure's deletes of the user's exports) may take at most
+# where the platform does not say when the invocation ends (Vercel: 300 s). Best effort: what
+# they leave undone the exports cron's sweep finishes.
+STORAGE_BUDGET_S = 10.0
+
+
+def storage_deadline(request: Request) -> float:
+    """When (`time.monotonic()`) S3 must have answered the request's calls: STORAGE_BUDGET_S
+    from now, or `invocation_deadline` (room left for the database work after it) when that
+    comes first."""
+    return min(invocation_deadline(request, math.inf), time.monotonic() + STORAGE_BUDGET_S)

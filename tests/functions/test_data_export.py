@@ -720,6 +720,28 @@ def test_an_s3_that_never_answers_fails_the_attempt_within_the_runs_time(
     assert summary["durationMs"] < 10_000  # a guard: the limit, not botocore's three minutes
 
 
+def test_an_erasure_on_lambda_whose_s3_never_answers_is_deferred_within_the_invocation(
+    api_env: Keys,
+    hung_storage: TcpGate,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The erasure's listing waited on botocore's 3 x 60 s and the platform ended the
+    invocation (Lambda's 500): its deletes now end by the invocation's deadline and the
+    erasure is deferred to the sweep, as when S3 refuses."""
+    # 10 s less the database's 3 s and the 1 s margin: S3 gets until 6 s into the request.
+    configure(monkeypatch, KEYFLASH_TIMEOUT_S=10, PROVIDER_DEADLINE_MARGIN_S=1)
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    with caplog.at_level("INFO", logger="keyflash"):
+        erased = Caller("lambda_v2", api_env)("me", "DELETE", "/api/me", user="user_a",
+                                              headers=ORIGIN)  # fmt: skip
+    assert erased.status == 200, erased.text
+    assert hung_storage.connect_held.is_set()
+    assert logged(caplog, "export_erasure_deferred")[0]["error"] == "S3DeadlineError"
+    assert logged(caplog, "account_erased")[0]["exportsDeleted"] == 0
+    assert db.run(lambda conn: users.get(conn, "user_a")) is None
+
+
 def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -727,7 +749,7 @@ def test_an_erasure_while_storage_is_down_is_finished_by_the_sweep(
     call("me_export", "POST", "/api/me/export", user="user_a")
     run_exports()
 
-    def unreachable() -> Any:
+    def unreachable(_deadline: float) -> Any:
         raise OSError("storage unreachable")
 
     with monkeypatch.context() as patched:
@@ -780,7 +802,7 @@ def test_an_upload_the_erasure_could_not_abort_is_reported_and_aborted_by_the_sw
     failing = s3_client()
     answer(failing, "AbortMultipartUpload", abort)
     with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
-        patched.setattr(exports, "s3_client", lambda: failing)
+        patched.setattr(exports, "s3_client", lambda _deadline: failing)
         assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
     assert uploads(storage) == [key]
     (deferred,) = logged(caplog, "export_erasure_deferred")
@@ -807,7 +829,7 @@ def test_an_erasure_whose_abort_failed_still_counts_the_objects_it_deleted(
     failing = s3_client()
     answer(failing, "AbortMultipartUpload", "AccessDenied", 403)
     with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
-        patched.setattr(exports, "s3_client", lambda: failing)
+        patched.setattr(exports, "s3_client", lambda _deadline: failing)
         assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
     assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
     (erased,) = logged(caplog, "account_erased")

@@ -1914,7 +1914,7 @@ def test_an_erasure_racing_the_users_events_leaves_no_payload_that_names_them(
                                error="RuntimeError"))  # fmt: skip
         erased = accounts.ClerkUser(id=user_id)
         tasks: list[Callable[[], object]] = [
-            partial(accounts.apply_clerk_event, f"msg_race_{round_}", "user.deleted", erased),
+            partial(accounts.apply_clerk_event, f"msg_race_{round_}", "user.deleted", erased, None),
             *(partial(billing.process, event) for event in stripe_events),
         ]
         if round_ % 2:
