@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -432,12 +433,44 @@ def test_a_prune_whose_deletes_s3_refused_per_key_is_a_failed_prune(
     s3.put_object(Bucket=BUCKET, Key=old, Body=b"x")  # interrupted, years old
     refusing = s3_transport.s3_client()
     refuse_deletes(refusing, lambda key: True)
-    monkeypatch.setattr(backup, "s3_client", lambda: refusing)
+    monkeypatch.setattr(backup, "s3_client", lambda _deadline: refusing)
 
     made = run_job(backup.JOB, now=NOW)
     assert made["complete"] is False and made["pruneFailed"] == "AccessDenied", made
     assert "deletedBackups" not in made
     assert keys(s3, f"{PREFIX}20200101T000000000Z/") == [old]
+
+
+def test_a_prune_s3_never_answers_ends_by_the_runs_deadline_with_the_backup_recorded(
+    s3: Any,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listing S3 never answers held the run 3 x 60 s past its limit: it now fails at the
+    run's deadline as any S3 failure of the prune does (`pruneFailed`), the backup recorded and
+    the lease given back."""
+    seed_everything(admin_conn, history_rows=10)
+    configure(monkeypatch, PROVIDER_DEADLINE_MARGIN_S=1)
+    answered = threading.Event()  # set when the test ends: the abandoned call may end then
+
+    def unanswered_listing(deadline: float) -> Any:
+        client = s3_transport.s3_client(deadline)
+        client.meta.events.register(
+            "before-call.s3.ListObjectsV2", lambda **_: answered.wait(120) and None
+        )
+        return client
+
+    monkeypatch.setattr(backup, "s3_client", unanswered_listing)
+    # 15 s less the database's 3 s and the 1 s margin: S3 gets until 11 s into the run.
+    try:
+        made = run_job(backup.JOB, now=NOW, context=BudgetContext(checks=1000, first_ms=15_000))
+    finally:
+        answered.set()
+    assert made["pruneFailed"] == "S3DeadlineError" and made["complete"] is False, made
+    assert made["key"] == f"s3://{BUCKET}/{PREFIX}20261128T020000000Z/manifest.json"
+    holder = admin_conn.execute("SELECT holder FROM cron_leases WHERE job = 'backup'").fetchone()
+    assert holder == (None,)
+    assert made["durationMs"] < 15_000  # a guard: the limit, not botocore's three minutes
 
 
 def test_a_day_whose_backup_is_gone_from_the_bucket_backs_up_again(
