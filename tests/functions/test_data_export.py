@@ -882,7 +882,7 @@ def test_an_erasure_whose_deletes_s3_refused_per_key_defers_and_the_sweep_finish
     refusing = s3_client()
     refuse_deletes(refusing, lambda key: True)
     with monkeypatch.context() as patched, caplog.at_level("INFO", logger="keyflash"):
-        patched.setattr(exports, "s3_client", lambda: refusing)
+        patched.setattr(exports, "s3_client", lambda _deadline: refusing)
         assert call("me", "DELETE", "/api/me", user="user_a", headers=ORIGIN).status == 200
     assert storage.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 1
     (deferred,) = logged(caplog, "export_erasure_deferred")
