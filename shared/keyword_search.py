@@ -27,7 +27,7 @@ from shared.auth import ActiveOrg, Identity, again_if_erased, provision
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.db import Conn
-from shared.errors import UserNotFoundError
+from shared.errors import OrganizationNotFoundError, UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import UserTier
 from shared.quotas import Limits, OrgLimits
@@ -281,21 +281,65 @@ def _record(
         user_agent=origin.user_agent,
     )
     try:
-        db.run(
+        recorded = db.run(
             lambda conn: search_history.record_with_usage(
                 conn, search_row, usage_row, reservation_id=hold.id
             )
         )
+        if recorded is not None:
+            return
     except UserNotFoundError:
-        # Erased (DELETE /api/me, Clerk's user.deleted) since the reservation, which went with
-        # the account (its keywords into the tombstone, its row by cascade). As the saved-search
+        # Erased (DELETE /api/me, Clerk's user.deleted) since the reservation. As the saved-search
         # route does: provision again (the new account continues the tombstoned trial) and
-        # write the rows once more, with no reservation left to confirm (and again while
-        # further erasures of the user land in between: `again_if_erased`).
+        # write the rows once more (and again while further erasures of the user land in
+        # between: `again_if_erased`).
         provision(identity, again=True)
+    org = identity.org
+    if org is None:
+        # The reservation went with the account (its keywords into the tombstone, its row by
+        # cascade), so the new account counts them: nothing left to confirm.
         again_if_erased(
             identity,
             lambda: db.run(
                 lambda conn: search_history.record_with_usage(conn, search_row, usage_row)
             ),
         )
+        return
+    # The erasure gave the team's hold back (no tombstone keeps it): counted to the team again
+    # with the record, as a search arriving now would be, or refused.
+    again_if_erased(
+        identity,
+        lambda: db.transaction(
+            lambda conn: _count_again_and_record(conn, identity, org, search_row, usage_row)
+        ),
+    )
+
+
+def _count_again_and_record(
+    conn: Conn,
+    identity: Identity,
+    org: ActiveOrg,
+    search_row: search_history.NewSearch,
+    usage_row: api_usage.Request,
+) -> None:
+    """A team search whose held keywords its member's erasure gave back, in one transaction:
+    reserve them again (the team's limit applies: `QuotaExceededError` when others spent them
+    meanwhile, nothing written) and record the search confirming that reservation. A team
+    deleted meanwhile counts nothing: the search is its member's own, as one outliving its
+    organization is. The reservation's statement locks the member's row, then the
+    organization's, as every team search and the erasure do."""
+    settings = get_settings()
+    now = utcnow()
+    hold = reservations.Hold(
+        new_cuid(), now + timedelta(seconds=settings.keyword_reservation_ttl_s)
+    )
+    try:
+        org_quota.reserve_keywords(
+            conn, org.id, identity.user_id, len(search_row.keywords), slug=org.slug,
+            limits=OrgLimits.from_settings(settings), enforce=settings.billing_enabled,
+            now=now, hold=hold,
+        )  # fmt: skip
+    except OrganizationNotFoundError:
+        search_history.record_with_usage(conn, search_row, usage_row)
+        return
+    search_history.record_with_usage(conn, search_row, usage_row, reservation_id=hold.id)

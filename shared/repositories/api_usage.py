@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import ColumnElement, Insert, insert
 
 from shared.clock import utcnow
 from shared.db import Conn
 from shared.ids import new_cuid
 from shared.models.api_usage import ApiUsage
+from shared.repositories.rows import insert_when
 from shared.telemetry import database_operation
 
 
@@ -55,6 +56,11 @@ def insert_statement(requests: list[Request]) -> Any:
     """One multi-row INSERT for `requests` (also embedded by other writes, see search_history)."""
     now = utcnow()
     return insert(ApiUsage).values([_values(r, now) for r in requests])
+
+
+def insert_statement_when(request: Request, condition: ColumnElement[bool]) -> Insert:
+    """The INSERT of `request`'s row only while `condition` holds (embedded by search_history)."""
+    return insert_when(ApiUsage, _values(request, utcnow()), condition)
 
 
 @database_operation("recordApiUsageMany")

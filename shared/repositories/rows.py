@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Enum
+from sqlalchemy import ColumnElement, Enum, Insert, insert, inspect, literal, select
 from sqlalchemy.orm import Mapper, configure_mappers
 
 from shared.models import UTCDateTime
@@ -34,6 +34,19 @@ def _aware(value: datetime) -> datetime:
     # `value.replace(tzinfo=UTC)`, the same datetime, in a sixth of the time: `replace` parses
     # keyword arguments (about 1.3 µs a call here), and a list row carries four timestamps.
     return datetime.combine(value, value.time(), UTC)
+
+
+def insert_when(model: type[Any], values: dict[str, Any], condition: ColumnElement[bool]) -> Insert:
+    """INSERT … SELECT of one row of `values` (keyed by attribute, as `insert(model).values`
+    takes them) that writes it only while `condition` holds: for a data-modifying statement
+    whose rows depend on what its other parts did."""
+    columns = inspect(model).columns
+    row: list[ColumnElement[Any]] = [
+        value if isinstance(value, ColumnElement) else literal(value, columns[key].type)
+        for key, value in values.items()
+    ]
+    selected = select(*row).where(condition)
+    return insert(model).from_select([columns[key] for key in values], selected)
 
 
 class RowMapper(Generic[T]):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, case, func, insert, select, true, tuple_
+from sqlalchemy import Text, bindparam, case, exists, func, insert, or_, select, true, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from shared import db_timestamps
@@ -15,10 +15,12 @@ from shared.db import Conn, HotStatement, execute_hot, violated_constraint
 from shared.errors import UserNotFoundError
 from shared.ids import new_cuid
 from shared.models import UTCDateTime
+from shared.models.api_usage import ApiUsage
+from shared.models.reservations import KeywordReservation
 from shared.models.search_history import SearchHistory
 from shared.repositories import api_usage, organizations, reservations
 from shared.repositories.pagination import Cursor, Page, page_of
-from shared.repositories.rows import RowMapper, db_time
+from shared.repositories.rows import RowMapper, db_time, insert_when
 from shared.telemetry import database_operation
 
 _USER_FOREIGN_KEY = "search_history_userId_fkey"
@@ -61,31 +63,35 @@ class Stats:
     providers: dict[str, ProviderStats] = field(default_factory=dict)
 
 
-def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
-    """The row; a team search names its organization only while it is live, checked under its
-    row lock in the same statement (`organizations.live_team`): a search recorded as its
-    organization is deleted is its member's own."""
+def _values(search: NewSearch, row_id: str, now: datetime | None) -> dict[str, Any]:
+    """The row's values; a team search names its organization only while it is live, checked
+    under its row lock in the same statement (`organizations.live_team`): a search recorded as
+    its organization is deleted is its member's own."""
     team = search.organization_id
     if team is not None:
         team = organizations.live_team(team, search.user_id).scalar_subquery()
-    return insert(SearchHistory).values(
-        id=row_id,
-        user_id=search.user_id,
-        keywords=search.keywords,
-        location=search.location,
-        language=search.language,
-        match_type=search.match_type,
-        provider=search.provider,
-        cache_hit=search.cache_hit,
-        response_time=search.response_time,
-        keyword_count=len(search.keywords),
-        avg_volume=min(search.avg_volume, INT4_MAX),
-        total_volume=min(search.total_volume, INT4_MAX),
-        searched_at=now or utcnow(),
-        user_agent=search.user_agent,
-        ip_address=search.ip_address,
-        organization_id=team,
-    )
+    return {
+        "id": row_id,
+        "user_id": search.user_id,
+        "keywords": search.keywords,
+        "location": search.location,
+        "language": search.language,
+        "match_type": search.match_type,
+        "provider": search.provider,
+        "cache_hit": search.cache_hit,
+        "response_time": search.response_time,
+        "keyword_count": len(search.keywords),
+        "avg_volume": min(search.avg_volume, INT4_MAX),
+        "total_volume": min(search.total_volume, INT4_MAX),
+        "searched_at": now or utcnow(),
+        "user_agent": search.user_agent,
+        "ip_address": search.ip_address,
+        "organization_id": team,
+    }
+
+
+def _insert(search: NewSearch, row_id: str, now: datetime | None) -> Any:
+    return insert(SearchHistory).values(**_values(search, row_id, now))
 
 
 @database_operation("recordSearch")
@@ -104,26 +110,53 @@ def record_with_usage(
     *,
     reservation_id: str | None = None,
     now: datetime | None = None,
-) -> str:
+) -> str | None:
     """The history row and the request's `api_usage` row in ONE statement (a data-modifying
     CTE): a keyword search's second and last round trip. It also confirms the search's quota
     reservation (deletes it), so the search is recorded exactly when its keywords stay counted.
     A user erased since the search began (the foreign key finds no row) raises
-    `UserNotFoundError`; nothing is written."""
+    `UserNotFoundError`; nothing is written.
+
+    A team search's reservation may be gone while its organization is live (its member's
+    erasure gave it back): then nothing is written and None returned, for the caller to count
+    the keywords again (`shared.keyword_search`). Otherwise the new row's id."""
     row_id = new_cuid()
-    history = _insert(search, row_id, now).cte("history")
-    statement = api_usage.insert_statement([request]).add_cte(history)
-    if reservation_id is not None and search.user_id is not None:
-        kept = reservations.confirm_statement(
-            reservation_id, search.user_id, search.organization_id
-        ).cte("kept")
-        statement = statement.add_cte(kept)
+    user_id, org_id = search.user_id, search.organization_id
+    team_held = False
+    if reservation_id is not None and user_id is not None and org_id is not None:
+        team_held = True
+        kept = (
+            reservations.confirm_statement(reservation_id, user_id, org_id)
+            .returning(KeywordReservation.id)
+            .cte("kept")
+        )
+        # Confirmed, or no live team to count it (deleted: the member's own search; the user
+        # gone: the foreign key refuses the row).
+        counted = or_(exists(select(kept.c.id)), ~exists(organizations.live_team(org_id, user_id)))
+        history = (
+            insert_when(SearchHistory, _values(search, row_id, now), counted)
+            .returning(SearchHistory.id)
+            .cte("history")
+        )
+        statement = (
+            api_usage.insert_statement_when(request, exists(select(history.c.id)))
+            .add_cte(kept, history)
+            .returning(ApiUsage.id)
+        )
+    else:
+        history = _insert(search, row_id, now).cte("history")
+        statement = api_usage.insert_statement([request]).add_cte(history)
+        if reservation_id is not None and user_id is not None:
+            confirmed = reservations.confirm_statement(reservation_id, user_id).cte("kept")
+            statement = statement.add_cte(confirmed)
     try:
-        conn.session.execute(statement)
+        written = conn.session.execute(statement)
     except IntegrityError as error:
-        if violated_constraint(error) == _USER_FOREIGN_KEY and search.user_id is not None:
-            raise UserNotFoundError(search.user_id) from None
+        if violated_constraint(error) == _USER_FOREIGN_KEY and user_id is not None:
+            raise UserNotFoundError(user_id) from None
         raise
+    if team_held and written.first() is None:
+        return None
     return row_id
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from threading import Barrier
+from threading import Barrier, Event
 from typing import Any
 
 import psycopg
@@ -363,3 +363,114 @@ def test_a_warm_team_search_takes_two_database_round_trips(lambda_call: Caller) 
         event.remove(engine, "before_cursor_execute", listener)
     assert (miss.json["cached"], hit.json["cached"]) == (False, True)
     assert (miss_count, hit_count) == (2, 2)
+
+
+# --- the member erased while the search is in flight -------------------------------------------
+
+
+@contextmanager
+def held_in_provider() -> Iterator[tuple[Event, Event]]:
+    """DataForSEO holding its first call until `release` is set (`entered` says a search waits
+    on it: its reservation is written by then), answering the others at once."""
+    entered, release = Event(), Event()
+
+    def answer(request: Any) -> HttpxResponse:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        keywords = json.loads(request.content)[0]["keywords"]
+        rows = [{"keyword": k, "search_volume": 10} for k in keywords]
+        task = {"status_code": 20000, "result": rows}
+        return HttpxResponse(200, json={"status_code": 20000, "tasks": [task]})
+
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host__regex=r"^(127\.0\.0\.1|localhost)$").pass_through()
+        mock.post(url__regex=DATAFORSEO_URL).mock(side_effect=answer)
+        yield entered, release
+
+
+def erased_midway(
+    call: Caller, who: str, *, meanwhile: Callable[[], None] = lambda: None
+) -> Result:
+    """One team search of `who`, whose DELETE /api/me commits between the team reservation and
+    the record (the provider waits for it); `meanwhile` runs after the erasure, before the
+    search goes on."""
+    with held_in_provider() as (entered, release), ThreadPoolExecutor(1) as pool:
+        searching = pool.submit(search, call, who, v2("admin"))
+        assert entered.wait(30)
+        assert call("me", "DELETE", "/api/me", user=who).status == 200
+        meanwhile()
+        release.set()
+        return searching.result()
+
+
+def team_recorded(admin: psycopg.Connection[Any]) -> int:
+    """Keywords of the searches the team's history holds."""
+    row = admin.execute(
+        "SELECT coalesce(sum(cardinality(keywords)), 0) FROM search_history"
+        ' WHERE "organizationId" = %s',
+        (ORG,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def pooled_call(api_env: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Caller]:
+    """The Lambda handler with a connection for each request in flight, DataForSEO configured."""
+    use_dataforseo(monkeypatch, DB_POOL_SIZE="4")
+    db.dispose_engine()
+    yield Caller("lambda_v2", api_env)
+    db.dispose_engine()
+
+
+@pytest.mark.parametrize("signed_in_again_first", [False, True], ids=["search", "sign_in"])
+def test_a_team_search_whose_member_erases_midway_is_counted_to_the_team_again(
+    pooled_call: Caller, admin_conn: psycopg.Connection[Any], signed_in_again_first: bool
+) -> None:
+    """The erasure gives the team the search's held keywords back; the search still answers
+    200 and is recorded for the team (by the new account the person signs in as, whether the
+    search or another request of theirs provisions it first), so its keywords are counted to
+    the team again: the team's counter is what its history holds."""
+    who = new_user()
+    with dataforseo():
+        assert search(pooled_call, who, v2("admin")).status == 200
+
+    def sign_in() -> None:
+        if signed_in_again_first:
+            assert pooled_call("me", "GET", "/api/me", user=who).status == 200
+
+    answered = erased_midway(pooled_call, who, meanwhile=sign_in)
+    assert answered.status == 200, answered.text
+    assert len(answered.json["data"]) == 2
+    assert team_recorded(admin_conn) == 4
+    assert org_counters(admin_conn) == (4, 4)
+    assert [row[0] for row in history(admin_conn, who)] == [ORG]  # the first was anonymised
+    assert user_counters(admin_conn, who) == (0, 0)  # the new account's own quota untouched
+    assert admin_conn.execute("SELECT count(*) FROM keyword_reservations").fetchone() == (0,)
+
+
+def test_a_team_search_whose_member_erases_midway_is_refused_once_the_team_limit_is_spent(
+    pooled_call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """As above, but another member spends the keywords the erasure gave back before the
+    search records: counting them again would pass the team's limit, so the search is refused
+    as one arriving now would be (429, the team's message), recorded nowhere and counted
+    nowhere."""
+    settings(monkeypatch, BILLING_ENABLED="true", ORG_PRO_MONTHLY_LIMIT="3")
+    who, other = new_user(), new_user()
+    assert search(pooled_call, other, v2(), {**fresh(), "keywords": ["k"]}).status == 200
+    set_org(admin_conn, "tier = 'PRO'")
+
+    def other_searches() -> None:
+        assert search(pooled_call, other, v2()).status == 200
+
+    answered = erased_midway(pooled_call, who, meanwhile=other_searches)
+    assert_envelope(
+        answered,
+        429,
+        "Your team's monthly keyword limit reached (3/3). It resets at the start of next month.",
+    )
+    assert org_counters(admin_conn) == (3, 3)
+    assert team_recorded(admin_conn) == 3
+    assert history(admin_conn, who) == []
+    assert admin_conn.execute("SELECT count(*) FROM keyword_reservations").fetchone() == (0,)
