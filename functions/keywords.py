@@ -18,7 +18,7 @@ from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import keyword_search, rbac
+from shared import keyword_search, ratelimit, rbac
 from shared.auth import Identity
 from shared.clock import iso_ms, seconds_until, utcnow
 from shared.config import get_settings
@@ -53,6 +53,7 @@ TEAM_QUOTA = (
     "It resets at the start of next month."
 )
 NO_TEAM_SEARCH = "You do not have permission to search keywords for this organization"
+RATE_ENDPOINT = "keywords"  # the rate-limit counters' name: `rate:keywords:{identity}`
 
 
 def rate_limit(request: Request) -> Decision:
@@ -61,7 +62,7 @@ def rate_limit(request: Request) -> Decision:
     request.state.identity = identity
     limit = get_settings().rate_limit_requests_per_hour
     return limit_request(
-        request, "keywords", limit, RATE_LIMITED, user_id=identity.user_id if identity else None
+        request, RATE_ENDPOINT, limit, RATE_LIMITED, user_id=identity.user_id if identity else None
     )
 
 
@@ -136,6 +137,7 @@ def search(
         )
     except AccountDeletedError:
         request.state.user_id = None  # as for every route (`shared.http.app`), in its words
+        ratelimit.forget(RATE_ENDPOINT, identity.user_id)  # written back by the check, first
         raise unauthenticated(request, SIGN_IN) from None
     except TrialExpiredError:
         raise ApiError(403, TRIAL_EXPIRED) from None

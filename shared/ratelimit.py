@@ -132,6 +132,27 @@ def check(
     return Decision(True, limit, max(0, limit - count), reset_at)
 
 
+def forget(endpoint: str, user_id: str) -> None:
+    """Delete `user_id`'s counter at `endpoint`, for a request refused because Clerk deleted
+    the user: its check wrote the counter, whose key names the id, back after the erasure had
+    deleted it. Best effort: if Upstash fails now, the key expires with its window (logged,
+    without the key)."""
+    if not get_settings().rate_limit_enabled:
+        return
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.delete(keys.rate_limit(endpoint, keys.signed_in(user_id)))
+    except Exception as error:
+        log_event(
+            "rate_limit_forget_failed",
+            level=logging.WARNING,
+            endpoint=endpoint,
+            error=type(error).__name__,
+        )
+
+
 def limit_request(
     request: Request,
     endpoint: str,

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -25,10 +26,12 @@ from devkit import clerk_org
 from shared import accounts, auth, config, db
 from shared.db import Conn
 from shared.http import usage
+from shared.redis import get_redis
 from shared.repositories import api_usage, saved_searches, users
 from tests.core.test_trials_and_tombstones import waits_for_lock
 from tests.support.clerk_events import PATH, SECRET, deliver, email_of, signed_headers, user_data
 from tests.support.http import Caller, Keys
+from tests.support.legacy import scan_all
 
 
 @pytest.fixture(autouse=True)
@@ -585,6 +588,37 @@ def test_a_session_outliving_its_deleted_clerk_user_provisions_nothing(
     searched = call("keywords", "POST", "/api/keywords", headers=bearer, json_body=SEARCH)
     refused_as_deleted(searched, "Authentication required. Please sign in to use KeyFlash.")
     nothing_names(admin_conn, "user_a")
+
+
+@pytest.mark.parametrize("active_org", [False, True], ids=["personal", "team"])
+def test_a_search_refused_after_the_deletion_writes_no_rate_counter_naming_the_user(
+    call: Caller, monkeypatch: pytest.MonkeyPatch, active_org: bool
+) -> None:
+    """The erasure deletes the user's rate-limit counters (their keys name the Clerk id), and a
+    search their outliving session token sends afterwards, refused with 401, writes none back:
+    the keyword route's limit runs before it learns that the account is gone. A signed-in
+    user's search still counts against their own budget."""
+    monkeypatch.setenv("RATE_LIMIT_ENABLED", "true")
+    config.get_settings.cache_clear()
+    who = f"user_{uuid.uuid4().hex[:12]}"  # the emulator's keys outlive the test
+    org = {"v": 2, "o": {"id": "org_2Z5Tgd3v6U1OeQXQ5Ijn7bqq3pK", "rol": "admin", "slg": "t"}}
+    token = call.token(who, email=f"{who}@example.com", **(org if active_org else {}))
+    bearer = {"authorization": f"Bearer {token}"}
+    deliver(call, "user.created", user_data(who, f"{who}@example.com"))
+    client = get_redis()
+    assert client is not None
+
+    def naming() -> list[str]:
+        return sorted(scan_all(client, f"*{who}*"))
+
+    searched = call("keywords", "POST", "/api/keywords", headers=bearer, json_body=SEARCH)
+    assert searched.status == 200, searched.text
+    assert naming() == [f"rate:keywords:u:{who}"]
+    deliver(call, "user.deleted", {"id": who, "deleted": True})
+    assert naming() == []
+    searched = call("keywords", "POST", "/api/keywords", headers=bearer, json_body=SEARCH)
+    refused_as_deleted(searched, "Authentication required. Please sign in to use KeyFlash.")
+    assert naming() == []
 
 
 @pytest.mark.parametrize("before", ["nothing", "delete_me"])
