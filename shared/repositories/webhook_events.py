@@ -64,8 +64,22 @@ def _first_attempt(
     )
 
 
-def _another_attempt(now: datetime | ColumnElement[datetime]) -> dict[Any, Any]:
-    return {WebhookEvent.attempts: WebhookEvent.attempts + 1, WebhookEvent.last_attempt_at: now}
+def _another_attempt(
+    now: datetime | ColumnElement[datetime], payload: ColumnElement[Any]
+) -> dict[Any, Any]:
+    """The update of an unprocessed row a delivery meets. A row without a payload (SQL or JSON
+    null: another writer of the shared database, such as the Prisma app, recorded the event
+    first) takes the delivery's `payload`, else the retry cron could never run it again; a
+    stored one is kept."""
+    return {
+        WebhookEvent.attempts: WebhookEvent.attempts + 1,
+        WebhookEvent.last_attempt_at: now,
+        WebhookEvent.payload: func.coalesce(
+            func.nullif(WebhookEvent.payload, literal_column("'null'::jsonb")),
+            payload,
+            WebhookEvent.payload,
+        ),
+    }
 
 
 @database_operation("claimWebhookEvent")
@@ -95,24 +109,20 @@ def claim(
 def _claim_statement() -> Any:
     """`claim`'s upsert, built once (binds p_id, p_type, p_provider, p_payload, p_now)."""
     now = bindparam("p_now", type_=UTCDateTime())
-    upsert: Any = (
-        insert(WebhookEvent)
-        .values(
-            id=bindparam("p_id", type_=Text()),
-            type=bindparam("p_type", type_=Text()),
-            provider=bindparam("p_provider", type_=Text()),
-            payload=bindparam("p_payload", type_=JSONB()),
-            attempts=1,
-            last_attempt_at=now,
-            created_at=now,
-        )
-        .on_conflict_do_update(
-            index_elements=[WebhookEvent.id],
-            set_=_another_attempt(now),
-            where=WebhookEvent.processed.is_(False),
-        )
-        .returning(WebhookEvent.attempts, literal_column("xmax = 0"))
+    first = insert(WebhookEvent).values(
+        id=bindparam("p_id", type_=Text()),
+        type=bindparam("p_type", type_=Text()),
+        provider=bindparam("p_provider", type_=Text()),
+        payload=bindparam("p_payload", type_=JSONB()),
+        attempts=1,
+        last_attempt_at=now,
+        created_at=now,
     )
+    upsert: Any = first.on_conflict_do_update(
+        index_elements=[WebhookEvent.id],
+        set_=_another_attempt(now, first.excluded.payload),
+        where=WebhookEvent.processed.is_(False),
+    ).returning(WebhookEvent.attempts, literal_column("xmax = 0"))
     return upsert
 
 
@@ -163,7 +173,10 @@ def mark_failed(
     conn.session.execute(
         statement.on_conflict_do_update(
             index_elements=[WebhookEvent.id],
-            set_={**_another_attempt(now), WebhookEvent.error: statement.excluded.error},
+            set_={
+                **_another_attempt(now, statement.excluded.payload),
+                WebhookEvent.error: statement.excluded.error,
+            },
             where=WebhookEvent.processed.is_(False),
         )
     )

@@ -1771,6 +1771,30 @@ def test_process_recorded_reruns_a_recorded_failure_from_its_stored_payload(
         billing.process_recorded("evt_never_seen")
 
 
+def test_a_ledger_row_another_writer_recorded_first_gets_the_payload_the_retry_runs_from(
+    lambda_call: Caller, admin_conn: Any
+) -> None:
+    """Was: the Prisma app's `webhookEvent.create({data: {id, type}})` (no payload) before the
+    delivery: the claim and the failure's record kept its null payload, so the retry cron could
+    never run the event. A row without a payload takes the delivery's (docs/billing.md)."""
+    failing = stripe_event("invoice.paid", invoice(sub_id="sub_first", customer="cus_first"))
+    applied = stripe_event("customer.subscription.updated", subscription("active"))
+    make_pro(tier=UserTier.FREE, subscription_status="unpaid")
+    for event in (failing, applied):
+        admin_conn.execute(
+            "INSERT INTO webhook_events (id, type) VALUES (%s, %s)", (event["id"], event["type"])
+        )
+    assert deliver(lambda_call, failing).status == 500  # no such customer yet
+    assert deliver(lambda_call, applied).json == {"received": True}
+    for event, processed in ((failing, False), (applied, True)):
+        row = ledger(event["id"])
+        assert row is not None and (row.processed, row.attempts) == (processed, 2)
+        assert row.payload == StripeEvent.from_payload(event).payload()
+    make_pro("user_b", stripe_customer_id="cus_first", stripe_subscription_id="sub_first",
+             tier=UserTier.FREE, subscription_status="unpaid")  # fmt: skip
+    assert billing.process_recorded(failing["id"]) is billing.Outcome.APPLIED
+
+
 def test_process_recorded_refuses_a_record_without_a_stripe_payload(stripe_env: Keys) -> None:
     db.run(lambda conn: webhook_events.mark_failed(conn, "msg_1", "user.created", None, "x",
                                                 provider="clerk"))  # fmt: skip
