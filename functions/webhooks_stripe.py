@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from shared import billing, stripe_objects
 from shared.config import get_settings
-from shared.db import DatabaseUnavailableError
+from shared.db import DatabaseUnavailableError, cancelled_statement
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.errors import ApiError
 from shared.storable_text import refuse_constant
@@ -75,7 +75,9 @@ def _process(event: stripe_objects.StripeEvent) -> dict[str, bool]:
         outcome = billing.process(event)
     except DatabaseUnavailableError:
         raise  # 503 with Retry-After
-    except Exception:  # already logged and recorded in the ledger; a 5xx makes Stripe retry
+    except Exception as error:  # already logged and recorded in the ledger: a 5xx, Stripe retries
+        if cancelled_statement(error):
+            raise  # 503 with Retry-After (`shared.http.app`): the server refused it for now
         raise ApiError(500, "webhook processing failed") from None
     if outcome is billing.Outcome.DUPLICATE:
         return {"received": True, "duplicate": True}

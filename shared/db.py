@@ -49,6 +49,8 @@ Why it looks like this:
   as Neon's project size limit) is an outage of the data store, not a bug: it is
   `DatabaseUnavailableError` at once, never retried (the next attempt would be refused alike).
   On a replica a write is our bug, and is raised as it is (`shared.replicas`).
+- A statement the server cancelled (its statement or lock timeout) is not a connection failure:
+  raised as it is, never retried; a request answers it 503 (`cancelled_statement`).
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ _READ_ONLY = "25006"
 _INSUFFICIENT_RESOURCES = "53"
 # SQLSTATEs of a transaction the server rolled back so that another could go on: run it again.
 _ABORTED_TO_RETRY = {"40P01": "deadlock detected", "40001": "serialization failure"}
+# SQLSTATEs of a statement the server cancelled: its statement timeout (or an operator's cancel)
+# and its lock timeout, e.g. waiting on a row another writer of the shared database holds.
+_CANCELLED = {"57014": "statement cancelled", "55P03": "lock not available"}
 # libpq reports every failed connect without a SQLSTATE; these ones are configuration, which no
 # retry mends (a failed login, a missing database or role, a refused host, a TLS mismatch, a
 # connection option's invalid value, a certificate that fails verification). PgBouncer words its
@@ -591,6 +596,19 @@ def refused_write(sqlstate: str | None) -> str | None:
     if sqlstate is not None and sqlstate.startswith(_INSUFFICIENT_RESOURCES):
         return f"insufficient resources ({sqlstate})"
     return None
+
+
+def cancelled_statement(error: BaseException) -> str | None:
+    """Why the server cancelled the statement of `error` (our words, with the SQLSTATE) when it
+    gave up on it (statement or lock timeout, an operator's cancel); else None.
+
+    Not a connection failure, so never retried here (run again now, it would wait again), and
+    raised as it is: a cron handles it as its job documents. A request answers it as the
+    database refusing the work for now: 503 with `Retry-After` (`shared.http.app`)."""
+    original = error.orig if isinstance(error, DBAPIError) else None
+    sqlstate = getattr(original, "sqlstate", None)
+    reason = _CANCELLED.get(sqlstate or "")
+    return None if reason is None else f"{reason} ({sqlstate})"
 
 
 def _refused(error: DBAPIError) -> str | None:

@@ -225,10 +225,11 @@ async def _database_unavailable(request: Request, error: Exception) -> Response:
 
 
 class RequestContext:
-    """Request id, platform headers, the last-resort 500, one `api_usage` row per request, and
-    one `request_failed` line for every 5xx answer (the request id is on every line logged while
-    the request is served: `shared.telemetry.request_id`). The request's database round trips
-    end before its invocation does (`database_within_invocation`)."""
+    """Request id, platform headers, the last-resort 500 (503 for a statement the server
+    cancelled), one `api_usage` row per request, and one `request_failed` line for every 5xx
+    answer (the request id is on every line logged while the request is served:
+    `shared.telemetry.request_id`). The request's database round trips end before its
+    invocation does (`database_within_invocation`)."""
 
     def __init__(self, app: ASGIApp, *, record_usage: bool) -> None:
         self.app = app
@@ -273,10 +274,17 @@ class RequestContext:
         except Exception as error:
             driver_error = getattr(error, "orig", None)  # SQLAlchemy's wrapped driver error
             configuration = isinstance(error, ConfigurationError | DatabaseUrlError)
+            # A statement the server cancelled (its statement or lock timeout: another writer
+            # held a row) is the database refusing the work for now: a 503, as when it is down.
+            cancelled = db.cancelled_statement(error)
+            failure = 500 if cancelled is None else 503
+            # A setting the core cannot use: its message names the variable, never its value
+            # (the log is all a deployment has to find which one).
+            reason = str(error) if configuration else cancelled
             log_event(
                 "request_failed",
                 level=logging.ERROR,
-                status=500,
+                status=failure,
                 path=scope["path"],
                 error=type(error).__name__,
                 # The driver's class and SQLSTATE, never its message (which may quote data).
@@ -286,13 +294,12 @@ class RequestContext:
                     else {}
                 ),
                 configuration=configuration,
-                # A setting the core cannot use: its message names the variable, never its value
-                # (the log is all a deployment has to find which one).
-                **({"reason": str(error)} if configuration else {}),
+                **({"reason": reason} if reason else {}),
             )
             if response_started:
                 raise
-            await error_response(500, "internal")(scope, receive, send_with_headers)
+            message = "internal" if cancelled is None else "unavailable"
+            await error_response(failure, message)(scope, receive, send_with_headers)
         else:
             if status >= 500:
                 log_event(

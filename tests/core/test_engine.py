@@ -299,9 +299,11 @@ def test_statement_timeout_is_not_mistaken_for_a_connection_failure(
 ) -> None:
     reconfigure(monkeypatch, DB_STATEMENT_TIMEOUT_MS="100")
     caplog.set_level(logging.INFO, logger="keyflash")
-    with pytest.raises(OperationalError, match="statement timeout"):
+    with pytest.raises(OperationalError, match="statement timeout") as raised:
         db.transaction(lambda conn: conn.session.execute(text("SELECT pg_sleep(5)")))
     assert not json_events(caplog, "db_retry")
+    # Raised as it is (a cron handles it); a request answers it 503 (tests/http).
+    assert db.cancelled_statement(raised.value) == "statement cancelled (57014)"
     assert (
         db.run(lambda conn: conn.session.execute(text("SELECT 1")).scalar_one(), idempotent=True)
         == 1

@@ -35,6 +35,7 @@ from shared.quotas import Limits, usage_view
 from shared.repositories import subscriptions, users, webhook_events
 from shared.stripe_objects import StripeEvent
 from tests.support.http import STYLES, Caller, Keys, logged
+from tests.support.processes import RowLock
 from tests.support.stripe_events import (
     PATH,
     SECRET,
@@ -1580,6 +1581,29 @@ def test_a_database_outage_answers_503_so_stripe_retries(
     row = ledger(event["id"])
     assert row is not None and not row.processed
     assert (row.error or "").startswith("DatabaseUnavailableError: ")
+
+
+def test_a_user_row_held_past_the_statement_timeout_answers_503_so_stripe_retries(
+    lambda_call: Caller, direct_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer of the shared database (the Prisma app's transaction) holds the user's
+    row: PostgreSQL cancels the event's wait at the statement timeout (57014). Was a 500."""
+    make_user()
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "1000")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    event = stripe_event("checkout.session.completed", checkout())
+    with RowLock(direct_database_url, "SELECT id FROM users WHERE id = 'user_a'"):
+        result = deliver(lambda_call, event)
+    assert (result.status, result.json["message"]) == (503, GENERIC_503)
+    assert result.headers["retry-after"] == "60"
+    row = ledger(event["id"])
+    assert row is not None and (row.processed, row.error) == (
+        False,
+        "QueryCanceled (SQLSTATE 57014)",
+    )
+    assert deliver(lambda_call, event).json == {"received": True}  # Stripe's retry
+    assert user().tier is UserTier.PRO
 
 
 def test_a_malformed_subscription_is_recorded_as_invalid(lambda_call: Caller) -> None:

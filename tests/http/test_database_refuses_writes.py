@@ -6,6 +6,11 @@ limit is 53100 `disk_full`) answer a write the 503 envelope with `Retry-After`, 
 refused is not retried), log why, and count nothing: no keywords charged, no row stored. Reads
 go on. On real PostgreSQL, both lanes: read-only through `ALTER DATABASE`, the size limit raised
 by a trigger with Neon's own words.
+
+A statement the server cancels for its statement timeout (57014) is the server refusing work
+for now too: a write waiting on a row another writer of the shared database (the Prisma app's
+transaction, psql) holds past the timeout answers the same 503, is not retried, and counts
+nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import pytest
 from psycopg import sql
 
 from functions import health
-from shared import db
+from shared import config, db
 from tests.support.http import Caller
+from tests.support.processes import RowLock
 
 SEARCH = {"name": "x", "searchParams": {"keywords": ["a"], "location": "US", "matchType": "phrase"}}
 KEYWORDS = {"keywords": ["refused write"], "matchType": "phrase", "location": "US"}
@@ -196,3 +202,67 @@ def test_deep_health_reports_a_read_only_database(
     assert check["healthy"] is False
     assert check["error"] == db.READ_ONLY
     assert health.database_check(deep=True)["healthy"] is True  # writable again
+
+
+def short_statement_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DB_STATEMENT_TIMEOUT_MS of 1 s from the next connection on: a lock wait ends soon."""
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "1000")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+
+
+def assert_cancelled_once(caplog: pytest.LogCaptureFixture, path: str) -> None:
+    """The cancelled statement was not retried, and its 503 was logged with the driver's class
+    and SQLSTATE only (never its message, which may quote row values)."""
+    assert core_events(caplog, "db_retry") == []
+    failed = core_events(caplog, "request_failed")
+    assert [(e["status"], e["path"], e["cause"], e["sqlstate"]) for e in failed] == [
+        (503, path, "QueryCanceled", "57014")
+    ], failed
+
+
+def test_a_saved_search_waiting_past_the_statement_timeout_on_a_held_row_answers_503(
+    api_env: Any,
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Was a 500 without `Retry-After`. The lock is held until the answer comes back."""
+    call = Caller("lambda_v2", api_env)
+    who = user_id()
+    assert call("searches", "POST", "/api/searches", user=who, json_body=SEARCH).status == 201
+    before = counters(admin_conn, who)
+    short_statement_timeout(monkeypatch)
+    caplog.set_level(logging.INFO, logger="keyflash")
+    with RowLock(direct_database_url, "SELECT id FROM users WHERE id = %(id)s", {"id": who}):
+        assert_unavailable(call("searches", "POST", "/api/searches", user=who, json_body=SEARCH))
+    assert_cancelled_once(caplog, "/api/searches")
+    assert counters(admin_conn, who) == before
+    assert ("/api/searches", "POST", 503) in usage_rows(admin_conn, who)
+    assert call("searches", "POST", "/api/searches", user=who, json_body=SEARCH).status == 201
+
+
+# Direct lane only: through a pooler, single statements (the keyword reservation) get the
+# role's statement_timeout, which the test database's role does not set.
+@pytest.mark.parametrize("database_url", ["direct"], indirect=True)
+def test_a_keyword_search_waiting_past_the_statement_timeout_on_a_held_row_answers_503(
+    api_env: Any,
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Was a 500 without `Retry-After`; nothing reserved, charged or recorded."""
+    call = Caller("lambda_v2", api_env)
+    who = user_id()
+    assert call("me", "GET", "/api/me", user=who).status == 200
+    short_statement_timeout(monkeypatch)
+    caplog.set_level(logging.INFO, logger="keyflash")
+    with RowLock(direct_database_url, "SELECT id FROM users WHERE id = %(id)s", {"id": who}):
+        assert_unavailable(call("keywords", "POST", "/api/keywords", user=who, json_body=KEYWORDS))
+    assert_cancelled_once(caplog, "/api/keywords")
+    assert counters(admin_conn, who) == (0, 0, 0, 0, 0)
+    answer = call("keywords", "POST", "/api/keywords", user=who, json_body=KEYWORDS)
+    assert answer.status == 200, answer.text
+    assert counters(admin_conn, who) == (1, 1, 0, 1, 0)
