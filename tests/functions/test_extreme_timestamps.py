@@ -1,7 +1,8 @@
 """Rows another writer dated past what Python's datetime holds (`infinity`, year 10000, BC,
-`-infinity`: the column takes them, and the Prisma app writes a JS Date of year 275760 or one
-before year 1) answer clamped to 9999-12-31T23:59:59.999Z / 0001-01-01T00:00:00.000Z on every
-route that returns them, never a 500. Rows inserted in SQL, read through HTTP, both lanes."""
+`-infinity`: the column takes them, from psql or raw SQL, and from the Prisma app past year
+9999, as a JS Date reaches year 275760) answer clamped to 9999-12-31T23:59:59.999Z /
+0001-01-01T00:00:00.000Z on every route that returns them, never a 500. Rows inserted in SQL,
+read through HTTP, both lanes."""
 
 from __future__ import annotations
 
