@@ -56,8 +56,15 @@ def _main(argv: Sequence[str] | None) -> int:
     args.extra = extra[1:] if extra[:1] == ["--"] else extra
     args.started = started
     handler: Handler = args.handler
+    return reported(lambda: handler(args), debug=args.debug)
+
+
+def reported(command: Callable[[], int], *, debug: bool) -> int:
+    """Run `command` and end as every keyflash command does: a failure is one line on stderr
+    (the traceback only with `debug`), exit 1; Ctrl-C is `interrupted`, 130. Also the end of
+    `python -m devkit.legacy`, so the documented commands fail alike."""
     try:
-        code = handler(args)
+        code = command()
         sys.stdout.flush()  # here, where a closed pipe can still be handled
         return code
     except BrokenPipeError:
@@ -66,7 +73,7 @@ def _main(argv: Sequence[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE_EXIT
     except CliError as error:
-        if args.debug and error.__cause__ is not None:
+        if debug and error.__cause__ is not None:
             traceback.print_exception(error.__cause__)
         print(error_line(error.message), file=sys.stderr)
         return error.code
@@ -74,9 +81,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(error_line("interrupted"), file=sys.stderr)
         return 130
     except Exception as error:
-        if args.debug:
+        if debug:
             traceback.print_exc()
-        print(error_line(_explain(error, args.debug)), file=sys.stderr)
+        print(error_line(_explain(error, debug)), file=sys.stderr)
         return 1
 
 

@@ -895,10 +895,9 @@ def _database_from_env() -> None:
     db.dispose_engine()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m devkit.legacy backfill|verify|repair|reattach`; the exit status says whether
-    all is well (verify: no differences; repair: nothing left; reattach: every user reattached)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devkit.legacy", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("backfill", help="copy legacy Redis records into Postgres")
     run.add_argument("--batch-size", type=int, default=500)
@@ -916,8 +915,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="import users whose address another account holds, with the placeholder email",
     )
     attach.add_argument("user_ids", nargs="+", metavar="USER_ID", help="Clerk user id")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m devkit.legacy backfill|verify|repair|reattach`; the exit status says whether
+    all is well (verify: no differences; repair: nothing left; reattach: every user reattached)."""
+    return _run(_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     client = _redis_from_env()
     _database_from_env()
     if args.command == "backfill":
@@ -954,4 +961,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from devkit.cli import reported
+
+    # `keyflash legacy`'s ending: one line and exit 1 on a failure, 130 on Ctrl-C (the report
+    # and checkpoint are written by then)
+    arguments = _parser().parse_args()
+    sys.exit(reported(functools.partial(_run, arguments), debug=arguments.debug))

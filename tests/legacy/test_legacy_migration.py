@@ -11,6 +11,10 @@ the direct lane; the targeted tests use small data and run on both lanes.
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -45,6 +49,7 @@ from tests.support.legacy import (
     write_search,
     write_user,
 )
+from tests.support.processes import ROOT, child_env
 from tests.support.redis import LocalRedis
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -545,6 +550,45 @@ def test_cli_backfill_verify_and_exit_codes(
     monkeypatch.delenv("UPSTASH_REDIS_REST_TOKEN")
     with pytest.raises(SystemExit, match="UPSTASH_REDIS_REST_TOKEN"):
         legacy.main(["verify"])
+
+
+@pytest.mark.parametrize("redis_answers", ["refused", "never"])
+def test_the_module_entry_fails_in_one_line_as_keyflash_legacy_does(
+    redis_answers: str, direct_database_url: str, tmp_path: Path
+) -> None:
+    """s51t6 D4: `python -m devkit.legacy backfill`, the command the docs give, ends as
+    `keyflash legacy` does: one `keyflash:` line and exit 1 when Redis refuses the connection,
+    `interrupted` and 130 on Ctrl-C, never a traceback; the report is written either way."""
+    report = tmp_path / "r.json"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
+        if redis_answers == "never":
+            listener.listen()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "devkit.legacy", "backfill", "--report", str(report)],
+            cwd=ROOT,
+            env=child_env(
+                UPSTASH_REDIS_REST_URL=f"http://127.0.0.1:{listener.getsockname()[1]}",
+                UPSTASH_REDIS_REST_TOKEN="token",
+                DATABASE_URL=direct_database_url,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if redis_answers == "never":
+            connection, _ = listener.accept()  # its first SCAN waits for an answer: Ctrl-C
+            child.send_signal(signal.SIGINT)
+            connection.close()
+        out, err = child.communicate(timeout=120)
+    expected = {
+        "refused": (1, "keyflash: ConnectError: [Errno 111] Connection refused "
+                    "(run with --debug for the traceback)"),
+        "never": (130, "keyflash: interrupted"),
+    }  # fmt: skip
+    assert (child.returncode, err.strip()) == expected[redis_answers], err
+    assert out == ""
+    assert json.loads(report.read_text())["complete"] is False
 
 
 def test_a_row_refused_inside_a_batch_is_left_out_and_the_rest_written(db_env: str) -> None:
