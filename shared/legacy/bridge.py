@@ -525,11 +525,14 @@ def sync_user(user_id: str) -> None:
 
 
 def list_searches(user_id: str) -> Answer[list[SavedSearch]] | None:
-    """The user's searches as Redis lists them; None: read Postgres (fallback, none found)."""
+    """The user's searches as Redis lists them, at most 50 (the API's cap, as Postgres lists
+    them: an index set may hold more than the original's create allowed); None: read Postgres
+    (fallback, none found)."""
     client = _client()
     records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
     if records or mode() == "dual":
-        shown = [mapping.saved_search_from_record(r) for r in records or []]
+        newest = (records or [])[: saved_searches.MAX_PER_USER]
+        shown = [mapping.saved_search_from_record(r) for r in newest]
         return Answer(shown)
     return None
 

@@ -436,6 +436,30 @@ def test_verify_also_reports_postgres_rows_redis_lacks(
 
 
 @pytest.mark.parametrize("name", ["dual", "fallback"])
+def test_the_list_read_from_redis_shows_each_search_once_and_at_most_fifty(
+    app: Caller, original: redis.Redis, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """s51t6 D6: an index set listing 60 items (more than the original let a user create)
+    lists the 50 newest, newest `updatedAt` first and ties by id, the original's order; a
+    search saved here, so in both stores, is listed once."""
+    mode(monkeypatch, name)
+    uid = new_user()
+    created = utcnow() - timedelta(days=30)
+    legacy = [str(uuid.uuid4()) for _ in range(60)]
+    for n, sid in enumerate(legacy):
+        record = search_record(uid, sid, created=created + timedelta(hours=n // 2))  # pairs tie
+        original.set(keys.saved_search(uid, sid), dumps(record), ex=keys.ONE_YEAR_S)
+        original.sadd(keys.saved_searches(uid), sid)
+    made = app("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert made.status == 201, made.text
+
+    listed = app("searches", "GET", "/api/searches", user=uid)
+    assert listed.status == 200, listed.text
+    newest = sorted(legacy, key=lambda sid: (legacy.index(sid) // 2, sid), reverse=True)
+    assert [s["id"] for s in listed.json["searches"]] == [made.json["search"]["id"], *newest[:49]]
+
+
+@pytest.mark.parametrize("name", ["dual", "fallback"])
 def test_invalid_bytes_and_wrong_types_through_the_api_are_503_or_postgres_never_500(
     app: Caller, original: redis.Redis, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
