@@ -63,6 +63,7 @@ from shared.legacy.schemas import (
 from shared.models import UserTier
 from shared.repositories import legacy_import
 from shared.repositories.legacy_import import Upserted
+from shared.repositories.users import placeholder_email
 
 Phase = Literal["users", "saved_searches", "indexes", "done"]
 QuarantineKind = Literal["invalid", "wrong_type", "orphan", "conflict", "unindexed"]
@@ -274,6 +275,7 @@ class _User:
     key: str
     record: UserData
     counters: Counters
+    unreadable_counter: bool = False  # quarantined: `counters` holds None in its place
 
 
 def _read_users(
@@ -293,15 +295,17 @@ def _read_users(
     found: list[_User] = []
     for index, (key, record) in enumerate(parsed):
         pair: list[int | None] = []
+        unreadable = False
         for value in values[2 * index : 2 * index + 2]:
             if isinstance(value, LegacyRecordError):
+                unreadable = True
                 if report is not None:
                     kind: QuarantineKind = "wrong_type" if "holds a" in value.reason else "invalid"
                     report.quarantine(value.key, kind, f"{value.reason}; {key} copied without it")
                 pair.append(None)
             else:
                 pair.append(value)
-        found.append(_User(key, record, Counters(monthly=pair[0], trial=pair[1])))
+        found.append(_User(key, record, Counters(monthly=pair[0], trial=pair[1]), unreadable))
     return found
 
 
@@ -680,14 +684,30 @@ def _next_phase(phase: Phase) -> Phase:
 # --- verify -------------------------------------------------------------------------------------
 
 
-def _load_users(wanted: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], set[str]]:
-    """Postgres rows by id, and the ids of wanted rows another user's email or Stripe id
-    blocks (what the backfill quarantines as conflicts)."""
+UsersLoaded = tuple[dict[str, dict[str, Any]], set[str], dict[str, set[str]]]
 
-    def load(conn: Conn) -> tuple[dict[str, dict[str, Any]], set[str]]:
+
+def _load_users(wanted: list[dict[str, Any]]) -> UsersLoaded:
+    """Postgres rows by id; the ids of missing rows another user's email or Stripe id blocks
+    (what the backfill quarantines as conflicts); and, by id, the columns of a present row
+    that the reattach of such a conflict left out: the address it stores as the placeholder,
+    an address or Stripe id another user holds (the backfill still quarantines the key)."""
+
+    def load(conn: Conn) -> UsersLoaded:
+        from shared.legacy import bridge
+
         rows = legacy_import.users_by_id(conn, [row["id"] for row in wanted])
         missing = [row for row in wanted if row["id"] not in rows]
-        return rows, set(legacy_import.taken_identifiers(conn, missing))
+        left_out: dict[str, set[str]] = {}
+        for row in wanted:
+            have = rows.get(row["id"])
+            if have is None or all(have[c] == row[c] for c in bridge.UNIQUE_COLUMNS):
+                continue  # nothing to leave out (and no query for the common case)
+            columns = set(bridge.held_by_others(conn, row))
+            if have["email"] == placeholder_email(row["id"]):
+                columns.add("email")
+            left_out[row["id"]] = columns
+        return rows, set(legacy_import.taken_identifiers(conn, missing)), left_out
 
     return db.run(load, idempotent=True)
 
@@ -726,15 +746,20 @@ def _show(value: Any) -> str:
 
 
 def _user_differences(
-    key: str, expected: dict[str, Any], actual: dict[str, Any] | None, now: datetime
+    key: str,
+    expected: dict[str, Any],
+    actual: dict[str, Any] | None,
+    now: datetime,
+    quarantined: set[str],
 ) -> Iterable[Difference]:
+    """`quarantined`: the fields not compared (what the backfill quarantines is not copied)."""
     if actual is None:
         yield Difference(key, "row", "present", "missing")
         return
     for name, want in expected.items():
         have = actual[name]
-        if name == "monthlyResetAt":
-            continue  # Postgres's own bookkeeping for the lazy reset
+        if name == "monthlyResetAt" or name in quarantined:
+            continue  # Postgres's own bookkeeping for the lazy reset; or not copied
         if name == "tier" and have is UserTier.ENTERPRISE and want is UserTier.PRO:
             continue  # the legacy layout has no enterprise tier
         if name == "keywordSearchesThisMonth" and actual["monthlyResetAt"] < month_start(now):
@@ -775,8 +800,8 @@ def verify(
 ) -> list[Difference]:
     """Every difference between a valid legacy record and its Postgres row, then every Postgres
     row that has no Redis key, each also passed to `echo` as a line. What the backfill
-    quarantines (invalid records, orphans, users whose email or Stripe id another user holds)
-    is not compared."""
+    quarantines (invalid records, unreadable counters, orphans, users whose email or Stripe id
+    another user holds, also once reattached without them) is not compared."""
     now = now or utcnow()
     found: list[Difference] = []
 
@@ -791,14 +816,16 @@ def verify(
     ):
         legacy = _read_users(redis_client, names, now, None)
         expected = {user.key: user_row(user.record, user.counters, now) for user in legacy}
-        rows, conflicting = _load_users(list(expected.values()))
+        rows, conflicting, left_out = _load_users(list(expected.values()))
         for user in legacy:
-            if user.record.clerkUserId in conflicting:
+            user_id = user.record.clerkUserId
+            if user_id in conflicting:
                 continue  # another user holds its email or Stripe id: quarantined, not copied
+            quarantined = left_out.get(user_id, set())
+            if user.unreadable_counter:  # quarantined: its value is unknown, never read as 0
+                quarantined = quarantined | {"keywordSearchesThisMonth", "keywordSearchesTotal"}
             note(
-                _user_differences(
-                    user.key, expected[user.key], rows.get(user.record.clerkUserId), now
-                )
+                _user_differences(user.key, expected[user.key], rows.get(user_id), now, quarantined)
             )
 
     for names, _ in _scan_batches(

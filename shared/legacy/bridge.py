@@ -77,7 +77,7 @@ _UNIQUE_CONSTRAINTS = (
     "users_stripeCustomerId_key",
     "users_stripeSubscriptionId_key",
 )
-_UNIQUE_COLUMNS = ("email", "stripeCustomerId", "stripeSubscriptionId")
+UNIQUE_COLUMNS = ("email", "stripeCustomerId", "stripeSubscriptionId")
 
 
 class LegacyStoreUnavailableError(DatabaseUnavailableError):
@@ -264,7 +264,7 @@ def reattach_user(
     def work(conn: Conn) -> tuple[int, list[str]] | None:
         if tombstones.any_erased(conn, [user_id]):
             return None
-        left_out = _held_by_others(conn, row)
+        left_out = held_by_others(conn, row)
         if address_elsewhere and "email" not in left_out:
             left_out.insert(0, "email")
         free: dict[str, str | None] = dict.fromkeys(left_out)
@@ -304,12 +304,12 @@ def _load_importable(
     return (None if record is None else storable(keys.user(user_id), record)), counters
 
 
-def _held_by_others(conn: Conn, row: dict[str, Any]) -> list[str]:
+def held_by_others(conn: Conn, row: dict[str, Any]) -> list[str]:
     """The columns of `row` (email, compared case-insensitively; Stripe ids) that another
     user's row holds, each checked alone (`taken_identifiers` names only the first)."""
     held = []
     alone = {"id": row["id"], "email": users.placeholder_email(row["id"])}
-    for column in _UNIQUE_COLUMNS:
+    for column in UNIQUE_COLUMNS:
         if row[column] is None:
             continue
         probe = {**alone, "stripeCustomerId": None, "stripeSubscriptionId": None}

@@ -368,6 +368,42 @@ def test_verify_is_clean_for_users_who_search_in_dual_mode_and_still_sees_the_or
     assert mine() == {(keys.user(theirs), "updatedAt")}  # a rewrite Postgres has not had
 
 
+def test_verify_leaves_out_what_the_backfill_quarantined_also_once_reattached(
+    app: Caller, sdk: Redis, original: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s51t6 D1, D2: a counter the backfill quarantined is not compared (never read as 0),
+    and a reattached conflict is settled: the address and Stripe customer another row holds,
+    which the reattach left out, are not differences. What else the record holds still is."""
+    mode(monkeypatch, "dual")
+    counted, winner, twin, payer, rival = (new_user() for _ in range(5))
+    created = utcnow() - timedelta(days=3)
+    original.set(seed_pro(original, counted, 0), "abc")
+    address = f"{twin}@Example.com"
+    for uid, email in ((winner, address.lower()), (twin, address)):
+        original.set(keys.user(uid), dumps(user_record(uid, email, created=created)))
+    original.set(keys.email(address), winner, ex=keys.ONE_YEAR_S)
+    for uid in (payer, rival):
+        record = user_record(uid, f"{uid}@example.com", created=created, tier="pro",
+                             customer=f"cus_{payer}")  # fmt: skip
+        original.set(keys.user(uid), dumps(record))
+    original.set(keys.stripe(f"cus_{payer}"), payer, ex=keys.ONE_YEAR_S)
+    report = backfill(sdk, report_path=tmp_path / "r.json")
+    kinds = {(q.key, q.kind) for q in report.quarantined}
+    assert (keys.usage(counted, utcnow()), "invalid") in kinds
+    assert {(keys.user(twin), "conflict"), (keys.user(rival), "conflict")} <= kinds
+    assert reattach(sdk, [twin, rival]) == 0
+    keyword_search(app, counted, 1)  # Postgres counts 2; Redis still holds "abc"
+
+    def mine() -> list[str]:
+        ours = {keys.user(uid) for uid in (counted, winner, twin, payer, rival)}
+        return [str(d) for d in verify(sdk) if d.key in ours]
+
+    assert mine() == []
+    stored = json.loads(original.get(keys.user(rival)) or b"")
+    original.set(keys.user(rival), dumps({**stored, "subscriptionStatus": "canceled"}))
+    assert mine() == [f'{keys.user(rival)} subscriptionStatus: redis="canceled" postgres=null']
+
+
 def test_a_search_with_missing_data_is_the_backfill_s_invalid_key_and_no_verify_difference(
     app: Caller,
     sdk: Redis,
