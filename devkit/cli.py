@@ -20,9 +20,12 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from devkit.console import CliError, error_line, info, paint
+
+if TYPE_CHECKING:
+    from shared.cron.backup import BackupInfo
 
 Handler = Callable[[argparse.Namespace], int]
 # What a shell reports for a program killed by SIGPIPE (128 + 13), as `yes | head` does.
@@ -676,8 +679,8 @@ def _db_backups(args: argparse.Namespace) -> int:
         state = (
             "" if item.restorable
             else "interrupted (no manifest; pruned once a day old)" if item.interrupted
-            else f"damaged: {', '.join(item.missing)} missing (left alone; not counted toward "
-            "BACKUP_KEEP)" if item.missing
+            else f"damaged: {_damage(item)} (left alone; not counted toward BACKUP_KEEP)"
+            if item.missing or item.unlisted
             else "not a keyflash backup (left alone; not counted toward BACKUP_KEEP)"
         )  # fmt: skip
         rows.append((item.key, _human_size(item.bytes), when, state))
@@ -688,6 +691,14 @@ def _db_backups(args: argparse.Namespace) -> int:
         line = (line + "  " + row[3]).rstrip()
         print(paint(line, "bold") if n == 0 else line)
     return 0
+
+
+def _damage(item: BackupInfo) -> str:
+    """What `db backups` says is wrong with a damaged backup folder."""
+    problems = [f"{', '.join(item.missing)} missing"] if item.missing else []
+    if item.unlisted:
+        problems.append(f"the manifest leaves out {', '.join(item.unlisted)}")
+    return "; ".join(problems)
 
 
 def _human_size(size: int) -> str:

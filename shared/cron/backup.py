@@ -311,6 +311,7 @@ class BackupInfo:
     complete: bool  # has a manifest
     restorable: bool = False  # named by backup_name, our FORMAT's manifest, every file listed
     missing: tuple[str, ...] = ()  # files our manifest names that the folder lacks
+    unlisted: tuple[str, ...] = ()  # table files in the folder our manifest leaves out
 
     @property
     def interrupted(self) -> bool:
@@ -321,7 +322,9 @@ class BackupInfo:
 def describe_backups(s3: S3Client, bucket: str, prefix: str) -> list[BackupInfo]:
     """Every folder under `prefix` with its size and time, oldest first. Whether a manifest is
     ours is read from it (a GET each): a zero-byte or another project's manifest is none; ours
-    is a backup only when every table file it names is listed too (none deleted since)."""
+    is a backup only when every table file it names is listed too (none deleted since), and it
+    names every table file the folder holds (a manifest replaced or edited since would restore
+    that table empty)."""
     sizes: dict[str, int] = {}
     names: dict[str, set[str]] = {}
     for item in list_objects(s3, bucket, prefix):
@@ -336,8 +339,15 @@ def describe_backups(s3: S3Client, bucket: str, prefix: str) -> list[BackupInfo]
         complete = MANIFEST in names[folder]
         files = _manifest_files(s3, bucket, key) if created and complete else None
         missing = tuple(sorted(set(files) - names[folder])) if files is not None else ()
-        restorable = files is not None and not missing
-        described.append(BackupInfo(key, sizes[folder], created, complete, restorable, missing))
+        unlisted = (
+            tuple(sorted({n for n in names[folder] if n.endswith(".tsv.gz")} - set(files)))
+            if files is not None
+            else ()
+        )
+        restorable = files is not None and not missing and not unlisted
+        described.append(
+            BackupInfo(key, sizes[folder], created, complete, restorable, missing, unlisted)
+        )
     return described
 
 
@@ -451,6 +461,15 @@ def restore_backup(
                 "database first"
             )
         target = {name: set(cols) for name, cols in cursor.execute(_TABLES).fetchall()}
+        listed = {entry["table"] for entry in manifest["tables"]}
+        # The backup job's own rule for what it copies (tables_in_load_order), on this target
+        # at the backup's revision: a table it leaves out would be restored empty.
+        for table in tables_in_load_order(cursor).tables:
+            if table.name not in listed:
+                raise RestoreError(
+                    f"the manifest does not list table {table.name}, which a backup at {wanted} "
+                    "has: the backup is damaged (loaded, that table would be empty)"
+                )
         for entry in manifest["tables"]:
             missing = ", ".join(sorted(set(entry["columns"]) - target.get(entry["table"], set())))
             if missing:

@@ -150,3 +150,29 @@ def test_db_restore_keeps_the_database_when_the_archive_is_damaged(
     assert keyflash(tmp_path, "restore", str(archive)) == 0, capsys.readouterr().err
     assert users(local) == users(source) and leftovers(local) == []
     assert lease_holders(local) == [None]
+
+
+def test_restore_from_s3_refuses_a_manifest_that_leaves_out_a_table(
+    s3: Any, migrated: Callable[[str], str], local: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A manifest edited to drop a table its revision has (the table's file still there) would
+    restore that table empty: refused, the database unchanged; `db backups` marks it."""
+    made = backup.create_backup(
+        migrated("from_backup"), s3=s3, bucket=BUCKET, prefix=PREFIX, now=NOW
+    )
+    good = made.key.removesuffix("manifest.json")
+    tables = [entry for entry in made.manifest["tables"] if entry["table"] != "saved_searches"]
+    assert len(tables) == len(made.manifest["tables"]) - 1
+    partial = copy_backup(s3, good, f"{PREFIX}20261129T020000000Z/", tables=tables)
+
+    assert keyflash(tmp_path, "restore-from-s3", partial) == 1
+    failure = capsys.readouterr().err.splitlines()[-1]  # after the line naming the database
+    assert failure.startswith("keyflash: the manifest does not list table saved_searches")
+    assert users(local) == ["local_only"] and leftovers(local) == []
+
+    assert cli.main(["--state-dir", str(tmp_path), "db", "backups"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{partial}  " in listing
+    assert "damaged: the manifest leaves out saved_searches.tsv.gz" in listing
+
