@@ -718,6 +718,8 @@ def _db_restore_from_s3(args: argparse.Namespace) -> int:
     from shared.cron.backup import RestoreError, load_manifest, restore_backup
     from shared.db_url import redact_url
 
+    if not args.key.strip():
+        raise CliError("KEY is empty: give a backup as `keyflash db backups` lists it", code=2)
     s3, bucket, _ = _backup_store(args, "db restore-from-s3")
     try:
         bucket, manifest_key, manifest = load_manifest(args.key, s3=s3, bucket=bucket)

@@ -176,3 +176,10 @@ def test_restore_from_s3_refuses_a_manifest_that_leaves_out_a_table(
     assert f"{partial}  " in listing
     assert "damaged: the manifest leaves out saved_searches.tsv.gz" in listing
 
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_restore_from_s3_with_an_empty_key_is_a_usage_error(
+    key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert keyflash(tmp_path, "restore-from-s3", key) == 2
+    assert "KEY is empty" in capsys.readouterr().err
