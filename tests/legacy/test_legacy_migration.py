@@ -575,6 +575,9 @@ def test_the_module_entry_fails_in_one_line_as_keyflash_legacy_does(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A job a non-interactive shell starts in the background (a CI runner's) ignores
+            # SIGINT, and so would the child: Python then installs no KeyboardInterrupt.
+            preexec_fn=_default_sigint,
         )
         if redis_answers == "never":
             connection, _ = listener.accept()  # its first SCAN waits for an answer: Ctrl-C
@@ -589,6 +592,10 @@ def test_the_module_entry_fails_in_one_line_as_keyflash_legacy_does(
     assert (child.returncode, err.strip()) == expected[redis_answers], err
     assert out == ""
     assert json.loads(report.read_text())["complete"] is False
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_row_refused_inside_a_batch_is_left_out_and_the_rest_written(db_env: str) -> None:
