@@ -26,6 +26,7 @@ from shared.http.client_ip import client_ip
 from shared.http.errors import ApiError
 from shared.legacy import keys
 from shared.redis import failure_retry_after, get_redis
+from shared.redis_breaker import best_effort
 from shared.telemetry import log_event
 
 WINDOW_SECONDS = 3600
@@ -143,7 +144,8 @@ def forget(endpoint: str, user_id: str) -> None:
     if client is None:
         return
     try:
-        client.delete(keys.rate_limit(endpoint, keys.signed_in(user_id)))
+        with best_effort():  # a cleanup: its failure says nothing of the limiter's calls
+            client.delete(keys.rate_limit(endpoint, keys.signed_in(user_id)))
     except Exception as error:
         log_event(
             "rate_limit_forget_failed",
