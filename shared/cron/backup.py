@@ -57,10 +57,12 @@ from shared.s3 import (
     GzipUpload,
     KeysNotDeleted,
     S3Client,
+    abort_uploads,
     delete_keys,
     error_code,
     list_keys,
     list_objects,
+    list_uploads,
     s3_client,
 )
 from shared.telemetry import log_event
@@ -391,6 +393,21 @@ def prune_backups(s3: S3Client, bucket: str, prefix: str, keep: int, now: dateti
     return [_folder(item, prefix) for item in doomed]
 
 
+def abort_interrupted_uploads(s3: S3Client, bucket: str, prefix: str, now: datetime) -> int:
+    """Abort the incomplete multipart uploads a cut-off backup left in a folder named as ours,
+    once the folder is INTERRUPTED_AFTER old (as interrupted folders are pruned): a run stopped
+    at its deadline sends nothing more, its own abort included, and S3 keeps and bills the
+    parts while no object listing shows them. How many were aborted."""
+    doomed = []
+    for upload in list_uploads(s3, bucket, prefix):
+        folder, _, name = str(upload["Key"]).removeprefix(prefix).partition("/")
+        created = _backup_time(folder) if name else None
+        if created is not None and created <= now - INTERRUPTED_AFTER:
+            doomed.append(upload)
+    abort_uploads(s3, bucket, doomed)
+    return len(doomed)
+
+
 # --------------------------------------------------------------------------- restore
 
 
@@ -622,6 +639,9 @@ def backup(run: Run) -> None:
     try:
         run.extra["deletedBackups"] = prune_backups(
             s3, settings.backup_bucket, settings.backup_prefix, settings.backup_keep, run.now
+        )
+        run.extra["uploadsAborted"] = abort_interrupted_uploads(
+            s3, settings.backup_bucket, settings.backup_prefix, run.now
         )
     except (ClientError, BotoCoreError, KeysNotDeleted) as error:  # the next backup prunes again
         run.complete = False

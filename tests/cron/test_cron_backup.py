@@ -24,7 +24,7 @@ from shared import s3 as s3_transport
 from shared.cron import backup
 from shared.cron.runner import LEASE_HELD, run_job
 from tests.support.cron import BudgetContext, configure, count, overlapping_runs
-from tests.support.s3 import BUCKET, PREFIX, mock_s3, refuse_deletes
+from tests.support.s3 import BUCKET, PREFIX, leave_upload, mock_s3, refuse_deletes, uploads
 
 NOW = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 ScratchDatabase = Callable[[], str]
@@ -551,6 +551,24 @@ def test_an_interrupted_folder_younger_than_a_day_may_be_another_deployment_s_ru
     assert made["deletedBackups"] == ["20261127T015959000Z"]
     assert running in keys(s3) and dead not in keys(s3)
     assert backup.list_backups(s3, BUCKET, PREFIX)[1] == ["20261128T015959000Z"]
+
+
+def test_an_upload_a_cut_off_backup_left_is_aborted_once_a_day_old(
+    s3: Any, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A run stopped at its deadline sends nothing more, its abort included: the parts of its
+    incomplete upload stay stored and billed, shown by no listing. The next backups abort
+    those in folders named as ours once a day old, as interrupted folders are deleted."""
+    seed_everything(admin_conn, history_rows=10)
+    dead = f"{PREFIX}20261127T015959000Z/search_history.tsv.gz"  # a day and a second old
+    running = f"{PREFIX}20261128T015959000Z/users.tsv.gz"  # maybe staging's, being written
+    foreign = f"{PREFIX}by-hand/upload.bin"  # not ours: left alone
+    for key in (dead, running, foreign):
+        leave_upload(s3, key, b"x")
+
+    made = run_job(backup.JOB, now=NOW)
+    assert made["uploadsAborted"] == 1
+    assert sorted(uploads(s3)) == sorted([running, foreign])
 
 
 def test_a_backup_missing_a_table_file_is_not_counted_as_restorable(
