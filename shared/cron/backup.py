@@ -606,7 +606,7 @@ def backup(run: Run) -> None:
             run.extra["skipped"] = f"already backed up today ({recorded})"
             return
         log_event("backup_gone", level=logging.WARNING, key=recorded)
-    if not run.has_time():
+    if not run.has_time(calls_out=True):
         return
     try:
         with run.batch():
@@ -616,7 +616,7 @@ def backup(run: Run) -> None:
                 bucket=settings.backup_bucket,
                 prefix=settings.backup_prefix,
                 now=run.now,
-                has_time=run.budget.allows_batch,
+                has_time=lambda: run.has_time(calls_out=True),
             )
     except OutOfTimeError:
         run.complete = False

@@ -192,7 +192,7 @@ def export_data(run: Run) -> None:
     if not run.settings.backup_bucket:
         raise ExportError("BACKUP_BUCKET is not set: name the S3 bucket exports are stored in")
     s3 = s3_client(run.deadline)
-    while run.has_time():
+    while run.has_time(calls_out=True):
         try:
             with run.batch():
                 if not export_one(run, s3):
@@ -203,7 +203,7 @@ def export_data(run: Run) -> None:
             log_event("data_export_failed", level=logging.ERROR, error=error_code(error))
             run.extra["errors"] = run.extra.get("errors", 0) + 1
             break
-    if run.has_time():
+    if run.has_time(calls_out=True):
         with run.batch():
             sweep(run, s3)
 

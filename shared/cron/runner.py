@@ -96,9 +96,12 @@ class Run:
     complete: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def has_time(self) -> bool:
-        """Whether another batch may start; once it may not, the run is marked incomplete."""
-        if self.budget.allows_batch():
+    def has_time(self, *, calls_out: bool = False) -> bool:
+        """Whether another batch may start; once it may not, the run is marked incomplete.
+        `calls_out`: the batch calls S3, whose calls end by `deadline`, so it may not start past
+        that either (a PROVIDER_DEADLINE_MARGIN_S larger than CRON_TIME_MARGIN_MS puts it
+        first): each call could only fail, and an export would spend an attempt for nothing."""
+        if self.budget.allows_batch() and not (calls_out and time.monotonic() >= self.deadline):
             return True
         self.complete = False
         return False

@@ -720,6 +720,28 @@ def test_an_s3_that_never_answers_fails_the_attempt_within_the_runs_time(
     assert summary["durationMs"] < 10_000  # a guard: the limit, not botocore's three minutes
 
 
+def test_no_export_is_claimed_past_the_runs_deadline_for_s3(
+    api_env: Keys,
+    storage: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """Reviewer s51: with PROVIDER_DEADLINE_MARGIN_S larger than CRON_TIME_MARGIN_MS a batch
+    could start after the run's S3 deadline, claim an export and spend one of its attempts on
+    calls that could only fail. No such batch starts: the export stays pending, untried."""
+    configure(monkeypatch, CRON_TIME_MARGIN_MS=0, PROVIDER_DEADLINE_MARGIN_S=10)
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    call = Caller("lambda_v2", api_env)
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    # 8 s: more than the database's 3 s (a batch may start), less than its 3 s and S3's 10 s.
+    summary = run_job(exports_job.JOB, context=BudgetContext(checks=5, first_ms=8_000))
+    row = admin_conn.execute(
+        "SELECT status, attempts FROM data_exports WHERE id = %s", (export_id,)
+    ).fetchone()
+    assert row == ("pending", 0)
+    assert summary["complete"] is False and summary["batches"] == 0
+
+
 def test_an_erasure_on_lambda_whose_s3_never_answers_is_deferred_within_the_invocation(
     api_env: Keys,
     hung_storage: TcpGate,
