@@ -56,7 +56,7 @@ class Origin:
 class Result:
     data: list[providers.KeywordData]
     cached: bool
-    cache_healthy: bool | None  # None: nothing was written (a hit, or forced mock data)
+    cache_healthy: bool | None  # None on a hit only: every miss answers it, as the original's
     provider_name: str
     mock: bool
 
@@ -156,7 +156,8 @@ def _answer(
     finally:
         # After the record: a slow cache spends no time the record's round trip needs. Cached
         # even when the record failed: the answer was paid for, the client's retry finds it.
-        healthy = _store(key, data, provider.name) if fresh else None
+        # A trial's Mock data is never stored: nothing failed, so its miss says True.
+        healthy = _store(key, data, provider.name) if fresh else None if hit else True
     return Result(data, hit, healthy, name, name == "Mock" or mock_forced)
 
 
