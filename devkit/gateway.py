@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -169,11 +169,16 @@ class Gateway:
             return
         function = self.find(path)
         if function is None:
-            # The platform's own 404 would answer here; ours carries an X-Request-ID, as
-            # every answer of the functions does.
+            # The platform's own 404 would answer here; ours carries an X-Request-ID and the
+            # security headers, as every answer of the functions does (the Swagger page above
+            # does not: their CSP and COEP would block its inline script and CDN assets).
+            from shared.http.app import SECURITY_HEADERS  # shared settings untouched until now
+
             request_id = new_request_id()
             body = _envelope(404, "Not Found", f"No function serves {method} {path}")
-            await _respond(send, 404, body, "application/json", request_id=request_id)
+            await _respond(
+                send, 404, body, "application/json", request_id=request_id, extra=SECURITY_HEADERS
+            )
             logger.info("%s %s -> no function 404 (%s)", method, _printable(path), request_id)
             return
         started = time.perf_counter()
@@ -283,7 +288,13 @@ def _envelope(status: int, error: str, message: str) -> bytes:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, content_type: str, *, request_id: str | None = None
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    request_id: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> None:
     headers = [
         (b"content-type", content_type.encode()),
@@ -292,6 +303,7 @@ async def _respond(
     ]
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode()))
+    headers += [(name.lower().encode(), value.encode()) for name, value in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -43,11 +43,18 @@ from shared.http.methods import Head, method_not_allowed, path_routes, served
 from shared.telemetry import log_event
 
 API_VERSION = "v1"
+# The original's, on every answer (vercel.json repeats them, the local gateway's 404 too). Its
+# CSP was a page's; a JSON answer loads nothing and is framed by no one.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "strict-origin-when-cross-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-XSS-Protection": "1; mode=block",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
 HSTS = "max-age=31536000; includeSubDomains; preload"
 # Whether a function of this process has frozen its INIT (`make_lambda_handler`).

@@ -1572,6 +1572,23 @@ def test_gateway_request_lines_are_one_bounded_line_without_emails(
     assert len(lines[2]) < 400 and "(+" in lines[2]
 
 
+def test_the_gateways_404_has_the_functions_security_headers_and_its_docs_page_no_csp() -> None:
+    """The gateway's 404 stands for a function's answer: the same security headers. The Swagger
+    page at /docs runs an inline script from a CDN, which that CSP and COEP would block."""
+    from starlette.testclient import TestClient
+
+    from devkit import gateway
+    from shared.http.app import SECURITY_HEADERS
+
+    with TestClient(gateway.Gateway([])) as client:
+        missing = client.get("/api/nope")
+        docs = client.get("/docs")
+    assert missing.status_code == 404 and docs.status_code == 200
+    assert {name: missing.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+    assert "content-security-policy" not in docs.headers
+    assert "cross-origin-embedder-policy" not in docs.headers
+
+
 def test_the_stack_reads_the_vercel_upstash_names_as_its_own(
     monkeypatch: pytest.MonkeyPatch, empty_state_dir: Path
 ) -> None:

@@ -487,15 +487,31 @@ def test_usage_rows_hold_the_route_template_also_for_answers_given_before_routin
     ]
 
 
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "strict-origin-when-cross-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    "cross-origin-embedder-policy": "require-corp",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "x-xss-protection": "1; mode=block",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
 def test_security_headers_and_hsts_only_in_production(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The original's headers on every answer, successes and envelopes alike; its CSP, written
+    for pages, is the one a JSON answer needs: nothing may load or frame it."""
     from shared import config
 
     result = call("searches", "GET", "/api/searches", user="user_a")
-    assert result.headers["x-content-type-options"] == "nosniff"
-    assert result.headers["x-frame-options"] == "DENY"
-    assert "camera=()" in result.headers["permissions-policy"]
+    refused = call("searches", "GET", "/api/searches")
+    assert refused.status == 401
+    for answer in (result, refused):
+        assert {name: answer.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
     assert "strict-transport-security" not in result.headers
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("RATE_LIMIT_HMAC_SECRET", "h" * 32)
