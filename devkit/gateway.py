@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from devkit import events, platform_limits
@@ -313,7 +314,13 @@ async def _call_within_limits(
 ) -> int:
     """Run `function.app` with the request and response held whole, as the platforms hold
     them; a message over the imitated limit, or a function still running at its imitated
-    timeout, gets the platform's refusal instead. The status."""
+    timeout, gets the platform's refusal instead. The status.
+
+    A `Content-Length` over the platform's limit is refused before the body is read, so no
+    client is invited (`100 Continue`, sent on the first read) or left to upload it in vain."""
+    declared = Headers(scope=scope).get("content-length", "")
+    if declared.isdigit() and (early := platform_limits.declared_refusal(int(declared))):
+        return await _refuse(send, early)
     body = bytearray()
     while True:
         message = await receive()
@@ -359,6 +366,11 @@ async def _call_within_limits(
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": sent})
             return status
+    return await _refuse(send, refusal)
+
+
+async def _refuse(send: Send, refusal: platform_limits.Refusal) -> int:
+    """Answer what the platform answers instead of the function. The status."""
     logger.warning("%s refuses: %s", refusal.platform, refusal.reason)
     await send(
         {

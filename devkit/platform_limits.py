@@ -98,10 +98,7 @@ def request_refusal(
     `event_bytes` long: estimated from the body when not given), or None when it fits."""
     for platform in platforms or imitated():
         if platform == "vercel" and len(body) > VERCEL_BODY_MAX:
-            return _vercel_refusal(
-                413, "FUNCTION_PAYLOAD_TOO_LARGE", "Payload Too Large",
-                f"request body {len(body)} bytes > Vercel's {VERCEL_BODY_MAX}",
-            )  # fmt: skip
+            return _vercel_body_refusal(f"request body {len(body)} bytes")
         if platform == "lambda":
             size = event_bytes if event_bytes is not None else _lambda_body_bytes(body, True)
             if size > LAMBDA_PAYLOAD_MAX:
@@ -109,6 +106,24 @@ def request_refusal(
                     f"request event {size} bytes > Lambda's {LAMBDA_PAYLOAD_MAX}"
                 )
     return None
+
+
+def declared_refusal(length: int, *, platforms: Sequence[str] | None = None) -> Refusal | None:
+    """What `request_refusal` would say of any body `length` bytes long (its Lambda event is
+    longer still), known from a `Content-Length` before a byte is read; None when it may fit."""
+    for platform in platforms or imitated():
+        if platform == "vercel" and length > VERCEL_BODY_MAX:
+            return _vercel_body_refusal(f"declared request body {length} bytes")
+        if platform == "lambda" and length > LAMBDA_PAYLOAD_MAX:
+            return _lambda_refusal(
+                f"declared request body {length} bytes > Lambda's {LAMBDA_PAYLOAD_MAX}"
+            )
+    return None
+
+
+def _vercel_body_refusal(what: str) -> Refusal:
+    reason = f"{what} > Vercel's {VERCEL_BODY_MAX}"
+    return _vercel_refusal(413, "FUNCTION_PAYLOAD_TOO_LARGE", "Payload Too Large", reason)
 
 
 def response_refusal(

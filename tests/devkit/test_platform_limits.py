@@ -8,6 +8,7 @@ gate the test opens (no sleeps: the handler cannot return before the deadline).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -147,6 +148,48 @@ def test_keyflash_dev_refuses_oversized_requests_before_the_function_runs(
     assert accepted.json() == {"received": VERCEL_BODY_MAX + 1}
     refused = dev_gateway.post("/api/blob", content=b"x" * LAMBDA_PAYLOAD_MAX)
     assert (refused.status_code, refused.content) == (500, LAMBDA_REFUSAL)
+
+
+@pytest.mark.parametrize(
+    ("platform", "declared", "status"),
+    [("vercel", VERCEL_BODY_MAX + 1, 413), ("lambda", LAMBDA_PAYLOAD_MAX + 1, 500)],
+)
+def test_keyflash_dev_refuses_a_declared_oversized_body_without_reading_it(
+    dev_gateway: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    platform: str,
+    declared: int,
+    status: int,
+) -> None:
+    """A `Content-Length` the platform would refuse whatever the bytes is answered at once: a
+    client is not asked (`100 Continue`, which the server sends on the first read) or left
+    waiting to upload megabytes that can only be refused."""
+    monkeypatch.setenv(platform_limits.VARIABLE, platform)
+    app = dev_gateway.app
+    scope = {
+        "type": "http", "method": "POST", "path": "/api/blob", "raw_path": b"/api/blob",
+        "query_string": b"", "headers": [(b"content-length", str(declared).encode())],
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == status
+
+
+def test_keyflash_dev_still_counts_a_streamed_body_without_a_length(
+    dev_gateway: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(platform_limits.VARIABLE, "vercel")
+    chunks = [b"x" * 1_000_000] * 4 + [b"x" * 500_001]
+    refused = dev_gateway.post("/api/blob", content=iter(chunks))
+    assert refused.status_code == 413
+    assert refused.headers["x-vercel-error"] == "FUNCTION_PAYLOAD_TOO_LARGE"
 
 
 def test_keyflash_invoke_refuses_an_event_over_lambdas_limit(
