@@ -173,7 +173,8 @@ def confirm(question: str, assume_yes: bool) -> None:
 def table_count(url: str) -> int:
     import psycopg
 
-    with psycopg.connect(libpq_target(url)[0], autocommit=True) as conn:
+    conninfo, env = libpq_target(url)
+    with psycopg.connect(conninfo, password=env.get("PGPASSWORD"), autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
             "'information_schema')"

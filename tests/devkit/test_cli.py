@@ -1315,6 +1315,68 @@ def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
     assert not stack_processes(spare_state_dir)  # each command stopped what it started
 
 
+@pytest.fixture
+def password_role_url(postgres_server_url: str) -> Iterator[str]:
+    """A database owned by a role that must give its password (SCRAM, as Neon asks): the URL
+    holds it. The suite's server trusts every client, so a line for this role goes first in
+    its pg_hba.conf while the test runs; every other role still matches the trust lines."""
+    import psycopg
+
+    role, password = f"kf_pw_{os.getpid()}", "Pw-S3cret_only_in_the_url"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        row = admin.execute("SHOW hba_file").fetchone()
+        assert row is not None
+        hba = Path(row[0])
+        trusting = hba.read_text()
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'")
+        admin.execute(f"CREATE DATABASE {role} OWNER {role}")
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{trusting}")
+        admin.execute("SELECT pg_reload_conf()")
+        server = conninfo_to_dict(postgres_server_url)
+        url = f"postgresql://{role}:{password}@127.0.0.1:{server['port']}/{role}"
+        try:
+            unchecked = url.replace(password, "wrong")
+            wait_until(lambda: _refused(unchecked), READY_TIMEOUT_S, "the server asks")
+            yield url
+        finally:
+            hba.write_text(trusting)
+            admin.execute("SELECT pg_reload_conf()")
+            admin.execute(f"DROP DATABASE IF EXISTS {role} WITH (FORCE)")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def _refused(url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(url).close()
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+def test_db_backup_restore_and_psql_use_the_urls_password(
+    empty_state_dir: Path, password_role_url: str
+) -> None:
+    """`db backup` counted the tables over a connection without the URL's password, so it
+    failed with "no password supplied" on every server that asks for one."""
+    env = {"DATABASE_URL": password_role_url}
+    archive = empty_state_dir / "backup.dump"
+    steps = (
+        ("db", "migrate"),
+        ("db", "backup", str(archive)),
+        ("db", "restore", str(archive), "--yes"),
+        ("db", "psql", "-tAc", "SELECT current_user"),
+    )
+    for args in steps:
+        result = keyflash(*args, state_dir=empty_state_dir, **env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "S3cret" not in result.stdout + result.stderr
+    assert result.stdout.strip() == f"kf_pw_{os.getpid()}"
+    assert archive.read_bytes().startswith(b"PGDMP")
+    assert not (empty_state_dir / "pgdata").exists()  # the URL's server, not the state dir's
+
+
 def test_db_downgrade_and_migrate(spare_state_dir: Path) -> None:
     first = keyflash("db", "migrate", state_dir=spare_state_dir)  # a new cluster starts empty
     assert first.returncode == 0, first.stderr
