@@ -256,9 +256,9 @@ def _warn_unless_upstash_answers(redis: Redis) -> None:
             return
         problem = f"answers PING with HTTP {response.status_code}, not PONG"
     info(
-        f"keyflash: warning: {redis.variable} {redis.url} {problem}; the cache, rate limits and "
-        f"health's Redis check will fail until it does (unset {redis.variable} to use the "
-        "emulator)"
+        f"keyflash: warning: {redis.variable} {redis.redacted} {problem}; the cache, rate "
+        f"limits and health's Redis check will fail until it does (unset {redis.variable} to "
+        "use the emulator)"
     )
 
 
@@ -362,7 +362,7 @@ def _banner(
         f"  OpenAPI    {base_url}{gateway.OPENAPI_PATH}",
         f"  Docs       {base_url}{gateway.DOCS_PATH}",
         f"  Database   {database.redacted}  ({database.origin})",
-        f"  Redis      {redis.url}  ({redis.origin})",
+        f"  Redis      {redis.redacted}  ({redis.origin})",
         f"  S3         {_s3_line(env)}",
         f"  CORS       {_cors_line(options)}",
         f"  Clerk      {_clerk_line(env, options.state_dir)}",
@@ -402,7 +402,7 @@ def _banner(
             shown = _webhook_secret_line(value, options.state_dir)
         elif setting in ("rate_limit_hmac_secret", "upstash_redis_rest_token"):
             shown = value[:8] + "…"  # whole: keyflash env
-        elif "database_url" in setting:
+        elif "database_url" in setting or setting == "upstash_redis_rest_url":
             from shared.db_url import redact_url
 
             shown = redact_url(value)

@@ -218,6 +218,13 @@ class Redis:
     origin: str
     variable: str | None = None  # the developer's variable it came from (no emulator then)
 
+    @property
+    def redacted(self) -> str:
+        """The URL with any password in its user info masked, for banners and warnings."""
+        from shared.db_url import redact_url
+
+        return redact_url(self.url)
+
 
 class Session:
     """What one `keyflash` command uses, acquired on demand and released in reverse order."""

@@ -1159,8 +1159,10 @@ def test_dev_verifies_with_an_exported_clerk_jwks_url(spare_state_dir: Path) -> 
 
 
 def test_dev_warns_when_upstash_redis_rest_url_answers_nothing(spare_state_dir: Path) -> None:
-    """One warning before "ready"; the progress names that URL, not an emulator (none starts)."""
-    nowhere = f"http://127.0.0.1:{free_port()}"
+    """One warning before "ready"; the progress names that URL, not an emulator (none starts).
+    A password in the URL's user info is masked there, in the banner and in its environment
+    section, as the database URL's is."""
+    nowhere = f"http://u:{'p' * 40}@127.0.0.1:{free_port()}"
     running = start_dev(
         spare_state_dir, UPSTASH_REDIS_REST_URL=nowhere, UPSTASH_REDIS_REST_TOKEN="t" * 40
     )
@@ -1170,8 +1172,11 @@ def test_dev_warns_when_upstash_redis_rest_url_answers_nothing(spare_state_dir: 
         assert running.stop() == 0, running.output()
     warnings = [line for line in output.splitlines() if line.startswith("keyflash: warning:")]
     assert len(warnings) == 1, output
-    assert nowhere in warnings[0] and "does not answer" in warnings[0]
-    assert "t" * 40 not in output
+    masked = nowhere.replace("p" * 40, "***")
+    assert masked in warnings[0] and "does not answer" in warnings[0]
+    assert f"Redis      {masked}  (UPSTASH_REDIS_REST_URL)" in output
+    assert f"UPSTASH_REDIS_REST_URL={masked}" in output
+    assert "t" * 40 not in output and "p" * 40 not in output
     assert output.index(warnings[0]) < output.index("ready in")
     assert "keyflash dev: using UPSTASH_REDIS_REST_URL\n" in output
     assert "starting the Upstash emulator" not in output, output
