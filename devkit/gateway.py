@@ -24,11 +24,12 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -114,8 +115,8 @@ def conflicts(functions: Sequence[Function]) -> list[str]:
 # What may break a line (`str.splitlines()`, log viewers) or the terminal: C0 and C1 controls,
 # U+2028 and U+2029.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# A path segment holding an `@`: an email, personal data a dev log has no need of.
-_EMAIL_SEGMENT = re.compile(r"[^/]*@[^/]*")
+# How many more times a path segment is percent-decoded, looking for an email's `@`.
+_DECODINGS = 8
 # How much of a path a log line shows.
 _SHOWN_CHARS = 200
 
@@ -124,10 +125,24 @@ def _printable(path: str) -> str:
     """A decoded path for a log line: a segment with an email masked, cut to `_SHOWN_CHARS`,
     and what could break the line escaped, so a `%0A` or `%E2%80%A8` in a URL cannot start a
     forged line, a `%00` turn the log binary, nor a 60 KB path make a 60 KB line."""
-    shown = _EMAIL_SEGMENT.sub("…", path)
+    shown = "/".join("…" if _holds_email(segment) else segment for segment in path.split("/"))
     if len(shown) > _SHOWN_CHARS:
         shown = f"{shown[:_SHOWN_CHARS]}…(+{len(shown) - _SHOWN_CHARS} chars)"
     return _CONTROL.sub(_escaped, shown)
+
+
+def _holds_email(segment: str) -> bool:
+    """Whether a path segment holds an `@` (an email, personal data a dev log has no need of),
+    however often a client percent-encoded it, or as a compatibility form (U+FF20 full-width,
+    U+FE6B small). A segment still decoding after `_DECODINGS` rounds counts as one too."""
+    for _ in range(_DECODINGS):
+        if "@" in unicodedata.normalize("NFKC", segment):
+            return True
+        decoded = unquote(segment)
+        if decoded == segment:
+            return False
+        segment = decoded
+    return True
 
 
 def _escaped(match: re.Match[str]) -> str:
