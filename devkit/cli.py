@@ -869,17 +869,16 @@ def _legacy(args: argparse.Namespace) -> int:
 def _env(args: argparse.Namespace) -> int:
     import shlex
 
-    from devkit.stack import Database, Redis, function_env, lock_holder
+    from devkit.stack import Session, function_env, lock_holder
     from devkit.tokens import dev_key
 
     state_dir = _state_dir(args)
     holder = lock_holder(state_dir)
     if not holder or holder.get("command") != "dev" or not holder.get("ready"):
         raise CliError(f"no running keyflash dev in {state_dir}: start one with keyflash dev")
-    database = Database(
-        holder["database_url"], holder["direct_database_url"], "keyflash dev", "keyflash dev"
-    )
-    redis = Redis(holder["upstash_url"], holder["upstash_token"], "keyflash dev")
+    with Session(state_dir, "env") as session:  # the stack's, or yours where it used yours
+        session.running = holder
+        database, redis = session.database(), session.redis()
     stack_env = holder.get("stack_env") if isinstance(holder.get("stack_env"), dict) else {}
     env = function_env(
         database, redis, dev_key(state_dir), app_url=holder.get("url"), stack_env=stack_env

@@ -37,6 +37,7 @@ from devkit.stack import (
     function_env,
     jwks_url_of,
     migrate_and_seed,
+    recordable,
     refuse_production,
 )
 
@@ -112,7 +113,10 @@ def _serve(
     preload = _Background(_load_functions)
     with Progress(7, "keyflash dev") as progress:
         database = session.database(progress.step)
-        session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
+        if database.origin == "embedded":
+            session.lock.update(database_url=database.url, direct_database_url=database.direct_url)
+        else:  # yours: not recorded, the lock would hold its password (Session.database)
+            session.lock.update(database_variable=database.origin)
         redis = session.redis(progress.step)
         if redis.variable is not None:
             _warn_unless_upstash_answers(redis)
@@ -125,7 +129,7 @@ def _serve(
             | clerk_webhook_env(options.state_dir)
             | clerk_key_env()
         )
-        session.lock.update(stack_env=stack_env)
+        session.lock.update(stack_env=recordable(stack_env))
         env = function_env(database, redis, key, app_url=base_url, stack_env=stack_env)
         apply_env(env)
         session.cleanup.callback(_dispose_engine)
@@ -146,7 +150,10 @@ def _serve(
         if options.crons:
             scheduler.start()
             session.cleanup.callback(scheduler.stop)
-        session.lock.update(upstash_url=redis.url, upstash_token=redis.token, ready=True)
+        if redis.variable is None:
+            session.lock.update(upstash_url=redis.url, upstash_token=redis.token, ready=True)
+        else:  # yours: not recorded, the lock would hold its token (Session.redis)
+            session.lock.update(redis_variable=redis.variable, ready=True)
         progress.close(f"keyflash dev: ready in {time.perf_counter() - started:.1f} s")
     token = issue_token(key, DEMO_TOKEN_USER)
     _banner(base_url, database, redis, env, functions, scheduler, seeded, token, options)

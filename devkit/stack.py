@@ -294,6 +294,7 @@ class Session:
             return self._database
         self.claim()
         if self.running is not None:
+            self._refuse_unrecorded(self.running, "database_variable", "")
             url = self.running.get("database_url")
             if not url:
                 raise CliError(
@@ -340,6 +341,8 @@ class Session:
             step(f"using {url[0]}")
             self._redis = Redis(url[1], token[1], url[0], variable=url[0])
             return self._redis
+        if self.running is not None:
+            self._refuse_unrecorded(self.running, "redis_variable", " and its token")
         if self.running is not None and self.running.get("upstash_url"):
             self._redis = Redis(
                 str(self.running["upstash_url"]),
@@ -377,6 +380,18 @@ class Session:
         server = LocalS3Server()
         self.cleanup.callback(server.stop)  # before start: a half-started server is stopped
         return server.start().env()
+
+    def _refuse_unrecorded(self, running: dict[str, Any], field: str, also: str) -> None:
+        """The running stack uses a setting from its own environment, which its lock does not
+        record (it holds a password or token): this command needs it in its own, or it would
+        use another database or Redis than the stack's."""
+        variable = running.get(field)
+        if variable:
+            raise CliError(
+                f"keyflash dev (pid {running.get('pid')}) uses {variable} from its own "
+                f"environment, which {LOCK_FILE} does not record (it would hold a secret): set "
+                f"{variable}{also} for keyflash {self.command} too"
+            )
 
     def stack_env(self) -> dict[str, str]:
         """What the running `keyflash dev` on this state dir added to the functions'
@@ -506,6 +521,13 @@ def function_env(
         env[name] = os.environ.get(name) or value
     env.update(stack_env or {})
     return env
+
+
+def recordable(stack_env: dict[str, str]) -> dict[str, str]:
+    """`stack_env` as the lock records it: without a CLERK_WEBHOOK_SECRET from the developer's
+    environment (a secret; commands that borrow the stack read their own environment)."""
+    own = os.environ.get("CLERK_WEBHOOK_SECRET")
+    return {k: v for k, v in stack_env.items() if not (k == "CLERK_WEBHOOK_SECRET" and v == own)}
 
 
 def cors_env(origins: list[str]) -> dict[str, str]:

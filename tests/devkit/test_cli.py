@@ -1382,6 +1382,38 @@ def test_db_backup_restore_and_psql_use_the_urls_password(
     assert not (empty_state_dir / "pgdata").exists()  # the URL's server, not the state dir's
 
 
+def test_the_lock_records_no_secret_given_to_dev(
+    empty_state_dir: Path, password_role_url: str
+) -> None:
+    """docs/local-stack.md, Settings from your shell: a DATABASE_URL (its password), an
+    Upstash token and a Clerk webhook secret from dev's own environment stayed in stack.lock.
+    Now a command borrowing the stack without them is refused, naming the variable (it would
+    use another database or Redis), and with them in its own environment it works."""
+    from devkit.upstash_emulator import UpstashEmulator
+
+    with UpstashEmulator() as upstash:
+        redis = {"UPSTASH_REDIS_REST_URL": upstash.url, "UPSTASH_REDIS_REST_TOKEN": upstash.token}
+        yours = {"DATABASE_URL": password_role_url, "CLERK_WEBHOOK_SECRET": SECRET} | redis
+        running = start_dev(empty_state_dir, args=("--no-crons",), **yours)
+        try:
+            lock = (empty_state_dir / "stack.lock").read_text()
+            no_database = keyflash("invoke", "health", state_dir=empty_state_dir, **redis)
+            no_redis = keyflash("env", state_dir=empty_state_dir, DATABASE_URL=password_role_url)
+            invoked = keyflash("invoke", "health", state_dir=empty_state_dir, **yours)
+            exported = keyflash("env", state_dir=empty_state_dir, **yours)
+        finally:
+            assert running.stop() == 0, running.output()
+    assert "S3cret" not in lock and upstash.token not in lock and SECRET not in lock, lock
+    assert_one_line_failure(
+        no_database, "uses DATABASE_URL from its own environment", "set DATABASE_URL for"
+    )
+    assert_one_line_failure(no_redis, "set UPSTASH_REDIS_REST_URL and its token for")
+    assert invoked.returncode == 0, invoked.stderr
+    assert '"status": "healthy"' in invoked.stdout, invoked.stdout
+    assert exported.returncode == 0, exported.stderr
+    assert f"export UPSTASH_REDIS_REST_TOKEN={upstash.token}" in exported.stdout
+
+
 def test_db_downgrade_and_migrate(spare_state_dir: Path) -> None:
     first = keyflash("db", "migrate", state_dir=spare_state_dir)  # a new cluster starts empty
     assert first.returncode == 0, first.stderr
