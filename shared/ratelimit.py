@@ -35,21 +35,24 @@ WINDOW_SECONDS = 3600
 # rest), with its end stored beside the count (`{count}:{end in Unix ms}`) instead of read back
 # as a TTL: every check in the window answers the same end, decided once by the caller's clock,
 # and the first check at or after it starts a new window whatever Redis's clock says (the key
-# expires at the end only to clean up). Another value, the previous release's bare count,
-# starts a new window.
+# expires at the end only to clean up). Another value starts a new window: the previous
+# release's bare count, an end more than a window ahead (no check started it: another writer, a
+# corrupted value, a year past 9999), a count past exact integers. Written with `%d`: Lua's own
+# number format turns 15 digits into `2.534023008e+14`, which the pattern cannot read back.
 _SCRIPT = """
 local count, ends = string.match(redis.call('GET', KEYS[1]) or '', '^(%d+):(%d+)$')
 count, ends = tonumber(count), tonumber(ends)
-local now = tonumber(ARGV[1])
-if (not ends) or ends <= now then
-  count, ends = 0, now + tonumber(ARGV[2])
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+if (not ends) or ends <= now or ends > now + window or count >= 2^53 then
+  count, ends = 0, now + window
 end
 count = count + 1
-redis.call('SET', KEYS[1], count .. ':' .. ends, 'PXAT', ends)
+redis.call('SET', KEYS[1], string.format('%d:%d', count, ends), 'PXAT', ends)
 return {count, ends}
 """
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_WINDOW_MS = WINDOW_SECONDS * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,18 @@ class Decision:
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
         return headers
+
+
+def _window(reply: object, now_ms: int) -> tuple[int, int]:
+    """The script's `[count, end]`: a count of at least one and an end within the window after
+    `now_ms`, as it always answers. Anything else (a gateway that is not Upstash, a bug) is a
+    failure: JSON's booleans are no counts, and an end past year 9999 is no date."""
+    match reply:
+        case [int(count), int(ends)] if (
+            type(count) is type(ends) is int and count >= 1 and now_ms < ends <= now_ms + _WINDOW_MS
+        ):
+            return count, ends
+    raise TypeError("the script's reply is not a count and this window's end")
 
 
 def identity(user_id: str | None, ip: str | None) -> str:
@@ -101,16 +116,13 @@ def check(
     try:
         if client is None:
             raise ConnectionError("Redis is not configured")
+        now_ms = (now - _EPOCH) // _MS
         reply = client.eval(
             _SCRIPT,
             keys=[keys.rate_limit(endpoint, who)],
-            args=[str((now - _EPOCH) // _MS), str(WINDOW_SECONDS * 1000)],
+            args=[str(now_ms), str(_WINDOW_MS)],
         )
-        match reply:  # anything else (a gateway that is not Upstash, a bug) is a failure too
-            case [int(count), int(ends)]:
-                pass
-            case _:
-                raise TypeError("the script's reply is not two integers")
+        count, ends = _window(reply, now_ms)
     except Exception as error:
         log_event(
             "rate_limit_unavailable",

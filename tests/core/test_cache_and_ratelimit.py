@@ -6,7 +6,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 from devkit.upstash_emulator import UpstashEmulator
 from shared import cache, config, ratelimit, redis
 from shared.clock import utcnow
+from shared.legacy import keys
 from shared.providers import KeywordData
 
 
@@ -174,6 +175,50 @@ def test_one_window_has_one_reset_and_a_retry_then_is_allowed() -> None:
     at_reset = ratelimit.check("keywords", who, 2, now=end)
     assert (at_reset.allowed, at_reset.remaining) == (True, 1)
     assert at_reset.reset_at == end + timedelta(seconds=ratelimit.WINDOW_SECONDS)
+
+
+@pytest.mark.usefixtures("redis_env")
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "1:253402300799999",  # 9999-12-31T23:59:59.999Z
+        "1:253402300800000",  # year 10000: a 500 OverflowError on every limited route
+        "1:99999999999999999",  # refused (the script failed) until the key expired
+        "1:{end}",  # a millisecond past the longest window
+        "99999999999999999999:{start}",  # a count past exact integers
+    ],
+)
+def test_a_stored_window_no_check_could_have_started_starts_a_new_one(stored: str) -> None:
+    """An end more than a window after now (another writer, a corrupted value) cannot be this
+    window's end, nor a count past exact integers a count: a new window, as for a bare count
+    (report s52 t4 D1)."""
+    who = f"u:{uuid.uuid4()}"
+    key = keys.rate_limit("keywords", who)
+    start = utcnow()
+    end = start + timedelta(seconds=ratelimit.WINDOW_SECONDS)
+    client = redis.get_redis()
+    assert client is not None
+    client.set(key, stored.format(start=unix_ms(start), end=unix_ms(end) + 1), ex=3600)
+    decision = ratelimit.check("keywords", who, 10, now=start)
+    assert (decision.allowed, decision.remaining, decision.reset_at) == (True, 9, end)
+    assert client.get(key) == f"1:{unix_ms(end)}"
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_the_stored_window_is_written_in_whole_digits_however_far_its_end() -> None:
+    """Lua wrote a number past 10**14 as `2.534023008e+14`, which its own pattern could not read
+    back: every check in a window near year 9999 started a new one (report s52 t4 D1)."""
+    who = f"u:{uuid.uuid4()}"
+    start = datetime(9999, 12, 31, 22, tzinfo=UTC)
+    checks = [ratelimit.check("keywords", who, 10, now=start) for _ in range(2)]
+    assert [d.remaining for d in checks] == [9, 8]
+    client = redis.get_redis()
+    assert client is not None
+    assert client.get(keys.rate_limit("keywords", who)) == f"2:{unix_ms(start) + 3_600_000}"
+
+
+def unix_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 @pytest.mark.usefixtures("redis_env")

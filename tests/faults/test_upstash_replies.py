@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -182,14 +183,40 @@ def test_a_cache_read_answering_an_integer_is_a_logged_miss(
     assert any("cache_read_failed" in record.message for record in caplog.records)
 
 
-def test_a_rate_limit_reply_of_the_wrong_type_fails_safe(
-    warm: Caller, proxy: UpstashProxy, admin_conn: psycopg.Connection[Any]
+def now_ms(hours: float = 0) -> int:
+    return int((time.time() + hours * 3600) * 1000)
+
+
+# Not a count and an end within the hour after now, as the script answers: strings (what
+# "eA==", "eQ==" are, base64), booleans (JSON's true is no count), counts below one, an end
+# already past or past year 9999 (a 500 OverflowError on every limited route, report s52 t4 D1).
+@pytest.mark.parametrize(
+    "reply",
+    [
+        ["eA==", "eQ=="],
+        [True, "end"],
+        [False, "end"],
+        [-5, "end"],
+        [0, "end"],
+        [1, 1000],
+        [1, 10**15],
+        [1, "end+1h"],
+    ],
+)
+def test_a_rate_limit_reply_that_is_no_window_fails_safe(
+    warm: Caller, proxy: UpstashProxy, admin_conn: psycopg.Connection[Any], reply: list[Any]
 ) -> None:
-    proxy.faults["EVAL"] = Reply(["eA==", "eQ=="])
+    """docs/cache-and-rate-limits.md: a reply that is not a count and this window's end is a
+    failure; closed refuses with Retry-After 60 (booleans and negative counts were allowed, with
+    Remaining above the limit: report s52 t4 D2)."""
+    ends = {"end": now_ms(0.5), "end+1h": now_ms(1.5)}
+    proxy.faults["EVAL"] = Reply([ends.get(part, part) for part in reply])
     who = user()
     refused = search(warm, who)
     assert (refused.status, refused.headers.get("retry-after")) == (429, "60"), refused.text
     assert counted(admin_conn, who) == 0
+    health = warm("health", "GET", "/api/health")
+    assert (health.status, health.headers.get("retry-after")) == (429, "60"), health.text
 
 
 # Results as Upstash sends them with `Upstash-Encoding: base64`: "eA==", "eQ==" are "x", "y".
