@@ -114,6 +114,7 @@ class UpstashBreaker:
             elif trial:
                 self._pause = min(2 * self._pause, MAX_PAUSE_S)
                 self._until = self.clock() + self._pause
+                self._log("OPEN", "OPEN")
             elif counted and not was_open and generation == self._generation:
                 self._failures += 1
                 self._generation += 1
@@ -123,7 +124,10 @@ class UpstashBreaker:
                     self._log("OPEN", "CLOSED")
 
     def _log(self, state: str, previous: str) -> None:
-        """The providers' breakers' event (`shared.providers.breaker`), named `Upstash`."""
+        """The providers' breakers' event (`shared.providers.breaker`), named `Upstash`; each
+        opening (again after a failed trial: `previous: OPEN`) with its pause, so a long outage
+        shows it growing."""
+        opened = {"pauseS": round(self._pause)} if state == "OPEN" else {}
         log_event(
             "circuit_breaker_state",
             level=logging.ERROR if state == "OPEN" else logging.INFO,
@@ -131,4 +135,5 @@ class UpstashBreaker:
             state=state,
             previous=previous,
             failures=self._failures,
+            **opened,
         )

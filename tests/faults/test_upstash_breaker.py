@@ -251,9 +251,16 @@ def test_a_burst_on_a_frozen_redis_sends_one_trial_call(
 
 
 def test_each_failed_trial_doubles_the_pause_up_to_a_cap(
-    warm: Caller, upstash_process: UpstashProcess, proxy: UpstashProxy, clock: BreakerClock
+    warm: Caller,
+    upstash_process: UpstashProcess,
+    proxy: UpstashProxy,
+    clock: BreakerClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A long outage: clients honouring `Retry-After` back off too, instead of every 5 s."""
+    """A long outage: clients honouring `Retry-After` back off too, instead of every 5 s. Each
+    opening is logged with its pause, so an operator sees it grow (the reopenings after a failed
+    trial were not logged: report s52 t4 D3)."""
+    caplog.set_level(logging.INFO, logger="keyflash")
     upstash_process.kill()
     open_breaker(proxy)
     pauses = []
@@ -272,6 +279,13 @@ def test_each_failed_trial_doubles_the_pause_up_to_a_cap(
     assert checked(proxy)[1].allowed  # the trial closes it
     upstash_process.kill()
     open_breaker(proxy)  # a new outage starts from the first pause
+    states = [
+        (line["state"], line["previous"], line.get("pauseS"))
+        for line in logged(caplog, "circuit_breaker_state")
+    ]
+    reopened = [("OPEN", "OPEN", pause) for pause in (10, 20, 40, 60, 60)]
+    closed = ("CLOSED", "OPEN", None)
+    assert states == [("OPEN", "CLOSED", 5), *reopened, closed, ("OPEN", "CLOSED", 5)]
 
 
 def test_a_call_sent_before_it_opened_does_not_lengthen_the_pause(
