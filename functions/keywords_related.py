@@ -127,17 +127,20 @@ def related(
         deadline=deadline,
     )
     key = cache.related_key(body.keyword, options.location, options.language, provider.key)
+    name = provider.name
     cached = cache.get_json(key, cache.RelatedEntry)
+    if cached is not None and (problem := cache.related_problem(cached, body.keyword, name)):
+        cache.refuse(key, problem)
+        cached = None
     result: dict[str, Any]
     if cached is not None:
-        rows, name = cached["data"], cached["metadata"]["provider"]
+        rows = cached["data"]
         result = {"cached": True}
     else:
         try:
             rows = lookup(body.keyword, options)
         except providers.ProviderError as error:
             provider_failed(error, provider.key)
-        name = provider.name
         entry: cache.RelatedEntry = {
             "data": rows,
             "metadata": {"cachedAt": iso_ms(utcnow()), "provider": name},

@@ -24,10 +24,11 @@ from typing_extensions import TypedDict  # pydantic validates entries: it needs 
 
 from shared.brief import Brief
 from shared.config import get_settings
-from shared.providers.base import KeywordData, RelatedKeywordData
+from shared.contracts.saved_searches import KeywordResult
+from shared.providers.base import MAX_RELATED, KeywordData, RelatedKeywordData, match_key
 from shared.redis import get_redis
 from shared.redis_breaker import best_effort
-from shared.storable_text import loads_json
+from shared.storable_text import first_unstorable, loads_json
 from shared.telemetry import log_event
 
 KEYWORD_TTL_SECONDS = 604_800  # 7 days, as the original (keyword data, related keywords)
@@ -106,6 +107,36 @@ def in_request_order(rows: list[KeywordData], keywords: Sequence[str]) -> list[K
         return None
     by_keyword = {row["keyword"]: row for row in rows}
     return [by_keyword[keyword] for keyword in requested]
+
+
+def answer_problem(entry: KeywordEntry | RelatedEntry, provider: str) -> str | None:
+    """Why `entry`, typed right, is still no answer of `provider` (the display name of the one
+    its key names), or None: every row must be one a saved search takes as answered
+    (`KeywordResult`: no negative volume or cpc, months 1-12, difficulty and relevance 0-100),
+    a `noData` row has no figures, its text is storable, and the provider is the key's."""
+    if entry["metadata"]["provider"] != provider:
+        return "another_provider"
+    if (unstorable := first_unstorable(entry["data"])) is not None:
+        return unstorable
+    for row in entry["data"]:
+        try:
+            KeywordResult.model_validate(row)
+        except ValidationError as error:
+            return error.errors()[0]["type"]
+        figures = (row["searchVolume"], row["cpc"], row["competition"], row["intent"])
+        if row.get("noData") and figures != (None, None, None, None):
+            return "no_data_with_figures"
+    return None
+
+
+def related_problem(entry: RelatedEntry, seed: str, provider: str) -> str | None:
+    """`answer_problem`, and what no provider answers for `seed`: more than `MAX_RELATED`
+    ideas, or the seed itself (any case) among them."""
+    if len(entry["data"]) > MAX_RELATED:
+        return "too_many_ideas"
+    if any(match_key(row["keyword"]) == match_key(seed) for row in entry["data"]):
+        return "seed_as_idea"
+    return answer_problem(entry, provider)
 
 
 def get_json(key: str, shape: type[T]) -> T | None:

@@ -139,15 +139,15 @@ def _answer(
     key = cache.provider_keyword_key(
         query.keywords, options.location, options.language, options.match_type, provider.key
     )
-    cached = None if mock_forced else _cached(key, query.keywords)
+    cached = None if mock_forced else _cached(key, query.keywords, provider.name)
     if cached is not None:
-        data, name = cached
+        data = cached
     else:
         try:
             data = provider.keyword_data(query.keywords, options)
         except providers.ProviderError as error:
             raise ProviderFailed(error, provider.key) from None
-        name = provider.name
+    name = provider.name
 
     hit = cached is not None
     fresh = not hit and not mock_forced
@@ -172,17 +172,20 @@ def _store(key: str, data: list[providers.KeywordData], provider_name: str) -> b
     return cache.set_json(key, entry)
 
 
-def _cached(key: str, keywords: list[str]) -> tuple[list[providers.KeywordData], str] | None:
-    """The cached rows in the request's order and the name of the provider that gave them, or
-    None: a miss, or an entry that is not one row per requested keyword (logged)."""
+def _cached(key: str, keywords: list[str], provider: str) -> list[providers.KeywordData] | None:
+    """The cached rows in the request's order, or None: a miss, or an entry that is not
+    `provider`'s answer (its display name) of one row per requested keyword (logged)."""
     entry = cache.get_json(key, cache.KeywordEntry)
     if entry is None:
+        return None
+    if problem := cache.answer_problem(entry, provider):
+        cache.refuse(key, problem)
         return None
     rows = cache.in_request_order(entry["data"], keywords)
     if rows is None:
         cache.refuse(key, "rows_not_the_requested_keywords")
         return None
-    return rows, entry["metadata"]["provider"]
+    return rows
 
 
 def _reserve(

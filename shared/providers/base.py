@@ -22,6 +22,8 @@ Competition = Literal["low", "medium", "high"]
 Intent = Literal["informational", "commercial", "transactional", "navigational"]
 MatchType = Literal["phrase", "exact"]
 
+MAX_RELATED = 20  # related ideas a provider answers at most: the original kept the first 20
+
 COMPETITIONS: tuple[Competition, ...] = ("low", "medium", "high")
 INTENTS: tuple[Intent, ...] = ("informational", "commercial", "transactional", "navigational")
 
@@ -67,6 +69,11 @@ class Provider(Protocol):
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
         """Metrics for each keyword, in the input's order and length (duplicates kept)."""
         ...
+
+
+def match_key(keyword: str) -> str:
+    """How a requested keyword meets a result: case-insensitive, whitespace collapsed."""
+    return " ".join(keyword.split()).lower()
 
 
 def without_data(keyword: str) -> KeywordData:

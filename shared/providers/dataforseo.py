@@ -54,6 +54,7 @@ import httpx
 from shared.config import Settings
 from shared.providers import account
 from shared.providers.base import (
+    MAX_RELATED,
     Competition,
     KeywordData,
     MonthlyTrend,
@@ -63,6 +64,7 @@ from shared.providers.base import (
     ProviderRateLimitedError,
     RelatedKeywordData,
     SearchOptions,
+    match_key,
     measured,
     missing_configuration,
     scrub,
@@ -79,7 +81,6 @@ PATH = "/v3/keywords_data/google_ads/search_volume/live"
 API_URL = BASE_URL + PATH
 RELATED_PATH = "/v3/keywords_data/google_ads/keywords_for_keywords/live"
 RELATED_API_URL = BASE_URL + RELATED_PATH
-MAX_RELATED = 20  # the original kept the first 20 ideas
 SERP_PATH = "/v3/serp/google/organic/live/advanced"
 SERP_API_URL = BASE_URL + SERP_PATH
 SERP_DEPTH = 10
@@ -154,11 +155,6 @@ def language_code(language: str | None) -> str:
     if code is None:
         raise ProviderInputError(f"DataForSEO lists no language for {language!r}")
     return code
-
-
-def match_key(keyword: str) -> str:
-    """How a requested keyword meets a result: case-insensitive, whitespace collapsed."""
-    return " ".join(keyword.split()).lower()
 
 
 def sendable(keyword: str) -> bool:

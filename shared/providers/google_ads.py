@@ -49,6 +49,7 @@ from shared.providers.base import (
     ProviderInputError,
     ProviderRateLimitedError,
     SearchOptions,
+    match_key,
     measured,
     missing_configuration,
     scrub,
@@ -60,7 +61,6 @@ from shared.providers.dataforseo import (
     distinct_sendable,
     http_client,
     location_code,
-    match_key,
     snippet,
 )
 from shared.providers.deadline import call_within, logged_request

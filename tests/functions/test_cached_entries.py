@@ -83,7 +83,23 @@ KEYWORD_ENTRIES = {
         "data": [row(kws[0]), row(kws[1])],
         "metadata": {"provider": 7},
     },
+    # Typed right, but no provider answers so (report s52 t4 D4):
+    "a negative search volume": lambda kws: entry_of(
+        [{**row(kws[0]), "searchVolume": -5}, row(kws[1])]
+    ),
+    "a thirteenth month": lambda kws: entry_of(
+        [{**row(kws[0]), "trends": [{"month": 13, "year": 2026, "volume": 1}]}, row(kws[1])]
+    ),
+    "no data with figures": lambda kws: entry_of([{**row(kws[0]), "noData": True}, row(kws[1])]),
+    "another provider's rows under this provider's key": lambda kws: entry_of(
+        [row(kws[0]), row(kws[1])], provider="DataForSEO"
+    ),
 }
+
+
+def entry_of(rows: list[dict[str, Any]], provider: str = "Mock") -> dict[str, Any]:
+    return {"data": rows, "metadata": {"cachedAt": "2026-01-01T00:00:00.000Z",
+                                       "provider": provider}}  # fmt: skip
 
 
 def search(http: Caller, keywords: list[str], user: str | None = None) -> Any:
@@ -151,10 +167,10 @@ def test_a_valid_entry_is_still_served_in_the_requests_order(http: Caller) -> No
     key = cache.provider_keyword_key(keywords, "United States", "en", "phrase", "mock")
     rows = [row(k) for k in reversed(keywords)]
     plant(key, json.dumps({"data": rows, "metadata": {"cachedAt": "x", "ttl": 1,
-                                                      "provider": "DataForSEO"}}))  # fmt: skip
+                                                      "provider": "Mock"}}))  # fmt: skip
     result = search(http, keywords)
     assert result.status == 200, result.text
-    assert (result.json["cached"], result.json["provider"]) == (True, "DataForSEO")
+    assert (result.json["cached"], result.json["provider"]) == (True, "Mock")
     assert result.json["data"] == [row(k) for k in keywords]
 
 
@@ -182,14 +198,26 @@ def test_any_failure_after_the_reservation_gives_the_keywords_back(
 # --- related keywords ----------------------------------------------------------------------
 
 RELATED_ENTRIES = {
-    "rows that are not objects": {"data": [1, 2], "metadata": {"provider": "Mock"}},
-    "a null keyword": {"data": [{"keyword": None}], "metadata": {"provider": "Mock"}},
-    "a relevance that is not a number": {
+    "rows that are not objects": lambda seed: {"data": [1, 2], "metadata": {"provider": "Mock"}},
+    "a null keyword": lambda seed: {"data": [{"keyword": None}], "metadata": {"provider": "Mock"}},
+    "a relevance that is not a number": lambda seed: {
         "data": [{**row("x"), "relevance": "a"}],
         "metadata": {"provider": "Mock"},
     },
-    "no relevance": {"data": [row("x")], "metadata": {"provider": "Mock"}},
-    "no metadata": {"data": [{**row("x"), "relevance": 90}]},
+    "no relevance": lambda seed: {"data": [row("x")], "metadata": {"provider": "Mock"}},
+    "no metadata": lambda seed: {"data": [{**row("x"), "relevance": 90}]},
+    # Typed right, but no provider answers so (report s52 t4 D4):
+    "a negative search volume": lambda seed: entry_of(
+        [{**row(f"{seed} guide"), "searchVolume": -5, "relevance": 90}]
+    ),
+    "the seed as an idea": lambda seed: entry_of([{**row(seed.upper()), "relevance": 90}]),
+    "more ideas than a provider gives": lambda seed: entry_of(
+        [{**row(f"{seed} {n}"), "relevance": 90} for n in range(21)]
+    ),
+    "an idea holding NUL": lambda seed: entry_of([{**row("a\u0000b"), "relevance": 90}]),
+    "another provider's ideas under this provider's key": lambda seed: entry_of(
+        [{**row(f"{seed} guide"), "relevance": 90}], provider="DataForSEO"
+    ),
 }
 
 
@@ -199,7 +227,7 @@ def test_a_related_entry_of_another_shape_is_a_logged_miss_and_replaced(
 ) -> None:
     seed = f"seo tools {tag()}"
     key = cache.related_key(seed, "United States", "en", "mock")
-    plant(key, json.dumps(entry))
+    plant(key, json.dumps(entry(seed)))
     with caplog.at_level(logging.WARNING, logger="keyflash"):
         result = http("keywords_related", "POST", "/api/keywords/related", user=f"user_{tag()}",
                       json_body={"keyword": seed, "limit": 2})  # fmt: skip
