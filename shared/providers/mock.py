@@ -83,7 +83,11 @@ class MockProvider:
     def keyword_data(self, keywords: list[str], options: SearchOptions) -> list[KeywordData]:
         self._pause()
         months = trend_months(self._today())
-        return [self._keyword(keyword.strip(), months) for keyword in keywords]
+        rows: dict[str, KeywordData] = {}  # a keyword named twice is measured once
+        for keyword in keywords:
+            if keyword.strip() not in rows:
+                rows[keyword.strip()] = self._keyword(keyword.strip(), months)
+        return [rows[keyword.strip()] for keyword in keywords]
 
     def related_keywords(self, keyword: str, options: SearchOptions) -> list[RelatedKeywordData]:
         """The original's 20 templates around the seed, relevance 100 - 5·position."""

@@ -175,6 +175,15 @@ def test_mock_without_a_seed_is_random() -> None:
     assert provider.keyword_data(["seo"], US) != provider.keyword_data(["seo"], US)
 
 
+def test_mock_without_a_seed_answers_a_keyword_named_twice_once() -> None:
+    """One row per position, the same figures in each, as DataForSEO measures each keyword once
+    and as the cached answer repeats it (two draws: the miss contradicted itself and the hit
+    answered otherwise, report s52 t4 D5)."""
+    rows = MockProvider().keyword_data(["beta kwd", "gamma kwd", " beta kwd "], US)
+    assert [row["keyword"] for row in rows] == ["beta kwd", "gamma kwd", "beta kwd"]
+    assert rows[0] == rows[2]
+
+
 def test_mock_seed_and_delay_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
     monkeypatch.setattr("shared.providers.mock.time.sleep", slept.append)

@@ -174,6 +174,17 @@ def test_a_valid_entry_is_still_served_in_the_requests_order(http: Caller) -> No
     assert result.json["data"] == [row(k) for k in keywords]
 
 
+def test_a_keyword_named_twice_has_the_same_figures_on_the_miss_and_the_hit(http: Caller) -> None:
+    """The unseeded mock drew each position apart: the miss contradicted itself and the hit,
+    which repeats the one cached row, answered otherwise (report s52 t4 D5)."""
+    beta = f"beta kwd {tag()}"
+    keywords = [beta, f"gamma kwd {tag()}", beta]
+    miss, hit = search(http, keywords), search(http, keywords)
+    assert (miss.json["cached"], hit.json["cached"]) == (False, True)
+    assert miss.json["data"][0] == miss.json["data"][2]
+    assert hit.json["data"] == miss.json["data"]
+
+
 def test_any_failure_after_the_reservation_gives_the_keywords_back(
     http: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
