@@ -112,8 +112,8 @@ def spend(provider: str, per_minute: int, *, now_ms: int | None = None) -> None:
             args=[str(per_minute), str(now_ms), str(WINDOW_MS), secrets.token_hex(8)],
         )
         match reply:  # anything else (a gateway that is not Upstash, a bug) is a failure too
-            case [int(spent), int(wait_ms)]:
-                pass
+            case [int(spent), int(wait_ms)] if type(spent) is type(wait_ms) is int:
+                pass  # JSON's booleans are no integers (True would pass as 1: spent)
             case _:
                 raise TypeError("the script's reply is not two integers")
     except Exception as error:

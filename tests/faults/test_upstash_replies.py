@@ -220,7 +220,10 @@ def test_a_rate_limit_reply_that_is_no_window_fails_safe(
 
 
 # Results as Upstash sends them with `Upstash-Encoding: base64`: "eA==", "eQ==" are "x", "y".
-@pytest.mark.parametrize("reply", [["eA==", "eQ=="], [None, None], [[1], [2]], 5, None])
+# JSON's true is no 1: it spent the budget's request unmetered under fail-closed.
+@pytest.mark.parametrize(
+    "reply", [["eA==", "eQ=="], [None, None], [[1], [2]], 5, None, [True, 0], [1, False]]
+)
 def test_an_account_budget_reply_of_the_wrong_type_fails_safe(
     warm: Caller,
     proxy: UpstashProxy,
