@@ -78,8 +78,9 @@ def _finite(text: str) -> float:
     return value
 
 
-def loads_json(text: str) -> Any:
-    """`text` as JSON, refusing (ValueError) what Python's parser takes beyond it: `NaN`,
-    `Infinity` and a number past a double's range (`1e400`: JS reads Infinity), none of which
-    jsonb stores nor a JSON response can carry."""
+def loads_json(text: str | bytes) -> Any:
+    """`text` as JSON (bytes in the encoding they announce, as `json.loads` reads them), refusing
+    (ValueError) what Python's parser takes beyond it: `NaN`, `Infinity` and a number past a
+    double's range (`1e400`: JS reads Infinity), none of which jsonb stores nor a JSON response
+    can carry. Every provider's answer is read with it too."""
     return json.loads(text, parse_float=_finite, parse_constant=refuse_constant)

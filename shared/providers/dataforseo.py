@@ -24,7 +24,8 @@ what the provider does in each case; in short:
   (`ProviderConfigurationError`, remembered for /api/health); 405xx refuse the request's own
   fields (`ProviderInputError`); a task answered 40102 ("No Search Results.") found nothing for
   the user's keyword and reads as an empty result. None counts toward the circuit breaker;
-  every other error answer, a timeout, a non-JSON body, an envelope without status 20000 or a
+  every other error answer, a timeout, a non-JSON body (parsed strictly: `NaN`, `Infinity`
+  or `1e400` is none), an envelope without status 20000 or a
   successful task whose `result` is not in the documented shape (`_check_result`) does.
 - Missing data stays missing: a keyword absent from the results, or returned without a
   volume, gets nulls and `noData: true`; an absent cpc or competition is null; a month without
@@ -74,7 +75,7 @@ from shared.providers.breaker import CircuitBreaker
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import provider_language
 from shared.providers.locations import DEFAULT_LOCATION, LOCATIONS
-from shared.storable_text import storable
+from shared.storable_text import loads_json, storable
 
 BASE_URL = "https://api.dataforseo.com"
 PATH = "/v3/keywords_data/google_ads/search_volume/live"
@@ -390,7 +391,7 @@ class DataForSEOProvider:
                 f"{snippet(response.text, self._scrub)}"
             )
         try:
-            envelope = response.json()
+            envelope = loads_json(response.content)
         except ValueError:
             raise ProviderError(
                 f"DataForSEO returned a non-JSON body: {snippet(response.text, self._scrub)}"

@@ -65,6 +65,7 @@ from shared.providers.dataforseo import (
 )
 from shared.providers.deadline import call_within, logged_request
 from shared.providers.languages import GOOGLE_ADS_API_LANGUAGE_IDS
+from shared.storable_text import loads_json
 
 API_VERSION = "v26"  # the newest version Google serves; each lives about a year
 BASE_URL = "https://googleads.googleapis.com"
@@ -461,7 +462,7 @@ class GoogleAdsProvider:
         if not response.is_success:
             raise ProviderError(detail)
         try:
-            answer = response.json()
+            answer = loads_json(response.content)
         except ValueError:
             raise ProviderError(f"{service} returned a non-JSON body: {detail}") from None
         if not isinstance(answer, dict):

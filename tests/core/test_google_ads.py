@@ -4,6 +4,7 @@ answering in Google's documented shapes (tests/fixtures/google_ads)."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import socket
 import time
@@ -196,6 +197,20 @@ def test_an_answer_not_in_googles_shape_is_a_broken_answer_not_no_data(
     google.ads(200, answer)
     ads = provider(google)
     with pytest.raises(ProviderError, match="not in Google's shape") as raised:
+        ads.keyword_data(["seo tools"], US)
+    assert type(raised.value) is ProviderError and raised.value.outage
+    assert ads.breaker.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_body_holding_what_json_has_not_is_a_non_json_body(
+    google: FakeGoogleAds, token: str
+) -> None:
+    """Parsed as strictly as DataForSEO's (one parser): not "no data" nor a wrong type."""
+    text = json.dumps(fixture("historical_metrics")).replace("{", f'{{"bad": {token}, ', 1)
+    google.ads(200, text.encode())
+    ads = provider(google)
+    with pytest.raises(ProviderError, match="non-JSON") as raised:
         ads.keyword_data(["seo tools"], US)
     assert type(raised.value) is ProviderError and raised.value.outage
     assert ads.breaker.stats()["failures"] == 1

@@ -715,6 +715,22 @@ def test_a_success_whose_result_is_not_an_array_of_objects_is_an_outage(
 
 
 @pytest.mark.parametrize("url", list(ENDPOINTS))
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+def test_a_body_holding_what_json_has_not_is_a_non_json_body(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, url: str, token: str
+) -> None:
+    """`NaN`, `Infinity` and a number past a double's range are not JSON (RFC 8259), though
+    Python's parser takes them: read so, a volume of NaN became "no data", answered, charged and
+    cached for a week (s52t7 D1). A non-JSON body is an outage, on every endpoint."""
+    text = json.dumps(fixture(ENDPOINTS[url])).replace('"cost":', f'"bad": {token}, "cost":', 1)
+    upstream.post(url).mock(httpx.Response(200, text=text))
+    with pytest.raises(ProviderError, match="non-JSON") as raised:
+        ask(dataforseo, url)
+    assert type(raised.value) is ProviderError and raised.value.outage
+    assert dataforseo.breaker.stats()["failures"] == 1
+
+
+@pytest.mark.parametrize("url", list(ENDPOINTS))
 @pytest.mark.parametrize(
     "result",
     [
