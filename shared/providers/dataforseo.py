@@ -30,7 +30,8 @@ what the provider does in each case; in short:
 - Missing data stays missing: a keyword absent from the results, or returned without a
   volume, gets nulls and `noData: true`; an absent cpc or competition is null; a month without
   volume is null; the competition level falls back to the index in Google's bands (LOW 0-33,
-  MEDIUM 34-66, HIGH 67-100). The original filled in 0, "low" and "informational".
+  MEDIUM 34-66, HIGH 67-100); a negative volume or cpc is a broken answer (`_check_result`).
+  The original filled in 0, "low" and "informational".
 
 Other choices: keywords are sent once each (DataForSEO lower-cases them, and results are matched
 case-insensitively with whitespace collapsed); keywords it would refuse (beyond 80 characters or
@@ -445,6 +446,25 @@ def _check_result(result: Any) -> None:
         )
     if not all(_objects_or_null(item.get("items")) for item in result or () if item is not None):
         raise ProviderError("DataForSEO task result has items that are not an array of objects")
+    if any(_negative_figure(item) for item in result or () if item is not None):
+        raise ProviderError("DataForSEO task result has a negative volume or cpc")
+
+
+def _negative_figure(item: Mapping[str, Any]) -> bool:
+    """Whether a volume (a month's too) or cpc that `to_keyword_data` reads is a negative
+    number: no keyword is searched a negative number of times, so the answer is broken, and
+    read as 0 it would be a measurement nobody made."""
+    months = [
+        month
+        for path in MONTHLY_PATHS
+        if isinstance(monthly := _get(item, *path), list)
+        for month in monthly
+    ]
+    figures = [
+        *(_get(item, *path) for path in (*VOLUME_PATHS, *CPC_PATHS)),
+        *(_get(month, "search_volume") for month in months),
+    ]
+    return any((number := _number(figure)) is not None and number < 0 for figure in figures)
 
 
 def _objects_or_null(value: Any) -> bool:
@@ -480,6 +500,13 @@ def _first_number(*values: Any) -> int | float | None:
     return None
 
 
+VOLUME_PATHS = (
+    ("search_volume",),
+    ("search_volume_info", "search_volume"),
+    ("keyword_info", "search_volume"),
+)
+CPC_PATHS = (("cpc",), ("search_volume_info", "cpc"), ("keyword_info", "cpc"))
+MONTHLY_PATHS = (("monthly_searches",), ("keyword_info", "monthly_searches"))
 KEYWORD_PATHS = (
     ("keyword",),
     ("keyword_info", "keyword"),
@@ -534,9 +561,9 @@ def competition_level(item: Mapping[str, Any]) -> Competition | None:
 def trends(item: Mapping[str, Any]) -> list[MonthlyTrend]:
     """Monthly volumes, oldest first, the last 12 (DataForSEO sends newest first); a month
     without a figure has volume None."""
-    monthly = item.get("monthly_searches")
-    if not isinstance(monthly, list):
-        monthly = _get(item, "keyword_info", "monthly_searches")
+    monthly = next(
+        (found for path in MONTHLY_PATHS if isinstance(found := _get(item, *path), list)), None
+    )
     points: list[MonthlyTrend] = []
     for entry in monthly if isinstance(monthly, list) else []:
         month, year = _number(_get(entry, "month")), _number(_get(entry, "year"))
@@ -547,7 +574,7 @@ def trends(item: Mapping[str, Any]) -> list[MonthlyTrend]:
             {
                 "month": int(month),
                 "year": int(year),
-                "volume": None if volume is None else max(0, int(volume)),
+                "volume": None if volume is None else int(volume),
             }
         )
     points.sort(key=lambda point: (point["year"], point["month"]))
@@ -560,19 +587,13 @@ def to_keyword_data(keyword: str, item: Mapping[str, Any]) -> KeywordData:
     nested `keyword_info` of DataForSEO Labs' items is read too, its average volume before the
     original's fallback, the newest month's."""
     volume = _first_number(
-        item.get("search_volume"),
-        _get(item, "search_volume_info", "search_volume"),
-        _get(item, "keyword_info", "search_volume"),
+        *(_get(item, *path) for path in VOLUME_PATHS),
         _get(_first(_get(item, "keyword_info", "monthly_searches")), "search_volume"),
     )
     if volume is None:
         return without_data(keyword)
-    search_volume = max(0, int(volume))
-    cpc = _first_number(
-        item.get("cpc"), _get(item, "search_volume_info", "cpc"), _get(item, "keyword_info", "cpc")
-    )
-    cpc = None if cpc is None else max(0.0, cpc)
-    row = measured(keyword, search_volume, cpc, competition_level(item))
+    cpc = _first_number(*(_get(item, *path) for path in CPC_PATHS))
+    row = measured(keyword, int(volume), cpc, competition_level(item))
     difficulty = _number(_get(item, "keyword_properties", "keyword_difficulty"))
     if difficulty is not None:
         row["difficulty"] = min(100, max(0, round(difficulty)))

@@ -166,7 +166,6 @@ def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:
     volume = _int(metrics.get("avgMonthlySearches"))
     if volume is None:
         return without_data(keyword)
-    search_volume = max(0, volume)
     bids = [
         bid
         for bid in (
@@ -175,12 +174,12 @@ def to_keyword_data(keyword: str, metrics: Any) -> KeywordData:
         )
         if bid is not None
     ]
-    cpc = max(0.0, sum(bids) / len(bids) / 1_000_000) if bids else None
+    cpc = sum(bids) / len(bids) / 1_000_000 if bids else None
     index = _int(metrics.get("competitionIndex"))
     competition = competition_level(
         {"competition": metrics.get("competition"), "competition_index": index}
     )
-    row = measured(keyword, search_volume, cpc, competition)
+    row = measured(keyword, volume, cpc, competition)
     if index is not None:
         row["difficulty"] = min(100, max(0, index))
     return row
@@ -194,13 +193,18 @@ _INT64_METRICS = (
 )
 
 
+# No keyword is searched a negative number of times nor bid a negative price: such a figure is
+# broken, and read as 0 it would be a measurement nobody made.
+_NON_NEGATIVE_METRICS = ("avgMonthlySearches", "lowTopOfPageBidMicros", "highTopOfPageBidMicros")
+
+
 def check_answer(body: Mapping[str, Any]) -> None:
     """Raise unless a 200's body has Google's documented shape for what we read: `results`
     absent, null or an array of objects, each with a string `text`, `closeVariants` an array of
     strings, `keywordMetrics` an object whose int64 fields are integers (Google sends decimal
-    strings) and whose `competition` is a string. Google omits what it has no figure for, and
-    that stays no data; anything else is a broken answer, an outage: read as "no data" it would
-    be answered, charged and cached for days."""
+    strings), the volume and bids not negative, and whose `competition` is a string. Google
+    omits what it has no figure for, and that stays no data; anything else is a broken answer,
+    an outage: read as "no data" it would be answered, charged and cached for days."""
     results = body.get("results")
     if results is None:
         return
@@ -224,6 +228,9 @@ def check_answer(body: Mapping[str, Any]) -> None:
         for field in _INT64_METRICS:
             if metrics.get(field) is not None and _int(metrics[field]) is None:
                 _broken(f"keywordMetrics.{field} is not an int64")
+        for field in _NON_NEGATIVE_METRICS:
+            if (number := _int(metrics.get(field))) is not None and number < 0:
+                _broken(f"keywordMetrics.{field} is negative")
         if not isinstance(metrics.get("competition", ""), str | None):
             _broken("keywordMetrics.competition is not a string")
 

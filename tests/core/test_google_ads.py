@@ -185,6 +185,11 @@ BROKEN_ANSWERS = [
                                                           "lowTopOfPageBidMicros": [1]}}]},
     {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
                                                           "competition": 3}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "-5"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
+                                                          "lowTopOfPageBidMicros": "-1"}}]},
+    {"results": [{"text": "seo tools", "keywordMetrics": {"avgMonthlySearches": "10",
+                                                          "highTopOfPageBidMicros": -2}}]},
 ]  # fmt: skip
 
 

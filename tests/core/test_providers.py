@@ -714,6 +714,39 @@ def test_a_success_whose_result_is_not_an_array_of_objects_is_an_outage(
     assert dataforseo.breaker.stats()["failures"] == 1
 
 
+@pytest.mark.parametrize("url", [API_URL, RELATED_API_URL])
+@pytest.mark.parametrize(
+    "item",
+    [
+        pytest.param({"search_volume": -5}, id="volume"),
+        pytest.param({"search_volume": 500, "cpc": -1.5}, id="cpc"),
+        pytest.param(
+            {"search_volume": 500, "monthly_searches": [{"year": 2026, "month": 1,
+                                                         "search_volume": -3}]},
+            id="monthly-volume",
+        ),
+        pytest.param({"keyword_info": {"search_volume": -1}}, id="labs-volume"),
+        pytest.param({"keyword_info": {"search_volume": 9, "cpc": -0.1}}, id="labs-cpc"),
+        pytest.param(
+            {"keyword_info": {"monthly_searches": [{"year": 2026, "month": 1,
+                                                    "search_volume": -3}]}},
+            id="labs-monthly-volume",
+        ),
+    ],
+)  # fmt: skip
+def test_a_negative_volume_or_cpc_is_a_broken_answer(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider, url: str, item: dict[str, Any]
+) -> None:
+    """No search is made a negative number of times: the figure is broken, not a measured 0
+    (it was answered, cached and halved the history's average: s52t7 D2), as Google Ads'."""
+    result = [{"keyword": "seo tools", **item}]
+    upstream.post(url).mock(httpx.Response(200, json=with_result(url, result)))
+    with pytest.raises(ProviderError, match="negative") as raised:
+        ask(dataforseo, url)
+    assert type(raised.value) is ProviderError and raised.value.outage
+    assert dataforseo.breaker.stats()["failures"] == 1
+
+
 @pytest.mark.parametrize("url", list(ENDPOINTS))
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
 def test_a_body_holding_what_json_has_not_is_a_non_json_body(
