@@ -16,13 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, field_validator
 
-from shared.contracts.validation import (
-    JS_WHITESPACE,
-    NoLoneSurrogates,
-    bounded_text,
-    fail,
-    js_trim,
-)
+from shared.contracts.validation import NoLoneSurrogates, bounded_text, fail
+from shared.js_text import JS_WHITESPACE, js_trim
 from shared.providers.languages import available
 from shared.providers.registry import configured_key
 

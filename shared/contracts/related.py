@@ -21,7 +21,8 @@ from shared.contracts.keywords import (
     OptionalLocation,
     checked_keyword,
 )
-from shared.contracts.validation import NoLoneSurrogates, WholeNumber, fail, js_length, js_trim
+from shared.contracts.validation import NoLoneSurrogates, WholeNumber, fail
+from shared.js_text import js_length, js_trim
 
 _LOCATION_MESSAGE = "Location must be one of US, GB, CA, AU, DE, FR, IN, or GL for Global"
 

@@ -25,9 +25,11 @@ from pydantic import (
 from pydantic_core import PydanticKnownError
 
 from shared.clock import iso_ms
-from shared.contracts.validation import StoredText, WholeNumber, bounded_text, fail, js_trim
+from shared.contracts.validation import StoredText, WholeNumber, bounded_text, fail
 from shared.http.responses import compact
+from shared.js_text import js_trim
 from shared.models.saved_searches import SavedSearch
+from shared.providers.base import ROW_KEYWORD_MAX, TREND_YEARS
 from shared.repositories.saved_searches import NewSavedSearch
 
 # Every id a writer of the shared table produces: ours (UUID v4), the original Redis app's
@@ -100,7 +102,7 @@ Score = Annotated[
 
 class Trend(BaseModel):
     month: Annotated[int, Field(ge=1, le=12, strict=True), WholeNumber]
-    year: Annotated[int, Field(ge=2000, le=2100, strict=True), WholeNumber]
+    year: Annotated[int, Field(ge=TREND_YEARS[0], le=TREND_YEARS[-1], strict=True), WholeNumber]
     volume: Amount | None  # null: the month has no figure
 
 
@@ -122,7 +124,7 @@ class KeywordResult(BaseModel):
     @classmethod
     def _keyword_length(cls, value: str) -> str:
         return bounded_text(
-            value, minimum=1, maximum=200, empty="Keyword cannot be empty",
+            value, minimum=1, maximum=ROW_KEYWORD_MAX, empty="Keyword cannot be empty",
             too_long="Keyword too long (max 200 chars)", code="result_keyword",
         )  # fmt: skip
 

@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contracts.validation import js_length
+from shared.js_text import js_length
 from shared.storable_text import NotJsonConstantError, first_unstorable, refuse_constant
 
 # zod v4 `z.string().datetime()`: UTC with a literal Z, any number of fractional digits.

@@ -18,6 +18,8 @@ from typing import Literal, Protocol, Required
 
 from typing_extensions import TypedDict  # pydantic validates cached rows: it needs this one on 3.11
 
+from shared.js_text import js_length, js_trim
+
 Competition = Literal["low", "medium", "high"]
 Intent = Literal["informational", "commercial", "transactional", "navigational"]
 MatchType = Literal["phrase", "exact"]
@@ -26,6 +28,19 @@ MAX_RELATED = 20  # related ideas a provider answers at most: the original kept 
 
 COMPETITIONS: tuple[Competition, ...] = ("low", "medium", "high")
 INTENTS: tuple[Intent, ...] = ("informational", "commercial", "transactional", "navigational")
+
+
+# What a saved search keeps of a row (docs/keyword-search.md#saved-results, the original's
+# rule): its contract checks with these, and a provider answers no row beyond them, so every
+# answered row can be saved as answered.
+ROW_KEYWORD_MAX = 200  # JS units, after JS's trim
+TREND_YEARS = range(2000, 2101)
+
+
+def savable_keyword(keyword: str) -> bool:
+    """Whether a saved search keeps `keyword` as a row's: 1-200 JS units once trimmed as JS
+    trims."""
+    return 0 < js_length(js_trim(keyword)) <= ROW_KEYWORD_MAX
 
 
 class MonthlyTrend(TypedDict):

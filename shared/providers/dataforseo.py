@@ -57,6 +57,7 @@ from shared.config import Settings
 from shared.providers import account
 from shared.providers.base import (
     MAX_RELATED,
+    TREND_YEARS,
     Competition,
     KeywordData,
     MonthlyTrend,
@@ -69,6 +70,7 @@ from shared.providers.base import (
     match_key,
     measured,
     missing_configuration,
+    savable_keyword,
     scrub,
     without_data,
 )
@@ -268,8 +270,10 @@ class DataForSEOProvider:
         """Keyword ideas for one seed (`keywords_for_keywords`, sorted by relevance), the seed
         itself left out, the first 20; relevance is 100 - 3·(the idea's position among all
         results, skipped ones included), as the original. Ideas keep their own missing data.
-        An idea is made storable (it may be saved as answered) and whitespace-collapsed; one
-        `match_key` is one row, the first (the most relevant), as results are matched."""
+        An idea is made storable and whitespace-collapsed, and one a saved search would refuse
+        (`savable_keyword`: blank, or beyond 200 JS units) is dropped, so every row saves as
+        answered; one `match_key` is one row, the first (the most relevant), as results are
+        matched."""
         missing = self._missing_credentials()
         if missing:
             raise ProviderConfigurationError(missing)
@@ -289,7 +293,7 @@ class DataForSEOProvider:
         for index, item in enumerate(results if isinstance(results, list) else []):
             found = _result_keyword(item) if isinstance(item, Mapping) else None
             idea = " ".join(storable(found).split()) if found else ""
-            if not idea or match_key(idea) in seen:
+            if not savable_keyword(idea) or match_key(idea) in seen:
                 continue
             seen.add(match_key(idea))
             row: RelatedKeywordData = {
@@ -560,14 +564,15 @@ def competition_level(item: Mapping[str, Any]) -> Competition | None:
 
 def trends(item: Mapping[str, Any]) -> list[MonthlyTrend]:
     """Monthly volumes, oldest first, the last 12 (DataForSEO sends newest first); a month
-    without a figure has volume None."""
+    without a figure has volume None; one outside a saved search's years (`TREND_YEARS`) is
+    left out, as one without a month."""
     monthly = next(
         (found for path in MONTHLY_PATHS if isinstance(found := _get(item, *path), list)), None
     )
     points: list[MonthlyTrend] = []
     for entry in monthly if isinstance(monthly, list) else []:
         month, year = _number(_get(entry, "month")), _number(_get(entry, "year"))
-        if month is None or year is None or not 1 <= month <= 12:
+        if month is None or year is None or not 1 <= month <= 12 or int(year) not in TREND_YEARS:
             continue
         volume = _number(_get(entry, "search_volume"))
         points.append(

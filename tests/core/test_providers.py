@@ -364,6 +364,22 @@ def test_dataforseo_trends_are_the_last_twelve_months_oldest_first(
     assert [t["volume"] for t in iphone["trends"]][-3:] == [None, 590, 720]  # null stays null
 
 
+def test_dataforseo_trends_leave_out_years_a_saved_search_refuses(
+    upstream: respx.MockRouter, dataforseo: DataForSEOProvider
+) -> None:
+    """A saved search keeps trends of 2000-2100 (the original's rule): a month outside them is
+    left out, so the row saves as answered (s52t7 D3)."""
+    body = fixture("search_volume_ok")
+    body["tasks"][0]["result"][0]["monthly_searches"] = [
+        {"year": 1999, "month": 12, "search_volume": 5},
+        {"year": 2000, "month": 1, "search_volume": 6},
+        {"year": 2101, "month": 1, "search_volume": 7},
+    ]
+    upstream.post(API_URL).mock(httpx.Response(200, json=body))
+    seo = dataforseo.keyword_data(["seo tools"], US)[0]
+    assert seo["trends"] == [{"year": 2000, "month": 1, "volume": 6}]
+
+
 def test_dataforseo_keeps_a_given_difficulty_including_zero(
     upstream: respx.MockRouter, dataforseo: DataForSEOProvider
 ) -> None:

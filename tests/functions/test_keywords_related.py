@@ -345,6 +345,35 @@ def test_provider_text_is_made_storable_so_the_rows_save_as_answered(
     assert saved.json["search"]["results"] == rows
 
 
+def test_rows_a_saved_search_would_refuse_are_never_answered(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved search keeps a row's keyword of 1-200 JS units (trimmed as JS does) and trends of
+    2000-2100 (the original's rule): an idea beyond it is dropped, a month outside it left out,
+    so every answered row saves as answered (s52t7 D3)."""
+    use_dataforseo(monkeypatch)
+    keyword, who = seed(), user_id()
+    months = [{"year": 1999, "month": 1, "search_volume": 5},
+              {"year": 2026, "month": 1, "search_volume": 7},
+              {"year": 2101, "month": 1, "search_volume": 9}]  # fmt: skip
+    items = [idea("k" * 201, 10), idea("\U0001f600" * 101, 20), idea("\ufeff", 30),
+             idea("k" * 200, 40),
+             {**idea(f"{keyword} trend", 50), "monthly_searches": months}]  # fmt: skip
+    with dataforseo_upstream() as upstream:
+        upstream.post(RELATED_API_URL).mock(ideas_answer(items))
+        result = related(call, who, {"keyword": keyword})
+    assert result.status == 200, result.text
+    rows = result.json["relatedKeywords"]
+    assert [(r["keyword"], r["relevance"]) for r in rows] == [("k" * 200, 91),
+                                                             (f"{keyword} trend", 88)]  # fmt: skip
+    assert rows[1]["trends"] == [{"year": 2026, "month": 1, "volume": 7}]
+    saved = call("searches", "POST", "/api/searches", user=who, json_body={
+        "name": "Ideas", "searchParams": {"keywords": [keyword], "matchType": "phrase",
+                                          "location": "US"}, "results": rows})  # fmt: skip
+    assert saved.status == 201, saved.text
+    assert saved.json["search"]["results"] == rows
+
+
 def test_dataforseo_failures_open_the_circuit(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
