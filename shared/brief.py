@@ -28,6 +28,12 @@ MAX_HEADINGS = 10
 MAX_QUESTIONS = 10
 MAX_PAA = 5
 MAX_RELATED = 15
+# What a results page may give here, beyond which its text is junk that would bloat every
+# answer and cached brief: Google shows about 60 characters of a title and 160 of a snippet,
+# browsers keep URLs to 2,048 and DNS names to 253.
+MAX_TEXT_CHARS = 1_000  # a title, description or question, cut
+MAX_URL_CHARS = 2_048  # longer: no address, so the item is skipped
+MAX_DOMAIN_CHARS = 253  # longer: no domain
 
 STOP_WORDS = frozenset(
     {
@@ -126,7 +132,8 @@ def parse_serp(result: Any) -> Serp:
     """DataForSEO's `tasks[0].result[0]`: organic items with a title and a url (the first 10)
     and the questions of "people also ask" items; a missing domain or description is empty,
     never invented. Every string is storable (`storable`); titles, descriptions and questions
-    are plain text (`plain`), so no markup reaches the topics, headings or questions."""
+    are plain text (`plain`), so no markup reaches the topics, headings or questions, and
+    bounded (MAX_TEXT_CHARS and the others); a count that is not a positive integer is 0."""
     items = result.get("items") if isinstance(result, Mapping) else None
     organic: list[SerpResult] = []
     questions: list[str] = []
@@ -134,7 +141,7 @@ def parse_serp(result: Any) -> Serp:
         if not isinstance(item, Mapping):
             continue
         if item.get("type") == "organic" and len(organic) < MAX_RESULTS:
-            title, url = plain(item.get("title")), _text(item.get("url"))
+            title, url = _cut(plain(item.get("title"))), _bounded(item.get("url"), MAX_URL_CHARS)
             if not title or not url:  # nothing to show or to link to
                 continue
             rank = item.get("rank_group")
@@ -142,8 +149,8 @@ def parse_serp(result: Any) -> Serp:
                 "position": rank if isinstance(rank, int) and rank > 0 else index + 1,
                 "title": title,
                 "url": url,
-                "domain": _text(item.get("domain")),
-                "description": plain(item.get("description")),
+                "domain": _bounded(item.get("domain"), MAX_DOMAIN_CHARS),
+                "description": _cut(plain(item.get("description"))),
             }
             extra = item.get("extra")
             words = extra.get("word_count") if isinstance(extra, Mapping) else None
@@ -155,17 +162,28 @@ def parse_serp(result: Any) -> Serp:
             # (a page's title), which the original took for a question too.
             elements = item.get("items")
             for element in elements if isinstance(elements, list) else []:
-                title = plain(element.get("title") if isinstance(element, Mapping) else None)
+                title = _cut(plain(element.get("title") if isinstance(element, Mapping) else None))
                 if title and title not in questions:
                     questions.append(title)
     total = result.get("se_results_count") if isinstance(result, Mapping) else None
-    total = total if isinstance(total, int) and not isinstance(total, bool) else 0
+    total = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else 0
     return {"results": organic, "questions": questions, "totalResults": total}
 
 
 def _text(value: Any) -> str:
     """A provider's string, storable and trimmed; anything else is empty."""
     return storable(value).strip() if isinstance(value, str) else ""
+
+
+def _cut(text: str) -> str:
+    """`text`'s first MAX_TEXT_CHARS, without the whitespace the cut may leave at its end."""
+    return text[:MAX_TEXT_CHARS].rstrip()
+
+
+def _bounded(value: Any, limit: int) -> str:
+    """`_text`, or empty when longer than `limit`: an address or name cut would be wrong."""
+    text = _text(value)
+    return text if len(text) <= limit else ""
 
 
 def plain(value: Any) -> str:

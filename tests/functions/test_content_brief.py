@@ -346,6 +346,32 @@ def test_provider_text_is_plain_storable_and_results_without_title_or_url_are_dr
     assert not {"amp", "span", "script", "<b>"} & set(words.split())
 
 
+def test_a_results_page_is_bounded_where_it_is_read() -> None:
+    """A negative count is no count, and a title, description or question is cut to 1,000
+    characters, an address past 2,048 is none (the item skipped), a domain past 253 is none:
+    answered and cached, such text only bloated every brief (s52t7 D4)."""
+    long = "word " * 40_000
+    page = {
+        "se_results_count": -5,
+        "items": [
+            {"type": "organic", "title": long, "url": "https://a.example/",
+             "domain": "a" * 254, "description": long},
+            {"type": "organic", "title": "Kept", "url": "https://b.example/" + "b" * 2_030,
+             "domain": "b.example", "description": ""},
+            {"type": "organic", "title": "Far", "url": "https://c.example/" + "c" * 2_031,
+             "domain": "c.example", "description": ""},
+            {"type": "people_also_ask", "items": [{"title": long}]},
+        ],
+    }  # fmt: skip
+    serp = brief.parse_serp(page)
+    assert serp["totalResults"] == 0
+    first, kept = serp["results"]
+    assert len(first["title"]) == len(first["description"]) == 999  # its trailing space cut
+    assert first["title"] == long[:999] and first["domain"] == ""
+    assert kept["title"] == "Kept" and len(kept["url"]) == 2_048
+    assert [len(question) for question in serp["questions"]] == [999]
+
+
 @pytest.mark.parametrize(
     ("given", "read"),
     [
