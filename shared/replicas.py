@@ -280,9 +280,9 @@ def _verify(connection: psycopg.Connection[Any]) -> None:
     ]
     if differs:
         _primary_identity = None  # asked again next time: the primary may have moved on
-        raise _Refused(
-            "other_database", f"not DATABASE_URL's database: its {' and '.join(differs)} differ"
-        )
+        verb = "differs" if len(differs) == 1 else "differ"
+        detail = f"not DATABASE_URL's database: its {' and '.join(differs)} {verb}"
+        raise _Refused("other_database", detail)
 
 
 def _state(variable: str) -> _Freshness:
