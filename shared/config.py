@@ -448,7 +448,11 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 _DATABASE_URL_FIELDS = (
     "database_url", "direct_database_url", "database_read_url", "analytics_database_url"
 )  # fmt: skip
-# Every URL setting: a user name or password in it must be percent-encoded (`unencoded_userinfo`).
+# Optional: a routed read checks one against DATABASE_URL's rules, `unencoded_userinfo` included,
+# and reads from the primary when it breaks one (`shared.replicas`, `url_refused`), not a 500.
+_READ_URL_FIELDS = ("database_read_url", "analytics_database_url")
+# Every URL setting: a user name or password in it must be percent-encoded (`unencoded_userinfo`;
+# the read URLs: when routed).
 _URL_FIELDS = (
     *_DATABASE_URL_FIELDS, "app_url", "upstash_redis_rest_url", "clerk_jwks_url",
     "dataforseo_api_base_url", "google_ads_api_base_url", "google_ads_token_url", "stripe_api_base",
@@ -518,7 +522,7 @@ def _checked(spec: Field[Any], value: Any) -> Any:
     if spec.name in _URL_FIELDS:
         value = value.strip()
         problem = unencoded_userinfo(value)
-        if problem is not None:
+        if problem is not None and spec.name not in _READ_URL_FIELDS:
             raise ValueError(problem)
     if spec.name == "clerk_jwks_url" and value and not _trusted_key_url(value):
         raise ValueError("must be an https:// URL (http:// only for localhost or 127.0.0.1)")

@@ -161,11 +161,10 @@ def test_a_bad_value_names_its_variable_and_the_rule(name: str, text: str, reaso
     assert f"{name} is invalid ({reason}" in str(caught.value)
 
 
+# The read URLs are checked when a read is routed: one breaking a rule is not used (below).
 URL_SETTINGS = [
     "DATABASE_URL",
     "DIRECT_DATABASE_URL",
-    "DATABASE_READ_URL",
-    "ANALYTICS_DATABASE_URL",
     "UPSTASH_REDIS_REST_URL",
     "APP_URL",
     "CLERK_JWKS_URL",
@@ -190,6 +189,14 @@ def test_a_url_with_an_unencoded_password_is_refused_showing_no_part_of_it(
     assert f"{name} is invalid (must have its user name and password percent-encoded" in message
     shown = [piece for piece in re.findall(r"[^\W_]{3,}", password) if piece in message]
     assert shown == []
+
+
+@pytest.mark.parametrize("name", ["DATABASE_READ_URL", "ANALYTICS_DATABASE_URL"])
+def test_a_read_url_with_an_unencoded_password_is_no_settings_error(name: str) -> None:
+    """A read URL is optional: the routed read refuses it (`url_refused`, tests/core/
+    test_read_routing.py) and the primary reads, rather than every function answering 500."""
+    url = "postgresql://alex:Kx7@Qz9@db.example.com/x"
+    assert getattr(Settings.from_environ({**BASE, name: url}), name.lower()) == url
 
 
 @pytest.mark.parametrize(

@@ -195,19 +195,27 @@ def test_a_failing_read_url_logs_one_warning_naming_it_and_no_error(
 
 
 @pytest.mark.usefixtures("db_env")
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"postgresql://reader:{SECRET}@10.255.255.1/keyflash?sslmode=disable", "uses sslmode"),
+        (f"postgresql://reader:{SECRET}@x@127.0.0.1:5432/keyflash", "must have its user name"),
+    ],
+    ids=["tls-off", "raw-at-in-password"],
+)
 def test_a_read_url_breaking_a_url_rule_reads_from_the_primary(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    url: str, why: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """DATABASE_URL's rules (here: TLS off for a remote host) refuse a read URL as they refuse
-    DATABASE_URL; a replica is an optimisation, so the primary serves instead of a 500."""
-    url = f"postgresql://reader:{SECRET}@10.255.255.1:5432/keyflash?sslmode=disable"
+    """DATABASE_URL's rules (TLS off for a remote host, a raw '@' in the password) refuse a read
+    URL as they refuse DATABASE_URL; a replica is an optimisation, so the primary serves instead
+    of a 500."""
     use(monkeypatch, DATABASE_READ_URL=url)
     caplog.set_level(logging.INFO, logger="keyflash")
     assert db.read(one) == 1
     assert db.read(one) == 1  # resting: not parsed again
     refusals = fallbacks(caplog)
     assert [e["reason"] for e in refusals] == ["url_refused"] * 2
-    assert "DATABASE_READ_URL uses sslmode=disable" in refusals[0]["detail"]
+    assert f"DATABASE_READ_URL {why}" in refusals[0]["detail"]
     assert SECRET not in caplog.text
 
 
