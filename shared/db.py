@@ -658,12 +658,24 @@ UNKNOWN_POSITION = 2**64 - 1
 # One simple-protocol message: the commit and the position after it, in the same round trip.
 _COMMIT_AND_POSITION = "COMMIT; SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 _POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+_READ_POSITION = """
+    SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() - '0/0'::pg_lsn
+                ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn - 1 END
+"""
 
 
-def read(work: Callable[[Conn], T], *, analytics: bool = False, snapshot: bool = False) -> T:
+def read(
+    work: Callable[[Conn], T],
+    *,
+    analytics: bool = False,
+    snapshot: bool = False,
+    at_least: int | None = None,
+) -> T:
     """Run read-only `work` where reads are served: the replica (DATABASE_READ_URL) when it is
     fresh enough for this caller, else the primary; `analytics=True` prefers
     ANALYTICS_DATABASE_URL. `snapshot=True` runs every statement in one transaction.
+    `at_least`: a position the replica must have replayed too (a write of another request that
+    this read must see, e.g. the one that asked for a data export).
 
     Declaring work read-only is the only way onto a replica: `run` and `transaction` always use
     the primary. With neither URL set this is `run(work, idempotent=True)` (or a transaction).
@@ -673,7 +685,16 @@ def read(work: Callable[[Conn], T], *, analytics: bool = False, snapshot: bool =
         return _execute(work, atomic=snapshot, idempotent=True)
     from shared import replicas  # only with a read URL set: nothing more to import otherwise
 
-    return replicas.read(work, analytics=analytics, snapshot=snapshot)
+    return replicas.read(work, analytics=analytics, snapshot=snapshot, at_least=at_least)
+
+
+def read_position(conn: Conn) -> int:
+    """A position this connection's server has everything up to: a write whose token is at or
+    below it is visible to the next statement. A replica's replayed position; on the primary its
+    insert position less one, since a commit's record can be in the WAL while its transaction is
+    not yet visible (a token is read only once it is, so a token below it was)."""
+    row = conn.connection.exec_driver_sql(_READ_POSITION).one()
+    return int(row[0])
 
 
 def run(work: Callable[[Conn], T], *, idempotent: bool = False) -> T:

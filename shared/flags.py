@@ -13,7 +13,11 @@ Anonymous callers have no bucket: they get a flag only at 100 %.
 
 The flags are loaded with ONE query and reused by the warm container for FLAGS_CACHE_SECONDS
 (default 30); the clock is injectable so tests move time instead of sleeping. An admin write
-refreshes the writing container at once; other containers see it within the TTL. One load runs
+refreshes the writing container at once; other containers see it within the TTL. With
+DATABASE_READ_URL set, a load also reads the position its data is complete up to
+(`db.read_position`): a reader whose consistency token is newer reloads (from a replica that has
+replayed it, else the primary), a load after an admin write reads at or past that write, and a
+load that is older than the snapshot held (a lagging replica's) does not replace it. One load runs
 at a time: callers holding a snapshot serve it meanwhile, the others wait for its outcome. A
 failed load (the database down costs it the whole retry budget) is logged once and, as
 `shared.jwks` does for its reads, not tried again for RELOAD_PAUSE_S: meanwhile the last snapshot
@@ -29,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import mmh3
 
@@ -80,10 +85,35 @@ def evaluate(rules: Iterable[FlagRule], user_id: str | None) -> dict[str, bool]:
     return {rule.key: is_enabled(rule, user_id) for rule in rules}
 
 
-def load_rules() -> tuple[FlagRule, ...]:
-    """All flags in one query."""
-    rows = db.read(feature_flags.list_all)
-    return tuple(FlagRule.from_row(row) for row in rows)
+class Loaded(NamedTuple):
+    """A load's rules and the position they are complete up to (`db.read_position`); None while
+    DATABASE_READ_URL is unset: the primary served them, and no caller holds a token."""
+
+    rules: tuple[FlagRule, ...]
+    position: int | None = None
+
+
+def load_rules(at_least: int | None = None) -> Loaded:
+    """All flags in one query (with a read URL, after the position's), read where a replica has
+    replayed `at_least` and the caller's token, else on the primary."""
+    if get_settings().database_read_url is None:
+        return Loaded(tuple(FlagRule.from_row(row) for row in db.read(feature_flags.list_all)))
+
+    def positioned(conn: db.Conn) -> tuple[int, list[FeatureFlag]]:
+        return db.read_position(conn), feature_flags.list_all(conn)  # position first: see there
+
+    position, rows = db.read(positioned, at_least=at_least)
+    return Loaded(tuple(FlagRule.from_row(row) for row in rows), position)
+
+
+def _reader_position() -> int | None:
+    """The position this request must see (its token, its own writes), if any."""
+    tracked = db.consistency.get()
+    return None if tracked is None else tracked.required
+
+
+def _covers(position: int | None, required: int | None) -> bool:
+    return position is None or required is None or required <= position
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +121,8 @@ class _State:
     """What a container knows, replaced whole (readers take it without the lock)."""
 
     rules: tuple[FlagRule, ...] | None = None  # the last good load
+    position: int | None = None  # what `rules` are complete up to (Loaded.position)
+    floor: int | None = None  # the next load must read at or past this (an admin write's)
     loaded_at: float = float("-inf")
     failed_at: float = float("-inf")  # when the last load failed, if it did
 
@@ -105,7 +137,7 @@ class FlagCache:
 
     def __init__(
         self,
-        loader: Callable[[], tuple[FlagRule, ...]] = load_rules,
+        loader: Callable[[int | None], Loaded] = load_rules,
         *,
         ttl: Callable[[], float] = lambda: get_settings().flags_cache_seconds,
         clock: Callable[[], float] = time.monotonic,
@@ -117,25 +149,31 @@ class FlagCache:
         self._state = _State()
 
     def rules(self) -> tuple[FlagRule, ...]:
-        rules = self._served()
+        required = _reader_position()
+        rules = self._served(required)
         if rules is not None:
             return rules
-        snapshot = self._state.rules
-        if snapshot is None:
+        state = self._state
+        if state.rules is None or not _covers(state.position, required):
             self._loading.acquire()  # nothing to serve: take the outcome of a load under way
         elif not self._loading.acquire(blocking=False):
-            return snapshot  # another request is reloading
+            return state.rules  # only expired: another request is reloading
         try:
-            rules = self._served()  # the load this caller waited for, or another's
+            rules = self._served(required)  # the load this caller waited for, or another's
             return self._load() if rules is None else rules
         finally:
             self._loading.release()
 
-    def _served(self) -> tuple[FlagRule, ...] | None:
-        """The rules to serve without loading, or None when a load is due; in the pause after
-        a failed load, a container without a snapshot is unavailable (503), not loading."""
+    def _served(self, required: int | None) -> tuple[FlagRule, ...] | None:
+        """The rules to serve without loading, or None when a load is due (expired, or older
+        than the reader's position); in the pause after a failed load, a container without a
+        snapshot is unavailable (503), not loading."""
         state, now = self._state, self._clock()
-        if state.rules is not None and now - state.loaded_at < self._ttl():
+        if (
+            state.rules is not None
+            and now - state.loaded_at < self._ttl()
+            and _covers(state.position, required)
+        ):
             return state.rules
         if now - state.failed_at < RELOAD_PAUSE_S:
             if state.rules is None:
@@ -147,7 +185,7 @@ class FlagCache:
         """Load (under the lock); on failure serve the last snapshot, or raise without one."""
         state = self._state
         try:
-            rules = self._loader()
+            loaded = self._loader(state.floor)
         except Exception as error:
             # Flags must not take pages down, nor hold each request for the retry budget.
             log_event(
@@ -160,13 +198,19 @@ class FlagCache:
             if state.rules is None:
                 raise
             return state.rules
-        self._state = _State(rules, loaded_at=self._clock())
-        return rules
+        if state.rules is not None and not _covers(loaded.position, state.position):
+            # A lagging replica's: the snapshot held has all it has, and is current as of now.
+            self._state = replace(state, loaded_at=self._clock(), failed_at=float("-inf"))
+            return state.rules
+        self._state = _State(loaded.rules, position=loaded.position, loaded_at=self._clock())
+        return loaded.rules
 
     def invalidate(self) -> None:
-        """Forget the snapshot and any pause (after a write in this container)."""
+        """Forget the snapshot and any pause (after a write in this container): the next load
+        reads at or past this request's write."""
+        tracked = db.consistency.get()
         with self._loading:
-            self._state = _State()
+            self._state = _State(floor=None if tracked is None else tracked.written)
 
     def by_key(self) -> Mapping[str, FlagRule]:
         return {rule.key: rule for rule in self.rules()}

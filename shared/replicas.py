@@ -132,8 +132,11 @@ _freshness: dict[str, _Freshness] = {}
 _lock = threading.Lock()
 
 
-def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
-    """`work` on the read URL that should serve it, else on the primary (logged)."""
+def read(
+    work: Callable[[Conn], T], *, analytics: bool, snapshot: bool, at_least: int | None = None
+) -> T:
+    """`work` on the read URL that should serve it, else on the primary (logged); a replica
+    serves it only once it has replayed the request's required position and `at_least`."""
     settings = get_settings()
     variable, url = READ_URL, settings.database_read_url
     if analytics and settings.analytics_database_url:
@@ -142,7 +145,9 @@ def read(work: Callable[[Conn], T], *, analytics: bool, snapshot: bool) -> T:
         return db._execute(work, atomic=snapshot, idempotent=True)
     state = _state(variable)
     tracked = db.consistency.get()
-    required = tracked.required if tracked is not None else None
+    own = tracked.required if tracked is not None else None
+    positions = [p for p in (own, at_least) if p is not None]
+    required = max(positions, default=None)
     max_lag = settings.replica_max_lag_ms
     now = time.monotonic()
     try:

@@ -20,7 +20,7 @@ from sqlalchemy import event
 
 from shared import config, db, flags
 from shared.clock import iso_ms, utcnow
-from shared.flags import FlagCache, FlagRule
+from shared.flags import FlagCache, FlagRule, Loaded
 from shared.repositories import feature_flags
 from tests.support.http import Caller, Keys
 
@@ -156,9 +156,9 @@ class FakeClock:
 def test_cache_honours_the_ttl_with_an_injected_clock() -> None:
     loads: list[int] = []
 
-    def loader() -> tuple[FlagRule, ...]:
+    def loader(at_least: int | None) -> Loaded:
         loads.append(1)
-        return (rule(len(loads) * 10),)
+        return Loaded((rule(len(loads) * 10),))
 
     clock = FakeClock()
     cache = FlagCache(loader, ttl=lambda: 30.0, clock=clock)
@@ -178,11 +178,11 @@ def test_cache_honours_the_ttl_with_an_injected_clock() -> None:
 def test_a_failed_reload_keeps_serving_the_last_snapshot() -> None:
     outcomes: list[Any] = [(rule(10),), RuntimeError("database down"), (rule(20),)]
 
-    def loader() -> tuple[FlagRule, ...]:
+    def loader(at_least: int | None) -> Loaded:
         outcome = outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        return outcome
+        return Loaded(outcome)
 
     clock = FakeClock()
     cache = FlagCache(loader, ttl=lambda: 30.0, clock=clock)
@@ -193,11 +193,26 @@ def test_a_failed_reload_keeps_serving_the_last_snapshot() -> None:
     assert cache.rules()[0].rollout_percent == 10  # not retried in the pause
     clock.now += 0.1
     assert cache.rules()[0].rollout_percent == 20  # retried after it
-    cold = FlagCache(lambda: (_ for _ in ()).throw(RuntimeError("down")), clock=clock)
+    cold = FlagCache(lambda _: (_ for _ in ()).throw(RuntimeError("down")), clock=clock)
     with pytest.raises(RuntimeError):
         cold.rules()  # nothing to fall back on
     with pytest.raises(db.DatabaseUnavailableError):
         cold.rules()  # in the pause: a 503 at once, no load
+
+
+def test_a_load_older_than_the_snapshot_does_not_replace_it() -> None:
+    """A lagging replica's load (an older position) keeps the newer snapshot, for another TTL:
+    it holds all the replica has."""
+    outcomes = [Loaded((rule(10),), 200), Loaded((rule(20),), 100), Loaded((rule(30),), 300)]
+    clock = FakeClock()
+    cache = FlagCache(lambda _: outcomes.pop(0), ttl=lambda: 30.0, clock=clock)
+    assert cache.rules()[0].rollout_percent == 10
+    clock.now += 30
+    assert cache.rules()[0].rollout_percent == 10  # reloaded, older: kept
+    clock.now += 29
+    assert cache.rules()[0].rollout_percent == 10 and len(outcomes) == 1  # its TTL restarted
+    clock.now += 1
+    assert cache.rules()[0].rollout_percent == 30
 
 
 @pytest.mark.usefixtures("db_env")
@@ -215,7 +230,7 @@ def test_flags_load_in_one_query() -> None:
         loaded = flags.load_rules()
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert [r.key for r in loaded] == ["a-flag", "b-flag", "c-flag"]
+    assert [r.key for r in loaded.rules] == ["a-flag", "b-flag", "c-flag"]
     assert len(statements) == 1
 
 

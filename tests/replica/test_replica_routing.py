@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from devkit._host import wait_for
 from devkit.postgres import create_database, drop_database, with_database
 from devkit.replica import primary_position
-from shared import config, db, exports, replicas
+from shared import config, db, exports, flags, replicas
 from shared.clock import utcnow
 from shared.http import consistency
 from shared.repositories import search_history, users
@@ -514,6 +514,52 @@ def test_analytics_url_is_preferred_for_admin_reads(
     keywords = {item["keyword"] for item in result.json["topKeywords"]}
     assert "unreplayed" in keywords  # read on the primary's analytics URL, not the replica
     assert fallbacks(caplog) == []
+
+
+def flag_seen(call: Caller, key: str, user: str, **options: Any) -> bool | None:
+    result = call("flags", "GET", "/api/flags", user=user, **options)
+    assert result.status == 200, result.text
+    seen: bool | None = result.json["flags"].get(key)
+    return seen
+
+
+def test_a_cached_flag_set_never_serves_a_reader_whose_token_is_newer(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An admin's flag write refreshes the writing container at once, even for a reader without
+    a token; in another container a reader without one may cache the replica's older flags
+    (within the lag bound), but the admin's token is newer than them: they are reloaded."""
+    max_lag(monkeypatch, MUCH)
+    monkeypatch.setenv("ADMIN_USER_IDS", USER)
+    config.get_settings.cache_clear()
+    flags.invalidate_cache()
+    key = "s52-ryw"
+    admin = {"user": USER}
+    created = seeded("admin_flags", "POST", "/api/admin/flags", **admin,
+                     json_body={"key": key, "enabled": False, "allowedUsers": [USER]})  # fmt: skip
+    assert created.status == 201, created.text
+    replica_pair.replica.resume_replay()
+    replica_pair.caught_up()
+    assert flag_seen(seeded, key, USER) is False  # cached from the caught-up replica
+    replica_pair.replica.pause_replay()
+    wrote = seeded("admin_flag_item", "PUT", f"/api/admin/flags/{key}", **admin,
+                   json_body={"enabled": True})  # fmt: skip
+    assert wrote.status == 200, wrote.text
+    token = {consistency.HEADER: wrote.headers[consistency.HEADER.lower()]}
+    # The writing container: a reader without a token first, then the admin with it.
+    assert flag_seen(seeded, key, "user_other") is False  # not in allowedUsers, but loaded now
+    assert flag_seen(seeded, key, USER) is True
+    assert flag_seen(seeded, key, USER, headers=token) is True
+    # Another container: its first reader (no token) caches the paused replica's flags.
+    new_container()
+    monkeypatch.setattr(flags, "_cache", flags.FlagCache())
+    assert flag_seen(seeded, key, USER) is False  # the replica's state, within the bound
+    assert flag_seen(seeded, key, USER, headers=token) is True  # newer than that: reloaded
+    assert flag_seen(seeded, key, USER, headers=token) is True
+    flags.invalidate_cache()
 
 
 def test_a_write_declared_read_only_is_raised_not_hidden(
