@@ -59,10 +59,11 @@ def build(user_id: str) -> bytes:
     return db.read(work, snapshot=True)
 
 
-def write_compressed(user_id: str, file: BinaryIO) -> int:
+def write_compressed(user_id: str, file: BinaryIO, *, at_least: int | None = None) -> int:
     """Write the export document of `user_id`, gzip-compressed, into `file` (from its start);
     the document's uncompressed size. `build`'s bytes, streamed: rows are read in chunks and
-    written as they come, so memory does not grow with the document."""
+    written as they come, so memory does not grow with the document. `at_least`: a position the
+    data must be read at or past (`db.read`): the cron has no token of the user's."""
 
     def work(conn: Conn) -> int:
         file.seek(0)  # a retried transaction starts the file again
@@ -73,7 +74,7 @@ def write_compressed(user_id: str, file: BinaryIO) -> int:
             account.write_export(personal_data.export(conn, user_id), compressed.write)
             return compressed.tell()
 
-    return db.read(work, snapshot=True)
+    return db.read(work, snapshot=True, at_least=at_least)
 
 
 def compress(document: bytes) -> bytes:

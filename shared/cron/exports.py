@@ -55,9 +55,10 @@ class ExportError(RuntimeError):
 def export_one(run: Run, s3: S3Client) -> bool:
     """Claim and build one export; False when none is waiting or the attempt failed (this run
     stops there: the next one, five minutes later, tries again)."""
-    claimed = db.run(lambda conn: data_exports.claim(conn, now=utcnow(), stale_after=STALE_AFTER))
-    if claimed is None:
+    claim = db.run(lambda conn: data_exports.claim(conn, now=utcnow(), stale_after=STALE_AFTER))
+    if claim is None:
         return False
+    claimed = claim.export
     started_at = claimed.started_at
     assert started_at is not None  # claim sets it
     ttl = timedelta(days=run.settings.export_ttl_days)
@@ -70,7 +71,7 @@ def export_one(run: Run, s3: S3Client) -> bool:
         run.extra["failed"] = run.extra.get("failed", 0) + 1
         return True
     try:
-        build(run, s3, claimed, started_at, ttl)
+        build(run, s3, claim, started_at, ttl)
     except db.DatabaseUnavailableError:
         raise  # the claim stays running, taken again once stale
     except Exception as error:  # S3 refusing, a fault in one document: the others go on later
@@ -80,13 +81,16 @@ def export_one(run: Run, s3: S3Client) -> bool:
 
 
 def build(
-    run: Run, s3: S3Client, claimed: DataExport, started_at: datetime, ttl: timedelta
+    run: Run, s3: S3Client, claim: data_exports.Claimed, started_at: datetime, ttl: timedelta
 ) -> None:
-    """Stream the claimed export's document through gzip to storage and mark it ready."""
+    """Stream the claimed export's document through gzip to storage and mark it ready; read
+    where everything written before the request is (the claim's position: a replica that has
+    replayed it, else the primary)."""
+    claimed = claim.export
     bucket = str(run.settings.backup_bucket)
     key = exports.object_key(run.settings, claimed.user_id, claimed.id)
     with tempfile.TemporaryFile() as compressed:
-        raw_bytes = exports.write_compressed(claimed.user_id, compressed)
+        raw_bytes = exports.write_compressed(claimed.user_id, compressed, at_least=claim.position)
         gzip_bytes = compressed.tell()
         exports.store(s3, bucket, key, compressed)
     finished = db.run(

@@ -76,8 +76,16 @@ def get(conn: Conn, user_id: str, export_id: str, *, now: datetime) -> DataExpor
     ).one_or_none()
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    export: DataExport
+    # The primary's WAL position once the claim saw the request committed: everything its user
+    # wrote before asking is at or below it, so the build reads where it is replayed.
+    position: int
+
+
 @database_operation("claimDataExport")
-def claim(conn: Conn, *, now: datetime, stale_after: timedelta) -> DataExport | None:
+def claim(conn: Conn, *, now: datetime, stale_after: timedelta) -> Claimed | None:
     """The pending export tried least, oldest first (or one whose runner died: running since
     before `now - stale_after`), marked running by this caller; None when there is none. Fewest
     attempts first: an export that keeps failing goes behind fresh ones instead of being taken,
@@ -95,13 +103,14 @@ def claim(conn: Conn, *, now: datetime, stale_after: timedelta) -> DataExport | 
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    return conn.session.scalars(
+    row = conn.session.execute(
         update(DataExport)
         .where(DataExport.id == oldest)
         .values(status="running", started_at=now, attempts=DataExport.attempts + 1, updated_at=now)
-        .returning(DataExport),
+        .returning(DataExport, text("pg_current_wal_insert_lsn() - '0/0'::pg_lsn")),
         execution_options={"synchronize_session": False},
     ).one_or_none()
+    return None if row is None else Claimed(row[0], int(row[1]))
 
 
 @database_operation("finishDataExport")

@@ -574,10 +574,10 @@ def test_an_export_failing_to_build_does_not_hold_up_the_others(
     newer = db.run(lambda conn: data_exports.request(conn, "user_b", now=utcnow())).export.id
     write_compressed = exports.write_compressed
 
-    def broken_for_a(user_id: str, into: Any) -> int:
+    def broken_for_a(user_id: str, into: Any, *, at_least: int | None = None) -> int:
         if user_id == "user_a":
             raise ValueError("a fault in this document")
-        return write_compressed(user_id, into)
+        return write_compressed(user_id, into, at_least=at_least)
 
     monkeypatch.setattr(exports, "write_compressed", broken_for_a)
     assert run_exports()["errors"] == 1  # the older one, taken first, failed

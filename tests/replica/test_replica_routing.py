@@ -8,6 +8,7 @@ sees: a row the primary has and the paused replica has not.
 from __future__ import annotations
 
 import contextvars
+import gzip
 import json
 import logging
 import secrets
@@ -29,10 +30,14 @@ from devkit.postgres import create_database, drop_database, with_database
 from devkit.replica import primary_position
 from shared import config, db, exports, flags, replicas
 from shared.clock import utcnow
+from shared.cron import exports as exports_job
+from shared.cron.runner import run_job
 from shared.http import consistency
-from shared.repositories import search_history, users
+from shared.repositories import data_exports, search_history, users
 from tests.support.http import Caller
 from tests.support.replica import ReplicaPair
+from tests.support.s3 import BUCKET as S3_BUCKET
+from tests.support.s3 import mock_s3
 
 pytestmark = pytest.mark.replica
 
@@ -571,6 +576,28 @@ def test_a_write_declared_read_only_is_raised_not_hidden(
         db.read(lambda conn: conn.session.execute(text("CREATE TEMP TABLE kf_nope (x int)")))
     assert getattr(caught.value.orig, "sqlstate", None) == "25006"
     assert fallbacks(caplog) == []
+
+
+def test_the_exports_cron_builds_what_was_written_before_the_request(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cron has no token, but the export must hold everything written before it was asked
+    for: a replica that has not replayed that much does not build it (the primary does)."""
+    max_lag(monkeypatch, MUCH)
+    with mock_s3(monkeypatch) as storage:
+        record_search(replica_pair, "just before")
+        db.run(lambda conn: data_exports.request(conn, USER, now=utcnow()))
+        summary = run_job(exports_job.JOB)
+        assert summary["processed"] == 1, summary
+        (stored,) = storage.list_objects_v2(Bucket=S3_BUCKET)["Contents"]
+        body = storage.get_object(Bucket=S3_BUCKET, Key=stored["Key"])["Body"].read()
+    document = json.loads(gzip.decompress(body))
+    searched = {row["keywords"][0] for row in document["searchHistory"]}
+    assert searched == {"before", "just before"}
+    assert fallbacks(caplog) == ["behind_token"]
 
 
 def test_the_export_snapshot_reads_on_the_replica(
