@@ -880,9 +880,7 @@ def _env(args: argparse.Namespace) -> int:
         session.running = holder
         database, redis = session.database(), session.redis()
     stack_env = holder.get("stack_env") if isinstance(holder.get("stack_env"), dict) else {}
-    env = function_env(
-        database, redis, dev_key(state_dir), app_url=holder.get("url"), stack_env=stack_env
-    )
+    env = function_env(database, redis, dev_key(state_dir), stack_env=stack_env)
     # A Next.js frontend's API base: browser code sees NEXT_PUBLIC_* variables only.
     env["NEXT_PUBLIC_API_URL"] = holder["url"]
     for name, value in env.items():

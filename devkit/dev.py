@@ -124,13 +124,14 @@ def _serve(
             "using BACKUP_BUCKET" if os.environ.get("BACKUP_BUCKET") else "starting the local S3"
         )
         stack_env = (
-            session.local_s3()
+            {"APP_URL": os.environ.get("APP_URL") or base_url}  # the CORS/CSRF allow-list's own
+            | session.local_s3()
             | cors_env(list(options.cors_origins))
             | clerk_webhook_env(options.state_dir)
             | clerk_key_env()
         )
         session.lock.update(stack_env=recordable(stack_env))
-        env = function_env(database, redis, key, app_url=base_url, stack_env=stack_env)
+        env = function_env(database, redis, key, stack_env=stack_env)
         apply_env(env)
         session.cleanup.callback(_dispose_engine)
         seeded = migrate_and_seed(database, progress.step)

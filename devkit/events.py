@@ -6,7 +6,9 @@ Every builder takes the path as the client sent it (percent-escapes kept) and pu
 source does: REST v1 keeps the escapes in `path`; an HTTP API decodes them in `rawPath` and
 `requestContext.http.path` alike; a function URL keeps them in `rawPath` and decodes
 `requestContext.http.path` (middleapi/standard-server#93, from hotsock/voker#8's live captures).
-Bytes that are not UTF-8 are decoded to U+FFFD here: AWS does not document what it makes of them.
+A v2 query given as a string is the query as sent: `rawQueryString` keeps it byte for byte (what
+Mangum hands the app), and only `queryStringParameters` decodes it. Other bytes that are not
+UTF-8 are decoded to U+FFFD here: AWS does not document what it makes of them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import time
 import uuid
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 LambdaEvent = dict[str, Any]
 
@@ -37,7 +39,7 @@ def http_api_v2(
     path: str,
     *,
     headers: dict[str, str] | None = None,
-    query: dict[str, str] | None = None,
+    query: dict[str, str] | str | None = None,
     body: bytes | str | None = None,
     source_ip: str = "203.0.113.7",
 ) -> LambdaEvent:
@@ -52,7 +54,7 @@ def function_url(
     path: str,
     *,
     headers: dict[str, str] | None = None,
-    query: dict[str, str] | None = None,
+    query: dict[str, str] | str | None = None,
     body: bytes | str | None = None,
     source_ip: str = "203.0.113.7",
 ) -> LambdaEvent:
@@ -65,10 +67,14 @@ def _payload_v2(
     raw_path: str,
     decoded_path: str,
     headers: dict[str, str] | None,
-    query: dict[str, str] | None,
+    query: dict[str, str] | str | None,
     body: bytes | str | None,
     source_ip: str,
 ) -> LambdaEvent:
+    raw_query = query if isinstance(query, str) else urlencode(query or {})
+    parameters: dict[str, list[str]] = {}
+    for name, value in parse_qsl(raw_query, keep_blank_values=True):
+        parameters.setdefault(name, []).append(value)
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     cookie_header = lowered.pop("cookie", "")
     text, encoded = _body_fields(body)
@@ -77,7 +83,7 @@ def _payload_v2(
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": raw_path,
-        "rawQueryString": urlencode(query or {}),
+        "rawQueryString": raw_query,
         "headers": {"host": "api.keyflash.test", "x-forwarded-proto": "https", **lowered},
         "requestContext": {
             "accountId": "123456789012",
@@ -99,8 +105,8 @@ def _payload_v2(
         },
         "isBase64Encoded": encoded,
     }
-    if query:
-        event["queryStringParameters"] = dict(query)
+    if parameters:  # repeated names joined with commas, as AWS does
+        event["queryStringParameters"] = {k: ",".join(v) for k, v in parameters.items()}
     if cookie_header:
         event["cookies"] = [c.strip() for c in cookie_header.split(";") if c.strip()]
     if text is not None:

@@ -27,13 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import quote, urlsplit
 
 from devkit import events, platform_limits
 from devkit.console import CliError, paint
 from devkit.layout import CRON_PACKAGE, FUNCTIONS_PACKAGE, cron_modules, http_functions
 
 MAX_REPEAT = 1000
+_QUERY_AS_SENT = "!$&'()*+,;=:@/?%"  # RFC 3986 query characters (and escapes) a client keeps
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,7 @@ def invoke(
             return events.schedule(rule=f"keyflash-{target.name.replace('.', '-')}")
     else:
         method, path, query, body, headers = _http_request(module, target, request, token_for)
-        description = f"{method} {path}" + (
-            f"?{urlsplit(request.path or '').query}" if query else ""
-        )
+        description = f"{method} {path}" + (f"?{query}" if query else "")
 
         def make_event() -> dict[str, Any]:
             return events.http_api_v2(method, path, headers=headers, query=query, body=body)
@@ -271,8 +270,10 @@ def _as_result(refusal: platform_limits.Refusal) -> dict[str, Any]:
 
 def _http_request(
     module: Any, target: Target, request: Request, token_for: Callable[[str], str]
-) -> tuple[str, str, dict[str, str], str | None, dict[str, str]]:
-    """Method, path, query, body and headers, defaulting to the function's first route."""
+) -> tuple[str, str, str, str | None, dict[str, str]]:
+    """Method, path, query, body and headers, defaulting to the function's first route. The
+    query is sent as given, percent-encoded as a client would (spaces, non-ASCII), its escapes
+    kept: API Gateway's `rawQueryString`, which the handler checks for UTF-8 itself."""
     from fastapi.routing import APIRoute
 
     routes = [r for r in module.app.routes if isinstance(r, APIRoute)]
@@ -288,7 +289,7 @@ def _http_request(
             )
         path = plain[0]
     parts = urlsplit(path)
-    path, query = parts.path, dict(parse_qsl(parts.query, keep_blank_values=True))
+    path, query = parts.path, quote(parts.query, safe=_QUERY_AS_SENT)
     method = (request.method or "").upper()
     if not method:
         offered = sorted({m for r in routes if r.path_regex.match(path) for m in (r.methods or ())})

@@ -395,7 +395,7 @@ class Session:
 
     def stack_env(self) -> dict[str, str]:
         """What the running `keyflash dev` on this state dir added to the functions'
-        environment (its local S3, its CORS origins), for commands that borrow it."""
+        environment (its `APP_URL`, local S3 and CORS origins), for commands that borrow it."""
         holder = self.running
         if holder is None:
             holder = lock_holder(self.state_dir) or {}
@@ -489,12 +489,11 @@ def function_env(
     redis: Redis,
     key: DevKey,
     *,
-    app_url: str | None = None,
     stack_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment the functions run with locally: ours where the stack decides (with
-    `stack_env`: what `keyflash dev` added, its local S3 and CORS origins), under every
-    spelling the developer exported too, and the developer's own values kept for everything
+    `stack_env`: what `keyflash dev` added, its `APP_URL`, local S3 and CORS origins), under
+    every spelling the developer exported too, and the developer's own values kept for everything
     else."""
     from devkit.tokens import DEV_ISSUER
     from shared.config import every_spelling
@@ -515,8 +514,6 @@ def function_env(
         # One process serves every function here; Lambda's pool of one would serialise them.
         "DB_POOL_SIZE": "10",
     }
-    if app_url:
-        defaults["APP_URL"] = app_url
     for name, value in defaults.items():
         env[name] = os.environ.get(name) or value
     env.update(stack_env or {})

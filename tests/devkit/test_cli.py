@@ -313,6 +313,44 @@ def test_invoke_hands_a_body_with_a_lone_surrogate_to_the_handler(
     assert "status 400" in result.stdout
 
 
+def test_invoke_allows_the_running_stacks_own_origin(stack: Stack) -> None:
+    """docs/local-stack.md: `invoke` gets the stack's settings, so its CORS and CSRF answers are
+    the dev server's: the stack's URL is `APP_URL`, and Settings' default `APP_URL` is not."""
+    token = token_for(stack, f"origin_{os.getpid()}")
+    body = json.dumps(
+        {
+            "name": "Same origin",
+            "searchParams": {"keywords": ["x"], "matchType": "exact", "location": "US"},
+        }
+    )
+    write = keyflash(
+        "invoke", "searches", "-X", "POST", "--body", body,
+        "-H", f"Cookie: __session={token}; csrf-token=zz", "-H", "X-CSRF-Token: zz",
+        "-H", f"Origin: {stack.url}",
+        state_dir=stack.state_dir,
+    )  # fmt: skip
+    assert write.returncode == 0, write.stderr
+    assert "status 201" in write.stdout, write.stdout
+    assert f"access-control-allow-origin: {stack.url}\n" in write.stdout
+    default = keyflash(
+        "invoke", "health", "-H", "Origin: http://localhost:3000", state_dir=stack.state_dir
+    )
+    assert default.returncode == 0, default.stderr
+    assert "access-control-allow-origin" not in default.stdout
+
+
+def test_invoke_sends_the_query_string_as_given(stack: Stack) -> None:
+    """A query that is not UTF-8 once decoded reaches the handler as sent (API Gateway's
+    `rawQueryString`), so it gets the documented 400, not a U+FFFD stand-in."""
+    result = keyflash(
+        "invoke", "history", "--path", "/api/history?limit=%ED%A0%80", "--user", "raw_query",
+        state_dir=stack.state_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "status 400" in result.stdout
+    assert "Invalid query string: not UTF-8" in result.stdout, result.stdout
+
+
 def test_second_dev_on_the_same_state_dir_fails_clearly(stack: Stack) -> None:
     started = time.monotonic()
     result = keyflash("dev", "--port", str(free_port()), state_dir=stack.state_dir, timeout=30)
