@@ -11,7 +11,8 @@ more than `CRON_TIME_MARGIN_MS` and the database's margin (`db.INVOCATION_MARGIN
 so a batch no longer than CRON_TIME_MARGIN_MS leaves the lease's release its time; whatever the
 margin, the run's database round trips give up before its limit (`db.within_invocation`), so a
 batch on a database that stopped answering fails the run rather than outliving it. A run with
-less time than the database's margin does nothing and reports it. The
+no time for one batch (the margin or less left) does nothing, not even the lease, and reports
+it. The
 lease lasts until the invocation's own limit: a run killed mid-way blocks the next one no longer.
 """
 
@@ -182,9 +183,10 @@ def run_job(
     deadline = db.invocation_give_up_time(end) - settings.provider_deadline_margin_s
     # The lease outlives this invocation's hard limit by a second at most.
     ttl = math.ceil(remaining_s) + 1
-    if remaining_s <= db.INVOCATION_MARGIN_S:
-        # Too little time for any database work (`db.within_invocation` would refuse it): the
-        # run does nothing and says so, as one out of time does.
+    if remaining_s * 1000 <= budget.margin_ms:
+        # No time for one batch: the run does nothing, not even the lease, and says so, as one
+        # out of time does. A lease taken then could not be given back: the job's first
+        # statement and the release would come past the database's give-up time.
         run = Run(job.name, holder, settings, budget, now or utcnow(), options or {}, {}, deadline)
         run.complete = False
         summary = run.summary(started)
