@@ -699,8 +699,9 @@ def test_an_s3_that_never_answers_fails_the_attempt_within_the_runs_time(
     time less PROVIDER_DEADLINE_MARGIN_S): the attempt fails as any S3 failure does, recorded,
     and the lease is given back."""
     # A 10 s invocation less the database's 3 s and the 1 s margin: S3 gets until 6 s into the
-    # run. One batch starts, whatever the machine's speed; the next check finds no time left.
-    configure(monkeypatch, PROVIDER_DEADLINE_MARGIN_S=1)
+    # run. One batch starts, whatever the machine's speed (10 s is more than the 1 s batch
+    # margin and the database's 3 s); the next check finds no time left.
+    configure(monkeypatch, PROVIDER_DEADLINE_MARGIN_S=1, CRON_TIME_MARGIN_MS=1000)
     db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     call = Caller("lambda_v2", api_env)
     export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
