@@ -188,15 +188,6 @@ def invoke(
             timed_out = _timeout_result(target, deadline.refusal)
             runs.append(Run(deadline.refusal.status, elapsed, timed_out, deadline.refusal.reason))
             continue
-        except RuntimeError as error:
-            if target.kind == "http" and "unable to infer a handler" in str(error):
-                raise CliError(
-                    "the event is not one Mangum can route (API Gateway v1/v2, function URL, "
-                    "ALB or Lambda@Edge); HTTP functions need an HTTP event"
-                ) from None
-            raise CliError(
-                f"{target.module}.lambda_handler raised RuntimeError: {error}"
-            ) from error
         except Exception as error:
             raise CliError(
                 f"{target.module}.lambda_handler raised {type(error).__name__}: {error}"

@@ -29,21 +29,34 @@ its encoded form: REST v1's `path`, a function URL's `rawPath` (known by decodin
 a path escaped. The path guard (`shared.http.guards.UrlEncoding`) reads `raw_path` and refuses
 every path whose decoding would make a U+FFFD: an HTTP API has decoded such bytes before the
 function runs (to what, AWS does not say), so there they reach the function as AWS decoded them.
+
+And ALB's query parameters, which ALB passes as sent (not decoded), are decoded to bytes and
+encoded again: Mangum decoded them as text, so bytes that are not UTF-8 became U+FFFD and a
+route's validation 400, where API Gateway's events get the query guard's `not UTF-8`.
+
+And an event no handler routes (an EventBridge rule aimed at an HTTP function, a warm-up
+plugin's ping, `{}`, a list): Mangum raised RuntimeError, an invocation error with a traceback,
+retried when asynchronous. It is logged (`lambda_event_refused`, WARNING, with the event's
+type and top-level keys) and answered 400 in the envelope, which ends the invocation.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import logging
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes, urlencode
 
 from mangum import Mangum
 from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
 from mangum.types import LambdaContext, LambdaEvent
 
+from shared.envelope import envelope
 from shared.storable_text import LONE_SURROGATE, without_lone_surrogates
+from shared.telemetry import log_event, new_request_id
 
 # Every printable ASCII character but none other: `%XX` escapes are kept, the rest escaped.
 _PATH_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
@@ -52,6 +65,7 @@ _PATH_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
 _DECODED_PATH_SAFE = "/:@!$&'()*+,;="
 # Not UTF-8, so never valid JSON: what a body that cannot be decoded becomes (400 on JSON routes).
 UNDECODABLE = b"\xff"
+NOT_HTTP = "Not an HTTP event: this function answers API Gateway, function URL and ALB requests"
 
 
 def _body(event: LambdaEvent) -> bytes:
@@ -95,6 +109,46 @@ def _encoded_path(event: LambdaEvent) -> str:
     if isinstance(raw, str) and unquote(raw) == decoded:
         return raw  # a function URL's, or one with nothing to decode
     return quote(decoded, safe=_DECODED_PATH_SAFE, errors="surrogatepass")
+
+
+def _unquote_plus_bytes(value: Any) -> bytes:
+    """A query key or value as sent, decoded to its bytes (`+` is a space)."""
+    if not isinstance(value, bytes):
+        value = ("" if value is None else str(value)).encode("utf-8", "surrogatepass")
+    return unquote_to_bytes(value.replace(b"+", b" "))
+
+
+def _alb_query(event: LambdaEvent) -> bytes:
+    """ALB's query string from the parameters Mangum reads, their bytes kept (see the module
+    docstring)."""
+    params = event.get("multiValueQueryStringParameters", event.get("queryStringParameters", {}))
+    if not params:
+        return b""
+    pairs = [
+        (_unquote_plus_bytes(name), _unquote_plus_bytes(value))
+        for name, values in params.items()
+        for value in (values if isinstance(values, list | tuple) else [values])
+    ]
+    return urlencode(pairs).encode()
+
+
+def _not_http(event: Any) -> dict[str, Any]:
+    """The logged refusal of an event no handler routes (see the module docstring)."""
+    request_id = new_request_id()
+    keys = sorted(str(key)[:40] for key in event)[:10] if isinstance(event, dict) else []
+    log_event(
+        "lambda_event_refused",
+        level=logging.WARNING,
+        requestId=request_id,
+        eventType=type(event).__name__,
+        keys=keys,
+    )
+    return {
+        "statusCode": 400,
+        "headers": {"content-type": "application/json", "x-request-id": request_id},
+        "body": json.dumps(envelope(400, NOT_HTTP)),
+        "isBase64Encoded": False,
+    }
 
 
 def tolerant(event: LambdaEvent) -> LambdaEvent:
@@ -141,7 +195,12 @@ class LambdaHandler(Mangum):
     """`Mangum` (lifespan off) answering every event it can route: see the module docstring."""
 
     def __call__(self, event: LambdaEvent, context: LambdaContext) -> dict[str, Any]:
-        handler = self.infer(event, context)
+        if not isinstance(event, dict):
+            return _not_http(event)
+        try:
+            handler = self.infer(event, context)
+        except RuntimeError:  # Mangum's "unable to infer a handler": not an HTTP event
+            return _not_http(event)
         try:
             scope = handler.scope
         except (AttributeError, KeyError, TypeError, UnicodeError):
@@ -155,6 +214,8 @@ class LambdaHandler(Mangum):
             encoded = _encoded_path(handler.event)  # the event Mangum read
             scope["path"] = unquote(encoded)  # not Mangum's, decoded twice on v2
             scope["raw_path"] = quote(encoded, safe=_PATH_SAFE, errors="surrogatepass").encode()
+        elif isinstance(handler, ALB):
+            scope["query_string"] = _alb_query(handler.event)
         # v1, v2, function URLs and ALB keep the body at the event's top level (Lambda@Edge
         # nests it): ALB's was decoded leniently by Mangum, `%%%` an empty body, `abc` a raise.
         top_level = isinstance(handler, APIGateway | HTTPGateway | ALB)

@@ -385,11 +385,15 @@ def test_cron_run_unknown_job_fails_clearly(stack: Stack) -> None:
     assert_one_line_failure(result, "no_such_job")
 
 
-def test_invoke_refuses_an_event_mangum_cannot_route(stack: Stack, tmp_path: Path) -> None:
+def test_invoke_shows_the_handlers_refusal_of_an_event_that_is_not_http(
+    stack: Stack, tmp_path: Path
+) -> None:
     event_file = tmp_path / "event.json"
     event_file.write_text('{"detail-type": "Scheduled Event"}')
     result = keyflash("invoke", "health", "--event", str(event_file), state_dir=stack.state_dir)
-    assert_one_line_failure(result, "not one Mangum can route")
+    assert result.returncode == 0, result.stderr
+    assert "status 400" in result.stdout
+    assert "Not an HTTP event" in result.stdout
 
 
 def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir: Path) -> None:

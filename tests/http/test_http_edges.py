@@ -16,6 +16,7 @@ from shared.http.app import validation_message
 from tests.support.http import Caller, Keys, make_token
 
 ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
+NOT_HTTP = "Not an HTTP event: this function answers API Gateway, function URL and ALB requests"
 
 
 def _validation_400(result: Any) -> str:
@@ -187,6 +188,38 @@ def test_a_lone_surrogate_in_an_event_path_is_a_400(api_env: Keys, build: Any) -
     """A direct invoke's path text with no UTF-8 form: the path guard's 400, not a 500."""
     event = build("GET", "/api/health\ud800")
     _envelope(_invoke("health", event), 400, "Invalid path: not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [events.schedule(), {"source": "serverless-plugin-warmup"}, {}, None, [], "ping"],
+    ids=["eventbridge", "warmup", "empty", "null", "list", "string"],
+)
+def test_an_event_that_is_not_http_is_refused_in_the_envelope(
+    api_env: Keys, event: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule rule aimed at an HTTP function, a warm-up plugin's ping or `{}`: Mangum raised
+    RuntimeError (an invocation error and traceback, retried when asynchronous). Now a logged
+    refusal and a 400 in the envelope, which ends the invocation."""
+    with caplog.at_level("WARNING", logger="keyflash"):
+        answer = _invoke("health", event)
+    _envelope(answer, 400, NOT_HTTP)
+    refused = [json.loads(r.getMessage()) for r in caplog.records if "lambda_event_refused" in
+               r.getMessage()]  # fmt: skip
+    assert [r["eventType"] for r in refused] == [type(event).__name__]
+
+
+@pytest.mark.parametrize("multi_value", [False, True], ids=["single", "multi_value"])
+def test_an_alb_query_that_is_not_utf8_gets_the_query_guards_400(
+    api_env: Keys, multi_value: bool
+) -> None:
+    """ALB does not decode the query: Mangum decoded `%ED%A0%80` to U+FFFD, a validation 400,
+    where API Gateway's events get `Invalid query string: not UTF-8`. Encoded values that are
+    UTF-8 still arrive decoded once (`%32` is 2)."""
+    event = _alb("GET", "/api/history/stats", multi_value=multi_value)
+    name = "multiValueQueryStringParameters" if multi_value else "queryStringParameters"
+    event[name] = {"days": ["%ED%A0%80"] if multi_value else "%ED%A0%80"}
+    _envelope(_invoke("history_stats", event), 400, "Invalid query string: not UTF-8")
 
 
 def test_devkit_events_carry_the_path_where_each_source_does() -> None:
