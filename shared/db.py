@@ -1007,7 +1007,7 @@ def _execute(
                         level=logging.ERROR,
                         stage=stage,
                         attempts=attempt,
-                        retried=safe,
+                        retried=safe and attempt > 1,  # one attempt: out of budget at once
                         reason=message,
                     )
                 unknown = stage == "commit" or not safe

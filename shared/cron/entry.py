@@ -71,8 +71,10 @@ def _header(scope: Scope, name: bytes) -> bytes:
 
 
 def authorized(scope: Scope, secret: str) -> bool:
-    """Whether the request carries `Authorization: Bearer <secret>` (constant-time compare)."""
-    return hmac.compare_digest(_header(scope, b"authorization"), f"Bearer {secret}".encode())
+    """Whether the request carries `Authorization: Bearer <secret>`, the scheme in any case
+    (RFC 9110 §11.1), the secret compared in constant time."""
+    scheme, _, token = _header(scope, b"authorization").partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token, secret.encode())
 
 
 def _challenge(scope: Scope) -> str:

@@ -447,6 +447,8 @@ def test_connecting_ahead_tries_once_and_leaves_a_failure_to_the_first_request(
     assert db.connect_ahead() is False
     assert time.monotonic() - started < 5, "one attempt, not the 30 s retry budget"
     assert json_events(caplog, "db_retry") == []
+    # Reported as what it was, one attempt: not `retried: true` (tester s52t3).
+    assert [e["retried"] for e in json_events(caplog, "db_unavailable")] == [False]
     [failed] = json_events(caplog, "db_connect_ahead_failed")
     expected = "Connection refused" if failure == "unreachable" else 'database "…" does not exist'
     assert expected in failed["reason"], failed

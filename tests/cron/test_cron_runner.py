@@ -415,16 +415,18 @@ def test_the_vercel_app_refuses_without_the_cron_secret(
     assert count(admin_conn, "SELECT count(*) FROM cron_leases") == 0  # nothing ran
 
 
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_the_vercel_app_runs_the_job_with_the_cron_secret(
-    cron_app_env: str, admin_conn: psycopg.Connection[Any]
+    cron_app_env: str, admin_conn: psycopg.Connection[Any], scheme: str
 ) -> None:
+    """The scheme's case does not matter (RFC 9110 §11.1); the secret's does."""
     from functions.cron import rollup
 
     response = asgi_call(
         rollup.app,
         "GET",
         "/api/cron/rollup",
-        headers={"Authorization": f"Bearer {SECRET}", "User-Agent": "vercel-cron/1.0"},
+        headers={"Authorization": f"{scheme} {SECRET}", "User-Agent": "vercel-cron/1.0"},
         query="full=true",
     )
     assert response.status == 200, response.body
