@@ -192,6 +192,39 @@ def _by_column(values: dict[str, Any]) -> dict[str, Any]:
     return {User.__mapper__.attrs[key].columns[0].name: value for key, value in values.items()}
 
 
+def _placeholder_exact(email: Any) -> ColumnElement[Any]:
+    """`users_email_lower_key`'s second key column: a placeholder itself, else ''."""
+    domain = f"@{PLACEHOLDER_DOMAIN}"
+    return case((func.right(func.lower(email), len(domain)) == domain, email), else_="")
+
+
+def _email_held_elsewhere(user_id: Any, email: Any) -> ColumnElement[bool]:
+    """Whether a row of another id holds `email` by `users_email_lower_key`'s rule (real
+    addresses case-insensitively, placeholders exactly; an exact match, `users_email_key`,
+    matches it too), served by that index. Writes check this first instead of letting the
+    index refuse them: a unique violation's DETAIL puts the other account's email in the
+    server's log (on Neon, the provider's)."""
+    holder = _USERS.alias("holder")
+    return exists().where(
+        holder.c.id != user_id,
+        func.lower(holder.c.email) == func.lower(email),
+        _placeholder_exact(holder.c.email) == _placeholder_exact(email),
+    )
+
+
+_EMAIL_HELD = HotStatement(
+    lambda: select(
+        _email_held_elsewhere(bindparam("p_id", type_=Text()), bindparam("p_email", type_=Text()))
+    )
+)
+
+
+def _email_taken(conn: Conn, user_id: str, email: str) -> bool:
+    """Whether another account holds `email` (a refused write's one extra read)."""
+    row = execute_hot(conn, _EMAIL_HELD, {"p_id": user_id, "p_email": email}).fetchone()
+    return row is not None and bool(row[0])
+
+
 def _is_email_conflict(error: IntegrityError) -> bool:
     return violated_constraint(error) in _EMAIL_CONSTRAINTS
 
@@ -212,27 +245,31 @@ def create(
     now: datetime | None = None,
 ) -> User:
     """Insert a user; FREE users start a 7-day trial (or continue their tombstoned one). A
-    taken email raises `EmailInUseError`. `clerk_updated_at`: the Clerk event's time, when a
-    Clerk event creates the user."""
+    taken email raises `EmailInUseError`: the INSERT checks it (`_email_held_elsewhere`), the
+    index refuses only an insert of it racing this one. `clerk_updated_at`: the Clerk event's
+    time, when a Clerk event creates the user."""
     params = _new_user_params(user_id, email, tier, now or utcnow())
     params["p_clerk_updated_at"] = None if clerk_updated_at is None else db_time(clerk_updated_at)
     statement = _CREATE_TRIAL if tier is UserTier.FREE else _CREATE
     try:
         row = execute_hot(conn, statement, params).fetchone()
-    except IntegrityError as error:
+    except IntegrityError as error:  # a racing insert of the email, not committed when checked
         _raise_if_email_taken(error)
         raise
-    assert row is not None  # INSERT … RETURNING without a condition
+    if row is None:  # the INSERT's only condition: no other account holds the email
+        raise EmailInUseError()
     return _user_from(row)
 
 
 def _create_statement(*, continuing: bool) -> Any:
     values = _new_user_columns()
     values["clerk_updated_at"] = bindparam("p_clerk_updated_at", type_=UTCDateTime())
+    free = ~_email_held_elsewhere(values["id"], values["email"])
     if continuing:
-        statement = _insert_from(_USERS, values, _continuing_trial(values))
+        statement = _insert_from(_USERS, values, _continuing_trial(values), free)
     else:
-        statement = insert(_USERS).values(_by_column(values))
+        columns = _by_column(values)
+        statement = insert(_USERS).from_select(list(columns), select(*columns.values()).where(free))
     return statement.returning(*_USERS.columns)
 
 
@@ -316,6 +353,8 @@ def _get_or_create_statement() -> Any:
     """Read the row if it exists, else insert it; one statement, one round trip. When another
     transaction is inserting the same id right now, the INSERT waits for it and does nothing, and
     this statement's snapshot cannot see the winner's row: it returns no row and is simply re-run.
+    ON CONFLICT names no index, so an email another account holds (or is inserting) is no unique
+    violation either (`_email_held_elsewhere` says why): no row, and the caller looks.
     A new user continues the trial tombstoned under its keys, if any (`_continuing_trial`); an
     id Clerk deleted is not inserted (no row either). The last column says whether the row was
     created. Bound parameters: `_new_user_params`."""
@@ -325,7 +364,7 @@ def _get_or_create_statement() -> Any:
     absent = ~select(existing.c.id).exists()
     inserted = (
         _insert_from(_USERS, values, tombstone, absent, ~tombstone.c.deleted)
-        .on_conflict_do_nothing(index_elements=[_USERS.c.id])
+        .on_conflict_do_nothing()
         .returning(*_USERS.columns)
         .cte("inserted")
     )
@@ -343,27 +382,19 @@ def get_or_create(conn: Conn, user_id: str, email: str, *, now: datetime | None 
     Runs outside a transaction (`db.run`): a lost race is resolved by re-running the statement.
     """
     params = _new_user_params(user_id, email, UserTier.FREE, now or utcnow())
-    email_conflict = False
     for _ in range(3):
-        try:
-            row = execute_hot(conn, _GET_OR_CREATE, params).fetchone()
-        except IntegrityError as error:
-            # ON CONFLICT covers only the id index: a racing insert of the same user can also
-            # trip the email indexes. Re-run: the row is visible now if it is ours.
-            if not _is_email_conflict(error):
-                raise
-            conn.rollback()
-            email_conflict = True
-            continue
+        row = execute_hot(conn, _GET_OR_CREATE, params).fetchone()
         if row is not None:
             *columns, created = row
             if created:
                 _refuse_if_deleted(conn, user_id)
             return _user_from(columns)
+        # No row (rare): a race for the id (re-run: the row is visible now), the id deleted in
+        # Clerk, or the email another account's.
         if tombstones.deleted_in_clerk(conn, user_id):
             raise AccountDeletedError(user_id)
-    if email_conflict:
-        raise EmailInUseError()
+        if _email_taken(conn, user_id, email):
+            raise EmailInUseError()
     raise RuntimeError(f"user {user_id} neither found nor created after 3 attempts")
 
 
@@ -386,7 +417,8 @@ def _refuse_if_deleted(conn: Conn, user_id: str) -> None:
 def update_user(
     conn: Conn, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
 ) -> User:
-    """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`."""
+    """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`, an
+    email another account holds `EmailInUseError` (checked by the UPDATE, as in `create`)."""
     params = {key: _db_value(value) for key, value in changes.items()}
     params["updated_at"] = db_time(now or utcnow())
     params["user_id"] = user_id
@@ -397,6 +429,8 @@ def update_user(
         _raise_if_email_taken(error)
         raise
     if row is None:
+        if "email" in changes and _email_taken(conn, user_id, changes["email"]):
+            raise EmailInUseError()
         raise UserNotFoundError(user_id)
     return _user_from(row)
 
@@ -419,6 +453,9 @@ def _update(keys: frozenset[str], *, returning: bool) -> Any:
         User.__mapper__.attrs[key].columns[0].name: bindparam(key) for key in sorted(keys)
     }
     statement = update(_USERS).where(_USERS.c.id == bindparam("user_id")).values(values)
+    if "email" in keys:  # as `create` does (the index refuses only a racing write)
+        held = _email_held_elsewhere(bindparam("user_id"), bindparam("email"))
+        statement = statement.where(~held)
     return statement.returning(*_USERS.columns) if returning else statement
 
 
@@ -522,7 +559,8 @@ def reserve_keywords(
     `this month (lazily reset) + n <= monthly limit`), so parallel requests never overshoot.
     With `enforce=False` (billing off) nothing is limited and usage is still counted.
     Refusals raise `TrialExpiredError` or `QuotaExceededError` and change nothing; an id Clerk
-    deleted raises `AccountDeletedError`, leaving no row (`_refuse_if_deleted`).
+    deleted raises `AccountDeletedError`, leaving no row (`_refuse_if_deleted`); a new user
+    whose email another account holds, `EmailInUseError` (checked as in `create`).
     With `hold`, the same statement writes the `keyword_reservations` row for what it counted
     (`shared.repositories.reservations`), so a function killed later cannot keep it.
     """
@@ -568,6 +606,8 @@ def reserve_keywords(
     if user is None:
         if tombstones.deleted_in_clerk(conn, user_id):  # not created: `_reserve_statement`
             raise AccountDeletedError(user_id)
+        if _email_taken(conn, user_id, email):  # not created either
+            raise EmailInUseError()
         raise UserNotFoundError(user_id)
     view = usage_view(user, limits, now)
     if view.trial_expired:
@@ -617,8 +657,11 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
     fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
     first = case((fits_new_trial, count), else_=0) if enforce else count
     values.update(keyword_searches_this_month=first, keyword_searches_total=used_before + first)
-    # Nothing proposed for an id Clerk deleted: its row is gone, and stays gone.
-    statement = _insert_from(User, values, tombstone, ~tombstone.c.deleted)
+    # Nothing proposed for an id Clerk deleted (its row is gone, and stays gone), nor for a new
+    # user whose email another account holds (`create`'s check; an existing row is counted).
+    known = exists().where(_USERS.c.id == values["id"])
+    free = or_(known, ~_email_held_elsewhere(values["id"], values["email"]))
+    statement = _insert_from(User, values, tombstone, ~tombstone.c.deleted, free)
     upsert: Any = statement.on_conflict_do_update(
         index_elements=[User.id],
         set_={

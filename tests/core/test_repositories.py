@@ -13,6 +13,7 @@ from benchmarks.scale import history_rows_read
 from shared import db
 from shared.errors import EmailInUseError, QuotaExceededError, UserNotFoundError
 from shared.models import UserTier
+from shared.quotas import Limits
 from shared.repositories import (
     api_usage,
     feature_flags,
@@ -68,10 +69,83 @@ def test_get_or_create_returns_the_existing_row_untouched() -> None:
     assert again.email == "a@example.com" and again.created_at == T0
 
 
+def failed_statements(call: Any) -> list[str]:
+    """The statements `call` sent that the server refused (sent, never completed): a unique
+    violation among them puts the conflicting key, another account's email, in the server log."""
+    pending: list[str] = []
+
+    def sent(*args: Any) -> None:
+        pending.append(args[2])
+
+    def completed(*args: Any) -> None:
+        pending.remove(args[2])
+
+    engine = db.get_engine()
+    event.listen(engine, "before_cursor_execute", sent)
+    event.listen(engine, "after_cursor_execute", completed)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", sent)
+        event.remove(engine, "after_cursor_execute", completed)
+    return pending
+
+
+def refused_as_email_in_use(work: Any) -> list[str]:
+    """Run `work`, expecting `EmailInUseError`; the statements that failed."""
+
+    def call() -> None:
+        with pytest.raises(EmailInUseError):
+            db.run(work)
+
+    return failed_statements(call)
+
+
 def test_get_or_create_reports_an_email_owned_by_another_user() -> None:
     make_user()
     with pytest.raises(EmailInUseError):
         db.run(lambda conn: users.get_or_create(conn, "user_b", "A@example.com"))
+
+
+def test_a_taken_email_is_found_without_a_unique_violation() -> None:
+    """Creating, provisioning or updating a user with another account's email is refused by
+    checking, not by the unique index: no statement fails, so the server logs no DETAIL."""
+    make_user()
+    make_user("user_b", "b@example.com")
+    attempts = [
+        lambda conn: users.get_or_create(conn, "user_c", "A@example.com"),
+        lambda conn: users.create(conn, "user_c", "a@EXAMPLE.com"),
+        lambda conn: users.create(conn, "user_c", "a@example.com", tier=UserTier.PRO),
+        lambda conn: users.update_user(conn, "user_b", email="A@Example.com"),
+        lambda conn: users.reserve_keywords(
+            conn, "user_c", "A@example.com", 1, limits=Limits(100, 1000, 10000), enforce=True
+        ),
+    ]
+    for work in attempts:
+        assert refused_as_email_in_use(work) == []
+    stored = db.run(lambda conn: users.get(conn, "user_b"))
+    assert stored is not None and stored.email == "b@example.com"
+    assert db.run(lambda conn: users.get(conn, "user_c")) is None
+    # The user whose row exists searches as before, whatever the token's email says.
+    usage = db.run(
+        lambda conn: users.reserve_keywords(
+            conn, "user_b", "A@example.com", 1, limits=Limits(100, 1000, 10000), enforce=True
+        )
+    )
+    assert usage.total == 1
+
+
+def test_placeholders_differing_in_case_only_belong_to_different_ids() -> None:
+    """Placeholders compare exactly (case-sensitive ids), real addresses case-insensitively."""
+    make_user("user_X", users.placeholder_email("user_X"))
+    made = db.run(lambda conn: users.create(conn, "user_x", users.placeholder_email("user_x")))
+    assert made.email == "user_x@keyflash.local"
+    got = db.run(lambda conn: users.get_or_create(conn, "user_y", "user_X@KEYFLASH.local"))
+    assert got.id == "user_y"
+    with pytest.raises(EmailInUseError):
+        db.run(lambda conn: users.update_user(conn, "user_y", email="user_X@keyflash.local"))
+    with pytest.raises(UserNotFoundError):
+        db.run(lambda conn: users.update_user(conn, "ghost", email="free@example.com"))
 
 
 def test_partial_update_sets_only_given_columns_and_updated_at() -> None:
