@@ -24,12 +24,11 @@ import json
 import logging
 import re
 import time
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -41,7 +40,7 @@ from devkit import events, platform_limits
 from devkit.console import CliError
 from devkit.layout import FUNCTIONS_PACKAGE, http_functions
 from shared.http.guards import replaying
-from shared.telemetry import new_request_id
+from shared.telemetry import new_request_id, without_emails
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
@@ -115,8 +114,6 @@ def conflicts(functions: Sequence[Function]) -> list[str]:
 # What may break a line (`str.splitlines()`, log viewers) or the terminal: C0 and C1 controls,
 # U+2028 and U+2029.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# How many more times a path segment is percent-decoded, looking for an email's `@`.
-_DECODINGS = 8
 # How much of a path a log line shows.
 _SHOWN_CHARS = 200
 
@@ -125,24 +122,10 @@ def _printable(path: str) -> str:
     """A decoded path for a log line: a segment with an email masked, cut to `_SHOWN_CHARS`,
     and what could break the line escaped, so a `%0A` or `%E2%80%A8` in a URL cannot start a
     forged line, a `%00` turn the log binary, nor a 60 KB path make a 60 KB line."""
-    shown = "/".join("…" if _holds_email(segment) else segment for segment in path.split("/"))
+    shown = without_emails(path)
     if len(shown) > _SHOWN_CHARS:
         shown = f"{shown[:_SHOWN_CHARS]}…(+{len(shown) - _SHOWN_CHARS} chars)"
     return _CONTROL.sub(_escaped, shown)
-
-
-def _holds_email(segment: str) -> bool:
-    """Whether a path segment holds an `@` (an email, personal data a dev log has no need of),
-    however often a client percent-encoded it, or as a compatibility form (U+FF20 full-width,
-    U+FE6B small). A segment still decoding after `_DECODINGS` rounds counts as one too."""
-    for _ in range(_DECODINGS):
-        if "@" in unicodedata.normalize("NFKC", segment):
-            return True
-        decoded = unquote(segment)
-        if decoded == segment:
-            return False
-        segment = decoded
-    return True
 
 
 def _escaped(match: re.Match[str]) -> str:

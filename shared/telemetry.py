@@ -34,6 +34,34 @@ logger = logging.getLogger("keyflash")
 # customer id or a masked key): none of its lines is kept; ours (`stripe_request_failed`) say
 # what failed without the message.
 CREDENTIAL_LOGGERS = {"botocore": logging.INFO, "stripe": logging.WARNING}
+# How many more times a path segment is percent-decoded, looking for an email's `@`.
+_DECODINGS = 8
+
+
+def without_emails(path: str) -> str:
+    """`path` with each segment holding an email shown as `…`: personal data neither a log line
+    nor a stored usage row has any need of."""
+    return "/".join("…" if _holds_email(segment) else segment for segment in path.split("/"))
+
+
+def _holds_email(segment: str) -> bool:
+    """Whether a path segment holds an `@`, however often a client percent-encoded it, or as a
+    compatibility form (U+FF20 full-width, U+FE6B small). A segment still decoding after
+    `_DECODINGS` rounds counts as one too. Imports on first use: only a 404 or a dev log line
+    asks, so no function's cold start pays for them."""
+    import unicodedata
+    from urllib.parse import unquote
+
+    for _ in range(_DECODINGS):
+        if "@" in unicodedata.normalize("NFKC", segment):
+            return True
+        decoded = unquote(segment)
+        if decoded == segment:
+            return False
+        segment = decoded
+    return True
+
+
 # The X-Request-ID of the request being served (set by `shared.http.app.RequestContext`).
 request_id: ContextVar[str | None] = ContextVar("keyflash_request_id", default=None)
 

@@ -40,7 +40,7 @@ from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
 from shared.http.invocation import database_within_invocation
 from shared.http.lambda_events import LambdaHandler
 from shared.http.methods import Head, method_not_allowed, path_routes, served
-from shared.telemetry import log_event
+from shared.telemetry import log_event, without_emails
 
 API_VERSION = "v1"
 # The original's, on every answer (vercel.json repeats them, the local gateway's 404 too). Its
@@ -354,11 +354,13 @@ def _route_template(scope: Scope) -> str:
     """The template of the route the request's path belongs to (`/api/searches/{search_id}`),
     never its ids (docs/http-contract.md "Usage"). A request a guard answered before FastAPI
     routed it (a preflight, a CSRF refusal, a 413) has no `route` in its scope: the template is
-    the app's route whose path matches. A path no route serves (a 404) is kept as sent."""
+    the app's route whose path matches. A path no route serves (a 404) is kept as sent, but
+    for a segment holding an email (`without_emails`, as the dev log shows it)."""
     route = scope.get("route")
     if route is None and isinstance(scope.get("app"), FastAPI):
         route = next(iter(path_routes(scope)), None)
-    return str(getattr(route, "path", scope["path"]))
+    template = getattr(route, "path", None)
+    return without_emails(scope["path"]) if template is None else str(template)
 
 
 def _record_usage(scope: Scope, state: dict[str, Any], status: int, duration_ms: int) -> None:

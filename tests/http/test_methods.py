@@ -142,6 +142,16 @@ def test_a_head_is_recorded_as_the_get_it_ran(
     assert rows == [("/api/searches", "GET", 200, USER)]
 
 
+def test_a_404s_stored_path_has_its_email_segments_masked(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A path no route serves is stored as sent, but for a segment holding an `@` (an email):
+    `…`, as the dev log shows it. A row without a session could never be erased."""
+    assert call("me", "GET", "/api/me/pat.doe@example.com/x", user=USER).status == 404
+    rows = admin_conn.execute('SELECT endpoint, "statusCode" FROM api_usage').fetchall()
+    assert rows == [("/api/me/…/x", 404)]
+
+
 def test_options_on_a_path_no_route_serves_is_the_404(call: Caller) -> None:
     """No methods to name in `Allow`: the path is not the function's (a trailing slash is none)."""
     result = call("searches", "OPTIONS", "/api/searches/")
