@@ -43,7 +43,9 @@ _provisioned: set[str] = set()
 ORG_ID = re.compile(r"org_[A-Za-z0-9]{1,64}")
 KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a role, feature or permission key (no `org:`)
 _PERMISSION = re.compile(r"org:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64}")
-_BITMASK = re.compile(r"[0-9]{1,100}")
+# A v2 `fpm` integer: no longer than a whole 4 KB session token (Clerk's cap), so never shorter
+# than one Clerk can send, and within what `int` reads (4300 digits).
+_BITMASK = re.compile(r"[0-9]{1,3072}")
 _FEATURE_SCOPES = {"o": True, "uo": True, "ou": True, "u": False}  # scope -> an org feature?
 
 

@@ -91,6 +91,19 @@ def test_v2_feature_without_bitmask_grants_nothing_and_extra_bits_are_ignored(
     assert extra is not None and extra.permissions == frozenset()
 
 
+def test_v2_bitmasks_reach_every_permission_a_clerk_token_can_name(
+    rsa_keys: Keys, settings: Settings
+) -> None:
+    """A 4 KB session token can name hundreds of permissions: the 500th one's bit makes a
+    151-digit `fpm`, granted. Only an integer no 4 KB token could hold is malformed."""
+    names = ",".join(f"p{i}" for i in range(499)) + ",manage"
+    claims = {"id": ORG, "rol": "member", "per": names}
+    org = org_of(rsa_keys, settings, v=2, fea="o:searches", o=claims | {"fpm": str(2**499)})
+    assert org is not None and org.permissions == {"org:searches:manage"}
+    too_long = claims | {"fpm": "1" * 3073}
+    assert org_of(rsa_keys, settings, v=2, fea="o:searches", o=too_long) is None
+
+
 def test_v2_org_without_permission_claims(rsa_keys: Keys, settings: Settings) -> None:
     org = org_of(rsa_keys, settings, v=2, o={"id": ORG, "rol": "billing_lead"})
     assert org == ActiveOrg(ORG, "org:billing_lead", None, frozenset())
