@@ -66,7 +66,7 @@ from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg.abc import PQGen
@@ -659,9 +659,28 @@ UNKNOWN_POSITION = 2**64 - 1
 _COMMIT_AND_POSITION = "COMMIT; SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 _POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 _READ_POSITION = """
-    SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() - '0/0'::pg_lsn
-                ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn - 1 END
+    SELECT pg_is_in_recovery(),
+           CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn
 """
+# In a statement's own snapshot: no transaction was in flight when it was taken (`read_position`).
+SNAPSHOT_QUIET = "NOT EXISTS (SELECT FROM pg_snapshot_xip(pg_current_snapshot()))"
+
+
+class ReadPosition(NamedTuple):
+    """A server's WAL position read before a load (`read_position`)."""
+
+    position: int
+    replica: bool
+
+    def covered(self, quiet: bool) -> int:
+        """What a load read by a later statement is complete up to. A replica: its replayed
+        position (replay makes a commit visible as it applies it). The primary inserts a commit's
+        record before its transaction becomes visible, so its insert position proves only what
+        a later snapshot with no transaction in flight (`SNAPSHOT_QUIET`, in that statement)
+        sees: every commit ending at or before it began before that snapshot; with one in
+        flight it proves nothing (0)."""
+        return self.position if self.replica or quiet else 0
 
 
 def read(
@@ -688,13 +707,12 @@ def read(
     return replicas.read(work, analytics=analytics, snapshot=snapshot, at_least=at_least)
 
 
-def read_position(conn: Conn) -> int:
-    """A position this connection's server has everything up to: a write whose token is at or
-    below it is visible to the next statement. A replica's replayed position; on the primary its
-    insert position less one, since a commit's record can be in the WAL while its transaction is
-    not yet visible (a token is read only once it is, so a token below it was)."""
+def read_position(conn: Conn) -> ReadPosition:
+    """This connection's server and its position, read BEFORE the statement whose data it is
+    to cover (`ReadPosition.covered`): a write whose token is at or below what that returns is
+    visible to the statement."""
     row = conn.connection.exec_driver_sql(_READ_POSITION).one()
-    return int(row[0])
+    return ReadPosition(int(row[1]), replica=bool(row[0]))
 
 
 def run(work: Callable[[Conn], T], *, idempotent: bool = False) -> T:

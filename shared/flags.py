@@ -15,9 +15,10 @@ The flags are loaded with ONE query and reused by the warm container for FLAGS_C
 (default 30); the clock is injectable so tests move time instead of sleeping. An admin write
 refreshes the writing container at once; other containers see it within the TTL. With
 DATABASE_READ_URL set, a load also reads the position its data is complete up to
-(`db.read_position`): a reader whose consistency token is newer reloads (from a replica that has
-replayed it, else the primary), a load after an admin write reads at or past that write, and a
-load that is older than the snapshot held (a lagging replica's) does not replace it. One load runs
+(`db.ReadPosition.covered`): a reader whose consistency token is newer reloads (from a replica
+that has replayed it, else the primary), a load after an admin write reads at or past that
+write, and a replica's load that is older than the snapshot held (a lagging replica's) does not
+replace it. One load runs
 at a time: callers holding a snapshot serve it meanwhile, the others wait for its outcome. A
 failed load (the database down costs it the whole retry budget) is logged once and, as
 `shared.jwks` does for its reads, not tried again for RELOAD_PAUSE_S: meanwhile the last snapshot
@@ -86,24 +87,28 @@ def evaluate(rules: Iterable[FlagRule], user_id: str | None) -> dict[str, bool]:
 
 
 class Loaded(NamedTuple):
-    """A load's rules and the position they are complete up to (`db.read_position`); None while
-    DATABASE_READ_URL is unset: the primary served them, and no caller holds a token."""
+    """A load's rules and the position they are complete up to (`db.ReadPosition.covered`);
+    None while DATABASE_READ_URL is unset: the primary served them, and no caller holds a
+    token. `primary`: read on the primary, so never older than a snapshot held."""
 
     rules: tuple[FlagRule, ...]
     position: int | None = None
+    primary: bool = False
 
 
 def load_rules(at_least: int | None = None) -> Loaded:
-    """All flags in one query (with a read URL, after the position's), read where a replica has
-    replayed `at_least` and the caller's token, else on the primary."""
+    """All flags in one query (with a read URL, after the position's statement), read where a
+    replica has replayed `at_least` and the caller's token, else on the primary."""
     if get_settings().database_read_url is None:
         return Loaded(tuple(FlagRule.from_row(row) for row in db.read(feature_flags.list_all)))
 
-    def positioned(conn: db.Conn) -> tuple[int, list[FeatureFlag]]:
-        return db.read_position(conn), feature_flags.list_all(conn)  # position first: see there
+    def positioned(conn: db.Conn) -> Loaded:
+        server = db.read_position(conn)  # first: see `db.ReadPosition.covered`
+        rows, quiet = feature_flags.list_all_quiet(conn)
+        rules = tuple(FlagRule.from_row(row) for row in rows)
+        return Loaded(rules, server.covered(quiet), primary=not server.replica)
 
-    position, rows = db.read(positioned, at_least=at_least)
-    return Loaded(tuple(FlagRule.from_row(row) for row in rows), position)
+    return db.read(positioned, at_least=at_least)
 
 
 def _reader_position() -> int | None:
@@ -198,7 +203,11 @@ class FlagCache:
             if state.rules is None:
                 raise
             return state.rules
-        if state.rules is not None and not _covers(loaded.position, state.position):
+        if (
+            state.rules is not None
+            and not loaded.primary
+            and not _covers(loaded.position, state.position)
+        ):
             # A lagging replica's: the snapshot held has all it has, and is current as of now.
             self._state = replace(state, loaded_at=self._clock(), failed_at=float("-inf"))
             return state.rules

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, literal_column, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.clock import utcnow
-from shared.db import Conn
+from shared.db import SNAPSHOT_QUIET, Conn
 from shared.ids import new_cuid
 from shared.models.feature_flags import FeatureFlag
 from shared.telemetry import database_operation
@@ -36,6 +36,21 @@ class FlagChanges(TypedDict, total=False):
 @database_operation("listFeatureFlags")
 def list_all(conn: Conn) -> list[FeatureFlag]:
     return list(conn.session.scalars(select(FeatureFlag).order_by(FeatureFlag.key)))
+
+
+@database_operation("listFeatureFlagsQuiet")
+def list_all_quiet(conn: Conn) -> tuple[list[FeatureFlag], bool]:
+    """All flags, and whether the snapshot they were read in had no transaction in flight
+    (`db.SNAPSHOT_QUIET`): one statement, so both are about the same snapshot."""
+    quiet = select(literal_column(SNAPSHOT_QUIET).label("quiet")).subquery()
+    statement = (
+        select(quiet.c.quiet, FeatureFlag)
+        .select_from(quiet)
+        .outerjoin(FeatureFlag, true())
+        .order_by(FeatureFlag.key)
+    )
+    rows = conn.session.execute(statement).all()
+    return [flag for _, flag in rows if flag is not None], bool(rows[0].quiet)
 
 
 @database_operation("listFeatureFlagPage")

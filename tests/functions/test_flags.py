@@ -215,6 +215,17 @@ def test_a_load_older_than_the_snapshot_does_not_replace_it() -> None:
     assert cache.rules()[0].rollout_percent == 30
 
 
+def test_a_primary_load_replaces_the_snapshot_whatever_it_proves() -> None:
+    """A primary's load with a transaction in flight proves no position (0), yet is the newest
+    data there is: it replaces the snapshot, and a token past 0 reloads."""
+    outcomes = [Loaded((rule(10),), 200), Loaded((rule(20),), 0, primary=True)]
+    clock = FakeClock()
+    cache = FlagCache(lambda _: outcomes.pop(0), ttl=lambda: 30.0, clock=clock)
+    assert cache.rules()[0].rollout_percent == 10
+    clock.now += 30
+    assert cache.rules()[0].rollout_percent == 20
+
+
 @pytest.mark.usefixtures("db_env")
 def test_flags_load_in_one_query() -> None:
     for key in ("a-flag", "b-flag", "c-flag"):

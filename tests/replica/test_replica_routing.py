@@ -521,6 +521,9 @@ def test_analytics_url_is_preferred_for_admin_reads(
     assert fallbacks(caplog) == []
 
 
+POSITION = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+
+
 def flag_seen(call: Caller, key: str, user: str, **options: Any) -> bool | None:
     result = call("flags", "GET", "/api/flags", user=user, **options)
     assert result.status == 200, result.text
@@ -563,7 +566,39 @@ def test_a_cached_flag_set_never_serves_a_reader_whose_token_is_newer(
     monkeypatch.setattr(flags, "_cache", flags.FlagCache())
     assert flag_seen(seeded, key, USER) is False  # the replica's state, within the bound
     assert flag_seen(seeded, key, USER, headers=token) is True  # newer than that: reloaded
+    flags.invalidate_cache()
+
+
+def test_a_token_the_primary_load_covers_loads_once(
+    seeded: Caller,
+    replica_pair: ReplicaPair,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader whose token the paused replica lacks reloads from the primary; with no write
+    since, that load covers the token (nothing was in flight), so the next request with it
+    serves the snapshot rather than loading again."""
+    max_lag(monkeypatch, MUCH)
+    monkeypatch.setenv("ADMIN_USER_IDS", USER)
+    config.get_settings.cache_clear()
+    key = "s52-once"
+    wrote = seeded("admin_flags", "POST", "/api/admin/flags", user=USER,
+                   json_body={"key": key, "enabled": True, "allowedUsers": [USER]})  # fmt: skip
+    assert wrote.status == 201, wrote.text
+    new_container()
+    loads: list[flags.Loaded] = []
+
+    def counted(at_least: int | None) -> flags.Loaded:
+        loads.append(flags.load_rules(at_least))
+        return loads[-1]
+
+    monkeypatch.setattr(flags, "_cache", flags.FlagCache(counted))
+    assert flag_seen(seeded, key, USER) is None  # the paused replica's flags
+    # The primary's insert position as the token: a quiet primary's newest possible one.
+    position = db.run(lambda conn: conn.connection.exec_driver_sql(POSITION).scalar_one())
+    token = {consistency.HEADER: consistency.encode(int(position))}
+    assert flag_seen(seeded, key, USER, headers=token) is True  # the primary's
     assert flag_seen(seeded, key, USER, headers=token) is True
+    assert len(loads) == 2  # the second request with the token: no load
     flags.invalidate_cache()
 
 
