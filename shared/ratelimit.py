@@ -36,14 +36,16 @@ WINDOW_SECONDS = 3600
 # as a TTL: every check in the window answers the same end, decided once by the caller's clock,
 # and the first check at or after it starts a new window whatever Redis's clock says (the key
 # expires at the end only to clean up). Another value starts a new window: the previous
-# release's bare count, an end more than a window ahead (no check started it: another writer, a
-# corrupted value, a year past 9999), a count past exact integers. Written with `%d`: Lua's own
-# number format turns 15 digits into `2.534023008e+14`, which the pattern cannot read back.
+# release's bare count, an end more than a window and CLOCK_SKEW_MS ahead (no check started it:
+# another writer, a corrupted value, a year past 9999), a count past exact integers. The skew
+# allowed is for containers' clocks: one a little behind keeps the window another just began.
+# Written with `%d`: Lua's own number format turns 15 digits into `2.534023008e+14`, which the
+# pattern cannot read back.
 _SCRIPT = """
 local count, ends = string.match(redis.call('GET', KEYS[1]) or '', '^(%d+):(%d+)$')
 count, ends = tonumber(count), tonumber(ends)
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-if (not ends) or ends <= now or ends > now + window or count >= 2^53 then
+local now, window, skew = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if (not ends) or ends <= now or ends > now + window + skew or count >= 2^53 then
   count, ends = 0, now + window
 end
 count = count + 1
@@ -53,6 +55,7 @@ return {count, ends}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _WINDOW_MS = WINDOW_SECONDS * 1000
+CLOCK_SKEW_MS = 60_000  # how far another container's clock may be ahead of this one's
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +79,15 @@ class Decision:
 
 
 def _window(reply: object, now_ms: int) -> tuple[int, int]:
-    """The script's `[count, end]`: a count of at least one and an end within the window after
-    `now_ms`, as it always answers. Anything else (a gateway that is not Upstash, a bug) is a
-    failure: JSON's booleans are no counts, and an end past year 9999 is no date."""
+    """The script's `[count, end]`: a count of at least one and an end within the window (and
+    the clock skew allowed) after `now_ms`, as it always answers. Anything else (a gateway
+    that is not Upstash, a bug) is a failure: JSON's booleans are no counts, and an end past
+    year 9999 is no date."""
     match reply:
         case [int(count), int(ends)] if (
-            type(count) is type(ends) is int and count >= 1 and now_ms < ends <= now_ms + _WINDOW_MS
+            type(count) is type(ends) is int
+            and count >= 1
+            and now_ms < ends <= now_ms + _WINDOW_MS + CLOCK_SKEW_MS
         ):
             return count, ends
     raise TypeError("the script's reply is not a count and this window's end")
@@ -120,7 +126,7 @@ def check(
         reply = client.eval(
             _SCRIPT,
             keys=[keys.rate_limit(endpoint, who)],
-            args=[str(now_ms), str(_WINDOW_MS)],
+            args=[str(now_ms), str(_WINDOW_MS), str(CLOCK_SKEW_MS)],
         )
         count, ends = _window(reply, now_ms)
     except Exception as error:

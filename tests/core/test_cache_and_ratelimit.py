@@ -184,7 +184,7 @@ def test_one_window_has_one_reset_and_a_retry_then_is_allowed() -> None:
         "1:253402300799999",  # 9999-12-31T23:59:59.999Z
         "1:253402300800000",  # year 10000: a 500 OverflowError on every limited route
         "1:99999999999999999",  # refused (the script failed) until the key expired
-        "1:{end}",  # a millisecond past the longest window
+        "1:{end}",  # a millisecond past the longest window and the clock skew allowed
         "99999999999999999999:{start}",  # a count past exact integers
     ],
 )
@@ -198,10 +198,23 @@ def test_a_stored_window_no_check_could_have_started_starts_a_new_one(stored: st
     end = start + timedelta(seconds=ratelimit.WINDOW_SECONDS)
     client = redis.get_redis()
     assert client is not None
-    client.set(key, stored.format(start=unix_ms(start), end=unix_ms(end) + 1), ex=3600)
+    furthest = unix_ms(end) + ratelimit.CLOCK_SKEW_MS
+    client.set(key, stored.format(start=unix_ms(start), end=furthest + 1), ex=3600)
     decision = ratelimit.check("keywords", who, 10, now=start)
     assert (decision.allowed, decision.remaining, decision.reset_at) == (True, 9, end)
     assert client.get(key) == f"1:{unix_ms(end)}"
+
+
+@pytest.mark.usefixtures("redis_env")
+def test_a_window_begun_by_a_clock_ahead_within_the_skew_is_kept() -> None:
+    """Another container whose clock is ahead began the window: this one, behind by up to
+    CLOCK_SKEW_MS, counts in it rather than starting a new one (or failing on its reply)."""
+    who = f"u:{uuid.uuid4()}"
+    start = utcnow()
+    ahead = start + timedelta(milliseconds=ratelimit.CLOCK_SKEW_MS)
+    begun = ratelimit.check("keywords", who, 10, now=ahead)
+    behind = ratelimit.check("keywords", who, 10, now=start)
+    assert (behind.allowed, behind.remaining, behind.reset_at) == (True, 8, begun.reset_at)
 
 
 @pytest.mark.usefixtures("redis_env")
