@@ -171,7 +171,9 @@ class Gateway:
             # The platform's own 404 would answer here; ours carries an X-Request-ID and the
             # security headers, as every answer of the functions does (the Swagger page above
             # does not: their CSP and COEP would block its inline script and CDN assets).
-            from shared.http.app import SECURITY_HEADERS  # shared settings untouched until now
+            from shared.http.security_headers import (
+                SECURITY_HEADERS,
+            )  # shared settings untouched until now
 
             request_id = new_request_id()
             body = _envelope(404, "Not Found", f"No function serves {method} {path}")

@@ -33,7 +33,7 @@ from shared.config import ConfigurationError, get_settings
 from shared.db import DatabaseUnavailableError
 from shared.db_url import DatabaseUrlError
 from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
-from shared.http import openapi
+from shared.http import openapi, security_headers
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
 from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
@@ -43,20 +43,6 @@ from shared.http.methods import Head, method_not_allowed, path_routes, served
 from shared.telemetry import log_event, without_emails
 
 API_VERSION = "v1"
-# The original's, on every answer (vercel.json repeats them, the local gateway's 404 too). Its
-# CSP was a page's; a JSON answer loads nothing and is framed by no one.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "strict-origin-when-cross-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
-    "Cross-Origin-Embedder-Policy": "require-corp",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "X-XSS-Protection": "1; mode=block",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-}
-HSTS = "max-age=31536000; includeSubDomains; preload"
 # Whether a function of this process has frozen its INIT (`make_lambda_handler`).
 _init_frozen = False
 
@@ -253,7 +239,7 @@ class RequestContext:
         logged_as = telemetry.request_id.set(request_id)
         status = 500
         response_started = False
-        production = _production()
+        production = security_headers.production()
         consistency = _consistency(scope)
         reset = db.consistency.set(consistency) if consistency is not None else None
 
@@ -265,10 +251,10 @@ class RequestContext:
                 headers = MutableHeaders(scope=message)
                 headers["API-Version"] = API_VERSION
                 headers["X-Request-ID"] = request_id
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in security_headers.SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
                 if production:
-                    headers.setdefault("Strict-Transport-Security", HSTS)
+                    headers.setdefault("Strict-Transport-Security", security_headers.HSTS)
                 if consistency is not None:
                     from shared.http import consistency as tokens
 
@@ -340,14 +326,6 @@ def _consistency(scope: Scope) -> db.Consistency | None:
     from shared.http import consistency as tokens
 
     return tokens.from_request(Headers(scope=scope))
-
-
-def _production() -> bool:
-    """For HSTS; a broken configuration is reported by the request itself (500), not here."""
-    try:
-        return get_settings().is_production
-    except ConfigurationError:
-        return False
 
 
 def _route_template(scope: Scope) -> str:

@@ -55,6 +55,7 @@ from mangum.protocols import HTTPCycle
 from mangum.types import LambdaContext, LambdaEvent
 
 from shared.envelope import envelope
+from shared.http.security_headers import HSTS, SECURITY_HEADERS, production
 from shared.storable_text import LONE_SURROGATE, without_lone_surrogates
 from shared.telemetry import log_event, new_request_id
 
@@ -143,9 +144,12 @@ def _not_http(event: Any) -> dict[str, Any]:
         eventType=type(event).__name__,
         keys=keys,
     )
+    headers = {"content-type": "application/json", "x-request-id": request_id, **SECURITY_HEADERS}
+    if production():
+        headers["Strict-Transport-Security"] = HSTS
     return {
         "statusCode": 400,
-        "headers": {"content-type": "application/json", "x-request-id": request_id},
+        "headers": headers,
         "body": json.dumps(envelope(400, NOT_HTTP)),
         "isBase64Encoded": False,
     }

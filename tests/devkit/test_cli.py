@@ -1721,7 +1721,7 @@ def test_the_gateways_404_has_the_functions_security_headers_and_its_docs_page_n
     from starlette.testclient import TestClient
 
     from devkit import gateway
-    from shared.http.app import SECURITY_HEADERS
+    from shared.http.security_headers import SECURITY_HEADERS
 
     with TestClient(gateway.Gateway([])) as client:
         missing = client.get("/api/nope")

@@ -13,6 +13,7 @@ import pytest
 
 from devkit import events
 from shared.http.app import validation_message
+from shared.http.security_headers import SECURITY_HEADERS
 from tests.support.http import Caller, Keys, make_token
 
 ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
@@ -204,6 +205,7 @@ def test_an_event_that_is_not_http_is_refused_in_the_envelope(
     with caplog.at_level("WARNING", logger="keyflash"):
         answer = _invoke("health", event)
     _envelope(answer, 400, NOT_HTTP)
+    assert {name: answer[1].get(name.lower()) for name in SECURITY_HEADERS} == SECURITY_HEADERS
     refused = [json.loads(r.getMessage()) for r in caplog.records if "lambda_event_refused" in
                r.getMessage()]  # fmt: skip
     assert [r["eventType"] for r in refused] == [type(event).__name__]
