@@ -319,7 +319,8 @@ async def _call_within_limits(
     A `Content-Length` over the platform's limit is refused before the body is read, so no
     client is invited (`100 Continue`, sent on the first read) or left to upload it in vain."""
     declared = Headers(scope=scope).get("content-length", "")
-    if declared.isdigit() and (early := platform_limits.declared_refusal(int(declared))):
+    length = int(declared) if declared.isascii() and declared.isdigit() else None  # not '²'
+    if length is not None and (early := platform_limits.declared_refusal(length)):
         return await _refuse(send, early)
     body = bytearray()
     while True:

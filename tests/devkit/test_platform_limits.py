@@ -182,6 +182,29 @@ def test_keyflash_dev_refuses_a_declared_oversized_body_without_reading_it(
     assert sent[0]["status"] == status
 
 
+@pytest.mark.parametrize("declared", [b"\xb2", b"\xd9\xa3"], ids=["superscript", "arabic"])
+def test_keyflash_dev_reads_a_length_of_other_digits_as_no_length(
+    dev_gateway: TestClient, monkeypatch: pytest.MonkeyPatch, declared: bytes
+) -> None:
+    """`str.isdigit` is true of '²' and of other scripts' digits, which `int` refuses (or
+    reads): the gateway answered 500. Only ASCII digits are a length; the body is counted."""
+    monkeypatch.setenv(platform_limits.VARIABLE, "vercel")
+    scope = {
+        "type": "http", "method": "POST", "path": "/api/blob", "raw_path": b"/api/blob",
+        "query_string": b"", "headers": [(b"content-length", declared)],
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(dev_gateway.app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] != 500, sent
+
+
 def test_keyflash_dev_still_counts_a_streamed_body_without_a_length(
     dev_gateway: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
