@@ -417,8 +417,9 @@ def _refuse_if_deleted(conn: Conn, user_id: str) -> None:
 def update_user(
     conn: Conn, user_id: str, *, now: datetime | None = None, **changes: Unpack[UserChanges]
 ) -> User:
-    """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`, an
-    email another account holds `EmailInUseError` (checked by the UPDATE, as in `create`)."""
+    """Set only the given columns (and updatedAt); a missing user raises `UserNotFoundError`
+    (whatever the change), an email another account holds `EmailInUseError` (checked by the
+    UPDATE, as in `create`)."""
     params = {key: _db_value(value) for key, value in changes.items()}
     params["updated_at"] = db_time(now or utcnow())
     params["user_id"] = user_id
@@ -429,7 +430,14 @@ def update_user(
         _raise_if_email_taken(error)
         raise
     if row is None:
-        if "email" in changes and _email_taken(conn, user_id, changes["email"]):
+        # A missing row is reported first, whoever holds the email: its caller may create the
+        # user then (Clerk's user.updated), and that create refuses a taken email itself.
+        email = changes.get("email")
+        if (
+            email is not None
+            and get(conn, user_id) is not None
+            and _email_taken(conn, user_id, email)
+        ):
             raise EmailInUseError()
         raise UserNotFoundError(user_id)
     return _user_from(row)

@@ -146,6 +146,8 @@ def test_placeholders_differing_in_case_only_belong_to_different_ids() -> None:
         db.run(lambda conn: users.update_user(conn, "user_y", email="user_X@keyflash.local"))
     with pytest.raises(UserNotFoundError):
         db.run(lambda conn: users.update_user(conn, "ghost", email="free@example.com"))
+    with pytest.raises(UserNotFoundError):  # not found, whoever holds the email
+        db.run(lambda conn: users.update_user(conn, "ghost", email="user_X@keyflash.local"))
 
 
 def test_partial_update_sets_only_given_columns_and_updated_at() -> None:
