@@ -63,6 +63,15 @@ class _Stop(BaseException):
     """Raised by our signal handlers so startup and the main loop unwind through cleanup."""
 
 
+def app_url(base_url: str) -> str:
+    """The developer's own APP_URL (any spelling the settings read, e.g. `app_url`), else the
+    stack's `base_url`."""
+    from shared.config import read_variable  # shared settings stay untouched until needed
+
+    given = read_variable("APP_URL")
+    return base_url if given is None else given[1]
+
+
 def run_dev(options: DevOptions, *, started: float | None = None) -> int:
     started = time.perf_counter() if started is None else started
     refuse_production()
@@ -124,7 +133,7 @@ def _serve(
             "using BACKUP_BUCKET" if os.environ.get("BACKUP_BUCKET") else "starting the local S3"
         )
         stack_env = (
-            {"APP_URL": os.environ.get("APP_URL") or base_url}  # the CORS/CSRF allow-list's own
+            {"APP_URL": app_url(base_url)}  # the CORS/CSRF allow-list's own
             | session.local_s3()
             | cors_env(list(options.cors_origins))
             | clerk_webhook_env(options.state_dir)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import RSAAlgorithm
 from psycopg.conninfo import conninfo_to_dict
 
-from devkit import cli, layout
+from devkit import cli, dev, layout
 from devkit._host import free_port
 from devkit.console import CliError
 from devkit.crons import CronSyntaxError, Schedule
@@ -311,6 +311,18 @@ def test_invoke_hands_a_body_with_a_lone_surrogate_to_the_handler(
     result = keyflash("invoke", "searches", "--event", str(event_file), state_dir=stack.state_dir)
     assert result.returncode == 0, result.stderr
     assert "status 400" in result.stdout
+
+
+@pytest.mark.parametrize("variable", ["APP_URL", "app_url"])
+def test_dev_keeps_the_developers_app_url_in_any_spelling(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """`keyflash dev` reads APP_URL as the settings do: a lower-case `app_url` was ignored (the
+    stack's URL exported beside it, two spellings that disagree)."""
+    monkeypatch.delenv("APP_URL", raising=False)
+    assert dev.app_url("http://127.0.0.1:3001") == "http://127.0.0.1:3001"
+    monkeypatch.setenv(variable, "http://localhost:3000")
+    assert dev.app_url("http://127.0.0.1:3001") == "http://localhost:3000"
 
 
 def test_invoke_allows_the_running_stacks_own_origin(stack: Stack) -> None:
