@@ -25,7 +25,7 @@ from shared.config import get_settings
 from shared.http.client_ip import client_ip
 from shared.http.errors import ApiError
 from shared.legacy import keys
-from shared.redis import failure_retry_after, get_redis
+from shared.redis import failure_retry_after, get_redis, script_integers
 from shared.redis_breaker import best_effort
 from shared.telemetry import log_event
 
@@ -83,13 +83,9 @@ def _window(reply: object, now_ms: int) -> tuple[int, int]:
     the clock skew allowed) after `now_ms`, as it always answers. Anything else (a gateway
     that is not Upstash, a bug) is a failure: JSON's booleans are no counts, and an end past
     year 9999 is no date."""
-    match reply:
-        case [int(count), int(ends)] if (
-            type(count) is type(ends) is int
-            and count >= 1
-            and now_ms < ends <= now_ms + _WINDOW_MS + CLOCK_SKEW_MS
-        ):
-            return count, ends
+    count, ends = script_integers(reply)
+    if count >= 1 and now_ms < ends <= now_ms + _WINDOW_MS + CLOCK_SKEW_MS:
+        return count, ends
     raise TypeError("the script's reply is not a count and this window's end")
 
 

@@ -74,6 +74,16 @@ def failure_retry_after() -> int:
     return 60 if left is None else max(math.ceil(PAUSE_S), math.ceil(left))
 
 
+def script_integers(reply: object) -> tuple[int, int]:
+    """A Lua script's reply of two integers, as Upstash answers it; anything else (a gateway
+    that is not Upstash, a bug) is a TypeError. JSON's booleans are no integers (`True` would
+    pass as 1)."""
+    match reply:
+        case [int(first), int(second)] if type(first) is type(second) is int:
+            return first, second
+    raise TypeError("the script's reply is not two integers")
+
+
 def reset_redis(*, close: bool = False) -> None:
     """Forget the cached client and its breaker's state (tests, settings changes); `close` also
     closes its connections (SnapStart: none may be frozen into the snapshot)."""

@@ -33,7 +33,7 @@ from typing import NoReturn
 
 from shared.config import get_settings
 from shared.providers.base import ProviderConfigurationError, ProviderRateLimitedError
-from shared.redis import failure_retry_after, get_redis
+from shared.redis import failure_retry_after, get_redis, script_integers
 from shared.telemetry import log_event
 
 WINDOW_MS = 60_000
@@ -111,11 +111,7 @@ def spend(provider: str, per_minute: int, *, now_ms: int | None = None) -> None:
             keys=[key(provider)],
             args=[str(per_minute), str(now_ms), str(WINDOW_MS), secrets.token_hex(8)],
         )
-        match reply:  # anything else (a gateway that is not Upstash, a bug) is a failure too
-            case [int(spent), int(wait_ms)] if type(spent) is type(wait_ms) is int:
-                pass  # JSON's booleans are no integers (True would pass as 1: spent)
-            case _:
-                raise TypeError("the script's reply is not two integers")
+        spent, wait_ms = script_integers(reply)  # else a failure too
     except Exception as error:
         fail_safe = get_settings().rate_limit_fail_safe
         log_event(
