@@ -653,6 +653,14 @@ class Consistency:
 
 # Set per request by the HTTP layer (a mutable holder: sync routes run in a copied context).
 consistency: ContextVar[Consistency | None] = ContextVar("keyflash_consistency", default=None)
+
+
+def required_position() -> int | None:
+    """The position this request's reads must see (its token, its own writes), if any."""
+    tracked = consistency.get()
+    return None if tracked is None else tracked.required
+
+
 # A write whose position could not be read: the request's reads then need the primary.
 UNKNOWN_POSITION = 2**64 - 1
 # One simple-protocol message: the commit and the position after it, in the same round trip.

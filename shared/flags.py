@@ -111,12 +111,6 @@ def load_rules(at_least: int | None = None) -> Loaded:
     return db.read(positioned, at_least=at_least)
 
 
-def _reader_position() -> int | None:
-    """The position this request must see (its token, its own writes), if any."""
-    tracked = db.consistency.get()
-    return None if tracked is None else tracked.required
-
-
 def _covers(position: int | None, required: int | None) -> bool:
     return position is None or required is None or required <= position
 
@@ -154,7 +148,7 @@ class FlagCache:
         self._state = _State()
 
     def rules(self) -> tuple[FlagRule, ...]:
-        required = _reader_position()
+        required = db.required_position()
         rules = self._served(required)
         if rules is not None:
             return rules

@@ -144,9 +144,7 @@ def read(
     if url is None:
         return db._execute(work, atomic=snapshot, idempotent=True)
     state = _state(variable)
-    tracked = db.consistency.get()
-    own = tracked.required if tracked is not None else None
-    positions = [p for p in (own, at_least) if p is not None]
+    positions = [p for p in (db.required_position(), at_least) if p is not None]
     required = max(positions, default=None)
     max_lag = settings.replica_max_lag_ms
     now = time.monotonic()
