@@ -1,7 +1,8 @@
 /**
  * The client against answers a platform makes instead of the API (a fake `fetch`, no stack):
  * API Gateway's own JSON (`{"message": …}`), an envelope on a status the operation does not
- * document, text with a request id and Retry-After. tests/devkit/test_typescript_client.py
+ * document, text with a request id and Retry-After; and the URL it builds in a browser without
+ * `URLSearchParams.size`. tests/devkit/test_typescript_client.py
  * compiles it with the client and runs it under Node; it exits 1 listing what failed.
  */
 import { createClient, UnexpectedResponse } from "./client.js";
@@ -102,6 +103,27 @@ const unhealthy = await answering(503, report).GET("/api/health");
 if (unhealthy.ok || unhealthy.status !== 503) failures.push("health's own 503 body did not resolve");
 const me = await answering(200, '{"user":{}}').GET("/api/me");
 if (!me.ok) failures.push("a documented 200 did not resolve");
+
+// Query parameters reach the URL in browsers without `URLSearchParams.size` (Safari 16, Chrome
+// 112, Firefox 111: Next.js's default targets), not only where it exists; none, no `?`.
+const urls: string[] = [];
+const recording = createClient({
+  baseUrl: "http://api.invalid",
+  fetch: (async (url: string) => {
+    urls.push(url);
+    return new Response(envelope(503), { status: 503, headers: { "Content-Type": "application/json" } });
+  }) as typeof globalThis.fetch,
+});
+const size = Object.getOwnPropertyDescriptor(URLSearchParams.prototype, "size");
+delete (URLSearchParams.prototype as { size?: number }).size;
+try {
+  await recording.GET("/api/history", { params: { query: { limit: 1, cursor: "c 1" } } });
+  await recording.GET("/api/history");
+} finally {
+  if (size) Object.defineProperty(URLSearchParams.prototype, "size", size);
+}
+const wanted = ["http://api.invalid/api/history?limit=1&cursor=c+1", "http://api.invalid/api/history"];
+if (JSON.stringify(urls) !== JSON.stringify(wanted)) failures.push(`without URLSearchParams.size: ${urls.join(", ")}`);
 
 if (failures.length > 0) {
   console.error(failures.map((failure) => `client.test: ${failure}`).join("\n"));

@@ -199,7 +199,8 @@ export function createClient(options: ClientOptions): Client {
     for (const [name, value] of Object.entries(init.params?.query ?? {})) {
       if (value !== undefined && value !== null) query.append(name, String(value));
     }
-    if (query.size > 0) url += `?${query}`;
+    const search = query.toString(); // not `query.size`: Safari 16, Chrome 112 lack it
+    if (search) url += `?${search}`;
     const headers: Record<string, string> = { Accept: "application/json" };
     for (const [name, value] of Object.entries(init.params?.header ?? {})) {
       if (value !== undefined && value !== null) headers[name] = String(value);
