@@ -2,7 +2,7 @@
 # The typed client's CI steps (.ci/run runs both; each works on a laptop too, from anywhere):
 #   ci.sh check  npm ci (network), regenerate schema.d.ts from the committed openapi.json and fail
 #                on a diff, then tsc --strict --noEmit over client.ts, schema.d.ts, smoke.ts and
-#                client.test.ts.
+#                client.test.ts (tsconfig.json adds exactOptionalPropertyTypes, erasableSyntaxOnly).
 #   ci.sh smoke  start `keyflash dev --no-crons` on a free port and a temporary state dir, wait
 #                until it answers, mint an admin dev token, run smoke.ts against it, stop it.
 # Needs the repository's venv (.venv, made by `python3 run.py`) for the smoke.

@@ -73,15 +73,17 @@ type Args<O> = {} extends Options<O> ? [options?: Options<O>] : [options: Option
  * `headers` keep `Retry-After` and the request id to quote (`requestId`).
  */
 export class UnexpectedResponse extends Error {
+  // Declared fields, not parameter properties: those are not erasable syntax (`erasableSyntaxOnly`).
+  readonly response: Response;
+  readonly body: string;
   readonly status: number;
   readonly headers: Headers;
 
-  constructor(
-    readonly response: Response,
-    readonly body: string,
-  ) {
+  constructor(response: Response, body: string) {
     super(`unexpected ${response.status} response: ${body.slice(0, 200)}`);
     this.name = "UnexpectedResponse";
+    this.response = response;
+    this.body = body;
     this.status = response.status;
     this.headers = response.headers;
   }
@@ -169,14 +171,15 @@ export function createClient(options: ClientOptions): Client {
     Object.assign(headers, init.headers);
     const token = typeof options.token === "function" ? await options.token() : options.token;
     if (token) headers.Authorization = `Bearer ${token}`;
-    if (init.body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await (options.fetch ?? fetch)(url, {
-      method,
-      headers,
-      body: init.body === undefined ? undefined : JSON.stringify(init.body),
-      credentials: options.credentials,
-      signal: init.signal,
-    });
+    // Absent keys left out, not set to undefined (`exactOptionalPropertyTypes` refuses that).
+    const request: RequestInit = { method, headers };
+    if (init.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      request.body = JSON.stringify(init.body);
+    }
+    if (options.credentials !== undefined) request.credentials = options.credentials;
+    if (init.signal !== undefined) request.signal = init.signal;
+    const response = await (options.fetch ?? fetch)(url, request);
     const text = await response.text();
     const documented = DOCUMENTED[`${method} ${path}`];
     if (!documented?.statuses.includes(response.status)) {

@@ -76,6 +76,20 @@ def test_the_npm_tools_are_pinned_exactly_and_locked() -> None:
     assert package["scripts"]["generate"] == "openapi-typescript openapi.json -o schema.d.ts"
 
 
+def test_the_client_is_checked_under_the_strictest_flags_an_app_may_use() -> None:
+    """Apps copy client.ts, so their own tsconfig applies to it: we check under strict flags."""
+    tsconfig = json.loads(committed("tsconfig.json"))
+    options = tsconfig["compilerOptions"]
+    strict = (
+        "strict",
+        "noUncheckedIndexedAccess",
+        "exactOptionalPropertyTypes",
+        "erasableSyntaxOnly",
+    )
+    assert {flag: options.get(flag) for flag in strict} == dict.fromkeys(strict, True)
+    assert "client.ts" in tsconfig["include"]
+
+
 def test_typescript_and_output_together_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
