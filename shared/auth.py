@@ -144,7 +144,12 @@ def verify_session_token(token: str, settings: Settings) -> dict[str, Any]:
             algorithms=["RS256"],
             leeway=settings.clerk_leeway_s,
             issuer=settings.clerk_issuer or None,
-            options={"require": ["exp", "sub"], "verify_iss": bool(settings.clerk_issuer)},
+            # `aud` unchecked, as Clerk's SDKs without an audience: an instance may add one.
+            options={
+                "require": ["exp", "sub"],
+                "verify_iss": bool(settings.clerk_issuer),
+                "verify_aud": False,
+            },
         )
     except jwt.InvalidKeyError:  # the key, not the token: CLERK_JWT_KEY holds no key
         report_unusable_clerk_key("invalid")

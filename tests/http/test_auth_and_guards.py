@@ -239,6 +239,18 @@ def test_any_party_is_accepted_when_none_is_configured(caller: Caller) -> None:
     assert caller("searches", "GET", "/api/searches", headers=bearer(token)).status == 200
 
 
+@pytest.mark.parametrize("audience", ["https://api.keyflash.example", ["a", "b"], "", 7])
+def test_an_audience_claim_is_not_checked_as_clerk_does_without_one(
+    audience: object, caller: Caller
+) -> None:
+    """Clerk lets an instance add custom claims such as `aud` to its session tokens; its own
+    SDKs check `aud` only when given an audience, and so do we (PyJWT refuses any `aud` unless
+    told otherwise: every user of such an instance was signed out of the API)."""
+    token = rs256(caller.keys, claims(aud=audience))
+    result = caller("searches", "GET", "/api/searches", headers=bearer(token))
+    assert (result.status, result.json) == (200, {"searches": []}), result.text
+
+
 @pytest.mark.parametrize(
     "attack", ["party_list", "party_object", "party_null", "exp_string", "status_null"]
 )
