@@ -1,7 +1,8 @@
 """GET /api/admin/metrics: one system metric as a time series (admins only).
 
 `?metric=<name>&from=<ISO>&to=<ISO>&bucket=minute|hour|day` → `{metric, bucket, from, to,
-points: [{bucket, avg, min, max, count}]}`, UTC buckets, oldest first, empty buckets absent.
+points: [{bucket, avg, min, max, count, nonFinite?}]}`, UTC buckets, oldest first, empty buckets
+absent; stored NaN and ±Infinity are counted in `nonFinite`, not aggregated.
 Defaults: the last 24 h in hour buckets. The range is capped per bucket size (7 days of
 minutes, 366 of hours, 1,096 of days) so one call cannot ask for an unbounded series.
 """

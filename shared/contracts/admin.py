@@ -105,23 +105,28 @@ def series_query(
 
 
 def series_body(query: SeriesQuery, points: list[Point]) -> dict[str, Any]:
-    """`{metric, bucket, from, to, points: [{bucket, avg, min, max, count}]}`, oldest first."""
+    """`{metric, bucket, from, to, points: [{bucket, avg, min, max, count, nonFinite?}]}`, oldest
+    first; `nonFinite` only for a bucket holding NaN or ±Infinity, which JSON cannot carry."""
     return {
         "metric": query.metric,
         "bucket": query.bucket,
         "from": iso_ms(query.start),
         "to": iso_ms(query.end),
-        "points": [
-            {
-                "bucket": iso_ms(point.bucket),
-                "avg": point.avg,
-                "min": point.min,
-                "max": point.max,
-                "count": point.count,
-            }
-            for point in points
-        ],
+        "points": [_point(point) for point in points],
     }
+
+
+def _point(point: Point) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "bucket": iso_ms(point.bucket),
+        "avg": point.avg,
+        "min": point.min,
+        "max": point.max,
+        "count": point.count,
+    }
+    if point.non_finite:
+        body["nonFinite"] = point.non_finite
+    return body
 
 
 def days_param(raw: str | None) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import func, insert, literal, select
+from sqlalchemy import Numeric, Text, cast, func, insert, literal, select
 
 from shared.clock import utcnow
 from shared.db import Conn
@@ -28,11 +30,15 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class Point:
+    """One bucket: `avg`/`min`/`max` of its `count` finite values (None when it has none), and
+    `non_finite` values (NaN, ±Infinity) left out of them."""
+
     bucket: datetime
-    avg: float
-    min: float
-    max: float
+    avg: float | None
+    min: float | None
+    max: float | None
     count: int
+    non_finite: int
 
 
 @database_operation("recordMetrics")
@@ -58,16 +64,26 @@ def record_many(conn: Conn, samples: list[Sample]) -> None:
 def series(
     conn: Conn, metric: str, *, start: datetime, end: datetime, bucket: Bucket
 ) -> list[Point]:
-    """avg/min/max/count per `date_trunc(bucket)` over [start, end), oldest first."""
+    """avg/min/max/count of the finite values per `date_trunc(bucket)` over [start, end), oldest
+    first, with the number of non-finite ones.
+
+    `double precision` takes NaN and ±Infinity from any writer (psql, the original app) and
+    JSON has neither, so they are counted, not aggregated (PostgreSQL orders NaN above every
+    number: the range test excludes it too). The mean is taken in `numeric`, where a sum past
+    the largest double cannot overflow, from each value's text (its shortest exact digits under
+    the default extra_float_digits; the direct cast keeps 15)."""
     truncated = func.date_trunc(literal(bucket), SystemMetric.timestamp, type_=UTCDateTime()).label(
         "bucket"
     )
+    finite = SystemMetric.value.between(-sys.float_info.max, sys.float_info.max)
+    exact = cast(cast(SystemMetric.value, Text), Numeric)
     statement = (
         select(
             truncated,
-            func.avg(SystemMetric.value),
-            func.min(SystemMetric.value),
-            func.max(SystemMetric.value),
+            func.avg(exact).filter(finite),
+            func.min(SystemMetric.value).filter(finite),
+            func.max(SystemMetric.value).filter(finite),
+            func.count().filter(finite),
             func.count(),
         )
         .where(
@@ -79,6 +95,10 @@ def series(
         .order_by(truncated)
     )
     return [
-        Point(bucket=b, avg=float(a), min=float(lo), max=float(hi), count=n)
-        for b, a, lo, hi, n in conn.session.execute(statement)
+        Point(b, _float(a), _float(lo), _float(hi), count=n, non_finite=total - n)
+        for b, a, lo, hi, n, total in conn.session.execute(statement)
     ]
+
+
+def _float(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import event
 
@@ -113,6 +114,62 @@ def test_default_window_is_the_last_24_hours_in_hours(admin: Caller) -> None:
         "to": "2026-11-20T15:00:00.000Z",
         "points": [point("2026-11-20T14:00:00.000Z", 40.0, 30.0, 50.0, 2)],
     }
+
+
+def test_non_finite_values_are_left_out_of_the_aggregates_and_counted(
+    admin: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """NaN and ±Infinity, which `double precision` takes from any writer (psql, the original
+    app), are not JSON: each bucket aggregates its finite values and counts the others."""
+    admin_conn.execute(
+        """INSERT INTO system_metrics (id, metric, value, timestamp) VALUES
+               ('a', 'odd', 'NaN', '2026-11-20T10:10:00'),
+               ('b', 'odd', 'Infinity', '2026-11-20T10:20:00'),
+               ('c', 'odd', 2, '2026-11-20T10:30:00'),
+               ('d', 'odd', 4, '2026-11-20T10:40:00'),
+               ('e', 'odd', '-Infinity', '2026-11-20T11:10:00'),
+               ('f', 'odd', 'NaN', '2026-11-20T11:20:00')"""
+    )
+    window = {"from": "2026-11-20T10:00:00Z", "to": "2026-11-20T12:00:00Z"}
+    for bucket in ("minute", "hour", "day"):
+        result = series(admin, metric="odd", bucket=bucket, **window)
+        assert result.status == 200, result.text
+    hour = series(admin, metric="odd", bucket="hour", **window)
+    assert hour.json["points"] == [
+        {**point("2026-11-20T10:00:00.000Z", 3.0, 2.0, 4.0, 2), "nonFinite": 2},
+        {"bucket": "2026-11-20T11:00:00.000Z", "avg": None, "min": None, "max": None,
+         "count": 0, "nonFinite": 2},
+    ]  # fmt: skip
+    day = series(admin, metric="odd", bucket="day", **window)
+    assert day.json["points"] == [{**point("2026-11-20T00:00:00.000Z", 3.0, 2.0, 4.0, 2),
+                                    "nonFinite": 4}]  # fmt: skip
+
+
+def test_an_average_past_a_doubles_range_is_still_answered(
+    admin: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """Two values of 1.7e308 sum past the largest double; their mean does not."""
+    admin_conn.execute(
+        """INSERT INTO system_metrics (id, metric, value, timestamp) VALUES
+               ('a', 'big', 1.7e308, '2026-11-20T10:10:00'),
+               ('b', 'big', 1.7e308, '2026-11-20T10:20:00'),
+               ('c', 'big', -1.7e308, '2026-11-20T11:10:00'),
+               ('d', 'big', -1.7e308, '2026-11-20T11:20:00')"""
+    )
+    result = series(admin, metric="big", **{"from": "2026-11-20T10:00:00Z"})
+    assert result.status == 200, result.text
+    assert result.json["points"] == [
+        point("2026-11-20T10:00:00.000Z", 1.7e308, 1.7e308, 1.7e308, 2),
+        point("2026-11-20T11:00:00.000Z", -1.7e308, -1.7e308, -1.7e308, 2),
+    ]
+
+
+def test_an_average_keeps_every_digit_of_its_values(admin: Caller) -> None:
+    value = 1.2345678901234567
+    rows = [system_metrics.Sample("exact", value, None, at("2026-11-20T10:00:00"))]
+    db.run(lambda conn: system_metrics.record_many(conn, rows))
+    result = series(admin, metric="exact", **{"from": "2026-11-20T10:00:00Z"})
+    assert result.json["points"] == [point("2026-11-20T10:00:00.000Z", value, value, value, 1)]
 
 
 @pytest.mark.parametrize(
