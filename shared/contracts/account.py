@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -70,6 +71,9 @@ def _json_value(value: Any) -> Any:
         return iso_ms(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        # another writer's NaN or ±Infinity in a double column: not JSON, so PostgreSQL's name
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(value)]
     return value
 
 

@@ -328,6 +328,25 @@ def test_a_small_export_is_answered_directly_and_gzipped_when_accepted(call: Cal
     assert json.loads(zipped.text)["user"] == plain.json["user"]
 
 
+def test_a_metric_value_json_cannot_carry_is_exported_as_its_name(
+    call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """NaN and ±Infinity, which another writer may store in a `double precision` column, are
+    not JSON: the export names them as strings, as PostgreSQL spells them."""
+    db.run(lambda conn: users.create(conn, "user_odd", "odd@example.com"))
+    admin_conn.execute(
+        """INSERT INTO system_metrics (id, metric, value, tags, timestamp) VALUES
+               ('a', 'odd', 'NaN', '{"user": "user_odd"}', '2026-11-20T10:00:00'),
+               ('b', 'odd', 'Infinity', '{"user": "user_odd"}', '2026-11-20T10:01:00'),
+               ('c', 'odd', '-Infinity', '{"user": "user_odd"}', '2026-11-20T10:02:00'),
+               ('d', 'odd', 2.5, '{"user": "user_odd"}', '2026-11-20T10:03:00')"""
+    )
+    result = call("me_export", "GET", "/api/me/export", user="user_odd")
+    assert result.status == 200, result.text
+    values = [row["value"] for row in result.json["systemMetrics"]]
+    assert values == ["NaN", "Infinity", "-Infinity", 2.5]
+
+
 def test_an_answer_over_the_direct_limit_becomes_an_asynchronous_export(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
