@@ -4,10 +4,10 @@
 `days` is 1..90 (default 7) UTC calendar days ending today. Each figure is one query, all on
 one connection: searches per day (zero-filled), totals with cache-hit rate and providers over
 the window, searches and average response time over the last 24 h, the top 10 keywords
-(`unnest(keywords)`, case-folded) and the subscription counts (the users', always). With
-`organizationId`, the search figures count only the searches made for that organization
-(`search_history."organizationId"`); an organization without searches answers zeros, whether
-or not it exists.
+(`lower(btrim(keyword))` of `unnest(keywords)`) and the subscription counts (the users',
+always). With `organizationId`, the search figures count only the searches made for that
+organization (`search_history."organizationId"`); an organization without searches answers
+zeros, whether or not it exists.
 """
 
 from __future__ import annotations

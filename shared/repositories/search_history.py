@@ -307,7 +307,7 @@ def top_keywords(
     organization_id: str | None = None,
 ) -> list[KeywordCount]:
     """The most searched keywords over [since, until) in one query: each search's distinct
-    keywords (`unnest(keywords)` folded to lower case and trimmed, blanks dropped), so a search
+    keywords (`lower(btrim(keyword))` of `unnest(keywords)`, blanks dropped), so a search
     naming one twice counts once; ties in alphabetical order. With `organization_id`: only the
     searches made for that organization."""
     unnested = func.unnest(SearchHistory.keywords).table_valued("keyword").render_derived()

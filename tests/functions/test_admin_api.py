@@ -326,6 +326,19 @@ def test_top_keywords_count_each_search_once(admin: Caller) -> None:
     ]
 
 
+def test_top_keywords_are_lower_cased_not_case_folded(admin: Caller) -> None:
+    """PostgreSQL `lower(btrim(…))`, as documented: Unicode-aware lower-casing, no folding of ß
+    to ss, and only the space character trimmed."""
+    db.run(lambda s: users.create(s, "u_case", "case@example.com"))
+    keywords = ["Straße", "STRASSE", "ÉTÉ", " été ", "\u00a0été"]
+    row = search_history.NewSearch("u_case", keywords, "US", "en", "phrase", "mock", False, 5)
+    db.run(lambda s: search_history.record(s, row, now=at("2026-11-20T09:00:00")))
+    result = analytics(admin, days="1")
+    assert sorted(k["keyword"] for k in result.json["topKeywords"]) == [
+        "strasse", "straße", "\u00a0été", "été"
+    ]  # fmt: skip
+
+
 def test_analytics_on_an_empty_database_omits_averages(admin: Caller) -> None:
     result = analytics(admin, days="2")
     assert result.json["searches"] == {
