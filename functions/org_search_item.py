@@ -18,6 +18,7 @@ from shared.contracts import teams
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
+from shared.http.openapi import body
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
 from shared.repositories import team_searches
@@ -27,9 +28,10 @@ app = create_app(title="Team search", summary="Read, rename or delete one of a t
 Reader = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_READ))]
 Manager = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_MANAGE))]
 PATH = "/api/orgs/{org_id}/searches/{search_id}"
+FOUND = {**RESPONSES, 200: body("The team's search", "TeamSearchAnswer")}
 
 
-@app.get(PATH, response_model=None, responses=RESPONSES)
+@app.get(PATH, response_model=None, responses=FOUND)
 def get_team_search(search_id: str, access: Reader) -> Response:
     sid = valid_or_400(personal.valid_search_id(search_id), personal.INVALID_ID)
     found = db.run(lambda conn: team_searches.get(conn, access.org_id, sid))
@@ -41,7 +43,7 @@ def get_team_search(search_id: str, access: Reader) -> Response:
 @app.put(
     PATH,
     response_model=None,
-    responses=RESPONSES,
+    responses=FOUND,
     openapi_extra=body_schema(personal.UpdateSavedSearch, personal.UPDATE_EXAMPLE),
 )
 def update_team_search(
@@ -60,7 +62,11 @@ def update_team_search(
     return ok({"search": teams.record(updated)})
 
 
-@app.delete(PATH, response_model=None, responses=RESPONSES)
+@app.delete(
+    PATH,
+    response_model=None,
+    responses={**RESPONSES, 200: body("Deleted", "Success")},
+)
 def delete_team_search(search_id: str, access: Manager) -> Response:
     sid = valid_or_400(personal.valid_search_id(search_id), personal.INVALID_ID)
     if not db.run(lambda conn: team_searches.delete_search(conn, access.org_id, sid)):

@@ -21,6 +21,7 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.http.openapi import body
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
 from shared.repositories import team_searches
@@ -31,7 +32,14 @@ Reader = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_READ))]
 Manager = Annotated[OrgAccess, Depends(permitted(rbac.SEARCHES_MANAGE))]
 
 
-@app.get("/api/orgs/{org_id}/searches", response_model=None, responses=RESPONSES)
+@app.get(
+    "/api/orgs/{org_id}/searches",
+    response_model=None,
+    responses={
+        **RESPONSES,
+        200: body("The team's saved searches", "TeamSearchList"),
+    },
+)
 def list_team_searches(access: Reader) -> Response:
     """The team's saved searches (at most 200), most recently updated first."""
     found = db.run(lambda conn: team_searches.list_for_org(conn, access.org_id), idempotent=True)
@@ -42,7 +50,10 @@ def list_team_searches(access: Reader) -> Response:
     "/api/orgs/{org_id}/searches",
     status_code=201,
     response_model=None,
-    responses=RESPONSES,
+    responses={
+        **RESPONSES,
+        201: body("The saved search", "TeamSearchAnswer"),
+    },
     openapi_extra=body_schema(personal.CreateSavedSearch, personal.CREATE_EXAMPLE),
 )
 def create_team_search(

@@ -18,12 +18,15 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
+from shared.http.openapi import body
 from shared.http.responses import ok
 
 app = create_app(title="Saved search", summary="Read, rename or delete one saved search.")
+FOUND = body("The saved search", "SavedSearchAnswer")
+DELETED = body("Deleted", "Success")
 
 
-@app.get("/api/searches/{search_id}", response_model=None)
+@app.get("/api/searches/{search_id}", response_model=None, responses={200: FOUND})
 def get_search(search_id: str, user: CurrentUser) -> Response:
     sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
     found = storage.get_search(user.user_id, sid)
@@ -35,6 +38,7 @@ def get_search(search_id: str, user: CurrentUser) -> Response:
 @app.put(
     "/api/searches/{search_id}",
     response_model=None,
+    responses={200: FOUND},
     openapi_extra=body_schema(contract.UpdateSavedSearch, contract.UPDATE_EXAMPLE),
 )
 def update_search(
@@ -54,7 +58,7 @@ def update_search(
     return ok({"search": contract.record(updated)})
 
 
-@app.delete("/api/searches/{search_id}", response_model=None)
+@app.delete("/api/searches/{search_id}", response_model=None, responses={200: DELETED})
 def delete_search(search_id: str, user: CurrentUser) -> Response:
     sid = valid_or_400(contract.valid_search_id(search_id), contract.INVALID_ID)
     if not storage.delete_search(user.user_id, sid):

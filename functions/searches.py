@@ -16,12 +16,17 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError
+from shared.http.openapi import body
 from shared.http.responses import ok
 
 app = create_app(title="Saved searches", summary="List and create the caller's saved searches.")
 
 
-@app.get("/api/searches", response_model=None)
+@app.get(
+    "/api/searches",
+    response_model=None,
+    responses={200: body("The caller's saved searches", "SavedSearchList")},
+)
 def list_searches(user: CurrentUser) -> Response:
     """The caller's saved searches (at most 50), most recently updated first."""
     found = storage.list_searches(user.user_id)
@@ -32,6 +37,7 @@ def list_searches(user: CurrentUser) -> Response:
     "/api/searches",
     status_code=201,
     response_model=None,
+    responses={201: body("The saved search", "SavedSearchAnswer")},
     openapi_extra=body_schema(contract.CreateSavedSearch, contract.CREATE_EXAMPLE),
 )
 def create_search(

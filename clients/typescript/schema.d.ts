@@ -525,6 +525,173 @@ export interface components {
             timestamp: string;
             supportedMethods?: string[];
         };
+        /**
+         * SavedRow
+         * @description A keyword row as saved (docs/keyword-search.md#saved-results): numbers as sent, an
+         *     optional key left out rather than null.
+         */
+        SavedRow: {
+            /** Keyword */
+            keyword: string;
+            /** Searchvolume */
+            searchVolume: number | null;
+            /** Cpc */
+            cpc: number | null;
+            /** Competition */
+            competition: ("low" | "medium" | "high") | null;
+            /** Intent */
+            intent: ("informational" | "commercial" | "transactional" | "navigational") | null;
+            /** Difficulty */
+            difficulty?: number;
+            /** Trends */
+            trends?: components["schemas"]["SavedTrend"][];
+            /** Nodata */
+            noData?: boolean;
+            /** Relevance */
+            relevance?: number;
+        };
+        /** SavedTrend */
+        SavedTrend: {
+            /** Month */
+            month: number;
+            /** Year */
+            year: number;
+            /** Volume */
+            volume: number | null;
+        };
+        /** SearchMetadata */
+        SearchMetadata: {
+            /**
+             * Createdat
+             * Format: date-time
+             */
+            createdAt: string;
+            /**
+             * Updatedat
+             * Format: date-time
+             */
+            updatedAt: string;
+            /**
+             * Lastrunat
+             * Format: date-time
+             */
+            lastRunAt?: string;
+            /** Resultcount */
+            resultCount?: number;
+        };
+        /**
+         * StoredSearchParams
+         * @description As stored: `matchType` is `broad` on rows the original app wrote without one.
+         */
+        StoredSearchParams: {
+            /** Keywords */
+            keywords: string[];
+            /** Matchtype */
+            matchType: string;
+            /** Location */
+            location: string;
+            /** Language */
+            language: string;
+        };
+        /**
+         * TeamSearch
+         * @description The personal record plus its creator's user id (null once the creator is erased).
+         */
+        TeamSearch: {
+            /** Id */
+            id: string;
+            /** Clerkuserid */
+            clerkUserId?: string;
+            /** Name */
+            name: string;
+            /** Description */
+            description?: string;
+            searchParams: components["schemas"]["StoredSearchParams"];
+            /** Results */
+            results?: components["schemas"]["SavedRow"][];
+            metadata: components["schemas"]["SearchMetadata"];
+            /** Createdby */
+            createdBy: string | null;
+        };
+        /** TeamSearchAnswer */
+        TeamSearchAnswer: {
+            search: components["schemas"]["TeamSearch"];
+        };
+        /**
+         * Success
+         * @description A delete's answer.
+         */
+        Success: {
+            /**
+             * Success
+             * @constant
+             */
+            success: true;
+        };
+        /** TeamSearchSummary */
+        TeamSearchSummary: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Description */
+            description?: string;
+            /** Keywordcount */
+            keywordCount: number;
+            /** Location */
+            location: string;
+            metadata: components["schemas"]["SearchMetadata"];
+            /** Createdby */
+            createdBy: string | null;
+        };
+        /** TeamSearchList */
+        TeamSearchList: {
+            /** Searches */
+            searches: components["schemas"]["TeamSearchSummary"][];
+        };
+        /**
+         * SavedSearch
+         * @description The whole record. `clerkUserId` is absent on a team search whose creator was erased;
+         *     `results` holds the rows as saved (a writer other than the API, such as Prisma, may have
+         *     stored other JSON: docs/typescript.md).
+         */
+        SavedSearch: {
+            /** Id */
+            id: string;
+            /** Clerkuserid */
+            clerkUserId?: string;
+            /** Name */
+            name: string;
+            /** Description */
+            description?: string;
+            searchParams: components["schemas"]["StoredSearchParams"];
+            /** Results */
+            results?: components["schemas"]["SavedRow"][];
+            metadata: components["schemas"]["SearchMetadata"];
+        };
+        /** SavedSearchAnswer */
+        SavedSearchAnswer: {
+            search: components["schemas"]["SavedSearch"];
+        };
+        /** SavedSearchSummary */
+        SavedSearchSummary: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /** Description */
+            description?: string;
+            /** Keywordcount */
+            keywordCount: number;
+            /** Location */
+            location: string;
+            metadata: components["schemas"]["SearchMetadata"];
+        };
+        /** SavedSearchList */
+        SavedSearchList: {
+            /** Searches */
+            searches: components["schemas"]["SavedSearchSummary"][];
+        };
     };
     responses: never;
     parameters: never;
@@ -2939,13 +3106,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The team's search */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["TeamSearchAnswer"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */
@@ -3040,13 +3207,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The team's search */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["TeamSearchAnswer"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */
@@ -3144,13 +3311,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Deleted */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Success"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */
@@ -3247,13 +3414,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The team's saved searches */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["TeamSearchList"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */
@@ -3396,13 +3563,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The saved search */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["TeamSearchAnswer"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */
@@ -3584,13 +3751,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The saved search */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["SavedSearchAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -3675,13 +3842,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The saved search */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["SavedSearchAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -3778,13 +3945,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Deleted */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Success"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -3879,13 +4046,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The caller's saved searches */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["SavedSearchList"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -4008,13 +4175,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The saved search */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["SavedSearchAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */

@@ -1,4 +1,5 @@
-"""The error responses every function's OpenAPI document declares: the envelope, by status.
+"""The responses every function's OpenAPI document declares: the error envelope, by status,
+and the success bodies.
 
 FastAPI documents a `422` with its own validation body, which we never send (validation failures
 are 400s in the original's envelope), and nothing for what a route answers on its own. This module
@@ -9,6 +10,8 @@ every status the route's endpoint and dependencies can answer, read from their c
 functions they call (`shared.http.answers`: the session's 401 and 503, provisioning's 409, a
 rate limit's 429, a path id's 404, ...). Routes give their own descriptions (or bodies) with
 FastAPI's `responses=`; any 4xx/5xx declared without a body schema gets the envelope.
+A success body is declared with `body(description, shape)`: the shape (a TypedDict of
+`shared.contracts.bodies`) is named, not imported, so it never loads on a function's cold start.
 
 Only the documentation changes here: nothing runs per request.
 """
@@ -16,6 +19,7 @@ Only the documentation changes here: nothing runs per request.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
@@ -59,6 +63,16 @@ CODED = (415,)  # ContentCoding, on every write
 CSRF = (403,)  # cookie-authenticated writes outside the exempt paths
 FASTAPI_422 = "422"
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+BODY = "x-body"  # a success response's shape, by name, until the document is built
+BODY_REF = "#/components/schemas/{model}"
+SHAPES = "shared.contracts.bodies"
+
+
+def body(description: str, shape: str) -> dict[str, Any]:
+    """A success response whose JSON body is the TypedDict `shape` of `shared.contracts.bodies`,
+    imported and made a component schema only when the document is built: documenting a body
+    costs a function's cold start nothing."""
+    return {"description": description, BODY: shape}
 
 
 def install(app: FastAPI) -> None:
@@ -67,7 +81,8 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_errors(build(), _statuses_by_operation(app))
+            spec = document_bodies(build())
+            app.openapi_schema = document_errors(spec, _statuses_by_operation(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -145,6 +160,27 @@ def document_errors(
     for name in FASTAPI_VALIDATION_SCHEMAS:
         schemas.pop(name, None)
     schemas[ENVELOPE] = copy.deepcopy(ENVELOPE_SCHEMA)
+    return spec
+
+
+def document_bodies(spec: dict[str, Any]) -> dict[str, Any]:
+    """Replace each `body()` declaration with a `$ref` to its shape's schema, in components."""
+    from pydantic import TypeAdapter  # loaded with the document, never on a cold start
+
+    schemas: dict[str, Any] = spec.setdefault("components", {}).setdefault("schemas", {})
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                shape = response.pop(BODY, None)
+                if shape is None:
+                    continue
+                found = getattr(importlib.import_module(SHAPES), shape)
+                schema = TypeAdapter(found).json_schema(mode="serialization", ref_template=BODY_REF)
+                for each, definition in {**schema.pop("$defs", {}), shape: schema}.items():
+                    if schemas.setdefault(each, definition) != definition:
+                        raise ValueError(f"two response schemas are named {each}")
+                content = response.setdefault("content", {}).setdefault("application/json", {})
+                content["schema"] = {"$ref": BODY_REF.format(model=shape)}
     return spec
 
 

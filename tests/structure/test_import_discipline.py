@@ -20,6 +20,8 @@ its import set is pinned:
 - stripe-python is imported on first use, inside a function, and only by the modules pinned in
   STRIPE_ON_FIRST_USE (the Stripe webhook, and checkout and the billing portal through
   shared/http/stripe_sessions.py).
+- no function loads the success bodies' shapes (`shared.contracts.bodies`), which only the
+  OpenAPI document uses;
 - the STORAGE_MODE switch, the account lifecycle and the org routes' layer load only in the
   functions pinned in MAY_LOAD (the org layer: the functions.org_* modules).
 
@@ -267,6 +269,15 @@ def test_no_function_loads_the_legacy_layer(
         f"{module} loads {sorted(ours & LEGACY_LAYER)}; find the chain "
         f"with `python -X importtime -c 'import {module}' 2>&1 | grep -B5 shared.legacy`"
     )
+
+
+@pytest.mark.parametrize("module", _all_modules())
+def test_no_function_loads_the_response_shapes(
+    module: str, cold_imports: dict[str, ColdImport]
+) -> None:
+    """The success bodies' shapes are for the OpenAPI document, built on demand: never loaded
+    on a cold start (`shared.http.openapi.body` names them)."""
+    assert "shared.contracts.bodies" not in cold_imports[module].ours
 
 
 def test_the_functions_package_is_import_free() -> None:
