@@ -29,6 +29,7 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
 from shared.http.methods import method_not_allowed
+from shared.http.openapi import body
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request
@@ -77,6 +78,7 @@ BODY_SCHEMA = {
     },
 }
 RESPONSES: dict[int | str, dict[str, object]] = {
+    200: body("The content brief", "BriefAnswer"),
     401: {"description": "No valid session token"},
     429: {"description": "Rate limit exceeded"},
     502: {"description": "DataForSEO failed or refused the request (its text is never shown)"},

@@ -14,12 +14,17 @@ from starlette.responses import Response
 from shared import flags
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import identify
+from shared.http.openapi import body
 from shared.http.responses import ok
 
 app = create_app(title="Feature flags", summary="The caller's feature flags.")
 
 
-@app.get("/api/flags", response_model=None)
+@app.get(
+    "/api/flags",
+    response_model=None,
+    responses={200: body("Every flag's value for the caller", "FlagValues")},
+)
 def get_flags(request: Request) -> Response:
     identity = identify(request)
     return ok({"flags": flags.flags_for(identity.user_id if identity else None)})

@@ -22,7 +22,7 @@ from shared.contracts import paging
 from shared.http import pages
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
-from shared.http.openapi import whole_number_query
+from shared.http.openapi import body, whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history
 
@@ -38,7 +38,12 @@ LIMIT = whole_number_query(
 )
 
 
-@app.get("/api/history", response_model=None, openapi_extra=LIMIT)
+@app.get(
+    "/api/history",
+    response_model=None,
+    responses={200: body("A page of the caller's searches, newest first", "HistoryPage")},
+    openapi_extra=LIMIT,
+)
 def list_history(
     user: CurrentUser,
     limit: Annotated[str | None, Query(include_in_schema=False)] = None,

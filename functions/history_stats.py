@@ -17,7 +17,7 @@ from shared.contracts import history as contract
 from shared.contracts import paging
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
-from shared.http.openapi import whole_number_query
+from shared.http.openapi import body, whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history
 
@@ -33,7 +33,12 @@ DAYS = whole_number_query(
 )
 
 
-@app.get("/api/history/stats", response_model=None, openapi_extra=DAYS)
+@app.get(
+    "/api/history/stats",
+    response_model=None,
+    responses={200: body("The caller's search figures over the window", "HistoryStats")},
+    openapi_extra=DAYS,
+)
 def history_stats(
     user: CurrentUser,
     days: Annotated[str | None, Query(include_in_schema=False)] = None,

@@ -35,6 +35,7 @@ from shared.http.body import parse_json, validated
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ORG_NOT_FOUND, ApiError
 from shared.http.methods import method_not_allowed
+from shared.http.openapi import body
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request
@@ -90,6 +91,7 @@ BODY_SCHEMA = {
 
 
 RESPONSES: dict[int | str, dict[str, object]] = {
+    200: body("Each keyword's metrics", "KeywordAnswer"),
     401: {"description": "No valid session token"},
     403: {
         "description": "The free trial has expired (billing on), or the member may not search "

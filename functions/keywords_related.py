@@ -32,6 +32,7 @@ from shared.http.auth import identify, unauthenticated
 from shared.http.body import parse_json, validated
 from shared.http.errors import ApiError
 from shared.http.methods import method_not_allowed
+from shared.http.openapi import body
 from shared.http.provider_errors import provider_deadline, provider_failed
 from shared.http.responses import ok
 from shared.ratelimit import Decision, limit_request
@@ -87,6 +88,7 @@ BODY_SCHEMA = {
     },
 }
 RESPONSES: dict[int | str, dict[str, object]] = {
+    200: body("The seed's related keywords", "RelatedAnswer"),
     401: {"description": "No valid session token"},
     429: {"description": "Rate limit exceeded"},
     501: {"description": "The configured provider has no related keywords"},

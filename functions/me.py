@@ -20,6 +20,7 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser, SignedIn
 from shared.http.errors import ApiError
 from shared.http.invocation import storage_deadline
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.repositories import users
 from shared.repositories.users import placeholder_email
@@ -29,7 +30,11 @@ app = create_app(title="Me", summary="The caller's profile and usage; erase thei
 SUBSCRIPTION_LIVE = "Cancel your subscription before deleting your account."
 
 
-@app.get("/api/me", response_model=None)
+@app.get(
+    "/api/me",
+    response_model=None,
+    responses={200: body("The caller's profile and usage", "Profile")},
+)
 def get_me(user: CurrentUser) -> Response:
     """Profile, subscription and keyword usage (the lazy monthly reset applied on read).
 
@@ -43,7 +48,10 @@ def get_me(user: CurrentUser) -> Response:
 @app.delete(
     "/api/me",
     response_model=None,
-    responses={409: {"description": "A Stripe subscription is live: cancel it first"}},
+    responses={
+        200: body("Erased", "Deleted"),
+        409: {"description": "A Stripe subscription is live: cancel it first"},
+    },
 )
 def delete_me(request: Request, user: SignedIn) -> Response:
     """Erase the caller: user row (saved searches cascade), API usage, history links, flags.

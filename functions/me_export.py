@@ -31,6 +31,7 @@ from shared.contracts import compact
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import CurrentUser
 from shared.http.errors import ApiError, valid_or_400
+from shared.http.openapi import body
 from shared.http.responses import PRIVATE_NO_STORE, ok
 from shared.models.data_exports import DataExport
 from shared.ratelimit import limit_request
@@ -44,6 +45,7 @@ DIRECT_MAX_BYTES = 4_000_000  # a body this size fits Vercel (4.5 MB) and, base6
 DIRECT_BUILD_MAX_ESTIMATE = 16_000_000
 GZIP_FLOOR_BYTES = 1024  # below this, gzip's header costs more than it saves
 EXPORT_PATH = "/api/me/export"
+EXPORT_ANSWER = "DataExportAnswer"
 RATE_LIMITED = "Too many export requests. Try again in {retry_after} seconds."
 NOT_FOUND = "Export not found"
 INVALID_ID = "Invalid export ID"
@@ -106,10 +108,10 @@ def _request_export(request: Request, user: Identity) -> Response:
     EXPORT_PATH,
     response_model=None,
     responses={
-        202: {
-            "description": "Too large to answer here: an export was requested, as POST answers",
-            "content": {"application/json": {"schema": {}}},
-        }
+        200: body("Everything stored about the caller, as a download", "PersonalDataExport"),
+        202: body(
+            "Too large to answer here: an export was requested, as POST answers", EXPORT_ANSWER
+        ),
     },
 )
 def export_me(request: Request, user: CurrentUser) -> Response:
@@ -131,12 +133,21 @@ def export_me(request: Request, user: CurrentUser) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-@app.post(EXPORT_PATH, response_model=None, status_code=202)
+@app.post(
+    EXPORT_PATH,
+    response_model=None,
+    status_code=202,
+    responses={202: body("The export requested (or the one in progress)", EXPORT_ANSWER)},
+)
 def request_export(request: Request, user: CurrentUser) -> Response:
     return _request_export(request, user)
 
 
-@app.get(EXPORT_PATH + "/{export_id}", response_model=None)
+@app.get(
+    EXPORT_PATH + "/{export_id}",
+    response_model=None,
+    responses={200: body("The export", EXPORT_ANSWER)},
+)
 def export_status(export_id: str, user: CurrentUser) -> Response:
     valid = valid_or_400(export_id if _EXPORT_ID.fullmatch(export_id) else None, INVALID_ID)
     now = utcnow()

@@ -38,6 +38,7 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.body import decode_json
 from shared.http.errors import ApiError
 from shared.http.invocation import storage_deadline
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.storable_text import first_unstorable
 from shared.telemetry import log_event
@@ -162,7 +163,10 @@ _OPENAPI = {
 @app.post(
     "/api/webhooks/clerk",
     response_model=None,
-    responses={409: {"description": "The new email belongs to another account"}},
+    responses={
+        200: body("Applied (or ignored, or a duplicate)", "Received"),
+        409: {"description": "The new email belongs to another account"},
+    },
     openapi_extra=_OPENAPI,
 )
 async def clerk_webhook(request: Request) -> Response:

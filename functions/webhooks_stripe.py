@@ -31,6 +31,7 @@ from shared.config import get_settings
 from shared.db import DatabaseUnavailableError, cancelled_statement
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.errors import ApiError
+from shared.http.openapi import body
 from shared.storable_text import refuse_constant
 from shared.telemetry import log_event
 
@@ -101,7 +102,12 @@ _OPENAPI = {
 }
 
 
-@app.post("/api/webhooks/stripe", response_model=None, openapi_extra=_OPENAPI)
+@app.post(
+    "/api/webhooks/stripe",
+    response_model=None,
+    responses={200: body("Applied (or a duplicate)", "Received")},
+    openapi_extra=_OPENAPI,
+)
 async def stripe_webhook(request: Request) -> Response:
     settings = get_settings()
     if not settings.billing_enabled:

@@ -526,6 +526,430 @@ export interface components {
             supportedMethods?: string[];
         };
         /**
+         * Brief
+         * @description The brief in the original's shape (docs/original-app.md#post-apicontent-brief): what the
+         *     route answers and caches, and what a cached brief must be to be served.
+         */
+        Brief: {
+            /** Keyword */
+            keyword: string;
+            /** Location */
+            location: string;
+            /** Generatedat */
+            generatedAt: string;
+            /** Serpresults */
+            serpResults: components["schemas"]["SerpResult"][];
+            /** Totalresults */
+            totalResults: number;
+            recommendedWordCount: components["schemas"]["WordCount"];
+            /** Topics */
+            topics: components["schemas"]["Topic"][];
+            /** Suggestedheadings */
+            suggestedHeadings: components["schemas"]["Heading"][];
+            /** Questionstoanswer */
+            questionsToAnswer: components["schemas"]["Question"][];
+            /** Relatedkeywords */
+            relatedKeywords: string[];
+            /** Mockdata */
+            mockData: boolean;
+            /** Provider */
+            provider: string;
+        };
+        /** Heading */
+        Heading: {
+            /** Text */
+            text: string;
+            /**
+             * Level
+             * @constant
+             */
+            level: "h2";
+            /** Source */
+            source: string;
+        };
+        /** Question */
+        Question: {
+            /** Question */
+            question: string;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "paa" | "competitor" | "inferred";
+        };
+        /** SerpResult */
+        SerpResult: {
+            /** Position */
+            position: number;
+            /** Title */
+            title: string;
+            /** Url */
+            url: string;
+            /** Domain */
+            domain: string;
+            /** Description */
+            description: string;
+            /** Wordcount */
+            wordCount?: number;
+        };
+        /** Topic */
+        Topic: {
+            /** Topic */
+            topic: string;
+            /** Frequency */
+            frequency: number;
+            /**
+             * Importance
+             * @enum {string}
+             */
+            importance: "high" | "medium" | "low";
+        };
+        /** WordCount */
+        WordCount: {
+            /** Min */
+            min: number;
+            /** Max */
+            max: number;
+            /** Average */
+            average: number;
+        };
+        /** BriefAnswer */
+        BriefAnswer: {
+            brief: components["schemas"]["Brief"];
+            /** Cached */
+            cached: boolean;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+        };
+        /** FlagValues */
+        FlagValues: {
+            /** Flags */
+            flags: {
+                [key: string]: boolean;
+            };
+        };
+        /** HistoryItem */
+        HistoryItem: {
+            /** Id */
+            id: string;
+            /** Keywords */
+            keywords: string[];
+            /** Location */
+            location: string;
+            /** Language */
+            language: string;
+            /** Matchtype */
+            matchType: string;
+            /** Provider */
+            provider: string;
+            /** Cachehit */
+            cacheHit: boolean;
+            /** Responsetime */
+            responseTime: number;
+            /** Keywordcount */
+            keywordCount: number;
+            /** Avgvolume */
+            avgVolume: number;
+            /** Totalvolume */
+            totalVolume: number;
+            /**
+             * Searchedat
+             * Format: date-time
+             */
+            searchedAt: string;
+        };
+        /**
+         * HistoryPage
+         * @description `nextCursor` only when there is a next page.
+         */
+        HistoryPage: {
+            /** History */
+            history: components["schemas"]["HistoryItem"][];
+            /** Nextcursor */
+            nextCursor?: string;
+        };
+        /**
+         * ProviderFigures
+         * @description Averages in ms, hit rates as a fraction; absent when there was no search.
+         */
+        ProviderFigures: {
+            /** Searches */
+            searches: number;
+            /** Avgresponsetime */
+            avgResponseTime?: number;
+            /** Cachehitrate */
+            cacheHitRate?: number;
+        };
+        /** HistoryStats */
+        HistoryStats: {
+            /**
+             * Since
+             * Format: date-time
+             */
+            since: string;
+            /**
+             * Until
+             * Format: date-time
+             */
+            until: string;
+            /** Searches */
+            searches: number;
+            /** Avgresponsetime */
+            avgResponseTime?: number;
+            /** Cachehitrate */
+            cacheHitRate?: number;
+            /** Providers */
+            providers: {
+                [key: string]: components["schemas"]["ProviderFigures"];
+            };
+        };
+        /**
+         * KeywordData
+         * @description One keyword's metrics. `difficulty` (0-100) and `trends` (oldest first, at most 12) are
+         *     present only when the provider has them; `noData` only when it is true.
+         */
+        KeywordData: {
+            /** Keyword */
+            keyword: string;
+            /** Searchvolume */
+            searchVolume: number | null;
+            /** Difficulty */
+            difficulty?: number;
+            /** Cpc */
+            cpc: number | null;
+            /** Competition */
+            competition: ("low" | "medium" | "high") | null;
+            /** Intent */
+            intent: ("informational" | "commercial" | "transactional" | "navigational") | null;
+            /** Trends */
+            trends?: components["schemas"]["MonthlyTrend"][];
+            /** Nodata */
+            noData?: boolean;
+        };
+        /** MonthlyTrend */
+        MonthlyTrend: {
+            /** Month */
+            month: number;
+            /** Year */
+            year: number;
+            /** Volume */
+            volume: number | null;
+        };
+        /**
+         * KeywordAnswer
+         * @description `cacheHealthy` only on a fresh answer: whether it was cached.
+         */
+        KeywordAnswer: {
+            /** Data */
+            data: components["schemas"]["KeywordData"][];
+            /** Cached */
+            cached: boolean;
+            /** Cachehealthy */
+            cacheHealthy?: boolean;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /** Mockdata */
+            mockData: boolean;
+            /** Provider */
+            provider: string;
+        };
+        /** RelatedKeywordData */
+        RelatedKeywordData: {
+            /** Keyword */
+            keyword: string;
+            /** Searchvolume */
+            searchVolume: number | null;
+            /** Difficulty */
+            difficulty?: number;
+            /** Cpc */
+            cpc: number | null;
+            /** Competition */
+            competition: ("low" | "medium" | "high") | null;
+            /** Intent */
+            intent: ("informational" | "commercial" | "transactional" | "navigational") | null;
+            /** Trends */
+            trends?: components["schemas"]["MonthlyTrend"][];
+            /** Nodata */
+            noData?: boolean;
+            /** Relevance */
+            relevance: number;
+        };
+        /**
+         * RelatedAnswer
+         * @description `cacheHealthy` only on a fresh answer: whether it was cached.
+         */
+        RelatedAnswer: {
+            /** Seedkeyword */
+            seedKeyword: string;
+            /** Relatedkeywords */
+            relatedKeywords: components["schemas"]["RelatedKeywordData"][];
+            /** Cached */
+            cached: boolean;
+            /** Cachehealthy */
+            cacheHealthy?: boolean;
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /** Provider */
+            provider: string;
+        };
+        /** Subscription */
+        Subscription: {
+            /** Status */
+            status?: string;
+            /** Plan */
+            plan?: string;
+            /**
+             * Endsat
+             * Format: date-time
+             */
+            endsAt?: string;
+        };
+        /**
+         * Usage
+         * @description `limit` and `remaining` only while quotas are enforced; `resetsAt` for a paid tier,
+         *     `trialEndsAt` for the free trial.
+         */
+        Usage: {
+            /** Thismonth */
+            thisMonth: number;
+            /** Total */
+            total: number;
+            /** Limit */
+            limit?: number;
+            /** Remaining */
+            remaining?: number;
+            /**
+             * Resetsat
+             * Format: date-time
+             */
+            resetsAt?: string;
+            /**
+             * Trialendsat
+             * Format: date-time
+             */
+            trialEndsAt?: string;
+        };
+        /** Profile */
+        Profile: {
+            /** Id */
+            id: string;
+            /** Email */
+            email: string;
+            /**
+             * Tier
+             * @enum {string}
+             */
+            tier: "FREE" | "PRO" | "ENTERPRISE";
+            /**
+             * Trialendsat
+             * Format: date-time
+             */
+            trialEndsAt?: string;
+            subscription?: components["schemas"]["Subscription"];
+            usage: components["schemas"]["Usage"];
+        };
+        /** Deleted */
+        Deleted: {
+            /**
+             * Deleted
+             * @constant
+             */
+            deleted: true;
+        };
+        /**
+         * PersonalDataExport
+         * @description Everything stored about the caller (docs/accounts-and-privacy.md). A row is every stored
+         *     column of its table under its database name, NULLs omitted: the export follows the schema
+         *     (a column added is exported), so its rows are not typed here. `user` is absent once the
+         *     account row is gone; `featureFlags` are the keys of the flags naming the caller.
+         */
+        PersonalDataExport: {
+            /** User */
+            user?: {
+                [key: string]: unknown;
+            };
+            /** Organizationmemberships */
+            organizationMemberships: {
+                [key: string]: unknown;
+            }[];
+            /** Savedsearches */
+            savedSearches: {
+                [key: string]: unknown;
+            }[];
+            /** Searchhistory */
+            searchHistory: {
+                [key: string]: unknown;
+            }[];
+            /** Apiusage */
+            apiUsage: {
+                [key: string]: unknown;
+            }[];
+            /** Webhookevents */
+            webhookEvents: {
+                [key: string]: unknown;
+            }[];
+            /** Systemmetrics */
+            systemMetrics: {
+                [key: string]: unknown;
+            }[];
+            /** Featureflags */
+            featureFlags: string[];
+            /** Onerasure */
+            onErasure: string;
+        };
+        /**
+         * DataExport
+         * @description `url` (and when it expires) once the export is `ready` and the bucket is configured.
+         */
+        DataExport: {
+            /** Id */
+            id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pending" | "running" | "ready" | "failed";
+            /**
+             * Createdat
+             * Format: date-time
+             */
+            createdAt: string;
+            /**
+             * Finishedat
+             * Format: date-time
+             */
+            finishedAt?: string;
+            /**
+             * Expiresat
+             * Format: date-time
+             */
+            expiresAt?: string;
+            /** Bytes */
+            bytes?: number;
+            /** Gzipbytes */
+            gzipBytes?: number;
+            /** Url */
+            url?: string;
+            /**
+             * Urlexpiresat
+             * Format: date-time
+             */
+            urlExpiresAt?: string;
+        };
+        /** DataExportAnswer */
+        DataExportAnswer: {
+            export: components["schemas"]["DataExport"];
+        };
+        /**
          * SavedRow
          * @description A keyword row as saved (docs/keyword-search.md#saved-results): numbers as sent, an
          *     optional key left out rather than null.
@@ -691,6 +1115,22 @@ export interface components {
         SavedSearchList: {
             /** Searches */
             searches: components["schemas"]["SavedSearchSummary"][];
+        };
+        /**
+         * Received
+         * @description A webhook delivery's acknowledgement; `duplicate` when it was applied before.
+         */
+        Received: {
+            /**
+             * Received
+             * @constant
+             */
+            received: true;
+            /**
+             * Duplicate
+             * @constant
+             */
+            duplicate?: true;
         };
     };
     responses: never;
@@ -1711,13 +2151,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The content brief */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["BriefAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1812,13 +2252,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Every flag's value for the caller */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["FlagValues"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1952,13 +2392,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description A page of the caller's searches, newest first */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["HistoryPage"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2020,13 +2460,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The caller's search figures over the window */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["HistoryStats"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2111,13 +2551,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description Each keyword's metrics */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["KeywordAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2250,13 +2690,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The seed's related keywords */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["RelatedAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2360,13 +2800,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The caller's profile and usage */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Profile"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2425,13 +2865,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Erased */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Deleted"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2517,13 +2957,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Everything stored about the caller, as a download */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["PersonalDataExport"];
                 };
             };
             /** @description Too large to answer here: an export was requested, as POST answers */
@@ -2532,7 +2972,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["DataExportAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2600,13 +3040,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The export requested (or the one in progress) */
             202: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["DataExportAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2703,13 +3143,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The export */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["DataExportAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -4281,13 +4721,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description Applied (or ignored, or a duplicate) */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Received"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -4353,13 +4793,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description Applied (or a duplicate) */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Received"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */

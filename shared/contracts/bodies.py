@@ -9,12 +9,16 @@ a function's cold start (tests/structure/test_import_discipline.py).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import ConfigDict, WithJsonSchema, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on 3.11
 
+from shared.brief import Brief
+from shared.providers.base import KeywordData, RelatedKeywordData
+
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+Tier = Literal["FREE", "PRO", "ENTERPRISE"]
 EXACT = ConfigDict(extra="forbid")  # documents `additionalProperties: false`: no other key
 
 
@@ -122,3 +126,172 @@ class TeamSearchList(TypedDict):
 @with_config(EXACT)
 class TeamSearchAnswer(TypedDict):
     search: TeamSearch
+
+
+# Keyword routes (docs/keyword-search.md, docs/related-and-briefs.md).
+
+
+@with_config(EXACT)
+class KeywordAnswer(TypedDict):
+    """`cacheHealthy` only on a fresh answer: whether it was cached."""
+
+    data: list[KeywordData]
+    cached: bool
+    cacheHealthy: NotRequired[bool]
+    timestamp: Timestamp
+    mockData: bool
+    provider: str
+
+
+@with_config(EXACT)
+class RelatedAnswer(TypedDict):
+    """`cacheHealthy` only on a fresh answer: whether it was cached."""
+
+    seedKeyword: str
+    relatedKeywords: list[RelatedKeywordData]
+    cached: bool
+    cacheHealthy: NotRequired[bool]
+    timestamp: Timestamp
+    provider: str
+
+
+@with_config(EXACT)
+class BriefAnswer(TypedDict):
+    brief: Brief
+    cached: bool
+    timestamp: Timestamp
+
+
+# The caller's account, history and flags (docs/accounts-and-privacy.md, docs/history.md).
+
+
+@with_config(EXACT)
+class Usage(TypedDict):
+    """`limit` and `remaining` only while quotas are enforced; `resetsAt` for a paid tier,
+    `trialEndsAt` for the free trial."""
+
+    thisMonth: int
+    total: int
+    limit: NotRequired[int]
+    remaining: NotRequired[int]
+    resetsAt: NotRequired[Timestamp]
+    trialEndsAt: NotRequired[Timestamp]
+
+
+@with_config(EXACT)
+class Subscription(TypedDict):
+    status: NotRequired[str]
+    plan: NotRequired[str]
+    endsAt: NotRequired[Timestamp]
+
+
+@with_config(EXACT)
+class Profile(TypedDict):
+    id: str
+    email: str
+    tier: Tier
+    trialEndsAt: NotRequired[Timestamp]
+    subscription: NotRequired[Subscription]
+    usage: Usage
+
+
+@with_config(EXACT)
+class Deleted(TypedDict):
+    deleted: Literal[True]
+
+
+@with_config(EXACT)
+class DataExport(TypedDict):
+    """`url` (and when it expires) once the export is `ready` and the bucket is configured."""
+
+    id: str
+    status: Literal["pending", "running", "ready", "failed"]
+    createdAt: Timestamp
+    finishedAt: NotRequired[Timestamp]
+    expiresAt: NotRequired[Timestamp]
+    bytes: NotRequired[int]
+    gzipBytes: NotRequired[int]
+    url: NotRequired[str]
+    urlExpiresAt: NotRequired[Timestamp]
+
+
+@with_config(EXACT)
+class DataExportAnswer(TypedDict):
+    export: DataExport
+
+
+Row = dict[str, Any]
+
+
+@with_config(EXACT)
+class PersonalDataExport(TypedDict):
+    """Everything stored about the caller (docs/accounts-and-privacy.md). A row is every stored
+    column of its table under its database name, NULLs omitted: the export follows the schema
+    (a column added is exported), so its rows are not typed here. `user` is absent once the
+    account row is gone; `featureFlags` are the keys of the flags naming the caller."""
+
+    user: NotRequired[Row]
+    organizationMemberships: list[Row]
+    savedSearches: list[Row]
+    searchHistory: list[Row]
+    apiUsage: list[Row]
+    webhookEvents: list[Row]
+    systemMetrics: list[Row]
+    featureFlags: list[str]
+    onErasure: str
+
+
+@with_config(EXACT)
+class HistoryItem(TypedDict):
+    id: str
+    keywords: list[str]
+    location: str
+    language: str
+    matchType: str
+    provider: str
+    cacheHit: bool
+    responseTime: int
+    keywordCount: int
+    avgVolume: int
+    totalVolume: int
+    searchedAt: Timestamp
+
+
+@with_config(EXACT)
+class HistoryPage(TypedDict):
+    """`nextCursor` only when there is a next page."""
+
+    history: list[HistoryItem]
+    nextCursor: NotRequired[str]
+
+
+@with_config(EXACT)
+class ProviderFigures(TypedDict):
+    """Averages in ms, hit rates as a fraction; absent when there was no search."""
+
+    searches: int
+    avgResponseTime: NotRequired[float]
+    cacheHitRate: NotRequired[float]
+
+
+@with_config(EXACT)
+class HistoryStats(TypedDict):
+    since: Timestamp
+    until: Timestamp
+    searches: int
+    avgResponseTime: NotRequired[float]
+    cacheHitRate: NotRequired[float]
+    providers: dict[str, ProviderFigures]
+
+
+@with_config(EXACT)
+class FlagValues(TypedDict):
+    flags: dict[str, bool]
+
+
+@with_config(EXACT)
+class Received(TypedDict):
+    """A webhook delivery's acknowledgement; `duplicate` when it was applied before."""
+
+    received: Literal[True]
+    duplicate: NotRequired[Literal[True]]
