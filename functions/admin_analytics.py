@@ -24,7 +24,7 @@ from shared.contracts import admin as contract
 from shared.db import Conn
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
-from shared.http.openapi import whole_number_query
+from shared.http.openapi import body, whole_number_query
 from shared.http.responses import ok
 from shared.repositories import search_history, users
 
@@ -39,7 +39,12 @@ DAYS = whole_number_query(
 )
 
 
-@app.get("/api/admin/analytics", response_model=None, openapi_extra=DAYS)
+@app.get(
+    "/api/admin/analytics",
+    response_model=None,
+    responses={200: body("The dashboard's figures", "Analytics")},
+    openapi_extra=DAYS,
+)
 def analytics(
     admin: AdminUser,
     days: Annotated[str | None, Query(include_in_schema=False)] = None,

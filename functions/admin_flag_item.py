@@ -18,13 +18,15 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.repositories import feature_flags
 
 app = create_app(title="Feature flag (admin)", summary="Read, change or delete one flag.")
+FOUND = body("The flag", "FlagAnswer")
 
 
-@app.get("/api/admin/flags/{key}", response_model=None)
+@app.get("/api/admin/flags/{key}", response_model=None, responses={200: FOUND})
 def get_flag(key: str, admin: AdminUser) -> Response:
     flag_key = valid_or_400(contract.stored_key(key), contract.UNSTORABLE_KEY)
     found = db.read(lambda conn: feature_flags.get_by_key(conn, flag_key))
@@ -39,6 +41,7 @@ UPDATE_EXAMPLE = {"enabled": True, "rolloutPercent": 50}
 @app.put(
     "/api/admin/flags/{key}",
     response_model=None,
+    responses={200: FOUND},
     openapi_extra=body_schema(contract.UpdateFlag, UPDATE_EXAMPLE),
 )
 def update_flag(
@@ -55,7 +58,11 @@ def update_flag(
     return ok({"flag": contract.record(updated)})
 
 
-@app.delete("/api/admin/flags/{key}", response_model=None)
+@app.delete(
+    "/api/admin/flags/{key}",
+    response_model=None,
+    responses={200: body("Deleted", "Success")},
+)
 def delete_flag(key: str, admin: AdminUser) -> Response:
     flag_key = valid_or_400(contract.stored_key(key), contract.UNSTORABLE_KEY)
     if not db.run(lambda conn: feature_flags.delete_flag(conn, flag_key)):

@@ -27,6 +27,7 @@ from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
 from shared.http.body import body_schema, json_body
 from shared.http.errors import ApiError, valid_or_400
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.repositories import feature_flags
 
@@ -37,7 +38,11 @@ PAGE_FLAGS = 100
 INVALID_CURSOR = "cursor must be the nextCursor of a previous page"  # i.e. a storable key
 
 
-@app.get("/api/admin/flags", response_model=None)
+@app.get(
+    "/api/admin/flags",
+    response_model=None,
+    responses={200: body("A page of flags, by key", "FlagPage")},
+)
 def list_flags(
     admin: AdminUser,
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page")] = None,
@@ -58,6 +63,7 @@ EXAMPLE = {"key": "new-dashboard", "enabled": True, "rolloutPercent": 25, "allow
     "/api/admin/flags",
     status_code=201,
     response_model=None,
+    responses={201: body("The flag", "FlagAnswer")},
     openapi_extra=body_schema(contract.CreateFlag, EXAMPLE),
 )
 def create_flag(

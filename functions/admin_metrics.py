@@ -19,13 +19,18 @@ from shared.clock import utcnow
 from shared.contracts import admin as contract
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.repositories import system_metrics
 
 app = create_app(title="System metrics (admin)", summary="One metric as a bucketed series.")
 
 
-@app.get("/api/admin/metrics", response_model=None)
+@app.get(
+    "/api/admin/metrics",
+    response_model=None,
+    responses={200: body("The metric's points, oldest first", "MetricSeries")},
+)
 def metric_series(
     admin: AdminUser,
     metric: Annotated[str | None, Query(description="Metric name")] = None,

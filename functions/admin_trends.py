@@ -18,13 +18,18 @@ from shared.contracts import trends as contract
 from shared.db import Conn
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.repositories import reports
 
 app = create_app(title="Trends (admin)", summary="Monthly usage, keyword and provider trends.")
 
 
-@app.get("/api/admin/analytics/trends", response_model=None)
+@app.get(
+    "/api/admin/analytics/trends",
+    response_model=None,
+    responses={200: body("The metric's points, oldest first", "Trends")},
+)
 def trends(
     admin: AdminUser,
     metric: Annotated[

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from shared import db, rbac
 from shared.contracts import paging, teams
 from shared.http.app import create_app, make_lambda_handler
-from shared.http.openapi import whole_number_query
+from shared.http.openapi import body, whole_number_query
 from shared.http.orgs import RESPONSES, OrgAccess, permitted
 from shared.http.responses import ok
 from shared.repositories import team_members
@@ -34,7 +34,13 @@ LIMIT = whole_number_query(
 
 
 @app.get(
-    "/api/orgs/{org_id}/members", response_model=None, responses=RESPONSES, openapi_extra=LIMIT
+    "/api/orgs/{org_id}/members",
+    response_model=None,
+    responses={
+        **RESPONSES,
+        200: body("A page of the team's members", "MemberPage"),
+    },
+    openapi_extra=LIMIT,
 )
 def list_members(
     access: Annotated[OrgAccess, Depends(permitted(rbac.MEMBERS_READ))],

@@ -511,6 +511,90 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** DaySearches */
+        DaySearches: {
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /** Searches */
+            searches: number;
+        };
+        /** KeywordSearches */
+        KeywordSearches: {
+            /** Keyword */
+            keyword: string;
+            /** Searches */
+            searches: number;
+        };
+        /** LastDay */
+        LastDay: {
+            /** Searches */
+            searches: number;
+            /** Avgresponsetime */
+            avgResponseTime?: number;
+        };
+        /**
+         * ProviderFigures
+         * @description Averages in ms, hit rates as a fraction; absent when there was no search.
+         */
+        ProviderFigures: {
+            /** Searches */
+            searches: number;
+            /** Avgresponsetime */
+            avgResponseTime?: number;
+            /** Cachehitrate */
+            cacheHitRate?: number;
+        };
+        /** Subscriptions */
+        Subscriptions: {
+            /** Totalusers */
+            totalUsers: number;
+            /** Freeusers */
+            freeUsers: number;
+            /** Prousers */
+            proUsers: number;
+            /** Enterpriseusers */
+            enterpriseUsers: number;
+            /** Activesubscriptions */
+            activeSubscriptions: number;
+        };
+        /** WindowSearches */
+        WindowSearches: {
+            /** Total */
+            total: number;
+            /** Perday */
+            perDay: components["schemas"]["DaySearches"][];
+            /** Cachehitrate */
+            cacheHitRate?: number;
+            /** Providers */
+            providers: {
+                [key: string]: components["schemas"]["ProviderFigures"];
+            };
+        };
+        /** Analytics */
+        Analytics: {
+            /**
+             * From
+             * Format: date-time
+             */
+            from: string;
+            /**
+             * To
+             * Format: date-time
+             */
+            to: string;
+            /** Days */
+            days: number;
+            /** Organizationid */
+            organizationId?: string;
+            searches: components["schemas"]["WindowSearches"];
+            last24h: components["schemas"]["LastDay"];
+            /** Topkeywords */
+            topKeywords: components["schemas"]["KeywordSearches"][];
+            subscriptions: components["schemas"]["Subscriptions"];
+        };
         /**
          * ErrorEnvelope
          * @description Every error: the original API's envelope (405 adds `supportedMethods`).
@@ -524,6 +608,188 @@ export interface components {
             /** Format: date-time */
             timestamp: string;
             supportedMethods?: string[];
+        };
+        /**
+         * Flag
+         * @description A flag too large to answer whole leaves out `omitted`'s fields (then `allowedUsersCount`
+         *     counts its users).
+         */
+        Flag: {
+            /** Id */
+            id: string;
+            /** Key */
+            key: string;
+            /** Enabled */
+            enabled: boolean;
+            /** Rolloutpercent */
+            rolloutPercent: number;
+            /** Allowedusers */
+            allowedUsers?: string[];
+            /** Description */
+            description?: string;
+            /** Createdby */
+            createdBy?: string;
+            /**
+             * Createdat
+             * Format: date-time
+             */
+            createdAt: string;
+            /**
+             * Updatedat
+             * Format: date-time
+             */
+            updatedAt: string;
+            /** Alloweduserscount */
+            allowedUsersCount?: number;
+            /** Omitted */
+            omitted?: ("allowedUsers" | "description" | "createdBy")[];
+        };
+        /** FlagAnswer */
+        FlagAnswer: {
+            flag: components["schemas"]["Flag"];
+        };
+        /**
+         * Success
+         * @description A delete's answer.
+         */
+        Success: {
+            /**
+             * Success
+             * @constant
+             */
+            success: true;
+        };
+        /** FlagPage */
+        FlagPage: {
+            /** Flags */
+            flags: components["schemas"]["Flag"][];
+            /** Nextcursor */
+            nextCursor?: string;
+        };
+        /** MetricPoint */
+        MetricPoint: {
+            /**
+             * Bucket
+             * Format: date-time
+             */
+            bucket: string;
+            /** Avg */
+            avg: number;
+            /** Min */
+            min: number;
+            /** Max */
+            max: number;
+            /** Count */
+            count: number;
+        };
+        /** MetricSeries */
+        MetricSeries: {
+            /**
+             * From
+             * Format: date-time
+             */
+            from: string;
+            /**
+             * To
+             * Format: date-time
+             */
+            to: string;
+            /** Metric */
+            metric: string;
+            /**
+             * Bucket
+             * @enum {string}
+             */
+            bucket: "minute" | "hour" | "day";
+            /** Points */
+            points: components["schemas"]["MetricPoint"][];
+        };
+        /** KeywordPoint */
+        KeywordPoint: {
+            /**
+             * Bucket
+             * Format: date-time
+             */
+            bucket: string;
+            /** Keyword */
+            keyword: string;
+            /** Searches */
+            searches: number;
+            /** Users */
+            users: number;
+        };
+        /** ProviderPoint */
+        ProviderPoint: {
+            /**
+             * Bucket
+             * Format: date-time
+             */
+            bucket: string;
+            /** Provider */
+            provider: string;
+            /** Searches */
+            searches: number;
+            /** Avgresponsetime */
+            avgResponseTime?: number;
+            /** Cachehitrate */
+            cacheHitRate?: number;
+        };
+        /**
+         * TierPoint
+         * @description `tier` is ANONYMOUS for searches without a user; `cacheHitRate` absent with no search.
+         */
+        TierPoint: {
+            /**
+             * Bucket
+             * Format: date-time
+             */
+            bucket: string;
+            /** Tier */
+            tier: string;
+            /** Searches */
+            searches: number;
+            /** Keywords */
+            keywords: number;
+            /** Users */
+            users: number;
+            /** Cachehitrate */
+            cacheHitRate?: number;
+        };
+        /**
+         * Trends
+         * @description The points are the metric's (TierPoint, KeywordPoint or ProviderPoint); the freshness
+         *     keys are absent when unknown (never refreshed) or not the case (no failure since).
+         */
+        Trends: {
+            /**
+             * From
+             * Format: date-time
+             */
+            from: string;
+            /**
+             * To
+             * Format: date-time
+             */
+            to: string;
+            /**
+             * Metric
+             * @enum {string}
+             */
+            metric: "usage-by-tier" | "keyword-trends" | "provider-performance";
+            /**
+             * Refreshedat
+             * Format: date-time
+             */
+            refreshedAt?: string;
+            /** Ageseconds */
+            ageSeconds?: number;
+            /**
+             * Refreshfailedat
+             * Format: date-time
+             */
+            refreshFailedAt?: string;
+            /** Points */
+            points: components["schemas"]["TierPoint"][] | components["schemas"]["KeywordPoint"][] | components["schemas"]["ProviderPoint"][];
         };
         /**
          * Brief
@@ -670,18 +936,6 @@ export interface components {
             history: components["schemas"]["HistoryItem"][];
             /** Nextcursor */
             nextCursor?: string;
-        };
-        /**
-         * ProviderFigures
-         * @description Averages in ms, hit rates as a fraction; absent when there was no search.
-         */
-        ProviderFigures: {
-            /** Searches */
-            searches: number;
-            /** Avgresponsetime */
-            avgResponseTime?: number;
-            /** Cachehitrate */
-            cacheHitRate?: number;
         };
         /** HistoryStats */
         HistoryStats: {
@@ -949,6 +1203,25 @@ export interface components {
         DataExportAnswer: {
             export: components["schemas"]["DataExport"];
         };
+        /** Member */
+        Member: {
+            /** Userid */
+            userId: string;
+            /** Role */
+            role: string;
+            /**
+             * Joinedat
+             * Format: date-time
+             */
+            joinedAt: string;
+        };
+        /** MemberPage */
+        MemberPage: {
+            /** Members */
+            members: components["schemas"]["Member"][];
+            /** Nextcursor */
+            nextCursor?: string;
+        };
         /**
          * SavedRow
          * @description A keyword row as saved (docs/keyword-search.md#saved-results): numbers as sent, an
@@ -1041,17 +1314,6 @@ export interface components {
         TeamSearchAnswer: {
             search: components["schemas"]["TeamSearch"];
         };
-        /**
-         * Success
-         * @description A delete's answer.
-         */
-        Success: {
-            /**
-             * Success
-             * @constant
-             */
-            success: true;
-        };
         /** TeamSearchSummary */
         TeamSearchSummary: {
             /** Id */
@@ -1072,6 +1334,34 @@ export interface components {
         TeamSearchList: {
             /** Searches */
             searches: components["schemas"]["TeamSearchSummary"][];
+        };
+        /**
+         * TeamUsage
+         * @description `limit` and `remaining` only while quotas are enforced.
+         */
+        TeamUsage: {
+            /** Thismonth */
+            thisMonth: number;
+            /** Total */
+            total: number;
+            /** Limit */
+            limit?: number;
+            /** Remaining */
+            remaining?: number;
+            /**
+             * Resetsat
+             * Format: date-time
+             */
+            resetsAt: string;
+        };
+        /** TeamUsageAnswer */
+        TeamUsageAnswer: {
+            /**
+             * Tier
+             * @enum {string}
+             */
+            tier: "FREE" | "PRO" | "ENTERPRISE";
+            usage: components["schemas"]["TeamUsage"];
         };
         /**
          * SavedSearch
@@ -1155,13 +1445,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The dashboard's figures */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Analytics"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1231,13 +1521,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The flag */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["FlagAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1335,13 +1625,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The flag */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["FlagAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1438,13 +1728,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Deleted */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Success"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1542,13 +1832,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description A page of flags, by key */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["FlagPage"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1648,13 +1938,13 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The flag */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["FlagAnswer"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1749,13 +2039,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The metric's points, oldest first */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["MetricSeries"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -1830,13 +2120,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The metric's points, oldest first */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["Trends"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -3460,13 +3750,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description A page of the team's members */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["MemberPage"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */
@@ -4106,13 +4396,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The team's keywords this month against its tier's limit */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["TeamUsageAnswer"];
                 };
             };
             /** @description The org id (or search id, or body) is malformed */

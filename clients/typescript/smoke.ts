@@ -1,7 +1,7 @@
 /**
  * Calls every route of a running local stack (`keyflash dev`) through the typed client and
  * checks each answer's status and shape: every body against the schema openapi.json documents for
- * that status (with Ajv), success bodies also by their keys (many routes document no model yet),
+ * that status (with Ajv), success bodies also by a few keys' kinds,
  * every error body against the ErrorEnvelope, and every status seen against the statuses
  * openapi.json declares for that operation. Fails when openapi.json has an operation this script does not call.
  *

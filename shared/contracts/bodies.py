@@ -18,6 +18,7 @@ from shared.brief import Brief
 from shared.providers.base import KeywordData, RelatedKeywordData
 
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+Day = Annotated[str, WithJsonSchema({"type": "string", "format": "date"})]
 Tier = Literal["FREE", "PRO", "ENTERPRISE"]
 EXACT = ConfigDict(extra="forbid")  # documents `additionalProperties: false`: no other key
 
@@ -162,7 +163,7 @@ class BriefAnswer(TypedDict):
     timestamp: Timestamp
 
 
-# The caller's account, history and flags (docs/accounts-and-privacy.md, docs/history.md).
+# The caller's account, history and flags (docs/accounts-and-privacy.md, docs/http-contract.md).
 
 
 @with_config(EXACT)
@@ -295,3 +296,173 @@ class Received(TypedDict):
 
     received: Literal[True]
     duplicate: NotRequired[Literal[True]]
+
+
+# Organizations (docs/organizations.md).
+
+
+@with_config(EXACT)
+class Member(TypedDict):
+    userId: str
+    role: str
+    joinedAt: Timestamp
+
+
+@with_config(EXACT)
+class MemberPage(TypedDict):
+    members: list[Member]
+    nextCursor: NotRequired[str]
+
+
+@with_config(EXACT)
+class TeamUsage(TypedDict):
+    """`limit` and `remaining` only while quotas are enforced."""
+
+    thisMonth: int
+    total: int
+    limit: NotRequired[int]
+    remaining: NotRequired[int]
+    resetsAt: Timestamp
+
+
+@with_config(EXACT)
+class TeamUsageAnswer(TypedDict):
+    tier: Tier
+    usage: TeamUsage
+
+
+# Admin (docs/flags-and-admin.md, docs/analytics.md).
+
+# The `from` and `to` of a window, keys a class body cannot name.
+Window = TypedDict("Window", {"from": Timestamp, "to": Timestamp})
+
+
+@with_config(EXACT)
+class Flag(TypedDict):
+    """A flag too large to answer whole leaves out `omitted`'s fields (then `allowedUsersCount`
+    counts its users)."""
+
+    id: str
+    key: str
+    enabled: bool
+    rolloutPercent: int
+    allowedUsers: NotRequired[list[str]]
+    description: NotRequired[str]
+    createdBy: NotRequired[str]
+    createdAt: Timestamp
+    updatedAt: Timestamp
+    allowedUsersCount: NotRequired[int]
+    omitted: NotRequired[list[Literal["allowedUsers", "description", "createdBy"]]]
+
+
+@with_config(EXACT)
+class FlagAnswer(TypedDict):
+    flag: Flag
+
+
+@with_config(EXACT)
+class FlagPage(TypedDict):
+    flags: list[Flag]
+    nextCursor: NotRequired[str]
+
+
+@with_config(EXACT)
+class MetricPoint(TypedDict):
+    bucket: Timestamp
+    avg: float
+    min: float
+    max: float
+    count: int
+
+
+@with_config(EXACT)
+class MetricSeries(Window):
+    metric: str
+    bucket: Literal["minute", "hour", "day"]
+    points: list[MetricPoint]
+
+
+@with_config(EXACT)
+class DaySearches(TypedDict):
+    date: Day
+    searches: int
+
+
+@with_config(EXACT)
+class WindowSearches(TypedDict):
+    total: int
+    perDay: list[DaySearches]
+    cacheHitRate: NotRequired[float]
+    providers: dict[str, ProviderFigures]
+
+
+@with_config(EXACT)
+class LastDay(TypedDict):
+    searches: int
+    avgResponseTime: NotRequired[float]
+
+
+@with_config(EXACT)
+class KeywordSearches(TypedDict):
+    keyword: str
+    searches: int
+
+
+@with_config(EXACT)
+class Subscriptions(TypedDict):
+    totalUsers: int
+    freeUsers: int
+    proUsers: int
+    enterpriseUsers: int
+    activeSubscriptions: int
+
+
+@with_config(EXACT)
+class Analytics(Window):
+    days: int
+    organizationId: NotRequired[str]
+    searches: WindowSearches
+    last24h: LastDay
+    topKeywords: list[KeywordSearches]
+    subscriptions: Subscriptions
+
+
+@with_config(EXACT)
+class TierPoint(TypedDict):
+    """`tier` is ANONYMOUS for searches without a user; `cacheHitRate` absent with no search."""
+
+    bucket: Timestamp
+    tier: str
+    searches: int
+    keywords: int
+    users: int
+    cacheHitRate: NotRequired[float]
+
+
+@with_config(EXACT)
+class KeywordPoint(TypedDict):
+    bucket: Timestamp
+    keyword: str
+    searches: int
+    users: int
+
+
+@with_config(EXACT)
+class ProviderPoint(TypedDict):
+    bucket: Timestamp
+    provider: str
+    searches: int
+    avgResponseTime: NotRequired[float]
+    cacheHitRate: NotRequired[float]
+
+
+@with_config(EXACT)
+class Trends(Window):
+    """The points are the metric's (TierPoint, KeywordPoint or ProviderPoint); the freshness
+    keys are absent when unknown (never refreshed) or not the case (no failure since)."""
+
+    metric: Literal["usage-by-tier", "keyword-trends", "provider-performance"]
+    refreshedAt: NotRequired[Timestamp]
+    ageSeconds: NotRequired[int]
+    refreshFailedAt: NotRequired[Timestamp]
+    points: list[TierPoint] | list[KeywordPoint] | list[ProviderPoint]

@@ -102,6 +102,19 @@ def test_every_route_declares_every_status_its_code_answers(
     assert {"403", "404"} <= set(admin)
 
 
+def test_every_success_documents_its_body(document: dict[str, Any]) -> None:
+    """A 2xx without a body schema is `unknown` in the typed client (clients/typescript)."""
+    undocumented = [
+        f"{method} {path} {status}"
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+        if status.startswith("2")
+        and not response.get("content", {}).get("application/json", {}).get("schema")
+    ]
+    assert undocumented == []
+
+
 def test_every_status_built_is_reached_from_some_route(
     functions: list[gateway.Function],
 ) -> None:
