@@ -19,21 +19,29 @@ from shared.clock import utcnow
 from shared.contracts import admin as contract
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
-from shared.http.openapi import body
+from shared.http.openapi import body, required_query
 from shared.http.responses import ok
 from shared.repositories import system_metrics
 
 app = create_app(title="System metrics (admin)", summary="One metric as a bucketed series.")
 
 
+METRIC = required_query(
+    "metric",
+    f"Metric name, 1..{contract.MAX_METRIC_NAME} characters",
+    {"type": "string", "minLength": 1, "maxLength": contract.MAX_METRIC_NAME},
+)
+
+
 @app.get(
     "/api/admin/metrics",
     response_model=None,
     responses={200: body("The metric's points, oldest first", "MetricSeries")},
+    openapi_extra=METRIC,
 )
 def metric_series(
     admin: AdminUser,
-    metric: Annotated[str | None, Query(description="Metric name")] = None,
+    metric: Annotated[str | None, Query(include_in_schema=False)] = None,
     start: Annotated[str | None, Query(alias="from", description="ISO 8601 start")] = None,
     end: Annotated[str | None, Query(alias="to", description="ISO 8601 end (exclusive)")] = None,
     bucket: Annotated[str | None, Query(description="minute, hour (default) or day")] = None,

@@ -18,24 +18,25 @@ from shared.contracts import trends as contract
 from shared.db import Conn
 from shared.http.app import create_app, make_lambda_handler
 from shared.http.auth import AdminUser
-from shared.http.openapi import body
+from shared.http.openapi import body, required_query
 from shared.http.responses import ok
 from shared.repositories import reports
 
 app = create_app(title="Trends (admin)", summary="Monthly usage, keyword and provider trends.")
 
 
+METRIC = required_query("metric", "The report", {"enum": list(contract.METRICS)})
+
+
 @app.get(
     "/api/admin/analytics/trends",
     response_model=None,
     responses={200: body("The metric's points, oldest first", "Trends")},
+    openapi_extra=METRIC,
 )
 def trends(
     admin: AdminUser,
-    metric: Annotated[
-        str | None,
-        Query(description="usage-by-tier, keyword-trends or provider-performance"),
-    ] = None,
+    metric: Annotated[str | None, Query(include_in_schema=False)] = None,
     start: Annotated[str | None, Query(alias="from", description="ISO 8601 start")] = None,
     end: Annotated[str | None, Query(alias="to", description="ISO 8601 end (exclusive)")] = None,
 ) -> Response:

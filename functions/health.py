@@ -20,6 +20,7 @@ from shared import db, providers
 from shared.clock import iso_ms, utcnow
 from shared.config import get_settings
 from shared.http.app import create_app, make_lambda_handler
+from shared.http.openapi import body
 from shared.http.responses import ok
 from shared.providers import account
 from shared.ratelimit import limit_request
@@ -102,22 +103,11 @@ def _add_breaker(details: dict[str, Any]) -> bool:
 HEALTH_LIMIT_PER_HOUR = 60
 RATE_LIMITED = "Rate limit exceeded. Try again in {retry_after} seconds."
 
-_REPORT = {
-    "type": "object",
-    "required": ["status", "timestamp", "version", "environment", "checks", "responseTime"],
-    "properties": {
-        "status": {"enum": ["healthy", "degraded", "unhealthy"]},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "checks": {"type": "object", "required": ["database", "redis", "provider"]},
-        "responseTime": {"type": "integer", "minimum": 0},
-    },
-}
-_REPORTED = {"content": {"application/json": {"schema": _REPORT}}}
 RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"description": "Every check passes", **_REPORTED},
-    207: {"description": "Some checks fail (degraded)", **_REPORTED},
+    200: body("Every check passes", "Health"),
+    207: body("Some checks fail (degraded)", "Health"),
     429: {"description": "Rate limit exceeded (60 per hour)"},
-    503: {"description": "No check passes (unhealthy)", **_REPORTED},
+    503: body("No check passes (unhealthy)", "Health"),
 }
 
 

@@ -666,7 +666,11 @@ export interface components {
             /** Nextcursor */
             nextCursor?: string;
         };
-        /** MetricPoint */
+        /**
+         * MetricPoint
+         * @description `avg`, `min` and `max` are over the `count` finite values: null when the bucket held only
+         *     NaN or ±Infinity, counted in `nonFinite` (absent when 0).
+         */
         MetricPoint: {
             /**
              * Bucket
@@ -674,13 +678,15 @@ export interface components {
              */
             bucket: string;
             /** Avg */
-            avg: number;
+            avg: number | null;
             /** Min */
-            min: number;
+            min: number | null;
             /** Max */
-            max: number;
+            max: number | null;
             /** Count */
             count: number;
+            /** Nonfinite */
+            nonFinite?: number;
         };
         /** MetricSeries */
         MetricSeries: {
@@ -896,6 +902,59 @@ export interface components {
             flags: {
                 [key: string]: boolean;
             };
+        };
+        /**
+         * HealthCheck
+         * @description One dependency's check (docs/original-app.md#health-report). `details` differ by
+         *     dependency and state; the database's check has `checkedAt`, and `cached` between checks.
+         */
+        HealthCheck: {
+            /** Healthy */
+            healthy: boolean;
+            /** Responsetime */
+            responseTime?: number;
+            /** Error */
+            error?: string;
+            /** Details */
+            details?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Checkedat
+             * Format: date-time
+             */
+            checkedAt?: string;
+            /** Cached */
+            cached?: boolean;
+        };
+        /** HealthChecks */
+        HealthChecks: {
+            database: components["schemas"]["HealthCheck"];
+            redis: components["schemas"]["HealthCheck"];
+            provider: components["schemas"]["HealthCheck"];
+        };
+        /**
+         * Health
+         * @description 200 healthy, 207 degraded, 503 unhealthy: the same report.
+         */
+        Health: {
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "healthy" | "degraded" | "unhealthy";
+            /**
+             * Timestamp
+             * Format: date-time
+             */
+            timestamp: string;
+            /** Version */
+            version: string;
+            /** Environment */
+            environment: string;
+            checks: components["schemas"]["HealthChecks"];
+            /** Responsetime */
+            responseTime: number;
         };
         /** HistoryItem */
         HistoryItem: {
@@ -2023,15 +2082,15 @@ export interface operations {
     };
     metric_series_api_admin_metrics_get: {
         parameters: {
-            query?: {
-                /** @description Metric name */
-                metric?: string | null;
+            query: {
                 /** @description ISO 8601 start */
                 from?: string | null;
                 /** @description ISO 8601 end (exclusive) */
                 to?: string | null;
                 /** @description minute, hour (default) or day */
                 bucket?: string | null;
+                /** @description Metric name, 1..200 characters */
+                metric: string;
             };
             header?: never;
             path?: never;
@@ -2106,13 +2165,13 @@ export interface operations {
     };
     trends_api_admin_analytics_trends_get: {
         parameters: {
-            query?: {
-                /** @description usage-by-tier, keyword-trends or provider-performance */
-                metric?: string | null;
+            query: {
                 /** @description ISO 8601 start */
                 from?: string | null;
                 /** @description ISO 8601 end (exclusive) */
                 to?: string | null;
+                /** @description The report */
+                metric: "usage-by-tier" | "keyword-trends" | "provider-performance";
             };
             header?: never;
             path?: never;
@@ -2597,14 +2656,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        /** @enum {unknown} */
-                        status: "healthy" | "degraded" | "unhealthy";
-                        /** Format: date-time */
-                        timestamp: string;
-                        checks: Record<string, never>;
-                        responseTime: number;
-                    };
+                    "application/json": components["schemas"]["Health"];
                 };
             };
             /** @description Some checks fail (degraded) */
@@ -2613,14 +2665,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        /** @enum {unknown} */
-                        status: "healthy" | "degraded" | "unhealthy";
-                        /** Format: date-time */
-                        timestamp: string;
-                        checks: Record<string, never>;
-                        responseTime: number;
-                    };
+                    "application/json": components["schemas"]["Health"];
                 };
             };
             /** @description Invalid JSON, a failed validation, or a malformed path or query value */
@@ -2656,14 +2701,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        /** @enum {unknown} */
-                        status: "healthy" | "degraded" | "unhealthy";
-                        /** Format: date-time */
-                        timestamp: string;
-                        checks: Record<string, never>;
-                        responseTime: number;
-                    };
+                    "application/json": components["schemas"]["Health"];
                 };
             };
         };

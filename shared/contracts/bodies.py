@@ -368,11 +368,15 @@ class FlagPage(TypedDict):
 
 @with_config(EXACT)
 class MetricPoint(TypedDict):
+    """`avg`, `min` and `max` are over the `count` finite values: null when the bucket held only
+    NaN or ±Infinity, counted in `nonFinite` (absent when 0)."""
+
     bucket: Timestamp
-    avg: float
-    min: float
-    max: float
+    avg: float | None
+    min: float | None
+    max: float | None
     count: int
+    nonFinite: NotRequired[int]
 
 
 @with_config(EXACT)
@@ -466,3 +470,35 @@ class Trends(Window):
     ageSeconds: NotRequired[int]
     refreshFailedAt: NotRequired[Timestamp]
     points: list[TierPoint] | list[KeywordPoint] | list[ProviderPoint]
+
+
+@with_config(EXACT)
+class HealthCheck(TypedDict):
+    """One dependency's check (docs/original-app.md#health-report). `details` differ by
+    dependency and state; the database's check has `checkedAt`, and `cached` between checks."""
+
+    healthy: bool
+    responseTime: NotRequired[int]
+    error: NotRequired[str]
+    details: NotRequired[dict[str, Any]]
+    checkedAt: NotRequired[Timestamp]
+    cached: NotRequired[bool]
+
+
+@with_config(EXACT)
+class HealthChecks(TypedDict):
+    database: HealthCheck
+    redis: HealthCheck
+    provider: HealthCheck
+
+
+@with_config(EXACT)
+class Health(TypedDict):
+    """200 healthy, 207 degraded, 503 unhealthy: the same report."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    timestamp: Timestamp
+    version: str
+    environment: str
+    checks: HealthChecks
+    responseTime: int

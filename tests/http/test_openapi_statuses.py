@@ -115,6 +115,28 @@ def test_every_success_documents_its_body(document: dict[str, Any]) -> None:
     assert undocumented == []
 
 
+@pytest.mark.parametrize("path", ["/api/admin/metrics", "/api/admin/analytics/trends"])
+def test_a_query_parameter_the_route_requires_is_documented_required(
+    document: dict[str, Any], path: str
+) -> None:
+    """Documented optional, the typed client compiled a call without `metric`: a 400 each time."""
+    parameters = {each["name"]: each for each in document["paths"][path]["get"]["parameters"]}
+    assert parameters["metric"]["required"] is True
+
+
+def test_the_health_report_documents_every_key_it_answers(document: dict[str, Any]) -> None:
+    """The typed client lacked `version` and `environment`, and typed each check `never`."""
+    schemas = document["components"]["schemas"]
+    health = schemas["Health"]
+    assert (
+        set(health["required"])
+        == set(health["properties"])
+        == {"status", "timestamp", "version", "environment", "checks", "responseTime"}
+    )
+    assert set(schemas["HealthChecks"]["required"]) == {"database", "redis", "provider"}
+    assert set(schemas["HealthCheck"]["properties"]) >= {"healthy", "responseTime", "error"}
+
+
 def test_every_status_built_is_reached_from_some_route(
     functions: list[gateway.Function],
 ) -> None:
