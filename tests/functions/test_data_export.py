@@ -356,6 +356,24 @@ def test_an_answer_over_the_direct_limit_becomes_an_asynchronous_export(
     assert result.status == 202 and result.json["export"]["status"] == "pending"
 
 
+def test_a_document_heavy_in_quotes_is_never_the_platforms_500(call: Caller, storage: Any) -> None:
+    """Under DIRECT_MAX_BYTES, but Lambda carries an uncompressed answer as a JSON string, where
+    each `\\"` of the document is escaped again: 3.8 MB of them is a 7.6 MB result document."""
+    db.run(lambda conn: users.create(conn, "user_q", "q@example.com"))
+    search = search_history.NewSearch("user_q", ['"' * 100_000], "US", "en", "exact", "mock",
+                                      False, 5)  # fmt: skip
+    for _ in range(19):
+        db.run(lambda conn: search_history.record(conn, search=search))
+    assert len(exports.build("user_q")) < me_export.DIRECT_MAX_BYTES
+    plain = call("me_export", "GET", "/api/me/export", user="user_q",
+                 headers={"accept-encoding": "identity"})  # fmt: skip
+    assert_within_limits(plain)
+    assert plain.status == 202, plain.text
+    zipped = call("me_export", "GET", "/api/me/export", user="user_q",
+                  headers={"accept-encoding": "gzip"})  # fmt: skip
+    assert zipped.status == 200 and len(json.loads(zipped.text)["searchHistory"]) == 19
+
+
 def test_an_account_estimated_too_large_is_never_built_in_the_request(
     call: Caller, storage: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
