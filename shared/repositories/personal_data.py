@@ -22,7 +22,8 @@ table:
 - api_usage: deleted (no FK, so nothing cascades).
 - feature_flags: the id is removed from every `allowedUsers` list.
 - webhook_events, system_metrics: a payload, error or tags that mention one of the user's
-  identifiers (id, email, Stripe customer and subscription ids) is cleared. Ledger rows stay, so
+  identifiers (id, Stripe customer and subscription ids exactly, email in any letter case) is
+  cleared. Ledger rows stay, so
   a replayed webhook is still recognised as processed. These two are scans (in the export too):
   erasure and export are rare.
 """
@@ -37,7 +38,9 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 from sqlalchemy import (
     ColumnElement,
+    Text,
     bindparam,
+    cast,
     delete,
     func,
     literal_column,
@@ -132,6 +135,7 @@ def export(conn: Conn, user_id: str) -> PersonalData:
         None if user is None else (user.email, user.stripe_customer_id, user.stripe_subscription_id)
     )
     ids = identifiers(user_id, owner)
+    email = None if owner is None else owner[0]
     return PersonalData(
         user=user,
         memberships=_stream(
@@ -162,13 +166,13 @@ def export(conn: Conn, user_id: str) -> PersonalData:
         webhook_events=_stream(
             conn,
             select(WebhookEvent)
-            .where(_event_mentions(ids))
+            .where(_event_mentions(ids, email))
             .order_by(WebhookEvent.created_at, WebhookEvent.id),
         ),
         system_metrics=_stream(
             conn,
             select(SystemMetric)
-            .where(_mentions(SystemMetric.tags, ids))
+            .where(_mentions(SystemMetric.tags, ids, email))
             .order_by(SystemMetric.timestamp, SystemMetric.id),
         ),
         feature_flags=_stream(
@@ -210,19 +214,29 @@ def estimated_bytes(conn: Conn, user_id: str) -> int:
     return int(conn.session.execute(_ESTIMATE, {"user_id": user_id}).scalar_one())
 
 
-def _mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
+def _mentions(column: Any, identifiers: list[str], email: str | None) -> ColumnElement[bool]:
+    """Whether a JSON value anywhere in `column` is one of `identifiers` (exactly: ids are
+    case-sensitive) or the email in any letter case (emails are case-insensitive), matched in
+    the lowered JSON text. No index serves either: the ledger tables are scanned."""
     variables = bindparam(None, {"ids": identifiers}, type_=JSONB)
-    return func.jsonb_path_exists(column, _MENTIONS_PATH, variables)
+    exact = func.jsonb_path_exists(column, _MENTIONS_PATH, variables)
+    if email is None:
+        return exact
+    lowered = cast(func.lower(cast(column, Text)), JSONB)
+    folded = func.jsonb_build_object("ids", func.jsonb_build_array(func.lower(email)))
+    return or_(exact, func.jsonb_path_exists(lowered, _MENTIONS_PATH, folded))
 
 
-def _text_mentions(column: Any, identifiers: list[str]) -> ColumnElement[bool]:
-    return or_(*(func.strpos(column, identifier) > 0 for identifier in identifiers))
+def _text_mentions(column: Any, identifiers: list[str], email: str | None) -> ColumnElement[bool]:
+    exact = [func.strpos(column, identifier) > 0 for identifier in identifiers]
+    folded = [] if email is None else [func.strpos(func.lower(column), func.lower(email)) > 0]
+    return or_(*exact, *folded)
 
 
-def _event_mentions(identifiers: list[str]) -> ColumnElement[bool]:
+def _event_mentions(identifiers: list[str], email: str | None) -> ColumnElement[bool]:
     return or_(
-        _mentions(WebhookEvent.payload, identifiers),
-        _text_mentions(WebhookEvent.error, identifiers),
+        _mentions(WebhookEvent.payload, identifiers, email),
+        _text_mentions(WebhookEvent.error, identifiers, email),
     )
 
 
@@ -272,6 +286,7 @@ def erase(
     if refuse_live_subscription and owner is not None and owner[3] in LIVE_SUBSCRIPTION:
         raise SubscriptionLiveError()
     ids = identifiers(user_id, owner)
+    email = None if owner is None else owner[0]
     options = {"synchronize_session": False}
 
     history = conn.session.execute(
@@ -304,12 +319,12 @@ def erase(
     )
     events = conn.session.execute(
         update(WebhookEvent)
-        .where(_event_mentions(ids))
+        .where(_event_mentions(ids, email))
         .values(payload=null(), error=None),  # SQL NULL: None would store JSON null
         execution_options=options,
     )
     metrics = conn.session.execute(
-        update(SystemMetric).where(_mentions(SystemMetric.tags, ids)).values(tags=null()),
+        update(SystemMetric).where(_mentions(SystemMetric.tags, ids, email)).values(tags=null()),
         execution_options=options,
     )
     deleted = (

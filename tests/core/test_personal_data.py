@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -21,18 +22,20 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from upstash_redis import Redis
 
-from shared import config, db, flags, storage
+from shared import config, db, exports, flags, storage
 from shared.clock import utcnow
 from shared.cron import prune, runner
 from shared.legacy import erase_user_keys, keys
+from shared.models.webhook_events import WebhookEvent
 from shared.redis import get_redis
 from shared.repositories import (
     feature_flags,
     organizations,
     partitions,
+    personal_data,
     retention,
     system_metrics,
     users,
@@ -626,3 +629,30 @@ def test_export_sections_are_exactly_the_listed_ones(
     a, _ = two_people
     body = call("me_export", "GET", "/api/me/export", headers=a.token_headers(call)).json
     assert set(body) == set(EXPORTED_ROWS.values()) | {"featureFlags", "onErasure"}
+
+
+def test_the_email_is_matched_in_ledger_rows_whatever_its_case(api_env: Keys) -> None:
+    """Emails are case-insensitive (accounts-and-privacy.md): a Stripe payload holding the
+    address in capitals is the user's, exported and cleared; ids stay exact."""
+
+    def setup(conn: Any) -> None:
+        users.create(conn, "user_m", "user_m@example.com")
+        conn.session.execute(insert(WebhookEvent), [
+            {"id": "wh_upper", "type": "customer.updated",
+             "payload": {"data": {"email": "USER_M@EXAMPLE.COM"}}},
+            {"id": "wh_error", "type": "x", "payload": {}, "error": "no user User_M@Example.com"},
+            {"id": "wh_other", "type": "x",
+             "payload": {"email": "USER_MZ@EXAMPLE.COM", "id": "USER_M"}},
+        ])  # fmt: skip
+
+    db.transaction(setup)
+    exported = json.loads(exports.build("user_m"))
+    assert [row["id"] for row in exported["webhookEvents"]] == ["wh_error", "wh_upper"]
+    db.transaction(lambda conn: personal_data.erase(conn, "user_m"))
+    left = db.run(
+        lambda conn: dict(
+            conn.session.execute(text("SELECT id, payload FROM webhook_events")).all()
+        )
+    )
+    assert left == {"wh_upper": None, "wh_error": None,
+                    "wh_other": {"email": "USER_MZ@EXAMPLE.COM", "id": "USER_M"}}  # fmt: skip
