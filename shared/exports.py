@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO
@@ -59,11 +60,21 @@ def build(user_id: str) -> bytes:
     return db.read(work, snapshot=True)
 
 
-def write_compressed(user_id: str, file: BinaryIO, *, at_least: int | None = None) -> int:
+class BuildDeadlineError(TimeoutError):
+    """The document was not written by the caller's deadline (`write_compressed`)."""
+
+
+def write_compressed(
+    user_id: str, file: BinaryIO, *, deadline: float, at_least: int | None = None
+) -> int:
     """Write the export document of `user_id`, gzip-compressed, into `file` (from its start);
     the document's uncompressed size. `build`'s bytes, streamed: rows are read in chunks and
     written as they come, so memory does not grow with the document. `at_least`: a position the
-    data must be read at or past (`db.read`): the cron has no token of the user's."""
+    data must be read at or past (`db.read`): the cron has no token of the user's.
+
+    `deadline` (`time.monotonic()`): checked before each piece is written, `BuildDeadlineError`
+    once past, so a build of any size ends by then (one chunk's fetch later at most) and the
+    caller still has its time to record the attempt and give its lease back."""
 
     def work(conn: Conn) -> int:
         file.seek(0)  # a retried transaction starts the file again
@@ -71,7 +82,13 @@ def write_compressed(user_id: str, file: BinaryIO, *, at_least: int | None = Non
         with gzip.GzipFile(
             filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=file, mtime=0
         ) as compressed:
-            account.write_export(personal_data.export(conn, user_id), compressed.write)
+
+            def write(piece: bytes) -> None:
+                if time.monotonic() >= deadline:
+                    raise BuildDeadlineError("the export was not written by the deadline")
+                compressed.write(piece)
+
+            account.write_export(personal_data.export(conn, user_id), write)
             return compressed.tell()
 
     return db.read(work, snapshot=True, at_least=at_least)

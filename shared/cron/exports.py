@@ -5,7 +5,8 @@ Each run, while the budget allows:
    longer than a cron invocation can live), streams the user's document from one snapshot
    through gzip into a temporary file (`shared.exports.write_compressed`: memory stays bounded
    whatever the account's size), uploads it to BACKUP_BUCKET under EXPORT_PREFIX, then marks
-   it ready for EXPORT_TTL_DAYS. A failed attempt (S3 refusing, say) goes back to pending with
+   it ready for EXPORT_TTL_DAYS; the build and the upload end by the run's deadline. A failed
+   attempt (S3 refusing, a build still writing at the deadline, say) goes back to pending with
    its error and ends the run's builds, so the next run tries again, after the exports tried
    fewer times (one that keeps failing holds up no other); the MAX_ATTEMPTS-th failed
    attempt, or a take after MAX_ATTEMPTS runs that died, marks it failed;
@@ -90,7 +91,9 @@ def build(
     bucket = str(run.settings.backup_bucket)
     key = exports.object_key(run.settings, claimed.user_id, claimed.id)
     with tempfile.TemporaryFile() as compressed:
-        raw_bytes = exports.write_compressed(claimed.user_id, compressed, at_least=claim.position)
+        raw_bytes = exports.write_compressed(
+            claimed.user_id, compressed, deadline=run.deadline, at_least=claim.position
+        )
         gzip_bytes = compressed.tell()
         exports.store(s3, bucket, key, compressed)
     finished = db.run(

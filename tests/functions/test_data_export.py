@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -238,7 +239,7 @@ def test_a_retried_build_starts_its_file_again(db_env: str) -> None:
     db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
     with tempfile.TemporaryFile() as file:
         file.write(b"an earlier attempt's partial output " * 1000)
-        written = exports.write_compressed("user_a", file)
+        written = exports.write_compressed("user_a", file, deadline=math.inf)
         file.seek(0)
         document = gzip.decompress(file.read())
     assert document == exports.build("user_a") and written == len(document)
@@ -611,10 +612,10 @@ def test_an_export_failing_to_build_does_not_hold_up_the_others(
     newer = db.run(lambda conn: data_exports.request(conn, "user_b", now=utcnow())).export.id
     write_compressed = exports.write_compressed
 
-    def broken_for_a(user_id: str, into: Any, *, at_least: int | None = None) -> int:
+    def broken_for_a(user_id: str, into: Any, **options: Any) -> int:
         if user_id == "user_a":
             raise ValueError("a fault in this document")
-        return write_compressed(user_id, into, at_least=at_least)
+        return write_compressed(user_id, into, **options)
 
     monkeypatch.setattr(exports, "write_compressed", broken_for_a)
     assert run_exports()["errors"] == 1  # the older one, taken first, failed
@@ -756,6 +757,43 @@ def test_an_s3_that_never_answers_fails_the_attempt_within_the_runs_time(
     holder = admin_conn.execute("SELECT holder FROM cron_leases WHERE job = 'exports'").fetchone()
     assert holder == (None,)  # given back
     assert summary["durationMs"] < 10_000  # a guard: the limit, not botocore's three minutes
+
+
+def test_a_build_that_outlasts_the_runs_deadline_goes_back_to_pending(
+    api_env: Keys,
+    storage: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Tester s53t6: only the S3 calls ended by the run's deadline; the build (the database read
+    and gzip) ran on past the database's give-up time, so the failed attempt could not be
+    recorded (the export stayed running), the lease was not given back and the run failed as
+    DatabaseUnavailableError. The build now stops at the deadline too."""
+    # A 6 s invocation less the database's 3 s and S3's 2 s: the deadline is 1 s into the run,
+    # the database gives up at 3 s; this account's build takes several seconds more.
+    configure(monkeypatch, PROVIDER_DEADLINE_MARGIN_S=2, CRON_TIME_MARGIN_MS=0)
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    admin_conn.execute(
+        """INSERT INTO search_history (id, "userId", keywords, location, language, "matchType",
+               provider, "responseTime", "searchedAt")
+           SELECT 'h' || g, 'user_a',
+               array(SELECT md5(g || '-' || k) FROM generate_series(1, 12) k),
+               'US', 'en', 'broad', 'mock', 1, timestamp '2026-11-01' + g * interval '1 second'
+           FROM generate_series(1, 40000) g"""
+    )
+    call = Caller("lambda_v2", api_env)
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    with caplog.at_level("INFO", logger="keyflash"):
+        summary = run_job(exports_job.JOB, context=BudgetContext(checks=1, first_ms=6_000))
+    row = admin_conn.execute(
+        "SELECT status, attempts, error FROM data_exports WHERE id = %s", (export_id,)
+    ).fetchone()
+    assert row == ("pending", 1, exports.BuildDeadlineError.__name__)
+    assert summary["errors"] == 1 and "processed" in summary
+    assert logged(caplog, "cron_job_failed") == logged(caplog, "db_unavailable") == []
+    holder = admin_conn.execute("SELECT holder FROM cron_leases WHERE job = 'exports'").fetchone()
+    assert holder == (None,)  # given back
 
 
 def test_no_export_is_claimed_past_the_runs_deadline_for_s3(
