@@ -219,7 +219,7 @@ def merged_openapi(
     differently is qualified with the function's name (and its `$ref`s rewritten) so neither
     silently replaces the other.
     """
-    from shared.http.app import API_VERSION  # shared settings stay untouched until needed
+    from shared.http.security_headers import API_VERSION  # shared settings untouched until now
 
     merged: dict[str, Any] = {
         "openapi": "3.1.0",

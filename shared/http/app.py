@@ -40,9 +40,9 @@ from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
 from shared.http.invocation import database_within_invocation
 from shared.http.lambda_events import LambdaHandler
 from shared.http.methods import Head, method_not_allowed, path_routes, served
+from shared.http.security_headers import API_VERSION, every_answer
 from shared.telemetry import log_event, without_emails
 
-API_VERSION = "v1"
 # Whether a function of this process has frozen its INIT (`make_lambda_handler`).
 _init_frozen = False
 
@@ -240,6 +240,7 @@ class RequestContext:
         status = 500
         response_started = False
         production = security_headers.production()
+        shared_headers = every_answer(request_id, production=production)
         consistency = _consistency(scope)
         reset = db.consistency.set(consistency) if consistency is not None else None
 
@@ -249,12 +250,8 @@ class RequestContext:
                 response_started = True
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
-                headers["API-Version"] = API_VERSION
-                headers["X-Request-ID"] = request_id
-                for name, value in security_headers.SECURITY_HEADERS.items():
+                for name, value in shared_headers.items():
                     headers.setdefault(name, value)
-                if production:
-                    headers.setdefault("Strict-Transport-Security", security_headers.HSTS)
                 if consistency is not None:
                     from shared.http import consistency as tokens
 

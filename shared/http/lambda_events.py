@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes, urlencode
@@ -54,8 +53,8 @@ from mangum.handlers import ALB, APIGateway, HTTPGateway
 from mangum.protocols import HTTPCycle
 from mangum.types import LambdaContext, LambdaEvent
 
-from shared.envelope import envelope
-from shared.http.security_headers import HSTS, SECURITY_HEADERS, production
+from shared.http.errors import error_response
+from shared.http.security_headers import every_answer, production
 from shared.storable_text import LONE_SURROGATE, without_lone_surrogates
 from shared.telemetry import log_event, new_request_id
 
@@ -144,13 +143,12 @@ def _not_http(event: Any) -> dict[str, Any]:
         eventType=type(event).__name__,
         keys=keys,
     )
-    headers = {"content-type": "application/json", "x-request-id": request_id, **SECURITY_HEADERS}
-    if production():
-        headers["Strict-Transport-Security"] = HSTS
+    refusal = error_response(400, NOT_HTTP)  # the envelope and headers of every route's 400
+    headers = {**refusal.headers, **every_answer(request_id, production=production())}
     return {
         "statusCode": 400,
         "headers": headers,
-        "body": json.dumps(envelope(400, NOT_HTTP)),
+        "body": bytes(refusal.body).decode(),
         "isBase64Encoded": False,
     }
 

@@ -1,5 +1,5 @@
-"""The security headers every answer carries (docs/http-contract.md), apart from the app so the
-Lambda adapter's own refusal (`shared.http.lambda_events`) carries them without importing it."""
+"""The headers every answer carries (docs/http-contract.md), apart from the app so the Lambda
+adapter's own refusal (`shared.http.lambda_events`) carries them without importing it."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
 HSTS = "max-age=31536000; includeSubDomains; preload"
+API_VERSION = "v1"
 
 
 def production() -> bool:
@@ -27,3 +28,12 @@ def production() -> bool:
         return get_settings().is_production
     except ConfigurationError:
         return False
+
+
+def every_answer(request_id: str, *, production: bool) -> dict[str, str]:
+    """The headers every answer carries, whoever makes it (`shared.http.app.RequestContext`,
+    the Lambda adapter's refusal of an event that is not HTTP): one list, so none is forgotten."""
+    headers = {"API-Version": API_VERSION, "X-Request-ID": request_id, **SECURITY_HEADERS}
+    if production:
+        headers["Strict-Transport-Security"] = HSTS
+    return headers

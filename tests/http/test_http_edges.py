@@ -206,6 +206,9 @@ def test_an_event_that_is_not_http_is_refused_in_the_envelope(
         answer = _invoke("health", event)
     _envelope(answer, 400, NOT_HTTP)
     assert {name: answer[1].get(name.lower()) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+    # Every route's shared headers (s53t7 L1: API-Version and Cache-Control were missing).
+    assert answer[1]["api-version"] == "v1"
+    assert answer[1]["cache-control"] == "no-store, no-cache, must-revalidate"
     refused = [json.loads(r.getMessage()) for r in caplog.records if "lambda_event_refused" in
                r.getMessage()]  # fmt: skip
     assert [r["eventType"] for r in refused] == [type(event).__name__]
@@ -305,3 +308,4 @@ def test_cr_lf_inside_a_keyword_passes_the_original_charset_rule() -> None:
     assert ContentBriefRequest.model_validate({"keyword": "ab\ncd"}).keyword == "ab\ncd"
     with pytest.raises(ValueError, match="Keywords must contain only"):
         KeywordSearch.model_validate({**body, "keywords": ["ab\x00cd"]})
+

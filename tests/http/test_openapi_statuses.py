@@ -35,6 +35,7 @@ BEFORE_ROUTES = {
     ("shared/http/app.py", "_http_error"): "the router's 404 for a path no route serves",
     ("shared/http/guards.py", "__call__"): "guards: 400 encoding, 403 CSRF, 413, 415 by method",
     ("shared/http/methods.py", "method_not_allowed"): "405: a method the path has no operation for",
+    ("shared/http/lambda_events.py", "_not_http"): "400: a Lambda event no route can take",
 }
 
 
