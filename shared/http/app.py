@@ -36,7 +36,7 @@ from shared.errors import EMAIL_IN_USE, AccountDeletedError, EmailInUseError
 from shared.http import openapi, security_headers
 from shared.http.client_ip import client_ip, stored_ip, stored_user_agent
 from shared.http.errors import ApiError, api_error_response, error_response
-from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, UrlEncoding
+from shared.http.guards import BodyLimit, ContentCoding, Cors, Csrf, OneValue, UrlEncoding
 from shared.http.invocation import database_within_invocation
 from shared.http.lambda_events import LambdaHandler
 from shared.http.methods import Head, method_not_allowed, path_routes, served
@@ -86,6 +86,7 @@ def create_app(
         app.add_middleware(BodyLimit)
     app.add_middleware(ContentCoding)
     app.add_middleware(Csrf, settings=get_settings)
+    app.add_middleware(OneValue)  # before CSRF and auth read either header
     app.add_middleware(RequestContext, record_usage=record_usage)
     app.add_middleware(Cors, settings=get_settings)
     app.add_middleware(Head)

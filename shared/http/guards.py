@@ -1,4 +1,5 @@
-"""ASGI guards in front of every route: body size and coding, path and query encoding, CORS, CSRF.
+"""ASGI guards in front of every route: body size and coding, path and query encoding, one
+credential and origin, CORS, CSRF.
 
 Pure ASGI (no per-request framework objects) because they run on every invocation.
 CORS is the outermost layer of the app, so every answer to an allowed origin carries its headers,
@@ -32,6 +33,9 @@ BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
 QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
 PATH_NOT_UTF8 = "Invalid path: not UTF-8"
 NOT_DECODED = "Unsupported Content-Encoding: send the body without one (identity)"
+# Read as one value each (the credential; the origin CORS and CSRF judge): see `OneValue`.
+ONE_VALUE = ("Authorization", "Origin")
+REPEATED = "Send one {name} header: this request has several"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
@@ -125,6 +129,30 @@ class ContentCoding:
         await self.app(scope, receive, send)
 
 
+class OneValue:
+    """A request with more than one `Authorization` or `Origin` → 400, on every source alike.
+
+    Each source passes repeated fields on differently: the dev gateway, Vercel and an ALB with
+    multi-value headers as several fields, an HTTP API and a function URL joined with a comma,
+    REST v1 (through Mangum) joined with `, `; an ALB without multi-value headers keeps only the
+    last, which no function can tell. Reading the first made a request the gateway served
+    (200) one API Gateway refused (401). A comma is never in one such value: a Bearer token
+    (token68) and an origin (RFC 6454) hold none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            for name in ONE_VALUE:
+                values = headers.getlist(name)
+                if len(values) > 1 or any("," in value for value in values):
+                    await error_response(400, REPEATED.format(name=name))(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 class UrlEncoding:
     """A path or query string that is not UTF-8 once its percent-escapes are decoded → 400.
 
@@ -171,7 +199,8 @@ class Cors:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        origin = headers.get("origin")
+        origins = headers.getlist("origin")  # several: no CORS (`OneValue` refuses the request)
+        origin = origins[0] if len(origins) == 1 else None
         if not origin or not self._allowed(origin, scope, headers):
             await self.app(scope, receive, send)
             return

@@ -18,6 +18,8 @@ from tests.support.http import Caller, Keys, make_token
 
 ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
 NOT_HTTP = "Not an HTTP event: this function answers API Gateway, function URL and ALB requests"
+REPEATED_AUTHORIZATION = "Send one Authorization header: this request has several"
+REPEATED_ORIGIN = "Send one Origin header: this request has several"
 
 
 def _validation_400(result: Any) -> str:
@@ -309,3 +311,53 @@ def test_cr_lf_inside_a_keyword_passes_the_original_charset_rule() -> None:
     with pytest.raises(ValueError, match="Keywords must contain only"):
         KeywordSearch.model_validate({**body, "keywords": ["ab\x00cd"]})
 
+
+# --- s53t7 L2: two Authorization (or Origin) headers, one answer on every path ---------------
+
+
+def _repeated(source: str, name: str, values: list[str]) -> tuple[int, dict[str, str], Any]:
+    """GET /api/me with `name` sent twice, as each source hands it to the function: the dev
+    gateway (two fields), an HTTP API and a function URL (AWS joins them with a comma), REST v1
+    and ALB (`multiValueHeaders`)."""
+    if source == "gateway":
+        from fastapi.testclient import TestClient
+
+        from devkit import gateway
+
+        with TestClient(gateway.Gateway([gateway.load("me")])) as client:
+            answer = client.get("/api/me", headers=[(name, value) for value in values])
+        return answer.status_code, dict(answer.headers), answer.json()
+    if source in ("v2", "url"):
+        build = events.http_api_v2 if source == "v2" else events.function_url
+        return _invoke("me", build("GET", "/api/me", headers={name: ",".join(values)}))
+    event = events.rest_api_v1("GET", "/api/me") if source == "v1" else _alb(
+        "GET", "/api/me", multi_value=True
+    )  # fmt: skip
+    event["multiValueHeaders"][name] = values
+    return _invoke("me", event)
+
+
+SOURCES = ["gateway", "v2", "url", "v1", "alb"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("valid_first", [True, False], ids=["valid_first", "garbage_first"])
+def test_two_authorization_headers_are_a_400_on_every_source(
+    api_env: Keys, source: str, valid_first: bool
+) -> None:
+    """The gateway took the first (200), every Lambda source refused with 401, ALB took the
+    last: now the same 400 everywhere (docs/http-contract.md)."""
+    valid, garbage = f"Bearer {make_token(api_env, 'user_twice')}", "Bearer garbage"
+    values = [valid, garbage] if valid_first else [garbage, valid]
+    _envelope(_repeated(source, "authorization", values), 400, REPEATED_AUTHORIZATION)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_two_origin_headers_are_a_400_without_cors_on_every_source(
+    api_env: Keys, source: str
+) -> None:
+    """The gateway reflected the first Origin; the comma-joined form got no CORS."""
+    allowed = "https://keyflash.buildproven.ai"
+    answer = _repeated(source, "origin", [allowed, "https://evil.example"])
+    _envelope(answer, 400, REPEATED_ORIGIN)
+    assert "access-control-allow-origin" not in answer[1]
