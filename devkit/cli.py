@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("function", metavar="FUNCTION", help="e.g. health, searches, cron.JOB")
     invoke.add_argument("--event", metavar="FILE", help="a Lambda event as JSON ('-': stdin)")
-    invoke.add_argument("--method", "-X", help="HTTP method (default: GET when offered)")
+    invoke.add_argument(
+        "--method", "-X", help="HTTP method, sent as given (default: GET when offered)"
+    )
     invoke.add_argument("--path", help="request path, with ?query (default: the first route)")
     invoke.add_argument("--body", "-d", help="request body, or @FILE")
     invoke.add_argument(

@@ -7,7 +7,8 @@ source does: REST v1 keeps the escapes in `path`; an HTTP API decodes them in `r
 `requestContext.http.path` alike; a function URL keeps them in `rawPath` and decodes
 `requestContext.http.path` (middleapi/standard-server#93, from hotsock/voker#8's live captures).
 A v2 query given as a string is the query as sent: `rawQueryString` keeps it byte for byte (what
-Mangum hands the app), and only `queryStringParameters` decodes it. Other bytes that are not
+Mangum hands the app), and only `queryStringParameters` decodes it. The method is kept as given
+(methods are case-sensitive: `get` is not `GET`). Other bytes that are not
 UTF-8 are decoded to U+FFFD here: AWS does not document what it makes of them.
 """
 
@@ -91,7 +92,7 @@ def _payload_v2(
             "domainName": "api.keyflash.test",
             "domainPrefix": "api",
             "http": {
-                "method": method.upper(),
+                "method": method,
                 "path": decoded_path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": source_ip,
@@ -129,7 +130,7 @@ def rest_api_v1(
     return {
         "resource": "/{proxy+}",
         "path": path,
-        "httpMethod": method.upper(),
+        "httpMethod": method,
         "headers": merged,
         "multiValueHeaders": {k: [v] for k, v in merged.items()},
         "queryStringParameters": dict(query) if query else None,
@@ -139,7 +140,7 @@ def rest_api_v1(
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "api",
-            "httpMethod": method.upper(),
+            "httpMethod": method,
             "identity": {"sourceIp": source_ip, "userAgent": merged.get("User-Agent", "")},
             "path": f"/prod{path}",
             "protocol": "HTTP/1.1",

@@ -281,7 +281,7 @@ def _http_request(
         path = plain[0]
     parts = urlsplit(path)
     path, query = parts.path, quote(parts.query, safe=_QUERY_AS_SENT)
-    method = (request.method or "").upper()
+    method = request.method or ""  # as given: methods are case-sensitive (RFC 9110 §9.1)
     if not method:
         offered = sorted({m for r in routes if r.path_regex.match(path) for m in (r.methods or ())})
         method = "GET" if "GET" in offered or not offered else offered[0]

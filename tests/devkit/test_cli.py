@@ -363,6 +363,15 @@ def test_invoke_sends_the_query_string_as_given(stack: Stack) -> None:
     assert "Invalid query string: not UTF-8" in result.stdout, result.stdout
 
 
+def test_invoke_sends_the_method_as_given(stack: Stack) -> None:
+    """Methods are case-sensitive (RFC 9110 §9.1): `-X get` reaches the handler as `get`, which
+    the gateway and API Gateway answer 405, so invoke must too (s53t7 L3: it upper-cased it)."""
+    result = keyflash("invoke", "flags", "-X", "get", "--path", "/api/flags",
+                      state_dir=stack.state_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "(get /api/flags)" in result.stdout and "status 405" in result.stdout, result.stdout
+
+
 def test_second_dev_on_the_same_state_dir_fails_clearly(stack: Stack) -> None:
     started = time.monotonic()
     result = keyflash("dev", "--port", str(free_port()), state_dir=stack.state_dir, timeout=30)
