@@ -44,6 +44,7 @@ from devkit.stack import (
 DEMO_TOKEN_USER = "demo"
 STARTUP_TIMEOUT_S = 30.0
 UPSTASH_PROBE_TIMEOUT_S = 3.0
+HEAD_BUFFER_BYTES = 64 * 1024  # > Vercel's 14 KB URL and 32 KB of headers together
 # Restarts of a dead embedded PostgreSQL per stack; one more death stops the stack.
 MAX_POSTGRES_RESTARTS = 3
 logger = logging.getLogger("keyflash.dev")
@@ -225,6 +226,9 @@ def _start_http(session: Session, app: Any, sock: Any) -> threading.Thread:
         access_log=False,  # the gateway logs each request with the function that served it
         lifespan="off",
         timeout_graceful_shutdown=3,
+        # h11 refuses a head still incomplete past this (its own plain 400): room for every
+        # head a platform takes and more, so the gateway answers an over-limit one itself.
+        h11_max_incomplete_event_size=HEAD_BUFFER_BYTES,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(

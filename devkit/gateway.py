@@ -156,6 +156,11 @@ class Gateway:
             return  # no websockets here
         path: str = scope["path"]
         method: str = scope["method"]
+        over = _head_refusal(scope)
+        if over is not None:
+            logger.warning("%s refuses: %s", over.platform, over.reason)
+            await _refuse_in_envelope(send, over.status, "Client Error", over.reason)
+            return
         if method in ("GET", "HEAD") and path == OPENAPI_PATH:
             await _respond(send, 200, self.openapi_bytes(), "application/json")
             return
@@ -168,18 +173,11 @@ class Gateway:
             return
         function = self.find(path)
         if function is None:
-            # The platform's own 404 would answer here; ours carries an X-Request-ID and the
-            # security headers, as every answer of the functions does (the Swagger page above
-            # does not: their CSP and COEP would block its inline script and CDN assets).
-            from shared.http.security_headers import (
-                SECURITY_HEADERS,
-            )  # shared settings untouched until now
-
-            request_id = new_request_id()
-            body = _envelope(404, "Not Found", f"No function serves {method} {path}")
-            await _respond(
-                send, 404, body, "application/json", request_id=request_id, extra=SECURITY_HEADERS
-            )
+            # The platform's own 404 would answer here; ours carries the headers every answer of
+            # the functions does (the Swagger page above does not: their CSP and COEP would
+            # block its inline script and CDN assets).
+            message = f"No function serves {method} {path}"
+            request_id = await _refuse_in_envelope(send, 404, "Not Found", message)
             logger.info("%s %s -> no function 404 (%s)", method, _printable(path), request_id)
             return
         started = time.perf_counter()
@@ -288,13 +286,34 @@ def _envelope(status: int, error: str, message: str) -> bytes:
     ).encode()
 
 
+def _head_refusal(scope: Scope) -> platform_limits.HeadRefusal | None:
+    """The imitated platforms' refusal of the request's head (`platform_limits.head_refusal`),
+    sized as it came: `METHOD target HTTP/x`, the target with its query."""
+    query: bytes = scope.get("query_string", b"")
+    url = scope.get("raw_path") or scope["path"].encode()
+    url += b"?" + query if query else b""
+    version = scope.get("http_version", "1.1").encode()  # ASGI: optional, 1.1 when absent
+    line = b"%s %s HTTP/%s" % (scope["method"].encode(), url, version)
+    return platform_limits.head_refusal(line, url, scope["headers"])
+
+
+async def _refuse_in_envelope(send: Send, status: int, error: str, message: str) -> str:
+    """The gateway's own refusal in the functions' envelope, with every answer's headers
+    (`shared.http.security_headers.every_answer`). Its request id."""
+    from shared.http.security_headers import every_answer, production  # settings untouched
+
+    request_id = new_request_id()
+    extra = every_answer(request_id, production=production())
+    await _respond(send, status, _envelope(status, error, message), "application/json", extra=extra)
+    return request_id
+
+
 async def _respond(
     send: Send,
     status: int,
     body: bytes,
     content_type: str,
     *,
-    request_id: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> None:
     headers = [
@@ -302,8 +321,6 @@ async def _respond(
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
     ]
-    if request_id is not None:
-        headers.append((b"x-request-id", request_id.encode()))
     headers += [(name.lower().encode(), value.encode()) for name, value in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

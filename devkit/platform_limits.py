@@ -1,4 +1,5 @@
-"""The platforms' payload and time limits, refused locally the way the platforms refuse them.
+"""The platforms' payload, request head and time limits, refused locally as the platforms refuse
+them.
 
 A deployed function cannot answer more than its platform carries, and nothing in-process would
 notice: a 12 MB answer works on a laptop and fails on Lambda and Vercel. `keyflash dev`,
@@ -12,6 +13,12 @@ notice: a 12 MB answer works on a laptop and fails on Lambda and Vercel. `keyfla
 - Vercel Functions: the request body and the response body may be at most 4.5 MB. Over it,
   the request is refused with `413 FUNCTION_PAYLOAD_TOO_LARGE`, the response replaced by
   `500 FUNCTION_RESPONSE_PAYLOAD_TOO_LARGE` (plain text, header `x-vercel-error`).
+
+Request heads (`head_refusal`): the API Gateway HTTP API caps the request line and the header
+values together at 10,240 bytes; Vercel's CDN caps the URL at 14 KB (`414 URL_TOO_LONG`), one
+header at 16 KB and all headers, names included, at 32 KB (`431 REQUEST_HEADER_TOO_LARGE`).
+AWS does not say which status it answers: 414 when the request line alone is over, else 431.
+The dev gateway answers these in the functions' envelope (no function runs).
 
 Time (`deadline`, `call_within`): each function's configured timeout, read from the
 descriptors. Lambda: the function's `timeout` in serverless.yml, else the provider's; behind the
@@ -40,6 +47,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+HTTP_API_HEAD_MAX = 10_240  # bytes: the request line and the header values, together
+VERCEL_URL_MAX = 14_000  # bytes: Vercel's "14 KB", "16 KB" and "32 KB", read as decimal
+VERCEL_HEADER_MAX = 16_000  # one header, name and value
+VERCEL_HEADERS_MAX = 32_000  # every header, names and values
 LAMBDA_PAYLOAD_MAX = 6_291_556  # bytes: what Lambda's "6 MB" check really allows
 VERCEL_BODY_MAX = 4_500_000  # bytes: Vercel's "4.5 MB", read as decimal megabytes (stricter)
 PLATFORMS = ("lambda", "vercel")
@@ -124,6 +135,44 @@ def declared_refusal(length: int, *, platforms: Sequence[str] | None = None) -> 
 def _vercel_body_refusal(what: str) -> Refusal:
     reason = f"{what} > Vercel's {VERCEL_BODY_MAX}"
     return _vercel_refusal(413, "FUNCTION_PAYLOAD_TOO_LARGE", "Payload Too Large", reason)
+
+
+@dataclass(frozen=True)
+class HeadRefusal:
+    """A request head over a platform's limit: its status, and why (the envelope's message)."""
+
+    platform: str
+    status: int
+    reason: str
+
+
+def head_refusal(
+    request_line: bytes,
+    url: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    platforms: Sequence[str] | None = None,
+) -> HeadRefusal | None:
+    """The refusal of a request head (its request line, its target URL, its header fields),
+    or None when every imitated platform takes it."""
+    line, values = len(request_line), sum(len(value) for _, value in headers)
+    fields = [len(name) + len(value) for name, value in headers]
+    for platform in platforms or imitated():
+        if platform == "lambda" and line + values > HTTP_API_HEAD_MAX:
+            status = 414 if line > HTTP_API_HEAD_MAX else 431
+            reason = f"request line and header values {line + values} bytes > {HTTP_API_HEAD_MAX}"
+            return HeadRefusal("lambda", status, f"Request too large for API Gateway: {reason}")
+        if platform == "vercel":
+            if len(url) > VERCEL_URL_MAX:
+                reason = f"URL {len(url)} bytes > {VERCEL_URL_MAX}"
+                return HeadRefusal("vercel", 414, f"URL too long for Vercel: {reason}")
+            if max(fields, default=0) > VERCEL_HEADER_MAX:
+                reason = f"one header {max(fields)} bytes > {VERCEL_HEADER_MAX}"
+                return HeadRefusal("vercel", 431, f"Headers too large for Vercel: {reason}")
+            if sum(fields) > VERCEL_HEADERS_MAX:
+                reason = f"all headers {sum(fields)} bytes > {VERCEL_HEADERS_MAX}"
+                return HeadRefusal("vercel", 431, f"Headers too large for Vercel: {reason}")
+    return None
 
 
 def response_refusal(

@@ -384,3 +384,41 @@ def test_keyflash_invoke_answers_an_overrun_as_the_platform_does(
         "errorType": "Sandbox.Timedout",
         "errorMessage": "Task timed out after 0.20 seconds",
     }
+
+
+@pytest.mark.parametrize(
+    ("platform", "url_pad", "header_sizes", "expected"),
+    [
+        ("lambda", 9_000, [], 200),
+        ("lambda", 10_300, [], 414),  # the request line alone is over 10,240
+        ("lambda", 5_000, [6_000], 431),  # line and header values together
+        ("vercel", 13_000, [6_000], 200),
+        ("vercel", 14_100, [], 414),  # the URL over 14 KB
+        ("vercel", 0, [15_900], 200),
+        ("vercel", 0, [16_100], 431),  # one header over 16 KB
+        ("vercel", 0, [11_000, 11_000, 11_000], 431),  # all headers over 32 KB
+        ("strictest", 5_000, [6_000], 431),
+    ],
+)
+def test_keyflash_dev_refuses_request_heads_the_platform_refuses(
+    dev_gateway: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    platform: str,
+    url_pad: int,
+    header_sizes: list[int],
+    expected: int,
+) -> None:
+    """s53t7 L4: a 110 KB URL or a 70 KB header was served locally and refused deployed. Over
+    the platform's limit, the platform's status in the envelope, with every answer's headers."""
+    monkeypatch.setenv(platform_limits.VARIABLE, platform)
+    headers = {f"x-pad-{i}": "a" * size for i, size in enumerate(header_sizes)}
+    response = dev_gateway.get(f"/api/blob?n=2&pad={'a' * url_pad}", headers=headers)
+    assert response.status_code == expected, response.text[:200]
+    if expected == 200:
+        return
+    body = response.json()
+    assert set(body) == {"error", "message", "statusCode", "timestamp"}
+    assert body["statusCode"] == expected
+    assert response.headers["x-request-id"].startswith("req_")
+    assert response.headers["api-version"] == "v1"
+    assert response.headers["x-content-type-options"] == "nosniff"
