@@ -584,10 +584,55 @@ def reserve_keywords(
     if hold is not None:
         params.update(p_hold_id=hold.id, p_hold_expires_at=db_time(hold.expires_at))
     upsert = _RESERVE[enforce, hold is not None]
+    for _ in range(ERASED_RERUNS):
+        row = _reserved(conn, upsert, params)
+        if row is not None and row[4]:  # created: an erasure may have committed meanwhile
+            _refuse_if_deleted(conn, user_id)
+            settled = tombstones.settle(conn, user_id, email)
+            ended = settled is not None and settled.trial_ends_at < now
+            over = settled is not None and (settled.total > limits.trial or ended)
+            if enforce and over and row[0]:  # counted on a trial that had already been used
+                _uncount(conn, user_id, row[0], now)
+                if hold is not None:  # its reservation goes too, without giving back twice
+                    conn.session.execute(reservations.confirm_statement(hold.id, user_id))
+                row = None
+        if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
+            reset_at = row[2].replace(tzinfo=UTC)
+            return Usage(
+                this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
+            )
+        # Refused (failure path only): one read to say why, with the numbers for the message.
+        user = conn.session.get(User, user_id, populate_existing=True)
+        if user is not None:
+            view = usage_view(user, limits, now)
+            if not enforce or (not view.trial_expired and view.used + count <= view.limit):
+                continue  # not this row refused: the one the snapshot saw was erased since
+            if view.trial_expired:
+                raise TrialExpiredError()
+            trial = user.tier is UserTier.FREE
+            raise QuotaExceededError(
+                used=view.used, limit=view.limit, requested=count, trial=trial,
+                resets_at=view.resets_at,
+            )  # fmt: skip
+        if tombstones.deleted_in_clerk(conn, user_id):  # not created: `_reserve_statement`
+            raise AccountDeletedError(user_id)
+        if _email_taken(conn, user_id, email):  # not created either
+            raise EmailInUseError()
+        # Erased since the statement's snapshot (the row it saw is gone): run it again, its
+        # snapshot now sees the tombstone, and the new row continues the trial.
+    raise UserNotFoundError(user_id)  # erased again before each of the re-runs
+
+
+# The reservation's runs when erasures of the user keep landing between them (only the person's
+# own can; `shared.auth.ERASED_ATTEMPTS` bounds the routes' re-runs the same way).
+ERASED_RERUNS = 5
+
+
+def _reserved(conn: Conn, upsert: HotStatement, params: dict[str, Any]) -> Any:
+    """The reservation statement's row (None: nothing counted)."""
     for attempt in range(2):
         try:
-            row = execute_hot(conn, upsert, params).fetchone()
-            break
+            return execute_hot(conn, upsert, params).fetchone()
         except IntegrityError as error:
             # A racing first request for the same new user can trip the email index (ON
             # CONFLICT covers the id only); the re-run finds the row it created.
@@ -595,35 +640,7 @@ def reserve_keywords(
                 _raise_if_email_taken(error)
                 raise
             conn.session.rollback()
-    if row is not None and row[4]:  # created: an erasure may have committed meanwhile
-        _refuse_if_deleted(conn, user_id)
-        settled = tombstones.settle(conn, user_id, email)
-        over = settled is not None and (settled.total > limits.trial or settled.trial_ends_at < now)
-        if enforce and over and row[0]:  # counted on a trial that had already been used
-            _uncount(conn, user_id, row[0], now)
-            if hold is not None:  # its reservation goes too, without giving back twice
-                conn.session.execute(reservations.confirm_statement(hold.id, user_id))
-            row = None
-    if row is not None and not (row[4] and row[0] < count):  # a new user counted nothing
-        reset_at = row[2].replace(tzinfo=UTC)
-        return Usage(
-            this_month=row[0], total=row[1], monthly_reset_at=reset_at, tier=UserTier(row[3])
-        )
-    # Refused (failure path only): one read to say why, with the numbers for the message.
-    user = conn.session.get(User, user_id)
-    if user is None:
-        if tombstones.deleted_in_clerk(conn, user_id):  # not created: `_reserve_statement`
-            raise AccountDeletedError(user_id)
-        if _email_taken(conn, user_id, email):  # not created either
-            raise EmailInUseError()
-        raise UserNotFoundError(user_id)
-    view = usage_view(user, limits, now)
-    if view.trial_expired:
-        raise TrialExpiredError()
-    trial = user.tier is UserTier.FREE
-    raise QuotaExceededError(
-        used=view.used, limit=view.limit, requested=count, trial=trial, resets_at=view.resets_at
-    )
+    raise AssertionError("unreachable")
 
 
 def _uncount(conn: Conn, user_id: str, count: int, now: datetime) -> None:
@@ -665,34 +682,50 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
     fits_new_trial = and_(values["trial_ends_at"] >= now, used_before + count <= trial_limit)
     first = case((fits_new_trial, count), else_=0) if enforce else count
     values.update(keyword_searches_this_month=first, keyword_searches_total=used_before + first)
-    # Nothing proposed for an id Clerk deleted (its row is gone, and stays gone), nor for a new
-    # user whose email another account holds (`create`'s check; an existing row is counted).
-    known = exists().where(_USERS.c.id == values["id"])
-    free = or_(known, ~_email_held_elsewhere(values["id"], values["email"]))
-    statement = _insert_from(User, values, tombstone, ~tombstone.c.deleted, free)
-    upsert: Any = statement.on_conflict_do_update(
-        index_elements=[User.id],
-        set_={
-            User.keyword_searches_this_month: monthly_used + count,
-            User.keyword_searches_total: User.keyword_searches_total + count,
-            User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
-            User.updated_at: now,
-        },
-        where=allowed if enforce else None,
-    ).returning(
+    counted = {
+        User.keyword_searches_this_month: monthly_used + count,
+        User.keyword_searches_total: User.keyword_searches_total + count,
+        User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
+        User.updated_at: now,
+    }
+    returned = (
         User.keyword_searches_this_month,
         User.keyword_searches_total,
         User.monthly_reset_at,
         User.tier,
-        literal_column("xmax = 0").label("inserted"),
     )
-    return _with_hold(upsert, enforce=enforce) if with_hold else upsert
+    # A row this statement's snapshot sees is only ever updated: if an erasure deletes it
+    # meanwhile (the UPDATE waited on its lock), nothing is counted and the caller runs the
+    # statement again, whose snapshot then sees the tombstone. An INSERT … ON CONFLICT would
+    # insert, once the erasure commits, a fresh trial computed before it, visible to all.
+    updated = (
+        update(User)
+        .where(User.id == values["id"], *([allowed] if enforce else []))
+        .values(counted)
+        .returning(*returned, false().label("inserted"))
+        .cte("updated")
+    )
+    # Inserted only where the snapshot sees no row; nothing proposed for an id Clerk deleted
+    # (its row is gone, and stays gone), nor for an email another account holds (`create`'s
+    # check). A racing first request's row is counted ON CONFLICT, as an existing one.
+    absent = ~exists().where(_USERS.c.id == values["id"])
+    free = ~_email_held_elsewhere(values["id"], values["email"])
+    statement = _insert_from(User, values, tombstone, ~tombstone.c.deleted, absent, free)
+    inserted = (
+        statement.on_conflict_do_update(
+            index_elements=[User.id], set_=counted, where=allowed if enforce else None
+        )
+        .returning(*returned, literal_column("xmax = 0").label("inserted"))
+        .cte("inserted")
+    )
+    upsert = select(updated).union_all(select(inserted))
+    return _with_hold(upsert.cte("reserved"), enforce=enforce) if with_hold else upsert
 
 
-def _with_hold(upsert: Any, *, enforce: bool) -> Any:
-    """The upsert as a CTE, plus the reservation row for the row it counted (none if refused,
-    nor for a new user whose first request did not fit the trial), selecting the same columns."""
-    reserved = upsert.cte("reserved")
+def _with_hold(reserved: Any, *, enforce: bool) -> Any:
+    """The reservation's rows (`reserved`, a CTE), plus the reservation row for the row it
+    counted (none if refused, nor for a new user whose first request did not fit the trial),
+    selecting the same columns."""
     # A new user's row counted its first request only when it holds all of it (else 0).
     counted_if_new = (
         reserved.c.keyword_searches_this_month >= bindparam("p_count", type_=Integer())

@@ -674,9 +674,8 @@ def in_thread(work: Any) -> Any:
 def test_a_first_search_blocked_by_the_deletion_leaves_no_row(
     lambda_only: Caller, admin_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The search's get-or-create-and-reserve waits on the row the deletion's erasure locked
-    and inserts a new row once it commits, with values read before: that row is removed and
-    the search refused."""
+    """The search's get-or-create-and-reserve waits on the row the deletion's erasure locked,
+    finds it gone once that commits and runs again: the id's tombstone refuses it, no row."""
     deliver(lambda_only, "user.created", user_data("user_a", "a@example.com"))
     erased, release = paused_erasure(monkeypatch)
     token = lambda_only.token("user_a", email="a@example.com")
@@ -691,7 +690,7 @@ def test_a_first_search_blocked_by_the_deletion_leaves_no_row(
             lambda: lambda_only("keywords", "POST", "/api/keywords", headers=bearer,
                                 json_body=SEARCH),
         )  # fmt: skip
-        waits_for_lock(admin_conn, "INSERT INTO users")
+        waits_for_lock(admin_conn, 'UPDATE users SET "keywordSearchesThisMonth"')
         release.set()
         assert deletion.result().status == 200
         refused_as_deleted(
