@@ -64,12 +64,15 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def reported(command: Callable[[], int], *, debug: bool) -> int:
     """Run `command` and end as every keyflash command does: a failure is one line on stderr
-    (the traceback only with `debug`), exit 1; Ctrl-C is `interrupted`, 130. Also the end of
-    `python -m devkit.legacy`, so the documented commands fail alike."""
+    (the traceback only with `debug`), exit 1; Ctrl-C is `interrupted`, 130; a reader gone
+    from stdout, 141. Also the end of `python -m devkit.legacy`, so the documented commands
+    fail alike."""
     try:
         code = command()
         sys.stdout.flush()  # here, where a closed pipe can still be handled
-        return code
+        # A child's status passed on (`db psql`): killed by signal N is -N in subprocess, and
+        # 128 + N as a shell reports it (psql stopped by `| head`: 141, not 243).
+        return 128 - code if code < 0 else code
     except BrokenPipeError:
         # The reader went away (`keyflash token | head -c 20`): nothing left to say to anyone.
         # Point stdout at /dev/null so the interpreter's final flush does not complain either.
@@ -88,6 +91,17 @@ def reported(command: Callable[[], int], *, debug: bool) -> int:
             traceback.print_exc()
         print(error_line(_explain(error, debug)), file=sys.stderr)
         return 1
+
+
+def _write_all(fd: int, text: str) -> None:
+    """Write `text` to `fd` in full, or raise BrokenPipeError (then `reported` exits 141).
+
+    Not through a Python file object: when the reader leaves half-way through a write larger
+    than the pipe holds, its buffered writer drops the rest without an error, so `keyflash
+    openapi | head` ended 0 after a truncated document."""
+    data = memoryview(text.encode())
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _explain(error: Exception, debug: bool) -> str:
@@ -940,10 +954,17 @@ def _openapi(args: argparse.Namespace) -> int:
         return 0
     document = render(gateway.merged_openapi(functions))
     if args.output is None:
-        sys.stdout.write(document)
+        sys.stdout.flush()
+        _write_all(sys.stdout.fileno(), document)
         return 0
     try:
-        args.output.write_text(document)
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _write_all(fd, document)
+        finally:
+            os.close(fd)
+    except BrokenPipeError:
+        raise  # `-o /dev/stdout | head`: a reader gone, as without -o
     except OSError as error:
         raise CliError(f"cannot write {args.output}: {error.strerror}") from None
     paths = sum(1 for route in gateway.route_table(functions))

@@ -953,24 +953,58 @@ def test_global_options_work_before_and_after_every_command(command: tuple[str, 
     assert (args.state_dir, args.debug) == (None, False)
 
 
-def test_token_into_a_closed_pipe_exits_without_an_error(empty_state_dir: Path) -> None:
-    """`keyflash token --user u | head -c 0`: the reader is gone before the token is written."""
+def into_a_closed_pipe(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`keyflash ARGS | head -c 0`: the reader is gone before anything is written."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run(
-            [KEYFLASH, "token", "--user", "u", "--offline"],
-            env=cli_env(empty_state_dir),
+        return subprocess.run(
+            [KEYFLASH, *args],
+            env=cli_env(state_dir),
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
+            timeout=120,
             cwd=ROOT,
         )
     finally:
         os.close(write_end)
+
+
+def test_token_into_a_closed_pipe_exits_without_an_error(empty_state_dir: Path) -> None:
+    result = into_a_closed_pipe(empty_state_dir, "token", "--user", "u", "--offline")
     assert result.stderr == ""
     assert result.returncode == cli.BROKEN_PIPE_EXIT
+
+
+@pytest.mark.parametrize("output", [[], ["-o", "/dev/stdout"]], ids=["stdout", "dev-stdout"])
+def test_openapi_to_a_reader_that_leaves_exits_as_a_closed_pipe_stops_it(
+    empty_state_dir: Path, output: list[str]
+) -> None:
+    """s53t8 F2: `keyflash openapi | head` exited 0, and with `-o /dev/stdout` 1 with an error
+    line; a pipeline under `set -o pipefail` must see the truncated write (141). The reader
+    takes one byte and leaves while the document (far more than a pipe holds) is being written."""
+    process = subprocess.Popen(
+        [KEYFLASH, "openapi", *output],
+        env=cli_env(empty_state_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(1) == b"{"
+    process.stdout.close()
+    assert process.wait(timeout=120) == cli.BROKEN_PIPE_EXIT
+    assert process.stderr.read() == b""
+    process.stderr.close()
+
+
+def test_db_psql_into_a_closed_pipe_exits_141_as_the_shell_reports_it(stack: Stack) -> None:
+    """s53t8 F2: psql killed by SIGPIPE came out as 243 (Python's -13 taken modulo 256)."""
+    result = into_a_closed_pipe(
+        stack.state_dir, "db", "psql", "-c", "select generate_series(1, 100000)"
+    )
+    assert result.returncode == cli.BROKEN_PIPE_EXIT, result.stderr
 
 
 def test_every_command_has_help() -> None:
