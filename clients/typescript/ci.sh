@@ -4,11 +4,14 @@
 #                on a diff, then tsc --strict --noEmit over client.ts, schema.d.ts, smoke.ts and
 #                client.test.ts (tsconfig.json adds exactOptionalPropertyTypes, erasableSyntaxOnly).
 #   ci.sh smoke  start `keyflash dev --no-crons` on a free port and a temporary state dir, wait
-#                until it answers, mint an admin dev token, run smoke.ts against it, stop it.
+#                until it answers, mint its dev tokens, run smoke.ts against it, stop it.
+#   ci.sh smoke URL  the same against the `keyflash dev` already at URL (its state dir is
+#                $KEYFLASH_STATE_DIR, else .keyflash/, as for `keyflash token`).
 # Needs the repository's venv (.venv, made by `python3 run.py`) for the smoke.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+keyflash=$repo/.venv/bin/keyflash
 cd "$here"
 
 check() {
@@ -26,11 +29,25 @@ check() {
   echo "ci.sh: schema.d.ts in step with openapi.json; client and smoke compile under --strict"
 }
 
+# smoke.ts against the stack at $1: an admin's token and, for the team routes, the same user's as
+# an admin of org_smoke (the smoke erases the user at the end).
+run_smoke() {
+  local token org_token
+  token=$("$keyflash" token --user typescript-smoke --admin) || return 1
+  org_token=$("$keyflash" token --user typescript-smoke --org org_smoke --org-role admin) || return 1
+  KEYFLASH_URL=$1 KEYFLASH_TOKEN=$token KEYFLASH_ORG_TOKEN=$org_token \
+    KEYFLASH_ORG_ID=org_smoke node .build/smoke.js
+}
+
 smoke() {
-  local keyflash=$repo/.venv/bin/keyflash state port pid url token org_token deadline
+  local state port pid url deadline
   [ -x "$keyflash" ] || { echo "ci.sh: $keyflash missing: run python3 run.py first" >&2; return 1; }
   [ -d node_modules ] || npm ci --no-audit --no-fund
   node_modules/.bin/tsc -p .
+  if [ -n "${1:-}" ]; then
+    run_smoke "$1"
+    return
+  fi
   state=$(mktemp -d)
   port=$("$repo/.venv/bin/python" -c 'from devkit._host import free_port; print(free_port())')
   url=http://127.0.0.1:$port
@@ -53,10 +70,7 @@ smoke() {
     fi
     sleep 0.5 # the poll's interval; readiness is the answer above, not this
   done
-  token=$("$keyflash" token --user typescript-smoke --admin)
-  org_token=$("$keyflash" token --user typescript-smoke --org org_smoke --org-role admin)
-  if ! KEYFLASH_URL=$url KEYFLASH_TOKEN=$token KEYFLASH_ORG_TOKEN=$org_token \
-    KEYFLASH_ORG_ID=org_smoke node .build/smoke.js; then
+  if ! run_smoke "$url"; then
     echo "ci.sh: the stack's log:" >&2
     tail -n 50 "$state/dev.log" >&2
     return 1
@@ -65,6 +79,6 @@ smoke() {
 
 case "${1:-}" in
   check) check ;;
-  smoke) smoke ;;
-  *) echo "usage: $0 check|smoke" >&2; exit 2 ;;
+  smoke) smoke "${2:-}" ;;
+  *) echo "usage: $0 check | smoke [URL]" >&2; exit 2 ;;
 esac

@@ -16,6 +16,7 @@ import os
 import pty
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +56,7 @@ from devkit.tokens import (
 from shared.auth import ActiveOrg, identity_from_claims, verify_session_token
 from shared.config import Settings
 from tests.support import fake_stripe, stripe_events
+from tests.support.ci import missing_tool
 from tests.support.clerk_events import PATH as CLERK_WEBHOOK
 from tests.support.clerk_events import SECRET, signed_headers, user_data
 from tests.support.dev_stack import (
@@ -441,6 +443,29 @@ def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir
 
 
 _ENV_SOURCE = re.compile(r"\$\{(env:.*)\}")  # `${env:A, env:B, 'default'}`: its sources
+
+
+def test_the_typescript_smoke_runs_against_your_own_stack_as_documented(stack: Stack) -> None:
+    """s53t8 F1: docs/typescript.md's command for your own stack failed with `smoke: set
+    KEYFLASH_ORG_TOKEN`; run exactly as written, but against this stack's URL."""
+    if shutil.which("node") is None or not (ROOT / "clients/typescript/node_modules").is_dir():
+        missing_tool("node and clients/typescript/node_modules (`npm ci` there) are needed")
+    docs = (ROOT / "docs" / "typescript.md").read_text()
+    own_stack = docs.split("Run it against your own stack", 1)[1]
+    command = own_stack.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:3000" in command, command
+    env = cli_env(stack.state_dir)
+    env["PATH"] = f"{Path(KEYFLASH).parent}{os.pathsep}{env['PATH']}"  # a developer's venv
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command.replace("http://127.0.0.1:3000", stack.url)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answered as documented" in result.stdout, result.stdout
 
 
 def test_legacy_reads_the_running_stacks_redis_unless_told_otherwise(
