@@ -64,13 +64,18 @@ def render_client(document: dict[str, Any]) -> str:
 def write_client(directory: Path, document: dict[str, Any]) -> list[Path]:
     """Write openapi.json, schema.d.ts and client.ts into `directory`; the paths written.
 
-    Raises RuntimeError with what to do when Node or the pinned generator is missing, before
+    The generator is this repository's (clients/typescript/node_modules), whatever `directory`
+    is. Raises RuntimeError with what to do when Node or that generator is missing, before
     anything is written.
     """
     if shutil.which("node") is None:
         raise RuntimeError("node is not installed: the types come from openapi-typescript (Node)")
     if not GENERATOR.exists():
-        raise RuntimeError(f"{GENERATOR} is missing: run `npm ci` in {CLIENT_DIR} first")
+        # Always this repository's pinned generator, so the types match what CI regenerates.
+        raise RuntimeError(
+            f"{GENERATOR} is missing: run `npm ci` in {CLIENT_DIR} first (the generator pinned "
+            f"there is used whatever DIR is ({directory}); an `npm ci` in DIR does not count)"
+        )
     try:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / DOCUMENT).write_text(render(document))

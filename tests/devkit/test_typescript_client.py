@@ -109,6 +109,8 @@ def test_a_missing_generator_is_one_line_that_says_what_to_run(
     assert cli.main(["openapi", "--typescript", str(target)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "npm ci" in err and "Traceback" not in err
+    # s53t8 F3: `npm ci` in DIR did not help; the line says the generator is never DIR's
+    assert f"whatever DIR is ({target})" in err, err
     assert not target.exists()  # nothing half-written
 
 
