@@ -127,6 +127,7 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=argparse.SUPPRESS,
+        metavar="DIR",
         help="where the local database, dev key and lock live "
         "(default: $KEYFLASH_STATE_DIR, else .keyflash/ in the repository)",
     )
@@ -335,9 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     legacy = commands.add_parser(
         "legacy",
-        help="copy the original Redis data into Postgres (backfill) and check it (verify)",
-        description="Delegates to devkit.legacy: `keyflash legacy backfill|verify [options]` "
-        "(`keyflash legacy backfill --help` shows its options). Reads UPSTASH_REDIS_REST_URL "
+        help="copy the original Redis data into Postgres (backfill), check it (verify), finish "
+        "dual writes (repair), import users whose email another holds (reattach)",
+        description="Delegates to devkit.legacy: `keyflash legacy "
+        "backfill|verify|repair|reattach [options]` (`keyflash legacy ACTION --help` shows "
+        "an action's options; docs/migration-from-redis.md). Reads UPSTASH_REDIS_REST_URL "
         "(with _TOKEN; or KV_REST_API_URL and _TOKEN), else the running keyflash dev's Redis, "
         "else an emulator over REDIS_URL; writes DATABASE_URL, else the running keyflash dev's "
         "database, else the embedded one.",
@@ -851,7 +854,7 @@ def _legacy(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("devkit.legacy") is None:
         raise CliError("keyflash legacy is not available: devkit/legacy.py does not exist yet")
     module = importlib.import_module("devkit.legacy")
-    entry: Callable[[list[str]], Any] | None = getattr(module, "main", None)
+    entry: Callable[..., Any] | None = getattr(module, "main", None)
     if not callable(entry):
         raise CliError("keyflash legacy is not available: devkit.legacy has no main()")
     rest = list(args.extra)
@@ -859,7 +862,7 @@ def _legacy(args: argparse.Namespace) -> int:
         args.legacy_parser.print_help()
         return 0 if rest else 2
     if "-h" in rest or "--help" in rest:
-        return int(entry(rest) or 0)  # the delegate's help needs no database
+        return int(entry(rest, prog="keyflash legacy") or 0)  # its help needs no database
     from devkit.console import Progress
     from devkit.stack import Session, shared_database
 
@@ -879,7 +882,7 @@ def _legacy(args: argparse.Namespace) -> int:
             )
         )
         with shared_database(database):
-            return int(entry(rest) or 0)
+            return int(entry(rest, prog="keyflash legacy") or 0)
 
 
 def _env(args: argparse.Namespace) -> int:

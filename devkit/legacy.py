@@ -1,6 +1,7 @@
 """Copy the original Redis layout into Postgres, check the copy, and finish pending mirrors.
 
-`python -m devkit.legacy backfill|verify|repair` (dev tooling: deployable code never imports it).
+`keyflash legacy backfill|verify|repair|reattach`, or `python -m devkit.legacy …` where there is no
+`keyflash` (dev tooling: deployable code never imports it).
 It reads UPSTASH_REDIS_REST_URL/UPSTASH_REDIS_REST_TOKEN and DIRECT_DATABASE_URL (else
 DATABASE_URL), or their other names, as the settings do (`shared.config.ALTERNATE_NAMES`).
 
@@ -922,21 +923,37 @@ def _database_from_env() -> None:
     db.dispose_engine()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m devkit.legacy", description=__doc__)
+def _parser(prog: str = "python -m devkit.legacy") -> argparse.ArgumentParser:
+    """The actions' parser; `prog` is how the caller was invoked (`keyflash legacy`'s help names
+    that form, as the docs do)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("backfill", help="copy legacy Redis records into Postgres")
-    run.add_argument("--batch-size", type=int, default=500)
-    run.add_argument("--scan-count", type=int, default=1000)
-    run.add_argument("--report", type=Path, default=Path("legacy-backfill-report.json"))
+    run.add_argument(
+        "--batch-size", type=int, default=500, help="records per upsert and checkpoint (500)"
+    )
+    run.add_argument("--scan-count", type=int, default=1000, help="SCAN's COUNT hint (1000)")
+    run.add_argument(
+        "--report",
+        type=Path,
+        default=Path("legacy-backfill-report.json"),
+        help="where the JSON report goes (default: legacy-backfill-report.json)",
+    )
     run.add_argument(
         "--checkpoint", type=Path, help="default: <report>.checkpoint (resumed when present)"
     )
     check = commands.add_parser("verify", help="print every legacy record that Postgres lacks")
-    check.add_argument("--batch-size", type=int, default=500)
+    check.add_argument(
+        "--batch-size", type=int, default=500, help="records compared per batch (500)"
+    )
     fix = commands.add_parser("repair", help="copy pending dual-write mirrors to Redis")
-    fix.add_argument("--limit", type=int, default=500)
+    fix.add_argument(
+        "--limit",
+        type=int,
+        default=500,
+        help="keys (and users owed counter deltas) repaired per round (500)",
+    )
     attach = commands.add_parser(
         "reattach",
         help="import users whose address another account holds, with the placeholder email",
@@ -945,10 +962,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m devkit.legacy backfill|verify|repair|reattach`; the exit status says whether
-    all is well (verify: no differences; repair: nothing left; reattach: every user reattached)."""
-    return _run(_parser().parse_args(argv))
+def main(argv: Sequence[str] | None = None, prog: str = "python -m devkit.legacy") -> int:
+    """`python -m devkit.legacy backfill|verify|repair|reattach` (`keyflash legacy` passes its own
+    `prog`); the exit status says whether all is well (verify: no differences; repair: nothing
+    left; reattach: every user reattached)."""
+    return _run(_parser(prog).parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:

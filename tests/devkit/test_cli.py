@@ -1080,6 +1080,39 @@ def test_legacy_delegates_or_says_it_is_not_available(
     assert "verify" in capsys.readouterr().out
 
 
+def test_legacy_help_names_the_keyflash_form_and_every_action(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """s53t8 F4: the actions' usage said `python -m devkit.legacy`, the top level listed only
+    backfill|verify and named the state dir DIR in its usage but STATE_DIR in its options."""
+    assert cli.main(["legacy", "--help"]) == 0
+    top = capsys.readouterr().out
+    assert top.startswith("usage: keyflash legacy ")
+    for action in ("backfill", "verify", "repair", "reattach"):
+        assert action in top, action
+    assert "--state-dir STATE_DIR" not in top and "--state-dir DIR" in top
+    for action in ("backfill", "verify", "repair", "reattach"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["legacy", action, "--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: keyflash legacy {action} "), out
+        assert "devkit.legacy" not in out
+
+
+def test_legacy_options_are_all_described() -> None:
+    from devkit import legacy
+
+    (actions,) = [
+        action
+        for action in legacy._parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    for name, sub in actions.choices.items():
+        for option in sub._actions:
+            assert option.help, f"{name} {option.option_strings or option.dest}"
+
+
 def test_unexpected_errors_are_one_line_without_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
