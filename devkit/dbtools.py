@@ -171,13 +171,15 @@ def confirm(question: str, assume_yes: bool) -> None:
 
 
 def table_count(url: str) -> int:
+    """The tables whose rows pg_dump writes: ordinary tables, each partition one; a partitioned
+    parent holds no rows of its own (pg_tables lists it too, so `backup` said 35 for 32)."""
     import psycopg
 
     conninfo, env = libpq_target(url)
     with psycopg.connect(conninfo, password=env.get("PGPASSWORD"), autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
-            "'information_schema')"
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -196,12 +198,12 @@ def backup(database: Database, file: Path) -> None:
     total = table_count(database.direct_url)
     with Progress(total, "backup") as progress:
         try:
-            _run_counting(command, env, progress, "dumping contents of table")
+            dumped = _run_counting(command, env, progress, "dumping contents of table")
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         partial.replace(file)
-        progress.close(f"backup: {total} tables written to {file} ({_size(file)})")
+        progress.close(f"backup: {dumped} tables written to {file} ({_size(file)})")
 
 
 def check_archive(file: Path) -> None:
@@ -243,17 +245,18 @@ def restore(database: Database, file: Path) -> None:
             f"--dbname={conninfo}", str(file),
         ]  # fmt: skip
         with Progress(total, "restore") as progress:
-            _run_counting(command, env, progress, "processing data for table")
-            progress.close(f"restore: {total} tables restored from {file}")
+            restored = _run_counting(command, env, progress, "processing data for table")
+            progress.close(f"restore: {restored} tables restored from {file}")
         with psycopg.connect(libpq_url(url)) as conn:
             release_leases(conn.cursor())  # the runs holding them are not this database's
 
     replace(database, load)
 
 
-def _run_counting(command: list[str], env: dict[str, str], progress: Progress, marker: str) -> None:
-    """Run a pg tool, advancing the bar on each verbose line containing `marker`; on failure,
-    its last error line becomes ours."""
+def _run_counting(command: list[str], env: dict[str, str], progress: Progress, marker: str) -> int:
+    """Run a pg tool, advancing the bar on each verbose line containing `marker`; how many there
+    were (the tables it dumped or loaded: what the summary line counts). On failure, its last
+    error line becomes ours."""
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -273,6 +276,7 @@ def _run_counting(command: list[str], env: dict[str, str], progress: Progress, m
     if code != 0:
         tool = Path(command[0]).name
         raise CliError(f"{tool} failed: {errors[-1] if errors else f'exit status {code}'}")
+    return done
 
 
 def _size(file: Path) -> str:

@@ -1456,6 +1456,9 @@ def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
     backup = keyflash("db", "backup", str(archive), state_dir=spare_state_dir)
     assert backup.returncode == 0, backup.stderr
     assert archive.read_bytes().startswith(b"PGDMP")
+    # s53t8 F5: "35 tables written" after 32 tables (the partitioned parents hold no rows)
+    dumped = re.findall(r"^backup: (\S+)$", backup.stderr, re.MULTILINE)
+    assert f"backup: {len(dumped)} tables written to " in backup.stderr, backup.stderr
 
     refused = keyflash("db", "reset", state_dir=spare_state_dir)  # no terminal, no --yes
     assert_one_line_failure(refused, "--yes")
@@ -1468,6 +1471,7 @@ def test_db_backup_reset_restore_round_trip(spare_state_dir: Path) -> None:
 
     restore = keyflash("db", "restore", str(archive), "--yes", state_dir=spare_state_dir)
     assert restore.returncode == 0, restore.stderr
+    assert f"restore: {len(dumped)} tables restored from " in restore.stderr, restore.stderr
     assert psql(f"SELECT count(*) FROM users WHERE id = '{marker}'") == "1"
     check = keyflash("db", "check", state_dir=spare_state_dir)
     assert check.returncode == 0, check.stderr
