@@ -5,10 +5,10 @@
  * every error body against the ErrorEnvelope, and every status seen against the statuses
  * openapi.json declares for that operation. Fails when openapi.json has an operation this script does not call.
  *
- *   KEYFLASH_URL=http://127.0.0.1:3000 KEYFLASH_TOKEN=$(keyflash token --user smoke --admin) \
- *     npm run build && npm run smoke
+ *   clients/typescript/ci.sh smoke http://127.0.0.1:3000
  *
- * The token must be an admin's. Stripe is not configured on a local stack: its routes are checked
+ * ci.sh sets what it reads: KEYFLASH_URL, KEYFLASH_TOKEN (an admin's), KEYFLASH_ORG_TOKEN and
+ * KEYFLASH_ORG_ID (the same user as an admin of that team), docs/typescript.md. Stripe is not configured on a local stack: its routes are checked
  * for the refusal the local stack documents (503). The Clerk webhook has the stack's own secret:
  * an unsigned delivery is refused (400). Exports go to the local stack's S3 (moto).
  * Providers are the mock provider, so keyword routes answer 200 with its data.
