@@ -602,8 +602,10 @@ def test_metric_series_buckets() -> None:
         )
     )
     assert points == [
-        system_metrics.Point(hour, avg=3.0, min=1.0, max=5.0, count=3),
-        system_metrics.Point(hour + timedelta(hours=1), avg=10.0, min=10.0, max=10.0, count=1),
+        system_metrics.Point(hour, avg=3.0, min=1.0, max=5.0, count=3, non_finite=0),
+        system_metrics.Point(
+            hour + timedelta(hours=1), avg=10.0, min=10.0, max=10.0, count=1, non_finite=0
+        ),
     ]
 
 
