@@ -20,11 +20,14 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO
 from urllib.parse import quote
+
+from sqlalchemy.exc import DBAPIError
 
 from shared import db
 from shared.clock import utcnow
@@ -72,9 +75,11 @@ def write_compressed(
     written as they come, so memory does not grow with the document. `at_least`: a position the
     data must be read at or past (`db.read`): the cron has no token of the user's.
 
-    `deadline` (`time.monotonic()`): checked before each piece is written, `BuildDeadlineError`
-    once past, so a build of any size ends by then (one chunk's fetch later at most) and the
-    caller still has its time to record the attempt and give its lease back."""
+    `deadline` (`time.monotonic()`): checked before each piece is written, and every round trip
+    of the build gives up by it (`db.round_trips_by`; the server's statement timeout is the time
+    left too, so it stops the statement as well), `BuildDeadlineError` once past: a fetch that
+    scans a whole ledger table ends by then too (psycopg's least wait, 2 s, at most later), and
+    the caller still has its time to record the attempt and give its lease back."""
 
     def work(conn: Conn) -> int:
         file.seek(0)  # a retried transaction starts the file again
@@ -88,10 +93,20 @@ def write_compressed(
                     raise BuildDeadlineError("the export was not written by the deadline")
                 compressed.write(piece)
 
+            if deadline != math.inf:
+                left_ms = max(math.ceil((deadline - time.monotonic()) * 1000), 1)
+                # SET, not a query: the export's SET TRANSACTION must come before any query.
+                conn.connection.exec_driver_sql(f"SET LOCAL statement_timeout = {left_ms}")
             account.write_export(personal_data.export(conn, user_id), write)
             return compressed.tell()
 
-    return db.read(work, snapshot=True, at_least=at_least)
+    try:
+        with db.round_trips_by(deadline):
+            return db.read(work, snapshot=True, at_least=at_least)
+    except (db.DatabaseUnavailableError, DBAPIError) as error:
+        if time.monotonic() < deadline:
+            raise
+        raise BuildDeadlineError("the export was not read by the deadline") from error
 
 
 def compress(document: bytes) -> bytes:

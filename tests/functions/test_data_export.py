@@ -796,6 +796,38 @@ def test_a_build_that_outlasts_the_runs_deadline_goes_back_to_pending(
     assert holder == (None,)  # given back
 
 
+def test_a_fetch_that_straddles_the_runs_deadline_ends_the_build_there(
+    api_env: Keys,
+    storage: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    direct_database_url: str,
+    admin_conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reviewer s53r M1: the deadline was checked only between pieces, so one fetch (the
+    ledger's scan) could run past the database's give-up time: the export stayed running, the
+    lease held, the run failed as DatabaseUnavailableError. The build's round trips now end by
+    its deadline. Here the fetch waits on a lock another connection holds on webhook_events."""
+    # A 6 s invocation less the database's 3 s and S3's 2 s: the deadline is 1 s into the run.
+    configure(monkeypatch, PROVIDER_DEADLINE_MARGIN_S=2, CRON_TIME_MARGIN_MS=0)
+    db.run(lambda conn: users.create(conn, "user_a", "a@example.com"))
+    call = Caller("lambda_v2", api_env)
+    export_id = call("me_export", "POST", "/api/me/export", user="user_a").json["export"]["id"]
+    with psycopg.connect(direct_database_url) as holder:
+        holder.execute("LOCK TABLE webhook_events IN ACCESS EXCLUSIVE MODE")
+        with caplog.at_level("INFO", logger="keyflash"):
+            summary = run_job(exports_job.JOB, context=BudgetContext(checks=1, first_ms=6_000))
+        holder.rollback()
+    row = admin_conn.execute(
+        "SELECT status, attempts, error FROM data_exports WHERE id = %s", (export_id,)
+    ).fetchone()
+    assert row == ("pending", 1, exports.BuildDeadlineError.__name__)
+    assert summary["errors"] == 1
+    assert logged(caplog, "cron_job_failed") == logged(caplog, "db_unavailable") == []
+    lease = admin_conn.execute("SELECT holder FROM cron_leases WHERE job = 'exports'").fetchone()
+    assert lease == (None,)  # given back
+
+
 def test_no_export_is_claimed_past_the_runs_deadline_for_s3(
     api_env: Keys,
     storage: Any,
