@@ -33,12 +33,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from psycopg.pq import TransactionStatus
 from sqlalchemy import (
     ColumnElement,
     Text,
+    and_,
     bindparam,
     cast,
     delete,
@@ -64,6 +65,7 @@ from shared.models.system_metrics import SystemMetric
 from shared.models.users import User
 from shared.models.webhook_events import WebhookEvent
 from shared.repositories import reservations
+from shared.repositories.users import is_placeholder
 from shared.telemetry import database_operation
 
 # Any string anywhere in the document equal to one of `$ids` (lax mode: `.**` walks every level).
@@ -216,21 +218,38 @@ def estimated_bytes(conn: Conn, user_id: str) -> int:
 
 def _mentions(column: Any, identifiers: list[str], email: str | None) -> ColumnElement[bool]:
     """Whether a JSON value anywhere in `column` is one of `identifiers` (exactly: ids are
-    case-sensitive) or the email in any letter case (emails are case-insensitive), matched in
-    the lowered JSON text. No index serves either: the ledger tables are scanned."""
+    case-sensitive) or the email in any letter case (emails are case-insensitive; placeholders
+    are not, `_folded`), matched in the lowered JSON text. No index serves either: the ledger
+    tables are scanned. The lowered text is parsed again only where it holds the lowered email
+    as a JSON string (`strpos`, first in the AND): almost no row, so the scan stays one
+    serialisation per row."""
     variables = bindparam(None, {"ids": identifiers}, type_=JSONB)
     exact = func.jsonb_path_exists(column, _MENTIONS_PATH, variables)
-    if email is None:
+    if not _folded(email):
         return exact
-    lowered = cast(func.lower(cast(column, Text)), JSONB)
+    lowered_text = func.lower(cast(column, Text))
+    needle = func.lower(cast(func.to_jsonb(cast(func.lower(email), Text)), Text))
     folded = func.jsonb_build_object("ids", func.jsonb_build_array(func.lower(email)))
-    return or_(exact, func.jsonb_path_exists(lowered, _MENTIONS_PATH, folded))
+    return or_(
+        exact,
+        and_(
+            func.strpos(lowered_text, needle) > 0,
+            func.jsonb_path_exists(cast(lowered_text, JSONB), _MENTIONS_PATH, folded),
+        ),
+    )
 
 
 def _text_mentions(column: Any, identifiers: list[str], email: str | None) -> ColumnElement[bool]:
     exact = [func.strpos(column, identifier) > 0 for identifier in identifiers]
-    folded = [] if email is None else [func.strpos(func.lower(column), func.lower(email)) > 0]
+    folded = [func.strpos(func.lower(column), func.lower(email)) > 0] if _folded(email) else []
     return or_(*exact, *folded)
+
+
+def _folded(email: str | None) -> TypeGuard[str]:
+    """Whether `email` is also matched in any letter case: a real address. A placeholder
+    carries its case-sensitive id (`users_email_lower_key` holds it exactly): the exact match
+    is its only one."""
+    return email is not None and not is_placeholder(email)
 
 
 def _event_mentions(identifiers: list[str], email: str | None) -> ColumnElement[bool]:

@@ -656,3 +656,34 @@ def test_the_email_is_matched_in_ledger_rows_whatever_its_case(api_env: Keys) ->
     )
     assert left == {"wh_upper": None, "wh_error": None,
                     "wh_other": {"email": "USER_MZ@EXAMPLE.COM", "id": "USER_M"}}  # fmt: skip
+
+
+def test_a_placeholder_email_is_matched_in_ledger_rows_exactly(api_env: Keys) -> None:
+    """Reviewer s53r L7: placeholders carry case-sensitive ids (`users_email_lower_key` holds
+    them exactly), so another id's placeholder differing only in case is not the user's."""
+
+    def setup(conn: Any) -> None:
+        users.create(conn, "user_p", "user_p@keyflash.local")
+        conn.session.execute(insert(WebhookEvent), [
+            {"id": "wh_mine", "type": "x", "payload": {"email": "user_p@keyflash.local"}},
+            {"id": "wh_other", "type": "x", "payload": {"email": "USER_P@keyflash.local"}},
+            {"id": "wh_error", "type": "x", "payload": {},
+             "error": "no user USER_P@keyflash.local"},
+        ])  # fmt: skip
+
+    db.transaction(setup)
+    exported = json.loads(exports.build("user_p"))
+    assert [row["id"] for row in exported["webhookEvents"]] == ["wh_mine"]
+    db.transaction(lambda conn: personal_data.erase(conn, "user_p"))
+    left = db.run(
+        lambda conn: dict(
+            conn.session.execute(
+                text("SELECT id, (payload, error)::text FROM webhook_events")
+            ).all()
+        )
+    )
+    assert left == {
+        "wh_mine": "(,)",
+        "wh_other": '("{""email"": ""USER_P@keyflash.local""}",)',
+        "wh_error": '({},"no user USER_P@keyflash.local")',
+    }
