@@ -87,8 +87,9 @@ def found_under(identity: ColumnElement[Any]) -> Subquery:
 
 
 # The user row was just created, by a statement whose snapshot may predate an erasure of the
-# same identity (an INSERT … ON CONFLICT that waited on the erased row's lock inserts after the
-# erasure commits, with the values it computed before): apply what that statement could not see.
+# same identity (a first request whose snapshot saw no tombstone yet, while a concurrent first
+# request created the row and an erasure removed it and committed): apply what that statement
+# could not see.
 def _settle_statement() -> Update:
     tombstone = found_under(bindparam("keys", type_=ARRAY(Text())))
     used = tombstone.c.used + User.keyword_searches_this_month

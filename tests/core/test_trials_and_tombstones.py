@@ -27,7 +27,8 @@ from shared.clock import utcnow
 from shared.db import Conn
 from shared.errors import QuotaExceededError, TrialExpiredError
 from shared.http import usage
-from shared.quotas import Limits
+from shared.models.users import User
+from shared.quotas import Limits, usage_view
 from shared.repositories import tombstones, users
 from shared.repositories.reservations import Hold
 from shared.repositories.rows import db_time
@@ -491,3 +492,45 @@ def test_searches_racing_erasures_never_answer_500(
         ' AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = h."userId")'
     ).fetchone()
     assert orphans == (0,)
+
+
+@pytest.mark.parametrize("tier", ["FREE", "PRO", "ENTERPRISE"])
+@pytest.mark.parametrize("trial_ends_in", [timedelta(seconds=-1), timedelta(0), timedelta(days=1)])
+@pytest.mark.parametrize("stale", [False, True])
+@pytest.mark.parametrize("used_to_limit", [-2, -1, 0])
+def test_the_python_usage_view_agrees_with_the_statements_quota_rule(
+    db_env: str,
+    admin_conn: psycopg.Connection[Any],
+    tier: str,
+    trial_ends_in: timedelta,
+    stale: bool,
+    used_to_limit: int,
+) -> None:
+    """Reviewer s53r L1: a refusal is taken for "erased since the snapshot" whenever the Python
+    view says the request fits (`reserve_keywords`), so the two rules must agree: here on the
+    real statement, at the trial's end and the limits' edges, in a stale month or not."""
+    now = utcnow()
+    limits = Limits(trial=TRIAL_LIMIT, pro=100, enterprise=1000)
+    count = 2
+    limit = {"FREE": limits.trial, "PRO": limits.pro, "ENTERPRISE": limits.enterprise}[tier]
+    used = limit + used_to_limit
+    db.run(lambda conn: users.create(conn, "user_q", "q@example.com"))
+    admin_conn.execute(
+        """UPDATE users SET tier = %s, "trialEndsAt" = %s, "keywordSearchesTotal" = %s,
+               "keywordSearchesThisMonth" = %s, "monthlyResetAt" = %s WHERE id = 'user_q'""",
+        (tier, db_time(now + trial_ends_in), used, used,
+         db_time(now - timedelta(days=40) if stale else now)),
+    )  # fmt: skip
+    view = db.run(lambda conn: usage_view(conn.session.get_one(User, "user_q"), limits, now))
+    fits = not view.trial_expired and view.used + count <= view.limit
+
+    def reserve(conn: Conn) -> users.Usage:
+        return users.reserve_keywords(
+            conn, "user_q", "q@example.com", count, limits=limits, enforce=True, now=now
+        )
+
+    if fits:
+        db.run(reserve)
+    else:
+        with pytest.raises((QuotaExceededError, TrialExpiredError)):
+            db.run(reserve)
