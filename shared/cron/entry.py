@@ -33,6 +33,7 @@ from shared.envelope import (
     INVALID_TOKEN_CHALLENGE,
     envelope,
 )
+from shared.one_value import repeated
 from shared.telemetry import log_event
 
 Scope = MutableMapping[str, Any]
@@ -139,6 +140,10 @@ def asgi_app(job: Job) -> ASGIApp:
                 fix="set CRON_SECRET in the project's environment variables",
             )
             await _send_json(send, 500, envelope(500, GENERIC_500))
+            return
+        several = repeated(scope.get("headers") or [])
+        if several is not None:  # as every function answers (`guards.OneValue`)
+            await _send_json(send, 400, envelope(400, several))
             return
         if not authorized(scope, secret):
             log_event("cron_http_unauthorized", level=logging.WARNING, job=job.name)

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.config import ConfigurationError, Settings
 from shared.http.errors import error_response
 from shared.http.methods import allow, served
+from shared.one_value import repeated
 
 BODY_LIMIT = 1_000_000  # the original's; webhooks set none of their own (`create_app`)
 BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
@@ -34,8 +35,6 @@ QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
 PATH_NOT_UTF8 = "Invalid path: not UTF-8"
 NOT_DECODED = "Unsupported Content-Encoding: send the body without one (identity)"
 # Read as one value each (the credential; the origin CORS and CSRF judge): see `OneValue`.
-ONE_VALUE = ("Authorization", "Origin")
-REPEATED = "Send one {name} header: this request has several"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
@@ -144,12 +143,10 @@ class OneValue:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            for name in ONE_VALUE:
-                values = headers.getlist(name)
-                if len(values) > 1 or any("," in value for value in values):
-                    await error_response(400, REPEATED.format(name=name))(scope, receive, send)
-                    return
+            message = repeated(scope.get("headers") or [])
+            if message is not None:
+                await error_response(400, message)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 

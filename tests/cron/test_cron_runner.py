@@ -463,6 +463,26 @@ def test_the_vercel_app_answers_500_when_the_settings_are_broken(
     assert response.status == 500 and "DATABASE_URL" not in response.body.decode()
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("Authorization", f"Bearer {SECRET}"), ("Authorization", "x")],
+        [("Authorization", f"Bearer {SECRET}, x")],
+        [("Authorization", f"Bearer {SECRET}"), ("Origin", "https://a"), ("Origin", "https://b")],
+    ],
+)
+def test_the_vercel_app_refuses_several_authorization_or_origin_values(
+    cron_app_env: str, fields: list[tuple[str, str]]
+) -> None:
+    """Reviewer s53r L4: the cron's entry read the first Authorization field and ran the job;
+    every function answers 400 to several (`guards.OneValue`), so the cron does too."""
+    from functions.cron import prune
+
+    response = asgi_call(prune.app, headers=fields)
+    assert response.status == 400
+    assert response.json()["message"].startswith("Send one ")
+
+
 def test_the_vercel_app_answers_only_get(cron_app_env: str) -> None:
     from functions.cron import prune
 

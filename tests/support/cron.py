@@ -66,10 +66,12 @@ def asgi_call(
     method: str = "GET",
     path: str = "/",
     *,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
     query: str = "",
 ) -> AsgiResponse:
-    """Call a raw ASGI app once, as Vercel's runtime would, and collect the response."""
+    """Call a raw ASGI app once, as Vercel's runtime would, and collect the response. A list
+    of `headers` may repeat a name (several fields)."""
+    fields = list(headers.items()) if isinstance(headers, dict) else headers or []
     response = AsgiResponse()
     scope = {
         "type": "http",
@@ -79,7 +81,7 @@ def asgi_call(
         "path": path,
         "raw_path": path.encode(),
         "query_string": query.encode(),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in fields],
     }
 
     async def receive() -> dict[str, Any]:
