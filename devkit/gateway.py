@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl
@@ -159,7 +160,9 @@ class Gateway:
         over = _head_refusal(scope)
         if over is not None:
             logger.warning("%s refuses: %s", over.platform, over.reason)
-            await _refuse_in_envelope(send, over.status, "Client Error", over.reason)
+            await _refuse_in_envelope(
+                send, over.status, HTTPStatus(over.status).phrase, over.reason
+            )
             return
         if method in ("GET", "HEAD") and path == OPENAPI_PATH:
             await _respond(send, 200, self.openapi_bytes(), "application/json")

@@ -14,6 +14,7 @@ import sys
 import threading
 import types
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -419,6 +420,7 @@ def test_keyflash_dev_refuses_request_heads_the_platform_refuses(
     body = response.json()
     assert set(body) == {"error", "message", "statusCode", "timestamp"}
     assert body["statusCode"] == expected
+    assert body["error"] == HTTPStatus(expected).phrase  # s53r L5: as every envelope says it
     assert response.headers["x-request-id"].startswith("req_")
     assert response.headers["api-version"] == "v1"
     assert response.headers["x-content-type-options"] == "nosniff"
