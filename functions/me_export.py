@@ -74,6 +74,8 @@ def fits_both_platforms(body: bytes, *, compressed: bool) -> bool:
     """Whether a direct answer of `body` fits Vercel and Lambda. Mangum sends a compressed body
     base64 and a JSON one as a string in the result document, where `"` and `\\` are escaped
     again (the document, being JSON, holds no raw control character): a body of quotes doubles.
+    Non-ASCII counts once: the python3.12+ runtime (serverless.yml's `runtime`) writes the
+    result with non-ASCII kept; an older one escapes it (six bytes for a two-byte character).
     """
     if len(body) > DIRECT_MAX_BYTES:
         return False
