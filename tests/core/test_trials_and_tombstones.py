@@ -192,21 +192,7 @@ def test_a_first_search_blocked_by_the_erasure_of_its_user_gets_no_new_trial(
     db.dispose_engine()
     call = Caller("lambda_v2", api_env)
     assert search(call, "user_blocked", TRIAL_LIMIT - 1).status == 200  # room for one keyword
-    erasing, release = threading.Event(), threading.Event()
-
-    def erase_slowly(conn: Conn) -> None:
-        accounts.erase(conn, "user_blocked", refuse_live_subscription=True)
-        erasing.set()
-        assert release.wait(30)  # the row lock is held until this transaction commits
-
-    with ThreadPoolExecutor(2) as pool:
-        erasure = pool.submit(db.transaction, erase_slowly)
-        assert erasing.wait(30)
-        searching = pool.submit(search, call, "user_blocked", 1)
-        waits_for_lock(admin_conn, RESERVATION)
-        release.set()
-        erasure.result()
-        answered = searching.result()
+    [answered] = searches_behind_an_erasure(admin_conn, call, "user_blocked", searches=1)
     assert answered.status == 200, answered.text  # the tombstoned trial's last keyword
     assert admin_conn.execute(
         'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_blocked",)
@@ -238,21 +224,7 @@ def test_searches_blocked_by_the_erasure_of_a_trial_get_only_its_room(
         return settle(conn, user_id, email)
 
     monkeypatch.setattr(tombstones, "settle", observed_settle)
-    erasing, release = threading.Event(), threading.Event()
-
-    def erase_slowly(conn: Conn) -> None:
-        accounts.erase(conn, "user_burst", refuse_live_subscription=True)
-        erasing.set()
-        assert release.wait(30)  # the row lock is held until this transaction commits
-
-    with ThreadPoolExecutor(3) as pool:
-        erasure = pool.submit(db.transaction, erase_slowly)
-        assert erasing.wait(30)
-        searches = [pool.submit(search, call, "user_burst", 1) for _ in range(2)]
-        waits_for_lock(admin_conn, RESERVATION, backends=2)
-        release.set()
-        erasure.result()
-        answers = [searching.result() for searching in searches]
+    answers = searches_behind_an_erasure(admin_conn, call, "user_burst", searches=2)
     statuses = sorted(answer.status for answer in answers)
     assert statuses == [200, 429], [answer.text for answer in answers]
     assert all(row is None or row[0] >= TRIAL_LIMIT for row in visible), visible
@@ -350,6 +322,28 @@ def test_a_new_users_hold_is_written_only_for_what_its_first_request_counted(
         ("user_held",),
     ).fetchone()
     assert row == ((count, used + count) if outcome == "counted" else (0, used))
+
+
+def searches_behind_an_erasure(
+    admin_conn: psycopg.Connection[Any], call: Caller, user_id: str, *, searches: int
+) -> list[Any]:
+    """Erase `user_id` in a transaction that holds its row lock until `searches` one-keyword
+    searches wait on it, then commit: their answers."""
+    erasing, release = threading.Event(), threading.Event()
+
+    def erase_slowly(conn: Conn) -> None:
+        accounts.erase(conn, user_id, refuse_live_subscription=True)
+        erasing.set()
+        assert release.wait(30)  # the row lock is held until this transaction commits
+
+    with ThreadPoolExecutor(searches + 1) as pool:
+        erasure = pool.submit(db.transaction, erase_slowly)
+        assert erasing.wait(30)
+        waiting = [pool.submit(search, call, user_id, 1) for _ in range(searches)]
+        waits_for_lock(admin_conn, RESERVATION, backends=searches)
+        release.set()
+        erasure.result()
+        return [each.result() for each in waiting]
 
 
 def waits_for_lock(conn: psycopg.Connection[Any], statement: str, backends: int = 1) -> None:
