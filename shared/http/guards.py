@@ -34,7 +34,6 @@ BODY_TOO_LARGE = "Request body too large. Limit is 976 KB."
 QUERY_NOT_UTF8 = "Invalid query string: not UTF-8"
 PATH_NOT_UTF8 = "Invalid path: not UTF-8"
 NOT_DECODED = "Unsupported Content-Encoding: send the body without one (identity)"
-# Read as one value each (the credential; the origin CORS and CSRF judge): see `OneValue`.
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_EXEMPT_PREFIXES = ("/api/webhooks/", "/api/health")
 CSRF_COOKIE = "csrf-token"
