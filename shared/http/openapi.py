@@ -123,14 +123,8 @@ def whole_number_query(
     the TypeScript client then types `string`. The description repeats the range, as the client's
     comments show only descriptions."""
     schema = {"type": "integer", "minimum": minimum, "maximum": maximum, "default": default}
-    parameter = {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": f"{description}, {minimum}..{maximum} (default {default})",
-        "schema": schema,
-    }
-    return {"parameters": [parameter]}
+    described = f"{description}, {minimum}..{maximum} (default {default})"
+    return _query_parameter(name, described, schema, required=False)
 
 
 def required_query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +132,17 @@ def required_query(name: str, description: str, schema: dict[str, Any]) -> dict[
     optional text left out of FastAPI's schema (`Query(include_in_schema=False)`), so that a
     missing one is the envelope's 400 with the route's own message rather than FastAPI's 422;
     documented optional, the TypeScript client would compile a call without it."""
+    return _query_parameter(name, description, schema, required=True)
+
+
+def _query_parameter(
+    name: str, description: str, schema: dict[str, Any], *, required: bool
+) -> dict[str, Any]:
+    """`openapi_extra` adding one query parameter (FastAPI appends it to the operation's)."""
     parameter = {
         "name": name,
         "in": "query",
-        "required": True,
+        "required": required,
         "description": description,
         "schema": schema,
     }
