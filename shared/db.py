@@ -74,6 +74,7 @@ from psycopg.conninfo import conninfo_attempts, conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.postgresql.base import PGTypeCompiler
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -825,7 +826,22 @@ def _compile(statement: ClauseElement) -> tuple[str, Mapping[str, Any] | None]:
     return str(compiled), constants or None
 
 
-_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+class _ShortTypeNames(PGTypeCompiler):
+    """`timestamp` for `TIMESTAMP WITHOUT TIME ZONE` (the same type): hot statements cast their
+    datetime parameters often, and psycopg caches the parsing of a statement only up to 4,096
+    characters (the keyword reservation is near it)."""
+
+    def visit_TIMESTAMP(self, type_: Any, **kw: Any) -> str:
+        if getattr(type_, "precision", None) is not None:
+            return str(super().visit_TIMESTAMP(type_, **kw))
+        return "timestamptz" if type_.timezone else "timestamp"
+
+
+class _HotDialect(PGDialect_psycopg):
+    type_compiler_cls = _ShortTypeNames
+
+
+_DIALECT = _HotDialect()  # type: ignore[no-untyped-call]
 
 
 def execute_hot(

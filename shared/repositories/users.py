@@ -31,7 +31,6 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    literal_column,
     or_,
     select,
     true,
@@ -559,16 +558,18 @@ def reserve_keywords(
     hold: Hold | None = None,
 ) -> Usage:
     """Get-or-create the user and count `count` keywords against their quota: one statement,
-    run again (up to ERASED_RERUNS times) only when the row it saw was erased meanwhile.
+    run again (RESERVE_RUNS in all) only when the row it saw changed under it: created by a
+    racing first request, or erased.
 
     An `UPDATE … WHERE <quota allows it>` CTE for an existing row, and an `INSERT … ON CONFLICT
-    (id) DO UPDATE … WHERE <quota allows it>` CTE for an absent one (a racing first request),
-    joined by UNION ALL: a new user is created (a FREE trial, continuing a tombstoned one of the
-    same identity) with the keywords counted when they fit; an existing one is counted only
-    when the tier's rule holds on the locked row (trial not over and `total + n <= trial
-    limit`; else `this month (lazily reset) + n <= monthly limit`), so parallel requests never
-    overshoot. The refusal path reads the row and asks `usage_view`, which mirrors that rule
-    (pinned by a test): a refusal it says fits was the erased row's.
+    DO NOTHING` CTE for an absent one, joined by UNION ALL: a new user is created (a FREE trial,
+    continuing a tombstoned one of the same identity) with the keywords counted when they fit;
+    an existing one is counted only when the tier's rule holds on the locked row (trial not
+    over and `total + n <= trial limit`; else `this month (lazily reset) + n <= monthly
+    limit`), so parallel requests never overshoot. The refusal path reads the row and asks
+    `usage_view`, which mirrors that rule (pinned by a test): a refusal it says fits is a
+    row the statement did not see (a racing first request's, or one erased since), and the
+    statement runs again.
     With `enforce=False` (billing off) nothing is limited and usage is still counted.
     Refusals raise `TrialExpiredError` or `QuotaExceededError` and change nothing; an id Clerk
     deleted raises `AccountDeletedError`, leaving no row (`_refuse_if_deleted`); a new user
@@ -588,8 +589,8 @@ def reserve_keywords(
     if hold is not None:
         params.update(p_hold_id=hold.id, p_hold_expires_at=db_time(hold.expires_at))
     upsert = _RESERVE[enforce, hold is not None]
-    for _ in range(ERASED_RERUNS):
-        row = _reserved(conn, upsert, params)
+    for _ in range(RESERVE_RUNS):
+        row = execute_hot(conn, upsert, params).fetchone()
         if row is not None and row[4]:  # created: an erasure may have committed meanwhile
             _refuse_if_deleted(conn, user_id)
             settled = tombstones.settle(conn, user_id, email)
@@ -627,25 +628,10 @@ def reserve_keywords(
     raise UserNotFoundError(user_id)  # erased again before each of the re-runs
 
 
-# The reservation's runs when erasures of the user keep landing between them (only the person's
-# own can). Few: the routes run the whole request again too (`shared.auth.ERASED_ATTEMPTS`), and
-# the two bounds multiply (2 x 5 statement runs at most).
-ERASED_RERUNS = 2
-
-
-def _reserved(conn: Conn, upsert: HotStatement, params: dict[str, Any]) -> Any:
-    """The reservation statement's row (None: nothing counted)."""
-    for attempt in range(2):
-        try:
-            return execute_hot(conn, upsert, params).fetchone()
-        except IntegrityError as error:
-            # A racing first request for the same new user can trip the email index (ON
-            # CONFLICT covers the id only); the re-run finds the row it created.
-            if attempt or not _is_email_conflict(error):
-                _raise_if_email_taken(error)
-                raise
-            conn.session.rollback()
-    raise AssertionError("unreachable")
+# The reservation's runs: a racing first request costs one, an erasure of the user landing
+# between them (only the person's own can) another. Few: the routes run the whole request again
+# too (`shared.auth.ERASED_ATTEMPTS`), and the two bounds multiply (3 x 5 statement runs at most).
+RESERVE_RUNS = 3
 
 
 def _uncount(conn: Conn, user_id: str, count: int, now: datetime) -> None:
@@ -670,16 +656,16 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
     trial_limit = bindparam("p_trial_limit", type_=Integer())
     stale = User.monthly_reset_at < bindparam("p_month_start", type_=UTCDateTime())
     monthly_used = case((stale, 0), else_=User.keyword_searches_this_month)
+    monthly_limit = case(
+        (User.tier == UserTier.PRO, bindparam("p_pro_limit", type_=Integer())),
+        else_=bindparam("p_enterprise_limit", type_=Integer()),
+    )
     allowed = case(
         (
             User.tier == UserTier.FREE,
             and_(trial_end_sql() >= now, User.keyword_searches_total + count <= trial_limit),
         ),
-        (
-            User.tier == UserTier.PRO,
-            monthly_used + count <= bindparam("p_pro_limit", type_=Integer()),
-        ),
-        else_=monthly_used + count <= bindparam("p_enterprise_limit", type_=Integer()),
+        else_=monthly_used + count <= monthly_limit,
     )
     values = _new_user_columns()
     tombstone = _continuing_trial(values)
@@ -693,10 +679,10 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
         User.monthly_reset_at: case((stale, now), else_=User.monthly_reset_at),
         User.updated_at: now,
     }
-    returned = (
-        User.keyword_searches_this_month,
-        User.keyword_searches_total,
-        User.monthly_reset_at,
+    returned = (  # short labels: the union and the hold repeat them (psycopg's 4,096 above)
+        User.keyword_searches_this_month.label("month"),
+        User.keyword_searches_total.label("total"),
+        User.monthly_reset_at.label("reset"),
         User.tier,
     )
     # A row this statement's snapshot sees is only ever updated: if an erasure deletes it
@@ -713,14 +699,15 @@ def _reserve_statement(*, enforce: bool, with_hold: bool) -> Any:
     # Inserted only where the snapshot sees no row; nothing proposed for an id Clerk deleted
     # (its row is gone, and stays gone), nor for an email another account holds (`create`'s
     # check). A racing first request's row is counted ON CONFLICT, as an existing one.
+    # A racing first request's row, or a racing insert of the email, makes this one insert
+    # nothing (DO NOTHING waits for it to commit): the caller's refusal path reads the row and
+    # runs the statement again, whose UPDATE then counts on it.
     absent = ~exists().where(_USERS.c.id == values["id"])
     free = ~_email_held_elsewhere(values["id"], values["email"])
     statement = _insert_from(User, values, tombstone, ~tombstone.c.deleted, absent, free)
     inserted = (
-        statement.on_conflict_do_update(
-            index_elements=[User.id], set_=counted, where=allowed if enforce else None
-        )
-        .returning(*returned, literal_column("xmax = 0").label("inserted"))
+        statement.on_conflict_do_nothing()
+        .returning(*returned, true().label("inserted"))
         .cte("inserted")
     )
     upsert = select(updated).union_all(select(inserted))
@@ -733,9 +720,7 @@ def _with_hold(reserved: Any, *, enforce: bool) -> Any:
     selecting the same columns."""
     # A new user's row counted its first request only when it holds all of it (else 0).
     counted_if_new = (
-        reserved.c.keyword_searches_this_month >= bindparam("p_count", type_=Integer())
-        if enforce
-        else true()
+        reserved.c.month >= bindparam("p_count", type_=Integer()) if enforce else true()
     )
     source = select(
         bindparam("p_hold_id", type_=Text()),
