@@ -832,9 +832,9 @@ class _ShortTypeNames(PGTypeCompiler):
     characters (the keyword reservation is near it)."""
 
     def visit_TIMESTAMP(self, type_: Any, **kw: Any) -> str:
-        if getattr(type_, "precision", None) is not None:
-            return str(super().visit_TIMESTAMP(type_, **kw))
-        return "timestamptz" if type_.timezone else "timestamp"
+        name = "timestamptz" if type_.timezone else "timestamp"
+        precision = getattr(type_, "precision", None)
+        return name if precision is None else f"{name}({precision})"
 
 
 class _HotDialect(PGDialect_psycopg):

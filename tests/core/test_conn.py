@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from typing import Any
 
 import psycopg
@@ -93,3 +94,20 @@ def test_every_hot_statement_of_the_repositories_builds_and_compiles() -> None:
     assert db.compile_hot_statements() == 0
     assert len(db._hot_statements) >= 20
     assert all(isinstance(statement.compiled()[0], str) for statement in db._hot_statements)
+
+
+def test_every_hot_statement_fits_psycopg_s_parse_cache() -> None:
+    """psycopg converts a statement's `%(name)s` placeholders on every run unless the statement
+    is at most MAX_CACHED_STATEMENT_LENGTH characters with at most MAX_CACHED_STATEMENT_PARAMS
+    parameters; past that each run of the keyword reservation parsed ~6 KB anew."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_PARAMS
+
+    for module in pkgutil.iter_modules(repositories.__path__):
+        importlib.import_module(f"{repositories.__name__}.{module.name}")
+    too_big = []
+    for statement in db._hot_statements:
+        sql, _ = statement.compiled()
+        names = set(re.findall(r"%\((\w+)\)s", sql))
+        if len(sql) > MAX_CACHED_STATEMENT_LENGTH or len(names) > MAX_CACHED_STATEMENT_PARAMS:
+            too_big.append((len(sql), len(names), sql[:80]))
+    assert too_big == []
