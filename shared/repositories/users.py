@@ -628,10 +628,10 @@ def reserve_keywords(
     raise UserNotFoundError(user_id)  # erased again before each of the re-runs
 
 
-# The reservation's runs: a racing first request costs one, an erasure of the user landing
-# between them (only the person's own can) another. Few: the routes run the whole request again
-# too (`shared.auth.ERASED_ATTEMPTS`), and the two bounds multiply (3 x 5 statement runs at most).
-RESERVE_RUNS = 3
+# The reservation's runs: each erasure of the user landing between them (only the person's own
+# can) costs one, and so does a racing first request that creates the row, at the start and
+# again after each erasure. 5 count through two erasures, whatever first requests race them.
+RESERVE_RUNS = 5
 
 
 def _uncount(conn: Conn, user_id: str, count: int, now: datetime) -> None:

@@ -324,6 +324,83 @@ def test_a_new_users_hold_is_written_only_for_what_its_first_request_counted(
     assert row == ((count, used + count) if outcome == "counted" else (0, used))
 
 
+def test_a_first_search_losing_races_around_an_erasure_is_still_counted(
+    db_env: str,
+    admin_conn: psycopg.Connection[Any],
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first request loses the race to create its user (its INSERT does nothing), then the
+    person's own erasure takes the row its next run waits on, then another first request wins
+    the race to create the fresh account: each costs the reservation a run, and it still counts
+    on the row that exists (s54r1: it ran out of runs and raised `UserNotFoundError`)."""
+    monkeypatch.setenv("DB_POOL_SIZE", "4")
+    config.get_settings.cache_clear()
+    db.dispose_engine()
+    reserve, execute_hot = set(users._RESERVE.values()), users.execute_hot
+    runs: list[int] = []
+    pool = ThreadPoolExecutor(2)
+    helpers: list[Any] = []
+
+    def first_request_racing() -> None:
+        """Another first request's row, uncommitted until this run's INSERT waits on it."""
+        other = psycopg.connect(direct_database_url)
+        other.execute(
+            'INSERT INTO users (id, email, "updatedAt", "trialEndsAt")'
+            " VALUES ('user_raced', 'raced@example.com', now(), now() + interval '7 days')"
+        )
+
+        def commit_when_waited_on() -> None:
+            with psycopg.connect(direct_database_url, autocommit=True) as watcher:
+                waits_for_lock(watcher, RESERVATION)
+            other.commit()
+            other.close()
+
+        helpers.append(pool.submit(commit_when_waited_on))
+
+    def erasure_holding_the_row() -> None:
+        erasing, release = threading.Event(), threading.Event()
+
+        def erase_slowly(conn: Conn) -> None:
+            accounts.erase(conn, "user_raced", refuse_live_subscription=True)
+            erasing.set()
+            assert release.wait(30)  # the row lock is held until this transaction commits
+
+        def release_when_waited_on() -> None:
+            with psycopg.connect(direct_database_url, autocommit=True) as watcher:
+                waits_for_lock(watcher, RESERVATION)
+            release.set()
+
+        helpers.append(pool.submit(db.transaction, erase_slowly))
+        assert erasing.wait(30)
+        helpers.append(pool.submit(release_when_waited_on))
+
+    def racing(conn: Conn, statement: Any, params: Any) -> Any:
+        if statement in reserve:
+            runs.append(1)
+            if len(runs) in (1, 3):
+                first_request_racing()
+            elif len(runs) == 2:
+                erasure_holding_the_row()
+        return execute_hot(conn, statement, params)
+
+    monkeypatch.setattr(users, "execute_hot", racing)
+    limits = Limits(trial=TRIAL_LIMIT, pro=100, enterprise=1000)
+    with pool:
+        usage = db.run(
+            lambda conn: users.reserve_keywords(
+                conn, "user_raced", "raced@example.com", 1, limits=limits, enforce=True
+            )
+        )
+        for helper in helpers:
+            helper.result()
+    assert len(runs) == 4  # lost, erased, lost, counted
+    assert (usage.this_month, usage.total) == (1, 1)
+    assert admin_conn.execute(
+        'SELECT "keywordSearchesTotal" FROM users WHERE id = %s', ("user_raced",)
+    ).fetchone() == (1,)
+
+
 def searches_behind_an_erasure(
     admin_conn: psycopg.Connection[Any], call: Caller, user_id: str, *, searches: int
 ) -> list[Any]:
