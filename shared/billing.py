@@ -18,14 +18,18 @@ A subscription of another product on the same Stripe customer (not marked `keyfl
 of its prices STRIPE_PRICE_PRO) changes nothing
 (docs/billing.md#other-products-on-the-same-customer).
 
-An event about an organization (its metadata's `organizationId`, or an organization's Stripe
-customer) changes the organization's row by the same rules, never a user's
+Whom an event is about is decided by its metadata first: `organizationId` names an
+organization, else `clerkUserId` (or a checkout's `client_reference_id`) a user; only an event
+naming neither is found by its customer, an organization's first
+(docs/billing.md#finding-the-user). So a member's personal subscription on the organization's
+customer stays the member's, and the organization's stays its own. An event about an
+organization changes its row by the same rules, never a user's
 (`shared.repositories.org_subscriptions`); a deleted organization's events are recorded and
 change nothing (docs/organizations.md#billing-per-organization).
 
-`customer.deleted` forgets the customer wherever it is held, so the next checkout makes a new
-customer, and ends that row's subscription when it is on that customer (Stripe cancels a
-deleted customer's subscriptions, and no other).
+`customer.deleted` forgets the customer wherever it is held (a user and an organization may
+both hold one), so the next checkout makes a new customer, and ends each holder's subscription
+when it is on that customer (Stripe cancels a deleted customer's subscriptions, and no other).
 
 A user who cannot be found is a failure, not a success: subscription and invoice events can
 arrive before checkout links the customer (docs/original-app.md#d5), so the event is retried until
@@ -297,7 +301,8 @@ def apply_event(conn: Conn, event: StripeEvent, *, now: datetime | None = None) 
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Whom an event is about (`_subject`): nobody (`plan` None: no effect), an organization
-    (`for_org`; `org` None: none yet), or the user `user_id`, whose row is locked."""
+    (`for_org`; `org` None: none yet), or the user `user_id`, whose row is locked; for
+    `customer.deleted`, every holder of the customer (an organization and a user)."""
 
     plan: Plan | None
     for_org: bool = False
@@ -328,16 +333,22 @@ def _subject(conn: Conn, event: StripeEvent) -> Subject:
     two in (it clears that payload under the same row lock). So either the erasure commits first
     and the event finds no user (recorded without its payload), or the event commits first and
     the erasure clears what it recorded; and the two never deadlock. (An organization's events
-    lock the organization's row in its own statement, not the payer's.)"""
+    lock the organization's row in its own statement, not the payer's.)
+
+    The metadata decides first: the organization it names, else the user it names, whoever
+    holds the customer (a member's personal subscription may be paid through the
+    organization's customer). Only an event naming neither is found by its customer, an
+    organization's first (docs/billing.md#finding-the-user)."""
     plan = plan_for(event)
     if plan is None:
         return Subject(None)
     if plan.org_id is not None:
         return Subject(plan, for_org=True, org=org_subscriptions.find(conn, plan.org_id))
-    org = org_subscriptions.find_by_customer(conn, _customers(plan))
-    if org is not None:
+    org = None if _named_users(plan) else org_subscriptions.find_by_customer(conn, _customers(plan))
+    if org is not None and not plan.forget_customer:
         return Subject(plan, for_org=True, org=org)
-    return Subject(plan, user_id=subscriptions.lock_user(conn, _lookup(plan)))
+    user_id = subscriptions.lock_user(conn, _lookup(plan))
+    return Subject(plan, for_org=org is not None, org=org, user_id=user_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,9 +379,20 @@ def _apply(conn: Conn, event: StripeEvent, subject: Subject, moment: datetime) -
     plan = subject.plan
     if plan is None:
         return Done(Outcome.IGNORED)
-    if subject.for_org:
-        return _apply_to_org(conn, event, plan, subject.org, moment)
-    user_id = subject.user_id
+    if not subject.for_org:
+        return _apply_to_user(conn, event, plan, subject.user_id, moment)
+    done = _apply_to_org(conn, event, plan, subject.org, moment)
+    if subject.user_id is None:
+        return done
+    # customer.deleted, and a user holds the customer too: they forget it as well.
+    forgot = _apply_to_user(conn, event, plan, subject.user_id, moment)
+    return done if forgot.outcome is Outcome.STALE else forgot
+
+
+def _apply_to_user(
+    conn: Conn, event: StripeEvent, plan: Plan, user_id: str | None, moment: datetime
+) -> Done:
+    """The plan applied to the user's row (`user_id`, locked; None: no user matched)."""
     if user_id is None:
         return Done(_no_user(conn, event, plan, moment))
     if plan.forget_customer:

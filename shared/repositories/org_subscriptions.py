@@ -2,9 +2,10 @@
 (`subscriptions.apply_locked`) applied to an organization's row, under its row lock.
 
 An event is about an organization when its metadata names one (`organizationId`, set by the
-org checkout on the session and the subscription) or its customer is an organization's
-(`organizations.stripeCustomerId`). A deleted organization (tombstone `deletedAt`) is found,
-so the event is recorded as about it, but nothing is ever written to it again.
+org checkout on the session and the subscription) or, naming no user either, its customer is
+an organization's (`organizations.stripeCustomerId`; `shared.billing._subject`). A deleted
+organization (tombstone `deletedAt`) is found, so the event is recorded as about it, but
+nothing is ever written to it again.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def find(conn: Conn, org_id: str) -> Found | None:
 
 @database_operation("findBillingOrganizationByCustomer")
 def find_by_customer(conn: Conn, customers: tuple[str, ...]) -> Found | None:
-    """The organization holding one of the customers (an event naming no organization),
-    tombstones included."""
+    """The organization holding one of the customers (an event naming no organization and no
+    user), tombstones included."""
     if not customers:
         return None
     row = conn.session.execute(

@@ -342,6 +342,116 @@ def test_personal_billing_is_untouched_by_organizations(call: Caller) -> None:
     assert (org().stripe_customer_id, org().subscription_status) == ("cus_org", "canceled")
 
 
+def personal_subscription(status: str, **options: Any) -> dict[str, Any]:
+    """user_a's own subscription, paid through the organization's customer."""
+    options = {"customer": "cus_org", "sub_id": "sub_me", "clerk_user_id": "user_a", **options}
+    return subscription(status, **options)
+
+
+def test_a_members_personal_subscription_on_the_organizations_customer_is_the_members(
+    call: Caller,
+) -> None:
+    """Was: the event went to the organization holding its customer, so the member's newer
+    subscription took the organization over, its cancellation dropped the paying organization
+    to FREE, and the member stayed FREE. The user id in the metadata decides, not the customer."""
+    make_org()
+    make_user()  # user_a, FREE, no customer
+    created = org_subscription("active", created=T0 - 60)
+    assert deliver(call, stripe_event("customer.subscription.created", created)).status == 200
+    mine = personal_subscription("active", created=T0)
+    result = deliver(call, stripe_event("customer.subscription.created", mine, created=T0 + 10))
+    assert (result.status, result.json) == (200, {"received": True})
+    member = user()
+    assert (member.tier, member.subscription_status, member.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_me",
+    )
+    team = org()
+    assert (team.tier, team.subscription_status, team.stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_org",
+    )
+    failed = invoice(customer="cus_org", sub_id="sub_me", clerk_user_id="user_a")
+    payment_failed = stripe_event("invoice.payment_failed", failed, created=T0 + 20)
+    assert deliver(call, payment_failed).status == 200
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "past_due")
+    ended = personal_subscription("canceled", created=T0, ended_at=T0 + 30)
+    deleted = stripe_event("customer.subscription.deleted", ended, created=T0 + 30)
+    assert deliver(call, deleted).status == 200
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "canceled")
+    assert (org().tier, org().subscription_status, org().stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_org",
+    )
+    paid = deliver(call, stripe_event("invoice.paid", org_invoice(), created=T0 + 40))
+    assert paid.status == 200
+    assert (org().tier, org().subscription_status) == (UserTier.PRO, "active")
+
+
+def test_a_paying_members_own_events_reach_them_once_an_organization_shares_their_customer(
+    call: Caller,
+) -> None:
+    """Was: once an organization's subscription linked the member's customer to it, the
+    member's own failed payments and `unpaid` changed nothing (the user stayed PRO/active)."""
+    make_pro(subscription_status="active")  # user_a: cus_1 / sub_1
+    make_org()
+    created = org_subscription("active", customer="cus_1", created=T0 - 60)
+    assert deliver(call, stripe_event("customer.subscription.created", created)).status == 200
+    assert (org().stripe_customer_id, org().tier) == ("cus_1", UserTier.PRO)
+    failed = invoice(clerk_user_id="user_a")  # cus_1 / sub_1
+    assert deliver(call, stripe_event("invoice.payment_failed", failed, created=T0)).status == 200
+    assert (user().tier, user().subscription_status) == (UserTier.PRO, "past_due")
+    unpaid = subscription("unpaid", clerk_user_id="user_a")
+    event = stripe_event("customer.subscription.updated", unpaid, created=T0 + 10)
+    assert deliver(call, event).status == 200
+    assert (user().tier, user().subscription_status) == (UserTier.FREE, "unpaid")
+    assert (org().tier, org().subscription_status, org().stripe_subscription_id) == (
+        UserTier.PRO,
+        "active",
+        "sub_org",
+    )
+
+
+def test_an_event_naming_an_unknown_user_never_falls_back_to_the_organizations_customer(
+    call: Caller,
+) -> None:
+    make_org()
+    created = org_subscription("active", created=T0 - 60)
+    assert deliver(call, stripe_event("customer.subscription.created", created)).status == 200
+    event = stripe_event("customer.subscription.created", personal_subscription("active"))
+    result = deliver(call, event)
+    assert (result.status, result.json["message"]) == (500, GENERIC_500)
+    row = ledger(event["id"])
+    assert row is not None and row.error == (
+        "BillingUserNotFoundError: no user for customer.subscription.created (tried: id)"
+    )
+    assert (org().subscription_status, org().stripe_subscription_id) == ("active", "sub_org")
+
+
+def test_customer_deleted_makes_the_member_and_the_organization_forget_it(call: Caller) -> None:
+    """Was: only the organization forgot a customer both held; the member kept its id."""
+    make_pro(subscription_status="active")  # user_a: cus_1 / sub_1
+    make_org()
+    created = org_subscription("active", customer="cus_1", created=T0 - 60)
+    assert deliver(call, stripe_event("customer.subscription.created", created)).status == 200
+    deleted = {"id": "cus_1", "object": "customer", "deleted": True}
+    assert deliver(call, stripe_event("customer.deleted", deleted, created=T0 + 9)).status == 200
+    member, team = user(), org()
+    assert (member.stripe_customer_id, member.tier, member.subscription_status) == (
+        None,
+        UserTier.FREE,
+        "canceled",
+    )
+    assert (team.stripe_customer_id, team.tier, team.subscription_status) == (
+        None,
+        UserTier.FREE,
+        "canceled",
+    )
+
+
 def test_an_enterprise_organization_keeps_its_tier(call: Caller) -> None:
     make_org(tier=UserTier.ENTERPRISE)
     deliver(call, stripe_event("customer.subscription.deleted", org_subscription("canceled")))
