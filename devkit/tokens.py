@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devkit.console import CliError
-from shared.auth import KEY, is_org_id
+from shared.auth import KEY
+from shared.org_ids import is_org_id
 
 KEY_FILE = "dev-signing-key.pem"
 PUBLIC_KEY_FILE = "dev-signing-key.pub.pem"
@@ -159,7 +160,7 @@ def _org_permission(value: str) -> tuple[str, str]:
 
 def check_org_id(org_id: str) -> None:
     """A usage error (exit 2) unless `--org` is shaped as a Clerk org id, as the org routes and
-    session tokens want it (`shared.auth.is_org_id`): `token` and `clerk-org` both check it."""
+    session tokens want it (`shared.org_ids.is_org_id`): `token` and `clerk-org` both check it."""
     if not is_org_id(org_id):
         raise CliError(
             f"--org {org_id!r} must look like a Clerk org id (org_ then letters and digits)", code=2

@@ -34,13 +34,13 @@ import jwt
 from shared import jwks
 from shared.config import Settings
 from shared.errors import UserNotFoundError
+from shared.org_ids import is_org_id
 from shared.storable_text import unstorable_kind
 from shared.telemetry import log_event
 
 _PROVISIONED_MAX = 10_000
 _provisioned: set[str] = set()
 
-ORG_ID = re.compile(r"org_[A-Za-z0-9]{1,64}")
 KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a role, feature or permission key (no `org:`)
 _PERMISSION = re.compile(r"org:[A-Za-z0-9_-]{1,64}:[A-Za-z0-9_-]{1,64}")
 # A v2 `fpm` integer: no longer than a whole 4 KB session token (Clerk's cap), so never shorter
@@ -190,11 +190,6 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
-
-
-def is_org_id(value: object) -> bool:
-    """Whether `value` is shaped like a Clerk organization id (`org_` + letters and digits)."""
-    return isinstance(value, str) and ORG_ID.fullmatch(value) is not None
 
 
 class _Malformed(Exception):

@@ -25,7 +25,8 @@ naming neither is found by its customer, an organization's first
 customer stays the member's, and the organization's stays its own. An event about an
 organization changes its row by the same rules, never a user's
 (`shared.repositories.org_subscriptions`); a deleted organization's events are recorded and
-change nothing (docs/organizations.md#billing-per-organization).
+change nothing (docs/organizations.md#billing-per-organization). An `organizationId` no Clerk
+organization can have is a mistyped field (`InvalidEventError`), not one that does not exist yet.
 
 `customer.deleted` forgets the customer wherever it is held (a user and an organization may
 both hold one), so the next checkout makes a new customer, and ends each holder's subscription
@@ -55,6 +56,7 @@ from shared.clock import utcnow
 from shared.config import get_settings
 from shared.db import Conn, DatabaseUnavailableError, violated_constraint
 from shared.models import UserTier
+from shared.org_ids import is_org_id
 from shared.repositories import org_subscriptions, subscriptions, tombstones, webhook_events
 from shared.repositories.subscriptions import Decision, Link, LookupKey, SubscriptionChange
 from shared.stripe_objects import (
@@ -116,6 +118,20 @@ class BillingNotConfiguredError(RuntimeError):
 def _user_id(metadata: Mapping[str, Any]) -> str | None:
     value = metadata.get("clerkUserId")
     return value if isinstance(value, str) and value.strip() else None
+
+
+class _MistypedField(ValueError):
+    """A field billing reads holds what Stripe never sends; `plan_for` names the field."""
+
+
+def _organization(metadata: Mapping[str, Any]) -> str | None:
+    """The organization the metadata names. An id no Clerk organization can have (Clerk's
+    webhook refuses it too) is mistyped, not an organization that does not exist yet: retrying
+    cannot create it."""
+    org_id = organization_id(metadata)
+    if org_id is not None and not is_org_id(org_id):
+        raise _MistypedField("metadata.organizationId")
+    return org_id
 
 
 def _clean(value: str | None) -> str | None:
@@ -190,6 +206,8 @@ def plan_for(event: StripeEvent) -> Plan | None:
     except ValidationError as error:
         fields = sorted({".".join(str(p) for p in issue["loc"]) for issue in error.errors()})
         raise InvalidEventError(f"{event.type} lacks or mistypes: {', '.join(fields)}") from None
+    except _MistypedField as error:
+        raise InvalidEventError(f"{event.type} lacks or mistypes: {error}") from None
     return None
 
 
@@ -210,7 +228,7 @@ def _checkout_plan(session: CheckoutSession, *, paid: bool) -> Plan | None:
         ("email", email),
         ("customer", session.customer),
     )
-    org_id = organization_id(session.metadata)
+    org_id = _organization(session.metadata)
     if not paid or session.payment_status == "unpaid":
         return Plan(candidates, None, link_customer=session.customer, org_id=org_id)
     provisional = "trialing" if session.payment_status == "no_payment_required" else "active"
@@ -251,7 +269,7 @@ def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | N
             ends_at=subscription.ends_at(get_settings().stripe_price_pro),
             created_at=timestamp(subscription.created),
         ),
-        org_id=organization_id(subscription.metadata),
+        org_id=_organization(subscription.metadata),
     )
 
 
@@ -281,7 +299,7 @@ def _invoice_plan(invoice: Invoice, *, paid: bool) -> Plan | None:
             may_take_over=False,
             status_from=PAYMENT_FAILURE_APPLIES_TO,
         )
-    return Plan(candidates, change, org_id=organization_id(metadata))
+    return Plan(candidates, change, org_id=_organization(metadata))
 
 
 # --- applying it ----------------------------------------------------------------------------
@@ -454,7 +472,9 @@ def _apply_to_org(
     """The plan applied to an organization's row (organizations have no legacy record), by
     the users' rule for a customer another organization holds."""
     if org is None:
-        raise BillingOrganizationNotFoundError(f"no organization for {event.type} ({plan.org_id})")
+        raise BillingOrganizationNotFoundError(
+            f"no organization for {event.type} (tried: organizationId)"
+        )
     if org.deleted:
         return Done(Outcome.DELETED)
     if plan.forget_customer:

@@ -23,8 +23,8 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from shared import db
 from shared.accounts import CLERK, MAX_MILLISECONDS
-from shared.auth import is_org_id
 from shared.db import Conn
+from shared.org_ids import is_org_id
 from shared.repositories import organizations, subscriptions, webhook_events
 from shared.repositories.organizations import Removal
 from shared.telemetry import log_event

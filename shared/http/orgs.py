@@ -19,10 +19,11 @@ from typing import Annotated
 from fastapi import Depends
 
 from shared import db, rbac
-from shared.auth import ORG_ID, Identity
+from shared.auth import Identity
 from shared.db import Conn
 from shared.http.auth import CurrentUser
 from shared.http.errors import ORG_NOT_FOUND, ApiError
+from shared.org_ids import ORG_ID
 from shared.repositories import organizations
 
 INVALID_ORG_ID = "Invalid organization ID format"
