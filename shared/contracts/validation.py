@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, model_validator
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from shared.js_text import js_length, js_trim
 from shared.storable_text import LONE_SURROGATE, unstorable_kind
@@ -53,6 +53,21 @@ def bounded_text(
     if js_length(trimmed) > maximum:
         raise fail(f"{code}_too_long", too_long)
     return trimmed
+
+
+def js_length_within(minimum: int, maximum: int) -> AfterValidator:
+    """zod's `.min()`/`.max()` on a string the original does not trim: JS units, as
+    `bounded_text` counts, with pydantic's own messages (`String should have at most 5
+    characters`). Not `Field(max_length=…)`, which counts code points (an emoji 1, not 2)."""
+
+    def check(value: str) -> str:
+        if js_length(value) < minimum:
+            raise PydanticKnownError("string_too_short", {"min_length": minimum})
+        if js_length(value) > maximum:
+            raise PydanticKnownError("string_too_long", {"max_length": maximum})
+        return value
+
+    return AfterValidator(check)
 
 
 def nul_message(field: str) -> str:

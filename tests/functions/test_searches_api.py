@@ -326,6 +326,41 @@ def test_create_validation_messages(call: Caller, body: dict[str, Any], message:
     assert result.headers["cache-control"] == "no-store, no-cache, must-revalidate"
 
 
+EMOJI = "\U0001f600"  # one code point, two UTF-16 code units: JS `length` 2
+
+
+def with_params(**changes: str) -> dict[str, Any]:
+    return {**BODY, "searchParams": {**BODY["searchParams"], **changes}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"location": EMOJI}, None),  # 2 units: the shortest location
+        ({"location": "a" + EMOJI * 2}, None),  # 5 units
+        ({"location": "a"}, "searchParams.location: String should have at least 2 characters"),
+        ({"location": EMOJI * 3}, "searchParams.location: String should have at most 5 characters"),
+        ({"language": "a" + EMOJI * 17}, None),  # 35 units
+        (
+            {"language": EMOJI * 18},
+            "searchParams.language: String should have at most 35 characters",
+        ),
+    ],
+)
+def test_location_and_language_lengths_count_utf16_units(
+    call: Caller, changes: dict[str, str], message: str | None
+) -> None:
+    """Like every other length on the route, as the original's JS `length` (zod) counted."""
+    body = with_params(**changes)
+    result = call("searches", "POST", "/api/searches", user="user_a", json_body=body)
+    if message is not None:
+        assert (result.status, result.json["message"]) == (400, message)
+        return
+    assert result.status == 201, result.text
+    saved = result.json["search"]["searchParams"]
+    assert {key: saved[key] for key in changes} == changes
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [({"name": ""}, "Name is required"), ({"name": "n" * 101}, "Name too long")],

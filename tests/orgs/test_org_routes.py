@@ -291,6 +291,35 @@ def test_bad_input_is_a_4xx_not_a_500(
     assert count == (0,)
 
 
+def test_team_location_and_language_lengths_count_utf16_units(
+    lambda_call: Caller, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The personal contract's unit: an emoji counts 2, as JS `length` counts it."""
+    seed(admin_conn)
+    user, claims, _, _ = CALLERS["token_admin"]
+    assert claims is not None
+    headers = {"authorization": f"Bearer {lambda_call.token(user, **claims)}"}
+    emoji = "\U0001f600"
+
+    def post(location: str, language: str) -> Result:
+        params = {"keywords": ["grinder"], "matchType": "exact", "location": location,
+                  "language": language}  # fmt: skip
+        return lambda_call(
+            "org_searches", "POST", f"/api/orgs/{ORG}/searches",
+            json_body={**BODY, "searchParams": params}, headers=headers,
+        )  # fmt: skip
+
+    made = post(emoji, "a" + emoji * 17)  # 2 and 35 units
+    assert made.status == 201, made.text
+    assert made.json["search"]["searchParams"]["location"] == emoji
+    too_long = post(emoji * 3, emoji * 18)  # 6 and 36 units
+    assert_envelope(too_long, 400)
+    assert too_long.json["message"] == (
+        "searchParams.location: String should have at most 5 characters, "
+        "searchParams.language: String should have at most 35 characters"
+    )
+
+
 def test_members_lists_the_live_mirror_without_emails(
     lambda_call: Caller, admin_conn: psycopg.Connection[Any]
 ) -> None:

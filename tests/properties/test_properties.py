@@ -290,12 +290,15 @@ def check_location_and_language(
 # ---------------------------------------------------
 
 
+def js_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2  # JS `length`: an emoji counts 2
+
+
 def trimmed_length_verdict(raw: str, maximum: int, empty: str | None, too_long: str) -> str | None:
     text = js_trim(raw)
     if empty is not None and not text:
         return empty
-    units = len(text.encode("utf-16-le")) // 2  # JS `length`: an emoji counts 2
-    return too_long if units > maximum else None
+    return too_long if js_units(text) > maximum else None
 
 
 NUL_REFUSAL = "cannot contain NUL (\\u0000) characters"
@@ -400,6 +403,41 @@ def test_saved_search_keywords_have_no_charset_but_the_length_and_count_rules(
         model = CreateSavedSearch.model_validate(search_body(searchParams=params))
         assert model.searchParams.keywords == [js_trim(k) for k in keywords]
         assert revalidates_to_itself(model)
+
+
+# Untrimmed text of BMP and astral characters (most emoji, CJK Extension B), so code points and
+# UTF-16 code units part ways near the limits.
+mixed_width = st.text(
+    alphabet=st.sampled_from(["a", " ", "\u6771", "\U0001f600", "\U00020000"]), max_size=40
+)
+
+
+@PURE
+@given(location=mixed_width, language=st.one_of(st.none(), mixed_width))
+@example(location="\U0001f600", language="a" + "\U0001f600" * 17)  # 2 and 35 units: accepted
+@example(location="\U0001f600" * 3, language="\U0001f600" * 18)  # 6 and 36 units: refused
+def test_saved_search_location_and_language_lengths_are_js_lengths(
+    location: str, language: str | None
+) -> None:
+    """`searchParams.location` 2..5 and `language` at most 35, in UTF-16 code units like every
+    other length of the route; neither is trimmed. Accepted values are stored as sent."""
+    params = {"keywords": ["espresso"], "matchType": "exact", "location": location}
+    if language is not None:
+        params["language"] = language
+    expected = []
+    if js_units(location) < 2:
+        expected.append("String should have at least 2 characters")
+    elif js_units(location) > 5:
+        expected.append("String should have at most 5 characters")
+    if language is not None and js_units(language) > 35:
+        expected.append("String should have at most 35 characters")
+    found = messages(CreateSavedSearch, search_body(searchParams=params))
+    if expected:
+        assert found == expected
+        return
+    model = CreateSavedSearch.model_validate(search_body(searchParams=params))
+    assert (model.searchParams.location, model.searchParams.language) == (location, language)
+    assert revalidates_to_itself(model)
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e9)
