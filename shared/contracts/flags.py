@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, model_validator
 
 from shared.clock import iso_ms
-from shared.contracts.validation import StoredText, fail, js_integer
+from shared.contracts.validation import StoredText, bounded_text, fail, js_integer
 from shared.http.pages import PAGE_BUDGET_BYTES
 from shared.http.responses import compact, render_json
 from shared.models.feature_flags import FeatureFlag
@@ -87,9 +87,11 @@ def _description(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise fail("flag_description", "description must be a string")
-    if len(value.strip()) > MAX_DESCRIPTION:
-        raise fail("flag_description_max", f"Description too long (max {MAX_DESCRIPTION} chars)")
-    return value.strip() or None
+    description = bounded_text(
+        value, minimum=0, maximum=MAX_DESCRIPTION, empty="",
+        too_long=f"Description too long (max {MAX_DESCRIPTION} chars)", code="flag_description",
+    )  # fmt: skip
+    return description or None  # a saved search's rule: JS trim, JS length
 
 
 Key = Annotated[str, BeforeValidator(_key)]

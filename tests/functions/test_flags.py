@@ -449,6 +449,30 @@ def test_boundaries_are_accepted(admin: Caller) -> None:
     assert create(admin, {"key": "0.9_beta-x", "rolloutPercent": 0}).status == 201
 
 
+EMOJI = "\U0001f600"  # one code point, two UTF-16 code units: JS `length` 2
+
+
+def test_the_description_is_trimmed_and_counted_as_js_does(admin: Caller) -> None:
+    """≤ 500 UTF-16 code units after JS `trim()`, as a saved search's description: U+3000 and
+    U+FEFF are trimmed, U+0085 and U+001C are kept (Python's `strip()` does the opposite)."""
+    body = {"key": "intl", "description": "\u3000" + EMOJI * 250 + "\ufeff"}
+    created = create(admin, body)
+    assert created.status == 201, created.text
+    assert created.json["flag"]["description"] == EMOJI * 250
+    for description, expected in (
+        ("\x1cnote\x85", "\x1cnote\x85"),
+        ("\u3000\ufeff", None),  # only whitespace: cleared
+        ("a" * 499 + EMOJI, "Description too long (max 500 chars)"),  # 501 units
+    ):
+        updated = admin("admin_flag_item", "PUT", "/api/admin/flags/intl", user=ADMIN,
+                        json_body={"description": description})  # fmt: skip
+        if expected is not None and expected.startswith("Description"):
+            assert (updated.status, updated.json["message"]) == (400, expected)
+        else:
+            assert updated.status == 200, updated.text
+            assert updated.json["flag"].get("description") == expected
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
