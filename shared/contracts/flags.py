@@ -71,15 +71,17 @@ def _users(value: Any) -> tuple[str, ...]:
         raise fail("flag_users", "allowedUsers must be a list of user ids")
     if len(value) > MAX_ALLOWED_USERS:
         raise fail("flag_users_max", f"allowedUsers may list at most {MAX_ALLOWED_USERS} user ids")
+    message = f"allowedUsers entries must be user ids of 1-{MAX_USER_ID} characters"
     ids: dict[str, None] = {}
     for item in value:
-        if not isinstance(item, str) or not item.strip() or len(item.strip()) > MAX_USER_ID:
-            raise fail(
-                "flag_user_id",
-                f"allowedUsers entries must be user ids of 1-{MAX_USER_ID} characters",
-            )
-        ids[item.strip()] = None
-    return tuple(ids)  # trimmed, duplicates dropped, order kept
+        if not isinstance(item, str):
+            raise fail("flag_user_id", message)
+        user_id = bounded_text(
+            item, minimum=1, maximum=MAX_USER_ID, empty=message, too_long=message,
+            code="flag_user_id",
+        )  # fmt: skip
+        ids[user_id] = None
+    return tuple(ids)  # JS-trimmed (`a\x85` is not `a`), duplicates dropped, order kept
 
 
 def _description(value: Any) -> str | None:

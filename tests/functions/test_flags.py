@@ -473,6 +473,27 @@ def test_the_description_is_trimmed_and_counted_as_js_does(admin: Caller) -> Non
             assert updated.json["flag"].get("description") == expected
 
 
+def test_allowed_users_are_trimmed_and_counted_as_js_does(admin: Caller) -> None:
+    """Each id is JS-`trim()`med (U+0085 and U+001C..U+001F are content, as on every other
+    trimmed field: `a\x85` is not the user `a`) and 1..255 UTF-16 code units long."""
+    users = ["user_1\x85", "user_1", "\u3000user_2\x1c", "\ufeffuser_1\ufeff"]
+    created = create(admin, {"key": "intl", "allowedUsers": users})
+    assert created.status == 201, created.text
+    assert created.json["flag"]["allowedUsers"] == ["user_1\x85", "user_1", "user_2\x1c"]
+    for allowed, message in (
+        (["\x85"], None),
+        (["\ufeff\u3000"], USER_ID),
+        ([EMOJI * 127 + "a"], None),  # 255 units
+        ([EMOJI * 128], USER_ID),  # 256 units
+    ):
+        updated = admin("admin_flag_item", "PUT", "/api/admin/flags/intl", user=ADMIN,
+                        json_body={"allowedUsers": allowed})  # fmt: skip
+        if message is None:
+            assert (updated.status, updated.json["flag"]["allowedUsers"]) == (200, allowed)
+        else:
+            assert (updated.status, updated.json["message"]) == (400, message)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
