@@ -33,10 +33,31 @@ def client_ip(headers: Headers, peer: str | None, *, trust_proxy: ProxyTrust) ->
         candidates.append(peer)
     for candidate in candidates:
         try:
-            return _one_form(ipaddress.ip_address(candidate))
+            return _one_form(_address(candidate))
         except ValueError:
             continue
     return None
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`text` as an address, also as a URL's authority writes one (`192.0.2.44:80`,
+    `[2001:db8::44]`, `[2001:db8::44]:443`; proxies such as Azure Application Gateway put the
+    client's port in X-Forwarded-For): the port says where it connected from, not who it is.
+    ValueError for anything else."""
+    if text.startswith("["):
+        inside, bracket, port = text[1:].partition("]")
+        if bracket and (not port or (port.startswith(":") and _is_port(port[1:]))):
+            return ipaddress.IPv6Address(inside)
+        raise ValueError("not an address")
+    host, colon, port = text.partition(":")
+    if colon and _is_port(port):
+        return ipaddress.IPv4Address(host)
+    return ipaddress.ip_address(text)
+
+
+def _is_port(digits: str) -> bool:
+    """A TCP port in ASCII digits."""
+    return digits.isascii() and digits.isdigit() and len(digits) <= 5 and int(digits) <= 65535
 
 
 def _one_form(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from shared import config
 from shared.config import ConfigurationError, get_settings
-from tests.support.http import Caller, Keys
+from tests.support.http import Caller, Keys, fresh_ip
 
 CLIENT = "192.0.2.10"  # what Cloudflare saw connecting to it
 EDGE = "198.51.100.23"  # what the platform's edge reports
@@ -68,10 +68,6 @@ def fresh_ipv4() -> str:
     return str(ipaddress.IPv4Address((198 << 24 | 18 << 16) + uuid.uuid4().int % 2**17))
 
 
-def fresh_link_local() -> str:
-    return str(ipaddress.IPv6Address(0xFE80 << 112 | uuid.uuid4().int % 2**64))
-
-
 def reduced(ipv4: str) -> str:
     return str(ipaddress.ip_network(f"{ipv4}/24", strict=False).network_address)
 
@@ -85,8 +81,20 @@ def reduced(ipv4: str) -> str:
         ({}, ("::ffff:{v4}", "{v4}"), "{v4/24}"),  # the socket peer, TRUST_PROXY off
         # A zone id names the sender's interface, not another client: one address, one bucket.
         ({"TRUST_PROXY": "true", "IP_STORAGE": "full"}, ("{v6}%eth0", "{v6}%eth1"), "{v6}"),
+        # A port or URL brackets (`ip:port` from Azure Application Gateway or IIS ARR) say where
+        # the client connected from, not who it is: they fell back to the socket peer's bucket.
+        ({"TRUST_PROXY": "true"}, ("{v4}:80", "{v4}"), "{v4/24}"),
+        ({"TRUST_PROXY": "true", "IP_STORAGE": "full"}, ("[{v6}]", "{v6}"), "{v6}"),
+        ({"TRUST_PROXY": "true", "IP_STORAGE": "full"}, ("[{v6}]:443", "{v6}"), "{v6}"),
     ],
-    ids=["ipv4-mapped-header", "ipv4-mapped-peer", "zone-id-header"],
+    ids=[
+        "ipv4-mapped-header",
+        "ipv4-mapped-peer",
+        "zone-id-header",
+        "ipv4-port-header",
+        "ipv6-brackets-header",
+        "ipv6-brackets-port-header",
+    ],
 )
 def test_one_address_written_two_ways_is_one_client(
     env: dict[str, str],
@@ -97,7 +105,7 @@ def test_one_address_written_two_ways_is_one_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     configure(monkeypatch, **{"IP_STORAGE": "reduced", "RATE_LIMIT_ENABLED": "true", **env})
-    v4, v6 = fresh_ipv4(), fresh_link_local()
+    v4, v6 = fresh_ipv4(), fresh_ip()
     sent = [form.format(v4=v4, v6=v6) for form in forms]
     http = Caller("asgi", api_env)
 
@@ -114,8 +122,51 @@ def test_one_address_written_two_ways_is_one_client(
     assert str(ip) == stored.format(v6=v6, **{"v4/24": reduced(v4)})
 
 
+@pytest.mark.parametrize("header", ["cf-connecting-ip", "x-real-ip", "x-forwarded-for"])
 @pytest.mark.parametrize(
-    "forged", ["", "not-an-ip", "999.1.1.1", "192.0.2.10\x00", "\u0661\u0662\u0663.1.1.1"]
+    "written",
+    ["{v4}:80", "{v4}:65535", "[{v6}]", "[{v6}]:443", "[{v6}%eth0]:443", "[::ffff:{v4}]:80"],
+)
+def test_a_client_address_with_a_port_or_brackets_is_that_address(
+    header: str,
+    written: str,
+    api_env: Keys,
+    admin_conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each header the proxy trust reads: not the socket peer's address, nor the next header's."""
+    configure(monkeypatch, TRUST_PROXY="cloudflare")
+    v4, v6 = fresh_ipv4(), fresh_ip()
+    headers = {"cf-connecting-ip": "", "x-real-ip": "", "x-forwarded-for": f"{EDGE}, 10.0.0.1"}
+    headers[header] = written.format(v4=v4, v6=v6)
+    if header == "x-forwarded-for":
+        headers[header] += ", 10.0.0.1"
+    expected = v6 if "{v6}" in written else v4
+    assert recorded_ip("lambda_v2", api_env, admin_conn, headers) == expected
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "",
+        "not-an-ip",
+        "999.1.1.1",
+        "192.0.2.10\x00",
+        "\u0661\u0662\u0663.1.1.1",
+        # Ports and brackets as a URL writes them, and nothing looser:
+        "192.0.2.10:",
+        "192.0.2.10:65536",
+        "192.0.2.10:+80",
+        "192.0.2.10:\uff18\uff10",  # fullwidth digits
+        "192.0.2.10:80:80",
+        "[192.0.2.10]",
+        "[192.0.2.10]:80",
+        "[2001:db8::1",
+        "2001:db8::1]",
+        "[2001:db8::1]:",
+        "[2001:db8::1]80",
+        "[[2001:db8::1]]",
+    ],
 )
 def test_an_unusable_cf_connecting_ip_falls_back_to_the_next_header(
     forged: str,
