@@ -1,8 +1,9 @@
 """Rate limiting: fixed one-hour windows in Upstash Redis, one round trip per check.
 
 Fixes over the original (docs/original-app.md#d1, #d16): counters are namespaced per endpoint and
-per identity (the user id when signed in, else the client's address alone: the original added
-an HMAC of the user agent, so a client got a fresh budget with each User-Agent it made up), so
+per identity (the user id when signed in, else the client's address alone, an IPv6 address's
+/64: the original added an HMAC of the user agent, so a client got a fresh budget with each
+User-Agent it made up), so
 ten health checks no longer spend the keyword budget; when Redis is down or slower than
 `REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default, with
 `Retry-After` from `shared.redis.failure_retry_after`) instead of a 500; every
@@ -13,6 +14,7 @@ up to it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -90,12 +92,19 @@ def _window(reply: object, now_ms: int) -> tuple[int, int]:
 
 
 def identity(user_id: str | None, ip: str | None) -> str:
-    """`u:{user id}` when signed in, else `ip:{ip}`: the address alone, since anything else a
-    request says about its client (the User-Agent, which the original keyed on too) the client
-    changes at will (docs/original-app.md#d1)."""
+    """`u:{user id}` when signed in, else `ip:{address}`: the address alone, since anything else
+    a request says about its client (the User-Agent, which the original keyed on too) the
+    client changes at will (docs/original-app.md#d1). `ip` is `client_ip`'s form; an IPv6
+    address counts as its /64 (`ip:2001:db8:1:2::/64`), which one client is usually handed
+    whole and may send from any address of, each a fresh budget if counted alone."""
     if user_id:
         return keys.signed_in(user_id)
-    return f"ip:{ip or 'unknown'}"
+    if ip is None:
+        return "ip:unknown"
+    address = ipaddress.ip_address(ip)
+    if address.version == 6:
+        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"ip:{address}"
 
 
 def check(

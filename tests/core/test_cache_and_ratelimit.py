@@ -246,8 +246,24 @@ def test_endpoints_and_identities_have_separate_budgets() -> None:
 
 def test_identity_is_the_user_or_the_address_alone() -> None:
     assert ratelimit.identity("user_1", "203.0.113.9") == "u:user_1"
+    assert ratelimit.identity("user_1", "2001:db8:1::9") == "u:user_1"
     assert ratelimit.identity(None, "203.0.113.9") == "ip:203.0.113.9"
     assert ratelimit.identity(None, None) == "ip:unknown"
+
+
+@pytest.mark.parametrize(
+    ("ip", "expected"),
+    [
+        ("2001:db8:1:2::9", "ip:2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "ip:2001:db8:1:2::/64"),
+        ("2001:db8:1:3::9", "ip:2001:db8:1:3::/64"),
+        ("fe80::1", "ip:fe80::/64"),
+        ("203.0.113.9", "ip:203.0.113.9"),  # one IPv4 address is one client (or one NAT)
+    ],
+)
+def test_an_anonymous_ipv6_client_is_its_64(ip: str, expected: str) -> None:
+    """A /64 is what one IPv6 client is handed and may send from any address of."""
+    assert ratelimit.identity(None, ip) == expected
 
 
 @pytest.mark.usefixtures("redis_env")

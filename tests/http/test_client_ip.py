@@ -122,6 +122,20 @@ def test_one_address_written_two_ways_is_one_client(
     assert str(ip) == stored.format(v6=v6, **{"v4/24": reduced(v4)})
 
 
+def test_anonymous_ipv6_clients_share_a_budget_per_64(
+    api_env: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One IPv6 client is usually handed a whole /64 and may send from any address in it: per
+    address, each was a fresh budget. The next /64 is another client."""
+    configure(monkeypatch, RATE_LIMIT_ENABLED="true")
+    network = ipaddress.IPv6Network(f"{fresh_ip()}/64", strict=False)
+    neighbour = network.broadcast_address + 1
+    http = Caller("asgi", api_env)
+    sent = [network[1], network[-1], neighbour, network[0x77]]
+    answers = [http("health", "GET", "/api/health", source_ip=str(each)) for each in sent]
+    assert [a.headers["x-ratelimit-remaining"] for a in answers] == ["59", "58", "59", "57"]
+
+
 @pytest.mark.parametrize("header", ["cf-connecting-ip", "x-real-ip", "x-forwarded-for"])
 @pytest.mark.parametrize(
     "written",
