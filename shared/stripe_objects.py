@@ -313,12 +313,15 @@ class Invoice(StripeModel):
         return frozenset(price for line in self.lines.data if (price := line.price_id()))
 
     def period_end(self, pro_price: str | None) -> datetime | None:
+        """The latest period end of the lines on `pro_price`; None (the period kept) for an
+        invoice without one: Stripe bills an add-on added mid-cycle alone, and its period, a
+        year perhaps, is not the PRO plan's."""
         ends = [
-            (line.price_id(), line.period.end)
+            line.period.end
             for line in self.lines.data
-            if line.period and line.period.end
+            if pro_price and line.price_id() == pro_price and line.period and line.period.end
         ]
-        return period_end(ends, pro_price)
+        return timestamp(max(ends)) if ends else None
 
 
 def period_end(ends: list[tuple[str | None, int]], pro_price: str | None) -> datetime | None:

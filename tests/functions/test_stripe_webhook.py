@@ -511,6 +511,30 @@ def test_plan_falls_back_to_the_price_id(lambda_call: Caller) -> None:
     assert user().subscription_plan == "price_only"
 
 
+@pytest.mark.parametrize("basil", [True, False])
+@pytest.mark.parametrize("price", ["price_addon", None], ids=["add-on-line", "no-price"])
+def test_an_invoice_without_a_pro_line_changes_the_status_not_the_period_end(
+    lambda_call: Caller, basil: bool, price: str | None
+) -> None:
+    """An add-on added mid-cycle is billed alone (a proration invoice with only its line): its
+    year is not the PRO period, which only the PRO line (or the subscription) says. The invoice
+    still says the subscription is paid."""
+    make_pro()
+    obj = with_yearly_add_on(subscription("past_due", period_end=MONTH_END))
+    deliver(lambda_call, stripe_event("customer.subscription.updated", obj))
+    proration = invoice(period_end=YEAR_END, basil=basil, price=price)
+    ours = {"product": "keyflash-pro"}  # the subscription's metadata, as Stripe copies it
+    if basil:
+        proration["parent"]["subscription_details"]["metadata"] = ours
+    else:
+        proration["subscription_details"] = {"metadata": ours}
+    event = stripe_event("invoice.paid", proration, created=T0 + 1)
+    assert deliver(lambda_call, event).status == 200
+    paid = user()
+    assert (paid.tier, paid.subscription_status) == (UserTier.PRO, "active")
+    assert paid.subscription_ends_at == moment(MONTH_END)
+
+
 def test_enterprise_users_keep_their_tier(lambda_call: Caller) -> None:
     make_pro(tier=UserTier.ENTERPRISE)
     deliver(lambda_call, stripe_event("customer.subscription.deleted", subscription("canceled")))

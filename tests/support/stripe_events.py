@@ -119,14 +119,20 @@ def checkout(
 
 def invoice(
     *, sub_id: str = "sub_1", customer: str = "cus_1", period_end: int = T0 + 60 * 86400,
-    basil: bool = True, clerk_user_id: str | None = None,
+    basil: bool = True, clerk_user_id: str | None = None, price: str | None = "price_pro",
 ) -> dict[str, Any]:  # fmt: skip
+    """An invoice of the subscription with one line, on `price` (None: a line naming none)."""
+    line: dict[str, Any] = {"period": {"start": T0, "end": period_end}}
+    if price is not None and basil:
+        line["pricing"] = {"type": "price_details", "price_details": {"price": price}}
+    elif price is not None:
+        line["price"] = {"id": price, "object": "price"}
     obj: dict[str, Any] = {
         "id": "in_1",
         "object": "invoice",
         "customer": customer,
         "customer_email": "someone@example.com",
-        "lines": {"object": "list", "data": [{"period": {"start": T0, "end": period_end}}]},
+        "lines": {"object": "list", "data": [line]},
     }
     details = {
         "subscription": sub_id,
