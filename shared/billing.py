@@ -265,7 +265,7 @@ def _subscription_plan(subscription: Subscription, *, deleted: bool) -> Plan | N
             customer_id=subscription.customer,
             status=status,
             tier=tier,
-            plan=subscription.plan(),
+            plan=subscription.plan(get_settings().stripe_price_pro),
             ends_at=subscription.ends_at(get_settings().stripe_price_pro),
             created_at=timestamp(subscription.created),
         ),

@@ -215,12 +215,16 @@ class Subscription(StripeModel):
     def prices(self) -> frozenset[str]:
         return frozenset(item.price.id for item in self.items.data if item.price and item.price.id)
 
-    def plan(self) -> str | None:
-        for item in self.items.data:
-            if item.price is not None:
-                name = item.price.nickname or item.price.lookup_key or item.price.id
-                if name:
-                    return name
+    def plan(self, pro_price: str | None) -> str | None:
+        """The name (nickname, else lookup_key, else id) of the item on `pro_price`, the one
+        whose period counts (`ends_at`), else of the first item that has one: an add-on listed
+        first is not the plan."""
+        prices = [item.price for item in self.items.data if item.price is not None]
+        pro = [price for price in prices if pro_price and price.id == pro_price]
+        for price in pro + prices:
+            name = price.nickname or price.lookup_key or price.id
+            if name:
+                return name
         return None
 
     def ends_at(self, pro_price: str | None) -> datetime | None:

@@ -535,6 +535,14 @@ def test_an_invoice_without_a_pro_line_changes_the_status_not_the_period_end(
     assert paid.subscription_ends_at == moment(MONTH_END)
 
 
+def test_the_plan_is_the_pro_items_not_a_first_add_ons(lambda_call: Caller) -> None:
+    """`subscriptionPlan` follows the same item as the period end."""
+    make_pro()
+    obj = with_yearly_add_on(subscription("active", period_end=MONTH_END))
+    deliver(lambda_call, stripe_event("customer.subscription.updated", obj))
+    assert user().subscription_plan == "Pro monthly"
+
+
 def test_enterprise_users_keep_their_tier(lambda_call: Caller) -> None:
     make_pro(tier=UserTier.ENTERPRISE)
     deliver(lambda_call, stripe_event("customer.subscription.deleted", subscription("canceled")))
