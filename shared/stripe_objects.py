@@ -61,6 +61,7 @@ _SUBSCRIPTION: Spec = {
     "items": {
         "data": {
             "price": {"id": True, "nickname": True, "lookup_key": True},
+            "plan": {"id": True, "nickname": True},  # before the Prices API (2020)
             "current_period_end": True,  # 2025-03-31 (basil) and later
         }
     },
@@ -76,6 +77,7 @@ _INVOICE: Spec = {
         "data": {
             "period": {"end": True},
             "price": _REF,  # before basil
+            "plan": _REF,  # before the Prices API (2020)
             "pricing": {"price_details": {"price": _REF}},  # basil and later
         }
     },
@@ -195,7 +197,13 @@ class Price(StripeModel):
 
 class Item(StripeModel):
     price: Price | None = None
+    plan: Price | None = None  # before the Prices API (2020): a plan's id is a price id
     current_period_end: UnixTime | None = None
+
+    def priced(self) -> Price | None:
+        """The item's price, or the legacy `plan` that stands for it (Stripe reads either id as
+        the other), so a plan-only item is judged as a price item is."""
+        return self.price or self.plan
 
 
 class Items(StripeModel):
@@ -213,13 +221,15 @@ class Subscription(StripeModel):
     items: Items = Items()
 
     def prices(self) -> frozenset[str]:
-        return frozenset(item.price.id for item in self.items.data if item.price and item.price.id)
+        return frozenset(
+            price.id for item in self.items.data if (price := item.priced()) and price.id
+        )
 
     def plan(self, pro_price: str | None) -> str | None:
         """The name (nickname, else lookup_key, else id) of the item on `pro_price`, the one
         whose period counts (`ends_at`), else of the first item that has one: an add-on listed
         first is not the plan."""
-        prices = [item.price for item in self.items.data if item.price is not None]
+        prices = [price for item in self.items.data if (price := item.priced()) is not None]
         pro = [price for price in prices if pro_price and price.id == pro_price]
         for price in pro + prices:
             name = price.nickname or price.lookup_key or price.id
@@ -231,7 +241,7 @@ class Subscription(StripeModel):
         """`ended_at` once ended, else the period end: the subscription's (before basil), else
         the items' (`period_end`)."""
         ends = [
-            (item.price.id if item.price else None, item.current_period_end)
+            (price.id if (price := item.priced()) else None, item.current_period_end)
             for item in self.items.data
             if item.current_period_end
         ]
@@ -280,12 +290,13 @@ class Pricing(StripeModel):
 class Line(StripeModel):
     period: Period | None = None
     price: Ref = None  # before basil
+    plan: Ref = None  # before the Prices API (2020), as an item's
     pricing: Pricing | None = None  # basil and later
 
     def price_id(self) -> str | None:
         if self.pricing is not None and self.pricing.price_details is not None:
             return self.pricing.price_details.price
-        return self.price
+        return self.price or self.plan
 
 
 class Lines(StripeModel):

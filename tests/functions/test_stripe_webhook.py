@@ -543,6 +543,50 @@ def test_the_plan_is_the_pro_items_not_a_first_add_ons(lambda_call: Caller) -> N
     assert user().subscription_plan == "Pro monthly"
 
 
+def plan_only(obj: dict[str, Any], plan_id: str) -> dict[str, Any]:
+    """Before the Prices API (API versions of 2019 and earlier) an item names its `plan` only."""
+    for item in obj["items"]["data"]:
+        del item["price"]
+        item["plan"] = {"id": plan_id, "object": "plan", "nickname": "Legacy plan"}
+    obj["metadata"] = {}
+    return obj
+
+
+def test_a_plan_only_subscription_of_another_product_never_touches_the_user(
+    lambda_call: Caller,
+) -> None:
+    """A legacy item's plan id is its price id (Stripe reads one as the other): judged alike."""
+    make_user()
+    ours = subscription("active", clerk_user_id="user_a", created=T0 - 900)
+    deliver(lambda_call, stripe_event("customer.subscription.created", ours, created=T0 - 900))
+    before = state()
+    theirs = plan_only(subscription("active", sub_id="sub_b", created=T0), "price_other")
+    deliver(lambda_call, stripe_event("customer.subscription.created", theirs, created=T0))
+    ended = plan_only(subscription("canceled", sub_id="sub_b", created=T0), "price_other")
+    deliver(lambda_call, stripe_event("customer.subscription.deleted", ended, created=T0 + 10))
+    assert state() == before and before[:3] == (UserTier.PRO, "active", "sub_1")
+
+
+def test_a_plan_only_subscription_on_our_price_is_ours(lambda_call: Caller) -> None:
+    make_user(stripe_customer_id="cus_1")
+    obj = plan_only(subscription("active", period_end=MONTH_END), PRICE_PRO)
+    deliver(lambda_call, stripe_event("customer.subscription.created", obj))
+    found = user()
+    assert (found.tier, found.stripe_subscription_id) == (UserTier.PRO, "sub_1")
+    assert (found.subscription_plan, found.subscription_ends_at) == (
+        "Legacy plan",
+        moment(MONTH_END),
+    )
+
+
+def test_a_plan_only_invoice_of_another_product_grants_nothing(lambda_call: Caller) -> None:
+    make_user(stripe_customer_id="cus_1")
+    theirs = invoice(sub_id="sub_b", basil=False, price=None)
+    theirs["lines"]["data"][0]["plan"] = {"id": "price_other", "object": "plan"}
+    assert deliver(lambda_call, stripe_event("invoice.paid", theirs)).status == 200
+    assert (user().tier, user().stripe_subscription_id) == (UserTier.FREE, None)
+
+
 def test_enterprise_users_keep_their_tier(lambda_call: Caller) -> None:
     make_pro(tier=UserTier.ENTERPRISE)
     deliver(lambda_call, stripe_event("customer.subscription.deleted", subscription("canceled")))
