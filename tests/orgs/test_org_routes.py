@@ -94,6 +94,13 @@ def send(
     return call(function, method, path, json_body=body, headers=headers)
 
 
+def admin_headers(call: Caller) -> dict[str, str]:
+    """The organization admin's bearer token."""
+    user, claims, _, _ = CALLERS["token_admin"]
+    assert claims is not None
+    return {"authorization": f"Bearer {call.token(user, **claims)}"}
+
+
 def seed(admin: psycopg.Connection[Any]) -> None:
     """Both orgs and the mirror's memberships (as Clerk's webhooks would have left them)."""
     for org in (ORG, OTHER):
@@ -255,9 +262,7 @@ def test_a_team_search_keeps_the_rows_a_keyword_search_answers(
         {"keyword": "grinder", "searchVolume": None, "cpc": None, "competition": None,
          "intent": None, "noData": True},
     ]  # fmt: skip
-    user, claims, _, _ = CALLERS["token_admin"]
-    assert claims is not None
-    headers = {"authorization": f"Bearer {lambda_call.token(user, **claims)}"}
+    headers = admin_headers(lambda_call)
     made = lambda_call(
         "org_searches", "POST", f"/api/orgs/{ORG}/searches",
         json_body={**BODY, "results": rows}, headers=headers,
@@ -271,9 +276,7 @@ def test_bad_input_is_a_4xx_not_a_500(
     lambda_call: Caller, admin_conn: psycopg.Connection[Any]
 ) -> None:
     seed(admin_conn)
-    user, claims, _, _ = CALLERS["token_admin"]
-    assert claims is not None
-    headers = {"authorization": f"Bearer {lambda_call.token(user, **claims)}"}
+    headers = admin_headers(lambda_call)
     bad_id = lambda_call(
         "org_search_item", "GET", f"/api/orgs/{ORG}/searches/not.an.id", headers=headers
     )
@@ -296,9 +299,7 @@ def test_team_location_and_language_lengths_count_utf16_units(
 ) -> None:
     """The personal contract's unit: an emoji counts 2, as JS `length` counts it."""
     seed(admin_conn)
-    user, claims, _, _ = CALLERS["token_admin"]
-    assert claims is not None
-    headers = {"authorization": f"Bearer {lambda_call.token(user, **claims)}"}
+    headers = admin_headers(lambda_call)
     emoji = "\U0001f600"
 
     def post(location: str, language: str) -> Result:
