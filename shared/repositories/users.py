@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     delete,
     exists,
     false,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy import table as sql_table
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
 
@@ -294,10 +296,11 @@ def update_columns(conn: Conn, user_id: str, values: dict[Any, Any]) -> bool:
     """`UPDATE users SET <values> WHERE id = user_id`; `values` keyed by `User` attributes, the
     statement compiled once per set of columns.
 
-    A Stripe customer in `values` is written only when no OTHER user holds it (checked in the
-    same statement, `customer_unless_held`), else the row keeps the customer it had and the rest
-    is written. False: that happened. Two transactions writing one customer to two rows at once
-    cannot see each other's row: the unique index then fails the second to commit, as before."""
+    A Stripe customer in `values` is written only when no other user nor any organization
+    holds it (checked in the same statement, `customer_unless_held`), else the row keeps the
+    customer it had and the rest is written. False: that happened. Two transactions writing one
+    customer to two rows of a table at once cannot see each other's row: the unique index then
+    fails the second to commit, as before."""
     keys = frozenset(attribute.key for attribute in values)
     params = {attribute.key: _db_value(value) for attribute, value in values.items()}
     params["user_id"] = user_id
@@ -317,11 +320,16 @@ _COLUMN_UPDATES: dict[frozenset[str], HotStatement] = {}
 
 def customer_unless_held(table: Table, row_id: Any, customer: Any) -> ColumnElement[Any]:
     """The value a row's `stripeCustomerId` takes when a billing event links `customer`: it,
-    unless another row of `table` (users, or organizations) holds it; then the row's own. The
-    `stripeCustomerId` unique index serves the check, in the statement that writes."""
-    other = table.alias("holder")
-    held = exists().where(other.c.stripeCustomerId == customer, other.c.id != row_id)
-    return case((held, table.c.stripeCustomerId), else_=customer)
+    unless another row holds it, a user's or an organization's (`table` is one of the two);
+    then the row's own. A member's personal event paid through the organization's customer so
+    never gives the member the organization's portal. Each table's `stripeCustomerId` unique
+    index serves the check, in the statement that writes."""
+    holders = []
+    for name in ("users", "organizations"):
+        other = sql_table(name, column("id"), column("stripeCustomerId")).alias(f"{name}_holder")
+        mine = [other.c.id != row_id] if name == table.name else []
+        holders.append(exists().where(other.c.stripeCustomerId == customer, *mine))
+    return case((or_(*holders), table.c.stripeCustomerId), else_=customer)
 
 
 def _update_guarded(keys: frozenset[str]) -> Any:

@@ -367,6 +367,9 @@ def test_a_members_personal_subscription_on_the_organizations_customer_is_the_me
         "active",
         "sub_me",
     )
+    # The organization's customer stays the organization's alone: the member gets no portal
+    # on it, nor checkouts (s54r2: it was linked to the member too).
+    assert (member.stripe_customer_id, org().stripe_customer_id) == (None, "cus_org")
     team = org()
     assert (team.tier, team.subscription_status, team.stripe_subscription_id) == (
         UserTier.PRO,
@@ -400,7 +403,7 @@ def test_a_paying_members_own_events_reach_them_once_an_organization_shares_thei
     make_org()
     created = org_subscription("active", customer="cus_1", created=T0 - 60)
     assert deliver(call, stripe_event("customer.subscription.created", created)).status == 200
-    assert (org().stripe_customer_id, org().tier) == ("cus_1", UserTier.PRO)
+    assert (org().stripe_customer_id, org().tier) == (None, UserTier.PRO)  # cus_1 is user_a's
     failed = invoice(clerk_user_id="user_a")  # cus_1 / sub_1
     assert deliver(call, stripe_event("invoice.payment_failed", failed, created=T0)).status == 200
     assert (user().tier, user().subscription_status) == (UserTier.PRO, "past_due")
@@ -432,11 +435,14 @@ def test_an_event_naming_an_unknown_user_never_falls_back_to_the_organizations_c
 
 
 def test_customer_deleted_makes_the_member_and_the_organization_forget_it(call: Caller) -> None:
-    """Was: only the organization forgot a customer both held; the member kept its id."""
+    """Was: only the organization forgot a customer both held; the member kept its id. (Both
+    hold one only when linked before a billing event refused an organization's customer to a
+    user and the reverse: made here as such rows are.)"""
     make_pro(subscription_status="active")  # user_a: cus_1 / sub_1
-    make_org()
-    created = org_subscription("active", customer="cus_1", created=T0 - 60)
-    assert deliver(call, stripe_event("customer.subscription.created", created)).status == 200
+    make_org(
+        tier=UserTier.PRO, subscription_status="active",
+        stripe_customer_id="cus_1", stripe_subscription_id="sub_org",
+    )  # fmt: skip
     deleted = {"id": "cus_1", "object": "customer", "deleted": True}
     assert deliver(call, stripe_event("customer.deleted", deleted, created=T0 + 9)).status == 200
     member, team = user(), org()
