@@ -61,9 +61,10 @@ def js_length_within(minimum: int, maximum: int) -> AfterValidator:
     characters`). Not `Field(max_length=…)`, which counts code points (an emoji 1, not 2)."""
 
     def check(value: str) -> str:
-        if js_length(value) < minimum:
+        length = js_length(value)
+        if length < minimum:
             raise PydanticKnownError("string_too_short", {"min_length": minimum})
-        if js_length(value) > maximum:
+        if length > maximum:
             raise PydanticKnownError("string_too_long", {"max_length": maximum})
         return value
 
