@@ -66,8 +66,9 @@ def keys(user_id: str, email: str | None) -> list[str]:
     """The identity's tombstone keys: its Clerk id's, and its email's unless a placeholder."""
     key = (get_settings().account_hmac_key or _DEVELOPMENT_KEY).encode()
     found = [_digest(key, "id", user_id)]
-    if email and not normalised_email(email).endswith(_PLACEHOLDER_SUFFIX):
-        found.append(_digest(key, "email", normalised_email(email)))
+    address = normalised_email(email) if email else ""
+    if email and not address.endswith(_PLACEHOLDER_SUFFIX):
+        found.append(_digest(key, "email", address))
     return found
 
 

@@ -125,20 +125,6 @@ def _db_value(value: Any) -> Any:
     return value
 
 
-def _new_user_values(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
-    trial = tier is UserTier.FREE
-    return {
-        "id": user_id,
-        "email": email,
-        "tier": tier,
-        "monthly_reset_at": now,
-        "created_at": now,
-        "updated_at": now,
-        "trial_started_at": now if trial else None,
-        "trial_ends_at": now + TRIAL_LENGTH if trial else None,
-    }
-
-
 def _new_user_columns() -> dict[str, Any]:
     """A new user's column values as bound parameters (`_new_user_params` fills them)."""
     now = bindparam("p_now", type_=UTCDateTime())
@@ -175,15 +161,17 @@ def _insert_from(
 
 
 def _new_user_params(user_id: str, email: str, tier: UserTier, now: datetime) -> dict[str, Any]:
-    """The parameters of `_new_user_columns` (the values of `_new_user_values`)."""
-    values = _new_user_values(user_id, email, tier, now)
+    """The parameters of `_new_user_columns`: a FREE user starts a trial `now`. Built per
+    keyword search, so the time is converted once."""
+    at = db_time(now)
+    trial = tier is UserTier.FREE
     return {
         "p_id": user_id,
         "p_email": email,
         "p_tier": tier.value,
-        "p_now": db_time(now),
-        "p_trial_started_at": _db_value(values["trial_started_at"]),
-        "p_trial_ends_at": _db_value(values["trial_ends_at"]),
+        "p_now": at,
+        "p_trial_started_at": at if trial else None,
+        "p_trial_ends_at": at + TRIAL_LENGTH if trial else None,
         "p_keys": tombstones.keys(user_id, email),
     }
 
