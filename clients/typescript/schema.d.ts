@@ -4294,7 +4294,10 @@ export interface operations {
                          * @enum {string}
                          */
                         matchType: "phrase" | "exact";
-                        /** Location */
+                        /**
+                         * Location
+                         * @description 2 to 5 UTF-16 code units (JavaScript's string length: an emoji outside the BMP counts 2), not trimmed
+                         */
                         location: string;
                         /** Language */
                         language?: string | null;
@@ -4906,7 +4909,10 @@ export interface operations {
                          * @enum {string}
                          */
                         matchType: "phrase" | "exact";
-                        /** Location */
+                        /**
+                         * Location
+                         * @description 2 to 5 UTF-16 code units (JavaScript's string length: an emoji outside the BMP counts 2), not trimmed
+                         */
                         location: string;
                         /** Language */
                         language?: string | null;

@@ -26,11 +26,11 @@ from pydantic_core import PydanticKnownError
 
 from shared.clock import iso_ms
 from shared.contracts.validation import (
+    JsLengthWithin,
     StoredText,
     WholeNumber,
     bounded_text,
     fail,
-    js_length_within,
 )
 from shared.http.responses import compact
 from shared.js_text import js_trim
@@ -148,8 +148,8 @@ class KeywordResult(BaseModel):
 class SearchParams(BaseModel):
     keywords: list[Annotated[str, AfterValidator(_keyword)]]
     matchType: Literal["phrase", "exact"]
-    location: Annotated[str, js_length_within(2, 5)]  # untrimmed, as the original
-    language: Annotated[str, js_length_within(0, 35)] | None = None
+    location: Annotated[str, JsLengthWithin(2, 5)]  # untrimmed, as the original
+    language: Annotated[str, JsLengthWithin(0, 35)] | None = None
 
     @field_validator("keywords")
     @classmethod

@@ -7,10 +7,18 @@ message as is (joined with ", " like the original), and pydantic's own messages 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, model_validator
-from pydantic_core import PydanticCustomError, PydanticKnownError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, PydanticKnownError, core_schema
 
 from shared.js_text import js_length, js_trim
 from shared.storable_text import LONE_SURROGATE, unstorable_kind
@@ -55,20 +63,39 @@ def bounded_text(
     return trimmed
 
 
-def js_length_within(minimum: int, maximum: int) -> AfterValidator:
+@dataclass(frozen=True, slots=True)
+class JsLengthWithin:
     """zod's `.min()`/`.max()` on a string the original does not trim: JS units, as
     `bounded_text` counts, with pydantic's own messages (`String should have at most 5
-    characters`). Not `Field(max_length=…)`, which counts code points (an emoji 1, not 2)."""
+    characters`). Not `Field(max_length=…)`, which counts code points (an emoji 1, not 2); and
+    not JSON Schema's `minLength`/`maxLength`, which count code points too, so the OpenAPI
+    schema states the bounds in its description instead."""
 
-    def check(value: str) -> str:
+    minimum: int
+    maximum: int
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        described = handler(schema)
+        described["description"] = (
+            f"{self.minimum} to {self.maximum} UTF-16 code units (JavaScript's string length: "
+            "an emoji outside the BMP counts 2), not trimmed"
+        )
+        return described
+
+    def _check(self, value: str) -> str:
         length = js_length(value)
-        if length < minimum:
-            raise PydanticKnownError("string_too_short", {"min_length": minimum})
-        if length > maximum:
-            raise PydanticKnownError("string_too_long", {"max_length": maximum})
+        if length < self.minimum:
+            raise PydanticKnownError("string_too_short", {"min_length": self.minimum})
+        if length > self.maximum:
+            raise PydanticKnownError("string_too_long", {"max_length": self.maximum})
         return value
-
-    return AfterValidator(check)
 
 
 def nul_message(field: str) -> str:

@@ -361,6 +361,31 @@ def test_location_and_language_lengths_count_utf16_units(
     assert {key: saved[key] for key in changes} == changes
 
 
+def test_the_schema_states_location_and_language_bounds_in_utf16_units() -> None:
+    """JSON Schema's `minLength`/`maxLength` count code points, so the OpenAPI document (and the
+    TypeScript client made from it) states these bounds in words instead of leaving them out."""
+    from functions.searches import app
+
+    def search_params(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            if node.get("title") == "SearchParams" and "properties" in node:
+                yield node
+            for child in node.values():
+                yield from search_params(child)
+        elif isinstance(node, list):
+            for child in node:
+                yield from search_params(child)
+
+    found = list(search_params(app.openapi()))
+    assert found  # the request body and the answers
+    for params in found:
+        location = params["properties"]["location"]
+        language = params["properties"]["language"]["anyOf"][0]
+        assert "minLength" not in location and "maxLength" not in language
+        assert location["description"].startswith("2 to 5 UTF-16 code units")
+        assert language["description"].startswith("0 to 35 UTF-16 code units")
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [({"name": ""}, "Name is required"), ({"name": "n" * 101}, "Name too long")],
