@@ -17,10 +17,21 @@ from typing import Any
 
 import httpx
 from upstash_redis import Redis
+from upstash_redis.errors import UpstashError
 
 from shared.config import get_settings
 from shared.deadline import run_within
 from shared.redis_breaker import PAUSE_S, UpstashBreaker, UpstashCircuitOpenError
+
+# Health's check writes this key (one command, as the original's PING): a Redis that answers PING
+# but refuses writes fails the limiter and the cache all the same. The key expires after 10 s.
+PROBE_KEY = "health:probe"
+PROBE_TTL_MS = 10_000
+WRITE_REFUSED = "Redis refuses writes - the check's write was rejected"
+# How a refusal to write begins (the error's code): maxmemory under `noeviction`, a read-only
+# replica, a failed RDB save, too few replicas, a read-only token, Upstash's data size quota. Any
+# other error answer (a wrong token: WRONGPASS) is the original's "no PONG".
+_WRITE_REFUSALS = ("OOM ", "READONLY ", "MISCONF ", "NOREPLICAS ", "NOPERM ", "ERR DB capacity")
 
 _client: Redis | None = None
 _lock = threading.Lock()
@@ -96,7 +107,8 @@ def reset_redis(*, close: bool = False) -> None:
 
 
 def redis_health() -> dict[str, Any]:
-    """`{healthy, responseTime, error?, details}` in the original health check's shape."""
+    """`{healthy, responseTime, error?, details}` in the original health check's shape; its ping
+    is a write (`PROBE_KEY`), so a Redis refusing writes is unhealthy too."""
     settings = get_settings()
     if settings.privacy_mode:
         details = {"privacyMode": True, "status": "disabled for privacy compliance"}
@@ -114,7 +126,7 @@ def redis_health() -> dict[str, Any]:
         }
     started = time.perf_counter()
     try:
-        pong = client.ping()
+        written: object = client.set(PROBE_KEY, "1", px=PROBE_TTL_MS)  # True for "OK"
     except UpstashCircuitOpenError:
         return {
             "healthy": False,
@@ -122,10 +134,19 @@ def redis_health() -> dict[str, Any]:
             "error": "Redis ping not sent: its circuit breaker is open after failed calls",
             "details": {"configured": True, "circuitOpen": True},
         }
+    except UpstashError as error:
+        if str(error).startswith(_WRITE_REFUSALS):
+            return {
+                "healthy": False,
+                "responseTime": round((time.perf_counter() - started) * 1000),
+                "error": WRITE_REFUSED,
+                "details": {"configured": True, "writable": False},
+            }
+        written = False
     except Exception:
-        pong = None
+        written = False
     elapsed = round((time.perf_counter() - started) * 1000)
-    if pong != "PONG":
+    if written is not True:
         return {
             "healthy": False,
             "responseTime": elapsed,

@@ -36,6 +36,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from redis import Redis as RedisServer
 
 from devkit._host import wait_for
 from shared import config, providers, redis
@@ -49,7 +50,7 @@ pytestmark = pytest.mark.faults
 REDIS_TIMEOUT_S = 0.5
 MARGIN_S = 5.0  # database, JSON, a busy 2-core machine: generous on purpose
 KEYWORD_REDIS_CALLS = 3  # rate limit EVAL, cache GET, cache SET
-HEALTH_REDIS_CALLS = 2  # rate limit EVAL, PING
+HEALTH_REDIS_CALLS = 2  # rate limit EVAL, the check's SET
 RATE_LIMIT = 10  # RATE_LIMIT_REQUESTS_PER_HOUR's default
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 FAULTS = ["down", "frozen"]
@@ -149,7 +150,7 @@ def usage(conn: psycopg.Connection[Any], user: str) -> tuple[int, int, int, int]
 
 def assert_health_reports_redis_down(result: Result) -> None:
     """`degraded` (207): the redis check fails (the searches' failures opened the Upstash
-    breaker, so no PING is sent), the database and provider checks pass."""
+    breaker, so the check's SET is not sent), the database and provider checks pass."""
     assert result.status == 207, result.text
     body = result.json
     assert body["status"] == "degraded"
@@ -269,3 +270,45 @@ def test_fail_closed_outage_refuses_with_429_within_the_timeout_then_recovers(
     assert_everything_works_again(warm, user, client)
     assert usage(admin_conn, user) == (6, 3, 1, 4)
     print(f"{fault}/closed: keywords 429 in {took:.2f} s, health 429 in {health_took:.2f} s")
+
+
+# --- Redis that answers and refuses every write -----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_redis_refusing_writes_is_reported_as_an_outage_then_healthy_again(
+    warm: Caller, upstash_process: UpstashProcess, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """maxmemory reached under `noeviction`: Redis still answers PING and reads but refuses every
+    write, so each limiter call fails (under `open` nothing is counted) and no cache entry is
+    written. Health said `healthy` (report s55t2, finding 3); it is an outage for the limiter,
+    reported as the docs say: `degraded` under `open`, the limiter's own 429 under `closed`."""
+    if upstash_process.redis_url is None:
+        pytest.skip("redis-server is not installed: the emulator's own store has no maxmemory")
+    fail_safe(monkeypatch, mode)
+    with RedisServer.from_url(upstash_process.redis_url) as backing:
+        backing.config_set("maxmemory-policy", "noeviction")
+        backing.config_set("maxmemory", 1)  # whatever Redis holds is past it
+        try:
+            assert backing.ping() is True
+            searched = search(warm, f"user_{uuid.uuid4().hex[:8]}", keywords())
+            health = warm("health", "GET", "/api/health")
+        finally:
+            backing.config_set("maxmemory", 0)
+    if mode == "open":
+        assert searched.status == 200, searched.text
+        assert searched.headers["x-ratelimit-remaining"] == str(RATE_LIMIT)  # not counted
+        assert (health.status, health.json["status"]) == (207, "degraded"), health.text
+        assert health.json["checks"]["redis"] == {
+            "healthy": False,
+            "responseTime": health.json["checks"]["redis"]["responseTime"],
+            "error": "Redis refuses writes - the check's write was rejected",
+            "details": {"configured": True, "writable": False},
+        }
+        assert health.json["checks"]["database"]["healthy"] is True
+    else:
+        assert searched.status == 429, searched.text
+        assert (health.status, health.json["error"]) == (429, "Rate Limit Exceeded"), health.text
+    again = warm("health", "GET", "/api/health")
+    assert (again.status, again.json["status"]) == (200, "healthy"), again.text
+    assert again.json["checks"]["redis"]["details"] == {"configured": True, "responsive": True}

@@ -153,7 +153,7 @@ def test_fewer_failures_than_the_threshold_then_a_success_refuse_nothing_more(
         for _ in range(5):
             sent, decision = checked(proxy)
             assert (sent, decision.allowed) == (1, True)
-    health = warm("health", "GET", "/api/health")  # its limit and its PING both reach Redis
+    health = warm("health", "GET", "/api/health")  # its limit and its check's SET both reach Redis
     assert health.json["checks"]["redis"]["healthy"] is True, health.text
 
 

@@ -125,12 +125,12 @@ def test_a_trickled_cache_read_is_a_logged_miss_within_the_redis_timeout(
     assert any("cache_read_failed" in record.message for record in caplog.records)
 
 
-def test_a_trickled_ping_reports_redis_unhealthy_within_the_redis_timeout(
+def test_a_trickled_health_check_reports_redis_unhealthy_within_the_redis_timeout(
     warm: Caller, proxy: UpstashProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Health said `healthy` after an 8 s PING (report s46 t1, F1)."""
+    """Health said `healthy` after an 8 s PING (report s46 t1, F1); its check is a SET now."""
     configure(monkeypatch, RATE_LIMIT_ENABLED="false")
-    proxy.faults["PING"] = TRICKLE
+    proxy.faults["SET"] = TRICKLE
     health = warm("health", "GET", "/api/health")
     assert health.status == 207, health.text
     assert health.json["checks"]["redis"]["healthy"] is False

@@ -89,6 +89,34 @@ def test_one_failing_check_is_degraded_207(call: Caller, monkeypatch: pytest.Mon
     assert result.json["checks"]["redis"]["error"] == "Redis ping failed - no PONG response"
 
 
+def test_the_redis_check_is_one_write_that_expires(call: Caller) -> None:
+    """A write, not PING: a Redis that answers PING and refuses writes (maxmemory under
+    `noeviction`) fails the limiter and the cache, so health must see it (report s55t2,
+    finding 3; tests/faults/test_cache_faults.py). Its key is left to expire, never kept."""
+    client = redis.get_redis()
+    assert client is not None
+    client.delete(redis.PROBE_KEY)
+    assert call("health", "GET", "/api/health").json["checks"]["redis"]["healthy"] is True
+    assert 0 < client.pttl(redis.PROBE_KEY) <= redis.PROBE_TTL_MS
+
+
+def test_a_wrong_token_is_still_no_pong_not_a_refused_write(
+    call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only Redis's refusals to write say so; any other error answer is the original's no PONG."""
+    monkeypatch.setenv("UPSTASH_REDIS_REST_TOKEN", "wrong-token")
+    config.get_settings.cache_clear()
+    redis.reset_redis()
+    result = call("health", "GET", "/api/health")
+    assert (result.status, result.json["status"]) == (207, "degraded"), result.text
+    assert result.json["checks"]["redis"] == {
+        "healthy": False,
+        "responseTime": result.json["checks"]["redis"]["responseTime"],
+        "error": "Redis ping failed - no PONG response",
+        "details": {"configured": True},
+    }
+
+
 def test_privacy_mode_reports_redis_healthy_without_pinging(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
