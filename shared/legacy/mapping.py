@@ -5,7 +5,8 @@ Redis → Postgres (backfill, on-demand import): rows are dicts keyed by *column
 a multi-row `INSERT`. Usage comes from the real counter keys, never the stale
 `keywordsUsedThisMonth`: the pro tier's `usage:{id}:{YYYY-MM}` feeds `keywordSearchesThisMonth`,
 the trial's `trial-usage:{id}:{date}` feeds `keywordSearchesTotal` (the trial quota's counter,
-see `shared.quotas`); the total is their sum, a lower bound (the original kept no history).
+see `shared.quotas`). A pro record's total is their sum, a lower bound (the original kept no
+history); a trial record's is its trial counter alone, as the original's trial quota counted.
 `monthlyResetAt` becomes the current UTC month's start, so the lazy reset keeps the count.
 
 Postgres → Redis (the dual-write mirror): records in the original's JSON shape, timestamps in
@@ -73,7 +74,10 @@ def parse_counter(key: str, raw: str | None) -> int | None:
 def user_row(record: UserData, counters: Counters, now: datetime) -> dict[str, Any]:
     """The `users` row for a legacy record (columns by name)."""
     tier = UserTier.PRO if record.tier == "pro" else UserTier.FREE
-    monthly, trial = counters.monthly or 0, counters.trial or 0
+    # A trial record counts only its trial counter: a month counter beside it is the pro
+    # tier's (an upgrade and a downgrade during the trial leave one), never the trial's quota.
+    monthly = (counters.monthly or 0) if tier is UserTier.PRO else 0
+    trial = counters.trial or 0
     return {
         "id": record.clerkUserId,
         "email": record.email,

@@ -308,6 +308,41 @@ def test_a_twin_whose_legacy_record_cannot_be_read_still_gets_409_and_nothing_el
     ) == [(0,)]
 
 
+def test_a_trial_record_counts_only_its_trial_counter_on_both_import_paths(
+    app: Caller,
+    sdk: Redis,
+    original: redis.Redis,
+    direct_database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/original-app.md#redis-to-postgres-field-mapping: a `trial` record's usage is its
+    `trial-usage:` counter. A month counter `usage:` beside it (an upgrade and a downgrade
+    during the trial leave one) is the pro tier's: neither the sign-in import nor the backfill
+    adds it, so both give the original's 295 remaining; a month counter with no record at all
+    gives the fresh account nothing on either path."""
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    mode(monkeypatch, "dual")
+    at_sign_in, by_backfill, gone = new_user(), new_user(), new_user()
+    now = utcnow()
+    created = now - timedelta(days=2)
+    for uid in (at_sign_in, by_backfill):
+        original.set(keys.user(uid), dumps(user_record(uid, f"{uid}@example.com", created=created)))
+        original.set(keys.trial_usage(uid, created), "5", ex=600_000)
+        original.set(keys.usage(uid, now), "70", ex=600_000)
+    original.set(keys.usage(gone, now), "50", ex=600_000)
+
+    for uid in (at_sign_in, gone):
+        assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported
+    backfill(sdk, report_path=tmp_path / "r.json")
+
+    counts = 'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s'
+    for uid, used in ((at_sign_in, 5), (by_backfill, 5), (gone, 0)):
+        assert sql(direct_database_url, counts, uid) == [(used, used)], uid
+        usage = app("me", "GET", "/api/me", user=uid).json["usage"]
+        assert (usage["total"], usage["remaining"]) == (used, 300 - used), uid
+
+
 def test_the_reattach_command_imports_a_quarantined_user_once(
     sdk: Redis, original: redis.Redis, db_env: str, direct_database_url: str, capsys: Any
 ) -> None:
