@@ -14,6 +14,14 @@ API Gateway itself rarely sends but direct invokes, test events and other integr
   header or a REST v1 query value): only when building the request from the event as given
   fails is a tolerant copy of it built (the normal path pays nothing for it). A query value's
   lone surrogate is kept as its bytes, so the query-string guard answers its 400.
+- a Host header any HTTP server takes but Mangum cannot split into `scope["server"]` (it splits
+  at every `:` and reads the port with `int()`): an IPv6 literal (`[2001:db8::1]:443`, which
+  an ALB reached by its IPv6 address passes on), an empty port (`name:`, RFC 3986 allows it),
+  `name:abc`, or an `x-forwarded-port` that is empty or not a number. The tolerant copy hides
+  both headers from Mangum, and they are put back unchanged (CORS and CSRF compare the Host
+  as sent); a port that is not a number counts as absent (then `x-forwarded-port`, else 80),
+  as `keyflash dev` answers such a request 200, and nothing but the Host header, kept as sent,
+  reads it.
 
 And REST v1's `multiValueHeaders.cookie` (HTTP/2 browsers send each cookie as its own header
 field, RFC 9113 §8.2.3) is joined with `"; "`, as RFC 9113 says to rebuild it: Mangum joined
@@ -35,8 +43,10 @@ encoded again: Mangum decoded them as text, so bytes that are not UTF-8 became U
 route's validation 400, where API Gateway's events get the query guard's `not UTF-8`.
 
 And an event no handler routes (an EventBridge rule aimed at an HTTP function, a warm-up
-plugin's ping, `{}`, a list): Mangum raised RuntimeError, an invocation error with a traceback,
-retried when asynchronous. It is logged (`lambda_event_refused`, WARNING, with the event's
+plugin's ping, `{}`, a list), or one even the tolerant copy cannot make a request of (no
+method or path: a v2 event without `requestContext.http`, a 2.0 event labelled `1.0`): Mangum
+raised RuntimeError or KeyError, an invocation error with a traceback, retried when
+asynchronous. It is logged (`lambda_event_refused`, WARNING, with the event's
 type and top-level keys) and answered 400 in the envelope, which ends the invocation.
 """
 
@@ -45,6 +55,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes, urlencode
 
@@ -66,6 +77,11 @@ _DECODED_PATH_SAFE = "/:@!$&'()*+,;="
 # Not UTF-8, so never valid JSON: what a body that cannot be decoded becomes (400 on JSON routes).
 UNDECODABLE = b"\xff"
 NOT_HTTP = "Not an HTTP event: this function answers API Gateway, function URL and ALB requests"
+# The headers Mangum parses into `scope["server"]`, carried in the tolerant copy under names no
+# client can send (not RFC 9110 tokens), and their names restored in the scope.
+_HIDDEN = {"host": "(host)", "x-forwarded-port": "(x-forwarded-port)"}
+_SHOWN = {hidden.encode(): name.encode() for name, hidden in _HIDDEN.items()}
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def _body(event: LambdaEvent) -> bytes:
@@ -153,18 +169,46 @@ def _not_http(event: Any) -> dict[str, Any]:
     }
 
 
+def _name(key: Any) -> str:
+    """A header name as the tolerant copy carries it: Host and the port hidden (`_HIDDEN`)."""
+    name = str(key)
+    return _HIDDEN.get(name.lower(), name)
+
+
+def _server(headers: list[list[bytes]]) -> tuple[str, int]:
+    """`scope["server"]` as Mangum makes it from `host` and `x-forwarded-port` (the last of each),
+    for any Host: an IPv6 literal's address without brackets, a port that is not a number
+    absent (see the module docstring)."""
+    fields = {bytes(name): bytes(value).decode("utf-8", "replace") for name, value in headers}
+    host = fields.get(b"host", "mangum")
+    if host.startswith("[") and "]" in host:  # RFC 3986 IP-literal
+        address, _, rest = host[1:].partition("]")
+        name, port = address, rest.removeprefix(":")
+    else:
+        name, _, port = host.partition(":")
+    if not _PORT.fullmatch(port):
+        port = fields.get(b"x-forwarded-port", "")
+    return name, int(port) if _PORT.fullmatch(port) else 80
+
+
 def tolerant(event: LambdaEvent) -> LambdaEvent:
-    """A copy of `event` with every optional field Mangum reads present and encodable."""
+    """A copy of `event` with every optional field Mangum reads present and encodable, and the
+    headers it parses hidden (`_HIDDEN`). An ALB's header fields stay those it sent (it reads
+    an answer's headers from the field its event used and drops the other), and its query
+    is left out (`_alb_query` reads the event's own)."""
+    context = dict(event.get("requestContext") or {})
+    alb = "elb" in context
     fixed = dict(event)
-    fixed["headers"] = {str(k): _text(v) for k, v in (event.get("headers") or {}).items()}
+    fixed["headers"] = {_name(k): _text(v) for k, v in (event.get("headers") or {}).items()}
     multi = event.get("multiValueHeaders") or {}
     fixed["multiValueHeaders"] = {
-        str(k): [_text(item) for item in v] if isinstance(v, list) else [_text(v)]
+        _name(k): [_text(item) for item in v] if isinstance(v, list) else [_text(v)]
         for k, v in multi.items()
     }
+    if alb and "multiValueHeaders" not in event:
+        del fixed["multiValueHeaders"]
     if isinstance(event.get("cookies"), list):
         fixed["cookies"] = [_text(cookie) for cookie in event["cookies"]]
-    context = dict(event.get("requestContext") or {})
     if event.get("version") == "2.0":
         raw_query = event.get("rawQueryString") or ""
         fixed["rawQueryString"] = LONE_SURROGATE.sub(
@@ -176,8 +220,11 @@ def tolerant(event: LambdaEvent) -> LambdaEvent:
     else:
         context["identity"] = context.get("identity") or {}
         for name in ("queryStringParameters", "multiValueQueryStringParameters"):
-            params = event.get(name) or {}
-            fixed[name] = {k: _query_value(v) for k, v in params.items()}
+            if alb:
+                fixed.pop(name, None)
+            else:
+                params = event.get(name) or {}
+                fixed[name] = {k: _query_value(v) for k, v in params.items()}
     fixed["requestContext"] = context
     return fixed
 
@@ -205,9 +252,14 @@ class LambdaHandler(Mangum):
             return _not_http(event)
         try:
             scope = handler.scope
-        except (AttributeError, KeyError, TypeError, UnicodeError):
-            handler = self.infer(tolerant(event), context)
-            scope = handler.scope
+        except (AttributeError, KeyError, TypeError, UnicodeError, ValueError):
+            try:
+                handler = self.infer(tolerant(event), context)
+                scope = handler.scope
+            except (AttributeError, KeyError, TypeError, ValueError):  # no method or path
+                return _not_http(event)
+            scope["headers"] = [[_SHOWN.get(k, k), v] for k, v in scope["headers"]]
+            scope["server"] = _server(scope["headers"])
         cookie = _split_cookie(event)
         if cookie is not None:
             headers = [pair for pair in scope["headers"] if pair[0] != b"cookie"]
@@ -217,7 +269,7 @@ class LambdaHandler(Mangum):
             scope["path"] = unquote(encoded)  # not Mangum's, decoded twice on v2
             scope["raw_path"] = quote(encoded, safe=_PATH_SAFE, errors="surrogatepass").encode()
         elif isinstance(handler, ALB):
-            scope["query_string"] = _alb_query(handler.event)
+            scope["query_string"] = _alb_query(event)
         # v1, v2, function URLs and ALB keep the body at the event's top level (Lambda@Edge
         # nests it): ALB's was decoded leniently by Mangum, `%%%` an empty body, `abc` a raise.
         top_level = isinstance(handler, APIGateway | HTTPGateway | ALB)

@@ -419,6 +419,29 @@ def test_invoke_shows_the_handlers_refusal_of_an_event_that_is_not_http(
     assert "Not an HTTP event" in result.stdout
 
 
+def test_invoke_answers_an_alb_event_sent_to_an_ipv6_address(stack: Stack, tmp_path: Path) -> None:
+    """s55t5 F1: an ALB reached by its IPv6 address passes on `Host: [2001:db8::10]`, which
+    made every HTTP handler raise ValueError (`keyflash: ... raised ValueError`); a cron is
+    handed the same event as options and never reads the Host."""
+    event = {
+        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:"
+                                   "123456789012:targetgroup/keyflash/0123456789abcdef"}},
+        "httpMethod": "GET", "path": "/api/health", "queryStringParameters": {},
+        "headers": {"host": "[2001:db8::10]", "x-forwarded-for": "2001:db8::99",
+                    "x-forwarded-port": "443", "x-forwarded-proto": "https"},
+        "body": "", "isBase64Encoded": False,
+    }  # fmt: skip
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(event))
+    result = keyflash("invoke", "health", "--event", str(event_file), state_dir=stack.state_dir)
+    assert result.returncode == 0, result.stderr
+    assert "status 200" in result.stdout, result.stdout
+    cron = keyflash("invoke", "cron.collect_metrics", "--event", str(event_file),
+                    state_dir=stack.state_dir)  # fmt: skip
+    assert cron.returncode == 0, cron.stderr
+    assert '"complete": true' in cron.stdout, cron.stdout
+
+
 def test_env_prints_the_running_stacks_environment(stack: Stack, empty_state_dir: Path) -> None:
     result = keyflash("env", state_dir=stack.state_dir)
     assert result.returncode == 0, result.stderr

@@ -20,6 +20,7 @@ ENVELOPE_KEYS = {"error", "message", "statusCode", "timestamp"}
 NOT_HTTP = "Not an HTTP event: this function answers API Gateway, function URL and ALB requests"
 REPEATED_AUTHORIZATION = "Send one Authorization header: this request has several"
 REPEATED_ORIGIN = "Send one Origin header: this request has several"
+DAYS_OUT_OF_RANGE = "days must be a whole number from 1 to 365"
 
 
 def _validation_400(result: Any) -> str:
@@ -227,6 +228,108 @@ def test_an_alb_query_that_is_not_utf8_gets_the_query_guards_400(
     name = "multiValueQueryStringParameters" if multi_value else "queryStringParameters"
     event[name] = {"days": ["%ED%A0%80"] if multi_value else "%ED%A0%80"}
     _envelope(_invoke("history_stats", event), 400, "Invalid query string: not UTF-8")
+
+
+KINDS = ["v2", "url", "v1", "alb", "alb_multi_value"]
+
+
+def _event(kind: str, method: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """`method path` as `kind` delivers it, with `headers` in place of the event's own."""
+    if kind.startswith("alb"):
+        event = _alb(method, path, multi_value=kind == "alb_multi_value")
+        if "multiValueHeaders" in event:
+            event["multiValueHeaders"].update({k: [v] for k, v in headers.items()})
+        else:
+            event["headers"].update(headers)
+        return event
+    if kind == "v1":  # its own `Host`, `X-Forwarded-Proto` replaced, not doubled
+        return events.rest_api_v1(method, path, headers={k.title(): v for k, v in headers.items()})
+    build = events.http_api_v2 if kind == "v2" else events.function_url
+    return build(method, path, headers=headers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"host": "[2001:db8::1]"},
+        {"host": "[2001:db8::1]:443"},
+        {"host": "example.com:"},
+        {"host": "example.com:abc"},
+        {"host": "api.keyflash.test", "x-forwarded-port": "junk"},
+        {"host": "api.keyflash.test", "x-forwarded-port": ""},
+        {"host": "[2001:db8::1]", "x-forwarded-port": "junk"},
+    ],
+    ids=["ipv6", "ipv6_port", "empty_port", "word_port", "junk_xfp", "empty_xfp", "ipv6_junk_xfp"],
+)
+def test_every_host_an_http_server_takes_is_answered_on_every_kind(
+    api_env: Keys, kind: str, sent: dict[str, str]
+) -> None:
+    """s55t5 F1: Mangum split the Host at every `:` and read the port with `int()`, so an IPv6
+    literal, an empty or non-numeric port or `x-forwarded-port` raised ValueError (a bare 500 or
+    ALB's 502), where `keyflash dev` answers 200. The Host reaches the app as sent: its own
+    origin (CORS) is `https://<Host>`, and the token authenticates."""
+    origin = f"https://{sent['host']}"
+    token = f"Bearer {make_token(api_env, 'user_odd_host')}"
+    headers = {**sent, "authorization": token, "origin": origin}
+    code, answer_headers, body = _invoke("me", _event(kind, "GET", "/api/me", headers))
+    assert code == 200, body
+    assert answer_headers["access-control-allow-origin"] == origin
+    assert answer_headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize("multi_value", [False, True], ids=["single", "multi_value"])
+def test_an_alb_answer_keeps_the_header_form_of_its_event(api_env: Keys, multi_value: bool) -> None:
+    """An ALB reads only the header field its target group uses: an odd Host must not turn a
+    single-value event's answer into `multiValueHeaders` (which it would drop), nor its query
+    into none."""
+    token = f"Bearer {make_token(api_env, 'user_odd_host')}"
+    headers = {"host": "[2001:db8::1]", "authorization": token}
+    event = _event("alb_multi_value" if multi_value else "alb", "GET", "/api/history/stats",
+                   headers)  # fmt: skip
+    name = "multiValueQueryStringParameters" if multi_value else "queryStringParameters"
+    event[name] = {"days": ["0"] if multi_value else "0"}
+    loaded = importlib.import_module("functions.history_stats")
+    raw = loaded.lambda_handler(event, events.lambda_context("history_stats"))
+    field = "multiValueHeaders" if multi_value else "headers"
+    assert set(raw) & {"headers", "multiValueHeaders"} == {field}, raw
+    _envelope(_invoke("history_stats", event), 400, DAYS_OUT_OF_RANGE)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: e["requestContext"]["http"].pop("method"),
+        lambda e: e["requestContext"]["http"].pop("path"),
+        lambda e: e["requestContext"].pop("http"),
+        lambda e: e.update(requestContext={}),
+        lambda e: e["requestContext"].update(http="GET /api/health"),
+        lambda e: e.update(version="1.0"),
+    ],
+    ids=["no_method", "no_path", "no_http", "empty_context", "http_text", "labelled_1_0"],
+)
+def test_a_half_formed_v2_event_is_not_an_http_event(api_env: Keys, damage: Any) -> None:
+    """s55t5 F2: a v2 event missing what names the request raised KeyError out of the handler
+    (a Lambda error, retried when asynchronous), where a wholly missing `requestContext` got the
+    documented 400."""
+    event = events.http_api_v2("GET", "/api/health")
+    damage(event)
+    _envelope(_invoke("health", event), 400, NOT_HTTP)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: events.rest_api_v1("GET", "/api/health"),
+        lambda: _alb("GET", "/api/health", multi_value=False),
+        lambda: _alb("GET", "/api/health", multi_value=True),
+    ],
+    ids=["v1", "alb", "alb_multi_value"],
+)
+def test_an_event_without_its_method_is_not_an_http_event(api_env: Keys, build: Any) -> None:
+    event = build()
+    del event["httpMethod"]
+    _envelope(_invoke("health", event), 400, NOT_HTTP)
 
 
 def test_devkit_events_carry_the_path_where_each_source_does() -> None:
