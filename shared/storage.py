@@ -7,7 +7,8 @@ docs/DATABASE.md plan):
 - `dual` (phase 1): writes go to both stores and reads come from Redis, in the original layout,
   so the TypeScript app, still reading and writing Redis, keeps working.
 - `fallback` (phase 2): writes as in dual; reads try Redis and use Postgres when the key is
-  missing or unreadable, or Redis fails.
+  missing or unreadable, Redis fails, or a copy to it is still owed; the list shows what
+  either store holds.
 
 This module is the switch and the postgres path. Dual and fallback, and everything that reads
 or writes the original's layout (reattaching a legacy user, erasing their keys), are in
@@ -175,9 +176,7 @@ def list_searches(user_id: str) -> list[SavedSearch]:
     if mode() != "postgres":
         from shared.legacy import bridge
 
-        listed = bridge.list_searches(user_id)
-        if listed is not None:
-            return listed.value
+        return bridge.list_searches(user_id)
     page = db.run(lambda conn: saved_searches.list_for_user(conn, user_id), idempotent=True)
     return page.items
 

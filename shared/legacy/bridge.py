@@ -27,7 +27,9 @@ then applies it with INCRBY under a once-only marker (a replay changes nothing),
 learns the counter's value afterwards (GREATEST), so it counts what the original added too.
 
 Reads: dual answers 503 when Redis fails or holds an unreadable record (the original's
-behaviour); fallback then reads Postgres. Records only the TypeScript app has are imported on
+behaviour); fallback then reads Postgres, and reads it too for a key whose copy is still owed
+(Redis holds an older state: a Redis back from an outage with its data), and lists what both
+stores hold (`list_searches`). Records only the TypeScript app has are imported on
 demand: the user at sign-in, a saved search when it is updated or deleted. A legacy user whose
 address or Stripe id another account holds is imported without it (`reattach_user`).
 Known limits: in dual mode a read can miss a write whose copy is still pending; the 50-search
@@ -188,6 +190,11 @@ def _mark(key: str, kind: Kind, user_id: str) -> Callable[[Conn], None]:
     return lambda conn: legacy_repairs.mark(conn, key, kind, user_id)
 
 
+def _owed(key: str) -> bool:
+    """Whether Redis still owes `key` a copy of Postgres's state (it may hold an older one)."""
+    return db.run(lambda conn: legacy_repairs.owed(conn, key), idempotent=True)
+
+
 # --- users ------------------------------------------------------------------------------------
 
 
@@ -327,9 +334,7 @@ def provision_user(user_id: str, email: str) -> None:
     erasure = keys.erasure(user_id)
     # The id was erased and its legacy keys are still in Redis: they go first, so nothing of
     # the erased account is imported into the fresh one (Redis failing: 503, to be retried).
-    if db.run(
-        lambda conn: legacy_repairs.erasure_pending(conn, erasure), idempotent=True
-    ) and not erase_user(user_id, None, None):
+    if _owed(erasure) and not erase_user(user_id, None, None):
         raise LegacyStoreUnavailableError("legacy store failed finishing an erasure")
     loaded = _from_redis(lambda: _load_importable(client, user_id, now), "user")
     record, counters = loaded or (None, Counters())
@@ -524,30 +529,48 @@ def sync_user(user_id: str) -> None:
 # --- saved searches ---------------------------------------------------------------------------
 
 
-def list_searches(user_id: str) -> Answer[list[SavedSearch]] | None:
-    """The user's searches as Redis lists them, at most 50 (the API's cap, as Postgres lists
-    them: an index set may hold more than the original's create allowed); None: read Postgres
-    (fallback, none found)."""
+def list_searches(user_id: str) -> list[SavedSearch]:
+    """The user's searches, newest `updatedAt` first, at most 50 (the API's cap, as Postgres
+    lists them: an index set may hold more than the original's create allowed).
+
+    Dual: as Redis lists them. Fallback: each search as `get_search` reads it, so the list
+    never hides a search Postgres holds behind an index set Redis lost and recreated (a
+    FLUSHALL, a crash without persistence), nor shows one whose delete is owed to Redis.
+    Postgres (its rows, then the owed marks) is read before Redis: a mark gone means its
+    copy is already in Redis."""
     client = _client()
-    records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
-    if records or mode() == "dual":
+    if mode() == "dual":
+        records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
         newest = (records or [])[: saved_searches.MAX_PER_USER]
-        shown = [mapping.saved_search_from_record(r) for r in newest]
-        return Answer(shown)
-    return None
+        return [mapping.saved_search_from_record(r) for r in newest]
+
+    def held(conn: Conn) -> tuple[list[SavedSearch], set[str]]:
+        rows = saved_searches.list_for_user(conn, user_id).items
+        return rows, legacy_repairs.owed_searches(conn, user_id)
+
+    rows, owed = db.run(held, idempotent=True)
+    shown = {row.id: row for row in rows}
+    records = _from_redis(lambda: store.list_saved_searches(client, user_id), "saved searches")
+    for record in records or []:
+        if keys.saved_search(user_id, record.id) not in owed:
+            shown[record.id] = mapping.saved_search_from_record(record)
+    merged = sorted(shown.values(), key=lambda s: (s.updated_at, s.id), reverse=True)
+    return merged[: saved_searches.MAX_PER_USER]
 
 
 def get_search(user_id: str, search_id: str) -> Answer[SavedSearch | None] | None:
-    """The search as Redis has it (dual: None when missing); None: read Postgres (fallback)."""
+    """The search as Redis has it (dual: None when missing); None: read Postgres (fallback),
+    also when Redis has it but still owes it a copy (a rename or delete made while Redis
+    failed: Redis holds the older state)."""
     client = _client()
     record = _from_redis(
         lambda: store.read_saved_search(client, user_id, search_id), "saved search"
     )
-    if record is not None:
-        return Answer(mapping.saved_search_from_record(record))
     if mode() == "dual":
-        return Answer(None)
-    return None
+        return Answer(None if record is None else mapping.saved_search_from_record(record))
+    if record is None or _owed(keys.saved_search(user_id, search_id)):
+        return None
+    return Answer(mapping.saved_search_from_record(record))
 
 
 def create_search(user_id: str, search: saved_searches.NewSavedSearch) -> SavedSearch:
@@ -589,10 +612,12 @@ def update_search(
             # The owner's row first (the erasure's order), and the legacy item read only
             # after it, and after no erasure of this identity is pending: an item read before
             # an erasure committed, or still in Redis after it, never reaches the account
-            # signing in again (the erasure's mark goes only once its keys are gone).
+            # signing in again (the erasure's mark goes only once its keys are gone). Nor is
+            # an item whose copy is owed: Postgres holds no row for it, so what is owed is a
+            # delete, and the item is the state before it.
             if not legacy_repairs.hold_user(conn, user_id):
                 return None
-            if legacy_repairs.erasure_pending(conn, keys.erasure(user_id)):
+            if legacy_repairs.owed(conn, keys.erasure(user_id)) or legacy_repairs.owed(conn, key):
                 return None
             record = _from_redis(
                 lambda: store.read_saved_search(client, user_id, search_id), "saved search"
@@ -624,8 +649,11 @@ def delete_search(user_id: str, search_id: str) -> bool:
 
     if not db.transaction(work):
         # Maybe only the TypeScript app has it; the original's test is index membership.
+        # Unless a copy is owed: then the item is what Redis held before a delete of ours.
         client = _client()
-        if not _from_redis(lambda: store.is_indexed(client, user_id, search_id), "saved search"):
+        if _owed(key) or not _from_redis(
+            lambda: store.is_indexed(client, user_id, search_id), "saved search"
+        ):
             return False
         db.run(_mark(key, "saved_search", user_id), idempotent=True)
     _sync(key)

@@ -70,14 +70,24 @@ def hold_user(conn: Conn, user_id: str) -> bool:
     return conn.session.execute(statement).first() is not None
 
 
-@database_operation("findPendingLegacyErasure")
-def erasure_pending(conn: Conn, key: str) -> bool:
-    """Whether the erasure mark `key` (`keys.erasure`) is still there: the erased identity's
-    legacy keys may still be in Redis, so nothing may be imported from them."""
+@database_operation("findLegacyRepair")
+def owed(conn: Conn, key: str) -> bool:
+    """Whether the mark `key` is still there: Redis may hold an older state of it (for an
+    erasure mark, `keys.erasure`, the erased identity's keys), so nothing is read or imported
+    from it until the copy is made."""
     return (
         conn.session.execute(select(LegacyRepair.key).where(LegacyRepair.key == key)).first()
         is not None
     )
+
+
+@database_operation("listOwedLegacySearches")
+def owed_searches(conn: Conn, user_id: str) -> set[str]:
+    """The keys of the user's saved searches whose copy to Redis is still owed."""
+    statement = select(LegacyRepair.key).where(
+        LegacyRepair.user_id == user_id, LegacyRepair.kind == "saved_search"
+    )
+    return set(conn.session.scalars(statement))
 
 
 @database_operation("clearLegacyRepair")

@@ -389,6 +389,91 @@ def test_fallback_reads_postgres_when_redis_misses_fails_or_cannot_read(
     ] == [sid]
 
 
+def test_fallback_never_serves_a_state_older_than_an_owed_copy(one: Caller, stores: Stores) -> None:
+    """Redis comes back from an outage with what it held before (persisted, as Upstash
+    keeps it) while the renames and deletes made meanwhile are still owed to it: what Postgres
+    committed is served, a deleted search stays deleted, and renaming it imports nothing."""
+    stores.mode("fallback")
+    uid = new_user()
+    renamed, deleted = create(one, uid)["id"], create(one, uid)["id"]
+
+    stores.break_redis()
+    put = one("search_item", "PUT", f"/api/searches/{renamed}", user=uid, json_body={"name": "New"})
+    gone = one("search_item", "DELETE", f"/api/searches/{deleted}", user=uid)
+    assert (put.status, gone.status) == (200, 200)
+    stores.restore_redis()
+    assert stores.item(uid, deleted) is not None and stores.index(uid) == {renamed, deleted}
+    assert len(stores.repairs()) == 2
+
+    got = one("search_item", "GET", f"/api/searches/{renamed}", user=uid)
+    assert (got.status, got.json["search"]["name"]) == (200, "New")
+    assert one("search_item", "GET", f"/api/searches/{deleted}", user=uid).status == 404
+    listed = one("searches", "GET", "/api/searches", user=uid).json["searches"]
+    assert [(s["id"], s["name"]) for s in listed] == [(renamed, "New")]
+    again = one(
+        "search_item", "PUT", f"/api/searches/{deleted}", user=uid, json_body={"name": "Back"}
+    )
+    assert again.status == 404
+    assert one("search_item", "DELETE", f"/api/searches/{deleted}", user=uid).status == 404
+    assert stores.sql("SELECT id, name FROM saved_searches") == [(renamed, "New")]
+
+    from shared.legacy import bridge
+
+    assert bridge.repair_pending().remaining == 0
+    assert stores.item(uid, deleted) is None and stores.index(uid) == {renamed}
+    got = one("search_item", "GET", f"/api/searches/{renamed}", user=uid)
+    assert got.json["search"]["name"] == "New"
+
+
+def test_a_dual_rename_never_imports_a_search_whose_delete_is_owed(
+    one: Caller, stores: Stores
+) -> None:
+    """Dual reads Redis, so it may show the search until the copy is made (a documented
+    lag), but a rename must not write the deleted search back into Postgres."""
+    stores.mode("dual")
+    uid = new_user()
+    sid = create(one, uid)["id"]
+    stores.break_redis()
+    assert one("search_item", "DELETE", f"/api/searches/{sid}", user=uid).status == 200
+    stores.restore_redis()
+
+    put = one("search_item", "PUT", f"/api/searches/{sid}", user=uid, json_body={"name": "Back"})
+    assert put.status == 404
+    assert stores.sql("SELECT id FROM saved_searches") == []
+    assert [key for key, *_ in stores.repairs()] == [keys.saved_search(uid, sid)]
+
+
+def test_the_fallback_list_shows_every_search_postgres_holds_after_redis_lost_data(
+    one: Caller, stores: Stores
+) -> None:
+    """Redis lost the user's keys (a FLUSHALL, a crash without persistence); a later write
+    recreates the index with its one search. The list still shows what Postgres holds, with
+    what only Redis has (the TypeScript app's searches); the repair changes nothing of it."""
+    from shared.legacy import bridge
+
+    stores.mode("fallback")
+    uid = new_user()
+    [legacy] = seed_legacy_user(stores, uid, searches=1)
+    held = [create(one, uid)["id"] for _ in range(3)]
+    for sid in held:
+        stores.redis.delete(keys.saved_search(uid, sid))
+    stores.redis.srem(keys.saved_searches(uid), *held)
+    newest = create(one, uid)["id"]
+    assert stores.index(uid) == {legacy, newest}
+    everything = {legacy, newest, *held}
+
+    listed = one("searches", "GET", "/api/searches", user=uid).json["searches"]
+    assert {s["id"] for s in listed} == everything
+    assert [s["id"] for s in listed][:2] == [newest, held[-1]]  # newest first
+
+    stores.break_redis()  # a rename owed to Redis, then repaired into the partial index
+    one("search_item", "PUT", f"/api/searches/{held[0]}", user=uid, json_body={"name": "R"})
+    stores.restore_redis()
+    assert bridge.repair_pending().remaining == 0
+    listed = one("searches", "GET", "/api/searches", user=uid).json["searches"]
+    assert {s["id"] for s in listed} == everything
+
+
 def test_dual_answers_503_when_redis_fails_or_holds_an_unreadable_record(
     one: Caller, stores: Stores
 ) -> None:
