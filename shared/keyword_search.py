@@ -194,6 +194,7 @@ def _reserve(
     limits = Limits.from_settings(get_settings())
 
     def reserve(conn: Conn) -> users.Usage:
+        storage.learn_legacy_usage(conn, identity.user_id, now)  # dual: the TS app's count
         usage = users.reserve_keywords(
             conn, identity.user_id, identity.email, count, limits=limits, enforce=enforce,
             now=now, hold=hold,
@@ -201,7 +202,8 @@ def _reserve(
         storage.count_legacy_usage(conn, identity.user_id, count, now)  # dual/fallback
         return usage
 
-    return db.run(reserve)
+    # Dual learns the legacy count first: one transaction, so a refusal changes nothing.
+    return (db.transaction if storage.mode() == "dual" else db.run)(reserve)
 
 
 def _reserve_for(

@@ -149,6 +149,17 @@ def usage(user_id: str, limits: Limits, *, now: datetime | None = None) -> Usage
     return usage_view(user, limits, now)
 
 
+def learn_legacy_usage(conn: Conn, user_id: str, now: datetime) -> None:
+    """In a reservation's transaction, before it counts: in dual, where the TypeScript app
+    still counts in Redis, raise the Postgres counter to the legacy one
+    (`shared.legacy.bridge.learn_usage`). A no-op in the other modes: the reservation stays
+    one statement in postgres mode, and in fallback only this port counts."""
+    if mode() == "dual":
+        from shared.legacy import bridge
+
+        bridge.learn_usage(conn, user_id, now)
+
+
 def count_legacy_usage(conn: Conn, user_id: str, delta: int, at: datetime) -> None:
     """In the transaction that moved the user's Postgres counter by `delta` (a reservation, or
     a release when negative): record that the legacy counter owes it. A no-op in postgres mode.

@@ -449,6 +449,28 @@ def count_usage(conn: Conn, user_id: str, delta: int, at: datetime) -> None:
         legacy_repairs.add_delta(conn, key, user_id, delta, expires_at)
 
 
+def learn_usage(conn: Conn, user_id: str, now: datetime) -> None:
+    """Dual, in a reservation's transaction before it counts: raise the user's Postgres counter
+    to the legacy counter the reservation will count on, which holds what the TypeScript app
+    counted, so the reservation's own check (on Postgres alone, one statement) refuses what
+    the larger of the two counts leaves no room for. Parallel reservations of ours still queue
+    on the row. Redis failing or an unreadable counter (logged) leaves Postgres to decide alone,
+    as before: a write in dual does not fail on Redis."""
+    user = users.get(conn, user_id)
+    if user is None:  # a first request: the reservation creates the row
+        return
+    key, _ = mapping.counter_target(user, now)
+    try:
+        [value] = store.redis_call(store.read_counters)(_client(), [key])
+    except store.REDIS_ERRORS as error:
+        log_event("legacy_usage_unread", level=logging.WARNING, reason=f"redis: {error}")
+        return
+    if isinstance(value, LegacyRecordError):
+        log_event("legacy_usage_unread", level=logging.WARNING, key=key, reason=value.reason)
+    elif value:
+        legacy_import.learn_counter(conn, user_id, value, trial=user.tier is UserTier.FREE, now=now)
+
+
 def mirror_usage(user_id: str) -> None:
     """After a usage change committed: apply the user's owed deltas to the legacy counters and
     let Postgres learn what the TypeScript app added. Never fails the request: what Redis (or

@@ -20,7 +20,7 @@ from enum import Enum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, TextClause, func, or_, select, text
+from sqlalchemy import Table, TextClause, case, func, literal, or_, select, text
 
 from shared.clock import month_start
 from shared.db import Conn
@@ -236,8 +236,9 @@ def taken_identifiers(conn: Conn, rows: Sequence[dict[str, Any]]) -> dict[str, s
 def learn_counter(conn: Conn, user_id: str, value: int, *, trial: bool, now: datetime) -> None:
     """Raise the user's quota counter to the legacy counter's `value` (which holds the original
     app's increments as well as ours), never lower it; the total grows by the same amount.
-    One statement. The trial's counter is the total; the monthly one counts only while it is
-    this month's (a stale row is reset lazily by the next reservation)."""
+    One statement. The trial's counter is the total; `value` is this month's count for the
+    monthly one, so a row still on an earlier month is reset to it (the reservation's lazy
+    reset, done here so that a reservation right after sees this month's count)."""
     c = _USERS.c
     if trial:
         gained = func.greatest(value - c.keywordSearchesTotal, 0)
@@ -247,14 +248,16 @@ def learn_counter(conn: Conn, user_id: str, value: int, *, trial: bool, now: dat
         }
         statement = _USERS.update().where(c.id == user_id, c.tier == "FREE")
     else:
-        gained = func.greatest(value - c.keywordSearchesThisMonth, 0)
+        stale = c.monthlyResetAt < month_start(now)
+        month = case((stale, 0), else_=c.keywordSearchesThisMonth)
+        reset_at = case((stale, literal(now, c.monthlyResetAt.type)), else_=c.monthlyResetAt)
+        gained = func.greatest(value - month, 0)
         values = {
-            "keywordSearchesThisMonth": func.greatest(c.keywordSearchesThisMonth, value),
+            "keywordSearchesThisMonth": month + gained,
             "keywordSearchesTotal": c.keywordSearchesTotal + gained,
+            "monthlyResetAt": reset_at,
         }
-        statement = _USERS.update().where(
-            c.id == user_id, c.tier != "FREE", c.monthlyResetAt >= month_start(now)
-        )
+        statement = _USERS.update().where(c.id == user_id, c.tier != "FREE")
     conn.session.execute(statement.values(values))
 
 

@@ -25,7 +25,7 @@ from upstash_redis import Redis
 
 from devkit.legacy import Tally, backfill, reattach, verify
 from devkit.upstash_emulator import UpstashEmulator
-from shared.clock import iso_ms, next_month_start, utcnow
+from shared.clock import iso_ms, month_start, next_month_start, utcnow
 from shared.legacy import keys
 from shared.legacy.mapping import counter_ttl
 from shared.legacy.schemas import parse_saved_search, parse_user
@@ -652,6 +652,93 @@ def test_no_count_or_record_is_lost_while_the_original_app_writes_too(
     assert 0 < original.ttl(counter) <= 31 * 86_400
     members = {m.decode() for m in original.smembers(keys.saved_searches(uid))}
     assert members == set(ts_ids) | set(ours)
+    assert bridge.pending_repairs() == 0
+
+
+def counted(url: str, uid: str) -> tuple[int, int]:
+    [row] = sql(
+        url,
+        'SELECT "keywordSearchesThisMonth", "keywordSearchesTotal" FROM users WHERE id = %s',
+        uid,
+    )
+    return row[0], row[1]
+
+
+def searched(call: Caller, uid: str, n: int) -> int:
+    body = {"keywords": [f"kettle {n} {k}" for k in range(2)], "matchType": "phrase"}
+    return call("keywords", "POST", "/api/keywords", user=uid, json_body=body).status
+
+
+@pytest.mark.parametrize("tier", ["pro", "pro, Postgres last counted last month", "trial"])
+def test_in_dual_the_quota_is_decided_on_the_typescript_app_s_count_too(
+    app: Caller,
+    original: redis.Redis,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tier: str,
+) -> None:
+    """s55t6 F1: the TypeScript app counts in Redis while dual runs; a search is refused when
+    the larger of the two counts leaves no room for it, however far Postgres lags."""
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    mode(monkeypatch, "dual")
+    uid = new_user()
+    created = utcnow() - timedelta(days=2)
+    if tier.startswith("pro"):
+        counter, limit = seed_pro(original, uid, 400), 1000
+    else:
+        record = user_record(uid, f"{uid}@example.com", created=created)
+        original.set(keys.user(uid), dumps(record), ex=keys.ONE_YEAR_S)
+        original.set(keys.email(record["email"]), uid, ex=keys.ONE_YEAR_S)
+        counter, limit = keys.trial_usage(uid, created), 300
+        original.set(counter, "100", ex=86_400)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported
+    if tier.endswith("last month"):
+        sql(
+            direct_database_url,
+            'UPDATE users SET "monthlyResetAt" = %s WHERE id = %s',
+            month_start(utcnow()) - timedelta(days=3),
+            uid,
+        )
+    before = counted(direct_database_url, uid)
+    original.incrby(counter, limit - 1 - int(original.get(counter) or 0))  # the TS app's count
+    assert int(original.get(counter) or 0) == limit - 1
+
+    assert searched(app, uid, 0) == 429  # 2 keywords: the shared count has room for 1
+    assert counted(direct_database_url, uid) == before  # a refusal changes nothing
+    assert int(original.get(counter) or 0) == limit - 1
+    body = {"keywords": ["last one"], "matchType": "phrase"}
+    assert app("keywords", "POST", "/api/keywords", user=uid, json_body=body).status == 200
+    assert int(original.get(counter) or 0) == limit
+    assert counted(direct_database_url, uid)[1 if tier == "trial" else 0] == limit
+    assert searched(app, uid, 1) == 429
+
+
+def test_parallel_searches_in_dual_never_overshoot_the_shared_count(
+    app: Caller, original: redis.Redis, direct_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s55t6 F1: eight searches at once, Postgres at 200 and the TypeScript app's counter at
+    990: exactly five fit the 1,000."""
+    from shared.legacy import bridge
+
+    monkeypatch.setenv("BILLING_ENABLED", "true")
+    mode(monkeypatch, "dual")
+    uid = new_user()
+    counter = seed_pro(original, uid, 200)
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # imported at 200
+    original.set(counter, "990", keepttl=True)
+    statuses: list[int] = []
+
+    def one(n: int) -> None:
+        statuses.append(searched(app, uid, n))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(statuses) == [200] * 5 + [429] * 3
+    assert original.get(counter) == b"1000"
+    assert counted(direct_database_url, uid)[0] == 1000
     assert bridge.pending_repairs() == 0
 
 
