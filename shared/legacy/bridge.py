@@ -33,7 +33,8 @@ stores hold (`list_searches`). Records only the TypeScript app has are imported 
 demand: the user at sign-in, a saved search when it is updated or deleted. A legacy user whose
 address or Stripe id another account holds is imported without it (`reattach_user`).
 Known limits: in dual mode a read can miss a write whose copy is still pending; the 50-search
-cap counts Postgres rows.
+cap counts Postgres rows; a search the TypeScript app deleted leaves its Postgres row until a
+delete through this port, or an operator, removes it (docs/migration-from-redis.md).
 """
 
 from __future__ import annotations
@@ -617,18 +618,28 @@ def update_search(
     neither store has it. `UnstorableSearchError` when it cannot be imported (it stays as it
     was, in Redis)."""
     key = keys.saved_search(user_id, search_id)
+    client = _client()
 
-    def work(conn: Conn) -> SavedSearch | None:
+    def held() -> bool:  # what GET finds
+        return store.read_saved_search(client, user_id, search_id) is not None
+
+    def work(conn: Conn, *, imported: bool = False) -> SavedSearch | None:
         updated = saved_searches.update_search(
             conn, user_id, search_id, name=name, description=description
         )
         if updated is not None:
+            # Dual reads Redis: a search its GET no longer finds is a 404 for the rename too,
+            # never brought back into both stores.
+            if not imported and _deleted_in_redis(conn, key, held):
+                raise _DeletedInRedis()  # the rename is rolled back
             legacy_repairs.mark(conn, key, "saved_search", user_id)
         return updated
 
-    updated = db.transaction(work)
+    try:
+        updated = db.transaction(work)
+    except _DeletedInRedis:
+        return None
     if updated is None:  # maybe only the TypeScript app has it: import it, then update
-        client = _client()
 
         def import_then_work(conn: Conn) -> SavedSearch | None:
             # The owner's row first (the erasure's order), and the legacy item read only
@@ -651,7 +662,7 @@ def update_search(
             except LegacyRecordError:
                 raise UnstorableSearchError(search_id) from None
             legacy_import.upsert_saved_searches(conn, [row], overwrite=False)
-            return work(conn)
+            return work(conn, imported=True)
 
         updated = db.transaction(import_then_work)
     if updated is not None:
@@ -660,26 +671,54 @@ def update_search(
 
 
 def delete_search(user_id: str, search_id: str) -> bool:
-    """True when the user's search existed (in either store) and is now gone from both."""
+    """True when the user's search existed (in either store) and is now gone from both. In
+    dual, False (the original's 404) also when only Postgres still had it, the TypeScript app
+    having deleted it: that leftover row is deleted all the same."""
     key = keys.saved_search(user_id, search_id)
+    client = _client()
 
-    def work(conn: Conn) -> bool:
-        deleted = saved_searches.delete_search(conn, user_id, search_id)
-        if deleted:
-            legacy_repairs.mark(conn, key, "saved_search", user_id)
-        return deleted
+    def indexed() -> bool:  # the original's test is index membership
+        return store.is_indexed(client, user_id, search_id)
 
-    if not db.transaction(work):
-        # Maybe only the TypeScript app has it; the original's test is index membership.
-        # Unless a copy is owed: then the item is what Redis held before a delete of ours.
-        client = _client()
-        if _owed(key) or not _from_redis(
-            lambda: store.is_indexed(client, user_id, search_id), "saved search"
-        ):
+    def work(conn: Conn) -> bool | None:
+        """None: Postgres has no such search; else whether Redis still had it."""
+        if not saved_searches.delete_search(conn, user_id, search_id):
+            return None
+        deleted_there = _deleted_in_redis(conn, key, indexed)
+        legacy_repairs.mark(conn, key, "saved_search", user_id)
+        return not deleted_there
+
+    found = db.transaction(work)
+    if found is None:
+        # Maybe only the TypeScript app has it. Unless a copy is owed: then the item is what
+        # Redis held before a delete of ours.
+        if _owed(key) or not _from_redis(indexed, "saved search"):
             return False
         db.run(_mark(key, "saved_search", user_id), idempotent=True)
     _sync(key)
-    return True
+    return found is not False
+
+
+class _DeletedInRedis(Exception):
+    """Rolls back a write on a search the TypeScript app deleted (`_deleted_in_redis`)."""
+
+
+def _deleted_in_redis(conn: Conn, key: str, held: Callable[[], bool]) -> bool:
+    """Dual: whether the TypeScript app deleted the search `key` names, Postgres still holding
+    it: Redis no longer `held` it and no copy of ours is owed (an owed copy is a write of ours
+    Redis has yet to get). Redis is asked after the mark is looked for, in the writer's
+    transaction: a copy clears its mark only once Redis holds it, so one finishing meanwhile
+    is never taken for a deletion. Redis failing or holding what the original cannot read is
+    no deletion: Postgres decides, as for any write in dual. Fallback: always False (it reads
+    Postgres when Redis misses)."""
+    if mode() != "dual" or legacy_repairs.owed(conn, key):
+        return False
+    try:
+        return not store.redis_call(held)()
+    except LegacyRecordError:
+        return False
+    except store.REDIS_ERRORS:
+        return False
 
 
 # --- repair -------------------------------------------------------------------------------------

@@ -503,6 +503,55 @@ def test_verify_also_reports_postgres_rows_redis_lacks(
     assert f'{keys.user(uid)} row: redis="missing" postgres="present"' in lines
 
 
+def test_a_search_the_original_deleted_in_dual_is_404_for_every_write_and_not_brought_back(
+    app: Caller,
+    original: redis.Redis,
+    emulator: UpstashEmulator,
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s55t6 F3: dual reads Redis, so once the TypeScript app has deleted a search (SREM, then
+    DEL, as its delete does) a rename is the 404 its GET says, changing neither store, and a
+    delete is the original's 404 that takes the row Postgres still held. A search whose copy
+    to Redis is still owed (saved while Redis was down) is ours, not deleted: renamed."""
+    mode(monkeypatch, "dual")
+    uid = new_user()
+    assert app("searches", "GET", "/api/searches", user=uid).status == 200  # signed in
+    renamed, deleted = (
+        app("searches", "POST", "/api/searches", user=uid, json_body=BODY).json["search"]["id"]
+        for _ in range(2)
+    )
+    for sid in (renamed, deleted):
+        original.srem(keys.saved_searches(uid), sid)
+        original.delete(keys.saved_search(uid, sid))
+
+    assert app("search_item", "GET", f"/api/searches/{renamed}", user=uid).status == 404
+    put = app("search_item", "PUT", f"/api/searches/{renamed}", user=uid, json_body={"name": "R"})
+    assert put.status == 404, put.text
+    assert sql(direct_database_url, "SELECT name FROM saved_searches WHERE id = %s", renamed) == [
+        (BODY["name"],)
+    ]
+    assert original.get(keys.saved_search(uid, renamed)) is None
+    assert original.smembers(keys.saved_searches(uid)) == set()
+
+    gone = app("search_item", "DELETE", f"/api/searches/{deleted}", user=uid)
+    assert gone.status == 404, gone.text
+    assert sql(direct_database_url, "SELECT id FROM saved_searches WHERE id = %s", deleted) == []
+    assert sql(direct_database_url, "SELECT key FROM legacy_repairs") == []
+
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")
+    reload()
+    ours = app("searches", "POST", "/api/searches", user=uid, json_body=BODY)
+    assert ours.status == 201
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", emulator.url)
+    reload()
+    sid = ours.json["search"]["id"]
+    put = app("search_item", "PUT", f"/api/searches/{sid}", user=uid, json_body={"name": "Ours"})
+    assert (put.status, put.json["search"]["name"]) == (200, "Ours")
+    assert original.smembers(keys.saved_searches(uid)) == {sid.encode()}
+    assert sql(direct_database_url, "SELECT key FROM legacy_repairs") == []
+
+
 # --- the API on the same records -------------------------------------------------------------
 
 
