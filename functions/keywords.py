@@ -140,6 +140,7 @@ def search(
     except AccountDeletedError:
         request.state.user_id = None  # as for every route (`shared.http.app`), in its words
         ratelimit.forget(RATE_ENDPOINT, identity.user_id)  # written back by the check, first
+        request.state.rate_limit_headers = {}  # that window is gone with it
         raise unauthenticated(request, SIGN_IN) from None
     except TrialExpiredError:
         raise ApiError(403, TRIAL_EXPIRED) from None

@@ -6,8 +6,10 @@ per identity (the user id when signed in, else the client's address alone, an IP
 User-Agent it made up), so
 ten health checks no longer spend the keyword budget; when Redis is down or slower than
 `REDIS_TIMEOUT_S`, `RATE_LIMIT_FAIL_SAFE` decides (closed by default, with
-`Retry-After` from `shared.redis.failure_retry_after`) instead of a 500; every
-answer of a window carries the window's stored end as `X-RateLimit-Reset` (the original's
+`Retry-After` from `shared.redis.failure_retry_after`) instead of a 500, and an answer let
+through uncounted claims no count nor window (`X-RateLimit-Limit` alone: the original sent the
+whole limit left and `now + 1 h`, contradicting the real window); every answer of a window,
+whatever its status, carries the window's stored end as `X-RateLimit-Reset` (the original's
 `now + TTL` moved between answers and could fall before the real end) and `Retry-After` rounds
 up to it.
 """
@@ -64,17 +66,17 @@ CLOCK_SKEW_MS = 60_000  # how far another container's clock may be ahead of this
 class Decision:
     allowed: bool
     limit: int
-    remaining: int
-    reset_at: datetime
+    remaining: int | None  # None (and `reset_at`): failed open, the window's count unknown
+    reset_at: datetime | None
     retry_after: int | None = None
 
     def headers(self) -> dict[str, str]:
-        """`X-RateLimit-*` (and `Retry-After` when refused)."""
-        headers = {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": iso_ms(self.reset_at),
-        }
+        """`X-RateLimit-*` (and `Retry-After` when refused); the limit alone when the window
+        is unknown."""
+        headers = {"X-RateLimit-Limit": str(self.limit)}
+        if self.remaining is not None and self.reset_at is not None:
+            headers["X-RateLimit-Remaining"] = str(self.remaining)
+            headers["X-RateLimit-Reset"] = iso_ms(self.reset_at)
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
         return headers
@@ -121,7 +123,7 @@ def check(
     (checkout: each call can create a Stripe session)."""
     settings = get_settings()
     now = now or utcnow()
-    if not settings.rate_limit_enabled:
+    if not settings.rate_limit_enabled:  # the original's answer: no limit, the whole budget left
         return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
     client = get_redis()
     try:
@@ -143,7 +145,7 @@ def check(
             error=type(error).__name__,
         )
         if (fail_safe or settings.rate_limit_fail_safe) == "open":
-            return Decision(True, limit, limit, now + timedelta(seconds=WINDOW_SECONDS))
+            return Decision(True, limit, None, None)  # not counted: a window we cannot see
         retry_after = failure_retry_after()
         return Decision(
             False, limit, 0, now + timedelta(seconds=retry_after), retry_after=retry_after
@@ -189,6 +191,8 @@ def limit_request(
     label: str = "Rate Limit Exceeded",
 ) -> Decision:
     """Check `request` against `endpoint`'s limit; refused → the 429 envelope with headers.
+    Allowed, its headers go on whatever the request answers (`shared.http.app`'s
+    RequestContext): a 4xx or 5xx after the check was counted in the window too.
 
     `message` may use `{retry_after}` and `{limit}`; `label` is the envelope's `error`.
     """
@@ -204,4 +208,5 @@ def limit_request(
             label=label,
             headers=decision.headers(),
         )
+    request.state.rate_limit_headers = decision.headers()
     return decision

@@ -253,6 +253,9 @@ class RequestContext:
                 headers = MutableHeaders(scope=message)
                 for name, value in shared_headers.items():
                     headers.setdefault(name, value)
+                # Once the rate-limit check counted the request, every answer tells its window.
+                for name, value in state.get("rate_limit_headers", {}).items():
+                    headers.setdefault(name, value)
                 if consistency is not None:
                     from shared.http import consistency as tokens
 

@@ -277,7 +277,9 @@ def test_fail_safe_decides_within_the_timeout_when_redis_hangs(
     decision = ratelimit.check("keywords", "u:slow", 10)
     assert time.monotonic() - started < 2  # bounded by REDIS_TIMEOUT_S, generous slack
     assert decision.allowed is allowed
-    if not allowed:
+    if allowed:  # not counted: the window's count and end are unknown, so not claimed
+        assert decision.headers() == {"X-RateLimit-Limit": "10"}
+    else:
         assert decision.retry_after == 60
 
 
@@ -301,6 +303,9 @@ def test_disabled_limiter_allows_without_redis(monkeypatch: pytest.MonkeyPatch) 
     reload_settings()
     decision = ratelimit.check("keywords", "u:any", 10)
     assert (decision.allowed, decision.remaining) == (True, 10)
+    assert set(decision.headers()) == {  # the original's: no limit, so the whole budget left
+        "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+    }  # fmt: skip
     reload_settings()
 
 

@@ -137,6 +137,7 @@ def test_rate_limit_then_auth_then_body(call: Caller, monkeypatch: pytest.Monkey
     address = fresh_ip()
     anonymous = make_brief(call, None, {"keyword": ""}, source_ip=address)
     assert anonymous.status == 401
+    assert anonymous.headers["x-ratelimit-remaining"] == "19"  # counted: every answer says so
     assert anonymous.json["message"] == (
         "Authentication required. Please sign in to use content brief generation."
     )
@@ -215,14 +216,19 @@ def test_live_brief_from_the_results_page_is_cached_for_a_day(
 def test_live_failures_are_502_then_the_circuit_opens(
     call: Caller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    live(monkeypatch, APP_ENV="development")
+    live(monkeypatch, APP_ENV="development", RATE_LIMIT_ENABLED="true")
+    who = user_id()
     with dataforseo_upstream() as upstream:
         route = upstream.post(SERP_API_URL).mock(httpx.Response(500, text="boom secret"))
-        answers = [make_brief(call, user_id(), {"keyword": keyword()}) for _ in range(6)]
+        answers = [make_brief(call, who, {"keyword": keyword()}) for _ in range(6)]
     assert [a.status for a in answers] == [502] * 5 + [503]  # no mock fallback, anywhere
     assert answers[5].json["reason"] == "provider_circuit_open"
     assert all("boom" not in a.text and "secret" not in a.text for a in answers)
     assert route.call_count == 5
+    # Each was counted by the rate-limit check before it: each says so (report s55t1).
+    assert [a.headers["x-ratelimit-remaining"] for a in answers] == ["19", "18", "17", "16",
+                                                                     "15", "14"]  # fmt: skip
+    assert len({a.headers["x-ratelimit-reset"] for a in answers}) == 1
 
 
 def test_a_keyword_without_results_is_an_empty_brief_and_never_opens_the_circuit(

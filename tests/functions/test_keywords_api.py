@@ -599,7 +599,7 @@ def forget_account_state() -> None:
 def test_account_budget_is_shared_by_every_container_and_a_cached_search_still_answers(
     call: Caller, monkeypatch: pytest.MonkeyPatch, admin_conn: psycopg.Connection[Any]
 ) -> None:
-    use_dataforseo(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="2")
+    use_dataforseo(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="2", RATE_LIMIT_ENABLED="true")
     forget_account_state()
     who = user_id()
     bodies = [{**BODY, "keywords": fresh_keywords()} for _ in range(3)]
@@ -616,6 +616,16 @@ def test_account_budget_is_shared_by_every_container_and_a_cached_search_still_a
     assert route.call_count == 2  # the third never reached DataForSEO
     assert (spent.status, spent.json["reason"]) == (503, "provider_busy")
     assert 1 <= int(spent.headers["retry-after"]) <= 60  # until the oldest request leaves
+    # The 503 came after a counted rate-limit check: it tells that window, as the 200s do.
+    window = [
+        tuple(r.headers.get(f"x-ratelimit-{h}") for h in ("limit", "remaining", "reset"))
+        for r in (first, spent, cached)
+    ]
+    assert window == [
+        ("10", "9", window[0][2]),
+        ("10", "7", window[0][2]),
+        ("10", "6", window[0][2]),
+    ]
     assert (cached.status, cached.json["cached"]) == (200, True)  # the cache needs no budget
     assert counters(admin_conn, who) == (6, 6)  # the refused search's keywords came back
     assert reservation_rows(admin_conn, who) == 0

@@ -459,7 +459,7 @@ def test_ideas_spend_the_account_budget_the_keyword_search_spends(
 ) -> None:
     """Both are Google Ads Live calls: one budget per DataForSEO account, in Redis."""
     use_dataforseo(monkeypatch)
-    settings(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="1")
+    settings(monkeypatch, DATAFORSEO_REQUESTS_PER_MINUTE="1", RATE_LIMIT_ENABLED="true")
     get_redis().delete(account.key("dataforseo"))  # type: ignore[union-attr]
     volume = json.loads((FIXTURES / "search_volume_ok.json").read_text())
     with dataforseo_upstream() as upstream:
@@ -472,3 +472,8 @@ def test_ideas_spend_the_account_budget_the_keyword_search_spends(
     assert (refused.status, refused.json["reason"]) == (503, "provider_busy")
     assert 0 < int(refused.headers["retry-after"]) <= 60
     assert ideas.call_count == 0
+    # The rate-limit check before it counted this request: the 503 says so.
+    assert (refused.headers["x-ratelimit-limit"], refused.headers["x-ratelimit-remaining"]) == (
+        "30", "29",
+    )  # fmt: skip
+    assert "x-ratelimit-reset" in refused.headers
