@@ -208,5 +208,6 @@ def limit_request(
             label=label,
             headers=decision.headers(),
         )
-    request.state.rate_limit_headers = decision.headers()
+    if settings.rate_limit_enabled:  # off, nothing is counted: no window to tell elsewhere
+        request.state.rate_limit_headers = decision.headers()
     return decision

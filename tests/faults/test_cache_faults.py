@@ -300,7 +300,7 @@ def test_redis_refusing_writes_is_reported_as_an_outage_then_healthy_again(
             backing.config_set("maxmemory", 0)
     if mode == "open":
         assert searched.status == 200, searched.text
-        assert searched.headers["x-ratelimit-remaining"] == str(RATE_LIMIT)  # not counted
+        assert "x-ratelimit-remaining" not in searched.headers  # not counted: no window told
         assert (health.status, health.json["status"]) == (207, "degraded"), health.text
         assert health.json["checks"]["redis"] == {
             "healthy": False,
